@@ -1,0 +1,80 @@
+"""The Recurrence IR: what a matcher found, in roles, independent of how it was spelled.
+
+Every stage after ``find`` (classify, verify, rewrite, report) consumes only this.
+The state S of every family is a K x V matrix per batch and head, and the output reads
+o_t = S_t^T q_t (or S_{t-1} for families with a bonus term, see ``reads_previous``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+
+class Family(str, enum.Enum):
+    """The recurrences we lower, from the most special to the most general of a line.
+
+    A more general family is always a correct (slower) lowering for a more special one.
+    """
+
+    LINEAR_ATTN = "linear_attn"  # S = S + k v^T
+    RETENTION = "retention"  # S = gamma S + k v^T, gamma a constant per head
+    SIMPLE_GLA = "simple_gla"  # S = exp(g_t) S + k v^T, g_t a scalar per step and head
+    GLA = "gla"  # S = diag(exp(gk_t)) S + k v^T, gk_t a vector over K
+    DELTA_RULE = "delta_rule"  # S = (I - b k k^T) S + b k v^T
+    GATED_DELTA_RULE = "gated_delta_rule"  # S = exp(g_t)(I - b k k^T) S + b k v^T
+    KDA = "kda"  # S = (I - b k k^T) diag(exp(gk_t)) S + b k v^T
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclasses.dataclass(frozen=True)
+class Recurrence:
+    """One matched recurrence, with its tensors bound to roles.
+
+    The role fields hold whatever the producing stage uses to name a value (an FX node in
+    the backend, a tensor in tests); the IR does not interpret them. Layout of every role
+    value handed to an op is [B, T, H, D] (``gate`` [B, T, H] for scalar gates).
+
+    Attributes:
+        family: which recurrence.
+        q, k, v: query, key, value roles.
+        gate: log-space gate: None (linear_attn), a scalar per step (simple_gla), a vector
+            per step (gla, kda). For retention see ``decay``.
+        decay: retention's constant log-decay (a float, or a role holding one per head).
+        beta: the delta-rule write strength, None for the GLA line.
+        scale: the factor applied to q (o_t = scale * S_t^T q_t).
+        initial_state: role of S_0 in [B, H, K, V], or None for zeros.
+        output_final_state: whether S_T is used after the region.
+        reads_previous: the output reads S_{t-1} instead of S_t.
+        state_transposed: the user stored S as [V, K]; the rewrite transposes around the op.
+        spelling: which matcher found it ("loop", "parallel", "cumsum", "chunked", "hf").
+        source: a short "file:line" pointing at the user's code, when known.
+        extras: spelling-specific details (normalizer, probe errors) kept for the report.
+    """
+
+    family: Family
+    q: Any
+    k: Any
+    v: Any
+    gate: Any = None
+    decay: Any = None
+    beta: Any = None
+    scale: float = 1.0
+    initial_state: Any = None
+    output_final_state: bool = False
+    reads_previous: bool = False
+    state_transposed: bool = False
+    spelling: str = ""
+    source: str = ""
+    extras: dict = dataclasses.field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def op_name(self) -> str:
+        """Qualified name of the custom op this recurrence lowers to."""
+        return f"torch.ops.fla_compile.{self.family.value}"
+
+    def replace(self, **changes: Any) -> Recurrence:
+        return dataclasses.replace(self, **changes)

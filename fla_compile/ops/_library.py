@@ -1,0 +1,137 @@
+"""Registration of the family ops as torch.library custom ops, from a table of specs.
+
+Each family ``name`` becomes two ops in the ``fla_compile`` namespace:
+
+    name(Tensor q, Tensor k, Tensor v, <gate tensors>, float scale,
+         Tensor? initial_state, Tensor? cu_seqlens) -> (Tensor o, Tensor final_state)
+    name_bwd(<same inputs>, Tensor do, Tensor dht) -> (dq, dk, dv, <d gates>, dh0)
+
+with fake impls (so torch.compile, export and CUDA graphs see shapes) and the backward
+registered as the forward's autograd formula. The backward is itself an opaque op, so
+aot_autograd never traces into our Python.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+
+LIB = torch.library.Library("fla_compile", "DEF")
+
+
+@dataclasses.dataclass(frozen=True)
+class OpSpec:
+    """One family op.
+
+    forward(q, k, v, *gates, scale, initial_state, cu_seqlens) -> (o, final_state)
+    backward(q, k, v, *gates, scale, initial_state, cu_seqlens, do, dht) -> (dq, dk, dv, *dgates, dh0)
+    Gradients of absent inputs may be None; the op returns empty tensors in their place.
+    """
+
+    name: str
+    gates: tuple[str, ...]
+    forward: Callable
+    backward: Callable
+    doc: str = ""
+
+
+def _schema_args(spec: OpSpec) -> str:
+    gates = "".join(f"Tensor {g}, " for g in spec.gates)
+    return f"Tensor q, Tensor k, Tensor v, {gates}float scale, Tensor? initial_state, Tensor? cu_seqlens"
+
+
+def state_dtype(x: torch.Tensor) -> torch.dtype:
+    """States are fp32, or fp64 when the inputs are (gradcheck, verification probes)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _state_batch(q, cu_seqlens):
+    return q.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
+
+
+def register(spec: OpSpec) -> None:
+    name, n_gates = spec.name, len(spec.gates)
+    LIB.define(f"{name}({_schema_args(spec)}) -> (Tensor, Tensor)")
+    LIB.define(f"{name}_bwd({_schema_args(spec)}, Tensor do, Tensor dht) -> Tensor[]")
+    qual = f"fla_compile::{name}"
+
+    def fwd_impl(q, k, v, *rest):
+        gates, (scale, h0, cu) = rest[:n_gates], rest[n_gates:]
+        o, ht = spec.forward(q, k, v, *gates, scale=scale, initial_state=h0, cu_seqlens=cu)
+        return o.contiguous(), ht.contiguous()
+
+    def bwd_impl(q, k, v, *rest):
+        gates, (scale, h0, cu, do, dht) = rest[:n_gates], rest[n_gates:]
+        grads = spec.backward(q, k, v, *gates, scale=scale, initial_state=h0, cu_seqlens=cu, do=do, dht=dht)
+        inputs = (q, k, v, *gates, h0)
+        return [g.to(x.dtype).contiguous() if g is not None else q.new_empty(0) for g, x in zip(grads, inputs)]
+
+    def fwd_fake(q, k, v, *rest):
+        h0, cu = rest[n_gates + 1], rest[n_gates + 2]
+        B, T, H, V = v.shape
+        K = q.shape[-1]
+        o = v.new_empty(B, T, H, V)
+        ht = v.new_empty(_state_batch(q, cu), H, K, V, dtype=state_dtype(v))
+        return o, ht
+
+    def bwd_fake(q, k, v, *rest):
+        h0 = rest[n_gates + 1]
+        inputs = (q, k, v, *rest[:n_gates], h0)
+        return [torch.empty_like(x) if x is not None else q.new_empty(0) for x in inputs]
+
+    LIB.impl(name, fwd_impl, "CompositeExplicitAutograd")
+    LIB.impl(f"{name}_bwd", bwd_impl, "CompositeExplicitAutograd")
+    torch.library.register_fake(qual, fwd_fake, lib=LIB)
+    torch.library.register_fake(f"{qual}_bwd", bwd_fake, lib=LIB)
+    bwd_op = getattr(torch.ops.fla_compile, f"{name}_bwd").default
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*[x for x in inputs if isinstance(x, torch.Tensor)])
+        ctx.layout = [isinstance(x, torch.Tensor) for x in inputs]
+        ctx.scalars = [x for x in inputs if not isinstance(x, torch.Tensor)]
+
+    def backward(ctx, do, dht):
+        saved, scalars = iter(ctx.saved_tensors), iter(ctx.scalars)
+        inputs = [next(saved) if is_t else next(scalars) for is_t in ctx.layout]
+        if do is None:
+            do = torch.zeros_like(inputs[2])
+        if dht is None:
+            dht = torch.zeros(
+                _state_batch(inputs[0], inputs[-1]),
+                *inputs[2].shape[2:3],
+                inputs[0].shape[-1],
+                inputs[2].shape[-1],
+                dtype=state_dtype(inputs[2]),
+                device=inputs[0].device,
+            )
+        grads = bwd_op(*inputs, do, dht)
+        dq, dk, dv, *dgates, dh0 = grads
+        h0 = inputs[3 + n_gates + 1]
+        return (dq, dk, dv, *dgates, None, dh0 if h0 is not None else None, None)
+
+    torch.library.register_autograd(qual, backward, setup_context=setup_context, lib=LIB)
+
+
+def recompute_backward(forward: Callable) -> Callable:
+    """A backward that recomputes ``forward`` under autograd: exact, memory linear in T.
+
+    Used by the torch chunked path; kernels register their own backward.
+    """
+
+    def backward(q, k, v, *gates, scale, initial_state, cu_seqlens, do, dht):
+        inputs = [q, k, v, *gates, initial_state]
+        with torch.enable_grad():
+            leaves = [x.detach().requires_grad_(x.is_floating_point()) if x is not None else None for x in inputs]
+            o, ht = forward(*leaves[:-1], scale=scale, initial_state=leaves[-1], cu_seqlens=cu_seqlens)
+            wrt = [x for x in leaves if x is not None and x.requires_grad]
+            grads = torch.autograd.grad((o, ht), wrt, (do.to(o.dtype), dht.to(ht.dtype)), allow_unused=True)
+        it = iter(grads)
+        out = []
+        for x in leaves:
+            g = next(it) if x is not None and x.requires_grad else None
+            out.append(torch.zeros_like(x) if g is None and x is not None else g)
+        return out
+
+    return backward
