@@ -69,7 +69,7 @@ def register(spec: OpSpec) -> None:
         return [g.to(x.dtype).contiguous() if g is not None else q.new_empty(0) for g, x in zip(grads, inputs)]
 
     def fwd_fake(q, k, v, *rest):
-        h0, cu = rest[n_gates + 1], rest[n_gates + 2]
+        cu = rest[n_gates + 2]
         B, T, H, V = v.shape
         K = q.shape[-1]
         o = v.new_empty(B, T, H, V)
