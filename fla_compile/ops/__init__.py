@@ -1,5 +1,6 @@
 """Public ops, each backed by a ``torch.ops.fla_compile.<family>`` custom op."""
 
+from .delta import delta_rule, gated_delta_rule, kda
 from .gla import gla, linear_attn, retention, simple_gla
 
-__all__ = ["gla", "linear_attn", "retention", "simple_gla"]
+__all__ = ["delta_rule", "gated_delta_rule", "gla", "kda", "linear_attn", "retention", "simple_gla"]

@@ -3,8 +3,11 @@
 Each family ``name`` becomes two ops in the ``fla_compile`` namespace:
 
     name(Tensor q, Tensor k, Tensor v, <gate tensors>, float scale,
-         Tensor? initial_state, Tensor? cu_seqlens) -> (Tensor o, Tensor final_state)
+         Tensor? initial_state, Tensor? cu_seqlens, <bool flags>) -> (Tensor o, Tensor final_state)
     name_bwd(<same inputs>, Tensor do, Tensor dht) -> (dq, dk, dv, <d gates>, dh0)
+
+(``<bool flags>`` only for specs that declare ``flags``, e.g. the delta line's in-kernel
+L2 norm of q and k; the GLA-line schemas have none.)
 
 with fake impls (so torch.compile, export and CUDA graphs see shapes) and the backward
 registered as the forward's autograd formula. The backward is itself an opaque op, so
@@ -25,9 +28,10 @@ LIB = torch.library.Library("fla_compile", "DEF")
 class OpSpec:
     """One family op.
 
-    forward(q, k, v, *gates, scale, initial_state, cu_seqlens) -> (o, final_state)
-    backward(q, k, v, *gates, scale, initial_state, cu_seqlens, do, dht) -> (dq, dk, dv, *dgates, dh0)
+    forward(q, k, v, *gates, scale, initial_state, cu_seqlens, **flags) -> (o, final_state)
+    backward(q, k, v, *gates, scale, initial_state, cu_seqlens, do, dht, **flags) -> (dq, dk, dv, *dgates, dh0)
     Gradients of absent inputs may be None; the op returns empty tensors in their place.
+    ``flags`` names extra ``bool`` schema arguments after cu_seqlens, passed by keyword.
     """
 
     name: str
@@ -35,11 +39,13 @@ class OpSpec:
     forward: Callable
     backward: Callable
     doc: str = ""
+    flags: tuple[str, ...] = ()
 
 
 def _schema_args(spec: OpSpec) -> str:
     gates = "".join(f"Tensor {g}, " for g in spec.gates)
-    return f"Tensor q, Tensor k, Tensor v, {gates}float scale, Tensor? initial_state, Tensor? cu_seqlens"
+    flags = "".join(f", bool {f}" for f in spec.flags)
+    return f"Tensor q, Tensor k, Tensor v, {gates}float scale, Tensor? initial_state, Tensor? cu_seqlens{flags}"
 
 
 def state_dtype(x: torch.Tensor) -> torch.dtype:
@@ -52,19 +58,21 @@ def _state_batch(q, cu_seqlens):
 
 
 def register(spec: OpSpec) -> None:
-    name, n_gates = spec.name, len(spec.gates)
+    name, n_gates, n_flags = spec.name, len(spec.gates), len(spec.flags)
     LIB.define(f"{name}({_schema_args(spec)}) -> (Tensor, Tensor)")
     LIB.define(f"{name}_bwd({_schema_args(spec)}, Tensor do, Tensor dht) -> Tensor[]")
     qual = f"fla_compile::{name}"
 
     def fwd_impl(q, k, v, *rest):
-        gates, (scale, h0, cu) = rest[:n_gates], rest[n_gates:]
-        o, ht = spec.forward(q, k, v, *gates, scale=scale, initial_state=h0, cu_seqlens=cu)
+        gates, (scale, h0, cu), flags = rest[:n_gates], rest[n_gates : n_gates + 3], rest[n_gates + 3 :]
+        kw = dict(zip(spec.flags, flags))
+        o, ht = spec.forward(q, k, v, *gates, scale=scale, initial_state=h0, cu_seqlens=cu, **kw)
         return o.contiguous(), ht.contiguous()
 
     def bwd_impl(q, k, v, *rest):
-        gates, (scale, h0, cu, do, dht) = rest[:n_gates], rest[n_gates:]
-        grads = spec.backward(q, k, v, *gates, scale=scale, initial_state=h0, cu_seqlens=cu, do=do, dht=dht)
+        gates, (scale, h0, cu), rest = rest[:n_gates], rest[n_gates : n_gates + 3], rest[n_gates + 3 :]
+        kw, (do, dht) = dict(zip(spec.flags, rest[:n_flags])), rest[n_flags:]
+        grads = spec.backward(q, k, v, *gates, scale=scale, initial_state=h0, cu_seqlens=cu, do=do, dht=dht, **kw)
         inputs = (q, k, v, *gates, h0)
         return [g.to(x.dtype).contiguous() if g is not None else q.new_empty(0) for g, x in zip(grads, inputs)]
 
@@ -99,7 +107,7 @@ def register(spec: OpSpec) -> None:
             do = torch.zeros_like(inputs[2])
         if dht is None:
             dht = torch.zeros(
-                _state_batch(inputs[0], inputs[-1]),
+                _state_batch(inputs[0], inputs[3 + n_gates + 2]),
                 *inputs[2].shape[2:3],
                 inputs[0].shape[-1],
                 inputs[2].shape[-1],
@@ -109,7 +117,7 @@ def register(spec: OpSpec) -> None:
         grads = bwd_op(*inputs, do, dht)
         dq, dk, dv, *dgates, dh0 = grads
         h0 = inputs[3 + n_gates + 1]
-        return (dq, dk, dv, *dgates, None, dh0 if h0 is not None else None, None)
+        return (dq, dk, dv, *dgates, None, dh0 if h0 is not None else None, None, *([None] * n_flags))
 
     torch.library.register_autograd(qual, backward, setup_context=setup_context, lib=LIB)
 
@@ -120,11 +128,11 @@ def recompute_backward(forward: Callable) -> Callable:
     Used by the torch chunked path; kernels register their own backward.
     """
 
-    def backward(q, k, v, *gates, scale, initial_state, cu_seqlens, do, dht):
+    def backward(q, k, v, *gates, scale, initial_state, cu_seqlens, do, dht, **flags):
         inputs = [q, k, v, *gates, initial_state]
         with torch.enable_grad():
             leaves = [x.detach().requires_grad_(x.is_floating_point()) if x is not None else None for x in inputs]
-            o, ht = forward(*leaves[:-1], scale=scale, initial_state=leaves[-1], cu_seqlens=cu_seqlens)
+            o, ht = forward(*leaves[:-1], scale=scale, initial_state=leaves[-1], cu_seqlens=cu_seqlens, **flags)
             wrt = [x for x in leaves if x is not None and x.requires_grad]
             grads = torch.autograd.grad((o, ht), wrt, (do.to(o.dtype), dht.to(ht.dtype)), allow_unused=True)
         it = iter(grads)

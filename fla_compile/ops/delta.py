@@ -1,0 +1,142 @@
+"""The delta-rule ops: delta_rule, gated_delta_rule, kda.
+
+Public functions take [B, T, H, D] inputs (GQA: q and k may have fewer heads than v), beta
+[B, T, H], log-space gates, an optional initial state [N, H, K, V] and packed ``cu_seqlens``,
+and ``use_qk_l2norm_in_kernel`` as transformers' functions take it. They return
+``(o, final_state)`` with ``final_state`` None unless asked for. Underneath each is one
+``torch.ops.fla_compile.<family>`` custom op whose schema ends in ``bool use_qk_l2norm``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..lowering.delta_dispatch import GATE_NONE, GATE_SCALAR, GATE_VECTOR, delta_line, delta_line_backward
+from ._checks import check_gate, check_qkv, check_state, fail
+from ._library import OpSpec, recompute_backward, register
+
+FLAGS = ("use_qk_l2norm",)
+
+
+def _delta_rule_fwd(q, k, v, beta, *, scale, initial_state, cu_seqlens, use_qk_l2norm):
+    return delta_line(q, k, v, beta, None, GATE_NONE, scale, initial_state, cu_seqlens, use_qk_l2norm)
+
+
+def _gated_delta_rule_fwd(q, k, v, g, beta, *, scale, initial_state, cu_seqlens, use_qk_l2norm):
+    return delta_line(q, k, v, beta, g, GATE_SCALAR, scale, initial_state, cu_seqlens, use_qk_l2norm)
+
+
+def _kda_fwd(q, k, v, gk, beta, *, scale, initial_state, cu_seqlens, use_qk_l2norm):
+    return delta_line(q, k, v, beta, gk, GATE_VECTOR, scale, initial_state, cu_seqlens, use_qk_l2norm)
+
+
+_delta_rule_torch_bwd = recompute_backward(_delta_rule_fwd)
+_gated_delta_rule_torch_bwd = recompute_backward(_gated_delta_rule_fwd)
+_kda_torch_bwd = recompute_backward(_kda_fwd)
+
+
+def _delta_rule_bwd(q, k, v, beta, **kw):
+    return delta_line_backward(_delta_rule_torch_bwd, q, k, v, beta, None, GATE_NONE, **kw)
+
+
+def _gated_delta_rule_bwd(q, k, v, g, beta, **kw):
+    return delta_line_backward(_gated_delta_rule_torch_bwd, q, k, v, beta, g, GATE_SCALAR, **kw)
+
+
+def _kda_bwd(q, k, v, gk, beta, **kw):
+    return delta_line_backward(_kda_torch_bwd, q, k, v, beta, gk, GATE_VECTOR, **kw)
+
+
+SPECS = [
+    OpSpec("delta_rule", ("beta",), _delta_rule_fwd, _delta_rule_bwd, "S = (I - b k k^T) S + b k v^T", FLAGS),
+    OpSpec(
+        "gated_delta_rule",
+        ("g", "beta"),
+        _gated_delta_rule_fwd,
+        _gated_delta_rule_bwd,
+        "S = exp(g_t) (I - b k k^T) S + b k v^T",
+        FLAGS,
+    ),
+    OpSpec("kda", ("gk", "beta"), _kda_fwd, _kda_bwd, "S = (I - b k k^T) diag(exp(gk_t)) S + b k v^T", FLAGS),
+]
+for _spec in SPECS:
+    register(_spec)
+
+
+def _prepare(op, q, k, v, beta, scale, initial_state, cu_seqlens):
+    B, T, H, K, V = check_qkv(op, q, k, v, cu_seqlens)
+    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    check_state(op, initial_state, N, H, K, V, q.device)
+    if not isinstance(beta, torch.Tensor):
+        fail(op, f"beta must be a tensor [B, T, H] = {(B, T, H)}, got {type(beta).__name__}")
+    if tuple(beta.shape) != (B, T, H):
+        fail(op, f"beta must have shape [B, T, H] = {(B, T, H)} (H = heads of v), got {tuple(beta.shape)}")
+    if not beta.is_floating_point():
+        fail(op, f"beta must be a float tensor, got {beta.dtype}")
+    if beta.device != q.device:
+        fail(op, f"beta is on {beta.device} but q is on {q.device}")
+    scale = K**-0.5 if scale is None else float(scale)
+    return B, T, H, K, V, scale
+
+
+def _check_gate(op, name, g, shape, device):
+    check_gate(op, name, g, shape)
+    if g.device != device:
+        fail(op, f"{name} is on {g.device} but q is on {device}")
+
+
+def _result(o, ht, output_final_state):
+    return o, (ht if output_final_state else None)
+
+
+def delta_rule(
+    q, k, v, beta, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
+    use_qk_l2norm_in_kernel=False,
+):  # fmt: skip
+    """o_t = scale * S_t^T q_t with S_t = (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T.
+
+    Args:
+        q, k: [B, T, HK, K]; v: [B, T, H, V] with H a multiple of HK; beta: [B, T, H].
+        scale: defaults to K ** -0.5 (applied after the optional L2 norm).
+        initial_state: [N, H, K, V] (N = B, or the number of packed sequences).
+        output_final_state: also return S_T as [N, H, K, V] fp32.
+        cu_seqlens: [N + 1] offsets of packed sequences (B must be 1).
+        use_qk_l2norm_in_kernel: L2-normalize q and k over K first (x * rsqrt(sum x^2 + 1e-6), fp32).
+    Returns:
+        (o [B, T, H, V] in v's dtype, final state or None).
+    """
+    *_, scale = _prepare("delta_rule", q, k, v, beta, scale, initial_state, cu_seqlens)
+    o, ht = torch.ops.fla_compile.delta_rule(
+        q, k, v, beta, scale, initial_state, cu_seqlens, bool(use_qk_l2norm_in_kernel)
+    )
+    return _result(o, ht, output_final_state)
+
+
+def gated_delta_rule(
+    q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
+    use_qk_l2norm_in_kernel=False,
+):  # fmt: skip
+    """S_t = exp(g_t) (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T, g: [B, T, H] log-space gate per head.
+
+    The gated delta net of Qwen3-Next / Qwen3.5; arguments as in ``delta_rule``.
+    """
+    B, T, H, K, V, scale = _prepare("gated_delta_rule", q, k, v, beta, scale, initial_state, cu_seqlens)
+    _check_gate("gated_delta_rule", "g", g, (B, T, H), q.device)
+    o, ht = torch.ops.fla_compile.gated_delta_rule(
+        q, k, v, g, beta, scale, initial_state, cu_seqlens, bool(use_qk_l2norm_in_kernel)
+    )
+    return _result(o, ht, output_final_state)
+
+
+def kda(
+    q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
+    use_qk_l2norm_in_kernel=False,
+):  # fmt: skip
+    """S_t = (I - b_t k_t k_t^T) diag(exp(g_t)) S_{t-1} + b_t k_t v_t^T, g: [B, T, H, K] log-space per key dim.
+
+    Kimi Delta Attention (Kimi-Linear); arguments as in ``delta_rule``.
+    """
+    B, T, H, K, V, scale = _prepare("kda", q, k, v, beta, scale, initial_state, cu_seqlens)
+    _check_gate("kda", "g", g, (B, T, H, K), q.device)
+    o, ht = torch.ops.fla_compile.kda(q, k, v, g, beta, scale, initial_state, cu_seqlens, bool(use_qk_l2norm_in_kernel))
+    return _result(o, ht, output_final_state)
