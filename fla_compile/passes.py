@@ -1,0 +1,90 @@
+"""The pipeline after capture, as a flat list of named passes: normalize, then each spelling.
+
+Each spelling pass finds candidate regions, classifies and proves them (``verify``) and
+rewrites the proven ones (``rewrite``); everything it leaves is reported as a near miss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import torch.fx as fx
+
+from .patterns import loop
+from .patterns._graph import to_ssa
+from .report import Match, Miss, Report
+from .rewrite import LoopLowering, rewrite_loop
+from .verify import NearMiss, classify_loop, prove_loop
+
+log = logging.getLogger("fla_compile")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Backend options (``torch.compile(..., backend="fla", options={...})``).
+
+    verify: prove every region on fresh probes before rewriting it (default on).
+    strict: raise with the reasons when a region looks like a recurrence but is not proven.
+    inductor: compile the rest of the graph with Inductor (off: aot_eager).
+    """
+
+    verify: bool = True
+    strict: bool = False
+    inductor: bool = True
+
+    @classmethod
+    def from_dict(cls, options: dict | None) -> Options:
+        options = dict(options or {})
+        unknown = set(options) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"fla backend: unknown options {sorted(unknown)}; known: verify, strict, inductor")
+        return cls(**options)
+
+
+def loop_pass(graph: fx.Graph, opts: Options, report: Report) -> None:
+    regions, misses = loop.find(graph)
+    report.misses += [Miss(loop.SPELLING, reason, src) for reason, src in misses]
+    for region in regions:
+        try:
+            step, _ = region.step_graph()
+            metas = [n.meta.get("example_value") for n in step.graph.nodes if n.op == "placeholder"][1:]
+            state_meta = step.graph.find_nodes(op="placeholder")[0].meta["example_value"]
+            binding = classify_loop(step, metas, state_meta)
+            err = prove_loop(step, metas, state_meta, binding) if opts.verify else float("nan")
+        except (NearMiss, ValueError) as e:
+            report.misses.append(Miss(loop.SPELLING, str(e), region.source))
+            continue
+        lowering = LoopLowering(region, binding)
+        rewrite_loop(region, lowering)
+        report.matches.append(
+            Match(binding.family.value, loop.SPELLING, region.source, f"fla_compile.{binding.family.value}", err)
+        )
+
+
+PASSES = [("loop", loop_pass)]
+
+
+def run(gm: fx.GraphModule, opts: Options) -> tuple[fx.GraphModule, Report]:
+    """Match and rewrite every recognized region of ``gm``; return the graph to compile and the report."""
+    report = Report()
+    ssa, why = to_ssa(gm)
+    if ssa is None:
+        report.notes.append(f"graph left as captured: {why}")
+        return gm, report
+    if ssa is gm:
+        ssa = fx.GraphModule(gm, _copy_graph(gm.graph))
+    for _, fn in PASSES:
+        fn(ssa.graph, opts, report)
+    if not report.matches:
+        return gm, report
+    ssa.graph.lint()
+    ssa.recompile()
+    return ssa, report
+
+
+def _copy_graph(graph: fx.Graph) -> fx.Graph:
+    new = fx.Graph()
+    out = new.graph_copy(graph, {})
+    new.output(out)
+    return new

@@ -1,0 +1,184 @@
+"""Normalization of captured graphs, shared by the matchers.
+
+``to_ssa`` turns the in-place updates people write in naive code (``h += kv``,
+``h.mul_(g)``, ``o[:, t] = x``) into value-producing nodes, so that a carried state is a
+chain of nodes. It refuses (returns a reason) wherever aliasing would make that unsound:
+an in-place update of a graph input, of a view, or a view read after its base changed.
+The graph it returns is only analysed and rewritten when a match is proven; unmatched
+graphs are compiled as they were.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+
+import torch
+import torch.fx as fx
+
+# Ops whose result may share storage with their first argument.
+VIEW_METHODS = frozenset(
+    "view reshape transpose permute unsqueeze squeeze expand expand_as narrow select t flatten unflatten "
+    "movedim moveaxis split chunk unbind as_strided view_as reshape_as diagonal unfold contiguous to float "
+    "double half bfloat16 type type_as detach swapaxes swapdims real imag __getitem__ mT T".split()
+)
+VIEW_FUNCTIONS = {
+    operator.getitem,
+    torch.reshape,
+    torch.transpose,
+    torch.permute,
+    torch.unsqueeze,
+    torch.squeeze,
+    torch.narrow,
+    torch.select,
+    torch.flatten,
+    torch.movedim,
+    torch.moveaxis,
+    torch.split,
+    torch.chunk,
+    torch.unbind,
+    torch.t,
+    torch.swapaxes,
+    torch.swapdims,
+    torch.diagonal,
+    torch.detach,
+    torch.as_strided,
+}
+INPLACE_OPERATORS = {
+    operator.iadd: operator.add,
+    operator.isub: operator.sub,
+    operator.imul: operator.mul,
+    operator.itruediv: operator.truediv,
+    operator.ipow: operator.pow,
+    operator.imatmul: operator.matmul,
+}
+
+
+def value_of(node: fx.Node):
+    """The example value (fake or real) recorded on a node by Dynamo or make_fx."""
+    return node.meta.get("example_value", node.meta.get("val"))
+
+
+def source_line(node: fx.Node) -> str:
+    """'file:line: code' of the user's code that produced ``node``, when recorded."""
+    trace = node.meta.get("stack_trace") or ""
+    frames = re.findall(r'File "([^"]+)", line (\d+), in \S+\n\s*(.*)', trace)
+    if not frames:
+        return ""
+    path, line, code = frames[-1]
+    return f"{path.rsplit('/', 1)[-1]}:{line}: {code.strip()}"
+
+
+def functional_setitem(buf: torch.Tensor, index, value) -> torch.Tensor:
+    """``buf[index] = value`` without mutating ``buf``."""
+    out = buf.clone()
+    out[index] = value
+    return out
+
+
+class FunctionalInplace:
+    """``dst.clone().<method>(...)``: an in-place update as a value, with its exact dtype rules."""
+
+    def __init__(self, method=None, fn=None):
+        self.method, self.fn = method, fn
+        self.__name__ = f"functional_{method or getattr(fn, '__name__', 'op')}"
+
+    def __call__(self, dst, *args, **kwargs):
+        dst = dst.clone()
+        if self.method is not None:
+            return getattr(dst, self.method)(*args, **kwargs)
+        return self.fn(dst, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return self.__name__
+
+
+def _inplace_kind(node: fx.Node):
+    """Return a functional replacement target if ``node`` mutates its first argument, else None."""
+    t = node.target
+    if node.op == "call_method" and isinstance(t, str) and t.endswith("_") and not t.startswith("__"):
+        return FunctionalInplace(method=t)
+    if node.op != "call_function":
+        return None
+    if t is operator.setitem:
+        return functional_setitem
+    if t in INPLACE_OPERATORS:
+        return FunctionalInplace(fn=t)
+    if isinstance(t, torch._ops.OpOverload):
+        return "unsupported" if t._schema.is_mutable else None
+    name = getattr(t, "__name__", "")
+    if node.kwargs.get("inplace") is True or (name.endswith("_") and not name.startswith("_")):
+        return "unsupported"
+    return None
+
+
+def _is_view(node: fx.Node) -> bool:
+    if node.op == "call_method":
+        return node.target in VIEW_METHODS
+    if node.op == "call_function":
+        if isinstance(node.target, torch._ops.OpOverload):
+            return node.target.is_view
+        return node.target in VIEW_FUNCTIONS
+    return False
+
+
+def to_ssa(gm: fx.GraphModule) -> tuple[fx.GraphModule | None, str]:
+    """A copy of ``gm`` with in-place updates turned into values, or (None, reason)."""
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    root: dict[fx.Node, fx.Node] = {}  # node -> the storage root it may alias
+    version: dict[fx.Node, int] = {}  # root -> number of in-place updates so far
+    seen_at: dict[fx.Node, int] = {}  # view -> version of its root when it was made
+    latest: dict[fx.Node, fx.Node] = {}  # root -> node holding its current value
+    changed = False
+
+    def read(a: fx.Node) -> fx.Node:
+        r = root.get(a, a)
+        if a in seen_at and seen_at[a] != version.get(r, 0):
+            raise _Refuse(f"'{a.name}' is a view read after its base was updated in place")
+        if a is r or a not in seen_at:
+            return latest.get(r, env[a])
+        return env[a]
+
+    try:
+        for node in gm.graph.nodes:
+            kind = _inplace_kind(node)
+            if kind == "unsupported":
+                raise _Refuse(f"in-place op {node.target} at '{node.name}' is not understood")
+            if kind is None:
+                new = graph.node_copy(node, read)
+                env[node] = new
+                first = node.args[0] if node.args else None
+                if _is_view(node) and isinstance(first, fx.Node):
+                    r = root.get(first, first)
+                    root[node] = r
+                    seen_at[node] = version.get(r, 0)
+                continue
+            target = node.args[0]
+            if not isinstance(target, fx.Node):
+                raise _Refuse(f"in-place op at '{node.name}' on a non-tensor")
+            r = root.get(target, target)
+            if r.op in ("placeholder", "get_attr"):
+                raise _Refuse(f"'{node.name}' updates the input '{r.name}' in place")
+            if target is not r:
+                raise _Refuse(f"'{node.name}' updates a view of '{r.name}' in place")
+            args = (read(target), *fx.map_arg(node.args[1:], read))
+            new = graph.call_function(kind, args, fx.map_arg(node.kwargs, read))
+            new.meta = dict(node.meta)
+            if node.target is operator.setitem:
+                new.meta["example_value"] = value_of(r)
+            env[node] = new
+            root[node] = r
+            version[r] = version.get(r, 0) + 1
+            latest[r] = new
+            changed = True
+    except _Refuse as e:
+        return None, str(e)
+    if not changed:
+        return gm, ""
+    out = fx.GraphModule(gm, graph)
+    return out, ""
+
+
+class _Refuse(Exception):
+    pass

@@ -1,0 +1,135 @@
+"""Rules that recognise a read or a write of one time step, at the torch and the aten level.
+
+One rule per spelling. A read is ``x[:, t]``, ``x.select(1, t)``, ``x[:, t:t+1]``,
+``x.narrow(1, t, 1)``, ``x.unbind(1)[t]``, ``aten.select.int(x, 1, t)`` or
+``aten.slice.Tensor(x, 1, t, t+1)``; a write is ``o[:, t] = y`` (after ``to_ssa``),
+``aten.select_scatter(o, y, 1, t)`` or ``aten.slice_scatter(o, y, 1, t, t+1)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+
+import torch
+import torch.fx as fx
+
+from ._graph import functional_setitem, value_of
+
+aten = torch.ops.aten
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeRead:
+    src: fx.Node  # the whole-sequence tensor
+    dim: int  # non-negative time dim of src
+    index: int
+    keepdim: bool  # x[:, t:t+1] keeps a size-1 time dim
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeWrite:
+    buf: fx.Node
+    dim: int
+    index: int
+    value: fx.Node
+    keepdim: bool
+
+
+def _ndim(node) -> int | None:
+    v = value_of(node) if isinstance(node, fx.Node) else None
+    return v.dim() if isinstance(v, torch.Tensor) else None
+
+
+def _is_full(s) -> bool:
+    return isinstance(s, slice) and s.start is None and s.stop is None and s.step is None
+
+
+def parse_index(index, ndim: int | None):
+    """(dim, t, keepdim) if ``index`` picks one time step along one dim and keeps the rest whole."""
+    items = index if isinstance(index, tuple) else (index,)
+    picks = [i for i, s in enumerate(items) if not _is_full(s) and s is not Ellipsis]
+    if len(picks) != 1 or sum(s is Ellipsis for s in items) > 1:
+        return None
+    p = picks[0]
+    s = items[p]
+    if isinstance(s, bool) or s is None:
+        return None
+    if isinstance(s, int):
+        t, keep = s, False
+    elif isinstance(s, slice) and isinstance(s.start, int) and s.stop == s.start + 1 and s.step in (None, 1):
+        t, keep = s.start, True
+    else:
+        return None
+    if Ellipsis in items[:p]:
+        if ndim is None:
+            return None
+        dim = ndim - (len(items) - p)
+    else:
+        dim = p
+    return (dim, t, keep) if t >= 0 else None
+
+
+def _norm_dim(dim, node):
+    if not isinstance(dim, int):
+        return None
+    if dim >= 0:
+        return dim
+    nd = _ndim(node)
+    return None if nd is None else dim + nd
+
+
+def time_read(node: fx.Node) -> TimeRead | None:
+    if node.op not in ("call_function", "call_method"):
+        return None
+    t, a = node.target, node.args
+    if t is operator.getitem and len(a) == 2 and isinstance(a[0], fx.Node):
+        src = a[0]
+        if isinstance(a[1], int) and src.target in (torch.unbind, "unbind", aten.unbind.int):
+            base = src.args[0]
+            dim = src.args[1] if len(src.args) > 1 else src.kwargs.get("dim", 0)
+            dim = _norm_dim(dim, base)
+            return None if dim is None else TimeRead(base, dim, a[1], False)
+        if not isinstance(value_of(src), torch.Tensor):
+            return None
+        parsed = parse_index(a[1], _ndim(src))
+        return None if parsed is None else TimeRead(src, parsed[0], parsed[1], parsed[2])
+    if t in ("select", torch.select, aten.select.int) and len(a) == 3:
+        dim = _norm_dim(a[1], a[0])
+        return None if dim is None or not isinstance(a[2], int) else TimeRead(a[0], dim, a[2], False)
+    if t in ("narrow", torch.narrow) and len(a) == 4 and a[3] == 1 and isinstance(a[2], int):
+        dim = _norm_dim(a[1], a[0])
+        return None if dim is None else TimeRead(a[0], dim, a[2], True)
+    if t is aten.slice.Tensor and len(a) >= 4 and isinstance(a[2], int) and a[3] == a[2] + 1:
+        if len(a) > 4 and a[4] != 1:
+            return None
+        dim = _norm_dim(a[1], a[0])
+        return None if dim is None else TimeRead(a[0], dim, a[2], True)
+    return None
+
+
+def _strip_copy(value: fx.Node, buf: fx.Node) -> fx.Node:
+    """aten writes copy the value into a view of the buffer first; the written value is the source."""
+    if isinstance(value, fx.Node) and value.target is aten.copy.default:
+        dst = value.args[0]
+        if isinstance(dst, fx.Node) and dst.args and dst.args[0] is buf:
+            return value.args[1]
+    return value
+
+
+def time_write(node: fx.Node) -> TimeWrite | None:
+    if node.op != "call_function":
+        return None
+    t, a = node.target, node.args
+    if t is functional_setitem and len(a) == 3 and isinstance(a[0], fx.Node):
+        parsed = parse_index(a[1], _ndim(a[0]))
+        if parsed is None or not isinstance(a[2], fx.Node):
+            return None
+        return TimeWrite(a[0], parsed[0], parsed[1], a[2], parsed[2])
+    if t is aten.select_scatter.default and len(a) == 4:
+        dim = _norm_dim(a[2], a[0])
+        return None if dim is None else TimeWrite(a[0], dim, a[3], _strip_copy(a[1], a[0]), False)
+    if t is aten.slice_scatter.default and len(a) >= 5 and isinstance(a[3], int) and a[4] == a[3] + 1:
+        dim = _norm_dim(a[2], a[0])
+        return None if dim is None else TimeWrite(a[0], dim, a[3], _strip_copy(a[1], a[0]), True)
+    return None

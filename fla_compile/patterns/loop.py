@@ -1,0 +1,321 @@
+"""The ``loop`` spelling: a Python time loop that Dynamo (or make_fx) unrolled into T blocks.
+
+Re-rolling, linear in the number of nodes:
+  1. group the reads of one time step (``x[:, t]`` and kin, see ``_time``) by their source;
+     sources read at every t = 0..T-1 at a constant stride of L nodes mark a loop;
+  2. cut the graph into T blocks of L nodes and prove them isomorphic modulo the step
+     index: every argument is a node of the same block, of the previous block (a carried
+     value) or from before the loop (a global), at the same offsets in every block;
+  3. classify the carried values (the state, and output buffers written at t) and the
+     per-step output (a buffer write, or one ``stack``/``cat`` after the loop).
+The result is a ``LoopRegion``: one step as a small graph plus the wiring. Whether the
+step is a known recurrence is decided by ``classify`` on numbers, not here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+
+import torch
+import torch.fx as fx
+
+from ._graph import source_line, value_of
+from ._time import TimeRead, TimeWrite, time_read, time_write
+
+SPELLING = "loop"
+
+
+@dataclasses.dataclass
+class LoopRegion:
+    """One re-rolled loop. Offsets index into a block of L nodes."""
+
+    graph: fx.Graph
+    blocks: list[list[fx.Node]]
+    reads: dict[int, TimeRead]  # offset -> read (src, dim) of block 0
+    state_offset: int
+    init_state: fx.Node  # value of the state before the loop
+    out_offset: int | None  # offset of the per-step output value
+    out_kind: str  # "stack", "cat", "buffer" or "none"
+    out_dim: int
+    out_target: fx.Node | None  # node after the loop to replace with the whole output
+    final_state_used: bool
+    source: str
+
+    @property
+    def T(self) -> int:
+        return len(self.blocks)
+
+    def step_graph(self) -> tuple[fx.GraphModule, list]:
+        """One step as a graph: (state, *reads, *globals) -> (new state, output value or None).
+
+        Returns the module and the list of its inputs after the state: ("read", offset) or
+        ("global", node).
+        """
+        block = self.blocks[1] if self.T > 1 else self.blocks[0]
+        index = {n: i for i, n in enumerate(block)}
+        prev = {n: i for i, n in enumerate(self.blocks[0])} if self.T > 1 else {}
+        g = fx.Graph()
+        state = g.placeholder("state")
+        state.meta["example_value"] = value_of(self.init_state)
+        env: dict[int, fx.Node] = {}
+        inputs: list = []
+        globals_: dict[fx.Node, fx.Node] = {}
+
+        def lookup(a: fx.Node) -> fx.Node:
+            if a in index:
+                return build(index[a])
+            if a in prev:
+                if prev[a] != self.state_offset:
+                    raise ValueError(f"the step reads a carried value other than the state ('{a.name}')")
+                return state
+            if a not in globals_:
+                ph = g.placeholder(f"g_{a.name}")
+                ph.meta["example_value"] = value_of(a)
+                ph.meta["fla_origin"] = ("global", a)
+                globals_[a] = ph
+                inputs.append(("global", a))
+            return globals_[a]
+
+        def build(i: int) -> fx.Node:
+            if i in env:
+                return env[i]
+            n = block[i]
+            if i in self.reads:
+                ph = g.placeholder(f"x_{i}")
+                ph.meta["example_value"] = value_of(n)
+                ph.meta["fla_origin"] = ("offset", i)
+                inputs.append(("read", i))
+                env[i] = ph
+                return ph
+            new = g.node_copy(n, lookup)
+            new.meta["fla_origin"] = ("offset", i)
+            env[i] = new
+            return new
+
+        new_state = build(self.state_offset)
+        out = build(self.out_offset) if self.out_offset is not None else None
+        g.output((new_state, out))
+        return fx.GraphModule(torch.nn.Module(), g), inputs
+
+    def role_graph(self, offsets: list[int]) -> tuple[fx.GraphModule, list]:
+        """The per-step computation of the nodes at ``offsets`` from reads and globals only."""
+        block = self.blocks[1] if self.T > 1 else self.blocks[0]
+        index = {n: i for i, n in enumerate(block)}
+        g = fx.Graph()
+        env: dict[int, fx.Node] = {}
+        inputs: list = []
+        globals_: dict[fx.Node, fx.Node] = {}
+
+        def lookup(a: fx.Node) -> fx.Node:
+            if a in index:
+                return build(index[a])
+            if a not in globals_:
+                globals_[a] = g.placeholder(f"g_{a.name}")
+                inputs.append(("global", a))
+            return globals_[a]
+
+        def build(i: int) -> fx.Node:
+            if i not in env:
+                if i in self.reads:
+                    env[i] = g.placeholder(f"x_{i}")
+                    inputs.append(("read", i))
+                else:
+                    env[i] = g.node_copy(block[i], lookup)
+            return env[i]
+
+        g.output(tuple(build(i) for i in offsets))
+        return fx.GraphModule(torch.nn.Module(), g), inputs
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _entry(n: fx.Node, t: int, start: int, L: int, s: int, pos: dict) -> tuple:
+    """Signature of node ``n`` of block ``t``: op and arguments, relative to the block."""
+
+    def norm(a):
+        if isinstance(a, fx.Node):
+            p = pos[a]
+            if start <= p < start + L:
+                return ("L", p - start)
+            if t > 0 and start - L <= p < start:
+                return ("C", p - (start - L))
+            if p < s:
+                return ("G", a)
+            raise _Mismatch(f"'{n.name}' reads '{a.name}' from outside its block")
+        if isinstance(a, (list, tuple)):
+            return type(a)(norm(x) for x in a)
+        if isinstance(a, slice):
+            return ("slice", norm(a.start), norm(a.stop), norm(a.step))
+        if isinstance(a, dict):
+            return tuple(sorted((k, norm(v)) for k, v in a.items()))
+        return a
+
+    r = time_read(n)
+    if r is not None and r.index == t:
+        return ("read", norm(r.src), r.dim, r.keepdim)
+    w = time_write(n)
+    if w is not None and w.index == t:
+        return ("write", norm(w.buf), w.dim, norm(w.value), w.keepdim)
+    return (n.op, n.target, norm(n.args), norm(n.kwargs))
+
+
+def _unify(e0, e1, init: dict) -> bool:
+    """Block 0 equals block 1 except that carried values ("C", i) come from globals."""
+    if isinstance(e1, tuple) and len(e1) == 2 and e1[0] == "C" and isinstance(e1[1], int):
+        if isinstance(e0, tuple) and len(e0) == 2 and e0[0] == "G":
+            if init.setdefault(e1[1], e0[1]) is not e0[1]:
+                return False
+            return True
+        return False
+    if isinstance(e0, (list, tuple)) and isinstance(e1, (list, tuple)):
+        return type(e0) is type(e1) and len(e0) == len(e1) and all(_unify(a, b, init) for a, b in zip(e0, e1))
+    if isinstance(e0, fx.Node) or isinstance(e1, fx.Node):
+        return e0 is e1
+    try:
+        return bool(e0 == e1)
+    except Exception:
+        return False
+
+
+def _same_target(a: fx.Node, b: fx.Node) -> bool:
+    return a.op == b.op and a.target == b.target
+
+
+def find(graph: fx.Graph) -> tuple[list[LoopRegion], list[tuple[str, str]]]:
+    """Re-roll every unrolled time loop of ``graph``. Returns (regions, [(reason, source)])."""
+    nodes = list(graph.nodes)
+    pos = {n: i for i, n in enumerate(nodes)}
+    by_src: dict[tuple, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for n in nodes:
+        r = time_read(n)
+        if r is not None:
+            by_src[(r.src, r.dim)][r.index].append(pos[n])
+    families = []
+    for (src, dim), idx in by_src.items():
+        v = value_of(src)
+        T = v.shape[dim] if isinstance(v, torch.Tensor) and dim < v.dim() else None
+        if T is None or T < 2 or sorted(idx) != list(range(T)):
+            continue
+        first = [min(idx[t]) for t in range(T)]
+        families.append((first[0], first[-1], T, first))
+    families.sort(key=lambda f: f[0])
+    regions, misses = [], []
+    done_until = -1
+    for lo, hi, T, first in families:
+        if lo <= done_until:
+            continue
+        L = first[1] - first[0]
+        if L <= 0 or any(first[t] != first[0] + t * L for t in range(T)):
+            continue
+        try:
+            region = _reroll(nodes, pos, first[0], T, L, done_until)
+        except _Mismatch as e:
+            misses.append((f"time loop at T={T} not re-rolled: {e}", source_line(nodes[first[0]])))
+            continue
+        regions.append(region)
+        done_until = pos[region.blocks[-1][-1]]
+    return regions, misses
+
+
+def _reroll(nodes, pos, p0, T, L, floor) -> LoopRegion:
+    s = p0
+    while s - 1 > floor and s - 1 + L < len(nodes) and _same_target(nodes[s - 1], nodes[s - 1 + L]):
+        if nodes[s - 1].op in ("placeholder", "get_attr", "output"):
+            break
+        s -= 1
+    # shrink from the left until block 0 fits (a prologue node may look like the block's end)
+    for s in range(s, p0 + 1):
+        try:
+            return _build(nodes, pos, s, T, L)
+        except _Mismatch as e:
+            err = e
+    raise err
+
+
+def _build(nodes, pos, s, T, L) -> LoopRegion:
+    end = s + T * L
+    if end > len(nodes):
+        raise _Mismatch("blocks run past the end of the graph")
+    blocks = [nodes[s + t * L : s + (t + 1) * L] for t in range(T)]
+    if any(n.op in ("placeholder", "output", "get_attr") for b in blocks for n in b):
+        raise _Mismatch("a block holds an input or the output")
+    sigs = [[_entry(n, t, s + t * L, L, s, pos) for n in blocks[t]] for t in range(min(T, 2))]
+    ref = sigs[-1]
+    for t in range(2, T):
+        for i, n in enumerate(blocks[t]):
+            if _entry(n, t, s + t * L, L, s, pos) != ref[i]:
+                raise _Mismatch(f"step {t} differs from step 1 at '{n.name}'")
+    init: dict[int, fx.Node] = {}
+    if T > 1 and not all(_unify(a, b, init) for a, b in zip(sigs[0], sigs[1])):
+        raise _Mismatch("the first step differs from the others")
+
+    carried = sorted(init)
+    writes = {i: time_write(blocks[-1][i]) for i in carried}
+    buffers = {i for i, w in writes.items() if w is not None and w.index == T - 1 and w.buf is blocks[-2][i]}
+    states = [i for i in carried if i not in buffers]
+    if len(states) != 1:
+        raise _Mismatch(f"expected one carried state, found {len(states)}")
+    state = states[0]
+    reads = {i: r for i, n in enumerate(blocks[0]) if (r := time_read(n)) is not None and r.index == 0}
+
+    # uses after the loop: the final state, the final buffer, or one stack/cat of a per-step value
+    region_nodes = set(n for b in blocks for n in b)
+    outs: dict[tuple, tuple[str, int, int, fx.Node]] = {}
+    final_state_used = False
+    for t, b in enumerate(blocks):
+        for i, n in enumerate(b):
+            for u in n.users:
+                if u in region_nodes:
+                    continue
+                if t == T - 1 and i == state:
+                    final_state_used = True
+                elif t == T - 1 and i in buffers:
+                    outs[("buffer", i)] = ("buffer", writes[i].dim, i, n)
+                elif t == 0 and u.target in (torch.stack, torch.cat) and _collects(u, blocks, i):
+                    dim = u.args[1] if len(u.args) > 1 else u.kwargs.get("dim", 0)
+                    outs[(u,)] = ("stack" if u.target is torch.stack else "cat", dim, i, u)
+                elif t > 0 and u.target in (torch.stack, torch.cat) and _collects(u, blocks, i):
+                    continue
+                else:
+                    raise _Mismatch(f"'{n.name}' of step {t} is used after the loop by '{u.name}'")
+    if len(outs) > 1:
+        raise _Mismatch(f"{len(outs)} per-step outputs; one is supported")
+    if not outs and not final_state_used:
+        raise _Mismatch("nothing computed by the loop is used")
+    out_kind, out_dim, out_offset, out_target = next(iter(outs.values())) if outs else ("none", 0, None, None)
+    if out_kind == "buffer":
+        size = value_of(init[out_offset]).shape[out_dim]
+        if size != T:
+            raise _Mismatch(f"the output buffer has {size} steps along dim {out_dim} but the loop writes {T}")
+        out_offset = pos[writes[out_offset].value] - (s + (T - 1) * L)
+        if not 0 <= out_offset < L:
+            raise _Mismatch("the written value is not computed in the step")
+    return LoopRegion(
+        graph=nodes[0].graph,
+        blocks=blocks,
+        reads=reads,
+        state_offset=state,
+        init_state=init[state],
+        out_offset=out_offset,
+        out_kind=out_kind,
+        out_dim=out_dim,
+        out_target=out_target,
+        final_state_used=final_state_used,
+        source=source_line(blocks[0][state]) or source_line(blocks[0][0]),
+    )
+
+
+def _collects(u: fx.Node, blocks, i) -> bool:
+    """``u`` is stack/cat of exactly the values at offset ``i`` of every block, in order."""
+    seq = u.args[0] if u.args else u.kwargs.get("tensors")
+    return isinstance(seq, (list, tuple)) and len(seq) == len(blocks) and all(a is b[i] for a, b in zip(seq, blocks))
+
+
+def writes_of(region: LoopRegion) -> TimeWrite | None:
+    """The buffer write of the last step, when the output is written into a buffer."""
+    if region.out_kind != "buffer":
+        return None
+    return time_write(region.out_target)

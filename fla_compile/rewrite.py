@@ -1,0 +1,213 @@
+"""Rewrite: a proven region becomes one call of its family op; the rest of the graph stays.
+
+For a loop, the per-step work that does not touch the state (gates, scales, feature maps)
+is hoisted out as whole-sequence tensors with ``torch.vmap`` over the time dim of its
+inputs, the op runs on [B, T, H, D] views, and the results are laid out as the user's
+code laid them out (stacked, concatenated or written into a buffer). Layout transposes
+are left for Inductor to fuse.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from .ir import Family
+from .patterns._graph import value_of
+from .patterns.loop import LoopRegion
+from .verify import LoopBinding, Role, apply_recipe
+
+aten = torch.ops.aten
+ZEROS = {
+    torch.zeros,
+    torch.zeros_like,
+    "new_zeros",
+    aten.zeros.default,
+    aten.zeros_like.default,
+    aten.new_zeros.default,
+}
+
+
+def is_zeros(node) -> bool:
+    return isinstance(node, fx.Node) and node.target in ZEROS
+
+
+def batch_split(batch: tuple) -> tuple[int, int]:
+    """The state's leading dims as (B, H) for the op: (B, H) stay, others fold."""
+    if len(batch) == 0:
+        return 1, 1
+    if len(batch) == 1:
+        return batch[0], 1
+    return math.prod(batch[:-1]), batch[-1]
+
+
+def to_bthd(x: torch.Tensor, batch: tuple) -> torch.Tensor:
+    """[T, *batch, (D)] -> [B, T, H, (D)]."""
+    B, H = batch_split(batch)
+    return x.reshape(x.shape[0], B, H, *x.shape[1 + len(batch) :]).transpose(0, 1)
+
+
+def from_bthd(x: torch.Tensor, batch: tuple) -> torch.Tensor:
+    """[B, T, H, D] -> [T, *batch, D]."""
+    return x.transpose(0, 1).reshape(x.shape[1], *batch, x.shape[-1])
+
+
+def log_gate(x: torch.Tensor, kind: str) -> torch.Tensor:
+    x = x.float() if x.dtype != torch.float64 else x
+    if kind == "exp":
+        return x
+    if kind == "sigmoid":
+        return F.logsigmoid(x)
+    return torch.log(x)
+
+
+def call_family(family: Family, b: LoopBinding, vals: dict, h0):
+    """Run the family op on role values [T, *batch, D] (gate [T, *batch(, K)]) and a state
+    [*batch, X, Y]; return o [T, *batch, V] and the final state [*batch, X, Y]."""
+    q, k, v = (to_bthd(vals[n], b.batch) for n in ("q", "k", "v"))
+    B, H = batch_split(b.batch)
+    if h0 is not None:
+        h0 = h0.reshape(B, H, *h0.shape[-2:])
+        h0 = h0.transpose(-1, -2) if b.transposed else h0
+        h0 = h0.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
+    ops = torch.ops.fla_compile
+    if family == Family.LINEAR_ATTN:
+        o, ht = ops.linear_attn(q, k, v, b.scale, h0, None)
+    elif family == Family.RETENTION and b.gate is None:
+        decay = torch.full((H,), b.decay, dtype=torch.float32, device=q.device)
+        o, ht = ops.retention(q, k, v, decay, b.scale, h0, None)
+    else:
+        g = to_bthd(log_gate(vals["gate"], b.gate.log), b.batch)
+        if family == Family.GLA:
+            o, ht = ops.gla(q, k, v, g, b.scale, h0, None)
+        else:
+            o, ht = ops.simple_gla(q, k, v, g, b.scale, h0, None)
+    ht = ht.transpose(-1, -2) if b.transposed else ht
+    return from_bthd(o, b.batch), ht.reshape(*b.batch, *ht.shape[-2:])
+
+
+class LoopLowering:
+    """The callable that replaces a loop region in the graph (see the module docstring)."""
+
+    def __init__(self, region: LoopRegion, binding: LoopBinding, family: Family | None = None):
+        self.family = family or binding.family
+        self.binding = binding
+        self.T = region.T
+        roles = [("q", binding.q), ("k", binding.k), ("v", binding.v)]
+        if binding.gate is not None:
+            roles.append(("gate", binding.gate))
+        self.roles = roles
+        step_roles = [r for _, r in roles if r.origin[0] == "offset"]
+        offsets = list(dict.fromkeys(r.origin[1] for r in step_roles))
+        self.offsets = offsets
+        self.role_gm, role_inputs = region.role_graph(offsets) if offsets else (None, [])
+        args: list[fx.Node] = []
+        self.in_dims: list = []
+        self.keepdims: list = []
+        for kind, ref in role_inputs:
+            if kind == "read":
+                r = region.reads[ref]
+                args.append(r.src)
+                self.in_dims.append(r.dim)
+                self.keepdims.append(r.keepdim)
+            else:
+                args.append(ref)
+                self.in_dims.append(None)
+                self.keepdims.append(False)
+        self.n_role_args = len(args)
+        self.global_roles = [r.origin[1] for _, r in roles if r.origin[0] == "global"]
+        args += self.global_roles
+        self.init_state = None if is_zeros(region.init_state) else region.init_state
+        if self.init_state is not None:
+            args.append(self.init_state)
+        self.args = args
+        out_node = region.blocks[-1][region.out_offset] if region.out_offset is not None else None
+        self.out_meta = value_of(out_node) if out_node is not None else None
+        self.out_kind, self.out_dim = region.out_kind, region.out_dim
+        if region.out_kind == "buffer":
+            self.buffer_meta = value_of(region.out_target)
+        self.state_meta = value_of(region.blocks[-1][region.state_offset])
+        self.__name__ = f"fla_{self.family.value}_loop"
+
+    def __repr__(self) -> str:
+        return self.__name__
+
+    def _hoist(self, role_args):
+        """Whole-sequence values [T, *step shape] of the roles computed inside the step."""
+        if not self.offsets:
+            return {}
+        keep = self.keepdims
+
+        def step(*xs):
+            xs = [x.unsqueeze(d) if k else x for x, d, k in zip(xs, self.in_dims, keep)]
+            return self.role_gm(*xs)
+
+        if all(d is None for d in self.in_dims):
+            vals = [v.unsqueeze(0).expand(self.T, *v.shape) for v in step(*role_args)]
+        else:
+            vals = torch.vmap(step, in_dims=tuple(self.in_dims), out_dims=0)(*role_args)
+        return dict(zip(self.offsets, vals))
+
+    def __call__(self, *args):
+        b = self.binding
+        hoisted = self._hoist(args[: self.n_role_args])
+        globals_ = dict(zip(self.global_roles, args[self.n_role_args : self.n_role_args + len(self.global_roles)]))
+        h0 = args[-1] if self.init_state is not None else None
+
+        def value(role: Role) -> torch.Tensor:
+            kind, ref = role.origin
+            if kind == "offset":
+                return apply_recipe(hoisted[ref], role.recipe, role.target, lead=1)
+            x = apply_recipe(globals_[ref], role.recipe, role.target)
+            return x.unsqueeze(0).expand(self.T, *x.shape)
+
+        vals = {name: value(role) for name, role in self.roles}
+        o, ht = call_family(self.family, b, vals, h0)
+        return self._layout_output(o, b), ht.reshape(self.state_meta.shape).to(self.state_meta.dtype)
+
+    def _layout_output(self, o, b):
+        if self.out_meta is None:
+            return None
+        if self.out_kind == "buffer":
+            slot = list(self.buffer_meta.shape)
+            d = self.out_dim
+            slot.pop(d)
+            o = o.reshape(self.T, *self.out_meta.shape) if o[0].numel() == self.out_meta.numel() else o
+            o = o.reshape(self.T, *slot).movedim(0, d)
+            return o.to(self.buffer_meta.dtype)
+        o = o.reshape(self.T, *self.out_meta.shape).to(self.out_meta.dtype)
+        d = self.out_dim
+        if self.out_kind == "stack":
+            d = d if d >= 0 else d + len(self.out_meta.shape) + 1
+            return o.movedim(0, d)
+        d = d if d >= 0 else d + len(self.out_meta.shape)
+        return o.movedim(0, d).flatten(d, d + 1)
+
+
+def rewrite_loop(region: LoopRegion, lowering: LoopLowering) -> None:
+    """Replace ``region`` in its graph by one call of ``lowering``."""
+    graph = region.graph
+    inside = {n for b in region.blocks for n in b}
+    last = region.blocks[-1][-1]
+    with graph.inserting_after(last):
+        call = graph.call_function(lowering, tuple(lowering.args))
+    with graph.inserting_after(call):
+        o_node = graph.call_function(operator.getitem, (call, 0))
+    with graph.inserting_after(o_node):
+        s_node = graph.call_function(operator.getitem, (call, 1))
+    outside = lambda u: u not in inside and u is not call  # noqa: E731
+    if region.out_target is not None:
+        o_node.meta["example_value"] = value_of(region.out_target)
+        region.out_target.replace_all_uses_with(o_node, delete_user_cb=outside)
+    final_state = region.blocks[-1][region.state_offset]
+    s_node.meta["example_value"] = value_of(final_state)
+    final_state.replace_all_uses_with(s_node, delete_user_cb=outside)
+    if region.out_kind in ("stack", "cat"):
+        graph.erase_node(region.out_target)
+    for n in reversed([n for b in region.blocks for n in b]):
+        graph.erase_node(n)
+    graph.eliminate_dead_code()

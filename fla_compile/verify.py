@@ -1,0 +1,286 @@
+"""Classify and verify: read the roles of a candidate region from numbers, then prove it.
+
+For a re-rolled loop, one step F(S, x_t) is run on random float64 probes:
+  * F must be affine in S: F(S) = A(S) + B;
+  * A is the transition: identity (linear_attn), a constant scalar (retention), a scalar
+    or a per-key diagonal taken from a value of the step (simple_gla, gla);
+  * B must be an outer product k v^T of two values of the step;
+  * the output must be c * S_t^T q for a value q of the step and a constant c.
+Values are bound to roles by matching numbers against the step's own intermediate
+values, so the spelling (einsum, matmul, broadcasting, transposed state) does not matter.
+The binding is then proven on fresh probes against the family's op itself (T = 1, the
+probe state as initial state). Anything that fails is a near miss with its reason; NaN
+never passes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from .ir import Family
+
+aten = torch.ops.aten
+TOL = 1e-5  # relative, on float64 probes of code that may round through float32
+EXP = {torch.exp, "exp", aten.exp.default}
+SIGMOID = {torch.sigmoid, "sigmoid", aten.sigmoid.default, F.sigmoid}
+
+
+class NearMiss(Exception):
+    """A region that looks like a recurrence but could not be proven; the message says why."""
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.shape != b.shape:
+        return math.inf
+    num, den = (a - b).double().norm().item(), b.double().norm().item()
+    if not math.isfinite(num):
+        return math.inf
+    return num / max(den, 1e-300)
+
+
+@dataclasses.dataclass(frozen=True)
+class Role:
+    """A step value bound to a role: where it comes from and how to shape it.
+
+    origin: ("offset", i) for a node of the step block, ("global", node) for a value from
+    before the loop. recipe: ("reshape",) or ("broadcast", shape) to reach ``target``
+    ([*batch, D] or [*batch]). log: how the op's log-gate is derived ("", "exp", "sigmoid", "log").
+    """
+
+    origin: tuple
+    recipe: tuple
+    target: tuple
+    log: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopBinding:
+    family: Family
+    q: Role
+    k: Role
+    v: Role
+    gate: Role | None
+    decay: float | None  # retention with a literal gamma: log(gamma)
+    scale: float
+    transposed: bool
+    batch: tuple
+    positive: bool = False  # probes needed positive inputs (e.g. a log in the step)
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, gm):
+        super().__init__(gm, garbage_collect_values=False)
+
+
+def _run(gm, args):
+    rec = _Recorder(gm)
+    with torch.no_grad():
+        out = rec.run(*args)
+    return out, rec.env
+
+
+def _state_dependent(gm: fx.GraphModule) -> set:
+    dep = set()
+    for n in gm.graph.nodes:
+        if n.op == "placeholder" and n.name == "state":
+            dep.add(n)
+        elif any(a in dep for a in n.all_input_nodes):
+            dep.add(n)
+    return dep
+
+
+def _fit(v: torch.Tensor, target: tuple):
+    """A recipe that turns value ``v`` into shape ``target``, or None."""
+    n = math.prod(target)
+    if v.numel() == n:
+        return ("reshape",)
+    shape = list(v.shape)
+    while len(shape) > len(target) and shape[-1] == 1:
+        shape.pop()
+    while len(shape) > len(target) and shape[0] == 1:
+        shape.pop(0)
+    try:
+        torch.broadcast_shapes(tuple(shape), target)
+    except RuntimeError:
+        return None
+    if torch.broadcast_shapes(tuple(shape), target) != torch.Size(target):
+        return None
+    return ("broadcast", tuple(shape))
+
+
+def apply_recipe(v: torch.Tensor, recipe: tuple, target: tuple, lead: int = 0) -> torch.Tensor:
+    """Apply a recipe to ``v`` that may carry ``lead`` extra leading dims (time)."""
+    pre = tuple(v.shape[:lead])
+    if recipe[0] == "reshape":
+        return v.reshape(*pre, *target)
+    return v.reshape(*pre, *recipe[1]).expand(*pre, *target)
+
+
+def _candidates(values: dict, target: tuple):
+    for node, val in values.items():
+        if isinstance(val, torch.Tensor) and val.is_floating_point():
+            recipe = _fit(val, target)
+            if recipe is not None:
+                yield node, recipe, apply_recipe(val, recipe, target)
+
+
+def _origin(node: fx.Node):
+    return node.meta["fla_origin"]
+
+
+def _probe_inputs(metas, gen, positive=False):
+    out = []
+    for m in metas:
+        if not isinstance(m, torch.Tensor):
+            raise NearMiss(f"a step input is not a tensor ({type(m).__name__})")
+        if not m.is_floating_point():
+            raise NearMiss(f"a step input has dtype {m.dtype}; only float inputs can be probed")
+        x = torch.randn(tuple(m.shape), generator=gen, dtype=torch.float64)
+        out.append(x.abs() * 0.5 + 0.25 if positive else x)
+    return out
+
+
+def classify_loop(step: fx.GraphModule, input_metas: list, state_meta: torch.Tensor) -> LoopBinding:
+    """Read the family and roles of one loop step (see the module docstring)."""
+    if state_meta is None or state_meta.dim() < 2:
+        raise NearMiss("the carried value is not a matrix state")
+    *batch, X, Y = tuple(state_meta.shape)
+    batch = tuple(batch)
+    gen = torch.Generator().manual_seed(1234)
+    dep = _state_dependent(step)
+    for positive in (False, True):  # retry on positive inputs where e.g. a log needs them
+        P = _probe_inputs(input_metas, gen, positive)
+        Sa = torch.randn(state_meta.shape, generator=gen, dtype=torch.float64)
+        Sb = torch.randn(state_meta.shape, generator=gen, dtype=torch.float64)
+        (Fa, oa), env = _run(step, [Sa, *P])
+        if torch.isfinite(Fa).all() and (oa is None or torch.isfinite(oa).all()):
+            break
+    else:
+        raise NearMiss("the step gives NaN or inf on random inputs")
+    (F0, o0), _ = _run(step, [torch.zeros_like(Sa), *P])
+    (Fb, _), _ = _run(step, [Sb, *P])
+    (Fab, _), _ = _run(step, [Sa + 2 * Sb, *P])
+    if Fa.shape != Sa.shape:
+        raise NearMiss(f"the state changes shape from {tuple(Sa.shape)} to {tuple(Fa.shape)}")
+    Aa, Ab = Fa - F0, Fb - F0
+    if rel_err(Fab - F0, Aa + 2 * Ab) > TOL:
+        raise NearMiss("the state update is not linear in the state")
+    values = {n: v for n, v in env.items() if n not in dep and n.op != "output"}
+
+    # the transition A
+    transition, gate_val = _transition(Sa, Aa, Sb, Ab)
+    # the update B = k v^T (or v k^T for a transposed state)
+    pairs = _outer_pairs(values, F0, batch, X, Y)
+    if not pairs:
+        raise NearMiss("the state update's additive term is not an outer product k v^T of step values")
+    if oa is None:
+        raise NearMiss("the loop has no per-step output")
+    for a, b in pairs:
+        for transposed in (False, True):
+            if transition == "diag_x" and transposed or transition == "diag_y" and not transposed:
+                continue
+            readout = _readout(values, oa, Fa, Sa, batch, X, Y, transposed)
+            if readout is None:
+                continue
+            q, scale, reads_prev = readout
+            if reads_prev:
+                raise NearMiss("the output reads the state before the update (S_{t-1}); this family reads S_t")
+            k, v = (b, a) if transposed else (a, b)
+            gate, decay, family = _bind_gate(transition, gate_val, values, dep)
+            return LoopBinding(family, q, k, v, gate, decay, scale, transposed, batch, positive)
+    raise NearMiss("the output is not S_t^T q for a value q of the step")
+
+
+def _transition(Sa, Aa, Sb, Ab):
+    if rel_err(Aa, Sa) <= TOL and rel_err(Ab, Sb) <= TOL:
+        return "identity", None
+    for kind, dims in (("scalar", (-2, -1)), ("diag_x", (-1,)), ("diag_y", (-2,))):
+        c = (Aa * Sa).sum(dims, keepdim=True) / (Sa * Sa).sum(dims, keepdim=True)
+        if rel_err(c * Sa, Aa) <= TOL and rel_err(c * Sb, Ab) <= TOL:
+            c = c.squeeze(-1).squeeze(-1) if kind == "scalar" else c.squeeze(dims[0])
+            return kind, c
+    raise NearMiss("the state transition is not a decay (identity, scalar or diagonal gate)")
+
+
+def _outer_pairs(values, B, batch, X, Y):
+    xs = list(_candidates(values, (*batch, X)))
+    ys = list(_candidates(values, (*batch, Y)))
+    found = []
+    for na, ra, a in xs:
+        for nb, rb, b in ys:
+            if rel_err(torch.einsum("...x,...y->...xy", a, b), B) <= TOL:
+                found.append((Role(_origin(na), ra, (*batch, X)), Role(_origin(nb), rb, (*batch, Y))))
+                if len(found) >= 4:
+                    return found
+    return found
+
+
+def _readout(values, o, Snew, Sold, batch, X, Y, transposed):
+    K, Vd = (Y, X) if transposed else (X, Y)
+    if o.numel() != math.prod(batch) * Vd:
+        return None
+    o = o.reshape(*batch, Vd)
+    for reads_prev, S in ((False, Snew), (True, Sold)):
+        for node, recipe, q in _candidates(values, (*batch, K)):
+            ref = torch.einsum("...yx,...y->...x", S, q) if transposed else torch.einsum("...xy,...x->...y", S, q)
+            den = (ref * ref).sum().item()
+            if den == 0:
+                continue
+            c = (o * ref).sum().item() / den
+            if rel_err(c * ref, o) <= TOL:
+                return Role(_origin(node), recipe, (*batch, K)), c, reads_prev
+    return None
+
+
+def _bind_gate(transition, c, values, dep):
+    if transition == "identity":
+        return None, None, Family.LINEAR_ATTN
+    target = tuple(c.shape)
+    matches = [(n, r) for n, r, v in _candidates(values, target) if rel_err(v, c) <= TOL]
+    if matches:
+        # prefer a gate written as exp(x) or sigmoid(x): its log is exact
+        matches.sort(key=lambda m: 0 if m[0].target in EXP or m[0].target in SIGMOID else 1)
+        node, recipe = matches[0]
+        if node.target in EXP and isinstance(node.args[0], fx.Node) and node.args[0] not in dep:
+            gate = Role(_origin(node.args[0]), recipe, target, "exp")
+        elif node.target in SIGMOID and isinstance(node.args[0], fx.Node) and node.args[0] not in dep:
+            gate = Role(_origin(node.args[0]), recipe, target, "sigmoid")
+        else:
+            if (c <= 0).any():
+                raise NearMiss("the decay is not positive, so it has no log-space gate")
+            gate = Role(_origin(node), recipe, target, "log")
+        return gate, None, Family.GLA if transition == "diag_x" else Family.SIMPLE_GLA
+    # no step value holds it: a literal constant gamma (retention) or nothing we can bind
+    if transition == "scalar" and rel_err(c, torch.full_like(c, c.flatten()[0].item())) <= TOL:
+        gamma = c.flatten()[0].item()
+        if gamma > 0:
+            return None, math.log(gamma), Family.RETENTION
+    raise NearMiss("the decay is not a value computed in the step, nor a constant")
+
+
+def prove_loop(step: fx.GraphModule, input_metas: list, state_meta, binding: LoopBinding, trials: int = 2) -> float:
+    """Prove one step equals the family op (T = 1) on fresh probes; return the worst error."""
+    from .rewrite import call_family
+
+    by_origin = {n.meta["fla_origin"]: n for n in step.graph.nodes if "fla_origin" in n.meta}
+    gen = torch.Generator().manual_seed(4321)
+    worst = 0.0
+    for _ in range(trials):
+        P = _probe_inputs(input_metas, gen, binding.positive)
+        S = torch.randn(state_meta.shape, generator=gen, dtype=torch.float64)
+        (S1, o1), env = _run(step, [S, *P])
+        roles = {"q": binding.q, "k": binding.k, "v": binding.v}
+        if binding.gate is not None:
+            roles["gate"] = binding.gate
+        vals = {n: apply_recipe(env[by_origin[r.origin]], r.recipe, r.target)[None] for n, r in roles.items()}
+        o, ht = call_family(binding.family, binding, vals, S)
+        err = max(rel_err(ht, S1), rel_err(o[0].reshape(o1.shape), o1))
+        if not err <= TOL:
+            raise NearMiss(f"the {binding.family.value} op differs from the step on fresh inputs (rel err {err:.1e})")
+        worst = max(worst, err)
+    return worst
