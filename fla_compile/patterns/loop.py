@@ -204,7 +204,7 @@ def find(graph: fx.Graph) -> tuple[list[LoopRegion], list[tuple[str, str]]]:
     families.sort(key=lambda f: f[0])
     regions, misses = [], []
     done_until = -1
-    for lo, hi, T, first in families:
+    for lo, _hi, T, first in families:
         if lo <= done_until:
             continue
         L = first[1] - first[0]
@@ -227,9 +227,9 @@ def _reroll(nodes, pos, p0, T, L, floor) -> LoopRegion:
             break
         s -= 1
     # shrink from the left until block 0 fits (a prologue node may look like the block's end)
-    for s in range(s, p0 + 1):
+    for start in range(s, p0 + 1):
         try:
-            return _build(nodes, pos, s, T, L)
+            return _build(nodes, pos, start, T, L)
         except _Mismatch as e:
             err = e
     raise err
