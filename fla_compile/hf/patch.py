@@ -1,0 +1,237 @@
+"""``patch(model)`` / ``unpatch(model)``: bind the linear-attention layers of a transformers model to our ops.
+
+For every module whose class is in the registry, the binding of its math kind is applied to
+the instance (never to the class or the modeling module): either the layer's own forward with
+the recurrence / conv functions it calls swapped for ours (``rebind``), or a replacement
+forward. Before a layer class is patched, each swapped function is proven against the
+layer's own function on small random fp32 probes, and the whole layer (original vs patched
+forward, on an fp32 copy) on a random input; a failed proof leaves the class unpatched and
+the report says why. ``unpatch`` restores exactly what was there.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import types
+
+import torch
+
+from . import common, rebind, registry
+
+logger = logging.getLogger("fla_compile.hf")
+
+_RECORD = "_fla_compile_patch"
+_MISSING = object()
+
+
+@dataclasses.dataclass
+class LayerGroup:
+    """All layers of one module class in a model, and what happened to them."""
+
+    cls: str
+    kind: str
+    layers: int
+    patched: bool
+    path: str = ""
+    reason: str = ""  # why it was left alone, when it was
+    swapped: tuple[str, ...] = ()  # functions (or "forward") now bound to ours
+    probe_err: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def line(self) -> str:
+        if not self.patched:
+            return f"{self.cls} x{self.layers} [{self.kind}]: left unpatched ({self.reason})"
+        worst = max(self.probe_err.values(), default=0.0)
+        what = ", ".join(self.swapped)
+        return f"{self.cls} x{self.layers} [{self.kind}]: {self.path}; swapped {what}; probe rel err {worst:.1e}"
+
+
+@dataclasses.dataclass
+class PatchReport:
+    """What ``patch`` did to a model: one group per layer class it knows."""
+
+    model: str
+    groups: list[LayerGroup] = dataclasses.field(default_factory=list)
+
+    @property
+    def layers_patched(self) -> int:
+        return sum(g.layers for g in self.groups if g.patched)
+
+    @property
+    def ok(self) -> bool:
+        """True when every known layer class was patched."""
+        return all(g.patched for g in self.groups)
+
+    def __str__(self) -> str:
+        head = f"fla_compile.patch({self.model}): {self.layers_patched} layer(s) patched"
+        if not self.groups:
+            return head + " (no known linear-attention layers)"
+        return "\n".join([head, *("  " + g.line() for g in self.groups)])
+
+
+@dataclasses.dataclass
+class _Undo:
+    forward: object  # the instance's own ``forward`` before patching, or _MISSING
+    attrs: dict  # instance attribute name -> previous value (or _MISSING)
+
+
+def _base_forward(module):
+    """The function the module's forward runs now (its class's, unless an instance override)."""
+    fwd = module.__dict__.get("forward", _MISSING)
+    if fwd is _MISSING:
+        return type(module).forward
+    if isinstance(fwd, types.MethodType) and fwd.__self__ is module:
+        return fwd.__func__
+    return None
+
+
+def _plan(module, binding):
+    """(patched forward function or None, {name: original}, {instance attr: ours}, reason)."""
+    base = _base_forward(module)
+    if base is None or not isinstance(base, types.FunctionType):
+        return None, {}, {}, "its forward is wrapped on the instance (accelerate hooks?); not patched"
+    if binding.forward is not None:
+        return binding.forward, {"forward": base}, {}, ""
+    names = rebind.global_names(base)
+    overrides, originals, attrs = {}, {}, {}
+    for name, ours in binding.functions.items():
+        if name in names and rebind.lookup_global(base, name) is not None:
+            overrides[name] = ours
+            originals[name] = rebind.lookup_global(base, name)
+        elif callable(getattr(module, name, None)) and not isinstance(getattr(module, name), torch.nn.Module):
+            attrs[name] = ours
+            originals[name] = getattr(module, name)
+    missing = [n for n in binding.required if n not in originals]
+    if missing:
+        return None, {}, {}, f"its forward calls none of {missing} (a transformers version we do not know)"
+    fwd = rebind.rebind_globals(base, overrides) if overrides else None
+    return fwd, originals, attrs, ""
+
+
+def _prove(module, binding, fwd, originals, attrs):
+    """Probe every swapped function, then the whole layer; return ({name: rel err}, reason)."""
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    if device.type == "meta":
+        return {}, "its weights are on the meta device; nothing to probe"
+    errs = {}
+    with torch.no_grad():
+        for name, original in originals.items():
+            probe = binding.probes.get(name)
+            ours = binding.forward if name == "forward" else binding.functions.get(name)
+            if probe is None or ours is None:
+                continue
+            try:  # a forward's probe gets the layer itself, a function's probe the layer's function
+                errs[name] = probe(module if name == "forward" else original, ours, device)
+            except Exception as e:  # a probe that cannot run proves nothing
+                return errs, f"probe of {name} raised {type(e).__name__}: {e}"
+            if not errs[name] < common.PROBE_TOL:
+                return errs, f"probe of {name}: rel err {errs[name]:.2e} >= {common.PROBE_TOL:g}"
+        try:
+            errs["layer"] = _layer_probe(module, binding, fwd, attrs, device)
+        except Exception as e:
+            return errs, f"layer probe raised {type(e).__name__}: {e}"
+        if not errs["layer"] < common.PROBE_TOL:
+            return errs, f"layer probe: rel err {errs['layer']:.2e} >= {common.PROBE_TOL:g}"
+    return errs, ""
+
+
+def _hidden_size(module) -> int:
+    size = getattr(module, "hidden_size", None)
+    if isinstance(size, int):
+        return size
+    lin = next(m for m in module.modules() if isinstance(m, torch.nn.Linear))
+    return lin.in_features
+
+
+def _layer_probe(module, binding, fwd, attrs, device) -> float:
+    """Original vs patched forward of an fp32 copy of the layer on a random input, no cache."""
+    twin = copy.deepcopy(module).float()
+    twin.__dict__.pop(_RECORD, None)
+    gen = common.generator(device)
+    x = common.randn(gen, 2, 13, _hidden_size(module), device=device)
+    args = (binding.probe_args or (lambda h: (h,)))(x)
+    base = _base_forward(twin)
+    ref = base(twin, *args)
+    for name, ours in attrs.items():
+        setattr(twin, name, ours)
+    out = (fwd or base)(twin, *args)
+    first = lambda o: o[0] if isinstance(o, tuple) else o
+    return common.rel_err(first(out), first(ref))
+
+
+def patch(model: torch.nn.Module, verify: bool = True) -> PatchReport:
+    """Bind the known linear-attention layers of ``model`` to fla_compile's ops, in place.
+
+    Layers are matched by class (see ``registry.RULES``); each binding is proven on a random
+    probe first (``verify=False`` skips the proofs) and left off, with the reason in the
+    report, if the proof fails. Unknown modules are left alone. Calling it twice is harmless.
+    Returns a ``PatchReport``; one INFO line on the ``fla_compile.hf`` logger says which path
+    each layer kind now runs.
+    """
+    report = PatchReport(type(model).__name__)
+    by_class: dict[type, list] = {}
+    for m in model.modules():
+        if registry.rule_for(m) is not None:
+            by_class.setdefault(type(m), []).append(m)
+    for cls, mods in by_class.items():
+        rule = registry.rule_for(mods[0])
+        binding = registry.binding(rule.kind)
+        group = LayerGroup(cls.__name__, rule.kind, len(mods), False, binding.path)
+        report.groups.append(group)
+        todo = [m for m in mods if _RECORD not in m.__dict__]
+        if not todo:
+            group.patched, group.swapped = True, ("already patched",)
+            continue
+        fwd, originals, attrs, reason = _plan(todo[0], binding)
+        if not reason and verify:
+            group.probe_err, reason = _prove(todo[0], binding, fwd, originals, attrs)
+        if reason:
+            group.reason = reason
+            continue
+        for m in todo:
+            _apply(m, fwd, attrs)
+        group.patched = True
+        group.swapped = tuple(originals) if binding.forward is None else ("forward",)
+    logger.info(_log_line(report))
+    return report
+
+
+def _apply(module, fwd, attrs) -> None:
+    undo = _Undo(module.__dict__.get("forward", _MISSING), {})
+    for name, ours in attrs.items():
+        undo.attrs[name] = module.__dict__.get(name, _MISSING)
+        object.__setattr__(module, name, ours)
+    if fwd is not None:
+        object.__setattr__(module, "forward", types.MethodType(fwd, module))
+    module.__dict__[_RECORD] = undo
+
+
+def unpatch(model: torch.nn.Module) -> int:
+    """Restore every layer ``patch`` changed in ``model``; returns how many. Harmless if none."""
+    n = 0
+    for m in model.modules():
+        undo = m.__dict__.pop(_RECORD, None)
+        if undo is None:
+            continue
+        for name, old in [*undo.attrs.items(), ("forward", undo.forward)]:
+            if old is _MISSING:
+                m.__dict__.pop(name, None)
+            else:
+                object.__setattr__(m, name, old)
+        n += 1
+    return n
+
+
+def is_patched(module: torch.nn.Module) -> bool:
+    return _RECORD in module.__dict__
+
+
+def _log_line(report: PatchReport) -> str:
+    if not report.groups:
+        return f"fla_compile.patch: {report.model}: no known linear-attention layers, nothing patched"
+    parts = []
+    for g in report.groups:
+        where = g.path if g.patched else f"transformers' own path ({g.reason})"
+        parts.append(f"{g.layers} x {g.cls} -> {where}")
+    return f"fla_compile.patch: {report.model}: " + "; ".join(parts)
