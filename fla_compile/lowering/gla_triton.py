@@ -1,0 +1,282 @@
+"""Launchers of the GLA-line Triton kernels: chunked forward and backward, fused recurrent decoding.
+
+Inputs follow the ops: q, k [B, T, HK, K], v [B, T, H, V], gate None / [B, T, H] / [B, T, H, K]
+in log space, initial state [N, H, K, V], ``cu_seqlens`` [N + 1] (B == 1). A dense batch is run
+as B sequences of length T, so one code path covers both; the chunk metadata of packed
+sequences is built with torch ops on the device (no ``.item()``, no host sync).
+
+Block sizes come from :mod:`fla_compile.lowering.autotune` (per-arch tables, screened and
+persisted winners); pass ``config`` to force one.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from . import gla_triton_kernels as kern
+from .gla_torch import GATE_NONE, GATE_SCALAR, GATE_VECTOR
+
+GATE_IDS = {GATE_NONE: 0, GATE_SCALAR: 1, GATE_VECTOR: 2}
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+DECODE_MAX_T = 64
+
+
+def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether the kernels take these inputs (dtype and head dims); otherwise use the torch path."""
+    return all(x.dtype in DTYPES for x in (q, k, v)) and q.shape[-1] <= 256 and v.shape[-1] <= 256
+
+
+def _pow2(n: int, lo: int = 16) -> int:
+    return max(lo, triton.next_power_of_2(n))
+
+
+def chunk_meta(B: int, T: int, cu_seqlens: torch.Tensor | None, BT: int, device):
+    """(cu int32 [N+1], info int32 [NS, 2] = (sequence or -1, chunk), chunk_off int32 [N+1], NS, N).
+
+    Slot s of a valid chunk c of sequence n is ``chunk_off[n] + c``. NS is a bound known from
+    shapes alone: B * ceil(T / BT) dense, ceil(T / BT) + N packed.
+    """
+    if cu_seqlens is None:
+        NT = triton.cdiv(T, BT)
+        cu = torch.arange(0, B + 1, device=device, dtype=torch.int32) * T
+        chunk_off = torch.arange(0, B + 1, device=device, dtype=torch.int32) * NT
+        idx = torch.arange(B * NT, device=device, dtype=torch.int32)
+        info = torch.stack([idx // NT, idx % NT], 1)
+        return cu, info.contiguous(), chunk_off, B * NT, B
+    cu = cu_seqlens.to(device=device, dtype=torch.int32)
+    N = cu.shape[0] - 1
+    nchunks = (cu[1:] - cu[:-1] + BT - 1) // BT
+    chunk_off = torch.cat([cu.new_zeros(1), nchunks.cumsum(0).to(torch.int32)])
+    NS = triton.cdiv(T, BT) + N
+    idx = torch.arange(NS, device=device, dtype=torch.int32)
+    n = torch.searchsorted(chunk_off[1:].contiguous(), idx, right=True).to(torch.int32)
+    c = idx - chunk_off[n.clamp(max=N - 1)]
+    info = torch.stack([torch.where(n < N, n, -1), c], 1).to(torch.int32)
+    return cu, info.contiguous(), chunk_off, NS, N
+
+
+def _common(q, k, v, gate, gate_kind):
+    dt = v.dtype
+    q, k, v = (x.to(dt).contiguous() for x in (q, k, v))
+    if gate is not None:
+        gate = gate.contiguous()
+    B, T, HK, K = q.shape
+    H, V = v.shape[2], v.shape[3]
+    return q, k, v, gate, B, T, H, HK, K, V, GATE_IDS[gate_kind]
+
+
+def _blocks(config, K, V):
+    BT = config["BT"]
+    BK = min(config["BK"], _pow2(K))
+    BV = min(config["BV"], _pow2(V))
+    return BT, BK, BV, {"num_warps": config.get("num_warps", 4), "num_stages": config.get("num_stages", 2)}
+
+
+def _prec(dtype):
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _config(kind, q, v, T, config):
+    if config is not None:
+        return config
+    from .autotune import get_config
+
+    return get_config("chunk", kind, q.shape[-1], v.shape[-1], v.dtype, T, q.device)
+
+
+def _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, device):
+    if gid == 0:
+        return gate
+    gc = torch.empty(gate.shape, device=device, dtype=torch.float32)
+    BKg = _pow2(K) if gid == 2 else 16
+    grid = (NS, 1 if gid == 1 else triton.cdiv(K, BKg), H)
+    kern.chunk_cumsum_kernel[grid](gate, gc, cu, info, H, K, BT, BKg, gid)
+    return gc
+
+
+def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, opts, prec, store_h=True):
+    h = torch.empty(NS if store_h else 1, H, K, V, device=v.device, dtype=torch.float32)
+    ht = torch.empty(N, H, K, V, device=v.device, dtype=torch.float32)
+    grid = (N * H, triton.cdiv(K, BK), triton.cdiv(V, BV))
+    kern.chunk_fwd_h_kernel[grid](
+        k,
+        v,
+        gc,
+        h,
+        h0 if h0 is not None else ht,
+        ht,
+        cu,
+        chunk_off,
+        H,
+        G,
+        K,
+        V,
+        BT,
+        BK,
+        BV,
+        gid,
+        h0 is not None,
+        store_h,
+        True,
+        prec,
+        **opts,
+    )
+    return h, ht
+
+
+def chunk_forward(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, config=None):
+    """Chunked forward: (o in v's dtype, final state fp32 [N, H, K, V])."""
+    q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind)
+    BT, BK, BV, opts = _blocks(_config(gate_kind, q, v, T, config), K, V)
+    cu, info, chunk_off, NS, N = chunk_meta(B, T, cu_seqlens, BT, q.device)
+    h0 = initial_state.float().contiguous() if initial_state is not None else None
+    gc = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device)
+    prec = _prec(v.dtype)
+    h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, H // HK, K, V, gid, BT, BK, BV, opts, prec)
+    o = torch.empty_like(v)
+    grid = (NS, triton.cdiv(V, BV), H)
+    kern.chunk_fwd_o_kernel[grid](q, k, v, gc, h, o, cu, info, scale, H, H // HK, K, V, BT, BK, BV, gid, prec, **opts)
+    return o, ht
+
+
+def chunk_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, config=None):
+    """Chunked backward: (dq, dk, dv, dgate or None, dh0 or None), dq/dk/dv in the inputs' dtypes.
+
+    Recomputes the chunk states, carries the state gradient backwards, then forms dv, dq, dk per
+    chunk and the gate gradient as a reverse cumsum of q dq - k dk (plus dht * ht at the end).
+    """
+    in_dtypes = (q.dtype, k.dtype, v.dtype)
+    q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind)
+    G = H // HK
+    BT, BK, BV, opts = _blocks(_config(gate_kind, q, v, T, config), K, V)
+    cu, info, chunk_off, NS, N = chunk_meta(B, T, cu_seqlens, BT, q.device)
+    h0 = initial_state.float().contiguous() if initial_state is not None else None
+    do = do.to(v.dtype).contiguous()
+    dht = dht.float().contiguous() if dht is not None else None
+    gc = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device)
+    prec = _prec(v.dtype)
+    h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, opts, prec)
+
+    dh = torch.empty(NS, H, K, V, device=v.device, dtype=torch.float32)
+    dh0 = torch.empty(N, H, K, V, device=v.device, dtype=torch.float32) if h0 is not None else None
+    grid = (N * H, triton.cdiv(K, BK), triton.cdiv(V, BV))
+    kern.chunk_bwd_dh_kernel[grid](
+        q,
+        do,
+        gc,
+        dh,
+        dht if dht is not None else dh,
+        dh0 if dh0 is not None else dh,
+        cu,
+        chunk_off,
+        scale,
+        H,
+        G,
+        K,
+        V,
+        BT,
+        BK,
+        BV,
+        gid,
+        dht is not None,
+        dh0 is not None,
+        prec,
+        **opts,
+    )
+    dv = torch.empty_like(v)
+    grid = (NS, triton.cdiv(V, BV), H)
+    kern.chunk_bwd_dv_kernel[grid](q, k, gc, do, dh, dv, cu, info, scale, H, G, K, V, BT, BK, BV, gid, prec, **opts)
+    dq = torch.empty(B, T, H, K, device=v.device, dtype=torch.float32)
+    dk = torch.empty_like(dq)
+    grid = (NS, triton.cdiv(K, BK), H)
+    kern.chunk_bwd_dqk_kernel[grid](
+        q, k, v, gc, h, do, dh, dq, dk, cu, info, scale, H, G, K, V, BT, BK, BV, gid, prec, **opts
+    )
+
+    dg = None
+    if gid != 0:
+        dg = torch.empty(gc.shape, device=v.device, dtype=torch.float32)
+        dgl = None
+        if dht is not None:
+            dgl = (dht * ht).sum(-1)
+            dgl = dgl.sum(-1).contiguous() if gid == 1 else dgl.contiguous()
+        BKg = _pow2(K) if gid == 1 else BK
+        grid = (N * H, 1 if gid == 1 else triton.cdiv(K, BKg))
+        kern.chunk_bwd_dg_kernel[grid](
+            q, k, dq, dk, dg, dgl if dgl is not None else dg, cu, H, G, K, BT, BKg, gid, dgl is not None
+        )
+    if G > 1:  # GQA: sum the heads of each group, in a fixed order
+        dq = dq.view(B, T, HK, G, K).sum(3)
+        dk = dk.view(B, T, HK, G, K).sum(3)
+    return dq.to(in_dtypes[0]), dk.to(in_dtypes[1]), dv.to(in_dtypes[2]), dg, dh0
+
+
+def fused_recurrent(
+    q,
+    k,
+    v,
+    gate,
+    gate_kind,
+    scale,
+    initial_state=None,
+    cu_seqlens=None,
+    output_final_state=True,
+    inplace_state=False,
+    config=None,
+):
+    """Token-by-token forward for decoding (T up to ``DECODE_MAX_T``): (o, final state or None).
+
+    With ``inplace_state`` the new state is written into ``initial_state`` (which must be a
+    contiguous fp32 tensor) and returned; nothing is allocated for it, so it is CUDA-graph safe.
+    """
+    q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind)
+    cu = (
+        torch.arange(0, B + 1, device=q.device, dtype=torch.int32) * T
+        if cu_seqlens is None
+        else cu_seqlens.to(torch.int32)
+    )
+    N = cu.shape[0] - 1
+    if config is None:
+        from .autotune import get_config
+
+        config = get_config("decode", gate_kind, K, V, v.dtype, T, q.device)
+    BK, BV = _pow2(K), min(config["BV"], _pow2(V))
+    if inplace_state:
+        if initial_state is None or initial_state.dtype != torch.float32 or not initial_state.is_contiguous():
+            raise ValueError("inplace_state needs a contiguous fp32 initial_state")
+        h0 = ht = initial_state
+    else:
+        h0 = initial_state.float().contiguous() if initial_state is not None else None
+        ht = torch.empty(N, H, K, V, device=q.device, dtype=torch.float32) if output_final_state else None
+    o = torch.empty_like(v)
+    grid = (N * H, triton.cdiv(V, BV))
+    kern.fused_recurrent_kernel[grid](
+        q,
+        k,
+        v,
+        gate if gate is not None else q,
+        o,
+        h0 if h0 is not None else o,
+        ht if ht is not None else o,
+        cu,
+        scale,
+        H,
+        H // HK,
+        K,
+        V,
+        BK,
+        BV,
+        gid,
+        h0 is not None,
+        ht is not None,
+        num_warps=config.get("num_warps", 4),
+    )
+    return o, ht
+
+
+def forward(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=None):
+    """The op's forward: the fused recurrent kernel for short inputs, the chunked one otherwise."""
+    if q.shape[1] <= DECODE_MAX_T:
+        return fused_recurrent(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens)
+    return chunk_forward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens)

@@ -1,0 +1,566 @@
+"""Triton kernels of the GLA line (linear_attn, retention, simple_gla, gla).
+
+One kernel set; the gate kind is a compile-time switch ``GATE``: 0 none, 1 scalar per head
+(retention, simple_gla), 2 vector per key dim (gla). Plain pointer arithmetic and masks
+(no ``tl.make_block_ptr``, gone in Triton 3.9), so the same code runs on Triton 3.6, 3.9
+and under ``TRITON_INTERPRET=1``.
+
+Layouts (all contiguous, tokens of all sequences flattened to ``TT = B * T``):
+    q, k: [TT, HK, K]      v, o, do: [TT, H, V]      gc: [TT, H] or [TT, H, K] fp32
+    h, dh: [NS, H, K, V] fp32 (state before / gradient after each chunk slot)
+    h0, ht, dht, dh0: [N, H, K, V] fp32
+Every program reads its sequence bounds from ``cu`` ([N + 1] token offsets); chunk-parallel
+kernels read (sequence, chunk) from ``info`` ([NS, 2], sequence -1 for an unused slot), and
+state-carrying kernels loop over their sequence's chunks, starting at slot ``chunk_off[n]``.
+No host syncs, no atomics: every output element is written by exactly one program.
+
+Gates: ``gc`` is the in-chunk cumsum b of the fp32 log-gate. Every exponent taken is
+b_i - b_j with i >= j, b_last - b_j or b_i (the chunk start is the reference), masked
+to 0 before ``exp`` where it would not be used, so decaying gates never overflow.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def chunk_cumsum_kernel(
+    g, gc, cu, info, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, GATE: tl.constexpr
+):
+    """gc = cumsum of g inside each chunk, fp32."""
+    i_s, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n = tl.load(info + i_s * 2)
+    if i_n < 0:
+        return
+    i_c = tl.load(info + i_s * 2 + 1)
+    bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
+    o_t = bos + i_c * BT + tl.arange(0, BT)
+    m_t = o_t < eos
+    if GATE == 1:
+        # [BT]
+        b_g = tl.load(g + o_t * H + i_h, mask=m_t, other=0).to(tl.float32)
+        tl.store(gc + o_t * H + i_h, tl.cumsum(b_g, axis=0), mask=m_t)
+    else:
+        o_k = i_k * BK + tl.arange(0, BK)
+        m = m_t[:, None] & (o_k < K)[None, :]
+        p = (o_t * H + i_h)[:, None] * K + o_k[None, :]
+        # [BT, BK]
+        b_g = tl.load(g + p, mask=m, other=0).to(tl.float32)
+        tl.store(gc + p, tl.cumsum(b_g, axis=0), mask=m)
+
+
+@triton.jit
+def chunk_fwd_h_kernel(
+    k,
+    v,
+    gc,
+    h,
+    h0,
+    ht,
+    cu,
+    chunk_off,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATE: tl.constexpr,
+    USE_H0: tl.constexpr,
+    STORE_H: tl.constexpr,
+    STORE_HT: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """Carry the state over a sequence's chunks: h[slot] = state before the chunk, ht = final state."""
+    i_nh, i_k, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h = i_nh // H, i_nh % H
+    i_hk = i_h // G
+    bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
+    NT = tl.cdiv(eos - bos, BT)
+    s0 = tl.load(chunk_off + i_n).to(tl.int64)
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_h = m_k[:, None] & m_v[None, :]
+    o_h = o_k[:, None] * V + o_v[None, :]
+    # [BK, BV]
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_H0:
+        b_h += tl.load(h0 + (i_n * H + i_h) * K * V + o_h, mask=m_h, other=0)
+    for i_c in range(0, NT):
+        if STORE_H:
+            tl.store(h + ((s0 + i_c) * H + i_h) * K * V + o_h, b_h, mask=m_h)
+        o_t = bos + i_c * BT + tl.arange(0, BT)
+        m_t = o_t < eos
+        last = tl.minimum(bos + i_c * BT + BT, eos) - 1
+        # [BK, BT]
+        b_kt = tl.load(
+            k + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0
+        )
+        # [BT, BV]
+        b_v = tl.load(v + (o_t * H + i_h)[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
+        if GATE == 1:
+            b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
+            b_gl = tl.load(gc + last * H + i_h)
+            b_h *= tl.exp(b_gl)
+            b_kt = (b_kt * tl.exp(tl.where(m_t, b_gl - b_g, 0))[None, :]).to(b_v.dtype)
+        if GATE == 2:
+            # [BK, BT]
+            b_gt = tl.load(gc + (o_t * H + i_h)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0)
+            b_gl = tl.load(gc + (last * H + i_h) * K + o_k, mask=m_k, other=0)
+            b_h *= tl.exp(b_gl)[:, None]
+            b_kt = (b_kt * tl.exp(tl.where(m_t[None, :], b_gl[:, None] - b_gt, 0))).to(b_v.dtype)
+        b_h += tl.dot(b_kt, b_v, input_precision=PREC)
+    if STORE_HT:
+        tl.store(ht + (i_n * H + i_h) * K * V + o_h, b_h, mask=m_h)
+
+
+@triton.jit
+def chunk_fwd_o_kernel(
+    q,
+    k,
+    v,
+    gc,
+    h,
+    o,
+    cu,
+    info,
+    scale,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATE: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """o = scale * ((q * e^b) h + (causal A) v) per chunk, A_ij = sum_k q_ik k_jk e^(b_ik - b_jk)."""
+    i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n = tl.load(info + i_s * 2)
+    if i_n < 0:
+        return
+    i_c = tl.load(info + i_s * 2 + 1)
+    i_hk = i_h // G
+    bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
+    o_i = tl.arange(0, BT)
+    o_t = bos + i_c * BT + o_i
+    m_t = o_t < eos
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    m_A = (o_i[:, None] >= o_i[None, :]) & m_t[:, None] & m_t[None, :]
+    b_o = tl.zeros([BT, BV], dtype=tl.float32)
+    b_A = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        m_tk = m_t[:, None] & m_k[None, :]
+        # [BT, BK]
+        b_q = tl.load(q + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
+        # [BK, BV]
+        b_h = tl.load(
+            h + (i_s.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
+            mask=m_k[:, None] & m_v[None, :],
+            other=0,
+        )
+        if GATE == 2:
+            b_g = tl.load(gc + (o_t * H + i_h)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
+            b_qf = b_q.to(tl.float32)
+            b_o += tl.dot((b_qf * tl.exp(b_g)).to(b_q.dtype), b_h.to(b_q.dtype), input_precision=PREC)
+            for j in range(0, BT):
+                m_j = (o_k * 0 + i_c * BT + j) < (eos - bos)  # a tensor mask (interpreter)
+                p_j = (bos + i_c * BT + j) * (H // G) + i_hk
+                # [BK]
+                b_kj = tl.load(k + p_j * K + o_k, mask=m_k & m_j, other=0).to(tl.float32)
+                b_gj = tl.load(gc + ((bos + i_c * BT + j) * H + i_h) * K + o_k, mask=m_k & m_j, other=0)
+                m_ij = ((o_i >= j) & m_t)[:, None] & (m_k & m_j)[None, :]
+                # [BT]
+                b_a = tl.sum(b_qf * b_kj[None, :] * tl.exp(tl.where(m_ij, b_g - b_gj[None, :], 0)), axis=1)
+                b_A += tl.where(o_i[None, :] == j, b_a[:, None], 0)
+        else:
+            # [BK, BT]
+            b_kt = tl.load(
+                k + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0
+            )
+            b_o += tl.dot(b_q, b_h.to(b_q.dtype), input_precision=PREC)
+            b_A += tl.dot(b_q, b_kt, input_precision=PREC)
+    if GATE == 1:
+        b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
+        b_o *= tl.exp(b_g)[:, None]
+        b_A *= tl.exp(tl.where(m_A, b_g[:, None] - b_g[None, :], 0))
+    b_A = tl.where(m_A, b_A, 0)
+    # [BT, BV]
+    b_v = tl.load(v + (o_t * H + i_h)[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
+    b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
+    b_o *= scale
+    tl.store(
+        o + (o_t * H + i_h)[:, None] * V + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_t[:, None] & m_v[None, :]
+    )
+
+
+@triton.jit
+def chunk_bwd_dh_kernel(
+    q,
+    do,
+    gc,
+    dh,
+    dht,
+    dh0,
+    cu,
+    chunk_off,
+    scale,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATE: tl.constexpr,
+    USE_DHT: tl.constexpr,
+    STORE_DH0: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """Carry the state gradient backwards: dh[slot] = dL/d(state after the chunk), dh0 = dL/d(initial state)."""
+    i_nh, i_k, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h = i_nh // H, i_nh % H
+    i_hk = i_h // G
+    bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
+    NT = tl.cdiv(eos - bos, BT)
+    s0 = tl.load(chunk_off + i_n).to(tl.int64)
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_h = m_k[:, None] & m_v[None, :]
+    o_h = o_k[:, None] * V + o_v[None, :]
+    # [BK, BV]
+    b_dh = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_DHT:
+        b_dh += tl.load(dht + (i_n * H + i_h) * K * V + o_h, mask=m_h, other=0)
+    for i_r in range(0, NT):
+        i_c = NT - 1 - i_r
+        tl.store(dh + ((s0 + i_c) * H + i_h) * K * V + o_h, b_dh, mask=m_h)
+        o_t = bos + i_c * BT + tl.arange(0, BT)
+        m_t = o_t < eos
+        last = tl.minimum(bos + i_c * BT + BT, eos) - 1
+        # [BK, BT]
+        b_qt = tl.load(
+            q + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0
+        )
+        # [BT, BV]
+        b_do = tl.load(do + (o_t * H + i_h)[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
+        if GATE == 1:
+            b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
+            b_gl = tl.load(gc + last * H + i_h)
+            b_dh *= tl.exp(b_gl)
+            b_qt = (b_qt * tl.exp(b_g)[None, :]).to(b_do.dtype)
+        if GATE == 2:
+            b_gt = tl.load(gc + (o_t * H + i_h)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0)
+            b_gl = tl.load(gc + (last * H + i_h) * K + o_k, mask=m_k, other=0)
+            b_dh *= tl.exp(b_gl)[:, None]
+            b_qt = (b_qt * tl.exp(b_gt)).to(b_do.dtype)
+        b_dh += scale * tl.dot(b_qt.to(b_do.dtype), b_do, input_precision=PREC)
+    if STORE_DH0:
+        tl.store(dh0 + (i_n * H + i_h) * K * V + o_h, b_dh, mask=m_h)
+
+
+@triton.jit
+def chunk_bwd_dv_kernel(
+    q,
+    k,
+    gc,
+    do,
+    dh,
+    dv,
+    cu,
+    info,
+    scale,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATE: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """dv = scale * A^T do + (k * e^(b_last - b)) dh."""
+    i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n = tl.load(info + i_s * 2)
+    if i_n < 0:
+        return
+    i_c = tl.load(info + i_s * 2 + 1)
+    i_hk = i_h // G
+    bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
+    o_i = tl.arange(0, BT)
+    o_t = bos + i_c * BT + o_i
+    m_t = o_t < eos
+    last = tl.minimum(bos + i_c * BT + BT, eos) - 1
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    # m_At[j, i]: i >= j
+    m_At = (o_i[:, None] <= o_i[None, :]) & m_t[:, None] & m_t[None, :]
+    b_dv = tl.zeros([BT, BV], dtype=tl.float32)
+    b_At = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        m_tk = m_t[:, None] & m_k[None, :]
+        # [BT, BK]
+        b_k = tl.load(k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
+        # [BK, BV]
+        b_dh = tl.load(
+            dh + (i_s.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
+            mask=m_k[:, None] & m_v[None, :],
+            other=0,
+        )
+        if GATE == 2:
+            b_g = tl.load(gc + (o_t * H + i_h)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
+            b_gl = tl.load(gc + (last * H + i_h) * K + o_k, mask=m_k, other=0)
+            b_kf = b_k.to(tl.float32)
+            b_kd = b_kf * tl.exp(tl.where(m_tk, b_gl[None, :] - b_g, 0))
+            b_dv += tl.dot(b_kd.to(b_k.dtype), b_dh.to(b_k.dtype), input_precision=PREC)
+            for i in range(0, BT):
+                m_i = (o_k * 0 + i_c * BT + i) < (eos - bos)
+                p_i = (bos + i_c * BT + i) * (H // G) + i_hk
+                # [BK]
+                b_qi = tl.load(q + p_i * K + o_k, mask=m_k & m_i, other=0).to(tl.float32)
+                b_gi = tl.load(gc + ((bos + i_c * BT + i) * H + i_h) * K + o_k, mask=m_k & m_i, other=0)
+                m_ji = ((o_i <= i) & m_t)[:, None] & (m_k & m_i)[None, :]
+                # [BT] over j
+                b_a = tl.sum(b_kf * b_qi[None, :] * tl.exp(tl.where(m_ji, b_gi[None, :] - b_g, 0)), axis=1)
+                b_At += tl.where(o_i[None, :] == i, b_a[:, None], 0)
+        else:
+            # [BK, BT]
+            b_qt = tl.load(
+                q + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0
+            )
+            b_dv += tl.dot(b_k, b_dh.to(b_k.dtype), input_precision=PREC)
+            b_At += tl.dot(b_k, b_qt, input_precision=PREC)
+    if GATE == 1:
+        b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
+        b_gl = tl.load(gc + last * H + i_h)
+        b_dv *= tl.exp(tl.where(m_t, b_gl - b_g, 0))[:, None]
+        b_At *= tl.exp(tl.where(m_At, b_g[None, :] - b_g[:, None], 0))
+    b_At = tl.where(m_At, b_At, 0)
+    # [BT, BV]
+    b_do = tl.load(do + (o_t * H + i_h)[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
+    b_dv += scale * tl.dot(b_At.to(b_do.dtype), b_do, input_precision=PREC)
+    tl.store(
+        dv + (o_t * H + i_h)[:, None] * V + o_v[None, :], b_dv.to(dv.dtype.element_ty), mask=m_t[:, None] & m_v[None, :]
+    )
+
+
+@triton.jit
+def chunk_bwd_dqk_kernel(
+    q,
+    k,
+    v,
+    gc,
+    h,
+    do,
+    dh,
+    dq,
+    dk,
+    cu,
+    info,
+    scale,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATE: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """dq, dk per head of v (fp32), from dA = do v^T, do h^T and v dh^T."""
+    i_s, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n = tl.load(info + i_s * 2)
+    if i_n < 0:
+        return
+    i_c = tl.load(info + i_s * 2 + 1)
+    i_hk = i_h // G
+    bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
+    o_i = tl.arange(0, BT)
+    o_t = bos + i_c * BT + o_i
+    m_t = o_t < eos
+    last = tl.minimum(bos + i_c * BT + BT, eos) - 1
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    m_tk = m_t[:, None] & m_k[None, :]
+    m_A = (o_i[:, None] >= o_i[None, :]) & m_t[:, None] & m_t[None, :]
+    b_dA = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dq = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        m_tv = m_t[:, None] & m_v[None, :]
+        # [BT, BV]
+        b_do = tl.load(do + (o_t * H + i_h)[:, None] * V + o_v[None, :], mask=m_tv, other=0)
+        b_v = tl.load(v + (o_t * H + i_h)[:, None] * V + o_v[None, :], mask=m_tv, other=0)
+        # [BV, BT]
+        b_vt = tl.load(v + (o_t * H + i_h)[None, :] * V + o_v[:, None], mask=m_v[:, None] & m_t[None, :], other=0)
+        # [BV, BK]
+        p_ht = (i_s.to(tl.int64) * H + i_h) * K * V + o_k[None, :] * V + o_v[:, None]
+        m_ht = m_v[:, None] & m_k[None, :]
+        b_ht = tl.load(h + p_ht, mask=m_ht, other=0).to(b_do.dtype)
+        b_dht = tl.load(dh + p_ht, mask=m_ht, other=0).to(b_do.dtype)
+        b_dA += tl.dot(b_do, b_vt, input_precision=PREC)
+        b_dq += tl.dot(b_do, b_ht, input_precision=PREC)
+        b_dk += tl.dot(b_v, b_dht, input_precision=PREC)
+    b_dA = tl.where(m_A, b_dA, 0)
+    # [BT, BK]
+    b_q = tl.load(q + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
+    b_k = tl.load(k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
+    if GATE == 0:
+        b_dq = scale * (b_dq + tl.dot(b_dA.to(b_k.dtype), b_k, input_precision=PREC))
+        b_dk += scale * tl.dot(tl.trans(b_dA).to(b_q.dtype), b_q, input_precision=PREC)
+    if GATE == 1:
+        b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
+        b_gl = tl.load(gc + last * H + i_h)
+        b_dA *= tl.exp(tl.where(m_A, b_g[:, None] - b_g[None, :], 0))
+        b_dq = scale * (b_dq * tl.exp(b_g)[:, None] + tl.dot(b_dA.to(b_k.dtype), b_k, input_precision=PREC))
+        b_dk *= tl.exp(tl.where(m_t, b_gl - b_g, 0))[:, None]
+        b_dk += scale * tl.dot(tl.trans(b_dA).to(b_q.dtype), b_q, input_precision=PREC)
+    if GATE == 2:
+        b_g = tl.load(gc + (o_t * H + i_h)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
+        b_gl = tl.load(gc + (last * H + i_h) * K + o_k, mask=m_k, other=0)
+        b_dq *= tl.exp(b_g)
+        b_dk *= tl.exp(tl.where(m_tk, b_gl[None, :] - b_g, 0))
+        b_dqi = tl.zeros([BT, BK], dtype=tl.float32)
+        b_dki = tl.zeros([BT, BK], dtype=tl.float32)
+        for r in range(0, BT):
+            m_r = ((o_k * 0 + i_c * BT + r) < (eos - bos)) & m_k
+            p_r = (bos + i_c * BT + r) * (H // G) + i_hk
+            # [BK]
+            b_kr = tl.load(k + p_r * K + o_k, mask=m_r, other=0).to(tl.float32)
+            b_qr = tl.load(q + p_r * K + o_k, mask=m_r, other=0).to(tl.float32)
+            b_gr = tl.load(gc + ((bos + i_c * BT + r) * H + i_h) * K + o_k, mask=m_r, other=0)
+            # column r of dA (over i >= r) and row r (over j <= r): [BT]
+            b_dac = tl.sum(tl.where(o_i[None, :] == r, b_dA, 0), axis=1)
+            b_dar = tl.sum(tl.where(o_i[:, None] == r, b_dA, 0), axis=0)
+            m_ge = ((o_i >= r) & m_t)[:, None] & m_r[None, :]
+            m_le = ((o_i <= r) & m_t)[:, None] & m_r[None, :]
+            b_dqi += b_dac[:, None] * b_kr[None, :] * tl.exp(tl.where(m_ge, b_g - b_gr[None, :], 0))
+            b_dki += b_dar[:, None] * b_qr[None, :] * tl.exp(tl.where(m_le, b_gr[None, :] - b_g, 0))
+        b_dq = scale * (b_dq + b_dqi)
+        b_dk += scale * b_dki
+    p = (o_t * H + i_h)[:, None] * K + o_k[None, :]
+    tl.store(dq + p, b_dq, mask=m_tk)
+    tl.store(dk + p, b_dk, mask=m_tk)
+
+
+@triton.jit
+def chunk_bwd_dg_kernel(
+    q,
+    k,
+    dq,
+    dk,
+    dg,
+    dgl,
+    cu,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    GATE: tl.constexpr,
+    USE_DGL: tl.constexpr,
+):
+    """dg_t = sum_{s >= t} (q_s dq_s - k_s dk_s) over the sequence, plus dgl (= sum_v dht * ht) at its end."""
+    i_nh, i_k = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    i_hk = i_h // G
+    bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
+    NT = tl.cdiv(eos - bos, BT)
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    if GATE == 1:
+        b_carry = tl.zeros([1], dtype=tl.float32)
+        if USE_DGL:
+            b_carry += tl.load(dgl + i_n * H + i_h)
+    else:
+        b_carry = tl.zeros([BK], dtype=tl.float32)
+        if USE_DGL:
+            b_carry += tl.load(dgl + (i_n * H + i_h) * K + o_k, mask=m_k, other=0)
+    for i_r in range(0, NT):
+        i_c = NT - 1 - i_r
+        o_t = bos + i_c * BT + tl.arange(0, BT)
+        m_t = o_t < eos
+        m_tk = m_t[:, None] & m_k[None, :]
+        p_qk = (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :]
+        p_d = (o_t * H + i_h)[:, None] * K + o_k[None, :]
+        # [BT, BK]
+        b_db = tl.load(q + p_qk, mask=m_tk, other=0).to(tl.float32) * tl.load(dq + p_d, mask=m_tk, other=0)
+        b_db -= tl.load(k + p_qk, mask=m_tk, other=0).to(tl.float32) * tl.load(dk + p_d, mask=m_tk, other=0)
+        if GATE == 1:
+            # [BT]
+            b_db1 = tl.sum(b_db, axis=1)
+            b_tot = tl.sum(b_db1, axis=0)
+            b_dg = b_tot - tl.cumsum(b_db1, axis=0) + b_db1 + b_carry
+            tl.store(dg + o_t * H + i_h, b_dg, mask=m_t)
+            b_carry += b_tot
+        else:
+            b_tot = tl.sum(b_db, axis=0)
+            b_dg = b_tot[None, :] - tl.cumsum(b_db, axis=0) + b_db + b_carry[None, :]
+            tl.store(dg + p_d, b_dg, mask=m_tk)
+            b_carry += b_tot
+
+
+@triton.jit
+def fused_recurrent_kernel(
+    q,
+    k,
+    v,
+    g,
+    o,
+    h0,
+    ht,
+    cu,
+    scale,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATE: tl.constexpr,
+    USE_H0: tl.constexpr,
+    STORE_HT: tl.constexpr,
+):
+    """Step the recurrence token by token (decoding). ``ht`` may alias ``h0``: each program reads its tile first."""
+    i_nh, i_v = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    i_hk = i_h // G
+    bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_h = m_k[:, None] & m_v[None, :]
+    o_h = (i_n * H + i_h).to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+    # [BK, BV]
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_H0:
+        b_h += tl.load(h0 + o_h, mask=m_h, other=0)
+    for t in range(bos, eos):
+        # [BK], [BV]
+        b_q = tl.load(q + (t * (H // G) + i_hk) * K + o_k, mask=m_k, other=0).to(tl.float32)
+        b_k = tl.load(k + (t * (H // G) + i_hk) * K + o_k, mask=m_k, other=0).to(tl.float32)
+        b_v = tl.load(v + (t * H + i_h) * V + o_v, mask=m_v, other=0).to(tl.float32)
+        if GATE == 1:
+            b_h *= tl.exp(tl.load(g + t * H + i_h).to(tl.float32))
+        if GATE == 2:
+            b_h *= tl.exp(tl.load(g + (t * H + i_h) * K + o_k, mask=m_k, other=0).to(tl.float32))[:, None]
+        b_h += b_k[:, None] * b_v[None, :]
+        b_o = tl.sum(b_h * b_q[:, None], axis=0) * scale
+        tl.store(o + (t * H + i_h) * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
+    if STORE_HT:
+        tl.store(ht + o_h, b_h, mask=m_h)
