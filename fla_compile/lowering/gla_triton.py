@@ -77,12 +77,12 @@ def _prec(dtype):
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _config(kind, q, v, T, config):
+def _config(kind, q, v, T, cu_seqlens, config):
     if config is not None:
         return config
     from .autotune import get_config
 
-    return get_config("chunk", kind, q.shape[-1], v.shape[-1], v.dtype, T, q.device)
+    return get_config("chunk", kind, q.shape[-1], v.shape[-1], v.dtype, T, q.device, varlen=cu_seqlens is not None)
 
 
 def _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, device):
@@ -128,7 +128,7 @@ def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, opts
 def chunk_forward(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, config=None):
     """Chunked forward: (o in v's dtype, final state fp32 [N, H, K, V])."""
     q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind)
-    BT, BK, BV, opts = _blocks(_config(gate_kind, q, v, T, config), K, V)
+    BT, BK, BV, opts = _blocks(_config(gate_kind, q, v, T, cu_seqlens, config), K, V)
     cu, info, chunk_off, NS, N = chunk_meta(B, T, cu_seqlens, BT, q.device)
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     gc = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device)
@@ -149,7 +149,7 @@ def chunk_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, d
     in_dtypes = (q.dtype, k.dtype, v.dtype)
     q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind)
     G = H // HK
-    BT, BK, BV, opts = _blocks(_config(gate_kind, q, v, T, config), K, V)
+    BT, BK, BV, opts = _blocks(_config(gate_kind, q, v, T, cu_seqlens, config), K, V)
     cu, info, chunk_off, NS, N = chunk_meta(B, T, cu_seqlens, BT, q.device)
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     do = do.to(v.dtype).contiguous()
@@ -240,7 +240,7 @@ def fused_recurrent(
     if config is None:
         from .autotune import get_config
 
-        config = get_config("decode", gate_kind, K, V, v.dtype, T, q.device)
+        config = get_config("decode", gate_kind, K, V, v.dtype, T, q.device, varlen=cu_seqlens is not None)
     BK, BV = _pow2(K), min(config["BV"], _pow2(V))
     if inplace_state:
         if initial_state is None or initial_state.dtype != torch.float32 or not initial_state.is_contiguous():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..lowering import gla_line
+from ..lowering import gla_line, gla_line_backward, gla_triton_enabled
 from ..lowering.gla_torch import GATE_NONE, GATE_SCALAR, GATE_VECTOR
 from ._checks import check_gate, check_qkv, check_state, fail
 from ._library import OpSpec, recompute_backward, register
@@ -34,11 +34,34 @@ def _gla_fwd(q, k, v, gk, *, scale, initial_state, cu_seqlens):
     return gla_line(q, k, v, gk, GATE_VECTOR, scale, initial_state, cu_seqlens)
 
 
+def _line_backward(forward, gate_kind, per_head_gate=False):
+    """The family's backward: the Triton chunked kernels on CUDA, autograd through ``forward`` elsewhere."""
+    fallback = recompute_backward(forward)
+
+    def backward(q, k, v, *gates, scale, initial_state, cu_seqlens, do, dht):
+        if not gla_triton_enabled(q, k, v):
+            return fallback(q, k, v, *gates, scale=scale, initial_state=initial_state, cu_seqlens=cu_seqlens,
+                            do=do, dht=dht)
+        gate = gates[0] if gates else None
+        if per_head_gate:  # retention: one decay per head, broadcast over [B, T, H]
+            B, T, H = v.shape[:3]
+            gate = gate.reshape(1, 1, H).expand(B, T, H)
+        dq, dk, dv, dg, dh0 = gla_line_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht)
+        if per_head_gate:
+            dg = dg.sum((0, 1))
+        return [dq, dk, dv, *((dg,) if gates else ()), dh0]
+
+    return backward
+
+
 SPECS = [
-    OpSpec("linear_attn", (), _linear_attn_fwd, recompute_backward(_linear_attn_fwd), "S = S + k v^T"),
-    OpSpec("retention", ("decay",), _retention_fwd, recompute_backward(_retention_fwd), "S = exp(decay_h) S + k v^T"),
-    OpSpec("simple_gla", ("g",), _simple_gla_fwd, recompute_backward(_simple_gla_fwd), "S = exp(g_t) S + k v^T"),
-    OpSpec("gla", ("gk",), _gla_fwd, recompute_backward(_gla_fwd), "S = diag(exp(gk_t)) S + k v^T"),
+    OpSpec("linear_attn", (), _linear_attn_fwd, _line_backward(_linear_attn_fwd, GATE_NONE), "S = S + k v^T"),
+    OpSpec(
+        "retention", ("decay",), _retention_fwd, _line_backward(_retention_fwd, GATE_SCALAR, per_head_gate=True),
+        "S = exp(decay_h) S + k v^T",
+    ),
+    OpSpec("simple_gla", ("g",), _simple_gla_fwd, _line_backward(_simple_gla_fwd, GATE_SCALAR), "S = exp(g_t) S + k v^T"),
+    OpSpec("gla", ("gk",), _gla_fwd, _line_backward(_gla_fwd, GATE_VECTOR), "S = diag(exp(gk_t)) S + k v^T"),
 ]
 for _spec in SPECS:
     register(_spec)
