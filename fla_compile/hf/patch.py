@@ -102,9 +102,9 @@ def _plan(module, binding):
         elif callable(getattr(module, name, None)) and not isinstance(getattr(module, name), torch.nn.Module):
             attrs[name] = ours
             originals[name] = getattr(module, name)
-    missing = [n for n in binding.required if n not in originals]
+    missing = [" / ".join(alts) for alts in binding.required if not any(n in originals for n in alts)]
     if missing:
-        return None, {}, {}, f"its forward calls none of {missing} (a transformers version we do not know)"
+        return None, {}, {}, f"its forward does not call {', '.join(missing)} (a transformers version we do not know)"
     fwd = rebind.rebind_globals(base, overrides) if overrides else None
     return fwd, originals, attrs, ""
 

@@ -13,15 +13,21 @@ those are swapped on the instance instead.
 
 from __future__ import annotations
 
+import dis
 import types
 from collections.abc import Callable, Mapping
+
+
+def _loads(code) -> set[str]:
+    """Names ``code`` loads as globals (not attributes, which share ``co_names``)."""
+    return {i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
 
 
 def global_names(fn) -> set[str]:
     """Global names read by ``fn`` and by the functions it wraps (``functools.wraps`` chains)."""
     names: set[str] = set()
     while isinstance(fn, types.FunctionType):
-        names |= set(fn.__code__.co_names)
+        names |= _loads(fn.__code__)
         fn = getattr(fn, "__wrapped__", None)
     return names
 
@@ -29,7 +35,7 @@ def global_names(fn) -> set[str]:
 def lookup_global(fn, name: str):
     """The value ``name`` has in the globals of ``fn`` or of a function it wraps."""
     while isinstance(fn, types.FunctionType):
-        if name in fn.__code__.co_names and name in fn.__globals__:
+        if name in _loads(fn.__code__) and name in fn.__globals__:
             return fn.__globals__[name]
         fn = getattr(fn, "__wrapped__", None)
     return None
@@ -45,7 +51,7 @@ def rebind_globals(fn: types.FunctionType, overrides: Mapping[str, Callable]) ->
     inner = getattr(fn, "__wrapped__", None)
     new_inner = rebind_globals(inner, overrides) if isinstance(inner, types.FunctionType) else inner
     glb = fn.__globals__
-    if overrides.keys() & set(fn.__code__.co_names):
+    if overrides.keys() & _loads(fn.__code__):
         glb = {k: v for k, v in glb.items() if k != "__name__"}
         glb.update(overrides)
     closure = fn.__closure__

@@ -27,8 +27,8 @@ class Binding:
     """How one math kind is bound to our ops.
 
     Either ``functions`` (names the layer's forward calls as module globals, or holds as
-    instance attributes in older transformers, mapped to our replacements; ``required`` must
-    be found) or ``forward`` (a replacement forward, for layers whose recurrence is inline).
+    instance attributes in older transformers, mapped to our replacements; one name of each
+    group in ``required`` must be found) or ``forward`` (a replacement forward, for layers whose recurrence is inline).
     ``probes[name](original, ours, device) -> rel err`` proves one function against the
     layer's own; the whole layer is also probed (original vs patched forward, fp32).
     """
@@ -36,7 +36,7 @@ class Binding:
     kind: str
     path: str  # what the patched layer runs, for the report and the log line
     functions: Mapping[str, Callable] = dataclasses.field(default_factory=dict)
-    required: tuple[str, ...] = ()
+    required: tuple[tuple[str, ...], ...] = ()  # each: one of these names must be found
     probes: Mapping[str, Callable] = dataclasses.field(default_factory=dict)
     forward: Callable | None = None
     probe_args: Callable = None  # x -> positional args of a probe call of the layer (default: (x,))

@@ -181,7 +181,7 @@ BINDING = Binding(
         "causal_conv1d_fn": common.causal_conv1d_fn,
         "causal_conv1d_update": common.causal_conv1d_update,
     },
-    required=("mamba2_chunk_scan", "mamba2_selective_state_update"),
+    required=(("mamba2_chunk_scan",), ("mamba2_selective_state_update",)),
     probes={
         "mamba2_chunk_scan": probe_chunk_scan,
         "mamba2_selective_state_update": probe_state_update,
