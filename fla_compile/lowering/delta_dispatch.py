@@ -1,20 +1,51 @@
-"""Device dispatch of the delta-line families: Triton kernels on CUDA, the torch chunked path elsewhere."""
+"""Device dispatch of the delta-line families: Triton kernels on CUDA, the torch chunked path elsewhere.
+
+float64 inputs (verification probes, gradcheck) take the torch path on every device. On
+CUDA a short dense forward (T <= DECODE_MAX_T, decoding) runs the fused recurrent kernel;
+the backward always runs the chunked kernels.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+
+import torch
 
 from .delta_torch import GATE_NONE, GATE_SCALAR, GATE_VECTOR, delta_line_forward
 
 __all__ = ["GATE_NONE", "GATE_SCALAR", "GATE_VECTOR", "delta_line", "delta_line_backward"]
 
 
+def _use_triton(q: torch.Tensor, v: torch.Tensor) -> bool:
+    if not q.is_cuda:
+        return False
+    from . import delta_triton
+
+    return delta_triton.supported(q, v)
+
+
 def delta_line(q, k, v, beta, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, use_qk_l2norm=False):
     """Forward of delta_rule / gated_delta_rule / kda: (o in v's dtype, final state fp32 [N,H,K,V])."""
-    return delta_line_forward(q, k, v, beta, gate, gate_kind, scale, initial_state, cu_seqlens, use_qk_l2norm)
+    if not _use_triton(q, v):
+        return delta_line_forward(q, k, v, beta, gate, gate_kind, scale, initial_state, cu_seqlens, use_qk_l2norm)
+    from . import delta_triton
+
+    if cu_seqlens is None and q.shape[1] <= delta_triton.DECODE_MAX_T:
+        return delta_triton.fused_recurrent(
+            q, k, v, beta, gate, gate_kind, scale, initial_state, cu_seqlens, use_qk_l2norm
+        )
+    return delta_triton.chunk_forward(q, k, v, beta, gate, gate_kind, scale, initial_state, cu_seqlens, use_qk_l2norm)
 
 
 def delta_line_backward(torch_backward: Callable, q, k, v, beta, gate, gate_kind, **kw):
-    """Backward: the recomputing autograd backward of the torch path (CPU)."""
+    """Backward in the op's order (dq, dk, dv, [dgate,] dbeta, dh0): Triton on CUDA, else ``torch_backward``."""
     gates = (beta,) if gate is None else (gate, beta)
-    return torch_backward(q, k, v, *gates, **kw)
+    if not _use_triton(q, v):
+        return torch_backward(q, k, v, *gates, **kw)
+    from . import delta_triton
+
+    dq, dk, dv, db, dg, dh0 = delta_triton.chunk_backward(
+        q, k, v, beta, gate, gate_kind, kw["scale"], kw["initial_state"], kw["cu_seqlens"], kw["do"], kw["dht"],
+        kw["use_qk_l2norm"],
+    )  # fmt: skip
+    return (dq, dk, dv, db, dh0) if gate is None else (dq, dk, dv, dg, db, dh0)

@@ -1,0 +1,193 @@
+"""Launchers of the delta-line Triton kernels: chunked forward and backward, fused recurrent decoding.
+
+Inputs follow the ops: q, k [B, T, HK, K], v [B, T, H, V], beta [B, T, H], gate None /
+[B, T, H] / [B, T, H, K] in log space, initial state [N, H, K, V], ``cu_seqlens`` [N + 1]
+(B == 1). A dense batch runs as B packed sequences of length T, so one code path covers
+both; the chunk metadata of packed sequences is built with torch ops on the device (no
+``.item()``, no host sync). The optional L2 norm of q and k runs here in fp32 torch ops
+(its backward is written out below); the decode kernel fuses it.
+
+Backward = recompute the chunk preparation and the state pass (saving per-chunk states and
+v_new), a reverse state pass for dS and dv_new, then one local kernel per chunk for every
+gradient. Deterministic: no atomics; GQA gradients are summed over head groups with torch.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from . import delta_triton_bwd as kb
+from . import delta_triton_fwd as kf
+from .delta_torch import GATE_NONE, GATE_SCALAR, GATE_VECTOR
+
+GATE_IDS = {GATE_NONE: 0, GATE_SCALAR: 1, GATE_VECTOR: 2}
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+DECODE_MAX_T = 16
+
+
+def supported(q: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether the kernels take these inputs; otherwise (fp64, huge heads) use the torch path."""
+    return q.dtype in DTYPES and v.dtype in DTYPES and q.shape[-1] <= 256 and v.shape[-1] <= 256
+
+
+def _pow2(n: int, lo: int = 16) -> int:
+    return max(lo, triton.next_power_of_2(n))
+
+
+def _prec(dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def chunk_meta(B: int, T: int, cu_seqlens, BT: int, device):
+    """(cu int32 [N+1], info int32 [NS, 2] = (sequence or -1, chunk), chunk_off int32 [N+1], NS, N).
+
+    Slot ``chunk_off[n] + c`` holds chunk c of sequence n. NS is a bound from shapes alone:
+    B * ceil(T / BT) dense, T // BT + N packed (sum of ceil(len / BT) < T / BT + N).
+    """
+    if cu_seqlens is None:
+        NT = triton.cdiv(T, BT)
+        cu = torch.arange(0, B + 1, device=device, dtype=torch.int32) * T
+        chunk_off = torch.arange(0, B + 1, device=device, dtype=torch.int32) * NT
+        idx = torch.arange(B * NT, device=device, dtype=torch.int32)
+        return cu, torch.stack([idx // NT, idx % NT], 1).contiguous(), chunk_off, B * NT, B
+    cu = cu_seqlens.to(device=device, dtype=torch.int32).contiguous()
+    N = cu.shape[0] - 1
+    nchunks = (cu[1:] - cu[:-1] + BT - 1) // BT
+    chunk_off = torch.cat([cu.new_zeros(1), nchunks.cumsum(0).to(torch.int32)])
+    NS = T // BT + N
+    idx = torch.arange(NS, device=device, dtype=torch.int32)
+    n = torch.searchsorted(chunk_off[1:].contiguous(), idx, right=True).to(torch.int32)
+    c = idx - chunk_off[n.clamp(max=N - 1)]
+    info = torch.stack([torch.where(n < N, n, -1), c], 1).to(torch.int32)
+    return cu, info.contiguous(), chunk_off, NS, N
+
+
+def _l2norm_fwd(x):
+    x = x.float()
+    r = torch.rsqrt((x * x).sum(-1, keepdim=True) + 1e-6)
+    return x * r, r
+
+
+def _l2norm_bwd(y, r, dy):
+    """y = x * rsqrt(|x|^2 + eps): dx = r (dy - y (y . dy))."""
+    return r * (dy - y * (y * dy).sum(-1, keepdim=True))
+
+
+class _Run:
+    """Shapes, blocks and launch metadata of one call."""
+
+    def __init__(self, q, v, gate_kind, cu_seqlens, chunk_size):
+        self.B, self.T, self.HK, self.K = q.shape
+        self.H, self.V = v.shape[2], v.shape[3]
+        self.gid = GATE_IDS[gate_kind]
+        self.BT = chunk_size or 64
+        self.BK, self.BV = _pow2(self.K), min(_pow2(self.V), 64)
+        self.BVS = min(_pow2(self.V), 32)  # V block of the sequential kernels
+        self.cu, self.info, self.chunk_off, self.NS, self.N = chunk_meta(self.B, self.T, cu_seqlens, self.BT, q.device)
+        self.prec = _prec(v.dtype if q.dtype == torch.float32 else q.dtype)
+        self.cst = dict(H=self.H, HK=self.HK, K=self.K, V=self.V)
+
+
+def _prepare(q, k, v, beta, gate, use_qk_l2norm):
+    qn = kn = rq = rk = None
+    if use_qk_l2norm:
+        qn, rq = _l2norm_fwd(q)
+        kn, rk = _l2norm_fwd(k)
+        q, k = qn, kn
+    q, k, v, beta = (x.contiguous() for x in (q, k, v, beta))
+    gate = None if gate is None else gate.contiguous()
+    return q, k, v, beta, gate, (qn, rq, kn, rk)
+
+
+def _forward(r: _Run, q, k, v, beta, gate, scale, h0, save):
+    T, H, K, V, BT = r.B * r.T, r.H, r.K, r.V, r.BT
+    f32 = dict(device=q.device, dtype=torch.float32)
+    gc = torch.empty(T, H, *((K,) if r.gid == 2 else ()), **f32) if r.gid else q.new_empty(0, dtype=torch.float32)
+    w, u = torch.empty(T, H, K, **f32), torch.empty(T, H, V, **f32)
+    mq = torch.empty(T, H, BT, **f32)
+    ti = torch.empty(T, H, BT, **f32) if save else mq
+    g = gate if gate is not None else gc
+    kf.chunk_prep_kernel[(r.NS, H)](
+        q, k, v, beta, g, gc, w, u, mq, ti, r.cu, r.info, scale,
+        **r.cst, BT=BT, BK=r.BK, BV=r.BV, GATE=r.gid, SAVE_T=save, PREC=r.prec,
+    )  # fmt: skip
+    o = torch.empty(r.B, r.T, H, V, device=q.device, dtype=v.dtype)
+    ht = torch.empty(r.N, H, K, V, **f32)
+    h = torch.empty(r.NS, H, K, V, **f32) if save else ht
+    vn = torch.empty(T, H, V, **f32) if save else u
+    kf.chunk_fwd_kernel[(r.N, H, triton.cdiv(V, r.BVS))](
+        q, k, w, u, mq, gc, h0 if h0 is not None else ht, o, ht, h, vn, r.cu, r.chunk_off, scale,
+        **r.cst, BT=BT, BK=r.BK, BV=r.BVS, GATE=r.gid, HAS_H0=h0 is not None, SAVE=save, PREC=r.prec,
+    )  # fmt: skip
+    return o, ht, dict(gc=gc, w=w, mq=mq, ti=ti, h=h, vn=vn)
+
+
+def chunk_forward(
+    q, k, v, beta, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, use_qk_l2norm=False, chunk_size=None
+):
+    """Chunked forward: (o [B,T,H,V] in v's dtype, final state fp32 [N,H,K,V])."""
+    r = _Run(q, v, gate_kind, cu_seqlens, chunk_size)
+    q, k, v, beta, gate, _ = _prepare(q, k, v, beta, gate, use_qk_l2norm)
+    h0 = None if initial_state is None else initial_state.contiguous()
+    o, ht, _ = _forward(r, q, k, v, beta, gate, scale, h0, save=False)
+    return o, ht
+
+
+def fused_recurrent(
+    q, k, v, beta, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, use_qk_l2norm=False, final_state=None
+):
+    """Step-by-step forward for decoding (small T). ``final_state`` may be ``initial_state`` (updated in place)."""
+    B, T, HK, K = q.shape
+    H, V = v.shape[2], v.shape[3]
+    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    if cu_seqlens is None:
+        cu = torch.arange(0, B + 1, device=q.device, dtype=torch.int32) * T
+    else:
+        cu = cu_seqlens.to(device=q.device, dtype=torch.int32).contiguous()
+    q, k, v, beta = (x.contiguous() for x in (q, k, v, beta))
+    g = gate.contiguous() if gate is not None else beta
+    o = torch.empty(B, T, H, V, device=q.device, dtype=v.dtype)
+    ht = final_state if final_state is not None else torch.empty(N, H, K, V, device=q.device, dtype=torch.float32)
+    h0 = initial_state.contiguous() if initial_state is not None else ht
+    BV = min(_pow2(V), 32)
+    kf.fused_recurrent_kernel[(N, H, triton.cdiv(V, BV))](
+        q, k, v, beta, g, h0, o, ht, cu, scale, H=H, HK=HK, K=K, V=V, BK=_pow2(K), BV=BV,
+        GATE=GATE_IDS[gate_kind], HAS_H0=initial_state is not None, L2NORM=use_qk_l2norm,
+    )  # fmt: skip
+    return o, ht
+
+
+def chunk_backward(
+    q, k, v, beta, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, use_qk_l2norm=False, chunk_size=None
+):
+    """Gradients (dq, dk, dv, dbeta, dgate or None, dh0 or None), in fp32 (the op casts)."""
+    r = _Run(q, v, gate_kind, cu_seqlens, chunk_size)
+    q, k, v, beta, gate, (qn, rq, kn, rk) = _prepare(q, k, v, beta, gate, use_qk_l2norm)
+    h0 = None if initial_state is None else initial_state.contiguous()
+    _, _, s = _forward(r, q, k, v, beta, gate, scale, h0, save=True)
+    T, H, K, V, BT = r.B * r.T, r.H, r.K, r.V, r.BT
+    f32 = dict(device=q.device, dtype=torch.float32)
+    do, dht = do.contiguous(), dht.contiguous()
+    dh = torch.empty(r.NS, H, K, V, **f32)
+    dvn = torch.empty(T, H, V, **f32)
+    dh0 = torch.empty(r.N, H, K, V, **f32)
+    kb.chunk_bwd_state_kernel[(r.N, H, triton.cdiv(V, r.BVS))](
+        q, k, s["w"], s["mq"], s["gc"], dht, do, dh, dh0, dvn, r.cu, r.chunk_off, scale,
+        **r.cst, BT=BT, BK=r.BK, BV=r.BVS, GATE=r.gid, PREC=r.prec,
+    )  # fmt: skip
+    dq, dk = torch.empty(T, H, K, **f32), torch.empty(T, H, K, **f32)
+    dv, db = torch.empty(T, H, V, **f32), torch.empty(T, H, **f32)
+    dg = torch.empty(T, H, *((K,) if r.gid == 2 else ()), **f32) if r.gid else db
+    kb.chunk_bwd_local_kernel[(r.NS, H)](
+        q, k, v, beta, s["gc"], s["ti"], s["h"], s["vn"], dh, dvn, do,
+        dq, dk, dv, db, dg, r.cu, r.info, r.chunk_off, scale,
+        **r.cst, BT=BT, BK=r.BK, BV=r.BV, GATE=r.gid, PREC=r.prec,
+    )  # fmt: skip
+    B, Tq, HK = r.B, r.T, r.HK
+    dq = dq.view(B, Tq, HK, H // HK, K).sum(3)
+    dk = dk.view(B, Tq, HK, H // HK, K).sum(3)
+    if use_qk_l2norm:
+        dq, dk = _l2norm_bwd(qn, rq, dq), _l2norm_bwd(kn, rk, dk)
+    dg = dg.view(B, Tq, *gate.shape[2:]) if r.gid else None
+    return dq, dk, dv.view(B, Tq, H, V), db.view(B, Tq, H), dg, (dh0 if initial_state is not None else None)
