@@ -170,12 +170,12 @@ def _rel(a, b) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
-def screen(kernel, gate_kind, K, V, dtype, cfg, device) -> str | None:
+def screen(kernel, gate_kind, K, V, dtype, cfg, device, T=None) -> str | None:
     """None if ``cfg`` is correct (vs float64 torch) and bitwise deterministic, else the reason."""
     from . import gla_triton
     from .gla_torch import gla_line_forward
 
-    T = 37 if kernel == "decode" else 150  # partial chunks, several chunks
+    T = T or (37 if kernel == "decode" else 150)  # partial chunks, several chunks
     q, k, v, g, h0 = _problem(gate_kind, K, V, dtype, T, device)
     scale = K**-0.5
     tol = 2e-5 if dtype == torch.float32 else 2e-2
@@ -195,7 +195,8 @@ def screen(kernel, gate_kind, K, V, dtype, cfg, device) -> str | None:
                 o, ht = gla_triton.chunk_forward(q, k, v, g, gate_kind, scale, h0, config=cfg)
                 grads = gla_triton.chunk_backward(q, k, v, g, gate_kind, scale, h0, None, do, dht, config=cfg)
                 runs.append([o, ht, *[x for x in grads if x is not None]])
-        torch.cuda.synchronize(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
     except Exception as e:  # a config that does not compile or launch (shared memory, registers) loses
         return f"failed to run: {type(e).__name__}: {str(e)[:200]}"
     for i, (a, b, r) in enumerate(zip(runs[0], runs[1], refs)):
@@ -241,8 +242,9 @@ def tune(kernel, gate_kind, K, V, dtype, T, device) -> dict:
     for cfg in cands:
         why = screen(kernel, gate_kind, K, V, dtype, cfg, device)
         if why is not None:
-            log.warning("fla_compile: rejected %s config %s for %s K=%d V=%d %s: %s", kernel, cfg, gate_kind, K, V,
-                        dtype, why)
+            log.warning(
+                "fla_compile: rejected %s config %s for %s K=%d V=%d %s: %s", kernel, cfg, gate_kind, K, V, dtype, why
+            )
             continue
         ms = _time(kernel, gate_kind, K, V, dtype, T, cfg, device)
         log.info("fla_compile: %s %s K=%d V=%d %s T~%s %s: %.3f ms", kernel, gate_kind, K, V, dtype, T, cfg, ms)

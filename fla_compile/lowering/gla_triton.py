@@ -20,6 +20,12 @@ from .gla_torch import GATE_NONE, GATE_SCALAR, GATE_VECTOR
 GATE_IDS = {GATE_NONE: 0, GATE_SCALAR: 1, GATE_VECTOR: 2}
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 DECODE_MAX_T = 64
+POISON = False  # tests set it: every buffer starts as NaN, to prove each element is written
+
+
+def _empty(shape, device, dtype):
+    x = torch.empty(shape, device=device, dtype=dtype)
+    return x.fill_(float("nan")) if POISON else x
 
 
 def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
@@ -88,7 +94,7 @@ def _config(kind, q, v, T, cu_seqlens, config):
 def _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, device):
     if gid == 0:
         return gate
-    gc = torch.empty(gate.shape, device=device, dtype=torch.float32)
+    gc = _empty(gate.shape, device, torch.float32)
     BKg = _pow2(K) if gid == 2 else 16
     grid = (NS, 1 if gid == 1 else triton.cdiv(K, BKg), H)
     kern.chunk_cumsum_kernel[grid](gate, gc, cu, info, H, K, BT, BKg, gid)
@@ -96,8 +102,8 @@ def _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, device):
 
 
 def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, opts, prec, store_h=True):
-    h = torch.empty(NS if store_h else 1, H, K, V, device=v.device, dtype=torch.float32)
-    ht = torch.empty(N, H, K, V, device=v.device, dtype=torch.float32)
+    h = _empty((NS if store_h else 1, H, K, V), v.device, torch.float32)
+    ht = _empty((N, H, K, V), v.device, torch.float32)
     grid = (N * H, triton.cdiv(K, BK), triton.cdiv(V, BV))
     kern.chunk_fwd_h_kernel[grid](
         k,
@@ -134,7 +140,7 @@ def chunk_forward(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlen
     gc = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device)
     prec = _prec(v.dtype)
     h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, H // HK, K, V, gid, BT, BK, BV, opts, prec)
-    o = torch.empty_like(v)
+    o = _empty(v.shape, v.device, v.dtype)
     grid = (NS, triton.cdiv(V, BV), H)
     kern.chunk_fwd_o_kernel[grid](q, k, v, gc, h, o, cu, info, scale, H, H // HK, K, V, BT, BK, BV, gid, prec, **opts)
     return o, ht
@@ -158,8 +164,8 @@ def chunk_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, d
     prec = _prec(v.dtype)
     h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, opts, prec)
 
-    dh = torch.empty(NS, H, K, V, device=v.device, dtype=torch.float32)
-    dh0 = torch.empty(N, H, K, V, device=v.device, dtype=torch.float32) if h0 is not None else None
+    dh = _empty((NS, H, K, V), v.device, torch.float32)
+    dh0 = _empty((N, H, K, V), v.device, torch.float32) if h0 is not None else None
     grid = (N * H, triton.cdiv(K, BK), triton.cdiv(V, BV))
     kern.chunk_bwd_dh_kernel[grid](
         q,
@@ -184,11 +190,11 @@ def chunk_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, d
         prec,
         **opts,
     )
-    dv = torch.empty_like(v)
+    dv = _empty(v.shape, v.device, v.dtype)
     grid = (NS, triton.cdiv(V, BV), H)
     kern.chunk_bwd_dv_kernel[grid](q, k, gc, do, dh, dv, cu, info, scale, H, G, K, V, BT, BK, BV, gid, prec, **opts)
-    dq = torch.empty(B, T, H, K, device=v.device, dtype=torch.float32)
-    dk = torch.empty_like(dq)
+    dq = _empty((B, T, H, K), v.device, torch.float32)
+    dk = _empty(dq.shape, v.device, torch.float32)
     grid = (NS, triton.cdiv(K, BK), H)
     kern.chunk_bwd_dqk_kernel[grid](
         q, k, v, gc, h, do, dh, dq, dk, cu, info, scale, H, G, K, V, BT, BK, BV, gid, prec, **opts
@@ -196,7 +202,7 @@ def chunk_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, d
 
     dg = None
     if gid != 0:
-        dg = torch.empty(gc.shape, device=v.device, dtype=torch.float32)
+        dg = _empty(gc.shape, v.device, torch.float32)
         dgl = None
         if dht is not None:
             dgl = (dht * ht).sum(-1)
@@ -248,8 +254,8 @@ def fused_recurrent(
         h0 = ht = initial_state
     else:
         h0 = initial_state.float().contiguous() if initial_state is not None else None
-        ht = torch.empty(N, H, K, V, device=q.device, dtype=torch.float32) if output_final_state else None
-    o = torch.empty_like(v)
+        ht = _empty((N, H, K, V), q.device, torch.float32) if output_final_state else None
+    o = _empty(v.shape, v.device, v.dtype)
     grid = (N * H, triton.cdiv(V, BV))
     kern.fused_recurrent_kernel[grid](
         q,

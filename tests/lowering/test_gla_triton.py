@@ -1,0 +1,216 @@
+"""The GLA-line Triton kernels at tiny sizes, against the float64 torch chunked path.
+
+On a CPU machine they run through the Triton interpreter (see conftest.py); on a GPU they run
+on it. Forward, backward (dq, dk, dv, dg, dh0), final state, decoding, packed sequences, GQA.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+triton = pytest.importorskip("triton")
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+if not INTERPRET and not torch.cuda.is_available():
+    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+DEVICE = "cpu" if INTERPRET else "cuda"
+
+from fla_compile.lowering import gla_triton  # noqa: E402  (after the interpreter switch)
+from fla_compile.lowering import gla_triton_kernels as kern  # noqa: E402
+from fla_compile.lowering.gla_torch import gla_line_forward  # noqa: E402
+
+CFG = {"BT": 16, "BK": 16, "BV": 16, "num_warps": 4, "num_stages": 1}
+KINDS = ["none", "scalar", "vector"]
+
+
+@pytest.fixture(autouse=True)
+def _poison():
+    gla_triton.POISON = True
+    yield
+    gla_triton.POISON = False
+
+
+def test_interpreter_active():
+    if INTERPRET:
+        assert type(kern.chunk_fwd_o_kernel).__name__ == "InterpretedFunction"
+
+
+def rel(a, b) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def make(kind, T, B=1, H=2, HK=2, K=16, V=32, cu=None, gate="mild", h0=True, seed=0, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*s):
+        return torch.randn(*s, generator=gen)
+
+    q, k, v = rnd(B, T, HK, K), rnd(B, T, HK, K), rnd(B, T, H, V)
+    g = None
+    if kind != "none":
+        shape = (B, T, H) if kind == "scalar" else (B, T, H, K)
+        g = {"mild": F.logsigmoid(rnd(*shape) + 1), "strong": torch.full(shape, -20.0), "range": -5 * torch.rand(
+            *shape, generator=gen)}[gate]
+    N = B if cu is None else len(cu) - 1
+    init = rnd(N, H, K, V) if h0 else None
+    cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    out = [q.to(dtype), k.to(dtype), v.to(dtype), g, init, cu_t]
+    return [x.to(DEVICE) if x is not None else None for x in out]
+
+
+def reference(q, k, v, g, kind, scale, h0, cu, do=None, dht=None):
+    leaves = [x.detach().cpu().double().requires_grad_() if x is not None else None for x in (q, k, v, g, h0)]
+    o, ht = gla_line_forward(*leaves[:4], kind, scale, leaves[4], None if cu is None else cu.cpu())
+    if do is None:
+        return o, ht
+    wrt = [x for x in leaves if x is not None]
+    grads = torch.autograd.grad((o, ht), wrt, (do.cpu().double(), dht.cpu().double()))
+    return o, ht, grads
+
+
+CASES = {
+    "T17": dict(T=17),
+    "T40_gqa": dict(T=40, H=2, HK=1),
+    "K20_V24": dict(T=19, K=20, V=24),
+    "B2_no_h0": dict(T=21, B=2, h0=False),
+    "varlen": dict(T=37, cu=[0, 5, 22, 37]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("kind", KINDS)
+def test_forward(kind, case):
+    q, k, v, g, h0, cu = make(kind, **CASES[case])
+    o, ht = gla_triton.chunk_forward(q, k, v, g, kind, 0.3, h0, cu, config=CFG)
+    ro, rht = reference(q, k, v, g, kind, 0.3, h0, cu)
+    assert rel(o, ro) < 1e-5 and rel(ht, rht) < 1e-5
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("kind", KINDS)
+def test_backward(kind, case):
+    q, k, v, g, h0, cu = make(kind, **CASES[case])
+    do, dht = torch.randn_like(v), torch.randn(cu.numel() - 1 if cu is not None else q.shape[0], *h0.shape[1:]
+                                               if h0 is not None else (v.shape[2], q.shape[3], v.shape[3]))
+    dht = dht.to(DEVICE)
+    grads = gla_triton.chunk_backward(q, k, v, g, kind, 0.3, h0, cu, do, dht, config=CFG)
+    *_, ref = reference(q, k, v, g, kind, 0.3, h0, cu, do, dht)
+    ours = [x for x in grads if x is not None]
+    assert len(ours) == len(ref)
+    for name, a, b in zip(["dq", "dk", "dv", "dg" if g is not None else "dh0", "dh0"], ours, ref):
+        assert a.shape == b.shape, name
+        assert rel(a, b) < 1e-5, (name, rel(a, b))
+
+
+@pytest.mark.parametrize("kind", ["scalar", "vector"])
+def test_gate_range_down_to_minus5(kind):
+    q, k, v, g, h0, cu = make(kind, T=40, gate="range", seed=3)
+    do, dht = torch.randn_like(v), torch.randn_like(h0)
+    grads = gla_triton.chunk_backward(q, k, v, g, kind, 0.3, h0, cu, do, dht, config=CFG)
+    *_, ref = reference(q, k, v, g, kind, 0.3, h0, cu, do, dht)
+    for a, b in zip(grads, ref):
+        assert rel(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["scalar", "vector"])
+def test_strong_gates_no_overflow(kind):
+    """-20 per step: in-chunk cumsums reach -640, nothing may overflow to inf or NaN."""
+    q, k, v, g, h0, cu = make(kind, T=33, gate="strong")
+    cfg = dict(CFG, BT=32)
+    o, ht = gla_triton.chunk_forward(q, k, v, g, kind, 0.3, h0, cu, config=cfg)
+    do, dht = torch.randn_like(v), torch.randn_like(h0)
+    grads = gla_triton.chunk_backward(q, k, v, g, kind, 0.3, h0, cu, do, dht, config=cfg)
+    ro, rht, ref = reference(q, k, v, g, kind, 0.3, h0, cu, do, dht)
+    for x in (o, ht, *grads):
+        assert torch.isfinite(x).all()
+    assert rel(o, ro) < 1e-5 and rel(ht, rht) < 1e-5
+    for a, b in zip(grads[:3] + grads[4:], ref[:3] + ref[4:]):  # dg is e^-20-small and cancels: finiteness only
+        assert rel(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_decode(kind):
+    q, k, v, g, h0, cu = make(kind, T=5, B=2, H=2, HK=1)
+    o, ht = gla_triton.fused_recurrent(q, k, v, g, kind, 0.3, h0, config={"BV": 16})
+    ro, rht = reference(q, k, v, g, kind, 0.3, h0, cu)
+    assert rel(o, ro) < 1e-5 and rel(ht, rht) < 1e-5
+    state = h0.clone()
+    o2, ht2 = gla_triton.fused_recurrent(q, k, v, g, kind, 0.3, state, inplace_state=True, config={"BV": 8})
+    assert ht2.data_ptr() == state.data_ptr()
+    assert torch.equal(o2, o) and rel(state, rht) < 1e-5
+
+
+def test_decode_varlen_dispatch():
+    q, k, v, g, h0, cu = make("vector", T=12, cu=[0, 1, 4, 12])
+    o, ht = gla_triton.forward(q, k, v, g, "vector", 0.3, h0, cu)  # T <= 64: the fused recurrent kernel
+    ro, rht = reference(q, k, v, g, "vector", 0.3, h0, cu)
+    assert rel(o, ro) < 1e-5 and rel(ht, rht) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs(dtype):
+    if INTERPRET and dtype == torch.bfloat16:
+        pytest.skip("the Triton 3.9 interpreter computes tl.dot of bf16 blocks wrongly (numpy has no bf16)")
+    q, k, v, g, h0, cu = make("vector", T=24, dtype=dtype)
+    o, ht = gla_triton.chunk_forward(q, k, v, g, "vector", 0.3, h0, cu, config=CFG)
+    ro, rht = reference(q, k, v, g, "vector", 0.3, h0, cu)
+    assert o.dtype == dtype and rel(o, ro) < 1e-2 and rel(ht, rht) < 1e-2
+
+
+def test_deterministic():
+    q, k, v, g, h0, cu = make("vector", T=40, H=2, HK=1)
+    do, dht = torch.randn_like(v), torch.randn_like(h0)
+    a = gla_triton.chunk_backward(q, k, v, g, "vector", 0.3, h0, cu, do, dht, config=CFG)
+    b = gla_triton.chunk_backward(q, k, v, g, "vector", 0.3, h0, cu, do, dht, config=CFG)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_varlen_empty_sequence():
+    """An empty packed sequence passes its initial state through and does not disturb the others."""
+    q, k, v, g, h0, cu = make("scalar", T=37, cu=[0, 5, 5, 37])
+    o, ht = gla_triton.chunk_forward(q, k, v, g, "scalar", 0.3, h0, cu, config=CFG)
+    keep = torch.tensor([0, 2])
+    cu2 = torch.tensor([0, 5, 37], dtype=torch.int32)
+    o2, ht2 = gla_triton.chunk_forward(q, k, v, g, "scalar", 0.3, h0[keep].contiguous(), cu2, config=CFG)
+    assert torch.equal(o, o2) and torch.equal(ht[keep], ht2) and torch.equal(ht[1], h0[1])
+    do, dht = torch.randn_like(v), torch.randn_like(h0)
+    dq, dk, dv, dg, dh0 = gla_triton.chunk_backward(q, k, v, g, "scalar", 0.3, h0, cu, do, dht, config=CFG)
+    assert torch.equal(dh0[1], dht[1]) and all(torch.isfinite(x).all() for x in (dq, dk, dv, dg, dh0))
+
+
+def test_chunk_meta_varlen():
+    cu = torch.tensor([0, 5, 5, 40, 41], dtype=torch.int32)
+    _, info, chunk_off, NS, N = gla_triton.chunk_meta(1, 41, cu, 16, "cpu")
+    assert N == 4 and NS == 3 + 4 and chunk_off.tolist() == [0, 1, 1, 4, 5]
+    assert info.tolist()[:5] == [[0, 0], [2, 0], [2, 1], [2, 2], [3, 0]]
+    assert all(n == -1 for n, _ in info.tolist()[5:])
+
+
+@pytest.mark.parametrize("family", ["linear_attn", "retention", "simple_gla", "gla"])
+def test_ops_use_kernels(family, monkeypatch):
+    """The ops' forward and backward through the kernels (FLA_COMPILE_TRITON=interpret) match the torch path."""
+    import fla_compile.ops as ops
+    from fla_compile.lowering import gla_triton_enabled
+
+    if not INTERPRET:
+        pytest.skip("interpreter wiring test")
+    q, k, v, g, h0, cu = make("vector" if family == "gla" else "scalar", T=70, H=2, HK=1)
+    args = {"linear_attn": (), "retention": (torch.tensor([-0.1, -0.7]),), "simple_gla": (g,), "gla": (g,)}[family]
+
+    def run():
+        leaves = [x.clone().requires_grad_() for x in (q, k, v, *args, h0)]
+        o, ht = getattr(ops, family)(*leaves[:-1], initial_state=leaves[-1], output_final_state=True)
+        (o.square().sum() + ht.square().sum()).backward()
+        return [o, ht, *[x.grad for x in leaves]]
+
+    ref = run()
+    monkeypatch.setenv("FLA_COMPILE_TRITON", "interpret")
+    assert gla_triton_enabled(q, k, v)
+    ours = run()
+    for a, b in zip(ours, ref):
+        assert rel(a, b) < 1e-5
