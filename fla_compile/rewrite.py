@@ -101,23 +101,21 @@ class LoopLowering:
         if binding.gate is not None:
             roles.append(("gate", binding.gate))
         self.roles = roles
-        step_roles = [r for _, r in roles if r.origin[0] == "offset"]
-        offsets = list(dict.fromkeys(r.origin[1] for r in step_roles))
-        self.offsets = offsets
-        self.role_gm, role_inputs = region.role_graph(offsets) if offsets else (None, [])
+        self.step_origins = list(dict.fromkeys(r.origin for _, r in roles if r.origin[0] != "global"))
+        self.role_gm, role_inputs = region.role_graph(self.step_origins) if self.step_origins else (None, [])
         args: list[fx.Node] = []
         self.in_dims: list = []
-        self.keepdims: list = []
+        self.posts: list = []
         for kind, ref in role_inputs:
             if kind == "read":
                 r = region.reads[ref]
                 args.append(r.src)
                 self.in_dims.append(r.dim)
-                self.keepdims.append(r.keepdim)
+                self.posts.append(r.post)
             else:
                 args.append(ref)
                 self.in_dims.append(None)
-                self.keepdims.append(False)
+                self.posts.append(None)
         self.n_role_args = len(args)
         self.global_roles = [r.origin[1] for _, r in roles if r.origin[0] == "global"]
         args += self.global_roles
@@ -138,19 +136,17 @@ class LoopLowering:
 
     def _hoist(self, role_args):
         """Whole-sequence values [T, *step shape] of the roles computed inside the step."""
-        if not self.offsets:
+        if not self.step_origins:
             return {}
-        keep = self.keepdims
 
         def step(*xs):
-            xs = [x.unsqueeze(d) if k else x for x, d, k in zip(xs, self.in_dims, keep)]
-            return self.role_gm(*xs)
+            return self.role_gm(*[x if post is None else x[post] for x, post in zip(xs, self.posts)])
 
         if all(d is None for d in self.in_dims):
             vals = [v.unsqueeze(0).expand(self.T, *v.shape) for v in step(*role_args)]
         else:
             vals = torch.vmap(step, in_dims=tuple(self.in_dims), out_dims=0)(*role_args)
-        return dict(zip(self.offsets, vals))
+        return dict(zip(self.step_origins, vals))
 
     def __call__(self, *args):
         b = self.binding
@@ -159,10 +155,9 @@ class LoopLowering:
         h0 = args[-1] if self.init_state is not None else None
 
         def value(role: Role) -> torch.Tensor:
-            kind, ref = role.origin
-            if kind == "offset":
-                return apply_recipe(hoisted[ref], role.recipe, role.target, lead=1)
-            x = apply_recipe(globals_[ref], role.recipe, role.target)
+            if role.origin[0] != "global":
+                return apply_recipe(hoisted[role.origin], role.recipe, role.target, lead=1)
+            x = apply_recipe(globals_[role.origin[1]], role.recipe, role.target)
             return x.unsqueeze(0).expand(self.T, *x.shape)
 
         vals = {name: value(role) for name, role in self.roles}

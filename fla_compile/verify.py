@@ -180,9 +180,11 @@ def classify_loop(step: fx.GraphModule, input_metas: list, state_meta: torch.Ten
         raise NearMiss("the state update's additive term is not an outer product k v^T of step values")
     if oa is None:
         raise NearMiss("the loop has no per-step output")
+    value_axis_gate = False
     for a, b in pairs:
         for transposed in (False, True):
             if transition == "diag_x" and transposed or transition == "diag_y" and not transposed:
+                value_axis_gate = True
                 continue
             readout = _readout(values, oa, Fa, Sa, batch, X, Y, transposed)
             if readout is None:
@@ -193,6 +195,8 @@ def classify_loop(step: fx.GraphModule, input_metas: list, state_meta: torch.Ten
             k, v = (b, a) if transposed else (a, b)
             gate, decay, family = _bind_gate(transition, gate_val, values, dep)
             return LoopBinding(family, q, k, v, gate, decay, scale, transposed, batch, positive)
+    if value_axis_gate:
+        raise NearMiss("the decay is diagonal along the value axis; our families gate the key axis")
     raise NearMiss("the output is not S_t^T q for a value q of the step")
 
 
@@ -227,7 +231,7 @@ def _readout(values, o, Snew, Sold, batch, X, Y, transposed):
     o = o.reshape(*batch, Vd)
     for reads_prev, S in ((False, Snew), (True, Sold)):
         for node, recipe, q in _candidates(values, (*batch, K)):
-            ref = torch.einsum("...yx,...y->...x", S, q) if transposed else torch.einsum("...xy,...x->...y", S, q)
+            ref = torch.einsum("...xy,...y->...x", S, q) if transposed else torch.einsum("...xy,...x->...y", S, q)
             den = (ref * ref).sum().item()
             if den == 0:
                 continue
@@ -254,7 +258,10 @@ def _bind_gate(transition, c, values, dep):
             if (c <= 0).any():
                 raise NearMiss("the decay is not positive, so it has no log-space gate")
             gate = Role(_origin(node), recipe, target, "log")
-        return gate, None, Family.GLA if transition == "diag_x" else Family.SIMPLE_GLA
+        if transition in ("diag_x", "diag_y"):  # diagonal along the key axis (checked by the caller)
+            return gate, None, Family.GLA
+        # a decay that does not change over time is retention's, lowered as a constant simple_gla gate
+        return gate, None, Family.RETENTION if gate.origin[0] == "global" else Family.SIMPLE_GLA
     # no step value holds it: a literal constant gamma (retention) or nothing we can bind
     if transition == "scalar" and rel_err(c, torch.full_like(c, c.flatten()[0].item())) <= TOL:
         gamma = c.flatten()[0].item()

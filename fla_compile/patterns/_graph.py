@@ -77,7 +77,19 @@ def functional_setitem(buf: torch.Tensor, index, value) -> torch.Tensor:
 
 
 class FunctionalInplace:
-    """``dst.clone().<method>(...)``: an in-place update as a value, with its exact dtype rules."""
+    """``dst.clone().<method>(...)``: an in-place update as a value, with its exact dtype rules.
+
+    One instance per method or function (``of``), so that equal updates have equal targets.
+    """
+
+    _cache: dict = {}
+
+    @classmethod
+    def of(cls, method=None, fn=None) -> FunctionalInplace:
+        key = (method, fn)
+        if key not in cls._cache:
+            cls._cache[key] = cls(method, fn)
+        return cls._cache[key]
 
     def __init__(self, method=None, fn=None):
         self.method, self.fn = method, fn
@@ -97,13 +109,13 @@ def _inplace_kind(node: fx.Node):
     """Return a functional replacement target if ``node`` mutates its first argument, else None."""
     t = node.target
     if node.op == "call_method" and isinstance(t, str) and t.endswith("_") and not t.startswith("__"):
-        return FunctionalInplace(method=t)
+        return FunctionalInplace.of(method=t)
     if node.op != "call_function":
         return None
     if t is operator.setitem:
         return functional_setitem
     if t in INPLACE_OPERATORS:
-        return FunctionalInplace(fn=t)
+        return FunctionalInplace.of(fn=t)
     if isinstance(t, torch._ops.OpOverload):
         return "unsupported" if t._schema.is_mutable else None
     name = getattr(t, "__name__", "")
@@ -131,12 +143,13 @@ def to_ssa(gm: fx.GraphModule) -> tuple[fx.GraphModule | None, str]:
     seen_at: dict[fx.Node, int] = {}  # view -> version of its root when it was made
     latest: dict[fx.Node, fx.Node] = {}  # root -> node holding its current value
     changed = False
+    same_storage: set[fx.Node] = set()  # results of in-place ops: the root itself, not a view
 
     def read(a: fx.Node) -> fx.Node:
         r = root.get(a, a)
         if a in seen_at and seen_at[a] != version.get(r, 0):
             raise _Refuse(f"'{a.name}' is a view read after its base was updated in place")
-        if a is r or a not in seen_at:
+        if a is r or a in same_storage or a not in seen_at:
             return latest.get(r, env[a])
         return env[a]
 
@@ -160,7 +173,7 @@ def to_ssa(gm: fx.GraphModule) -> tuple[fx.GraphModule | None, str]:
             r = root.get(target, target)
             if r.op in ("placeholder", "get_attr"):
                 raise _Refuse(f"'{node.name}' updates the input '{r.name}' in place")
-            if target is not r:
+            if target is not r and target not in same_storage:
                 raise _Refuse(f"'{node.name}' updates a view of '{r.name}' in place")
             args = (read(target), *fx.map_arg(node.args[1:], read))
             new = graph.call_function(kind, args, fx.map_arg(node.kwargs, read))
@@ -169,6 +182,7 @@ def to_ssa(gm: fx.GraphModule) -> tuple[fx.GraphModule | None, str]:
                 new.meta["example_value"] = value_of(r)
             env[node] = new
             root[node] = r
+            same_storage.add(node)
             version[r] = version.get(r, 0) + 1
             latest[r] = new
             changed = True

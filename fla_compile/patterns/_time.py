@@ -1,6 +1,6 @@
 """Rules that recognise a read or a write of one time step, at the torch and the aten level.
 
-One rule per spelling. A read is ``x[:, t]``, ``x.select(1, t)``, ``x[:, t:t+1]``,
+One rule per spelling. A read is ``x[:, t]``, ``x[:, t, :, None]``, ``x.select(1, t)``, ``x[:, t:t+1]``,
 ``x.narrow(1, t, 1)``, ``x.unbind(1)[t]``, ``aten.select.int(x, 1, t)`` or
 ``aten.slice.Tensor(x, 1, t, t+1)``; a write is ``o[:, t] = y`` (after ``to_ssa``),
 ``aten.select_scatter(o, y, 1, t)`` or ``aten.slice_scatter(o, y, 1, t, t+1)``.
@@ -24,7 +24,12 @@ class TimeRead:
     src: fx.Node  # the whole-sequence tensor
     dim: int  # non-negative time dim of src
     index: int
-    keepdim: bool  # x[:, t:t+1] keeps a size-1 time dim
+    post: tuple | None  # indexing applied after selecting step t (x[:, t, None] -> (slice(None), None))
+
+    @property
+    def key(self) -> tuple:
+        """What identifies the read across steps: the source, the dim and the post-indexing."""
+        return (self.src, self.dim, repr(self.post))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,28 +51,43 @@ def _is_full(s) -> bool:
 
 
 def parse_index(index, ndim: int | None):
-    """(dim, t, keepdim) if ``index`` picks one time step along one dim and keeps the rest whole."""
+    """(dim, t, post) if ``index`` picks one time step along one dim; ``post`` is the rest of
+    the indexing (new axes, a kept size-1 dim) to apply to the selected step, or None."""
     items = index if isinstance(index, tuple) else (index,)
-    picks = [i for i, s in enumerate(items) if not _is_full(s) and s is not Ellipsis]
-    if len(picks) != 1 or sum(s is Ellipsis for s in items) > 1:
+    if any(not (x is None or x is Ellipsis or isinstance(x, (int, slice))) or isinstance(x, bool) for x in items):
+        return None
+    if sum(x is Ellipsis for x in items) > 1:
+        return None
+    picks = [i for i, x in enumerate(items) if isinstance(x, int)]
+    if not picks:
+        picks = [
+            i
+            for i, x in enumerate(items)
+            if isinstance(x, slice) and isinstance(x.start, int) and x.stop == x.start + 1 and x.step in (None, 1)
+        ]
+    if len(picks) != 1:
         return None
     p = picks[0]
-    s = items[p]
-    if isinstance(s, bool) or s is None:
-        return None
-    if isinstance(s, int):
-        t, keep = s, False
-    elif isinstance(s, slice) and isinstance(s.start, int) and s.stop == s.start + 1 and s.step in (None, 1):
-        t, keep = s.start, True
+    x = items[p]
+    if isinstance(x, int):
+        t, keep = x, False
+    elif isinstance(x.start, int) and x.stop == x.start + 1 and x.step in (None, 1):
+        t, keep = x.start, True
     else:
         return None
     if Ellipsis in items[:p]:
         if ndim is None:
             return None
-        dim = ndim - (len(items) - p)
+        dim = ndim - sum(1 for y in items[p + 1 :] if y is not None and y is not Ellipsis) - 1
     else:
-        dim = p
-    return (dim, t, keep) if t >= 0 else None
+        dim = sum(1 for y in items[:p] if y is not None)
+    rest = items[:p] + ((None,) if keep else ()) + items[p + 1 :]
+    post = None if all(_is_full(y) or y is Ellipsis for y in rest) else rest
+    return (dim, t, post) if t >= 0 else None
+
+
+def _keep(dim: int) -> tuple:
+    return (slice(None),) * dim + (None,)
 
 
 def _norm_dim(dim, node):
@@ -89,22 +109,22 @@ def time_read(node: fx.Node) -> TimeRead | None:
             base = src.args[0]
             dim = src.args[1] if len(src.args) > 1 else src.kwargs.get("dim", 0)
             dim = _norm_dim(dim, base)
-            return None if dim is None else TimeRead(base, dim, a[1], False)
+            return None if dim is None else TimeRead(base, dim, a[1], None)
         if not isinstance(value_of(src), torch.Tensor):
             return None
         parsed = parse_index(a[1], _ndim(src))
-        return None if parsed is None else TimeRead(src, parsed[0], parsed[1], parsed[2])
+        return None if parsed is None else TimeRead(src, *parsed)
     if t in ("select", torch.select, aten.select.int) and len(a) == 3:
         dim = _norm_dim(a[1], a[0])
-        return None if dim is None or not isinstance(a[2], int) else TimeRead(a[0], dim, a[2], False)
+        return None if dim is None or not isinstance(a[2], int) else TimeRead(a[0], dim, a[2], None)
     if t in ("narrow", torch.narrow) and len(a) == 4 and a[3] == 1 and isinstance(a[2], int):
         dim = _norm_dim(a[1], a[0])
-        return None if dim is None else TimeRead(a[0], dim, a[2], True)
+        return None if dim is None else TimeRead(a[0], dim, a[2], _keep(dim))
     if t is aten.slice.Tensor and len(a) >= 4 and isinstance(a[2], int) and a[3] == a[2] + 1:
         if len(a) > 4 and a[4] != 1:
             return None
         dim = _norm_dim(a[1], a[0])
-        return None if dim is None else TimeRead(a[0], dim, a[2], True)
+        return None if dim is None else TimeRead(a[0], dim, a[2], _keep(dim))
     return None
 
 
@@ -125,7 +145,10 @@ def time_write(node: fx.Node) -> TimeWrite | None:
         parsed = parse_index(a[1], _ndim(a[0]))
         if parsed is None or not isinstance(a[2], fx.Node):
             return None
-        return TimeWrite(a[0], parsed[0], parsed[1], a[2], parsed[2])
+        dim, t, post = parsed
+        if post is not None and post != _keep(dim):
+            return None
+        return TimeWrite(a[0], dim, t, a[2], post is not None)
     if t is aten.select_scatter.default and len(a) == 4:
         dim = _norm_dim(a[2], a[0])
         return None if dim is None else TimeWrite(a[0], dim, a[3], _strip_copy(a[1], a[0]), False)

@@ -32,7 +32,7 @@ class LoopRegion:
 
     graph: fx.Graph
     blocks: list[list[fx.Node]]
-    reads: dict[int, TimeRead]  # offset -> read (src, dim) of block 0
+    reads: dict[tuple, TimeRead]  # read key -> the read of step 0
     state_offset: int
     init_state: fx.Node  # value of the state before the loop
     out_offset: int | None  # offset of the per-step output value
@@ -47,92 +47,83 @@ class LoopRegion:
         return len(self.blocks)
 
     def step_graph(self) -> tuple[fx.GraphModule, list]:
-        """One step as a graph: (state, *reads, *globals) -> (new state, output value or None).
+        """One step as a graph: (state, *inputs) -> (new state, output value or None).
 
-        Returns the module and the list of its inputs after the state: ("read", offset) or
-        ("global", node).
+        Every node carries meta["fla_origin"]: ("offset", i) for a node of the block,
+        ("read", key) for the value of step t of a time read, ("global", node) for a value
+        from before the loop. Returns the module and the origins of its inputs after the state.
         """
-        block = self.blocks[1] if self.T > 1 else self.blocks[0]
+        out = ("offset", self.out_offset) if self.out_offset is not None else None
+        return self._extract([("offset", self.state_offset), out], with_state=True)
+
+    def role_graph(self, origins: list[tuple]) -> tuple[fx.GraphModule, list]:
+        """The per-step computation of the values at ``origins`` from reads and globals only."""
+        return self._extract(origins, with_state=False)
+
+    def _extract(self, wanted: list, with_state: bool) -> tuple[fx.GraphModule, list]:
+        t = 1 if self.T > 1 else 0
+        block = self.blocks[t]
         index = {n: i for i, n in enumerate(block)}
-        prev = {n: i for i, n in enumerate(self.blocks[0])} if self.T > 1 else {}
+        prev = {n: i for i, n in enumerate(self.blocks[0])} if t else {}
         g = fx.Graph()
-        state = g.placeholder("state")
-        state.meta["example_value"] = value_of(self.init_state)
-        env: dict[int, fx.Node] = {}
-        inputs: list = []
-        globals_: dict[fx.Node, fx.Node] = {}
+        state = g.placeholder("state") if with_state else None
+        if state is not None:
+            state.meta["example_value"] = value_of(self.init_state)
+        env: dict = {}
+        origins: list = []
+
+        def placeholder(origin, meta_node) -> fx.Node:
+            if origin not in env:
+                ph = g.placeholder(f"x{len(origins)}")
+                ph.meta["example_value"] = value_of(meta_node)
+                ph.meta["fla_origin"] = origin
+                env[origin] = ph
+                origins.append(origin)
+            return env[origin]
 
         def lookup(a: fx.Node) -> fx.Node:
             if a in index:
                 return build(index[a])
             if a in prev:
-                if prev[a] != self.state_offset:
+                if not with_state or prev[a] != self.state_offset:
                     raise ValueError(f"the step reads a carried value other than the state ('{a.name}')")
                 return state
-            if a not in globals_:
-                ph = g.placeholder(f"g_{a.name}")
-                ph.meta["example_value"] = value_of(a)
-                ph.meta["fla_origin"] = ("global", a)
-                globals_[a] = ph
-                inputs.append(("global", a))
-            return globals_[a]
+            r = time_read(a)
+            if r is not None and r.index == t and r.key in self.reads:
+                return placeholder(("read", r.key), a)
+            return placeholder(("global", a), a)
 
         def build(i: int) -> fx.Node:
-            if i in env:
-                return env[i]
+            if ("offset", i) in env:
+                return env[("offset", i)]
             n = block[i]
-            if i in self.reads:
-                ph = g.placeholder(f"x_{i}")
-                ph.meta["example_value"] = value_of(n)
-                ph.meta["fla_origin"] = ("offset", i)
-                inputs.append(("read", i))
-                env[i] = ph
-                return ph
-            new = g.node_copy(n, lookup)
-            new.meta["fla_origin"] = ("offset", i)
-            env[i] = new
-            return new
+            r = time_read(n)
+            if r is not None and r.index == t and r.key in self.reads:
+                env[("offset", i)] = placeholder(("read", r.key), n)
+            else:
+                new = g.node_copy(n, lookup)
+                new.meta["fla_origin"] = ("offset", i)
+                env[("offset", i)] = new
+            return env[("offset", i)]
 
-        new_state = build(self.state_offset)
-        out = build(self.out_offset) if self.out_offset is not None else None
-        g.output((new_state, out))
-        return fx.GraphModule(torch.nn.Module(), g), inputs
+        def get(origin):
+            if origin is None:
+                return None
+            if origin[0] == "offset":
+                return build(origin[1])
+            if origin[0] == "read":
+                return placeholder(origin, self.reads[origin[1]].src)
+            return placeholder(origin, origin[1])
 
-    def role_graph(self, offsets: list[int]) -> tuple[fx.GraphModule, list]:
-        """The per-step computation of the nodes at ``offsets`` from reads and globals only."""
-        block = self.blocks[1] if self.T > 1 else self.blocks[0]
-        index = {n: i for i, n in enumerate(block)}
-        g = fx.Graph()
-        env: dict[int, fx.Node] = {}
-        inputs: list = []
-        globals_: dict[fx.Node, fx.Node] = {}
-
-        def lookup(a: fx.Node) -> fx.Node:
-            if a in index:
-                return build(index[a])
-            if a not in globals_:
-                globals_[a] = g.placeholder(f"g_{a.name}")
-                inputs.append(("global", a))
-            return globals_[a]
-
-        def build(i: int) -> fx.Node:
-            if i not in env:
-                if i in self.reads:
-                    env[i] = g.placeholder(f"x_{i}")
-                    inputs.append(("read", i))
-                else:
-                    env[i] = g.node_copy(block[i], lookup)
-            return env[i]
-
-        g.output(tuple(build(i) for i in offsets))
-        return fx.GraphModule(torch.nn.Module(), g), inputs
+        g.output(tuple(get(o) for o in wanted))
+        return fx.GraphModule(torch.nn.Module(), g), origins
 
 
 class _Mismatch(Exception):
     pass
 
 
-def _entry(n: fx.Node, t: int, start: int, L: int, s: int, pos: dict) -> tuple:
+def _entry(n: fx.Node, t: int, start: int, L: int, s: int, pos: dict, loop_keys: set) -> tuple:
     """Signature of node ``n`` of block ``t``: op and arguments, relative to the block."""
 
     def norm(a):
@@ -143,6 +134,9 @@ def _entry(n: fx.Node, t: int, start: int, L: int, s: int, pos: dict) -> tuple:
             if t > 0 and start - L <= p < start:
                 return ("C", p - (start - L))
             if p < s:
+                r = time_read(a)
+                if r is not None and r.index == t and r.key in loop_keys:
+                    return ("read", ("G", r.src), r.dim, repr(r.post))
                 return ("G", a)
             raise _Mismatch(f"'{n.name}' reads '{a.name}' from outside its block")
         if isinstance(a, (list, tuple)):
@@ -154,8 +148,8 @@ def _entry(n: fx.Node, t: int, start: int, L: int, s: int, pos: dict) -> tuple:
         return a
 
     r = time_read(n)
-    if r is not None and r.index == t:
-        return ("read", norm(r.src), r.dim, r.keepdim)
+    if r is not None and r.index == t and r.key in loop_keys:
+        return ("read", norm(r.src), r.dim, repr(r.post))
     w = time_write(n)
     if w is not None and w.index == t:
         return ("write", norm(w.buf), w.dim, norm(w.value), w.keepdim)
@@ -189,10 +183,13 @@ def find(graph: fx.Graph) -> tuple[list[LoopRegion], list[tuple[str, str]]]:
     nodes = list(graph.nodes)
     pos = {n: i for i, n in enumerate(nodes)}
     by_src: dict[tuple, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+    keys: dict[tuple, set] = defaultdict(set)
     for n in nodes:
         r = time_read(n)
-        if r is not None:
-            by_src[(r.src, r.dim)][r.index].append(pos[n])
+        if r is not None and n.users:
+            # anchor a step at the first use of its reads: reads may be hoisted before the loop
+            by_src[(r.src, r.dim)][r.index].append(min(pos[u] for u in n.users))
+            keys[(r.src, r.dim)].add(r.key)
     families = []
     for (src, dim), idx in by_src.items():
         v = value_of(src)
@@ -200,27 +197,32 @@ def find(graph: fx.Graph) -> tuple[list[LoopRegion], list[tuple[str, str]]]:
         if T is None or T < 2 or sorted(idx) != list(range(T)):
             continue
         first = [min(idx[t]) for t in range(T)]
-        families.append((first[0], first[-1], T, first))
+        families.append((first[0], T, first, keys[(src, dim)]))
     families.sort(key=lambda f: f[0])
     regions, misses = [], []
-    done_until = -1
-    for lo, _hi, T, first in families:
+    done_until = floor = -1
+    for lo, T, first, _ in families:
         if lo <= done_until:
             continue
+        done_until = max(done_until, first[-1])  # one attempt per loop, whichever source anchors it
         L = first[1] - first[0]
         if L <= 0 or any(first[t] != first[0] + t * L for t in range(T)):
             continue
+        # the sources of this loop: read at every step with the same period, starting in step 0
+        keys = set().union(
+            *[f[3] for f in families if f[1] == T and f[2][1] - f[2][0] == L and abs(f[0] - first[0]) < L]
+        )
         try:
-            region = _reroll(nodes, pos, first[0], T, L, done_until)
+            region = _reroll(nodes, pos, first[0], T, L, floor, keys)
         except _Mismatch as e:
             misses.append((f"time loop at T={T} not re-rolled: {e}", source_line(nodes[first[0]])))
             continue
         regions.append(region)
-        done_until = pos[region.blocks[-1][-1]]
+        done_until = floor = max(done_until, pos[region.blocks[-1][-1]])
     return regions, misses
 
 
-def _reroll(nodes, pos, p0, T, L, floor) -> LoopRegion:
+def _reroll(nodes, pos, p0, T, L, floor, loop_keys) -> LoopRegion:
     s = p0
     while s - 1 > floor and s - 1 + L < len(nodes) and _same_target(nodes[s - 1], nodes[s - 1 + L]):
         if nodes[s - 1].op in ("placeholder", "get_attr", "output"):
@@ -229,24 +231,24 @@ def _reroll(nodes, pos, p0, T, L, floor) -> LoopRegion:
     # shrink from the left until block 0 fits (a prologue node may look like the block's end)
     for start in range(s, p0 + 1):
         try:
-            return _build(nodes, pos, start, T, L)
+            return _build(nodes, pos, start, T, L, loop_keys)
         except _Mismatch as e:
             err = e
     raise err
 
 
-def _build(nodes, pos, s, T, L) -> LoopRegion:
+def _build(nodes, pos, s, T, L, loop_keys) -> LoopRegion:
     end = s + T * L
     if end > len(nodes):
         raise _Mismatch("blocks run past the end of the graph")
     blocks = [nodes[s + t * L : s + (t + 1) * L] for t in range(T)]
     if any(n.op in ("placeholder", "output", "get_attr") for b in blocks for n in b):
         raise _Mismatch("a block holds an input or the output")
-    sigs = [[_entry(n, t, s + t * L, L, s, pos) for n in blocks[t]] for t in range(min(T, 2))]
+    sigs = [[_entry(n, t, s + t * L, L, s, pos, loop_keys) for n in blocks[t]] for t in range(min(T, 2))]
     ref = sigs[-1]
     for t in range(2, T):
         for i, n in enumerate(blocks[t]):
-            if _entry(n, t, s + t * L, L, s, pos) != ref[i]:
+            if _entry(n, t, s + t * L, L, s, pos, loop_keys) != ref[i]:
                 raise _Mismatch(f"step {t} differs from step 1 at '{n.name}'")
     init: dict[int, fx.Node] = {}
     if T > 1 and not all(_unify(a, b, init) for a, b in zip(sigs[0], sigs[1])):
@@ -259,7 +261,12 @@ def _build(nodes, pos, s, T, L) -> LoopRegion:
     if len(states) != 1:
         raise _Mismatch(f"expected one carried state, found {len(states)}")
     state = states[0]
-    reads = {i: r for i, n in enumerate(blocks[0]) if (r := time_read(n)) is not None and r.index == 0}
+    reads = {}
+    for n in blocks[0]:
+        for a in (n, *n.all_input_nodes):
+            r = time_read(a)
+            if r is not None and r.index == 0 and r.key in loop_keys:
+                reads[r.key] = r
 
     # uses after the loop: the final state, the final buffer, or one stack/cat of a per-step value
     region_nodes = set(n for b in blocks for n in b)

@@ -1,0 +1,185 @@
+"""Naive linear-attention code as people write it: the loop spellings the backend must recognise,
+and near misses it must leave alone. Inputs are [B, T, H, D] unless a name says otherwise."""
+
+import torch
+import torch.nn.functional as F
+
+
+def gla_fla_naive(q, k, v, gk):
+    """flash-linear-attention's naive recurrent GLA: [B,H,T,D] inside, buffer write, broadcast-sum."""
+    q, k, v, gk = map(lambda x: x.transpose(1, 2).float(), (q, k, v, gk))
+    B, H, T, K, V = *q.shape, v.shape[-1]
+    o = torch.zeros_like(v)
+    scale = K**-0.5
+    h = q.new_zeros(B, H, K, V, dtype=torch.float32)
+    for i in range(T):
+        q_i = q[:, :, i] * scale
+        k_i = k[:, :, i]
+        v_i = v[:, :, i]
+        gk_i = gk[:, :, i].exp()
+        kv_i = k_i[..., None] * v_i[..., None, :]
+        h = h * gk_i[..., None] + kv_i
+        o[:, :, i] = (q_i[..., None] * h).sum(-2)
+    return o.transpose(1, 2), h
+
+
+def retention_inplace_einsum(q, k, v):
+    """In-place updates, a literal decay, einsum, outputs collected with torch.stack."""
+    B, T, H, K = q.shape
+    h = torch.zeros(B, H, K, v.shape[-1])
+    outs = []
+    for t in range(T):
+        h.mul_(0.9)
+        h += torch.einsum("bhk,bhv->bhkv", k[:, t], v[:, t])
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], h))
+    return torch.stack(outs, 1)
+
+
+def linear_matmul_cat(q, k, v):
+    """matmul spelling, outputs concatenated along time."""
+    B, T, H, K = q.shape
+    h = q.new_zeros(B, H, K, v.shape[-1])
+    outs = []
+    for t in range(T):
+        h = h + k[:, t].unsqueeze(-1) @ v[:, t].unsqueeze(-2)
+        outs.append((q[:, t].unsqueeze(-2) @ h).squeeze(-2).unsqueeze(1))
+    return torch.cat(outs, dim=1)
+
+
+def linear_outer_single_head(q, k, v):
+    """One head, [T, D] inputs, torch.outer and a transposed read-out."""
+    q, k, v = q[0, :, 0], k[0, :, 0], v[0, :, 0]
+    h = torch.zeros(q.shape[-1], v.shape[-1])
+    outs = []
+    for t in range(q.shape[0]):
+        h = h + torch.outer(k[t], v[t])
+        outs.append(h.T @ q[t])
+    return torch.stack(outs)
+
+
+def simple_gla_scalar_gate(q, k, v, g):
+    """A scalar log-gate per head and step, exp inside the loop, select spelling."""
+    B, T, H, K = q.shape
+    g = g[..., 0]
+    h = q.new_zeros(B, H, K, v.shape[-1])
+    o = torch.empty_like(v)
+    for t in range(T):
+        h = torch.exp(g.select(1, t))[..., None, None] * h + k.select(1, t)[..., None] * v.select(1, t)[..., None, :]
+        o[:, t] = torch.einsum("bhk,bhkv->bhv", q.select(1, t), h) * 0.5
+    return o
+
+
+def gla_sigmoid_gate(q, k, v, g):
+    """A sigmoid gate per key dim made inside the loop."""
+    B, T, H, K = q.shape
+    h = q.new_zeros(B, H, K, v.shape[-1])
+    outs = []
+    for t in range(T):
+        a = torch.sigmoid(g[:, t])
+        h = a.unsqueeze(-1) * h + k[:, t].unsqueeze(-1) * v[:, t].unsqueeze(-2)
+        outs.append((q[:, t].unsqueeze(-1) * h).sum(-2))
+    return torch.stack(outs, dim=1)
+
+
+def gla_logsigmoid_outside(q, k, v, g):
+    """Log-gates made outside the loop with logsigmoid, unbind spelling."""
+    gk = F.logsigmoid(g)
+    B, T, H, K = q.shape
+    h = q.new_zeros(B, H, K, v.shape[-1])
+    outs = []
+    for q_t, k_t, v_t, g_t in zip(q.unbind(1), k.unbind(1), v.unbind(1), gk.unbind(1)):
+        h = h * g_t.exp()[..., None] + k_t[..., None] * v_t[..., None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q_t, h))
+    return torch.stack(outs, 1)
+
+
+def retention_per_head_gamma(q, k, v):
+    """RetNet's per-head decays, powers of a constant made outside the loop."""
+    B, T, H, K = q.shape
+    gamma = 1 - 2.0 ** (-5 - torch.arange(H, dtype=torch.float32))
+    h = q.new_zeros(B, H, K, v.shape[-1])
+    outs = []
+    for t in range(T):
+        h = gamma[:, None, None] * h + k[:, t, :, :, None] * v[:, t, :, None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t] * K**-0.5, h))
+    return torch.stack(outs, 1)
+
+
+def gla_initial_and_final_state(q, k, v, g, h0):
+    """An initial state passed in, the final state returned, a state stored transposed [V, K]."""
+    B, T, H, K = q.shape
+    h = h0.transpose(-1, -2).clone()
+    outs = []
+    for t in range(T):
+        h = h * g[:, t].exp()[..., None, :] + v[:, t, :, :, None] * k[:, t, :, None, :]
+        outs.append((h * q[:, t, :, None, :]).sum(-1))
+    return torch.stack(outs, 1), h.transpose(-1, -2)
+
+
+def linear_bhtd_layout(q, k, v):
+    """[B, H, T, D] inputs indexed on dim 2, a slice kept as [B, H, 1, D]."""
+    q, k, v = (x.transpose(1, 2).contiguous() for x in (q, k, v))
+    B, H, T, K = q.shape
+    h = q.new_zeros(B, H, K, v.shape[-1])
+    o = torch.zeros_like(v)
+    for t in range(T):
+        k_t, v_t = k[:, :, t : t + 1], v[:, :, t : t + 1]
+        h = h + k_t.transpose(-1, -2) @ v_t
+        o[:, :, t : t + 1] = q[:, :, t : t + 1] @ h
+    return o
+
+
+# --- near misses: these must be left untouched ---------------------------------------
+
+
+def miss_nonlinear_in_state(q, k, v):
+    B, T, H, K = q.shape
+    h = q.new_zeros(B, H, K, v.shape[-1])
+    outs = []
+    for t in range(T):
+        h = torch.tanh(h + k[:, t, :, :, None] * v[:, t, :, None, :])
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], h))
+    return torch.stack(outs, 1)
+
+
+def miss_decay_depends_on_state(q, k, v):
+    B, T, H, K = q.shape
+    h = q.new_zeros(B, H, K, v.shape[-1])
+    outs = []
+    for t in range(T):
+        decay = torch.sigmoid(h.mean((-1, -2), keepdim=True))
+        h = decay * h + k[:, t, :, :, None] * v[:, t, :, None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], h))
+    return torch.stack(outs, 1)
+
+
+def miss_reads_previous_state(q, k, v):
+    B, T, H, K = q.shape
+    h = q.new_zeros(B, H, K, v.shape[-1])
+    outs = []
+    for t in range(T):
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], h))
+        h = 0.9 * h + k[:, t, :, :, None] * v[:, t, :, None, :]
+    return torch.stack(outs, 1)
+
+
+def miss_value_gate(q, k, v):
+    """A gate along the value axis is not in our families."""
+    B, T, H, K = q.shape
+    h = q.new_zeros(B, H, K, v.shape[-1])
+    outs = []
+    for t in range(T):
+        h = h * torch.sigmoid(v[:, t, :, None, :]) + k[:, t, :, :, None] * v[:, t, :, None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], h))
+    return torch.stack(outs, 1)
+
+
+def miss_not_outer_product(q, k, v):
+    """The update adds k k^T-like terms of the wrong shape: not a k v^T write."""
+    B, T, H, K = q.shape
+    h = q.new_zeros(B, H, K, v.shape[-1])
+    outs = []
+    for t in range(T):
+        h = h + (k[:, t, :, :, None] * v[:, t, :, None, :]) ** 2
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], h))
+    return torch.stack(outs, 1)
