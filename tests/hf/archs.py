@@ -32,6 +32,10 @@ class Arch:
     kwargs: dict
     packed: str = "cu_seq_lens_q"
     composite: dict | None = None  # a multimodal config: kwargs go to text_config, these to vision_config
+    # layer_types of the packed-sequence test, where the model's softmax layers ignore packing
+    packed_layer_types: tuple[str, ...] | None = None
+    # the submodule that takes packed-sequence kwargs, where the causal LM drops them
+    packed_module: str | None = None
 
 
 ARCHS = [
@@ -174,6 +178,7 @@ ARCHS = [
             layer_types=HYBRID,
         ),
         composite=dict(depth=1, hidden_size=32, num_heads=2, intermediate_size=32, out_hidden_size=64),
+        packed_layer_types=("linear_attention", "linear_attention"),  # its DSA attention does not pack
     ),
     Arch(
         "MiniMax",
@@ -200,6 +205,7 @@ ARCHS = [
             chunk_size=16,
         ),
         packed="seq_idx",
+        packed_module="backbone",  # Mamba2ForCausalLM does not pass **kwargs on
     ),
     Arch(
         "Bamba",
@@ -274,6 +280,7 @@ ARCHS = [
             mamba_chunk_size=16,
         ),
         packed="seq_idx",
+        packed_layer_types=("mamba", "mamba"),  # its attention does not split packed rows
     ),
     Arch(
         "Zamba2",
