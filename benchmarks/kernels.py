@@ -1,0 +1,281 @@
+"""Benchmark of the GLA-line kernels: one table from one run.
+
+    python benchmarks/kernels.py                 # the table (issue 5 shapes, bf16)
+    python benchmarks/kernels.py --sweep         # also time against T (512 .. 32768), CSV + PNG
+    python benchmarks/kernels.py --quick         # small shapes, a smoke run
+
+Rows: our forward and forward+backward (the ``fla_compile.ops`` functions, autograd included),
+flash-linear-attention 0.6.0 when importable, softmax attention (SDPA, causal), the memory floor
+of the forward (bytes of q, k, v, g, o over the measured device-copy bandwidth), the decode step
+at B=64 next to its floor (state read + write), and the first call in a fresh process with a cold
+and a warm tuning cache. Each row is measured in its own try/except: a failure is a row with the
+error, never a lost table. With ``$OUT`` set, writes ``kernels.csv`` and ``kernels.md`` there
+(and ``sweep.csv`` / ``sweep.png`` with ``--sweep``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = [(8, 2048, 16, 128), (2, 8192, 16, 128), (8, 2048, 32, 64)]
+QUICK_SHAPES = [(2, 512, 4, 64)]
+FAMILIES = ["gla", "simple_gla", "linear_attn", "retention"]
+
+
+def bench(fn) -> float:
+    """Median milliseconds of ``fn`` (triton.testing.do_bench)."""
+    import triton.testing
+
+    return triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8])[0]
+
+
+def copy_bandwidth() -> float:
+    """Measured device-copy bandwidth in bytes/s (read + write of 1 GiB)."""
+    x = torch.empty(2**28, dtype=torch.float32, device="cuda")
+    y = torch.empty_like(x)
+    ms = bench(lambda: y.copy_(x))
+    return 2 * x.numel() * 4 / (ms * 1e-3)
+
+
+def inputs(family, B, T, H, D, dtype=torch.bfloat16, grad=False):
+    q, k, v = (torch.randn(B, T, H, D, device="cuda", dtype=dtype) for _ in range(3))
+    g = None
+    if family == "gla":
+        g = F.logsigmoid(torch.randn(B, T, H, D, device="cuda")) / 16
+    elif family == "simple_gla":
+        g = F.logsigmoid(torch.randn(B, T, H, device="cuda")) / 16
+    elif family == "retention":
+        g = torch.full((H,), -0.05, device="cuda")
+    xs = [q, k, v] + ([g] if g is not None else [])
+    if grad:
+        xs = [x.requires_grad_() if x.dim() > 1 else x for x in xs]
+    return xs
+
+
+def ours(family):
+    import fla_compile.ops as ops
+
+    return getattr(ops, family)
+
+
+def fla_op(family):
+    if family == "gla":
+        from fla.ops.gla import chunk_gla
+
+        return chunk_gla
+    if family == "simple_gla":
+        from fla.ops.simple_gla import chunk_simple_gla
+
+        return chunk_simple_gla
+    raise NotImplementedError(f"no flash-linear-attention row for {family}")
+
+
+def fwd_bwd(fn, xs):
+    def step():
+        o = fn(*xs)[0]
+        o.backward(torch.ones_like(o))
+
+    return step
+
+
+def time_fwd(get, family, shape):
+    def run():
+        fn, xs = get(family), inputs(family, *shape)
+        with torch.no_grad():
+            return bench(lambda: fn(*xs))
+
+    return run
+
+
+def time_fwd_bwd(get, family, shape):
+    def run():
+        return bench(fwd_bwd(get(family), inputs(family, *shape, grad=True)))
+
+    return run
+
+
+def sdpa(B, T, H, D, dtype=torch.bfloat16, grad=False):
+    q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=dtype, requires_grad=grad) for _ in range(3))
+
+    def fwd(q=q, k=k, v=v):
+        return (F.scaled_dot_product_attention(q, k, v, is_causal=True),)
+
+    return fwd, [q, k, v]
+
+
+def time_sdpa(shape, backward=True):
+    def run():
+        if not backward:
+            with torch.no_grad():
+                return bench(sdpa(*shape)[0])
+        return bench(fwd_bwd(*sdpa(*shape, grad=True)))
+
+    return run
+
+
+def first_call_seconds(cache_dir: str) -> float:
+    """Seconds of the first gla call (forward + backward) in a fresh process using ``cache_dir``."""
+    code = (
+        "import time, torch; t = time.perf_counter(); import fla_compile.ops as ops; "
+        "q, k, v = (torch.randn(8, 2048, 16, 128, device='cuda', dtype=torch.bfloat16, requires_grad=True) "
+        "for _ in range(3)); g = torch.nn.functional.logsigmoid(torch.randn(8, 2048, 16, 128, device='cuda')); "
+        "o = ops.gla(q, k, v, g)[0]; o.sum().backward(); torch.cuda.synchronize(); "
+        "print(time.perf_counter() - t)"
+    )
+    env = dict(os.environ, FLA_COMPILE_CACHE_DIR=cache_dir)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed")
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def row(rows, name, shape, fn, unit="ms"):
+    try:
+        value = fn()
+        rows.append({"row": name, "shape": shape, "value": f"{value:.4f}", "unit": unit, "note": ""})
+    except Exception as e:  # one broken row must not lose the table
+        rows.append({"row": name, "shape": shape, "value": "", "unit": unit, "note": f"{type(e).__name__}: {e}"[:160]})
+
+
+def table(args) -> list[dict]:
+    rows: list[dict] = []
+    bw = copy_bandwidth()
+    rows.append({"row": "device copy bandwidth", "shape": "", "value": f"{bw / 1e12:.3f}", "unit": "TB/s", "note": ""})
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    for B, T, H, D in shapes:
+        shape = f"B={B} T={T} H={H} D={D}"
+        for family in args.families:
+            impls = [("ours", ours)] + ([("fla", fla_op)] if family in ("gla", "simple_gla") else [])
+            for who, get in impls:
+                row(rows, f"{who} {family} fwd", shape, time_fwd(get, family, (B, T, H, D)))
+                row(rows, f"{who} {family} fwd+bwd", shape, time_fwd_bwd(get, family, (B, T, H, D)))
+            n_gate = {"gla": D, "simple_gla": 1}.get(family, 0)
+            floor = (B * T * H * (3 * D * 2 + n_gate * 4 + D * 2)) / bw * 1e3  # q,k,v bf16, g fp32, o bf16
+            rows.append({"row": f"memory floor {family} fwd", "shape": shape, "value": f"{floor:.4f}", "unit": "ms",
+                         "note": "bytes of q,k,v,g,o / copy bandwidth"})
+        row(rows, "sdpa causal fwd", shape, time_sdpa((B, T, H, D), backward=False))
+        row(rows, "sdpa causal fwd+bwd", shape, time_sdpa((B, T, H, D)))
+    for family in args.families:
+        B, H, D = 64, 16 if not args.quick else 4, 128
+        shape = f"decode B={B} H={H} D={D}"
+
+        def decode(family=family, B=B, H=H, D=D):
+            from fla_compile.lowering import gla_triton
+
+            q, k, v, *g = inputs(family, B, 1, H, D)
+            g = g[0] if g else None
+            if family == "retention":
+                g = g.reshape(1, 1, H).expand(B, 1, H)
+            kind = {"gla": "vector", "simple_gla": "scalar", "retention": "scalar"}.get(family, "none")
+            state = torch.zeros(B, H, D, D, device="cuda")
+            return bench(lambda: gla_triton.fused_recurrent(q, k, v, g, kind, 0.1, state, inplace_state=True))
+
+        row(rows, f"ours {family} decode step", shape, decode)
+        floor = B * H * D * D * 4 * 2 / bw * 1e3
+        rows.append({"row": "decode floor (state read+write)", "shape": shape, "value": f"{floor:.4f}", "unit": "ms",
+                     "note": ""})
+    if not args.quick:
+        with tempfile.TemporaryDirectory() as d:
+            row(rows, "first call, fresh process, cold cache", "gla B=8 T=2048", lambda: first_call_seconds(d), "s")
+            row(rows, "first call, fresh process, warm cache", "gla B=8 T=2048", lambda: first_call_seconds(d), "s")
+    return rows
+
+
+def sweep(args, out: pathlib.Path | None) -> list[dict]:
+    """Forward+backward time against T (B*T = 16384 tokens kept, H=16, D=128, bf16)."""
+    rows = []
+    for T in [512, 1024, 2048, 4096, 8192, 16384, 32768]:
+        B = max(1, 16384 // T)
+        shape = (B, T, 16, 128)
+        for name, fn in [
+            ("ours gla", time_fwd_bwd(ours, "gla", shape)),
+            ("fla gla", time_fwd_bwd(fla_op, "gla", shape)),
+            ("ours simple_gla", time_fwd_bwd(ours, "simple_gla", shape)),
+            ("fla simple_gla", time_fwd_bwd(fla_op, "simple_gla", shape)),
+            ("sdpa causal", time_sdpa(shape)),
+        ]:
+            row(rows, name, f"T={T} B={B}", fn)
+            rows[-1]["T"] = T
+    if out is not None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for name in sorted({r["row"] for r in rows}):
+                pts = [(r["T"], float(r["value"])) for r in rows if r["row"] == name and r["value"]]
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=name)
+            ax.set(xscale="log", yscale="log", xlabel="T (B*T = 16384)", ylabel="fwd+bwd ms", title="H=16 D=128 bf16")
+            ax.legend()
+            fig.tight_layout()
+            fig.savefig(out / "sweep.png", dpi=120)
+        except Exception as e:
+            print(f"no plot: {e}", file=sys.stderr)
+    return rows
+
+
+def markdown(rows) -> str:
+    lines = ["| row | shape | value | unit | note |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['row']} | {r['shape']} | {r['value']} | {r['unit']} | {r['note']} |" for r in rows]
+    return "\n".join(lines)
+
+
+def header() -> str:
+    import triton
+
+    return (f"device: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | "
+            f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+
+
+def write(out, name, rows):
+    keys = ["row", "shape", "value", "unit", "note"]
+    with open(out / f"{name}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    (out / f"{name}.md").write_text(header() + "\n\n" + markdown(rows) + "\n")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--families", default=",".join(FAMILIES))
+    p.add_argument("--quick", action="store_true", help="small shapes (smoke run)")
+    p.add_argument("--sweep", action="store_true", help="also time fwd+bwd against T, with a plot")
+    args = p.parse_args(argv)
+    args.families = args.families.split(",")
+    if not torch.cuda.is_available():
+        print("benchmarks/kernels.py needs a CUDA device", file=sys.stderr)
+        return 1
+    out = pathlib.Path(os.environ["OUT"]) if os.environ.get("OUT") else None
+    t0 = time.perf_counter()
+    rows = table(args)
+    print(header())
+    print(markdown(rows))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write(out, "kernels", rows)
+    if args.sweep:
+        srows = sweep(args, out)
+        print(markdown(srows))
+        if out is not None:
+            write(out, "sweep", srows)
+    print(f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
