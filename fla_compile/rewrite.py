@@ -144,12 +144,17 @@ class LoopLowering:
 
         if all(d is None for d in self.in_dims):
             vals = [v.unsqueeze(0).expand(self.T, *v.shape) for v in step(*role_args)]
+            return dict(zip(self.step_origins, vals))
         else:
             vals = torch.vmap(step, in_dims=tuple(self.in_dims), out_dims=0)(*role_args)
         return dict(zip(self.step_origins, vals))
 
     def __call__(self, *args):
         b = self.binding
+        for x, d in zip(args, self.in_dims):  # the length comes from the inputs (jit reuses us at any T)
+            if d is not None:
+                self.T = x.shape[d]
+                break
         hoisted = self._hoist(args[: self.n_role_args])
         globals_ = dict(zip(self.global_roles, args[self.n_role_args : self.n_role_args + len(self.global_roles)]))
         h0 = args[-1] if self.init_state is not None else None

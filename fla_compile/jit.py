@@ -1,0 +1,308 @@
+"""``@fla_compile.jit``: recognise a reference function once at small probe lengths, then run
+the matched op at any length, without Dynamo unrolling the time loop.
+
+The function is captured by Dynamo at two short probe lengths T1 < T2 (a few steps), each
+graph goes through the same passes as the backend, and the two rewritten graphs must agree
+node for node except for integers affine in T (sizes such as ``view(B, T, H, D)``); those
+become ``a * T + b`` of the runtime length. The result is checked against the reference at
+a third length before it is used. Nothing matched: the reference runs, with one warning
+(an error under ``strict=True``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+
+import torch
+import torch.fx as fx
+
+from . import passes
+from .report import Report
+from .rewrite import LoopLowering
+from .verify import rel_err
+
+log = logging.getLogger("fla_compile")
+PROBE_LENGTHS = (5, 7)
+CHECK_LENGTH = 11
+
+
+class JitError(RuntimeError):
+    pass
+
+
+def _shrink(args, time_dim, T, length, gen):
+    """Random probe inputs: tensors with the time length get ``length`` steps, others keep their shape."""
+    out = []
+    for a in args:
+        if isinstance(a, torch.Tensor) and a.dim() > time_dim and a.shape[time_dim] == T:
+            shape = list(a.shape)
+            shape[time_dim] = length
+            x = torch.randn(shape, generator=gen, dtype=torch.float32).to(a.dtype) if a.is_floating_point() else None
+            out.append(x if x is not None else a.narrow(time_dim, 0, length))
+        elif isinstance(a, torch.Tensor) and a.is_floating_point():
+            out.append(torch.randn(a.shape, generator=gen, dtype=torch.float32).to(a.dtype))
+        else:
+            out.append(a)
+    return out
+
+
+def _trace(fn, args) -> fx.GraphModule:
+    """Capture ``fn`` at probe shapes with Dynamo (a few steps only: the probe is short)."""
+    captured = []
+
+    def capture(gm, example_inputs):
+        captured.append(gm)
+        return gm.forward
+
+    def probe(*ts):
+        return fn(*ts)
+
+    torch.compile(probe, backend=capture, fullgraph=True, dynamic=False)(*args)
+    if len(captured) != 1:
+        raise JitError(f"expected one captured graph, got {len(captured)}")
+    return captured[0]
+
+
+def _same_target(a, b) -> bool:
+    if isinstance(a, LoopLowering) and isinstance(b, LoopLowering):
+        return a.family == b.family
+    return a == b
+
+
+def _generalize(g1: fx.GraphModule, g2: fx.GraphModule, T1: int, T2: int, time_input: int, time_dim: int):
+    """One graph whose integer arguments are affine in the runtime length T."""
+    n1, n2 = list(g1.graph.nodes), list(g2.graph.nodes)
+    if len(n1) != len(n2):
+        raise JitError(f"the graphs at T={T1} and T={T2} differ in size ({len(n1)} vs {len(n2)} nodes)")
+    graph = g1.graph
+    placeholders = [n for n in n1 if n.op == "placeholder"]
+    with graph.inserting_after(placeholders[-1]):
+        T_node = graph.call_function(torch.ops.aten.sym_size.int, (placeholders[time_input], time_dim))
+    cache: dict = {}
+
+    def affine(a, b):
+        if (a, b) not in cache:
+            with graph.inserting_after(T_node):
+                x = graph.call_function(_affine, (T_node, a, b))
+            cache[(a, b)] = x
+        return cache[(a, b)]
+
+    def merge(x, y):
+        if isinstance(x, bool) or isinstance(y, bool):
+            if x != y:
+                raise JitError("a flag differs between probe lengths")
+            return x
+        if isinstance(x, int) and isinstance(y, int):
+            if x == y:
+                return x
+            a, r = divmod(y - x, T2 - T1)
+            if r:
+                raise JitError(f"an integer ({x} at T={T1}, {y} at T={T2}) is not affine in T")
+            return affine(a, x - a * T1)
+        if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)) and len(x) == len(y):
+            return type(x)(merge(p, q) for p, q in zip(x, y))
+        if isinstance(x, fx.Node) and isinstance(y, fx.Node):
+            if n1.index(x) != n2.index(y):
+                raise JitError("the graphs at two probe lengths are wired differently")
+            return x
+        if isinstance(x, dict) and isinstance(y, dict) and x.keys() == y.keys():
+            return {k: merge(x[k], y[k]) for k in x}
+        if type(x) is not type(y) or (not isinstance(x, torch.Tensor) and x != y):
+            raise JitError("a constant differs between probe lengths")
+        return x
+
+    for a, b in zip(n1, n2):
+        if a.op != b.op or not _same_target(a.target, b.target):
+            raise JitError(f"'{a.name}' differs between probe lengths")
+        if a.op in ("placeholder", "get_attr"):
+            continue
+        a.args = merge(a.args, b.args)
+        a.kwargs = merge(a.kwargs, b.kwargs)
+    graph.lint()
+    g1.recompile()
+    return g1
+
+
+def _affine(T, a, b):
+    return a * T + b
+
+
+class JitFunction:
+    """The callable ``@fla_compile.jit`` returns (see the module docstring)."""
+
+    def __init__(self, fn, time_dim: int = 1, strict: bool = False, verify: bool = True):
+        self.fn, self.time_dim, self.strict = fn, time_dim, strict
+        self.opts = passes.Options(verify=verify, strict=strict, inductor=False)
+        self.cache: dict = {}
+        self.reports: dict = {}
+        self._warned = False
+        functools.update_wrapper(self, fn)
+
+    def _key(self, args):
+        key = []
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                shape = tuple(s if i != self.time_dim else -1 for i, s in enumerate(a.shape))
+                key.append((shape, a.dtype, a.device.type, a.requires_grad))
+            else:
+                key.append(("const", repr(a)))
+        return tuple(key)
+
+    def _time_input(self, args):
+        for i, a in enumerate(args):
+            if isinstance(a, torch.Tensor) and a.dim() > self.time_dim:
+                return i, a.shape[self.time_dim]
+        raise JitError(f"no tensor argument has a time dim {self.time_dim}")
+
+    def prepare(self, *args) -> tuple:
+        """Trace, match and generalize for inputs like ``args``; returns (graph or None, report)."""
+        key = self._key(args)
+        if key in self.cache:
+            return self.cache[key], self.reports[key]
+        report = Report()
+        try:
+            gm = self._build(args, report)
+        except Exception as e:  # noqa: BLE001 - any failure means: run the reference
+            report.notes.append(f"jit: {type(e).__name__}: {e}")
+            gm = None
+        self.cache[key], self.reports[key] = gm, report
+        return gm, report
+
+    def _build(self, args, report):
+        ti, T = self._time_input(args)
+        gen = torch.Generator().manual_seed(0)
+        tensors = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+        consts = {i: a for i, a in enumerate(args) if not isinstance(a, torch.Tensor)}
+
+        def tensor_fn(*ts):
+            full = list(consts.get(i) for i in range(len(args)))
+            for i, t in zip(tensors, ts):
+                full[i] = t
+            return self.fn(*full)
+
+        graphs = []
+        for length in PROBE_LENGTHS:
+            probe = _shrink(args, self.time_dim, T, length, gen)
+            gm = _trace(tensor_fn, [probe[i] for i in tensors])
+            new, rep = passes.run(gm, self.opts)
+            if not rep.matches:
+                report.extend(rep)
+                return None
+            graphs.append(new)
+        report.extend(rep)
+        time_input = tensors.index(ti)
+        gm = _generalize(graphs[0], graphs[1], *PROBE_LENGTHS, time_input, self.time_dim)
+        probe = _shrink(args, self.time_dim, T, CHECK_LENGTH, gen)
+        ref = tensor_fn(*[probe[i] for i in tensors])
+        with torch.no_grad():
+            out = gm(*[probe[i] for i in tensors])
+        ref_flat, out_flat = torch.utils._pytree.tree_leaves(ref), torch.utils._pytree.tree_leaves(out)
+        err = max((rel_err(o.double(), r.double()) for o, r in zip(out_flat, ref_flat)), default=0.0)
+        if len(ref_flat) != len(out_flat) or not err < 1e-4:
+            raise JitError(f"the generalized graph differs from the reference at T={CHECK_LENGTH} (rel err {err:.1e})")
+        gm._fla_tensors = tensors
+        return gm
+
+    def __call__(self, *args, **kwargs):
+        if kwargs:
+            args = self._bind_kwargs(args, kwargs)
+        key = self._key(args)
+        if key not in self.cache:
+            if torch.compiler.is_compiling():
+                torch.compiler.disable(self.prepare)(*args)
+            else:
+                self.prepare(*args)
+        gm = self.cache[key]
+        if gm is None:
+            report = self.reports[key]
+            if self.strict:
+                raise JitError(f"@fla_compile.jit: nothing matched in {self.fn.__name__}\n{report}")
+            if not self._warned:
+                self._warned = True
+                warnings.warn(
+                    f"@fla_compile.jit: nothing matched in {self.fn.__name__}; running it as written\n{report}",
+                    stacklevel=2,
+                )
+            return self.fn(*args)
+        return gm(*[args[i] for i in gm._fla_tensors])
+
+    def _bind_kwargs(self, args, kwargs):
+        import inspect
+
+        bound = inspect.signature(self.fn).bind(*args, **kwargs)
+        bound.apply_defaults()
+        return tuple(bound.arguments.values())
+
+    def explain(self, *args, **kwargs) -> Report:
+        if kwargs:
+            args = self._bind_kwargs(args, kwargs)
+        return self.prepare(*args)[1]
+
+
+class JitModule(torch.nn.Module):
+    """An nn.Module whose forward runs through ``JitFunction`` with its parameters as inputs."""
+
+    def __init__(self, module: torch.nn.Module, **options):
+        super().__init__()
+        self.inner = module
+
+        def functional(*flat):
+            n = len(self._names)
+            state = dict(zip(self._names, flat[:n]))
+            return torch.func.functional_call(self.inner, state, flat[n:])
+
+        self._names: list[str] = []
+        self._jit = JitFunction(functional, **options)
+        self._jit.__name__ = type(module).__name__
+
+    def forward(self, *args):
+        named = dict(self.inner.named_parameters())
+        named.update(dict(self.inner.named_buffers()))
+        self._names = list(named)
+        return self._jit(*named.values(), *args)
+
+    def explain(self, *args) -> Report:
+        named = dict(self.inner.named_parameters())
+        named.update(dict(self.inner.named_buffers()))
+        self._names = list(named)
+        return self._jit.explain(*named.values(), *args)
+
+
+def jit(fn=None, *, time_dim: int = 1, strict: bool = False, verify: bool = True):
+    """Recognise the recurrence in a reference function, module class or instance, once.
+
+    ``time_dim``: the time dim of the sequence inputs ([B, T, H, D] -> 1).
+    """
+    options = dict(time_dim=time_dim, strict=strict, verify=verify)
+    if fn is None:
+        return lambda f: jit(f, **options)
+    if isinstance(fn, torch.nn.Module):
+        return JitModule(fn, **options)
+    if isinstance(fn, type) and issubclass(fn, torch.nn.Module):
+
+        class Jitted(fn):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, **kw)
+                self._fla_jit = JitFunction(lambda *flat: self._fla_call(*flat), **options)
+                self._fla_jit.__name__ = fn.__name__
+
+            def _fla_call(self, *flat):
+                n = len(self._fla_names)
+                return torch.func.functional_call(self, dict(zip(self._fla_names, flat[:n])), flat[n:], strict=False)
+
+            def forward(self, *args):
+                if getattr(self, "_fla_inside", False):
+                    return fn.forward(self, *args)
+                named = dict(self.named_parameters())
+                self._fla_names = list(named)
+                self._fla_inside = True
+                try:
+                    return self._fla_jit(*named.values(), *args)
+                finally:
+                    self._fla_inside = False
+
+        Jitted.__name__ = Jitted.__qualname__ = fn.__name__
+        return Jitted
+    return JitFunction(fn, **options)
