@@ -162,8 +162,15 @@ def table(args) -> list[dict]:
                 row(rows, f"{who} {family} fwd+bwd", shape, time_fwd_bwd(get, family, (B, T, H, D)))
             n_gate = {"gla": D, "simple_gla": 1}.get(family, 0)
             floor = (B * T * H * (3 * D * 2 + n_gate * 4 + D * 2)) / bw * 1e3  # q,k,v bf16, g fp32, o bf16
-            rows.append({"row": f"memory floor {family} fwd", "shape": shape, "value": f"{floor:.4f}", "unit": "ms",
-                         "note": "bytes of q,k,v,g,o / copy bandwidth"})
+            rows.append(
+                {
+                    "row": f"memory floor {family} fwd",
+                    "shape": shape,
+                    "value": f"{floor:.4f}",
+                    "unit": "ms",
+                    "note": "bytes of q,k,v,g,o / copy bandwidth",
+                }
+            )
         row(rows, "sdpa causal fwd", shape, time_sdpa((B, T, H, D), backward=False))
         row(rows, "sdpa causal fwd+bwd", shape, time_sdpa((B, T, H, D)))
     for family in args.families:
@@ -183,8 +190,15 @@ def table(args) -> list[dict]:
 
         row(rows, f"ours {family} decode step", shape, decode)
         floor = B * H * D * D * 4 * 2 / bw * 1e3
-        rows.append({"row": "decode floor (state read+write)", "shape": shape, "value": f"{floor:.4f}", "unit": "ms",
-                     "note": ""})
+        rows.append(
+            {
+                "row": "decode floor (state read+write)",
+                "shape": shape,
+                "value": f"{floor:.4f}",
+                "unit": "ms",
+                "note": "",
+            }
+        )
     if not args.quick:
         with tempfile.TemporaryDirectory() as d:
             row(rows, "first call, fresh process, cold cache", "gla B=8 T=2048", lambda: first_call_seconds(d), "s")
@@ -237,8 +251,10 @@ def markdown(rows) -> str:
 def header() -> str:
     import triton
 
-    return (f"device: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | "
-            f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    return (
+        f"device: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | "
+        f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
+    )
 
 
 def write(out, name, rows):

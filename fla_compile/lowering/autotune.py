@@ -36,7 +36,7 @@ _FALLBACK = {
     "chunk": {
         "none": [{"BT": 64, "BK": 64, "BV": 64, "num_warps": 4, "num_stages": 2}],
         "scalar": [{"BT": 64, "BK": 64, "BV": 64, "num_warps": 4, "num_stages": 2}],
-        "vector": [{"BT": 16, "BK": 64, "BV": 64, "num_warps": 4, "num_stages": 2}],
+        "vector": [{"BT": 64, "BK": 64, "BV": 64, "num_warps": 4, "num_stages": 2}],
     },
     "decode": [{"BV": 32, "num_warps": 4}],
 }

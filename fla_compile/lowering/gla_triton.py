@@ -14,12 +14,14 @@ from __future__ import annotations
 import torch
 import triton
 
+from . import gla_triton_intra as intra
 from . import gla_triton_kernels as kern
 from .gla_torch import GATE_NONE, GATE_SCALAR, GATE_VECTOR
 
 GATE_IDS = {GATE_NONE: 0, GATE_SCALAR: 1, GATE_VECTOR: 2}
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 DECODE_MAX_T = 64
+BC = 16  # sub-chunk of the vector gate's intra-chunk kernels
 POISON = False  # tests set it: every buffer starts as NaN, to prove each element is written
 
 
@@ -102,13 +104,14 @@ def _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, device):
 
 
 def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, opts, prec, store_h=True):
-    h = _empty((NS if store_h else 1, H, K, V), v.device, torch.float32)
+    # chunk states in the inputs' dtype: the kernels cast them to it before every dot anyway
+    h = _empty((NS if store_h else 1, H, K, V), v.device, v.dtype)
     ht = _empty((N, H, K, V), v.device, torch.float32)
     grid = (N * H, triton.cdiv(K, BK), triton.cdiv(V, BV))
     kern.chunk_fwd_h_kernel[grid](
         k,
         v,
-        gc,
+        gc if gc is not None else ht,
         h,
         h0 if h0 is not None else ht,
         ht,
@@ -131,6 +134,14 @@ def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, opts
     return h, ht
 
 
+def _gla_A(q, k, gc, cu, info, NS, B, T, H, G, K, BT, BK, prec):
+    """The vector gate's intra-chunk attention matrix A: [B, T, H, BT] fp32."""
+    A = _empty((B, T, H, BT), q.device, torch.float32)
+    NC = BT // BC
+    intra.chunk_gla_A_kernel[(NS, NC * NC, H)](q, k, gc, A, cu, info, H, G, K, BT, BC, BK, NC, prec)
+    return A
+
+
 def chunk_forward(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, config=None):
     """Chunked forward: (o in v's dtype, final state fp32 [N, H, K, V])."""
     q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind)
@@ -140,9 +151,12 @@ def chunk_forward(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlen
     gc = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device)
     prec = _prec(v.dtype)
     h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, H // HK, K, V, gid, BT, BK, BV, opts, prec)
+    A = _gla_A(q, k, gc, cu, info, NS, B, T, H, H // HK, K, BT, BK, prec) if gid == 2 else h
     o = _empty(v.shape, v.device, v.dtype)
     grid = (NS, triton.cdiv(V, BV), H)
-    kern.chunk_fwd_o_kernel[grid](q, k, v, gc, h, o, cu, info, scale, H, H // HK, K, V, BT, BK, BV, gid, prec, **opts)
+    kern.chunk_fwd_o_kernel[grid](
+        q, k, v, gc if gc is not None else h, h, A, o, cu, info, scale, H, H // HK, K, V, BT, BK, BV, gid, prec, **opts
+    )
     return o, ht
 
 
@@ -164,16 +178,17 @@ def chunk_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, d
     prec = _prec(v.dtype)
     h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, opts, prec)
 
-    dh = _empty((NS, H, K, V), v.device, torch.float32)
+    dh = _empty((NS, H, K, V), v.device, v.dtype)  # like h: cast to the inputs' dtype before every dot
     dh0 = _empty((N, H, K, V), v.device, torch.float32) if h0 is not None else None
     grid = (N * H, triton.cdiv(K, BK), triton.cdiv(V, BV))
+    gc_arg = gc if gc is not None else h  # a placeholder pointer: never read without a gate
     kern.chunk_bwd_dh_kernel[grid](
         q,
         do,
-        gc,
+        gc_arg,
         dh,
-        dht if dht is not None else dh,
-        dh0 if dh0 is not None else dh,
+        dht if dht is not None else h0 if h0 is not None else ht,
+        dh0 if dh0 is not None else ht,
         cu,
         chunk_off,
         scale,
@@ -190,15 +205,24 @@ def chunk_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, d
         prec,
         **opts,
     )
+    A = _gla_A(q, k, gc, cu, info, NS, B, T, H, G, K, BT, BK, prec) if gid == 2 else ht
     dv = _empty(v.shape, v.device, v.dtype)
     grid = (NS, triton.cdiv(V, BV), H)
-    kern.chunk_bwd_dv_kernel[grid](q, k, gc, do, dh, dv, cu, info, scale, H, G, K, V, BT, BK, BV, gid, prec, **opts)
+    kern.chunk_bwd_dv_kernel[grid](
+        q, k, gc_arg, A, do, dh, dv, cu, info, scale, H, G, K, V, BT, BK, BV, gid, prec, **opts
+    )
     dq = _empty((B, T, H, K), v.device, torch.float32)
     dk = _empty(dq.shape, v.device, torch.float32)
+    dA = _empty((B, T, H, BT), v.device, torch.float32) if gid == 2 else ht
     grid = (NS, triton.cdiv(K, BK), H)
     kern.chunk_bwd_dqk_kernel[grid](
-        q, k, v, gc, h, do, dh, dq, dk, cu, info, scale, H, G, K, V, BT, BK, BV, gid, prec, **opts
+        q, k, v, gc_arg, h, do, dh, dA, dq, dk, cu, info, scale, H, G, K, V, BT, BK, BV, gid, prec, **opts
     )
+    if gid == 2:
+        NC = BT // BC
+        intra.chunk_gla_bwd_intra_kernel[(NS, NC * triton.cdiv(K, BK), H)](
+            q, k, gc, dA, dq, dk, cu, info, scale, H, G, K, BT, BC, BK, NC, prec
+        )
 
     dg = None
     if gid != 0:

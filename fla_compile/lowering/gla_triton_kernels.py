@@ -92,7 +92,7 @@ def chunk_fwd_h_kernel(
         b_h += tl.load(h0 + (i_n * H + i_h) * K * V + o_h, mask=m_h, other=0)
     for i_c in range(0, NT):
         if STORE_H:
-            tl.store(h + ((s0 + i_c) * H + i_h) * K * V + o_h, b_h, mask=m_h)
+            tl.store(h + ((s0 + i_c) * H + i_h) * K * V + o_h, b_h.to(h.dtype.element_ty), mask=m_h)
         o_t = bos + i_c * BT + tl.arange(0, BT)
         m_t = o_t < eos
         last = tl.minimum(bos + i_c * BT + BT, eos) - 1
@@ -125,6 +125,7 @@ def chunk_fwd_o_kernel(
     v,
     gc,
     h,
+    A,
     o,
     cu,
     info,
@@ -169,18 +170,8 @@ def chunk_fwd_o_kernel(
         )
         if GATE == 2:
             b_g = tl.load(gc + (o_t * H + i_h)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
-            b_qf = b_q.to(tl.float32)
-            b_o += tl.dot((b_qf * tl.exp(b_g)).to(b_q.dtype), b_h.to(b_q.dtype), input_precision=PREC)
-            for j in range(0, BT):
-                m_j = (o_k * 0 + i_c * BT + j) < (eos - bos)  # a tensor mask (interpreter)
-                p_j = (bos + i_c * BT + j) * (H // G) + i_hk
-                # [BK]
-                b_kj = tl.load(k + p_j * K + o_k, mask=m_k & m_j, other=0).to(tl.float32)
-                b_gj = tl.load(gc + ((bos + i_c * BT + j) * H + i_h) * K + o_k, mask=m_k & m_j, other=0)
-                m_ij = ((o_i >= j) & m_t)[:, None] & (m_k & m_j)[None, :]
-                # [BT]
-                b_a = tl.sum(b_qf * b_kj[None, :] * tl.exp(tl.where(m_ij, b_g - b_gj[None, :], 0)), axis=1)
-                b_A += tl.where(o_i[None, :] == j, b_a[:, None], 0)
+            b_qg = b_q.to(tl.float32) * tl.exp(b_g)
+            b_o += tl.dot(b_qg.to(b_q.dtype), b_h.to(b_q.dtype), input_precision=PREC)
         else:
             # [BK, BT]
             b_kt = tl.load(
@@ -192,6 +183,8 @@ def chunk_fwd_o_kernel(
         b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
         b_o *= tl.exp(b_g)[:, None]
         b_A *= tl.exp(tl.where(m_A, b_g[:, None] - b_g[None, :], 0))
+    if GATE == 2:  # A from chunk_gla_A_kernel
+        b_A = tl.load(A + (o_t * H + i_h)[:, None] * BT + o_i[None, :], mask=m_A, other=0)
     b_A = tl.where(m_A, b_A, 0)
     # [BT, BV]
     b_v = tl.load(v + (o_t * H + i_h)[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
@@ -243,7 +236,7 @@ def chunk_bwd_dh_kernel(
         b_dh += tl.load(dht + (i_n * H + i_h) * K * V + o_h, mask=m_h, other=0)
     for i_r in range(0, NT):
         i_c = NT - 1 - i_r
-        tl.store(dh + ((s0 + i_c) * H + i_h) * K * V + o_h, b_dh, mask=m_h)
+        tl.store(dh + ((s0 + i_c) * H + i_h) * K * V + o_h, b_dh.to(dh.dtype.element_ty), mask=m_h)
         o_t = bos + i_c * BT + tl.arange(0, BT)
         m_t = o_t < eos
         last = tl.minimum(bos + i_c * BT + BT, eos) - 1
@@ -273,6 +266,7 @@ def chunk_bwd_dv_kernel(
     q,
     k,
     gc,
+    A,
     do,
     dh,
     dv,
@@ -325,16 +319,6 @@ def chunk_bwd_dv_kernel(
             b_kf = b_k.to(tl.float32)
             b_kd = b_kf * tl.exp(tl.where(m_tk, b_gl[None, :] - b_g, 0))
             b_dv += tl.dot(b_kd.to(b_k.dtype), b_dh.to(b_k.dtype), input_precision=PREC)
-            for i in range(0, BT):
-                m_i = (o_k * 0 + i_c * BT + i) < (eos - bos)
-                p_i = (bos + i_c * BT + i) * (H // G) + i_hk
-                # [BK]
-                b_qi = tl.load(q + p_i * K + o_k, mask=m_k & m_i, other=0).to(tl.float32)
-                b_gi = tl.load(gc + ((bos + i_c * BT + i) * H + i_h) * K + o_k, mask=m_k & m_i, other=0)
-                m_ji = ((o_i <= i) & m_t)[:, None] & (m_k & m_i)[None, :]
-                # [BT] over j
-                b_a = tl.sum(b_kf * b_qi[None, :] * tl.exp(tl.where(m_ji, b_gi[None, :] - b_g, 0)), axis=1)
-                b_At += tl.where(o_i[None, :] == i, b_a[:, None], 0)
         else:
             # [BK, BT]
             b_qt = tl.load(
@@ -347,6 +331,8 @@ def chunk_bwd_dv_kernel(
         b_gl = tl.load(gc + last * H + i_h)
         b_dv *= tl.exp(tl.where(m_t, b_gl - b_g, 0))[:, None]
         b_At *= tl.exp(tl.where(m_At, b_g[None, :] - b_g[:, None], 0))
+    if GATE == 2:  # A^T from chunk_gla_A_kernel
+        b_At = tl.load(A + (o_t * H + i_h)[None, :] * BT + o_i[:, None], mask=m_At, other=0)
     b_At = tl.where(m_At, b_At, 0)
     # [BT, BV]
     b_do = tl.load(do + (o_t * H + i_h)[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
@@ -365,6 +351,7 @@ def chunk_bwd_dqk_kernel(
     h,
     do,
     dh,
+    dA,
     dq,
     dk,
     cu,
@@ -380,7 +367,7 @@ def chunk_bwd_dqk_kernel(
     GATE: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """dq, dk per head of v (fp32), from dA = do v^T, do h^T and v dh^T."""
+    """dq, dk per head of v (fp32), from dA = do v^T, do h^T and v dh^T (gla: the inter-chunk part, and dA)."""
     i_s, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n = tl.load(info + i_s * 2)
     if i_n < 0:
@@ -433,26 +420,10 @@ def chunk_bwd_dqk_kernel(
     if GATE == 2:
         b_g = tl.load(gc + (o_t * H + i_h)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
         b_gl = tl.load(gc + (last * H + i_h) * K + o_k, mask=m_k, other=0)
-        b_dq *= tl.exp(b_g)
+        b_dq = scale * b_dq * tl.exp(b_g)
         b_dk *= tl.exp(tl.where(m_tk, b_gl[None, :] - b_g, 0))
-        b_dqi = tl.zeros([BT, BK], dtype=tl.float32)
-        b_dki = tl.zeros([BT, BK], dtype=tl.float32)
-        for r in range(0, BT):
-            m_r = ((o_k * 0 + i_c * BT + r) < (eos - bos)) & m_k
-            p_r = (bos + i_c * BT + r) * (H // G) + i_hk
-            # [BK]
-            b_kr = tl.load(k + p_r * K + o_k, mask=m_r, other=0).to(tl.float32)
-            b_qr = tl.load(q + p_r * K + o_k, mask=m_r, other=0).to(tl.float32)
-            b_gr = tl.load(gc + ((bos + i_c * BT + r) * H + i_h) * K + o_k, mask=m_r, other=0)
-            # column r of dA (over i >= r) and row r (over j <= r): [BT]
-            b_dac = tl.sum(tl.where(o_i[None, :] == r, b_dA, 0), axis=1)
-            b_dar = tl.sum(tl.where(o_i[:, None] == r, b_dA, 0), axis=0)
-            m_ge = ((o_i >= r) & m_t)[:, None] & m_r[None, :]
-            m_le = ((o_i <= r) & m_t)[:, None] & m_r[None, :]
-            b_dqi += b_dac[:, None] * b_kr[None, :] * tl.exp(tl.where(m_ge, b_g - b_gr[None, :], 0))
-            b_dki += b_dar[:, None] * b_qr[None, :] * tl.exp(tl.where(m_le, b_gr[None, :] - b_g, 0))
-        b_dq = scale * (b_dq + b_dqi)
-        b_dk += scale * b_dki
+        if i_k == 0:  # the intra-chunk part is added by chunk_gla_bwd_intra_kernel, from dA
+            tl.store(dA + (o_t * H + i_h)[:, None] * BT + o_i[None, :], b_dA, mask=m_t[:, None])
     p = (o_t * H + i_h)[:, None] * K + o_k[None, :]
     tl.store(dq + p, b_dq, mask=m_tk)
     tl.store(dk + p, b_dk, mask=m_tk)

@@ -40,8 +40,9 @@ def _line_backward(forward, gate_kind, per_head_gate=False):
 
     def backward(q, k, v, *gates, scale, initial_state, cu_seqlens, do, dht):
         if not gla_triton_enabled(q, k, v):
-            return fallback(q, k, v, *gates, scale=scale, initial_state=initial_state, cu_seqlens=cu_seqlens,
-                            do=do, dht=dht)
+            return fallback(
+                q, k, v, *gates, scale=scale, initial_state=initial_state, cu_seqlens=cu_seqlens, do=do, dht=dht
+            )
         gate = gates[0] if gates else None
         if per_head_gate:  # retention: one decay per head, broadcast over [B, T, H]
             B, T, H = v.shape[:3]
@@ -57,10 +58,15 @@ def _line_backward(forward, gate_kind, per_head_gate=False):
 SPECS = [
     OpSpec("linear_attn", (), _linear_attn_fwd, _line_backward(_linear_attn_fwd, GATE_NONE), "S = S + k v^T"),
     OpSpec(
-        "retention", ("decay",), _retention_fwd, _line_backward(_retention_fwd, GATE_SCALAR, per_head_gate=True),
+        "retention",
+        ("decay",),
+        _retention_fwd,
+        _line_backward(_retention_fwd, GATE_SCALAR, per_head_gate=True),
         "S = exp(decay_h) S + k v^T",
     ),
-    OpSpec("simple_gla", ("g",), _simple_gla_fwd, _line_backward(_simple_gla_fwd, GATE_SCALAR), "S = exp(g_t) S + k v^T"),
+    OpSpec(
+        "simple_gla", ("g",), _simple_gla_fwd, _line_backward(_simple_gla_fwd, GATE_SCALAR), "S = exp(g_t) S + k v^T"
+    ),
     OpSpec("gla", ("gk",), _gla_fwd, _line_backward(_gla_fwd, GATE_VECTOR), "S = diag(exp(gk_t)) S + k v^T"),
 ]
 for _spec in SPECS:

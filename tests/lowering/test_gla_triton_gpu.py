@@ -156,8 +156,12 @@ def test_ops_on_cuda(family):
 
     kind = {"linear_attn": "none", "retention": "scalar", "simple_gla": "scalar", "gla": "vector"}[family]
     q, k, v, g, h0, cu, do, dht = make(kind, 2, 150, 4, 2, 64, 64, torch.float32, gate="mild")
-    extra = {"linear_attn": (), "retention": (torch.tensor([-0.1, -0.3, -1.0, -2.0], device="cuda"),),
-             "simple_gla": (g,), "gla": (g,)}[family]
+    extra = {
+        "linear_attn": (),
+        "retention": (torch.tensor([-0.1, -0.3, -1.0, -2.0], device="cuda"),),
+        "simple_gla": (g,),
+        "gla": (g,),
+    }[family]
 
     def grads(device):
         leaves = [x.detach().to(device).requires_grad_() for x in (q, k, v, *extra, h0)]

@@ -1,0 +1,186 @@
+"""Intra-chunk kernels of the vector gate (gla): the attention matrix A and the dq/dk from dA.
+
+With a gate per key dim, A_ij = sum_k q_ik k_jk e^(b_ik - b_jk) is no plain matmul. A chunk of
+BT steps is cut into sub-chunks of BC; a block of rows i below a block of columns j (all j < r,
+r the first row of the i block) is a tensor-core dot of q_i e^(b_i - b_r) and k_j e^(b_r - b_j),
+both exponents <= 0; the BC x BC diagonal blocks are summed column by column with one exponent
+b_i - b_j (i >= j) per element. Nothing overflows for any decaying gate.
+
+Layout of A and dA: [TT, H, BT] fp32, row = token, column = position in the token's chunk.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def chunk_gla_A_kernel(
+    q,
+    k,
+    gc,
+    A,
+    cu,
+    info,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    BT: tl.constexpr,
+    BC: tl.constexpr,
+    BK: tl.constexpr,
+    NC: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """One [BC, BC] block (i_i, i_j) of A per program; blocks above the diagonal are zeros."""
+    i_s, i_ij, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_i, i_j = i_ij // NC, i_ij % NC
+    i_n = tl.load(info + i_s * 2)
+    if i_n < 0:
+        return
+    i_c = tl.load(info + i_s * 2 + 1)
+    i_hk = i_h // G
+    bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
+    t0 = bos + i_c * BT
+    if t0 + i_i * BC >= eos:  # rows past the end: never read
+        return
+    o_c = tl.arange(0, BC)
+    o_ti = t0 + i_i * BC + o_c
+    o_tj = t0 + i_j * BC + o_c
+    m_ti, m_tj = o_ti < eos, o_tj < eos
+    p_A = (o_ti * H + i_h)[:, None] * BT + (i_j * BC + o_c)[None, :]
+    m_A = m_ti[:, None] & (o_c < BC)[None, :]
+    b_A = tl.zeros([BC, BC], dtype=tl.float32)
+    if i_i > i_j:
+        t_r = t0 + i_i * BC  # first row of the i block: valid whenever any row of it is
+        for i_k in range(0, tl.cdiv(K, BK)):
+            o_k = i_k * BK + tl.arange(0, BK)
+            m_k = o_k < K
+            m_r = m_k & ((o_k * 0 + t_r) < eos)
+            b_gr = tl.load(gc + (t_r * H + i_h) * K + o_k, mask=m_r, other=0)
+            m_qi = m_ti[:, None] & m_k[None, :]
+            # [BC, BK]
+            b_q = tl.load(q + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_qi, other=0)
+            b_gq = tl.load(gc + (o_ti * H + i_h)[:, None] * K + o_k[None, :], mask=m_qi, other=0)
+            b_qg = b_q.to(tl.float32) * tl.exp(tl.where(m_qi, b_gq - b_gr[None, :], 0))
+            m_kj = m_k[:, None] & m_tj[None, :]
+            # [BK, BC]
+            b_kt = tl.load(k + (o_tj * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_kj, other=0)
+            b_gkt = tl.load(gc + (o_tj * H + i_h)[None, :] * K + o_k[:, None], mask=m_kj, other=0)
+            b_kg = b_kt.to(tl.float32) * tl.exp(tl.where(m_kj, b_gr[:, None] - b_gkt, 0))
+            b_A += tl.dot(b_qg.to(b_q.dtype), b_kg.to(b_q.dtype), input_precision=PREC)
+    if i_i == i_j:
+        for i_k in range(0, tl.cdiv(K, BK)):
+            o_k = i_k * BK + tl.arange(0, BK)
+            m_k = o_k < K
+            m_qi = m_ti[:, None] & m_k[None, :]
+            # [BC, BK]
+            b_q = tl.load(q + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_qi, other=0).to(tl.float32)
+            b_gq = tl.load(gc + (o_ti * H + i_h)[:, None] * K + o_k[None, :], mask=m_qi, other=0)
+            for j in range(0, BC):
+                t_j = t0 + i_i * BC + j
+                m_j = m_k & ((o_k * 0 + t_j) < eos)
+                # [BK]
+                b_kj = tl.load(k + (t_j * (H // G) + i_hk) * K + o_k, mask=m_j, other=0).to(tl.float32)
+                b_gj = tl.load(gc + (t_j * H + i_h) * K + o_k, mask=m_j, other=0)
+                m_ij = ((o_c >= j) & m_ti)[:, None] & m_j[None, :]
+                # [BC]
+                b_a = tl.sum(
+                    tl.where(m_ij, b_q * b_kj[None, :] * tl.exp(tl.where(m_ij, b_gq - b_gj[None, :], 0)), 0), axis=1
+                )
+                b_A += tl.where(o_c[None, :] == j, b_a[:, None], 0)
+    tl.store(A + p_A, b_A, mask=m_A)
+
+
+@triton.jit
+def chunk_gla_bwd_intra_kernel(
+    q,
+    k,
+    gc,
+    dA,
+    dq,
+    dk,
+    cu,
+    info,
+    scale,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    BT: tl.constexpr,
+    BC: tl.constexpr,
+    BK: tl.constexpr,
+    NC: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """Add scale * the intra-chunk parts to dq, dk (fp32, per head of v) for the rows of one sub-chunk.
+
+    dq_i += sum_{j <= i} dA_ij k_j e^(b_i - b_j),   dk_j += sum_{i >= j} dA_ij q_i e^(b_i - b_j).
+    """
+    i_s, i_ik, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    NK = tl.cdiv(K, BK)
+    i_i, i_k = i_ik // NK, i_ik % NK
+    i_n = tl.load(info + i_s * 2)
+    if i_n < 0:
+        return
+    i_c = tl.load(info + i_s * 2 + 1)
+    i_hk = i_h // G
+    bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
+    t0 = bos + i_c * BT
+    t_i0 = t0 + i_i * BC
+    if t_i0 >= eos:
+        return
+    o_c = tl.arange(0, BC)
+    o_ti = t_i0 + o_c
+    m_ti = o_ti < eos
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    m_ik = m_ti[:, None] & m_k[None, :]
+    # [BC, BK]
+    b_g = tl.load(gc + (o_ti * H + i_h)[:, None] * K + o_k[None, :], mask=m_ik, other=0)
+    b_dq = tl.zeros([BC, BK], dtype=tl.float32)
+    b_dk = tl.zeros([BC, BK], dtype=tl.float32)
+    # blocks left of the diagonal: reference r = the first row of this sub-chunk
+    b_gr = tl.load(gc + (t_i0 * H + i_h) * K + o_k, mask=m_k, other=0)
+    for i_j in range(0, i_i):
+        o_tj = t0 + i_j * BC + o_c
+        # [BC, BC]: dA rows of this block, columns of block j
+        b_dA = tl.load(dA + (o_ti * H + i_h)[:, None] * BT + (i_j * BC + o_c)[None, :], mask=m_ti[:, None], other=0)
+        b_kj = tl.load(k + (o_tj * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0)
+        b_gj = tl.load(gc + (o_tj * H + i_h)[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0)
+        b_kg = b_kj.to(tl.float32) * tl.exp(tl.where(m_k[None, :], b_gr[None, :] - b_gj, 0))
+        b_dq += tl.dot(b_dA, b_kg, input_precision=PREC)
+    b_dq *= tl.exp(tl.where(m_ik, b_g - b_gr[None, :], 0))
+    # blocks below the diagonal: reference r' = the last valid row of this sub-chunk
+    t_l = tl.minimum(t_i0 + BC, eos) - 1
+    b_gl = tl.load(gc + (t_l * H + i_h) * K + o_k, mask=m_k, other=0)
+    for i_b in range(i_i + 1, NC):
+        o_tb = t0 + i_b * BC + o_c
+        m_tb = o_tb < eos
+        m_bk = m_tb[:, None] & m_k[None, :]
+        # [BC(j), BC(i)]: dA^T, rows of block b as columns
+        b_dAt = tl.load(dA + (o_tb * H + i_h)[None, :] * BT + (i_i * BC + o_c)[:, None], mask=m_tb[None, :], other=0)
+        b_qb = tl.load(q + (o_tb * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_bk, other=0)
+        b_gb = tl.load(gc + (o_tb * H + i_h)[:, None] * K + o_k[None, :], mask=m_bk, other=0)
+        b_qg = b_qb.to(tl.float32) * tl.exp(tl.where(m_bk, b_gb - b_gl[None, :], 0))
+        b_dk += tl.dot(b_dAt, b_qg, input_precision=PREC)
+    b_dk *= tl.exp(tl.where(m_ik, b_gl[None, :] - b_g, 0))
+    # the diagonal block, element by element
+    for r in range(0, BC):
+        t_r = t_i0 + r
+        m_r = m_k & ((o_k * 0 + t_r) < eos)
+        # [BK]
+        b_kr = tl.load(k + (t_r * (H // G) + i_hk) * K + o_k, mask=m_r, other=0).to(tl.float32)
+        b_qr = tl.load(q + (t_r * (H // G) + i_hk) * K + o_k, mask=m_r, other=0).to(tl.float32)
+        b_grr = tl.load(gc + (t_r * H + i_h) * K + o_k, mask=m_r, other=0)
+        # [BC]: column r of dA (rows i of this block) and row r (columns j of this block)
+        b_dac = tl.load(dA + (o_ti * H + i_h) * BT + i_i * BC + r, mask=m_ti & (o_c >= r), other=0)
+        b_dar = tl.load(dA + (t_r * H + i_h) * BT + i_i * BC + o_c, mask=(o_c <= r) & ((o_c * 0 + t_r) < eos), other=0)
+        m_ge = ((o_c >= r) & m_ti)[:, None] & m_r[None, :]
+        m_le = ((o_c <= r) & m_ti)[:, None] & m_r[None, :]
+        b_dq += tl.where(m_ge, b_dac[:, None] * b_kr[None, :] * tl.exp(tl.where(m_ge, b_g - b_grr[None, :], 0)), 0)
+        b_dk += tl.where(m_le, b_dar[:, None] * b_qr[None, :] * tl.exp(tl.where(m_le, b_grr[None, :] - b_g, 0)), 0)
+    p = (o_ti * H + i_h)[:, None] * K + o_k[None, :]
+    b_dq = tl.load(dq + p, mask=m_ik, other=0) + scale * b_dq
+    b_dk = tl.load(dk + p, mask=m_ik, other=0) + scale * b_dk
+    tl.store(dq + p, b_dq, mask=m_ik)
+    tl.store(dk + p, b_dk, mask=m_ik)
