@@ -41,7 +41,7 @@ _FALLBACK = {
     "decode": [{"BV": 32, "num_warps": 4}],
 }
 _lock = threading.Lock()
-_winners: dict[str, dict] = {}
+_winners: dict[str, dict[str, dict]] = {}  # cache file -> key -> config
 _loaded: set[str] = set()
 
 
@@ -85,10 +85,16 @@ def cache_dir() -> pathlib.Path:
 
 
 def cache_file(device) -> pathlib.Path:
+    """One JSON file per GPU model and Triton version, under :func:`cache_dir`."""
+    return cache_dir() / _cache_name(torch.device(device).index or 0)
+
+
+@functools.cache
+def _cache_name(index: int) -> str:
     import triton
 
-    name = torch.cuda.get_device_name(device).replace(" ", "_").replace("/", "_")
-    return cache_dir() / f"gla-{arch_of(device)}-{name}-triton{triton.__version__}.json"
+    name = torch.cuda.get_device_name(index).replace(" ", "_").replace("/", "_")
+    return f"gla-{arch_of(index)}-{name}-triton{triton.__version__}.json"
 
 
 def _load(path: pathlib.Path) -> dict:
@@ -127,23 +133,41 @@ def get_config(kernel, gate_kind, K, V, dtype, T, device, varlen=False) -> dict:
     if device.type != "cuda" or _interpreting():
         return candidates(kernel, gate_kind, "default")[0]
     key = make_key(kernel, gate_kind, K, V, dtype, None if varlen else T)
-    cfg = _winners.get(key)
-    if cfg is not None:
-        return cfg
-    path = cache_file(device)
+    return lookup(
+        key,
+        cache_file(device),
+        allowed=lambda: _tuning_allowed(device),
+        default=lambda: candidates(kernel, gate_kind, arch_of(device))[0],
+        tune_fn=lambda: tune(kernel, gate_kind, K, V, dtype, T, device),
+    )
+
+
+def lookup(key: str, path: pathlib.Path, allowed, default, tune_fn) -> dict:
+    """The winner of ``key``: from memory, else from the cache file at ``path`` (read once per process),
+    else tuned now and persisted when ``allowed()``, else ``default()`` (not stored: tuned next time)."""
+    winners = _winners.get(str(path))
+    if winners is not None and key in winners:
+        return winners[key]
     with _lock:
+        winners = _winners.setdefault(str(path), {})
         if str(path) not in _loaded:
-            _winners.update(_load(path))
+            winners.update(_load(path))
             _loaded.add(str(path))
-        cfg = _winners.get(key)
-        if cfg is not None:
-            return cfg
-        if not _tuning_allowed(device):
-            return candidates(kernel, gate_kind, arch_of(device))[0]
-        cfg = tune(kernel, gate_kind, K, V, dtype, T, device)
-        _winners[key] = cfg
+        if key in winners:
+            return winners[key]
+        if not allowed():
+            return default()
+        cfg = tune_fn()
+        winners[key] = cfg
         _persist(path, key, cfg)
     return cfg
+
+
+def forget() -> None:
+    """Drop what this process knows of the cache (as a fresh process would); the files stay."""
+    with _lock:
+        _winners.clear()
+        _loaded.clear()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,7 +323,8 @@ def tune_main(argv=None) -> int:
         if key in done and not args.force:
             continue
         cfg = tune(kernel, g, K, V, dt, T, device)
-        _winners[key] = cfg
-        _persist(path, key, cfg)
+        with _lock:
+            _winners.setdefault(str(path), {})[key] = cfg
+            _persist(path, key, cfg)
     log.info("fla_compile tune: %d keys in %s", len(_load(path)), path)
     return 0

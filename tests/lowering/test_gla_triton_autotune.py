@@ -1,0 +1,109 @@
+"""Autotuning of the GLA-line kernels on the CPU: keys, tables, the disk cache, screening."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fla_compile.lowering import autotune
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def test_key_buckets_T_never_exact():
+    key = autotune.make_key
+    assert key("chunk", "vector", 128, 128, torch.bfloat16, 1000) == key(
+        "chunk", "vector", 128, 128, torch.bfloat16, 1024
+    )
+    assert key("chunk", "vector", 128, 128, torch.bfloat16, 1025) != key(
+        "chunk", "vector", 128, 128, torch.bfloat16, 1024
+    )
+    assert key("chunk", "vector", 128, 128, torch.bfloat16, 10**6) == key(
+        "chunk", "vector", 128, 128, torch.bfloat16, 16384
+    )
+    assert "varlen" in key("chunk", "scalar", 64, 64, torch.float32, None)
+    assert autotune.t_bucket(1) == "64" and autotune.t_bucket(None) == "varlen"
+
+
+@pytest.mark.parametrize("arch", ["sm80", "sm90", "sm100", "default"])
+def test_tables(arch):
+    t = autotune.table(arch)
+    for kind in autotune.KINDS:
+        cands = autotune.candidates("chunk", kind, arch)
+        assert cands, (arch, kind)
+        for c in cands:
+            assert c["BT"] % 16 == 0 and c["BT"] <= 64 and c["BK"] >= 16 and c["BV"] >= 16
+            assert c["BK"] & (c["BK"] - 1) == 0 and c["BV"] & (c["BV"] - 1) == 0
+    assert all(c["BV"] & (c["BV"] - 1) == 0 for c in t["decode"])
+
+
+def test_cpu_uses_default():
+    cfg = autotune.get_config("chunk", "vector", 64, 64, torch.float32, 2048, torch.device("cpu"))
+    assert cfg == autotune.candidates("chunk", "vector", "default")[0]
+
+
+def test_cache_roundtrip(tmp_path, monkeypatch):
+    """Tuned once, written to disk; a fresh process (forget) reads it back and tunes nothing."""
+    monkeypatch.setenv("FLA_COMPILE_CACHE_DIR", str(tmp_path))
+    path = autotune.cache_dir() / "gla-test.json"
+    calls = []
+
+    def tune_fn():
+        calls.append(1)
+        return {"BT": 32, "BK": 32, "BV": 32}
+
+    def get(allowed=True):
+        return autotune.lookup("k1", path, lambda: allowed, lambda: {"default": True}, tune_fn)
+
+    autotune.forget()
+    try:
+        assert get(allowed=False) == {"default": True} and not calls  # e.g. during CUDA-graph capture
+        assert get() == {"BT": 32, "BK": 32, "BV": 32} and len(calls) == 1
+        assert json.loads(path.read_text()) == {"k1": {"BT": 32, "BK": 32, "BV": 32}}
+        autotune.forget()
+        assert get() == {"BT": 32, "BK": 32, "BV": 32} and len(calls) == 1
+    finally:
+        autotune.forget()
+
+
+def test_tune_picks_fastest_screened(monkeypatch):
+    cands = [{"BT": 64, "id": 0}, {"BT": 32, "id": 1}, {"BT": 16, "id": 2}]
+    monkeypatch.setattr(autotune, "arch_of", lambda device: "sm90")
+    monkeypatch.setattr(autotune, "candidates", lambda *a: cands)
+    monkeypatch.setattr(autotune, "screen", lambda *a: "wrong" if a[5]["id"] == 2 else None)
+    monkeypatch.setattr(autotune, "_time", lambda *a: {0: 2.0, 1: 1.0, 2: 0.1}[a[6]["id"]])
+    assert autotune.tune("chunk", "vector", 64, 64, torch.bfloat16, 2048, None)["id"] == 1
+
+
+@pytest.mark.skipif(not INTERPRET, reason="screens through the Triton interpreter")
+def test_screen_rejects_wrong_and_nondeterministic(monkeypatch):
+    from fla_compile.lowering import gla_triton
+
+    cfg = {"BT": 16, "BK": 16, "BV": 16}
+    cpu = torch.device("cpu")
+    assert autotune.screen("chunk", "scalar", 16, 16, torch.float32, cfg, cpu, T=20) is None
+    assert autotune.screen("decode", "vector", 16, 16, torch.float32, {"BV": 16}, cpu, T=5) is None
+
+    real = gla_triton.chunk_forward
+    monkeypatch.setattr(gla_triton, "chunk_forward", lambda *a, **kw: (real(*a, **kw)[0] * 1.01, real(*a, **kw)[1]))
+    assert "relative error" in autotune.screen("chunk", "scalar", 16, 16, torch.float32, cfg, cpu, T=20)
+
+    def noisy(*a, **kw):
+        o, ht = real(*a, **kw)
+        return o + 1e-9 * torch.randn_like(o), ht
+
+    monkeypatch.setattr(gla_triton, "chunk_forward", noisy)
+    assert "not deterministic" in autotune.screen("chunk", "scalar", 16, 16, torch.float32, cfg, cpu, T=20)
+
+
+def test_cli_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("has CUDA")
+    out = subprocess.run([sys.executable, "-m", "fla_compile", "tune", "--dims", "64"], capture_output=True, text=True)
+    assert out.returncode == 1 and "no CUDA" in out.stderr
+    assert autotune.tune_main(["--dims", "64"]) == 1
