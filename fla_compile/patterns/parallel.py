@@ -1,0 +1,550 @@
+"""The ``parallel`` spelling: the masked quadratic form ``((q k^T) * M) v``.
+
+Structure only proposes: a contraction of a [.., T, T] matrix with v (the value
+contraction) whose matrix comes elementwise from another contraction (the scores q k^T).
+Dims are tracked as einsum labels through both contractions, so matmul, bmm and einsum
+spellings and [B,T,H,D] / [B,H,T,D] layouts read the same. Numbers decide the rest: the
+region (the sub-DAG from the role nodes to the output) runs on random float64 probes; the
+ratio of the masked to the raw scores is the mask M, which must not depend on q, k
+(softmax does), must be zero above the diagonal (causal) and a constant on it (the scale);
+then M is a constant (linear_attn), gamma^{i-j} (retention) or exp(c_i - c_j) of a cumsum
+in the region (simple_gla, with the cumsum's input as the gate). The binding is proven on
+fresh probes against the family op before the output node is replaced by one op call.
+
+The helpers here (labels of contractions, region extraction, layouts, the lowering) are
+shared with the ``cumsum`` spelling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from ..ir import Family
+from ..report import Match, Miss, Report
+from ..verify import TOL, NearMiss, rel_err
+from ._graph import source_line, value_of
+
+SPELLING = "parallel"
+EINSUM = {torch.einsum, "einsum"}
+MATMUL = {torch.matmul, operator.matmul, torch.bmm, "matmul", "bmm", "__matmul__"}
+CUMSUM = {torch.cumsum, "cumsum"}
+SOFTMAX = {torch.softmax, F.softmax, "softmax", torch.exp, "exp", F.log_softmax, "log_softmax", torch.sigmoid}
+RANDOM = {torch.rand, torch.randn, torch.randint, torch.rand_like, torch.randn_like, torch.bernoulli, F.dropout}
+RANDOM_METHODS = {"bernoulli", "bernoulli_", "uniform_", "normal_", "random_", "exponential_"}
+
+
+# ---------------------------------------------------------------- labels of a contraction
+@dataclasses.dataclass(frozen=True)
+class Contraction:
+    """A two-operand contraction as einsum labels (one label per dim, any hashable)."""
+
+    a: fx.Node
+    b: fx.Node
+    la: tuple
+    lb: tuple
+    lo: tuple
+
+
+def shape_of(node) -> tuple | None:
+    """The static shape of a node's tensor value, or None (not a tensor, dynamic size)."""
+    v = value_of(node) if isinstance(node, fx.Node) else None
+    if not isinstance(v, torch.Tensor):
+        return None
+    try:
+        return tuple(int(s) for s in v.shape)
+    except (TypeError, ValueError):
+        return None
+
+
+def _einsum_labels(eq: str, shapes: list) -> tuple[list, tuple] | None:
+    eq = eq.replace(" ", "")
+    lhs, _, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(shapes):
+        return None
+    out_ell = 0
+    labels = []
+    for term, shape in zip(terms, shapes):
+        explicit = term.replace("...", "")
+        n_ell = len(shape) - len(explicit)
+        if n_ell < 0 or (n_ell and "..." not in term):
+            return None
+        out_ell = max(out_ell, n_ell)
+        pre, _, post = term.partition("...")
+        labels.append(tuple(pre) + tuple(f"...{i}" for i in range(n_ell - 1, -1, -1)) + tuple(post))
+    if "->" not in eq:
+        counts: dict = {}
+        for t in lhs.replace("...", "").replace(",", ""):
+            counts[t] = counts.get(t, 0) + 1
+        rhs = "..." + "".join(sorted(c for c, n in counts.items() if n == 1))
+    pre, _, post = rhs.partition("...")
+    out = tuple(pre) + (tuple(f"...{i}" for i in range(out_ell - 1, -1, -1)) if "..." in rhs else ()) + tuple(post)
+    return labels, out
+
+
+def contraction(node: fx.Node) -> Contraction | None:
+    """``node`` as a two-operand einsum, for einsum, matmul, bmm and ``@``."""
+    if node.op not in ("call_function", "call_method") or node.kwargs:
+        return None
+    t = node.target
+    if t in EINSUM and node.args and isinstance(node.args[0], str):
+        ops = node.args[1:]
+        if len(ops) == 1 and isinstance(ops[0], (list, tuple)):
+            ops = tuple(ops[0])
+        if len(ops) != 2 or not all(isinstance(o, fx.Node) for o in ops):
+            return None
+        shapes = [shape_of(o) for o in ops]
+        if any(s is None for s in shapes):
+            return None
+        parsed = _einsum_labels(node.args[0], shapes)
+        if parsed is None:
+            return None
+        (la, lb), lo = parsed
+        return Contraction(ops[0], ops[1], la, lb, lo)
+    if t in MATMUL and len(node.args) == 2 and all(isinstance(o, fx.Node) for o in node.args):
+        a, b = node.args
+        sa, sb = shape_of(a), shape_of(b)
+        if sa is None or sb is None or len(sa) < 2 or len(sb) < 2:
+            return None
+        nb = max(len(sa), len(sb)) - 2
+        batch = tuple(f"@{i}" for i in range(nb - 1, -1, -1))
+        la = batch[nb - (len(sa) - 2) :] + ("@i", "@j")
+        lb = batch[nb - (len(sb) - 2) :] + ("@j", "@k")
+        return Contraction(a, b, la, lb, batch + ("@i", "@k"))
+    return None
+
+
+def sizes(node: fx.Node, labels: tuple) -> dict:
+    """label -> size of ``node``'s value."""
+    return dict(zip(labels, shape_of(node)))
+
+
+# ---------------------------------------------------------------- layouts
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How a role value maps to [T, *batch, D]: a label per dim (None: a size-1 dim to drop)."""
+
+    labels: tuple
+    time: object
+    feat: object
+
+
+def to_canon(x: torch.Tensor, lay: Layout, batch: tuple, bsizes: tuple) -> torch.Tensor:
+    """A role value as [1, T, N, D] (all batch dims folded into the op's heads)."""
+    drop = [i for i, lab in enumerate(lay.labels) if lab is None]
+    labels = [lab for lab in lay.labels if lab is not None]
+    for i in reversed(drop):
+        x = x.squeeze(i)
+    order = []
+    for lab in (lay.time, *batch, lay.feat):
+        if lab in labels:
+            order.append(labels.index(lab))
+        else:
+            x = x.unsqueeze(-1)
+            labels.append(lab)
+            order.append(len(labels) - 1)
+    x = x.permute(order)
+    T, D = x.shape[0], x.shape[-1]
+    return x.expand(T, *bsizes, D).reshape(1, T, math.prod(bsizes), D)
+
+
+def from_canon(o: torch.Tensor, out: Layout, batch: tuple, bsizes: tuple) -> torch.Tensor:
+    """[1, T, N, V] -> the output's own layout."""
+    o = o[0].reshape(o.shape[1], *bsizes, o.shape[-1])
+    have = [out.time, *batch, out.feat]
+    return o.permute([have.index(lab) for lab in out.labels])
+
+
+def gate_canon(g: torch.Tensor, dim: int, bsizes: tuple) -> torch.Tensor:
+    """A per-head gate [.., T, ..] (time at ``dim``, batch dims right-aligned) as [1, T, N]."""
+    g = g.movedim(dim, 0)
+    rest = g.shape[1:]
+    g = g.reshape(g.shape[0], *([1] * (len(bsizes) - len(rest))), *rest)
+    return g.expand(g.shape[0], *bsizes).reshape(1, g.shape[0], math.prod(bsizes))
+
+
+# ---------------------------------------------------------------- the lowering
+class Lowering:
+    """The callable that replaces a proven region: roles -> [1,T,N,D] -> family op -> output layout."""
+
+    def __init__(self, family, layouts, out, batch, bsizes, scale, decay=None, gate_dim=None, out_dtype=None):
+        self.family, self.layouts, self.out, self.batch, self.bsizes = family, layouts, out, batch, bsizes
+        self.scale, self.decay, self.gate_dim, self.out_dtype = scale, decay, gate_dim, out_dtype
+        self.__name__ = f"fla_{family.value}_{'x'.join(map(str, bsizes))}"
+
+    def __repr__(self) -> str:
+        return self.__name__
+
+    def __call__(self, q, k, v, g=None, cast=True):
+        dt = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+        q, k, v = (to_canon(x.to(dt), lay, self.batch, self.bsizes) for x, lay in zip((q, k, v), self.layouts))
+        ops = torch.ops.fla_compile
+        acc = torch.float64 if dt == torch.float64 else torch.float32
+        if self.family == Family.LINEAR_ATTN:
+            o, _ = ops.linear_attn(q, k, v, self.scale, None, None)
+        elif self.family == Family.RETENTION:
+            decay = torch.tensor(self.decay, device=q.device, dtype=acc)
+            o, _ = ops.retention(q, k, v, decay, self.scale, None, None)
+        else:
+            g = gate_canon(g.to(acc), self.gate_dim, self.bsizes)
+            o, _ = ops.simple_gla(q, k, v, g, self.scale, None, None)
+        o = from_canon(o, self.out, self.batch, self.bsizes)
+        return o.to(self.out_dtype) if cast and self.out_dtype is not None else o
+
+
+# ---------------------------------------------------------------- regions
+def constant_nodes(graph: fx.Graph) -> set:
+    """Nodes whose value depends on no runtime value (inputs, attributes, random draws)."""
+    const = set()
+    for n in graph.nodes:
+        if n.op in ("call_function", "call_method") and not is_random(n):
+            if all(a in const for a in n.all_input_nodes):
+                const.add(n)
+    return const
+
+
+def is_random(n: fx.Node) -> bool:
+    return n.target in RANDOM or (n.op == "call_method" and n.target in RANDOM_METHODS)
+
+
+def cone(out: fx.Node, stops: set) -> list[fx.Node]:
+    """The nodes ``out`` depends on, stopping at ``stops``, in graph order."""
+    seen, todo = set(), [out]
+    while todo:
+        n = todo.pop()
+        if n in seen or n in stops:
+            continue
+        seen.add(n)
+        todo.extend(n.all_input_nodes)
+    return [n for n in out.graph.nodes if n in seen]
+
+
+def extract(out: fx.Node, roles: list[fx.Node]) -> tuple[fx.GraphModule, dict]:
+    """The region from the role nodes to ``out`` as a GraphModule (roles in order as inputs).
+
+    Raises NearMiss if the region reads any other runtime value: it could not be recomputed."""
+    g = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for i, r in enumerate(dict.fromkeys(roles)):
+        env[r] = g.placeholder(f"role{i}")
+        env[r].meta = dict(r.meta)
+    for n in cone(out, set(roles)):
+        if n.op in ("placeholder", "get_attr"):
+            raise NearMiss(f"the region depends on the runtime value '{n.name}' (not provable)")
+        if is_random(n):
+            raise NearMiss(f"the region draws random numbers at '{n.name}'")
+        if n.op not in ("call_function", "call_method"):
+            raise NearMiss(f"the region calls '{n.target}', which cannot be replayed")
+        env[n] = g.node_copy(n, lambda a: env[a])
+    g.output(env[out])
+    return fx.GraphModule(torch.nn.Module(), g), env
+
+
+def run_region(gm: fx.GraphModule, args: list) -> tuple[torch.Tensor, dict]:
+    """Run the region, keeping every intermediate value (the mask is read from them)."""
+    interp = fx.Interpreter(gm, garbage_collect_values=False)
+    with torch.no_grad():
+        out = interp.run(*args)
+    return out, interp.env
+
+
+def probe(node: fx.Node, gen: torch.Generator, gate: bool = False) -> torch.Tensor:
+    v = value_of(node)
+    if not isinstance(v, torch.Tensor) or not v.is_floating_point():
+        raise NearMiss(f"the role value '{node.name}' is not a float tensor")
+    x = torch.randn(shape_of(node), generator=gen, dtype=torch.float64).to(v.device)
+    return F.logsigmoid(x) if gate else x
+
+
+def inner_users(region: list[fx.Node], out: fx.Node, roles: list[fx.Node]) -> str | None:
+    """A node of the region computed from the roles (other than the output) that is also used
+    outside it: it would stay alive, and so would the work the rewrite is meant to remove."""
+    inside = set(region)
+    dep = set(roles)
+    for n in region:
+        if any(a in dep for a in n.all_input_nodes):
+            dep.add(n)
+    for n in region:
+        if n is out or n not in dep or n in roles:
+            continue
+        for u in n.users:
+            if u not in inside:
+                return f"'{n.name}' is also used by '{u.name}' outside the region; rewriting would not remove it"
+    return None
+
+
+def rewrite(out: fx.Node, lowering: Lowering, args: list[fx.Node]) -> None:
+    """Replace ``out`` by one call of ``lowering``; dead nodes are left to dead-code elimination."""
+    graph = out.graph
+    with graph.inserting_after(out):
+        call = graph.call_function(lowering, tuple(args))
+    call.meta = {k: v for k, v in out.meta.items() if k in ("example_value", "val", "stack_trace")}
+    out.replace_all_uses_with(call, delete_user_cb=lambda u: u is not call)
+    graph.eliminate_dead_code()
+
+
+def fit_scale(o: torch.Tensor, ref: torch.Tensor) -> float:
+    den = (ref * ref).sum().item()
+    return (o * ref).sum().item() / den if den > 0 else math.nan
+
+
+# ---------------------------------------------------------------- the parallel form
+@dataclasses.dataclass
+class Candidate:
+    out: fx.Node  # the value contraction
+    scores: fx.Node  # the score contraction q k^T
+    masked: fx.Node  # the score operand of the value contraction
+    q: fx.Node
+    k: fx.Node
+    v: fx.Node
+    layouts: tuple  # Layout of q, k, v (labels of the value contraction)
+    out_layout: Layout
+    t: object
+    s: object
+    T: int
+
+
+def _scores_of(p: fx.Node, T: int, depth: int = 12) -> tuple[fx.Node, Contraction] | None:
+    """The nearest contraction upstream of ``p`` with two free dims of size T (the scores)."""
+    frontier, seen = [p], set()
+    for _ in range(depth):
+        nxt = []
+        for n in frontier:
+            if n in seen:
+                continue
+            seen.add(n)
+            c = contraction(n)
+            if c is not None:
+                free_a = [x for x in c.la if x not in c.lb and x in c.lo]
+                free_b = [x for x in c.lb if x not in c.la and x in c.lo]
+                so = sizes(n, c.lo)
+                if len(free_a) == 1 and len(free_b) == 1 and so[free_a[0]] == so[free_b[0]] == T:
+                    return n, c
+            nxt.extend(a for a in n.all_input_nodes if shape_of(a) is not None)
+        frontier = nxt
+    return None
+
+
+def candidates(graph: fx.Graph) -> list[Candidate]:
+    found = []
+    for node in graph.nodes:
+        c = contraction(node)
+        if c is None:
+            continue
+        for p, v, lp, lv in ((c.a, c.b, c.la, c.lb), (c.b, c.a, c.lb, c.la)):
+            cand = _candidate(node, c, p, v, lp, lv)
+            if cand is not None:
+                found.append(cand)
+                break
+    return found
+
+
+def _candidate(node, c, p, v, lp, lv) -> Candidate | None:
+    contracted = [x for x in lp if x in lv and x not in c.lo]
+    p_free = [x for x in lp if x not in lv]
+    v_free = [x for x in lv if x not in lp]
+    if len(contracted) != 1 or len(p_free) != 1 or len(v_free) != 1:
+        return None
+    s, t, f = contracted[0], p_free[0], v_free[0]
+    sp = sizes(p, lp)
+    if sp[s] != sp[t] or t not in c.lo or f not in c.lo:
+        return None
+    found = _scores_of(p, sp[s])
+    if found is None:
+        return None
+    scores, sc = found
+    ns, np_ = len(sc.lo), len(lp)
+    if ns > np_:
+        return None
+    to_p = dict(zip(sc.lo, lp[np_ - ns :]))  # score labels -> labels of the masked scores (right-aligned)
+    (d,) = [x for x in sc.la if x in sc.lb and x not in sc.lo] or [None]
+    if d is None:
+        return None
+    d_new = ("qk", d)
+    to_p[d] = d_new
+
+    def relabel(labels):
+        return tuple(to_p.get(x, "?") for x in labels)
+
+    la, lb = relabel(sc.la), relabel(sc.lb)
+    if "?" in la or "?" in lb:
+        return None
+    qa = t in la and s in lb
+    qb = s in la and t in lb
+    if not (qa or qb):
+        return None
+    (q, lq), (k, lk) = ((sc.a, la), (sc.b, lb)) if qa else ((sc.b, lb), (sc.a, la))
+    return Candidate(
+        out=node,
+        scores=scores,
+        masked=p,
+        q=q,
+        k=k,
+        v=v,
+        layouts=(Layout(lq, t, d_new), Layout(lk, s, d_new), Layout(lv, s, f)),
+        out_layout=Layout(c.lo, t, f),
+        t=t,
+        s=s,
+        T=sp[s],
+    )
+
+
+def _gate_source(cand: Candidate, const: set, T: int) -> tuple[fx.Node, list[int]] | None:
+    """The input of a cumsum of runtime values that feeds the mask (the log-gates), with its
+    candidate time dims; segsum-style [.., T, T] expansions are walked back to the [.., T] source."""
+    region = cone(cand.masked, {cand.q, cand.k, cand.v})
+    sums = [n for n in region if n.target in CUMSUM and n not in const]
+    if not sums:
+        return None
+    if len(sums) > 1:
+        raise NearMiss("the mask holds several cumulative sums of runtime values")
+    cs = sums[0]
+    x = cs.args[0]
+    dim = cs.args[1] if len(cs.args) > 1 else cs.kwargs.get("dim")
+    shape = shape_of(x)
+    if shape is None or not isinstance(dim, int):
+        raise NearMiss("the cumsum of the gate has no static shape or dim")
+    direct = True
+    while sum(s == T for s in shape) >= 2:
+        runtime = [a for a in x.all_input_nodes if a not in const]
+        if len(runtime) != 1:
+            raise NearMiss(f"the cumsum's input '{x.name}' mixes several runtime values")
+        x, direct = runtime[0], False
+        shape = shape_of(x)
+        if shape is None:
+            raise NearMiss("the gate has no static shape")
+    if direct:
+        return x, [dim % len(shape)]
+    return x, [i for i, s in enumerate(shape) if s == T]
+
+
+def _mask(cand: Candidate, outs, batch, bsizes) -> torch.Tensor:
+    """M = masked / raw scores, laid out as [N, T, S] (N: the output's batch dims, folded)."""
+    a, p = outs[cand.scores], outs[cand.masked]
+    if not (isinstance(a, torch.Tensor) and isinstance(p, torch.Tensor)):
+        raise NearMiss("the scores are not tensors")
+    a = a.expand_as(p) if a.shape != p.shape else a
+    m = p / a
+    c = contraction(cand.out)
+    labels = c.la if c.a is cand.masked else c.lb
+    return to_canon(m, Layout(labels, cand.t, cand.s), batch, bsizes)[0].transpose(0, 1)
+
+
+def classify(m1: torch.Tensor, m2: torch.Tensor) -> str:
+    """'causal', or the reason the mask is not a causal decay."""
+    if rel_err(m1, m2) > TOL:
+        return "the masked scores are not linear in q k^T (softmax or another nonlinearity of the scores)"
+    T = m1.shape[-1]
+    upper = torch.ones(T, T, dtype=torch.bool, device=m1.device).triu(1)
+    up, low = m1[..., upper], m1[..., ~upper]
+    big = m1.abs().max().item()
+    if not math.isfinite(big) or big == 0:
+        raise NearMiss("the mask is zero or not finite")
+    tiny = 1e-9 * big
+    if (up.abs() <= tiny).all():
+        diag = m1.diagonal(dim1=-2, dim2=-1)
+        if (diag.abs() <= tiny).any():
+            return "the mask is zero on the diagonal (strictly causal), which no family reads"
+        return "causal"
+    lower_strict = m1[..., torch.ones(T, T, dtype=torch.bool, device=m1.device).tril(-1)]
+    if (lower_strict.abs() <= tiny).all():
+        return "anti-causal mask (triu): the scores are masked below the diagonal"
+    if (up.abs() > tiny).all() and (low.abs() > tiny).all():
+        return "no causal mask: every score is kept (non-causal attention)"
+    return "the mask is not causal: it keeps scores above the diagonal"
+
+
+def match(graph: fx.Graph, cand: Candidate, const: set, opts) -> tuple[Lowering, list, float]:
+    """Classify and prove one candidate; raise NearMiss with the reason."""
+    region = cone(cand.out, {cand.q, cand.k, cand.v})
+    for n in region:
+        if n.target in SOFTMAX and cand.scores in cone(n, {cand.q, cand.k, cand.v}):
+            raise NearMiss(f"softmax attention: the scores pass through '{n.target}' at '{n.name}' (nonlinear)")
+    T = cand.T
+    gate = _gate_source(cand, const, T)
+    roles = [cand.q, cand.k, cand.v] + ([gate[0]] if gate else [])
+    gm, env = extract(cand.out, roles)
+    why = inner_users(region, cand.out, [cand.q, cand.k, cand.v])
+    if why:
+        raise NearMiss(why)
+    shape_o = shape_of(cand.out)
+    lo = cand.out_layout
+    batch = tuple(x for x in lo.labels if x not in (lo.time, lo.feat))
+    bsizes = tuple(shape_o[lo.labels.index(x)] for x in batch)
+    gen = torch.Generator().manual_seed(20261123)
+    base = [probe(r, gen) for r in roles[:3]]
+    g = [probe(gate[0], gen, gate=True)] if gate else []
+    with torch.no_grad():
+        o1, rec1 = run_region(gm, base + g)
+        _, rec2 = run_region(gm, [probe(r, gen) for r in roles[:3]] + g)
+    if not torch.isfinite(o1).all():
+        raise NearMiss("the region gives NaN or inf on random inputs")
+    outs1 = {n: rec1[env[n]] for n in (cand.scores, cand.masked)}
+    outs2 = {n: rec2[env[n]] for n in (cand.scores, cand.masked)}
+    m1, m2 = _mask(cand, outs1, batch, bsizes), _mask(cand, outs2, batch, bsizes)
+    kind = classify(m1, m2)
+    if kind != "causal":
+        raise NearMiss(kind)
+    c = m1.diagonal(dim1=-2, dim2=-1)
+    scale = c.flatten()[0].item()
+    if rel_err(c, torch.full_like(c, scale)) > TOL:
+        raise NearMiss("the mask's diagonal is not one constant scale")
+    dtype = value_of(cand.out).dtype
+    common = dict(layouts=cand.layouts, out=lo, batch=batch, bsizes=bsizes, scale=scale, out_dtype=dtype)
+    if gate:
+        tries = [Lowering(Family.SIMPLE_GLA, gate_dim=d, **common) for d in gate[1]]
+    elif rel_err(m1.tril(), torch.full_like(m1, scale).tril()) <= TOL:
+        tries = [Lowering(Family.LINEAR_ATTN, **common)]
+    else:
+        gamma = m1[..., 1, 0] / scale if T > 1 else None
+        if gamma is None or not (gamma > 0).all():
+            raise NearMiss("the mask is causal but not a positive decay gamma^(i-j)")
+        decay = tuple(gamma.reshape(-1).log().tolist())  # floats: a tensor constant would trip fake tracing
+        tries = [Lowering(Family.RETENTION, decay=decay, **common)]
+    return prove(gm, roles, tries, gate is not None, opts)
+
+
+def prove(gm, roles, tries: list[Lowering], has_gate: bool, opts) -> tuple[Lowering, list, float]:
+    """The first lowering equal to the region on fresh probes (rel err < TOL), with its error."""
+    gen = torch.Generator().manual_seed(11232026)
+    args = [probe(r, gen, gate=has_gate and i == 3) for i, r in enumerate(roles)]
+    with torch.no_grad():
+        ref = gm(*args)
+        errs = []
+        for low in tries:
+            try:
+                o = low(*args, cast=False)
+            except RuntimeError as e:
+                errs.append(f"{low.family.value}: {str(e).splitlines()[0]}")
+                continue
+            err = rel_err(o.to(ref.dtype), ref)
+            if err <= TOL or not opts.verify:
+                return low, roles, err if opts.verify else math.nan
+            errs.append(f"{low.family.value} rel err {err:.1e}")
+    raise NearMiss("the op differs from the region on fresh inputs: " + "; ".join(errs))
+
+
+def run_pass(graph: fx.Graph, opts, report: Report) -> None:
+    """Find, prove and rewrite every masked quadratic form of ``graph``."""
+    const = constant_nodes(graph)
+    for cand in candidates(graph):
+        alive = set(graph.nodes)
+        if not all(n in alive for n in (cand.out, cand.q, cand.k, cand.v)):
+            continue
+        src = source_line(cand.out)
+        try:
+            low, roles, err = match(graph, cand, const, opts)
+        except NearMiss as e:
+            report.misses.append(Miss(SPELLING, str(e), src))
+            continue
+        except (RuntimeError, ValueError, IndexError, TypeError) as e:  # an unforeseen layout: leave it
+            report.misses.append(Miss(SPELLING, f"not analysed: {type(e).__name__}: {e}", src))
+            continue
+        rewrite(cand.out, low, roles)
+        report.matches.append(Match(low.family.value, SPELLING, src, f"fla_compile.{low.family.value}", err))
