@@ -32,8 +32,8 @@ def cu_seqlens_from_seq_idx(seq_idx: torch.Tensor) -> torch.Tensor:
 
 @cu_seqlens_from_seq_idx.register_fake
 def _(seq_idx):
-    n = torch.library.get_ctx().new_dynamic_size()
-    return seq_idx.new_empty(n + 1, dtype=torch.int32)
+    n = torch.library.get_ctx().new_dynamic_size(min=2)  # N + 1 offsets of N >= 1 sequences
+    return seq_idx.new_empty(n, dtype=torch.int32)
 
 
 def seq_idx_from_cu_seqlens(cu_seqlens: torch.Tensor, T: int) -> torch.Tensor:

@@ -1,0 +1,65 @@
+"""A patched model under torch.compile(fullgraph=True): no graph breaks, no host syncs in our code.
+
+The Dynamo side only (``eager`` / ``aot_eager`` backends, CPU); the "fla" backend itself is
+tested with the backend.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fla_compile.hf as fh
+
+from .archs import ARCHS
+from .conftest import load_tiny, rel
+from .test_patch import _packed_kwargs, _prompt
+
+TOL = 1e-4
+ONE_PER_KIND = {a.kind: a for a in reversed(ARCHS)}  # the first architecture of each kind
+PICKED = [a for a in ARCHS if ONE_PER_KIND[a.kind] is a]
+
+
+@pytest.mark.parametrize("arch", PICKED, ids=[a.name for a in PICKED])
+def test_fullgraph_prefill_and_packed(arch, tmp_path):
+    model = load_tiny(arch, tmp_path)
+    ids = _prompt()
+    with torch.no_grad():
+        ref = model(ids).logits
+    fh.patch(model)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out = torch.compile(model, backend="eager", fullgraph=True)(ids, use_cache=False).logits
+    assert rel(out, ref) < TOL
+
+    lengths = (13, 19)
+    seqs = [_prompt(B=1, T=n, seed=i + 5) for i, n in enumerate(lengths)]
+    kw = _packed_kwargs(arch, lengths)
+    run = model
+    if arch.packed_module is not None:
+        run = getattr(model, arch.packed_module)
+        kw.pop("position_ids")
+    with torch.no_grad():
+        ref = torch.cat([run(s, use_cache=False)[0] for s in seqs], 1)
+        out = torch.compile(run, backend="eager", fullgraph=True)(torch.cat(seqs, 1), use_cache=False, **kw)[0]
+    assert rel(out, ref) < TOL
+
+
+def test_fullgraph_training_step(tmp_path):
+    arch = ONE_PER_KIND["ssd"]
+    model = load_tiny(arch, tmp_path)
+    ids = _prompt(T=21)
+    model.train()
+    loss_ref = model(ids, labels=ids).loss
+    loss_ref.backward()
+    grads_ref = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    fh.patch(model)
+    torch._dynamo.reset()
+    loss = torch.compile(model, backend="aot_eager", fullgraph=True)(ids, labels=ids, use_cache=False).loss
+    loss.backward()
+    assert rel(loss, loss_ref) < TOL
+    assert (
+        rel(torch.cat([p.grad.flatten() for p in model.parameters()]), torch.cat([g.flatten() for g in grads_ref]))
+        < TOL
+    )
