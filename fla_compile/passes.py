@@ -11,7 +11,7 @@ import logging
 
 import torch.fx as fx
 
-from .patterns import loop, parallel
+from .patterns import cumsum, loop, parallel
 from .patterns._graph import to_ssa
 from .report import Match, Miss, Report
 from .rewrite import LoopLowering, rewrite_loop
@@ -62,7 +62,7 @@ def loop_pass(graph: fx.Graph, opts: Options, report: Report) -> None:
         )
 
 
-PASSES = [("loop", loop_pass), ("parallel", parallel.run_pass)]
+PASSES = [("loop", loop_pass), ("parallel", parallel.run_pass), ("cumsum", cumsum.run_pass)]
 
 
 def run(gm: fx.GraphModule, opts: Options) -> tuple[fx.GraphModule, Report]:

@@ -135,6 +135,12 @@ class Layout:
     feat: object
 
 
+def out_batch(out: Layout, shape: tuple) -> tuple[tuple, tuple]:
+    """The output's batch labels (all but time, feature and size-1 dims) and their sizes."""
+    batch = tuple(x for x in out.labels if x not in (out.time, out.feat, None))
+    return batch, tuple(shape[out.labels.index(x)] for x in batch)
+
+
 def to_canon(x: torch.Tensor, lay: Layout, batch: tuple, bsizes: tuple) -> torch.Tensor:
     """A role value as [1, T, N, D] (all batch dims folded into the op's heads)."""
     drop = [i for i, lab in enumerate(lay.labels) if lab is None]
@@ -158,7 +164,11 @@ def from_canon(o: torch.Tensor, out: Layout, batch: tuple, bsizes: tuple) -> tor
     """[1, T, N, V] -> the output's own layout."""
     o = o[0].reshape(o.shape[1], *bsizes, o.shape[-1])
     have = [out.time, *batch, out.feat]
-    return o.permute([have.index(lab) for lab in out.labels])
+    o = o.permute([have.index(lab) for lab in out.labels if lab is not None])
+    for i, lab in enumerate(out.labels):
+        if lab is None:  # a size-1 dim of the output (e.g. a matmul's row)
+            o = o.unsqueeze(i)
+    return o
 
 
 def gate_canon(g: torch.Tensor, dim: int, bsizes: tuple) -> torch.Tensor:
@@ -473,10 +483,8 @@ def match(graph: fx.Graph, cand: Candidate, const: set, opts) -> tuple[Lowering,
     why = inner_users(region, cand.out, [cand.q, cand.k, cand.v])
     if why:
         raise NearMiss(why)
-    shape_o = shape_of(cand.out)
     lo = cand.out_layout
-    batch = tuple(x for x in lo.labels if x not in (lo.time, lo.feat))
-    bsizes = tuple(shape_o[lo.labels.index(x)] for x in batch)
+    batch, bsizes = out_batch(lo, shape_of(cand.out))
     gen = torch.Generator().manual_seed(20261123)
     base = [probe(r, gen) for r in roles[:3]]
     g = [probe(gate[0], gen, gate=True)] if gate else []
