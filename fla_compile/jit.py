@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import types
 import warnings
 
 import torch
@@ -24,18 +25,19 @@ from .rewrite import LoopLowering
 from .verify import rel_err
 
 log = logging.getLogger("fla_compile")
-PROBE_LENGTHS = (5, 7)
-CHECK_LENGTH = 11
+PROBE_LENGTHS = (3, 4)
+CHECK_LENGTH = 6
 
 
 class JitError(RuntimeError):
     pass
 
 
-def _shrink(args, time_dim, T, length, gen):
-    """Random probe inputs: tensors with the time length get ``length`` steps, others keep their shape."""
-    out = []
-    for a in args:
+def _shrink(args, time_dim, T, length, gen, fixed=0):
+    """Random probe inputs: tensors with the time length get ``length`` steps, others keep their
+    shape; the first ``fixed`` arguments (a module's parameters) are kept as they are."""
+    out = list(args[:fixed])
+    for a in args[fixed:]:
         if isinstance(a, torch.Tensor) and a.dim() > time_dim and a.shape[time_dim] == T:
             shape = list(a.shape)
             shape[time_dim] = length
@@ -48,21 +50,35 @@ def _shrink(args, time_dim, T, length, gen):
     return out
 
 
-def _trace(fn, args) -> fx.GraphModule:
-    """Capture ``fn`` at probe shapes with Dynamo (a few steps only: the probe is short)."""
+def _trace(fn, args) -> tuple[fx.GraphModule, list[int]]:
+    """Capture ``fn`` at probe shapes with Dynamo (a few steps only: the probe is short).
+
+    Returns the graph and, for each of its inputs, the index of the argument it is.
+    """
     captured = []
 
     def capture(gm, example_inputs):
-        captured.append(gm)
+        ids = {id(a): i for i, a in enumerate(args)}
+        if not all(id(x) in ids for x in example_inputs):
+            raise JitError("the captured graph reads tensors other than the arguments")
+        captured.append((gm, [ids[id(x)] for x in example_inputs]))
         return gm.forward
 
     def probe(*ts):
         return fn(*ts)
 
+    # a fresh code object per capture, so Dynamo's per-code cache and recompile limit never apply
+    _trace.count += 1
+    probe = types.FunctionType(
+        probe.__code__.replace(co_name=f"fla_probe_{_trace.count}"), probe.__globals__, closure=probe.__closure__
+    )
     torch.compile(probe, backend=capture, fullgraph=True, dynamic=False)(*args)
     if len(captured) != 1:
         raise JitError(f"expected one captured graph, got {len(captured)}")
     return captured[0]
+
+
+_trace.count = 0
 
 
 def _same_target(a, b) -> bool:
@@ -137,6 +153,7 @@ class JitFunction:
         self.opts = passes.Options(verify=verify, strict=strict, inductor=False)
         self.cache: dict = {}
         self.reports: dict = {}
+        self.fixed = 0  # leading arguments that are parameters (set by the module wrappers)
         self._warned = False
         functools.update_wrapper(self, fn)
 
@@ -152,7 +169,7 @@ class JitFunction:
 
     def _time_input(self, args):
         for i, a in enumerate(args):
-            if isinstance(a, torch.Tensor) and a.dim() > self.time_dim:
+            if i >= self.fixed and isinstance(a, torch.Tensor) and a.dim() > self.time_dim:
                 return i, a.shape[self.time_dim]
         raise JitError(f"no tensor argument has a time dim {self.time_dim}")
 
@@ -182,27 +199,31 @@ class JitFunction:
                 full[i] = t
             return self.fn(*full)
 
-        graphs = []
+        graphs, orders = [], []
         for length in PROBE_LENGTHS:
-            probe = _shrink(args, self.time_dim, T, length, gen)
-            gm = _trace(tensor_fn, [probe[i] for i in tensors])
+            probe = _shrink(args, self.time_dim, T, length, gen, self.fixed)
+            gm, order = _trace(tensor_fn, [probe[i] for i in tensors])
+            orders.append(order)
             new, rep = passes.run(gm, self.opts)
             if not rep.matches:
                 report.extend(rep)
                 return None
             graphs.append(new)
         report.extend(rep)
-        time_input = tensors.index(ti)
-        gm = _generalize(graphs[0], graphs[1], *PROBE_LENGTHS, time_input, self.time_dim)
-        probe = _shrink(args, self.time_dim, T, CHECK_LENGTH, gen)
+        if orders[0] != orders[1] or tensors.index(ti) not in orders[0]:
+            raise JitError("the graphs at two probe lengths read their inputs differently")
+        order = [tensors[i] for i in orders[0]]  # argument index of each graph input
+        gm = _generalize(graphs[0], graphs[1], *PROBE_LENGTHS, order.index(ti), self.time_dim)
+        probe = _shrink(args, self.time_dim, T, CHECK_LENGTH, gen, self.fixed)
         ref = tensor_fn(*[probe[i] for i in tensors])
         with torch.no_grad():
-            out = gm(*[probe[i] for i in tensors])
-        ref_flat, out_flat = torch.utils._pytree.tree_leaves(ref), torch.utils._pytree.tree_leaves(out)
+            out = gm(*[probe[i] for i in order])
+        ref_flat, spec = torch.utils._pytree.tree_flatten(ref)
+        out_flat = torch.utils._pytree.tree_leaves(out)
         err = max((rel_err(o.double(), r.double()) for o, r in zip(out_flat, ref_flat)), default=0.0)
         if len(ref_flat) != len(out_flat) or not err < 1e-4:
             raise JitError(f"the generalized graph differs from the reference at T={CHECK_LENGTH} (rel err {err:.1e})")
-        gm._fla_tensors = tensors
+        gm._fla_inputs, gm._fla_spec = order, spec
         return gm
 
     def __call__(self, *args, **kwargs):
@@ -226,7 +247,8 @@ class JitFunction:
                     stacklevel=2,
                 )
             return self.fn(*args)
-        return gm(*[args[i] for i in gm._fla_tensors])
+        out = gm(*[args[i] for i in gm._fla_inputs])
+        return torch.utils._pytree.tree_unflatten(list(out), gm._fla_spec)
 
     def _bind_kwargs(self, args, kwargs):
         import inspect
@@ -261,12 +283,14 @@ class JitModule(torch.nn.Module):
         named = dict(self.inner.named_parameters())
         named.update(dict(self.inner.named_buffers()))
         self._names = list(named)
+        self._jit.fixed = len(named)
         return self._jit(*named.values(), *args)
 
     def explain(self, *args) -> Report:
         named = dict(self.inner.named_parameters())
         named.update(dict(self.inner.named_buffers()))
         self._names = list(named)
+        self._jit.fixed = len(named)
         return self._jit.explain(*named.values(), *args)
 
 
@@ -297,6 +321,7 @@ def jit(fn=None, *, time_dim: int = 1, strict: bool = False, verify: bool = True
                     return fn.forward(self, *args)
                 named = dict(self.named_parameters())
                 self._fla_names = list(named)
+                self._fla_jit.fixed = len(named)
                 self._fla_inside = True
                 try:
                     return self._fla_jit(*named.values(), *args)

@@ -145,15 +145,27 @@ def _probe_inputs(metas, gen, positive=False):
     return out
 
 
+class _NeedsPositive(NearMiss):
+    pass
+
+
 def classify_loop(step: fx.GraphModule, input_metas: list, state_meta: torch.Tensor) -> LoopBinding:
     """Read the family and roles of one loop step (see the module docstring)."""
     if state_meta is None or state_meta.dim() < 2:
         raise NearMiss("the carried value is not a matrix state")
+    try:
+        return _classify(step, input_metas, state_meta, positive=False)
+    except _NeedsPositive:  # a decay given as a plain value: probe it where it is a decay
+        return _classify(step, input_metas, state_meta, positive=True)
+
+
+def _classify(step, input_metas, state_meta, positive: bool) -> LoopBinding:
     *batch, X, Y = tuple(state_meta.shape)
     batch = tuple(batch)
     gen = torch.Generator().manual_seed(1234)
     dep = _state_dependent(step)
-    for positive in (False, True):  # retry on positive inputs where e.g. a log needs them
+    for attempt in (positive, True):  # retry on positive inputs where e.g. a log needs them
+        positive = attempt
         P = _probe_inputs(input_metas, gen, positive)
         Sa = torch.randn(state_meta.shape, generator=gen, dtype=torch.float64)
         Sb = torch.randn(state_meta.shape, generator=gen, dtype=torch.float64)
@@ -193,7 +205,7 @@ def classify_loop(step: fx.GraphModule, input_metas: list, state_meta: torch.Ten
             if reads_prev:
                 raise NearMiss("the output reads the state before the update (S_{t-1}); this family reads S_t")
             k, v = (b, a) if transposed else (a, b)
-            gate, decay, family = _bind_gate(transition, gate_val, values, dep)
+            gate, decay, family = _bind_gate(transition, gate_val, values, dep, positive)
             return LoopBinding(family, q, k, v, gate, decay, scale, transposed, batch, positive)
     if value_axis_gate:
         raise NearMiss("the decay is diagonal along the value axis; our families gate the key axis")
@@ -241,7 +253,7 @@ def _readout(values, o, Snew, Sold, batch, X, Y, transposed):
     return None
 
 
-def _bind_gate(transition, c, values, dep):
+def _bind_gate(transition, c, values, dep, positive):
     if transition == "identity":
         return None, None, Family.LINEAR_ATTN
     target = tuple(c.shape)
@@ -255,8 +267,8 @@ def _bind_gate(transition, c, values, dep):
         elif node.target in SIGMOID and isinstance(node.args[0], fx.Node) and node.args[0] not in dep:
             gate = Role(_origin(node.args[0]), recipe, target, "sigmoid")
         else:
-            if (c <= 0).any():
-                raise NearMiss("the decay is not positive, so it has no log-space gate")
+            if (c <= 0).any() or not positive:  # its log must exist wherever the probes go
+                raise _NeedsPositive("the decay is not positive, so it has no log-space gate")
             gate = Role(_origin(node), recipe, target, "log")
         if transition in ("diag_x", "diag_y"):  # diagonal along the key axis (checked by the caller)
             return gate, None, Family.GLA

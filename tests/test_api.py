@@ -36,3 +36,57 @@ def test_jit_never_computes_something_else():
             out = fla_compile.jit(spelling)(*args)
         ref = spelling(*args)
         assert ((out - ref).norm() / ref.norm()) < 1e-5
+
+
+def test_jit_function_any_length_and_gradients():
+    fn = fla_compile.jit(S.gla_fla_naive)
+    for T in (9, 33):
+        q, k, v = (torch.randn(2, T, 2, 4, requires_grad=True) for _ in range(3))
+        g = torch.nn.functional.logsigmoid(torch.randn(2, T, 2, 4)).requires_grad_()
+        out, h = fn(q, k, v, g)
+        ref, ref_h = S.gla_fla_naive(q, k, v, g)
+        assert ((out - ref).norm() / ref.norm()) < 1e-5 and ((h - ref_h).norm() / ref_h.norm()) < 1e-5
+        (gq,) = torch.autograd.grad(out.sum(), q)
+        (rq,) = torch.autograd.grad(ref.sum(), q)
+        assert ((gq - rq).norm() / rq.norm()) < 1e-5
+    assert [m.family for m in fn.explain(q, k, v, g).matches] == ["gla"]
+
+
+def test_jit_module_instance_class_and_outer_compile():
+    import torch.nn.functional as F
+
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = torch.nn.Linear(8, 24)
+
+        def forward(self, x):
+            B, T, _ = x.shape
+            q, k, v = self.qkv(x).view(B, T, 3, 2, 4).unbind(2)
+            h = x.new_zeros(B, 2, 4, 4)
+            outs = []
+            for t in range(T):
+                h = 0.9 * h + k[:, t, :, :, None] * F.elu(v[:, t, :, None, :])
+                outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], h))
+            return torch.stack(outs, 1)
+
+    layer = Layer()
+    x = torch.randn(2, 30, 8)
+    ref = layer(x)
+    inst = fla_compile.jit(layer)
+    assert ((inst(x) - ref).norm() / ref.norm()) < 1e-5
+    assert [m.family for m in inst.explain(x).matches] == ["retention"]
+    cls = fla_compile.jit(Layer)()
+    cls.load_state_dict(layer.state_dict())
+    assert ((cls(x) - ref).norm() / ref.norm()) < 1e-5
+    compiled = torch.compile(inst, backend="aot_eager")
+    x2 = torch.randn(2, 17, 8)
+    assert ((compiled(x2) - layer(x2)).norm() / layer(x2).norm()) < 1e-5
+
+
+def test_jit_strict_raises():
+    import pytest
+
+    q, k, v = torch.randn(2, 10, 2, 4), torch.randn(2, 10, 2, 4), torch.randn(2, 10, 2, 5)
+    with pytest.raises(Exception, match="nothing matched"):
+        fla_compile.jit(S.miss_nonlinear_in_state, strict=True)(q, k, v)
