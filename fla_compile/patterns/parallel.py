@@ -35,6 +35,7 @@ EINSUM = {torch.einsum, "einsum"}
 MATMUL = {torch.matmul, operator.matmul, torch.bmm, "matmul", "bmm", "__matmul__"}
 CUMSUM = {torch.cumsum, "cumsum"}
 SOFTMAX = {torch.softmax, F.softmax, "softmax", torch.exp, "exp", F.log_softmax, "log_softmax", torch.sigmoid}
+UNSQUEEZE = {operator.getitem, torch.unsqueeze, "unsqueeze", "view", "reshape", torch.reshape}
 RANDOM = {torch.rand, torch.randn, torch.randint, torch.rand_like, torch.randn_like, torch.bernoulli, F.dropout}
 RANDOM_METHODS = {"bernoulli", "bernoulli_", "uniform_", "normal_", "random_", "exponential_"}
 
@@ -431,6 +432,11 @@ def _gate_source(cand: Candidate, const: set, T: int) -> tuple[fx.Node, list[int
             raise NearMiss("the gate has no static shape")
     if direct:
         return x, [dim % len(shape)]
+    while x.target in UNSQUEEZE and len(x.all_input_nodes) == 1 and 1 in shape:  # x[..., None] -> x
+        inner = x.all_input_nodes[0]
+        if shape_of(inner) is None or math.prod(shape_of(inner)) != math.prod(shape):
+            break
+        x, shape = inner, shape_of(inner)
     return x, [i for i, s in enumerate(shape) if s == T]
 
 
@@ -540,19 +546,25 @@ def prove(gm, roles, tries: list[Lowering], has_gate: bool, opts) -> tuple[Lower
 
 def run_pass(graph: fx.Graph, opts, report: Report) -> None:
     """Find, prove and rewrite every masked quadratic form of ``graph``."""
-    const = constant_nodes(graph)
-    for cand in candidates(graph):
-        alive = set(graph.nodes)
-        if not all(n in alive for n in (cand.out, cand.q, cand.k, cand.v)):
-            continue
-        src = source_line(cand.out)
-        try:
-            low, roles, err = match(graph, cand, const, opts)
-        except NearMiss as e:
-            report.misses.append(Miss(SPELLING, str(e), src))
-            continue
-        except (RuntimeError, ValueError, IndexError, TypeError) as e:  # an unforeseen layout: leave it
-            report.misses.append(Miss(SPELLING, f"not analysed: {type(e).__name__}: {e}", src))
-            continue
-        rewrite(cand.out, low, roles)
-        report.matches.append(Match(low.family.value, SPELLING, src, f"fla_compile.{low.family.value}", err))
+    tried: set = set()
+    while True:  # a rewrite changes the graph (a later form may read an earlier one): look again
+        todo = [c for c in candidates(graph) if c.out not in tried]
+        if not todo:
+            return
+        tried.add(todo[0].out)
+        _one(graph, todo[0], opts, report)
+
+
+def _one(graph: fx.Graph, cand: Candidate, opts, report: Report) -> None:
+    """Match and rewrite one candidate, or record why it is left as it is."""
+    src = source_line(cand.out)
+    try:
+        low, roles, err = match(graph, cand, constant_nodes(graph), opts)
+    except NearMiss as e:
+        report.misses.append(Miss(SPELLING, str(e), src))
+        return
+    except (RuntimeError, ValueError, IndexError, TypeError) as e:  # an unforeseen layout: leave it
+        report.misses.append(Miss(SPELLING, f"not analysed: {type(e).__name__}: {e}", src))
+        return
+    rewrite(cand.out, low, roles)
+    report.matches.append(Match(low.family.value, SPELLING, src, f"fla_compile.{low.family.value}", err))

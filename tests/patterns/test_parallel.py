@@ -69,6 +69,28 @@ def simple_gla_einsum_neg_inf(q, k, v, g):
     return torch.einsum("bhts,bshd->bthd", s, v)
 
 
+def segsum(x):
+    """Mamba2's stable segment sum: exp(segsum(a))[t, s] = exp(a[s+1] + ... + a[t]) below the diagonal."""
+    x = x[..., None].repeat(*([1] * x.dim()), T)
+    x = x.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool), diagonal=-1), 0)
+    x = torch.cumsum(x, dim=-2)
+    return x.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool)), -torch.inf)
+
+
+def simple_gla_mamba2_segsum(q, k, v, g):
+    """Mamba2 / SSD minimal reference: the decay from segsum of the [B,H,T] log-gates."""
+    L = torch.exp(segsum(g.transpose(1, 2)))
+    s = torch.einsum("bthd,bshd->bhts", q, k) * L
+    return torch.einsum("bhts,bshd->bthd", s, v)
+
+
+def linear_two_layers(q, k, v):
+    """Two forms in one graph, the second reading the first: both rewritten."""
+    q, k, v = bhtd(q, k, v)
+    a = torch.tril(q @ k.transpose(-1, -2)) @ v
+    return (torch.tril(a @ k.transpose(-1, -2)) @ v).transpose(1, 2)
+
+
 POSITIVE = [
     (linear_einsum_masked_fill, "linear_attn", False),
     (linear_matmul_tril_scores, "linear_attn", False),
@@ -77,6 +99,7 @@ POSITIVE = [
     (retention_scalar_einsum, "retention", False),
     (simple_gla_matmul, "simple_gla", True),
     (simple_gla_einsum_neg_inf, "simple_gla", True),
+    (simple_gla_mamba2_segsum, "simple_gla", True),
 ]
 
 
@@ -125,6 +148,18 @@ def scores_returned(q, k, v):
     return s @ v, s
 
 
+class MaskBuffer(torch.nn.Module):
+    """The mask is module state, not a constant of the code: it could change, so it is not proven."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mask", torch.tril(torch.ones(T, T)))
+
+    def forward(self, q, k, v):
+        q, k, v = bhtd(q, k, v)
+        return ((q @ k.transpose(-1, -2)) * self.mask) @ v
+
+
 NEGATIVE = [
     (softmax_attention, "softmax"),
     (exp_scores, "softmax"),
@@ -134,6 +169,7 @@ NEGATIVE = [
     (random_mask_inside, "random"),
     (random_lower_mask_constant, "differs"),
     (scores_returned, "also used"),
+    (MaskBuffer(), "runtime value"),
 ]
 
 
@@ -162,6 +198,10 @@ def test_parallel_matched(fn, family, gate):
     report = fla_compile.last_report()
     assert [(m.family, m.spelling) for m in report.matches] == [(family, "parallel")], str(report)
     assert report.matches[0].error < 1e-5
+    check_equal_and_grads(out, ref, xs)
+
+
+def check_equal_and_grads(out, ref, xs):
     assert rel(out, ref) < 1e-5
     proj = torch.randn_like(ref)
     g_ref = torch.autograd.grad((ref * proj).sum(), xs)
@@ -170,7 +210,7 @@ def test_parallel_matched(fn, family, gate):
         assert rel(a, b) < 1e-5
 
 
-@pytest.mark.parametrize("fn,reason", NEGATIVE, ids=[n[0].__name__ for n in NEGATIVE])
+@pytest.mark.parametrize("fn,reason", NEGATIVE, ids=[getattr(n[0], "__name__", type(n[0]).__name__) for n in NEGATIVE])
 def test_parallel_near_miss(fn, reason):
     xs = inputs()
     if fn is random_mask_input:
@@ -184,3 +224,12 @@ def test_parallel_near_miss(fn, reason):
     assert any(m.spelling == "parallel" and reason in m.reason for m in report.misses), str(report)
     for a, b in zip(out if isinstance(out, tuple) else (out,), ref if isinstance(ref, tuple) else (ref,)):
         assert rel(a, b) < 1e-5
+
+
+def test_parallel_two_in_a_row():
+    xs = inputs()
+    ref = linear_two_layers(*xs)
+    out = compile_fla(linear_two_layers)(*xs)
+    report = fla_compile.last_report()
+    assert [(m.family, m.spelling) for m in report.matches] == [("linear_attn", "parallel")] * 2, str(report)
+    check_equal_and_grads(out, ref, xs)
