@@ -41,8 +41,11 @@ def chunk_gla_dense(q, k, v, gate, gate_kind, scale, initial_state, chunk_size=N
     B, T, H, K = q.shape
     V = v.shape[-1]
     cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
-    C = chunk_size or (16 if gate_kind == GATE_VECTOR else 64)
+    SUB = 16  # vector gates: exact [c, c, K] decays only inside sub-chunks of 16 steps
+    C = chunk_size or 64
     C = max(1, min(C, T))
+    if gate_kind == GATE_VECTOR:
+        C = -(-C // SUB) * SUB if C > SUB else C
     N = (T + C - 1) // C
     Tp = N * C
     q, k, v = (_pad_time(x.to(cdt), Tp) for x in (q, k, v))
@@ -59,8 +62,7 @@ def chunk_gla_dense(q, k, v, gate, gate_kind, scale, initial_state, chunk_size=N
             A = (qc @ kc.transpose(-1, -2)) * diff.exp()
             b = b[..., None]
         else:
-            diff = (b[..., :, None, :] - b[..., None, :, :]).masked_fill(~causal[..., None], float("-inf"))
-            A = torch.einsum("bhnik,bhnjk,bhnijk->bhnij", qc, kc, diff.exp())
+            A = _vector_gate_scores(qc, kc, b, min(SUB, C))
         b_last = b[..., -1:, :]  # [B,H,N,1,K or 1]
         q_in = qc * b.exp()
         k_in = kc * (b_last - b).exp()
@@ -76,6 +78,34 @@ def chunk_gla_dense(q, k, v, gate, gate_kind, scale, initial_state, chunk_size=N
     o = (o + torch.stack(inter, 2)) * scale
     o = o.movedim(1, 3).reshape(B, Tp, H, V)[:, :T]
     return o, S
+
+
+def _vector_gate_scores(q, k, b, c):
+    """A[i, j] = sum_k q_ik k_jk exp(b_ik - b_jk) for j <= i inside a chunk, with per-key log-gates.
+
+    Inside sub-chunks of c steps the decays are formed exactly ([c, c, K]); between
+    sub-chunks both factors are taken relative to the last step r of the earlier sub-chunk,
+    exp(b_i - b_r) and exp(b_r - b_j), each <= 1, so nothing overflows.
+    """
+    *lead, C, K = q.shape
+    ns = C // c
+    qs, ks, bs = (x.reshape(*lead, ns, c, K) for x in (q, k, b))
+    causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
+    diff = (bs[..., :, None, :] - bs[..., None, :, :]).masked_fill(~causal[..., None], float("-inf"))
+    diag = (qs[..., :, None, :] * ks[..., None, :, :] * diff.exp()).sum(-1)  # [..., ns, c, c]
+    blocks = [[None] * ns for _ in range(ns)]
+    for i in range(ns):
+        blocks[i][i] = diag[..., i, :, :]
+    for j in range(ns - 1):
+        r = (j + 1) * c
+        b_r = b[..., r - 1 : r, :]
+        k_j = k[..., r - c : r, :] * (b_r - b[..., r - c : r, :]).exp()
+        q_after = q[..., r:, :] * (b[..., r:, :] - b_r).exp()
+        off = q_after @ k_j.transpose(-1, -2)  # [..., C - r, c]
+        for i in range(j + 1, ns):
+            blocks[i][j] = off[..., (i - j - 1) * c : (i - j) * c, :]
+    zero = q.new_zeros(*lead, c, c)
+    return torch.cat([torch.cat([x if x is not None else zero for x in row], -1) for row in blocks], -2)
 
 
 def expand_heads(x: torch.Tensor, H: int) -> torch.Tensor:
