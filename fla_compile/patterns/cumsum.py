@@ -17,6 +17,7 @@ so eps, clamp and the division are reproduced exactly.
 
 from __future__ import annotations
 
+import copy
 import math
 import operator
 
@@ -154,14 +155,14 @@ def match(cs: fx.Node, opts):
     layouts = (P.Layout(lq, t, dk), P.Layout(lk, t, dk), P.Layout(lv, t, dv))
     out_layout = P.Layout(lo, t, dv)
     batch, bsizes = P.out_batch(out_layout, P.shape_of(out))
-    roles = [q, k, v]
-    region = P.cone(out, set(roles))
-    why = P.inner_users(region, out, roles)
+    region = P.cone(out, {q, k, v})
+    why = P.inner_users(region, out, [q, k, v])
     if why:
         raise NearMiss(why)
+    roles, slots = P.distinct([q, k, v])
     gm, _ = P.extract(out, roles)
     dtype = value_of(out).dtype
-    low = P.Lowering(Family.LINEAR_ATTN, layouts, out_layout, batch, bsizes, 1.0, out_dtype=dtype)
+    low = P.Lowering(Family.LINEAR_ATTN, layouts, out_layout, batch, bsizes, 1.0, out_dtype=dtype, slots=slots)
     gen = torch.Generator().manual_seed(20261124)
     args = [P.probe(r, gen) for r in roles]
     with torch.no_grad():
@@ -170,7 +171,9 @@ def match(cs: fx.Node, opts):
     if not math.isfinite(scale) or scale == 0:
         raise NearMiss("the read-out is not a multiple of S_t^T q_t")
     low.scale = scale
-    return P.prove(gm, roles, [low], False, opts), out
+    low, roles, err = P.prove(gm, roles, [low], None, opts)
+    norm = normalizer(cs, low, (q, k, v), out, opts)
+    return norm or ((low, roles, err), (out,))
 
 
 def run_pass(graph: fx.Graph, opts, report: Report) -> None:
@@ -189,6 +192,122 @@ def run_pass(graph: fx.Graph, opts, report: Report) -> None:
             continue
         if found is None:
             continue
-        (low, roles, err), out = found
-        P.rewrite(out, low, roles)
-        report.matches.append(Match("linear_attn", SPELLING, src, "fla_compile.linear_attn", err))
+        (low, roles, err), outs = found
+        rewrite(outs, low, roles)
+        what = "fla_compile.linear_attn" + (" (v with a ones column for the normalizer)" if len(outs) > 1 else "")
+        report.matches.append(Match("linear_attn", SPELLING, src, what, err))
+
+
+def rewrite(outs: tuple, low, args: list[fx.Node]) -> None:
+    """Replace the read-out (and the normalizer) by one call; dead nodes go to dead-code elimination."""
+    if len(outs) == 1:
+        return P.rewrite(outs[0], low, args)
+    graph = outs[0].graph
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    with graph.inserting_after(max(args, key=order.__getitem__)):
+        call = graph.call_function(low, tuple(args))
+    for i, o in reversed(list(enumerate(outs))):
+        with graph.inserting_after(call):
+            item = graph.call_function(operator.getitem, (call, i))
+        item.meta = {k: v for k, v in o.meta.items() if k in ("example_value", "val", "stack_trace")}
+        o.replace_all_uses_with(item)
+    graph.eliminate_dead_code()
+
+
+VIEWS = {
+    operator.getitem,
+    torch.unsqueeze,
+    "unsqueeze",
+    torch.transpose,
+    "transpose",
+    torch.permute,
+    "permute",
+    "view",
+    "reshape",
+    torch.reshape,
+    "squeeze",
+    torch.squeeze,
+    "contiguous",
+    "expand",
+    "float",
+    "to",
+}
+
+
+def root(n: fx.Node) -> fx.Node:
+    """The value a role is a view of (``k[..., :, None]`` -> ``k``): the shared input of the
+    numerator and the normalizer."""
+    while n.target in VIEWS and len(n.all_input_nodes) == 1 and n.args and n.args[0] is n.all_input_nodes[0]:
+        n = n.args[0]
+    return n
+
+
+class NormalizedLowering:
+    """One linear_attn call on v with a ones column: the numerator and the normalizer q . cumsum(k)."""
+
+    def __init__(self, num: P.Lowering, views: fx.GraphModule, v_dim: int, den: P.Layout, den_shape, den_dtype):
+        self.num, self.views, self.v_dim, self.den, self.den_dtype = num, views, v_dim, den, den_dtype
+        self.den_batch, self.den_bsizes = P.out_batch(den, den_shape)
+        self.family = num.family
+        self.den_ratio = 1.0  # the normalizer's scale over the numerator's
+        self.__name__ = num.__name__ + "_normalized"
+
+    def __repr__(self) -> str:
+        return self.__name__
+
+    def __call__(self, *roots, cast=True):
+        n = self.num
+        q, k, v = self.views(*roots)
+        v = torch.cat([v, torch.ones_like(v.narrow(self.v_dim, 0, 1))], self.v_dim)
+        o = n.op(q, k, v)
+        num = P.from_canon(o[..., :-1], n.out, n.batch, n.bsizes)
+        den = P.from_canon(o[..., -1:], self.den, self.den_batch, self.den_bsizes)
+        den = den * self.den_ratio if self.den_ratio != 1.0 else den
+        if cast:
+            num, den = num.to(n.out_dtype), den.to(self.den_dtype)
+        return num, den
+
+
+def normalizer(cs: fx.Node, low: P.Lowering, roles: tuple, out: fx.Node, opts):
+    """Fuse a normalizer q . cumsum(k) of the same q and k into the numerator's call, or None."""
+    q, k, v = roles
+    rq, rk = root(q), root(k)
+    for z in cs.graph.nodes:
+        if z.target not in P.CUMSUM or z is cs or not isinstance(z.args[0], fx.Node) or root(z.args[0]) is not rk:
+            continue
+        read, dim = readout(z), _dim(z, 1)
+        if read is None or not isinstance(dim, int):
+            continue
+        den, qd, lqd, lod, contracted = read
+        t = dim % len(P.shape_of(z))
+        if root(qd) is not rq or len(contracted) != 1 or t == contracted[0] or t not in lod:
+            continue
+        den_layout = P.Layout(lod, t, "den")
+        if P.out_batch(den_layout, P.shape_of(den))[1] != low.bsizes:
+            continue
+        if P.inner_users(P.cone(den, {qd, z.args[0]}), den, [qd, z.args[0]]):
+            continue
+        try:
+            return _fuse(low, roles, out, den, den_layout, opts)
+        except (NearMiss, RuntimeError, ValueError, IndexError, TypeError):
+            continue
+    return None
+
+
+def _fuse(low: P.Lowering, roles: tuple, out: fx.Node, den: fx.Node, den_layout: P.Layout, opts):
+    roots, _ = P.distinct([root(r) for r in roles])
+    views, _ = P.extract(tuple(roles), roots)
+    joint, _ = P.extract((out, den), roots)
+    num = copy.copy(low)
+    num.slots = (0, 1, 2, 3)
+    lv = low.layouts[2]
+    fused = NormalizedLowering(num, views, lv.labels.index(lv.feat), den_layout, P.shape_of(den), value_of(den).dtype)
+    gen = torch.Generator().manual_seed(20261125)
+    args = [P.probe(r, gen) for r in roots]
+    with torch.no_grad():
+        ref = joint(*args)
+        ratio = P.fit_scale(ref[1], fused(*args, cast=False)[1].to(ref[1].dtype))
+    if not math.isfinite(ratio) or ratio == 0:
+        raise NearMiss("the normalizer is not a multiple of q . cumsum(k)")
+    fused.den_ratio = ratio
+    return P.prove(joint, roots, [fused], None, opts), (out, den)

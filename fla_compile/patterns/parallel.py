@@ -165,6 +165,8 @@ def from_canon(o: torch.Tensor, out: Layout, batch: tuple, bsizes: tuple) -> tor
     """[1, T, N, V] -> the output's own layout."""
     o = o[0].reshape(o.shape[1], *bsizes, o.shape[-1])
     have = [out.time, *batch, out.feat]
+    if out.feat not in out.labels:  # an output without a feature dim (a normalizer)
+        o, have = o[..., 0], have[:-1]
     o = o.permute([have.index(lab) for lab in out.labels if lab is not None])
     for i, lab in enumerate(out.labels):
         if lab is None:  # a size-1 dim of the output (e.g. a matmul's row)
@@ -184,15 +186,26 @@ def gate_canon(g: torch.Tensor, dim: int, bsizes: tuple) -> torch.Tensor:
 class Lowering:
     """The callable that replaces a proven region: roles -> [1,T,N,D] -> family op -> output layout."""
 
-    def __init__(self, family, layouts, out, batch, bsizes, scale, decay=None, gate_dim=None, out_dtype=None):
+    def __init__(
+        self, family, layouts, out, batch, bsizes, scale, decay=None, gate_dim=None, out_dtype=None, slots=None
+    ):
         self.family, self.layouts, self.out, self.batch, self.bsizes = family, layouts, out, batch, bsizes
         self.scale, self.decay, self.gate_dim, self.out_dtype = scale, decay, gate_dim, out_dtype
+        self.slots = slots or (0, 1, 2, 3)  # where q, k, v, g are among the call's (distinct) arguments
         self.__name__ = f"fla_{family.value}_{'x'.join(map(str, bsizes))}"
 
     def __repr__(self) -> str:
         return self.__name__
 
-    def __call__(self, q, k, v, g=None, cast=True):
+    def __call__(self, *args, cast=True):
+        q, k, v = (args[i] for i in self.slots[:3])
+        g = args[self.slots[3]] if self.family == Family.SIMPLE_GLA else None
+        o = self.op(q, k, v, g)
+        o = from_canon(o, self.out, self.batch, self.bsizes)
+        return o.to(self.out_dtype) if cast and self.out_dtype is not None else o
+
+    def op(self, q, k, v, g=None):
+        """The family op on role values in their own layouts; o as [1, T, N, V]."""
         dt = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
         q, k, v = (to_canon(x.to(dt), lay, self.batch, self.bsizes) for x, lay in zip((q, k, v), self.layouts))
         ops = torch.ops.fla_compile
@@ -205,8 +218,13 @@ class Lowering:
         else:
             g = gate_canon(g.to(acc), self.gate_dim, self.bsizes)
             o, _ = ops.simple_gla(q, k, v, g, self.scale, None, None)
-        o = from_canon(o, self.out, self.batch, self.bsizes)
-        return o.to(self.out_dtype) if cast and self.out_dtype is not None else o
+        return o
+
+
+def distinct(roles: list[fx.Node]) -> tuple[list[fx.Node], tuple]:
+    """The distinct role nodes (q may be k) and the slot of each role among them."""
+    uniq = list(dict.fromkeys(roles))
+    return uniq, tuple(uniq.index(r) for r in roles)
 
 
 # ---------------------------------------------------------------- regions
@@ -236,8 +254,9 @@ def cone(out: fx.Node, stops: set) -> list[fx.Node]:
     return [n for n in out.graph.nodes if n in seen]
 
 
-def extract(out: fx.Node, roles: list[fx.Node]) -> tuple[fx.GraphModule, dict]:
-    """The region from the role nodes to ``out`` as a GraphModule (roles in order as inputs).
+def extract(out, roles: list[fx.Node]) -> tuple[fx.GraphModule, dict]:
+    """The region from the (distinct) role nodes to ``out`` (a node or a tuple of nodes) as a
+    GraphModule with the roles as inputs, in order.
 
     Raises NearMiss if the region reads any other runtime value: it could not be recomputed."""
     g = fx.Graph()
@@ -245,7 +264,9 @@ def extract(out: fx.Node, roles: list[fx.Node]) -> tuple[fx.GraphModule, dict]:
     for i, r in enumerate(dict.fromkeys(roles)):
         env[r] = g.placeholder(f"role{i}")
         env[r].meta = dict(r.meta)
-    for n in cone(out, set(roles)):
+    outs = out if isinstance(out, tuple) else (out,)
+    region = dict.fromkeys(n for o in outs for n in cone(o, set(roles)))
+    for n in [n for n in outs[0].graph.nodes if n in region]:
         if n.op in ("placeholder", "get_attr"):
             raise NearMiss(f"the region depends on the runtime value '{n.name}' (not provable)")
         if is_random(n):
@@ -253,7 +274,7 @@ def extract(out: fx.Node, roles: list[fx.Node]) -> tuple[fx.GraphModule, dict]:
         if n.op not in ("call_function", "call_method"):
             raise NearMiss(f"the region calls '{n.target}', which cannot be replayed")
         env[n] = g.node_copy(n, lambda a: env[a])
-    g.output(env[out])
+    g.output(tuple(env[o] for o in outs) if isinstance(out, tuple) else env[out])
     return fx.GraphModule(torch.nn.Module(), g), env
 
 
@@ -334,8 +355,9 @@ def _scores_of(p: fx.Node, T: int, depth: int = 12) -> tuple[fx.Node, Contractio
             if c is not None:
                 free_a = [x for x in c.la if x not in c.lb and x in c.lo]
                 free_b = [x for x in c.lb if x not in c.la and x in c.lo]
-                so = sizes(n, c.lo)
-                if len(free_a) == 1 and len(free_b) == 1 and so[free_a[0]] == so[free_b[0]] == T:
+                so, sa = sizes(n, c.lo), sizes(c.a, c.la)
+                summed = [x for x in c.la if x in c.lb and x not in c.lo and sa[x] > 1]  # not an outer product
+                if len(free_a) == len(free_b) == len(summed) == 1 and so[free_a[0]] == so[free_b[0]] == T:
                     return n, c
             nxt.extend(a for a in n.all_input_nodes if shape_of(a) is not None)
         frontier = nxt
@@ -484,7 +506,8 @@ def match(graph: fx.Graph, cand: Candidate, const: set, opts) -> tuple[Lowering,
             raise NearMiss(f"softmax attention: the scores pass through '{n.target}' at '{n.name}' (nonlinear)")
     T = cand.T
     gate = _gate_source(cand, const, T)
-    roles = [cand.q, cand.k, cand.v] + ([gate[0]] if gate else [])
+    roles, slots = distinct([cand.q, cand.k, cand.v] + ([gate[0]] if gate else []))
+    gate_node = gate[0] if gate else None
     gm, env = extract(cand.out, roles)
     why = inner_users(region, cand.out, [cand.q, cand.k, cand.v])
     if why:
@@ -492,11 +515,10 @@ def match(graph: fx.Graph, cand: Candidate, const: set, opts) -> tuple[Lowering,
     lo = cand.out_layout
     batch, bsizes = out_batch(lo, shape_of(cand.out))
     gen = torch.Generator().manual_seed(20261123)
-    base = [probe(r, gen) for r in roles[:3]]
-    g = [probe(gate[0], gen, gate=True)] if gate else []
-    with torch.no_grad():
-        o1, rec1 = run_region(gm, base + g)
-        _, rec2 = run_region(gm, [probe(r, gen) for r in roles[:3]] + g)
+    args1 = [probe(r, gen, gate=r is gate_node) for r in roles]
+    args2 = [a if r is gate_node else probe(r, gen) for r, a in zip(roles, args1)]  # same gate, new q, k, v
+    o1, rec1 = run_region(gm, args1)
+    _, rec2 = run_region(gm, args2)
     if not torch.isfinite(o1).all():
         raise NearMiss("the region gives NaN or inf on random inputs")
     outs1 = {n: rec1[env[n]] for n in (cand.scores, cand.masked)}
@@ -510,7 +532,7 @@ def match(graph: fx.Graph, cand: Candidate, const: set, opts) -> tuple[Lowering,
     if rel_err(c, torch.full_like(c, scale)) > TOL:
         raise NearMiss("the mask's diagonal is not one constant scale")
     dtype = value_of(cand.out).dtype
-    common = dict(layouts=cand.layouts, out=lo, batch=batch, bsizes=bsizes, scale=scale, out_dtype=dtype)
+    common = dict(layouts=cand.layouts, out=lo, batch=batch, bsizes=bsizes, scale=scale, out_dtype=dtype, slots=slots)
     if gate:
         tries = [Lowering(Family.SIMPLE_GLA, gate_dim=d, **common) for d in gate[1]]
     elif rel_err(m1.tril(), torch.full_like(m1, scale).tril()) <= TOL:
@@ -521,13 +543,13 @@ def match(graph: fx.Graph, cand: Candidate, const: set, opts) -> tuple[Lowering,
             raise NearMiss("the mask is causal but not a positive decay gamma^(i-j)")
         decay = tuple(gamma.reshape(-1).log().tolist())  # floats: a tensor constant would trip fake tracing
         tries = [Lowering(Family.RETENTION, decay=decay, **common)]
-    return prove(gm, roles, tries, gate is not None, opts)
+    return prove(gm, roles, tries, gate_node, opts)
 
 
-def prove(gm, roles, tries: list[Lowering], has_gate: bool, opts) -> tuple[Lowering, list, float]:
+def prove(gm, roles, tries: list, gate_node, opts) -> tuple:
     """The first lowering equal to the region on fresh probes (rel err < TOL), with its error."""
     gen = torch.Generator().manual_seed(11232026)
-    args = [probe(r, gen, gate=has_gate and i == 3) for i, r in enumerate(roles)]
+    args = [probe(r, gen, gate=r is gate_node) for r in roles]
     with torch.no_grad():
         ref = gm(*args)
         errs = []
@@ -537,7 +559,10 @@ def prove(gm, roles, tries: list[Lowering], has_gate: bool, opts) -> tuple[Lower
             except RuntimeError as e:
                 errs.append(f"{low.family.value}: {str(e).splitlines()[0]}")
                 continue
-            err = rel_err(o.to(ref.dtype), ref)
+            if isinstance(ref, tuple):
+                err = max(rel_err(a.to(b.dtype), b) for a, b in zip(o, ref))
+            else:
+                err = rel_err(o.to(ref.dtype), ref)
             if err <= TOL or not opts.verify:
                 return low, roles, err if opts.verify else math.nan
             errs.append(f"{low.family.value} rel err {err:.1e}")

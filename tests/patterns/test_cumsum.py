@@ -107,6 +107,8 @@ def test_cumsum_matched(fn):
     report = fla_compile.last_report()
     assert [(m.family, m.spelling) for m in report.matches] == [("linear_attn", "cumsum")], str(report)
     assert report.matches[0].error < 1e-5
+    assert not report.misses, str(report)
+    assert ("ones column" in report.matches[0].op) == fn.__name__.startswith("normalized")
     assert rel(out, ref) < 1e-5
     proj = torch.randn_like(ref)
     g_ref = torch.autograd.grad((ref * proj).sum(), xs)

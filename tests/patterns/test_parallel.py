@@ -198,6 +198,7 @@ def test_parallel_matched(fn, family, gate):
     report = fla_compile.last_report()
     assert [(m.family, m.spelling) for m in report.matches] == [(family, "parallel")], str(report)
     assert report.matches[0].error < 1e-5
+    assert not report.misses, str(report)
     check_equal_and_grads(out, ref, xs)
 
 
