@@ -66,25 +66,21 @@ PASSES = [("loop", loop_pass), ("parallel", parallel.run_pass), ("cumsum", cumsu
 
 
 def run(gm: fx.GraphModule, opts: Options) -> tuple[fx.GraphModule, Report]:
-    """Match and rewrite every recognized region of ``gm``; return the graph to compile and the report."""
+    """Match and rewrite every recognized region of ``gm``; return the graph to compile and the report.
+
+    ``gm`` itself may be changed (the backend owns the graph Dynamo hands it).
+    """
     report = Report()
-    ssa, why = to_ssa(gm)
-    if ssa is None:
+    graph, why = to_ssa(gm)
+    if graph is None:
         report.notes.append(f"graph left as captured: {why}")
         return gm, report
-    if ssa is gm:
-        ssa = fx.GraphModule(gm, _copy_graph(gm.graph))
     for _, fn in PASSES:
-        fn(ssa.graph, opts, report)
+        fn(graph, opts, report)
     if not report.matches:
         return gm, report
-    ssa.graph.lint()
-    ssa.recompile()
-    return ssa, report
-
-
-def _copy_graph(graph: fx.Graph) -> fx.Graph:
-    new = fx.Graph()
-    out = new.graph_copy(graph, {})
-    new.output(out)
-    return new
+    graph.lint()
+    if graph is gm.graph:
+        gm.recompile()
+        return gm, report
+    return fx.GraphModule(gm, graph), report

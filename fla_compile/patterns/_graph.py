@@ -134,33 +134,39 @@ def _is_view(node: fx.Node) -> bool:
     return False
 
 
-def to_ssa(gm: fx.GraphModule) -> tuple[fx.GraphModule | None, str]:
-    """A copy of ``gm`` with in-place updates turned into values, or (None, reason)."""
-    graph = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
+def to_ssa(gm: fx.GraphModule) -> tuple[fx.Graph | None, str]:
+    """``gm``'s graph with in-place updates turned into values (edited in place), or (None, reason).
+
+    Two phases: the analysis decides, without touching the graph, which reads must see which
+    update (and refuses where aliasing makes that unsound); only then is the graph edited. No
+    nodes are copied: on a long unrolled loop copying alone costs seconds.
+    """
+    graph = gm.graph
     root: dict[fx.Node, fx.Node] = {}  # node -> the storage root it may alias
     version: dict[fx.Node, int] = {}  # root -> number of in-place updates so far
     seen_at: dict[fx.Node, int] = {}  # view -> version of its root when it was made
-    latest: dict[fx.Node, fx.Node] = {}  # root -> node holding its current value
-    changed = False
+    latest: dict[fx.Node, fx.Node] = {}  # root -> the in-place node holding its current value
     same_storage: set[fx.Node] = set()  # results of in-place ops: the root itself, not a view
+    remap: dict[fx.Node, dict[fx.Node, fx.Node]] = {}  # node -> {argument: update it must read}
+    updates: list[tuple[fx.Node, object]] = []
 
-    def read(a: fx.Node) -> fx.Node:
+    def read(node: fx.Node, a: fx.Node) -> None:
         r = root.get(a, a)
         if a in seen_at and seen_at[a] != version.get(r, 0):
             raise _Refuse(f"'{a.name}' is a view read after its base was updated in place")
         if a is r or a in same_storage or a not in seen_at:
-            return latest.get(r, env[a])
-        return env[a]
+            m = latest.get(r)
+            if m is not None and m is not a:
+                remap.setdefault(node, {})[a] = m
 
     try:
-        for node in gm.graph.nodes:
+        for node in graph.nodes:
             kind = _inplace_kind(node)
             if kind == "unsupported":
                 raise _Refuse(f"in-place op {node.target} at '{node.name}' is not understood")
+            for a in node.all_input_nodes:
+                read(node, a)
             if kind is None:
-                new = graph.node_copy(node, read)
-                env[node] = new
                 first = node.args[0] if node.args else None
                 if _is_view(node) and isinstance(first, fx.Node):
                     r = root.get(first, first)
@@ -175,23 +181,30 @@ def to_ssa(gm: fx.GraphModule) -> tuple[fx.GraphModule | None, str]:
                 raise _Refuse(f"'{node.name}' updates the input '{r.name}' in place")
             if target is not r and target not in same_storage:
                 raise _Refuse(f"'{node.name}' updates a view of '{r.name}' in place")
-            args = (read(target), *fx.map_arg(node.args[1:], read))
-            new = graph.call_function(kind, args, fx.map_arg(node.kwargs, read))
-            new.meta = dict(node.meta)
-            if node.target is operator.setitem:
-                new.meta["example_value"] = value_of(r)
-            env[node] = new
+            updates.append((node, kind))
             root[node] = r
             same_storage.add(node)
             version[r] = version.get(r, 0) + 1
-            latest[r] = new
-            changed = True
+            latest[r] = node
     except _Refuse as e:
         return None, str(e)
-    if not changed:
-        return gm, ""
-    out = fx.GraphModule(gm, graph)
-    return out, ""
+
+    functional: dict[fx.Node, fx.Node] = {}
+    for node, kind in updates:
+        with graph.inserting_before(node):
+            f = graph.call_function(kind, node.args, node.kwargs)
+        f.meta = dict(node.meta)
+        if node.target is operator.setitem:
+            f.meta["example_value"] = value_of(root[node])
+        functional[node] = f
+    for node, mapping in remap.items():
+        user = functional.get(node, node)
+        for a, m in mapping.items():
+            user.replace_input_with(a, functional[m])
+    for node, _ in updates:
+        node.replace_all_uses_with(functional[node])
+        graph.erase_node(node)
+    return graph, ""
 
 
 class _Refuse(Exception):
