@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 import triton
+from triton.runtime.errors import OutOfResources
 
 from . import delta_triton_bwd as kb
 from . import delta_triton_fwd as kf
@@ -26,9 +27,35 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 DECODE_MAX_T = 16
 
 
+MAX_HEAD_DIM = 128
+_BT_CACHE: dict = {}  # (pass, gate kind, K, V, dtype, device) -> the largest chunk size that launched
+
+
 def supported(q: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether the kernels take these inputs; otherwise (fp64, huge heads) use the torch path."""
-    return q.dtype in DTYPES and v.dtype in DTYPES and q.shape[-1] <= 256 and v.shape[-1] <= 256
+    """Whether the kernels take these inputs; otherwise (fp64, heads over 128) use the torch path."""
+    return q.dtype in DTYPES and v.dtype in DTYPES and q.shape[-1] <= MAX_HEAD_DIM and v.shape[-1] <= MAX_HEAD_DIM
+
+
+def _with_chunk_size(key, chunk_size, run, start):
+    """Run ``run(BT)`` with BT = ``start``, halving it (down to 16) while the kernels need more shared memory
+    than the device has; the size that launched is remembered per key, so later calls try nothing twice.
+
+    Compiled for sm90 (K = V = 128, num_stages=1): the forward kernels need about 100 KB at BT = 64; the
+    per-chunk backward kernel 135 to 185 KB at BT = 32 and over 300 KB at 64, so the backward starts at 32.
+    """
+    if chunk_size:
+        return run(chunk_size)
+    BT = _BT_CACHE.get(key, start)
+    while True:
+        try:
+            out = run(BT)
+        except OutOfResources:
+            if BT <= 16:
+                raise
+            BT //= 2
+            continue
+        _BT_CACHE[key] = BT
+        return out
 
 
 def _pow2(n: int, lo: int = 16) -> int:
@@ -77,16 +104,18 @@ def _l2norm_bwd(y, r, dy):
 class _Run:
     """Shapes, blocks and launch metadata of one call."""
 
-    def __init__(self, q, v, gate_kind, cu_seqlens, chunk_size):
+    def __init__(self, q, v, gate_kind, cu_seqlens, BT):
         self.B, self.T, self.HK, self.K = q.shape
         self.H, self.V = v.shape[2], v.shape[3]
         self.gid = GATE_IDS[gate_kind]
-        self.BT = chunk_size or 64
+        self.BT = BT
         self.BK, self.BV = _pow2(self.K), min(_pow2(self.V), 64)
         self.BVS = min(_pow2(self.V), 32)  # V block of the sequential kernels
         self.cu, self.info, self.chunk_off, self.NS, self.N = chunk_meta(self.B, self.T, cu_seqlens, self.BT, q.device)
         self.prec = _prec(v.dtype if q.dtype == torch.float32 else q.dtype)
         self.cst = dict(H=self.H, HK=self.HK, K=self.K, V=self.V)
+        # the per-chunk kernels hold several [BT, BK] fp32 blocks: more warps for wide keys
+        self.warps = 8 if self.BT * self.BK >= 64 * 128 else 4
 
 
 def _prepare(q, k, v, beta, gate, use_qk_l2norm):
@@ -110,7 +139,7 @@ def _forward(r: _Run, q, k, v, beta, gate, scale, h0, save):
     g = gate if gate is not None else gc
     kf.chunk_prep_kernel[(r.NS, H)](
         q, k, v, beta, g, gc, w, u, mq, ti, r.cu, r.info, scale,
-        **r.cst, BT=BT, BK=r.BK, BV=r.BV, GATE=r.gid, SAVE_T=save, PREC=r.prec,
+        **r.cst, BT=BT, BK=r.BK, BV=r.BV, GATE=r.gid, SAVE_T=save, PREC=r.prec, num_warps=r.warps, num_stages=1,
     )  # fmt: skip
     o = torch.empty(r.B, r.T, H, V, device=q.device, dtype=v.dtype)
     ht = torch.empty(r.N, H, K, V, **f32)
@@ -118,20 +147,28 @@ def _forward(r: _Run, q, k, v, beta, gate, scale, h0, save):
     vn = torch.empty(T, H, V, **f32) if save else u
     kf.chunk_fwd_kernel[(r.N, H, triton.cdiv(V, r.BVS))](
         q, k, w, u, mq, gc, h0 if h0 is not None else ht, o, ht, h, vn, r.cu, r.chunk_off, scale,
-        **r.cst, BT=BT, BK=r.BK, BV=r.BVS, GATE=r.gid, HAS_H0=h0 is not None, SAVE=save, PREC=r.prec,
+        **r.cst, BT=BT, BK=r.BK, BV=r.BVS, GATE=r.gid, HAS_H0=h0 is not None, SAVE=save, PREC=r.prec, num_stages=1,
     )  # fmt: skip
     return o, ht, dict(gc=gc, w=w, mq=mq, ti=ti, h=h, vn=vn)
+
+
+def _key(name, q, v, gate_kind):
+    return (name, gate_kind, q.shape[-1], v.shape[-1], q.dtype, v.dtype, q.device)
 
 
 def chunk_forward(
     q, k, v, beta, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, use_qk_l2norm=False, chunk_size=None
 ):
     """Chunked forward: (o [B,T,H,V] in v's dtype, final state fp32 [N,H,K,V])."""
-    r = _Run(q, v, gate_kind, cu_seqlens, chunk_size)
+    r0 = (q, v, gate_kind, cu_seqlens)
     q, k, v, beta, gate, _ = _prepare(q, k, v, beta, gate, use_qk_l2norm)
     h0 = None if initial_state is None else initial_state.contiguous()
-    o, ht, _ = _forward(r, q, k, v, beta, gate, scale, h0, save=False)
-    return o, ht
+
+    def run(BT):
+        o, ht, _ = _forward(_Run(*r0, BT), q, k, v, beta, gate, scale, h0, save=False)
+        return o, ht
+
+    return _with_chunk_size(_key("fwd", r0[0], r0[1], gate_kind), chunk_size, run, 64)
 
 
 def fused_recurrent(
@@ -162,19 +199,27 @@ def chunk_backward(
     q, k, v, beta, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, use_qk_l2norm=False, chunk_size=None
 ):
     """Gradients (dq, dk, dv, dbeta, dgate or None, dh0 or None), in fp32 (the op casts)."""
-    r = _Run(q, v, gate_kind, cu_seqlens, chunk_size)
-    q, k, v, beta, gate, (qn, rq, kn, rk) = _prepare(q, k, v, beta, gate, use_qk_l2norm)
+    r0 = (q, v, gate_kind, cu_seqlens)
+    q, k, v, beta, gate, norms = _prepare(q, k, v, beta, gate, use_qk_l2norm)
     h0 = None if initial_state is None else initial_state.contiguous()
+    do, dht = do.contiguous(), dht.contiguous()
+
+    def run(BT):
+        return _backward(_Run(*r0, BT), q, k, v, beta, gate, scale, h0, do, dht, norms, use_qk_l2norm)
+
+    return _with_chunk_size(_key("bwd", r0[0], r0[1], gate_kind), chunk_size, run, 32)
+
+
+def _backward(r: _Run, q, k, v, beta, gate, scale, h0, do, dht, norms, use_qk_l2norm):
     _, _, s = _forward(r, q, k, v, beta, gate, scale, h0, save=True)
     T, H, K, V, BT = r.B * r.T, r.H, r.K, r.V, r.BT
     f32 = dict(device=q.device, dtype=torch.float32)
-    do, dht = do.contiguous(), dht.contiguous()
     dh = torch.empty(r.NS, H, K, V, **f32)
     dvn = torch.empty(T, H, V, **f32)
     dh0 = torch.empty(r.N, H, K, V, **f32)
     kb.chunk_bwd_state_kernel[(r.N, H, triton.cdiv(V, r.BVS))](
         q, k, s["w"], s["mq"], s["gc"], dht, do, dh, dh0, dvn, r.cu, r.chunk_off, scale,
-        **r.cst, BT=BT, BK=r.BK, BV=r.BVS, GATE=r.gid, PREC=r.prec,
+        **r.cst, BT=BT, BK=r.BK, BV=r.BVS, GATE=r.gid, PREC=r.prec, num_stages=1,
     )  # fmt: skip
     dq, dk = torch.empty(T, H, K, **f32), torch.empty(T, H, K, **f32)
     dv, db = torch.empty(T, H, V, **f32), torch.empty(T, H, **f32)
@@ -182,12 +227,13 @@ def chunk_backward(
     kb.chunk_bwd_local_kernel[(r.NS, H)](
         q, k, v, beta, s["gc"], s["ti"], s["h"], s["vn"], dh, dvn, do,
         dq, dk, dv, db, dg, r.cu, r.info, r.chunk_off, scale,
-        **r.cst, BT=BT, BK=r.BK, BV=r.BV, GATE=r.gid, PREC=r.prec,
+        **r.cst, BT=BT, BK=r.BK, BV=r.BV, GATE=r.gid, PREC=r.prec, num_warps=r.warps, num_stages=1,
     )  # fmt: skip
     B, Tq, HK = r.B, r.T, r.HK
     dq = dq.view(B, Tq, HK, H // HK, K).sum(3)
     dk = dk.view(B, Tq, HK, H // HK, K).sum(3)
     if use_qk_l2norm:
+        qn, rq, kn, rk = norms
         dq, dk = _l2norm_bwd(qn, rq, dq), _l2norm_bwd(kn, rk, dk)
     dg = dg.view(B, Tq, *gate.shape[2:]) if r.gid else None
-    return dq, dk, dv.view(B, Tq, H, V), db.view(B, Tq, H), dg, (dh0 if initial_state is not None else None)
+    return dq, dk, dv.view(B, Tq, H, V), db.view(B, Tq, H), dg, (dh0 if h0 is not None else None)

@@ -32,13 +32,13 @@ def chunk_bwd_state_kernel(
     GATE: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     i_s, i_h, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bos, eos = tl.load(cu + i_s), tl.load(cu + i_s + 1)
-    c0 = tl.load(chunk_off + i_s)
+    bos, eos = tl.load(cu + i_s).to(tl.int64), tl.load(cu + i_s + 1).to(tl.int64)  # int64 offsets
+    c0 = tl.load(chunk_off + i_s).to(tl.int64)
     i_hk = i_h // (H // HK)
     o_t, o_k, o_v = tl.arange(0, BT), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
     m_kv = m_k[:, None] & m_v[None, :]
-    p_s = (i_s * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :]
+    p_s = (i_s * H + i_h).to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
     b_dS = tl.load(dht + p_s, mask=m_kv, other=0.0).to(tl.float32)
     NT = tl.cdiv(eos - bos, BT)
     for r in range(0, NT):
@@ -95,7 +95,7 @@ def chunk_bwd_local_kernel(
     if i_s < 0:
         return
     i_n = tl.load(info + i_c * 2 + 1)
-    bos, eos = tl.load(cu + i_s), tl.load(cu + i_s + 1)
+    bos, eos = tl.load(cu + i_s).to(tl.int64), tl.load(cu + i_s + 1).to(tl.int64)  # int64 offsets
     t0 = bos + i_n * BT
     i_hk = i_h // (H // HK)
     o_t, o_k = tl.arange(0, BT), tl.arange(0, BK)
@@ -142,7 +142,7 @@ def chunk_bwd_local_kernel(
     b_dTt = tl.zeros([BT, BT], dtype=tl.float32)
     b_dgl = tl.zeros([BK], dtype=tl.float32)  # d(e^{G_last}) per key dim
     b_db = tl.zeros([BT], dtype=tl.float32)
-    p_s = (i_c * H + i_h) * K * V
+    p_s = (i_c * H + i_h).to(tl.int64) * K * V
     for v0 in range(0, V, BV):
         o_v = v0 + tl.arange(0, BV)
         m_v = o_v < V

@@ -75,7 +75,7 @@ def chunk_prep_kernel(
     if i_s < 0:
         return
     i_n = tl.load(info + i_c * 2 + 1)
-    bos, eos = tl.load(cu + i_s), tl.load(cu + i_s + 1)
+    bos, eos = tl.load(cu + i_s).to(tl.int64), tl.load(cu + i_s + 1).to(tl.int64)  # int64 offsets
     t0 = bos + i_n * BT
     i_hk = i_h // (H // HK)
     o_t, o_k = tl.arange(0, BT), tl.arange(0, BK)
@@ -139,13 +139,13 @@ def chunk_fwd_kernel(
 ):  # fmt: skip
     """The sequential part: per sequence, head and V block, carry S [K, BV] across chunks and write o."""
     i_s, i_h, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bos, eos = tl.load(cu + i_s), tl.load(cu + i_s + 1)
-    c0 = tl.load(chunk_off + i_s)
+    bos, eos = tl.load(cu + i_s).to(tl.int64), tl.load(cu + i_s + 1).to(tl.int64)  # int64 offsets
+    c0 = tl.load(chunk_off + i_s).to(tl.int64)
     i_hk = i_h // (H // HK)
     o_t, o_k, o_v = tl.arange(0, BT), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
     m_kv = m_k[:, None] & m_v[None, :]
-    p_s = (i_s * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :]
+    p_s = (i_s * H + i_h).to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
     b_S = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_H0:
         b_S = tl.load(h0 + p_s, mask=m_kv, other=0.0).to(tl.float32)
@@ -199,12 +199,12 @@ def fused_recurrent_kernel(
 ):  # fmt: skip
     """Step-by-step recurrence for decoding: S [K, BV] in registers; ``ht`` may alias ``h0`` (in place)."""
     i_s, i_h, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bos, eos = tl.load(cu + i_s), tl.load(cu + i_s + 1)
+    bos, eos = tl.load(cu + i_s).to(tl.int64), tl.load(cu + i_s + 1).to(tl.int64)  # int64 offsets
     i_hk = i_h // (H // HK)
     o_k, o_v = tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
     m_kv = m_k[:, None] & m_v[None, :]
-    p_s = (i_s * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :]
+    p_s = (i_s * H + i_h).to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
     b_S = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_H0:
         b_S = tl.load(h0 + p_s, mask=m_kv, other=0.0).to(tl.float32)
