@@ -75,7 +75,18 @@ def call_family(family: Family, b: LoopBinding, vals: dict, h0):
         h0 = h0.transpose(-1, -2) if b.transposed else h0
         h0 = h0.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
     ops = torch.ops.fla_compile
-    if family == Family.LINEAR_ATTN:
+    if b.beta is not None:
+        beta = to_bthd(vals["beta"], b.batch)
+        if family == Family.DELTA_RULE:
+            o, ht = ops.delta_rule(q, k, v, beta, b.scale, h0, None, False)
+        else:
+            if b.gate is not None:
+                g = to_bthd(log_gate(vals["gate"], b.gate.log), b.batch)
+            else:  # a literal constant decay
+                g = torch.full(beta.shape, b.decay, dtype=torch.float32, device=q.device)
+            op = ops.kda if family == Family.KDA else ops.gated_delta_rule
+            o, ht = op(q, k, v, g, beta, b.scale, h0, None, False)
+    elif family == Family.LINEAR_ATTN:
         o, ht = ops.linear_attn(q, k, v, b.scale, h0, None)
     elif family == Family.RETENTION and b.gate is None:
         decay = torch.full((H,), b.decay, dtype=torch.float32, device=q.device)
@@ -100,6 +111,8 @@ class LoopLowering:
         roles = [("q", binding.q), ("k", binding.k), ("v", binding.v)]
         if binding.gate is not None:
             roles.append(("gate", binding.gate))
+        if binding.beta is not None:
+            roles.append(("beta", binding.beta))
         self.roles = roles
         self.step_origins = list(dict.fromkeys(r.origin for _, r in roles if r.origin[0] != "global"))
         self.role_gm, role_inputs = region.role_graph(self.step_origins) if self.step_origins else (None, [])

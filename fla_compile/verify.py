@@ -70,6 +70,7 @@ class LoopBinding:
     transposed: bool
     batch: tuple
     positive: bool = False  # probes needed positive inputs (e.g. a log in the step)
+    beta: Role | None = None  # the delta rule's write strength
 
 
 class _Recorder(fx.Interpreter):
@@ -184,14 +185,17 @@ def _classify(step, input_metas, state_meta, positive: bool) -> LoopBinding:
         raise NearMiss("the state update is not linear in the state")
     values = {n: v for n, v in env.items() if n not in dep and n.op != "output"}
 
+    if oa is None:
+        raise NearMiss("the loop has no per-step output")
     # the transition A
-    transition, gate_val = _transition(Sa, Aa, Sb, Ab)
+    try:
+        transition, gate_val = _transition(Sa, Aa, Sb, Ab)
+    except NearMiss as plain:
+        return _classify_delta(values, Sa, Aa, Sb, Ab, F0, Fa, oa, batch, dep, positive, plain)
     # the update B = k v^T (or v k^T for a transposed state)
     pairs = _outer_pairs(values, F0, batch, X, Y)
     if not pairs:
         raise NearMiss("the state update's additive term is not an outer product k v^T of step values")
-    if oa is None:
-        raise NearMiss("the loop has no per-step output")
     value_axis_gate = False
     for a, b in pairs:
         for transposed in (False, True):
@@ -210,6 +214,68 @@ def _classify(step, input_metas, state_meta, positive: bool) -> LoopBinding:
     if value_axis_gate:
         raise NearMiss("the decay is diagonal along the value axis; our families gate the key axis")
     raise NearMiss("the output is not S_t^T q for a value q of the step")
+
+
+DELTA_FAMILY = {"identity": Family.DELTA_RULE, "scalar": Family.GATED_DELTA_RULE, "diag_x": Family.KDA}
+
+
+def _classify_delta(values, Sa, Aa, Sb, Ab, F0, Fa, oa, batch, dep, positive, plain: NearMiss) -> LoopBinding:
+    """The delta line: A(S) = (I - b k k^T) D S with D = 1, a scalar or a diagonal, B = b k v^T.
+
+    For each candidate key k and write strength b among the step's values, undo the
+    projection with Sherman-Morrison, (I - b k k^T)^-1 = I + b / (1 - b |k|^2) k k^T, and
+    require what is left to be a decay D as in the GLA line.
+    """
+    for transposed in (False, True):
+        S1, A1, S2, A2, B0, S1new = (x.transpose(-1, -2) if transposed else x for x in (Sa, Aa, Sb, Ab, F0, Fa))
+        K, V = S1.shape[-2], S1.shape[-1]
+        keys = list(_candidates(values, (*batch, K)))
+        betas = list(_candidates(values, batch))
+        for nk, rk, k in keys:
+            for nb, rb, b in betas:
+                denom = 1 - b * (k * k).sum(-1)
+                if (denom.abs() < 1e-3).any():
+                    continue
+                coef = (b / denom)[..., None, None]
+
+                def undo(A, k=k, coef=coef):
+                    return A + coef * k[..., :, None] * torch.einsum("...k,...kv->...v", k, A)[..., None, :]
+
+                try:
+                    kind, c = _transition(S1, undo(A1), S2, undo(A2))
+                except NearMiss:
+                    continue
+                if kind not in DELTA_FAMILY:
+                    continue
+                vs = [
+                    (n, r)
+                    for n, r, v in _candidates(values, (*batch, V))
+                    if rel_err(b[..., None, None] * k[..., :, None] * v[..., None, :], B0) <= TOL
+                ]
+                if not vs:
+                    continue
+                readout = _readout(values, oa, Fa, Sa, batch, *Sa.shape[-2:], transposed)
+                if readout is None:
+                    continue
+                q, scale, reads_prev = readout
+                if reads_prev:
+                    raise NearMiss("the output reads the state before the update (S_{t-1}); this family reads S_t")
+                gate, decay, _ = _bind_gate(kind, c, values, dep, positive) if kind != "identity" else (None,) * 3
+                role = lambda n, r, t: Role(_origin(n), r, t)  # noqa: E731
+                return LoopBinding(
+                    DELTA_FAMILY[kind],
+                    q,
+                    role(nk, rk, (*batch, K)),
+                    role(vs[0][0], vs[0][1], (*batch, V)),
+                    gate,
+                    decay,
+                    scale,
+                    transposed,
+                    batch,
+                    positive,
+                    beta=role(nb, rb, batch),
+                )
+    raise NearMiss(f"{plain}; nor a delta rule (I - b k k^T) D S + b k v^T with b and k values of the step")
 
 
 def _transition(Sa, Aa, Sb, Ab):
@@ -296,6 +362,8 @@ def prove_loop(step: fx.GraphModule, input_metas: list, state_meta, binding: Loo
         roles = {"q": binding.q, "k": binding.k, "v": binding.v}
         if binding.gate is not None:
             roles["gate"] = binding.gate
+        if binding.beta is not None:
+            roles["beta"] = binding.beta
         vals = {n: apply_recipe(env[by_origin[r.origin]], r.recipe, r.target)[None] for n, r in roles.items()}
         o, ht = call_family(binding.family, binding, vals, S)
         err = max(rel_err(ht, S1), rel_err(o[0].reshape(o1.shape), o1))

@@ -58,7 +58,7 @@ def parse_index(index, ndim: int | None):
         return None
     if sum(x is Ellipsis for x in items) > 1:
         return None
-    picks = [i for i, x in enumerate(items) if isinstance(x, int)]
+    picks = [i for i, x in enumerate(items) if isinstance(x, int)][:1]  # x[:, t, :, 0]: the first int is time
     if not picks:
         picks = [
             i

@@ -183,3 +183,79 @@ def miss_not_outer_product(q, k, v):
         h = h + (k[:, t, :, :, None] * v[:, t, :, None, :]) ** 2
         outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], h))
     return torch.stack(outs, 1)
+
+
+# --- the delta line ---------------------------------------------------------------------
+
+
+def delta_rule_loop(q, k, v, b):
+    """Prediction S^T k subtracted from v, scaled by beta, outer product added; keys normalized in the loop."""
+    B, T, H, K = q.shape
+    beta = torch.sigmoid(b[..., 0])
+    S = q.new_zeros(B, H, K, v.shape[-1])
+    outs = []
+    for t in range(T):
+        k_t = F.normalize(k[:, t], dim=-1)
+        pred = torch.einsum("bhk,bhkv->bhv", k_t, S)
+        S = S + torch.einsum("bhk,bhv->bhkv", k_t, beta[:, t, :, None] * (v[:, t] - pred))
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S))
+    return torch.stack(outs, 1)
+
+
+def gated_delta_rule_inplace(q, k, v, g, b):
+    """Qwen3-Next's recurrent form: decay, prediction, in-place update, written into a buffer."""
+    B, T, H, K = q.shape
+    S = q.new_zeros(B, H, K, v.shape[-1])
+    o = torch.zeros_like(v)
+    for t in range(T):
+        S *= F.logsigmoid(g[:, t, :, 0]).exp()[..., None, None]
+        kv_mem = (S * k[:, t, :, :, None]).sum(-2)
+        delta = (v[:, t] - kv_mem) * torch.sigmoid(b[:, t, :, :1])
+        S += k[:, t, :, :, None] * delta[:, :, None, :]
+        o[:, t] = (S * q[:, t, :, :, None]).sum(-2)
+    return o, S
+
+
+def kda_loop(q, k, v, g, b):
+    """Kimi's per-key-dim decay before the delta update."""
+    B, T, H, K = q.shape
+    S = q.new_zeros(B, H, K, v.shape[-1])
+    outs = []
+    for t in range(T):
+        S = S * F.logsigmoid(g[:, t]).exp()[..., None]
+        k_t = k[:, t] / k[:, t].norm(dim=-1, keepdim=True)
+        S = (
+            S
+            + torch.sigmoid(b[:, t, :, 0])[..., None, None]
+            * k_t[..., None]
+            * (v[:, t] - torch.einsum("bhk,bhkv->bhv", k_t, S))[..., None, :]
+        )
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t] * K**-0.5, S))
+    return torch.stack(outs, 1)
+
+
+def miss_delta_prediction_after_update(q, k, v, b):
+    """The prediction read from the state after the write: not the delta rule."""
+    B, T, H, K = q.shape
+    beta = torch.sigmoid(b[..., 0])
+    S = q.new_zeros(B, H, K, v.shape[-1])
+    outs = []
+    for t in range(T):
+        k_t = F.normalize(k[:, t], dim=-1)
+        S1 = S + torch.einsum("bhk,bhv->bhkv", k_t, beta[:, t, :, None] * v[:, t])
+        pred = torch.einsum("bhk,bhkv->bhv", k_t, S1)
+        S = S1 - torch.einsum("bhk,bhv->bhkv", k_t, beta[:, t, :, None] * pred)
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S))
+    return torch.stack(outs, 1)
+
+
+def miss_delta_without_beta(q, k, v):
+    """No write strength: left alone."""
+    B, T, H, K = q.shape
+    S = q.new_zeros(B, H, K, v.shape[-1])
+    outs = []
+    for t in range(T):
+        k_t = F.normalize(k[:, t], dim=-1)
+        S = S + k_t[..., None] * (v[:, t] - torch.einsum("bhk,bhkv->bhv", k_t, S))[..., None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S))
+    return torch.stack(outs, 1)
