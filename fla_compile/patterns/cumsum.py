@@ -171,7 +171,7 @@ def match(cs: fx.Node, opts):
     if not math.isfinite(scale) or scale == 0:
         raise NearMiss("the read-out is not a multiple of S_t^T q_t")
     low.scale = scale
-    low, roles, err = P.prove(gm, roles, [low], None, opts)
+    low, roles, err = P.prove(gm, roles, [low], {}, opts)
     norm = normalizer(cs, low, (q, k, v), out, opts)
     return norm or ((low, roles, err), (out,))
 
@@ -310,4 +310,4 @@ def _fuse(low: P.Lowering, roles: tuple, out: fx.Node, den: fx.Node, den_layout:
     if not math.isfinite(ratio) or ratio == 0:
         raise NearMiss("the normalizer is not a multiple of q . cumsum(k)")
     fused.den_ratio = ratio
-    return P.prove(joint, roots, [fused], None, opts), (out, den)
+    return P.prove(joint, roots, [fused], {}, opts), (out, den)

@@ -199,7 +199,7 @@ class Lowering:
 
     def __call__(self, *args, cast=True):
         q, k, v = (args[i] for i in self.slots[:3])
-        g = args[self.slots[3]] if self.family == Family.SIMPLE_GLA else None
+        g = args[self.slots[3]] if len(self.slots) > 3 and len(args) > max(self.slots) else None
         o = self.op(q, k, v, g)
         o = from_canon(o, self.out, self.batch, self.bsizes)
         return o.to(self.out_dtype) if cast and self.out_dtype is not None else o
@@ -212,6 +212,10 @@ class Lowering:
         acc = torch.float64 if dt == torch.float64 else torch.float32
         if self.family == Family.LINEAR_ATTN:
             o, _ = ops.linear_attn(q, k, v, self.scale, None, None)
+        elif self.family == Family.RETENTION and isinstance(self.decay, str):  # a runtime gamma or log-gamma
+            decay = head_canon(g.to(acc), self.bsizes)
+            decay = decay.log() if self.decay == "gamma" else decay
+            o, _ = ops.retention(q, k, v, decay, self.scale, None, None)
         elif self.family == Family.RETENTION:
             decay = torch.tensor(self.decay, device=q.device, dtype=acc)
             o, _ = ops.retention(q, k, v, decay, self.scale, None, None)
@@ -286,12 +290,17 @@ def run_region(gm: fx.GraphModule, args: list) -> tuple[torch.Tensor, dict]:
     return out, interp.env
 
 
-def probe(node: fx.Node, gen: torch.Generator, gate: bool = False) -> torch.Tensor:
+def probe(node: fx.Node, gen: torch.Generator, span=None) -> torch.Tensor:
+    """Random float64 values for a role: normal, log-gates (span "gate") or uniform in span (lo, hi)."""
     v = value_of(node)
     if not isinstance(v, torch.Tensor) or not v.is_floating_point():
         raise NearMiss(f"the role value '{node.name}' is not a float tensor")
-    x = torch.randn(shape_of(node), generator=gen, dtype=torch.float64).to(v.device)
-    return F.logsigmoid(x) if gate else x
+    if span is None or span == "gate":
+        x = torch.randn(shape_of(node), generator=gen, dtype=torch.float64)
+        x = F.logsigmoid(x) if span == "gate" else x
+    else:
+        x = span[0] + (span[1] - span[0]) * torch.rand(shape_of(node), generator=gen, dtype=torch.float64)
+    return x.to(v.device)
 
 
 def inner_users(region: list[fx.Node], out: fx.Node, roles: list[fx.Node]) -> str | None:
@@ -498,25 +507,61 @@ def classify(m1: torch.Tensor, m2: torch.Tensor) -> str:
     return "the mask is not causal: it keeps scores above the diagonal"
 
 
+def _decay_source(cand: Candidate, T: int) -> fx.Node | None:
+    """The one runtime value (not q, k, v) the mask reads, if it may be a per-head gamma or
+    log-gamma (a parameter or buffer of RetNet-style code): no dim of size T."""
+    leaves = [n for n in cone(cand.out, {cand.q, cand.k, cand.v}) if n.op in ("placeholder", "get_attr")]
+    shape = shape_of(leaves[0]) if len(leaves) == 1 else None
+    if shape is None or T in shape or not value_of(leaves[0]).is_floating_point():
+        return None
+    return leaves[0]
+
+
+def head_canon(x: torch.Tensor, bsizes: tuple) -> torch.Tensor:
+    """A per-head value ([H], [H, 1, 1], a scalar, ...; right-aligned to the batch dims) as [N]."""
+    shape = list(x.shape)
+    while len(shape) > len(bsizes) and shape[-1] == 1:
+        shape.pop()
+    x = x.reshape([1] * (len(bsizes) - len(shape)) + shape)
+    return x.expand(*bsizes).reshape(math.prod(bsizes))
+
+
+DECAY_SPANS = ((0.6, 0.95), (-0.3, -0.01))  # probes for a gamma, then for a log-gamma
+
+
 def match(graph: fx.Graph, cand: Candidate, const: set, opts) -> tuple[Lowering, list, float]:
     """Classify and prove one candidate; raise NearMiss with the reason."""
     region = cone(cand.out, {cand.q, cand.k, cand.v})
     for n in region:
         if n.target in SOFTMAX and cand.scores in cone(n, {cand.q, cand.k, cand.v}):
-            raise NearMiss(f"softmax attention: the scores pass through '{n.target}' at '{n.name}' (nonlinear)")
-    T = cand.T
-    gate = _gate_source(cand, const, T)
-    roles, slots = distinct([cand.q, cand.k, cand.v] + ([gate[0]] if gate else []))
-    gate_node = gate[0] if gate else None
-    gm, env = extract(cand.out, roles)
+            name = getattr(n.target, "__name__", n.target)
+            raise NearMiss(f"softmax attention: the scores pass through {name} at '{n.name}' (nonlinear)")
     why = inner_users(region, cand.out, [cand.q, cand.k, cand.v])
     if why:
         raise NearMiss(why)
-    lo = cand.out_layout
+    gate = _gate_source(cand, const, cand.T)
+    decay = None if gate else _decay_source(cand, cand.T)
+    extra = [gate[0]] if gate else [decay] if decay is not None else []
+    roles, slots = distinct([cand.q, cand.k, cand.v] + extra)
+    gm, env = extract(cand.out, roles)
+    spans = [{gate[0]: "gate"}] if gate else [{decay: s} for s in DECAY_SPANS] if decay is not None else [{}]
+    reasons = []
+    for span in spans:
+        try:
+            return _classify_and_prove(cand, gm, env, roles, slots, gate, decay, span, opts)
+        except NearMiss as e:
+            reasons.append(str(e))
+    raise NearMiss(
+        reasons[0] if len(set(reasons)) == 1 else "; ".join(f"probe {i}: {r}" for i, r in enumerate(reasons))
+    )
+
+
+def _classify_and_prove(cand, gm, env, roles, slots, gate, decay, span, opts):
+    T, lo = cand.T, cand.out_layout
     batch, bsizes = out_batch(lo, shape_of(cand.out))
     gen = torch.Generator().manual_seed(20261123)
-    args1 = [probe(r, gen, gate=r is gate_node) for r in roles]
-    args2 = [a if r is gate_node else probe(r, gen) for r, a in zip(roles, args1)]  # same gate, new q, k, v
+    args1 = [probe(r, gen, span.get(r)) for r in roles]
+    args2 = [a if r in span else probe(r, gen) for r, a in zip(roles, args1)]  # same gate, new q, k, v
     o1, rec1 = run_region(gm, args1)
     _, rec2 = run_region(gm, args2)
     if not torch.isfinite(o1).all():
@@ -535,21 +580,28 @@ def match(graph: fx.Graph, cand: Candidate, const: set, opts) -> tuple[Lowering,
     common = dict(layouts=cand.layouts, out=lo, batch=batch, bsizes=bsizes, scale=scale, out_dtype=dtype, slots=slots)
     if gate:
         tries = [Lowering(Family.SIMPLE_GLA, gate_dim=d, **common) for d in gate[1]]
-    elif rel_err(m1.tril(), torch.full_like(m1, scale).tril()) <= TOL:
+    elif decay is None and rel_err(m1.tril(), torch.full_like(m1, scale).tril()) <= TOL:
         tries = [Lowering(Family.LINEAR_ATTN, **common)]
     else:
         gamma = m1[..., 1, 0] / scale if T > 1 else None
         if gamma is None or not (gamma > 0).all():
             raise NearMiss("the mask is causal but not a positive decay gamma^(i-j)")
-        decay = tuple(gamma.reshape(-1).log().tolist())  # floats: a tensor constant would trip fake tracing
-        tries = [Lowering(Family.RETENTION, decay=decay, **common)]
-    return prove(gm, roles, tries, gate_node, opts)
+        if decay is None:
+            logs = tuple(gamma.reshape(-1).log().tolist())  # floats: a tensor constant would trip fake tracing
+            tries = [Lowering(Family.RETENTION, decay=logs, **common)]
+        else:
+            x = head_canon(args1[roles.index(decay)], bsizes)
+            kinds = [k for k, ref in (("gamma", x), ("log", x.exp())) if rel_err(gamma, ref) <= TOL]
+            if not kinds:
+                raise NearMiss(f"the mask reads '{decay.name}', which is neither the decay gamma nor its log")
+            tries = [Lowering(Family.RETENTION, decay=kinds[0], **common)]
+    return prove(gm, roles, tries, span, opts)
 
 
-def prove(gm, roles, tries: list, gate_node, opts) -> tuple:
+def prove(gm, roles, tries: list, span: dict, opts) -> tuple:
     """The first lowering equal to the region on fresh probes (rel err < TOL), with its error."""
     gen = torch.Generator().manual_seed(11232026)
-    args = [probe(r, gen, gate=r is gate_node) for r in roles]
+    args = [probe(r, gen, span.get(r)) for r in roles]
     with torch.no_grad():
         ref = gm(*args)
         errs = []

@@ -91,6 +91,34 @@ def linear_two_layers(q, k, v):
     return (torch.tril(a @ k.transpose(-1, -2)) @ v).transpose(1, 2)
 
 
+class RetNetDecayBuffer(torch.nn.Module):
+    """torchscale-style: log-decays per head as a buffer, the decay matrix as exp(decay * (i - j))."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("decay", torch.log(1 - 2.0 ** (-5 - torch.arange(H, dtype=torch.float32))))
+
+    def forward(self, q, k, v):
+        q, k, v = bhtd(q, k, v)
+        i = torch.arange(T)
+        diff = (i[:, None] - i[None, :]).float().masked_fill(i[:, None] < i[None, :], float("inf"))
+        mask = torch.nan_to_num(torch.exp(diff * self.decay[:, None, None]))
+        return ((q @ k.transpose(-1, -2)) * D**-0.5 * mask) @ v
+
+
+class LearnedGamma(torch.nn.Module):
+    """A learnable gamma per head, gamma ** (i - j) with tril: the gamma is a role and gets a gradient."""
+
+    def __init__(self):
+        super().__init__()
+        self.gamma = torch.nn.Parameter(torch.tensor([0.8, 0.95]))
+
+    def forward(self, q, k, v):
+        i = torch.arange(T, dtype=torch.float32)
+        mask = torch.tril(self.gamma[:, None, None] ** (i[:, None] - i[None, :]).clamp(min=0))
+        return torch.einsum("bhts,bshd->bthd", torch.einsum("bthd,bshd->bhts", q, k) * mask, v)
+
+
 POSITIVE = [
     (linear_einsum_masked_fill, "linear_attn", False),
     (linear_matmul_tril_scores, "linear_attn", False),
@@ -100,6 +128,8 @@ POSITIVE = [
     (simple_gla_matmul, "simple_gla", True),
     (simple_gla_einsum_neg_inf, "simple_gla", True),
     (simple_gla_mamba2_segsum, "simple_gla", True),
+    (RetNetDecayBuffer(), "retention", False),
+    (LearnedGamma(), "retention", False),
 ]
 
 
@@ -190,7 +220,9 @@ def compile_fla(fn):
     return torch.compile(fn, backend="fla", options={"inductor": False})
 
 
-@pytest.mark.parametrize("fn,family,gate", POSITIVE, ids=[p[0].__name__ for p in POSITIVE])
+@pytest.mark.parametrize(
+    "fn,family,gate", POSITIVE, ids=[getattr(p[0], "__name__", type(p[0]).__name__) for p in POSITIVE]
+)
 def test_parallel_matched(fn, family, gate):
     xs = inputs(gate)
     ref = fn(*xs)
@@ -199,13 +231,14 @@ def test_parallel_matched(fn, family, gate):
     assert [(m.family, m.spelling) for m in report.matches] == [(family, "parallel")], str(report)
     assert report.matches[0].error < 1e-5
     assert not report.misses, str(report)
-    check_equal_and_grads(out, ref, xs)
+    params = list(fn.parameters()) if isinstance(fn, torch.nn.Module) else []
+    check_equal_and_grads(out, ref, xs + params)
 
 
 def check_equal_and_grads(out, ref, xs):
     assert rel(out, ref) < 1e-5
     proj = torch.randn_like(ref)
-    g_ref = torch.autograd.grad((ref * proj).sum(), xs)
+    g_ref = torch.autograd.grad((ref * proj).sum(), xs, retain_graph=True)
     g_out = torch.autograd.grad((out * proj).sum(), xs)
     for a, b in zip(g_out, g_ref):
         assert rel(a, b) < 1e-5
