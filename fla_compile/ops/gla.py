@@ -105,7 +105,8 @@ def linear_attn(q, k, v, scale=None, initial_state=None, output_final_state=Fals
 def retention(q, k, v, decay, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
     """S_t = gamma_h S_{t-1} + k_t v_t^T with log(gamma) = ``decay`` (a float or a tensor [H])."""
     B, T, H, K, V, scale = _prepare("retention", q, k, v, scale, initial_state, cu_seqlens)
-    decay = torch.as_tensor(decay, dtype=torch.float32, device=q.device)
+    decay = torch.as_tensor(decay, device=q.device)
+    decay = decay.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
     if decay.dim() == 0:
         decay = decay.expand(H)
     if tuple(decay.shape) != (H,):
