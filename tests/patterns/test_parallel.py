@@ -27,6 +27,13 @@ def linear_matmul_tril_scores(q, k, v):
     return torch.tril((q * 0.5) @ k.transpose(-1, -2)) @ v
 
 
+def linear_einsum_bhtd(q, k, v):
+    """[B,H,T,D] einsum with a scale on q and the output left in [B,H,T,D]."""
+    q, k, v = bhtd(q * 0.3, k, v)
+    s = torch.einsum("bhtd,bhsd->bhts", q, k)
+    return torch.einsum("bhts,bhsd->bhtd", s * torch.tril(torch.ones(T, T)), v)
+
+
 def linear_bmm_ones_mask(q, k, v):
     """Heads folded into the batch, bmm, a tril(ones) mask multiplied in."""
     q, k, v = (x.transpose(1, 2).reshape(B * H, T, D) for x in (q, k, v))
@@ -122,6 +129,7 @@ class LearnedGamma(torch.nn.Module):
 POSITIVE = [
     (linear_einsum_masked_fill, "linear_attn", False),
     (linear_matmul_tril_scores, "linear_attn", False),
+    (linear_einsum_bhtd, "linear_attn", False),
     (linear_bmm_ones_mask, "linear_attn", False),
     (retention_per_head, "retention", False),
     (retention_scalar_einsum, "retention", False),
