@@ -73,8 +73,10 @@ class Recurrence:
 
     @property
     def op_name(self) -> str:
-        """Qualified name of the custom op this recurrence lowers to."""
-        return f"torch.ops.fla_compile.{self.family.value}"
+        """Name of the op this recurrence lowers to (``torch.ops.fla_compile.<family>``)."""
+        if self.family == Family.RETENTION and self.gate is not None:
+            return "fla_compile.simple_gla"  # a decay held in a tensor: constant over time, per head or batch
+        return f"fla_compile.{self.family.value}"
 
     def replace(self, **changes: Any) -> Recurrence:
         return dataclasses.replace(self, **changes)

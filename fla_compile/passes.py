@@ -14,7 +14,7 @@ import torch.fx as fx
 from .patterns import cumsum, loop, parallel
 from .patterns._graph import to_ssa
 from .report import Match, Miss, Report
-from .rewrite import LoopLowering, rewrite_loop
+from .rewrite import LoopLowering, is_zeros, rewrite_loop
 from .verify import NearMiss, classify_loop, prove_loop
 
 log = logging.getLogger("fla_compile")
@@ -50,16 +50,18 @@ def loop_pass(graph: fx.Graph, opts: Options, report: Report) -> None:
             step, _ = region.step_graph()
             metas = [n.meta.get("example_value") for n in step.graph.nodes if n.op == "placeholder"][1:]
             state_meta = step.graph.find_nodes(op="placeholder")[0].meta["example_value"]
-            binding = classify_loop(step, metas, state_meta)
-            err = prove_loop(step, metas, state_meta, binding) if opts.verify else float("nan")
+            rec = classify_loop(step, metas, state_meta)
+            err = prove_loop(step, metas, state_meta, rec) if opts.verify else float("nan")
         except (NearMiss, ValueError) as e:
             report.misses.append(Miss(loop.SPELLING, str(e), region.source))
             continue
-        lowering = LoopLowering(region, binding)
-        rewrite_loop(region, lowering)
-        report.matches.append(
-            Match(binding.family.value, loop.SPELLING, region.source, f"fla_compile.{binding.family.value}", err)
+        rec = rec.replace(
+            initial_state=None if is_zeros(region.init_state) else region.init_state,
+            output_final_state=region.final_state_used,
+            source=region.source,
         )
+        rewrite_loop(region, LoopLowering(region, rec))
+        report.matches.append(Match(rec.family.value, rec.spelling, rec.source, rec.op_name, err))
 
 
 PASSES = [("loop", loop_pass), ("parallel", parallel.run_pass), ("cumsum", cumsum.run_pass)]

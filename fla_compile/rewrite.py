@@ -16,10 +16,10 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from .ir import Family
+from .ir import Family, Recurrence
 from .patterns._graph import value_of
 from .patterns.loop import LoopRegion
-from .verify import LoopBinding, Role, apply_recipe
+from .verify import Role, apply_recipe
 
 aten = torch.ops.aten
 ZEROS = {
@@ -65,23 +65,24 @@ def log_gate(x: torch.Tensor, kind: str) -> torch.Tensor:
     return torch.log(x)
 
 
-def call_family(family: Family, b: LoopBinding, vals: dict, h0):
+def call_family(b: Recurrence, vals: dict, h0):
     """Run the family op on role values [T, *batch, D] (gate [T, *batch(, K)]) and a state
     [*batch, X, Y]; return o [T, *batch, V] and the final state [*batch, X, Y]."""
-    q, k, v = (to_bthd(vals[n], b.batch) for n in ("q", "k", "v"))
-    B, H = batch_split(b.batch)
+    family, batch = b.family, b.extras["batch"]
+    q, k, v = (to_bthd(vals[n], batch) for n in ("q", "k", "v"))
+    B, H = batch_split(batch)
     if h0 is not None:
         h0 = h0.reshape(B, H, *h0.shape[-2:])
-        h0 = h0.transpose(-1, -2) if b.transposed else h0
+        h0 = h0.transpose(-1, -2) if b.state_transposed else h0
         h0 = h0.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
     ops = torch.ops.fla_compile
     if b.beta is not None:
-        beta = to_bthd(vals["beta"], b.batch)
+        beta = to_bthd(vals["beta"], batch)
         if family == Family.DELTA_RULE:
             o, ht = ops.delta_rule(q, k, v, beta, b.scale, h0, None, False)
         else:
             if b.gate is not None:
-                g = to_bthd(log_gate(vals["gate"], b.gate.log), b.batch)
+                g = to_bthd(log_gate(vals["gate"], b.gate.log), batch)
             else:  # a literal constant decay
                 g = torch.full(beta.shape, b.decay, dtype=torch.float32, device=q.device)
             op = ops.kda if family == Family.KDA else ops.gated_delta_rule
@@ -92,27 +93,24 @@ def call_family(family: Family, b: LoopBinding, vals: dict, h0):
         decay = torch.full((H,), b.decay, dtype=torch.float32, device=q.device)
         o, ht = ops.retention(q, k, v, decay, b.scale, h0, None)
     else:
-        g = to_bthd(log_gate(vals["gate"], b.gate.log), b.batch)
+        g = to_bthd(log_gate(vals["gate"], b.gate.log), batch)
         if family == Family.GLA:
             o, ht = ops.gla(q, k, v, g, b.scale, h0, None)
         else:
             o, ht = ops.simple_gla(q, k, v, g, b.scale, h0, None)
-    ht = ht.transpose(-1, -2) if b.transposed else ht
-    return from_bthd(o, b.batch), ht.reshape(*b.batch, *ht.shape[-2:])
+    ht = ht.transpose(-1, -2) if b.state_transposed else ht
+    return from_bthd(o, batch), ht.reshape(*batch, *ht.shape[-2:])
 
 
 class LoopLowering:
     """The callable that replaces a loop region in the graph (see the module docstring)."""
 
-    def __init__(self, region: LoopRegion, binding: LoopBinding, family: Family | None = None):
-        self.family = family or binding.family
-        self.binding = binding
+    def __init__(self, region: LoopRegion, rec: Recurrence):
+        self.family = rec.family
+        self.rec = rec
         self.T = region.T
-        roles = [("q", binding.q), ("k", binding.k), ("v", binding.v)]
-        if binding.gate is not None:
-            roles.append(("gate", binding.gate))
-        if binding.beta is not None:
-            roles.append(("beta", binding.beta))
+        roles = [("q", rec.q), ("k", rec.k), ("v", rec.v), ("gate", rec.gate), ("beta", rec.beta)]
+        roles = [(n, r) for n, r in roles if r is not None]
         self.roles = roles
         self.step_origins = list(dict.fromkeys(r.origin for _, r in roles if r.origin[0] != "global"))
         self.role_gm, role_inputs = region.role_graph(self.step_origins) if self.step_origins else (None, [])
@@ -132,7 +130,7 @@ class LoopLowering:
         self.n_role_args = len(args)
         self.global_roles = [r.origin[1] for _, r in roles if r.origin[0] == "global"]
         args += self.global_roles
-        self.init_state = None if is_zeros(region.init_state) else region.init_state
+        self.init_state = rec.initial_state
         if self.init_state is not None:
             args.append(self.init_state)
         self.args = args
@@ -147,7 +145,7 @@ class LoopLowering:
     def __repr__(self) -> str:
         return self.__name__
 
-    def _hoist(self, role_args):
+    def _hoist(self, role_args, T):
         """Whole-sequence values [T, *step shape] of the roles computed inside the step."""
         if not self.step_origins:
             return {}
@@ -156,19 +154,16 @@ class LoopLowering:
             return self.role_gm(*[x if post is None else x[post] for x, post in zip(xs, self.posts)])
 
         if all(d is None for d in self.in_dims):
-            vals = [v.unsqueeze(0).expand(self.T, *v.shape) for v in step(*role_args)]
+            vals = [v.unsqueeze(0).expand(T, *v.shape) for v in step(*role_args)]
             return dict(zip(self.step_origins, vals))
         else:
             vals = torch.vmap(step, in_dims=tuple(self.in_dims), out_dims=0)(*role_args)
         return dict(zip(self.step_origins, vals))
 
     def __call__(self, *args):
-        b = self.binding
-        for x, d in zip(args, self.in_dims):  # the length comes from the inputs (jit reuses us at any T)
-            if d is not None:
-                self.T = x.shape[d]
-                break
-        hoisted = self._hoist(args[: self.n_role_args])
+        # the length comes from the inputs: @jit reuses one lowering at any T
+        T = next((x.shape[d] for x, d in zip(args, self.in_dims) if d is not None), self.T)
+        hoisted = self._hoist(args[: self.n_role_args], T)
         globals_ = dict(zip(self.global_roles, args[self.n_role_args : self.n_role_args + len(self.global_roles)]))
         h0 = args[-1] if self.init_state is not None else None
 
@@ -176,23 +171,22 @@ class LoopLowering:
             if role.origin[0] != "global":
                 return apply_recipe(hoisted[role.origin], role.recipe, role.target, lead=1)
             x = apply_recipe(globals_[role.origin[1]], role.recipe, role.target)
-            return x.unsqueeze(0).expand(self.T, *x.shape)
+            return x.unsqueeze(0).expand(T, *x.shape)
 
         vals = {name: value(role) for name, role in self.roles}
-        o, ht = call_family(self.family, b, vals, h0)
-        return self._layout_output(o, b), ht.reshape(self.state_meta.shape).to(self.state_meta.dtype)
+        o, ht = call_family(self.rec, vals, h0)
+        return self._layout_output(o, T), ht.reshape(self.state_meta.shape).to(self.state_meta.dtype)
 
-    def _layout_output(self, o, b):
+    def _layout_output(self, o, T):
         if self.out_meta is None:
             return None
         if self.out_kind == "buffer":
             slot = list(self.buffer_meta.shape)
             d = self.out_dim
             slot.pop(d)
-            o = o.reshape(self.T, *self.out_meta.shape) if o[0].numel() == self.out_meta.numel() else o
-            o = o.reshape(self.T, *slot).movedim(0, d)
+            o = o.reshape(T, *slot).movedim(0, d)
             return o.to(self.buffer_meta.dtype)
-        o = o.reshape(self.T, *self.out_meta.shape).to(self.out_meta.dtype)
+        o = o.reshape(T, *self.out_meta.shape).to(self.out_meta.dtype)
         d = self.out_dim
         if self.out_kind == "stack":
             d = d if d >= 0 else d + len(self.out_meta.shape) + 1

@@ -22,7 +22,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from .ir import Family
+from .ir import Family, Recurrence
 
 aten = torch.ops.aten
 TOL = 1e-5  # relative, on float64 probes of code that may round through float32
@@ -58,19 +58,22 @@ class Role:
     log: str = ""
 
 
-@dataclasses.dataclass(frozen=True)
-class LoopBinding:
-    family: Family
-    q: Role
-    k: Role
-    v: Role
-    gate: Role | None
-    decay: float | None  # retention with a literal gamma: log(gamma)
-    scale: float
-    transposed: bool
-    batch: tuple
-    positive: bool = False  # probes needed positive inputs (e.g. a log in the step)
-    beta: Role | None = None  # the delta rule's write strength
+def loop_recurrence(family, q, k, v, gate, decay, scale, transposed, batch, positive, beta=None) -> Recurrence:
+    """The IR of a classified loop step; roles are ``Role`` bindings, ``extras`` holds the state's
+    leading dims (``batch``) and whether probes must be positive."""
+    return Recurrence(
+        family,
+        q,
+        k,
+        v,
+        gate=gate,
+        decay=decay,
+        beta=beta,
+        scale=scale,
+        state_transposed=transposed,
+        spelling="loop",
+        extras={"batch": batch, "positive": positive},
+    )
 
 
 class _Recorder(fx.Interpreter):
@@ -150,7 +153,7 @@ class _NeedsPositive(NearMiss):
     pass
 
 
-def classify_loop(step: fx.GraphModule, input_metas: list, state_meta: torch.Tensor) -> LoopBinding:
+def classify_loop(step: fx.GraphModule, input_metas: list, state_meta: torch.Tensor) -> Recurrence:
     """Read the family and roles of one loop step (see the module docstring)."""
     if state_meta is None or state_meta.dim() < 2:
         raise NearMiss("the carried value is not a matrix state")
@@ -160,7 +163,7 @@ def classify_loop(step: fx.GraphModule, input_metas: list, state_meta: torch.Ten
         return _classify(step, input_metas, state_meta, positive=True)
 
 
-def _classify(step, input_metas, state_meta, positive: bool) -> LoopBinding:
+def _classify(step, input_metas, state_meta, positive: bool) -> Recurrence:
     *batch, X, Y = tuple(state_meta.shape)
     batch = tuple(batch)
     gen = torch.Generator().manual_seed(1234)
@@ -210,7 +213,7 @@ def _classify(step, input_metas, state_meta, positive: bool) -> LoopBinding:
                 raise NearMiss("the output reads the state before the update (S_{t-1}); this family reads S_t")
             k, v = (b, a) if transposed else (a, b)
             gate, decay, family = _bind_gate(transition, gate_val, values, dep, positive)
-            return LoopBinding(family, q, k, v, gate, decay, scale, transposed, batch, positive)
+            return loop_recurrence(family, q, k, v, gate, decay, scale, transposed, batch, positive)
     if value_axis_gate:
         raise NearMiss("the decay is diagonal along the value axis; our families gate the key axis")
     raise NearMiss("the output is not S_t^T q for a value q of the step")
@@ -219,7 +222,7 @@ def _classify(step, input_metas, state_meta, positive: bool) -> LoopBinding:
 DELTA_FAMILY = {"identity": Family.DELTA_RULE, "scalar": Family.GATED_DELTA_RULE, "diag_x": Family.KDA}
 
 
-def _classify_delta(values, Sa, Aa, Sb, Ab, F0, Fa, oa, batch, dep, positive, plain: NearMiss) -> LoopBinding:
+def _classify_delta(values, Sa, Aa, Sb, Ab, F0, Fa, oa, batch, dep, positive, plain: NearMiss) -> Recurrence:
     """The delta line: A(S) = (I - b k k^T) D S with D = 1, a scalar or a diagonal, B = b k v^T.
 
     For each candidate key k and write strength b among the step's values, undo the
@@ -262,7 +265,7 @@ def _classify_delta(values, Sa, Aa, Sb, Ab, F0, Fa, oa, batch, dep, positive, pl
                     raise NearMiss("the output reads the state before the update (S_{t-1}); this family reads S_t")
                 gate, decay, _ = _bind_gate(kind, c, values, dep, positive) if kind != "identity" else (None,) * 3
                 role = lambda n, r, t: Role(_origin(n), r, t)  # noqa: E731
-                return LoopBinding(
+                return loop_recurrence(
                     DELTA_FAMILY[kind],
                     q,
                     role(nk, rk, (*batch, K)),
@@ -348,7 +351,7 @@ def _bind_gate(transition, c, values, dep, positive):
     raise NearMiss("the decay is not a value computed in the step, nor a constant")
 
 
-def prove_loop(step: fx.GraphModule, input_metas: list, state_meta, binding: LoopBinding, trials: int = 2) -> float:
+def prove_loop(step: fx.GraphModule, input_metas: list, state_meta, rec: Recurrence, trials: int = 2) -> float:
     """Prove one step equals the family op (T = 1) on fresh probes; return the worst error."""
     from .rewrite import call_family
 
@@ -356,18 +359,15 @@ def prove_loop(step: fx.GraphModule, input_metas: list, state_meta, binding: Loo
     gen = torch.Generator().manual_seed(4321)
     worst = 0.0
     for _ in range(trials):
-        P = _probe_inputs(input_metas, gen, binding.positive)
+        P = _probe_inputs(input_metas, gen, rec.extras["positive"])
         S = torch.randn(state_meta.shape, generator=gen, dtype=torch.float64)
         (S1, o1), env = _run(step, [S, *P])
-        roles = {"q": binding.q, "k": binding.k, "v": binding.v}
-        if binding.gate is not None:
-            roles["gate"] = binding.gate
-        if binding.beta is not None:
-            roles["beta"] = binding.beta
+        roles = {"q": rec.q, "k": rec.k, "v": rec.v, "gate": rec.gate, "beta": rec.beta}
+        roles = {n: r for n, r in roles.items() if r is not None}
         vals = {n: apply_recipe(env[by_origin[r.origin]], r.recipe, r.target)[None] for n, r in roles.items()}
-        o, ht = call_family(binding.family, binding, vals, S)
+        o, ht = call_family(rec, vals, S)
         err = max(rel_err(ht, S1), rel_err(o[0].reshape(o1.shape), o1))
         if not err <= TOL:
-            raise NearMiss(f"the {binding.family.value} op differs from the step on fresh inputs (rel err {err:.1e})")
+            raise NearMiss(f"the {rec.family.value} op differs from the step on fresh inputs (rel err {err:.1e})")
         worst = max(worst, err)
     return worst
