@@ -282,12 +282,27 @@ def extract(out, roles: list[fx.Node]) -> tuple[fx.GraphModule, dict]:
     return fx.GraphModule(torch.nn.Module(), g), env
 
 
-def run_region(gm: fx.GraphModule, args: list) -> tuple[torch.Tensor, dict]:
-    """Run the region, keeping every intermediate value (the mask is read from them)."""
-    interp = fx.Interpreter(gm, garbage_collect_values=False)
+class _Keep(fx.Interpreter):
+    """Runs a region, freeing values as it goes but keeping those of ``keep`` (T x T matrices
+    at float64 are large: only the scores and the masked scores are read)."""
+
+    def __init__(self, gm, keep):
+        super().__init__(gm)
+        self.keep, self.kept = keep, {}
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        if n in self.keep:
+            self.kept[n] = out
+        return out
+
+
+def run_region(gm: fx.GraphModule, args: list, keep=()) -> tuple[torch.Tensor, dict]:
+    """Run the region; return its output and the values of the region nodes ``keep``."""
+    interp = _Keep(gm, set(keep))
     with torch.no_grad():
         out = interp.run(*args)
-    return out, interp.env
+    return out, interp.kept
 
 
 def probe(node: fx.Node, gen: torch.Generator, span=None) -> torch.Tensor:
@@ -562,8 +577,9 @@ def _classify_and_prove(cand, gm, env, roles, slots, gate, decay, span, opts):
     gen = torch.Generator().manual_seed(20261123)
     args1 = [probe(r, gen, span.get(r)) for r in roles]
     args2 = [a if r in span else probe(r, gen) for r, a in zip(roles, args1)]  # same gate, new q, k, v
-    o1, rec1 = run_region(gm, args1)
-    _, rec2 = run_region(gm, args2)
+    keep = [env[cand.scores], env[cand.masked]]
+    o1, rec1 = run_region(gm, args1, keep)
+    _, rec2 = run_region(gm, args2, keep)
     if not torch.isfinite(o1).all():
         raise NearMiss("the region gives NaN or inf on random inputs")
     outs1 = {n: rec1[env[n]] for n in (cand.scores, cand.masked)}
