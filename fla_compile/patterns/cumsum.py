@@ -10,9 +10,11 @@ dim only v spans is the value; a cumsum over the key or value dim is rejected. T
 from q, k, v to the read-out is then run on random float64 probes, the scale fitted, and
 the binding proven against linear_attn on fresh probes before the read-out is replaced.
 
-A normalizer (``z = cumsum(k); o = num / (q . z + eps)``) needs nothing of its own: the
-numerator is matched here and the denominator, linear in T already, stays as written,
-so eps, clamp and the division are reproduced exactly.
+A normalizer ``den = q . cumsum(k)`` of the same q and k (up to views) is fused into the
+numerator's call: v gets a ones column, whose output is the normalizer; the two are proven
+together. Only the two read-outs are replaced, so what the code does with them (``+ eps``,
+``.clamp(min=eps)``, the division) stays as written and is reproduced exactly. A
+normalizer that cannot be fused stays as written (it is linear in T already).
 """
 
 from __future__ import annotations
