@@ -109,7 +109,7 @@ class _Run:
         self.H, self.V = v.shape[2], v.shape[3]
         self.gid = GATE_IDS[gate_kind]
         self.BT = BT
-        self.BK, self.BV = _pow2(self.K), min(_pow2(self.V), 64)
+        self.BK, self.BV = _pow2(self.K), min(_pow2(self.V), 32)  # V block of the per-chunk kernels (V loop)
         self.BVS = min(_pow2(self.V), 32)  # V block of the sequential kernels
         self.cu, self.info, self.chunk_off, self.NS, self.N = chunk_meta(self.B, self.T, cu_seqlens, self.BT, q.device)
         self.prec = _prec(v.dtype if q.dtype == torch.float32 else q.dtype)
