@@ -257,6 +257,17 @@ class NormalizedLowering:
     def __repr__(self) -> str:
         return self.__name__
 
+    def __eq__(self, other) -> bool:  # see Lowering.__eq__; the views must not hold lengths
+        if not isinstance(other, NormalizedLowering) or self.num != other.num or self.views.code != other.views.code:
+            return False
+        same = (self.v_dim, self.den, self.den_batch, self.den_bsizes, self.den_dtype)
+        return same == (other.v_dim, other.den, other.den_batch, other.den_bsizes, other.den_dtype) and math.isclose(
+            self.den_ratio, other.den_ratio, rel_tol=1e-9
+        )
+
+    def __hash__(self) -> int:
+        return hash(self.num)
+
     def __call__(self, *roots, cast=True):
         n = self.num
         q, k, v = self.views(*roots)

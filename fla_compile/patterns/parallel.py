@@ -197,6 +197,23 @@ class Lowering:
     def __repr__(self) -> str:
         return self.__name__
 
+    def key(self) -> tuple:
+        """What the call does, apart from the lengths it runs at (``@jit`` merges two probe lengths)."""
+        return (self.family, self.layouts, self.out, self.batch, self.bsizes, self.gate_dim, self.out_dtype, self.slots)
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Lowering) or self.key() != other.key():
+            return False
+        a, b = self.decay, other.decay
+        if isinstance(a, tuple) and isinstance(b, tuple):
+            decays = len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-9) for x, y in zip(a, b))
+        else:
+            decays = a == b
+        return decays and math.isclose(self.scale, other.scale, rel_tol=1e-9)
+
+    def __hash__(self) -> int:
+        return hash(self.key())
+
     def __call__(self, *args, cast=True):
         q, k, v = (args[i] for i in self.slots[:3])
         g = args[self.slots[3]] if len(self.slots) > 3 and len(args) > max(self.slots) else None

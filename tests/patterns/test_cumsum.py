@@ -135,3 +135,12 @@ def test_cumsum_near_miss(fn, reason):
     assert any(m.spelling == "cumsum" and reason in m.reason for m in report.misses), str(report)
     for a, b in zip(out if isinstance(out, tuple) else (out,), ref if isinstance(ref, tuple) else (ref,)):
         assert rel(a, b) < 1e-5
+
+
+def test_cumsum_jit_any_length():
+    """@jit traces at two short lengths and runs the fused call (numerator and normalizer) at any T."""
+    fn = fla_compile.jit(normalized_eps)
+    q, k, v = (torch.randn(B, 40, H, D) for _ in range(3))
+    out = fn(q, k, v)
+    assert [m.spelling for m in fn.explain(q, k, v).matches] == ["cumsum"]
+    assert rel(out, normalized_eps(q, k, v)) < 1e-5

@@ -275,3 +275,22 @@ def test_parallel_two_in_a_row():
     report = fla_compile.last_report()
     assert [(m.family, m.spelling) for m in report.matches] == [("linear_attn", "parallel")] * 2, str(report)
     check_equal_and_grads(out, ref, xs)
+
+
+def retention_any_length(q, k, v):
+    """The decay matrix built from the runtime length, so ``@fla_compile.jit`` can run it at any T."""
+    n, h = q.shape[1], q.shape[2]
+    q, k, v = bhtd(q, k, v)
+    gamma = 1 - 2.0 ** (-5 - torch.arange(h, dtype=torch.float32))
+    i = torch.arange(n)
+    decay = (gamma[:, None, None] ** (i[:, None] - i[None, :]).float()).masked_fill(i[:, None] < i[None, :], 0)
+    return (((q @ k.transpose(-1, -2)) * decay) @ v).transpose(1, 2)
+
+
+def test_parallel_jit_any_length():
+    """@jit traces at two short lengths; the two rewritten graphs must agree, so must the lowerings."""
+    fn = fla_compile.jit(retention_any_length)
+    q, k, v = (torch.randn(B, 40, H, D) for _ in range(3))
+    out = fn(q, k, v)
+    assert [m.family for m in fn.explain(q, k, v).matches] == ["retention"]
+    assert rel(out, retention_any_length(q, k, v)) < 1e-5
