@@ -196,8 +196,9 @@ def run_pass(graph: fx.Graph, opts, report: Report) -> None:
             continue
         (low, roles, err), outs = found
         rewrite(outs, low, roles)
-        what = "fla_compile.linear_attn" + (" (v with a ones column for the normalizer)" if len(outs) > 1 else "")
-        report.matches.append(Match("linear_attn", SPELLING, src, what, err))
+        report.matches.append(Match("linear_attn", SPELLING, src, "fla_compile.linear_attn", err))
+        if len(outs) > 1:
+            report.notes.append(f"cumsum at {src}: the normalizer is fused into the same call (v with a ones column)")
 
 
 def rewrite(outs: tuple, low, args: list[fx.Node]) -> None:
