@@ -11,7 +11,7 @@ import logging
 
 import torch.fx as fx
 
-from .patterns import cumsum, loop, parallel
+from .patterns import chunked, cumsum, loop, parallel
 from .patterns._graph import to_ssa
 from .report import Match, Miss, Report
 from .rewrite import LoopLowering, is_zeros, rewrite_loop
@@ -64,6 +64,7 @@ def loop_pass(graph: fx.Graph, opts: Options, report: Report) -> None:
         report.matches.append(Match(rec.family.value, rec.spelling, rec.source, rec.op_name, err))
 
 
+PRE_PASSES = [("chunked", chunked.run_pass)]
 PASSES = [("loop", loop_pass), ("parallel", parallel.run_pass), ("cumsum", cumsum.run_pass)]
 
 
@@ -73,9 +74,14 @@ def run(gm: fx.GraphModule, opts: Options) -> tuple[fx.GraphModule, Report]:
     ``gm`` itself may be changed (the backend owns the graph Dynamo hands it).
     """
     report = Report()
+    for _, fn in PRE_PASSES:  # passes that run regions as written, before normalization
+        fn(gm.graph, opts, report)
     graph, why = to_ssa(gm)
     if graph is None:
-        report.notes.append(f"graph left as captured: {why}")
+        report.notes.append(f"graph not normalized: {why}")
+        if report.matches:
+            gm.graph.lint()
+            gm.recompile()
         return gm, report
     for _, fn in PASSES:
         fn(graph, opts, report)

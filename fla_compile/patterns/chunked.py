@@ -1,0 +1,277 @@
+"""The ``chunked`` spelling: a whole reference function, such as transformers'
+``torch_chunk_gated_delta_rule`` or Kimi's ``chunk_kimi_delta_attention``, inlined by Dynamo.
+
+Such functions carry a state across a loop over chunks and do their own algebra inside
+(UT transforms, in-place triangular solves); re-rolling their steps proves nothing. Instead
+the function's nodes are found by the call frame Dynamo recorded on every node, its inputs
+are bound to roles by shape (q, k [B,T,HK,K]; v [B,T,H,V]; log-gates; beta [B,T,H];
+an initial state [B,H,K,V]), and the whole region is run on fresh float64 inputs at its
+traced shapes against each family op that the shapes allow (with and without in-kernel L2
+normalization of q and k, the scale fitted). Only a proven binding is rewritten. This pass
+runs before normalization, since the region is executed as written, in-place updates and all.
+"""
+
+from __future__ import annotations
+
+import itertools
+import operator
+import re
+from collections import defaultdict
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from ..ir import Family, Recurrence
+from ..report import Match, Miss
+from ._graph import value_of
+
+SPELLING = "chunked"
+TOL = 1e-5
+MIN_NODES = 20  # a recurrence written as a function is never shorter than this
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+
+
+def _frames(node: fx.Node) -> list[tuple[str, int, str]]:
+    return [(f, int(line), fn) for f, line, fn in _FRAME.findall(node.meta.get("stack_trace") or "")]
+
+
+def function_regions(graph: fx.Graph) -> list[tuple[str, list[fx.Node]]]:
+    """Nodes grouped by the function call that made them, innermost calls first, with "file:function"."""
+    groups: dict[tuple, list[fx.Node]] = defaultdict(list)
+    for n in graph.nodes:
+        if n.op != "call_function" and n.op != "call_method":
+            continue
+        frames = _frames(n)
+        for d in range(1, len(frames)):
+            groups[(tuple(frames[:d]), frames[d][0], frames[d][2])].append(n)
+    out = [(key, nodes) for key, nodes in groups.items() if len(nodes) >= MIN_NODES]
+    return [(f"{key[1].rsplit('/', 1)[-1]}:{key[2]}", nodes) for key, nodes in sorted(out, key=lambda x: -len(x[0][0]))]
+
+
+def _boundary(region: list[fx.Node]):
+    inside = set(region)
+    inputs, outputs = [], []
+    for n in region:
+        for a in n.all_input_nodes:
+            if a not in inside and a not in inputs:
+                inputs.append(a)
+        if any(u not in inside for u in n.users):
+            outputs.append(n)
+    return inputs, outputs
+
+
+def _shape(n):
+    v = value_of(n)
+    return tuple(v.shape) if isinstance(v, torch.Tensor) and v.is_floating_point() else None
+
+
+def _extract(region, inputs, outputs) -> fx.GraphModule:
+    g = fx.Graph()
+    env = {a: g.placeholder(f"in{i}") for i, a in enumerate(inputs)}
+    for n in region:
+        env[n] = g.node_copy(n, lambda a: env[a])
+    g.output(tuple(env[o] for o in outputs))
+    return fx.GraphModule(torch.nn.Module(), g)
+
+
+# (family, gate role shape, has beta)
+TEMPLATES = [
+    (Family.GATED_DELTA_RULE, "bth", True),
+    (Family.KDA, "bthk", True),
+    (Family.DELTA_RULE, None, True),
+    (Family.SIMPLE_GLA, "bth", False),
+    (Family.GLA, "bthk", False),
+    (Family.LINEAR_ATTN, None, False),
+]
+
+
+def _assignments(inputs):
+    """Role bindings the input shapes allow: dicts role -> input index."""
+    shapes = [_shape(a) for a in inputs]
+    idx4 = [i for i, s in enumerate(shapes) if s is not None and len(s) == 4]
+    idx3 = [i for i, s in enumerate(shapes) if s is not None and len(s) == 3]
+    for q, k, v in itertools.permutations(idx4, 3):
+        sq, sk, sv = shapes[q], shapes[k], shapes[v]
+        if sq != sk or sv[:2] != sq[:2] or sv[2] % sq[2]:
+            continue
+        B, T, H, K, V = sq[0], sq[1], sv[2], sq[3], sv[3]
+        rest = [i for i in range(len(inputs)) if i not in (q, k, v)]
+        h0s = [i for i in rest if shapes[i] == (B, H, K, V)] + [None]
+        for family, gate_kind, has_beta in TEMPLATES:
+            gates = (
+                [None]
+                if gate_kind is None
+                else [i for i in rest if shapes[i] == ((B, T, H) if gate_kind == "bth" else (B, T, H, K))]
+            )
+            betas = [i for i in idx3 if i in rest and shapes[i] == (B, T, H)] if has_beta else [None]
+            for g, b, h0 in itertools.product(gates, betas, h0s):
+                if g is not None and g == b:
+                    continue
+                used = {q, k, v, g, b, h0} - {None}
+                if any(shapes[i] is not None and i not in used for i in range(len(inputs))):
+                    continue  # every tensor input must have a role
+                yield dict(family=family, q=q, k=k, v=v, gate=g, beta=b, h0=h0)
+
+
+def _probe(inputs, roles, gen):
+    vals = []
+    for i, a in enumerate(inputs):
+        s = _shape(a)
+        x = torch.randn(s, generator=gen, dtype=torch.float64) if s is not None else value_of(a)
+        if i == roles["k"]:  # norms in [0.5, 1]: delta rules stay well conditioned, l2norm stays visible
+            x = F.normalize(x, dim=-1) * (0.5 + 0.5 * torch.rand(s[:-1] + (1,), generator=gen, dtype=x.dtype))
+        elif i == roles["gate"]:
+            x = -F.softplus(x) * 0.5
+        elif i == roles["beta"]:
+            x = torch.sigmoid(x)
+        vals.append(x)
+    return vals
+
+
+def _op(roles, vals, l2norm, scale):
+    ops = torch.ops.fla_compile
+    q, k, v = (vals[roles[r]] for r in ("q", "k", "v"))
+    g = vals[roles["gate"]] if roles["gate"] is not None else None
+    b = vals[roles["beta"]] if roles["beta"] is not None else None
+    h0 = vals[roles["h0"]] if roles["h0"] is not None else None
+    fam = roles["family"]
+    if h0 is not None:
+        h0 = h0.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
+    if fam in (Family.GATED_DELTA_RULE, Family.KDA):
+        return getattr(ops, fam.value)(
+            q, k, v, g.float() if q.dtype != torch.float64 else g, b, scale, h0, None, l2norm
+        )
+    if fam == Family.DELTA_RULE:
+        return ops.delta_rule(q, k, v, b, scale, h0, None, l2norm)
+    if l2norm:
+        q, k = F.normalize(q, dim=-1, eps=1e-6), F.normalize(k, dim=-1, eps=1e-6)
+    if fam == Family.LINEAR_ATTN:
+        return ops.linear_attn(q, k, v, scale, h0, None)
+    return getattr(ops, fam.value)(q, k, v, g, scale, h0, None)
+
+
+def _compare(outs, o, ht):
+    """(index of o, index of the final state or None) if the region's outputs are (o, S_T) as the op says."""
+    o_idx = s_idx = None
+    for i, x in enumerate(outs):
+        if not isinstance(x, torch.Tensor):
+            continue
+        if x.shape == o.shape and o_idx is None and _rel(x, o) <= TOL:
+            o_idx = i
+        elif x.shape == ht.shape and s_idx is None and _rel(x, ht) <= TOL:
+            s_idx = i
+    return o_idx, s_idx
+
+
+def _rel(a, b):
+    num = (a.double() - b.double()).norm().item()
+    den = b.double().norm().item()
+    return num / den if den > 0 and num == num else float("inf")
+
+
+class FunctionLowering:
+    """Runs the proven family op in place of the function region; returns its outputs in order."""
+
+    def __init__(self, rec: Recurrence, roles: dict, out_meta: list, o_idx: int, s_idx):
+        self.rec, self.roles, self.out_meta, self.o_idx, self.s_idx = rec, roles, out_meta, o_idx, s_idx
+        self.__name__ = f"fla_{rec.family.value}_function"
+
+    def __repr__(self) -> str:
+        return self.__name__
+
+    def __call__(self, *vals):
+        o, ht = _op(self.roles, list(vals), self.rec.extras["l2norm"], self.rec.scale)
+        outs = []
+        for i, meta in enumerate(self.out_meta):
+            x = o if i == self.o_idx else ht
+            outs.append(x.to(meta.dtype))
+        return tuple(outs)
+
+
+def _prove(gm, inputs, outputs, roles, gen):
+    """(l2norm, scale, o_idx, s_idx, err) if the region equals the op on two fresh draws."""
+    for l2norm in (False, True):
+        draws = [_probe(inputs, roles, gen) for _ in range(2)]
+        with torch.no_grad():
+            outs = [gm(*[x.clone() if isinstance(x, torch.Tensor) else x for x in d]) for d in draws]
+        o1, _ = _op(roles, draws[0], l2norm, 1.0)
+        cands = [x for x in outs[0] if isinstance(x, torch.Tensor) and x.shape == o1.shape]
+        for x in cands:
+            den = (o1.double() * o1.double()).sum().item()
+            if den == 0:
+                continue
+            scale = (x.double() * o1.double()).sum().item() / den
+            errs, idx = [], None
+            for d, out in zip(draws, outs):
+                o, ht = _op(roles, d, l2norm, scale)
+                o_idx, s_idx = _compare(out, o, ht)
+                if o_idx is None or (idx is not None and idx != (o_idx, s_idx)):
+                    break
+                idx = (o_idx, s_idx)
+                errs.append(_rel(out[o_idx], o))
+            else:
+                if len(outputs) == 1 + (idx[1] is not None):
+                    return l2norm, scale, idx[0], idx[1], max(errs)
+    return None
+
+
+def run_pass(graph: fx.Graph, opts, report) -> None:
+    """Match, prove and rewrite whole-function recurrences (innermost functions first)."""
+    done: set = set()
+    for source, region in function_regions(graph):
+        if any(n in done for n in region):
+            continue
+        inputs, outputs = _boundary(region)
+        if not outputs or len(outputs) > 2:
+            continue
+        assignments = list(_assignments(inputs))
+        if not assignments:
+            continue
+        try:
+            gm = _extract(region, inputs, outputs)
+        except Exception:  # noqa: BLE001 - an odd region is simply not a candidate
+            continue
+        gen = torch.Generator().manual_seed(7)
+        for roles in assignments:
+            try:
+                proof = _prove(gm, inputs, outputs, roles, gen)
+            except Exception:  # noqa: BLE001 - shapes the op refuses: not this binding
+                proof = None
+            if proof is None:
+                continue
+            l2norm, scale, o_idx, s_idx, err = proof
+            rec = Recurrence(
+                roles["family"],
+                inputs[roles["q"]],
+                inputs[roles["k"]],
+                inputs[roles["v"]],
+                gate=inputs[roles["gate"]] if roles["gate"] is not None else None,
+                beta=inputs[roles["beta"]] if roles["beta"] is not None else None,
+                scale=scale,
+                initial_state=inputs[roles["h0"]] if roles["h0"] is not None else None,
+                output_final_state=s_idx is not None,
+                spelling=SPELLING,
+                source=source,
+                extras={"l2norm": l2norm},
+            )
+            _rewrite(graph, region, inputs, outputs, rec, roles, o_idx, s_idx)
+            done.update(region)
+            report.matches.append(Match(rec.family.value, SPELLING, source, rec.op_name, err))
+            break
+        else:
+            if any(n.op == "call_function" and "cumsum" in str(n.target) for n in region):
+                report.misses.append(Miss(SPELLING, "a chunked function whose outputs no family op reproduces", source))
+
+
+def _rewrite(graph, region, inputs, outputs, rec, roles, o_idx, s_idx):
+    lowering = FunctionLowering(rec, roles, [value_of(o) for o in outputs], o_idx, s_idx)
+    with graph.inserting_before(region[0]):
+        call = graph.call_function(lowering, tuple(inputs))
+        outs = [graph.call_function(operator.getitem, (call, i)) for i in range(len(outputs))]
+    inside = set(region)
+    for old, new in zip(outputs, outs):
+        new.meta["example_value"] = value_of(old)
+        old.replace_all_uses_with(new, delete_user_cb=lambda u: u not in inside)
+    for n in reversed(region):
+        graph.erase_node(n)

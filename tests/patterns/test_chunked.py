@@ -1,0 +1,92 @@
+"""The chunked spelling: transformers' own torch fallbacks, compiled unchanged with backend="fla"."""
+
+import importlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fla_compile
+
+B, T, H, K, V = 1, 70, 2, 16, 8
+
+CASES = [
+    ("qwen3_next", "torch_chunk_gated_delta_rule", "gated_delta_rule", "bth"),
+    ("qwen3_next", "torch_recurrent_gated_delta_rule", "gated_delta_rule", "bth"),
+    ("kimi_linear", "chunk_kimi_delta_attention", "kda", "bthk"),
+]
+
+
+def reference_function(model, name):
+    try:
+        mod = importlib.import_module(f"transformers.models.{model}.modeling_{model}")
+    except ImportError:
+        pytest.skip(f"transformers has no {model}")
+    if not hasattr(mod, name):
+        pytest.skip(f"transformers' {model} has no {name}")
+    return getattr(mod, name)
+
+
+def inputs(gate_kind):
+    q, k = torch.randn(B, T, H, K), torch.randn(B, T, H, K)
+    v = torch.randn(B, T, H, V)
+    g = F.logsigmoid(torch.randn(B, T, H) if gate_kind == "bth" else torch.randn(B, T, H, K))
+    return q, k, v, g, torch.rand(B, T, H)
+
+
+@pytest.fixture(autouse=True)
+def _reset():
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("model,name,family,gate_kind", CASES)
+def test_transformers_fallback_is_recognized_unchanged(model, name, family, gate_kind):
+    fn = reference_function(model, name)
+    args = inputs(gate_kind)
+    h0 = torch.randn(B, H, K, V)
+    kw = dict(initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=True)
+    ref = fn(*args, **kw)
+    out = torch.compile(fn, backend="fla", options={"inductor": False})(*args, **kw)
+    report = fla_compile.last_report()
+    assert [m.family for m in report.matches] == [family], str(report)
+    for o, r in zip(out, ref):
+        assert ((o - r).norm() / r.norm()) < 1e-5
+
+
+def decoy(q, k, v, g, beta):
+    """Shaped like a gated delta rule (same inputs, a cumsum of gates) but softmax attention."""
+    c = g.float().cumsum(1)
+    scores = torch.einsum("bthk,bshk->bhts", q, k) + (c[:, :, None, :] - c[:, None, :, :]).permute(0, 3, 1, 2)
+    mask = torch.ones(q.shape[1], q.shape[1], dtype=torch.bool).triu(1)
+    for _ in range(4):  # enough work to be a candidate
+        scores = scores * 1.0
+    p = scores.masked_fill(mask, float("-inf")).softmax(-1)
+    return torch.einsum("bhts,bshv->bthv", p, v * beta[..., None])
+
+
+def test_a_lookalike_function_is_left_alone():
+    def outer(q, k, v, g, beta):
+        return decoy(q, k, v, g, beta)
+
+    args = inputs("bth")
+    ref = outer(*args)
+    out = torch.compile(outer, backend="fla", options={"inductor": False})(*args)
+    assert not fla_compile.last_report().matches
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_an_outer_nonlinearity_stays_outside():
+    fn = reference_function("qwen3_next", "torch_chunk_gated_delta_rule")
+
+    def not_quite(q, k, v, g, beta):
+        o, s = fn(q, k, v, g, beta, output_final_state=True, use_qk_l2norm_in_kernel=True)
+        return torch.tanh(o), s
+
+    args = inputs("bth")
+    ref = not_quite(*args)
+    out = torch.compile(not_quite, backend="fla", options={"inductor": False})(*args)
+    report = fla_compile.last_report()
+    # the inner function is still recognized; the tanh stays outside it, and the result is unchanged
+    assert all(m.family == "gated_delta_rule" for m in report.matches)
+    for o, r in zip(out, ref):
+        assert ((o - r).norm() / r.norm()) < 1e-5
