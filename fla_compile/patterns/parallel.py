@@ -406,6 +406,7 @@ def _scores_of(p: fx.Node, T: int, depth: int = 12) -> tuple[fx.Node, Contractio
 
 
 def candidates(graph: fx.Graph) -> list[Candidate]:
+    """Value contractions over a T x T matrix that comes from a score contraction."""
     found = []
     for node in graph.nodes:
         c = contraction(node)
@@ -437,10 +438,11 @@ def _candidate(node, c, p, v, lp, lv) -> Candidate | None:
     if ns > np_:
         return None
     to_p = dict(zip(sc.lo, lp[np_ - ns :]))  # score labels -> labels of the masked scores (right-aligned)
-    (d,) = [x for x in sc.la if x in sc.lb and x not in sc.lo] or [None]
-    if d is None:
-        return None
+    sa = sizes(sc.a, sc.la)
+    summed = [x for x in sc.la if x in sc.lb and x not in sc.lo]
+    (d,) = [x for x in summed if sa[x] > 1]  # _scores_of found exactly one
     d_new = ("qk", d)
+    to_p.update({x: None for x in summed if x != d})  # size-1 contracted dims: dropped
     to_p[d] = d_new
 
     def relabel(labels):
@@ -658,7 +660,11 @@ def run_pass(graph: fx.Graph, opts, report: Report) -> None:
     """Find, prove and rewrite every masked quadratic form of ``graph``."""
     tried: set = set()
     while True:  # a rewrite changes the graph (a later form may read an earlier one): look again
-        todo = [c for c in candidates(graph) if c.out not in tried]
+        try:
+            todo = [c for c in candidates(graph) if c.out not in tried]
+        except Exception as e:  # a graph this matcher does not understand: leave it as it is
+            report.notes.append(f"parallel: candidates not searched ({type(e).__name__}: {e})")
+            return
         if not todo:
             return
         tried.add(todo[0].out)
@@ -673,7 +679,7 @@ def _one(graph: fx.Graph, cand: Candidate, opts, report: Report) -> None:
     except NearMiss as e:
         report.misses.append(Miss(SPELLING, str(e), src))
         return
-    except (RuntimeError, ValueError, IndexError, TypeError) as e:  # an unforeseen layout: leave it
+    except Exception as e:  # an unforeseen layout: leave it (the graph is untouched until the rewrite)
         report.misses.append(Miss(SPELLING, f"not analysed: {type(e).__name__}: {e}", src))
         return
     rewrite(cand.out, low, roles)
