@@ -104,7 +104,19 @@ def delta_inputs(gen, device, B, T, HK, H, K, V, vector_gate):
 
 def delta_probe(original, ours, device, *, T, HK, vector_gate) -> float:
     """Dense with an initial state (L2 norm in the kernel, and pre-normalized keys without it),
-    and, for T > 1, two packed sequences against the layer's function run on each."""
+    and, for T > 1, two packed sequences against the layer's function run on each.
+
+    GQA (HK < H heads of q and k) is probed where the layer's function takes it; older
+    transformers repeat the heads in the forward instead, and get an H-head probe."""
+    if HK < 4:
+        try:
+            return _delta_probe(original, ours, device, T=T, HK=HK, vector_gate=vector_gate)
+        except RuntimeError:
+            pass
+    return _delta_probe(original, ours, device, T=T, HK=4, vector_gate=vector_gate)
+
+
+def _delta_probe(original, ours, device, *, T, HK, vector_gate) -> float:
     gen = common.generator(device)
     H, K, V = 4, 16, 8
     inp = delta_inputs(gen, device, 2, T, HK, H, K, V, vector_gate)
