@@ -13,6 +13,8 @@ and calls the op once, with the cached state (``get_linear_cache``) as initial s
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from .. import ops
@@ -68,11 +70,23 @@ class _ProbeCache:
         self.states[layer_idx] = state
 
 
+def fp32_twin(module):
+    """An fp32 copy of the layer whose decay tables are recomputed in fp32 from ``slope_rate``.
+
+    In a bf16 model the layer's ``query_decay`` / ``key_decay`` / ``diagonal_decay`` buffers are
+    bf16 roundings of exp(-slope * n), no longer consistent with one recurrence (about 1e-3 off
+    each other); an fp32 copy of the layer computes the math they stand for.
+    """
+    twin = copy.deepcopy(module).float()
+    if hasattr(twin, "decay_factors"):  # on CPU: older transformers build the ranges there
+        tables = twin.decay_factors(twin.slope_rate.cpu())
+        twin.query_decay, twin.key_decay, twin.diagonal_decay = (t.to(twin.slope_rate.device) for t in tables)
+    return twin
+
+
 def probe_decode(module, ours, device) -> float:
     """Prefill + two cached decode steps through the layer, original vs ours (fp32 copy)."""
-    import copy
-
-    twin = copy.deepcopy(module).float()
+    twin = fp32_twin(module)
     gen = common.generator(device)
     x = common.randn(gen, 2, 11, module.qkv_proj.in_features, device=device)
     outs = []
@@ -91,4 +105,5 @@ BINDING = Binding(
     forward=lightning_forward,
     probes={"forward": probe_decode},
     probe_args=lambda x: (x, None, None),
+    twin=fp32_twin,
 )

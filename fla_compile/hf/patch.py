@@ -146,7 +146,7 @@ def _hidden_size(module) -> int:
 
 def _layer_probe(module, binding, fwd, attrs, device) -> float:
     """Original vs patched forward of an fp32 copy of the layer on a random input, no cache."""
-    twin = copy.deepcopy(module).float()
+    twin = binding.twin(module) if binding.twin is not None else copy.deepcopy(module).float()
     twin.__dict__.pop(_RECORD, None)
     gen = common.generator(device)
     x = common.randn(gen, 2, 13, _hidden_size(module), device=device)

@@ -40,6 +40,7 @@ class Binding:
     probes: Mapping[str, Callable] = dataclasses.field(default_factory=dict)
     forward: Callable | None = None
     probe_args: Callable = None  # x -> positional args of a probe call of the layer (default: (x,))
+    twin: Callable = None  # layer -> its fp32 copy for the layer probe (default: deepcopy + float)
 
 
 RULES: tuple[Rule, ...] = (
