@@ -110,6 +110,19 @@ def test_training_step(tiny):
         assert err < TOL, (name, err.item())
 
 
+def test_generate_left_padded_batch(tiny):
+    """Padding tokens are masked by transformers' own code around our op: same tokens as unpatched."""
+    arch, model, _ = tiny
+    fh.unpatch(model)
+    ids = _prompt(T=11)
+    mask = torch.ones_like(ids)
+    ids[1, :4], mask[1, :4] = 0, 0
+    kw = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, attention_mask=mask, pad_token_id=0)
+    ref = model.generate(ids, **kw)
+    fh.patch(model)
+    assert torch.equal(model.generate(ids, **kw), ref)
+
+
 def _packed_kwargs(arch, lengths):
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
     pos = torch.cat([torch.arange(n) for n in lengths])[None]
