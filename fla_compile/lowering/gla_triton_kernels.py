@@ -404,9 +404,10 @@ def chunk_bwd_dqk_kernel(
         b_dq += tl.dot(b_do, b_ht, input_precision=PREC)
         b_dk += tl.dot(b_v, b_dht, input_precision=PREC)
     b_dA = tl.where(m_A, b_dA, 0)
-    # [BT, BK]
-    b_q = tl.load(q + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
-    b_k = tl.load(k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
+    if GATE != 2:
+        # [BT, BK]
+        b_q = tl.load(q + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
+        b_k = tl.load(k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
     if GATE == 0:
         b_dq = scale * (b_dq + tl.dot(b_dA.to(b_k.dtype), b_k, input_precision=PREC))
         b_dk += scale * tl.dot(tl.trans(b_dA).to(b_q.dtype), b_q, input_precision=PREC)
