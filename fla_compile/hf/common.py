@@ -110,6 +110,15 @@ def causal_conv1d_update(hidden_states, conv_state, weight, bias=None, activatio
     return _activate(out, activation).to(hidden_states.dtype)
 
 
+def dense(*tensors):
+    """The op inputs as contiguous tensors (transformers hands over split/transposed views).
+
+    The ops' kernels read dense [B, T, H, D] rows, and their backward returns dense gradients;
+    under torch.compile a copy here fuses into the producer.
+    """
+    return tuple(t.contiguous() for t in tensors)
+
+
 def no_fused_path(*args, **kwargs):
     """Stands in for a fused 'whole layer' kernel the layer may try first: None runs its unfused path."""
     return None

@@ -40,11 +40,7 @@ def delta_functions(op):
         **kwargs,
     ):
         return op(
-            query,
-            key,
-            value,
-            g,
-            beta,
+            *common.dense(query, key, value, g, beta),
             scale=query.shape[-1] ** -0.5,
             initial_state=initial_state,
             output_final_state=output_final_state,

@@ -39,9 +39,7 @@ def lightning_forward(
         state = state if isinstance(state, torch.Tensor) else None
     decay = -self.slope_rate.reshape(H).float()
     o, state = ops.retention(
-        q,
-        k,
-        v,
+        *common.dense(q, k, v),
         decay,
         scale=1.0,
         initial_state=state,

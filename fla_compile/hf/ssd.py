@@ -59,10 +59,7 @@ def chunk_scan(
     h0 = None if initial_states is None else initial_states.transpose(-1, -2).contiguous()
     cu = common.packed_cu_seqlens({**kwargs, "seq_idx": seq_idx}, cu_seqlens)
     o, ht = ops.simple_gla(
-        C.to(x.dtype),
-        B.to(x.dtype),
-        v,
-        g,
+        *common.dense(C.to(x.dtype), B.to(x.dtype), v, g),
         scale=1.0,
         initial_state=h0,
         output_final_state=return_final_states,
@@ -94,10 +91,7 @@ def selective_state_update(
     g = (_untie(A, 1).float() * dt)[:, None]  # [B, 1, H]
     v = (x.float() * dt[..., None]).to(x.dtype)[:, None]  # [B, 1, H, P]
     o, ht = ops.simple_gla(
-        C[:, None].to(x.dtype),
-        B[:, None].to(x.dtype),
-        v,
-        g,
+        *common.dense(C[:, None].to(x.dtype), B[:, None].to(x.dtype), v, g),
         scale=1.0,
         initial_state=state.transpose(-1, -2).contiguous(),
         output_final_state=True,

@@ -63,3 +63,21 @@ def test_fullgraph_training_step(tmp_path):
         rel(torch.cat([p.grad.flatten() for p in model.parameters()]), torch.cat([g.flatten() for g in grads_ref]))
         < TOL
     )
+
+
+def test_fla_backend_trains_a_patched_model(tmp_path):
+    """torch.compile(backend="fla", fullgraph=True) on a patched model: Inductor around our ops, one step."""
+    arch = ONE_PER_KIND["ssd"]
+    model = load_tiny(arch, tmp_path)
+    fh.patch(model)
+    ids = _prompt(T=21)
+    model.train()
+    loss_ref = model(ids, labels=ids).loss
+    loss_ref.backward()
+    grads_ref = torch.cat([p.grad.flatten() for p in model.parameters()])
+    model.zero_grad()
+    torch._dynamo.reset()
+    loss = torch.compile(model, backend="fla", fullgraph=True)(ids, labels=ids, use_cache=False).loss
+    loss.backward()
+    assert rel(loss, loss_ref) < TOL
+    assert rel(torch.cat([p.grad.flatten() for p in model.parameters()]), grads_ref) < TOL
