@@ -72,13 +72,22 @@ class PatchReport:
 
 @dataclasses.dataclass
 class _Undo:
-    forward: object  # the instance's own ``forward`` before patching, or _MISSING
+    slot: str  # where the patched forward went: "forward", or accelerate's "_old_forward"
+    forward: object  # what that slot held on the instance before patching, or _MISSING
     attrs: dict  # instance attribute name -> previous value (or _MISSING)
+
+
+def _slot(module) -> str:
+    """The instance attribute holding the forward to patch. accelerate's hooks replace
+    ``forward`` by a wrapper that calls ``_old_forward``: patch under the hook, keep the hook."""
+    if "_hf_hook" in module.__dict__ and "_old_forward" in module.__dict__:
+        return "_old_forward"
+    return "forward"
 
 
 def _base_forward(module):
     """The function the module's forward runs now (its class's, unless an instance override)."""
-    fwd = module.__dict__.get("forward", _MISSING)
+    fwd = module.__dict__.get(_slot(module), _MISSING)
     if fwd is _MISSING:
         return type(module).forward
     if isinstance(fwd, types.MethodType) and fwd.__self__ is module:
@@ -90,7 +99,7 @@ def _plan(module, binding):
     """(patched forward function or None, {name: original}, {instance attr: ours}, reason)."""
     base = _base_forward(module)
     if base is None or not isinstance(base, types.FunctionType):
-        return None, {}, {}, "its forward is wrapped on the instance (accelerate hooks?); not patched"
+        return None, {}, {}, "its forward is replaced on the instance by something we do not know"
     if binding.forward is not None:
         return binding.forward, {"forward": base}, {}, ""
     names = rebind.global_names(base)
@@ -198,12 +207,13 @@ def patch(model: torch.nn.Module, verify: bool = True) -> PatchReport:
 
 
 def _apply(module, fwd, attrs) -> None:
-    undo = _Undo(module.__dict__.get("forward", _MISSING), {})
+    slot = _slot(module)
+    undo = _Undo(slot, module.__dict__.get(slot, _MISSING), {})
     for name, ours in attrs.items():
         undo.attrs[name] = module.__dict__.get(name, _MISSING)
         object.__setattr__(module, name, ours)
     if fwd is not None:
-        object.__setattr__(module, "forward", types.MethodType(fwd, module))
+        object.__setattr__(module, slot, types.MethodType(fwd, module))
     module.__dict__[_RECORD] = undo
 
 
@@ -214,7 +224,7 @@ def unpatch(model: torch.nn.Module) -> int:
         undo = m.__dict__.pop(_RECORD, None)
         if undo is None:
             continue
-        for name, old in [*undo.attrs.items(), ("forward", undo.forward)]:
+        for name, old in [*undo.attrs.items(), (undo.slot, undo.forward)]:
             if old is _MISSING:
                 m.__dict__.pop(name, None)
             else:

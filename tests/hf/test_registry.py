@@ -11,7 +11,7 @@ import fla_compile.hf as fh
 from fla_compile.hf import registry, ssd
 
 from .archs import ARCHS
-from .conftest import load_tiny, rel
+from .conftest import OpCalls, load_tiny, rel
 from .test_patch import _prompt
 
 MAMBA2 = next(a for a in ARCHS if a.name == "Mamba2")
@@ -93,3 +93,35 @@ def test_packed_metadata_names(name):
     kwargs = {name: cu if name != "seq_idx" else common.seq_idx_from_cu_seqlens(cu, 8)}
     assert common.packed_cu_seqlens(kwargs).tolist() == cu.tolist()
     assert common.packed_seq_idx(kwargs, 8).tolist() == [[0, 0, 0, 1, 1, 1, 1, 2]]
+
+
+def test_patch_under_accelerate_style_hooks(tmp_path):
+    """accelerate (offloading) wraps ``forward`` and calls ``_old_forward``: we patch under the hook."""
+    import functools
+
+    model = load_tiny(MAMBA2, tmp_path)
+    ids = _prompt()
+    with torch.no_grad():
+        ref = model(ids).logits
+    seen = []
+    for m in model.modules():
+        if type(m).__name__ == "Mamba2Mixer":  # what accelerate.hooks.add_hook_to_module does
+            m._hf_hook = object()
+            m._old_forward = old = m.forward
+
+            def new_forward(module, *args, **kwargs):
+                seen.append(module)
+                return module._old_forward(*args, **kwargs)
+
+            m.forward = functools.update_wrapper(functools.partial(new_forward, m), old)
+    hooked = {id(m): m.forward for m in model.modules() if "_hf_hook" in m.__dict__}
+    report = fh.patch(model)
+    assert report.ok and report.layers_patched == 2
+    with OpCalls() as calls, torch.no_grad():
+        out = model(ids).logits
+    assert calls.count() == 2 and len(seen) == 2
+    assert rel(out, ref) < 1e-4
+    fh.unpatch(model)
+    for m in model.modules():
+        if id(m) in hooked:
+            assert m.forward is hooked[id(m)] and m._old_forward.__func__ is type(m).forward
