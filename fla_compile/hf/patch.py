@@ -178,7 +178,8 @@ def patch(model: torch.nn.Module, verify: bool = True) -> PatchReport:
     Returns a ``PatchReport``; one INFO line on the ``fla_compile.hf`` logger says which path
     each layer kind now runs.
     """
-    report = PatchReport(type(model).__name__)
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    report = PatchReport(type(model).__name__ + (f" ({model_type})" if model_type else ""))
     by_class: dict[type, list] = {}
     for m in model.modules():
         if registry.rule_for(m) is not None:
