@@ -191,8 +191,8 @@ def chunk_forward(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlen
 def chunk_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, config=None):
     """Chunked backward: (dq, dk, dv, dgate or None, dh0 or None), dq/dk/dv in the inputs' dtypes.
 
-    Recomputes the chunk states, carries the state gradient backwards, then forms dv, dq, dk per
-    chunk and the gate gradient as a reverse cumsum of q dq - k dk (plus dht * ht at the end).
+    Recomputes the chunk states, carries the state gradient backwards, then forms dv, dq, dk and the
+    gate gradient per chunk (chunk-local: the decay of the incoming state enters through sum_v h dh).
     """
     in_dtypes = (q.dtype, k.dtype, v.dtype)
     q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind)
@@ -242,28 +242,42 @@ def chunk_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, d
     dq = _empty((B, T, H, K), v.device, torch.float32)
     dk = _empty(dq.shape, v.device, torch.float32)
     dA = _empty((B, T, H, BT), v.device, torch.float32) if gid == 2 else ht
+    dg = _empty((B, T, H, K), v.device, torch.float32) if gid != 0 else None  # per key dim, chunk-local
     grid = (NS, triton.cdiv(K, BK), H)
     kern.chunk_bwd_dqk_kernel[grid](
-        q, k, v, gc_arg, h, do, dh, dA, dq, dk, cu, info, scale, H, G, K, V, BT, BK, BV, gid, prec, **opts
+        q,
+        k,
+        v,
+        gc_arg,
+        h,
+        do,
+        dh,
+        dA,
+        dg if dg is not None else dq,
+        dq,
+        dk,
+        cu,
+        info,
+        scale,
+        H,
+        G,
+        K,
+        V,
+        BT,
+        BK,
+        BV,
+        gid,
+        prec,
+        **opts,
     )
     if gid == 2:
         NC = BT // BC
-        intra.chunk_gla_bwd_intra_kernel[(NS, NC * triton.cdiv(K, BK), H)](
-            q, k, gc, dA, dq, dk, cu, info, scale, H, G, K, BT, BC, BK, NC, prec
-        )
-
-    dg = None
-    if gid != 0:
-        dg = _empty(gc.shape, v.device, torch.float32)
-        dgl = None
-        if dht is not None:
-            dgl = (dht * ht).sum(-1)
-            dgl = dgl.sum(-1).contiguous() if gid == 1 else dgl.contiguous()
-        BKg = _pow2(K) if gid == 1 else BK
-        grid = (N * H, 1 if gid == 1 else triton.cdiv(K, BKg))
-        kern.chunk_bwd_dg_kernel[grid](
-            q, k, dq, dk, dg, dgl if dgl is not None else dg, cu, H, G, K, BT, BKg, gid, dgl is not None
-        )
+        db = _empty(dq.shape, v.device, torch.float32)
+        grid = (NS, NC * triton.cdiv(K, BK), H)
+        intra.chunk_gla_bwd_intra_kernel[grid](q, k, gc, dA, dq, dk, db, cu, info, scale, H, G, K, BT, BC, BK, NC, prec)
+        intra.chunk_rc_add_kernel[(NS, triton.cdiv(K, BK), H)](db, dg, cu, info, H, K, BT, BK)
+    if gid == 1:
+        dg = dg.sum(-1)
     if G > 1:  # GQA: sum the heads of each group, in a fixed order
         dq = dq.view(B, T, HK, G, K).sum(3)
         dk = dk.view(B, T, HK, G, K).sum(3)

@@ -100,6 +100,7 @@ def chunk_gla_bwd_intra_kernel(
     dA,
     dq,
     dk,
+    db,
     cu,
     info,
     scale,
@@ -115,6 +116,7 @@ def chunk_gla_bwd_intra_kernel(
     """Add scale * the intra-chunk parts to dq, dk (fp32, per head of v) for the rows of one sub-chunk.
 
     dq_i += sum_{j <= i} dA_ij k_j e^(b_i - b_j),   dk_j += sum_{i >= j} dA_ij q_i e^(b_i - b_j).
+    Also db = q dq - k dk over these pairs without the diagonal (whose terms cancel exactly), for dg.
     """
     i_s, i_ik, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     NK = tl.cdiv(K, BK)
@@ -173,14 +175,50 @@ def chunk_gla_bwd_intra_kernel(
         b_qr = tl.load(q + (t_r * (H // G) + i_hk) * K + o_k, mask=m_r, other=0).to(tl.float32)
         b_grr = tl.load(gc + (t_r * H + i_h) * K + o_k, mask=m_r, other=0)
         # [BC]: column r of dA (rows i of this block) and row r (columns j of this block)
-        b_dac = tl.load(dA + (o_ti * H + i_h) * BT + i_i * BC + r, mask=m_ti & (o_c >= r), other=0)
-        b_dar = tl.load(dA + (t_r * H + i_h) * BT + i_i * BC + o_c, mask=(o_c <= r) & ((o_c * 0 + t_r) < eos), other=0)
-        m_ge = ((o_c >= r) & m_ti)[:, None] & m_r[None, :]
-        m_le = ((o_c <= r) & m_ti)[:, None] & m_r[None, :]
+        b_dac = tl.load(dA + (o_ti * H + i_h) * BT + i_i * BC + r, mask=m_ti & (o_c > r), other=0)
+        b_dar = tl.load(dA + (t_r * H + i_h) * BT + i_i * BC + o_c, mask=(o_c < r) & ((o_c * 0 + t_r) < eos), other=0)
+        m_ge = ((o_c > r) & m_ti)[:, None] & m_r[None, :]
+        m_le = ((o_c < r) & m_ti)[:, None] & m_r[None, :]
         b_dq += tl.where(m_ge, b_dac[:, None] * b_kr[None, :] * tl.exp(tl.where(m_ge, b_g - b_grr[None, :], 0)), 0)
         b_dk += tl.where(m_le, b_dar[:, None] * b_qr[None, :] * tl.exp(tl.where(m_le, b_grr[None, :] - b_g, 0)), 0)
+    # the diagonal: dq_i += dA_ii k_i, dk_i += dA_ii q_i
+    b_dAd = tl.load(dA + (o_ti * H + i_h) * BT + i_i * BC + o_c, mask=m_ti, other=0)
     p = (o_ti * H + i_h)[:, None] * K + o_k[None, :]
-    b_dq = tl.load(dq + p, mask=m_ik, other=0) + scale * b_dq
-    b_dk = tl.load(dk + p, mask=m_ik, other=0) + scale * b_dk
+    # [BC, BK]
+    b_qi = tl.load(q + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_ik, other=0).to(tl.float32)
+    b_ki = tl.load(k + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_ik, other=0).to(tl.float32)
+    tl.store(db + p, scale * (b_qi * b_dq - b_ki * b_dk), mask=m_ik)
+    b_dq = tl.load(dq + p, mask=m_ik, other=0) + scale * (b_dq + b_dAd[:, None] * b_ki)
+    b_dk = tl.load(dk + p, mask=m_ik, other=0) + scale * (b_dk + b_dAd[:, None] * b_qi)
     tl.store(dq + p, b_dq, mask=m_ik)
     tl.store(dk + p, b_dk, mask=m_ik)
+
+
+@triton.jit
+def chunk_rc_add_kernel(
+    db,
+    dg,
+    cu,
+    info,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+):
+    """dg += the reverse cumsum of db inside each chunk (sum over s >= t)."""
+    i_s, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n = tl.load(info + i_s * 2)
+    if i_n < 0:
+        return
+    i_c = tl.load(info + i_s * 2 + 1)
+    bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
+    o_t = bos + i_c * BT + tl.arange(0, BT)
+    o_k = i_k * BK + tl.arange(0, BK)
+    m = (o_t < eos)[:, None] & (o_k < K)[None, :]
+    p = (o_t * H + i_h)[:, None] * K + o_k[None, :]
+    # [BT, BK]
+    b_db = tl.load(db + p, mask=m, other=0)
+    o_i = tl.arange(0, BT)
+    b_sfx = tl.where(o_i[:, None] <= o_i[None, :], 1.0, 0.0)  # [BT, BT]: s >= t, an exact fp32 dot
+    b_dg = tl.load(dg + p, mask=m, other=0) + tl.dot(b_sfx, b_db, input_precision="ieee")
+    tl.store(dg + p, b_dg, mask=m)

@@ -352,6 +352,7 @@ def chunk_bwd_dqk_kernel(
     do,
     dh,
     dA,
+    dg,
     dq,
     dk,
     cu,
@@ -386,6 +387,7 @@ def chunk_bwd_dqk_kernel(
     b_dA = tl.zeros([BT, BT], dtype=tl.float32)
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)
     b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+    b_hdh = tl.zeros([BK], dtype=tl.float32)
     for i_v in range(0, tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = o_v < V
@@ -403,88 +405,54 @@ def chunk_bwd_dqk_kernel(
         b_dA += tl.dot(b_do, b_vt, input_precision=PREC)
         b_dq += tl.dot(b_do, b_ht, input_precision=PREC)
         b_dk += tl.dot(b_v, b_dht, input_precision=PREC)
+        if GATE != 0:
+            b_hdh += tl.sum(b_ht.to(tl.float32) * b_dht.to(tl.float32), axis=0)
     b_dA = tl.where(m_A, b_dA, 0)
-    if GATE != 2:
-        # [BT, BK]
-        b_q = tl.load(q + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
-        b_k = tl.load(k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
+    # [BT, BK]
+    b_q = tl.load(q + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
+    b_k = tl.load(k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
+    b_qf, b_kf = b_q.to(tl.float32), b_k.to(tl.float32)
     if GATE == 0:
         b_dq = scale * (b_dq + tl.dot(b_dA.to(b_k.dtype), b_k, input_precision=PREC))
         b_dk += scale * tl.dot(tl.trans(b_dA).to(b_q.dtype), b_q, input_precision=PREC)
+    # gate gradient, chunk-local and free of cancellation: dg_t = sum_{s >= t} q_s dq_s - k_s dk_s over the
+    # intra-chunk pairs (diagonal excluded: it cancels exactly) and the inter-chunk dq, plus sum_{j < t} of
+    # k_j dk_j over the inter-chunk dk, plus e^(b_last) sum_v h dh (the decay of the incoming state)
     if GATE == 1:
         b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
         b_gl = tl.load(gc + last * H + i_h)
-        b_dA *= tl.exp(tl.where(m_A, b_g[:, None] - b_g[None, :], 0))
-        b_dq = scale * (b_dq * tl.exp(b_g)[:, None] + tl.dot(b_dA.to(b_k.dtype), b_k, input_precision=PREC))
-        b_dk *= tl.exp(tl.where(m_t, b_gl - b_g, 0))[:, None]
-        b_dk += scale * tl.dot(tl.trans(b_dA).to(b_q.dtype), b_q, input_precision=PREC)
+        m_S = (o_i[:, None] > o_i[None, :]) & m_A
+        # [BT]: scale * diag(dA); [BT, BT]: the strictly causal part, decayed
+        b_dAd = scale * tl.sum(tl.where(o_i[:, None] == o_i[None, :], b_dA, 0), axis=1)
+        b_M = scale * tl.where(m_S, b_dA * tl.exp(tl.where(m_S, b_g[:, None] - b_g[None, :], 0)), 0)
+        b_dqn = scale * b_dq * tl.exp(b_g)[:, None] + tl.dot(b_M.to(b_k.dtype), b_k, input_precision=PREC)
+        b_dkx = b_dk * tl.exp(tl.where(m_t, b_gl - b_g, 0))[:, None]
+        b_dkn = tl.dot(tl.trans(b_M).to(b_q.dtype), b_q, input_precision=PREC)
+        b_db = b_qf * b_dqn - b_kf * b_dkn
+        b_de = b_kf * b_dkx
+        b_ds = tl.exp(b_gl) * b_hdh
+        b_dq = b_dqn + b_dAd[:, None] * b_kf
+        b_dk = b_dkx + b_dkn + b_dAd[:, None] * b_qf
     if GATE == 2:
         b_g = tl.load(gc + (o_t * H + i_h)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
         b_gl = tl.load(gc + (last * H + i_h) * K + o_k, mask=m_k, other=0)
         b_dq = scale * b_dq * tl.exp(b_g)
         b_dk *= tl.exp(tl.where(m_tk, b_gl[None, :] - b_g, 0))
+        b_db = b_qf * b_dq  # the intra-chunk pairs come from chunk_gla_bwd_intra_kernel
+        b_de = b_kf * b_dk
+        b_ds = tl.exp(b_gl) * b_hdh
         if i_k == 0:  # the intra-chunk part is added by chunk_gla_bwd_intra_kernel, from dA
             tl.store(dA + (o_t * H + i_h)[:, None] * BT + o_i[None, :], b_dA, mask=m_t[:, None])
     p = (o_t * H + i_h)[:, None] * K + o_k[None, :]
+    if GATE != 0:
+        # suffix and strict prefix sums as exact fp32 dots with 0/1 matrices: a cumsum minus the element
+        # itself would lose a small sum next to a large element
+        b_sfx = tl.where(o_i[:, None] <= o_i[None, :], 1.0, 0.0)
+        b_pfx = tl.where(o_i[:, None] > o_i[None, :], 1.0, 0.0)
+        b_dg = tl.dot(b_sfx, b_db, input_precision="ieee") + tl.dot(b_pfx, b_de, input_precision="ieee")
+        tl.store(dg + p, b_dg + b_ds[None, :], mask=m_tk)
     tl.store(dq + p, b_dq, mask=m_tk)
     tl.store(dk + p, b_dk, mask=m_tk)
-
-
-@triton.jit
-def chunk_bwd_dg_kernel(
-    q,
-    k,
-    dq,
-    dk,
-    dg,
-    dgl,
-    cu,
-    H: tl.constexpr,
-    G: tl.constexpr,
-    K: tl.constexpr,
-    BT: tl.constexpr,
-    BK: tl.constexpr,
-    GATE: tl.constexpr,
-    USE_DGL: tl.constexpr,
-):
-    """dg_t = sum_{s >= t} (q_s dq_s - k_s dk_s) over the sequence, plus dgl (= sum_v dht * ht) at its end."""
-    i_nh, i_k = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // H, i_nh % H
-    i_hk = i_h // G
-    bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
-    NT = tl.cdiv(eos - bos, BT)
-    o_k = i_k * BK + tl.arange(0, BK)
-    m_k = o_k < K
-    if GATE == 1:
-        b_carry = tl.zeros([1], dtype=tl.float32)
-        if USE_DGL:
-            b_carry += tl.load(dgl + i_n * H + i_h)
-    else:
-        b_carry = tl.zeros([BK], dtype=tl.float32)
-        if USE_DGL:
-            b_carry += tl.load(dgl + (i_n * H + i_h) * K + o_k, mask=m_k, other=0)
-    for i_r in range(0, NT):
-        i_c = NT - 1 - i_r
-        o_t = bos + i_c * BT + tl.arange(0, BT)
-        m_t = o_t < eos
-        m_tk = m_t[:, None] & m_k[None, :]
-        p_qk = (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :]
-        p_d = (o_t * H + i_h)[:, None] * K + o_k[None, :]
-        # [BT, BK]
-        b_db = tl.load(q + p_qk, mask=m_tk, other=0).to(tl.float32) * tl.load(dq + p_d, mask=m_tk, other=0)
-        b_db -= tl.load(k + p_qk, mask=m_tk, other=0).to(tl.float32) * tl.load(dk + p_d, mask=m_tk, other=0)
-        if GATE == 1:
-            # [BT]
-            b_db1 = tl.sum(b_db, axis=1)
-            b_tot = tl.sum(b_db1, axis=0)
-            b_dg = b_tot - tl.cumsum(b_db1, axis=0) + b_db1 + b_carry
-            tl.store(dg + o_t * H + i_h, b_dg, mask=m_t)
-            b_carry += b_tot
-        else:
-            b_tot = tl.sum(b_db, axis=0)
-            b_dg = b_tot[None, :] - tl.cumsum(b_db, axis=0) + b_db + b_carry[None, :]
-            tl.store(dg + p_d, b_dg, mask=m_tk)
-            b_carry += b_tot
 
 
 @triton.jit

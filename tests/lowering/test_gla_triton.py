@@ -142,7 +142,7 @@ def test_gate_range_down_to_minus5(kind):
 def test_strong_gates_no_overflow(kind):
     """-20 per step: in-chunk cumsums reach -640, nothing may overflow to inf or NaN."""
     q, k, v, g, h0, cu = make(kind, T=33, gate="strong")
-    cfg = dict(CFG, BT=32)
+    cfg = dict(CFG, BT=64)
     o, ht = gla_triton.chunk_forward(q, k, v, g, kind, 0.3, h0, cu, config=cfg)
     do, dht = torch.randn_like(v), torch.randn_like(h0)
     grads = gla_triton.chunk_backward(q, k, v, g, kind, 0.3, h0, cu, do, dht, config=cfg)
@@ -150,7 +150,7 @@ def test_strong_gates_no_overflow(kind):
     for x in (o, ht, *grads):
         assert torch.isfinite(x).all()
     assert rel(o, ro) < 1e-5 and rel(ht, rht) < 1e-5
-    for a, b in zip(grads[:3] + grads[4:], ref[:3] + ref[4:]):  # dg is e^-20-small and cancels: finiteness only
+    for a, b in zip(grads, ref):  # dg too: chunk-local, with no cancellation of large terms
         assert rel(a, b) < 1e-5
 
 

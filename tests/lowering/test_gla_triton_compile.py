@@ -38,11 +38,10 @@ SCRIPT = textwrap.dedent(
     ]
     if gid:
         jobs.append((kern.chunk_cumsum_kernel, dict(H=4, K=K, BT=BT, BK=128, GATE=gid)))
-        jobs.append((kern.chunk_bwd_dg_kernel, dict(H=4, G=2, K=K, BT=BT, BK=128 if gid == 1 else BK, GATE=gid,
-                                                    USE_DGL=True)))
     if gid == 2:
         sub = dict(H=4, G=2, K=K, BT=BT, BC=16, BK=BK, NC=BT // 16, PREC=prec)
         jobs += [(intra.chunk_gla_A_kernel, sub), (intra.chunk_gla_bwd_intra_kernel, sub)]
+        jobs.append((intra.chunk_rc_add_kernel, dict(H=4, K=K, BT=BT, BK=BK)))
     typed = {"q": dt, "k": dt, "v": dt, "o": dt, "do": dt, "dv": dt, "g": dt, "h": dt, "dh": dt}
     for fn, consts in jobs:
         sig = {}
