@@ -148,10 +148,17 @@ def test_packed_sequences(tiny, tmp_path):
     else:
         run = model
     fh.patch(model)
-    with torch.no_grad():
-        ref = torch.cat([run(s, use_cache=False)[0] for s in seqs], 1)
-        out = run(packed, use_cache=False, **kw)[0]
+    ref = torch.cat([run(s, use_cache=False)[0] for s in seqs], 1)
+    out = run(packed, use_cache=False, **kw)[0]
     assert rel(out, ref) < TOL
+    # training on packed rows: the same gradients as on the sequences one by one
+    w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(3))
+    params = [p for p in model.parameters() if p.requires_grad]
+    g_ref = torch.autograd.grad((ref * w).sum(), params, allow_unused=True)
+    g_out = torch.autograd.grad((out * w).sum(), params, allow_unused=True)
+    flat = lambda gs: torch.cat([g.flatten() for g in gs if g is not None])
+    assert rel(flat(g_out), flat(g_ref)) < TOL
+    ref, out = ref.detach(), out.detach()
     fh.unpatch(model)
     try:  # transformers' torch path refuses packed sequences, or silently lets them mix
         with torch.no_grad():
