@@ -298,8 +298,8 @@ def tune_main(argv=None) -> int:
     """``python -m fla_compile tune``: pre-tune the GLA-line kernels for common shapes."""
     p = argparse.ArgumentParser(prog="python -m fla_compile tune", description=tune_main.__doc__)
     p.add_argument("--families", default="linear_attn,retention,simple_gla,gla")
-    p.add_argument("--dtypes", default="bfloat16,float16,float32")
-    p.add_argument("--dims", default="64,128,256", help="head dims, used for K and V")
+    p.add_argument("--dtypes", default="bfloat16", help="e.g. bfloat16,float16,float32")
+    p.add_argument("--dims", default="64,128", help="head dims, used for K and V (e.g. 64,128,256)")
     p.add_argument("--T", default="2048,8192,varlen", help="sequence lengths to tune for ('varlen': packed)")
     p.add_argument("--decode", action=argparse.BooleanOptionalAction, default=True, help="tune the decode kernel")
     p.add_argument("--force", action="store_true", help="re-tune keys already in the cache")
