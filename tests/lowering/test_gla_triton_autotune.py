@@ -12,7 +12,17 @@ import torch
 
 from fla_compile.lowering import autotune
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+def _interpreting() -> bool:
+    """TRITON_INTERPRET is set and was set before triton was imported (else its jit helpers cannot be interpreted)."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    import triton.language.standard as std
+
+    return type(std.cdiv).__name__ == "InterpretedFunction"
+
+
+INTERPRET = _interpreting()
 
 
 def test_key_buckets_T_never_exact():
