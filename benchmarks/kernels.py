@@ -273,6 +273,7 @@ def main(argv=None) -> int:
     p.add_argument("--sweep", action="store_true", help="also time fwd+bwd against T, with a plot")
     args = p.parse_args(argv)
     args.families = args.families.split(",")
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run from a checkout
     if not torch.cuda.is_available():
         print("benchmarks/kernels.py needs a CUDA device", file=sys.stderr)
         return 1
