@@ -134,7 +134,8 @@ def first_call_seconds(cache_dir: str) -> float:
         "print(time.perf_counter() - t)"
     )
     env = dict(os.environ, FLA_COMPILE_CACHE_DIR=cache_dir)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    root = pathlib.Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900, cwd=root)
     if out.returncode != 0:
         raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed")
     return float(out.stdout.strip().splitlines()[-1])
