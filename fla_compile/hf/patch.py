@@ -53,6 +53,7 @@ class PatchReport:
 
     model: str
     groups: list[LayerGroup] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def layers_patched(self) -> int:
@@ -66,8 +67,8 @@ class PatchReport:
     def __str__(self) -> str:
         head = f"fla_compile.patch({self.model}): {self.layers_patched} layer(s) patched"
         if not self.groups:
-            return head + " (no known linear-attention layers)"
-        return "\n".join([head, *("  " + g.line() for g in self.groups)])
+            head += " (no known linear-attention layers)"
+        return "\n".join([head, *("  " + g.line() for g in self.groups), *("  note: " + n for n in self.notes)])
 
 
 @dataclasses.dataclass
@@ -203,6 +204,13 @@ def patch(model: torch.nn.Module, verify: bool = True) -> PatchReport:
             _apply(m, fwd, attrs)
         group.patched = True
         group.swapped = tuple(originals) if binding.forward is None else ("forward",)
+    found = {cls.__name__ for cls in by_class}
+    for rule in registry.RULES_BY_MODEL_TYPE.get(model_type, ()):
+        if rule.cls not in found:
+            report.notes.append(
+                f"model_type {model_type!r} uses {rule.cls} layers, but this model has none "
+                f"(no such layers configured, or renamed in this transformers version)"
+            )
     logger.info(_log_line(report))
     return report
 

@@ -125,3 +125,10 @@ def test_patch_under_accelerate_style_hooks(tmp_path):
     for m in model.modules():
         if id(m) in hooked:
             assert m.forward is hooked[id(m)] and m._old_forward.__func__ is type(m).forward
+
+
+def test_known_model_type_without_its_layers_is_noted(tmp_path, monkeypatch):
+    model = load_tiny(MAMBA2, tmp_path)
+    monkeypatch.setattr(registry, "RULES_BY_CLASS", {})  # as if transformers had renamed the mixer
+    report = fh.patch(model)
+    assert report.layers_patched == 0 and "Mamba2Mixer" in str(report) and "renamed" in str(report)
