@@ -65,8 +65,8 @@ def chunk_scan(
         output_final_state=return_final_states,
         cu_seqlens=cu,
     )
-    if D is not None:
-        o = o + (D.float()[:, None] * x.float()).to(o.dtype)
+    if D is not None:  # D [H] (or [H, P])
+        o = o + (D.float().reshape(D.shape[0], -1) * x.float()).to(o.dtype)
     if z is not None:
         o = o * F.silu(z.to(o.dtype))
     if return_final_states:
