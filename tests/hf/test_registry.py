@@ -132,3 +132,11 @@ def test_known_model_type_without_its_layers_is_noted(tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "RULES_BY_CLASS", {})  # as if transformers had renamed the mixer
     report = fh.patch(model)
     assert report.layers_patched == 0 and "Mamba2Mixer" in str(report) and "renamed" in str(report)
+
+
+def test_verify_false_skips_the_proofs(tmp_path, monkeypatch):
+    model = load_tiny(MAMBA2, tmp_path)
+    monkeypatch.setitem(ssd.BINDING.probes, "mamba2_chunk_scan", lambda original, ours, device: 0.5)
+    report = fh.patch(model, verify=False)
+    assert report.ok and report.groups[0].probe_err == {}
+    assert fh.unpatch(model) == 2
