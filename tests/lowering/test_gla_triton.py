@@ -218,15 +218,17 @@ def test_chunk_meta_varlen():
     assert all(n == -1 for n, _ in info.tolist()[5:])
 
 
+@pytest.mark.parametrize("T", [9, 70], ids=["decode", "chunked"])
 @pytest.mark.parametrize("family", ["linear_attn", "retention", "simple_gla", "gla"])
-def test_ops_use_kernels(family, monkeypatch):
-    """The ops' forward and backward through the kernels (FLA_COMPILE_TRITON=interpret) match the torch path."""
+def test_ops_use_kernels(family, T, monkeypatch):
+    """The ops' forward (fused recurrent for T <= 64, else chunked) and backward through the kernels
+    (FLA_COMPILE_TRITON=interpret) match the torch path."""
     import fla_compile.ops as ops
     from fla_compile.lowering import gla_triton_enabled
 
     if not INTERPRET:
         pytest.skip("interpreter wiring test")
-    q, k, v, g, h0, cu = make("vector" if family == "gla" else "scalar", T=70, H=2, HK=1)
+    q, k, v, g, h0, cu = make("vector" if family == "gla" else "scalar", T=T, H=2, HK=1)
     args = {"linear_attn": (), "retention": (torch.tensor([-0.1, -0.7]),), "simple_gla": (g,), "gla": (g,)}[family]
 
     def run():
