@@ -126,6 +126,14 @@ def gla_line_forward(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seq
     outs, states = [], []
     for n, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
         h0 = None if initial_state is None else initial_state[n : n + 1]
+        if e == s:  # an empty sequence: no output, the state passes through
+            K, V = q.shape[-1], v.shape[-1]
+            states.append(
+                v.new_zeros(1, H, K, V, dtype=torch.float64 if v.dtype == torch.float64 else torch.float32)
+                if h0 is None
+                else h0.to(torch.float64 if v.dtype == torch.float64 else torch.float32)
+            )
+            continue
         g = None if gate is None else gate[:, s:e]
         o, S = chunk_gla_dense(q[:, s:e], k[:, s:e], v[:, s:e], g, gate_kind, scale, h0)
         outs.append(o)
