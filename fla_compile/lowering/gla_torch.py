@@ -41,7 +41,7 @@ def chunk_gla_dense(q, k, v, gate, gate_kind, scale, initial_state, chunk_size=N
     B, T, H, K = q.shape
     V = v.shape[-1]
     cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
-    SUB = 16  # vector gates: exact [c, c, K] decays only inside sub-chunks of 16 steps
+    SUB = 4  # vector gates: exact [c, c, K] decays only inside sub-chunks of 4 steps (cheapest on CPU)
     C = chunk_size or 64
     C = max(1, min(C, T))
     if gate_kind == GATE_VECTOR:
