@@ -20,6 +20,7 @@ import torch
 import torch.fx as fx
 
 from . import passes
+from .patterns.chunked import FunctionLowering
 from .report import Report
 from .rewrite import LoopLowering
 from .verify import rel_err
@@ -84,6 +85,8 @@ _trace.count = 0
 def _same_target(a, b) -> bool:
     if isinstance(a, LoopLowering) and isinstance(b, LoopLowering):
         return a.family == b.family
+    if isinstance(a, FunctionLowering) and isinstance(b, FunctionLowering):
+        return a.__name__ == b.__name__ and a.roles == b.roles and a.rec.extras == b.rec.extras
     return a == b
 
 
