@@ -16,7 +16,8 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from .ir import Family, Recurrence
+from .ir import Recurrence
+from .ops.dispatch import run_family
 from .patterns._graph import value_of
 from .patterns.loop import LoopRegion
 from .verify import Role, apply_recipe
@@ -75,29 +76,14 @@ def call_family(b: Recurrence, vals: dict, h0):
         h0 = h0.reshape(B, H, *h0.shape[-2:])
         h0 = h0.transpose(-1, -2) if b.state_transposed else h0
         h0 = h0.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
-    ops = torch.ops.fla_compile
+    gate = beta = None
     if b.beta is not None:
         beta = to_bthd(vals["beta"], batch)
-        if family == Family.DELTA_RULE:
-            o, ht = ops.delta_rule(q, k, v, beta, b.scale, h0, None, False)
-        else:
-            if b.gate is not None:
-                g = to_bthd(log_gate(vals["gate"], b.gate.log), batch)
-            else:  # a literal constant decay
-                g = torch.full(beta.shape, b.decay, dtype=torch.float32, device=q.device)
-            op = ops.kda if family == Family.KDA else ops.gated_delta_rule
-            o, ht = op(q, k, v, g, beta, b.scale, h0, None, False)
-    elif family == Family.LINEAR_ATTN:
-        o, ht = ops.linear_attn(q, k, v, b.scale, h0, None)
-    elif family == Family.RETENTION and b.gate is None:
-        decay = torch.full((H,), b.decay, dtype=torch.float32, device=q.device)
-        o, ht = ops.retention(q, k, v, decay, b.scale, h0, None)
-    else:
-        g = to_bthd(log_gate(vals["gate"], b.gate.log), batch)
-        if family == Family.GLA:
-            o, ht = ops.gla(q, k, v, g, b.scale, h0, None)
-        else:
-            o, ht = ops.simple_gla(q, k, v, g, b.scale, h0, None)
+    if b.gate is not None:
+        gate = to_bthd(log_gate(vals["gate"], b.gate.log), batch)
+    elif b.decay is not None and beta is not None:  # a literal constant decay of a gated delta rule
+        gate = torch.full(beta.shape, b.decay, dtype=torch.float32, device=q.device)
+    o, ht = run_family(family, q, k, v, gate=gate, beta=beta, decay=b.decay, scale=b.scale, initial_state=h0)
     ht = ht.transpose(-1, -2) if b.state_transposed else ht
     return from_bthd(o, batch), ht.reshape(*batch, *ht.shape[-2:])
 

@@ -23,6 +23,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from ..ir import Family, Recurrence
+from ..ops.dispatch import run_family
 from ..report import Match, Miss
 from ._graph import value_of
 
@@ -130,25 +131,13 @@ def _probe(inputs, roles, gen):
 
 
 def _op(roles, vals, l2norm, scale):
-    ops = torch.ops.fla_compile
     q, k, v = (vals[roles[r]] for r in ("q", "k", "v"))
-    g = vals[roles["gate"]] if roles["gate"] is not None else None
-    b = vals[roles["beta"]] if roles["beta"] is not None else None
-    h0 = vals[roles["h0"]] if roles["h0"] is not None else None
-    fam = roles["family"]
+    g, b, h0 = (vals[roles[r]] if roles[r] is not None else None for r in ("gate", "beta", "h0"))
     if h0 is not None:
         h0 = h0.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
-    if fam in (Family.GATED_DELTA_RULE, Family.KDA):
-        return getattr(ops, fam.value)(
-            q, k, v, g.float() if q.dtype != torch.float64 else g, b, scale, h0, None, l2norm
-        )
-    if fam == Family.DELTA_RULE:
-        return ops.delta_rule(q, k, v, b, scale, h0, None, l2norm)
-    if l2norm:
-        q, k = F.normalize(q, dim=-1, eps=1e-6), F.normalize(k, dim=-1, eps=1e-6)
-    if fam == Family.LINEAR_ATTN:
-        return ops.linear_attn(q, k, v, scale, h0, None)
-    return getattr(ops, fam.value)(q, k, v, g, scale, h0, None)
+    if g is not None and q.dtype != torch.float64:
+        g = g.float()
+    return run_family(roles["family"], q, k, v, gate=g, beta=b, scale=scale, initial_state=h0, l2norm=l2norm)
 
 
 def _compare(outs, o, ht):

@@ -26,6 +26,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from ..ir import Family
+from ..ops.dispatch import run_family
 from ..report import Match, Miss, Report
 from ..verify import TOL, NearMiss, rel_err
 from ._graph import source_line, value_of
@@ -225,20 +226,16 @@ class Lowering:
         """The family op on role values in their own layouts; o as [1, T, N, V]."""
         dt = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
         q, k, v = (to_canon(x.to(dt), lay, self.batch, self.bsizes) for x, lay in zip((q, k, v), self.layouts))
-        ops = torch.ops.fla_compile
         acc = torch.float64 if dt == torch.float64 else torch.float32
-        if self.family == Family.LINEAR_ATTN:
-            o, _ = ops.linear_attn(q, k, v, self.scale, None, None)
-        elif self.family == Family.RETENTION and isinstance(self.decay, str):  # a runtime gamma or log-gamma
+        gate = decay = None
+        if self.family == Family.RETENTION and isinstance(self.decay, str):  # a runtime gamma or log-gamma
             decay = head_canon(g.to(acc), self.bsizes)
             decay = decay.log() if self.decay == "gamma" else decay
-            o, _ = ops.retention(q, k, v, decay, self.scale, None, None)
         elif self.family == Family.RETENTION:
-            decay = torch.tensor(self.decay, device=q.device, dtype=acc)
-            o, _ = ops.retention(q, k, v, decay, self.scale, None, None)
-        else:
-            g = gate_canon(g.to(acc), self.gate_dim, self.bsizes)
-            o, _ = ops.simple_gla(q, k, v, g, self.scale, None, None)
+            decay = self.decay
+        elif self.family != Family.LINEAR_ATTN:
+            gate = gate_canon(g.to(acc), self.gate_dim, self.bsizes)
+        o, _ = run_family(self.family, q, k, v, gate=gate, decay=decay, scale=self.scale)
         return o
 
 

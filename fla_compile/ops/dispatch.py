@@ -1,0 +1,34 @@
+"""One place that calls the family op for a ``Family``: every rewrite lowers through it."""
+
+from __future__ import annotations
+
+import torch
+
+from ..ir import Family
+
+
+def run_family(
+    family: Family, q, k, v, *, gate=None, beta=None, decay=None, scale=1.0, initial_state=None, l2norm=False
+):
+    """(o, final state) of ``torch.ops.fla_compile.<family>`` on [B, T, H, D] inputs.
+
+    gate: log-space, [B,T,H] (scalar families) or [B,T,H,K] (gla, kda). decay: retention's
+    log-gamma, a float or a tensor [H]. l2norm: normalize q and k first (delta ops do it in-kernel).
+    """
+    ops = torch.ops.fla_compile
+    h0 = initial_state
+    if family in (Family.DELTA_RULE, Family.GATED_DELTA_RULE, Family.KDA):
+        if family == Family.DELTA_RULE:
+            return ops.delta_rule(q, k, v, beta, scale, h0, None, l2norm)
+        return getattr(ops, family.value)(q, k, v, gate, beta, scale, h0, None, l2norm)
+    if l2norm:
+        q, k = torch.nn.functional.normalize(q, dim=-1, eps=1e-6), torch.nn.functional.normalize(k, dim=-1, eps=1e-6)
+    if family == Family.LINEAR_ATTN:
+        return ops.linear_attn(q, k, v, scale, h0, None)
+    if family == Family.RETENTION and gate is None:
+        H = v.shape[2]
+        decay = torch.as_tensor(decay, device=q.device).to(torch.float64 if q.dtype == torch.float64 else torch.float32)
+        return ops.retention(q, k, v, decay.expand(H).contiguous(), scale, h0, None)
+    if family == Family.GLA:
+        return ops.gla(q, k, v, gate, scale, h0, None)
+    return ops.simple_gla(q, k, v, gate, scale, h0, None)  # simple_gla, or retention held in a tensor
