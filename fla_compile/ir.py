@@ -31,6 +31,54 @@ class Family(str, enum.Enum):
 
 
 @dataclasses.dataclass(frozen=True)
+class Layout:
+    """How one value of a whole-sequence region (parallel, cumsum) maps to [T, *batch, D]: a label
+    per dim (None: a size-1 dim to drop), and which labels are time and the feature."""
+
+    labels: tuple
+    time: object
+    feat: object
+
+
+def out_batch(out: Layout, shape: tuple) -> tuple[tuple, tuple]:
+    """The output's batch labels (all but time, feature and size-1 dims) and their sizes."""
+    batch = tuple(x for x in out.labels if x not in (out.time, out.feat, None))
+    return batch, tuple(shape[out.labels.index(x)] for x in batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class RegionLayout:
+    """The layout of a whole-sequence region: q, k, v and the output in their own layouts, the
+    output's batch labels (folded into the op's heads) and sizes, the time dim of a gate role, how
+    a decay role holds retention's decay ("gamma" or its "log"), and the output's dtype."""
+
+    q: Layout
+    k: Layout
+    v: Layout
+    out: Layout
+    batch: tuple
+    bsizes: tuple
+    gate_dim: int | None = None
+    decay_form: str = ""
+    out_dtype: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalizer:
+    """A normalizer q . cumsum(k) fused into a linear_attn call (v gets a ones column): the roles
+    q, k, v are then the values the region's q, k, v are views of, and ``views`` (a GraphModule)
+    recomputes those views; the normalizer comes out in layout ``out`` with batch labels
+    ``batch``, as ``ratio`` times the ones column's output, in ``dtype``."""
+
+    views: Any
+    v_dim: int
+    out: Layout
+    batch: tuple
+    dtype: Any
+    ratio: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Recurrence:
     """One matched recurrence, with its tensors bound to roles.
 
@@ -43,16 +91,21 @@ class Recurrence:
         q, k, v: query, key, value roles.
         gate: log-space gate: None (linear_attn), a scalar per step (simple_gla), a vector
             per step (gla, kda). For retention see ``decay``.
-        decay: retention's constant log-decay (a float, or a role holding one per head).
+        decay: retention's constant log-decay (a float, a tuple of one per head, or a role holding
+            one per head).
         beta: the delta-rule write strength, None for the GLA line.
         scale: the factor applied to q (o_t = scale * S_t^T q_t).
         initial_state: role of S_0 in [B, H, K, V], or None for zeros.
         output_final_state: whether S_T is used after the region.
         reads_previous: the output reads S_{t-1} instead of S_t.
         state_transposed: the user stored S as [V, K]; the rewrite transposes around the op.
+        layout: how the role values reach the op's [B, T, H, D]: None when they are so already
+            (chunked), a ``RegionLayout`` for parallel and cumsum; the loop keeps a recipe per
+            role (``verify.Role``) and the state's leading dims in ``extras["batch"]``.
         spelling: which matcher found it ("loop", "parallel", "cumsum", "chunked", "hf").
         source: a short "file:line" pointing at the user's code, when known.
-        extras: spelling-specific details (normalizer, probe errors) kept for the report.
+        extras: spelling-specific details: the loop's ``batch`` and ``positive``, chunked's
+            ``l2norm``, cumsum's fused ``normalizer`` (a ``Normalizer``).
     """
 
     family: Family
@@ -67,6 +120,7 @@ class Recurrence:
     output_final_state: bool = False
     reads_previous: bool = False
     state_transposed: bool = False
+    layout: Any = None
     spelling: str = ""
     source: str = ""
     extras: dict = dataclasses.field(default_factory=dict, compare=False, hash=False)

@@ -5,10 +5,16 @@ is hoisted out as whole-sequence tensors with ``torch.vmap`` over the time dim o
 inputs, the op runs on [B, T, H, D] views, and the results are laid out as the user's
 code laid them out (stacked, concatenated or written into a buffer). Layout transposes
 are left for Inductor to fuse.
+
+For a whole-sequence form (parallel, cumsum), the ``Recurrence`` alone says what to call:
+its roles become the call's arguments, ``layout`` (a ``RegionLayout``) takes them to
+[1, T, N, D] with every batch dim folded into the op's heads and brings the output back,
+and a fused normalizer (``extras["normalizer"]``) adds a ones column to v.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 
@@ -16,7 +22,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from .ir import Recurrence
+from .ir import Family, Layout, Recurrence
 from .ops.dispatch import run_family
 from .patterns._graph import value_of
 from .patterns.loop import LoopRegion
@@ -203,4 +209,176 @@ def rewrite_loop(region: LoopRegion, lowering: LoopLowering) -> None:
         graph.erase_node(region.out_target)
     for n in reversed([n for b in region.blocks for n in b]):
         graph.erase_node(n)
+    graph.eliminate_dead_code()
+
+
+# ---------------------------------------------------------------- whole-sequence forms
+ROLE_FIELDS = ("q", "k", "v", "gate", "decay", "beta")
+
+
+@dataclasses.dataclass(frozen=True)
+class Arg:
+    """A role bound to the ``index``-th argument of a lowering's call."""
+
+    index: int
+
+
+def role_nodes(rec: Recurrence) -> list[fx.Node]:
+    """The distinct nodes bound to roles, in role order: the arguments of the region and of its call."""
+    return list(dict.fromkeys(getattr(rec, f) for f in ROLE_FIELDS if isinstance(getattr(rec, f), fx.Node)))
+
+
+def bind_args(rec: Recurrence) -> tuple[Recurrence, list[fx.Node]]:
+    """``rec`` with its node roles replaced by ``Arg``s, and the nodes in argument order."""
+    nodes = role_nodes(rec)
+    slots = {f: Arg(nodes.index(getattr(rec, f))) for f in ROLE_FIELDS if isinstance(getattr(rec, f), fx.Node)}
+    return rec.replace(**slots), nodes
+
+
+def to_canon(x: torch.Tensor, lay: Layout, batch: tuple, bsizes: tuple) -> torch.Tensor:
+    """A role value as [1, T, N, D] (all batch dims folded into the op's heads)."""
+    drop = [i for i, lab in enumerate(lay.labels) if lab is None]
+    labels = [lab for lab in lay.labels if lab is not None]
+    for i in reversed(drop):
+        x = x.squeeze(i)
+    order = []
+    for lab in (lay.time, *batch, lay.feat):
+        if lab in labels:
+            order.append(labels.index(lab))
+        else:
+            x = x.unsqueeze(-1)
+            labels.append(lab)
+            order.append(len(labels) - 1)
+    x = x.permute(order)
+    T, D = x.shape[0], x.shape[-1]
+    return x.expand(T, *bsizes, D).reshape(1, T, math.prod(bsizes), D)
+
+
+def from_canon(o: torch.Tensor, out: Layout, batch: tuple, bsizes: tuple) -> torch.Tensor:
+    """[1, T, N, V] -> the output's own layout."""
+    o = o[0].reshape(o.shape[1], *bsizes, o.shape[-1])
+    have = [out.time, *batch, out.feat]
+    if out.feat not in out.labels:  # an output without a feature dim (a normalizer)
+        o, have = o[..., 0], have[:-1]
+    o = o.permute([have.index(lab) for lab in out.labels if lab is not None])
+    for i, lab in enumerate(out.labels):
+        if lab is None:  # a size-1 dim of the output (e.g. a matmul's row)
+            o = o.unsqueeze(i)
+    return o
+
+
+def gate_canon(g: torch.Tensor, dim: int, bsizes: tuple) -> torch.Tensor:
+    """A per-head gate [.., T, ..] (time at ``dim``, batch dims right-aligned) as [1, T, N]."""
+    g = g.movedim(dim, 0)
+    rest = g.shape[1:]
+    g = g.reshape(g.shape[0], *([1] * (len(bsizes) - len(rest))), *rest)
+    return g.expand(g.shape[0], *bsizes).reshape(1, g.shape[0], math.prod(bsizes))
+
+
+def head_canon(x: torch.Tensor, bsizes: tuple) -> torch.Tensor:
+    """A per-head value ([H], [H, 1, 1], a scalar, ...; right-aligned to the batch dims) as [N]."""
+    shape = list(x.shape)
+    while len(shape) > len(bsizes) and shape[-1] == 1:
+        shape.pop()
+    x = x.reshape([1] * (len(bsizes) - len(shape)) + shape)
+    return x.expand(*bsizes).reshape(math.prod(bsizes))
+
+
+def form_op(rec: Recurrence, q, k, v, g=None) -> torch.Tensor:
+    """The family op on role values in the region's layouts (``g``: the gate or decay role's
+    value); o as [1, T, N, V]."""
+    lay = rec.layout
+    dt = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+    q, k, v = (to_canon(x.to(dt), lx, lay.batch, lay.bsizes) for x, lx in zip((q, k, v), (lay.q, lay.k, lay.v)))
+    acc = torch.float64 if dt == torch.float64 else torch.float32
+    gate = decay = None
+    if rec.family == Family.RETENTION and g is not None:  # a runtime gamma or log-gamma per head
+        decay = head_canon(g.to(acc), lay.bsizes)
+        decay = decay.log() if lay.decay_form == "gamma" else decay
+    elif rec.family == Family.RETENTION:
+        decay = rec.decay
+    elif rec.family != Family.LINEAR_ATTN:
+        gate = gate_canon(g.to(acc), lay.gate_dim, lay.bsizes)
+    o, _ = run_family(rec.family, q, k, v, gate=gate, decay=decay, scale=rec.scale)
+    return o
+
+
+def _close(a, b) -> bool:
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9)
+    return a == b
+
+
+class FormLowering:
+    """The callable that replaces a proven whole-sequence form: role values in their own layouts
+    -> [1, T, N, D] -> the family op -> the output's layout (and a fused normalizer's)."""
+
+    def __init__(self, rec: Recurrence):
+        self.rec, self.args = bind_args(rec)
+        self.family = rec.family
+        self.norm = rec.extras.get("normalizer")
+        heads = "x".join(map(str, rec.layout.bsizes))
+        self.__name__ = f"fla_{rec.family.value}_{heads}" + ("_normalized" if self.norm else "")
+
+    def __repr__(self) -> str:
+        return self.__name__
+
+    def key(self) -> tuple:
+        """What the call does apart from its floats and lengths (``@jit`` merges two probe lengths)."""
+        r = self.rec.replace(scale=0.0, decay=self.rec.decay if isinstance(self.rec.decay, Arg) else None, source="")
+        n = self.norm
+        return (r, n and dataclasses.replace(n, views=n.views.code, ratio=0.0))
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, FormLowering) or self.key() != other.key():
+            return False
+        a, b = self.rec, other.rec
+        ratios = self.norm is None or _close(self.norm.ratio, other.norm.ratio)
+        return _close(a.scale, b.scale) and _close(a.decay, b.decay) and ratios
+
+    def __hash__(self) -> int:
+        return hash(self.key())
+
+    def __call__(self, *args, cast=True):
+        rec, lay, norm = self.rec, self.rec.layout, self.norm
+        g = next((args[r.index] for r in (rec.gate, rec.decay) if isinstance(r, Arg)), None)
+        if norm is None:
+            o = form_op(rec, *(args[r.index] for r in (rec.q, rec.k, rec.v)), g)
+            o = from_canon(o, lay.out, lay.batch, lay.bsizes)
+            return o.to(lay.out_dtype) if cast and lay.out_dtype is not None else o
+        q, k, v = norm.views(*args)
+        v = torch.cat([v, torch.ones_like(v.narrow(norm.v_dim, 0, 1))], norm.v_dim)
+        o = form_op(rec, q, k, v)
+        num = from_canon(o[..., :-1], lay.out, lay.batch, lay.bsizes)
+        den = from_canon(o[..., -1:], norm.out, norm.batch, lay.bsizes)
+        den = den * norm.ratio if norm.ratio != 1.0 else den
+        if cast:
+            num, den = num.to(lay.out_dtype), den.to(norm.dtype)
+        return num, den
+
+
+def rewrite_form(outs: tuple, rec: Recurrence) -> None:
+    """Replace a proven form's output nodes (a read-out, and a fused normalizer) by one call of
+    ``FormLowering(rec)``; dead nodes are left to dead-code elimination."""
+    low = FormLowering(rec)
+    graph = outs[0].graph
+    keep = ("example_value", "val", "stack_trace")
+    if len(outs) == 1:
+        (out,) = outs
+        with graph.inserting_after(out):
+            call = graph.call_function(low, tuple(low.args))
+        call.meta = {k: v for k, v in out.meta.items() if k in keep}
+        out.replace_all_uses_with(call, delete_user_cb=lambda u: u is not call)
+        graph.eliminate_dead_code()
+        return
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    with graph.inserting_after(max(low.args, key=order.__getitem__)):
+        call = graph.call_function(low, tuple(low.args))
+    for i, o in reversed(list(enumerate(outs))):
+        with graph.inserting_after(call):
+            item = graph.call_function(operator.getitem, (call, i))
+        item.meta = {k: v for k, v in o.meta.items() if k in keep}
+        o.replace_all_uses_with(item)
     graph.eliminate_dead_code()

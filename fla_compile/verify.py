@@ -11,6 +11,11 @@ values, so the spelling (einsum, matmul, broadcasting, transposed state) does no
 The binding is then proven on fresh probes against the family's op itself (T = 1, the
 probe state as initial state). Anything that fails is a near miss with its reason; NaN
 never passes.
+
+The whole-sequence spellings (parallel, cumsum) bind their roles themselves and are proven
+here too (``prove_region``): the region runs once on fresh probes at its traced shapes and
+must equal the op of the ``Recurrence`` they produced. Every spelling draws its probes with
+``probe`` and runs its region with ``run_region``.
 """
 
 from __future__ import annotations
@@ -76,16 +81,43 @@ def loop_recurrence(family, q, k, v, gate, decay, scale, transposed, batch, posi
     )
 
 
+def probe(shape, gen: torch.Generator, kind=None, device=None) -> torch.Tensor:
+    """Random float64 probe values: normal (``kind`` None), "positive" (|x|/2 + 1/4), "gate"
+    (logsigmoid of a normal: log-gates) or uniform in a span ``(lo, hi)``."""
+    if isinstance(kind, tuple):
+        x = kind[0] + (kind[1] - kind[0]) * torch.rand(tuple(shape), generator=gen, dtype=torch.float64)
+    else:
+        x = torch.randn(tuple(shape), generator=gen, dtype=torch.float64)
+        x = F.logsigmoid(x) if kind == "gate" else x.abs() * 0.5 + 0.25 if kind == "positive" else x
+    return x if device is None else x.to(device)
+
+
 class _Recorder(fx.Interpreter):
-    def __init__(self, gm):
-        super().__init__(gm, garbage_collect_values=False)
+    def __init__(self, gm, keep):
+        super().__init__(gm, garbage_collect_values=keep is not None)
+        self.keep, self.kept = keep, {}
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        if self.keep is None or n in self.keep:
+            self.kept[n] = out
+        return out
 
 
-def _run(gm, args):
-    rec = _Recorder(gm)
+def run_region(gm: fx.GraphModule, args: list, keep=None) -> tuple:
+    """Run a region (a loop step, a parallel or cumsum form) on probes, without autograd; return
+    its output and the values of its nodes in ``keep`` (of every node when None: float64 T x T
+    matrices are large, so a caller that reads a few names them)."""
+    rec = _Recorder(gm, None if keep is None else set(keep))
     with torch.no_grad():
         out = rec.run(*args)
-    return out, rec.env
+    return out, rec.kept
+
+
+def fit_scale(o: torch.Tensor, ref: torch.Tensor) -> float:
+    """The least-squares c of o = c * ref (NaN when ref is zero)."""
+    den = (ref * ref).sum().item()
+    return (o * ref).sum().item() / den if den > 0 else math.nan
 
 
 def _state_dependent(gm: fx.GraphModule) -> set:
@@ -144,8 +176,7 @@ def _probe_inputs(metas, gen, positive=False):
             raise NearMiss(f"a step input is not a tensor ({type(m).__name__})")
         if not m.is_floating_point():
             raise NearMiss(f"a step input has dtype {m.dtype}; only float inputs can be probed")
-        x = torch.randn(tuple(m.shape), generator=gen, dtype=torch.float64)
-        out.append(x.abs() * 0.5 + 0.25 if positive else x)
+        out.append(probe(m.shape, gen, "positive" if positive else None))
     return out
 
 
@@ -171,16 +202,16 @@ def _classify(step, input_metas, state_meta, positive: bool) -> Recurrence:
     for attempt in (positive, True):  # retry on positive inputs where e.g. a log needs them
         positive = attempt
         P = _probe_inputs(input_metas, gen, positive)
-        Sa = torch.randn(state_meta.shape, generator=gen, dtype=torch.float64)
-        Sb = torch.randn(state_meta.shape, generator=gen, dtype=torch.float64)
-        (Fa, oa), env = _run(step, [Sa, *P])
+        Sa = probe(state_meta.shape, gen)
+        Sb = probe(state_meta.shape, gen)
+        (Fa, oa), env = run_region(step, [Sa, *P])
         if torch.isfinite(Fa).all() and (oa is None or torch.isfinite(oa).all()):
             break
     else:
         raise NearMiss("the step gives NaN or inf on random inputs")
-    (F0, o0), _ = _run(step, [torch.zeros_like(Sa), *P])
-    (Fb, _), _ = _run(step, [Sb, *P])
-    (Fab, _), _ = _run(step, [Sa + 2 * Sb, *P])
+    (F0, o0), _ = run_region(step, [torch.zeros_like(Sa), *P])
+    (Fb, _), _ = run_region(step, [Sb, *P])
+    (Fab, _), _ = run_region(step, [Sa + 2 * Sb, *P])
     if Fa.shape != Sa.shape:
         raise NearMiss(f"the state changes shape from {tuple(Sa.shape)} to {tuple(Fa.shape)}")
     Aa, Ab = Fa - F0, Fb - F0
@@ -360,8 +391,8 @@ def prove_loop(step: fx.GraphModule, input_metas: list, state_meta, rec: Recurre
     worst = 0.0
     for _ in range(trials):
         P = _probe_inputs(input_metas, gen, rec.extras["positive"])
-        S = torch.randn(state_meta.shape, generator=gen, dtype=torch.float64)
-        (S1, o1), env = _run(step, [S, *P])
+        S = probe(state_meta.shape, gen)
+        (S1, o1), env = run_region(step, [S, *P])
         roles = {"q": rec.q, "k": rec.k, "v": rec.v, "gate": rec.gate, "beta": rec.beta}
         roles = {n: r for n, r in roles.items() if r is not None}
         vals = {n: apply_recipe(env[by_origin[r.origin]], r.recipe, r.target)[None] for n, r in roles.items()}
@@ -371,3 +402,31 @@ def prove_loop(step: fx.GraphModule, input_metas: list, state_meta, rec: Recurre
             raise NearMiss(f"the {rec.family.value} op differs from the step on fresh inputs (rel err {err:.1e})")
         worst = max(worst, err)
     return worst
+
+
+def prove_region(gm: fx.GraphModule, args: list, recs: list[Recurrence], verify: bool = True) -> tuple:
+    """The first of ``recs`` (bindings of one whole-sequence region, in the order to try) whose op
+    equals the region ``gm`` on the fresh probes ``args`` (its roles, in order), with its error.
+
+    Unverified, the first binding the op accepts is taken (error NaN). None: a NearMiss with the errors.
+    """
+    from .rewrite import FormLowering
+
+    ref, _ = run_region(gm, args, keep=())
+    errs = []
+    for rec in recs:
+        try:
+            o = FormLowering(rec)(*args, cast=False)
+        except RuntimeError as e:
+            errs.append(f"{rec.family.value}: {str(e).splitlines()[0]}")
+            continue
+        if isinstance(ref, tuple):
+            err = max(rel_err(a.to(b.dtype), b) for a, b in zip(o, ref))
+        else:
+            err = rel_err(o.to(ref.dtype), ref)
+        if not verify:
+            return rec, math.nan
+        if err <= TOL:
+            return rec, err
+        errs.append(f"{rec.family.value} rel err {err:.1e}")
+    raise NearMiss("the op differs from the region on fresh inputs: " + "; ".join(errs))

@@ -7,28 +7,30 @@ einsum or a matmul of a column by a row) and whose only reader contracts it with
 the key dim (einsum, matmul, or multiply-and-sum). Dims are labelled by their position
 in the outer product, so the cumsum dim is time, the dim only k spans is the key and the
 dim only v spans is the value; a cumsum over the key or value dim is rejected. The region
-from q, k, v to the read-out is then run on random float64 probes, the scale fitted, and
-the binding proven against linear_attn on fresh probes before the read-out is replaced.
+from q, k, v to the read-out is then run on random float64 probes and the scale fitted; the
+result is a linear_attn ``Recurrence`` (``layout``: a ``RegionLayout``), proven on fresh
+probes (``verify.prove_region``) before the read-out is replaced (``rewrite.rewrite_form``).
 
 A normalizer ``den = q . cumsum(k)`` of the same q and k (up to views) is fused into the
-numerator's call: v gets a ones column, whose output is the normalizer; the two are proven
-together. Only the two read-outs are replaced, so what the code does with them (``+ eps``,
+numerator's call (``extras["normalizer"]``): v gets a ones column, whose output is the
+normalizer; the two are proven together. Only the two read-outs are replaced, so what the code does with them (``+ eps``,
 ``.clamp(min=eps)``, the division) stays as written and is reproduced exactly. A
 normalizer that cannot be fused stays as written (it is linear in T already).
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import math
 import operator
 
 import torch
 import torch.fx as fx
 
-from ..ir import Family
+from ..ir import Family, Layout, Normalizer, Recurrence, RegionLayout, out_batch
 from ..report import Match, Miss, Report
-from ..verify import NearMiss
+from ..rewrite import FormLowering, rewrite_form, role_nodes
+from ..verify import NearMiss, fit_scale, run_region
 from . import parallel as P
 from ._graph import source_line, value_of
 
@@ -123,7 +125,8 @@ def readout(s: fx.Node) -> tuple | None:
 
 
 def match(cs: fx.Node, opts):
-    """Bind, fit the scale and prove one cumsum region; raise NearMiss with the reason."""
+    """Bind, fit the scale and prove one cumsum region: (``Recurrence``, proof error, the output
+    nodes it replaces), None if ``cs`` is no prefix sum of an outer product; NearMiss with the reason."""
     p = cs.args[0]
     dim = _dim(cs, 1)
     sp = P.shape_of(p)
@@ -154,28 +157,31 @@ def match(cs: fx.Node, opts):
         raise NearMiss(f"the cumsum runs over dim {dim}, the {'key' if t == dk else 'value'} dim of k (x) v, not time")
     if t not in lq or t not in lo or dv not in lo:
         raise NearMiss("q or the output has no time dim matching the cumsum")
-    layouts = (P.Layout(lq, t, dk), P.Layout(lk, t, dk), P.Layout(lv, t, dv))
-    out_layout = P.Layout(lo, t, dv)
-    batch, bsizes = P.out_batch(out_layout, P.shape_of(out))
-    region = P.cone(out, {q, k, v})
-    why = P.inner_users(region, out, [q, k, v])
+    out_layout = Layout(lo, t, dv)
+    batch, bsizes = out_batch(out_layout, P.shape_of(out))
+    why = P.inner_users(P.cone(out, {q, k, v}), out, [q, k, v])
     if why:
         raise NearMiss(why)
-    roles, slots = P.distinct([q, k, v])
+    layout = RegionLayout(
+        Layout(lq, t, dk),
+        Layout(lk, t, dk),
+        Layout(lv, t, dv),
+        out_layout,
+        batch,
+        bsizes,
+        out_dtype=value_of(out).dtype,
+    )
+    rec = Recurrence(Family.LINEAR_ATTN, q, k, v, layout=layout, spelling=SPELLING, source=source_line(cs))
+    roles = role_nodes(rec)
     gm, _ = P.extract(out, roles)
-    dtype = value_of(out).dtype
-    low = P.Lowering(Family.LINEAR_ATTN, layouts, out_layout, batch, bsizes, 1.0, out_dtype=dtype, slots=slots)
     gen = torch.Generator().manual_seed(20261124)
-    args = [P.probe(r, gen) for r in roles]
-    with torch.no_grad():
-        ref = gm(*args)
-        scale = P.fit_scale(ref, low(*args, cast=False).to(ref.dtype))
+    args = [P.probe_role(r, gen) for r in roles]
+    ref, _ = run_region(gm, args, keep=())
+    scale = fit_scale(ref, FormLowering(rec)(*args, cast=False).to(ref.dtype))
     if not math.isfinite(scale) or scale == 0:
         raise NearMiss("the read-out is not a multiple of S_t^T q_t")
-    low.scale = scale
-    low, roles, err = P.prove(gm, roles, [low], {}, opts)
-    norm = normalizer(cs, low, (q, k, v), out, opts)
-    return norm or ((low, roles, err), (out,))
+    rec, err = P.prove(gm, [rec.replace(scale=scale)], opts)
+    return normalizer(cs, rec, out, opts) or (rec, err, (out,))
 
 
 def run_pass(graph: fx.Graph, opts, report: Report) -> None:
@@ -194,27 +200,11 @@ def run_pass(graph: fx.Graph, opts, report: Report) -> None:
             continue
         if found is None:
             continue
-        (low, roles, err), outs = found
-        rewrite(outs, low, roles)
-        report.matches.append(Match("linear_attn", SPELLING, src, "fla_compile.linear_attn", err))
+        rec, err, outs = found
+        rewrite_form(outs, rec)
+        report.matches.append(Match(rec.family.value, SPELLING, src, rec.op_name, err))
         if len(outs) > 1:
             report.notes.append(f"cumsum at {src}: the normalizer is fused into the same call (v with a ones column)")
-
-
-def rewrite(outs: tuple, low, args: list[fx.Node]) -> None:
-    """Replace the read-out (and the normalizer) by one call; dead nodes go to dead-code elimination."""
-    if len(outs) == 1:
-        return P.rewrite(outs[0], low, args)
-    graph = outs[0].graph
-    order = {n: i for i, n in enumerate(graph.nodes)}
-    with graph.inserting_after(max(args, key=order.__getitem__)):
-        call = graph.call_function(low, tuple(args))
-    for i, o in reversed(list(enumerate(outs))):
-        with graph.inserting_after(call):
-            item = graph.call_function(operator.getitem, (call, i))
-        item.meta = {k: v for k, v in o.meta.items() if k in ("example_value", "val", "stack_trace")}
-        o.replace_all_uses_with(item)
-    graph.eliminate_dead_code()
 
 
 VIEWS = {
@@ -245,46 +235,10 @@ def root(n: fx.Node) -> fx.Node:
     return n
 
 
-class NormalizedLowering:
-    """One linear_attn call on v with a ones column: the numerator and the normalizer q . cumsum(k)."""
-
-    def __init__(self, num: P.Lowering, views: fx.GraphModule, v_dim: int, den: P.Layout, den_shape, den_dtype):
-        self.num, self.views, self.v_dim, self.den, self.den_dtype = num, views, v_dim, den, den_dtype
-        self.den_batch, self.den_bsizes = P.out_batch(den, den_shape)
-        self.family = num.family
-        self.den_ratio = 1.0  # the normalizer's scale over the numerator's
-        self.__name__ = num.__name__ + "_normalized"
-
-    def __repr__(self) -> str:
-        return self.__name__
-
-    def __eq__(self, other) -> bool:  # see Lowering.__eq__; the views must not hold lengths
-        if not isinstance(other, NormalizedLowering) or self.num != other.num or self.views.code != other.views.code:
-            return False
-        same = (self.v_dim, self.den, self.den_batch, self.den_bsizes, self.den_dtype)
-        return same == (other.v_dim, other.den, other.den_batch, other.den_bsizes, other.den_dtype) and math.isclose(
-            self.den_ratio, other.den_ratio, rel_tol=1e-9
-        )
-
-    def __hash__(self) -> int:
-        return hash(self.num)
-
-    def __call__(self, *roots, cast=True):
-        n = self.num
-        q, k, v = self.views(*roots)
-        v = torch.cat([v, torch.ones_like(v.narrow(self.v_dim, 0, 1))], self.v_dim)
-        o = n.op(q, k, v)
-        num = P.from_canon(o[..., :-1], n.out, n.batch, n.bsizes)
-        den = P.from_canon(o[..., -1:], self.den, self.den_batch, self.den_bsizes)
-        den = den * self.den_ratio if self.den_ratio != 1.0 else den
-        if cast:
-            num, den = num.to(n.out_dtype), den.to(self.den_dtype)
-        return num, den
-
-
-def normalizer(cs: fx.Node, low: P.Lowering, roles: tuple, out: fx.Node, opts):
-    """Fuse a normalizer q . cumsum(k) of the same q and k into the numerator's call, or None."""
-    q, k, v = roles
+def normalizer(cs: fx.Node, rec: Recurrence, out: fx.Node, opts):
+    """Fuse a normalizer q . cumsum(k) of the same q and k into the numerator's call: (the fused
+    ``Recurrence``, its proof error, (numerator, normalizer)), or None."""
+    q, k = rec.q, rec.k
     rq, rk = root(q), root(k)
     for z in cs.graph.nodes:
         if z.target not in P.CUMSUM or z is cs or not isinstance(z.args[0], fx.Node) or root(z.args[0]) is not rk:
@@ -296,32 +250,35 @@ def normalizer(cs: fx.Node, low: P.Lowering, roles: tuple, out: fx.Node, opts):
         t = dim % len(P.shape_of(z))
         if root(qd) is not rq or len(contracted) != 1 or t == contracted[0] or t not in lod:
             continue
-        den_layout = P.Layout(lod, t, "den")
-        if P.out_batch(den_layout, P.shape_of(den))[1] != low.bsizes:
+        den_layout = Layout(lod, t, "den")
+        if out_batch(den_layout, P.shape_of(den))[1] != rec.layout.bsizes:
             continue
         if P.inner_users(P.cone(den, {qd, z.args[0]}), den, [qd, z.args[0]]):
             continue
         try:
-            return _fuse(low, roles, out, den, den_layout, opts)
+            return _fuse(rec, out, den, den_layout, opts)
         except Exception:  # not fusable: the normalizer stays as written
             continue
     return None
 
 
-def _fuse(low: P.Lowering, roles: tuple, out: fx.Node, den: fx.Node, den_layout: P.Layout, opts):
-    roots, _ = P.distinct([root(r) for r in roles])
-    views, _ = P.extract(tuple(roles), roots)
+def _fuse(rec: Recurrence, out: fx.Node, den: fx.Node, den_layout: Layout, opts):
+    roles = (rec.q, rec.k, rec.v)
+    fused = rec.replace(q=root(rec.q), k=root(rec.k), v=root(rec.v))
+    roots = role_nodes(fused)
+    views, _ = P.extract(roles, roots)
     joint, _ = P.extract((out, den), roots)
-    num = copy.copy(low)
-    num.slots = (0, 1, 2, 3)
-    lv = low.layouts[2]
-    fused = NormalizedLowering(num, views, lv.labels.index(lv.feat), den_layout, P.shape_of(den), value_of(den).dtype)
+    lv = rec.layout.v
+    den_batch = out_batch(den_layout, P.shape_of(den))[0]
+    norm = Normalizer(views, lv.labels.index(lv.feat), den_layout, den_batch, value_of(den).dtype)
     gen = torch.Generator().manual_seed(20261125)
-    args = [P.probe(r, gen) for r in roots]
-    with torch.no_grad():
-        ref = joint(*args)
-        ratio = P.fit_scale(ref[1], fused(*args, cast=False)[1].to(ref[1].dtype))
+    args = [P.probe_role(r, gen) for r in roots]
+    ref, _ = run_region(joint, args, keep=())
+    ratio = fit_scale(
+        ref[1], FormLowering(fused.replace(extras={"normalizer": norm}))(*args, cast=False)[1].to(ref[1].dtype)
+    )
     if not math.isfinite(ratio) or ratio == 0:
         raise NearMiss("the normalizer is not a multiple of q . cumsum(k)")
-    fused.den_ratio = ratio
-    return P.prove(joint, roots, [fused], {}, opts), (out, den)
+    fused = fused.replace(extras={"normalizer": dataclasses.replace(norm, ratio=ratio)})
+    rec, err = P.prove(joint, [fused], opts)
+    return rec, err, (out, den)

@@ -8,11 +8,13 @@ region (the sub-DAG from the role nodes to the output) runs on random float64 pr
 ratio of the masked to the raw scores is the mask M, which must not depend on q, k
 (softmax does), must be zero above the diagonal (causal) and a constant on it (the scale);
 then M is a constant (linear_attn), gamma^{i-j} (retention) or exp(c_i - c_j) of a cumsum
-in the region (simple_gla, with the cumsum's input as the gate). The binding is proven on
-fresh probes against the family op before the output node is replaced by one op call.
+in the region (simple_gla, with the cumsum's input as the gate). The result is a
+``Recurrence`` (roles: nodes; ``layout``: a ``RegionLayout``), proven on fresh probes against
+the family op (``verify.prove_region``) before the output node is replaced by one call
+(``rewrite.rewrite_form``).
 
-The helpers here (labels of contractions, region extraction, layouts, the lowering) are
-shared with the ``cumsum`` spelling.
+The helpers here (labels of contractions, region extraction) are shared with the ``cumsum``
+spelling.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from ..ir import Family
-from ..ops.dispatch import run_family
+from ..ir import Family, Layout, Recurrence, RegionLayout, out_batch
 from ..report import Match, Miss, Report
-from ..verify import TOL, NearMiss, rel_err
+from ..rewrite import head_canon, rewrite_form, role_nodes, to_canon
+from ..verify import TOL, NearMiss, probe, prove_region, rel_err, run_region
 from ._graph import source_line, value_of
 
 SPELLING = "parallel"
@@ -127,124 +129,6 @@ def sizes(node: fx.Node, labels: tuple) -> dict:
     return dict(zip(labels, shape_of(node)))
 
 
-# ---------------------------------------------------------------- layouts
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """How a role value maps to [T, *batch, D]: a label per dim (None: a size-1 dim to drop)."""
-
-    labels: tuple
-    time: object
-    feat: object
-
-
-def out_batch(out: Layout, shape: tuple) -> tuple[tuple, tuple]:
-    """The output's batch labels (all but time, feature and size-1 dims) and their sizes."""
-    batch = tuple(x for x in out.labels if x not in (out.time, out.feat, None))
-    return batch, tuple(shape[out.labels.index(x)] for x in batch)
-
-
-def to_canon(x: torch.Tensor, lay: Layout, batch: tuple, bsizes: tuple) -> torch.Tensor:
-    """A role value as [1, T, N, D] (all batch dims folded into the op's heads)."""
-    drop = [i for i, lab in enumerate(lay.labels) if lab is None]
-    labels = [lab for lab in lay.labels if lab is not None]
-    for i in reversed(drop):
-        x = x.squeeze(i)
-    order = []
-    for lab in (lay.time, *batch, lay.feat):
-        if lab in labels:
-            order.append(labels.index(lab))
-        else:
-            x = x.unsqueeze(-1)
-            labels.append(lab)
-            order.append(len(labels) - 1)
-    x = x.permute(order)
-    T, D = x.shape[0], x.shape[-1]
-    return x.expand(T, *bsizes, D).reshape(1, T, math.prod(bsizes), D)
-
-
-def from_canon(o: torch.Tensor, out: Layout, batch: tuple, bsizes: tuple) -> torch.Tensor:
-    """[1, T, N, V] -> the output's own layout."""
-    o = o[0].reshape(o.shape[1], *bsizes, o.shape[-1])
-    have = [out.time, *batch, out.feat]
-    if out.feat not in out.labels:  # an output without a feature dim (a normalizer)
-        o, have = o[..., 0], have[:-1]
-    o = o.permute([have.index(lab) for lab in out.labels if lab is not None])
-    for i, lab in enumerate(out.labels):
-        if lab is None:  # a size-1 dim of the output (e.g. a matmul's row)
-            o = o.unsqueeze(i)
-    return o
-
-
-def gate_canon(g: torch.Tensor, dim: int, bsizes: tuple) -> torch.Tensor:
-    """A per-head gate [.., T, ..] (time at ``dim``, batch dims right-aligned) as [1, T, N]."""
-    g = g.movedim(dim, 0)
-    rest = g.shape[1:]
-    g = g.reshape(g.shape[0], *([1] * (len(bsizes) - len(rest))), *rest)
-    return g.expand(g.shape[0], *bsizes).reshape(1, g.shape[0], math.prod(bsizes))
-
-
-# ---------------------------------------------------------------- the lowering
-class Lowering:
-    """The callable that replaces a proven region: roles -> [1,T,N,D] -> family op -> output layout."""
-
-    def __init__(
-        self, family, layouts, out, batch, bsizes, scale, decay=None, gate_dim=None, out_dtype=None, slots=None
-    ):
-        self.family, self.layouts, self.out, self.batch, self.bsizes = family, layouts, out, batch, bsizes
-        self.scale, self.decay, self.gate_dim, self.out_dtype = scale, decay, gate_dim, out_dtype
-        self.slots = slots or (0, 1, 2, 3)  # where q, k, v, g are among the call's (distinct) arguments
-        self.__name__ = f"fla_{family.value}_{'x'.join(map(str, bsizes))}"
-
-    def __repr__(self) -> str:
-        return self.__name__
-
-    def key(self) -> tuple:
-        """What the call does, apart from the lengths it runs at (``@jit`` merges two probe lengths)."""
-        return (self.family, self.layouts, self.out, self.batch, self.bsizes, self.gate_dim, self.out_dtype, self.slots)
-
-    def __eq__(self, other) -> bool:
-        if not isinstance(other, Lowering) or self.key() != other.key():
-            return False
-        a, b = self.decay, other.decay
-        if isinstance(a, tuple) and isinstance(b, tuple):
-            decays = len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-9) for x, y in zip(a, b))
-        else:
-            decays = a == b
-        return decays and math.isclose(self.scale, other.scale, rel_tol=1e-9)
-
-    def __hash__(self) -> int:
-        return hash(self.key())
-
-    def __call__(self, *args, cast=True):
-        q, k, v = (args[i] for i in self.slots[:3])
-        g = args[self.slots[3]] if len(self.slots) > 3 and len(args) > max(self.slots) else None
-        o = self.op(q, k, v, g)
-        o = from_canon(o, self.out, self.batch, self.bsizes)
-        return o.to(self.out_dtype) if cast and self.out_dtype is not None else o
-
-    def op(self, q, k, v, g=None):
-        """The family op on role values in their own layouts; o as [1, T, N, V]."""
-        dt = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
-        q, k, v = (to_canon(x.to(dt), lay, self.batch, self.bsizes) for x, lay in zip((q, k, v), self.layouts))
-        acc = torch.float64 if dt == torch.float64 else torch.float32
-        gate = decay = None
-        if self.family == Family.RETENTION and isinstance(self.decay, str):  # a runtime gamma or log-gamma
-            decay = head_canon(g.to(acc), self.bsizes)
-            decay = decay.log() if self.decay == "gamma" else decay
-        elif self.family == Family.RETENTION:
-            decay = self.decay
-        elif self.family != Family.LINEAR_ATTN:
-            gate = gate_canon(g.to(acc), self.gate_dim, self.bsizes)
-        o, _ = run_family(self.family, q, k, v, gate=gate, decay=decay, scale=self.scale)
-        return o
-
-
-def distinct(roles: list[fx.Node]) -> tuple[list[fx.Node], tuple]:
-    """The distinct role nodes (q may be k) and the slot of each role among them."""
-    uniq = list(dict.fromkeys(roles))
-    return uniq, tuple(uniq.index(r) for r in roles)
-
-
 # ---------------------------------------------------------------- regions
 def constant_nodes(graph: fx.Graph) -> set:
     """Nodes whose value depends on no runtime value (inputs, attributes, random draws)."""
@@ -296,40 +180,12 @@ def extract(out, roles: list[fx.Node]) -> tuple[fx.GraphModule, dict]:
     return fx.GraphModule(torch.nn.Module(), g), env
 
 
-class _Keep(fx.Interpreter):
-    """Runs a region, freeing values as it goes but keeping those of ``keep`` (T x T matrices
-    at float64 are large: only the scores and the masked scores are read)."""
-
-    def __init__(self, gm, keep):
-        super().__init__(gm)
-        self.keep, self.kept = keep, {}
-
-    def run_node(self, n):
-        out = super().run_node(n)
-        if n in self.keep:
-            self.kept[n] = out
-        return out
-
-
-def run_region(gm: fx.GraphModule, args: list, keep=()) -> tuple[torch.Tensor, dict]:
-    """Run the region; return its output and the values of the region nodes ``keep``."""
-    interp = _Keep(gm, set(keep))
-    with torch.no_grad():
-        out = interp.run(*args)
-    return out, interp.kept
-
-
-def probe(node: fx.Node, gen: torch.Generator, span=None) -> torch.Tensor:
-    """Random float64 values for a role: normal, log-gates (span "gate") or uniform in span (lo, hi)."""
+def probe_role(node: fx.Node, gen: torch.Generator, kind=None) -> torch.Tensor:
+    """Probe values for a role node (see ``verify.probe`` for ``kind``), on the role's device."""
     v = value_of(node)
     if not isinstance(v, torch.Tensor) or not v.is_floating_point():
         raise NearMiss(f"the role value '{node.name}' is not a float tensor")
-    if span is None or span == "gate":
-        x = torch.randn(shape_of(node), generator=gen, dtype=torch.float64)
-        x = F.logsigmoid(x) if span == "gate" else x
-    else:
-        x = span[0] + (span[1] - span[0]) * torch.rand(shape_of(node), generator=gen, dtype=torch.float64)
-    return x.to(v.device)
+    return probe(shape_of(node), gen, kind, v.device)
 
 
 def inner_users(region: list[fx.Node], out: fx.Node, roles: list[fx.Node]) -> str | None:
@@ -347,21 +203,6 @@ def inner_users(region: list[fx.Node], out: fx.Node, roles: list[fx.Node]) -> st
             if u not in inside:
                 return f"'{n.name}' is also used by '{u.name}' outside the region; rewriting would not remove it"
     return None
-
-
-def rewrite(out: fx.Node, lowering: Lowering, args: list[fx.Node]) -> None:
-    """Replace ``out`` by one call of ``lowering``; dead nodes are left to dead-code elimination."""
-    graph = out.graph
-    with graph.inserting_after(out):
-        call = graph.call_function(lowering, tuple(args))
-    call.meta = {k: v for k, v in out.meta.items() if k in ("example_value", "val", "stack_trace")}
-    out.replace_all_uses_with(call, delete_user_cb=lambda u: u is not call)
-    graph.eliminate_dead_code()
-
-
-def fit_scale(o: torch.Tensor, ref: torch.Tensor) -> float:
-    den = (ref * ref).sum().item()
-    return (o * ref).sum().item() / den if den > 0 else math.nan
 
 
 # ---------------------------------------------------------------- the parallel form
@@ -548,20 +389,11 @@ def _decay_source(cand: Candidate, T: int) -> fx.Node | None:
     return leaves[0]
 
 
-def head_canon(x: torch.Tensor, bsizes: tuple) -> torch.Tensor:
-    """A per-head value ([H], [H, 1, 1], a scalar, ...; right-aligned to the batch dims) as [N]."""
-    shape = list(x.shape)
-    while len(shape) > len(bsizes) and shape[-1] == 1:
-        shape.pop()
-    x = x.reshape([1] * (len(bsizes) - len(shape)) + shape)
-    return x.expand(*bsizes).reshape(math.prod(bsizes))
-
-
 DECAY_SPANS = ((0.6, 0.95), (-0.3, -0.01))  # probes for a gamma, then for a log-gamma
 
 
-def match(graph: fx.Graph, cand: Candidate, const: set, opts) -> tuple[Lowering, list, float]:
-    """Classify and prove one candidate; raise NearMiss with the reason."""
+def match(graph: fx.Graph, cand: Candidate, const: set, opts) -> tuple[Recurrence, float]:
+    """Classify and prove one candidate: its ``Recurrence`` and the proof's error; NearMiss with the reason."""
     region = cone(cand.out, {cand.q, cand.k, cand.v})
     for n in region:
         if n.target in SOFTMAX and cand.scores in cone(n, {cand.q, cand.k, cand.v}):
@@ -572,14 +404,22 @@ def match(graph: fx.Graph, cand: Candidate, const: set, opts) -> tuple[Lowering,
         raise NearMiss(why)
     gate = _gate_source(cand, const, cand.T)
     decay = None if gate else _decay_source(cand, cand.T)
-    extra = [gate[0]] if gate else [decay] if decay is not None else []
-    roles, slots = distinct([cand.q, cand.k, cand.v] + extra)
-    gm, env = extract(cand.out, roles)
+    base = Recurrence(
+        Family.LINEAR_ATTN,
+        cand.q,
+        cand.k,
+        cand.v,
+        gate=gate[0] if gate else None,
+        decay=decay,
+        spelling=SPELLING,
+        source=source_line(cand.out),
+    )
+    gm, env = extract(cand.out, role_nodes(base))
     spans = [{gate[0]: "gate"}] if gate else [{decay: s} for s in DECAY_SPANS] if decay is not None else [{}]
     reasons = []
     for span in spans:
         try:
-            return _classify_and_prove(cand, gm, env, roles, slots, gate, decay, span, opts)
+            return _classify_and_prove(cand, gm, env, base, gate[1] if gate else [], span, opts)
         except NearMiss as e:
             reasons.append(str(e))
     raise NearMiss(
@@ -587,12 +427,14 @@ def match(graph: fx.Graph, cand: Candidate, const: set, opts) -> tuple[Lowering,
     )
 
 
-def _classify_and_prove(cand, gm, env, roles, slots, gate, decay, span, opts):
+def _classify_and_prove(cand, gm, env, base: Recurrence, gate_dims: list, span: dict, opts):
+    """Read the family, scale and decay of ``base``'s region from its mask, then prove it."""
     T, lo = cand.T, cand.out_layout
+    roles = role_nodes(base)
     batch, bsizes = out_batch(lo, shape_of(cand.out))
     gen = torch.Generator().manual_seed(20261123)
-    args1 = [probe(r, gen, span.get(r)) for r in roles]
-    args2 = [a if r in span else probe(r, gen) for r, a in zip(roles, args1)]  # same gate, new q, k, v
+    args1 = [probe_role(r, gen, span.get(r)) for r in roles]
+    args2 = [a if r in span else probe_role(r, gen) for r, a in zip(roles, args1)]  # same gate, new q, k, v
     keep = [env[cand.scores], env[cand.masked]]
     o1, rec1 = run_region(gm, args1, keep)
     _, rec2 = run_region(gm, args2, keep)
@@ -608,49 +450,33 @@ def _classify_and_prove(cand, gm, env, roles, slots, gate, decay, span, opts):
     scale = c.flatten()[0].item()
     if rel_err(c, torch.full_like(c, scale)) > TOL:
         raise NearMiss("the mask's diagonal is not one constant scale")
-    dtype = value_of(cand.out).dtype
-    common = dict(layouts=cand.layouts, out=lo, batch=batch, bsizes=bsizes, scale=scale, out_dtype=dtype, slots=slots)
-    if gate:
-        tries = [Lowering(Family.SIMPLE_GLA, gate_dim=d, **common) for d in gate[1]]
-    elif decay is None and rel_err(m1.tril(), torch.full_like(m1, scale).tril()) <= TOL:
-        tries = [Lowering(Family.LINEAR_ATTN, **common)]
+    lay = RegionLayout(*cand.layouts, lo, batch, bsizes, out_dtype=value_of(cand.out).dtype)
+    rec = base.replace(scale=scale, layout=lay)
+    if base.gate is not None:
+        tries = [rec.replace(family=Family.SIMPLE_GLA, layout=dataclasses.replace(lay, gate_dim=d)) for d in gate_dims]
+    elif base.decay is None and rel_err(m1.tril(), torch.full_like(m1, scale).tril()) <= TOL:
+        tries = [rec]
     else:
         gamma = m1[..., 1, 0] / scale if T > 1 else None
         if gamma is None or not (gamma > 0).all():
             raise NearMiss("the mask is causal but not a positive decay gamma^(i-j)")
-        if decay is None:
+        if base.decay is None:
             logs = tuple(gamma.reshape(-1).log().tolist())  # floats: a tensor constant would trip fake tracing
-            tries = [Lowering(Family.RETENTION, decay=logs, **common)]
+            tries = [rec.replace(family=Family.RETENTION, decay=logs)]
         else:
-            x = head_canon(args1[roles.index(decay)], bsizes)
+            x = head_canon(args1[roles.index(base.decay)], bsizes)
             kinds = [k for k, ref in (("gamma", x), ("log", x.exp())) if rel_err(gamma, ref) <= TOL]
             if not kinds:
-                raise NearMiss(f"the mask reads '{decay.name}', which is neither the decay gamma nor its log")
-            tries = [Lowering(Family.RETENTION, decay=kinds[0], **common)]
-    return prove(gm, roles, tries, span, opts)
+                raise NearMiss(f"the mask reads '{base.decay.name}', which is neither the decay gamma nor its log")
+            tries = [rec.replace(family=Family.RETENTION, layout=dataclasses.replace(lay, decay_form=kinds[0]))]
+    return prove(gm, tries, opts, span)
 
 
-def prove(gm, roles, tries: list, span: dict, opts) -> tuple:
-    """The first lowering equal to the region on fresh probes (rel err < TOL), with its error."""
+def prove(gm: fx.GraphModule, recs: list[Recurrence], opts, span=None) -> tuple[Recurrence, float]:
+    """Prove bindings of the region ``gm`` (its inputs: the roles of ``recs``) on fresh probes."""
     gen = torch.Generator().manual_seed(11232026)
-    args = [probe(r, gen, span.get(r)) for r in roles]
-    with torch.no_grad():
-        ref = gm(*args)
-        errs = []
-        for low in tries:
-            try:
-                o = low(*args, cast=False)
-            except RuntimeError as e:
-                errs.append(f"{low.family.value}: {str(e).splitlines()[0]}")
-                continue
-            if isinstance(ref, tuple):
-                err = max(rel_err(a.to(b.dtype), b) for a, b in zip(o, ref))
-            else:
-                err = rel_err(o.to(ref.dtype), ref)
-            if err <= TOL or not opts.verify:
-                return low, roles, err if opts.verify else math.nan
-            errs.append(f"{low.family.value} rel err {err:.1e}")
-    raise NearMiss("the op differs from the region on fresh inputs: " + "; ".join(errs))
+    args = [probe_role(r, gen, (span or {}).get(r)) for r in role_nodes(recs[0])]
+    return prove_region(gm, args, recs, opts.verify)
 
 
 def run_pass(graph: fx.Graph, opts, report: Report) -> None:
@@ -672,12 +498,12 @@ def _one(graph: fx.Graph, cand: Candidate, opts, report: Report) -> None:
     """Match and rewrite one candidate, or record why it is left as it is."""
     src = source_line(cand.out)
     try:
-        low, roles, err = match(graph, cand, constant_nodes(graph), opts)
+        rec, err = match(graph, cand, constant_nodes(graph), opts)
     except NearMiss as e:
         report.misses.append(Miss(SPELLING, str(e), src))
         return
     except Exception as e:  # an unforeseen layout: leave it (the graph is untouched until the rewrite)
         report.misses.append(Miss(SPELLING, f"not analysed: {type(e).__name__}: {e}", src))
         return
-    rewrite(cand.out, low, roles)
-    report.matches.append(Match(low.family.value, SPELLING, src, f"fla_compile.{low.family.value}", err))
+    rewrite_form((cand.out,), rec)
+    report.matches.append(Match(rec.family.value, SPELLING, src, rec.op_name, err))
