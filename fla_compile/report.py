@@ -1,8 +1,9 @@
-"""What fla_compile did with a graph: the regions it matched and the near misses, with reasons."""
+"""What fla_compile did with a graph: the regions it matched and the misses, graded, with reasons."""
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 
 
 @dataclasses.dataclass
@@ -20,17 +21,32 @@ class Match:
         return f"{self.family} ({self.spelling}){where} -> {self.op} [proof rel err {self.error:.1e}]"
 
 
+class Grade(str, enum.Enum):
+    """How close a miss came. Only near misses make ``strict=True`` raise."""
+
+    NEAR_MISS = "near miss"  # the structure of a recurrence, but a role could not be bound or the proof failed
+    NOT_A_RECURRENCE = "not a recurrence"  # recognised as something else (softmax attention): for information
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclasses.dataclass
 class Miss:
-    """A region that looked like a recurrence and was left untouched."""
+    """A region that looked like a recurrence (or like attention) and was left untouched."""
 
     spelling: str
     reason: str
     source: str = ""
+    grade: Grade = Grade.NEAR_MISS
+
+    @property
+    def near_miss(self) -> bool:
+        return self.grade == Grade.NEAR_MISS
 
     def __str__(self) -> str:
         where = f" at {self.source}" if self.source else ""
-        return f"{self.spelling}{where}: {self.reason}"
+        return f"[{self.grade}] {self.spelling}{where}: {self.reason}"
 
 
 @dataclasses.dataclass
@@ -44,11 +60,21 @@ class Report:
         self.misses += other.misses
         self.notes += other.notes
 
+    @property
+    def near_misses(self) -> list[Miss]:
+        """The misses ``strict=True`` raises on (not those recognised as something else)."""
+        return [m for m in self.misses if m.near_miss]
+
     def __bool__(self) -> bool:
         return bool(self.matches)
 
     def __str__(self) -> str:
-        lines = [f"fla_compile report: {len(self.matches)} matched, {len(self.misses)} near misses"]
+        near = len(self.near_misses)
+        other = len(self.misses) - near
+        head = f"fla_compile report: {len(self.matches)} matched, {near} near misses"
+        if other:
+            head += f", {other} not a recurrence" if other == 1 else f", {other} not recurrences"
+        lines = [head]
         lines += [f"  matched  {m}" for m in self.matches]
         lines += [f"  missed   {m}" for m in self.misses]
         lines += [f"  note     {n}" for n in self.notes]

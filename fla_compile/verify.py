@@ -28,6 +28,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from .ir import Family, Recurrence
+from .report import Grade
 
 aten = torch.ops.aten
 TOL = 1e-5  # relative, on float64 probes of code that may round through float32
@@ -37,6 +38,14 @@ SIGMOID = {torch.sigmoid, "sigmoid", aten.sigmoid.default, F.sigmoid}
 
 class NearMiss(Exception):
     """A region that looks like a recurrence but could not be proven; the message says why."""
+
+    grade = Grade.NEAR_MISS
+
+
+class NotARecurrence(NearMiss):
+    """A region recognised as something else (softmax attention): reported, never an error."""
+
+    grade = Grade.NOT_A_RECURRENCE
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -193,7 +193,7 @@ def run_pass(graph: fx.Graph, opts, report: Report) -> None:
         try:
             found = match(cs, opts)
         except NearMiss as e:
-            report.misses.append(Miss(SPELLING, str(e), src))
+            report.misses.append(Miss(SPELLING, str(e), src, e.grade))
             continue
         except Exception as e:  # an unforeseen layout: leave it (the graph is untouched until the rewrite)
             report.misses.append(Miss(SPELLING, f"not analysed: {type(e).__name__}: {e}", src))

@@ -13,6 +13,10 @@ in the region (simple_gla, with the cumsum's input as the gate). The result is a
 the family op (``verify.prove_region``) before the output node is replaced by one call
 (``rewrite.rewrite_form``).
 
+Softmax attention (scores through softmax or exp, sigmoid attention, and
+``scaled_dot_product_attention``) is recognised and reported as "not a recurrence", for
+information: never rewritten, and no error under ``strict``.
+
 The helpers here (labels of contractions, region extraction) are shared with the ``cumsum``
 spelling.
 """
@@ -28,16 +32,17 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from ..ir import Family, Layout, Recurrence, RegionLayout, out_batch
-from ..report import Match, Miss, Report
+from ..report import Grade, Match, Miss, Report
 from ..rewrite import head_canon, rewrite_form, role_nodes, to_canon
-from ..verify import TOL, NearMiss, probe, prove_region, rel_err, run_region
+from ..verify import TOL, NearMiss, NotARecurrence, probe, prove_region, rel_err, run_region
 from ._graph import source_line, value_of
 
 SPELLING = "parallel"
 EINSUM = {torch.einsum, "einsum"}
 MATMUL = {torch.matmul, operator.matmul, torch.bmm, "matmul", "bmm", "__matmul__"}
 CUMSUM = {torch.cumsum, "cumsum"}
-SOFTMAX = {torch.softmax, F.softmax, "softmax", torch.exp, "exp", F.log_softmax, "log_softmax", torch.sigmoid}
+SOFTMAX = {torch.softmax, F.softmax, "softmax", torch.exp, "exp", F.log_softmax, "log_softmax"}
+SIGMOID = {torch.sigmoid, F.sigmoid, "sigmoid"}
 UNSQUEEZE = {operator.getitem, torch.unsqueeze, "unsqueeze", "view", "reshape", torch.reshape}
 RANDOM = {torch.rand, torch.randn, torch.randint, torch.rand_like, torch.randn_like, torch.bernoulli, F.dropout}
 RANDOM_METHODS = {"bernoulli", "bernoulli_", "uniform_", "normal_", "random_", "exponential_"}
@@ -396,9 +401,12 @@ def match(graph: fx.Graph, cand: Candidate, const: set, opts) -> tuple[Recurrenc
     """Classify and prove one candidate: its ``Recurrence`` and the proof's error; NearMiss with the reason."""
     region = cone(cand.out, {cand.q, cand.k, cand.v})
     for n in region:
-        if n.target in SOFTMAX and cand.scores in cone(n, {cand.q, cand.k, cand.v}):
+        if n.target in SOFTMAX | SIGMOID and cand.scores in cone(n, {cand.q, cand.k, cand.v}):
             name = getattr(n.target, "__name__", n.target)
-            raise NearMiss(f"softmax attention: the scores pass through {name} at '{n.name}' (nonlinear)")
+            kind = "sigmoid" if n.target in SIGMOID else "softmax"
+            raise NotARecurrence(
+                f"{kind} attention: not a linear recurrence (the scores pass through {name} at '{n.name}')"
+            )
     why = inner_users(region, cand.out, [cand.q, cand.k, cand.v])
     if why:
         raise NearMiss(why)
@@ -479,8 +487,17 @@ def prove(gm: fx.GraphModule, recs: list[Recurrence], opts, span=None) -> tuple[
     return prove_region(gm, args, recs, opts.verify)
 
 
+def _sdpa_misses(graph: fx.Graph, report: Report) -> None:
+    """Softmax attention called as one op (``F.scaled_dot_product_attention``): reported, for information."""
+    for n in graph.nodes:
+        if n.op == "call_function" and "scaled_dot_product" in str(getattr(n.target, "__name__", n.target)):
+            reason = f"softmax attention: not a linear recurrence (scaled_dot_product_attention at '{n.name}')"
+            report.misses.append(Miss(SPELLING, reason, source_line(n), Grade.NOT_A_RECURRENCE))
+
+
 def run_pass(graph: fx.Graph, opts, report: Report) -> None:
     """Find, prove and rewrite every masked quadratic form of ``graph``."""
+    _sdpa_misses(graph, report)
     tried: set = set()
     while True:  # a rewrite changes the graph (a later form may read an earlier one): look again
         try:
@@ -500,7 +517,7 @@ def _one(graph: fx.Graph, cand: Candidate, opts, report: Report) -> None:
     try:
         rec, err = match(graph, cand, constant_nodes(graph), opts)
     except NearMiss as e:
-        report.misses.append(Miss(SPELLING, str(e), src))
+        report.misses.append(Miss(SPELLING, str(e), src, e.grade))
         return
     except Exception as e:  # an unforeseen layout: leave it (the graph is untouched until the rewrite)
         report.misses.append(Miss(SPELLING, f"not analysed: {type(e).__name__}: {e}", src))
