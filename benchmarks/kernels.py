@@ -30,7 +30,15 @@ import torch.nn.functional as F
 
 SHAPES = [(8, 2048, 16, 128), (2, 8192, 16, 128), (8, 2048, 32, 64)]
 QUICK_SHAPES = [(2, 512, 4, 64)]
-FAMILIES = ["gla", "simple_gla", "linear_attn", "retention"]
+FAMILIES = ["gla", "simple_gla", "linear_attn", "retention", "delta_rule", "gated_delta_rule", "kda"]
+DELTA = ("delta_rule", "gated_delta_rule", "kda")
+FLA_OPS = {
+    "gla": ("fla.ops.gla", "chunk_gla"),
+    "simple_gla": ("fla.ops.simple_gla", "chunk_simple_gla"),
+    "delta_rule": ("fla.ops.delta_rule", "chunk_delta_rule"),
+    "gated_delta_rule": ("fla.ops.gated_delta_rule", "chunk_gated_delta_rule"),
+    "kda": ("fla.ops.kda", "chunk_kda"),
+}
 
 
 def bench(fn) -> float:
@@ -51,6 +59,16 @@ def copy_bandwidth() -> float:
 def inputs(family, B, T, H, D, dtype=torch.bfloat16, grad=False):
     q, k, v = (torch.randn(B, T, H, D, device="cuda", dtype=dtype) for _ in range(3))
     g = None
+    if family in DELTA:  # unit-norm keys (the models' regime), beta in (0, 1), gates as the models make them
+        k = F.normalize(k.float(), dim=-1).to(dtype)
+        beta = torch.rand(B, T, H, device="cuda", dtype=dtype)
+        g = {
+            "delta_rule": None,
+            "gated_delta_rule": F.logsigmoid(torch.randn(B, T, H, device="cuda")),
+            "kda": F.logsigmoid(torch.randn(B, T, H, D, device="cuda")) / 16,
+        }[family]
+        xs = [q, k, v] + ([g] if g is not None else []) + [beta]
+        return [x.requires_grad_() for x in xs] if grad else xs
     if family == "gla":
         g = F.logsigmoid(torch.randn(B, T, H, D, device="cuda")) / 16
     elif family == "simple_gla":
@@ -70,15 +88,10 @@ def ours(family):
 
 
 def fla_op(family):
-    if family == "gla":
-        from fla.ops.gla import chunk_gla
+    import importlib
 
-        return chunk_gla
-    if family == "simple_gla":
-        from fla.ops.simple_gla import chunk_simple_gla
-
-        return chunk_simple_gla
-    raise NotImplementedError(f"no flash-linear-attention row for {family}")
+    module, name = FLA_OPS[family]
+    return getattr(importlib.import_module(module), name)
 
 
 def fwd_bwd(fn, xs):
@@ -147,6 +160,8 @@ def row(rows, name, shape, fn, unit="ms"):
         rows.append({"row": name, "shape": shape, "value": f"{value:.4f}", "unit": unit, "note": ""})
     except Exception as e:  # one broken row must not lose the table
         rows.append({"row": name, "shape": shape, "value": "", "unit": unit, "note": f"{type(e).__name__}: {e}"[:160]})
+    r = rows[-1]
+    print(f"| {r['row']} | {r['shape']} | {r['value']} | {r['unit']} | {r['note']} |", file=sys.stderr, flush=True)
 
 
 def table(args) -> list[dict]:
@@ -154,14 +169,16 @@ def table(args) -> list[dict]:
     bw = copy_bandwidth()
     rows.append({"row": "device copy bandwidth", "shape": "", "value": f"{bw / 1e12:.3f}", "unit": "TB/s", "note": ""})
     shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.shapes:
+        shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes.split(";")]
     for B, T, H, D in shapes:
         shape = f"B={B} T={T} H={H} D={D}"
         for family in args.families:
-            impls = [("ours", ours)] + ([("fla", fla_op)] if family in ("gla", "simple_gla") else [])
+            impls = [("ours", ours)] + ([("fla", fla_op)] if family in FLA_OPS else [])
             for who, get in impls:
                 row(rows, f"{who} {family} fwd", shape, time_fwd(get, family, (B, T, H, D)))
                 row(rows, f"{who} {family} fwd+bwd", shape, time_fwd_bwd(get, family, (B, T, H, D)))
-            n_gate = {"gla": D, "simple_gla": 1}.get(family, 0)
+            n_gate = {"gla": D, "simple_gla": 1, "gated_delta_rule": 1, "kda": D}.get(family, 0)
             floor = (B * T * H * (3 * D * 2 + n_gate * 4 + D * 2)) / bw * 1e3  # q,k,v bf16, g fp32, o bf16
             rows.append(
                 {
@@ -174,7 +191,7 @@ def table(args) -> list[dict]:
             )
         row(rows, "sdpa causal fwd", shape, time_sdpa((B, T, H, D), backward=False))
         row(rows, "sdpa causal fwd+bwd", shape, time_sdpa((B, T, H, D)))
-    for family in args.families:
+    for family in [f for f in args.families if f not in DELTA]:
         B, H, D = 64, 16 if not args.quick else 4, 128
         shape = f"decode B={B} H={H} D={D}"
 
@@ -200,7 +217,7 @@ def table(args) -> list[dict]:
                 "note": "",
             }
         )
-    if not args.quick:
+    if not args.quick and not args.no_first_call:
         with tempfile.TemporaryDirectory() as d:
             row(rows, "first call, fresh process, cold cache", "gla B=8 T=2048", lambda: first_call_seconds(d), "s")
             row(rows, "first call, fresh process, warm cache", "gla B=8 T=2048", lambda: first_call_seconds(d), "s")
@@ -271,6 +288,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--families", default=",".join(FAMILIES))
     p.add_argument("--quick", action="store_true", help="small shapes (smoke run)")
+    p.add_argument("--shapes", default="", help="'B,T,H,D;B,T,H,D' instead of the issue shapes")
+    p.add_argument("--no-first-call", action="store_true", help="skip the fresh-process first-call rows")
     p.add_argument("--sweep", action="store_true", help="also time fwd+bwd against T, with a plot")
     args = p.parse_args(argv)
     args.families = args.families.split(",")

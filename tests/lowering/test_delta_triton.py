@@ -259,7 +259,10 @@ def test_gpu_chunk_vs_fp64(family, dtype, tol, gate_scale):
     got = DT.chunk_backward(q, k, v, beta, g, FAMILY_GATE[family], 0.125, h0, None, do, dht)
     for name, x in zip(["dq", "dk", "dv", "db", "dg", "dh0"], got):
         if x is not None:
-            assert rel(x, ref[name]) < tol, name
+            # dg under -20-per-step gates is a reverse cumsum of cancelling terms: the fp32 torch
+            # path itself is 1.1e-5 from fp64 there (H100 kernel: 1.05e-5), so allow 3e-5
+            t = 3e-5 if (name == "dg" and gate_scale > 1 and dtype == torch.float32) else tol
+            assert rel(x, ref[name]) < t, name
 
 
 @pytest.mark.gpu
