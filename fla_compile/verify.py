@@ -92,7 +92,9 @@ def loop_recurrence(family, q, k, v, gate, decay, scale, transposed, batch, posi
 
 def probe(shape, gen: torch.Generator, kind=None, device=None) -> torch.Tensor:
     """Random float64 probe values: normal (``kind`` None), "positive" (|x|/2 + 1/4), "gate"
-    (logsigmoid of a normal: log-gates) or uniform in a span ``(lo, hi)``."""
+    (logsigmoid of a normal: log-gates) or uniform in a span ``(lo, hi)``. Drawn on the CPU (the
+    same numbers everywhere), then moved to ``device``: the region's own constants (masks, decay
+    tables made with ``device=q.device``) live on the device it was traced on."""
     if isinstance(kind, tuple):
         x = kind[0] + (kind[1] - kind[0]) * torch.rand(tuple(shape), generator=gen, dtype=torch.float64)
     else:
@@ -185,7 +187,7 @@ def _probe_inputs(metas, gen, positive=False):
             raise NearMiss(f"a step input is not a tensor ({type(m).__name__})")
         if not m.is_floating_point():
             raise NearMiss(f"a step input has dtype {m.dtype}; only float inputs can be probed")
-        out.append(probe(m.shape, gen, "positive" if positive else None))
+        out.append(probe(m.shape, gen, "positive" if positive else None, m.device))
     return out
 
 
@@ -211,8 +213,8 @@ def _classify(step, input_metas, state_meta, positive: bool) -> Recurrence:
     for attempt in (positive, True):  # retry on positive inputs where e.g. a log needs them
         positive = attempt
         P = _probe_inputs(input_metas, gen, positive)
-        Sa = probe(state_meta.shape, gen)
-        Sb = probe(state_meta.shape, gen)
+        Sa = probe(state_meta.shape, gen, device=state_meta.device)
+        Sb = probe(state_meta.shape, gen, device=state_meta.device)
         (Fa, oa), env = run_region(step, [Sa, *P])
         if torch.isfinite(Fa).all() and (oa is None or torch.isfinite(oa).all()):
             break
@@ -400,7 +402,7 @@ def prove_loop(step: fx.GraphModule, input_metas: list, state_meta, rec: Recurre
     worst = 0.0
     for _ in range(trials):
         P = _probe_inputs(input_metas, gen, rec.extras["positive"])
-        S = probe(state_meta.shape, gen)
+        S = probe(state_meta.shape, gen, device=state_meta.device)
         (S1, o1), env = run_region(step, [S, *P])
         roles = {"q": rec.q, "k": rec.k, "v": rec.v, "gate": rec.gate, "beta": rec.beta}
         roles = {n: r for n, r in roles.items() if r is not None}

@@ -13,6 +13,7 @@ import fla_compile
 from .ops import test_delta as D
 from .ops import test_gla as G
 from .patterns import spellings as S
+from .patterns import test_chunked as C
 from .patterns.test_loop import POSITIVE, as_tuple, make_inputs
 
 pytestmark = [
@@ -79,6 +80,25 @@ def test_backend_on_cuda_inputs(name, triton, monkeypatch):
     out = as_tuple(torch.compile(fn, backend="fla")(*args))
     report = fla_compile.last_report()
     assert [m.family for m in report.matches] == [POSITIVE[name]], str(report)
+    for o, r in zip(out, ref):
+        assert o.is_cuda
+        assert rel(o, r) < 1e-4
+
+
+@pytest.mark.parametrize("triton", ["1", "0"])
+@pytest.mark.parametrize("model,name,family,gate_kind", C.CASES)
+def test_transformers_fallbacks_on_cuda(model, name, family, gate_kind, triton, monkeypatch):
+    """Their masks are made with device=query.device, so the proof must probe on that device."""
+    monkeypatch.setenv("FLA_COMPILE_TRITON", triton)
+    torch._dynamo.reset()
+    fn = C.reference_function(model, name)
+    args = [x.cuda() for x in C.inputs(gate_kind)]
+    h0 = torch.randn(C.B, C.H, C.K, C.V, device="cuda")
+    kw = dict(initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=True)
+    ref = fn(*(x.double() for x in args), **{**kw, "initial_state": h0.double()})
+    out = torch.compile(fn, backend="fla")(*args, **kw)
+    report = fla_compile.last_report()
+    assert [m.family for m in report.matches] == [family], str(report)
     for o, r in zip(out, ref):
         assert o.is_cuda
         assert rel(o, r) < 1e-4

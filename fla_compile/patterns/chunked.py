@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from ..ir import Family, Recurrence
 from ..ops.dispatch import run_family
 from ..report import Match, Miss
+from ..verify import probe
 from ._graph import value_of
 
 SPELLING = "chunked"
@@ -119,9 +120,9 @@ def _probe(inputs, roles, gen):
     vals = []
     for i, a in enumerate(inputs):
         s = _shape(a)
-        x = torch.randn(s, generator=gen, dtype=torch.float64) if s is not None else value_of(a)
+        x = probe(s, gen, device=value_of(a).device) if s is not None else value_of(a)
         if i == roles["k"]:  # norms in [0.5, 1]: delta rules stay well conditioned, l2norm stays visible
-            x = F.normalize(x, dim=-1) * (0.5 + 0.5 * torch.rand(s[:-1] + (1,), generator=gen, dtype=x.dtype))
+            x = F.normalize(x, dim=-1) * (0.5 + 0.5 * probe(s[:-1] + (1,), gen, (0.0, 1.0), x.device))
         elif i == roles["gate"]:
             x = -F.softplus(x) * 0.5
         elif i == roles["beta"]:
