@@ -32,52 +32,144 @@ def _pad_time(x: torch.Tensor, Tp: int) -> torch.Tensor:
     return F.pad(x, pad)
 
 
+def _chunk_view(x: torch.Tensor, C: int) -> torch.Tensor:
+    """[B, T, H, ...] (T a multiple of C) -> a chunk-major view [N, B, H, C, ...] (no copy)."""
+    B, T, H = x.shape[:3]
+    x = x.reshape(B, T // C, C, H, *x.shape[3:])
+    return x.permute(1, 0, 3, 2, *range(4, x.dim()))
+
+
+class _Ops:
+    """Elementwise ops that return chunk-major contiguous results.
+
+    Without autograd (the op's forward) they write through ``out=`` and in place, fusing the
+    layout change into the op and saving passes; when the backward recomputes through autograd
+    they are the plain out-of-place ops (autograd refuses ``out=`` and in-place updates there).
+    """
+
+    def __init__(self, grad: bool, cdt):
+        self.grad, self.cdt = grad, cdt
+
+    def new(self, fn, *args):
+        """fn(*args) (elementwise, broadcasting) as a fresh contiguous ``cdt`` tensor."""
+        if self.grad:
+            return fn(*args).to(self.cdt).contiguous()
+        shape = torch.broadcast_shapes(*(a.shape for a in args if isinstance(a, torch.Tensor)))
+        return fn(*args, out=torch.empty(shape, dtype=self.cdt, device=args[0].device))
+
+    def copy(self, x):
+        return (
+            x.to(self.cdt).contiguous() if self.grad else torch.empty(x.shape, dtype=self.cdt, device=x.device).copy_(x)
+        )
+
+    def mul_(self, x, y):
+        return x * y if self.grad else x.mul_(y)
+
+
 def chunk_gla_dense(q, k, v, gate, gate_kind, scale, initial_state, chunk_size=None):
     """One batch of equal-length sequences. q,k: [B,T,H,K] (heads already expanded), v: [B,T,H,V].
 
     gate: None, [B,T,H] (scalar) or [B,T,H,K] (vector), log space. Returns o [B,T,H,V] in the
     compute dtype and the final state [B,H,K,V].
+
+    Chunk-major layout [N, B, H, C, D], so that everything but the K x V state scan is one
+    batched matmul over all chunks (scores, k^T v, q @ S) and the state entering chunk n is one
+    contiguous slice. The layout change is fused into the first elementwise op of each input.
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
     cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
-    SUB = 4  # vector gates: exact [c, c, K] decays only inside sub-chunks of 4 steps (cheapest on CPU)
+    SUB = 4  # pairwise vector-gate scores: [c, c, K] decays only inside sub-chunks of 4 steps
     C = chunk_size or 64
     C = max(1, min(C, T))
     if gate_kind == GATE_VECTOR:
         C = -(-C // SUB) * SUB if C > SUB else C
     N = (T + C - 1) // C
     Tp = N * C
-    q, k, v = (_pad_time(x.to(cdt), Tp) for x in (q, k, v))
-    qc, kc, vc = _chunk(q, C), _chunk(k, C), _chunk(v, C)  # [B,H,N,C,D]
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-
+    ops = _Ops(
+        torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, gate, initial_state)),
+        cdt,
+    )
+    qv, kv_, vv = (_chunk_view(_pad_time(x, Tp), C) for x in (q, k, v))  # views [N,B,H,C,D]
+    kvT = kv_.transpose(-1, -2)  # [N,B,H,K,C]: keys are used transposed
+    vc = ops.copy(vv)
+    causal = torch.ones(C, C, dtype=cdt, device=q.device).tril_()
+    last = None
     if gate_kind == GATE_NONE:
-        A = (qc @ kc.transpose(-1, -2)).masked_fill(~causal, 0)
-        q_in, k_in, last = qc, kc, None
+        q_in, k_inT = ops.copy(qv), ops.copy(kvT)
+        A = ops.mul_(q_in @ k_inT, causal * scale)
     else:
-        b = _chunk(_pad_time(gate.to(cdt), Tp), C).cumsum(3)  # [B,H,N,C] or [B,H,N,C,K]
+        b = _chunk_view(_in_chunk_cumsum(_pad_time(gate, Tp).to(cdt), C), C)  # log decay inside each chunk
         if gate_kind == GATE_SCALAR:
-            diff = (b[..., :, None] - b[..., None, :]).masked_fill(~causal, float("-inf"))
-            A = (qc @ kc.transpose(-1, -2)) * diff.exp()
-            b = b[..., None]
+            b = b[..., None]  # [N,B,H,C,1 or K]
+        if _can_factor(gate, b):
+            # every factor is a normal number (see FACTOR_SPAN): the factored scores are exact
+            eb = ops.new(torch.exp, b)
+            q_in = ops.new(torch.mul, qv, eb)
+            if ops.grad:  # k e^{-b}, transposed (not k / e^{b}: its gradient, k / e^{2b}, overflows)
+                k_inT = kvT * torch.exp(-b).transpose(-1, -2)
+            else:
+                k_inT = ops.new(torch.div, kvT, eb.transpose(-1, -2))
+            A = ops.mul_(q_in @ k_inT, causal * scale)
+            last = eb[..., -1, :]  # [N,B,H,1 or K]
+            k_inT = ops.mul_(k_inT, last[..., :, None])  # k e^{b_last - b}: what each step leaves in S
         else:
-            A = _vector_gate_scores(qc, kc, b, min(SUB, C))
-        b_last = b[..., -1:, :]  # [B,H,N,1,K or 1]
-        q_in = qc * b.exp()
-        k_in = kc * (b_last - b).exp()
-        last = b_last.exp().squeeze(3)  # [B,H,N,K or 1]
+            b = b.contiguous()
+            qc, kc = ops.copy(qv), ops.copy(kv_)
+            if gate_kind == GATE_SCALAR:
+                bs = b[..., 0]
+                diff = (bs[..., :, None] - bs[..., None, :]).masked_fill(causal == 0, float("-inf"))
+                A = (qc @ kc.transpose(-1, -2)) * diff.exp() * scale
+            else:
+                A = _vector_gate_scores(qc, kc, b, min(SUB, C)) * scale
+            q_in = qc * b.exp()
+            k_inT = (kc * (b[..., -1:, :] - b).exp()).transpose(-1, -2)
+            last = b[..., -1, :].exp()
 
-    o = A @ vc  # [B,H,N,C,V]
-    S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(cdt)
-    inter = []
-    for n in range(N):
-        inter.append(q_in[:, :, n] @ S)
-        S = S if last is None else S * last[:, :, n, :, None]
-        S = S + k_in[:, :, n].transpose(-1, -2) @ vc[:, :, n]
-    o = (o + torch.stack(inter, 2)) * scale
-    o = o.movedim(1, 3).reshape(B, Tp, H, V)[:, :T]
+    kv = k_inT @ vc  # [N,B,H,K,V]: each chunk's own contribution to the state
+    h0 = kv.new_zeros(kv.shape[1:]) if initial_state is None else initial_state.to(cdt)
+    if ops.grad:  # autograd: a list of states, stacked
+        states = [h0]
+        for n in range(N - 1):
+            states.append(kv[n] + (states[n] if last is None else states[n] * last[n][..., None]))
+        states = torch.stack(states)
+    else:  # one fused op per chunk, written in place
+        states = torch.empty_like(kv)  # states[n]: the state entering chunk n
+        states[0] = h0
+        for n in range(N - 1):
+            if last is None:
+                torch.add(kv[n], states[n], out=states[n + 1])
+            else:
+                torch.addcmul(kv[n], states[n], last[n][..., None], out=states[n + 1])
+    S = kv[N - 1] + (states[N - 1] if last is None else states[N - 1] * last[N - 1][..., None])
+    M = N * B * H  # intra-chunk (A already scaled) + the carried state, in one baddbmm
+    o = torch.baddbmm((A @ vc).view(M, C, V), q_in.reshape(M, C, K), states.view(M, K, V), alpha=scale)
+    o = o.view(N, B, H, C, V).permute(1, 0, 3, 2, 4).reshape(B, Tp, H, V)[:, :T]
     return o, S
+
+
+def _in_chunk_cumsum(g: torch.Tensor, C: int) -> torch.Tensor:
+    """Cumsum of [B, Tp, H(, K)] over time restarting every C steps, as one matmul with a
+    lower-triangular matrix of ones (torch's cumsum over a strided dim is 3x slower on CPU)."""
+    B, Tp = g.shape[:2]
+    tril = torch.ones(C, C, dtype=g.dtype, device=g.device).tril_()
+    return (tril @ g.reshape(B, Tp // C, C, -1)).view(g.shape)
+
+
+# Largest in-chunk decay span (log space) for which the factored vector-gate scores
+# (q e^{b_i}) . (k e^{-b_j}) keep every factor a normal number: e^{-60} and e^{60} lie far
+# inside fp32's range, so the factored form is as exact as the pairwise one.
+FACTOR_SPAN = {torch.float32: 60.0, torch.float64: 600.0}
+
+
+def _can_factor(gate: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the factored vector-gate scores are exact here (checked on CPU only: it syncs).
+
+    b is the in-chunk cumsum of log-gates; with no positive gate it decreases from <= 0, and a
+    chunk's span is its last value."""
+    if b.device.type != "cpu" or b.numel() == 0:
+        return False
+    return bool(gate.max() <= 0) and bool(b[..., -1, :].min() >= -FACTOR_SPAN[b.dtype])
 
 
 def _vector_gate_scores(q, k, b, c):
