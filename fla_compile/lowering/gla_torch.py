@@ -91,28 +91,28 @@ def chunk_gla_dense(q, k, v, gate, gate_kind, scale, initial_state, chunk_size=N
         cdt,
     )
     qv, kv_, vv = (_chunk_view(_pad_time(x, Tp), C) for x in (q, k, v))  # views [N,B,H,C,D]
-    kvT = kv_.transpose(-1, -2)  # [N,B,H,K,C]: keys are used transposed
     vc = ops.copy(vv)
     causal = torch.ones(C, C, dtype=cdt, device=q.device).tril_()
     last = None
     if gate_kind == GATE_NONE:
-        q_in, k_inT = ops.copy(qv), ops.copy(kvT)
+        q_in, k_inT = ops.copy(qv), ops.copy(kv_).transpose(-1, -2)
         A = ops.mul_(q_in @ k_inT, causal * scale)
     else:
-        b = _chunk_view(_in_chunk_cumsum(_pad_time(gate, Tp).to(cdt), C), C)  # log decay inside each chunk
+        b_nat = _in_chunk_cumsum(_pad_time(gate, Tp).to(cdt), C)  # [B,Tp,H(,K)] log decay inside each chunk
+        b = _chunk_view(b_nat, C)
         if gate_kind == GATE_SCALAR:
             b = b[..., None]  # [N,B,H,C,1 or K]
-        if _can_factor(gate, b):
+        if _can_factor(b_nat):
             # every factor is a normal number (see FACTOR_SPAN): the factored scores are exact
             eb = ops.new(torch.exp, b)
             q_in = ops.new(torch.mul, qv, eb)
-            if ops.grad:  # k e^{-b}, transposed (not k / e^{b}: its gradient, k / e^{2b}, overflows)
-                k_inT = kvT * torch.exp(-b).transpose(-1, -2)
+            if ops.grad:  # k e^{-b} (not k / e^{b}: its gradient, k / e^{2b}, overflows)
+                k_neg = kv_ * torch.exp(-b)
             else:
-                k_inT = ops.new(torch.div, kvT, eb.transpose(-1, -2))
-            A = ops.mul_(q_in @ k_inT, causal * scale)
+                k_neg = ops.new(torch.div, kv_, eb)
+            A = ops.mul_(q_in @ k_neg.transpose(-1, -2), causal * scale)
             last = eb[..., -1, :]  # [N,B,H,1 or K]
-            k_inT = ops.mul_(k_inT, last[..., :, None])  # k e^{b_last - b}: what each step leaves in S
+            k_inT = ops.mul_(k_neg, last[..., None, :]).transpose(-1, -2)  # k e^{b_last - b}: left in S
         else:
             b = b.contiguous()
             qc, kc = ops.copy(qv), ops.copy(kv_)
@@ -143,7 +143,8 @@ def chunk_gla_dense(q, k, v, gate, gate_kind, scale, initial_state, chunk_size=N
                 torch.addcmul(kv[n], states[n], last[n][..., None], out=states[n + 1])
     S = kv[N - 1] + (states[N - 1] if last is None else states[N - 1] * last[N - 1][..., None])
     M = N * B * H  # intra-chunk (A already scaled) + the carried state, in one baddbmm
-    o = torch.baddbmm((A @ vc).view(M, C, V), q_in.reshape(M, C, K), states.view(M, K, V), alpha=scale)
+    o = (A @ vc).view(M, C, V)
+    o = (o.baddbmm if ops.grad else o.baddbmm_)(q_in.reshape(M, C, K), states.view(M, K, V), alpha=scale)
     o = o.view(N, B, H, C, V).permute(1, 0, 3, 2, 4).reshape(B, Tp, H, V)[:, :T]
     return o, S
 
@@ -162,14 +163,13 @@ def _in_chunk_cumsum(g: torch.Tensor, C: int) -> torch.Tensor:
 FACTOR_SPAN = {torch.float32: 60.0, torch.float64: 600.0}
 
 
-def _can_factor(gate: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether the factored vector-gate scores are exact here (checked on CPU only: it syncs).
-
-    b is the in-chunk cumsum of log-gates; with no positive gate it decreases from <= 0, and a
-    chunk's span is its last value."""
+def _can_factor(b: torch.Tensor) -> bool:
+    """Whether the factored scores are exact here: every in-chunk log decay b within
+    +-FACTOR_SPAN (checked on CPU only: the check syncs)."""
     if b.device.type != "cpu" or b.numel() == 0:
         return False
-    return bool(gate.max() <= 0) and bool(b[..., -1, :].min() >= -FACTOR_SPAN[b.dtype])
+    lo, hi = torch.aminmax(b)
+    return bool(lo >= -FACTOR_SPAN[b.dtype]) and bool(hi <= FACTOR_SPAN[b.dtype])
 
 
 def _vector_gate_scores(q, k, b, c):
