@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 
 import torch
 
@@ -29,10 +30,47 @@ def fla_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None =
     if opts.strict and report.near_misses:  # not on what was recognised as something else (softmax attention)
         raise FlaCompileError(str(report))
     if opts.inductor:
-        from torch._inductor.compile_fx import compile_fx
+        work = work_for_inductor(new_gm)
+        if work:
+            from torch._inductor.compile_fx import compile_fx
 
-        return compile_fx(new_gm, example_inputs)
+            return compile_fx(new_gm, example_inputs)
+        if report.matches:
+            report.notes.append(
+                "the rest of the graph is layout and casts around our ops: run as is, without "
+                "Inductor's cold compile (it would generate no kernel worth it)"
+            )
     return torch._dynamo.lookup_backend("aot_eager")(new_gm, example_inputs)
+
+
+# What Inductor has nothing to fuse in: views and layout, dtype casts, tuple reads, and our
+# own lowerings (each runs one opaque op).
+_LAYOUT_METHODS = frozenset(
+    "transpose permute view reshape unsqueeze squeeze flatten unflatten expand contiguous t size dim "
+    "float double half bfloat16 to type_as".split()
+)
+_LAYOUT_FUNCTIONS = frozenset(
+    [operator.getitem, torch.transpose, torch.permute, torch.reshape, torch.unsqueeze, torch.squeeze, torch.flatten]
+)
+
+
+def work_for_inductor(gm: torch.fx.GraphModule) -> list[torch.fx.Node]:
+    """The nodes of a rewritten graph that Inductor could generate code for (empty: none)."""
+    work = []
+    for n in gm.graph.nodes:
+        if n.op in ("placeholder", "output", "get_attr"):
+            continue
+        if n.op == "call_method" and n.target in _LAYOUT_METHODS:
+            continue
+        if n.op == "call_function" and (n.target in _LAYOUT_FUNCTIONS or _is_ours(n.target)):
+            continue
+        work.append(n)
+    return work
+
+
+def _is_ours(target) -> bool:
+    ns = getattr(target, "namespace", None) or getattr(getattr(target, "_schema", None), "name", "")
+    return type(target).__module__.startswith("fla_compile.") or str(ns).startswith("fla_compile")
 
 
 def last_report() -> Report | None:

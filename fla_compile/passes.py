@@ -26,7 +26,9 @@ class Options:
 
     verify: prove every region on fresh probes before rewriting it (default on).
     strict: raise with the reasons when a region looks like a recurrence but is not proven.
-    inductor: compile the rest of the graph with Inductor (off: aot_eager).
+    inductor: compile the rest of the graph with Inductor (off: aot_eager). A rest that is only
+        layout and casts around our ops has nothing for Inductor to generate and runs as is
+        (a report note says so), sparing Inductor's cold compile.
     """
 
     verify: bool = True

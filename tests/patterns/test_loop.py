@@ -117,13 +117,31 @@ def test_unknown_option_is_refused():
         torch.compile(S.linear_matmul_cat, backend="fla", options={"verfy": False})(*args)
 
 
-def test_inductor_compiles_the_rest():
+def test_inductor_compiles_the_rest(monkeypatch):
+    """A rest with compute (here a silu after the loop) goes to Inductor; a rest that is only
+    layout around our op runs as is, with a note (Inductor would generate nothing for it)."""
+    import torch._inductor.compile_fx as cfx
+
+    calls = []
+    real = cfx.compile_fx
+    monkeypatch.setattr(cfx, "compile_fx", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def with_silu(q, k, v, gk):
+        o, h = S.gla_fla_naive(q, k, v, gk)
+        return F.silu(o), h
+
     args = make_inputs(S.gla_fla_naive)
-    ref = S.gla_fla_naive(*args)
-    out = torch.compile(S.gla_fla_naive, backend="fla")(*args)
-    assert [m.family for m in fla_compile.last_report().matches] == ["gla"]
-    for o, r in zip(out, ref):
-        assert rel(o, r) < 1e-5
+    for fn, inductor in [(with_silu, True), (S.gla_fla_naive, False)]:
+        torch._dynamo.reset()
+        calls.clear()
+        ref = fn(*args)
+        out = torch.compile(fn, backend="fla")(*args)
+        report = fla_compile.last_report()
+        assert [m.family for m in report.matches] == ["gla"]
+        assert bool(calls) == inductor
+        assert any("without Inductor" in n for n in report.notes) == (not inductor)
+        for o, r in zip(out, ref):
+            assert rel(o, r) < 1e-5
 
 
 def test_module_with_parameters():
