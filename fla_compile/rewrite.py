@@ -69,6 +69,14 @@ def log_gate(x: torch.Tensor, kind: str) -> torch.Tensor:
         return x
     if kind == "sigmoid":
         return F.logsigmoid(x)
+    # a decay given as a plain value was proven on positive probes; the ops take log-gates, so a
+    # value <= 0 at run time has no lowering: stop loudly (traceable, no host sync on CUDA)
+    torch._assert_async(
+        (x > 0).all(),
+        "fla_compile: this loop's decay is lowered through its log, and at run time it holds a value <= 0, "
+        "which the linear-attention ops cannot represent; write the decay as exp(g) or sigmoid(g) of a "
+        "log-space gate, or compile this loop without backend='fla'",
+    )
     return torch.log(x)
 
 

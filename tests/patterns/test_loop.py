@@ -173,3 +173,27 @@ def test_module_with_parameters():
     assert rel(out, ref) < 1e-5
     out.sum().backward()
     assert rel(layer.qkv.weight.grad, ref_grad) < 1e-5
+
+
+def plain_decay(q, k, v, a):
+    """The decay arrives as values (already exp'd outside): lowered through its log."""
+    B, T, H, K = q.shape
+    h = q.new_zeros(B, H, K, v.shape[-1])
+    outs = []
+    for t in range(T):
+        h = h * a[:, t, :, :, None] + k[:, t, :, :, None] * v[:, t, :, None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], h))
+    return torch.stack(outs, 1)
+
+
+def test_plain_decay_checked_at_run_time():
+    """Proven on positive probes; a zero decay at run time (which the ops cannot take) stops loudly."""
+    q, k, v = torch.randn(B, T, H, K), torch.randn(B, T, H, K), torch.randn(B, T, H, V)
+    a = torch.rand(B, T, H, K) * 0.5 + 0.4
+    fn = torch.compile(plain_decay, backend="fla", options={"inductor": False})
+    out = fn(q, k, v, a)
+    assert [m.family for m in fla_compile.last_report().matches] == ["gla"]
+    assert rel(out, plain_decay(q, k, v, a)) < 1e-5
+    a[0, 3, 0, 1] = 0.0  # eager computes this; our ops cannot
+    with pytest.raises(RuntimeError, match="holds a value <= 0"):
+        fn(q, k, v, a)
