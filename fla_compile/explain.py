@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import itertools
 import re
-import types
 
 import torch
 
 from . import passes
-from .jit import JitFunction, JitModule
+from .jit import JitFunction, JitModule, fresh_code
 from .report import Report
 
-_capture_ids = itertools.count(1)
 _LIMIT = re.compile(r"recompile.?limit|cache.?size.?limit", re.IGNORECASE)
 _MAX_REASONS = 5
 
@@ -44,7 +41,7 @@ def explain(fn_or_module, *args, **kwargs) -> Report:
 
     before, compiled = _dynamo_counters(), _codes_with_entries()
     try:
-        torch.compile(_fresh(call), backend=collect, dynamic=False)(*args, **kwargs)
+        torch.compile(fresh_code(call, "fla_explain"), backend=collect, dynamic=False)(*args, **kwargs)
     finally:
         _drop_entries_since(compiled)
     report.notes += _dynamo_notes(before, _dynamo_counters())
@@ -55,17 +52,6 @@ def explain(fn_or_module, *args, **kwargs) -> Report:
             "Dynamo disabled, or code already at its recompile limit: torch._dynamo.reset() clears Dynamo's caches)"
         )
     return report
-
-
-def _fresh(fn: types.FunctionType) -> types.FunctionType:
-    """``fn`` with a code object of its own (as ``jit._trace`` makes for each probe).
-
-    Dynamo keeps compiled entries, and counts recompiles against ``recompile_limit``, per code
-    object; a backend made anew for each call never hits the cache, so reusing one code object
-    would exhaust the limit after a few calls and Dynamo would then run it uncaptured.
-    """
-    code = fn.__code__.replace(co_name=f"fla_explain_{next(_capture_ids)}")
-    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
 
 
 def _codes_with_entries() -> set[int] | None:

@@ -12,6 +12,7 @@ a third length before it is used. Nothing matched: the reference runs, with one 
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import types
 import warnings
@@ -51,6 +52,21 @@ def _shrink(args, time_dim, T, length, gen, fixed=0):
     return out
 
 
+_capture_ids = itertools.count(1)
+
+
+def fresh_code(fn: types.FunctionType, prefix: str) -> types.FunctionType:
+    """``fn`` with a code object of its own, named ``prefix_N``.
+
+    Dynamo keeps compiled entries, and counts recompiles against ``recompile_limit``, per code
+    object; a capture whose backend is made anew each time never hits that cache, so reusing
+    one code object would exhaust the limit after a few captures and Dynamo would then run it
+    uncaptured. Used by every capture here and by ``explain``.
+    """
+    code = fn.__code__.replace(co_name=f"{prefix}_{next(_capture_ids)}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+
+
 def _trace(fn, args) -> tuple[fx.GraphModule, list[int]]:
     """Capture ``fn`` at probe shapes with Dynamo (a few steps only: the probe is short).
 
@@ -68,18 +84,13 @@ def _trace(fn, args) -> tuple[fx.GraphModule, list[int]]:
     def probe(*ts):
         return fn(*ts)
 
-    # a fresh code object per capture, so Dynamo's per-code cache and recompile limit never apply
-    _trace.count += 1
-    probe = types.FunctionType(
-        probe.__code__.replace(co_name=f"fla_probe_{_trace.count}"), probe.__globals__, closure=probe.__closure__
-    )
+    probe = fresh_code(probe, "fla_probe")
     torch.compile(probe, backend=capture, fullgraph=True, dynamic=False)(*args)
     if len(captured) != 1:
         raise JitError(f"expected one captured graph, got {len(captured)}")
     return captured[0]
 
 
-_trace.count = 0
 
 
 def _same_target(a, b) -> bool:
