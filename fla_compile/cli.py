@@ -378,7 +378,7 @@ def explain_main(argv) -> int:
         print(f"{args.target} with inputs {described}")
         print(report)
         if not report.matches:
-            print("no linear-attention region matched" + (" (see the near misses above)" if report.misses else ""))
+            print("no linear-attention region matched" + (" (see the misses above)" if report.misses else ""))
     return 0 if report.matches else 1
 
 
