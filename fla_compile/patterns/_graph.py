@@ -62,11 +62,13 @@ def value_of(node: fx.Node):
 def source_line(node: fx.Node) -> str:
     """'file:line: code' of the user's code that produced ``node``, when recorded."""
     trace = node.meta.get("stack_trace") or ""
-    frames = re.findall(r'File "([^"]+)", line (\d+), in \S+\n\s*(.*)', trace)
+    # the code line is absent where the source is not on disk (stdin, exec): then file:line alone
+    frames = re.findall(r'File "([^"]+)", line (\d+), in \S+(?:\n(?!\s*File ")\s*(.*))?', trace)
     if not frames:
         return ""
     path, line, code = frames[-1]
-    return f"{path.rsplit('/', 1)[-1]}:{line}: {code.strip()}"
+    where = f"{path.rsplit('/', 1)[-1]}:{line}"
+    return f"{where}: {code.strip()}" if code.strip() else where
 
 
 def functional_setitem(buf: torch.Tensor, index, value) -> torch.Tensor:
