@@ -69,8 +69,9 @@ def work_for_inductor(gm: torch.fx.GraphModule) -> list[torch.fx.Node]:
 
 
 def _is_ours(target) -> bool:
-    ns = getattr(target, "namespace", None) or getattr(getattr(target, "_schema", None), "name", "")
-    return type(target).__module__.startswith("fla_compile.") or str(ns).startswith("fla_compile")
+    """A lowering callable of ours, or one of our torch.library ops (an overload or its packet)."""
+    op = getattr(target, "default", target)
+    return type(target).__module__.startswith("fla_compile.") or getattr(op, "namespace", None) == "fla_compile"
 
 
 def last_report() -> Report | None:

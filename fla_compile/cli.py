@@ -23,6 +23,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from .verify import rel_err
+
 log = logging.getLogger("fla_compile")
 
 FAMILIES = ["linear_attn", "retention", "simple_gla", "gla", "delta_rule", "gated_delta_rule", "kda"]
@@ -461,11 +463,6 @@ def _step(fn, xs, backward: bool):
     return fwd_bwd
 
 
-def _rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
-    x, ref = x.double(), ref.double()
-    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-
-
 def bench_family(family, shape, dtype, device, backward=False, reps=5, warmup=1) -> dict:
     """One row: ms of ``ops.<family>`` and of ``reference.<family>`` and the ops' rel err vs float64."""
     from . import ops
@@ -483,7 +480,7 @@ def bench_family(family, shape, dtype, device, backward=False, reps=5, warmup=1)
     t_ref = timer(_step(ref, xs, backward))
     x64 = [x.detach().double().requires_grad_(x.requires_grad) for x in xs]
     want = [_step(ref, x64, backward)()] + ([x.grad for x in x64 if x.requires_grad] if backward else [])
-    err = max(_rel_err(a, b) if a is not None else float("nan") for a, b in zip(got, want))
+    err = max(rel_err(a, b) if a is not None else float("nan") for a, b in zip(got, want))
     return {"family": family, "ours_ms": t_ours, "reference_ms": t_ref, "rel_err": err}
 
 

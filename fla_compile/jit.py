@@ -91,8 +91,6 @@ def _trace(fn, args) -> tuple[fx.GraphModule, list[int]]:
     return captured[0]
 
 
-
-
 def _same_target(a, b) -> bool:
     if isinstance(a, LoopLowering) and isinstance(b, LoopLowering):
         return a.family == b.family

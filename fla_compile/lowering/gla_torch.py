@@ -128,20 +128,21 @@ def chunk_gla_dense(q, k, v, gate, gate_kind, scale, initial_state, chunk_size=N
 
     kv = k_inT @ vc  # [N,B,H,K,V]: each chunk's own contribution to the state
     h0 = kv.new_zeros(kv.shape[1:]) if initial_state is None else initial_state.to(cdt)
+    # states[n]: the state entering chunk n; states[N]: the final state
     if ops.grad:  # autograd: a list of states, stacked
         states = [h0]
-        for n in range(N - 1):
+        for n in range(N):
             states.append(kv[n] + (states[n] if last is None else states[n] * last[n][..., None]))
-        states = torch.stack(states)
+        S, states = states[N], torch.stack(states[:N])
     else:  # one fused op per chunk, written in place
-        states = torch.empty_like(kv)  # states[n]: the state entering chunk n
+        states = kv.new_empty(N + 1, *kv.shape[1:])
         states[0] = h0
-        for n in range(N - 1):
+        for n in range(N):
             if last is None:
                 torch.add(kv[n], states[n], out=states[n + 1])
             else:
                 torch.addcmul(kv[n], states[n], last[n][..., None], out=states[n + 1])
-    S = kv[N - 1] + (states[N - 1] if last is None else states[N - 1] * last[N - 1][..., None])
+        S, states = states[N].clone(), states[:N]  # the clone lets the buffer go
     M = N * B * H  # intra-chunk (A already scaled) + the carried state, in one baddbmm
     o = (A @ vc).view(M, C, V)
     o = (o.baddbmm if ops.grad else o.baddbmm_)(q_in.reshape(M, C, K), states.view(M, K, V), alpha=scale)
@@ -157,9 +158,9 @@ def _in_chunk_cumsum(g: torch.Tensor, C: int) -> torch.Tensor:
     return (tril @ g.reshape(B, Tp // C, C, -1)).view(g.shape)
 
 
-# Largest in-chunk decay span (log space) for which the factored vector-gate scores
-# (q e^{b_i}) . (k e^{-b_j}) keep every factor a normal number: e^{-60} and e^{60} lie far
-# inside fp32's range, so the factored form is as exact as the pairwise one.
+# Largest in-chunk log decay |b| for which the factored scores (q e^{b_i}) . (k e^{-b_j}) (scalar
+# and per-key gates) keep every factor a normal number: e^{-60} and e^{60} lie far inside fp32's
+# range, so the factored form is as exact as the pairwise one.
 FACTOR_SPAN = {torch.float32: 60.0, torch.float64: 600.0}
 
 
@@ -219,12 +220,8 @@ def gla_line_forward(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seq
     for n, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
         h0 = None if initial_state is None else initial_state[n : n + 1]
         if e == s:  # an empty sequence: no output, the state passes through
-            K, V = q.shape[-1], v.shape[-1]
-            states.append(
-                v.new_zeros(1, H, K, V, dtype=torch.float64 if v.dtype == torch.float64 else torch.float32)
-                if h0 is None
-                else h0.to(torch.float64 if v.dtype == torch.float64 else torch.float32)
-            )
+            sdt = torch.float64 if v.dtype == torch.float64 else torch.float32
+            states.append(v.new_zeros(1, H, q.shape[-1], v.shape[-1], dtype=sdt) if h0 is None else h0.to(sdt))
             continue
         g = None if gate is None else gate[:, s:e]
         o, S = chunk_gla_dense(q[:, s:e], k[:, s:e], v[:, s:e], g, gate_kind, scale, h0)

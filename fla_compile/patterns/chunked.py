@@ -14,6 +14,7 @@ runs before normalization, since the region is executed as written, in-place upd
 from __future__ import annotations
 
 import itertools
+import math
 import operator
 import re
 from collections import defaultdict
@@ -25,11 +26,10 @@ import torch.nn.functional as F
 from ..ir import Family, Recurrence
 from ..ops.dispatch import run_family
 from ..report import Match, Miss
-from ..verify import probe
+from ..verify import TOL, fit_scale, probe, rel_err
 from ._graph import value_of
 
 SPELLING = "chunked"
-TOL = 1e-5
 MIN_NODES = 20  # a recurrence written as a function is never shorter than this
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
 
@@ -147,17 +147,11 @@ def _compare(outs, o, ht):
     for i, x in enumerate(outs):
         if not isinstance(x, torch.Tensor):
             continue
-        if x.shape == o.shape and o_idx is None and _rel(x, o) <= TOL:
+        if x.shape == o.shape and o_idx is None and rel_err(x, o) <= TOL:
             o_idx = i
-        elif x.shape == ht.shape and s_idx is None and _rel(x, ht) <= TOL:
+        elif x.shape == ht.shape and s_idx is None and rel_err(x, ht) <= TOL:
             s_idx = i
     return o_idx, s_idx
-
-
-def _rel(a, b):
-    num = (a.double() - b.double()).norm().item()
-    den = b.double().norm().item()
-    return num / den if den > 0 and num == num else float("inf")
 
 
 class FunctionLowering:
@@ -188,10 +182,9 @@ def _prove(gm, inputs, outputs, roles, gen):
         o1, _ = _op(roles, draws[0], l2norm, 1.0)
         cands = [x for x in outs[0] if isinstance(x, torch.Tensor) and x.shape == o1.shape]
         for x in cands:
-            den = (o1.double() * o1.double()).sum().item()
-            if den == 0:
+            scale = fit_scale(x.double(), o1.double())
+            if not math.isfinite(scale):
                 continue
-            scale = (x.double() * o1.double()).sum().item() / den
             errs, idx = [], None
             for d, out in zip(draws, outs):
                 o, ht = _op(roles, d, l2norm, scale)
@@ -199,7 +192,7 @@ def _prove(gm, inputs, outputs, roles, gen):
                 if o_idx is None or (idx is not None and idx != (o_idx, s_idx)):
                     break
                 idx = (o_idx, s_idx)
-                errs.append(_rel(out[o_idx], o))
+                errs.append(rel_err(out[o_idx], o))
             else:
                 if len(outputs) == 1 + (idx[1] is not None):
                     return l2norm, scale, idx[0], idx[1], max(errs)
