@@ -12,7 +12,7 @@ import logging
 import torch.fx as fx
 
 from .patterns import chunked, cumsum, loop, parallel
-from .patterns._graph import to_ssa
+from .patterns._graph import specialize_sizes, to_ssa, value_of
 from .report import Match, Miss, Report
 from .rewrite import LoopLowering, is_zeros, rewrite_loop
 from .verify import NearMiss, classify_loop, prove_loop
@@ -50,12 +50,20 @@ def loop_pass(graph: fx.Graph, opts: Options, report: Report) -> None:
     for region in regions:
         try:
             step, _ = region.step_graph()
-            metas = [n.meta.get("example_value") for n in step.graph.nodes if n.op == "placeholder"][1:]
-            state_meta = step.graph.find_nodes(op="placeholder")[0].meta["example_value"]
+            metas = [value_of(n) for n in step.graph.nodes if n.op == "placeholder"][1:]
+            state_meta = value_of(step.graph.find_nodes(op="placeholder")[0])
             rec = classify_loop(step, metas, state_meta)
             err = prove_loop(step, metas, state_meta, rec) if opts.verify else float("nan")
         except (NearMiss, ValueError) as e:
             report.misses.append(Miss(loop.SPELLING, str(e), region.source))
+            continue
+        except Exception as e:  # a bug of ours: the graph is untouched so far, so leave the loop as written
+            log.warning(
+                "fla_compile: the loop at %s is left as written after an internal error", region.source, exc_info=True
+            )
+            report.misses.append(
+                Miss(loop.SPELLING, f"internal error, left as written: {type(e).__name__}: {e}", region.source)
+            )
             continue
         rec = rec.replace(
             initial_state=None if is_zeros(region.init_state) else region.init_state,
@@ -81,14 +89,16 @@ def run(gm: fx.GraphModule, opts: Options) -> tuple[fx.GraphModule, Report]:
     graph, why = to_ssa(gm)
     if graph is None:
         report.notes.append(f"graph not normalized: {why}")
-        if report.matches:
-            gm.graph.lint()
-            gm.recompile()
-        return gm, report
-    for _, fn in PASSES:
-        fn(graph, opts, report)
+        graph = gm.graph
+    else:
+        for _, fn in PASSES:
+            fn(graph, opts, report)
     if not report.matches:
         return gm, report
+    if specialize_sizes(gm):  # the rewrites were proven and built at these sizes
+        report.notes.append(
+            "symbolic sizes (Dynamo's automatic dynamic shapes) pinned to this call's values: other sizes recompile"
+        )
     graph.lint()
     if graph is gm.graph:
         gm.recompile()

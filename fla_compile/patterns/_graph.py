@@ -55,8 +55,55 @@ INPLACE_OPERATORS = {
 
 
 def value_of(node: fx.Node):
-    """The example value (fake or real) recorded on a node by Dynamo or make_fx."""
-    return node.meta.get("example_value", node.meta.get("val"))
+    """The example value (fake or real) recorded on a node by Dynamo or make_fx, with concrete
+    sizes: where Dynamo traced symbolic ones, a twin in the same fake mode with their current
+    values (made once per node, guarding nothing: ``specialize_sizes`` pins them on a rewrite)."""
+    v = node.meta.get("example_value", node.meta.get("val"))
+    if isinstance(v, (torch.SymInt, torch.SymFloat)):
+        return _hint(v)
+    if isinstance(v, torch.Tensor) and _symbolic(v):
+        if "fla_concrete" not in node.meta:
+            with v.fake_mode:
+                c = torch.empty_strided(
+                    [_hint(d) for d in v.shape], [_hint(d) for d in v.stride()], dtype=v.dtype, device=v.device
+                )
+            node.meta["fla_concrete"] = c.requires_grad_(v.requires_grad)
+        return node.meta["fla_concrete"]
+    return v
+
+
+def _hint(d):
+    """The current value of a size (or of a number computed from sizes), without guarding on it."""
+    if not isinstance(d, (torch.SymInt, torch.SymFloat)):
+        return d
+    if d.node.hint is None:
+        raise ValueError("a data-dependent size (no value known at compile time)")
+    return type(d.node.hint)(d.node.hint)
+
+
+def _symbolic(v: torch.Tensor) -> bool:
+    return any(isinstance(d, torch.SymInt) for d in (*v.shape, *v.stride()))
+
+
+def specialize_sizes(gm: fx.GraphModule) -> bool:
+    """Pin every symbolic size of the graph's inputs to its current value; True if there was one.
+
+    After a recompile Dynamo traces batch, head and feature sizes as symbols (automatic dynamic
+    shapes). Our matchers prove regions on probes of concrete sizes and our lowerings are built
+    for them, so we guard on those values, as Inductor does where it needs a size: a call with
+    other sizes recompiles rather than running a graph built for these.
+    """
+    pinned = False
+    for n in gm.graph.find_nodes(op="placeholder"):
+        v = n.meta.get("example_value", n.meta.get("val"))
+        sizes = [v] if isinstance(v, (torch.SymInt, torch.SymFloat)) else []
+        if isinstance(v, torch.Tensor):
+            sizes = [*v.shape, *v.stride(), v.storage_offset()]
+        for d in sizes:
+            if isinstance(d, (torch.SymInt, torch.SymFloat)):
+                type(d.node.hint)(d)  # guards d == its current value
+                pinned = True
+    return pinned
 
 
 def source_line(node: fx.Node) -> str:

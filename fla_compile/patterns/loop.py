@@ -91,6 +91,9 @@ class LoopRegion:
             r = time_read(a)
             if r is not None and r.index == t and r.key in self.reads:
                 return placeholder(("read", r.key), a)
+            v = value_of(a)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                return v  # a number computed from symbolic sizes (a scale K**-0.5): pinned on a rewrite
             return placeholder(("global", a), a)
 
         def build(i: int) -> fx.Node:

@@ -111,6 +111,22 @@ def test_strict_raises_with_the_reason():
         torch.compile(S.miss_nonlinear_in_state, backend="fla", options={"strict": True, "inductor": False})(*args)
 
 
+def test_internal_error_leaves_the_loop_as_written(monkeypatch):
+    """A bug of ours while analysing a loop must not fail the user's compile: the loop runs as
+    written and the report says what happened."""
+    from fla_compile import passes
+
+    def broken(*_):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(passes, "classify_loop", broken)
+    args = make_inputs(S.linear_matmul_cat)
+    out = torch.compile(S.linear_matmul_cat, backend="fla", options={"inductor": False})(*args)
+    report = fla_compile.last_report()
+    assert not report.matches and "internal error" in report.misses[0].reason, str(report)
+    assert rel(out, S.linear_matmul_cat(*args)) < 1e-6
+
+
 def test_unknown_option_is_refused():
     args = make_inputs(S.linear_matmul_cat)
     with pytest.raises(Exception, match="unknown options"):

@@ -1,0 +1,63 @@
+"""Recompiles with other sizes: Dynamo then traces batch, head, feature (and, outside a loop,
+time) sizes as symbols. Every spelling must still be matched, pinned to the sizes of the call,
+and equal to eager at each size; a later call at an earlier size reuses its graph."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fla_compile.backend import REPORTS
+
+from .patterns import spellings
+from .patterns.test_chunked import reference_function
+from .patterns.test_cumsum import einsum_bthd
+from .patterns.test_parallel import simple_gla_matmul
+
+SIZES = [(2, 12, 2, 8), (3, 12, 4, 8), (1, 12, 3, 4), (2, 20, 2, 8)]  # B, T, H, D
+
+
+def _inputs(B, T, H, D, gate, seed):
+    gen = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(B, T, H, D, generator=gen) for _ in range(3)]
+    if gate == "bthk":
+        xs.append(F.logsigmoid(torch.randn(B, T, H, D, generator=gen)) / 4)
+    elif gate == "bth":
+        xs.append(F.logsigmoid(torch.randn(B, T, H, generator=gen)))
+    return xs
+
+
+def _hf_chunk_gated_delta_rule(q, k, v, g):
+    fn = reference_function("qwen3_next", "torch_chunk_gated_delta_rule")
+    beta = torch.sigmoid(q[..., 0])
+    return fn(q, k, v, g, beta, use_qk_l2norm_in_kernel=True)[0]
+
+
+CASES = [
+    (spellings.gla_fla_naive, "bthk", "gla", "loop"),
+    (spellings.retention_inplace_einsum, None, "retention", "loop"),
+    (spellings.linear_matmul_cat, None, "linear_attn", "loop"),
+    (simple_gla_matmul, "bth", "simple_gla", "parallel"),
+    (einsum_bthd, None, "linear_attn", "cumsum"),
+    (_hf_chunk_gated_delta_rule, "bth", "gated_delta_rule", "chunked"),
+]
+
+
+@pytest.mark.parametrize("fn,gate,family,spelling", CASES, ids=[c[0].__name__ for c in CASES])
+@pytest.mark.parametrize("inductor", [False, True], ids=["aot_eager", "inductor"])
+def test_recompiles_at_other_sizes_stay_matched(fn, gate, family, spelling, inductor):
+    if inductor and spelling != "loop":
+        pytest.skip("one Inductor case per run is enough: the pinning does not depend on the spelling")
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend="fla", options={"inductor": inductor})
+    seen = len(REPORTS)
+    for i, size in enumerate(SIZES + SIZES[1:2]):
+        xs = _inputs(*size, gate, seed=i)
+        ref = fn(*xs)
+        out = compiled(*xs)
+        out, ref = (out[0], ref[0]) if isinstance(ref, tuple) else (out, ref)
+        assert ((out - ref).norm() / ref.norm()).item() < 1e-5, size
+    reports = REPORTS[seen:]
+    assert len(reports) == len(SIZES), [str(r) for r in reports]  # the repeated size recompiled nothing
+    for r in reports:
+        assert [(m.family, m.spelling) for m in r.matches] == [(family, spelling)], str(r)
+    assert any("pinned" in n for r in reports for n in r.notes), [str(r) for r in reports]
