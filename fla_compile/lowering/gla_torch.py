@@ -65,6 +65,13 @@ class _Ops:
     def mul_(self, x, y):
         return x * y if self.grad else x.mul_(y)
 
+    def exp_(self, x):
+        """exp of a temporary of ours (in place without autograd)."""
+        return x.exp() if self.grad else x.exp_()
+
+    def tril_(self, x):
+        return x.tril() if self.grad else x.tril_()
+
 
 def chunk_gla_dense(q, k, v, gate, gate_kind, scale, initial_state, chunk_size=None):
     """One batch of equal-length sequences. q,k: [B,T,H,K] (heads already expanded), v: [B,T,H,V].
@@ -75,6 +82,8 @@ def chunk_gla_dense(q, k, v, gate, gate_kind, scale, initial_state, chunk_size=N
     Chunk-major layout [N, B, H, C, D], so that everything but the K x V state scan is one
     batched matmul over all chunks (scores, k^T v, q @ S) and the state entering chunk n is one
     contiguous slice. The layout change is fused into the first elementwise op of each input.
+    Every branch below yields the unscaled masked scores A, the decayed queries q_in and the keys
+    k_in as they enter the state (k e^{b_last - b}); the scale is applied once, in the last baddbmm.
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
@@ -92,60 +101,61 @@ def chunk_gla_dense(q, k, v, gate, gate_kind, scale, initial_state, chunk_size=N
     )
     qv, kv_, vv = (_chunk_view(_pad_time(x, Tp), C) for x in (q, k, v))  # views [N,B,H,C,D]
     vc = ops.copy(vv)
-    causal = torch.ones(C, C, dtype=cdt, device=q.device).tril_()
-    last = None
+    last = None  # [N,B,H,K or 1]: the decay of each chunk as a whole, e^{b_last}
     if gate_kind == GATE_NONE:
-        q_in, k_inT = ops.copy(qv), ops.copy(kv_).transpose(-1, -2)
-        A = ops.mul_(q_in @ k_inT, causal * scale)
+        q_in, k_in = ops.copy(qv), ops.copy(kv_)
+        A = ops.tril_(q_in @ k_in.mT)
     else:
         b_nat = _in_chunk_cumsum(_pad_time(gate, Tp).to(cdt), C)  # [B,Tp,H(,K)] log decay inside each chunk
-        b = _chunk_view(b_nat, C)
         if gate_kind == GATE_SCALAR:
-            b = b[..., None]  # [N,B,H,C,1 or K]
+            b_nat = b_nat[..., None]
         if _can_factor(b_nat):
             # every factor is a normal number (see FACTOR_SPAN): the factored scores are exact
-            eb = ops.new(torch.exp, b)
+            eb = _chunk_view(ops.exp_(b_nat), C)  # exp over the contiguous layout, read chunk-major below
             q_in = ops.new(torch.mul, qv, eb)
             if ops.grad:  # k e^{-b} (not k / e^{b}: its gradient, k / e^{2b}, overflows)
-                k_neg = kv_ * torch.exp(-b)
+                k_in = kv_ * torch.exp(-_chunk_view(b_nat, C))
             else:
-                k_neg = ops.new(torch.div, kv_, eb)
-            A = ops.mul_(q_in @ k_neg.transpose(-1, -2), causal * scale)
-            last = eb[..., -1, :]  # [N,B,H,1 or K]
-            k_inT = ops.mul_(k_neg, last[..., None, :]).transpose(-1, -2)  # k e^{b_last - b}: left in S
+                k_in = ops.new(torch.div, kv_, eb)
+            A = ops.tril_(q_in @ k_in.mT)
+            last = eb[..., -1, :]
+            k_in = ops.mul_(k_in, last[..., None, :])  # k e^{b_last - b}: what enters the state
         else:
-            b = b.contiguous()
+            b = _chunk_view(b_nat, C).contiguous()
             qc, kc = ops.copy(qv), ops.copy(kv_)
             if gate_kind == GATE_SCALAR:
+                causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril_()
                 bs = b[..., 0]
-                diff = (bs[..., :, None] - bs[..., None, :]).masked_fill(causal == 0, float("-inf"))
-                A = (qc @ kc.transpose(-1, -2)) * diff.exp() * scale
+                diff = (bs[..., :, None] - bs[..., None, :]).masked_fill(~causal, float("-inf"))
+                A = (qc @ kc.mT) * diff.exp()
             else:
-                A = _vector_gate_scores(qc, kc, b, min(SUB, C)) * scale
+                A = _vector_gate_scores(qc, kc, b, min(SUB, C))
             q_in = qc * b.exp()
-            k_inT = (kc * (b[..., -1:, :] - b).exp()).transpose(-1, -2)
+            k_in = kc * (b[..., -1:, :] - b).exp()
             last = b[..., -1, :].exp()
 
-    kv = k_inT @ vc  # [N,B,H,K,V]: each chunk's own contribution to the state
+    kv = k_in.mT @ vc  # [N,B,H,K,V]: each chunk's own contribution to the state
     h0 = kv.new_zeros(kv.shape[1:]) if initial_state is None else initial_state.to(cdt)
+    decay = None if last is None else last[..., None].unbind(0)  # [B,H,K or 1,1] per chunk
     # states[n]: the state entering chunk n; states[N]: the final state
     if ops.grad:  # autograd: a list of states, stacked
         states = [h0]
-        for n in range(N):
-            states.append(kv[n] + (states[n] if last is None else states[n] * last[n][..., None]))
+        for n, kv_n in enumerate(kv.unbind(0)):
+            states.append(kv_n + (states[n] if decay is None else states[n] * decay[n]))
         S, states = states[N], torch.stack(states[:N])
     else:  # one fused op per chunk, written in place
-        states = kv.new_empty(N + 1, *kv.shape[1:])
-        states[0] = h0
-        for n in range(N):
-            if last is None:
-                torch.add(kv[n], states[n], out=states[n + 1])
+        buf = kv.new_empty(N + 1, *kv.shape[1:])
+        buf[0] = h0
+        out = buf.unbind(0)
+        for n, kv_n in enumerate(kv.unbind(0)):
+            if decay is None:
+                torch.add(kv_n, out[n], out=out[n + 1])
             else:
-                torch.addcmul(kv[n], states[n], last[n][..., None], out=states[n + 1])
-        S, states = states[N].clone(), states[:N]  # the clone lets the buffer go
-    M = N * B * H  # intra-chunk (A already scaled) + the carried state, in one baddbmm
+                torch.addcmul(kv_n, out[n], decay[n], out=out[n + 1])
+        S, states = buf[N].clone(), buf[:N]  # the clone lets the buffer go
+    M = N * B * H  # intra-chunk + the carried state, in one baddbmm that also applies the scale
     o = (A @ vc).view(M, C, V)
-    o = (o.baddbmm if ops.grad else o.baddbmm_)(q_in.reshape(M, C, K), states.view(M, K, V), alpha=scale)
+    o = (o.baddbmm if ops.grad else o.baddbmm_)(q_in.reshape(M, C, K), states.view(M, K, V), beta=scale, alpha=scale)
     o = o.view(N, B, H, C, V).permute(1, 0, 3, 2, 4).reshape(B, Tp, H, V)[:, :T]
     return o, S
 
