@@ -50,12 +50,11 @@ class _Ops:
     def __init__(self, grad: bool, cdt):
         self.grad, self.cdt = grad, cdt
 
-    def new(self, fn, *args):
-        """fn(*args) (elementwise, broadcasting) as a fresh contiguous ``cdt`` tensor."""
+    def new(self, fn, x, y):
+        """fn(x, y) (elementwise; y broadcasts to x) as a fresh contiguous ``cdt`` tensor."""
         if self.grad:
-            return fn(*args).to(self.cdt).contiguous()
-        shape = torch.broadcast_shapes(*(a.shape for a in args if isinstance(a, torch.Tensor)))
-        return fn(*args, out=torch.empty(shape, dtype=self.cdt, device=args[0].device))
+            return fn(x, y).to(self.cdt).contiguous()
+        return fn(x, y, out=torch.empty(x.shape, dtype=self.cdt, device=x.device))
 
     def copy(self, x):
         return (
@@ -179,8 +178,8 @@ def _can_factor(b: torch.Tensor) -> bool:
     +-FACTOR_SPAN (checked on CPU only: the check syncs)."""
     if b.device.type != "cpu" or b.numel() == 0:
         return False
-    lo, hi = torch.aminmax(b)
-    return bool(lo >= -FACTOR_SPAN[b.dtype]) and bool(hi <= FACTOR_SPAN[b.dtype])
+    lo, hi = (float(x) for x in torch.aminmax(b))
+    return -FACTOR_SPAN[b.dtype] <= lo and hi <= FACTOR_SPAN[b.dtype]
 
 
 def _vector_gate_scores(q, k, b, c):
