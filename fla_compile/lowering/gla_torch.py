@@ -133,24 +133,27 @@ def chunk_gla_dense(q, k, v, gate, gate_kind, scale, initial_state, chunk_size=N
             k_in = kc * (b[..., -1:, :] - b).exp()
             last = b[..., -1, :].exp()
 
-    kv = k_in.mT @ vc  # [N,B,H,K,V]: each chunk's own contribution to the state
-    h0 = kv.new_zeros(kv.shape[1:]) if initial_state is None else initial_state.to(cdt)
     decay = None if last is None else last[..., None].unbind(0)  # [B,H,K or 1,1] per chunk
     # states[n]: the state entering chunk n; states[N]: the final state
     if ops.grad:  # autograd: a list of states, stacked
-        states = [h0]
+        kv = k_in.mT @ vc  # [N,B,H,K,V]: each chunk's own contribution to the state
+        states = [kv.new_zeros(kv.shape[1:]) if initial_state is None else initial_state.to(cdt)]
         for n, kv_n in enumerate(kv.unbind(0)):
             states.append(kv_n + (states[n] if decay is None else states[n] * decay[n]))
         S, states = states[N], torch.stack(states[:N])
-    else:  # one fused op per chunk, written in place
-        buf = kv.new_empty(N + 1, *kv.shape[1:])
-        buf[0] = h0
+    else:  # each chunk's contribution written into slot n + 1 of the states, then one fused op per chunk
+        buf = torch.empty(N + 1, B, H, K, V, dtype=cdt, device=q.device)
+        torch.matmul(k_in.mT, vc, out=buf[1:])
+        if initial_state is None:
+            buf[0].zero_()
+        else:
+            buf[0].copy_(initial_state)
         out = buf.unbind(0)
-        for n, kv_n in enumerate(kv.unbind(0)):
+        for n in range(N):
             if decay is None:
-                torch.add(kv_n, out[n], out=out[n + 1])
+                out[n + 1].add_(out[n])
             else:
-                torch.addcmul(kv_n, out[n], decay[n], out=out[n + 1])
+                out[n + 1].addcmul_(out[n], decay[n])
         S, states = buf[N].clone(), buf[:N]  # the clone lets the buffer go
     M = N * B * H  # intra-chunk + the carried state, in one baddbmm that also applies the scale
     o = (A @ vc).view(M, C, V)

@@ -87,7 +87,10 @@ def register(spec: OpSpec) -> None:
     def bwd_fake(q, k, v, *rest):
         h0 = rest[n_gates + 1]
         inputs = (q, k, v, *rest[:n_gates], h0)
-        return [torch.empty_like(x, memory_format=torch.contiguous_format) if x is not None else q.new_empty(0) for x in inputs]
+        return [
+            torch.empty_like(x, memory_format=torch.contiguous_format) if x is not None else q.new_empty(0)
+            for x in inputs
+        ]
 
     LIB.impl(name, fwd_impl, "CompositeExplicitAutograd")
     LIB.impl(f"{name}_bwd", bwd_impl, "CompositeExplicitAutograd")
