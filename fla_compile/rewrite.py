@@ -128,6 +128,11 @@ class LoopLowering:
                 self.in_dims.append(None)
                 self.posts.append(None)
         self.n_role_args = len(args)
+        # roles that are the step's reads themselves: the whole-sequence value is the source with
+        # time moved first, no vmap of the step needed (vmap costs more than the op at short T)
+        self.plain_reads = (
+            self.role_gm is not None and _returns_inputs(self.role_gm) and self.posts == [None] * len(args)
+        )
         self.global_roles = [r.origin[1] for _, r in roles if r.origin[0] == "global"]
         args += self.global_roles
         self.init_state = rec.initial_state
@@ -153,6 +158,8 @@ class LoopLowering:
         def step(*xs):
             return self.role_gm(*[x if post is None else x[post] for x, post in zip(xs, self.posts)])
 
+        if self.plain_reads and None not in self.in_dims:
+            return dict(zip(self.step_origins, (x.movedim(d, 0) for x, d in zip(role_args, self.in_dims))))
         if all(d is None for d in self.in_dims):
             vals = [v.unsqueeze(0).expand(T, *v.shape) for v in step(*role_args)]
             return dict(zip(self.step_origins, vals))
@@ -193,6 +200,13 @@ class LoopLowering:
             return o.movedim(0, d)
         d = d if d >= 0 else d + len(self.out_meta.shape)
         return o.movedim(0, d).flatten(d, d + 1)
+
+
+def _returns_inputs(gm: fx.GraphModule) -> bool:
+    """The graph returns its placeholders, each once and in order (an identity)."""
+    phs = gm.graph.find_nodes(op="placeholder")
+    (out,) = gm.graph.find_nodes(op="output")
+    return list(out.args[0]) == phs
 
 
 def rewrite_loop(region: LoopRegion, lowering: LoopLowering) -> None:
