@@ -20,6 +20,7 @@ from triton.runtime.errors import OutOfResources
 
 from . import delta_triton_bwd as kb
 from . import delta_triton_fwd as kf
+from .chunks import chunk_meta
 from .delta_torch import GATE_NONE, GATE_SCALAR, GATE_VECTOR
 
 GATE_IDS = {GATE_NONE: 0, GATE_SCALAR: 1, GATE_VECTOR: 2}
@@ -64,30 +65,6 @@ def _pow2(n: int, lo: int = 16) -> int:
 
 def _prec(dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
-
-
-def chunk_meta(B: int, T: int, cu_seqlens, BT: int, device):
-    """(cu int32 [N+1], info int32 [NS, 2] = (sequence or -1, chunk), chunk_off int32 [N+1], NS, N).
-
-    Slot ``chunk_off[n] + c`` holds chunk c of sequence n. NS is a bound from shapes alone:
-    B * ceil(T / BT) dense, T // BT + N packed (sum of ceil(len / BT) < T / BT + N).
-    """
-    if cu_seqlens is None:
-        NT = triton.cdiv(T, BT)
-        cu = torch.arange(0, B + 1, device=device, dtype=torch.int32) * T
-        chunk_off = torch.arange(0, B + 1, device=device, dtype=torch.int32) * NT
-        idx = torch.arange(B * NT, device=device, dtype=torch.int32)
-        return cu, torch.stack([idx // NT, idx % NT], 1).contiguous(), chunk_off, B * NT, B
-    cu = cu_seqlens.to(device=device, dtype=torch.int32).contiguous()
-    N = cu.shape[0] - 1
-    nchunks = (cu[1:] - cu[:-1] + BT - 1) // BT
-    chunk_off = torch.cat([cu.new_zeros(1), nchunks.cumsum(0).to(torch.int32)])
-    NS = T // BT + N
-    idx = torch.arange(NS, device=device, dtype=torch.int32)
-    n = torch.searchsorted(chunk_off[1:].contiguous(), idx, right=True).to(torch.int32)
-    c = idx - chunk_off[n.clamp(max=N - 1)]
-    info = torch.stack([torch.where(n < N, n, -1), c], 1).to(torch.int32)
-    return cu, info.contiguous(), chunk_off, NS, N
 
 
 def _l2norm_fwd(x):

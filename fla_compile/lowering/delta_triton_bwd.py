@@ -19,6 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .chunks import chunk_span
 from .delta_triton_fwd import _col, _row
 
 
@@ -91,11 +92,9 @@ def chunk_bwd_local_kernel(
     GATE: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    i_s = tl.load(info + i_c * 2)
+    i_s, i_n, bos, eos = chunk_span(info, cu, i_c)
     if i_s < 0:
         return
-    i_n = tl.load(info + i_c * 2 + 1)
-    bos, eos = tl.load(cu + i_s).to(tl.int64), tl.load(cu + i_s + 1).to(tl.int64)  # int64 offsets
     t0 = bos + i_n * BT
     i_hk = i_h // (H // HK)
     o_t, o_k = tl.arange(0, BT), tl.arange(0, BK)

@@ -16,6 +16,7 @@ import triton
 
 from . import gla_triton_intra as intra
 from . import gla_triton_kernels as kern
+from .chunks import chunk_meta, dense_cu
 from .gla_torch import GATE_NONE, GATE_SCALAR, GATE_VECTOR
 
 GATE_IDS = {GATE_NONE: 0, GATE_SCALAR: 1, GATE_VECTOR: 2}
@@ -37,59 +38,6 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
 
 def _pow2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(n))
-
-
-_META_CACHE: dict = {}
-
-
-def _cached(key, make):
-    """Small device tensors of dense metadata, made once per shape; never cached while a CUDA graph is
-    captured (tensors made then are only filled at replay)."""
-    value = _META_CACHE.get(key)
-    if value is None:
-        value = make()
-        capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-        if not capturing and len(_META_CACHE) < 256:
-            _META_CACHE[key] = value
-    return value
-
-
-def _dense_cu(B: int, T: int, device) -> torch.Tensor:
-    """[0, T, 2T, ..., B T] int32."""
-    return _cached(("cu", B, T, str(device)), lambda: torch.arange(0, B + 1, device=device, dtype=torch.int32) * T)
-
-
-def _dense_info(B: int, NT: int, device) -> torch.Tensor:
-    """[B NT, 2] int32: (sequence, chunk) of every slot."""
-
-    def make():
-        idx = torch.arange(B * NT, device=device, dtype=torch.int32)
-        return torch.stack([idx // NT, idx % NT], 1).contiguous()
-
-    return _cached(("info", B, NT, str(device)), make)
-
-
-def chunk_meta(B: int, T: int, cu_seqlens: torch.Tensor | None, BT: int, device):
-    """(cu int32 [N+1], info int32 [NS, 2] = (sequence or -1, chunk), chunk_off int32 [N+1], NS, N).
-
-    Slot s of a valid chunk c of sequence n is ``chunk_off[n] + c``. NS is a bound known from
-    shapes alone: B * ceil(T / BT) dense, ceil(T / BT) + N packed.
-    """
-    if cu_seqlens is None:
-        NT = triton.cdiv(T, BT)
-        cu = _dense_cu(B, T, device)
-        chunk_off = _dense_cu(B, NT, device)
-        return cu, _dense_info(B, NT, device), chunk_off, B * NT, B
-    cu = cu_seqlens.to(device=device, dtype=torch.int32)
-    N = cu.shape[0] - 1
-    nchunks = (cu[1:] - cu[:-1] + BT - 1) // BT
-    chunk_off = torch.cat([cu.new_zeros(1), nchunks.cumsum(0).to(torch.int32)])
-    NS = triton.cdiv(T, BT) + N
-    idx = torch.arange(NS, device=device, dtype=torch.int32)
-    n = torch.searchsorted(chunk_off[1:].contiguous(), idx, right=True).to(torch.int32)
-    c = idx - chunk_off[n.clamp(max=N - 1)]
-    info = torch.stack([torch.where(n < N, n, -1), c], 1).to(torch.int32)
-    return cu, info.contiguous(), chunk_off, NS, N
 
 
 def _common(q, k, v, gate, gate_kind):
@@ -303,7 +251,7 @@ def fused_recurrent(
     contiguous fp32 tensor) and returned; nothing is allocated for it, so it is CUDA-graph safe.
     """
     q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind)
-    cu = _dense_cu(B, T, q.device) if cu_seqlens is None else cu_seqlens.to(torch.int32)
+    cu = dense_cu(B, T, q.device) if cu_seqlens is None else cu_seqlens.to(torch.int32)
     N = cu.shape[0] - 1
     if config is None:
         from .autotune import get_config

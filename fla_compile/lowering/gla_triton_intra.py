@@ -14,6 +14,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .chunks import chunk_span
+
 
 @triton.jit
 def chunk_gla_A_kernel(
@@ -35,12 +37,10 @@ def chunk_gla_A_kernel(
     """One [BC, BC] block (i_i, i_j) of A per program; blocks above the diagonal are zeros."""
     i_s, i_ij, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_i, i_j = i_ij // NC, i_ij % NC
-    i_n = tl.load(info + i_s * 2)
+    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
         return
-    i_c = tl.load(info + i_s * 2 + 1)
     i_hk = i_h // G
-    bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
     t0 = bos + i_c * BT
     if t0 + i_i * BC >= eos:  # rows past the end: never read
         return
@@ -121,12 +121,10 @@ def chunk_gla_bwd_intra_kernel(
     i_s, i_ik, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     NK = tl.cdiv(K, BK)
     i_i, i_k = i_ik // NK, i_ik % NK
-    i_n = tl.load(info + i_s * 2)
+    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
         return
-    i_c = tl.load(info + i_s * 2 + 1)
     i_hk = i_h // G
-    bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
     t0 = bos + i_c * BT
     t_i0 = t0 + i_i * BC
     if t_i0 >= eos:
@@ -207,11 +205,9 @@ def chunk_rc_add_kernel(
 ):
     """dg += the reverse cumsum of db inside each chunk (sum over s >= t)."""
     i_s, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n = tl.load(info + i_s * 2)
+    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
         return
-    i_c = tl.load(info + i_s * 2 + 1)
-    bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
     o_t = bos + i_c * BT + tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
     m = (o_t < eos)[:, None] & (o_k < K)[None, :]

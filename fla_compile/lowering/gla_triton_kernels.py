@@ -24,6 +24,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .chunks import chunk_span
+
 
 @triton.jit
 def chunk_cumsum_kernel(
@@ -31,11 +33,9 @@ def chunk_cumsum_kernel(
 ):
     """gc = cumsum of g inside each chunk, fp32."""
     i_s, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n = tl.load(info + i_s * 2)
+    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
         return
-    i_c = tl.load(info + i_s * 2 + 1)
-    bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
     o_t = bos + i_c * BT + tl.arange(0, BT)
     m_t = o_t < eos
     if GATE == 1:
@@ -142,12 +142,10 @@ def chunk_fwd_o_kernel(
 ):
     """o = scale * ((q * e^b) h + (causal A) v) per chunk, A_ij = sum_k q_ik k_jk e^(b_ik - b_jk)."""
     i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n = tl.load(info + i_s * 2)
+    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
         return
-    i_c = tl.load(info + i_s * 2 + 1)
     i_hk = i_h // G
-    bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
     o_i = tl.arange(0, BT)
     o_t = bos + i_c * BT + o_i
     m_t = o_t < eos
@@ -285,12 +283,10 @@ def chunk_bwd_dv_kernel(
 ):
     """dv = scale * A^T do + (k * e^(b_last - b)) dh."""
     i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n = tl.load(info + i_s * 2)
+    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
         return
-    i_c = tl.load(info + i_s * 2 + 1)
     i_hk = i_h // G
-    bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
     o_i = tl.arange(0, BT)
     o_t = bos + i_c * BT + o_i
     m_t = o_t < eos
@@ -370,12 +366,10 @@ def chunk_bwd_dqk_kernel(
 ):
     """dq, dk per head of v (fp32), from dA = do v^T, do h^T and v dh^T (gla: the inter-chunk part, and dA)."""
     i_s, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n = tl.load(info + i_s * 2)
+    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
         return
-    i_c = tl.load(info + i_s * 2 + 1)
     i_hk = i_h // G
-    bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
     o_i = tl.arange(0, BT)
     o_t = bos + i_c * BT + o_i
     m_t = o_t < eos

@@ -1,0 +1,75 @@
+"""How the Triton kernels cut sequences into chunks: one table on the host, read the same way in
+every kernel.
+
+A launch has NS programs along its first grid axis, one per chunk slot. ``chunk_meta`` builds the
+table ``info`` [NS, 2] = (sequence n, chunk c of it), with n = -1 on padding slots (packed
+sequences need a bound known from shapes alone), and ``chunk_span`` is its reading inside a kernel:
+the slot's sequence, chunk and the sequence's bounds [bos, eos) in tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_META_CACHE: dict = {}
+
+
+def _cached(key, make):
+    """Small device tensors of dense metadata, made once per shape; never cached while a CUDA graph is
+    captured (tensors made then are only filled at replay)."""
+    value = _META_CACHE.get(key)
+    if value is None:
+        value = make()
+        capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+        if not capturing and len(_META_CACHE) < 256:
+            _META_CACHE[key] = value
+    return value
+
+
+def dense_cu(B: int, T: int, device) -> torch.Tensor:
+    """[0, T, 2T, ..., B T] int32: the bounds of B sequences of T tokens laid end to end."""
+    return _cached(("cu", B, T, str(device)), lambda: torch.arange(0, B + 1, device=device, dtype=torch.int32) * T)
+
+
+def _dense_info(B: int, NT: int, device) -> torch.Tensor:
+    def make():
+        idx = torch.arange(B * NT, device=device, dtype=torch.int32)
+        return torch.stack([idx // NT, idx % NT], 1).contiguous()
+
+    return _cached(("info", B, NT, str(device)), make)
+
+
+def chunk_meta(B: int, T: int, cu_seqlens: torch.Tensor | None, BT: int, device):
+    """(cu int32 [N+1], info int32 [NS, 2] = (sequence or -1, chunk), chunk_off int32 [N+1], NS, N).
+
+    Slot ``chunk_off[n] + c`` holds chunk c of sequence n. NS is a bound known from shapes alone:
+    B * ceil(T / BT) dense; T // BT + N packed (the chunk count, a sum of ceil(len_n / BT), is an
+    integer below T / BT + N).
+    """
+    if cu_seqlens is None:
+        NT = triton.cdiv(T, BT)
+        return dense_cu(B, T, device), _dense_info(B, NT, device), dense_cu(B, NT, device), B * NT, B
+    cu = cu_seqlens.to(device=device, dtype=torch.int32).contiguous()
+    N = cu.shape[0] - 1
+    nchunks = (cu[1:] - cu[:-1] + BT - 1) // BT
+    chunk_off = torch.cat([cu.new_zeros(1), nchunks.cumsum(0).to(torch.int32)])
+    NS = T // BT + N
+    idx = torch.arange(NS, device=device, dtype=torch.int32)
+    n = torch.searchsorted(chunk_off[1:].contiguous(), idx, right=True).to(torch.int32)
+    c = idx - chunk_off[n.clamp(max=N - 1)]
+    info = torch.stack([torch.where(n < N, n, -1), c], 1).to(torch.int32)
+    return cu, info.contiguous(), chunk_off, NS, N
+
+
+@triton.jit
+def chunk_span(info, cu, i_p):
+    """Slot i_p of ``info``: (sequence n, chunk c, bos, eos) with [bos, eos) the sequence's tokens
+    as int64. n < 0 marks a padding slot: the caller returns (its bounds are the first sequence's)."""
+    i_n = tl.load(info + i_p * 2)
+    i_c = tl.load(info + i_p * 2 + 1)
+    i_r = tl.maximum(i_n, 0)
+    bos = tl.load(cu + i_r).to(tl.int64)
+    eos = tl.load(cu + i_r + 1).to(tl.int64)
+    return i_n, i_c, bos, eos
