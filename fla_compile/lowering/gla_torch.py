@@ -181,7 +181,7 @@ def _can_factor(b: torch.Tensor) -> bool:
     +-FACTOR_SPAN (checked on CPU only: the check syncs)."""
     if b.device.type != "cpu" or b.numel() == 0:
         return False
-    lo, hi = (float(x) for x in torch.aminmax(b))
+    lo, hi = (float(x) for x in torch.aminmax(b.detach()))
     return -FACTOR_SPAN[b.dtype] <= lo and hi <= FACTOR_SPAN[b.dtype]
 
 
