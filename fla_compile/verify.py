@@ -28,6 +28,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from .ir import Family, Recurrence
+from .patterns._graph import changes_global_state
 from .report import Grade
 
 aten = torch.ops.aten
@@ -119,6 +120,8 @@ def run_region(gm: fx.GraphModule, args: list, keep=None) -> tuple:
     """Run a region (a loop step, a parallel or cumsum form) on probes, without autograd; return
     its output and the values of its nodes in ``keep`` (of every node when None: float64 T x T
     matrices are large, so a caller that reads a few names them)."""
+    if changes_global_state(gm.graph.nodes):
+        raise NearMiss("the region changes interpreter-wide state (vmap levels, autocast): not run on probes")
     rec = _Recorder(gm, None if keep is None else set(keep))
     with torch.no_grad():
         out = rec.run(*args)

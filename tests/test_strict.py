@@ -125,3 +125,24 @@ def test_strict_raises_on_near_misses_only(fn, make, reason):
         return
     with pytest.raises(Exception, match=reason):
         compiled(*xs)
+
+
+def test_flex_attention_is_reported_not_a_recurrence():
+    """Reported at the user's line; and its inlined internals (vmap levels) are never run on
+    probes: a probe failing half-way through them left functorch's state broken for Inductor
+    and AOT after us."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    def causal(score, b, h, q_idx, kv_idx):
+        return torch.where(q_idx >= kv_idx, score, -float("inf"))
+
+    def attend(q, k, v):
+        return flex_attention(q, k, v, score_mod=causal)
+
+    torch._dynamo.reset()
+    q, k, v = (torch.randn(1, 2, 32, 8) for _ in range(3))
+    out = torch.compile(attend, backend="fla", options={"strict": True, "inductor": False})(q, k, v)
+    misses = fla_compile.last_report().misses
+    assert [(m.grade, "flex_attention" in m.reason) for m in misses] == [(Grade.NOT_A_RECURRENCE, True)], misses
+    assert "test_strict.py" in misses[0].source and "flex_attention(q, k, v" in misses[0].source, misses[0].source
+    assert torch.allclose(out, attend(q, k, v), atol=1e-5)

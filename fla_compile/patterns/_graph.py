@@ -11,6 +11,7 @@ graphs are compiled as they were.
 from __future__ import annotations
 
 import operator
+import os
 import re
 
 import torch
@@ -52,6 +53,22 @@ INPLACE_OPERATORS = {
     operator.ipow: operator.pow,
     operator.imatmul: operator.matmul,
 }
+
+
+# Calls that change interpreter-wide state (functorch transform levels, autocast) and are undone
+# only by a matching later call: a region holding them must not be run on probes, since a probe
+# that fails half-way would leave the state changed for everything compiled after it.
+_GLOBAL_STATE_CALLS = ("_increment_nesting", "_decrement_nesting", "_add_batch_dim", "_remove_batch_dim", "autocast")
+
+
+def changes_global_state(nodes) -> bool:
+    """Whether any of ``nodes`` calls something that changes interpreter-wide state (see above)."""
+    for n in nodes:
+        if n.op == "call_function":
+            name = getattr(n.target, "__name__", str(n.target))
+            if any(c in name for c in _GLOBAL_STATE_CALLS):
+                return True
+    return False
 
 
 def value_of(node: fx.Node):
@@ -106,6 +123,9 @@ def specialize_sizes(gm: fx.GraphModule) -> bool:
     return pinned
 
 
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+
+
 def source_line(node: fx.Node) -> str:
     """'file:line: code' of the user's code that produced ``node``, when recorded."""
     trace = node.meta.get("stack_trace") or ""
@@ -113,7 +133,10 @@ def source_line(node: fx.Node) -> str:
     frames = re.findall(r'File "([^"]+)", line (\d+), in \S+(?:\n(?!\s*File ")\s*(.*))?', trace)
     if not frames:
         return ""
-    path, line, code = frames[-1]
+    # the innermost frame outside torch itself: a call into torch (flex_attention) that Dynamo
+    # inlined is reported at the user's line that made it
+    ours = [f for f in frames if not f[0].startswith(_TORCH_DIR)]
+    path, line, code = (ours or frames)[-1]
     where = f"{path.rsplit('/', 1)[-1]}:{line}"
     return f"{where}: {code.strip()}" if code.strip() else where
 

@@ -27,7 +27,7 @@ from ..ir import Family, Recurrence
 from ..ops.dispatch import run_family
 from ..report import Match, Miss
 from ..verify import TOL, fit_scale, probe, rel_err
-from ._graph import value_of
+from ._graph import changes_global_state, value_of
 
 SPELLING = "chunked"
 MIN_NODES = 20  # a recurrence written as a function is never shorter than this
@@ -206,7 +206,7 @@ def run_pass(graph: fx.Graph, opts, report) -> None:
         if any(n in done for n in region):
             continue
         inputs, outputs = _boundary(region)
-        if not outputs or len(outputs) > 2:
+        if not outputs or len(outputs) > 2 or changes_global_state(region):
             continue
         assignments = list(_assignments(inputs))
         if not assignments:

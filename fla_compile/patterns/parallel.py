@@ -14,7 +14,7 @@ the family op (``verify.prove_region``) before the output node is replaced by on
 (``rewrite.rewrite_form``).
 
 Softmax attention (scores through softmax or exp, sigmoid attention, and
-``scaled_dot_product_attention``) is recognised and reported as "not a recurrence", for
+``scaled_dot_product_attention``, ``flex_attention``) is recognised and reported as "not a recurrence", for
 information: never rewritten, and no error under ``strict``.
 
 The helpers here (labels of contractions, region extraction) are shared with the ``cumsum``
@@ -487,11 +487,17 @@ def prove(gm: fx.GraphModule, recs: list[Recurrence], opts, span=None) -> tuple[
     return prove_region(gm, args, recs, opts.verify)
 
 
+_ATTENTION_OPS = ("scaled_dot_product_attention", "flex_attention")
+
+
 def _sdpa_misses(graph: fx.Graph, report: Report) -> None:
-    """Softmax attention called as one op (``F.scaled_dot_product_attention``): reported, for information."""
+    """Softmax attention called as one op (``F.scaled_dot_product_attention``, ``flex_attention``):
+    reported, for information."""
     for n in graph.nodes:
-        if n.op == "call_function" and "scaled_dot_product" in str(getattr(n.target, "__name__", n.target)):
-            reason = f"softmax attention: not a linear recurrence (scaled_dot_product_attention at '{n.name}')"
+        name = str(getattr(n.target, "__name__", n.target))
+        op = next((a for a in _ATTENTION_OPS if a in name), None) if n.op == "call_function" else None
+        if op is not None:
+            reason = f"softmax attention: not a linear recurrence ({op} at '{n.name}')"
             report.misses.append(Miss(SPELLING, reason, source_line(n), Grade.NOT_A_RECURRENCE))
 
 
