@@ -26,7 +26,7 @@ from .ir import Family, Layout, Recurrence
 from .ops.dispatch import run_family
 from .patterns._graph import value_of
 from .patterns.loop import LoopRegion
-from .verify import Role, apply_recipe
+from .verify import Role, apply_recipe, reshaped
 
 aten = torch.ops.aten
 ZEROS = {
@@ -55,12 +55,28 @@ def batch_split(batch: tuple) -> tuple[int, int]:
 def to_bthd(x: torch.Tensor, batch: tuple) -> torch.Tensor:
     """[T, *batch, (D)] -> [B, T, H, (D)]."""
     B, H = batch_split(batch)
-    return x.reshape(x.shape[0], B, H, *x.shape[1 + len(batch) :]).transpose(0, 1)
+    return _unviewed(reshaped(x, x.shape[0], B, H, *x.shape[1 + len(batch) :]).transpose(0, 1))
+
+
+def _unviewed(x: torch.Tensor) -> torch.Tensor:
+    """``x``'s base where ``x`` is a view of it with its very layout (the user's transpose to
+    [B, H, T, D] undone by ours): the same tensor, and a traced lowering records no view ops."""
+    if torch.compiler.is_dynamo_compiling():  # Dynamo tracing us (an outer torch.compile): views are free there
+        return x
+    base = x._base
+    if base is not None and (base.shape, base.stride(), base.storage_offset(), base.dtype) == (
+        x.shape,
+        x.stride(),
+        x.storage_offset(),
+        x.dtype,
+    ):
+        return base
+    return x
 
 
 def from_bthd(x: torch.Tensor, batch: tuple) -> torch.Tensor:
     """[B, T, H, D] -> [T, *batch, D]."""
-    return x.transpose(0, 1).reshape(x.shape[1], *batch, x.shape[-1])
+    return reshaped(x.transpose(0, 1), x.shape[1], *batch, x.shape[-1])
 
 
 def log_gate(x: torch.Tensor, kind: str) -> torch.Tensor:
@@ -87,7 +103,7 @@ def call_family(b: Recurrence, vals: dict, h0):
     q, k, v = (to_bthd(vals[n], batch) for n in ("q", "k", "v"))
     B, H = batch_split(batch)
     if h0 is not None:
-        h0 = h0.reshape(B, H, *h0.shape[-2:])
+        h0 = reshaped(h0, B, H, *h0.shape[-2:])
         h0 = h0.transpose(-1, -2) if b.state_transposed else h0
         h0 = h0.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
     gate = beta = None
@@ -99,7 +115,7 @@ def call_family(b: Recurrence, vals: dict, h0):
         gate = torch.full(beta.shape, b.decay, dtype=torch.float32, device=q.device)
     o, ht = run_family(family, q, k, v, gate=gate, beta=beta, decay=b.decay, scale=b.scale, initial_state=h0)
     ht = ht.transpose(-1, -2) if b.state_transposed else ht
-    return from_bthd(o, batch), ht.reshape(*batch, *ht.shape[-2:])
+    return from_bthd(o, batch), reshaped(ht, *batch, *ht.shape[-2:])
 
 
 class LoopLowering:
@@ -182,7 +198,7 @@ class LoopLowering:
 
         vals = {name: value(role) for name, role in self.roles}
         o, ht = call_family(self.rec, vals, h0)
-        return self._layout_output(o, T), ht.reshape(self.state_meta.shape).to(self.state_meta.dtype)
+        return self._layout_output(o, T), reshaped(ht, *self.state_meta.shape).to(self.state_meta.dtype)
 
     def _layout_output(self, o, T):
         if self.out_meta is None:
@@ -191,9 +207,9 @@ class LoopLowering:
             slot = list(self.buffer_meta.shape)
             d = self.out_dim
             slot.pop(d)
-            o = o.reshape(T, *slot).movedim(0, d)
+            o = reshaped(o, T, *slot).movedim(0, d)
             return o.to(self.buffer_meta.dtype)
-        o = o.reshape(T, *self.out_meta.shape).to(self.out_meta.dtype)
+        o = reshaped(o, T, *self.out_meta.shape).to(self.out_meta.dtype)
         d = self.out_dim
         if self.out_kind == "stack":
             d = d if d >= 0 else d + len(self.out_meta.shape) + 1

@@ -163,12 +163,18 @@ def _fit(v: torch.Tensor, target: tuple):
     return ("broadcast", tuple(shape))
 
 
+def reshaped(x: torch.Tensor, *shape) -> torch.Tensor:
+    """``x.reshape(shape)``, or ``x`` itself where the shape is already that: a lowering traced
+    into a graph then records no view op that does nothing (each costs a dispatch per call)."""
+    return x if tuple(x.shape) == tuple(shape) else x.reshape(shape)
+
+
 def apply_recipe(v: torch.Tensor, recipe: tuple, target: tuple, lead: int = 0) -> torch.Tensor:
     """Apply a recipe to ``v`` that may carry ``lead`` extra leading dims (time)."""
     pre = tuple(v.shape[:lead])
     if recipe[0] == "reshape":
-        return v.reshape(*pre, *target)
-    return v.reshape(*pre, *recipe[1]).expand(*pre, *target)
+        return reshaped(v, *pre, *target)
+    return reshaped(v, *pre, *recipe[1]).expand(*pre, *target)
 
 
 def _candidates(values: dict, target: tuple):
