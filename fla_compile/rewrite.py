@@ -247,6 +247,7 @@ def rewrite_loop(region: LoopRegion, lowering: LoopLowering) -> None:
         graph.erase_node(region.out_target)
     for n in reversed([n for b in region.blocks for n in b]):
         graph.erase_node(n)
+        n.meta.clear()  # an erased node stays named by the graph: let its example values go
     graph.eliminate_dead_code()
 
 
