@@ -55,7 +55,9 @@ def main(argv=None) -> int:
     beta = torch.rand(a.B, a.T, a.H, device=dev, generator=g)
 
     def eager():
-        return m.torch_chunk_gated_delta_rule(q, k, v, gate, beta, use_qk_l2norm_in_kernel=True, output_final_state=True)
+        return m.torch_chunk_gated_delta_rule(
+            q, k, v, gate, beta, use_qk_l2norm_in_kernel=True, output_final_state=True
+        )
 
     compiled_fn = torch.compile(m.torch_chunk_gated_delta_rule, backend="fla")
 
@@ -72,7 +74,9 @@ def main(argv=None) -> int:
         out = compiled()
         report = fla_compile.last_report()
         err = max(((o - r).norm() / r.norm()).item() for o, r in zip(out, ref))
-        rows = [(name, timed(fn, a.reps, dev)) for name, fn in [("eager", eager), ("backend='fla'", compiled), ("op", op)]]
+        rows = [
+            (name, timed(fn, a.reps, dev)) for name, fn in [("eager", eager), ("backend='fla'", compiled), ("op", op)]
+        ]
     name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
     print(f"{name} | torch {torch.__version__} | transformers {transformers.__version__}")
     print(f"matched: {[m_.family for m_ in report.matches]}; rel err vs eager: {err:.2e}")
