@@ -64,11 +64,10 @@ def _unviewed(x: torch.Tensor) -> torch.Tensor:
     if torch.compiler.is_dynamo_compiling():  # Dynamo tracing us (an outer torch.compile): views are free there
         return x
     base = x._base
-    if base is not None and (base.shape, base.stride(), base.storage_offset(), base.dtype) == (
-        x.shape,
-        x.stride(),
-        x.storage_offset(),
-        x.dtype,
+    layout = (x.shape, x.stride(), x.storage_offset(), x.dtype, x.requires_grad)
+    if (
+        base is not None
+        and (base.shape, base.stride(), base.storage_offset(), base.dtype, base.requires_grad) == layout
     ):
         return base
     return x
