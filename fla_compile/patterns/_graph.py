@@ -75,7 +75,7 @@ def value_of(node: fx.Node):
     """The example value (fake or real) recorded on a node by Dynamo or make_fx, with concrete
     sizes: where Dynamo traced symbolic ones, a twin in the same fake mode with their current
     values (made once per node, guarding nothing: ``specialize_sizes`` pins them on a rewrite)."""
-    v = node.meta.get("example_value", node.meta.get("val"))
+    v = _recorded(node)
     if isinstance(v, (torch.SymInt, torch.SymFloat)):
         return _hint(v)
     if isinstance(v, torch.Tensor) and _symbolic(v):
@@ -87,6 +87,11 @@ def value_of(node: fx.Node):
             node.meta["fla_concrete"] = c.requires_grad_(v.requires_grad)
         return node.meta["fla_concrete"]
     return v
+
+
+def _recorded(node: fx.Node):
+    """The example value as Dynamo ("example_value") or make_fx ("val") recorded it."""
+    return node.meta.get("example_value", node.meta.get("val"))
 
 
 def _hint(d):
@@ -112,7 +117,7 @@ def specialize_sizes(gm: fx.GraphModule) -> bool:
     """
     pinned = False
     for n in gm.graph.find_nodes(op="placeholder"):
-        v = n.meta.get("example_value", n.meta.get("val"))
+        v = _recorded(n)
         sizes = [v] if isinstance(v, (torch.SymInt, torch.SymFloat)) else []
         if isinstance(v, torch.Tensor):
             sizes = [*v.shape, *v.stride(), v.storage_offset()]

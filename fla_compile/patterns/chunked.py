@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from ..ir import Family, Recurrence
 from ..ops.dispatch import run_family
 from ..report import Match, Miss
-from ..verify import TOL, fit_scale, probe, rel_err
-from ._graph import changes_global_state, value_of
+from ..verify import TOL, fit_scale, probe, rel_err, run_region
+from ._graph import value_of
 
 SPELLING = "chunked"
 MIN_NODES = 20  # a recurrence written as a function is never shorter than this
@@ -177,8 +177,8 @@ def _prove(gm, inputs, outputs, roles, gen):
     """(l2norm, scale, o_idx, s_idx, err) if the region equals the op on two fresh draws."""
     for l2norm in (False, True):
         draws = [_probe(inputs, roles, gen) for _ in range(2)]
-        with torch.no_grad():
-            outs = [gm(*[x.clone() if isinstance(x, torch.Tensor) else x for x in d]) for d in draws]
+        # run as written (in-place updates of its inputs: each run gets copies)
+        outs = [run_region(gm, [x.clone() if isinstance(x, torch.Tensor) else x for x in d], keep=())[0] for d in draws]
         o1, _ = _op(roles, draws[0], l2norm, 1.0)
         cands = [x for x in outs[0] if isinstance(x, torch.Tensor) and x.shape == o1.shape]
         for x in cands:
@@ -206,7 +206,7 @@ def run_pass(graph: fx.Graph, opts, report) -> None:
         if any(n in done for n in region):
             continue
         inputs, outputs = _boundary(region)
-        if not outputs or len(outputs) > 2 or changes_global_state(region):
+        if not outputs or len(outputs) > 2:
             continue
         assignments = list(_assignments(inputs))
         if not assignments:
