@@ -54,7 +54,25 @@ def _blocks(config, K, V):
     BT = config["BT"]
     BK = min(config["BK"], _pow2(K))
     BV = min(config["BV"], _pow2(V))
-    return BT, BK, BV, {"num_warps": config.get("num_warps", 4), "num_stages": config.get("num_stages", 2)}
+    return BT, BK, BV, config
+
+
+# kernels whose launch options default to the config's shared num_warps / num_stages; the others
+# (small sub-chunk tiles, scans) default to Triton's own (4 warps, 3 stages)
+_SHARED = ("h", "o", "dh", "dv", "dqk")
+
+
+def _tile(config, kernel: str, K: int, V: int) -> tuple[int, int]:
+    """(BK, BV) of one kernel: ``<kernel>_BK`` / ``<kernel>_BV`` of the config when given, else the shared ones."""
+    return min(config.get(f"{kernel}_BK", config["BK"]), _pow2(K)), min(
+        config.get(f"{kernel}_BV", config["BV"]), _pow2(V)
+    )
+
+
+def _opts(config, kernel: str) -> dict:
+    """Launch options of one kernel: ``<kernel>_warps`` / ``<kernel>_stages`` of the config when given."""
+    warps, stages = (config.get("num_warps", 4), config.get("num_stages", 2)) if kernel in _SHARED else (4, 3)
+    return {"num_warps": config.get(f"{kernel}_warps", warps), "num_stages": config.get(f"{kernel}_stages", stages)}
 
 
 def _prec(dtype):
@@ -69,20 +87,21 @@ def _config(kind, q, v, T, cu_seqlens, config):
     return get_config("chunk", kind, q.shape[-1], v.shape[-1], v.dtype, T, q.device, varlen=cu_seqlens is not None)
 
 
-def _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, device):
+def _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, device, cfg):
     if gid == 0:
         return gate
     gc = _empty(gate.shape, device, torch.float32)
-    BKg = _pow2(K) if gid == 2 else 16
+    BKg = min(cfg.get("cumsum_BK", _pow2(K)), _pow2(K)) if gid == 2 else 16
     grid = (NS, 1 if gid == 1 else triton.cdiv(K, BKg), H)
-    kern.chunk_cumsum_kernel[grid](gate, gc, cu, info, H, K, BT, BKg, gid)
+    kern.chunk_cumsum_kernel[grid](gate, gc, cu, info, H, K, BT, BKg, gid, **_opts(cfg, "cumsum"))
     return gc
 
 
-def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, opts, prec, store_h=True):
+def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg, prec, store_h=True):
     # chunk states in the inputs' dtype: the kernels cast them to it before every dot anyway
     h = _empty((NS if store_h else 1, H, K, V), v.device, v.dtype)
     ht = _empty((N, H, K, V), v.device, torch.float32)
+    BK, BV = _tile(cfg, "h", K, V)
     grid = (N * H, triton.cdiv(K, BK), triton.cdiv(V, BV))
     kern.chunk_fwd_h_kernel[grid](
         k,
@@ -105,33 +124,54 @@ def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, opts
         store_h,
         True,
         prec,
-        **opts,
+        **_opts(cfg, "h"),
     )
     return h, ht
 
 
-def _gla_A(q, k, gc, cu, info, NS, B, T, H, G, K, BT, BK, prec):
+def _gla_A(q, k, gc, cu, info, NS, B, T, H, G, K, BT, BK, prec, cfg):
     """The vector gate's intra-chunk attention matrix A: [B, T, H, BT] fp32."""
     A = _empty((B, T, H, BT), q.device, torch.float32)
     NC = BT // BC
-    intra.chunk_gla_A_kernel[(NS, NC * NC, H)](q, k, gc, A, cu, info, H, G, K, BT, BC, BK, NC, prec)
+    BK = _tile(cfg, "A", K, K)[0]
+    intra.chunk_gla_A_kernel[(NS, NC * NC, H)](q, k, gc, A, cu, info, H, G, K, BT, BC, BK, NC, prec, **_opts(cfg, "A"))
     return A
 
 
 def chunk_forward(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, config=None):
     """Chunked forward: (o in v's dtype, final state fp32 [N, H, K, V])."""
     q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind)
-    BT, BK, BV, opts = _blocks(_config(gate_kind, q, v, T, cu_seqlens, config), K, V)
+    BT, BK, BV, cfg = _blocks(_config(gate_kind, q, v, T, cu_seqlens, config), K, V)
     cu, info, chunk_off, NS, N = chunk_meta(B, T, cu_seqlens, BT, q.device)
     h0 = initial_state.float().contiguous() if initial_state is not None else None
-    gc = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device)
+    gc = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device, cfg)
     prec = _prec(v.dtype)
-    h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, H // HK, K, V, gid, BT, BK, BV, opts, prec)
-    A = _gla_A(q, k, gc, cu, info, NS, B, T, H, H // HK, K, BT, BK, prec) if gid == 2 else h
+    h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, H // HK, K, V, gid, BT, BK, BV, cfg, prec)
+    A = _gla_A(q, k, gc, cu, info, NS, B, T, H, H // HK, K, BT, BK, prec, cfg) if gid == 2 else h
     o = _empty(v.shape, v.device, v.dtype)
+    BK, BV = _tile(cfg, "o", K, V)
     grid = (NS, triton.cdiv(V, BV), H)
     kern.chunk_fwd_o_kernel[grid](
-        q, k, v, gc if gc is not None else h, h, A, o, cu, info, scale, H, H // HK, K, V, BT, BK, BV, gid, prec, **opts
+        q,
+        k,
+        v,
+        gc if gc is not None else h,
+        h,
+        A,
+        o,
+        cu,
+        info,
+        scale,
+        H,
+        H // HK,
+        K,
+        V,
+        BT,
+        BK,
+        BV,
+        gid,
+        prec,
+        **_opts(cfg, "o"),
     )
     return o, ht
 
@@ -145,17 +185,18 @@ def chunk_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, d
     in_dtypes = (q.dtype, k.dtype, v.dtype)
     q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind)
     G = H // HK
-    BT, BK, BV, opts = _blocks(_config(gate_kind, q, v, T, cu_seqlens, config), K, V)
+    BT, BK, BV, cfg = _blocks(_config(gate_kind, q, v, T, cu_seqlens, config), K, V)
     cu, info, chunk_off, NS, N = chunk_meta(B, T, cu_seqlens, BT, q.device)
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     do = do.to(v.dtype).contiguous()
     dht = dht.float().contiguous() if dht is not None else None
-    gc = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device)
+    gc = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device, cfg)
     prec = _prec(v.dtype)
-    h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, opts, prec)
+    h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg, prec)
 
     dh = _empty((NS, H, K, V), v.device, v.dtype)  # like h: cast to the inputs' dtype before every dot
     dh0 = _empty((N, H, K, V), v.device, torch.float32) if h0 is not None else None
+    BK, BV = _tile(cfg, "dh", K, V)
     grid = (N * H, triton.cdiv(K, BK), triton.cdiv(V, BV))
     gc_arg = gc if gc is not None else h  # a placeholder pointer: never read without a gate
     kern.chunk_bwd_dh_kernel[grid](
@@ -179,18 +220,20 @@ def chunk_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, d
         dht is not None,
         dh0 is not None,
         prec,
-        **opts,
+        **_opts(cfg, "dh"),
     )
-    A = _gla_A(q, k, gc, cu, info, NS, B, T, H, G, K, BT, BK, prec) if gid == 2 else ht
+    A = _gla_A(q, k, gc, cu, info, NS, B, T, H, G, K, BT, BK, prec, cfg) if gid == 2 else ht
     dv = _empty(v.shape, v.device, v.dtype)
+    BK, BV = _tile(cfg, "dv", K, V)
     grid = (NS, triton.cdiv(V, BV), H)
     kern.chunk_bwd_dv_kernel[grid](
-        q, k, gc_arg, A, do, dh, dv, cu, info, scale, H, G, K, V, BT, BK, BV, gid, prec, **opts
+        q, k, gc_arg, A, do, dh, dv, cu, info, scale, H, G, K, V, BT, BK, BV, gid, prec, **_opts(cfg, "dv")
     )
     dq = _empty((B, T, H, K), v.device, torch.float32)
     dk = _empty(dq.shape, v.device, torch.float32)
     dA = _empty((B, T, H, BT), v.device, torch.float32) if gid == 2 else ht
     dg = _empty((B, T, H, K), v.device, torch.float32) if gid != 0 else None  # per key dim, chunk-local
+    BK, BV = _tile(cfg, "dqk", K, V)
     grid = (NS, triton.cdiv(K, BK), H)
     kern.chunk_bwd_dqk_kernel[grid](
         q,
@@ -216,14 +259,18 @@ def chunk_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, d
         BV,
         gid,
         prec,
-        **opts,
+        **_opts(cfg, "dqk"),
     )
     if gid == 2:
         NC = BT // BC
         db = _empty(dq.shape, v.device, torch.float32)
-        grid = (NS, NC * triton.cdiv(K, BK), H)
-        intra.chunk_gla_bwd_intra_kernel[grid](q, k, gc, dA, dq, dk, db, cu, info, scale, H, G, K, BT, BC, BK, NC, prec)
-        intra.chunk_rc_add_kernel[(NS, triton.cdiv(K, BK), H)](db, dg, cu, info, H, K, BT, BK)
+        BKi = _tile(cfg, "intra", K, K)[0]
+        grid = (NS, NC * triton.cdiv(K, BKi), H)
+        intra.chunk_gla_bwd_intra_kernel[grid](
+            q, k, gc, dA, dq, dk, db, cu, info, scale, H, G, K, BT, BC, BKi, NC, prec, **_opts(cfg, "intra")
+        )
+        BKr = _tile(cfg, "rc", K, K)[0]
+        intra.chunk_rc_add_kernel[(NS, triton.cdiv(K, BKr), H)](db, dg, cu, info, H, K, BT, BKr, **_opts(cfg, "rc"))
     if gid == 1:
         dg = dg.sum(-1)
     if G > 1:  # GQA: sum the heads of each group, in a fixed order

@@ -3,8 +3,10 @@
 With a gate per key dim, A_ij = sum_k q_ik k_jk e^(b_ik - b_jk) is no plain matmul. A chunk of
 BT steps is cut into sub-chunks of BC; a block of rows i below a block of columns j (all j < r,
 r the first row of the i block) is a tensor-core dot of q_i e^(b_i - b_r) and k_j e^(b_r - b_j),
-both exponents <= 0; the BC x BC diagonal blocks are summed column by column with one exponent
-b_i - b_j (i >= j) per element. Nothing overflows for any decaying gate.
+both exponents <= 0. A BC x BC diagonal block is a dot too, of q_i e^(b_i - b_r) and k_j e^(b_r - b_j)
+with r its first row, when every |b_i - b_r| in it is at most SPAN (both factors normal numbers);
+under stronger gates it is summed column by column with one exponent b_i - b_j (i >= j) per element.
+Nothing overflows for any gate.
 
 Layout of A and dA: [TT, H, BT] fp32, row = token, column = position in the token's chunk.
 """
@@ -15,6 +17,10 @@ import triton
 import triton.language as tl
 
 from .chunks import chunk_span
+
+# the largest |b_i - b_r| for which a diagonal block is computed in factored form: e^(+-60) and the
+# products of two such factors are normal fp32 / bf16 numbers, so nothing overflows or flushes to zero
+SPAN = tl.constexpr(60.0)
 
 
 @triton.jit
@@ -70,25 +76,39 @@ def chunk_gla_A_kernel(
             b_kg = b_kt.to(tl.float32) * tl.exp(tl.where(m_kj, b_gr[:, None] - b_gkt, 0))
             b_A += tl.dot(b_qg.to(b_q.dtype), b_kg.to(b_q.dtype), input_precision=PREC)
     if i_i == i_j:
+        t_r = t0 + i_i * BC  # the block's first row: the reference of the factored form
         for i_k in range(0, tl.cdiv(K, BK)):
             o_k = i_k * BK + tl.arange(0, BK)
             m_k = o_k < K
             m_qi = m_ti[:, None] & m_k[None, :]
             # [BC, BK]
-            b_q = tl.load(q + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_qi, other=0).to(tl.float32)
+            b_q = tl.load(q + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_qi, other=0)
             b_gq = tl.load(gc + (o_ti * H + i_h)[:, None] * K + o_k[None, :], mask=m_qi, other=0)
-            for j in range(0, BC):
-                t_j = t0 + i_i * BC + j
-                m_j = m_k & ((o_k * 0 + t_j) < eos)
-                # [BK]
-                b_kj = tl.load(k + (t_j * (H // G) + i_hk) * K + o_k, mask=m_j, other=0).to(tl.float32)
-                b_gj = tl.load(gc + (t_j * H + i_h) * K + o_k, mask=m_j, other=0)
-                m_ij = ((o_c >= j) & m_ti)[:, None] & m_j[None, :]
-                # [BC]
-                b_a = tl.sum(
-                    tl.where(m_ij, b_q * b_kj[None, :] * tl.exp(tl.where(m_ij, b_gq - b_gj[None, :], 0)), 0), axis=1
-                )
-                b_A += tl.where(o_c[None, :] == j, b_a[:, None], 0)
+            b_gr = tl.load(gc + (t_r * H + i_h) * K + o_k, mask=m_k, other=0)
+            b_dr = tl.where(m_qi, b_gq - b_gr[None, :], 0)
+            if tl.max(tl.abs(b_dr)) <= SPAN:
+                # every factor e^(+-d) with |d| <= SPAN is a normal number: (q e^(b_i - b_r)) (k e^(b_r - b_j))^T
+                # is exact up to the rounding of the factors; entries above the diagonal are dropped below
+                b_qg = b_q.to(tl.float32) * tl.exp(b_dr)
+                b_kg = tl.trans(tl.load(k + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_qi, other=0))
+                b_kg = b_kg.to(tl.float32) * tl.exp(-tl.trans(b_dr))
+                b_A += tl.dot(b_qg.to(b_q.dtype), b_kg.to(b_q.dtype), input_precision=PREC)
+            else:  # strong gates: one exponent b_i - b_j <= 0 per pair
+                b_qf = b_q.to(tl.float32)
+                for j in range(0, BC):
+                    t_j = t0 + i_i * BC + j
+                    m_j = m_k & ((o_k * 0 + t_j) < eos)
+                    # [BK]
+                    b_kj = tl.load(k + (t_j * (H // G) + i_hk) * K + o_k, mask=m_j, other=0).to(tl.float32)
+                    b_gj = tl.load(gc + (t_j * H + i_h) * K + o_k, mask=m_j, other=0)
+                    m_ij = ((o_c >= j) & m_ti)[:, None] & m_j[None, :]
+                    # [BC]
+                    b_a = tl.sum(
+                        tl.where(m_ij, b_qf * b_kj[None, :] * tl.exp(tl.where(m_ij, b_gq - b_gj[None, :], 0)), 0),
+                        axis=1,
+                    )
+                    b_A += tl.where(o_c[None, :] == j, b_a[:, None], 0)
+        b_A = tl.where(o_c[:, None] >= o_c[None, :], b_A, 0)
     tl.store(A + p_A, b_A, mask=m_A)
 
 
@@ -149,7 +169,6 @@ def chunk_gla_bwd_intra_kernel(
         b_gj = tl.load(gc + (o_tj * H + i_h)[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0)
         b_kg = b_kj.to(tl.float32) * tl.exp(tl.where(m_k[None, :], b_gr[None, :] - b_gj, 0))
         b_dq += tl.dot(b_dA, b_kg, input_precision=PREC)
-    b_dq *= tl.exp(tl.where(m_ik, b_g - b_gr[None, :], 0))
     # blocks below the diagonal: reference r' = the last valid row of this sub-chunk
     t_l = tl.minimum(t_i0 + BC, eos) - 1
     b_gl = tl.load(gc + (t_l * H + i_h) * K + o_k, mask=m_k, other=0)
@@ -163,9 +182,22 @@ def chunk_gla_bwd_intra_kernel(
         b_gb = tl.load(gc + (o_tb * H + i_h)[:, None] * K + o_k[None, :], mask=m_bk, other=0)
         b_qg = b_qb.to(tl.float32) * tl.exp(tl.where(m_bk, b_gb - b_gl[None, :], 0))
         b_dk += tl.dot(b_dAt, b_qg, input_precision=PREC)
+    # the diagonal block: factored when the block's gate span allows (see chunk_gla_A_kernel), else element by element
+    b_dq *= tl.exp(tl.where(m_ik, b_g - b_gr[None, :], 0))
     b_dk *= tl.exp(tl.where(m_ik, b_gl[None, :] - b_g, 0))
-    # the diagonal block, element by element
-    for r in range(0, BC):
+    b_df = tl.where(m_ik, b_g - b_gr[None, :], 0)  # b_i - b_first
+    b_dl = tl.where(m_ik, b_g - b_gl[None, :], 0)  # b_i - b_last
+    factored = tl.maximum(tl.max(tl.abs(b_df)), tl.max(tl.abs(b_dl))) <= SPAN
+    if factored:
+        m_S = (o_c[:, None] > o_c[None, :]) & m_ti[:, None] & m_ti[None, :]
+        # [BC, BC]: dA of this block, strictly below the diagonal
+        b_dAb = tl.load(dA + (o_ti * H + i_h)[:, None] * BT + (i_i * BC + o_c)[None, :], mask=m_S, other=0)
+        b_ki = tl.load(k + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_ik, other=0).to(tl.float32)
+        b_qi = tl.load(q + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_ik, other=0).to(tl.float32)
+        # dq_i += e^(b_i - b_f) sum_j dA_ij (k_j e^(b_f - b_j)),  dk_j += e^(b_l - b_j) sum_i dA_ij (q_i e^(b_i - b_l))
+        b_dq += tl.exp(b_df) * tl.dot(b_dAb, b_ki * tl.exp(-b_df), input_precision=PREC)
+        b_dk += tl.exp(-b_dl) * tl.dot(tl.trans(b_dAb), b_qi * tl.exp(b_dl), input_precision=PREC)
+    for r in range(0, tl.where(factored, 0, BC)):
         t_r = t_i0 + r
         m_r = m_k & ((o_k * 0 + t_r) < eos)
         # [BK]
@@ -214,7 +246,6 @@ def chunk_rc_add_kernel(
     p = (o_t * H + i_h)[:, None] * K + o_k[None, :]
     # [BT, BK]
     b_db = tl.load(db + p, mask=m, other=0)
-    o_i = tl.arange(0, BT)
-    b_sfx = tl.where(o_i[:, None] <= o_i[None, :], 1.0, 0.0)  # [BT, BT]: s >= t, an exact fp32 dot
-    b_dg = tl.load(dg + p, mask=m, other=0) + tl.dot(b_sfx, b_db, input_precision="ieee")
+    # a reverse scan: no cancellation (a total minus a prefix would lose a small sum next to a large one)
+    b_dg = tl.load(dg + p, mask=m, other=0) + tl.cumsum(b_db, axis=0, reverse=True)
     tl.store(dg + p, b_dg, mask=m)

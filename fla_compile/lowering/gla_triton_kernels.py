@@ -28,6 +28,12 @@ from .chunks import chunk_span
 
 
 @triton.jit
+def _strict_prefix(s1, p1, s2, p2):
+    """Scan combine of (sum of all, sum of all but the last): its scan of (x, 0) gives sum_{j < t} x_j."""
+    return s1 + s2, s1 + p2
+
+
+@triton.jit
 def chunk_cumsum_kernel(
     g, gc, cu, info, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, GATE: tl.constexpr
 ):
@@ -439,11 +445,10 @@ def chunk_bwd_dqk_kernel(
             tl.store(dA + (o_t * H + i_h)[:, None] * BT + o_i[None, :], b_dA, mask=m_t[:, None])
     p = (o_t * H + i_h)[:, None] * K + o_k[None, :]
     if GATE != 0:
-        # suffix and strict prefix sums as exact fp32 dots with 0/1 matrices: a cumsum minus the element
-        # itself would lose a small sum next to a large element
-        b_sfx = tl.where(o_i[:, None] <= o_i[None, :], 1.0, 0.0)
-        b_pfx = tl.where(o_i[:, None] > o_i[None, :], 1.0, 0.0)
-        b_dg = tl.dot(b_sfx, b_db, input_precision="ieee") + tl.dot(b_pfx, b_de, input_precision="ieee")
+        # suffix and strict prefix sums as scans: a cumsum minus the element itself would lose a small
+        # sum next to a large element, so the strict prefix is a scan of its own (_strict_prefix)
+        _, b_pre = tl.associative_scan((b_de, tl.zeros_like(b_de)), 0, _strict_prefix)
+        b_dg = tl.cumsum(b_db, axis=0, reverse=True) + b_pre
         tl.store(dg + p, b_dg + b_ds[None, :], mask=m_tk)
     tl.store(dq + p, b_dq, mask=m_tk)
     tl.store(dk + p, b_dk, mask=m_tk)

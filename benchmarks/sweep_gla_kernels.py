@@ -1,0 +1,155 @@
+"""Per-kernel launch-option sweep of the GLA-line chunk kernels (CUDA): which warps / stages / blocks win.
+
+    python benchmarks/sweep_gla_kernels.py [--shape 8,2048,16,128] [--budget 300]
+
+For each gate kind (vector: gla, scalar: simple_gla / retention) it runs one chunked forward and
+backward per variant under ``torch.profiler`` and records the time of every kernel. A variant
+changes one kernel's options (``<kernel>_warps``, ``<kernel>_stages``, ``<kernel>_BK``, see
+``gla_triton._opts``) or the shared blocks (BT, BK, BV). The best option of each kernel is kept,
+the winners are combined, checked against the default config's outputs (every output and
+gradient) and timed as a whole. Stops sweeping after ``--budget`` seconds and reports what it has.
+Prints a table per kernel and the combined configs as JSON (for ``lowering/configs/sm90.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import pathlib
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from fla_compile.lowering import gla_triton  # noqa: E402
+from fla_compile.lowering.autotune import candidates  # noqa: E402
+
+NAMES = {
+    "h": "chunk_fwd_h_kernel",
+    "o": "chunk_fwd_o_kernel",
+    "dh": "chunk_bwd_dh_kernel",
+    "dv": "chunk_bwd_dv_kernel",
+    "dqk": "chunk_bwd_dqk_kernel",
+    "A": "chunk_gla_A_kernel",
+    "intra": "chunk_gla_bwd_intra_kernel",
+    "rc": "chunk_rc_add_kernel",
+    "cumsum": "chunk_cumsum_kernel",
+}
+BIG = ("h", "o", "dh", "dv", "dqk")
+SMALL = ("A", "intra", "rc", "cumsum")
+
+
+def problem(kind, B, T, H, D, seed=0):
+    torch.manual_seed(seed)
+    q, k, v = (torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    g = None
+    if kind == "vector":
+        g = F.logsigmoid(torch.randn(B, T, H, D, device="cuda")) / 16
+    elif kind == "scalar":
+        g = F.logsigmoid(torch.randn(B, T, H, device="cuda")) / 16
+    h0 = torch.randn(B, H, D, D, device="cuda")
+    do, dht = torch.randn_like(v), torch.randn_like(h0)
+    return q, k, v, g, h0, do, dht
+
+
+def run(kind, xs, cfg):
+    q, k, v, g, h0, do, dht = xs
+    o, ht = gla_triton.chunk_forward(q, k, v, g, kind, 0.088, h0, None, config=cfg)
+    grads = gla_triton.chunk_backward(q, k, v, g, kind, 0.088, h0, None, do, dht, config=cfg)
+    return (o, ht, *[x for x in grads if x is not None])
+
+
+def kernel_ms(kind, xs, cfg, iters=3) -> dict[str, float]:
+    from torch.profiler import ProfilerActivity, profile
+
+    run(kind, xs, cfg)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            run(kind, xs, cfg)
+        torch.cuda.synchronize()
+    acc: dict[str, float] = collections.defaultdict(float)
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            acc[e.name] += e.device_time_total / 1e3 / iters
+    return {key: acc.get(name, 0.0) for key, name in NAMES.items()}
+
+
+def variants(kind):
+    keys = (("A", "intra") + BIG) if kind == "vector" else BIG
+    out = []
+    for key in keys:
+        if key in BIG:
+            opts = [{"_BV": bv, "_warps": w, "_stages": s} for bv in (64, 128) for w in (4, 8) for s in (2, 3)]
+            opts += [{"_BK": 128, "_warps": w, "_stages": 2} for w in (4, 8)]
+        else:
+            opts = [{"_warps": w, "_stages": s} for w in (2, 4, 8) for s in (1, 2)]
+            if key in ("A", "intra"):
+                opts += [{"_BK": bk, "_warps": w, "_stages": 1} for bk in (32, 128) for w in (4, 8)]
+        out += [(key, {f"{key}{n}": v for n, v in o.items()}) for o in opts]
+    return out
+
+
+def rel(a, b) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--shape", default="8,2048,16,128")
+    p.add_argument("--budget", type=float, default=300)
+    p.add_argument("--kinds", default="vector,scalar")
+    args = p.parse_args()
+    B, T, H, D = (int(x) for x in args.shape.split(","))
+    t0 = time.perf_counter()
+    results = {}
+    for kind in args.kinds.split(","):
+        xs = problem(kind, B, T, H, D)
+        base = dict(candidates("chunk", kind, "sm90")[0])
+        base_ms = kernel_ms(kind, xs, base)
+        best = {key: (base_ms[key], {}) for key in NAMES}
+        rows = [("base", "", base_ms)]
+        for blocks in candidates("chunk", kind, "sm90")[1:]:
+            ms = kernel_ms(kind, xs, dict(blocks))
+            rows.append(("blocks", json.dumps(blocks), ms))
+        for key, opt in variants(kind):
+            if time.perf_counter() - t0 > args.budget:
+                print(f"budget reached at {key} {opt}", flush=True)
+                break
+            try:
+                ms = kernel_ms(kind, xs, {**base, **opt})
+            except Exception as e:  # an option a kernel cannot take (too much shared memory, ...)
+                print(f"{kind} {key} {opt}: {type(e).__name__}: {str(e)[:100]}", flush=True)
+                continue
+            rows.append((key, json.dumps(opt), ms))
+            if ms[key] < best[key][0]:
+                best[key] = (ms[key], opt)
+        combined = dict(base)
+        for key, (_, opt) in best.items():
+            combined.update(opt)
+        ms = kernel_ms(kind, xs, combined)
+        ref = run(kind, xs, base)
+        new = run(kind, xs, combined)
+        again = run(kind, xs, combined)
+        errs = [rel(a, b) for a, b in zip(new, ref)]
+        det = all(torch.equal(a, b) for a, b in zip(new, again))
+        print(f"\n## {kind}: per-kernel ms (base config {json.dumps(base)})")
+        print("| variant | option | " + " | ".join(NAMES) + " | total |")
+        print("| --- | --- | " + " | ".join("---" for _ in NAMES) + " | --- |")
+        for what, opt, m in rows + [("combined", "", ms)]:
+            print(f"| {what} | {opt} | " + " | ".join(f"{m[k]:.3f}" for k in NAMES) + f" | {sum(m.values()):.3f} |")
+        print(f"combined config ({kind}): {json.dumps(combined)}")
+        print(f"combined vs base: max rel diff {max(errs):.1e}; deterministic: {det}")
+        results[kind] = {"combined": combined, "base_total": sum(base_ms.values()), "combined_total": sum(ms.values())}
+    print(json.dumps(results, indent=1))
+    print(f"({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
