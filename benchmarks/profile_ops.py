@@ -83,8 +83,8 @@ def rel(a, b) -> float:
 
 def check(family: str, dtype=torch.bfloat16, B=2, T=333, H=4, D=128) -> str:
     """Relative errors of ours against the float64 loop at a small shape."""
-    from fla_compile.reference import gla as reference
     from fla_compile.lowering import gla_triton
+    from fla_compile.reference import gla as reference
 
     torch.manual_seed(1234)
     xs = inputs(family, B, T, H, D, dtype=dtype, grad=True)
@@ -131,7 +131,7 @@ def main() -> int:
                 fn = get(family)
                 xs = inputs(family, B, T, H, D)
                 with torch.no_grad():
-                    t_f = bench(lambda: fn(*xs))
+                    t_f = bench(lambda fn=fn, xs=xs: fn(*xs))
                 xg = inputs(family, B, T, H, D, grad=True)
                 step = fwd_bwd(fn, xg)
                 t_fb = bench(step)

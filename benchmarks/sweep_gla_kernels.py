@@ -130,7 +130,7 @@ def main() -> int:
             if ms[key] < best[key][0]:
                 best[key] = (ms[key], opt)
         combined = dict(base)
-        for key, (_, opt) in best.items():
+        for _, opt in best.values():
             combined.update(opt)
         ms = kernel_ms(kind, xs, combined)
         ref = run(kind, xs, base)
