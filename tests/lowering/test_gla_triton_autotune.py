@@ -111,6 +111,29 @@ def test_screen_rejects_wrong_and_nondeterministic(monkeypatch):
     assert "not deterministic" in autotune.screen("chunk", "scalar", 16, 16, torch.float32, cfg, cpu, T=20)
 
 
+@pytest.mark.skipif(not INTERPRET, reason="screens through the Triton interpreter")
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_screen_under_no_grad(mode):
+    """Tuning starts at the first call of a key, often under no_grad (generation): the screening's
+    reference gradients must not depend on the caller's autograd mode, which it leaves as it was."""
+    cfg = {"BT": 16, "BK": 16, "BV": 16}
+    with torch.no_grad() if mode == "no_grad" else torch.inference_mode():
+        assert autotune.screen("chunk", "scalar", 16, 16, torch.float32, cfg, torch.device("cpu"), T=20) is None
+        assert not torch.is_grad_enabled()
+        assert torch.is_inference_mode_enabled() == (mode == "inference_mode")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_screen_under_no_grad_cuda():
+    """As on the CPU, with the arch's own candidates: every one that passes with autograd passes without."""
+    device = torch.device("cuda")
+    for cfg in autotune.candidates("chunk", "vector", autotune.arch_of(device))[:2]:
+        with_grad = autotune.screen("chunk", "vector", 64, 64, torch.bfloat16, cfg, device)
+        with torch.no_grad():
+            assert autotune.screen("chunk", "vector", 64, 64, torch.bfloat16, cfg, device) == with_grad, cfg
+
+
 def test_cli_without_cuda():
     if torch.cuda.is_available():
         pytest.skip("has CUDA")
