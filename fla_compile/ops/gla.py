@@ -39,7 +39,7 @@ def _line_backward(forward, gate_kind, per_head_gate=False):
     fallback = recompute_backward(forward)
 
     def backward(q, k, v, *gates, scale, initial_state, cu_seqlens, do, dht):
-        if not gla_triton_enabled(q, k, v):
+        if not gla_triton_enabled(q, k, v, *gates, initial_state):
             return fallback(
                 q, k, v, *gates, scale=scale, initial_state=initial_state, cu_seqlens=cu_seqlens, do=do, dht=dht
             )
