@@ -4,8 +4,9 @@ Every message starts with ``fla_compile.<op>: `` and names the argument. Shapes,
 are checked on every call (free: no data is read). The values of ``cu_seqlens`` are read once on the
 host (one small device-to-host copy on CUDA) in eager calls only: not while Dynamo or export traces
 the call (``torch.compiler.is_compiling()``: a host read would break the graph), not during CUDA-graph
-capture, and not on fake or meta tensors. In those cases the op itself still checks them when its
-inputs are on the CPU, where its torch path reads them anyway (see ``_library``).
+capture, and not on fake or meta tensors. The custom op itself (what a compiled graph calls) checks
+them again whenever they are a plain CPU tensor, where its torch path reads them anyway; on CUDA inside
+a compiled graph they are not read (that would add a host sync to the kernels' path).
 """
 
 from __future__ import annotations
