@@ -54,7 +54,7 @@ def make(op, B=1, T=6, HK=2, H=4, K=4, V=3, dtype=torch.float64, gate_dtype=None
     gdt = gate_dtype or dtype
     for name, shape in GATES[op].items():
         if name == "decay":
-            a[name] = -torch.linspace(0.05, 0.8, H, dtype=torch.float64).to(torch.float32)
+            a[name] = -torch.linspace(0.05, 0.8, H, dtype=torch.float64).to(torch.promote_types(dtype, torch.float32))
         elif name == "beta":
             a[name] = torch.rand(B, T, H, generator=gen, dtype=torch.float64).to(gdt)
         else:
@@ -69,9 +69,9 @@ def call(op, a, **kw):
     return getattr(ops, op)(**a, **kw)
 
 
-def reference(op, a, **kw):
+def reference(op, a, detach=True, **kw):
     """The fp64 naive loop of the family on the same arguments (no cu_seqlens)."""
-    a = {n: x.detach().double() if isinstance(x, torch.Tensor) else x for n, x in a.items()}
+    a = {n: (x.detach() if detach else x).double() if isinstance(x, torch.Tensor) else x for n, x in a.items()}
     q, k, v, h0 = a["q"], a["k"], a["v"], a.get("initial_state")
     if op in DELTA:
         gates = {"gated_delta_rule": {"g": a.get("g")}, "kda": {"gk": a.get("g")}}.get(op, {})
@@ -368,32 +368,48 @@ def test_help_says_what_it_returns(op):
 
 
 # ---------------------------------------------------------------------------------------------
-# CUDA: float64 runs (on the torch path), on every op and through the backend
+# CUDA: float64 runs (on the torch path), on every op and through the backend; packs with empty sequences
 
 
 def _to(a, device):
     return {n: x.to(device) if isinstance(x, torch.Tensor) else x for n, x in a.items()}
 
 
+def _reference_grads(op, a):
+    """(o, final state, {name: gradient}) of the fp64 loop on the CPU for the loss o^2 + sum(final state)."""
+    leaves = {n: x.detach().double().cpu().requires_grad_() for n, x in a.items()}
+    ro, rht = reference(op, leaves, detach=False)
+    (ro.square().sum() + rht.sum()).backward()
+    return ro.detach(), rht.detach(), {n: x.grad for n, x in leaves.items()}
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@needs_cuda
 @pytest.mark.parametrize("op", OPS)
-def test_float64_on_cuda(op):
-    a = make(op, T=70, K=16, V=16, requires_grad=False)
-    o, ht = call(op, _to(a, "cuda"), output_final_state=True)
-    ro, rht = reference(op, a)
-    assert o.is_cuda and o.dtype == torch.float64 and ht.dtype == torch.float64
-    assert rel(o.cpu(), ro) < 1e-12 and rel(ht.cpu(), rht) < 1e-12
-    # gradients, and a float64 initial state with float32 inputs (the kernels never see float64)
-    leaves = {n: x.detach().float().requires_grad_() for n, x in _to(a, "cuda").items()}
-    leaves["initial_state"] = a["initial_state"].cuda().requires_grad_()
+@pytest.mark.parametrize("case", ["all_fp64", "fp64_state"])
+def test_float64_on_cuda(op, case):
+    """float64 on CUDA runs (the torch path: the kernels never see it), forward and backward; so does a
+    float64 initial state with float32 inputs. Against the fp64 loop's values and gradients."""
+    a = make(op, T=70, K=16, V=16)
+    leaves = {n: x.cuda().requires_grad_() for n, x in a.items()}
+    if case == "fp64_state":
+        leaves = {n: (x if n == "initial_state" else x.detach().float().requires_grad_()) for n, x in leaves.items()}
     o, ht = call(op, leaves, output_final_state=True)
     (o.square().sum() + ht.sum()).backward()
-    assert rel(o.cpu(), ro) < 1e-4 and all(torch.isfinite(x.grad).all() for x in leaves.values())
+    ro, rht, rgrads = _reference_grads(op, a)
+    dt = torch.float64 if case == "all_fp64" else torch.float32
+    tol = 1e-10 if case == "all_fp64" else 1e-4
+    assert o.is_cuda and o.dtype == dt and ht.dtype == dt
+    assert rel(o.cpu(), ro) < tol and rel(ht.cpu(), rht) < tol
+    for n, x in leaves.items():
+        assert rel(x.grad.cpu(), rgrads[n]) < tol, n
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@needs_cuda
 @pytest.mark.parametrize("op", OPS)
 def test_float64_on_cuda_through_the_backend(op):
     torch._dynamo.reset()
@@ -401,4 +417,23 @@ def test_float64_on_cuda_through_the_backend(op):
     fn = lambda a: call(op, a, output_final_state=True)  # noqa: E731
     o, ht = torch.compile(fn, backend="fla")(a)
     ro, rht = reference(op, a)
-    assert o.dtype == torch.float64 and rel(o.cpu(), ro.cpu()) < 1e-12 and rel(ht.cpu(), rht.cpu()) < 1e-12
+    assert o.dtype == torch.float64 and rel(o.cpu(), ro.cpu()) < 1e-10 and rel(ht.cpu(), rht.cpu()) < 1e-10
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("op", OPS)
+def test_empty_sequences_in_a_pack_on_cuda(op):
+    """The kernels' packed path (fp32) with sequences of length 0: states pass through, the rest as alone."""
+    bounds = [0, 0, 70, 70, 150]
+    a = make(op, T=150, K=16, V=16, dtype=torch.float32)
+    a["initial_state"] = torch.randn(4, 4, 16, 16)
+    o, ht = call(op, _to(a, "cuda"), output_final_state=True, cu_seqlens=torch.tensor(bounds, device="cuda"))
+    o, ht = o.cpu(), ht.cpu()
+    for n, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
+        if s == e:
+            assert torch.equal(ht[n], a["initial_state"][n])
+            continue
+        part = {x: (t[:, s:e] if t.dim() >= 3 else t) for x, t in a.items() if x != "initial_state"}
+        ro, rht = reference(op, {**part, "initial_state": a["initial_state"][n : n + 1]})
+        assert rel(o[:, s:e], ro) < 1e-4 and rel(ht[n : n + 1], rht) < 1e-4
