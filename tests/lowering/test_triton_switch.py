@@ -98,3 +98,39 @@ def test_delta_ops_follow_the_switch(mode, T, monkeypatch):
         assert calls == ["torch", "torch"], calls  # forward, then the backward's recompute
     else:
         assert calls == ["triton", "triton_bwd"], calls
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mode", ["1", "0"])
+@pytest.mark.parametrize("family", ["gla", "gated_delta_rule"])
+def test_switch_on_cuda(family, mode, monkeypatch):
+    """On real CUDA tensors: '0' never enters a Triton launcher (they raise here), '1' does."""
+    from fla_compile import ops
+    from fla_compile.lowering import delta_triton, gla_triton
+
+    entered = []
+    module = gla_triton if family == "gla" else delta_triton
+    names = ["forward", "chunk_backward"] if family == "gla" else ["fused_recurrent", "chunk_forward", "chunk_backward"]
+    for name in names:
+        real = getattr(module, name)
+
+        def launcher(*a, _real=real, _name=name, **kw):
+            if mode == "0":
+                raise AssertionError(f"{_name} ran with FLA_COMPILE_TRITON=0")
+            entered.append(_name)
+            return _real(*a, **kw)
+
+        monkeypatch.setattr(module, name, launcher)
+    monkeypatch.setenv("FLA_COMPILE_TRITON", mode)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 70, 2, 16, device="cuda", generator=gen, requires_grad=True) for _ in range(3))
+    if family == "gla":
+        gk = torch.nn.functional.logsigmoid(torch.randn(1, 70, 2, 16, device="cuda", generator=gen)).requires_grad_()
+        o, _ = ops.gla(q, k, v, gk)
+    else:
+        g = (-torch.rand(1, 70, 2, device="cuda", generator=gen)).requires_grad_()
+        beta = torch.rand(1, 70, 2, device="cuda", generator=gen).requires_grad_()
+        o, _ = ops.gated_delta_rule(q, k, v, g, beta)
+    o.sum().backward()
+    assert bool(entered) == (mode == "1"), entered
