@@ -104,6 +104,10 @@ def test_empty_sequence(op, with_state, dtype):
         assert ht.data_ptr() != h0.data_ptr()  # a new tensor, not the caller's state
     o, ht = call(op, a)
     assert o.shape == (2, 0, 4, 3) and ht is None
+    if with_state:  # a view as the state: the final state is still a dense copy
+        a["initial_state"] = h0.transpose(-1, -2).contiguous().transpose(-1, -2)
+        _, ht = call(op, a, output_final_state=True)
+        assert torch.equal(ht, h0) and ht.is_contiguous()
 
 
 @pytest.mark.parametrize("op", OPS)
