@@ -14,14 +14,31 @@ import torch
 from .gla_torch import gla_line_forward
 
 
-def gla_triton_enabled(q, k, v) -> bool:
+def triton_mode() -> str:
+    """``FLA_COMPILE_TRITON``: '1' (default: the kernels run CUDA tensors), '0' (off: the torch path
+    everywhere) or 'interpret' (with ``TRITON_INTERPRET=1``, the kernels also run CPU tensors)."""
+    return os.environ.get("FLA_COMPILE_TRITON", "1")
+
+
+def triton_wanted(q, *others) -> bool:
+    """Whether ``FLA_COMPILE_TRITON`` and the inputs let a family's Triton kernels run at all: CUDA tensors
+    (or CPU ones in interpret mode), and no float64 among ``q`` and ``others`` (gates, beta, the initial
+    state; None entries are skipped). float64 (verification probes, gradcheck) always takes the torch path:
+    the kernels compute in fp32 and some do not compile for fp64 operands."""
+    mode = triton_mode()
+    if mode == "0" or not (q.is_cuda or (mode == "interpret" and os.environ.get("TRITON_INTERPRET") == "1")):
+        return False
+    return not any(x is not None and x.dtype == torch.float64 for x in (q, *others))
+
+
+def gla_triton_enabled(q, k, v, *others) -> bool:
     """Whether the GLA-line Triton kernels run these inputs (CUDA, fp32/bf16/fp16, head dims <= 256).
 
-    ``FLA_COMPILE_TRITON=0`` turns them off; ``FLA_COMPILE_TRITON=interpret`` (with ``TRITON_INTERPRET=1``)
-    also runs them on CPU tensors, which is how CI tests the ops' wiring.
+    ``others`` (gate, initial state; None skipped) must not be float64 either. ``FLA_COMPILE_TRITON=0``
+    turns the kernels off; ``FLA_COMPILE_TRITON=interpret`` (with ``TRITON_INTERPRET=1``) also runs them
+    on CPU tensors, which is how CI tests the ops' wiring.
     """
-    mode = os.environ.get("FLA_COMPILE_TRITON", "1")
-    if mode == "0" or not (q.is_cuda or (mode == "interpret" and os.environ.get("TRITON_INTERPRET") == "1")):
+    if not triton_wanted(q, k, v, *others):
         return False
     try:
         from . import gla_triton
@@ -32,7 +49,7 @@ def gla_triton_enabled(q, k, v) -> bool:
 
 def gla_line(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=None):
     """Forward of linear_attn / retention / simple_gla / gla: (o, final state fp32)."""
-    if gla_triton_enabled(q, k, v):
+    if gla_triton_enabled(q, k, v, gate, initial_state):
         from . import gla_triton
 
         return gla_triton.forward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens)
@@ -44,7 +61,7 @@ def gla_line_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens
 
     Triton chunked backward on CUDA; elsewhere autograd through the torch chunked path.
     """
-    if gla_triton_enabled(q, k, v):
+    if gla_triton_enabled(q, k, v, gate, initial_state):
         from . import gla_triton
 
         return gla_triton.chunk_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht)

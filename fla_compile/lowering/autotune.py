@@ -195,7 +195,17 @@ def _rel(a, b) -> float:
 
 
 def screen(kernel, gate_kind, K, V, dtype, cfg, device, T=None) -> str | None:
-    """None if ``cfg`` is correct (vs float64 torch) and bitwise deterministic, else the reason."""
+    """None if ``cfg`` is correct (vs float64 torch) and bitwise deterministic, else the reason.
+
+    Independent of the caller's autograd mode: tuning is triggered by the first call of a key inside the
+    op's forward, which runs without grad (an autograd.Function's forward, or ``torch.no_grad()`` /
+    ``torch.inference_mode()`` in generation), while the reference gradients here need autograd.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        return _screen(kernel, gate_kind, K, V, dtype, cfg, device, T)
+
+
+def _screen(kernel, gate_kind, K, V, dtype, cfg, device, T):
     from . import gla_triton
     from .gla_torch import gla_line_forward
 

@@ -1,6 +1,8 @@
 """Device dispatch of the delta-line families: Triton kernels on CUDA, the torch chunked path elsewhere.
 
-float64 inputs (verification probes, gradcheck) take the torch path on every device. On
+The switch is the GLA line's (:func:`fla_compile.lowering.triton_wanted`): ``FLA_COMPILE_TRITON=0`` runs
+the torch path on CUDA too, ``interpret`` (with ``TRITON_INTERPRET=1``) runs the kernels on CPU tensors.
+float64 anywhere among the inputs (verification probes, gradcheck) takes the torch path on every device. On
 CUDA a short dense forward (T <= DECODE_MAX_T, decoding) runs the fused recurrent kernel;
 the backward always runs the chunked kernels.
 """
@@ -9,15 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
-
+from . import triton_wanted
 from .delta_torch import GATE_NONE, GATE_SCALAR, GATE_VECTOR, delta_line_forward
 
 __all__ = ["GATE_NONE", "GATE_SCALAR", "GATE_VECTOR", "delta_line", "delta_line_backward"]
 
 
-def _use_triton(q: torch.Tensor, v: torch.Tensor) -> bool:
-    if not q.is_cuda:
+def _use_triton(q, k, v, beta, gate, initial_state) -> bool:
+    """Whether the Triton kernels run these inputs (see the module's docstring)."""
+    if not triton_wanted(q, k, v, beta, gate, initial_state):
         return False
     from . import delta_triton
 
@@ -26,7 +28,7 @@ def _use_triton(q: torch.Tensor, v: torch.Tensor) -> bool:
 
 def delta_line(q, k, v, beta, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, use_qk_l2norm=False):
     """Forward of delta_rule / gated_delta_rule / kda: (o in v's dtype, final state fp32 [N,H,K,V])."""
-    if not _use_triton(q, v):
+    if not _use_triton(q, k, v, beta, gate, initial_state):
         return delta_line_forward(q, k, v, beta, gate, gate_kind, scale, initial_state, cu_seqlens, use_qk_l2norm)
     from . import delta_triton
 
@@ -40,7 +42,7 @@ def delta_line(q, k, v, beta, gate, gate_kind, scale, initial_state=None, cu_seq
 def delta_line_backward(torch_backward: Callable, q, k, v, beta, gate, gate_kind, **kw):
     """Backward in the op's order (dq, dk, dv, [dgate,] dbeta, dh0): Triton on CUDA, else ``torch_backward``."""
     gates = (beta,) if gate is None else (gate, beta)
-    if not _use_triton(q, v):
+    if not _use_triton(q, k, v, beta, gate, kw["initial_state"]):
         return torch_backward(q, k, v, *gates, **kw)
     from . import delta_triton
 

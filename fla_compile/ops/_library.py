@@ -12,6 +12,10 @@ L2 norm of q and k; the GLA-line schemas have none.)
 with fake impls (so torch.compile, export and CUDA graphs see shapes) and the backward
 registered as the forward's autograd formula. The backward is itself an opaque op, so
 aot_autograd never traces into our Python.
+
+The implementations run from here: with T = 0 (or B = 0) nothing runs and the final state is the
+initial state (zeros without one), its gradient the final state's; ``cu_seqlens`` on the CPU are
+checked (:func:`._checks.check_cu_seqlens`) before they are used, also when a compiled graph calls the op.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import dataclasses
 from collections.abc import Callable
 
 import torch
+
+from ._checks import check_cu_seqlens
 
 LIB = torch.library.Library("fla_compile", "DEF")
 
@@ -57,6 +63,20 @@ def _state_batch(q, cu_seqlens):
     return q.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
 
 
+def _no_steps(v: torch.Tensor) -> bool:
+    """T = 0 (or an empty batch): there is no step to run, and the implementations need at least one."""
+    return v.shape[0] == 0 or v.shape[1] == 0
+
+
+def _empty_forward(q, v, h0, cu):
+    """(o, final state) without steps: an empty output, the initial state (or zeros) as the final state."""
+    if h0 is not None:
+        return v.new_empty(v.shape), h0.to(state_dtype(v), memory_format=torch.contiguous_format, copy=True)
+    return v.new_empty(v.shape), v.new_zeros(
+        _state_batch(q, cu), v.shape[2], q.shape[-1], v.shape[-1], dtype=state_dtype(v)
+    )
+
+
 def register(spec: OpSpec) -> None:
     name, n_gates, n_flags = spec.name, len(spec.gates), len(spec.flags)
     LIB.define(f"{name}({_schema_args(spec)}) -> (Tensor, Tensor)")
@@ -66,14 +86,22 @@ def register(spec: OpSpec) -> None:
     def fwd_impl(q, k, v, *rest):
         gates, (scale, h0, cu), flags = rest[:n_gates], rest[n_gates : n_gates + 3], rest[n_gates + 3 :]
         kw = dict(zip(spec.flags, flags))
+        if cu is not None and type(cu) is torch.Tensor and cu.device.type == "cpu":  # free on the CPU: see _checks
+            check_cu_seqlens(name, cu, q.shape[0], q.shape[1], cu.device, read_values=True)
+        if _no_steps(v):
+            return _empty_forward(q, v, h0, cu)
         o, ht = spec.forward(q, k, v, *gates, scale=scale, initial_state=h0, cu_seqlens=cu, **kw)
         return o.contiguous(), ht.contiguous()
 
     def bwd_impl(q, k, v, *rest):
         gates, (scale, h0, cu), rest = rest[:n_gates], rest[n_gates : n_gates + 3], rest[n_gates + 3 :]
         kw, (do, dht) = dict(zip(spec.flags, rest[:n_flags])), rest[n_flags:]
-        grads = spec.backward(q, k, v, *gates, scale=scale, initial_state=h0, cu_seqlens=cu, do=do, dht=dht, **kw)
         inputs = (q, k, v, *gates, h0)
+        if _no_steps(v):  # nothing ran: the state's gradient passes through, the rest have no elements
+            dense = torch.contiguous_format  # as the fake impl says; and dh0 is a copy: outputs never alias inputs
+            grads = [torch.zeros_like(x, memory_format=dense) for x in inputs[:-1]]
+            return grads + [dht.to(h0.dtype, memory_format=dense, copy=True) if h0 is not None else q.new_empty(0)]
+        grads = spec.backward(q, k, v, *gates, scale=scale, initial_state=h0, cu_seqlens=cu, do=do, dht=dht, **kw)
         return [g.to(x.dtype).contiguous() if g is not None else q.new_empty(0) for g, x in zip(grads, inputs)]
 
     def fwd_fake(q, k, v, *rest):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..lowering.delta_dispatch import GATE_NONE, GATE_SCALAR, GATE_VECTOR, delta_line, delta_line_backward
-from ._checks import check_gate, check_qkv, check_state, fail
+from ._checks import check_gate, check_qkv, check_scale, check_state
 from ._library import OpSpec, recompute_backward, register
 
 FLAGS = ("use_qk_l2norm",)
@@ -67,44 +67,52 @@ def _prepare(op, q, k, v, beta, scale, initial_state, cu_seqlens):
     B, T, H, K, V = check_qkv(op, q, k, v, cu_seqlens)
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     check_state(op, initial_state, N, H, K, V, q.device)
-    if not isinstance(beta, torch.Tensor):
-        fail(op, f"beta must be a tensor [B, T, H] = {(B, T, H)}, got {type(beta).__name__}")
-    if tuple(beta.shape) != (B, T, H):
-        fail(op, f"beta must have shape [B, T, H] = {(B, T, H)} (H = heads of v), got {tuple(beta.shape)}")
-    if not beta.is_floating_point():
-        fail(op, f"beta must be a float tensor, got {beta.dtype}")
-    if beta.device != q.device:
-        fail(op, f"beta is on {beta.device} but q is on {q.device}")
-    scale = K**-0.5 if scale is None else float(scale)
-    return B, T, H, K, V, scale
-
-
-def _check_gate(op, name, g, shape, device):
-    check_gate(op, name, g, shape)
-    if g.device != device:
-        fail(op, f"{name} is on {g.device} but q is on {device}")
+    check_gate(op, "beta", beta, (B, T, H), q)
+    return B, T, H, K, V, check_scale(op, scale, K)
 
 
 def _result(o, ht, output_final_state):
     return o, (ht if output_final_state else None)
 
 
+_ARGS = """
+    Args:
+        q, k: [B, T, HK, K]; v: [B, T, H, V] with H a multiple of HK (GQA). One dtype for the three:
+            float32, bfloat16, float16 or float64. Any strides (views are fine).{gate}
+        beta: [B, T, H] write strength per step and head of v; in q's dtype or float32.
+        scale: a number; defaults to K ** -0.5 (applied after the optional L2 norm).
+        initial_state: [N, H, K, V], any float dtype (N = B, or the number of packed sequences).
+        output_final_state: also return the state after the last step.
+        cu_seqlens: int32/int64 [N + 1] offsets of packed sequences, non-decreasing from 0 to T
+            (a sequence of length 0 is allowed and passes its initial state through); B must be 1.
+        use_qk_l2norm_in_kernel: L2-normalize q and k over K first (x * rsqrt(sum x^2 + 1e-6), fp32).
+
+    Returns:
+        ``(o, final_state)``: o [B, T, H, V] in v's dtype; final_state [N, H, K, V] float32 (float64
+        for float64 inputs), or None unless ``output_final_state``. With T = 0, o is empty and the final
+        state is the initial state (zeros without one).
+
+    Raises:
+        ValueError: ``fla_compile.{op}: ...`` naming the argument, for a wrong shape, dtype or device,
+            q, k and v of different dtypes, or ``cu_seqlens`` that do not run from 0 up to T.
+"""
+
+
+def _documented(summary: str, gate: str = ""):
+    """Give an op the shared docstring: ``summary`` (the recurrence), then args, returns, raises."""
+
+    def set_doc(fn):
+        fn.__doc__ = summary + "\n" + _ARGS.format(op=fn.__name__, gate=f"\n        {gate}" if gate else "")
+        return fn
+
+    return set_doc
+
+
+@_documented("Delta rule: o_t = scale * S_t^T q_t with S_t = (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T.")
 def delta_rule(
     q, k, v, beta, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
     use_qk_l2norm_in_kernel=False,
 ):  # fmt: skip
-    """o_t = scale * S_t^T q_t with S_t = (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T.
-
-    Args:
-        q, k: [B, T, HK, K]; v: [B, T, H, V] with H a multiple of HK; beta: [B, T, H].
-        scale: defaults to K ** -0.5 (applied after the optional L2 norm).
-        initial_state: [N, H, K, V] (N = B, or the number of packed sequences).
-        output_final_state: also return S_T as [N, H, K, V] fp32.
-        cu_seqlens: [N + 1] offsets of packed sequences (B must be 1).
-        use_qk_l2norm_in_kernel: L2-normalize q and k over K first (x * rsqrt(sum x^2 + 1e-6), fp32).
-    Returns:
-        (o [B, T, H, V] in v's dtype, final state or None).
-    """
     *_, scale = _prepare("delta_rule", q, k, v, beta, scale, initial_state, cu_seqlens)
     o, ht = torch.ops.fla_compile.delta_rule(
         q, k, v, beta, scale, initial_state, cu_seqlens, bool(use_qk_l2norm_in_kernel)
@@ -112,31 +120,33 @@ def delta_rule(
     return _result(o, ht, output_final_state)
 
 
+@_documented(
+    "Gated delta rule (the gated delta net of Qwen3-Next / Qwen3.5): "
+    "S_t = exp(g_t) (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T, o_t = scale * S_t^T q_t.",
+    "g: [B, T, H] log-space gate per step and head of v; in q's dtype or float32.",
+)
 def gated_delta_rule(
     q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
     use_qk_l2norm_in_kernel=False,
 ):  # fmt: skip
-    """S_t = exp(g_t) (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T, g: [B, T, H] log-space gate per head.
-
-    The gated delta net of Qwen3-Next / Qwen3.5; arguments as in ``delta_rule``.
-    """
     B, T, H, K, V, scale = _prepare("gated_delta_rule", q, k, v, beta, scale, initial_state, cu_seqlens)
-    _check_gate("gated_delta_rule", "g", g, (B, T, H), q.device)
+    check_gate("gated_delta_rule", "g", g, (B, T, H), q)
     o, ht = torch.ops.fla_compile.gated_delta_rule(
         q, k, v, g, beta, scale, initial_state, cu_seqlens, bool(use_qk_l2norm_in_kernel)
     )
     return _result(o, ht, output_final_state)
 
 
+@_documented(
+    "Kimi Delta Attention (Kimi-Linear): S_t = (I - b_t k_t k_t^T) diag(exp(g_t)) S_{t-1} + b_t k_t v_t^T, "
+    "o_t = scale * S_t^T q_t.",
+    "g: [B, T, H, K] log-space gate per step, head of v and key dim; in q's dtype or float32.",
+)
 def kda(
     q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
     use_qk_l2norm_in_kernel=False,
 ):  # fmt: skip
-    """S_t = (I - b_t k_t k_t^T) diag(exp(g_t)) S_{t-1} + b_t k_t v_t^T, g: [B, T, H, K] log-space per key dim.
-
-    Kimi Delta Attention (Kimi-Linear); arguments as in ``delta_rule``.
-    """
     B, T, H, K, V, scale = _prepare("kda", q, k, v, beta, scale, initial_state, cu_seqlens)
-    _check_gate("kda", "g", g, (B, T, H, K), q.device)
+    check_gate("kda", "g", g, (B, T, H, K), q)
     o, ht = torch.ops.fla_compile.kda(q, k, v, g, beta, scale, initial_state, cu_seqlens, bool(use_qk_l2norm_in_kernel))
     return _result(o, ht, output_final_state)

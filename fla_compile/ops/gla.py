@@ -8,11 +8,13 @@ one ``torch.ops.fla_compile.<family>`` custom op.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from ..lowering import gla_line, gla_line_backward, gla_triton_enabled
 from ..lowering.gla_torch import GATE_NONE, GATE_SCALAR, GATE_VECTOR
-from ._checks import check_gate, check_qkv, check_state, fail
+from ._checks import check_gate, check_qkv, check_scale, check_state, fail
 from ._library import OpSpec, recompute_backward, register
 
 
@@ -39,7 +41,7 @@ def _line_backward(forward, gate_kind, per_head_gate=False):
     fallback = recompute_backward(forward)
 
     def backward(q, k, v, *gates, scale, initial_state, cu_seqlens, do, dht):
-        if not gla_triton_enabled(q, k, v):
+        if not gla_triton_enabled(q, k, v, *gates, initial_state):
             return fallback(
                 q, k, v, *gates, scale=scale, initial_state=initial_state, cu_seqlens=cu_seqlens, do=do, dht=dht
             )
@@ -77,34 +79,62 @@ def _prepare(op, q, k, v, scale, initial_state, cu_seqlens):
     B, T, H, K, V = check_qkv(op, q, k, v, cu_seqlens)
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     check_state(op, initial_state, N, H, K, V, q.device)
-    scale = K**-0.5 if scale is None else float(scale)
-    return B, T, H, K, V, scale
+    return B, T, H, K, V, check_scale(op, scale, K)
 
 
 def _result(o, ht, output_final_state):
     return o, (ht if output_final_state else None)
 
 
-def linear_attn(q, k, v, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
-    """o_t = scale * S_t^T q_t with S_t = S_{t-1} + k_t v_t^T.
-
+_ARGS = """
     Args:
-        q, k: [B, T, HK, K]; v: [B, T, H, V] with H a multiple of HK.
-        scale: defaults to K ** -0.5.
-        initial_state: [N, H, K, V] (N = B, or the number of packed sequences).
-        output_final_state: also return S_T as [N, H, K, V] fp32.
-        cu_seqlens: [N + 1] offsets of packed sequences (B must be 1).
+        q, k: [B, T, HK, K]; v: [B, T, H, V] with H a multiple of HK (GQA). One dtype for the three:
+            float32, bfloat16, float16 or float64. Any strides (views are fine).{gate}
+        scale: a number; defaults to K ** -0.5.
+        initial_state: [N, H, K, V], any float dtype (N = B, or the number of packed sequences).
+        output_final_state: also return the state after the last step.
+        cu_seqlens: int32/int64 [N + 1] offsets of packed sequences, non-decreasing from 0 to T
+            (a sequence of length 0 is allowed and passes its initial state through); B must be 1.
+
     Returns:
-        (o [B, T, H, V] in v's dtype, final state or None).
-    """
+        ``(o, final_state)``: o [B, T, H, V] in v's dtype; final_state [N, H, K, V] float32 (float64
+        for float64 inputs), or None unless ``output_final_state``. With T = 0, o is empty and the final
+        state is the initial state (zeros without one).
+
+    Raises:
+        ValueError: ``fla_compile.{op}: ...`` naming the argument, for a wrong shape, dtype or device,
+            q, k and v of different dtypes, or ``cu_seqlens`` that do not run from 0 up to T.
+"""
+
+
+def _documented(summary: str, gate: str = ""):
+    """Give an op the shared docstring: ``summary`` (the recurrence), then args, returns, raises."""
+
+    def set_doc(fn):
+        fn.__doc__ = summary + "\n" + _ARGS.format(op=fn.__name__, gate=f"\n        {gate}" if gate else "")
+        return fn
+
+    return set_doc
+
+
+@_documented("Linear attention: o_t = scale * S_t^T q_t with S_t = S_{t-1} + k_t v_t^T.")
+def linear_attn(q, k, v, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
     *_, scale = _prepare("linear_attn", q, k, v, scale, initial_state, cu_seqlens)
     o, ht = torch.ops.fla_compile.linear_attn(q, k, v, scale, initial_state, cu_seqlens)
     return _result(o, ht, output_final_state)
 
 
+@_documented(
+    "Retention (RetNet, MiniMax lightning): S_t = gamma_h S_{t-1} + k_t v_t^T, o_t = scale * S_t^T q_t.",
+    "decay: log(gamma), a float or a float tensor [H] (one per head of v).",
+)
 def retention(q, k, v, decay, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
-    """S_t = gamma_h S_{t-1} + k_t v_t^T with log(gamma) = ``decay`` (a float or a tensor [H])."""
     B, T, H, K, V, scale = _prepare("retention", q, k, v, scale, initial_state, cu_seqlens)
+    if isinstance(decay, torch.Tensor):
+        if not decay.is_floating_point():
+            fail("retention", f"decay must be a float or a float tensor [H], got {decay.dtype}")
+    elif isinstance(decay, bool) or not isinstance(decay, numbers.Real):
+        fail("retention", f"decay must be a float or a tensor [H] = [{H}], got {type(decay).__name__}")
     decay = torch.as_tensor(decay, device=q.device)
     decay = decay.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
     if decay.dim() == 0:
@@ -115,17 +145,24 @@ def retention(q, k, v, decay, scale=None, initial_state=None, output_final_state
     return _result(o, ht, output_final_state)
 
 
+@_documented(
+    "Scalar-gated linear attention (Mamba2/SSD, Lightning): S_t = exp(g_t) S_{t-1} + k_t v_t^T, "
+    "o_t = scale * S_t^T q_t.",
+    "g: [B, T, H] log-space gate per step and head of v; in q's dtype or float32.",
+)
 def simple_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
-    """S_t = exp(g_t) S_{t-1} + k_t v_t^T, g: [B, T, H] log-space gate per head (Mamba2/SSD, Lightning)."""
     B, T, H, K, V, scale = _prepare("simple_gla", q, k, v, scale, initial_state, cu_seqlens)
-    check_gate("simple_gla", "g", g, (B, T, H))
+    check_gate("simple_gla", "g", g, (B, T, H), q)
     o, ht = torch.ops.fla_compile.simple_gla(q, k, v, g, scale, initial_state, cu_seqlens)
     return _result(o, ht, output_final_state)
 
 
+@_documented(
+    "Gated linear attention: S_t = diag(exp(gk_t)) S_{t-1} + k_t v_t^T, o_t = scale * S_t^T q_t.",
+    "gk: [B, T, H, K] log-space gate per step, head of v and key dim; in q's dtype or float32.",
+)
 def gla(q, k, v, gk, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
-    """S_t = diag(exp(gk_t)) S_{t-1} + k_t v_t^T, gk: [B, T, H, K] log-space gate per key dim."""
     B, T, H, K, V, scale = _prepare("gla", q, k, v, scale, initial_state, cu_seqlens)
-    check_gate("gla", "gk", gk, (B, T, H, K))
+    check_gate("gla", "gk", gk, (B, T, H, K), q)
     o, ht = torch.ops.fla_compile.gla(q, k, v, gk, scale, initial_state, cu_seqlens)
     return _result(o, ht, output_final_state)

@@ -111,6 +111,49 @@ def test_screen_rejects_wrong_and_nondeterministic(monkeypatch):
     assert "not deterministic" in autotune.screen("chunk", "scalar", 16, 16, torch.float32, cfg, cpu, T=20)
 
 
+@pytest.mark.skipif(not INTERPRET, reason="screens through the Triton interpreter")
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "op_forward"])
+def test_screen_under_no_grad(mode):
+    """Tuning starts at the first call of a key inside the op's forward, often under no_grad (generation);
+    an autograd.Function's forward (the custom op's, when inputs require grad) runs without grad too. The
+    screening's reference gradients must not depend on the caller's mode, which it leaves as it was."""
+    cfg = {"BT": 16, "BK": 16, "BV": 16}
+    results = []
+
+    def run():
+        results.append(autotune.screen("chunk", "scalar", 16, 16, torch.float32, cfg, torch.device("cpu"), T=20))
+        results.append((torch.is_grad_enabled(), torch.is_inference_mode_enabled()))
+
+    if mode == "op_forward":
+
+        class Op(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                run()
+                return x * 2
+
+            @staticmethod
+            def backward(ctx, g):
+                return g * 2
+
+        Op.apply(torch.ones(2, requires_grad=True))
+    else:
+        with torch.no_grad() if mode == "no_grad" else torch.inference_mode():
+            run()
+    assert results == [None, (False, mode == "inference_mode")]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_screen_under_no_grad_cuda():
+    """As on the CPU, with the arch's own candidates: every one that passes with autograd passes without."""
+    device = torch.device("cuda")
+    for cfg in autotune.candidates("chunk", "vector", autotune.arch_of(device))[:2]:
+        with_grad = autotune.screen("chunk", "vector", 64, 64, torch.bfloat16, cfg, device)
+        with torch.no_grad():
+            assert autotune.screen("chunk", "vector", 64, 64, torch.bfloat16, cfg, device) == with_grad, cfg
+
+
 def test_cli_without_cuda():
     if torch.cuda.is_available():
         pytest.skip("has CUDA")
