@@ -7,8 +7,11 @@ sequences, so packed batches of any length never re-tune). For a new key every c
 screened once, on a small problem, against the float64 torch reference and for bitwise
 determinism over two runs; only survivors are timed. Winners are written to
 ``$FLA_COMPILE_CACHE_DIR`` (default ``~/.cache/fla_compile``), so a second process tunes
-nothing. No tuning happens inside CUDA-graph capture, on the CPU interpreter, or with
-``FLA_COMPILE_AUTOTUNE=0``: those use the default.
+nothing. An arch whose table is marked ``"tuned": true`` ships measured winners as the first
+candidates: there a first call tunes nothing (``FLA_COMPILE_AUTOTUNE=1`` tunes anyway, ``tune``
+refreshes). No tuning happens inside CUDA-graph capture, on the CPU interpreter, or with
+``FLA_COMPILE_AUTOTUNE=0``: those use the default. A key whose every candidate fails screening
+keeps the default, and nothing is written for it.
 
 ``python -m fla_compile tune`` pre-tunes the common shapes (:func:`tune_main`).
 """
@@ -94,7 +97,9 @@ def _cache_name(index: int) -> str:
     import triton
 
     name = torch.cuda.get_device_name(index).replace(" ", "_").replace("/", "_")
-    return f"gla-{arch_of(index)}-{name}-triton{triton.__version__}.json"
+    # v2: caches written before screening ran with autograd on hold the default for every key (all
+    # candidates were rejected under no_grad); a new name leaves them unread
+    return f"gla-v2-{arch_of(index)}-{name}-triton{triton.__version__}.json"
 
 
 def _load(path: pathlib.Path) -> dict:
@@ -123,7 +128,12 @@ def _interpreting() -> bool:
 
 
 def _tuning_allowed(device) -> bool:
-    if device.type != "cuda" or _interpreting() or os.environ.get("FLA_COMPILE_AUTOTUNE", "1") == "0":
+    """Tune a new key now? ``FLA_COMPILE_AUTOTUNE``: '0' never, '1' always, unset or 'auto' only on an
+    arch without shipped winners (never inside CUDA-graph capture or on the interpreter)."""
+    mode = os.environ.get("FLA_COMPILE_AUTOTUNE", "auto")
+    if device.type != "cuda" or _interpreting() or mode == "0":
+        return False
+    if mode != "1" and table(arch_of(device)).get("tuned", False):
         return False
     return not torch.cuda.is_current_stream_capturing()
 
@@ -158,6 +168,8 @@ def lookup(key: str, path: pathlib.Path, allowed, default, tune_fn) -> dict:
         if not allowed():
             return default()
         cfg = tune_fn()
+        if cfg is None:  # no candidate survived screening: the default, and nothing stored
+            return default()
         winners[key] = cfg
         _persist(path, key, cfg)
     return cfg
@@ -269,10 +281,10 @@ def _time(kernel, gate_kind, K, V, dtype, T, cfg, device) -> float:
 
 
 def tune(kernel, gate_kind, K, V, dtype, T, device) -> dict:
-    """Screen every candidate of the arch, time the survivors, return the fastest (default if none survive)."""
+    """Screen every candidate of the arch, time the survivors, return the fastest (None if none survive)."""
     arch = arch_of(device)
     cands = candidates(kernel, gate_kind, arch)
-    best, best_ms = cands[0], float("inf")
+    best, best_ms = None, float("inf")
     for cfg in cands:
         why = screen(kernel, gate_kind, K, V, dtype, cfg, device)
         if why is not None:
@@ -284,7 +296,7 @@ def tune(kernel, gate_kind, K, V, dtype, T, device) -> dict:
         log.info("fla_compile: %s %s K=%d V=%d %s T~%s %s: %.3f ms", kernel, gate_kind, K, V, dtype, T, cfg, ms)
         if ms < best_ms:
             best, best_ms = cfg, ms
-    return dict(best)
+    return dict(best) if best is not None else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,6 +345,9 @@ def tune_main(argv=None) -> int:
         if key in done and not args.force:
             continue
         cfg = tune(kernel, g, K, V, dt, T, device)
+        if cfg is None:
+            log.warning("fla_compile tune: no candidate of %s survived screening; it keeps the default", key)
+            continue
         with _lock:
             _winners.setdefault(str(path), {})[key] = cfg
             _persist(path, key, cfg)

@@ -160,3 +160,39 @@ def test_cli_without_cuda():
     out = subprocess.run([sys.executable, "-m", "fla_compile", "tune", "--dims", "64"], capture_output=True, text=True)
     assert out.returncode == 1 and "no CUDA" in out.stderr
     assert autotune.tune_main(["--dims", "64"]) == 1
+
+
+def test_tune_returns_none_when_nothing_survives(monkeypatch):
+    """No survivor: tune says so, lookup returns the default and stores nothing."""
+    monkeypatch.setattr(autotune, "arch_of", lambda device: "sm90")
+    monkeypatch.setattr(autotune, "candidates", lambda *a: [{"BT": 64, "id": 0}])
+    monkeypatch.setattr(autotune, "screen", lambda *a: "wrong")
+    assert autotune.tune("chunk", "vector", 64, 64, torch.bfloat16, 2048, None) is None
+
+
+def test_lookup_stores_nothing_without_survivor(tmp_path):
+    path = tmp_path / "gla-test.json"
+    autotune.forget()
+    try:
+        got = autotune.lookup("k1", path, lambda: True, lambda: {"default": True}, lambda: None)
+        assert got == {"default": True} and not path.exists()
+    finally:
+        autotune.forget()
+
+
+def test_shipped_table_tunes_nothing_on_first_calls(monkeypatch):
+    """sm90 ships measured winners ("tuned": true): a first call takes them unless FLA_COMPILE_AUTOTUNE=1."""
+    assert autotune.table("sm90").get("tuned") is True
+    monkeypatch.setattr(autotune, "arch_of", lambda device: "sm90")
+    monkeypatch.setattr(autotune, "_interpreting", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    cuda = torch.device("cuda")
+    monkeypatch.delenv("FLA_COMPILE_AUTOTUNE", raising=False)
+    assert not autotune._tuning_allowed(cuda)
+    monkeypatch.setenv("FLA_COMPILE_AUTOTUNE", "1")
+    assert autotune._tuning_allowed(cuda)
+    monkeypatch.setenv("FLA_COMPILE_AUTOTUNE", "0")
+    assert not autotune._tuning_allowed(cuda)
+    monkeypatch.delenv("FLA_COMPILE_AUTOTUNE")
+    monkeypatch.setattr(autotune, "arch_of", lambda device: "sm80")  # no shipped winners there
+    assert autotune._tuning_allowed(cuda)
