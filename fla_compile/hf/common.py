@@ -8,8 +8,6 @@ data dependent, inside one small custom op whose fake impl returns an unbacked s
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 import torch.nn.functional as F
 
@@ -161,8 +159,9 @@ def randn(gen, *shape, device, scale=1.0):
 def accepts(fn, name: str) -> bool:
     """Whether ``fn`` (ours behind the adapter with the original's signature) takes ``name``: the
     packed-sequence part of a probe only runs where the installed transformers can pass offsets."""
-    params = inspect.signature(fn).parameters
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    from .signature import takes
+
+    return takes(fn, name)
 
 
 def conv_probe(original, ours, device) -> float:

@@ -160,4 +160,15 @@ def _generate(sig, orig, mapping, aliases, var_kw, ours, what):
     fn.__qualname__ = getattr(ours, "__qualname__", fn.__name__)
     fn.__doc__ = getattr(ours, "__doc__", None)
     fn.__fla_compile_adapts__ = (ours, dict(mapping))
+    fn.__fla_compile_takes__ = (frozenset(mapping) | frozenset(aliases), var_kw)
     return fn
+
+
+def takes(fn, name: str) -> bool:
+    """Whether a call of ``fn`` may pass ``name``: for an adapter, whether the original it stands
+    for takes it (as a parameter, a deprecated alias, or through ``**kwargs``)."""
+    known = getattr(fn, "__fla_compile_takes__", None)
+    if known is not None:
+        return name in known[0] or known[1]
+    params = inspect.signature(fn).parameters
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
