@@ -19,8 +19,10 @@ __all__ = ["GATE_NONE", "GATE_SCALAR", "GATE_VECTOR", "delta_line", "delta_line_
 def _use_triton(q: torch.Tensor, v: torch.Tensor) -> bool:
     if not q.is_cuda:
         return False
-    from . import delta_triton
-
+    try:  # Triton is not a dependency: without it CUDA tensors take the torch path too
+        from . import delta_triton
+    except ImportError:
+        return False
     return delta_triton.supported(q, v)
 
 
