@@ -3,10 +3,16 @@
 For every module whose class is in the registry, the binding of its math kind is applied to
 the instance (never to the class or the modeling module): either the layer's own forward with
 the recurrence / conv functions it calls swapped for ours (``rebind``), or a replacement
-forward. Before a layer class is patched, each swapped function is proven against the
-layer's own function on small random fp32 probes, and the whole layer (original vs patched
-forward, on an fp32 copy) on a random input; a failed proof leaves the class unpatched and
-the report says why. ``unpatch`` restores exactly what was there.
+forward. Ours is always reached through an adapter with the original's signature, read at
+patch time (``signature.adapt``): arguments are bound by role whatever this transformers
+version names them, and a parameter we do not know leaves the class unpatched, with the reason.
+
+Before a layer class is patched, each swapped function is proven against the layer's own
+function on small random fp32 probes, and the whole layer (original vs patched forward, on an
+fp32 copy) on a random input. Then the decode proof drives the layer the way the model does:
+``model.generate`` with the model's own cache class, a prefill and two cached decode steps,
+every step's logits against the unpatched model (fp32). A failed proof leaves the class
+unpatched and the report says why. ``unpatch`` restores exactly what was there.
 """
 
 from __future__ import annotations
@@ -44,9 +50,12 @@ class LayerGroup:
     def line(self) -> str:
         if not self.patched:
             return f"{self.cls} x{self.layers} [{self.kind}]: left unpatched ({self.reason})"
-        worst = max(self.probe_err.values(), default=0.0)
+        worst = max((e for k, e in self.probe_err.items() if k != "decode"), default=0.0)
         what = ", ".join(self.swapped)
-        return f"{self.cls} x{self.layers} [{self.kind}]: {self.path}; swapped {what}; probe rel err {worst:.1e}"
+        line = f"{self.cls} x{self.layers} [{self.kind}]: {self.path}; swapped {what}; probe rel err {worst:.1e}"
+        if "decode" in self.probe_err:
+            line += f"; decode proof (generate, cached) rel err {self.probe_err['decode']:.1e}"
+        return line
 
 
 @dataclasses.dataclass
@@ -196,9 +205,14 @@ def _layer_probe(module, binding, fwd, attrs, device) -> float:
 def patch(model: torch.nn.Module, verify: bool = True) -> PatchReport:
     """Bind the known linear-attention layers of ``model`` to fla_compile's ops, in place.
 
-    Layers are matched by class (see ``registry.RULES``); each binding is proven on a random
-    probe first (``verify=False`` skips the proofs) and left off, with the reason in the
-    report, if the proof fails. Unknown modules are left alone. Calling it twice is harmless.
+    Layers are matched by class (see ``registry.RULES``); each binding is proven on random
+    probes first and left off, with the reason in the report, if a proof fails. The last proof
+    is a short greedy ``generate`` (prompt of 6 tokens, 2 rows, one left-padded; 3 new tokens)
+    of the model itself when its weights are fp32, else of an fp32 copy when that has at most
+    ``MODEL_PROOF_MAX_PARAMS`` parameters (300M; env ``FLA_COMPILE_HF_PROOF_MAX_PARAMS``).
+    Larger low-precision models, models on the meta device and models that do not generate skip
+    it (a note in the report says so) and rely on the per-layer proofs. ``verify=False`` skips
+    every proof. Unknown modules are left alone. Calling it twice is harmless.
     Returns a ``PatchReport``; one INFO line on the ``fla_compile.hf`` logger says which path
     each layer kind now runs.
     """
