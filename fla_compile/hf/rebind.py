@@ -23,12 +23,24 @@ def _loads(code) -> set[str]:
     return {i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
 
 
+def wrapped(fn):
+    """The function ``fn`` wraps: its ``__wrapped__`` (``functools.wraps``), else the one function
+    its closure holds (a decorator that did not use ``wraps``, e.g. transformers'
+    ``force_accelerate_hooks`` before 5.16), else None."""
+    inner = getattr(fn, "__wrapped__", None)
+    if inner is not None or not isinstance(fn, types.FunctionType):
+        return inner
+    held = [c.cell_contents for c in fn.__closure__ or () if _cell_full(c)]
+    funcs = [f for f in held if isinstance(f, types.FunctionType)]
+    return funcs[0] if len(funcs) == 1 else None
+
+
 def global_names(fn) -> set[str]:
     """Global names read by ``fn`` and by the functions it wraps (``functools.wraps`` chains)."""
     names: set[str] = set()
     while isinstance(fn, types.FunctionType):
         names |= _loads(fn.__code__)
-        fn = getattr(fn, "__wrapped__", None)
+        fn = wrapped(fn)
     return names
 
 
@@ -37,7 +49,7 @@ def lookup_global(fn, name: str):
     while isinstance(fn, types.FunctionType):
         if name in _loads(fn.__code__) and name in fn.__globals__:
             return fn.__globals__[name]
-        fn = getattr(fn, "__wrapped__", None)
+        fn = wrapped(fn)
     return None
 
 
@@ -48,7 +60,7 @@ def rebind_globals(fn: types.FunctionType, overrides: Mapping[str, Callable]) ->
     globals in this dict rather than re-importing the module by name (which would find the
     originals).
     """
-    inner = getattr(fn, "__wrapped__", None)
+    inner = wrapped(fn)
     new_inner = rebind_globals(inner, overrides) if isinstance(inner, types.FunctionType) else inner
     glb = fn.__globals__
     if overrides.keys() & _loads(fn.__code__):
@@ -64,7 +76,7 @@ def rebind_globals(fn: types.FunctionType, overrides: Mapping[str, Callable]) ->
     new.__qualname__ = fn.__qualname__
     new.__doc__ = fn.__doc__
     new.__module__ = fn.__module__
-    if new_inner is not None:
+    if new_inner is not None and hasattr(fn, "__wrapped__"):
         new.__wrapped__ = new_inner
     return new
 

@@ -39,11 +39,13 @@ def role(name: str) -> str:
 
 
 def unwrap(fn):
-    """The innermost function of a ``functools.wraps`` chain (what the signature describes)."""
+    """The innermost function of a chain of decorators (what the signature describes)."""
+    from .rebind import wrapped
+
     seen = set()
-    while hasattr(fn, "__wrapped__") and id(fn) not in seen:
+    while (inner := wrapped(fn)) is not None and id(fn) not in seen:
         seen.add(id(fn))
-        fn = fn.__wrapped__
+        fn = inner
     return fn
 
 
@@ -53,6 +55,8 @@ def deprecated_aliases(fn) -> dict[str, str]:
     Read from the wrappers' closures (``old_name`` / ``new_name``), so a rename transformers makes
     with a deprecation alias is followed without us knowing the names in advance.
     """
+    from .rebind import wrapped
+
     out = {}
     seen = set()
     while isinstance(fn, types.FunctionType) and id(fn) not in seen:
@@ -64,7 +68,7 @@ def deprecated_aliases(fn) -> dict[str, str]:
             old = new = None
         if isinstance(old, str) and isinstance(new, str):
             out[old] = new
-        fn = getattr(fn, "__wrapped__", None)
+        fn = wrapped(fn)
     return out
 
 
