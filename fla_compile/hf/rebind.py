@@ -26,7 +26,7 @@ def _loads(code) -> set[str]:
 def wrapped(fn):
     """The function ``fn`` wraps: its ``__wrapped__`` (``functools.wraps``), else the one function
     its closure holds (a decorator that did not use ``wraps``, e.g. transformers'
-    ``force_accelerate_hooks`` before 5.16), else None."""
+    ``force_accelerate_hooks`` in 5.15), else None."""
     inner = getattr(fn, "__wrapped__", None)
     if inner is not None or not isinstance(fn, types.FunctionType):
         return inner
