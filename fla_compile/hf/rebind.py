@@ -14,6 +14,7 @@ those are swapped on the instance instead.
 from __future__ import annotations
 
 import dis
+import inspect
 import types
 from collections.abc import Callable, Mapping
 
@@ -24,15 +25,25 @@ def _loads(code) -> set[str]:
 
 
 def wrapped(fn):
-    """The function ``fn`` wraps: its ``__wrapped__`` (``functools.wraps``), else the one function
-    its closure holds (a decorator that did not use ``wraps``, e.g. transformers'
-    ``force_accelerate_hooks`` in 5.15), else None."""
+    """The function ``fn`` wraps: its ``__wrapped__`` (``functools.wraps``), else, when ``fn`` is a
+    pass-through ``(self, *args, **kwargs)`` wrapper, the one function its closure holds (a
+    decorator that did not use ``wraps``, e.g. transformers' ``force_accelerate_hooks`` in 5.15),
+    else None. A function with a signature of its own is never looked through."""
     inner = getattr(fn, "__wrapped__", None)
-    if inner is not None or not isinstance(fn, types.FunctionType):
+    if inner is not None or not isinstance(fn, types.FunctionType) or not _pass_through(fn):
         return inner
     held = [c.cell_contents for c in fn.__closure__ or () if _cell_full(c)]
     funcs = [f for f in held if isinstance(f, types.FunctionType)]
     return funcs[0] if len(funcs) == 1 else None
+
+
+def _pass_through(fn) -> bool:
+    """Whether ``fn``'s parameters are only ``*args, **kwargs`` after positional ones (``self``)."""
+    params = list(inspect.signature(fn, follow_wrapped=False).parameters.values())
+    kinds = [p.kind for p in params]
+    if kinds[-2:] != [inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD]:
+        return False
+    return all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params[:-2])
 
 
 def global_names(fn) -> set[str]:

@@ -200,3 +200,27 @@ def test_adapt_follows_transformers_deprecation_alias():
     assert f(layer, 1, None, "c") == ("c", {})
     assert f(layer, 1, cache="c", seq_idx=3) == ("c", {"seq_idx": 3})
     assert f(layer, 1, past_key_values="c") == ("c", {})  # the deprecated name, as the decorator maps it
+
+
+def test_swapped_function_with_a_new_state_parameter_refuses(tmp_path, monkeypatch):
+    """The rebind path (the layer's own forward, its recurrence function swapped): a function of the
+    installed transformers taking a parameter we do not know leaves the layer unpatched."""
+    arch = next(a for a in ARCHS if a.name == "Qwen3-Next")
+    model = load_tiny(arch, tmp_path)
+    layer = next(m for m in model.modules() if type(m).__name__ == arch.layer)
+    module = sys.modules[type(layer).__module__]
+    name = "torch_recurrent_gated_delta_rule"
+    if not hasattr(module, name):
+        pytest.skip(f"this transformers has no {name}")
+    orig = getattr(module, name)
+
+    def renamed(
+        query, key, value, g, beta, initial_state=None, output_final_state=False, use_qk_l2norm_in_kernel=False,
+        extra_state=None, **kwargs,
+    ):  # fmt: skip
+        return orig(query, key, value, g, beta, initial_state, output_final_state, use_qk_l2norm_in_kernel, **kwargs)
+
+    monkeypatch.setattr(module, name, renamed)
+    report = fh.patch(model)
+    group = next(g for g in report.groups if g.cls == arch.layer)
+    assert not group.patched and "extra_state" in group.reason, str(report)
