@@ -118,7 +118,9 @@ def adapt(original, ours: Callable, *, ignore: Iterable[str] = (), what: str = "
         if q is None:
             raise Refused(f"{what} takes {p.name!r}, which our replacement does not know (a new transformers?)")
         mapping[p.name] = q.name
-    passed = {q for q in mapping.values() if q is not None}
+    passed = [q for q in mapping.values() if q is not None]
+    if len(set(passed)) != len(passed):
+        raise Refused(f"{what} takes two parameters of one role ({', '.join(mapping)})")
     for q in mine:
         if q.default is q.empty and q.name not in passed:
             raise Refused(f"our replacement for {what} needs {q.name!r}, which {what} does not take")

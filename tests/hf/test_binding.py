@@ -224,3 +224,14 @@ def test_swapped_function_with_a_new_state_parameter_refuses(tmp_path, monkeypat
     report = fh.patch(model)
     group = next(g for g in report.groups if g.cls == arch.layer)
     assert not group.patched and "extra_state" in group.reason, str(report)
+
+
+def test_adapt_refuses_two_parameters_of_one_role():
+    def original(self, hidden_states, cache=None, past_key_values=None, **kwargs):
+        raise AssertionError
+
+    def ours(self, hidden_states, cache=None, **kwargs):
+        raise AssertionError
+
+    with pytest.raises(signature.Refused, match="two parameters of one role"):
+        signature.adapt(original, ours)
