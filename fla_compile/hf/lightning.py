@@ -22,10 +22,14 @@ from . import common
 from .registry import Binding
 
 
-def lightning_forward(
-    self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs
-):
-    """Drop-in for ``MiniMaxLightningAttention.forward``: returns (output, state [B, H, D, D])."""
+def lightning_forward(self, hidden_states, attention_mask=None, cache=None, **kwargs):
+    """Drop-in for ``MiniMaxLightningAttention.forward``: returns (output, state [B, H, D, D]).
+
+    Called through an adapter with the installed transformers' signature of that forward
+    (``signature.adapt``): ``cache`` is whatever that version names the cache argument
+    (``past_key_value``, ``past_key_values``, ``cache``); rotary embeddings and positions are
+    not used by lightning attention.
+    """
     B, T, _ = hidden_states.shape
     H, D = self.num_attention_heads, self.head_dim
     qkv = self.act_fn(self.qkv_proj(hidden_states))
@@ -34,8 +38,8 @@ def lightning_forward(
     q, k, v = torch.split(qkv.reshape(B, T, H, 3 * D), D, dim=3)
 
     state = None
-    if past_key_values is not None:
-        state = past_key_values.get_linear_cache(self.layer_idx)
+    if cache is not None:
+        state = cache.get_linear_cache(self.layer_idx)
         state = state if isinstance(state, torch.Tensor) else None
     decay = -self.slope_rate.reshape(H).float()
     o, state = ops.retention(
@@ -50,8 +54,8 @@ def lightning_forward(
     o = self.norm(o.reshape(B, T, H * D))
     o = torch.sigmoid(self.output_gate(hidden_states)) * o
     o = self.out_proj(o)
-    if past_key_values is not None:
-        past_key_values.set_linear_cache(self.layer_idx, state)
+    if cache is not None:
+        cache.set_linear_cache(self.layer_idx, state)
     return o, state
 
 
@@ -68,17 +72,22 @@ class _ProbeCache:
         self.states[layer_idx] = state
 
 
-def fp32_twin(module):
-    """An fp32 copy of the layer whose decay tables are recomputed in fp32 from ``slope_rate``.
+def refresh_fp32(twin) -> None:
+    """Recompute the decay tables of an fp32 copy of the layer in fp32 from ``slope_rate``.
 
     In a bf16 model the layer's ``query_decay`` / ``key_decay`` / ``diagonal_decay`` buffers are
     bf16 roundings of exp(-slope * n), no longer consistent with one recurrence (about 1e-3 off
     each other); an fp32 copy of the layer computes the math they stand for.
     """
-    twin = copy.deepcopy(module).float()
     if hasattr(twin, "decay_factors"):  # on CPU: older transformers build the ranges there
-        tables = twin.decay_factors(twin.slope_rate.cpu())
+        tables = twin.decay_factors(twin.slope_rate.float().cpu())
         twin.query_decay, twin.key_decay, twin.diagonal_decay = (t.to(twin.slope_rate.device) for t in tables)
+
+
+def fp32_twin(module):
+    """An fp32 copy of the layer (decay tables recomputed in fp32, see ``refresh_fp32``)."""
+    twin = copy.deepcopy(module).float()
+    refresh_fp32(twin)
     return twin
 
 
@@ -101,7 +110,10 @@ BINDING = Binding(
     kind="lightning",
     path="retention op (prefill and cached decode, decay -slope_rate per head)",
     forward=lightning_forward,
+    # parameters some transformers version gives the forward that lightning attention does not use
+    ignore={"forward": ("position_embeddings", "position_ids", "cache_position", "output_attentions", "use_cache")},
     probes={"forward": probe_decode},
     probe_args=lambda x: (x, None, None),
     twin=fp32_twin,
+    refresh=refresh_fp32,
 )

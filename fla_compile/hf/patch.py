@@ -3,10 +3,16 @@
 For every module whose class is in the registry, the binding of its math kind is applied to
 the instance (never to the class or the modeling module): either the layer's own forward with
 the recurrence / conv functions it calls swapped for ours (``rebind``), or a replacement
-forward. Before a layer class is patched, each swapped function is proven against the
-layer's own function on small random fp32 probes, and the whole layer (original vs patched
-forward, on an fp32 copy) on a random input; a failed proof leaves the class unpatched and
-the report says why. ``unpatch`` restores exactly what was there.
+forward. Ours is always reached through an adapter with the original's signature, read at
+patch time (``signature.adapt``): arguments are bound by role whatever this transformers
+version names them, and a parameter we do not know leaves the class unpatched, with the reason.
+
+Before a layer class is patched, each swapped function is proven against the layer's own
+function on small random fp32 probes, and the whole layer (original vs patched forward, on an
+fp32 copy) on a random input. Then the decode proof drives the layer the way the model does:
+``model.generate`` with the model's own cache class, a prefill and two cached decode steps,
+every step's logits against the unpatched model (fp32). A failed proof leaves the class
+unpatched and the report says why. ``unpatch`` restores exactly what was there.
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import os
 import types
+import warnings
 
 import torch
 
-from . import common, rebind, registry
+from . import common, rebind, registry, signature
 
 logger = logging.getLogger("fla_compile.hf")
 
@@ -42,9 +50,12 @@ class LayerGroup:
     def line(self) -> str:
         if not self.patched:
             return f"{self.cls} x{self.layers} [{self.kind}]: left unpatched ({self.reason})"
-        worst = max(self.probe_err.values(), default=0.0)
+        worst = max((e for k, e in self.probe_err.items() if k != "decode"), default=0.0)
         what = ", ".join(self.swapped)
-        return f"{self.cls} x{self.layers} [{self.kind}]: {self.path}; swapped {what}; probe rel err {worst:.1e}"
+        line = f"{self.cls} x{self.layers} [{self.kind}]: {self.path}; swapped {what}; probe rel err {worst:.1e}"
+        if "decode" in self.probe_err:
+            line += f"; decode proof (generate, cached) rel err {self.probe_err['decode']:.1e}"
+        return line
 
 
 @dataclasses.dataclass
@@ -97,29 +108,50 @@ def _base_forward(module):
 
 
 def _plan(module, binding):
-    """(patched forward function or None, {name: original}, {instance attr: ours}, reason)."""
+    """(patched forward function or None, {name: original}, {name: ours, adapted}, {instance attr: ours}, reason).
+
+    Ours is always wrapped in an adapter with the original's signature (``signature.adapt``);
+    an original parameter the adapter cannot bind is a reason to leave the layer alone.
+    """
+    cls = type(module).__name__
     base = _base_forward(module)
     if base is None or not isinstance(base, types.FunctionType):
-        return None, {}, {}, "its forward is replaced on the instance by something we do not know"
-    if binding.forward is not None:
-        return binding.forward, {"forward": base}, {}, ""
-    names = rebind.global_names(base)
-    overrides, originals, attrs = {}, {}, {}
-    for name, ours in binding.functions.items():
-        if name in names and rebind.lookup_global(base, name) is not None:
-            overrides[name] = ours
-            originals[name] = rebind.lookup_global(base, name)
-        elif callable(getattr(module, name, None)) and not isinstance(getattr(module, name), torch.nn.Module):
-            attrs[name] = ours
-            originals[name] = getattr(module, name)
+        return None, {}, {}, {}, "its forward is replaced on the instance by something we do not know"
+    try:
+        if binding.forward is not None:
+            fwd = _adapt(base, binding.forward, binding, "forward", f"{cls}.forward")
+            return fwd, {"forward": base}, {"forward": fwd}, {}, ""
+        names = rebind.global_names(base)
+        overrides, originals, attrs = {}, {}, {}
+        for name, ours in binding.functions.items():
+            if name in names and rebind.lookup_global(base, name) is not None:
+                originals[name] = rebind.lookup_global(base, name)
+                overrides[name] = _adapt(originals[name], ours, binding, name, name)
+            elif callable(getattr(module, name, None)) and not isinstance(getattr(module, name), torch.nn.Module):
+                originals[name] = getattr(module, name)
+                attrs[name] = _adapt(originals[name], ours, binding, name, f"{cls}.{name}")
+    except signature.Refused as e:
+        return None, {}, {}, {}, str(e)
     missing = [" / ".join(alts) for alts in binding.required if not any(n in originals for n in alts)]
     if missing:
-        return None, {}, {}, f"its forward does not call {', '.join(missing)} (a transformers version we do not know)"
+        return (
+            None,
+            {},
+            {},
+            {},
+            f"its forward does not call {', '.join(missing)} (a transformers version we do not know)",
+        )
     fwd = rebind.rebind_globals(base, overrides) if overrides else None
-    return fwd, originals, attrs, ""
+    return fwd, originals, {**overrides, **attrs}, attrs, ""
 
 
-def _prove(module, binding, fwd, originals, attrs):
+def _adapt(original, ours, binding, name, what):
+    if signature.is_catch_all(ours):  # a stand-in that takes and ignores anything
+        return ours
+    return signature.adapt(original, ours, ignore=binding.ignore.get(name, ()), what=what)
+
+
+def _prove(module, binding, fwd, originals, bound, attrs):
     """Probe every swapped function, then the whole layer; return ({name: rel err}, reason)."""
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
     if device.type == "meta":
@@ -128,7 +160,7 @@ def _prove(module, binding, fwd, originals, attrs):
     with torch.no_grad():
         for name, original in originals.items():
             probe = binding.probes.get(name)
-            ours = binding.forward if name == "forward" else binding.functions.get(name)
+            ours = bound.get(name)  # ours behind its adapter, as the layer will call it
             if probe is None or ours is None:
                 continue
             try:  # a forward's probe gets the layer itself, a function's probe the layer's function
@@ -173,15 +205,21 @@ def _layer_probe(module, binding, fwd, attrs, device) -> float:
 def patch(model: torch.nn.Module, verify: bool = True) -> PatchReport:
     """Bind the known linear-attention layers of ``model`` to fla_compile's ops, in place.
 
-    Layers are matched by class (see ``registry.RULES``); each binding is proven on a random
-    probe first (``verify=False`` skips the proofs) and left off, with the reason in the
-    report, if the proof fails. Unknown modules are left alone. Calling it twice is harmless.
+    Layers are matched by class (see ``registry.RULES``); each binding is proven on random
+    probes first and left off, with the reason in the report, if a proof fails. The last proof
+    is a short greedy ``generate`` (prompt of 6 tokens, 2 rows, one left-padded; 3 new tokens)
+    of the model itself when its weights are fp32, else of an fp32 copy when that has at most
+    ``MODEL_PROOF_MAX_PARAMS`` parameters (300M; env ``FLA_COMPILE_HF_PROOF_MAX_PARAMS``).
+    Larger low-precision models, models on the meta device and models that do not generate skip
+    it (a note in the report says so) and rely on the per-layer proofs. ``verify=False`` skips
+    every proof. Unknown modules are left alone. Calling it twice is harmless.
     Returns a ``PatchReport``; one INFO line on the ``fla_compile.hf`` logger says which path
     each layer kind now runs.
     """
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     report = PatchReport(type(model).__name__ + (f" ({model_type})" if model_type else ""))
     by_class: dict[type, list] = {}
+    planned: dict[type, tuple] = {}  # classes whose binding is planned (and proven per layer)
     for m in model.modules():
         if registry.rule_for(m) is not None:
             by_class.setdefault(type(m), []).append(m)
@@ -194,16 +232,25 @@ def patch(model: torch.nn.Module, verify: bool = True) -> PatchReport:
         if not todo:
             group.patched, group.swapped = True, ("already patched",)
             continue
-        fwd, originals, attrs, reason = _plan(todo[0], binding)
+        fwd, originals, bound, attrs, reason = _plan(todo[0], binding)
         if not reason and verify:
-            group.probe_err, reason = _prove(todo[0], binding, fwd, originals, attrs)
+            group.probe_err, reason = _prove(todo[0], binding, fwd, originals, bound, attrs)
         if reason:
             group.reason = reason
+            continue
+        planned[cls] = (group, binding, todo, fwd, attrs)
+        group.swapped = tuple(originals) if binding.forward is None else ("forward",)
+    if verify and planned:
+        note = _decode_proof(model, planned)
+        if note:
+            report.notes.append(note)
+    for group, _, todo, fwd, attrs in planned.values():
+        if group.reason:
+            group.swapped = ()
             continue
         for m in todo:
             _apply(m, fwd, attrs)
         group.patched = True
-        group.swapped = tuple(originals) if binding.forward is None else ("forward",)
     found = {cls.__name__ for cls in by_class}
     for rule in registry.RULES_BY_MODEL_TYPE.get(model_type, ()):
         if rule.cls not in found:
@@ -213,6 +260,122 @@ def patch(model: torch.nn.Module, verify: bool = True) -> PatchReport:
             )
     logger.info(_log_line(report))
     return report
+
+
+# ---------------------------------------------------------------------------------------------
+# the decode proof: the whole model, the way it is used (its forward, its cache class, generate)
+# ---------------------------------------------------------------------------------------------
+
+# an fp32 copy of a model larger than this (parameters) is not made for the decode proof
+MODEL_PROOF_MAX_PARAMS = int(os.environ.get("FLA_COMPILE_HF_PROOF_MAX_PARAMS", 300_000_000))
+PROOF_PROMPT, PROOF_STEPS = 6, 3  # prompt length; generated tokens (the prefill's and 2 cached decode steps)
+
+
+def _decode_proof(model, planned) -> str:
+    """Greedy ``generate`` with the model's own cache: a prefill and two cached decode steps, the
+    logits of every step compared (fp32) with the unpatched model's, for each planned layer class.
+
+    A class whose logits differ by ``common.PROBE_TOL`` or more, or whose patched run raises, gets
+    its reason and stays unpatched. Runs on the model itself when its weights are fp32, else on an
+    fp32 copy (up to ``MODEL_PROOF_MAX_PARAMS`` parameters; larger models skip it, relying on the
+    per-layer proofs, and the report notes that). Returns a note for the report, or "".
+    """
+    what = type(model).__name__
+    if not callable(getattr(model, "generate", None)) or not _can_generate(model):
+        return f"decode proof skipped: {what} does not generate (patch the causal LM to have it)"
+    params = list(model.parameters())
+    if not params or any(p.device.type == "meta" for p in params):
+        return "decode proof skipped: the weights are on the meta device"
+    floats = [t for t in (*params, *model.buffers()) if t.is_floating_point()]
+    if all(t.dtype == torch.float32 for t in floats):
+        target, layers = model, {cls: todo for cls, (_, _, todo, _, _) in planned.items()}
+    else:
+        n = sum(p.numel() for p in params)
+        if n > MODEL_PROOF_MAX_PARAMS:
+            return (
+                f"decode proof skipped: an fp32 copy of {n / 1e9:.1f}B parameters is over "
+                f"MODEL_PROOF_MAX_PARAMS ({MODEL_PROOF_MAX_PARAMS / 1e6:.0f}M); the per-layer proofs ran"
+            )
+        target = copy.deepcopy(model).float()
+        unpatch(target)  # the reference is transformers' own path throughout
+        layers = {cls: [m for m in target.modules() if type(m) is cls] for cls in planned}
+        for cls, (_, binding, _, _, _) in planned.items():
+            for m in layers[cls] if binding.refresh is not None else ():
+                binding.refresh(m)
+    modes = [(m, m.training) for m in target.modules()]
+    target.eval()
+    try:
+        run = _generator_of(target)
+        try:
+            ref = run()
+        except Exception as e:  # transformers' own path fails: there is nothing to compare with
+            return f"decode proof skipped: the unpatched {what}.generate raised {type(e).__name__}: {e}"
+        for cls, (group, _, _, fwd, attrs) in planned.items():
+            for m in layers[cls]:
+                _apply(m, fwd, attrs)
+            try:
+                out = run()
+            except Exception as e:
+                group.reason = (
+                    f"decode proof ({what}.generate, prefill + 2 cached steps) raised {type(e).__name__}: {e}"
+                )
+                continue
+            finally:
+                for m in layers[cls]:
+                    _restore(m)
+            errs = [common.rel_err(o, r) for o, r in zip(out, ref)] if len(out) == len(ref) else [float("inf")]
+            group.probe_err["decode"] = max(errs)
+            if not group.probe_err["decode"] < common.PROBE_TOL:
+                step = next(i for i, e in enumerate(errs) if not e < common.PROBE_TOL)
+                name = "prefill" if step == 0 else f"cached decode step {step}"
+                group.reason = (
+                    f"decode proof ({what}.generate with its own cache): {name} logits rel err "
+                    f"{errs[step]:.2e} >= {common.PROBE_TOL:g}"
+                )
+    finally:
+        for m, training in modes:
+            m.training = training
+    return ""
+
+
+def _can_generate(model) -> bool:
+    try:
+        return bool(model.can_generate())
+    except Exception:
+        return False
+
+
+def _generator_of(model):
+    """A function running a fixed greedy generate on ``model``; returns each step's logits [B, V], fp32."""
+    config = getattr(model, "config", None)
+    emb = model.get_input_embeddings()
+    vocab = emb.num_embeddings
+    device = emb.weight.device
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (2, PROOF_PROMPT), generator=gen).to(device)
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0  # one row left-padded: the padding path is driven as well
+    pad = getattr(config, "pad_token_id", None)
+    pad = pad if isinstance(pad, int) else 0
+
+    def run():
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=PROOF_STEPS,
+                min_new_tokens=PROOF_STEPS,
+                do_sample=False,
+                num_beams=1,
+                use_cache=True,
+                output_logits=True,
+                return_dict_in_generate=True,
+                pad_token_id=pad,
+            )
+        return [x.float() for x in out.logits]
+
+    return run
 
 
 def _apply(module, fwd, attrs) -> None:
@@ -228,18 +391,19 @@ def _apply(module, fwd, attrs) -> None:
 
 def unpatch(model: torch.nn.Module) -> int:
     """Restore every layer ``patch`` changed in ``model``; returns how many. Harmless if none."""
-    n = 0
-    for m in model.modules():
-        undo = m.__dict__.pop(_RECORD, None)
-        if undo is None:
-            continue
-        for name, old in [*undo.attrs.items(), (undo.slot, undo.forward)]:
-            if old is _MISSING:
-                m.__dict__.pop(name, None)
-            else:
-                object.__setattr__(m, name, old)
-        n += 1
-    return n
+    return sum(_restore(m) for m in model.modules())
+
+
+def _restore(m) -> bool:
+    undo = m.__dict__.pop(_RECORD, None)
+    if undo is None:
+        return False
+    for name, old in [*undo.attrs.items(), (undo.slot, undo.forward)]:
+        if old is _MISSING:
+            m.__dict__.pop(name, None)
+        else:
+            object.__setattr__(m, name, old)
+    return True
 
 
 def is_patched(module: torch.nn.Module) -> bool:

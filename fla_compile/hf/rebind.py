@@ -14,6 +14,7 @@ those are swapped on the instance instead.
 from __future__ import annotations
 
 import dis
+import inspect
 import types
 from collections.abc import Callable, Mapping
 
@@ -23,12 +24,34 @@ def _loads(code) -> set[str]:
     return {i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
 
 
+def wrapped(fn):
+    """The function ``fn`` wraps: its ``__wrapped__`` (``functools.wraps``), else, when ``fn`` is a
+    pass-through ``(self, *args, **kwargs)`` wrapper, the one function its closure holds (a
+    decorator that did not use ``wraps``, e.g. transformers' ``force_accelerate_hooks`` in 5.15),
+    else None. A function with a signature of its own is never looked through."""
+    inner = getattr(fn, "__wrapped__", None)
+    if inner is not None or not isinstance(fn, types.FunctionType) or not _pass_through(fn):
+        return inner
+    held = [c.cell_contents for c in fn.__closure__ or () if _cell_full(c)]
+    funcs = [f for f in held if isinstance(f, types.FunctionType)]
+    return funcs[0] if len(funcs) == 1 else None
+
+
+def _pass_through(fn) -> bool:
+    """Whether ``fn``'s parameters are only ``*args, **kwargs`` after positional ones (``self``)."""
+    params = list(inspect.signature(fn, follow_wrapped=False).parameters.values())
+    kinds = [p.kind for p in params]
+    if kinds[-2:] != [inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD]:
+        return False
+    return all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params[:-2])
+
+
 def global_names(fn) -> set[str]:
     """Global names read by ``fn`` and by the functions it wraps (``functools.wraps`` chains)."""
     names: set[str] = set()
     while isinstance(fn, types.FunctionType):
         names |= _loads(fn.__code__)
-        fn = getattr(fn, "__wrapped__", None)
+        fn = wrapped(fn)
     return names
 
 
@@ -37,7 +60,7 @@ def lookup_global(fn, name: str):
     while isinstance(fn, types.FunctionType):
         if name in _loads(fn.__code__) and name in fn.__globals__:
             return fn.__globals__[name]
-        fn = getattr(fn, "__wrapped__", None)
+        fn = wrapped(fn)
     return None
 
 
@@ -48,7 +71,7 @@ def rebind_globals(fn: types.FunctionType, overrides: Mapping[str, Callable]) ->
     globals in this dict rather than re-importing the module by name (which would find the
     originals).
     """
-    inner = getattr(fn, "__wrapped__", None)
+    inner = wrapped(fn)
     new_inner = rebind_globals(inner, overrides) if isinstance(inner, types.FunctionType) else inner
     glb = fn.__globals__
     if overrides.keys() & _loads(fn.__code__):
@@ -64,7 +87,7 @@ def rebind_globals(fn: types.FunctionType, overrides: Mapping[str, Callable]) ->
     new.__qualname__ = fn.__qualname__
     new.__doc__ = fn.__doc__
     new.__module__ = fn.__module__
-    if new_inner is not None:
+    if new_inner is not None and hasattr(fn, "__wrapped__"):
         new.__wrapped__ = new_inner
     return new
 

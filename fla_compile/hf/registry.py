@@ -29,6 +29,8 @@ class Binding:
     Either ``functions`` (names the layer's forward calls as module globals, or holds as
     instance attributes in older transformers, mapped to our replacements; one name of each
     group in ``required`` must be found) or ``forward`` (a replacement forward, for layers whose recurrence is inline).
+    Either way ours is called through an adapter with the original's signature, read at patch
+    time (``signature.adapt``), so arguments transformers renames are bound by role, not dropped.
     ``probes[name](original, ours, device) -> rel err`` proves one function against the
     layer's own; the whole layer is also probed (original vs patched forward, fp32).
     """
@@ -41,6 +43,10 @@ class Binding:
     forward: Callable | None = None
     probe_args: Callable = None  # x -> positional args of a probe call of the layer (default: (x,))
     twin: Callable = None  # layer -> its fp32 copy for the layer probe (default: deepcopy + float)
+    refresh: Callable = None  # fixes up a layer of an fp32 copy of a model in place (default: nothing)
+    # per swapped name ("forward" for a replacement forward): parameters of the original that ours
+    # may ignore; any other parameter ours does not take leaves the layer unpatched (signature.adapt)
+    ignore: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
 
 RULES: tuple[Rule, ...] = (

@@ -330,6 +330,11 @@ def tune_main(argv=None) -> int:
     if not torch.cuda.is_available():
         log.error("fla_compile tune: no CUDA device; nothing to tune (the CPU path needs no tuning)")
         return 1
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        log.error("fla_compile tune: Triton is not installed (pip install triton); without it the torch path runs")
+        return 1
     device = torch.device("cuda", torch.cuda.current_device())
     kinds = sorted({FAMILY_GATE[f] for f in args.families.split(",")})
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]

@@ -21,8 +21,10 @@ def _use_triton(q, k, v, beta, gate, initial_state) -> bool:
     """Whether the Triton kernels run these inputs (see the module's docstring)."""
     if not triton_wanted(q, k, v, beta, gate, initial_state):
         return False
-    from . import delta_triton
-
+    try:  # Triton is not a dependency: without it CUDA tensors take the torch path too
+        from . import delta_triton
+    except ImportError:
+        return False
     return delta_triton.supported(q, v)
 
 
