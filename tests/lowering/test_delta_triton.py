@@ -328,13 +328,25 @@ def test_gpu_decode_and_ops(family):
     ro, rs, _ = torch_grads(family, q, k, v, beta, g, h0, torch.zeros_like(v), torch.zeros_like(h0), 64**-0.5,
                             None, True)  # fmt: skip
     assert rel(o, ro) < 1e-5 and rel(ht, rs) < 1e-5
+    from fla_compile.reference import delta as reference
+
     q, k, v, beta, g, h0 = _cuda_case(family, B=2, T=200)
     leaves = [x.requires_grad_() for x in (q, k, v, beta, h0, g) if x is not None]
     args = (q, k, v, beta) if g is None else (q, k, v, g, beta)
     fn = getattr(ops, family)
     o, ht = torch.compile(fn, fullgraph=True)(*args, initial_state=h0, output_final_state=True)
-    (o.square().sum() + ht.sum()).backward()
-    assert all(torch.isfinite(x.grad).all() for x in leaves)
+    gen = torch.Generator().manual_seed(5)
+    do, dht = torch.randn(o.shape, generator=gen).cuda(), torch.randn(ht.shape, generator=gen).cuda()
+    torch.autograd.backward((o, ht), (do, dht))
+    # against the fp64 loop (fla_compile.reference) on the CPU, outputs and every gradient
+    r_leaves = [x.detach().cpu().double().requires_grad_() for x in leaves]
+    rq, rk, rv, rb, rh0, *rg = r_leaves
+    r_args = (rq, rk, rv, rb) if g is None else (rq, rk, rv, rg[0], rb)
+    ro, rs = getattr(reference, family)(*r_args, initial_state=rh0, output_final_state=True)
+    torch.autograd.backward((ro, rs), (do.cpu().double(), dht.cpu().double()))
+    assert rel(o.cpu(), ro) < 1e-5 and rel(ht.cpu(), rs) < 1e-5
+    for a, b in zip(leaves, r_leaves):
+        assert rel(a.grad.cpu(), b.grad) < 1e-5
 
 
 if __name__ == "__main__":
