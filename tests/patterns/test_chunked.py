@@ -45,16 +45,22 @@ def _reset():
 
 @pytest.mark.parametrize("model,name,family,gate_kind", CASES)
 def test_transformers_fallback_is_recognized_unchanged(model, name, family, gate_kind):
+    """Outputs and every input's gradient through the rewrite, against transformers' own function in fp64."""
     fn = reference_function(model, name)
-    args = inputs(gate_kind)
     h0 = torch.randn(B, H, K, V, generator=torch.Generator().manual_seed(1))
-    kw = dict(initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=True)
-    ref = fn(*args, **kw)
-    out = torch.compile(fn, backend="fla", options={"inductor": False})(*args, **kw)
+    args = [x.requires_grad_() for x in (*inputs(gate_kind), h0)]
+    kw = dict(output_final_state=True, use_qk_l2norm_in_kernel=True)
+    out = torch.compile(fn, backend="fla", options={"inductor": False})(*args[:-1], initial_state=args[-1], **kw)
     report = fla_compile.last_report()
     assert [m.family for m in report.matches] == [family], str(report)
-    for o, r in zip(out, ref):
-        assert ((o - r).norm() / r.norm()) < 1e-5
+    xs = [x.detach().double().requires_grad_() for x in args]
+    ref = fn(*xs[:-1], initial_state=xs[-1], **kw)
+    gen = torch.Generator().manual_seed(2)
+    proj = [torch.randn(r.shape, generator=gen, dtype=torch.float64) for r in ref]
+    grads = torch.autograd.grad(sum((o * p.float()).sum() for o, p in zip(out, proj)), args)
+    ref_grads = torch.autograd.grad(sum((r * p).sum() for r, p in zip(ref, proj)), xs)
+    for o, r in zip((*out, *grads), (*ref, *ref_grads)):
+        assert ((o.double() - r).norm() / r.norm()) < 1e-5
 
 
 def decoy(q, k, v, g, beta):
