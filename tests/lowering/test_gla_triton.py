@@ -210,7 +210,7 @@ def test_varlen_empty_sequence():
     assert torch.equal(dh0[1], dht[1])
     *_, ref = reference(q, k, v, g, "scalar", 0.3, h0, cu, do, dht)
     for a, b in zip((dq, dk, dv, dg, dh0), ref):
-        assert rel(a, b) < 1e-5
+        assert rel(a.cpu(), b) < 1e-5
 
 
 def test_chunk_meta_varlen():
@@ -274,9 +274,9 @@ def test_production_tiles(kind):
     dgates = {} if kind == "none" else {"g" if kind == "scalar" else "gk": leaves[3][:, :5]}
     rod, rhtd = loop.gla(*(x[:, :5] for x in leaves[:3]), **dgates, scale=0.3, initial_state=leaves[4],
                          output_final_state=True)  # fmt: skip
-    assert rel(o, ro) < 1e-5 and rel(ht, rht) < 1e-5
-    assert rel(od, rod) < 1e-5 and rel(htd, rhtd) < 1e-5
+    assert rel(o.cpu(), ro) < 1e-5 and rel(ht.cpu(), rht) < 1e-5
+    assert rel(od.cpu(), rod) < 1e-5 and rel(htd.cpu(), rhtd) < 1e-5
     ours = [x for x in grads if x is not None]
     assert len(ours) == len(ref)
     for a, b in zip(ours, ref):
-        assert rel(a, b) < 1e-5
+        assert rel(a.cpu(), b) < 1e-5
