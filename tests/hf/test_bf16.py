@@ -22,7 +22,10 @@ from .test_patch import _prompt
 
 # patched cached decoding of MiniMax's lightning attention diverges from transformers' after the
 # first generated token, in fp32 too (tests/hf/test_patch.py::test_generate_with_cache[MiniMax]
-# fails the same way): reported, not fixed here (fla_compile/hf is being reworked)
+# fails the same way): transformers 5.24 passes the cache as ``cache=``, which
+# hf/lightning.lightning_forward leaves in **kwargs (it reads ``past_key_values``), so every decode
+# step starts from a zero state. Reported, not fixed here (fla_compile/hf is being reworked);
+# remove this mark with the fix.
 DECODE_BUG = {"MiniMax"}
 
 
