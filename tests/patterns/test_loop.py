@@ -37,6 +37,8 @@ NEGATIVE = {
     "miss_not_outer_product": "outer product",
     "miss_delta_prediction_after_update": "nor a delta rule",
     "miss_delta_without_beta": "nor a delta rule",
+    "miss_state_clamped": "not linear in the state",
+    "miss_output_clamped": "output is not linear in the state",
 }
 
 
