@@ -24,32 +24,34 @@ from fla_compile.patterns import chunked, parallel
 B, T, H, K, V = 2, 6, 2, 4, 4
 
 
-# --- loop: the classifier reads the read-out scale once, at one probe state ---------------
+# --- loop: the classifier reads the read-out scale from one probe of the step's inputs --------
 
 
-def loop_readout_over_state_norm(q, k, v, g):
-    """A GLA whose read-out is divided by the state's norm: a multiple of S_t^T q at any one
-    state, with a factor that changes with the state."""
+def loop_readout_over_global_key_norm(q, k, v, g):
+    """A GLA whose read-out is divided by the norm of the whole key slice k_t (over batch and
+    heads, where a per-head norm was meant): a constant factor at any one probe, which changes
+    with the inputs."""
     h = q.new_zeros(B, H, K, V)
     outs = []
     for t in range(T):
         h = h * F.logsigmoid(g[:, t]).exp()[..., None] + k[:, t, :, :, None] * v[:, t, :, None, :]
-        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], h) / h.norm())
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], h) / k[:, t].norm())
     return torch.stack(outs, 1)
 
 
-def loop_output_gated_by_state(q, k, v, g):
-    """Linear attention whose output is gated by the state's mean."""
+def loop_output_temperature_of_the_batch(q, k, v, g):
+    """Linear attention whose output is scaled by a temperature taken from the whole batch's gates."""
     h = q.new_zeros(B, H, K, V)
     outs = []
     for t in range(T):
         h = h + k[:, t, :, :, None] * v[:, t, :, None, :]
-        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], h) * torch.sigmoid(h.mean()))
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], h) * torch.sigmoid(g[:, t].mean()))
     return torch.stack(outs, 1)
 
 
-def loop_delta_readout_over_max(q, k, v, g):
-    """Qwen3-Next's recurrent gated delta rule, in place, with the read-out scaled by 1 / max |S|."""
+def loop_delta_readout_over_global_value_scale(q, k, v, g):
+    """Qwen3-Next's recurrent gated delta rule, in place, with the read-out divided by the
+    largest |v_t| of the whole batch."""
     S = q.new_zeros(B, H, K, V)
     o = torch.zeros_like(v)
     for t in range(T):
@@ -57,7 +59,7 @@ def loop_delta_readout_over_max(q, k, v, g):
         kv_mem = (S * k[:, t, :, :, None]).sum(-2)
         delta = (v[:, t] - kv_mem) * torch.sigmoid(g[:, t, :, 1:2])
         S += k[:, t, :, :, None] * delta[:, :, None, :]
-        o[:, t] = (S * q[:, t, :, :, None]).sum(-2) / S.abs().max()
+        o[:, t] = (S * q[:, t, :, :, None]).sum(-2) / v[:, t].abs().max()
     return o
 
 
@@ -174,9 +176,9 @@ class Case:
 
 
 CASES = [
-    Case(loop_readout_over_state_norm, "loop"),
-    Case(loop_output_gated_by_state, "loop"),
-    Case(loop_delta_readout_over_max, "loop"),
+    Case(loop_readout_over_global_key_norm, "loop"),
+    Case(loop_output_temperature_of_the_batch, "loop"),
+    Case(loop_delta_readout_over_global_value_scale, "loop"),
     Case(parallel_gate_one_step_late, "parallel", scalar_gate=True),
     Case(parallel_decay_wrong_sign_in_one_head, "parallel", scalar_gate=True),
     Case(parallel_diagonal_scaled_twice, "parallel"),
