@@ -33,6 +33,7 @@ from .report import Grade
 
 aten = torch.ops.aten
 TOL = 1e-5  # relative, on float64 probes of code that may round through float32
+SCALES = (1e-3, 1e4)  # state magnitudes probed besides unit size (linearity must hold at every one)
 EXP = {torch.exp, "exp", aten.exp.default}
 SIGMOID = {torch.sigmoid, "sigmoid", aten.sigmoid.default, F.sigmoid}
 
@@ -237,6 +238,12 @@ def _classify(step, input_metas, state_meta, positive: bool) -> Recurrence:
     Aa, Ab = Fa - F0, Fb - F0
     if rel_err(Fab - F0, Aa + 2 * Ab) > TOL:
         raise NearMiss("the state update is not linear in the state")
+    for lam in SCALES:  # a clamp or saturation of the state that unit-sized probes never reach
+        (Fl, ol), _ = run_region(step, [lam * Sa, *P])
+        if rel_err(Fl - F0, lam * Aa) > TOL:
+            raise NearMiss("the state update is not linear in the state")
+        if oa is not None and o0 is not None and rel_err(ol - o0, lam * (oa - o0)) > TOL:
+            raise NearMiss("the output is not linear in the state")
     values = {n: v for n, v in env.items() if n not in dep and n.op != "output"}
 
     if oa is None:

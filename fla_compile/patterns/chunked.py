@@ -243,7 +243,7 @@ def run_pass(graph: fx.Graph, opts, report) -> None:
             report.matches.append(Match(rec.family.value, SPELLING, source, rec.op_name, err))
             break
         else:
-            if any(n.op == "call_function" and "cumsum" in str(n.target) for n in region):
+            if any(n.op in ("call_function", "call_method") and "cumsum" in str(n.target) for n in region):
                 report.misses.append(Miss(SPELLING, "a chunked function whose outputs no family op reproduces", source))
 
 

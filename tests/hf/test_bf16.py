@@ -1,8 +1,11 @@
 """bf16 models: every binding is still proven (on an fp32 copy of the layer) and applied.
 
-The proofs run in fp32 whatever the model's dtype; here we check that a bf16 model gets
-patched, that its logits stay within bf16 noise of transformers' own path, and that
-generation and a training step run.
+The proofs run in fp32 whatever the model's dtype. The reference of each check is transformers'
+own path in fp32 on the same weights; the patched bf16 model must be as close to it as
+transformers' own bf16 path is (its error at most 1.25x that of unpatched bf16, plus 2e-3):
+prefill logits, the logits of every cached decoding step of a greedy generation, and the
+gradients of a training step. Measured (2026-11-29, CPU): unpatched bf16 vs fp32 is 0.8-2.2e-2
+on logits and 1.0-6.4e-2 on gradients; the patched model is within 1% of those.
 """
 
 from __future__ import annotations
@@ -13,27 +16,75 @@ import torch
 import fla_compile.hf as fh
 
 from .archs import ARCHS
-from .conftest import load_tiny, rel
+from .conftest import load_tiny, rel, reload
 from .test_compile import PICKED
 from .test_patch import _prompt
 
+# patched cached decoding of MiniMax's lightning attention diverges from transformers' after the
+# first generated token, in fp32 too (tests/hf/test_patch.py::test_generate_with_cache[MiniMax]
+# fails the same way): transformers 5.24 passes the cache as ``cache=``, which
+# hf/lightning.lightning_forward leaves in **kwargs (it reads ``past_key_values``), so every decode
+# step starts from a zero state. Reported, not fixed here (fla_compile/hf is being reworked);
+# remove this mark with the fix.
+DECODE_BUG = {"MiniMax"}
 
-@pytest.mark.parametrize("arch", PICKED, ids=[a.name for a in PICKED])
-def test_bf16_model_is_patched(arch, tmp_path):
-    model = load_tiny(arch, tmp_path).to(torch.bfloat16)
-    ids = _prompt()
-    with torch.no_grad():
-        ref = model(ids).logits.float()
+
+def within_bf16_noise(patched: float, unpatched: float) -> bool:
+    return patched <= 1.25 * unpatched + 2e-3
+
+
+def models(arch, path):
+    """(patched bf16, unpatched bf16, unpatched fp32), all with the same weights."""
+    model = load_tiny(arch, path).to(torch.bfloat16)
+    base = reload(arch, path).to(torch.bfloat16)
+    f32 = reload(arch, path)
     report = fh.patch(model)
     assert report.ok and report.layers_patched > 0, str(report)
+    return model, base, f32
+
+
+def _generate_params():
+    for a in PICKED:
+        marks = (
+            [pytest.mark.xfail(reason="patched cached decoding diverges (reported)")] if a.name in DECODE_BUG else []
+        )
+        yield pytest.param(a, id=a.name, marks=marks)
+
+
+@pytest.mark.parametrize("arch", list(_generate_params()))
+def test_bf16_logits_and_cached_generation(arch, tmp_path):
+    model, base, f32 = models(arch, tmp_path)
+    ids = _prompt()
     with torch.no_grad():
-        out = model(ids).logits.float()
-    assert rel(out, ref) < 3e-2
-    tokens = model.generate(ids[:, :5], max_new_tokens=4, do_sample=False, attention_mask=torch.ones_like(ids[:, :5]))
-    assert tokens.shape == (2, 9)
-    model.train()
-    model(ids, labels=ids).loss.backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        ref = f32(ids).logits
+        out, own = model(ids).logits.float(), base(ids).logits.float()
+    assert within_bf16_noise(rel(out, ref), rel(own, ref)), (rel(out, ref), rel(own, ref))
+
+    P, N = 5, 4
+    kw = dict(max_new_tokens=N, min_new_tokens=N, do_sample=False, attention_mask=torch.ones_like(ids[:, :P]))
+    gen = model.generate(ids[:, :P], return_dict_in_generate=True, output_logits=True, **kw)
+    assert gen.sequences.shape == (2, P + N)
+    steps = torch.stack(gen.logits, 1).float()  # the prefill's last logits, then each cached step's
+    with torch.no_grad():  # the same tokens through transformers' own full forward
+        ref = f32(gen.sequences[:, :-1]).logits[:, P - 1 :]
+        own = base(gen.sequences[:, :-1]).logits[:, P - 1 :].float()
+    assert within_bf16_noise(rel(steps, ref), rel(own, ref)), (rel(steps, ref), rel(own, ref))
+
+
+@pytest.mark.parametrize("arch", PICKED, ids=[a.name for a in PICKED])
+def test_bf16_training_step(arch, tmp_path):
+    ids = _prompt()
+    grads, losses = [], []
+    for m in models(arch, tmp_path):
+        m.train()
+        loss = m(ids, labels=ids).loss
+        loss.backward()
+        losses.append(loss.detach().float())
+        grads.append(torch.cat([p.grad.float().flatten() for p in m.parameters() if p.grad is not None]))
+    (patched, own, ref), (lp, lo, lr) = grads, losses
+    assert patched.shape == ref.shape
+    assert within_bf16_noise(rel(lp, lr), rel(lo, lr)), (rel(lp, lr), rel(lo, lr))
+    assert within_bf16_noise(rel(patched, ref), rel(own, ref)), (rel(patched, ref), rel(own, ref))
 
 
 assert {a.kind for a in PICKED} == {a.kind for a in ARCHS}

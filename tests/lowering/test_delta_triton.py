@@ -157,15 +157,66 @@ INTERPRETER_CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def interpreter_report():
+def _case_production(family, T=150):
+    """The kernels' default sizes (forward BT = 64, backward BT = 32, BK = 64, BV = 32 at K = V = 64),
+    over 2 chunks and a partial one, and decoding: against the fp64 loop."""
+    from fla_compile.lowering import delta_triton as DT
+    from fla_compile.reference import delta as loop
+
+    q, k, v, beta, g, h0 = make(family, B=1, T=T, HK=1, H=2, K=64, V=64)
+    gen = torch.Generator().manual_seed(7)
+    do, dht = torch.randn(v.shape, generator=gen), torch.randn(h0.shape, generator=gen)
+    kind = FAMILY_GATE[family]
+    o, ht = DT.chunk_forward(q, k, v, beta, g, kind, 0.3, h0)
+    got = DT.chunk_backward(q, k, v, beta, g, kind, 0.3, h0, None, do, dht)
+    od, htd = DT.fused_recurrent(
+        q[:, :5], k[:, :5], v[:, :5], beta[:, :5], None if g is None else g[:, :5], kind, 0.3, h0
+    )
+    xs = [None if x is None else x.double().requires_grad_() for x in (q, k, v, beta, g, h0)]
+    gates = {} if g is None else {"g" if kind == "scalar" else "gk": xs[4]}
+    ro, rs = loop.delta_loop(*xs[:4], **gates, scale=0.3, initial_state=xs[5], output_final_state=True)
+    ref = torch.autograd.grad((ro, rs), [x for x in xs if x is not None], (do.double(), dht.double()))
+    dgates = {} if g is None else {"g" if kind == "scalar" else "gk": xs[4][:, :5]}
+    rod, rsd = loop.delta_loop(*(x[:, :5] for x in xs[:4]), **dgates, scale=0.3, initial_state=xs[5],
+                               output_final_state=True)  # fmt: skip
+    out = {"o": rel(o, ro), "ht": rel(ht, rs), "o_rec": rel(od, rod), "ht_rec": rel(htd, rsd)}
+    ours = [x for x in got if x is not None]
+    out.update({f"d{i}": rel(a, b) for i, (a, b) in enumerate(zip(ours, ref))})
+    out["n_grads"] = float(len(ours) != len(ref))
+    return out
+
+
+SLOW_CASES = {f"production-{f}": (_case_production, (f,)) for f in FAMILY_GATE}
+
+
+def _report(which):
     pytest.importorskip("triton")
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, __file__, which], env=env, capture_output=True, text=True, timeout=600)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     assert proc.returncode == 0 and lines, f"interpreter run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return json.loads(lines[-1])
+
+
+@pytest.fixture(scope="module")
+def slow_interpreter_report():
+    return _report("slow")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(SLOW_CASES))
+def test_interpreter_production_sizes(slow_interpreter_report, case):
+    result = slow_interpreter_report[case]
+    assert "error" not in result, result.get("error")
+    assert result.pop("n_grads") == 0.0, "not one gradient per input"
+    bad = {name: err for name, err in result.items() if not err < 1e-5}  # NaN fails too
+    assert not bad, f"relative errors above 1e-5: {bad}"
+
+
+@pytest.fixture(scope="module")
+def interpreter_report():
+    return _report("fast")
 
 
 @pytest.mark.parametrize("case", list(INTERPRETER_CASES))
@@ -189,12 +240,12 @@ def test_kernels_never_transpose():
         assert "tl.trans(" not in code and ".T\n" not in code and "permute(" not in code, path.name
 
 
-def _run_interpreter_cases():
+def _run_interpreter_cases(which="fast"):
     import traceback
 
     torch.set_num_threads(1)
     report = {}
-    for name, (fn, args) in INTERPRETER_CASES.items():
+    for name, (fn, args) in (SLOW_CASES if which == "slow" else INTERPRETER_CASES).items():
         try:
             report[name] = fn(*args)
         except Exception:  # reported to the parent, which fails that case
@@ -328,14 +379,26 @@ def test_gpu_decode_and_ops(family):
     ro, rs, _ = torch_grads(family, q, k, v, beta, g, h0, torch.zeros_like(v), torch.zeros_like(h0), 64**-0.5,
                             None, True)  # fmt: skip
     assert rel(o, ro) < 1e-5 and rel(ht, rs) < 1e-5
+    from fla_compile.reference import delta as reference
+
     q, k, v, beta, g, h0 = _cuda_case(family, B=2, T=200)
     leaves = [x.requires_grad_() for x in (q, k, v, beta, h0, g) if x is not None]
     args = (q, k, v, beta) if g is None else (q, k, v, g, beta)
     fn = getattr(ops, family)
     o, ht = torch.compile(fn, fullgraph=True)(*args, initial_state=h0, output_final_state=True)
-    (o.square().sum() + ht.sum()).backward()
-    assert all(torch.isfinite(x.grad).all() for x in leaves)
+    gen = torch.Generator().manual_seed(5)
+    do, dht = torch.randn(o.shape, generator=gen).cuda(), torch.randn(ht.shape, generator=gen).cuda()
+    torch.autograd.backward((o, ht), (do, dht))
+    # against the fp64 loop (fla_compile.reference) on the CPU, outputs and every gradient
+    r_leaves = [x.detach().cpu().double().requires_grad_() for x in leaves]
+    rq, rk, rv, rb, rh0, *rg = r_leaves
+    r_args = (rq, rk, rv, rb) if g is None else (rq, rk, rv, rg[0], rb)
+    ro, rs = getattr(reference, family)(*r_args, initial_state=rh0, output_final_state=True)
+    torch.autograd.backward((ro, rs), (do.cpu().double(), dht.cpu().double()))
+    assert rel(o.cpu(), ro) < 1e-5 and rel(ht.cpu(), rs) < 1e-5
+    for a, b in zip(leaves, r_leaves):
+        assert rel(a.grad.cpu(), b.grad) < 1e-5
 
 
 if __name__ == "__main__":
-    _run_interpreter_cases()
+    _run_interpreter_cases(*sys.argv[1:2])

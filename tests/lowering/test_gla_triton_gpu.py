@@ -178,9 +178,17 @@ def test_ops_on_cuda(family):
 
 def test_compile_fullgraph():
     import fla_compile.ops as ops
+    from fla_compile.reference import gla as ref_gla
 
     q, k, v, g, h0, cu, do, dht = make("vector", 1, 128, 2, 2, 64, 64, torch.bfloat16, gate="mild")
+    leaves = [x.detach().requires_grad_() for x in (q, k, v, g)]
     fn = torch.compile(lambda q, k, v, g: ops.gla(q, k, v, g)[0], fullgraph=True)
-    o = fn(q, k, v, g)
-    ref = ops.gla(q, k, v, g)[0]
-    assert torch.equal(o, ref)
+    o = fn(*leaves)
+    o.backward(do)
+    # against the fp64 loop on the same (bf16-rounded) inputs, forward and gradients
+    r_leaves = [x.detach().cpu().double().requires_grad_() for x in (q, k, v, g)]
+    r, _ = ref_gla.gla(*r_leaves[:3], gk=r_leaves[3])
+    r.backward(do.cpu().double())
+    assert rel(o.cpu(), r) < TOL[torch.bfloat16]
+    for a, b in zip(leaves, r_leaves):
+        assert rel(a.grad.cpu(), b.grad) < TOL[torch.bfloat16]

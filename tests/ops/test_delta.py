@@ -127,15 +127,30 @@ def test_gradcheck_varlen(family):
     assert torch.autograd.gradcheck(fn, args)
 
 
-def test_gradients_reach_every_input():
-    q, k, v, g, b, h0 = make("kda", T=20, dtype=torch.float32)
-    leaves = [x.requires_grad_() for x in (q, k, v, g, b, h0)]
-    o, ht = ops.kda(q, k, v, g, b, initial_state=h0, output_final_state=True)
-    (o.square().sum() + ht.sum()).backward()
-    ro, rs = call_ref("kda", *(x.detach().requires_grad_() for x in (q, k, v, g, b)), initial_state=h0.detach(),
-                      output_final_state=True)  # fmt: skip
-    for x in leaves:
-        assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+def test_gradients_across_chunks(family, dtype):
+    """Every input's gradient through the torch chunked path, over T = 3 chunks and a partial one
+    (64 steps a chunk, 16 for kda), against the fp64 loop."""
+    C = 16 if family == "kda" else 64
+    q, k, v, g, b, h0 = make(family, B=1, T=3 * C + 5, HK=1, H=2, K=8, V=6, dtype=dtype)
+    leaves = [x.requires_grad_() for x in (q, k, v, g, b, h0) if x is not None]
+    o, ht = call_op(family, q, k, v, g, b, initial_state=h0, output_final_state=True)
+    gen = torch.Generator().manual_seed(1)
+    do, dht = (
+        torch.randn(o.shape, generator=gen, dtype=torch.float64),
+        torch.randn(ht.shape, generator=gen, dtype=torch.float64),
+    )
+    torch.autograd.backward((o, ht), (do.to(o.dtype), dht.to(ht.dtype)))
+    r_leaves = [x.detach().double().requires_grad_() for x in leaves]
+    rq, rk, rv, *rest = r_leaves
+    rg, rb, rh0 = rest if g is not None else (None, *rest)
+    ro, rs = call_ref(family, rq, rk, rv, rg, rb, initial_state=rh0, output_final_state=True)
+    torch.autograd.backward((ro, rs), (do, dht))
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    assert rel(o, ro) < tol and rel(ht, rs) < tol
+    for x, r in zip(leaves, r_leaves):
+        assert rel(x.grad, r.grad) < tol, rel(x.grad, r.grad)
 
 
 @pytest.mark.parametrize(
@@ -222,3 +237,35 @@ def test_matches_transformers_kimi_linear():
     ro, rs = fn(q, k * 2, v, g, b, h0, True, use_qk_l2norm_in_kernel=True)
     o, ht = ops.kda(q, k * 2, v, g, b, initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=True)
     assert rel(o, ro) < 1e-5 and rel(ht, rs) < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_torch_path_gradients_across_chunks_cuda(family):
+    """The torch chunked path itself on CUDA (called directly, whatever the dispatcher picks), fp32,
+    T = 3 chunks and a partial one, every gradient against the fp64 loop on the CPU."""
+    from fla_compile.lowering.delta_torch import delta_line_forward
+
+    C = 16 if family == "kda" else 64
+    q, k, v, g, b, h0 = make(family, B=2, T=3 * C + 5, HK=1, H=2, K=32, V=32, dtype=torch.float32)
+    kind = {"delta_rule": "none", "gated_delta_rule": "scalar", "kda": "vector"}[family]
+    cpu = [x for x in (q, k, v, b, g, h0) if x is not None]
+    leaves = [x.detach().cuda().requires_grad_() for x in cpu]
+    lq, lk, lv, lb, *rest = leaves
+    lg, lh0 = rest if g is not None else (None, *rest)
+    o, ht = delta_line_forward(lq, lk, lv, lb, lg, kind, q.shape[-1] ** -0.5, lh0)
+    gen = torch.Generator().manual_seed(1)
+    do, dht = (
+        torch.randn(o.shape, generator=gen, dtype=torch.float64),
+        torch.randn(ht.shape, generator=gen, dtype=torch.float64),
+    )
+    torch.autograd.backward((o, ht), (do.float().cuda(), dht.float().cuda()))
+    r_leaves = [x.detach().double().requires_grad_() for x in cpu]
+    rq, rk, rv, rb, *rest = r_leaves
+    rg, rh0 = rest if g is not None else (None, *rest)
+    ro, rs = call_ref(family, rq, rk, rv, rg, rb, initial_state=rh0, output_final_state=True)
+    torch.autograd.backward((ro, rs), (do, dht))
+    assert rel(o.cpu(), ro) < 1e-5 and rel(ht.cpu(), rs) < 1e-5
+    for x, r in zip(leaves, r_leaves):
+        assert rel(x.grad.cpu(), r.grad) < 1e-5

@@ -259,3 +259,25 @@ def miss_delta_without_beta(q, k, v):
         S = S + k_t[..., None] * (v[:, t] - torch.einsum("bhk,bhkv->bhv", k_t, S))[..., None, :]
         outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S))
     return torch.stack(outs, 1)
+
+
+def miss_state_clamped(q, k, v):
+    """A state clamped to [-20, 20]: linear at unit-sized probes, not once the state grows."""
+    B, T, H, K = q.shape
+    h = q.new_zeros(B, H, K, v.shape[-1])
+    outs = []
+    for t in range(T):
+        h = (h + k[:, t, :, :, None] * v[:, t, :, None, :]).clamp(-20, 20)
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], h))
+    return torch.stack(outs, 1)
+
+
+def miss_output_clamped(q, k, v):
+    """Linear attention whose read-out saturates at 20 (tanh-like), beyond unit-sized probes."""
+    B, T, H, K = q.shape
+    h = q.new_zeros(B, H, K, v.shape[-1])
+    outs = []
+    for t in range(T):
+        h = h + k[:, t, :, :, None] * v[:, t, :, None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], h).clamp(-20, 20))
+    return torch.stack(outs, 1)

@@ -141,7 +141,14 @@ def test_cumsum_near_miss(fn, reason):
 def test_cumsum_jit_any_length():
     """@jit traces at two short lengths and runs the fused call (numerator and normalizer) at any T."""
     fn = fla_compile.jit(normalized_eps)
-    q, k, v = (torch.randn(B, 40, H, D) for _ in range(3))
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, 40, H, D, generator=gen).requires_grad_() for _ in range(3))
     out = fn(q, k, v)
     assert [m.spelling for m in fn.explain(q, k, v).matches] == ["cumsum"]
-    assert rel(out, normalized_eps(q, k, v)) < 1e-5
+    ref = normalized_eps(q, k, v)
+    assert rel(out, ref) < 1e-5
+    proj = torch.randn(ref.shape, generator=gen)
+    g_ref = torch.autograd.grad((ref * proj).sum(), (q, k, v))
+    g_out = torch.autograd.grad((out * proj).sum(), (q, k, v))
+    for a, b in zip(g_out, g_ref):
+        assert rel(a, b) < 1e-5

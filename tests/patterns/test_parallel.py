@@ -290,7 +290,14 @@ def retention_any_length(q, k, v):
 def test_parallel_jit_any_length():
     """@jit traces at two short lengths; the two rewritten graphs must agree, so must the lowerings."""
     fn = fla_compile.jit(retention_any_length)
-    q, k, v = (torch.randn(B, 40, H, D) for _ in range(3))
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, 40, H, D, generator=gen).requires_grad_() for _ in range(3))
     out = fn(q, k, v)
     assert [m.family for m in fn.explain(q, k, v).matches] == ["retention"]
-    assert rel(out, retention_any_length(q, k, v)) < 1e-5
+    ref = retention_any_length(q, k, v)
+    assert rel(out, ref) < 1e-5
+    proj = torch.randn(ref.shape, generator=gen)
+    g_ref = torch.autograd.grad((ref * proj).sum(), (q, k, v))
+    g_out = torch.autograd.grad((out * proj).sum(), (q, k, v))
+    for a, b in zip(g_out, g_ref):
+        assert rel(a, b) < 1e-5
