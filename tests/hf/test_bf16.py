@@ -20,13 +20,6 @@ from .conftest import load_tiny, rel, reload
 from .test_compile import PICKED
 from .test_patch import _prompt
 
-# patched cached decoding of MiniMax's lightning attention diverges from transformers' after the
-# first generated token, in fp32 too (tests/hf/test_patch.py::test_generate_with_cache[MiniMax]
-# fails the same way): transformers 5.24 passes the cache as ``cache=``, which
-# hf/lightning.lightning_forward leaves in **kwargs (it reads ``past_key_values``), so every decode
-# step starts from a zero state. Reported, not fixed here (fla_compile/hf is being reworked);
-# remove this mark with the fix.
-DECODE_BUG = {"MiniMax"}
 
 
 def within_bf16_noise(patched: float, unpatched: float) -> bool:
@@ -43,15 +36,7 @@ def models(arch, path):
     return model, base, f32
 
 
-def _generate_params():
-    for a in PICKED:
-        marks = (
-            [pytest.mark.xfail(reason="patched cached decoding diverges (reported)")] if a.name in DECODE_BUG else []
-        )
-        yield pytest.param(a, id=a.name, marks=marks)
-
-
-@pytest.mark.parametrize("arch", list(_generate_params()))
+@pytest.mark.parametrize("arch", PICKED, ids=[a.name for a in PICKED])
 def test_bf16_logits_and_cached_generation(arch, tmp_path):
     model, base, f32 = models(arch, tmp_path)
     ids = _prompt()
