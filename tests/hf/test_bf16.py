@@ -21,7 +21,6 @@ from .test_compile import PICKED
 from .test_patch import _prompt
 
 
-
 def within_bf16_noise(patched: float, unpatched: float) -> bool:
     return patched <= 1.25 * unpatched + 2e-3
 
