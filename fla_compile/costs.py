@@ -69,16 +69,37 @@ def _read(path: pathlib.Path) -> list:
     return hit[1]
 
 
+_memo: dict = {}  # (FLA_COMPILE_COSTS, the user file) -> entries: files are read once per process
+_generation = 0  # bumped whenever the table in force may change (``use``, ``tune``)
+
+
 def entries() -> list[dict]:
     """The table in force: the measured one of this machine first, then the package's."""
     if _override is not None:
         return _override
     env = os.environ.get("FLA_COMPILE_COSTS", "")
-    if env.lower() in ("off", "0", "none", "never"):
-        return []
-    if env:
-        return _read(pathlib.Path(env))
-    return _read(user_file()) + _read(PACKAGED)
+    key = (env, os.environ.get("FLA_COMPILE_CACHE_DIR", ""))
+    if key not in _memo:
+        if env.lower() in ("off", "0", "none", "never"):
+            _memo[key] = []
+        elif env:
+            _memo[key] = _read(pathlib.Path(env))
+        else:
+            _memo[key] = _read(user_file()) + _read(PACKAGED)
+    return _memo[key]
+
+
+def token() -> int:
+    """Changes whenever the table in force is changed from this process (``use``, ``tune``): a
+    choice cached with it stays valid while it is equal. (Setting ``FLA_COMPILE_COSTS`` after
+    the first choice does not reach choices already cached by ``@jit``.)"""
+    return _generation
+
+
+def _changed() -> None:
+    global _generation
+    _generation += 1
+    _memo.clear()
 
 
 @contextlib.contextmanager
@@ -86,10 +107,12 @@ def use(table: list[dict] | None):
     """Use ``table`` (a list of entries; ``[]``: always rewrite) inside the block."""
     global _override
     old, _override = _override, table
+    _changed()
     try:
         yield
     finally:
         _override = old
+        _changed()
 
 
 def _rank(value: str, wanted: str) -> int | None:
@@ -319,6 +342,7 @@ def tune(device, spellings=("parallel", "loop"), log=print) -> list[dict]:
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"version": 1, "entries": new + keep}, indent=1) + "\n")
+    _changed()
     log(f"fla_compile tune: cost table for {kind} written to {path}")
     return new
 

@@ -173,13 +173,17 @@ class JitFunction:
         self.reports: dict = {}
         self.fixed = 0  # leading arguments that are parameters (set by the module wrappers)
         self._warned = False
+        self._kept: dict = {}  # (report id, T) -> (costs.token(), reasons): see ``kept``
         functools.update_wrapper(self, fn)
 
     def _key(self, args):
         key = []
+        td = self.time_dim
         for a in args:
-            if isinstance(a, torch.Tensor):
-                shape = tuple(s if i != self.time_dim else -1 for i, s in enumerate(a.shape))
+            if isinstance(a, torch.Tensor):  # every call pays this: kept cheap (no per-dim generator)
+                shape = tuple(a.shape)
+                if len(shape) > td:
+                    shape = (*shape[:td], -1, *shape[td + 1 :])
                 key.append((shape, a.dtype, a.device.type, a.requires_grad))
             else:
                 key.append(("const", repr(a)))
@@ -209,9 +213,19 @@ class JitFunction:
         return gm, report
 
     def kept(self, report: Report, args) -> list[str]:
-        """Why each matched region would stay as written at the length of ``args`` ("": the op runs)."""
+        """Why each matched region would stay as written at the length of ``args`` ("": the op runs).
+
+        Cached per (inputs, length) while the cost table in force is the same: a call pays a dict lookup.
+        """
         T = self._time_input(args)[1]
-        return [costs.kept_reason(m.family, m.spelling, m.shape.at(T)) if m.shape else "" for m in report.matches]
+        ck = (id(report), T)
+        hit = self._kept.get(ck)
+        if hit is None or hit[0] != costs.token():
+            reasons = [
+                costs.kept_reason(m.family, m.spelling, m.shape.at(T)) if m.shape else "" for m in report.matches
+            ]
+            hit = self._kept[ck] = (costs.token(), reasons)
+        return hit[1]
 
     def _build(self, args, report):
         ti, T = self._time_input(args)
@@ -273,9 +287,12 @@ class JitFunction:
                     stacklevel=2,
                 )
             return self.fn(*args)
-        kept = self.kept(self.reports[key], args)
-        if kept and all(kept):  # small work: the function as written is cheaper
-            return self.fn(*args)
+        # small work: the function as written is cheaper (under an outer torch.compile the op is
+        # kept: that graph is built once for its sizes, and the table's times are eager times)
+        if not torch.compiler.is_compiling():
+            kept = self.kept(self.reports[key], args)
+            if kept and all(kept):
+                return self.fn(*args)
         out = gm(*[args[i] for i in gm._fla_inputs])
         return torch.utils._pytree.tree_unflatten(list(out), gm._fla_spec)
 
