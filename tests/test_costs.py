@@ -191,3 +191,13 @@ def test_tune_writes_this_devices_entries(tmp_path, monkeypatch):
     assert mine == {"parallel": costs.work("parallel", 128, 4, 64, 64), "loop": 0.0}
     # the measured entries win over the package's
     assert costs.lookup("cpu", "retention", "parallel")["min_work"] == mine["parallel"]
+
+
+def test_cli_tune_costs_only(tmp_path, monkeypatch, capsys):
+    from fla_compile import cli
+
+    monkeypatch.setenv("FLA_COMPILE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(costs, "measure", lambda spelling, device: [(16, 1.0, 2.0), (64, 3.0, 1.0)])
+    assert cli.main(["tune", "--costs-only"]) == 0
+    assert "cost table for cpu written" in capsys.readouterr().out
+    assert {e["spelling"] for e in json.loads((tmp_path / "costs.json").read_text())["entries"]} == {"parallel", "loop"}
