@@ -587,7 +587,7 @@ def main(argv=None) -> int:
     )
     sub.add_parser(
         "tune",
-        help="measure the cost table (when the op beats the code as written) and pre-tune the Triton kernels "
+        help="pre-tune the Triton kernels; --costs, --costs-only: measure when the op beats the code as written "
         "(see 'tune --help')",
         add_help=False,
     )

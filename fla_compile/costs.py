@@ -13,8 +13,8 @@ crossover the region stays as written. The rule, per device kind, family and spe
 a cumsum (their per-step outer products). A loop as written pays interpreter and kernel-launch
 costs per step, so its crossover is 0 on every device measured.
 
-The table ships with the package (``costs.json`` next to this file). ``python -m fla_compile tune``
-measures this machine and writes ``$FLA_COMPILE_CACHE_DIR/costs.json`` (default
+The table ships with the package (``costs.json`` next to this file). ``python -m fla_compile tune
+--costs`` (or ``--costs-only``) measures this machine and writes ``$FLA_COMPILE_CACHE_DIR/costs.json`` (default
 ``~/.cache/fla_compile``), whose entries take precedence. ``FLA_COMPILE_COSTS=off`` turns the
 choice off (always rewrite); ``FLA_COMPILE_COSTS=/path.json`` reads that table alone.
 Entries are matched most specific first: device (``cuda-sm90`` before ``cuda`` before ``*``),
@@ -347,27 +347,24 @@ def tune(device, spellings=("parallel", "loop"), log=print) -> list[dict]:
 
 
 def tune_main(argv) -> tuple[int | None, list[str]]:
-    """The cost-table part of ``python -m fla_compile tune``; returns (exit status or None to go on
-    to the kernel tuning, the arguments left for it)."""
+    """The cost-table part of ``python -m fla_compile tune`` (``--costs``, ``--costs-only``); returns
+    (an exit status, or None to go on to the kernel tuning; the arguments left for that)."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m fla_compile tune", add_help=False)
     p.add_argument(
         "--costs",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="measure where the op beats the code as written on this device (fla_compile/costs.py)",
+        action="store_true",
+        help="also measure where the op beats the code as written on this device (fla_compile/costs.py)",
     )
-    p.add_argument("--costs-only", action="store_true", help="only the cost table, no kernel tuning")
+    p.add_argument("--costs-only", action="store_true", help="only the cost table (CPU or GPU), no kernel tuning")
     p.add_argument("--device", default=None, help="the device to measure (default: cuda if present, else cpu)")
     args, rest = p.parse_known_args(argv)
     if "-h" in rest or "--help" in rest:
         p.print_help()
         return (0 if args.costs_only else None), rest
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.costs:
+    if args.costs or args.costs_only:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         print(f"fla_compile tune: measuring the cost table on {device_kind(device)}")
         tune(device)
-    if args.costs_only or (device.type != "cuda" and not torch.cuda.is_available()):
-        return 0, rest
-    return None, rest
+    return (0 if args.costs_only else None), rest
