@@ -1,8 +1,10 @@
 """A GLA-style layer written as a naive time loop, compiled with backend="fla".
 
-Prints what was matched, the max error against eager, and the speed-up (CPU or GPU).
+Prints what was matched, the max error against eager, and the speed-up (CPU or GPU): the median
+of several runs of each, both warmed up first, with their range.
 """
 
+import statistics
 import time
 
 import torch
@@ -33,12 +35,18 @@ class NaiveGLA(torch.nn.Module):
         return self.out(o.flatten(2))
 
 
-def bench(fn, *args, reps=3):
-    fn(*args)
-    t0 = time.perf_counter()
-    for _ in range(reps):
+def bench(fns, *args, reps=7):
+    """Median and range (ms) of ``reps`` runs of each function, after a warm-up run of each;
+    the functions take turns, so that a drift of the machine's speed hits them alike."""
+    for fn in fns:
         fn(*args)
-    return (time.perf_counter() - t0) / reps
+    times = [[] for _ in fns]
+    for _ in range(reps):
+        for ts, fn in zip(times, fns):
+            t0 = time.perf_counter()
+            fn(*args)
+            ts.append((time.perf_counter() - t0) * 1e3)
+    return [(statistics.median(ts), min(ts), max(ts)) for ts in times]
 
 
 def main():
@@ -54,10 +62,10 @@ def main():
         print(fla_compile.last_report())
         err = ((out - ref).abs().max() / ref.abs().max()).item()
         print(f"max error vs eager (relative to max |out|): {err:.2e}")
-        t_eager, t_fla = bench(layer, x), bench(compiled, x)
-    print(
-        f"compile {compile_s:.1f} s; eager {t_eager * 1e3:.1f} ms, fla {t_fla * 1e3:.1f} ms: {t_eager / t_fla:.1f}x faster"
-    )
+        (eager, e_lo, e_hi), (fla, f_lo, f_hi) = bench([layer, compiled], x)
+    print(f"compile (first call) {compile_s:.1f} s; then, median of 7 runs after a warm-up of each:")
+    print(f"  eager {eager:.1f} ms (range {e_lo:.1f}-{e_hi:.1f}), fla {fla:.1f} ms (range {f_lo:.1f}-{f_hi:.1f})")
+    print(f"  fla is {eager / fla:.1f}x faster than eager")
 
 
 if __name__ == "__main__":

@@ -585,12 +585,22 @@ def main(argv=None) -> int:
     sub.add_parser(
         "explain", help="what fla_compile recognizes in a function or module (see 'explain --help')", add_help=False
     )
-    sub.add_parser("tune", help="pre-tune the Triton kernels for common shapes (see 'tune --help')", add_help=False)
+    sub.add_parser(
+        "tune",
+        help="pre-tune the Triton kernels; --costs, --costs-only: measure when the op beats the code as written "
+        "(see 'tune --help')",
+        add_help=False,
+    )
     sub.add_parser("bench", help="time the ops against the naive reference loops (see 'bench --help')", add_help=False)
     try:
         args, _ = p.parse_known_args(argv[:1])
         rest = argv[1:]
-        if args.command == "tune":
+        if args.command == "tune":  # the cost table (fla_compile/costs.py), then the Triton kernels
+            from .costs import tune_main as costs_main
+
+            status, rest = costs_main(rest)
+            if status is not None:
+                return status
             from .lowering.autotune import tune_main
 
             return tune_main(rest)

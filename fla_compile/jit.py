@@ -6,11 +6,16 @@ graph goes through the same passes as the backend, and the two rewritten graphs 
 node for node except for integers affine in T (sizes such as ``view(B, T, H, D)``); those
 become ``a * T + b`` of the runtime length. The result is checked against the reference at
 a third length before it is used. Nothing matched: the reference runs, with one warning
-(an error under ``strict=True``).
+(an error under ``strict=True``). What matched is logged once, at INFO, on logger ``fla_compile``.
+
+The length is known only at each call, so the choice between the op and the function as written
+(``fla_compile.costs``: for small work the code as written is the cheaper path) is made there:
+below the crossover of every matched region, the function runs as written.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import logging
@@ -20,7 +25,7 @@ import warnings
 import torch
 import torch.fx as fx
 
-from . import passes
+from . import costs, passes
 from .patterns.chunked import FunctionLowering
 from .report import Report
 from .rewrite import LoopLowering
@@ -162,18 +167,23 @@ class JitFunction:
 
     def __init__(self, fn, time_dim: int = 1, strict: bool = False, verify: bool = True):
         self.fn, self.time_dim, self.strict = fn, time_dim, strict
-        self.opts = passes.Options(verify=verify, strict=strict, inductor=False)
+        # the probes are a few steps long: the cost choice is made per call, at the real length
+        self.opts = passes.Options(verify=verify, strict=strict, inductor=False, costs=False)
         self.cache: dict = {}
         self.reports: dict = {}
         self.fixed = 0  # leading arguments that are parameters (set by the module wrappers)
         self._warned = False
+        self._kept: dict = {}  # (report id, T) -> (costs.token(), reasons): see ``kept``
         functools.update_wrapper(self, fn)
 
     def _key(self, args):
         key = []
+        td = self.time_dim
         for a in args:
-            if isinstance(a, torch.Tensor):
-                shape = tuple(s if i != self.time_dim else -1 for i, s in enumerate(a.shape))
+            if isinstance(a, torch.Tensor):  # every call pays this: kept cheap (no per-dim generator)
+                shape = tuple(a.shape)
+                if len(shape) > td:
+                    shape = (*shape[:td], -1, *shape[td + 1 :])
                 key.append((shape, a.dtype, a.device.type, a.requires_grad))
             else:
                 key.append(("const", repr(a)))
@@ -197,7 +207,25 @@ class JitFunction:
             report.notes.append(f"jit: {type(e).__name__}: {e}")
             gm = None
         self.cache[key], self.reports[key] = gm, report
+        if gm is not None:
+            name = getattr(self, "__name__", "function")
+            log.info("@fla_compile.jit: %s: matched %s", name, "; ".join(str(m) for m in report.matches))
         return gm, report
+
+    def kept(self, report: Report, args) -> list[str]:
+        """Why each matched region would stay as written at the length of ``args`` ("": the op runs).
+
+        Cached per (inputs, length) while the cost table in force is the same: a call pays a dict lookup.
+        """
+        T = self._time_input(args)[1]
+        ck = (id(report), T)
+        hit = self._kept.get(ck)
+        if hit is None or hit[0] != costs.token():
+            reasons = [
+                costs.kept_reason(m.family, m.spelling, m.shape.at(T)) if m.shape else "" for m in report.matches
+            ]
+            hit = self._kept[ck] = (costs.token(), reasons)
+        return hit[1]
 
     def _build(self, args, report):
         ti, T = self._time_input(args)
@@ -259,6 +287,12 @@ class JitFunction:
                     stacklevel=2,
                 )
             return self.fn(*args)
+        # small work: the function as written is cheaper (under an outer torch.compile the op is
+        # kept: that graph is built once for its sizes, and the table's times are eager times)
+        if not torch.compiler.is_compiling():
+            kept = self.kept(self.reports[key], args)
+            if kept and all(kept):
+                return self.fn(*args)
         out = gm(*[args[i] for i in gm._fla_inputs])
         return torch.utils._pytree.tree_unflatten(list(out), gm._fla_spec)
 
@@ -272,7 +306,14 @@ class JitFunction:
     def explain(self, *args, **kwargs) -> Report:
         if kwargs:
             args = self._bind_kwargs(args, kwargs)
-        return self.prepare(*args)[1]
+        gm, report = self.prepare(*args)
+        if gm is None:
+            return report
+        kept = self.kept(report, args)
+        if not (kept and all(kept)):  # the op runs (any region above its crossover takes the whole function there)
+            kept = [""] * len(kept)
+        matches = [dataclasses.replace(m, kept=k) for m, k in zip(report.matches, kept)]
+        return Report(matches, list(report.misses), list(report.notes))
 
 
 class JitModule(torch.nn.Module):

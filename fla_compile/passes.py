@@ -11,6 +11,7 @@ import logging
 
 import torch.fx as fx
 
+from . import costs
 from .patterns import chunked, cumsum, loop, parallel
 from .patterns._graph import specialize_sizes, to_ssa, value_of
 from .report import Match, Miss, Report
@@ -29,18 +30,22 @@ class Options:
     inductor: compile the rest of the graph with Inductor (off: aot_eager). A rest that is only
         layout and casts around our ops has nothing for Inductor to generate and runs as is
         (a report note says so), sparing Inductor's cold compile.
+    costs: below the crossover of the device's cost table (``fla_compile.costs``) a proven region
+        is left as written, the cheaper path for small work; the report says so. Off: always
+        rewrite (``@jit`` makes this choice at call time instead, where the length is known).
     """
 
     verify: bool = True
     strict: bool = False
     inductor: bool = True
+    costs: bool = True
 
     @classmethod
     def from_dict(cls, options: dict | None) -> Options:
         options = dict(options or {})
         unknown = set(options) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise ValueError(f"fla backend: unknown options {sorted(unknown)}; known: verify, strict, inductor")
+            raise ValueError(f"fla backend: unknown options {sorted(unknown)}; known: verify, strict, inductor, costs")
         return cls(**options)
 
 
@@ -70,8 +75,10 @@ def loop_pass(graph: fx.Graph, opts: Options, report: Report) -> None:
             output_final_state=region.final_state_used,
             source=region.source,
         )
-        rewrite_loop(region, LoopLowering(region, rec))
-        report.matches.append(Match(rec.family.value, rec.spelling, rec.source, rec.op_name, err))
+        kept, shape = costs.decide(opts, rec.family.value, loop.SPELLING, costs.loop_shape, region)
+        if not kept:
+            rewrite_loop(region, LoopLowering(region, rec))
+        report.matches.append(Match(rec.family.value, rec.spelling, rec.source, rec.op_name, err, kept, shape))
 
 
 PRE_PASSES = [("chunked", chunked.run_pass)]

@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from typing import Any
 
 
 @dataclasses.dataclass
 class Match:
-    """A region rewritten into one op call."""
+    """A region proven to be a recurrence: rewritten into one op call, or, where the op would be
+    the slower path for this size (``fla_compile.costs``), kept as written (``kept`` says why)."""
 
     family: str
     spelling: str
     source: str
     op: str
     error: float = 0.0  # relative error of the proof on fresh probes
+    kept: str = ""  # "kept as written: ..." where the region runs as written; "" where the op runs
+    shape: Any = dataclasses.field(default=None, repr=False, compare=False)  # its costs.Shape, if read
+
+    @property
+    def path(self) -> str:
+        """What runs: the op's name, or "as written"."""
+        return "as written" if self.kept else self.op
 
     def __str__(self) -> str:
         where = f" at {self.source}" if self.source else ""
-        return f"{self.family} ({self.spelling}){where} -> {self.op} [proof rel err {self.error:.1e}]"
+        runs = self.kept or self.op
+        return f"{self.family} ({self.spelling}){where} -> {runs} [proof rel err {self.error:.1e}]"
 
 
 class Grade(str, enum.Enum):
@@ -61,6 +71,11 @@ class Report:
         self.notes += other.notes
 
     @property
+    def rewritten(self) -> list[Match]:
+        """The matches whose region runs as one op call (not those kept as written)."""
+        return [m for m in self.matches if not m.kept]
+
+    @property
     def near_misses(self) -> list[Miss]:
         """The misses ``strict=True`` raises on (not those recognised as something else)."""
         return [m for m in self.misses if m.near_miss]
@@ -71,7 +86,10 @@ class Report:
     def __str__(self) -> str:
         near = len(self.near_misses)
         other = len(self.misses) - near
-        head = f"fla_compile report: {len(self.matches)} matched, {near} near misses"
+        kept = len(self.matches) - len(self.rewritten)
+        head = f"fla_compile report: {len(self.matches)} matched"
+        head += f" ({kept} kept as written, the cheaper path at this size), " if kept else ", "
+        head += f"{near} near misses"
         if other:
             head += f", {other} not a recurrence" if other == 1 else f", {other} not recurrences"
         lines = [head]

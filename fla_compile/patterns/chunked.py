@@ -34,8 +34,18 @@ MIN_NODES = 20  # a recurrence written as a function is never shorter than this
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
 
 
+# the wrapper frame ``explain`` captures through (``jit.fresh_code(call, "fla_explain")``): not
+# the user's code. Left in, it made the user's whole function a nested call, which this pass
+# then matched as a function ("gla (chunked)") where the backend, compiling the function
+# itself, sees the loop ("gla (loop)").
+_EXPLAIN_FRAME = re.compile(r"fla_explain_\d+$")
+
+
 def _frames(node: fx.Node) -> list[tuple[str, int, str]]:
-    return [(f, int(line), fn) for f, line, fn in _FRAME.findall(node.meta.get("stack_trace") or "")]
+    frames = [(f, int(line), fn) for f, line, fn in _FRAME.findall(node.meta.get("stack_trace") or "")]
+    while frames and _EXPLAIN_FRAME.match(frames[0][2]):
+        frames = frames[1:]
+    return frames
 
 
 def function_regions(graph: fx.Graph) -> list[tuple[str, list[fx.Node]]]:

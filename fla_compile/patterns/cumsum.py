@@ -27,6 +27,7 @@ import operator
 import torch
 import torch.fx as fx
 
+from .. import costs
 from ..ir import Family, Layout, Normalizer, Recurrence, RegionLayout, out_batch
 from ..report import Match, Miss, Report
 from ..rewrite import FormLowering, rewrite_form, role_nodes
@@ -201,9 +202,11 @@ def run_pass(graph: fx.Graph, opts, report: Report) -> None:
         if found is None:
             continue
         rec, err, outs = found
-        rewrite_form(outs, rec)
-        report.matches.append(Match(rec.family.value, SPELLING, src, rec.op_name, err))
-        if len(outs) > 1:
+        kept, shape = costs.decide(opts, rec.family.value, SPELLING, costs.form_shape, rec, outs[0])
+        if not kept:
+            rewrite_form(outs, rec)
+        report.matches.append(Match(rec.family.value, SPELLING, src, rec.op_name, err, kept, shape))
+        if len(outs) > 1 and not kept:
             report.notes.append(f"cumsum at {src}: the normalizer is fused into the same call (v with a ones column)")
 
 

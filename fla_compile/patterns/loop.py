@@ -15,6 +15,7 @@ step is a known recurrence is decided by ``classify`` on numbers, not here.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import defaultdict
 
 import torch
@@ -123,7 +124,9 @@ class LoopRegion:
 
 
 class _Mismatch(Exception):
-    pass
+    def __init__(self, msg: str, framing: bool = False):
+        super().__init__(msg)
+        self.framing = framing  # the blocks do not fit the graph: says nothing about the loop
 
 
 def _entry(n: fx.Node, t: int, start: int, L: int, s: int, pos: dict, loop_keys: set) -> tuple:
@@ -232,21 +235,24 @@ def _reroll(nodes, pos, p0, T, L, floor, loop_keys) -> LoopRegion:
             break
         s -= 1
     # shrink from the left until block 0 fits (a prologue node may look like the block's end)
+    errors = []
     for start in range(s, p0 + 1):
         try:
             return _build(nodes, pos, start, T, L, loop_keys)
         except _Mismatch as e:
-            err = e
-    raise err
+            errors.append(e)
+    # say what the widest framing that fits the graph found (a carried normalizer, a second
+    # output), not that a narrower one ran into the graph's output
+    raise next((e for e in errors if not e.framing), errors[0])
 
 
 def _build(nodes, pos, s, T, L, loop_keys) -> LoopRegion:
     end = s + T * L
     if end > len(nodes):
-        raise _Mismatch("blocks run past the end of the graph")
+        raise _Mismatch("blocks run past the end of the graph", framing=True)
     blocks = [nodes[s + t * L : s + (t + 1) * L] for t in range(T)]
     if any(n.op in ("placeholder", "output", "get_attr") for b in blocks for n in b):
-        raise _Mismatch("a block holds an input or the output")
+        raise _Mismatch("a block holds an input or the output", framing=True)
     sigs = [[_entry(n, t, s + t * L, L, s, pos, loop_keys) for n in blocks[t]] for t in range(min(T, 2))]
     ref = sigs[-1]
     for t in range(2, T):
@@ -262,7 +268,7 @@ def _build(nodes, pos, s, T, L, loop_keys) -> LoopRegion:
     buffers = {i for i, w in writes.items() if w is not None and w.index == T - 1 and w.buf is blocks[-2][i]}
     states = [i for i in carried if i not in buffers]
     if len(states) != 1:
-        raise _Mismatch(f"expected one carried state, found {len(states)}")
+        raise _Mismatch(_several_states(blocks, states) if states else "the loop carries no state")
     state = states[0]
     reads = {}
     for n in blocks[0]:
@@ -316,6 +322,45 @@ def _build(nodes, pos, s, T, L, loop_keys) -> LoopRegion:
         final_state_used=final_state_used,
         source=source_line(blocks[0][state]) or source_line(blocks[0][0]),
     )
+
+
+def _user_name(n: fx.Node) -> str:
+    """The user's variable name of a value: the target of the assignment on its source line
+    (``z += k[:, t]`` -> ``z``), else Dynamo's node name (``z_3`` -> ``z``)."""
+    code = source_line(n).partition(": ")[2]
+    m = re.match(r"\s*([A-Za-z_]\w*)\s*(?:[-+*/@]?=)(?!=)", code)
+    return m.group(1) if m else re.sub(r"_\d+$", "", n.name)
+
+
+def _several_states(blocks, states: list[int]) -> str:
+    """Why a loop carrying several values is left alone, in the user's terms."""
+    last = blocks[-1]
+    vals = {i: value_of(last[i]) for i in states}
+    shapes = {i: tuple(v.shape) for i, v in vals.items() if isinstance(v, torch.Tensor)}
+    main = max(shapes, key=lambda i: len(shapes[i]), default=states[0])
+    S = _user_name(last[main])
+    for i in states:
+        if i == main or i not in shapes or main not in shapes:
+            continue
+        n = last[i]
+        vector = len(shapes[i]) == len(shapes[main]) - 1 and shapes[i] in (
+            shapes[main][:-1],
+            shapes[main][:-2] + shapes[main][-1:],
+        )
+        if vector and _is_running_sum(n, blocks[-2][i]):
+            z = _user_name(n)
+            return (
+                f"a normalizer {z}_t = {z}_{{t-1}} + k_t, carried beside the state {S}, is not supported in a loop "
+                f"yet (the loop is left as written)"
+            )
+    names = ", ".join(_user_name(last[i]) for i in states)
+    return f"the loop carries {len(states)} states ({names}); a loop carrying one state is supported"
+
+
+def _is_running_sum(n: fx.Node, prev: fx.Node) -> bool:
+    """``n`` is ``prev + x`` (or ``x + prev``): a running sum of per-step values."""
+    name = str(getattr(n.target, "__name__", n.target))
+    return ("add" in name or "iadd" in name) and prev in n.args[:2]
 
 
 def _collects(u: fx.Node, blocks, i) -> bool:

@@ -31,6 +31,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
+from .. import costs
 from ..ir import Family, Layout, Recurrence, RegionLayout, out_batch
 from ..report import Grade, Match, Miss, Report
 from ..rewrite import head_canon, rewrite_form, role_nodes, to_canon
@@ -528,5 +529,7 @@ def _one(graph: fx.Graph, cand: Candidate, opts, report: Report) -> None:
     except Exception as e:  # an unforeseen layout: leave it (the graph is untouched until the rewrite)
         report.misses.append(Miss(SPELLING, f"not analysed: {type(e).__name__}: {e}", src))
         return
-    rewrite_form((cand.out,), rec)
-    report.matches.append(Match(rec.family.value, SPELLING, src, rec.op_name, err))
+    kept, shape = costs.decide(opts, rec.family.value, SPELLING, costs.form_shape, rec, cand.out)
+    if not kept:
+        rewrite_form((cand.out,), rec)
+    report.matches.append(Match(rec.family.value, SPELLING, src, rec.op_name, err, kept, shape))

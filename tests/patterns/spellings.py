@@ -281,3 +281,31 @@ def miss_output_clamped(q, k, v):
         h = h + k[:, t, :, :, None] * v[:, t, :, None, :]
         outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], h).clamp(-20, 20))
     return torch.stack(outs, 1)
+
+
+def miss_normalized_linear(q, k, v):
+    """Linear attention with its normalizer carried in the loop: o_t = S_t^T q_t / (z_t^T q_t)."""
+    B, T, H, K = q.shape
+    S = q.new_zeros(B, H, K, v.shape[-1])
+    z = q.new_zeros(B, H, K)
+    outs = []
+    for t in range(T):
+        S = S + k[:, t, :, :, None] * v[:, t, :, None, :]
+        z = z + k[:, t]
+        num = torch.einsum("bhk,bhkv->bhv", q[:, t], S)
+        den = torch.einsum("bhk,bhk->bh", q[:, t], z)[..., None]
+        outs.append(num / den)
+    return torch.stack(outs, 1)
+
+
+def miss_normalized_linear_inplace(q, k, v):
+    """The same with in-place updates and a buffer write."""
+    B, T, H, K = q.shape
+    S = torch.zeros(B, H, K, v.shape[-1])
+    norm = torch.zeros(B, H, K)
+    o = torch.empty_like(v)
+    for t in range(T):
+        S += torch.einsum("bhk,bhv->bhkv", k[:, t], v[:, t])
+        norm += k[:, t]
+        o[:, t] = torch.einsum("bhk,bhkv->bhv", q[:, t], S) / (q[:, t] * norm).sum(-1, keepdim=True)
+    return o

@@ -1,0 +1,370 @@
+"""When to rewrite: a per-device cost table, so that a rewritten region is never slower than the
+code as written.
+
+For small work, the op's fixed cost (its chunked algorithm, layout around it) exceeds what the
+code as written costs: a RetNet parallel form at T=64 runs 3x slower rewritten on a CPU, and 2.6x
+faster at T=512. Leaving a region as written is always available and always correct, so below a
+crossover the region stays as written. The rule, per device kind, family and spelling:
+
+    work < min_work  ->  keep the region as written
+
+``work`` counts what the code as written does, in its spelling's own units:
+``B*H*T*T*K`` for a parallel form (its score matrix and read-out) and ``B*H*T*K*V`` for a loop or
+a cumsum (their per-step outer products). A loop as written pays interpreter and kernel-launch
+costs per step, so its crossover is 0 on every device measured.
+
+The table ships with the package (``costs.json`` next to this file). ``python -m fla_compile tune
+--costs`` (or ``--costs-only``) measures this machine and writes ``$FLA_COMPILE_CACHE_DIR/costs.json`` (default
+``~/.cache/fla_compile``), whose entries take precedence. ``FLA_COMPILE_COSTS=off`` turns the
+choice off (always rewrite); ``FLA_COMPILE_COSTS=/path.json`` reads that table alone.
+Entries are matched most specific first: device (``cuda-sm90`` before ``cuda`` before ``*``),
+then family, then spelling; no entry means: always rewrite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import pathlib
+
+import torch
+
+PACKAGED = pathlib.Path(__file__).with_name("costs.json")
+_override: list | None = None  # set by ``use`` (tests)
+_loaded: dict = {}  # path -> (mtime, entries)
+
+
+def cache_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("FLA_COMPILE_CACHE_DIR", pathlib.Path.home() / ".cache" / "fla_compile"))
+
+
+def user_file() -> pathlib.Path:
+    return cache_dir() / "costs.json"
+
+
+def device_kind(device) -> str:
+    """``cpu``, or ``cuda-sm90`` and kin (the compute capability), or the device type."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"cuda-sm{major}{minor}"
+    return device.type
+
+
+def _read(path: pathlib.Path) -> list:
+    try:
+        mtime = path.stat().st_mtime
+    except OSError:
+        return []
+    hit = _loaded.get(str(path))
+    if hit is None or hit[0] != mtime:
+        try:
+            entries = json.loads(path.read_text()).get("entries", [])
+        except (OSError, ValueError, AttributeError):
+            entries = []
+        hit = _loaded[str(path)] = (mtime, [e for e in entries if isinstance(e, dict)])
+    return hit[1]
+
+
+_memo: dict = {}  # (FLA_COMPILE_COSTS, the user file) -> entries: files are read once per process
+_generation = 0  # bumped whenever the table in force may change (``use``, ``tune``)
+
+
+def entries() -> list[dict]:
+    """The table in force: the measured one of this machine first, then the package's."""
+    if _override is not None:
+        return _override
+    env = os.environ.get("FLA_COMPILE_COSTS", "")
+    key = (env, os.environ.get("FLA_COMPILE_CACHE_DIR", ""))
+    if key not in _memo:
+        if env.lower() in ("off", "0", "none", "never"):
+            _memo[key] = []
+        elif env:
+            _memo[key] = _read(pathlib.Path(env))
+        else:
+            _memo[key] = _read(user_file()) + _read(PACKAGED)
+    return _memo[key]
+
+
+def token() -> int:
+    """Changes whenever the table in force is changed from this process (``use``, ``tune``): a
+    choice cached with it stays valid while it is equal. (Setting ``FLA_COMPILE_COSTS`` after
+    the first choice does not reach choices already cached by ``@jit``.)"""
+    return _generation
+
+
+def _changed() -> None:
+    global _generation
+    _generation += 1
+    _memo.clear()
+
+
+@contextlib.contextmanager
+def use(table: list[dict] | None):
+    """Use ``table`` (a list of entries; ``[]``: always rewrite) inside the block."""
+    global _override
+    old, _override = _override, table
+    _changed()
+    try:
+        yield
+    finally:
+        _override = old
+        _changed()
+
+
+def _rank(value: str, wanted: str) -> int | None:
+    """How specifically ``value`` (a table key) matches ``wanted``: 2 exact, 1 prefix, 0 '*'."""
+    if value == wanted:
+        return 2
+    if value == "*":
+        return 0
+    if wanted.startswith(value + "-"):
+        return 1
+    return None
+
+
+def lookup(kind: str, family: str, spelling: str) -> dict | None:
+    """The most specific entry for this device kind, family and spelling (None: always rewrite)."""
+    best, best_rank = None, None
+    for i, e in enumerate(entries()):
+        ranks = (
+            _rank(str(e.get("device", "*")), kind),
+            _rank(str(e.get("family", "*")), family),
+            _rank(str(e.get("spelling", "*")), spelling),
+        )
+        if None in ranks:
+            continue
+        rank = (*ranks, -i)  # earlier entries (this machine's) win ties
+        if best_rank is None or rank > best_rank:
+            best, best_rank = e, rank
+    return best
+
+
+def work(spelling: str, T: int, heads: int, K: int, V: int) -> float:
+    """What the code as written does, in the spelling's units (see the module docstring)."""
+    return float(heads) * T * (T * K if spelling == "parallel" else K * V)
+
+
+def crossover_T(spelling: str, min_work: float, heads: int, K: int, V: int) -> int:
+    """The length at which ``work`` reaches ``min_work`` for these other sizes."""
+    per = float(heads) * (K if spelling == "parallel" else K * V)
+    if per <= 0:
+        return 0
+    return math.ceil(math.sqrt(min_work / per) if spelling == "parallel" else min_work / per)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """The sizes of a region that the choice reads: length, batch*heads, key and value dims, device."""
+
+    T: int
+    heads: int
+    K: int
+    V: int
+    device: str
+
+    def at(self, T: int) -> Shape:
+        return dataclasses.replace(self, T=T)
+
+
+def kept_reason(family: str, spelling: str, shape: Shape) -> str:
+    """Why the region stays as written at this shape, or "" where the rewrite is the cheaper path."""
+    kind = shape.device
+    e = lookup(kind, family, spelling)
+    if e is None:
+        return ""
+    min_work = float(e.get("min_work", 0))
+    if work(spelling, shape.T, shape.heads, shape.K, shape.V) >= min_work:
+        return ""
+    Tc = crossover_T(spelling, min_work, shape.heads, shape.K, shape.V)
+    return (
+        f"kept as written: T={shape.T} is below the crossover (T≈{Tc} at B·H={shape.heads}, K={shape.K}, "
+        f"V={shape.V}) for {family}/{spelling} on {kind}"
+    )
+
+
+def shape_of(T: int, q, v, heads: int) -> Shape:
+    """A ``Shape`` from example values of q and v (anything with ``shape[-1]`` and ``device``)."""
+    return Shape(int(T), int(heads), int(q.shape[-1]), int(v.shape[-1]), device_kind(q.device))
+
+
+def decide(opts, family: str, spelling: str, shape_of_region, *region) -> tuple[str, Shape | None]:
+    """The backend's choice for a proven region: (the reason it stays as written, or "" to
+    rewrite; its ``Shape``, which ``@jit`` reads to choose again at each call's length).
+
+    ``shape_of_region(*region)`` makes the region's ``Shape``. Sizes that cannot be read mean: rewrite,
+    as before this table existed. With ``opts.costs`` off the region is always rewritten.
+    """
+    try:
+        shape = shape_of_region(*region)
+    except Exception:  # noqa: BLE001 - an unforeseen layout: the rewrite is proven, take it
+        return "", None
+    if not getattr(opts, "costs", True):
+        return "", shape
+    return kept_reason(family, spelling, shape), shape
+
+
+def loop_shape(region) -> Shape:
+    """The ``Shape`` of a re-rolled loop: its length and its state [*batch, K, V]."""
+    from .patterns._graph import value_of
+
+    S = value_of(region.blocks[-1][region.state_offset])
+    return Shape(region.T, math.prod(S.shape[:-2]), int(S.shape[-2]), int(S.shape[-1]), device_kind(S.device))
+
+
+def form_shape(rec, out) -> Shape:
+    """The ``Shape`` of a proven parallel or cumsum form, from its output node and layout."""
+    from .patterns._graph import value_of
+
+    lay = rec.layout
+    o = value_of(out)
+    labels = lay.out.labels
+    T = o.shape[labels.index(lay.out.time)]
+    V = o.shape[labels.index(lay.out.feat)] if lay.out.feat in labels else 1
+    K = V
+    q = value_of(rec.q) if rec.q is not None and not isinstance(rec.q, torch.Tensor) else rec.q
+    if isinstance(q, torch.Tensor) and lay.q.feat in lay.q.labels and q.dim() == len(lay.q.labels):
+        K = q.shape[lay.q.labels.index(lay.q.feat)]
+    return Shape(int(T), math.prod(lay.bsizes), int(K), int(V), device_kind(o.device))
+
+
+# ------------------------------------------------------------------ measuring (``tune``)
+def _retnet_parallel(q, k, v):
+    """RetNet's parallel form, as written: the spelling whose crossover ``tune`` measures."""
+    T, H = q.shape[1], q.shape[2]
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+    gamma = 1 - 2.0 ** (-5 - torch.arange(H, dtype=torch.float32, device=q.device))
+    i = torch.arange(T, device=q.device)
+    decay = (gamma[:, None, None] ** (i[:, None] - i[None, :]).float()).masked_fill(i[:, None] < i[None, :], 0)
+    return torch.matmul(torch.matmul(q, k.transpose(-1, -2)) * decay, v).transpose(1, 2)
+
+
+def _linear_loop(q, k, v):
+    """A linear-attention time loop, as written."""
+    B, T, H, K = q.shape
+    h = q.new_zeros(B, H, K, v.shape[-1])
+    outs = []
+    for t in range(T):
+        h = h + k[:, t, :, :, None] * v[:, t, :, None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], h))
+    return torch.stack(outs, 1)
+
+
+MEASURED = {"parallel": (_retnet_parallel, (16, 32, 64, 128, 256, 512)), "loop": (_linear_loop, (8, 16, 32))}
+
+
+def measure(spelling: str, device, B=1, H=4, D=64, reps=9) -> list[tuple[int, float, float]]:
+    """(T, as written s, rewritten s) at each length of ``MEASURED[spelling]``: the fastest of
+    ``reps`` alternating runs, forward, fp32, the rewrite compiled with the table off."""
+    import time
+
+    from .backend import REPORTS
+
+    fn, Ts = MEASURED[spelling]
+    device = torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    out = []
+    for T in Ts:
+        g = torch.Generator().manual_seed(T)
+        args = [torch.randn(B, T, H, D, generator=g).to(device) for _ in range(3)]
+        torch._dynamo.reset()
+        n = len(REPORTS)
+        with torch.no_grad(), use([]):
+            op = torch.compile(fn, backend="fla", dynamic=False, options={"inductor": False})
+            op(*args)
+            if not any(m.path != "as written" for r in REPORTS[n:] for m in r.matches):
+                raise RuntimeError(f"tune: the {spelling} spelling was not rewritten at T={T}")
+            times: dict = {fn: [], op: []}
+            for f in (fn, op, fn, op):  # warm-up
+                f(*args)
+            for _ in range(reps):
+                for f in times:
+                    sync()
+                    t0 = time.perf_counter()
+                    f(*args)
+                    sync()
+                    times[f].append(time.perf_counter() - t0)
+        out.append((T, min(times[fn]), min(times[op])))  # min: robust to a shared machine's stalls
+    torch._dynamo.reset()
+    return out
+
+
+def crossover_work(spelling: str, rows, H=4, D=64, B=1) -> float:
+    """The work from which the rewrite is faster at every larger measured length (0: at all)."""
+    faster_from = None
+    for i, (_, written, rewritten) in enumerate(rows):
+        if rewritten < written:
+            faster_from = i if faster_from is None else faster_from
+        else:
+            faster_from = None
+    if faster_from == 0:
+        return 0.0
+    if faster_from is None:  # never faster here: up to twice the largest length measured
+        return work(spelling, 2 * rows[-1][0], B * H, D, D)
+    T = math.sqrt(rows[faster_from - 1][0] * rows[faster_from][0])  # between the last slower and first faster
+    return work(spelling, T, B * H, D, D)
+
+
+def tune(device, spellings=("parallel", "loop"), log=print) -> list[dict]:
+    """Measure this device and write its entries to ``user_file()`` (other devices' are kept)."""
+    import datetime
+
+    kind = device_kind(device)
+    new = []
+    for spelling in spellings:
+        rows = measure(spelling, device)
+        for T, a, b in rows:
+            log(f"  {spelling:8s} T={T:4d}: as written {a * 1e3:8.3f} ms, rewritten {b * 1e3:8.3f} ms ({a / b:5.2f}x)")
+        w = crossover_work(spelling, rows)
+        log(
+            f"  {spelling}: keep as written below work {w:.3g} (T≈{crossover_T(spelling, w, 4, 64, 64)} at B·H=4, D=64)"
+        )
+        new.append(
+            {
+                "device": kind,
+                "family": "*",
+                "spelling": spelling,
+                "min_work": w,
+                "why": f"measured by python -m fla_compile tune, {datetime.date.today()}, torch {torch.__version__}",
+            }
+        )
+    path = user_file()
+    old = _read(path)
+    keep = [
+        e
+        for e in old
+        if (e.get("device"), e.get("family"), e.get("spelling"))
+        not in {(e2["device"], e2["family"], e2["spelling"]) for e2 in new}
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"version": 1, "entries": new + keep}, indent=1) + "\n")
+    _changed()
+    log(f"fla_compile tune: cost table for {kind} written to {path}")
+    return new
+
+
+def tune_main(argv) -> tuple[int | None, list[str]]:
+    """The cost-table part of ``python -m fla_compile tune`` (``--costs``, ``--costs-only``); returns
+    (an exit status, or None to go on to the kernel tuning; the arguments left for that)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m fla_compile tune", add_help=False)
+    p.add_argument(
+        "--costs",
+        action="store_true",
+        help="also measure where the op beats the code as written on this device (fla_compile/costs.py)",
+    )
+    p.add_argument("--costs-only", action="store_true", help="only the cost table (CPU or GPU), no kernel tuning")
+    p.add_argument("--device", default=None, help="the device to measure (default: cuda if present, else cpu)")
+    args, rest = p.parse_known_args(argv)
+    if "-h" in rest or "--help" in rest:
+        p.print_help()
+        return (0 if args.costs_only else None), rest
+    if args.costs or args.costs_only:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        print(f"fla_compile tune: measuring the cost table on {device_kind(device)}")
+        tune(device)
+    return (0 if args.costs_only else None), rest
