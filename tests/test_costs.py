@@ -5,6 +5,7 @@ in ``@jit``, and the report says which path runs."""
 import json
 import logging
 
+import pytest
 import torch
 
 import fla_compile
@@ -201,3 +202,22 @@ def test_cli_tune_costs_only(tmp_path, monkeypatch, capsys):
     assert cli.main(["tune", "--costs-only"]) == 0
     assert "cost table for cpu written" in capsys.readouterr().out
     assert {e["spelling"] for e in json.loads((tmp_path / "costs.json").read_text())["entries"]} == {"parallel", "loop"}
+
+
+def test_jit_repeated_call_takes_the_fast_path(monkeypatch):
+    """A repeated call with the same inputs costs one key and one lookup; a new table or length is
+    decided again (the cached choice is tied to the table's token)."""
+    fn = fla_compile.jit(retention)
+    with costs.use(TABLE):
+        for T in (16, 64):
+            fn(*inputs(T))
+        monkeypatch.setattr(fn, "_key", lambda args: (_ for _ in ()).throw(AssertionError("slow path")))
+        for T, ops in ((16, 0), (64, 1)):  # both choices replayed without the slow path
+            args = inputs(T)
+            out, calls = lowerings(fn, args)
+            torch.testing.assert_close(out, retention(*args))
+            assert calls == ops, T
+        with pytest.raises(AssertionError, match="slow path"):
+            fn(*inputs(32))  # a length not seen yet
+    with pytest.raises(AssertionError, match="slow path"):
+        fn(*inputs(16))  # another table in force: the choice is made again
