@@ -143,10 +143,11 @@ def _gla_A(q, k, gc, cu, info, NS, B, T, H, G, K, BT, BK, prec, cfg, out=None):
 
 # The op keeps the forward's A for its backward (ops/gla.py): [B, T, H, A_SLOTS] in v's dtype, a layout
 # fixed before any config is known (fake impls give it without tuning). A forward with BT <= A_SLOTS
-# writes its A into the first BT columns of each row and tags the tensor with that BT (a Python attribute:
-# it lives as long as the tensor object, through autograd's saved tensors and compiled graphs); the
-# backward uses the tensor only when the tag equals its own BT, and recomputes A otherwise (an untagged
-# or differently tagged tensor, a copy, the fused recurrent forward, BT > A_SLOTS).
+# writes its A into the first BT columns of each row (zeros in the others; all zeros where it makes no A)
+# and tags the tensor with that BT, a Python attribute: it lives as long as the tensor object, through
+# autograd's saved tensors and compiled graphs. The backward uses the tensor only when the tag equals its
+# own BT, and recomputes A otherwise (no tag: a copy, the fused recurrent forward, BT > A_SLOTS; or a
+# forward that ran another config than the backward, e.g. tuning happened in between).
 A_SLOTS = 64
 _A_TAG = "_fla_compile_A_BT"
 
@@ -175,6 +176,12 @@ def _untag(A_out):
         delattr(A_out, _A_TAG)
 
 
+def _no_A(A_out):
+    """No A is kept (fused recurrent forward, BT > A_SLOTS): the op's output is zeros, not whatever was there."""
+    if A_out is not None:
+        A_out.zero_()
+
+
 def saved_A_valid(A, B, T, H, BT, dtype, device) -> bool:
     """Whether ``A`` is a forward's A for chunk size BT in the saved layout (written, tagged, same BT)."""
     return _A_slot(A, B, T, H, BT, dtype, device) and getattr(A, _A_TAG, None) == BT
@@ -184,7 +191,7 @@ def chunk_forward(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlen
     """Chunked forward: (o in v's dtype, final state fp32 [N, H, K, V]).
 
     ``A_out`` (vector gate): a [B, T, H, A_SLOTS] tensor in v's dtype (:func:`saved_A_like`) to keep A in
-    for the backward; written and tagged with BT when BT <= A_SLOTS, else left as it is.
+    for the backward; written (zeros past column BT) and tagged with BT when BT <= A_SLOTS, else zeros.
     """
     _untag(A_out)
     q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind)
@@ -198,8 +205,14 @@ def chunk_forward(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlen
     if gid == 2:
         out = A_out if _A_slot(A_out, B, T, H, BT, v.dtype, v.device) else None
         A = _gla_A(q, k, gc, cu, info, NS, B, T, H, H // HK, K, BT, BK, prec, cfg, out=out)
-        if out is not None:
+        if out is None:
+            _no_A(A_out)
+        else:
+            if BT < A_SLOTS:  # the columns no chunk reaches: zeros, so the op's outputs are deterministic
+                out[..., BT:].zero_()
             setattr(out, _A_TAG, BT)
+    else:
+        _no_A(A_out)
     o = _empty(v.shape, v.device, v.dtype)
     BK, BV = _tile(cfg, "o", K, V)
     grid = (NS, triton.cdiv(V, BV), H)
@@ -398,9 +411,10 @@ def fused_recurrent(
 
 
 def forward(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, A_out=None):
-    """The op's forward: the fused recurrent kernel for short inputs (``A_out`` left as it is), the chunked
+    """The op's forward: the fused recurrent kernel for short inputs (``A_out`` set to zeros), the chunked
     one otherwise (it keeps the vector gate's A in ``A_out``, see :func:`chunk_forward`)."""
     if q.shape[1] <= DECODE_MAX_T:
         _untag(A_out)
+        _no_A(A_out)
         return fused_recurrent(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens)
     return chunk_forward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, A_out=A_out)
