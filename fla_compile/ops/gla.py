@@ -3,7 +3,8 @@
 Public functions take [B, T, H, D] inputs (GQA: q and k may have fewer heads than v),
 log-space gates, an optional initial state [N, H, K, V] and packed ``cu_seqlens``; they
 return ``(o, final_state)`` with ``final_state`` None unless asked for. Underneath each is
-one ``torch.ops.fla_compile.<family>`` custom op.
+one ``torch.ops.fla_compile.<family>`` custom op returning ``(o, final_state)``; gla's returns a third,
+non-differentiable output: its intra-chunk matrix A, kept for the backward (``lowering.gla_saved_A``).
 """
 
 from __future__ import annotations
