@@ -47,24 +47,42 @@ def gla_triton_enabled(q, k, v, *others) -> bool:
     return gla_triton.supported(q, k, v)
 
 
-def gla_line(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=None):
-    """Forward of linear_attn / retention / simple_gla / gla: (o, final state fp32)."""
-    if gla_triton_enabled(q, k, v, gate, initial_state):
-        from . import gla_triton
+def gla_saved_A(q, k, v, gate, initial_state=None):
+    """The buffer in which the gla op keeps the forward's A for its backward: [B, T, H, 64] in v's dtype
+    where the kernels run these inputs, else an empty tensor (the torch path has no A to keep).
 
-        return gla_triton.forward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens)
-    return gla_line_forward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens)
-
-
-def gla_line_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht):
-    """Backward of ``gla_line``: (dq, dk, dv, dgate or None, dh0 or None).
-
-    Triton chunked backward on CUDA; elsewhere autograd through the torch chunked path.
+    Decided from the inputs' metadata and ``FLA_COMPILE_TRITON`` only (never from a config or a tuning
+    run), so the op's fake impl calls it too and gives the same shape; see ``gla_triton.A_SLOTS``.
     """
     if gla_triton_enabled(q, k, v, gate, initial_state):
         from . import gla_triton
 
-        return gla_triton.chunk_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht)
+        return gla_triton.saved_A_like(q, v)
+    return v.new_empty(0)
+
+
+def gla_line(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, A_out=None):
+    """Forward of linear_attn / retention / simple_gla / gla: (o, final state fp32).
+
+    ``A_out`` (gla, from :func:`gla_saved_A`): where the chunked kernels keep A for the backward.
+    """
+    if gla_triton_enabled(q, k, v, gate, initial_state):
+        from . import gla_triton
+
+        return gla_triton.forward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, A_out=A_out)
+    return gla_line_forward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens)
+
+
+def gla_line_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, A=None):
+    """Backward of ``gla_line``: (dq, dk, dv, dgate or None, dh0 or None).
+
+    Triton chunked backward on CUDA (reusing the forward's ``A`` when it holds A for the backward's chunk
+    size, else recomputing it); elsewhere autograd through the torch chunked path.
+    """
+    if gla_triton_enabled(q, k, v, gate, initial_state):
+        from . import gla_triton
+
+        return gla_triton.chunk_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, A=A)
     inputs = [q, k, v, gate, initial_state]
     with torch.enable_grad():
         leaves = [x.detach().requires_grad_() if x is not None else None for x in inputs]

@@ -129,17 +129,71 @@ def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg,
     return h, ht
 
 
-def _gla_A(q, k, gc, cu, info, NS, B, T, H, G, K, BT, BK, prec, cfg):
-    """The vector gate's intra-chunk attention matrix A: [B, T, H, BT] fp32."""
-    A = _empty((B, T, H, BT), q.device, torch.float32)
+def _gla_A(q, k, gc, cu, info, NS, B, T, H, G, K, BT, BK, prec, cfg, out=None):
+    """The vector gate's intra-chunk attention matrix A: [B, T, H, BT] in the inputs' dtype (the kernels
+    cast it to that dtype before every dot), or written into ``out`` [B, T, H, A_SLOTS] (BT <= A_SLOTS)."""
+    A = _empty((B, T, H, BT), q.device, q.dtype) if out is None else out
     NC = BT // BC
     BK = _tile(cfg, "A", K, K)[0]
-    intra.chunk_gla_A_kernel[(NS, NC * NC, H)](q, k, gc, A, cu, info, H, G, K, BT, BC, BK, NC, prec, **_opts(cfg, "A"))
+    intra.chunk_gla_A_kernel[(NS, NC * NC, H)](
+        q, k, gc, A, cu, info, H, G, K, BT, BC, BK, NC, prec, A.shape[-1], **_opts(cfg, "A")
+    )
     return A
 
 
-def chunk_forward(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, config=None):
-    """Chunked forward: (o in v's dtype, final state fp32 [N, H, K, V])."""
+# The op keeps the forward's A for its backward (ops/gla.py): [B, T, H, A_SLOTS] in v's dtype, a layout
+# fixed before any config is known (fake impls give it without tuning). A forward with BT <= A_SLOTS
+# writes its A into the first BT columns of each row (zeros in the others; all zeros where it makes no A)
+# and tags the tensor with that BT, a Python attribute: it lives as long as the tensor object, through
+# autograd's saved tensors and compiled graphs. The backward uses the tensor only when the tag equals its
+# own BT, and recomputes A otherwise (no tag: a copy, the fused recurrent forward, BT > A_SLOTS; or a
+# forward that ran another config than the backward, e.g. tuning happened in between).
+A_SLOTS = 64
+_A_TAG = "_fla_compile_A_BT"
+
+
+def saved_A_like(q, v):
+    """An empty tensor in the op's saved layout of A: [B, T, H, A_SLOTS] in v's dtype."""
+    B, T, H = v.shape[:3]
+    return v.new_empty(B, T, H, A_SLOTS)
+
+
+def _A_slot(A, B, T, H, BT, dtype, device):
+    """Whether ``A`` can hold (forward) or holds (backward, then also tagged with BT) the A of this call."""
+    return (
+        A is not None
+        and BT <= A_SLOTS
+        and tuple(A.shape) == (B, T, H, A_SLOTS)
+        and A.dtype == dtype
+        and A.device == device
+        and A.is_contiguous()
+    )
+
+
+def _untag(A_out):
+    """A tensor about to be (re)used as ``A_out`` holds no A until written: drop any earlier tag."""
+    if A_out is not None and hasattr(A_out, _A_TAG):
+        delattr(A_out, _A_TAG)
+
+
+def _no_A(A_out):
+    """No A is kept (fused recurrent forward, BT > A_SLOTS): the op's output is zeros, not whatever was there."""
+    if A_out is not None:
+        A_out.zero_()
+
+
+def saved_A_valid(A, B, T, H, BT, dtype, device) -> bool:
+    """Whether ``A`` is a forward's A for chunk size BT in the saved layout (written, tagged, same BT)."""
+    return _A_slot(A, B, T, H, BT, dtype, device) and getattr(A, _A_TAG, None) == BT
+
+
+def chunk_forward(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, config=None, A_out=None):
+    """Chunked forward: (o in v's dtype, final state fp32 [N, H, K, V]).
+
+    ``A_out`` (vector gate): a [B, T, H, A_SLOTS] tensor in v's dtype (:func:`saved_A_like`) to keep A in
+    for the backward; written (zeros past column BT) and tagged with BT when BT <= A_SLOTS, else zeros.
+    """
+    _untag(A_out)
     q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind)
     BT, BK, BV, cfg = _blocks(_config(gate_kind, q, v, T, cu_seqlens, config), K, V)
     cu, info, chunk_off, NS, N = chunk_meta(B, T, cu_seqlens, BT, q.device)
@@ -147,7 +201,18 @@ def chunk_forward(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlen
     gc = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device, cfg)
     prec = _prec(v.dtype)
     h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, H // HK, K, V, gid, BT, BK, BV, cfg, prec)
-    A = _gla_A(q, k, gc, cu, info, NS, B, T, H, H // HK, K, BT, BK, prec, cfg) if gid == 2 else h
+    A = h
+    if gid == 2:
+        out = A_out if _A_slot(A_out, B, T, H, BT, v.dtype, v.device) else None
+        A = _gla_A(q, k, gc, cu, info, NS, B, T, H, H // HK, K, BT, BK, prec, cfg, out=out)
+        if out is None:
+            _no_A(A_out)
+        else:
+            if BT < A_SLOTS:  # the columns no chunk reaches: zeros, so the op's outputs are deterministic
+                out[..., BT:].zero_()
+            setattr(out, _A_TAG, BT)
+    else:
+        _no_A(A_out)
     o = _empty(v.shape, v.device, v.dtype)
     BK, BV = _tile(cfg, "o", K, V)
     grid = (NS, triton.cdiv(V, BV), H)
@@ -171,16 +236,19 @@ def chunk_forward(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlen
         BV,
         gid,
         prec,
+        A.shape[-1] if gid == 2 else BT,
         **_opts(cfg, "o"),
     )
     return o, ht
 
 
-def chunk_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, config=None):
+def chunk_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, config=None, A=None):
     """Chunked backward: (dq, dk, dv, dgate or None, dh0 or None), dq/dk/dv in the inputs' dtypes.
 
-    Recomputes the chunk states, carries the state gradient backwards, then forms dv, dq, dk and the
-    gate gradient per chunk (chunk-local: the decay of the incoming state enters through sum_v h dh).
+    Recomputes the gate cumsum and the chunk states, carries the state gradient backwards, then forms dv,
+    dq, dk and the gate gradient per chunk (chunk-local: the decay of the incoming state enters through
+    sum_v h dh). The vector gate's A is the forward's ``A`` (``chunk_forward(A_out=...)``) when that holds
+    A for this call's BT (:func:`saved_A_valid`), else recomputed.
     """
     in_dtypes = (q.dtype, k.dtype, v.dtype)
     q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind)
@@ -222,12 +290,16 @@ def chunk_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, d
         prec,
         **_opts(cfg, "dh"),
     )
-    A = _gla_A(q, k, gc, cu, info, NS, B, T, H, G, K, BT, BK, prec, cfg) if gid == 2 else ht
+    if gid != 2:
+        A = ht  # a placeholder pointer: never read
+    elif not saved_A_valid(A, B, T, H, BT, v.dtype, v.device):
+        A = _gla_A(q, k, gc, cu, info, NS, B, T, H, G, K, BT, BK, prec, cfg)
+    SA = A.shape[-1] if gid == 2 else BT
     dv = _empty(v.shape, v.device, v.dtype)
     BK, BV = _tile(cfg, "dv", K, V)
     grid = (NS, triton.cdiv(V, BV), H)
     kern.chunk_bwd_dv_kernel[grid](
-        q, k, gc_arg, A, do, dh, dv, cu, info, scale, H, G, K, V, BT, BK, BV, gid, prec, **_opts(cfg, "dv")
+        q, k, gc_arg, A, do, dh, dv, cu, info, scale, H, G, K, V, BT, BK, BV, gid, prec, SA, **_opts(cfg, "dv")
     )
     dq = _empty((B, T, H, K), v.device, torch.float32)
     dk = _empty(dq.shape, v.device, torch.float32)
@@ -338,8 +410,11 @@ def fused_recurrent(
     return o, ht
 
 
-def forward(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=None):
-    """The op's forward: the fused recurrent kernel for short inputs, the chunked one otherwise."""
+def forward(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, A_out=None):
+    """The op's forward: the fused recurrent kernel for short inputs (``A_out`` set to zeros), the chunked
+    one otherwise (it keeps the vector gate's A in ``A_out``, see :func:`chunk_forward`)."""
     if q.shape[1] <= DECODE_MAX_T:
+        _untag(A_out)
+        _no_A(A_out)
         return fused_recurrent(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens)
-    return chunk_forward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens)
+    return chunk_forward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, A_out=A_out)

@@ -8,7 +8,10 @@ with r its first row, when every |b_i - b_r| in it is at most SPAN (both factors
 under stronger gates it is summed column by column with one exponent b_i - b_j (i >= j) per element.
 Nothing overflows for any gate.
 
-Layout of A and dA: [TT, H, BT] fp32, row = token, column = position in the token's chunk.
+Layout of A and dA: [TT, H, SA] (SA >= BT), row = token, column = position in the token's chunk (the
+first BT columns). dA is fp32 with SA = BT; A is stored in the inputs' dtype (its consumers cast it
+to that dtype before every dot, so nothing is lost), with SA = BT, or SA = 64 in the layout the op
+returns to its backward (``gla_triton.A_SLOTS``).
 """
 
 from __future__ import annotations
@@ -39,8 +42,11 @@ def chunk_gla_A_kernel(
     BK: tl.constexpr,
     NC: tl.constexpr,
     PREC: tl.constexpr,
+    SA: tl.constexpr,
 ):
-    """One [BC, BC] block (i_i, i_j) of A per program; blocks above the diagonal are zeros."""
+    """One [BC, BC] block (i_i, i_j) of A per program; blocks above the diagonal are zeros.
+
+    A's rows hold SA >= BT entries (its last dim): BT, or the op's saved layout of 64 columns."""
     i_s, i_ij, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_i, i_j = i_ij // NC, i_ij % NC
     i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
@@ -54,7 +60,7 @@ def chunk_gla_A_kernel(
     o_ti = t0 + i_i * BC + o_c
     o_tj = t0 + i_j * BC + o_c
     m_ti, m_tj = o_ti < eos, o_tj < eos
-    p_A = (o_ti * H + i_h)[:, None] * BT + (i_j * BC + o_c)[None, :]
+    p_A = (o_ti * H + i_h)[:, None] * SA + (i_j * BC + o_c)[None, :]
     m_A = m_ti[:, None] & (o_c < BC)[None, :]
     b_A = tl.zeros([BC, BC], dtype=tl.float32)
     if i_i > i_j:
@@ -109,7 +115,7 @@ def chunk_gla_A_kernel(
                     )
                     b_A += tl.where(o_c[None, :] == j, b_a[:, None], 0)
         b_A = tl.where(o_c[:, None] >= o_c[None, :], b_A, 0)
-    tl.store(A + p_A, b_A, mask=m_A)
+    tl.store(A + p_A, b_A.to(A.dtype.element_ty), mask=m_A)
 
 
 @triton.jit

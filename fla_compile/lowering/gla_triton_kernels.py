@@ -145,8 +145,11 @@ def chunk_fwd_o_kernel(
     BV: tl.constexpr,
     GATE: tl.constexpr,
     PREC: tl.constexpr,
+    SA: tl.constexpr,
 ):
-    """o = scale * ((q * e^b) h + (causal A) v) per chunk, A_ij = sum_k q_ik k_jk e^(b_ik - b_jk)."""
+    """o = scale * ((q * e^b) h + (causal A) v) per chunk, A_ij = sum_k q_ik k_jk e^(b_ik - b_jk).
+
+    The vector gate reads A from chunk_gla_A_kernel, rows of SA entries (see gla_triton_intra)."""
     i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
@@ -188,7 +191,7 @@ def chunk_fwd_o_kernel(
         b_o *= tl.exp(b_g)[:, None]
         b_A *= tl.exp(tl.where(m_A, b_g[:, None] - b_g[None, :], 0))
     if GATE == 2:  # A from chunk_gla_A_kernel
-        b_A = tl.load(A + (o_t * H + i_h)[:, None] * BT + o_i[None, :], mask=m_A, other=0)
+        b_A = tl.load(A + (o_t * H + i_h)[:, None] * SA + o_i[None, :], mask=m_A, other=0)
     b_A = tl.where(m_A, b_A, 0)
     # [BT, BV]
     b_v = tl.load(v + (o_t * H + i_h)[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
@@ -286,8 +289,9 @@ def chunk_bwd_dv_kernel(
     BV: tl.constexpr,
     GATE: tl.constexpr,
     PREC: tl.constexpr,
+    SA: tl.constexpr,
 ):
-    """dv = scale * A^T do + (k * e^(b_last - b)) dh."""
+    """dv = scale * A^T do + (k * e^(b_last - b)) dh; the vector gate's A has rows of SA entries."""
     i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
@@ -334,7 +338,7 @@ def chunk_bwd_dv_kernel(
         b_dv *= tl.exp(tl.where(m_t, b_gl - b_g, 0))[:, None]
         b_At *= tl.exp(tl.where(m_At, b_g[None, :] - b_g[:, None], 0))
     if GATE == 2:  # A^T from chunk_gla_A_kernel
-        b_At = tl.load(A + (o_t * H + i_h)[None, :] * BT + o_i[:, None], mask=m_At, other=0)
+        b_At = tl.load(A + (o_t * H + i_h)[None, :] * SA + o_i[:, None], mask=m_At, other=0)
     b_At = tl.where(m_At, b_At, 0)
     # [BT, BV]
     b_do = tl.load(do + (o_t * H + i_h)[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)

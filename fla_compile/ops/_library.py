@@ -3,11 +3,18 @@
 Each family ``name`` becomes two ops in the ``fla_compile`` namespace:
 
     name(Tensor q, Tensor k, Tensor v, <gate tensors>, float scale,
-         Tensor? initial_state, Tensor? cu_seqlens, <bool flags>) -> (Tensor o, Tensor final_state)
-    name_bwd(<same inputs>, Tensor do, Tensor dht) -> (dq, dk, dv, <d gates>, dh0)
+         Tensor? initial_state, Tensor? cu_seqlens, <bool flags>) -> (Tensor o, Tensor final_state, <saved>)
+    name_bwd(<same inputs>, Tensor do, Tensor dht, <saved>) -> (dq, dk, dv, <d gates>, dh0)
 
 (``<bool flags>`` only for specs that declare ``flags``, e.g. the delta line's in-kernel
-L2 norm of q and k; the GLA-line schemas have none.)
+L2 norm of q and k; the GLA-line schemas have none. ``<saved>``: one Tensor per name in the spec's
+``saved``, intermediates of the forward that its backward reuses instead of recomputing, e.g. gla's
+intra-chunk matrix A; none for the other families.)
+
+A saved tensor is a non-differentiable output: the forward allocates it with the spec's ``saved_like``
+(the same function as the fake impl, so shapes agree by construction), the implementation fills it
+when its path produces that intermediate, autograd keeps it for the backward, and the backward
+implementation decides whether it holds what it needs (else it recomputes).
 
 with fake impls (so torch.compile, export and CUDA graphs see shapes) and the backward
 registered as the forward's autograd formula. The backward is itself an opaque op, so
@@ -38,6 +45,11 @@ class OpSpec:
     backward(q, k, v, *gates, scale, initial_state, cu_seqlens, do, dht, **flags) -> (dq, dk, dv, *dgates, dh0)
     Gradients of absent inputs may be None; the op returns empty tensors in their place.
     ``flags`` names extra ``bool`` schema arguments after cu_seqlens, passed by keyword.
+
+    ``saved`` names intermediates the op returns after (o, final_state) for its backward; then
+    ``saved_like(q, k, v, *gates, initial_state, cu_seqlens, **flags)`` returns them as new empty
+    tensors (called on real and on fake tensors: the shapes may depend on the inputs' metadata only,
+    never on tuning), ``forward`` gets them as ``saved=`` to fill and ``backward`` as ``saved=``.
     """
 
     name: str
@@ -46,6 +58,8 @@ class OpSpec:
     backward: Callable
     doc: str = ""
     flags: tuple[str, ...] = ()
+    saved: tuple[str, ...] = ()
+    saved_like: Callable | None = None
 
 
 def _schema_args(spec: OpSpec) -> str:
@@ -78,41 +92,54 @@ def _empty_forward(q, v, h0, cu):
 
 
 def register(spec: OpSpec) -> None:
-    name, n_gates, n_flags = spec.name, len(spec.gates), len(spec.flags)
-    LIB.define(f"{name}({_schema_args(spec)}) -> (Tensor, Tensor)")
-    LIB.define(f"{name}_bwd({_schema_args(spec)}, Tensor do, Tensor dht) -> Tensor[]")
+    name, n_gates, n_flags, n_saved = spec.name, len(spec.gates), len(spec.flags), len(spec.saved)
+    saved_schema = "".join(f", Tensor {s}" for s in spec.saved)
+    LIB.define(f"{name}({_schema_args(spec)}) -> (Tensor, Tensor{', Tensor' * n_saved})")
+    LIB.define(f"{name}_bwd({_schema_args(spec)}, Tensor do, Tensor dht{saved_schema}) -> Tensor[]")
     qual = f"fla_compile::{name}"
+
+    def saved_like(q, k, v, gates, h0, cu, flags) -> tuple:
+        """The saved outputs as new empty tensors, for the real and the fake impl alike."""
+        if not n_saved:
+            return ()
+        kw = dict(zip(spec.flags, flags))
+        return tuple(spec.saved_like(q, k, v, *gates, initial_state=h0, cu_seqlens=cu, **kw))
 
     def fwd_impl(q, k, v, *rest):
         gates, (scale, h0, cu), flags = rest[:n_gates], rest[n_gates : n_gates + 3], rest[n_gates + 3 :]
         kw = dict(zip(spec.flags, flags))
         if cu is not None and type(cu) is torch.Tensor and cu.device.type == "cpu":  # free on the CPU: see _checks
             check_cu_seqlens(name, cu, q.shape[0], q.shape[1], cu.device, read_values=True)
+        saved = saved_like(q, k, v, gates, h0, cu, flags)
         if _no_steps(v):
-            return _empty_forward(q, v, h0, cu)
+            return (*_empty_forward(q, v, h0, cu), *saved)
+        if n_saved:
+            kw["saved"] = saved
         o, ht = spec.forward(q, k, v, *gates, scale=scale, initial_state=h0, cu_seqlens=cu, **kw)
-        return o.contiguous(), ht.contiguous()
+        return (o.contiguous(), ht.contiguous(), *saved)
 
     def bwd_impl(q, k, v, *rest):
         gates, (scale, h0, cu), rest = rest[:n_gates], rest[n_gates : n_gates + 3], rest[n_gates + 3 :]
-        kw, (do, dht) = dict(zip(spec.flags, rest[:n_flags])), rest[n_flags:]
+        kw, (do, dht), saved = dict(zip(spec.flags, rest[:n_flags])), rest[n_flags : n_flags + 2], rest[n_flags + 2 :]
         inputs = (q, k, v, *gates, h0)
         if _no_steps(v):  # nothing ran: the state's gradient passes through, the rest have no elements
             dense = torch.contiguous_format  # as the fake impl says; and dh0 is a copy: outputs never alias inputs
             grads = [torch.zeros_like(x, memory_format=dense) for x in inputs[:-1]]
             return grads + [dht.to(h0.dtype, memory_format=dense, copy=True) if h0 is not None else q.new_empty(0)]
+        if n_saved:
+            kw["saved"] = tuple(saved)
         grads = spec.backward(q, k, v, *gates, scale=scale, initial_state=h0, cu_seqlens=cu, do=do, dht=dht, **kw)
         return [g.to(x.dtype).contiguous() if g is not None else q.new_empty(0) for g, x in zip(grads, inputs)]
 
     def fwd_fake(q, k, v, *rest):
-        cu = rest[n_gates + 2]
+        gates, (_, h0, cu), flags = rest[:n_gates], rest[n_gates : n_gates + 3], rest[n_gates + 3 :]
         B, T, H, V = v.shape
         K = q.shape[-1]
         o = v.new_empty(B, T, H, V)
         ht = v.new_empty(_state_batch(q, cu), H, K, V, dtype=state_dtype(v))
-        return o, ht
+        return (o, ht, *saved_like(q, k, v, gates, h0, cu, flags))
 
-    def bwd_fake(q, k, v, *rest):
+    def bwd_fake(q, k, v, *rest):  # the saved tensors (last arguments) do not change the gradients' shapes
         h0 = rest[n_gates + 1]
         inputs = (q, k, v, *rest[:n_gates], h0)
         return [
@@ -127,13 +154,18 @@ def register(spec: OpSpec) -> None:
     bwd_op = getattr(torch.ops.fla_compile, f"{name}_bwd").default
 
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*[x for x in inputs if isinstance(x, torch.Tensor)])
+        kept = output[2:]  # the saved intermediates: no gradient flows into them
+        if kept:
+            ctx.mark_non_differentiable(*kept)
+            ctx.set_materialize_grads(False)  # no zero gradients are made for them (do, dht may be None)
+        ctx.save_for_backward(*[x for x in inputs if isinstance(x, torch.Tensor)], *kept)
         ctx.layout = [isinstance(x, torch.Tensor) for x in inputs]
         ctx.scalars = [x for x in inputs if not isinstance(x, torch.Tensor)]
 
-    def backward(ctx, do, dht):
+    def backward(ctx, do, dht, *_):
         saved, scalars = iter(ctx.saved_tensors), iter(ctx.scalars)
         inputs = [next(saved) if is_t else next(scalars) for is_t in ctx.layout]
+        kept = list(saved)
         if do is None:
             do = torch.zeros_like(inputs[2])
         if dht is None:
@@ -145,7 +177,7 @@ def register(spec: OpSpec) -> None:
                 dtype=state_dtype(inputs[2]),
                 device=inputs[0].device,
             )
-        grads = bwd_op(*inputs, do, dht)
+        grads = bwd_op(*inputs, do, dht, *kept)
         dq, dk, dv, *dgates, dh0 = grads
         h0 = inputs[3 + n_gates + 1]
         return (dq, dk, dv, *dgates, None, dh0 if h0 is not None else None, None, *([None] * n_flags))

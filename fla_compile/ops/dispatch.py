@@ -30,5 +30,5 @@ def run_family(
         decay = torch.as_tensor(decay, device=q.device).to(torch.float64 if q.dtype == torch.float64 else torch.float32)
         return ops.retention(q, k, v, decay.expand(H).contiguous(), scale, h0, None)
     if family == Family.GLA:
-        return ops.gla(q, k, v, gate, scale, h0, None)
+        return ops.gla(q, k, v, gate, scale, h0, None)[:2]  # its third output is A, kept for the backward
     return ops.simple_gla(q, k, v, gate, scale, h0, None)  # simple_gla, or retention held in a tensor

@@ -3,7 +3,8 @@
 Public functions take [B, T, H, D] inputs (GQA: q and k may have fewer heads than v),
 log-space gates, an optional initial state [N, H, K, V] and packed ``cu_seqlens``; they
 return ``(o, final_state)`` with ``final_state`` None unless asked for. Underneath each is
-one ``torch.ops.fla_compile.<family>`` custom op.
+one ``torch.ops.fla_compile.<family>`` custom op returning ``(o, final_state)``; gla's returns a third,
+non-differentiable output: its intra-chunk matrix A, kept for the backward (``lowering.gla_saved_A``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numbers
 
 import torch
 
-from ..lowering import gla_line, gla_line_backward, gla_triton_enabled
+from ..lowering import gla_line, gla_line_backward, gla_saved_A, gla_triton_enabled
 from ..lowering.gla_torch import GATE_NONE, GATE_SCALAR, GATE_VECTOR
 from ._checks import check_gate, check_qkv, check_scale, check_state, fail
 from ._library import OpSpec, recompute_backward, register
@@ -32,15 +33,20 @@ def _simple_gla_fwd(q, k, v, g, *, scale, initial_state, cu_seqlens):
     return gla_line(q, k, v, g, GATE_SCALAR, scale, initial_state, cu_seqlens)
 
 
-def _gla_fwd(q, k, v, gk, *, scale, initial_state, cu_seqlens):
-    return gla_line(q, k, v, gk, GATE_VECTOR, scale, initial_state, cu_seqlens)
+def _gla_fwd(q, k, v, gk, *, scale, initial_state, cu_seqlens, saved=(None,)):
+    return gla_line(q, k, v, gk, GATE_VECTOR, scale, initial_state, cu_seqlens, A_out=saved[0])
+
+
+def _gla_saved(q, k, v, gk, *, initial_state, cu_seqlens):
+    """gla keeps its intra-chunk matrix A for the backward (see ``lowering.gla_saved_A``)."""
+    return (gla_saved_A(q, k, v, gk, initial_state),)
 
 
 def _line_backward(forward, gate_kind, per_head_gate=False):
     """The family's backward: the Triton chunked kernels on CUDA, autograd through ``forward`` elsewhere."""
     fallback = recompute_backward(forward)
 
-    def backward(q, k, v, *gates, scale, initial_state, cu_seqlens, do, dht):
+    def backward(q, k, v, *gates, scale, initial_state, cu_seqlens, do, dht, saved=()):
         if not gla_triton_enabled(q, k, v, *gates, initial_state):
             return fallback(
                 q, k, v, *gates, scale=scale, initial_state=initial_state, cu_seqlens=cu_seqlens, do=do, dht=dht
@@ -49,7 +55,10 @@ def _line_backward(forward, gate_kind, per_head_gate=False):
         if per_head_gate:  # retention: one decay per head, broadcast over [B, T, H]
             B, T, H = v.shape[:3]
             gate = gate.reshape(1, 1, H).expand(B, T, H)
-        dq, dk, dv, dg, dh0 = gla_line_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht)
+        A = saved[0] if saved else None  # gla: the forward's A, used when it holds A for this backward
+        dq, dk, dv, dg, dh0 = gla_line_backward(
+            q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, A=A
+        )
         if per_head_gate:
             dg = dg.sum((0, 1))
         return [dq, dk, dv, *((dg,) if gates else ()), dh0]
@@ -69,7 +78,15 @@ SPECS = [
     OpSpec(
         "simple_gla", ("g",), _simple_gla_fwd, _line_backward(_simple_gla_fwd, GATE_SCALAR), "S = exp(g_t) S + k v^T"
     ),
-    OpSpec("gla", ("gk",), _gla_fwd, _line_backward(_gla_fwd, GATE_VECTOR), "S = diag(exp(gk_t)) S + k v^T"),
+    OpSpec(
+        "gla",
+        ("gk",),
+        _gla_fwd,
+        _line_backward(_gla_fwd, GATE_VECTOR),
+        "S = diag(exp(gk_t)) S + k v^T",
+        saved=("A",),
+        saved_like=_gla_saved,
+    ),
 ]
 for _spec in SPECS:
     register(_spec)
@@ -164,5 +181,5 @@ def simple_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=Fa
 def gla(q, k, v, gk, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
     B, T, H, K, V, scale = _prepare("gla", q, k, v, scale, initial_state, cu_seqlens)
     check_gate("gla", "gk", gk, (B, T, H, K), q)
-    o, ht = torch.ops.fla_compile.gla(q, k, v, gk, scale, initial_state, cu_seqlens)
+    o, ht, _ = torch.ops.fla_compile.gla(q, k, v, gk, scale, initial_state, cu_seqlens)  # _: A, for the backward
     return _result(o, ht, output_final_state)

@@ -3,7 +3,7 @@
 TRITON_INTERPRET must be set before ``import triton``. tests/lowering/conftest.py sets it on machines
 without CUDA, but when another test module imported triton first (a whole-suite run), the kernels
 cannot be interpreted here: test_gla_triton.py then skips itself and this test runs it, and the
-screening test of test_gla_triton_autotune.py, in a child process with the variable set from the start.
+screening test of test_gla_triton_autotune.py and test_gla_saved_A.py, in a child process with the variable set from the start.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def _needs_child() -> bool:
 @pytest.mark.skipif(not _needs_child(), reason="the interpreter tests run in this process")
 def test_interpreter_tests_in_child_process():
     here = pathlib.Path(__file__).parent
-    files = [str(here / "test_gla_triton.py"), str(here / "test_gla_triton_autotune.py")]
+    files = [str(here / name) for name in ("test_gla_triton.py", "test_gla_triton_autotune.py", "test_gla_saved_A.py")]
     env = dict(os.environ, TRITON_INTERPRET="1")
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *files],

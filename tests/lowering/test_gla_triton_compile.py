@@ -30,9 +30,9 @@ SCRIPT = textwrap.dedent(
     base = dict(H=4, G=2, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gid)
     jobs = [
         (kern.chunk_fwd_h_kernel, dict(base, USE_H0=True, STORE_H=True, STORE_HT=True, PREC=prec)),
-        (kern.chunk_fwd_o_kernel, dict(base, PREC=prec)),
+        (kern.chunk_fwd_o_kernel, dict(base, PREC=prec, SA=BT)),
         (kern.chunk_bwd_dh_kernel, dict(base, USE_DHT=True, STORE_DH0=True, PREC=prec)),
-        (kern.chunk_bwd_dv_kernel, dict(base, PREC=prec)),
+        (kern.chunk_bwd_dv_kernel, dict(base, PREC=prec, SA=BT)),
         (kern.chunk_bwd_dqk_kernel, dict(base, PREC=prec)),
         (kern.fused_recurrent_kernel, dict(H=4, G=2, K=K, V=V, BK=128, BV=32, GATE=gid, USE_H0=True, STORE_HT=True)),
     ]
@@ -40,9 +40,13 @@ SCRIPT = textwrap.dedent(
         jobs.append((kern.chunk_cumsum_kernel, dict(H=4, K=K, BT=BT, BK=128, GATE=gid)))
     if gid == 2:
         sub = dict(H=4, G=2, K=K, BT=BT, BC=16, BK=BK, NC=BT // 16, PREC=prec)
-        jobs += [(intra.chunk_gla_A_kernel, sub), (intra.chunk_gla_bwd_intra_kernel, sub)]
+        jobs += [(intra.chunk_gla_A_kernel, dict(sub, SA=64)), (intra.chunk_gla_bwd_intra_kernel, sub)]
+        # the saved layout with a smaller chunk: rows of 64 entries, BT = 32
+        jobs.append((kern.chunk_fwd_o_kernel, dict(base, BT=32, PREC=prec, SA=64)))
+        jobs.append((kern.chunk_bwd_dv_kernel, dict(base, BT=32, PREC=prec, SA=64)))
         jobs.append((intra.chunk_rc_add_kernel, dict(H=4, K=K, BT=BT, BK=BK)))
-    typed = {"q": dt, "k": dt, "v": dt, "o": dt, "do": dt, "dv": dt, "g": dt, "h": dt, "dh": dt}
+    # A: in the inputs' dtype (the vector gate's; a placeholder pointer otherwise)
+    typed = {"q": dt, "k": dt, "v": dt, "o": dt, "do": dt, "dv": dt, "g": dt, "h": dt, "dh": dt, "A": dt}
     for fn, consts in jobs:
         sig = {}
         for name in fn.arg_names:
