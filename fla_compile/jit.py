@@ -225,12 +225,17 @@ class JitFunction:
 
         Cached per (inputs, length) while the cost table in force is the same: a call pays a dict lookup.
         """
-        T = self._time_input(args)[1]
+        ti, T = self._time_input(args)
         ck = (id(report), T)
         hit = self._kept.get(ck)
         if hit is None or hit[0] != costs.token():
+            # the probes ran on the CPU: the call's own device picks the table's entry
+            kind = costs.device_kind(args[ti].device)
             reasons = [
-                costs.kept_reason(m.family, m.spelling, m.shape.at(T)) if m.shape else "" for m in report.matches
+                costs.kept_reason(m.family, m.spelling, dataclasses.replace(m.shape.at(T), device=kind))
+                if m.shape
+                else ""
+                for m in report.matches
             ]
             hit = self._kept[ck] = (costs.token(), reasons)
         return hit[1]

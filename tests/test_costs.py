@@ -221,3 +221,18 @@ def test_jit_repeated_call_takes_the_fast_path(monkeypatch):
             fn(*inputs(32))  # a length not seen yet
     with pytest.raises(AssertionError, match="slow path"):
         fn(*inputs(16))  # another table in force: the choice is made again
+
+
+def test_jit_choice_reads_the_calls_device(monkeypatch):
+    """@jit proves on CPU probes; the choice must read the entry of the device the call runs on
+    (an H200 run took the CPU entry: the op ran where the code as written was faster)."""
+    fn = fla_compile.jit(retention)
+    gpu_only = [{"device": "gpu-x", "family": "*", "spelling": "parallel", "min_work": 1e12}]
+    with costs.use(gpu_only):
+        fn(*inputs(16))  # traced and proven on the CPU
+        real = costs.device_kind
+        monkeypatch.setattr(costs, "device_kind", lambda d: "gpu-x" if torch.device(d).type == "cpu" else real(d))
+        args = inputs(64)
+        out, calls = lowerings(fn, args)
+        torch.testing.assert_close(out, retention(*args))
+        assert calls == 0  # the call's device kind is "gpu-x": kept as written
