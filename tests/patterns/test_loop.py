@@ -28,6 +28,8 @@ POSITIVE = {
     "delta_rule_loop": "delta_rule",
     "gated_delta_rule_inplace": "gated_delta_rule",
     "kda_loop": "kda",
+    "delta_householder": "delta_rule",
+    "kda_diag_embed": "kda",
 }
 NEGATIVE = {
     "miss_nonlinear_in_state": "not linear in the state",
@@ -39,6 +41,9 @@ NEGATIVE = {
     "miss_delta_without_beta": "nor a delta rule",
     "miss_state_clamped": "not linear in the state",
     "miss_output_clamped": "output is not linear in the state",
+    "miss_householder_wrong_sign": "nor a delta rule",
+    "miss_householder_twice": "nor a delta rule",
+    "miss_diag_embed_not_exp": "not positive",
 }
 
 
