@@ -100,6 +100,7 @@ def run(gm: fx.GraphModule, opts: Options) -> tuple[fx.GraphModule, Report]:
     else:
         for _, fn in PASSES:
             fn(graph, opts, report)
+    report.dedup()  # a construct inside an unrolled loop's body is found once per step: said once
     if not report.matches:
         return gm, report
     if specialize_sizes(gm):  # the rewrites were proven and built at these sizes

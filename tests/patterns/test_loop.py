@@ -251,3 +251,30 @@ def test_plain_decay_checked_at_run_time():
     a[0, 3, 0, 1] = 0.0  # eager computes this; our ops cannot
     with pytest.raises(RuntimeError, match="holds a value <= 0"):
         fn(q, k, v, a)
+
+
+def test_near_misses_are_said_once_per_region():
+    """Dynamo unrolls the loop, so a construct of its body that a whole-sequence matcher looks at
+    (here a matmul, for the parallel form) is found once per step: the report says it once, with
+    the number of steps, and the loop's own near miss once."""
+    fn = S.miss_diag_embed_not_exp
+    args = make_inputs(fn)
+    torch.compile(fn, backend="fla", options={"inductor": False})(*args)
+    report = fla_compile.last_report()
+    keys = [(m.spelling, m.source, m.reason) for m in report.misses]
+    assert len(keys) == len(set(keys)), str(report)
+    by_spelling = {m.spelling: m for m in report.misses}
+    assert by_spelling["loop"].count == 1 and "not positive" in by_spelling["loop"].reason, str(report)
+    assert by_spelling["parallel"].count == T, str(report)
+    assert f"({T} times: once per unrolled step" in str(report)
+    assert len(str(report).splitlines()) == 1 + len(report.misses), str(report)
+
+
+def test_merged_keeps_order_and_adds_counts():
+    from fla_compile.report import Miss, Report
+
+    a, b = Miss("parallel", "no causal mask", "x.py:3"), Miss("loop", "not linear", "x.py:3")
+    report = Report(misses=[a, b, a, a])
+    report.extend(Report(misses=[Miss("parallel", "no causal mask", "x.py:3", count=2), b]))
+    assert [(m.spelling, m.count) for m in report.misses] == [("parallel", 5), ("loop", 2)]
+    assert report.near_misses == report.misses
