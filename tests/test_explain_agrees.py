@@ -132,3 +132,18 @@ def test_explain_takes_the_backend_options():
     assert m.error != m.error  # not proven: NaN, as the backend reports it
     strict = explained(S.miss_value_gate, make_inputs(S.miss_value_gate), {"strict": True, "inductor": False})
     assert any("raises FlaCompileError" in n for n in strict.notes), str(strict)
+
+
+@pytest.mark.parametrize(
+    "name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in sorted(POSITIVE)]
+)
+def test_jit_matches_nothing_the_backend_does_not(name):
+    # @jit captures the function at probe lengths, the backend the inlined graph: what one
+    # matches, the other matches too (the two Householder/diag_embed spellings were jit-only)
+    fn = getattr(S, name)
+    args = make_inputs(fn)
+    torch._dynamo.reset()
+    by_jit = fla_compile.jit(fn).explain(*args)
+    said = explained(fn, args)
+    assert [(m.family, m.spelling) for m in by_jit.matches] == [(m.family, m.spelling) for m in said.matches]
+    assert [m.family for m in said.rewritten] == [POSITIVE[name]], str(said)
