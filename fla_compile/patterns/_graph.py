@@ -82,6 +82,9 @@ def constant_value(node: fx.Node) -> torch.Tensor | None:
     ``torch.arange(H)`` powers, a mask), or None: anything it depends on is an input of the graph,
     a parameter, a random draw or uninitialized memory, or it is large.
 
+    Sizes it is made from (``torch.eye(K)`` where Dynamo traced K as a symbol) take their current
+    values: a graph with a rewrite has its sizes pinned by guards (``specialize_sizes``).
+
     Such a value is the same at every call of the compiled graph, so a step that reads it is probed
     with it, not with random numbers in its place (an identity matrix probed as noise hides a
     Householder transition (I - b k k^T) S).
@@ -98,6 +101,10 @@ def constant_value(node: fx.Node) -> torch.Tensor | None:
             continue
         if n in seen:
             continue
+        if _is_size(n):  # a size (symbolic after a recompile): its value here, pinned on a rewrite
+            seen.add(n)
+            order.append(n)
+            continue
         if n.op not in ("call_function", "call_method") or len(order) + len(stack) > _CONSTANT_NODES:
             return None
         name = getattr(n.target, "__name__", str(n.target)).lower()
@@ -109,6 +116,9 @@ def constant_value(node: fx.Node) -> torch.Tensor | None:
     try:
         with torch.no_grad():
             for n in order:
+                if _is_size(n):
+                    env[n] = value_of(n)
+                    continue
                 args = fx.map_arg(n.args, lambda a: env[a])
                 kwargs = fx.map_arg(n.kwargs, lambda a: env[a])
                 if n.op == "call_function":
@@ -121,6 +131,12 @@ def constant_value(node: fx.Node) -> torch.Tensor | None:
     if not isinstance(v, torch.Tensor) or not v.is_floating_point() or v.numel() > _CONSTANT_NUMEL:
         return None
     return v
+
+
+def _is_size(n: fx.Node) -> bool:
+    """A node whose value is an integer: a size or a number computed from sizes."""
+    v = _recorded(n)
+    return isinstance(v, (int, torch.SymInt)) and not isinstance(v, bool)
 
 
 def value_of(node: fx.Node):

@@ -278,3 +278,20 @@ def test_merged_keeps_order_and_adds_counts():
     report.extend(Report(misses=[Miss("parallel", "no causal mask", "x.py:3", count=2), b]))
     assert [(m.spelling, m.count) for m in report.misses] == [("parallel", 5), ("loop", 2)]
     assert report.near_misses == report.misses
+
+
+def test_identity_of_a_symbolic_size():
+    """torch.eye(K) where Dynamo traced K as a symbol is still the constant identity: the delta
+    rule's Householder spelling matches, and another K recompiles (sizes pinned) and stays exact."""
+    from fla_compile import backend
+
+    fn = S.delta_householder
+    compiled = torch.compile(fn, backend="fla", options={"inductor": False}, dynamic=True)
+    backend.REPORTS.clear()
+    for Kd in (4, 6):
+        gen = torch.Generator().manual_seed(Kd)
+        q, k = (torch.randn(B, T, H, Kd, generator=gen) for _ in range(2))
+        v, b = torch.randn(B, T, H, V, generator=gen), torch.randn(B, T, H, 1, generator=gen)
+        assert rel(compiled(q, k, v, b), fn(q, k, v, b)) < 1e-5
+    assert [[m.family for m in r.matches] for r in backend.REPORTS] == [["delta_rule"], ["delta_rule"]]
+    assert any("pinned" in n for n in backend.REPORTS[0].notes), str(backend.REPORTS[0])
