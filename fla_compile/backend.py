@@ -21,26 +21,36 @@ class FlaCompileError(RuntimeError):
 def fla_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None = None, **_unused):
     """torch.compile(fn, backend="fla", options={"verify": True, "strict": False, "inductor": True})."""
     opts = passes.Options.from_dict(options)
-    new_gm, report = passes.run(gm, opts)
+    new_gm, report = analyze(gm, opts)
     REPORTS.append(report)
+    if opts.strict and report.near_misses:  # not on what was recognised as something else (softmax attention)
+        raise FlaCompileError(str(report))
+    if opts.inductor and work_for_inductor(new_gm):
+        from torch._inductor.compile_fx import compile_fx
+
+        return compile_fx(new_gm, example_inputs)
+    return torch._dynamo.lookup_backend("aot_eager")(new_gm, example_inputs)
+
+
+def analyze(gm: torch.fx.GraphModule, opts: passes.Options) -> tuple[torch.fx.GraphModule, Report]:
+    """What the backend does with one captured graph, short of compiling it: the passes, and the
+    report of every choice made (``explain`` calls this too, so both say the same).
+
+    Returns the rewritten graph and its report. ``gm`` itself may be changed.
+    """
+    new_gm, report = passes.run(gm, opts)
     for m in report.matches:
         log.info("fla_compile matched %s", m)
     for m in report.misses:
         log.info("fla_compile missed %s", m)
-    if opts.strict and report.near_misses:  # not on what was recognised as something else (softmax attention)
-        raise FlaCompileError(str(report))
-    if opts.inductor:
-        work = work_for_inductor(new_gm)
-        if work:
-            from torch._inductor.compile_fx import compile_fx
-
-            return compile_fx(new_gm, example_inputs)
-        if report.matches:
-            report.notes.append(
-                "the rest of the graph is layout and casts around our ops: run as is, without "
-                "Inductor's cold compile (it would generate no kernel worth it)"
-            )
-    return torch._dynamo.lookup_backend("aot_eager")(new_gm, example_inputs)
+    if opts.inductor and report.matches and not work_for_inductor(new_gm):
+        report.notes.append(
+            "the rest of the graph is layout and casts around our ops: run as is, without "
+            "Inductor's cold compile (it would generate no kernel worth it)"
+        )
+    if opts.strict and report.near_misses:
+        report.notes.append("strict=True: the backend raises FlaCompileError on this graph's near misses")
+    return new_gm, report
 
 
 # What Inductor has nothing to fuse in: views and layout, dtype casts, tuple reads, and our

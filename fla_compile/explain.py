@@ -6,7 +6,7 @@ import re
 
 import torch
 
-from . import passes
+from . import backend, passes
 from .jit import JitFunction, JitModule, fresh_code
 from .report import Report
 
@@ -14,27 +14,35 @@ _LIMIT = re.compile(r"recompile.?limit|cache.?size.?limit", re.IGNORECASE)
 _MAX_REASONS = 5
 
 
-def explain(fn_or_module, *args, **kwargs) -> Report:
-    """Capture ``fn_or_module(*args, **kwargs)`` with Dynamo, run the matchers, return the report.
+def explain(fn_or_module, *args, options: dict | None = None, **kwargs) -> Report:
+    """What ``torch.compile(fn_or_module, backend="fla", options=options)`` does with
+    ``fn_or_module(*args, **kwargs)``: the same capture (Dynamo), the same passes with the same
+    options (``backend.analyze``), and the union of the reports of every graph it captured.
 
     Nothing is compiled or rewritten for later calls; the function runs once as written. Whatever
     Dynamo did not hand to the matchers (graph breaks, frames it ran as written, nothing captured
-    at all) is said in the report's notes, so an empty report is never silent.
+    at all) is said in the report's notes, so an empty report is never silent. ``options`` are the
+    backend's (verify, strict, inductor, costs); a ``@fla_compile.jit`` function or module is
+    explained as ``@jit`` runs it (captured at probe lengths), and takes no options.
     """
     if isinstance(fn_or_module, (JitFunction, JitModule)):
+        if options is not None:
+            raise TypeError("explain: options are the backend's; a @fla_compile.jit object takes its own at jit(...)")
         return fn_or_module.explain(*args, **kwargs)
+    opts = passes.Options.from_dict(options)
     report = Report()
     graphs = []
 
     def collect(gm, example_inputs):
         graphs.append(gm)
+        forward = gm.forward  # the graph as captured: the passes may rewrite and recompile gm
         try:
-            _, rep = passes.run(gm, passes.Options(inductor=False))
+            _, rep = backend.analyze(gm, opts)
         except Exception as e:  # said in the report too, in case Dynamo is set to suppress errors
             report.notes.append(f"the matchers failed on a captured graph: {type(e).__name__}: {e}")
             raise
         report.extend(rep)
-        return gm.forward
+        return forward
 
     def call(*a, **kw):
         return fn_or_module(*a, **kw)

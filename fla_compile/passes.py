@@ -16,7 +16,7 @@ from .patterns import chunked, cumsum, loop, parallel
 from .patterns._graph import specialize_sizes, to_ssa, value_of
 from .report import Match, Miss, Report
 from .rewrite import LoopLowering, is_zeros, rewrite_loop
-from .verify import NearMiss, classify_loop, prove_loop
+from .verify import NearMiss, classify_loop, prove_loop, step_inputs
 
 log = logging.getLogger("fla_compile")
 
@@ -55,7 +55,7 @@ def loop_pass(graph: fx.Graph, opts: Options, report: Report) -> None:
     for region in regions:
         try:
             step, _ = region.step_graph()
-            metas = [value_of(n) for n in step.graph.nodes if n.op == "placeholder"][1:]
+            metas = step_inputs(step)  # constants made from literals (an identity matrix) keep their values
             state_meta = value_of(step.graph.find_nodes(op="placeholder")[0])
             rec = classify_loop(step, metas, state_meta)
             err = prove_loop(step, metas, state_meta, rec) if opts.verify else float("nan")
@@ -100,6 +100,7 @@ def run(gm: fx.GraphModule, opts: Options) -> tuple[fx.GraphModule, Report]:
     else:
         for _, fn in PASSES:
             fn(graph, opts, report)
+    report.dedup()  # a construct inside an unrolled loop's body is found once per step: said once
     if not report.matches:
         return gm, report
     if specialize_sizes(gm):  # the rewrites were proven and built at these sizes

@@ -43,20 +43,44 @@ class Grade(str, enum.Enum):
 
 @dataclasses.dataclass
 class Miss:
-    """A region that looked like a recurrence (or like attention) and was left untouched."""
+    """A region that looked like a recurrence (or like attention) and was left untouched.
+
+    ``count``: how many times the same miss (spelling, source line, reason) was found. Dynamo
+    unrolls a loop into one copy of its body per step, so a construct inside the body that a
+    whole-sequence matcher looks at is found once per step: the report says it once, with the count.
+    """
 
     spelling: str
     reason: str
     source: str = ""
     grade: Grade = Grade.NEAR_MISS
+    count: int = 1
 
     @property
     def near_miss(self) -> bool:
         return self.grade == Grade.NEAR_MISS
 
+    @property
+    def key(self) -> tuple:
+        """What makes two misses the same line of a report."""
+        return (self.grade, self.spelling, self.source, self.reason)
+
     def __str__(self) -> str:
         where = f" at {self.source}" if self.source else ""
-        return f"[{self.grade}] {self.spelling}{where}: {self.reason}"
+        times = f" ({self.count} times: once per unrolled step or call of this line)" if self.count > 1 else ""
+        return f"[{self.grade}] {self.spelling}{where}: {self.reason}{times}"
+
+
+def merged(misses: list[Miss]) -> list[Miss]:
+    """``misses`` with the same miss said once, its counts added, in order of first appearance."""
+    out: dict[tuple, Miss] = {}
+    for m in misses:
+        if m.key in out:
+            first = out[m.key]
+            out[m.key] = dataclasses.replace(first, count=first.count + m.count)
+        else:
+            out[m.key] = m
+    return list(out.values())
 
 
 @dataclasses.dataclass
@@ -66,9 +90,15 @@ class Report:
     notes: list[str] = dataclasses.field(default_factory=list)
 
     def extend(self, other: Report) -> None:
+        """Add ``other``'s findings (another graph of the same compile): misses said once, with counts."""
         self.matches += other.matches
-        self.misses += other.misses
-        self.notes += other.notes
+        self.misses = merged(self.misses + other.misses)
+        self.notes += [n for n in other.notes if n not in self.notes]
+
+    def dedup(self) -> Report:
+        """Say each miss once, with the number of times it was found; returns self."""
+        self.misses = merged(self.misses)
+        return self
 
     @property
     def rewritten(self) -> list[Match]:

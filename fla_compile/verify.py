@@ -190,9 +190,33 @@ def _origin(node: fx.Node):
     return node.meta["fla_origin"]
 
 
+@dataclasses.dataclass(frozen=True)
+class Fixed:
+    """A step input that is the same at every call (``_graph.constant_value``: an identity matrix,
+    a table of decays made from literals): probed with its value, not with random numbers."""
+
+    value: torch.Tensor
+
+
+def step_inputs(step: fx.GraphModule) -> list:
+    """What to probe each input of a loop step (after the state) with: its example value, or a
+    ``Fixed`` value for a constant computed before the loop from literals alone."""
+    from .patterns._graph import constant_value, value_of
+
+    out = []
+    for n in list(step.graph.find_nodes(op="placeholder"))[1:]:
+        origin = n.meta.get("fla_origin")
+        fixed = constant_value(origin[1]) if origin and origin[0] == "global" else None
+        out.append(Fixed(fixed) if fixed is not None else value_of(n))
+    return out
+
+
 def _probe_inputs(metas, gen, positive=False):
     out = []
     for m in metas:
+        if isinstance(m, Fixed):
+            out.append(m.value.to(torch.float64))
+            continue
         if not isinstance(m, torch.Tensor):
             raise NearMiss(f"a step input is not a tensor ({type(m).__name__})")
         if not m.is_floating_point():

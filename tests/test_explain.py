@@ -27,7 +27,8 @@ def test_explain_many_times_in_one_process():
         for i in range(CALLS):
             report = fla_compile.explain(S.gla_fla_naive, *gla_inputs(i))
             assert [m.family for m in report.matches] == ["gla"], (i, str(report))
-            assert not report.notes, (i, str(report))
+            # the backend's own note (nothing left for Inductor) only: nothing Dynamo left unexamined
+            assert all("Inductor's cold compile" in n for n in report.notes), (i, str(report))
 
 
 def test_explain_many_times_through_a_graph_break():

@@ -71,6 +71,74 @@ def changes_global_state(nodes) -> bool:
     return False
 
 
+# calls whose result is not a function of their arguments (random draws, uninitialized memory)
+_NOT_CONSTANT = ("rand", "normal", "bernoulli", "dropout", "uniform", "multinomial", "poisson", "empty", "seed")
+_CONSTANT_NODES = 64  # a constant built by more calls than this is not a literal (eye, arange, a mask)
+_CONSTANT_NUMEL = 1 << 20
+
+
+def constant_value(node: fx.Node) -> torch.Tensor | None:
+    """The real value of a float tensor that ``node`` computes from literals alone (``torch.eye(K)``,
+    ``torch.arange(H)`` powers, a mask), or None: anything it depends on is an input of the graph,
+    a parameter, a random draw or uninitialized memory, or it is large.
+
+    Sizes it is made from (``torch.eye(K)`` where Dynamo traced K as a symbol) take their current
+    values: a graph with a rewrite has its sizes pinned by guards (``specialize_sizes``).
+
+    Such a value is the same at every call of the compiled graph, so a step that reads it is probed
+    with it, not with random numbers in its place (an identity matrix probed as noise hides a
+    Householder transition (I - b k k^T) S).
+    """
+    order: list[fx.Node] = []
+    seen: set = set()
+    stack = [(node, False)]
+    while stack:
+        n, ready = stack.pop()
+        if ready:
+            if n not in seen:
+                seen.add(n)
+                order.append(n)
+            continue
+        if n in seen:
+            continue
+        if _is_size(n):  # a size (symbolic after a recompile): its value here, pinned on a rewrite
+            seen.add(n)
+            order.append(n)
+            continue
+        if n.op not in ("call_function", "call_method") or len(order) + len(stack) > _CONSTANT_NODES:
+            return None
+        name = getattr(n.target, "__name__", str(n.target)).lower()
+        if any(c in name for c in _NOT_CONSTANT) or changes_global_state([n]):
+            return None
+        stack.append((n, True))
+        stack += [(a, False) for a in n.all_input_nodes]
+    env: dict = {}
+    try:
+        with torch.no_grad():
+            for n in order:
+                if _is_size(n):
+                    env[n] = value_of(n)
+                    continue
+                args = fx.map_arg(n.args, lambda a: env[a])
+                kwargs = fx.map_arg(n.kwargs, lambda a: env[a])
+                if n.op == "call_function":
+                    env[n] = n.target(*args, **kwargs)
+                else:
+                    env[n] = getattr(args[0], n.target)(*args[1:], **kwargs)
+    except Exception:  # noqa: BLE001 - not evaluable here: probed as an input like any other
+        return None
+    v = env[node]
+    if not isinstance(v, torch.Tensor) or not v.is_floating_point() or v.numel() > _CONSTANT_NUMEL:
+        return None
+    return v
+
+
+def _is_size(n: fx.Node) -> bool:
+    """A node whose value is an integer: a size or a number computed from sizes."""
+    v = _recorded(n)
+    return isinstance(v, (int, torch.SymInt)) and not isinstance(v, bool)
+
+
 def value_of(node: fx.Node):
     """The example value (fake or real) recorded on a node by Dynamo or make_fx, with concrete
     sizes: where Dynamo traced symbolic ones, a twin in the same fake mode with their current

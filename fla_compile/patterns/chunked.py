@@ -13,9 +13,11 @@ runs before normalization, since the region is executed as written, in-place upd
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import operator
+import os
 import re
 from collections import defaultdict
 
@@ -34,16 +36,25 @@ MIN_NODES = 20  # a recurrence written as a function is never shorter than this
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
 
 
-# the wrapper frame ``explain`` captures through (``jit.fresh_code(call, "fla_explain")``): not
-# the user's code. Left in, it made the user's whole function a nested call, which this pass
-# then matched as a function ("gla (chunked)") where the backend, compiling the function
-# itself, sees the loop ("gla (loop)").
+# the wrapper frames ``explain`` and ``@jit`` capture through (``jit.fresh_code(call, "fla_explain")``,
+# ``@jit``'s probe and argument plumbing, ``torch.func.functional_call`` for a module): not the
+# user's code. Left in, they made the user's whole function a nested call, which this pass then
+# matched as a function ("gla (chunked)") where the backend, compiling the function itself, sees
+# the loop ("gla (loop)").
 _EXPLAIN_FRAME = re.compile(r"fla_explain_\d+$")
+_WRAPPER_DIRS = tuple(
+    os.path.dirname(os.path.realpath(f)) + os.sep for f in (torch.__file__, os.path.dirname(os.path.realpath(__file__)))
+)
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_wrapper_file(path: str) -> bool:
+    return os.path.realpath(path).startswith(_WRAPPER_DIRS)
 
 
 def _frames(node: fx.Node) -> list[tuple[str, int, str]]:
     frames = [(f, int(line), fn) for f, line, fn in _FRAME.findall(node.meta.get("stack_trace") or "")]
-    while frames and _EXPLAIN_FRAME.match(frames[0][2]):
+    while frames and (_EXPLAIN_FRAME.match(frames[0][2]) or _is_wrapper_file(frames[0][0])):
         frames = frames[1:]
     return frames
 

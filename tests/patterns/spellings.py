@@ -309,3 +309,82 @@ def miss_normalized_linear_inplace(q, k, v):
         norm += k[:, t]
         o[:, t] = torch.einsum("bhk,bhkv->bhv", q[:, t], S) / (q[:, t] * norm).sum(-1, keepdim=True)
     return o
+
+
+def delta_householder(q, k, v, b):
+    """The delta rule with its transition written as an explicit Householder matrix, (I - b k k^T) @ S."""
+    B, T, H, K = q.shape
+    beta = torch.sigmoid(b[..., 0])
+    S = q.new_zeros(B, H, K, v.shape[-1])
+    eye = torch.eye(K)
+    outs = []
+    for t in range(T):
+        k_t = F.normalize(k[:, t], dim=-1)
+        b_t = beta[:, t, :, None, None]
+        A = eye - b_t * k_t[..., :, None] * k_t[..., None, :]
+        S = A @ S + b_t * k_t[..., :, None] * v[:, t, :, None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S))
+    return torch.stack(outs, 1)
+
+
+def kda_diag_embed(q, k, v, g, b):
+    """KDA with its transition built as a matrix: (I - b k k^T) @ diag_embed(exp(g)), then @ S."""
+    B, T, H, K = q.shape
+    S = q.new_zeros(B, H, K, v.shape[-1])
+    eye = torch.eye(K)
+    outs = []
+    for t in range(T):
+        D = torch.diag_embed(F.logsigmoid(g[:, t]).exp())
+        k_t = F.normalize(k[:, t], dim=-1)
+        b_t = torch.sigmoid(b[:, t, :, 0])[..., None, None]
+        A = (eye - b_t * k_t[..., :, None] * k_t[..., None, :]) @ D
+        S = A @ S + b_t * k_t[..., :, None] * v[:, t, :, None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S))
+    return torch.stack(outs, 1)
+
+
+def miss_householder_wrong_sign(q, k, v, b):
+    """(I + b k k^T) @ S: the sign of the projection flipped, not a delta rule."""
+    B, T, H, K = q.shape
+    beta = torch.sigmoid(b[..., 0])
+    S = q.new_zeros(B, H, K, v.shape[-1])
+    eye = torch.eye(K)
+    outs = []
+    for t in range(T):
+        k_t = F.normalize(k[:, t], dim=-1)
+        b_t = beta[:, t, :, None, None]
+        S = (eye + b_t * k_t[..., :, None] * k_t[..., None, :]) @ S + b_t * k_t[..., :, None] * v[:, t, :, None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S))
+    return torch.stack(outs, 1)
+
+
+def miss_householder_twice(q, k, v, b):
+    """The Householder matrix applied twice, (I - b k k^T)^2 S: the write strength is not b."""
+    B, T, H, K = q.shape
+    beta = torch.sigmoid(b[..., 0])
+    S = q.new_zeros(B, H, K, v.shape[-1])
+    eye = torch.eye(K)
+    outs = []
+    for t in range(T):
+        k_t = F.normalize(k[:, t], dim=-1)
+        b_t = beta[:, t, :, None, None]
+        A = eye - b_t * k_t[..., :, None] * k_t[..., None, :]
+        S = A @ (A @ S) + b_t * k_t[..., :, None] * v[:, t, :, None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S))
+    return torch.stack(outs, 1)
+
+
+def miss_diag_embed_not_exp(q, k, v, g, b):
+    """diag_embed of the log-gate itself (not exponentiated): a negative 'decay', not KDA."""
+    B, T, H, K = q.shape
+    S = q.new_zeros(B, H, K, v.shape[-1])
+    eye = torch.eye(K)
+    outs = []
+    for t in range(T):
+        D = torch.diag_embed(F.logsigmoid(g[:, t]))
+        k_t = F.normalize(k[:, t], dim=-1)
+        b_t = torch.sigmoid(b[:, t, :, 0])[..., None, None]
+        A = (eye - b_t * k_t[..., :, None] * k_t[..., None, :]) @ D
+        S = A @ S + b_t * k_t[..., :, None] * v[:, t, :, None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S))
+    return torch.stack(outs, 1)

@@ -28,6 +28,8 @@ POSITIVE = {
     "delta_rule_loop": "delta_rule",
     "gated_delta_rule_inplace": "gated_delta_rule",
     "kda_loop": "kda",
+    "delta_householder": "delta_rule",
+    "kda_diag_embed": "kda",
 }
 NEGATIVE = {
     "miss_nonlinear_in_state": "not linear in the state",
@@ -39,6 +41,9 @@ NEGATIVE = {
     "miss_delta_without_beta": "nor a delta rule",
     "miss_state_clamped": "not linear in the state",
     "miss_output_clamped": "output is not linear in the state",
+    "miss_householder_wrong_sign": "nor a delta rule",
+    "miss_householder_twice": "nor a delta rule",
+    "miss_diag_embed_not_exp": "not positive",
 }
 
 
@@ -246,3 +251,47 @@ def test_plain_decay_checked_at_run_time():
     a[0, 3, 0, 1] = 0.0  # eager computes this; our ops cannot
     with pytest.raises(RuntimeError, match="holds a value <= 0"):
         fn(q, k, v, a)
+
+
+def test_near_misses_are_said_once_per_region():
+    """Dynamo unrolls the loop, so a construct of its body that a whole-sequence matcher looks at
+    (here a matmul, for the parallel form) is found once per step: the report says it once, with
+    the number of steps, and the loop's own near miss once."""
+    fn = S.miss_diag_embed_not_exp
+    args = make_inputs(fn)
+    torch.compile(fn, backend="fla", options={"inductor": False})(*args)
+    report = fla_compile.last_report()
+    keys = [(m.spelling, m.source, m.reason) for m in report.misses]
+    assert len(keys) == len(set(keys)), str(report)
+    by_spelling = {m.spelling: m for m in report.misses}
+    assert by_spelling["loop"].count == 1 and "not positive" in by_spelling["loop"].reason, str(report)
+    assert by_spelling["parallel"].count == T, str(report)
+    assert f"({T} times: once per unrolled step" in str(report)
+    assert len(str(report).splitlines()) == 1 + len(report.misses), str(report)
+
+
+def test_merged_keeps_order_and_adds_counts():
+    from fla_compile.report import Miss, Report
+
+    a, b = Miss("parallel", "no causal mask", "x.py:3"), Miss("loop", "not linear", "x.py:3")
+    report = Report(misses=[a, b, a, a])
+    report.extend(Report(misses=[Miss("parallel", "no causal mask", "x.py:3", count=2), b]))
+    assert [(m.spelling, m.count) for m in report.misses] == [("parallel", 5), ("loop", 2)]
+    assert report.near_misses == report.misses
+
+
+def test_identity_of_a_symbolic_size():
+    """torch.eye(K) where Dynamo traced K as a symbol is still the constant identity: the delta
+    rule's Householder spelling matches, and another K recompiles (sizes pinned) and stays exact."""
+    from fla_compile import backend
+
+    fn = S.delta_householder
+    compiled = torch.compile(fn, backend="fla", options={"inductor": False}, dynamic=True)
+    backend.REPORTS.clear()
+    for Kd in (4, 6):
+        gen = torch.Generator().manual_seed(Kd)
+        q, k = (torch.randn(B, T, H, Kd, generator=gen) for _ in range(2))
+        v, b = torch.randn(B, T, H, V, generator=gen), torch.randn(B, T, H, 1, generator=gen)
+        assert rel(compiled(q, k, v, b), fn(q, k, v, b)) < 1e-5
+    assert [[m.family for m in r.matches] for r in backend.REPORTS] == [["delta_rule"], ["delta_rule"]]
+    assert any("pinned" in n for n in backend.REPORTS[0].notes), str(backend.REPORTS[0])

@@ -1,0 +1,149 @@
+"""``explain`` says exactly what ``torch.compile(backend="fla")`` does (issue 16): over every spelling
+of ``tests/patterns/spellings.py``, positive and negative, both name the same matches (family,
+spelling, source line, path) and the same misses, and the compiled run really calls our op once
+per rewritten region (counted at dispatch), and none where nothing was rewritten.
+
+T is short (8 steps): Dynamo unrolls each loop, and the set must stay fast."""
+
+import inspect
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fla_compile
+from fla_compile import backend, costs
+
+from .patterns import spellings as S
+from .patterns.test_loop import NEGATIVE, POSITIVE
+
+B, T, H, K, V = 1, 8, 2, 4, 4
+OPTIONS = {"inductor": False}  # the same for both; Inductor's cold compile of the negatives is slow on CPU
+# the loop tests' near misses, and those tests/test_messages.py checks the wording of
+NEGATIVE = {**NEGATIVE, "miss_normalized_linear": "normalizer", "miss_normalized_linear_inplace": "normalizer"}
+SPELLINGS = sorted(n for n, f in vars(S).items() if inspect.isfunction(f) and f.__module__ == S.__name__)
+
+
+def op_calls(fn, *args) -> tuple:
+    """``fn(*args)`` and the forward calls of ``torch.ops.fla_compile.*`` it made, as the dispatcher
+    saw them (the profiler: a dispatch mode would make Dynamo run the compiled function uncaptured)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = fn(*args)
+    names = [e.name for e in prof.events() if e.name.startswith("fla_compile::")]
+    return out, [n.split("::")[1].split(".")[0] for n in names if not n.endswith("_bwd")]
+
+
+def make_inputs(fn, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    pool = dict(
+        q=torch.randn(B, T, H, K, generator=gen),
+        k=torch.randn(B, T, H, K, generator=gen),
+        v=torch.randn(B, T, H, V, generator=gen),
+        g=torch.randn(B, T, H, K, generator=gen),
+        gk=F.logsigmoid(torch.randn(B, T, H, K, generator=gen)),
+        h0=torch.randn(B, H, K, V, generator=gen),
+        b=torch.randn(B, T, H, K, generator=gen),
+    )
+    return [pool[n] for n in inspect.signature(fn).parameters]
+
+
+def matches(report_or_reports):
+    ms = [m for r in report_or_reports for m in r.matches]
+    return sorted((m.family, m.spelling, m.source, m.path) for m in ms)
+
+
+def misses(report):
+    return sorted((str(m.grade), m.spelling, m.source, m.reason, m.count) for m in report.misses)
+
+
+def compiled_run(fn, args, options=OPTIONS):
+    """The backend's reports (every graph of the compile, merged as explain merges them), the
+    compiled output and the op calls of the compiled run."""
+    torch._dynamo.reset()
+    backend.REPORTS.clear()
+    compiled = torch.compile(fn, backend="fla", options=options)
+    with torch.no_grad():
+        compiled(*args)  # compiles (Dynamo does not capture under a dispatch mode)
+        out, calls = op_calls(compiled, *args)
+    union = fla_compile.report.Report()
+    for r in backend.REPORTS:
+        union.extend(r)
+    torch._dynamo.reset()
+    return union, out, calls
+
+
+def explained(fn, args, options=OPTIONS):
+    torch._dynamo.reset()
+    report = fla_compile.explain(fn, *args, options=options)
+    torch._dynamo.reset()
+    return report
+
+
+def check_agree(fn, args, options=OPTIONS):
+    said = explained(fn, args, options)
+    done, out, calls = compiled_run(fn, args, options)
+    assert matches([said]) == matches([done]), f"explain:\n{said}\nbackend:\n{done}"
+    assert misses(said) == misses(done), f"explain:\n{said}\nbackend:\n{done}"
+    # the op really runs, once per rewritten region (a loop is one call over the whole sequence)
+    assert sorted(calls) == sorted(m.op.split(".")[-1] for m in done.rewritten), (calls, str(done))
+    ref = fn(*args)
+    for o, r in zip(*(x if isinstance(x, tuple) else (x,) for x in (out, ref))):
+        torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
+    return said
+
+
+def test_every_spelling_is_listed():
+    assert set(POSITIVE) | set(NEGATIVE) == set(SPELLINGS)
+
+
+# a fast subset for every run; the whole set (about a minute on 2 cores) is marked slow
+FAST = ["delta_householder", "kda_diag_embed", "gla_fla_naive", "miss_diag_embed_not_exp", "miss_value_gate"]
+
+
+@pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in SPELLINGS])
+def test_explain_says_what_the_backend_does(name):
+    fn = getattr(S, name)
+    report = check_agree(fn, make_inputs(fn, SPELLINGS.index(name)))
+    if name in POSITIVE:
+        assert [(m.family, m.spelling) for m in report.rewritten] == [(POSITIVE[name], "loop")], str(report)
+    else:
+        assert not report.matches and any(NEGATIVE[name] in m.reason for m in report.near_misses), str(report)
+        lines = [(m.spelling, m.source, m.reason) for m in report.misses]
+        assert len(lines) == len(set(lines)), str(report)  # one line per region, with its count
+
+
+def test_explain_and_backend_keep_the_same_regions_as_written():
+    # the cost table on (the suite runs with it off): a loop below its crossover stays as written,
+    # and explain says so as the backend does; no op runs
+    table = [{"device": "*", "family": "linear_attn", "spelling": "loop", "min_work": 10**9}]
+    with costs.use(table):
+        report = check_agree(S.linear_matmul_cat, make_inputs(S.linear_matmul_cat), {"inductor": False, "costs": True})
+    (m,) = report.matches
+    assert m.kept.startswith("kept as written") and not report.rewritten
+
+
+def test_explain_takes_the_backend_options():
+    fn = S.gla_fla_naive
+    args = make_inputs(fn)
+    with pytest.raises(ValueError, match="unknown options"):
+        fla_compile.explain(fn, *args, options={"inductr": False})
+    unproven = explained(fn, args, {"verify": False, "inductor": False})
+    (m,) = unproven.matches
+    assert m.error != m.error  # not proven: NaN, as the backend reports it
+    strict = explained(S.miss_value_gate, make_inputs(S.miss_value_gate), {"strict": True, "inductor": False})
+    assert any("raises FlaCompileError" in n for n in strict.notes), str(strict)
+
+
+@pytest.mark.parametrize(
+    "name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in sorted(POSITIVE)]
+)
+def test_jit_matches_nothing_the_backend_does_not(name):
+    # @jit captures the function at probe lengths, the backend the inlined graph: what one
+    # matches, the other matches too (the two Householder/diag_embed spellings were jit-only)
+    fn = getattr(S, name)
+    args = make_inputs(fn)
+    torch._dynamo.reset()
+    by_jit = fla_compile.jit(fn).explain(*args)
+    said = explained(fn, args)
+    assert [(m.family, m.spelling) for m in by_jit.matches] == [(m.family, m.spelling) for m in said.matches]
+    assert [m.family for m in said.rewritten] == [POSITIVE[name]], str(said)
