@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..lowering.delta_dispatch import GATE_NONE, GATE_SCALAR, GATE_VECTOR, delta_line, delta_line_backward
+from ..lowering.delta.dispatch import GATE_NONE, GATE_SCALAR, GATE_VECTOR, delta_line, delta_line_backward
 from ._checks import check_gate, check_qkv, check_scale, check_state
 from ._library import OpSpec, recompute_backward, register
 

@@ -5,7 +5,7 @@ in log space, initial state [N, H, K, V], ``cu_seqlens`` [N + 1] (B == 1). A den
 as B sequences of length T, so one code path covers both; the chunk metadata of packed
 sequences is built with torch ops on the device (no ``.item()``, no host sync).
 
-Block sizes come from :mod:`fla_compile.lowering.autotune` (per-arch tables, screened and
+Block sizes come from :mod:`fla_compile.lowering.common.autotune` (per-arch tables, screened and
 persisted winners); pass ``config`` to force one.
 """
 
@@ -14,10 +14,10 @@ from __future__ import annotations
 import torch
 import triton
 
-from . import gla_triton_intra as intra
-from . import gla_triton_kernels as kern
-from .chunks import chunk_meta, dense_cu
-from .gla_torch import GATE_NONE, GATE_SCALAR, GATE_VECTOR
+from ..common.chunks import chunk_meta, dense_cu
+from . import triton_intra as intra
+from . import triton_kernels as kern
+from .torch_path import GATE_NONE, GATE_SCALAR, GATE_VECTOR
 
 GATE_IDS = {GATE_NONE: 0, GATE_SCALAR: 1, GATE_VECTOR: 2}
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -82,7 +82,7 @@ def _prec(dtype):
 def _config(kind, q, v, T, cu_seqlens, config):
     if config is not None:
         return config
-    from .autotune import get_config
+    from ..common.autotune import get_config
 
     return get_config("chunk", kind, q.shape[-1], v.shape[-1], v.dtype, T, q.device, varlen=cu_seqlens is not None)
 
@@ -373,7 +373,7 @@ def fused_recurrent(
     cu = dense_cu(B, T, q.device) if cu_seqlens is None else cu_seqlens.to(torch.int32)
     N = cu.shape[0] - 1
     if config is None:
-        from .autotune import get_config
+        from ..common.autotune import get_config
 
         config = get_config("decode", gate_kind, K, V, v.dtype, T, q.device, varlen=cu_seqlens is not None)
     BK, BV = _pow2(K), min(config["BV"], _pow2(V))

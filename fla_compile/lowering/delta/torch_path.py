@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .gla_torch import _chunk, _pad_time, expand_heads
+from ..gla.torch_path import _chunk, _pad_time, expand_heads
 
 GATE_NONE, GATE_SCALAR, GATE_VECTOR = "none", "scalar", "vector"
 

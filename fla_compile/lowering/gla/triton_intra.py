@@ -19,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .chunks import chunk_span
+from ..common.chunks import chunk_span
 
 # the largest |b_i - b_r| for which a diagonal block is computed in factored form: e^(+-60) and the
 # products of two such factors are normal fp32 / bf16 numbers, so nothing overflows or flushes to zero

@@ -18,10 +18,10 @@ import torch
 import triton
 from triton.runtime.errors import OutOfResources
 
-from . import delta_triton_bwd as kb
-from . import delta_triton_fwd as kf
-from .chunks import chunk_meta
-from .delta_torch import GATE_NONE, GATE_SCALAR, GATE_VECTOR
+from ..common.chunks import chunk_meta
+from . import triton_bwd as kb
+from . import triton_fwd as kf
+from .torch_path import GATE_NONE, GATE_SCALAR, GATE_VECTOR
 
 GATE_IDS = {GATE_NONE: 0, GATE_SCALAR: 1, GATE_VECTOR: 2}
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
