@@ -14,7 +14,7 @@ import numbers
 import torch
 
 from ..lowering import gla_line, gla_line_backward, gla_saved_A, gla_triton_enabled
-from ..lowering.gla.torch_path import GATE_NONE, GATE_SCALAR, GATE_VECTOR
+from ..lowering.common.gates import GATE_NONE, GATE_SCALAR, GATE_VECTOR
 from ._checks import check_gate, check_qkv, check_scale, check_state, fail
 from ._library import OpSpec, recompute_backward, register
 

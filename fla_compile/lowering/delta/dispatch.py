@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..common.gates import GATE_NONE, GATE_SCALAR, GATE_VECTOR
 from ..common.switch import triton_wanted
-from .torch_path import GATE_NONE, GATE_SCALAR, GATE_VECTOR, delta_line_forward
+from .torch_path import delta_line_forward
 
 __all__ = ["GATE_NONE", "GATE_SCALAR", "GATE_VECTOR", "delta_line", "delta_line_backward"]
 
