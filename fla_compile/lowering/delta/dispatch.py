@@ -15,7 +15,7 @@ from ..common.gates import GATE_NONE, GATE_SCALAR, GATE_VECTOR
 from ..common.switch import triton_wanted
 from .torch_path import delta_line_forward
 
-__all__ = ["GATE_NONE", "GATE_SCALAR", "GATE_VECTOR", "delta_line", "delta_line_backward"]
+__all__ = ["GATE_NONE", "GATE_SCALAR", "GATE_VECTOR", "delta_decode", "delta_line", "delta_line_backward"]
 
 
 def _use_triton(q, k, v, beta, gate, initial_state) -> bool:
@@ -40,6 +40,16 @@ def delta_line(q, k, v, beta, gate, gate_kind, scale, initial_state=None, cu_seq
             q, k, v, beta, gate, gate_kind, scale, initial_state, cu_seqlens, use_qk_l2norm
         )
     return delta_triton.chunk_forward(q, k, v, beta, gate, gate_kind, scale, initial_state, cu_seqlens, use_qk_l2norm)
+
+
+def delta_decode(q, k, v, beta, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, use_qk_l2norm=False):
+    """Decoding (a few steps, T <= ``triton_launch.DECODE_MAX_T``): the fused recurrent kernel where the
+    kernels run these inputs (what ``delta_line`` runs at such T), the torch chunked path otherwise."""
+    if not _use_triton(q, k, v, beta, gate, initial_state):
+        return delta_line_forward(q, k, v, beta, gate, gate_kind, scale, initial_state, cu_seqlens, use_qk_l2norm)
+    from . import triton_launch as delta_triton
+
+    return delta_triton.fused_recurrent(q, k, v, beta, gate, gate_kind, scale, initial_state, cu_seqlens, use_qk_l2norm)
 
 
 def delta_line_backward(torch_backward: Callable, q, k, v, beta, gate, gate_kind, **kw):

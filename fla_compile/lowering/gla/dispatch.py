@@ -55,6 +55,16 @@ def gla_line(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=Non
     return gla_line_forward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens)
 
 
+def gla_decode(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=None):
+    """Decoding (a few steps, T <= ``triton_launch.DECODE_MAX_T``): the fused recurrent kernel where the
+    kernels run these inputs (what ``gla_line`` runs at such T), the torch chunked path otherwise."""
+    if gla_triton_enabled(q, k, v, gate, initial_state):
+        from . import triton_launch as gla_triton
+
+        return gla_triton.fused_recurrent(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens)
+    return gla_line_forward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens)
+
+
 def gla_line_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, A=None):
     """Backward of ``gla_line``: (dq, dk, dv, dgate or None, dh0 or None).
 
