@@ -34,7 +34,7 @@ def gla_saved_A(q, k, v, gate, initial_state=None):
     where the kernels run these inputs, else an empty tensor (the torch path has no A to keep).
 
     Decided from the inputs' metadata and ``FLA_COMPILE_TRITON`` only (never from a config or a tuning
-    run), so the op's fake impl calls it too and gives the same shape; see ``gla_triton.A_SLOTS``.
+    run), so the op's fake impl calls it too and gives the same shape; see ``triton_launch.A_SLOTS``.
     """
     if gla_triton_enabled(q, k, v, gate, initial_state):
         from . import triton_launch as gla_triton
