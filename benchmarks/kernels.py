@@ -196,7 +196,7 @@ def table(args) -> list[dict]:
         shape = f"decode B={B} H={H} D={D}"
 
         def decode(family=family, B=B, H=H, D=D):
-            from fla_compile.lowering import gla_triton
+            from fla_compile.lowering.gla import triton_launch as gla_triton
 
             q, k, v, *g = inputs(family, B, 1, H, D)
             g = g[0] if g else None

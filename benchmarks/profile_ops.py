@@ -56,7 +56,8 @@ def triton_metadata() -> list[str]:
     """Registers / spills / shared memory of every compiled kernel of ours."""
     import triton
 
-    from fla_compile.lowering import gla_triton_intra, gla_triton_kernels
+    from fla_compile.lowering.gla import triton_intra as gla_triton_intra
+    from fla_compile.lowering.gla import triton_kernels as gla_triton_kernels
 
     out = []
     for mod in (gla_triton_kernels, gla_triton_intra):
@@ -83,7 +84,7 @@ def rel(a, b) -> float:
 
 def check(family: str, dtype=torch.bfloat16, B=2, T=333, H=4, D=128) -> str:
     """Relative errors of ours against the float64 loop at a small shape."""
-    from fla_compile.lowering import gla_triton
+    from fla_compile.lowering.gla import triton_launch as gla_triton
     from fla_compile.reference import gla as reference
 
     torch.manual_seed(1234)

@@ -8,7 +8,7 @@ changes one kernel's options (``<kernel>_warps``, ``<kernel>_stages``, ``<kernel
 ``gla_triton._opts``) or the shared blocks (BT, BK, BV). The best option of each kernel is kept,
 the winners are combined, checked against the default config's outputs (every output and
 gradient) and timed as a whole. Stops sweeping after ``--budget`` seconds and reports what it has.
-Prints a table per kernel and the combined configs as JSON (for ``lowering/configs/sm90.json``).
+Prints a table per kernel and the combined configs as JSON (for ``lowering/common/configs/sm90.json``).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from fla_compile.lowering import gla_triton  # noqa: E402
-from fla_compile.lowering.autotune import candidates  # noqa: E402
+from fla_compile.lowering.common.autotune import candidates  # noqa: E402
+from fla_compile.lowering.gla import triton_launch as gla_triton  # noqa: E402
 
 NAMES = {
     "h": "chunk_fwd_h_kernel",

@@ -1,96 +1,63 @@
-"""Implementations behind the ops: torch chunked paths (CPU and reference) and Triton kernels.
+"""Implementations behind the ops, laid out by kernel line.
 
-``gla_line`` / ``gla_line_backward`` pick the implementation for the GLA-line families from the
-inputs: the Triton kernels (``gla_triton``, imported lazily) for CUDA tensors of a supported
-dtype, the torch chunked path otherwise.
+- :mod:`.common`: what every line uses: chunk metadata, gate kinds, Triton launch helpers, the
+  ``FLA_COMPILE_TRITON`` switch and the config system (autotune, per-arch tables in ``configs/``).
+- :mod:`.gla`: the GLA line (linear_attn, retention, simple_gla, gla): torch chunked path, Triton
+  forward / backward / decode kernels and their launchers, the device dispatch.
+- :mod:`.delta`: the delta line (delta_rule, gated_delta_rule, kda), laid out the same way.
+
+:data:`FAMILIES` maps each family to its line's entry points; the ops (``fla_compile.ops``) call
+them. Triton is imported lazily, by the dispatch, only where the kernels run the inputs.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
-import torch
-
-from .gla_torch import gla_line_forward
-
-
-def triton_mode() -> str:
-    """``FLA_COMPILE_TRITON``: '1' (default: the kernels run CUDA tensors), '0' (off: the torch path
-    everywhere) or 'interpret' (with ``TRITON_INTERPRET=1``, the kernels also run CPU tensors)."""
-    return os.environ.get("FLA_COMPILE_TRITON", "1")
+from .common.gates import GATE_NONE, GATE_SCALAR, GATE_VECTOR
+from .common.switch import triton_mode, triton_wanted
+from .delta.dispatch import delta_decode, delta_line, delta_line_backward
+from .gla.dispatch import gla_decode, gla_line, gla_line_backward, gla_saved_A, gla_triton_enabled
 
 
-def triton_wanted(q, *others) -> bool:
-    """Whether ``FLA_COMPILE_TRITON`` and the inputs let a family's Triton kernels run at all: CUDA tensors
-    (or CPU ones in interpret mode), and no float64 among ``q`` and ``others`` (gates, beta, the initial
-    state; None entries are skipped). float64 (verification probes, gradcheck) always takes the torch path:
-    the kernels compute in fp32 and some do not compile for fp64 operands."""
-    mode = triton_mode()
-    if mode == "0" or not (q.is_cuda or (mode == "interpret" and os.environ.get("TRITON_INTERPRET") == "1")):
-        return False
-    return not any(x is not None and x.dtype == torch.float64 for x in (q, *others))
+@dataclass(frozen=True)
+class Family:
+    """A family's entry points, each dispatching on the inputs (Triton kernels on CUDA, torch elsewhere).
 
-
-def gla_triton_enabled(q, k, v, *others) -> bool:
-    """Whether the GLA-line Triton kernels run these inputs (CUDA, fp32/bf16/fp16, head dims <= 256).
-
-    ``others`` (gate, initial state; None skipped) must not be float64 either. ``FLA_COMPILE_TRITON=0``
-    turns the kernels off; ``FLA_COMPILE_TRITON=interpret`` (with ``TRITON_INTERPRET=1``) also runs them
-    on CPU tensors, which is how CI tests the ops' wiring.
+    ``forward``: (o, final state), the chunked kernels (the fused recurrent one for short T);
+    ``backward``: the gradients (GLA line: ``gla_line_backward``'s signature; delta line: the op's order,
+    given the torch fallback); ``decode``: a few steps by the fused recurrent kernel. ``gate_kind`` is
+    what the family passes the line (see :mod:`.common.gates`).
     """
-    if not triton_wanted(q, k, v, *others):
-        return False
-    try:
-        from . import gla_triton
-    except ImportError:
-        return False
-    return gla_triton.supported(q, k, v)
+
+    line: str
+    gate_kind: str
+    forward: Callable
+    backward: Callable
+    decode: Callable
 
 
-def gla_saved_A(q, k, v, gate, initial_state=None):
-    """The buffer in which the gla op keeps the forward's A for its backward: [B, T, H, 64] in v's dtype
-    where the kernels run these inputs, else an empty tensor (the torch path has no A to keep).
+_GLA = dict(line="gla", forward=gla_line, backward=gla_line_backward, decode=gla_decode)
+_DELTA = dict(line="delta", forward=delta_line, backward=delta_line_backward, decode=delta_decode)
 
-    Decided from the inputs' metadata and ``FLA_COMPILE_TRITON`` only (never from a config or a tuning
-    run), so the op's fake impl calls it too and gives the same shape; see ``gla_triton.A_SLOTS``.
-    """
-    if gla_triton_enabled(q, k, v, gate, initial_state):
-        from . import gla_triton
+FAMILIES: dict[str, Family] = {
+    "linear_attn": Family(gate_kind=GATE_NONE, **_GLA),
+    "retention": Family(gate_kind=GATE_SCALAR, **_GLA),
+    "simple_gla": Family(gate_kind=GATE_SCALAR, **_GLA),
+    "gla": Family(gate_kind=GATE_VECTOR, **_GLA),
+    "delta_rule": Family(gate_kind=GATE_NONE, **_DELTA),
+    "gated_delta_rule": Family(gate_kind=GATE_SCALAR, **_DELTA),
+    "kda": Family(gate_kind=GATE_VECTOR, **_DELTA),
+}
 
-        return gla_triton.saved_A_like(q, v)
-    return v.new_empty(0)
-
-
-def gla_line(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, A_out=None):
-    """Forward of linear_attn / retention / simple_gla / gla: (o, final state fp32).
-
-    ``A_out`` (gla, from :func:`gla_saved_A`): where the chunked kernels keep A for the backward.
-    """
-    if gla_triton_enabled(q, k, v, gate, initial_state):
-        from . import gla_triton
-
-        return gla_triton.forward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, A_out=A_out)
-    return gla_line_forward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens)
-
-
-def gla_line_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, A=None):
-    """Backward of ``gla_line``: (dq, dk, dv, dgate or None, dh0 or None).
-
-    Triton chunked backward on CUDA (reusing the forward's ``A`` when it holds A for the backward's chunk
-    size, else recomputing it); elsewhere autograd through the torch chunked path.
-    """
-    if gla_triton_enabled(q, k, v, gate, initial_state):
-        from . import gla_triton
-
-        return gla_triton.chunk_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, A=A)
-    inputs = [q, k, v, gate, initial_state]
-    with torch.enable_grad():
-        leaves = [x.detach().requires_grad_() if x is not None else None for x in inputs]
-        o, ht = gla_line_forward(*leaves[:4], gate_kind, scale, leaves[4], cu_seqlens)
-        wrt = [x for x in leaves if x is not None]
-        grads = iter(torch.autograd.grad((o, ht), wrt, (do.to(o.dtype), dht.to(ht.dtype)), allow_unused=True))
-    out = []
-    for x in leaves:
-        g = next(grads) if x is not None else None
-        out.append(torch.zeros_like(x) if g is None and x is not None else g)
-    return tuple(out)
+__all__ = [
+    "FAMILIES",
+    "Family",
+    "gla_line",
+    "gla_line_backward",
+    "gla_saved_A",
+    "gla_triton_enabled",
+    "triton_mode",
+    "triton_wanted",
+]

@@ -11,23 +11,28 @@ from __future__ import annotations
 
 import torch
 
-from ..lowering.delta_dispatch import GATE_NONE, GATE_SCALAR, GATE_VECTOR, delta_line, delta_line_backward
+from ..lowering import FAMILIES
 from ._checks import check_gate, check_qkv, check_scale, check_state
 from ._library import OpSpec, recompute_backward, register
 
 FLAGS = ("use_qk_l2norm",)
+_DELTA_RULE, _GATED_DELTA_RULE, _KDA = (FAMILIES[f] for f in ("delta_rule", "gated_delta_rule", "kda"))
 
 
 def _delta_rule_fwd(q, k, v, beta, *, scale, initial_state, cu_seqlens, use_qk_l2norm):
-    return delta_line(q, k, v, beta, None, GATE_NONE, scale, initial_state, cu_seqlens, use_qk_l2norm)
+    return _DELTA_RULE.forward(
+        q, k, v, beta, None, _DELTA_RULE.gate_kind, scale, initial_state, cu_seqlens, use_qk_l2norm
+    )
 
 
 def _gated_delta_rule_fwd(q, k, v, g, beta, *, scale, initial_state, cu_seqlens, use_qk_l2norm):
-    return delta_line(q, k, v, beta, g, GATE_SCALAR, scale, initial_state, cu_seqlens, use_qk_l2norm)
+    return _GATED_DELTA_RULE.forward(
+        q, k, v, beta, g, _GATED_DELTA_RULE.gate_kind, scale, initial_state, cu_seqlens, use_qk_l2norm
+    )
 
 
 def _kda_fwd(q, k, v, gk, beta, *, scale, initial_state, cu_seqlens, use_qk_l2norm):
-    return delta_line(q, k, v, beta, gk, GATE_VECTOR, scale, initial_state, cu_seqlens, use_qk_l2norm)
+    return _KDA.forward(q, k, v, beta, gk, _KDA.gate_kind, scale, initial_state, cu_seqlens, use_qk_l2norm)
 
 
 _delta_rule_torch_bwd = recompute_backward(_delta_rule_fwd)
@@ -36,15 +41,15 @@ _kda_torch_bwd = recompute_backward(_kda_fwd)
 
 
 def _delta_rule_bwd(q, k, v, beta, **kw):
-    return delta_line_backward(_delta_rule_torch_bwd, q, k, v, beta, None, GATE_NONE, **kw)
+    return _DELTA_RULE.backward(_delta_rule_torch_bwd, q, k, v, beta, None, _DELTA_RULE.gate_kind, **kw)
 
 
 def _gated_delta_rule_bwd(q, k, v, g, beta, **kw):
-    return delta_line_backward(_gated_delta_rule_torch_bwd, q, k, v, beta, g, GATE_SCALAR, **kw)
+    return _GATED_DELTA_RULE.backward(_gated_delta_rule_torch_bwd, q, k, v, beta, g, _GATED_DELTA_RULE.gate_kind, **kw)
 
 
 def _kda_bwd(q, k, v, gk, beta, **kw):
-    return delta_line_backward(_kda_torch_bwd, q, k, v, beta, gk, GATE_VECTOR, **kw)
+    return _KDA.backward(_kda_torch_bwd, q, k, v, beta, gk, _KDA.gate_kind, **kw)
 
 
 SPECS = [

@@ -13,28 +13,29 @@ import numbers
 
 import torch
 
-from ..lowering import gla_line, gla_line_backward, gla_saved_A, gla_triton_enabled
-from ..lowering.gla_torch import GATE_NONE, GATE_SCALAR, GATE_VECTOR
+from ..lowering import FAMILIES, gla_saved_A, gla_triton_enabled
 from ._checks import check_gate, check_qkv, check_scale, check_state, fail
 from ._library import OpSpec, recompute_backward, register
 
+_LINEAR_ATTN, _RETENTION, _SIMPLE_GLA, _GLA = (FAMILIES[f] for f in ("linear_attn", "retention", "simple_gla", "gla"))
+
 
 def _linear_attn_fwd(q, k, v, *, scale, initial_state, cu_seqlens):
-    return gla_line(q, k, v, None, GATE_NONE, scale, initial_state, cu_seqlens)
+    return _LINEAR_ATTN.forward(q, k, v, None, _LINEAR_ATTN.gate_kind, scale, initial_state, cu_seqlens)
 
 
 def _retention_fwd(q, k, v, decay, *, scale, initial_state, cu_seqlens):
     B, T, H = v.shape[:3]
     g = decay.reshape(1, 1, H).expand(B, T, H)
-    return gla_line(q, k, v, g, GATE_SCALAR, scale, initial_state, cu_seqlens)
+    return _RETENTION.forward(q, k, v, g, _RETENTION.gate_kind, scale, initial_state, cu_seqlens)
 
 
 def _simple_gla_fwd(q, k, v, g, *, scale, initial_state, cu_seqlens):
-    return gla_line(q, k, v, g, GATE_SCALAR, scale, initial_state, cu_seqlens)
+    return _SIMPLE_GLA.forward(q, k, v, g, _SIMPLE_GLA.gate_kind, scale, initial_state, cu_seqlens)
 
 
 def _gla_fwd(q, k, v, gk, *, scale, initial_state, cu_seqlens, saved=(None,)):
-    return gla_line(q, k, v, gk, GATE_VECTOR, scale, initial_state, cu_seqlens, A_out=saved[0])
+    return _GLA.forward(q, k, v, gk, _GLA.gate_kind, scale, initial_state, cu_seqlens, A_out=saved[0])
 
 
 def _gla_saved(q, k, v, gk, *, initial_state, cu_seqlens):
@@ -42,7 +43,7 @@ def _gla_saved(q, k, v, gk, *, initial_state, cu_seqlens):
     return (gla_saved_A(q, k, v, gk, initial_state),)
 
 
-def _line_backward(forward, gate_kind, per_head_gate=False):
+def _line_backward(forward, family, per_head_gate=False):
     """The family's backward: the Triton chunked kernels on CUDA, autograd through ``forward`` elsewhere."""
     fallback = recompute_backward(forward)
 
@@ -56,8 +57,8 @@ def _line_backward(forward, gate_kind, per_head_gate=False):
             B, T, H = v.shape[:3]
             gate = gate.reshape(1, 1, H).expand(B, T, H)
         A = saved[0] if saved else None  # gla: the forward's A, used when it holds A for this backward
-        dq, dk, dv, dg, dh0 = gla_line_backward(
-            q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, A=A
+        dq, dk, dv, dg, dh0 = family.backward(
+            q, k, v, gate, family.gate_kind, scale, initial_state, cu_seqlens, do, dht, A=A
         )
         if per_head_gate:
             dg = dg.sum((0, 1))
@@ -67,22 +68,22 @@ def _line_backward(forward, gate_kind, per_head_gate=False):
 
 
 SPECS = [
-    OpSpec("linear_attn", (), _linear_attn_fwd, _line_backward(_linear_attn_fwd, GATE_NONE), "S = S + k v^T"),
+    OpSpec("linear_attn", (), _linear_attn_fwd, _line_backward(_linear_attn_fwd, _LINEAR_ATTN), "S = S + k v^T"),
     OpSpec(
         "retention",
         ("decay",),
         _retention_fwd,
-        _line_backward(_retention_fwd, GATE_SCALAR, per_head_gate=True),
+        _line_backward(_retention_fwd, _RETENTION, per_head_gate=True),
         "S = exp(decay_h) S + k v^T",
     ),
     OpSpec(
-        "simple_gla", ("g",), _simple_gla_fwd, _line_backward(_simple_gla_fwd, GATE_SCALAR), "S = exp(g_t) S + k v^T"
+        "simple_gla", ("g",), _simple_gla_fwd, _line_backward(_simple_gla_fwd, _SIMPLE_GLA), "S = exp(g_t) S + k v^T"
     ),
     OpSpec(
         "gla",
         ("gk",),
         _gla_fwd,
-        _line_backward(_gla_fwd, GATE_VECTOR),
+        _line_backward(_gla_fwd, _GLA),
         "S = diag(exp(gk_t)) S + k v^T",
         saved=("A",),
         saved_like=_gla_saved,

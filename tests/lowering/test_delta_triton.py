@@ -42,7 +42,7 @@ def make(family, B=2, T=37, HK=1, H=2, K=20, V=40, dtype=torch.float32, gate_sca
 
 def torch_grads(family, q, k, v, beta, g, h0, do, dht, scale, cu=None, l2=False):
     """fp64 reference outputs and gradients through the torch chunked path (checked against the loops)."""
-    from fla_compile.lowering.delta_torch import delta_line_forward
+    from fla_compile.lowering.delta.torch_path import delta_line_forward
 
     xs = [None if x is None else x.double().requires_grad_() for x in (q, k, v, beta, g, h0)]
     o, ht = delta_line_forward(xs[0], xs[1], xs[2], xs[3], xs[4], FAMILY_GATE[family], scale, xs[5], cu, l2)
@@ -56,7 +56,7 @@ def torch_grads(family, q, k, v, beta, g, h0, do, dht, scale, cu=None, l2=False)
 
 
 def _case_forward(family, BT, cu_lens=None, l2=False, gate_scale=2.0):
-    from fla_compile.lowering import delta_triton as DT
+    from fla_compile.lowering.delta import triton_launch as DT
 
     q, k, v, beta, g, h0 = make(family, gate_scale=gate_scale)
     cu = None
@@ -75,7 +75,7 @@ def _case_forward(family, BT, cu_lens=None, l2=False, gate_scale=2.0):
 
 
 def _case_backward(family, BT, cu_lens=None, l2=False, gate_scale=2.0, T=37):
-    from fla_compile.lowering import delta_triton as DT
+    from fla_compile.lowering.delta import triton_launch as DT
 
     q, k, v, beta, g, h0 = make(family, T=T, gate_scale=gate_scale)
     cu = None
@@ -93,7 +93,7 @@ def _case_backward(family, BT, cu_lens=None, l2=False, gate_scale=2.0, T=37):
 
 
 def _case_inplace_decode(family):
-    from fla_compile.lowering import delta_triton as DT
+    from fla_compile.lowering.delta import triton_launch as DT
 
     q, k, v, beta, g, h0 = make(family, T=1)
     ro, rs, _ = torch_grads(family, q, k, v, beta, g, h0, torch.zeros_like(v), torch.zeros_like(h0), 0.3)
@@ -105,7 +105,7 @@ def _case_inplace_decode(family):
 def _case_op_dispatch(family):
     """The custom op with the Triton path forced on CPU tensors (as CUDA tensors take it)."""
     import fla_compile.ops as ops
-    from fla_compile.lowering import delta_dispatch
+    from fla_compile.lowering.delta import dispatch as delta_dispatch
 
     delta_dispatch._use_triton = lambda *a: True
     q, k, v, beta, g, h0 = make(family, B=1, T=20, K=16, V=16)
@@ -126,7 +126,7 @@ def _case_op_dispatch(family):
 
 def _case_bf16(family):
     """bf16 inputs: o rounds to bf16, the rest stays fp32 inside; compared with the fp32 inputs' fp64 result."""
-    from fla_compile.lowering import delta_triton as DT
+    from fla_compile.lowering.delta import triton_launch as DT
 
     q, k, v, beta, g, h0 = make(family, B=1, T=40, K=16, V=16)
     q, k, v, beta = (x.bfloat16() for x in (q, k, v, beta))
@@ -160,7 +160,7 @@ INTERPRETER_CASES = {
 def _case_production(family, T=150):
     """The kernels' default sizes (forward BT = 64, backward BT = 32, BK = 64, BV = 32 at K = V = 64),
     over 2 chunks and a partial one, and decoding: against the fp64 loop."""
-    from fla_compile.lowering import delta_triton as DT
+    from fla_compile.lowering.delta import triton_launch as DT
     from fla_compile.reference import delta as loop
 
     q, k, v, beta, g, h0 = make(family, B=1, T=T, HK=1, H=2, K=64, V=64)
@@ -234,8 +234,8 @@ def test_interpreter(interpreter_report, case):
 
 def test_kernels_never_transpose():
     """Triton 3.4 to 3.7.0 miscompile tl.trans of a tl.dot result on Hopper: our kernels load transposed instead."""
-    root = Path(__file__).resolve().parents[2] / "fla_compile" / "lowering"
-    for path in sorted(root.glob("delta_triton*.py")):
+    root = Path(__file__).resolve().parents[2] / "fla_compile" / "lowering" / "delta"
+    for path in sorted(root.glob("triton_*.py")):
         code = "\n".join(line.split("#")[0] for line in path.read_text().splitlines())
         assert "tl.trans(" not in code and ".T\n" not in code and "permute(" not in code, path.name
 
@@ -257,7 +257,7 @@ def test_chunk_size_falls_back_on_shared_memory():
     pytest.importorskip("triton")
     from triton.runtime.errors import OutOfResources
 
-    from fla_compile.lowering import delta_triton as DT
+    from fla_compile.lowering.delta import triton_launch as DT
 
     tried = []
 
@@ -297,7 +297,7 @@ def _poison():
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("gate_scale", [0.05, 20.0], ids=["weak", "strong"])
 def test_gpu_chunk_vs_fp64(family, dtype, tol, gate_scale):
-    from fla_compile.lowering import delta_triton as DT
+    from fla_compile.lowering.delta import triton_launch as DT
 
     q, k, v, beta, g, h0 = _cuda_case(family, dtype=dtype, gate_scale=gate_scale)
     do = torch.randn_like(v)
@@ -320,7 +320,7 @@ def test_gpu_chunk_vs_fp64(family, dtype, tol, gate_scale):
 @gpu
 @pytest.mark.parametrize("family", list(FAMILY_GATE))
 def test_gpu_beta_extremes_varlen_l2(family):
-    from fla_compile.lowering import delta_triton as DT
+    from fla_compile.lowering.delta import triton_launch as DT
 
     for beta_map in (lambda b: b * 1e-4, lambda b: 1 - b * 1e-4):
         q, k, v, beta, g, _ = _cuda_case(family, B=1, T=700)
@@ -341,7 +341,7 @@ def test_gpu_beta_extremes_varlen_l2(family):
 @gpu
 @pytest.mark.parametrize("family", list(FAMILY_GATE))
 def test_gpu_long_sequence_no_drift(family):
-    from fla_compile.lowering import delta_triton as DT
+    from fla_compile.lowering.delta import triton_launch as DT
 
     q, k, v, beta, g, h0 = _cuda_case(family, B=1, T=16384, HK=1, H=2, gate_scale=0.02)
     o, ht = DT.chunk_forward(q, k, v, beta, g, FAMILY_GATE[family], 0.125, h0)
@@ -354,7 +354,7 @@ def test_gpu_long_sequence_no_drift(family):
 @gpu
 @pytest.mark.parametrize("family", list(FAMILY_GATE))
 def test_gpu_deterministic(family):
-    from fla_compile.lowering import delta_triton as DT
+    from fla_compile.lowering.delta import triton_launch as DT
 
     q, k, v, beta, g, h0 = _cuda_case(family, dtype=torch.bfloat16, T=1000)
     do, dht = torch.randn_like(v), torch.randn_like(h0)

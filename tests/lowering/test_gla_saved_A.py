@@ -26,7 +26,8 @@ if type(triton.language.standard.cdiv).__name__ != "InterpretedFunction":
     )
 
 import fla_compile.ops as ops  # noqa: E402
-from fla_compile.lowering import autotune, gla_triton  # noqa: E402
+from fla_compile.lowering.common import autotune  # noqa: E402
+from fla_compile.lowering.gla import triton_launch as gla_triton  # noqa: E402
 from fla_compile.reference import gla as reference  # noqa: E402
 
 CFG16 = {"BT": 16, "BK": 16, "BV": 16, "num_warps": 4, "num_stages": 1}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fla_compile import ops
-from fla_compile.lowering import gla_torch as G
+from fla_compile.lowering.gla import torch_path as G
 from fla_compile.reference import gla as ref
 
 

@@ -25,9 +25,10 @@ if INTERPRET and type(triton.language.standard.cdiv).__name__ != "InterpretedFun
     )
 DEVICE = "cpu" if INTERPRET else "cuda"
 
-from fla_compile.lowering import chunks, gla_triton  # noqa: E402  (after the interpreter switch)
-from fla_compile.lowering import gla_triton_kernels as kern  # noqa: E402
-from fla_compile.lowering.gla_torch import gla_line_forward  # noqa: E402
+from fla_compile.lowering.common import chunks  # noqa: E402  (after the interpreter switch)
+from fla_compile.lowering.gla import triton_kernels as kern  # noqa: E402
+from fla_compile.lowering.gla import triton_launch as gla_triton  # noqa: E402
+from fla_compile.lowering.gla.torch_path import gla_line_forward  # noqa: E402
 
 CFG = {"BT": 16, "BK": 16, "BV": 16, "num_warps": 4, "num_stages": 1}
 KINDS = ["none", "scalar", "vector"]

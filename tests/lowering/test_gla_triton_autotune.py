@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from fla_compile.lowering import autotune
+from fla_compile.lowering.common import autotune
 
 
 def _interpreting() -> bool:
@@ -92,7 +92,7 @@ def test_tune_picks_fastest_screened(monkeypatch):
 
 @pytest.mark.skipif(not INTERPRET, reason="screens through the Triton interpreter")
 def test_screen_rejects_wrong_and_nondeterministic(monkeypatch):
-    from fla_compile.lowering import gla_triton
+    from fla_compile.lowering.gla import triton_launch as gla_triton
 
     cfg = {"BT": 16, "BK": 16, "BV": 16}
     cpu = torch.device("cpu")

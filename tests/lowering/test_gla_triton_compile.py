@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent(
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from fla_compile.lowering import gla_triton_intra as intra, gla_triton_kernels as kern
+    from fla_compile.lowering.gla import triton_intra as intra, triton_kernels as kern
 
     arch, dt, gid = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     prec = "ieee" if dt == "fp32" else "tf32"

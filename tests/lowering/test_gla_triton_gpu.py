@@ -22,7 +22,7 @@ TOL = {torch.float32: 1e-5, torch.bfloat16: 5e-3, torch.float16: 2e-3}
 
 @pytest.fixture(autouse=True)
 def _poison():
-    from fla_compile.lowering import gla_triton
+    from fla_compile.lowering.gla import triton_launch as gla_triton
 
     gla_triton.POISON = True
     yield
@@ -54,7 +54,7 @@ def make(kind, B, T, H, HK, K, V, dtype, gate="range", cu=None, seed=0):
 
 
 def reference(q, k, v, g, kind, scale, h0, cu, do, dht):
-    from fla_compile.lowering.gla_torch import gla_line_forward
+    from fla_compile.lowering.gla.torch_path import gla_line_forward
 
     leaves = [x.detach().double().requires_grad_() if x is not None else None for x in (q, k, v, g, h0)]
     o, ht = gla_line_forward(*leaves[:4], kind, scale, leaves[4], cu)
@@ -64,7 +64,7 @@ def reference(q, k, v, g, kind, scale, h0, cu, do, dht):
 
 
 def run(q, k, v, g, kind, scale, h0, cu, do, dht):
-    from fla_compile.lowering import gla_triton
+    from fla_compile.lowering.gla import triton_launch as gla_triton
 
     o, ht = gla_triton.chunk_forward(q, k, v, g, kind, scale, h0, cu)
     grads = gla_triton.chunk_backward(q, k, v, g, kind, scale, h0, cu, do, dht)
@@ -128,7 +128,7 @@ def test_strong_gates(kind, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_decode(kind, dtype):
-    from fla_compile.lowering import gla_triton
+    from fla_compile.lowering.gla import triton_launch as gla_triton
 
     q, k, v, g, h0, cu, do, dht = make(kind, 64, 1, 4, 2, 128, 128, dtype, gate="mild")
     ref = reference(q, k, v, g, kind, 0.1, h0, cu, do, dht)
@@ -139,7 +139,7 @@ def test_decode(kind, dtype):
 
 
 def test_decode_cuda_graph():
-    from fla_compile.lowering import gla_triton
+    from fla_compile.lowering.gla import triton_launch as gla_triton
 
     q, k, v, g, h0, cu, do, dht = make("scalar", 8, 1, 4, 4, 64, 64, torch.bfloat16, gate="mild")
     state = h0.clone()
@@ -196,7 +196,7 @@ def test_compile_fullgraph():
 
 def _count_A(monkeypatch):
     """Count launches of the vector gate's A kernel (gla_triton._gla_A)."""
-    from fla_compile.lowering import gla_triton
+    from fla_compile.lowering.gla import triton_launch as gla_triton
 
     calls = []
     real = gla_triton._gla_A
@@ -231,7 +231,7 @@ def test_gla_backward_reuses_A(dtype, monkeypatch):
     """gla forward+backward through the op: one A kernel (the forward's; the backward reuses it), and the
     gradients of the fp64 loop; with a backward config of another BT, A is recomputed, results as good."""
     import fla_compile.ops as ops
-    from fla_compile.lowering import autotune
+    from fla_compile.lowering.common import autotune
 
     q, k, v, g, h0, cu, do, dht = make("vector", 2, 300, 4, 2, 64, 64, dtype, gate="mild")
     want = _loop_reference(q, k, v, g, h0, do, dht)

@@ -10,7 +10,8 @@ import types
 import pytest
 import torch
 
-from fla_compile.lowering import delta_dispatch, gla_triton_enabled
+from fla_compile.lowering import gla_triton_enabled
+from fla_compile.lowering.delta import dispatch as delta_dispatch
 
 
 def cuda_like(*shape, dtype=torch.float32):
@@ -61,7 +62,7 @@ def test_cpu_tensors_take_the_torch_path_unless_interpreting(monkeypatch):
 def test_delta_ops_follow_the_switch(mode, T, monkeypatch):
     """Through the public op: the forward and the backward go where the switch says."""
     from fla_compile import ops
-    from fla_compile.lowering import delta_triton
+    from fla_compile.lowering.delta import triton_launch as delta_triton
 
     calls = []
 
@@ -107,7 +108,8 @@ def test_delta_ops_follow_the_switch(mode, T, monkeypatch):
 def test_switch_on_cuda(family, mode, monkeypatch):
     """On real CUDA tensors: '0' never enters a Triton launcher (they raise here), '1' does."""
     from fla_compile import ops
-    from fla_compile.lowering import delta_triton, gla_triton
+    from fla_compile.lowering.delta import triton_launch as delta_triton
+    from fla_compile.lowering.gla import triton_launch as gla_triton
 
     entered = []
     module = gla_triton if family == "gla" else delta_triton

@@ -245,7 +245,7 @@ def test_matches_transformers_kimi_linear():
 def test_torch_path_gradients_across_chunks_cuda(family):
     """The torch chunked path itself on CUDA (called directly, whatever the dispatcher picks), fp32,
     T = 3 chunks and a partial one, every gradient against the fp64 loop on the CPU."""
-    from fla_compile.lowering.delta_torch import delta_line_forward
+    from fla_compile.lowering.delta.torch_path import delta_line_forward
 
     C = 16 if family == "kda" else 64
     q, k, v, g, b, h0 = make(family, B=2, T=3 * C + 5, HK=1, H=2, K=32, V=32, dtype=torch.float32)

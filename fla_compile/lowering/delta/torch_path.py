@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from .gla_torch import _chunk, _pad_time, expand_heads
-
-GATE_NONE, GATE_SCALAR, GATE_VECTOR = "none", "scalar", "vector"
+from ..common.gates import GATE_NONE, GATE_SCALAR, GATE_VECTOR
+from ..gla.torch_path import _chunk, _pad_time, expand_heads
 
 
 def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

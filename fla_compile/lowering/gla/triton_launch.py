@@ -5,7 +5,7 @@ in log space, initial state [N, H, K, V], ``cu_seqlens`` [N + 1] (B == 1). A den
 as B sequences of length T, so one code path covers both; the chunk metadata of packed
 sequences is built with torch ops on the device (no ``.item()``, no host sync).
 
-Block sizes come from :mod:`fla_compile.lowering.autotune` (per-arch tables, screened and
+Block sizes come from :mod:`fla_compile.lowering.common.autotune` (per-arch tables, screened and
 persisted winners); pass ``config`` to force one.
 """
 
@@ -14,14 +14,14 @@ from __future__ import annotations
 import torch
 import triton
 
-from . import gla_triton_intra as intra
-from . import gla_triton_kernels as kern
-from .chunks import chunk_meta, dense_cu
-from .gla_torch import GATE_NONE, GATE_SCALAR, GATE_VECTOR
+from ..common import launch
+from ..common.chunks import chunk_meta, dense_cu
+from ..common.gates import GATE_IDS
+from . import triton_intra as intra
+from . import triton_kernels as kern
 
-GATE_IDS = {GATE_NONE: 0, GATE_SCALAR: 1, GATE_VECTOR: 2}
-DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 DECODE_MAX_T = 64
+MAX_HEAD_DIM = 256
 BC = 16  # sub-chunk of the vector gate's intra-chunk kernels
 POISON = False  # tests set it: every buffer starts as NaN, to prove each element is written
 
@@ -33,11 +33,7 @@ def _empty(shape, device, dtype):
 
 def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether the kernels take these inputs (dtype and head dims); otherwise use the torch path."""
-    return all(x.dtype in DTYPES for x in (q, k, v)) and q.shape[-1] <= 256 and v.shape[-1] <= 256
-
-
-def _pow2(n: int, lo: int = 16) -> int:
-    return max(lo, triton.next_power_of_2(n))
+    return launch.supported(MAX_HEAD_DIM, q, k, v)
 
 
 def _common(q, k, v, gate, gate_kind):
@@ -52,8 +48,8 @@ def _common(q, k, v, gate, gate_kind):
 
 def _blocks(config, K, V):
     BT = config["BT"]
-    BK = min(config["BK"], _pow2(K))
-    BV = min(config["BV"], _pow2(V))
+    BK = min(config["BK"], launch.pow2(K))
+    BV = min(config["BV"], launch.pow2(V))
     return BT, BK, BV, config
 
 
@@ -64,8 +60,8 @@ _SHARED = ("h", "o", "dh", "dv", "dqk")
 
 def _tile(config, kernel: str, K: int, V: int) -> tuple[int, int]:
     """(BK, BV) of one kernel: ``<kernel>_BK`` / ``<kernel>_BV`` of the config when given, else the shared ones."""
-    return min(config.get(f"{kernel}_BK", config["BK"]), _pow2(K)), min(
-        config.get(f"{kernel}_BV", config["BV"]), _pow2(V)
+    return min(config.get(f"{kernel}_BK", config["BK"]), launch.pow2(K)), min(
+        config.get(f"{kernel}_BV", config["BV"]), launch.pow2(V)
     )
 
 
@@ -75,14 +71,10 @@ def _opts(config, kernel: str) -> dict:
     return {"num_warps": config.get(f"{kernel}_warps", warps), "num_stages": config.get(f"{kernel}_stages", stages)}
 
 
-def _prec(dtype):
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 def _config(kind, q, v, T, cu_seqlens, config):
     if config is not None:
         return config
-    from .autotune import get_config
+    from ..common.autotune import get_config
 
     return get_config("chunk", kind, q.shape[-1], v.shape[-1], v.dtype, T, q.device, varlen=cu_seqlens is not None)
 
@@ -91,7 +83,7 @@ def _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, device, cfg):
     if gid == 0:
         return gate
     gc = _empty(gate.shape, device, torch.float32)
-    BKg = min(cfg.get("cumsum_BK", _pow2(K)), _pow2(K)) if gid == 2 else 16
+    BKg = min(cfg.get("cumsum_BK", launch.pow2(K)), launch.pow2(K)) if gid == 2 else 16
     grid = (NS, 1 if gid == 1 else triton.cdiv(K, BKg), H)
     kern.chunk_cumsum_kernel[grid](gate, gc, cu, info, H, K, BT, BKg, gid, **_opts(cfg, "cumsum"))
     return gc
@@ -199,7 +191,7 @@ def chunk_forward(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlen
     cu, info, chunk_off, NS, N = chunk_meta(B, T, cu_seqlens, BT, q.device)
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     gc = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device, cfg)
-    prec = _prec(v.dtype)
+    prec = launch.prec(v.dtype)
     h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, H // HK, K, V, gid, BT, BK, BV, cfg, prec)
     A = h
     if gid == 2:
@@ -259,7 +251,7 @@ def chunk_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, d
     do = do.to(v.dtype).contiguous()
     dht = dht.float().contiguous() if dht is not None else None
     gc = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device, cfg)
-    prec = _prec(v.dtype)
+    prec = launch.prec(v.dtype)
     h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg, prec)
 
     dh = _empty((NS, H, K, V), v.device, v.dtype)  # like h: cast to the inputs' dtype before every dot
@@ -373,10 +365,10 @@ def fused_recurrent(
     cu = dense_cu(B, T, q.device) if cu_seqlens is None else cu_seqlens.to(torch.int32)
     N = cu.shape[0] - 1
     if config is None:
-        from .autotune import get_config
+        from ..common.autotune import get_config
 
         config = get_config("decode", gate_kind, K, V, v.dtype, T, q.device, varlen=cu_seqlens is not None)
-    BK, BV = _pow2(K), min(config["BV"], _pow2(V))
+    BK, BV = launch.pow2(K), min(config["BV"], launch.pow2(V))
     if inplace_state:
         if initial_state is None or initial_state.dtype != torch.float32 or not initial_state.is_contiguous():
             raise ValueError("inplace_state needs a contiguous fp32 initial_state")

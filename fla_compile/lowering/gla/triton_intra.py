@@ -11,7 +11,7 @@ Nothing overflows for any gate.
 Layout of A and dA: [TT, H, SA] (SA >= BT), row = token, column = position in the token's chunk (the
 first BT columns). dA is fp32 with SA = BT; A is stored in the inputs' dtype (its consumers cast it
 to that dtype before every dot, so nothing is lost), with SA = BT, or SA = 64 in the layout the op
-returns to its backward (``gla_triton.A_SLOTS``).
+returns to its backward (``triton_launch.A_SLOTS``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .chunks import chunk_span
+from ..common.chunks import chunk_span
 
 # the largest |b_i - b_r| for which a diagonal block is computed in factored form: e^(+-60) and the
 # products of two such factors are normal fp32 / bf16 numbers, so nothing overflows or flushes to zero

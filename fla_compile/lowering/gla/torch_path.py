@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-GATE_NONE, GATE_SCALAR, GATE_VECTOR = "none", "scalar", "vector"
+from ..common.gates import GATE_NONE, GATE_SCALAR, GATE_VECTOR
 
 
 def _chunk(x: torch.Tensor, C: int) -> torch.Tensor:

@@ -218,8 +218,8 @@ def screen(kernel, gate_kind, K, V, dtype, cfg, device, T=None) -> str | None:
 
 
 def _screen(kernel, gate_kind, K, V, dtype, cfg, device, T):
-    from . import gla_triton
-    from .gla_torch import gla_line_forward
+    from ..gla import triton_launch as gla_triton
+    from ..gla.torch_path import gla_line_forward
 
     T = T or (37 if kernel == "decode" else 150)  # partial chunks, several chunks
     q, k, v, g, h0 = _problem(gate_kind, K, V, dtype, T, device)
@@ -259,7 +259,7 @@ def _screen(kernel, gate_kind, K, V, dtype, cfg, device, T):
 def _time(kernel, gate_kind, K, V, dtype, T, cfg, device) -> float:
     import triton.testing
 
-    from . import gla_triton
+    from ..gla import triton_launch as gla_triton
 
     if kernel == "decode":
         B, T = 64, 1

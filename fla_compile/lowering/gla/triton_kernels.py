@@ -24,7 +24,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .chunks import chunk_span
+from ..common.chunks import chunk_span
 
 
 @triton.jit

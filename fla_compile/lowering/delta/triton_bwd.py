@@ -1,6 +1,6 @@
 """Triton backward kernels of the delta-rule line: the reverse state pass and the per-chunk gradients.
 
-Forward of one chunk (notation of :mod:`fla_compile.lowering.delta_torch`, qs = scale q,
+Forward of one chunk (notation of :mod:`fla_compile.lowering.delta.torch_path`, qs = scale q,
 Γ = e^{G}, kd = e^{G_last - G} k, T = (I + diag(b) A)^{-1}):
 
     W = T (b Γ k),  U = T (b v),  v_new = U - W S0
@@ -19,8 +19,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .chunks import chunk_span
-from .delta_triton_fwd import _col, _row
+from ..common.chunks import chunk_span
+from .triton_fwd import _col, _row
 
 
 @triton.jit

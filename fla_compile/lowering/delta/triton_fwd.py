@@ -1,6 +1,6 @@
 """Triton forward kernels of the delta-rule line: chunk preparation (WY), chunk state + output, recurrent decode.
 
-Math and notation as in :mod:`fla_compile.lowering.delta_torch`. Tensors are packed over
+Math and notation as in :mod:`fla_compile.lowering.delta.torch_path`. Tensors are packed over
 time: every [B, T, H, D] input is seen as [T_total, H, D] with sequences given by ``cu``
 (a dense batch is B sequences of length T). q and k have HK heads; head h reads h // (H // HK).
 GATE: 0 none (delta_rule), 1 per head (gated_delta_rule), 2 per key dim (kda).
@@ -16,7 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .chunks import chunk_span
+from ..common.chunks import chunk_span
 
 
 @triton.jit

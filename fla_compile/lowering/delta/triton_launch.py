@@ -18,13 +18,12 @@ import torch
 import triton
 from triton.runtime.errors import OutOfResources
 
-from . import delta_triton_bwd as kb
-from . import delta_triton_fwd as kf
-from .chunks import chunk_meta
-from .delta_torch import GATE_NONE, GATE_SCALAR, GATE_VECTOR
+from ..common import launch
+from ..common.chunks import chunk_meta
+from ..common.gates import GATE_IDS
+from . import triton_bwd as kb
+from . import triton_fwd as kf
 
-GATE_IDS = {GATE_NONE: 0, GATE_SCALAR: 1, GATE_VECTOR: 2}
-DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 DECODE_MAX_T = 16
 
 
@@ -34,7 +33,7 @@ _BT_CACHE: dict = {}  # (pass, gate kind, K, V, dtype, device) -> the largest ch
 
 def supported(q: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether the kernels take these inputs; otherwise (fp64, heads over 128) use the torch path."""
-    return q.dtype in DTYPES and v.dtype in DTYPES and q.shape[-1] <= MAX_HEAD_DIM and v.shape[-1] <= MAX_HEAD_DIM
+    return launch.supported(MAX_HEAD_DIM, q, v)
 
 
 def _with_chunk_size(key, chunk_size, run, start):
@@ -59,14 +58,6 @@ def _with_chunk_size(key, chunk_size, run, start):
         return out
 
 
-def _pow2(n: int, lo: int = 16) -> int:
-    return max(lo, triton.next_power_of_2(n))
-
-
-def _prec(dtype) -> str:
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 def _l2norm_fwd(x):
     x = x.float()
     r = torch.rsqrt((x * x).sum(-1, keepdim=True) + 1e-6)
@@ -86,10 +77,11 @@ class _Run:
         self.H, self.V = v.shape[2], v.shape[3]
         self.gid = GATE_IDS[gate_kind]
         self.BT = BT
-        self.BK, self.BV = _pow2(self.K), min(_pow2(self.V), 32)  # V block of the per-chunk kernels (V loop)
-        self.BVS = min(_pow2(self.V), 32)  # V block of the sequential kernels
+        self.BK = launch.pow2(self.K)
+        self.BV = min(launch.pow2(self.V), 32)  # V block of the per-chunk kernels (V loop)
+        self.BVS = min(launch.pow2(self.V), 32)  # V block of the sequential kernels
         self.cu, self.info, self.chunk_off, self.NS, self.N = chunk_meta(self.B, self.T, cu_seqlens, self.BT, q.device)
-        self.prec = _prec(v.dtype if q.dtype == torch.float32 else q.dtype)
+        self.prec = launch.prec(v.dtype if q.dtype == torch.float32 else q.dtype)
         self.cst = dict(H=self.H, HK=self.HK, K=self.K, V=self.V)
         # the per-chunk kernels hold several [BT, BK] fp32 blocks: more warps for wide keys
         self.warps = 8 if self.BT * self.BK >= 64 * 128 else 4
@@ -164,9 +156,9 @@ def fused_recurrent(
     o = torch.empty(B, T, H, V, device=q.device, dtype=v.dtype)
     ht = final_state if final_state is not None else torch.empty(N, H, K, V, device=q.device, dtype=torch.float32)
     h0 = initial_state.contiguous() if initial_state is not None else ht
-    BV = min(_pow2(V), 32)
+    BV = min(launch.pow2(V), 32)
     kf.fused_recurrent_kernel[(N, H, triton.cdiv(V, BV))](
-        q, k, v, beta, g, h0, o, ht, cu, scale, H=H, HK=HK, K=K, V=V, BK=_pow2(K), BV=BV,
+        q, k, v, beta, g, h0, o, ht, cu, scale, H=H, HK=HK, K=K, V=V, BK=launch.pow2(K), BV=BV,
         GATE=GATE_IDS[gate_kind], HAS_H0=initial_state is not None, L2NORM=use_qk_l2norm,
     )  # fmt: skip
     return o, ht
