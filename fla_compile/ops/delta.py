@@ -13,6 +13,7 @@ import torch
 
 from ..lowering import FAMILIES
 from ._checks import check_gate, check_qkv, check_scale, check_state
+from ._docs import documented
 from ._library import OpSpec, recompute_backward, register
 
 FLAGS = ("use_qk_l2norm",)
@@ -80,37 +81,14 @@ def _result(o, ht, output_final_state):
     return o, (ht if output_final_state else None)
 
 
-_ARGS = """
-    Args:
-        q, k: [B, T, HK, K]; v: [B, T, H, V] with H a multiple of HK (GQA). One dtype for the three:
-            float32, bfloat16, float16 or float64. Any strides (views are fine).{gate}
-        beta: [B, T, H] write strength per step and head of v; in q's dtype or float32.
-        scale: a number; defaults to K ** -0.5 (applied after the optional L2 norm).
-        initial_state: [N, H, K, V], any float dtype (N = B, or the number of packed sequences).
-        output_final_state: also return the state after the last step.
-        cu_seqlens: int32/int64 [N + 1] offsets of packed sequences, non-decreasing from 0 to T
-            (a sequence of length 0 is allowed and passes its initial state through); B must be 1.
-        use_qk_l2norm_in_kernel: L2-normalize q and k over K first (x * rsqrt(sum x^2 + 1e-6), fp32).
-
-    Returns:
-        ``(o, final_state)``: o [B, T, H, V] in v's dtype; final_state [N, H, K, V] float32 (float64
-        for float64 inputs), or None unless ``output_final_state``. With T = 0, o is empty and the final
-        state is the initial state (zeros without one).
-
-    Raises:
-        ValueError: ``fla_compile.{op}: ...`` naming the argument, for a wrong shape, dtype or device,
-            q, k and v of different dtypes, or ``cu_seqlens`` that do not run from 0 up to T.
-"""
-
-
 def _documented(summary: str, gate: str = ""):
-    """Give an op the shared docstring: ``summary`` (the recurrence), then args, returns, raises."""
-
-    def set_doc(fn):
-        fn.__doc__ = summary + "\n" + _ARGS.format(op=fn.__name__, gate=f"\n        {gate}" if gate else "")
-        return fn
-
-    return set_doc
+    return documented(
+        summary,
+        gate,
+        before=("beta: [B, T, H] write strength per step and head of v; in q's dtype or float32.",),
+        after=("use_qk_l2norm_in_kernel: L2-normalize q and k over K first (x * rsqrt(sum x^2 + 1e-6), fp32).",),
+        scale_note=" (applied after the optional L2 norm)",
+    )
 
 
 @_documented("Delta rule: o_t = scale * S_t^T q_t with S_t = (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T.")
