@@ -44,12 +44,9 @@ def explain(fn_or_module, *args, options: dict | None = None, **kwargs) -> Repor
         report.extend(rep)
         return forward
 
-    def call(*a, **kw):
-        return fn_or_module(*a, **kw)
-
     before, compiled = _dynamo_counters(), _codes_with_entries()
     try:
-        torch.compile(fresh_code(call, "fla_explain"), backend=collect, dynamic=False)(*args, **kwargs)
+        torch.compile(_capture_target(fn_or_module), backend=collect, dynamic=False)(*args, **kwargs)
     finally:
         _drop_entries_since(compiled)
     report.notes += _dynamo_notes(before, _dynamo_counters())
@@ -60,6 +57,37 @@ def explain(fn_or_module, *args, options: dict | None = None, **kwargs) -> Repor
             "Dynamo disabled, or code already at its recompile limit: torch._dynamo.reset() clears Dynamo's caches)"
         )
     return report
+
+
+def _capture_target(fn_or_module):
+    """What to hand Dynamo so that its graph is the backend's: a function's own code (a fresh code
+    object: Dynamo's cache entries are per code), a module's forward bound to it when no hook would
+    run around it, else a wrapper. The graph's inputs are then named by the user's parameters (a near
+    miss that names a runtime value reads as the backend's does), not by a wrapper's ``*args``."""
+    import types
+
+    if isinstance(fn_or_module, types.FunctionType):
+        return fresh_code(fn_or_module, "fla_explain")
+    forward = getattr(type(fn_or_module), "forward", None)
+    if (
+        isinstance(fn_or_module, torch.nn.Module)
+        and isinstance(forward, types.FunctionType)
+        and not _hooked(fn_or_module)
+    ):
+        return types.MethodType(fresh_code(forward, "fla_explain"), fn_or_module)
+
+    def call(*a, **kw):
+        return fn_or_module(*a, **kw)
+
+    return fresh_code(call, "fla_explain")
+
+
+def _hooked(module: torch.nn.Module) -> bool:
+    from torch.nn.modules import module as nn_module
+
+    own = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks)
+    shared = (nn_module._global_forward_hooks, nn_module._global_forward_pre_hooks, nn_module._global_backward_hooks)
+    return any(len(h) for h in own + shared)
 
 
 def _codes_with_entries() -> set[int] | None:

@@ -1,5 +1,5 @@
 """``explain`` says exactly what ``torch.compile(backend="fla")`` does (issue 16): over every spelling
-of ``tests/patterns/spellings.py``, positive and negative, both name the same matches (family,
+of ``tests/patterns/spellings.py`` (loops) and of the parallel and cumsum tests, positive and negative, both name the same matches (family,
 spelling, source line, path) and the same misses, and the compiled run really calls our op once
 per rewritten region (counted at dispatch), and none where nothing was rewritten.
 
@@ -15,6 +15,8 @@ import fla_compile
 from fla_compile import backend, costs
 
 from .patterns import spellings as S
+from .patterns import test_cumsum as C
+from .patterns import test_parallel as P
 from .patterns.test_loop import NEGATIVE, POSITIVE
 
 B, T, H, K, V = 1, 8, 2, 4, 4
@@ -147,3 +149,43 @@ def test_jit_matches_nothing_the_backend_does_not(name):
     said = explained(fn, args)
     assert [(m.family, m.spelling) for m in by_jit.matches] == [(m.family, m.spelling) for m in said.matches]
     assert [m.family for m in said.rewritten] == [POSITIVE[name]], str(said)
+
+
+# the masked quadratic (parallel) and cumsum spellings of their own test files, positive and negative
+FORM_CASES = (
+    [("parallel", fn, gate, None) for fn, _, gate in P.POSITIVE]
+    + [("parallel", fn, False, reason) for fn, reason in P.NEGATIVE]
+    + [("cumsum", fn, False, None) for fn in C.POSITIVE]
+    + [("cumsum", fn, False, reason) for fn, reason in C.NEGATIVE]
+)
+FAST_FORMS = {"retention_per_head", "softmax_attention", "einsum_bthd", "cumsum_key_dim"}
+
+
+def _name(fn):
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+@pytest.mark.parametrize(
+    "spelling,fn,gate,reason",
+    [c if _name(c[1]) in FAST_FORMS else pytest.param(*c, marks=pytest.mark.slow) for c in FORM_CASES],
+    ids=[f"{c[0]}-{_name(c[1])}" for c in FORM_CASES],
+)
+def test_explain_says_what_the_backend_does_for_forms(spelling, fn, gate, reason):
+    xs = [x.detach() for x in (P.inputs(gate) if spelling == "parallel" else C.inputs())]
+    if fn is P.random_mask_input:
+        xs.append(torch.tril(torch.rand(P.T, P.T)) > 0.5)
+    torch.manual_seed(1)
+    said = explained(fn, xs)
+    torch.manual_seed(1)
+    done, out, calls = compiled_run(fn, xs)
+    assert matches([said]) == matches([done]), f"explain:\n{said}\nbackend:\n{done}"
+    assert misses(said) == misses(done), f"explain:\n{said}\nbackend:\n{done}"
+    assert sorted(calls) == sorted(m.op.split(".")[-1] for m in done.rewritten), (calls, str(done))
+    if reason is None:
+        assert done.rewritten and all(m.spelling == spelling for m in done.rewritten), str(done)
+    else:
+        assert not done.matches and any(reason in m.reason for m in done.misses), str(done)
+    if fn is not P.random_mask_inside:  # draws random numbers inside: no second run equals the first
+        ref = fn(*xs)
+        for o, r in zip(*(x if isinstance(x, tuple) else (x,) for x in (out, ref))):
+            torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
