@@ -60,26 +60,40 @@ def explain(fn_or_module, *args, options: dict | None = None, **kwargs) -> Repor
 
 
 def _capture_target(fn_or_module):
-    """What to hand Dynamo so that its graph is the backend's: a function's own code (a fresh code
-    object: Dynamo's cache entries are per code), a module's forward bound to it when no hook would
-    run around it, else a wrapper. The graph's inputs are then named by the user's parameters (a near
+    """What to hand Dynamo so that its graph is the backend's: a function's own code (a copy under its
+    own name: Dynamo's cache entries are per code object, and the chunked pass reads the frames, which
+    must be the backend's), a module's forward bound to it when no hook would run around it, else a
+    wrapper. The graph's inputs are then named by the user's parameters (a near
     miss that names a runtime value reads as the backend's does), not by a wrapper's ``*args``."""
     import types
 
     if isinstance(fn_or_module, types.FunctionType):
-        return fresh_code(fn_or_module, "fla_explain")
+        return _same_code_anew(fn_or_module)
     forward = getattr(type(fn_or_module), "forward", None)
     if (
         isinstance(fn_or_module, torch.nn.Module)
         and isinstance(forward, types.FunctionType)
         and not _hooked(fn_or_module)
     ):
-        return types.MethodType(fresh_code(forward, "fla_explain"), fn_or_module)
+        return types.MethodType(_same_code_anew(forward), fn_or_module)
 
     def call(*a, **kw):
         return fn_or_module(*a, **kw)
 
     return fresh_code(call, "fla_explain")
+
+
+def _same_code_anew(fn):
+    """``fn`` with a copy of its code object under its own name: Dynamo's cache entries are per code
+    object (so nothing the user compiled is reused or exhausted), and the frames the matchers read
+    (the chunked pass groups nodes by call frame) are the ones the backend sees."""
+    import types
+
+    code = fn.__code__.replace(co_name=fn.__code__.co_name)
+    new = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    new.__kwdefaults__ = fn.__kwdefaults__
+    new.__qualname__ = fn.__qualname__
+    return new
 
 
 def _hooked(module: torch.nn.Module) -> bool:

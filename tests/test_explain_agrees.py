@@ -1,5 +1,5 @@
 """``explain`` says exactly what ``torch.compile(backend="fla")`` does (issue 16): over every spelling
-of ``tests/patterns/spellings.py`` (loops) and of the parallel and cumsum tests, positive and negative, both name the same matches (family,
+of ``tests/patterns/spellings.py`` (loops) and of the parallel, cumsum and chunked tests, positive and negative, both name the same matches (family,
 spelling, source line, path) and the same misses, and the compiled run really calls our op once
 per rewritten region (counted at dispatch), and none where nothing was rewritten.
 
@@ -15,6 +15,7 @@ import fla_compile
 from fla_compile import backend, costs
 
 from .patterns import spellings as S
+from .patterns import test_chunked as CH
 from .patterns import test_cumsum as C
 from .patterns import test_parallel as P
 from .patterns.test_loop import NEGATIVE, POSITIVE
@@ -189,3 +190,39 @@ def test_explain_says_what_the_backend_does_for_forms(spelling, fn, gate, reason
         ref = fn(*xs)
         for o, r in zip(*(x if isinstance(x, tuple) else (x,) for x in (out, ref))):
             torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model,name,family,gate_kind", CH.CASES, ids=[c[1] for c in CH.CASES])
+def test_explain_says_what_the_backend_does_for_chunked(model, name, family, gate_kind):
+    """transformers' chunked and recurrent reference functions (the chunked spelling), called directly."""
+    fn = CH.reference_function(model, name)
+    args = list(CH.inputs(gate_kind))
+    kw = dict(output_final_state=True, use_qk_l2norm_in_kernel=True)
+    torch._dynamo.reset()
+    said = fla_compile.explain(fn, *args, options=OPTIONS, **kw)
+    torch._dynamo.reset()
+    backend.REPORTS.clear()
+    compiled = torch.compile(fn, backend="fla", options=OPTIONS)
+    with torch.no_grad():
+        compiled(*args, **kw)
+        _, calls = op_calls(lambda *a: compiled(*a, **kw), *args)
+    done = fla_compile.report.Report()
+    for r in backend.REPORTS:
+        done.extend(r)
+    torch._dynamo.reset()
+    assert matches([said]) == matches([done]), f"explain:\n{said}\nbackend:\n{done}"
+    assert misses(said) == misses(done), f"explain:\n{said}\nbackend:\n{done}"
+    assert [(m.family, m.spelling) for m in done.rewritten] == [(family, "chunked")], str(done)
+    assert calls == [family], calls
+
+
+def test_explain_says_what_the_backend_does_for_a_chunked_lookalike():
+    def outer(q, k, v, g, beta):
+        return CH.decoy(q, k, v, g, beta)
+
+    args = list(CH.inputs("bth"))
+    said = explained(outer, args)
+    done, _, calls = compiled_run(outer, args)
+    assert matches([said]) == matches([done]) == [] and not calls
+    assert misses(said) == misses(done), f"explain:\n{said}\nbackend:\n{done}"
+    assert any("no family op reproduces" in m.reason for m in done.misses), str(done)
