@@ -68,32 +68,19 @@ def _capture_target(fn_or_module):
     import types
 
     if isinstance(fn_or_module, types.FunctionType):
-        return _same_code_anew(fn_or_module)
+        return fresh_code(fn_or_module)
     forward = getattr(type(fn_or_module), "forward", None)
     if (
         isinstance(fn_or_module, torch.nn.Module)
         and isinstance(forward, types.FunctionType)
         and not _hooked(fn_or_module)
     ):
-        return types.MethodType(_same_code_anew(forward), fn_or_module)
+        return types.MethodType(fresh_code(forward), fn_or_module)
 
     def call(*a, **kw):
         return fn_or_module(*a, **kw)
 
     return fresh_code(call, "fla_explain")
-
-
-def _same_code_anew(fn):
-    """``fn`` with a copy of its code object under its own name: Dynamo's cache entries are per code
-    object (so nothing the user compiled is reused or exhausted), and the frames the matchers read
-    (the chunked pass groups nodes by call frame) are the ones the backend sees."""
-    import types
-
-    code = fn.__code__.replace(co_name=fn.__code__.co_name)
-    new = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
-    new.__kwdefaults__ = fn.__kwdefaults__
-    new.__qualname__ = fn.__qualname__
-    return new
 
 
 def _hooked(module: torch.nn.Module) -> bool:

@@ -60,16 +60,22 @@ def _shrink(args, time_dim, T, length, gen, fixed=0):
 _capture_ids = itertools.count(1)
 
 
-def fresh_code(fn: types.FunctionType, prefix: str) -> types.FunctionType:
-    """``fn`` with a code object of its own, named ``prefix_N``.
+def fresh_code(fn: types.FunctionType, prefix: str | None = None) -> types.FunctionType:
+    """``fn`` with a code object of its own, named ``prefix_N`` (its own name without ``prefix``).
 
     Dynamo keeps compiled entries, and counts recompiles against ``recompile_limit``, per code
     object; a capture whose backend is made anew each time never hits that cache, so reusing
     one code object would exhaust the limit after a few captures and Dynamo would then run it
-    uncaptured. Used by every capture here and by ``explain``.
+    uncaptured. Used by every capture here and by ``explain`` (which keeps the user's function's
+    name: the chunked pass reads call frames, and they must be the backend's).
     """
-    code = fn.__code__.replace(co_name=f"{prefix}_{next(_capture_ids)}")
-    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+    name = fn.__code__.co_name if prefix is None else f"{prefix}_{next(_capture_ids)}"
+    code = fn.__code__.replace(co_name=name)
+    new = types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    new.__kwdefaults__ = fn.__kwdefaults__
+    if prefix is None:
+        new.__qualname__ = fn.__qualname__
+    return new
 
 
 def _trace(fn, args) -> tuple[fx.GraphModule, list[int]]:
