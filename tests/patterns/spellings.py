@@ -301,8 +301,8 @@ def miss_normalized_linear(q, k, v):
 def miss_normalized_linear_inplace(q, k, v):
     """The same with in-place updates and a buffer write."""
     B, T, H, K = q.shape
-    S = torch.zeros(B, H, K, v.shape[-1])
-    norm = torch.zeros(B, H, K)
+    S = q.new_zeros(B, H, K, v.shape[-1])
+    norm = q.new_zeros(B, H, K)
     o = torch.empty_like(v)
     for t in range(T):
         S += torch.einsum("bhk,bhv->bhkv", k[:, t], v[:, t])
@@ -316,7 +316,7 @@ def delta_householder(q, k, v, b):
     B, T, H, K = q.shape
     beta = torch.sigmoid(b[..., 0])
     S = q.new_zeros(B, H, K, v.shape[-1])
-    eye = torch.eye(K)
+    eye = torch.eye(K, device=q.device)
     outs = []
     for t in range(T):
         k_t = F.normalize(k[:, t], dim=-1)
@@ -331,7 +331,7 @@ def kda_diag_embed(q, k, v, g, b):
     """KDA with its transition built as a matrix: (I - b k k^T) @ diag_embed(exp(g)), then @ S."""
     B, T, H, K = q.shape
     S = q.new_zeros(B, H, K, v.shape[-1])
-    eye = torch.eye(K)
+    eye = torch.eye(K, device=q.device)
     outs = []
     for t in range(T):
         D = torch.diag_embed(F.logsigmoid(g[:, t]).exp())
@@ -348,7 +348,7 @@ def miss_householder_wrong_sign(q, k, v, b):
     B, T, H, K = q.shape
     beta = torch.sigmoid(b[..., 0])
     S = q.new_zeros(B, H, K, v.shape[-1])
-    eye = torch.eye(K)
+    eye = torch.eye(K, device=q.device)
     outs = []
     for t in range(T):
         k_t = F.normalize(k[:, t], dim=-1)
@@ -363,7 +363,7 @@ def miss_householder_twice(q, k, v, b):
     B, T, H, K = q.shape
     beta = torch.sigmoid(b[..., 0])
     S = q.new_zeros(B, H, K, v.shape[-1])
-    eye = torch.eye(K)
+    eye = torch.eye(K, device=q.device)
     outs = []
     for t in range(T):
         k_t = F.normalize(k[:, t], dim=-1)
@@ -378,7 +378,7 @@ def miss_diag_embed_not_exp(q, k, v, g, b):
     """diag_embed of the log-gate itself (not exponentiated): a negative 'decay', not KDA."""
     B, T, H, K = q.shape
     S = q.new_zeros(B, H, K, v.shape[-1])
-    eye = torch.eye(K)
+    eye = torch.eye(K, device=q.device)
     outs = []
     for t in range(T):
         D = torch.diag_embed(F.logsigmoid(g[:, t]))
