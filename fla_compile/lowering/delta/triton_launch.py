@@ -21,8 +21,11 @@ from triton.runtime.errors import OutOfResources
 from ..common import launch
 from ..common.chunks import chunk_meta
 from ..common.gates import GATE_IDS
+from ..gla import triton_intra as gla_intra
+from ..gla import triton_kernels as gla_kern
 from . import triton_bwd as kb
 from . import triton_fwd as kf
+from . import triton_wy as kw
 
 DECODE_MAX_T = 16
 
@@ -121,6 +124,97 @@ def _forward(r: _Run, q, k, v, beta, gate, scale, h0, save):
     return o, ht, dict(gc=gc, w=w, mq=mq, ti=ti, h=h, vn=vn)
 
 
+# launch options of the staged forward's kernels (num_warps, num_stages); measured on the H200 (sm90)
+_STAGED = {
+    "cumsum": (4, 3),
+    "kkt": (4, 3),
+    "A": (4, 3),
+    "wy": (4, 3),
+    "h": (4, 2),
+    "o": (4, 2),
+}
+_BV_H = 32  # V block of the state pass (its programs: sequences x heads x V / BV)
+_BV_O = 64  # V block of the output kernel
+
+
+def _opts(kernel):
+    warps, stages = _STAGED[kernel]
+    return {"num_warps": warps, "num_stages": stages}
+
+
+def forward_parts(q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=64, X=None):
+    """The staged chunked forward (see :mod:`fla_compile.lowering.delta.triton_wy`).
+
+    q, k [B, T, HK, K] (cast to v's dtype here), v [B, T, H, V], beta [B, T, H], gate in log space, h0 fp32
+    [N, H, K, V] or None. ``X`` [B, T, H, BT] in v's dtype: a previous call's inverse, read back instead of solved.
+    Returns (o, ht fp32 [N, H, K, V], parts) with parts: gc (fp32 in-chunk gate cumsum or None), X (the
+    inverses), w, u, vn (v_new) [B, T, H, *] and h [NS, H, K, V] (states entering each chunk slot) in v's dtype,
+    Aqk (vector gate: the gated causal q kᵀ, [B, T, H, BT] in v's dtype) and the chunk metadata.
+    """
+    dt = v.dtype
+    q, k = q.to(dt).contiguous(), k.to(dt).contiguous()
+    v, beta = v.contiguous(), beta.contiguous()
+    B, T, HK, K = q.shape
+    H, V = v.shape[2], v.shape[3]
+    G = H // HK
+    gid = GATE_IDS[gate_kind]
+    dev = q.device
+    cu, info, chunk_off, NS, N = chunk_meta(B, T, cu_seqlens, BT, dev)
+    prec = launch.prec(dt)
+    BK = launch.pow2(K)
+    f32 = dict(device=dev, dtype=torch.float32)
+    gc = None
+    if gid:
+        gc = torch.empty(gate.shape, **f32)
+        BKg = min(64, BK) if gid == 2 else 16
+        grid = (NS, 1 if gid == 1 else triton.cdiv(K, BKg), H)
+        gla_kern.chunk_cumsum_kernel[grid](gate.contiguous(), gc, cu, info, H, K, BT, BKg, gid, **_opts("cumsum"))
+    gcp = gc if gc is not None else beta  # a placeholder pointer: never read without a gate
+    Aqk = None
+    if X is None:
+        A = torch.empty(B, T, H, BT, **f32)
+        if gid == 2:
+            NC = BT // 16
+            BKa = min(64, BK)
+            gla_intra.chunk_gla_A_kernel[(NS, NC * NC, H)](
+                k, k, gc, A, cu, info, H, G, K, BT, 16, BKa, NC, prec, BT, **_opts("A")
+            )
+        else:
+            kw.chunk_kkt_kernel[(NS, H)](k, gcp, A, cu, info, H, G, K, BT, min(64, BK), gid, prec, **_opts("kkt"))
+        X = torch.empty(B, T, H, BT, device=dev, dtype=dt)
+        load_x = False
+    else:
+        A, load_x = X, True
+    w = torch.empty(B, T, H, K, device=dev, dtype=dt)
+    u = torch.empty(B, T, H, V, device=dev, dtype=dt)
+    kw.chunk_wy_kernel[(NS, H)](
+        k, v, beta, gcp, A, X, w, u, cu, info, H, G, K, V, BT, min(64, BK), min(64, launch.pow2(V)), gid, load_x, prec,
+        **_opts("wy"),
+    )  # fmt: skip
+    h = torch.empty(NS, H, K, V, device=dev, dtype=dt)
+    vn = torch.empty(B, T, H, V, device=dev, dtype=dt)
+    ht = torch.empty(N, H, K, V, **f32)
+    BV = min(_BV_H, launch.pow2(V))
+    kw.chunk_delta_h_kernel[(N * H, triton.cdiv(V, BV))](
+        k, w, u, gcp, h, vn, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, BK, BV, gid,
+        h0 is not None, prec, **_opts("h"),
+    )  # fmt: skip
+    if gid == 2:
+        NC = BT // 16
+        Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt)
+        gla_intra.chunk_gla_A_kernel[(NS, NC * NC, H)](
+            q, k, gc, Aqk, cu, info, H, G, K, BT, 16, min(64, BK), NC, prec, BT, **_opts("A")
+        )
+    o = torch.empty(B, T, H, V, device=dev, dtype=dt)
+    BV = min(_BV_O, launch.pow2(V))
+    gla_kern.chunk_fwd_o_kernel[(NS, triton.cdiv(V, BV), H)](
+        q, k, vn, gcp, h, Aqk if Aqk is not None else h, o, cu, info, scale, H, G, K, V, BT, min(64, BK), BV, gid,
+        prec, BT, **_opts("o"),
+    )  # fmt: skip
+    meta = dict(cu=cu, info=info, chunk_off=chunk_off, NS=NS, N=N, BT=BT)
+    return o, ht, dict(gc=gc, X=X, w=w, u=u, vn=vn, h=h, Aqk=Aqk, meta=meta)
+
+
 def _key(name, q, v, gate_kind):
     return (name, gate_kind, q.shape[-1], v.shape[-1], q.dtype, v.dtype, q.device)
 
@@ -129,15 +223,10 @@ def chunk_forward(
     q, k, v, beta, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, use_qk_l2norm=False, chunk_size=None
 ):
     """Chunked forward: (o [B,T,H,V] in v's dtype, final state fp32 [N,H,K,V])."""
-    r0 = (q, v, gate_kind, cu_seqlens)
     q, k, v, beta, gate, _ = _prepare(q, k, v, beta, gate, use_qk_l2norm)
-    h0 = None if initial_state is None else initial_state.contiguous()
-
-    def run(BT):
-        o, ht, _ = _forward(_Run(*r0, BT), q, k, v, beta, gate, scale, h0, save=False)
-        return o, ht
-
-    return _with_chunk_size(_key("fwd", r0[0], r0[1], gate_kind), chunk_size, run, 64)
+    h0 = None if initial_state is None else initial_state.float().contiguous()
+    o, ht, _ = forward_parts(q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=chunk_size or 64)
+    return o, ht
 
 
 def fused_recurrent(

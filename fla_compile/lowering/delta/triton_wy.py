@@ -1,0 +1,364 @@
+"""Forward kernels of the delta line in stages, on tensor cores: k kᵀ, the blockwise WY solve, the state pass.
+
+Notation of :mod:`fla_compile.lowering.delta.torch_path`. Per chunk of BT steps (G the in-chunk gate cumsum):
+
+1. ``chunk_kkt_kernel`` (no gate, scalar gate): A_ij = k_i . k_j e^{G_i - G_j} for j <= i, fp32. With a gate per
+   key dim (kda) the GLA line's ``chunk_gla_A_kernel`` computes the same matrix (k for q), as dots of factored
+   sub-chunks.
+2. ``chunk_wy_kernel``: X = (I + diag(b) strict(A))^{-1} by blocks of 16: each diagonal block by forward
+   substitution (16 row steps on a 16 x 16 tile), the blocks below it merged by dots,
+   X_rc = -X_rr sum_{c <= m < r} N_rm X_mc; then W = X (b e^{G} k) and U = X (b v) by dots. X is kept (in the
+   inputs' dtype) for the backward.
+3. ``chunk_delta_h_kernel``: the only sequential part. Per sequence, head and block of V it carries the state
+   S [K, BV] over the chunks: stores S, v_new = U - W S, then S <- e^{G_last} S + (e^{G_last - G} k)ᵀ v_new.
+
+The output is then the GLA line's chunk-parallel ``chunk_fwd_o_kernel`` with v_new for v:
+o = scale ((e^{G} q) S + causal(q kᵀ e^{G_i - G_j}) v_new). Layouts as in the GLA kernels ([TT, H, D] tokens
+flattened); A and X are [TT, H, BT]: row = token, column = position in the token's chunk.
+Pointer arithmetic only, no ``tl.trans``: transposed operands are loaded transposed.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ..common.chunks import chunk_span
+
+
+@triton.jit
+def chunk_kkt_kernel(
+    k,
+    gc,
+    A,
+    cu,
+    info,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    GATE: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """A = causal(k kᵀ e^{G_i - G_j}) per chunk (no gate or a scalar one), fp32 [TT, H, BT]."""
+    i_s, i_h = tl.program_id(0), tl.program_id(1)
+    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
+    if i_n < 0:
+        return
+    i_hk = i_h // G
+    o_i = tl.arange(0, BT)
+    o_t = bos + i_c * BT + o_i
+    m_t = o_t < eos
+    b_A = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        # [BT, BK] and [BK, BT]
+        b_k = tl.load(k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
+        b_kt = tl.load(k + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0)
+        b_A += tl.dot(b_k, b_kt, input_precision=PREC)
+    m_A = (o_i[:, None] >= o_i[None, :]) & m_t[:, None] & m_t[None, :]
+    if GATE == 1:
+        b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
+        b_A *= tl.exp(tl.where(m_A, b_g[:, None] - b_g[None, :], 0))
+    b_A = tl.where(m_A, b_A, 0)
+    tl.store(A + (o_t * H + i_h)[:, None] * BT + o_i[None, :], b_A, mask=m_t[:, None])
+
+
+@triton.jit
+def _block_N(A, beta, t0, eos, i_h, H: tl.constexpr, BT: tl.constexpr, r: tl.constexpr, c: tl.constexpr):
+    """Block (r, c) of N = diag(b) strict(A), [16, 16] fp32; rows and columns past the sequence are zeros."""
+    o_c = tl.arange(0, 16)
+    o_r = t0 + r * 16 + o_c
+    m_r = o_r < eos
+    m_c = (t0 + c * 16 + o_c) < eos
+    b_N = tl.load(A + (o_r * H + i_h)[:, None] * BT + (c * 16 + o_c)[None, :], mask=m_r[:, None] & m_c[None, :], other=0)
+    b_b = tl.load(beta + o_r * H + i_h, mask=m_r, other=0).to(tl.float32)
+    b_N = b_N * b_b[:, None]
+    if r == c:
+        b_N = tl.where(o_c[:, None] > o_c[None, :], b_N, 0)
+    return b_N
+
+
+@triton.jit
+def _inverse16(b_N):
+    """(I + N)^{-1} of a strictly lower [16, 16] N: X_i = -N_i - sum_{j<i} N_ij X_j, one row per step."""
+    o_c = tl.arange(0, 16)
+    b_X = -b_N
+    for i in range(1, 16):
+        b_r = tl.sum(tl.where(o_c[:, None] == i, b_X, 0.0), 0)
+        b_r = b_r + tl.sum(b_r[:, None] * b_X, 0)
+        b_X = tl.where(o_c[:, None] == i, b_r[None, :], b_X)
+    return b_X + tl.where(o_c[:, None] == o_c[None, :], 1.0, 0.0)
+
+
+@triton.jit
+def _store16(X, b_X, t0, eos, i_h, H: tl.constexpr, BT: tl.constexpr, r: tl.constexpr, c: tl.constexpr):
+    o_c = tl.arange(0, 16)
+    o_r = t0 + r * 16 + o_c
+    tl.store(X + (o_r * H + i_h)[:, None] * BT + (c * 16 + o_c)[None, :], b_X.to(X.dtype.element_ty), mask=(o_r < eos)[:, None])
+
+
+@triton.jit
+def _rows(x, t0, eos, i_h, H: tl.constexpr, D: tl.constexpr, r: tl.constexpr, o_d, m_d):
+    """Rows r*16 .. r*16+15 of the chunk of a [TT, H, D] tensor, [16, BD]; zeros past the sequence."""
+    o_r = t0 + r * 16 + tl.arange(0, 16)
+    return tl.load(x + (o_r * H + i_h)[:, None] * D + o_d[None, :], mask=(o_r < eos)[:, None] & m_d[None, :], other=0)
+
+
+@triton.jit
+def _scaled_k(k, beta, gc, t0, eos, i_h, i_hk, H: tl.constexpr, HK: tl.constexpr, K: tl.constexpr,
+              r: tl.constexpr, o_k, m_k, GATE: tl.constexpr):  # fmt: skip
+    """Rows of b e^{G} k for block r, [16, BK] in k's dtype."""
+    o_r = t0 + r * 16 + tl.arange(0, 16)
+    m_r = o_r < eos
+    b_k = tl.load(k + (o_r * HK + i_hk)[:, None] * K + o_k[None, :], mask=m_r[:, None] & m_k[None, :], other=0)
+    b_s = tl.load(beta + o_r * H + i_h, mask=m_r, other=0).to(tl.float32)
+    b_kf = b_k.to(tl.float32) * b_s[:, None]
+    if GATE == 1:
+        b_kf = b_kf * tl.exp(tl.load(gc + o_r * H + i_h, mask=m_r, other=0))[:, None]
+    if GATE == 2:
+        m = m_r[:, None] & m_k[None, :]
+        b_kf = b_kf * tl.exp(tl.load(gc + (o_r * H + i_h)[:, None] * K + o_k[None, :], mask=m, other=0))
+    return b_kf.to(b_k.dtype)
+
+
+@triton.jit
+def _scaled_v(v, beta, t0, eos, i_h, H: tl.constexpr, V: tl.constexpr, r: tl.constexpr, o_v, m_v):
+    o_r = t0 + r * 16 + tl.arange(0, 16)
+    m_r = o_r < eos
+    b_v = tl.load(v + (o_r * H + i_h)[:, None] * V + o_v[None, :], mask=m_r[:, None] & m_v[None, :], other=0)
+    b_s = tl.load(beta + o_r * H + i_h, mask=m_r, other=0).to(tl.float32)
+    return (b_v.to(tl.float32) * b_s[:, None]).to(b_v.dtype)
+
+
+@triton.jit
+def _apply4(x0, x1, x2, x3, X00, X10, X11, X20, X21, X22, X30, X31, X32, X33, NB: tl.constexpr, PREC: tl.constexpr):
+    """Rows blocks of X @ [x0; x1; x2; x3] for NB blocks (X lower block-triangular), fp32."""
+    dt = x0.dtype
+    y0 = tl.dot(X00.to(dt), x0, input_precision=PREC)
+    y1 = y0 * 0
+    y2 = y0 * 0
+    y3 = y0 * 0
+    if NB > 1:
+        y1 = tl.dot(X10.to(dt), x0, input_precision=PREC) + tl.dot(X11.to(dt), x1, input_precision=PREC)
+    if NB > 2:
+        y2 = tl.dot(X20.to(dt), x0, input_precision=PREC) + tl.dot(X21.to(dt), x1, input_precision=PREC)
+        y2 += tl.dot(X22.to(dt), x2, input_precision=PREC)
+    if NB > 3:
+        y3 = tl.dot(X30.to(dt), x0, input_precision=PREC) + tl.dot(X31.to(dt), x1, input_precision=PREC)
+        y3 += tl.dot(X32.to(dt), x2, input_precision=PREC) + tl.dot(X33.to(dt), x3, input_precision=PREC)
+    return y0, y1, y2, y3
+
+
+@triton.jit
+def _store_rows(x, y, t0, eos, i_h, H: tl.constexpr, D: tl.constexpr, r: tl.constexpr, o_d, m_d):
+    o_r = t0 + r * 16 + tl.arange(0, 16)
+    p = (o_r * H + i_h)[:, None] * D + o_d[None, :]
+    tl.store(x + p, y.to(x.dtype.element_ty), mask=(o_r < eos)[:, None] & m_d[None, :])
+
+
+@triton.jit
+def chunk_wy_kernel(
+    k,
+    v,
+    beta,
+    gc,
+    A,
+    X,
+    w,
+    u,
+    cu,
+    info,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATE: tl.constexpr,
+    LOAD_X: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """X = (I + diag(b) strict(A))^{-1} (or X read back when LOAD_X), W = X (b e^G k), U = X (b v); BT in 16, 32, 64."""
+    i_s, i_h = tl.program_id(0), tl.program_id(1)
+    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
+    if i_n < 0:
+        return
+    i_hk = i_h // G
+    t0 = bos + i_c * BT
+    z = tl.zeros([16, 16], dtype=tl.float32)
+    X00, X10, X11, X20, X21, X22, X30, X31, X32, X33 = z, z, z, z, z, z, z, z, z, z
+    o16 = tl.arange(0, 16)
+    m16 = o16 < 16
+    if LOAD_X:
+        X00 = _rows(X + 0, t0, eos, i_h, H, BT, 0, o16, m16).to(tl.float32)
+        if BT // 16 > 1:
+            X10 = _rows(X + 0, t0, eos, i_h, H, BT, 1, o16, m16).to(tl.float32)
+            X11 = _rows(X + 16, t0, eos, i_h, H, BT, 1, o16, m16).to(tl.float32)
+        if BT // 16 > 2:
+            X20 = _rows(X + 0, t0, eos, i_h, H, BT, 2, o16, m16).to(tl.float32)
+            X21 = _rows(X + 16, t0, eos, i_h, H, BT, 2, o16, m16).to(tl.float32)
+            X22 = _rows(X + 32, t0, eos, i_h, H, BT, 2, o16, m16).to(tl.float32)
+        if BT // 16 > 3:
+            X30 = _rows(X + 0, t0, eos, i_h, H, BT, 3, o16, m16).to(tl.float32)
+            X31 = _rows(X + 16, t0, eos, i_h, H, BT, 3, o16, m16).to(tl.float32)
+            X32 = _rows(X + 32, t0, eos, i_h, H, BT, 3, o16, m16).to(tl.float32)
+            X33 = _rows(X + 48, t0, eos, i_h, H, BT, 3, o16, m16).to(tl.float32)
+    else:
+        X00 = _inverse16(_block_N(A, beta, t0, eos, i_h, H, BT, 0, 0))
+        if BT // 16 > 1:
+            X11 = _inverse16(_block_N(A, beta, t0, eos, i_h, H, BT, 1, 1))
+            N10 = _block_N(A, beta, t0, eos, i_h, H, BT, 1, 0)
+            X10 = -tl.dot(X11, tl.dot(N10, X00, input_precision="ieee"), input_precision="ieee")
+        if BT // 16 > 2:
+            X22 = _inverse16(_block_N(A, beta, t0, eos, i_h, H, BT, 2, 2))
+            N20 = _block_N(A, beta, t0, eos, i_h, H, BT, 2, 0)
+            N21 = _block_N(A, beta, t0, eos, i_h, H, BT, 2, 1)
+            X21 = -tl.dot(X22, tl.dot(N21, X11, input_precision="ieee"), input_precision="ieee")
+            b_s = tl.dot(N20, X00, input_precision="ieee") + tl.dot(N21, X10, input_precision="ieee")
+            X20 = -tl.dot(X22, b_s, input_precision="ieee")
+        if BT // 16 > 3:
+            X33 = _inverse16(_block_N(A, beta, t0, eos, i_h, H, BT, 3, 3))
+            N30 = _block_N(A, beta, t0, eos, i_h, H, BT, 3, 0)
+            N31 = _block_N(A, beta, t0, eos, i_h, H, BT, 3, 1)
+            N32 = _block_N(A, beta, t0, eos, i_h, H, BT, 3, 2)
+            X32 = -tl.dot(X33, tl.dot(N32, X22, input_precision="ieee"), input_precision="ieee")
+            b_s = tl.dot(N31, X11, input_precision="ieee") + tl.dot(N32, X21, input_precision="ieee")
+            X31 = -tl.dot(X33, b_s, input_precision="ieee")
+            b_s = tl.dot(N30, X00, input_precision="ieee") + tl.dot(N31, X10, input_precision="ieee")
+            b_s += tl.dot(N32, X20, input_precision="ieee")
+            X30 = -tl.dot(X33, b_s, input_precision="ieee")
+        # X in full (zeros above the diagonal blocks): the backward reads it back
+        _store16(X, X00, t0, eos, i_h, H, BT, 0, 0)
+        for c in tl.static_range(1, BT // 16):
+            _store16(X, z, t0, eos, i_h, H, BT, 0, c)
+        if BT // 16 > 1:
+            _store16(X, X10, t0, eos, i_h, H, BT, 1, 0)
+            _store16(X, X11, t0, eos, i_h, H, BT, 1, 1)
+            for c in tl.static_range(2, BT // 16):
+                _store16(X, z, t0, eos, i_h, H, BT, 1, c)
+        if BT // 16 > 2:
+            _store16(X, X20, t0, eos, i_h, H, BT, 2, 0)
+            _store16(X, X21, t0, eos, i_h, H, BT, 2, 1)
+            _store16(X, X22, t0, eos, i_h, H, BT, 2, 2)
+            for c in tl.static_range(3, BT // 16):
+                _store16(X, z, t0, eos, i_h, H, BT, 2, c)
+        if BT // 16 > 3:
+            _store16(X, X30, t0, eos, i_h, H, BT, 3, 0)
+            _store16(X, X31, t0, eos, i_h, H, BT, 3, 1)
+            _store16(X, X32, t0, eos, i_h, H, BT, 3, 2)
+            _store16(X, X33, t0, eos, i_h, H, BT, 3, 3)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        x0 = _scaled_k(k, beta, gc, t0, eos, i_h, i_hk, H, H // G, K, 0, o_k, m_k, GATE)
+        x1, x2, x3 = x0, x0, x0
+        if BT // 16 > 1:
+            x1 = _scaled_k(k, beta, gc, t0, eos, i_h, i_hk, H, H // G, K, 1, o_k, m_k, GATE)
+        if BT // 16 > 2:
+            x2 = _scaled_k(k, beta, gc, t0, eos, i_h, i_hk, H, H // G, K, 2, o_k, m_k, GATE)
+        if BT // 16 > 3:
+            x3 = _scaled_k(k, beta, gc, t0, eos, i_h, i_hk, H, H // G, K, 3, o_k, m_k, GATE)
+        y0, y1, y2, y3 = _apply4(x0, x1, x2, x3, X00, X10, X11, X20, X21, X22, X30, X31, X32, X33, BT // 16, PREC)
+        _store_rows(w, y0, t0, eos, i_h, H, K, 0, o_k, m_k)
+        if BT // 16 > 1:
+            _store_rows(w, y1, t0, eos, i_h, H, K, 1, o_k, m_k)
+        if BT // 16 > 2:
+            _store_rows(w, y2, t0, eos, i_h, H, K, 2, o_k, m_k)
+        if BT // 16 > 3:
+            _store_rows(w, y3, t0, eos, i_h, H, K, 3, o_k, m_k)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        x0 = _scaled_v(v, beta, t0, eos, i_h, H, V, 0, o_v, m_v)
+        x1, x2, x3 = x0, x0, x0
+        if BT // 16 > 1:
+            x1 = _scaled_v(v, beta, t0, eos, i_h, H, V, 1, o_v, m_v)
+        if BT // 16 > 2:
+            x2 = _scaled_v(v, beta, t0, eos, i_h, H, V, 2, o_v, m_v)
+        if BT // 16 > 3:
+            x3 = _scaled_v(v, beta, t0, eos, i_h, H, V, 3, o_v, m_v)
+        y0, y1, y2, y3 = _apply4(x0, x1, x2, x3, X00, X10, X11, X20, X21, X22, X30, X31, X32, X33, BT // 16, PREC)
+        _store_rows(u, y0, t0, eos, i_h, H, V, 0, o_v, m_v)
+        if BT // 16 > 1:
+            _store_rows(u, y1, t0, eos, i_h, H, V, 1, o_v, m_v)
+        if BT // 16 > 2:
+            _store_rows(u, y2, t0, eos, i_h, H, V, 2, o_v, m_v)
+        if BT // 16 > 3:
+            _store_rows(u, y3, t0, eos, i_h, H, V, 3, o_v, m_v)
+
+
+@triton.jit
+def chunk_delta_h_kernel(
+    k,
+    w,
+    u,
+    gc,
+    h,
+    vn,
+    h0,
+    ht,
+    cu,
+    chunk_off,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATE: tl.constexpr,
+    USE_H0: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """Per sequence, head and V block: h[slot] = S entering the chunk, v_new = U - W S, S carried; ht = final S.
+
+    BK covers K (v_new needs all of it). S stays fp32 in registers; h and v_new are stored in the inputs' dtype
+    (every consumer casts them to it before its dots)."""
+    i_nh, i_v = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    i_hk = i_h // G
+    bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
+    NT = tl.cdiv(eos - bos, BT)
+    s0 = tl.load(chunk_off + i_n).to(tl.int64)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_h = m_k[:, None] & m_v[None, :]
+    o_h = o_k[:, None] * V + o_v[None, :]
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_H0:
+        b_h += tl.load(h0 + (i_n * H + i_h) * K * V + o_h, mask=m_h, other=0)
+    for i_c in range(0, NT):
+        tl.store(h + ((s0 + i_c) * H + i_h) * K * V + o_h, b_h.to(h.dtype.element_ty), mask=m_h)
+        o_t = bos + i_c * BT + tl.arange(0, BT)
+        m_t = o_t < eos
+        last = tl.minimum(bos + i_c * BT + BT, eos) - 1
+        m_tv = m_t[:, None] & m_v[None, :]
+        # [BT, BK]
+        b_w = tl.load(w + (o_t * H + i_h)[:, None] * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
+        # [BT, BV]
+        p_v = (o_t * H + i_h)[:, None] * V + o_v[None, :]
+        b_vn = tl.load(u + p_v, mask=m_tv, other=0).to(tl.float32) - tl.dot(
+            b_w, b_h.to(b_w.dtype), input_precision=PREC
+        )
+        tl.store(vn + p_v, b_vn.to(vn.dtype.element_ty), mask=m_tv)
+        # [BK, BT]
+        b_kt = tl.load(
+            k + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0
+        )
+        if GATE == 1:
+            b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
+            b_gl = tl.load(gc + last * H + i_h)
+            b_h *= tl.exp(b_gl)
+            b_kt = (b_kt.to(tl.float32) * tl.exp(tl.where(m_t, b_gl - b_g, 0))[None, :]).to(b_w.dtype)
+        if GATE == 2:
+            b_gt = tl.load(gc + (o_t * H + i_h)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0)
+            b_gl = tl.load(gc + (last * H + i_h) * K + o_k, mask=m_k, other=0)
+            b_h *= tl.exp(b_gl)[:, None]
+            b_kt = (b_kt.to(tl.float32) * tl.exp(tl.where(m_t[None, :], b_gl[:, None] - b_gt, 0))).to(b_w.dtype)
+        b_h += tl.dot(b_kt.to(b_w.dtype), b_vn.to(b_w.dtype), input_precision=PREC)
+    tl.store(ht + (i_n * H + i_h) * K * V + o_h, b_h, mask=m_h)
