@@ -56,11 +56,12 @@ def triton_metadata() -> list[str]:
     """Registers / spills / shared memory of every compiled kernel of ours."""
     import triton
 
+    from fla_compile.lowering.delta import triton_bwd, triton_fwd, triton_wy
     from fla_compile.lowering.gla import triton_intra as gla_triton_intra
     from fla_compile.lowering.gla import triton_kernels as gla_triton_kernels
 
     out = []
-    for mod in (gla_triton_kernels, gla_triton_intra):
+    for mod in (gla_triton_kernels, gla_triton_intra, triton_wy, triton_fwd, triton_bwd):
         for name in dir(mod):
             fn = getattr(mod, name)
             if not isinstance(fn, triton.runtime.jit.JITFunction):
@@ -99,14 +100,19 @@ def check(family: str, dtype=torch.bfloat16, B=2, T=333, H=4, D=128) -> str:
     leaves = [x for x in xs if x.requires_grad] + [h0]
     grads = torch.autograd.grad((o, ht), leaves, (do, dht))
     ref_in = [x.detach().double().requires_grad_() for x in leaves]
-    fn = getattr(reference, family)
-    args = ref_in[:-1]
-    if family == "retention":
-        args = ref_in[:3] + [xs[3].double()]
-    ro, rht = fn(*args, initial_state=ref_in[-1], output_final_state=True)
+    if family in DELTA:  # the op on float64 inputs runs its torch path (tested against the loops on the CPU)
+        ro, rht = ours(family)(*ref_in[:-1], initial_state=ref_in[-1], output_final_state=True)
+    else:
+        fn = getattr(reference, family)
+        args = ref_in[:-1]
+        if family == "retention":
+            args = ref_in[:3] + [xs[3].double()]
+        ro, rht = fn(*args, initial_state=ref_in[-1], output_final_state=True)
     rgrads = torch.autograd.grad((ro, rht), ref_in, (do.double(), dht.double()), allow_unused=True)
     errs = [f"o {rel(o, ro):.1e}", f"ht {rel(ht, rht):.1e}"]
     names = ["dq", "dk", "dv", "dg", "dh0"] if len(leaves) == 5 else ["dq", "dk", "dv", "dh0"]
+    if family in DELTA:
+        names = ["dq", "dk", "dv"] + (["dg"] if len(leaves) == 6 else []) + ["dbeta", "dh0"]
     for n, g, r in zip(names, grads, rgrads):
         if r is not None:
             errs.append(f"{n} {rel(g, r):.1e}" + ("" if torch.isfinite(g).all() else " NaN!"))

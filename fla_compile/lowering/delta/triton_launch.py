@@ -26,6 +26,7 @@ from ..gla import triton_kernels as gla_kern
 from . import triton_bwd as kb
 from . import triton_fwd as kf
 from . import triton_wy as kw
+from . import triton_wy_bwd as kwb
 
 DECODE_MAX_T = 16
 
@@ -132,6 +133,13 @@ _STAGED = {
     "wy": (4, 3),
     "h": (4, 2),
     "o": (4, 2),
+    "dv_local": (4, 2),
+    "dh": (4, 2),
+    "dqk": (4, 2),
+    "intra": (4, 3),
+    "rc": (4, 3),
+    "wy_bwd": (8, 2),
+    "pair": (4, 2),
 }
 _BV_H = 32  # V block of the state pass (its programs: sequences x heads x V / BV)
 _BV_O = 64  # V block of the output kernel
@@ -215,6 +223,95 @@ def forward_parts(q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=64, 
     return o, ht, dict(gc=gc, X=X, w=w, u=u, vn=vn, h=h, Aqk=Aqk, meta=meta)
 
 
+def backward_parts(q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlens, BT=64):
+    """The staged chunked backward (see :mod:`fla_compile.lowering.delta.triton_wy_bwd`): recomputes the forward's
+    parts, then (dq, dk per head of v, dv, dbeta, dgate or None, dh0 or None), all fp32."""
+    dt = v.dtype
+    _, _, P = forward_parts(q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=BT)
+    q, k = q.to(dt).contiguous(), k.to(dt).contiguous()
+    v, beta = v.contiguous(), beta.contiguous()
+    do = do.to(dt).contiguous()
+    dht = None if dht is None else dht.float().contiguous()
+    B, T, HK, K = q.shape
+    H, V = v.shape[2], v.shape[3]
+    G = H // HK
+    gid = GATE_IDS[gate_kind]
+    m = P["meta"]
+    cu, info, chunk_off, NS, N = m["cu"], m["info"], m["chunk_off"], m["NS"], m["N"]
+    dev = q.device
+    f32 = dict(device=dev, dtype=torch.float32)
+    prec = launch.prec(dt)
+    BK = launch.pow2(K)
+    gc, X, w, vn, h, Aqk = P["gc"], P["X"], P["w"], P["vn"], P["h"], P["Aqk"]
+    gcp = gc if gc is not None else beta  # a placeholder pointer: never read without a gate
+    # 1. dv_local = M^T do
+    dvl = torch.empty(B, T, H, V, **f32)
+    BV = min(64, launch.pow2(V))
+    gla_kern.chunk_bwd_dv_kernel[(NS, triton.cdiv(V, BV), H)](
+        q, k, gcp, Aqk if Aqk is not None else dvl, do, dvl, dvl, cu, info, scale, H, G, K, V, BT, min(64, BK), BV,
+        gid, prec, BT, False, **_opts("dv_local"),
+    )  # fmt: skip
+    # 2. the state gradient, backwards over the chunks, and dv_new
+    dh = torch.empty(NS, H, K, V, device=dev, dtype=dt)
+    dvn = torch.empty(B, T, H, V, device=dev, dtype=dt)
+    dh0 = torch.empty(N, H, K, V, **f32) if h0 is not None else None
+    BV = min(_BV_H, launch.pow2(V))
+    kwb.chunk_delta_dh_kernel[(N * H, triton.cdiv(V, BV))](
+        q, k, w, gcp, dvl, do, dh, dvn, dht if dht is not None else dvl, dh0 if dh0 is not None else dvl, cu,
+        chunk_off, scale, H, G, K, V, BT, BK, BV, gid, dht is not None, dh0 is not None, prec, **_opts("dh"),
+    )  # fmt: skip
+    # 3. dq, dk and the gate gradient through the output and the state update (the GLA line's kernels, v_new for v)
+    dq = torch.empty(B, T, H, K, **f32)
+    dk = torch.empty(B, T, H, K, **f32)
+    dA = torch.empty(B, T, H, BT, **f32) if gid == 2 else dq
+    dg = torch.empty(B, T, H, K, **f32) if gid else None
+    BKq, BVq = min(64, BK), min(64, launch.pow2(V))
+    gla_kern.chunk_bwd_dqk_kernel[(NS, triton.cdiv(K, BKq), H)](
+        q, k, vn, gcp, h, do, dh, dA, dg if dg is not None else dq, dq, dk, cu, info, scale, H, G, K, V, BT, BKq,
+        BVq, gid, prec, **_opts("dqk"),
+    )  # fmt: skip
+    NC = BT // 16
+    BKi = min(64, BK)
+    if gid == 2:
+        db1 = torch.empty(B, T, H, K, **f32)
+        gla_intra.chunk_gla_bwd_intra_kernel[(NS, NC * triton.cdiv(K, BKi), H)](
+            q, k, gc, dA, dq, dk, db1, cu, info, scale, H, G, K, BT, 16, BKi, NC, prec, **_opts("intra")
+        )
+        gla_intra.chunk_rc_add_kernel[(NS, triton.cdiv(K, BKi), H)](db1, dg, cu, info, H, K, BT, BKi, **_opts("rc"))
+    # 4. through W = X (b e^G k) and U = X (b v)
+    dv = torch.empty(B, T, H, V, **f32)
+    dbeta = torch.empty(B, T, H, **f32)
+    dG = torch.empty(gate.shape, **f32) if gid else dbeta
+    dN = torch.empty(B, T, H, BT, **f32)
+    BV = min(64, launch.pow2(V))
+    kwb.chunk_wy_bwd_kernel[(NS, H)](
+        k, v, beta, gcp, X, h, dvn, dv, dk, dbeta, dG, dN, cu, info, H, G, K, V, BT, BK, BV, gid, prec,
+        **_opts("wy_bwd"),
+    )  # fmt: skip
+    # 5. the pairs of A = k k^T (gated)
+    if gid == 2:
+        kH = k if G == 1 else k.repeat_interleave(G, dim=2)
+        kb = (kH.float() * beta.float()[..., None]).to(dt)
+        R = torch.zeros(B, T, H, K, **f32)
+        C = torch.zeros(B, T, H, K, **f32)
+        db2 = torch.empty(B, T, H, K, **f32)
+        gla_intra.chunk_gla_bwd_intra_kernel[(NS, NC * triton.cdiv(K, BKi), H)](
+            kb, kH, gc, dN, R, C, db2, cu, info, 1.0, H, 1, K, BT, 16, BKi, NC, prec, **_opts("intra")
+        )
+        dk += beta.float()[..., None] * R + C
+        dbeta += (kH.float() * R).sum(-1)
+        dG += db2
+        gla_intra.chunk_rc_add_kernel[(NS, triton.cdiv(K, BKi), H)](dG, dg, cu, info, H, K, BT, BKi, **_opts("rc"))
+    else:
+        kwb.chunk_kk_pair_bwd_kernel[(NS, H)](
+            k, beta, gcp, dN, dk, dbeta, dG, cu, info, H, G, K, BT, min(64, BK), gid, prec, **_opts("pair")
+        )
+        if gid == 1:
+            dg = dg.sum(-1).contiguous()
+            gla_intra.chunk_rc_add_kernel[(NS, 1, H)](dG, dg, cu, info, H, 1, BT, 16, **_opts("rc"))
+    return dq, dk, dv, dbeta, dg, dh0
+
+
 def _key(name, q, v, gate_kind):
     return (name, gate_kind, q.shape[-1], v.shape[-1], q.dtype, v.dtype, q.device)
 
@@ -257,15 +354,19 @@ def chunk_backward(
     q, k, v, beta, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, use_qk_l2norm=False, chunk_size=None
 ):
     """Gradients (dq, dk, dv, dbeta, dgate or None, dh0 or None), in fp32 (the op casts)."""
-    r0 = (q, v, gate_kind, cu_seqlens)
     q, k, v, beta, gate, norms = _prepare(q, k, v, beta, gate, use_qk_l2norm)
-    h0 = None if initial_state is None else initial_state.contiguous()
-    do, dht = do.contiguous(), dht.contiguous()
-
-    def run(BT):
-        return _backward(_Run(*r0, BT), q, k, v, beta, gate, scale, h0, do, dht, norms, use_qk_l2norm)
-
-    return _with_chunk_size(_key("bwd", r0[0], r0[1], gate_kind), chunk_size, run, 32)
+    h0 = None if initial_state is None else initial_state.float().contiguous()
+    B, T, HK, K = q.shape
+    H = v.shape[2]
+    dq, dk, dv, db, dg, dh0 = backward_parts(
+        q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlens, BT=chunk_size or 64
+    )
+    dq = dq.view(B, T, HK, H // HK, K).sum(3)
+    dk = dk.view(B, T, HK, H // HK, K).sum(3)
+    if use_qk_l2norm:
+        qn, rq, kn, rk = norms
+        dq, dk = _l2norm_bwd(qn, rq, dq), _l2norm_bwd(kn, rk, dk)
+    return dq, dk, dv, db, dg, dh0
 
 
 def _backward(r: _Run, q, k, v, beta, gate, scale, h0, do, dht, norms, use_qk_l2norm):

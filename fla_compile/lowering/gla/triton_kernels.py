@@ -290,8 +290,11 @@ def chunk_bwd_dv_kernel(
     GATE: tl.constexpr,
     PREC: tl.constexpr,
     SA: tl.constexpr,
+    USE_DH: tl.constexpr = True,
 ):
-    """dv = scale * A^T do + (k * e^(b_last - b)) dh; the vector gate's A has rows of SA entries."""
+    """dv = scale * A^T do + (k * e^(b_last - b)) dh; the vector gate's A has rows of SA entries.
+
+    Without USE_DH only the intra-chunk part scale * A^T do (the delta line's dv_local; dh is not read)."""
     i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
@@ -307,18 +310,20 @@ def chunk_bwd_dv_kernel(
     m_At = (o_i[:, None] <= o_i[None, :]) & m_t[:, None] & m_t[None, :]
     b_dv = tl.zeros([BT, BV], dtype=tl.float32)
     b_At = tl.zeros([BT, BT], dtype=tl.float32)
-    for i_k in range(0, tl.cdiv(K, BK)):
+    for i_k in range(0, tl.cdiv(K, BK) if (USE_DH or GATE != 2) else 0):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
         m_tk = m_t[:, None] & m_k[None, :]
         # [BT, BK]
         b_k = tl.load(k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
         # [BK, BV]
-        b_dh = tl.load(
-            dh + (i_s.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
-            mask=m_k[:, None] & m_v[None, :],
-            other=0,
-        )
+        b_dh = tl.zeros([BK, BV], dtype=b_k.dtype)
+        if USE_DH:
+            b_dh = tl.load(
+                dh + (i_s.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
+                mask=m_k[:, None] & m_v[None, :],
+                other=0,
+            ).to(b_k.dtype)
         if GATE == 2:
             b_g = tl.load(gc + (o_t * H + i_h)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
             b_gl = tl.load(gc + (last * H + i_h) * K + o_k, mask=m_k, other=0)
@@ -330,7 +335,8 @@ def chunk_bwd_dv_kernel(
             b_qt = tl.load(
                 q + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0
             )
-            b_dv += tl.dot(b_k, b_dh.to(b_k.dtype), input_precision=PREC)
+            if USE_DH:
+                b_dv += tl.dot(b_k, b_dh.to(b_k.dtype), input_precision=PREC)
             b_At += tl.dot(b_k, b_qt, input_precision=PREC)
     if GATE == 1:
         b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)

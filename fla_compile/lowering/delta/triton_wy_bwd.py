@@ -1,0 +1,270 @@
+"""Backward kernels of the delta line in stages (the forward is :mod:`fla_compile.lowering.delta.triton_wy`).
+
+Per chunk, with v_new = U - W S, o = (e^G q) S scale + M v_new and S' = e^{G_last} S + k_gᵀ v_new
+(k_g = e^{G_last - G} k, M the gated causal scale q kᵀ):
+
+1. dv_local = Mᵀ do (the GLA line's ``chunk_bwd_dv_kernel`` without its dh term).
+2. ``chunk_delta_dh_kernel``, the sequential part, backwards over a sequence's chunks: stores dS' (the gradient
+   of the state after the chunk), dv_new = dv_local + k_g dS', then dS = e^{G_last} dS' + scale (e^G q)ᵀ do
+   - Wᵀ dv_new.
+3. dq, the dk of k_g and M, and the gate gradient of those: the GLA line's ``chunk_bwd_dqk_kernel`` (and, for a
+   gate per key dim, its intra-chunk kernels) with v_new for v.
+4. ``chunk_wy_bwd_kernel``: dW = -dv_new Sᵀ and dU = dv_new through W = X (b e^G k), U = X (b v): dv, the
+   dk, db and dG of the scaled keys, and dN = -Xᵀ dX Xᵀ (strictly lower) for N = diag(b) A.
+5. The pairs of A_ij = k_i . k_j e^{G_i - G_j}: ``chunk_kk_pair_bwd_kernel`` (no gate, scalar gate) or the GLA
+   line's intra kernel (a gate per key dim), with R = (dN o E) k and C = (dN o E)ᵀ (b k):
+   dk += b R + C, db += k . R, dG += b k R - k C.
+
+dG is the gradient of the in-chunk cumsum G; the launcher turns it into the gate's by a reverse cumsum inside
+each chunk. No ``tl.trans``: transposed operands are loaded transposed.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ..common.chunks import chunk_span
+
+
+@triton.jit
+def chunk_delta_dh_kernel(
+    q,
+    k,
+    w,
+    gc,
+    dvl,
+    do,
+    dh,
+    dvn,
+    dht,
+    dh0,
+    cu,
+    chunk_off,
+    scale,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATE: tl.constexpr,
+    USE_DHT: tl.constexpr,
+    STORE_DH0: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """Per sequence, head and V block, backwards: dh[slot] = dS', dv_new, then dS; dh0 = dS of the first chunk."""
+    i_nh, i_v = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    i_hk = i_h // G
+    bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
+    NT = tl.cdiv(eos - bos, BT)
+    s0 = tl.load(chunk_off + i_n).to(tl.int64)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_h = m_k[:, None] & m_v[None, :]
+    o_h = o_k[:, None] * V + o_v[None, :]
+    b_dh = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_DHT:
+        b_dh += tl.load(dht + (i_n * H + i_h) * K * V + o_h, mask=m_h, other=0)
+    for i_r in range(0, NT):
+        i_c = NT - 1 - i_r
+        tl.store(dh + ((s0 + i_c) * H + i_h) * K * V + o_h, b_dh.to(dh.dtype.element_ty), mask=m_h)
+        o_t = bos + i_c * BT + tl.arange(0, BT)
+        m_t = o_t < eos
+        m_tk = m_t[:, None] & m_k[None, :]
+        m_kt = m_k[:, None] & m_t[None, :]
+        m_tv = m_t[:, None] & m_v[None, :]
+        last = tl.minimum(bos + i_c * BT + BT, eos) - 1
+        # [BT, BK] keys and [BK, BT] queries and W, loaded transposed
+        b_k = tl.load(k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
+        b_qt = tl.load(q + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_kt, other=0)
+        b_wt = tl.load(w + (o_t * H + i_h)[None, :] * K + o_k[:, None], mask=m_kt, other=0)
+        dt = b_k.dtype
+        if GATE == 1:
+            b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
+            b_gl = tl.load(gc + last * H + i_h)
+            b_k = (b_k.to(tl.float32) * tl.exp(tl.where(m_t, b_gl - b_g, 0))[:, None]).to(dt)
+            b_qt = (b_qt.to(tl.float32) * tl.exp(b_g)[None, :]).to(dt)
+        if GATE == 2:
+            b_g = tl.load(gc + (o_t * H + i_h)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
+            b_gt = tl.load(gc + (o_t * H + i_h)[None, :] * K + o_k[:, None], mask=m_kt, other=0)
+            b_gl = tl.load(gc + (last * H + i_h) * K + o_k, mask=m_k, other=0)
+            b_k = (b_k.to(tl.float32) * tl.exp(tl.where(m_tk, b_gl[None, :] - b_g, 0))).to(dt)
+            b_qt = (b_qt.to(tl.float32) * tl.exp(b_gt)).to(dt)
+        p_v = (o_t * H + i_h)[:, None] * V + o_v[None, :]
+        # [BT, BV]
+        b_dvn = tl.load(dvl + p_v, mask=m_tv, other=0).to(tl.float32)
+        b_dvn += tl.dot(b_k, b_dh.to(dt), input_precision=PREC)
+        tl.store(dvn + p_v, b_dvn.to(dvn.dtype.element_ty), mask=m_tv)
+        b_do = tl.load(do + p_v, mask=m_tv, other=0)
+        if GATE == 1:
+            b_dh *= tl.exp(b_gl)
+        if GATE == 2:
+            b_dh *= tl.exp(b_gl)[:, None]
+        b_dh += scale * tl.dot(b_qt, b_do.to(dt), input_precision=PREC)
+        b_dh -= tl.dot(b_wt, b_dvn.to(dt), input_precision=PREC)
+    if STORE_DH0:
+        tl.store(dh0 + (i_n * H + i_h) * K * V + o_h, b_dh, mask=m_h)
+
+
+@triton.jit
+def chunk_wy_bwd_kernel(
+    k,
+    v,
+    beta,
+    gc,
+    X,
+    h,
+    dvn,
+    dv,
+    dk,
+    dbeta,
+    dG,
+    dN,
+    cu,
+    info,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATE: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """dv (written), dk += b e^G Xᵀ dW, dbeta and dG (written: scaled keys and values), dN = -Xᵀ dX Xᵀ (written).
+
+    BK covers K. dG is [TT, H] for a scalar gate, [TT, H, K] per key dim; not written without a gate."""
+    i_s, i_h = tl.program_id(0), tl.program_id(1)
+    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
+    if i_n < 0:
+        return
+    i_hk = i_h // G
+    o_i = tl.arange(0, BT)
+    o_t = bos + i_c * BT + o_i
+    m_t = o_t < eos
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    m_tk = m_t[:, None] & m_k[None, :]
+    m_kt = m_k[:, None] & m_t[None, :]
+    # [BT, BT]: Xᵀ, loaded transposed (row a = column a of X)
+    b_Xt = tl.load(X + (o_t * H + i_h)[None, :] * BT + o_i[:, None], mask=m_t[None, :], other=0)
+    dt = b_Xt.dtype
+    b_b = tl.load(beta + o_t * H + i_h, mask=m_t, other=0).to(tl.float32)
+    b_dX = tl.zeros([BT, BT], dtype=tl.float32)
+    b_db = tl.zeros([BT], dtype=tl.float32)
+    b_dw = tl.zeros([BT, BK], dtype=tl.float32)
+    p_h = (i_s.to(tl.int64) * H + i_h) * K * V
+    for i_v in range(0, tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        m_tv = m_t[:, None] & m_v[None, :]
+        p_v = (o_t * H + i_h)[:, None] * V + o_v[None, :]
+        # [BT, BV]
+        b_du = tl.load(dvn + p_v, mask=m_tv, other=0).to(dt)
+        b_v = tl.load(v + p_v, mask=m_tv, other=0)
+        # [BV, BT]
+        b_vt = tl.load(v + (o_t * H + i_h)[None, :] * V + o_v[:, None], mask=m_v[:, None] & m_t[None, :], other=0)
+        b_vbt = (b_vt.to(tl.float32) * b_b[None, :]).to(dt)
+        b_dX += tl.dot(b_du, b_vbt, input_precision=PREC)
+        b_dvb = tl.dot(b_Xt, b_du, input_precision=PREC)
+        tl.store(dv + p_v, (b_dvb * b_b[:, None]).to(dv.dtype.element_ty), mask=m_tv)
+        b_db += tl.sum(b_dvb * b_v.to(tl.float32), 1)
+        # [BV, BK]: Sᵀ of the chunk, loaded transposed
+        b_ht = tl.load(h + p_h + o_k[None, :] * V + o_v[:, None], mask=m_v[:, None] & m_k[None, :], other=0)
+        b_dw -= tl.dot(b_du, b_ht.to(dt), input_precision=PREC)
+    # [BT, BK] and [BK, BT]: b e^G k
+    b_k = tl.load(k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
+    b_kt = tl.load(k + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_kt, other=0).to(tl.float32)
+    b_e = tl.full([BT, BK], 1.0, tl.float32)  # e^G
+    if GATE == 1:
+        b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
+        b_e = b_e * tl.exp(b_g)[:, None]
+        b_kt = b_kt * tl.exp(b_g)[None, :]
+    if GATE == 2:
+        b_g = tl.load(gc + (o_t * H + i_h)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
+        b_gt = tl.load(gc + (o_t * H + i_h)[None, :] * K + o_k[:, None], mask=m_kt, other=0)
+        b_e = tl.exp(b_g)
+        b_kt = b_kt * tl.exp(b_gt)
+    b_k = b_k * b_e
+    b_dX += tl.dot(b_dw.to(dt), (b_kt * b_b[None, :]).to(dt), input_precision=PREC)
+    # [BT, BK]: gradient of the scaled keys b e^G k
+    b_dkb = tl.dot(b_Xt, b_dw.to(dt), input_precision=PREC)
+    b_db += tl.sum(b_dkb * b_k, 1)
+    p_k = (o_t * H + i_h)[:, None] * K + o_k[None, :]
+    tl.store(dk + p_k, tl.load(dk + p_k, mask=m_tk, other=0) + b_dkb * b_b[:, None] * b_e, mask=m_tk)
+    tl.store(dbeta + o_t * H + i_h, b_db, mask=m_t)
+    if GATE == 1:
+        tl.store(dG + o_t * H + i_h, tl.sum(b_dkb * b_k, 1) * b_b, mask=m_t)
+    if GATE == 2:
+        tl.store(dG + p_k, b_dkb * b_k * b_b[:, None], mask=m_tk)
+    # dN = -Xᵀ dX Xᵀ on the strictly lower part (X = (I + N)^-1)
+    m_low = (o_i[:, None] >= o_i[None, :]) & m_t[:, None] & m_t[None, :]
+    b_dX = tl.where(m_low, b_dX, 0)
+    b_Xtf = b_Xt.to(tl.float32)
+    b_P = tl.dot(b_dX, b_Xtf, input_precision=PREC)
+    b_dNv = -tl.dot(b_Xtf, b_P, input_precision=PREC)
+    m_S = (o_i[:, None] > o_i[None, :]) & m_t[:, None] & m_t[None, :]
+    tl.store(dN + (o_t * H + i_h)[:, None] * BT + o_i[None, :], tl.where(m_S, b_dNv, 0), mask=m_t[:, None])
+
+
+@triton.jit
+def chunk_kk_pair_bwd_kernel(
+    k,
+    beta,
+    gc,
+    dN,
+    dk,
+    dbeta,
+    dG,
+    cu,
+    info,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    GATE: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """The pairs of A = causal(k kᵀ e^{G_i - G_j}) (no gate or a scalar one): with Q = dN o E,
+    dk += b (Q k) + Qᵀ (b k), dbeta += k . (Q k), dG += b k . (Q k) - k . (Qᵀ (b k)) (added)."""
+    i_s, i_h = tl.program_id(0), tl.program_id(1)
+    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
+    if i_n < 0:
+        return
+    i_hk = i_h // G
+    o_i = tl.arange(0, BT)
+    o_t = bos + i_c * BT + o_i
+    m_t = o_t < eos
+    m_tt = m_t[:, None] & m_t[None, :]
+    # [BT, BT] and its transpose, loaded transposed
+    b_Q = tl.load(dN + (o_t * H + i_h)[:, None] * BT + o_i[None, :], mask=m_tt, other=0)
+    b_Qt = tl.load(dN + (o_t * H + i_h)[None, :] * BT + o_i[:, None], mask=m_tt, other=0)
+    if GATE == 1:
+        b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
+        m_low = (o_i[:, None] >= o_i[None, :]) & m_tt
+        m_up = (o_i[:, None] <= o_i[None, :]) & m_tt
+        b_Q *= tl.exp(tl.where(m_low, b_g[:, None] - b_g[None, :], 0))
+        b_Qt *= tl.exp(tl.where(m_up, b_g[None, :] - b_g[:, None], 0))
+    b_b = tl.load(beta + o_t * H + i_h, mask=m_t, other=0).to(tl.float32)
+    b_db = tl.zeros([BT], dtype=tl.float32)
+    b_dg = tl.zeros([BT], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_tk = m_t[:, None] & (o_k < K)[None, :]
+        b_k = tl.load(k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
+        b_R = tl.dot(b_Q, b_k, input_precision=PREC)
+        b_C = tl.dot(b_Qt, b_k * b_b[:, None], input_precision=PREC)
+        p_k = (o_t * H + i_h)[:, None] * K + o_k[None, :]
+        tl.store(dk + p_k, tl.load(dk + p_k, mask=m_tk, other=0) + b_b[:, None] * b_R + b_C, mask=m_tk)
+        b_db += tl.sum(b_k * b_R, 1)
+        b_dg += tl.sum(b_k * (b_b[:, None] * b_R - b_C), 1)
+    p = o_t * H + i_h
+    tl.store(dbeta + p, tl.load(dbeta + p, mask=m_t, other=0) + b_db, mask=m_t)
+    if GATE == 1:
+        tl.store(dG + p, tl.load(dG + p, mask=m_t, other=0) + b_dg, mask=m_t)
