@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from .common.gates import GATE_NONE, GATE_SCALAR, GATE_VECTOR
 from .common.switch import triton_mode, triton_wanted
-from .delta.dispatch import delta_decode, delta_line, delta_line_backward
+from .delta.dispatch import delta_decode, delta_line, delta_line_backward, delta_saved_X
 from .gla.dispatch import gla_decode, gla_line, gla_line_backward, gla_saved_A, gla_triton_enabled
 
 
@@ -56,6 +56,7 @@ __all__ = [
     "Family",
     "gla_line",
     "gla_line_backward",
+    "delta_saved_X",
     "gla_saved_A",
     "gla_triton_enabled",
     "triton_mode",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..lowering import FAMILIES
+from ..lowering import FAMILIES, delta_saved_X
 from ._checks import check_gate, check_qkv, check_scale, check_state
 from ._docs import documented
 from ._library import OpSpec, recompute_backward, register
@@ -20,20 +20,29 @@ FLAGS = ("use_qk_l2norm",)
 _DELTA_RULE, _GATED_DELTA_RULE, _KDA = (FAMILIES[f] for f in ("delta_rule", "gated_delta_rule", "kda"))
 
 
-def _delta_rule_fwd(q, k, v, beta, *, scale, initial_state, cu_seqlens, use_qk_l2norm):
+def _delta_rule_fwd(q, k, v, beta, *, scale, initial_state, cu_seqlens, use_qk_l2norm, saved=(None,)):
     return _DELTA_RULE.forward(
-        q, k, v, beta, None, _DELTA_RULE.gate_kind, scale, initial_state, cu_seqlens, use_qk_l2norm
+        q, k, v, beta, None, _DELTA_RULE.gate_kind, scale, initial_state, cu_seqlens, use_qk_l2norm, X_out=saved[0]
     )
 
 
-def _gated_delta_rule_fwd(q, k, v, g, beta, *, scale, initial_state, cu_seqlens, use_qk_l2norm):
+def _gated_delta_rule_fwd(q, k, v, g, beta, *, scale, initial_state, cu_seqlens, use_qk_l2norm, saved=(None,)):
+    kind = _GATED_DELTA_RULE.gate_kind
     return _GATED_DELTA_RULE.forward(
-        q, k, v, beta, g, _GATED_DELTA_RULE.gate_kind, scale, initial_state, cu_seqlens, use_qk_l2norm
+        q, k, v, beta, g, kind, scale, initial_state, cu_seqlens, use_qk_l2norm, X_out=saved[0]
     )
 
 
-def _kda_fwd(q, k, v, gk, beta, *, scale, initial_state, cu_seqlens, use_qk_l2norm):
-    return _KDA.forward(q, k, v, beta, gk, _KDA.gate_kind, scale, initial_state, cu_seqlens, use_qk_l2norm)
+def _kda_fwd(q, k, v, gk, beta, *, scale, initial_state, cu_seqlens, use_qk_l2norm, saved=(None,)):
+    return _KDA.forward(
+        q, k, v, beta, gk, _KDA.gate_kind, scale, initial_state, cu_seqlens, use_qk_l2norm, X_out=saved[0]
+    )
+
+
+def _saved_X(q, k, v, *gates, initial_state, cu_seqlens, use_qk_l2norm):
+    """The delta ops keep the forward's WY inverses for the backward (see ``lowering.delta_saved_X``)."""
+    beta, gate = gates[-1], (gates[0] if len(gates) == 2 else None)
+    return (delta_saved_X(q, k, v, beta, gate, initial_state),)
 
 
 _delta_rule_torch_bwd = recompute_backward(_delta_rule_fwd)
@@ -53,8 +62,9 @@ def _kda_bwd(q, k, v, gk, beta, **kw):
     return _KDA.backward(_kda_torch_bwd, q, k, v, beta, gk, _KDA.gate_kind, **kw)
 
 
+_KEEP = dict(saved=("X",), saved_like=_saved_X)
 SPECS = [
-    OpSpec("delta_rule", ("beta",), _delta_rule_fwd, _delta_rule_bwd, "S = (I - b k k^T) S + b k v^T", FLAGS),
+    OpSpec("delta_rule", ("beta",), _delta_rule_fwd, _delta_rule_bwd, "S = (I - b k k^T) S + b k v^T", FLAGS, **_KEEP),
     OpSpec(
         "gated_delta_rule",
         ("g", "beta"),
@@ -62,8 +72,11 @@ SPECS = [
         _gated_delta_rule_bwd,
         "S = exp(g_t) (I - b k k^T) S + b k v^T",
         FLAGS,
+        **_KEEP,
     ),
-    OpSpec("kda", ("gk", "beta"), _kda_fwd, _kda_bwd, "S = (I - b k k^T) diag(exp(gk_t)) S + b k v^T", FLAGS),
+    OpSpec(
+        "kda", ("gk", "beta"), _kda_fwd, _kda_bwd, "S = (I - b k k^T) diag(exp(gk_t)) S + b k v^T", FLAGS, **_KEEP
+    ),
 ]
 for _spec in SPECS:
     register(_spec)
@@ -97,7 +110,7 @@ def delta_rule(
     use_qk_l2norm_in_kernel=False,
 ):  # fmt: skip
     *_, scale = _prepare("delta_rule", q, k, v, beta, scale, initial_state, cu_seqlens)
-    o, ht = torch.ops.fla_compile.delta_rule(
+    o, ht, *_ = torch.ops.fla_compile.delta_rule(
         q, k, v, beta, scale, initial_state, cu_seqlens, bool(use_qk_l2norm_in_kernel)
     )
     return _result(o, ht, output_final_state)
@@ -114,7 +127,7 @@ def gated_delta_rule(
 ):  # fmt: skip
     B, T, H, K, V, scale = _prepare("gated_delta_rule", q, k, v, beta, scale, initial_state, cu_seqlens)
     check_gate("gated_delta_rule", "g", g, (B, T, H), q)
-    o, ht = torch.ops.fla_compile.gated_delta_rule(
+    o, ht, *_ = torch.ops.fla_compile.gated_delta_rule(
         q, k, v, g, beta, scale, initial_state, cu_seqlens, bool(use_qk_l2norm_in_kernel)
     )
     return _result(o, ht, output_final_state)
@@ -131,5 +144,5 @@ def kda(
 ):  # fmt: skip
     B, T, H, K, V, scale = _prepare("kda", q, k, v, beta, scale, initial_state, cu_seqlens)
     check_gate("kda", "g", g, (B, T, H, K), q)
-    o, ht = torch.ops.fla_compile.kda(q, k, v, g, beta, scale, initial_state, cu_seqlens, bool(use_qk_l2norm_in_kernel))
+    o, ht, *_ = torch.ops.fla_compile.kda(q, k, v, g, beta, scale, initial_state, cu_seqlens, bool(use_qk_l2norm_in_kernel))
     return _result(o, ht, output_final_state)

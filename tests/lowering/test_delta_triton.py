@@ -124,17 +124,19 @@ def _case_op_dispatch(family):
     return out
 
 
-def _case_bf16(family):
-    """bf16 inputs: o rounds to bf16, the rest stays fp32 inside; compared with the fp32 inputs' fp64 result."""
+def _case_half(family):
+    """Half inputs: the dots take them as they are (fp32 accumulation) and the chunk states, X, W, U and v_new are
+    stored in their dtype; compared with the fp32 inputs' fp64 result. fp16, not bf16: Triton 3.9's interpreter
+    computes bf16 ``tl.dot`` wrong (garbage of 1e10), fp16 right; the GPU tests cover bf16."""
     from fla_compile.lowering.delta import triton_launch as DT
 
     q, k, v, beta, g, h0 = make(family, B=1, T=40, K=16, V=16)
-    q, k, v, beta = (x.bfloat16() for x in (q, k, v, beta))
-    do, dht = torch.randn(*v.shape).bfloat16(), torch.randn(*h0.shape)
+    q, k, v, beta = (x.half() for x in (q, k, v, beta))
+    do, dht = torch.randn(*v.shape).half(), torch.randn(*h0.shape)
     ro, rs, ref = torch_grads(family, q.float(), k.float(), v.float(), beta.float(), g, h0, do.float(), dht, 0.25)
     o, ht = DT.chunk_forward(q, k, v, beta, g, FAMILY_GATE[family], 0.25, h0)
     got = DT.chunk_backward(q, k, v, beta, g, FAMILY_GATE[family], 0.25, h0, None, do, dht)
-    out = {"o": rel(o, ro), "ht": rel(ht, rs), "tol": 1e-2, "o_is_bf16": float(o.dtype != torch.bfloat16)}
+    out = {"o": rel(o, ro), "ht": rel(ht, rs), "tol": 1e-2, "o_is_half": float(o.dtype != torch.float16)}
     out.update({n: rel(x, ref[n]) for n, x in zip(["dq", "dk", "dv", "db", "dg", "dh0"], got) if x is not None})
     return out
 
@@ -151,7 +153,7 @@ INTERPRETER_CASES = {
     "bwd-gdn-strong-gate": (_case_backward, ("gated_delta_rule", 16, None, False, 20.0)),
     "bwd-kda-strong-gate": (_case_backward, ("kda", 16, None, False, 20.0, 20)),
     **{f"decode-inplace-{f}": (_case_inplace_decode, (f,)) for f in FAMILY_GATE},
-    "bf16-kda": (_case_bf16, ("kda",)),
+    "half-kda": (_case_half, ("kda",)),
     "op-dispatch-gdn": (_case_op_dispatch, ("gated_delta_rule",)),
     "op-dispatch-kda": (_case_op_dispatch, ("kda",)),
 }
@@ -225,8 +227,8 @@ def test_interpreter(interpreter_report, case):
     assert "error" not in result, result.get("error")
     if "same_storage" in result:
         assert result.pop("same_storage") == 0.0, "decode state was not updated in place"
-    if "o_is_bf16" in result:
-        assert result.pop("o_is_bf16") == 0.0, "o must come back in v's dtype"
+    if "o_is_half" in result:
+        assert result.pop("o_is_half") == 0.0, "o must come back in v's dtype"
     tol = result.pop("tol", 1e-5)
     bad = {name: err for name, err in result.items() if not err < tol}  # NaN fails too
     assert not bad, f"relative errors above {tol}: {bad}"

@@ -131,6 +131,8 @@ _STAGED = {
     "kkt": (4, 3),
     "A": (4, 3),
     "wy": (4, 3),
+    "solve": (4, 1),
+    "wu": (4, 2),
     "h": (4, 2),
     "o": (4, 2),
     "dv_local": (4, 2),
@@ -143,6 +145,7 @@ _STAGED = {
 }
 _BV_H = 32  # V block of the state pass (its programs: sequences x heads x V / BV)
 _BV_O = 64  # V block of the output kernel
+WU_SPLIT = True  # W, U by full-chunk dots after a solve-only kernel (False: the solve kernel forms them by blocks)
 
 
 def _opts(kernel):
@@ -150,7 +153,7 @@ def _opts(kernel):
     return {"num_warps": warps, "num_stages": stages}
 
 
-def forward_parts(q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=64, X=None):
+def forward_parts(q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=64, X=None, need_o=True, X_buf=None):
     """The staged chunked forward (see :mod:`fla_compile.lowering.delta.triton_wy`).
 
     q, k [B, T, HK, K] (cast to v's dtype here), v [B, T, H, V], beta [B, T, H], gate in log space, h0 fp32
@@ -189,16 +192,26 @@ def forward_parts(q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=64, 
             )
         else:
             kw.chunk_kkt_kernel[(NS, H)](k, gcp, A, cu, info, H, G, K, BT, min(64, BK), gid, prec, **_opts("kkt"))
-        X = torch.empty(B, T, H, BT, device=dev, dtype=dt)
+        X = torch.empty(B, T, H, BT, device=dev, dtype=dt) if X_buf is None else X_buf
         load_x = False
     else:
         A, load_x = X, True
     w = torch.empty(B, T, H, K, device=dev, dtype=dt)
     u = torch.empty(B, T, H, V, device=dev, dtype=dt)
-    kw.chunk_wy_kernel[(NS, H)](
-        k, v, beta, gcp, A, X, w, u, cu, info, H, G, K, V, BT, min(64, BK), min(64, launch.pow2(V)), gid, load_x, prec,
-        **_opts("wy"),
-    )  # fmt: skip
+    if WU_SPLIT:
+        if not load_x:
+            kw.chunk_wy_kernel[(NS, H)](
+                k, v, beta, gcp, A, X, w, u, cu, info, H, G, K, V, BT, 16, 16, gid, False, prec, True, **_opts("solve")
+            )
+        kw.chunk_wu_kernel[(NS, H)](
+            k, v, beta, gcp, X, w, u, cu, info, H, G, K, V, BT, min(64, BK), min(64, launch.pow2(V)), gid, prec,
+            **_opts("wu"),
+        )  # fmt: skip
+    else:
+        kw.chunk_wy_kernel[(NS, H)](
+            k, v, beta, gcp, A, X, w, u, cu, info, H, G, K, V, BT, min(64, BK), min(64, launch.pow2(V)), gid, load_x,
+            prec, **_opts("wy"),
+        )  # fmt: skip
     h = torch.empty(NS, H, K, V, device=dev, dtype=dt)
     vn = torch.empty(B, T, H, V, device=dev, dtype=dt)
     ht = torch.empty(N, H, K, V, **f32)
@@ -207,27 +220,29 @@ def forward_parts(q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=64, 
         k, w, u, gcp, h, vn, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, BK, BV, gid,
         h0 is not None, prec, **_opts("h"),
     )  # fmt: skip
-    if gid == 2:
+    if gid == 2:  # the output's and the backward's gated q k^T
         NC = BT // 16
         Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt)
         gla_intra.chunk_gla_A_kernel[(NS, NC * NC, H)](
             q, k, gc, Aqk, cu, info, H, G, K, BT, 16, min(64, BK), NC, prec, BT, **_opts("A")
         )
-    o = torch.empty(B, T, H, V, device=dev, dtype=dt)
-    BV = min(_BV_O, launch.pow2(V))
-    gla_kern.chunk_fwd_o_kernel[(NS, triton.cdiv(V, BV), H)](
-        q, k, vn, gcp, h, Aqk if Aqk is not None else h, o, cu, info, scale, H, G, K, V, BT, min(64, BK), BV, gid,
-        prec, BT, **_opts("o"),
-    )  # fmt: skip
+    o = None
+    if need_o:
+        o = torch.empty(B, T, H, V, device=dev, dtype=dt)
+        BV = min(_BV_O, launch.pow2(V))
+        gla_kern.chunk_fwd_o_kernel[(NS, triton.cdiv(V, BV), H)](
+            q, k, vn, gcp, h, Aqk if Aqk is not None else h, o, cu, info, scale, H, G, K, V, BT, min(64, BK), BV, gid,
+            prec, BT, **_opts("o"),
+        )  # fmt: skip
     meta = dict(cu=cu, info=info, chunk_off=chunk_off, NS=NS, N=N, BT=BT)
     return o, ht, dict(gc=gc, X=X, w=w, u=u, vn=vn, h=h, Aqk=Aqk, meta=meta)
 
 
-def backward_parts(q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlens, BT=64):
+def backward_parts(q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlens, BT=64, X=None):
     """The staged chunked backward (see :mod:`fla_compile.lowering.delta.triton_wy_bwd`): recomputes the forward's
     parts, then (dq, dk per head of v, dv, dbeta, dgate or None, dh0 or None), all fp32."""
     dt = v.dtype
-    _, _, P = forward_parts(q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=BT)
+    _, _, P = forward_parts(q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=BT, X=X, need_o=False)
     q, k = q.to(dt).contiguous(), k.to(dt).contiguous()
     v, beta = v.contiguous(), beta.contiguous()
     do = do.to(dt).contiguous()
@@ -316,13 +331,56 @@ def _key(name, q, v, gate_kind):
     return (name, gate_kind, q.shape[-1], v.shape[-1], q.dtype, v.dtype, q.device)
 
 
+# The ops keep the forward's WY inverses X for the backward: [B, T, H, X_SLOTS] in v's dtype, a layout fixed
+# before any chunk size is known (fake impls give it). A forward at BT = X_SLOTS writes X there and tags the
+# tensor with BT (a Python attribute that lives as long as the tensor object, through autograd's saved tensors);
+# the backward reads it only when so tagged, and recomputes X otherwise (the fused recurrent forward, another BT).
+X_SLOTS = 64
+_X_TAG = "_fla_compile_X_BT"
+
+
+def saved_X_like(v):
+    B, T, H = v.shape[:3]
+    return v.new_empty(B, T, H, X_SLOTS)
+
+
+def _X_slot(X, v) -> bool:
+    B, T, H = v.shape[:3]
+    return (
+        X is not None
+        and tuple(X.shape) == (B, T, H, X_SLOTS)
+        and X.dtype == v.dtype
+        and X.device == v.device
+        and X.is_contiguous()
+    )
+
+
+def no_X(X_out):
+    """No X is kept: the op's output is zeros (deterministic), untagged."""
+    if X_out is not None and X_out.numel():
+        if hasattr(X_out, _X_TAG):
+            delattr(X_out, _X_TAG)
+        X_out.zero_()
+
+
 def chunk_forward(
-    q, k, v, beta, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, use_qk_l2norm=False, chunk_size=None
-):
-    """Chunked forward: (o [B,T,H,V] in v's dtype, final state fp32 [N,H,K,V])."""
+    q, k, v, beta, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, use_qk_l2norm=False, chunk_size=None,
+    X_out=None,
+):  # fmt: skip
+    """Chunked forward: (o [B,T,H,V] in v's dtype, final state fp32 [N,H,K,V]); keeps X in ``X_out`` (see above)."""
+    BT = chunk_size or 64
+    keep = BT == X_SLOTS and _X_slot(X_out, v)
+    if not keep:
+        no_X(X_out)
+    elif hasattr(X_out, _X_TAG):
+        delattr(X_out, _X_TAG)
     q, k, v, beta, gate, _ = _prepare(q, k, v, beta, gate, use_qk_l2norm)
     h0 = None if initial_state is None else initial_state.float().contiguous()
-    o, ht, _ = forward_parts(q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=chunk_size or 64)
+    o, ht, _ = forward_parts(
+        q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=BT, X_buf=X_out if keep else None
+    )
+    if keep:
+        setattr(X_out, _X_TAG, BT)
     return o, ht
 
 
@@ -351,16 +409,19 @@ def fused_recurrent(
 
 
 def chunk_backward(
-    q, k, v, beta, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, use_qk_l2norm=False, chunk_size=None
-):
-    """Gradients (dq, dk, dv, dbeta, dgate or None, dh0 or None), in fp32 (the op casts)."""
+    q, k, v, beta, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, use_qk_l2norm=False, chunk_size=None,
+    X=None,
+):  # fmt: skip
+    """Gradients (dq, dk, dv, dbeta, dgate or None, dh0 or None), in fp32 (the op casts). ``X``: the forward's
+    inverses (``chunk_forward(X_out=...)``), used when tagged with this call's chunk size, else recomputed."""
+    BT = chunk_size or 64
+    if X is not None and not (getattr(X, _X_TAG, None) == BT and _X_slot(X, v)):
+        X = None
     q, k, v, beta, gate, norms = _prepare(q, k, v, beta, gate, use_qk_l2norm)
     h0 = None if initial_state is None else initial_state.float().contiguous()
     B, T, HK, K = q.shape
     H = v.shape[2]
-    dq, dk, dv, db, dg, dh0 = backward_parts(
-        q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlens, BT=chunk_size or 64
-    )
+    dq, dk, dv, db, dg, dh0 = backward_parts(q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlens, BT, X)
     dq = dq.view(B, T, HK, H // HK, K).sum(3)
     dk = dk.view(B, T, HK, H // HK, K).sum(3)
     if use_qk_l2norm:

@@ -181,8 +181,11 @@ def chunk_wy_kernel(
     GATE: tl.constexpr,
     LOAD_X: tl.constexpr,
     PREC: tl.constexpr,
+    SOLVE_ONLY: tl.constexpr = False,
 ):
-    """X = (I + diag(b) strict(A))^{-1} (or X read back when LOAD_X), W = X (b e^G k), U = X (b v); BT in 16, 32, 64."""
+    """X = (I + diag(b) strict(A))^{-1} (or X read back when LOAD_X), W = X (b e^G k), U = X (b v); BT in 16, 32, 64.
+
+    With SOLVE_ONLY only X is written (``chunk_wu_kernel`` then forms W and U with full-chunk dots)."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
     i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
@@ -251,7 +254,7 @@ def chunk_wy_kernel(
             _store16(X, X31, t0, eos, i_h, H, BT, 3, 1)
             _store16(X, X32, t0, eos, i_h, H, BT, 3, 2)
             _store16(X, X33, t0, eos, i_h, H, BT, 3, 3)
-    for i_k in range(0, tl.cdiv(K, BK)):
+    for i_k in range(0, 0 if SOLVE_ONLY else tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
         x0 = _scaled_k(k, beta, gc, t0, eos, i_h, i_hk, H, H // G, K, 0, o_k, m_k, GATE)
@@ -270,7 +273,7 @@ def chunk_wy_kernel(
             _store_rows(w, y2, t0, eos, i_h, H, K, 2, o_k, m_k)
         if BT // 16 > 3:
             _store_rows(w, y3, t0, eos, i_h, H, K, 3, o_k, m_k)
-    for i_v in range(0, tl.cdiv(V, BV)):
+    for i_v in range(0, 0 if SOLVE_ONLY else tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = o_v < V
         x0 = _scaled_v(v, beta, t0, eos, i_h, H, V, 0, o_v, m_v)
@@ -289,6 +292,58 @@ def chunk_wy_kernel(
             _store_rows(u, y2, t0, eos, i_h, H, V, 2, o_v, m_v)
         if BT // 16 > 3:
             _store_rows(u, y3, t0, eos, i_h, H, V, 3, o_v, m_v)
+
+
+@triton.jit
+def chunk_wu_kernel(
+    k,
+    v,
+    beta,
+    gc,
+    X,
+    w,
+    u,
+    cu,
+    info,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATE: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """W = X (b e^G k) and U = X (b v) with [BT, BT] x [BT, BD] dots, X read from ``chunk_wy_kernel``."""
+    i_s, i_h = tl.program_id(0), tl.program_id(1)
+    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
+    if i_n < 0:
+        return
+    i_hk = i_h // G
+    o_i = tl.arange(0, BT)
+    o_t = bos + i_c * BT + o_i
+    m_t = o_t < eos
+    b_X = tl.load(X + (o_t * H + i_h)[:, None] * BT + o_i[None, :], mask=m_t[:, None], other=0)
+    b_b = tl.load(beta + o_t * H + i_h, mask=m_t, other=0).to(tl.float32)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_tv = m_t[:, None] & (o_v < V)[None, :]
+        p_v = (o_t * H + i_h)[:, None] * V + o_v[None, :]
+        b_v = tl.load(v + p_v, mask=m_tv, other=0)
+        b_vb = (b_v.to(tl.float32) * b_b[:, None]).to(b_X.dtype)
+        tl.store(u + p_v, tl.dot(b_X, b_vb, input_precision=PREC).to(u.dtype.element_ty), mask=m_tv)
+    if GATE == 1:
+        b_b = b_b * tl.exp(tl.load(gc + o_t * H + i_h, mask=m_t, other=0))
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_tk = m_t[:, None] & (o_k < K)[None, :]
+        b_k = tl.load(k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
+        b_k = b_k * b_b[:, None]
+        if GATE == 2:
+            b_k = b_k * tl.exp(tl.load(gc + (o_t * H + i_h)[:, None] * K + o_k[None, :], mask=m_tk, other=0))
+        p_k = (o_t * H + i_h)[:, None] * K + o_k[None, :]
+        tl.store(w + p_k, tl.dot(b_X, b_k.to(b_X.dtype), input_precision=PREC).to(w.dtype.element_ty), mask=m_tk)
 
 
 @triton.jit

@@ -24,6 +24,9 @@ from ..common.chunks import chunk_span
 # the largest |b_i - b_r| for which a diagonal block is computed in factored form: e^(+-60) and the
 # products of two such factors are normal fp32 / bf16 numbers, so nothing overflows or flushes to zero
 SPAN = tl.constexpr(60.0)
+# the same for fp16 operands (the forward's A casts the factors to the inputs' dtype): e^8 times an input
+# stays far below fp16's largest number (65504 ~ e^11.1), e^-8 above its smallest normal one (~ e^-9.7)
+SPAN16 = tl.constexpr(8.0)
 
 
 @triton.jit
@@ -92,7 +95,10 @@ def chunk_gla_A_kernel(
             b_gq = tl.load(gc + (o_ti * H + i_h)[:, None] * K + o_k[None, :], mask=m_qi, other=0)
             b_gr = tl.load(gc + (t_r * H + i_h) * K + o_k, mask=m_k, other=0)
             b_dr = tl.where(m_qi, b_gq - b_gr[None, :], 0)
-            if tl.max(tl.abs(b_dr)) <= SPAN:
+            span = SPAN
+            if b_q.dtype == tl.float16:
+                span = SPAN16
+            if tl.max(tl.abs(b_dr)) <= span:
                 # every factor e^(+-d) with |d| <= SPAN is a normal number: (q e^(b_i - b_r)) (k e^(b_r - b_j))^T
                 # is exact up to the rounding of the factors; entries above the diagonal are dropped below
                 b_qg = b_q.to(tl.float32) * tl.exp(b_dr)

@@ -1,0 +1,93 @@
+"""Launch-option sweep of the delta line's staged kernels (CUDA): one table from one run.
+
+    python benchmarks/sweep_delta.py [--families kda,gated_delta_rule,delta_rule] [--shape 8,2048,16,128]
+
+For each family, times the op's forward and forward+backward (``fla_compile.ops``, bf16, ``do_bench`` medians)
+with the shipped options, then with one option changed at a time (``triton_launch._STAGED`` warps/stages,
+the state pass's V block, the W/U split), and prints per-kernel times of the shipped options
+(``torch.profiler``). The winners go into ``fla_compile/lowering/delta/triton_launch.py`` by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from kernels import bench, fwd_bwd, inputs, ours  # noqa: E402
+from profile_ops import kernel_table  # noqa: E402
+
+VARIANTS = [
+    ("shipped", {}),
+    ("wu fused", {"WU_SPLIT": False}),
+    ("h BV=64", {"_BV_H": 64}),
+    ("h BV=16", {"_BV_H": 16}),
+    ("h warps 8", {"h": (8, 2)}),
+    ("wy_bwd warps 4", {"wy_bwd": (4, 2)}),
+    ("dh warps 8", {"dh": (8, 2)}),
+    ("solve warps 2", {"solve": (2, 1)}),
+    ("wu warps 8", {"wu": (8, 2)}),
+    ("dqk warps 8", {"dqk": (8, 2)}),
+    ("pair warps 8", {"pair": (8, 2)}),
+]
+
+
+def apply(changes):
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    old = {}
+    for key, value in changes.items():
+        if key in DT._STAGED:
+            old[key] = DT._STAGED[key]
+            DT._STAGED[key] = value
+        else:
+            old[key] = getattr(DT, key)
+            setattr(DT, key, value)
+    return old
+
+
+def restore(old):
+    apply(old)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--families", default="kda,gated_delta_rule,delta_rule")
+    p.add_argument("--shape", default="8,2048,16,128")
+    p.add_argument("--variants", default="", help="comma-separated variant names (default: all)")
+    args = p.parse_args()
+    B, T, H, D = (int(x) for x in args.shape.split(","))
+    names = set(args.variants.split(",")) if args.variants else None
+    rows = ["| family | variant | fwd ms | fwd+bwd ms |", "| --- | --- | --- | --- |"]
+    for family in args.families.split(","):
+        fn = ours(family)
+        xs = inputs(family, B, T, H, D)
+        xg = inputs(family, B, T, H, D, grad=True)
+        for name, changes in VARIANTS:
+            if names and name not in names and name != "shipped":
+                continue
+            old = apply(changes)
+            try:
+                with torch.no_grad():
+                    t_f = bench(lambda: fn(*xs))
+                t_fb = bench(fwd_bwd(fn, xg))
+                rows.append(f"| {family} | {name} | {t_f:.3f} | {t_fb:.3f} |")
+            except Exception as e:  # a variant that fails to compile or launch is a row, not a lost table
+                rows.append(f"| {family} | {name} | error: {type(e).__name__}: {str(e)[:100]} | |")
+            finally:
+                restore(old)
+            print(rows[-1], flush=True)
+        print(f"\n### {family} fwd+bwd, shipped options, B={B} T={T} H={H} D={D}\n\n| kernel | calls | ms |\n| --- | --- | --- |")
+        for kname, calls, ms in kernel_table(fwd_bwd(fn, xg)):
+            print(f"| {kname} | {calls} | {ms:.3f} |")
+    print("\n" + "\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
