@@ -74,7 +74,7 @@ def main() -> int:
             old = apply(changes)
             try:
                 with torch.no_grad():
-                    t_f = bench(lambda: fn(*xs))
+                    t_f = bench(lambda fn=fn, xs=xs: fn(*xs))
                 t_fb = bench(fwd_bwd(fn, xg))
                 rows.append(f"| {family} | {name} | {t_f:.3f} | {t_fb:.3f} |")
             except Exception as e:  # a variant that fails to compile or launch is a row, not a lost table
