@@ -397,6 +397,11 @@ class FormLowering:
         return num, den
 
 
+def form_call(rec: Recurrence, *args):
+    """The op of a whole-sequence ``rec`` on its role values, uncast: what ``verify.prove_region`` runs."""
+    return FormLowering(rec)(*args, cast=False)
+
+
 def rewrite_form(outs: tuple, rec: Recurrence) -> None:
     """Replace a proven form's output nodes (a read-out, and a fused normalizer) by one call of
     ``FormLowering(rec)``; dead nodes are left to dead-code elimination."""

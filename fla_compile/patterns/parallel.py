@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from .. import costs
 from ..ir import Family, Layout, Recurrence, RegionLayout, out_batch
 from ..report import Grade, Match, Miss, Report
-from ..rewrite import head_canon, rewrite_form, role_nodes, to_canon
+from ..rewrite import form_call, head_canon, rewrite_form, role_nodes, to_canon
 from ..verify import TOL, NearMiss, NotARecurrence, probe, prove_region, rel_err, run_region
 from ._graph import source_line, value_of
 
@@ -485,7 +485,7 @@ def prove(gm: fx.GraphModule, recs: list[Recurrence], opts, span=None) -> tuple[
     """Prove bindings of the region ``gm`` (its inputs: the roles of ``recs``) on fresh probes."""
     gen = torch.Generator().manual_seed(11232026)
     args = [probe_role(r, gen, (span or {}).get(r)) for r in role_nodes(recs[0])]
-    return prove_region(gm, args, recs, opts.verify)
+    return prove_region(gm, args, recs, form_call, opts.verify)
 
 
 _ATTENTION_OPS = ("scaled_dot_product_attention", "flex_attention")
