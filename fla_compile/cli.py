@@ -601,7 +601,7 @@ def main(argv=None) -> int:
             status, rest = costs_main(rest)
             if status is not None:
                 return status
-            from .lowering.common.autotune import tune_main
+            from .lowering.gla.tuning import tune_main
 
             return tune_main(rest)
         return {"explain": explain_main, "bench": bench_main}[args.command](rest)
