@@ -335,6 +335,8 @@ def form_op(rec: Recurrence, q, k, v, g=None) -> torch.Tensor:
         decay = decay.log() if lay.decay_form == "gamma" else decay
     elif rec.family == Family.RETENTION:
         decay = rec.decay
+    elif rec.family == Family.GLA:  # a per-key log-gate, laid out as q
+        gate = to_canon(g.to(acc), lay.gate_layout, lay.batch, lay.bsizes)
     elif rec.family != Family.LINEAR_ATTN:
         gate = gate_canon(g.to(acc), lay.gate_dim, lay.bsizes)
     o, _ = run_family(rec.family, q, k, v, gate=gate, decay=decay, scale=rec.scale)

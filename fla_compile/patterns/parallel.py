@@ -8,7 +8,9 @@ region (the sub-DAG from the role nodes to the output) runs on random float64 pr
 ratio of the masked to the raw scores is the mask M, which must not depend on q, k
 (softmax does), must be zero above the diagonal (causal) and a constant on it (the scale);
 then M is a constant (linear_attn), gamma^{i-j} (retention) or exp(c_i - c_j) of a cumsum
-in the region (simple_gla, with the cumsum's input as the gate). The result is a
+in the region (simple_gla, with the cumsum's input as the gate). A linear_attn whose q and k are
+factored per-key decays, ``(q e^G)(k e^-G)^T`` with G a cumsum over time of per-key log-gates g, is gla
+on q, k, v, g (``per_key_gla``: proven anew; its factors overflow at long T, the op does not). The result is a
 ``Recurrence`` (roles: nodes; ``layout``: a ``RegionLayout``), proven on fresh probes against
 the family op (``verify.prove_region``) before the output node is replaced by one call
 (``rewrite.rewrite_form``).
@@ -24,6 +26,7 @@ spelling (``_region.py``).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import operator
 
@@ -52,6 +55,7 @@ from ._region import (
 )
 
 SPELLING = "parallel"
+log = logging.getLogger("fla_compile")
 SOFTMAX = {torch.softmax, F.softmax, "softmax", torch.exp, "exp", F.log_softmax, "log_softmax"}
 SIGMOID = {torch.sigmoid, F.sigmoid, "sigmoid"}
 UNSQUEEZE = {operator.getitem, torch.unsqueeze, "unsqueeze", "view", "reshape", torch.reshape}
@@ -274,9 +278,11 @@ def match(graph: fx.Graph, cand: Candidate, const: set, opts) -> tuple[Recurrenc
     reasons = []
     for span in spans:
         try:
-            return _classify_and_prove(cand, gm, env, base, gate[1] if gate else [], span, opts)
+            rec, err = _classify_and_prove(cand, gm, env, base, gate[1] if gate else [], span, opts)
         except NearMiss as e:
             reasons.append(str(e))
+            continue
+        return (per_key_gla(cand, rec, opts) if rec.family == Family.LINEAR_ATTN else None) or (rec, err)
     raise NearMiss(
         reasons[0] if len(set(reasons)) == 1 else "; ".join(f"probe {i}: {r}" for i, r in enumerate(reasons))
     )
@@ -325,6 +331,94 @@ def _classify_and_prove(cand, gm, env, base: Recurrence, gate_dims: list, span: 
                 raise NearMiss(f"the mask reads '{base.decay.name}', which is neither the decay gamma nor its log")
             tries = [rec.replace(family=Family.RETENTION, layout=dataclasses.replace(lay, decay_form=kinds[0]))]
     return prove(gm, tries, opts, span)
+
+
+# ---------------------------------------------------------------- per-key decays (gla)
+MUL = {operator.mul, torch.mul, "mul", "__mul__"}
+DIV = {operator.truediv, torch.div, torch.true_divide, "div", "__truediv__"}
+NEG = {operator.neg, torch.neg, "neg", "__neg__"}
+EXP = {torch.exp, "exp"}
+
+
+def _dims(node: fx.Node) -> tuple:
+    """The dim arguments of a transpose / permute node."""
+    args = node.args[1:] or tuple(node.kwargs.values())
+    return tuple(args[0]) if len(args) == 1 and isinstance(args[0], (list, tuple)) else tuple(args)
+
+
+def _undo_views(node: fx.Node, labels: tuple) -> tuple[fx.Node, tuple]:
+    """Walk back from ``node`` through transposes, permutes and same-shape casts, carrying its labels
+    to the value they view."""
+    while isinstance(node, fx.Node) and node.args and isinstance(node.args[0], fx.Node):
+        t, n = node.target, len(labels)
+        if t in ("transpose", torch.transpose) and len(_dims(node)) == 2:
+            a, b = (d % n for d in _dims(node))
+            labels = tuple(labels[b] if i == a else labels[a] if i == b else x for i, x in enumerate(labels))
+        elif t in ("permute", torch.permute) and len(_dims(node)) == n:
+            back = [None] * n
+            for i, d in enumerate(_dims(node)):
+                back[d % n] = labels[i]
+            labels = tuple(back)
+        elif not (t in ("contiguous", "float") and len(node.args) == 1 and not node.kwargs):
+            break
+        node = node.args[0]
+    return node, labels
+
+
+def _exp_factor(node: fx.Node, sign: int):
+    """(the role, G) of ``role * exp(sign * G)`` (``role / exp(G)`` for sign -1), shapes equal."""
+    if not isinstance(node, fx.Node) or len(node.args) != 2 or node.kwargs:
+        return None
+    a, b = node.args
+    pairs = [(a, b), (b, a)] if node.target in MUL else [(a, b)] if node.target in DIV and sign < 0 else []
+    for role, e in pairs:
+        if not (isinstance(role, fx.Node) and isinstance(e, fx.Node) and e.target in EXP and len(e.args) == 1):
+            continue
+        x = e.args[0]
+        if node.target in MUL and sign < 0:
+            x = x.args[0] if isinstance(x, fx.Node) and x.target in NEG and len(x.args) == 1 else None
+        shapes = {shape_of(role), shape_of(node), shape_of(x) if isinstance(x, fx.Node) else None}
+        if isinstance(x, fx.Node) and len(shapes) == 1 and None not in shapes:
+            return role, x
+    return None
+
+
+def per_key_gla(cand: Candidate, lin: Recurrence, opts) -> tuple[Recurrence, float] | None:
+    """GLA's factored parallel form: the proven linear_attn ``lin`` of ``(q e^G)(k e^-G)^T``, masked
+    causally, with G the cumsum over time of per-key log-gates g, is gla on q, k, v, g (exact where the
+    factors overflow, as they do at long T). None: not that form (``lin`` stands); it is proven anew."""
+    lq, lk = cand.layouts[0].labels, cand.layouts[1].labels
+    qm, lq = _undo_views(cand.q, lq)
+    km, lk = _undo_views(cand.k, lk)
+    fq, fk = _exp_factor(qm, 1), _exp_factor(km, -1)
+    if fq is None or fk is None or fq[1] is not fk[1] or fq[1].target not in CUMSUM:
+        return None
+    G = fq[1]
+    g, dim = G.args[0], G.args[1] if len(G.args) > 1 else G.kwargs.get("dim")
+    feat = cand.layouts[0].feat
+    if not isinstance(g, fx.Node) or shape_of(g) != shape_of(G) or not isinstance(dim, int):
+        return None
+    if lq[dim % len(lq)] != cand.t or lk[dim % len(lk)] != cand.s or feat not in lq or lq.count(feat) != 1:
+        return None
+    (q, _), (k, _) = fq, fk
+    lay = dataclasses.replace(
+        lin.layout,
+        q=Layout(lq, cand.t, feat),
+        k=Layout(lk, cand.s, feat),
+        gate_layout=Layout(lq, cand.t, feat),
+    )
+    rec = lin.replace(family=Family.GLA, q=q, k=k, gate=g, layout=lay)
+    try:
+        region = cone(cand.out, set(role_nodes(rec)))
+        why = inner_users(region, cand.out, role_nodes(rec))
+        if why:
+            raise NearMiss(why)
+        gm, _ = extract(cand.out, role_nodes(rec))
+        span = (-min(1.0, 20.0 / cand.T), 0.0)  # |G| <= 20: the factors e^{+-G} stay finite at any T
+        return prove(gm, [rec], opts, {g: span})
+    except NearMiss as e:
+        log.debug("parallel at %s: per-key decays not proven (%s); matched as linear_attn", lin.source, e)
+        return None
 
 
 _ATTENTION_OPS = ("scaled_dot_product_attention", "flex_attention")
