@@ -165,6 +165,11 @@ class LoopLowering:
     def __repr__(self) -> str:
         return self.__name__
 
+    def same_call(self, other) -> bool:
+        """Whether ``other`` makes the same call apart from lengths (``@jit`` merges two probe lengths;
+        the wiring is compared node by node there, and the merged graph checked at a third length)."""
+        return isinstance(other, LoopLowering) and self.family == other.family
+
     def _hoist(self, role_args, T):
         """Whole-sequence values [T, *step shape] of the roles computed inside the step."""
         if not self.step_origins:
@@ -380,6 +385,10 @@ class FormLowering:
 
     def __hash__(self) -> int:
         return hash(self.key())
+
+    def same_call(self, other) -> bool:
+        """Whether ``other`` makes the same call apart from lengths (``@jit`` merges two probe lengths)."""
+        return self == other
 
     def __call__(self, *args, cast=True):
         rec, lay, norm = self.rec, self.rec.layout, self.norm
