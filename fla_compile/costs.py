@@ -14,7 +14,7 @@ a cumsum (their per-step outer products). A loop as written pays interpreter and
 costs per step, so its crossover is 0 on every device measured.
 
 The table ships with the package (``costs.json`` next to this file). ``python -m fla_compile tune
---costs`` (or ``--costs-only``) measures this machine and writes ``$FLA_COMPILE_CACHE_DIR/costs.json`` (default
+--costs`` (or ``--costs-only``) measures this machine (``bench.measure``) and writes ``$FLA_COMPILE_CACHE_DIR/costs.json`` (default
 ``~/.cache/fla_compile``), whose entries take precedence. ``FLA_COMPILE_COSTS=off`` turns the
 choice off (always rewrite); ``FLA_COMPILE_COSTS=/path.json`` reads that table alone.
 Entries are matched most specific first: device (``cuda-sm90`` before ``cuda`` before ``*``),
@@ -231,67 +231,7 @@ def form_shape(rec, out) -> Shape:
     return Shape(int(T), math.prod(lay.bsizes), int(K), int(V), device_kind(o.device))
 
 
-# ------------------------------------------------------------------ measuring (``tune``)
-def _retnet_parallel(q, k, v):
-    """RetNet's parallel form, as written: the spelling whose crossover ``tune`` measures."""
-    T, H = q.shape[1], q.shape[2]
-    q, k, v = (x.transpose(1, 2) for x in (q, k, v))
-    gamma = 1 - 2.0 ** (-5 - torch.arange(H, dtype=torch.float32, device=q.device))
-    i = torch.arange(T, device=q.device)
-    decay = (gamma[:, None, None] ** (i[:, None] - i[None, :]).float()).masked_fill(i[:, None] < i[None, :], 0)
-    return torch.matmul(torch.matmul(q, k.transpose(-1, -2)) * decay, v).transpose(1, 2)
-
-
-def _linear_loop(q, k, v):
-    """A linear-attention time loop, as written."""
-    B, T, H, K = q.shape
-    h = q.new_zeros(B, H, K, v.shape[-1])
-    outs = []
-    for t in range(T):
-        h = h + k[:, t, :, :, None] * v[:, t, :, None, :]
-        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], h))
-    return torch.stack(outs, 1)
-
-
-MEASURED = {"parallel": (_retnet_parallel, (16, 32, 64, 128, 256, 512)), "loop": (_linear_loop, (8, 16, 32))}
-
-
-def measure(spelling: str, device, B=1, H=4, D=64, reps=9) -> list[tuple[int, float, float]]:
-    """(T, as written s, rewritten s) at each length of ``MEASURED[spelling]``: the fastest of
-    ``reps`` alternating runs, forward, fp32, the rewrite compiled with the table off."""
-    import time
-
-    from .backend import REPORTS
-
-    fn, Ts = MEASURED[spelling]
-    device = torch.device(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    out = []
-    for T in Ts:
-        g = torch.Generator().manual_seed(T)
-        args = [torch.randn(B, T, H, D, generator=g).to(device) for _ in range(3)]
-        torch._dynamo.reset()
-        n = len(REPORTS)
-        with torch.no_grad(), use([]):
-            op = torch.compile(fn, backend="fla", dynamic=False, options={"inductor": False})
-            op(*args)
-            if not any(m.path != "as written" for r in REPORTS[n:] for m in r.matches):
-                raise RuntimeError(f"tune: the {spelling} spelling was not rewritten at T={T}")
-            times: dict = {fn: [], op: []}
-            for f in (fn, op, fn, op):  # warm-up
-                f(*args)
-            for _ in range(reps):
-                for f in times:
-                    sync()
-                    t0 = time.perf_counter()
-                    f(*args)
-                    sync()
-                    times[f].append(time.perf_counter() - t0)
-        out.append((T, min(times[fn]), min(times[op])))  # min: robust to a shared machine's stalls
-    torch._dynamo.reset()
-    return out
-
-
+# ------------------------------------------------------------------ measured entries (``tune``)
 def crossover_work(spelling: str, rows, H=4, D=64, B=1) -> float:
     """The work from which the rewrite is faster at every larger measured length (0: at all)."""
     faster_from = None
@@ -308,16 +248,13 @@ def crossover_work(spelling: str, rows, H=4, D=64, B=1) -> float:
     return work(spelling, T, B * H, D, D)
 
 
-def tune(device, spellings=("parallel", "loop"), log=print) -> list[dict]:
-    """Measure this device and write its entries to ``user_file()`` (other devices' are kept)."""
+def record(kind: str, measured: dict, log=print) -> list[dict]:
+    """Write the crossovers of ``measured`` (spelling -> rows of ``bench.measure``) as the entries of
+    device kind ``kind`` in ``user_file()`` (other devices' are kept); return the new entries."""
     import datetime
 
-    kind = device_kind(device)
     new = []
-    for spelling in spellings:
-        rows = measure(spelling, device)
-        for T, a, b in rows:
-            log(f"  {spelling:8s} T={T:4d}: as written {a * 1e3:8.3f} ms, rewritten {b * 1e3:8.3f} ms ({a / b:5.2f}x)")
+    for spelling, rows in measured.items():
         w = crossover_work(spelling, rows)
         log(
             f"  {spelling}: keep as written below work {w:.3g} (T≈{crossover_T(spelling, w, 4, 64, 64)} at B·H=4, D=64)"
@@ -344,27 +281,3 @@ def tune(device, spellings=("parallel", "loop"), log=print) -> list[dict]:
     _changed()
     log(f"fla_compile tune: cost table for {kind} written to {path}")
     return new
-
-
-def tune_main(argv) -> tuple[int | None, list[str]]:
-    """The cost-table part of ``python -m fla_compile tune`` (``--costs``, ``--costs-only``); returns
-    (an exit status, or None to go on to the kernel tuning; the arguments left for that)."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m fla_compile tune", add_help=False)
-    p.add_argument(
-        "--costs",
-        action="store_true",
-        help="also measure where the op beats the code as written on this device (fla_compile/costs.py)",
-    )
-    p.add_argument("--costs-only", action="store_true", help="only the cost table (CPU or GPU), no kernel tuning")
-    p.add_argument("--device", default=None, help="the device to measure (default: cuda if present, else cpu)")
-    args, rest = p.parse_known_args(argv)
-    if "-h" in rest or "--help" in rest:
-        p.print_help()
-        return (0 if args.costs_only else None), rest
-    if args.costs or args.costs_only:
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        print(f"fla_compile tune: measuring the cost table on {device_kind(device)}")
-        tune(device)
-    return (0 if args.costs_only else None), rest

@@ -50,7 +50,8 @@ def out_batch(out: Layout, shape: tuple) -> tuple[tuple, tuple]:
 class RegionLayout:
     """The layout of a whole-sequence region: q, k, v and the output in their own layouts, the
     output's batch labels (folded into the op's heads) and sizes, the time dim of a gate role, how
-    a decay role holds retention's decay ("gamma" or its "log"), and the output's dtype."""
+    a decay role holds retention's decay ("gamma" or its "log"), the output's dtype, and the layout of
+    a per-key gate (gla: a vector over K per step, laid out as q)."""
 
     q: Layout
     k: Layout
@@ -61,6 +62,7 @@ class RegionLayout:
     gate_dim: int | None = None
     decay_form: str = ""
     out_dtype: Any = None
+    gate_layout: Layout | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ from . import costs
 from .patterns import chunked, cumsum, loop, parallel
 from .patterns._graph import specialize_sizes, to_ssa, value_of
 from .report import Match, Miss, Report
-from .rewrite import LoopLowering, is_zeros, rewrite_loop
+from .rewrite import LoopLowering, call_family, is_zeros, rewrite_loop
 from .verify import NearMiss, classify_loop, prove_loop, step_inputs
 
 log = logging.getLogger("fla_compile")
@@ -58,7 +58,7 @@ def loop_pass(graph: fx.Graph, opts: Options, report: Report) -> None:
             metas = step_inputs(step)  # constants made from literals (an identity matrix) keep their values
             state_meta = value_of(step.graph.find_nodes(op="placeholder")[0])
             rec = classify_loop(step, metas, state_meta)
-            err = prove_loop(step, metas, state_meta, rec) if opts.verify else float("nan")
+            err = prove_loop(step, metas, state_meta, rec, call_family) if opts.verify else float("nan")
         except (NearMiss, ValueError) as e:
             report.misses.append(Miss(loop.SPELLING, str(e), region.source))
             continue

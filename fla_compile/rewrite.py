@@ -165,6 +165,11 @@ class LoopLowering:
     def __repr__(self) -> str:
         return self.__name__
 
+    def same_call(self, other) -> bool:
+        """Whether ``other`` makes the same call apart from lengths (``@jit`` merges two probe lengths;
+        the wiring is compared node by node there, and the merged graph checked at a third length)."""
+        return isinstance(other, LoopLowering) and self.family == other.family
+
     def _hoist(self, role_args, T):
         """Whole-sequence values [T, *step shape] of the roles computed inside the step."""
         if not self.step_origins:
@@ -335,6 +340,8 @@ def form_op(rec: Recurrence, q, k, v, g=None) -> torch.Tensor:
         decay = decay.log() if lay.decay_form == "gamma" else decay
     elif rec.family == Family.RETENTION:
         decay = rec.decay
+    elif rec.family == Family.GLA:  # a per-key log-gate, laid out as q
+        gate = to_canon(g.to(acc), lay.gate_layout, lay.batch, lay.bsizes)
     elif rec.family != Family.LINEAR_ATTN:
         gate = gate_canon(g.to(acc), lay.gate_dim, lay.bsizes)
     o, _ = run_family(rec.family, q, k, v, gate=gate, decay=decay, scale=rec.scale)
@@ -379,6 +386,10 @@ class FormLowering:
     def __hash__(self) -> int:
         return hash(self.key())
 
+    def same_call(self, other) -> bool:
+        """Whether ``other`` makes the same call apart from lengths (``@jit`` merges two probe lengths)."""
+        return self == other
+
     def __call__(self, *args, cast=True):
         rec, lay, norm = self.rec, self.rec.layout, self.norm
         g = next((args[r.index] for r in (rec.gate, rec.decay) if isinstance(r, Arg)), None)
@@ -395,6 +406,11 @@ class FormLowering:
         if cast:
             num, den = num.to(lay.out_dtype), den.to(norm.dtype)
         return num, den
+
+
+def form_call(rec: Recurrence, *args):
+    """The op of a whole-sequence ``rec`` on its role values, uncast: what ``verify.prove_region`` runs."""
+    return FormLowering(rec)(*args, cast=False)
 
 
 def rewrite_form(outs: tuple, rec: Recurrence) -> None:

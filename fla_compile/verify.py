@@ -433,10 +433,11 @@ def _bind_gate(transition, c, values, dep, positive):
     raise NearMiss("the decay is not a value computed in the step, nor a constant")
 
 
-def prove_loop(step: fx.GraphModule, input_metas: list, state_meta, rec: Recurrence, trials: int = 2) -> float:
-    """Prove one step equals the family op (T = 1) on fresh probes; return the worst error."""
-    from .rewrite import call_family
+def prove_loop(step: fx.GraphModule, input_metas: list, state_meta, rec: Recurrence, op, trials: int = 2) -> float:
+    """Prove one step equals the family op (T = 1) on fresh probes; return the worst error.
 
+    ``op(rec, vals, h0)`` runs the op of ``rec`` on role values [T, *batch, D] and a state, and
+    returns (o, final state) (``rewrite.call_family``): verify knows the IR, not how it is lowered."""
     by_origin = {n.meta["fla_origin"]: n for n in step.graph.nodes if "fla_origin" in n.meta}
     gen = torch.Generator().manual_seed(4321)
     worst = 0.0
@@ -447,7 +448,7 @@ def prove_loop(step: fx.GraphModule, input_metas: list, state_meta, rec: Recurre
         roles = {"q": rec.q, "k": rec.k, "v": rec.v, "gate": rec.gate, "beta": rec.beta}
         roles = {n: r for n, r in roles.items() if r is not None}
         vals = {n: apply_recipe(env[by_origin[r.origin]], r.recipe, r.target)[None] for n, r in roles.items()}
-        o, ht = call_family(rec, vals, S)
+        o, ht = op(rec, vals, S)
         err = max(rel_err(ht, S1), rel_err(o[0].reshape(o1.shape), o1))
         if not err <= TOL:
             raise NearMiss(f"the {rec.family.value} op differs from the step on fresh inputs (rel err {err:.1e})")
@@ -455,19 +456,18 @@ def prove_loop(step: fx.GraphModule, input_metas: list, state_meta, rec: Recurre
     return worst
 
 
-def prove_region(gm: fx.GraphModule, args: list, recs: list[Recurrence], verify: bool = True) -> tuple:
+def prove_region(gm: fx.GraphModule, args: list, recs: list[Recurrence], op, verify: bool = True) -> tuple:
     """The first of ``recs`` (bindings of one whole-sequence region, in the order to try) whose op
     equals the region ``gm`` on the fresh probes ``args`` (its roles, in order), with its error.
 
+    ``op(rec, *args)`` runs the op of ``rec`` on the role values (``rewrite.form_call``).
     Unverified, the first binding the op accepts is taken (error NaN). None: a NearMiss with the errors.
     """
-    from .rewrite import FormLowering
-
     ref = run_region(gm, args, keep=())[0] if verify else None
     errs = []
     for rec in recs:
         try:
-            o = FormLowering(rec)(*args, cast=False)
+            o = op(rec, *args)
         except RuntimeError as e:
             errs.append(f"{rec.family.value}: {str(e).splitlines()[0]}")
             continue

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fla_compile
-from fla_compile import backend, costs, passes
+from fla_compile import backend, bench, costs, passes
 
 H, D = 2, 8
 # a tiny table: the parallel form runs as written below T=32 at B*H=2, K=8 (work 2*32*32*8)
@@ -184,8 +184,8 @@ def test_tune_writes_this_devices_entries(tmp_path, monkeypatch):
     other = {"device": "cuda-sm90", "family": "*", "spelling": "parallel", "min_work": 5}
     (tmp_path / "costs.json").write_text(json.dumps({"entries": [other]}))
     fake = {"parallel": [(16, 1.0, 3.0), (64, 1.0, 2.0), (256, 4.0, 1.0)], "loop": [(8, 2.0, 1.0)]}
-    monkeypatch.setattr(costs, "measure", lambda spelling, device: fake[spelling])
-    costs.tune("cpu", log=lambda *_: None)
+    monkeypatch.setattr(bench, "measure", lambda spelling, device: fake[spelling])
+    bench.tune_costs("cpu", log=lambda *_: None)
     written = json.loads((tmp_path / "costs.json").read_text())["entries"]
     assert other in written
     mine = {e["spelling"]: e["min_work"] for e in written if e["device"] == "cpu"}
@@ -198,7 +198,7 @@ def test_cli_tune_costs_only(tmp_path, monkeypatch, capsys):
     from fla_compile import cli
 
     monkeypatch.setenv("FLA_COMPILE_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(costs, "measure", lambda spelling, device: [(16, 1.0, 2.0), (64, 3.0, 1.0)])
+    monkeypatch.setattr(bench, "measure", lambda spelling, device: [(16, 1.0, 2.0), (64, 3.0, 1.0)])
     assert cli.main(["tune", "--costs-only"]) == 0
     assert "cost table for cpu written" in capsys.readouterr().out
     assert {e["spelling"] for e in json.loads((tmp_path / "costs.json").read_text())["entries"]} == {"parallel", "loop"}

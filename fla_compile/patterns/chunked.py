@@ -185,6 +185,15 @@ class FunctionLowering:
     def __repr__(self) -> str:
         return self.__name__
 
+    def same_call(self, other) -> bool:
+        """Whether ``other`` makes the same call apart from lengths (``@jit`` merges two probe lengths)."""
+        return (
+            isinstance(other, FunctionLowering)
+            and self.__name__ == other.__name__
+            and self.roles == other.roles
+            and self.rec.extras == other.rec.extras
+        )
+
     def __call__(self, *vals):
         o, ht = _op(self.roles, list(vals), self.rec.extras["l2norm"], self.rec.scale)
         outs = []

@@ -32,7 +32,7 @@ from ..ir import Family, Layout, Normalizer, Recurrence, RegionLayout, out_batch
 from ..report import Match, Miss, Report
 from ..rewrite import FormLowering, rewrite_form, role_nodes
 from ..verify import NearMiss, fit_scale, run_region
-from . import parallel as P
+from . import _region as R
 from ._graph import source_line, value_of
 
 SPELLING = "cumsum"
@@ -47,7 +47,7 @@ def _dim(node: fx.Node, pos: int, default=None):
 def _broadcast_labels(x: fx.Node, full: tuple, labels: tuple) -> tuple | None:
     """Labels of ``x`` broadcast (right-aligned) against a value of shape ``full`` labelled ``labels``;
     None marks a size-1 dim that broadcasts."""
-    sx = P.shape_of(x)
+    sx = R.shape_of(x)
     if sx is None or len(sx) > len(full):
         return None
     off = len(full) - len(sx)
@@ -64,17 +64,17 @@ def _broadcast_labels(x: fx.Node, full: tuple, labels: tuple) -> tuple | None:
 
 def outer_operands(p: fx.Node) -> tuple | None:
     """((a, labels), (b, labels)) of an outer product, labelled by the positions of ``p``."""
-    sp = P.shape_of(p)
+    sp = R.shape_of(p)
     if sp is None:
         return None
     lp = tuple(range(len(sp)))
     if p.target in MUL and len(p.args) == 2 and all(isinstance(a, fx.Node) for a in p.args):
         la, lb = (_broadcast_labels(a, sp, lp) for a in p.args)
         return None if la is None or lb is None else ((p.args[0], la), (p.args[1], lb))
-    c = P.contraction(p)
+    c = R.contraction(p)
     if c is None:
         return None
-    sa, sb = P.sizes(c.a, c.la), P.sizes(c.b, c.lb)
+    sa, sb = R.sizes(c.a, c.la), R.sizes(c.b, c.lb)
     to_p = dict(zip(c.lo, lp))
     for x in c.la + c.lb:
         if x not in to_p:
@@ -90,16 +90,16 @@ def readout(s: fx.Node) -> tuple | None:
     if len(s.users) != 1:
         return None
     (r,) = s.users
-    ss = P.shape_of(s)
+    ss = R.shape_of(s)
     ls = tuple(range(len(ss)))
-    c = P.contraction(r)
+    c = R.contraction(r)
     if c is not None:
         q, lq, lx = (c.b, c.lb, c.la) if c.a is s else (c.a, c.la, c.lb)
         if q is s:
             return None
         to_s = dict(zip(lx, ls))
-        sq = P.sizes(q, lq)
-        so = P.sizes(r, c.lo)
+        sq = R.sizes(q, lq)
+        so = R.sizes(r, c.lo)
         for x in lq + c.lo:
             if x not in to_s:  # a dim S does not have: only a size-1 row or column may
                 if sq.get(x, 1) != 1 or so.get(x, 1) != 1:
@@ -110,7 +110,7 @@ def readout(s: fx.Node) -> tuple | None:
     if r.target in MUL and len(r.args) == 2 and len(r.users) == 1:
         (red,) = r.users
         q = r.args[1] if r.args[0] is s else r.args[0]
-        sr = P.shape_of(r)
+        sr = R.shape_of(r)
         if not isinstance(q, fx.Node) or q is s or sr is None or len(sr) != len(ss) or red.target not in SUM:
             return None
         lq = _broadcast_labels(q, sr, ls)
@@ -130,7 +130,7 @@ def match(cs: fx.Node, opts):
     nodes it replaces), None if ``cs`` is no prefix sum of an outer product; NearMiss with the reason."""
     p = cs.args[0]
     dim = _dim(cs, 1)
-    sp = P.shape_of(p)
+    sp = R.shape_of(p)
     if not isinstance(p, fx.Node) or sp is None or not isinstance(dim, int):
         return None
     ops = outer_operands(p)
@@ -159,8 +159,8 @@ def match(cs: fx.Node, opts):
     if t not in lq or t not in lo or dv not in lo:
         raise NearMiss("q or the output has no time dim matching the cumsum")
     out_layout = Layout(lo, t, dv)
-    batch, bsizes = out_batch(out_layout, P.shape_of(out))
-    why = P.inner_users(P.cone(out, {q, k, v}), out, [q, k, v])
+    batch, bsizes = out_batch(out_layout, R.shape_of(out))
+    why = R.inner_users(R.cone(out, {q, k, v}), out, [q, k, v])
     if why:
         raise NearMiss(why)
     layout = RegionLayout(
@@ -174,20 +174,20 @@ def match(cs: fx.Node, opts):
     )
     rec = Recurrence(Family.LINEAR_ATTN, q, k, v, layout=layout, spelling=SPELLING, source=source_line(cs))
     roles = role_nodes(rec)
-    gm, _ = P.extract(out, roles)
+    gm, _ = R.extract(out, roles)
     gen = torch.Generator().manual_seed(20261124)
-    args = [P.probe_role(r, gen) for r in roles]
+    args = [R.probe_role(r, gen) for r in roles]
     ref, _ = run_region(gm, args, keep=())
     scale = fit_scale(ref, FormLowering(rec)(*args, cast=False).to(ref.dtype))
     if not math.isfinite(scale) or scale == 0:
         raise NearMiss("the read-out is not a multiple of S_t^T q_t")
-    rec, err = P.prove(gm, [rec.replace(scale=scale)], opts)
+    rec, err = R.prove(gm, [rec.replace(scale=scale)], opts)
     return normalizer(cs, rec, out, opts) or (rec, err, (out,))
 
 
 def run_pass(graph: fx.Graph, opts, report: Report) -> None:
     """Find, prove and rewrite every cumsum-of-outer-products read by q in ``graph``."""
-    for cs in [n for n in graph.nodes if n.target in P.CUMSUM]:
+    for cs in [n for n in graph.nodes if n.target in R.CUMSUM]:
         if cs not in set(graph.nodes):
             continue
         src = source_line(cs)
@@ -244,19 +244,19 @@ def normalizer(cs: fx.Node, rec: Recurrence, out: fx.Node, opts):
     q, k = rec.q, rec.k
     rq, rk = root(q), root(k)
     for z in cs.graph.nodes:
-        if z.target not in P.CUMSUM or z is cs or not isinstance(z.args[0], fx.Node) or root(z.args[0]) is not rk:
+        if z.target not in R.CUMSUM or z is cs or not isinstance(z.args[0], fx.Node) or root(z.args[0]) is not rk:
             continue
         read, dim = readout(z), _dim(z, 1)
         if read is None or not isinstance(dim, int):
             continue
         den, qd, lqd, lod, contracted = read
-        t = dim % len(P.shape_of(z))
+        t = dim % len(R.shape_of(z))
         if root(qd) is not rq or len(contracted) != 1 or t == contracted[0] or t not in lod:
             continue
         den_layout = Layout(lod, t, "den")
-        if out_batch(den_layout, P.shape_of(den))[1] != rec.layout.bsizes:
+        if out_batch(den_layout, R.shape_of(den))[1] != rec.layout.bsizes:
             continue
-        if P.inner_users(P.cone(den, {qd, z.args[0]}), den, [qd, z.args[0]]):
+        if R.inner_users(R.cone(den, {qd, z.args[0]}), den, [qd, z.args[0]]):
             continue
         try:
             return _fuse(rec, out, den, den_layout, opts)
@@ -269,13 +269,13 @@ def _fuse(rec: Recurrence, out: fx.Node, den: fx.Node, den_layout: Layout, opts)
     roles = (rec.q, rec.k, rec.v)
     fused = rec.replace(q=root(rec.q), k=root(rec.k), v=root(rec.v))
     roots = role_nodes(fused)
-    views, _ = P.extract(roles, roots)
-    joint, _ = P.extract((out, den), roots)
+    views, _ = R.extract(roles, roots)
+    joint, _ = R.extract((out, den), roots)
     lv = rec.layout.v
-    den_batch = out_batch(den_layout, P.shape_of(den))[0]
+    den_batch = out_batch(den_layout, R.shape_of(den))[0]
     norm = Normalizer(views, lv.labels.index(lv.feat), den_layout, den_batch, value_of(den).dtype)
     gen = torch.Generator().manual_seed(20261125)
-    args = [P.probe_role(r, gen) for r in roots]
+    args = [R.probe_role(r, gen) for r in roots]
     ref, _ = run_region(joint, args, keep=())
     ratio = fit_scale(
         ref[1], FormLowering(fused.replace(extras={"normalizer": norm}))(*args, cast=False)[1].to(ref[1].dtype)
@@ -283,5 +283,5 @@ def _fuse(rec: Recurrence, out: fx.Node, den: fx.Node, den_layout: Layout, opts)
     if not math.isfinite(ratio) or ratio == 0:
         raise NearMiss("the normalizer is not a multiple of q . cumsum(k)")
     fused = fused.replace(extras={"normalizer": dataclasses.replace(norm, ratio=ratio)})
-    rec, err = P.prove(joint, [fused], opts)
+    rec, err = R.prove(joint, [fused], opts)
     return rec, err, (out, den)

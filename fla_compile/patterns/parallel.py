@@ -8,7 +8,9 @@ region (the sub-DAG from the role nodes to the output) runs on random float64 pr
 ratio of the masked to the raw scores is the mask M, which must not depend on q, k
 (softmax does), must be zero above the diagonal (causal) and a constant on it (the scale);
 then M is a constant (linear_attn), gamma^{i-j} (retention) or exp(c_i - c_j) of a cumsum
-in the region (simple_gla, with the cumsum's input as the gate). The result is a
+in the region (simple_gla, with the cumsum's input as the gate). A linear_attn whose q and k are
+factored per-key decays, ``(q e^G)(k e^-G)^T`` with G a cumsum over time of per-key log-gates g, is gla
+on q, k, v, g (``per_key_gla``: proven anew; its factors overflow at long T, the op does not). The result is a
 ``Recurrence`` (roles: nodes; ``layout``: a ``RegionLayout``), proven on fresh probes against
 the family op (``verify.prove_region``) before the output node is replaced by one call
 (``rewrite.rewrite_form``).
@@ -17,13 +19,14 @@ Softmax attention (scores through softmax or exp, sigmoid attention, and
 ``scaled_dot_product_attention``, ``flex_attention``) is recognised and reported as "not a recurrence", for
 information: never rewritten, and no error under ``strict``.
 
-The helpers here (labels of contractions, region extraction) are shared with the ``cumsum``
-spelling.
+The labels of contractions, the region extraction and the proof are shared with the ``cumsum``
+spelling (``_region.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import operator
 
@@ -35,180 +38,27 @@ from .. import costs
 from ..ir import Family, Layout, Recurrence, RegionLayout, out_batch
 from ..report import Grade, Match, Miss, Report
 from ..rewrite import head_canon, rewrite_form, role_nodes, to_canon
-from ..verify import TOL, NearMiss, NotARecurrence, probe, prove_region, rel_err, run_region
+from ..verify import TOL, NearMiss, NotARecurrence, rel_err, run_region
 from ._graph import source_line, value_of
+from ._region import (
+    CUMSUM,
+    Contraction,
+    cone,
+    constant_nodes,
+    contraction,
+    extract,
+    inner_users,
+    probe_role,
+    prove,
+    shape_of,
+    sizes,
+)
 
 SPELLING = "parallel"
-EINSUM = {torch.einsum, "einsum"}
-MATMUL = {torch.matmul, operator.matmul, torch.bmm, "matmul", "bmm", "__matmul__"}
-CUMSUM = {torch.cumsum, "cumsum"}
+log = logging.getLogger("fla_compile")
 SOFTMAX = {torch.softmax, F.softmax, "softmax", torch.exp, "exp", F.log_softmax, "log_softmax"}
 SIGMOID = {torch.sigmoid, F.sigmoid, "sigmoid"}
 UNSQUEEZE = {operator.getitem, torch.unsqueeze, "unsqueeze", "view", "reshape", torch.reshape}
-RANDOM = {torch.rand, torch.randn, torch.randint, torch.rand_like, torch.randn_like, torch.bernoulli, F.dropout}
-RANDOM_METHODS = {"bernoulli", "bernoulli_", "uniform_", "normal_", "random_", "exponential_"}
-
-
-# ---------------------------------------------------------------- labels of a contraction
-@dataclasses.dataclass(frozen=True)
-class Contraction:
-    """A two-operand contraction as einsum labels (one label per dim, any hashable)."""
-
-    a: fx.Node
-    b: fx.Node
-    la: tuple
-    lb: tuple
-    lo: tuple
-
-
-def shape_of(node) -> tuple | None:
-    """The static shape of a node's tensor value, or None (not a tensor, dynamic size)."""
-    v = value_of(node) if isinstance(node, fx.Node) else None
-    if not isinstance(v, torch.Tensor):
-        return None
-    try:
-        return tuple(int(s) for s in v.shape)
-    except (TypeError, ValueError):
-        return None
-
-
-def _einsum_labels(eq: str, shapes: list) -> tuple[list, tuple] | None:
-    eq = eq.replace(" ", "")
-    lhs, _, rhs = eq.partition("->")
-    terms = lhs.split(",")
-    if len(terms) != len(shapes):
-        return None
-    out_ell = 0
-    labels = []
-    for term, shape in zip(terms, shapes):
-        explicit = term.replace("...", "")
-        n_ell = len(shape) - len(explicit)
-        if n_ell < 0 or (n_ell and "..." not in term):
-            return None
-        out_ell = max(out_ell, n_ell)
-        pre, _, post = term.partition("...")
-        labels.append(tuple(pre) + tuple(f"...{i}" for i in range(n_ell - 1, -1, -1)) + tuple(post))
-    if "->" not in eq:
-        counts: dict = {}
-        for t in lhs.replace("...", "").replace(",", ""):
-            counts[t] = counts.get(t, 0) + 1
-        rhs = "..." + "".join(sorted(c for c, n in counts.items() if n == 1))
-    pre, _, post = rhs.partition("...")
-    out = tuple(pre) + (tuple(f"...{i}" for i in range(out_ell - 1, -1, -1)) if "..." in rhs else ()) + tuple(post)
-    return labels, out
-
-
-def contraction(node: fx.Node) -> Contraction | None:
-    """``node`` as a two-operand einsum, for einsum, matmul, bmm and ``@``."""
-    if node.op not in ("call_function", "call_method") or node.kwargs:
-        return None
-    t = node.target
-    if t in EINSUM and node.args and isinstance(node.args[0], str):
-        ops = node.args[1:]
-        if len(ops) == 1 and isinstance(ops[0], (list, tuple)):
-            ops = tuple(ops[0])
-        if len(ops) != 2 or not all(isinstance(o, fx.Node) for o in ops):
-            return None
-        shapes = [shape_of(o) for o in ops]
-        if any(s is None for s in shapes):
-            return None
-        parsed = _einsum_labels(node.args[0], shapes)
-        if parsed is None:
-            return None
-        (la, lb), lo = parsed
-        return Contraction(ops[0], ops[1], la, lb, lo)
-    if t in MATMUL and len(node.args) == 2 and all(isinstance(o, fx.Node) for o in node.args):
-        a, b = node.args
-        sa, sb = shape_of(a), shape_of(b)
-        if sa is None or sb is None or len(sa) < 2 or len(sb) < 2:
-            return None
-        nb = max(len(sa), len(sb)) - 2
-        batch = tuple(f"@{i}" for i in range(nb - 1, -1, -1))
-        la = batch[nb - (len(sa) - 2) :] + ("@i", "@j")
-        lb = batch[nb - (len(sb) - 2) :] + ("@j", "@k")
-        return Contraction(a, b, la, lb, batch + ("@i", "@k"))
-    return None
-
-
-def sizes(node: fx.Node, labels: tuple) -> dict:
-    """label -> size of ``node``'s value."""
-    return dict(zip(labels, shape_of(node)))
-
-
-# ---------------------------------------------------------------- regions
-def constant_nodes(graph: fx.Graph) -> set:
-    """Nodes whose value depends on no runtime value (inputs, attributes, random draws)."""
-    const = set()
-    for n in graph.nodes:
-        if n.op in ("call_function", "call_method") and not is_random(n):
-            if all(a in const for a in n.all_input_nodes):
-                const.add(n)
-    return const
-
-
-def is_random(n: fx.Node) -> bool:
-    return n.target in RANDOM or (n.op == "call_method" and n.target in RANDOM_METHODS)
-
-
-def cone(out: fx.Node, stops: set) -> list[fx.Node]:
-    """The nodes ``out`` depends on, stopping at ``stops``, in graph order."""
-    seen, todo = set(), [out]
-    while todo:
-        n = todo.pop()
-        if n in seen or n in stops:
-            continue
-        seen.add(n)
-        todo.extend(n.all_input_nodes)
-    return [n for n in out.graph.nodes if n in seen]
-
-
-def extract(out, roles: list[fx.Node]) -> tuple[fx.GraphModule, dict]:
-    """The region from the (distinct) role nodes to ``out`` (a node or a tuple of nodes) as a
-    GraphModule with the roles as inputs, in order.
-
-    Raises NearMiss if the region reads any other runtime value: it could not be recomputed."""
-    g = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
-    for i, r in enumerate(dict.fromkeys(roles)):
-        env[r] = g.placeholder(f"role{i}")
-        env[r].meta = dict(r.meta)
-    outs = out if isinstance(out, tuple) else (out,)
-    region = dict.fromkeys(n for o in outs for n in cone(o, set(roles)))
-    for n in [n for n in outs[0].graph.nodes if n in region]:
-        if n.op in ("placeholder", "get_attr"):
-            raise NearMiss(f"the region depends on the runtime value '{n.name}' (not provable)")
-        if is_random(n):
-            raise NearMiss(f"the region draws random numbers at '{n.name}'")
-        if n.op not in ("call_function", "call_method"):
-            raise NearMiss(f"the region calls '{n.target}', which cannot be replayed")
-        env[n] = g.node_copy(n, lambda a: env[a])
-    g.output(tuple(env[o] for o in outs) if isinstance(out, tuple) else env[out])
-    return fx.GraphModule(torch.nn.Module(), g), env
-
-
-def probe_role(node: fx.Node, gen: torch.Generator, kind=None) -> torch.Tensor:
-    """Probe values for a role node (see ``verify.probe`` for ``kind``), on the role's device."""
-    v = value_of(node)
-    if not isinstance(v, torch.Tensor) or not v.is_floating_point():
-        raise NearMiss(f"the role value '{node.name}' is not a float tensor")
-    return probe(shape_of(node), gen, kind, v.device)
-
-
-def inner_users(region: list[fx.Node], out: fx.Node, roles: list[fx.Node]) -> str | None:
-    """A node of the region computed from the roles (other than the output) that is also used
-    outside it: it would stay alive, and so would the work the rewrite is meant to remove."""
-    inside = set(region)
-    dep = set(roles)
-    for n in region:
-        if any(a in dep for a in n.all_input_nodes):
-            dep.add(n)
-    for n in region:
-        if n is out or n not in dep or n in roles:
-            continue
-        for u in n.users:
-            if u not in inside:
-                return f"'{n.name}' is also used by '{u.name}' outside the region; rewriting would not remove it"
-    return None
 
 
 # ---------------------------------------------------------------- the parallel form
@@ -428,9 +278,11 @@ def match(graph: fx.Graph, cand: Candidate, const: set, opts) -> tuple[Recurrenc
     reasons = []
     for span in spans:
         try:
-            return _classify_and_prove(cand, gm, env, base, gate[1] if gate else [], span, opts)
+            rec, err = _classify_and_prove(cand, gm, env, base, gate[1] if gate else [], span, opts)
         except NearMiss as e:
             reasons.append(str(e))
+            continue
+        return (per_key_gla(cand, rec, opts) if rec.family == Family.LINEAR_ATTN else None) or (rec, err)
     raise NearMiss(
         reasons[0] if len(set(reasons)) == 1 else "; ".join(f"probe {i}: {r}" for i, r in enumerate(reasons))
     )
@@ -481,11 +333,92 @@ def _classify_and_prove(cand, gm, env, base: Recurrence, gate_dims: list, span: 
     return prove(gm, tries, opts, span)
 
 
-def prove(gm: fx.GraphModule, recs: list[Recurrence], opts, span=None) -> tuple[Recurrence, float]:
-    """Prove bindings of the region ``gm`` (its inputs: the roles of ``recs``) on fresh probes."""
-    gen = torch.Generator().manual_seed(11232026)
-    args = [probe_role(r, gen, (span or {}).get(r)) for r in role_nodes(recs[0])]
-    return prove_region(gm, args, recs, opts.verify)
+# ---------------------------------------------------------------- per-key decays (gla)
+MUL = {operator.mul, torch.mul, "mul", "__mul__"}
+DIV = {operator.truediv, torch.div, torch.true_divide, "div", "__truediv__"}
+NEG = {operator.neg, torch.neg, "neg", "__neg__"}
+EXP = {torch.exp, "exp"}
+
+
+def _dims(node: fx.Node) -> tuple:
+    """The dim arguments of a transpose / permute node."""
+    args = node.args[1:] or tuple(node.kwargs.values())
+    return tuple(args[0]) if len(args) == 1 and isinstance(args[0], (list, tuple)) else tuple(args)
+
+
+def _undo_views(node: fx.Node, labels: tuple) -> tuple[fx.Node, tuple]:
+    """Walk back from ``node`` through transposes, permutes and same-shape casts, carrying its labels
+    to the value they view."""
+    while isinstance(node, fx.Node) and node.args and isinstance(node.args[0], fx.Node):
+        t, n = node.target, len(labels)
+        if t in ("transpose", torch.transpose) and len(_dims(node)) == 2:
+            a, b = (d % n for d in _dims(node))
+            labels = tuple(labels[b] if i == a else labels[a] if i == b else x for i, x in enumerate(labels))
+        elif t in ("permute", torch.permute) and len(_dims(node)) == n:
+            back = [None] * n
+            for i, d in enumerate(_dims(node)):
+                back[d % n] = labels[i]
+            labels = tuple(back)
+        elif not (t in ("contiguous", "float") and len(node.args) == 1 and not node.kwargs):
+            break
+        node = node.args[0]
+    return node, labels
+
+
+def _exp_factor(node: fx.Node, sign: int):
+    """(the role, G) of ``role * exp(sign * G)`` (``role / exp(G)`` for sign -1), shapes equal."""
+    if not isinstance(node, fx.Node) or len(node.args) != 2 or node.kwargs:
+        return None
+    a, b = node.args
+    pairs = [(a, b), (b, a)] if node.target in MUL else [(a, b)] if node.target in DIV and sign < 0 else []
+    for role, e in pairs:
+        if not (isinstance(role, fx.Node) and isinstance(e, fx.Node) and e.target in EXP and len(e.args) == 1):
+            continue
+        x = e.args[0]
+        if node.target in MUL and sign < 0:
+            x = x.args[0] if isinstance(x, fx.Node) and x.target in NEG and len(x.args) == 1 else None
+        shapes = {shape_of(role), shape_of(node), shape_of(x) if isinstance(x, fx.Node) else None}
+        if isinstance(x, fx.Node) and len(shapes) == 1 and None not in shapes:
+            return role, x
+    return None
+
+
+def per_key_gla(cand: Candidate, lin: Recurrence, opts) -> tuple[Recurrence, float] | None:
+    """GLA's factored parallel form: the proven linear_attn ``lin`` of ``(q e^G)(k e^-G)^T``, masked
+    causally, with G the cumsum over time of per-key log-gates g, is gla on q, k, v, g (exact where the
+    factors overflow, as they do at long T). None: not that form (``lin`` stands); it is proven anew."""
+    lq, lk = cand.layouts[0].labels, cand.layouts[1].labels
+    qm, lq = _undo_views(cand.q, lq)
+    km, lk = _undo_views(cand.k, lk)
+    fq, fk = _exp_factor(qm, 1), _exp_factor(km, -1)
+    if fq is None or fk is None or fq[1] is not fk[1] or fq[1].target not in CUMSUM:
+        return None
+    G = fq[1]
+    g, dim = G.args[0], G.args[1] if len(G.args) > 1 else G.kwargs.get("dim")
+    feat = cand.layouts[0].feat
+    if not isinstance(g, fx.Node) or shape_of(g) != shape_of(G) or not isinstance(dim, int):
+        return None
+    if lq[dim % len(lq)] != cand.t or lk[dim % len(lk)] != cand.s or feat not in lq or lq.count(feat) != 1:
+        return None
+    (q, _), (k, _) = fq, fk
+    lay = dataclasses.replace(
+        lin.layout,
+        q=Layout(lq, cand.t, feat),
+        k=Layout(lk, cand.s, feat),
+        gate_layout=Layout(lq, cand.t, feat),
+    )
+    rec = lin.replace(family=Family.GLA, q=q, k=k, gate=g, layout=lay)
+    try:
+        region = cone(cand.out, set(role_nodes(rec)))
+        why = inner_users(region, cand.out, role_nodes(rec))
+        if why:
+            raise NearMiss(why)
+        gm, _ = extract(cand.out, role_nodes(rec))
+        span = (-min(1.0, 20.0 / cand.T), 0.0)  # |G| <= 20: the factors e^{+-G} stay finite at any T
+        return prove(gm, [rec], opts, {g: span})
+    except NearMiss as e:
+        log.debug("parallel at %s: per-key decays not proven (%s); matched as linear_attn", lin.source, e)
+        return None
 
 
 _ATTENTION_OPS = ("scaled_dot_product_attention", "flex_attention")

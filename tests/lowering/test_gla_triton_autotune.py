@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fla_compile.lowering.common import autotune
+from fla_compile.lowering.gla import tuning
 
 
 def _interpreting() -> bool:
@@ -85,9 +86,9 @@ def test_tune_picks_fastest_screened(monkeypatch):
     cands = [{"BT": 64, "id": 0}, {"BT": 32, "id": 1}, {"BT": 16, "id": 2}]
     monkeypatch.setattr(autotune, "arch_of", lambda device: "sm90")
     monkeypatch.setattr(autotune, "candidates", lambda *a: cands)
-    monkeypatch.setattr(autotune, "screen", lambda *a: "wrong" if a[5]["id"] == 2 else None)
-    monkeypatch.setattr(autotune, "_time", lambda *a: {0: 2.0, 1: 1.0, 2: 0.1}[a[6]["id"]])
-    assert autotune.tune("chunk", "vector", 64, 64, torch.bfloat16, 2048, None)["id"] == 1
+    monkeypatch.setattr(tuning, "screen", lambda *a: "wrong" if a[5]["id"] == 2 else None)
+    monkeypatch.setattr(tuning, "_time", lambda *a: {0: 2.0, 1: 1.0, 2: 0.1}[a[6]["id"]])
+    assert tuning.tune("chunk", "vector", 64, 64, torch.bfloat16, 2048, None)["id"] == 1
 
 
 @pytest.mark.skipif(not INTERPRET, reason="screens through the Triton interpreter")
@@ -96,19 +97,19 @@ def test_screen_rejects_wrong_and_nondeterministic(monkeypatch):
 
     cfg = {"BT": 16, "BK": 16, "BV": 16}
     cpu = torch.device("cpu")
-    assert autotune.screen("chunk", "scalar", 16, 16, torch.float32, cfg, cpu, T=20) is None
-    assert autotune.screen("decode", "vector", 16, 16, torch.float32, {"BV": 16}, cpu, T=5) is None
+    assert tuning.screen("chunk", "scalar", 16, 16, torch.float32, cfg, cpu, T=20) is None
+    assert tuning.screen("decode", "vector", 16, 16, torch.float32, {"BV": 16}, cpu, T=5) is None
 
     real = gla_triton.chunk_forward
     monkeypatch.setattr(gla_triton, "chunk_forward", lambda *a, **kw: (real(*a, **kw)[0] * 1.01, real(*a, **kw)[1]))
-    assert "relative error" in autotune.screen("chunk", "scalar", 16, 16, torch.float32, cfg, cpu, T=20)
+    assert "relative error" in tuning.screen("chunk", "scalar", 16, 16, torch.float32, cfg, cpu, T=20)
 
     def noisy(*a, **kw):
         o, ht = real(*a, **kw)
         return o + 1e-9 * torch.randn_like(o), ht
 
     monkeypatch.setattr(gla_triton, "chunk_forward", noisy)
-    assert "not deterministic" in autotune.screen("chunk", "scalar", 16, 16, torch.float32, cfg, cpu, T=20)
+    assert "not deterministic" in tuning.screen("chunk", "scalar", 16, 16, torch.float32, cfg, cpu, T=20)
 
 
 @pytest.mark.skipif(not INTERPRET, reason="screens through the Triton interpreter")
@@ -121,7 +122,7 @@ def test_screen_under_no_grad(mode):
     results = []
 
     def run():
-        results.append(autotune.screen("chunk", "scalar", 16, 16, torch.float32, cfg, torch.device("cpu"), T=20))
+        results.append(tuning.screen("chunk", "scalar", 16, 16, torch.float32, cfg, torch.device("cpu"), T=20))
         results.append((torch.is_grad_enabled(), torch.is_inference_mode_enabled()))
 
     if mode == "op_forward":
@@ -149,9 +150,9 @@ def test_screen_under_no_grad_cuda():
     """As on the CPU, with the arch's own candidates: every one that passes with autograd passes without."""
     device = torch.device("cuda")
     for cfg in autotune.candidates("chunk", "vector", autotune.arch_of(device))[:2]:
-        with_grad = autotune.screen("chunk", "vector", 64, 64, torch.bfloat16, cfg, device)
+        with_grad = tuning.screen("chunk", "vector", 64, 64, torch.bfloat16, cfg, device)
         with torch.no_grad():
-            assert autotune.screen("chunk", "vector", 64, 64, torch.bfloat16, cfg, device) == with_grad, cfg
+            assert tuning.screen("chunk", "vector", 64, 64, torch.bfloat16, cfg, device) == with_grad, cfg
 
 
 def test_cli_without_cuda():
@@ -159,15 +160,15 @@ def test_cli_without_cuda():
         pytest.skip("has CUDA")
     out = subprocess.run([sys.executable, "-m", "fla_compile", "tune", "--dims", "64"], capture_output=True, text=True)
     assert out.returncode == 1 and "no CUDA" in out.stderr
-    assert autotune.tune_main(["--dims", "64"]) == 1
+    assert tuning.tune_main(["--dims", "64"]) == 1
 
 
 def test_tune_returns_none_when_nothing_survives(monkeypatch):
     """No survivor: tune says so, lookup returns the default and stores nothing."""
     monkeypatch.setattr(autotune, "arch_of", lambda device: "sm90")
     monkeypatch.setattr(autotune, "candidates", lambda *a: [{"BT": 64, "id": 0}])
-    monkeypatch.setattr(autotune, "screen", lambda *a: "wrong")
-    assert autotune.tune("chunk", "vector", 64, 64, torch.bfloat16, 2048, None) is None
+    monkeypatch.setattr(tuning, "screen", lambda *a: "wrong")
+    assert tuning.tune("chunk", "vector", 64, 64, torch.bfloat16, 2048, None) is None
 
 
 def test_lookup_stores_nothing_without_survivor(tmp_path):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import fla_compile
 from fla_compile import passes, verify
-from fla_compile.patterns import chunked, parallel
+from fla_compile.patterns import _region, chunked
 
 B, T, H, K, V = 2, 6, 2, 4, 4
 
@@ -243,7 +243,7 @@ def test_the_proof_stops_it(case):
 def stub_proofs(monkeypatch):
     """Replace every proof by one that always succeeds (the bindings are still made as usual)."""
 
-    def region(gm, args, recs, verify=True):
+    def region(gm, args, recs, *_, **__):
         return recs[0], 0.0
 
     def function(gm, inputs, outputs, roles, gen):
@@ -256,7 +256,7 @@ def stub_proofs(monkeypatch):
 
     monkeypatch.setattr(passes, "prove_loop", lambda *a, **k: 0.0)
     monkeypatch.setattr(verify, "prove_region", region)
-    monkeypatch.setattr(parallel, "prove_region", region)
+    monkeypatch.setattr(_region, "prove_region", region)
     monkeypatch.setattr(chunked, "_prove", function)
 
 

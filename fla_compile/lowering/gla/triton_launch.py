@@ -76,7 +76,9 @@ def _config(kind, q, v, T, cu_seqlens, config):
         return config
     from ..common.autotune import get_config
 
-    return get_config("chunk", kind, q.shape[-1], v.shape[-1], v.dtype, T, q.device, varlen=cu_seqlens is not None)
+    return get_config(
+        "chunk", kind, q.shape[-1], v.shape[-1], v.dtype, T, q.device, varlen=cu_seqlens is not None, line="gla"
+    )
 
 
 def _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, device, cfg):
@@ -367,7 +369,7 @@ def fused_recurrent(
     if config is None:
         from ..common.autotune import get_config
 
-        config = get_config("decode", gate_kind, K, V, v.dtype, T, q.device, varlen=cu_seqlens is not None)
+        config = get_config("decode", gate_kind, K, V, v.dtype, T, q.device, varlen=cu_seqlens is not None, line="gla")
     BK, BV = launch.pow2(K), min(config["BV"], launch.pow2(V))
     if inplace_state:
         if initial_state is None or initial_state.dtype != torch.float32 or not initial_state.is_contiguous():
