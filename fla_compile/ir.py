@@ -25,6 +25,7 @@ class Family(str, enum.Enum):
     DELTA_RULE = "delta_rule"  # S = (I - b k k^T) S + b k v^T
     GATED_DELTA_RULE = "gated_delta_rule"  # S = exp(g_t)(I - b k k^T) S + b k v^T
     KDA = "kda"  # S = (I - b k k^T) diag(exp(gk_t)) S + b k v^T
+    RWKV6 = "rwkv6"  # S = diag(exp(w_t)) S + k v^T, o = (S_{t-1} + diag(u) k v^T)^T r: gla with a bonus u
 
     def __str__(self) -> str:
         return self.value
