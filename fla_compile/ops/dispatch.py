@@ -8,7 +8,18 @@ from ..ir import Family
 
 
 def run_family(
-    family: Family, q, k, v, *, gate=None, beta=None, decay=None, scale=1.0, initial_state=None, l2norm=False, bonus=None
+    family: Family,
+    q,
+    k,
+    v,
+    *,
+    gate=None,
+    beta=None,
+    decay=None,
+    scale=1.0,
+    initial_state=None,
+    l2norm=False,
+    bonus=None,
 ):
     """(o, final state) of ``torch.ops.fla_compile.<family>`` on [B, T, H, D] inputs.
 

@@ -21,9 +21,7 @@ _RWKV6 = FAMILIES["rwkv6"]
 
 
 def _rwkv6_fwd(q, k, v, w, u, *, scale, initial_state, cu_seqlens, saved=(None,)):
-    return _RWKV6.forward(
-        q, k, v, w, _RWKV6.gate_kind, scale, initial_state, cu_seqlens, A_out=saved[0], bonus=u
-    )
+    return _RWKV6.forward(q, k, v, w, _RWKV6.gate_kind, scale, initial_state, cu_seqlens, A_out=saved[0], bonus=u)
 
 
 def _rwkv6_saved(q, k, v, w, u, *, initial_state, cu_seqlens):

@@ -81,7 +81,9 @@ def gla_line_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens
     inputs = [q, k, v, gate, initial_state] + ([bonus] if bonus is not None else [])
     with torch.enable_grad():
         leaves = [x.detach().requires_grad_() if x is not None else None for x in inputs]
-        o, ht = gla_line_forward(*leaves[:4], gate_kind, scale, leaves[4], cu_seqlens, bonus=leaves[5] if bonus is not None else None)
+        o, ht = gla_line_forward(
+            *leaves[:4], gate_kind, scale, leaves[4], cu_seqlens, bonus=leaves[5] if bonus is not None else None
+        )
         wrt = [x for x in leaves if x is not None]
         grads = iter(torch.autograd.grad((o, ht), wrt, (do.to(o.dtype), dht.to(ht.dtype)), allow_unused=True))
     out = []
