@@ -95,6 +95,7 @@ class Recurrence:
         decay: retention's constant log-decay (a float, a tuple of one per head, or a role holding
             one per head).
         beta: the delta-rule write strength, None for the GLA line.
+        bonus: rwkv6's u (per head and key dim): the output reads S_{t-1} plus (q . (u k)) v.
         scale: the factor applied to q (o_t = scale * S_t^T q_t).
         initial_state: role of S_0 in [B, H, K, V], or None for zeros.
         output_final_state: whether S_T is used after the region.
@@ -116,6 +117,7 @@ class Recurrence:
     gate: Any = None
     decay: Any = None
     beta: Any = None
+    bonus: Any = None
     scale: float = 1.0
     initial_state: Any = None
     output_final_state: bool = False
