@@ -66,7 +66,6 @@ def reference(r, k, v, w, u, scale, h0, cu, do=None, dht=None):
 
 
 CASES = {
-    "T17": dict(T=17),
     "T40_gqa": dict(T=40, H=2, HK=1),
     "varlen_no_h0": dict(T=37, cu=[0, 5, 22, 37], h0=False),
     "strong": dict(T=33, gate="strong"),
