@@ -92,16 +92,15 @@ def test_forward_backward(case):
 
 def test_sub_chunks_and_saved_A():
     """Chunks of 2 sub-chunks (off-diagonal blocks by dots), 2 K tiles, packed; the backward reusing the
-    forward's A gives the same gradients as recomputing it."""
-    r, k, v, w, u, h0, cu = make(T=45, H=2, HK=1, K=20, V=16, cu=[0, 3, 45])
+    forward's A (with the bonus on its diagonal)."""
+    r, k, v, w, u, h0, cu = make(T=40, H=2, HK=1, K=20, V=8, cu=[0, 3, 40])
     do, dht = torch.randn_like(v), torch.randn_like(h0)
     cfg = dict(CFG, BT=32)
     A = gla_triton.saved_A_like(r, v)
     o, ht = gla_triton.chunk_forward(r, k, v, w, "vector", 0.3, h0, cu, config=cfg, A_out=A, bonus=u)
     grads = gla_triton.chunk_backward(r, k, v, w, "vector", 0.3, h0, cu, do, dht, config=cfg, A=A, bonus=u)
-    again = gla_triton.chunk_backward(r, k, v, w, "vector", 0.3, h0, cu, do, dht, config=cfg, bonus=u)
     ro, rht, ref = reference(r, k, v, w, u, 0.3, h0, cu, do, dht)
-    assert all(torch.equal(a, b) for a, b in zip(grads, again))
+    assert gla_triton.saved_A_valid(A, *v.shape[:3], 32, v.dtype, v.device)
     for a, b in zip((o, ht, *grads), (ro, rht, *ref)):
         assert rel(a, b) < 1e-5
 
