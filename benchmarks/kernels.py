@@ -38,6 +38,7 @@ FLA_OPS = {
     "delta_rule": ("fla.ops.delta_rule", "chunk_delta_rule"),
     "gated_delta_rule": ("fla.ops.gated_delta_rule", "chunk_gated_delta_rule"),
     "kda": ("fla.ops.kda", "chunk_kda"),
+    "rwkv6": ("fla.ops.rwkv6", "chunk_rwkv6"),
 }
 
 
@@ -68,6 +69,9 @@ def inputs(family, B, T, H, D, dtype=torch.bfloat16, grad=False):
             "kda": F.logsigmoid(torch.randn(B, T, H, D, device="cuda")) / 16,
         }[family]
         xs = [q, k, v] + ([g] if g is not None else []) + [beta]
+        return [x.requires_grad_() for x in xs] if grad else xs
+    if family == "rwkv6":  # r, k, v, w (log decay), u (bonus [H, D]), as chunk_rwkv6 takes them
+        xs = [q, k, v, F.logsigmoid(torch.randn(B, T, H, D, device="cuda")) / 16, torch.randn(H, D, device="cuda")]
         return [x.requires_grad_() for x in xs] if grad else xs
     if family == "gla":
         g = F.logsigmoid(torch.randn(B, T, H, D, device="cuda")) / 16
@@ -178,7 +182,7 @@ def table(args) -> list[dict]:
             for who, get in impls:
                 row(rows, f"{who} {family} fwd", shape, time_fwd(get, family, (B, T, H, D)))
                 row(rows, f"{who} {family} fwd+bwd", shape, time_fwd_bwd(get, family, (B, T, H, D)))
-            n_gate = {"gla": D, "simple_gla": 1, "gated_delta_rule": 1, "kda": D}.get(family, 0)
+            n_gate = {"gla": D, "simple_gla": 1, "gated_delta_rule": 1, "kda": D, "rwkv6": D}.get(family, 0)
             floor = (B * T * H * (3 * D * 2 + n_gate * 4 + D * 2)) / bw * 1e3  # q,k,v bf16, g fp32, o bf16
             rows.append(
                 {
@@ -191,7 +195,7 @@ def table(args) -> list[dict]:
             )
         row(rows, "sdpa causal fwd", shape, time_sdpa((B, T, H, D), backward=False))
         row(rows, "sdpa causal fwd+bwd", shape, time_sdpa((B, T, H, D)))
-    for family in [f for f in args.families if f not in DELTA]:
+    for family in [f for f in args.families if f not in DELTA and f != "rwkv6"]:
         B, H, D = 64, 16 if not args.quick else 4, 128
         shape = f"decode B={B} H={H} D={D}"
 

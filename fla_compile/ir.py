@@ -25,6 +25,7 @@ class Family(str, enum.Enum):
     DELTA_RULE = "delta_rule"  # S = (I - b k k^T) S + b k v^T
     GATED_DELTA_RULE = "gated_delta_rule"  # S = exp(g_t)(I - b k k^T) S + b k v^T
     KDA = "kda"  # S = (I - b k k^T) diag(exp(gk_t)) S + b k v^T
+    RWKV6 = "rwkv6"  # S = diag(exp(w_t)) S + k v^T, o = (S_{t-1} + diag(u) k v^T)^T r: gla with a bonus u
 
     def __str__(self) -> str:
         return self.value
@@ -96,6 +97,7 @@ class Recurrence:
         decay: retention's constant log-decay (a float, a tuple of one per head, or a role holding
             one per head).
         beta: the delta-rule write strength, None for the GLA line.
+        bonus: rwkv6's u (per head and key dim): the output reads S_{t-1} plus (q . (u k)) v.
         scale: the factor applied to q (o_t = scale * S_t^T q_t).
         initial_state: role of S_0 in [B, H, K, V], or None for zeros.
         output_final_state: whether S_T is used after the region.
@@ -117,6 +119,7 @@ class Recurrence:
     gate: Any = None
     decay: Any = None
     beta: Any = None
+    bonus: Any = None
     scale: float = 1.0
     initial_state: Any = None
     output_final_state: bool = False

@@ -112,7 +112,12 @@ def call_family(b: Recurrence, vals: dict, h0):
         gate = to_bthd(log_gate(vals["gate"], b.gate.log), batch)
     elif b.decay is not None and beta is not None:  # a literal constant decay of a gated delta rule
         gate = torch.full(beta.shape, b.decay, dtype=torch.float32, device=q.device)
-    o, ht = run_family(family, q, k, v, gate=gate, beta=beta, decay=b.decay, scale=b.scale, initial_state=h0)
+    bonus = None
+    if b.bonus is not None:  # rwkv6's u, constant over time and batch: [H, K]
+        bonus = to_bthd(vals["bonus"], batch)[0, 0]
+    o, ht = run_family(
+        family, q, k, v, gate=gate, beta=beta, decay=b.decay, scale=b.scale, initial_state=h0, bonus=bonus
+    )
     ht = ht.transpose(-1, -2) if b.state_transposed else ht
     return from_bthd(o, batch), reshaped(ht, *batch, *ht.shape[-2:])
 
@@ -125,6 +130,7 @@ class LoopLowering:
         self.rec = rec
         self.T = region.T
         roles = [("q", rec.q), ("k", rec.k), ("v", rec.v), ("gate", rec.gate), ("beta", rec.beta)]
+        roles.append(("bonus", rec.bonus))
         roles = [(n, r) for n, r in roles if r is not None]
         self.roles = roles
         self.step_origins = list(dict.fromkeys(r.origin for _, r in roles if r.origin[0] != "global"))

@@ -5,7 +5,8 @@ For a re-rolled loop, one step F(S, x_t) is run on random float64 probes:
   * A is the transition: identity (linear_attn), a constant scalar (retention), a scalar
     or a per-key diagonal taken from a value of the step (simple_gla, gla);
   * B must be an outer product k v^T of two values of the step;
-  * the output must be c * S_t^T q for a value q of the step and a constant c.
+  * the output must be c * S_t^T q for a value q of the step and a constant c; or, with a per-key
+    decay, c * (S_{t-1} + diag(u) k v^T)^T q for a value u from before the loop (rwkv6).
 Values are bound to roles by matching numbers against the step's own intermediate
 values, so the spelling (einsum, matmul, broadcasting, transposed state) does not matter.
 The binding is then proven on fresh probes against the family's op itself (T = 1, the
@@ -74,7 +75,9 @@ class Role:
     log: str = ""
 
 
-def loop_recurrence(family, q, k, v, gate, decay, scale, transposed, batch, positive, beta=None) -> Recurrence:
+def loop_recurrence(
+    family, q, k, v, gate, decay, scale, transposed, batch, positive, beta=None, bonus=None
+) -> Recurrence:
     """The IR of a classified loop step; roles are ``Role`` bindings, ``extras`` holds the state's
     leading dims (``batch``) and whether probes must be positive."""
     return Recurrence(
@@ -85,7 +88,9 @@ def loop_recurrence(family, q, k, v, gate, decay, scale, transposed, batch, posi
         gate=gate,
         decay=decay,
         beta=beta,
+        bonus=bonus,
         scale=scale,
+        reads_previous=bonus is not None,
         state_transposed=transposed,
         spelling="loop",
         extras={"batch": batch, "positive": positive},
@@ -288,14 +293,22 @@ def _classify(step, input_metas, state_meta, positive: bool) -> Recurrence:
                 value_axis_gate = True
                 continue
             readout = _readout(values, oa, Fa, Sa, batch, X, Y, transposed)
+            bonus = None
+            if readout is None and o0 is not None and o0.abs().max() > 0:  # a term of the step alone: a bonus?
+                # the state's part alone: against the decayed state A(S) (S_t minus its new term) or S_{t-1}
+                readout = _readout(values, oa - o0, Fa - F0, Sa, batch, X, Y, transposed)
+                if readout is None:
+                    continue
+                bonus = _bind_bonus(values, o0, F0, readout, transition, batch, X, Y, transposed)
             if readout is None:
                 continue
             q, scale, reads_prev = readout
-            if reads_prev:
+            if reads_prev and bonus is None:
                 raise NearMiss("the output reads the state before the update (S_{t-1}); this family reads S_t")
             k, v = (b, a) if transposed else (a, b)
             gate, decay, family = _bind_gate(transition, gate_val, values, dep, positive)
-            return loop_recurrence(family, q, k, v, gate, decay, scale, transposed, batch, positive)
+            family = Family.RWKV6 if bonus is not None else family
+            return loop_recurrence(family, q, k, v, gate, decay, scale, transposed, batch, positive, bonus=bonus)
     if value_axis_gate:
         raise NearMiss("the decay is diagonal along the value axis; our families gate the key axis")
     raise NearMiss("the output is not S_t^T q for a value q of the step")
@@ -404,6 +417,40 @@ def _readout(values, o, Snew, Sold, batch, X, Y, transposed):
     return None
 
 
+def _bind_bonus(values, o0, B0, readout, transition, batch, X, Y, transposed) -> Role:
+    """rwkv6's bonus: the output's term of the step alone, o0, must be c (q . (u k)) v = c ((q u)^T k v^T), read
+    with the state before the update, under a per-key decay, for a u from before the loop, one per head."""
+    q_role, c, reads_prev = readout
+    if not reads_prev:
+        raise NearMiss(
+            "the output reads S_t plus a term of the step alone; rwkv6's output reads S_{t-1} plus the bonus"
+        )
+    if transition != ("diag_y" if transposed else "diag_x"):
+        raise NearMiss("the output reads S_{t-1} plus a bonus, but the decay is not per key dim (rwkv6's is)")
+    K, Vd = (Y, X) if transposed else (X, Y)
+    o0 = o0.reshape(*batch, Vd)
+    q = next(val for n, r, val in _candidates(values, (*batch, K)) if (_origin(n), r) == (q_role.origin, q_role.recipe))
+    kv = B0.transpose(-1, -2) if transposed else B0  # k v^T as [*batch, K, V]
+    lead, target = batch[:-1], (*batch, K)
+    for node, val in values.items():
+        if not isinstance(val, torch.Tensor) or not val.is_floating_point() or _origin(node)[0] != "global":
+            continue
+        col = -2 if transposed else -1  # u may be spelled as a column of the state, [H, K, 1] (RWKV's time_first)
+        for cand in (val, val.squeeze(col)) if val.dim() >= 2 and val.shape[col] == 1 else (val,):
+            recipe = _fit(cand, target)
+            if recipe is None:
+                continue
+            if (recipe[0] != "broadcast" or len(recipe[1]) > 2) and math.prod(lead) != 1:
+                continue  # one u per head: no batch dims of its own
+            u = apply_recipe(val, recipe, target)
+            if rel_err(c * torch.einsum("...kv,...k->...v", kv, q * u), o0) <= TOL:
+                return Role(_origin(node), recipe, target)
+    raise NearMiss(
+        "the output reads S_{t-1} plus a term of the step alone that is not rwkv6's bonus (q . (u k)) v "
+        "with u one value per head and key dim from before the loop"
+    )
+
+
 def _bind_gate(transition, c, values, dep, positive):
     if transition == "identity":
         return None, None, Family.LINEAR_ATTN
@@ -445,7 +492,7 @@ def prove_loop(step: fx.GraphModule, input_metas: list, state_meta, rec: Recurre
         P = _probe_inputs(input_metas, gen, rec.extras["positive"])
         S = probe(state_meta.shape, gen, device=state_meta.device)
         (S1, o1), env = run_region(step, [S, *P])
-        roles = {"q": rec.q, "k": rec.k, "v": rec.v, "gate": rec.gate, "beta": rec.beta}
+        roles = {"q": rec.q, "k": rec.k, "v": rec.v, "gate": rec.gate, "beta": rec.beta, "bonus": rec.bonus}
         roles = {n: r for n, r in roles.items() if r is not None}
         vals = {n: apply_recipe(env[by_origin[r.origin]], r.recipe, r.target)[None] for n, r in roles.items()}
         o, ht = op(rec, vals, S)

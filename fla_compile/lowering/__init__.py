@@ -46,6 +46,7 @@ FAMILIES: dict[str, Family] = {
     "retention": Family(gate_kind=GATE_SCALAR, **_GLA),
     "simple_gla": Family(gate_kind=GATE_SCALAR, **_GLA),
     "gla": Family(gate_kind=GATE_VECTOR, **_GLA),
+    "rwkv6": Family(gate_kind=GATE_VECTOR, **_GLA),  # gla with a bonus u (the entry points' ``bonus=``)
     "delta_rule": Family(gate_kind=GATE_NONE, **_DELTA),
     "gated_delta_rule": Family(gate_kind=GATE_SCALAR, **_DELTA),
     "kda": Family(gate_kind=GATE_VECTOR, **_DELTA),

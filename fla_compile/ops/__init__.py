@@ -2,5 +2,6 @@
 
 from .delta import delta_rule, gated_delta_rule, kda
 from .gla import gla, linear_attn, retention, simple_gla
+from .rwkv6 import rwkv6
 
-__all__ = ["delta_rule", "gated_delta_rule", "gla", "kda", "linear_attn", "retention", "simple_gla"]
+__all__ = ["delta_rule", "gated_delta_rule", "gla", "kda", "linear_attn", "retention", "rwkv6", "simple_gla"]

@@ -8,12 +8,24 @@ from ..ir import Family
 
 
 def run_family(
-    family: Family, q, k, v, *, gate=None, beta=None, decay=None, scale=1.0, initial_state=None, l2norm=False
+    family: Family,
+    q,
+    k,
+    v,
+    *,
+    gate=None,
+    beta=None,
+    decay=None,
+    scale=1.0,
+    initial_state=None,
+    l2norm=False,
+    bonus=None,
 ):
     """(o, final state) of ``torch.ops.fla_compile.<family>`` on [B, T, H, D] inputs.
 
     gate: log-space, [B,T,H] (scalar families) or [B,T,H,K] (gla, kda). decay: retention's
     log-gamma, a float or a tensor [H]. l2norm: normalize q and k first (delta ops do it in-kernel).
+    bonus: rwkv6's u [H, K].
     """
     ops = torch.ops.fla_compile
     h0 = initial_state
@@ -29,6 +41,8 @@ def run_family(
         H = v.shape[2]
         decay = torch.as_tensor(decay, device=q.device).to(torch.float64 if q.dtype == torch.float64 else torch.float32)
         return ops.retention(q, k, v, decay.expand(H).contiguous(), scale, h0, None)
+    if family == Family.RWKV6:  # bonus: u [H, K]
+        return ops.rwkv6(q, k, v, gate, bonus, scale, h0, None)[:2]
     if family == Family.GLA:
         return ops.gla(q, k, v, gate, scale, h0, None)[:2]  # its third output is A, kept for the backward
     return ops.simple_gla(q, k, v, gate, scale, h0, None)  # simple_gla, or retention held in a tensor

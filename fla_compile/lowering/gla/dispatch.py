@@ -43,42 +43,47 @@ def gla_saved_A(q, k, v, gate, initial_state=None):
     return v.new_empty(0)
 
 
-def gla_line(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, A_out=None):
-    """Forward of linear_attn / retention / simple_gla / gla: (o, final state fp32).
+def gla_line(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, A_out=None, bonus=None):
+    """Forward of linear_attn / retention / simple_gla / gla / rwkv6: (o, final state fp32).
 
-    ``A_out`` (gla, from :func:`gla_saved_A`): where the chunked kernels keep A for the backward.
+    ``A_out`` (gla, rwkv6, from :func:`gla_saved_A`): where the chunked kernels keep A for the backward.
+    ``bonus`` (rwkv6): u [H, K]; the output then reads the state before each step, plus the bonus term.
     """
-    if gla_triton_enabled(q, k, v, gate, initial_state):
+    if gla_triton_enabled(q, k, v, gate, initial_state, bonus):
         from . import triton_launch as gla_triton
 
-        return gla_triton.forward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, A_out=A_out)
-    return gla_line_forward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens)
+        return gla_triton.forward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, A_out=A_out, bonus=bonus)
+    return gla_line_forward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, bonus=bonus)
 
 
-def gla_decode(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=None):
+def gla_decode(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, bonus=None):
     """Decoding (a few steps, T <= ``triton_launch.DECODE_MAX_T``): the fused recurrent kernel where the
     kernels run these inputs (what ``gla_line`` runs at such T), the torch chunked path otherwise."""
-    if gla_triton_enabled(q, k, v, gate, initial_state):
+    if gla_triton_enabled(q, k, v, gate, initial_state, bonus):
         from . import triton_launch as gla_triton
 
-        return gla_triton.fused_recurrent(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens)
-    return gla_line_forward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens)
+        return gla_triton.fused_recurrent(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, bonus=bonus)
+    return gla_line_forward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, bonus=bonus)
 
 
-def gla_line_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, A=None):
-    """Backward of ``gla_line``: (dq, dk, dv, dgate or None, dh0 or None).
+def gla_line_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, A=None, bonus=None):
+    """Backward of ``gla_line``: (dq, dk, dv, dgate or None, dh0 or None), and dbonus last with ``bonus``.
 
     Triton chunked backward on CUDA (reusing the forward's ``A`` when it holds A for the backward's chunk
     size, else recomputing it); elsewhere autograd through the torch chunked path.
     """
-    if gla_triton_enabled(q, k, v, gate, initial_state):
+    if gla_triton_enabled(q, k, v, gate, initial_state, bonus):
         from . import triton_launch as gla_triton
 
-        return gla_triton.chunk_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, A=A)
-    inputs = [q, k, v, gate, initial_state]
+        return gla_triton.chunk_backward(
+            q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, A=A, bonus=bonus
+        )
+    inputs = [q, k, v, gate, initial_state] + ([bonus] if bonus is not None else [])
     with torch.enable_grad():
         leaves = [x.detach().requires_grad_() if x is not None else None for x in inputs]
-        o, ht = gla_line_forward(*leaves[:4], gate_kind, scale, leaves[4], cu_seqlens)
+        o, ht = gla_line_forward(
+            *leaves[:4], gate_kind, scale, leaves[4], cu_seqlens, bonus=leaves[5] if bonus is not None else None
+        )
         wrt = [x for x in leaves if x is not None]
         grads = iter(torch.autograd.grad((o, ht), wrt, (do.to(o.dtype), dht.to(ht.dtype)), allow_unused=True))
     out = []

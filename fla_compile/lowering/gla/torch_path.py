@@ -68,15 +68,19 @@ class _Ops:
         """exp of a temporary of ours (in place without autograd)."""
         return x.exp() if self.grad else x.exp_()
 
-    def tril_(self, x):
-        return x.tril() if self.grad else x.tril_()
+    def tril_(self, x, diagonal=0):
+        return x.tril(diagonal) if self.grad else x.tril_(diagonal)
 
 
-def chunk_gla_dense(q, k, v, gate, gate_kind, scale, initial_state, chunk_size=None):
+def chunk_gla_dense(q, k, v, gate, gate_kind, scale, initial_state, chunk_size=None, bonus=None):
     """One batch of equal-length sequences. q,k: [B,T,H,K] (heads already expanded), v: [B,T,H,V].
 
     gate: None, [B,T,H] (scalar) or [B,T,H,K] (vector), log space. Returns o [B,T,H,V] in the
     compute dtype and the final state [B,H,K,V].
+
+    bonus (rwkv6, vector gate only): u [H, K]. The output then reads the state before each step: q is
+    gated by the exclusive cumsum b - g (b_{i-1}), the scores are strictly causal, and the diagonal is
+    the bonus q_i . (u k_i).
 
     Chunk-major layout [N, B, H, C, D], so that everything but the K x V state scan is one
     batched matmul over all chunks (scores, k^T v, q @ S) and the state entering chunk n is one
@@ -95,9 +99,11 @@ def chunk_gla_dense(q, k, v, gate, gate_kind, scale, initial_state, chunk_size=N
     N = (T + C - 1) // C
     Tp = N * C
     ops = _Ops(
-        torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, gate, initial_state)),
+        torch.is_grad_enabled()
+        and any(x is not None and x.requires_grad for x in (q, k, v, gate, initial_state, bonus)),
         cdt,
     )
+    diag = -1 if bonus is not None else 0  # rwkv6: strictly causal scores, the diagonal is the bonus
     qv, kv_, vv = (_chunk_view(_pad_time(x, Tp), C) for x in (q, k, v))  # views [N,B,H,C,D]
     vc = ops.copy(vv)
     last = None  # [N,B,H,K or 1]: the decay of each chunk as a whole, e^{b_last}
@@ -105,18 +111,23 @@ def chunk_gla_dense(q, k, v, gate, gate_kind, scale, initial_state, chunk_size=N
         q_in, k_in = ops.copy(qv), ops.copy(kv_)
         A = ops.tril_(q_in @ k_in.mT)
     else:
-        b_nat = _in_chunk_cumsum(_pad_time(gate, Tp).to(cdt), C)  # [B,Tp,H(,K)] log decay inside each chunk
+        g_pad = _pad_time(gate, Tp).to(cdt)
+        b_nat = _in_chunk_cumsum(g_pad, C)  # [B,Tp,H(,K)] log decay inside each chunk
         if gate_kind == GATE_SCALAR:
             b_nat = b_nat[..., None]
-        if _can_factor(b_nat):
+        bq_nat = _shift_in_chunk(b_nat, C) if bonus is not None else None  # rwkv6: q reads the state before its step
+        if _can_factor(b_nat):  # (bq's values are b's shifted by one step, and 0: within the same span)
             # every factor is a normal number (see FACTOR_SPAN): the factored scores are exact
+            if bq_nat is not None:
+                q_in = qv.to(cdt) * _chunk_view(bq_nat, C).exp()
             eb = _chunk_view(ops.exp_(b_nat), C)  # exp over the contiguous layout, read chunk-major below
-            q_in = ops.new(torch.mul, qv, eb)
+            if bq_nat is None:
+                q_in = ops.new(torch.mul, qv, eb)
             if ops.grad:  # k e^{-b} (not k / e^{b}: its gradient, k / e^{2b}, overflows)
                 k_in = kv_ * torch.exp(-_chunk_view(b_nat, C))
             else:
                 k_in = ops.new(torch.div, kv_, eb)
-            A = ops.tril_(q_in @ k_in.mT)
+            A = ops.tril_(q_in @ k_in.mT, diag)
             last = eb[..., -1, :]
             k_in = ops.mul_(k_in, last[..., None, :])  # k e^{b_last - b}: what enters the state
         else:
@@ -128,10 +139,18 @@ def chunk_gla_dense(q, k, v, gate, gate_kind, scale, initial_state, chunk_size=N
                 diff = (bs[..., :, None] - bs[..., None, :]).masked_fill(~causal, float("-inf"))
                 A = (qc @ kc.mT) * diff.exp()
             else:
-                A = _vector_gate_scores(qc, kc, b, min(SUB, C))
-            q_in = qc * b.exp()
+                bq = None if bq_nat is None else _chunk_view(bq_nat, C).contiguous()
+                A = _vector_gate_scores(qc, kc, b, min(SUB, C), bq)
+            q_in = qc * (b if bq_nat is None else _chunk_view(bq_nat, C)).exp()
             k_in = kc * (b[..., -1:, :] - b).exp()
             last = b[..., -1, :].exp()
+    if bonus is not None:  # the diagonal: q_i . (u k_i), not gated
+        u = bonus.to(cdt)[:, None, :]  # [H, 1, K]
+        d = (qv.to(cdt) * kv_.to(cdt) * u).sum(-1)  # [N,B,H,C]
+        if ops.grad:
+            A = A + torch.diag_embed(d)
+        else:
+            A.diagonal(dim1=-2, dim2=-1).add_(d)
 
     decay = None if last is None else last[..., None].unbind(0)  # [B,H,K or 1,1] per chunk
     # states[n]: the state entering chunk n; states[N]: the final state
@@ -170,6 +189,15 @@ def _in_chunk_cumsum(g: torch.Tensor, C: int) -> torch.Tensor:
     return (tril @ g.reshape(B, Tp // C, C, -1)).view(g.shape)
 
 
+def _shift_in_chunk(b: torch.Tensor, C: int) -> torch.Tensor:
+    """The exclusive in-chunk cumsum from the inclusive one [B, Tp, H, K]: b_{i-1}, and 0 at each chunk's
+    first step. A shift, not b - g: then bq_i - b_{i-1} is exactly 0 (b - g would leave the rounding of
+    b, eps |b|, in the exponent of the nearest and largest term)."""
+    B, Tp = b.shape[:2]
+    x = b.reshape(B, Tp // C, C, -1)
+    return F.pad(x[:, :, :-1], (0, 0, 1, 0)).view(b.shape)
+
+
 # Largest in-chunk log decay |b| for which the factored scores (q e^{b_i}) . (k e^{-b_j}) (scalar
 # and per-key gates) keep every factor a normal number: e^{-60} and e^{60} lie far inside fp32's
 # range, so the factored form is as exact as the pairwise one.
@@ -185,18 +213,23 @@ def _can_factor(b: torch.Tensor) -> bool:
     return -FACTOR_SPAN[b.dtype] <= lo and hi <= FACTOR_SPAN[b.dtype]
 
 
-def _vector_gate_scores(q, k, b, c):
+def _vector_gate_scores(q, k, b, c, bq=None):
     """A[i, j] = sum_k q_ik k_jk exp(b_ik - b_jk) for j <= i inside a chunk, with per-key log-gates.
 
     Inside sub-chunks of c steps the decays are formed exactly ([c, c, K]); between
     sub-chunks both factors are taken relative to the last step r of the earlier sub-chunk,
     exp(b_i - b_r) and exp(b_r - b_j), each <= 1, so nothing overflows.
+
+    With ``bq`` (rwkv6: the exclusive cumsum, b_{i-1}) q is gated by bq instead and only j < i
+    is kept; bq_i - b_j (j < i) and bq_i - b_r (i > r) are <= 0 as well.
     """
     *lead, C, K = q.shape
     ns = C // c
-    qs, ks, bs = (x.reshape(*lead, ns, c, K) for x in (q, k, b))
-    causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
-    diff = (bs[..., :, None, :] - bs[..., None, :, :]).masked_fill(~causal[..., None], float("-inf"))
+    strict = bq is not None
+    bq = b if bq is None else bq
+    qs, ks, bs, bqs = (x.reshape(*lead, ns, c, K) for x in (q, k, b, bq))
+    causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril(-1 if strict else 0)
+    diff = (bqs[..., :, None, :] - bs[..., None, :, :]).masked_fill(~causal[..., None], float("-inf"))
     diag = (qs[..., :, None, :] * ks[..., None, :, :] * diff.exp()).sum(-1)  # [..., ns, c, c]
     blocks = [[None] * ns for _ in range(ns)]
     for i in range(ns):
@@ -205,7 +238,7 @@ def _vector_gate_scores(q, k, b, c):
         r = (j + 1) * c
         b_r = b[..., r - 1 : r, :]
         k_j = k[..., r - c : r, :] * (b_r - b[..., r - c : r, :]).exp()
-        q_after = q[..., r:, :] * (b[..., r:, :] - b_r).exp()
+        q_after = q[..., r:, :] * (bq[..., r:, :] - b_r).exp()
         off = q_after @ k_j.transpose(-1, -2)  # [..., C - r, c]
         for i in range(j + 1, ns):
             blocks[i][j] = off[..., (i - j - 1) * c : (i - j) * c, :]
@@ -220,12 +253,14 @@ def expand_heads(x: torch.Tensor, H: int) -> torch.Tensor:
     return x.repeat_interleave(H // x.shape[2], dim=2)
 
 
-def gla_line_forward(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=None):
-    """Forward of any GLA-line family. Returns (o in v's dtype, final state fp32 [N,H,K,V])."""
+def gla_line_forward(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, bonus=None):
+    """Forward of any GLA-line family. Returns (o in v's dtype, final state fp32 [N,H,K,V]).
+
+    ``bonus`` (rwkv6): u [H, K]; see :func:`chunk_gla_dense`."""
     H = v.shape[2]
     q, k = expand_heads(q, H), expand_heads(k, H)
     if cu_seqlens is None:
-        o, S = chunk_gla_dense(q, k, v, gate, gate_kind, scale, initial_state)
+        o, S = chunk_gla_dense(q, k, v, gate, gate_kind, scale, initial_state, bonus=bonus)
         return o.to(v.dtype), S.float() if S.dtype != torch.float64 else S
     bounds = cu_seqlens.tolist()
     outs, states = [], []
@@ -236,7 +271,7 @@ def gla_line_forward(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seq
             states.append(v.new_zeros(1, H, q.shape[-1], v.shape[-1], dtype=sdt) if h0 is None else h0.to(sdt))
             continue
         g = None if gate is None else gate[:, s:e]
-        o, S = chunk_gla_dense(q[:, s:e], k[:, s:e], v[:, s:e], g, gate_kind, scale, h0)
+        o, S = chunk_gla_dense(q[:, s:e], k[:, s:e], v[:, s:e], g, gate_kind, scale, h0, bonus=bonus)
         outs.append(o)
         states.append(S)
     o = torch.cat(outs, 1).to(v.dtype)

@@ -8,6 +8,10 @@ with r its first row, when every |b_i - b_r| in it is at most SPAN (both factors
 under stronger gates it is summed column by column with one exponent b_i - b_j (i >= j) per element.
 Nothing overflows for any gate.
 
+rwkv6 (``BONUS``): q is gated by ``gq``, the exclusive cumsum (b_{i-1}), the pairs are j < i, and the
+diagonal of A is the bonus q_i . (u k_i). The references r stay where every exponent is <= 0: gq_r for
+rows at or after r (gq_i - gq_r = b_{i-1} - b_{r-1}) against columns before r (gq_r - b_j, j <= r - 1).
+
 Layout of A and dA: [TT, H, SA] (SA >= BT), row = token, column = position in the token's chunk (the
 first BT columns). dA is fp32 with SA = BT; A is stored in the inputs' dtype (its consumers cast it
 to that dtype before every dot, so nothing is lost), with SA = BT, or SA = 64 in the layout the op
@@ -20,6 +24,7 @@ import triton
 import triton.language as tl
 
 from ..common.chunks import chunk_span
+from .triton_kernels import _strict_prefix
 
 # the largest |b_i - b_r| for which a diagonal block is computed in factored form: e^(+-60) and the
 # products of two such factors are normal fp32 / bf16 numbers, so nothing overflows or flushes to zero
@@ -46,10 +51,17 @@ def chunk_gla_A_kernel(
     NC: tl.constexpr,
     PREC: tl.constexpr,
     SA: tl.constexpr,
+    gq=None,
+    u=None,
+    BONUS: tl.constexpr = False,
 ):
     """One [BC, BC] block (i_i, i_j) of A per program; blocks above the diagonal are zeros.
 
     A's rows hold SA >= BT entries (its last dim): BT, or the op's saved layout of 64 columns."""
+    if BONUS:  # the gate of q (and of the references r): the exclusive cumsum
+        g_q = gq
+    else:
+        g_q = gc
     i_s, i_ij, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_i, i_j = i_ij // NC, i_ij % NC
     i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
@@ -72,11 +84,11 @@ def chunk_gla_A_kernel(
             o_k = i_k * BK + tl.arange(0, BK)
             m_k = o_k < K
             m_r = m_k & ((o_k * 0 + t_r) < eos)
-            b_gr = tl.load(gc + (t_r * H + i_h) * K + o_k, mask=m_r, other=0)
+            b_gr = tl.load(g_q + (t_r * H + i_h) * K + o_k, mask=m_r, other=0)
             m_qi = m_ti[:, None] & m_k[None, :]
             # [BC, BK]
             b_q = tl.load(q + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_qi, other=0)
-            b_gq = tl.load(gc + (o_ti * H + i_h)[:, None] * K + o_k[None, :], mask=m_qi, other=0)
+            b_gq = tl.load(g_q + (o_ti * H + i_h)[:, None] * K + o_k[None, :], mask=m_qi, other=0)
             b_qg = b_q.to(tl.float32) * tl.exp(tl.where(m_qi, b_gq - b_gr[None, :], 0))
             m_kj = m_k[:, None] & m_tj[None, :]
             # [BK, BC]
@@ -86,24 +98,35 @@ def chunk_gla_A_kernel(
             b_A += tl.dot(b_qg.to(b_q.dtype), b_kg.to(b_q.dtype), input_precision=PREC)
     if i_i == i_j:
         t_r = t0 + i_i * BC  # the block's first row: the reference of the factored form
+        b_bon = tl.zeros([BC], dtype=tl.float32)  # BONUS: q_i . (u k_i)
         for i_k in range(0, tl.cdiv(K, BK)):
             o_k = i_k * BK + tl.arange(0, BK)
             m_k = o_k < K
             m_qi = m_ti[:, None] & m_k[None, :]
             # [BC, BK]
             b_q = tl.load(q + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_qi, other=0)
-            b_gq = tl.load(gc + (o_ti * H + i_h)[:, None] * K + o_k[None, :], mask=m_qi, other=0)
-            b_gr = tl.load(gc + (t_r * H + i_h) * K + o_k, mask=m_k, other=0)
+            b_gq = tl.load(g_q + (o_ti * H + i_h)[:, None] * K + o_k[None, :], mask=m_qi, other=0)
+            b_gr = tl.load(g_q + (t_r * H + i_h) * K + o_k, mask=m_k, other=0)
             b_dr = tl.where(m_qi, b_gq - b_gr[None, :], 0)
-            span = SPAN
-            if b_q.dtype == tl.float16:
-                span = SPAN16
-            if tl.max(tl.abs(b_dr)) <= span:
+            if BONUS:  # the keys' exponents b_j - gq_r differ from the queries'
+                b_gk = tl.load(gc + (o_ti * H + i_h)[:, None] * K + o_k[None, :], mask=m_qi, other=0)
+                b_dk = tl.where(m_qi, b_gk - b_gr[None, :], 0)
+                b_kr = tl.load(k + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_qi, other=0)
+                b_u = tl.load(u + i_h * K + o_k, mask=m_k, other=0).to(tl.float32)
+                b_bon += tl.sum(b_q.to(tl.float32) * b_u[None, :] * b_kr.to(tl.float32), axis=1)
+                span = tl.maximum(tl.max(tl.abs(b_dr)), tl.max(tl.abs(b_dk)))
+            else:
+                b_dk = b_dr
+                span = tl.max(tl.abs(b_dr))
+            lim = SPAN
+            if b_q.dtype == tl.float16:  # fp16 operands: the narrower span
+                lim = SPAN16
+            if span <= lim:
                 # every factor e^(+-d) with |d| <= SPAN is a normal number: (q e^(b_i - b_r)) (k e^(b_r - b_j))^T
                 # is exact up to the rounding of the factors; entries above the diagonal are dropped below
                 b_qg = b_q.to(tl.float32) * tl.exp(b_dr)
                 b_kg = tl.trans(tl.load(k + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_qi, other=0))
-                b_kg = b_kg.to(tl.float32) * tl.exp(-tl.trans(b_dr))
+                b_kg = b_kg.to(tl.float32) * tl.exp(-tl.trans(b_dk))
                 b_A += tl.dot(b_qg.to(b_q.dtype), b_kg.to(b_q.dtype), input_precision=PREC)
             else:  # strong gates: one exponent b_i - b_j <= 0 per pair
                 b_qf = b_q.to(tl.float32)
@@ -113,14 +136,20 @@ def chunk_gla_A_kernel(
                     # [BK]
                     b_kj = tl.load(k + (t_j * (H // G) + i_hk) * K + o_k, mask=m_j, other=0).to(tl.float32)
                     b_gj = tl.load(gc + (t_j * H + i_h) * K + o_k, mask=m_j, other=0)
-                    m_ij = ((o_c >= j) & m_ti)[:, None] & m_j[None, :]
+                    if BONUS:  # j < i only: gq_i - b_i = -w_i > 0 is never taken
+                        m_ij = ((o_c > j) & m_ti)[:, None] & m_j[None, :]
+                    else:
+                        m_ij = ((o_c >= j) & m_ti)[:, None] & m_j[None, :]
                     # [BC]
                     b_a = tl.sum(
                         tl.where(m_ij, b_qf * b_kj[None, :] * tl.exp(tl.where(m_ij, b_gq - b_gj[None, :], 0)), 0),
                         axis=1,
                     )
                     b_A += tl.where(o_c[None, :] == j, b_a[:, None], 0)
-        b_A = tl.where(o_c[:, None] >= o_c[None, :], b_A, 0)
+        if BONUS:
+            b_A = tl.where(o_c[:, None] > o_c[None, :], b_A, tl.where(o_c[:, None] == o_c[None, :], b_bon[:, None], 0))
+        else:
+            b_A = tl.where(o_c[:, None] >= o_c[None, :], b_A, 0)
     tl.store(A + p_A, b_A.to(A.dtype.element_ty), mask=m_A)
 
 
@@ -144,12 +173,25 @@ def chunk_gla_bwd_intra_kernel(
     BK: tl.constexpr,
     NC: tl.constexpr,
     PREC: tl.constexpr,
+    gq=None,
+    u=None,
+    du=None,
+    dg=None,
+    BONUS: tl.constexpr = False,
 ):
     """Add scale * the intra-chunk parts to dq, dk (fp32, per head of v) for the rows of one sub-chunk.
 
     dq_i += sum_{j <= i} dA_ij k_j e^(b_i - b_j),   dk_j += sum_{i >= j} dA_ij q_i e^(b_i - b_j).
     Also db = q dq - k dk over these pairs without the diagonal (whose terms cancel exactly), for dg.
+
+    BONUS (rwkv6): q's exponent is gq_i (pairs j < i); the diagonal is the bonus: dq_i += dA_ii u k_i,
+    dk_i += dA_ii u q_i, and du gets scale dA_ii q_i k_i per token. A pair (i, j) then belongs to the gate
+    gradient of the steps s with j < s < i: rc_add sums db strictly after s, and dg -= scale k dk here.
     """
+    if BONUS:
+        g_q = gq
+    else:
+        g_q = gc
     i_s, i_ik, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     NK = tl.cdiv(K, BK)
     i_i, i_k = i_ik // NK, i_ik % NK
@@ -169,10 +211,14 @@ def chunk_gla_bwd_intra_kernel(
     m_ik = m_ti[:, None] & m_k[None, :]
     # [BC, BK]
     b_g = tl.load(gc + (o_ti * H + i_h)[:, None] * K + o_k[None, :], mask=m_ik, other=0)
+    if BONUS:
+        b_gqi = tl.load(gq + (o_ti * H + i_h)[:, None] * K + o_k[None, :], mask=m_ik, other=0)
+    else:
+        b_gqi = b_g
     b_dq = tl.zeros([BC, BK], dtype=tl.float32)
     b_dk = tl.zeros([BC, BK], dtype=tl.float32)
     # blocks left of the diagonal: reference r = the first row of this sub-chunk
-    b_gr = tl.load(gc + (t_i0 * H + i_h) * K + o_k, mask=m_k, other=0)
+    b_gr = tl.load(g_q + (t_i0 * H + i_h) * K + o_k, mask=m_k, other=0)
     for i_j in range(0, i_i):
         o_tj = t0 + i_j * BC + o_c
         # [BC, BC]: dA rows of this block, columns of block j
@@ -191,15 +237,28 @@ def chunk_gla_bwd_intra_kernel(
         # [BC(j), BC(i)]: dA^T, rows of block b as columns
         b_dAt = tl.load(dA + (o_tb * H + i_h)[None, :] * BT + (i_i * BC + o_c)[:, None], mask=m_tb[None, :], other=0)
         b_qb = tl.load(q + (o_tb * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_bk, other=0)
-        b_gb = tl.load(gc + (o_tb * H + i_h)[:, None] * K + o_k[None, :], mask=m_bk, other=0)
+        b_gb = tl.load(g_q + (o_tb * H + i_h)[:, None] * K + o_k[None, :], mask=m_bk, other=0)
         b_qg = b_qb.to(tl.float32) * tl.exp(tl.where(m_bk, b_gb - b_gl[None, :], 0))
         b_dk += tl.dot(b_dAt, b_qg, input_precision=PREC)
     # the diagonal block: factored when the block's gate span allows (see chunk_gla_A_kernel), else element by element
-    b_dq *= tl.exp(tl.where(m_ik, b_g - b_gr[None, :], 0))
+    b_dq *= tl.exp(tl.where(m_ik, b_gqi - b_gr[None, :], 0))
     b_dk *= tl.exp(tl.where(m_ik, b_gl[None, :] - b_g, 0))
-    b_df = tl.where(m_ik, b_g - b_gr[None, :], 0)  # b_i - b_first
-    b_dl = tl.where(m_ik, b_g - b_gl[None, :], 0)  # b_i - b_last
-    factored = tl.maximum(tl.max(tl.abs(b_df)), tl.max(tl.abs(b_dl))) <= SPAN
+    b_df = tl.where(m_ik, b_gqi - b_gr[None, :], 0)  # b_i - b_first (q's exponent)
+    b_dl = tl.where(m_ik, b_g - b_gl[None, :], 0)  # b_i - b_last (k's exponent)
+    if BONUS:  # the keys' exponent against the first row, the queries' against the last
+        b_dfk = tl.where(m_ik, b_g - b_gr[None, :], 0)
+        b_dlq = tl.where(m_ik, b_gqi - b_gl[None, :], 0)
+        factored = (
+            tl.maximum(
+                tl.maximum(tl.max(tl.abs(b_df)), tl.max(tl.abs(b_dl))),
+                tl.maximum(tl.max(tl.abs(b_dfk)), tl.max(tl.abs(b_dlq))),
+            )
+            <= SPAN
+        )
+    else:
+        b_dfk = b_df
+        b_dlq = b_dl
+        factored = tl.maximum(tl.max(tl.abs(b_df)), tl.max(tl.abs(b_dl))) <= SPAN
     if factored:
         m_S = (o_c[:, None] > o_c[None, :]) & m_ti[:, None] & m_ti[None, :]
         # [BC, BC]: dA of this block, strictly below the diagonal
@@ -207,8 +266,8 @@ def chunk_gla_bwd_intra_kernel(
         b_ki = tl.load(k + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_ik, other=0).to(tl.float32)
         b_qi = tl.load(q + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_ik, other=0).to(tl.float32)
         # dq_i += e^(b_i - b_f) sum_j dA_ij (k_j e^(b_f - b_j)),  dk_j += e^(b_l - b_j) sum_i dA_ij (q_i e^(b_i - b_l))
-        b_dq += tl.exp(b_df) * tl.dot(b_dAb, b_ki * tl.exp(-b_df), input_precision=PREC)
-        b_dk += tl.exp(-b_dl) * tl.dot(tl.trans(b_dAb), b_qi * tl.exp(b_dl), input_precision=PREC)
+        b_dq += tl.exp(b_df) * tl.dot(b_dAb, b_ki * tl.exp(-b_dfk), input_precision=PREC)
+        b_dk += tl.exp(-b_dl) * tl.dot(tl.trans(b_dAb), b_qi * tl.exp(b_dlq), input_precision=PREC)
     for r in range(0, tl.where(factored, 0, BC)):
         t_r = t_i0 + r
         m_r = m_k & ((o_k * 0 + t_r) < eos)
@@ -216,13 +275,17 @@ def chunk_gla_bwd_intra_kernel(
         b_kr = tl.load(k + (t_r * (H // G) + i_hk) * K + o_k, mask=m_r, other=0).to(tl.float32)
         b_qr = tl.load(q + (t_r * (H // G) + i_hk) * K + o_k, mask=m_r, other=0).to(tl.float32)
         b_grr = tl.load(gc + (t_r * H + i_h) * K + o_k, mask=m_r, other=0)
+        if BONUS:  # step r as the query of the pairs (r, j < r)
+            b_grq = tl.load(gq + (t_r * H + i_h) * K + o_k, mask=m_r, other=0)
+        else:
+            b_grq = b_grr
         # [BC]: column r of dA (rows i of this block) and row r (columns j of this block)
         b_dac = tl.load(dA + (o_ti * H + i_h) * BT + i_i * BC + r, mask=m_ti & (o_c > r), other=0)
         b_dar = tl.load(dA + (t_r * H + i_h) * BT + i_i * BC + o_c, mask=(o_c < r) & ((o_c * 0 + t_r) < eos), other=0)
         m_ge = ((o_c > r) & m_ti)[:, None] & m_r[None, :]
         m_le = ((o_c < r) & m_ti)[:, None] & m_r[None, :]
-        b_dq += tl.where(m_ge, b_dac[:, None] * b_kr[None, :] * tl.exp(tl.where(m_ge, b_g - b_grr[None, :], 0)), 0)
-        b_dk += tl.where(m_le, b_dar[:, None] * b_qr[None, :] * tl.exp(tl.where(m_le, b_grr[None, :] - b_g, 0)), 0)
+        b_dq += tl.where(m_ge, b_dac[:, None] * b_kr[None, :] * tl.exp(tl.where(m_ge, b_gqi - b_grr[None, :], 0)), 0)
+        b_dk += tl.where(m_le, b_dar[:, None] * b_qr[None, :] * tl.exp(tl.where(m_le, b_grq[None, :] - b_g, 0)), 0)
     # the diagonal: dq_i += dA_ii k_i, dk_i += dA_ii q_i
     b_dAd = tl.load(dA + (o_ti * H + i_h) * BT + i_i * BC + o_c, mask=m_ti, other=0)
     p = (o_ti * H + i_h)[:, None] * K + o_k[None, :]
@@ -230,8 +293,15 @@ def chunk_gla_bwd_intra_kernel(
     b_qi = tl.load(q + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_ik, other=0).to(tl.float32)
     b_ki = tl.load(k + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_ik, other=0).to(tl.float32)
     tl.store(db + p, scale * (b_qi * b_dq - b_ki * b_dk), mask=m_ik)
-    b_dq = tl.load(dq + p, mask=m_ik, other=0) + scale * (b_dq + b_dAd[:, None] * b_ki)
-    b_dk = tl.load(dk + p, mask=m_ik, other=0) + scale * (b_dk + b_dAd[:, None] * b_qi)
+    if BONUS:
+        b_u = tl.load(u + i_h * K + o_k, mask=m_k, other=0).to(tl.float32)
+        tl.store(du + p, scale * b_dAd[:, None] * b_qi * b_ki, mask=m_ik)
+        tl.store(dg + p, tl.load(dg + p, mask=m_ik, other=0) - scale * b_ki * b_dk, mask=m_ik)
+        b_dq = tl.load(dq + p, mask=m_ik, other=0) + scale * (b_dq + b_dAd[:, None] * b_u[None, :] * b_ki)
+        b_dk = tl.load(dk + p, mask=m_ik, other=0) + scale * (b_dk + b_dAd[:, None] * b_u[None, :] * b_qi)
+    else:
+        b_dq = tl.load(dq + p, mask=m_ik, other=0) + scale * (b_dq + b_dAd[:, None] * b_ki)
+        b_dk = tl.load(dk + p, mask=m_ik, other=0) + scale * (b_dk + b_dAd[:, None] * b_qi)
     tl.store(dq + p, b_dq, mask=m_ik)
     tl.store(dk + p, b_dk, mask=m_ik)
 
@@ -246,8 +316,9 @@ def chunk_rc_add_kernel(
     K: tl.constexpr,
     BT: tl.constexpr,
     BK: tl.constexpr,
+    BONUS: tl.constexpr = False,
 ):
-    """dg += the reverse cumsum of db inside each chunk (sum over s >= t)."""
+    """dg += the reverse cumsum of db inside each chunk (sum over s >= t; BONUS, rwkv6: over s > t)."""
     i_s, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
@@ -259,5 +330,9 @@ def chunk_rc_add_kernel(
     # [BT, BK]
     b_db = tl.load(db + p, mask=m, other=0)
     # a reverse scan: no cancellation (a total minus a prefix would lose a small sum next to a large one)
-    b_dg = tl.load(dg + p, mask=m, other=0) + tl.cumsum(b_db, axis=0, reverse=True)
+    if BONUS:  # Triton's reverse scan is the forward one over the flipped axis: this is sum_{s > t}
+        _, b_suf = tl.associative_scan((b_db, tl.zeros_like(b_db)), 0, _strict_prefix, reverse=True)
+        b_dg = tl.load(dg + p, mask=m, other=0) + b_suf
+    else:
+        b_dg = tl.load(dg + p, mask=m, other=0) + tl.cumsum(b_db, axis=0, reverse=True)
     tl.store(dg + p, b_dg, mask=m)

@@ -14,6 +14,12 @@ kernels read (sequence, chunk) from ``info`` ([NS, 2], sequence -1 for an unused
 state-carrying kernels loop over their sequence's chunks, starting at slot ``chunk_off[n]``.
 No host syncs, no atomics: every output element is written by exactly one program.
 
+rwkv6 (``BONUS``, vector gate only) reads the state before each step: q is gated by ``gq``, the
+exclusive in-chunk cumsum (b_{i-1}, stored as a shifted copy of gc so that gq_i - gc_{i-1} is exactly
+0), the intra-chunk scores are strictly causal, and the diagonal is the bonus q_i . (u k_i). The
+kernels whose q gate differs take ``gq`` and ``BONUS`` as trailing arguments with defaults (off: the
+gla code, unchanged); chunk_fwd_o_kernel gets gq as its gate, chunk_bwd_dv_kernel needs nothing.
+
 Gates: ``gc`` is the in-chunk cumsum b of the fp32 log-gate. Every exponent taken is
 b_i - b_j with i >= j, b_last - b_j or b_i (the chunk start is the reference), masked
 to 0 before ``exp`` where it would not be used, so decaying gates never overflow.
@@ -35,9 +41,19 @@ def _strict_prefix(s1, p1, s2, p2):
 
 @triton.jit
 def chunk_cumsum_kernel(
-    g, gc, cu, info, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, GATE: tl.constexpr
+    g,
+    gc,
+    cu,
+    info,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    GATE: tl.constexpr,
+    gq=None,
+    EXCL: tl.constexpr = False,
 ):
-    """gc = cumsum of g inside each chunk, fp32."""
+    """gc = cumsum of g inside each chunk, fp32; with EXCL (vector gate) also gq, the exclusive one."""
     i_s, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
@@ -54,7 +70,13 @@ def chunk_cumsum_kernel(
         p = (o_t * H + i_h)[:, None] * K + o_k[None, :]
         # [BT, BK]
         b_g = tl.load(g + p, mask=m, other=0).to(tl.float32)
-        tl.store(gc + p, tl.cumsum(b_g, axis=0), mask=m)
+        b_c = tl.cumsum(b_g, axis=0)
+        tl.store(gc + p, b_c, mask=m)
+        if EXCL:  # gq[t] = gc[t - 1] inside the chunk, 0 at its first step: the same values, one row down
+            o_i = tl.arange(0, BT)
+            m_s = (o_t + 1 < eos)[:, None] & (o_i < BT - 1)[:, None] & (o_k < K)[None, :]
+            tl.store(gq + p + H * K, b_c, mask=m_s)
+            tl.store(gq + p, tl.zeros_like(b_c), mask=m & (o_i == 0)[:, None])
 
 
 @triton.jit
@@ -224,8 +246,12 @@ def chunk_bwd_dh_kernel(
     USE_DHT: tl.constexpr,
     STORE_DH0: tl.constexpr,
     PREC: tl.constexpr,
+    gq=None,
+    BONUS: tl.constexpr = False,
 ):
-    """Carry the state gradient backwards: dh[slot] = dL/d(state after the chunk), dh0 = dL/d(initial state)."""
+    """Carry the state gradient backwards: dh[slot] = dL/d(state after the chunk), dh0 = dL/d(initial state).
+
+    BONUS (rwkv6): q is gated by gq, the exclusive cumsum."""
     i_nh, i_k, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     i_hk = i_h // G
@@ -259,7 +285,11 @@ def chunk_bwd_dh_kernel(
             b_dh *= tl.exp(b_gl)
             b_qt = (b_qt * tl.exp(b_g)[None, :]).to(b_do.dtype)
         if GATE == 2:
-            b_gt = tl.load(gc + (o_t * H + i_h)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0)
+            p_gt = (o_t * H + i_h)[None, :] * K + o_k[:, None]
+            if BONUS:
+                b_gt = tl.load(gq + p_gt, mask=m_k[:, None] & m_t[None, :], other=0)
+            else:
+                b_gt = tl.load(gc + p_gt, mask=m_k[:, None] & m_t[None, :], other=0)
             b_gl = tl.load(gc + (last * H + i_h) * K + o_k, mask=m_k, other=0)
             b_dh *= tl.exp(b_gl)[:, None]
             b_qt = (b_qt * tl.exp(b_gt)).to(b_do.dtype)
@@ -379,8 +409,13 @@ def chunk_bwd_dqk_kernel(
     BV: tl.constexpr,
     GATE: tl.constexpr,
     PREC: tl.constexpr,
+    gq=None,
+    BONUS: tl.constexpr = False,
 ):
-    """dq, dk per head of v (fp32), from dA = do v^T, do h^T and v dh^T (gla: the inter-chunk part, and dA)."""
+    """dq, dk per head of v (fp32), from dA = do v^T, do h^T and v dh^T (gla: the inter-chunk part, and dA).
+
+    BONUS (rwkv6): q is gated by gq (the exclusive cumsum), so its terms enter the gate gradient of the
+    steps strictly before it (a strict suffix sum); dA keeps its diagonal, the bonus's."""
     i_s, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
@@ -446,7 +481,10 @@ def chunk_bwd_dqk_kernel(
     if GATE == 2:
         b_g = tl.load(gc + (o_t * H + i_h)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
         b_gl = tl.load(gc + (last * H + i_h) * K + o_k, mask=m_k, other=0)
-        b_dq = scale * b_dq * tl.exp(b_g)
+        if BONUS:
+            b_dq = scale * b_dq * tl.exp(tl.load(gq + (o_t * H + i_h)[:, None] * K + o_k[None, :], mask=m_tk, other=0))
+        else:
+            b_dq = scale * b_dq * tl.exp(b_g)
         b_dk *= tl.exp(tl.where(m_tk, b_gl[None, :] - b_g, 0))
         b_db = b_qf * b_dq  # the intra-chunk pairs come from chunk_gla_bwd_intra_kernel
         b_de = b_kf * b_dk
@@ -458,7 +496,11 @@ def chunk_bwd_dqk_kernel(
         # suffix and strict prefix sums as scans: a cumsum minus the element itself would lose a small
         # sum next to a large element, so the strict prefix is a scan of its own (_strict_prefix)
         _, b_pre = tl.associative_scan((b_de, tl.zeros_like(b_de)), 0, _strict_prefix)
-        b_dg = tl.cumsum(b_db, axis=0, reverse=True) + b_pre
+        if BONUS:  # sum_{s > t}: Triton's reverse scan is the forward one over the flipped axis
+            _, b_suf = tl.associative_scan((b_db, tl.zeros_like(b_db)), 0, _strict_prefix, reverse=True)
+            b_dg = b_suf + b_pre
+        else:
+            b_dg = tl.cumsum(b_db, axis=0, reverse=True) + b_pre
         tl.store(dg + p, b_dg + b_ds[None, :], mask=m_tk)
     tl.store(dq + p, b_dq, mask=m_tk)
     tl.store(dk + p, b_dk, mask=m_tk)
@@ -484,8 +526,12 @@ def fused_recurrent_kernel(
     GATE: tl.constexpr,
     USE_H0: tl.constexpr,
     STORE_HT: tl.constexpr,
+    u=None,
+    BONUS: tl.constexpr = False,
 ):
-    """Step the recurrence token by token (decoding). ``ht`` may alias ``h0``: each program reads its tile first."""
+    """Step the recurrence token by token (decoding). ``ht`` may alias ``h0``: each program reads its tile first.
+
+    BONUS (rwkv6): o_t reads the state before the step plus the bonus, (S + diag(u) k v^T)^T q."""
     i_nh, i_v = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     i_hk = i_h // G
@@ -499,17 +545,24 @@ def fused_recurrent_kernel(
     b_h = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_H0:
         b_h += tl.load(h0 + o_h, mask=m_h, other=0)
+    if BONUS:
+        b_u = tl.load(u + i_h * K + o_k, mask=m_k, other=0).to(tl.float32)
     for t in range(bos, eos):
         # [BK], [BV]
         b_q = tl.load(q + (t * (H // G) + i_hk) * K + o_k, mask=m_k, other=0).to(tl.float32)
         b_k = tl.load(k + (t * (H // G) + i_hk) * K + o_k, mask=m_k, other=0).to(tl.float32)
         b_v = tl.load(v + (t * H + i_h) * V + o_v, mask=m_v, other=0).to(tl.float32)
-        if GATE == 1:
-            b_h *= tl.exp(tl.load(g + t * H + i_h).to(tl.float32))
-        if GATE == 2:
-            b_h *= tl.exp(tl.load(g + (t * H + i_h) * K + o_k, mask=m_k, other=0).to(tl.float32))[:, None]
-        b_h += b_k[:, None] * b_v[None, :]
-        b_o = tl.sum(b_h * b_q[:, None], axis=0) * scale
+        if BONUS:  # read first, then decay and add
+            b_kv = b_k[:, None] * b_v[None, :]
+            b_o = tl.sum((b_h + b_u[:, None] * b_kv) * b_q[:, None], axis=0) * scale
+            b_h = b_h * tl.exp(tl.load(g + (t * H + i_h) * K + o_k, mask=m_k, other=0).to(tl.float32))[:, None] + b_kv
+        else:
+            if GATE == 1:
+                b_h *= tl.exp(tl.load(g + t * H + i_h).to(tl.float32))
+            if GATE == 2:
+                b_h *= tl.exp(tl.load(g + (t * H + i_h) * K + o_k, mask=m_k, other=0).to(tl.float32))[:, None]
+            b_h += b_k[:, None] * b_v[None, :]
+            b_o = tl.sum(b_h * b_q[:, None], axis=0) * scale
         tl.store(o + (t * H + i_h) * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
     if STORE_HT:
         tl.store(ht + o_h, b_h, mask=m_h)

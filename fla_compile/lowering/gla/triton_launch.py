@@ -81,12 +81,17 @@ def _config(kind, q, v, T, cu_seqlens, config):
     )
 
 
-def _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, device, cfg):
+def _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, device, cfg, excl=False):
+    """The in-chunk cumsum of the gate (fp32); with ``excl`` (rwkv6) also the exclusive one: (gc, gq)."""
     if gid == 0:
         return gate
     gc = _empty(gate.shape, device, torch.float32)
     BKg = min(cfg.get("cumsum_BK", launch.pow2(K)), launch.pow2(K)) if gid == 2 else 16
     grid = (NS, 1 if gid == 1 else triton.cdiv(K, BKg), H)
+    if excl:
+        gq = _empty(gate.shape, device, torch.float32)
+        kern.chunk_cumsum_kernel[grid](gate, gc, cu, info, H, K, BT, BKg, gid, gq, True, **_opts(cfg, "cumsum"))
+        return gc, gq
     kern.chunk_cumsum_kernel[grid](gate, gc, cu, info, H, K, BT, BKg, gid, **_opts(cfg, "cumsum"))
     return gc
 
@@ -123,14 +128,17 @@ def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg,
     return h, ht
 
 
-def _gla_A(q, k, gc, cu, info, NS, B, T, H, G, K, BT, BK, prec, cfg, out=None):
+def _gla_A(q, k, gc, cu, info, NS, B, T, H, G, K, BT, BK, prec, cfg, out=None, gq=None, u=None):
     """The vector gate's intra-chunk attention matrix A: [B, T, H, BT] in the inputs' dtype (the kernels
-    cast it to that dtype before every dot), or written into ``out`` [B, T, H, A_SLOTS] (BT <= A_SLOTS)."""
+    cast it to that dtype before every dot), or written into ``out`` [B, T, H, A_SLOTS] (BT <= A_SLOTS).
+
+    rwkv6 (``u``, with ``gq`` the exclusive cumsum): strictly causal, the bonus on the diagonal."""
     A = _empty((B, T, H, BT), q.device, q.dtype) if out is None else out
     NC = BT // BC
     BK = _tile(cfg, "A", K, K)[0]
+    extra = () if u is None else (gq, u, True)
     intra.chunk_gla_A_kernel[(NS, NC * NC, H)](
-        q, k, gc, A, cu, info, H, G, K, BT, BC, BK, NC, prec, A.shape[-1], **_opts(cfg, "A")
+        q, k, gc, A, cu, info, H, G, K, BT, BC, BK, NC, prec, A.shape[-1], *extra, **_opts(cfg, "A")
     )
     return A
 
@@ -181,24 +189,37 @@ def saved_A_valid(A, B, T, H, BT, dtype, device) -> bool:
     return _A_slot(A, B, T, H, BT, dtype, device) and getattr(A, _A_TAG, None) == BT
 
 
-def chunk_forward(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, config=None, A_out=None):
+def _bonus(bonus, H, K):
+    """rwkv6's u as the kernels read it: [H, K] fp32, contiguous (None for the other families)."""
+    return None if bonus is None else bonus.float().contiguous()
+
+
+def chunk_forward(
+    q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, config=None, A_out=None, bonus=None
+):
     """Chunked forward: (o in v's dtype, final state fp32 [N, H, K, V]).
 
     ``A_out`` (vector gate): a [B, T, H, A_SLOTS] tensor in v's dtype (:func:`saved_A_like`) to keep A in
     for the backward; written (zeros past column BT) and tagged with BT when BT <= A_SLOTS, else zeros.
+    ``bonus`` (rwkv6, vector gate): u [H, K]; q is then gated by the exclusive cumsum and A holds the bonus.
     """
     _untag(A_out)
     q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind)
     BT, BK, BV, cfg = _blocks(_config(gate_kind, q, v, T, cu_seqlens, config), K, V)
     cu, info, chunk_off, NS, N = chunk_meta(B, T, cu_seqlens, BT, q.device)
     h0 = initial_state.float().contiguous() if initial_state is not None else None
-    gc = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device, cfg)
+    u = _bonus(bonus, H, K)
+    gq = None
+    if u is not None:
+        gc, gq = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device, cfg, excl=True)
+    else:
+        gc = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device, cfg)
     prec = launch.prec(v.dtype)
     h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, H // HK, K, V, gid, BT, BK, BV, cfg, prec)
     A = h
     if gid == 2:
         out = A_out if _A_slot(A_out, B, T, H, BT, v.dtype, v.device) else None
-        A = _gla_A(q, k, gc, cu, info, NS, B, T, H, H // HK, K, BT, BK, prec, cfg, out=out)
+        A = _gla_A(q, k, gc, cu, info, NS, B, T, H, H // HK, K, BT, BK, prec, cfg, out=out, gq=gq, u=u)
         if out is None:
             _no_A(A_out)
         else:
@@ -214,7 +235,7 @@ def chunk_forward(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlen
         q,
         k,
         v,
-        gc if gc is not None else h,
+        gq if gq is not None else gc if gc is not None else h,  # the gate of q: rwkv6's exclusive one
         h,
         A,
         o,
@@ -236,8 +257,11 @@ def chunk_forward(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlen
     return o, ht
 
 
-def chunk_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, config=None, A=None):
-    """Chunked backward: (dq, dk, dv, dgate or None, dh0 or None), dq/dk/dv in the inputs' dtypes.
+def chunk_backward(
+    q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, config=None, A=None, bonus=None
+):
+    """Chunked backward: (dq, dk, dv, dgate or None, dh0 or None), dq/dk/dv in the inputs' dtypes; with
+    ``bonus`` (rwkv6) du [H, K] fp32 last.
 
     Recomputes the gate cumsum and the chunk states, carries the state gradient backwards, then forms dv,
     dq, dk and the gate gradient per chunk (chunk-local: the decay of the incoming state enters through
@@ -252,7 +276,13 @@ def chunk_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, d
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     do = do.to(v.dtype).contiguous()
     dht = dht.float().contiguous() if dht is not None else None
-    gc = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device, cfg)
+    u = _bonus(bonus, H, K)
+    gq = None
+    if u is not None:
+        gc, gq = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device, cfg, excl=True)
+    else:
+        gc = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device, cfg)
+    rw = () if u is None else (gq, True)  # the trailing rwkv6 arguments of the dh and dqk kernels
     prec = launch.prec(v.dtype)
     h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg, prec)
 
@@ -282,12 +312,13 @@ def chunk_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, d
         dht is not None,
         dh0 is not None,
         prec,
+        *rw,
         **_opts(cfg, "dh"),
     )
     if gid != 2:
         A = ht  # a placeholder pointer: never read
     elif not saved_A_valid(A, B, T, H, BT, v.dtype, v.device):
-        A = _gla_A(q, k, gc, cu, info, NS, B, T, H, G, K, BT, BK, prec, cfg)
+        A = _gla_A(q, k, gc, cu, info, NS, B, T, H, G, K, BT, BK, prec, cfg, gq=gq, u=u)
     SA = A.shape[-1] if gid == 2 else BT
     dv = _empty(v.shape, v.device, v.dtype)
     BK, BV = _tile(cfg, "dv", K, V)
@@ -325,6 +356,7 @@ def chunk_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, d
         BV,
         gid,
         prec,
+        *rw,
         **_opts(cfg, "dqk"),
     )
     if gid == 2:
@@ -332,16 +364,22 @@ def chunk_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, d
         db = _empty(dq.shape, v.device, torch.float32)
         BKi = _tile(cfg, "intra", K, K)[0]
         grid = (NS, NC * triton.cdiv(K, BKi), H)
+        du = _empty(dq.shape, v.device, torch.float32) if u is not None else None  # per token, summed below
+        extra = () if u is None else (gq, u, du, dg, True)
         intra.chunk_gla_bwd_intra_kernel[grid](
-            q, k, gc, dA, dq, dk, db, cu, info, scale, H, G, K, BT, BC, BKi, NC, prec, **_opts(cfg, "intra")
+            q, k, gc, dA, dq, dk, db, cu, info, scale, H, G, K, BT, BC, BKi, NC, prec, *extra, **_opts(cfg, "intra")
         )
         BKr = _tile(cfg, "rc", K, K)[0]
-        intra.chunk_rc_add_kernel[(NS, triton.cdiv(K, BKr), H)](db, dg, cu, info, H, K, BT, BKr, **_opts(cfg, "rc"))
+        intra.chunk_rc_add_kernel[(NS, triton.cdiv(K, BKr), H)](
+            db, dg, cu, info, H, K, BT, BKr, *(() if u is None else (True,)), **_opts(cfg, "rc")
+        )
     if gid == 1:
         dg = dg.sum(-1)
     if G > 1:  # GQA: sum the heads of each group, in a fixed order
         dq = dq.view(B, T, HK, G, K).sum(3)
         dk = dk.view(B, T, HK, G, K).sum(3)
+    if u is not None:  # du: the per-token terms summed over tokens, in a fixed order
+        return dq.to(in_dtypes[0]), dk.to(in_dtypes[1]), dv.to(in_dtypes[2]), dg, dh0, du.sum((0, 1))
     return dq.to(in_dtypes[0]), dk.to(in_dtypes[1]), dv.to(in_dtypes[2]), dg, dh0
 
 
@@ -357,8 +395,11 @@ def fused_recurrent(
     output_final_state=True,
     inplace_state=False,
     config=None,
+    bonus=None,
 ):
     """Token-by-token forward for decoding (T up to ``DECODE_MAX_T``): (o, final state or None).
+
+    ``bonus`` (rwkv6, vector gate): u [H, K]; each output reads the state before its step, plus the bonus.
 
     With ``inplace_state`` the new state is written into ``initial_state`` (which must be a
     contiguous fp32 tensor) and returned; nothing is allocated for it, so it is CUDA-graph safe.
@@ -399,16 +440,17 @@ def fused_recurrent(
         gid,
         h0 is not None,
         ht is not None,
+        *(() if bonus is None else (_bonus(bonus, H, K), True)),
         num_warps=config.get("num_warps", 4),
     )
     return o, ht
 
 
-def forward(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, A_out=None):
+def forward(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, A_out=None, bonus=None):
     """The op's forward: the fused recurrent kernel for short inputs (``A_out`` set to zeros), the chunked
     one otherwise (it keeps the vector gate's A in ``A_out``, see :func:`chunk_forward`)."""
     if q.shape[1] <= DECODE_MAX_T:
         _untag(A_out)
         _no_A(A_out)
-        return fused_recurrent(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens)
-    return chunk_forward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, A_out=A_out)
+        return fused_recurrent(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, bonus=bonus)
+    return chunk_forward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, A_out=A_out, bonus=bonus)
