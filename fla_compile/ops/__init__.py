@@ -2,5 +2,16 @@
 
 from .delta import delta_rule, gated_delta_rule, kda
 from .gla import gla, linear_attn, retention, simple_gla
+from .loss import linear_cross_entropy, linear_kl_div
 
-__all__ = ["delta_rule", "gated_delta_rule", "gla", "kda", "linear_attn", "retention", "simple_gla"]
+__all__ = [
+    "delta_rule",
+    "gated_delta_rule",
+    "gla",
+    "kda",
+    "linear_attn",
+    "linear_cross_entropy",
+    "linear_kl_div",
+    "retention",
+    "simple_gla",
+]
