@@ -188,11 +188,10 @@ class LossLowering:
         grad = torch.is_grad_enabled()
         need_h = grad and hidden.requires_grad
         need_w = grad and (w.requires_grad or (bias is not None and bias.requires_grad))
-        dtype = torch.float64 if hidden.dtype == torch.float64 else self.dtype  # probes stay float64
         loss = torch.ops.fla_compile.linear_cross_entropy(
             hidden, w, bias, labels, self.ignore_index, self.smoothing, self.reduction, need_h, need_w, 0
         )[0]
-        return loss.to(dtype)
+        return loss.to(self.dtype)
 
 
 def _replay(graph: fx.Graph, cand: Candidate, lookup, width: int) -> fx.Node:

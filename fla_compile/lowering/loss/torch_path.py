@@ -199,8 +199,8 @@ def _kl_chunks(hs, ws, ht, wt, valid, temperature, chunk, row_scale, want_dh, wa
         e = min(N, s + chunk)
         zs = gs.logits(hs[s:e]).mul_(inv_t)
         zt = gt.logits(ht[s:e]).to(acc).mul_(inv_t)
-        ls = torch.log_softmax(zs, dim=-1)
-        lt = torch.log_softmax(zt, dim=-1)
+        ls = zs.sub_(torch.logsumexp(zs, dim=-1, keepdim=True))  # log p_s
+        lt = zt.sub_(torch.logsumexp(zt, dim=-1, keepdim=True))  # log p_t
         pt = lt.exp()
         kl = (pt * (lt - ls)).sum(dim=-1)  # terms with p_t = 0 are 0 * finite = 0
         m = valid[s:e] if valid is not None else None
