@@ -178,3 +178,48 @@ def test_bad_input(call, match):
     h, w, _, y = _data(torch.float32, False, gen)
     with pytest.raises(ValueError, match=match):
         call(h.detach(), w.detach(), y)
+
+
+@pytest.mark.parametrize("mode", ["half", "upcast"])
+def test_gemm_modes_accumulate_in_fp32(mode):
+    """The half-input product paths (CUDA's "half" fallback forced here on the CPU, small slices)."""
+    from fla_compile.lowering.loss.torch_path import Gemm
+
+    gen = torch.Generator().manual_seed(11)
+    w = torch.randn(V, HD, generator=gen).bfloat16()
+    h = torch.randn(5, HD, generator=gen).bfloat16()
+    dz = torch.randn(5, V, generator=gen)
+    gemm = Gemm(w)
+    gemm.mode, gemm.SLICE = mode, 4
+    gemm.w = w.float() if mode == "upcast" else w
+    dw = torch.ones(V, HD)
+    gemm.add_weight_grad(dw, dz, h)
+    assert gemm.logits(h).dtype == torch.float32 and dw.dtype == torch.float32
+    assert _rel(gemm.logits(h), h.double() @ w.double().T) <= 1e-2
+    if mode == "half":  # dz and each chunk's product rounded to bf16, summed in fp32
+        assert _rel(dw, 1 + dz.bfloat16().double().T @ h.double()) <= 5e-3
+    else:
+        assert _rel(dw, 1 + dz.double().T @ h.double()) <= 1e-6
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_half_matches_fp64(dtype):
+    """On CUDA: the gemm mode in use (out_dtype where torch has it), loss and gradients against fp64."""
+    from fla_compile.lowering.loss import gemm_mode
+
+    gen = torch.Generator().manual_seed(12)
+    n, hd, v = 300, 64, 5000
+    h = torch.randn(n, hd, generator=gen).to("cuda", dtype).requires_grad_()
+    w = (torch.randn(v, hd, generator=gen) / 8).to("cuda", dtype).requires_grad_()
+    y = torch.randint(0, v, (n,), generator=gen).cuda()
+    y[::7] = -100
+    assert gemm_mode(w) in ("out_dtype", "half")
+    print("gemm mode", gemm_mode(w))
+    loss = linear_cross_entropy(h, w, y, label_smoothing=0.1, chunk_size=64)
+    gh, gw = torch.autograd.grad(loss, [h, w])
+    hd_, wd = h.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    ref = F.cross_entropy(hd_ @ wd.T, y, label_smoothing=0.1)
+    rh, rw = torch.autograd.grad(ref, [hd_, wd])
+    assert _rel(loss, ref) <= 1e-3 and _rel(gh, rh) <= 2e-2 and _rel(gw, rw) <= 2e-2

@@ -5,8 +5,16 @@ from .torch_path import (
     chunk_rows,
     cross_entropy_backward,
     cross_entropy_forward,
+    gemm_mode,
     kl_div_backward,
     kl_div_forward,
 )
 
-__all__ = ["chunk_rows", "cross_entropy_backward", "cross_entropy_forward", "kl_div_backward", "kl_div_forward"]
+__all__ = [
+    "chunk_rows",
+    "cross_entropy_backward",
+    "cross_entropy_forward",
+    "gemm_mode",
+    "kl_div_backward",
+    "kl_div_forward",
+]

@@ -59,33 +59,50 @@ def _fp32_out_gemm(device: torch.device, dtype: torch.dtype) -> bool:
     return ok
 
 
-class Gemm:
-    """The three products of a chunk, each accumulating in fp32 whatever the inputs' dtype.
+def gemm_mode(weight: torch.Tensor) -> str:
+    """How a chunk's products run for this weight: "native" (fp32/fp64 inputs), "out_dtype" (half
+    inputs on CUDA, fp32 results from the gemm itself), "half" (half inputs on CUDA without that:
+    half results upcast, the weight's gradient accumulated in fp32 by slices of the vocabulary), or
+    "upcast" (half inputs elsewhere: the weight upcast once, fp32 products)."""
+    if weight.dtype not in HALF:
+        return "native"
+    if weight.device.type != "cuda":
+        return "upcast"
+    return "out_dtype" if _fp32_out_gemm(weight.device, weight.dtype) else "half"
 
-    Half inputs on CUDA use the gemm's fp32 output (``out_dtype``) where torch has it; elsewhere
-    (CPU, or a torch without it) the weight is upcast once, and the products run in fp32.
-    """
+
+class Gemm:
+    """The three products of a chunk, each accumulating in fp32 whatever the inputs' dtype (see
+    ``gemm_mode``)."""
+
+    SLICE = 16384  # vocabulary rows per fp32 temporary of the weight's gradient in "half" mode
 
     def __init__(self, weight: torch.Tensor):
         self.dtype = weight.dtype
         self.acc = acc_dtype(weight)
-        self.fast = _fp32_out_gemm(weight.device, weight.dtype)
-        self.w = weight if self.fast or weight.dtype == self.acc else weight.to(self.acc)
+        self.mode = gemm_mode(weight)
+        self.w = weight.to(self.acc) if self.mode == "upcast" else weight
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """[C, V] = h @ w.T in the accumulation dtype."""
-        if self.fast:
+        if self.mode == "out_dtype":
             return torch.mm(h, self.w.t(), out_dtype=torch.float32)
+        if self.mode == "half":
+            return torch.mm(h, self.w.t()).float()
         return torch.mm(h.to(self.acc), self.w.t())
 
     def input_grad(self, dz: torch.Tensor) -> torch.Tensor:
         """[C, Hd] = dz @ w, dz in the accumulation dtype."""
-        return torch.mm(dz.to(self.dtype) if self.fast else dz, self.w)
+        return torch.mm(dz.to(self.w.dtype), self.w)
 
     def add_weight_grad(self, dw: torch.Tensor, dz: torch.Tensor, h: torch.Tensor) -> None:
         """dw += dz.T @ h, dw in the accumulation dtype."""
-        if self.fast:
+        if self.mode == "out_dtype":
             torch.addmm(dw, dz.to(self.dtype).t(), h, out_dtype=torch.float32, out=dw)
+        elif self.mode == "half":
+            dzh = dz.to(self.dtype)
+            for s in range(0, dw.shape[0], self.SLICE):
+                dw[s : s + self.SLICE] += torch.mm(dzh[:, s : s + self.SLICE].t(), h).float()
         else:
             dw.addmm_(dz.t(), h.to(self.acc))
 
