@@ -2,6 +2,18 @@
 
 from .delta import delta_rule, gated_delta_rule, kda
 from .gla import gla, linear_attn, retention, simple_gla
+from .loss import linear_cross_entropy, linear_kl_div
 from .rwkv6 import rwkv6
 
-__all__ = ["delta_rule", "gated_delta_rule", "gla", "kda", "linear_attn", "retention", "rwkv6", "simple_gla"]
+__all__ = [
+    "delta_rule",
+    "gated_delta_rule",
+    "gla",
+    "kda",
+    "linear_attn",
+    "linear_cross_entropy",
+    "linear_kl_div",
+    "retention",
+    "rwkv6",
+    "simple_gla",
+]
