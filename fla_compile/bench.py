@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from . import costs
 from .verify import rel_err
 
-FAMILIES = ["linear_attn", "retention", "simple_gla", "gla", "delta_rule", "gated_delta_rule", "kda"]
+FAMILIES = ["linear_attn", "retention", "simple_gla", "gla", "delta_rule", "gated_delta_rule", "kda", "rwkv6"]
 
 
 def samples(fns, device, warmup: int = 1, reps: int = 5, wall: bool = False) -> list[list[float]]:
@@ -62,7 +62,7 @@ def family_inputs(family: str, shape, dtype, device, seed=0) -> list:
 
     q, k, v [B, T, H, D] randn (k L2-normalized for the delta rules, which need |k| <= 1);
     gates logsigmoid(randn) in log space ([B, T, H] per head, [B, T, H, D] per key);
-    retention's decay log(1 - 2^(-5 - h)) per head; beta sigmoid(randn) [B, T, H].
+    retention's decay log(1 - 2^(-5 - h)) per head; beta sigmoid(randn) [B, T, H]; rwkv6's u randn [H, D].
     """
     B, T, H, D = shape
     gen = torch.Generator().manual_seed(seed)
@@ -80,6 +80,8 @@ def family_inputs(family: str, shape, dtype, device, seed=0) -> list:
         extra = [F.logsigmoid(randn(B, T, H))]
     elif family in ("gla", "kda"):
         extra = [F.logsigmoid(randn(B, T, H, D))]
+    elif family == "rwkv6":  # w per key dim, the bonus u [H, K]
+        extra = [F.logsigmoid(randn(B, T, H, D)), randn(H, D)]
     if family in ("delta_rule", "gated_delta_rule", "kda"):
         extra.append(torch.sigmoid(randn(B, T, H)))
     qkv = [x.to(device=device, dtype=dtype) for x in (q, k, v)]
@@ -109,10 +111,11 @@ def _step(fn, xs, backward: bool):
 def bench_family(family, shape, dtype, device, backward=False, reps=5, warmup=1) -> dict:
     """One row: ms of ``ops.<family>`` and of ``reference.<family>`` and the ops' rel err vs float64."""
     from . import ops
-    from .reference import delta, gla
+    from .reference import delta, gla, rwkv6
 
     ours = getattr(ops, family)
-    ref = getattr(delta if family in ("delta_rule", "gated_delta_rule", "kda") else gla, family)
+    line = delta if family in ("delta_rule", "gated_delta_rule", "kda") else rwkv6 if family == "rwkv6" else gla
+    ref = getattr(line, family)
     xs = family_inputs(family, shape, dtype, device)
     if backward:
         xs = [x.requires_grad_() if x.dim() > 1 else x for x in xs]
