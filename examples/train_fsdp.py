@@ -68,8 +68,8 @@ def build_config(tiny: bool, moe: bool = False) -> transformers.Qwen3NextConfig:
         linear_conv_kernel_dim=4,
         num_experts=8 if moe else 0,
         num_experts_per_tok=2,
-        moe_intermediate_size=inter // 4,
-        shared_expert_intermediate_size=inter // 4,
+        moe_intermediate_size=inter // 8,  # 8 experts, 2 active: ~0.5B in all with --moe too
+        shared_expert_intermediate_size=inter // 8,
         mlp_only_layers=[] if moe else list(range(layers)),
         layer_types=["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(layers)],
         tie_word_embeddings=False,
