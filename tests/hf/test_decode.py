@@ -71,8 +71,8 @@ def _eos_ending(tokens):
 def test_eager_fallback_equals_generate(patched):
     arch, model = patched
     ids, mask = _prompts()
-    ref = _reference(model, ids, mask, 12, eos=None)
-    assert torch.equal(fh.generate(model, ids, 12, mask, eos_token_id=[], pad_token_id=0), ref)
+    ref = _reference(model, ids, mask, 12, eos=None)  # the generation config's eos and pad, in both
+    assert torch.equal(fh.generate(model, ids, 12, mask), ref)
     free = ref[:, 7:]
     for eos in (_eos_ending(free), [int(free[0, 3]), int(free[1, 4]), int(free[2, 5])]):  # some rows end; all do
         ref = _reference(model, ids, mask, 12, eos)
