@@ -107,7 +107,8 @@ def setup(device: str):
         dev = torch.device("cpu")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29500")
-    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
+    cuda = dev.type == "cuda"
+    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world, device_id=dev if cuda else None)
     return rank, world, dev
 
 
