@@ -54,8 +54,14 @@ class GraphDecoder:
 
     The cache, the step's buffers and the captured graph are made once and reused by every
     ``generate`` call of this decoder (the cache is reset in place between calls), so repeated calls
-    capture nothing. ``capture(step) -> (replay, ran)`` replaces the CUDA graph capture: ``ran`` says
-    whether capturing ran the step once for real (a tracer does; a CUDA graph capture does not).
+    capture nothing.
+
+    cuda_graph: replay the step from a CUDA graph (default: when the model is on CUDA); else eager steps.
+    warmup: eager decode steps before the capture (kernels compile, tuning happens, during these).
+    eos_token_id / pad_token_id: as ``generate``'s (None / []: no end of sequence; pad defaults to the
+    first eos id, else 0). check_every: steps between the host's looks at whether every row ended.
+    capture: ``capture(step) -> (replay, ran)`` in place of the CUDA graph capture; ``ran`` says whether
+    capturing ran the step once for real (a tracer does; a CUDA graph capture does not).
     """
 
     def __init__(
@@ -115,7 +121,7 @@ class GraphDecoder:
         """Record the next token of each row [B] (pad after the row's end), make it the next input."""
         if self.eos.numel():
             nxt = torch.where(self.done, self.pad, nxt)
-            self.done |= torch.isin(nxt, self.eos)
+            self.done |= (nxt[:, None] == self.eos).any(-1)
         self.tok.copy_(nxt[:, None])
         self.out.index_copy_(1, self.i, nxt[:, None])
         self.i.add_(1)
@@ -195,7 +201,7 @@ class GraphDecoder:
         n = min(int(self.i.item()), max_new_tokens)
         if not self.eos.numel():
             return n
-        ended = torch.isin(self.out[:, :n], self.eos)
+        ended = (self.out[:, :n, None] == self.eos).any(-1)
         if not bool(ended.any(-1).all()):
             return n
         return int(ended.int().argmax(-1).max().item()) + 1
