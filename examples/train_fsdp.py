@@ -136,7 +136,8 @@ def train(args) -> dict:
     dtype = getattr(torch, args.dtype)
     config = build_config(args.tiny, args.moe)
     torch.manual_seed(args.seed)  # the same initial weights on every rank, before sharding
-    model = transformers.Qwen3NextForCausalLM(config).to(device)
+    with device:  # initialized where it trains (a CPU init of 0.5B parameters takes a while)
+        model = transformers.Qwen3NextForCausalLM(config)
     n_params = sum(p.numel() for p in model.parameters())
     report = fh.patch(model, verify=not args.no_verify)
     if rank == 0:
