@@ -3,6 +3,7 @@
     report = fla_compile.hf.patch(model)   # in place; proven per layer class; returns a PatchReport
     print(report)                          # which classes, how many layers, which op, probe errors
     fla_compile.hf.unpatch(model)          # exactly what was there before
+    fla_compile.hf.generate(model, ids, n) # greedy decoding, each step replayed from one CUDA graph
 
 ``registry.py`` lists the layer classes we know (gated delta net, KDA, lightning attention,
 Mamba2 SSD: 15 architectures) and their math kind; ``gated_delta.py``, ``kda.py``,
@@ -17,7 +18,19 @@ they are a measurable share of a patched layer's time on the GPU; that has not b
 measured. The probes compile our kernels at their own small shapes on first use.
 """
 
+from .decode import GraphDecoder, generate
 from .patch import LayerGroup, PatchReport, is_patched, patch, unpatch
 from .registry import RULES, Binding, Rule
 
-__all__ = ["RULES", "Binding", "LayerGroup", "PatchReport", "Rule", "is_patched", "patch", "unpatch"]
+__all__ = [
+    "RULES",
+    "Binding",
+    "GraphDecoder",
+    "LayerGroup",
+    "PatchReport",
+    "Rule",
+    "generate",
+    "is_patched",
+    "patch",
+    "unpatch",
+]

@@ -197,3 +197,23 @@ def test_shipped_table_tunes_nothing_on_first_calls(monkeypatch):
     monkeypatch.delenv("FLA_COMPILE_AUTOTUNE")
     monkeypatch.setattr(autotune, "arch_of", lambda device: "sm80")  # no shipped winners there
     assert autotune._tuning_allowed(cuda)
+
+
+def test_no_tuning_inside_cuda_graph_capture(tmp_path, monkeypatch):
+    """During capture a new key gets the default, even where tuning is allowed, and nothing is stored;
+    ``tune`` itself refuses. Capture is simulated (the CPU has no CUDA graphs)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    path = tmp_path / "gla-capture.json"
+    tuned = []
+    autotune.forget()
+    try:
+        got = autotune.lookup("k1", path, lambda: True, lambda: {"default": True}, lambda: tuned.append(1) or {"x": 1})
+        assert got == {"default": True} and not tuned and not path.exists()
+        with pytest.raises(RuntimeError, match="inside CUDA-graph capture"):
+            tuning.tune("decode", "scalar", 64, 64, torch.bfloat16, 1, torch.device("cuda"))
+        monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)  # the same call, not capturing
+        got = autotune.lookup("k1", path, lambda: True, lambda: {"default": True}, lambda: tuned.append(1) or {"x": 1})
+        assert got == {"x": 1} and tuned == [1] and path.exists()
+    finally:
+        autotune.forget()

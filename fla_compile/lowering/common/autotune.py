@@ -126,6 +126,12 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def capturing() -> bool:
+    """Whether a CUDA graph is being captured on the current stream. Tuning then never runs: it would
+    launch and time candidates (and synchronize) inside the capture, and the graph would keep them."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 def _tuning_allowed(device) -> bool:
     """Tune a new key now? ``FLA_COMPILE_AUTOTUNE``: '0' never, '1' always, unset or 'auto' only on an
     arch without shipped winners (never inside CUDA-graph capture or on the interpreter)."""
@@ -163,7 +169,8 @@ def get_config(kernel, gate_kind, K, V, dtype, T, device, varlen=False, line="gl
 
 def lookup(key: str, path: pathlib.Path, allowed, default, tune_fn) -> dict:
     """The winner of ``key``: from memory, else from the cache file at ``path`` (read once per process),
-    else tuned now and persisted when ``allowed()``, else ``default()`` (not stored: tuned next time)."""
+    else tuned now and persisted when ``allowed()`` (never during CUDA-graph capture), else ``default()``
+    (not stored: tuned next time)."""
     winners = _winners.get(str(path))
     if winners is not None and key in winners:
         return winners[key]
@@ -174,7 +181,7 @@ def lookup(key: str, path: pathlib.Path, allowed, default, tune_fn) -> dict:
             _loaded.add(str(path))
         if key in winners:
             return winners[key]
-        if not allowed():
+        if capturing() or not allowed():  # never tune inside a capture, whatever ``allowed`` says
             return default()
         cfg = tune_fn()
         if cfg is None:  # no candidate survived screening: the default, and nothing stored

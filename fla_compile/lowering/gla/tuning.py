@@ -114,6 +114,8 @@ def _time(kernel, gate_kind, K, V, dtype, T, cfg, device) -> float:
 
 def tune(kernel, gate_kind, K, V, dtype, T, device) -> dict:
     """Screen every candidate of the arch, time the survivors, return the fastest (None if none survive)."""
+    if autotune.capturing():
+        raise RuntimeError("fla_compile: autotuning was asked for inside CUDA-graph capture; run one call first")
     arch = autotune.arch_of(device)
     cands = autotune.candidates(kernel, gate_kind, arch)
     best, best_ms = None, float("inf")
