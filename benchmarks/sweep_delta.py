@@ -25,15 +25,19 @@ from profile_ops import kernel_table  # noqa: E402
 VARIANTS = [
     ("shipped", {}),
     ("wu fused", {"WU_SPLIT": False}),
-    ("h BV=64", {"_BV_H": 64}),
-    ("h BV=16", {"_BV_H": 16}),
+    ("h BV=32", {"_BV_H": 32}),
     ("h warps 8", {"h": (8, 2)}),
-    ("wy_bwd warps 4", {"wy_bwd": (4, 2)}),
+    ("dh BV=64", {"_BV_DH": 64}),
     ("dh warps 8", {"dh": (8, 2)}),
-    ("solve warps 2", {"solve": (2, 1)}),
+    ("dh BV=64 warps 8", {"_BV_DH": 64, "dh": (8, 2)}),
+    ("wy_bwd warps 4", {"wy_bwd": (4, 2)}),
+    ("solve warps 1", {"solve": (1, 1)}),
+    ("solve warps 4", {"solve": (4, 1)}),
     ("wu warps 8", {"wu": (8, 2)}),
     ("dqk warps 8", {"dqk": (8, 2)}),
-    ("pair warps 8", {"pair": (8, 2)}),
+    ("pair warps 8", {"pair": (8, 2), "pair_vec": (8, 2)}),
+    ("pair_vec warps 2", {"pair_vec": (2, 2)}),
+    ("A warps 8", {"A": (8, 2)}),
 ]
 
 

@@ -131,7 +131,7 @@ _STAGED = {
     "kkt": (4, 3),
     "A": (4, 3),
     "wy": (4, 3),
-    "solve": (4, 1),
+    "solve": (2, 1),
     "wu": (4, 2),
     "h": (4, 2),
     "o": (4, 2),
@@ -142,8 +142,10 @@ _STAGED = {
     "rc": (4, 3),
     "wy_bwd": (8, 2),
     "pair": (4, 2),
+    "pair_vec": (4, 2),
 }
-_BV_H = 32  # V block of the state pass (its programs: sequences x heads x V / BV)
+_BV_H = 64  # V block of the state pass (its programs: sequences x heads x V / BV); 64 beat 32 and 16 on the H200
+_BV_DH = 32  # V block of the backward state pass
 _BV_O = 64  # V block of the output kernel
 WU_SPLIT = True  # W, U by full-chunk dots after a solve-only kernel (False: the solve kernel forms them by blocks)
 
@@ -270,7 +272,7 @@ def backward_parts(q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlen
     dh = torch.empty(NS, H, K, V, device=dev, dtype=dt)
     dvn = torch.empty(B, T, H, V, device=dev, dtype=dt)
     dh0 = torch.empty(N, H, K, V, **f32) if h0 is not None else None
-    BV = min(_BV_H, launch.pow2(V))
+    BV = min(_BV_DH, launch.pow2(V))
     kwb.chunk_delta_dh_kernel[(N * H, triton.cdiv(V, BV))](
         q, k, w, gcp, dvl, do, dh, dvn, dht if dht is not None else dvl, dh0 if dh0 is not None else dvl, cu,
         chunk_off, scale, H, G, K, V, BT, BK, BV, gid, dht is not None, dh0 is not None, prec, **_opts("dh"),
@@ -305,17 +307,9 @@ def backward_parts(q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlen
     )  # fmt: skip
     # 5. the pairs of A = k k^T (gated)
     if gid == 2:
-        kH = k if G == 1 else k.repeat_interleave(G, dim=2)
-        kb = (kH.float() * beta.float()[..., None]).to(dt)
-        R = torch.zeros(B, T, H, K, **f32)
-        C = torch.zeros(B, T, H, K, **f32)
-        db2 = torch.empty(B, T, H, K, **f32)
-        gla_intra.chunk_gla_bwd_intra_kernel[(NS, NC * triton.cdiv(K, BKi), H)](
-            kb, kH, gc, dN, R, C, db2, cu, info, 1.0, H, 1, K, BT, 16, BKi, NC, prec, **_opts("intra")
+        kwb.chunk_kk_pair_bwd_vec_kernel[(NS, NC, H)](
+            k, beta, gc, dN, dk, dbeta, dG, cu, info, H, G, K, BT, 16, BK, NC, prec, **_opts("pair_vec")
         )
-        dk += beta.float()[..., None] * R + C
-        dbeta += (kH.float() * R).sum(-1)
-        dG += db2
         gla_intra.chunk_rc_add_kernel[(NS, triton.cdiv(K, BKi), H)](dG, dg, cu, info, H, K, BT, BKi, **_opts("rc"))
     else:
         kwb.chunk_kk_pair_bwd_kernel[(NS, H)](
@@ -422,8 +416,9 @@ def chunk_backward(
     B, T, HK, K = q.shape
     H = v.shape[2]
     dq, dk, dv, db, dg, dh0 = backward_parts(q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlens, BT, X)
-    dq = dq.view(B, T, HK, H // HK, K).sum(3)
-    dk = dk.view(B, T, HK, H // HK, K).sum(3)
+    if H > HK:  # GQA: sum the heads of each group, in a fixed order
+        dq = dq.view(B, T, HK, H // HK, K).sum(3)
+        dk = dk.view(B, T, HK, H // HK, K).sum(3)
     if use_qk_l2norm:
         qn, rq, kn, rk = norms
         dq, dk = _l2norm_bwd(qn, rq, dq), _l2norm_bwd(kn, rk, dk)

@@ -268,3 +268,107 @@ def chunk_kk_pair_bwd_kernel(
     tl.store(dbeta + p, tl.load(dbeta + p, mask=m_t, other=0) + b_db, mask=m_t)
     if GATE == 1:
         tl.store(dG + p, tl.load(dG + p, mask=m_t, other=0) + b_dg, mask=m_t)
+
+
+@triton.jit
+def chunk_kk_pair_bwd_vec_kernel(
+    k,
+    beta,
+    gc,
+    dN,
+    dk,
+    dbeta,
+    dG,
+    cu,
+    info,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    BT: tl.constexpr,
+    BC: tl.constexpr,
+    BK: tl.constexpr,
+    NC: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """The pairs of A_ij = sum_d k_id k_jd e^{G_id - G_jd} (a gate per key dim, kda) for the rows of one sub-chunk:
+    R_i = sum_{j<i} dN_ij k_j e^{G_i - G_j}, C_i = sum_{m>i} dN_mi b_m k_m e^{G_m - G_i};
+    dk += b R + C, dbeta += k . R, dG += b k R - k C (added; BK covers K).
+
+    Blocks off the diagonal are dots of factors taken against a reference row of this sub-chunk (every exponent
+    <= 0); the diagonal block is factored when its gate span allows (``SPAN``), else summed column by column."""
+    i_s, i_i, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
+    if i_n < 0:
+        return
+    i_hk = i_h // G
+    t0 = bos + i_c * BT
+    t_i0 = t0 + i_i * BC
+    if t_i0 >= eos:
+        return
+    o_c = tl.arange(0, BC)
+    o_ti = t_i0 + o_c
+    m_ti = o_ti < eos
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    m_ik = m_ti[:, None] & m_k[None, :]
+    b_g = tl.load(gc + (o_ti * H + i_h)[:, None] * K + o_k[None, :], mask=m_ik, other=0)
+    b_R = tl.zeros([BC, BK], dtype=tl.float32)
+    b_C = tl.zeros([BC, BK], dtype=tl.float32)
+    # blocks left of the diagonal: reference = the first row of this sub-chunk
+    b_gr = tl.load(gc + (t_i0 * H + i_h) * K + o_k, mask=m_k, other=0)
+    for i_j in range(0, i_i):
+        o_tj = t0 + i_j * BC + o_c
+        b_dN = tl.load(dN + (o_ti * H + i_h)[:, None] * BT + (i_j * BC + o_c)[None, :], mask=m_ti[:, None], other=0)
+        b_kj = tl.load(k + (o_tj * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0)
+        b_gj = tl.load(gc + (o_tj * H + i_h)[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0)
+        b_kg = b_kj.to(tl.float32) * tl.exp(tl.where(m_k[None, :], b_gr[None, :] - b_gj, 0))
+        b_R += tl.dot(b_dN, b_kg, input_precision=PREC)
+    # blocks below the diagonal: reference = the last valid row of this sub-chunk
+    t_l = tl.minimum(t_i0 + BC, eos) - 1
+    b_gl = tl.load(gc + (t_l * H + i_h) * K + o_k, mask=m_k, other=0)
+    for i_b in range(i_i + 1, NC):
+        o_tb = t0 + i_b * BC + o_c
+        m_tb = o_tb < eos
+        m_bk = m_tb[:, None] & m_k[None, :]
+        # [BC(i), BC(m)]: dN^T, rows of block b as columns
+        b_dNt = tl.load(dN + (o_tb * H + i_h)[None, :] * BT + (i_i * BC + o_c)[:, None], mask=m_tb[None, :], other=0)
+        b_kb = tl.load(k + (o_tb * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_bk, other=0).to(tl.float32)
+        b_bb = tl.load(beta + o_tb * H + i_h, mask=m_tb, other=0).to(tl.float32)
+        b_gb = tl.load(gc + (o_tb * H + i_h)[:, None] * K + o_k[None, :], mask=m_bk, other=0)
+        b_qg = b_kb * b_bb[:, None] * tl.exp(tl.where(m_bk, b_gb - b_gl[None, :], 0))
+        b_C += tl.dot(b_dNt, b_qg, input_precision=PREC)
+    b_R *= tl.exp(tl.where(m_ik, b_g - b_gr[None, :], 0))
+    b_C *= tl.exp(tl.where(m_ik, b_gl[None, :] - b_g, 0))
+    # the diagonal block
+    b_ki = tl.load(k + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_ik, other=0).to(tl.float32)
+    b_bi = tl.load(beta + o_ti * H + i_h, mask=m_ti, other=0).to(tl.float32)
+    b_df = tl.where(m_ik, b_g - b_gr[None, :], 0)
+    b_dl = tl.where(m_ik, b_g - b_gl[None, :], 0)
+    factored = tl.maximum(tl.max(tl.abs(b_df)), tl.max(tl.abs(b_dl))) <= 60.0
+    if factored:
+        m_S = (o_c[:, None] > o_c[None, :]) & m_ti[:, None] & m_ti[None, :]
+        b_dNb = tl.load(dN + (o_ti * H + i_h)[:, None] * BT + (i_i * BC + o_c)[None, :], mask=m_S, other=0)
+        m_St = (o_c[:, None] < o_c[None, :]) & m_ti[:, None] & m_ti[None, :]
+        b_dNbt = tl.load(dN + (o_ti * H + i_h)[None, :] * BT + (i_i * BC + o_c)[:, None], mask=m_St, other=0)
+        b_R += tl.exp(b_df) * tl.dot(b_dNb, b_ki * tl.exp(-b_df), input_precision=PREC)
+        b_C += tl.exp(-b_dl) * tl.dot(b_dNbt, b_ki * b_bi[:, None] * tl.exp(b_dl), input_precision=PREC)
+    for r in range(0, tl.where(factored, 0, BC)):
+        t_r = t_i0 + r
+        m_r = m_k & ((o_k * 0 + t_r) < eos)
+        b_kr = tl.load(k + (t_r * (H // G) + i_hk) * K + o_k, mask=m_r, other=0).to(tl.float32)
+        b_br = tl.load(beta + t_r * H + i_h, mask=t_r < eos, other=0).to(tl.float32)
+        b_grr = tl.load(gc + (t_r * H + i_h) * K + o_k, mask=m_r, other=0)
+        # [BC]: column r of dN (rows i of this block after r) and row r (columns j of this block before r)
+        b_dnc = tl.load(dN + (o_ti * H + i_h) * BT + i_i * BC + r, mask=m_ti & (o_c > r), other=0)
+        b_dnr = tl.load(dN + (t_r * H + i_h) * BT + i_i * BC + o_c, mask=(o_c < r) & ((o_c * 0 + t_r) < eos), other=0)
+        m_ge = ((o_c > r) & m_ti)[:, None] & m_r[None, :]
+        m_le = ((o_c < r) & m_ti)[:, None] & m_r[None, :]
+        b_R += tl.where(m_ge, b_dnc[:, None] * b_kr[None, :] * tl.exp(tl.where(m_ge, b_g - b_grr[None, :], 0)), 0)
+        b_C += tl.where(
+            m_le, b_dnr[:, None] * (b_br * b_kr)[None, :] * tl.exp(tl.where(m_le, b_grr[None, :] - b_g, 0)), 0
+        )
+    p = (o_ti * H + i_h)[:, None] * K + o_k[None, :]
+    tl.store(dk + p, tl.load(dk + p, mask=m_ik, other=0) + b_bi[:, None] * b_R + b_C, mask=m_ik)
+    tl.store(dG + p, tl.load(dG + p, mask=m_ik, other=0) + b_ki * (b_bi[:, None] * b_R - b_C), mask=m_ik)
+    p_b = o_ti * H + i_h
+    tl.store(dbeta + p_b, tl.load(dbeta + p_b, mask=m_ti, other=0) + tl.sum(b_ki * b_R, 1), mask=m_ti)
