@@ -18,7 +18,9 @@ pytest.importorskip("triton")
 
 SCRIPT = textwrap.dedent(
     """
+    import inspect
     import sys
+
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -48,6 +50,10 @@ SCRIPT = textwrap.dedent(
     # A: in the inputs' dtype (the vector gate's; a placeholder pointer otherwise)
     typed = {"q": dt, "k": dt, "v": dt, "o": dt, "do": dt, "dv": dt, "g": dt, "h": dt, "dh": dt, "A": dt}
     for fn, consts in jobs:
+        # flags with defaults (rwkv6's BONUS/EXCL off, the delta line's USE_DH on) compile at their defaults
+        for name, prm in inspect.signature(fn.fn).parameters.items():
+            if name not in consts and "constexpr" in str(prm.annotation) and prm.default is not inspect.Parameter.empty:
+                consts = dict(consts, **{name: prm.default})
         sig = {}
         for name in fn.arg_names:
             if name in consts:
