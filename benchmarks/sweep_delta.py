@@ -86,7 +86,9 @@ def main() -> int:
             finally:
                 restore(old)
             print(rows[-1], flush=True)
-        print(f"\n### {family} fwd+bwd, shipped options, B={B} T={T} H={H} D={D}\n\n| kernel | calls | ms |\n| --- | --- | --- |")
+        print(
+            f"\n### {family} fwd+bwd, shipped options, B={B} T={T} H={H} D={D}\n\n| kernel | calls | ms |\n| --- | --- | --- |"
+        )
         for kname, calls, ms in kernel_table(fwd_bwd(fn, xg)):
             print(f"| {kname} | {calls} | {ms:.3f} |")
     print("\n" + "\n".join(rows))

@@ -255,28 +255,6 @@ def _run_interpreter_cases(which="fast"):
     print(json.dumps(report))
 
 
-def test_chunk_size_falls_back_on_shared_memory():
-    pytest.importorskip("triton")
-    from triton.runtime.errors import OutOfResources
-
-    from fla_compile.lowering.delta import triton_launch as DT
-
-    tried = []
-
-    def run(BT):
-        tried.append(BT)
-        if BT > 16:
-            raise OutOfResources(300000, 232448, "shared memory")
-        return BT
-
-    key = ("test", "scalar", 1, 1, None, None, None)
-    assert DT._with_chunk_size(key, None, run, 64) == 16 and tried == [64, 32, 16]
-    assert DT._with_chunk_size(key, None, run, 64) == 16 and tried == [64, 32, 16, 16]  # remembered
-    with pytest.raises(OutOfResources):
-        DT._with_chunk_size(key, 32, run, 64)  # an explicit chunk size is not changed
-    DT._BT_CACHE.pop(key)
-
-
 # ---------------------------------------------------------------- GPU checks
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

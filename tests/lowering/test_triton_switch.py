@@ -82,7 +82,7 @@ def test_delta_ops_follow_the_switch(mode, T, monkeypatch):
     monkeypatch.setattr(delta_triton, "fused_recurrent", recorder("triton", torch_forward))
     monkeypatch.setattr(delta_triton, "chunk_forward", recorder("triton", torch_forward))
     monkeypatch.setattr(
-        delta_triton, "chunk_backward", lambda q, k, v, beta, g, *a: calls.append("triton_bwd") or (
+        delta_triton, "chunk_backward", lambda q, k, v, beta, g, *a, **kw: calls.append("triton_bwd") or (
             torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), torch.zeros_like(beta),
             torch.zeros_like(g), None)
     )  # fmt: skip

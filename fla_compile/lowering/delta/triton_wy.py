@@ -55,8 +55,12 @@ def chunk_kkt_kernel(
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
         # [BT, BK] and [BK, BT]
-        b_k = tl.load(k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
-        b_kt = tl.load(k + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0)
+        b_k = tl.load(
+            k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0
+        )
+        b_kt = tl.load(
+            k + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0
+        )
         b_A += tl.dot(b_k, b_kt, input_precision=PREC)
     m_A = (o_i[:, None] >= o_i[None, :]) & m_t[:, None] & m_t[None, :]
     if GATE == 1:
@@ -73,7 +77,9 @@ def _block_N(A, beta, t0, eos, i_h, H: tl.constexpr, BT: tl.constexpr, r: tl.con
     o_r = t0 + r * 16 + o_c
     m_r = o_r < eos
     m_c = (t0 + c * 16 + o_c) < eos
-    b_N = tl.load(A + (o_r * H + i_h)[:, None] * BT + (c * 16 + o_c)[None, :], mask=m_r[:, None] & m_c[None, :], other=0)
+    b_N = tl.load(
+        A + (o_r * H + i_h)[:, None] * BT + (c * 16 + o_c)[None, :], mask=m_r[:, None] & m_c[None, :], other=0
+    )
     b_b = tl.load(beta + o_r * H + i_h, mask=m_r, other=0).to(tl.float32)
     b_N = b_N * b_b[:, None]
     if r == c:
@@ -97,7 +103,11 @@ def _inverse16(b_N):
 def _store16(X, b_X, t0, eos, i_h, H: tl.constexpr, BT: tl.constexpr, r: tl.constexpr, c: tl.constexpr):
     o_c = tl.arange(0, 16)
     o_r = t0 + r * 16 + o_c
-    tl.store(X + (o_r * H + i_h)[:, None] * BT + (c * 16 + o_c)[None, :], b_X.to(X.dtype.element_ty), mask=(o_r < eos)[:, None])
+    tl.store(
+        X + (o_r * H + i_h)[:, None] * BT + (c * 16 + o_c)[None, :],
+        b_X.to(X.dtype.element_ty),
+        mask=(o_r < eos)[:, None],
+    )
 
 
 @triton.jit
