@@ -18,9 +18,10 @@ def run_family(
     ops = torch.ops.fla_compile
     h0 = initial_state
     if family in (Family.DELTA_RULE, Family.GATED_DELTA_RULE, Family.KDA):
+        # their third output is X, the WY inverses kept for the backward
         if family == Family.DELTA_RULE:
-            return ops.delta_rule(q, k, v, beta, scale, h0, None, l2norm)
-        return getattr(ops, family.value)(q, k, v, gate, beta, scale, h0, None, l2norm)
+            return ops.delta_rule(q, k, v, beta, scale, h0, None, l2norm)[:2]
+        return getattr(ops, family.value)(q, k, v, gate, beta, scale, h0, None, l2norm)[:2]
     if l2norm:
         q, k = torch.nn.functional.normalize(q, dim=-1, eps=1e-6), torch.nn.functional.normalize(k, dim=-1, eps=1e-6)
     if family == Family.LINEAR_ATTN:
