@@ -124,6 +124,32 @@ def _case_op_dispatch(family):
     return out
 
 
+def _case_saved_parts(family):
+    """The op keeps the forward's X (and kda's gated q kᵀ) for its backward, which then recomputes neither."""
+    import fla_compile.ops as ops
+    from fla_compile.lowering.delta import dispatch as delta_dispatch
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    delta_dispatch._use_triton = lambda *a: True
+    seen, real = [], DT.backward_parts
+    DT.backward_parts = lambda *a, **kw: seen.append((a[12] is not None, a[13] is not None)) or real(*a, **kw)
+    try:
+        q, k, v, beta, g, h0 = make(family, B=1, T=70, K=16, V=16)
+        for x in (q, k, v, beta, g):
+            if x is not None:
+                x.requires_grad_()
+        args = (q, k, v, beta) if g is None else (q, k, v, g, beta)
+        o, _ = getattr(ops, family)(*args, initial_state=h0)
+        o.square().sum().backward()
+        ro, _, ref = torch_grads(family, q.detach(), k.detach(), v.detach(), beta.detach(),
+                                 None if g is None else g.detach(), h0, 2 * o.detach(), torch.zeros_like(h0), 16**-0.5)  # fmt: skip
+    finally:
+        DT.backward_parts = real
+    out = {"o": rel(o, ro), "dk": rel(k.grad, ref["dk"]), "dv": rel(v.grad, ref["dv"])}
+    out["X_kept"] = float(seen != [(True, family == "kda")])
+    return out
+
+
 def _case_half(family):
     """Half inputs: the dots take them as they are (fp32 accumulation) and the chunk states, X, W, U and v_new are
     stored in their dtype; compared with the fp32 inputs' fp64 result. fp16, not bf16: Triton 3.9's interpreter
@@ -154,6 +180,8 @@ INTERPRETER_CASES = {
     "bwd-kda-strong-gate": (_case_backward, ("kda", 16, None, False, 20.0, 20)),
     **{f"decode-inplace-{f}": (_case_inplace_decode, (f,)) for f in FAMILY_GATE},
     "half-kda": (_case_half, ("kda",)),
+    "saved-gdn": (_case_saved_parts, ("gated_delta_rule",)),
+    "saved-kda": (_case_saved_parts, ("kda",)),
     "op-dispatch-gdn": (_case_op_dispatch, ("gated_delta_rule",)),
     "op-dispatch-kda": (_case_op_dispatch, ("kda",)),
 }

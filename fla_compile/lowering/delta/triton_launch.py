@@ -90,7 +90,10 @@ def _opts(kernel):
     return {"num_warps": warps, "num_stages": stages}
 
 
-def forward_parts(q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=64, X=None, need_o=True, X_buf=None):
+def forward_parts(
+    q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=64, X=None, need_o=True, X_buf=None, Aqk=None,
+    Aqk_buf=None,
+):  # fmt: skip
     """The staged chunked forward (see :mod:`fla_compile.lowering.delta.triton_wy`).
 
     q, k [B, T, HK, K] (cast to v's dtype here), v [B, T, H, V], beta [B, T, H], gate in log space, h0 fp32
@@ -157,9 +160,9 @@ def forward_parts(q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=64, 
         k, w, u, gcp, h, vn, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, BK, BV, gid,
         h0 is not None, prec, **_opts("h"),
     )  # fmt: skip
-    if gid == 2:  # the output's and the backward's gated q k^T
+    if gid == 2 and Aqk is None:  # the output's and the backward's gated q k^T (given: a forward's, kept)
         NC = BT // 16
-        Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt)
+        Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf
         gla_intra.chunk_gla_A_kernel[(NS, NC * NC, H)](
             q, k, gc, Aqk, cu, info, H, G, K, BT, 16, min(64, BK), NC, prec, BT, **_opts("A")
         )
@@ -175,11 +178,11 @@ def forward_parts(q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=64, 
     return o, ht, dict(gc=gc, X=X, w=w, u=u, vn=vn, h=h, Aqk=Aqk, meta=meta)
 
 
-def backward_parts(q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlens, BT=64, X=None):
+def backward_parts(q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlens, BT=64, X=None, Aqk=None):
     """The staged chunked backward (see :mod:`fla_compile.lowering.delta.triton_wy_bwd`): recomputes the forward's
     parts, then (dq, dk per head of v, dv, dbeta, dgate or None, dh0 or None), all fp32."""
     dt = v.dtype
-    _, _, P = forward_parts(q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=BT, X=X, need_o=False)
+    _, _, P = forward_parts(q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=BT, X=X, need_o=False, Aqk=Aqk)
     q, k = q.to(dt).contiguous(), k.to(dt).contiguous()
     v, beta = v.contiguous(), beta.contiguous()
     do = do.to(dt).contiguous()
@@ -268,16 +271,20 @@ X_SLOTS = 64
 _X_TAG = "_fla_compile_X_BT"
 
 
-def saved_X_like(v):
+def _saved_shape(v, vector_gate: bool) -> tuple:
+    """[B, T, H, X_SLOTS]; with a gate per key dim (kda) [2, B, T, H, X_SLOTS]: X, then the gated q kᵀ."""
     B, T, H = v.shape[:3]
-    return v.new_empty(B, T, H, X_SLOTS)
+    return ((2,) if vector_gate else ()) + (B, T, H, X_SLOTS)
 
 
-def _X_slot(X, v) -> bool:
-    B, T, H = v.shape[:3]
+def saved_X_like(v, vector_gate: bool = False):
+    return v.new_empty(_saved_shape(v, vector_gate))
+
+
+def _X_slot(X, v, vector_gate: bool) -> bool:
     return (
         X is not None
-        and tuple(X.shape) == (B, T, H, X_SLOTS)
+        and tuple(X.shape) == _saved_shape(v, vector_gate)
         and X.dtype == v.dtype
         and X.device == v.device
         and X.is_contiguous()
@@ -298,7 +305,8 @@ def chunk_forward(
 ):  # fmt: skip
     """Chunked forward: (o [B,T,H,V] in v's dtype, final state fp32 [N,H,K,V]); keeps X in ``X_out`` (see above)."""
     BT = chunk_size or 64
-    keep = BT == X_SLOTS and _X_slot(X_out, v)
+    vec = gate_kind == "vector"
+    keep = BT == X_SLOTS and _X_slot(X_out, v, vec)
     if not keep:
         no_X(X_out)
     elif hasattr(X_out, _X_TAG):
@@ -306,8 +314,9 @@ def chunk_forward(
     q, k, v, beta, gate, _ = _prepare(q, k, v, beta, gate, use_qk_l2norm)
     h0 = None if initial_state is None else initial_state.float().contiguous()
     o, ht, _ = forward_parts(
-        q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=BT, X_buf=X_out if keep else None
-    )
+        q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=BT,
+        X_buf=(X_out[0] if vec else X_out) if keep else None, Aqk_buf=X_out[1] if keep and vec else None,
+    )  # fmt: skip
     if keep:
         setattr(X_out, _X_TAG, BT)
     return o, ht
@@ -344,13 +353,17 @@ def chunk_backward(
     """Gradients (dq, dk, dv, dbeta, dgate or None, dh0 or None), in fp32 (the op casts). ``X``: the forward's
     inverses (``chunk_forward(X_out=...)``), used when tagged with this call's chunk size, else recomputed."""
     BT = chunk_size or 64
-    if X is not None and not (getattr(X, _X_TAG, None) == BT and _X_slot(X, v)):
+    vec = gate_kind == "vector"
+    Aqk = None
+    if X is not None and not (getattr(X, _X_TAG, None) == BT and _X_slot(X, v, vec)):
         X = None
+    if X is not None and vec:
+        X, Aqk = X[0], X[1]
     q, k, v, beta, gate, norms = _prepare(q, k, v, beta, gate, use_qk_l2norm)
     h0 = None if initial_state is None else initial_state.float().contiguous()
     B, T, HK, K = q.shape
     H = v.shape[2]
-    dq, dk, dv, db, dg, dh0 = backward_parts(q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlens, BT, X)
+    dq, dk, dv, db, dg, dh0 = backward_parts(q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlens, BT, X, Aqk)
     if H > HK:  # GQA: sum the heads of each group, in a fixed order
         dq = dq.view(B, T, HK, H // HK, K).sum(3)
         dk = dk.view(B, T, HK, H // HK, K).sum(3)
