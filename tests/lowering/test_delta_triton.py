@@ -410,3 +410,21 @@ def test_gpu_decode_and_ops(family):
 
 if __name__ == "__main__":
     _run_interpreter_cases(*sys.argv[1:2])
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("family", list(FAMILY_GATE))
+def test_gpu_fp32_tf32_mode(family):
+    """fp32 inputs under torch.set_float32_matmul_precision("high"): tf32 dots, within tf32's accuracy of fp64."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    q, k, v, beta, g, h0 = _cuda_case(family, dtype=torch.float32)
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        o, ht = DT.chunk_forward(q, k, v, beta, g, FAMILY_GATE[family], 0.125, h0)
+    finally:
+        torch.set_float32_matmul_precision(old)
+    ro, rs, _ = torch_grads(family, q, k, v, beta, g, h0, torch.zeros_like(o), torch.zeros_like(ht), 0.125)
+    assert rel(o, ro) < 5e-3 and rel(ht, rs) < 5e-3, (rel(o, ro), rel(ht, rs))
