@@ -38,6 +38,7 @@ VARIANTS = [
     ("pair warps 8", {"pair": (8, 2), "pair_vec": (8, 2)}),
     ("pair_vec warps 2", {"pair_vec": (2, 2)}),
     ("A warps 8", {"A": (8, 2)}),
+    ("A unfused", {"FUSED_A": False}),
 ]
 
 

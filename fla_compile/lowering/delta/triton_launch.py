@@ -82,6 +82,7 @@ _STAGED = {
 _BV_H = 64  # V block of the state pass (its programs: sequences x heads x V / BV); 64 beat 32 and 16 on the H200
 _BV_DH = 64  # V block of the backward state pass (with 8 warps: kda 6.15 -> 5.64 ms fwd+bwd on the H200)
 _BV_O = 64  # V block of the output kernel
+FUSED_A = True  # kda: k kᵀ and q kᵀ by one kernel in the forward (False: the GLA line's A kernel twice)
 WU_SPLIT = True  # W, U by full-chunk dots after a solve-only kernel (False: the solve kernel forms them by blocks)
 
 
@@ -121,10 +122,15 @@ def forward_parts(
         grid = (NS, 1 if gid == 1 else triton.cdiv(K, BKg), H)
         gla_kern.chunk_cumsum_kernel[grid](gate.contiguous(), gc, cu, info, H, K, BT, BKg, gid, **_opts("cumsum"))
     gcp = gc if gc is not None else beta  # a placeholder pointer: never read without a gate
-    Aqk = None
     if X is None:
         A = torch.empty(B, T, H, BT, **f32)
-        if gid == 2:
+        if gid == 2 and FUSED_A and Aqk is None:  # k kᵀ and q kᵀ in one pass
+            NC = BT // 16
+            Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf
+            kw.chunk_kda_A_kernel[(NS, NC * NC, H)](
+                q, k, gc, A, Aqk, cu, info, H, G, K, BT, 16, min(64, BK), NC, prec, **_opts("A")
+            )
+        elif gid == 2:
             NC = BT // 16
             BKa = min(64, BK)
             gla_intra.chunk_gla_A_kernel[(NS, NC * NC, H)](
