@@ -56,12 +56,12 @@ def triton_metadata() -> list[str]:
     """Registers / spills / shared memory of every compiled kernel of ours."""
     import triton
 
-    from fla_compile.lowering.delta import triton_bwd, triton_fwd, triton_wy
+    from fla_compile.lowering.delta import triton_decode, triton_wy, triton_wy_bwd
     from fla_compile.lowering.gla import triton_intra as gla_triton_intra
     from fla_compile.lowering.gla import triton_kernels as gla_triton_kernels
 
     out = []
-    for mod in (gla_triton_kernels, gla_triton_intra, triton_wy, triton_fwd, triton_bwd):
+    for mod in (gla_triton_kernels, gla_triton_intra, triton_wy, triton_wy_bwd, triton_decode):
         for name in dir(mod):
             fn = getattr(mod, name)
             if not isinstance(fn, triton.runtime.jit.JITFunction):

@@ -38,6 +38,7 @@ VARIANTS = [
     ("pair warps 8", {"pair": (8, 2), "pair_vec": (8, 2)}),
     ("pair_vec warps 2", {"pair_vec": (2, 2)}),
     ("A warps 8", {"A": (8, 2)}),
+    ("A unfused", {"FUSED_A": False}),
 ]
 
 
@@ -86,7 +87,9 @@ def main() -> int:
             finally:
                 restore(old)
             print(rows[-1], flush=True)
-        print(f"\n### {family} fwd+bwd, shipped options, B={B} T={T} H={H} D={D}\n\n| kernel | calls | ms |\n| --- | --- | --- |")
+        print(
+            f"\n### {family} fwd+bwd, shipped options, B={B} T={T} H={H} D={D}\n\n| kernel | calls | ms |\n| --- | --- | --- |"
+        )
         for kname, calls, ms in kernel_table(fwd_bwd(fn, xg)):
             print(f"| {kname} | {calls} | {ms:.3f} |")
     print("\n" + "\n".join(rows))

@@ -6,12 +6,16 @@ code as written costs: a RetNet parallel form at T=64 runs 3x slower rewritten o
 faster at T=512. Leaving a region as written is always available and always correct, so below a
 crossover the region stays as written. The rule, per device kind, family and spelling:
 
-    work < min_work  ->  keep the region as written
+    work < min_work  or  T < min_T  ->  keep the region as written
 
 ``work`` counts what the code as written does, in its spelling's own units:
 ``B*H*T*T*K`` for a parallel form (its score matrix and read-out) and ``B*H*T*K*V`` for a loop or
 a cumsum (their per-step outer products). A loop as written pays interpreter and kernel-launch
-costs per step, so its crossover is 0 on every device measured.
+costs per step, so its crossover is 0 on every device measured. ``min_T`` (default 0) bounds the
+length alone: a parallel form and the chunked op both grow as B*H, so more heads do not move the
+length at which the op's chunked algorithm starts to win (at T <= 64 it is one chunk: the same
+matmuls as the parallel form, plus the op's own work). ``min_work`` alone would rewrite a short
+sequence with many heads (CPU, B*H=32 T=64: 1.6 ms rewritten against 0.6 ms as written).
 
 The table ships with the package (``costs.json`` next to this file). ``python -m fla_compile tune
 --costs`` (or ``--costs-only``) measures this machine (``bench.measure``) and writes ``$FLA_COMPILE_CACHE_DIR/costs.json`` (default
@@ -177,6 +181,12 @@ def kept_reason(family: str, spelling: str, shape: Shape) -> str:
     if e is None:
         return ""
     min_work = float(e.get("min_work", 0))
+    min_T = int(e.get("min_T", 0))
+    if shape.T < min_T:
+        return (
+            f"kept as written: T={shape.T} is below the crossover length (T={min_T}) for {family}/{spelling} "
+            f"on {kind}"
+        )
     if work(spelling, shape.T, shape.heads, shape.K, shape.V) >= min_work:
         return ""
     Tc = crossover_T(spelling, min_work, shape.heads, shape.K, shape.V)

@@ -4,6 +4,7 @@ in ``@jit``, and the report says which path runs."""
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -236,3 +237,16 @@ def test_jit_choice_reads_the_calls_device(monkeypatch):
         out, calls = lowerings(fn, args)
         torch.testing.assert_close(out, retention(*args))
         assert calls == 0  # the call's device kind is "gpu-x": kept as written
+
+
+def test_min_T_keeps_short_sequences_whatever_the_heads():
+    """A length bound of its own: many heads raise the work of a short parallel form above min_work, but its
+    single chunk is the same matmuls as the op's (CPU, B*H=32 T=64: 0.6 ms as written, 1.6 ms rewritten)."""
+    table = [{"device": "cpu", "family": "*", "spelling": "parallel", "min_work": 1, "min_T": 48}]
+    with costs.use(table):
+        short = costs.kept_reason("retention", "parallel", costs.Shape(T=32, heads=64, K=64, V=64, device="cpu"))
+        long = costs.kept_reason("retention", "parallel", costs.Shape(T=48, heads=1, K=8, V=8, device="cpu"))
+    assert "crossover length (T=48)" in short
+    assert long == ""
+    shipped = json.loads((Path(costs.__file__).parent / "costs.json").read_text())["entries"]
+    assert all(e.get("min_T", 0) >= 65 for e in shipped if e["spelling"] == "parallel")

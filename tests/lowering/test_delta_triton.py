@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,48 @@ def _case_op_dispatch(family):
     return out
 
 
+def _case_saved_parts(family):
+    """The op keeps the forward's X (and kda's gated q kᵀ) for its backward, which then recomputes neither."""
+    import fla_compile.ops as ops
+    from fla_compile.lowering.delta import dispatch as delta_dispatch
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    delta_dispatch._use_triton = lambda *a: True
+    seen, real, real_intra = [], DT.backward_parts, DT.gla_intra
+
+    class Counted:  # counts launches of the A kernels (k kᵀ, q kᵀ) by pass
+        def __init__(self, kernel, name):
+            self.kernel, self.name = kernel, name
+
+        def __getitem__(self, grid):
+            return lambda *a, **kw: seen.append(self.name) or self.kernel[grid](*a, **kw)
+
+    DT.gla_intra = types.SimpleNamespace(**{**vars(real_intra), "chunk_gla_A_kernel": Counted(
+        real_intra.chunk_gla_A_kernel, "A")})  # fmt: skip
+
+    def spy(*a, **kw):
+        seen.append("bwd")
+        return real(*a, **kw)
+
+    DT.backward_parts = spy
+    try:
+        q, k, v, beta, g, h0 = make(family, B=1, T=70, K=16, V=16)
+        for x in (q, k, v, beta, g):
+            if x is not None:
+                x.requires_grad_()
+        args = (q, k, v, beta) if g is None else (q, k, v, g, beta)
+        o, _ = getattr(ops, family)(*args, initial_state=h0)
+        o.square().sum().backward()
+        ro, _, ref = torch_grads(family, q.detach(), k.detach(), v.detach(), beta.detach(),
+                                 None if g is None else g.detach(), h0, 2 * o.detach(), torch.zeros_like(h0), 16**-0.5)  # fmt: skip
+    finally:
+        DT.backward_parts, DT.gla_intra = real, real_intra
+    out = {"o": rel(o, ro), "dk": rel(k.grad, ref["dk"]), "dv": rel(v.grad, ref["dv"])}
+    # the backward launches no A kernel: k kᵀ (solve) and kda's q kᵀ come from the forward
+    out["A_recomputed"] = float("A" in seen[seen.index("bwd"):])
+    return out
+
+
 def _case_half(family):
     """Half inputs: the dots take them as they are (fp32 accumulation) and the chunk states, X, W, U and v_new are
     stored in their dtype; compared with the fp32 inputs' fp64 result. fp16, not bf16: Triton 3.9's interpreter
@@ -154,6 +197,8 @@ INTERPRETER_CASES = {
     "bwd-kda-strong-gate": (_case_backward, ("kda", 16, None, False, 20.0, 20)),
     **{f"decode-inplace-{f}": (_case_inplace_decode, (f,)) for f in FAMILY_GATE},
     "half-kda": (_case_half, ("kda",)),
+    "saved-gdn": (_case_saved_parts, ("gated_delta_rule",)),
+    "saved-kda": (_case_saved_parts, ("kda",)),
     "op-dispatch-gdn": (_case_op_dispatch, ("gated_delta_rule",)),
     "op-dispatch-kda": (_case_op_dispatch, ("kda",)),
 }
@@ -253,28 +298,6 @@ def _run_interpreter_cases(which="fast"):
         except Exception:  # reported to the parent, which fails that case
             report[name] = {"error": traceback.format_exc()[-2000:]}
     print(json.dumps(report))
-
-
-def test_chunk_size_falls_back_on_shared_memory():
-    pytest.importorskip("triton")
-    from triton.runtime.errors import OutOfResources
-
-    from fla_compile.lowering.delta import triton_launch as DT
-
-    tried = []
-
-    def run(BT):
-        tried.append(BT)
-        if BT > 16:
-            raise OutOfResources(300000, 232448, "shared memory")
-        return BT
-
-    key = ("test", "scalar", 1, 1, None, None, None)
-    assert DT._with_chunk_size(key, None, run, 64) == 16 and tried == [64, 32, 16]
-    assert DT._with_chunk_size(key, None, run, 64) == 16 and tried == [64, 32, 16, 16]  # remembered
-    with pytest.raises(OutOfResources):
-        DT._with_chunk_size(key, 32, run, 64)  # an explicit chunk size is not changed
-    DT._BT_CACHE.pop(key)
 
 
 # ---------------------------------------------------------------- GPU checks
@@ -404,3 +427,21 @@ def test_gpu_decode_and_ops(family):
 
 if __name__ == "__main__":
     _run_interpreter_cases(*sys.argv[1:2])
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("family", list(FAMILY_GATE))
+def test_gpu_fp32_tf32_mode(family):
+    """fp32 inputs under torch.set_float32_matmul_precision("high"): tf32 dots, within tf32's accuracy of fp64."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    q, k, v, beta, g, h0 = _cuda_case(family, dtype=torch.float32)
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        o, ht = DT.chunk_forward(q, k, v, beta, g, FAMILY_GATE[family], 0.125, h0)
+    finally:
+        torch.set_float32_matmul_precision(old)
+    ro, rs, _ = torch_grads(family, q, k, v, beta, g, h0, torch.zeros_like(o), torch.zeros_like(ht), 0.125)
+    assert rel(o, ro) < 5e-3 and rel(ht, rs) < 5e-3, (rel(o, ro), rel(ht, rs))

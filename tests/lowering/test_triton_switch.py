@@ -82,7 +82,7 @@ def test_delta_ops_follow_the_switch(mode, T, monkeypatch):
     monkeypatch.setattr(delta_triton, "fused_recurrent", recorder("triton", torch_forward))
     monkeypatch.setattr(delta_triton, "chunk_forward", recorder("triton", torch_forward))
     monkeypatch.setattr(
-        delta_triton, "chunk_backward", lambda q, k, v, beta, g, *a: calls.append("triton_bwd") or (
+        delta_triton, "chunk_backward", lambda q, k, v, beta, g, *a, **kw: calls.append("triton_bwd") or (
             torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), torch.zeros_like(beta),
             torch.zeros_like(g), None)
     )  # fmt: skip
@@ -136,3 +136,18 @@ def test_switch_on_cuda(family, mode, monkeypatch):
         o, _ = ops.gated_delta_rule(q, k, v, g, beta)
     o.sum().backward()
     assert bool(entered) == (mode == "1"), entered
+
+
+def test_fp32_dot_precision_follows_torch():
+    """fp32 inputs: exact dots at torch's default "highest", tf32 tensor cores at "high" (as torch's matmuls)."""
+    pytest.importorskip("triton")
+    from fla_compile.lowering.common import launch
+
+    old = torch.get_float32_matmul_precision()
+    try:
+        assert launch.prec(torch.float32) == "ieee"
+        torch.set_float32_matmul_precision("high")
+        assert launch.prec(torch.float32) == "tf32"
+        assert launch.prec(torch.bfloat16) == "tf32"
+    finally:
+        torch.set_float32_matmul_precision(old)

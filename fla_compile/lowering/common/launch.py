@@ -20,5 +20,10 @@ def pow2(n: int, lo: int = 16) -> int:
 
 
 def prec(dtype) -> str:
-    """``tl.dot``'s input precision for operands of ``dtype``: exact fp32 ("ieee") for fp32, else "tf32"."""
-    return "ieee" if dtype == torch.float32 else "tf32"
+    """``tl.dot``'s input precision for operands of ``dtype``. fp32 follows torch's
+    ``torch.set_float32_matmul_precision``: "highest" (torch's default) exact fp32 dots ("ieee"), "high" or
+    "medium" tensor-core tf32 ones, as torch's own fp32 matmuls. Other dtypes: "tf32" (it only applies where a
+    kernel feeds fp32 operands to a dot, e.g. fp32 intermediates of bf16 inputs)."""
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
+        return "ieee"
+    return "tf32"

@@ -15,7 +15,15 @@ from ..common.gates import GATE_NONE, GATE_SCALAR, GATE_VECTOR
 from ..common.switch import triton_wanted
 from .torch_path import delta_line_forward
 
-__all__ = ["GATE_NONE", "GATE_SCALAR", "GATE_VECTOR", "delta_decode", "delta_line", "delta_line_backward", "delta_saved_X"]
+__all__ = [
+    "GATE_NONE",
+    "GATE_SCALAR",
+    "GATE_VECTOR",
+    "delta_decode",
+    "delta_line",
+    "delta_line_backward",
+    "delta_saved_X",
+]
 
 
 def _use_triton(q, k, v, beta, gate, initial_state) -> bool:
@@ -31,14 +39,15 @@ def _use_triton(q, k, v, beta, gate, initial_state) -> bool:
 
 def delta_saved_X(q, k, v, beta, gate, initial_state=None):
     """The buffer in which the delta ops keep the forward's WY inverses X for the backward: [B, T, H, 64] in v's
-    dtype where the kernels run these inputs, else an empty tensor (the torch path keeps nothing).
+    dtype where the kernels run these inputs (kda: [2, B, T, H, 64], X and the gated q kᵀ), else an empty
+    tensor (the torch path keeps nothing).
 
     Decided from the inputs' metadata and ``FLA_COMPILE_TRITON`` only, so the fake impl gives the same shape;
     see ``triton_launch.X_SLOTS``."""
     if _use_triton(q, k, v, beta, gate, initial_state):
         from . import triton_launch as delta_triton
 
-        return delta_triton.saved_X_like(v)
+        return delta_triton.saved_X_like(v, vector_gate=gate is not None and gate.dim() == 4)
     return v.new_empty(0)
 
 

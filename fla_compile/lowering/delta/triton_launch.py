@@ -7,59 +7,35 @@ both; the chunk metadata of packed sequences is built with torch ops on the devi
 ``.item()``, no host sync). The optional L2 norm of q and k runs here in fp32 torch ops
 (its backward is written out below); the decode kernel fuses it.
 
-Backward = recompute the chunk preparation and the state pass (saving per-chunk states and
-v_new), a reverse state pass for dS and dv_new, then one local kernel per chunk for every
-gradient. Deterministic: no atomics; GQA gradients are summed over head groups with torch.
+Forward (:func:`forward_parts`, kernels in :mod:`.triton_wy` plus the GLA line's cumsum, factored A and
+output kernels): k kᵀ, the blockwise WY solve, W and U, the sequential state pass, the chunk-parallel output.
+Backward (:func:`backward_parts`, :mod:`.triton_wy_bwd` plus the GLA line's dv, dqk and intra kernels): the
+forward's parts again (its X reused when the op kept it), dv_local, the reverse state pass, dq/dk through
+the output, the WY backward and the k kᵀ pairs. Deterministic: no atomics; GQA gradients are summed over
+head groups with torch. Launch options: ``_STAGED`` (measured on the H200 with benchmarks/sweep_delta.py).
 """
 
 from __future__ import annotations
 
 import torch
 import triton
-from triton.runtime.errors import OutOfResources
 
 from ..common import launch
 from ..common.chunks import chunk_meta
 from ..common.gates import GATE_IDS
 from ..gla import triton_intra as gla_intra
 from ..gla import triton_kernels as gla_kern
-from . import triton_bwd as kb
-from . import triton_fwd as kf
+from . import triton_decode as kd
 from . import triton_wy as kw
 from . import triton_wy_bwd as kwb
 
 DECODE_MAX_T = 16
-
-
 MAX_HEAD_DIM = 128
-_BT_CACHE: dict = {}  # (pass, gate kind, K, V, dtype, device) -> the largest chunk size that launched
 
 
 def supported(q: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether the kernels take these inputs; otherwise (fp64, heads over 128) use the torch path."""
     return launch.supported(MAX_HEAD_DIM, q, v)
-
-
-def _with_chunk_size(key, chunk_size, run, start):
-    """Run ``run(BT)`` with BT = ``start``, halving it (down to 16) while the kernels need more shared memory
-    than the device has; the size that launched is remembered per key, so later calls try nothing twice.
-
-    Compiled for sm90 (K = V = 128, num_stages=1): the forward kernels need about 100 KB at BT = 64; the
-    per-chunk backward kernel 135 to 185 KB at BT = 32 and over 300 KB at 64, so the backward starts at 32.
-    """
-    if chunk_size:
-        return run(chunk_size)
-    BT = _BT_CACHE.get(key, start)
-    while True:
-        try:
-            out = run(BT)
-        except OutOfResources:
-            if BT <= 16:
-                raise
-            BT //= 2
-            continue
-        _BT_CACHE[key] = BT
-        return out
 
 
 def _l2norm_fwd(x):
@@ -73,24 +49,6 @@ def _l2norm_bwd(y, r, dy):
     return r * (dy - y * (y * dy).sum(-1, keepdim=True))
 
 
-class _Run:
-    """Shapes, blocks and launch metadata of one call."""
-
-    def __init__(self, q, v, gate_kind, cu_seqlens, BT):
-        self.B, self.T, self.HK, self.K = q.shape
-        self.H, self.V = v.shape[2], v.shape[3]
-        self.gid = GATE_IDS[gate_kind]
-        self.BT = BT
-        self.BK = launch.pow2(self.K)
-        self.BV = min(launch.pow2(self.V), 32)  # V block of the per-chunk kernels (V loop)
-        self.BVS = min(launch.pow2(self.V), 32)  # V block of the sequential kernels
-        self.cu, self.info, self.chunk_off, self.NS, self.N = chunk_meta(self.B, self.T, cu_seqlens, self.BT, q.device)
-        self.prec = launch.prec(v.dtype if q.dtype == torch.float32 else q.dtype)
-        self.cst = dict(H=self.H, HK=self.HK, K=self.K, V=self.V)
-        # the per-chunk kernels hold several [BT, BK] fp32 blocks: more warps for wide keys
-        self.warps = 8 if self.BT * self.BK >= 64 * 128 else 4
-
-
 def _prepare(q, k, v, beta, gate, use_qk_l2norm):
     qn = kn = rq = rk = None
     if use_qk_l2norm:
@@ -100,29 +58,6 @@ def _prepare(q, k, v, beta, gate, use_qk_l2norm):
     q, k, v, beta = (x.contiguous() for x in (q, k, v, beta))
     gate = None if gate is None else gate.contiguous()
     return q, k, v, beta, gate, (qn, rq, kn, rk)
-
-
-def _forward(r: _Run, q, k, v, beta, gate, scale, h0, save):
-    T, H, K, V, BT = r.B * r.T, r.H, r.K, r.V, r.BT
-    f32 = dict(device=q.device, dtype=torch.float32)
-    gc = torch.empty(T, H, *((K,) if r.gid == 2 else ()), **f32) if r.gid else q.new_empty(0, dtype=torch.float32)
-    w, u = torch.empty(T, H, K, **f32), torch.empty(T, H, V, **f32)
-    mq = torch.empty(T, H, BT, **f32)
-    ti = torch.empty(T, H, BT, **f32) if save else mq
-    g = gate if gate is not None else gc
-    kf.chunk_prep_kernel[(r.NS, H)](
-        q, k, v, beta, g, gc, w, u, mq, ti, r.cu, r.info, scale,
-        **r.cst, BT=BT, BK=r.BK, BV=r.BV, GATE=r.gid, SAVE_T=save, PREC=r.prec, num_warps=r.warps, num_stages=1,
-    )  # fmt: skip
-    o = torch.empty(r.B, r.T, H, V, device=q.device, dtype=v.dtype)
-    ht = torch.empty(r.N, H, K, V, **f32)
-    h = torch.empty(r.NS, H, K, V, **f32) if save else ht
-    vn = torch.empty(T, H, V, **f32) if save else u
-    kf.chunk_fwd_kernel[(r.N, H, triton.cdiv(V, r.BVS))](
-        q, k, w, u, mq, gc, h0 if h0 is not None else ht, o, ht, h, vn, r.cu, r.chunk_off, scale,
-        **r.cst, BT=BT, BK=r.BK, BV=r.BVS, GATE=r.gid, HAS_H0=h0 is not None, SAVE=save, PREC=r.prec, num_stages=1,
-    )  # fmt: skip
-    return o, ht, dict(gc=gc, w=w, mq=mq, ti=ti, h=h, vn=vn)
 
 
 # launch options of the staged forward's kernels (num_warps, num_stages); measured on the H200 (sm90)
@@ -136,7 +71,7 @@ _STAGED = {
     "h": (4, 2),
     "o": (4, 2),
     "dv_local": (4, 2),
-    "dh": (4, 2),
+    "dh": (8, 2),
     "dqk": (4, 2),
     "intra": (4, 3),
     "rc": (4, 3),
@@ -145,8 +80,9 @@ _STAGED = {
     "pair_vec": (4, 2),
 }
 _BV_H = 64  # V block of the state pass (its programs: sequences x heads x V / BV); 64 beat 32 and 16 on the H200
-_BV_DH = 32  # V block of the backward state pass
+_BV_DH = 64  # V block of the backward state pass (with 8 warps: kda 6.15 -> 5.64 ms fwd+bwd on the H200)
 _BV_O = 64  # V block of the output kernel
+FUSED_A = True  # kda: k kᵀ and q kᵀ by one kernel in the forward (False: the GLA line's A kernel twice)
 WU_SPLIT = True  # W, U by full-chunk dots after a solve-only kernel (False: the solve kernel forms them by blocks)
 
 
@@ -155,7 +91,10 @@ def _opts(kernel):
     return {"num_warps": warps, "num_stages": stages}
 
 
-def forward_parts(q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=64, X=None, need_o=True, X_buf=None):
+def forward_parts(
+    q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=64, X=None, need_o=True, X_buf=None, Aqk=None,
+    Aqk_buf=None,
+):  # fmt: skip
     """The staged chunked forward (see :mod:`fla_compile.lowering.delta.triton_wy`).
 
     q, k [B, T, HK, K] (cast to v's dtype here), v [B, T, H, V], beta [B, T, H], gate in log space, h0 fp32
@@ -183,10 +122,15 @@ def forward_parts(q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=64, 
         grid = (NS, 1 if gid == 1 else triton.cdiv(K, BKg), H)
         gla_kern.chunk_cumsum_kernel[grid](gate.contiguous(), gc, cu, info, H, K, BT, BKg, gid, **_opts("cumsum"))
     gcp = gc if gc is not None else beta  # a placeholder pointer: never read without a gate
-    Aqk = None
     if X is None:
         A = torch.empty(B, T, H, BT, **f32)
-        if gid == 2:
+        if gid == 2 and FUSED_A and Aqk is None:  # k kᵀ and q kᵀ in one pass
+            NC = BT // 16
+            Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf
+            kw.chunk_kda_A_kernel[(NS, NC * NC, H)](
+                q, k, gc, A, Aqk, cu, info, H, G, K, BT, 16, min(64, BK), NC, prec, **_opts("A")
+            )
+        elif gid == 2:
             NC = BT // 16
             BKa = min(64, BK)
             gla_intra.chunk_gla_A_kernel[(NS, NC * NC, H)](
@@ -222,9 +166,9 @@ def forward_parts(q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=64, 
         k, w, u, gcp, h, vn, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, BK, BV, gid,
         h0 is not None, prec, **_opts("h"),
     )  # fmt: skip
-    if gid == 2:  # the output's and the backward's gated q k^T
+    if gid == 2 and Aqk is None:  # the output's and the backward's gated q k^T (given: a forward's, kept)
         NC = BT // 16
-        Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt)
+        Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf
         gla_intra.chunk_gla_A_kernel[(NS, NC * NC, H)](
             q, k, gc, Aqk, cu, info, H, G, K, BT, 16, min(64, BK), NC, prec, BT, **_opts("A")
         )
@@ -240,11 +184,11 @@ def forward_parts(q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=64, 
     return o, ht, dict(gc=gc, X=X, w=w, u=u, vn=vn, h=h, Aqk=Aqk, meta=meta)
 
 
-def backward_parts(q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlens, BT=64, X=None):
+def backward_parts(q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlens, BT=64, X=None, Aqk=None):
     """The staged chunked backward (see :mod:`fla_compile.lowering.delta.triton_wy_bwd`): recomputes the forward's
     parts, then (dq, dk per head of v, dv, dbeta, dgate or None, dh0 or None), all fp32."""
     dt = v.dtype
-    _, _, P = forward_parts(q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=BT, X=X, need_o=False)
+    _, _, P = forward_parts(q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=BT, X=X, need_o=False, Aqk=Aqk)
     q, k = q.to(dt).contiguous(), k.to(dt).contiguous()
     v, beta = v.contiguous(), beta.contiguous()
     do = do.to(dt).contiguous()
@@ -333,16 +277,20 @@ X_SLOTS = 64
 _X_TAG = "_fla_compile_X_BT"
 
 
-def saved_X_like(v):
+def _saved_shape(v, vector_gate: bool) -> tuple:
+    """[B, T, H, X_SLOTS]; with a gate per key dim (kda) [2, B, T, H, X_SLOTS]: X, then the gated q kᵀ."""
     B, T, H = v.shape[:3]
-    return v.new_empty(B, T, H, X_SLOTS)
+    return ((2,) if vector_gate else ()) + (B, T, H, X_SLOTS)
 
 
-def _X_slot(X, v) -> bool:
-    B, T, H = v.shape[:3]
+def saved_X_like(v, vector_gate: bool = False):
+    return v.new_empty(_saved_shape(v, vector_gate))
+
+
+def _X_slot(X, v, vector_gate: bool) -> bool:
     return (
         X is not None
-        and tuple(X.shape) == (B, T, H, X_SLOTS)
+        and tuple(X.shape) == _saved_shape(v, vector_gate)
         and X.dtype == v.dtype
         and X.device == v.device
         and X.is_contiguous()
@@ -363,7 +311,8 @@ def chunk_forward(
 ):  # fmt: skip
     """Chunked forward: (o [B,T,H,V] in v's dtype, final state fp32 [N,H,K,V]); keeps X in ``X_out`` (see above)."""
     BT = chunk_size or 64
-    keep = BT == X_SLOTS and _X_slot(X_out, v)
+    vec = gate_kind == "vector"
+    keep = BT == X_SLOTS and _X_slot(X_out, v, vec)
     if not keep:
         no_X(X_out)
     elif hasattr(X_out, _X_TAG):
@@ -371,8 +320,9 @@ def chunk_forward(
     q, k, v, beta, gate, _ = _prepare(q, k, v, beta, gate, use_qk_l2norm)
     h0 = None if initial_state is None else initial_state.float().contiguous()
     o, ht, _ = forward_parts(
-        q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=BT, X_buf=X_out if keep else None
-    )
+        q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=BT,
+        X_buf=(X_out[0] if vec else X_out) if keep else None, Aqk_buf=X_out[1] if keep and vec else None,
+    )  # fmt: skip
     if keep:
         setattr(X_out, _X_TAG, BT)
     return o, ht
@@ -395,7 +345,7 @@ def fused_recurrent(
     ht = final_state if final_state is not None else torch.empty(N, H, K, V, device=q.device, dtype=torch.float32)
     h0 = initial_state.contiguous() if initial_state is not None else ht
     BV = min(launch.pow2(V), 32)
-    kf.fused_recurrent_kernel[(N, H, triton.cdiv(V, BV))](
+    kd.fused_recurrent_kernel[(N, H, triton.cdiv(V, BV))](
         q, k, v, beta, g, h0, o, ht, cu, scale, H=H, HK=HK, K=K, V=V, BK=launch.pow2(K), BV=BV,
         GATE=GATE_IDS[gate_kind], HAS_H0=initial_state is not None, L2NORM=use_qk_l2norm,
     )  # fmt: skip
@@ -409,13 +359,17 @@ def chunk_backward(
     """Gradients (dq, dk, dv, dbeta, dgate or None, dh0 or None), in fp32 (the op casts). ``X``: the forward's
     inverses (``chunk_forward(X_out=...)``), used when tagged with this call's chunk size, else recomputed."""
     BT = chunk_size or 64
-    if X is not None and not (getattr(X, _X_TAG, None) == BT and _X_slot(X, v)):
+    vec = gate_kind == "vector"
+    Aqk = None
+    if X is not None and not (getattr(X, _X_TAG, None) == BT and _X_slot(X, v, vec)):
         X = None
+    if X is not None and vec:
+        X, Aqk = X[0], X[1]
     q, k, v, beta, gate, norms = _prepare(q, k, v, beta, gate, use_qk_l2norm)
     h0 = None if initial_state is None else initial_state.float().contiguous()
     B, T, HK, K = q.shape
     H = v.shape[2]
-    dq, dk, dv, db, dg, dh0 = backward_parts(q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlens, BT, X)
+    dq, dk, dv, db, dg, dh0 = backward_parts(q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlens, BT, X, Aqk)
     if H > HK:  # GQA: sum the heads of each group, in a fixed order
         dq = dq.view(B, T, HK, H // HK, K).sum(3)
         dk = dk.view(B, T, HK, H // HK, K).sum(3)
@@ -423,32 +377,3 @@ def chunk_backward(
         qn, rq, kn, rk = norms
         dq, dk = _l2norm_bwd(qn, rq, dq), _l2norm_bwd(kn, rk, dk)
     return dq, dk, dv, db, dg, dh0
-
-
-def _backward(r: _Run, q, k, v, beta, gate, scale, h0, do, dht, norms, use_qk_l2norm):
-    _, _, s = _forward(r, q, k, v, beta, gate, scale, h0, save=True)
-    T, H, K, V, BT = r.B * r.T, r.H, r.K, r.V, r.BT
-    f32 = dict(device=q.device, dtype=torch.float32)
-    dh = torch.empty(r.NS, H, K, V, **f32)
-    dvn = torch.empty(T, H, V, **f32)
-    dh0 = torch.empty(r.N, H, K, V, **f32)
-    kb.chunk_bwd_state_kernel[(r.N, H, triton.cdiv(V, r.BVS))](
-        q, k, s["w"], s["mq"], s["gc"], dht, do, dh, dh0, dvn, r.cu, r.chunk_off, scale,
-        **r.cst, BT=BT, BK=r.BK, BV=r.BVS, GATE=r.gid, PREC=r.prec, num_stages=1,
-    )  # fmt: skip
-    dq, dk = torch.empty(T, H, K, **f32), torch.empty(T, H, K, **f32)
-    dv, db = torch.empty(T, H, V, **f32), torch.empty(T, H, **f32)
-    dg = torch.empty(T, H, *((K,) if r.gid == 2 else ()), **f32) if r.gid else db
-    kb.chunk_bwd_local_kernel[(r.NS, H)](
-        q, k, v, beta, s["gc"], s["ti"], s["h"], s["vn"], dh, dvn, do,
-        dq, dk, dv, db, dg, r.cu, r.info, r.chunk_off, scale,
-        **r.cst, BT=BT, BK=r.BK, BV=r.BV, GATE=r.gid, PREC=r.prec, num_warps=r.warps, num_stages=1,
-    )  # fmt: skip
-    B, Tq, HK = r.B, r.T, r.HK
-    dq = dq.view(B, Tq, HK, H // HK, K).sum(3)
-    dk = dk.view(B, Tq, HK, H // HK, K).sum(3)
-    if use_qk_l2norm:
-        qn, rq, kn, rk = norms
-        dq, dk = _l2norm_bwd(qn, rq, dq), _l2norm_bwd(kn, rk, dk)
-    dg = dg.view(B, Tq, *gate.shape[2:]) if r.gid else None
-    return dq, dk, dv.view(B, Tq, H, V), db.view(B, Tq, H), dg, (dh0 if h0 is not None else None)

@@ -55,8 +55,12 @@ def chunk_kkt_kernel(
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
         # [BT, BK] and [BK, BT]
-        b_k = tl.load(k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
-        b_kt = tl.load(k + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0)
+        b_k = tl.load(
+            k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0
+        )
+        b_kt = tl.load(
+            k + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0
+        )
         b_A += tl.dot(b_k, b_kt, input_precision=PREC)
     m_A = (o_i[:, None] >= o_i[None, :]) & m_t[:, None] & m_t[None, :]
     if GATE == 1:
@@ -73,7 +77,9 @@ def _block_N(A, beta, t0, eos, i_h, H: tl.constexpr, BT: tl.constexpr, r: tl.con
     o_r = t0 + r * 16 + o_c
     m_r = o_r < eos
     m_c = (t0 + c * 16 + o_c) < eos
-    b_N = tl.load(A + (o_r * H + i_h)[:, None] * BT + (c * 16 + o_c)[None, :], mask=m_r[:, None] & m_c[None, :], other=0)
+    b_N = tl.load(
+        A + (o_r * H + i_h)[:, None] * BT + (c * 16 + o_c)[None, :], mask=m_r[:, None] & m_c[None, :], other=0
+    )
     b_b = tl.load(beta + o_r * H + i_h, mask=m_r, other=0).to(tl.float32)
     b_N = b_N * b_b[:, None]
     if r == c:
@@ -97,7 +103,11 @@ def _inverse16(b_N):
 def _store16(X, b_X, t0, eos, i_h, H: tl.constexpr, BT: tl.constexpr, r: tl.constexpr, c: tl.constexpr):
     o_c = tl.arange(0, 16)
     o_r = t0 + r * 16 + o_c
-    tl.store(X + (o_r * H + i_h)[:, None] * BT + (c * 16 + o_c)[None, :], b_X.to(X.dtype.element_ty), mask=(o_r < eos)[:, None])
+    tl.store(
+        X + (o_r * H + i_h)[:, None] * BT + (c * 16 + o_c)[None, :],
+        b_X.to(X.dtype.element_ty),
+        mask=(o_r < eos)[:, None],
+    )
 
 
 @triton.jit
@@ -417,3 +427,112 @@ def chunk_delta_h_kernel(
             b_kt = (b_kt.to(tl.float32) * tl.exp(tl.where(m_t[None, :], b_gl[:, None] - b_gt, 0))).to(b_w.dtype)
         b_h += tl.dot(b_kt.to(b_w.dtype), b_vn.to(b_w.dtype), input_precision=PREC)
     tl.store(ht + (i_n * H + i_h) * K * V + o_h, b_h, mask=m_h)
+
+
+@triton.jit
+def chunk_kda_A_kernel(
+    q,
+    k,
+    gc,
+    Akk,
+    Aqk,
+    cu,
+    info,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    BT: tl.constexpr,
+    BC: tl.constexpr,
+    BK: tl.constexpr,
+    NC: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """kda's two gated products in one pass, one [BC, BC] block (i, j) per program: Akk = k kᵀ (fp32) and
+    Aqk = q kᵀ (inputs' dtype), each sum_d x_id k_jd e^{G_id - G_jd}, lower blocks (zeros above).
+
+    As the GLA line's ``chunk_gla_A_kernel`` (factored sub-chunk dots against a reference row; the diagonal
+    block factored within ``SPAN``, else column by column), sharing the loads of k_j, its gates and row i's."""
+    i_s, i_ij, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_i, i_j = i_ij // NC, i_ij % NC
+    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
+    if i_n < 0:
+        return
+    i_hk = i_h // G
+    t0 = bos + i_c * BT
+    if t0 + i_i * BC >= eos:
+        return
+    o_c = tl.arange(0, BC)
+    o_ti = t0 + i_i * BC + o_c
+    o_tj = t0 + i_j * BC + o_c
+    m_ti, m_tj = o_ti < eos, o_tj < eos
+    p_A = (o_ti * H + i_h)[:, None] * BT + (i_j * BC + o_c)[None, :]
+    m_A = m_ti[:, None] & (o_c < BC)[None, :]
+    b_Ak = tl.zeros([BC, BC], dtype=tl.float32)
+    b_Aq = tl.zeros([BC, BC], dtype=tl.float32)
+    t_r = t0 + i_i * BC  # the i block's first row: the reference
+    span = 60.0
+    if i_i > i_j:
+        for i_k in range(0, tl.cdiv(K, BK)):
+            o_k = i_k * BK + tl.arange(0, BK)
+            m_k = o_k < K
+            b_gr = tl.load(gc + (t_r * H + i_h) * K + o_k, mask=m_k, other=0)
+            m_qi = m_ti[:, None] & m_k[None, :]
+            p_i = (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :]
+            b_q = tl.load(q + p_i, mask=m_qi, other=0)
+            b_ki = tl.load(k + p_i, mask=m_qi, other=0)
+            b_e = tl.exp(
+                tl.where(
+                    m_qi,
+                    tl.load(gc + (o_ti * H + i_h)[:, None] * K + o_k[None, :], mask=m_qi, other=0) - b_gr[None, :],
+                    0,
+                )
+            )
+            m_kj = m_k[:, None] & m_tj[None, :]
+            b_kt = tl.load(k + (o_tj * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_kj, other=0)
+            b_gkt = tl.load(gc + (o_tj * H + i_h)[None, :] * K + o_k[:, None], mask=m_kj, other=0)
+            b_kg = (b_kt.to(tl.float32) * tl.exp(tl.where(m_kj, b_gr[:, None] - b_gkt, 0))).to(b_q.dtype)
+            b_Aq += tl.dot((b_q.to(tl.float32) * b_e).to(b_q.dtype), b_kg, input_precision=PREC)
+            b_Ak += tl.dot((b_ki.to(tl.float32) * b_e).to(b_q.dtype), b_kg, input_precision=PREC)
+    if i_i == i_j:
+        for i_k in range(0, tl.cdiv(K, BK)):
+            o_k = i_k * BK + tl.arange(0, BK)
+            m_k = o_k < K
+            m_qi = m_ti[:, None] & m_k[None, :]
+            p_i = (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :]
+            b_q = tl.load(q + p_i, mask=m_qi, other=0)
+            b_ki = tl.load(k + p_i, mask=m_qi, other=0)
+            b_gq = tl.load(gc + (o_ti * H + i_h)[:, None] * K + o_k[None, :], mask=m_qi, other=0)
+            b_gr = tl.load(gc + (t_r * H + i_h) * K + o_k, mask=m_k, other=0)
+            b_dr = tl.where(m_qi, b_gq - b_gr[None, :], 0)
+            if b_q.dtype == tl.float16:
+                span = 8.0
+            if tl.max(tl.abs(b_dr)) <= span:
+                # factors e^(+-d), |d| <= span: normal numbers in the inputs' dtype
+                m_kt = m_k[:, None] & m_ti[None, :]
+                b_kt = tl.load(k + (o_ti * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_kt, other=0)
+                b_drt = tl.where(
+                    m_kt,
+                    tl.load(gc + (o_ti * H + i_h)[None, :] * K + o_k[:, None], mask=m_kt, other=0) - b_gr[:, None],
+                    0,
+                )
+                b_kg = (b_kt.to(tl.float32) * tl.exp(-b_drt)).to(b_q.dtype)
+                b_e = tl.exp(b_dr)
+                b_Aq += tl.dot((b_q.to(tl.float32) * b_e).to(b_q.dtype), b_kg, input_precision=PREC)
+                b_Ak += tl.dot((b_ki.to(tl.float32) * b_e).to(b_q.dtype), b_kg, input_precision=PREC)
+            else:  # strong gates: one exponent G_i - G_j <= 0 per pair
+                b_qf = b_q.to(tl.float32)
+                b_kif = b_ki.to(tl.float32)
+                for j in range(0, BC):
+                    t_j = t0 + i_i * BC + j
+                    m_j = m_k & ((o_k * 0 + t_j) < eos)
+                    b_kj = tl.load(k + (t_j * (H // G) + i_hk) * K + o_k, mask=m_j, other=0).to(tl.float32)
+                    b_gj = tl.load(gc + (t_j * H + i_h) * K + o_k, mask=m_j, other=0)
+                    m_ij = ((o_c >= j) & m_ti)[:, None] & m_j[None, :]
+                    b_w = tl.where(m_ij, b_kj[None, :] * tl.exp(tl.where(m_ij, b_gq - b_gj[None, :], 0)), 0)
+                    b_Aq += tl.where(o_c[None, :] == j, tl.sum(b_qf * b_w, axis=1)[:, None], 0)
+                    b_Ak += tl.where(o_c[None, :] == j, tl.sum(b_kif * b_w, axis=1)[:, None], 0)
+        m_low = o_c[:, None] >= o_c[None, :]
+        b_Aq = tl.where(m_low, b_Aq, 0)
+        b_Ak = tl.where(m_low, b_Ak, 0)
+    tl.store(Akk + p_A, b_Ak, mask=m_A)
+    tl.store(Aqk + p_A, b_Aq.to(Aqk.dtype.element_ty), mask=m_A)

@@ -1,0 +1,75 @@
+"""Decode-step sweep (CUDA): one token per sequence, B=64 H=16 K=V=128 bf16, the state updated in place.
+
+    python benchmarks/sweep_decode.py
+
+For each GLA-line family, the fused recurrent kernel's time for every (BV, num_warps) in the sweep, next to
+the step's memory floor (the fp32 state read and written once, at the measured copy bandwidth); then the
+delta line's decode step (gated_delta_rule, kda, delta_rule) with its shipped options. The best GLA-line
+entry per gate kind is what ``lowering/common/configs/sm90.json``'s first "decode" entry should be.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from kernels import bench, copy_bandwidth  # noqa: E402
+
+B, H, D = 64, 16, 128
+GATES = {"linear_attn": "none", "retention": "scalar", "simple_gla": "scalar", "gla": "vector"}
+
+
+def main() -> int:
+    from fla_compile.lowering.delta import triton_launch as DT
+    from fla_compile.lowering.gla import triton_launch as GT
+
+    bw = copy_bandwidth()
+    floor = B * H * D * D * 4 * 2 / bw * 1e3
+    print(f"copy bandwidth {bw / 1e12:.3f} TB/s; decode floor (state read + write) {floor:.4f} ms")
+    dev = "cuda"
+    q, k, v = (torch.randn(B, 1, H, D, device=dev, dtype=torch.bfloat16) for _ in range(3))
+    rows = ["| family | BV | warps | ms | x floor |", "| --- | --- | --- | --- | --- |"]
+    for family, kind in GATES.items():
+        g = {
+            "none": None,
+            "scalar": F.logsigmoid(torch.randn(B, 1, H, device=dev)),
+            "vector": F.logsigmoid(torch.randn(B, 1, H, D, device=dev)),
+        }[kind]
+        state = torch.zeros(B, H, D, D, device=dev)
+        for BV in (16, 32, 64, 128):
+            for warps in (1, 2, 4, 8):
+                cfg = {"BV": BV, "num_warps": warps}
+                try:
+                    ms = bench(
+                        lambda g=g, cfg=cfg, state=state, kind=kind: GT.fused_recurrent(
+                            q, k, v, g, kind, 0.1, state, inplace_state=True, config=cfg
+                        )
+                    )
+                    rows.append(f"| {family} | {BV} | {warps} | {ms:.4f} | {ms / floor:.2f} |")
+                except Exception as e:  # a failing config is a row
+                    rows.append(f"| {family} | {BV} | {warps} | error {type(e).__name__} | |")
+    for family, kind in [("delta_rule", "none"), ("gated_delta_rule", "scalar"), ("kda", "vector")]:
+        kn = F.normalize(k.float(), dim=-1).to(torch.bfloat16)
+        beta = torch.rand(B, 1, H, device=dev, dtype=torch.bfloat16)
+        g = {
+            "none": None,
+            "scalar": F.logsigmoid(torch.randn(B, 1, H, device=dev)),
+            "vector": F.logsigmoid(torch.randn(B, 1, H, D, device=dev)),
+        }[kind]
+        state = torch.zeros(B, H, D, D, device=dev)
+        ms = bench(lambda g=g, kind=kind, beta=beta, kn=kn, state=state: DT.fused_recurrent(
+            q, kn, v, beta, g, kind, 0.1, state, None, False, final_state=state
+        ))  # fmt: skip
+        rows.append(f"| {family} | shipped | | {ms:.4f} | {ms / floor:.2f} |")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
