@@ -25,6 +25,7 @@ class Family(str, enum.Enum):
     DELTA_RULE = "delta_rule"  # S = (I - b k k^T) S + b k v^T
     GATED_DELTA_RULE = "gated_delta_rule"  # S = exp(g_t)(I - b k k^T) S + b k v^T
     KDA = "kda"  # S = (I - b k k^T) diag(exp(gk_t)) S + b k v^T
+    HGRN = "hgrn"  # h = exp(g_t) * h + x_t, elementwise: the state is a vector, o_t = h_t
 
     def __str__(self) -> str:
         return self.value

@@ -2,5 +2,6 @@
 
 from .delta import delta_rule, gated_delta_rule, kda
 from .gla import gla, linear_attn, retention, simple_gla
+from .hgrn import hgrn
 
-__all__ = ["delta_rule", "gated_delta_rule", "gla", "kda", "linear_attn", "retention", "simple_gla"]
+__all__ = ["delta_rule", "gated_delta_rule", "gla", "hgrn", "kda", "linear_attn", "retention", "simple_gla"]

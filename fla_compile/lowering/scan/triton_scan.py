@@ -1,0 +1,132 @@
+"""Triton kernels of the elementwise scan (hgrn) and their launchers.
+
+The scan moves 3 numbers per element forward (x, g in; o out) and 5 backward, and does two flops
+each: it is memory-bound. One program owns a block of ``BD`` channels of one sequence and walks its
+steps, the state in registers (fp32): no chunking, no second pass, every element read once. The
+forward is also the decoding kernel (a few steps, state in and out). Gates stay in log space; each
+step computes exp(g_t) <= 1 for decaying gates, and a gate of -inf (a reset) gives exactly 0.
+
+Packed sequences (``cu_seqlens``) give each program its [bos, eos) from the offsets; otherwise
+sequence n is [n T, (n + 1) T) of the flattened [B T, D] inputs. Pointer arithmetic with masks only
+(``tl.make_block_ptr`` is gone in Triton 3.9); offsets in int64.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..common.launch import DTYPES, pow2
+
+BD_MAX = 64  # channels per program: more programs walk T side by side (the walk is latency-bound)
+
+
+@triton.jit
+def _span(cu_seqlens, i_n, T, IS_VARLEN: tl.constexpr):
+    if IS_VARLEN:
+        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+        eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    else:
+        bos = i_n.to(tl.int64) * T
+        eos = bos + T
+    return bos, eos
+
+
+@triton.jit
+def scan_fwd_kernel(
+    x, g, h0, o, ht, cu_seqlens, T, D,
+    USE_H0: tl.constexpr, IS_VARLEN: tl.constexpr, BD: tl.constexpr,
+):  # fmt: skip
+    i_d, i_n = tl.program_id(0), tl.program_id(1)
+    bos, eos = _span(cu_seqlens, i_n, T, IS_VARLEN)
+    o_d = i_d * BD + tl.arange(0, BD)
+    m_d = o_d < D
+    o_n = i_n.to(tl.int64) * D + o_d
+    # [BD]
+    b_h = tl.zeros([BD], dtype=tl.float32)
+    if USE_H0:
+        b_h += tl.load(h0 + o_n, mask=m_d, other=0).to(tl.float32)
+    for t in range(bos, eos):
+        p = t * D + o_d
+        b_x = tl.load(x + p, mask=m_d, other=0).to(tl.float32)
+        b_g = tl.load(g + p, mask=m_d, other=0).to(tl.float32)
+        b_h = tl.exp(b_g) * b_h + b_x
+        tl.store(o + p, b_h.to(o.dtype.element_ty), mask=m_d)
+    tl.store(ht + o_n, b_h, mask=m_d)
+
+
+@triton.jit
+def scan_bwd_kernel(
+    g, o, h0, do, dht, dx, dg, dh0, cu_seqlens, T, D,
+    USE_H0: tl.constexpr, USE_DHT: tl.constexpr, IS_VARLEN: tl.constexpr, BD: tl.constexpr,
+):  # fmt: skip
+    """The reverse scan: dh_t = do_t + exp(g_{t+1}) dh_{t+1}; dx_t = dh_t, dg_t = dh_t h_{t-1} exp(g_t)."""
+    i_d, i_n = tl.program_id(0), tl.program_id(1)
+    bos, eos = _span(cu_seqlens, i_n, T, IS_VARLEN)
+    o_d = i_d * BD + tl.arange(0, BD)
+    m_d = o_d < D
+    o_n = i_n.to(tl.int64) * D + o_d
+    # [BD]
+    b_dh = tl.zeros([BD], dtype=tl.float32)
+    if USE_DHT:
+        b_dh += tl.load(dht + o_n, mask=m_d, other=0).to(tl.float32)
+    b_h0 = tl.zeros([BD], dtype=tl.float32)
+    if USE_H0:
+        b_h0 += tl.load(h0 + o_n, mask=m_d, other=0).to(tl.float32)
+    for i in range(0, eos - bos):
+        t = eos - 1 - i
+        p = t * D + o_d
+        b_dh += tl.load(do + p, mask=m_d, other=0).to(tl.float32)
+        b_a = tl.exp(tl.load(g + p, mask=m_d, other=0).to(tl.float32))
+        # h_{t-1}: o at t - 1, the initial state at the sequence's first step (the load there is discarded)
+        b_hp = tl.load(o + tl.maximum(t - 1, bos) * D + o_d, mask=m_d, other=0).to(tl.float32)
+        b_hp = tl.where(t > bos, b_hp, b_h0)
+        tl.store(dx + p, b_dh.to(dx.dtype.element_ty), mask=m_d)
+        tl.store(dg + p, (b_dh * b_hp * b_a).to(dg.dtype.element_ty), mask=m_d)
+        b_dh = b_dh * b_a
+    if USE_H0:
+        tl.store(dh0 + o_n, b_dh, mask=m_d)
+
+
+def supported(x: torch.Tensor, g: torch.Tensor) -> bool:
+    """The kernels take fp32 / bf16 / fp16 inputs of any width (D is blocked)."""
+    return x.dtype in DTYPES and g.dtype in DTYPES
+
+
+def _grid(D: int, N: int):
+    BD = min(BD_MAX, pow2(D))
+    return BD, (triton.cdiv(D, BD), N)
+
+
+def forward(x, g, initial_state=None, cu_seqlens=None):
+    """(o [B, T, D] in x's dtype, final state [N, D] fp32)."""
+    B, T, D = x.shape
+    x, g = x.contiguous(), g.contiguous()
+    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    o = torch.empty_like(x)
+    ht = x.new_empty(N, D, dtype=torch.float32)
+    h0 = initial_state.contiguous() if initial_state is not None else None
+    BD, grid = _grid(D, N)
+    scan_fwd_kernel[grid](
+        x, g, h0, o, ht, cu_seqlens, T, D,
+        USE_H0=h0 is not None, IS_VARLEN=cu_seqlens is not None, BD=BD, num_warps=1,
+    )  # fmt: skip
+    return o, ht
+
+
+def backward(x, g, initial_state, cu_seqlens, o, do, dht):
+    """(dx in x's dtype, dg in g's dtype, dh0 fp32 or None)."""
+    B, T, D = x.shape
+    g, o, do = g.contiguous(), o.contiguous(), do.contiguous()
+    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    dx, dg = torch.empty_like(x), torch.empty_like(g)
+    h0 = initial_state.contiguous() if initial_state is not None else None
+    dh0 = x.new_empty(N, D, dtype=torch.float32) if h0 is not None else None
+    dht = dht.contiguous() if dht is not None else None
+    BD, grid = _grid(D, N)
+    scan_bwd_kernel[grid](
+        g, o, h0, do, dht, dx, dg, dh0, cu_seqlens, T, D,
+        USE_H0=h0 is not None, USE_DHT=dht is not None, IS_VARLEN=cu_seqlens is not None, BD=BD, num_warps=1,
+    )  # fmt: skip
+    return dx, dg, dh0
