@@ -98,6 +98,8 @@ def log_gate(x: torch.Tensor, kind: str) -> torch.Tensor:
 def call_family(b: Recurrence, vals: dict, h0):
     """Run the family op on role values [T, *batch, D] (gate [T, *batch(, K)]) and a state
     [*batch, X, Y]; return o [T, *batch, V] and the final state [*batch, X, Y]."""
+    if b.family == Family.HGRN:
+        return _call_scan(b, vals, h0)
     family, batch = b.family, b.extras["batch"]
     q, k, v = (to_bthd(vals[n], batch) for n in ("q", "k", "v"))
     B, H = batch_split(batch)
@@ -115,6 +117,30 @@ def call_family(b: Recurrence, vals: dict, h0):
     o, ht = run_family(family, q, k, v, gate=gate, beta=beta, decay=b.decay, scale=b.scale, initial_state=h0)
     ht = ht.transpose(-1, -2) if b.state_transposed else ht
     return from_bthd(o, batch), reshaped(ht, *batch, *ht.shape[-2:])
+
+
+def _call_scan(b: Recurrence, vals: dict, h0):
+    """hgrn on role values [T, *shape] (shape: the state's, ``extras["batch"]``) and a state [*shape]:
+    the last dim is the op's D, the others fold into its B ([T, B, D] -> [B, T, D], a view)."""
+    from .ops.hgrn import hgrn_decay
+
+    shape = b.extras["batch"]
+    x = vals["v"]
+    T, N, D = x.shape[0], math.prod(shape[:-1]), shape[-1]
+    x = x if x.dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16) else x.float()
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x = reshaped(x, T, N, D).transpose(0, 1)
+    h0 = reshaped(h0, N, D) if h0 is not None else None
+    if b.gate is not None and b.gate.log == "log":  # a decay given as a plain value: resets (0) allowed
+        a = reshaped(vals["gate"], T, N, D).transpose(0, 1)
+        o, ht = hgrn_decay(x, a.to(acc), h0)
+    else:
+        if b.gate is not None:
+            g = reshaped(log_gate(vals["gate"], b.gate.log).to(acc), T, N, D).transpose(0, 1)
+        else:
+            g = torch.full(x.shape, b.decay, dtype=acc, device=x.device)
+        o, ht = run_family(Family.HGRN, None, None, x, gate=g, initial_state=h0)
+    return reshaped(o.transpose(0, 1), T, *shape), reshaped(ht, *shape)
 
 
 class LoopLowering:

@@ -5,7 +5,9 @@ For a re-rolled loop, one step F(S, x_t) is run on random float64 probes:
   * A is the transition: identity (linear_attn), a constant scalar (retention), a scalar
     or a per-key diagonal taken from a value of the step (simple_gla, gla);
   * B must be an outer product k v^T of two values of the step;
-  * the output must be c * S_t^T q for a value q of the step and a constant c.
+  * the output must be c * S_t^T q for a value q of the step and a constant c;
+  * or the output is the new state itself (an elementwise scan, hgrn): A is an elementwise decay
+    c (S of any shape, a vector included) and B a value x of the step, F(S) = c * S + x.
 Values are bound to roles by matching numbers against the step's own intermediate
 values, so the spelling (einsum, matmul, broadcasting, transposed state) does not matter.
 The binding is then proven on fresh probes against the family's op itself (T = 1, the
@@ -231,7 +233,7 @@ class _NeedsPositive(NearMiss):
 
 def classify_loop(step: fx.GraphModule, input_metas: list, state_meta: torch.Tensor) -> Recurrence:
     """Read the family and roles of one loop step (see the module docstring)."""
-    if state_meta is None or state_meta.dim() < 2:
+    if state_meta is None or state_meta.dim() < 1:
         raise NearMiss("the carried value is not a matrix state")
     try:
         return _classify(step, input_metas, state_meta, positive=False)
@@ -239,9 +241,17 @@ def classify_loop(step: fx.GraphModule, input_metas: list, state_meta: torch.Ten
         return _classify(step, input_metas, state_meta, positive=True)
 
 
+def _out_err(ol, o0, oa, lam) -> float:
+    """How far the output at state scale ``lam`` is from linear. An output the step rounded itself (cast
+    to float32, as RecurrentGemma's scan writes its buffer) carries that rounding at every scale: it is
+    measured against the output's size then, not only against its part that moves with the state."""
+    err = rel_err(ol - o0, lam * (oa - o0))
+    if ol.dtype == torch.float64 or not math.isfinite(err):
+        return err
+    return min(err, (ol - o0 - lam * (oa - o0)).double().norm().item() / max(ol.double().norm().item(), 1e-300))
+
+
 def _classify(step, input_metas, state_meta, positive: bool) -> Recurrence:
-    *batch, X, Y = tuple(state_meta.shape)
-    batch = tuple(batch)
     gen = torch.Generator().manual_seed(1234)
     dep = _state_dependent(step)
     for attempt in (positive, True):  # retry on positive inputs where e.g. a log needs them
@@ -266,12 +276,19 @@ def _classify(step, input_metas, state_meta, positive: bool) -> Recurrence:
         (Fl, ol), _ = run_region(step, [lam * Sa, *P])
         if rel_err(Fl - F0, lam * Aa) > TOL:
             raise NearMiss("the state update is not linear in the state")
-        if oa is not None and o0 is not None and rel_err(ol - o0, lam * (oa - o0)) > TOL:
+        if oa is not None and o0 is not None and _out_err(ol, o0, oa, lam) > TOL:
             raise NearMiss("the output is not linear in the state")
     values = {n: v for n, v in env.items() if n not in dep and n.op != "output"}
 
     if oa is None:
         raise NearMiss("the loop has no per-step output")
+    scan = _classify_scan(values, Sa, Aa, Sb, Ab, F0, Fa, oa, dep, positive)
+    if scan is not None:
+        return scan
+    if Sa.dim() < 2:
+        raise NearMiss("the carried value is a vector whose step output is not the state: not a matrix state")
+    *batch, X, Y = tuple(state_meta.shape)
+    batch = tuple(batch)
     # the transition A
     try:
         transition, gate_val = _transition(Sa, Aa, Sb, Ab)
@@ -299,6 +316,27 @@ def _classify(step, input_metas, state_meta, positive: bool) -> Recurrence:
     if value_axis_gate:
         raise NearMiss("the decay is diagonal along the value axis; our families gate the key axis")
     raise NearMiss("the output is not S_t^T q for a value q of the step")
+
+
+def _classify_scan(values, Sa, Aa, Sb, Ab, F0, Fa, oa, dep, positive) -> Recurrence | None:
+    """The elementwise scan (hgrn): the output is the new state, h_t = c_t * h_{t-1} + x_t with c and x
+    values of the step of the state's shape (or broadcast to it). None where the output is not the state.
+
+    c is fitted per element from both probes (least squares), so an element where one probe is tiny
+    does not spoil it; the fit must then hold on both probes as a whole."""
+    if oa.numel() != Fa.numel() or rel_err(oa.reshape(Fa.shape).to(Fa.dtype), Fa) > TOL:
+        return None
+    den = Sa * Sa + Sb * Sb
+    c = torch.where(den > 0, (Aa * Sa + Ab * Sb) / den.clamp_min(1e-300), torch.zeros_like(den))
+    if rel_err(c * Sa, Aa) > TOL or rel_err(c * Sb, Ab) > TOL:
+        raise NearMiss("the output is the state, but the state transition is not an elementwise decay")
+    shape = tuple(Sa.shape)
+    xs = [(n, r) for n, r, v in _candidates(values, shape) if rel_err(v, F0) <= TOL]
+    if not xs:
+        raise NearMiss("the output is the state, but the state update's additive term is not a value of the step")
+    gate, decay, _ = _bind_gate("elementwise", c, values, dep, positive)
+    x = Role(_origin(xs[0][0]), xs[0][1], shape)
+    return loop_recurrence(Family.HGRN, None, None, x, gate, decay, 1.0, False, shape, positive)
 
 
 DELTA_FAMILY = {"identity": Family.DELTA_RULE, "scalar": Family.GATED_DELTA_RULE, "diag_x": Family.KDA}
@@ -426,7 +464,7 @@ def _bind_gate(transition, c, values, dep, positive):
         # a decay that does not change over time is retention's, lowered as a constant simple_gla gate
         return gate, None, Family.RETENTION if gate.origin[0] == "global" else Family.SIMPLE_GLA
     # no step value holds it: a literal constant gamma (retention) or nothing we can bind
-    if transition == "scalar" and rel_err(c, torch.full_like(c, c.flatten()[0].item())) <= TOL:
+    if transition in ("scalar", "elementwise") and rel_err(c, torch.full_like(c, c.flatten()[0].item())) <= TOL:
         gamma = c.flatten()[0].item()
         if gamma > 0:
             return None, math.log(gamma), Family.RETENTION

@@ -12,11 +12,14 @@ def run_family(
 ):
     """(o, final state) of ``torch.ops.fla_compile.<family>`` on [B, T, H, D] inputs.
 
-    gate: log-space, [B,T,H] (scalar families) or [B,T,H,K] (gla, kda). decay: retention's
+    gate: log-space, [B,T,H] (scalar families) or [B,T,H,K] (gla, kda); hgrn takes x as ``v`` [B, T, D],
+    ``gate`` [B, T, D] and a state [B, D] (q, k unused). decay: retention's
     log-gamma, a float or a tensor [H]. l2norm: normalize q and k first (delta ops do it in-kernel).
     """
     ops = torch.ops.fla_compile
     h0 = initial_state
+    if family == Family.HGRN:  # elementwise: v is x [B, T, D], gate g [B, T, D], the state [B, D]
+        return ops.hgrn(v, gate, h0, None)
     if family in (Family.DELTA_RULE, Family.GATED_DELTA_RULE, Family.KDA):
         if family == Family.DELTA_RULE:
             return ops.delta_rule(q, k, v, beta, scale, h0, None, l2norm)

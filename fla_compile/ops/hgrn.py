@@ -129,3 +129,45 @@ def hgrn(x, g, initial_state=None, output_final_state=False, cu_seqlens=None):
             fail("hgrn", f"initial_state is on {initial_state.device} but x is on {x.device}")
     o, ht = torch.ops.fla_compile.hgrn(x, g, initial_state, cu_seqlens)
     return o, (ht if output_final_state else None)
+
+
+class _DecayScan(torch.autograd.Function):
+    """h_t = a_t h_{t-1} + x_t with the decay a >= 0 given as a value (a probability, RG-LRU's a_t),
+    not its log. The forward is the op on log(a) (a = 0, a reset, is g = -inf: exact); the gradient of a
+    is dh_t h_{t-1}, taken from the op's dx (= dh_t) and output, which stays finite where a = 0 (the chain
+    through log, dg / a, would give 0 / 0 there)."""
+
+    @staticmethod
+    def forward(x, a, h0):
+        return torch.ops.fla_compile.hgrn(x, a.log(), h0, None)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, a, h0 = inputs
+        ctx.has_h0 = h0 is not None
+        ctx.save_for_backward(x, a, h0, output[0])
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        x, a, h0, o = ctx.saved_tensors
+        B, T, D = x.shape
+        if do is None:
+            do = torch.zeros_like(o)
+        if dht is None:
+            dht = x.new_zeros(B, D, dtype=state_dtype(x))
+        dx, _, dh0 = torch.ops.fla_compile.hgrn_bwd(x, a.log(), h0, None, o, do, dht)
+        first = h0.to(o.dtype) if h0 is not None else o.new_zeros(B, D)
+        hprev = torch.cat([first[:, None], o], 1)[:, :T]
+        return dx, (dx.to(a.dtype) * hprev.to(a.dtype)), dh0 if ctx.has_h0 else None
+
+
+def hgrn_decay(x, a, initial_state=None):
+    """(o, final state) of h_t = a_t h_{t-1} + x_t over [B, T, D], the decay ``a`` >= 0 given as a value
+    (fp32 or fp64) rather than a log-gate: what a loop writing its decay as a plain tensor lowers to.
+    A negative decay has no log-space gate: it stops with an error (checked on the device, no sync)."""
+    torch._assert_async(
+        (a >= 0).all(),
+        "fla_compile: this loop's decay is lowered through its log, and at run time it holds a negative value, "
+        "which the hgrn op cannot represent; compile this loop without backend='fla'",
+    )
+    return _DecayScan.apply(x, a, initial_state)
