@@ -2,7 +2,9 @@
 
 Every stage after ``find`` (classify, verify, rewrite, report) consumes only this.
 The state S of every family is a K x V matrix per batch and head, and the output reads
-o_t = S_t^T q_t (or S_{t-1} for families with a bonus term, see ``reads_previous``).
+o_t = S_t^T q_t (or S_{t-1} for families with a bonus term, see ``reads_previous``); except hgrn, an
+elementwise scan whose state is a vector and whose output is the state (roles: ``v`` is its input x,
+``gate`` its decay; q and k are None).
 """
 
 from __future__ import annotations
