@@ -168,3 +168,16 @@ def test_explain_says_what_the_backend_does(name):
     fn = getattr(S, name)
     report = check_agree(fn, make_inputs(fn))
     assert [m.family for m in report.rewritten] == (["hgrn"] if name in POSITIVE else [])
+
+
+def test_jit_runs_the_scan_at_any_length():
+    """@jit traces the naive HGRN loop at probe lengths and runs the op at the call's length."""
+    fn = fla_compile.jit(S.hgrn_fla_naive)
+    x, g, h0 = make_inputs(S.hgrn_fla_naive)
+    assert [m.family for m in fn.explain(x, g, h0).matches] == ["hgrn"]
+    for T_ in (5, 70):
+        gen = torch.Generator().manual_seed(T_)
+        x, z, h0 = torch.randn(B, T_, D, generator=gen), torch.randn(B, T_, D, generator=gen), torch.randn(B, D)
+        out, ref = fn(x, F.logsigmoid(z), h0), S.hgrn_fla_naive(x, F.logsigmoid(z), h0)
+        for o, r in zip(out, ref):
+            assert rel(o, r) < 1e-5
