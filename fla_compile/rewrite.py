@@ -121,7 +121,8 @@ def call_family(b: Recurrence, vals: dict, h0):
 
 def _call_scan(b: Recurrence, vals: dict, h0):
     """hgrn on role values [T, *shape] (shape: the state's, ``extras["batch"]``) and a state [*shape]:
-    the last dim is the op's D, the others fold into its B ([T, B, D] -> [B, T, D], a view)."""
+    the last dim is the op's D, the others fold into its B ([T, B, D] -> [B, T, D], a view). With a
+    read-out role ``q`` the states are contracted with it over their last axis (Mamba's y = h C)."""
     from .ops.hgrn import hgrn_decay
 
     shape = b.extras["batch"]
@@ -140,7 +141,11 @@ def _call_scan(b: Recurrence, vals: dict, h0):
         else:
             g = torch.full(x.shape, b.decay, dtype=acc, device=x.device)
         o, ht = run_family(Family.HGRN, None, None, x, gate=g, initial_state=h0)
-    return reshaped(o.transpose(0, 1), T, *shape), reshaped(ht, *shape)
+    o = reshaped(o.transpose(0, 1), T, *shape)
+    if b.q is not None:  # a read-out over the state's last axis: o_t = scale * sum_n h_t[..., n] q_t[..., n]
+        o = (o * vals["q"].to(o.dtype)).sum(-1)
+        o = o * b.scale if b.scale != 1.0 else o
+    return o, reshaped(ht, *shape)
 
 
 class LoopLowering:

@@ -7,7 +7,9 @@ For a re-rolled loop, one step F(S, x_t) is run on random float64 probes:
   * B must be an outer product k v^T of two values of the step;
   * the output must be c * S_t^T q for a value q of the step and a constant c;
   * or the output is the new state itself (an elementwise scan, hgrn): A is an elementwise decay
-    c (S of any shape, a vector included) and B a value x of the step, F(S) = c * S + x.
+    c (S of any shape, a vector included) and B a value x of the step, F(S) = c * S + x; a scan
+    whose output contracts S_t's last axis with a value q (Mamba's y_t = h_t C_t) is one too, tried
+    where the matrix families do not fit.
 Values are bound to roles by matching numbers against the step's own intermediate
 values, so the spelling (einsum, matmul, broadcasting, transposed state) does not matter.
 The binding is then proven on fresh probes against the family's op itself (T = 1, the
@@ -66,7 +68,7 @@ class Role:
     """A step value bound to a role: where it comes from and how to shape it.
 
     origin: ("offset", i) for a node of the step block, ("global", node) for a value from
-    before the loop. recipe: ("reshape",) or ("broadcast", shape) to reach ``target``
+    before the loop. recipe: ("reshape",), ("broadcast", shape) or ("unsqueeze", shape) to reach ``target``
     ([*batch, D] or [*batch]). log: how the op's log-gate is derived ("", "exp", "sigmoid", "log").
     """
 
@@ -107,25 +109,51 @@ def probe(shape, gen: torch.Generator, kind=None, device=None) -> torch.Tensor:
     return x if device is None else x.to(device)
 
 
+CAST_METHODS = {"to", "type", "float", "half", "bfloat16"}
+CAST_FUNCTIONS = {aten._to_copy.default, torch.ops.prims.convert_element_type.default}
+
+
 class _Recorder(fx.Interpreter):
-    def __init__(self, gm, keep):
+    def __init__(self, gm, keep, widen=False):
         super().__init__(gm, garbage_collect_values=keep is not None)
-        self.keep, self.kept = keep, {}
+        self.keep, self.kept, self.widen = keep, {}, widen
 
     def run_node(self, n):
         out = super().run_node(n)
+        if self.widen and _narrowing(n, out, self.env):
+            out = self.env[n.args[0]]  # the float64 probe value, not its rounding
         if self.keep is None or n in self.keep:
             self.kept[n] = out
         return out
 
 
-def run_region(gm: fx.GraphModule, args: list, keep=None) -> tuple:
+def _narrowing(n: fx.Node, out, env) -> bool:
+    """``n`` casts a float64 value to a narrower float (``x.to(torch.float32)``, ``.type(dtype)``, ``.float()``)."""
+    cast = n.op == "call_method" and n.target in CAST_METHODS or n.op == "call_function" and n.target in CAST_FUNCTIONS
+    if not cast or not n.args or not isinstance(n.args[0], fx.Node):
+        return False
+    x = env.get(n.args[0])
+    return (
+        isinstance(x, torch.Tensor)
+        and isinstance(out, torch.Tensor)
+        and x.dtype == torch.float64
+        and out.is_floating_point()
+        and out.dtype != torch.float64
+        and out.shape == x.shape
+        and out.device == x.device
+    )
+
+
+def run_region(gm: fx.GraphModule, args: list, keep=None, widen=False) -> tuple:
     """Run a region (a loop step, a parallel or cumsum form) on probes, without autograd; return
     its output and the values of its nodes in ``keep`` (of every node when None: float64 T x T
-    matrices are large, so a caller that reads a few names them)."""
+    matrices are large, so a caller that reads a few names them). ``widen`` (loop steps): a cast of a
+    float64 value to a narrower float keeps the float64 value, so a step that rounds through float32
+    (``state.to(input_dtype)`` in transformers' Mamba scan) is read, and proven, as its math, and
+    never mixes float32 with float64 probes in one matmul."""
     if changes_global_state(gm.graph.nodes):
         raise NearMiss("the region changes interpreter-wide state (vmap levels, autocast): not run on probes")
-    rec = _Recorder(gm, None if keep is None else set(keep))
+    rec = _Recorder(gm, None if keep is None else set(keep), widen)
     with torch.no_grad():
         out = rec.run(*args)
     return out, rec.kept
@@ -177,6 +205,8 @@ def apply_recipe(v: torch.Tensor, recipe: tuple, target: tuple, lead: int = 0) -
     pre = tuple(v.shape[:lead])
     if recipe[0] == "reshape":
         return reshaped(v, *pre, *target)
+    if recipe[0] == "unsqueeze":  # without the target's next-to-last axis: Mamba's C_t [B, N] against [B, D, N]
+        return reshaped(v, *pre, *recipe[1]).unsqueeze(-2).expand(*pre, *target)
     return reshaped(v, *pre, *recipe[1]).expand(*pre, *target)
 
 
@@ -241,16 +271,6 @@ def classify_loop(step: fx.GraphModule, input_metas: list, state_meta: torch.Ten
         return _classify(step, input_metas, state_meta, positive=True)
 
 
-def _out_err(ol, o0, oa, lam) -> float:
-    """How far the output at state scale ``lam`` is from linear. An output the step rounded itself (cast
-    to float32, as RecurrentGemma's scan writes its buffer) carries that rounding at every scale: it is
-    measured against the output's size then, not only against its part that moves with the state."""
-    err = rel_err(ol - o0, lam * (oa - o0))
-    if ol.dtype == torch.float64 or not math.isfinite(err):
-        return err
-    return min(err, (ol - o0 - lam * (oa - o0)).double().norm().item() / max(ol.double().norm().item(), 1e-300))
-
-
 def _classify(step, input_metas, state_meta, positive: bool) -> Recurrence:
     gen = torch.Generator().manual_seed(1234)
     dep = _state_dependent(step)
@@ -259,24 +279,24 @@ def _classify(step, input_metas, state_meta, positive: bool) -> Recurrence:
         P = _probe_inputs(input_metas, gen, positive)
         Sa = probe(state_meta.shape, gen, device=state_meta.device)
         Sb = probe(state_meta.shape, gen, device=state_meta.device)
-        (Fa, oa), env = run_region(step, [Sa, *P])
+        (Fa, oa), env = run_region(step, [Sa, *P], widen=True)
         if torch.isfinite(Fa).all() and (oa is None or torch.isfinite(oa).all()):
             break
     else:
         raise NearMiss("the step gives NaN or inf on random inputs")
-    (F0, o0), _ = run_region(step, [torch.zeros_like(Sa), *P])
-    (Fb, _), _ = run_region(step, [Sb, *P])
-    (Fab, _), _ = run_region(step, [Sa + 2 * Sb, *P])
+    (F0, o0), _ = run_region(step, [torch.zeros_like(Sa), *P], widen=True)
+    (Fb, _), _ = run_region(step, [Sb, *P], widen=True)
+    (Fab, _), _ = run_region(step, [Sa + 2 * Sb, *P], widen=True)
     if Fa.shape != Sa.shape:
         raise NearMiss(f"the state changes shape from {tuple(Sa.shape)} to {tuple(Fa.shape)}")
     Aa, Ab = Fa - F0, Fb - F0
     if rel_err(Fab - F0, Aa + 2 * Ab) > TOL:
         raise NearMiss("the state update is not linear in the state")
     for lam in SCALES:  # a clamp or saturation of the state that unit-sized probes never reach
-        (Fl, ol), _ = run_region(step, [lam * Sa, *P])
+        (Fl, ol), _ = run_region(step, [lam * Sa, *P], widen=True)
         if rel_err(Fl - F0, lam * Aa) > TOL:
             raise NearMiss("the state update is not linear in the state")
-        if oa is not None and o0 is not None and _out_err(ol, o0, oa, lam) > TOL:
+        if oa is not None and o0 is not None and rel_err(ol - o0, lam * (oa - o0)) > TOL:
             raise NearMiss("the output is not linear in the state")
     values = {n: v for n, v in env.items() if n not in dep and n.op != "output"}
 
@@ -293,10 +313,14 @@ def _classify(step, input_metas, state_meta, positive: bool) -> Recurrence:
     try:
         transition, gate_val = _transition(Sa, Aa, Sb, Ab)
     except NearMiss as plain:
-        return _classify_delta(values, Sa, Aa, Sb, Ab, F0, Fa, oa, batch, dep, positive, plain)
+        scan = _classify_scan(values, Sa, Aa, Sb, Ab, F0, Fa, oa, dep, positive, readout=True)
+        return scan or _classify_delta(values, Sa, Aa, Sb, Ab, F0, Fa, oa, batch, dep, positive, plain)
     # the update B = k v^T (or v k^T for a transposed state)
     pairs = _outer_pairs(values, F0, batch, X, Y)
     if not pairs:
+        scan = _classify_scan(values, Sa, Aa, Sb, Ab, F0, Fa, oa, dep, positive, readout=True)
+        if scan is not None:  # an input made before the loop (Mamba's deltaB_u), read out over the last axis
+            return scan
         raise NearMiss("the state update's additive term is not an outer product k v^T of step values")
     value_axis_gate = False
     for a, b in pairs:
@@ -318,25 +342,65 @@ def _classify(step, input_metas, state_meta, positive: bool) -> Recurrence:
     raise NearMiss("the output is not S_t^T q for a value q of the step")
 
 
-def _classify_scan(values, Sa, Aa, Sb, Ab, F0, Fa, oa, dep, positive) -> Recurrence | None:
-    """The elementwise scan (hgrn): the output is the new state, h_t = c_t * h_{t-1} + x_t with c and x
-    values of the step of the state's shape (or broadcast to it). None where the output is not the state.
+def _classify_scan(values, Sa, Aa, Sb, Ab, F0, Fa, oa, dep, positive, readout=False) -> Recurrence | None:
+    """The elementwise scan (hgrn): h_t = c_t * h_{t-1} + x_t with c and x values of the step of the
+    state's shape (or broadcast to it), and the output the new state itself; or, with ``readout``, its
+    contraction over the last axis with a value q of the step, o_t = scale * sum_n h_t[..., n] q[..., n]
+    (Mamba's selective scan with its decay and input made before the loop: y_t = h_t C_t). None where
+    the output is neither.
 
     c is fitted per element from both probes (least squares), so an element where one probe is tiny
     does not spoil it; the fit must then hold on both probes as a whole."""
-    if oa.numel() != Fa.numel() or rel_err(oa.reshape(Fa.shape).to(Fa.dtype), Fa) > TOL:
+    shape = tuple(Sa.shape)
+    q = scale = None
+    if readout:
+        found = _scan_readout(values, oa, Fa, shape)
+        if found is None:
+            return None
+        q, scale = found
+    elif oa.numel() != Fa.numel() or rel_err(oa.reshape(Fa.shape).to(Fa.dtype), Fa) > TOL:
         return None
+    what = "the output reads the state over its last axis" if readout else "the output is the state"
     den = Sa * Sa + Sb * Sb
     c = torch.where(den > 0, (Aa * Sa + Ab * Sb) / den.clamp_min(1e-300), torch.zeros_like(den))
     if rel_err(c * Sa, Aa) > TOL or rel_err(c * Sb, Ab) > TOL:
-        raise NearMiss("the output is the state, but the state transition is not an elementwise decay")
-    shape = tuple(Sa.shape)
+        if readout:
+            return None  # not a scan: the caller says what it is not
+        raise NearMiss(f"{what}, but the state transition is not an elementwise decay")
     xs = [(n, r) for n, r, v in _candidates(values, shape) if rel_err(v, F0) <= TOL]
     if not xs:
-        raise NearMiss("the output is the state, but the state update's additive term is not a value of the step")
+        raise NearMiss(f"{what}, but the state update's additive term is not a value of the step")
     gate, decay, _ = _bind_gate("elementwise", c, values, dep, positive)
     x = Role(_origin(xs[0][0]), xs[0][1], shape)
-    return loop_recurrence(Family.HGRN, None, None, x, gate, decay, 1.0, False, shape, positive)
+    return loop_recurrence(
+        Family.HGRN, q, None, x, gate, decay, 1.0 if scale is None else scale, False, shape, positive
+    )
+
+
+def _scan_readout(values, o, Snew, shape):
+    """(q role, scale) with o = scale * sum over the last axis of S_t * q, q a value of the step of the
+    state's shape, broadcast to it, or without the state's next-to-last axis ([B, N] against [B, D, N])."""
+    if len(shape) < 1 or o.numel() != math.prod(shape[:-1]):
+        return None
+    o = o.reshape(shape[:-1]).to(Snew.dtype)
+    for node, val in values.items():
+        if not isinstance(val, torch.Tensor) or not val.is_floating_point():
+            continue
+        squeezed = list(val.shape)
+        while len(squeezed) > len(shape) - 1 and squeezed[-1] == 1:
+            squeezed.pop()  # a read kept as [B, N, 1] for a matmul
+        if len(shape) >= 2 and tuple(squeezed) == shape[:-2] + shape[-1:]:
+            recipe = ("unsqueeze", tuple(squeezed))
+        else:
+            recipe = _fit(val, shape)
+            if recipe is None:
+                continue
+        q = apply_recipe(val, recipe, shape)
+        ref = (Snew * q).sum(-1)
+        c = fit_scale(o, ref)
+        if math.isfinite(c) and rel_err(c * ref, o) <= TOL:
+            return Role(_origin(node), recipe, shape), c
+    return None
 
 
 DELTA_FAMILY = {"identity": Family.DELTA_RULE, "scalar": Family.GATED_DELTA_RULE, "diag_x": Family.KDA}
@@ -481,7 +545,7 @@ def prove_loop(step: fx.GraphModule, input_metas: list, state_meta, rec: Recurre
     for _ in range(trials):
         P = _probe_inputs(input_metas, gen, rec.extras["positive"])
         S = probe(state_meta.shape, gen, device=state_meta.device)
-        (S1, o1), env = run_region(step, [S, *P])
+        (S1, o1), env = run_region(step, [S, *P], widen=True)
         roles = {"q": rec.q, "k": rec.k, "v": rec.v, "gate": rec.gate, "beta": rec.beta}
         roles = {n: r for n, r in roles.items() if r is not None}
         vals = {n: apply_recipe(env[by_origin[r.origin]], r.recipe, r.target)[None] for n, r in roles.items()}

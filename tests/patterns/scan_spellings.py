@@ -4,6 +4,7 @@ Apart from ``spellings.py`` because their inputs are not q, k, v (``tests/test_e
 that module's every function)."""
 
 import torch
+import torch.nn.functional as F
 
 
 def hgrn_exp_loop(x, g):
@@ -81,3 +82,43 @@ def miss_scan_mixes_channels(x, g):
         h = torch.exp(g[:, t]) * h.roll(1, -1) + x[:, t]
         outs.append(h)
     return torch.stack(outs, 1)
+
+
+# --- Mamba's selective scan: u, dt [B, D, T] (the mamba_ssm layout), A [D, N], B, C [B, N, T] -----------
+
+
+def mamba_selective_scan_ref(u, dt, A, B, C, D, gate_z, bias):
+    """mamba_ssm's ``selective_scan_ref`` written out: softplus(dt + bias), the decay exp(dt A) and the input
+    dt B u made for the whole sequence before the loop, y_t = h_t C_t, then the skip D u and the z gate."""
+    dt = F.softplus(dt + bias[..., None])
+    deltaA = torch.exp(torch.einsum("bdl,dn->bdln", dt, A))
+    deltaB_u = torch.einsum("bdl,bnl,bdl->bdln", dt, B, u)
+    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    ys = []
+    for i in range(u.shape[2]):
+        h = deltaA[:, :, i] * h + deltaB_u[:, :, i]
+        ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, i]))
+    y = torch.stack(ys, dim=2) + u * D[:, None]
+    return y * F.silu(gate_z), h
+
+
+def mamba_discretized_in_loop(u, dt, A, B, C):
+    """The step discretizes itself: exp(dt_t A) and dt_t u_t B_t made inside the loop, read out by a matmul."""
+    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    ys = []
+    for i in range(u.shape[2]):
+        dt_i = F.softplus(dt[:, :, i])
+        h = torch.exp(dt_i[..., None] * A) * h + (dt_i * u[:, :, i])[..., None] * B[:, None, :, i]
+        ys.append((h @ C[:, :, i, None])[..., 0])
+    return torch.stack(ys, dim=-1)
+
+
+def miss_mamba_dt_depends_on_state(u, dt, A, B, C):
+    """The step size reads the state: the decay exp(dt(h) A) is not linear in h."""
+    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    ys = []
+    for i in range(u.shape[2]):
+        dt_i = F.softplus(dt[:, :, i] + h.mean(-1))
+        h = torch.exp(dt_i[..., None] * A) * h + (dt_i * u[:, :, i])[..., None] * B[:, None, :, i]
+        ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, i]))
+    return torch.stack(ys, dim=-1)

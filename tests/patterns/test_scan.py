@@ -12,10 +12,18 @@ import fla_compile
 
 from . import scan_spellings as S
 
-B, T, D = 2, 12, 6
+B, T, D, N = 2, 12, 6, 4
 
-POSITIVE = ["hgrn_exp_loop", "hgrn_probability_decay", "hgrn_fla_naive", "hgrn_decay_value_heads"]
+POSITIVE = [
+    "hgrn_exp_loop",
+    "hgrn_probability_decay",
+    "hgrn_fla_naive",
+    "hgrn_decay_value_heads",
+    "mamba_selective_scan_ref",
+    "mamba_discretized_in_loop",
+]
 NEGATIVE = {
+    "miss_mamba_dt_depends_on_state": "not linear in the state",
     "miss_scan_relu": "not linear in the state",
     "miss_scan_decay_depends_on_state": "not linear in the state",
     "miss_scan_mixes_channels": "not an elementwise decay",
@@ -30,6 +38,15 @@ def make_inputs(fn, requires_grad=False, seed=0):
         z=torch.randn(B, T, D, generator=gen),
         a=torch.rand(B, T, D, generator=gen),
         h0=torch.randn(B, D, generator=gen),
+        # Mamba: u, dt [B, D, T], A [D, N] (negative), B, C [B, N, T], D [D], gate_z [B, D, T], dt's bias [D]
+        u=torch.randn(B, D, T, generator=gen),
+        dt=torch.randn(B, D, T, generator=gen) - 1,
+        A=-torch.rand(D, N, generator=gen) * 2,
+        B=torch.randn(B, N, T, generator=gen),
+        C=torch.randn(B, N, T, generator=gen),
+        D=torch.randn(D, generator=gen),
+        gate_z=torch.randn(B, D, T, generator=gen),
+        bias=torch.randn(D, generator=gen) * 0.1,
     )
     return [pool[n].requires_grad_(requires_grad) for n in inspect.signature(fn).parameters]
 
@@ -181,3 +198,18 @@ def test_jit_runs_the_scan_at_any_length():
         out, ref = fn(x, F.logsigmoid(z), h0), S.hgrn_fla_naive(x, F.logsigmoid(z), h0)
         for o, r in zip(out, ref):
             assert rel(o, r) < 1e-5
+
+
+def test_transformers_mamba_selective_scan():
+    """transformers' ``mamba_selective_scan`` (Mamba's torch path: dt bias and softplus, the discretization
+    before the loop, the matmul read-out, D skip, z gate): its loop runs as one hgrn scan with a read-out."""
+    mm = pytest.importorskip("transformers.models.mamba.modeling_mamba")
+    if not hasattr(mm, "mamba_selective_scan"):
+        pytest.skip("this transformers has no mamba_selective_scan")
+
+    def scan(u, dt, A, B, C, D, gate_z, bias):
+        return mm.mamba_selective_scan(u, dt, A, B, C, D, gate_z, bias, delta_softplus=True, return_last_state=True)
+
+    args = make_inputs(S.mamba_selective_scan_ref, requires_grad=True, seed=11)
+    report = check_compiled(scan, args)
+    assert report.matches[0].op == "fla_compile.hgrn"
