@@ -85,6 +85,51 @@ def _case_op_dispatch():
             "dh0": rel(h0.grad, rdh0)}  # fmt: skip
 
 
+def make_selective(B=2, T=13, D=20, N=5, strength=2.0, lens=None, device="cpu", dtype=torch.float32, seed=0):
+    """u, dt, A, B, C, h0 (and cu_seqlens) of a selective scan."""
+    gen = torch.Generator().manual_seed(seed)
+    if lens is not None:
+        B, T = 1, sum(lens)
+    u = torch.randn(B, T, D, generator=gen)
+    dt = F.softplus(torch.randn(B, T, D, generator=gen))
+    A = -torch.rand(D, N, generator=gen) * strength
+    Bm, C = torch.randn(B, T, N, generator=gen), torch.randn(B, T, N, generator=gen)
+    h0 = torch.randn(B if lens is None else len(lens), D, N, generator=gen)
+    cu = None if lens is None else torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], device=device)
+    xs = [x.to(device, dtype) for x in (u, dt)] + [x.to(device) for x in (A, Bm, C, h0)]
+    return (*xs, cu)
+
+
+def _case_selective(lens=None, strength=2.0, dtype=torch.float32):
+    from fla_compile.lowering.scan import torch_path as TP
+    from fla_compile.lowering.scan import triton_scan as TS
+
+    *xs, h0, cu = make_selective(lens=lens, strength=strength, dtype=dtype)
+    y, ht = TS.selective_forward(*xs, h0, cu)
+    ry, rh = TP.selective_forward(*(x.double() for x in (*xs, h0)), cu)
+    out = {"y": rel(y, ry), "ht": rel(ht, rh)}
+    if dtype != torch.float32:
+        out.update(tol=1e-2, o_dtype=float(y.dtype != dtype))
+    return out
+
+
+def _case_selective_op():
+    """The mamba op with the Triton forward on CPU tensors (interpret), and its backward (the torch path)."""
+    import fla_compile.ops as ops
+    from fla_compile.reference.mamba import selective_scan as loop
+
+    *xs, h0, _ = make_selective(T=9, D=6, N=3)
+    xs = [x.requires_grad_() for x in (*xs, h0)]
+    y, ht = ops.mamba(*xs[:5], initial_state=xs[5], output_final_state=True)
+    (y.square().sum() + ht.sum()).backward()
+    ds = [x.detach().double().requires_grad_() for x in xs]
+    ry, rh = loop(ds[1] * ds[0], *ds[1:5], ds[5], output_final_state=True)
+    (ry.square().sum() + rh.sum()).backward()
+    out = {"y": rel(y, ry), "ht": rel(ht, rh)}
+    out.update({f"d{i}": rel(a.grad, b.grad) for i, (a, b) in enumerate(zip(xs, ds))})
+    return out
+
+
 INTERPRETER_CASES = {
     "dense": (_case, ()),
     "dense-no-h0": (_case, (None, 1.0, False)),
@@ -94,6 +139,10 @@ INTERPRETER_CASES = {
     "strong-gates-and-resets": (_case, (None, 20.0, True, None, True)),
     "bf16": (_case, (None, 1.0, True, None, False, torch.bfloat16)),
     "op-dispatch": (_case_op_dispatch, ()),
+    "selective": (_case_selective, ()),
+    "selective-packed-strong": (_case_selective, ([4, 0, 9], 40.0)),
+    "selective-bf16": (_case_selective, (None, 2.0, torch.bfloat16)),
+    "selective-op": (_case_selective_op, ()),
 }
 
 
@@ -190,6 +239,42 @@ def test_gpu_op_compiled_fullgraph():
     ro, rh = loop(*ds, output_final_state=True)
     (ro.sum() + rh.square().sum()).backward()
     for a, b in zip([o, ht, *(t.grad for t in xs)], [ro, rh, *(t.grad for t in ds)]):
+        assert rel(a, b) < 1e-5
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("lens", [None, [300, 0, 1, 723]], ids=["dense", "packed"])
+def test_gpu_selective_vs_fp64(dtype, tol, lens):
+    from fla_compile.lowering.scan import torch_path as TP
+    from fla_compile.lowering.scan import triton_scan as TS
+
+    *xs, h0, cu = make_selective(B=3, T=517, D=768, N=16, strength=8.0, lens=lens, device="cuda", dtype=dtype)
+    _poison()
+    y, ht = TS.selective_forward(*xs, h0, cu)
+    ry, rh = TP.selective_forward(*(x.double() for x in (*xs, h0)), cu)
+    errs = {"y": rel(y, ry), "ht": rel(ht, rh)}
+    assert all(e < tol for e in errs.values()), errs
+    y2, _ = TS.selective_forward(*xs, h0, cu)
+    assert torch.equal(y, y2), "not bitwise deterministic"
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_mamba_op_gradients():
+    """ops.mamba on CUDA (Triton forward, backward through the hgrn kernels) against the fp64 loop."""
+    import fla_compile.ops as ops
+    from fla_compile.reference.mamba import selective_scan as loop
+
+    *xs, h0, _ = make_selective(B=2, T=200, D=64, N=16, device="cuda")
+    xs = [x.requires_grad_() for x in (*xs, h0)]
+    y, ht = ops.mamba(*xs[:5], initial_state=xs[5], output_final_state=True)
+    (y.square().sum() + ht.sum()).backward()
+    ds = [x.detach().double().requires_grad_() for x in xs]
+    ry, rh = loop(ds[1] * ds[0], *ds[1:5], ds[5], output_final_state=True)
+    (ry.square().sum() + rh.sum()).backward()
+    for a, b in zip([y, ht, *(x.grad for x in xs)], [ry, rh, *(d.grad for d in ds)]):
         assert rel(a, b) < 1e-5
 
 

@@ -3,6 +3,8 @@ for CUDA tensors of a supported dtype, the torch path (:mod:`.torch_path`) other
 
 from __future__ import annotations
 
+import torch
+
 from ..common.switch import triton_wanted
 from . import torch_path
 
@@ -40,3 +42,41 @@ def scan_decode(x, g, initial_state=None, cu_seqlens=None):
     """Decoding a few steps: the forward kernel is already the fused recurrent one (state in registers,
     one program per block of channels walking the steps), so decoding is the forward."""
     return scan_forward(x, g, initial_state, cu_seqlens)
+
+
+def selective_triton_enabled(u, dt, A, B, C, *others) -> bool:
+    if not triton_wanted(u, dt, A, B, C, *others):
+        return False
+    try:
+        from . import triton_scan
+    except ImportError:
+        return False
+    return triton_scan.selective_supported(u, dt, A, B, C)
+
+
+def selective_forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
+    """Mamba's selective scan: (y [B, T, D] in u's dtype, final state [N_seq, D, N]). The fused Triton walk
+    (state tile [16, N] in registers, memory D per token) where it runs the inputs, else the torch path."""
+    if selective_triton_enabled(u, dt, A, B, C, initial_state):
+        from . import triton_scan
+
+        return triton_scan.selective_forward(u, dt, A, B, C, initial_state, cu_seqlens)
+    return torch_path.selective_forward(u, dt, A, B, C, initial_state, cu_seqlens)
+
+
+def selective_backward(u, dt, A, B, C, initial_state, cu_seqlens, do, dht):
+    """(du, ddt, dA, dB, dC, dh0 or None): autograd through the torch path, whose scan is the hgrn op (its
+    Triton kernels on CUDA) over the expanded [B, T, D * N] decay and input; a fused backward is to come."""
+    leaves = [x.detach().requires_grad_() for x in (u, dt, A, B, C)]
+    h0 = initial_state.detach().requires_grad_() if initial_state is not None else None
+    with torch.enable_grad():
+        y, ht = torch_path.selective_forward(*leaves, h0, cu_seqlens)
+        wrt = leaves + ([h0] if h0 is not None else [])
+        grads = torch.autograd.grad((y, ht), wrt, (do.to(y.dtype), dht.to(ht.dtype)), allow_unused=True)
+    grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, wrt)]
+    return (*grads[:5], grads[5] if h0 is not None else None)
+
+
+def selective_decode(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
+    """Decoding a few steps: the forward walk is already the fused recurrent kernel."""
+    return selective_forward(u, dt, A, B, C, initial_state, cu_seqlens)

@@ -92,3 +92,18 @@ def scan_backward(x, g, initial_state, cu_seqlens, o, do, dht):
             dh0 = dht.to(acc, copy=True)  # an empty sequence passes its state through
             dh0[nonempty] = a[0, first] * dh[0, first]
     return dh, dg, dh0
+
+
+def selective_forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
+    """(y [B, T, D] in u's dtype, final state [N_seq, D, N]) of Mamba's selective scan: the hgrn op over the
+    D * N elements, the decay dt A and input u B expanded ([B, T, D, N]: memory D N per token), then the
+    read-out by C. Differentiable: autograd runs through the hgrn op (its own backward)."""
+    acc = acc_dtype(u)
+    Bsz, T, D = u.shape
+    N = A.shape[-1]
+    g = dt.to(acc)[..., None] * A.to(acc)
+    x = u.to(acc)[..., None] * B.to(acc)[:, :, None, :]
+    h0 = initial_state.to(acc).flatten(1) if initial_state is not None else None
+    h, ht = torch.ops.fla_compile.hgrn(x.flatten(2), g.flatten(2), h0, cu_seqlens)
+    y = (h.view(Bsz, T, D, N) * C.to(acc)[:, :, None, :]).sum(-1)
+    return y.to(u.dtype), ht.view(ht.shape[0], D, N)

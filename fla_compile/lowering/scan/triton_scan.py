@@ -130,3 +130,63 @@ def backward(x, g, initial_state, cu_seqlens, o, do, dht):
         USE_H0=h0 is not None, USE_DHT=dht is not None, IS_VARLEN=cu_seqlens is not None, BD=BD, num_warps=1,
     )  # fmt: skip
     return dx, dg, dh0
+
+
+# ------------------------------------------------------------------ Mamba's selective scan
+BD_SELECTIVE = 16  # channels per program; the state tile is [BD, N] fp32 in registers
+
+
+@triton.jit
+def selective_fwd_kernel(
+    u, dt, A, Bm, Cm, h0, y, ht, cu_seqlens, T, D, N,
+    USE_H0: tl.constexpr, IS_VARLEN: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+):  # fmt: skip
+    """h_t = exp(dt_t A) * h_{t-1} + u_t B_t^T over a [BD, N] tile, y_t = h_t C_t: one program per sequence
+    and block of channels walks the steps; u, dt are [B T, D], B, C [B T, N], A [D, N], the state [N_seq, D, N]."""
+    i_d, i_n = tl.program_id(0), tl.program_id(1)
+    bos, eos = _span(cu_seqlens, i_n, T, IS_VARLEN)
+    o_d = i_d * BD + tl.arange(0, BD)
+    o_k = tl.arange(0, BN)
+    m_d, m_k = o_d < D, o_k < N
+    m_dk = m_d[:, None] & m_k[None, :]
+    o_dk = o_d[:, None] * N + o_k[None, :]
+    # [BD, BN]
+    b_A = tl.load(A + o_dk, mask=m_dk, other=0).to(tl.float32)
+    b_h = tl.zeros([BD, BN], dtype=tl.float32)
+    if USE_H0:
+        b_h += tl.load(h0 + i_n.to(tl.int64) * D * N + o_dk, mask=m_dk, other=0).to(tl.float32)
+    for t in range(bos, eos):
+        # [BD]
+        b_u = tl.load(u + t * D + o_d, mask=m_d, other=0).to(tl.float32)
+        b_dt = tl.load(dt + t * D + o_d, mask=m_d, other=0).to(tl.float32)
+        # [BN]
+        b_B = tl.load(Bm + t * N + o_k, mask=m_k, other=0).to(tl.float32)
+        b_C = tl.load(Cm + t * N + o_k, mask=m_k, other=0).to(tl.float32)
+        b_h = tl.exp(b_dt[:, None] * b_A) * b_h + b_u[:, None] * b_B[None, :]
+        b_y = tl.sum(b_h * b_C[None, :], 1)
+        tl.store(y + t * D + o_d, b_y.to(y.dtype.element_ty), mask=m_d)
+    tl.store(ht + i_n.to(tl.int64) * D * N + o_dk, b_h, mask=m_dk)
+
+
+def selective_supported(u, dt, A, B, C) -> bool:
+    """fp32 / bf16 / fp16 tensors and a state of at most 256 per channel (the tile lives in registers)."""
+    return all(x.dtype in DTYPES for x in (u, dt, A, B, C)) and A.shape[-1] <= 256
+
+
+def selective_forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
+    """(y [B, T, D] in u's dtype, final state [N_seq, D, N] fp32)."""
+    Bsz, T, D = u.shape
+    N = A.shape[-1]
+    u, dt, A, B, C = (x.contiguous() for x in (u, dt, A, B, C))
+    n_seq = Bsz if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    y = torch.empty_like(u)
+    ht = u.new_empty(n_seq, D, N, dtype=torch.float32)
+    h0 = initial_state.contiguous() if initial_state is not None else None
+    BN = pow2(N, lo=2)
+    BD = min(BD_SELECTIVE, pow2(D, lo=2))
+    grid = (triton.cdiv(D, BD), n_seq)
+    selective_fwd_kernel[grid](
+        u, dt, A, B, C, h0, y, ht, cu_seqlens, T, D, N,
+        USE_H0=h0 is not None, IS_VARLEN=cu_seqlens is not None, BD=BD, BN=BN, num_warps=2,
+    )  # fmt: skip
+    return y, ht
