@@ -100,6 +100,8 @@ def call_family(b: Recurrence, vals: dict, h0):
     [*batch, X, Y]; return o [T, *batch, V] and the final state [*batch, X, Y]."""
     if b.family == Family.HGRN:
         return _call_scan(b, vals, h0)
+    if b.family == Family.MAMBA:
+        return _call_selective(b, vals, h0)
     family, batch = b.family, b.extras["batch"]
     q, k, v = (to_bthd(vals[n], batch) for n in ("q", "k", "v"))
     B, H = batch_split(batch)
@@ -148,6 +150,24 @@ def _call_scan(b: Recurrence, vals: dict, h0):
     return o, reshaped(ht, *shape)
 
 
+def _call_selective(b: Recurrence, vals: dict, h0):
+    """mamba on role values u, dt [T, *batch, D], B, C [T, *batch, N], A ([T,] D, N: the same at every step)
+    and a state [*batch, D, N]; the batch dims fold into the op's B."""
+    batch = b.extras["batch"]
+    T, (D, N) = vals["v"].shape[0], vals["decay"].shape[-2:]
+    Bn = math.prod(batch)
+
+    def bt(x, d):
+        return reshaped(x, T, Bn, d).transpose(0, 1)
+
+    u, dt, B, C = bt(vals["v"], D), bt(vals["gate"], D), bt(vals["k"], N), bt(vals["q"], N)
+    A = vals["decay"][0] if vals["decay"].dim() == 3 else vals["decay"]  # the lowering repeats a global over T
+    h0 = reshaped(h0, Bn, D, N) if h0 is not None else None
+    y, ht = run_family(Family.MAMBA, C, B, u, gate=dt, decay=A, initial_state=h0)
+    y = reshaped(y.transpose(0, 1), T, *batch, D)
+    return (y * b.scale if b.scale != 1.0 else y), reshaped(ht, *batch, D, N)
+
+
 class LoopLowering:
     """The callable that replaces a loop region in the graph (see the module docstring)."""
 
@@ -156,7 +176,9 @@ class LoopLowering:
         self.rec = rec
         self.T = region.T
         roles = [("q", rec.q), ("k", rec.k), ("v", rec.v), ("gate", rec.gate), ("beta", rec.beta)]
-        roles = [(n, r) for n, r in roles if r is not None]
+        roles = [(n, r) for n, r in roles if r is not None] + (
+            [("decay", rec.decay)] if isinstance(rec.decay, Role) else []
+        )
         self.roles = roles
         self.step_origins = list(dict.fromkeys(r.origin for _, r in roles if r.origin[0] != "global"))
         self.role_gm, role_inputs = region.role_graph(self.step_origins) if self.step_origins else (None, [])

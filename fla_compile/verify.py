@@ -9,7 +9,9 @@ For a re-rolled loop, one step F(S, x_t) is run on random float64 probes:
   * or the output is the new state itself (an elementwise scan, hgrn): A is an elementwise decay
     c (S of any shape, a vector included) and B a value x of the step, F(S) = c * S + x; a scan
     whose output contracts S_t's last axis with a value q (Mamba's y_t = h_t C_t) is one too, tried
-    where the matrix families do not fit.
+    where the matrix families do not fit; and where its decay is exp(dt A) of a step value dt [*, D] and
+    a value A [D, N] from before the loop, its input an outer product u B^T and its read-out h C, it is
+    Mamba's selective scan (mamba), whose op never expands the decay to D x N per step.
 Values are bound to roles by matching numbers against the step's own intermediate
 values, so the spelling (einsum, matmul, broadcasting, transposed state) does not matter.
 The binding is then proven on fresh probes against the family's op itself (T = 1, the
@@ -313,6 +315,9 @@ def _classify(step, input_metas, state_meta, positive: bool) -> Recurrence:
     try:
         transition, gate_val = _transition(Sa, Aa, Sb, Ab)
     except NearMiss as plain:
+        selective = _classify_selective(values, Sa, Aa, Sb, Ab, F0, Fa, oa, batch, X, Y)
+        if selective is not None:
+            return selective
         scan = _classify_scan(values, Sa, Aa, Sb, Ab, F0, Fa, oa, dep, positive, readout=True)
         return scan or _classify_delta(values, Sa, Aa, Sb, Ab, F0, Fa, oa, batch, dep, positive, plain)
     # the update B = k v^T (or v k^T for a transposed state)
@@ -361,9 +366,8 @@ def _classify_scan(values, Sa, Aa, Sb, Ab, F0, Fa, oa, dep, positive, readout=Fa
     elif oa.numel() != Fa.numel() or rel_err(oa.reshape(Fa.shape).to(Fa.dtype), Fa) > TOL:
         return None
     what = "the output reads the state over its last axis" if readout else "the output is the state"
-    den = Sa * Sa + Sb * Sb
-    c = torch.where(den > 0, (Aa * Sa + Ab * Sb) / den.clamp_min(1e-300), torch.zeros_like(den))
-    if rel_err(c * Sa, Aa) > TOL or rel_err(c * Sb, Ab) > TOL:
+    c = _elementwise_decay(Sa, Aa, Sb, Ab)
+    if c is None:
         if readout:
             return None  # not a scan: the caller says what it is not
         raise NearMiss(f"{what}, but the state transition is not an elementwise decay")
@@ -375,6 +379,39 @@ def _classify_scan(values, Sa, Aa, Sb, Ab, F0, Fa, oa, dep, positive, readout=Fa
     return loop_recurrence(
         Family.HGRN, q, None, x, gate, decay, 1.0 if scale is None else scale, False, shape, positive
     )
+
+
+def _elementwise_decay(Sa, Aa, Sb, Ab):
+    """The decay c with A(S) = c * S elementwise on both probes, or None."""
+    den = Sa * Sa + Sb * Sb
+    c = torch.where(den > 0, (Aa * Sa + Ab * Sb) / den.clamp_min(1e-300), torch.zeros_like(den))
+    return c if rel_err(c * Sa, Aa) <= TOL and rel_err(c * Sb, Ab) <= TOL else None
+
+
+def _classify_selective(values, Sa, Aa, Sb, Ab, F0, Fa, oa, batch, X, Y) -> Recurrence | None:
+    """Mamba's selective scan with its discretization in the step, state [*batch, D, N]:
+    h = exp(dt[..., :, None] * A) * h + u[..., :, None] * B[..., None, :], y = scale * h C, with dt, u, B
+    and C values of the step and A ([D, N]) a value from before the loop. None where it is not that
+    (the caller goes on: a scan with a read-out takes the unfactored forms)."""
+    c = _elementwise_decay(Sa, Aa, Sb, Ab)
+    if c is None or not (c > 0).all():
+        return None
+    logc = c.log()
+    rates = [n for n, v in values.items() if _origin(n)[0] == "global" and isinstance(v, torch.Tensor)
+             and tuple(v.shape) == (X, Y) and v.is_floating_point()]  # fmt: skip
+    steps = [(n, r, v) for n, r, v in _candidates(values, (*batch, X))]
+    factor = next(((a, (n, r)) for a in rates for n, r, v in steps
+                   if rel_err(v[..., :, None] * values[a], logc) <= TOL), None)  # fmt: skip
+    if factor is None:
+        return None
+    pairs = _outer_pairs(values, F0, batch, X, Y)
+    readout = _readout(values, oa, Fa, Sa, batch, X, Y, transposed=True)
+    if not pairs or readout is None or readout[2]:
+        return None
+    (A, (dt, rdt)), (u, b), (q, scale, _) = factor, pairs[0], readout
+    gate = Role(_origin(dt), rdt, (*batch, X))
+    return Recurrence(Family.MAMBA, q, b, u, gate=gate, decay=Role(_origin(A), ("reshape",), (X, Y)), scale=scale,
+                      spelling="loop", extras={"batch": batch, "positive": False})  # fmt: skip
 
 
 def _scan_readout(values, o, Snew, shape):
@@ -546,8 +583,8 @@ def prove_loop(step: fx.GraphModule, input_metas: list, state_meta, rec: Recurre
         P = _probe_inputs(input_metas, gen, rec.extras["positive"])
         S = probe(state_meta.shape, gen, device=state_meta.device)
         (S1, o1), env = run_region(step, [S, *P], widen=True)
-        roles = {"q": rec.q, "k": rec.k, "v": rec.v, "gate": rec.gate, "beta": rec.beta}
-        roles = {n: r for n, r in roles.items() if r is not None}
+        roles = {"q": rec.q, "k": rec.k, "v": rec.v, "gate": rec.gate, "beta": rec.beta, "decay": rec.decay}
+        roles = {n: r for n, r in roles.items() if isinstance(r, Role)}
         vals = {n: apply_recipe(env[by_origin[r.origin]], r.recipe, r.target)[None] for n, r in roles.items()}
         o, ht = call_family(rec, vals, S)
         err = max(rel_err(ht, S1), rel_err(o[0].reshape(o1.shape), o1))

@@ -20,6 +20,8 @@ def run_family(
     h0 = initial_state
     if family == Family.HGRN:  # elementwise: v is x [B, T, D], gate g [B, T, D], the state [B, D]
         return ops.hgrn(v, gate, h0, None)
+    if family == Family.MAMBA:  # v is u, k is B, q is C, gate is dt, decay is A [D, N]; the state [B, D, N]
+        return ops.mamba(v, gate, decay, k, q, h0, None)
     if family in (Family.DELTA_RULE, Family.GATED_DELTA_RULE, Family.KDA):
         if family == Family.DELTA_RULE:
             return ops.delta_rule(q, k, v, beta, scale, h0, None, l2norm)

@@ -122,3 +122,15 @@ def miss_mamba_dt_depends_on_state(u, dt, A, B, C):
         h = torch.exp(dt_i[..., None] * A) * h + (dt_i * u[:, :, i])[..., None] * B[:, None, :, i]
         ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, i]))
     return torch.stack(ys, dim=-1)
+
+
+def mamba_rates_change_over_time(u, dt, At, B, C):
+    """Mamba-like, but the rates A are read per step (At [D, N, T]): not Mamba's time-invariant A, so not the
+    mamba op; still an elementwise scan with a read-out (hgrn)."""
+    h = u.new_zeros(u.shape[0], u.shape[1], At.shape[1])
+    ys = []
+    for i in range(u.shape[2]):
+        dt_i = F.softplus(dt[:, :, i])
+        h = torch.exp(dt_i[..., None] * At[:, :, i]) * h + (dt_i * u[:, :, i])[..., None] * B[:, None, :, i]
+        ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, i]))
+    return torch.stack(ys, dim=-1)

@@ -21,6 +21,7 @@ POSITIVE = [
     "hgrn_decay_value_heads",
     "mamba_selective_scan_ref",
     "mamba_discretized_in_loop",
+    "mamba_rates_change_over_time",
 ]
 NEGATIVE = {
     "miss_mamba_dt_depends_on_state": "not linear in the state",
@@ -42,6 +43,7 @@ def make_inputs(fn, requires_grad=False, seed=0):
         u=torch.randn(B, D, T, generator=gen),
         dt=torch.randn(B, D, T, generator=gen) - 1,
         A=-torch.rand(D, N, generator=gen) * 2,
+        At=-torch.rand(D, N, T, generator=gen) * 2,
         B=torch.randn(B, N, T, generator=gen),
         C=torch.randn(B, N, T, generator=gen),
         D=torch.randn(D, generator=gen),
@@ -88,10 +90,13 @@ def check_compiled(fn, args, family="hgrn"):
     return report
 
 
+FAMILY = {"mamba_discretized_in_loop": "mamba"}  # the others are hgrn
+
+
 @pytest.mark.parametrize("name", POSITIVE)
 def test_scan_spelling_is_recognised_and_exact(name):
     fn = getattr(S, name)
-    check_compiled(fn, make_inputs(fn, requires_grad=True, seed=POSITIVE.index(name)))
+    check_compiled(fn, make_inputs(fn, requires_grad=True, seed=POSITIVE.index(name)), FAMILY.get(name, "hgrn"))
 
 
 @pytest.mark.parametrize("name", sorted(NEGATIVE))
@@ -177,14 +182,14 @@ def test_module():
         assert rel(g, r) < 1e-4
 
 
-@pytest.mark.parametrize("name", ["hgrn_fla_naive", "miss_scan_mixes_channels"])
+@pytest.mark.parametrize("name", ["hgrn_fla_naive", "mamba_discretized_in_loop", "miss_scan_mixes_channels"])
 def test_explain_says_what_the_backend_does(name):
     """explain and the backend name the same match (or miss), and the op runs once for the whole loop."""
     from tests.test_explain_agrees import check_agree
 
     fn = getattr(S, name)
     report = check_agree(fn, make_inputs(fn))
-    assert [m.family for m in report.rewritten] == (["hgrn"] if name in POSITIVE else [])
+    assert [m.family for m in report.rewritten] == ([FAMILY.get(name, "hgrn")] if name in POSITIVE else [])
 
 
 def test_jit_runs_the_scan_at_any_length():
