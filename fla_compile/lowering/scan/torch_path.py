@@ -104,6 +104,10 @@ def selective_forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
     g = dt.to(acc)[..., None] * A.to(acc)
     x = u.to(acc)[..., None] * B.to(acc)[:, :, None, :]
     h0 = initial_state.to(acc).flatten(1) if initial_state is not None else None
-    h, ht = torch.ops.fla_compile.hgrn(x.flatten(2), g.flatten(2), h0, cu_seqlens)
+    if x.requires_grad or g.requires_grad or (h0 is not None and h0.requires_grad):
+        scan = torch.ops.fla_compile.hgrn  # the backward's recompute: autograd through the op
+    else:
+        from .dispatch import scan_forward as scan  # the op's own forward: the scan itself, not a nested op call
+    h, ht = scan(x.flatten(2), g.flatten(2), h0, cu_seqlens)
     y = (h.view(Bsz, T, D, N) * C.to(acc)[:, :, None, :]).sum(-1)
     return y.to(u.dtype), ht.view(ht.shape[0], D, N)
