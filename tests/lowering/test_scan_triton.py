@@ -113,6 +113,23 @@ def _case_selective(lens=None, strength=2.0, dtype=torch.float32):
     return out
 
 
+def _case_selective_backward(lens=None, with_h0=True, strength=2.0):
+    from fla_compile.lowering.scan import torch_path as TP
+    from fla_compile.lowering.scan import triton_scan as TS
+
+    *xs, h0, cu = make_selective(T=45, lens=lens, strength=strength)
+    h0 = h0 if with_h0 else None
+    gen = torch.Generator().manual_seed(9)
+    dy, dht = torch.randn(xs[0].shape, generator=gen), torch.randn((xs[0].shape[0] if cu is None else len(lens)),
+                                                                    *xs[2].shape, generator=gen)  # fmt: skip
+    got = TS.selective_backward(*xs, h0, cu, dy, dht)
+    leaves = [x.double().requires_grad_() for x in (*xs, *(() if h0 is None else (h0,)))]
+    y, ht = TP.selective_forward(*leaves[:5], leaves[5] if h0 is not None else None, cu)
+    want = torch.autograd.grad((y, ht), leaves, (dy.double(), dht.double()))
+    names = ["du", "ddt", "dA", "dB", "dC", "dh0"]
+    return {n: rel(a, b) for n, a, b in zip(names, got, want)}
+
+
 def _case_selective_op():
     """The mamba op with the Triton forward on CPU tensors (interpret), and its backward (the torch path)."""
     import fla_compile.ops as ops
@@ -143,6 +160,9 @@ INTERPRETER_CASES = {
     "selective-packed-strong": (_case_selective, ([4, 0, 9], 40.0)),
     "selective-bf16": (_case_selective, (None, 2.0, torch.bfloat16)),
     "selective-op": (_case_selective_op, ()),
+    "selective-bwd": (_case_selective_backward, ()),
+    "selective-bwd-packed": (_case_selective_backward, ([33, 0, 1, 31],)),
+    "selective-bwd-no-h0-strong": (_case_selective_backward, (None, False, 40.0)),
 }
 
 
@@ -251,19 +271,26 @@ def test_gpu_selective_vs_fp64(dtype, tol, lens):
     from fla_compile.lowering.scan import triton_scan as TS
 
     *xs, h0, cu = make_selective(B=3, T=517, D=768, N=16, strength=8.0, lens=lens, device="cuda", dtype=dtype)
+    dy, dht = torch.randn_like(xs[0]), torch.randn_like(h0)
     _poison()
     y, ht = TS.selective_forward(*xs, h0, cu)
-    ry, rh = TP.selective_forward(*(x.double() for x in (*xs, h0)), cu)
+    _poison()
+    grads = TS.selective_backward(*xs, h0, cu, dy, dht)
+    leaves = [x.double().requires_grad_() for x in (*xs, h0)]
+    ry, rh = TP.selective_forward(*leaves[:5], leaves[5], cu)
+    want = torch.autograd.grad((ry, rh), leaves, (dy.double(), dht.double()))
     errs = {"y": rel(y, ry), "ht": rel(ht, rh)}
+    errs.update({n: rel(a, b) for n, a, b in zip(["du", "ddt", "dA", "dB", "dC", "dh0"], grads, want)})
     assert all(e < tol for e in errs.values()), errs
     y2, _ = TS.selective_forward(*xs, h0, cu)
-    assert torch.equal(y, y2), "not bitwise deterministic"
+    grads2 = TS.selective_backward(*xs, h0, cu, dy, dht)
+    assert torch.equal(y, y2) and all(torch.equal(a, b) for a, b in zip(grads, grads2)), "not bitwise deterministic"
 
 
 @pytest.mark.gpu
 @gpu
 def test_gpu_mamba_op_gradients():
-    """ops.mamba on CUDA (Triton forward, backward through the hgrn kernels) against the fp64 loop."""
+    """ops.mamba on CUDA (the Triton forward and backward walks) against the fp64 loop."""
     import fla_compile.ops as ops
     from fla_compile.reference.mamba import selective_scan as loop
 

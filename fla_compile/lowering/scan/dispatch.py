@@ -65,8 +65,12 @@ def selective_forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
 
 
 def selective_backward(u, dt, A, B, C, initial_state, cu_seqlens, do, dht):
-    """(du, ddt, dA, dB, dC, dh0 or None): autograd through the torch path, whose scan is the hgrn op (its
-    Triton kernels on CUDA) over the expanded [B, T, D * N] decay and input; a fused backward is to come."""
+    """(du, ddt, dA, dB, dC, dh0 or None): the fused Triton backward walk (states recomputed per segment
+    from checkpoints, memory D N per BT steps), else autograd through the torch path."""
+    if selective_triton_enabled(u, dt, A, B, C, initial_state, do):
+        from . import triton_scan
+
+        return triton_scan.selective_backward(u, dt, A, B, C, initial_state, cu_seqlens, do, dht)
     leaves = [x.detach().requires_grad_() for x in (u, dt, A, B, C)]
     h0 = initial_state.detach().requires_grad_() if initial_state is not None else None
     with torch.enable_grad():
