@@ -1,12 +1,14 @@
-"""Benchmark of the scan line (hgrn) on a GPU: our Triton walks against the memory floor and FLA.
+"""Benchmark of the scan line (hgrn, mamba) on a GPU: our Triton walks against the memory floor and FLA.
 
-    python benchmarks/scan_hgrn.py            # B, T, D shapes below, bf16 and fp32
-    python benchmarks/scan_hgrn.py --quick    # one small shape
+    python benchmarks/scan_hgrn.py            # B, T, D shapes below, bf16 and fp32; then mamba's
+    python benchmarks/scan_hgrn.py --quick    # one small shape each
 
 Rows: forward and forward+backward of ``fla_compile.ops.hgrn`` (autograd included), flash-linear-attention
 0.6.0's ``fused_recurrent_hgrn`` and ``chunk_hgrn`` when importable, and the memory floor (bytes moved over
 the measured device-copy bandwidth: x, g read and o written forward; x, g, o, do read and dx, dg written
 backward). Relative errors of o and of every gradient against the fp64 torch path are printed beside.
+Mamba rows: ``fla_compile.ops.mamba`` forward and forward+backward (the fused walks) at [B, T, D] x N,
+with the floor of reading u, dt, B, C and writing y, and errors against the fp64 torch path.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 from triton.testing import do_bench
 
 SHAPES = [(8, 2048, 2048), (4, 8192, 1024), (1, 16384, 4096), (64, 256, 4096)]
+MAMBA_SHAPES = [(4, 2048, 1536, 16), (1, 8192, 4096, 16)]
 
 
 def rel(a, b):
@@ -43,7 +46,7 @@ def measure(fn, x, g, do, ref):
     """(forward ms, forward+backward ms, the largest relative error of o, dx, dg against ``ref``)."""
     o = fn(x, g)
     dx, dg = torch.autograd.grad(o, (x, g), do)
-    err = max(rel(a, b) for a, b in zip((o, dx, dg), ref))
+    err = max((rel(a, b) for a, b in zip((o, dx, dg), ref)), default=float("nan"))
     with torch.no_grad():
         fwd = do_bench(lambda: fn(x, g))
     both = do_bench(lambda: torch.autograd.grad(fn(x, g), (x, g), do))
@@ -84,6 +87,39 @@ def main():
                           f"{floor[0]:.3f} / {floor[1]:.3f} | {err:.1e} |")  # fmt: skip
                 except Exception as e:  # noqa: BLE001 - a failed row is a row with the error, never a lost table
                     print(f"| {B} | {T} | {D} | {str(dtype)[6:]} | {what} | error: {type(e).__name__}: {e} | | | |")
+    mamba_rows(args.quick, bw)
+
+
+def mamba_rows(quick: bool, bw: float):
+    from fla_compile import ops
+    from fla_compile.lowering.scan import torch_path
+
+    print("| B | T | D | N | dtype | fwd ms | fwd+bwd ms | floor fwd ms | max rel err |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for B, T, D, N in [(2, 512, 256, 16)] if quick else MAMBA_SHAPES:
+        for dtype in (torch.bfloat16, torch.float32):
+            try:
+                x = torch.randn(B, T, D, device="cuda", dtype=dtype, requires_grad=True)
+                dt = F.softplus(torch.randn(B, T, D, device="cuda", dtype=dtype) - 2).requires_grad_()
+                A = (-torch.rand(D, N, device="cuda") * 8).requires_grad_()
+                Bm = torch.randn(B, T, N, device="cuda", dtype=dtype, requires_grad=True)
+                C = torch.randn(B, T, N, device="cuda", dtype=dtype, requires_grad=True)
+                xs = (x, dt, A, Bm, C)
+                dy = torch.randn_like(x)
+                y = ops.mamba(*xs)[0]
+                grads = torch.autograd.grad(y, xs, dy)
+                leaves = [t.detach().double().requires_grad_() for t in xs]
+                ry, _ = torch_path.selective_forward(leaves[1] * leaves[0], *leaves[1:])
+                want = torch.autograd.grad(ry, leaves, dy.double())
+                err = max(rel(a, b) for a, b in zip((y, *grads), (ry, *want)))
+                del leaves, ry, want
+                fwd, both, _ = measure(lambda x, dt, xs=xs: ops.mamba(x, dt, *xs[2:])[0], x, dt, dy, ())
+                floor = (3 * x.numel() * x.element_size() + 2 * Bm.numel() * Bm.element_size()) / bw * 1e3
+                print(
+                    f"| {B} | {T} | {D} | {N} | {str(dtype)[6:]} | {fwd:.3f} | {both:.3f} | {floor:.3f} | {err:.1e} |"
+                )
+            except Exception as e:  # noqa: BLE001 - a failed row is a row with the error
+                print(f"| {B} | {T} | {D} | {N} | {str(dtype)[6:]} | error: {type(e).__name__}: {e} | | | |")
 
 
 if __name__ == "__main__":
