@@ -2,7 +2,10 @@
 
 Every stage after ``find`` (classify, verify, rewrite, report) consumes only this.
 The state S of every family is a K x V matrix per batch and head, and the output reads
-o_t = S_t^T q_t (or S_{t-1} for families with a bonus term, see ``reads_previous``).
+o_t = S_t^T q_t (or S_{t-1} for families with a bonus term, see ``reads_previous``); except hgrn, an
+elementwise scan whose state is a vector and whose output is the state (roles: ``v`` is its input x,
+``gate`` its decay; q and k are None, or q reads the state out over its last axis); and mamba, whose
+state is [D, N] per sequence: ``v`` is u, ``k`` B, ``q`` C, ``gate`` the step size dt and ``decay`` A.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ class Family(str, enum.Enum):
     GATED_DELTA_RULE = "gated_delta_rule"  # S = exp(g_t)(I - b k k^T) S + b k v^T
     KDA = "kda"  # S = (I - b k k^T) diag(exp(gk_t)) S + b k v^T
     RWKV6 = "rwkv6"  # S = diag(exp(w_t)) S + k v^T, o = (S_{t-1} + diag(u) k v^T)^T r: gla with a bonus u
+    HGRN = "hgrn"  # h = exp(g_t) * h + x_t, elementwise: the state is a vector, o_t = h_t
+    MAMBA = "mamba"  # h = exp(dt_t A) * h + u_t B_t^T over [D, N], y_t = h_t C_t (Mamba's selective scan)
 
     def __str__(self) -> str:
         return self.value

@@ -98,6 +98,10 @@ def log_gate(x: torch.Tensor, kind: str) -> torch.Tensor:
 def call_family(b: Recurrence, vals: dict, h0):
     """Run the family op on role values [T, *batch, D] (gate [T, *batch(, K)]) and a state
     [*batch, X, Y]; return o [T, *batch, V] and the final state [*batch, X, Y]."""
+    if b.family == Family.HGRN:
+        return _call_scan(b, vals, h0)
+    if b.family == Family.MAMBA:
+        return _call_selective(b, vals, h0)
     family, batch = b.family, b.extras["batch"]
     q, k, v = (to_bthd(vals[n], batch) for n in ("q", "k", "v"))
     B, H = batch_split(batch)
@@ -122,6 +126,53 @@ def call_family(b: Recurrence, vals: dict, h0):
     return from_bthd(o, batch), reshaped(ht, *batch, *ht.shape[-2:])
 
 
+def _call_scan(b: Recurrence, vals: dict, h0):
+    """hgrn on role values [T, *shape] (shape: the state's, ``extras["batch"]``) and a state [*shape]:
+    the last dim is the op's D, the others fold into its B ([T, B, D] -> [B, T, D], a view). With a
+    read-out role ``q`` the states are contracted with it over their last axis (Mamba's y = h C)."""
+    from .ops.hgrn import hgrn_decay
+
+    shape = b.extras["batch"]
+    x = vals["v"]
+    T, N, D = x.shape[0], math.prod(shape[:-1]), shape[-1]
+    x = x if x.dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16) else x.float()
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x = reshaped(x, T, N, D).transpose(0, 1)
+    h0 = reshaped(h0, N, D) if h0 is not None else None
+    if b.gate is not None and b.gate.log == "log":  # a decay given as a plain value: resets (0) allowed
+        a = reshaped(vals["gate"], T, N, D).transpose(0, 1)
+        o, ht = hgrn_decay(x, a.to(acc), h0)
+    else:
+        if b.gate is not None:
+            g = reshaped(log_gate(vals["gate"], b.gate.log).to(acc), T, N, D).transpose(0, 1)
+        else:
+            g = torch.full(x.shape, b.decay, dtype=acc, device=x.device)
+        o, ht = run_family(Family.HGRN, None, None, x, gate=g, initial_state=h0)
+    o = reshaped(o.transpose(0, 1), T, *shape)
+    if b.q is not None:  # a read-out over the state's last axis: o_t = scale * sum_n h_t[..., n] q_t[..., n]
+        o = (o * vals["q"].to(o.dtype)).sum(-1)
+        o = o * b.scale if b.scale != 1.0 else o
+    return o, reshaped(ht, *shape)
+
+
+def _call_selective(b: Recurrence, vals: dict, h0):
+    """mamba on role values u, dt [T, *batch, D], B, C [T, *batch, N], A ([T,] D, N: the same at every step)
+    and a state [*batch, D, N]; the batch dims fold into the op's B."""
+    batch = b.extras["batch"]
+    T, (D, N) = vals["v"].shape[0], vals["decay"].shape[-2:]
+    Bn = math.prod(batch)
+
+    def bt(x, d):
+        return reshaped(x, T, Bn, d).transpose(0, 1)
+
+    u, dt, B, C = bt(vals["v"], D), bt(vals["gate"], D), bt(vals["k"], N), bt(vals["q"], N)
+    A = vals["decay"][0] if vals["decay"].dim() == 3 else vals["decay"]  # the lowering repeats a global over T
+    h0 = reshaped(h0, Bn, D, N) if h0 is not None else None
+    y, ht = run_family(Family.MAMBA, C, B, u, gate=dt, decay=A, initial_state=h0)
+    y = reshaped(y.transpose(0, 1), T, *batch, D)
+    return (y * b.scale if b.scale != 1.0 else y), reshaped(ht, *batch, D, N)
+
+
 class LoopLowering:
     """The callable that replaces a loop region in the graph (see the module docstring)."""
 
@@ -131,7 +182,9 @@ class LoopLowering:
         self.T = region.T
         roles = [("q", rec.q), ("k", rec.k), ("v", rec.v), ("gate", rec.gate), ("beta", rec.beta)]
         roles.append(("bonus", rec.bonus))
-        roles = [(n, r) for n, r in roles if r is not None]
+        roles = [(n, r) for n, r in roles if r is not None] + (
+            [("decay", rec.decay)] if isinstance(rec.decay, Role) else []
+        )
         self.roles = roles
         self.step_origins = list(dict.fromkeys(r.origin for _, r in roles if r.origin[0] != "global"))
         self.role_gm, role_inputs = region.role_graph(self.step_origins) if self.step_origins else (None, [])

@@ -6,7 +6,13 @@ For a re-rolled loop, one step F(S, x_t) is run on random float64 probes:
     or a per-key diagonal taken from a value of the step (simple_gla, gla);
   * B must be an outer product k v^T of two values of the step;
   * the output must be c * S_t^T q for a value q of the step and a constant c; or, with a per-key
-    decay, c * (S_{t-1} + diag(u) k v^T)^T q for a value u from before the loop (rwkv6).
+    decay, c * (S_{t-1} + diag(u) k v^T)^T q for a value u from before the loop (rwkv6);
+  * or the output is the new state itself (an elementwise scan, hgrn): A is an elementwise decay
+    c (S of any shape, a vector included) and B a value x of the step, F(S) = c * S + x; a scan
+    whose output contracts S_t's last axis with a value q (Mamba's y_t = h_t C_t) is one too, tried
+    where the matrix families do not fit; and where its decay is exp(dt A) of a step value dt [*, D] and
+    a value A [D, N] from before the loop, its input an outer product u B^T and its read-out h C, it is
+    Mamba's selective scan (mamba), whose op never expands the decay to D x N per step.
 Values are bound to roles by matching numbers against the step's own intermediate
 values, so the spelling (einsum, matmul, broadcasting, transposed state) does not matter.
 The binding is then proven on fresh probes against the family's op itself (T = 1, the
@@ -65,7 +71,7 @@ class Role:
     """A step value bound to a role: where it comes from and how to shape it.
 
     origin: ("offset", i) for a node of the step block, ("global", node) for a value from
-    before the loop. recipe: ("reshape",) or ("broadcast", shape) to reach ``target``
+    before the loop. recipe: ("reshape",), ("broadcast", shape) or ("unsqueeze", shape) to reach ``target``
     ([*batch, D] or [*batch]). log: how the op's log-gate is derived ("", "exp", "sigmoid", "log").
     """
 
@@ -110,25 +116,51 @@ def probe(shape, gen: torch.Generator, kind=None, device=None) -> torch.Tensor:
     return x if device is None else x.to(device)
 
 
+CAST_METHODS = {"to", "type", "float", "half", "bfloat16"}
+CAST_FUNCTIONS = {aten._to_copy.default, torch.ops.prims.convert_element_type.default}
+
+
 class _Recorder(fx.Interpreter):
-    def __init__(self, gm, keep):
+    def __init__(self, gm, keep, widen=False):
         super().__init__(gm, garbage_collect_values=keep is not None)
-        self.keep, self.kept = keep, {}
+        self.keep, self.kept, self.widen = keep, {}, widen
 
     def run_node(self, n):
         out = super().run_node(n)
+        if self.widen and _narrowing(n, out, self.env):
+            out = self.env[n.args[0]]  # the float64 probe value, not its rounding
         if self.keep is None or n in self.keep:
             self.kept[n] = out
         return out
 
 
-def run_region(gm: fx.GraphModule, args: list, keep=None) -> tuple:
+def _narrowing(n: fx.Node, out, env) -> bool:
+    """``n`` casts a float64 value to a narrower float (``x.to(torch.float32)``, ``.type(dtype)``, ``.float()``)."""
+    cast = n.op == "call_method" and n.target in CAST_METHODS or n.op == "call_function" and n.target in CAST_FUNCTIONS
+    if not cast or not n.args or not isinstance(n.args[0], fx.Node):
+        return False
+    x = env.get(n.args[0])
+    return (
+        isinstance(x, torch.Tensor)
+        and isinstance(out, torch.Tensor)
+        and x.dtype == torch.float64
+        and out.is_floating_point()
+        and out.dtype != torch.float64
+        and out.shape == x.shape
+        and out.device == x.device
+    )
+
+
+def run_region(gm: fx.GraphModule, args: list, keep=None, widen=False) -> tuple:
     """Run a region (a loop step, a parallel or cumsum form) on probes, without autograd; return
     its output and the values of its nodes in ``keep`` (of every node when None: float64 T x T
-    matrices are large, so a caller that reads a few names them)."""
+    matrices are large, so a caller that reads a few names them). ``widen`` (loop steps): a cast of a
+    float64 value to a narrower float keeps the float64 value, so a step that rounds through float32
+    (``state.to(input_dtype)`` in transformers' Mamba scan) is read, and proven, as its math, and
+    never mixes float32 with float64 probes in one matmul."""
     if changes_global_state(gm.graph.nodes):
         raise NearMiss("the region changes interpreter-wide state (vmap levels, autocast): not run on probes")
-    rec = _Recorder(gm, None if keep is None else set(keep))
+    rec = _Recorder(gm, None if keep is None else set(keep), widen)
     with torch.no_grad():
         out = rec.run(*args)
     return out, rec.kept
@@ -180,6 +212,8 @@ def apply_recipe(v: torch.Tensor, recipe: tuple, target: tuple, lead: int = 0) -
     pre = tuple(v.shape[:lead])
     if recipe[0] == "reshape":
         return reshaped(v, *pre, *target)
+    if recipe[0] == "unsqueeze":  # without the target's next-to-last axis: Mamba's C_t [B, N] against [B, D, N]
+        return reshaped(v, *pre, *recipe[1]).unsqueeze(-2).expand(*pre, *target)
     return reshaped(v, *pre, *recipe[1]).expand(*pre, *target)
 
 
@@ -236,7 +270,7 @@ class _NeedsPositive(NearMiss):
 
 def classify_loop(step: fx.GraphModule, input_metas: list, state_meta: torch.Tensor) -> Recurrence:
     """Read the family and roles of one loop step (see the module docstring)."""
-    if state_meta is None or state_meta.dim() < 2:
+    if state_meta is None or state_meta.dim() < 1:
         raise NearMiss("the carried value is not a matrix state")
     try:
         return _classify(step, input_metas, state_meta, positive=False)
@@ -245,8 +279,6 @@ def classify_loop(step: fx.GraphModule, input_metas: list, state_meta: torch.Ten
 
 
 def _classify(step, input_metas, state_meta, positive: bool) -> Recurrence:
-    *batch, X, Y = tuple(state_meta.shape)
-    batch = tuple(batch)
     gen = torch.Generator().manual_seed(1234)
     dep = _state_dependent(step)
     for attempt in (positive, True):  # retry on positive inputs where e.g. a log needs them
@@ -254,21 +286,21 @@ def _classify(step, input_metas, state_meta, positive: bool) -> Recurrence:
         P = _probe_inputs(input_metas, gen, positive)
         Sa = probe(state_meta.shape, gen, device=state_meta.device)
         Sb = probe(state_meta.shape, gen, device=state_meta.device)
-        (Fa, oa), env = run_region(step, [Sa, *P])
+        (Fa, oa), env = run_region(step, [Sa, *P], widen=True)
         if torch.isfinite(Fa).all() and (oa is None or torch.isfinite(oa).all()):
             break
     else:
         raise NearMiss("the step gives NaN or inf on random inputs")
-    (F0, o0), _ = run_region(step, [torch.zeros_like(Sa), *P])
-    (Fb, _), _ = run_region(step, [Sb, *P])
-    (Fab, _), _ = run_region(step, [Sa + 2 * Sb, *P])
+    (F0, o0), _ = run_region(step, [torch.zeros_like(Sa), *P], widen=True)
+    (Fb, _), _ = run_region(step, [Sb, *P], widen=True)
+    (Fab, _), _ = run_region(step, [Sa + 2 * Sb, *P], widen=True)
     if Fa.shape != Sa.shape:
         raise NearMiss(f"the state changes shape from {tuple(Sa.shape)} to {tuple(Fa.shape)}")
     Aa, Ab = Fa - F0, Fb - F0
     if rel_err(Fab - F0, Aa + 2 * Ab) > TOL:
         raise NearMiss("the state update is not linear in the state")
     for lam in SCALES:  # a clamp or saturation of the state that unit-sized probes never reach
-        (Fl, ol), _ = run_region(step, [lam * Sa, *P])
+        (Fl, ol), _ = run_region(step, [lam * Sa, *P], widen=True)
         if rel_err(Fl - F0, lam * Aa) > TOL:
             raise NearMiss("the state update is not linear in the state")
         if oa is not None and o0 is not None and rel_err(ol - o0, lam * (oa - o0)) > TOL:
@@ -277,14 +309,28 @@ def _classify(step, input_metas, state_meta, positive: bool) -> Recurrence:
 
     if oa is None:
         raise NearMiss("the loop has no per-step output")
+    scan = _classify_scan(values, Sa, Aa, Sb, Ab, F0, Fa, oa, dep, positive)
+    if scan is not None:
+        return scan
+    if Sa.dim() < 2:
+        raise NearMiss("the carried value is a vector whose step output is not the state: not a matrix state")
+    *batch, X, Y = tuple(state_meta.shape)
+    batch = tuple(batch)
     # the transition A
     try:
         transition, gate_val = _transition(Sa, Aa, Sb, Ab)
     except NearMiss as plain:
-        return _classify_delta(values, Sa, Aa, Sb, Ab, F0, Fa, oa, batch, dep, positive, plain)
+        selective = _classify_selective(values, Sa, Aa, Sb, Ab, F0, Fa, oa, batch, X, Y)
+        if selective is not None:
+            return selective
+        scan = _classify_scan(values, Sa, Aa, Sb, Ab, F0, Fa, oa, dep, positive, readout=True)
+        return scan or _classify_delta(values, Sa, Aa, Sb, Ab, F0, Fa, oa, batch, dep, positive, plain)
     # the update B = k v^T (or v k^T for a transposed state)
     pairs = _outer_pairs(values, F0, batch, X, Y)
     if not pairs:
+        scan = _classify_scan(values, Sa, Aa, Sb, Ab, F0, Fa, oa, dep, positive, readout=True)
+        if scan is not None:  # an input made before the loop (Mamba's deltaB_u), read out over the last axis
+            return scan
         raise NearMiss("the state update's additive term is not an outer product k v^T of step values")
     value_axis_gate = False
     for a, b in pairs:
@@ -312,6 +358,99 @@ def _classify(step, input_metas, state_meta, positive: bool) -> Recurrence:
     if value_axis_gate:
         raise NearMiss("the decay is diagonal along the value axis; our families gate the key axis")
     raise NearMiss("the output is not S_t^T q for a value q of the step")
+
+
+def _classify_scan(values, Sa, Aa, Sb, Ab, F0, Fa, oa, dep, positive, readout=False) -> Recurrence | None:
+    """The elementwise scan (hgrn): h_t = c_t * h_{t-1} + x_t with c and x values of the step of the
+    state's shape (or broadcast to it), and the output the new state itself; or, with ``readout``, its
+    contraction over the last axis with a value q of the step, o_t = scale * sum_n h_t[..., n] q[..., n]
+    (Mamba's selective scan with its decay and input made before the loop: y_t = h_t C_t). None where
+    the output is neither.
+
+    c is fitted per element from both probes (least squares), so an element where one probe is tiny
+    does not spoil it; the fit must then hold on both probes as a whole."""
+    shape = tuple(Sa.shape)
+    q = scale = None
+    if readout:
+        found = _scan_readout(values, oa, Fa, shape)
+        if found is None:
+            return None
+        q, scale = found
+    elif oa.numel() != Fa.numel() or rel_err(oa.reshape(Fa.shape).to(Fa.dtype), Fa) > TOL:
+        return None
+    what = "the output reads the state over its last axis" if readout else "the output is the state"
+    c = _elementwise_decay(Sa, Aa, Sb, Ab)
+    if c is None:
+        if readout:
+            return None  # not a scan: the caller says what it is not
+        raise NearMiss(f"{what}, but the state transition is not an elementwise decay")
+    xs = [(n, r) for n, r, v in _candidates(values, shape) if rel_err(v, F0) <= TOL]
+    if not xs:
+        raise NearMiss(f"{what}, but the state update's additive term is not a value of the step")
+    gate, decay, _ = _bind_gate("elementwise", c, values, dep, positive)
+    x = Role(_origin(xs[0][0]), xs[0][1], shape)
+    return loop_recurrence(
+        Family.HGRN, q, None, x, gate, decay, 1.0 if scale is None else scale, False, shape, positive
+    )
+
+
+def _elementwise_decay(Sa, Aa, Sb, Ab):
+    """The decay c with A(S) = c * S elementwise on both probes, or None."""
+    den = Sa * Sa + Sb * Sb
+    c = torch.where(den > 0, (Aa * Sa + Ab * Sb) / den.clamp_min(1e-300), torch.zeros_like(den))
+    return c if rel_err(c * Sa, Aa) <= TOL and rel_err(c * Sb, Ab) <= TOL else None
+
+
+def _classify_selective(values, Sa, Aa, Sb, Ab, F0, Fa, oa, batch, X, Y) -> Recurrence | None:
+    """Mamba's selective scan with its discretization in the step, state [*batch, D, N]:
+    h = exp(dt[..., :, None] * A) * h + u[..., :, None] * B[..., None, :], y = scale * h C, with dt, u, B
+    and C values of the step and A ([D, N]) a value from before the loop. None where it is not that
+    (the caller goes on: a scan with a read-out takes the unfactored forms)."""
+    c = _elementwise_decay(Sa, Aa, Sb, Ab)
+    if c is None or not (c > 0).all():
+        return None
+    logc = c.log()
+    rates = [n for n, v in values.items() if _origin(n)[0] == "global" and isinstance(v, torch.Tensor)
+             and tuple(v.shape) == (X, Y) and v.is_floating_point()]  # fmt: skip
+    steps = [(n, r, v) for n, r, v in _candidates(values, (*batch, X))]
+    factor = next(((a, (n, r)) for a in rates for n, r, v in steps
+                   if rel_err(v[..., :, None] * values[a], logc) <= TOL), None)  # fmt: skip
+    if factor is None:
+        return None
+    pairs = _outer_pairs(values, F0, batch, X, Y)
+    readout = _readout(values, oa, Fa, Sa, batch, X, Y, transposed=True)
+    if not pairs or readout is None or readout[2]:
+        return None
+    (A, (dt, rdt)), (u, b), (q, scale, _) = factor, pairs[0], readout
+    gate = Role(_origin(dt), rdt, (*batch, X))
+    return Recurrence(Family.MAMBA, q, b, u, gate=gate, decay=Role(_origin(A), ("reshape",), (X, Y)), scale=scale,
+                      spelling="loop", extras={"batch": batch, "positive": False})  # fmt: skip
+
+
+def _scan_readout(values, o, Snew, shape):
+    """(q role, scale) with o = scale * sum over the last axis of S_t * q, q a value of the step of the
+    state's shape, broadcast to it, or without the state's next-to-last axis ([B, N] against [B, D, N])."""
+    if len(shape) < 1 or o.numel() != math.prod(shape[:-1]):
+        return None
+    o = o.reshape(shape[:-1]).to(Snew.dtype)
+    for node, val in values.items():
+        if not isinstance(val, torch.Tensor) or not val.is_floating_point():
+            continue
+        squeezed = list(val.shape)
+        while len(squeezed) > len(shape) - 1 and squeezed[-1] == 1:
+            squeezed.pop()  # a read kept as [B, N, 1] for a matmul
+        if len(shape) >= 2 and tuple(squeezed) == shape[:-2] + shape[-1:]:
+            recipe = ("unsqueeze", tuple(squeezed))
+        else:
+            recipe = _fit(val, shape)
+            if recipe is None:
+                continue
+        q = apply_recipe(val, recipe, shape)
+        ref = (Snew * q).sum(-1)
+        c = fit_scale(o, ref)
+        if math.isfinite(c) and rel_err(c * ref, o) <= TOL:
+            return Role(_origin(node), recipe, shape), c
+    return None
 
 
 DELTA_FAMILY = {"identity": Family.DELTA_RULE, "scalar": Family.GATED_DELTA_RULE, "diag_x": Family.KDA}
@@ -473,7 +612,7 @@ def _bind_gate(transition, c, values, dep, positive):
         # a decay that does not change over time is retention's, lowered as a constant simple_gla gate
         return gate, None, Family.RETENTION if gate.origin[0] == "global" else Family.SIMPLE_GLA
     # no step value holds it: a literal constant gamma (retention) or nothing we can bind
-    if transition == "scalar" and rel_err(c, torch.full_like(c, c.flatten()[0].item())) <= TOL:
+    if transition in ("scalar", "elementwise") and rel_err(c, torch.full_like(c, c.flatten()[0].item())) <= TOL:
         gamma = c.flatten()[0].item()
         if gamma > 0:
             return None, math.log(gamma), Family.RETENTION
@@ -491,9 +630,9 @@ def prove_loop(step: fx.GraphModule, input_metas: list, state_meta, rec: Recurre
     for _ in range(trials):
         P = _probe_inputs(input_metas, gen, rec.extras["positive"])
         S = probe(state_meta.shape, gen, device=state_meta.device)
-        (S1, o1), env = run_region(step, [S, *P])
+        (S1, o1), env = run_region(step, [S, *P], widen=True)
         roles = {"q": rec.q, "k": rec.k, "v": rec.v, "gate": rec.gate, "beta": rec.beta, "bonus": rec.bonus}
-        roles = {n: r for n, r in roles.items() if r is not None}
+        roles = {n: r for n, r in (*roles.items(), ("decay", rec.decay)) if isinstance(r, Role)}
         vals = {n: apply_recipe(env[by_origin[r.origin]], r.recipe, r.target)[None] for n, r in roles.items()}
         o, ht = op(rec, vals, S)
         err = max(rel_err(ht, S1), rel_err(o[0].reshape(o1.shape), o1))

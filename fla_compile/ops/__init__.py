@@ -2,17 +2,21 @@
 
 from .delta import delta_rule, gated_delta_rule, kda
 from .gla import gla, linear_attn, retention, simple_gla
+from .hgrn import hgrn
 from .loss import linear_cross_entropy, linear_kl_div
+from .mamba import mamba
 from .rwkv6 import rwkv6
 
 __all__ = [
     "delta_rule",
     "gated_delta_rule",
     "gla",
+    "hgrn",
     "kda",
     "linear_attn",
     "linear_cross_entropy",
     "linear_kl_div",
+    "mamba",
     "retention",
     "rwkv6",
     "simple_gla",

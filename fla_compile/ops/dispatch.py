@@ -23,12 +23,17 @@ def run_family(
 ):
     """(o, final state) of ``torch.ops.fla_compile.<family>`` on [B, T, H, D] inputs.
 
-    gate: log-space, [B,T,H] (scalar families) or [B,T,H,K] (gla, kda). decay: retention's
+    gate: log-space, [B,T,H] (scalar families) or [B,T,H,K] (gla, kda); hgrn takes x as ``v`` [B, T, D],
+    ``gate`` [B, T, D] and a state [B, D] (q, k unused). decay: retention's
     log-gamma, a float or a tensor [H]. l2norm: normalize q and k first (delta ops do it in-kernel).
     bonus: rwkv6's u [H, K].
     """
     ops = torch.ops.fla_compile
     h0 = initial_state
+    if family == Family.HGRN:  # elementwise: v is x [B, T, D], gate g [B, T, D], the state [B, D]
+        return ops.hgrn(v, gate, h0, None)
+    if family == Family.MAMBA:  # v is u, k is B, q is C, gate is dt, decay is A [D, N]; the state [B, D, N]
+        return ops.mamba(v, gate, decay, k, q, h0, None)
     if family in (Family.DELTA_RULE, Family.GATED_DELTA_RULE, Family.KDA):
         # their third output is X, the WY inverses kept for the backward
         if family == Family.DELTA_RULE:

@@ -210,10 +210,10 @@ def find(graph: fx.Graph) -> tuple[list[LoopRegion], list[tuple[str, str]]]:
     for lo, T, first, _ in families:
         if lo <= done_until:
             continue
-        done_until = max(done_until, first[-1])  # one attempt per loop, whichever source anchors it
         L = first[1] - first[0]
         if L <= 0 or any(first[t] != first[0] + t * L for t in range(T)):
-            continue
+            continue  # not a loop (an unbind into q, k, v whose last piece is used after the loop): blocks nothing
+        done_until = max(done_until, first[-1])  # one attempt per loop, whichever source anchors it
         # the sources of this loop: read at every step with the same period, starting in step 0
         keys = set().union(
             *[f[3] for f in families if f[1] == T and f[2][1] - f[2][0] == L and abs(f[0] - first[0]) < L]

@@ -15,10 +15,11 @@ from fla_compile.lowering import FAMILIES
 
 def test_every_op_family_has_one_entry():
     lines = [importlib.import_module(f"fla_compile.ops.{m}") for m in ("gla", "delta")]  # the modules, not the ops
-    ops = [spec.name for line in lines for spec in line.SPECS] + ["rwkv6"]  # rwkv6: its own module, ops/rwkv6.py
-    assert hasattr(torch.ops.fla_compile, "rwkv6")
+    own = ["rwkv6", "hgrn", "mamba"]  # their own modules: ops/rwkv6.py, ops/hgrn.py, ops/mamba.py
+    ops = [spec.name for line in lines for spec in line.SPECS] + own
+    assert all(hasattr(torch.ops.fla_compile, name) for name in own)
     assert sorted(FAMILIES) == sorted(ops) == sorted(fla_compile.cli.FAMILIES)
-    assert {f.line for f in FAMILIES.values()} == {"gla", "delta"}
+    assert {f.line for f in FAMILIES.values()} == {"gla", "delta", "scan"}
 
 
 def test_entries_are_data():
@@ -40,7 +41,12 @@ def test_decode_matches_forward(family, monkeypatch):
     if fam.gate_kind == "vector":
         gate = -torch.rand(B, T, H, K, generator=gen)
     h0 = torch.randn(B, H, K, V, generator=gen)
-    if fam.line == "delta":
+    if family == "hgrn":  # x [B, T, D], an elementwise gate, a vector state
+        args = (v.flatten(2), -torch.rand(B, T, H * V, generator=gen), h0[:, :, 0].flatten(1))
+    elif family == "mamba":  # u, dt [B, T, D], A [D, N], B, C [B, T, N], the state [B, D, N]
+        args = (v.flatten(2), torch.rand(B, T, H * V, generator=gen), -torch.rand(H * V, K, generator=gen), q[:, :, 0],
+                k[:, :, 0], torch.randn(B, H * V, K, generator=gen))  # fmt: skip
+    elif fam.line == "delta":
         beta = torch.rand(B, T, H, generator=gen)
         args = (q, torch.nn.functional.normalize(k, dim=-1), v, beta, gate, fam.gate_kind, K**-0.5, h0)
     else:

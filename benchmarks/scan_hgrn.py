@@ -1,0 +1,126 @@
+"""Benchmark of the scan line (hgrn, mamba) on a GPU: our Triton walks against the memory floor and FLA.
+
+    python benchmarks/scan_hgrn.py            # B, T, D shapes below, bf16 and fp32; then mamba's
+    python benchmarks/scan_hgrn.py --quick    # one small shape each
+
+Rows: forward and forward+backward of ``fla_compile.ops.hgrn`` (autograd included), flash-linear-attention
+0.6.0's ``fused_recurrent_hgrn`` and ``chunk_hgrn`` when importable, and the memory floor (bytes moved over
+the measured device-copy bandwidth: x, g read and o written forward; x, g, o, do read and dx, dg written
+backward). Relative errors of o and of every gradient against the fp64 torch path are printed beside.
+Mamba rows: ``fla_compile.ops.mamba`` forward and forward+backward (the fused walks) at [B, T, D] x N,
+with the floor of reading u, dt, B, C and writing y, and errors against the fp64 torch path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+import torch
+import torch.nn.functional as F
+from triton.testing import do_bench
+
+SHAPES = [(8, 2048, 2048), (4, 8192, 1024), (1, 16384, 4096), (64, 256, 4096)]
+MAMBA_SHAPES = [(4, 2048, 1536, 16), (1, 8192, 4096, 16)]
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def copy_bandwidth() -> float:
+    x = torch.empty(1 << 28, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    ms = do_bench(lambda: y.copy_(x))
+    return 2 * x.numel() / (ms * 1e-3)
+
+
+def fla_fn(name):
+    try:
+        return getattr(importlib.import_module("fla.ops.hgrn"), name)
+    except Exception:  # noqa: BLE001 - FLA absent or broken here: the row is skipped
+        return None
+
+
+def measure(fn, x, g, do, ref):
+    """(forward ms, forward+backward ms, the largest relative error of o, dx, dg against ``ref``)."""
+    o = fn(x, g)
+    dx, dg = torch.autograd.grad(o, (x, g), do)
+    err = max((rel(a, b) for a, b in zip((o, dx, dg), ref)), default=float("nan"))
+    with torch.no_grad():
+        fwd = do_bench(lambda: fn(x, g))
+    both = do_bench(lambda: torch.autograd.grad(fn(x, g), (x, g), do))
+    return fwd, both, err
+
+
+def main():
+    from fla_compile import ops
+    from fla_compile.lowering.scan import torch_path
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args()
+    bw = copy_bandwidth()
+    print(f"device copy bandwidth {bw / 1e12:.2f} TB/s; {torch.cuda.get_device_name()}")
+    print("| B | T | D | dtype | what | fwd ms | fwd+bwd ms | floor fwd / fwd+bwd ms | max rel err |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for B, T, D in [(2, 512, 256)] if args.quick else SHAPES:
+        for dtype in (torch.bfloat16, torch.float32):
+            x = torch.randn(B, T, D, device="cuda", dtype=dtype, requires_grad=True)
+            g = F.logsigmoid(torch.randn(B, T, D, device="cuda", dtype=dtype)).requires_grad_()
+            do = torch.randn_like(x)
+            n = x.numel() * x.element_size()
+            floor = (3 * n / bw * 1e3, 9 * n / bw * 1e3)
+            ro, _ = torch_path.scan_forward(x.detach().double(), g.detach().double())
+            rdx, rdg, _ = torch_path.scan_backward(
+                x.detach().double(), g.detach().double(), None, None, ro, do.double(), torch.zeros(B, D).cuda()
+            )
+            rows = [("ours", lambda x, g: ops.hgrn(x, g)[0])]
+            for name in ("fused_recurrent_hgrn", "chunk_hgrn"):
+                fn = fla_fn(name)
+                if fn is not None:
+                    rows.append((f"FLA {name}", lambda x, g, fn=fn: fn(x, g)[0]))
+            for what, fn in rows:
+                try:
+                    fwd, both, err = measure(fn, x, g, do, (ro, rdx, rdg))
+                    print(f"| {B} | {T} | {D} | {str(dtype)[6:]} | {what} | {fwd:.3f} | {both:.3f} | "
+                          f"{floor[0]:.3f} / {floor[1]:.3f} | {err:.1e} |")  # fmt: skip
+                except Exception as e:  # noqa: BLE001 - a failed row is a row with the error, never a lost table
+                    print(f"| {B} | {T} | {D} | {str(dtype)[6:]} | {what} | error: {type(e).__name__}: {e} | | | |")
+    mamba_rows(args.quick, bw)
+
+
+def mamba_rows(quick: bool, bw: float):
+    from fla_compile import ops
+    from fla_compile.lowering.scan import torch_path
+
+    print("| B | T | D | N | dtype | fwd ms | fwd+bwd ms | floor fwd ms | max rel err |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for B, T, D, N in [(2, 512, 256, 16)] if quick else MAMBA_SHAPES:
+        for dtype in (torch.bfloat16, torch.float32):
+            try:
+                x = torch.randn(B, T, D, device="cuda", dtype=dtype, requires_grad=True)
+                dt = F.softplus(torch.randn(B, T, D, device="cuda", dtype=dtype) - 2).requires_grad_()
+                A = (-torch.rand(D, N, device="cuda") * 8).requires_grad_()
+                Bm = torch.randn(B, T, N, device="cuda", dtype=dtype, requires_grad=True)
+                C = torch.randn(B, T, N, device="cuda", dtype=dtype, requires_grad=True)
+                xs = (x, dt, A, Bm, C)
+                dy = torch.randn_like(x)
+                y = ops.mamba(*xs)[0]
+                grads = torch.autograd.grad(y, xs, dy)
+                leaves = [t.detach().double().requires_grad_() for t in xs]
+                ry, _ = torch_path.selective_forward(leaves[1] * leaves[0], *leaves[1:])
+                want = torch.autograd.grad(ry, leaves, dy.double())
+                err = max(rel(a, b) for a, b in zip((y, *grads), (ry, *want)))
+                del leaves, ry, want
+                fwd, both, _ = measure(lambda x, dt, xs=xs: ops.mamba(x, dt, *xs[2:])[0], x, dt, dy, ())
+                floor = (3 * x.numel() * x.element_size() + 2 * Bm.numel() * Bm.element_size()) / bw * 1e3
+                print(
+                    f"| {B} | {T} | {D} | {N} | {str(dtype)[6:]} | {fwd:.3f} | {both:.3f} | {floor:.3f} | {err:.1e} |"
+                )
+            except Exception as e:  # noqa: BLE001 - a failed row is a row with the error
+                print(f"| {B} | {T} | {D} | {N} | {str(dtype)[6:]} | error: {type(e).__name__}: {e} | | | |")
+
+
+if __name__ == "__main__":
+    main()

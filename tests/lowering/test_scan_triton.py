@@ -1,0 +1,319 @@
+"""The scan line's Triton kernels (hgrn): interpreter checks on CPU at tiny sizes, GPU checks marked ``gpu``.
+
+TRITON_INTERPRET must be set before triton is imported, so the interpreter checks run in one child
+process (this file run as a script) and report per case; the parent only reads the report. The
+reference is the fp64 torch path, itself checked against the loop in ``tests/ops/test_hgrn.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def make(B=2, T=29, D=20, strength=1.0, lens=None, device="cpu", dtype=torch.float32, seed=0):
+    """x, g, h0 (and cu_seqlens when ``lens`` packs sequences of those lengths into B = 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    if lens is not None:
+        B, T = 1, sum(lens)
+    x = torch.randn(B, T, D, generator=gen)
+    g = F.logsigmoid(torch.randn(B, T, D, generator=gen)) * strength
+    N = B if lens is None else len(lens)
+    h0 = torch.randn(N, D, generator=gen)
+    cu = None if lens is None else torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], device=device)
+    return x.to(device, dtype), g.to(device), h0.to(device), cu
+
+
+def reference(x, g, h0, cu, do, dht):
+    from fla_compile.lowering.scan import torch_path as TP
+
+    d = lambda t: None if t is None else t.double()  # noqa: E731
+    o, ht = TP.scan_forward(d(x), d(g), d(h0), cu)
+    return o, ht, TP.scan_backward(d(x), d(g), d(h0), cu, o, d(do), d(dht))
+
+
+# ---------------------------------------------------------------- interpreter checks (child process)
+
+
+def _case(lens=None, strength=1.0, with_h0=True, bd=None, reset=False, dtype=torch.float32):
+    from fla_compile.lowering.scan import triton_scan as TS
+
+    bd_max, TS.BD_MAX = TS.BD_MAX, bd or TS.BD_MAX
+    try:
+        return _scan_case(TS, lens, strength, with_h0, reset, dtype)
+    finally:
+        TS.BD_MAX = bd_max
+
+
+def _scan_case(TS, lens, strength, with_h0, reset, dtype):
+    x, g, h0, cu = make(lens=lens, strength=strength, dtype=dtype)
+    if reset:
+        g[:, 3, ::2] = -float("inf")
+    h0 = h0 if with_h0 else None
+    gen = torch.Generator().manual_seed(5)
+    do, dht = torch.randn(x.shape, generator=gen).to(dtype), torch.randn(g.shape[0] if cu is None else len(lens),
+                                                                         x.shape[-1], generator=gen)  # fmt: skip
+    o, ht = TS.forward(x, g, h0, cu)
+    dx, dg, dh0 = TS.backward(x, g, h0, cu, o, do, dht)
+    ro, rh, (rdx, rdg, rdh0) = reference(x, g, h0, cu, do, dht)
+    out = {"o": rel(o, ro), "ht": rel(ht, rh), "dx": rel(dx, rdx), "dg": rel(dg, rdg)}
+    if h0 is not None:
+        out["dh0"] = rel(dh0, rdh0)
+    if dtype != torch.float32:
+        out["tol"] = 1e-2
+        out["o_dtype"] = float(o.dtype != dtype)
+    o2, _ = TS.forward(x, g, h0, cu)
+    out["deterministic"] = float(not torch.equal(o, o2))
+    return out
+
+
+def _case_op_dispatch():
+    """The custom op with the Triton path taken on CPU tensors (FLA_COMPILE_TRITON=interpret), with autograd."""
+    import fla_compile.ops as ops
+
+    x, g, h0, cu = make(lens=[5, 0, 13])
+    x, g, h0 = (t.requires_grad_() for t in (x, g, h0))
+    o, ht = ops.hgrn(x, g, h0, output_final_state=True, cu_seqlens=cu)
+    (o.square().sum() + ht.sum()).backward()
+    ro, rh, (rdx, rdg, rdh0) = reference(x.detach(), g.detach(), h0.detach(), cu, 2 * o.detach(), torch.ones_like(ht))
+    return {"o": rel(o, ro), "ht": rel(ht, rh), "dx": rel(x.grad, rdx), "dg": rel(g.grad, rdg),
+            "dh0": rel(h0.grad, rdh0)}  # fmt: skip
+
+
+def make_selective(B=2, T=13, D=20, N=5, strength=2.0, lens=None, device="cpu", dtype=torch.float32, seed=0):
+    """u, dt, A, B, C, h0 (and cu_seqlens) of a selective scan."""
+    gen = torch.Generator().manual_seed(seed)
+    if lens is not None:
+        B, T = 1, sum(lens)
+    u = torch.randn(B, T, D, generator=gen)
+    dt = F.softplus(torch.randn(B, T, D, generator=gen))
+    A = -torch.rand(D, N, generator=gen) * strength
+    Bm, C = torch.randn(B, T, N, generator=gen), torch.randn(B, T, N, generator=gen)
+    h0 = torch.randn(B if lens is None else len(lens), D, N, generator=gen)
+    cu = None if lens is None else torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], device=device)
+    xs = [x.to(device, dtype) for x in (u, dt)] + [x.to(device) for x in (A, Bm, C, h0)]
+    return (*xs, cu)
+
+
+def _case_selective(lens=None, strength=2.0, dtype=torch.float32):
+    from fla_compile.lowering.scan import torch_path as TP
+    from fla_compile.lowering.scan import triton_scan as TS
+
+    *xs, h0, cu = make_selective(lens=lens, strength=strength, dtype=dtype)
+    y, ht = TS.selective_forward(*xs, h0, cu)
+    ry, rh = TP.selective_forward(*(x.double() for x in (*xs, h0)), cu)
+    out = {"y": rel(y, ry), "ht": rel(ht, rh)}
+    if dtype != torch.float32:
+        out.update(tol=1e-2, o_dtype=float(y.dtype != dtype))
+    return out
+
+
+def _case_selective_backward(lens=None, with_h0=True, strength=2.0):
+    from fla_compile.lowering.scan import torch_path as TP
+    from fla_compile.lowering.scan import triton_scan as TS
+
+    *xs, h0, cu = make_selective(T=21, D=10, lens=lens, strength=strength)
+    h0 = h0 if with_h0 else None
+    gen = torch.Generator().manual_seed(9)
+    dy, dht = torch.randn(xs[0].shape, generator=gen), torch.randn((xs[0].shape[0] if cu is None else len(lens)),
+                                                                    *xs[2].shape, generator=gen)  # fmt: skip
+    bt, TS.SELECTIVE_BT = TS.SELECTIVE_BT, 8  # segments of 8 steps: several per sequence at this T
+    try:
+        got = TS.selective_backward(*xs, h0, cu, dy, dht)
+    finally:
+        TS.SELECTIVE_BT = bt
+    leaves = [x.double().requires_grad_() for x in (*xs, *(() if h0 is None else (h0,)))]
+    y, ht = TP.selective_forward(*leaves[:5], leaves[5] if h0 is not None else None, cu)
+    want = torch.autograd.grad((y, ht), leaves, (dy.double(), dht.double()))
+    names = ["du", "ddt", "dA", "dB", "dC", "dh0"]
+    return {n: rel(a, b) for n, a, b in zip(names, got, want)}
+
+
+def _case_selective_op():
+    """The mamba op with the Triton forward and backward on CPU tensors (interpret), through autograd."""
+    import fla_compile.ops as ops
+    from fla_compile.reference.mamba import selective_scan as loop
+
+    *xs, h0, _ = make_selective(T=9, D=6, N=3)
+    xs = [x.requires_grad_() for x in (*xs, h0)]
+    y, ht = ops.mamba(*xs[:5], initial_state=xs[5], output_final_state=True)
+    (y.square().sum() + ht.sum()).backward()
+    ds = [x.detach().double().requires_grad_() for x in xs]
+    ry, rh = loop(ds[1] * ds[0], *ds[1:5], ds[5], output_final_state=True)
+    (ry.square().sum() + rh.sum()).backward()
+    out = {"y": rel(y, ry), "ht": rel(ht, rh)}
+    out.update({f"d{i}": rel(a.grad, b.grad) for i, (a, b) in enumerate(zip(xs, ds))})
+    return out
+
+
+INTERPRETER_CASES = {
+    "dense": (_case, ()),
+    "dense-no-h0": (_case, (None, 1.0, False)),
+    "blocks-of-8": (_case, (None, 1.0, True, 8)),
+    "packed": (_case, ([5, 0, 17, 1],)),
+    "packed-no-h0": (_case, ([9, 12], 1.0, False)),
+    "strong-gates-and-resets": (_case, (None, 20.0, True, None, True)),
+    "bf16": (_case, (None, 1.0, True, None, False, torch.bfloat16)),
+    "op-dispatch": (_case_op_dispatch, ()),
+    "selective": (_case_selective, ()),
+    "selective-packed-strong": (_case_selective, ([4, 0, 9], 40.0)),
+    "selective-bf16": (_case_selective, (None, 2.0, torch.bfloat16)),
+    "selective-op": (_case_selective_op, ()),
+    "selective-bwd": (_case_selective_backward, ()),
+    "selective-bwd-packed": (_case_selective_backward, ([9, 0, 1, 12],)),
+    "selective-bwd-no-h0-strong": (_case_selective_backward, (None, False, 40.0)),
+}
+
+
+def _report():
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[2]
+    env = dict(
+        os.environ,
+        TRITON_INTERPRET="1",
+        FLA_COMPILE_TRITON="interpret",
+        PYTHONPATH=f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    )
+    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert proc.returncode == 0 and lines, f"interpreter run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return json.loads(lines[-1])
+
+
+@pytest.fixture(scope="module")
+def interpreter_report():
+    return _report()
+
+
+@pytest.mark.parametrize("case", list(INTERPRETER_CASES))
+def test_interpreter(interpreter_report, case):
+    result = interpreter_report[case]
+    assert "error" not in result, result.get("error")
+    assert result.pop("deterministic", 0.0) == 0.0, "two runs differ"
+    assert result.pop("o_dtype", 0.0) == 0.0, "o must come back in x's dtype"
+    tol = result.pop("tol", 1e-5)
+    bad = {name: err for name, err in result.items() if not err < tol}  # NaN fails too
+    assert not bad, f"relative errors above {tol}: {bad}"
+
+
+def _run_interpreter_cases():
+    import traceback
+
+    torch.set_num_threads(1)
+    report = {}
+    for name, (fn, args) in INTERPRETER_CASES.items():
+        try:
+            report[name] = fn(*args)
+        except Exception:  # reported to the parent, which fails that case
+            report[name] = {"error": traceback.format_exc()[-2000:]}
+    print(json.dumps(report))
+
+
+# ---------------------------------------------------------------- GPU checks
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _poison():
+    """Fill the caching allocator's free blocks with NaN so unwritten outputs show up."""
+    junk = torch.full((1 << 27,), float("nan"), device="cuda")
+    del junk
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("strength", [1.0, 20.0], ids=["weak", "strong"])
+@pytest.mark.parametrize("lens", [None, [300, 0, 1, 723]], ids=["dense", "packed"])
+def test_gpu_vs_fp64(dtype, tol, strength, lens):
+    from fla_compile.lowering.scan import triton_scan as TS
+
+    x, g, h0, cu = make(B=3, T=517, D=1000, strength=strength, lens=lens, device="cuda", dtype=dtype)
+    do = torch.randn_like(x)
+    dht = torch.randn_like(h0)
+    _poison()
+    o, ht = TS.forward(x, g, h0, cu)
+    _poison()
+    dx, dg, dh0 = TS.backward(x, g, h0, cu, o, do, dht)
+    ro, rh, (rdx, rdg, rdh0) = reference(x, g, h0, cu, do, dht)
+    errs = {"o": rel(o, ro), "ht": rel(ht, rh), "dx": rel(dx, rdx), "dg": rel(dg, rdg), "dh0": rel(dh0, rdh0)}
+    assert all(e < tol for e in errs.values()), errs  # NaN fails too
+    o2, ht2 = TS.forward(x, g, h0, cu)
+    assert torch.equal(o, o2) and torch.equal(ht, ht2), "not bitwise deterministic"
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_op_compiled_fullgraph():
+    """The op under torch.compile(fullgraph=True) on CUDA: the kernels run, gradients match the fp64 loop."""
+    import fla_compile.ops as ops
+    from fla_compile.reference.hgrn import hgrn as loop
+
+    x, g, h0, _ = make(B=2, T=64, D=256, device="cuda")
+    xs = [t.requires_grad_() for t in (x, g, h0)]
+    fn = torch.compile(lambda *a: ops.hgrn(*a, output_final_state=True), fullgraph=True)
+    o, ht = fn(*xs)
+    (o.sum() + ht.square().sum()).backward()
+    ds = [t.double().detach().requires_grad_() for t in (x, g, h0)]
+    ro, rh = loop(*ds, output_final_state=True)
+    (ro.sum() + rh.square().sum()).backward()
+    for a, b in zip([o, ht, *(t.grad for t in xs)], [ro, rh, *(t.grad for t in ds)]):
+        assert rel(a, b) < 1e-5
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("lens", [None, [300, 0, 1, 723]], ids=["dense", "packed"])
+def test_gpu_selective_vs_fp64(dtype, tol, lens):
+    from fla_compile.lowering.scan import torch_path as TP
+    from fla_compile.lowering.scan import triton_scan as TS
+
+    *xs, h0, cu = make_selective(B=3, T=517, D=768, N=16, strength=8.0, lens=lens, device="cuda", dtype=dtype)
+    dy, dht = torch.randn_like(xs[0]), torch.randn_like(h0)
+    _poison()
+    y, ht = TS.selective_forward(*xs, h0, cu)
+    _poison()
+    grads = TS.selective_backward(*xs, h0, cu, dy, dht)
+    leaves = [x.double().requires_grad_() for x in (*xs, h0)]
+    ry, rh = TP.selective_forward(*leaves[:5], leaves[5], cu)
+    want = torch.autograd.grad((ry, rh), leaves, (dy.double(), dht.double()))
+    errs = {"y": rel(y, ry), "ht": rel(ht, rh)}
+    errs.update({n: rel(a, b) for n, a, b in zip(["du", "ddt", "dA", "dB", "dC", "dh0"], grads, want)})
+    assert all(e < tol for e in errs.values()), errs
+    y2, _ = TS.selective_forward(*xs, h0, cu)
+    grads2 = TS.selective_backward(*xs, h0, cu, dy, dht)
+    assert torch.equal(y, y2) and all(torch.equal(a, b) for a, b in zip(grads, grads2)), "not bitwise deterministic"
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_mamba_op_gradients():
+    """ops.mamba on CUDA (the Triton forward and backward walks) against the fp64 loop."""
+    import fla_compile.ops as ops
+    from fla_compile.reference.mamba import selective_scan as loop
+
+    *xs, h0, _ = make_selective(B=2, T=200, D=64, N=16, device="cuda")
+    xs = [x.requires_grad_() for x in (*xs, h0)]
+    y, ht = ops.mamba(*xs[:5], initial_state=xs[5], output_final_state=True)
+    (y.square().sum() + ht.sum()).backward()
+    ds = [x.detach().double().requires_grad_() for x in xs]
+    ry, rh = loop(ds[1] * ds[0], *ds[1:5], ds[5], output_final_state=True)
+    (ry.square().sum() + rh.sum()).backward()
+    for a, b in zip([y, ht, *(x.grad for x in xs)], [ry, rh, *(d.grad for d in ds)]):
+        assert rel(a, b) < 1e-5
+
+
+if __name__ == "__main__":
+    _run_interpreter_cases()
