@@ -61,7 +61,7 @@ def selective_forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
         from . import triton_scan
 
         return triton_scan.selective_forward(u, dt, A, B, C, initial_state, cu_seqlens)
-    return torch_path.selective_forward(u, dt, A, B, C, initial_state, cu_seqlens)
+    return torch_path.selective_forward(u, dt, A, B, C, initial_state, cu_seqlens, scan=scan_forward)
 
 
 def selective_backward(u, dt, A, B, C, initial_state, cu_seqlens, do, dht):

@@ -94,10 +94,12 @@ def scan_backward(x, g, initial_state, cu_seqlens, o, do, dht):
     return dh, dg, dh0
 
 
-def selective_forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
+def selective_forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None, scan=None):
     """(y [B, T, D] in u's dtype, final state [N_seq, D, N]) of Mamba's selective scan: the hgrn op over the
     D * N elements, the decay dt A and input u B expanded ([B, T, D, N]: memory D N per token), then the
-    read-out by C. Differentiable: autograd runs through the hgrn op (its own backward)."""
+    read-out by C. Differentiable: autograd runs through the hgrn op (its own backward). Without a
+    gradient the expanded scan is ``scan`` (the dispatch passes its ``scan_forward``: the Triton walk
+    on CUDA), this module's ``scan_forward`` by default."""
     acc = acc_dtype(u)
     Bsz, T, D = u.shape
     N = A.shape[-1]
@@ -106,8 +108,8 @@ def selective_forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
     h0 = initial_state.to(acc).flatten(1) if initial_state is not None else None
     if x.requires_grad or g.requires_grad or (h0 is not None and h0.requires_grad):
         scan = torch.ops.fla_compile.hgrn  # the backward's recompute: autograd through the op
-    else:
-        from .dispatch import scan_forward as scan  # the op's own forward: the scan itself, not a nested op call
+    elif scan is None:
+        scan = scan_forward  # the scan itself, not a nested op call
     h, ht = scan(x.flatten(2), g.flatten(2), h0, cu_seqlens)
     y = (h.view(Bsz, T, D, N) * C.to(acc)[:, :, None, :]).sum(-1)
     return y.to(u.dtype), ht.view(ht.shape[0], D, N)
