@@ -15,7 +15,18 @@ import torch.nn.functional as F
 from . import costs
 from .verify import rel_err
 
-FAMILIES = ["linear_attn", "retention", "simple_gla", "gla", "delta_rule", "gated_delta_rule", "kda", "rwkv6"]
+FAMILIES = [
+    "linear_attn",
+    "retention",
+    "simple_gla",
+    "gla",
+    "delta_rule",
+    "gated_delta_rule",
+    "kda",
+    "rwkv6",
+    "hgrn",
+    "mamba",
+]
 
 
 def samples(fns, device, warmup: int = 1, reps: int = 5, wall: bool = False) -> list[list[float]]:
@@ -63,12 +74,23 @@ def family_inputs(family: str, shape, dtype, device, seed=0) -> list:
     q, k, v [B, T, H, D] randn (k L2-normalized for the delta rules, which need |k| <= 1);
     gates logsigmoid(randn) in log space ([B, T, H] per head, [B, T, H, D] per key);
     retention's decay log(1 - 2^(-5 - h)) per head; beta sigmoid(randn) [B, T, H]; rwkv6's u randn [H, D].
+    The scan line folds heads into channels, C = H * D: hgrn's x [B, T, C] and g logsigmoid(randn); mamba's
+    x [B, T, C], dt softplus(randn - 2), A -8 rand [C, D] (fp32), B and C randn [B, T, D].
     """
     B, T, H, D = shape
     gen = torch.Generator().manual_seed(seed)
 
     def randn(*s):
         return torch.randn(s, generator=gen)
+
+    if family == "hgrn":
+        x, g = randn(B, T, H * D), F.logsigmoid(randn(B, T, H * D))
+        return [x.to(device=device, dtype=dtype), g.to(device)]  # the gate stays fp32
+    if family == "mamba":
+        x, dt, Bm, C = randn(B, T, H * D), F.softplus(randn(B, T, H * D) - 2), randn(B, T, D), randn(B, T, D)
+        A = -8 * torch.rand(H * D, D, generator=gen)
+        x, dt, Bm, C = (t.to(device=device, dtype=dtype) for t in (x, dt, Bm, C))
+        return [x, dt, A.to(device), Bm, C]  # A stays fp32
 
     q, k, v = randn(B, T, H, D), randn(B, T, H, D), randn(B, T, H, D)
     if family in ("delta_rule", "gated_delta_rule", "kda"):
@@ -111,11 +133,11 @@ def _step(fn, xs, backward: bool):
 def bench_family(family, shape, dtype, device, backward=False, reps=5, warmup=1) -> dict:
     """One row: ms of ``ops.<family>`` and of ``reference.<family>`` and the ops' rel err vs float64."""
     from . import ops
-    from .reference import delta, gla, rwkv6
+    from .reference import delta, gla, hgrn, mamba, rwkv6
 
     ours = getattr(ops, family)
     line = delta if family in ("delta_rule", "gated_delta_rule", "kda") else rwkv6 if family == "rwkv6" else gla
-    ref = getattr(line, family)
+    ref = hgrn.hgrn if family == "hgrn" else _mamba_reference(mamba) if family == "mamba" else getattr(line, family)
     xs = family_inputs(family, shape, dtype, device)
     if backward:
         xs = [x.requires_grad_() if x.dim() > 1 else x for x in xs]
@@ -127,6 +149,15 @@ def bench_family(family, shape, dtype, device, backward=False, reps=5, warmup=1)
     want = [_step(ref, x64, backward)()] + ([x.grad for x in x64 if x.requires_grad] if backward else [])
     err = max(rel_err(a, b) if a is not None else float("nan") for a, b in zip(got, want))
     return {"family": family, "ours_ms": t_ours, "reference_ms": t_ref, "rel_err": err}
+
+
+def _mamba_reference(mamba):
+    """The reference selective scan with ``ops.mamba``'s arguments (it takes u = dt * x)."""
+
+    def ref(x, dt, A, B, C):
+        return mamba.selective_scan(dt * x, dt, A, B, C)
+
+    return ref
 
 
 def bench_sdpa(shape, dtype, device, backward=False, reps=5, warmup=1) -> float:
