@@ -1,7 +1,8 @@
 """The scan line's Triton kernels (hgrn): interpreter checks on CPU at tiny sizes, GPU checks marked ``gpu``.
 
-TRITON_INTERPRET must be set before triton is imported, so the interpreter checks run in one child
-process (this file run as a script) and report per case; the parent only reads the report. The
+TRITON_INTERPRET must be set before triton is imported: where this process already interprets Triton
+(tests/lowering/conftest.py sets it on machines without CUDA) the interpreter checks run here, else in
+one child process (this file run as a script, ~4 s of imports) that reports per case. The
 reference is the fp64 torch path, itself checked against the loop in ``tests/ops/test_hgrn.py``.
 """
 
@@ -176,8 +177,21 @@ INTERPRETER_CASES = {
 }
 
 
+def _interpreted_here() -> bool:
+    """Whether this process's triton is the interpreter (TRITON_INTERPRET was set before its import)."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    import triton.language.standard as std
+
+    return type(std.cdiv).__name__ == "InterpretedFunction"
+
+
 def _report():
     pytest.importorskip("triton")
+    if _interpreted_here():  # no child: the cases run in this process, the Triton path taken on CPU tensors
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("FLA_COMPILE_TRITON", "interpret")
+            return _run_cases()
     root = Path(__file__).resolve().parents[2]
     env = dict(
         os.environ,
@@ -207,17 +221,21 @@ def test_interpreter(interpreter_report, case):
     assert not bad, f"relative errors above {tol}: {bad}"
 
 
-def _run_interpreter_cases():
+def _run_cases() -> dict:
     import traceback
 
-    torch.set_num_threads(1)
     report = {}
     for name, (fn, args) in INTERPRETER_CASES.items():
         try:
             report[name] = fn(*args)
-        except Exception:  # reported to the parent, which fails that case
+        except Exception:  # reported per case: the test of that case fails with it
             report[name] = {"error": traceback.format_exc()[-2000:]}
-    print(json.dumps(report))
+    return report
+
+
+def _run_interpreter_cases():
+    torch.set_num_threads(1)
+    print(json.dumps(_run_cases()))
 
 
 # ---------------------------------------------------------------- GPU checks
