@@ -12,6 +12,10 @@ bookkeeping) is captured once in a ``torch.cuda.CUDAGraph`` and replayed:
   written back into it), the positions [B, 1] (``add_(1)``), the output buffer and its write index;
   the 2D attention mask [B, L] is the prompt's mask followed by ones, constant over the decode (the
   causal part of the mask hides the slots not written yet);
+- mixture-of-experts layers run the decode steps with transformers' ``batched_mm`` experts where the
+  model's own would read the routing on the host (``grouped_mm`` outside its CUDA fast path, bf16 on
+  sm90/sm100: fp32 copies the group offsets to the host; ``eager`` loops over the experts hit), which
+  a capture refuses; the prefill keeps the model's own (``sync_free_experts``);
 - rows that produced an end-of-sequence token emit ``pad_token_id`` afterwards, as ``generate``
   does; the host looks at the tokens only every ``check_every`` steps (to stop early) and at the end.
 
@@ -26,6 +30,7 @@ layers) would have them frozen by the capture: such models are not supported her
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from collections.abc import Callable
@@ -35,10 +40,41 @@ import torch
 log = logging.getLogger("fla_compile.hf")
 
 CACHE_NAMES = ("cache", "past_key_values", "cache_params")  # what transformers versions call the cache argument
+SYNC_FREE_EXPERTS = "batched_mm"  # transformers' experts implementation with no host read (gathers each pair's weights)
 
 
 def _params(model) -> set[str]:
     return set(inspect.signature(model.forward).parameters)
+
+
+def _experts_sync_on_host(model) -> bool:
+    """Whether a MoE experts module of ``model`` would read the routing on the host (on CUDA) in a decode step."""
+    for m in model.modules():
+        if not hasattr(type(m), "_apply_gate") or not hasattr(m, "config"):  # transformers' @use_experts_implementation
+            continue
+        impl = getattr(m.config, "_experts_implementation", None)
+        if impl in (None, "eager"):  # the model's loop over the experts hit (nonzero, then one matmul per expert)
+            return True
+        if impl == "grouped_mm":  # torch's fast path (no host read) is bf16 on sm90 / sm100 only
+            w = next(m.parameters())
+            fast = w.is_cuda and w.dtype == torch.bfloat16 and torch.cuda.get_device_capability(w.device)[0] in (9, 10)
+            if not fast:
+                return True
+    return False
+
+
+@contextlib.contextmanager
+def sync_free_experts(model, swap: bool):
+    """The model's experts implementation set to ``SYNC_FREE_EXPERTS`` inside (when ``swap``), restored after."""
+    if not swap:
+        yield
+        return
+    saved = model.get_experts_implementation()
+    model.set_experts_implementation(SYNC_FREE_EXPERTS)
+    try:
+        yield
+    finally:
+        model.set_experts_implementation(saved)
 
 
 def cuda_graph_capture(step: Callable[[], None]) -> tuple[Callable[[], None], bool]:
@@ -95,6 +131,11 @@ class GraphDecoder:
         self.pass_positions = "position_ids" in params
         self.keep_logits = "logits_to_keep" in params
         self.cache = transformers.StaticCache(config=model.config, max_cache_len=max_len)
+        # every decode step (eager or captured, on any device: the same tokens) runs sync-free experts
+        self.swap_experts = hasattr(model, "set_experts_implementation") and _experts_sync_on_host(model)
+        if self.swap_experts:
+            log.info("fla_compile.hf.generate: decode steps of %s use the %s experts (the model's read the routing "
+                     "on the host)", type(model).__name__, SYNC_FREE_EXPERTS)  # fmt: skip
         eos = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
         dev, long = self.device, dict(dtype=torch.long, device=self.device)
         self.eos = torch.tensor(eos, **long)
@@ -155,7 +196,12 @@ class GraphDecoder:
         logits = self.model(input_ids=ids, **kw).logits[:, -1]
         self.pos.copy_(mask.sum(-1, keepdim=True))
         self._advance(logits.argmax(-1))
-        todo = max_new_tokens - 1
+        with sync_free_experts(self.model, self.swap_experts):
+            self._decode(max_new_tokens - 1)
+        return torch.cat([ids, self.out[:, : self._length(max_new_tokens)]], 1)
+
+    def _decode(self, todo: int) -> None:
+        """``todo`` more steps: warm-up and capture on the first call, replays (or eager steps) after."""
         if self.replay is None and self.capture is not None:  # warm up (over calls), then capture once
             n = min(todo, self.warmup - self.steps_run["eager"])
             self._eager_steps(n)
@@ -174,7 +220,6 @@ class GraphDecoder:
             todo -= n
             if todo and self.eos.numel() and bool(self.done.all()):  # one host sync per check_every steps
                 break
-        return torch.cat([ids, self.out[:, : self._length(max_new_tokens)]], 1)
 
     def _eager_steps(self, n: int) -> None:
         if self.cuda:  # warm-up before capture goes on a side stream (as torch.cuda.graph wants)
