@@ -5,6 +5,7 @@ from .gla import gla, linear_attn, retention, simple_gla
 from .hgrn import hgrn
 from .loss import linear_cross_entropy, linear_kl_div
 from .mamba import mamba
+from .normalized import normalized_linear_attn
 from .rwkv6 import rwkv6
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "linear_cross_entropy",
     "linear_kl_div",
     "mamba",
+    "normalized_linear_attn",
     "retention",
     "rwkv6",
     "simple_gla",
