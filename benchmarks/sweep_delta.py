@@ -3,7 +3,7 @@
     python benchmarks/sweep_delta.py [--families kda,gated_delta_rule,delta_rule] [--shape 8,2048,16,128]
 
 For each family, times the op's forward and forward+backward (``fla_compile.ops``, bf16, ``do_bench`` medians)
-with the shipped options, then with one option changed at a time (``triton_launch._STAGED`` warps/stages,
+with the shipped options, then with one option changed at a time (``triton_launch.OVERRIDES``: warps/stages,
 the state pass's V block, the W/U split), and prints per-kernel times of the shipped options
 (``torch.profiler``). The winners go into ``fla_compile/lowering/delta/triton_launch.py`` by hand.
 """
@@ -25,11 +25,10 @@ from profile_ops import kernel_table  # noqa: E402
 VARIANTS = [
     ("shipped", {}),
     ("wu fused", {"WU_SPLIT": False}),
-    ("h BV=32", {"_BV_H": 32}),
+    ("h BV=32", {"BV_h": 32}),
     ("h warps 8", {"h": (8, 2)}),
-    ("dh BV=64", {"_BV_DH": 64}),
-    ("dh warps 8", {"dh": (8, 2)}),
-    ("dh BV=64 warps 8", {"_BV_DH": 64, "dh": (8, 2)}),
+    ("dh BV=32", {"BV_dh": 32}),
+    ("dh warps 4", {"dh": (4, 2)}),
     ("wy_bwd warps 4", {"wy_bwd": (4, 2)}),
     ("solve warps 1", {"solve": (1, 1)}),
     ("solve warps 4", {"solve": (4, 1)}),
@@ -47,9 +46,12 @@ def apply(changes):
 
     old = {}
     for key, value in changes.items():
-        if key in DT._STAGED:
-            old[key] = DT._STAGED[key]
-            DT._STAGED[key] = value
+        if key in DT._DEFAULTS:  # a launch option: through OVERRIDES (None: back to the table's)
+            old[key] = DT.OVERRIDES.get(key)
+            if value is None:
+                DT.OVERRIDES.pop(key, None)
+            else:
+                DT.OVERRIDES[key] = value
         else:
             old[key] = getattr(DT, key)
             setattr(DT, key, value)

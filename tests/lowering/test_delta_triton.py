@@ -445,3 +445,26 @@ def test_gpu_fp32_tf32_mode(family):
         torch.set_float32_matmul_precision(old)
     ro, rs, _ = torch_grads(family, q, k, v, beta, g, h0, torch.zeros_like(o), torch.zeros_like(ht), 0.125)
     assert rel(o, ro) < 5e-3 and rel(ht, rs) < 5e-3, (rel(o, ro), rel(ht, rs))
+
+
+def test_launch_options_come_from_the_arch_tables():
+    """One config system for both lines: the delta kernels' options live in the per-arch tables ("delta")."""
+    pytest.importorskip("triton")
+    import re
+
+    from fla_compile.lowering.common import autotune
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    src = (Path(DT.__file__)).read_text()
+    used = set(re.findall(r'_opts\("(\w+)"', src)) | set(re.findall(r'_knob\("(\w+)"', src))
+    assert used <= set(DT._DEFAULTS), used - set(DT._DEFAULTS)
+    for arch in ("sm90", "default"):
+        section = autotune.table(arch)["delta"]
+        assert used <= set(section), (arch, used - set(section))
+        assert DT._arch_table(arch)["dh"] == tuple(section["dh"])
+    assert DT._knob("BV_h", torch.device("cpu")) == autotune.table("default")["delta"]["BV_h"]
+    DT.OVERRIDES["BV_h"] = 16
+    try:
+        assert DT._knob("BV_h", torch.device("cpu")) == 16
+    finally:
+        DT.OVERRIDES.clear()

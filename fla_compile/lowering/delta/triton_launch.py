@@ -12,10 +12,12 @@ output kernels): k kᵀ, the blockwise WY solve, W and U, the sequential state p
 Backward (:func:`backward_parts`, :mod:`.triton_wy_bwd` plus the GLA line's dv, dqk and intra kernels): the
 forward's parts again (its X reused when the op kept it), dv_local, the reverse state pass, dq/dk through
 the output, the WY backward and the k kᵀ pairs. Deterministic: no atomics; GQA gradients are summed over
-head groups with torch. Launch options: ``_STAGED`` (measured on the H200 with benchmarks/sweep_delta.py).
+head groups with torch. Launch options: the per-arch tables' "delta" section (see ``_DEFAULTS``).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -60,8 +62,11 @@ def _prepare(q, k, v, beta, gate, use_qk_l2norm):
     return q, k, v, beta, gate, (qn, rq, kn, rk)
 
 
-# launch options of the staged forward's kernels (num_warps, num_stages); measured on the H200 (sm90)
-_STAGED = {
+# Launch options of the staged kernels come from the GLA line's per-arch tables (``common/configs/<arch>.json``,
+# section "delta": kernel -> [num_warps, num_stages], and the V blocks BV_h, BV_dh, BV_o of the state passes and
+# the output); these defaults stand in for an arch without one. sm90's were measured on the H200 with
+# benchmarks/sweep_delta.py, which times other options through OVERRIDES.
+_DEFAULTS = {
     "cumsum": (4, 3),
     "kkt": (4, 3),
     "A": (4, 3),
@@ -78,16 +83,43 @@ _STAGED = {
     "wy_bwd": (8, 2),
     "pair": (4, 2),
     "pair_vec": (4, 2),
+    "BV_h": 64,
+    "BV_dh": 64,
+    "BV_o": 64,
 }
-_BV_H = 64  # V block of the state pass (its programs: sequences x heads x V / BV); 64 beat 32 and 16 on the H200
-_BV_DH = 64  # V block of the backward state pass (with 8 warps: kda 6.15 -> 5.64 ms fwd+bwd on the H200)
-_BV_O = 64  # V block of the output kernel
+OVERRIDES: dict = {}
 FUSED_A = True  # kda: k kᵀ and q kᵀ by one kernel in the forward (False: the GLA line's A kernel twice)
 WU_SPLIT = True  # W, U by full-chunk dots after a solve-only kernel (False: the solve kernel forms them by blocks)
 
 
-def _opts(kernel):
-    warps, stages = _STAGED[kernel]
+@functools.cache
+def _arch_table(arch: str) -> dict:
+    from ..common.autotune import table
+
+    given = table(arch).get("delta", {})
+    return {
+        **_DEFAULTS,
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if not k.startswith("_")},
+    }
+
+
+@functools.cache
+def _arch(device_type: str, index) -> str:
+    if device_type != "cuda":  # the interpreter on CPU tensors
+        return "default"
+    from ..common.autotune import arch_of
+
+    return arch_of(torch.device(device_type, index))
+
+
+def _knob(name: str, device):
+    if name in OVERRIDES:
+        return OVERRIDES[name]
+    return _arch_table(_arch(device.type, device.index))[name]
+
+
+def _opts(kernel: str, device) -> dict:
+    warps, stages = _knob(kernel, device)
     return {"num_warps": warps, "num_stages": stages}
 
 
@@ -120,7 +152,7 @@ def forward_parts(
         gc = torch.empty(gate.shape, **f32)
         BKg = min(64, BK) if gid == 2 else 16
         grid = (NS, 1 if gid == 1 else triton.cdiv(K, BKg), H)
-        gla_kern.chunk_cumsum_kernel[grid](gate.contiguous(), gc, cu, info, H, K, BT, BKg, gid, **_opts("cumsum"))
+        gla_kern.chunk_cumsum_kernel[grid](gate.contiguous(), gc, cu, info, H, K, BT, BKg, gid, **_opts("cumsum", dev))
     gcp = gc if gc is not None else beta  # a placeholder pointer: never read without a gate
     if X is None:
         A = torch.empty(B, T, H, BT, **f32)
@@ -128,16 +160,16 @@ def forward_parts(
             NC = BT // 16
             Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf
             kw.chunk_kda_A_kernel[(NS, NC * NC, H)](
-                q, k, gc, A, Aqk, cu, info, H, G, K, BT, 16, min(64, BK), NC, prec, **_opts("A")
+                q, k, gc, A, Aqk, cu, info, H, G, K, BT, 16, min(64, BK), NC, prec, **_opts("A", dev)
             )
         elif gid == 2:
             NC = BT // 16
             BKa = min(64, BK)
             gla_intra.chunk_gla_A_kernel[(NS, NC * NC, H)](
-                k, k, gc, A, cu, info, H, G, K, BT, 16, BKa, NC, prec, BT, **_opts("A")
+                k, k, gc, A, cu, info, H, G, K, BT, 16, BKa, NC, prec, BT, **_opts("A", dev)
             )
         else:
-            kw.chunk_kkt_kernel[(NS, H)](k, gcp, A, cu, info, H, G, K, BT, min(64, BK), gid, prec, **_opts("kkt"))
+            kw.chunk_kkt_kernel[(NS, H)](k, gcp, A, cu, info, H, G, K, BT, min(64, BK), gid, prec, **_opts("kkt", dev))
         X = torch.empty(B, T, H, BT, device=dev, dtype=dt) if X_buf is None else X_buf
         load_x = False
     else:
@@ -147,38 +179,59 @@ def forward_parts(
     if WU_SPLIT:
         if not load_x:
             kw.chunk_wy_kernel[(NS, H)](
-                k, v, beta, gcp, A, X, w, u, cu, info, H, G, K, V, BT, 16, 16, gid, False, prec, True, **_opts("solve")
+                k,
+                v,
+                beta,
+                gcp,
+                A,
+                X,
+                w,
+                u,
+                cu,
+                info,
+                H,
+                G,
+                K,
+                V,
+                BT,
+                16,
+                16,
+                gid,
+                False,
+                prec,
+                True,
+                **_opts("solve", dev),
             )
         kw.chunk_wu_kernel[(NS, H)](
             k, v, beta, gcp, X, w, u, cu, info, H, G, K, V, BT, min(64, BK), min(64, launch.pow2(V)), gid, prec,
-            **_opts("wu"),
+            **_opts("wu", dev),
         )  # fmt: skip
     else:
         kw.chunk_wy_kernel[(NS, H)](
             k, v, beta, gcp, A, X, w, u, cu, info, H, G, K, V, BT, min(64, BK), min(64, launch.pow2(V)), gid, load_x,
-            prec, **_opts("wy"),
+            prec, **_opts("wy", dev),
         )  # fmt: skip
     h = torch.empty(NS, H, K, V, device=dev, dtype=dt)
     vn = torch.empty(B, T, H, V, device=dev, dtype=dt)
     ht = torch.empty(N, H, K, V, **f32)
-    BV = min(_BV_H, launch.pow2(V))
+    BV = min(_knob("BV_h", dev), launch.pow2(V))
     kw.chunk_delta_h_kernel[(N * H, triton.cdiv(V, BV))](
         k, w, u, gcp, h, vn, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, BK, BV, gid,
-        h0 is not None, prec, **_opts("h"),
+        h0 is not None, prec, **_opts("h", dev),
     )  # fmt: skip
     if gid == 2 and Aqk is None:  # the output's and the backward's gated q k^T (given: a forward's, kept)
         NC = BT // 16
         Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf
         gla_intra.chunk_gla_A_kernel[(NS, NC * NC, H)](
-            q, k, gc, Aqk, cu, info, H, G, K, BT, 16, min(64, BK), NC, prec, BT, **_opts("A")
+            q, k, gc, Aqk, cu, info, H, G, K, BT, 16, min(64, BK), NC, prec, BT, **_opts("A", dev)
         )
     o = None
     if need_o:
         o = torch.empty(B, T, H, V, device=dev, dtype=dt)
-        BV = min(_BV_O, launch.pow2(V))
+        BV = min(_knob("BV_o", dev), launch.pow2(V))
         gla_kern.chunk_fwd_o_kernel[(NS, triton.cdiv(V, BV), H)](
             q, k, vn, gcp, h, Aqk if Aqk is not None else h, o, cu, info, scale, H, G, K, V, BT, min(64, BK), BV, gid,
-            prec, BT, **_opts("o"),
+            prec, BT, **_opts("o", dev),
         )  # fmt: skip
     meta = dict(cu=cu, info=info, chunk_off=chunk_off, NS=NS, N=N, BT=BT)
     return o, ht, dict(gc=gc, X=X, w=w, u=u, vn=vn, h=h, Aqk=Aqk, meta=meta)
@@ -210,16 +263,16 @@ def backward_parts(q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlen
     BV = min(64, launch.pow2(V))
     gla_kern.chunk_bwd_dv_kernel[(NS, triton.cdiv(V, BV), H)](
         q, k, gcp, Aqk if Aqk is not None else dvl, do, dvl, dvl, cu, info, scale, H, G, K, V, BT, min(64, BK), BV,
-        gid, prec, BT, False, **_opts("dv_local"),
+        gid, prec, BT, False, **_opts("dv_local", dev),
     )  # fmt: skip
     # 2. the state gradient, backwards over the chunks, and dv_new
     dh = torch.empty(NS, H, K, V, device=dev, dtype=dt)
     dvn = torch.empty(B, T, H, V, device=dev, dtype=dt)
     dh0 = torch.empty(N, H, K, V, **f32) if h0 is not None else None
-    BV = min(_BV_DH, launch.pow2(V))
+    BV = min(_knob("BV_dh", dev), launch.pow2(V))
     kwb.chunk_delta_dh_kernel[(N * H, triton.cdiv(V, BV))](
         q, k, w, gcp, dvl, do, dh, dvn, dht if dht is not None else dvl, dh0 if dh0 is not None else dvl, cu,
-        chunk_off, scale, H, G, K, V, BT, BK, BV, gid, dht is not None, dh0 is not None, prec, **_opts("dh"),
+        chunk_off, scale, H, G, K, V, BT, BK, BV, gid, dht is not None, dh0 is not None, prec, **_opts("dh", dev),
     )  # fmt: skip
     # 3. dq, dk and the gate gradient through the output and the state update (the GLA line's kernels, v_new for v)
     dq = torch.empty(B, T, H, K, **f32)
@@ -229,16 +282,18 @@ def backward_parts(q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlen
     BKq, BVq = min(64, BK), min(64, launch.pow2(V))
     gla_kern.chunk_bwd_dqk_kernel[(NS, triton.cdiv(K, BKq), H)](
         q, k, vn, gcp, h, do, dh, dA, dg if dg is not None else dq, dq, dk, cu, info, scale, H, G, K, V, BT, BKq,
-        BVq, gid, prec, **_opts("dqk"),
+        BVq, gid, prec, **_opts("dqk", dev),
     )  # fmt: skip
     NC = BT // 16
     BKi = min(64, BK)
     if gid == 2:
         db1 = torch.empty(B, T, H, K, **f32)
         gla_intra.chunk_gla_bwd_intra_kernel[(NS, NC * triton.cdiv(K, BKi), H)](
-            q, k, gc, dA, dq, dk, db1, cu, info, scale, H, G, K, BT, 16, BKi, NC, prec, **_opts("intra")
+            q, k, gc, dA, dq, dk, db1, cu, info, scale, H, G, K, BT, 16, BKi, NC, prec, **_opts("intra", dev)
         )
-        gla_intra.chunk_rc_add_kernel[(NS, triton.cdiv(K, BKi), H)](db1, dg, cu, info, H, K, BT, BKi, **_opts("rc"))
+        gla_intra.chunk_rc_add_kernel[(NS, triton.cdiv(K, BKi), H)](
+            db1, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev)
+        )
     # 4. through W = X (b e^G k) and U = X (b v)
     dv = torch.empty(B, T, H, V, **f32)
     dbeta = torch.empty(B, T, H, **f32)
@@ -247,21 +302,21 @@ def backward_parts(q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlen
     BV = min(64, launch.pow2(V))
     kwb.chunk_wy_bwd_kernel[(NS, H)](
         k, v, beta, gcp, X, h, dvn, dv, dk, dbeta, dG, dN, cu, info, H, G, K, V, BT, BK, BV, gid, prec,
-        **_opts("wy_bwd"),
+        **_opts("wy_bwd", dev),
     )  # fmt: skip
     # 5. the pairs of A = k k^T (gated)
     if gid == 2:
         kwb.chunk_kk_pair_bwd_vec_kernel[(NS, NC, H)](
-            k, beta, gc, dN, dk, dbeta, dG, cu, info, H, G, K, BT, 16, BK, NC, prec, **_opts("pair_vec")
+            k, beta, gc, dN, dk, dbeta, dG, cu, info, H, G, K, BT, 16, BK, NC, prec, **_opts("pair_vec", dev)
         )
-        gla_intra.chunk_rc_add_kernel[(NS, triton.cdiv(K, BKi), H)](dG, dg, cu, info, H, K, BT, BKi, **_opts("rc"))
+        gla_intra.chunk_rc_add_kernel[(NS, triton.cdiv(K, BKi), H)](dG, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev))
     else:
         kwb.chunk_kk_pair_bwd_kernel[(NS, H)](
-            k, beta, gcp, dN, dk, dbeta, dG, cu, info, H, G, K, BT, min(64, BK), gid, prec, **_opts("pair")
+            k, beta, gcp, dN, dk, dbeta, dG, cu, info, H, G, K, BT, min(64, BK), gid, prec, **_opts("pair", dev)
         )
         if gid == 1:
             dg = dg.sum(-1).contiguous()
-            gla_intra.chunk_rc_add_kernel[(NS, 1, H)](dG, dg, cu, info, H, 1, BT, 16, **_opts("rc"))
+            gla_intra.chunk_rc_add_kernel[(NS, 1, H)](dG, dg, cu, info, H, 1, BT, 16, **_opts("rc", dev))
     return dq, dk, dv, dbeta, dg, dh0
 
 
