@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from ..common.chunks import chunk_span
+from ..common.gating import decay_to_last_t
 
 
 @triton.jit
@@ -415,16 +416,7 @@ def chunk_delta_h_kernel(
         b_kt = tl.load(
             k + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0
         )
-        if GATE == 1:
-            b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
-            b_gl = tl.load(gc + last * H + i_h)
-            b_h *= tl.exp(b_gl)
-            b_kt = (b_kt.to(tl.float32) * tl.exp(tl.where(m_t, b_gl - b_g, 0))[None, :]).to(b_w.dtype)
-        if GATE == 2:
-            b_gt = tl.load(gc + (o_t * H + i_h)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0)
-            b_gl = tl.load(gc + (last * H + i_h) * K + o_k, mask=m_k, other=0)
-            b_h *= tl.exp(b_gl)[:, None]
-            b_kt = (b_kt.to(tl.float32) * tl.exp(tl.where(m_t[None, :], b_gl[:, None] - b_gt, 0))).to(b_w.dtype)
+        b_h, b_kt = decay_to_last_t(b_h, b_kt, gc, o_t, m_t, last, i_h, H, K, o_k, m_k, GATE)
         b_h += tl.dot(b_kt.to(b_w.dtype), b_vn.to(b_w.dtype), input_precision=PREC)
     tl.store(ht + (i_n * H + i_h) * K * V + o_h, b_h, mask=m_h)
 

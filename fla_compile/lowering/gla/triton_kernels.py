@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from ..common.chunks import chunk_span
+from ..common.gating import decay_to_last_t
 
 
 @triton.jit
@@ -130,18 +131,8 @@ def chunk_fwd_h_kernel(
         )
         # [BT, BV]
         b_v = tl.load(v + (o_t * H + i_h)[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
-        if GATE == 1:
-            b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
-            b_gl = tl.load(gc + last * H + i_h)
-            b_h *= tl.exp(b_gl)
-            b_kt = (b_kt * tl.exp(tl.where(m_t, b_gl - b_g, 0))[None, :]).to(b_v.dtype)
-        if GATE == 2:
-            # [BK, BT]
-            b_gt = tl.load(gc + (o_t * H + i_h)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0)
-            b_gl = tl.load(gc + (last * H + i_h) * K + o_k, mask=m_k, other=0)
-            b_h *= tl.exp(b_gl)[:, None]
-            b_kt = (b_kt * tl.exp(tl.where(m_t[None, :], b_gl[:, None] - b_gt, 0))).to(b_v.dtype)
-        b_h += tl.dot(b_kt, b_v, input_precision=PREC)
+        b_h, b_kt = decay_to_last_t(b_h, b_kt, gc, o_t, m_t, last, i_h, H, K, o_k, m_k, GATE)
+        b_h += tl.dot(b_kt.to(b_v.dtype), b_v, input_precision=PREC)
     if STORE_HT:
         tl.store(ht + (i_n * H + i_h) * K * V + o_h, b_h, mask=m_h)
 

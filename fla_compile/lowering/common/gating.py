@@ -1,0 +1,26 @@
+"""Triton helpers both kernel lines share for the gates of a chunk (``gc``: the in-chunk cumsum G, fp32,
+[TT, H] for a scalar gate, [TT, H, K] per key dim)."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def decay_to_last_t(b_h, b_kt, gc, o_t, m_t, last, i_h, H: tl.constexpr, K: tl.constexpr, o_k, m_k, GATE: tl.constexpr):
+    """A state pass's step over one chunk: the carried state [BK, BV] decayed by e^{G_last}, and the chunk's keys
+    (loaded transposed, [BK, BT]) decayed to its last step, kᵀ e^{G_last - G} (every exponent <= 0 for decaying
+    gates; masked rows stay 0). Without a gate (GATE 0) both come back unchanged."""
+    if GATE == 1:
+        b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
+        b_gl = tl.load(gc + last * H + i_h)
+        b_h *= tl.exp(b_gl)
+        b_kt = b_kt.to(tl.float32) * tl.exp(tl.where(m_t, b_gl - b_g, 0))[None, :]
+    if GATE == 2:
+        m_kt = m_k[:, None] & m_t[None, :]
+        b_gt = tl.load(gc + (o_t * H + i_h)[None, :] * K + o_k[:, None], mask=m_kt, other=0)
+        b_gl = tl.load(gc + (last * H + i_h) * K + o_k, mask=m_k, other=0)
+        b_h *= tl.exp(b_gl)[:, None]
+        b_kt = b_kt.to(tl.float32) * tl.exp(tl.where(m_t[None, :], b_gl[:, None] - b_gt, 0))
+    return b_h, b_kt
