@@ -12,7 +12,7 @@ import logging
 import torch.fx as fx
 
 from . import costs
-from .patterns import chunked, cumsum, loop, loss, parallel
+from .patterns import chunked, cumsum, loop, loop_roles, loss, parallel
 from .patterns._graph import specialize_sizes, to_ssa, value_of
 from .report import Match, Miss, Report
 from .rewrite import LoopLowering, call_family, is_zeros, rewrite_loop
@@ -77,7 +77,16 @@ def loop_pass(graph: fx.Graph, opts: Options, report: Report) -> None:
         )
         kept, shape = costs.decide(opts, rec.family.value, loop.SPELLING, costs.loop_shape, region)
         if not kept:
-            rewrite_loop(region, LoopLowering(region, rec))
+            try:
+                rec, pinned = loop_roles.recurrence(region, rec)  # from here on, the Recurrence alone
+            except ValueError as e:  # a role whose layout we cannot take at run time: the loop stays as written
+                report.misses.append(Miss(loop.SPELLING, str(e), region.source))
+                continue
+            rewrite_loop(rec, LoopLowering(rec))
+            if pinned:
+                report.notes.append(
+                    f"symbolic sizes pinned for the loop at {rec.source} ({'; '.join(pinned)}): other values recompile"
+                )
         report.matches.append(Match(rec.family.value, rec.spelling, rec.source, rec.op_name, err, kept, shape))
 
 
@@ -103,7 +112,10 @@ def run(gm: fx.GraphModule, opts: Options) -> tuple[fx.GraphModule, Report]:
     report.dedup()  # a construct inside an unrolled loop's body is found once per step: said once
     if not report.matches:
         return gm, report
-    if specialize_sizes(gm):  # the rewrites were proven and built at these sizes
+    # a rewritten loop takes its batch dims at run time (and pins what it holds as numbers itself);
+    # every other rewrite, and a choice to keep a region as written, was made at these sizes
+    pin_all = any(m.spelling != loop.SPELLING or m.kept for m in report.matches)
+    if pin_all and specialize_sizes(gm):
         report.notes.append(
             "symbolic sizes (Dynamo's automatic dynamic shapes) pinned to this call's values: other sizes recompile"
         )
