@@ -255,6 +255,7 @@ def rewrite_loop(rec: Recurrence, lowering: LoopLowering) -> None:
 
 # ---------------------------------------------------------------- whole-sequence forms
 ROLE_FIELDS = ("q", "k", "v", "gate", "decay", "beta")
+FUNCTION_ROLES = ("q", "k", "v", "gate", "beta", "initial_state")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,15 +265,15 @@ class Arg:
     index: int
 
 
-def role_nodes(rec: Recurrence) -> list[fx.Node]:
+def role_nodes(rec: Recurrence, fields: tuple = ROLE_FIELDS) -> list[fx.Node]:
     """The distinct nodes bound to roles, in role order: the arguments of the region and of its call."""
-    return list(dict.fromkeys(getattr(rec, f) for f in ROLE_FIELDS if isinstance(getattr(rec, f), fx.Node)))
+    return list(dict.fromkeys(getattr(rec, f) for f in fields if isinstance(getattr(rec, f), fx.Node)))
 
 
-def bind_args(rec: Recurrence) -> tuple[Recurrence, list[fx.Node]]:
+def bind_args(rec: Recurrence, fields: tuple = ROLE_FIELDS) -> tuple[Recurrence, list[fx.Node]]:
     """``rec`` with its node roles replaced by ``Arg``s, and the nodes in argument order."""
-    nodes = role_nodes(rec)
-    slots = {f: Arg(nodes.index(getattr(rec, f))) for f in ROLE_FIELDS if isinstance(getattr(rec, f), fx.Node)}
+    nodes = role_nodes(rec, fields)
+    slots = {f: Arg(nodes.index(getattr(rec, f))) for f in fields if isinstance(getattr(rec, f), fx.Node)}
     return rec.replace(**slots), nodes
 
 
@@ -434,3 +435,41 @@ def rewrite_form(outs: tuple, rec: Recurrence) -> None:
         item.meta = {k: v for k, v in o.meta.items() if k in keep}
         o.replace_all_uses_with(item)
     graph.eliminate_dead_code()
+
+
+# ---------------------------------------------------------------- whole functions (chunked)
+class FunctionLowering:
+    """The callable that replaces a proven function region (the ``chunked`` spelling). It reads only the
+    ``Recurrence``: its roles (q, k, v, gate, beta, initial state) are the region's inputs as the op takes
+    them ([B, T, H, D]), the call's arguments; ``extras["l2norm"]`` normalizes q and k in the op, and
+    ``extras["outputs"]`` lists the region's outputs in order, each ("o" or "state", dtype)."""
+
+    def __init__(self, rec: Recurrence):
+        self.rec, self.args = bind_args(rec, FUNCTION_ROLES)
+        self.family = rec.family
+        self.__name__ = f"fla_{rec.family.value}_function"
+
+    def __repr__(self) -> str:
+        return self.__name__
+
+    def same_call(self, other) -> bool:
+        """Whether ``other`` makes the same call apart from lengths (``@jit`` merges two probe lengths)."""
+        return (
+            isinstance(other, FunctionLowering)
+            and self.rec.replace(scale=0.0) == other.rec.replace(scale=0.0)
+            and self.rec.extras == other.rec.extras
+        )
+
+    def __call__(self, *args):
+        r = self.rec
+        q, k, v, g, b, h0 = (
+            args[x.index] if isinstance(x, Arg) else None for x in (r.q, r.k, r.v, r.gate, r.beta, r.initial_state)
+        )
+        if h0 is not None:
+            h0 = h0.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
+        if g is not None and q.dtype != torch.float64:
+            g = g.float()
+        o, ht = run_family(
+            r.family, q, k, v, gate=g, beta=b, scale=r.scale, initial_state=h0, l2norm=r.extras["l2norm"]
+        )
+        return tuple((o if kind == "o" else ht).to(dtype) for kind, dtype in r.extras["outputs"])

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from ..ir import Family, Recurrence
 from ..ops.dispatch import run_family
 from ..report import Match, Miss
+from ..rewrite import FunctionLowering
 from ..verify import TOL, fit_scale, probe, rel_err, run_region
 from ._graph import value_of
 
@@ -175,34 +176,6 @@ def _compare(outs, o, ht):
     return o_idx, s_idx
 
 
-class FunctionLowering:
-    """Runs the proven family op in place of the function region; returns its outputs in order."""
-
-    def __init__(self, rec: Recurrence, roles: dict, out_meta: list, o_idx: int, s_idx):
-        self.rec, self.roles, self.out_meta, self.o_idx, self.s_idx = rec, roles, out_meta, o_idx, s_idx
-        self.__name__ = f"fla_{rec.family.value}_function"
-
-    def __repr__(self) -> str:
-        return self.__name__
-
-    def same_call(self, other) -> bool:
-        """Whether ``other`` makes the same call apart from lengths (``@jit`` merges two probe lengths)."""
-        return (
-            isinstance(other, FunctionLowering)
-            and self.__name__ == other.__name__
-            and self.roles == other.roles
-            and self.rec.extras == other.rec.extras
-        )
-
-    def __call__(self, *vals):
-        o, ht = _op(self.roles, list(vals), self.rec.extras["l2norm"], self.rec.scale)
-        outs = []
-        for i, meta in enumerate(self.out_meta):
-            x = o if i == self.o_idx else ht
-            outs.append(x.to(meta.dtype))
-        return tuple(outs)
-
-
 def _prove(gm, inputs, outputs, roles, gen):
     """(l2norm, scale, o_idx, s_idx, err) if the region equals the op on two fresh draws."""
     for l2norm in (False, True):
@@ -266,9 +239,14 @@ def run_pass(graph: fx.Graph, opts, report) -> None:
                 output_final_state=s_idx is not None,
                 spelling=SPELLING,
                 source=source,
-                extras={"l2norm": l2norm},
+                extras={
+                    "l2norm": l2norm,
+                    "outputs": tuple(
+                        ("o" if i == o_idx else "state", value_of(o).dtype) for i, o in enumerate(outputs)
+                    ),
+                },
             )
-            _rewrite(graph, region, inputs, outputs, rec, roles, o_idx, s_idx)
+            _rewrite(graph, region, outputs, rec)
             done.update(region)
             report.matches.append(Match(rec.family.value, SPELLING, source, rec.op_name, err))
             break
@@ -277,10 +255,10 @@ def run_pass(graph: fx.Graph, opts, report) -> None:
                 report.misses.append(Miss(SPELLING, "a chunked function whose outputs no family op reproduces", source))
 
 
-def _rewrite(graph, region, inputs, outputs, rec, roles, o_idx, s_idx):
-    lowering = FunctionLowering(rec, roles, [value_of(o) for o in outputs], o_idx, s_idx)
+def _rewrite(graph, region, outputs, rec):
+    lowering = FunctionLowering(rec)
     with graph.inserting_before(region[0]):
-        call = graph.call_function(lowering, tuple(inputs))
+        call = graph.call_function(lowering, tuple(lowering.args))
         outs = [graph.call_function(operator.getitem, (call, i)) for i in range(len(outputs))]
     inside = set(region)
     for old, new in zip(outputs, outs):

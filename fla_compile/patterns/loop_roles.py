@@ -143,6 +143,16 @@ class GlobalRole:
         return v.unsqueeze(0).expand(T, *v.shape)
 
 
+def _step_shape(region: LoopRegion, origin: tuple, gm: fx.GraphModule) -> tuple:
+    """The shape of one step's value at ``origin``: a read's is its source's at one step (``post`` applied)."""
+    if origin[0] == "read":
+        r = region.reads[origin[1]]
+        x = torch.empty(tuple(value_of(r.src).shape), device="meta").select(r.dim, 0)
+        return tuple((x if r.post is None else x[r.post]).shape)
+    (out,) = gm.graph.find_nodes(op="output")
+    return tuple(value_of(out.args[0][0]).shape)
+
+
 def _pin_step_numbers(region: LoopRegion, pin: _Pins) -> None:
     """Pin sizes the step reads as numbers from before the loop (its graph holds their values)."""
     t = 1 if region.T > 1 else 0
@@ -184,8 +194,7 @@ def recurrence(region: LoopRegion, rec: Recurrence) -> tuple[Recurrence, list[st
             roles[name] = RoleFn(fn, (arg(node),), role.log)
             continue
         gm, role_inputs = region.role_graph([role.origin])
-        (out,) = gm.graph.find_nodes(op="output")
-        shaper = _shaper(role, tuple(value_of(out.args[0][0]).shape), batch, name)
+        shaper = _shaper(role, _step_shape(region, role.origin, gm), batch, name)
         args, in_dims, posts = [], [], []
         for kind, ref in role_inputs:
             if kind == "read":
