@@ -79,18 +79,19 @@ def _flat_heads(q, k, v):
     return torch.stack(outs, 1)
 
 
-LOOPS = [(c[0], c[1], c[2], "inductor" if c[0] is spellings.gla_fla_naive else "aot_eager") for c in CASES[:3]]
+LOOPS = [c[:3] for c in CASES if c[3] == "loop"]
 
 
-@pytest.mark.parametrize("fn,gate,family,compiler", LOOPS, ids=[c[0].__name__ for c in LOOPS])
-def test_loop_takes_batch_and_heads_at_run_time(fn, gate, family, compiler):
+@pytest.mark.parametrize("fn,gate,family", LOOPS, ids=[c[0].__name__ for c in LOOPS])
+def test_loop_takes_batch_and_heads_at_run_time(fn, gate, family):
     """Compiled with symbolic sizes, a rewritten loop serves other batch and head counts from one graph: its
-    lowering reads them from its arguments. What it holds as numbers (the state's K and V) is pinned: another
-    D recompiles, and is right."""
+    lowering reads them from its arguments. What it holds as numbers (the state's K and V; gla_fla_naive's
+    K ** -0.5) is pinned: another D recompiles, and is right."""
     torch._dynamo.reset()
-    compiled = torch.compile(fn, backend="fla", dynamic=True, options={"inductor": compiler == "inductor"})
+    compiled = torch.compile(fn, backend="fla", dynamic=True, options={"inductor": False})
     seen = len(REPORTS)
-    for i, (B, T, H, D) in enumerate([(2, 6, 3, 8), (4, 6, 5, 8), (3, 6, 2, 8), (2, 6, 3, 4)]):
+    sizes = [(2, 5, 3, 8), (4, 5, 5, 8), (3, 5, 2, 8)] + ([(2, 5, 3, 4)] if fn is spellings.gla_fla_naive else [])
+    for i, (B, T, H, D) in enumerate(sizes):
         xs = _inputs(B, T, H, D, gate, seed=i)
         ref, out = fn(*xs), compiled(*xs)
         out, ref = (out[0], ref[0]) if isinstance(ref, tuple) else (out, ref)
@@ -108,7 +109,7 @@ def test_loop_pins_a_size_it_holds_as_a_number():
     compiled = torch.compile(_flat_heads, backend="fla", dynamic=True, options={"inductor": False})
     seen = len(REPORTS)
     for i, (B, H) in enumerate([(2, 3), (4, 5)]):
-        xs = _inputs(B, 6, H, 8, None, seed=i)
+        xs = _inputs(B, 5, H, 8, None, seed=i)
         ref, out = _flat_heads(*xs), compiled(*xs)
         assert ((out - ref).norm() / ref.norm()).item() < 1e-5, (B, H)
     reports = REPORTS[seen:]
