@@ -100,6 +100,12 @@ def run(gm: fx.GraphModule, opts: Options) -> tuple[fx.GraphModule, Report]:
     else:
         for _, fn in PASSES:
             fn(graph, opts, report)
+    internal = any(m.reason.startswith("internal error") for m in report.misses)
+    if not report.matches and not internal:  # nothing rewritten (and no bug of ours): the function as a whole
+        whole = Report()
+        chunked.run_pass(gm.graph, opts, whole, top_level=True)
+        if whole.matches:  # proven as a whole: the parts' near misses no longer apply
+            report, graph = whole, gm.graph
     report.dedup()  # a construct inside an unrolled loop's body is found once per step: said once
     if not report.matches:
         return gm, report
