@@ -86,6 +86,7 @@ _DEFAULTS = {
     "BV_h": 64,
     "BV_dh": 64,
     "BV_o": 64,
+    "fill_sms": False,  # shrink the state passes' V block while their grid is under one wave (``_state_bv``)
 }
 OVERRIDES: dict = {}
 FUSED_A = True  # kda: k kᵀ and q kᵀ by one kernel in the forward (False: the GLA line's A kernel twice)
@@ -116,6 +117,24 @@ def _knob(name: str, device):
     if name in OVERRIDES:
         return OVERRIDES[name]
     return _arch_table(_arch(device.type, device.index))[name]
+
+
+@functools.cache
+def _sm_count(index) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _state_bv(name: str, programs: int, V: int, device) -> int:
+    """V block of a sequential state pass (``BV_h``, ``BV_dh``). With ``fill_sms`` it is halved (down
+    to 16) while the grid, ``programs`` x V blocks, still fits the device's SMs after halving: each
+    program walks every chunk in turn, so a grid well under one wave (B·H = 32 at T = 8192 with V
+    blocks of 64: 64 programs on 132 SMs) leaves SMs idle for the whole walk, and one over a wave
+    makes some walks wait for others. Off in the shipped tables until an H200 sweep says it wins."""
+    BV = min(_knob(name, device), launch.pow2(V))
+    if device.type == "cuda" and _knob("fill_sms", device):
+        while BV > 16 and programs * triton.cdiv(V, BV // 2) <= _sm_count(device.index):
+            BV //= 2
+    return BV
 
 
 def _opts(kernel: str, device) -> dict:
@@ -214,7 +233,7 @@ def forward_parts(
     h = torch.empty(NS, H, K, V, device=dev, dtype=dt)
     vn = torch.empty(B, T, H, V, device=dev, dtype=dt)
     ht = torch.empty(N, H, K, V, **f32)
-    BV = min(_knob("BV_h", dev), launch.pow2(V))
+    BV = _state_bv("BV_h", N * H, V, dev)
     kw.chunk_delta_h_kernel[(N * H, triton.cdiv(V, BV))](
         k, w, u, gcp, h, vn, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, BK, BV, gid,
         h0 is not None, prec, **_opts("h", dev),
@@ -269,7 +288,7 @@ def backward_parts(q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlen
     dh = torch.empty(NS, H, K, V, device=dev, dtype=dt)
     dvn = torch.empty(B, T, H, V, device=dev, dtype=dt)
     dh0 = torch.empty(N, H, K, V, **f32) if h0 is not None else None
-    BV = min(_knob("BV_dh", dev), launch.pow2(V))
+    BV = _state_bv("BV_dh", N * H, V, dev)
     kwb.chunk_delta_dh_kernel[(N * H, triton.cdiv(V, BV))](
         q, k, w, gcp, dvl, do, dh, dvn, dht if dht is not None else dvl, dh0 if dh0 is not None else dvl, cu,
         chunk_off, scale, H, G, K, V, BT, BK, BV, gid, dht is not None, dh0 is not None, prec, **_opts("dh", dev),
