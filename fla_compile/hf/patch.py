@@ -191,7 +191,7 @@ def _layer_probe(module, binding, fwd, attrs, device) -> float:
     twin = binding.twin(module) if binding.twin is not None else copy.deepcopy(module).float()
     twin.__dict__.pop(_RECORD, None)
     gen = common.generator(device)
-    x = common.randn(gen, 2, 13, _hidden_size(module), device=device)
+    x = common.randn(gen, 2, 13, (binding.width or _hidden_size)(module), device=device)
     args = (binding.probe_args or (lambda h: (h,)))(x)
     base = _base_forward(twin)
     ref = base(twin, *args)
