@@ -97,7 +97,9 @@ def probe_scan(original, ours, device) -> float:
     errs = []
     for kw in (full, dict(delta_softplus=True), {}):
         for last in (True, False):
-            errs.append(common.rel_err(ours(**inp, **kw, return_last_state=last), original(**inp, **kw, return_last_state=last)))
+            errs.append(
+                common.rel_err(ours(**inp, **kw, return_last_state=last), original(**inp, **kw, return_last_state=last))
+            )
     return max(errs)
 
 
