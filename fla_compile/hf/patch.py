@@ -17,7 +17,6 @@ unpatched and the report says why. ``unpatch`` restores exactly what was there.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import os
@@ -188,7 +187,7 @@ def _hidden_size(module) -> int:
 
 def _layer_probe(module, binding, fwd, attrs, device) -> float:
     """Original vs patched forward of an fp32 copy of the layer on a random input, no cache."""
-    twin = binding.twin(module) if binding.twin is not None else copy.deepcopy(module).float()
+    twin = binding.twin(module) if binding.twin is not None else common.fp32_copy(module)
     twin.__dict__.pop(_RECORD, None)
     gen = common.generator(device)
     x = common.randn(gen, 2, 13, (binding.width or _hidden_size)(module), device=device)
@@ -296,7 +295,7 @@ def _decode_proof(model, planned) -> str:
                 f"decode proof skipped: an fp32 copy of {n / 1e9:.1f}B parameters is over "
                 f"MODEL_PROOF_MAX_PARAMS ({MODEL_PROOF_MAX_PARAMS / 1e6:.0f}M); the per-layer proofs ran"
             )
-        target = copy.deepcopy(model).float()
+        target = common.fp32_copy(model)
         unpatch(target)  # the reference is transformers' own path throughout
         layers = {cls: [m for m in target.modules() if type(m) is cls] for cls in planned}
         for cls, (_, binding, _, _, _) in planned.items():

@@ -42,7 +42,7 @@ class Binding:
     probes: Mapping[str, Callable] = dataclasses.field(default_factory=dict)
     forward: Callable | None = None
     probe_args: Callable = None  # x -> positional args of a probe call of the layer (default: (x,))
-    twin: Callable = None  # layer -> its fp32 copy for the layer probe (default: deepcopy + float)
+    twin: Callable = None  # layer -> its fp32 copy for the layer probe (default: common.fp32_copy)
     refresh: Callable = None  # fixes up a layer of an fp32 copy of a model in place (default: nothing)
     # per swapped name ("forward" for a replacement forward): parameters of the original that ours
     # may ignore; any other parameter ours does not take leaves the layer unpatched (signature.adapt)

@@ -13,8 +13,6 @@ conv and the block's cache bookkeeping stay transformers' own.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from ..ops.hgrn import hgrn_decay
@@ -54,7 +52,7 @@ def probe_scan(original, ours, device) -> float:
 
 def fp32_twin(module):
     """An fp32 copy of the layer with no cached state (the layer probe runs it twice from scratch)."""
-    twin = copy.deepcopy(module).float()
+    twin = common.fp32_copy(module)
     twin.recurrent_states = None
     return twin
 

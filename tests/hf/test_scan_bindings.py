@@ -109,3 +109,15 @@ def test_selective_scan_matches_the_fallback_with_a_state():
     last = selective.selective_state_update(state, x[..., -1], dt[..., -1], A, Bm[..., -1], Cm[..., -1], Dk,
                                             dt_bias=bias, dt_softplus=True, z=z[..., -1])  # fmt: skip
     torch.testing.assert_close(torch.cat([y, last[..., None]], -1), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_rglru_patched_after_a_training_step(tmp_path):
+    """RecurrentGemma keeps its decoding state as plain attributes; after a forward with grad they are
+    inside an autograd graph, which deepcopy refuses: the fp32 copies of the proofs get them detached."""
+    model = load_tiny(RG, tmp_path).to(torch.bfloat16).train()
+    ids = torch.randint(3, 100, (2, 9), generator=torch.Generator().manual_seed(1))
+    model(ids, labels=ids).loss.backward()
+    assert not next(m for m in model.modules() if type(m).__name__ == RG.layer).recurrent_states.is_leaf
+    report = fh.patch(model)
+    assert report.ok and report.layers_patched == 1 and not report.notes, str(report)
+    assert "decode" in _group(report, RG).probe_err  # the decode proof ran, on an fp32 copy
