@@ -311,7 +311,7 @@ ARCHS = [
         "MambaForCausalLM",
         "MambaMixer",
         "mamba",
-        dict(hidden_size=64, num_hidden_layers=2, state_size=16, expand=2, time_step_rank=8),
+        dict(hidden_size=64, num_hidden_layers=2, state_size=16, expand=2, time_step_rank=8, tie_word_embeddings=False),
         packed=None,
     ),
     Arch(
@@ -320,7 +320,7 @@ ARCHS = [
         "FalconMambaForCausalLM",
         "FalconMambaMixer",
         "mamba",
-        dict(hidden_size=64, num_hidden_layers=2, state_size=16, expand=2, time_step_rank=8),
+        dict(hidden_size=64, num_hidden_layers=2, state_size=16, expand=2, time_step_rank=8, tie_word_embeddings=False),
         packed=None,
     ),
     Arch(
@@ -357,6 +357,7 @@ ARCHS = [
             block_types=["recurrent", "attention"],
             lru_width=64,
             attention_window_size=64,
+            tie_word_embeddings=False,
         ),
         packed=None,
     ),

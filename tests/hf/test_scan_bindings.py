@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import sys
 
+import pytest
 import torch
 
 import fla_compile.hf as fh
 from fla_compile.hf import rglru, selective
 
 from .archs import ARCHS
-from .conftest import load_tiny
+from .conftest import OpCalls, load_tiny, rel
 
 MAMBA = next(a for a in ARCHS if a.name == "Mamba")
 RG = next(a for a in ARCHS if a.name == "RecurrentGemma")
+SCAN_ARCHS = [a for a in ARCHS if a.kind in ("mamba", "rglru")]
 
 
 def _group(report, arch):
@@ -121,3 +123,23 @@ def test_rglru_patched_after_a_training_step(tmp_path):
     report = fh.patch(model)
     assert report.ok and report.layers_patched == 1 and not report.notes, str(report)
     assert "decode" in _group(report, RG).probe_err  # the decode proof ran, on an fp32 copy
+
+
+@pytest.mark.parametrize("arch", SCAN_ARCHS, ids=[a.name for a in SCAN_ARCHS])
+def test_every_cached_step_matches_unpatched(arch, tmp_path):
+    """The logits of the prefill and of each of 7 cached decode steps (one row left-padded), fp32 < 1e-4."""
+    model = load_tiny(arch, tmp_path)
+    ids = torch.randint(3, 100, (2, 9), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    ids[1, :3], mask[1, :3] = 0, 0
+    kw = dict(attention_mask=mask, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
+    kw.update(output_logits=True, return_dict_in_generate=True)
+    ref = model.generate(ids, **kw)
+    assert fh.patch(model).ok
+    with OpCalls() as calls:
+        out = model.generate(ids, **kw)
+    n = sum(1 for m in model.modules() if type(m).__name__ == arch.layer)
+    assert calls.count(T=9) == n and calls.count(T=1) == 7 * n
+    assert torch.equal(out.sequences, ref.sequences)
+    errs = [rel(o, r) for o, r in zip(out.logits, ref.logits)]
+    assert len(errs) == 8 and max(errs) < 1e-4, errs
