@@ -2,8 +2,8 @@
 
 One ``Rule`` per layer class: the class name (what ``patch`` matches on), the model types
 that use it, and the math ``kind``; one ``Binding`` per kind (in ``gated_delta.py``,
-``kda.py``, ``lightning.py``, ``ssd.py``, ``selective.py``, ``rglru.py``) says how that math is bound to our ops. Adding a
-model whose layer runs known math is one line here.
+``kda.py``, ``lightning.py``, ``ssd.py``, ``selective.py``, ``rglru.py``) says how that math
+is bound to our ops. Adding a model whose layer runs known math is one line here.
 """
 
 from __future__ import annotations
