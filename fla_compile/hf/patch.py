@@ -17,7 +17,6 @@ unpatched and the report says why. ``unpatch`` restores exactly what was there.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import inspect
 import logging
@@ -209,10 +208,10 @@ def _hidden_size(module) -> int:
 def _layer_probe(module, binding, fwd, attrs, device, reference=(None, {})) -> float:
     """Original (``reference``: transformers' torch path, see ``_reference_forward``) vs patched
     forward of an fp32 copy of the layer on a random input, no cache."""
-    twin = binding.twin(module) if binding.twin is not None else copy.deepcopy(module).float()
+    twin = binding.twin(module) if binding.twin is not None else common.fp32_copy(module)
     twin.__dict__.pop(_RECORD, None)
     gen = common.generator(device)
-    x = common.randn(gen, 2, 13, _hidden_size(module), device=device)
+    x = common.randn(gen, 2, 13, (binding.width or _hidden_size)(module), device=device)
     args = (binding.probe_args or (lambda h: (h,)))(x)
     base = _base_forward(twin)
     ref_fwd, ref_attrs = reference
@@ -330,7 +329,7 @@ def _decode_proof(model, planned, references=None) -> str:
                 f"decode proof skipped: an fp32 copy of {n / 1e9:.1f}B parameters is over "
                 f"MODEL_PROOF_MAX_PARAMS ({MODEL_PROOF_MAX_PARAMS / 1e6:.0f}M); the per-layer proofs ran"
             )
-        target = copy.deepcopy(model).float()
+        target = common.fp32_copy(model)
         unpatch(target)  # the reference is transformers' own path throughout
         layers = {cls: [m for m in target.modules() if type(m) is cls] for cls in planned}
         for cls, (_, binding, _, _, _) in planned.items():
