@@ -107,8 +107,16 @@ def _op_dispatch():
     gen = torch.Generator().manual_seed(3)
     Bsz, T, D, N = 1, 70, 4, 2
     x, dt, z = (torch.randn(Bsz, T, D, generator=gen) for _ in range(3))
-    A, Bm, C = -torch.rand(D, N, generator=gen) * 3, torch.randn(Bsz, T, N, generator=gen), torch.randn(Bsz, T, N, generator=gen)
-    Dskip, bias, h0 = torch.randn(D, generator=gen), torch.randn(D, generator=gen), torch.randn(Bsz, D, N, generator=gen)
+    A, Bm, C = (
+        -torch.rand(D, N, generator=gen) * 3,
+        torch.randn(Bsz, T, N, generator=gen),
+        torch.randn(Bsz, T, N, generator=gen),
+    )
+    Dskip, bias, h0 = (
+        torch.randn(D, generator=gen),
+        torch.randn(D, generator=gen),
+        torch.randn(Bsz, D, N, generator=gen),
+    )
     xs = [t.requires_grad_() for t in (x, dt, A, Bm, C, Dskip, z, bias, h0)]
     calls = []
     fwd, bwd = TC.forward, TC.backward
@@ -149,9 +157,8 @@ def _interpreted_here() -> bool:
 
 
 def _run_cases() -> dict:
-    import traceback
-
     import time
+    import traceback
 
     report = {}
     for name, (fn, args) in INTERPRETER_CASES.items():
