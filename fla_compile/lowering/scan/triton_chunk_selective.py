@@ -6,8 +6,8 @@ each step waits for its loads and for the previous step. Here one program owns a
 of ``BD`` channels with all states, and moves through time a chunk of ``BT`` steps at a time: the chunk's
 inputs come in as whole tiles (the next chunk's tiles are loaded while this one computes), a and b are
 formed as [BT, BN, BD] tiles and ``tl.associative_scan`` along time gives every state of the chunk at
-once; the carried state enters by h_t = B_t + A_t h_carry with (A_t, B_t) the chunk's scan. The
-sequential dependency is one per chunk, not per step, and the work per chunk is wide.
+once; the carried state enters as part of the first step's input (b_0 + a_0 h_carry). The sequential
+dependency is one per chunk, not per step, and the work per chunk is wide.
 
 Backward, in two launches: ``chunk_selective_states_kernel`` keeps the state at the start of every chunk
 (closed form, no scan: h_end = exp(A sum dt) h + sum_s exp(A (sum dt after s)) b_s); then
@@ -36,10 +36,12 @@ LOG2E = tl.constexpr(1.4426950408889634)  # 1 / ln 2: exp(x) = exp2(x log2 e)
 
 # Launch shapes. The fp32 tiles [BT, BN, BD] live in registers: with BN = 16 the default layout puts the
 # channels on 16 lanes, the states on 2 lanes and the warps, and time inside each thread, so the scans are
-# sequential in-thread FMAs and the sums over states (y, du, ddt) cost one shuffle level. Compiled for
-# sm_90a (Triton 3.9): forward 144 registers, states 128, backward 189 with 8 warps; no spills.
+# sequential in-thread FMAs and the sums over states (y, du, ddt) cost one shuffle level; the backward's
+# sums over channels (dB, dC) take four and dominate it. Compiled for sm_90a (Triton 3.9): forward 128
+# registers, states 128, backward 254 with 4 warps (two programs per SM; 8 warps would take 189 x 256 and
+# fit one), no spills. benchmarks/sweep_mamba_chunk.py times other choices.
 BT_FWD, BD_FWD, WARPS_FWD = 16, 16, 4
-BT_BWD, BD_BWD, WARPS_STATES, WARPS_BWD = 16, 16, 4, 8
+BT_BWD, BD_BWD, WARPS_STATES, WARPS_BWD = 16, 16, 4, 4
 
 
 @triton.jit
@@ -114,11 +116,11 @@ def chunk_selective_fwd_kernel(
         n_u = _load_td(u, t0 + BT, o_t, o_d, eos, D)
         n_B = _load_td(Bm, t0 + BT, o_t, o_k, eos, N)
         n_C = _load_td(Cm, t0 + BT, o_t, o_k, eos, N)
-        # [BT, BN, BD]
+        # [BT, BN, BD]; the carried state enters the first step's input
         b_a = tl.exp2(b_dt[:, None, :] * b_A2[None, :, :])
         b_b = b_B[:, :, None] * b_u[:, None, :]
-        b_ac, b_bc = tl.associative_scan((b_a, b_b), 0, _first_order)
-        b_hs = b_bc + b_ac * b_h[None, :, :]
+        b_b = tl.where((o_t == 0)[:, None, None], b_b + b_a * b_h[None, :, :], b_b)
+        _, b_hs = tl.associative_scan((b_a, b_b), 0, _first_order)
         # [BT, BD]
         _store_td(y, tl.sum(b_hs * b_C[:, :, None], 1), t0, o_t, o_d, eos, D)
         b_h = _row(b_hs, o_t, BT - 1)  # masked rows are identities: the last row is the state after eos - 1
@@ -194,14 +196,17 @@ def chunk_selective_bwd_kernel(
         b_B = _load_td(Bm, t0, o_t, o_k, eos, N)
         b_C = _load_td(Cm, t0, o_t, o_k, eos, N)
         b_h = tl.load(hc + (i_n + t0 // BT) * D * N + o_k[:, None] * D + o_d[None, :], mask=m_kd, other=0)
-        # [BT, BN, BD]: the chunk's states again
+        # [BT, BN, BD]: the chunk's states again, the start state entering the first step's input
+        b_a = tl.exp2(b_dt[:, None, :] * b_A2[None, :, :])
         b_b = b_B[:, :, None] * b_u[:, None, :]
-        b_ac, b_bc = tl.associative_scan((tl.exp2(b_dt[:, None, :] * b_A2[None, :, :]), b_b), 0, _first_order)
-        b_hs = b_bc + b_ac * b_h[None, :, :]
-        # dh_t = C_t dy_t + a_{t+1} dh_{t+1}, from the chunk's end where the later chunks' gradient enters
+        _, b_hs = tl.associative_scan(
+            (b_a, tl.where((o_t == 0)[:, None, None], b_b + b_a * b_h[None, :, :], b_b)), 0, _first_order
+        )
+        # dh_t = C_t dy_t + a_{t+1} dh_{t+1}; the later chunks' gradient enters the last row (a_{t+1} = 1 there)
         b_an = tl.exp2(b_dtn[:, None, :] * b_A2[None, :, :])
-        b_rc, b_dc = tl.associative_scan((b_an, b_C[:, :, None] * b_dy[:, None, :]), 0, _first_order, reverse=True)
-        b_dh = b_dc + b_rc * b_g[None, :, :]
+        b_dc = b_C[:, :, None] * b_dy[:, None, :]
+        b_dc = tl.where((o_t == BT - 1)[:, None, None], b_dc + b_g[None, :, :], b_dc)
+        _, b_dh = tl.associative_scan((b_an, b_dc), 0, _first_order, reverse=True)
         b_q = b_dh * (b_hs - b_b)  # dh_t a_t h_{t-1}: the gradient of dt_t A
         _store_td(du, tl.sum(b_dh * b_B[:, :, None], 1), t0, o_t, o_d, eos, D)
         _store_td(ddt, tl.sum(b_q * b_A[None, :, :], 1), t0, o_t, o_d, eos, D)
