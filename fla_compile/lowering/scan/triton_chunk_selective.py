@@ -37,9 +37,10 @@ LOG2E = tl.constexpr(1.4426950408889634)  # 1 / ln 2: exp(x) = exp2(x log2 e)
 # Launch shapes. The fp32 tiles [BT, BN, BD] live in registers: with BN = 16 the default layout puts the
 # channels on 16 lanes, the states on 2 lanes and the warps, and time inside each thread, so the scans are
 # sequential in-thread FMAs and the sums over states (y, du, ddt) cost one shuffle level; the backward's
-# sums over channels (dB, dC) take four and dominate it. Compiled for sm_90a (Triton 3.9): forward 128
-# registers, states 128, backward 254 with 4 warps (two programs per SM; 8 warps would take 189 x 256 and
-# fit one), no spills. benchmarks/sweep_mamba_chunk.py times other choices.
+# sums over channels (dB, dC) take four (a shuffle and an add per level and element) and lead its cost.
+# Compiled for sm_90a with Triton 3.6 (the H200's) and 3.9, no spills: forward 128 registers (~20
+# instructions per element), states 128 (~15), backward 255 with 4 warps (~60; two programs per SM).
+# benchmarks/sweep_mamba_chunk.py times other choices.
 BT_FWD, BD_FWD, WARPS_FWD = 16, 16, 4
 BT_BWD, BD_BWD, WARPS_STATES, WARPS_BWD = 16, 16, 4, 4
 
@@ -206,7 +207,10 @@ def chunk_selective_bwd_kernel(
         b_an = tl.exp2(b_dtn[:, None, :] * b_A2[None, :, :])
         b_dc = b_C[:, :, None] * b_dy[:, None, :]
         b_dc = tl.where((o_t == BT - 1)[:, None, None], b_dc + b_g[None, :, :], b_dc)
-        _, b_dh = tl.associative_scan((b_an, b_dc), 0, _first_order, reverse=True)
+        # the reverse scan as a forward one between flips: in-thread flips are free, while reverse=True costs
+        # ~20 shuffles per element on Triton 3.6 (4 on 3.9) even with time inside each thread
+        _, b_dh = tl.associative_scan((tl.flip(b_an, 0), tl.flip(b_dc, 0)), 0, _first_order)
+        b_dh = tl.flip(b_dh, 0)
         b_q = b_dh * (b_hs - b_b)  # dh_t a_t h_{t-1}: the gradient of dt_t A
         _store_td(du, tl.sum(b_dh * b_B[:, :, None], 1), t0, o_t, o_d, eos, D)
         _store_td(ddt, tl.sum(b_q * b_A[None, :, :], 1), t0, o_t, o_d, eos, D)
