@@ -7,8 +7,9 @@ Rows: forward and forward+backward of ``fla_compile.ops.hgrn`` (autograd include
 0.6.0's ``fused_recurrent_hgrn`` and ``chunk_hgrn`` when importable, and the memory floor (bytes moved over
 the measured device-copy bandwidth: x, g read and o written forward; x, g, o, do read and dx, dg written
 backward). Relative errors of o and of every gradient against the fp64 torch path are printed beside.
-Mamba rows: ``fla_compile.ops.mamba`` forward and forward+backward (the fused walks) at [B, T, D] x N,
-with the floor of reading u, dt, B, C and writing y, and errors against the fp64 torch path.
+Mamba rows: ``fla_compile.ops.mamba`` forward and forward+backward at [B, T, D] x N by the path the dispatch
+takes (the chunked kernels at these lengths) and by the fused walk (forced), with the floor of reading u, dt,
+B, C and writing y, and errors against the fp64 torch path.
 """
 
 from __future__ import annotations
@@ -91,35 +92,47 @@ def main():
 
 
 def mamba_rows(quick: bool, bw: float):
+    from fla_compile.lowering.scan import dispatch
+
+    print("| B | T | D | N | dtype | path | fwd ms | fwd+bwd ms | floor fwd ms | max rel err |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for B, T, D, N in [(2, 512, 256, 16)] if quick else MAMBA_SHAPES:
+        for dtype in (torch.bfloat16, torch.float32):
+            for path in ("chunked", "walk"):
+                min_t = dispatch.SELECTIVE_CHUNK_MIN_T
+                dispatch.SELECTIVE_CHUNK_MIN_T = min_t if path == "chunked" else 1 << 62
+                try:
+                    mamba_row(B, T, D, N, dtype, path, bw)
+                finally:
+                    dispatch.SELECTIVE_CHUNK_MIN_T = min_t
+
+
+def mamba_row(B, T, D, N, dtype, path, bw):
+    """One row: ops.mamba forward and forward+backward (autograd, dt * x included) by the dispatch as set."""
     from fla_compile import ops
     from fla_compile.lowering.scan import torch_path
 
-    print("| B | T | D | N | dtype | fwd ms | fwd+bwd ms | floor fwd ms | max rel err |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for B, T, D, N in [(2, 512, 256, 16)] if quick else MAMBA_SHAPES:
-        for dtype in (torch.bfloat16, torch.float32):
-            try:
-                x = torch.randn(B, T, D, device="cuda", dtype=dtype, requires_grad=True)
-                dt = F.softplus(torch.randn(B, T, D, device="cuda", dtype=dtype) - 2).requires_grad_()
-                A = (-torch.rand(D, N, device="cuda") * 8).requires_grad_()
-                Bm = torch.randn(B, T, N, device="cuda", dtype=dtype, requires_grad=True)
-                C = torch.randn(B, T, N, device="cuda", dtype=dtype, requires_grad=True)
-                xs = (x, dt, A, Bm, C)
-                dy = torch.randn_like(x)
-                y = ops.mamba(*xs)[0]
-                grads = torch.autograd.grad(y, xs, dy)
-                leaves = [t.detach().double().requires_grad_() for t in xs]
-                ry, _ = torch_path.selective_forward(leaves[1] * leaves[0], *leaves[1:])
-                want = torch.autograd.grad(ry, leaves, dy.double())
-                err = max(rel(a, b) for a, b in zip((y, *grads), (ry, *want)))
-                del leaves, ry, want
-                fwd, both, _ = measure(lambda x, dt, xs=xs: ops.mamba(x, dt, *xs[2:])[0], x, dt, dy, ())
-                floor = (3 * x.numel() * x.element_size() + 2 * Bm.numel() * Bm.element_size()) / bw * 1e3
-                print(
-                    f"| {B} | {T} | {D} | {N} | {str(dtype)[6:]} | {fwd:.3f} | {both:.3f} | {floor:.3f} | {err:.1e} |"
-                )
-            except Exception as e:  # noqa: BLE001 - a failed row is a row with the error
-                print(f"| {B} | {T} | {D} | {N} | {str(dtype)[6:]} | error: {type(e).__name__}: {e} | | | |")
+    try:
+        x = torch.randn(B, T, D, device="cuda", dtype=dtype, requires_grad=True)
+        dt = F.softplus(torch.randn(B, T, D, device="cuda", dtype=dtype) - 2).requires_grad_()
+        A = (-torch.rand(D, N, device="cuda") * 8).requires_grad_()
+        Bm = torch.randn(B, T, N, device="cuda", dtype=dtype, requires_grad=True)
+        C = torch.randn(B, T, N, device="cuda", dtype=dtype, requires_grad=True)
+        xs = (x, dt, A, Bm, C)
+        dy = torch.randn_like(x)
+        y = ops.mamba(*xs)[0]
+        grads = torch.autograd.grad(y, xs, dy)
+        leaves = [t.detach().double().requires_grad_() for t in xs]
+        ry, _ = torch_path.selective_forward(leaves[1] * leaves[0], *leaves[1:])
+        want = torch.autograd.grad(ry, leaves, dy.double())
+        err = max(rel(a, b) for a, b in zip((y, *grads), (ry, *want)))
+        del leaves, ry, want
+        fwd, both, _ = measure(lambda x, dt, xs=xs: ops.mamba(x, dt, *xs[2:])[0], x, dt, dy, ())
+        floor = (3 * x.numel() * x.element_size() + 2 * Bm.numel() * Bm.element_size()) / bw * 1e3
+        print(f"| {B} | {T} | {D} | {N} | {str(dtype)[6:]} | {path} | {fwd:.3f} | {both:.3f} | {floor:.3f} | "
+              f"{err:.1e} |")  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - a failed row is a row with the error
+        print(f"| {B} | {T} | {D} | {N} | {str(dtype)[6:]} | {path} | error: {type(e).__name__}: {e} | | | |")
 
 
 if __name__ == "__main__":

@@ -54,10 +54,29 @@ def selective_triton_enabled(u, dt, A, B, C, *others) -> bool:
     return triton_scan.selective_supported(u, dt, A, B, C)
 
 
+SELECTIVE_CHUNK_MIN_T = 64  # steps from which the chunked kernels run (see ``selective_chunked``)
+
+
+def selective_chunked(u, A) -> bool:
+    """Whether the chunked kernels (:mod:`.triton_chunk_selective`) take a selective scan rather than the
+    walk. The walk waits on its loads and on the previous step at every step: fine for decoding (a few
+    steps, one launch, nothing wasted) and ruinous for long sequences (~80x the memory floor on the H200
+    at T = 2048). The chunked kernels load a chunk of 16 steps at once and scan it in registers, one
+    dependency per chunk; under 64 steps they would mostly scan padding. Varlen inputs are judged by the
+    packed length: the chunked kernels handle any lengths (chunks start at each sequence's start).
+    States beyond 16 per channel keep to the walk (the chunk tiles are sized for N <= 16)."""
+    return u.shape[1] >= SELECTIVE_CHUNK_MIN_T and A.shape[-1] <= 16
+
+
 def selective_forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
-    """Mamba's selective scan: (y [B, T, D] in u's dtype, final state [N_seq, D, N]). The fused Triton walk
-    (state tile [16, N] in registers, memory D per token) where it runs the inputs, else the torch path."""
+    """Mamba's selective scan: (y [B, T, D] in u's dtype, final state [N_seq, D, N]). On CUDA the chunked
+    Triton kernels for long inputs and the fused walk (state tile [16, N] in registers) for short ones
+    (``selective_chunked``); else the torch path."""
     if selective_triton_enabled(u, dt, A, B, C, initial_state):
+        if selective_chunked(u, A):
+            from . import triton_chunk_selective
+
+            return triton_chunk_selective.forward(u, dt, A, B, C, initial_state, cu_seqlens)
         from . import triton_scan
 
         return triton_scan.selective_forward(u, dt, A, B, C, initial_state, cu_seqlens)
@@ -65,9 +84,13 @@ def selective_forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
 
 
 def selective_backward(u, dt, A, B, C, initial_state, cu_seqlens, do, dht):
-    """(du, ddt, dA, dB, dC, dh0 or None): the fused Triton backward walk (states recomputed per segment
-    from checkpoints, memory D N per BT steps), else autograd through the torch path."""
+    """(du, ddt, dA, dB, dC, dh0 or None): on CUDA the chunked backward (chunk states, then a reverse pass)
+    or the fused backward walk, as the forward chooses; else autograd through the torch path."""
     if selective_triton_enabled(u, dt, A, B, C, initial_state, do):
+        if selective_chunked(u, A):
+            from . import triton_chunk_selective
+
+            return triton_chunk_selective.backward(u, dt, A, B, C, initial_state, cu_seqlens, do, dht)
         from . import triton_scan
 
         return triton_scan.selective_backward(u, dt, A, B, C, initial_state, cu_seqlens, do, dht)
