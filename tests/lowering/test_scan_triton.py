@@ -337,7 +337,7 @@ def test_gpu_mamba_op_gradients():
 # Tiny chunks (BT=8) and carry blocks (BC=2) so a few dozen steps cross several chunks, carry blocks and
 # sequence starts inside chunks; D=12 over blocks of 8 channels leaves a masked tail. The interpreter runs
 # the associative scan's combine per element, so these sizes are what keeps the cases ~1 s each.
-CHUNK_TINY = {"BT": 8, "BD": 8, "num_warps": 1, "BC": 2, "BDC": 8}
+CHUNK_TINY = {"BT": 8, "BD": 8, "num_warps": 1, "BC": 2, "BDC": 8, "carry_warps": 1}
 
 
 class _PoisonedTorch:

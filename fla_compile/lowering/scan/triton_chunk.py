@@ -32,10 +32,12 @@ import torch
 import triton
 import triton.language as tl
 
-# Launch options (read by the launchers at every call, so a sweep may override them; see
-# benchmarks/scan_hgrn.py --sweep-chunk): BT steps per chunk, BD channels per program, BC chunks per
-# associative scan of the carry pass, BDC its channels per program.
-CONFIG = {"BT": 128, "BD": 64, "num_warps": 4, "BC": 64, "BDC": 64}
+# Launch options, read by the launchers at every call (benchmarks/scan_hgrn.py --sweep-chunk times others):
+# BT steps per chunk and BD channels per program of passes 1 and 3, BC chunks per associative scan and BDC
+# channels per program of the carry pass. Chosen from ptxas's register counts for sm_90 (Triton 3.9), not
+# yet from timings: ~8 elements of a tile per thread keeps passes 1 / 3 at 70-115 registers with no spills
+# ([128, 64] tiles on 4 warps spill), and the carry pass at ~90.
+CONFIG = {"BT": 64, "BD": 32, "num_warps": 8, "BC": 128, "BDC": 16, "carry_warps": 8}
 
 
 @triton.jit
@@ -46,28 +48,31 @@ def _combine(a1, b1, a2, b2):
 
 @triton.jit
 def _rows(i_c, T, T_all, seq_ids, cu_seqlens, BT: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE: tl.constexpr):
-    """The steps of chunk ``i_c`` (last first when REVERSE), their mask, sequence, and first / last flags."""
+    """Chunk ``i_c``'s rows (steps from the chunk's start, last first when REVERSE), their mask, sequence
+    (int32: N D fits), and first / last flags. Tiles address rows from the chunk's start (int32 offsets
+    in registers; the kernels move their base pointers by the chunk's int64 offset)."""
     o_r = tl.arange(0, BT)
     if REVERSE:
         o_r = BT - 1 - o_r
     t = i_c.to(tl.int64) * BT + o_r
     m_t = t < T_all
     if IS_VARLEN:
-        i_n = tl.load(seq_ids + t, mask=m_t, other=0).to(tl.int64)
+        i_n = tl.load(seq_ids + t, mask=m_t, other=0)
         bos = tl.load(cu_seqlens + i_n, mask=m_t, other=0).to(tl.int64)
         eos = tl.load(cu_seqlens + i_n + 1, mask=m_t, other=0).to(tl.int64)
     else:
-        i_n = t // T
-        bos = i_n * T
+        i_n64 = t // T
+        bos = i_n64 * T
         eos = bos + T
-    return t, m_t, i_n, m_t & (t == bos), m_t & (t == eos - 1)
+        i_n = i_n64.to(tl.int32)
+    return o_r, t, m_t, i_n, m_t & (t == bos), m_t & (t == eos - 1)
 
 
 @triton.jit
-def _fwd_pairs(x, g, h0, t, m_t, i_n, first, o_d, m_d, D, USE_H0: tl.constexpr):
+def _fwd_pairs(x, g, h0, o_r, m_t, i_n, first, o_d, m_d, D, USE_H0: tl.constexpr):
     """The tile's (a, x) pairs: a = 0 and x + a h0 at a sequence's first step; (1, 0) (no-op) off the end."""
     m = m_t[:, None] & m_d[None, :]
-    p = t[:, None] * D + o_d[None, :]
+    p = o_r[:, None] * D + o_d[None, :]
     # [BT, BD]
     b_x = tl.load(x + p, mask=m, other=0).to(tl.float32)
     b_a = tl.exp(tl.load(g + p, mask=m, other=0).to(tl.float32))
@@ -79,10 +84,10 @@ def _fwd_pairs(x, g, h0, t, m_t, i_n, first, o_d, m_d, D, USE_H0: tl.constexpr):
 
 
 @triton.jit
-def _bwd_pairs(g, do, dht, t, m_t, i_n, last, o_d, m_d, D, T_all, USE_DHT: tl.constexpr):
+def _bwd_pairs(g, do, dht, o_r, t, m_t, i_n, last, o_d, m_d, D, T_all, USE_DHT: tl.constexpr):
     """The reverse scan's pairs (e^{g_{t+1}}, do_t): 0 and do + dht at a sequence's last step; (1, 0) off the end."""
     m = m_t[:, None] & m_d[None, :]
-    p = t[:, None] * D + o_d[None, :]
+    p = o_r[:, None] * D + o_d[None, :]
     m_next = m & (t + 1 < T_all)[:, None] & (~last)[:, None]
     # [BT, BD]
     b_dh = tl.load(do + p, mask=m, other=0).to(tl.float32)
@@ -111,11 +116,12 @@ def chunk_sum_kernel(
     i_d, i_c = tl.program_id(0), tl.program_id(1)
     o_d = i_d * BD + tl.arange(0, BD)
     m_d = o_d < D
-    t, m_t, i_n, first, last = _rows(i_c, T, T_all, seq_ids, cu_seqlens, BT, IS_VARLEN, BACKWARD)
+    o_r, t, m_t, i_n, first, last = _rows(i_c, T, T_all, seq_ids, cu_seqlens, BT, IS_VARLEN, BACKWARD)
+    base = i_c.to(tl.int64) * BT * D
     if BACKWARD:
-        b_a, b_b = _bwd_pairs(g, do, dht, t, m_t, i_n, last, o_d, m_d, D, T_all, USE_DHT)
+        b_a, b_b = _bwd_pairs(g + base, do + base, dht, o_r, t, m_t, i_n, last, o_d, m_d, D, T_all, USE_DHT)
     else:
-        b_a, b_b = _fwd_pairs(x, g, h0, t, m_t, i_n, first, o_d, m_d, D, USE_H0)
+        b_a, b_b = _fwd_pairs(x + base, g + base, h0, o_r, m_t, i_n, first, o_d, m_d, D, USE_H0)
     b_a, b_b = tl.associative_scan((b_a, b_b), 0, _combine)
     p = i_c.to(tl.int64) * D + o_d
     tl.store(A + p, _last_row(b_a, BT), mask=m_d)
@@ -158,14 +164,15 @@ def chunk_out_kernel(
     i_d, i_c = tl.program_id(0), tl.program_id(1)
     o_d = i_d * BD + tl.arange(0, BD)
     m_d = o_d < D
-    t, m_t, i_n, first, last = _rows(i_c, T, T_all, seq_ids, cu_seqlens, BT, IS_VARLEN, False)
-    b_a, b_x = _fwd_pairs(x, g, h0, t, m_t, i_n, first, o_d, m_d, D, USE_H0)
+    o_r, t, m_t, i_n, first, last = _rows(i_c, T, T_all, seq_ids, cu_seqlens, BT, IS_VARLEN, False)
+    base = i_c.to(tl.int64) * BT * D
+    b_a, b_x = _fwd_pairs(x + base, g + base, h0, o_r, m_t, i_n, first, o_d, m_d, D, USE_H0)
     # [BD]: 0 for the first chunk (the scalar test as a [BD] tensor: the interpreter takes no scalar & mask)
     b_in = tl.load(H + (i_c - 1).to(tl.int64) * D + o_d, mask=m_d & (o_d * 0 + i_c > 0), other=0)
     b_x = tl.where((tl.arange(0, BT) == 0)[:, None], b_x + b_a * b_in[None, :], b_x)
     b_a, b_h = tl.associative_scan((b_a, b_x), 0, _combine)
     m = m_t[:, None] & m_d[None, :]
-    tl.store(o + t[:, None] * D + o_d[None, :], b_h.to(o.dtype.element_ty), mask=m)
+    tl.store(o + base + o_r[:, None] * D + o_d[None, :], b_h.to(o.dtype.element_ty), mask=m)
     tl.store(ht + i_n[:, None] * D + o_d[None, :], b_h, mask=m & last[:, None])
 
 
@@ -179,14 +186,16 @@ def chunk_bwd_kernel(
     i_d, i_c = tl.program_id(0), tl.program_id(1)
     o_d = i_d * BD + tl.arange(0, BD)
     m_d = o_d < D
-    t, m_t, i_n, first, last = _rows(i_c, T, T_all, seq_ids, cu_seqlens, BT, IS_VARLEN, True)
-    b_an, b_dh = _bwd_pairs(g, do, dht, t, m_t, i_n, last, o_d, m_d, D, T_all, USE_DHT)
+    o_r, t, m_t, i_n, first, last = _rows(i_c, T, T_all, seq_ids, cu_seqlens, BT, IS_VARLEN, True)
+    base = i_c.to(tl.int64) * BT * D
+    g, o, dx, dg = g + base, o + base, dx + base, dg + base
+    b_an, b_dh = _bwd_pairs(g, do + base, dht, o_r, t, m_t, i_n, last, o_d, m_d, D, T_all, USE_DHT)
     # [BD]: 0 for the last chunk
     b_in = tl.load(G + (i_c + 1).to(tl.int64) * D + o_d, mask=m_d & (o_d * 0 + i_c + 1 < NT), other=0)
     b_dh = tl.where((tl.arange(0, BT) == 0)[:, None], b_dh + b_an * b_in[None, :], b_dh)
     b_an, b_dh = tl.associative_scan((b_an, b_dh), 0, _combine)
     m = m_t[:, None] & m_d[None, :]
-    p = t[:, None] * D + o_d[None, :]
+    p = o_r[:, None] * D + o_d[None, :]
     # [BT, BD]
     b_a = tl.exp(tl.load(g + p, mask=m, other=0).to(tl.float32))
     # h_{t-1}: o at t - 1, the initial state (or 0) at a sequence's first step
@@ -213,7 +222,9 @@ def _layout(x, cu_seqlens):
 def _carry(A, Bs, NT, D, reverse):
     cfg = CONFIG
     BDC = min(cfg["BDC"], triton.next_power_of_2(D))
-    chunk_carry_kernel[(triton.cdiv(D, BDC),)](A, Bs, NT, D, REVERSE=reverse, BC=cfg["BC"], BD=BDC, num_warps=4)
+    chunk_carry_kernel[(triton.cdiv(D, BDC),)](
+        A, Bs, NT, D, REVERSE=reverse, BC=cfg["BC"], BD=BDC, num_warps=cfg["carry_warps"]
+    )  # fmt: skip
 
 
 def forward(x, g, initial_state=None, cu_seqlens=None):
