@@ -407,6 +407,7 @@ CHUNK_CASES = {
     "chunk-dense-no-h0-no-dht": (_case_chunk, (None, False, False)),
     "chunk-packed": (_case_chunk, ([5, 0, 17, 1, 8, 0],)),
     "chunk-packed-no-h0": (_case_chunk, ([0, 16, 3], False, False)),
+    "chunk-packed-one-step": (_case_chunk, ([1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1],)),  # first and last at once
     "chunk-strong-gates-and-resets": (_case_chunk, (None, True, True, 20.0, (0, 3, 7, 8, 16, 20))),
     "chunk-bf16": (_case_chunk, (None, True, True, 1.0, (), torch.bfloat16)),
     "chunk-op-dispatch": (_case_chunk_op, ()),
