@@ -53,6 +53,9 @@ def loop_pass(graph: fx.Graph, opts: Options, report: Report) -> None:
     regions, misses = loop.find(graph)
     report.misses += [Miss(loop.SPELLING, reason, src) for reason, src in misses]
     for region in regions:
+        if region.norm_offset is not None:  # a normalizer carried beside the state
+            normalized.loop_pass(region, opts, report)
+            continue
         try:
             step, _ = region.step_graph()
             metas = step_inputs(step)  # constants made from literals (an identity matrix) keep their values

@@ -19,6 +19,7 @@ key, or a non-causal mask differ somewhere, and the division is left as written 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import operator
 
@@ -29,11 +30,28 @@ from .. import costs, verify
 from ..ir import Family, Recurrence
 from ..ops.normalized import normalized_linear_attn
 from ..report import Match, Miss, Report
-from ..rewrite import from_canon, to_canon
-from ..verify import NearMiss
+from ..rewrite import LoopLowering, batch_split, from_bthd, from_canon, is_zeros, rewrite_loop, to_bthd, to_canon
+from ..verify import (
+    TOL,
+    NearMiss,
+    Role,
+    _outer_pairs,
+    _probe_inputs,
+    _readout,
+    apply_recipe,
+    loop_recurrence,
+    probe,
+    rel_err,
+    reshaped,
+    run_region,
+    step_inputs,
+)
 from . import _region as R
-from . import cumsum, parallel
+from . import cumsum, loop, parallel
 from ._graph import source_line, value_of
+from .loop import normalizer_message
+
+log = logging.getLogger("fla_compile")
 
 DIV = {operator.truediv, torch.div, torch.true_divide, "div", "true_divide", "__truediv__"}
 MUL = {operator.mul, torch.mul, "mul", "__mul__"}
@@ -246,3 +264,197 @@ def rewrite(div: fx.Node, low: NormalizedLowering, roots: list[fx.Node]) -> None
     call.meta = {k: v for k, v in div.meta.items() if k in ("example_value", "val", "stack_trace")}
     div.replace_all_uses_with(call, delete_user_cb=lambda u: u is not call)
     graph.eliminate_dead_code()
+
+
+# ---------------------------------------------------------------- the loop spelling
+# S_t = S_{t-1} + k_t v_t^T, z_t = z_{t-1} + k_t, o_t = S_t^T q_t / (z_t . q_t + eps): ``loop.find`` re-rolls the
+# loop with z carried beside S (``LoopRegion.norm_offset``); the step is classified and proven here, on numbers.
+
+
+def _dependent(step: fx.GraphModule) -> set:
+    """The step's nodes that read the state or the normalizer."""
+    dep: set = set()
+    for n in step.graph.nodes:
+        if (n.op == "placeholder" and n.name in ("state", "norm")) or any(a in dep for a in n.all_input_nodes):
+            dep.add(n)
+    return dep
+
+
+def _role_values(step: fx.GraphModule, env: dict, rec: Recurrence) -> dict:
+    by_origin = {n.meta["fla_origin"]: n for n in step.graph.nodes if "fla_origin" in n.meta}
+    return {x: apply_recipe(env[by_origin[r.origin]], r.recipe, r.target) for x, r in zip("qkv", (rec.q, rec.k, rec.v))}
+
+
+def _probe_step(step: fx.GraphModule, reads: dict, metas: list, gen) -> list:
+    """Positive probes of the step's inputs (after the state and the normalizer); the reads of one source at one
+    step through different indexing (``k[:, t, :, :, None]`` in S's update, ``k[:, t]`` in z's) get the same numbers."""
+    bases: dict = {}
+    out = []
+    for ph, m in zip(step.graph.find_nodes(op="placeholder")[2:], metas):
+        origin = ph.meta.get("fla_origin") or ("",)
+        r = reads.get(origin[1]) if origin[0] == "read" else None
+        if r is not None and isinstance(m, torch.Tensor) and m.is_floating_point():
+            src = value_of(r.src).shape
+            if (r.src, r.dim) not in bases:
+                bases[(r.src, r.dim)] = probe((*src[: r.dim], *src[r.dim + 1 :]), gen, "positive", m.device)
+            x = bases[(r.src, r.dim)]
+            x = x[r.post] if r.post is not None else x
+            if tuple(x.shape) == tuple(m.shape):
+                out.append(x)
+                continue
+        out += _probe_inputs([m], gen, positive=True)
+    return out
+
+
+def classify_loop(step: fx.GraphModule, reads: dict, metas: list, S_meta, z_meta) -> Recurrence:
+    """The roles q, k, v and eps of a step (state, norm, *inputs) -> (S_t, o_t, z_t); NearMiss with the reason."""
+    *batch, X, Y = tuple(S_meta.shape)
+    batch = tuple(batch)
+    if tuple(z_meta.shape) != (*batch, X):
+        raise NearMiss("the normalizer sums over the state's last dim (a state stored as [V, K])")
+    out = step.graph.find_nodes(op="output")[0].args[0][1]
+    if out is None:
+        raise NearMiss("the loop has no per-step output")
+    parts = division(cumsum.root(out))
+    den = normalizer(parts[1]) if parts is not None else None
+    if den is None:
+        raise NearMiss("the output is not a division num / (den + eps) of the state's read-out by its normalizer's")
+    num, eps = parts[0], den[1]
+    gen = torch.Generator().manual_seed(1234)
+    P = _probe_step(step, reads, metas, gen)  # feature-mapped keys and queries: positive
+    Sa, za = (probe(m.shape, gen, device=m.device) for m in (S_meta, z_meta))
+    (Fa, _, Za), env = run_region(step, [Sa, za, *P], widen=True)
+    (F0, _, Z0), _ = run_region(step, [torch.zeros_like(Sa), torch.zeros_like(za), *P], widen=True)
+    if rel_err(Fa - F0, Sa) > TOL or rel_err(Za - Z0, za) > TOL:
+        raise NearMiss("the state or the normalizer decays; supported: S_t = S_{t-1} + k_t v_t^T, z_t = z_{t-1} + k_t")
+    values = {n: v for n, v in env.items() if n not in _dependent(step) and n.op != "output"}
+    pairs = _outer_pairs(values, F0, batch, X, Y)
+    by_origin = {n.meta["fla_origin"]: n for n in step.graph.nodes if "fla_origin" in n.meta}
+    kv = [(a, b) for a, b in pairs if rel_err(apply_recipe(env[by_origin[a.origin]], a.recipe, a.target), Z0) <= TOL]
+    if not kv:
+        raise NearMiss(
+            "the normalizer sums other keys than the state's k_t v_t^T"
+            if pairs
+            else "the state update's additive term is not an outer product k v^T of step values"
+        )
+    read = _readout(values, env[num], Fa, Sa, batch, X, Y, False)
+    if read is None or read[2]:
+        raise NearMiss("the numerator is not S_t^T q_t for a value q_t of the step")
+    q, scale, _ = read
+    if not scale > 0:
+        raise NearMiss(f"the numerator is S_t^T q_t times {scale:g}; a positive factor is supported")
+    rec = loop_recurrence(FAMILY, q, kv[0][0], kv[0][1], None, None, 1.0, False, batch, True)
+    return rec.replace(extras={**rec.extras, "eps": eps / scale})  # c num / (c den + eps) = num / (den + eps / c)
+
+
+def _op_step(rec: Recurrence, vals: dict, S, z):
+    """The op over one step from (S, z): (o [*batch, V], S_t, z_t)."""
+    batch = rec.extras["batch"]
+    q, k, v = (to_bthd(vals[x][None], batch) for x in "qkv")
+    B, H = batch_split(batch)
+    h0 = (reshaped(S, B, H, *S.shape[-2:]), reshaped(z, B, H, z.shape[-1]))
+    o, (St, zt) = normalized_linear_attn(q, k, v, eps=rec.extras["eps"], initial_state=h0, output_final_state=True)
+    return from_bthd(o, batch)[0], reshaped(St, *S.shape), reshaped(zt, *z.shape)
+
+
+def prove_loop(step: fx.GraphModule, reads: dict, metas: list, S_meta, z_meta, rec: Recurrence, trials=2) -> float:
+    """One step equals the op (T = 1, the probes as the initial state) on fresh probes: states at three
+    magnitudes, and normalizers z that put q_t . z_t at 0.1, 1 and 10 times eps (where eps and a clamp tell)."""
+    gen = torch.Generator().manual_seed(4321)
+    e = max(rec.extras["eps"], 1e-6)
+    worst = 0.0
+    for _ in range(trials):
+        P = _probe_step(step, reads, metas, gen)
+        for mag in (1e-3, 1.0, 1e4):
+            S, z = (probe(m.shape, gen, device=m.device) * mag for m in (S_meta, z_meta))
+            _, env = run_region(step, [S, z, *P], widen=True)
+            vals = _role_values(step, env, rec)
+            q, k = vals["q"], vals["k"]
+            for s in (None, 0.1 * e, e, 10 * e):
+                zz = z if s is None else -k + s * q / (q * q).sum(-1, keepdim=True)  # (zz + k) . q = s
+                (S1, o1, z1), _ = run_region(step, [S, zz, *P], widen=True)
+                o, St, zt = _op_step(rec, vals, S, zz)
+                err = max(rel_err(St, S1), rel_err(zt, z1), rel_err(o.reshape(o1.shape), o1))
+                if not err <= TOL:
+                    raise NearMiss(
+                        f"the op differs from the step on fresh inputs (rel err {err:.1e}"
+                        + (f" where z_t . q_t = {s:.1e}, eps = {rec.extras['eps']:.1e})" if s else ")")
+                    )
+                worst = max(worst, err)
+    return worst
+
+
+class NormalizedLoopLowering:
+    """The callable that replaces a proven normalized loop: the roles hoisted as ``LoopLowering`` hoists them,
+    one ``normalized_linear_attn`` call, the output laid out as the loop wrote it; returns (o, S_T)."""
+
+    def __init__(self, region, rec: Recurrence):
+        self.inner = LoopLowering(region, rec.replace(family=Family.LINEAR_ATTN, initial_state=None))
+        self.eps, self.batch = rec.extras["eps"], rec.extras["batch"]
+        zero = is_zeros(region.init_state) and is_zeros(region.init_norm)
+        self.inits = [] if zero else [region.init_state, region.init_norm]
+        self.args = [*self.inner.args, *self.inits]
+        self.__name__ = f"fla_{FAMILY.value}_loop"
+
+    def __repr__(self) -> str:
+        return self.__name__
+
+    def same_call(self, other) -> bool:
+        """Whether ``other`` makes the same call apart from lengths (``@jit`` merges two probe lengths)."""
+        return (
+            isinstance(other, NormalizedLoopLowering)
+            and self.batch == other.batch
+            and len(self.inits) == len(other.inits)
+            and math.isclose(self.eps, other.eps, rel_tol=1e-9)
+        )
+
+    def __call__(self, *args):
+        inner = self.inner
+        n, g = inner.n_role_args, len(inner.global_roles)
+        T = next((x.shape[d] for x, d in zip(args, inner.in_dims) if d is not None), inner.T)
+        hoisted = inner._hoist(args[:n], T)
+        globals_ = dict(zip(inner.global_roles, args[n : n + g]))
+
+        def value(role: Role) -> torch.Tensor:
+            if role.origin[0] != "global":
+                return apply_recipe(hoisted[role.origin], role.recipe, role.target, lead=1)
+            x = apply_recipe(globals_[role.origin[1]], role.recipe, role.target)
+            return x.unsqueeze(0).expand(T, *x.shape)
+
+        vals = {name: value(role) for name, role in inner.roles}
+        q, k, v = (to_bthd(vals[x], self.batch) for x in "qkv")
+        B, H = batch_split(self.batch)
+        h0 = None
+        if self.inits:
+            acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+            S0, z0 = args[n + g :]
+            h0 = (reshaped(S0, B, H, *S0.shape[-2:]).to(acc), reshaped(z0, B, H, z0.shape[-1]).to(acc))
+        o, (St, _) = normalized_linear_attn(q, k, v, eps=self.eps, initial_state=h0, output_final_state=True)
+        meta = inner.state_meta
+        return inner._layout_output(from_bthd(o, self.batch), T), reshaped(St, *meta.shape).to(meta.dtype)
+
+
+def loop_pass(region, opts, report: Report) -> None:
+    """Classify, prove and rewrite a re-rolled loop carrying a normalizer beside its state."""
+    try:
+        step, _ = region.step_graph()
+        metas = step_inputs(step)[1:]  # after the state: the normalizer's placeholder, then the step's inputs
+        S_meta, z_meta = (value_of(p) for p in step.graph.find_nodes(op="placeholder")[:2])
+        rec = classify_loop(step, region.reads, metas, S_meta, z_meta)
+        err = prove_loop(step, region.reads, metas, S_meta, z_meta, rec) if opts.verify else math.nan
+    except (NearMiss, ValueError) as e:
+        why = normalizer_message(region.blocks, region.state_offset, region.norm_offset, str(e))
+        report.misses.append(Miss(loop.SPELLING, why, region.source))
+        return
+    except Exception as e:  # a bug of ours: the graph is untouched so far, so leave the loop as written
+        log.warning("fla_compile: the loop at %s is left as written after an internal error", region.source,
+                    exc_info=True)  # fmt: skip
+        report.misses.append(
+            Miss(loop.SPELLING, f"internal error, left as written: {type(e).__name__}: {e}", region.source)
+        )
+        return
+    rec = rec.replace(output_final_state=region.final_state_used, source=region.source)
+    kept, shape = costs.decide(opts, FAMILY.value, loop.SPELLING, costs.loop_shape, region)
+    if not kept:
+        rewrite_loop(region, NormalizedLoopLowering(region, rec))
+    report.matches.append(Match(FAMILY.value, loop.SPELLING, region.source, rec.op_name, err, kept, shape))
