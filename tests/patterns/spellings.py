@@ -328,16 +328,16 @@ def normalized_elu_in_loop(q, k, v):
     return o.transpose(1, 2)
 
 
-def _taylor(x):
-    """Based's feature map, the 2nd-order Taylor expansion of exp(q . k / sqrt(D)): [1, x / D^1/4, x x^T / sqrt(2D)]."""
-    D = x.shape[-1]
-    x2 = (x[..., :, None] * x[..., None, :]).flatten(-2) / 2**0.5
-    return torch.cat([torch.ones_like(x[..., :1]), x / D**0.25, x2 / D**0.5], -1)
-
-
 def normalized_based_taylor(q, k, v):
     """Based's recurrent view: Taylor features (1 + D + D^2 of them) made before the loop, the reciprocal multiplied."""
-    q, k = _taylor(q), _taylor(k)
+
+    def taylor(x):
+        """Based's feature map, the 2nd-order Taylor expansion of exp(q . k / sqrt(D)): [1, x / D^1/4, x x^T / sqrt(2D)]."""
+        D = x.shape[-1]
+        x2 = (x[..., :, None] * x[..., None, :]).flatten(-2) / 2**0.5
+        return torch.cat([torch.ones_like(x[..., :1]), x / D**0.25, x2 / D**0.5], -1)
+
+    q, k = taylor(q), taylor(k)
     B, T, H, F_ = q.shape
     S = q.new_zeros(B, H, F_, v.shape[-1])
     z = q.new_zeros(B, H, F_)
@@ -405,6 +405,20 @@ def miss_normalized_clamped(q, k, v):
         S = S + k[:, t, :, :, None] * v[:, t, :, None, :]
         z = z + k[:, t]
         outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S) / (q[:, t] * z).sum(-1, keepdim=True).clamp(min=0.5))
+    return torch.stack(outs, 1)
+
+
+def miss_normalized_heads_swapped(q, k, v):
+    """The normalizer read by the other head's query: only the proof tells it from the op."""
+    q, k = q.sigmoid(), k.sigmoid()
+    B, T, H, K = q.shape
+    S = q.new_zeros(B, H, K, v.shape[-1])
+    z = q.new_zeros(B, H, K)
+    outs = []
+    for t in range(T):
+        S = S + k[:, t, :, :, None] * v[:, t, :, None, :]
+        z = z + k[:, t]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S) / ((q[:, t].flip(1) * z).sum(-1, keepdim=True) + 1e-6))
     return torch.stack(outs, 1)
 
 

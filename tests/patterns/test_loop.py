@@ -54,6 +54,7 @@ NEGATIVE = {
     "miss_normalized_other_key": "other keys",
     "miss_normalized_clamped": "not a division num / (den + eps)",
     "miss_normalized_eps_outside": "not a division num / (den + eps)",
+    "miss_normalized_heads_swapped": "differs from the step",
 }
 
 

@@ -10,8 +10,11 @@ import torch
 import torch.nn.functional as F
 
 import fla_compile
+from fla_compile.patterns import normalized
 
-B, T, H, D = 2, 16, 2, 4
+from . import spellings as S
+
+B, T, H, D = 2, 8, 2, 4
 EPS = 1e-6
 
 
@@ -186,7 +189,7 @@ def test_normalized_near_miss_is_left_as_written(fn, reason):
     assert rel(out, ref) < 1e-5
 
 
-@pytest.mark.parametrize("fn", [parallel_elu_bthd_einsum, cumsum_elu], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("fn", [parallel_elu_bthd_einsum], ids=lambda f: f.__name__)  # cumsum: tests/patterns/test_cumsum.py
 def test_jit_runs_the_normalized_op_at_any_length(fn):
     """@jit traces at two short lengths and runs the op at another; the fp32 result and gradients equal eager."""
     jitted = fla_compile.jit(fn)
@@ -199,4 +202,64 @@ def test_jit_runs_the_normalized_op_at_any_length(fn):
     g_ref = torch.autograd.grad(ref.sum(), xs)
     g_out = torch.autograd.grad(out.sum(), xs)
     for a, b in zip(g_out, g_ref):
+        assert rel(a, b) < 1e-5
+
+
+def test_jit_runs_a_normalized_loop_at_any_length():
+    """@jit re-rolls the loop at two probe lengths (no unrolling at the call's length) and runs the op."""
+    fn = S.normalized_elu_in_loop
+    jitted = fla_compile.jit(fn)
+    gen = torch.Generator().manual_seed(3)
+    xs = [torch.randn(1, 20, H, D, generator=gen).requires_grad_() for _ in range(3)]
+    out = jitted(*xs)
+    assert [(m.family, m.spelling) for m in jitted.explain(*xs).matches] == [("normalized_linear_attn", "loop")]
+    ref = fn(*xs)
+    assert rel(out, ref) < 1e-5
+    for a, b in zip(torch.autograd.grad(out.sum(), xs), torch.autograd.grad(ref.sum(), xs)):
+        assert rel(a, b) < 1e-5
+
+
+PROOF_ONLY = [miss_normalizer_query_axis, miss_eps_inside_the_sum, S.miss_normalized_heads_swapped]
+
+
+@pytest.mark.parametrize("fn", PROOF_ONLY, ids=lambda f: f.__name__)
+def test_without_the_proof_it_is_miscompiled(fn, monkeypatch):
+    """The meta-test: with the proofs stubbed, these near misses are rewritten and come out wrong; the proof is
+    what stops each one."""
+    monkeypatch.setattr(normalized.verify, "prove_region", lambda gm, args, recs, *_: (recs[0], 0.0))
+    monkeypatch.setattr(normalized, "prove_loop", lambda *_, **__: 0.0)
+    xs = [x.detach() for x in inputs(fn)]
+    ref = fn(*xs)
+    out = compile_fla(fn)(*xs)
+    assert [m.family for m in fla_compile.last_report().rewritten] == ["normalized_linear_attn"]
+    assert rel(out, ref) > 1e-3
+
+
+def loop_with_initial_state(q, k, v, S0, z0):
+    """A loop starting from a state and a normalizer passed in, the final state returned."""
+    q, k = elu1(q), elu1(k)
+    S, z = S0.clone(), z0.clone()
+    outs = []
+    for t in range(q.shape[1]):
+        S = S + k[:, t, :, :, None] * v[:, t, :, None, :]
+        z = z + k[:, t]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S) / ((q[:, t] * z).sum(-1, keepdim=True) + 1e-3))
+    return torch.stack(outs, 1), S
+
+
+def test_loop_with_initial_state_and_final_state():
+    gen = torch.Generator().manual_seed(4)
+    xs = [torch.randn(B, T, H, D, generator=gen) for _ in range(3)] + [
+        torch.rand(B, H, D, D, generator=gen),
+        torch.rand(B, H, D, generator=gen),
+    ]
+    xs = [x.requires_grad_() for x in xs]
+    out = compile_fla(loop_with_initial_state)(*xs)
+    assert [m.family for m in fla_compile.last_report().rewritten] == ["normalized_linear_attn"]
+    ref = loop_with_initial_state(*(x.double() for x in xs))
+    for o, r in zip(out, ref):
+        assert rel(o, r) < 1e-5
+    g_out = torch.autograd.grad(sum(o.sum() for o in out), xs)
+    g_ref = torch.autograd.grad(sum(r.sum() for r in ref), xs)
+    for a, b in zip(g_out, g_ref):  # S0 and z0 included
         assert rel(a, b) < 1e-5
