@@ -317,8 +317,8 @@ def normalized_elu_in_loop(q, k, v):
     """Katharopoulos et al.'s recurrent form: elu + 1 inside the loop, a scale on q, + eps, [B, H, T, D] buffers."""
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))
     B, H, T, K = q.shape
-    S = torch.zeros(B, H, K, v.shape[-1])
-    z = torch.zeros(B, H, K)
+    S = q.new_zeros(B, H, K, v.shape[-1])
+    z = q.new_zeros(B, H, K)
     o = torch.zeros_like(v)
     for t in range(T):
         q_t, k_t = (F.elu(q[:, :, t]) + 1) * K**-0.5, F.elu(k[:, :, t]) + 1

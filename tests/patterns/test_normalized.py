@@ -47,7 +47,7 @@ def parallel_elu_bthd_einsum(q, k, v):
     q, k = elu1(q), elu1(k)
     A = torch.einsum("bthd,bshd->bhts", q, k) * D**-0.5
     n = q.shape[1]
-    A = A.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), 0)
+    A = A.masked_fill(~torch.ones(n, n, dtype=torch.bool, device=q.device).tril(), 0)
     num = torch.einsum("bhts,bshd->bthd", A, v)
     return num / (A.sum(-1).transpose(1, 2)[..., None] + EPS)
 
@@ -67,7 +67,7 @@ def parallel_rebased(q, k, v, gamma, beta):
     q = (gamma * F.layer_norm(q, (D,)) + beta) ** 2
     k = (gamma * F.layer_norm(k, (D,)) + beta) ** 2
     q, k, v = bhtd(q, k, v)
-    A = (q @ k.transpose(-1, -2)) * torch.tril(torch.ones(q.shape[-2], q.shape[-2]))
+    A = (q @ k.transpose(-1, -2)) * torch.tril(torch.ones(q.shape[-2], q.shape[-2], device=q.device))
     return ((A @ v) / (A.sum(-1, keepdim=True) + 1e-3)).transpose(1, 2)
 
 
@@ -189,7 +189,8 @@ def test_normalized_near_miss_is_left_as_written(fn, reason):
     assert rel(out, ref) < 1e-5
 
 
-@pytest.mark.parametrize("fn", [parallel_elu_bthd_einsum], ids=lambda f: f.__name__)  # cumsum: tests/patterns/test_cumsum.py
+# the cumsum spelling's @jit test is tests/patterns/test_cumsum.py's
+@pytest.mark.parametrize("fn", [parallel_elu_bthd_einsum], ids=lambda f: f.__name__)
 def test_jit_runs_the_normalized_op_at_any_length(fn):
     """@jit traces at two short lengths and runs the op at another; the fp32 result and gradients equal eager."""
     jitted = fla_compile.jit(fn)
@@ -263,3 +264,25 @@ def test_loop_with_initial_state_and_final_state():
     g_ref = torch.autograd.grad(sum(r.sum() for r in ref), xs)
     for a, b in zip(g_out, g_ref):  # S0 and z0 included
         assert rel(a, b) < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("triton", ["1", "0"])
+@pytest.mark.parametrize("fn,spelling", POSITIVE, ids=[f.__name__ for f, _ in POSITIVE])
+def test_normalized_form_on_cuda(fn, spelling, triton, monkeypatch):
+    """CUDA fp32 inputs, Inductor on (the feature maps and the division fused around the op), against eager fp64."""
+    monkeypatch.setenv("FLA_COMPILE_TRITON", triton)
+    xs = [x.detach().cuda().requires_grad_() for x in inputs(fn)]
+    x64 = [x.detach().double().requires_grad_() for x in xs]
+    out = compile_fla_inductor(fn)(*xs)
+    assert [m.family for m in fla_compile.last_report().rewritten] == ["normalized_linear_attn"]
+    ref = fn(*x64)
+    assert out.is_cuda and rel(out.cpu(), ref.cpu()) < 1e-4
+    for a, b in zip(torch.autograd.grad(out.sum(), xs), torch.autograd.grad(ref.sum(), x64)):
+        assert rel(a.cpu(), b.cpu()) < 1e-4
+
+
+def compile_fla_inductor(fn):
+    torch._dynamo.reset()
+    return torch.compile(fn, backend="fla")
