@@ -12,7 +12,7 @@ import logging
 import torch.fx as fx
 
 from . import costs
-from .patterns import chunked, cumsum, loop, loss, parallel
+from .patterns import chunked, cumsum, loop, loss, normalized, parallel
 from .patterns._graph import specialize_sizes, to_ssa, value_of
 from .report import Match, Miss, Report
 from .rewrite import LoopLowering, call_family, is_zeros, rewrite_loop
@@ -53,6 +53,9 @@ def loop_pass(graph: fx.Graph, opts: Options, report: Report) -> None:
     regions, misses = loop.find(graph)
     report.misses += [Miss(loop.SPELLING, reason, src) for reason, src in misses]
     for region in regions:
+        if region.norm_offset is not None:  # a normalizer carried beside the state
+            normalized.loop_pass(region, opts, report)
+            continue
         try:
             step, _ = region.step_graph()
             metas = step_inputs(step)  # constants made from literals (an identity matrix) keep their values
@@ -82,7 +85,13 @@ def loop_pass(graph: fx.Graph, opts: Options, report: Report) -> None:
 
 
 PRE_PASSES = [("chunked", chunked.run_pass)]
-PASSES = [("loop", loop_pass), ("parallel", parallel.run_pass), ("cumsum", cumsum.run_pass), ("loss", loss.run_pass)]
+PASSES = [
+    ("loop", loop_pass),
+    ("normalized", normalized.run_pass),  # before parallel and cumsum, which would take its numerator
+    ("parallel", parallel.run_pass),
+    ("cumsum", cumsum.run_pass),
+    ("loss", loss.run_pass),
+]
 
 
 def run(gm: fx.GraphModule, opts: Options) -> tuple[fx.GraphModule, Report]:

@@ -22,8 +22,6 @@ from .patterns.test_loop import NEGATIVE, POSITIVE
 
 B, T, H, K, V = 1, 8, 2, 4, 4
 OPTIONS = {"inductor": False}  # the same for both; Inductor's cold compile of the negatives is slow on CPU
-# the loop tests' near misses, and those tests/test_messages.py checks the wording of
-NEGATIVE = {**NEGATIVE, "miss_normalized_linear": "normalizer", "miss_normalized_linear_inplace": "normalizer"}
 SPELLINGS = sorted(n for n, f in vars(S).items() if inspect.isfunction(f) and f.__module__ == S.__name__)
 
 
