@@ -32,6 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..common import launch
+
 # Launch options, read by the launchers at every call (benchmarks/scan_hgrn.py --sweep-chunk times others):
 # BT steps per chunk and BD channels per program of passes 1 and 3, BC chunks per associative scan and BDC
 # channels per program of the carry pass. Chosen from ptxas's register counts for sm_90 (Triton 3.9), not
@@ -221,8 +223,8 @@ def _layout(x, cu_seqlens):
 
 def _carry(A, Bs, NT, D, reverse):
     cfg = CONFIG
-    BDC = min(cfg["BDC"], triton.next_power_of_2(D))
-    chunk_carry_kernel[(triton.cdiv(D, BDC),)](
+    BDC = min(cfg["BDC"], launch.next_pow2(D))
+    chunk_carry_kernel[(launch.cdiv(D, BDC),)](
         A, Bs, NT, D, REVERSE=reverse, BC=cfg["BC"], BD=BDC, num_warps=cfg["carry_warps"]
     )  # fmt: skip
 
@@ -233,8 +235,8 @@ def forward(x, g, initial_state=None, cu_seqlens=None):
     x, g = x.contiguous(), g.contiguous()
     T, T_all, N, seq_ids = _layout(x, cu_seqlens)
     cfg = CONFIG
-    BT, BD = cfg["BT"], min(cfg["BD"], triton.next_power_of_2(D))
-    NT = triton.cdiv(T_all, BT)
+    BT, BD = cfg["BT"], min(cfg["BD"], launch.next_pow2(D))
+    NT = launch.cdiv(T_all, BT)
     h0 = initial_state.contiguous() if initial_state is not None else None
     o = torch.empty_like(x)
     if cu_seqlens is None:  # every sequence has a last step that writes its state
@@ -243,7 +245,7 @@ def forward(x, g, initial_state=None, cu_seqlens=None):
         ht = h0.float().clone() if h0 is not None else torch.zeros(N, D, dtype=torch.float32, device=x.device)
     A = torch.empty(NT, D, dtype=torch.float32, device=x.device)
     Bs = torch.empty(NT, D, dtype=torch.float32, device=x.device)
-    grid = (triton.cdiv(D, BD), NT)
+    grid = (launch.cdiv(D, BD), NT)
     flags = dict(USE_H0=h0 is not None, IS_VARLEN=cu_seqlens is not None, BT=BT, BD=BD, num_warps=cfg["num_warps"])
     chunk_sum_kernel[grid](
         x, g, h0, None, None, A, Bs, seq_ids, cu_seqlens, T, T_all, D, BACKWARD=False, USE_DHT=False, **flags
@@ -259,8 +261,8 @@ def backward(x, g, initial_state, cu_seqlens, o, do, dht):
     g, o, do = g.contiguous(), o.contiguous(), do.contiguous()
     T, T_all, N, seq_ids = _layout(x, cu_seqlens)
     cfg = CONFIG
-    BT, BD = cfg["BT"], min(cfg["BD"], triton.next_power_of_2(D))
-    NT = triton.cdiv(T_all, BT)
+    BT, BD = cfg["BT"], min(cfg["BD"], launch.next_pow2(D))
+    NT = launch.cdiv(T_all, BT)
     h0 = initial_state.contiguous() if initial_state is not None else None
     dht = dht.contiguous() if dht is not None else None
     dx, dg = torch.empty_like(x), torch.empty_like(g)
@@ -272,7 +274,7 @@ def backward(x, g, initial_state, cu_seqlens, o, do, dht):
             dh0 = dht.float().clone() if dht is not None else torch.zeros(N, D, dtype=torch.float32, device=x.device)
     A = torch.empty(NT, D, dtype=torch.float32, device=x.device)
     Gs = torch.empty(NT, D, dtype=torch.float32, device=x.device)
-    grid = (triton.cdiv(D, BD), NT)
+    grid = (launch.cdiv(D, BD), NT)
     flags = dict(USE_DHT=dht is not None, IS_VARLEN=cu_seqlens is not None, BT=BT, BD=BD, num_warps=cfg["num_warps"])
     chunk_sum_kernel[grid](
         None, g, None, do, dht, A, Gs, seq_ids, cu_seqlens, T, T_all, D, BACKWARD=True, USE_H0=False, **flags

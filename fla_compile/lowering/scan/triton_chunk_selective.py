@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..common import launch
 from ..common.launch import pow2
 
 LOG2E = tl.constexpr(1.4426950408889634)  # 1 / ln 2: exp(x) = exp2(x log2 e)
@@ -241,7 +242,7 @@ def forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
     ht = u.new_empty(n_seq, D, N, dtype=torch.float32)
     h0 = initial_state.contiguous() if initial_state is not None else None
     BN, BD = pow2(N, lo=2), min(BD_FWD, pow2(D, lo=2))
-    chunk_selective_fwd_kernel[(triton.cdiv(D, BD), n_seq)](
+    chunk_selective_fwd_kernel[(launch.cdiv(D, BD), n_seq)](
         u, dt, A, B, C, h0, y, ht, cu_seqlens, T, D, N,
         USE_H0=h0 is not None, IS_VARLEN=cu_seqlens is not None, BT=BT_FWD, BD=BD, BN=BN, num_warps=WARPS_FWD,
     )  # fmt: skip
@@ -255,7 +256,7 @@ def backward(u, dt, A, B, C, initial_state, cu_seqlens, dy, dht):
     u, dt, A, B, C, dy = (x.contiguous() for x in (u, dt, A, B, C, dy))
     n_seq = Bsz if cu_seqlens is None else cu_seqlens.shape[0] - 1
     BN, BD, BT = pow2(N, lo=2), min(BD_BWD, pow2(D, lo=2)), BT_BWD
-    n_d, T_all = triton.cdiv(D, BD), Bsz * T
+    n_d, T_all = launch.cdiv(D, BD), Bsz * T
     f32 = dict(dtype=torch.float32, device=u.device)
     h0 = initial_state.contiguous() if initial_state is not None else None
     flags = dict(IS_VARLEN=cu_seqlens is not None, BT=BT, BD=BD, BN=BN)
