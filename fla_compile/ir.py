@@ -31,6 +31,7 @@ class Family(str, enum.Enum):
     RWKV6 = "rwkv6"  # S = diag(exp(w_t)) S + k v^T, o = (S_{t-1} + diag(u) k v^T)^T r: gla with a bonus u
     HGRN = "hgrn"  # h = exp(g_t) * h + x_t, elementwise: the state is a vector, o_t = h_t
     MAMBA = "mamba"  # h = exp(dt_t A) * h + u_t B_t^T over [D, N], y_t = h_t C_t (Mamba's selective scan)
+    NORMALIZED_LINEAR_ATTN = "normalized_linear_attn"  # linear_attn's o_t / (q_t . z_t + eps), z_t = z_{t-1} + k_t
 
     def __str__(self) -> str:
         return self.value
@@ -141,6 +142,8 @@ class Recurrence:
         """Name of the op this recurrence lowers to (``torch.ops.fla_compile.<family>``)."""
         if self.family == Family.RETENTION and self.gate is not None:
             return "fla_compile.simple_gla"  # a decay held in a tensor: constant over time, per head or batch
+        if self.family == Family.NORMALIZED_LINEAR_ATTN:
+            return "fla_compile.linear_attn"  # on [v, 1] (ops.normalized_linear_attn): the division stays in the graph
         return f"fla_compile.{self.family.value}"
 
     def replace(self, **changes: Any) -> Recurrence:
@@ -176,7 +179,8 @@ class LoopLayout:
         shape (stack, cat) or the buffer's without its time dim; out_dtype, state_dtype: the dtypes the
         user's code gives them;
     nodes, out_target, final_state: what the rewrite replaces (the region's nodes, the node after the
-        loop holding the whole output, the last step's state).
+        loop holding the whole output, the last step's state);
+    norm: a normalized loop's normalizer before the loop (the argument beside the initial state), or None.
     """
 
     inputs: tuple
@@ -193,3 +197,4 @@ class LoopLayout:
     nodes: tuple
     out_target: Any
     final_state: Any
+    norm: int | None = None

@@ -12,7 +12,7 @@ import logging
 import torch.fx as fx
 
 from . import costs
-from .patterns import chunked, cumsum, loop, loop_roles, loss, parallel
+from .patterns import chunked, cumsum, loop, loop_roles, loss, normalized, parallel
 from .patterns._graph import specialize_sizes, to_ssa, value_of
 from .report import Match, Miss, Report
 from .rewrite import LoopLowering, call_family, is_zeros, rewrite_loop
@@ -53,6 +53,9 @@ def loop_pass(graph: fx.Graph, opts: Options, report: Report) -> None:
     regions, misses = loop.find(graph)
     report.misses += [Miss(loop.SPELLING, reason, src) for reason, src in misses]
     for region in regions:
+        if region.norm_offset is not None:  # a normalizer carried beside the state
+            normalized.loop_pass(region, opts, report)
+            continue
         try:
             step, _ = region.step_graph()
             metas = step_inputs(step)  # constants made from literals (an identity matrix) keep their values
@@ -84,14 +87,18 @@ def loop_pass(graph: fx.Graph, opts: Options, report: Report) -> None:
                 continue
             rewrite_loop(rec, LoopLowering(rec))
             if pinned:
-                report.notes.append(
-                    f"symbolic sizes pinned for the loop at {rec.source} ({'; '.join(pinned)}): other values recompile"
-                )
+                report.notes.append(loop_roles.pinned_note(rec, pinned))
         report.matches.append(Match(rec.family.value, rec.spelling, rec.source, rec.op_name, err, kept, shape))
 
 
 PRE_PASSES = [("chunked", chunked.run_pass)]
-PASSES = [("loop", loop_pass), ("parallel", parallel.run_pass), ("cumsum", cumsum.run_pass), ("loss", loss.run_pass)]
+PASSES = [
+    ("loop", loop_pass),
+    ("normalized", normalized.run_pass),  # before parallel and cumsum, which would take its numerator
+    ("parallel", parallel.run_pass),
+    ("cumsum", cumsum.run_pass),
+    ("loss", loss.run_pass),
+]
 
 
 def run(gm: fx.GraphModule, opts: Options) -> tuple[fx.GraphModule, Report]:
@@ -109,6 +116,12 @@ def run(gm: fx.GraphModule, opts: Options) -> tuple[fx.GraphModule, Report]:
     else:
         for _, fn in PASSES:
             fn(graph, opts, report)
+    internal = any(m.reason.startswith("internal error") for m in report.misses)
+    if not report.matches and not internal:  # nothing rewritten (and no bug of ours): the function as a whole
+        whole = Report()
+        chunked.run_pass(gm.graph, opts, whole, top_level=True)
+        if whole.matches:  # proven as a whole: the parts' near misses no longer apply
+            report, graph = whole, gm.graph
     report.dedup()  # a construct inside an unrolled loop's body is found once per step: said once
     if not report.matches:
         return gm, report

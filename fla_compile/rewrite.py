@@ -106,6 +106,8 @@ def call_family(b: Recurrence, vals: dict, h0, batch: tuple | None = None):
         return _call_scan(b, vals, h0, batch)
     if b.family == Family.MAMBA:
         return _call_selective(b, vals, h0, batch)
+    if b.family == Family.NORMALIZED_LINEAR_ATTN:
+        return _call_normalized(b, vals, h0, batch)
     family = b.family
     q, k, v = (to_bthd(vals[n], batch) for n in ("q", "k", "v"))
     B, H = batch_split(batch)
@@ -128,6 +130,21 @@ def call_family(b: Recurrence, vals: dict, h0, batch: tuple | None = None):
     )
     ht = ht.transpose(-1, -2) if b.state_transposed else ht
     return from_bthd(o, batch), reshaped(ht, *batch, *ht.shape[-2:])
+
+
+def _call_normalized(b: Recurrence, vals: dict, h0, batch: tuple):
+    """normalized_linear_attn on role values q, k, v [T, *batch, D] and a state (S [*batch, K, V],
+    z [*batch, K]) or None; returns o [T, *batch, V] and S_T (the normalizer's is not used after the loop)."""
+    from .ops.normalized import normalized_linear_attn
+
+    q, k, v = (to_bthd(vals[x], batch) for x in "qkv")
+    B, H = batch_split(batch)
+    if h0 is not None:
+        acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+        S0, z0 = h0
+        h0 = (reshaped(S0, B, H, *S0.shape[-2:]).to(acc), reshaped(z0, B, H, z0.shape[-1]).to(acc))
+    o, (St, _) = normalized_linear_attn(q, k, v, eps=b.extras["eps"], initial_state=h0, output_final_state=True)
+    return from_bthd(o, batch), reshaped(St, *batch, *St.shape[-2:])
 
 
 def _call_scan(b: Recurrence, vals: dict, h0, shape: tuple):
@@ -195,7 +212,13 @@ class LoopLowering:
     def same_call(self, other) -> bool:
         """Whether ``other`` makes the same call apart from lengths (``@jit`` merges two probe lengths;
         the wiring is compared node by node there, and the merged graph checked at a third length)."""
-        return isinstance(other, LoopLowering) and self.family == other.family
+        eps = self.rec.extras.get("eps"), other.rec.extras.get("eps") if isinstance(other, LoopLowering) else None
+        return (
+            isinstance(other, LoopLowering)
+            and self.family == other.family
+            and (self.layout.initial is None) == (other.layout.initial is None)
+            and (eps[0] == eps[1] or None not in eps and math.isclose(eps[0], eps[1], rel_tol=1e-9))
+        )
 
     def __call__(self, *args):
         lay = self.layout
@@ -204,6 +227,8 @@ class LoopLowering:
         batch = _sizes(lay.batch, args)
         vals = {name: role(args, T, batch) for name, role in self.roles}
         h0 = args[lay.initial] if lay.initial is not None else None
+        if h0 is not None and lay.norm is not None:  # a normalized loop's state: (S, z)
+            h0 = (h0, args[lay.norm])
         o, ht = call_family(self.rec, vals, h0, batch)
         return self._layout_output(o, T, args), reshaped(ht, *batch, *lay.state_tail).to(lay.state_dtype)
 

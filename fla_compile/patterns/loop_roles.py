@@ -209,6 +209,8 @@ def recurrence(region: LoopRegion, rec: Recurrence) -> tuple[Recurrence, list[st
                 posts.append(None)
         roles[name] = RoleFn(StepRole(gm, tuple(in_dims), tuple(posts), shaper), tuple(args), role.log)
     initial = arg(rec.initial_state) if rec.initial_state is not None else None
+    init_norm = getattr(region, "init_norm", None)  # a normalizer carried beside the state (patterns/normalized.py)
+    norm = arg(init_norm) if initial is not None and init_norm is not None else None
     recorded = [_recorded(n) for n in inputs]
 
     def dims(shape: tuple, what: str) -> tuple:
@@ -255,5 +257,11 @@ def recurrence(region: LoopRegion, rec: Recurrence) -> tuple[Recurrence, list[st
         nodes=tuple(n for b in region.blocks for n in b),
         out_target=region.out_target,
         final_state=region.blocks[-1][region.state_offset],
+        norm=norm,
     )
     return rec.replace(layout=layout, **roles), pin.what
+
+
+def pinned_note(rec: Recurrence, pinned: list[str]) -> str:
+    """The report's note on what a loop's rewrite pinned."""
+    return f"symbolic sizes pinned for the loop at {rec.source} ({'; '.join(pinned)}): other values recompile"
