@@ -12,7 +12,7 @@ import logging
 import torch.fx as fx
 
 from . import costs
-from .patterns import chunked, cumsum, loop, loss, parallel
+from .patterns import chunked, cumsum, loop, loss, pairwise, parallel
 from .patterns._graph import specialize_sizes, to_ssa, value_of
 from .report import Match, Miss, Report
 from .rewrite import LoopLowering, call_family, is_zeros, rewrite_loop
@@ -82,7 +82,13 @@ def loop_pass(graph: fx.Graph, opts: Options, report: Report) -> None:
 
 
 PRE_PASSES = [("chunked", chunked.run_pass)]
-PASSES = [("loop", loop_pass), ("parallel", parallel.run_pass), ("cumsum", cumsum.run_pass), ("loss", loss.run_pass)]
+PASSES = [
+    ("loop", loop_pass),
+    ("parallel", parallel.run_pass),
+    ("pairwise", pairwise.run_pass),
+    ("cumsum", cumsum.run_pass),
+    ("loss", loss.run_pass),
+]
 
 
 def run(gm: fx.GraphModule, opts: Options) -> tuple[fx.GraphModule, Report]:
