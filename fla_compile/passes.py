@@ -14,6 +14,7 @@ import torch.fx as fx
 from . import costs
 from .patterns import chunked, cumsum, loop, loss, pairwise, parallel
 from .patterns._graph import specialize_sizes, to_ssa, value_of
+from .patterns._vmap import devmap
 from .report import Match, Miss, Report
 from .rewrite import LoopLowering, call_family, is_zeros, rewrite_loop
 from .verify import NearMiss, classify_loop, prove_loop, step_inputs
@@ -99,6 +100,8 @@ def run(gm: fx.GraphModule, opts: Options) -> tuple[fx.GraphModule, Report]:
     report = Report()
     for _, fn in PRE_PASSES:  # passes that run regions as written, before normalization
         fn(gm.graph, opts, report)
+    if devmap(gm.graph):  # torch.func.vmap calls become the batched ops they stand for
+        gm.recompile()
     graph, why = to_ssa(gm)
     if graph is None:
         report.notes.append(f"graph not normalized: {why}")
