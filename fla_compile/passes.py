@@ -89,6 +89,7 @@ PASSES = [
     ("pairwise", pairwise.run_pass),
     ("cumsum", cumsum.run_pass),
     ("loss", loss.run_pass),
+    ("chunked (whole function)", chunked.run_whole_pass),
 ]
 
 
