@@ -25,7 +25,7 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, ".")
 import fla_compile  # noqa: E402
-from tests.patterns.held_out import CASES  # noqa: E402
+from tests.patterns.held_out import CASES, CASES_2  # noqa: E402
 
 log = logging.getLogger("recognition")
 
@@ -84,11 +84,13 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32")
     p.add_argument("--T", type=int, default=32)
     p.add_argument("-k", default="", help="only the cases whose name contains this")
+    p.add_argument("--set", default="all", choices=["1", "2", "all"], help="held-out set 1, 2 or both")
     a = p.parse_args(argv)
     dtype = getattr(torch, a.dtype)
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     counts = {"recognized": 0, "missed": 0, "wrong": 0}
-    for fn, expect in CASES:
+    cases = {"1": CASES, "2": CASES_2, "all": CASES + CASES_2}[a.set]
+    for fn, expect in cases:
         if a.k not in fn.__name__:
             continue
         args = make_inputs(fn, 1, a.T, 2, 8, a.device, dtype)

@@ -241,14 +241,23 @@ def _retention_decay(gm, inputs, roles, gen) -> tuple | None:
     return None
 
 
+def _large(vals, roles):
+    """A draw with q, v (and the initial state) 100 times larger: every family is linear in them jointly, a
+    region that saturates (a clamp, a tanh) beyond unit-sized values is not."""
+    for r in ("q", "v", "h0"):
+        if roles[r] is not None:
+            vals[roles[r]] = vals[roles[r]] * 100
+    return vals
+
+
 def _prove(gm, inputs, outputs, roles, gen):
-    """(l2norm, scale, o_idx, s_idx, err) if the region equals the op on two fresh draws."""
+    """(l2norm, scale, o_idx, s_idx, err) if the region equals the op on three fresh draws (one large)."""
     if roles["family"] == Family.RETENTION:
         roles["decay"] = _retention_decay(gm, inputs, roles, gen)
         if roles["decay"] is None:
             return None
     for l2norm in (False, True, "k"):
-        draws = [_probe(inputs, roles, gen) for _ in range(2)]
+        draws = [_probe(inputs, roles, gen) for _ in range(2)] + [_large(_probe(inputs, roles, gen), roles)]
         # run as written (in-place updates of its inputs: each run gets copies)
         outs = [_run(gm, [x.clone() if isinstance(x, torch.Tensor) else x for x in d]) for d in draws]
         o1, _ = _op(roles, draws[0], l2norm, 1.0)

@@ -53,7 +53,7 @@ SUM = {torch.sum, "sum"}
 EXP = {torch.exp, "exp"}
 UNARY_VIEWS = {"contiguous", "float", "clone"}
 # linear, shape-keeping steps between the summed scores and the value contraction (a causal mask, a scale)
-MASKING = {"tril", "triu", torch.tril, torch.triu, "masked_fill", torch.masked_fill}
+MASKING = {"tril", "triu", torch.tril, torch.triu, "masked_fill", torch.masked_fill, torch.where, "where"}
 
 
 class NotAForm(NearMiss):

@@ -266,11 +266,12 @@ def lightning_attention_blocks(q, k, v, block_size=8):
     outs = []
     for i in range((T + block_size - 1) // block_size):
         s, e = i * block_size, min((i + 1) * block_size, T)
+        n = e - s  # the last block may be shorter: MiniMax slices the decays to it
         qi, ki, vi = q[:, :, s:e], k[:, :, s:e], v[:, :, s:e]
-        intra = torch.matmul(torch.matmul(qi, ki.transpose(-1, -2)) * diag, vi)
-        inter = torch.matmul(qi * q_decay, kv)
+        intra = torch.matmul(torch.matmul(qi, ki.transpose(-1, -2)) * diag[:, :, :n, :n], vi)
+        inter = torch.matmul(qi * q_decay[:, :n], kv)
         outs.append(intra + inter)
-        kv = kv * torch.exp(-slope * block_size) + torch.matmul((ki * k_decay).transpose(-1, -2), vi)
+        kv = kv * torch.exp(-slope * n) + torch.matmul((ki * k_decay[:, -n:]).transpose(-1, -2), vi)
     return torch.cat(outs, 2).transpose(1, 2)
 
 
@@ -450,4 +451,174 @@ CASES = [
     (miss_retention_chunkwise_wrong_state_decay, None),
     (miss_chunk_simple_gla_no_state_decay, None),
     (miss_ssd_positive_decay, None),
+]
+
+
+# ---------------------------------------------------------------- a second held-out set (written after the
+# first was fixed, measured once before any change for it)
+
+
+def gla_pairwise_where(q, k, v, g):
+    """Pairwise per-key decays masked by torch.where, a three-operand einsum in [B, H, T, K]."""
+    T = q.shape[1]
+    q, k, v, g = (x.transpose(1, 2) for x in (q, k, v, g))
+    G = g.cumsum(-2)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()[..., None]
+    D = torch.where(causal, torch.exp(G[..., :, None, :] - G[..., None, :, :]), 0.0)
+    return (torch.einsum("bhtk,bhsk,bhtsk->bhts", q, k, D) @ v).transpose(1, 2)
+
+
+def gla_pairwise_scaled_after_sum(q, k, v, g):
+    """Heads folded, the scale applied after the sum over keys, tril, matmul."""
+    B, T, H, K = q.shape
+    q, k, v, g = (x.transpose(1, 2).reshape(B * H, T, -1) for x in (q, k, v, g))
+    G = g.cumsum(1)
+    A = (q.unsqueeze(2) * k.unsqueeze(1) * (G.unsqueeze(2) - G.unsqueeze(1)).exp()).sum(-1) * K**-0.5
+    return (A.tril() @ v).reshape(B, H, T, -1).transpose(1, 2)
+
+
+def retention_parallel_exp_log(q, k, v):
+    """Retention's mask as exp(log(gamma) * (n - m)) masked_fill to 0 above the diagonal."""
+    B, T, H, K = q.shape
+    log_gamma = torch.log(1 - 2.0 ** (-5 - torch.arange(H, dtype=torch.float32)))
+    n = torch.arange(T, dtype=torch.float32)
+    D = torch.exp(log_gamma[:, None, None] * (n[:, None] - n[None, :]))
+    D = D.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), 0)
+    s = torch.einsum("bthk,bshk->bhts", q, k) * D
+    return torch.einsum("bhts,bshv->bthv", s, v)
+
+
+def linear_attn_chunked(q, k, v, chunk_size=8):
+    """Causal linear attention in chunks: tril inside, a running sum of k^T v between chunks."""
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+    S = q.new_zeros(q.shape[0], q.shape[1], q.shape[-1], v.shape[-1])
+    outs = []
+    for n in range(q.shape[2] // chunk_size):
+        sl = slice(n * chunk_size, (n + 1) * chunk_size)
+        qc, kc, vc = q[:, :, sl], k[:, :, sl], v[:, :, sl]
+        outs.append((qc @ kc.transpose(-1, -2)).tril() @ vc + qc @ S)
+        S = S + kc.transpose(-1, -2) @ vc
+    return torch.cat(outs, dim=2).transpose(1, 2)
+
+
+def simple_gla_chunked_split(q, k, v, gs, chunk_size=8):
+    """simple_gla in chunks walked with zip(split(...)): decays relative to each chunk's start."""
+    S = q.new_zeros(q.shape[0], q.shape[2], q.shape[-1], v.shape[-1])
+    outs = []
+    for qc, kc, vc, gc in zip(*(x.split(chunk_size, dim=1) for x in (q, k, v, gs))):
+        b = gc.cumsum(1)  # [B, C, H]
+        M = (b[:, :, None] - b[:, None]).permute(0, 3, 1, 2)  # [B, H, C, C]
+        M = M.masked_fill(~torch.ones(chunk_size, chunk_size, dtype=torch.bool).tril(), -torch.inf).exp()
+        intra = torch.einsum("bthk,bshk,bhts,bshv->bthv", qc, kc, M, vc)
+        inter = torch.einsum("bthk,bhkv->bthv", qc * b.exp()[..., None], S)
+        outs.append(intra + inter)
+        last = b[:, -1]  # [B, H]
+        S = S * last.exp()[..., None, None] + torch.einsum(
+            "bshk,bshv->bhkv", kc * (last[:, None] - b).exp()[..., None], vc
+        )
+    return torch.cat(outs, 1)
+
+
+def gla_chunked_factored(q, k, v, g, chunk_size=8):
+    """GLA in chunks with the factored intra-chunk form (q e^b)(k e^-b)^T, b relative to the chunk start."""
+    B, T, H, K = q.shape
+    S = q.new_zeros(B, H, K, v.shape[-1])
+    outs = []
+    causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool).tril()
+    for i in range(0, T, chunk_size):
+        qc, kc, vc, gc = (x[:, i : i + chunk_size].transpose(1, 2) for x in (q, k, v, g))
+        b = gc.cumsum(2)
+        A = ((qc * b.exp()) @ (kc * (-b).exp()).transpose(-1, -2)).masked_fill(~causal, 0)
+        outs.append(A @ vc + (qc * b.exp()) @ S)
+        S = S * b[:, :, -1, :, None].exp() + (kc * (b[:, :, -1:] - b).exp()).transpose(-1, -2) @ vc
+    return torch.cat(outs, 2).transpose(1, 2)
+
+
+def lightning_ragged_last_block(q, k, v):
+    """Lightning attention with a block size that does not divide T (the last block shorter)."""
+    return lightning_attention_blocks(q, k, v, block_size=12)
+
+
+def retention_loop_vmap_batch(q, k, v):
+    """A retention step over [H, K, V] vmapped over the batch, a per-head gamma from arange."""
+    B, T, H, K = q.shape
+    gamma = 1 - 2.0 ** (-5 - torch.arange(H, dtype=torch.float32))
+
+    def step(S, q_t, k_t, v_t):
+        S = gamma[:, None, None] * S + k_t[:, :, None] * v_t[:, None, :]
+        return S, torch.einsum("hk,hkv->hv", q_t, S)
+
+    S = q.new_zeros(B, H, K, v.shape[-1])
+    outs = []
+    for t in range(T):
+        S, o = torch.vmap(step)(S, q[:, t], k[:, t], v[:, t])
+        outs.append(o)
+    return torch.stack(outs, 1)
+
+
+def gla_loop_vmapped_over_heads(q, k, v, g):
+    """A whole-sequence loop for one head ([B, T, D] inputs) vmapped over the head dim 2."""
+
+    def one_head(q, k, v, g):
+        S = q.new_zeros(q.shape[0], q.shape[-1], v.shape[-1])
+        outs = []
+        for t in range(q.shape[1]):
+            S = S * g[:, t].exp()[..., None] + k[:, t, :, None] * v[:, t, None, :]
+            outs.append(torch.einsum("bk,bkv->bv", q[:, t], S))
+        return torch.stack(outs, 1)
+
+    return torch.vmap(one_head, in_dims=2, out_dims=2)(q, k, v, g)
+
+
+def miss_chunked_inter_reads_k(q, k, v, chunk_size=8):
+    """Chunked linear attention whose inter-chunk term reads k instead of q: no recurrence."""
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+    S = q.new_zeros(q.shape[0], q.shape[1], q.shape[-1], v.shape[-1])
+    outs = []
+    for n in range(q.shape[2] // chunk_size):
+        sl = slice(n * chunk_size, (n + 1) * chunk_size)
+        qc, kc, vc = q[:, :, sl], k[:, :, sl], v[:, :, sl]
+        outs.append((qc @ kc.transpose(-1, -2)).tril() @ vc + kc @ S)
+        S = S + kc.transpose(-1, -2) @ vc
+    return torch.cat(outs, dim=2).transpose(1, 2)
+
+
+def miss_pairwise_q_k_same_step(q, k, v, g):
+    """q_t k_t (both at t) times the pairwise decay: not scores between steps."""
+    q, k, v, g = (x.transpose(1, 2) for x in (q, k, v, g))
+    G = g.cumsum(2)
+    A = ((q * k)[:, :, :, None] * torch.exp(G[:, :, :, None] - G[:, :, None])).sum(-1)
+    return (A.tril() @ v).transpose(1, 2)
+
+
+def miss_vmap_relu_readout(q, k, v, g):
+    """A vmapped GLA step whose read-out passes through relu."""
+
+    def step(S, q_t, k_t, v_t, g_t):
+        S = S * g_t.exp()[:, None] + torch.outer(k_t, v_t)
+        return S, torch.relu(S.T @ q_t)
+
+    f = torch.func.vmap(torch.func.vmap(step))
+    B, T, H, K = q.shape
+    S = q.new_zeros(B, H, K, v.shape[-1])
+    outs = []
+    for t in range(T):
+        S, o = f(S, q[:, t], k[:, t], v[:, t], g[:, t])
+        outs.append(o)
+    return torch.stack(outs, 1)
+
+
+CASES_2 = [
+    (gla_pairwise_where, "gla"),
+    (gla_pairwise_scaled_after_sum, "gla"),
+    (retention_parallel_exp_log, "retention"),
+    (linear_attn_chunked, "linear_attn"),
+    (simple_gla_chunked_split, "simple_gla"),
+    (gla_chunked_factored, "gla"),
+    (lightning_ragged_last_block, "retention"),
+    (retention_loop_vmap_batch, "retention"),
+    (gla_loop_vmapped_over_heads, "gla"),
+    (miss_chunked_inter_reads_k, None),
+    (miss_pairwise_q_k_same_step, None),
+    (miss_vmap_relu_readout, None),
 ]
