@@ -256,24 +256,29 @@ def _prove(gm, inputs, outputs, roles, gen):
         roles["decay"] = _retention_decay(gm, inputs, roles, gen)
         if roles["decay"] is None:
             return None
+    draws = [_probe(inputs, roles, gen) for _ in range(2)] + [_large(_probe(inputs, roles, gen), roles)]
+    runs: dict = {}
+
+    def out(i):  # run as written (in-place updates of its inputs: each run gets copies), once, when needed
+        if i not in runs:
+            runs[i] = _run(gm, [x.clone() if isinstance(x, torch.Tensor) else x for x in draws[i]])
+        return runs[i]
+
     for l2norm in (False, True, "k"):
-        draws = [_probe(inputs, roles, gen) for _ in range(2)] + [_large(_probe(inputs, roles, gen), roles)]
-        # run as written (in-place updates of its inputs: each run gets copies)
-        outs = [_run(gm, [x.clone() if isinstance(x, torch.Tensor) else x for x in d]) for d in draws]
         o1, _ = _op(roles, draws[0], l2norm, 1.0)
-        cands = [x for x in outs[0] if isinstance(x, torch.Tensor) and x.shape == o1.shape]
+        cands = [x for x in out(0) if isinstance(x, torch.Tensor) and x.shape == o1.shape]
         for x in cands:
             scale = fit_scale(x.double(), o1.double())
             if not math.isfinite(scale):
                 continue
             errs, idx = [], None
-            for d, out in zip(draws, outs):
+            for i, d in enumerate(draws):
                 o, ht = _op(roles, d, l2norm, scale)
-                o_idx, s_idx = _compare(out, o, ht)
+                o_idx, s_idx = _compare(out(i), o, ht)
                 if o_idx is None or (idx is not None and idx != (o_idx, s_idx)):
                     break
                 idx = (o_idx, s_idx)
-                errs.append(rel_err(out[o_idx], o))
+                errs.append(rel_err(out(i)[o_idx], o))
             else:
                 if len(outputs) == 1 + (idx[1] is not None):
                     return l2norm, scale, idx[0], idx[1], max(errs)
