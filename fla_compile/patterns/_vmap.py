@@ -19,7 +19,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
-from ._graph import value_of
+from ._graph import _recorded, _symbolic, value_of
 
 log = logging.getLogger("fla_compile")
 _OPEN, _CLOSE = "_vmap_increment_nesting", "_vmap_decrement_nesting"
@@ -64,6 +64,8 @@ def _trace(nodes: list[fx.Node]):
     vals = [value_of(a) for a in inputs]
     if not outputs or not all(isinstance(v, torch.Tensor) for v in vals):
         return None
+    if any(_symbolic(_recorded(a)) for a in inputs):
+        return None  # traced sizes would be baked into a graph meant for other sizes too
     g = fx.Graph()
     env = {a: g.placeholder(f"in{i}") for i, a in enumerate(inputs)}
     for n in nodes:
