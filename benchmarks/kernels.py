@@ -39,6 +39,8 @@ FLA_OPS = {
     "gated_delta_rule": ("fla.ops.gated_delta_rule", "chunk_gated_delta_rule"),
     "kda": ("fla.ops.kda", "chunk_kda"),
     "rwkv6": ("fla.ops.rwkv6", "chunk_rwkv6"),
+    "linear_attn": ("fla.ops.linear_attn", "chunk_linear_attn"),
+    "retention": ("fla.ops.retention", "chunk_retention"),
 }
 
 
@@ -95,7 +97,12 @@ def fla_op(family):
     import importlib
 
     module, name = FLA_OPS[family]
-    return getattr(importlib.import_module(module), name)
+    fn = getattr(importlib.import_module(module), name)
+    if family == "linear_attn":  # FLA normalizes by default; ours (and the comparison) is unnormalized
+        return lambda q, k, v: fn(q, k, v, normalize=False)
+    if family == "retention":  # FLA fixes the per-head decays itself (1 - 2^(-5-h)): same work, no g argument
+        return lambda q, k, v, g: fn(q, k, v)
+    return fn
 
 
 def fwd_bwd(fn, xs):

@@ -1,14 +1,17 @@
 """Benchmark of the scan line (hgrn, mamba) on a GPU: our Triton walks against the memory floor and FLA.
 
-    python benchmarks/scan_hgrn.py            # B, T, D shapes below, bf16 and fp32; then mamba's
-    python benchmarks/scan_hgrn.py --quick    # one small shape each
+    python benchmarks/scan_hgrn.py                # B, T, D shapes below, bf16 and fp32; then mamba's
+    python benchmarks/scan_hgrn.py --quick        # one small shape each
+    python benchmarks/scan_hgrn.py --sweep-chunk  # the chunked scan's launch options (triton_chunk.CONFIG)
 
-Rows: forward and forward+backward of ``fla_compile.ops.hgrn`` (autograd included), flash-linear-attention
+Rows: forward and forward+backward of ``fla_compile.ops.hgrn`` (autograd included; "ours" is what the
+dispatch picks, the kernel named beside it; the other kernel forced below it), flash-linear-attention
 0.6.0's ``fused_recurrent_hgrn`` and ``chunk_hgrn`` when importable, and the memory floor (bytes moved over
 the measured device-copy bandwidth: x, g read and o written forward; x, g, o, do read and dx, dg written
 backward). Relative errors of o and of every gradient against the fp64 torch path are printed beside.
-Mamba rows: ``fla_compile.ops.mamba`` forward and forward+backward (the fused walks) at [B, T, D] x N,
-with the floor of reading u, dt, B, C and writing y, and errors against the fp64 torch path.
+Mamba rows: ``fla_compile.ops.mamba`` forward and forward+backward at [B, T, D] x N by the path the dispatch
+takes (the chunked kernels at these lengths) and by the fused walk (forced), with the floor of reading u, dt,
+B, C and writing y, and errors against the fp64 torch path.
 """
 
 from __future__ import annotations
@@ -55,11 +58,14 @@ def measure(fn, x, g, do, ref):
 
 def main():
     from fla_compile import ops
-    from fla_compile.lowering.scan import torch_path
+    from fla_compile.lowering.scan import dispatch, torch_path
 
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--sweep-chunk", action="store_true", help="time the chunked scan's launch options")
     args = p.parse_args()
+    if args.sweep_chunk:
+        return sweep_chunk()
     bw = copy_bandwidth()
     print(f"device copy bandwidth {bw / 1e12:.2f} TB/s; {torch.cuda.get_device_name()}")
     print("| B | T | D | dtype | what | fwd ms | fwd+bwd ms | floor fwd / fwd+bwd ms | max rel err |")
@@ -75,14 +81,17 @@ def main():
             rdx, rdg, _ = torch_path.scan_backward(
                 x.detach().double(), g.detach().double(), None, None, ro, do.double(), torch.zeros(B, D).cuda()
             )
-            rows = [("ours", lambda x, g: ops.hgrn(x, g)[0])]
+            picked = "chunk" if dispatch.use_chunks(x) else "walk"
+            other = "walk" if picked == "chunk" else "chunk"
+            rows = [(f"ours ({picked})", lambda x, g: ops.hgrn(x, g)[0], None)]
+            rows.append((f"ours, {other} forced", lambda x, g: ops.hgrn(x, g)[0], other))
             for name in ("fused_recurrent_hgrn", "chunk_hgrn"):
                 fn = fla_fn(name)
                 if fn is not None:
-                    rows.append((f"FLA {name}", lambda x, g, fn=fn: fn(x, g)[0]))
-            for what, fn in rows:
+                    rows.append((f"FLA {name}", lambda x, g, fn=fn: fn(x, g)[0], None))
+            for what, fn, kernel in rows:
                 try:
-                    fwd, both, err = measure(fn, x, g, do, (ro, rdx, rdg))
+                    fwd, both, err = forced(kernel, measure, fn, x, g, do, (ro, rdx, rdg))
                     print(f"| {B} | {T} | {D} | {str(dtype)[6:]} | {what} | {fwd:.3f} | {both:.3f} | "
                           f"{floor[0]:.3f} / {floor[1]:.3f} | {err:.1e} |")  # fmt: skip
                 except Exception as e:  # noqa: BLE001 - a failed row is a row with the error, never a lost table
@@ -90,36 +99,115 @@ def main():
     mamba_rows(args.quick, bw)
 
 
+def forced(kernel, fn, *args):
+    """``fn(*args)`` with the scan dispatch forced to ``kernel`` ('walk', 'chunk', or None: the rule)."""
+    from fla_compile.lowering.scan import dispatch
+
+    saved, dispatch.FORCE_KERNEL = dispatch.FORCE_KERNEL, kernel
+    try:
+        return fn(*args)
+    finally:
+        dispatch.FORCE_KERNEL = saved
+
+
+CHUNK_SWEEP = [
+    dict(BT=64, BD=32, num_warps=8),
+    dict(BT=32, BD=32, num_warps=4),
+    dict(BT=64, BD=32, num_warps=4),
+    dict(BT=32, BD=64, num_warps=4),
+    dict(BT=64, BD=64, num_warps=8),
+    dict(BT=128, BD=32, num_warps=8),
+    dict(BT=64, BD=16, num_warps=4),
+    dict(BT=128, BD=16, num_warps=4),
+    dict(BT=64, BD=32, num_warps=8, BC=64, BDC=32),
+    dict(BT=64, BD=32, num_warps=8, BC=256, BDC=16),
+]
+
+
+def sweep_chunk():
+    """Forward and forward+backward ms of the chunked scan (triton_chunk directly, bf16) for each launch option
+    of ``CHUNK_SWEEP`` over ``SHAPES``; the fastest per shape is marked. Errors against fp64 beside."""
+    from fla_compile.lowering.scan import torch_path
+    from fla_compile.lowering.scan import triton_chunk as TC
+
+    base = dict(TC.CONFIG)
+    print("| B | T | D | config | fwd ms | fwd+bwd ms | max rel err |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for B, T, D in SHAPES:
+        x = torch.randn(B, T, D, device="cuda", dtype=torch.bfloat16)
+        g = F.logsigmoid(torch.randn(B, T, D, device="cuda", dtype=torch.bfloat16))
+        do = torch.randn_like(x)
+        ro, _ = torch_path.scan_forward(x.double(), g.double())
+        zeros = torch.zeros(B, D, device="cuda", dtype=torch.float64)
+        rdx, rdg, _ = torch_path.scan_backward(x.double(), g.double(), None, None, ro, do.double(), zeros)
+        results = []
+        for opts in CHUNK_SWEEP:
+            TC.CONFIG = {**base, **opts}
+            try:
+                results.append((opts, *_time_chunk(TC, x, g, do, (ro, rdx, rdg))))
+            except Exception as e:  # noqa: BLE001 - a failed option is a row with the error
+                print(f"| {B} | {T} | {D} | {opts} | error: {type(e).__name__}: {e} | | |")
+            finally:
+                TC.CONFIG = base
+        best = min(results, key=lambda r: r[2], default=None)
+        for opts, fwd, both, err in results:
+            mark = " **best**" if best is not None and opts is best[0] else ""
+            print(f"| {B} | {T} | {D} | {opts}{mark} | {fwd:.3f} | {both:.3f} | {err:.1e} |")
+        del ro, rdx, rdg
+
+
+def _time_chunk(TC, x, g, do, ref):
+    """(fwd ms, fwd+bwd ms, max rel err) of triton_chunk's forward and backward under its current CONFIG."""
+    o, _ = TC.forward(x, g)
+    dx, dg, _ = TC.backward(x, g, None, None, o, do, None)
+    err = max(rel(a, b) for a, b in zip((o, dx, dg), ref))
+    fwd = do_bench(lambda: TC.forward(x, g))
+    both = do_bench(lambda: TC.backward(x, g, None, None, TC.forward(x, g)[0], do, None))
+    return fwd, both, err
+
+
 def mamba_rows(quick: bool, bw: float):
+    from fla_compile.lowering.scan import dispatch
+
+    print("| B | T | D | N | dtype | path | fwd ms | fwd+bwd ms | floor fwd ms | max rel err |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for B, T, D, N in [(2, 512, 256, 16)] if quick else MAMBA_SHAPES:
+        for dtype in (torch.bfloat16, torch.float32):
+            for path in ("chunked", "walk"):
+                min_t = dispatch.SELECTIVE_CHUNK_MIN_T
+                dispatch.SELECTIVE_CHUNK_MIN_T = min_t if path == "chunked" else 1 << 62
+                try:
+                    mamba_row(B, T, D, N, dtype, path, bw)
+                finally:
+                    dispatch.SELECTIVE_CHUNK_MIN_T = min_t
+
+
+def mamba_row(B, T, D, N, dtype, path, bw):
+    """One row: ops.mamba forward and forward+backward (autograd, dt * x included) by the dispatch as set."""
     from fla_compile import ops
     from fla_compile.lowering.scan import torch_path
 
-    print("| B | T | D | N | dtype | fwd ms | fwd+bwd ms | floor fwd ms | max rel err |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for B, T, D, N in [(2, 512, 256, 16)] if quick else MAMBA_SHAPES:
-        for dtype in (torch.bfloat16, torch.float32):
-            try:
-                x = torch.randn(B, T, D, device="cuda", dtype=dtype, requires_grad=True)
-                dt = F.softplus(torch.randn(B, T, D, device="cuda", dtype=dtype) - 2).requires_grad_()
-                A = (-torch.rand(D, N, device="cuda") * 8).requires_grad_()
-                Bm = torch.randn(B, T, N, device="cuda", dtype=dtype, requires_grad=True)
-                C = torch.randn(B, T, N, device="cuda", dtype=dtype, requires_grad=True)
-                xs = (x, dt, A, Bm, C)
-                dy = torch.randn_like(x)
-                y = ops.mamba(*xs)[0]
-                grads = torch.autograd.grad(y, xs, dy)
-                leaves = [t.detach().double().requires_grad_() for t in xs]
-                ry, _ = torch_path.selective_forward(leaves[1] * leaves[0], *leaves[1:])
-                want = torch.autograd.grad(ry, leaves, dy.double())
-                err = max(rel(a, b) for a, b in zip((y, *grads), (ry, *want)))
-                del leaves, ry, want
-                fwd, both, _ = measure(lambda x, dt, xs=xs: ops.mamba(x, dt, *xs[2:])[0], x, dt, dy, ())
-                floor = (3 * x.numel() * x.element_size() + 2 * Bm.numel() * Bm.element_size()) / bw * 1e3
-                print(
-                    f"| {B} | {T} | {D} | {N} | {str(dtype)[6:]} | {fwd:.3f} | {both:.3f} | {floor:.3f} | {err:.1e} |"
-                )
-            except Exception as e:  # noqa: BLE001 - a failed row is a row with the error
-                print(f"| {B} | {T} | {D} | {N} | {str(dtype)[6:]} | error: {type(e).__name__}: {e} | | | |")
+    try:
+        x = torch.randn(B, T, D, device="cuda", dtype=dtype, requires_grad=True)
+        dt = F.softplus(torch.randn(B, T, D, device="cuda", dtype=dtype) - 2).requires_grad_()
+        A = (-torch.rand(D, N, device="cuda") * 8).requires_grad_()
+        Bm = torch.randn(B, T, N, device="cuda", dtype=dtype, requires_grad=True)
+        C = torch.randn(B, T, N, device="cuda", dtype=dtype, requires_grad=True)
+        xs = (x, dt, A, Bm, C)
+        dy = torch.randn_like(x)
+        y = ops.mamba(*xs)[0]
+        grads = torch.autograd.grad(y, xs, dy)
+        leaves = [t.detach().double().requires_grad_() for t in xs]
+        ry, _ = torch_path.selective_forward(leaves[1] * leaves[0], *leaves[1:])
+        want = torch.autograd.grad(ry, leaves, dy.double())
+        err = max(rel(a, b) for a, b in zip((y, *grads), (ry, *want)))
+        del leaves, ry, want
+        fwd, both, _ = measure(lambda x, dt, xs=xs: ops.mamba(x, dt, *xs[2:])[0], x, dt, dy, ())
+        floor = (3 * x.numel() * x.element_size() + 2 * Bm.numel() * Bm.element_size()) / bw * 1e3
+        print(f"| {B} | {T} | {D} | {N} | {str(dtype)[6:]} | {path} | {fwd:.3f} | {both:.3f} | {floor:.3f} | "
+              f"{err:.1e} |")  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - a failed row is a row with the error
+        print(f"| {B} | {T} | {D} | {N} | {str(dtype)[6:]} | {path} | error: {type(e).__name__}: {e} | | | |")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ VARIANTS = [
     ("h BV=32", {"BV_h": 32}),
     ("h warps 8", {"h": (8, 2)}),
     ("dh BV=32", {"BV_dh": 32}),
+    ("fill SMs", {"fill_sms": True}),  # V blocks of the state passes halved while their grid is under one wave
     ("dh warps 4", {"dh": (4, 2)}),
     ("wy_bwd warps 4", {"wy_bwd": (4, 2)}),
     ("solve warps 1", {"solve": (1, 1)}),

@@ -1,7 +1,7 @@
 """Patch a transformers linear-attention model with fla_compile, generate, and time it.
 
-Builds a random Qwen3-Next-style model (3 gated-delta layers and 1 softmax layer in every 4)
-or a Mamba2 model (no download), checks that patched and unpatched logits and greedy tokens
+Builds a random Qwen3-Next-style model (3 gated-delta layers and 1 softmax layer in every 4),
+a Mamba2, Mamba, FalconMamba, Jamba or RecurrentGemma model (no download), checks that patched and unpatched logits and greedy tokens
 agree, prints the patch report and the speed-up of a prefill forward, a forward+backward
 step and cached generation. On CPU our ops run their torch chunked path, like transformers'
 own fallback, so expect about 1x there; the speed-up that matters is the GPU one (Triton).
@@ -13,6 +13,11 @@ own fallback, so expect about 1x there; the speed-up that matters is the GPU one
         --train --gen-batch 16 --new-tokens 256
     python examples/hf_patch.py --arch mamba2 --hidden 1024 --layers 4 --batch 4 --seq 2048 \\
         --dtype bfloat16 --train --gen-batch 16 --new-tokens 256
+    # Mamba1 / RG-LRU against transformers' token-by-token torch loop (--arch falcon_mamba, jamba too):
+    python examples/hf_patch.py --arch mamba --hidden 1024 --layers 4 --batch 4 --seq 2048 \\
+        --dtype bfloat16 --train --gen-batch 16 --new-tokens 64 --repeat 2
+    python examples/hf_patch.py --arch recurrent_gemma --hidden 1024 --layers 3 --batch 4 --seq 2048 \\
+        --dtype bfloat16 --train --gen-batch 16 --new-tokens 64 --repeat 2
 
 Small CPU containers with a CPU quota can make every multi-threaded ATen op wait ~15 ms for
 its worker threads (a one-row bmm included): ``--threads 1`` measures the code, not that.
@@ -30,6 +35,7 @@ import transformers
 import fla_compile.hf as fh
 
 VOCAB = 1000
+ARCHS = ("qwen3_next", "mamba2", "mamba", "falcon_mamba", "jamba", "recurrent_gemma")
 
 
 def build(arch: str, hidden: int, layers: int, device, dtype):
@@ -55,6 +61,41 @@ def build(arch: str, hidden: int, layers: int, device, dtype):
             layer_types=["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(layers)],
         )
         cls = transformers.Qwen3NextForCausalLM
+    elif arch in ("mamba", "falcon_mamba"):
+        name = "Mamba" if arch == "mamba" else "FalconMamba"
+        config = getattr(transformers, f"{name}Config")(
+            **tokens, hidden_size=hidden, num_hidden_layers=layers, expand=2, state_size=16
+        )
+        cls = getattr(transformers, f"{name}ForCausalLM")
+    elif arch == "jamba":  # Mamba layers, one softmax layer in every 4, MoE MLPs in every other layer
+        config = transformers.JambaConfig(
+            **tokens,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=max(1, heads // 4),
+            attn_layer_period=4,
+            attn_layer_offset=3,
+            num_experts=4,
+            num_experts_per_tok=2,
+            expert_layer_period=2,
+            expert_layer_offset=1,
+            mamba_d_state=16,
+            mamba_expand=2,
+        )
+        cls = transformers.JambaForCausalLM
+    elif arch == "recurrent_gemma":  # two RG-LRU blocks, then a local-attention block
+        config = transformers.RecurrentGemmaConfig(
+            **tokens,
+            hidden_size=hidden,
+            intermediate_size=3 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            lru_width=hidden,
+            attention_window_size=2048,
+        )
+        cls = transformers.RecurrentGemmaForCausalLM
     else:
         config = transformers.Mamba2Config(
             **tokens,
@@ -111,7 +152,7 @@ def measure(model, ids, prompt, args, device) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="qwen3_next", choices=["qwen3_next", "mamba2"])
+    p.add_argument("--arch", default="qwen3_next", choices=[*ARCHS])
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--batch", type=int, default=1, help="batch of the timed forward / training step")

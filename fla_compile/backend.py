@@ -94,3 +94,6 @@ def register() -> None:
 
     if "fla" not in _BACKENDS:
         register_backend(name="fla")(fla_backend)
+
+
+register()  # torch.compile(backend="fla") works once this module is loaded (the entry point covers the rest)

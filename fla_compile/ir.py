@@ -31,6 +31,7 @@ class Family(str, enum.Enum):
     RWKV6 = "rwkv6"  # S = diag(exp(w_t)) S + k v^T, o = (S_{t-1} + diag(u) k v^T)^T r: gla with a bonus u
     HGRN = "hgrn"  # h = exp(g_t) * h + x_t, elementwise: the state is a vector, o_t = h_t
     MAMBA = "mamba"  # h = exp(dt_t A) * h + u_t B_t^T over [D, N], y_t = h_t C_t (Mamba's selective scan)
+    NORMALIZED_LINEAR_ATTN = "normalized_linear_attn"  # linear_attn's o_t / (q_t . z_t + eps), z_t = z_{t-1} + k_t
 
     def __str__(self) -> str:
         return self.value
@@ -109,8 +110,9 @@ class Recurrence:
         reads_previous: the output reads S_{t-1} instead of S_t.
         state_transposed: the user stored S as [V, K]; the rewrite transposes around the op.
         layout: how the role values reach the op's [B, T, H, D]: None when they are so already
-            (chunked), a ``RegionLayout`` for parallel and cumsum; the loop keeps a recipe per
-            role (``verify.Role``) and the state's leading dims in ``extras["batch"]``.
+            (chunked), a ``RegionLayout`` for parallel and cumsum, a ``LoopLayout`` for a loop, whose
+            roles are then ``RoleFn``s of the region's inputs (``classify_loop`` gives step bindings,
+            ``verify.Role``, with the state's leading dims in ``extras["batch"]``).
         spelling: which matcher found it ("loop", "parallel", "cumsum", "chunked", "hf").
         source: a short "file:line" pointing at the user's code, when known.
         extras: spelling-specific details: the loop's ``batch`` and ``positive``, chunked's
@@ -140,7 +142,59 @@ class Recurrence:
         """Name of the op this recurrence lowers to (``torch.ops.fla_compile.<family>``)."""
         if self.family == Family.RETENTION and self.gate is not None:
             return "fla_compile.simple_gla"  # a decay held in a tensor: constant over time, per head or batch
+        if self.family == Family.NORMALIZED_LINEAR_ATTN:
+            return "fla_compile.linear_attn"  # on [v, 1] (ops.normalized_linear_attn): the division stays in the graph
         return f"fla_compile.{self.family.value}"
 
     def replace(self, **changes: Any) -> Recurrence:
         return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RoleFn:
+    """A role as a small function of the region's inputs (a loop's): ``fn(T, batch, *xs)``, with ``xs`` the
+    lowering's arguments at ``args``, gives the role's whole-sequence value [T, *batch, D] at run-time
+    shapes (``batch``: the state's leading dims, which the op folds into its B and H). ``log``: how a gate
+    role reaches the op's log-gate ("", "exp", "sigmoid", "log")."""
+
+    fn: Any
+    args: tuple
+    log: str = ""
+
+    def __call__(self, args: tuple, T, batch: tuple):
+        return self.fn(T, batch, *(args[i] for i in self.args))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LoopLayout:
+    """How a re-rolled loop meets its op, in run-time shapes: the layout of a loop's ``Recurrence``.
+
+    inputs: the region's inputs (FX nodes), the lowering's arguments in order: the sources the steps
+        read, values from before the loop, and the initial state (at ``initial``; None: zeros);
+    batch: the state's leading dims (folded into the op's B and H), state_tail: the rest of its shape;
+    each size in ``batch`` and ``out_shape`` an int or (i, d): dim d of argument i at run time;
+    T: the traced length, used where no input carries time; time: (argument, dim) of an input whose
+        dim is time, or None;
+    out_kind: "stack", "cat", "buffer" or "none"; out_dim: its time dim; out_shape: the per-step output's
+        shape (stack, cat) or the buffer's without its time dim; out_dtype, state_dtype: the dtypes the
+        user's code gives them;
+    nodes, out_target, final_state: what the rewrite replaces (the region's nodes, the node after the
+        loop holding the whole output, the last step's state);
+    norm: a normalized loop's normalizer before the loop (the argument beside the initial state), or None.
+    """
+
+    inputs: tuple
+    initial: int | None
+    batch: tuple
+    state_tail: tuple
+    T: int
+    time: tuple | None
+    out_kind: str
+    out_dim: int
+    out_shape: tuple
+    out_dtype: Any
+    state_dtype: Any
+    nodes: tuple
+    out_target: Any
+    final_state: Any
+    norm: int | None = None

@@ -12,7 +12,7 @@ import logging
 import torch.fx as fx
 
 from . import costs
-from .patterns import chunked, cumsum, loop, loss, pairwise, parallel
+from .patterns import chunked, cumsum, loop, loop_roles, loss, normalized, pairwise, parallel
 from .patterns._graph import specialize_sizes, to_ssa, value_of
 from .patterns._vmap import devmap
 from .report import Match, Miss, Report
@@ -54,6 +54,9 @@ def loop_pass(graph: fx.Graph, opts: Options, report: Report) -> None:
     regions, misses = loop.find(graph)
     report.misses += [Miss(loop.SPELLING, reason, src) for reason, src in misses]
     for region in regions:
+        if region.norm_offset is not None:  # a normalizer carried beside the state
+            normalized.loop_pass(region, opts, report)
+            continue
         try:
             step, _ = region.step_graph()
             metas = step_inputs(step)  # constants made from literals (an identity matrix) keep their values
@@ -78,13 +81,21 @@ def loop_pass(graph: fx.Graph, opts: Options, report: Report) -> None:
         )
         kept, shape = costs.decide(opts, rec.family.value, loop.SPELLING, costs.loop_shape, region)
         if not kept:
-            rewrite_loop(region, LoopLowering(region, rec))
+            try:
+                rec, pinned = loop_roles.recurrence(region, rec)  # from here on, the Recurrence alone
+            except ValueError as e:  # a role whose layout we cannot take at run time: the loop stays as written
+                report.misses.append(Miss(loop.SPELLING, str(e), region.source))
+                continue
+            rewrite_loop(rec, LoopLowering(rec))
+            if pinned:
+                report.notes.append(loop_roles.pinned_note(rec, pinned))
         report.matches.append(Match(rec.family.value, rec.spelling, rec.source, rec.op_name, err, kept, shape))
 
 
 PRE_PASSES = [("chunked", chunked.run_pass)]
 PASSES = [
     ("loop", loop_pass),
+    ("normalized", normalized.run_pass),  # before parallel and cumsum, which would take its numerator
     ("parallel", parallel.run_pass),
     ("pairwise", pairwise.run_pass),
     ("cumsum", cumsum.run_pass),
@@ -107,13 +118,25 @@ def run(gm: fx.GraphModule, opts: Options) -> tuple[fx.GraphModule, Report]:
     if graph is None:
         report.notes.append(f"graph not normalized: {why}")
         graph = gm.graph
+        internal = any(m.reason.startswith("internal error") for m in report.misses)
+        if not report.matches and not internal:
+            # the passes never ran (in-place ops a reference function compiled directly, such as
+            # torch_chunk_gated_delta_rule, can leave to_ssa failing): the function as a whole, as written;
+            # on a normalized graph the last pass (chunked.run_whole_pass) does this
+            whole = Report()
+            chunked.run_pass(gm.graph, opts, whole, top_level=True)
+            if whole.matches:  # proven as a whole: the parts' near misses no longer apply
+                report = whole
     else:
         for _, fn in PASSES:
             fn(graph, opts, report)
     report.dedup()  # a construct inside an unrolled loop's body is found once per step: said once
     if not report.matches:
         return gm, report
-    if specialize_sizes(gm):  # the rewrites were proven and built at these sizes
+    # a rewritten loop takes its batch dims at run time (and pins what it holds as numbers itself);
+    # every other rewrite, and a choice to keep a region as written, was made at these sizes
+    pin_all = any(m.spelling != loop.SPELLING or m.kept for m in report.matches)
+    if pin_all and specialize_sizes(gm):
         report.notes.append(
             "symbolic sizes (Dynamo's automatic dynamic shapes) pinned to this call's values: other sizes recompile"
         )

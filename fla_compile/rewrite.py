@@ -1,10 +1,11 @@
 """Rewrite: a proven region becomes one call of its family op; the rest of the graph stays.
 
-For a loop, the per-step work that does not touch the state (gates, scales, feature maps)
-is hoisted out as whole-sequence tensors with ``torch.vmap`` over the time dim of its
-inputs, the op runs on [B, T, H, D] views, and the results are laid out as the user's
-code laid them out (stacked, concatenated or written into a buffer). Layout transposes
-are left for Inductor to fuse.
+For a loop, the ``Recurrence`` alone says what to call too: its roles are ``RoleFn``s, the per-step
+work that does not touch the state (gates, scales, feature maps) hoisted out as whole-sequence
+tensors of the region's inputs (``patterns/loop_roles.py`` builds them); the op runs on [B, T, H, D]
+views with the batch dims read from the state at run time, and the results are laid out as the
+user's code laid them out (stacked, concatenated or written into a buffer; ``LoopLayout``). Layout
+transposes are left for Inductor to fuse.
 
 For a whole-sequence form (parallel, cumsum), the ``Recurrence`` alone says what to call:
 its roles become the call's arguments, ``layout`` (a ``RegionLayout``) takes them to
@@ -22,11 +23,9 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from .ir import Family, Layout, Recurrence
+from .ir import Family, Layout, LoopLayout, Recurrence, RoleFn
 from .ops.dispatch import run_family
-from .patterns._graph import value_of
-from .patterns.loop import LoopRegion
-from .verify import Role, apply_recipe, reshaped
+from .verify import reshaped
 
 aten = torch.ops.aten
 ZEROS = {
@@ -95,14 +94,21 @@ def log_gate(x: torch.Tensor, kind: str) -> torch.Tensor:
     return torch.log(x)
 
 
-def call_family(b: Recurrence, vals: dict, h0):
+LOOP_ROLES = ("q", "k", "v", "gate", "beta", "bonus", "decay")
+
+
+def call_family(b: Recurrence, vals: dict, h0, batch: tuple | None = None):
     """Run the family op on role values [T, *batch, D] (gate [T, *batch(, K)]) and a state
-    [*batch, X, Y]; return o [T, *batch, V] and the final state [*batch, X, Y]."""
+    [*batch, X, Y]; return o [T, *batch, V] and the final state [*batch, X, Y]. ``batch``: the
+    state's leading dims (hgrn: its shape) at run time; the classified ones (``extras["batch"]``) if None."""
+    batch = tuple(b.extras["batch"]) if batch is None else batch
     if b.family == Family.HGRN:
-        return _call_scan(b, vals, h0)
+        return _call_scan(b, vals, h0, batch)
     if b.family == Family.MAMBA:
-        return _call_selective(b, vals, h0)
-    family, batch = b.family, b.extras["batch"]
+        return _call_selective(b, vals, h0, batch)
+    if b.family == Family.NORMALIZED_LINEAR_ATTN:
+        return _call_normalized(b, vals, h0, batch)
+    family = b.family
     q, k, v = (to_bthd(vals[n], batch) for n in ("q", "k", "v"))
     B, H = batch_split(batch)
     if h0 is not None:
@@ -126,13 +132,27 @@ def call_family(b: Recurrence, vals: dict, h0):
     return from_bthd(o, batch), reshaped(ht, *batch, *ht.shape[-2:])
 
 
-def _call_scan(b: Recurrence, vals: dict, h0):
+def _call_normalized(b: Recurrence, vals: dict, h0, batch: tuple):
+    """normalized_linear_attn on role values q, k, v [T, *batch, D] and a state (S [*batch, K, V],
+    z [*batch, K]) or None; returns o [T, *batch, V] and S_T (the normalizer's is not used after the loop)."""
+    from .ops.normalized import normalized_linear_attn
+
+    q, k, v = (to_bthd(vals[x], batch) for x in "qkv")
+    B, H = batch_split(batch)
+    if h0 is not None:
+        acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+        S0, z0 = h0
+        h0 = (reshaped(S0, B, H, *S0.shape[-2:]).to(acc), reshaped(z0, B, H, z0.shape[-1]).to(acc))
+    o, (St, _) = normalized_linear_attn(q, k, v, eps=b.extras["eps"], initial_state=h0, output_final_state=True)
+    return from_bthd(o, batch), reshaped(St, *batch, *St.shape[-2:])
+
+
+def _call_scan(b: Recurrence, vals: dict, h0, shape: tuple):
     """hgrn on role values [T, *shape] (shape: the state's, ``extras["batch"]``) and a state [*shape]:
     the last dim is the op's D, the others fold into its B ([T, B, D] -> [B, T, D], a view). With a
     read-out role ``q`` the states are contracted with it over their last axis (Mamba's y = h C)."""
     from .ops.hgrn import hgrn_decay
 
-    shape = b.extras["batch"]
     x = vals["v"]
     T, N, D = x.shape[0], math.prod(shape[:-1]), shape[-1]
     x = x if x.dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16) else x.float()
@@ -155,10 +175,9 @@ def _call_scan(b: Recurrence, vals: dict, h0):
     return o, reshaped(ht, *shape)
 
 
-def _call_selective(b: Recurrence, vals: dict, h0):
+def _call_selective(b: Recurrence, vals: dict, h0, batch: tuple):
     """mamba on role values u, dt [T, *batch, D], B, C [T, *batch, N], A ([T,] D, N: the same at every step)
     and a state [*batch, D, N]; the batch dims fold into the op's B."""
-    batch = b.extras["batch"]
     T, (D, N) = vals["v"].shape[0], vals["decay"].shape[-2:]
     Bn = math.prod(batch)
 
@@ -174,51 +193,17 @@ def _call_selective(b: Recurrence, vals: dict, h0):
 
 
 class LoopLowering:
-    """The callable that replaces a loop region in the graph (see the module docstring)."""
+    """The callable that replaces a proven loop; it reads only the loop's ``Recurrence``: its roles are
+    ``RoleFn``s of the region's inputs (the call's arguments, ``layout.inputs``), its ``LoopLayout`` lays
+    the op's results out as the user's code laid them out. Sizes come from the run-time shapes of the
+    arguments: the length from an input's time dim, the batch dims where an argument carries them."""
 
-    def __init__(self, region: LoopRegion, rec: Recurrence):
+    def __init__(self, rec: Recurrence):
         self.family = rec.family
         self.rec = rec
-        self.T = region.T
-        roles = [("q", rec.q), ("k", rec.k), ("v", rec.v), ("gate", rec.gate), ("beta", rec.beta)]
-        roles.append(("bonus", rec.bonus))
-        roles = [(n, r) for n, r in roles if r is not None] + (
-            [("decay", rec.decay)] if isinstance(rec.decay, Role) else []
-        )
-        self.roles = roles
-        self.step_origins = list(dict.fromkeys(r.origin for _, r in roles if r.origin[0] != "global"))
-        self.role_gm, role_inputs = region.role_graph(self.step_origins) if self.step_origins else (None, [])
-        args: list[fx.Node] = []
-        self.in_dims: list = []
-        self.posts: list = []
-        for kind, ref in role_inputs:
-            if kind == "read":
-                r = region.reads[ref]
-                args.append(r.src)
-                self.in_dims.append(r.dim)
-                self.posts.append(r.post)
-            else:
-                args.append(ref)
-                self.in_dims.append(None)
-                self.posts.append(None)
-        self.n_role_args = len(args)
-        # roles that are the step's reads themselves: the whole-sequence value is the source with
-        # time moved first, no vmap of the step needed (vmap costs more than the op at short T)
-        self.plain_reads = (
-            self.role_gm is not None and _returns_inputs(self.role_gm) and self.posts == [None] * len(args)
-        )
-        self.global_roles = [r.origin[1] for _, r in roles if r.origin[0] == "global"]
-        args += self.global_roles
-        self.init_state = rec.initial_state
-        if self.init_state is not None:
-            args.append(self.init_state)
-        self.args = args
-        out_node = region.blocks[-1][region.out_offset] if region.out_offset is not None else None
-        self.out_meta = value_of(out_node) if out_node is not None else None
-        self.out_kind, self.out_dim = region.out_kind, region.out_dim
-        if region.out_kind == "buffer":
-            self.buffer_meta = value_of(region.out_target)
-        self.state_meta = value_of(region.blocks[-1][region.state_offset])
+        self.layout: LoopLayout = rec.layout
+        self.roles = [(n, getattr(rec, n)) for n in LOOP_ROLES if isinstance(getattr(rec, n), RoleFn)]
+        self.args = list(self.layout.inputs)
         self.__name__ = f"fla_{self.family.value}_loop"
 
     def __repr__(self) -> str:
@@ -227,88 +212,67 @@ class LoopLowering:
     def same_call(self, other) -> bool:
         """Whether ``other`` makes the same call apart from lengths (``@jit`` merges two probe lengths;
         the wiring is compared node by node there, and the merged graph checked at a third length)."""
-        return isinstance(other, LoopLowering) and self.family == other.family
-
-    def _hoist(self, role_args, T):
-        """Whole-sequence values [T, *step shape] of the roles computed inside the step."""
-        if not self.step_origins:
-            return {}
-
-        def step(*xs):
-            return self.role_gm(*[x if post is None else x[post] for x, post in zip(xs, self.posts)])
-
-        if self.plain_reads and None not in self.in_dims:
-            return dict(zip(self.step_origins, (x.movedim(d, 0) for x, d in zip(role_args, self.in_dims))))
-        if all(d is None for d in self.in_dims):
-            vals = [v.unsqueeze(0).expand(T, *v.shape) for v in step(*role_args)]
-            return dict(zip(self.step_origins, vals))
-        else:
-            vals = torch.vmap(step, in_dims=tuple(self.in_dims), out_dims=0)(*role_args)
-        return dict(zip(self.step_origins, vals))
+        eps = self.rec.extras.get("eps"), other.rec.extras.get("eps") if isinstance(other, LoopLowering) else None
+        return (
+            isinstance(other, LoopLowering)
+            and self.family == other.family
+            and (self.layout.initial is None) == (other.layout.initial is None)
+            and (eps[0] == eps[1] or None not in eps and math.isclose(eps[0], eps[1], rel_tol=1e-9))
+        )
 
     def __call__(self, *args):
+        lay = self.layout
         # the length comes from the inputs: @jit reuses one lowering at any T
-        T = next((x.shape[d] for x, d in zip(args, self.in_dims) if d is not None), self.T)
-        hoisted = self._hoist(args[: self.n_role_args], T)
-        globals_ = dict(zip(self.global_roles, args[self.n_role_args : self.n_role_args + len(self.global_roles)]))
-        h0 = args[-1] if self.init_state is not None else None
+        T = args[lay.time[0]].shape[lay.time[1]] if lay.time is not None else lay.T
+        batch = _sizes(lay.batch, args)
+        vals = {name: role(args, T, batch) for name, role in self.roles}
+        h0 = args[lay.initial] if lay.initial is not None else None
+        if h0 is not None and lay.norm is not None:  # a normalized loop's state: (S, z)
+            h0 = (h0, args[lay.norm])
+        o, ht = call_family(self.rec, vals, h0, batch)
+        return self._layout_output(o, T, args), reshaped(ht, *batch, *lay.state_tail).to(lay.state_dtype)
 
-        def value(role: Role) -> torch.Tensor:
-            if role.origin[0] != "global":
-                return apply_recipe(hoisted[role.origin], role.recipe, role.target, lead=1)
-            x = apply_recipe(globals_[role.origin[1]], role.recipe, role.target)
-            return x.unsqueeze(0).expand(T, *x.shape)
-
-        vals = {name: value(role) for name, role in self.roles}
-        o, ht = call_family(self.rec, vals, h0)
-        return self._layout_output(o, T), reshaped(ht, *self.state_meta.shape).to(self.state_meta.dtype)
-
-    def _layout_output(self, o, T):
-        if self.out_meta is None:
+    def _layout_output(self, o, T, args):
+        lay = self.layout
+        if lay.out_kind == "none":
             return None
-        if self.out_kind == "buffer":
-            slot = list(self.buffer_meta.shape)
-            d = self.out_dim
-            slot.pop(d)
-            o = reshaped(o, T, *slot).movedim(0, d)
-            return o.to(self.buffer_meta.dtype)
-        o = reshaped(o, T, *self.out_meta.shape).to(self.out_meta.dtype)
-        d = self.out_dim
-        if self.out_kind == "stack":
-            d = d if d >= 0 else d + len(self.out_meta.shape) + 1
+        shape = _sizes(lay.out_shape, args)
+        d = lay.out_dim
+        if lay.out_kind == "buffer":  # ``shape``: the buffer's without its time dim
+            return reshaped(o, T, *shape).movedim(0, d).to(lay.out_dtype)
+        o = reshaped(o, T, *shape).to(lay.out_dtype)
+        if lay.out_kind == "stack":
+            d = d if d >= 0 else d + len(shape) + 1
             return o.movedim(0, d)
-        d = d if d >= 0 else d + len(self.out_meta.shape)
+        d = d if d >= 0 else d + len(shape)
         return o.movedim(0, d).flatten(d, d + 1)
 
 
-def _returns_inputs(gm: fx.GraphModule) -> bool:
-    """The graph returns its placeholders, each once and in order (an identity)."""
-    phs = gm.graph.find_nodes(op="placeholder")
-    (out,) = gm.graph.find_nodes(op="output")
-    return list(out.args[0]) == phs
+def _sizes(spec: tuple, args) -> tuple:
+    """Sizes of a ``LoopLayout``: an int, or (i, d) for dim d of argument i."""
+    return tuple(args[d[0]].shape[d[1]] if isinstance(d, tuple) else d for d in spec)
 
 
-def rewrite_loop(region: LoopRegion, lowering: LoopLowering) -> None:
-    """Replace ``region`` in its graph by one call of ``lowering``."""
-    graph = region.graph
-    inside = {n for b in region.blocks for n in b}
-    last = region.blocks[-1][-1]
-    with graph.inserting_after(last):
+def rewrite_loop(rec: Recurrence, lowering: LoopLowering) -> None:
+    """Replace the loop of ``rec`` (its ``LoopLayout``'s nodes) in its graph by one call of ``lowering``."""
+    lay = rec.layout
+    graph = lay.nodes[0].graph
+    inside = set(lay.nodes)
+    with graph.inserting_after(lay.nodes[-1]):
         call = graph.call_function(lowering, tuple(lowering.args))
     with graph.inserting_after(call):
         o_node = graph.call_function(operator.getitem, (call, 0))
     with graph.inserting_after(o_node):
         s_node = graph.call_function(operator.getitem, (call, 1))
     outside = lambda u: u not in inside and u is not call  # noqa: E731
-    if region.out_target is not None:
-        o_node.meta["example_value"] = value_of(region.out_target)
-        region.out_target.replace_all_uses_with(o_node, delete_user_cb=outside)
-    final_state = region.blocks[-1][region.state_offset]
-    s_node.meta["example_value"] = value_of(final_state)
-    final_state.replace_all_uses_with(s_node, delete_user_cb=outside)
-    if region.out_kind in ("stack", "cat"):
-        graph.erase_node(region.out_target)
-    for n in reversed([n for b in region.blocks for n in b]):
+    if lay.out_target is not None:
+        o_node.meta["example_value"] = lay.out_target.meta.get("example_value", lay.out_target.meta.get("val"))
+        lay.out_target.replace_all_uses_with(o_node, delete_user_cb=outside)
+    s_node.meta["example_value"] = lay.final_state.meta.get("example_value", lay.final_state.meta.get("val"))
+    lay.final_state.replace_all_uses_with(s_node, delete_user_cb=outside)
+    if lay.out_kind in ("stack", "cat"):
+        graph.erase_node(lay.out_target)
+    for n in reversed(lay.nodes):
         graph.erase_node(n)
         n.meta.clear()  # an erased node stays named by the graph: let its example values go
     graph.eliminate_dead_code()
@@ -316,6 +280,7 @@ def rewrite_loop(region: LoopRegion, lowering: LoopLowering) -> None:
 
 # ---------------------------------------------------------------- whole-sequence forms
 ROLE_FIELDS = ("q", "k", "v", "gate", "decay", "beta")
+FUNCTION_ROLES = ("q", "k", "v", "gate", "beta", "initial_state")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,15 +290,15 @@ class Arg:
     index: int
 
 
-def role_nodes(rec: Recurrence) -> list[fx.Node]:
+def role_nodes(rec: Recurrence, fields: tuple = ROLE_FIELDS) -> list[fx.Node]:
     """The distinct nodes bound to roles, in role order: the arguments of the region and of its call."""
-    return list(dict.fromkeys(getattr(rec, f) for f in ROLE_FIELDS if isinstance(getattr(rec, f), fx.Node)))
+    return list(dict.fromkeys(getattr(rec, f) for f in fields if isinstance(getattr(rec, f), fx.Node)))
 
 
-def bind_args(rec: Recurrence) -> tuple[Recurrence, list[fx.Node]]:
+def bind_args(rec: Recurrence, fields: tuple = ROLE_FIELDS) -> tuple[Recurrence, list[fx.Node]]:
     """``rec`` with its node roles replaced by ``Arg``s, and the nodes in argument order."""
-    nodes = role_nodes(rec)
-    slots = {f: Arg(nodes.index(getattr(rec, f))) for f in ROLE_FIELDS if isinstance(getattr(rec, f), fx.Node)}
+    nodes = role_nodes(rec, fields)
+    slots = {f: Arg(nodes.index(getattr(rec, f))) for f in fields if isinstance(getattr(rec, f), fx.Node)}
     return rec.replace(**slots), nodes
 
 
@@ -495,3 +460,54 @@ def rewrite_form(outs: tuple, rec: Recurrence) -> None:
         item.meta = {k: v for k, v in o.meta.items() if k in keep}
         o.replace_all_uses_with(item)
     graph.eliminate_dead_code()
+
+
+# ---------------------------------------------------------------- whole functions (chunked)
+def run_function(family, q, k, v, gate, beta, decay, scale, initial_state, l2norm):
+    """(o, final state) of the family op as a proven function region is replaced by it, and as its proof
+    (``chunked._op``) runs it: the state in float32 (float64 beside float64 inputs), a gate in float32;
+    ``decay`` retention's log-decay per head; ``l2norm`` "k" normalizes the keys alone (the op normalizes
+    q and k, or neither)."""
+    h0 = initial_state
+    if h0 is not None:
+        h0 = h0.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
+    if gate is not None and q.dtype != torch.float64:
+        gate = gate.float()
+    if l2norm == "k":
+        k, l2norm = F.normalize(k, dim=-1), False
+    return run_family(family, q, k, v, gate=gate, beta=beta, decay=decay, scale=scale, initial_state=h0, l2norm=l2norm)
+
+
+class FunctionLowering:
+    """The callable that replaces a proven function region (the ``chunked`` spelling). It reads only the
+    ``Recurrence``: its roles (q, k, v, gate, beta, initial state) are the region's inputs as the op takes
+    them ([B, T, H, D]), the call's arguments; ``decay`` is retention's log-decay per head (numbers read
+    from the region); ``extras["l2norm"]`` normalizes q and k in the op (True) or k alone ("k"), and
+    ``extras["outputs"]`` lists the region's outputs in order, each ("o", "state" [B, H, K, V] or
+    "state_T" [B, H, V, K], as Mamba2's SSD returns it; dtype)."""
+
+    def __init__(self, rec: Recurrence):
+        self.rec, self.args = bind_args(rec, FUNCTION_ROLES)
+        self.family = rec.family
+        self.__name__ = f"fla_{rec.family.value}_function"
+
+    def __repr__(self) -> str:
+        return self.__name__
+
+    def same_call(self, other) -> bool:
+        """Whether ``other`` makes the same call apart from lengths (``@jit`` merges two probe lengths)."""
+        return (
+            isinstance(other, FunctionLowering)
+            and self.rec.replace(scale=0.0) == other.rec.replace(scale=0.0)
+            and self.rec.extras == other.rec.extras
+        )
+
+    def __call__(self, *args):
+        r = self.rec
+        q, k, v, g, b, h0 = (
+            args[x.index] if isinstance(x, Arg) else None for x in (r.q, r.k, r.v, r.gate, r.beta, r.initial_state)
+        )
+        o, ht = run_function(r.family, q, k, v, g, b, r.decay, r.scale, h0, r.extras["l2norm"])
+        return tuple(
+            (o if kind == "o" else ht if kind == "state" else ht.mT).to(dtype) for kind, dtype in r.extras["outputs"]
+        )

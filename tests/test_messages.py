@@ -10,7 +10,7 @@ from .patterns import spellings as S
 
 @pytest.mark.parametrize(
     "fn, name",
-    [(S.miss_normalized_linear, "z"), (S.miss_normalized_linear_inplace, "norm")],
+    [(S.miss_normalized_decayed_state, "z"), (S.miss_normalized_other_key, "norm")],
 )
 def test_normalizer_in_a_loop_is_named(fn, name):
     q, k, v = (torch.rand(2, 16, 2, 4) for _ in range(3))

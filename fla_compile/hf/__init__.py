@@ -6,8 +6,9 @@
     fla_compile.hf.generate(model, ids, n) # greedy decoding, each step replayed from one CUDA graph
 
 ``registry.py`` lists the layer classes we know (gated delta net, KDA, lightning attention,
-Mamba2 SSD: 15 architectures) and their math kind; ``gated_delta.py``, ``kda.py``,
-``lightning.py`` and ``ssd.py`` bind each kind to the ops; ``patch.py`` applies a binding per
+Mamba2 SSD, Mamba1's selective scan, RecurrentGemma's RG-LRU: 19 architectures) and their math
+kind; ``gated_delta.py``, ``kda.py``, ``lightning.py``, ``ssd.py``, ``selective.py`` and
+``rglru.py`` bind each kind to the ops; ``patch.py`` applies a binding per
 instance after proving it on random probes. The layers keep transformers' own projections,
 conv, caches and gated norms; only the recurrence (and the causal conv1d, which must keep
 packed sequences apart) runs our code.

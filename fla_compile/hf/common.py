@@ -8,6 +8,8 @@ data dependent, inside one small custom op whose fake impl returns an unbacked s
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
@@ -129,6 +131,21 @@ def no_fused_path(*args, **kwargs):
 # ---------------------------------------------------------------------------------------------
 
 PROBE_TOL = 1e-4
+
+
+def fp32_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``module`` in fp32, for the proofs.
+
+    Layers that keep their decoding state as plain attributes (RecurrentGemma's ``recurrent_states``,
+    ``conv1d_state``) hold, after a forward with grad, tensors inside an autograd graph, which
+    ``copy.deepcopy`` refuses; the copy gets them detached.
+    """
+    memo = {}
+    for m in module.modules():
+        for v in vars(m).values():
+            if isinstance(v, torch.Tensor) and not v.is_leaf:
+                memo[id(v)] = v.detach().clone()
+    return copy.deepcopy(module, memo).float()
 
 
 def rel_err(ours, ref) -> float:

@@ -41,6 +41,15 @@ log = logging.getLogger("fla_compile.hf")
 
 CACHE_NAMES = ("cache", "past_key_values", "cache_params")  # what transformers versions call the cache argument
 SYNC_FREE_EXPERTS = "batched_mm"  # transformers' experts implementation with no host read (gathers each pair's weights)
+# models whose mixers multiply the hidden states by a 2D mask taken as the step's own [B, T] (Mamba1): their
+# prepare_inputs_for_generation drops the mask once a state is cached, and so do the decode steps here
+NO_STEP_MASK = ("mamba", "falcon_mamba")
+# models this decoder cannot drive, and why
+UNSUPPORTED = {
+    "recurrent_gemma": "its recurrent blocks keep their state in module attributes, outside the cache (a captured "
+    "step would replay reads of the first step's tensors), and its local attention's static cache keeps host-side "
+    "counters",
+}
 
 
 def _params(model) -> set[str]:
@@ -119,6 +128,13 @@ class GraphDecoder:
         self.cache_arg = next((n for n in CACHE_NAMES if n in params), None)
         if self.cache_arg is None:
             raise TypeError(f"fla_compile.hf.generate: {type(model).__name__}.forward takes no cache argument")
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if model_type in UNSUPPORTED:
+            raise ValueError(
+                f"fla_compile.hf.generate: {type(model).__name__} is not supported: {UNSUPPORTED[model_type]}; "
+                "use model.generate"
+            )
+        self.step_mask = model_type not in NO_STEP_MASK
         self.model, self.B, self.L = model, batch_size, max_len
         self.device = model.get_input_embeddings().weight.device
         if cuda_graph is None:
@@ -151,7 +167,7 @@ class GraphDecoder:
 
     # the step: every tensor it reads or writes is one of the buffers above, the cache or the weights
     def _step(self) -> None:
-        kw = {self.cache_arg: self.cache, "use_cache": True, "attention_mask": self.mask}
+        kw = {self.cache_arg: self.cache, "use_cache": True, "attention_mask": self.mask if self.step_mask else None}
         if self.pass_positions:
             kw["position_ids"] = self.pos
         logits = self.model(input_ids=self.tok, **kw).logits[:, -1]

@@ -17,8 +17,8 @@ unpatched and the report says why. ``unpatch`` restores exactly what was there.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import inspect
 import logging
 import os
 import types
@@ -145,6 +145,25 @@ def _plan(module, binding):
     return fwd, originals, {**overrides, **attrs}, attrs, ""
 
 
+def _reference(fn):
+    """The torch function a swapped name stands for. transformers >= 5.17 decorates its torch
+    fallbacks (``torch_chunk_gated_delta_rule``, ...) with a dispatcher that calls a kernel package
+    when one is importable (flash-linear-attention: different argument names, tf32 dots, no fp64);
+    the proofs compare with the math, the decorated torch function (``__wrapped__``)."""
+    return inspect.unwrap(fn) if callable(fn) else fn
+
+
+def _reference_forward(module, originals, attrs):
+    """(forward, {attr: function}) of the layer as transformers' torch path, for the proofs' reference:
+    the layer's own forward with every dispatching name bound to the torch function it wraps."""
+    base = _base_forward(module)
+    refs = {n: _reference(f) for n, f in originals.items() if _reference(f) is not f}
+    ref_attrs = {n: refs[n] for n in attrs if n in refs}
+    glob = {n: f for n, f in refs.items() if n not in attrs}
+    fwd = rebind.rebind_globals(base, glob) if glob and isinstance(base, types.FunctionType) else None
+    return fwd, ref_attrs
+
+
 def _adapt(original, ours, binding, name, what):
     if signature.is_catch_all(ours):  # a stand-in that takes and ignores anything
         return ours
@@ -164,13 +183,13 @@ def _prove(module, binding, fwd, originals, bound, attrs):
             if probe is None or ours is None:
                 continue
             try:  # a forward's probe gets the layer itself, a function's probe the layer's function
-                errs[name] = probe(module if name == "forward" else original, ours, device)
+                errs[name] = probe(module if name == "forward" else _reference(original), ours, device)
             except Exception as e:  # a probe that cannot run proves nothing
                 return errs, f"probe of {name} raised {type(e).__name__}: {e}"
             if not errs[name] < common.PROBE_TOL:
                 return errs, f"probe of {name}: rel err {errs[name]:.2e} >= {common.PROBE_TOL:g}"
         try:
-            errs["layer"] = _layer_probe(module, binding, fwd, attrs, device)
+            errs["layer"] = _layer_probe(module, binding, fwd, attrs, device, _reference_forward(module, originals, attrs))
         except Exception as e:
             return errs, f"layer probe raised {type(e).__name__}: {e}"
         if not errs["layer"] < common.PROBE_TOL:
@@ -186,15 +205,25 @@ def _hidden_size(module) -> int:
     return lin.in_features
 
 
-def _layer_probe(module, binding, fwd, attrs, device) -> float:
-    """Original vs patched forward of an fp32 copy of the layer on a random input, no cache."""
-    twin = binding.twin(module) if binding.twin is not None else copy.deepcopy(module).float()
+def _layer_probe(module, binding, fwd, attrs, device, reference=(None, {})) -> float:
+    """Original (``reference``: transformers' torch path, see ``_reference_forward``) vs patched
+    forward of an fp32 copy of the layer on a random input, no cache."""
+    twin = binding.twin(module) if binding.twin is not None else common.fp32_copy(module)
     twin.__dict__.pop(_RECORD, None)
     gen = common.generator(device)
-    x = common.randn(gen, 2, 13, _hidden_size(module), device=device)
+    x = common.randn(gen, 2, 13, (binding.width or _hidden_size)(module), device=device)
     args = (binding.probe_args or (lambda h: (h,)))(x)
     base = _base_forward(twin)
-    ref = base(twin, *args)
+    ref_fwd, ref_attrs = reference
+    saved = {name: twin.__dict__.get(name, _MISSING) for name in ref_attrs}
+    for name, f in ref_attrs.items():
+        setattr(twin, name, f)
+    ref = (ref_fwd or base)(twin, *args)
+    for name, f in saved.items():
+        if f is _MISSING:
+            delattr(twin, name)
+        else:
+            setattr(twin, name, f)
     for name, ours in attrs.items():
         setattr(twin, name, ours)
     out = (fwd or base)(twin, *args)
@@ -220,6 +249,7 @@ def patch(model: torch.nn.Module, verify: bool = True) -> PatchReport:
     report = PatchReport(type(model).__name__ + (f" ({model_type})" if model_type else ""))
     by_class: dict[type, list] = {}
     planned: dict[type, tuple] = {}  # classes whose binding is planned (and proven per layer)
+    references: dict[type, tuple] = {}  # their torch path, the decode proof's reference
     for m in model.modules():
         if registry.rule_for(m) is not None:
             by_class.setdefault(type(m), []).append(m)
@@ -239,9 +269,10 @@ def patch(model: torch.nn.Module, verify: bool = True) -> PatchReport:
             group.reason = reason
             continue
         planned[cls] = (group, binding, todo, fwd, attrs)
+        references[cls] = _reference_forward(todo[0], originals, attrs)
         group.swapped = tuple(originals) if binding.forward is None else ("forward",)
     if verify and planned:
-        note = _decode_proof(model, planned)
+        note = _decode_proof(model, planned, references)
         if note:
             report.notes.append(note)
     for group, _, todo, fwd, attrs in planned.values():
@@ -271,14 +302,16 @@ MODEL_PROOF_MAX_PARAMS = int(os.environ.get("FLA_COMPILE_HF_PROOF_MAX_PARAMS", 3
 PROOF_PROMPT, PROOF_STEPS = 6, 3  # prompt length; generated tokens (the prefill's and 2 cached decode steps)
 
 
-def _decode_proof(model, planned) -> str:
+def _decode_proof(model, planned, references=None) -> str:
     """Greedy ``generate`` with the model's own cache: a prefill and two cached decode steps, the
     logits of every step compared (fp32) with the unpatched model's, for each planned layer class.
 
     A class whose logits differ by ``common.PROBE_TOL`` or more, or whose patched run raises, gets
     its reason and stays unpatched. Runs on the model itself when its weights are fp32, else on an
     fp32 copy (up to ``MODEL_PROOF_MAX_PARAMS`` parameters; larger models skip it, relying on the
-    per-layer proofs, and the report notes that). Returns a note for the report, or "".
+    per-layer proofs, and the report notes that). The reference runs transformers' torch path
+    (``references``: names that dispatch to a kernel package bound to the torch functions they
+    wrap). Returns a note for the report, or "".
     """
     what = type(model).__name__
     if not callable(getattr(model, "generate", None)) or not _can_generate(model):
@@ -296,7 +329,7 @@ def _decode_proof(model, planned) -> str:
                 f"decode proof skipped: an fp32 copy of {n / 1e9:.1f}B parameters is over "
                 f"MODEL_PROOF_MAX_PARAMS ({MODEL_PROOF_MAX_PARAMS / 1e6:.0f}M); the per-layer proofs ran"
             )
-        target = copy.deepcopy(model).float()
+        target = common.fp32_copy(model)
         unpatch(target)  # the reference is transformers' own path throughout
         layers = {cls: [m for m in target.modules() if type(m) is cls] for cls in planned}
         for cls, (_, binding, _, _, _) in planned.items():
@@ -306,10 +339,18 @@ def _decode_proof(model, planned) -> str:
     target.eval()
     try:
         run = _generator_of(target)
+        reference = {cls: r for cls, r in (references or {}).items() if r[0] is not None or r[1]}
+        for cls, (ref_fwd, ref_attrs) in reference.items():
+            for m in layers[cls]:
+                _apply(m, ref_fwd, ref_attrs)
         try:
             ref = run()
         except Exception as e:  # transformers' own path fails: there is nothing to compare with
             return f"decode proof skipped: the unpatched {what}.generate raised {type(e).__name__}: {e}"
+        finally:
+            for cls in reference:
+                for m in layers[cls]:
+                    _restore(m)
         for cls, (group, _, _, fwd, attrs) in planned.items():
             for m in layers[cls]:
                 _apply(m, fwd, attrs)

@@ -2,8 +2,8 @@
 
 One ``Rule`` per layer class: the class name (what ``patch`` matches on), the model types
 that use it, and the math ``kind``; one ``Binding`` per kind (in ``gated_delta.py``,
-``kda.py``, ``lightning.py``, ``ssd.py``) says how that math is bound to our ops. Adding a
-model whose layer runs known math is one line here.
+``kda.py``, ``lightning.py``, ``ssd.py``, ``selective.py``, ``rglru.py``) says how that math
+is bound to our ops. Adding a model whose layer runs known math is one line here.
 """
 
 from __future__ import annotations
@@ -42,11 +42,12 @@ class Binding:
     probes: Mapping[str, Callable] = dataclasses.field(default_factory=dict)
     forward: Callable | None = None
     probe_args: Callable = None  # x -> positional args of a probe call of the layer (default: (x,))
-    twin: Callable = None  # layer -> its fp32 copy for the layer probe (default: deepcopy + float)
+    twin: Callable = None  # layer -> its fp32 copy for the layer probe (default: common.fp32_copy)
     refresh: Callable = None  # fixes up a layer of an fp32 copy of a model in place (default: nothing)
     # per swapped name ("forward" for a replacement forward): parameters of the original that ours
     # may ignore; any other parameter ours does not take leaves the layer unpatched (signature.adapt)
     ignore: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    width: Callable = None  # layer -> input width of the layer probe (default: hidden_size, else a Linear's)
 
 
 RULES: tuple[Rule, ...] = (
@@ -69,6 +70,12 @@ RULES: tuple[Rule, ...] = (
     Rule("NemotronHMamba2Mixer", ("nemotron_h",), "ssd"),
     Rule("GraniteMoeHybridMambaLayer", ("granitemoehybrid",), "ssd"),
     Rule("Zamba2MambaMixer", ("zamba2",), "ssd"),
+    # selective scan (Mamba1, S6): h = exp(dt A) * h + (dt x) B^T per channel, y = h C + D x
+    Rule("MambaMixer", ("mamba",), "mamba"),
+    Rule("FalconMambaMixer", ("falcon_mamba",), "mamba"),
+    Rule("JambaMambaMixer", ("jamba",), "mamba"),
+    # RG-LRU (RecurrentGemma): h = a * h + x per channel, a = 0 at a document start
+    Rule("RecurrentGemmaRglru", ("recurrent_gemma",), "rglru"),
 )
 
 BINDING_MODULES = {
@@ -76,6 +83,8 @@ BINDING_MODULES = {
     "kda": "fla_compile.hf.kda",
     "lightning": "fla_compile.hf.lightning",
     "ssd": "fla_compile.hf.ssd",
+    "mamba": "fla_compile.hf.selective",
+    "rglru": "fla_compile.hf.rglru",
 }
 
 RULES_BY_CLASS: dict[str, Rule] = {r.cls: r for r in RULES}

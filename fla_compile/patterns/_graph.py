@@ -340,7 +340,7 @@ def to_ssa(gm: fx.GraphModule) -> tuple[fx.Graph | None, str]:
             f = graph.call_function(kind, node.args, node.kwargs)
         f.meta = dict(node.meta)
         if node.target is operator.setitem:
-            f.meta["example_value"] = value_of(root[node])
+            f.meta["example_value"] = _recorded(root[node])  # symbolic sizes kept: a rewrite may read them
         functional[node] = f
     for node, mapping in remap.items():
         user = functional.get(node, node)

@@ -6,12 +6,16 @@ outputs, ``_vmap_decrement_nesting``). No region holding them is run on probes (
 a loop whose step is written for one head and vmapped over heads and batch was never proven. Each outermost
 bracket is traced once with ``make_fx`` on its recorded example values: the batching rules apply and leave
 plain aten ops on whole tensors, which replace the bracket. The rest of the pipeline then sees an ordinary
-step. A bracket that cannot be traced is left as it is.
+step. A bracket that cannot be traced is left as it is, and so is one that torch's own code opens (flex_attention
+builds its block mask under vmap): its internals are not the user's step, and their in-place index_put_ would
+keep the whole graph from being normalized.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 
 import torch
 import torch.fx as fx
@@ -23,6 +27,16 @@ from ._graph import _recorded, _symbolic, value_of
 
 log = logging.getLogger("fla_compile")
 _OPEN, _CLOSE = "_vmap_increment_nesting", "_vmap_decrement_nesting"
+_FRAME = re.compile(r'File "([^"]+)", line \d+, in ')
+_TORCH = os.path.dirname(os.path.realpath(torch.__file__)) + os.sep
+_FUNCTORCH = os.path.join(_TORCH, "_functorch") + os.sep
+
+
+def _torch_opened(node: fx.Node) -> bool:
+    """Whether the vmap that opened at ``node`` was called by torch's own code, not by the user's."""
+    files = [os.path.realpath(f) for f in _FRAME.findall(node.meta.get("stack_trace") or "")]
+    i = next((i for i, f in enumerate(files) if f.startswith(_FUNCTORCH)), None)
+    return i is not None and i > 0 and files[i - 1].startswith(_TORCH)
 
 
 def _name(n: fx.Node) -> str:
@@ -92,6 +106,8 @@ def devmap(graph: fx.Graph) -> int:
     """Replace every outermost vmap bracket of ``graph`` by the aten ops it traces to; how many were."""
     done = 0
     for nodes in brackets(graph):
+        if _torch_opened(next(n for n in nodes if _name(n) == _OPEN)):
+            continue
         try:
             found = _trace(nodes)
         except Exception as e:  # noqa: BLE001 - a bracket make_fx cannot trace stays as written

@@ -26,8 +26,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from ..ir import Family, Recurrence
-from ..ops.dispatch import run_family
 from ..report import Match, Miss
+from ..rewrite import FunctionLowering, run_function
 from ..verify import TOL, fit_scale, probe, rel_err, run_region
 from ._graph import value_of
 
@@ -59,14 +59,15 @@ def _frames(node: fx.Node) -> list[tuple[str, int, str]]:
     return frames
 
 
-def function_regions(graph: fx.Graph) -> list[tuple[str, list[fx.Node]]]:
-    """Nodes grouped by the function call that made them, innermost calls first, with "file:function"."""
+def function_regions(graph: fx.Graph, top_level: bool = False) -> list[tuple[str, list[fx.Node]]]:
+    """Nodes grouped by the function call that made them, innermost calls first, with "file:function".
+    ``top_level`` adds the compiled function itself (the outermost frame) as the last region."""
     groups: dict[tuple, list[fx.Node]] = defaultdict(list)
     for n in graph.nodes:
         if n.op != "call_function" and n.op != "call_method":
             continue
         frames = _frames(n)
-        for d in range(1, len(frames)):
+        for d in range(0 if top_level else 1, len(frames)):
             groups[(tuple(frames[:d]), frames[d][0], frames[d][2])].append(n)
     out = [(key, nodes) for key, nodes in groups.items() if len(nodes) >= MIN_NODES]
     return [(f"{key[1].rsplit('/', 1)[-1]}:{key[2]}", nodes) for key, nodes in sorted(out, key=lambda x: -len(x[0][0]))]
@@ -156,16 +157,7 @@ def _probe(inputs, roles, gen):
 def _op(roles, vals, l2norm, scale):
     q, k, v = (vals[roles[r]] for r in ("q", "k", "v"))
     g, b, h0 = (vals[roles[r]] if roles[r] is not None else None for r in ("gate", "beta", "h0"))
-    if h0 is not None:
-        h0 = h0.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
-    if g is not None and q.dtype != torch.float64:
-        g = g.float()
-    decay = roles.get("decay")
-    if l2norm == "k":  # keys normalized inside the function, queries not: the op normalizes both or neither
-        k, l2norm = F.normalize(k, dim=-1), False
-    return run_family(
-        roles["family"], q, k, v, gate=g, beta=b, decay=decay, scale=scale, initial_state=h0, l2norm=l2norm
-    )
+    return run_function(roles["family"], q, k, v, g, b, roles.get("decay"), scale, h0, l2norm)
 
 
 def _compare(outs, o, ht):
@@ -182,34 +174,6 @@ def _compare(outs, o, ht):
         elif x.shape == ht.mT.shape and s_idx is None and rel_err(x, ht.mT) <= TOL:
             s_idx = -1 - i
     return o_idx, s_idx
-
-
-class FunctionLowering:
-    """Runs the proven family op in place of the function region; returns its outputs in order."""
-
-    def __init__(self, rec: Recurrence, roles: dict, out_meta: list, o_idx: int, s_idx):
-        self.rec, self.roles, self.out_meta, self.o_idx, self.s_idx = rec, roles, out_meta, o_idx, s_idx
-        self.__name__ = f"fla_{rec.family.value}_function"
-
-    def __repr__(self) -> str:
-        return self.__name__
-
-    def same_call(self, other) -> bool:
-        """Whether ``other`` makes the same call apart from lengths (``@jit`` merges two probe lengths)."""
-        return (
-            isinstance(other, FunctionLowering)
-            and self.__name__ == other.__name__
-            and self.roles == other.roles
-            and self.rec.extras == other.rec.extras
-        )
-
-    def __call__(self, *vals):
-        o, ht = _op(self.roles, list(vals), self.rec.extras["l2norm"], self.rec.scale)
-        outs = []
-        for i, meta in enumerate(self.out_meta):
-            x = o if i == self.o_idx else ht.mT if self.s_idx is not None and self.s_idx < 0 else ht
-            outs.append(x.to(meta.dtype))
-        return tuple(outs)
 
 
 def _run(gm, vals):
@@ -285,10 +249,14 @@ def _prove(gm, inputs, outputs, roles, gen):
     return None
 
 
-def run_pass(graph: fx.Graph, opts, report) -> None:
-    """Match, prove and rewrite whole-function recurrences (innermost functions first)."""
+def run_pass(graph: fx.Graph, opts, report, top_level: bool = False) -> None:
+    """Match, prove and rewrite whole-function recurrences (innermost functions first).
+
+    ``top_level`` also tries the compiled function itself: the fallback for a reference function
+    compiled directly (``torch.compile(torch_chunk_gated_delta_rule)``) whose graph could not be
+    normalized, run only when nothing matched (on a normalized graph ``run_whole_pass`` does this)."""
     done: set = set()
-    for source, region in function_regions(graph):
+    for source, region in function_regions(graph, top_level):
         if not any(n in done for n in region) and _try_region(graph, source, region, opts, report):
             done.update(region)
 
@@ -347,9 +315,15 @@ def _try_region(graph, source, region, opts, report) -> bool:
             output_final_state=s_idx is not None,
             spelling=SPELLING,
             source=source,
-            extras={"l2norm": l2norm},
+            extras={
+                "l2norm": l2norm,
+                "outputs": tuple(
+                    ("o" if i == o_idx else "state" if s_idx >= 0 else "state_T", value_of(o).dtype)
+                    for i, o in enumerate(outputs)
+                ),
+            },
         )
-        _rewrite(graph, region, inputs, outputs, rec, roles, o_idx, s_idx)
+        _rewrite(graph, region, outputs, rec)
         report.matches.append(Match(rec.family.value, SPELLING, source, rec.op_name, err))
         return True
     if any(n.op in ("call_function", "call_method") and "cumsum" in str(n.target) for n in region):
@@ -357,10 +331,10 @@ def _try_region(graph, source, region, opts, report) -> bool:
     return False
 
 
-def _rewrite(graph, region, inputs, outputs, rec, roles, o_idx, s_idx):
-    lowering = FunctionLowering(rec, roles, [value_of(o) for o in outputs], o_idx, s_idx)
+def _rewrite(graph, region, outputs, rec):
+    lowering = FunctionLowering(rec)
     with graph.inserting_before(region[0]):
-        call = graph.call_function(lowering, tuple(inputs))
+        call = graph.call_function(lowering, tuple(lowering.args))
         outs = [graph.call_function(operator.getitem, (call, i)) for i in range(len(outputs))]
     inside = set(region)
     for old, new in zip(outputs, outs):

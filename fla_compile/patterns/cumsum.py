@@ -125,9 +125,10 @@ def readout(s: fx.Node) -> tuple | None:
     return None
 
 
-def match(cs: fx.Node, opts):
+def match(cs: fx.Node, opts, fuse: bool = True):
     """Bind, fit the scale and prove one cumsum region: (``Recurrence``, proof error, the output
-    nodes it replaces), None if ``cs`` is no prefix sum of an outer product; NearMiss with the reason."""
+    nodes it replaces), None if ``cs`` is no prefix sum of an outer product; NearMiss with the reason.
+    ``fuse`` off: the numerator alone, no normalizer fused (``normalized`` reads it)."""
     p = cs.args[0]
     dim = _dim(cs, 1)
     sp = R.shape_of(p)
@@ -182,7 +183,7 @@ def match(cs: fx.Node, opts):
     if not math.isfinite(scale) or scale == 0:
         raise NearMiss("the read-out is not a multiple of S_t^T q_t")
     rec, err = R.prove(gm, [rec.replace(scale=scale)], opts)
-    return normalizer(cs, rec, out, opts) or (rec, err, (out,))
+    return (normalizer(cs, rec, out, opts) if fuse else None) or (rec, err, (out,))
 
 
 def run_pass(graph: fx.Graph, opts, report: Report) -> None:

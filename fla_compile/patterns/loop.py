@@ -42,6 +42,10 @@ class LoopRegion:
     out_target: fx.Node | None  # node after the loop to replace with the whole output
     final_state_used: bool
     source: str
+    # a normalizer z_t = z_{t-1} + k_t carried beside the state (``patterns/normalized.py`` reads it): its offset
+    # and its value before the loop; the step graph then takes (state, norm, *inputs) and returns z_t last
+    norm_offset: int | None = None
+    init_norm: fx.Node | None = None
 
     @property
     def T(self) -> int:
@@ -55,7 +59,8 @@ class LoopRegion:
         from before the loop. Returns the module and the origins of its inputs after the state.
         """
         out = ("offset", self.out_offset) if self.out_offset is not None else None
-        return self._extract([("offset", self.state_offset), out], with_state=True)
+        norm = [("offset", self.norm_offset)] if self.norm_offset is not None else []
+        return self._extract([("offset", self.state_offset), out, *norm], with_state=True)
 
     def role_graph(self, origins: list[tuple]) -> tuple[fx.GraphModule, list]:
         """The per-step computation of the values at ``origins`` from reads and globals only."""
@@ -70,6 +75,9 @@ class LoopRegion:
         state = g.placeholder("state") if with_state else None
         if state is not None:
             state.meta["example_value"] = value_of(self.init_state)
+        norm = g.placeholder("norm") if with_state and self.norm_offset is not None else None
+        if norm is not None:
+            norm.meta["example_value"] = value_of(self.init_norm)
         env: dict = {}
         origins: list = []
 
@@ -86,6 +94,8 @@ class LoopRegion:
             if a in index:
                 return build(index[a])
             if a in prev:
+                if norm is not None and prev[a] == self.norm_offset:
+                    return norm
                 if not with_state or prev[a] != self.state_offset:
                     raise ValueError(f"the step reads a carried value other than the state ('{a.name}')")
                 return state
@@ -267,6 +277,9 @@ def _build(nodes, pos, s, T, L, loop_keys) -> LoopRegion:
     writes = {i: time_write(blocks[-1][i]) for i in carried}
     buffers = {i for i, w in writes.items() if w is not None and w.index == T - 1 and w.buf is blocks[-2][i]}
     states = [i for i in carried if i not in buffers]
+    norm = _normalizer_pair(blocks, states) if len(states) == 2 else None
+    if norm is not None:  # S and a normalizer z: patterns/normalized.py classifies the step
+        states, norm = [norm[0]], norm[1]
     if len(states) != 1:
         raise _Mismatch(_several_states(blocks, states) if states else "the loop carries no state")
     state = states[0]
@@ -288,6 +301,8 @@ def _build(nodes, pos, s, T, L, loop_keys) -> LoopRegion:
                     continue
                 if t == T - 1 and i == state:
                     final_state_used = True
+                elif t == T - 1 and i == norm:
+                    raise _Mismatch(normalizer_message(blocks, state, norm, "its final value is used after the loop"))
                 elif t == T - 1 and i in buffers:
                     outs[("buffer", i)] = ("buffer", writes[i].dim, i, n)
                 elif t == 0 and u.target in (torch.stack, torch.cat) and _collects(u, blocks, i):
@@ -321,6 +336,8 @@ def _build(nodes, pos, s, T, L, loop_keys) -> LoopRegion:
         out_target=out_target,
         final_state_used=final_state_used,
         source=source_line(blocks[0][state]) or source_line(blocks[0][0]),
+        norm_offset=norm,
+        init_norm=init[norm] if norm is not None else None,
     )
 
 
@@ -332,27 +349,41 @@ def _user_name(n: fx.Node) -> str:
     return m.group(1) if m else re.sub(r"_\d+$", "", n.name)
 
 
-def _several_states(blocks, states: list[int]) -> str:
-    """Why a loop carrying several values is left alone, in the user's terms."""
+def _normalizer_pair(blocks, states: list[int]) -> tuple[int, int] | None:
+    """(the state S, a normalizer z) among the carried ``states``: z a vector over S's key (or value) dim
+    that is a running sum z_t = z_{t-1} + x_t; None where there is no such pair."""
     last = blocks[-1]
     vals = {i: value_of(last[i]) for i in states}
     shapes = {i: tuple(v.shape) for i, v in vals.items() if isinstance(v, torch.Tensor)}
     main = max(shapes, key=lambda i: len(shapes[i]), default=states[0])
-    S = _user_name(last[main])
     for i in states:
         if i == main or i not in shapes or main not in shapes:
             continue
-        n = last[i]
         vector = len(shapes[i]) == len(shapes[main]) - 1 and shapes[i] in (
             shapes[main][:-1],
             shapes[main][:-2] + shapes[main][-1:],
         )
-        if vector and _is_running_sum(n, blocks[-2][i]):
-            z = _user_name(n)
-            return (
-                f"a normalizer {z}_t = {z}_{{t-1}} + k_t, carried beside the state {S}, is not supported in a loop "
-                f"yet (the loop is left as written)"
-            )
+        if vector and _is_running_sum(last[i], blocks[-2][i]):
+            return main, i
+    return None
+
+
+def normalizer_message(blocks, S: int, z: int, why: str = "") -> str:
+    """Why a loop with a normalizer is left alone, in the user's terms."""
+    Sn, zn = _user_name(blocks[-1][S]), _user_name(blocks[-1][z])
+    return (
+        f"a normalizer {zn}_t = {zn}_{{t-1}} + k_t, carried beside the state {Sn}, is not supported in a loop "
+        f"yet{f' here ({why})' if why else ''}; supported: o_t = {Sn}_t^T q_t / ({zn}_t . q_t + eps), "
+        f"{Sn}_t = {Sn}_{{t-1}} + k_t v_t^T (the loop is left as written)"
+    )
+
+
+def _several_states(blocks, states: list[int]) -> str:
+    """Why a loop carrying several values is left alone, in the user's terms."""
+    last = blocks[-1]
+    pair = _normalizer_pair(blocks, states)
+    if pair is not None:
+        return normalizer_message(blocks, *pair)
     names = ", ".join(_user_name(last[i]) for i in states)
     return f"the loop carries {len(states)} states ({names}); a loop carrying one state is supported"
 

@@ -248,8 +248,9 @@ def _decay_source(cand: Candidate, T: int) -> fx.Node | None:
 DECAY_SPANS = ((0.6, 0.95), (-0.3, -0.01))  # probes for a gamma, then for a log-gamma
 
 
-def match(graph: fx.Graph, cand: Candidate, const: set, opts) -> tuple[Recurrence, float]:
-    """Classify and prove one candidate: its ``Recurrence`` and the proof's error; NearMiss with the reason."""
+def match(graph: fx.Graph, cand: Candidate, const: set, opts, alone: bool = True) -> tuple[Recurrence, float]:
+    """Classify and prove one candidate: its ``Recurrence`` and the proof's error; NearMiss with the reason.
+    ``alone`` off: the masked scores may have other users (a normalizer, see ``normalized``)."""
     region = cone(cand.out, {cand.q, cand.k, cand.v})
     for n in region:
         if n.target in SOFTMAX | SIGMOID and cand.scores in cone(n, {cand.q, cand.k, cand.v}):
@@ -258,7 +259,7 @@ def match(graph: fx.Graph, cand: Candidate, const: set, opts) -> tuple[Recurrenc
             raise NotARecurrence(
                 f"{kind} attention: not a linear recurrence (the scores pass through {name} at '{n.name}')"
             )
-    why = inner_users(region, cand.out, [cand.q, cand.k, cand.v])
+    why = inner_users(region, cand.out, [cand.q, cand.k, cand.v]) if alone else None
     if why:
         raise NearMiss(why)
     gate = _gate_source(cand, const, cand.T)

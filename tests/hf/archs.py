@@ -2,7 +2,8 @@
 
 ``packed`` names how the model is told about packed sequences: "cu_seq_lens_q" (the
 FlashAttentionKwargs offsets the gated-delta / KDA / lightning layers read) or "seq_idx" (what
-the Mamba-family mixers read); position_ids restart per sequence for the softmax layers.
+the Mamba2-family mixers read); position_ids restart per sequence for the softmax layers. None:
+the model passes no packing to its layers (Mamba1's blocks drop **kwargs), nothing to test.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class Arch:
     layer: str  # the layer class we patch
     kind: str
     kwargs: dict
-    packed: str = "cu_seq_lens_q"
+    packed: str | None = "cu_seq_lens_q"
     composite: dict | None = None  # a multimodal config: kwargs go to text_config, these to vision_config
     # layer_types of the packed-sequence test, where the model's softmax layers ignore packing
     packed_layer_types: tuple[str, ...] | None = None
@@ -303,5 +304,61 @@ ARCHS = [
             intermediate_size=64,
         ),
         packed="seq_idx",
+    ),
+    Arch(
+        "Mamba",
+        "MambaConfig",
+        "MambaForCausalLM",
+        "MambaMixer",
+        "mamba",
+        dict(hidden_size=64, num_hidden_layers=2, state_size=16, expand=2, time_step_rank=8, tie_word_embeddings=False),
+        packed=None,
+    ),
+    Arch(
+        "FalconMamba",
+        "FalconMambaConfig",
+        "FalconMambaForCausalLM",
+        "FalconMambaMixer",
+        "mamba",
+        dict(hidden_size=64, num_hidden_layers=2, state_size=16, expand=2, time_step_rank=8, tie_word_embeddings=False),
+        packed=None,
+    ),
+    Arch(
+        "Jamba",
+        "JambaConfig",
+        "JambaForCausalLM",
+        "JambaMambaMixer",
+        "mamba",
+        dict(
+            **ATTN,
+            num_hidden_layers=2,
+            attn_layer_period=2,
+            attn_layer_offset=1,
+            num_experts=4,
+            num_experts_per_tok=2,
+            expert_layer_period=2,
+            expert_layer_offset=1,
+            mamba_d_state=16,
+            mamba_expand=2,
+            mamba_dt_rank=8,
+            use_mamba_kernels=False,
+        ),
+        packed=None,
+    ),
+    Arch(
+        "RecurrentGemma",
+        "RecurrentGemmaConfig",
+        "RecurrentGemmaForCausalLM",
+        "RecurrentGemmaRglru",
+        "rglru",
+        dict(
+            **{k: v for k, v in ATTN.items() if k != "head_dim"},
+            num_hidden_layers=2,
+            block_types=["recurrent", "attention"],
+            lru_width=64,
+            attention_window_size=64,
+            tie_word_embeddings=False,
+        ),
+        packed=None,
     ),
 ]

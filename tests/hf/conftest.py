@@ -44,7 +44,9 @@ class OpCalls(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = str(func.overloadpacket)
         if name.startswith("fla_compile.") and not name.endswith("_bwd") and len(args) > 2:
-            self.calls.append((name.split(".")[1], args[2].shape[1]))
+            op = name.split(".")[1]
+            seq = args[0] if op in ("hgrn", "mamba") else args[2]  # the scan line's x / u [B, T, D]
+            self.calls.append((op, seq.shape[1]))
         return func(*args, **(kwargs or {}))
 
     def count(self, T: int | None = None) -> int:

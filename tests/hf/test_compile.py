@@ -32,6 +32,8 @@ def test_fullgraph_prefill_and_packed(arch, tmp_path):
         out = torch.compile(model, backend="eager", fullgraph=True)(ids, use_cache=False).logits
     assert rel(out, ref) < TOL
 
+    if arch.packed is None:  # the model passes no packed-sequence offsets to its layers
+        return
     lengths = (13, 19)
     seqs = [_prompt(B=1, T=n, seed=i + 5) for i, n in enumerate(lengths)]
     kw = _packed_kwargs(arch, lengths)

@@ -22,7 +22,7 @@ from fla_compile.hf.decode import GraphDecoder
 from .archs import ARCHS
 from .conftest import load_tiny
 
-PICKED = [a for a in ARCHS if a.name in ("Qwen3-Next", "Mamba2")]
+PICKED = [a for a in ARCHS if a.name in ("Qwen3-Next", "Mamba2", "Mamba")]
 SYNCS = ("aten::_local_scalar_dense", "aten::nonzero", "aten::is_nonzero", "aten::equal", "aten::item")
 
 
@@ -116,3 +116,11 @@ def test_bad_calls(patched):
         dec.generate(ids[:2, :3], 4)
     with pytest.raises(ValueError, match="cuda_graph=True needs a model on CUDA"):
         GraphDecoder(model, 3, 10, cuda_graph=True)
+
+
+def test_recurrent_gemma_is_refused(tmp_path):
+    """Its recurrent state lives in module attributes, outside the cache: a captured step would replay stale reads."""
+    model = load_tiny(next(a for a in ARCHS if a.name == "RecurrentGemma"), tmp_path)
+    ids, mask = _prompts()
+    with pytest.raises(ValueError, match="RecurrentGemmaForCausalLM is not supported: its recurrent blocks"):
+        fh.generate(model, ids, 4, mask)

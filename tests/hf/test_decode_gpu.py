@@ -24,7 +24,7 @@ from .conftest import load_tiny
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
-PICKED = [a for a in ARCHS if a.name in ("Qwen3-Next", "Mamba2")]
+PICKED = [a for a in ARCHS if a.name in ("Qwen3-Next", "Mamba2", "Mamba")]
 N = 24
 T = 9
 

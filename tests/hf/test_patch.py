@@ -135,6 +135,8 @@ def _packed_kwargs(arch, lengths):
 
 def test_packed_sequences(tiny, tmp_path):
     arch, model, _ = tiny
+    if arch.packed is None:
+        pytest.skip(f"{arch.name} passes no packed-sequence offsets to its layers")
     if arch.packed_layer_types is not None:
         layers = {"layer_types": list(arch.packed_layer_types)}
         model = load_tiny(dataclasses.replace(arch, kwargs={**arch.kwargs, **layers}), tmp_path)

@@ -456,7 +456,7 @@ def test_launch_options_come_from_the_arch_tables():
     from fla_compile.lowering.delta import triton_launch as DT
 
     src = (Path(DT.__file__)).read_text()
-    used = set(re.findall(r'_opts\("(\w+)"', src)) | set(re.findall(r'_knob\("(\w+)"', src))
+    used = {n for f in ("_opts", "_knob", "_state_bv") for n in re.findall(f + r'\("(\w+)"', src)}
     assert used <= set(DT._DEFAULTS), used - set(DT._DEFAULTS)
     for arch in ("sm90", "default"):
         section = autotune.table(arch)["delta"]
@@ -468,3 +468,20 @@ def test_launch_options_come_from_the_arch_tables():
         assert DT._knob("BV_h", torch.device("cpu")) == 16
     finally:
         DT.OVERRIDES.clear()
+
+
+def test_state_pass_v_block_fills_the_sms(monkeypatch):
+    """``fill_sms``: the state passes' V block is halved while the doubled grid still fits the SMs."""
+    pytest.importorskip("triton")
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    monkeypatch.setattr(DT, "_sm_count", lambda index: 132)
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setitem(DT.OVERRIDES, "BV_h", 64)
+    monkeypatch.setitem(DT.OVERRIDES, "fill_sms", False)
+    assert DT._state_bv("BV_h", 32, 128, cuda) == 64  # off: the table's block
+    DT.OVERRIDES["fill_sms"] = True
+    assert DT._state_bv("BV_h", 32, 128, cuda) == 32  # B·H = 32: 64 -> 128 programs, not 256
+    assert DT._state_bv("BV_h", 128, 128, cuda) == 64  # 256 programs already: kept
+    assert DT._state_bv("BV_h", 4, 128, cuda) == 16  # never below 16
+    assert DT._state_bv("BV_h", 4, 128, torch.device("cpu")) == 64  # the interpreter: the table's

@@ -333,5 +333,187 @@ def test_gpu_mamba_op_gradients():
         assert rel(a, b) < 1e-5
 
 
+# ---------------------------------------------------------------- the chunked scan (triton_chunk)
+# Tiny chunks (BT=8) and carry blocks (BC=2) so a few dozen steps cross several chunks, carry blocks and
+# sequence starts inside chunks; D=12 over blocks of 8 channels leaves a masked tail. The interpreter runs
+# the associative scan's combine per element, so these sizes are what keeps the cases ~1 s each.
+CHUNK_TINY = {"BT": 8, "BD": 8, "num_warps": 1, "BC": 2, "BDC": 8, "carry_warps": 1}
+
+
+class _PoisonedTorch:
+    """``torch`` for the kernels' launchers with every ``empty`` filled with NaN: an output element the
+    kernels do not write shows up."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def empty(*args, **kwargs):
+        return torch.empty(*args, **kwargs).fill_(float("nan"))
+
+    @staticmethod
+    def empty_like(*args, **kwargs):
+        return torch.empty_like(*args, **kwargs).fill_(float("nan"))
+
+
+def _case_chunk(lens=None, with_h0=True, with_dht=True, strength=1.0, resets=(), dtype=torch.float32, twice=False):
+    from fla_compile.lowering.scan import triton_chunk as TC
+
+    saved, TC.CONFIG = TC.CONFIG, dict(CHUNK_TINY)
+    real_torch, TC.torch = TC.torch, _PoisonedTorch()
+    try:
+        x, g, h0, cu = make(B=2, T=21, D=12, lens=lens, strength=strength, dtype=dtype)
+        for t in resets:  # a decay of exactly 0 on every other channel (chunk starts, ends, inside)
+            g[:, t, ::2] = -float("inf")
+        h0 = h0 if with_h0 else None
+        gen = torch.Generator().manual_seed(7)
+        do = torch.randn(x.shape, generator=gen).to(dtype)
+        n_seq = x.shape[0] if cu is None else len(lens)
+        dht = torch.randn(n_seq, x.shape[-1], generator=gen) if with_dht else None
+        o, ht = TC.forward(x, g, h0, cu)
+        dx, dg, dh0 = TC.backward(x, g, h0, cu, o, do, dht)
+        ro, rh, (rdx, rdg, rdh0) = reference(x, g, h0, cu, do, dht if with_dht else torch.zeros(n_seq, x.shape[-1]))
+        out = {"o": rel(o, ro), "ht": rel(ht, rh), "dx": rel(dx, rdx), "dg": rel(dg, rdg)}
+        if h0 is not None:
+            out["dh0"] = rel(dh0, rdh0)
+        if dtype != torch.float32:
+            out.update(tol=1e-2, o_dtype=float(o.dtype != dtype or dx.dtype != dtype))
+        if twice:
+            o2, ht2 = TC.forward(x, g, h0, cu)
+            again = TC.backward(x, g, h0, cu, o, do, dht)
+            same = torch.equal(o, o2) and torch.equal(ht, ht2)
+            same = same and all(torch.equal(a, b) for a, b in zip((dx, dg, dh0), again) if a is not None)
+            out["deterministic"] = float(not same)
+        return out
+    finally:
+        TC.CONFIG, TC.torch = saved, real_torch
+
+
+def _case_chunk_op():
+    """ops.hgrn through autograd with the chunked kernels forced (FLA_COMPILE_TRITON=interpret)."""
+    from fla_compile.lowering.scan import dispatch
+    from fla_compile.lowering.scan import triton_chunk as TC
+
+    saved, TC.CONFIG = TC.CONFIG, dict(CHUNK_TINY)
+    force, dispatch.FORCE_KERNEL = dispatch.FORCE_KERNEL, "chunk"
+    try:
+        return _case_op_dispatch()
+    finally:
+        TC.CONFIG, dispatch.FORCE_KERNEL = saved, force
+
+
+CHUNK_CASES = {
+    "chunk-dense": (_case_chunk, (None, True, True, 1.0, (), torch.float32, True)),
+    "chunk-dense-no-h0-no-dht": (_case_chunk, (None, False, False)),
+    "chunk-packed": (_case_chunk, ([5, 0, 17, 1, 8, 0],)),
+    "chunk-packed-no-h0": (_case_chunk, ([0, 16, 3], False, False)),
+    "chunk-packed-one-step": (_case_chunk, ([1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1],)),  # first and last at once
+    "chunk-strong-gates-and-resets": (_case_chunk, (None, True, True, 20.0, (0, 3, 7, 8, 16, 20))),
+    "chunk-bf16": (_case_chunk, (None, True, True, 1.0, (), torch.bfloat16)),
+    "chunk-op-dispatch": (_case_chunk_op, ()),
+}
+INTERPRETER_CASES.update(CHUNK_CASES)  # run by the same child process as the walk's cases
+
+
+@pytest.mark.parametrize("case", list(CHUNK_CASES))
+def test_interpreter_chunk(interpreter_report, case):
+    test_interpreter(interpreter_report, case)
+
+
+@pytest.mark.parametrize(
+    "shape,lens,chunk",
+    [
+        ((1, 1, 4096), None, False),  # decoding: the walk
+        ((64, 256, 4096), None, False),  # short and wide: 4096 walk programs fill the GPU
+        ((2, 256, 256), None, True),  # short but 8 walk programs: chunked
+        ((4, 8192, 1024), None, True),  # long: chunked
+        ((1, 20000, 4096), [16] * 1250, False),  # packed short sequences: the walk
+        ((1, 20000, 256), [10000, 10000], True),  # packed long ones: chunked
+    ],
+)
+def test_use_chunks_rule(shape, lens, chunk):
+    from fla_compile.lowering.scan import dispatch
+
+    x = torch.empty(shape, device="meta")
+    cu = None if lens is None else torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
+    assert dispatch.use_chunks(x, cu) is chunk
+
+
+# ---------------------------------------------------------------- the chunked scan on the GPU
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("strength", [1.0, 20.0], ids=["weak", "strong"])
+@pytest.mark.parametrize("lens", [None, [3000, 0, 1, 5191]], ids=["dense", "packed"])
+def test_gpu_chunk_vs_fp64(dtype, tol, strength, lens):
+    """The chunked kernels at T=8192 against the fp64 torch path: o, ht, dx, dg, dh0, outputs poisoned,
+    resets (-inf gates) on a chunk boundary, bitwise determinism."""
+    from fla_compile.lowering.scan import triton_chunk as TC
+
+    x, g, h0, cu = make(B=2, T=8192, D=1000, strength=strength, lens=lens, device="cuda", dtype=dtype)
+    g[:, 128, ::3] = -float("inf")
+    g[:, 4000, 1::3] = -float("inf")
+    do = torch.randn_like(x)
+    dht = torch.randn_like(h0)
+    _poison()
+    o, ht = TC.forward(x, g, h0, cu)
+    _poison()
+    dx, dg, dh0 = TC.backward(x, g, h0, cu, o, do, dht)
+    ro, rh, (rdx, rdg, rdh0) = reference(x, g, h0, cu, do, dht)
+    errs = {"o": rel(o, ro), "ht": rel(ht, rh), "dx": rel(dx, rdx), "dg": rel(dg, rdg), "dh0": rel(dh0, rdh0)}
+    assert all(e < tol for e in errs.values()), errs  # NaN fails too
+    o2, ht2 = TC.forward(x, g, h0, cu)
+    again = TC.backward(x, g, h0, cu, o, do, dht)
+    assert torch.equal(o, o2) and torch.equal(ht, ht2), "forward not bitwise deterministic"
+    assert all(torch.equal(a, b) for a, b in zip((dx, dg, dh0), again)), "backward not bitwise deterministic"
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_op_takes_chunks_at_long_T():
+    """ops.hgrn at T=2048 runs the chunked kernels (the dispatch rule) and matches the fp64 loop's gradients."""
+    import fla_compile.ops as ops
+    from fla_compile.lowering.scan import dispatch
+    from fla_compile.reference.hgrn import hgrn as loop
+
+    x, g, h0, _ = make(B=2, T=2048, D=256, device="cuda")
+    assert dispatch.use_chunks(x)
+    xs = [t.requires_grad_() for t in (x, g, h0)]
+    o, ht = ops.hgrn(*xs, output_final_state=True)
+    (o.sum() + ht.square().sum()).backward()
+    ds = [t.double().detach().requires_grad_() for t in (x, g, h0)]
+    ro, rh = loop(*ds, output_final_state=True)
+    (ro.sum() + rh.square().sum()).backward()
+    for a, b in zip([o, ht, *(t.grad for t in xs)], [ro, rh, *(t.grad for t in ds)]):
+        assert rel(a, b) < 1e-5
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_chunk_packed_in_cuda_graph():
+    """Packed sequences through the chunked kernels inside CUDA-graph capture: nothing reads cu_seqlens back
+    to the host (a sync would fail the capture), and the replay matches the fp64 path."""
+    from fla_compile.lowering.scan import triton_chunk as TC
+
+    x, g, h0, cu = make(lens=[700, 0, 1500, 3], D=256, device="cuda")
+    do, dht = torch.randn_like(x), torch.randn_like(h0)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # compile and warm up off the capture
+        TC.backward(x, g, h0, cu, TC.forward(x, g, h0, cu)[0], do, dht)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        o, ht = TC.forward(x, g, h0, cu)
+        dx, dg, dh0 = TC.backward(x, g, h0, cu, o, do, dht)
+    graph.replay()
+    torch.cuda.synchronize()
+    ro, rh, (rdx, rdg, rdh0) = reference(x, g, h0, cu, do, dht)
+    errs = {"o": rel(o, ro), "ht": rel(ht, rh), "dx": rel(dx, rdx), "dg": rel(dg, rdg), "dh0": rel(dh0, rdh0)}
+    assert all(e < 1e-5 for e in errs.values()), errs
+
+
 if __name__ == "__main__":
     _run_interpreter_cases()

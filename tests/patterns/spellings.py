@@ -283,8 +283,9 @@ def miss_output_clamped(q, k, v):
     return torch.stack(outs, 1)
 
 
-def miss_normalized_linear(q, k, v):
-    """Linear attention with its normalizer carried in the loop: o_t = S_t^T q_t / (z_t^T q_t)."""
+def normalized_linear(q, k, v):
+    """Linear attention with its normalizer carried in the loop (sigmoid features): o_t = S_t^T q_t / (z_t^T q_t)."""
+    q, k = q.sigmoid(), k.sigmoid()
     B, T, H, K = q.shape
     S = q.new_zeros(B, H, K, v.shape[-1])
     z = q.new_zeros(B, H, K)
@@ -298,8 +299,9 @@ def miss_normalized_linear(q, k, v):
     return torch.stack(outs, 1)
 
 
-def miss_normalized_linear_inplace(q, k, v):
-    """The same with in-place updates and a buffer write."""
+def normalized_linear_inplace(q, k, v):
+    """The same with in-place updates, a buffer write and the final state returned (elu + 1 features)."""
+    q, k = F.elu(q) + 1, F.elu(k) + 1
     B, T, H, K = q.shape
     S = q.new_zeros(B, H, K, v.shape[-1])
     norm = q.new_zeros(B, H, K)
@@ -308,7 +310,130 @@ def miss_normalized_linear_inplace(q, k, v):
         S += torch.einsum("bhk,bhv->bhkv", k[:, t], v[:, t])
         norm += k[:, t]
         o[:, t] = torch.einsum("bhk,bhkv->bhv", q[:, t], S) / (q[:, t] * norm).sum(-1, keepdim=True)
+    return o, S
+
+
+def normalized_elu_in_loop(q, k, v):
+    """Katharopoulos et al.'s recurrent form: elu + 1 inside the loop, a scale on q, + eps, [B, H, T, D] buffers."""
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+    B, H, T, K = q.shape
+    S = q.new_zeros(B, H, K, v.shape[-1])
+    z = q.new_zeros(B, H, K)
+    o = torch.zeros_like(v)
+    for t in range(T):
+        q_t, k_t = (F.elu(q[:, :, t]) + 1) * K**-0.5, F.elu(k[:, :, t]) + 1
+        S = S + k_t.unsqueeze(-1) @ v[:, :, t].unsqueeze(-2)
+        z = z + k_t
+        o[:, :, t] = (q_t.unsqueeze(-2) @ S).squeeze(-2) / ((q_t * z).sum(-1, keepdim=True) + 1e-6)
+    return o.transpose(1, 2)
+
+
+def normalized_based_taylor(q, k, v):
+    """Based's recurrent view: Taylor features (1 + D + D^2 of them) made before the loop, the reciprocal multiplied."""
+
+    def taylor(x):
+        """Based's feature map, the 2nd-order Taylor expansion of exp(q . k / sqrt(D)): [1, x / D^1/4, x x^T / sqrt(2D)]."""
+        D = x.shape[-1]
+        x2 = (x[..., :, None] * x[..., None, :]).flatten(-2) / 2**0.5
+        return torch.cat([torch.ones_like(x[..., :1]), x / D**0.25, x2 / D**0.5], -1)
+
+    q, k = taylor(q), taylor(k)
+    B, T, H, F_ = q.shape
+    S = q.new_zeros(B, H, F_, v.shape[-1])
+    z = q.new_zeros(B, H, F_)
+    outs = []
+    for q_t, k_t, v_t in zip(q.unbind(1), k.unbind(1), v.unbind(1)):
+        S = S + torch.einsum("bhf,bhv->bhfv", k_t, v_t)
+        z = z + k_t
+        outs.append(
+            torch.einsum("bhf,bhfv->bhv", q_t, S) * (1 / (torch.einsum("bhf,bhf->bh", q_t, z) + 1e-6))[..., None]
+        )
+    return torch.stack(outs, 1)
+
+
+def normalized_rebased(q, k, v, g, b):
+    """Rebased's learnable squared map (gamma * layer_norm(x) + beta)^2 (gamma, beta from g and b: they get gradients)."""
+    gamma, beta = 1 + 0.1 * g[0, 0, 0], 0.1 * b[0, 0, 0]
+    q = (gamma * F.layer_norm(q, q.shape[-1:]) + beta) ** 2
+    k = (gamma * F.layer_norm(k, k.shape[-1:]) + beta) ** 2
+    B, T, H, K = q.shape
+    S = q.new_zeros(B, H, K, v.shape[-1])
+    z = q.new_zeros(B, H, K)
+    outs = []
+    for t in range(T):
+        S = S + k[:, t, :, :, None] * v[:, t, :, None, :]
+        z = z + k[:, t]
+        outs.append((q[:, t, :, :, None] * S).sum(-2) / ((q[:, t] * z).sum(-1)[..., None] + 1e-3))
+    return torch.stack(outs, 1)
+
+
+def miss_normalized_decayed_state(q, k, v):
+    """A decayed state beside a plain running normalizer: not normalized linear attention (the loop says so)."""
+    q, k = q.sigmoid(), k.sigmoid()
+    B, T, H, K = q.shape
+    S = q.new_zeros(B, H, K, v.shape[-1])
+    z = q.new_zeros(B, H, K)
+    outs = []
+    for t in range(T):
+        S = 0.9 * S + k[:, t, :, :, None] * v[:, t, :, None, :]
+        z = z + k[:, t]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S) / (q[:, t] * z).sum(-1, keepdim=True))
+    return torch.stack(outs, 1)
+
+
+def miss_normalized_other_key(q, k, v):
+    """The normalizer sums other keys (exp k) than the state's (sigmoid k), in place."""
+    B, T, H, K = q.shape
+    S = q.new_zeros(B, H, K, v.shape[-1])
+    norm = q.new_zeros(B, H, K)
+    o = torch.empty_like(v)
+    for t in range(T):
+        S += torch.einsum("bhk,bhv->bhkv", k[:, t].sigmoid(), v[:, t])
+        norm += k[:, t].exp()
+        o[:, t] = torch.einsum("bhk,bhkv->bhv", q[:, t].sigmoid(), S) / (q[:, t].sigmoid() * norm).sum(-1, keepdim=True)
     return o
+
+
+def miss_normalized_clamped(q, k, v):
+    """The normalizer clamped from below instead of + eps: another function where q . z is small."""
+    q, k = q.sigmoid(), k.sigmoid()
+    B, T, H, K = q.shape
+    S = q.new_zeros(B, H, K, v.shape[-1])
+    z = q.new_zeros(B, H, K)
+    outs = []
+    for t in range(T):
+        S = S + k[:, t, :, :, None] * v[:, t, :, None, :]
+        z = z + k[:, t]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S) / (q[:, t] * z).sum(-1, keepdim=True).clamp(min=0.5))
+    return torch.stack(outs, 1)
+
+
+def miss_normalized_heads_swapped(q, k, v):
+    """The normalizer read by the other head's query: only the proof tells it from the op."""
+    q, k = q.sigmoid(), k.sigmoid()
+    B, T, H, K = q.shape
+    S = q.new_zeros(B, H, K, v.shape[-1])
+    z = q.new_zeros(B, H, K)
+    outs = []
+    for t in range(T):
+        S = S + k[:, t, :, :, None] * v[:, t, :, None, :]
+        z = z + k[:, t]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S) / ((q[:, t].flip(1) * z).sum(-1, keepdim=True) + 1e-6))
+    return torch.stack(outs, 1)
+
+
+def miss_normalized_eps_outside(q, k, v):
+    """eps added after the division, num / den + eps: not the op's num / (den + eps)."""
+    q, k = q.sigmoid(), k.sigmoid()
+    B, T, H, K = q.shape
+    S = q.new_zeros(B, H, K, v.shape[-1])
+    z = q.new_zeros(B, H, K)
+    outs = []
+    for t in range(T):
+        S = S + k[:, t, :, :, None] * v[:, t, :, None, :]
+        z = z + k[:, t]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S) / (q[:, t] * z).sum(-1, keepdim=True) + 1e-2)
+    return torch.stack(outs, 1)
 
 
 def delta_householder(q, k, v, b):

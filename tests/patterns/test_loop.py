@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import fla_compile
 from fla_compile.reference import delta as ref_delta
+from fla_compile.reference import normalized as ref_normalized
 
 from . import spellings as S
 
@@ -30,6 +31,11 @@ POSITIVE = {
     "kda_loop": "kda",
     "delta_householder": "delta_rule",
     "kda_diag_embed": "kda",
+    "normalized_linear": "normalized_linear_attn",
+    "normalized_linear_inplace": "normalized_linear_attn",
+    "normalized_elu_in_loop": "normalized_linear_attn",
+    "normalized_based_taylor": "normalized_linear_attn",
+    "normalized_rebased": "normalized_linear_attn",
 }
 NEGATIVE = {
     "miss_nonlinear_in_state": "not linear in the state",
@@ -44,6 +50,11 @@ NEGATIVE = {
     "miss_householder_wrong_sign": "nor a delta rule",
     "miss_householder_twice": "nor a delta rule",
     "miss_diag_embed_not_exp": "not positive",
+    "miss_normalized_decayed_state": "decays",
+    "miss_normalized_other_key": "other keys",
+    "miss_normalized_clamped": "not a division num / (den + eps)",
+    "miss_normalized_eps_outside": "not a division num / (den + eps)",
+    "miss_normalized_heads_swapped": "differs from the step",
 }
 
 
@@ -66,6 +77,9 @@ def make_inputs(fn, requires_grad=False, seed=0):
 MATH = {
     "gated_delta_rule_inplace": lambda q, k, v, g, b: ref_delta.gated_delta_rule(
         q, k, v, F.logsigmoid(g[..., 0]), torch.sigmoid(b[..., 0]), scale=1.0, output_final_state=True
+    ),
+    "normalized_linear_inplace": lambda q, k, v: (lambda o, st: (o, st[0]))(
+        *ref_normalized.normalized_linear_attn(F.elu(q) + 1, F.elu(k) + 1, v, eps=0.0, output_final_state=True)
     ),
 }
 

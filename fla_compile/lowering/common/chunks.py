@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import launch
+
 _META_CACHE: dict = {}
 
 
@@ -49,7 +51,7 @@ def chunk_meta(B: int, T: int, cu_seqlens: torch.Tensor | None, BT: int, device)
     integer below T / BT + N).
     """
     if cu_seqlens is None:
-        NT = triton.cdiv(T, BT)
+        NT = launch.cdiv(T, BT)
         return dense_cu(B, T, device), _dense_info(B, NT, device), dense_cu(B, NT, device), B * NT, B
     cu = cu_seqlens.to(device=device, dtype=torch.int32).contiguous()
     N = cu.shape[0] - 1

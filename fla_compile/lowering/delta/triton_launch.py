@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 
 import torch
-import triton
 
 from ..common import launch
 from ..common.chunks import chunk_meta
@@ -86,6 +85,7 @@ _DEFAULTS = {
     "BV_h": 64,
     "BV_dh": 64,
     "BV_o": 64,
+    "fill_sms": False,  # shrink the state passes' V block while their grid is under one wave (``_state_bv``)
 }
 OVERRIDES: dict = {}
 FUSED_A = True  # kda: k kᵀ and q kᵀ by one kernel in the forward (False: the GLA line's A kernel twice)
@@ -116,6 +116,24 @@ def _knob(name: str, device):
     if name in OVERRIDES:
         return OVERRIDES[name]
     return _arch_table(_arch(device.type, device.index))[name]
+
+
+@functools.cache
+def _sm_count(index) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _state_bv(name: str, programs: int, V: int, device) -> int:
+    """V block of a sequential state pass (``BV_h``, ``BV_dh``). With ``fill_sms`` it is halved (down
+    to 16) while the grid, ``programs`` x V blocks, still fits the device's SMs after halving: each
+    program walks every chunk in turn, so a grid well under one wave (B·H = 32 at T = 8192 with V
+    blocks of 64: 64 programs on 132 SMs) leaves SMs idle for the whole walk, and one over a wave
+    makes some walks wait for others. Off in the shipped tables until an H200 sweep says it wins."""
+    BV = min(_knob(name, device), launch.pow2(V))
+    if device.type == "cuda" and _knob("fill_sms", device):
+        while BV > 16 and programs * launch.cdiv(V, BV // 2) <= _sm_count(device.index):
+            BV //= 2
+    return BV
 
 
 def _opts(kernel: str, device) -> dict:
@@ -151,7 +169,7 @@ def forward_parts(
     if gid:
         gc = torch.empty(gate.shape, **f32)
         BKg = min(64, BK) if gid == 2 else 16
-        grid = (NS, 1 if gid == 1 else triton.cdiv(K, BKg), H)
+        grid = (NS, 1 if gid == 1 else launch.cdiv(K, BKg), H)
         gla_kern.chunk_cumsum_kernel[grid](gate.contiguous(), gc, cu, info, H, K, BT, BKg, gid, **_opts("cumsum", dev))
     gcp = gc if gc is not None else beta  # a placeholder pointer: never read without a gate
     if X is None:
@@ -214,8 +232,8 @@ def forward_parts(
     h = torch.empty(NS, H, K, V, device=dev, dtype=dt)
     vn = torch.empty(B, T, H, V, device=dev, dtype=dt)
     ht = torch.empty(N, H, K, V, **f32)
-    BV = min(_knob("BV_h", dev), launch.pow2(V))
-    kw.chunk_delta_h_kernel[(N * H, triton.cdiv(V, BV))](
+    BV = _state_bv("BV_h", N * H, V, dev)
+    kw.chunk_delta_h_kernel[(N * H, launch.cdiv(V, BV))](
         k, w, u, gcp, h, vn, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, BK, BV, gid,
         h0 is not None, prec, **_opts("h", dev),
     )  # fmt: skip
@@ -229,7 +247,7 @@ def forward_parts(
     if need_o:
         o = torch.empty(B, T, H, V, device=dev, dtype=dt)
         BV = min(_knob("BV_o", dev), launch.pow2(V))
-        gla_kern.chunk_fwd_o_kernel[(NS, triton.cdiv(V, BV), H)](
+        gla_kern.chunk_fwd_o_kernel[(NS, launch.cdiv(V, BV), H)](
             q, k, vn, gcp, h, Aqk if Aqk is not None else h, o, cu, info, scale, H, G, K, V, BT, min(64, BK), BV, gid,
             prec, BT, **_opts("o", dev),
         )  # fmt: skip
@@ -261,7 +279,7 @@ def backward_parts(q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlen
     # 1. dv_local = M^T do
     dvl = torch.empty(B, T, H, V, **f32)
     BV = min(64, launch.pow2(V))
-    gla_kern.chunk_bwd_dv_kernel[(NS, triton.cdiv(V, BV), H)](
+    gla_kern.chunk_bwd_dv_kernel[(NS, launch.cdiv(V, BV), H)](
         q, k, gcp, Aqk if Aqk is not None else dvl, do, dvl, dvl, cu, info, scale, H, G, K, V, BT, min(64, BK), BV,
         gid, prec, BT, False, **_opts("dv_local", dev),
     )  # fmt: skip
@@ -269,8 +287,8 @@ def backward_parts(q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlen
     dh = torch.empty(NS, H, K, V, device=dev, dtype=dt)
     dvn = torch.empty(B, T, H, V, device=dev, dtype=dt)
     dh0 = torch.empty(N, H, K, V, **f32) if h0 is not None else None
-    BV = min(_knob("BV_dh", dev), launch.pow2(V))
-    kwb.chunk_delta_dh_kernel[(N * H, triton.cdiv(V, BV))](
+    BV = _state_bv("BV_dh", N * H, V, dev)
+    kwb.chunk_delta_dh_kernel[(N * H, launch.cdiv(V, BV))](
         q, k, w, gcp, dvl, do, dh, dvn, dht if dht is not None else dvl, dh0 if dh0 is not None else dvl, cu,
         chunk_off, scale, H, G, K, V, BT, BK, BV, gid, dht is not None, dh0 is not None, prec, **_opts("dh", dev),
     )  # fmt: skip
@@ -280,7 +298,7 @@ def backward_parts(q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlen
     dA = torch.empty(B, T, H, BT, **f32) if gid == 2 else dq
     dg = torch.empty(B, T, H, K, **f32) if gid else None
     BKq, BVq = min(64, BK), min(64, launch.pow2(V))
-    gla_kern.chunk_bwd_dqk_kernel[(NS, triton.cdiv(K, BKq), H)](
+    gla_kern.chunk_bwd_dqk_kernel[(NS, launch.cdiv(K, BKq), H)](
         q, k, vn, gcp, h, do, dh, dA, dg if dg is not None else dq, dq, dk, cu, info, scale, H, G, K, V, BT, BKq,
         BVq, gid, prec, **_opts("dqk", dev),
     )  # fmt: skip
@@ -288,10 +306,10 @@ def backward_parts(q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlen
     BKi = min(64, BK)
     if gid == 2:
         db1 = torch.empty(B, T, H, K, **f32)
-        gla_intra.chunk_gla_bwd_intra_kernel[(NS, NC * triton.cdiv(K, BKi), H)](
+        gla_intra.chunk_gla_bwd_intra_kernel[(NS, NC * launch.cdiv(K, BKi), H)](
             q, k, gc, dA, dq, dk, db1, cu, info, scale, H, G, K, BT, 16, BKi, NC, prec, **_opts("intra", dev)
         )
-        gla_intra.chunk_rc_add_kernel[(NS, triton.cdiv(K, BKi), H)](
+        gla_intra.chunk_rc_add_kernel[(NS, launch.cdiv(K, BKi), H)](
             db1, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev)
         )
     # 4. through W = X (b e^G k) and U = X (b v)
@@ -309,7 +327,7 @@ def backward_parts(q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlen
         kwb.chunk_kk_pair_bwd_vec_kernel[(NS, NC, H)](
             k, beta, gc, dN, dk, dbeta, dG, cu, info, H, G, K, BT, 16, BK, NC, prec, **_opts("pair_vec", dev)
         )
-        gla_intra.chunk_rc_add_kernel[(NS, triton.cdiv(K, BKi), H)](dG, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev))
+        gla_intra.chunk_rc_add_kernel[(NS, launch.cdiv(K, BKi), H)](dG, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev))
     else:
         kwb.chunk_kk_pair_bwd_kernel[(NS, H)](
             k, beta, gcp, dN, dk, dbeta, dG, cu, info, H, G, K, BT, min(64, BK), gid, prec, **_opts("pair", dev)
@@ -400,7 +418,7 @@ def fused_recurrent(
     ht = final_state if final_state is not None else torch.empty(N, H, K, V, device=q.device, dtype=torch.float32)
     h0 = initial_state.contiguous() if initial_state is not None else ht
     BV = min(launch.pow2(V), 32)
-    kd.fused_recurrent_kernel[(N, H, triton.cdiv(V, BV))](
+    kd.fused_recurrent_kernel[(N, H, launch.cdiv(V, BV))](
         q, k, v, beta, g, h0, o, ht, cu, scale, H=H, HK=HK, K=K, V=V, BK=launch.pow2(K), BV=BV,
         GATE=GATE_IDS[gate_kind], HAS_H0=initial_state is not None, L2NORM=use_qk_l2norm,
     )  # fmt: skip

@@ -12,7 +12,6 @@ persisted winners); pass ``config`` to force one.
 from __future__ import annotations
 
 import torch
-import triton
 
 from ..common import launch
 from ..common.chunks import chunk_meta, dense_cu
@@ -87,7 +86,7 @@ def _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, device, cfg, excl=False):
         return gate
     gc = _empty(gate.shape, device, torch.float32)
     BKg = min(cfg.get("cumsum_BK", launch.pow2(K)), launch.pow2(K)) if gid == 2 else 16
-    grid = (NS, 1 if gid == 1 else triton.cdiv(K, BKg), H)
+    grid = (NS, 1 if gid == 1 else launch.cdiv(K, BKg), H)
     if excl:
         gq = _empty(gate.shape, device, torch.float32)
         kern.chunk_cumsum_kernel[grid](gate, gc, cu, info, H, K, BT, BKg, gid, gq, True, **_opts(cfg, "cumsum"))
@@ -101,7 +100,7 @@ def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg,
     h = _empty((NS if store_h else 1, H, K, V), v.device, v.dtype)
     ht = _empty((N, H, K, V), v.device, torch.float32)
     BK, BV = _tile(cfg, "h", K, V)
-    grid = (N * H, triton.cdiv(K, BK), triton.cdiv(V, BV))
+    grid = (N * H, launch.cdiv(K, BK), launch.cdiv(V, BV))
     kern.chunk_fwd_h_kernel[grid](
         k,
         v,
@@ -230,7 +229,7 @@ def chunk_forward(
         _no_A(A_out)
     o = _empty(v.shape, v.device, v.dtype)
     BK, BV = _tile(cfg, "o", K, V)
-    grid = (NS, triton.cdiv(V, BV), H)
+    grid = (NS, launch.cdiv(V, BV), H)
     kern.chunk_fwd_o_kernel[grid](
         q,
         k,
@@ -289,7 +288,7 @@ def chunk_backward(
     dh = _empty((NS, H, K, V), v.device, v.dtype)  # like h: cast to the inputs' dtype before every dot
     dh0 = _empty((N, H, K, V), v.device, torch.float32) if h0 is not None else None
     BK, BV = _tile(cfg, "dh", K, V)
-    grid = (N * H, triton.cdiv(K, BK), triton.cdiv(V, BV))
+    grid = (N * H, launch.cdiv(K, BK), launch.cdiv(V, BV))
     gc_arg = gc if gc is not None else h  # a placeholder pointer: never read without a gate
     kern.chunk_bwd_dh_kernel[grid](
         q,
@@ -322,7 +321,7 @@ def chunk_backward(
     SA = A.shape[-1] if gid == 2 else BT
     dv = _empty(v.shape, v.device, v.dtype)
     BK, BV = _tile(cfg, "dv", K, V)
-    grid = (NS, triton.cdiv(V, BV), H)
+    grid = (NS, launch.cdiv(V, BV), H)
     kern.chunk_bwd_dv_kernel[grid](
         q, k, gc_arg, A, do, dh, dv, cu, info, scale, H, G, K, V, BT, BK, BV, gid, prec, SA, **_opts(cfg, "dv")
     )
@@ -331,7 +330,7 @@ def chunk_backward(
     dA = _empty((B, T, H, BT), v.device, torch.float32) if gid == 2 else ht
     dg = _empty((B, T, H, K), v.device, torch.float32) if gid != 0 else None  # per key dim, chunk-local
     BK, BV = _tile(cfg, "dqk", K, V)
-    grid = (NS, triton.cdiv(K, BK), H)
+    grid = (NS, launch.cdiv(K, BK), H)
     kern.chunk_bwd_dqk_kernel[grid](
         q,
         k,
@@ -363,14 +362,14 @@ def chunk_backward(
         NC = BT // BC
         db = _empty(dq.shape, v.device, torch.float32)
         BKi = _tile(cfg, "intra", K, K)[0]
-        grid = (NS, NC * triton.cdiv(K, BKi), H)
+        grid = (NS, NC * launch.cdiv(K, BKi), H)
         du = _empty(dq.shape, v.device, torch.float32) if u is not None else None  # per token, summed below
         extra = () if u is None else (gq, u, du, dg, True)
         intra.chunk_gla_bwd_intra_kernel[grid](
             q, k, gc, dA, dq, dk, db, cu, info, scale, H, G, K, BT, BC, BKi, NC, prec, *extra, **_opts(cfg, "intra")
         )
         BKr = _tile(cfg, "rc", K, K)[0]
-        intra.chunk_rc_add_kernel[(NS, triton.cdiv(K, BKr), H)](
+        intra.chunk_rc_add_kernel[(NS, launch.cdiv(K, BKr), H)](
             db, dg, cu, info, H, K, BT, BKr, *(() if u is None else (True,)), **_opts(cfg, "rc")
         )
     if gid == 1:
@@ -420,7 +419,7 @@ def fused_recurrent(
         h0 = initial_state.float().contiguous() if initial_state is not None else None
         ht = _empty((N, H, K, V), q.device, torch.float32) if output_final_state else None
     o = _empty(v.shape, v.device, v.dtype)
-    grid = (N * H, triton.cdiv(V, BV))
+    grid = (N * H, launch.cdiv(V, BV))
     kern.fused_recurrent_kernel[grid](
         q,
         k,

@@ -1,7 +1,10 @@
-"""Device dispatch of the scan line (hgrn): the Triton kernels (:mod:`.triton_scan`, imported lazily)
-for CUDA tensors of a supported dtype, the torch path (:mod:`.torch_path`) otherwise."""
+"""Device dispatch of the scan line (hgrn): the Triton kernels (:mod:`.triton_scan`'s walk or
+:mod:`.triton_chunk`'s chunked scan, imported lazily, chosen by :func:`use_chunks`) for CUDA tensors of a
+supported dtype, the torch path (:mod:`.torch_path`) otherwise."""
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -20,27 +23,68 @@ def scan_triton_enabled(x, g, *others) -> bool:
     return triton_scan.supported(x, g)
 
 
+FORCE_KERNEL: str | None = None  # 'walk' or 'chunk' overrides use_chunks (tests, benchmarks/scan_hgrn.py)
+CHUNK_MIN_STEPS = 512  # mean steps per sequence from which the chunked scan runs even where the walk fills the GPU
+WALK_MIN_STEPS = 64  # below this (decoding, short sequences) the walk always runs: one pass, one launch
+WALK_BD = 64  # the walk's channels per program (triton_scan.BD_MAX), to count its programs
+WALK_WAVES = 2  # the walk fills the GPU with at least this many programs per SM
+
+
+@functools.cache
+def _n_sm(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def use_chunks(x: torch.Tensor, cu_seqlens=None) -> bool:
+    """Whether the chunked scan (three passes, time cut into chunks: every SM busy from the first step, but
+    x and g read twice) runs rather than the walk (one pass, one program per sequence and 64 channels
+    stepping through T: memory-optimal once its programs fill the GPU, latency-bound over long T).
+
+    The walk keeps decoding and short sequences (mean steps per sequence below ``WALK_MIN_STEPS``); the
+    chunked scan takes long ones (``CHUNK_MIN_STEPS`` and up: on the H200 the walk is ~10x slower than a
+    chunked scan at T=8192-16384) and, in between, any shape whose walk has too few programs to fill the
+    GPU (fewer than ``WALK_WAVES`` per SM). Packed sequences count their mean length (the walk's time is the
+    longest one's, which is not known without reading cu_seqlens back)."""
+    if FORCE_KERNEL is not None:
+        return FORCE_KERNEL == "chunk"
+    B, T, D = x.shape
+    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    steps = B * T / max(N, 1)
+    if steps < WALK_MIN_STEPS:
+        return False
+    if steps >= CHUNK_MIN_STEPS:
+        return True
+    n_sm = _n_sm(x.device.index if x.device.index is not None else torch.cuda.current_device()) if x.is_cuda else 132
+    return N * -(-D // WALK_BD) < WALK_WAVES * n_sm
+
+
+def _kernels(x, cu_seqlens):
+    if use_chunks(x, cu_seqlens):
+        from . import triton_chunk
+
+        return triton_chunk
+    from . import triton_scan
+
+    return triton_scan
+
+
 def scan_forward(x, g, initial_state=None, cu_seqlens=None):
     """(o [B, T, D] in x's dtype, final state [N, D] fp32, fp64 for fp64 inputs)."""
     if scan_triton_enabled(x, g, initial_state):
-        from . import triton_scan
-
-        return triton_scan.forward(x, g, initial_state, cu_seqlens)
+        return _kernels(x, cu_seqlens).forward(x, g, initial_state, cu_seqlens)
     return torch_path.scan_forward(x, g, initial_state, cu_seqlens)
 
 
 def scan_backward(x, g, initial_state, cu_seqlens, o, do, dht):
     """(dx, dg, dh0 or None) from the forward's output ``o`` (the states) and the incoming gradients."""
     if scan_triton_enabled(x, g, initial_state, do):
-        from . import triton_scan
-
-        return triton_scan.backward(x, g, initial_state, cu_seqlens, o, do, dht)
+        return _kernels(x, cu_seqlens).backward(x, g, initial_state, cu_seqlens, o, do, dht)
     return torch_path.scan_backward(x, g, initial_state, cu_seqlens, o, do, dht)
 
 
 def scan_decode(x, g, initial_state=None, cu_seqlens=None):
-    """Decoding a few steps: the forward kernel is already the fused recurrent one (state in registers,
-    one program per block of channels walking the steps), so decoding is the forward."""
+    """Decoding a few steps: the forward (for a few steps the walk: state in registers, one program per
+    block of channels walking the steps; see :func:`use_chunks`)."""
     return scan_forward(x, g, initial_state, cu_seqlens)
 
 
@@ -54,10 +98,29 @@ def selective_triton_enabled(u, dt, A, B, C, *others) -> bool:
     return triton_scan.selective_supported(u, dt, A, B, C)
 
 
+SELECTIVE_CHUNK_MIN_T = 64  # steps from which the chunked kernels run (see ``selective_chunked``)
+
+
+def selective_chunked(u, A) -> bool:
+    """Whether the chunked kernels (:mod:`.triton_chunk_selective`) take a selective scan rather than the
+    walk. The walk waits on its loads and on the previous step at every step: fine for decoding (a few
+    steps, one launch, nothing wasted) and ruinous for long sequences (~80x the memory floor on the H200
+    at T = 2048). The chunked kernels load a chunk of 16 steps at once and scan it in registers, one
+    dependency per chunk; under 64 steps they would mostly scan padding. Varlen inputs are judged by the
+    packed length: the chunked kernels handle any lengths (chunks start at each sequence's start).
+    States beyond 16 per channel keep to the walk (the chunk tiles are sized for N <= 16)."""
+    return u.shape[1] >= SELECTIVE_CHUNK_MIN_T and A.shape[-1] <= 16
+
+
 def selective_forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
-    """Mamba's selective scan: (y [B, T, D] in u's dtype, final state [N_seq, D, N]). The fused Triton walk
-    (state tile [16, N] in registers, memory D per token) where it runs the inputs, else the torch path."""
+    """Mamba's selective scan: (y [B, T, D] in u's dtype, final state [N_seq, D, N]). On CUDA the chunked
+    Triton kernels for long inputs and the fused walk (state tile [16, N] in registers) for short ones
+    (``selective_chunked``); else the torch path."""
     if selective_triton_enabled(u, dt, A, B, C, initial_state):
+        if selective_chunked(u, A):
+            from . import triton_chunk_selective
+
+            return triton_chunk_selective.forward(u, dt, A, B, C, initial_state, cu_seqlens)
         from . import triton_scan
 
         return triton_scan.selective_forward(u, dt, A, B, C, initial_state, cu_seqlens)
@@ -65,9 +128,13 @@ def selective_forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
 
 
 def selective_backward(u, dt, A, B, C, initial_state, cu_seqlens, do, dht):
-    """(du, ddt, dA, dB, dC, dh0 or None): the fused Triton backward walk (states recomputed per segment
-    from checkpoints, memory D N per BT steps), else autograd through the torch path."""
+    """(du, ddt, dA, dB, dC, dh0 or None): on CUDA the chunked backward (chunk states, then a reverse pass)
+    or the fused backward walk, as the forward chooses; else autograd through the torch path."""
     if selective_triton_enabled(u, dt, A, B, C, initial_state, do):
+        if selective_chunked(u, A):
+            from . import triton_chunk_selective
+
+            return triton_chunk_selective.backward(u, dt, A, B, C, initial_state, cu_seqlens, do, dht)
         from . import triton_scan
 
         return triton_scan.selective_backward(u, dt, A, B, C, initial_state, cu_seqlens, do, dht)

@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..common import launch
 from ..common.launch import DTYPES, pow2
 
 BD_MAX = 64  # channels per program: more programs walk T side by side (the walk is latency-bound)
@@ -100,7 +101,7 @@ def supported(x: torch.Tensor, g: torch.Tensor) -> bool:
 
 def _grid(D: int, N: int):
     BD = min(BD_MAX, pow2(D))
-    return BD, (triton.cdiv(D, BD), N)
+    return BD, (launch.cdiv(D, BD), N)
 
 
 def forward(x, g, initial_state=None, cu_seqlens=None):
@@ -188,7 +189,7 @@ def selective_forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
     h0 = initial_state.contiguous() if initial_state is not None else None
     BN = pow2(N, lo=2)
     BD = min(BD_SELECTIVE, pow2(D, lo=2))
-    grid = (triton.cdiv(D, BD), n_seq)
+    grid = (launch.cdiv(D, BD), n_seq)
     selective_fwd_kernel[grid](
         u, dt, A, B, C, h0, y, ht, cu_seqlens, T, D, N,
         USE_H0=h0 is not None, IS_VARLEN=cu_seqlens is not None, BD=BD, BN=BN, num_warps=2,
@@ -287,7 +288,7 @@ def selective_backward(u, dt, A, B, C, initial_state, cu_seqlens, dy, dht):
     u, dt, A, B, C, dy = (x.contiguous() for x in (u, dt, A, B, C, dy))
     n_seq = Bsz if cu_seqlens is None else cu_seqlens.shape[0] - 1
     BN, BD, BT = pow2(N, lo=2), min(BD_SELECTIVE, pow2(D, lo=2)), SELECTIVE_BT
-    n_d = triton.cdiv(D, BD)
+    n_d = launch.cdiv(D, BD)
     T_all = Bsz * T
     f32 = dict(dtype=torch.float32, device=u.device)
     du, ddt = torch.empty_like(u), torch.empty_like(dt)
@@ -295,7 +296,7 @@ def selective_backward(u, dt, A, B, C, initial_state, cu_seqlens, dy, dht):
     dB_part, dC_part = torch.empty(n_d, T_all, N, **f32), torch.empty(n_d, T_all, N, **f32)
     h0 = initial_state.contiguous() if initial_state is not None else None
     dh0 = torch.empty(n_seq, D, N, **f32) if h0 is not None else None
-    ck = torch.empty(triton.cdiv(T_all, BT), D, N, **f32)
+    ck = torch.empty(launch.cdiv(T_all, BT), D, N, **f32)
     hs = torch.empty(n_seq * n_d, BT, BD, BN, **f32)
     selective_bwd_kernel[(n_d, n_seq)](
         u, dt, A, B, C, h0, dy, dht.contiguous() if dht is not None else None, du, ddt, dA_part, dB_part, dC_part,

@@ -1,0 +1,86 @@
+"""Launch shapes of the chunked selective-scan kernels (``lowering/scan/triton_chunk_selective.py``) on a GPU.
+
+    python benchmarks/sweep_mamba_chunk.py          # the two mamba shapes of benchmarks/scan_hgrn.py, bf16
+
+Times the forward (``forward``) and the backward (``backward``: chunk states + reverse pass) alone for a
+few (BT, BD, warps) choices, with the registers and spills of the compiled kernels, so the module's
+defaults can be set from measurements. Every config's outputs are compared with the default's (a wrong
+config shows as a large difference, never as a fast row).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from triton.testing import do_bench
+
+SHAPES = [(4, 2048, 1536, 16), (1, 8192, 4096, 16)]
+FWD = [(16, 16, 4), (16, 16, 2), (16, 8, 4), (8, 16, 4), (32, 16, 4), (16, 32, 4), (8, 32, 4)]
+BWD = [(16, 16, 4, 4), (16, 16, 4, 8), (16, 8, 4, 4), (8, 16, 4, 4), (8, 16, 4, 8), (32, 16, 4, 8), (16, 32, 4, 8)]
+
+
+def inputs(B, T, D, N, dtype=torch.bfloat16):
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    u = torch.randn(B, T, D, device="cuda", dtype=dtype, generator=gen)
+    dt = F.softplus(torch.randn(B, T, D, device="cuda", generator=gen) - 2).to(dtype)
+    A = -torch.rand(D, N, device="cuda", generator=gen) * 8
+    Bm, C = (torch.randn(B, T, N, device="cuda", dtype=dtype, generator=gen) for _ in range(2))
+    dy = torch.randn(B, T, D, device="cuda", dtype=dtype, generator=gen)
+    dht = torch.zeros(B, D, N, device="cuda")
+    return (u, dt, A, Bm, C), dy, dht
+
+
+def diff(a, b):
+    return max(((x.double() - y.double()).norm() / y.double().norm().clamp_min(1e-30)).item() for x, y in zip(a, b))
+
+
+def main():
+    from fla_compile.lowering.scan import triton_chunk_selective as TC
+
+    print(torch.cuda.get_device_name())
+    print("| B | T | D | N | kernel | BT | BD | warps | ms | vs default | regs/spills |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for B, T, D, N in SHAPES:
+        xs, dy, dht = inputs(B, T, D, N)
+        args = (*xs, None, None)
+        saved = TC.BT_FWD, TC.BD_FWD, TC.WARPS_FWD, TC.BT_BWD, TC.BD_BWD, TC.WARPS_STATES, TC.WARPS_BWD
+        ref_y = TC.forward(*args)
+        ref_g = TC.backward(*args, dy, dht)[:5]
+        try:
+            for BT, BD, W in FWD:
+                TC.BT_FWD, TC.BD_FWD, TC.WARPS_FWD = BT, BD, W
+                try:
+                    got = TC.forward(*args)
+                    ms = do_bench(lambda args=args: TC.forward(*args))
+                    print(f"| {B} | {T} | {D} | {N} | fwd | {BT} | {BD} | {W} | {ms:.3f} | {diff(got, ref_y):.1e} | "
+                          f"{_regs(TC.chunk_selective_fwd_kernel)} |")  # fmt: skip
+                except Exception as e:  # noqa: BLE001 - a failed config is a row with the error
+                    print(f"| {B} | {T} | {D} | {N} | fwd | {BT} | {BD} | {W} | error: {type(e).__name__}: {e} | | |")
+            TC.BT_FWD, TC.BD_FWD, TC.WARPS_FWD = saved[:3]
+            for BT, BD, WS, WB in BWD:
+                TC.BT_BWD, TC.BD_BWD, TC.WARPS_STATES, TC.WARPS_BWD = BT, BD, WS, WB
+                try:
+                    got = TC.backward(*args, dy, dht)[:5]
+                    ms = do_bench(lambda a=(*args, dy, dht): TC.backward(*a))
+                    print(f"| {B} | {T} | {D} | {N} | bwd | {BT} | {BD} | {WS}/{WB} | {ms:.3f} | "
+                          f"{diff(got, ref_g):.1e} | {_regs(TC.chunk_selective_bwd_kernel)} |")  # fmt: skip
+                except Exception as e:  # noqa: BLE001
+                    print(
+                        f"| {B} | {T} | {D} | {N} | bwd | {BT} | {BD} | {WS}/{WB} | error: {type(e).__name__}: {e} | | |"
+                    )
+        finally:
+            (TC.BT_FWD, TC.BD_FWD, TC.WARPS_FWD, TC.BT_BWD, TC.BD_BWD, TC.WARPS_STATES, TC.WARPS_BWD) = saved
+
+
+def _regs(kernel) -> str:
+    """Registers and spills of the kernel's most recently compiled variant (best effort: cache layouts vary)."""
+    try:
+        cache = kernel.device_caches[torch.cuda.current_device()][0]
+        k = list(cache.values())[-1]
+        return f"{k.n_regs}/{k.n_spills}"
+    except Exception:  # noqa: BLE001 - informational only
+        return "?"
+
+
+if __name__ == "__main__":
+    main()

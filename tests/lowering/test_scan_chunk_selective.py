@@ -1,0 +1,278 @@
+"""The chunked selective-scan kernels (mamba, ``lowering/scan/triton_chunk_selective.py``): interpreter checks
+on CPU at tiny sizes (chunks of 16 steps, several per sequence), GPU checks marked ``gpu`` at real sizes.
+
+As in ``test_scan_triton.py``: where this process interprets Triton (tests/lowering/conftest.py sets
+TRITON_INTERPRET on machines without CUDA) the cases run here, else in one child process. The reference
+is the fp64 torch path (autograd through it for the gradients). Outputs are allocated poisoned (NaN), so
+an element a kernel fails to write fails the comparison.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+GRADS = ["du", "ddt", "dA", "dB", "dC", "dh0"]
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def make(B=2, T=37, D=6, N=3, strength=2.0, lens=None, device="cpu", dtype=torch.float32, seed=0):
+    """u, dt, A, B, C, h0, cu_seqlens (None unless ``lens`` packs sequences of those lengths into B = 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    if lens is not None:
+        B, T = 1, sum(lens)
+    u = torch.randn(B, T, D, generator=gen)
+    dt = F.softplus(torch.randn(B, T, D, generator=gen))
+    A = -torch.rand(D, N, generator=gen) * strength
+    Bm, C = torch.randn(B, T, N, generator=gen), torch.randn(B, T, N, generator=gen)
+    h0 = torch.randn(B if lens is None else len(lens), D, N, generator=gen)
+    cu = None if lens is None else torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], device=device)
+    return [x.to(device, dtype) for x in (u, dt)] + [x.to(device) for x in (A, Bm, C, h0)] + [cu]
+
+
+def reference(u, dt, A, B, C, h0, cu, dy, dht):
+    """(y, ht, grads of u, dt, A, B, C and h0 when given) by the fp64 torch path."""
+    from fla_compile.lowering.scan import torch_path as TP
+
+    leaves = [x.detach().double().requires_grad_() for x in (u, dt, A, B, C, *(() if h0 is None else (h0,)))]
+    y, ht = TP.selective_forward(*leaves[:5], leaves[5] if h0 is not None else None, cu)
+    grads = torch.autograd.grad((y, ht), leaves, (dy.double(), dht.double()))
+    return y.detach(), ht.detach(), grads
+
+
+@contextlib.contextmanager
+def poisoned():
+    """Every float tensor the launchers allocate starts as NaN (CPU: the allocator cannot be poisoned)."""
+    orig = torch.empty, torch.empty_like, torch.Tensor.new_empty
+
+    def nan(fn):
+        def alloc(*a, **k):
+            x = fn(*a, **k)
+            return x.fill_(float("nan")) if x.is_floating_point() else x
+
+        return alloc
+
+    torch.empty, torch.empty_like, torch.Tensor.new_empty = (nan(f) for f in orig)
+    try:
+        yield
+    finally:
+        torch.empty, torch.empty_like, torch.Tensor.new_empty = orig
+
+
+def _run(lens=None, with_h0=True, strength=2.0, dtype=torch.float32, backward=True, twice=False):
+    from fla_compile.lowering.scan import triton_chunk_selective as TC
+
+    *xs, h0, cu = make(lens=lens, strength=strength, dtype=dtype)
+    h0 = h0 if with_h0 else None
+    gen = torch.Generator().manual_seed(9)
+    dy = torch.randn(xs[0].shape, generator=gen)
+    dht = torch.randn(xs[0].shape[0] if cu is None else len(lens), *xs[2].shape, generator=gen)
+    with poisoned():
+        y, ht = TC.forward(*xs, h0, cu)
+        grads = TC.backward(*xs, h0, cu, dy, dht) if backward else ()
+    ry, rh, want = reference(*xs, h0, cu, dy, dht)
+    out = {"y": rel(y, ry), "ht": rel(ht, rh), "y_dtype": float(y.dtype != dtype)}
+    out.update({n: rel(a, b) for n, a, b in zip(GRADS, grads, want)})
+    if dtype != torch.float32:
+        out["tol"] = 1e-2
+    if twice:  # bitwise determinism
+        y2, ht2 = TC.forward(*xs, h0, cu)
+        grads2 = TC.backward(*xs, h0, cu, dy, dht)
+        same = torch.equal(y, y2) and torch.equal(ht, ht2)
+        same = same and all(torch.equal(a, b) for a, b in zip(grads, grads2) if a is not None)
+        out["deterministic"] = float(not same)
+    return out
+
+
+def _op_dispatch():
+    """ops.mamba (softplus, bias, D skip, z gate) at T >= 64 on CPU tensors in interpret mode: the dispatch
+    takes the chunked kernels, both directions; against the fp64 loop."""
+    import fla_compile.ops as ops
+    from fla_compile.lowering.scan import dispatch
+    from fla_compile.lowering.scan import triton_chunk_selective as TC
+    from fla_compile.reference.mamba import selective_scan as loop
+
+    gen = torch.Generator().manual_seed(3)
+    Bsz, T, D, N = 1, 70, 4, 2
+    x, dt, z = (torch.randn(Bsz, T, D, generator=gen) for _ in range(3))
+    A, Bm, C = (
+        -torch.rand(D, N, generator=gen) * 3,
+        torch.randn(Bsz, T, N, generator=gen),
+        torch.randn(Bsz, T, N, generator=gen),
+    )
+    Dskip, bias, h0 = (
+        torch.randn(D, generator=gen),
+        torch.randn(D, generator=gen),
+        torch.randn(Bsz, D, N, generator=gen),
+    )
+    xs = [t.requires_grad_() for t in (x, dt, A, Bm, C, Dskip, z, bias, h0)]
+    calls = []
+    fwd, bwd = TC.forward, TC.backward
+    TC.forward = lambda *a: calls.append("fwd") or fwd(*a)
+    TC.backward = lambda *a: calls.append("bwd") or bwd(*a)
+    try:
+        assert dispatch.selective_chunked(x, A)
+        y, ht = ops.mamba(*xs[:5], D=xs[5], z=xs[6], dt_bias=xs[7], dt_softplus=True, initial_state=xs[8],
+                          output_final_state=True)  # fmt: skip
+        (y.square().sum() + ht.sum()).backward()
+    finally:
+        TC.forward, TC.backward = fwd, bwd
+    ds = [t.detach().double().requires_grad_() for t in xs]
+    d_t = F.softplus(ds[1] + ds[7])
+    ry, rh = loop(d_t * ds[0], d_t, *ds[2:5], ds[8], output_final_state=True)
+    ry = (ry + ds[0] * ds[5]) * F.silu(ds[6])
+    (ry.square().sum() + rh.sum()).backward()
+    out = {"y": rel(y, ry), "ht": rel(ht, rh), "chunked": float(calls != ["fwd", "bwd"])}
+    out.update({f"d{i}": rel(a.grad, b.grad) for i, (a, b) in enumerate(zip(xs, ds))})
+    return out
+
+
+INTERPRETER_CASES = {
+    "dense-deterministic": (_run, (None, True, 2.0, torch.float32, True, True)),
+    "packed": (_run, ([20, 0, 1, 27],)),
+    "no-h0-strong": (_run, (None, False, 40.0)),
+    "bf16-forward": (_run, (None, True, 2.0, torch.bfloat16, False)),
+    "op-dispatch": (_op_dispatch, ()),
+}
+
+
+def _interpreted_here() -> bool:
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    import triton.language.standard as std
+
+    return type(std.cdiv).__name__ == "InterpretedFunction"
+
+
+def _run_cases() -> dict:
+    import time
+    import traceback
+
+    report = {}
+    for name, (fn, args) in INTERPRETER_CASES.items():
+        try:
+            t = time.perf_counter()
+            report[name] = fn(*args)
+            logging.getLogger(__name__).info("%s: %.1f s", name, time.perf_counter() - t)
+        except Exception:  # reported per case: the test of that case fails with it
+            report[name] = {"error": traceback.format_exc()[-2000:]}
+    return report
+
+
+@pytest.fixture(scope="module")
+def interpreter_report():
+    pytest.importorskip("triton")
+    if _interpreted_here():
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("FLA_COMPILE_TRITON", "interpret")
+            return _run_cases()
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, TRITON_INTERPRET="1", FLA_COMPILE_TRITON="interpret",
+               PYTHONPATH=f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")  # fmt: skip
+    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert proc.returncode == 0 and lines, f"interpreter run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return json.loads(lines[-1])
+
+
+@pytest.mark.parametrize("case", list(INTERPRETER_CASES))
+def test_interpreter(interpreter_report, case):
+    result = dict(interpreter_report[case])
+    assert "error" not in result, result.get("error")
+    assert result.pop("deterministic", 0.0) == 0.0, "two runs differ"
+    assert result.pop("y_dtype", 0.0) == 0.0, "y must come back in u's dtype"
+    assert result.pop("chunked", 0.0) == 0.0, "the dispatch did not take the chunked kernels"
+    tol = result.pop("tol", 1e-5)
+    bad = {name: err for name, err in result.items() if not err < tol}  # NaN fails too
+    assert not bad, f"relative errors above {tol}: {bad}"
+
+
+# ---------------------------------------------------------------- GPU checks
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _poison_cuda():
+    """Fill the caching allocator's free blocks with NaN so unwritten outputs show up."""
+    junk = torch.full((1 << 28,), float("nan"), device="cuda")
+    del junk
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("lens", [None, [300, 0, 1, 723, 17]], ids=["dense", "packed"])
+@pytest.mark.parametrize("strength", [2.0, 40.0], ids=["weak", "strong"])
+def test_gpu_chunked_vs_fp64(dtype, tol, lens, strength):
+    from fla_compile.lowering.scan import triton_chunk_selective as TC
+
+    *xs, h0, cu = make(B=3, T=517, D=1000, N=16, strength=strength, lens=lens, device="cuda", dtype=dtype)
+    dy, dht = torch.randn_like(xs[0]), torch.randn_like(h0)
+    _poison_cuda()
+    y, ht = TC.forward(*xs, h0, cu)
+    _poison_cuda()
+    grads = TC.backward(*xs, h0, cu, dy, dht)
+    ry, rh, want = reference(*xs, h0, cu, dy, dht)
+    errs = {"y": rel(y, ry), "ht": rel(ht, rh)}
+    errs.update({n: rel(a, b) for n, a, b in zip(GRADS, grads, want)})
+    assert all(e < tol for e in errs.values()), errs  # NaN fails too
+    y2, ht2 = TC.forward(*xs, h0, cu)
+    grads2 = TC.backward(*xs, h0, cu, dy, dht)
+    assert torch.equal(y, y2) and torch.equal(ht, ht2), "forward not bitwise deterministic"
+    assert all(torch.equal(a, b) for a, b in zip(grads, grads2)), "backward not bitwise deterministic"
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("N", [1, 5, 16])
+def test_gpu_chunked_small_states_and_no_h0(N):
+    """Other state sizes (masked states), no initial state, D not a multiple of the block, T of one chunk + 1."""
+    from fla_compile.lowering.scan import triton_chunk_selective as TC
+
+    *xs, _, _ = make(B=2, T=17, D=37, N=N, device="cuda")
+    dy = torch.randn_like(xs[0])
+    dht = torch.randn(2, 37, N, device="cuda")
+    _poison_cuda()
+    y, ht = TC.forward(*xs, None, None)
+    grads = TC.backward(*xs, None, None, dy, dht)
+    ry, rh, want = reference(*xs, None, None, dy, dht)
+    errs = {"y": rel(y, ry), "ht": rel(ht, rh)}
+    errs.update({n: rel(a, b) for n, a, b in zip(GRADS, grads, want)})
+    assert grads[5] is None and all(e < 1e-5 for e in errs.values()), errs
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_mamba_op_takes_chunked():
+    """ops.mamba at T = 2048 on CUDA runs the chunked kernels (not the walk) and matches the fp64 loop."""
+    import fla_compile.ops as ops
+    from fla_compile.lowering.scan import dispatch
+    from fla_compile.reference.mamba import selective_scan as loop
+
+    *xs, h0, _ = make(B=2, T=2048, D=256, N=16, device="cuda")
+    assert dispatch.selective_chunked(xs[0], xs[2])
+    xs = [x.requires_grad_() for x in (*xs, h0)]
+    y, ht = ops.mamba(*xs[:5], initial_state=xs[5], output_final_state=True)
+    (y.square().sum() + ht.sum()).backward()
+    ds = [x.detach().double().requires_grad_() for x in xs]
+    ry, rh = loop(ds[1] * ds[0], *ds[1:5], ds[5], output_final_state=True)
+    (ry.square().sum() + rh.sum()).backward()
+    for a, b in zip([y, ht, *(x.grad for x in xs)], [ry, rh, *(d.grad for d in ds)]):
+        assert rel(a, b) < 1e-5
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    print(json.dumps(_run_cases()))
