@@ -12,8 +12,9 @@ import logging
 import torch.fx as fx
 
 from . import costs
-from .patterns import chunked, cumsum, loop, loop_roles, loss, normalized, parallel
+from .patterns import chunked, cumsum, loop, loop_roles, loss, normalized, pairwise, parallel
 from .patterns._graph import specialize_sizes, to_ssa, value_of
+from .patterns._vmap import devmap
 from .report import Match, Miss, Report
 from .rewrite import LoopLowering, call_family, is_zeros, rewrite_loop
 from .verify import NearMiss, classify_loop, prove_loop, step_inputs
@@ -96,8 +97,10 @@ PASSES = [
     ("loop", loop_pass),
     ("normalized", normalized.run_pass),  # before parallel and cumsum, which would take its numerator
     ("parallel", parallel.run_pass),
+    ("pairwise", pairwise.run_pass),
     ("cumsum", cumsum.run_pass),
     ("loss", loss.run_pass),
+    ("chunked (whole function)", chunked.run_whole_pass),
 ]
 
 
@@ -109,19 +112,24 @@ def run(gm: fx.GraphModule, opts: Options) -> tuple[fx.GraphModule, Report]:
     report = Report()
     for _, fn in PRE_PASSES:  # passes that run regions as written, before normalization
         fn(gm.graph, opts, report)
+    if devmap(gm.graph):  # torch.func.vmap calls become the batched ops they stand for
+        gm.recompile()
     graph, why = to_ssa(gm)
     if graph is None:
         report.notes.append(f"graph not normalized: {why}")
         graph = gm.graph
+        internal = any(m.reason.startswith("internal error") for m in report.misses)
+        if not report.matches and not internal:
+            # the passes never ran (in-place ops a reference function compiled directly, such as
+            # torch_chunk_gated_delta_rule, can leave to_ssa failing): the function as a whole, as written;
+            # on a normalized graph the last pass (chunked.run_whole_pass) does this
+            whole = Report()
+            chunked.run_pass(gm.graph, opts, whole, top_level=True)
+            if whole.matches:  # proven as a whole: the parts' near misses no longer apply
+                report = whole
     else:
         for _, fn in PASSES:
             fn(graph, opts, report)
-    internal = any(m.reason.startswith("internal error") for m in report.misses)
-    if not report.matches and not internal:  # nothing rewritten (and no bug of ours): the function as a whole
-        whole = Report()
-        chunked.run_pass(gm.graph, opts, whole, top_level=True)
-        if whole.matches:  # proven as a whole: the parts' near misses no longer apply
-            report, graph = whole, gm.graph
     report.dedup()  # a construct inside an unrolled loop's body is found once per step: said once
     if not report.matches:
         return gm, report

@@ -463,11 +463,28 @@ def rewrite_form(outs: tuple, rec: Recurrence) -> None:
 
 
 # ---------------------------------------------------------------- whole functions (chunked)
+def run_function(family, q, k, v, gate, beta, decay, scale, initial_state, l2norm):
+    """(o, final state) of the family op as a proven function region is replaced by it, and as its proof
+    (``chunked._op``) runs it: the state in float32 (float64 beside float64 inputs), a gate in float32;
+    ``decay`` retention's log-decay per head; ``l2norm`` "k" normalizes the keys alone (the op normalizes
+    q and k, or neither)."""
+    h0 = initial_state
+    if h0 is not None:
+        h0 = h0.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
+    if gate is not None and q.dtype != torch.float64:
+        gate = gate.float()
+    if l2norm == "k":
+        k, l2norm = F.normalize(k, dim=-1), False
+    return run_family(family, q, k, v, gate=gate, beta=beta, decay=decay, scale=scale, initial_state=h0, l2norm=l2norm)
+
+
 class FunctionLowering:
     """The callable that replaces a proven function region (the ``chunked`` spelling). It reads only the
     ``Recurrence``: its roles (q, k, v, gate, beta, initial state) are the region's inputs as the op takes
-    them ([B, T, H, D]), the call's arguments; ``extras["l2norm"]`` normalizes q and k in the op, and
-    ``extras["outputs"]`` lists the region's outputs in order, each ("o" or "state", dtype)."""
+    them ([B, T, H, D]), the call's arguments; ``decay`` is retention's log-decay per head (numbers read
+    from the region); ``extras["l2norm"]`` normalizes q and k in the op (True) or k alone ("k"), and
+    ``extras["outputs"]`` lists the region's outputs in order, each ("o", "state" [B, H, K, V] or
+    "state_T" [B, H, V, K], as Mamba2's SSD returns it; dtype)."""
 
     def __init__(self, rec: Recurrence):
         self.rec, self.args = bind_args(rec, FUNCTION_ROLES)
@@ -490,11 +507,7 @@ class FunctionLowering:
         q, k, v, g, b, h0 = (
             args[x.index] if isinstance(x, Arg) else None for x in (r.q, r.k, r.v, r.gate, r.beta, r.initial_state)
         )
-        if h0 is not None:
-            h0 = h0.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
-        if g is not None and q.dtype != torch.float64:
-            g = g.float()
-        o, ht = run_family(
-            r.family, q, k, v, gate=g, beta=b, scale=r.scale, initial_state=h0, l2norm=r.extras["l2norm"]
+        o, ht = run_function(r.family, q, k, v, g, b, r.decay, r.scale, h0, r.extras["l2norm"])
+        return tuple(
+            (o if kind == "o" else ht if kind == "state" else ht.mT).to(dtype) for kind, dtype in r.extras["outputs"]
         )
-        return tuple((o if kind == "o" else ht).to(dtype) for kind, dtype in r.extras["outputs"])

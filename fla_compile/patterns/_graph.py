@@ -146,7 +146,7 @@ def value_of(node: fx.Node):
     v = _recorded(node)
     if isinstance(v, (torch.SymInt, torch.SymFloat)):
         return _hint(v)
-    if isinstance(v, torch.Tensor) and _symbolic(v):
+    if isinstance(v, torch.Tensor) and _symbolic(v) and getattr(v, "fake_mode", None) is not None:
         if "fla_concrete" not in node.meta:
             with v.fake_mode:
                 c = torch.empty_strided(

@@ -26,9 +26,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from ..ir import Family, Recurrence
-from ..ops.dispatch import run_family
 from ..report import Match, Miss
-from ..rewrite import FunctionLowering
+from ..rewrite import FunctionLowering, run_function
 from ..verify import TOL, fit_scale, probe, rel_err, run_region
 from ._graph import value_of
 
@@ -108,6 +107,7 @@ TEMPLATES = [
     (Family.SIMPLE_GLA, "bth", False),
     (Family.GLA, "bthk", False),
     (Family.LINEAR_ATTN, None, False),
+    (Family.RETENTION, None, False),  # a decay per head, read from the region (``_retention_decay``)
 ]
 
 
@@ -154,28 +154,15 @@ def _probe(inputs, roles, gen):
     return vals
 
 
-def _scaled(vals, roles, c):
-    """``vals`` with v and the initial state times ``c``: every family's o and S_T scale by ``c`` too.
-    Unit-sized probes alone passed a read-out that saturates (``.clamp(-20, 20)``) beyond them."""
-    out = list(vals)
-    for r in ("v", "h0"):
-        if roles[r] is not None:
-            out[roles[r]] = out[roles[r]] * c
-    return out
-
-
 def _op(roles, vals, l2norm, scale):
     q, k, v = (vals[roles[r]] for r in ("q", "k", "v"))
     g, b, h0 = (vals[roles[r]] if roles[r] is not None else None for r in ("gate", "beta", "h0"))
-    if h0 is not None:
-        h0 = h0.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
-    if g is not None and q.dtype != torch.float64:
-        g = g.float()
-    return run_family(roles["family"], q, k, v, gate=g, beta=b, scale=scale, initial_state=h0, l2norm=l2norm)
+    return run_function(roles["family"], q, k, v, g, b, roles.get("decay"), scale, h0, l2norm)
 
 
 def _compare(outs, o, ht):
-    """(index of o, index of the final state or None) if the region's outputs are (o, S_T) as the op says."""
+    """(index of o, index of the final state or None) if the region's outputs are (o, S_T) as the op says;
+    a state returned as [B, H, V, K] (Mamba2's SSD) has its index negated, less one."""
     o_idx = s_idx = None
     for i, x in enumerate(outs):
         if not isinstance(x, torch.Tensor):
@@ -184,31 +171,78 @@ def _compare(outs, o, ht):
             o_idx = i
         elif x.shape == ht.shape and s_idx is None and rel_err(x, ht) <= TOL:
             s_idx = i
+        elif x.shape == ht.mT.shape and s_idx is None and rel_err(x, ht.mT) <= TOL:
+            s_idx = -1 - i
     return o_idx, s_idx
 
 
+def _run(gm, vals):
+    """The region's outputs on probes, with float64 as the default dtype: a state made by a factory without a
+    dtype (``torch.zeros(B, H, K, V)``) takes the probes' precision, as it takes the inputs' as written."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        return run_region(gm, vals, keep=())[0]
+    finally:
+        torch.set_default_dtype(old)
+
+
+def _retention_decay(gm, inputs, roles, gen) -> tuple | None:
+    """Retention's log-decay per head, read from the region's response to one key: with k_0 = q_0 = q_1 = u
+    and every other q, k zero, o_1 = gamma o_0 whatever the scale or normalization. None: no decay in (0, 1]."""
+    vals = _probe(inputs, roles, gen)
+    q, k, v = (vals[roles[r]] for r in ("q", "k", "v"))
+    u = k[:, :1].clone()
+    q.zero_(), k.zero_()
+    q[:, :2], k[:, :1] = u, u
+    outs = _run(gm, vals)
+    for x in outs if isinstance(outs, tuple) else (outs,):
+        if isinstance(x, torch.Tensor) and x.shape[:3] == v.shape[:3] and x.shape[1] > 1:
+            o0, o1 = x[:, 0].double(), x[:, 1].double()  # [B, H, V]
+            gamma = (o1 * o0).sum((0, 2)) / (o0 * o0).sum((0, 2))
+            if bool(((gamma > 0) & (gamma <= 1)).all()):
+                return tuple(gamma.log().tolist())
+    return None
+
+
+def _large(vals, roles):
+    """A draw with q, v (and the initial state) 100 times larger: every family is linear in them jointly, a
+    region that saturates (a clamp, a tanh) beyond unit-sized values is not."""
+    for r in ("q", "v", "h0"):
+        if roles[r] is not None:
+            vals[roles[r]] = vals[roles[r]] * 100
+    return vals
+
+
 def _prove(gm, inputs, outputs, roles, gen):
-    """(l2norm, scale, o_idx, s_idx, err) if the region equals the op on two fresh draws and on the
-    first with v (and the initial state) a thousand times larger."""
-    for l2norm in (False, True):
-        draws = [_probe(inputs, roles, gen) for _ in range(2)]
-        draws.append(_scaled(draws[0], roles, 1e3))
-        # run as written (in-place updates of its inputs: each run gets copies)
-        outs = [run_region(gm, [x.clone() if isinstance(x, torch.Tensor) else x for x in d], keep=())[0] for d in draws]
+    """(l2norm, scale, o_idx, s_idx, err) if the region equals the op on three fresh draws (one large)."""
+    if roles["family"] == Family.RETENTION:
+        roles["decay"] = _retention_decay(gm, inputs, roles, gen)
+        if roles["decay"] is None:
+            return None
+    draws = [_probe(inputs, roles, gen) for _ in range(2)] + [_large(_probe(inputs, roles, gen), roles)]
+    runs: dict = {}
+
+    def out(i):  # run as written (in-place updates of its inputs: each run gets copies), once, when needed
+        if i not in runs:
+            runs[i] = _run(gm, [x.clone() if isinstance(x, torch.Tensor) else x for x in draws[i]])
+        return runs[i]
+
+    for l2norm in (False, True, "k"):
         o1, _ = _op(roles, draws[0], l2norm, 1.0)
-        cands = [x for x in outs[0] if isinstance(x, torch.Tensor) and x.shape == o1.shape]
+        cands = [x for x in out(0) if isinstance(x, torch.Tensor) and x.shape == o1.shape]
         for x in cands:
             scale = fit_scale(x.double(), o1.double())
             if not math.isfinite(scale):
                 continue
             errs, idx = [], None
-            for d, out in zip(draws, outs):
+            for i, d in enumerate(draws):
                 o, ht = _op(roles, d, l2norm, scale)
-                o_idx, s_idx = _compare(out, o, ht)
+                o_idx, s_idx = _compare(out(i), o, ht)
                 if o_idx is None or (idx is not None and idx != (o_idx, s_idx)):
                     break
                 idx = (o_idx, s_idx)
-                errs.append(rel_err(out[o_idx], o))
+                errs.append(rel_err(out(i)[o_idx], o))
             else:
                 if len(outputs) == 1 + (idx[1] is not None):
                     return l2norm, scale, idx[0], idx[1], max(errs)
@@ -219,57 +253,82 @@ def run_pass(graph: fx.Graph, opts, report, top_level: bool = False) -> None:
     """Match, prove and rewrite whole-function recurrences (innermost functions first).
 
     ``top_level`` also tries the compiled function itself: the fallback for a reference function
-    compiled directly (``torch.compile(torch_chunk_gated_delta_rule)``), run only when no other
-    pass matched anything, so that a loop the loop pass recognizes keeps its "loop" spelling."""
+    compiled directly (``torch.compile(torch_chunk_gated_delta_rule)``) whose graph could not be
+    normalized, run only when nothing matched (on a normalized graph ``run_whole_pass`` does this)."""
     done: set = set()
     for source, region in function_regions(graph, top_level):
-        if any(n in done for n in region):
-            continue
-        inputs, outputs = _boundary(region)
-        if not outputs or len(outputs) > 2:
-            continue
-        assignments = list(_assignments(inputs))
-        if not assignments:
-            continue
-        try:
-            gm = _extract(region, inputs, outputs)
-        except Exception:  # noqa: BLE001 - an odd region is simply not a candidate
-            continue
-        gen = torch.Generator().manual_seed(7)
-        for roles in assignments:
-            try:
-                proof = _prove(gm, inputs, outputs, roles, gen)
-            except Exception:  # noqa: BLE001 - shapes the op refuses: not this binding
-                proof = None
-            if proof is None:
-                continue
-            l2norm, scale, o_idx, s_idx, err = proof
-            rec = Recurrence(
-                roles["family"],
-                inputs[roles["q"]],
-                inputs[roles["k"]],
-                inputs[roles["v"]],
-                gate=inputs[roles["gate"]] if roles["gate"] is not None else None,
-                beta=inputs[roles["beta"]] if roles["beta"] is not None else None,
-                scale=scale,
-                initial_state=inputs[roles["h0"]] if roles["h0"] is not None else None,
-                output_final_state=s_idx is not None,
-                spelling=SPELLING,
-                source=source,
-                extras={
-                    "l2norm": l2norm,
-                    "outputs": tuple(
-                        ("o" if i == o_idx else "state", value_of(o).dtype) for i, o in enumerate(outputs)
-                    ),
-                },
-            )
-            _rewrite(graph, region, outputs, rec)
+        if not any(n in done for n in region) and _try_region(graph, source, region, opts, report):
             done.update(region)
-            report.matches.append(Match(rec.family.value, SPELLING, source, rec.op_name, err))
-            break
-        else:
-            if any(n.op in ("call_function", "call_method") and "cumsum" in str(n.target) for n in region):
-                report.misses.append(Miss(SPELLING, "a chunked function whose outputs no family op reproduces", source))
+
+
+def run_whole_pass(graph: fx.Graph, opts, report) -> None:
+    """The compiled function itself as a chunked region, after the other spellings: a chunk loop written at
+    the top level (a state carried over chunks, an intra-chunk masked form), which those passes miss or
+    match piece by piece (one intra-chunk form per chunk). Tried only where they found no whole recurrence
+    (no match, or several parallel pieces); a proven whole replaces the pieces, in the graph and the report."""
+    pieces = list(report.matches)
+    if len(pieces) == 1 or any(m.spelling != "parallel" for m in pieces):
+        return
+    if any(m.reason.startswith("internal error") for m in report.misses):
+        return  # an analysis of ours failed here: the function stays as written
+    region = [n for n in graph.nodes if n.op in ("call_function", "call_method")]
+    frames = next((_frames(n) for n in region if _frames(n)), None)
+    if len(region) < MIN_NODES or not frames:
+        return
+    source = f"{frames[0][0].rsplit('/', 1)[-1]}:{frames[0][2]}"
+    before = len(report.matches)
+    if _try_region(graph, source, region, opts, report) and pieces:
+        report.matches[:before] = [m for m in report.matches[:before] if m not in pieces]
+
+
+def _try_region(graph, source, region, opts, report) -> bool:
+    """Prove and rewrite one function region; whether it was."""
+    inputs, outputs = _boundary(region)
+    if not outputs or len(outputs) > 2:
+        return False
+    assignments = list(_assignments(inputs))
+    if not assignments:
+        return False
+    try:
+        gm = _extract(region, inputs, outputs)
+    except Exception:  # noqa: BLE001 - an odd region is simply not a candidate
+        return False
+    gen = torch.Generator().manual_seed(7)
+    for roles in assignments:
+        try:
+            proof = _prove(gm, inputs, outputs, roles, gen)
+        except Exception:  # noqa: BLE001 - shapes the op refuses: not this binding
+            proof = None
+        if proof is None:
+            continue
+        l2norm, scale, o_idx, s_idx, err = proof
+        rec = Recurrence(
+            roles["family"],
+            inputs[roles["q"]],
+            inputs[roles["k"]],
+            inputs[roles["v"]],
+            gate=inputs[roles["gate"]] if roles["gate"] is not None else None,
+            beta=inputs[roles["beta"]] if roles["beta"] is not None else None,
+            decay=roles.get("decay"),
+            scale=scale,
+            initial_state=inputs[roles["h0"]] if roles["h0"] is not None else None,
+            output_final_state=s_idx is not None,
+            spelling=SPELLING,
+            source=source,
+            extras={
+                "l2norm": l2norm,
+                "outputs": tuple(
+                    ("o" if i == o_idx else "state" if s_idx >= 0 else "state_T", value_of(o).dtype)
+                    for i, o in enumerate(outputs)
+                ),
+            },
+        )
+        _rewrite(graph, region, outputs, rec)
+        report.matches.append(Match(rec.family.value, SPELLING, source, rec.op_name, err))
+        return True
+    if any(n.op in ("call_function", "call_method") and "cumsum" in str(n.target) for n in region):
+        report.misses.append(Miss(SPELLING, "a chunked function whose outputs no family op reproduces", source))
+    return False
 
 
 def _rewrite(graph, region, outputs, rec):

@@ -1,0 +1,110 @@
+"""The fraction of realistic spellings recognized (issue 14), on the held-out set
+``tests/patterns/held_out.py``: each function is compiled with ``backend="fla"`` (cost table off: every proven
+region is rewritten) and run on fresh inputs.
+
+  recognized   a positive matched as one region of the expected family (a chunk loop's intra-chunk pieces
+               alone are not), outputs and the inputs' gradients equal to eager's; a look-alike whose
+               outputs equal eager's (pieces of it, such as a chunk's masked form, may be rewritten: said)
+  wrong        outputs or gradients that differ from eager's
+  missed       anything else (the report's first miss is printed)
+
+    PYTHONPATH=. python benchmarks/recognition.py                        # CPU, fp32
+    PYTHONPATH=. python benchmarks/recognition.py --device cuda --dtype bfloat16
+"""
+
+import argparse
+import inspect
+import logging
+import os
+import sys
+
+os.environ.setdefault("FLA_COMPILE_COSTS", "off")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+sys.path.insert(0, ".")
+import fla_compile  # noqa: E402
+from tests.patterns.held_out import CASES, CASES_2  # noqa: E402
+
+log = logging.getLogger("recognition")
+
+
+def make_inputs(fn, B, T, H, D, device, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=gen)
+
+    make = {
+        "q": lambda: r(B, T, H, D),
+        "k": lambda: r(B, T, H, D),
+        "v": lambda: r(B, T, H, D),
+        "g": lambda: F.logsigmoid(r(B, T, H, D)) * 0.2,
+        "gs": lambda: F.logsigmoid(r(B, T, H)) * 0.5,
+        "b": lambda: torch.sigmoid(r(B, T, H)),
+    }
+    names = [p for p in inspect.signature(fn).parameters if p in make]
+    return [make[n]().to(device, dtype).requires_grad_() for n in names]
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def check(fn, expect, args, tol):
+    """('recognized' | 'missed' | 'wrong', detail)."""
+    ref = fn(*args)
+    torch._dynamo.reset()
+    out = torch.compile(fn, backend="fla", options={"inductor": False})(*args)
+    report = fla_compile.last_report()
+    refs, outs = (ref if isinstance(ref, tuple) else (ref,)), (out if isinstance(out, tuple) else (out,))
+    errs = [rel(o, r) for o, r in zip(outs, refs) if r is not None]
+    fams = [m.family for m in report.matches]
+    if expect is not None and fams == [expect]:
+        gen = torch.Generator().manual_seed(1)
+        proj = [torch.randn(r.shape, generator=gen).to(r) for r in refs]
+        g_ref = torch.autograd.grad(sum((r * p).sum() for r, p in zip(refs, proj)), args, allow_unused=True)
+        g_out = torch.autograd.grad(sum((o * p).sum() for o, p in zip(outs, proj)), args, allow_unused=True)
+        errs += [rel(a, b) for a, b in zip(g_out, g_ref) if a is not None and b is not None]
+    err = max(errs)
+    if not err <= tol:
+        return "wrong", f"error {err:.2e} (matches {fams})"
+    if expect is None:
+        return "recognized", f"pieces rewritten: {fams}" if fams else "left as written"
+    if fams == [expect]:
+        return "recognized", f"{expect} ({', '.join(m.spelling for m in report.matches)}), error {err:.1e}"
+    why = report.misses[0].reason if report.misses else "no miss reported"
+    return "missed", f"matches {fams}; {why[:150]}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--T", type=int, default=32)
+    p.add_argument("-k", default="", help="only the cases whose name contains this")
+    p.add_argument("--set", default="all", choices=["1", "2", "all"], help="held-out set 1, 2 or both")
+    a = p.parse_args(argv)
+    dtype = getattr(torch, a.dtype)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    counts = {"recognized": 0, "missed": 0, "wrong": 0}
+    cases = {"1": CASES, "2": CASES_2, "all": CASES + CASES_2}[a.set]
+    for fn, expect in cases:
+        if a.k not in fn.__name__:
+            continue
+        args = make_inputs(fn, 1, a.T, 2, 8, a.device, dtype)
+        try:
+            verdict, detail = check(fn, expect, args, tol)
+        except Exception as e:  # noqa: BLE001 - a crash is a miss, reported
+            verdict, detail = "missed", f"crashed: {type(e).__name__}: {str(e)[:150]}"
+        counts[verdict] += 1
+        print(f"{verdict:10s} {fn.__name__:45s} {detail}")
+    n = sum(counts.values())
+    print(f"\n{counts['recognized']}/{n} recognized ({100 * counts['recognized'] / max(n, 1):.0f}%), "
+          f"{counts['wrong']} wrong, {counts['missed']} missed")
+    return 1 if counts["wrong"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

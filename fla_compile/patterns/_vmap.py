@@ -1,0 +1,142 @@
+"""Normalization: ``torch.func.vmap`` calls inlined by Dynamo become the batched ops they stand for.
+
+Dynamo traces a vmapped function as a bracket of interpreter-wide calls (``_vmap_increment_nesting``,
+``_add_batch_dim`` on the inputs, the function's body on per-example values, ``_remove_batch_dim`` on the
+outputs, ``_vmap_decrement_nesting``). No region holding them is run on probes (``changes_global_state``), so
+a loop whose step is written for one head and vmapped over heads and batch was never proven. Each outermost
+bracket is traced once with ``make_fx`` on its recorded example values: the batching rules apply and leave
+plain aten ops on whole tensors, which replace the bracket. The rest of the pipeline then sees an ordinary
+step. A bracket that cannot be traced is left as it is, and so is one that torch's own code opens (flex_attention
+builds its block mask under vmap): its internals are not the user's step, and their in-place index_put_ would
+keep the whole graph from being normalized.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+import torch
+import torch.fx as fx
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+from ._graph import _recorded, _symbolic, value_of
+
+log = logging.getLogger("fla_compile")
+_OPEN, _CLOSE = "_vmap_increment_nesting", "_vmap_decrement_nesting"
+_FRAME = re.compile(r'File "([^"]+)", line \d+, in ')
+_TORCH = os.path.dirname(os.path.realpath(torch.__file__)) + os.sep
+_FUNCTORCH = os.path.join(_TORCH, "_functorch") + os.sep
+
+
+def _torch_opened(node: fx.Node) -> bool:
+    """Whether the vmap that opened at ``node`` was called by torch's own code, not by the user's."""
+    files = [os.path.realpath(f) for f in _FRAME.findall(node.meta.get("stack_trace") or "")]
+    i = next((i for i, f in enumerate(files) if f.startswith(_FUNCTORCH)), None)
+    return i is not None and i > 0 and files[i - 1].startswith(_TORCH)
+
+
+def _name(n: fx.Node) -> str:
+    return getattr(n.target, "__name__", str(n.target)) if n.op == "call_function" else ""
+
+
+def brackets(graph: fx.Graph) -> list[list[fx.Node]]:
+    """The outermost vmap brackets of ``graph``, each as its nodes in graph order."""
+    out, depth, start = [], 0, []
+    for n in graph.nodes:
+        name = _name(n)
+        if name == _OPEN:
+            depth += 1
+            if depth == 1:
+                # the lazy_load_decompositions call Dynamo puts just before the bracket belongs to it
+                prev = n.prev if _name(n.prev) == "lazy_load_decompositions" else None
+                start = [prev] if prev is not None else []
+        if depth:
+            start.append(n)
+        if name == _CLOSE:
+            depth -= 1
+            if depth < 0:
+                return []  # unbalanced: not ours to touch
+            if depth == 0:
+                out.append(start)
+    return out if depth == 0 else []
+
+
+def _trace(nodes: list[fx.Node]):
+    """(inputs, outputs, the bracket traced to aten ops), or None."""
+    inside = set(nodes)
+    inputs, outputs = [], []
+    for n in nodes:
+        for a in n.all_input_nodes:
+            if a not in inside and a not in inputs:
+                inputs.append(a)
+        if any(u not in inside for u in n.users):
+            outputs.append(n)
+    vals = [value_of(a) for a in inputs]
+    if not outputs or not all(isinstance(v, torch.Tensor) for v in vals):
+        return None
+    if any(_symbolic(_recorded(a)) for a in inputs):
+        return None  # traced sizes would be baked into a graph meant for other sizes too
+    g = fx.Graph()
+    env = {a: g.placeholder(f"in{i}") for i, a in enumerate(inputs)}
+    for n in nodes:
+        env[n] = g.node_copy(n, lambda a: env[a])
+    g.output(tuple(env[o] for o in outputs))
+    sub = fx.GraphModule(torch.nn.Module(), g)
+    mode = FakeTensorMode()
+    with mode:  # example values without memory; traced in real mode: concrete sizes, no size queries left
+        fakes = [torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device=v.device) for v in vals]
+    # zeros with the recorded strides, on the recorded device (a factory in the body keeps its device)
+    real = [torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device=v.device).zero_() for v in vals]
+    traced = make_fx(sub, tracing_mode="real")(*real)
+    for n in traced.graph.nodes:  # a view assumes the traced strides; a reshape is a view where they hold
+        if n.target in (torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default):
+            n.target = torch.ops.aten.reshape.default
+    traced.recompile()
+    FakeTensorProp(traced, mode).propagate(*fakes)
+    if any(n.op not in ("placeholder", "call_function", "output") for n in traced.graph.nodes):
+        return None  # a constant tensor (get_attr) or a call we do not splice
+    return inputs, outputs, traced
+
+
+def devmap(graph: fx.Graph) -> int:
+    """Replace every outermost vmap bracket of ``graph`` by the aten ops it traces to; how many were."""
+    done = 0
+    for nodes in brackets(graph):
+        if _torch_opened(next(n for n in nodes if _name(n) == _OPEN)):
+            continue
+        try:
+            found = _trace(nodes)
+        except Exception as e:  # noqa: BLE001 - a bracket make_fx cannot trace stays as written
+            log.debug("fla_compile: a vmap bracket at %s is kept (%s: %s)", nodes[0].name, type(e).__name__, e)
+            continue
+        if found is None:
+            continue
+        _splice(graph, nodes, *found)
+        done += 1
+    return done
+
+
+def _splice(graph: fx.Graph, nodes: list[fx.Node], inputs: list, outputs: list, traced: fx.GraphModule) -> None:
+    """Insert the traced ops before the bracket, rewire its outputs' users, erase the bracket."""
+    trace = nodes[-1].meta.get("stack_trace")
+    env, it, news = {}, iter(inputs), ()
+    with graph.inserting_before(nodes[0]):
+        for n in traced.graph.nodes:
+            if n.op == "placeholder":
+                env[n] = next(it)
+            elif n.op == "output":
+                news = n.args[0]
+            else:
+                env[n] = graph.node_copy(n, env.__getitem__)
+                if "val" in n.meta:
+                    env[n].meta["example_value"] = n.meta["val"]
+                if trace:
+                    env[n].meta["stack_trace"] = trace
+    for old, new in zip(outputs, news):
+        old.replace_all_uses_with(env[new])
+    for n in reversed(nodes):
+        graph.erase_node(n)
