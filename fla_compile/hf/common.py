@@ -205,3 +205,15 @@ def conv_update_probe(original, ours, device) -> float:
     ref = original(x, s_ref, w, b, "silu")
     out = ours(x, s_ours, w, b, "silu")
     return max(rel_err(out, ref), rel_err(s_ours, s_ref))
+
+
+def state_update_err(original, ours, state, args, z, dt_bias) -> float:
+    """Worst rel err of a selective-state-update step (Mamba1's and Mamba2's decode step): output and the
+    state it updates in place, with and without the z gate, each side on its own copy of ``state``."""
+    errs = []
+    for zz in (None, z):
+        s_ref, s_ours = state.clone(), state.clone()
+        ref = original(s_ref, *args, z=zz, dt_bias=dt_bias, dt_softplus=True)
+        out = ours(s_ours, *args, z=zz, dt_bias=dt_bias, dt_softplus=True)
+        errs += [rel_err(out, ref), rel_err(s_ours, s_ref)]
+    return max(errs)

@@ -112,13 +112,7 @@ def probe_state_update(original, ours, device) -> float:
     B, C = r(gen, Bsz, N, device=device), r(gen, Bsz, N, device=device)
     D, dt_bias = r(gen, Dm, device=device), r(gen, Dm, device=device)
     state = r(gen, Bsz, Dm, N, device=device)
-    errs = []
-    for zz in (None, z):
-        s_ref, s_ours = state.clone(), state.clone()
-        ref = original(s_ref, x, dt, A, B, C, D, z=zz, dt_bias=dt_bias, dt_softplus=True)
-        out = ours(s_ours, x, dt, A, B, C, D, z=zz, dt_bias=dt_bias, dt_softplus=True)
-        errs += [common.rel_err(out, ref), common.rel_err(s_ours, s_ref)]
-    return max(errs)
+    return common.state_update_err(original, ours, state, (x, dt, A, B, C, D), z, dt_bias)
 
 
 BINDING = Binding(

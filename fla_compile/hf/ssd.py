@@ -158,13 +158,7 @@ def probe_state_update(original, ours, device) -> float:
     D = r(gen, H, device=device)[:, None].expand(-1, P)
     dt_bias = r(gen, H, device=device)[:, None].expand(-1, P)
     state = r(gen, Bsz, H, P, N, device=device)
-    errs = []
-    for zz in (None, z):
-        s_ref, s_ours = state.clone(), state.clone()
-        ref = original(s_ref, x, dt, A, B, C, D, z=zz, dt_bias=dt_bias, dt_softplus=True)
-        out = ours(s_ours, x, dt, A, B, C, D, z=zz, dt_bias=dt_bias, dt_softplus=True)
-        errs += [common.rel_err(out, ref), common.rel_err(s_ours, s_ref)]
-    return max(errs)
+    return common.state_update_err(original, ours, state, (x, dt, A, B, C, D), z, dt_bias)
 
 
 BINDING = Binding(

@@ -32,6 +32,7 @@ import triton.language as tl
 
 from ..common import launch
 from ..common.launch import pow2
+from .triton_scan import _span  # a sequence's [bos, eos): the walk's, one definition
 
 LOG2E = tl.constexpr(1.4426950408889634)  # 1 / ln 2: exp(x) = exp2(x log2 e)
 
@@ -44,17 +45,6 @@ LOG2E = tl.constexpr(1.4426950408889634)  # 1 / ln 2: exp(x) = exp2(x log2 e)
 # benchmarks/sweep_mamba_chunk.py times other choices.
 BT_FWD, BD_FWD, WARPS_FWD = 16, 16, 4
 BT_BWD, BD_BWD, WARPS_STATES, WARPS_BWD = 16, 16, 4, 4
-
-
-@triton.jit
-def _span(cu_seqlens, i_n, T, IS_VARLEN: tl.constexpr):
-    if IS_VARLEN:
-        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-        eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    else:
-        bos = i_n.to(tl.int64) * T
-        eos = bos + T
-    return bos, eos
 
 
 @triton.jit
