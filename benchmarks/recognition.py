@@ -101,8 +101,10 @@ def main(argv=None):
         counts[verdict] += 1
         print(f"{verdict:10s} {fn.__name__:45s} {detail}")
     n = sum(counts.values())
-    print(f"\n{counts['recognized']}/{n} recognized ({100 * counts['recognized'] / max(n, 1):.0f}%), "
-          f"{counts['wrong']} wrong, {counts['missed']} missed")
+    print(
+        f"\n{counts['recognized']}/{n} recognized ({100 * counts['recognized'] / max(n, 1):.0f}%), "
+        f"{counts['wrong']} wrong, {counts['missed']} missed"
+    )
     return 1 if counts["wrong"] else 0
 
 

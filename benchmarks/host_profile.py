@@ -1,0 +1,99 @@
+"""Where a call's host time goes (CUDA): host syncs and the Python profile of one op's forward.
+
+    python benchmarks/host_profile.py [--families linear_attn,simple_gla,retention] [--shape 8,2048,16,128]
+
+Per family (ours, and flash-linear-attention's with ``--fla``): the synchronizing CUDA calls of one forward
+(``torch.cuda.set_sync_debug_mode``, with the line that made each), the wall time per call of 50 calls
+launched back to back against the device time of one (``do_bench_cudagraph``), and the top of a
+``cProfile`` of those 50 calls by own time. A call whose wall time is well above its device time while
+no sync shows is host-bound: the profile says where.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+import time
+import traceback
+import warnings
+
+import torch
+
+sys.path.insert(0, "benchmarks")
+import kernels  # noqa: E402
+
+
+def syncs(fn, xs) -> list[str]:
+    """The synchronizing calls of one ``fn(*xs)``, each with the innermost fla_compile/fla frame that made it."""
+    found = []
+
+    def on_warning(message, category, filename, lineno, file=None, line=None):
+        stack = [f for f in traceback.extract_stack() if "fla" in f.filename and "host_profile" not in f.filename]
+        where = (
+            f"{stack[-1].filename.split('site-packages/')[-1]}:{stack[-1].lineno}" if stack else f"{filename}:{lineno}"
+        )
+        found.append(f"{str(message)[:80]} at {where}")
+
+    old = warnings.showwarning
+    warnings.showwarning = on_warning
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = on_warning
+            fn(*xs)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        warnings.showwarning = old
+    return found
+
+
+def main(argv=None) -> int:
+    import triton.testing
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--families", default="linear_attn,simple_gla,retention")
+    p.add_argument("--shape", default="8,2048,16,128")
+    p.add_argument("--fla", action="store_true")
+    p.add_argument("--top", type=int, default=18)
+    args = p.parse_args(argv)
+    shape = tuple(int(x) for x in args.shape.split(","))
+    summary = ["| op | wall us/call (50 back to back) | device us (graph) | syncs |", "|---|---|---|---|"]
+    for family in args.families.split(","):
+        impls = [("ours", kernels.ours)] + ([("fla", kernels.fla_op)] if args.fla else [])
+        for who, get in impls:
+            fn, xs = get(family), kernels.inputs(family, *shape)
+            with torch.no_grad():
+                for _ in range(3):
+                    fn(*xs)
+                torch.cuda.synchronize()
+                found = syncs(fn, xs)
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                for _ in range(50):
+                    fn(*xs)
+                torch.cuda.synchronize()
+                wall = (time.perf_counter() - t) / 50 * 1e6
+                prof = cProfile.Profile()
+                prof.enable()
+                for _ in range(50):
+                    fn(*xs)
+                prof.disable()
+                torch.cuda.synchronize()
+                device = triton.testing.do_bench_cudagraph(lambda fn=fn, xs=xs: fn(*xs)) * 1e3
+            s = io.StringIO()
+            pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(args.top)
+            print(f"\n### {who} {family} {args.shape}: {wall:.0f} us/call wall, {device:.0f} us device")
+            for line in found:
+                print(f"sync: {line}")
+            print("\n".join(s.getvalue().splitlines()[4 : 9 + args.top]))
+            summary.append(f"| {who} {family} | {wall:.0f} | {device:.0f} | {len(found)} |")
+    print("\n" + "\n".join(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
