@@ -217,3 +217,35 @@ def test_no_tuning_inside_cuda_graph_capture(tmp_path, monkeypatch):
         assert got == {"x": 1} and tuned == [1] and path.exists()
     finally:
         autotune.forget()
+
+
+def test_get_config_remembers_final_answers(monkeypatch, tmp_path):
+    """A small op calls get_config on every call: once an answer is final (a winner, or the default where
+    tuning is off) the next call is a dict lookup; a default taken inside a capture is not remembered, and
+    a changed FLA_COMPILE_AUTOTUNE or forget() asks again."""
+    monkeypatch.setattr(autotune, "arch_of", lambda device: "sm90")
+    monkeypatch.setattr(autotune, "_cache_name", lambda index: "memo-test.json")
+    monkeypatch.setattr(autotune, "_interpreting", lambda: False)
+    monkeypatch.setenv("FLA_COMPILE_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("FLA_COMPILE_AUTOTUNE", raising=False)
+    capturing = [False]
+    monkeypatch.setattr(autotune, "capturing", lambda: capturing[0])
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
+    calls = []
+    real = autotune.lookup
+    monkeypatch.setattr(autotune, "lookup", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    autotune.forget()
+    cuda = torch.device("cuda", 0)
+    args = ("chunk", "scalar", 128, 128, torch.bfloat16, 2048, cuda)
+    capturing[0] = True
+    assert autotune.get_config(*args) == autotune.candidates("chunk", "scalar", "sm90")[0]
+    capturing[0] = False
+    first = autotune.get_config(*args)
+    assert autotune.get_config(*args) is first and len(calls) == 2  # the capture's answer was asked again, once
+    monkeypatch.setenv("FLA_COMPILE_AUTOTUNE", "0")
+    autotune.get_config(*args)
+    assert len(calls) == 3
+    autotune.forget()
+    autotune.get_config(*args)
+    assert len(calls) == 4
+    autotune.forget()

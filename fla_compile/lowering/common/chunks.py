@@ -32,7 +32,7 @@ def _cached(key, make):
 
 def dense_cu(B: int, T: int, device) -> torch.Tensor:
     """[0, T, 2T, ..., B T] int32: the bounds of B sequences of T tokens laid end to end."""
-    return _cached(("cu", B, T, str(device)), lambda: torch.arange(0, B + 1, device=device, dtype=torch.int32) * T)
+    return _cached(("cu", B, T, device), lambda: torch.arange(0, B + 1, device=device, dtype=torch.int32) * T)
 
 
 def _dense_info(B: int, NT: int, device) -> torch.Tensor:
@@ -40,7 +40,7 @@ def _dense_info(B: int, NT: int, device) -> torch.Tensor:
         idx = torch.arange(B * NT, device=device, dtype=torch.int32)
         return torch.stack([idx // NT, idx % NT], 1).contiguous()
 
-    return _cached(("info", B, NT, str(device)), make)
+    return _cached(("info", B, NT, device), make)
 
 
 def chunk_meta(B: int, T: int, cu_seqlens: torch.Tensor | None, BT: int, device):

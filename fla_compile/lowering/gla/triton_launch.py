@@ -35,11 +35,18 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     return launch.supported(MAX_HEAD_DIM, q, k, v)
 
 
+def _dense(x, dtype=None):
+    """``x`` in ``dtype`` (default its own), contiguous: itself when it already is (no dispatcher calls)."""
+    if (dtype is None or x.dtype == dtype) and x.is_contiguous():
+        return x
+    return x.to(dtype or x.dtype).contiguous()
+
+
 def _common(q, k, v, gate, gate_kind):
     dt = v.dtype
-    q, k, v = (x.to(dt).contiguous() for x in (q, k, v))
+    q, k, v = _dense(q, dt), _dense(k, dt), _dense(v)
     if gate is not None:
-        gate = gate.contiguous()
+        gate = _dense(gate)
     B, T, HK, K = q.shape
     H, V = v.shape[2], v.shape[3]
     return q, k, v, gate, B, T, H, HK, K, V, GATE_IDS[gate_kind]
