@@ -25,7 +25,6 @@ from profile_ops import kernel_table  # noqa: E402
 VARIANTS = [
     ("shipped", {}),
     ("wu fused", {"WU_SPLIT": False}),
-    ("serial inverse", {"PAR_INV": False}),  # the solve's diagonal blocks one after another
     ("h BV=32", {"BV_h": 32}),
     ("h warps 8", {"h": (8, 2)}),
     ("dh BV=32", {"BV_dh": 32}),

@@ -184,28 +184,6 @@ def _case_half(family):
     return out
 
 
-def _case_parallel_inverse(family, BT, T=70, cu_lens=None):
-    """The solve's diagonal blocks inverted together (``PAR_INV``) against one after another: the same row
-    steps, so the same outputs; both against fp64. Full and partial chunks, packed sequences."""
-    from fla_compile.lowering.delta import triton_launch as DT
-
-    q, k, v, beta, g, h0 = make(family, B=1, T=T, K=16, V=16)
-    cu = None
-    if cu_lens is not None:
-        h0 = torch.randn(len(cu_lens), *h0.shape[1:])
-        cu = torch.tensor([0, *torch.tensor(cu_lens).cumsum(0).tolist()])
-    outs = []
-    for par in (True, False):
-        DT.PAR_INV = par
-        try:
-            outs.append(DT.chunk_forward(q, k, v, beta, g, FAMILY_GATE[family], 0.3, h0, cu, chunk_size=BT))
-        finally:
-            DT.PAR_INV = True
-    (o, ht), (o2, ht2) = outs
-    ro, rs, _ = torch_grads(family, q, k, v, beta, g, h0, torch.zeros_like(o), torch.zeros_like(ht), 0.3, cu)
-    return {"o": rel(o, ro), "ht": rel(ht, rs), "o_vs_serial": rel(o, o2), "ht_vs_serial": rel(ht, ht2)}
-
-
 INTERPRETER_CASES = {
     **{f"fwd-{f}-BT16": (_case_forward, (f, 16)) for f in FAMILY_GATE},
     "fwd-kda-BT32-l2": (_case_forward, ("kda", 32, None, True)),
@@ -219,8 +197,6 @@ INTERPRETER_CASES = {
     "bwd-kda-strong-gate": (_case_backward, ("kda", 16, None, False, 20.0, 20)),
     **{f"decode-inplace-{f}": (_case_inplace_decode, (f,)) for f in FAMILY_GATE},
     "half-kda": (_case_half, ("kda",)),
-    "solve-parallel-BT64": (_case_parallel_inverse, ("delta_rule", 64)),
-    "solve-parallel-BT32-varlen": (_case_parallel_inverse, ("gated_delta_rule", 32, 70, [5, 0, 46, 19])),
     "saved-gdn": (_case_saved_parts, ("gated_delta_rule",)),
     "saved-kda": (_case_saved_parts, ("kda",)),
     "op-dispatch-gdn": (_case_op_dispatch, ("gated_delta_rule",)),

@@ -90,7 +90,6 @@ _DEFAULTS = {
 OVERRIDES: dict = {}
 FUSED_A = True  # kda: k kᵀ and q kᵀ by one kernel in the forward (False: the GLA line's A kernel twice)
 WU_SPLIT = True  # W, U by full-chunk dots after a solve-only kernel (False: the solve kernel forms them by blocks)
-PAR_INV = True  # the solve's diagonal blocks inverted in the same 15 row steps (False: one block after another)
 
 
 @functools.cache
@@ -219,7 +218,6 @@ def forward_parts(
                 False,
                 prec,
                 True,
-                PAR_INV,
                 **_opts("solve", dev),
             )
         kw.chunk_wu_kernel[(NS, H)](
@@ -229,7 +227,7 @@ def forward_parts(
     else:
         kw.chunk_wy_kernel[(NS, H)](
             k, v, beta, gcp, A, X, w, u, cu, info, H, G, K, V, BT, min(64, BK), min(64, launch.pow2(V)), gid, load_x,
-            prec, False, PAR_INV, **_opts("wy", dev),
+            prec, **_opts("wy", dev),
         )  # fmt: skip
     h = torch.empty(NS, H, K, V, device=dev, dtype=dt)
     vn = torch.empty(B, T, H, V, device=dev, dtype=dt)

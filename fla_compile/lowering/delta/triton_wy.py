@@ -5,8 +5,8 @@ Notation of :mod:`fla_compile.lowering.delta.torch_path`. Per chunk of BT steps 
 1. ``chunk_kkt_kernel`` (no gate, scalar gate): A_ij = k_i . k_j e^{G_i - G_j} for j <= i, fp32. With a gate per
    key dim (kda) the GLA line's ``chunk_gla_A_kernel`` computes the same matrix (k for q), as dots of factored
    sub-chunks.
-2. ``chunk_wy_kernel``: X = (I + diag(b) strict(A))^{-1} by blocks of 16: the diagonal blocks by forward
-   substitution (16 row steps on a [BT/16, 16, 16] stack: all blocks in the same steps), the blocks below it merged by dots,
+2. ``chunk_wy_kernel``: X = (I + diag(b) strict(A))^{-1} by blocks of 16: each diagonal block by forward
+   substitution (16 row steps on a 16 x 16 tile), the blocks below it merged by dots,
    X_rc = -X_rr sum_{c <= m < r} N_rm X_mc; then W = X (b e^{G} k) and U = X (b v) by dots. X is kept (in the
    inputs' dtype) for the backward.
 3. ``chunk_delta_h_kernel``: the only sequential part. Per sequence, head and block of V it carries the state
@@ -98,34 +98,6 @@ def _inverse16(b_N):
         b_r = b_r + tl.sum(b_r[:, None] * b_X, 0)
         b_X = tl.where(o_c[:, None] == i, b_r[None, :], b_X)
     return b_X + tl.where(o_c[:, None] == o_c[None, :], 1.0, 0.0)
-
-
-@triton.jit
-def _diag_inverses(A, beta, t0, eos, i_h, H: tl.constexpr, BT: tl.constexpr, NB: tl.constexpr):
-    """(I + N_bb)^{-1} of all NB diagonal blocks at once, [NB, 16, 16] fp32 (N = diag(b) strict(A)).
-
-    The same forward substitution as :func:`_inverse16` (row i of every block per step: 15 steps for the
-    chunk instead of 15 per block), so the same rounding; blocks past the sequence come out as I."""
-    o_b = tl.arange(0, NB)[:, None, None]
-    o_m = tl.arange(0, 16)[None, :, None]
-    o_c = tl.arange(0, 16)[None, None, :]
-    o_r = t0 + o_b * 16 + o_m  # [NB, 16, 1] token of each row
-    m_r = o_r < eos
-    m = m_r & ((t0 + o_b * 16 + o_c) < eos) & (o_m > o_c)
-    b_N = tl.load(A + (o_r * H + i_h) * BT + o_b * 16 + o_c, mask=m, other=0)
-    b_b = tl.load(beta + o_r * H + i_h, mask=m_r, other=0).to(tl.float32)
-    b_X = -(b_N * b_b)
-    for i in range(1, 16):
-        b_r = tl.sum(tl.where(o_m == i, b_X, 0.0), 1)  # [NB, 16]: row i of each block
-        b_r = b_r + tl.sum(b_r[:, :, None] * b_X, 1)
-        b_X = tl.where(o_m == i, b_r[:, None, :], b_X)
-    return b_X + tl.where(o_m == o_c, 1.0, 0.0)
-
-
-@triton.jit
-def _block(b_X3, b: tl.constexpr, NB: tl.constexpr):
-    """Block b of a [NB, 16, 16] stack, [16, 16]."""
-    return tl.sum(tl.where(tl.arange(0, NB)[:, None, None] == b, b_X3, 0.0), 0)
 
 
 @triton.jit
@@ -221,7 +193,6 @@ def chunk_wy_kernel(
     LOAD_X: tl.constexpr,
     PREC: tl.constexpr,
     SOLVE_ONLY: tl.constexpr = False,
-    PAR_INV: tl.constexpr = True,
 ):
     """X = (I + diag(b) strict(A))^{-1} (or X read back when LOAD_X), W = X (b e^G k), U = X (b v); BT in 16, 32, 64.
 
@@ -251,33 +222,20 @@ def chunk_wy_kernel(
             X32 = _rows(X + 32, t0, eos, i_h, H, BT, 3, o16, m16).to(tl.float32)
             X33 = _rows(X + 48, t0, eos, i_h, H, BT, 3, o16, m16).to(tl.float32)
     else:
-        if PAR_INV:
-            b_X3 = _diag_inverses(A, beta, t0, eos, i_h, H, BT, BT // 16)
-            X00 = _block(b_X3, 0, BT // 16)
-        else:
-            X00 = _inverse16(_block_N(A, beta, t0, eos, i_h, H, BT, 0, 0))
+        X00 = _inverse16(_block_N(A, beta, t0, eos, i_h, H, BT, 0, 0))
         if BT // 16 > 1:
-            if PAR_INV:
-                X11 = _block(b_X3, 1, BT // 16)
-            else:
-                X11 = _inverse16(_block_N(A, beta, t0, eos, i_h, H, BT, 1, 1))
+            X11 = _inverse16(_block_N(A, beta, t0, eos, i_h, H, BT, 1, 1))
             N10 = _block_N(A, beta, t0, eos, i_h, H, BT, 1, 0)
             X10 = -tl.dot(X11, tl.dot(N10, X00, input_precision="ieee"), input_precision="ieee")
         if BT // 16 > 2:
-            if PAR_INV:
-                X22 = _block(b_X3, 2, BT // 16)
-            else:
-                X22 = _inverse16(_block_N(A, beta, t0, eos, i_h, H, BT, 2, 2))
+            X22 = _inverse16(_block_N(A, beta, t0, eos, i_h, H, BT, 2, 2))
             N20 = _block_N(A, beta, t0, eos, i_h, H, BT, 2, 0)
             N21 = _block_N(A, beta, t0, eos, i_h, H, BT, 2, 1)
             X21 = -tl.dot(X22, tl.dot(N21, X11, input_precision="ieee"), input_precision="ieee")
             b_s = tl.dot(N20, X00, input_precision="ieee") + tl.dot(N21, X10, input_precision="ieee")
             X20 = -tl.dot(X22, b_s, input_precision="ieee")
         if BT // 16 > 3:
-            if PAR_INV:
-                X33 = _block(b_X3, 3, BT // 16)
-            else:
-                X33 = _inverse16(_block_N(A, beta, t0, eos, i_h, H, BT, 3, 3))
+            X33 = _inverse16(_block_N(A, beta, t0, eos, i_h, H, BT, 3, 3))
             N30 = _block_N(A, beta, t0, eos, i_h, H, BT, 3, 0)
             N31 = _block_N(A, beta, t0, eos, i_h, H, BT, 3, 1)
             N32 = _block_N(A, beta, t0, eos, i_h, H, BT, 3, 2)
