@@ -43,7 +43,7 @@ LOG2E = tl.constexpr(1.4426950408889634)  # 1 / ln 2: exp(x) = exp2(x log2 e)
 # Compiled for sm_90a with Triton 3.6 (the H200's) and 3.9, no spills: forward 128 registers (~20
 # instructions per element), states 128 (~15), backward 255 with 4 warps (~60; two programs per SM).
 # benchmarks/sweep_mamba_chunk.py times other choices.
-BT_FWD, BD_FWD, WARPS_FWD = 16, 16, 4
+BT_FWD, BD_FWD, WARPS_FWD = 16, 16, 2  # 2 warps: 0.556 -> 0.324 ms at (4, 2048, 1536, 16), 1.49 -> 0.87 at (1, 8192, 4096, 16) (H200, bf16, 2026-11-30)
 BT_BWD, BD_BWD, WARPS_STATES, WARPS_BWD = 16, 16, 4, 4
 
 
