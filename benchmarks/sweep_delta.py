@@ -39,6 +39,8 @@ VARIANTS = [
     ("pair_vec warps 2", {"pair_vec": (2, 2)}),
     ("A warps 8", {"A": (8, 2)}),
     ("A unfused", {"FUSED_A": False}),
+    ("o BV=128 w8 s3", {"BV_o": 128, "o": (8, 3)}),  # the GLA line's tuned output kernel options
+    ("o w8 s3", {"o": (8, 3)}),
 ]
 
 
