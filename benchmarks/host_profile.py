@@ -31,6 +31,8 @@ def syncs(fn, xs) -> list[str]:
     found = []
 
     def on_warning(message, category, filename, lineno, file=None, line=None):
+        if str(message).startswith("Synchronization debug mode is a prototype"):  # the mode's own notice
+            return
         stack = [f for f in traceback.extract_stack() if "fla" in f.filename and "host_profile" not in f.filename]
         where = (
             f"{stack[-1].filename.split('site-packages/')[-1]}:{stack[-1].lineno}" if stack else f"{filename}:{lineno}"
