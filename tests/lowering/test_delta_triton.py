@@ -184,6 +184,28 @@ def _case_half(family):
     return out
 
 
+def _case_solve_row_loads(family, BT, T=70, cu_lens=None):
+    """The solve's substitution with each row of N loaded (``ROW_LOADS``) against picked out of the tile:
+    the same arithmetic, so the same outputs; both against fp64. Full and partial chunks, packed sequences."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    q, k, v, beta, g, h0 = make(family, B=1, T=T, K=16, V=16)
+    cu = None
+    if cu_lens is not None:
+        h0 = torch.randn(len(cu_lens), *h0.shape[1:])
+        cu = torch.tensor([0, *torch.tensor(cu_lens).cumsum(0).tolist()])
+    outs = []
+    for row_loads in (True, False):
+        DT.ROW_LOADS = row_loads
+        try:
+            outs.append(DT.chunk_forward(q, k, v, beta, g, FAMILY_GATE[family], 0.3, h0, cu, chunk_size=BT))
+        finally:
+            DT.ROW_LOADS = True
+    (o, ht), (o2, ht2) = outs
+    ro, rs, _ = torch_grads(family, q, k, v, beta, g, h0, torch.zeros_like(o), torch.zeros_like(ht), 0.3, cu)
+    return {"o": rel(o, ro), "ht": rel(ht, rs), "o_vs_picked": rel(o, o2), "ht_vs_picked": rel(ht, ht2)}
+
+
 INTERPRETER_CASES = {
     **{f"fwd-{f}-BT16": (_case_forward, (f, 16)) for f in FAMILY_GATE},
     "fwd-kda-BT32-l2": (_case_forward, ("kda", 32, None, True)),
@@ -197,6 +219,8 @@ INTERPRETER_CASES = {
     "bwd-kda-strong-gate": (_case_backward, ("kda", 16, None, False, 20.0, 20)),
     **{f"decode-inplace-{f}": (_case_inplace_decode, (f,)) for f in FAMILY_GATE},
     "half-kda": (_case_half, ("kda",)),
+    "solve-row-loads-BT64": (_case_solve_row_loads, ("delta_rule", 64)),
+    "solve-row-loads-BT32-varlen": (_case_solve_row_loads, ("gated_delta_rule", 32, 70, [5, 0, 46, 19])),
     "saved-gdn": (_case_saved_parts, ("gated_delta_rule",)),
     "saved-kda": (_case_saved_parts, ("kda",)),
     "op-dispatch-gdn": (_case_op_dispatch, ("gated_delta_rule",)),

@@ -90,6 +90,7 @@ _DEFAULTS = {
 OVERRIDES: dict = {}
 FUSED_A = True  # kda: k kᵀ and q kᵀ by one kernel in the forward (False: the GLA line's A kernel twice)
 WU_SPLIT = True  # W, U by full-chunk dots after a solve-only kernel (False: the solve kernel forms them by blocks)
+ROW_LOADS = True  # the solve's substitution loads each row of N (False: picks it out of the tile, a second reduction)
 
 
 @functools.cache
@@ -218,6 +219,7 @@ def forward_parts(
                 False,
                 prec,
                 True,
+                ROW_LOADS,
                 **_opts("solve", dev),
             )
         kw.chunk_wu_kernel[(NS, H)](
@@ -227,7 +229,7 @@ def forward_parts(
     else:
         kw.chunk_wy_kernel[(NS, H)](
             k, v, beta, gcp, A, X, w, u, cu, info, H, G, K, V, BT, min(64, BK), min(64, launch.pow2(V)), gid, load_x,
-            prec, **_opts("wy", dev),
+            prec, False, ROW_LOADS, **_opts("wy", dev),
         )  # fmt: skip
     h = torch.empty(NS, H, K, V, device=dev, dtype=dt)
     vn = torch.empty(B, T, H, V, device=dev, dtype=dt)
