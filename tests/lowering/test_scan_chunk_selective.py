@@ -269,8 +269,10 @@ def test_gpu_mamba_op_takes_chunked():
     ds = [x.detach().double().requires_grad_() for x in xs]
     ry, rh = loop(ds[1] * ds[0], *ds[1:5], ds[5], output_final_state=True)
     (ry.square().sum() + rh.sum()).backward()
+    # 3e-5: the chunked kernels reassociate the fp32 products over 2048 steps (the H200 measured 1.02e-5 for y,
+    # the fused walk 6e-6 at this shape); a wrong scan is off by O(1)
     for a, b in zip([y, ht, *(x.grad for x in xs)], [ry, rh, *(d.grad for d in ds)]):
-        assert rel(a, b) < 1e-5
+        assert rel(a, b) < 3e-5
 
 
 if __name__ == "__main__":
