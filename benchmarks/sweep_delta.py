@@ -25,7 +25,8 @@ from profile_ops import kernel_table  # noqa: E402
 VARIANTS = [
     ("shipped", {}),
     ("wu fused", {"WU_SPLIT": False}),
-    ("solve picks rows", {"ROW_LOADS": False}),  # the substitution's rows picked from the tile (the old way)
+    ("solve picks rows", {"ROW_LOADS": False}),
+    ("no kg", {"KG": False}),  # kda: the state pass decays the keys itself, per V block  # the substitution's rows picked from the tile (the old way)
     ("h BV=32", {"BV_h": 32}),
     ("h warps 8", {"h": (8, 2)}),
     ("dh BV=32", {"BV_dh": 32}),

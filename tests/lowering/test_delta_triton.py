@@ -206,6 +206,34 @@ def _case_solve_row_loads(family, BT, T=70, cu_lens=None):
     return {"o": rel(o, ro), "ht": rel(ht, rs), "o_vs_picked": rel(o, o2), "ht_vs_picked": rel(ht, ht2)}
 
 
+def _case_kg(BT, T=70, cu_lens=None):
+    """kda's state pass reading the W/U kernel's decayed keys (``KG``) against decaying them itself: the same
+    fp32 products cast the same way, so the same outputs and gradients; both against fp64. GQA (2 heads of v
+    per key head), partial chunks, packed sequences."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    q, k, v, beta, g, h0 = make("kda", B=1, T=T, K=16, V=16)
+    cu = None
+    if cu_lens is not None:
+        h0 = torch.randn(len(cu_lens), *h0.shape[1:])
+        cu = torch.tensor([0, *torch.tensor(cu_lens).cumsum(0).tolist()])
+    gen = torch.Generator().manual_seed(3)
+    do, dht = torch.randn(v.shape, generator=gen), torch.randn(h0.shape, generator=gen)
+    outs = []
+    for use_kg in (True, False):
+        DT.KG = use_kg
+        try:
+            o, ht = DT.chunk_forward(q, k, v, beta, g, "vector", 0.3, h0, cu, chunk_size=BT)
+            grads = DT.chunk_backward(q, k, v, beta, g, "vector", 0.3, h0, cu, do, dht, chunk_size=BT)
+            outs.append([o, ht, *[x for x in grads if x is not None]])
+        finally:
+            DT.KG = True
+    ro, rs, _ = torch_grads("kda", q, k, v, beta, g, h0, torch.zeros_like(v), torch.zeros_like(h0), 0.3, cu)
+    out = {"o": rel(outs[0][0], ro), "ht": rel(outs[0][1], rs)}
+    out.update({f"vs_no_kg_{i}": rel(a, b) for i, (a, b) in enumerate(zip(*outs))})
+    return out
+
+
 INTERPRETER_CASES = {
     **{f"fwd-{f}-BT16": (_case_forward, (f, 16)) for f in FAMILY_GATE},
     "fwd-kda-BT32-l2": (_case_forward, ("kda", 32, None, True)),
@@ -219,6 +247,8 @@ INTERPRETER_CASES = {
     "bwd-kda-strong-gate": (_case_backward, ("kda", 16, None, False, 20.0, 20)),
     **{f"decode-inplace-{f}": (_case_inplace_decode, (f,)) for f in FAMILY_GATE},
     "half-kda": (_case_half, ("kda",)),
+    "kda-kg-BT16": (_case_kg, (16,)),
+    "kda-kg-BT32-varlen": (_case_kg, (32, 70, [5, 0, 46, 19])),
     "solve-row-loads-BT64": (_case_solve_row_loads, ("delta_rule", 64)),
     "solve-row-loads-BT32-varlen": (_case_solve_row_loads, ("gated_delta_rule", 32, 70, [5, 0, 46, 19])),
     "saved-gdn": (_case_saved_parts, ("gated_delta_rule",)),

@@ -90,6 +90,7 @@ _DEFAULTS = {
 OVERRIDES: dict = {}
 FUSED_A = True  # kda: k kᵀ and q kᵀ by one kernel in the forward (False: the GLA line's A kernel twice)
 WU_SPLIT = True  # W, U by full-chunk dots after a solve-only kernel (False: the solve kernel forms them by blocks)
+KG = True  # kda: the state pass reads keys decayed once by the W/U kernel (False: decays them per V block)
 ROW_LOADS = True  # the solve's substitution loads each row of N (False: picks it out of the tile, a second reduction)
 
 
@@ -195,6 +196,8 @@ def forward_parts(
         A, load_x = X, True
     w = torch.empty(B, T, H, K, device=dev, dtype=dt)
     u = torch.empty(B, T, H, V, device=dev, dtype=dt)
+    use_kg = KG and WU_SPLIT and gid == 2
+    kg = torch.empty(B, T, H, K, device=dev, dtype=dt) if use_kg else None
     if WU_SPLIT:
         if not load_x:
             kw.chunk_wy_kernel[(NS, H)](
@@ -224,7 +227,7 @@ def forward_parts(
             )
         kw.chunk_wu_kernel[(NS, H)](
             k, v, beta, gcp, X, w, u, cu, info, H, G, K, V, BT, min(64, BK), min(64, launch.pow2(V)), gid, prec,
-            **_opts("wu", dev),
+            kg if use_kg else w, use_kg, **_opts("wu", dev),
         )  # fmt: skip
     else:
         kw.chunk_wy_kernel[(NS, H)](
@@ -237,7 +240,7 @@ def forward_parts(
     BV = _state_bv("BV_h", N * H, V, dev)
     kw.chunk_delta_h_kernel[(N * H, launch.cdiv(V, BV))](
         k, w, u, gcp, h, vn, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, BK, BV, gid,
-        h0 is not None, prec, **_opts("h", dev),
+        h0 is not None, prec, kg if use_kg else w, use_kg, **_opts("h", dev),
     )  # fmt: skip
     if gid == 2 and Aqk is None:  # the output's and the backward's gated q k^T (given: a forward's, kept)
         NC = BT // 16

@@ -356,8 +356,14 @@ def chunk_wu_kernel(
     BV: tl.constexpr,
     GATE: tl.constexpr,
     PREC: tl.constexpr,
+    kg=None,
+    STORE_KG: tl.constexpr = False,
 ):
-    """W = X (b e^G k) and U = X (b v) with [BT, BT] x [BT, BD] dots, X read from ``chunk_wy_kernel``."""
+    """W = X (b e^G k) and U = X (b v) with [BT, BT] x [BT, BD] dots, X read from ``chunk_wy_kernel``.
+
+    With ``STORE_KG`` (gate per key) also kg = k e^{G_last - G} in the inputs' dtype, the keys decayed to the
+    chunk's last step as the state pass uses them: made once here, where k and G are loaded anyway, instead
+    of once per V block of the sequential pass (the same fp32 product, cast as the pass casts it)."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
     i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
@@ -377,14 +383,20 @@ def chunk_wu_kernel(
         tl.store(u + p_v, tl.dot(b_X, b_vb, input_precision=PREC).to(u.dtype.element_ty), mask=m_tv)
     if GATE == 1:
         b_b = b_b * tl.exp(tl.load(gc + o_t * H + i_h, mask=m_t, other=0))
+    last = tl.minimum(bos + i_c * BT + BT, eos) - 1
     for i_k in range(0, tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_tk = m_t[:, None] & (o_k < K)[None, :]
-        b_k = tl.load(k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
-        b_k = b_k * b_b[:, None]
-        if GATE == 2:
-            b_k = b_k * tl.exp(tl.load(gc + (o_t * H + i_h)[:, None] * K + o_k[None, :], mask=m_tk, other=0))
         p_k = (o_t * H + i_h)[:, None] * K + o_k[None, :]
+        b_kr = tl.load(k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
+        b_k = b_kr * b_b[:, None]
+        if GATE == 2:
+            b_g = tl.load(gc + (o_t * H + i_h)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
+            b_k = b_k * tl.exp(b_g)
+            if STORE_KG:
+                b_gl = tl.load(gc + (last * H + i_h) * K + o_k, mask=o_k < K, other=0)
+                b_kg = b_kr * tl.exp(tl.where(m_tk, b_gl[None, :] - b_g, 0))
+                tl.store(kg + p_k, b_kg.to(kg.dtype.element_ty), mask=m_tk)
         tl.store(w + p_k, tl.dot(b_X, b_k.to(b_X.dtype), input_precision=PREC).to(w.dtype.element_ty), mask=m_tk)
 
 
@@ -410,8 +422,11 @@ def chunk_delta_h_kernel(
     GATE: tl.constexpr,
     USE_H0: tl.constexpr,
     PREC: tl.constexpr,
+    kg=None,
+    KG: tl.constexpr = False,
 ):
     """Per sequence, head and V block: h[slot] = S entering the chunk, v_new = U - W S, S carried; ht = final S.
+    With ``KG`` (gate per key) the decayed keys come from ``chunk_wu_kernel``'s kg, and only G_last is read.
 
     BK covers K (v_new needs all of it). S stays fp32 in registers; h and v_new are stored in the inputs' dtype
     (every consumer casts them to it before its dots)."""
@@ -444,10 +459,14 @@ def chunk_delta_h_kernel(
         )
         tl.store(vn + p_v, b_vn.to(vn.dtype.element_ty), mask=m_tv)
         # [BK, BT]
-        b_kt = tl.load(
-            k + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0
-        )
-        b_h, b_kt = decay_to_last_t(b_h, b_kt, gc, o_t, m_t, last, i_h, H, K, o_k, m_k, GATE)
+        if KG:
+            b_kt = tl.load(kg + (o_t * H + i_h)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0)
+            b_h *= tl.exp(tl.load(gc + (last * H + i_h) * K + o_k, mask=m_k, other=0))[:, None]
+        else:
+            b_kt = tl.load(
+                k + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0
+            )
+            b_h, b_kt = decay_to_last_t(b_h, b_kt, gc, o_t, m_t, last, i_h, H, K, o_k, m_k, GATE)
         b_h += tl.dot(b_kt.to(b_w.dtype), b_vn.to(b_w.dtype), input_precision=PREC)
     tl.store(ht + (i_n * H + i_h) * K * V + o_h, b_h, mask=m_h)
 
