@@ -4,7 +4,7 @@
 
 For each family, times the op's forward and forward+backward (``fla_compile.ops``, bf16, ``do_bench`` medians)
 with the shipped options, then with one option changed at a time (``triton_launch.OVERRIDES``: warps/stages,
-the state pass's V block, the W/U split), and prints per-kernel times of the shipped options
+the state pass's V block, the W/U split, kda's A kernel), and prints per-kernel times of the shipped options
 (``torch.profiler``). The winners go into ``fla_compile/lowering/delta/triton_launch.py`` by hand.
 """
 
@@ -39,6 +39,12 @@ VARIANTS = [
     ("pair_vec warps 2", {"pair_vec": (2, 2)}),
     ("A warps 8", {"A": (8, 2)}),
     ("A unfused", {"FUSED_A": False}),
+    ("A blocks", {"A_rows": False}),  # kda's fused A kernel: one [16, 16] block per program
+    ("A rows", {"A_rows": True}),  # one row block per program, the whole K, a loop over the key blocks j <= i
+    ("A rows warps 2", {"A_rows": True, "A_row_block": (2, 2)}),
+    ("A rows warps 8", {"A_rows": True, "A_row_block": (8, 2)}),
+    ("A rows stages 1", {"A_rows": True, "A_row_block": (4, 1)}),
+    ("A rows stages 3", {"A_rows": True, "A_row_block": (4, 3)}),
 ]
 
 
