@@ -4,7 +4,8 @@ Notation of :mod:`fla_compile.lowering.delta.torch_path`. Per chunk of BT steps 
 
 1. ``chunk_kkt_kernel`` (no gate, scalar gate): A_ij = k_i . k_j e^{G_i - G_j} for j <= i, fp32. With a gate per
    key dim (kda) the GLA line's ``chunk_gla_A_kernel`` computes the same matrix (k for q), as dots of factored
-   sub-chunks.
+   sub-chunks; in the forward ``chunk_kda_A_kernel`` (one block per program) or ``chunk_kda_A_rows_kernel`` (one
+   row block per program, launch option ``A_rows``) forms it together with the output's gated q kᵀ.
 2. ``chunk_wy_kernel``: X = (I + diag(b) strict(A))^{-1} by blocks of 16: each diagonal block by forward
    substitution (16 row steps on a 16 x 16 tile), the blocks below it merged by dots,
    X_rc = -X_rr sum_{c <= m < r} N_rm X_mc; then W = X (b e^{G} k) and U = X (b v) by dots. X is kept (in the
