@@ -445,6 +445,9 @@ def test_gpu_kda_A_rows(dtype, gate_scale, monkeypatch):
             bad[name] = err
     assert not bad, bad
     monkeypatch.setitem(DT.OVERRIDES, "A_rows", True)
+    q, k, v, beta, g, h0 = _cuda_case("kda", dtype=dtype, gate_scale=gate_scale)
+    runs = [DT.chunk_forward(q, k, v, beta, g, "vector", 0.125, h0) for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(*runs)), "not bitwise deterministic"
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     test_gpu_chunk_vs_fp64("kda", dtype, tol, gate_scale)
     if dtype == torch.float32 and gate_scale == 1.0:
