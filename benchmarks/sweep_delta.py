@@ -1,10 +1,11 @@
 """Launch-option sweep of the delta line's staged kernels (CUDA): one table from one run.
 
     python benchmarks/sweep_delta.py [--families kda,gated_delta_rule,delta_rule] [--shape 8,2048,16,128]
+        [--variants "shipped,A rows"] [--fwd-kernels]
 
 For each family, times the op's forward and forward+backward (``fla_compile.ops``, bf16, ``do_bench`` medians)
 with the shipped options, then with one option changed at a time (``triton_launch.OVERRIDES``: warps/stages,
-the state pass's V block, the W/U split), and prints per-kernel times of the shipped options
+the state pass's V block, the W/U split, kda's A kernel), and prints per-kernel times of the shipped options
 (``torch.profiler``). The winners go into ``fla_compile/lowering/delta/triton_launch.py`` by hand.
 """
 
@@ -43,6 +44,12 @@ VARIANTS = [
     ("A unfused", {"FUSED_A": False}),
     ("o BV=128 w8 s3", {"BV_o": 128, "o": (8, 3)}),  # the GLA line's tuned output kernel options
     ("o w8 s3", {"o": (8, 3)}),
+    ("A blocks", {"A_rows": False}),  # kda's fused A kernel: one [16, 16] block per program
+    ("A rows", {"A_rows": True}),  # one row block per program, the whole K, a loop over the key blocks j <= i
+    ("A rows warps 2", {"A_rows": True, "A_row_block": (2, 2)}),
+    ("A rows warps 8", {"A_rows": True, "A_row_block": (8, 2)}),
+    ("A rows stages 1", {"A_rows": True, "A_row_block": (4, 1)}),
+    ("A rows stages 3", {"A_rows": True, "A_row_block": (4, 3)}),
 ]
 
 
@@ -72,6 +79,7 @@ def main() -> int:
     p.add_argument("--families", default="kda,gated_delta_rule,delta_rule")
     p.add_argument("--shape", default="8,2048,16,128")
     p.add_argument("--variants", default="", help="comma-separated variant names (default: all)")
+    p.add_argument("--fwd-kernels", action="store_true", help="also print each variant's forward kernels (device ms)")
     args = p.parse_args()
     B, T, H, D = (int(x) for x in args.shape.split(","))
     names = set(args.variants.split(",")) if args.variants else None
@@ -89,6 +97,10 @@ def main() -> int:
                     t_f = bench(lambda fn=fn, xs=xs: fn(*xs))
                 t_fb = bench(fwd_bwd(fn, xg))
                 rows.append(f"| {family} | {name} | {t_f:.3f} | {t_fb:.3f} |")
+                if args.fwd_kernels:
+                    with torch.no_grad():
+                        table = kernel_table(lambda fn=fn, xs=xs: fn(*xs))
+                    print(f"{family} {name} forward:", ", ".join(f"{k} {ms:.3f}" for k, _, ms in table), flush=True)
             except Exception as e:  # a variant that fails to compile or launch is a row, not a lost table
                 rows.append(f"| {family} | {name} | error: {type(e).__name__}: {str(e)[:100]} | |")
             finally:

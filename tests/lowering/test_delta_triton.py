@@ -234,6 +234,82 @@ def _case_kg(BT, T=70, cu_lens=None):
     return out
 
 
+def _with_knobs(knobs, fn, *args):
+    """A case with launch options overridden (``triton_launch.OVERRIDES``), restored after."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    old = dict(DT.OVERRIDES)
+    DT.OVERRIDES.update(knobs)
+    try:
+        return fn(*args)
+    finally:
+        DT.OVERRIDES.clear()
+        DT.OVERRIDES.update(old)
+
+
+def _case_kda_A_rows(BT, T, cu_lens, gate_scale, dtype, BK, K=20, device="cpu"):
+    """kda's fused A kernels, by (i, j) blocks (K blocks of BK) and by row blocks (the whole K; the strong-gate
+    path by BK), launched on the same inputs (NaN-poisoned outputs): Akk (fp32) and Aqk (inputs' dtype) against
+    each other and against fp64 sums over the chunk."""
+    from fla_compile.lowering.common import launch
+    from fla_compile.lowering.common.chunks import chunk_meta
+    from fla_compile.lowering.delta import triton_wy as kw
+
+    q, k, _, _, g, _ = make("kda", T=T, K=K, gate_scale=gate_scale, device=device)  # GQA: HK = 1, H = 2
+    B, H, K = q.shape[0], g.shape[2], q.shape[3]
+    lens = [T] * B
+    cu = None
+    if cu_lens is not None:
+        q, k, g = (x.flatten(0, 1)[None, : sum(cu_lens)] for x in (q, k, g))
+        lens, B, T = cu_lens, 1, sum(cu_lens)
+        cu = torch.tensor([0, *torch.tensor(cu_lens).cumsum(0).tolist()], device=device)
+    q, k = q.to(dtype), k.to(dtype)
+    qf, kf, gf = (x.flatten(0, 1).double() for x in (q, k, g))  # [TT, H(K), K]
+    gc = torch.empty_like(gf)
+    ref_kk = torch.zeros(B * T, H, BT, dtype=torch.float64, device=device)
+    ref_qk = torch.zeros_like(ref_kk)
+    bos = 0
+    for n in lens:
+        for c0 in range(bos, bos + n, BT):
+            c1 = min(c0 + BT, bos + n)
+            gc[c0:c1] = gf[c0:c1].cumsum(0)
+            e = torch.exp(gc[c0:c1, None] - gc[None, c0:c1])  # [i, j, H, K]
+            low = torch.ones(c1 - c0, c1 - c0, dtype=torch.bool, device=device).tril()[:, :, None]
+            kk = torch.einsum("ihd,jhd,ijhd->ihj", kf[c0:c1].expand(-1, H, -1), kf[c0:c1].expand(-1, H, -1), e)
+            qk = torch.einsum("ihd,jhd,ijhd->ihj", qf[c0:c1].expand(-1, H, -1), kf[c0:c1].expand(-1, H, -1), e)
+            ref_kk[c0:c1, :, : c1 - c0] = kk * low.transpose(1, 2)
+            ref_qk[c0:c1, :, : c1 - c0] = qk * low.transpose(1, 2)
+        bos += n
+    gc = gc.float().view(B, T, H, K).contiguous()
+    cu_, info, _, NS, _ = chunk_meta(B, T, cu, BT, device)
+    NC = BT // 16
+    got = {}
+    for name, kern, n_prog, bk, kw_ in (
+        ("blocks", kw.chunk_kda_A_kernel, NC * NC, BK, {}),
+        ("rows", kw.chunk_kda_A_rows_kernel, NC, launch.pow2(K), {"BKF": BK}),  # the whole K; the fallback's by BK
+    ):
+        Akk = torch.full((B, T, H, BT), float("nan"), device=device)
+        Aqk = torch.full((B, T, H, BT), float("nan"), dtype=dtype, device=device)
+        args = (q, k, gc, Akk, Aqk, cu_, info, H, H // q.shape[2], K, BT, 16, bk, NC, launch.prec(dtype))
+        kern[(NS, n_prog, H)](*args, **kw_)
+        got[name] = (Akk.flatten(0, 1), Aqk.flatten(0, 1))
+
+    def diff(a, b):  # max abs difference over the largest entry (NaN: an entry left unwritten)
+        return (a.float() - b.float()).abs().max().item() / b.float().abs().max().item()
+
+    (kr, qr), (kb, qb) = got["rows"], got["blocks"]
+    return {
+        "kk_rows_vs_blocks": diff(kr, kb),
+        "qk_rows_vs_blocks": diff(qr, qb),
+        "kk_rows": rel(kr, ref_kk),
+        "qk_rows": rel(qr, ref_qk),
+        "kk_blocks": rel(kb, ref_kk),
+        "tol": 4e-6 if dtype == torch.float32 else 2e-3,  # against fp64: the factors' rounding
+        # against each other: fp32 sums in another order (K in one dot); fp16 Aqk: an ulp where they round apart
+        "tols": {"kk_rows_vs_blocks": 1e-6, "qk_rows_vs_blocks": 1e-6 if dtype == torch.float32 else 1e-3},
+    }
+
+
 INTERPRETER_CASES = {
     **{f"fwd-{f}-BT16": (_case_forward, (f, 16)) for f in FAMILY_GATE},
     "fwd-kda-BT32-l2": (_case_forward, ("kda", 32, None, True)),
@@ -255,6 +331,12 @@ INTERPRETER_CASES = {
     "saved-kda": (_case_saved_parts, ("kda",)),
     "op-dispatch-gdn": (_case_op_dispatch, ("gated_delta_rule",)),
     "op-dispatch-kda": (_case_op_dispatch, ("kda",)),
+    "A-rows-dense-odd-T": (_case_kda_A_rows, (64, 37, None, 2.0, torch.float32, 16)),
+    "A-rows-varlen-strong": (_case_kda_A_rows, (32, 37, [9, 40], 20.0, torch.float32, 32)),
+    "A-rows-varlen-half": (_case_kda_A_rows, (64, 24, [5, 40], 1.0, torch.float16, 16)),
+    "rows-fwd-kda-BT64-strong": (_with_knobs, ({"A_rows": True}, _case_forward, "kda", 64, None, False, 20.0)),
+    "rows-bwd-kda-BT32-varlen": (_with_knobs, ({"A_rows": True}, _case_backward, "kda", 32, [9, 21])),
+    "rows-bwd-kda-BT32-strong": (_with_knobs, ({"A_rows": True}, _case_backward, "kda", 32, None, False, 20.0, 20)),
 }
 
 
@@ -329,7 +411,8 @@ def test_interpreter(interpreter_report, case):
     if "o_is_half" in result:
         assert result.pop("o_is_half") == 0.0, "o must come back in v's dtype"
     tol = result.pop("tol", 1e-5)
-    bad = {name: err for name, err in result.items() if not err < tol}  # NaN fails too
+    tols = result.pop("tols", {})  # per-entry bounds, where one differs from tol
+    bad = {name: err for name, err in result.items() if not err < tols.get(name, tol)}  # NaN fails too
     assert not bad, f"relative errors above {tol}: {bad}"
 
 
@@ -393,6 +476,36 @@ def test_gpu_chunk_vs_fp64(family, dtype, tol, gate_scale):
             # path itself is 1.1e-5 from fp64 there (H100 kernel: 1.05e-5), so allow 3e-5
             t = 3e-5 if (name == "dg" and gate_scale > 1 and dtype == torch.float32) else tol
             assert rel(x, ref[name]) < t, name
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("gate_scale", [0.05, 1.0, 20.0], ids=["weak", "mid", "strong"])
+def test_gpu_kda_A_rows(dtype, gate_scale, monkeypatch):
+    """kda's row-block A kernel (launch option ``A_rows``): A itself against the block kernel's and fp64 at
+    K = 128 over packed sequences, then kda's forward and backward against fp64 with the option on."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    res = _case_kda_A_rows(64, 400, [1, 63, 65, 130, 300], gate_scale, dtype, 64, K=128, device="cuda")
+    res.pop("tol"), res.pop("tols")
+    bad = {}
+    for name, err in res.items():
+        if "_vs_" in name:  # against the block kernel: fp32 Akk equal up to the dots' order; bf16 Aqk within an ulp
+            lim = 1e-6 if name.startswith("kk") or dtype == torch.float32 else 1e-2
+        else:  # against fp64: the rounding of the factors
+            lim = 4e-6 if dtype == torch.float32 else 1e-2
+        if not err < lim:  # NaN (an unwritten entry) fails too
+            bad[name] = err
+    assert not bad, bad
+    monkeypatch.setitem(DT.OVERRIDES, "A_rows", True)
+    q, k, v, beta, g, h0 = _cuda_case("kda", dtype=dtype, gate_scale=gate_scale)
+    runs = [DT.chunk_forward(q, k, v, beta, g, "vector", 0.125, h0) for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(*runs)), "not bitwise deterministic"
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    test_gpu_chunk_vs_fp64("kda", dtype, tol, gate_scale)
+    if dtype == torch.float32 and gate_scale == 1.0:
+        test_gpu_beta_extremes_varlen_l2("kda")
 
 
 @pytest.mark.gpu
