@@ -273,8 +273,9 @@ def _case_kda_A_rows(BT, T, cu_lens, gate_scale, dtype, BK, K=20, device="cpu"):
         for c0 in range(bos, bos + n, BT):
             c1 = min(c0 + BT, bos + n)
             gc[c0:c1] = gf[c0:c1].cumsum(0)
-            e = torch.exp(gc[c0:c1, None] - gc[None, c0:c1])  # [i, j, H, K]
             low = torch.ones(c1 - c0, c1 - c0, dtype=torch.bool, device=device).tril()[:, :, None]
+            # [i, j, H, K]; above the diagonal exp(-inf) = 0: G_i - G_j > 709 there overflows fp64 (-20 per step)
+            e = torch.exp((gc[c0:c1, None] - gc[None, c0:c1]).masked_fill(~low[..., None], float("-inf")))
             kk = torch.einsum("ihd,jhd,ijhd->ihj", kf[c0:c1].expand(-1, H, -1), kf[c0:c1].expand(-1, H, -1), e)
             qk = torch.einsum("ihd,jhd,ijhd->ihj", qf[c0:c1].expand(-1, H, -1), kf[c0:c1].expand(-1, H, -1), e)
             ref_kk[c0:c1, :, : c1 - c0] = kk * low.transpose(1, 2)
