@@ -111,9 +111,21 @@ TEMPLATES = [
 ]
 
 
+def _heads_first(s):
+    """A [B, H, T, ...] shape read as [B, T, H, ...] (and [B, H, T] as [B, T, H])."""
+    return s if s is None or len(s) < 3 else (s[0], s[2], s[1], *s[3:])
+
+
 def _assignments(inputs):
-    """Role bindings the input shapes allow: dicts role -> input index."""
-    shapes = [_shape(a) for a in inputs]
+    """Role bindings the input shapes allow: dicts role -> input index; ``heads_first``: the sequence inputs
+    are [B, H, T, ...] (torchscale's and FLA's chunkwise references), the initial state [B, H, K, V] either way."""
+    for heads_first in (False, True):
+        yield from _assignments_in(inputs, heads_first)
+
+
+def _assignments_in(inputs, heads_first):
+    states = [_shape(a) for a in inputs]
+    shapes = [_heads_first(s) for s in states] if heads_first else states
     idx4 = [i for i, s in enumerate(shapes) if s is not None and len(s) == 4]
     idx3 = [i for i, s in enumerate(shapes) if s is not None and len(s) == 3]
     for q, k, v in itertools.permutations(idx4, 3):
@@ -121,8 +133,10 @@ def _assignments(inputs):
         if sq != sk or sv[:2] != sq[:2] or sv[2] % sq[2]:
             continue
         B, T, H, K, V = sq[0], sq[1], sv[2], sq[3], sv[3]
+        if heads_first and T == H:
+            continue  # the layout is ambiguous at these shapes: bound as [B, T, H, D] only
         rest = [i for i in range(len(inputs)) if i not in (q, k, v)]
-        h0s = [i for i in rest if shapes[i] == (B, H, K, V)] + [None]
+        h0s = [i for i in rest if states[i] == (B, H, K, V)] + [None]
         for family, gate_kind, has_beta in TEMPLATES:
             gates = (
                 [None]
@@ -136,7 +150,7 @@ def _assignments(inputs):
                 used = {q, k, v, g, b, h0} - {None}
                 if any(shapes[i] is not None and i not in used for i in range(len(inputs))):
                     continue  # every tensor input must have a role
-                yield dict(family=family, q=q, k=k, v=v, gate=g, beta=b, h0=h0)
+                yield dict(family=family, q=q, k=k, v=v, gate=g, beta=b, h0=h0, heads_first=heads_first)
 
 
 def _probe(inputs, roles, gen):
@@ -157,7 +171,7 @@ def _probe(inputs, roles, gen):
 def _op(roles, vals, l2norm, scale):
     q, k, v = (vals[roles[r]] for r in ("q", "k", "v"))
     g, b, h0 = (vals[roles[r]] if roles[r] is not None else None for r in ("gate", "beta", "h0"))
-    return run_function(roles["family"], q, k, v, g, b, roles.get("decay"), scale, h0, l2norm)
+    return run_function(roles["family"], q, k, v, g, b, roles.get("decay"), scale, h0, l2norm, roles["heads_first"])
 
 
 def _compare(outs, o, ht):
@@ -191,12 +205,14 @@ def _retention_decay(gm, inputs, roles, gen) -> tuple | None:
     """Retention's log-decay per head, read from the region's response to one key: with k_0 = q_0 = q_1 = u
     and every other q, k zero, o_1 = gamma o_0 whatever the scale or normalization. None: no decay in (0, 1]."""
     vals = _probe(inputs, roles, gen)
-    q, k, v = (vals[roles[r]] for r in ("q", "k", "v"))
+    seq = (lambda x: x.transpose(1, 2)) if roles["heads_first"] else (lambda x: x)  # noqa: E731 - views
+    q, k, v = (seq(vals[roles[r]]) for r in ("q", "k", "v"))
     u = k[:, :1].clone()
     q.zero_(), k.zero_()
     q[:, :2], k[:, :1] = u, u
     outs = _run(gm, vals)
     for x in outs if isinstance(outs, tuple) else (outs,):
+        x = seq(x) if isinstance(x, torch.Tensor) and x.dim() >= 3 else x
         if isinstance(x, torch.Tensor) and x.shape[:3] == v.shape[:3] and x.shape[1] > 1:
             o0, o1 = x[:, 0].double(), x[:, 1].double()  # [B, H, V]
             gamma = (o1 * o0).sum((0, 2)) / (o0 * o0).sum((0, 2))
@@ -317,6 +333,7 @@ def _try_region(graph, source, region, opts, report) -> bool:
             source=source,
             extras={
                 "l2norm": l2norm,
+                "heads_first": roles["heads_first"],
                 "outputs": tuple(
                     ("o" if i == o_idx else "state" if s_idx >= 0 else "state_T", value_of(o).dtype)
                     for i, o in enumerate(outputs)

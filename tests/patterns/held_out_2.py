@@ -16,8 +16,8 @@ Sizes are small on purpose (T = 8, chunk 4): the backend unrolls time loops.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -1138,6 +1138,12 @@ def nm_cumsum_wrong_axis(q, k, v):
     return torch.einsum("bthk,bthkv->bthv", q, kv)
 
 
+def nm_cumsum_squared(q, k, v):
+    """A running sum of outer products squared elementwise before the read-out: not linear in k v^T."""
+    kv = torch.einsum("bthk,bthv->bthkv", k, v).cumsum(dim=1)
+    return torch.einsum("bthk,bthkv->bthv", q, kv * kv)
+
+
 def nm_bidirectional_decay(q, k, v):
     """RetNet-like decay gamma^|n-m| on both sides of the diagonal (bidirectional retention)."""
     n = q.shape[2]
@@ -1235,6 +1241,8 @@ CASES: list[Case] = [
     Case("nm_hgrn_tanh", None, nm_hgrn_tanh, x_gate_btd),
     Case("nm_mamba_prev_state", None, nm_mamba_prev_state, selective_bld),
     Case("nm_softmax_causal", None, nm_softmax_causal, qkv_bhtd),
-    Case("nm_cumsum_wrong_axis", None, nm_cumsum_wrong_axis, qkv_bthd),
+    # a causal running sum over the heads axis IS linear attention along that axis: rewritten, it must be right
+    Case("nm_cumsum_wrong_axis", None, nm_cumsum_wrong_axis, qkv_bthd, note="a rewrite along heads is correct"),
+    Case("nm_cumsum_squared", None, nm_cumsum_squared, qkv_bthd),
     Case("nm_bidirectional_decay", None, nm_bidirectional_decay, qkv_bhtd),
 ]
