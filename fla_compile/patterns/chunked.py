@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..ir import Family, Recurrence
 from ..report import Match, Miss
-from ..rewrite import FunctionLowering, run_function
+from ..rewrite import FormLowering, FunctionLowering, run_function
 from ..verify import TOL, fit_scale, probe, rel_err, run_region
 from ._graph import value_of
 
@@ -95,6 +95,8 @@ def _extract(region, inputs, outputs) -> fx.GraphModule:
     env = {a: g.placeholder(f"in{i}") for i, a in enumerate(inputs)}
     for n in region:
         env[n] = g.node_copy(n, lambda a: env[a])
+        if isinstance(n.target, FormLowering):  # a piece rewritten already: on float64 probes, not cast back to
+            env[n].kwargs = {**n.kwargs, "cast": False}  # the traced dtype (bf16 would fail the whole's proof)
     g.output(tuple(env[o] for o in outputs))
     return fx.GraphModule(torch.nn.Module(), g)
 

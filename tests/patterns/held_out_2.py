@@ -800,6 +800,7 @@ def _kda_alpha_ref(q, k, v, alpha, beta):
 
 def kda_module_style(q, k, v, g, beta):
     """Kimi-style recurrent KDA with l2-normalized q, k inside and a buffer written in place."""
+    q, k, v, g, beta = (x.float() for x in (q, k, v, g, beta))
     q = F.normalize(q, p=2, dim=-1, eps=1e-6)
     k = F.normalize(k, p=2, dim=-1, eps=1e-6)
     b, n, h, d = q.shape
@@ -1152,6 +1153,83 @@ def nm_bidirectional_decay(q, k, v):
     return ((q @ k.transpose(-1, -2)) * mask) @ v
 
 
+def nm_retention_row_gamma(q, k, v):
+    """A decay mask gamma_n^(n-m) whose base depends on the query row: causal, positive, not Toeplitz."""
+    n = q.shape[2]
+    pos = torch.arange(n, device=q.device, dtype=q.dtype)
+    gamma = torch.linspace(0.6, 0.95, n, device=q.device, dtype=q.dtype)[:, None]
+    diff = (pos[:, None] - pos[None, :]).clamp(min=0)
+    mask = gamma**diff * (pos[:, None] >= pos[None, :])
+    return ((q @ k.transpose(-1, -2)) * mask) @ v
+
+
+def nm_kda_decay_after_write(q, k, v, gk, beta):
+    """The per-key decay applied after the delta step, S = diag(a)((I - b k k^T) S + b k v^T): not kda's order."""
+    S = q.new_zeros(q.shape[0], q.shape[2], q.shape[3], v.shape[3])
+    o = torch.zeros_like(v)
+    for t in range(q.shape[1]):
+        kt = k[:, t]
+        pred = torch.einsum("bhk,bhkv->bhv", kt, S)
+        S = S + torch.einsum("bhk,bhv->bhkv", kt, beta[:, t, :, None] * (v[:, t] - pred))
+        S = S * gk[:, t].exp()[..., None]
+        o[:, t] = torch.einsum("bhk,bhkv->bhv", q[:, t], S)
+    return o
+
+
+def nm_rwkv_bonus_on_state(r, k, v, w, u):
+    """RWKV-like, but the bonus multiplies the old state instead of the current token: o = (u * S + k v^T)^T r."""
+    b, h, n, d = r.shape
+    st = r.new_zeros(b, h, d, v.shape[-1])
+    o = torch.zeros_like(v)
+    for i in range(n):
+        kv = k[:, :, i, :, None] * v[:, :, i, None, :]
+        o[:, :, i] = ((u[None, :, :, None] * st + kv) * r[:, :, i, :, None]).sum(-2)
+        st = st * w[:, :, i].exp()[..., None] + kv
+    return o
+
+
+def nm_hgrn_prev_output(x, g):
+    """The scan's output is the state before the update, o_t = h_{t-1}."""
+    h = torch.zeros_like(x[:, 0])
+    o = torch.zeros_like(x)
+    a = torch.sigmoid(g)
+    for t in range(x.shape[1]):
+        o[:, t] = h
+        h = a[:, t] * h + x[:, t]
+    return o
+
+
+def nm_norm_eps_outside(q, k, v):
+    """num / den + eps: the eps added after the division, not to the normalizer."""
+    A = torch.einsum("bthd,bshd->bhts", q, k).tril()
+    num = torch.einsum("bhts,bshd->bthd", A, v)
+    den = A.sum(-1).transpose(1, 2)[..., None]
+    return num / den + 1e-2
+
+
+def nm_gla_gate_from_state(q, k, v):
+    """A gate computed from the state itself (sigmoid of its mean): the transition depends on S."""
+    S = q.new_zeros(q.shape[0], q.shape[2], q.shape[3], v.shape[3])
+    o = torch.zeros_like(v)
+    for t in range(q.shape[1]):
+        gate = torch.sigmoid(S.mean(-1, keepdim=True))
+        S = gate * S + k[:, t, :, :, None] * v[:, t, :, None, :]
+        o[:, t] = torch.einsum("bhk,bhkv->bhv", q[:, t], S)
+    return o
+
+
+def nm_delta_unnormalized_key_reuse(q, k, v, beta):
+    """A delta-like step whose erase uses k_t but whose write uses q_t: S = S - b k (k^T S) + b q v^T."""
+    S = q.new_zeros(q.shape[0], q.shape[2], q.shape[3], v.shape[3])
+    o = torch.zeros_like(v)
+    for t in range(q.shape[1]):
+        kt, bt = k[:, t], beta[:, t, :, None, None]
+        S = S - bt * kt[..., :, None] * torch.einsum("bhk,bhkv->bhv", kt, S)[..., None, :]
+        S = S + bt * q[:, t, :, :, None] * v[:, t, :, None, :]
+        o[:, t] = torch.einsum("bhk,bhkv->bhv", q[:, t], S)
+    return o
+
+
 # ================================================================ the set
 
 
@@ -1245,4 +1323,11 @@ CASES: list[Case] = [
     Case("nm_cumsum_wrong_axis", None, nm_cumsum_wrong_axis, qkv_bthd, note="a rewrite along heads is correct"),
     Case("nm_cumsum_squared", None, nm_cumsum_squared, qkv_bthd),
     Case("nm_bidirectional_decay", None, nm_bidirectional_decay, qkv_bhtd),
+    Case("nm_retention_row_gamma", None, nm_retention_row_gamma, qkv_bhtd),
+    Case("nm_kda_decay_after_write", None, nm_kda_decay_after_write, kda_bthd),
+    Case("nm_rwkv_bonus_on_state", None, nm_rwkv_bonus_on_state, rwkv_bhtd),
+    Case("nm_hgrn_prev_output", None, nm_hgrn_prev_output, x_gate_btd),
+    Case("nm_norm_eps_outside", None, nm_norm_eps_outside, _nla_inputs),
+    Case("nm_gla_gate_from_state", None, nm_gla_gate_from_state, qkv_bthd),
+    Case("nm_delta_erase_k_write_q", None, nm_delta_unnormalized_key_reuse, delta_bthd),
 ]

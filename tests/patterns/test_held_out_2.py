@@ -127,6 +127,26 @@ def test_chunked_heads_first(name):
     assert all(_rel(a, b) < 1e-4 for a, b in zip(g_out, g_ref))
 
 
+def test_chunked_bf16_pieces_uncast():
+    """A chunk loop in bf16 whose intra-chunk pieces were rewritten first: the whole is proven on float64
+    probes with those pieces uncast (cast back to bf16 they failed the proof), and is as close to a float64
+    run as eager bf16 is."""
+    case = BY_NAME["delta_fla_chunkwise"]
+    args = [x.to(torch.bfloat16) for x in case.inputs(torch.float32, "cpu", 1)]
+    out, fams = _compiled(case.fn, *args)
+    assert fams == ["delta_rule"]
+    truth, eager = case.fn(*(x.double() for x in args)), case.fn(*args)
+    assert _rel(out, truth) <= max(1e-2, 2 * _rel(eager, truth))
+
+
+def test_chunked_bf16_near_miss():
+    gen = torch.Generator().manual_seed(2)
+    args = [torch.randn(2, 2, 3 * CHUNK, d, generator=gen).to(torch.bfloat16) for d in (8, 8, 6)]
+    out, fams = _compiled(chunkwise_wrong_chunk_decay, *args)
+    assert len(fams) != 1
+    assert _rel(out, chunkwise_wrong_chunk_decay(*args)) < 1e-2
+
+
 def test_chunked_heads_first_near_miss():
     gen = torch.Generator().manual_seed(2)
     args = [torch.randn(2, 2, 3 * CHUNK, d, generator=gen) for d in (8, 8, 6)]  # 3 chunks: the decay matters
