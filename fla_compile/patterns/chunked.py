@@ -5,7 +5,8 @@ Such functions carry a state across a loop over chunks and do their own algebra 
 (UT transforms, in-place triangular solves); re-rolling their steps proves nothing. Instead
 the function's nodes are found by the call frame Dynamo recorded on every node, its inputs
 are bound to roles by shape (q, k [B,T,HK,K]; v [B,T,H,V]; log-gates; beta [B,T,H];
-an initial state [B,H,K,V]), and the whole region is run on fresh float64 inputs at its
+an initial state [B,H,K,V]; or every sequence input heads-first, [B,H,T,..], as torchscale's chunkwise
+retention and FLA's ``delta_rule_chunkwise`` take them), and the whole region is run on fresh float64 inputs at its
 traced shapes against each family op that the shapes allow (with and without in-kernel L2
 normalization of q and k, the scale fitted). Only a proven binding is rewritten. This pass
 runs before normalization, since the region is executed as written, in-place updates and all.

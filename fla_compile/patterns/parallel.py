@@ -1,7 +1,8 @@
 """The ``parallel`` spelling: the masked quadratic form ``((q k^T) * M) v``.
 
 Structure only proposes: a contraction of a [.., T, T] matrix with v (the value
-contraction) whose matrix comes elementwise from another contraction (the scores q k^T).
+contraction) whose matrix comes elementwise from another contraction (the scores q k^T), or from one
+einsum of q, k and the mask (``einsum("bhqd,bhkd,hqk->bhqk", q, k, M)``, FLA's naive retention).
 Dims are tracked as einsum labels through both contractions, so matmul, bmm and einsum
 spellings and [B,T,H,D] / [B,H,T,D] layouts read the same. Numbers decide the rest: the
 region (the sub-DAG from the role nodes to the output) runs on random float64 probes; the

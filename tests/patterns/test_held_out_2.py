@@ -23,7 +23,6 @@ BY_NAME = {c.name: c for c in CASES}
 # one case per family and spelling kind; the kinds fixed for this set are the last four of the positives
 SUBSET = [
     "la_fla_recurrent",
-    "la_cumsum_outer",
     "ret_recurrent_torchscale",
     "sgla_mamba2_quadratic",
     "gla_paper_alpha",
@@ -31,17 +30,14 @@ SUBSET = [
     "kda_alpha_bhtd",
     "rwkv6_official_timemix",
     "hgrn1_lerp",
-    "mamba_discretize_in_loop",
     "nla_loop_sz",
     "ret_chunkwise_torchscale",
     "gla_parallel_factored",
     "ret_parallel_fla_exp2",
     "hgrn_heads_split",
     "nm_tanh_state",
-    "nm_strict_causal",
     "nm_delta_beta_write_only",
     "nm_mamba_prev_state",
-    "nm_block_diag_mask",
 ]
 
 
@@ -137,14 +133,6 @@ def test_chunked_bf16_pieces_uncast():
     assert fams == ["delta_rule"]
     truth, eager = case.fn(*(x.double() for x in args)), case.fn(*args)
     assert _rel(out, truth) <= max(1e-2, 2 * _rel(eager, truth))
-
-
-def test_chunked_bf16_near_miss():
-    gen = torch.Generator().manual_seed(2)
-    args = [torch.randn(2, 2, 3 * CHUNK, d, generator=gen).to(torch.bfloat16) for d in (8, 8, 6)]
-    out, fams = _compiled(chunkwise_wrong_chunk_decay, *args)
-    assert len(fams) != 1
-    assert _rel(out, chunkwise_wrong_chunk_decay(*args)) < 1e-2
 
 
 def test_chunked_heads_first_near_miss():
