@@ -238,14 +238,15 @@ class LoopLowering:
             return None
         shape = _sizes(lay.out_shape, args)
         d = lay.out_dim
+        # contiguous, as a fresh buffer, stack and cat are in eager: code after the loop may ``view`` it
         if lay.out_kind == "buffer":  # ``shape``: the buffer's without its time dim
-            return reshaped(o, T, *shape).movedim(0, d).to(lay.out_dtype)
+            return reshaped(o, T, *shape).movedim(0, d).to(lay.out_dtype).contiguous()
         o = reshaped(o, T, *shape).to(lay.out_dtype)
         if lay.out_kind == "stack":
             d = d if d >= 0 else d + len(shape) + 1
-            return o.movedim(0, d)
+            return o.movedim(0, d).contiguous()
         d = d if d >= 0 else d + len(shape)
-        return o.movedim(0, d).flatten(d, d + 1)
+        return o.movedim(0, d).flatten(d, d + 1).contiguous()
 
 
 def _sizes(spec: tuple, args) -> tuple:
@@ -463,11 +464,15 @@ def rewrite_form(outs: tuple, rec: Recurrence) -> None:
 
 
 # ---------------------------------------------------------------- whole functions (chunked)
-def run_function(family, q, k, v, gate, beta, decay, scale, initial_state, l2norm):
+def run_function(family, q, k, v, gate, beta, decay, scale, initial_state, l2norm, heads_first=False):
     """(o, final state) of the family op as a proven function region is replaced by it, and as its proof
     (``chunked._op``) runs it: the state in float32 (float64 beside float64 inputs), a gate in float32;
     ``decay`` retention's log-decay per head; ``l2norm`` "k" normalizes the keys alone (the op normalizes
-    q and k, or neither)."""
+    q and k, or neither); ``heads_first``: q, k, v, gate and beta are [B, H, T, ...], and so is o."""
+    if heads_first:
+        q, k, v, gate, beta = (x.transpose(1, 2) if x is not None else None for x in (q, k, v, gate, beta))
+        o, ht = run_function(family, q, k, v, gate, beta, decay, scale, initial_state, l2norm)
+        return o.transpose(1, 2).contiguous(), ht
     h0 = initial_state
     if h0 is not None:
         h0 = h0.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
@@ -507,7 +512,7 @@ class FunctionLowering:
         q, k, v, g, b, h0 = (
             args[x.index] if isinstance(x, Arg) else None for x in (r.q, r.k, r.v, r.gate, r.beta, r.initial_state)
         )
-        o, ht = run_function(r.family, q, k, v, g, b, r.decay, r.scale, h0, r.extras["l2norm"])
+        o, ht = run_function(r.family, q, k, v, g, b, r.decay, r.scale, h0, r.extras["l2norm"], r.extras.get("heads_first", False))
         return tuple(
             (o if kind == "o" else ht if kind == "state" else ht.mT).to(dtype) for kind, dtype in r.extras["outputs"]
         )

@@ -5,7 +5,8 @@ Such functions carry a state across a loop over chunks and do their own algebra 
 (UT transforms, in-place triangular solves); re-rolling their steps proves nothing. Instead
 the function's nodes are found by the call frame Dynamo recorded on every node, its inputs
 are bound to roles by shape (q, k [B,T,HK,K]; v [B,T,H,V]; log-gates; beta [B,T,H];
-an initial state [B,H,K,V]), and the whole region is run on fresh float64 inputs at its
+an initial state [B,H,K,V]; or every sequence input heads-first, [B,H,T,..], as torchscale's chunkwise
+retention and FLA's ``delta_rule_chunkwise`` take them), and the whole region is run on fresh float64 inputs at its
 traced shapes against each family op that the shapes allow (with and without in-kernel L2
 normalization of q and k, the scale fitted). Only a proven binding is rewritten. This pass
 runs before normalization, since the region is executed as written, in-place updates and all.
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 
 from ..ir import Family, Recurrence
 from ..report import Match, Miss
-from ..rewrite import FunctionLowering, run_function
+from ..rewrite import FormLowering, FunctionLowering, run_function
 from ..verify import TOL, fit_scale, probe, rel_err, run_region
 from ._graph import value_of
 
@@ -95,6 +96,8 @@ def _extract(region, inputs, outputs) -> fx.GraphModule:
     env = {a: g.placeholder(f"in{i}") for i, a in enumerate(inputs)}
     for n in region:
         env[n] = g.node_copy(n, lambda a: env[a])
+        if isinstance(n.target, FormLowering):  # a piece rewritten already: on float64 probes, not cast back to
+            env[n].kwargs = {**n.kwargs, "cast": False}  # the traced dtype (bf16 would fail the whole's proof)
     g.output(tuple(env[o] for o in outputs))
     return fx.GraphModule(torch.nn.Module(), g)
 
@@ -111,9 +114,21 @@ TEMPLATES = [
 ]
 
 
+def _heads_first(s):
+    """A [B, H, T, ...] shape read as [B, T, H, ...] (and [B, H, T] as [B, T, H])."""
+    return s if s is None or len(s) < 3 else (s[0], s[2], s[1], *s[3:])
+
+
 def _assignments(inputs):
-    """Role bindings the input shapes allow: dicts role -> input index."""
-    shapes = [_shape(a) for a in inputs]
+    """Role bindings the input shapes allow: dicts role -> input index; ``heads_first``: the sequence inputs
+    are [B, H, T, ...] (torchscale's and FLA's chunkwise references), the initial state [B, H, K, V] either way."""
+    for heads_first in (False, True):
+        yield from _assignments_in(inputs, heads_first)
+
+
+def _assignments_in(inputs, heads_first):
+    states = [_shape(a) for a in inputs]
+    shapes = [_heads_first(s) for s in states] if heads_first else states
     idx4 = [i for i, s in enumerate(shapes) if s is not None and len(s) == 4]
     idx3 = [i for i, s in enumerate(shapes) if s is not None and len(s) == 3]
     for q, k, v in itertools.permutations(idx4, 3):
@@ -121,8 +136,10 @@ def _assignments(inputs):
         if sq != sk or sv[:2] != sq[:2] or sv[2] % sq[2]:
             continue
         B, T, H, K, V = sq[0], sq[1], sv[2], sq[3], sv[3]
+        if heads_first and T == H:
+            continue  # the layout is ambiguous at these shapes: bound as [B, T, H, D] only
         rest = [i for i in range(len(inputs)) if i not in (q, k, v)]
-        h0s = [i for i in rest if shapes[i] == (B, H, K, V)] + [None]
+        h0s = [i for i in rest if states[i] == (B, H, K, V)] + [None]
         for family, gate_kind, has_beta in TEMPLATES:
             gates = (
                 [None]
@@ -136,7 +153,7 @@ def _assignments(inputs):
                 used = {q, k, v, g, b, h0} - {None}
                 if any(shapes[i] is not None and i not in used for i in range(len(inputs))):
                     continue  # every tensor input must have a role
-                yield dict(family=family, q=q, k=k, v=v, gate=g, beta=b, h0=h0)
+                yield dict(family=family, q=q, k=k, v=v, gate=g, beta=b, h0=h0, heads_first=heads_first)
 
 
 def _probe(inputs, roles, gen):
@@ -157,7 +174,7 @@ def _probe(inputs, roles, gen):
 def _op(roles, vals, l2norm, scale):
     q, k, v = (vals[roles[r]] for r in ("q", "k", "v"))
     g, b, h0 = (vals[roles[r]] if roles[r] is not None else None for r in ("gate", "beta", "h0"))
-    return run_function(roles["family"], q, k, v, g, b, roles.get("decay"), scale, h0, l2norm)
+    return run_function(roles["family"], q, k, v, g, b, roles.get("decay"), scale, h0, l2norm, roles["heads_first"])
 
 
 def _compare(outs, o, ht):
@@ -191,12 +208,14 @@ def _retention_decay(gm, inputs, roles, gen) -> tuple | None:
     """Retention's log-decay per head, read from the region's response to one key: with k_0 = q_0 = q_1 = u
     and every other q, k zero, o_1 = gamma o_0 whatever the scale or normalization. None: no decay in (0, 1]."""
     vals = _probe(inputs, roles, gen)
-    q, k, v = (vals[roles[r]] for r in ("q", "k", "v"))
+    seq = (lambda x: x.transpose(1, 2)) if roles["heads_first"] else (lambda x: x)  # noqa: E731 - views
+    q, k, v = (seq(vals[roles[r]]) for r in ("q", "k", "v"))
     u = k[:, :1].clone()
     q.zero_(), k.zero_()
     q[:, :2], k[:, :1] = u, u
     outs = _run(gm, vals)
     for x in outs if isinstance(outs, tuple) else (outs,):
+        x = seq(x) if isinstance(x, torch.Tensor) and x.dim() >= 3 else x
         if isinstance(x, torch.Tensor) and x.shape[:3] == v.shape[:3] and x.shape[1] > 1:
             o0, o1 = x[:, 0].double(), x[:, 1].double()  # [B, H, V]
             gamma = (o1 * o0).sum((0, 2)) / (o0 * o0).sum((0, 2))
@@ -317,6 +336,7 @@ def _try_region(graph, source, region, opts, report) -> bool:
             source=source,
             extras={
                 "l2norm": l2norm,
+                "heads_first": roles["heads_first"],
                 "outputs": tuple(
                     ("o" if i == o_idx else "state" if s_idx >= 0 else "state_T", value_of(o).dtype)
                     for i, o in enumerate(outputs)

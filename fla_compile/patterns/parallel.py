@@ -1,7 +1,8 @@
 """The ``parallel`` spelling: the masked quadratic form ``((q k^T) * M) v``.
 
 Structure only proposes: a contraction of a [.., T, T] matrix with v (the value
-contraction) whose matrix comes elementwise from another contraction (the scores q k^T).
+contraction) whose matrix comes elementwise from another contraction (the scores q k^T), or from one
+einsum of q, k and the mask (``einsum("bhqd,bhkd,hqk->bhqk", q, k, M)``, FLA's naive retention).
 Dims are tracked as einsum labels through both contractions, so matmul, bmm and einsum
 spellings and [B,T,H,D] / [B,H,T,D] layouts read the same. Numbers decide the rest: the
 region (the sub-DAG from the role nodes to the output) runs on random float64 probes; the
@@ -42,7 +43,9 @@ from ..verify import TOL, NearMiss, NotARecurrence, rel_err, run_region
 from ._graph import source_line, value_of
 from ._region import (
     CUMSUM,
+    EINSUM,
     Contraction,
+    _einsum_labels,
     cone,
     constant_nodes,
     contraction,
@@ -75,10 +78,43 @@ class Candidate:
     t: object
     s: object
     T: int
+    raw_eq: str | None = None  # the scores are masked in their own einsum: q k^T alone, by this equation
 
 
-def _scores_of(p: fx.Node, T: int, depth: int = 12) -> tuple[fx.Node, Contraction] | None:
-    """The nearest contraction upstream of ``p`` with two free dims of size T (the scores)."""
+def _letters(*label_tuples) -> list[str]:
+    """Einsum terms over letters for label tuples (any hashable labels)."""
+    names: dict = {}
+    return ["".join(names.setdefault(x, chr(97 + len(names))) for x in labels) for labels in label_tuples]
+
+
+def _masked_scores(n: fx.Node) -> tuple[Contraction, str] | None:
+    """A three-operand einsum whose third factor only multiplies elementwise (its labels all in the output,
+    none summed), ``einsum("bhqd,bhkd,hqk->bhqk", q, k, M)`` as FLA's naive retention writes it: the
+    contraction of the other two (the raw scores) and its equation."""
+    if n.target not in EINSUM or n.kwargs or not n.args or not isinstance(n.args[0], str):
+        return None
+    ops = n.args[1:]
+    if len(ops) == 1 and isinstance(ops[0], (list, tuple)):
+        ops = tuple(ops[0])
+    if len(ops) != 3 or not all(isinstance(o, fx.Node) for o in ops):
+        return None
+    shapes = [shape_of(o) for o in ops]
+    parsed = _einsum_labels(n.args[0], shapes) if None not in shapes else None
+    if parsed is None:
+        return None
+    labels, lo = parsed
+    for m in range(3):
+        a, b = (i for i in range(3) if i != m)
+        if set(labels[m]) <= set(lo) and len(set(labels[m])) == len(labels[m]):
+            la, lb = labels[a], labels[b]
+            ta, tb, to = _letters(la, lb, lo)
+            return Contraction(ops[a], ops[b], la, lb, lo), f"{ta},{tb}->{to}"
+    return None
+
+
+def _scores_of(p: fx.Node, T: int, depth: int = 12) -> tuple[fx.Node, Contraction, str | None] | None:
+    """The nearest contraction upstream of ``p`` with two free dims of size T (the scores), and the
+    equation of q k^T where the scores node also applies the mask (``_masked_scores``)."""
     frontier, seen = [p], set()
     for _ in range(depth):
         nxt = []
@@ -87,13 +123,16 @@ def _scores_of(p: fx.Node, T: int, depth: int = 12) -> tuple[fx.Node, Contractio
                 continue
             seen.add(n)
             c = contraction(n)
+            masked = None if c is not None else _masked_scores(n)
+            if masked is not None:
+                c = masked[0]
             if c is not None:
                 free_a = [x for x in c.la if x not in c.lb and x in c.lo]
                 free_b = [x for x in c.lb if x not in c.la and x in c.lo]
                 so, sa = sizes(n, c.lo), sizes(c.a, c.la)
                 summed = [x for x in c.la if x in c.lb and x not in c.lo and sa[x] > 1]  # not an outer product
                 if len(free_a) == len(free_b) == len(summed) == 1 and so[free_a[0]] == so[free_b[0]] == T:
-                    return n, c
+                    return n, c, masked[1] if masked else None
             nxt.extend(a for a in n.all_input_nodes if shape_of(a) is not None)
         frontier = nxt
     return None
@@ -127,7 +166,7 @@ def _candidate(node, c, p, v, lp, lv) -> Candidate | None:
     found = _scores_of(p, sp[s])
     if found is None:
         return None
-    scores, sc = found
+    scores, sc, raw_eq = found
     ns, np_ = len(sc.lo), len(lp)
     if ns > np_:
         return None
@@ -162,6 +201,7 @@ def _candidate(node, c, p, v, lp, lv) -> Candidate | None:
         t=t,
         s=s,
         T=sp[s],
+        raw_eq=raw_eq,
     )
 
 
@@ -199,9 +239,10 @@ def _gate_source(cand: Candidate, const: set, T: int) -> tuple[fx.Node, list[int
     return x, [i for i, s in enumerate(shape) if s == T]
 
 
-def _mask(cand: Candidate, outs, batch, bsizes) -> torch.Tensor:
-    """M = masked / raw scores, laid out as [N, T, S] (N: the output's batch dims, folded)."""
-    a, p = outs[cand.scores], outs[cand.masked]
+def _mask(cand: Candidate, outs, batch, bsizes, raw=None) -> torch.Tensor:
+    """M = masked / raw scores, laid out as [N, T, S] (N: the output's batch dims, folded); ``raw``: the raw
+    scores where the graph has none (``Candidate.raw_eq``)."""
+    a, p = (outs[cand.scores] if raw is None else raw), outs[cand.masked]
     if not (isinstance(a, torch.Tensor) and isinstance(p, torch.Tensor)):
         raise NearMiss("the scores are not tensors")
     a = a.expand_as(p) if a.shape != p.shape else a
@@ -304,7 +345,11 @@ def _classify_and_prove(cand, gm, env, base: Recurrence, gate_dims: list, span: 
         raise NearMiss("the region gives NaN or inf on random inputs")
     outs1 = {n: rec1[env[n]] for n in (cand.scores, cand.masked)}
     outs2 = {n: rec2[env[n]] for n in (cand.scores, cand.masked)}
-    m1, m2 = _mask(cand, outs1, batch, bsizes), _mask(cand, outs2, batch, bsizes)
+    raw1 = raw2 = None
+    if cand.raw_eq is not None:  # q k^T by itself, from the probes of q and k (in the contraction's order)
+        sc = _scores_of(cand.masked, T)[1]
+        raw1, raw2 = (torch.einsum(cand.raw_eq, a[roles.index(sc.a)], a[roles.index(sc.b)]) for a in (args1, args2))
+    m1, m2 = _mask(cand, outs1, batch, bsizes, raw1), _mask(cand, outs2, batch, bsizes, raw2)
     kind = classify(m1, m2)
     if kind != "causal":
         raise NearMiss(kind)
@@ -384,6 +429,23 @@ def _exp_factor(node: fx.Node, sign: int):
     return None
 
 
+def _unscaled(node) -> tuple:
+    """(``node`` without multiplications or divisions by numbers, their product): ``q * e^G * K ** -0.5``
+    is q e^G scaled, the number moves into the binding's scale (and the proof checks it)."""
+    factor = 1.0
+    while isinstance(node, fx.Node) and (node.target in MUL or node.target in DIV) and len(node.args) == 2:
+        a, b = node.args
+        if node.target in MUL and isinstance(a, (int, float)) and not isinstance(a, bool):
+            a, b = b, a
+        if node.kwargs or not isinstance(a, fx.Node) or not isinstance(b, (int, float)) or isinstance(b, bool):
+            break
+        if b == 0 or shape_of(a) != shape_of(node):
+            break
+        factor = factor * b if node.target in MUL else factor / b
+        node = a
+    return node, factor
+
+
 def per_key_gla(cand: Candidate, lin: Recurrence, opts) -> tuple[Recurrence, float] | None:
     """GLA's factored parallel form: the proven linear_attn ``lin`` of ``(q e^G)(k e^-G)^T``, masked
     causally, with G the cumsum over time of per-key log-gates g, is gla on q, k, v, g (exact where the
@@ -391,6 +453,7 @@ def per_key_gla(cand: Candidate, lin: Recurrence, opts) -> tuple[Recurrence, flo
     lq, lk = cand.layouts[0].labels, cand.layouts[1].labels
     qm, lq = _undo_views(cand.q, lq)
     km, lk = _undo_views(cand.k, lk)
+    (qm, cq), (km, ck) = _unscaled(qm), _unscaled(km)
     fq, fk = _exp_factor(qm, 1), _exp_factor(km, -1)
     if fq is None or fk is None or fq[1] is not fk[1] or fq[1].target not in CUMSUM:
         return None
@@ -408,7 +471,7 @@ def per_key_gla(cand: Candidate, lin: Recurrence, opts) -> tuple[Recurrence, flo
         k=Layout(lk, cand.s, feat),
         gate_layout=Layout(lq, cand.t, feat),
     )
-    rec = lin.replace(family=Family.GLA, q=q, k=k, gate=g, layout=lay)
+    rec = lin.replace(family=Family.GLA, q=q, k=k, gate=g, layout=lay, scale=lin.scale * cq * ck)
     try:
         region = cone(cand.out, set(role_nodes(rec)))
         why = inner_users(region, cand.out, role_nodes(rec))
