@@ -336,6 +336,11 @@ def _classify(step, input_metas, state_meta, positive: bool) -> Recurrence:
     for a, b in pairs:
         for transposed in (False, True):
             if transition == "diag_x" and transposed or transition == "diag_y" and not transposed:
+                k, v = (b, a) if transposed else (a, b)
+                rec = _value_gated(values, oa, Fa, Sa, q_k_v=(k, v), transition=transition, gate_val=gate_val,
+                                   transposed=transposed, batch=batch, dep=dep, positive=positive)  # fmt: skip
+                if rec is not None:
+                    return rec
                 value_axis_gate = True
                 continue
             readout = _readout(values, oa, Fa, Sa, batch, X, Y, transposed)
@@ -358,6 +363,24 @@ def _classify(step, input_metas, state_meta, positive: bool) -> Recurrence:
     if value_axis_gate:
         raise NearMiss("the decay is diagonal along the value axis; our families gate the key axis")
     raise NearMiss("the output is not S_t^T q for a value q of the step")
+
+
+def _value_gated(values, oa, Fa, Sa, q_k_v, transition, gate_val, transposed, batch, dep, positive):
+    """A decay along the value axis (GSA's slot memory: S = S diag(e^{g_t}) + k s^T, o = S^T q over the slots),
+    or None. Each value column is a scan of its own, so this is Mamba's selective scan with the value axis as
+    its channels D and the key axis as its state N: h [D, N] = exp(dt A) h + u B^T, y = h C, with dt the
+    log-gate, A = 1, u the value, B the key and C the query (``rewrite._call_selective``: ``decay`` None)."""
+    X, Y = Sa.shape[-2:]
+    readout = _readout(values, oa, Fa, Sa, batch, X, Y, transposed)
+    if readout is None or readout[2]:  # none, or a read of S_{t-1}: not this family
+        return None
+    q, scale, _ = readout
+    k, v = q_k_v
+    gate, decay, _ = _bind_gate(transition, gate_val, values, dep, positive)
+    if gate is None:  # a literal constant decay per slot: retention's, not bound to a step value
+        return None
+    rec = loop_recurrence(Family.MAMBA, q, k, v, gate, None, scale, not transposed, batch, positive)
+    return rec.replace(extras={**rec.extras, "value_gate": True})
 
 
 def _classify_scan(values, Sa, Aa, Sb, Ab, F0, Fa, oa, dep, positive, readout=False) -> Recurrence | None:

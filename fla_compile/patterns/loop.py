@@ -46,6 +46,11 @@ class LoopRegion:
     # and its value before the loop; the step graph then takes (state, norm, *inputs) and returns z_t last
     norm_offset: int | None = None
     init_norm: fx.Node | None = None
+    # a loop carrying several states (``patterns/multistate.py`` splits it): each state's offset, its value
+    # before the loop, and the states whose final value is used after the loop; empty for one state
+    states: tuple = ()
+    init_states: tuple = ()
+    finals_used: frozenset = frozenset()
 
     @property
     def T(self) -> int:
@@ -280,8 +285,9 @@ def _build(nodes, pos, s, T, L, loop_keys) -> LoopRegion:
     norm = _normalizer_pair(blocks, states) if len(states) == 2 else None
     if norm is not None:  # S and a normalizer z: patterns/normalized.py classifies the step
         states, norm = [norm[0]], norm[1]
-    if len(states) != 1:
-        raise _Mismatch(_several_states(blocks, states) if states else "the loop carries no state")
+    if not states:
+        raise _Mismatch("the loop carries no state")
+    several = tuple(states) if len(states) > 1 else ()  # patterns/multistate.py splits them
     state = states[0]
     reads = {}
     for n in blocks[0]:
@@ -294,6 +300,7 @@ def _build(nodes, pos, s, T, L, loop_keys) -> LoopRegion:
     region_nodes = set(n for b in blocks for n in b)
     outs: dict[tuple, tuple[str, int, int, fx.Node]] = {}
     final_state_used = False
+    finals = set()
     for t, b in enumerate(blocks):
         for i, n in enumerate(b):
             for u in n.users:
@@ -301,6 +308,9 @@ def _build(nodes, pos, s, T, L, loop_keys) -> LoopRegion:
                     continue
                 if t == T - 1 and i == state:
                     final_state_used = True
+                    finals.add(i)
+                elif t == T - 1 and i in several:
+                    finals.add(i)
                 elif t == T - 1 and i == norm:
                     raise _Mismatch(normalizer_message(blocks, state, norm, "its final value is used after the loop"))
                 elif t == T - 1 and i in buffers:
@@ -314,7 +324,7 @@ def _build(nodes, pos, s, T, L, loop_keys) -> LoopRegion:
                     raise _Mismatch(f"'{n.name}' of step {t} is used after the loop by '{u.name}'")
     if len(outs) > 1:
         raise _Mismatch(f"{len(outs)} per-step outputs; one is supported")
-    if not outs and not final_state_used:
+    if not outs and not finals:
         raise _Mismatch("nothing computed by the loop is used")
     out_kind, out_dim, out_offset, out_target = next(iter(outs.values())) if outs else ("none", 0, None, None)
     if out_kind == "buffer":
@@ -338,6 +348,9 @@ def _build(nodes, pos, s, T, L, loop_keys) -> LoopRegion:
         source=source_line(blocks[0][state]) or source_line(blocks[0][0]),
         norm_offset=norm,
         init_norm=init[norm] if norm is not None else None,
+        states=several,
+        init_states=tuple(init[i] for i in several),
+        finals_used=frozenset(finals),
     )
 
 
