@@ -53,10 +53,9 @@ class Options:
 def loop_pass(graph: fx.Graph, opts: Options, report: Report) -> None:
     regions, misses = loop.find(graph)
     if any(r.states for r in regions):  # loops carrying several states: split, then re-roll what is left
-        for region in regions:
-            if region.states:
-                multistate.split(region, opts, report)
+        emptied = set().union(*(multistate.split(r, opts, report) for r in regions if r.states))
         regions, misses = loop.find(graph)
+        misses = [m for m in misses if not ("carries no state" in m[0] and m[1] in emptied)]
     report.misses += [Miss(loop.SPELLING, reason, src) for reason, src in misses]
     for region in regions:
         if region.states:  # several states left as written: multistate.split said why

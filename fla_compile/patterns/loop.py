@@ -218,11 +218,11 @@ def find(graph: fx.Graph) -> tuple[list[LoopRegion], list[tuple[str, str]]]:
         if T is None or T < 2 or sorted(idx) != list(range(T)):
             continue
         first = [min(idx[t]) for t in range(T)]
-        families.append((first[0], T, first, keys[(src, dim)]))
+        families.append((first[0], T, first, keys[(src, dim)], idx))
     families.sort(key=lambda f: f[0])
     regions, misses = [], []
     done_until = floor = -1
-    for lo, T, first, _ in families:
+    for lo, T, first, *_ in families:
         if lo <= done_until:
             continue
         L = first[1] - first[0]
@@ -231,7 +231,8 @@ def find(graph: fx.Graph) -> tuple[list[LoopRegion], list[tuple[str, str]]]:
         done_until = max(done_until, first[-1])  # one attempt per loop, whichever source anchors it
         # the sources of this loop: read at every step with the same period, starting in step 0
         keys = set().union(
-            *[f[3] for f in families if f[1] == T and f[2][1] - f[2][0] == L and abs(f[0] - first[0]) < L]
+            *[f[3] for f in families if f[1] == T and f[2][1] - f[2][0] == L and abs(f[0] - first[0]) < L],
+            *[f[3] for f in families if f[1] == T and _read_in_steps(f[4], first, L)],  # read by two loops (GSA)
         )
         try:
             region = _reroll(nodes, pos, first[0], T, L, floor, keys)
@@ -241,6 +242,12 @@ def find(graph: fx.Graph) -> tuple[list[LoopRegion], list[tuple[str, str]]]:
         regions.append(region)
         done_until = floor = max(done_until, pos[region.blocks[-1][-1]])
     return regions, misses
+
+
+def _read_in_steps(idx: dict, first: list, L: int) -> bool:
+    """A source read at every step of the loop whose steps start at ``first`` (L nodes each), besides its
+    reads elsewhere (a sequence two loops read, the first loop anchoring its family)."""
+    return all(any(abs(p - first[t]) < L for p in idx[t]) for t in range(len(first)))
 
 
 def _reroll(nodes, pos, p0, T, L, floor, loop_keys) -> LoopRegion:
@@ -322,10 +329,12 @@ def _build(nodes, pos, s, T, L, loop_keys) -> LoopRegion:
                     continue
                 else:
                     raise _Mismatch(f"'{n.name}' of step {t} is used after the loop by '{u.name}'")
-    if len(outs) > 1:
+    if len(outs) > 1 and not several:
         raise _Mismatch(f"{len(outs)} per-step outputs; one is supported")
     if not outs and not finals:
         raise _Mismatch("nothing computed by the loop is used")
+    if len(outs) > 1:  # one per state (a numerator and a normalizer): every state is split off, the outputs stay
+        outs = {}
     out_kind, out_dim, out_offset, out_target = next(iter(outs.values())) if outs else ("none", 0, None, None)
     if out_kind == "buffer":
         size = value_of(init[out_offset]).shape[out_dim]

@@ -151,18 +151,17 @@ def _erase_dead(region: loop.LoopRegion) -> None:
                 region.graph.erase_node(n)
 
 
-def split(region: loop.LoopRegion, opts, report) -> bool:
-    """Split the states of ``region`` off one by one (see the module docstring); True where the graph changed.
-    The last state is left to the single-state path when its cut is the loop's output."""
+def split(region: loop.LoopRegion, opts, report) -> set:
+    """Split the states of ``region`` off one by one (see the module docstring). Returns the source lines of
+    the loop's nodes where every state was split off (what is left carries none: it stays as written), else
+    an empty set. The last state is left to the single-state path when its cut is the loop's output."""
     left = list(region.states)
     changed = False
     while left:
         why = {}
         for i in left:
-            if len(left) == 1 and changed:
-                found = cuts(region, i)
-                if region.out_offset in found or None in found:
-                    return _finish(region, changed)  # the single-state path takes it as a whole loop
+            if len(left) == 1 and changed and _whole(region, i, opts):
+                return _finish(region, changed)  # the single-state path takes it as a whole loop
             done = _try(region, i, opts, report, why)
             if done is None:
                 continue
@@ -170,21 +169,36 @@ def split(region: loop.LoopRegion, opts, report) -> bool:
                 return _finish(region, changed)
             left.remove(i)
             changed = True
+            if not left:
+                return _finish(region, changed, {source_line(n) for b in region.blocks for n in b})
             break
         else:
             names = ", ".join(loop._user_name(region.blocks[-1][i]) for i in left)
             reasons = "; ".join(f"{k}: {v}" for k, v in why.items())
             report.misses.append(
-                Miss(loop.SPELLING, f"the loop carries {len(left)} states ({names}) not split: {reasons}", region.source)
+                Miss(
+                    loop.SPELLING, f"the loop carries {len(left)} states ({names}) not split: {reasons}", region.source
+                )
             )
             return _finish(region, changed)
     return _finish(region, changed)
 
 
-def _finish(region, changed: bool) -> bool:
+def _whole(region, i: int, opts) -> bool:
+    """The loop's output is the last state's read-out (GSA's o_t = Hv_t^T ok_t): a single-state loop."""
+    if region.out_offset is None or region.out_offset not in cuts(region, i):
+        return False
+    try:
+        _prove(_sub_region(region, i, region.out_offset), opts)
+    except (NearMiss, ValueError):
+        return False
+    return True
+
+
+def _finish(region, changed: bool, lines: set = frozenset()) -> set:
     if changed:
         _erase_dead(region)
-    return changed
+    return lines
 
 
 def _try(region, i: int, opts, report, why: dict):
@@ -199,10 +213,10 @@ def _try(region, i: int, opts, report, why: dict):
         try:
             rec, err = _prove(sub, opts)
         except ValueError as e:  # the state's step reads another carried value
-            why[name] = f"its step reads another state ({e})" if "carried" in str(e) else str(e)
+            why.setdefault(name, f"its step reads another state ({e})" if "carried" in str(e) else str(e))
             continue
-        except NearMiss as e:
-            why[name] = str(e)
+        except NearMiss as e:  # the nearest cut's reason is the one to say
+            why.setdefault(name, str(e))
             continue
         except Exception as e:  # a bug of ours: the graph is untouched by this state so far
             log.warning("fla_compile: splitting the loop at %s failed", region.source, exc_info=True)
