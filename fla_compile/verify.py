@@ -12,7 +12,9 @@ For a re-rolled loop, one step F(S, x_t) is run on random float64 probes:
     whose output contracts S_t's last axis with a value q (Mamba's y_t = h_t C_t) is one too, tried
     where the matrix families do not fit; and where its decay is exp(dt A) of a step value dt [*, D] and
     a value A [D, N] from before the loop, its input an outer product u B^T and its read-out h C, it is
-    Mamba's selective scan (mamba), whose op never expands the decay to D x N per step.
+    Mamba's selective scan (mamba), whose op never expands the decay to D x N per step;
+  * a diagonal decay along the value axis (the axis the output keeps: GSA's key memory) is mamba too, each
+    value column a scan of its own (dt the log-gate, A = 1).
 Values are bound to roles by matching numbers against the step's own intermediate
 values, so the spelling (einsum, matmul, broadcasting, transposed state) does not matter.
 The binding is then proven on fresh probes against the family's op itself (T = 1, the

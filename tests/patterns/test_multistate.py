@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import fla_compile
 
-B, T, H, K, V, M = 2, 12, 2, 4, 5, 3
+B, T, H, K, V, M = 2, 8, 2, 4, 5, 3
 
 
 def gsa_one_loop(q, k, v, s, g):
@@ -24,6 +24,19 @@ def gsa_one_loop(q, k, v, s, g):
         hv = hv * a[..., :, None] + s[:, t, :, :, None] * v[:, t, :, None, :]
         outs.append(torch.einsum("bhm,bhmv->bhv", ok, hv))
     return torch.stack(outs, 1)
+
+
+def gsa_states(q, k, v, s, g, hk0, hv0):
+    """GSA in one loop from given memories, returning the final ones too; the key memory stored [M, K]."""
+    hk, hv = hk0.transpose(-1, -2), hv0
+    outs = []
+    for t in range(q.shape[1]):
+        a = g[:, t].exp()
+        hk = a[..., :, None] * hk + s[:, t, :, :, None] * k[:, t, :, None, :]
+        ok = (hk @ q[:, t, :, :, None]).squeeze(-1).softmax(-1)
+        hv = a[..., :, None] * hv + s[:, t, :, :, None] * v[:, t, :, None, :]
+        outs.append((ok[..., None, :] @ hv).squeeze(-2))
+    return torch.stack(outs, 1), hk, hv
 
 
 def gsa_two_loops(q, k, v, s, g, hk0, hv0):
@@ -166,6 +179,7 @@ def check_exact(fn, out, args):
 CASES = {
     "gsa_one_loop": ["mamba", "gla"],
     "gsa_two_loops": ["mamba", "gla"],
+    "gsa_states": ["mamba", "gla"],
     "two_gla_summed": ["gla", "gla"],
     "two_outputs": ["linear_attn", "hgrn"],
 }
