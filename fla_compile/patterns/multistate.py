@@ -129,7 +129,10 @@ def _splice(region: loop.LoopRegion, sub: loop.LoopRegion, rec) -> None:
     final.meta["example_value"] = last.meta.get("example_value", last.meta.get("val"))
     if sub.final_state_used:
         last.replace_all_uses_with(final, delete_user_cb=lambda u: u not in inside)
+    else:
+        graph.erase_node(final)
     if sub.out_offset is None:
+        graph.erase_node(out)
         return
     cut = [b[sub.out_offset] for b in region.blocks]
     out.meta["example_value"] = _fake_like(cut[0], region.T)
