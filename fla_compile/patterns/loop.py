@@ -51,6 +51,7 @@ class LoopRegion:
     states: tuple = ()
     init_states: tuple = ()
     finals_used: frozenset = frozenset()
+    outputs: tuple = ()  # a loop carrying several states with several per-step outputs: (kind, dim, offset, target)
 
     @property
     def T(self) -> int:
@@ -333,16 +334,21 @@ def _build(nodes, pos, s, T, L, loop_keys) -> LoopRegion:
         raise _Mismatch(f"{len(outs)} per-step outputs; one is supported")
     if not outs and not finals:
         raise _Mismatch("nothing computed by the loop is used")
-    if len(outs) > 1:  # one per state (a numerator and a normalizer): every state is split off, the outputs stay
-        outs = {}
-    out_kind, out_dim, out_offset, out_target = next(iter(outs.values())) if outs else ("none", 0, None, None)
-    if out_kind == "buffer":
-        size = value_of(init[out_offset]).shape[out_dim]
-        if size != T:
-            raise _Mismatch(f"the output buffer has {size} steps along dim {out_dim} but the loop writes {T}")
-        out_offset = pos[writes[out_offset].value] - (s + (T - 1) * L)
-        if not 0 <= out_offset < L:
-            raise _Mismatch("the written value is not computed in the step")
+
+    def written(kind, dim, offset, target):  # a buffer's output: the offset of the value written at t
+        if kind == "buffer":
+            size = value_of(init[offset]).shape[dim]
+            if size != T:
+                raise _Mismatch(f"the output buffer has {size} steps along dim {dim} but the loop writes {T}")
+            offset = pos[writes[offset].value] - (s + (T - 1) * L)
+            if not 0 <= offset < L:
+                raise _Mismatch("the written value is not computed in the step")
+        return kind, dim, offset, target
+
+    outputs = tuple(written(*o) for o in outs.values()) if len(outs) > 1 else ()
+    # several outputs (one per state: a numerator and a normalizer): every state is split off, then the outputs
+    out_kind, out_dim, out_offset, out_target = written(*next(iter(outs.values()))) if len(outs) == 1 else (
+        "none", 0, None, None)  # fmt: skip
     return LoopRegion(
         graph=nodes[0].graph,
         blocks=blocks,
@@ -360,6 +366,7 @@ def _build(nodes, pos, s, T, L, loop_keys) -> LoopRegion:
         states=several,
         init_states=tuple(init[i] for i in several),
         finals_used=frozenset(finals),
+        outputs=outputs,
     )
 
 

@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import operator
 
+import torch
 import torch.fx as fx
 
 from .. import costs
@@ -28,7 +29,7 @@ from ..rewrite import LoopLowering, call_family, is_zeros
 from ..verify import NearMiss, classify_loop, prove_loop, step_inputs
 from . import loop, loop_roles
 from ._graph import source_line, value_of
-from ._time import time_read
+from ._time import time_read, time_write
 
 log = logging.getLogger("fla_compile")
 
@@ -92,6 +93,7 @@ def _sub_region(region: loop.LoopRegion, i: int, cut: int | None) -> loop.LoopRe
         states=(),
         init_states=(),
         finals_used=frozenset(),
+        outputs=(),
     )
 
 
@@ -115,7 +117,7 @@ def _fake_like(node: fx.Node, lead: int):
     return v.new_empty((lead, *v.shape)) if v is not None else None
 
 
-def _splice(region: loop.LoopRegion, sub: loop.LoopRegion, rec) -> None:
+def _splice(region: loop.LoopRegion, sub: loop.LoopRegion, rec) -> list[fx.Node]:
     """Run the op of ``rec`` before the loop; each step's cut becomes a read ``out[t]`` of its output and the
     final state a result of the op. The state's nodes are left dead (``_erase_dead`` removes them)."""
     lowering = LoopLowering(rec)
@@ -133,17 +135,20 @@ def _splice(region: loop.LoopRegion, sub: loop.LoopRegion, rec) -> None:
         graph.erase_node(final)
     if sub.out_offset is None:
         graph.erase_node(out)
-        return
+        return []
     cut = [b[sub.out_offset] for b in region.blocks]
     out.meta["example_value"] = _fake_like(cut[0], region.T)
+    made = []
     for t, c in enumerate(cut):
         with graph.inserting_before(first):
             read = graph.call_function(operator.getitem, (out, t))
         read.meta = {k: v for k, v in c.meta.items() if k in ("example_value", "val", "stack_trace")}
         c.replace_all_uses_with(read)
+        made.append(read)
         if t == 0:
             r = time_read(read)
             region.reads[r.key] = r
+    return made
 
 
 def _erase_dead(region: loop.LoopRegion) -> None:
@@ -173,6 +178,8 @@ def split(region: loop.LoopRegion, opts, report) -> set:
             left.remove(i)
             changed = True
             if not left:
+                if _vectorize_rest(region):
+                    return set()
                 return _finish(region, changed, {source_line(n) for b in region.blocks for n in b})
             break
         else:
@@ -201,7 +208,115 @@ def _whole(region, i: int, opts) -> bool:
 def _finish(region, changed: bool, lines: set = frozenset()) -> set:
     if changed:
         _erase_dead(region)
+        for n in reversed(getattr(region, "made", [])):  # reads of an op's output the loop no longer makes
+            if not n.users:
+                region.graph.erase_node(n)
     return lines
+
+
+class StepOutputs:
+    """The per-step code left after every state was split off (GSA's softmax, two read-outs summed), over the
+    whole sequence: the step's computation of the output from its reads (the ops' outputs among them) under
+    ``torch.vmap`` over time, laid out as the loop laid it out (stacked, concatenated, written into a buffer)."""
+
+    def __init__(self, gm: fx.GraphModule, in_dims: tuple, posts: tuple, kind: str, dim: int, dtype):
+        self.gm, self.in_dims, self.posts, self.kind, self.dim, self.dtype = gm, in_dims, posts, kind, dim, dtype
+        self.__name__ = "fla_loop_rest"
+
+    def __repr__(self) -> str:
+        return self.__name__
+
+    def same_call(self, other) -> bool:
+        """The same code apart from lengths (``@jit`` merges two probe lengths)."""
+        fields = ("in_dims", "posts", "kind", "dim", "dtype")
+        return (
+            isinstance(other, StepOutputs)
+            and self.gm.code == other.gm.code
+            and all(getattr(self, f) == getattr(other, f) for f in fields)
+        )
+
+    def _step(self, *xs):
+        return self.gm(*[x if post is None else x[post] for x, post in zip(xs, self.posts)])[0]
+
+    def __call__(self, *xs):
+        v = torch.vmap(self._step, in_dims=self.in_dims, out_dims=0)(*xs).to(self.dtype)
+        if self.kind == "cat":
+            d = self.dim if self.dim >= 0 else self.dim + v.dim() - 1
+            return v.movedim(0, d).flatten(d, d + 1)
+        d = self.dim if self.dim >= 0 else self.dim + v.dim()
+        return v.movedim(0, d)
+
+
+def _vectorize_rest(region: loop.LoopRegion) -> bool:
+    """Replace a loop that carries no state any more by one ``StepOutputs`` call per output; False (nothing
+    changed) where a step reads a carried value (a buffer read back) or an output's layout is not plain."""
+    outputs = region.outputs or (
+        ((region.out_kind, region.out_dim, region.out_offset, region.out_target),) if region.out_offset is not None
+        else ())  # fmt: skip
+    calls = []
+    for kind, dim, _, target in outputs:
+        origin, value = _value_origin(region, kind, target)
+        if origin is None:
+            return False
+        try:
+            gm, origins = region.role_graph([origin])
+        except ValueError:
+            return False
+        step_val = value_of(value)
+        whole = value_of(target)
+        if kind == "buffer" and tuple(whole.shape) != tuple(_moved(step_val.shape, region.T, dim)):
+            return False  # a value broadcast into its slot
+        args, in_dims, posts = [], [], []
+        for origin in origins:
+            if origin[0] == "read":
+                r = region.reads[origin[1]]
+                args.append(r.src), in_dims.append(r.dim), posts.append(r.post)
+            else:
+                args.append(origin[1]), in_dims.append(None), posts.append(None)
+        if all(d is None for d in in_dims):
+            return False
+        calls.append((StepOutputs(gm, tuple(in_dims), tuple(posts), kind, dim, whole.dtype), args, target))
+    if not calls:
+        return False
+    graph, inside = region.graph, {n for b in region.blocks for n in b}
+    first = region.blocks[0][0]
+    for fn, args, target in calls:
+        with graph.inserting_before(first):
+            node = graph.call_function(fn, tuple(args))
+        node.meta = {k: v for k, v in target.meta.items() if k in ("example_value", "val", "stack_trace")}
+        target.replace_all_uses_with(node, delete_user_cb=lambda u, node=node: u not in inside and u is not node)
+        if target not in inside:  # the stack or cat after the loop
+            graph.erase_node(target)
+    for b in reversed(region.blocks):
+        for n in reversed(b):
+            graph.erase_node(n)
+    for n in reversed(getattr(region, "made", [])):
+        if not n.users:
+            graph.erase_node(n)
+    return True
+
+
+def _value_origin(region: loop.LoopRegion, kind: str, target: fx.Node):
+    """Where step 1's output value comes from now, and that value: a node of the step, or a read (an op's output
+    at t, where the loop's output was a state's cut); (None, None) where neither."""
+    blk = region.blocks[1]
+    if kind == "buffer":
+        w = time_write(blk[blk.index(target) if target in blk else region.blocks[-1].index(target)])
+        value = w.value if w is not None else None
+    else:
+        seq = target.args[0] if target.args else target.kwargs.get("tensors")
+        value = seq[1]
+    if value in blk:
+        return ("offset", blk.index(value)), value
+    r = time_read(value) if isinstance(value, fx.Node) else None
+    return (("read", r.key), value) if r is not None and r.index == 1 and r.key in region.reads else (None, None)
+
+
+def _moved(shape, T: int, dim: int) -> tuple:
+    shape = [T, *shape]
+    d = dim if dim >= 0 else dim + len(shape)
+    shape.insert(d, shape.pop(0))
+    return tuple(shape)
 
 
 def _try(region, i: int, opts, report, why: dict):
@@ -234,7 +349,7 @@ def _try(region, i: int, opts, report, why: dict):
         except ValueError as e:
             why[name] = str(e)
             return None
-        _splice(region, sub, rec)
+        region.made = [*getattr(region, "made", []), *_splice(region, sub, rec)]
         if pinned:
             report.notes.append(loop_roles.pinned_note(rec, pinned))
         report.matches.append(Match(rec.family.value, rec.spelling, rec.source, rec.op_name, err, kept, shape))
