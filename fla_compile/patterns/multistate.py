@@ -10,7 +10,9 @@ Its op runs once over the whole sequence, before the loop, and each step's cut b
 output at t (``out[t]``); the state's nodes die. The next state may now read the first only through those
 reads: a chain, split in order. The last state stays in the loop for the single-state path (its roles, the
 softmax included, hoisted over the sequence there) unless its cut is not the loop's output (two memories
-whose outputs are summed): then it is split off too and the per-step code left (the sum) stays in the graph.
+whose outputs are summed, an output per state): then it is split off too and the step code left (the sum)
+runs once over the whole sequence under ``torch.vmap`` (``StepOutputs``); where it cannot (it reads a buffer
+back), it stays in the graph as written.
 States that read each other (a cycle), or a state read other than through one value, are left as written.
 """
 
