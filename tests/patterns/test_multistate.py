@@ -27,6 +27,21 @@ def gsa_one_loop(q, k, v, s, g):
     return torch.stack(outs, 1)
 
 
+def gsa_buffer(q, k, v, s, g):
+    """GSA in one loop with broadcast-and-sum read-outs, the output written into a buffer."""
+    b, n, h, d = q.shape
+    hk = q.new_zeros(b, h, d, s.shape[-1])
+    hv = q.new_zeros(b, h, s.shape[-1], v.shape[-1])
+    o = q.new_zeros(b, n, h, v.shape[-1])
+    for t in range(n):
+        gt = g[:, t].exp()
+        hk = hk * gt[..., None, :] + k[:, t, ..., None] * s[:, t, :, None, :]
+        p = torch.softmax((q[:, t, ..., None] * hk).sum(-2), dim=-1)
+        hv = hv * gt[..., :, None] + s[:, t, ..., None] * v[:, t, :, None, :]
+        o[:, t] = (p[..., None] * hv).sum(-2)
+    return o
+
+
 def gsa_states(q, k, v, s, g, hk0, hv0):
     """GSA in one loop from given memories, returning the final ones too; the key memory stored [M, K]."""
     hk, hv = hk0.transpose(-1, -2), hv0
@@ -181,6 +196,7 @@ CASES = {
     "gsa_one_loop": ["mamba", "gla"],
     "gsa_two_loops": ["mamba", "gla"],
     "gsa_states": ["mamba", "gla"],
+    "gsa_buffer": ["mamba", "gla"],
     "two_gla_summed": ["gla", "gla"],
     "two_outputs": ["linear_attn", "hgrn"],
 }
