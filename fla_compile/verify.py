@@ -378,11 +378,8 @@ def _value_gated(values, oa, Fa, Sa, q_k_v, transition, gate_val, transposed, ba
         return None
     q, scale, _ = readout
     k, v = q_k_v
-    gate, decay, _ = _bind_gate(transition, gate_val, values, dep, positive)
-    if gate is None:  # a literal constant decay per slot: retention's, not bound to a step value
-        return None
-    rec = loop_recurrence(Family.MAMBA, q, k, v, gate, None, scale, not transposed, batch, positive)
-    return rec.replace(extras={**rec.extras, "value_gate": True})
+    gate, _, _ = _bind_gate(transition, gate_val, values, dep, positive)
+    return loop_recurrence(Family.MAMBA, q, k, v, gate, None, scale, not transposed, batch, positive)
 
 
 def _classify_scan(values, Sa, Aa, Sb, Ab, F0, Fa, oa, dep, positive, readout=False) -> Recurrence | None:

@@ -407,16 +407,6 @@ def normalizer_message(blocks, S: int, z: int, why: str = "") -> str:
     )
 
 
-def _several_states(blocks, states: list[int]) -> str:
-    """Why a loop carrying several values is left alone, in the user's terms."""
-    last = blocks[-1]
-    pair = _normalizer_pair(blocks, states)
-    if pair is not None:
-        return normalizer_message(blocks, *pair)
-    names = ", ".join(_user_name(last[i]) for i in states)
-    return f"the loop carries {len(states)} states ({names}); a loop carrying one state is supported"
-
-
 def _is_running_sum(n: fx.Node, prev: fx.Node) -> bool:
     """``n`` is ``prev + x`` (or ``x + prev``): a running sum of per-step values."""
     name = str(getattr(n.target, "__name__", n.target))
