@@ -172,7 +172,7 @@ def split(region: loop.LoopRegion, opts, report) -> set:
         for i in left:
             if len(left) == 1 and changed and _whole(region, i, opts):
                 return _finish(region, changed)  # the single-state path takes it as a whole loop
-            done = _try(region, i, opts, report, why)
+            done = _try(region, i, opts, report, why, decide=not changed)
             if done is None:
                 continue
             if not done:  # proven, kept as written by the cost table: leave the loop as it is
@@ -321,8 +321,9 @@ def _moved(shape, T: int, dim: int) -> tuple:
     return tuple(shape)
 
 
-def _try(region, i: int, opts, report, why: dict):
-    """Split state ``i`` off: True (spliced), False (proven but kept as written), None (not split; ``why``)."""
+def _try(region, i: int, opts, report, why: dict, decide: bool = True):
+    """Split state ``i`` off: True (spliced), False (proven but kept as written), None (not split; ``why``).
+    The cost table decides at the first state only (``decide``): once one is split, the rest follow."""
     name = loop._user_name(region.blocks[-1][i])
     found = cuts(region, i)
     if not found:
@@ -342,7 +343,9 @@ def _try(region, i: int, opts, report, why: dict):
             log.warning("fla_compile: splitting the loop at %s failed", region.source, exc_info=True)
             why[name] = f"internal error: {type(e).__name__}: {e}"
             return None
-        kept, shape = costs.decide(opts, rec.family.value, loop.SPELLING, costs.loop_shape, sub)
+        kept, shape = (
+            costs.decide(opts, rec.family.value, loop.SPELLING, costs.loop_shape, sub) if decide else ("", None)
+        )
         if kept:
             report.matches.append(Match(rec.family.value, rec.spelling, rec.source, rec.op_name, err, kept, shape))
             return False

@@ -294,3 +294,16 @@ def test_gsa_on_cuda(dtype):
     ref_grads = torch.autograd.grad((ref * proj.double()).sum(), ref_args)
     for g, rg in zip(grads, ref_grads):
         assert rel(g, rg) < tol, rel(g, rg)
+
+
+def test_below_the_crossover_the_loop_stays_as_written():
+    """The cost table keeps the first state as written: nothing is split (a half-split loop gains nothing)."""
+    from fla_compile import costs
+
+    table = [{"device": "*", "family": "mamba", "spelling": "loop", "min_work": 10**9}]
+    args = inputs(gsa_one_loop, requires_grad=False)
+    with costs.use(table):
+        out = torch.compile(gsa_one_loop, backend="fla", options={"inductor": False, "costs": True})(*args)
+    report = fla_compile.last_report()
+    assert [(m.family, bool(m.kept)) for m in report.matches] == [("mamba", True)], str(report)
+    assert rel(out, gsa_one_loop(*args)) < 1e-6
