@@ -5,7 +5,8 @@ The state S of every family is a K x V matrix per batch and head, and the output
 o_t = S_t^T q_t (or S_{t-1} for families with a bonus term, see ``reads_previous``); except hgrn, an
 elementwise scan whose state is a vector and whose output is the state (roles: ``v`` is its input x,
 ``gate`` its decay; q and k are None, or q reads the state out over its last axis); and mamba, whose
-state is [D, N] per sequence: ``v`` is u, ``k`` B, ``q`` C, ``gate`` the step size dt and ``decay`` A.
+state is [D, N] per sequence: ``v`` is u, ``k`` B, ``q`` C, ``gate`` the step size dt and ``decay`` A (None: ``gate``
+is a log-gate per channel and A = 1, a gla state gated along its value axis, GSA's key memory).
 """
 
 from __future__ import annotations

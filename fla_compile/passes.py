@@ -12,7 +12,7 @@ import logging
 import torch.fx as fx
 
 from . import costs
-from .patterns import chunked, cumsum, loop, loop_roles, loss, normalized, pairwise, parallel
+from .patterns import chunked, cumsum, loop, loop_roles, loss, multistate, normalized, pairwise, parallel
 from .patterns._graph import specialize_sizes, to_ssa, value_of
 from .patterns._vmap import devmap
 from .report import Match, Miss, Report
@@ -52,8 +52,14 @@ class Options:
 
 def loop_pass(graph: fx.Graph, opts: Options, report: Report) -> None:
     regions, misses = loop.find(graph)
+    if any(r.states for r in regions):  # loops carrying several states: split, then re-roll what is left
+        emptied = set().union(*(multistate.split(r, opts, report) for r in regions if r.states))
+        regions, misses = loop.find(graph)
+        misses = [m for m in misses if not ("carries no state" in m[0] and m[1] in emptied)]
     report.misses += [Miss(loop.SPELLING, reason, src) for reason, src in misses]
     for region in regions:
+        if region.states:  # several states left as written: multistate.split said why
+            continue
         if region.norm_offset is not None:  # a normalizer carried beside the state
             normalized.loop_pass(region, opts, report)
             continue

@@ -178,18 +178,25 @@ def _call_scan(b: Recurrence, vals: dict, h0, shape: tuple):
 def _call_selective(b: Recurrence, vals: dict, h0, batch: tuple):
     """mamba on role values u, dt [T, *batch, D], B, C [T, *batch, N], A ([T,] D, N: the same at every step)
     and a state [*batch, D, N]; the batch dims fold into the op's B."""
-    T, (D, N) = vals["v"].shape[0], vals["decay"].shape[-2:]
+    T, D, N = vals["v"].shape[0], vals["v"].shape[-1], vals["k"].shape[-1]
     Bn = math.prod(batch)
 
     def bt(x, d):
         return reshaped(x, T, Bn, d).transpose(0, 1)
 
-    u, dt, B, C = bt(vals["v"], D), bt(vals["gate"], D), bt(vals["k"], N), bt(vals["q"], N)
-    A = vals["decay"][0] if vals["decay"].dim() == 3 else vals["decay"]  # the lowering repeats a global over T
-    h0 = reshaped(h0, Bn, D, N) if h0 is not None else None
+    u, B, C = bt(vals["v"], D), bt(vals["k"], N), bt(vals["q"], N)
+    if b.decay is None:  # a decay along a gla state's value axis (GSA): exp(dt A) with dt the log-gate and A = 1
+        dt = bt(log_gate(vals["gate"], b.gate.log), D)
+        A = torch.ones(D, N, dtype=dt.dtype, device=dt.device)
+    else:
+        dt = bt(vals["gate"], D)
+        A = vals["decay"][0] if vals["decay"].dim() == 3 else vals["decay"]  # the lowering repeats a global over T
+    if h0 is not None:  # the user's state as [*batch, N, D] where it is stored transposed
+        h0 = reshaped(h0.transpose(-1, -2) if b.state_transposed else h0, Bn, D, N)
     y, ht = run_family(Family.MAMBA, C, B, u, gate=dt, decay=A, initial_state=h0)
     y = reshaped(y.transpose(0, 1), T, *batch, D)
-    return (y * b.scale if b.scale != 1.0 else y), reshaped(ht, *batch, D, N)
+    ht = reshaped(ht, *batch, D, N)
+    return (y * b.scale if b.scale != 1.0 else y), (ht.transpose(-1, -2) if b.state_transposed else ht)
 
 
 class LoopLowering:

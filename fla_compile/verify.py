@@ -12,7 +12,9 @@ For a re-rolled loop, one step F(S, x_t) is run on random float64 probes:
     whose output contracts S_t's last axis with a value q (Mamba's y_t = h_t C_t) is one too, tried
     where the matrix families do not fit; and where its decay is exp(dt A) of a step value dt [*, D] and
     a value A [D, N] from before the loop, its input an outer product u B^T and its read-out h C, it is
-    Mamba's selective scan (mamba), whose op never expands the decay to D x N per step.
+    Mamba's selective scan (mamba), whose op never expands the decay to D x N per step;
+  * a diagonal decay along the value axis (the axis the output keeps: GSA's key memory) is mamba too, each
+    value column a scan of its own (dt the log-gate, A = 1).
 Values are bound to roles by matching numbers against the step's own intermediate
 values, so the spelling (einsum, matmul, broadcasting, transposed state) does not matter.
 The binding is then proven on fresh probes against the family's op itself (T = 1, the
@@ -336,6 +338,11 @@ def _classify(step, input_metas, state_meta, positive: bool) -> Recurrence:
     for a, b in pairs:
         for transposed in (False, True):
             if transition == "diag_x" and transposed or transition == "diag_y" and not transposed:
+                k, v = (b, a) if transposed else (a, b)
+                rec = _value_gated(values, oa, Fa, Sa, q_k_v=(k, v), transition=transition, gate_val=gate_val,
+                                   transposed=transposed, batch=batch, dep=dep, positive=positive)  # fmt: skip
+                if rec is not None:
+                    return rec
                 value_axis_gate = True
                 continue
             readout = _readout(values, oa, Fa, Sa, batch, X, Y, transposed)
@@ -358,6 +365,21 @@ def _classify(step, input_metas, state_meta, positive: bool) -> Recurrence:
     if value_axis_gate:
         raise NearMiss("the decay is diagonal along the value axis; our families gate the key axis")
     raise NearMiss("the output is not S_t^T q for a value q of the step")
+
+
+def _value_gated(values, oa, Fa, Sa, q_k_v, transition, gate_val, transposed, batch, dep, positive):
+    """A decay along the value axis (GSA's slot memory: S = S diag(e^{g_t}) + k s^T, o = S^T q over the slots),
+    or None. Each value column is a scan of its own, so this is Mamba's selective scan with the value axis as
+    its channels D and the key axis as its state N: h [D, N] = exp(dt A) h + u B^T, y = h C, with dt the
+    log-gate, A = 1, u the value, B the key and C the query (``rewrite._call_selective``: ``decay`` None)."""
+    X, Y = Sa.shape[-2:]
+    readout = _readout(values, oa, Fa, Sa, batch, X, Y, transposed)
+    if readout is None or readout[2]:  # none, or a read of S_{t-1}: not this family
+        return None
+    q, scale, _ = readout
+    k, v = q_k_v
+    gate, _, _ = _bind_gate(transition, gate_val, values, dep, positive)
+    return loop_recurrence(Family.MAMBA, q, k, v, gate, None, scale, not transposed, batch, positive)
 
 
 def _classify_scan(values, Sa, Aa, Sb, Ab, F0, Fa, oa, dep, positive, readout=False) -> Recurrence | None:

@@ -131,7 +131,9 @@ def test_explain_takes_the_backend_options():
     unproven = explained(fn, args, {"verify": False, "inductor": False})
     (m,) = unproven.matches
     assert m.error != m.error  # not proven: NaN, as the backend reports it
-    strict = explained(S.miss_value_gate, make_inputs(S.miss_value_gate), {"strict": True, "inductor": False})
+    strict = explained(
+        S.miss_diag_embed_not_exp, make_inputs(S.miss_diag_embed_not_exp), {"strict": True, "inductor": False}
+    )
     assert any("raises FlaCompileError" in n for n in strict.notes), str(strict)
 
 

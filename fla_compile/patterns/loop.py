@@ -46,6 +46,12 @@ class LoopRegion:
     # and its value before the loop; the step graph then takes (state, norm, *inputs) and returns z_t last
     norm_offset: int | None = None
     init_norm: fx.Node | None = None
+    # a loop carrying several states (``patterns/multistate.py`` splits it): each state's offset, its value
+    # before the loop, and the states whose final value is used after the loop; empty for one state
+    states: tuple = ()
+    init_states: tuple = ()
+    finals_used: frozenset = frozenset()
+    outputs: tuple = ()  # a loop carrying several states with several per-step outputs: (kind, dim, offset, target)
 
     @property
     def T(self) -> int:
@@ -213,11 +219,11 @@ def find(graph: fx.Graph) -> tuple[list[LoopRegion], list[tuple[str, str]]]:
         if T is None or T < 2 or sorted(idx) != list(range(T)):
             continue
         first = [min(idx[t]) for t in range(T)]
-        families.append((first[0], T, first, keys[(src, dim)]))
+        families.append((first[0], T, first, keys[(src, dim)], idx))
     families.sort(key=lambda f: f[0])
     regions, misses = [], []
     done_until = floor = -1
-    for lo, T, first, _ in families:
+    for lo, T, first, *_ in families:
         if lo <= done_until:
             continue
         L = first[1] - first[0]
@@ -226,7 +232,8 @@ def find(graph: fx.Graph) -> tuple[list[LoopRegion], list[tuple[str, str]]]:
         done_until = max(done_until, first[-1])  # one attempt per loop, whichever source anchors it
         # the sources of this loop: read at every step with the same period, starting in step 0
         keys = set().union(
-            *[f[3] for f in families if f[1] == T and f[2][1] - f[2][0] == L and abs(f[0] - first[0]) < L]
+            *[f[3] for f in families if f[1] == T and f[2][1] - f[2][0] == L and abs(f[0] - first[0]) < L],
+            *[f[3] for f in families if f[1] == T and _read_in_steps(f[4], first, L)],  # read by two loops (GSA)
         )
         try:
             region = _reroll(nodes, pos, first[0], T, L, floor, keys)
@@ -236,6 +243,12 @@ def find(graph: fx.Graph) -> tuple[list[LoopRegion], list[tuple[str, str]]]:
         regions.append(region)
         done_until = floor = max(done_until, pos[region.blocks[-1][-1]])
     return regions, misses
+
+
+def _read_in_steps(idx: dict, first: list, L: int) -> bool:
+    """A source read at every step of the loop whose steps start at ``first`` (L nodes each), besides its
+    reads elsewhere (a sequence two loops read, the first loop anchoring its family)."""
+    return all(any(abs(p - first[t]) < L for p in idx[t]) for t in range(len(first)))
 
 
 def _reroll(nodes, pos, p0, T, L, floor, loop_keys) -> LoopRegion:
@@ -280,8 +293,9 @@ def _build(nodes, pos, s, T, L, loop_keys) -> LoopRegion:
     norm = _normalizer_pair(blocks, states) if len(states) == 2 else None
     if norm is not None:  # S and a normalizer z: patterns/normalized.py classifies the step
         states, norm = [norm[0]], norm[1]
-    if len(states) != 1:
-        raise _Mismatch(_several_states(blocks, states) if states else "the loop carries no state")
+    if not states:
+        raise _Mismatch("the loop carries no state")
+    several = tuple(states) if len(states) > 1 else ()  # patterns/multistate.py splits them
     state = states[0]
     reads = {}
     for n in blocks[0]:
@@ -294,6 +308,7 @@ def _build(nodes, pos, s, T, L, loop_keys) -> LoopRegion:
     region_nodes = set(n for b in blocks for n in b)
     outs: dict[tuple, tuple[str, int, int, fx.Node]] = {}
     final_state_used = False
+    finals = set()
     for t, b in enumerate(blocks):
         for i, n in enumerate(b):
             for u in n.users:
@@ -301,6 +316,9 @@ def _build(nodes, pos, s, T, L, loop_keys) -> LoopRegion:
                     continue
                 if t == T - 1 and i == state:
                     final_state_used = True
+                    finals.add(i)
+                elif t == T - 1 and i in several:
+                    finals.add(i)
                 elif t == T - 1 and i == norm:
                     raise _Mismatch(normalizer_message(blocks, state, norm, "its final value is used after the loop"))
                 elif t == T - 1 and i in buffers:
@@ -312,18 +330,25 @@ def _build(nodes, pos, s, T, L, loop_keys) -> LoopRegion:
                     continue
                 else:
                     raise _Mismatch(f"'{n.name}' of step {t} is used after the loop by '{u.name}'")
-    if len(outs) > 1:
+    if len(outs) > 1 and not several:
         raise _Mismatch(f"{len(outs)} per-step outputs; one is supported")
-    if not outs and not final_state_used:
+    if not outs and not finals:
         raise _Mismatch("nothing computed by the loop is used")
-    out_kind, out_dim, out_offset, out_target = next(iter(outs.values())) if outs else ("none", 0, None, None)
-    if out_kind == "buffer":
-        size = value_of(init[out_offset]).shape[out_dim]
-        if size != T:
-            raise _Mismatch(f"the output buffer has {size} steps along dim {out_dim} but the loop writes {T}")
-        out_offset = pos[writes[out_offset].value] - (s + (T - 1) * L)
-        if not 0 <= out_offset < L:
-            raise _Mismatch("the written value is not computed in the step")
+
+    def written(kind, dim, offset, target):  # a buffer's output: the offset of the value written at t
+        if kind == "buffer":
+            size = value_of(init[offset]).shape[dim]
+            if size != T:
+                raise _Mismatch(f"the output buffer has {size} steps along dim {dim} but the loop writes {T}")
+            offset = pos[writes[offset].value] - (s + (T - 1) * L)
+            if not 0 <= offset < L:
+                raise _Mismatch("the written value is not computed in the step")
+        return kind, dim, offset, target
+
+    outputs = tuple(written(*o) for o in outs.values()) if len(outs) > 1 else ()
+    # several outputs (one per state: a numerator and a normalizer): every state is split off, then the outputs
+    out_kind, out_dim, out_offset, out_target = written(*next(iter(outs.values()))) if len(outs) == 1 else (
+        "none", 0, None, None)  # fmt: skip
     return LoopRegion(
         graph=nodes[0].graph,
         blocks=blocks,
@@ -338,6 +363,10 @@ def _build(nodes, pos, s, T, L, loop_keys) -> LoopRegion:
         source=source_line(blocks[0][state]) or source_line(blocks[0][0]),
         norm_offset=norm,
         init_norm=init[norm] if norm is not None else None,
+        states=several,
+        init_states=tuple(init[i] for i in several),
+        finals_used=frozenset(finals),
+        outputs=outputs,
     )
 
 
@@ -376,16 +405,6 @@ def normalizer_message(blocks, S: int, z: int, why: str = "") -> str:
         f"yet{f' here ({why})' if why else ''}; supported: o_t = {Sn}_t^T q_t / ({zn}_t . q_t + eps), "
         f"{Sn}_t = {Sn}_{{t-1}} + k_t v_t^T (the loop is left as written)"
     )
-
-
-def _several_states(blocks, states: list[int]) -> str:
-    """Why a loop carrying several values is left alone, in the user's terms."""
-    last = blocks[-1]
-    pair = _normalizer_pair(blocks, states)
-    if pair is not None:
-        return normalizer_message(blocks, *pair)
-    names = ", ".join(_user_name(last[i]) for i in states)
-    return f"the loop carries {len(states)} states ({names}); a loop carrying one state is supported"
 
 
 def _is_running_sum(n: fx.Node, prev: fx.Node) -> bool:

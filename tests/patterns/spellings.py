@@ -164,7 +164,7 @@ def miss_reads_previous_state(q, k, v):
 
 
 def miss_value_gate(q, k, v):
-    """A gate along the value axis is not in our families."""
+    """A gate along the value axis (once a near miss, now GSA's slot memory: a selective scan per value column)."""
     B, T, H, K = q.shape
     h = q.new_zeros(B, H, K, v.shape[-1])
     outs = []

@@ -36,12 +36,12 @@ POSITIVE = {
     "normalized_elu_in_loop": "normalized_linear_attn",
     "normalized_based_taylor": "normalized_linear_attn",
     "normalized_rebased": "normalized_linear_attn",
+    "miss_value_gate": "mamba",  # a gate along the value axis (GSA's slot memory): each column is a selective scan
 }
 NEGATIVE = {
     "miss_nonlinear_in_state": "not linear in the state",
     "miss_decay_depends_on_state": "not linear in the state",
     "miss_reads_previous_state": "S_{t-1}",
-    "miss_value_gate": "value axis",
     "miss_not_outer_product": "outer product",
     "miss_delta_prediction_after_update": "nor a delta rule",
     "miss_delta_without_beta": "nor a delta rule",
