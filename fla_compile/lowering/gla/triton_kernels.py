@@ -493,8 +493,8 @@ def chunk_bwd_dqk_kernel(
         else:
             b_dg = tl.cumsum(b_db, axis=0, reverse=True) + b_pre
         tl.store(dg + p, b_dg + b_ds[None, :], mask=m_tk)
-    tl.store(dq + p, b_dq, mask=m_tk)
-    tl.store(dk + p, b_dk, mask=m_tk)
+    tl.store(dq + p, b_dq.to(dq.dtype.element_ty), mask=m_tk)  # fp32, or the inputs' dtype when final
+    tl.store(dk + p, b_dk.to(dk.dtype.element_ty), mask=m_tk)
 
 
 @triton.jit

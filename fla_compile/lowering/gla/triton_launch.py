@@ -332,8 +332,11 @@ def chunk_backward(
     kern.chunk_bwd_dv_kernel[grid](
         q, k, gc_arg, A, do, dh, dv, cu, info, scale, H, G, K, V, BT, BK, BV, gid, prec, SA, **_opts(cfg, "dv")
     )
-    dq = _empty((B, T, H, K), v.device, torch.float32)
-    dk = _empty(dq.shape, v.device, torch.float32)
+    # dq, dk straight in the inputs' dtypes where nothing adds to them after this kernel (no per-key gate's
+    # intra pass, no GQA group sum, no bonus): the same rounding as a cast after, without two more kernels
+    final = gid != 2 and G == 1 and u is None
+    dq = _empty((B, T, H, K), v.device, in_dtypes[0] if final else torch.float32)
+    dk = _empty(dq.shape, v.device, in_dtypes[1] if final else torch.float32)
     dA = _empty((B, T, H, BT), v.device, torch.float32) if gid == 2 else ht
     dg = _empty((B, T, H, K), v.device, torch.float32) if gid != 0 else None  # per key dim, chunk-local
     BK, BV = _tile(cfg, "dqk", K, V)
