@@ -267,9 +267,13 @@ def forward_parts(
     return o, ht, dict(gc=gc, X=X, w=w, u=u, vn=vn, h=h, Aqk=Aqk, meta=meta)
 
 
-def backward_parts(q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlens, BT=64, X=None, Aqk=None):
+def backward_parts(
+    q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlens, BT=64, X=None, Aqk=None, final_dq=False
+):
     """The staged chunked backward (see :mod:`fla_compile.lowering.delta.triton_wy_bwd`): recomputes the forward's
-    parts, then (dq, dk per head of v, dv, dbeta, dgate or None, dh0 or None), all fp32."""
+    parts, then (dq, dk per head of v, dv, dbeta, dgate or None, dh0 or None), fp32 but dv, which comes in v's
+    dtype (its one writer is the last word on it), and dq in q's with ``final_dq`` (the caller adds nothing to
+    it: no GQA sum, no l2norm) and no per-key gate (whose intra pass adds to it): no cast kernels after."""
     dt = v.dtype
     _, _, P = forward_parts(q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=BT, X=X, need_o=False, Aqk=Aqk)
     q, k = q.to(dt).contiguous(), k.to(dt).contiguous()
@@ -305,9 +309,9 @@ def backward_parts(q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlen
         chunk_off, scale, H, G, K, V, BT, BK, BV, gid, dht is not None, dh0 is not None, prec, **_opts("dh", dev),
     )  # fmt: skip
     # 3. dq, dk and the gate gradient through the output and the state update (the GLA line's kernels, v_new for v)
-    dq = torch.empty(B, T, H, K, **f32)
+    dq = torch.empty(B, T, H, K, device=dev, dtype=dt if final_dq and gid != 2 else torch.float32)
     dk = torch.empty(B, T, H, K, **f32)
-    dA = torch.empty(B, T, H, BT, **f32) if gid == 2 else dq
+    dA = torch.empty(B, T, H, BT, **f32) if gid == 2 else dk
     dg = torch.empty(B, T, H, K, **f32) if gid else None
     BKq, BVq = min(64, BK), min(64, launch.pow2(V))
     gla_kern.chunk_bwd_dqk_kernel[(NS, launch.cdiv(K, BKq), H)](
@@ -325,7 +329,7 @@ def backward_parts(q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlen
             db1, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev)
         )
     # 4. through W = X (b e^G k) and U = X (b v)
-    dv = torch.empty(B, T, H, V, **f32)
+    dv = torch.empty(B, T, H, V, device=dev, dtype=dt)
     dbeta = torch.empty(B, T, H, **f32)
     dG = torch.empty(gate.shape, **f32) if gid else dbeta
     dN = torch.empty(B, T, H, BT, **f32)
@@ -441,7 +445,8 @@ def chunk_backward(
     q, k, v, beta, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, use_qk_l2norm=False, chunk_size=None,
     X=None,
 ):  # fmt: skip
-    """Gradients (dq, dk, dv, dbeta, dgate or None, dh0 or None), in fp32 (the op casts). ``X``: the forward's
+    """Gradients (dq, dk, dv, dbeta, dgate or None, dh0 or None): fp32, dv and (see ``backward_parts``) dq in the
+    inputs' dtype; the op casts what is not. ``X``: the forward's
     inverses (``chunk_forward(X_out=...)``), used when tagged with this call's chunk size, else recomputed."""
     BT = chunk_size or 64
     vec = gate_kind == "vector"
@@ -454,7 +459,10 @@ def chunk_backward(
     h0 = None if initial_state is None else initial_state.float().contiguous()
     B, T, HK, K = q.shape
     H = v.shape[2]
-    dq, dk, dv, db, dg, dh0 = backward_parts(q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlens, BT, X, Aqk)
+    final_dq = H == HK and not use_qk_l2norm
+    dq, dk, dv, db, dg, dh0 = backward_parts(
+        q, k, v, beta, gate, gate_kind, scale, h0, do, dht, cu_seqlens, BT, X, Aqk, final_dq
+    )
     if H > HK:  # GQA: sum the heads of each group, in a fixed order
         dq = dq.view(B, T, HK, H // HK, K).sum(3)
         dk = dk.view(B, T, HK, H // HK, K).sum(3)
