@@ -7,11 +7,12 @@ Notation of :mod:`fla_compile.lowering.delta.torch_path`. Per chunk of BT steps 
    sub-chunks; in the forward ``chunk_kda_A_kernel`` (one block per program) or ``chunk_kda_A_rows_kernel`` (one
    row block per program, launch option ``A_rows``) forms it together with the output's gated q kᵀ.
 2. ``chunk_wy_kernel``: X = (I + diag(b) strict(A))^{-1} by blocks of 16: each diagonal block by forward
-   substitution (16 row steps on a 16 x 16 tile), the blocks below it merged by dots,
+   substitution (16 row steps on a 16 x 16 tile, row i of N loaded at step i), the blocks below it merged by dots,
    X_rc = -X_rr sum_{c <= m < r} N_rm X_mc; then W = X (b e^{G} k) and U = X (b v) by dots. X is kept (in the
    inputs' dtype) for the backward.
 3. ``chunk_delta_h_kernel``: the only sequential part. Per sequence, head and block of V it carries the state
-   S [K, BV] over the chunks: stores S, v_new = U - W S, then S <- e^{G_last} S + (e^{G_last - G} k)ᵀ v_new.
+   S [K, BV] over the chunks: stores S, v_new = U - W S, then S <- e^{G_last} S + (e^{G_last - G} k)ᵀ v_new
+   (kda: e^{G_last - G} k made once by ``chunk_wu_kernel``, launch option ``KG``, not once per V block).
 
 The output is then the GLA line's chunk-parallel ``chunk_fwd_o_kernel`` with v_new for v:
 o = scale ((e^{G} q) S + causal(q kᵀ e^{G_i - G_j}) v_new). Layouts as in the GLA kernels ([TT, H, D] tokens
