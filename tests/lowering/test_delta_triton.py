@@ -311,6 +311,52 @@ def _case_kda_A_rows(BT, T, cu_lens, gate_scale, dtype, BK, K=20, device="cpu"):
     }
 
 
+def _case_bwd_split(family, knobs, BT=16, T=37, cu_lens=None, K=20, V=40, dtype=torch.float32, B=2):
+    """The backward with split kernels (launch options ``knobs``: the state-gradient pass by key halves, the WY
+    backward by key blocks) against the one-block kernels on the same inputs, and both against fp64. GQA (2 heads
+    of v per key head), an initial state and dht, odd T or packed sequences; K = 20 leaves the last key block
+    partly masked. fp32: the same products summed in another order (~1e-7); fp16: stored states round apart."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    q, k, v, beta, g, h0 = make(family, B=B, T=T, K=K, V=V)
+    cu = None
+    if cu_lens is not None:
+        q, k, v, beta = (x.flatten(0, 1)[None, : sum(cu_lens)] for x in (q, k, v, beta))
+        g = None if g is None else g.flatten(0, 1)[None, : sum(cu_lens)]
+        h0 = torch.randn(len(cu_lens), *h0.shape[1:])
+        cu = torch.tensor([0, *torch.tensor(cu_lens).cumsum(0).tolist()])
+    gen = torch.Generator().manual_seed(11)
+    do, dht = torch.randn(v.shape, generator=gen), torch.randn(h0.shape, generator=gen)
+    _, _, ref = torch_grads(family, q, k, v, beta, g, h0, do, dht, 0.3, cu)
+    q, k, v, beta, do = (x.to(dtype) for x in (q, k, v, beta, do))
+    names = ["dq", "dk", "dv", "db", "dg", "dh0"]
+    runs = [
+        _with_knobs(kn, DT.chunk_backward, q, k, v, beta, g, FAMILY_GATE[family], 0.3, h0, cu, do, dht, False, BT)
+        for kn in ({"dh_halves": False, "wy_bwd_BK": 0}, knobs)
+    ]
+    out = {}
+    for n, a, b in zip(names, *runs):
+        if a is not None:
+            out[n] = rel(b, ref[n])
+            out[f"{n}_vs_one_block"] = rel(b, a)
+    half = dtype != torch.float32
+    out["tol"] = 1e-2 if half else 1e-5
+    out["tols"] = {f"{n}_vs_one_block": 2e-3 if half else 1e-6 for n in names}
+    return out
+
+
+_BOTH = {"dh_halves": True, "wy_bwd_BK": 16}
+SPLIT_CASES = {
+    "split-delta-odd-T-K40": (_case_bwd_split, ("delta_rule", _BOTH, 16, 21, None, 40, 16)),
+    "split-kda-varlen": (_case_bwd_split, ("kda", _BOTH, 16, 37, [9, 21], 20, 24)),
+    "split-gdn-BT64-varlen": (
+        _case_bwd_split,
+        ("gated_delta_rule", {**_BOTH, "wy_bwd_BK": 32}, 64, 37, [5, 0, 40], 20, 16),
+    ),
+    "split-kda-half": (_case_bwd_split, ("kda", _BOTH, 16, 21, None, 20, 16, torch.float16, 1)),
+}
+
+
 INTERPRETER_CASES = {
     **{f"fwd-{f}-BT16": (_case_forward, (f, 16)) for f in FAMILY_GATE},
     "fwd-kda-BT32-l2": (_case_forward, ("kda", 32, None, True)),
@@ -338,6 +384,7 @@ INTERPRETER_CASES = {
     "rows-fwd-kda-BT64-strong": (_with_knobs, ({"A_rows": True}, _case_forward, "kda", 64, None, False, 20.0)),
     "rows-bwd-kda-BT32-varlen": (_with_knobs, ({"A_rows": True}, _case_backward, "kda", 32, [9, 21])),
     "rows-bwd-kda-BT32-strong": (_with_knobs, ({"A_rows": True}, _case_backward, "kda", 32, None, False, 20.0, 20)),
+    **SPLIT_CASES,
 }
 
 
@@ -430,7 +477,8 @@ def _run_interpreter_cases(which="fast"):
 
     torch.set_num_threads(1)
     report = {}
-    for name, (fn, args) in (SLOW_CASES if which == "slow" else INTERPRETER_CASES).items():
+    cases = {"slow": SLOW_CASES, "split": SPLIT_CASES}.get(which, INTERPRETER_CASES)  # "split": those alone
+    for name, (fn, args) in cases.items():
         try:
             report[name] = fn(*args)
         except Exception:  # reported to the parent, which fails that case

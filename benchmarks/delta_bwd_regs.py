@@ -1,0 +1,104 @@
+"""Registers, spills and shared memory of the delta line's backward kernels, compiled offline (no GPU).
+
+    python benchmarks/delta_bwd_regs.py [--arch 90] [--warps 8,4] [--dtype bf16]
+
+Compiles the state-gradient pass and the WY backward, one-block and split variants, at K = V = 128, BT = 64
+for ``GPUTarget("cuda", arch)`` and reads the cubin's resource usage with the cuobjdump Triton ships. The
+counts come from this machine's Triton, which may differ from the GPU machine's; a guide, not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+log = logging.getLogger("delta_bwd_regs")
+
+
+def compile_one(fn, consts, dt, arch, warps, stages):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    typed = {"q": dt, "k": dt, "v": dt, "w": dt, "do": dt, "dh": dt, "dvn": dt, "X": dt, "h": dt, "dv": dt}
+    sig = {}
+    for name in fn.arg_names:
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name in ("cu", "info", "chunk_off"):
+            sig[name] = "*i32"
+        else:
+            sig[name] = "fp32" if name == "scale" else "*" + typed.get(name, "fp32")
+    src = ASTSource(fn, sig, constexprs=consts)
+    out = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages})
+    return out
+
+
+def usage(compiled) -> dict:
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        text = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    regs = re.search(r"REG:(\d+)", text)
+    spill = re.search(r"STACK:(\d+)", text)
+    return {
+        "regs": int(regs.group(1)) if regs else None,
+        "stack": int(spill.group(1)) if spill else None,
+        "shared": compiled.metadata.shared,
+    }
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    p = argparse.ArgumentParser()
+    p.add_argument("--arch", type=int, default=90)
+    p.add_argument("--warps", default="8,4")
+    p.add_argument("--dtype", default="bf16")
+    p.add_argument("--gates", default="0,1,2")
+    args = p.parse_args()
+    from fla_compile.lowering.delta import triton_wy_bwd as kwb
+
+    prec = "ieee" if args.dtype == "fp32" else "tf32"
+    K = V = 128
+    BT = 64
+    rows = [
+        "| kernel | gate | BK | BV | warps | regs | stack | shared |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for gid in (int(g) for g in args.gates.split(",")):
+        dh = dict(H=16, G=1, K=K, V=V, BT=BT, GATE=gid, USE_DHT=True, STORE_DH0=True, PREC=prec)
+        wy = dict(H=16, G=1, K=K, V=V, BT=BT, BV=64, GATE=gid, PREC=prec)
+        jobs = [
+            ("chunk_delta_dh_kernel", kwb.chunk_delta_dh_kernel, dict(dh, BK=128, BV=64)),
+            ("chunk_delta_dh_halves_kernel", kwb.chunk_delta_dh_halves_kernel, dict(dh, BK=64, BV=64)),
+            ("chunk_delta_dh_halves_kernel", kwb.chunk_delta_dh_halves_kernel, dict(dh, BK=64, BV=32)),
+            ("chunk_wy_bwd_kernel", kwb.chunk_wy_bwd_kernel, dict(wy, BK=128)),
+            ("chunk_wy_bwd_kblocks_kernel", kwb.chunk_wy_bwd_kblocks_kernel, dict(wy, BK=64)),
+            ("chunk_wy_bwd_kblocks_kernel", kwb.chunk_wy_bwd_kblocks_kernel, dict(wy, BK=32)),
+        ]
+        for name, fn, consts in jobs:
+            for warps in (int(w) for w in args.warps.split(",")):
+                try:
+                    u = usage(compile_one(fn, consts, args.dtype, args.arch, warps, 2))
+                    row = f"| {name} | {gid} | {consts['BK']} | {consts['BV']} | {warps} | {u['regs']} | {u['stack']} | {u['shared']} |"
+                except Exception as e:  # one failed compile is a row, not a lost table
+                    row = f"| {name} | {gid} | {consts['BK']} | {consts['BV']} | {warps} | error: {type(e).__name__}: {str(e)[:80]} | | |"
+                rows.append(row)
+                log.info(row)
+    log.info("\n" + "\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
