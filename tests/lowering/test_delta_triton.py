@@ -557,6 +557,43 @@ def test_gpu_kda_A_rows(dtype, gate_scale, monkeypatch):
         test_gpu_beta_extremes_varlen_l2("kda")
 
 
+SPLIT_KNOBS = {  # the split backward kernels' launch options, as the sweep's variants set them
+    "dh-halves": {"dh_halves": True},
+    "dh-halves-BV64-w8": {"dh_halves": True, "BV_dh_half": 64, "dh_half_block": (8, 1)},
+    "wy-BK32": {"wy_bwd_BK": 32},
+    "wy-BK64": {"wy_bwd_BK": 64},
+    "both": {"dh_halves": True, "wy_bwd_BK": 32},
+}
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("knobs", list(SPLIT_KNOBS))
+@pytest.mark.parametrize("family", list(FAMILY_GATE))
+def test_gpu_split_backward(family, knobs, monkeypatch):
+    """The backward with the split kernels (``SPLIT_KNOBS``) at K = V = 128: against the one-block kernels (fp32:
+    the same sums in another order), then against fp64 (fp32 and bf16, weak and strong gates), bitwise
+    deterministic, and packed sequences with extreme betas and l2norm."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    q, k, v, beta, g, h0 = _cuda_case(family, K=128, V=128)
+    do, dht = torch.randn_like(v), torch.randn_like(h0)
+    runs = []
+    for kn in ({"dh_halves": False, "wy_bwd_BK": 0}, SPLIT_KNOBS[knobs]):
+        for name, value in kn.items():
+            monkeypatch.setitem(DT.OVERRIDES, name, value)
+        _poison()
+        runs.append(DT.chunk_backward(q, k, v, beta, g, FAMILY_GATE[family], 0.125, h0, None, do, dht))
+    for name, a, b in zip(["dq", "dk", "dv", "db", "dg", "dh0"], *runs):
+        if a is not None:
+            assert rel(b, a) < 1e-6, name
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        for gate_scale in (0.05, 20.0):
+            test_gpu_chunk_vs_fp64(family, dtype, tol, gate_scale)
+    test_gpu_deterministic(family)
+    test_gpu_beta_extremes_varlen_l2(family)
+
+
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("family", list(FAMILY_GATE))
