@@ -17,6 +17,10 @@ Per chunk, with v_new = U - W S, o = (e^G q) S scale + M v_new and S' = e^{G_las
 
 dG is the gradient of the in-chunk cumsum G; the launcher turns it into the gate's by a reverse cumsum inside
 each chunk. No ``tl.trans``: transposed operands are loaded transposed.
+
+Steps 2 and 4 have split forms behind launch options (fewer registers and less shared memory at K = 128, the
+same math): ``chunk_delta_dh_halves_kernel`` holds dS as two [K/2, BV] halves, ``chunk_wy_bwd_kblocks_kernel``
+forms dW and its key-side gradients by key blocks.
 """
 
 from __future__ import annotations
