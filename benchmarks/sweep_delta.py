@@ -1,7 +1,7 @@
 """Launch-option sweep of the delta line's staged kernels (CUDA): one table from one run.
 
     python benchmarks/sweep_delta.py [--families kda,gated_delta_rule,delta_rule] [--shape 8,2048,16,128]
-        [--variants "shipped,A rows"] [--fwd-kernels]
+        [--variants "shipped,A rows"] [--fwd-kernels] [--bwd-kernels]
 
 For each family, times the op's forward and forward+backward (``fla_compile.ops``, bf16, ``do_bench`` medians)
 with the shipped options, then with one option changed at a time (``triton_launch.OVERRIDES``: warps/stages,
@@ -95,6 +95,7 @@ def main() -> int:
     p.add_argument("--shape", default="8,2048,16,128")
     p.add_argument("--variants", default="", help="comma-separated variant names (default: all)")
     p.add_argument("--fwd-kernels", action="store_true", help="also print each variant's forward kernels (device ms)")
+    p.add_argument("--bwd-kernels", action="store_true", help="also print each variant's fwd+bwd kernels (device ms)")
     args = p.parse_args()
     B, T, H, D = (int(x) for x in args.shape.split(","))
     names = set(args.variants.split(",")) if args.variants else None
@@ -116,6 +117,9 @@ def main() -> int:
                     with torch.no_grad():
                         table = kernel_table(lambda fn=fn, xs=xs: fn(*xs))
                     print(f"{family} {name} forward:", ", ".join(f"{k} {ms:.3f}" for k, _, ms in table), flush=True)
+                if args.bwd_kernels:
+                    table = kernel_table(fwd_bwd(fn, xg))
+                    print(f"{family} {name} fwd+bwd:", ", ".join(f"{k} {ms:.3f}" for k, _, ms in table), flush=True)
             except Exception as e:  # a variant that fails to compile or launch is a row, not a lost table
                 rows.append(f"| {family} | {name} | error: {type(e).__name__}: {str(e)[:100]} | |")
             finally:

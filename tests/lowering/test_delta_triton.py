@@ -491,6 +491,18 @@ def _run_interpreter_cases(which="fast"):
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
+@pytest.fixture(autouse=True)
+def _env_launch_options(request, monkeypatch):
+    """``DELTA_TEST_KNOBS='{"dh_halves": true, "wy_bwd_BK": 32}'``: the GPU tests with these launch options
+    (``triton_launch.OVERRIDES``; lists become tuples), to time-test a variant against the whole GPU suite."""
+    knobs = os.environ.get("DELTA_TEST_KNOBS")
+    if knobs and request.node.get_closest_marker("gpu"):
+        from fla_compile.lowering.delta import triton_launch as DT
+
+        for name, value in json.loads(knobs).items():
+            monkeypatch.setitem(DT.OVERRIDES, name, tuple(value) if isinstance(value, list) else value)
+
+
 def _cuda_case(family, B=2, T=300, HK=2, H=4, K=64, V=64, dtype=torch.float32, gate_scale=1.0, seed=0):
     xs = make(family, B, T, HK, H, K, V, dtype=dtype, gate_scale=gate_scale, device="cuda", seed=seed)
     return xs
