@@ -1,7 +1,7 @@
 """Launch-option sweep of the delta line's staged kernels (CUDA): one table from one run.
 
     python benchmarks/sweep_delta.py [--families kda,gated_delta_rule,delta_rule] [--shape 8,2048,16,128]
-        [--variants "shipped,A rows"] [--fwd-kernels] [--bwd-kernels]
+        [--variants "shipped,A rows"] [--fwd-kernels] [--bwd-kernels] [--metadata]
 
 For each family, times the op's forward and forward+backward (``fla_compile.ops``, bf16, ``do_bench`` medians)
 with the shipped options, then with one option changed at a time (``triton_launch.OVERRIDES``: warps/stages,
@@ -21,7 +21,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from kernels import bench, fwd_bwd, inputs, ours  # noqa: E402
-from profile_ops import kernel_table  # noqa: E402
+from profile_ops import kernel_table, triton_metadata  # noqa: E402
 
 VARIANTS = [
     ("shipped", {}),
@@ -96,6 +96,7 @@ def main() -> int:
     p.add_argument("--variants", default="", help="comma-separated variant names (default: all)")
     p.add_argument("--fwd-kernels", action="store_true", help="also print each variant's forward kernels (device ms)")
     p.add_argument("--bwd-kernels", action="store_true", help="also print each variant's fwd+bwd kernels (device ms)")
+    p.add_argument("--metadata", action="store_true", help="at the end: registers, spills, shared of every kernel built")
     args = p.parse_args()
     B, T, H, D = (int(x) for x in args.shape.split(","))
     names = set(args.variants.split(",")) if args.variants else None
@@ -131,6 +132,9 @@ def main() -> int:
         for kname, calls, ms in kernel_table(fwd_bwd(fn, xg)):
             print(f"| {kname} | {calls} | {ms:.3f} |")
     print("\n" + "\n".join(rows))
+    if args.metadata:
+        print("\n| kernel | registers | spills | shared | warps | stages |\n| --- | --- | --- | --- | --- | --- |")
+        print("\n".join(sorted(set(triton_metadata()))))
     return 0
 
 
