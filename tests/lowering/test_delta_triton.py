@@ -346,6 +346,7 @@ def _case_bwd_split(family, knobs, BT=16, T=37, cu_lens=None, K=20, V=40, dtype=
 
 
 _BOTH = {"dh_halves": True, "wy_bwd_BK": 16}
+_BOTH_PROD = {"dh_halves": True, "wy_bwd_BK": 32}
 SPLIT_CASES = {
     "split-delta-odd-T-K40": (_case_bwd_split, ("delta_rule", _BOTH, 16, 21, None, 40, 16)),
     "split-kda-varlen": (_case_bwd_split, ("kda", _BOTH, 16, 37, [9, 21], 20, 24)),
@@ -417,7 +418,11 @@ def _case_production(family, T=150):
     return out
 
 
-SLOW_CASES = {f"production-{f}": (_case_production, (f,)) for f in FAMILY_GATE}
+SLOW_CASES = {
+    **{f"production-{f}": (_case_production, (f,)) for f in FAMILY_GATE},
+    # the split backward kernels at these sizes: K halves of 32, WY key blocks of 32
+    **{f"production-split-{f}": (_with_knobs, (_BOTH_PROD, _case_production, f)) for f in FAMILY_GATE},
+}
 
 
 def _report(which):
