@@ -1,7 +1,7 @@
 """Launch-option sweep of the delta line's staged kernels (CUDA): one table from one run.
 
     python benchmarks/sweep_delta.py [--families kda,gated_delta_rule,delta_rule] [--shape 8,2048,16,128]
-        [--variants "shipped,A rows"] [--fwd-kernels]
+        [--variants "shipped,A rows"] [--fwd-kernels] [--bwd-kernels] [--metadata]
 
 For each family, times the op's forward and forward+backward (``fla_compile.ops``, bf16, ``do_bench`` medians)
 with the shipped options, then with one option changed at a time (``triton_launch.OVERRIDES``: warps/stages,
@@ -21,7 +21,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from kernels import bench, fwd_bwd, inputs, ours  # noqa: E402
-from profile_ops import kernel_table  # noqa: E402
+from profile_ops import kernel_table, triton_metadata  # noqa: E402
 
 VARIANTS = [
     ("shipped", {}),
@@ -50,6 +50,21 @@ VARIANTS = [
     ("A rows warps 8", {"A_rows": True, "A_row_block": (8, 2)}),
     ("A rows stages 1", {"A_rows": True, "A_row_block": (4, 1)}),
     ("A rows stages 3", {"A_rows": True, "A_row_block": (4, 3)}),
+    ("dh stages 1", {"dh": (8, 1)}),  # the one-block state-gradient pass unpipelined (~half the shared memory)
+    # the state-gradient pass by key halves (two [K/2, BV] states): table options BV 32, 4 warps, 1 stage
+    ("dh K halves", {"dh_halves": True}),
+    ("dh K halves s2", {"dh_halves": True, "dh_half_block": (4, 2)}),
+    ("dh K halves w8", {"dh_halves": True, "dh_half_block": (8, 1)}),
+    ("dh K halves BV=64 w8", {"dh_halves": True, "BV_dh_half": 64, "dh_half_block": (8, 1)}),
+    ("dh K halves BV=16", {"dh_halves": True, "BV_dh_half": 16}),
+    ("dh K halves w2", {"dh_halves": True, "dh_half_block": (2, 1)}),
+    # the WY backward by key blocks (dv_new read again per block)
+    ("wy_bwd BK=32", {"wy_bwd_BK": 32}),
+    ("wy_bwd BK=64", {"wy_bwd_BK": 64}),
+    ("wy_bwd BK=32 s1", {"wy_bwd_BK": 32, "wy_bwd_kb": (8, 1)}),
+    ("wy_bwd BK=32 w4", {"wy_bwd_BK": 32, "wy_bwd_kb": (4, 1)}),
+    ("wy_bwd BK=16", {"wy_bwd_BK": 16}),
+    ("dh halves + wy_bwd BK=32", {"dh_halves": True, "wy_bwd_BK": 32}),
 ]
 
 
@@ -80,6 +95,8 @@ def main() -> int:
     p.add_argument("--shape", default="8,2048,16,128")
     p.add_argument("--variants", default="", help="comma-separated variant names (default: all)")
     p.add_argument("--fwd-kernels", action="store_true", help="also print each variant's forward kernels (device ms)")
+    p.add_argument("--bwd-kernels", action="store_true", help="also print each variant's fwd+bwd kernels (device ms)")
+    p.add_argument("--metadata", action="store_true", help="at the end: registers, spills, shared of every kernel built")
     args = p.parse_args()
     B, T, H, D = (int(x) for x in args.shape.split(","))
     names = set(args.variants.split(",")) if args.variants else None
@@ -101,6 +118,9 @@ def main() -> int:
                     with torch.no_grad():
                         table = kernel_table(lambda fn=fn, xs=xs: fn(*xs))
                     print(f"{family} {name} forward:", ", ".join(f"{k} {ms:.3f}" for k, _, ms in table), flush=True)
+                if args.bwd_kernels:
+                    table = kernel_table(fwd_bwd(fn, xg))
+                    print(f"{family} {name} fwd+bwd:", ", ".join(f"{k} {ms:.3f}" for k, _, ms in table), flush=True)
             except Exception as e:  # a variant that fails to compile or launch is a row, not a lost table
                 rows.append(f"| {family} | {name} | error: {type(e).__name__}: {str(e)[:100]} | |")
             finally:
@@ -112,6 +132,9 @@ def main() -> int:
         for kname, calls, ms in kernel_table(fwd_bwd(fn, xg)):
             print(f"| {kname} | {calls} | {ms:.3f} |")
     print("\n" + "\n".join(rows))
+    if args.metadata:
+        print("\n| kernel | registers | spills | shared | warps | stages |\n| --- | --- | --- | --- | --- | --- |")
+        print("\n".join(sorted(set(triton_metadata()))))
     return 0
 
 

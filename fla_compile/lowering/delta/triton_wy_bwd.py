@@ -17,6 +17,10 @@ Per chunk, with v_new = U - W S, o = (e^G q) S scale + M v_new and S' = e^{G_las
 
 dG is the gradient of the in-chunk cumsum G; the launcher turns it into the gate's by a reverse cumsum inside
 each chunk. No ``tl.trans``: transposed operands are loaded transposed.
+
+Steps 2 and 4 have split forms behind launch options (fewer registers and less shared memory at K = 128, the
+same math): ``chunk_delta_dh_halves_kernel`` holds dS as two [K/2, BV] halves, ``chunk_wy_bwd_kblocks_kernel``
+forms dW and its key-side gradients by key blocks.
 """
 
 from __future__ import annotations
@@ -111,6 +115,125 @@ def chunk_delta_dh_kernel(
 
 
 @triton.jit
+def chunk_delta_dh_halves_kernel(
+    q,
+    k,
+    w,
+    gc,
+    dvl,
+    do,
+    dh,
+    dvn,
+    dht,
+    dh0,
+    cu,
+    chunk_off,
+    scale,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATE: tl.constexpr,
+    USE_DHT: tl.constexpr,
+    STORE_DH0: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """``chunk_delta_dh_kernel`` with the key dim in two halves of BK (K <= 2 BK): two [BK, BV] fp32 states, so
+    every dot is [BK, BT] x [BT, BV] and each half's q, k, W tiles live only while used (fewer registers
+    than one [2 BK, BV] state with [BT, 2 BK] tiles). The same math; dv_new sums both halves' dots in order."""
+    i_nh, i_v = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    i_hk = i_h // G
+    bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
+    NT = tl.cdiv(eos - bos, BT)
+    s0 = tl.load(chunk_off + i_n).to(tl.int64)
+    o_k0 = tl.arange(0, BK)
+    o_k1 = BK + o_k0
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k0, m_k1, m_v = o_k0 < K, o_k1 < K, o_v < V
+    m_h0 = m_k0[:, None] & m_v[None, :]
+    m_h1 = m_k1[:, None] & m_v[None, :]
+    o_h0 = o_k0[:, None] * V + o_v[None, :]
+    o_h1 = o_k1[:, None] * V + o_v[None, :]
+    b_dh0 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_dh1 = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_DHT:
+        p_dht = dht + (i_n * H + i_h) * K * V
+        b_dh0 += tl.load(p_dht + o_h0, mask=m_h0, other=0)
+        b_dh1 += tl.load(p_dht + o_h1, mask=m_h1, other=0)
+    for i_r in range(0, NT):
+        i_c = NT - 1 - i_r
+        p_dh = dh + ((s0 + i_c) * H + i_h) * K * V
+        tl.store(p_dh + o_h0, b_dh0.to(dh.dtype.element_ty), mask=m_h0)
+        tl.store(p_dh + o_h1, b_dh1.to(dh.dtype.element_ty), mask=m_h1)
+        o_t = bos + i_c * BT + tl.arange(0, BT)
+        m_t = o_t < eos
+        m_tv = m_t[:, None] & m_v[None, :]
+        last = tl.minimum(bos + i_c * BT + BT, eos) - 1
+        p_k = k + (o_t * (H // G) + i_hk)[:, None] * K
+        p_g = gc + (o_t * H + i_h)[:, None] * K
+        # [BT, BK] keys of each half, decayed to the chunk's end
+        b_k0 = tl.load(p_k + o_k0[None, :], mask=m_t[:, None] & m_k0[None, :], other=0)
+        b_k1 = tl.load(p_k + o_k1[None, :], mask=m_t[:, None] & m_k1[None, :], other=0)
+        dt = b_k0.dtype
+        if GATE == 1:
+            b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
+            b_gl = tl.load(gc + last * H + i_h)
+            b_d = tl.exp(tl.where(m_t, b_gl - b_g, 0))[:, None]
+            b_k0 = (b_k0.to(tl.float32) * b_d).to(dt)
+            b_k1 = (b_k1.to(tl.float32) * b_d).to(dt)
+        if GATE == 2:
+            m_tk0 = m_t[:, None] & m_k0[None, :]
+            m_tk1 = m_t[:, None] & m_k1[None, :]
+            b_gl0 = tl.load(gc + (last * H + i_h) * K + o_k0, mask=m_k0, other=0)
+            b_gl1 = tl.load(gc + (last * H + i_h) * K + o_k1, mask=m_k1, other=0)
+            b_g = tl.load(p_g + o_k0[None, :], mask=m_tk0, other=0)
+            b_k0 = (b_k0.to(tl.float32) * tl.exp(tl.where(m_tk0, b_gl0[None, :] - b_g, 0))).to(dt)
+            b_g = tl.load(p_g + o_k1[None, :], mask=m_tk1, other=0)
+            b_k1 = (b_k1.to(tl.float32) * tl.exp(tl.where(m_tk1, b_gl1[None, :] - b_g, 0))).to(dt)
+        p_v = (o_t * H + i_h)[:, None] * V + o_v[None, :]
+        # [BT, BV]: the two halves' dots in order, then dv_local (as one dot over K, then the add)
+        b_kdh = tl.dot(b_k0, b_dh0.to(dt), input_precision=PREC)
+        b_kdh = tl.dot(b_k1, b_dh1.to(dt), b_kdh, input_precision=PREC)
+        b_dvn = tl.load(dvl + p_v, mask=m_tv, other=0).to(tl.float32)
+        b_dvn += b_kdh
+        tl.store(dvn + p_v, b_dvn.to(dvn.dtype.element_ty), mask=m_tv)
+        b_do = tl.load(do + p_v, mask=m_tv, other=0).to(dt)
+        b_dvnc = b_dvn.to(dt)
+        # [BK, BT] queries and W of each half, loaded transposed
+        p_qt = q + (o_t * (H // G) + i_hk)[None, :] * K
+        p_wt = w + (o_t * H + i_h)[None, :] * K
+        p_gt = gc + (o_t * H + i_h)[None, :] * K
+        for half in tl.static_range(2):
+            if half == 0:
+                o_k, m_k, b_dh = o_k0, m_k0, b_dh0
+            else:
+                o_k, m_k, b_dh = o_k1, m_k1, b_dh1
+            m_kt = m_k[:, None] & m_t[None, :]
+            b_qt = tl.load(p_qt + o_k[:, None], mask=m_kt, other=0)
+            b_wt = tl.load(p_wt + o_k[:, None], mask=m_kt, other=0)
+            if GATE == 1:
+                b_qt = (b_qt.to(tl.float32) * tl.exp(b_g)[None, :]).to(dt)
+                b_dh *= tl.exp(b_gl)
+            if GATE == 2:
+                b_gt = tl.load(p_gt + o_k[:, None], mask=m_kt, other=0)
+                b_qt = (b_qt.to(tl.float32) * tl.exp(b_gt)).to(dt)
+                b_dh *= tl.exp(tl.load(gc + (last * H + i_h) * K + o_k, mask=m_k, other=0))[:, None]
+            b_dh += scale * tl.dot(b_qt, b_do, input_precision=PREC)
+            b_dh -= tl.dot(b_wt, b_dvnc, input_precision=PREC)
+            if half == 0:
+                b_dh0 = b_dh
+            else:
+                b_dh1 = b_dh
+    if STORE_DH0:
+        tl.store(dh0 + (i_n * H + i_h) * K * V + o_h0, b_dh0, mask=m_h0)
+        tl.store(dh0 + (i_n * H + i_h) * K * V + o_h1, b_dh1, mask=m_h1)
+
+
+@triton.jit
 def chunk_wy_bwd_kernel(
     k,
     v,
@@ -202,6 +325,122 @@ def chunk_wy_bwd_kernel(
         tl.store(dG + o_t * H + i_h, tl.sum(b_dkb * b_k, 1) * b_b, mask=m_t)
     if GATE == 2:
         tl.store(dG + p_k, b_dkb * b_k * b_b[:, None], mask=m_tk)
+    # dN = -Xᵀ dX Xᵀ on the strictly lower part (X = (I + N)^-1)
+    m_low = (o_i[:, None] >= o_i[None, :]) & m_t[:, None] & m_t[None, :]
+    b_dX = tl.where(m_low, b_dX, 0)
+    b_Xtf = b_Xt.to(tl.float32)
+    b_P = tl.dot(b_dX, b_Xtf, input_precision=PREC)
+    b_dNv = -tl.dot(b_Xtf, b_P, input_precision=PREC)
+    m_S = (o_i[:, None] > o_i[None, :]) & m_t[:, None] & m_t[None, :]
+    tl.store(dN + (o_t * H + i_h)[:, None] * BT + o_i[None, :], tl.where(m_S, b_dNv, 0), mask=m_t[:, None])
+
+
+@triton.jit
+def chunk_wy_bwd_kblocks_kernel(
+    k,
+    v,
+    beta,
+    gc,
+    X,
+    h,
+    dvn,
+    dv,
+    dk,
+    dbeta,
+    dG,
+    dN,
+    cu,
+    info,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATE: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """``chunk_wy_bwd_kernel`` by key blocks of BK: a pass over V for dv, the values' dbeta and their part of dX,
+    then per key block dW = -dv_new Sᵀ (dv_new read again, from L2) and that block's dk, dbeta, dG and part of
+    dX. The [BT, BK] fp32 tiles (dW, keys, their transposed copy, dk) are BK wide, not K: fewer registers than
+    the one-block kernel's (255 on sm90 at K = 128, BT = 64, 8 warps) for one more read of dv_new per block."""
+    i_s, i_h = tl.program_id(0), tl.program_id(1)
+    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
+    if i_n < 0:
+        return
+    i_hk = i_h // G
+    o_i = tl.arange(0, BT)
+    o_t = bos + i_c * BT + o_i
+    m_t = o_t < eos
+    # [BT, BT]: Xᵀ, loaded transposed (row a = column a of X)
+    b_Xt = tl.load(X + (o_t * H + i_h)[None, :] * BT + o_i[:, None], mask=m_t[None, :], other=0)
+    dt = b_Xt.dtype
+    b_b = tl.load(beta + o_t * H + i_h, mask=m_t, other=0).to(tl.float32)
+    b_dX = tl.zeros([BT, BT], dtype=tl.float32)
+    b_db = tl.zeros([BT], dtype=tl.float32)
+    b_dg = tl.zeros([BT], dtype=tl.float32)
+    p_h = (i_s.to(tl.int64) * H + i_h) * K * V
+    for i_v in range(0, tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        m_tv = m_t[:, None] & m_v[None, :]
+        p_v = (o_t * H + i_h)[:, None] * V + o_v[None, :]
+        # [BT, BV]
+        b_du = tl.load(dvn + p_v, mask=m_tv, other=0).to(dt)
+        b_v = tl.load(v + p_v, mask=m_tv, other=0)
+        # [BV, BT]
+        b_vt = tl.load(v + (o_t * H + i_h)[None, :] * V + o_v[:, None], mask=m_v[:, None] & m_t[None, :], other=0)
+        b_vbt = (b_vt.to(tl.float32) * b_b[None, :]).to(dt)
+        b_dX += tl.dot(b_du, b_vbt, input_precision=PREC)
+        b_dvb = tl.dot(b_Xt, b_du, input_precision=PREC)
+        tl.store(dv + p_v, (b_dvb * b_b[:, None]).to(dv.dtype.element_ty), mask=m_tv)
+        b_db += tl.sum(b_dvb * b_v.to(tl.float32), 1)
+    if GATE == 1:
+        b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        m_tk = m_t[:, None] & m_k[None, :]
+        m_kt = m_k[:, None] & m_t[None, :]
+        b_dw = tl.zeros([BT, BK], dtype=tl.float32)
+        for i_v in range(0, tl.cdiv(V, BV)):
+            o_v = i_v * BV + tl.arange(0, BV)
+            m_v = o_v < V
+            b_du = tl.load(dvn + (o_t * H + i_h)[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
+            # [BV, BK]: this key block of Sᵀ, loaded transposed
+            b_ht = tl.load(h + p_h + o_k[None, :] * V + o_v[:, None], mask=m_v[:, None] & m_k[None, :], other=0)
+            b_dw -= tl.dot(b_du.to(dt), b_ht.to(dt), input_precision=PREC)
+        # [BK, BT]: b e^G k, loaded transposed
+        b_kt = tl.load(k + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_kt, other=0).to(tl.float32)
+        if GATE == 1:
+            b_kt = b_kt * tl.exp(b_g)[None, :]
+        if GATE == 2:
+            b_gt = tl.load(gc + (o_t * H + i_h)[None, :] * K + o_k[:, None], mask=m_kt, other=0)
+            b_kt = b_kt * tl.exp(b_gt)
+        b_dX += tl.dot(b_dw.to(dt), (b_kt * b_b[None, :]).to(dt), input_precision=PREC)
+        # [BT, BK]: gradient of the scaled keys b e^G k
+        b_dkb = tl.dot(b_Xt, b_dw.to(dt), input_precision=PREC)
+        b_k = tl.load(k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
+        p_k = (o_t * H + i_h)[:, None] * K + o_k[None, :]
+        if GATE == 0:
+            b_db += tl.sum(b_dkb * b_k, 1)
+            tl.store(dk + p_k, tl.load(dk + p_k, mask=m_tk, other=0) + b_dkb * b_b[:, None], mask=m_tk)
+        if GATE == 1:
+            b_e = tl.exp(b_g)[:, None]
+            b_dke = tl.sum(b_dkb * (b_k * b_e), 1)
+            b_db += b_dke
+            b_dg += b_dke
+            tl.store(dk + p_k, tl.load(dk + p_k, mask=m_tk, other=0) + b_dkb * b_b[:, None] * b_e, mask=m_tk)
+        if GATE == 2:
+            b_e = tl.exp(tl.load(gc + (o_t * H + i_h)[:, None] * K + o_k[None, :], mask=m_tk, other=0))
+            b_dke = b_dkb * (b_k * b_e)
+            b_db += tl.sum(b_dke, 1)
+            tl.store(dk + p_k, tl.load(dk + p_k, mask=m_tk, other=0) + b_dkb * b_b[:, None] * b_e, mask=m_tk)
+            tl.store(dG + p_k, b_dke * b_b[:, None], mask=m_tk)
+    tl.store(dbeta + o_t * H + i_h, b_db, mask=m_t)
+    if GATE == 1:
+        tl.store(dG + o_t * H + i_h, b_dg * b_b, mask=m_t)
     # dN = -Xᵀ dX Xᵀ on the strictly lower part (X = (I + N)^-1)
     m_low = (o_i[:, None] >= o_i[None, :]) & m_t[:, None] & m_t[None, :]
     b_dX = tl.where(m_low, b_dX, 0)
