@@ -20,7 +20,7 @@ import torch.fx as fx
 
 from ._graph import constant_value, source_line, value_of
 from ._time import time_read, time_write
-from .loop import _Mismatch, _same_target, frame
+from .loop import _Mismatch, _same_target, find, frame
 
 _MAX_PEEL = 64  # nodes computing step 0 apart: more is not a peeled step
 
@@ -76,6 +76,7 @@ def unpeel(graph: fx.Graph) -> tuple[list[Peel], list[tuple[str, str]]]:
     nodes = list(graph.nodes)
     pos = {n: i for i, n in enumerate(nodes)}
     by_src, keys = _families(nodes, pos)
+    framed = [(pos[r.blocks[0][0]], pos[r.blocks[-1][-1]]) for r in find(graph)[0]]  # loops as they are: left be
     cands = []
     for (src, dim), idx in by_src.items():
         v = value_of(src)
@@ -88,7 +89,8 @@ def unpeel(graph: fx.Graph) -> tuple[list[Peel], list[tuple[str, str]]]:
             continue
         if 0 in idx and min(idx[0]) == first[0] - L:
             continue  # step 0 in step: an ordinary loop
-        cands.append((first[0], T, L))
+        if not any(lo <= first[0] <= hi for lo, hi in framed):
+            cands.append((first[0], T, L))
     peels, misses = [], []
     floor = -1
     for p1, T, L in sorted(set(cands)):
