@@ -12,8 +12,10 @@ import logging
 import torch.fx as fx
 
 from . import costs
-from .patterns import chunked, cumsum, loop, loop_roles, loss, multistate, normalized, pairwise, parallel
+from .ir import Family
+from .patterns import chunked, cumsum, loop, loop_roles, loss, multistate, normalized, pairwise, parallel, peel, pull
 from .patterns._graph import specialize_sizes, to_ssa, value_of
+from .patterns._time import time_read
 from .patterns._vmap import devmap
 from .report import Match, Miss, Report
 from .rewrite import LoopLowering, call_family, is_zeros, rewrite_loop
@@ -51,6 +53,42 @@ class Options:
 
 
 def loop_pass(graph: fx.Graph, opts: Options, report: Report) -> None:
+    peels, peel_misses = peel.unpeel(graph)  # a first step written apart: the general step in its place
+    report.misses += [Miss(loop.SPELLING, reason, src) for reason, src in peel_misses]
+    pulls: list = []
+    try:
+        _loop_pass(graph, opts, report, pulls)
+    finally:  # where the loop was not rewritten: as written
+        pull.undo(pulls)
+        peel.undo(peels)
+
+
+def _pulled_mamba(graph: fx.Graph, region, opts: Options, pulls: list):
+    """A scan read out over its last axis whose decay and input were made before the loop (Mamba's reference
+    scan): with their time-local producers pulled into the step, the mamba op where that is proven.
+    (region, rec, err) or None (the graph then as it was)."""
+    reads = [n for b in region.blocks for n in b if (r := time_read(n)) is not None and r.key in region.reads]
+    p = pull.pull(graph, reads, region.T)
+    if p is None:
+        return None
+    final = region.blocks[-1][region.state_offset]
+    try:
+        new = next(r for r in loop.find(graph)[0] if r.blocks[-1][r.state_offset] is final and not r.states)
+        step, _ = new.step_graph()
+        metas = step_inputs(step)
+        state_meta = value_of(step.graph.find_nodes(op="placeholder")[0])
+        rec = classify_loop(step, metas, state_meta)
+        if rec.family != Family.MAMBA:
+            raise NearMiss("not the mamba op")
+        err = prove_loop(step, metas, state_meta, rec, call_family) if opts.verify else float("nan")
+    except (StopIteration, NearMiss, ValueError):
+        pull.undo([p])
+        return None
+    pulls.append(p)
+    return new, rec, err
+
+
+def _loop_pass(graph: fx.Graph, opts: Options, report: Report, pulls: list) -> None:
     regions, misses = loop.find(graph)
     if any(r.states for r in regions):  # loops carrying several states: split, then re-roll what is left
         emptied = set().union(*(multistate.split(r, opts, report) for r in regions if r.states))
@@ -69,6 +107,8 @@ def loop_pass(graph: fx.Graph, opts: Options, report: Report) -> None:
             state_meta = value_of(step.graph.find_nodes(op="placeholder")[0])
             rec = classify_loop(step, metas, state_meta)
             err = prove_loop(step, metas, state_meta, rec, call_family) if opts.verify else float("nan")
+            if rec.family == Family.HGRN and rec.q is not None and len(state_meta.shape) >= 2:
+                region, rec, err = _pulled_mamba(graph, region, opts, pulls) or (region, rec, err)
         except (NearMiss, ValueError) as e:
             report.misses.append(Miss(loop.SPELLING, str(e), region.source))
             continue

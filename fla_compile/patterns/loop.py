@@ -145,8 +145,8 @@ class _Mismatch(Exception):
         self.framing = framing  # the blocks do not fit the graph: says nothing about the loop
 
 
-def _entry(n: fx.Node, t: int, start: int, L: int, s: int, pos: dict, loop_keys: set) -> tuple:
-    """Signature of node ``n`` of block ``t``: op and arguments, relative to the block."""
+def _entry(n: fx.Node, t: int, start: int, L: int, s: int, pos: dict, loop_keys: set, t0: int = 0) -> tuple:
+    """Signature of node ``n`` of block ``t`` (time step ``t + t0``): op and arguments, relative to the block."""
 
     def norm(a):
         if isinstance(a, fx.Node):
@@ -157,7 +157,7 @@ def _entry(n: fx.Node, t: int, start: int, L: int, s: int, pos: dict, loop_keys:
                 return ("C", p - (start - L))
             if p < s:
                 r = time_read(a)
-                if r is not None and r.index == t and r.key in loop_keys:
+                if r is not None and r.index == t + t0 and r.key in loop_keys:
                     return ("read", ("G", r.src), r.dim, repr(r.post))
                 return ("G", a)
             raise _Mismatch(f"'{n.name}' reads '{a.name}' from outside its block")
@@ -170,10 +170,10 @@ def _entry(n: fx.Node, t: int, start: int, L: int, s: int, pos: dict, loop_keys:
         return a
 
     r = time_read(n)
-    if r is not None and r.index == t and r.key in loop_keys:
+    if r is not None and r.index == t + t0 and r.key in loop_keys:
         return ("read", norm(r.src), r.dim, repr(r.post))
     w = time_write(n)
-    if w is not None and w.index == t:
+    if w is not None and w.index == t + t0:
         return ("write", norm(w.buf), w.dim, norm(w.value), w.keepdim)
     return (n.op, n.target, norm(n.args), norm(n.kwargs))
 
@@ -208,7 +208,7 @@ def find(graph: fx.Graph) -> tuple[list[LoopRegion], list[tuple[str, str]]]:
     keys: dict[tuple, set] = defaultdict(set)
     for n in nodes:
         r = time_read(n)
-        if r is not None and n.users:
+        if r is not None and n.users and not _peeled(n):
             # anchor a step at the first use of its reads: reads may be hoisted before the loop
             by_src[(r.src, r.dim)][r.index].append(min(pos[u] for u in n.users))
             keys[(r.src, r.dim)].add(r.key)
@@ -221,6 +221,8 @@ def find(graph: fx.Graph) -> tuple[list[LoopRegion], list[tuple[str, str]]]:
         first = [min(idx[t]) for t in range(T)]
         families.append((first[0], T, first, keys[(src, dim)], idx))
     families.sort(key=lambda f: f[0])
+    # reads whose producer ``patterns/pull.py`` pulled into the steps: dead, still framed as reads
+    pulled = {r.key for n in nodes if n.meta.get("fla_pulled") and (r := time_read(n)) is not None}
     regions, misses = [], []
     done_until = floor = -1
     for lo, T, first, *_ in families:
@@ -234,6 +236,7 @@ def find(graph: fx.Graph) -> tuple[list[LoopRegion], list[tuple[str, str]]]:
         keys = set().union(
             *[f[3] for f in families if f[1] == T and f[2][1] - f[2][0] == L and abs(f[0] - first[0]) < L],
             *[f[3] for f in families if f[1] == T and _read_in_steps(f[4], first, L)],  # read by two loops (GSA)
+            pulled,
         )
         try:
             region = _reroll(nodes, pos, first[0], T, L, floor, keys)
@@ -243,6 +246,11 @@ def find(graph: fx.Graph) -> tuple[list[LoopRegion], list[tuple[str, str]]]:
         regions.append(region)
         done_until = floor = max(done_until, pos[region.blocks[-1][-1]])
     return regions, misses
+
+
+def _peeled(n: fx.Node) -> bool:
+    """A read of step 0 that only a peeled first step (``patterns/peel.py``) still uses: not a step's read."""
+    return bool(n.meta.get("fla_peeled")) and all(u.meta.get("fla_peeled") for u in n.users)
 
 
 def _read_in_steps(idx: dict, first: list, L: int) -> bool:
@@ -269,22 +277,29 @@ def _reroll(nodes, pos, p0, T, L, floor, loop_keys) -> LoopRegion:
     raise next((e for e in errors if not e.framing), errors[0])
 
 
-def _build(nodes, pos, s, T, L, loop_keys) -> LoopRegion:
+def frame(nodes, pos, s, T, L, loop_keys, t0: int = 0) -> tuple[list[list[fx.Node]], dict[int, fx.Node]]:
+    """T blocks of L nodes from ``s`` (time steps t0..t0+T-1) proven isomorphic: (blocks, the carried values'
+    offsets -> their values before the loop). Raises ``_Mismatch``."""
     end = s + T * L
     if end > len(nodes):
         raise _Mismatch("blocks run past the end of the graph", framing=True)
     blocks = [nodes[s + t * L : s + (t + 1) * L] for t in range(T)]
     if any(n.op in ("placeholder", "output", "get_attr") for b in blocks for n in b):
         raise _Mismatch("a block holds an input or the output", framing=True)
-    sigs = [[_entry(n, t, s + t * L, L, s, pos, loop_keys) for n in blocks[t]] for t in range(min(T, 2))]
+    sigs = [[_entry(n, t, s + t * L, L, s, pos, loop_keys, t0) for n in blocks[t]] for t in range(min(T, 2))]
     ref = sigs[-1]
     for t in range(2, T):
         for i, n in enumerate(blocks[t]):
-            if _entry(n, t, s + t * L, L, s, pos, loop_keys) != ref[i]:
-                raise _Mismatch(f"step {t} differs from step 1 at '{n.name}'")
+            if _entry(n, t, s + t * L, L, s, pos, loop_keys, t0) != ref[i]:
+                raise _Mismatch(f"step {t + t0} differs from step {1 + t0} at '{n.name}'")
     init: dict[int, fx.Node] = {}
     if T > 1 and not all(_unify(a, b, init) for a, b in zip(sigs[0], sigs[1])):
         raise _Mismatch("the first step differs from the others")
+    return blocks, init
+
+
+def _build(nodes, pos, s, T, L, loop_keys) -> LoopRegion:
+    blocks, init = frame(nodes, pos, s, T, L, loop_keys)
 
     carried = sorted(init)
     writes = {i: time_write(blocks[-1][i]) for i in carried}
