@@ -41,6 +41,18 @@ def make(family, B=2, T=37, HK=1, H=2, K=20, V=40, dtype=torch.float32, gate_sca
     return [None if x is None else x.to(device=device, dtype=dtype if x is not h0 else torch.float32) for x in xs]
 
 
+def _pack(cu_lens, q, k, v, beta, g, h0):
+    """The inputs as one batch of packed sequences of ``cu_lens`` tokens, an initial state per sequence, and their
+    cu_seqlens: (q, k, v, beta, g, h0, cu); unchanged (cu None) without ``cu_lens``."""
+    if cu_lens is None:
+        return q, k, v, beta, g, h0, None
+    n = sum(cu_lens)
+    q, k, v, beta = (x.flatten(0, 1)[None, :n] for x in (q, k, v, beta))
+    g = None if g is None else g.flatten(0, 1)[None, :n]
+    h0 = torch.randn(len(cu_lens), *h0.shape[1:])
+    return q, k, v, beta, g, h0, torch.tensor([0, *torch.tensor(cu_lens).cumsum(0).tolist()])
+
+
 def torch_grads(family, q, k, v, beta, g, h0, do, dht, scale, cu=None, l2=False):
     """fp64 reference outputs and gradients through the torch chunked path (checked against the loops)."""
     from fla_compile.lowering.delta.torch_path import delta_line_forward
@@ -60,12 +72,7 @@ def _case_forward(family, BT, cu_lens=None, l2=False, gate_scale=2.0):
     from fla_compile.lowering.delta import triton_launch as DT
 
     q, k, v, beta, g, h0 = make(family, gate_scale=gate_scale)
-    cu = None
-    if cu_lens is not None:
-        q, k, v, beta = (x.flatten(0, 1)[None, : sum(cu_lens)] for x in (q, k, v, beta))
-        g = None if g is None else g.flatten(0, 1)[None, : sum(cu_lens)]
-        h0 = torch.randn(len(cu_lens), *h0.shape[1:])
-        cu = torch.tensor([0, *torch.tensor(cu_lens).cumsum(0).tolist()])
+    q, k, v, beta, g, h0, cu = _pack(cu_lens, q, k, v, beta, g, h0)
     o, ht = DT.chunk_forward(q, k, v, beta, g, FAMILY_GATE[family], 0.3, h0, cu, l2, chunk_size=BT)
     ro, rs, _ = torch_grads(family, q, k, v, beta, g, h0, torch.zeros_like(o), torch.zeros_like(ht), 0.3, cu, l2)
     out = {"o": rel(o, ro), "ht": rel(ht, rs)}
@@ -79,12 +86,7 @@ def _case_backward(family, BT, cu_lens=None, l2=False, gate_scale=2.0, T=37):
     from fla_compile.lowering.delta import triton_launch as DT
 
     q, k, v, beta, g, h0 = make(family, T=T, gate_scale=gate_scale)
-    cu = None
-    if cu_lens is not None:
-        q, k, v, beta = (x.flatten(0, 1)[None, : sum(cu_lens)] for x in (q, k, v, beta))
-        g = None if g is None else g.flatten(0, 1)[None, : sum(cu_lens)]
-        h0 = torch.randn(len(cu_lens), *h0.shape[1:])
-        cu = torch.tensor([0, *torch.tensor(cu_lens).cumsum(0).tolist()])
+    q, k, v, beta, g, h0, cu = _pack(cu_lens, q, k, v, beta, g, h0)
     do = torch.randn(*v.shape)
     dht = torch.randn(*h0.shape)
     _, _, ref = torch_grads(family, q, k, v, beta, g, h0, do, dht, 0.3, cu, l2)
@@ -190,10 +192,7 @@ def _case_solve_row_loads(family, BT, T=70, cu_lens=None):
     from fla_compile.lowering.delta import triton_launch as DT
 
     q, k, v, beta, g, h0 = make(family, B=1, T=T, K=16, V=16)
-    cu = None
-    if cu_lens is not None:
-        h0 = torch.randn(len(cu_lens), *h0.shape[1:])
-        cu = torch.tensor([0, *torch.tensor(cu_lens).cumsum(0).tolist()])
+    q, k, v, beta, g, h0, cu = _pack(cu_lens, q, k, v, beta, g, h0)
     outs = []
     for row_loads in (True, False):
         DT.ROW_LOADS = row_loads
@@ -213,10 +212,7 @@ def _case_kg(BT, T=70, cu_lens=None):
     from fla_compile.lowering.delta import triton_launch as DT
 
     q, k, v, beta, g, h0 = make("kda", B=1, T=T, K=16, V=16)
-    cu = None
-    if cu_lens is not None:
-        h0 = torch.randn(len(cu_lens), *h0.shape[1:])
-        cu = torch.tensor([0, *torch.tensor(cu_lens).cumsum(0).tolist()])
+    q, k, v, beta, g, h0, cu = _pack(cu_lens, q, k, v, beta, g, h0)
     gen = torch.Generator().manual_seed(3)
     do, dht = torch.randn(v.shape, generator=gen), torch.randn(h0.shape, generator=gen)
     outs = []
@@ -319,12 +315,7 @@ def _case_bwd_split(family, knobs, BT=16, T=37, cu_lens=None, K=20, V=40, dtype=
     from fla_compile.lowering.delta import triton_launch as DT
 
     q, k, v, beta, g, h0 = make(family, B=B, T=T, K=K, V=V)
-    cu = None
-    if cu_lens is not None:
-        q, k, v, beta = (x.flatten(0, 1)[None, : sum(cu_lens)] for x in (q, k, v, beta))
-        g = None if g is None else g.flatten(0, 1)[None, : sum(cu_lens)]
-        h0 = torch.randn(len(cu_lens), *h0.shape[1:])
-        cu = torch.tensor([0, *torch.tensor(cu_lens).cumsum(0).tolist()])
+    q, k, v, beta, g, h0, cu = _pack(cu_lens, q, k, v, beta, g, h0)
     gen = torch.Generator().manual_seed(11)
     do, dht = torch.randn(v.shape, generator=gen), torch.randn(h0.shape, generator=gen)
     _, _, ref = torch_grads(family, q, k, v, beta, g, h0, do, dht, 0.3, cu)
