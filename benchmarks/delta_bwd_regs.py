@@ -2,7 +2,7 @@
 
     python benchmarks/delta_bwd_regs.py [--arch 90] [--warps 8,4] [--dtype bf16]
 
-Compiles the state-gradient pass and the WY backward, one-block and split variants, at K = V = 128, BT = 64
+Compiles the state-gradient pass and the WY backward at K = V = 128, BT = 64
 for ``GPUTarget("cuda", arch)`` and reads the cubin's resource usage with the cuobjdump Triton ships. The
 counts come from this machine's Triton, which may differ from the GPU machine's; a guide, not a measurement.
 """
@@ -92,11 +92,7 @@ def main() -> int:
         wy = dict(H=16, G=1, K=K, V=V, BT=BT, BV=64, GATE=gid, PREC=prec)
         jobs = [
             ("chunk_delta_dh_kernel", kwb.chunk_delta_dh_kernel, dict(dh, BK=128, BV=64)),
-            ("chunk_delta_dh_halves_kernel", kwb.chunk_delta_dh_halves_kernel, dict(dh, BK=64, BV=64)),
-            ("chunk_delta_dh_halves_kernel", kwb.chunk_delta_dh_halves_kernel, dict(dh, BK=64, BV=32)),
             ("chunk_wy_bwd_kernel", kwb.chunk_wy_bwd_kernel, dict(wy, BK=128)),
-            ("chunk_wy_bwd_kblocks_kernel", kwb.chunk_wy_bwd_kblocks_kernel, dict(wy, BK=64)),
-            ("chunk_wy_bwd_kblocks_kernel", kwb.chunk_wy_bwd_kblocks_kernel, dict(wy, BK=32)),
         ]
         for name, fn, consts in jobs:
             for warps in (int(w) for w in args.warps.split(",")):

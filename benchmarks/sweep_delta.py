@@ -51,20 +51,6 @@ VARIANTS = [
     ("A rows stages 1", {"A_rows": True, "A_row_block": (4, 1)}),
     ("A rows stages 3", {"A_rows": True, "A_row_block": (4, 3)}),
     ("dh stages 1", {"dh": (8, 1)}),  # the one-block state-gradient pass unpipelined (~half the shared memory)
-    # the state-gradient pass by key halves (two [K/2, BV] states): table options BV 32, 4 warps, 1 stage
-    ("dh K halves", {"dh_halves": True}),
-    ("dh K halves s2", {"dh_halves": True, "dh_half_block": (4, 2)}),
-    ("dh K halves w8", {"dh_halves": True, "dh_half_block": (8, 1)}),
-    ("dh K halves BV=64 w8", {"dh_halves": True, "BV_dh_half": 64, "dh_half_block": (8, 1)}),
-    ("dh K halves BV=16", {"dh_halves": True, "BV_dh_half": 16}),
-    ("dh K halves w2", {"dh_halves": True, "dh_half_block": (2, 1)}),
-    # the WY backward by key blocks (dv_new read again per block)
-    ("wy_bwd BK=32", {"wy_bwd_BK": 32}),
-    ("wy_bwd BK=64", {"wy_bwd_BK": 64}),
-    ("wy_bwd BK=32 s1", {"wy_bwd_BK": 32, "wy_bwd_kb": (8, 1)}),
-    ("wy_bwd BK=32 w4", {"wy_bwd_BK": 32, "wy_bwd_kb": (4, 1)}),
-    ("wy_bwd BK=16", {"wy_bwd_BK": 16}),
-    ("dh halves + wy_bwd BK=32", {"dh_halves": True, "wy_bwd_BK": 32}),
 ]
 
 

@@ -307,48 +307,6 @@ def _case_kda_A_rows(BT, T, cu_lens, gate_scale, dtype, BK, K=20, device="cpu"):
     }
 
 
-def _case_bwd_split(family, knobs, BT=16, T=37, cu_lens=None, K=20, V=40, dtype=torch.float32, B=2):
-    """The backward with split kernels (launch options ``knobs``: the state-gradient pass by key halves, the WY
-    backward by key blocks) against the one-block kernels on the same inputs, and both against fp64. GQA (2 heads
-    of v per key head), an initial state and dht, odd T or packed sequences; K = 20 leaves the last key block
-    partly masked. fp32: the same products summed in another order (~1e-7); fp16: stored states round apart."""
-    from fla_compile.lowering.delta import triton_launch as DT
-
-    q, k, v, beta, g, h0 = make(family, B=B, T=T, K=K, V=V)
-    q, k, v, beta, g, h0, cu = _pack(cu_lens, q, k, v, beta, g, h0)
-    gen = torch.Generator().manual_seed(11)
-    do, dht = torch.randn(v.shape, generator=gen), torch.randn(h0.shape, generator=gen)
-    _, _, ref = torch_grads(family, q, k, v, beta, g, h0, do, dht, 0.3, cu)
-    q, k, v, beta, do = (x.to(dtype) for x in (q, k, v, beta, do))
-    names = ["dq", "dk", "dv", "db", "dg", "dh0"]
-    runs = [
-        _with_knobs(kn, DT.chunk_backward, q, k, v, beta, g, FAMILY_GATE[family], 0.3, h0, cu, do, dht, False, BT)
-        for kn in ({"dh_halves": False, "wy_bwd_BK": 0}, knobs)
-    ]
-    out = {}
-    for n, a, b in zip(names, *runs):
-        if a is not None:
-            out[n] = rel(b, ref[n])
-            out[f"{n}_vs_one_block"] = rel(b, a)
-    half = dtype != torch.float32
-    out["tol"] = 1e-2 if half else 1e-5
-    out["tols"] = {f"{n}_vs_one_block": 2e-3 if half else 1e-6 for n in names}
-    return out
-
-
-_BOTH = {"dh_halves": True, "wy_bwd_BK": 16}
-_BOTH_PROD = {"dh_halves": True, "wy_bwd_BK": 32}
-SPLIT_CASES = {
-    "split-delta-odd-T-K40": (_case_bwd_split, ("delta_rule", _BOTH, 16, 21, None, 40, 16)),
-    "split-kda-varlen": (_case_bwd_split, ("kda", _BOTH, 16, 37, [9, 21], 20, 24)),
-    "split-gdn-BT64-varlen": (
-        _case_bwd_split,
-        ("gated_delta_rule", {**_BOTH, "wy_bwd_BK": 32}, 64, 37, [5, 0, 40], 20, 16),
-    ),
-    "split-kda-half": (_case_bwd_split, ("kda", _BOTH, 16, 21, None, 20, 16, torch.float16, 1)),
-}
-
-
 INTERPRETER_CASES = {
     **{f"fwd-{f}-BT16": (_case_forward, (f, 16)) for f in FAMILY_GATE},
     "fwd-kda-BT32-l2": (_case_forward, ("kda", 32, None, True)),
@@ -376,7 +334,6 @@ INTERPRETER_CASES = {
     "rows-fwd-kda-BT64-strong": (_with_knobs, ({"A_rows": True}, _case_forward, "kda", 64, None, False, 20.0)),
     "rows-bwd-kda-BT32-varlen": (_with_knobs, ({"A_rows": True}, _case_backward, "kda", 32, [9, 21])),
     "rows-bwd-kda-BT32-strong": (_with_knobs, ({"A_rows": True}, _case_backward, "kda", 32, None, False, 20.0, 20)),
-    **SPLIT_CASES,
 }
 
 
@@ -411,8 +368,6 @@ def _case_production(family, T=150):
 
 SLOW_CASES = {
     **{f"production-{f}": (_case_production, (f,)) for f in FAMILY_GATE},
-    # the split backward kernels at these sizes: K halves of 32, WY key blocks of 32
-    **{f"production-split-{f}": (_with_knobs, (_BOTH_PROD, _case_production, f)) for f in FAMILY_GATE},
 }
 
 
@@ -473,7 +428,7 @@ def _run_interpreter_cases(which="fast"):
 
     torch.set_num_threads(1)
     report = {}
-    cases = {"slow": SLOW_CASES, "split": SPLIT_CASES}.get(which, INTERPRETER_CASES)  # "split": those alone
+    cases = SLOW_CASES if which == "slow" else INTERPRETER_CASES
     for name, (fn, args) in cases.items():
         try:
             report[name] = fn(*args)
@@ -489,7 +444,7 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 @pytest.fixture(autouse=True)
 def _env_launch_options(request, monkeypatch):
-    """``DELTA_TEST_KNOBS='{"dh_halves": true, "wy_bwd_BK": 32}'``: the GPU tests with these launch options
+    """``DELTA_TEST_KNOBS='{"A_rows": false, "BV_o": 64}'``: the GPU tests with these launch options
     (``triton_launch.OVERRIDES``; lists become tuples), to time-test a variant against the whole GPU suite."""
     knobs = os.environ.get("DELTA_TEST_KNOBS")
     if knobs and request.node.get_closest_marker("gpu"):
@@ -563,43 +518,6 @@ def test_gpu_kda_A_rows(dtype, gate_scale, monkeypatch):
     test_gpu_chunk_vs_fp64("kda", dtype, tol, gate_scale)
     if dtype == torch.float32 and gate_scale == 1.0:
         test_gpu_beta_extremes_varlen_l2("kda")
-
-
-SPLIT_KNOBS = {  # the split backward kernels' launch options, as the sweep's variants set them
-    "dh-halves": {"dh_halves": True},
-    "dh-halves-BV64-w8": {"dh_halves": True, "BV_dh_half": 64, "dh_half_block": (8, 1)},
-    "wy-BK32": {"wy_bwd_BK": 32},
-    "wy-BK64": {"wy_bwd_BK": 64},
-    "both": {"dh_halves": True, "wy_bwd_BK": 32},
-}
-
-
-@pytest.mark.gpu
-@gpu
-@pytest.mark.parametrize("knobs", list(SPLIT_KNOBS))
-@pytest.mark.parametrize("family", list(FAMILY_GATE))
-def test_gpu_split_backward(family, knobs, monkeypatch):
-    """The backward with the split kernels (``SPLIT_KNOBS``) at K = V = 128: against the one-block kernels (fp32:
-    the same sums in another order), then against fp64 (fp32 and bf16, weak and strong gates), bitwise
-    deterministic, and packed sequences with extreme betas and l2norm."""
-    from fla_compile.lowering.delta import triton_launch as DT
-
-    q, k, v, beta, g, h0 = _cuda_case(family, K=128, V=128)
-    do, dht = torch.randn_like(v), torch.randn_like(h0)
-    runs = []
-    for kn in ({"dh_halves": False, "wy_bwd_BK": 0}, SPLIT_KNOBS[knobs]):
-        for name, value in kn.items():
-            monkeypatch.setitem(DT.OVERRIDES, name, value)
-        _poison()
-        runs.append(DT.chunk_backward(q, k, v, beta, g, FAMILY_GATE[family], 0.125, h0, None, do, dht))
-    for name, a, b in zip(["dq", "dk", "dv", "db", "dg", "dh0"], *runs):
-        if a is not None:
-            assert rel(b, a) < 1e-6, name
-    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
-        for gate_scale in (0.05, 20.0):
-            test_gpu_chunk_vs_fp64(family, dtype, tol, gate_scale)
-    test_gpu_deterministic(family)
-    test_gpu_beta_extremes_varlen_l2(family)
 
 
 @pytest.mark.gpu

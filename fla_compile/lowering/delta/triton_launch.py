@@ -88,17 +88,6 @@ _DEFAULTS = {
     "fill_sms": False,  # shrink the state passes' V block while their grid is under one wave (``_state_bv``)
     "A_rows": False,  # kda's fused A kernel by row blocks (grid (NS, NC, H)), not by (i, j) blocks (NS, NC², H)
     "A_row_block": (4, 2),  # that kernel's warps and stages (3 stages: ~170 registers, 2: ~115 on sm90)
-    # the state-gradient pass with the key dim in two halves (two [K/2, BV] states; K > 16), its warps and stages
-    # and V block: offline sm90 builds (benchmarks/delta_bwd_regs.py, K = V = 128) give 154-165 registers and
-    # 24-33 KB shared at BV 32, 4 warps, 1 stage, against 145-255 and 147-189 KB for the one-block kernel's
-    "dh_halves": False,
-    "dh_half_block": (4, 1),
-    "BV_dh_half": 32,
-    # the WY backward by key blocks of this size (0: one block covering K, the one-block kernel), and the
-    # blocks kernel's warps and stages: at BK 32, 8 warps, 129-138 registers and no spills offline (the
-    # one-block kernel: 255, with spills for kda)
-    "wy_bwd_BK": 0,
-    "wy_bwd_kb": (8, 2),
 }
 OVERRIDES: dict = {}
 FUSED_A = True  # kda: k kᵀ and q kᵀ by one kernel in the forward (False: the GLA line's A kernel twice)
@@ -314,13 +303,10 @@ def backward_parts(
     dh = torch.empty(NS, H, K, V, device=dev, dtype=dt)
     dvn = torch.empty(B, T, H, V, device=dev, dtype=dt)
     dh0 = torch.empty(N, H, K, V, **f32) if h0 is not None else None
-    halves = BK >= 32 and _knob("dh_halves", dev)  # each half at least 16 keys wide (a dot's least)
-    BV = _state_bv("BV_dh_half" if halves else "BV_dh", N * H, V, dev)
-    dh_kernel = kwb.chunk_delta_dh_halves_kernel if halves else kwb.chunk_delta_dh_kernel
-    dh_kernel[(N * H, launch.cdiv(V, BV))](
+    BV = _state_bv("BV_dh", N * H, V, dev)
+    kwb.chunk_delta_dh_kernel[(N * H, launch.cdiv(V, BV))](
         q, k, w, gcp, dvl, do, dh, dvn, dht if dht is not None else dvl, dh0 if dh0 is not None else dvl, cu,
-        chunk_off, scale, H, G, K, V, BT, BK // 2 if halves else BK, BV, gid, dht is not None, dh0 is not None, prec,
-        **_opts("dh_half_block" if halves else "dh", dev),
+        chunk_off, scale, H, G, K, V, BT, BK, BV, gid, dht is not None, dh0 is not None, prec, **_opts("dh", dev),
     )  # fmt: skip
     # 3. dq, dk and the gate gradient through the output and the state update (the GLA line's kernels, v_new for v)
     dq = torch.empty(B, T, H, K, device=dev, dtype=dt if final_dq and gid != 2 else torch.float32)
@@ -348,17 +334,10 @@ def backward_parts(
     dG = torch.empty(gate.shape, **f32) if gid else dbeta
     dN = torch.empty(B, T, H, BT, **f32)
     BV = min(64, launch.pow2(V))
-    BKw = min(_knob("wy_bwd_BK", dev), BK)
-    if BKw:  # by key blocks (one block when K fits in one)
-        kwb.chunk_wy_bwd_kblocks_kernel[(NS, H)](
-            k, v, beta, gcp, X, h, dvn, dv, dk, dbeta, dG, dN, cu, info, H, G, K, V, BT, max(16, BKw), BV, gid, prec,
-            **_opts("wy_bwd_kb", dev),
-        )  # fmt: skip
-    else:
-        kwb.chunk_wy_bwd_kernel[(NS, H)](
-            k, v, beta, gcp, X, h, dvn, dv, dk, dbeta, dG, dN, cu, info, H, G, K, V, BT, BK, BV, gid, prec,
-            **_opts("wy_bwd", dev),
-        )  # fmt: skip
+    kwb.chunk_wy_bwd_kernel[(NS, H)](
+        k, v, beta, gcp, X, h, dvn, dv, dk, dbeta, dG, dN, cu, info, H, G, K, V, BT, BK, BV, gid, prec,
+        **_opts("wy_bwd", dev),
+    )  # fmt: skip
     # 5. the pairs of A = k k^T (gated)
     if gid == 2:
         kwb.chunk_kk_pair_bwd_vec_kernel[(NS, NC, H)](
