@@ -2,6 +2,7 @@
 
     python benchmarks/kernels.py                 # the table (issue 5 shapes, bf16)
     python benchmarks/kernels.py --sweep         # also time against T (512 .. 32768), CSV + PNG
+    python benchmarks/kernels.py --sweep-only    # that alone (gla, retention: ours and FLA; SDPA)
     python benchmarks/kernels.py --quick         # small shapes, a smoke run
 
 Rows: our forward and forward+backward (the ``fla_compile.ops`` functions, autograd included),
@@ -238,7 +239,8 @@ def table(args) -> list[dict]:
 
 
 def sweep(args, out: pathlib.Path | None) -> list[dict]:
-    """Forward+backward time against T (B*T = 16384 tokens kept, H=16, D=128, bf16)."""
+    """Forward+backward time against T (B*T = 16384 tokens kept, H=16, D=128, bf16): gla and retention, ours
+    and FLA's, and SDPA. The CSV and the plot are rewritten after each T (a cut run keeps what it measured)."""
     rows = []
     for T in [512, 1024, 2048, 4096, 8192, 16384, 32768]:
         B = max(1, 16384 // T)
@@ -246,31 +248,46 @@ def sweep(args, out: pathlib.Path | None) -> list[dict]:
         for name, fn in [
             ("ours gla", time_fwd_bwd(ours, "gla", shape)),
             ("fla gla", time_fwd_bwd(fla_op, "gla", shape)),
-            ("ours simple_gla", time_fwd_bwd(ours, "simple_gla", shape)),
-            ("fla simple_gla", time_fwd_bwd(fla_op, "simple_gla", shape)),
+            ("ours retention", time_fwd_bwd(ours, "retention", shape)),
+            ("fla retention", time_fwd_bwd(fla_op, "retention", shape)),
             ("sdpa causal", time_sdpa(shape)),
         ]:
             row(rows, name, f"T={T} B={B}", fn)
             rows[-1]["T"] = T
-    if out is not None:
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-
-            fig, ax = plt.subplots(figsize=(6, 4))
-            for name in sorted({r["row"] for r in rows}):
-                pts = [(r["T"], float(r["value"])) for r in rows if r["row"] == name and r["value"]]
-                if pts:
-                    ax.plot(*zip(*pts), marker="o", label=name)
-            ax.set(xscale="log", yscale="log", xlabel="T (B*T = 16384)", ylabel="fwd+bwd ms", title="H=16 D=128 bf16")
-            ax.legend()
-            fig.tight_layout()
-            fig.savefig(out / "sweep.png", dpi=120)
-        except Exception as e:
-            print(f"no plot: {e}", file=sys.stderr)
+        if out is not None:
+            write(out, "sweep", rows)
+            plot_sweep(rows, out / "sweep.png")
     return rows
+
+
+def plot_sweep(rows, path: pathlib.Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        print(f"no plot: {e}", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in sorted({r["row"] for r in rows}):
+        pts = [(r["T"], float(r["value"])) for r in rows if r["row"] == name and _is_number(r["value"])]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=name, linestyle="--" if name.startswith("fla") else "-")
+    ax.set(xscale="log", yscale="log", xlabel="T (B*T = 16384 tokens)", ylabel="forward+backward ms")
+    ax.set_title("H200, H=16 D=128 bf16", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 def markdown(rows) -> str:
@@ -304,6 +321,7 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", default="", help="'B,T,H,D;B,T,H,D' instead of the issue shapes")
     p.add_argument("--no-first-call", action="store_true", help="skip the fresh-process first-call rows")
     p.add_argument("--sweep", action="store_true", help="also time fwd+bwd against T, with a plot")
+    p.add_argument("--sweep-only", action="store_true", help="the sweep alone (no side-by-side table)")
     args = p.parse_args(argv)
     args.families = args.families.split(",")
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run from a checkout
@@ -312,17 +330,16 @@ def main(argv=None) -> int:
         return 1
     out = pathlib.Path(os.environ["OUT"]) if os.environ.get("OUT") else None
     t0 = time.perf_counter()
-    rows = table(args)
-    print(header())
-    print(markdown(rows))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        write(out, "kernels", rows)
-    if args.sweep:
-        srows = sweep(args, out)
-        print(markdown(srows))
+    print(header())
+    if not args.sweep_only:
+        rows = table(args)
+        print(markdown(rows))
         if out is not None:
-            write(out, "sweep", srows)
+            write(out, "kernels", rows)
+    if args.sweep or args.sweep_only:
+        print(markdown(sweep(args, out)))
     print(f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     return 0
 
