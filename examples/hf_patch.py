@@ -174,6 +174,12 @@ def main() -> None:
     ids = torch.randint(3, VOCAB, (args.batch, args.seq), generator=g).to(device)
     prompt = torch.randint(3, VOCAB, (args.gen_batch, 16), generator=g).to(device)
 
+    judge = None
+    if args.dtype != "float32":  # low precision: both runs are judged against the unpatched model in fp32
+        import copy
+
+        with torch.no_grad():
+            judge = copy.deepcopy(model).float()(ids).logits.float()
     ref = measure(model, ids, prompt, args, device)
     report = fh.patch(model)
     print(report)
@@ -183,6 +189,10 @@ def main() -> None:
     err = ((new["logits"] - ref["logits"]).norm() / ref["logits"].norm()).item()
     same = torch.equal(new["tokens"], ref["tokens"])
     print(f"logits rel err patched vs unpatched: {err:.2e}; same {args.new_tokens} greedy tokens: {same}")
+    if judge is not None:  # each low-precision run's own rounding, against fp32 (the patched one must not be worse)
+        e_ref = ((ref["logits"] - judge).norm() / judge.norm()).item()
+        e_new = ((new["logits"] - judge).norm() / judge.norm()).item()
+        print(f"logits rel err against the unpatched model in fp32: unpatched {e_ref:.2e}, patched {e_new:.2e}")
     print(f"generated: {new['tokens'][0, 16:].tolist()}")
     where = f"{device.type}, {args.dtype}" + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else "")
     ntok = args.batch * args.seq
