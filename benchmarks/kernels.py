@@ -242,7 +242,7 @@ def sweep(args, out: pathlib.Path | None) -> list[dict]:
     """Forward+backward time against T (B*T = 16384 tokens kept, H=16, D=128, bf16): gla and retention, ours
     and FLA's, and SDPA. The CSV and the plot are rewritten after each T (a cut run keeps what it measured)."""
     rows = []
-    for T in [512, 1024, 2048, 4096, 8192, 16384, 32768]:
+    for T in [int(x) for x in args.sweep_T.split(",")]:
         B = max(1, 16384 // T)
         shape = (B, T, 16, 128)
         for name, fn in [
@@ -322,6 +322,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-first-call", action="store_true", help="skip the fresh-process first-call rows")
     p.add_argument("--sweep", action="store_true", help="also time fwd+bwd against T, with a plot")
     p.add_argument("--sweep-only", action="store_true", help="the sweep alone (no side-by-side table)")
+    p.add_argument("--sweep-T", default="512,1024,2048,4096,8192,16384,32768", help="the sweep's lengths")
     args = p.parse_args(argv)
     args.families = args.families.split(",")
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run from a checkout

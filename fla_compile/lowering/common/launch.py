@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -37,3 +39,13 @@ def prec(dtype) -> str:
     if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
         return "ieee"
     return "tf32"
+
+
+@functools.cache
+def _sm_count(index) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device) -> int:
+    """The streaming multiprocessors of a CUDA ``device`` (cached: the property query costs microseconds)."""
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())

@@ -122,11 +122,6 @@ def _knob(name: str, device):
     return _arch_table(_arch(device.type, device.index))[name]
 
 
-@functools.cache
-def _sm_count(index) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def _state_bv(name: str, programs: int, V: int, device) -> int:
     """V block of a sequential state pass (``BV_h``, ``BV_dh``). With ``fill_sms`` it is halved (down
     to 16) while the grid, ``programs`` x V blocks, still fits the device's SMs after halving: each
@@ -135,7 +130,7 @@ def _state_bv(name: str, programs: int, V: int, device) -> int:
     makes some walks wait for others. Off in the shipped tables until an H200 sweep says it wins."""
     BV = min(_knob(name, device), launch.pow2(V))
     if device.type == "cuda" and _knob("fill_sms", device):
-        while BV > 16 and programs * launch.cdiv(V, BV // 2) <= _sm_count(device.index):
+        while BV > 16 and programs * launch.cdiv(V, BV // 2) <= launch.sm_count(device):
             BV //= 2
     return BV
 

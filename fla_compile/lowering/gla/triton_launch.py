@@ -11,6 +11,8 @@ persisted winners); pass ``config`` to force one.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ..common import launch
@@ -23,6 +25,9 @@ DECODE_MAX_T = 64
 MAX_HEAD_DIM = 256
 BC = 16  # sub-chunk of the vector gate's intra-chunk kernels
 POISON = False  # tests set it: every buffer starts as NaN, to prove each element is written
+# the sequential state passes' blocks shrunk while their grid is under one wave (``_state_tile``); off until an
+# H200 A/B says it wins (B=1 T=16384 H=16: 32 programs of 132 SMs with the tuned blocks)
+FILL_SMS = os.environ.get("FLA_COMPILE_GLA_FILL_SMS", "0") == "1"
 
 
 def _empty(shape, device, dtype):
@@ -62,6 +67,23 @@ def _blocks(config, K, V):
 # kernels whose launch options default to the config's shared num_warps / num_stages; the others
 # (small sub-chunk tiles, scans) default to Triton's own (4 warps, 3 stages)
 _SHARED = ("h", "o", "dh", "dv", "dqk")
+
+
+def _state_tile(config, kernel: str, programs: int, K: int, V: int, device) -> tuple[int, int]:
+    """(BK, BV) of a sequential state pass ("h", "dh"): the config's, then with ``FILL_SMS`` halved (V first,
+    then K; down to 32) while ``programs`` x blocks still fits the SMs. Each program walks every chunk in turn,
+    so a grid under one wave (few sequences x heads) leaves SMs idle for the whole walk."""
+    BK, BV = _tile(config, kernel, K, V)
+    if FILL_SMS and device.type == "cuda":
+        sms = launch.sm_count(device)
+        while True:
+            if BV > 32 and programs * launch.cdiv(K, BK) * launch.cdiv(V, BV // 2) <= sms:
+                BV //= 2
+            elif BK > 32 and programs * launch.cdiv(K, BK // 2) * launch.cdiv(V, BV) <= sms:
+                BK //= 2
+            else:
+                return BK, BV
+    return BK, BV
 
 
 def _tile(config, kernel: str, K: int, V: int) -> tuple[int, int]:
@@ -106,7 +128,7 @@ def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg,
     # chunk states in the inputs' dtype: the kernels cast them to it before every dot anyway
     h = _empty((NS if store_h else 1, H, K, V), v.device, v.dtype)
     ht = _empty((N, H, K, V), v.device, torch.float32)
-    BK, BV = _tile(cfg, "h", K, V)
+    BK, BV = _state_tile(cfg, "h", N * H, K, V, v.device)
     grid = (N * H, launch.cdiv(K, BK), launch.cdiv(V, BV))
     kern.chunk_fwd_h_kernel[grid](
         k,
@@ -294,7 +316,7 @@ def chunk_backward(
 
     dh = _empty((NS, H, K, V), v.device, v.dtype)  # like h: cast to the inputs' dtype before every dot
     dh0 = _empty((N, H, K, V), v.device, torch.float32) if h0 is not None else None
-    BK, BV = _tile(cfg, "dh", K, V)
+    BK, BV = _state_tile(cfg, "dh", N * H, K, V, v.device)
     grid = (N * H, launch.cdiv(K, BK), launch.cdiv(V, BV))
     gc_arg = gc if gc is not None else h  # a placeholder pointer: never read without a gate
     kern.chunk_bwd_dh_kernel[grid](
