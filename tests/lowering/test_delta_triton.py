@@ -652,9 +652,10 @@ def test_launch_options_come_from_the_arch_tables():
 def test_state_pass_v_block_fills_the_sms(monkeypatch):
     """``fill_sms``: the state passes' V block is halved while the doubled grid still fits the SMs."""
     pytest.importorskip("triton")
+    from fla_compile.lowering.common import launch
     from fla_compile.lowering.delta import triton_launch as DT
 
-    monkeypatch.setattr(DT, "_sm_count", lambda index: 132)
+    monkeypatch.setattr(launch, "sm_count", lambda device: 132)
     cuda = torch.device("cuda", 0)
     monkeypatch.setitem(DT.OVERRIDES, "BV_h", 64)
     monkeypatch.setitem(DT.OVERRIDES, "fill_sms", False)

@@ -281,3 +281,19 @@ def test_production_tiles(kind):
     assert len(ours) == len(ref)
     for a, b in zip(ours, ref):
         assert rel(a.cpu(), b) < 1e-5
+
+
+def test_state_tile_fills_the_sms(monkeypatch):
+    """``FILL_SMS``: the state passes' blocks halve (V first, then K, down to 32) while the grid still fits the SMs."""
+    from fla_compile.lowering.common import launch
+
+    monkeypatch.setattr(launch, "sm_count", lambda device: 132)
+    cfg = {"BK": 64, "BV": 64, "h_BV": 128}
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(gla_triton, "FILL_SMS", False)
+    assert gla_triton._state_tile(cfg, "h", 16, 128, 128, cuda) == (64, 128)  # off: the config's
+    monkeypatch.setattr(gla_triton, "FILL_SMS", True)
+    assert gla_triton._state_tile(cfg, "h", 16, 128, 128, cuda) == (64, 32)  # 32 -> 128 programs, not 256
+    assert gla_triton._state_tile(cfg, "h", 4, 128, 128, cuda) == (32, 32)  # then K: 64 programs
+    assert gla_triton._state_tile(cfg, "dh", 128, 128, 128, cuda) == (64, 64)  # 256 programs already: kept
+    assert gla_triton._state_tile(cfg, "h", 4, 128, 128, torch.device("cpu")) == (64, 128)  # the interpreter
