@@ -25,9 +25,10 @@ DECODE_MAX_T = 64
 MAX_HEAD_DIM = 256
 BC = 16  # sub-chunk of the vector gate's intra-chunk kernels
 POISON = False  # tests set it: every buffer starts as NaN, to prove each element is written
-# the sequential state passes' blocks shrunk while their grid is under one wave (``_state_tile``); off until an
-# H200 A/B says it wins (B=1 T=16384 H=16: 32 programs of 132 SMs with the tuned blocks)
-FILL_SMS = os.environ.get("FLA_COMPILE_GLA_FILL_SMS", "0") == "1"
+# the sequential state passes' blocks shrunk while their grid is under one wave (``_state_tile``): on the H200 at
+# B=1 H=16 (32 programs of 132 SMs with the tuned blocks) retention's forward+backward 2.12 -> 1.58 ms at T=16384,
+# gla's 3.59 -> 3.24 (benchmarks/RESULTS.md, 2026-11-30); FLA_COMPILE_GLA_FILL_SMS=0 turns it off
+FILL_SMS = os.environ.get("FLA_COMPILE_GLA_FILL_SMS", "1") != "0"
 
 
 def _empty(shape, device, dtype):
