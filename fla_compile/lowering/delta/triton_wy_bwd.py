@@ -15,6 +15,9 @@ Per chunk, with v_new = U - W S, o = (e^G q) S scale + M v_new and S' = e^{G_las
    line's intra kernel (a gate per key dim), with R = (dN o E) k and C = (dN o E)ᵀ (b k):
    dk += b R + C, db += k . R, dG += b k R - k C.
 
+With no gate or a scalar one, ``chunk_wy_pair_bwd_kernel`` does steps 4 and 5 in one program per chunk and head
+(launch option ``wy_pair_fused``): dN stays in registers, dk is read and written once.
+
 dG is the gradient of the in-chunk cumsum G; the launcher turns it into the gate's by a reverse cumsum inside
 each chunk. No ``tl.trans``: transposed operands are loaded transposed.
 
