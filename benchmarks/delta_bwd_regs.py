@@ -4,7 +4,7 @@
         [--fused 64x64,32x64]
 
 Compiles the state-gradient pass, the WY backward, the k kᵀ-pair backward and the fused WY + pair backward
-(``--fused`` picks its key/V blocks, e.g. ``64x64,32x64n``, n for its ``VN`` form) at K = V = 128, BT = 64 for ``GPUTarget("cuda", arch)`` and reads the cubin's resource usage with the cuobjdump Triton ships. The
+(``--fused`` picks its key/V blocks, e.g. ``64x64,32x64n,32x64l``: n for its ``VN`` form, l for ``LOWP``) at K = V = 128, BT = 64 for ``GPUTarget("cuda", arch)`` and reads the cubin's resource usage with the cuobjdump Triton ships. The
 counts come from this machine's Triton, which may differ from the GPU machine's; a guide, not a measurement.
 """
 
@@ -79,7 +79,7 @@ def main() -> int:
     p.add_argument("--dtype", default="bf16")
     p.add_argument("--gates", default="0,1,2")
     p.add_argument(
-        "--fused", default="64x64,32x64,32x32,64x64n,32x64n", help="BKxBV of chunk_wy_pair_bwd_kernel (n: with VN)"
+        "--fused", default="32x64,64x64,32x64n,32x64l", help="BKxBV of chunk_wy_pair_bwd_kernel (n: VN, l: LOWP)"
     )
     p.add_argument("--stages", default="2")
     args = p.parse_args()
@@ -103,9 +103,10 @@ def main() -> int:
             pair = dict(H=16, G=1, K=K, BT=BT, BK=64, GATE=gid, PREC=prec)
             jobs.append(("chunk_kk_pair_bwd_kernel", kwb.chunk_kk_pair_bwd_kernel, pair))
             for bkbv in args.fused.split(","):
-                bk, bv = (int(x) for x in bkbv.rstrip("n").split("x"))
-                name = "chunk_wy_pair_bwd_kernel" + (" VN" if bkbv.endswith("n") else "")
-                jobs.append((name, kwb.chunk_wy_pair_bwd_kernel, dict(wy, BK=bk, BV=bv, VN=bkbv.endswith("n"))))
+                bk, bv = (int(x) for x in bkbv.rstrip("nl").split("x"))
+                vn, lowp = "n" in bkbv, "l" in bkbv
+                name = "chunk_wy_pair_bwd_kernel" + (" VN" if vn else "") + (" LOWP" if lowp else "")
+                jobs.append((name, kwb.chunk_wy_pair_bwd_kernel, dict(wy, BK=bk, BV=bv, VN=vn, LOWP=lowp)))
         for name, fn, consts in jobs:
             for warps in (int(w) for w in args.warps.split(",")):
                 for stages in (int(s) for s in args.stages.split(",")):

@@ -61,6 +61,8 @@ VARIANTS = [
     ("wy+pair fused VN", {"wy_pair_fused": True, "wy_pair_vn": True}),  # dX from v_new: S read once
     ("wy+pair fused VN w4", {"wy_pair_fused": True, "wy_pair_vn": True, "wy_pair": (4, 2)}),
     ("wy+pair fused VN BK64", {"wy_pair_fused": True, "wy_pair_vn": True, "BK_wy_pair": 64}),
+    ("wy+pair fused lowp", {"wy_pair_fused": True, "wy_pair_lowp": True}),  # bf16 dN chain and pair dots
+    ("wy+pair fused lowp w4", {"wy_pair_fused": True, "wy_pair_lowp": True, "wy_pair": (4, 2)}),
 ]
 
 

@@ -358,8 +358,7 @@ INTERPRETER_CASES = {
     "wy-pair-delta-BT16": (_case_wy_pair, ("delta_rule", 16)),
     "wy-pair-gdn-BT32-varlen": (_case_wy_pair, ("gated_delta_rule", 32, [7, 0, 33, 22])),
     "wy-pair-vn-gdn-BT16-strong": (_case_wy_pair, ("gated_delta_rule", 16, None, True, 20.0)),
-    "wy-pair-vn-delta-BT32-varlen": (_case_wy_pair, ("delta_rule", 32, [9, 21], True)),
-    "wy-pair-half-gdn": (_with_knobs, ({"wy_pair_fused": True}, _case_half, "gated_delta_rule")),
+    "wy-pair-half-lowp-gdn": (_with_knobs, ({"wy_pair_fused": True, "wy_pair_lowp": True}, _case_half, "gated_delta_rule")),
 }
 
 
@@ -551,9 +550,10 @@ def test_gpu_kda_A_rows(dtype, gate_scale, monkeypatch):
 @pytest.mark.parametrize("family", ["delta_rule", "gated_delta_rule"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("gate_scale", [0.05, 20.0], ids=["weak", "strong"])
-@pytest.mark.parametrize("vn", [False, True], ids=["S", "VN"])
-def test_gpu_wy_pair_fused(family, dtype, gate_scale, vn, monkeypatch):
-    """The fused WY + pair backward (``wy_pair_fused``) at K = V = 128 with the shipped blocks: against fp64,
+@pytest.mark.parametrize("vn,lowp", [(False, False), (True, False), (False, True)], ids=["S", "VN", "lowp"])
+def test_gpu_wy_pair_fused(family, dtype, gate_scale, vn, lowp, monkeypatch):
+    """The fused WY + pair backward (``wy_pair_fused``; its ``VN`` and ``LOWP`` forms) at K = V = 128 with the
+    shipped blocks: against fp64,
     bitwise deterministic, and against the unfused kernels on the same inputs (GQA, a partial chunk, and
     packed sequences)."""
     from fla_compile.lowering.delta import triton_launch as DT
@@ -575,6 +575,7 @@ def test_gpu_wy_pair_fused(family, dtype, gate_scale, vn, monkeypatch):
         plain = DT.chunk_backward(*args)
         monkeypatch.setitem(DT.OVERRIDES, "wy_pair_fused", True)
         monkeypatch.setitem(DT.OVERRIDES, "wy_pair_vn", vn)
+        monkeypatch.setitem(DT.OVERRIDES, "wy_pair_lowp", lowp)
         runs = []
         for _ in range(2):
             _poison()

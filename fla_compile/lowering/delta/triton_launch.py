@@ -87,6 +87,7 @@ _DEFAULTS = {
     "BK_wy_pair": 32,  # its key block and V block (32: no spills at 8 warps, sm90 offline; 64 spills)
     "BV_wy_pair": 64,
     "wy_pair_vn": False,  # that kernel's dX from v_new, not S (one read of S; see its docstring)
+    "wy_pair_lowp": False,  # its dN chain and pair dots on operands in the inputs' dtype (bf16: fewer registers)
     "BV_h": 64,
     "BV_dh": 64,
     "BV_o": 64,
@@ -342,7 +343,7 @@ def backward_parts(
         BVw = min(_knob("BV_wy_pair", dev), launch.pow2(V))
         kwb.chunk_wy_pair_bwd_kernel[(NS, H)](
             k, v, vn, beta, gcp, X, h, dvn, dv, dk, dbeta, dG, cu, info, H, G, K, V, BT, BKw, BVw, gid,
-            _knob("wy_pair_vn", dev), prec,
+            _knob("wy_pair_vn", dev), _knob("wy_pair_lowp", dev), prec,
             **_opts("wy_pair", dev),
         )  # fmt: skip
         if gid == 1:

@@ -405,6 +405,7 @@ def chunk_wy_pair_bwd_kernel(
     BV: tl.constexpr,
     GATE: tl.constexpr,
     VN: tl.constexpr,
+    LOWP: tl.constexpr,
     PREC: tl.constexpr,
 ):
     """Steps 4 and 5 in one program per (chunk, head), no gate or a scalar one: dv, dbeta and dG written, dk
@@ -421,7 +422,9 @@ def chunk_wy_pair_bwd_kernel(
 
     ``VN``: dX from v_new instead of S. As b v - (b e^G k) S = X^-1 v_new = (I + N) v_new, dX = M (I + N)ᵀ with
     M = dv_new v_newᵀ (and dXᵀ = (I + N) Mᵀ), N = diag(b) (A0 o E) strictly lower: pass 2 goes, S is read once;
-    exact in exact arithmetic, its rounding that of the stored v_new carried through I + N."""
+    exact in exact arithmetic, its rounding that of the stored v_new carried through I + N. ``LOWP``: the dN chain
+    and Ps k on operands in the inputs' dtype (as FLA), not fp32 (tf32 dots for bf16): half the registers of
+    those operands; the same for fp32 inputs."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
     i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
@@ -514,12 +517,13 @@ def chunk_wy_pair_bwd_kernel(
         b_Nt = tl.where(m_U, b_AE * b_b[None, :], 0)
         b_dX += tl.dot(b_dX, b_Nt, input_precision=PREC)
         b_dXt += tl.dot(b_N, b_dXt, input_precision=PREC)
-    b_X = tl.load(X + p_t[:, None] * BT + o_i[None, :], mask=m_t[:, None], other=0).to(tl.float32)
-    b_Xtf = b_Xt.to(tl.float32)
+    cdt = dt if LOWP else tl.float32  # the operands of the dN chain and of Ps k
+    b_X = tl.load(X + p_t[:, None] * BT + o_i[None, :], mask=m_t[:, None], other=0).to(cdt)
+    b_Xtf = b_Xt.to(cdt)
     b_dX = tl.where((o_i[:, None] >= o_i[None, :]) & m_tt, b_dX, 0)
     b_dXt = tl.where((o_i[:, None] <= o_i[None, :]) & m_tt, b_dXt, 0)
-    b_dN = -tl.dot(b_Xtf, tl.dot(b_dX, b_Xtf, input_precision=PREC), input_precision=PREC)
-    b_dNt = -tl.dot(b_X, tl.dot(b_dXt, b_X, input_precision=PREC), input_precision=PREC)
+    b_dN = -tl.dot(b_Xtf, tl.dot(b_dX.to(cdt), b_Xtf, input_precision=PREC).to(cdt), input_precision=PREC)
+    b_dNt = -tl.dot(b_X, tl.dot(b_dXt.to(cdt), b_X, input_precision=PREC).to(cdt), input_precision=PREC)
     # Qs: Q = dN o E below the diagonal, Qᵀ above
     b_Qs = tl.where(m_S, b_dN, tl.where(m_U, b_dNt, 0)) * b_E
     b_QA = b_Qs * b_A
@@ -548,7 +552,7 @@ def chunk_wy_pair_bwd_kernel(
         b_dg += b_s * b_b
         p_k = p_t[:, None] * K + o_k[None, :]
         b_dk = tl.load(dk + p_k, mask=m_tk, other=0) + b_dkb * (b_b * b_eg)[:, None]
-        b_dk += tl.dot(b_Ps, b_k, input_precision=PREC)
+        b_dk += tl.dot(b_Ps.to(cdt), b_k.to(cdt), input_precision=PREC)
         tl.store(dk + p_k, b_dk, mask=m_tk)
     tl.store(dbeta + p_t, b_db, mask=m_t)
     if GATE == 1:
