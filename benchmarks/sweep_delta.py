@@ -54,6 +54,7 @@ VARIANTS = [
     # steps 4 and 5 of the backward by one kernel (no gate, scalar gate; kda keeps two): key blocks of 32, V of 64
     ("wy+pair fused", {"wy_pair_fused": True}),
     ("wy+pair fused w4", {"wy_pair_fused": True, "wy_pair": (4, 2)}),
+    ("wy+pair fused w4 s1", {"wy_pair_fused": True, "wy_pair": (4, 1)}),
     ("wy+pair fused s1", {"wy_pair_fused": True, "wy_pair": (8, 1)}),
     ("wy+pair fused s3", {"wy_pair_fused": True, "wy_pair": (8, 3)}),
     ("wy+pair fused BK64", {"wy_pair_fused": True, "BK_wy_pair": 64}),
@@ -63,6 +64,8 @@ VARIANTS = [
     ("wy+pair fused VN BK64", {"wy_pair_fused": True, "wy_pair_vn": True, "BK_wy_pair": 64}),
     ("wy+pair fused lowp", {"wy_pair_fused": True, "wy_pair_lowp": True}),  # bf16 dN chain and pair dots
     ("wy+pair fused lowp w4", {"wy_pair_fused": True, "wy_pair_lowp": True, "wy_pair": (4, 2)}),
+    ("wy+pair fused lowp w4 s1", {"wy_pair_fused": True, "wy_pair_lowp": True, "wy_pair": (4, 1)}),  # no spills
+    ("wy+pair fused lowp s1", {"wy_pair_fused": True, "wy_pair_lowp": True, "wy_pair": (8, 1)}),
 ]
 
 
