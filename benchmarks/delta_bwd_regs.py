@@ -79,7 +79,7 @@ def main() -> int:
     p.add_argument("--dtype", default="bf16")
     p.add_argument("--gates", default="0,1,2")
     p.add_argument(
-        "--fused", default="32x64,64x64,32x64n,32x64l", help="BKxBV of chunk_wy_pair_bwd_kernel (n: VN, l: LOWP)"
+        "--fused", default="64x64,32x64,64x64n,64x64l,32x64l", help="BKxBV of chunk_wy_pair_bwd_kernel (n: VN, l: LOWP)"
     )
     p.add_argument("--stages", default="2")
     args = p.parse_args()

@@ -84,7 +84,7 @@ _DEFAULTS = {
     "pair_vec": (4, 2),
     "wy_pair_fused": False,  # no gate / a scalar gate: steps 4 and 5 by one kernel (``chunk_wy_pair_bwd_kernel``)
     "wy_pair": (8, 2),  # that kernel's warps and stages
-    "BK_wy_pair": 32,  # its key block and V block (32: no spills at 8 warps, sm90 offline; 64 spills)
+    "BK_wy_pair": 64,  # its key block and V block (64 or 32: no spills at 8 warps, sm90 offline, Triton 3.9)
     "BV_wy_pair": 64,
     "wy_pair_vn": False,  # that kernel's dX from v_new, not S (one read of S; see its docstring)
     "wy_pair_lowp": False,  # its dN chain and pair dots on operands in the inputs' dtype (bf16: fewer registers)

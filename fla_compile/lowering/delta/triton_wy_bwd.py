@@ -381,6 +381,19 @@ def chunk_kk_pair_bwd_vec_kernel(
 
 
 @triton.jit
+def _chunk_kkt(k, p_kt, m_t, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """[BT, BT] k kᵀ of one chunk (rows ``p_kt`` of k, valid where ``m_t``), by key blocks."""
+    b_A = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        b_k = tl.load(k + p_kt[:, None] * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
+        b_kt = tl.load(k + p_kt[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0)
+        b_A += tl.dot(b_k, b_kt, input_precision=PREC)
+    return b_A
+
+
+@triton.jit
 def chunk_wy_pair_bwd_kernel(
     k,
     v,
@@ -497,14 +510,11 @@ def chunk_wy_pair_bwd_kernel(
             b_bekt = (b_kt.to(tl.float32) * (b_b * b_eg)[None, :]).to(dt)
             b_dX -= tl.dot(b_P.to(dt), b_bekt, input_precision=PREC)
             b_dXt -= tl.dot(b_bek, b_Pt.to(dt), input_precision=PREC)
-    # 3. A0 = k kᵀ; dN = -Xᵀ L(dX) Xᵀ below the diagonal, dNᵀ = -X U(dXᵀ) X above it (X = (I + N)^-1)
+    # 3. A0 = k kᵀ (VN: first; else after the chains, when dX and dXᵀ are dead); dN = -Xᵀ L(dX) Xᵀ below the
+    # diagonal, dNᵀ = -X U(dXᵀ) X above it (X = (I + N)^-1)
     b_A = tl.zeros([BT, BT], dtype=tl.float32)
-    for i_k in range(0, tl.cdiv(K, BK)):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_k = o_k < K
-        b_k = tl.load(k + p_kt[:, None] * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
-        b_kt = tl.load(k + p_kt[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0)
-        b_A += tl.dot(b_k, b_kt, input_precision=PREC)
+    if VN:
+        b_A = _chunk_kkt(k, p_kt, m_t, K, BT, BK, PREC)
     m_tt = m_t[:, None] & m_t[None, :]
     m_S = (o_i[:, None] > o_i[None, :]) & m_tt
     m_U = (o_i[:, None] < o_i[None, :]) & m_tt
@@ -526,6 +536,8 @@ def chunk_wy_pair_bwd_kernel(
     b_dNt = -tl.dot(b_X, tl.dot(b_dXt.to(cdt), b_X, input_precision=PREC).to(cdt), input_precision=PREC)
     # Qs: Q = dN o E below the diagonal, Qᵀ above
     b_Qs = tl.where(m_S, b_dN, tl.where(m_U, b_dNt, 0)) * b_E
+    if not VN:
+        b_A = _chunk_kkt(k, p_kt, m_t, K, BT, BK, PREC)
     b_QA = b_Qs * b_A
     b_r = tl.sum(tl.where(m_S, b_QA, 0), 1)
     b_db += b_r
