@@ -312,7 +312,7 @@ def _case_wy_pair(family, BT, cu_lens=None, vn=False, gate_scale=2.0):
     fp64 and against the two unfused kernels on the same inputs (fp32: the same sums up to their order)."""
     from fla_compile.lowering.delta import triton_launch as DT
 
-    q, k, v, beta, g, h0 = make(family, gate_scale=gate_scale)
+    q, k, v, beta, g, h0 = make(family, B=1 if cu_lens is None else 2, gate_scale=gate_scale)
     q, k, v, beta, g, h0, cu = _pack(cu_lens, q, k, v, beta, g, h0)
     gen = torch.Generator().manual_seed(4)
     do, dht = torch.randn(v.shape, generator=gen), torch.randn(h0.shape, generator=gen)
