@@ -394,6 +394,12 @@ def _chunk_kkt(k, p_kt, m_t, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr
 
 
 @triton.jit
+def _gate_pairs(b_g, m_S, m_U):
+    """[BT, BT]: e^{G_i - G_j} below the diagonal (``m_S``), e^{G_j - G_i} above it (``m_U``), 1 elsewhere."""
+    return tl.exp(tl.where(m_S, b_g[:, None] - b_g[None, :], tl.where(m_U, b_g[None, :] - b_g[:, None], 0)))
+
+
+@triton.jit
 def chunk_wy_pair_bwd_kernel(
     k,
     v,
@@ -510,23 +516,17 @@ def chunk_wy_pair_bwd_kernel(
             b_bekt = (b_kt.to(tl.float32) * (b_b * b_eg)[None, :]).to(dt)
             b_dX -= tl.dot(b_P.to(dt), b_bekt, input_precision=PREC)
             b_dXt -= tl.dot(b_bek, b_Pt.to(dt), input_precision=PREC)
-    # 3. A0 = k kᵀ (VN: first; else after the chains, when dX and dXᵀ are dead); dN = -Xᵀ L(dX) Xᵀ below the
-    # diagonal, dNᵀ = -X U(dXᵀ) X above it (X = (I + N)^-1)
-    b_A = tl.zeros([BT, BT], dtype=tl.float32)
-    if VN:
-        b_A = _chunk_kkt(k, p_kt, m_t, K, BT, BK, PREC)
+    # 3. dN = -Xᵀ L(dX) Xᵀ below the diagonal, dNᵀ = -X U(dXᵀ) X above it (X = (I + N)^-1); then A0 = k kᵀ, when
+    # dX and dXᵀ are dead (VN: also before, for N)
     m_tt = m_t[:, None] & m_t[None, :]
     m_S = (o_i[:, None] > o_i[None, :]) & m_tt
     m_U = (o_i[:, None] < o_i[None, :]) & m_tt
-    b_E = tl.full([BT, BT], 1.0, tl.float32)  # e^{G_i - G_j} below the diagonal, e^{G_j - G_i} above
-    if GATE == 1:
-        b_E = tl.exp(tl.where(m_S, b_g[:, None] - b_g[None, :], tl.where(m_U, b_g[None, :] - b_g[:, None], 0)))
     if VN:  # dX = M (I + Nᵀ), dXᵀ = (I + N) Mᵀ
-        b_AE = b_A * b_E
-        b_N = tl.where(m_S, b_AE * b_b[:, None], 0)
-        b_Nt = tl.where(m_U, b_AE * b_b[None, :], 0)
-        b_dX += tl.dot(b_dX, b_Nt, input_precision=PREC)
-        b_dXt += tl.dot(b_N, b_dXt, input_precision=PREC)
+        b_AE = _chunk_kkt(k, p_kt, m_t, K, BT, BK, PREC)
+        if GATE == 1:
+            b_AE *= _gate_pairs(b_g, m_S, m_U)
+        b_dX += tl.dot(b_dX, tl.where(m_U, b_AE * b_b[None, :], 0), input_precision=PREC)
+        b_dXt += tl.dot(tl.where(m_S, b_AE * b_b[:, None], 0), b_dXt, input_precision=PREC)
     cdt = dt if LOWP else tl.float32  # the operands of the dN chain and of Ps k
     b_X = tl.load(X + p_t[:, None] * BT + o_i[None, :], mask=m_t[:, None], other=0).to(cdt)
     b_Xtf = b_Xt.to(cdt)
@@ -534,11 +534,11 @@ def chunk_wy_pair_bwd_kernel(
     b_dXt = tl.where((o_i[:, None] <= o_i[None, :]) & m_tt, b_dXt, 0)
     b_dN = -tl.dot(b_Xtf, tl.dot(b_dX.to(cdt), b_Xtf, input_precision=PREC).to(cdt), input_precision=PREC)
     b_dNt = -tl.dot(b_X, tl.dot(b_dXt.to(cdt), b_X, input_precision=PREC).to(cdt), input_precision=PREC)
-    # Qs: Q = dN o E below the diagonal, Qᵀ above
-    b_Qs = tl.where(m_S, b_dN, tl.where(m_U, b_dNt, 0)) * b_E
-    if not VN:
-        b_A = _chunk_kkt(k, p_kt, m_t, K, BT, BK, PREC)
-    b_QA = b_Qs * b_A
+    # Qs: Q = dN o E below the diagonal, Qᵀ above (E_ij = e^{G_i - G_j})
+    b_Qs = tl.where(m_S, b_dN, tl.where(m_U, b_dNt, 0))
+    if GATE == 1:
+        b_Qs *= _gate_pairs(b_g, m_S, m_U)
+    b_QA = b_Qs * _chunk_kkt(k, p_kt, m_t, K, BT, BK, PREC)
     b_r = tl.sum(tl.where(m_S, b_QA, 0), 1)
     b_db += b_r
     b_dg = b_b * b_r - tl.sum(tl.where(m_U, b_QA * b_b[None, :], 0), 1)
