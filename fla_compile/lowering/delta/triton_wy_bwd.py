@@ -435,13 +435,14 @@ def chunk_wy_pair_bwd_kernel(
     below the diagonal and dNᵀ = -X U(dXᵀ) X above it. With Q = dN o E and Ps = diag(b) Q + Qᵀ diag(b)
     (symmetric), the pairs give dk += Ps k, dbeta += rowsum(Q o A0), dG += b rowsum(Q o A0) - rowsum(Qᵀ b o A0)
     for A0 = k kᵀ. Passes: (1) over V blocks: dv, dbeta and the U side of dX = dU (b v)ᵀ + dW (b e^G k)ᵀ (and
-    of dXᵀ); (2) over key blocks, the W side, dW = -dv_new Sᵀ by an inner V loop; (3) A0, dN, dNᵀ and the
-    pairs' dbeta, dG; (4) over key blocks: dW again (recomputed, not stored), dk += b e^G Xᵀ dW + Ps k and the
+    of dXᵀ); (2) over key blocks, the W side, dW = -dv_new Sᵀ by an inner V loop; (3) dN, dNᵀ, then A0 (loaded
+    again: fewer tiles live) and the pairs' dbeta, dG; (4) over key blocks: dW again (recomputed, not stored), dk += b e^G Xᵀ dW + Ps k and the
     scaled keys' dbeta, dG.
 
     ``VN``: dX from v_new instead of S. As b v - (b e^G k) S = X^-1 v_new = (I + N) v_new, dX = M (I + N)ᵀ with
     M = dv_new v_newᵀ (and dXᵀ = (I + N) Mᵀ), N = diag(b) (A0 o E) strictly lower: pass 2 goes, S is read once;
-    exact in exact arithmetic, its rounding that of the stored v_new carried through I + N. ``LOWP``: the dN chain
+    exact in exact arithmetic, its rounding that of the stored v_new carried through I + N (fp16 interpreter,
+    correlated keys: as accurate as the S form). ``LOWP``: the dN chain
     and Ps k on operands in the inputs' dtype (as FLA), not fp32 (tf32 dots for bf16): half the registers of
     those operands; the same for fp32 inputs."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
