@@ -15,6 +15,9 @@ Per chunk, with v_new = U - W S, o = (e^G q) S scale + M v_new and S' = e^{G_las
    line's intra kernel (a gate per key dim), with R = (dN o E) k and C = (dN o E)ᵀ (b k):
    dk += b R + C, db += k . R, dG += b k R - k C.
 
+With no gate or a scalar one, ``chunk_wy_pair_bwd_kernel`` does steps 4 and 5 in one program per chunk and head
+(launch option ``wy_pair_fused``): dN stays in registers, dk is read and written once.
+
 dG is the gradient of the in-chunk cumsum G; the launcher turns it into the gate's by a reverse cumsum inside
 each chunk. No ``tl.trans``: transposed operands are loaded transposed.
 
@@ -375,3 +378,195 @@ def chunk_kk_pair_bwd_vec_kernel(
     tl.store(dG + p, tl.load(dG + p, mask=m_ik, other=0) + b_ki * (b_bi[:, None] * b_R - b_C), mask=m_ik)
     p_b = o_ti * H + i_h
     tl.store(dbeta + p_b, tl.load(dbeta + p_b, mask=m_ti, other=0) + tl.sum(b_ki * b_R, 1), mask=m_ti)
+
+
+@triton.jit
+def _chunk_kkt(k, p_kt, m_t, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """[BT, BT] k kᵀ of one chunk (rows ``p_kt`` of k, valid where ``m_t``), by key blocks."""
+    b_A = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        b_k = tl.load(k + p_kt[:, None] * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
+        b_kt = tl.load(k + p_kt[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0)
+        b_A += tl.dot(b_k, b_kt, input_precision=PREC)
+    return b_A
+
+
+@triton.jit
+def _gate_pairs(b_g, m_S, m_U):
+    """[BT, BT]: e^{G_i - G_j} below the diagonal (``m_S``), e^{G_j - G_i} above it (``m_U``), 1 elsewhere."""
+    return tl.exp(tl.where(m_S, b_g[:, None] - b_g[None, :], tl.where(m_U, b_g[None, :] - b_g[:, None], 0)))
+
+
+@triton.jit
+def chunk_wy_pair_bwd_kernel(
+    k,
+    v,
+    vn,
+    beta,
+    gc,
+    X,
+    h,
+    dvn,
+    dv,
+    dk,
+    dbeta,
+    dG,
+    cu,
+    info,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATE: tl.constexpr,
+    VN: tl.constexpr,
+    LOWP: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """Steps 4 and 5 in one program per (chunk, head), no gate or a scalar one: dv, dbeta and dG written, dk
+    (holding step 3's part) read and written once, dN never stored.
+
+    The k kᵀ pairs need dN and dNᵀ, and a register tile has no transpose here, so both triangles come from
+    their own chain: dX and dXᵀ are accumulated side by side from tiles loaded both ways, then dN = -Xᵀ L(dX) Xᵀ
+    below the diagonal and dNᵀ = -X U(dXᵀ) X above it. With Q = dN o E and Ps = diag(b) Q + Qᵀ diag(b)
+    (symmetric), the pairs give dk += Ps k, dbeta += rowsum(Q o A0), dG += b rowsum(Q o A0) - rowsum(Qᵀ b o A0)
+    for A0 = k kᵀ. Passes: (1) over V blocks: dv, dbeta and the U side of dX = dU (b v)ᵀ + dW (b e^G k)ᵀ (and
+    of dXᵀ); (2) over key blocks, the W side, dW = -dv_new Sᵀ by an inner V loop; (3) dN, dNᵀ, then A0 (loaded
+    again: fewer tiles live) and the pairs' dbeta, dG; (4) over key blocks: dW again (recomputed, not stored), dk += b e^G Xᵀ dW + Ps k and the
+    scaled keys' dbeta, dG.
+
+    ``VN``: dX from v_new instead of S. As b v - (b e^G k) S = X^-1 v_new = (I + N) v_new, dX = M (I + N)ᵀ with
+    M = dv_new v_newᵀ (and dXᵀ = (I + N) Mᵀ), N = diag(b) (A0 o E) strictly lower: pass 2 goes, S is read once;
+    exact in exact arithmetic, its rounding that of the stored v_new carried through I + N (fp16 interpreter,
+    correlated keys: as accurate as the S form). ``LOWP``: the dN chain
+    and Ps k on operands in the inputs' dtype (as FLA), not fp32 (tf32 dots for bf16): half the registers of
+    those operands; the same for fp32 inputs."""
+    i_s, i_h = tl.program_id(0), tl.program_id(1)
+    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
+    if i_n < 0:
+        return
+    i_hk = i_h // G
+    o_i = tl.arange(0, BT)
+    o_t = bos + i_c * BT + o_i
+    m_t = o_t < eos
+    p_t = o_t * H + i_h
+    p_kt = o_t * (H // G) + i_hk
+    p_h = (i_s.to(tl.int64) * H + i_h) * K * V
+    # [BT, BT]: Xᵀ, loaded transposed
+    b_Xt = tl.load(X + p_t[None, :] * BT + o_i[:, None], mask=m_t[None, :], other=0)
+    dt = b_Xt.dtype
+    b_b = tl.load(beta + p_t, mask=m_t, other=0).to(tl.float32)
+    if GATE == 1:
+        b_g = tl.load(gc + p_t, mask=m_t, other=0)
+        b_eg = tl.exp(b_g)
+    else:
+        b_eg = tl.full([BT], 1.0, tl.float32)
+    b_dX = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dXt = tl.zeros([BT, BT], dtype=tl.float32)
+    b_db = tl.zeros([BT], dtype=tl.float32)
+    # 1. U = X (b v): dv = b Xᵀ dU; dX += dU (b v)ᵀ, dXᵀ += (b v) dUᵀ (VN: dv_new v_newᵀ and its transpose)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        m_tv = m_t[:, None] & m_v[None, :]
+        m_vt = m_v[:, None] & m_t[None, :]
+        p_v = p_t[:, None] * V + o_v[None, :]
+        p_vt = p_t[None, :] * V + o_v[:, None]
+        # [BT, BV] and [BV, BT]
+        b_du = tl.load(dvn + p_v, mask=m_tv, other=0).to(dt)
+        b_dut = tl.load(dvn + p_vt, mask=m_vt, other=0).to(dt)
+        b_v = tl.load(v + p_v, mask=m_tv, other=0).to(tl.float32)
+        if VN:
+            b_x = tl.load(vn + p_v, mask=m_tv, other=0).to(dt)
+            b_xt = tl.load(vn + p_vt, mask=m_vt, other=0).to(dt)
+        else:
+            b_x = (b_v * b_b[:, None]).to(dt)
+            b_xt = (tl.load(v + p_vt, mask=m_vt, other=0).to(tl.float32) * b_b[None, :]).to(dt)
+        b_dX += tl.dot(b_du, b_xt, input_precision=PREC)
+        b_dXt += tl.dot(b_x, b_dut, input_precision=PREC)
+        b_dvb = tl.dot(b_Xt, b_du, input_precision=PREC)
+        tl.store(dv + p_v, (b_dvb * b_b[:, None]).to(dv.dtype.element_ty), mask=m_tv)
+        b_db += tl.sum(b_dvb * b_v, 1)
+    # 2. W = X (b e^G k), by key blocks: dX -= P (b e^G k)ᵀ, dXᵀ -= (b e^G k) Pᵀ with P = dv_new Sᵀ = -dW
+    if not VN:
+        for i_k in range(0, tl.cdiv(K, BK)):
+            o_k = i_k * BK + tl.arange(0, BK)
+            m_k = o_k < K
+            b_P = tl.zeros([BT, BK], dtype=tl.float32)
+            b_Pt = tl.zeros([BK, BT], dtype=tl.float32)
+            for i_v in range(0, tl.cdiv(V, BV)):
+                o_v = i_v * BV + tl.arange(0, BV)
+                m_v = o_v < V
+                m_tv = m_t[:, None] & m_v[None, :]
+                m_vt = m_v[:, None] & m_t[None, :]
+                b_du = tl.load(dvn + p_t[:, None] * V + o_v[None, :], mask=m_tv, other=0).to(dt)
+                b_dut = tl.load(dvn + p_t[None, :] * V + o_v[:, None], mask=m_vt, other=0).to(dt)
+                # [BV, BK] Sᵀ and [BK, BV] S of the chunk
+                b_ht = tl.load(h + p_h + o_k[None, :] * V + o_v[:, None], mask=m_v[:, None] & m_k[None, :], other=0)
+                b_hh = tl.load(h + p_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0)
+                b_P += tl.dot(b_du, b_ht.to(dt), input_precision=PREC)
+                b_Pt += tl.dot(b_hh.to(dt), b_dut, input_precision=PREC)
+            # [BT, BK] and [BK, BT]: b e^G k
+            b_k = tl.load(k + p_kt[:, None] * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
+            b_kt = tl.load(k + p_kt[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0)
+            b_bek = (b_k.to(tl.float32) * (b_b * b_eg)[:, None]).to(dt)
+            b_bekt = (b_kt.to(tl.float32) * (b_b * b_eg)[None, :]).to(dt)
+            b_dX -= tl.dot(b_P.to(dt), b_bekt, input_precision=PREC)
+            b_dXt -= tl.dot(b_bek, b_Pt.to(dt), input_precision=PREC)
+    # 3. dN = -Xᵀ L(dX) Xᵀ below the diagonal, dNᵀ = -X U(dXᵀ) X above it (X = (I + N)^-1); then A0 = k kᵀ, when
+    # dX and dXᵀ are dead (VN: also before, for N)
+    m_tt = m_t[:, None] & m_t[None, :]
+    m_S = (o_i[:, None] > o_i[None, :]) & m_tt
+    m_U = (o_i[:, None] < o_i[None, :]) & m_tt
+    if VN:  # dX = M (I + Nᵀ), dXᵀ = (I + N) Mᵀ
+        b_AE = _chunk_kkt(k, p_kt, m_t, K, BT, BK, PREC)
+        if GATE == 1:
+            b_AE *= _gate_pairs(b_g, m_S, m_U)
+        b_dX += tl.dot(b_dX, tl.where(m_U, b_AE * b_b[None, :], 0), input_precision=PREC)
+        b_dXt += tl.dot(tl.where(m_S, b_AE * b_b[:, None], 0), b_dXt, input_precision=PREC)
+    cdt = dt if LOWP else tl.float32  # the operands of the dN chain and of Ps k
+    b_X = tl.load(X + p_t[:, None] * BT + o_i[None, :], mask=m_t[:, None], other=0).to(cdt)
+    b_Xtf = b_Xt.to(cdt)
+    b_dX = tl.where((o_i[:, None] >= o_i[None, :]) & m_tt, b_dX, 0)
+    b_dXt = tl.where((o_i[:, None] <= o_i[None, :]) & m_tt, b_dXt, 0)
+    b_dN = -tl.dot(b_Xtf, tl.dot(b_dX.to(cdt), b_Xtf, input_precision=PREC).to(cdt), input_precision=PREC)
+    b_dNt = -tl.dot(b_X, tl.dot(b_dXt.to(cdt), b_X, input_precision=PREC).to(cdt), input_precision=PREC)
+    # Qs: Q = dN o E below the diagonal, Qᵀ above (E_ij = e^{G_i - G_j})
+    b_Qs = tl.where(m_S, b_dN, tl.where(m_U, b_dNt, 0))
+    if GATE == 1:
+        b_Qs *= _gate_pairs(b_g, m_S, m_U)
+    b_QA = b_Qs * _chunk_kkt(k, p_kt, m_t, K, BT, BK, PREC)
+    b_r = tl.sum(tl.where(m_S, b_QA, 0), 1)
+    b_db += b_r
+    b_dg = b_b * b_r - tl.sum(tl.where(m_U, b_QA * b_b[None, :], 0), 1)
+    # Ps = diag(b) Q + Qᵀ diag(b)
+    b_Ps = b_Qs * tl.where(m_S, b_b[:, None], b_b[None, :])
+    # 4. by key blocks: dk += b e^G Xᵀ dW + Ps k (dW recomputed as in 2); dbeta, dG of the scaled keys b e^G k
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        m_tk = m_t[:, None] & m_k[None, :]
+        b_P = tl.zeros([BT, BK], dtype=tl.float32)
+        for i_v in range(0, tl.cdiv(V, BV)):
+            o_v = i_v * BV + tl.arange(0, BV)
+            m_v = o_v < V
+            b_du = tl.load(dvn + p_t[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0).to(dt)
+            b_ht = tl.load(h + p_h + o_k[None, :] * V + o_v[:, None], mask=m_v[:, None] & m_k[None, :], other=0)
+            b_P += tl.dot(b_du, b_ht.to(dt), input_precision=PREC)
+        b_k = tl.load(k + p_kt[:, None] * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
+        # [BT, BK]: the gradient of the scaled keys, Xᵀ dW
+        b_dkb = -tl.dot(b_Xt, b_P.to(dt), input_precision=PREC)
+        b_s = tl.sum(b_dkb * b_k, 1) * b_eg
+        b_db += b_s
+        b_dg += b_s * b_b
+        p_k = p_t[:, None] * K + o_k[None, :]
+        b_dk = tl.load(dk + p_k, mask=m_tk, other=0) + b_dkb * (b_b * b_eg)[:, None]
+        b_dk += tl.dot(b_Ps.to(cdt), b_k.to(cdt), input_precision=PREC)
+        tl.store(dk + p_k, b_dk, mask=m_tk)
+    tl.store(dbeta + p_t, b_db, mask=m_t)
+    if GATE == 1:
+        tl.store(dG + p_t, b_dg, mask=m_t)
