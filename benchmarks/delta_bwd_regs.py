@@ -1,10 +1,9 @@
 """Registers, spills and shared memory of the delta line's backward kernels, compiled offline (no GPU).
 
-    python benchmarks/delta_bwd_regs.py [--arch 90] [--warps 8,4] [--stages 2] [--dtype bf16] [--gates 0,1,2]
-        [--fused 64x64,32x64]
+    python benchmarks/delta_bwd_regs.py [--arch 90] [--warps 8,4] [--dtype bf16]
 
-Compiles the state-gradient pass, the WY backward, the k kᵀ-pair backward and the fused WY + pair backward
-(``--fused`` picks its key/V blocks, e.g. ``64x64,32x64n,32x64l``: n for its ``VN`` form, l for ``LOWP``) at K = V = 128, BT = 64 for ``GPUTarget("cuda", arch)`` and reads the cubin's resource usage with the cuobjdump Triton ships. The
+Compiles the state-gradient pass and the WY backward at K = V = 128, BT = 64
+for ``GPUTarget("cuda", arch)`` and reads the cubin's resource usage with the cuobjdump Triton ships. The
 counts come from this machine's Triton, which may differ from the GPU machine's; a guide, not a measurement.
 """
 
@@ -29,7 +28,7 @@ def compile_one(fn, consts, dt, arch, warps, stages):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    typed = {"q": dt, "k": dt, "v": dt, "w": dt, "do": dt, "dh": dt, "dvn": dt, "X": dt, "h": dt, "dv": dt, "vn": dt}
+    typed = {"q": dt, "k": dt, "v": dt, "w": dt, "do": dt, "dh": dt, "dvn": dt, "X": dt, "h": dt, "dv": dt}
     sig = {}
     for name in fn.arg_names:
         if name in consts:
@@ -78,10 +77,6 @@ def main() -> int:
     p.add_argument("--warps", default="8,4")
     p.add_argument("--dtype", default="bf16")
     p.add_argument("--gates", default="0,1,2")
-    p.add_argument(
-        "--fused", default="64x64,32x64,64x64n,64x64l,32x64l", help="BKxBV of chunk_wy_pair_bwd_kernel (n: VN, l: LOWP)"
-    )
-    p.add_argument("--stages", default="2")
     args = p.parse_args()
     from fla_compile.lowering.delta import triton_wy_bwd as kwb
 
@@ -89,8 +84,8 @@ def main() -> int:
     K = V = 128
     BT = 64
     rows = [
-        "| kernel | gate | BK | BV | warps | stages | regs | spill | shared |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| kernel | gate | BK | BV | warps | regs | spill | shared |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for gid in (int(g) for g in args.gates.split(",")):
         dh = dict(H=16, G=1, K=K, V=V, BT=BT, GATE=gid, USE_DHT=True, STORE_DH0=True, PREC=prec)
@@ -99,25 +94,15 @@ def main() -> int:
             ("chunk_delta_dh_kernel", kwb.chunk_delta_dh_kernel, dict(dh, BK=128, BV=64)),
             ("chunk_wy_bwd_kernel", kwb.chunk_wy_bwd_kernel, dict(wy, BK=128)),
         ]
-        if gid != 2:  # the fused WY + pair kernel and the pair kernel it replaces take no per-key gate
-            pair = dict(H=16, G=1, K=K, BT=BT, BK=64, GATE=gid, PREC=prec)
-            jobs.append(("chunk_kk_pair_bwd_kernel", kwb.chunk_kk_pair_bwd_kernel, pair))
-            for bkbv in args.fused.split(","):
-                bk, bv = (int(x) for x in bkbv.rstrip("nl").split("x"))
-                vn, lowp = "n" in bkbv, "l" in bkbv
-                name = "chunk_wy_pair_bwd_kernel" + (" VN" if vn else "") + (" LOWP" if lowp else "")
-                jobs.append((name, kwb.chunk_wy_pair_bwd_kernel, dict(wy, BK=bk, BV=bv, VN=vn, LOWP=lowp)))
         for name, fn, consts in jobs:
             for warps in (int(w) for w in args.warps.split(",")):
-                for stages in (int(s) for s in args.stages.split(",")):
-                    cols = f"| {name} | {gid} | {consts['BK']} | {consts.get('BV', '')} | {warps} | {stages} |"
-                    try:
-                        u = usage(compile_one(fn, consts, args.dtype, args.arch, warps, stages))
-                        row = f"{cols} {u['regs']} | {u['spill']} | {u['shared']} |"
-                    except Exception as e:  # one failed compile is a row, not a lost table
-                        row = f"{cols} error: {type(e).__name__}: {str(e)[:80]} | | |"
-                    rows.append(row)
-                    log.info(row)
+                try:
+                    u = usage(compile_one(fn, consts, args.dtype, args.arch, warps, 2))
+                    row = f"| {name} | {gid} | {consts['BK']} | {consts['BV']} | {warps} | {u['regs']} | {u['spill']} | {u['shared']} |"
+                except Exception as e:  # one failed compile is a row, not a lost table
+                    row = f"| {name} | {gid} | {consts['BK']} | {consts['BV']} | {warps} | error: {type(e).__name__}: {str(e)[:80]} | | |"
+                rows.append(row)
+                log.info(row)
     log.info("\n" + "\n".join(rows))
     return 0
 

@@ -51,22 +51,6 @@ VARIANTS = [
     ("A rows stages 1", {"A_rows": True, "A_row_block": (4, 1)}),
     ("A rows stages 3", {"A_rows": True, "A_row_block": (4, 3)}),
     ("dh stages 1", {"dh": (8, 1)}),  # the one-block state-gradient pass unpipelined (~half the shared memory)
-    # steps 4 and 5 of the backward by one kernel (no gate, scalar gate; kda keeps two): key and V blocks of 64
-    ("wy+pair fused", {"wy_pair_fused": True}),
-    ("wy+pair fused w4", {"wy_pair_fused": True, "wy_pair": (4, 2)}),
-    ("wy+pair fused w4 s1", {"wy_pair_fused": True, "wy_pair": (4, 1)}),
-    ("wy+pair fused s1", {"wy_pair_fused": True, "wy_pair": (8, 1)}),
-    ("wy+pair fused s3", {"wy_pair_fused": True, "wy_pair": (8, 3)}),
-    ("wy+pair fused BK32", {"wy_pair_fused": True, "BK_wy_pair": 32}),
-    ("wy+pair fused BV32", {"wy_pair_fused": True, "BV_wy_pair": 32}),
-    ("wy+pair fused VN", {"wy_pair_fused": True, "wy_pair_vn": True}),  # dX from v_new: S read once
-    ("wy+pair fused VN w4", {"wy_pair_fused": True, "wy_pair_vn": True, "wy_pair": (4, 2)}),
-    ("wy+pair fused VN BK32", {"wy_pair_fused": True, "wy_pair_vn": True, "BK_wy_pair": 32}),
-    ("wy+pair fused lowp", {"wy_pair_fused": True, "wy_pair_lowp": True}),  # bf16 dN chain and pair dots
-    ("wy+pair fused lowp w4", {"wy_pair_fused": True, "wy_pair_lowp": True, "wy_pair": (4, 2)}),
-    ("wy+pair fused lowp w4 s1", {"wy_pair_fused": True, "wy_pair_lowp": True, "wy_pair": (4, 1)}),
-    ("wy+pair fused lowp w4 s1 BK32", {"wy_pair_fused": True, "wy_pair_lowp": True, "wy_pair": (4, 1), "BK_wy_pair": 32}),
-    ("wy+pair fused lowp s1", {"wy_pair_fused": True, "wy_pair_lowp": True, "wy_pair": (8, 1)}),
 ]
 
 

@@ -307,27 +307,6 @@ def _case_kda_A_rows(BT, T, cu_lens, gate_scale, dtype, BK, K=20, device="cpu"):
     }
 
 
-def _case_wy_pair(family, BT, cu_lens=None, vn=False, gate_scale=2.0):
-    """Steps 4 and 5 by the fused kernel (``wy_pair_fused``, key and V blocks of 16 so that both loop) against
-    fp64 and against the two unfused kernels on the same inputs (fp32: the same sums up to their order)."""
-    from fla_compile.lowering.delta import triton_launch as DT
-
-    q, k, v, beta, g, h0 = make(family, B=1 if cu_lens is None else 2, gate_scale=gate_scale)
-    q, k, v, beta, g, h0, cu = _pack(cu_lens, q, k, v, beta, g, h0)
-    gen = torch.Generator().manual_seed(4)
-    do, dht = torch.randn(v.shape, generator=gen), torch.randn(h0.shape, generator=gen)
-    _, _, ref = torch_grads(family, q, k, v, beta, g, h0, do, dht, 0.3, cu)
-    names = ["dq", "dk", "dv", "db", "dg", "dh0"]
-    args = (q, k, v, beta, g, FAMILY_GATE[family], 0.3, h0, cu, do, dht)
-    knobs = {"wy_pair_fused": True, "BK_wy_pair": 16, "BV_wy_pair": 16, "wy_pair_vn": vn}
-    fused = _with_knobs(knobs, DT.chunk_backward, *args, False, BT)
-    plain = _with_knobs({"wy_pair_fused": False}, DT.chunk_backward, *args, False, BT)
-    out = {n: rel(x, ref[n]) for n, x in zip(names, fused) if x is not None}
-    out.update({f"{n}_vs_unfused": rel(x, y) for n, x, y in zip(names, fused, plain) if x is not None})
-    out["tols"] = {f"{n}_vs_unfused": 1e-6 for n in names}
-    return out
-
-
 INTERPRETER_CASES = {
     **{f"fwd-{f}-BT16": (_case_forward, (f, 16)) for f in FAMILY_GATE},
     "fwd-kda-BT32-l2": (_case_forward, ("kda", 32, None, True)),
@@ -355,10 +334,6 @@ INTERPRETER_CASES = {
     "rows-fwd-kda-BT64-strong": (_with_knobs, ({"A_rows": True}, _case_forward, "kda", 64, None, False, 20.0)),
     "rows-bwd-kda-BT32-varlen": (_with_knobs, ({"A_rows": True}, _case_backward, "kda", 32, [9, 21])),
     "rows-bwd-kda-BT32-strong": (_with_knobs, ({"A_rows": True}, _case_backward, "kda", 32, None, False, 20.0, 20)),
-    "wy-pair-delta-BT16": (_case_wy_pair, ("delta_rule", 16)),
-    "wy-pair-gdn-BT32-varlen": (_case_wy_pair, ("gated_delta_rule", 32, [7, 0, 33, 22])),
-    "wy-pair-vn-gdn-BT16-strong": (_case_wy_pair, ("gated_delta_rule", 16, None, True, 20.0)),
-    "wy-pair-half-lowp-gdn": (_with_knobs, ({"wy_pair_fused": True, "wy_pair_lowp": True}, _case_half, "gated_delta_rule")),
 }
 
 
@@ -543,54 +518,6 @@ def test_gpu_kda_A_rows(dtype, gate_scale, monkeypatch):
     test_gpu_chunk_vs_fp64("kda", dtype, tol, gate_scale)
     if dtype == torch.float32 and gate_scale == 1.0:
         test_gpu_beta_extremes_varlen_l2("kda")
-
-
-@pytest.mark.gpu
-@gpu
-@pytest.mark.parametrize("family", ["delta_rule", "gated_delta_rule"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("gate_scale", [0.05, 20.0], ids=["weak", "strong"])
-@pytest.mark.parametrize("vn,lowp", [(False, False), (True, False), (False, True)], ids=["S", "VN", "lowp"])
-def test_gpu_wy_pair_fused(family, dtype, gate_scale, vn, lowp, monkeypatch):
-    """The fused WY + pair backward (``wy_pair_fused``; its ``VN`` and ``LOWP`` forms) at K = V = 128 with the
-    shipped blocks: against fp64, bitwise deterministic, and against the unfused kernels on the same inputs (GQA,
-    a partial chunk, and packed sequences)."""
-    from fla_compile.lowering.delta import triton_launch as DT
-
-    kind = FAMILY_GATE[family]
-    q, k, v, beta, g, h0 = _cuda_case(family, dtype=dtype, gate_scale=gate_scale, K=128, V=128)
-    cases = [(q, k, v, beta, g, h0, None)]
-    lens = [1, 63, 65, 130, 300]
-    packed = [x if x is None else x.flatten(0, 1)[None, : sum(lens)] for x in (q, k, v, beta, g)]
-    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], device="cuda")
-    cases.append((*packed, torch.randn(len(lens), 4, 128, 128, device="cuda"), cu))
-    tol = 1e-5 if dtype == torch.float32 else 2e-2
-    vs_unfused = 2e-6 if dtype == torch.float32 else 2e-2
-    names = ["dq", "dk", "dv", "db", "dg", "dh0"]
-    for q, k, v, beta, g, h0, cu in cases:
-        do, dht = torch.randn_like(v), torch.randn_like(h0)
-        args = (q, k, v, beta, g, kind, 0.125, h0, cu, do, dht)
-        monkeypatch.setitem(DT.OVERRIDES, "wy_pair_fused", False)
-        plain = DT.chunk_backward(*args)
-        monkeypatch.setitem(DT.OVERRIDES, "wy_pair_fused", True)
-        monkeypatch.setitem(DT.OVERRIDES, "wy_pair_vn", vn)
-        monkeypatch.setitem(DT.OVERRIDES, "wy_pair_lowp", lowp)
-        runs = []
-        for _ in range(2):
-            _poison()
-            runs.append(DT.chunk_backward(*args))
-        assert all(a is None or torch.equal(a, b) for a, b in zip(*runs)), "not bitwise deterministic"
-        _, _, ref = torch_grads(family, q, k, v, beta, g, h0, do, dht, 0.125, cu)
-        bad = {}
-        for name, x, y in zip(names, runs[0], plain):
-            if x is None:
-                continue
-            strong_dg = name == "dg" and gate_scale > 1 and dtype == torch.float32  # as in test_gpu_chunk_vs_fp64
-            if not rel(x, ref[name]) < (3e-5 if strong_dg else tol):
-                bad[name] = rel(x, ref[name])
-            if not rel(x, y) < (1e-5 if strong_dg else vs_unfused):
-                bad[name + "_vs_unfused"] = rel(x, y)
-        assert not bad, (cu is not None, bad)
 
 
 @pytest.mark.gpu

@@ -82,12 +82,6 @@ _DEFAULTS = {
     "wy_bwd": (8, 2),
     "pair": (4, 2),
     "pair_vec": (4, 2),
-    "wy_pair_fused": False,  # no gate / a scalar gate: steps 4 and 5 by one kernel (``chunk_wy_pair_bwd_kernel``)
-    "wy_pair": (8, 2),  # that kernel's warps and stages
-    "BK_wy_pair": 64,  # its key block and V block (64 or 32: no spills at 8 warps, sm90 offline, Triton 3.9)
-    "BV_wy_pair": 64,
-    "wy_pair_vn": False,  # that kernel's dX from v_new, not S (one read of S; see its docstring)
-    "wy_pair_lowp": False,  # its dN chain and pair dots on operands in the inputs' dtype (bf16: fewer registers)
     "BV_h": 64,
     "BV_dh": 64,
     "BV_o": 64,
@@ -333,18 +327,6 @@ def backward_parts(
     dv = torch.empty(B, T, H, V, device=dev, dtype=dt)
     dbeta = torch.empty(B, T, H, **f32)
     dG = torch.empty(gate.shape, **f32) if gid else dbeta
-    if gid != 2 and _knob("wy_pair_fused", dev):  # 4 and 5 in one kernel
-        BKw = min(_knob("BK_wy_pair", dev), BK)
-        BVw = min(_knob("BV_wy_pair", dev), launch.pow2(V))
-        kwb.chunk_wy_pair_bwd_kernel[(NS, H)](
-            k, v, vn, beta, gcp, X, h, dvn, dv, dk, dbeta, dG, cu, info, H, G, K, V, BT, BKw, BVw, gid,
-            _knob("wy_pair_vn", dev), _knob("wy_pair_lowp", dev), prec,
-            **_opts("wy_pair", dev),
-        )  # fmt: skip
-        if gid == 1:
-            dg = dg.sum(-1).contiguous()
-            gla_intra.chunk_rc_add_kernel[(NS, 1, H)](dG, dg, cu, info, H, 1, BT, 16, **_opts("rc", dev))
-        return dq, dk, dv, dbeta, dg, dh0
     dN = torch.empty(B, T, H, BT, **f32)
     BV = min(64, launch.pow2(V))
     kwb.chunk_wy_bwd_kernel[(NS, H)](
