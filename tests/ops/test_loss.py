@@ -155,7 +155,7 @@ def test_kl_div_gradcheck():
 
 
 def test_chunk_rows():
-    assert chunk_rows(16384, 151936) == 256  # 256 rows of fp32 logits: 156 MB
+    assert chunk_rows(16384, 151936) == 1024  # 1024 rows of fp32 logits: 622 MB
     assert chunk_rows(100, 151936) == 100 and chunk_rows(10, 7, chunk_size=4) == 4
 
 

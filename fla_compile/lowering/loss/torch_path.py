@@ -22,7 +22,10 @@ import torch
 
 log = logging.getLogger("fla_compile")
 
-LOGITS_BUDGET = 256 << 20  # bytes of one chunk's fp32 logits
+# bytes of one chunk's fp32 logits: each chunk re-reads the weight and read-modify-writes its fp32 gradient, so
+# fewer, larger chunks are faster (H200, N=16384, vocab 151936, hidden 2048, bf16: 256 rows 138 ms, 512 rows
+# 104 ms, 1024 rows 90 ms at 2.96 GiB peak; the unfused loss 71 ms at 27.8 GiB)
+LOGITS_BUDGET = 1 << 30
 HALF = (torch.bfloat16, torch.float16)
 
 
@@ -33,7 +36,7 @@ def acc_dtype(x: torch.Tensor) -> torch.dtype:
 
 def chunk_rows(n: int, vocab: int, chunk_size: int = 0) -> int:
     """Rows per chunk: ``chunk_size`` if given (> 0), else the largest power of two whose fp32
-    logits fit in ``LOGITS_BUDGET`` (256 rows for a 151936 vocabulary), at most ``n``."""
+    logits fit in ``LOGITS_BUDGET`` (1024 rows for a 151936 vocabulary), at most ``n``."""
     if chunk_size > 0:
         return max(1, min(chunk_size, n))
     rows = max(1, LOGITS_BUDGET // (4 * max(vocab, 1)))
