@@ -17,6 +17,7 @@ import json, sys, time, torch
 sys.path.insert(0, "benchmarks")
 from _loops import naive_gla, inputs
 import fla_compile
+import fla_compile.backend  # noqa: F401  (registers "fla" where the package is not pip-installed)
 T, mode = int(sys.argv[1]), sys.argv[2]
 args = inputs(2, T, 4, 64)
 t0 = time.perf_counter()

@@ -18,6 +18,7 @@ sys.path.insert(0, "benchmarks")
 from _loops import inputs, naive_gla  # noqa: E402
 
 import fla_compile  # noqa: E402
+import fla_compile.backend  # noqa: E402,F401  (registers "fla" where the package is not pip-installed)
 
 
 def main():

@@ -47,6 +47,7 @@ def main(argv=None) -> int:
     from transformers.models.qwen3_next import modeling_qwen3_next as m
 
     import fla_compile
+    import fla_compile.backend  # noqa: F401  (registers "fla" where the package is not pip-installed)
 
     dev = a.device
     g = torch.Generator(device=dev).manual_seed(0)

@@ -29,6 +29,7 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, ".")
 import fla_compile  # noqa: E402
+import fla_compile.backend  # noqa: E402,F401  (registers "fla" where the package is not pip-installed)
 from tests.patterns import held_out_2  # noqa: E402
 from tests.patterns.held_out import CASES, CASES_2  # noqa: E402
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import fla_compile
+import fla_compile.backend  # noqa: F401  (registers "fla" where the package is not pip-installed)
 
 
 class NaiveGLA(torch.nn.Module):

@@ -40,6 +40,7 @@ import transformers
 from torch.distributed.checkpoint.state_dict import get_model_state_dict
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+import fla_compile.backend  # noqa: F401  (registers "fla" where the package is not pip-installed)
 import fla_compile.hf as fh
 
 log = logging.getLogger("train_fsdp")
