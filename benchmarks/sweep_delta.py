@@ -1,7 +1,7 @@
 """Launch-option sweep of the delta line's staged kernels (CUDA): one table from one run.
 
     python benchmarks/sweep_delta.py [--families kda,gated_delta_rule,delta_rule] [--shape 8,2048,16,128]
-        [--variants "shipped,A rows"] [--fwd-kernels] [--bwd-kernels] [--metadata]
+        [--variants "shipped,A rows stages 2"] [--fwd-kernels] [--bwd-kernels] [--metadata]
 
 For each family, times the op's forward and forward+backward (``fla_compile.ops``, bf16, ``do_bench`` medians)
 with the shipped options, then with one option changed at a time (``triton_launch.OVERRIDES``: warps/stages,
@@ -44,12 +44,11 @@ VARIANTS = [
     ("A unfused", {"FUSED_A": False}),
     ("o BV=128 w8 s3", {"BV_o": 128, "o": (8, 3)}),  # the GLA line's tuned output kernel options
     ("o w8 s3", {"o": (8, 3)}),
-    ("A blocks", {"A_rows": False}),  # kda's fused A kernel: one [16, 16] block per program
-    ("A rows", {"A_rows": True}),  # one row block per program, the whole K, a loop over the key blocks j <= i
-    ("A rows warps 2", {"A_rows": True, "A_row_block": (2, 2)}),
-    ("A rows warps 8", {"A_rows": True, "A_row_block": (8, 2)}),
-    ("A rows stages 1", {"A_rows": True, "A_row_block": (4, 1)}),
-    ("A rows stages 3", {"A_rows": True, "A_row_block": (4, 3)}),
+    ("A rows warps 2", {"A_row_block": (2, 2)}),  # kda's A kernel (one row block per program)
+    ("A rows warps 8", {"A_row_block": (8, 2)}),
+    ("A rows stages 1", {"A_row_block": (4, 1)}),
+    ("A rows stages 2", {"A_row_block": (4, 2)}),
+    ("A rows stages 3", {"A_row_block": (4, 3)}),
     ("dh stages 1", {"dh": (8, 1)}),  # the one-block state-gradient pass unpipelined (~half the shared memory)
 ]
 

@@ -244,9 +244,8 @@ def _with_knobs(knobs, fn, *args):
 
 
 def _case_kda_A_rows(BT, T, cu_lens, gate_scale, dtype, BK, K=20, device="cpu"):
-    """kda's fused A kernels, by (i, j) blocks (K blocks of BK) and by row blocks (the whole K; the strong-gate
-    path by BK), launched on the same inputs (NaN-poisoned outputs): Akk (fp32) and Aqk (inputs' dtype) against
-    each other and against fp64 sums over the chunk."""
+    """kda's fused A kernel by row blocks (the whole K; the strong-gate path by K blocks of BK) on NaN-poisoned
+    outputs: Akk (fp32) and Aqk (inputs' dtype) against fp64 sums over the chunk."""
     from fla_compile.lowering.common import launch
     from fla_compile.lowering.common.chunks import chunk_meta
     from fla_compile.lowering.delta import triton_wy as kw
@@ -280,30 +279,14 @@ def _case_kda_A_rows(BT, T, cu_lens, gate_scale, dtype, BK, K=20, device="cpu"):
     gc = gc.float().view(B, T, H, K).contiguous()
     cu_, info, _, NS, _ = chunk_meta(B, T, cu, BT, device)
     NC = BT // 16
-    got = {}
-    for name, kern, n_prog, bk, kw_ in (
-        ("blocks", kw.chunk_kda_A_kernel, NC * NC, BK, {}),
-        ("rows", kw.chunk_kda_A_rows_kernel, NC, launch.pow2(K), {"BKF": BK}),  # the whole K; the fallback's by BK
-    ):
-        Akk = torch.full((B, T, H, BT), float("nan"), device=device)
-        Aqk = torch.full((B, T, H, BT), float("nan"), dtype=dtype, device=device)
-        args = (q, k, gc, Akk, Aqk, cu_, info, H, H // q.shape[2], K, BT, 16, bk, NC, launch.prec(dtype))
-        kern[(NS, n_prog, H)](*args, **kw_)
-        got[name] = (Akk.flatten(0, 1), Aqk.flatten(0, 1))
-
-    def diff(a, b):  # max abs difference over the largest entry (NaN: an entry left unwritten)
-        return (a.float() - b.float()).abs().max().item() / b.float().abs().max().item()
-
-    (kr, qr), (kb, qb) = got["rows"], got["blocks"]
+    Akk = torch.full((B, T, H, BT), float("nan"), device=device)
+    Aqk = torch.full((B, T, H, BT), float("nan"), dtype=dtype, device=device)
+    args = (q, k, gc, Akk, Aqk, cu_, info, H, H // q.shape[2], K, BT, 16, launch.pow2(K), NC, launch.prec(dtype))
+    kw.chunk_kda_A_rows_kernel[(NS, NC, H)](*args, BKF=BK)
     return {
-        "kk_rows_vs_blocks": diff(kr, kb),
-        "qk_rows_vs_blocks": diff(qr, qb),
-        "kk_rows": rel(kr, ref_kk),
-        "qk_rows": rel(qr, ref_qk),
-        "kk_blocks": rel(kb, ref_kk),
-        "tol": 4e-6 if dtype == torch.float32 else 2e-3,  # against fp64: the factors' rounding
-        # against each other: fp32 sums in another order (K in one dot); fp16 Aqk: an ulp where they round apart
-        "tols": {"kk_rows_vs_blocks": 1e-6, "qk_rows_vs_blocks": 1e-6 if dtype == torch.float32 else 1e-3},
+        "kk_rows": rel(Akk.flatten(0, 1), ref_kk),
+        "qk_rows": rel(Aqk.flatten(0, 1), ref_qk),
+        "tol": 4e-6 if dtype == torch.float32 else 2e-3,  # against fp64: the factors' rounding (NaN: unwritten)
     }
 
 
@@ -331,9 +314,9 @@ INTERPRETER_CASES = {
     "A-rows-dense-odd-T": (_case_kda_A_rows, (64, 37, None, 2.0, torch.float32, 16)),
     "A-rows-varlen-strong": (_case_kda_A_rows, (32, 37, [9, 40], 20.0, torch.float32, 32)),
     "A-rows-varlen-half": (_case_kda_A_rows, (64, 24, [5, 40], 1.0, torch.float16, 16)),
-    "rows-fwd-kda-BT64-strong": (_with_knobs, ({"A_rows": True}, _case_forward, "kda", 64, None, False, 20.0)),
-    "rows-bwd-kda-BT32-varlen": (_with_knobs, ({"A_rows": True}, _case_backward, "kda", 32, [9, 21])),
-    "rows-bwd-kda-BT32-strong": (_with_knobs, ({"A_rows": True}, _case_backward, "kda", 32, None, False, 20.0, 20)),
+    "fwd-kda-BT64-strong": (_case_forward, ("kda", 64, None, False, 20.0)),
+    "bwd-kda-BT32-varlen": (_case_backward, ("kda", 32, [9, 21])),
+    "bwd-kda-BT32-strong": (_case_backward, ("kda", 32, None, False, 20.0, 20)),
 }
 
 
@@ -444,7 +427,7 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 @pytest.fixture(autouse=True)
 def _env_launch_options(request, monkeypatch):
-    """``DELTA_TEST_KNOBS='{"A_rows": false, "BV_o": 64}'``: the GPU tests with these launch options
+    """``DELTA_TEST_KNOBS='{"fill_sms": false, "BV_o": 64}'``: the GPU tests with these launch options
     (``triton_launch.OVERRIDES``; lists become tuples), to time-test a variant against the whole GPU suite."""
     knobs = os.environ.get("DELTA_TEST_KNOBS")
     if knobs and request.node.get_closest_marker("gpu"):
@@ -494,23 +477,16 @@ def test_gpu_chunk_vs_fp64(family, dtype, tol, gate_scale):
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("gate_scale", [0.05, 1.0, 20.0], ids=["weak", "mid", "strong"])
-def test_gpu_kda_A_rows(dtype, gate_scale, monkeypatch):
-    """kda's row-block A kernel (launch option ``A_rows``): A itself against the block kernel's and fp64 at
-    K = 128 over packed sequences, then kda's forward and backward against fp64 with the option on."""
+def test_gpu_kda_A_rows(dtype, gate_scale):
+    """kda's row-block A kernel: A itself against fp64 at K = 128 over packed sequences, then kda's forward and
+    backward against fp64."""
     from fla_compile.lowering.delta import triton_launch as DT
 
     res = _case_kda_A_rows(64, 400, [1, 63, 65, 130, 300], gate_scale, dtype, 64, K=128, device="cuda")
-    res.pop("tol"), res.pop("tols")
-    bad = {}
-    for name, err in res.items():
-        if "_vs_" in name:  # against the block kernel: fp32 Akk equal up to the dots' order; bf16 Aqk within an ulp
-            lim = 1e-6 if name.startswith("kk") or dtype == torch.float32 else 1e-2
-        else:  # against fp64: the rounding of the factors
-            lim = 4e-6 if dtype == torch.float32 else 1e-2
-        if not err < lim:  # NaN (an unwritten entry) fails too
-            bad[name] = err
+    res.pop("tol")
+    lim = 4e-6 if dtype == torch.float32 else 1e-2  # against fp64: the rounding of the factors
+    bad = {name: err for name, err in res.items() if not err < lim}  # NaN (an unwritten entry) fails too
     assert not bad, bad
-    monkeypatch.setitem(DT.OVERRIDES, "A_rows", True)
     q, k, v, beta, g, h0 = _cuda_case("kda", dtype=dtype, gate_scale=gate_scale)
     runs = [DT.chunk_forward(q, k, v, beta, g, "vector", 0.125, h0) for _ in range(2)]
     assert all(torch.equal(a, b) for a, b in zip(*runs)), "not bitwise deterministic"

@@ -86,8 +86,7 @@ _DEFAULTS = {
     "BV_dh": 64,
     "BV_o": 64,
     "fill_sms": False,  # shrink the state passes' V block while their grid is under one wave (``_state_bv``)
-    "A_rows": False,  # kda's fused A kernel by row blocks (grid (NS, NC, H)), not by (i, j) blocks (NS, NC², H)
-    "A_row_block": (4, 2),  # that kernel's warps and stages (3 stages: ~170 registers, 2: ~115 on sm90)
+    "A_row_block": (4, 2),  # kda's A kernel's warps and stages (3 stages: ~170 registers, 2: ~115 on sm90)
 }
 OVERRIDES: dict = {}
 FUSED_A = True  # kda: k kᵀ and q kᵀ by one kernel in the forward (False: the GLA line's A kernel twice)
@@ -176,14 +175,9 @@ def forward_parts(
         if gid == 2 and FUSED_A and Aqk is None:  # k kᵀ and q kᵀ in one pass
             NC = BT // 16
             Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf
-            if _knob("A_rows", dev):  # the whole K in one block (K <= MAX_HEAD_DIM)
-                kw.chunk_kda_A_rows_kernel[(NS, NC, H)](
-                    q, k, gc, A, Aqk, cu, info, H, G, K, BT, 16, BK, NC, prec, **_opts("A_row_block", dev)
-                )
-            else:
-                kw.chunk_kda_A_kernel[(NS, NC * NC, H)](
-                    q, k, gc, A, Aqk, cu, info, H, G, K, BT, 16, min(64, BK), NC, prec, **_opts("A", dev)
-                )
+            kw.chunk_kda_A_rows_kernel[(NS, NC, H)](  # the whole K in one block (K <= MAX_HEAD_DIM)
+                q, k, gc, A, Aqk, cu, info, H, G, K, BT, 16, BK, NC, prec, **_opts("A_row_block", dev)
+            )
         elif gid == 2:
             NC = BT // 16
             BKa = min(64, BK)
