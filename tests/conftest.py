@@ -6,6 +6,10 @@
 - The suite tests matching and rewriting at small sizes, where the cost table
   (``fla_compile.costs``) would keep regions as written: it runs with the choice off (always
   rewrite), subprocesses included. ``tests/test_costs.py`` tests the choice with tables of its own.
+- Under pytest-xdist (``-n N``) each worker takes its share of the cores for torch's CPU threads: by
+  default every worker would take them all, and the float64 CPU references of the GPU tests stall
+  on each other (the rwkv6 reference at T=300: 1.3 s on one thread, 10.8 s on two of a busy 2-core
+  machine, 150-260 s per test under 14 workers on the H200 host's 16 cores).
 """
 
 import os
@@ -14,6 +18,9 @@ import pytest
 import torch
 
 os.environ.setdefault("FLA_COMPILE_COSTS", "off")
+
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 @pytest.fixture(autouse=True)
