@@ -119,7 +119,8 @@ def probe(shape, gen: torch.Generator, kind=None, device=None) -> torch.Tensor:
 
 
 CAST_METHODS = {"to", "type", "type_as", "float", "half", "bfloat16"}
-CAST_FUNCTIONS = {aten._to_copy.default, torch.ops.prims.convert_element_type.default}
+CAST_FUNCTIONS = {aten._to_copy.default, torch.ops.prims.convert_element_type.default, aten.to.dtype,
+                  aten.to.dtype_layout, aten.to.device, aten.to.other}  # fmt: skip
 # The widening policy of every proof (loop steps and whole regions alike): the proof is about the math the
 # user wrote, and rounding to a narrower float is not its structure. On float64 probes, a cast of a float
 # to a narrower one of these (``x.to(q.dtype)``, ``.float()``) keeps its input's value, and a value made in

@@ -40,8 +40,9 @@ def _x():
         lambda x: x.type(torch.float16),
         lambda x: x.to(dtype=torch.bfloat16),
         lambda x: torch.ops.aten._to_copy.default(x, dtype=torch.bfloat16),
+        lambda x: torch.ops.aten.to.dtype(x, torch.float16),
     ],
-    ids=["to-bf16", "float-half", "fp32-bf16", "type-fp16", "to-dtype-kwarg", "aten-to-copy"],
+    ids=["to-bf16", "float-half", "fp32-bf16", "type-fp16", "to-dtype-kwarg", "aten-to-copy", "aten-to-dtype"],
 )
 def test_narrowing_cast_keeps_the_value(body):
     x = _x()
