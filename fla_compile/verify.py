@@ -24,7 +24,7 @@ never passes.
 The whole-sequence spellings (parallel, cumsum) bind their roles themselves and are proven
 here too (``prove_region``): the region runs once on fresh probes at its traced shapes and
 must equal the op of the ``Recurrence`` they produced. Every spelling draws its probes with
-``probe`` and runs its region with ``run_region``.
+``probe`` and runs its region with ``run_region``, narrowing float casts widened (``NARROW``).
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ class _Recorder(fx.Interpreter):
         self.keep, self.kept, self.widen = keep, {}, widen
 
     def run_node(self, n):
-        if self.widen and n.op in ("call_function", "call_method") and NARROW.get(n.kwargs.get("dtype")) is not None:
+        if self.widen and _made_narrow(n):
             with self._set_current_node(n):
                 args, kwargs = self.fetch_args_kwargs_from_env(n)
                 out = getattr(self, n.op)(n.target, args, {**kwargs, "dtype": torch.float64})
@@ -154,6 +154,18 @@ class _Recorder(fx.Interpreter):
         if self.keep is None or n in self.keep:
             self.kept[n] = out
         return out
+
+
+def _made_narrow(n: fx.Node) -> bool:
+    """``n`` makes its value in a narrow float by a ``dtype=`` argument (a factory, ``.to(dtype=)``, a
+    reduction), not a bit view (``x.view(dtype=)`` reinterprets the bits: run as written)."""
+    d = n.kwargs.get("dtype")
+    return (
+        n.op in ("call_function", "call_method")
+        and isinstance(d, torch.dtype)
+        and d in NARROW
+        and n.target not in ("view", aten.view.dtype)
+    )
 
 
 def _narrowing(n: fx.Node, out, env) -> bool:
