@@ -24,7 +24,7 @@ never passes.
 The whole-sequence spellings (parallel, cumsum) bind their roles themselves and are proven
 here too (``prove_region``): the region runs once on fresh probes at its traced shapes and
 must equal the op of the ``Recurrence`` they produced. Every spelling draws its probes with
-``probe`` and runs its region with ``run_region``.
+``probe`` and runs its region with ``run_region``, narrowing float casts widened (``NARROW``).
 """
 
 from __future__ import annotations
@@ -118,8 +118,22 @@ def probe(shape, gen: torch.Generator, kind=None, device=None) -> torch.Tensor:
     return x if device is None else x.to(device)
 
 
-CAST_METHODS = {"to", "type", "float", "half", "bfloat16"}
-CAST_FUNCTIONS = {aten._to_copy.default, torch.ops.prims.convert_element_type.default}
+CAST_METHODS = {"to", "type", "type_as", "float", "half", "bfloat16"}
+CAST_FUNCTIONS = {aten._to_copy.default, torch.ops.prims.convert_element_type.default, aten.to.dtype,
+                  aten.to.dtype_layout, aten.to.device, aten.to.other}  # fmt: skip
+# The widening policy of every proof (loop steps and whole regions alike): the proof is about the math the
+# user wrote, and rounding to a narrower float is not its structure. On float64 probes, a cast of a float
+# to a narrower one of these (``x.to(q.dtype)``, ``.float()``) keeps its input's value, and a value made in
+# one (``torch.arange(n, dtype=q.dtype)``, ``dtype=`` of a factory or a reduction) is made in float64. A
+# cast that changes the math is run as written: to an integer, bool or complex dtype, to float8, between
+# bfloat16 and float16 (neither holds the other), and rounding by arithmetic (``torch.round``).
+NARROW = {torch.float32: 1, torch.bfloat16: 0, torch.float16: 0}  # a float widened to float64: its rank
+RANK = {torch.float64: 2, **NARROW}
+
+
+def _wider(src: torch.dtype, dst: torch.dtype) -> bool:
+    """``dst`` is one of the ``NARROW`` floats and ``src`` a float that holds every value of it."""
+    return dst in NARROW and RANK.get(src, -1) > NARROW[dst]
 
 
 class _Recorder(fx.Interpreter):
@@ -128,16 +142,34 @@ class _Recorder(fx.Interpreter):
         self.keep, self.kept, self.widen = keep, {}, widen
 
     def run_node(self, n):
-        out = super().run_node(n)
-        if self.widen and _narrowing(n, out, self.env):
-            out = self.env[n.args[0]]  # the float64 probe value, not its rounding
+        if self.widen and _made_narrow(n):
+            with self._set_current_node(n):
+                args, kwargs = self.fetch_args_kwargs_from_env(n)
+                out = getattr(self, n.op)(n.target, args, {**kwargs, "dtype": torch.float64})
+        else:
+            out = super().run_node(n)
+            if self.widen and _narrowing(n, out, self.env):
+                # its input's value, not its rounding; a copy, as the cast made one (the region may write to it)
+                out = self.env[n.args[0]].clone()
         if self.keep is None or n in self.keep:
             self.kept[n] = out
         return out
 
 
+def _made_narrow(n: fx.Node) -> bool:
+    """``n`` makes its value in a narrow float by a ``dtype=`` argument (a factory, ``.to(dtype=)``, a
+    reduction), not a bit view (``x.view(dtype=)`` reinterprets the bits: run as written)."""
+    d = n.kwargs.get("dtype")
+    return (
+        n.op in ("call_function", "call_method")
+        and isinstance(d, torch.dtype)
+        and d in NARROW
+        and n.target not in ("view", aten.view.dtype)
+    )
+
+
 def _narrowing(n: fx.Node, out, env) -> bool:
-    """``n`` casts a float64 value to a narrower float (``x.to(torch.float32)``, ``.type(dtype)``, ``.float()``)."""
+    """``n`` casts a float to a narrower float (``x.to(torch.float32)``, ``.type(dtype)``, ``.float()``)."""
     cast = n.op == "call_method" and n.target in CAST_METHODS or n.op == "call_function" and n.target in CAST_FUNCTIONS
     if not cast or not n.args or not isinstance(n.args[0], fx.Node):
         return False
@@ -145,21 +177,21 @@ def _narrowing(n: fx.Node, out, env) -> bool:
     return (
         isinstance(x, torch.Tensor)
         and isinstance(out, torch.Tensor)
-        and x.dtype == torch.float64
-        and out.is_floating_point()
-        and out.dtype != torch.float64
+        and x.is_floating_point()
+        and _wider(x.dtype, out.dtype)
         and out.shape == x.shape
         and out.device == x.device
     )
 
 
-def run_region(gm: fx.GraphModule, args: list, keep=None, widen=False) -> tuple:
-    """Run a region (a loop step, a parallel or cumsum form) on probes, without autograd; return
-    its output and the values of its nodes in ``keep`` (of every node when None: float64 T x T
-    matrices are large, so a caller that reads a few names them). ``widen`` (loop steps): a cast of a
-    float64 value to a narrower float keeps the float64 value, so a step that rounds through float32
-    (``state.to(input_dtype)`` in transformers' Mamba scan) is read, and proven, as its math, and
-    never mixes float32 with float64 probes in one matmul."""
+def run_region(gm: fx.GraphModule, args: list, keep=None, widen=True) -> tuple:
+    """Run a region (a loop step, a parallel, cumsum or chunked form, a whole function) on probes, without
+    autograd; return its output and the values of its nodes in ``keep`` (of every node when None: float64
+    T x T matrices are large, so a caller that reads a few names them). ``widen`` (every proof; see
+    ``NARROW``): narrowing float casts keep the float64 value and narrow float factories make float64, so a
+    region that rounds through float32 (``state.to(input_dtype)`` in transformers' Mamba scan) or builds its
+    mask in bfloat16 (torchscale's ``gamma ** (n - m)`` in q's dtype) is read, and proven, as its math, and
+    never mixes narrow floats with float64 probes in one matmul."""
     if changes_global_state(gm.graph.nodes):
         raise NearMiss("the region changes interpreter-wide state (vmap levels, autocast): not run on probes")
     rec = _Recorder(gm, None if keep is None else set(keep), widen)
