@@ -30,6 +30,7 @@ must equal the op of the ``Recurrence`` they produced. Every spelling draws its 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 
 import torch
@@ -37,10 +38,11 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from .ir import Family, Recurrence
-from .patterns._graph import changes_global_state
+from .patterns._graph import changes_global_state, source_line
 from .report import Grade
 
 aten = torch.ops.aten
+log = logging.getLogger("fla_compile")
 TOL = 1e-5  # relative, on float64 probes of code that may round through float32
 SCALES = (1e-3, 1e4)  # state magnitudes probed besides unit size (linearity must hold at every one)
 EXP = {torch.exp, "exp", aten.exp.default}
@@ -146,6 +148,7 @@ class _Recorder(fx.Interpreter):
             with self._set_current_node(n):
                 args, kwargs = self.fetch_args_kwargs_from_env(n)
                 out = getattr(self, n.op)(n.target, args, {**kwargs, "dtype": torch.float64})
+            _say_rounding(n, out, kwargs["dtype"])
         else:
             out = super().run_node(n)
             if self.widen and _narrowing(n, out, self.env):
@@ -154,6 +157,38 @@ class _Recorder(fx.Interpreter):
         if self.keep is None or n in self.keep:
             self.kept[n] = out
         return out
+
+
+_SAID: set = set()
+_EXACT_INTS = {torch.bfloat16: 256, torch.float16: 2048, torch.float32: 1 << 24}  # consecutive integers held
+
+
+def _say_rounding(n: fx.Node, wide: torch.Tensor, dtype: torch.dtype) -> None:
+    """Widening is not silent where the narrow value would differ from the math: a warning, once per source
+    line, when the region makes a value in ``dtype`` that ``dtype`` cannot hold on these probes (a decay
+    ``1 - 2**-9`` is 1.0 in bfloat16), or integers by ``arange`` (positions: exact in bfloat16 below 256): the
+    op computes the math, so on such inputs it differs from the code as written by more than rounding."""
+    if dtype not in _EXACT_INTS or dtype == torch.float32:  # float32's rounding is what the proof tolerates
+        return
+    rounds = isinstance(wide, torch.Tensor) and wide.is_floating_point() and not torch.equal(wide.to(dtype).double(), wide)
+    positions = n.target in (torch.arange, "arange", aten.arange.default, aten.arange.start, aten.arange.start_step)
+    if not (rounds or positions):
+        return
+    where = source_line(n) or n.format_node()
+    if where in _SAID:
+        return
+    _SAID.add(where)
+    what = (
+        f"values it cannot hold ({dtype} rounds them)"
+        if rounds
+        else f"integers by arange in {dtype} (exact only below {_EXACT_INTS[dtype]})"
+    )
+    log.warning(
+        "fla_compile: %s makes %s; the proof and the rewritten op compute them exactly, so where %s rounds them "
+        "the op's result can differ from the code as written by more than the inputs' rounding (it is closer to "
+        "float64)",
+        where, what, dtype,
+    )  # fmt: skip
 
 
 def _made_narrow(n: fx.Node) -> bool:

@@ -217,3 +217,24 @@ def test_different_decay_is_refused(fn, dtype):
     assert report.matches == [], str(report)
     assert any(NEAR_MISSES[fn] in m.reason for m in report.misses), str(report)
     assert torch.equal(out, fn(*args))
+
+
+def test_widening_a_narrow_mask_is_said(caplog):
+    """Not silent: a mask built in bf16 (positions by arange) is computed exactly by the op; a warning says so,
+    once per source line. In fp32 nothing is said."""
+    from fla_compile import verify
+
+    def said():
+        return [r.getMessage() for r in caplog.records if "compute them exactly" in r.getMessage()]
+
+    verify._SAID.clear()
+    with caplog.at_level("WARNING", logger="fla_compile"):
+        _compiled(retention_mask_in_q_dtype, _inputs(torch.float32))
+        assert said() == []
+        _compiled(retention_mask_in_q_dtype, _inputs())
+        first = said()
+        # the positions (and the heads' arange of the gammas), each line once
+        assert any("idx = torch.arange" in s and "integers by arange in torch.bfloat16" in s for s in first), first
+        assert len(first) == len(set(first)) == 2, first
+        _compiled(retention_mask_in_q_dtype, _inputs(seed=1))
+        assert said() == first
