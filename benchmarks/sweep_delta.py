@@ -49,7 +49,8 @@ VARIANTS = [
     ("A rows stages 1", {"A_row_block": (4, 1)}),
     ("A rows stages 2", {"A_row_block": (4, 2)}),
     ("A rows stages 3", {"A_row_block": (4, 3)}),
-    ("dh stages 1", {"dh": (8, 1)}),  # the one-block state-gradient pass unpipelined (~half the shared memory)
+    ("dh stages 1", {"dh": (8, 1)}),
+    ("dW in dqk", {"dw_in_dqk": True}),  # dW = -dv_new Sᵀ by the dqk kernel (as FLA's dqkwg): S not re-read  # the one-block state-gradient pass unpipelined (~half the shared memory)
 ]
 
 

@@ -317,6 +317,9 @@ INTERPRETER_CASES = {
     "fwd-kda-BT64-strong": (_case_forward, ("kda", 64, None, False, 20.0)),
     "bwd-kda-BT32-varlen": (_case_backward, ("kda", 32, [9, 21])),
     "bwd-kda-BT32-strong": (_case_backward, ("kda", 32, None, False, 20.0, 20)),
+    # dW = -dv_new Sᵀ formed by the dqk kernel, read by the WY backward (launch option ``dw_in_dqk``)
+    **{f"dw-in-dqk-{f}": (_with_knobs, ({"dw_in_dqk": True}, _case_backward, f, 16)) for f in FAMILY_GATE},
+    "dw-in-dqk-gdn-varlen": (_with_knobs, ({"dw_in_dqk": True}, _case_backward, "gated_delta_rule", 16, [7, 0, 33])),
 }
 
 
