@@ -8,12 +8,16 @@ Rows:
   inductor        torch.compile of the same code (Inductor, unfused)
   fla             torch.compile(backend="fla"): the loss recognised and fused (the report must say so)
   op chunk=C      fla_compile.ops.linear_cross_entropy called directly, C rows per chunk (0: automatic)
+  op chunk=C S    the same with the chunks' softmax gradient from S (--softmax-grad): "torch" (six elementwise
+                  passes over the fp32 logits) or "triton[:BLOCK_V[:warps]]" (one kernel; the default on CUDA
+                  for half weights)
 
 "peak" is the most memory allocated during one forward + backward beyond the inputs; "ms" the
 median of --reps timed runs (CUDA events) after warm-up; "rel err" compares the loss and the two
 gradients with an fp32-logits reference (eager on fp32 upcasts, chunked so it fits).
 
     python benchmarks/fused_loss.py                                    # H200: N=16384, vocab 151936, hidden 2048, bf16
+    python benchmarks/fused_loss.py --no-inductor --chunks 1024 --softmax-grad torch,triton,triton:8192,triton:2048:4
     python benchmarks/fused_loss.py --device cpu --N 256 --vocab 4096 --hidden 128 --dtype float32 --reps 2
 """
 
@@ -28,7 +32,7 @@ import torch.nn.functional as F
 
 import fla_compile
 from fla_compile.backend import last_report
-from fla_compile.lowering.loss import gemm_mode
+from fla_compile.lowering.loss import gemm_mode, torch_path
 from fla_compile.ops import linear_cross_entropy
 
 
@@ -39,10 +43,30 @@ def causal_lm_loss(hidden, weight, labels):
     return F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100)
 
 
-def fused(chunk):
+def fused(chunk, softmax_grad=None):
+    """The op with ``chunk`` rows per chunk; ``softmax_grad`` "torch" or "triton[:BLOCK_V[:warps]]" sets the
+    chunks' softmax gradient (``torch_path.TRITON_SOFTMAX_GRAD``, the kernel's launch options) for its calls."""
+    flag, config = "auto", {}
+    if softmax_grad is not None:
+        name, *opts = softmax_grad.split(":")
+        flag = name == "triton"
+        config = dict(zip(("BLOCK_V", "num_warps"), map(int, opts)))
+
     def run(hidden, weight, labels):
         labels = F.pad(labels, (0, 1), value=-100)[..., 1:]
-        return linear_cross_entropy(hidden, weight, labels, chunk_size=chunk)
+        old = torch_path.TRITON_SOFTMAX_GRAD
+        torch_path.TRITON_SOFTMAX_GRAD = flag
+        if config:
+            from fla_compile.lowering.loss import triton_kernels
+
+            old_config = dict(triton_kernels.CONFIG)
+            triton_kernels.CONFIG.update(config)
+        try:
+            return linear_cross_entropy(hidden, weight, labels, chunk_size=chunk)
+        finally:
+            torch_path.TRITON_SOFTMAX_GRAD = old
+            if config:
+                triton_kernels.CONFIG.update(old_config)
 
     return run
 
@@ -104,6 +128,11 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--chunks", default="0,512,1024", help="rows per chunk of the direct op rows (0: automatic)")
+    p.add_argument(
+        "--softmax-grad",
+        default="",
+        help="comma list of torch, triton, triton:BLOCK_V[:warps]: an op row per chunk size for each (A/B)",
+    )
     p.add_argument("--no-inductor", action="store_true", help="skip the Inductor row (its cold compile)")
     a = p.parse_args()
     dtype, dev = getattr(torch, a.dtype), a.device
@@ -118,6 +147,11 @@ def main():
         rows.append(("inductor", torch.compile(causal_lm_loss)))
     rows.append(("fla", torch.compile(causal_lm_loss, backend="fla")))
     rows += [(f"op chunk={c}", fused(int(c))) for c in a.chunks.split(",")]
+    rows += [
+        (f"op chunk={c} {sg}", fused(int(c), sg))
+        for c in a.chunks.split(",")
+        for sg in filter(None, a.softmax_grad.split(","))
+    ]
     print(
         f"N={a.N} vocab={a.vocab} hidden={a.hidden} {a.dtype} on {dev}; fwd+bwd of the loss, grads wrt hidden, weight"
     )
@@ -135,7 +169,11 @@ def main():
             rep = last_report()
             print(f"|   fla report: {'; '.join(str(m) for m in rep.matches) or 'NOT FUSED: ' + str(rep)} | | | |")
         del loss, dh, dw
-    print(f"fla_compile {fla_compile.__version__}, torch {torch.__version__}, chunk products: {gemm_mode(weight)}")
+    auto = torch_path.use_triton_softmax_grad(weight, gemm_mode(weight))
+    print(
+        f"fla_compile {fla_compile.__version__}, torch {torch.__version__}, chunk products: {gemm_mode(weight)}, "
+        f"softmax gradient by default: {'triton' if auto else 'torch'}"
+    )
 
 
 if __name__ == "__main__":
