@@ -28,10 +28,10 @@ log = logging.getLogger("fla_compile")
 # 104 ms, 1024 rows 90 ms at 2.96 GiB peak; the unfused loss 71 ms at 27.8 GiB)
 LOGITS_BUDGET = 1 << 30
 HALF = (torch.bfloat16, torch.float16)
-# Cross entropy's softmax and its gradient by one Triton kernel (``triton_kernels``) rather than torch's six
-# elementwise passes over a chunk's fp32 logits: "auto" where it pays (CUDA, half weights: the gradient is
-# written once in their dtype, ready for both products), True wherever the kernel runs (tests force it under
-# TRITON_INTERPRET=1; not fp64), False never (benchmarks/fused_loss.py --softmax-grad A/Bs them).
+# The softmax and its gradient of a chunk of cross entropy (or KL) by one Triton kernel (``triton_kernels``)
+# rather than torch's elementwise passes over the chunk's fp32 logits: "auto" where it pays (CUDA, half weights:
+# the gradient is written once in their dtype, ready for both products), True wherever the kernels run (tests
+# force it under TRITON_INTERPRET=1; never fp64), False never (benchmarks/fused_loss.py --softmax-grad A/Bs).
 TRITON_SOFTMAX_GRAD: str | bool = "auto"
 
 
@@ -135,8 +135,8 @@ def _reduce(rows: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Te
 
 # ---------------------------------------------------------------- cross entropy
 def use_triton_softmax_grad(weight: torch.Tensor, mode: str) -> bool:
-    """Whether cross entropy's chunks take their softmax and its gradient from the Triton kernel
-    (see :data:`TRITON_SOFTMAX_GRAD`)."""
+    """Whether the chunks of cross entropy (of KL: ``weight`` the student's) take their softmax and its
+    gradient from the Triton kernels (see :data:`TRITON_SOFTMAX_GRAD`)."""
     flag = TRITON_SOFTMAX_GRAD
     if flag is False or weight.dtype == torch.float64:
         return False
@@ -246,7 +246,7 @@ def cross_entropy_backward(grad_rows, hidden, weight, bias, labels, ignore_index
 def _kl_chunks(hs, ws, ht, wt, valid, temperature, chunk, row_scale, want_dh, want_dw):
     """Per-row KL(p_teacher || p_student) [N] of the tempered softmaxes and, where ``row_scale`` is
     given, the gradients of sum(row_scale * rows) wrt the student's hidden and weight."""
-    N = hs.shape[0]
+    N, V = hs.shape[0], ws.shape[0]
     gs, gt = Gemm(ws), Gemm(wt)
     acc = gs.acc
     rows = torch.empty(N, dtype=acc, device=hs.device)
@@ -254,21 +254,35 @@ def _kl_chunks(hs, ws, ht, wt, valid, temperature, chunk, row_scale, want_dh, wa
     dh = torch.empty_like(hs) if grads and want_dh else None
     dw = torch.zeros(ws.shape, dtype=acc, device=ws.device) if grads and want_dw else None
     inv_t = 1.0 / temperature
+    kernel = use_triton_softmax_grad(ws, gs.mode)
+    if kernel:
+        from . import triton_kernels
+
+        dz_buf = torch.empty(min(chunk, N), V, dtype=gs.grad_dtype(), device=hs.device) if grads else None
     for s in range(0, N, chunk):
         e = min(N, s + chunk)
-        zs = gs.logits(hs[s:e]).mul_(inv_t)
-        zt = gt.logits(ht[s:e]).to(acc).mul_(inv_t)
-        ls = zs.sub_(torch.logsumexp(zs, dim=-1, keepdim=True))  # log p_s
-        lt = zt.sub_(torch.logsumexp(zt, dim=-1, keepdim=True))  # log p_t
-        pt = lt.exp()
-        kl = (pt * (lt - ls)).sum(dim=-1)  # terms with p_t = 0 are 0 * finite = 0
         m = valid[s:e] if valid is not None else None
-        rows[s:e] = kl if m is None else torch.where(m, kl, 0)
-        if not grads:
-            continue
-        dz = ls.exp_().sub_(pt)  # d KL / d (student logits / T) = p_s - p_t
-        w = row_scale[s:e] if m is None else row_scale[s:e] * m
-        dz.mul_((w * inv_t)[:, None])
+        if kernel:
+            zs, zt = gs.logits(hs[s:e]), gt.logits(ht[s:e]).to(acc)
+            w = None if not grads else row_scale[s:e] if m is None else row_scale[s:e] * m
+            dz = dz_buf[: e - s] if grads else None
+            kl = triton_kernels.kl_softmax_grad(zs, zt, temperature, w, dz)
+            rows[s:e] = kl if m is None else torch.where(m, kl, 0)
+            if not grads:
+                continue
+        else:
+            zs = gs.logits(hs[s:e]).mul_(inv_t)
+            zt = gt.logits(ht[s:e]).to(acc).mul_(inv_t)
+            ls = zs.sub_(torch.logsumexp(zs, dim=-1, keepdim=True))  # log p_s
+            lt = zt.sub_(torch.logsumexp(zt, dim=-1, keepdim=True))  # log p_t
+            pt = lt.exp()
+            kl = (pt * (lt - ls)).sum(dim=-1)  # terms with p_t = 0 are 0 * finite = 0
+            rows[s:e] = kl if m is None else torch.where(m, kl, 0)
+            if not grads:
+                continue
+            dz = ls.exp_().sub_(pt)  # d KL / d (student logits / T) = p_s - p_t
+            w = row_scale[s:e] if m is None else row_scale[s:e] * m
+            dz = dz.mul_((w * inv_t)[:, None]).to(gs.grad_dtype())  # cast once for both products
         if dh is not None:
             dh[s:e] = gs.input_grad(dz)
         if dw is not None:

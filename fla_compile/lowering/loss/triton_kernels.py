@@ -11,10 +11,15 @@ One program per row, a loop over the vocabulary in blocks of ``BLOCK_V``:
 2. pass 2 (``GRADS``): ``dz = (exp(z - lse) - (1 - eps) [j == y] - eps / V) * scale`` stored in the
    output's dtype (bf16 / fp16 for the half products, fp32 otherwise).
 
-Bytes per logit at a 151936 vocabulary: 4 + 4 read, 2 written (bf16), against ~50 for the torch chunk.
+Bytes per logit: 4 + 4 read, 2 written (bf16), against ~60 for the torch chunk (``logsumexp`` alone ~24).
 The bias, where given, is added on load (fp32 [V]), so the logits stay unbiased in their buffer.
 Targets come clamped (ignored rows: any valid index) and ``scale`` is 0 on ignored rows; their loss is
 masked by the caller. Logits of -inf (a -inf bias) count as probability 0, as in ``torch.logsumexp``.
+
+``kl_softmax_grad_kernel`` does the same for the distillation loss KL(p_t || p_s) of tempered softmaxes
+over a chunk's student and teacher logits: pass 1 the two online log-sum-exps and, rescaled with the
+teacher's, sum_j e^{t_j - m_t} (t_j - s_j), so KL = sum_j p_t (t_j - s_j) - lse_t + lse_s in one read of
+each; pass 2 ``dz = (p_s - p_t) * scale / T``. Teacher logits of -inf (p_t = 0) add nothing to the KL.
 """
 
 from __future__ import annotations
@@ -131,3 +136,98 @@ def ce_softmax_grad(
         num_warps=CONFIG["num_warps"],
     )
     return lse, loss
+
+
+@triton.jit
+def kl_softmax_grad_kernel(
+    zs,
+    stride_zs,
+    zt,
+    stride_zt,
+    scale,
+    loss,
+    dz,
+    stride_dz,
+    V,
+    inv_t,
+    GRADS: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    i_r = tl.program_id(0).to(tl.int64)
+    p_s = zs + i_r * stride_zs
+    p_t = zt + i_r * stride_zt
+    o_v = tl.arange(0, BLOCK_V)
+    # pass 1: online log-sum-exps of s = zs / T and t = zt / T; sum e^{t - m_t} (t - s) rescaled with m_t
+    b_ms = -float("inf")
+    b_ss = 0.0
+    b_mt = -float("inf")
+    b_st = 0.0
+    b_at = 0.0
+    for v0 in range(0, V, BLOCK_V):
+        o = v0 + o_v
+        m_v = o < V
+        # [BLOCK_V]
+        b_s = tl.load(p_s + o, mask=m_v, other=0).to(tl.float32) * inv_t
+        b_t = tl.load(p_t + o, mask=m_v, other=-float("inf")).to(tl.float32) * inv_t
+        b_sm = tl.where(m_v, b_s, -float("inf"))
+        b_new = tl.maximum(b_ms, tl.max(b_sm, axis=0))
+        b_ref = tl.where(b_new == -float("inf"), 0.0, b_new)
+        b_ss = b_ss * tl.exp(b_ms - b_ref) + tl.sum(tl.exp(b_sm - b_ref), axis=0)
+        b_ms = b_new
+        b_new = tl.maximum(b_mt, tl.max(b_t, axis=0))
+        b_ref = tl.where(b_new == -float("inf"), 0.0, b_new)
+        b_alpha = tl.exp(b_mt - b_ref)
+        b_e = tl.exp(b_t - b_ref)
+        b_st = b_st * b_alpha + tl.sum(b_e, axis=0)
+        b_at = b_at * b_alpha + tl.sum(b_e * tl.where(b_e > 0, b_t - b_s, 0.0), axis=0)  # p_t = 0: no term
+        b_mt = b_new
+    b_lse_s = b_ms + tl.log(b_ss)
+    b_lse_t = b_mt + tl.log(b_st)
+    tl.store(loss + i_r, b_at / b_st - b_lse_t + b_lse_s)
+    if GRADS:
+        # pass 2: d (scale * KL) / d zs = (p_s - p_t) * scale / T
+        b_w = tl.load(scale + i_r).to(tl.float32) * inv_t
+        p_dz = dz + i_r * stride_dz
+        for v0 in range(0, V, BLOCK_V):
+            o = v0 + o_v
+            m_v = o < V
+            b_s = tl.load(p_s + o, mask=m_v, other=0).to(tl.float32) * inv_t
+            b_t = tl.load(p_t + o, mask=m_v, other=0).to(tl.float32) * inv_t
+            b_g = tl.exp(b_s - b_lse_s) - tl.exp(b_t - b_lse_t)
+            tl.store(p_dz + o, (b_g * b_w).to(dz.dtype.element_ty), mask=m_v)
+
+
+def kl_softmax_grad(
+    zs: torch.Tensor,
+    zt: torch.Tensor,
+    temperature: float,
+    scale: torch.Tensor | None,
+    dz: torch.Tensor | None,
+    block_v: int = 0,
+) -> torch.Tensor:
+    """Row KL(softmax(zt / T) || softmax(zs / T)) [C] of the fp32 logits ``zs``, ``zt`` [C, V] (unit
+    column stride); with ``scale`` [C] and ``dz`` [C, V], also writes into ``dz`` the gradient of
+    sum(scale * row KL) wrt ``zs``."""
+    C, V = zs.shape
+    assert zs.stride(1) == 1 and zt.shape == (C, V) and zt.stride(1) == 1 and (dz is None) == (scale is None)
+    assert dz is None or (dz.shape == (C, V) and dz.stride(1) == 1)
+    loss = torch.empty(C, dtype=torch.float32, device=zs.device)
+    if C == 0:
+        return loss
+    grads = dz is not None
+    kl_softmax_grad_kernel[(C,)](
+        zs,
+        zs.stride(0),
+        zt,
+        zt.stride(0),
+        scale if grads else loss,
+        loss,
+        dz if grads else zs,
+        dz.stride(0) if grads else 0,
+        V,
+        1.0 / temperature,
+        GRADS=grads,
+        BLOCK_V=block_v or CONFIG["BLOCK_V"],
+        num_warps=CONFIG["num_warps"],
+    )
+    return loss
