@@ -9,7 +9,8 @@ One program per row, a loop over the vocabulary in blocks of ``BLOCK_V``:
    logit (one load); the row sum of the logits when smoothing -> the row loss
    ``lse - z_y`` (smoothing eps: ``(1 - eps) (lse - z_y) + eps (lse - mean z)``);
 2. pass 2 (``GRADS``): ``dz = (exp(z - lse) - (1 - eps) [j == y] - eps / V) * scale`` stored in the
-   output's dtype (bf16 / fp16 for the half products, fp32 otherwise).
+   output's dtype (bf16 / fp16 for the half products; fp32 for fp32 products, or where the caller sums
+   dz's columns for a bias's gradient).
 
 Bytes per logit: 4 + 4 read, 2 written (bf16), against ~60 for the torch chunk (``logsumexp`` alone ~24).
 The bias, where given, is added on load (fp32 [V]), so the logits stay unbiased in their buffer.
