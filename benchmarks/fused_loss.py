@@ -18,6 +18,7 @@ gradients with an fp32-logits reference (eager on fp32 upcasts, chunked so it fi
 
     python benchmarks/fused_loss.py                                    # H200: N=16384, vocab 151936, hidden 2048, bf16
     python benchmarks/fused_loss.py --no-inductor --chunks 1024 --softmax-grad torch,triton,triton:8192,triton:2048:4
+    python benchmarks/fused_loss.py --chunk-only 1024 --softmax-grad triton,triton:8192,triton:2048:4,triton:1024:4
     python benchmarks/fused_loss.py --device cpu --N 256 --vocab 4096 --hidden 128 --dtype float32 --reps 2
 """
 
@@ -119,6 +120,73 @@ def measure(fn, hidden, weight, labels, reps, device):
     return out, peak, statistics.median(times)
 
 
+def chunk_softmax_grad(a, dtype, dev):
+    """One chunk's softmax gradient alone (no products): the torch passes (dz cast twice, as the chunks did
+    before, and once) against the kernel's launch options, ms per chunk and GB/s of its ideal traffic."""
+    from fla_compile.lowering.loss import triton_kernels
+
+    C, V = a.chunk_only, a.vocab
+    g = torch.Generator().manual_seed(1)
+    z0 = (torch.randn(C, V, generator=g) * 2).to(dev)
+    y = torch.randint(0, V, (C,), generator=g).to(dev)
+    scale = torch.full((C,), 1.0 / C, device=dev)
+    dz = torch.empty(C, V, dtype=dtype, device=dev)
+    z = torch.empty_like(z0)
+
+    def torch_passes(casts):
+        def run():
+            z.copy_(z0)  # timed separately and subtracted: the chunk owns its logits
+            lse = torch.logsumexp(z, dim=-1)
+            _ = lse - z.gather(1, y[:, None])[:, 0]
+            d = z.sub_(lse[:, None]).exp_()
+            d.scatter_add_(1, y[:, None], torch.full((C, 1), -1.0, device=dev))
+            d.mul_(scale[:, None])
+            for _ in range(casts):
+                d.to(dtype)
+
+        return run
+
+    def kernel(bv, nw):
+        def run():
+            triton_kernels.CONFIG.update(BLOCK_V=bv, num_warps=nw)
+            triton_kernels.ce_softmax_grad(z0, None, y, scale, 0.0, dz)
+
+        return run
+
+    def timed(fn):
+        fn()
+        if dev != "cuda":  # a smoke run (TRITON_INTERPRET=1 for the kernel)
+            t0 = time.perf_counter()
+            for _ in range(a.reps):
+                fn()
+            return (time.perf_counter() - t0) * 1e3 / a.reps
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        for _ in range(a.reps):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / a.reps
+
+    config = dict(triton_kernels.CONFIG)
+    copy = timed(lambda: z.copy_(z0))
+    ideal = C * V * (8 + dtype.itemsize) / 1e9  # GB: the logits read twice, dz written once
+    print(f"one chunk's softmax gradient, [{C}, {V}] fp32 logits -> {dtype}; ideal traffic {ideal:.2f} GB")
+    print("| variant | ms per chunk | GB/s of the ideal traffic |")
+    print("| --- | --- | --- |")
+    variants = [("torch, dz cast twice", torch_passes(2)), ("torch, dz cast once", torch_passes(1))]
+    for sg in filter(None, (a.softmax_grad or "triton").split(",")):
+        name, *opts = sg.split(":")
+        if name == "triton":
+            bv, nw = (list(map(int, opts)) + [config["BLOCK_V"], config["num_warps"]][len(opts) :])[:2]
+            variants.append((f"triton BLOCK_V={bv} warps={nw}", kernel(bv, nw)))
+    for name, fn in variants:
+        ms = timed(fn) - (copy if name.startswith("torch") else 0)
+        print(f"| {name} | {ms:.3f} | {ideal / ms * 1e3:.0f} |")
+    triton_kernels.CONFIG.update(config)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--N", type=int, default=16384, help="tokens (batch 1, sequence N)")
@@ -134,8 +202,17 @@ def main():
         help="comma list of torch, triton, triton:BLOCK_V[:warps]: an op row per chunk size for each (A/B)",
     )
     p.add_argument("--no-inductor", action="store_true", help="skip the Inductor row (its cold compile)")
+    p.add_argument(
+        "--chunk-only",
+        type=int,
+        default=0,
+        metavar="ROWS",
+        help="time only one chunk of ROWS rows' softmax gradient (torch passes against --softmax-grad's triton)",
+    )
     a = p.parse_args()
     dtype, dev = getattr(torch, a.dtype), a.device
+    if a.chunk_only:
+        return chunk_softmax_grad(a, dtype, dev)
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(1, a.N, a.hidden, generator=g).to(dev, dtype).requires_grad_()
     weight = (torch.randn(a.vocab, a.hidden, generator=g) * a.hidden**-0.5).to(dev, dtype).requires_grad_()
