@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 
 import torch
 
@@ -27,6 +28,11 @@ log = logging.getLogger("fla_compile")
 # 104 ms, 1024 rows 90 ms at 2.96 GiB peak; the unfused loss 71 ms at 27.8 GiB)
 LOGITS_BUDGET = 1 << 30
 HALF = (torch.bfloat16, torch.float16)
+# The softmax and its gradient of a chunk of cross entropy (or KL) by one Triton kernel (``triton_kernels``)
+# rather than torch's elementwise passes over the chunk's fp32 logits: "auto" where it pays (CUDA, half weights:
+# the gradient is written once in their dtype, ready for both products), True wherever the kernels run (tests
+# force it under TRITON_INTERPRET=1; never fp64), False never (benchmarks/fused_loss.py --softmax-grad A/Bs).
+TRITON_SOFTMAX_GRAD: str | bool = "auto"
 
 
 def acc_dtype(x: torch.Tensor) -> torch.dtype:
@@ -94,12 +100,16 @@ class Gemm:
             return torch.mm(h, self.w.t()).float()
         return torch.mm(h.to(self.acc), self.w.t())
 
+    def grad_dtype(self) -> torch.dtype:
+        """The dtype both backward products take dz in: the weight's for the half products, else fp32/fp64."""
+        return self.dtype if self.mode in ("out_dtype", "half") else self.acc
+
     def input_grad(self, dz: torch.Tensor) -> torch.Tensor:
-        """[C, Hd] = dz @ w, dz in the accumulation dtype."""
+        """[C, Hd] = dz @ w, dz in the accumulation dtype or already in ``grad_dtype`` (not cast again)."""
         return torch.mm(dz.to(self.w.dtype), self.w)
 
     def add_weight_grad(self, dw: torch.Tensor, dz: torch.Tensor, h: torch.Tensor) -> None:
-        """dw += dz.T @ h, dw in the accumulation dtype."""
+        """dw += dz.T @ h, dw in the accumulation dtype, dz in it or already in ``grad_dtype``."""
         if self.mode == "out_dtype":
             torch.addmm(dw, dz.to(self.dtype).t(), h, out_dtype=torch.float32, out=dw)
         elif self.mode == "half":
@@ -107,7 +117,7 @@ class Gemm:
             for s in range(0, dw.shape[0], self.SLICE):
                 dw[s : s + self.SLICE] += torch.mm(dzh[:, s : s + self.SLICE].t(), h).float()
         else:
-            dw.addmm_(dz.t(), h.to(self.acc))
+            dw.addmm_(dz.to(self.acc).t(), h.to(self.acc))
 
 
 def _row_scale(valid: torch.Tensor, reduction: str, acc: torch.dtype) -> torch.Tensor:
@@ -124,6 +134,17 @@ def _reduce(rows: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Te
 
 
 # ---------------------------------------------------------------- cross entropy
+def use_triton_softmax_grad(weight: torch.Tensor, mode: str) -> bool:
+    """Whether the chunks of cross entropy (of KL: ``weight`` the student's) take their softmax and its
+    gradient from the Triton kernels (see :data:`TRITON_SOFTMAX_GRAD`)."""
+    flag = TRITON_SOFTMAX_GRAD
+    if flag is False or weight.dtype == torch.float64:
+        return False
+    if flag == "auto":
+        return weight.device.type == "cuda" and mode in ("out_dtype", "half")
+    return weight.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def _ce_chunks(hidden, weight, bias, labels, ignore_index, smoothing, chunk, row_scale, want_dh, want_dw):
     """The per-row losses [N] and, where ``row_scale`` [N] is given, the gradients of
     sum(row_scale * row losses) wrt hidden, weight and bias (None where not wanted)."""
@@ -138,30 +159,51 @@ def _ce_chunks(hidden, weight, bias, labels, ignore_index, smoothing, chunk, row
     dw = torch.zeros(weight.shape, dtype=acc, device=weight.device) if grads and want_dw else None
     db = torch.zeros(V, dtype=acc, device=weight.device) if grads and bias is not None and want_dw else None
     b = bias.to(acc) if bias is not None else None
+    kernel = use_triton_softmax_grad(weight, gemm.mode)
+    if kernel:
+        from . import triton_kernels  # here, not at import: TRITON_INTERPRET is read when kernels are defined
+
+        b = b.contiguous() if b is not None else None
+        # the gradient of every chunk, in the dtype the products take it in: one buffer for the call; fp32 where
+        # the bias's gradient sums its columns (fp16 would flush its ~p / N entries to 0: 9% off at vocab 32000)
+        dz_dtype = acc if db is not None else gemm.grad_dtype()
+        dz_buf = torch.empty(min(chunk, N), V, dtype=dz_dtype, device=hidden.device) if grads else None
     for s in range(0, N, chunk):
         e = min(N, s + chunk)
         h, y = hidden[s:e], target[s:e]
         z = gemm.logits(h)  # [C, V]
-        if b is not None:
-            z += b
-        lse = torch.logsumexp(z, dim=-1)
-        loss = lse - z.gather(1, y[:, None])[:, 0]
-        if smoothing:  # (1 - eps) * nll + eps * mean over classes of -log p
-            loss = (1 - smoothing) * loss + smoothing * (lse - z.mean(dim=-1))
-        rows[s:e] = torch.where(valid[s:e], loss, 0)
-        if not grads:
-            continue
-        dz = z.sub_(lse[:, None]).exp_()  # softmax, in z's buffer
-        dz.scatter_add_(1, y[:, None], torch.full((e - s, 1), smoothing - 1, dtype=acc, device=z.device))
-        if smoothing:
-            dz.sub_(smoothing / V)
-        dz.mul_((row_scale[s:e] * valid[s:e])[:, None])
+        if kernel:
+            scale = row_scale[s:e] * valid[s:e] if grads else None
+            dz = dz_buf[: e - s] if grads else None
+            _, loss = triton_kernels.ce_softmax_grad(z, b, y, scale, smoothing, dz)
+            rows[s:e] = torch.where(valid[s:e], loss, 0)
+            if not grads:
+                continue
+            if db is not None:
+                db += dz.sum(dim=0)
+                dz = dz.to(gemm.grad_dtype())  # once for both products
+        else:
+            if b is not None:
+                z += b
+            lse = torch.logsumexp(z, dim=-1)
+            loss = lse - z.gather(1, y[:, None])[:, 0]
+            if smoothing:  # (1 - eps) * nll + eps * mean over classes of -log p
+                loss = (1 - smoothing) * loss + smoothing * (lse - z.mean(dim=-1))
+            rows[s:e] = torch.where(valid[s:e], loss, 0)
+            if not grads:
+                continue
+            dz = z.sub_(lse[:, None]).exp_()  # softmax, in z's buffer
+            dz.scatter_add_(1, y[:, None], torch.full((e - s, 1), smoothing - 1, dtype=acc, device=z.device))
+            if smoothing:
+                dz.sub_(smoothing / V)
+            dz.mul_((row_scale[s:e] * valid[s:e])[:, None])
+            if db is not None:
+                db += dz.sum(dim=0)
+            dz = dz.to(gemm.grad_dtype())  # once for both products (a no-op unless half products)
         if dh is not None:
             dh[s:e] = gemm.input_grad(dz)
         if dw is not None:
             gemm.add_weight_grad(dw, dz, h)
-        if db is not None:
-            db += dz.sum(dim=0)
     return rows, valid, dh, dw, db
 
 
@@ -207,7 +249,7 @@ def cross_entropy_backward(grad_rows, hidden, weight, bias, labels, ignore_index
 def _kl_chunks(hs, ws, ht, wt, valid, temperature, chunk, row_scale, want_dh, want_dw):
     """Per-row KL(p_teacher || p_student) [N] of the tempered softmaxes and, where ``row_scale`` is
     given, the gradients of sum(row_scale * rows) wrt the student's hidden and weight."""
-    N = hs.shape[0]
+    N, V = hs.shape[0], ws.shape[0]
     gs, gt = Gemm(ws), Gemm(wt)
     acc = gs.acc
     rows = torch.empty(N, dtype=acc, device=hs.device)
@@ -215,21 +257,35 @@ def _kl_chunks(hs, ws, ht, wt, valid, temperature, chunk, row_scale, want_dh, wa
     dh = torch.empty_like(hs) if grads and want_dh else None
     dw = torch.zeros(ws.shape, dtype=acc, device=ws.device) if grads and want_dw else None
     inv_t = 1.0 / temperature
+    kernel = use_triton_softmax_grad(ws, gs.mode)
+    if kernel:
+        from . import triton_kernels
+
+        dz_buf = torch.empty(min(chunk, N), V, dtype=gs.grad_dtype(), device=hs.device) if grads else None
     for s in range(0, N, chunk):
         e = min(N, s + chunk)
-        zs = gs.logits(hs[s:e]).mul_(inv_t)
-        zt = gt.logits(ht[s:e]).to(acc).mul_(inv_t)
-        ls = zs.sub_(torch.logsumexp(zs, dim=-1, keepdim=True))  # log p_s
-        lt = zt.sub_(torch.logsumexp(zt, dim=-1, keepdim=True))  # log p_t
-        pt = lt.exp()
-        kl = (pt * (lt - ls)).sum(dim=-1)  # terms with p_t = 0 are 0 * finite = 0
         m = valid[s:e] if valid is not None else None
-        rows[s:e] = kl if m is None else torch.where(m, kl, 0)
-        if not grads:
-            continue
-        dz = ls.exp_().sub_(pt)  # d KL / d (student logits / T) = p_s - p_t
-        w = row_scale[s:e] if m is None else row_scale[s:e] * m
-        dz.mul_((w * inv_t)[:, None])
+        if kernel:
+            zs, zt = gs.logits(hs[s:e]), gt.logits(ht[s:e]).to(acc)
+            w = None if not grads else row_scale[s:e] if m is None else row_scale[s:e] * m
+            dz = dz_buf[: e - s] if grads else None
+            kl = triton_kernels.kl_softmax_grad(zs, zt, temperature, w, dz)
+            rows[s:e] = kl if m is None else torch.where(m, kl, 0)
+            if not grads:
+                continue
+        else:
+            zs = gs.logits(hs[s:e]).mul_(inv_t)
+            zt = gt.logits(ht[s:e]).to(acc).mul_(inv_t)
+            ls = zs.sub_(torch.logsumexp(zs, dim=-1, keepdim=True))  # log p_s
+            lt = zt.sub_(torch.logsumexp(zt, dim=-1, keepdim=True))  # log p_t
+            pt = lt.exp()
+            kl = (pt * (lt - ls)).sum(dim=-1)  # terms with p_t = 0 are 0 * finite = 0
+            rows[s:e] = kl if m is None else torch.where(m, kl, 0)
+            if not grads:
+                continue
+            dz = ls.exp_().sub_(pt)  # d KL / d (student logits / T) = p_s - p_t
+            w = row_scale[s:e] if m is None else row_scale[s:e] * m
+            dz = dz.mul_((w * inv_t)[:, None]).to(gs.grad_dtype())  # cast once for both products
         if dh is not None:
             dh[s:e] = gs.input_grad(dz)
         if dw is not None:
