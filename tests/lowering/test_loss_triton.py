@@ -83,6 +83,7 @@ def test_kernel_minus_inf_logits():
 
 def test_switch(monkeypatch):
     w32, w64 = torch.zeros(3, 2), torch.zeros(3, 2, dtype=torch.float64)
+    monkeypatch.setattr(torch_path, "TRITON_SOFTMAX_GRAD", "auto")
     assert not torch_path.use_triton_softmax_grad(w32, "native")  # auto: CUDA half products only
     monkeypatch.setattr(torch_path, "TRITON_SOFTMAX_GRAD", True)
     assert torch_path.use_triton_softmax_grad(w32, "native")  # forced (under TRITON_INTERPRET=1 here)
@@ -159,6 +160,7 @@ def test_gpu_kernel_vs_torch(monkeypatch, dtype, eps):
     b = (torch.randn(v, generator=gen) * 0.1).to("cuda", dtype).requires_grad_()
     y = torch.randint(0, v, (n,), generator=gen).cuda()
     y[: n // 8] = -100
+    monkeypatch.setattr(torch_path, "TRITON_SOFTMAX_GRAD", "auto")
     assert torch_path.use_triton_softmax_grad(w, torch_path.gemm_mode(w))
     outs = {}
     for flag in (False, "auto"):

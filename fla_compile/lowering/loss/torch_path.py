@@ -32,7 +32,8 @@ HALF = (torch.bfloat16, torch.float16)
 # rather than torch's elementwise passes over the chunk's fp32 logits: "auto" where it pays (CUDA, half weights:
 # the gradient is written once in their dtype, ready for both products), True wherever the kernels run (tests
 # force it under TRITON_INTERPRET=1; never fp64), False never (benchmarks/fused_loss.py --softmax-grad A/Bs).
-TRITON_SOFTMAX_GRAD: str | bool = "auto"
+# False until its GPU tests and an H200 A/B have run (interpreter-tested and compiled for sm_90 only).
+TRITON_SOFTMAX_GRAD: str | bool = False
 
 
 def acc_dtype(x: torch.Tensor) -> torch.dtype:
