@@ -456,10 +456,10 @@ def _poison():
 @pytest.mark.parametrize("family", list(FAMILY_GATE))
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("gate_scale", [0.05, 20.0], ids=["weak", "strong"])
-def test_gpu_chunk_vs_fp64(family, dtype, tol, gate_scale):
+def test_gpu_chunk_vs_fp64(family, dtype, tol, gate_scale, K=64, V=64):
     from fla_compile.lowering.delta import triton_launch as DT
 
-    q, k, v, beta, g, h0 = _cuda_case(family, dtype=dtype, gate_scale=gate_scale)
+    q, k, v, beta, g, h0 = _cuda_case(family, K=K, V=V, dtype=dtype, gate_scale=gate_scale)
     do = torch.randn_like(v)
     dht = torch.randn_like(h0)
     _poison()
@@ -474,6 +474,17 @@ def test_gpu_chunk_vs_fp64(family, dtype, tol, gate_scale):
             # path itself is 1.1e-5 from fp64 there (H100 kernel: 1.05e-5), so allow 3e-5
             t = 3e-5 if (name == "dg" and gate_scale > 1 and dtype == torch.float32) else tol
             assert rel(x, ref[name]) < t, name
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("family", list(FAMILY_GATE))
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
+def test_gpu_chunk_vs_fp64_K128(family, dtype, tol):
+    """The production head size, K = V = 128: the dqk kernel (shared with the GLA line) then runs two key blocks
+    of 64 and transposes dot results (``tl.trans(dA)``), the pattern Triton 3.4-3.7.0 miscompiles on Hopper in
+    FLA's chunk_bwd_dqkwg (fla-org/flash-linear-attention#640: BK = 64 triggers it)."""
+    test_gpu_chunk_vs_fp64(family, dtype, tol, 1.0, K=128, V=128)
 
 
 @pytest.mark.gpu
