@@ -35,6 +35,15 @@ CONFIG = {"BLOCK_V": 4096, "num_warps": 8}
 
 
 @triton.jit
+def _lse_step(b_m, b_s, b_z):
+    """One block of an online log-sum-exp: the running max and sum of e^(z - max), rescaled when the max grows
+    (a row all -inf so far keeps the sum 0: exp(-inf - 0), not nan)."""
+    b_new = tl.maximum(b_m, tl.max(b_z, axis=0))
+    b_ref = tl.where(b_new == -float("inf"), 0.0, b_new)
+    return b_new, b_s * tl.exp(b_m - b_ref) + tl.sum(tl.exp(b_z - b_ref), axis=0)
+
+
+@triton.jit
 def ce_softmax_grad_kernel(
     z,
     stride_z,
@@ -66,10 +75,7 @@ def ce_softmax_grad_kernel(
         b_z = tl.load(p_z + o, mask=m_v, other=-float("inf")).to(tl.float32)
         if HAS_BIAS:
             b_z += tl.load(bias + o, mask=m_v, other=0).to(tl.float32)
-        b_new = tl.maximum(b_m, tl.max(b_z, axis=0))
-        b_ref = tl.where(b_new == -float("inf"), 0.0, b_new)  # all -inf so far: exp(-inf - 0) = 0, not nan
-        b_s = b_s * tl.exp(b_m - b_ref) + tl.sum(tl.exp(b_z - b_ref), axis=0)
-        b_m = b_new
+        b_m, b_s = _lse_step(b_m, b_s, b_z)
         if SMOOTH:
             b_sum += tl.sum(tl.where(m_v, b_z, 0.0), axis=0)
     b_lse = b_m + tl.log(b_s)
@@ -170,11 +176,8 @@ def kl_softmax_grad_kernel(
         # [BLOCK_V]
         b_s = tl.load(p_s + o, mask=m_v, other=0).to(tl.float32) * inv_t
         b_t = tl.load(p_t + o, mask=m_v, other=-float("inf")).to(tl.float32) * inv_t
-        b_sm = tl.where(m_v, b_s, -float("inf"))
-        b_new = tl.maximum(b_ms, tl.max(b_sm, axis=0))
-        b_ref = tl.where(b_new == -float("inf"), 0.0, b_new)
-        b_ss = b_ss * tl.exp(b_ms - b_ref) + tl.sum(tl.exp(b_sm - b_ref), axis=0)
-        b_ms = b_new
+        b_ms, b_ss = _lse_step(b_ms, b_ss, tl.where(m_v, b_s, -float("inf")))
+        # the teacher's by hand: its rescaling also applies to the KL sum
         b_new = tl.maximum(b_mt, tl.max(b_t, axis=0))
         b_ref = tl.where(b_new == -float("inf"), 0.0, b_new)
         b_alpha = tl.exp(b_mt - b_ref)
