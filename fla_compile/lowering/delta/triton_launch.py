@@ -125,15 +125,11 @@ def _knob(name: str, device):
 
 
 def _state_bv(name: str, programs: int, V: int, device) -> int:
-    """V block of a sequential state pass (``BV_h``, ``BV_dh``). With ``fill_sms`` it is halved (down
-    to 16) while the grid, ``programs`` x V blocks, still fits the device's SMs after halving: each
-    program walks every chunk in turn, so a grid well under one wave (B·H = 32 at T = 8192 with V
-    blocks of 64: 64 programs on 132 SMs) leaves SMs idle for the whole walk, and one over a wave
-    makes some walks wait for others. Off in the shipped tables until an H200 sweep says it wins."""
+    """V block of a sequential state pass (``BV_h``, ``BV_dh``); with ``fill_sms`` (on in sm90.json: 2-3% at
+    B=2 T=8192) halved down to 16 while the grid still fits the SMs (``launch.fill_sms``)."""
     BV = min(_knob(name, device), launch.pow2(V))
-    if device.type == "cuda" and _knob("fill_sms", device):
-        while BV > 16 and programs * launch.cdiv(V, BV // 2) <= launch.sm_count(device):
-            BV //= 2
+    if _knob("fill_sms", device):
+        BV = launch.fill_sms(device, programs, V, BV)[1]
     return BV
 
 

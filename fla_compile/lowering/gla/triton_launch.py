@@ -71,20 +71,10 @@ _SHARED = ("h", "o", "dh", "dv", "dqk")
 
 
 def _state_tile(config, kernel: str, programs: int, K: int, V: int, device) -> tuple[int, int]:
-    """(BK, BV) of a sequential state pass ("h", "dh"): the config's, then with ``FILL_SMS`` halved (V first,
-    then K; down to 32) while ``programs`` x blocks still fits the SMs. Each program walks every chunk in turn,
-    so a grid under one wave (few sequences x heads) leaves SMs idle for the whole walk."""
+    """(BK, BV) of a sequential state pass ("h", "dh"): the config's, with ``FILL_SMS`` halved (V first, then K;
+    down to 32) while the grid still fits the SMs (``launch.fill_sms``)."""
     BK, BV = _tile(config, kernel, K, V)
-    if FILL_SMS and device.type == "cuda":
-        sms = launch.sm_count(device)
-        while True:
-            if BV > 32 and programs * launch.cdiv(K, BK) * launch.cdiv(V, BV // 2) <= sms:
-                BV //= 2
-            elif BK > 32 and programs * launch.cdiv(K, BK // 2) * launch.cdiv(V, BV) <= sms:
-                BK //= 2
-            else:
-                return BK, BV
-    return BK, BV
+    return launch.fill_sms(device, programs, V, BV, K, BK, lo=32) if FILL_SMS else (BK, BV)
 
 
 def _tile(config, kernel: str, K: int, V: int) -> tuple[int, int]:
