@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import functools
+import logging
 
 import torch
+
+log = logging.getLogger(__name__)
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -66,3 +69,30 @@ def fill_sms(device, programs: int, V: int, BV: int, K: int = 1, BK: int | None 
             BK //= 2
         else:
             return BK, BV
+
+
+_LOWERED: set = set()
+
+
+def _out_of_resources() -> type:
+    from triton.runtime.errors import OutOfResources
+
+    return OutOfResources
+
+
+def fitted(kernel, grid, *args, num_stages: int, **kwargs):
+    """``kernel[grid](*args, num_stages=..., **kwargs)``, with ``num_stages`` lowered (down to 1) while Triton finds
+    the kernel's shared memory over the device's: the arch tables are tuned at bf16, and fp32 tiles take twice the
+    bytes (kda's dh pass at K = 128 in fp32 with two stages: 234 KB of the H200's 227). Triton refuses such a
+    config before anything runs, so retrying is safe; the first lowering per kernel and count is logged."""
+    while True:
+        try:
+            return kernel[grid](*args, num_stages=num_stages, **kwargs)
+        except _out_of_resources() as e:  # evaluated only when something was raised: no import per launch
+            if e.name != "shared memory" or num_stages <= 1:
+                raise
+            num_stages -= 1
+            name = getattr(getattr(kernel, "fn", kernel), "__name__", repr(kernel))
+            if (name, num_stages) not in _LOWERED:
+                _LOWERED.add((name, num_stages))
+                log.info("%s: %s; retrying with num_stages=%d", name, e, num_stages)

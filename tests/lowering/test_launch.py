@@ -1,0 +1,50 @@
+"""The launch helpers' host-side logic, on stub kernels (no GPU)."""
+
+import logging
+
+import pytest
+
+from fla_compile.lowering.common import launch
+
+errors = pytest.importorskip("triton.runtime.errors")
+
+
+class _Kernel:
+    """Stands in for a JIT function: ``kernel[grid](...)`` raises as Triton does before a launch when the
+    config's shared memory (or registers) exceed the device's, and records the configs it was called with."""
+
+    def __init__(self, fits_at: int, resource: str = "shared memory"):
+        self.fits_at, self.resource, self.calls = fits_at, resource, []
+        self.fn = self.__getitem__  # named like a JITFunction's .fn for the log line
+
+    def __getitem__(self, grid):
+        def run(*args, num_stages, **kwargs):
+            self.calls.append((grid, args, num_stages, kwargs))
+            if num_stages > self.fits_at:
+                raise errors.OutOfResources(233984, 232448, self.resource)
+            return "launched"
+
+        return run
+
+
+def test_fitted_lowers_the_stages_until_the_shared_memory_fits(caplog):
+    k = _Kernel(fits_at=1)
+    with caplog.at_level(logging.INFO, logger=launch.__name__):
+        assert launch.fitted(k, (4, 2), "a", 3, num_warps=8, num_stages=3, FLAG=True) == "launched"
+    assert [c[2] for c in k.calls] == [3, 2, 1]
+    assert all(c[:2] == ((4, 2), ("a", 3)) and c[3] == {"num_warps": 8, "FLAG": True} for c in k.calls)
+    assert "num_stages=1" in caplog.text
+
+
+def test_fitted_launches_once_when_it_fits():
+    k = _Kernel(fits_at=2)
+    assert launch.fitted(k, (1,), num_warps=4, num_stages=2) == "launched"
+    assert [c[2] for c in k.calls] == [2]
+
+
+@pytest.mark.parametrize("fits_at,resource", [(0, "shared memory"), (1, "registers")])
+def test_fitted_raises_what_fewer_stages_cannot_mend(fits_at, resource):
+    """One stage still over, or another resource: Triton's error, unchanged."""
+    k = _Kernel(fits_at=fits_at, resource=resource)
+    with pytest.raises(errors.OutOfResources, match=resource):
+        launch.fitted(k, (1,), num_warps=4, num_stages=2)
