@@ -167,24 +167,32 @@ def forward_parts(
         gc = torch.empty(gate.shape, **f32)
         BKg = min(64, BK) if gid == 2 else 16
         grid = (NS, 1 if gid == 1 else launch.cdiv(K, BKg), H)
-        gla_kern.chunk_cumsum_kernel[grid](gate.contiguous(), gc, cu, info, H, K, BT, BKg, gid, **_opts("cumsum", dev))
+        launch.fitted(
+            gla_kern.chunk_cumsum_kernel, grid,
+            gate.contiguous(), gc, cu, info, H, K, BT, BKg, gid, **_opts("cumsum", dev)
+        )
     gcp = gc if gc is not None else beta  # a placeholder pointer: never read without a gate
     if X is None:
         A = torch.empty(B, T, H, BT, **f32)
         if gid == 2 and FUSED_A and Aqk is None:  # k kᵀ and q kᵀ in one pass
             NC = BT // 16
             Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf
-            kw.chunk_kda_A_rows_kernel[(NS, NC, H)](  # the whole K in one block (K <= MAX_HEAD_DIM)
+            launch.fitted(  # the whole K in one block (K <= MAX_HEAD_DIM)
+                kw.chunk_kda_A_rows_kernel, (NS, NC, H),
                 q, k, gc, A, Aqk, cu, info, H, G, K, BT, 16, BK, NC, prec, **_opts("A_row_block", dev)
             )
         elif gid == 2:
             NC = BT // 16
             BKa = min(64, BK)
-            gla_intra.chunk_gla_A_kernel[(NS, NC * NC, H)](
+            launch.fitted(
+                gla_intra.chunk_gla_A_kernel, (NS, NC * NC, H),
                 k, k, gc, A, cu, info, H, G, K, BT, 16, BKa, NC, prec, BT, **_opts("A", dev)
             )
         else:
-            kw.chunk_kkt_kernel[(NS, H)](k, gcp, A, cu, info, H, G, K, BT, min(64, BK), gid, prec, **_opts("kkt", dev))
+            launch.fitted(
+                kw.chunk_kkt_kernel, (NS, H),
+                k, gcp, A, cu, info, H, G, K, BT, min(64, BK), gid, prec, **_opts("kkt", dev)
+            )
         X = torch.empty(B, T, H, BT, device=dev, dtype=dt) if X_buf is None else X_buf
         load_x = False
     else:
@@ -195,7 +203,8 @@ def forward_parts(
     kg = torch.empty(B, T, H, K, device=dev, dtype=dt) if use_kg else None
     if WU_SPLIT:
         if not load_x:
-            kw.chunk_wy_kernel[(NS, H)](
+            launch.fitted(
+                kw.chunk_wy_kernel, (NS, H),
                 k,
                 v,
                 beta,
@@ -220,12 +229,14 @@ def forward_parts(
                 ROW_LOADS,
                 **_opts("solve", dev),
             )
-        kw.chunk_wu_kernel[(NS, H)](
+        launch.fitted(
+            kw.chunk_wu_kernel, (NS, H),
             k, v, beta, gcp, X, w, u, cu, info, H, G, K, V, BT, min(64, BK), min(64, launch.pow2(V)), gid, prec,
             kg if use_kg else w, use_kg, **_opts("wu", dev),
         )  # fmt: skip
     else:
-        kw.chunk_wy_kernel[(NS, H)](
+        launch.fitted(
+            kw.chunk_wy_kernel, (NS, H),
             k, v, beta, gcp, A, X, w, u, cu, info, H, G, K, V, BT, min(64, BK), min(64, launch.pow2(V)), gid, load_x,
             prec, False, ROW_LOADS, **_opts("wy", dev),
         )  # fmt: skip
@@ -233,21 +244,24 @@ def forward_parts(
     vn = torch.empty(B, T, H, V, device=dev, dtype=dt)
     ht = torch.empty(N, H, K, V, **f32)
     BV = _state_bv("BV_h", N * H, V, dev)
-    kw.chunk_delta_h_kernel[(N * H, launch.cdiv(V, BV))](
+    launch.fitted(
+        kw.chunk_delta_h_kernel, (N * H * launch.cdiv(V, BV),),
         k, w, u, gcp, h, vn, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, BK, BV, gid,
         h0 is not None, prec, kg if use_kg else w, use_kg, **_opts("h", dev),
     )  # fmt: skip
     if gid == 2 and Aqk is None:  # the output's and the backward's gated q k^T (given: a forward's, kept)
         NC = BT // 16
         Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf
-        gla_intra.chunk_gla_A_kernel[(NS, NC * NC, H)](
+        launch.fitted(
+            gla_intra.chunk_gla_A_kernel, (NS, NC * NC, H),
             q, k, gc, Aqk, cu, info, H, G, K, BT, 16, min(64, BK), NC, prec, BT, **_opts("A", dev)
         )
     o = None
     if need_o:
         o = torch.empty(B, T, H, V, device=dev, dtype=dt)
         BV = min(_knob("BV_o", dev), launch.pow2(V))
-        gla_kern.chunk_fwd_o_kernel[(NS, launch.cdiv(V, BV), H)](
+        launch.fitted(
+            gla_kern.chunk_fwd_o_kernel, (NS, launch.cdiv(V, BV), H),
             q, k, vn, gcp, h, Aqk if Aqk is not None else h, o, cu, info, scale, H, G, K, V, BT, min(64, BK), BV, gid,
             prec, BT, **_opts("o", dev),
         )  # fmt: skip
@@ -283,7 +297,8 @@ def backward_parts(
     # 1. dv_local = M^T do
     dvl = torch.empty(B, T, H, V, **f32)
     BV = min(64, launch.pow2(V))
-    gla_kern.chunk_bwd_dv_kernel[(NS, launch.cdiv(V, BV), H)](
+    launch.fitted(
+        gla_kern.chunk_bwd_dv_kernel, (NS, launch.cdiv(V, BV), H),
         q, k, gcp, Aqk if Aqk is not None else dvl, do, dvl, dvl, cu, info, scale, H, G, K, V, BT, min(64, BK), BV,
         gid, prec, BT, False, **_opts("dv_local", dev),
     )  # fmt: skip
@@ -292,7 +307,8 @@ def backward_parts(
     dvn = torch.empty(B, T, H, V, device=dev, dtype=dt)
     dh0 = torch.empty(N, H, K, V, **f32) if h0 is not None else None
     BV = _state_bv("BV_dh", N * H, V, dev)
-    kwb.chunk_delta_dh_kernel[(N * H, launch.cdiv(V, BV))](
+    launch.fitted(
+        kwb.chunk_delta_dh_kernel, (N * H * launch.cdiv(V, BV),),
         q, k, w, gcp, dvl, do, dh, dvn, dht if dht is not None else dvl, dh0 if dh0 is not None else dvl, cu,
         chunk_off, scale, H, G, K, V, BT, BK, BV, gid, dht is not None, dh0 is not None, prec, **_opts("dh", dev),
     )  # fmt: skip
@@ -303,7 +319,8 @@ def backward_parts(
     dg = torch.empty(B, T, H, K, **f32) if gid else None
     BKq, BVq = min(64, BK), min(64, launch.pow2(V))
     dw = torch.empty(B, T, H, K, device=dev, dtype=dt) if _knob("dw_in_dqk", dev) else None
-    gla_kern.chunk_bwd_dqk_kernel[(NS, launch.cdiv(K, BKq), H)](
+    launch.fitted(
+        gla_kern.chunk_bwd_dqk_kernel, (NS, launch.cdiv(K, BKq), H),
         q, k, vn, gcp, h, do, dh, dA, dg if dg is not None else dq, dq, dk, cu, info, scale, H, G, K, V, BT, BKq,
         BVq, gid, prec, dvn=dvn, dw=dw if dw is not None else dq, DW=dw is not None, **_opts("dqk", dev),
     )  # fmt: skip
@@ -311,10 +328,12 @@ def backward_parts(
     BKi = min(64, BK)
     if gid == 2:
         db1 = torch.empty(B, T, H, K, **f32)
-        gla_intra.chunk_gla_bwd_intra_kernel[(NS, NC * launch.cdiv(K, BKi), H)](
+        launch.fitted(
+            gla_intra.chunk_gla_bwd_intra_kernel, (NS, NC * launch.cdiv(K, BKi), H),
             q, k, gc, dA, dq, dk, db1, cu, info, scale, H, G, K, BT, 16, BKi, NC, prec, **_opts("intra", dev)
         )
-        gla_intra.chunk_rc_add_kernel[(NS, launch.cdiv(K, BKi), H)](
+        launch.fitted(
+            gla_intra.chunk_rc_add_kernel, (NS, launch.cdiv(K, BKi), H),
             db1, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev)
         )
     # 4. through W = X (b e^G k) and U = X (b v)
@@ -323,23 +342,29 @@ def backward_parts(
     dG = torch.empty(gate.shape, **f32) if gid else dbeta
     dN = torch.empty(B, T, H, BT, **f32)
     BV = min(64, launch.pow2(V))
-    kwb.chunk_wy_bwd_kernel[(NS, H)](
+    launch.fitted(
+        kwb.chunk_wy_bwd_kernel, (NS, H),
         k, v, beta, gcp, X, h if dw is None else dw, dvn, dv, dk, dbeta, dG, dN, cu, info, H, G, K, V, BT, BK, BV,
         gid, prec, DW_IN=dw is not None, **_opts("wy_bwd", dev),
     )  # fmt: skip
     # 5. the pairs of A = k k^T (gated)
     if gid == 2:
-        kwb.chunk_kk_pair_bwd_vec_kernel[(NS, NC, H)](
+        launch.fitted(
+            kwb.chunk_kk_pair_bwd_vec_kernel, (NS, NC, H),
             k, beta, gc, dN, dk, dbeta, dG, cu, info, H, G, K, BT, 16, BK, NC, prec, **_opts("pair_vec", dev)
         )
-        gla_intra.chunk_rc_add_kernel[(NS, launch.cdiv(K, BKi), H)](dG, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev))
+        launch.fitted(
+            gla_intra.chunk_rc_add_kernel, (NS, launch.cdiv(K, BKi), H),
+            dG, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev)
+        )
     else:
-        kwb.chunk_kk_pair_bwd_kernel[(NS, H)](
+        launch.fitted(
+            kwb.chunk_kk_pair_bwd_kernel, (NS, H),
             k, beta, gcp, dN, dk, dbeta, dG, cu, info, H, G, K, BT, min(64, BK), gid, prec, **_opts("pair", dev)
         )
         if gid == 1:
             dg = dg.sum(-1).contiguous()
-            gla_intra.chunk_rc_add_kernel[(NS, 1, H)](dG, dg, cu, info, H, 1, BT, 16, **_opts("rc", dev))
+            launch.fitted(gla_intra.chunk_rc_add_kernel, (NS, 1, H), dG, dg, cu, info, H, 1, BT, 16, **_opts("rc", dev))
     return dq, dk, dv, dbeta, dg, dh0
 
 

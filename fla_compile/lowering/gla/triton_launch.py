@@ -109,9 +109,11 @@ def _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, device, cfg, excl=False):
     grid = (NS, 1 if gid == 1 else launch.cdiv(K, BKg), H)
     if excl:
         gq = _empty(gate.shape, device, torch.float32)
-        kern.chunk_cumsum_kernel[grid](gate, gc, cu, info, H, K, BT, BKg, gid, gq, True, **_opts(cfg, "cumsum"))
+        launch.fitted(
+            kern.chunk_cumsum_kernel, grid, gate, gc, cu, info, H, K, BT, BKg, gid, gq, True, **_opts(cfg, "cumsum")
+        )
         return gc, gq
-    kern.chunk_cumsum_kernel[grid](gate, gc, cu, info, H, K, BT, BKg, gid, **_opts(cfg, "cumsum"))
+    launch.fitted(kern.chunk_cumsum_kernel, grid, gate, gc, cu, info, H, K, BT, BKg, gid, **_opts(cfg, "cumsum"))
     return gc
 
 
@@ -120,8 +122,9 @@ def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg,
     h = _empty((NS if store_h else 1, H, K, V), v.device, v.dtype)
     ht = _empty((N, H, K, V), v.device, torch.float32)
     BK, BV = _state_tile(cfg, "h", N * H, K, V, v.device)
-    grid = (N * H, launch.cdiv(K, BK), launch.cdiv(V, BV))
-    kern.chunk_fwd_h_kernel[grid](
+    grid = (N * H * launch.cdiv(K, BK) * launch.cdiv(V, BV),)  # one dim: N H may pass 65535
+    launch.fitted(
+        kern.chunk_fwd_h_kernel, grid,
         k,
         v,
         gc if gc is not None else ht,
@@ -156,7 +159,8 @@ def _gla_A(q, k, gc, cu, info, NS, B, T, H, G, K, BT, BK, prec, cfg, out=None, g
     NC = BT // BC
     BK = _tile(cfg, "A", K, K)[0]
     extra = () if u is None else (gq, u, True)
-    intra.chunk_gla_A_kernel[(NS, NC * NC, H)](
+    launch.fitted(
+        intra.chunk_gla_A_kernel, (NS, NC * NC, H),
         q, k, gc, A, cu, info, H, G, K, BT, BC, BK, NC, prec, A.shape[-1], *extra, **_opts(cfg, "A")
     )
     return A
@@ -250,7 +254,8 @@ def chunk_forward(
     o = _empty(v.shape, v.device, v.dtype)
     BK, BV = _tile(cfg, "o", K, V)
     grid = (NS, launch.cdiv(V, BV), H)
-    kern.chunk_fwd_o_kernel[grid](
+    launch.fitted(
+        kern.chunk_fwd_o_kernel, grid,
         q,
         k,
         v,
@@ -308,9 +313,10 @@ def chunk_backward(
     dh = _empty((NS, H, K, V), v.device, v.dtype)  # like h: cast to the inputs' dtype before every dot
     dh0 = _empty((N, H, K, V), v.device, torch.float32) if h0 is not None else None
     BK, BV = _state_tile(cfg, "dh", N * H, K, V, v.device)
-    grid = (N * H, launch.cdiv(K, BK), launch.cdiv(V, BV))
+    grid = (N * H * launch.cdiv(K, BK) * launch.cdiv(V, BV),)  # one dim: N H may pass 65535
     gc_arg = gc if gc is not None else h  # a placeholder pointer: never read without a gate
-    kern.chunk_bwd_dh_kernel[grid](
+    launch.fitted(
+        kern.chunk_bwd_dh_kernel, grid,
         q,
         do,
         gc_arg,
@@ -342,7 +348,8 @@ def chunk_backward(
     dv = _empty(v.shape, v.device, v.dtype)
     BK, BV = _tile(cfg, "dv", K, V)
     grid = (NS, launch.cdiv(V, BV), H)
-    kern.chunk_bwd_dv_kernel[grid](
+    launch.fitted(
+        kern.chunk_bwd_dv_kernel, grid,
         q, k, gc_arg, A, do, dh, dv, cu, info, scale, H, G, K, V, BT, BK, BV, gid, prec, SA, **_opts(cfg, "dv")
     )
     # dq, dk straight in the inputs' dtypes where nothing adds to them after this kernel (no per-key gate's
@@ -354,7 +361,8 @@ def chunk_backward(
     dg = _empty((B, T, H, K), v.device, torch.float32) if gid != 0 else None  # per key dim, chunk-local
     BK, BV = _tile(cfg, "dqk", K, V)
     grid = (NS, launch.cdiv(K, BK), H)
-    kern.chunk_bwd_dqk_kernel[grid](
+    launch.fitted(
+        kern.chunk_bwd_dqk_kernel, grid,
         q,
         k,
         v,
@@ -388,11 +396,13 @@ def chunk_backward(
         grid = (NS, NC * launch.cdiv(K, BKi), H)
         du = _empty(dq.shape, v.device, torch.float32) if u is not None else None  # per token, summed below
         extra = () if u is None else (gq, u, du, dg, True)
-        intra.chunk_gla_bwd_intra_kernel[grid](
+        launch.fitted(
+            intra.chunk_gla_bwd_intra_kernel, grid,
             q, k, gc, dA, dq, dk, db, cu, info, scale, H, G, K, BT, BC, BKi, NC, prec, *extra, **_opts(cfg, "intra")
         )
         BKr = _tile(cfg, "rc", K, K)[0]
-        intra.chunk_rc_add_kernel[(NS, launch.cdiv(K, BKr), H)](
+        launch.fitted(
+            intra.chunk_rc_add_kernel, (NS, launch.cdiv(K, BKr), H),
             db, dg, cu, info, H, K, BT, BKr, *(() if u is None else (True,)), **_opts(cfg, "rc")
         )
     if gid == 1:
