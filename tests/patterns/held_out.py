@@ -19,8 +19,8 @@ def linear_parallel_tril(q, k, v):
 def retention_parallel_powers(q, k, v):
     """RetNet's parallel form: a per-head gamma^(n-m) mask from arange, einsum."""
     B, T, H, K = q.shape
-    gamma = 1 - 2.0 ** (-5 - torch.arange(H, dtype=torch.float32))
-    n = torch.arange(T)
+    gamma = 1 - 2.0 ** (-5 - torch.arange(H, dtype=torch.float32, device=q.device))
+    n = torch.arange(T, device=q.device)
     diff = n[:, None] - n[None, :]
     D = gamma[:, None, None] ** diff.clamp(min=0) * (diff >= 0)
     s = torch.einsum("bthk,bshk->bhts", q, k) * K**-0.5 * D
@@ -49,7 +49,7 @@ def gla_pairwise_einsum(q, k, v, g):
     """The same as one three-operand einsum over [B, T, S, H, K] decays, masked by a multiply."""
     T, K = q.shape[1], q.shape[-1]
     G = g.cumsum(1)
-    D = torch.exp(G[:, :, None] - G[:, None, :]) * torch.ones(T, T).tril()[None, :, :, None, None]
+    D = torch.exp(G[:, :, None] - G[:, None, :]) * torch.ones(T, T, device=q.device).tril()[None, :, :, None, None]
     A = torch.einsum("bthk,bshk,btshk->bhts", q, k, D) * K**-0.5
     return torch.einsum("bhts,bshv->bthv", A, v)
 
@@ -59,7 +59,7 @@ def gla_pairwise_masked_exp(q, k, v, g):
     T = q.shape[1]
     G = g.transpose(1, 2).cumsum(2)  # [B, H, T, K]
     diff = G.unsqueeze(3) - G.unsqueeze(2)  # [B, H, T, S, K]
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
     diff = diff.masked_fill(~causal[:, :, None], float("-inf"))
     qh, kh = q.transpose(1, 2), k.transpose(1, 2)
     A = (qh.unsqueeze(3) * kh.unsqueeze(2) * diff.exp()).sum(-1)
@@ -71,7 +71,7 @@ def gla_factored_masked_fill(q, k, v, g):
     T = q.shape[1]
     G = torch.cumsum(g, dim=1)
     s = torch.einsum("bthk,bshk->bhts", q * torch.exp(G), torch.exp(-G) * k)
-    s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), 0.0)
+    s = s.masked_fill(torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), 0.0)
     return torch.einsum("bhts,bshv->bthv", s, v)
 
 
@@ -80,8 +80,8 @@ def ssd_parallel_segsum(q, k, v, gs):
     a = gs.transpose(1, 2)  # [B, H, T]
     T = a.shape[-1]
     x = a[..., None].repeat(1, 1, 1, T)
-    x = x.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool), -1), 0)
-    seg = torch.cumsum(x, dim=-2).masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool)), -torch.inf)
+    x = x.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool, device=q.device), -1), 0)
+    seg = torch.cumsum(x, dim=-2).masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool, device=q.device)), -torch.inf)
     return torch.einsum("bthn,bshn,bhts,bshp->bthp", q, k, torch.exp(seg), v)
 
 
@@ -94,7 +94,7 @@ def gla_gqa_repeat_interleave_bhtd(q, k, v, g):
     B, H, T, K = q.shape
     rep = H // k.shape[1]
     S = q.new_zeros(B, H, K, v.shape[-1])
-    o = torch.zeros(B, H, T, v.shape[-1])
+    o = torch.zeros(B, H, T, v.shape[-1], device=q.device)
     for t in range(T):
         k_t = k[:, :, t].repeat_interleave(rep, dim=1)
         v_t = v[:, :, t].repeat_interleave(rep, dim=1)
@@ -164,7 +164,7 @@ def delta_fla_recurrence(q, k, v, b):
     q, k, v, beta = (x.transpose(1, 2).float() for x in (q, F.normalize(k, dim=-1), v, b))
     bsz, h, L, d_k = q.shape
     o = torch.zeros_like(v)
-    S = torch.zeros(bsz, h, d_k, v.shape[-1]).to(v)
+    S = torch.zeros(bsz, h, d_k, v.shape[-1], device=q.device).to(v)
     q = q * d_k**-0.5
     beta = beta[..., None]
     for i in range(L):
@@ -212,16 +212,16 @@ def delta_fla_naive_chunkwise(q, k, v, b, chunk_size=8):
     q = q * d_k**-0.5
     v = v * beta[..., None]
     k_beta = k * beta[..., None]
-    mask = torch.triu(torch.ones(C, C, dtype=torch.bool), diagonal=0)
+    mask = torch.triu(torch.ones(C, C, dtype=torch.bool, device=q.device), diagonal=0)
     q, k, v, k_beta = (x.reshape(bsz, h, L // C, C, x.shape[-1]) for x in (q, k, v, k_beta))
     attn = -(k_beta @ k.transpose(-1, -2)).masked_fill(mask, 0)
     for i in range(1, C):
         attn[..., i, :i] = attn[..., i, :i] + (attn[..., i, :, None].clone() * attn[..., :, :i].clone()).sum(-2)
-    attn = attn + torch.eye(C, dtype=torch.float)
+    attn = attn + torch.eye(C, dtype=torch.float, device=q.device)
     u, w = attn @ v, attn @ k_beta
     S = k.new_zeros(bsz, h, d_k, v.shape[-1])
     o = torch.zeros_like(v)
-    mask = torch.triu(torch.ones(C, C, dtype=torch.bool), diagonal=1)
+    mask = torch.triu(torch.ones(C, C, dtype=torch.bool, device=q.device), diagonal=1)
     for i in range(L // C):
         q_i, k_i = q[:, :, i], k[:, :, i]
         attn = (q_i @ k_i.transpose(-1, -2)).masked_fill_(mask, 0)
@@ -236,8 +236,8 @@ def retention_chunkwise(q, k, v, chunk_size=8):
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))
     B, H, T, K = q.shape
     C = chunk_size
-    gamma = 1 - 2.0 ** (-5 - torch.arange(H, dtype=torch.float32))
-    idx = torch.arange(C)
+    gamma = 1 - 2.0 ** (-5 - torch.arange(H, dtype=torch.float32, device=q.device))
+    idx = torch.arange(C, device=q.device)
     d = idx[:, None] - idx[None, :]
     inner = gamma[:, None, None] ** d.clamp(min=0) * (d >= 0)  # [H, C, C]
     q_dec = gamma[:, None] ** (idx + 1)  # [H, C]
@@ -256,13 +256,13 @@ def lightning_attention_blocks(q, k, v, block_size=8):
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))
     B, H, T, D = q.shape
     base = 1 / (2 ** (8 / H))
-    slope = (base ** (torch.arange(H) + 1))[:, None, None]
-    r = torch.arange(block_size) + 1
+    slope = (base ** (torch.arange(H, device=q.device) + 1))[:, None, None]
+    r = torch.arange(block_size, device=q.device) + 1
     q_decay = torch.exp(-slope * r[:, None])
     k_decay = torch.exp(-slope * (block_size - r[:, None]))
     diag = slope * (r[:, None] - r[None, :])[None, None]
     diag = torch.exp(torch.where(diag >= 0, -diag, float("-inf")))
-    kv = torch.zeros(B, H, D, v.shape[-1])
+    kv = torch.zeros(B, H, D, v.shape[-1], device=q.device)
     outs = []
     for i in range((T + block_size - 1) // block_size):
         s, e = i * block_size, min((i + 1) * block_size, T)
@@ -278,9 +278,9 @@ def lightning_attention_blocks(q, k, v, block_size=8):
 def _segsum(x):
     T = x.size(-1)
     x = x[..., None].repeat(*([1] * x.dim()), T)
-    x = x.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool), diagonal=-1), 0)
+    x = x.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool, device=x.device), diagonal=-1), 0)
     x_segsum = torch.cumsum(x, dim=-2)
-    return x_segsum.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool), diagonal=0), -torch.inf)
+    return x_segsum.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool, device=x.device), diagonal=0), -torch.inf)
 
 
 def ssd_minimal(q, k, v, gs, block_len=8):
@@ -309,7 +309,7 @@ def gla_chunked_pairwise(q, k, v, g, chunk_size=8):
     C = chunk_size
     q, k, v, g = (x.transpose(1, 2).reshape(B, H, T // C, C, -1) for x in (q, k, v, g))
     G = g.cumsum(3)
-    causal = torch.ones(C, C, dtype=torch.bool).tril()
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     S = q.new_zeros(B, H, K, v.shape[-1])
     outs = []
     for n in range(T // C):
@@ -346,7 +346,7 @@ def miss_pairwise_softmax(q, k, v, g):
     q, k, v, g = (x.transpose(1, 2) for x in (q, k, v, g))
     G = g.cumsum(2)
     A = (q[:, :, :, None] * k[:, :, None] * torch.exp(G[:, :, :, None] - G[:, :, None])).sum(-1)
-    A = A.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf")).softmax(-1)
+    A = A.masked_fill(~torch.ones(T, T, dtype=torch.bool, device=q.device).tril(), float("-inf")).softmax(-1)
     return (A @ v).transpose(1, 2)
 
 
@@ -372,8 +372,8 @@ def miss_retention_chunkwise_wrong_state_decay(q, k, v, chunk_size=8):
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))
     B, H, T, K = q.shape
     C = chunk_size
-    gamma = 1 - 2.0 ** (-5 - torch.arange(H, dtype=torch.float32))
-    idx = torch.arange(C)
+    gamma = 1 - 2.0 ** (-5 - torch.arange(H, dtype=torch.float32, device=q.device))
+    idx = torch.arange(C, device=q.device)
     d = idx[:, None] - idx[None, :]
     inner = gamma[:, None, None] ** d.clamp(min=0) * (d >= 0)
     q_dec = gamma[:, None] ** (idx + 1)
@@ -463,7 +463,7 @@ def gla_pairwise_where(q, k, v, g):
     T = q.shape[1]
     q, k, v, g = (x.transpose(1, 2) for x in (q, k, v, g))
     G = g.cumsum(-2)
-    causal = torch.ones(T, T, dtype=torch.bool).tril()[..., None]
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()[..., None]
     D = torch.where(causal, torch.exp(G[..., :, None, :] - G[..., None, :, :]), 0.0)
     return (torch.einsum("bhtk,bhsk,bhtsk->bhts", q, k, D) @ v).transpose(1, 2)
 
@@ -480,10 +480,10 @@ def gla_pairwise_scaled_after_sum(q, k, v, g):
 def retention_parallel_exp_log(q, k, v):
     """Retention's mask as exp(log(gamma) * (n - m)) masked_fill to 0 above the diagonal."""
     B, T, H, K = q.shape
-    log_gamma = torch.log(1 - 2.0 ** (-5 - torch.arange(H, dtype=torch.float32)))
-    n = torch.arange(T, dtype=torch.float32)
+    log_gamma = torch.log(1 - 2.0 ** (-5 - torch.arange(H, dtype=torch.float32, device=q.device)))
+    n = torch.arange(T, dtype=torch.float32, device=q.device)
     D = torch.exp(log_gamma[:, None, None] * (n[:, None] - n[None, :]))
-    D = D.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), 0)
+    D = D.masked_fill(torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), 0)
     s = torch.einsum("bthk,bshk->bhts", q, k) * D
     return torch.einsum("bhts,bshv->bthv", s, v)
 
@@ -508,7 +508,7 @@ def simple_gla_chunked_split(q, k, v, gs, chunk_size=8):
     for qc, kc, vc, gc in zip(*(x.split(chunk_size, dim=1) for x in (q, k, v, gs))):
         b = gc.cumsum(1)  # [B, C, H]
         M = (b[:, :, None] - b[:, None]).permute(0, 3, 1, 2)  # [B, H, C, C]
-        M = M.masked_fill(~torch.ones(chunk_size, chunk_size, dtype=torch.bool).tril(), -torch.inf).exp()
+        M = M.masked_fill(~torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).tril(), -torch.inf).exp()
         intra = torch.einsum("bthk,bshk,bhts,bshv->bthv", qc, kc, M, vc)
         inter = torch.einsum("bthk,bhkv->bthv", qc * b.exp()[..., None], S)
         outs.append(intra + inter)
@@ -524,7 +524,7 @@ def gla_chunked_factored(q, k, v, g, chunk_size=8):
     B, T, H, K = q.shape
     S = q.new_zeros(B, H, K, v.shape[-1])
     outs = []
-    causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool).tril()
+    causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).tril()
     for i in range(0, T, chunk_size):
         qc, kc, vc, gc = (x[:, i : i + chunk_size].transpose(1, 2) for x in (q, k, v, g))
         b = gc.cumsum(2)
@@ -542,7 +542,7 @@ def lightning_ragged_last_block(q, k, v):
 def retention_loop_vmap_batch(q, k, v):
     """A retention step over [H, K, V] vmapped over the batch, a per-head gamma from arange."""
     B, T, H, K = q.shape
-    gamma = 1 - 2.0 ** (-5 - torch.arange(H, dtype=torch.float32))
+    gamma = 1 - 2.0 ** (-5 - torch.arange(H, dtype=torch.float32, device=q.device))
 
     def step(S, q_t, k_t, v_t):
         S = gamma[:, None, None] * S + k_t[:, :, None] * v_t[:, None, :]
