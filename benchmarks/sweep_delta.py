@@ -49,15 +49,18 @@ VARIANTS = [
     ("A rows stages 1", {"A_row_block": (4, 1)}),
     ("A rows stages 2", {"A_row_block": (4, 2)}),
     ("A rows stages 3", {"A_row_block": (4, 3)}),
-    ("dh stages 1", {"dh": (8, 1)}),
-    ("dW in dqk", {"dw_in_dqk": True}),
+    ("dh stages 1", {"dh": (8, 1)}),  # the one-block state-gradient pass unpipelined
+    ("dW in dqk", {"dw_in_dqk": True}),  # dW = -dv_new Sᵀ by the dqk kernel (as FLA's dqkwg): S not re-read
     # the state-gradient pass in one wave: at BV 64 / 8 warps (~234 registers: one program per SM) B·H·V/BV =
     # 256 programs take two waves of 132 SMs, each walking every chunk; at BV 32 / 4 warps the state is 32
     # registers a thread and 512 programs may fit at 4 per SM
     ("dh BV=32 w4", {"BV_dh": 32, "dh": (4, 2)}),
     ("dh BV=32 w4 s3", {"BV_dh": 32, "dh": (4, 3)}),
     ("dh BV=32 w2", {"BV_dh": 32, "dh": (2, 2)}),
-    ("dh BV=16 w2", {"BV_dh": 16, "dh": (2, 2)}),  # dW = -dv_new Sᵀ by the dqk kernel (as FLA's dqkwg): S not re-read  # the one-block state-gradient pass unpipelined (~half the shared memory)
+    ("dh BV=16 w2", {"BV_dh": 16, "dh": (2, 2)}),
+    # unpipelined (~half the shared memory: two programs per SM, so 256 programs in one wave)
+    ("dh w4 s1", {"dh": (4, 1)}),
+    ("dh BV=32 w4 s1", {"BV_dh": 32, "dh": (4, 1)}),
 ]
 
 
