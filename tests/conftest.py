@@ -10,12 +10,17 @@
   default every worker would take them all, and the float64 CPU references of the GPU tests stall
   on each other (the rwkv6 reference at T=300: 1.3 s on one thread, 10.8 s on two of a busy 2-core
   machine, 150-260 s per test under 14 workers on the H200 host's 16 cores).
+- ``backend="fla"`` is registered here too: pip registers it by entry point, but the GPU box runs the
+  suite from a checkout, where a test that compiles with it before any test imported the backend
+  failed (``InvalidBackend``, in whichever xdist worker ran it first).
 """
 
 import os
 
 import pytest
 import torch
+
+import fla_compile.backend  # noqa: F401  (registers "fla" without the entry point)
 
 os.environ.setdefault("FLA_COMPILE_COSTS", "off")
 
