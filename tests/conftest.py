@@ -12,7 +12,9 @@
   machine, 150-260 s per test under 14 workers on the H200 host's 16 cores).
 - ``backend="fla"`` is registered here too: pip registers it by entry point, but the GPU box runs the
   suite from a checkout, where a test that compiles with it before any test imported the backend
-  failed (``InvalidBackend``, in whichever xdist worker ran it first).
+  failed (``InvalidBackend``, in whichever xdist worker ran it first). It is registered once every
+  test is collected: importing the backend loads Triton, which must come after ``tests/lowering``
+  sets ``TRITON_INTERPRET`` (else the interpreter fails on ``tl.max`` in a helper).
 """
 
 import os
@@ -20,12 +22,14 @@ import os
 import pytest
 import torch
 
-import fla_compile.backend  # noqa: F401  (registers "fla" without the entry point)
-
 os.environ.setdefault("FLA_COMPILE_COSTS", "off")
 
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+
+def pytest_collection_finish(session):
+    import fla_compile.backend  # noqa: F401  (registers "fla" without the entry point)
 
 
 @pytest.fixture(autouse=True)
