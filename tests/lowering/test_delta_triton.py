@@ -230,19 +230,6 @@ def _case_kg(BT, T=70, cu_lens=None):
     return out
 
 
-def _with_knobs(knobs, fn, *args):
-    """A case with launch options overridden (``triton_launch.OVERRIDES``), restored after."""
-    from fla_compile.lowering.delta import triton_launch as DT
-
-    old = dict(DT.OVERRIDES)
-    DT.OVERRIDES.update(knobs)
-    try:
-        return fn(*args)
-    finally:
-        DT.OVERRIDES.clear()
-        DT.OVERRIDES.update(old)
-
-
 def _case_kda_A_rows(BT, T, cu_lens, gate_scale, dtype, BK, K=20, device="cpu"):
     """kda's fused A kernel by row blocks (the whole K; the strong-gate path by K blocks of BK) on NaN-poisoned
     outputs: Akk (fp32) and Aqk (inputs' dtype) against fp64 sums over the chunk."""
@@ -317,9 +304,6 @@ INTERPRETER_CASES = {
     "fwd-kda-BT64-strong": (_case_forward, ("kda", 64, None, False, 20.0)),
     "bwd-kda-BT32-varlen": (_case_backward, ("kda", 32, [9, 21])),
     "bwd-kda-BT32-strong": (_case_backward, ("kda", 32, None, False, 20.0, 20)),
-    # dW = -dv_new Sᵀ formed by the dqk kernel, read by the WY backward (launch option ``dw_in_dqk``)
-    **{f"dw-in-dqk-{f}": (_with_knobs, ({"dw_in_dqk": True}, _case_backward, f, 16)) for f in FAMILY_GATE},
-    "dw-in-dqk-gdn-varlen": (_with_knobs, ({"dw_in_dqk": True}, _case_backward, "gated_delta_rule", 16, [7, 0, 33])),
 }
 
 

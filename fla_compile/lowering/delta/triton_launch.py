@@ -87,9 +87,6 @@ _DEFAULTS = {
     "BV_o": 64,
     "fill_sms": False,  # shrink the state passes' V block while their grid is under one wave (``_state_bv``)
     "A_row_block": (4, 2),  # kda's A kernel's warps and stages (3 stages: ~170 registers, 2: ~115 on sm90)
-    # dW = -dv_new Sᵀ formed by the dqk kernel (which loads S anyway, as FLA's dqkwg) and read by the WY
-    # backward, instead of the WY backward re-reading S: off until an H200 A/B
-    "dw_in_dqk": False,
 }
 OVERRIDES: dict = {}
 FUSED_A = True  # kda: k kᵀ and q kᵀ by one kernel in the forward (False: the GLA line's A kernel twice)
@@ -318,11 +315,10 @@ def backward_parts(
     dA = torch.empty(B, T, H, BT, **f32) if gid == 2 else dk
     dg = torch.empty(B, T, H, K, **f32) if gid else None
     BKq, BVq = min(64, BK), min(64, launch.pow2(V))
-    dw = torch.empty(B, T, H, K, device=dev, dtype=dt) if _knob("dw_in_dqk", dev) else None
     launch.fitted(
         gla_kern.chunk_bwd_dqk_kernel, (NS, launch.cdiv(K, BKq), H),
         q, k, vn, gcp, h, do, dh, dA, dg if dg is not None else dq, dq, dk, cu, info, scale, H, G, K, V, BT, BKq,
-        BVq, gid, prec, dvn=dvn, dw=dw if dw is not None else dq, DW=dw is not None, **_opts("dqk", dev),
+        BVq, gid, prec, **_opts("dqk", dev),
     )  # fmt: skip
     NC = BT // 16
     BKi = min(64, BK)
@@ -344,8 +340,8 @@ def backward_parts(
     BV = min(64, launch.pow2(V))
     launch.fitted(
         kwb.chunk_wy_bwd_kernel, (NS, H),
-        k, v, beta, gcp, X, h if dw is None else dw, dvn, dv, dk, dbeta, dG, dN, cu, info, H, G, K, V, BT, BK, BV,
-        gid, prec, DW_IN=dw is not None, **_opts("wy_bwd", dev),
+        k, v, beta, gcp, X, h, dvn, dv, dk, dbeta, dG, dN, cu, info, H, G, K, V, BT, BK, BV, gid, prec,
+        **_opts("wy_bwd", dev),
     )  # fmt: skip
     # 5. the pairs of A = k k^T (gated)
     if gid == 2:

@@ -141,13 +141,10 @@ def chunk_wy_bwd_kernel(
     BV: tl.constexpr,
     GATE: tl.constexpr,
     PREC: tl.constexpr,
-    DW_IN: tl.constexpr = False,
 ):
     """dv (written), dk += b e^G Xᵀ dW, dbeta and dG (written: scaled keys and values), dN = -Xᵀ dX Xᵀ (written).
 
-    BK covers K. dG is [TT, H] for a scalar gate, [TT, H, K] per key dim; not written without a gate.
-    DW_IN: dW = -dv_new Sᵀ comes from ``h`` read as a [TT, H, K] tensor (the dqk kernel formed it), not from
-    the chunk states: S is not read here."""
+    BK covers K. dG is [TT, H] for a scalar gate, [TT, H, K] per key dim; not written without a gate."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
     i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
@@ -183,12 +180,9 @@ def chunk_wy_bwd_kernel(
         b_dvb = tl.dot(b_Xt, b_du, input_precision=PREC)
         tl.store(dv + p_v, (b_dvb * b_b[:, None]).to(dv.dtype.element_ty), mask=m_tv)
         b_db += tl.sum(b_dvb * b_v.to(tl.float32), 1)
-        if not DW_IN:
-            # [BV, BK]: Sᵀ of the chunk, loaded transposed
-            b_ht = tl.load(h + p_h + o_k[None, :] * V + o_v[:, None], mask=m_v[:, None] & m_k[None, :], other=0)
-            b_dw -= tl.dot(b_du, b_ht.to(dt), input_precision=PREC)
-    if DW_IN:
-        b_dw = tl.load(h + (o_t * H + i_h)[:, None] * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
+        # [BV, BK]: Sᵀ of the chunk, loaded transposed
+        b_ht = tl.load(h + p_h + o_k[None, :] * V + o_v[:, None], mask=m_v[:, None] & m_k[None, :], other=0)
+        b_dw -= tl.dot(b_du, b_ht.to(dt), input_precision=PREC)
     # [BT, BK] and [BK, BT]: b e^G k
     b_k = tl.load(k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
     b_kt = tl.load(k + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_kt, other=0).to(tl.float32)
