@@ -6,7 +6,9 @@
 For each family, times the op's forward and forward+backward (``fla_compile.ops``, bf16, ``do_bench`` medians)
 with the shipped options, then with one option changed at a time (``triton_launch.OVERRIDES``: warps/stages,
 the state pass's V block, the W/U split, kda's A kernel), and prints per-kernel times of the shipped options
-(``torch.profiler``). The winners go into ``fla_compile/lowering/delta/triton_launch.py`` by hand.
+(``torch.profiler``). Each row also gives its largest relative difference from the shipped options' output and
+gradients (**WRONG** above 5e-2): a variant is a candidate only where it is right, and its GPU tests
+(``DELTA_TEST_KNOBS``) decide. The winners go into the arch table (``common/configs/sm90.json``) by hand.
 """
 
 from __future__ import annotations
@@ -50,7 +52,6 @@ VARIANTS = [
     ("A rows stages 2", {"A_row_block": (4, 2)}),
     ("A rows stages 3", {"A_row_block": (4, 3)}),
     ("dh stages 1", {"dh": (8, 1)}),  # the one-block state-gradient pass unpipelined
-    ("dW in dqk", {"dw_in_dqk": True}),  # dW = -dv_new Sᵀ by the dqk kernel (as FLA's dqkwg): S not re-read
     # the state-gradient pass in one wave: at BV 64 / 8 warps (~234 registers: one program per SM) B·H·V/BV =
     # 256 programs take two waves of 132 SMs, each walking every chunk; at BV 32 / 4 warps the state is 32
     # registers a thread and 512 programs may fit at 4 per SM
@@ -85,6 +86,21 @@ def restore(old):
     apply(old)
 
 
+def result(fn, xg):
+    """The output and the inputs' gradients of one forward+backward (ones as the output's gradient), fp32 copies:
+    each variant is checked against the shipped options, so a fast row that computes something else is marked,
+    not taken for a win (dh at 4 warps / 1 stage timed fastest for delta_rule while its bf16 dk was wrong)."""
+    for x in xg:
+        x.grad = None
+    o = fn(*xg)[0]
+    o.backward(torch.ones_like(o))
+    return [o.detach().float().clone()] + [x.grad.float().clone() for x in xg if x.grad is not None]
+
+
+def max_rel(got, ref) -> float:
+    return max(((a - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(got, ref))
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--families", default="kda,gated_delta_rule,delta_rule")
@@ -96,11 +112,12 @@ def main() -> int:
     args = p.parse_args()
     B, T, H, D = (int(x) for x in args.shape.split(","))
     names = set(args.variants.split(",")) if args.variants else None
-    rows = ["| family | variant | fwd ms | fwd+bwd ms |", "| --- | --- | --- | --- |"]
+    rows = ["| family | variant | fwd ms | fwd+bwd ms | max rel diff vs shipped |", "| --- | --- | --- | --- | --- |"]
     for family in args.families.split(","):
         fn = ours(family)
         xs = inputs(family, B, T, H, D)
         xg = inputs(family, B, T, H, D, grad=True)
+        shipped = result(fn, xg)
         for name, changes in VARIANTS:
             if names and name not in names and name != "shipped":
                 continue
@@ -109,7 +126,9 @@ def main() -> int:
                 with torch.no_grad():
                     t_f = bench(lambda fn=fn, xs=xs: fn(*xs))
                 t_fb = bench(fwd_bwd(fn, xg))
-                rows.append(f"| {family} | {name} | {t_f:.3f} | {t_fb:.3f} |")
+                diff = max_rel(result(fn, xg), shipped)
+                flag = " **WRONG**" if not diff <= 5e-2 else ""  # bf16: other tiles round differently
+                rows.append(f"| {family} | {name} | {t_f:.3f} | {t_fb:.3f} | {diff:.1e}{flag} |")
                 if args.fwd_kernels:
                     with torch.no_grad():
                         table = kernel_table(lambda fn=fn, xs=xs: fn(*xs))
@@ -118,7 +137,7 @@ def main() -> int:
                     table = kernel_table(fwd_bwd(fn, xg))
                     print(f"{family} {name} fwd+bwd:", ", ".join(f"{k} {ms:.3f}" for k, _, ms in table), flush=True)
             except Exception as e:  # a variant that fails to compile or launch is a row, not a lost table
-                rows.append(f"| {family} | {name} | error: {type(e).__name__}: {str(e)[:100]} | |")
+                rows.append(f"| {family} | {name} | error: {type(e).__name__}: {str(e)[:100]} | | |")
             finally:
                 restore(old)
             print(rows[-1], flush=True)
