@@ -72,8 +72,9 @@ def _values(outs, args, grads):
 
 
 def check(fn, expect, args, tol):
-    """('recognized' | 'missed' | 'wrong' | 'not runnable', detail). In bf16 / fp16, where eager itself is off by its rounding,
-    ours is wrong when it is further from a float64 run on the same inputs than ``max(tol, 2 x eager's)``."""
+    """('recognized' | 'missed' | 'wrong' | 'not runnable', detail). In bf16 / fp16, where eager itself is off by
+    its rounding, ours is wrong when it is further from a float64 run on the same inputs than
+    ``max(tol, 2 x eager's)``."""
     try:
         ref = fn(*args)
     except Exception as e:  # noqa: BLE001 - the case as written fails without us
@@ -133,10 +134,11 @@ def main(argv=None):
         counts[verdict] += 1
         print(f"{verdict:10s} {name:45s} {detail}")
     n = sum(counts.values()) - counts["not runnable"]
+    skipped = counts["not runnable"]
     print(
         f"\n{counts['recognized']}/{n} recognized ({100 * counts['recognized'] / max(n, 1):.0f}%), "
         f"{counts['wrong']} wrong, {counts['missed']} missed"
-        + (f"; {counts['not runnable']} not runnable as written in {a.dtype} (eager raises)" if counts["not runnable"] else "")
+        + (f"; {skipped} not runnable as written in {a.dtype} (eager raises)" if skipped else "")
     )
     return 1 if counts["wrong"] else 0
 
