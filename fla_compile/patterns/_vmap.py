@@ -6,7 +6,9 @@ outputs, ``_vmap_decrement_nesting``). No region holding them is run on probes (
 a loop whose step is written for one head and vmapped over heads and batch was never proven. Each outermost
 bracket is traced once with ``make_fx`` on its recorded example values: the batching rules apply and leave
 plain aten ops on whole tensors, which replace the bracket. The rest of the pipeline then sees an ordinary
-step. A bracket that cannot be traced is left as it is, and so is one that torch's own code opens (flex_attention
+step, or, where the user's whole loop runs inside the vmap, an ordinary loop: the batching rules move an input's
+vmapped dim first at each of its uses, and the splice computes such repeated work once, so that every step reads
+one sequence. A bracket that cannot be traced is left as it is, and so is one that torch's own code opens (flex_attention
 builds its block mask under vmap): its internals are not the user's step, and their in-place index_put_ would
 keep the whole graph from being normalized.
 """
