@@ -99,7 +99,7 @@ def check(fn, expect, args, tol):
         return "recognized", f"pieces rewritten: {fams}" if fams else "left as written"
     if fams == [expect]:
         return "recognized", f"{expect} ({', '.join(m.spelling for m in report.matches)}), error {err:.1e}"
-    why = report.misses[0].reason if report.misses else "no miss reported"
+    why = report.misses[0].reason if report.misses else f"note: {report.notes[0]}" if report.notes else "no miss reported"
     return "missed", f"matches {fams}; {why[:150]}"
 
 

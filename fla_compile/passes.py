@@ -95,6 +95,8 @@ def _loop_pass(graph: fx.Graph, opts: Options, report: Report, pulls: list) -> N
         regions, misses = loop.find(graph)
         misses = [m for m in misses if not ("carries no state" in m[0] and m[1] in emptied)]
     report.misses += [Miss(loop.SPELLING, reason, src) for reason, src in misses]
+    if not regions and not misses:  # nothing framed: say why a loop-like graph was not (for information)
+        report.notes += [f"{loop.SPELLING} at {src}: {reason}" for reason, src in loop.copied_sources(graph)]
     for region in regions:
         if region.states:  # several states left as written: multistate.split said why
             continue

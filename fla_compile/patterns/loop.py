@@ -25,6 +25,10 @@ from ._graph import source_line, value_of
 from ._time import TimeRead, TimeWrite, time_read, time_write
 
 SPELLING = "loop"
+# the calls that collect the per-step outputs after the loop (aten's where a vmapped loop was traced)
+COLLECT = {
+    torch.stack: "stack", torch.ops.aten.stack.default: "stack", torch.cat: "cat", torch.ops.aten.cat.default: "cat"
+}
 
 
 @dataclasses.dataclass
@@ -248,6 +252,33 @@ def find(graph: fx.Graph) -> tuple[list[LoopRegion], list[tuple[str, str]]]:
     return regions, misses
 
 
+def copied_sources(graph: fx.Graph) -> list[tuple[str, str]]:
+    """Why a loop ``find`` did not anchor: its steps read time step t of their own copy of one computation
+    (``x.transpose(1, 2)[:, :, t]`` at every step), so no sequence is read at every t. [(reason, source)]."""
+    groups: dict[tuple, dict[int, set]] = defaultdict(lambda: defaultdict(set))
+    first: dict[tuple, fx.Node] = {}
+    for n in graph.nodes:
+        r = time_read(n)
+        if r is None or not n.users or r.src.op not in ("call_function", "call_method"):
+            continue
+        key = (r.src.target, repr(r.src.args), repr(r.src.kwargs), r.dim, repr(r.post))
+        groups[key][r.index].add(r.src)
+        first.setdefault(key, n)
+    copies, T, where = [], 0, None
+    for key, idx in groups.items():
+        srcs = set().union(*idx.values())
+        v = value_of(next(iter(srcs)))
+        n = v.shape[key[3]] if isinstance(v, torch.Tensor) and key[3] < v.dim() else 0
+        if len(srcs) > 1 and n >= 2 and sorted(idx) == list(range(n)) and all(len(s) == 1 for s in idx.values()):
+            copies.append(f"{getattr(key[0], '__name__', key[0])}{key[1]}")
+            if where is None:
+                T, where = n, first[key]
+    if not copies:
+        return []
+    return [(f"time loop at T={T} not re-rolled: each step reads step t of its own copy of {', '.join(copies)}, "
+             "not one sequence read at every t (computed once before the loop, it would be)", source_line(where))]
+
+
 def _peeled(n: fx.Node) -> bool:
     """A read of step 0 that only a peeled first step (``patterns/peel.py``) still uses: not a step's read."""
     return bool(n.meta.get("fla_peeled")) and all(u.meta.get("fla_peeled") for u in n.users)
@@ -338,10 +369,10 @@ def _build(nodes, pos, s, T, L, loop_keys) -> LoopRegion:
                     raise _Mismatch(normalizer_message(blocks, state, norm, "its final value is used after the loop"))
                 elif t == T - 1 and i in buffers:
                     outs[("buffer", i)] = ("buffer", writes[i].dim, i, n)
-                elif t == 0 and u.target in (torch.stack, torch.cat) and _collects(u, blocks, i):
+                elif t == 0 and u.target in COLLECT and _collects(u, blocks, i):
                     dim = u.args[1] if len(u.args) > 1 else u.kwargs.get("dim", 0)
-                    outs[(u,)] = ("stack" if u.target is torch.stack else "cat", dim, i, u)
-                elif t > 0 and u.target in (torch.stack, torch.cat) and _collects(u, blocks, i):
+                    outs[(u,)] = (COLLECT[u.target], dim, i, u)
+                elif t > 0 and u.target in COLLECT and _collects(u, blocks, i):
                     continue
                 else:
                     raise _Mismatch(f"'{n.name}' of step {t} is used after the loop by '{u.name}'")

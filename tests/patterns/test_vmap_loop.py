@@ -62,6 +62,36 @@ def gated_delta_vmap_batch(q, k, v, g, b):
     return torch.stack(outs, 1)
 
 
+def gla_loop_vmapped_heads(q, k, v, g, b):
+    """The whole loop written for one head ([B, T, K] inputs) and vmapped over the head dim 2 of [B, T, H, K]:
+    the batching rules move the head dim first at every read (``permute(q, [2, 0, 1, 3])`` per step), which the
+    splice computes once, so the steps read one sequence; the outputs are stacked by ``aten.stack``."""
+
+    def one_head(q, k, v, g):
+        S = q.new_zeros(q.shape[0], q.shape[-1], v.shape[-1])
+        outs = []
+        for t in range(q.shape[1]):
+            S = S * g[:, t].exp()[..., None] + k[:, t, :, None] * v[:, t, None, :]
+            outs.append(torch.einsum("bk,bkv->bv", q[:, t], S))
+        return torch.stack(outs, 1)
+
+    return torch.vmap(one_head, in_dims=2, out_dims=2)(q, k, v, g)
+
+
+def gla_loop_vmapped_batch_heads(q, k, v, g, b):
+    """The loop for one sequence and head ([T, K] inputs), vmapped over heads (dim 1) then batch (dim 0)."""
+
+    def one(q, k, v, g):
+        S = q.new_zeros(q.shape[-1], v.shape[-1])
+        outs = []
+        for t in range(q.shape[0]):
+            S = g[t].exp()[:, None] * S + torch.outer(k[t], v[t])
+            outs.append(q[t] @ S)
+        return torch.stack(outs)
+
+    return torch.vmap(torch.vmap(one, in_dims=1, out_dims=1))(q, k, v, g)
+
+
 def vmap_state_through_tanh(q, k, v, g, b):
     def step(S, q_t, k_t, v_t, g_t):
         S = torch.tanh(g_t.exp()[:, None] * S + k_t[:, None] * v_t[None, :])
@@ -88,6 +118,34 @@ def vmap_decay_reads_state(q, k, v, g, b):
         S, o = f(S, q[:, t], k[:, t], v[:, t])
         outs.append(o)
     return torch.stack(outs, 1)
+
+
+def vmap_loop_state_through_tanh(q, k, v, g, b):
+    """The vmapped whole loop of ``gla_loop_vmapped_heads`` with its state through tanh: no linear recurrence."""
+
+    def one_head(q, k, v, g):
+        S = q.new_zeros(q.shape[0], q.shape[-1], v.shape[-1])
+        outs = []
+        for t in range(q.shape[1]):
+            S = torch.tanh(S * g[:, t].exp()[..., None] + k[:, t, :, None] * v[:, t, None, :])
+            outs.append(torch.einsum("bk,bkv->bv", q[:, t], S))
+        return torch.stack(outs, 1)
+
+    return torch.vmap(one_head, in_dims=2, out_dims=2)(q, k, v, g)
+
+
+def vmap_loop_keys_reversed(q, k, v, g, b):
+    """The vmapped whole loop whose step t reads k at T-1-t: each step's read of the (shared) k differs."""
+
+    def one_head(q, k, v, g):
+        S = q.new_zeros(q.shape[0], q.shape[-1], v.shape[-1])
+        outs = []
+        for t in range(q.shape[1]):
+            S = S * g[:, t].exp()[..., None] + k[:, T - 1 - t, :, None] * v[:, t, None, :]
+            outs.append(torch.einsum("bk,bkv->bv", q[:, t], S))
+        return torch.stack(outs, 1)
+
+    return torch.vmap(one_head, in_dims=2, out_dims=2)(q, k, v, g)
 
 
 def vmap_softmax_attention(q, k, v, g, b):
@@ -127,6 +185,8 @@ def run(fn):
         (gla_vmap_batch_heads, "gla"),
         (simple_gla_vmap_heads_dim1, "simple_gla"),
         (gated_delta_vmap_batch, "gated_delta_rule"),
+        (gla_loop_vmapped_heads, "gla"),
+        (gla_loop_vmapped_batch_heads, "gla"),
     ],
     ids=lambda x: getattr(x, "__name__", x),
 )
@@ -144,7 +204,15 @@ def test_vmapped_step_is_recognised(fn, family):
 
 
 @pytest.mark.parametrize(
-    "fn", [vmap_state_through_tanh, vmap_decay_reads_state, vmap_softmax_attention], ids=lambda f: f.__name__
+    "fn",
+    [
+        vmap_state_through_tanh,
+        vmap_decay_reads_state,
+        vmap_softmax_attention,
+        vmap_loop_state_through_tanh,
+        vmap_loop_keys_reversed,
+    ],
+    ids=lambda f: f.__name__,
 )
 def test_vmapped_lookalikes_stay_as_written(fn):
     xs, ref, out, report = run(fn)
@@ -165,3 +233,22 @@ def test_symbolic_sizes_leave_vmap_as_written():
     out = torch.compile(gla_vmap_batch_heads, backend="fla", dynamic=True, options={"inductor": False})(*xs)
     assert not fla_compile.last_report().matches
     assert rel(out, gla_vmap_batch_heads(*xs)) < 1e-6
+
+
+def gla_loop_reads_a_copy_per_step(q, k, v, g, b):
+    """Every step transposes the whole q, k, v, g again and reads step t of its copy: no sequence is read at
+    every t, so no loop is framed; the report says why in a note (it said nothing before)."""
+    S = q.new_zeros(B, H, K, V)
+    outs = []
+    for t in range(T):
+        g_t, k_t, v_t = g.transpose(1, 2)[:, :, t], k.transpose(1, 2)[:, :, t], v.transpose(1, 2)[:, :, t]
+        S = S * g_t[..., None].exp() + k_t[..., None] * v_t[..., None, :]
+        outs.append((q.transpose(1, 2)[:, :, t, :, None] * S).sum(-2))
+    return torch.stack(outs, 1)
+
+
+def test_a_loop_reading_copies_is_explained():
+    xs, ref, out, report = run(gla_loop_reads_a_copy_per_step)
+    said = "not re-rolled: each step reads step t of its own copy of transpose"
+    assert any(said in n for n in report.notes), str(report)
+    assert rel(out, ref) < 1e-5
