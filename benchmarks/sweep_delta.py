@@ -69,6 +69,7 @@ VARIANTS = [
     ("wy+pair fused w8", {"wy_pair_fused": True, "wy_pair": (8, 2)}),
     ("wy+pair fused s1", {"wy_pair_fused": True, "wy_pair": (4, 1)}),
     ("wy+pair fused s3", {"wy_pair_fused": True, "wy_pair": (4, 3)}),
+    ("wy+pair fused w8 s1", {"wy_pair_fused": True, "wy_pair": (8, 1)}),  # offline sm_90: no spill at 8 warps
 ]
 
 

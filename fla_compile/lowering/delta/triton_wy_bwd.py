@@ -307,12 +307,15 @@ def chunk_wy_pair_bwd_kernel(
     PREC: tl.constexpr,
 ):
     """``chunk_wy_bwd_kernel`` then ``chunk_kk_pair_bwd_kernel`` in one program (no gate or a scalar one), the same
-    arithmetic in the same order: dv, dbeta and dG written, dk added to (it holds the dqk kernel's part).
+    arithmetic in the same order (but for sums over key blocks): dv, dbeta and dG written, dk added to (it holds
+    the dqk kernel's part).
 
     dW = -dv_new Sᵀ is read ([TT, H, K], the dqk kernel's ``DW``): no chunk state is loaded, and the keys and
-    values go by blocks of BK and BV (small tiles, 4 warps, more programs per SM than the 8-warp WY backward).
-    Q = dN o E stays in registers; its transpose comes from the dN buffer (Q written, a barrier, loaded
-    transposed: this program's own bytes, from L2), never ``tl.trans``. dk is re-read after the same barrier."""
+    values go by blocks of BK and BV. Q = dN o E stays in registers; its transpose comes from the dN buffer (Q
+    written, a barrier, loaded transposed: this program's own bytes, from L2), never ``tl.trans``. dk is re-read
+    after the same barrier. Registers (sm_90, bf16, K = V = 128, Triton 3.9 offline): 4 warps ~255 with a small
+    spill, 8 warps ~220-250 without (benchmarks/delta_bwd_regs.py). Tried and worse there: Q and Qᵀ loaded per key
+    block instead of kept, and dk read once (the scaled keys' gradient moved to the second key loop)."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
     i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
