@@ -70,6 +70,9 @@ VARIANTS = [
     ("wy+pair fused s1", {"wy_pair_fused": True, "wy_pair": (4, 1)}),
     ("wy+pair fused s3", {"wy_pair_fused": True, "wy_pair": (4, 3)}),
     ("wy+pair fused w8 s1", {"wy_pair_fused": True, "wy_pair": (8, 1)}),  # offline sm_90: no spill at 8 warps
+    # the dqk kernel's dW accumulator: 185 -> 255 registers at 4 warps without a gate (offline sm_90)
+    ("wy+pair fused dqk w8", {"wy_pair_fused": True, "dqk": (8, 2)}),
+    ("wy+pair fused w8 dqk w8", {"wy_pair_fused": True, "wy_pair": (8, 2), "dqk": (8, 2)}),
 ]
 
 
