@@ -344,7 +344,7 @@ def backward_parts(
     dG = torch.empty(gate.shape, **f32) if gid else dbeta
     dN = torch.empty(B, T, H, BT, **f32)
     BV = min(64, launch.pow2(V))
-    if fused:  # 4 and 5: dN stays in the kernel (the buffer carries its transpose)
+    if fused:  # 4 and 5: dN stays in the kernel (the dN buffer carries Q for its transposed load)
         launch.fitted(
             kwb.chunk_wy_pair_bwd_kernel, (NS, H),
             k, v, beta, gcp, X, dw, dvn, dv, dk, dbeta, dG, dN, cu, info, H, G, K, V, BT, min(64, BK), BV, gid, prec,
