@@ -1,8 +1,9 @@
 """Registers, spills and shared memory of the delta line's backward kernels, compiled offline (no GPU).
 
-    python benchmarks/delta_bwd_regs.py [--arch 90] [--warps 8,4] [--dtype bf16]
+    python benchmarks/delta_bwd_regs.py [--arch 90] [--warps 8,4] [--dtype bf16] [--gates 0,1,2]
 
-Compiles the state-gradient pass and the WY backward at K = V = 128, BT = 64
+Compiles the state-gradient pass, the WY backward, the k kᵀ pairs and (no gate, scalar gate) the fused WY + pairs
+kernel (``wy_pair_fused``) at K = V = 128, BT = 64
 for ``GPUTarget("cuda", arch)`` and reads the cubin's resource usage with the cuobjdump Triton ships. The
 counts come from this machine's Triton, which may differ from the GPU machine's; a guide, not a measurement.
 """
@@ -28,7 +29,7 @@ def compile_one(fn, consts, dt, arch, warps, stages):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    typed = {"q": dt, "k": dt, "v": dt, "w": dt, "do": dt, "dh": dt, "dvn": dt, "X": dt, "h": dt, "dv": dt}
+    typed = {"q": dt, "k": dt, "v": dt, "w": dt, "do": dt, "dh": dt, "dvn": dt, "X": dt, "h": dt, "dv": dt, "dw": dt}
     sig = {}
     for name in fn.arg_names:
         if name in consts:
@@ -94,13 +95,17 @@ def main() -> int:
             ("chunk_delta_dh_kernel", kwb.chunk_delta_dh_kernel, dict(dh, BK=128, BV=64)),
             ("chunk_wy_bwd_kernel", kwb.chunk_wy_bwd_kernel, dict(wy, BK=128)),
         ]
+        if gid != 2:  # the pairs (no gate, scalar gate) and the kernel that fuses them with the WY backward
+            pair = dict(H=16, G=1, K=K, BT=BT, BK=64, GATE=gid, PREC=prec)
+            jobs.append(("chunk_kk_pair_bwd_kernel", kwb.chunk_kk_pair_bwd_kernel, pair))
+            jobs.append(("chunk_wy_pair_bwd_kernel", kwb.chunk_wy_pair_bwd_kernel, dict(wy, BK=64)))
         for name, fn, consts in jobs:
             for warps in (int(w) for w in args.warps.split(",")):
                 try:
                     u = usage(compile_one(fn, consts, args.dtype, args.arch, warps, 2))
-                    row = f"| {name} | {gid} | {consts['BK']} | {consts['BV']} | {warps} | {u['regs']} | {u['spill']} | {u['shared']} |"
+                    row = f"| {name} | {gid} | {consts['BK']} | {consts.get('BV', '-')} | {warps} | {u['regs']} | {u['spill']} | {u['shared']} |"
                 except Exception as e:  # one failed compile is a row, not a lost table
-                    row = f"| {name} | {gid} | {consts['BK']} | {consts['BV']} | {warps} | error: {type(e).__name__}: {str(e)[:80]} | | |"
+                    row = f"| {name} | {gid} | {consts['BK']} | {consts.get('BV', '-')} | {warps} | error: {type(e).__name__}: {str(e)[:80]} | | |"
                 rows.append(row)
                 log.info(row)
     log.info("\n" + "\n".join(rows))

@@ -63,6 +63,17 @@ VARIANTS = [
     # unpipelined (~half the shared memory: two programs per SM, so 256 programs in one wave)
     ("dh w4 s1", {"dh": (4, 1)}),
     ("dh BV=32 w4 s1", {"BV_dh": 32, "dh": (4, 1)}),
+    # no gate / a scalar gate: the WY backward and the k kᵀ pairs by one kernel reading the dqk kernel's dW (FLA's
+    # prepare_wy_repr_bwd structure; kda keeps its path): the two kernels were 0.423 + 0.254 ms, FLA's one 0.223
+    ("wy+pair fused", {"wy_pair_fused": True}),
+    ("wy+pair fused w2", {"wy_pair_fused": True, "wy_pair": (2, 2)}),
+    ("wy+pair fused w8", {"wy_pair_fused": True, "wy_pair": (8, 2)}),
+    ("wy+pair fused s1", {"wy_pair_fused": True, "wy_pair": (4, 1)}),
+    ("wy+pair fused s3", {"wy_pair_fused": True, "wy_pair": (4, 3)}),
+    ("wy+pair fused w8 s1", {"wy_pair_fused": True, "wy_pair": (8, 1)}),  # offline sm_90: no spill at 8 warps
+    # the dqk kernel's dW accumulator: 185 -> 255 registers at 4 warps without a gate (offline sm_90)
+    ("wy+pair fused dqk w8", {"wy_pair_fused": True, "dqk": (8, 2)}),
+    ("wy+pair fused w8 dqk w8", {"wy_pair_fused": True, "wy_pair": (8, 2), "dqk": (8, 2)}),
 ]
 
 

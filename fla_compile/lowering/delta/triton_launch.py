@@ -87,6 +87,10 @@ _DEFAULTS = {
     "BV_o": 64,
     "fill_sms": False,  # shrink the state passes' V block while their grid is under one wave (``_state_bv``)
     "A_row_block": (4, 2),  # kda's A kernel's warps and stages (3 stages: ~170 registers, 2: ~115 on sm90)
+    # no gate or a scalar one: the dqk kernel forms dW and one kernel (chunk_wy_pair_bwd_kernel, options "wy_pair")
+    # does the WY backward and the k kᵀ pairs, as FLA's prepare_wy_repr_bwd; off until an H200 A/B
+    "wy_pair_fused": False,
+    "wy_pair": (4, 2),
 }
 OVERRIDES: dict = {}
 FUSED_A = True  # kda: k kᵀ and q kᵀ by one kernel in the forward (False: the GLA line's A kernel twice)
@@ -317,10 +321,12 @@ def backward_parts(
     dA = torch.empty(B, T, H, BT, **f32) if gid == 2 else dk
     dg = torch.empty(B, T, H, K, **f32) if gid else None
     BKq, BVq = min(64, BK), min(64, launch.pow2(V))
+    fused = gid != 2 and _knob("wy_pair_fused", dev)  # steps 4 and 5 by one kernel, reading dW = -dv_new Sᵀ
+    dw = torch.empty(B, T, H, K, device=dev, dtype=dt) if fused else None
     launch.fitted(
         gla_kern.chunk_bwd_dqk_kernel, (NS, launch.cdiv(K, BKq), H),
         q, k, vn, gcp, h, do, dh, dA, dg if dg is not None else dq, dq, dk, cu, info, scale, H, G, K, V, BT, BKq,
-        BVq, gid, prec, **_opts("dqk", dev),
+        BVq, gid, prec, **(dict(dvn=dvn, dw=dw, DW=True) if fused else {}), **_opts("dqk", dev),
     )  # fmt: skip
     NC = BT // 16
     BKi = min(64, BK)
@@ -340,11 +346,18 @@ def backward_parts(
     dG = torch.empty(gate.shape, **f32) if gid else dbeta
     dN = torch.empty(B, T, H, BT, **f32)
     BV = min(64, launch.pow2(V))
-    launch.fitted(
-        kwb.chunk_wy_bwd_kernel, (NS, H),
-        k, v, beta, gcp, X, h, dvn, dv, dk, dbeta, dG, dN, cu, info, H, G, K, V, BT, BK, BV, gid, prec,
-        **_opts("wy_bwd", dev),
-    )  # fmt: skip
+    if fused:  # 4 and 5: dN stays in the kernel (the dN buffer carries Q for its transposed load)
+        launch.fitted(
+            kwb.chunk_wy_pair_bwd_kernel, (NS, H),
+            k, v, beta, gcp, X, dw, dvn, dv, dk, dbeta, dG, dN, cu, info, H, G, K, V, BT, min(64, BK), BV, gid, prec,
+            **_opts("wy_pair", dev),
+        )  # fmt: skip
+    else:
+        launch.fitted(
+            kwb.chunk_wy_bwd_kernel, (NS, H),
+            k, v, beta, gcp, X, h, dvn, dv, dk, dbeta, dG, dN, cu, info, H, G, K, V, BT, BK, BV, gid, prec,
+            **_opts("wy_bwd", dev),
+        )  # fmt: skip
     # 5. the pairs of A = k k^T (gated)
     if gid == 2:
         launch.fitted(
@@ -356,10 +369,11 @@ def backward_parts(
             dG, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev)
         )
     else:
-        launch.fitted(
-            kwb.chunk_kk_pair_bwd_kernel, (NS, H),
-            k, beta, gcp, dN, dk, dbeta, dG, cu, info, H, G, K, BT, min(64, BK), gid, prec, **_opts("pair", dev)
-        )
+        if not fused:
+            launch.fitted(
+                kwb.chunk_kk_pair_bwd_kernel, (NS, H),
+                k, beta, gcp, dN, dk, dbeta, dG, cu, info, H, G, K, BT, min(64, BK), gid, prec, **_opts("pair", dev)
+            )
         if gid == 1:
             dg = dg.sum(-1).contiguous()
             launch.fitted(gla_intra.chunk_rc_add_kernel, (NS, 1, H), dG, dg, cu, info, H, 1, BT, 16, **_opts("rc", dev))

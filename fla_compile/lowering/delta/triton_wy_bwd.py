@@ -15,6 +15,10 @@ Per chunk, with v_new = U - W S, o = (e^G q) S scale + M v_new and S' = e^{G_las
    line's intra kernel (a gate per key dim), with R = (dN o E) k and C = (dN o E)ᵀ (b k):
    dk += b R + C, db += k . R, dG += b k R - k C.
 
+``chunk_wy_pair_bwd_kernel`` (launch option ``wy_pair_fused``, no gate or a scalar one) does steps 4 and 5 in one
+program per (chunk, head), as FLA's prepare_wy_repr_bwd: dW formed by the dqk kernel (its ``DW``), key and value
+blocks of 64, dN kept in registers.
+
 dG is the gradient of the in-chunk cumsum G; the launcher turns it into the gate's by a reverse cumsum inside
 each chunk. No ``tl.trans``: transposed operands are loaded transposed.
 
@@ -274,6 +278,130 @@ def chunk_kk_pair_bwd_kernel(
     tl.store(dbeta + p, tl.load(dbeta + p, mask=m_t, other=0) + b_db, mask=m_t)
     if GATE == 1:
         tl.store(dG + p, tl.load(dG + p, mask=m_t, other=0) + b_dg, mask=m_t)
+
+
+@triton.jit
+def chunk_wy_pair_bwd_kernel(
+    k,
+    v,
+    beta,
+    gc,
+    X,
+    dw,
+    dvn,
+    dv,
+    dk,
+    dbeta,
+    dG,
+    dN,
+    cu,
+    info,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATE: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """``chunk_wy_bwd_kernel`` then ``chunk_kk_pair_bwd_kernel`` in one program (no gate or a scalar one), the same
+    arithmetic in the same order (but for sums over key blocks): dv, dbeta and dG written, dk added to (it holds
+    the dqk kernel's part).
+
+    dW = -dv_new Sᵀ is read ([TT, H, K], the dqk kernel's ``DW``): no chunk state is loaded, and the keys and
+    values go by blocks of BK and BV. Q = dN o E stays in registers; its transpose comes from the dN buffer (Q
+    written, a barrier, loaded transposed: this program's own bytes, from L2), never ``tl.trans``. dk is re-read
+    after the same barrier. Registers (sm_90, bf16, K = V = 128, Triton 3.9 offline): 4 warps ~255 with a small
+    spill, 8 warps ~220-250 without (benchmarks/delta_bwd_regs.py). Tried and worse there: Q and Qᵀ loaded per key
+    block instead of kept, and dk read once (the scaled keys' gradient moved to the second key loop)."""
+    i_s, i_h = tl.program_id(0), tl.program_id(1)
+    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
+    if i_n < 0:
+        return
+    i_hk = i_h // G
+    o_i = tl.arange(0, BT)
+    o_t = bos + i_c * BT + o_i
+    m_t = o_t < eos
+    m_tt = m_t[:, None] & m_t[None, :]
+    # [BT, BT]: Xᵀ, loaded transposed (row a = column a of X)
+    b_Xt = tl.load(X + (o_t * H + i_h)[None, :] * BT + o_i[:, None], mask=m_t[None, :], other=0)
+    dt = b_Xt.dtype
+    b_b = tl.load(beta + o_t * H + i_h, mask=m_t, other=0).to(tl.float32)
+    b_e = tl.full([BT], 1.0, tl.float32)  # e^G
+    if GATE == 1:
+        b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
+        b_e = tl.exp(b_g)
+    b_dX = tl.zeros([BT, BT], dtype=tl.float32)
+    b_db = tl.zeros([BT], dtype=tl.float32)
+    b_dg = tl.zeros([BT], dtype=tl.float32)
+    # dU = dv_new through U = X (b v)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        m_tv = m_t[:, None] & m_v[None, :]
+        p_v = (o_t * H + i_h)[:, None] * V + o_v[None, :]
+        # [BT, BV]
+        b_du = tl.load(dvn + p_v, mask=m_tv, other=0).to(dt)
+        b_v = tl.load(v + p_v, mask=m_tv, other=0)
+        # [BV, BT]
+        b_vt = tl.load(v + (o_t * H + i_h)[None, :] * V + o_v[:, None], mask=m_v[:, None] & m_t[None, :], other=0)
+        b_dX += tl.dot(b_du, (b_vt.to(tl.float32) * b_b[None, :]).to(dt), input_precision=PREC)
+        b_dvb = tl.dot(b_Xt, b_du, input_precision=PREC)
+        tl.store(dv + p_v, (b_dvb * b_b[:, None]).to(dv.dtype.element_ty), mask=m_tv)
+        b_db += tl.sum(b_dvb * b_v.to(tl.float32), 1)
+    # dW through W = X (b e^G k), by key blocks: the scaled keys' gradient b e^G Xᵀ dW goes into dk
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        m_tk = m_t[:, None] & m_k[None, :]
+        p_k = (o_t * H + i_h)[:, None] * K + o_k[None, :]
+        # [BT, BK] and [BK, BT]: e^G k
+        b_dw = tl.load(dw + p_k, mask=m_tk, other=0).to(dt)
+        b_k = tl.load(k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
+        b_kt = tl.load(k + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :],
+                       other=0).to(tl.float32)  # fmt: skip
+        b_k = b_k * b_e[:, None]
+        b_kt = b_kt * b_e[None, :]
+        b_dX += tl.dot(b_dw, (b_kt * b_b[None, :]).to(dt), input_precision=PREC)
+        b_dkb = tl.dot(b_Xt, b_dw, input_precision=PREC)
+        b_dkk = tl.sum(b_dkb * b_k, 1)
+        b_db += b_dkk
+        b_dg += b_dkk * b_b
+        tl.store(dk + p_k, tl.load(dk + p_k, mask=m_tk, other=0) + b_dkb * b_b[:, None] * b_e[:, None], mask=m_tk)
+    # dN = -Xᵀ dX Xᵀ on the strictly lower part (X = (I + N)^-1), then Q = dN o E
+    m_low = (o_i[:, None] >= o_i[None, :]) & m_tt
+    b_dX = tl.where(m_low, b_dX, 0)
+    b_Xtf = b_Xt.to(tl.float32)
+    b_P = tl.dot(b_dX, b_Xtf, input_precision=PREC)
+    b_Q = -tl.dot(b_Xtf, b_P, input_precision=PREC)
+    m_S = (o_i[:, None] > o_i[None, :]) & m_tt
+    b_Q = tl.where(m_S, b_Q, 0)
+    if GATE == 1:
+        b_Q *= tl.exp(tl.where(m_S, b_g[:, None] - b_g[None, :], 0))
+    p_Q = (o_t * H + i_h)[:, None] * BT + o_i[None, :]
+    tl.store(dN + p_Q, b_Q, mask=m_t[:, None])
+    tl.debug_barrier()  # Q and dk as this program stored them, for all its threads
+    # [BT, BT]: Qᵀ, loaded transposed
+    b_Qt = tl.load(dN + (o_t * H + i_h)[None, :] * BT + o_i[:, None], mask=m_tt, other=0)
+    # the pairs of A = k kᵀ e^{G_i - G_j}: R = Q k, C = Qᵀ (b k)
+    b_db2 = tl.zeros([BT], dtype=tl.float32)
+    b_dg2 = tl.zeros([BT], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_tk = m_t[:, None] & (o_k < K)[None, :]
+        p_k = (o_t * H + i_h)[:, None] * K + o_k[None, :]
+        # [BT, BK]
+        b_k = tl.load(k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
+        b_R = tl.dot(b_Q, b_k, input_precision=PREC)
+        b_C = tl.dot(b_Qt, b_k * b_b[:, None], input_precision=PREC)
+        tl.store(dk + p_k, tl.load(dk + p_k, mask=m_tk, other=0) + b_b[:, None] * b_R + b_C, mask=m_tk)
+        b_db2 += tl.sum(b_k * b_R, 1)
+        b_dg2 += tl.sum(b_k * (b_b[:, None] * b_R - b_C), 1)
+    tl.store(dbeta + o_t * H + i_h, b_db + b_db2, mask=m_t)
+    if GATE == 1:  # without a gate dG is a placeholder (the launcher passes dbeta)
+        tl.store(dG + o_t * H + i_h, b_dg + b_dg2, mask=m_t)
 
 
 @triton.jit

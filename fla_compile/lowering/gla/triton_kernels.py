@@ -410,11 +410,16 @@ def chunk_bwd_dqk_kernel(
     PREC: tl.constexpr,
     gq=None,
     BONUS: tl.constexpr = False,
+    dvn=None,
+    dw=None,
+    DW: tl.constexpr = False,
 ):
     """dq, dk per head of v (fp32), from dA = do v^T, do h^T and v dh^T (gla: the inter-chunk part, and dA).
 
     BONUS (rwkv6): q is gated by gq (the exclusive cumsum), so its terms enter the gate gradient of the
-    steps strictly before it (a strict suffix sum); dA keeps its diagonal, the bonus's."""
+    steps strictly before it (a strict suffix sum); dA keeps its diagonal, the bonus's.
+    DW (the delta line's fused WY backward): also dw = -dvn h^T [BT, BK] in dw's dtype, from the h tiles this
+    loop loads anyway (as FLA's dqkwg), so that kernel reads no chunk state."""
     i_s, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
@@ -432,6 +437,8 @@ def chunk_bwd_dqk_kernel(
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)
     b_dk = tl.zeros([BT, BK], dtype=tl.float32)
     b_hdh = tl.zeros([BK], dtype=tl.float32)
+    if DW:
+        b_dw = tl.zeros([BT, BK], dtype=tl.float32)
     for i_v in range(0, tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = o_v < V
@@ -449,6 +456,9 @@ def chunk_bwd_dqk_kernel(
         b_dA += tl.dot(b_do, b_vt, input_precision=PREC)
         b_dq += tl.dot(b_do, b_ht, input_precision=PREC)
         b_dk += tl.dot(b_v, b_dht, input_precision=PREC)
+        if DW:
+            b_dvn = tl.load(dvn + (o_t * H + i_h)[:, None] * V + o_v[None, :], mask=m_tv, other=0).to(b_do.dtype)
+            b_dw -= tl.dot(b_dvn, b_ht, input_precision=PREC)
         if GATE != 0:
             b_hdh += tl.sum(b_ht.to(tl.float32) * b_dht.to(tl.float32), axis=0)
     b_dA = tl.where(m_A, b_dA, 0)
@@ -491,6 +501,8 @@ def chunk_bwd_dqk_kernel(
         if i_k == 0:  # the intra-chunk part is added by chunk_gla_bwd_intra_kernel, from dA
             tl.store(dA + (o_t * H + i_h)[:, None] * BT + o_i[None, :], b_dA, mask=m_t[:, None])
     p = (o_t * H + i_h)[:, None] * K + o_k[None, :]
+    if DW:
+        tl.store(dw + p, b_dw.to(dw.dtype.element_ty), mask=m_tk)
     if GATE != 0:
         # suffix and strict prefix sums as scans: a cumsum minus the element itself would lose a small
         # sum next to a large element, so the strict prefix is a scan of its own (_strict_prefix)
