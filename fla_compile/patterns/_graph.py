@@ -52,6 +52,9 @@ INPLACE_OPERATORS = {
     operator.itruediv: operator.truediv,
     operator.ipow: operator.pow,
     operator.imatmul: operator.matmul,
+    operator.iand: operator.and_,
+    operator.ior: operator.or_,
+    operator.ixor: operator.xor,
 }
 
 
@@ -264,6 +267,8 @@ def _inplace_kind(node: fx.Node):
     if isinstance(t, torch._ops.OpOverload):
         return "unsupported" if t._schema.is_mutable else None
     name = getattr(t, "__name__", "")
+    if getattr(t, "__module__", None) == "_operator":  # operator.and_ / or_ / not_ are out of place
+        name = ""
     if node.kwargs.get("inplace") is True or (name.endswith("_") and not name.startswith("_")):
         return "unsupported"
     return None
@@ -277,6 +282,44 @@ def _is_view(node: fx.Node) -> bool:
             return node.target.is_view
         return node.target in VIEW_FUNCTIONS
     return False
+
+
+def _fresh_element(node: fx.Node) -> bool:
+    """``node`` reads one element of an op's tuple of new tensors (``torch.return_types``: topk, sort,
+    max(dim)...), read nowhere else than through such getitems: not a view of anything."""
+    if node.op != "call_function" or node.target is not operator.getitem or len(node.args) != 2:
+        return False
+    src = node.args[0]
+    if not isinstance(src, fx.Node) or not isinstance(node.args[1], int):
+        return False
+    ev = src.meta.get("example_value")
+    fresh = type(ev).__module__ == "torch.return_types"
+    return fresh and all(u.op == "call_function" and u.target is operator.getitem for u in src.users)
+
+
+_SLICE_COPY = "slice copy"  # base[idx].copy_(src), rewritten as functional_setitem(base, idx, src)
+
+
+def _basic_index(idx) -> bool:
+    """An index whose getitem is a view (ints, slices of ints, ..., None), not a copy (tensors, lists)."""
+    items = idx if isinstance(idx, tuple) else (idx,)
+    ok = (int, type(None), type(Ellipsis))
+    return all(
+        isinstance(i, ok) or (isinstance(i, slice) and all(isinstance(x, ok) for x in (i.start, i.stop, i.step)))
+        for i in items
+    )
+
+
+def _copy_into_slice(node: fx.Node, r: fx.Node, same_storage: set) -> bool:
+    """``node`` is ``base[idx].copy_(src)`` with ``base`` the storage root itself, ``idx`` a basic index
+    and the result unused: the same as ``base[idx] = src``."""
+    if node.op != "call_method" or node.target != "copy_" or len(node.args) != 2 or node.kwargs or node.users:
+        return False
+    view = node.args[0]
+    if view.op != "call_function" or view.target is not operator.getitem or len(view.args) != 2:
+        return False
+    base = view.args[0]
+    return isinstance(base, fx.Node) and (base is r or base in same_storage) and _basic_index(view.args[1])
 
 
 def to_ssa(gm: fx.GraphModule) -> tuple[fx.Graph | None, str]:
@@ -294,6 +337,7 @@ def to_ssa(gm: fx.GraphModule) -> tuple[fx.Graph | None, str]:
     same_storage: set[fx.Node] = set()  # results of in-place ops: the root itself, not a view
     remap: dict[fx.Node, dict[fx.Node, fx.Node]] = {}  # node -> {argument: update it must read}
     updates: list[tuple[fx.Node, object]] = []
+    elements: dict[tuple, fx.Node] = {}  # (tuple node, index) -> its first getitem
 
     def read(node: fx.Node, a: fx.Node) -> None:
         r = root.get(a, a)
@@ -313,6 +357,12 @@ def to_ssa(gm: fx.GraphModule) -> tuple[fx.Graph | None, str]:
                 read(node, a)
             if kind is None:
                 first = node.args[0] if node.args else None
+                if _fresh_element(node):  # topk(...)[0]: its own storage, shared only with the same element
+                    elem = elements.setdefault((first, node.args[1]), node)
+                    if elem is not node:
+                        root[node] = elem
+                        same_storage.add(node)
+                    continue
                 if _is_view(node) and isinstance(first, fx.Node):
                     r = root.get(first, first)
                     root[node] = r
@@ -325,7 +375,11 @@ def to_ssa(gm: fx.GraphModule) -> tuple[fx.Graph | None, str]:
             if r.op in ("placeholder", "get_attr"):
                 raise _Refuse(f"'{node.name}' updates the input '{r.name}' in place")
             if target is not r and target not in same_storage:
-                raise _Refuse(f"'{node.name}' updates a view of '{r.name}' in place")
+                if not _copy_into_slice(node, r, same_storage):
+                    raise _Refuse(f"'{node.name}' updates a view of '{r.name}' in place")
+                # base[idx].copy_(src) is base[idx] = src: the update of the base, as a value
+                read(node, target.args[0])
+                kind = _SLICE_COPY
             updates.append((node, kind))
             root[node] = r
             same_storage.add(node)
@@ -336,10 +390,14 @@ def to_ssa(gm: fx.GraphModule) -> tuple[fx.Graph | None, str]:
 
     functional: dict[fx.Node, fx.Node] = {}
     for node, kind in updates:
+        args, kwargs = node.args, node.kwargs
+        if kind is _SLICE_COPY:
+            view, kind = node.args[0], functional_setitem
+            args, kwargs = (view.args[0], view.args[1], node.args[1]), {}
         with graph.inserting_before(node):
-            f = graph.call_function(kind, node.args, node.kwargs)
+            f = graph.call_function(kind, args, kwargs)
         f.meta = dict(node.meta)
-        if node.target is operator.setitem:
+        if kind is functional_setitem:
             f.meta["example_value"] = _recorded(root[node])  # symbolic sizes kept: a rewrite may read them
         functional[node] = f
     for node, mapping in remap.items():
