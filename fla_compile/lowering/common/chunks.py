@@ -75,3 +75,12 @@ def chunk_span(info, cu, i_p):
     bos = tl.load(cu + i_r).to(tl.int64)
     eos = tl.load(cu + i_r + 1).to(tl.int64)
     return i_n, i_c, bos, eos
+
+
+@triton.jit
+def state_block(NK, NV):
+    """(sequence x head, K block, V block) of a sequential state pass's program in a 1-D grid of N H NK NV: a
+    head's blocks side by side in launch order, so the blocks that read the same keys, values and queries chunk
+    by chunk share them through L2 (a grid with heads first ran them a wave apart and read them again)."""
+    pid = tl.program_id(0)
+    return pid // (NV * NK), (pid // NV) % NK, pid % NV

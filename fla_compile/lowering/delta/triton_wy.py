@@ -26,7 +26,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..common.chunks import chunk_span
+from ..common.chunks import chunk_span, state_block
 from ..common.gating import decay_to_last_t
 
 
@@ -433,10 +433,7 @@ def chunk_delta_h_kernel(
 
     BK covers K (v_new needs all of it). S stays fp32 in registers; h and v_new are stored in the inputs' dtype
     (every consumer casts them to it before its dots)."""
-    # a head's V blocks side by side in launch order: they read the same keys (and W, queries) chunk by chunk, so
-    # all but the first read come from L2 (a grid with heads first runs them waves apart and reads them again)
-    NV = tl.cdiv(V, BV)
-    i_v, i_nh = tl.program_id(0) % NV, tl.program_id(0) // NV
+    i_nh, _, i_v = state_block(1, tl.cdiv(V, BV))
     i_n, i_h = i_nh // H, i_nh % H
     i_hk = i_h // G
     bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..common.chunks import chunk_span
+from ..common.chunks import chunk_span, state_block
 
 
 @triton.jit
@@ -62,10 +62,7 @@ def chunk_delta_dh_kernel(
     PREC: tl.constexpr,
 ):
     """Per sequence, head and V block, backwards: dh[slot] = dS', dv_new, then dS; dh0 = dS of the first chunk."""
-    # a head's V blocks side by side in launch order: they read the same keys (and W, queries) chunk by chunk, so
-    # all but the first read come from L2 (a grid with heads first runs them waves apart and reads them again)
-    NV = tl.cdiv(V, BV)
-    i_v, i_nh = tl.program_id(0) % NV, tl.program_id(0) // NV
+    i_nh, _, i_v = state_block(1, tl.cdiv(V, BV))
     i_n, i_h = i_nh // H, i_nh % H
     i_hk = i_h // G
     bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)

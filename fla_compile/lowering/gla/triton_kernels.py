@@ -30,7 +30,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..common.chunks import chunk_span
+from ..common.chunks import chunk_span, state_block
 from ..common.gating import decay_to_last_t
 
 
@@ -104,11 +104,7 @@ def chunk_fwd_h_kernel(
     PREC: tl.constexpr,
 ):
     """Carry the state over a sequence's chunks: h[slot] = state before the chunk, ht = final state."""
-    # a head's (K, V) blocks side by side in launch order: they share keys, values (and queries) chunk by chunk, so
-    # repeated reads come from L2 (a grid with heads first runs them waves apart and reads them again)
-    NK, NV = tl.cdiv(K, BK), tl.cdiv(V, BV)
-    pid = tl.program_id(0)
-    i_v, i_k, i_nh = pid % NV, (pid // NV) % NK, pid // (NV * NK)
+    i_nh, i_k, i_v = state_block(tl.cdiv(K, BK), tl.cdiv(V, BV))
     i_n, i_h = i_nh // H, i_nh % H
     i_hk = i_h // G
     bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
@@ -247,11 +243,7 @@ def chunk_bwd_dh_kernel(
     """Carry the state gradient backwards: dh[slot] = dL/d(state after the chunk), dh0 = dL/d(initial state).
 
     BONUS (rwkv6): q is gated by gq, the exclusive cumsum."""
-    # a head's (K, V) blocks side by side in launch order: they share keys, values (and queries) chunk by chunk, so
-    # repeated reads come from L2 (a grid with heads first runs them waves apart and reads them again)
-    NK, NV = tl.cdiv(K, BK), tl.cdiv(V, BV)
-    pid = tl.program_id(0)
-    i_v, i_k, i_nh = pid % NV, (pid // NV) % NK, pid // (NV * NK)
+    i_nh, i_k, i_v = state_block(tl.cdiv(K, BK), tl.cdiv(V, BV))
     i_n, i_h = i_nh // H, i_nh % H
     i_hk = i_h // G
     bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
