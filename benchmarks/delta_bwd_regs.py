@@ -2,9 +2,8 @@
 
     python benchmarks/delta_bwd_regs.py [--arch 90] [--warps 8,4] [--dtype bf16] [--gates 0,1,2]
 
-Compiles the state-gradient pass, the WY backward, the k kᵀ pairs and (no gate, scalar gate) the fused WY + pairs
-kernel (``wy_pair_fused``) at K = V = 128, BT = 64
-for ``GPUTarget("cuda", arch)`` and reads the cubin's resource usage with the cuobjdump Triton ships. The
+Compiles the state-gradient pass and the WY backward (no gate, scalar gate: the kernel that fuses it with the k kᵀ
+pairs; a gate per key dim: the WY kernel alone) at K = V = 128, BT = 64 for ``GPUTarget("cuda", arch)`` and reads the cubin's resource usage with the cuobjdump Triton ships. The
 counts come from this machine's Triton, which may differ from the GPU machine's; a guide, not a measurement.
 """
 
@@ -95,10 +94,8 @@ def main() -> int:
             ("chunk_delta_dh_kernel", kwb.chunk_delta_dh_kernel, dict(dh, BK=128, BV=64)),
             ("chunk_wy_bwd_kernel", kwb.chunk_wy_bwd_kernel, dict(wy, BK=128)),
         ]
-        if gid != 2:  # the pairs (no gate, scalar gate) and the kernel that fuses them with the WY backward
-            pair = dict(H=16, G=1, K=K, BT=BT, BK=64, GATE=gid, PREC=prec)
-            jobs.append(("chunk_kk_pair_bwd_kernel", kwb.chunk_kk_pair_bwd_kernel, pair))
-            jobs.append(("chunk_wy_pair_bwd_kernel", kwb.chunk_wy_pair_bwd_kernel, dict(wy, BK=64)))
+        if gid != 2:  # the WY backward fused with the pairs (no gate, scalar gate)
+            jobs[1] = ("chunk_wy_pair_bwd_kernel", kwb.chunk_wy_pair_bwd_kernel, dict(wy, BK=64))
         for name, fn, consts in jobs:
             for warps in (int(w) for w in args.warps.split(",")):
                 try:

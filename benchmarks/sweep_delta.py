@@ -41,7 +41,7 @@ VARIANTS = [
     ("solve warps 4", {"solve": (4, 1)}),
     ("wu warps 8", {"wu": (8, 2)}),
     ("dqk warps 8", {"dqk": (8, 2)}),
-    ("pair warps 8", {"pair": (8, 2), "pair_vec": (8, 2)}),
+    ("pair_vec warps 8", {"pair_vec": (8, 2)}),
     ("pair_vec warps 2", {"pair_vec": (2, 2)}),
     ("A warps 8", {"A": (8, 2)}),
     ("A unfused", {"FUSED_A": False}),
@@ -63,17 +63,13 @@ VARIANTS = [
     # unpipelined (~half the shared memory: two programs per SM, so 256 programs in one wave)
     ("dh w4 s1", {"dh": (4, 1)}),
     ("dh BV=32 w4 s1", {"BV_dh": 32, "dh": (4, 1)}),
-    # no gate / a scalar gate: the WY backward and the k kᵀ pairs by one kernel reading the dqk kernel's dW (FLA's
-    # prepare_wy_repr_bwd structure; kda keeps its path): the two kernels were 0.423 + 0.254 ms, FLA's one 0.223
-    ("wy+pair fused", {"wy_pair_fused": True}),
-    ("wy+pair fused w2", {"wy_pair_fused": True, "wy_pair": (2, 2)}),
-    ("wy+pair fused w8", {"wy_pair_fused": True, "wy_pair": (8, 2)}),
-    ("wy+pair fused s1", {"wy_pair_fused": True, "wy_pair": (4, 1)}),
-    ("wy+pair fused s3", {"wy_pair_fused": True, "wy_pair": (4, 3)}),
-    ("wy+pair fused w8 s1", {"wy_pair_fused": True, "wy_pair": (8, 1)}),  # offline sm_90: no spill at 8 warps
+    # no gate / a scalar gate: the WY backward and the k kᵀ pairs by one kernel reading the dqk kernel's dW (shipped
+    # 2026-11-30 at 4 warps, 1 stage: 0.410 ms; 2 stages 0.444; 8 warps 0.682, kda keeps its two kernels)
+    ("wy+pair w4 s2", {"wy_pair": (4, 2)}),
+    ("wy+pair w2", {"wy_pair": (2, 1)}),
+    ("wy+pair w8 s1", {"wy_pair": (8, 1)}),  # offline sm_90: no spill at 8 warps
     # the dqk kernel's dW accumulator: 185 -> 255 registers at 4 warps without a gate (offline sm_90)
-    ("wy+pair fused dqk w8", {"wy_pair_fused": True, "dqk": (8, 2)}),
-    ("wy+pair fused w8 dqk w8", {"wy_pair_fused": True, "wy_pair": (8, 2), "dqk": (8, 2)}),
+    ("dqk w8", {"dqk": (8, 2)}),
 ]
 
 

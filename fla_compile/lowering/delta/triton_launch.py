@@ -11,7 +11,7 @@ Forward (:func:`forward_parts`, kernels in :mod:`.triton_wy` plus the GLA line's
 output kernels): k kᵀ, the blockwise WY solve, W and U, the sequential state pass, the chunk-parallel output.
 Backward (:func:`backward_parts`, :mod:`.triton_wy_bwd` plus the GLA line's dv, dqk and intra kernels): the
 forward's parts again (its X reused when the op kept it), dv_local, the reverse state pass, dq/dk through
-the output, the WY backward and the k kᵀ pairs. Deterministic: no atomics; GQA gradients are summed over
+the output, the WY backward and the k kᵀ pairs (one kernel without a per-key-dim gate). Deterministic: no atomics; GQA gradients are summed over
 head groups with torch. Launch options: the per-arch tables' "delta" section (see ``_DEFAULTS``).
 """
 
@@ -79,17 +79,13 @@ _DEFAULTS = {
     "dqk": (4, 2),
     "intra": (4, 3),
     "rc": (4, 3),
-    "wy_bwd": (8, 2),
-    "pair": (4, 2),
+    "wy_bwd": (8, 2),  # kda's WY backward (the pairs by "pair_vec"); no gate or a scalar one: "wy_pair"
     "pair_vec": (4, 2),
     "BV_h": 64,
     "BV_dh": 64,
     "BV_o": 64,
     "fill_sms": False,  # shrink the state passes' V block while their grid is under one wave (``_state_bv``)
     "A_row_block": (4, 2),  # kda's A kernel's warps and stages (3 stages: ~170 registers, 2: ~115 on sm90)
-    # no gate or a scalar one: the dqk kernel forms dW and one kernel (chunk_wy_pair_bwd_kernel, options "wy_pair")
-    # does the WY backward and the k kᵀ pairs, as FLA's prepare_wy_repr_bwd; off until an H200 A/B
-    "wy_pair_fused": False,
     "wy_pair": (4, 2),
 }
 OVERRIDES: dict = {}
@@ -321,7 +317,7 @@ def backward_parts(
     dA = torch.empty(B, T, H, BT, **f32) if gid == 2 else dk
     dg = torch.empty(B, T, H, K, **f32) if gid else None
     BKq, BVq = min(64, BK), min(64, launch.pow2(V))
-    fused = gid != 2 and _knob("wy_pair_fused", dev)  # steps 4 and 5 by one kernel, reading dW = -dv_new Sᵀ
+    fused = gid != 2  # steps 4 and 5 by one kernel, reading dW = -dv_new Sᵀ from the dqk kernel
     dw = torch.empty(B, T, H, K, device=dev, dtype=dt) if fused else None
     launch.fitted(
         gla_kern.chunk_bwd_dqk_kernel, (NS, launch.cdiv(K, BKq), H),
@@ -346,20 +342,21 @@ def backward_parts(
     dG = torch.empty(gate.shape, **f32) if gid else dbeta
     dN = torch.empty(B, T, H, BT, **f32)
     BV = min(64, launch.pow2(V))
-    if fused:  # 4 and 5: dN stays in the kernel (the dN buffer carries Q for its transposed load)
+    if fused:  # 4 and 5 in one kernel: dN stays in it (the dN buffer carries Q for its transposed load)
         launch.fitted(
             kwb.chunk_wy_pair_bwd_kernel, (NS, H),
             k, v, beta, gcp, X, dw, dvn, dv, dk, dbeta, dG, dN, cu, info, H, G, K, V, BT, min(64, BK), BV, gid, prec,
             **_opts("wy_pair", dev),
         )  # fmt: skip
-    else:
+        if gid == 1:
+            dg = dg.sum(-1).contiguous()
+            launch.fitted(gla_intra.chunk_rc_add_kernel, (NS, 1, H), dG, dg, cu, info, H, 1, BT, 16, **_opts("rc", dev))
+    else:  # a gate per key dim: 4, then 5, the pairs of A = k kᵀ (gated), by 16-row blocks
         launch.fitted(
             kwb.chunk_wy_bwd_kernel, (NS, H),
             k, v, beta, gcp, X, h, dvn, dv, dk, dbeta, dG, dN, cu, info, H, G, K, V, BT, BK, BV, gid, prec,
             **_opts("wy_bwd", dev),
         )  # fmt: skip
-    # 5. the pairs of A = k k^T (gated)
-    if gid == 2:
         launch.fitted(
             kwb.chunk_kk_pair_bwd_vec_kernel, (NS, NC, H),
             k, beta, gc, dN, dk, dbeta, dG, cu, info, H, G, K, BT, 16, BK, NC, prec, **_opts("pair_vec", dev)
@@ -368,15 +365,6 @@ def backward_parts(
             gla_intra.chunk_rc_add_kernel, (NS, launch.cdiv(K, BKi), H),
             dG, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev)
         )
-    else:
-        if not fused:
-            launch.fitted(
-                kwb.chunk_kk_pair_bwd_kernel, (NS, H),
-                k, beta, gcp, dN, dk, dbeta, dG, cu, info, H, G, K, BT, min(64, BK), gid, prec, **_opts("pair", dev)
-            )
-        if gid == 1:
-            dg = dg.sum(-1).contiguous()
-            launch.fitted(gla_intra.chunk_rc_add_kernel, (NS, 1, H), dG, dg, cu, info, H, 1, BT, 16, **_opts("rc", dev))
     return dq, dk, dv, dbeta, dg, dh0
 
 

@@ -9,15 +9,17 @@ Per chunk, with v_new = U - W S, o = (e^G q) S scale + M v_new and S' = e^{G_las
    - Wᵀ dv_new.
 3. dq, the dk of k_g and M, and the gate gradient of those: the GLA line's ``chunk_bwd_dqk_kernel`` (and, for a
    gate per key dim, its intra-chunk kernels) with v_new for v.
-4. ``chunk_wy_bwd_kernel``: dW = -dv_new Sᵀ and dU = dv_new through W = X (b e^G k), U = X (b v): dv, the
-   dk, db and dG of the scaled keys, and dN = -Xᵀ dX Xᵀ (strictly lower) for N = diag(b) A.
-5. The pairs of A_ij = k_i . k_j e^{G_i - G_j}: ``chunk_kk_pair_bwd_kernel`` (no gate, scalar gate) or the GLA
-   line's intra kernel (a gate per key dim), with R = (dN o E) k and C = (dN o E)ᵀ (b k):
-   dk += b R + C, db += k . R, dG += b k R - k C.
+4. and 5., no gate or a scalar one: ``chunk_wy_pair_bwd_kernel``, one program per (chunk, head) as FLA's
+   prepare_wy_repr_bwd, with dW = -dv_new Sᵀ formed by the dqk kernel (its ``DW``): through W = X (b e^G k),
+   U = X (b v) it writes dv and the dk, db and dG of the scaled keys and values, keeps dN = -Xᵀ dX Xᵀ (strictly
+   lower; N = diag(b) A) in registers and takes the pairs of A_ij = k_i . k_j e^{G_i - G_j} from it, with
+   R = (dN o E) k and C = (dN o E)ᵀ (b k): dk += b R + C, db += k . R, dG += b k R - k C.
+   A gate per key dim (kda): ``chunk_wy_bwd_kernel`` (dW from the chunk states, dN written), then the pairs by
+   16-row blocks (``chunk_kk_pair_bwd_vec_kernel``) and the GLA line's intra kernel.
 
-``chunk_wy_pair_bwd_kernel`` (launch option ``wy_pair_fused``, no gate or a scalar one) does steps 4 and 5 in one
-program per (chunk, head), as FLA's prepare_wy_repr_bwd: dW formed by the dqk kernel (its ``DW``), key and value
-blocks of 64, dN kept in registers.
+One kernel for 4 and 5 replaced two (``chunk_wy_bwd_kernel`` + a pair kernel) on the H200 (B=8 T=2048 H=16
+D=128 bf16, 2026-11-30): 0.417 + 0.254 ms -> 0.410 (the dqk kernel +0.02 for dW), fwd+bwd kernel sums
+delta_rule 2.241 -> 1.995 ms, gated 2.708 -> 2.491.
 
 dG is the gradient of the in-chunk cumsum G; the launcher turns it into the gate's by a reverse cumsum inside
 each chunk. No ``tl.trans``: transposed operands are loaded transposed.
@@ -145,7 +147,7 @@ def chunk_wy_bwd_kernel(
 ):
     """dv (written), dk += b e^G Xᵀ dW, dbeta and dG (written: scaled keys and values), dN = -Xᵀ dX Xᵀ (written).
 
-    BK covers K. dG is [TT, H] for a scalar gate, [TT, H, K] per key dim; not written without a gate."""
+    Launched for a gate per key dim (GATE 2, dG [TT, H, K]); without one (GATE 0) dG is not written. BK covers K."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
     i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
@@ -188,10 +190,6 @@ def chunk_wy_bwd_kernel(
     b_k = tl.load(k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
     b_kt = tl.load(k + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_kt, other=0).to(tl.float32)
     b_e = tl.full([BT, BK], 1.0, tl.float32)  # e^G
-    if GATE == 1:
-        b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
-        b_e = b_e * tl.exp(b_g)[:, None]
-        b_kt = b_kt * tl.exp(b_g)[None, :]
     if GATE == 2:
         b_g = tl.load(gc + (o_t * H + i_h)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
         b_gt = tl.load(gc + (o_t * H + i_h)[None, :] * K + o_k[:, None], mask=m_kt, other=0)
@@ -205,8 +203,6 @@ def chunk_wy_bwd_kernel(
     p_k = (o_t * H + i_h)[:, None] * K + o_k[None, :]
     tl.store(dk + p_k, tl.load(dk + p_k, mask=m_tk, other=0) + b_dkb * b_b[:, None] * b_e, mask=m_tk)
     tl.store(dbeta + o_t * H + i_h, b_db, mask=m_t)
-    if GATE == 1:
-        tl.store(dG + o_t * H + i_h, tl.sum(b_dkb * b_k, 1) * b_b, mask=m_t)
     if GATE == 2:
         tl.store(dG + p_k, b_dkb * b_k * b_b[:, None], mask=m_tk)
     # dN = -Xᵀ dX Xᵀ on the strictly lower part (X = (I + N)^-1)
@@ -217,64 +213,6 @@ def chunk_wy_bwd_kernel(
     b_dNv = -tl.dot(b_Xtf, b_P, input_precision=PREC)
     m_S = (o_i[:, None] > o_i[None, :]) & m_t[:, None] & m_t[None, :]
     tl.store(dN + (o_t * H + i_h)[:, None] * BT + o_i[None, :], tl.where(m_S, b_dNv, 0), mask=m_t[:, None])
-
-
-@triton.jit
-def chunk_kk_pair_bwd_kernel(
-    k,
-    beta,
-    gc,
-    dN,
-    dk,
-    dbeta,
-    dG,
-    cu,
-    info,
-    H: tl.constexpr,
-    G: tl.constexpr,
-    K: tl.constexpr,
-    BT: tl.constexpr,
-    BK: tl.constexpr,
-    GATE: tl.constexpr,
-    PREC: tl.constexpr,
-):
-    """The pairs of A = causal(k kᵀ e^{G_i - G_j}) (no gate or a scalar one): with Q = dN o E,
-    dk += b (Q k) + Qᵀ (b k), dbeta += k . (Q k), dG += b k . (Q k) - k . (Qᵀ (b k)) (added)."""
-    i_s, i_h = tl.program_id(0), tl.program_id(1)
-    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
-    if i_n < 0:
-        return
-    i_hk = i_h // G
-    o_i = tl.arange(0, BT)
-    o_t = bos + i_c * BT + o_i
-    m_t = o_t < eos
-    m_tt = m_t[:, None] & m_t[None, :]
-    # [BT, BT] and its transpose, loaded transposed
-    b_Q = tl.load(dN + (o_t * H + i_h)[:, None] * BT + o_i[None, :], mask=m_tt, other=0)
-    b_Qt = tl.load(dN + (o_t * H + i_h)[None, :] * BT + o_i[:, None], mask=m_tt, other=0)
-    if GATE == 1:
-        b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
-        m_low = (o_i[:, None] >= o_i[None, :]) & m_tt
-        m_up = (o_i[:, None] <= o_i[None, :]) & m_tt
-        b_Q *= tl.exp(tl.where(m_low, b_g[:, None] - b_g[None, :], 0))
-        b_Qt *= tl.exp(tl.where(m_up, b_g[None, :] - b_g[:, None], 0))
-    b_b = tl.load(beta + o_t * H + i_h, mask=m_t, other=0).to(tl.float32)
-    b_db = tl.zeros([BT], dtype=tl.float32)
-    b_dg = tl.zeros([BT], dtype=tl.float32)
-    for i_k in range(0, tl.cdiv(K, BK)):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_tk = m_t[:, None] & (o_k < K)[None, :]
-        b_k = tl.load(k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
-        b_R = tl.dot(b_Q, b_k, input_precision=PREC)
-        b_C = tl.dot(b_Qt, b_k * b_b[:, None], input_precision=PREC)
-        p_k = (o_t * H + i_h)[:, None] * K + o_k[None, :]
-        tl.store(dk + p_k, tl.load(dk + p_k, mask=m_tk, other=0) + b_b[:, None] * b_R + b_C, mask=m_tk)
-        b_db += tl.sum(b_k * b_R, 1)
-        b_dg += tl.sum(b_k * (b_b[:, None] * b_R - b_C), 1)
-    p = o_t * H + i_h
-    tl.store(dbeta + p, tl.load(dbeta + p, mask=m_t, other=0) + b_db, mask=m_t)
-    if GATE == 1:
-        tl.store(dG + p, tl.load(dG + p, mask=m_t, other=0) + b_dg, mask=m_t)
 
 
 @triton.jit
@@ -303,9 +241,8 @@ def chunk_wy_pair_bwd_kernel(
     GATE: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """``chunk_wy_bwd_kernel`` then ``chunk_kk_pair_bwd_kernel`` in one program (no gate or a scalar one), the same
-    arithmetic in the same order (but for sums over key blocks): dv, dbeta and dG written, dk added to (it holds
-    the dqk kernel's part).
+    """The WY backward and the k kᵀ pairs in one program (no gate or a scalar one): dv, dbeta and dG written, dk
+    added to (it holds the dqk kernel's part).
 
     dW = -dv_new Sᵀ is read ([TT, H, K], the dqk kernel's ``DW``): no chunk state is loaded, and the keys and
     values go by blocks of BK and BV. Q = dN o E stays in registers; its transpose comes from the dN buffer (Q
