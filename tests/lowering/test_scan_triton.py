@@ -356,37 +356,43 @@ class _PoisonedTorch:
         return torch.empty_like(*args, **kwargs).fill_(float("nan"))
 
 
-def _case_chunk(lens=None, with_h0=True, with_dht=True, strength=1.0, resets=(), dtype=torch.float32, twice=False):
+def _case_chunk(*args):
     from fla_compile.lowering.scan import triton_chunk as TC
 
     saved, TC.CONFIG = TC.CONFIG, dict(CHUNK_TINY)
     real_torch, TC.torch = TC.torch, _PoisonedTorch()
     try:
-        x, g, h0, cu = make(B=2, T=21, D=12, lens=lens, strength=strength, dtype=dtype)
-        for t in resets:  # a decay of exactly 0 on every other channel (chunk starts, ends, inside)
-            g[:, t, ::2] = -float("inf")
-        h0 = h0 if with_h0 else None
-        gen = torch.Generator().manual_seed(7)
-        do = torch.randn(x.shape, generator=gen).to(dtype)
-        n_seq = x.shape[0] if cu is None else len(lens)
-        dht = torch.randn(n_seq, x.shape[-1], generator=gen) if with_dht else None
-        o, ht = TC.forward(x, g, h0, cu)
-        dx, dg, dh0 = TC.backward(x, g, h0, cu, o, do, dht)
-        ro, rh, (rdx, rdg, rdh0) = reference(x, g, h0, cu, do, dht if with_dht else torch.zeros(n_seq, x.shape[-1]))
-        out = {"o": rel(o, ro), "ht": rel(ht, rh), "dx": rel(dx, rdx), "dg": rel(dg, rdg)}
-        if h0 is not None:
-            out["dh0"] = rel(dh0, rdh0)
-        if dtype != torch.float32:
-            out.update(tol=1e-2, o_dtype=float(o.dtype != dtype or dx.dtype != dtype))
-        if twice:
-            o2, ht2 = TC.forward(x, g, h0, cu)
-            again = TC.backward(x, g, h0, cu, o, do, dht)
-            same = torch.equal(o, o2) and torch.equal(ht, ht2)
-            same = same and all(torch.equal(a, b) for a, b in zip((dx, dg, dh0), again) if a is not None)
-            out["deterministic"] = float(not same)
-        return out
+        return _check_kernels(TC, *args)
     finally:
         TC.CONFIG, TC.torch = saved, real_torch
+
+
+def _check_kernels(K, lens=None, with_h0=True, with_dht=True, strength=1.0, resets=(), dtype=torch.float32,
+                   twice=False):  # fmt: skip
+    """Module ``K``'s forward and backward (launch options and poisoned outputs set by the caller) against fp64."""
+    x, g, h0, cu = make(B=2, T=21, D=12, lens=lens, strength=strength, dtype=dtype)
+    for t in resets:  # a decay of exactly 0 on every other channel (chunk starts, ends, inside)
+        g[:, t, ::2] = -float("inf")
+    h0 = h0 if with_h0 else None
+    gen = torch.Generator().manual_seed(7)
+    do = torch.randn(x.shape, generator=gen).to(dtype)
+    n_seq = x.shape[0] if cu is None else len(lens)
+    dht = torch.randn(n_seq, x.shape[-1], generator=gen) if with_dht else None
+    o, ht = K.forward(x, g, h0, cu)
+    dx, dg, dh0 = K.backward(x, g, h0, cu, o, do, dht)
+    ro, rh, (rdx, rdg, rdh0) = reference(x, g, h0, cu, do, dht if with_dht else torch.zeros(n_seq, x.shape[-1]))
+    out = {"o": rel(o, ro), "ht": rel(ht, rh), "dx": rel(dx, rdx), "dg": rel(dg, rdg)}
+    if h0 is not None:
+        out["dh0"] = rel(dh0, rdh0)
+    if dtype != torch.float32:
+        out.update(tol=1e-2, o_dtype=float(o.dtype != dtype or dx.dtype != dtype))
+    if twice:
+        o2, ht2 = K.forward(x, g, h0, cu)
+        again = K.backward(x, g, h0, cu, o, do, dht)
+        same = torch.equal(o, o2) and torch.equal(ht, ht2)
+        same = same and all(torch.equal(a, b) for a, b in zip((dx, dg, dh0), again) if a is not None)
+        out["deterministic"] = float(not same)
+    return out
 
 
 def _case_chunk_op():
@@ -437,6 +443,103 @@ def test_use_chunks_rule(shape, lens, chunk):
     x = torch.empty(shape, device="meta")
     cu = None if lens is None else torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
     assert dispatch.use_chunks(x, cu) is chunk
+
+
+# ---------------------------------------------------------------- the tile walk (triton_tile)
+# Tiles of 8 rows so 21 steps cross tiles with a partial last one, sequence starts and ends at every row of a
+# tile when packed; D=12 over blocks of 8 channels leaves a masked tail. One stage: the interpreter has no
+# pipeline (the GPU cases run the default options).
+TILE_TINY = {"BT": 8, "BD": 8, "num_warps": 1, "num_stages": 1}
+
+
+def _tiny_tile():
+    """Context: triton_tile's launch options set to TILE_TINY and its outputs poisoned."""
+    import contextlib
+
+    from fla_compile.lowering.scan import triton_tile as TT
+
+    @contextlib.contextmanager
+    def ctx():
+        saved = TT.CONFIG, TT.BWD_CONFIG, TT.torch
+        TT.CONFIG, TT.BWD_CONFIG, TT.torch = dict(TILE_TINY), dict(TILE_TINY), _PoisonedTorch()
+        try:
+            yield TT
+        finally:
+            TT.CONFIG, TT.BWD_CONFIG, TT.torch = saved
+
+    return ctx()
+
+
+def _case_tile(*args):
+    with _tiny_tile() as TT:
+        return _check_kernels(TT, *args)
+
+
+def _case_tile_op():
+    """ops.hgrn through autograd with the tile walk forced (FLA_COMPILE_TRITON=interpret)."""
+    from fla_compile.lowering.scan import dispatch
+
+    force, dispatch.FORCE_KERNEL = dispatch.FORCE_KERNEL, "tile"
+    try:
+        with _tiny_tile():
+            return _case_op_dispatch()
+    finally:
+        dispatch.FORCE_KERNEL = force
+
+
+TILE_CASES = {
+    "tile-dense": (_case_tile, (None, True, True, 1.0, (), torch.float32, True)),
+    "tile-dense-no-h0-no-dht": (_case_tile, (None, False, False)),
+    "tile-packed": (_case_tile, ([5, 0, 17, 1, 8, 0],)),
+    "tile-packed-no-h0": (_case_tile, ([0, 16, 3], False, False)),
+    "tile-packed-one-step": (_case_tile, ([1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1],)),
+    "tile-strong-gates-and-resets": (_case_tile, (None, True, True, 20.0, (0, 3, 7, 8, 16, 20))),
+    "tile-bf16": (_case_tile, (None, True, True, 1.0, (), torch.bfloat16)),
+    "tile-fp16-packed": (_case_tile, ([7, 0, 14], True, True, 1.0, (), torch.float16)),
+    "tile-op-dispatch": (_case_tile_op, ()),
+}
+INTERPRETER_CASES.update(TILE_CASES)
+
+
+@pytest.mark.parametrize("case", list(TILE_CASES))
+def test_interpreter_tile(interpreter_report, case):
+    test_interpreter(interpreter_report, case)
+
+
+@pytest.mark.parametrize(
+    "shape,lens,kernel",
+    [
+        ((8, 2048, 2048), None, "tile"),  # 512 programs of 32 channels: ~4 per SM
+        ((64, 256, 4096), None, "tile"),  # short but wide: tiles rather than rows
+        ((4, 8192, 1024), None, "chunk"),  # 128 programs, fewer than the SMs: time-parallel
+        ((1, 16384, 4096), None, "chunk"),
+        ((2, 256, 256), None, "chunk"),  # 16 programs
+        ((8, 32, 4096), None, "walk"),  # short sequences: one row at a time
+        ((1, 1, 4096), None, "walk"),  # decoding
+        ((1, 20000, 4096), [16] * 1250, "walk"),  # packed short sequences
+        ((1, 20000, 256), [10000, 10000], "chunk"),  # packed long ones, few programs
+        ((1, 32768, 2048), [512] * 64, "tile"),  # packed, 64 sequences x 64 blocks
+    ],
+)
+def test_pick_rule(shape, lens, kernel):
+    from fla_compile.lowering.scan import dispatch
+
+    x = torch.empty(shape, device="meta")
+    cu = None if lens is None else torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
+    assert dispatch.pick(x, cu) == kernel
+    assert dispatch.use_chunks(x, cu) is (kernel == "chunk")
+
+
+def test_pick_forced(monkeypatch):
+    from fla_compile.lowering.scan import dispatch
+
+    x = torch.empty(1, 1, 4096, device="meta")
+    for kernel in dispatch.KERNELS:
+        monkeypatch.setattr(dispatch, "FORCE_KERNEL", kernel)
+        assert dispatch.pick(x) == kernel
+    monkeypatch.setattr(dispatch, "FORCE_KERNEL", "tiles")
+    with pytest.raises(ValueError, match="FORCE_KERNEL"):
+        dispatch.pick(x)
 
 
 # ---------------------------------------------------------------- the chunked scan on the GPU
@@ -514,6 +617,106 @@ def test_gpu_chunk_packed_in_cuda_graph():
     errs = {"o": rel(o, ro), "ht": rel(ht, rh), "dx": rel(dx, rdx), "dg": rel(dg, rdg), "dh0": rel(dh0, rdh0)}
     assert all(e < 1e-5 for e in errs.values()), errs
 
+
+
+# ---------------------------------------------------------------- the tile walk on the GPU
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize(
+    "dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2), (torch.float16, 1e-2)], ids=["fp32", "bf16", "fp16"]
+)
+@pytest.mark.parametrize("strength", [1.0, 20.0], ids=["weak", "strong"])
+@pytest.mark.parametrize("lens", [None, [3000, 0, 1, 5191]], ids=["dense", "packed"])
+def test_gpu_tile_vs_fp64(dtype, tol, strength, lens):
+    """The tile walk (default launch options: pipelined) at T=8192 against the fp64 torch path: o, ht, dx, dg,
+    dh0, outputs poisoned, resets (-inf gates) on and off tile boundaries, a masked channel tail (D=1000),
+    bitwise determinism."""
+    from fla_compile.lowering.scan import triton_tile as TT
+
+    x, g, h0, cu = make(B=2, T=8192, D=1000, strength=strength, lens=lens, device="cuda", dtype=dtype)
+    g[:, 128, ::3] = -float("inf")
+    g[:, 4001, 1::3] = -float("inf")
+    do = torch.randn_like(x)
+    dht = torch.randn_like(h0)
+    _poison()
+    o, ht = TT.forward(x, g, h0, cu)
+    _poison()
+    dx, dg, dh0 = TT.backward(x, g, h0, cu, o, do, dht)
+    ro, rh, (rdx, rdg, rdh0) = reference(x, g, h0, cu, do, dht)
+    errs = {"o": rel(o, ro), "ht": rel(ht, rh), "dx": rel(dx, rdx), "dg": rel(dg, rdg), "dh0": rel(dh0, rdh0)}
+    assert all(e < tol for e in errs.values()), errs  # NaN fails too
+    o2, ht2 = TT.forward(x, g, h0, cu)
+    again = TT.backward(x, g, h0, cu, o, do, dht)
+    assert torch.equal(o, o2) and torch.equal(ht, ht2), "forward not bitwise deterministic"
+    assert all(torch.equal(a, b) for a, b in zip((dx, dg, dh0), again)), "backward not bitwise deterministic"
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("opts", [dict(BT=128, BD=64, num_warps=8, num_stages=4), dict(BT=32, BD=16, num_warps=2,
+                                                                                         num_stages=2)])  # fmt: skip
+def test_gpu_tile_other_options(opts):
+    """Other launch options (the --sweep-tile corners) give the same gradients, no dht or h0."""
+    from fla_compile.lowering.scan import triton_tile as TT
+
+    x, g, _, cu = make(lens=[700, 0, 1500, 3], D=300, device="cuda")
+    do = torch.randn_like(x)
+    saved = TT.CONFIG, TT.BWD_CONFIG
+    TT.CONFIG = TT.BWD_CONFIG = opts
+    try:
+        o, ht = TT.forward(x, g, None, cu)
+        dx, dg, dh0 = TT.backward(x, g, None, cu, o, do, None)
+    finally:
+        TT.CONFIG, TT.BWD_CONFIG = saved
+    ro, rh, (rdx, rdg, _) = reference(x, g, None, cu, do, torch.zeros_like(ht))
+    errs = {"o": rel(o, ro), "ht": rel(ht, rh), "dx": rel(dx, rdx), "dg": rel(dg, rdg)}
+    assert dh0 is None and all(e < 1e-5 for e in errs.values()), errs
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_op_takes_tile():
+    """ops.hgrn where the tile walk fills the GPU runs it (the dispatch rule) and matches the fp64 loop."""
+    import fla_compile.ops as ops
+    from fla_compile.lowering.scan import dispatch
+    from fla_compile.reference.hgrn import hgrn as loop
+
+    x, g, h0, _ = make(B=4, T=256, D=4096, device="cuda")
+    assert dispatch.pick(x) == "tile"
+    xs = [t.requires_grad_() for t in (x, g, h0)]
+    o, ht = ops.hgrn(*xs, output_final_state=True)
+    (o.sum() + ht.square().sum()).backward()
+    ds = [t.double().detach().requires_grad_() for t in (x, g, h0)]
+    ro, rh = loop(*ds, output_final_state=True)
+    (ro.sum() + rh.square().sum()).backward()
+    for a, b in zip([o, ht, *(t.grad for t in xs)], [ro, rh, *(t.grad for t in ds)]):
+        assert rel(a, b) < 1e-5
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_tile_packed_in_cuda_graph():
+    """Packed sequences through the tile walk inside CUDA-graph capture (no host read of cu_seqlens)."""
+    from fla_compile.lowering.scan import triton_tile as TT
+
+    x, g, h0, cu = make(lens=[700, 0, 1500, 3], D=256, device="cuda")
+    do, dht = torch.randn_like(x), torch.randn_like(h0)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # compile and warm up off the capture
+        TT.backward(x, g, h0, cu, TT.forward(x, g, h0, cu)[0], do, dht)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        o, ht = TT.forward(x, g, h0, cu)
+        dx, dg, dh0 = TT.backward(x, g, h0, cu, o, do, dht)
+    graph.replay()
+    torch.cuda.synchronize()
+    ro, rh, (rdx, rdg, rdh0) = reference(x, g, h0, cu, do, dht)
+    errs = {"o": rel(o, ro), "ht": rel(ht, rh), "dx": rel(dx, rdx), "dg": rel(dg, rdg), "dh0": rel(dh0, rdh0)}
+    assert all(e < 1e-5 for e in errs.values()), errs
 
 if __name__ == "__main__":
     _run_interpreter_cases()

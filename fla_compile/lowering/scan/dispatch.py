@@ -1,6 +1,6 @@
-"""Device dispatch of the scan line (hgrn): the Triton kernels (:mod:`.triton_scan`'s walk or
-:mod:`.triton_chunk`'s chunked scan, imported lazily, chosen by :func:`use_chunks`) for CUDA tensors of a
-supported dtype, the torch path (:mod:`.torch_path`) otherwise."""
+"""Device dispatch of the scan line (hgrn): the Triton kernels (:mod:`.triton_scan`'s walk,
+:mod:`.triton_chunk`'s chunked scan or :mod:`.triton_tile`'s tile walk, imported lazily, chosen by :func:`pick`)
+for CUDA tensors of a supported dtype, the torch path (:mod:`.torch_path`) otherwise."""
 
 from __future__ import annotations
 
@@ -23,11 +23,14 @@ def scan_triton_enabled(x, g, *others) -> bool:
     return triton_scan.supported(x, g)
 
 
-FORCE_KERNEL: str | None = None  # 'walk' or 'chunk' overrides use_chunks (tests, benchmarks/scan_hgrn.py)
+FORCE_KERNEL: str | None = None  # 'walk', 'chunk' or 'tile' overrides pick (tests, benchmarks/scan_hgrn.py)
+KERNELS = ("walk", "chunk", "tile")
 CHUNK_MIN_STEPS = 512  # mean steps per sequence from which the chunked scan runs even where the walk fills the GPU
 WALK_MIN_STEPS = 64  # below this (decoding, short sequences) the walk always runs: one pass, one launch
 WALK_BD = 64  # the walk's channels per program (triton_scan.BD_MAX), to count its programs
 WALK_WAVES = 2  # the walk fills the GPU with at least this many programs per SM
+TILE_MIN_STEPS = 64  # mean steps per sequence from which the tile walk may run (below: the walk)
+TILE_WAVES = 2  # the tile walk runs where its programs (triton_tile.programs) are at least this many per SM
 
 
 @functools.cache
@@ -35,34 +38,58 @@ def _n_sm(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def use_chunks(x: torch.Tensor, cu_seqlens=None) -> bool:
-    """Whether the chunked scan (three passes, time cut into chunks: every SM busy from the first step, but
-    x and g read twice) runs rather than the walk (one pass, one program per sequence and 64 channels
-    stepping through T: memory-optimal once its programs fill the GPU, latency-bound over long T).
+def pick(x: torch.Tensor, cu_seqlens=None) -> str:
+    """Which hgrn kernel runs: 'walk', 'chunk' or 'tile' (``FORCE_KERNEL`` overrides).
 
-    The walk keeps decoding and short sequences (mean steps per sequence below ``WALK_MIN_STEPS``); the
-    chunked scan takes long ones (``CHUNK_MIN_STEPS`` and up: on the H200 the walk is ~10x slower than a
-    chunked scan at T=8192-16384) and, in between, any shape whose walk has too few programs to fill the
-    GPU (fewer than ``WALK_WAVES`` per SM). Packed sequences count their mean length (the walk's time is the
-    longest one's, which is not known without reading cu_seqlens back)."""
+    - the walk (one pass, one program per sequence and 64 channels stepping through T one row at a time:
+      memory-optimal once its programs fill the GPU, latency-bound over long T) keeps decoding and short
+      sequences (mean steps per sequence below ``WALK_MIN_STEPS``);
+    - the tile walk (one pass, the same programs moving BT rows at a time with pipelined tile loads: 3 numbers
+      per element forward) runs from ``TILE_MIN_STEPS`` wherever its programs (sequences x channel blocks) are
+      at least ``TILE_WAVES`` per SM;
+    - the chunked scan (three passes, time cut into chunks: every SM busy from the first step, but x and g read
+      twice) takes what is left of long sequences (``CHUNK_MIN_STEPS`` and up: on the H200 the walk is ~10x
+      slower than a chunked scan at T=8192-16384, and the tile walk's few programs could not fill the GPU)
+      and, in between, any shape whose walk has too few programs to fill the GPU (fewer than ``WALK_WAVES``
+      per SM).
+
+    Packed sequences count their mean length (a walk's time is the longest one's, which is not known without
+    reading cu_seqlens back)."""
     if FORCE_KERNEL is not None:
-        return FORCE_KERNEL == "chunk"
+        if FORCE_KERNEL not in KERNELS:
+            raise ValueError(f"dispatch.FORCE_KERNEL: expected one of {KERNELS} or None, got {FORCE_KERNEL!r}")
+        return FORCE_KERNEL
     B, T, D = x.shape
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     steps = B * T / max(N, 1)
     if steps < WALK_MIN_STEPS:
-        return False
-    if steps >= CHUNK_MIN_STEPS:
-        return True
+        return "walk"
     n_sm = _n_sm(x.device.index if x.device.index is not None else torch.cuda.current_device()) if x.is_cuda else 132
-    return N * -(-D // WALK_BD) < WALK_WAVES * n_sm
+    if steps >= TILE_MIN_STEPS:
+        from . import triton_tile
+
+        if triton_tile.programs(x, cu_seqlens) >= TILE_WAVES * n_sm:
+            return "tile"
+    if steps >= CHUNK_MIN_STEPS:
+        return "chunk"
+    return "chunk" if N * -(-D // WALK_BD) < WALK_WAVES * n_sm else "walk"
+
+
+def use_chunks(x: torch.Tensor, cu_seqlens=None) -> bool:
+    """Whether the chunked scan runs (see :func:`pick`)."""
+    return pick(x, cu_seqlens) == "chunk"
 
 
 def _kernels(x, cu_seqlens):
-    if use_chunks(x, cu_seqlens):
+    kernel = pick(x, cu_seqlens)
+    if kernel == "chunk":
         from . import triton_chunk
 
         return triton_chunk
+    if kernel == "tile":
+        from . import triton_tile
+
+        return triton_tile
     from . import triton_scan
 
     return triton_scan
