@@ -618,7 +618,6 @@ def test_gpu_chunk_packed_in_cuda_graph():
     assert all(e < 1e-5 for e in errs.values()), errs
 
 
-
 # ---------------------------------------------------------------- the tile walk on the GPU
 
 
@@ -717,6 +716,7 @@ def test_gpu_tile_packed_in_cuda_graph():
     ro, rh, (rdx, rdg, rdh0) = reference(x, g, h0, cu, do, dht)
     errs = {"o": rel(o, ro), "ht": rel(ht, rh), "dx": rel(dx, rdx), "dg": rel(dg, rdg), "dh0": rel(dh0, rdh0)}
     assert all(e < 1e-5 for e in errs.values()), errs
+
 
 if __name__ == "__main__":
     _run_interpreter_cases()
