@@ -3,10 +3,12 @@
     python benchmarks/scan_hgrn.py                # B, T, D shapes below, bf16 and fp32; then mamba's
     python benchmarks/scan_hgrn.py --quick        # one small shape each
     python benchmarks/scan_hgrn.py --sweep-chunk  # the chunked scan's launch options (triton_chunk.CONFIG)
+    python benchmarks/scan_hgrn.py --sweep-tile   # the tile walk's (triton_tile.CONFIG and BWD_CONFIG)
 
 Rows: forward and forward+backward of ``fla_compile.ops.hgrn`` (autograd included; "ours" is what the
-dispatch picks, the kernel named beside it; the other kernel forced below it), flash-linear-attention
-0.6.0's ``fused_recurrent_hgrn`` and ``chunk_hgrn`` when importable, and the memory floor (bytes moved over
+dispatch picks, the kernel named beside it; the other kernels (walk, chunk, tile) forced below it),
+flash-linear-attention 0.6.0's ``fused_recurrent_hgrn`` and ``chunk_hgrn`` when importable, and the memory floor
+(bytes moved over
 the measured device-copy bandwidth: x, g read and o written forward; x, g, o, do read and dx, dg written
 backward). Relative errors of o and of every gradient against the fp64 torch path are printed beside.
 Mamba rows: ``fla_compile.ops.mamba`` forward and forward+backward at [B, T, D] x N by the path the dispatch
@@ -63,9 +65,12 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
     p.add_argument("--sweep-chunk", action="store_true", help="time the chunked scan's launch options")
+    p.add_argument("--sweep-tile", action="store_true", help="time the tile walk's launch options")
     args = p.parse_args()
     if args.sweep_chunk:
         return sweep_chunk()
+    if args.sweep_tile:
+        return sweep_tile()
     bw = copy_bandwidth()
     print(f"device copy bandwidth {bw / 1e12:.2f} TB/s; {torch.cuda.get_device_name()}")
     print("| B | T | D | dtype | what | fwd ms | fwd+bwd ms | floor fwd / fwd+bwd ms | max rel err |")
@@ -81,10 +86,10 @@ def main():
             rdx, rdg, _ = torch_path.scan_backward(
                 x.detach().double(), g.detach().double(), None, None, ro, do.double(), torch.zeros(B, D).cuda()
             )
-            picked = "chunk" if dispatch.use_chunks(x) else "walk"
-            other = "walk" if picked == "chunk" else "chunk"
+            picked = dispatch.pick(x)
             rows = [(f"ours ({picked})", lambda x, g: ops.hgrn(x, g)[0], None)]
-            rows.append((f"ours, {other} forced", lambda x, g: ops.hgrn(x, g)[0], other))
+            for other in (k for k in dispatch.KERNELS if k != picked):
+                rows.append((f"ours, {other} forced", lambda x, g: ops.hgrn(x, g)[0], other))
             for name in ("fused_recurrent_hgrn", "chunk_hgrn"):
                 fn = fla_fn(name)
                 if fn is not None:
@@ -100,7 +105,7 @@ def main():
 
 
 def forced(kernel, fn, *args):
-    """``fn(*args)`` with the scan dispatch forced to ``kernel`` ('walk', 'chunk', or None: the rule)."""
+    """``fn(*args)`` with the scan dispatch forced to ``kernel`` ('walk', 'chunk', 'tile', or None: the rule)."""
     from fla_compile.lowering.scan import dispatch
 
     saved, dispatch.FORCE_KERNEL = dispatch.FORCE_KERNEL, kernel
@@ -124,15 +129,64 @@ CHUNK_SWEEP = [
 ]
 
 
+# The tile walk's options (forward and backward set alike; the bwd column tells the backward's best apart).
+TILE_SWEEP = [
+    dict(BT=64, BD=32, num_warps=4, num_stages=3),  # the forward's default
+    dict(BT=64, BD=32, num_warps=8, num_stages=3),  # the backward's default
+    dict(BT=64, BD=32, num_warps=4, num_stages=2),
+    dict(BT=64, BD=32, num_warps=4, num_stages=4),
+    dict(BT=64, BD=32, num_warps=4, num_stages=1),  # no pipeline: what the stages buy
+    dict(BT=64, BD=32, num_warps=8, num_stages=2),
+    dict(BT=64, BD=64, num_warps=4, num_stages=3),
+    dict(BT=64, BD=64, num_warps=8, num_stages=2),
+    dict(BT=128, BD=32, num_warps=4, num_stages=2),
+    dict(BT=128, BD=32, num_warps=8, num_stages=3),
+    dict(BT=32, BD=32, num_warps=2, num_stages=4),
+    dict(BT=32, BD=64, num_warps=4, num_stages=4),
+    dict(BT=64, BD=16, num_warps=2, num_stages=3),
+    dict(BT=128, BD=16, num_warps=4, num_stages=3),
+    dict(BT=256, BD=16, num_warps=4, num_stages=2),
+    dict(BT=256, BD=16, num_warps=8, num_stages=3),
+]
+
+
 def sweep_chunk():
     """Forward and forward+backward ms of the chunked scan (triton_chunk directly, bf16) for each launch option
-    of ``CHUNK_SWEEP`` over ``SHAPES``; the fastest per shape is marked. Errors against fp64 beside."""
-    from fla_compile.lowering.scan import torch_path
+    of ``CHUNK_SWEEP`` over ``SHAPES``;
+    the fastest forward, backward and both per shape are marked. Errors against fp64 beside."""
     from fla_compile.lowering.scan import triton_chunk as TC
 
+    def apply(opts):
+        TC.CONFIG = {**base, **opts}
+
+    def restore():
+        TC.CONFIG = base
+
     base = dict(TC.CONFIG)
-    print("| B | T | D | config | fwd ms | fwd+bwd ms | max rel err |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    _sweep(TC, CHUNK_SWEEP, apply, restore)
+
+
+def sweep_tile():
+    """As :func:`sweep_chunk` for the tile walk (triton_tile directly, bf16): the options of ``TILE_SWEEP`` set on
+    both ``CONFIG`` and ``BWD_CONFIG``; bwd ms is fwd+bwd less fwd. Its dispatch needs >= 2 programs per SM
+    (dispatch.TILE_WAVES): shapes under that are timed too, to show where it would lose."""
+    from fla_compile.lowering.scan import triton_tile as TT
+
+    def apply(opts):
+        TT.CONFIG, TT.BWD_CONFIG = {**base[0], **opts}, {**base[1], **opts}
+
+    def restore():
+        TT.CONFIG, TT.BWD_CONFIG = base
+
+    base = (dict(TT.CONFIG), dict(TT.BWD_CONFIG))
+    _sweep(TT, TILE_SWEEP, apply, restore)
+
+
+def _sweep(K, options, apply, restore):
+    from fla_compile.lowering.scan import torch_path
+
+    print("| B | T | D | config | fwd ms | bwd ms | fwd+bwd ms | max rel err |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for B, T, D in SHAPES:
         x = torch.randn(B, T, D, device="cuda", dtype=torch.bfloat16)
         g = F.logsigmoid(torch.randn(B, T, D, device="cuda", dtype=torch.bfloat16))
@@ -141,28 +195,29 @@ def sweep_chunk():
         zeros = torch.zeros(B, D, device="cuda", dtype=torch.float64)
         rdx, rdg, _ = torch_path.scan_backward(x.double(), g.double(), None, None, ro, do.double(), zeros)
         results = []
-        for opts in CHUNK_SWEEP:
-            TC.CONFIG = {**base, **opts}
+        for opts in options:
+            apply(opts)
             try:
-                results.append((opts, *_time_chunk(TC, x, g, do, (ro, rdx, rdg))))
+                results.append((opts, *_time_kernels(K, x, g, do, (ro, rdx, rdg))))
             except Exception as e:  # noqa: BLE001 - a failed option is a row with the error
-                print(f"| {B} | {T} | {D} | {opts} | error: {type(e).__name__}: {e} | | |")
+                print(f"| {B} | {T} | {D} | {opts} | error: {type(e).__name__}: {e} | | | |")
             finally:
-                TC.CONFIG = base
-        best = min(results, key=lambda r: r[2], default=None)
+                restore()
+        keys = (lambda r: r[1], lambda r: r[2] - r[1], lambda r: r[2])  # fwd, bwd, fwd+bwd
+        best = [min(results, key=key, default=(None,))[0] for key in keys]
         for opts, fwd, both, err in results:
-            mark = " **best**" if best is not None and opts is best[0] else ""
-            print(f"| {B} | {T} | {D} | {opts}{mark} | {fwd:.3f} | {both:.3f} | {err:.1e} |")
+            mark = "".join(f" **best {w}**" for w, o in zip(("fwd", "bwd", "fwd+bwd"), best) if o is opts)
+            print(f"| {B} | {T} | {D} | {opts}{mark} | {fwd:.3f} | {both - fwd:.3f} | {both:.3f} | {err:.1e} |")
         del ro, rdx, rdg
 
 
-def _time_chunk(TC, x, g, do, ref):
-    """(fwd ms, fwd+bwd ms, max rel err) of triton_chunk's forward and backward under its current CONFIG."""
-    o, _ = TC.forward(x, g)
-    dx, dg, _ = TC.backward(x, g, None, None, o, do, None)
+def _time_kernels(K, x, g, do, ref):
+    """(fwd ms, fwd+bwd ms, max rel err) of module K's forward and backward under its current launch options."""
+    o, _ = K.forward(x, g)
+    dx, dg, _ = K.backward(x, g, None, None, o, do, None)
     err = max(rel(a, b) for a, b in zip((o, dx, dg), ref))
-    fwd = do_bench(lambda: TC.forward(x, g))
-    both = do_bench(lambda: TC.backward(x, g, None, None, TC.forward(x, g)[0], do, None))
+    fwd = do_bench(lambda: K.forward(x, g))
+    both = do_bench(lambda: K.backward(x, g, None, None, K.forward(x, g)[0], do, None))
     return fwd, both, err
 
 

@@ -36,10 +36,11 @@ from .triton_scan import _span
 
 # Launch options, read by the launchers at every call (benchmarks/scan_hgrn.py --sweep-tile times others):
 # BT rows per tile, BD channels per program, warps, and stages of the software pipeline over tiles (lowered by
-# _launch where the stage buffers overflow shared memory). Defaults from ptxas's sm_90 register counts
-# (benchmarks/scan_tile_regs.py: no spills), not yet from H200 timings.
+# _launch where the stage buffers overflow shared memory). Chosen from ptxas's sm_90 counts (Triton 3.9,
+# benchmarks/scan_tile_regs.py), not yet from H200 timings: forward 78 registers bf16 / 91 fp32, 18 / 36 KB of
+# stage buffers; the backward (four tile loads) at 8 warps 80 / 108 registers (4 warps: 140 / 168, fp32 spills).
 CONFIG = {"BT": 64, "BD": 32, "num_warps": 4, "num_stages": 3}
-BWD_CONFIG = {"BT": 64, "BD": 32, "num_warps": 4, "num_stages": 3}
+BWD_CONFIG = {"BT": 64, "BD": 32, "num_warps": 8, "num_stages": 3}
 
 
 @triton.jit
