@@ -31,6 +31,8 @@ WALK_BD = 64  # the walk's channels per program (triton_scan.BD_MAX), to count i
 WALK_WAVES = 2  # the walk fills the GPU with at least this many programs per SM
 TILE_MIN_STEPS = 64  # mean steps per sequence from which the tile walk may run (below: the walk)
 TILE_WAVES = 2  # the tile walk runs where its programs (triton_tile.programs) are at least this many per SM
+# (programs counted at triton_tile.CONFIG["BD"]: raising BD to 64 halves them, and (8, 2048, 2048) would fall
+# under 2 per SM: tests/lowering/test_scan_triton.py::test_pick_rule says so)
 
 
 @functools.cache
@@ -65,14 +67,21 @@ def pick(x: torch.Tensor, cu_seqlens=None) -> str:
     if steps < WALK_MIN_STEPS:
         return "walk"
     n_sm = _n_sm(x.device.index if x.device.index is not None else torch.cuda.current_device()) if x.is_cuda else 132
-    if steps >= TILE_MIN_STEPS:
-        from . import triton_tile
-
-        if triton_tile.programs(x, cu_seqlens) >= TILE_WAVES * n_sm:
-            return "tile"
+    if steps >= TILE_MIN_STEPS and _tile_programs(x, cu_seqlens) >= TILE_WAVES * n_sm:
+        return "tile"
     if steps >= CHUNK_MIN_STEPS:
         return "chunk"
     return "chunk" if N * -(-D // WALK_BD) < WALK_WAVES * n_sm else "walk"
+
+
+def _tile_programs(x, cu_seqlens) -> int:
+    """The tile walk's programs at ``triton_tile.CONFIG``'s BD (a larger BD halves them: see TILE_WAVES); 0
+    without Triton."""
+    try:
+        from . import triton_tile
+    except ImportError:
+        return 0
+    return triton_tile.programs(x, cu_seqlens)
 
 
 def use_chunks(x: torch.Tensor, cu_seqlens=None) -> bool:
