@@ -4,6 +4,7 @@
     python benchmarks/scan_hgrn.py --quick        # one small shape each
     python benchmarks/scan_hgrn.py --sweep-chunk  # the chunked scan's launch options (triton_chunk.CONFIG)
     python benchmarks/scan_hgrn.py --sweep-tile   # the tile walk's (triton_tile.CONFIG and BWD_CONFIG)
+    python benchmarks/scan_hgrn.py --shapes 8x2048x2048 [--sweep-tile]  # only these B x T x D (no mamba rows)
 
 Rows: forward and forward+backward of ``fla_compile.ops.hgrn`` (autograd included; "ours" is what the
 dispatch picks, the kernel named beside it; the other kernels (walk, chunk, tile) forced below it),
@@ -66,16 +67,18 @@ def main():
     p.add_argument("--quick", action="store_true")
     p.add_argument("--sweep-chunk", action="store_true", help="time the chunked scan's launch options")
     p.add_argument("--sweep-tile", action="store_true", help="time the tile walk's launch options")
+    p.add_argument("--shapes", help="comma-separated BxTxD to run instead of SHAPES (the mamba rows skipped)")
     args = p.parse_args()
+    shapes = [tuple(int(n) for n in s.split("x")) for s in args.shapes.split(",")] if args.shapes else SHAPES
     if args.sweep_chunk:
-        return sweep_chunk()
+        return sweep_chunk(shapes)
     if args.sweep_tile:
-        return sweep_tile()
+        return sweep_tile(shapes)
     bw = copy_bandwidth()
     print(f"device copy bandwidth {bw / 1e12:.2f} TB/s; {torch.cuda.get_device_name()}")
     print("| B | T | D | dtype | what | fwd ms | fwd+bwd ms | floor fwd / fwd+bwd ms | max rel err |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for B, T, D in [(2, 512, 256)] if args.quick else SHAPES:
+    for B, T, D in [(2, 512, 256)] if args.quick else shapes:
         for dtype in (torch.bfloat16, torch.float32):
             x = torch.randn(B, T, D, device="cuda", dtype=dtype, requires_grad=True)
             g = F.logsigmoid(torch.randn(B, T, D, device="cuda", dtype=dtype)).requires_grad_()
@@ -101,7 +104,8 @@ def main():
                           f"{floor[0]:.3f} / {floor[1]:.3f} | {err:.1e} |")  # fmt: skip
                 except Exception as e:  # noqa: BLE001 - a failed row is a row with the error, never a lost table
                     print(f"| {B} | {T} | {D} | {str(dtype)[6:]} | {what} | error: {type(e).__name__}: {e} | | | |")
-    mamba_rows(args.quick, bw)
+    if not args.shapes:
+        mamba_rows(args.quick, bw)
 
 
 def forced(kernel, fn, *args):
@@ -150,7 +154,7 @@ TILE_SWEEP = [
 ]
 
 
-def sweep_chunk():
+def sweep_chunk(shapes=SHAPES):
     """Forward and forward+backward ms of the chunked scan (triton_chunk directly, bf16) for each launch option
     of ``CHUNK_SWEEP`` over ``SHAPES``;
     the fastest forward, backward and both per shape are marked. Errors against fp64 beside."""
@@ -163,10 +167,10 @@ def sweep_chunk():
         TC.CONFIG = base
 
     base = dict(TC.CONFIG)
-    _sweep(TC, CHUNK_SWEEP, apply, restore)
+    _sweep(TC, CHUNK_SWEEP, apply, restore, shapes)
 
 
-def sweep_tile():
+def sweep_tile(shapes=SHAPES):
     """As :func:`sweep_chunk` for the tile walk (triton_tile directly, bf16): the options of ``TILE_SWEEP`` set on
     both ``CONFIG`` and ``BWD_CONFIG``; bwd ms is fwd+bwd less fwd. Its dispatch needs >= 2 programs per SM
     (dispatch.TILE_WAVES): shapes under that are timed too, to show where it would lose."""
@@ -179,15 +183,15 @@ def sweep_tile():
         TT.CONFIG, TT.BWD_CONFIG = base
 
     base = (dict(TT.CONFIG), dict(TT.BWD_CONFIG))
-    _sweep(TT, TILE_SWEEP, apply, restore)
+    _sweep(TT, TILE_SWEEP, apply, restore, shapes)
 
 
-def _sweep(K, options, apply, restore):
+def _sweep(K, options, apply, restore, shapes):
     from fla_compile.lowering.scan import torch_path
 
     print("| B | T | D | config | fwd ms | bwd ms | fwd+bwd ms | max rel err |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for B, T, D in SHAPES:
+    for B, T, D in shapes:
         x = torch.randn(B, T, D, device="cuda", dtype=torch.bfloat16)
         g = F.logsigmoid(torch.randn(B, T, D, device="cuda", dtype=torch.bfloat16))
         do = torch.randn_like(x)

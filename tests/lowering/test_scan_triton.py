@@ -718,5 +718,33 @@ def test_gpu_tile_packed_in_cuda_graph():
     assert all(e < 1e-5 for e in errs.values()), errs
 
 
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_tile_int64_offsets():
+    """Element offsets past 2^31: of two packed sequences the second starts at step 2^21 of D = 1024 (element
+    2^31); its outputs, final state and gradients equal the same sequence's run alone, bitwise (~30 GB)."""
+    from fla_compile.lowering.scan import triton_tile as TT
+
+    if torch.cuda.get_device_properties(0).total_memory < 48 << 30:
+        pytest.skip("needs ~30 GB of GPU memory")
+    D, T1, T2 = 1024, 1 << 21, 1000
+    xs, gs, h0, _ = make(B=1, T=T2, D=D, device="cuda", dtype=torch.bfloat16)
+    gs = gs.bfloat16()
+    dos, dht = torch.randn_like(xs), torch.randn(2, D, device="cuda")
+    x = torch.zeros(1, T1 + T2, D, device="cuda", dtype=torch.bfloat16)
+    g, do = torch.zeros_like(x), torch.zeros_like(x)
+    x[:, T1:], g[:, T1:], do[:, T1:] = xs, gs, dos
+    h0s = torch.cat([torch.zeros_like(h0), h0])
+    cu = torch.tensor([0, T1, T1 + T2], device="cuda")
+    o, ht = TT.forward(x, g, h0s, cu)
+    dx, dg, dh0 = TT.backward(x, g, h0s, cu, o, do, dht)
+    cu1 = torch.tensor([0, T2], device="cuda")
+    o1, ht1 = TT.forward(xs, gs, h0, cu1)
+    dx1, dg1, dh01 = TT.backward(xs, gs, h0, cu1, o1, dos, dht[1:])
+    assert torch.equal(o[:, T1:], o1) and torch.equal(ht[1:], ht1), "forward differs past 2^31"
+    assert torch.equal(dx[:, T1:], dx1) and torch.equal(dg[:, T1:], dg1), "backward differs past 2^31"
+    assert torch.equal(dh0[1:], dh01)
+
 if __name__ == "__main__":
     _run_interpreter_cases()
