@@ -718,7 +718,6 @@ def test_gpu_tile_packed_in_cuda_graph():
     assert all(e < 1e-5 for e in errs.values()), errs
 
 
-
 @pytest.mark.gpu
 @gpu
 def test_gpu_tile_int64_offsets():
@@ -745,6 +744,7 @@ def test_gpu_tile_int64_offsets():
     assert torch.equal(o[:, T1:], o1) and torch.equal(ht[1:], ht1), "forward differs past 2^31"
     assert torch.equal(dx[:, T1:], dx1) and torch.equal(dg[:, T1:], dg1), "backward differs past 2^31"
     assert torch.equal(dh0[1:], dh01)
+
 
 if __name__ == "__main__":
     _run_interpreter_cases()
