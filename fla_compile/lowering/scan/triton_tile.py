@@ -4,7 +4,8 @@ The walk (:mod:`.triton_scan`) moves 3 numbers per element but waits one load la
 scan (:mod:`.triton_chunk`) keeps every SM busy from the first step but moves 5 (x, g read twice). Here one
 program per (sequence, block of ``BD`` channels) walks the sequence ``BT`` rows at a time: it loads whole
 [BT, BD] tiles of g and x (wide loads, pipelined over iterations by ``num_stages``: memory-level parallelism
-instead of one row's latency per step), scans the tile with ``tl.associative_scan`` after folding the carried
+instead of one row's latency per step; the loop asks for them with ``tl.range(num_stages=...)``, as Triton
+pipelines a loop without a dot only then), scans the tile with ``tl.associative_scan`` after folding the carried
 state into its first row (x_0 + a_0 h_carry, as the chunked scan's output pass does), stores o and carries the
 last row in registers. Forward traffic: 3 numbers per element. It needs enough programs (sequences x channel
 blocks) to fill the GPU; :func:`.dispatch.pick` keeps the chunked scan below that.
@@ -17,8 +18,8 @@ The backward walks the tiles last first, rows in reverse (row 0 of the scan is t
 dh_t = e^{g_{t+1}} dh_{t+1} + do_t (g read one row ahead), dx_t = dh_t, dg_t = r_t h_{t-1} with
 r_t = e^{g_t} dh_t (h_{t-1} read from o one row behind, h0 at the sequence's first step). The carry is r at
 the tile's first step, added to the next tile's last row as it is (r_{t+1} = e^{g_{t+1}} dh_{t+1}); it starts
-as dht and ends as dh0 = r_bos. Reads do, g, o (the shifted reads of g and o hit the tile just loaded), writes
-dx, dg: 5 numbers per element.
+as dht and ends as dh0 = r_bos. Reads do, g, o (the shifted reads of g and o mostly hit tiles already in L2),
+writes dx, dg: 5 numbers per element.
 
 Sequences are [bos, eos) from ``cu_seqlens`` (packed) or [n T, (n + 1) T); tiles start at bos. An empty sequence
 passes h0 (or 0) to its final state and dht (or 0) to dh0. Pointer arithmetic with masks, row offsets in int64.
@@ -36,9 +37,10 @@ from .triton_scan import _span
 
 # Launch options, read by the launchers at every call (benchmarks/scan_hgrn.py --sweep-tile times others):
 # BT rows per tile, BD channels per program, warps, and stages of the software pipeline over tiles (lowered by
-# _launch where the stage buffers overflow shared memory). Chosen from ptxas's sm_90 counts (Triton 3.9,
-# benchmarks/scan_tile_regs.py), not yet from H200 timings: forward 78 registers bf16 / 91 fp32, 18 / 36 KB of
-# stage buffers; the backward (four tile loads) at 8 warps 80 / 108 registers (4 warps: 140 / 168, fp32 spills).
+# _launch where the stage buffers overflow shared memory). Chosen from ptxas's sm_90 counts (Triton 3.9 and 3.6,
+# benchmarks/scan_tile_regs.py; both turn the loads into cp.async), not yet from H200 timings: forward 72-78
+# registers bf16 / 89-91 fp32, 18 / 36 KB of stage buffers; the backward (four tile loads) at 8 warps 80 / 108
+# registers (at 4 warps 140 / 168, and fp32 spills).
 CONFIG = {"BT": 64, "BD": 32, "num_warps": 4, "num_stages": 3}
 BWD_CONFIG = {"BT": 64, "BD": 32, "num_warps": 8, "num_stages": 3}
 
