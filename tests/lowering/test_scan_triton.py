@@ -501,6 +501,39 @@ TILE_CASES = {
 INTERPRETER_CASES.update(TILE_CASES)
 
 
+def _case_strided(kernel):
+    """ops.hgrn (autograd) on x and g that are permuted views, as a loop over heads hands them over (steps
+    stacked first: [T, B H, Dh] read as [B H, T, Dh]): every kernel writes its outputs and gradients as dense
+    rows, whatever the inputs' strides (dx once took x's strides from empty_like: a wrong gradient, 2026-11-30)."""
+    import fla_compile.ops as ops
+    from fla_compile.lowering.scan import dispatch
+
+    BH, T, Dh = 4, 19, 6
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(T, BH, Dh, generator=gen).transpose(0, 1)
+    g = F.logsigmoid(torch.randn(T, BH, Dh, generator=gen)).transpose(0, 1)
+    assert not x.is_contiguous() and torch.empty_like(x).stride() == x.stride()  # dense: empty_like keeps them
+    x, g = x.requires_grad_(), g.requires_grad_()
+    force, dispatch.FORCE_KERNEL = dispatch.FORCE_KERNEL, kernel
+    try:
+        with _tiny_tile():
+            o, _ = ops.hgrn(x, g)
+            o.square().sum().backward()
+    finally:
+        dispatch.FORCE_KERNEL = force
+    ro, _, (rdx, rdg, _) = reference(x.detach(), g.detach(), None, None, 2 * o.detach(), torch.zeros(BH, Dh))
+    return {"o": rel(o, ro), "dx": rel(x.grad, rdx), "dg": rel(g.grad, rdg)}
+
+
+STRIDED_CASES = {f"strided-{k}": (_case_strided, (k,)) for k in ("walk", "chunk", "tile")}
+INTERPRETER_CASES.update(STRIDED_CASES)
+
+
+@pytest.mark.parametrize("case", list(STRIDED_CASES))
+def test_interpreter_strided(interpreter_report, case):
+    test_interpreter(interpreter_report, case)
+
+
 @pytest.mark.parametrize("case", list(TILE_CASES))
 def test_interpreter_tile(interpreter_report, case):
     test_interpreter(interpreter_report, case)

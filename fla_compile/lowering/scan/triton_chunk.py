@@ -265,7 +265,9 @@ def backward(x, g, initial_state, cu_seqlens, o, do, dht):
     NT = launch.cdiv(T_all, BT)
     h0 = initial_state.contiguous() if initial_state is not None else None
     dht = dht.contiguous() if dht is not None else None
-    dx, dg = torch.empty_like(x), torch.empty_like(g)
+    # written as [B, T, D] rows: x may be a strided view (empty_like would keep its strides)
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    dg = torch.empty_like(g)  # g is contiguous here
     dh0 = None
     if h0 is not None:
         if cu_seqlens is None:

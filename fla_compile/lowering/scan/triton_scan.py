@@ -125,7 +125,9 @@ def backward(x, g, initial_state, cu_seqlens, o, do, dht):
     B, T, D = x.shape
     g, o, do = g.contiguous(), o.contiguous(), do.contiguous()
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
-    dx, dg = torch.empty_like(x), torch.empty_like(g)
+    # written as [B, T, D] rows: x may be a strided view (empty_like would keep its strides)
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    dg = torch.empty_like(g)  # g is contiguous here
     h0 = initial_state.contiguous() if initial_state is not None else None
     dh0 = x.new_empty(N, D, dtype=torch.float32) if h0 is not None else None
     dht = dht.contiguous() if dht is not None else None
