@@ -12,7 +12,7 @@ import torch
 import fla_compile
 from fla_compile import costs
 
-from .test_costs import TABLE, inputs, linear_loop, lowerings, retention
+from .test_costs import TABLE, D, H, inputs, linear_loop, lowerings, retention
 
 jit_module = importlib.import_module("fla_compile.jit")  # the module (``fla_compile.jit`` is the decorator)
 
@@ -173,3 +173,47 @@ def test_kept_path_compiled_on_cuda():
         (m,) = fla_compile.explain(fn, *args).matches
     torch.testing.assert_close(out, ref)
     assert m.path == "as written (compiled)"
+
+
+class RetentionLayer(torch.nn.Module):
+    """A projection, then RetNet's parallel form: the kept form reads the module's parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = torch.nn.Linear(D_MODEL, 3 * H * D)
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, H, D).unbind(2)
+        return retention(q, k, v)
+
+
+D_MODEL = 8
+
+
+@pytest.mark.parametrize("how", ["instance", "class"])
+def test_module_kept_path_trains(graphs, how):
+    """Training through a module's kept path: the parameters' gradients are eager's."""
+    torch.manual_seed(0)
+    layer = RetentionLayer()
+    if how == "instance":
+        jitted = fla_compile.jit(layer)
+    else:
+        jitted = fla_compile.jit(RetentionLayer)()
+        jitted.load_state_dict(layer.state_dict())
+    with costs.use(TABLE):
+        for T in (16, 16, 12):
+            x = torch.randn(2, T, D_MODEL)
+            for m in (layer, jitted):
+                m.zero_grad()
+            out, ref = jitted(x), layer(x)
+            out.square().sum().backward()
+            ref.square().sum().backward()
+            torch.testing.assert_close(out, ref)
+            params = dict(layer.named_parameters())
+            for name, p in jitted.named_parameters():
+                torch.testing.assert_close(p.grad, params[name.removeprefix("inner.")].grad)
+        if how == "instance":
+            (m,) = jitted.explain(torch.randn(2, 16, D_MODEL)).matches
+            assert m.path == "as written (compiled)"
+    assert len(graphs) == 2  # T=16, then dynamic in T
