@@ -6,7 +6,7 @@ For the loop spelling (flash-linear-attention's naive recurrent GLA) and the par
   as written    the function, eager
   op forced     torch.compile(backend="fla") with the cost table off (every proven region rewritten)
   fla           torch.compile(backend="fla") as shipped: the cost table picks the op or the code
-                as written (the "path" column, from the backend's report)
+                as written (the "fla path" column, from the backend's report; Inductor compiles what it keeps)
   @jit          @fla_compile.jit, which makes the same choice per call (the "@jit path" column, from its
                 explain): below the crossover it runs the function as written compiled by Inductor, built on
                 its first call (the "@jit 1st call" column: probes, proof and that compile; not in the timings)

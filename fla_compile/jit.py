@@ -387,7 +387,7 @@ class JitFunction:
             return self._failed(key, e, args)
         if time.perf_counter() - t0 > _SLOW_CALL:  # Dynamo compiled (the first length, or dynamic in T at a second)
             log.info(
-                "@fla_compile.jit: %s: the function as written compiled for T=%d in %.1f s",
+                "@fla_compile.jit: %s: the first call of the function as written at T=%d took %.1f s (compiling it)",
                 self._name(),
                 self._time_input(args)[1],
                 time.perf_counter() - t0,
