@@ -171,7 +171,7 @@ def test_kept_path_compiled_on_cuda():
         out = grads(fn, args)
         ref = grads(retention_on, args)
         (m,) = fla_compile.explain(fn, *args).matches
-    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)  # Triton's pow and exp against CUDA's: a few ulp
     assert m.path == "as written (compiled)"
 
 
