@@ -3,7 +3,8 @@
     python benchmarks/jit_overhead.py [--device cuda] [--T 64]
 
 RetNet's parallel form (benchmarks/small_work.py) below the cost table's crossover: @jit chooses the
-function as written, so its time should be the function's plus the wrapper's few microseconds. Prints the
+function as written, compiled by Inductor (built on the first call, before the timing), so its time should be
+the compiled function's plus the wrapper's few microseconds, below the function's own. Prints the
 host time per call of the function and of the @jit wrapper (synchronized; rounds of 50 calls in alternating
 order, medians over rounds, and the median of the per-round ratio), the wrapper's own key and lookup, then the
 host-side profiler table (the ops each path dispatches) of one call of each.

@@ -6,8 +6,10 @@ For the loop spelling (flash-linear-attention's naive recurrent GLA) and the par
   as written    the function, eager
   op forced     torch.compile(backend="fla") with the cost table off (every proven region rewritten)
   fla           torch.compile(backend="fla") as shipped: the cost table picks the op or the code
-                as written (the "path" column, from the backend's report)
-  @jit          @fla_compile.jit, which makes the same choice per call
+                as written (the "fla path" column, from the backend's report; Inductor compiles what it keeps)
+  @jit          @fla_compile.jit, which makes the same choice per call (the "@jit path" column, from its
+                explain): below the crossover it runs the function as written compiled by Inductor, built on
+                its first call (the "@jit 1st call" column: probes, proof and that compile; not in the timings)
 
 Each time is the median of several rounds taken round-robin over the rows, in an order that
 rotates each round (this VM's speed drifts); the speed-ups are over "as written". Where the
@@ -97,7 +99,10 @@ def bench_one(spelling, T, a, run):
         # where the shipped choice already runs the op, the forced row is the same compiled code
         forced = shipped if "op" in path else compile_fla(fn, args, [])[0]
         jitted = fla_compile.jit(fn)
+        t0 = time.perf_counter()
         jitted(*args)
+        first_call = time.perf_counter() - t0
+        jit_path = ", ".join(m.path.replace("fla_compile.", "op ") for m in jitted.explain(*args).matches)
         rows = {"as written": fn, "op forced": forced, "fla": shipped, "@jit": jitted}
         err = max(((first(f(*args)).float() - ref.float()).norm() / ref.float().norm()).item() for f in rows.values())
         for f in rows.values():  # warm every path (first calls compile, tune, fill caches)
@@ -114,7 +119,7 @@ def bench_one(spelling, T, a, run):
                 f(*args)
                 samples[name].append(statistics.median(run(f, args) for _ in range(3)))
     t = {name: statistics.median(s) for name, s in samples.items()}
-    return t, path, err, rounds
+    return t, path, err, rounds, jit_path or "nothing matched", first_call
 
 
 def main():
@@ -140,20 +145,20 @@ def main():
         f"{torch.get_num_threads()} threads, torch {torch.__version__}, fla_compile {fla_compile.__version__}"
     )
     print(
-        "| spelling | T | as written (ms) | op forced (ms) | fla (ms) | @jit (ms) | fla path | "
-        "op forced / written | fla / written | @jit / written | rel err |"
+        "| spelling | T | as written (ms) | op forced (ms) | fla (ms) | @jit (ms) | fla path | @jit path | "
+        "op forced / written | fla / written | @jit / written | rel err | @jit 1st call (s) |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     worst = math.inf
     for spelling in a.spellings.split(","):
         for T in map(int, a.T.split(",")):
-            t, path, err, rounds = bench_one(spelling, T, a, run)
+            t, path, err, rounds, jit_path, first_call = bench_one(spelling, T, a, run)
             w = t["as written"]
             worst = min(worst, w / t["fla"], w / t["@jit"])
             print(
                 f"| {spelling} | {T} | {w * 1e3:.3f} | {t['op forced'] * 1e3:.3f} | {t['fla'] * 1e3:.3f} | "
-                f"{t['@jit'] * 1e3:.3f} | {path} | {w / t['op forced']:.2f}x | {w / t['fla']:.2f}x | "
-                f"{w / t['@jit']:.2f}x | {err:.1e} |",
+                f"{t['@jit'] * 1e3:.3f} | {path} | {jit_path} | {w / t['op forced']:.2f}x | {w / t['fla']:.2f}x | "
+                f"{w / t['@jit']:.2f}x | {err:.1e} | {first_call:.1f} |",
                 flush=True,
             )
     print(f"lowest speed-up of the shipped paths (fla, @jit) over as written: {worst:.2f}x")

@@ -10,7 +10,14 @@ a third length before it is used. Nothing matched: the reference runs, with one 
 
 The length is known only at each call, so the choice between the op and the function as written
 (``fla_compile.costs``: for small work the code as written is the cheaper path) is made there:
-below the crossover of every matched region, the function runs as written.
+below the crossover of every matched region, the function runs as written, compiled by Inductor
+(as the backend compiles the regions it keeps), so that @jit's own per-call cost is paid back and
+the kept path is never slower than the code as written. That compile is built once per input
+signature, like the rest of @jit's cache, on the first call that keeps it (seconds: said at INFO);
+Dynamo specializes on the first length and recompiles once, dynamic in T, at a second. It falls
+back to the function itself where the compile fails (said once, at WARNING), under
+``jit(..., inductor=False)``, and where a kept region is a loop (Dynamo would unroll it at every
+length). ``explain`` says which of the two runs.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import dataclasses
 import functools
 import itertools
 import logging
+import time
 import types
 import warnings
 
@@ -32,6 +40,8 @@ from .verify import rel_err
 log = logging.getLogger("fla_compile")
 PROBE_LENGTHS = (3, 4)
 CHECK_LENGTH = 6
+KEPT_BACKEND = "inductor"  # what compiles the function as written where it is kept (tests swap in a cheap one)
+_SLOW_CALL = 0.5  # s: a first call that took this long compiled something, and says so
 
 
 class JitError(RuntimeError):
@@ -164,11 +174,44 @@ def _affine(T, a, b):
     return a * T + b
 
 
+def _compiled(fn):
+    """``fn`` under ``torch.compile(backend=KEPT_BACKEND)``, with a code object of its own: its own
+    Dynamo cache entries and recompile budget (one per input signature of ``@jit``)."""
+
+    def as_written(*args):
+        return fn(*args)
+
+    return torch.compile(fresh_code(as_written, "fla_kept"), backend=KEPT_BACKEND)
+
+
+def _said(error: BaseException) -> str:
+    """An error in one line: its type, and its innermost cause's type and first line (Dynamo wraps a backend's)."""
+    root = error
+    for _ in range(8):  # a chain, bounded
+        inner = getattr(root, "inner_exception", None) or root.__cause__
+        if inner is None:
+            break
+        root = inner
+    lines = str(root).strip().splitlines()
+    said = f"{type(root).__name__}: {lines[0] if lines else ''}"
+    return (said if root is error else f"{type(error).__name__}: {said}")[:300]
+
+
+def _op_runner(gm: fx.GraphModule):
+    """A call of the generalized graph with the function's arguments, returning the function's output structure."""
+    order, spec, unflatten = gm._fla_inputs, gm._fla_spec, torch.utils._pytree.tree_unflatten
+
+    def run(*args):
+        return unflatten(list(gm(*[args[i] for i in order])), spec)
+
+    return run
+
+
 class JitFunction:
     """The callable ``@fla_compile.jit`` returns (see the module docstring)."""
 
-    def __init__(self, fn, time_dim: int = 1, strict: bool = False, verify: bool = True):
-        self.fn, self.time_dim, self.strict = fn, time_dim, strict
+    def __init__(self, fn, time_dim: int = 1, strict: bool = False, verify: bool = True, inductor: bool = True):
+        self.fn, self.time_dim, self.strict, self.inductor = fn, time_dim, strict, inductor
         # the probes are a few steps long: the cost choice is made per call, at the real length
         self.opts = passes.Options(verify=verify, strict=strict, inductor=False, costs=False)
         self.cache: dict = {}
@@ -176,7 +219,10 @@ class JitFunction:
         self.fixed = 0  # leading arguments that are parameters (set by the module wrappers)
         self._warned = False
         self._kept: dict = {}  # (report id, T) -> (costs.token(), reasons): see ``kept``
-        self._fast: dict = {}  # exact input key -> (costs.token(), run as written?, graph): see ``__call__``
+        # exact input key -> (costs.token(), what runs, the ``_key`` of a compiled as-written form or None)
+        self._fast: dict = {}
+        self._as_written: dict = {}  # ``_key`` -> what runs the function as written there (see ``as_written``)
+        self._compile_failed: dict = {}  # ``_key`` -> why compiling the function as written failed there
         functools.update_wrapper(self, fn)
 
     def _key(self, args):
@@ -278,23 +324,29 @@ class JitFunction:
         if len(ref_flat) != len(out_flat) or not err < 1e-4:
             raise JitError(f"the generalized graph differs from the reference at T={CHECK_LENGTH} (rel err {err:.1e})")
         gm._fla_inputs, gm._fla_spec = order, spec
+        gm._fla_run = _op_runner(gm)
         return gm
 
     def __call__(self, *args, **kwargs):
+        if not kwargs and not torch.compiler.is_compiling():  # a repeated call: one key, one lookup, one call
+            hit = self._fast.get(self._fast_key(args))
+            if hit is not None and hit[0] == costs._generation:
+                try:
+                    return hit[1](*args)
+                except Exception as e:
+                    if hit[2] is None:  # the op, or the function itself: its own error
+                        raise
+                    return self._failed(hit[2], e, args)
+        return self._call(args, kwargs)
+
+    def _call(self, args, kwargs):
+        """A call with new inputs (or keywords, or under an outer compile): prepare, choose, remember."""
         compiling = torch.compiler.is_compiling()
-        if not kwargs and not compiling:  # a repeated call costs one key and one lookup (small work is ~0.1 ms)
-            fast = self._fast_key(args)
-            hit = self._fast.get(fast)
-            if hit is not None and hit[0] == costs.token():
-                if hit[1]:
-                    return self.fn(*args)
-                out = hit[2](*[args[i] for i in hit[2]._fla_inputs])
-                return torch.utils._pytree.tree_unflatten(list(out), hit[2]._fla_spec)
         if kwargs:
             args = self._bind_kwargs(args, kwargs)
         key = self._key(args)
         if key not in self.cache:
-            if torch.compiler.is_compiling():
+            if compiling:
                 torch.compiler.disable(self.prepare)(*args)
             else:
                 self.prepare(*args)
@@ -307,22 +359,88 @@ class JitFunction:
                 self._warned = True
                 warnings.warn(
                     f"@fla_compile.jit: nothing matched in {self.fn.__name__}; running it as written\n{report}",
-                    stacklevel=2,
+                    stacklevel=3,
                 )
             return self.fn(*args)
         # small work: the function as written is cheaper (under an outer torch.compile the op is
         # kept: that graph is built once for its sizes, and the table's times are eager times)
-        if not compiling:
-            kept = self.kept(self.reports[key], args)
-            as_written = bool(kept) and all(kept)
-            if not kwargs:
-                if len(self._fast) > 4096:  # many lengths: start over rather than grow without bound
-                    self._fast.clear()
-                self._fast[self._fast_key(args)] = (costs.token(), as_written, gm)
-            if as_written:
-                return self.fn(*args)
-        out = gm(*[args[i] for i in gm._fla_inputs])
-        return torch.utils._pytree.tree_unflatten(list(out), gm._fla_spec)
+        if compiling:
+            return gm._fla_run(*args)
+        report = self.reports[key]
+        kept = self.kept(report, args)
+        if kept and all(kept):
+            run, compiled = self.as_written(key, report, args), key
+        else:
+            run, compiled = gm._fla_run, None
+        if compiled is not None and run is self.fn:
+            compiled = None
+        if not kwargs:
+            if len(self._fast) > 4096:  # many lengths: start over rather than grow without bound
+                self._fast.clear()
+            self._fast[self._fast_key(args)] = (costs._generation, run, compiled)
+        if compiled is None:
+            return run(*args)
+        t0 = time.perf_counter()
+        try:
+            out = run(*args)
+        except Exception as e:
+            return self._failed(key, e, args)
+        if time.perf_counter() - t0 > _SLOW_CALL:  # Dynamo compiled (the first length, or dynamic in T at a second)
+            log.info(
+                "@fla_compile.jit: %s: the first call of the function as written at T=%d took %.1f s (compiling it)",
+                self._name(),
+                self._time_input(args)[1],
+                time.perf_counter() - t0,
+            )
+        return out
+
+    def _name(self) -> str:
+        return getattr(self, "__name__", "function")
+
+    def _compiles(self, key, report) -> tuple[bool, str]:
+        """Whether the function as written runs compiled for inputs of ``key``, and what the report says of it."""
+        if not self.inductor:
+            return False, "@jit runs it eagerly (jit(..., inductor=False))"
+        if key in self._compile_failed:
+            return False, f"@jit runs it eagerly: compiling it failed ({self._compile_failed[key]})"
+        if any(m.spelling == "loop" for m in report.matches):
+            return False, "@jit runs it eagerly: Dynamo would unroll its loop at every length"
+        return True, f"@jit runs it compiled ({KEPT_BACKEND})"
+
+    def as_written(self, key, report, args):
+        """What runs the function as written for inputs of ``key``: compiled, built once (the compile
+        itself happens at its first call), or the function itself (see ``_compiles``)."""
+        run = self._as_written.get(key)
+        if run is None:
+            if self._compiles(key, report)[0]:
+                log.info(
+                    "@fla_compile.jit: %s: below the crossover at T=%d: compiling the function as written (%s), "
+                    "once for these inputs",
+                    self._name(),
+                    self._time_input(args)[1],
+                    KEPT_BACKEND,
+                )
+                run = _compiled(self.fn)
+            else:
+                run = self.fn
+            self._as_written[key] = run
+        return run
+
+    def _failed(self, key, error, args):
+        """The compiled form raised: run the function itself. Its own error (raised by it too) propagates and the
+        compiled form stays; otherwise the compile is what failed, and these inputs run eagerly from now on."""
+        out = self.fn(*args)
+        self._compile_failed[key] = _said(error)
+        self._as_written[key] = self.fn
+        self._fast.clear()
+        if len(self._compile_failed) == 1:
+            log.warning(
+                "@fla_compile.jit: %s: compiling the function as written failed; it runs eagerly (%s)",
+                self._name(),
+                self._compile_failed[key],
+                exc_info=error,
+            )
+        return out
 
     def _bind_kwargs(self, args, kwargs):
         import inspect
@@ -339,8 +457,10 @@ class JitFunction:
             return report
         kept = self.kept(report, args)
         if not (kept and all(kept)):  # the op runs (any region above its crossover takes the whole function there)
-            kept = [""] * len(kept)
-        matches = [dataclasses.replace(m, kept=k) for m, k in zip(report.matches, kept)]
+            matches = [dataclasses.replace(m, kept="") for m in report.matches]
+            return Report(matches, list(report.misses), list(report.notes))
+        compiled, how = self._compiles(self._key(args), report)
+        matches = [dataclasses.replace(m, kept=f"{k}; {how}", compiled=compiled) for m, k in zip(report.matches, kept)]
         return Report(matches, list(report.misses), list(report.notes))
 
 
@@ -375,12 +495,13 @@ class JitModule(torch.nn.Module):
         return self._jit.explain(*named.values(), *args)
 
 
-def jit(fn=None, *, time_dim: int = 1, strict: bool = False, verify: bool = True):
+def jit(fn=None, *, time_dim: int = 1, strict: bool = False, verify: bool = True, inductor: bool = True):
     """Recognise the recurrence in a reference function, module class or instance, once.
 
-    ``time_dim``: the time dim of the sequence inputs ([B, T, H, D] -> 1).
+    ``time_dim``: the time dim of the sequence inputs ([B, T, H, D] -> 1). ``inductor``: where the
+    cost table keeps the code as written (small work), run it compiled by Inductor (off: eagerly).
     """
-    options = dict(time_dim=time_dim, strict=strict, verify=verify)
+    options = dict(time_dim=time_dim, strict=strict, verify=verify, inductor=inductor)
     if fn is None:
         return lambda f: jit(f, **options)
     if isinstance(fn, torch.nn.Module):

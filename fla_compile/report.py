@@ -19,11 +19,14 @@ class Match:
     error: float = 0.0  # relative error of the proof on fresh probes
     kept: str = ""  # "kept as written: ..." where the region runs as written; "" where the op runs
     shape: Any = dataclasses.field(default=None, repr=False, compare=False)  # its costs.Shape, if read
+    compiled: bool = False  # kept, and ``@jit`` runs the code as written compiled by Inductor
 
     @property
     def path(self) -> str:
-        """What runs: the op's name, or "as written"."""
-        return "as written" if self.kept else self.op
+        """What runs: the op's name, "as written", or "as written (compiled)" (``@jit``: by Inductor)."""
+        if not self.kept:
+            return self.op
+        return "as written (compiled)" if self.compiled else "as written"
 
     def __str__(self) -> str:
         where = f" at {self.source}" if self.source else ""

@@ -2,6 +2,7 @@
 small work), above it the op runs; the choice is made at compile time in the backend and per call
 in ``@jit``, and the report says which path runs."""
 
+import importlib
 import json
 import logging
 from pathlib import Path
@@ -15,6 +16,13 @@ from fla_compile import backend, bench, costs, passes
 H, D = 2, 8
 # a tiny table: the parallel form runs as written below T=32 at B*H=2, K=8 (work 2*32*32*8)
 TABLE = [{"device": "cpu", "family": "*", "spelling": "parallel", "min_work": 2 * 32 * 32 * 8}]
+
+
+@pytest.fixture(autouse=True)
+def _kept_form_by_dynamo_alone(monkeypatch):
+    """``@jit`` compiles the form it keeps with Inductor (seconds of C++ compile on a CPU); these tests are
+    about the choice, so Dynamo's "eager" backend compiles it here (tests/test_jit_kept.py: the compile)."""
+    monkeypatch.setattr(importlib.import_module("fla_compile.jit"), "KEPT_BACKEND", "eager")
 
 
 def retention(q, k, v):
