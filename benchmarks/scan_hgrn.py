@@ -172,7 +172,7 @@ def sweep_chunk(shapes=SHAPES):
 
 def sweep_tile(shapes=SHAPES):
     """As :func:`sweep_chunk` for the tile walk (triton_tile directly, bf16): the options of ``TILE_SWEEP`` set on
-    both ``CONFIG`` and ``BWD_CONFIG``; bwd ms is fwd+bwd less fwd. Its dispatch needs >= 2 programs per SM
+    both ``CONFIG`` and ``BWD_CONFIG``; bwd ms is fwd+bwd less fwd. Its dispatch needs one program per SM
     (dispatch.TILE_WAVES): shapes under that are timed too, to show where it would lose."""
     from fla_compile.lowering.scan import triton_tile as TT
 

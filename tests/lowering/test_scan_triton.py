@@ -432,7 +432,7 @@ def test_interpreter_chunk(interpreter_report, case):
         ((1, 1, 4096), None, False),  # decoding: the walk
         ((64, 256, 4096), None, False),  # short and wide: 4096 walk programs fill the GPU
         ((2, 256, 256), None, True),  # short but 8 walk programs: chunked
-        ((4, 8192, 1024), None, True),  # long: chunked
+        ((1, 16384, 1024), None, True),  # long, 64 tile programs: chunked
         ((1, 20000, 4096), [16] * 1250, False),  # packed short sequences: the walk
         ((1, 20000, 256), [10000, 10000], True),  # packed long ones: chunked
     ],
@@ -542,16 +542,17 @@ def test_interpreter_tile(interpreter_report, case):
 @pytest.mark.parametrize(
     "shape,lens,kernel",
     [
-        ((8, 2048, 2048), None, "tile"),  # 512 programs of 32 channels: ~4 per SM
+        ((8, 2048, 2048), None, "tile"),  # 1024 programs of 16 channels: ~8 per SM
         ((64, 256, 4096), None, "tile"),  # short but wide: tiles rather than rows
-        ((4, 8192, 1024), None, "chunk"),  # 128 programs, fewer than the SMs: time-parallel
-        ((1, 16384, 4096), None, "chunk"),
-        ((2, 256, 256), None, "chunk"),  # 16 programs
+        ((4, 8192, 1024), None, "tile"),  # 256 programs: ~2 per SM
+        ((1, 16384, 4096), None, "tile"),
+        ((1, 16384, 1024), None, "chunk"),  # 64 programs, fewer than the SMs: time-parallel
+        ((2, 256, 256), None, "chunk"),  # 32 programs
         ((8, 32, 4096), None, "walk"),  # short sequences: one row at a time
         ((1, 1, 4096), None, "walk"),  # decoding
         ((1, 20000, 4096), [16] * 1250, "walk"),  # packed short sequences
         ((1, 20000, 256), [10000, 10000], "chunk"),  # packed long ones, few programs
-        ((1, 32768, 2048), [512] * 64, "tile"),  # packed, 64 sequences x 64 blocks
+        ((1, 32768, 2048), [512] * 64, "tile"),  # packed, 64 sequences x 128 blocks
     ],
 )
 def test_pick_rule(shape, lens, kernel):

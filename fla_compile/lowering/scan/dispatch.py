@@ -30,9 +30,10 @@ WALK_MIN_STEPS = 64  # below this (decoding, short sequences) the walk always ru
 WALK_BD = 64  # the walk's channels per program (triton_scan.BD_MAX), to count its programs
 WALK_WAVES = 2  # the walk fills the GPU with at least this many programs per SM
 TILE_MIN_STEPS = 64  # mean steps per sequence from which the tile walk may run (below: the walk)
-TILE_WAVES = 2  # the tile walk runs where its programs (triton_tile.programs) are at least this many per SM
-# (programs counted at triton_tile.CONFIG["BD"]: raising BD to 64 halves them, and (8, 2048, 2048) would fall
-# under 2 per SM: tests/lowering/test_scan_triton.py::test_pick_rule says so)
+TILE_WAVES = 1  # the tile walk runs where its programs (triton_tile.programs) are at least this many per SM
+# (counted at triton_tile.CONFIG["BD"]). H200, bf16, fwd+bwd through the op (2026-11-30): with ~1 program per SM
+# (128 of [64, 32]) the tile walk still beat the chunked scan, 0.934 vs 1.237 ms at (4, 8192, 1024) and 0.949
+# vs 1.351 at (1, 16384, 4096); the chunked scan keeps fewer programs than SMs
 
 
 @functools.cache

@@ -37,12 +37,14 @@ from .triton_scan import _span
 
 # Launch options, read by the launchers at every call (benchmarks/scan_hgrn.py --sweep-tile times others):
 # BT rows per tile, BD channels per program, warps, and stages of the software pipeline over tiles (lowered by
-# _launch where the stage buffers overflow shared memory). Chosen from ptxas's sm_90 counts (Triton 3.9 and 3.6,
-# benchmarks/scan_tile_regs.py; both turn the loads into cp.async), not yet from H200 timings: forward 72-78
-# registers bf16 / 89-91 fp32, 18 / 36 KB of stage buffers; the backward (four tile loads) at 8 warps 80 / 108
-# registers (at 4 warps 140 / 168, and fp32 spills).
-CONFIG = {"BT": 64, "BD": 32, "num_warps": 4, "num_stages": 3}
-BWD_CONFIG = {"BT": 64, "BD": 32, "num_warps": 8, "num_stages": 3}
+# _launch where the stage buffers overflow shared memory). H200 sweep, bf16, kernels alone, fwd / fwd+bwd ms
+# (2026-11-30): [128, 16] tiles on 4 warps, 3 stages: 0.130 / 0.301 at (8, 2048, 2048), 0.297 / 0.669 at
+# (1, 16384, 4096); the first choice ([64, 32], 4 warps forward, 8 backward) 0.118 / 0.307 and 0.442 / 0.956
+# (at 128 programs the narrow blocks double the programs: ~2 per SM). ptxas sm_90: [64, 32] tiles (the same
+# 2048 elements a program) at 4 warps 72-78 registers forward, backward 140 bf16 / 168 fp32 with a small fp32
+# spill (benchmarks/scan_tile_regs.py).
+CONFIG = {"BT": 128, "BD": 16, "num_warps": 4, "num_stages": 3}
+BWD_CONFIG = {"BT": 128, "BD": 16, "num_warps": 4, "num_stages": 3}
 
 
 @triton.jit
