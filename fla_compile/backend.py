@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import operator
 
@@ -39,6 +40,9 @@ def analyze(gm: torch.fx.GraphModule, opts: passes.Options) -> tuple[torch.fx.Gr
     Returns the rewritten graph and its report. ``gm`` itself may be changed.
     """
     new_gm, report = passes.run(gm, opts)
+    if opts.inductor and any(m.kept for m in report.matches) and work_for_inductor(new_gm):
+        # a region kept as written is part of the graph Inductor compiles: the report says so, as @jit's does
+        report.matches = [dataclasses.replace(m, compiled=True) if m.kept else m for m in report.matches]
     for m in report.matches:
         log.info("fla_compile matched %s", m)
     for m in report.misses:

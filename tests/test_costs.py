@@ -90,6 +90,27 @@ def lowerings(fn, args):
     return out, len(calls)
 
 
+def test_backend_report_says_kept_code_is_compiled():
+    """With Inductor on, a kept region is part of the graph Inductor compiles: the report's path says so (as @jit's
+    does); without Inductor it runs as written. analyze() alone: no Inductor compile in this test."""
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(retention, backend=capture)(*inputs(16))
+    labels = {}
+    for inductor in (True, False):
+        with costs.use(TABLE):
+            _, report = backend.analyze(graphs[0], passes.Options.from_dict({"inductor": inductor}))
+        (m,) = report.matches
+        assert m.kept
+        labels[inductor] = m.path
+    assert labels == {True: "as written (compiled)", False: "as written"}
+
+
 def test_backend_keeps_small_parallel_form_as_written(monkeypatch):
     with costs.use(TABLE):
         report, calls = compiled_report(retention, inputs(16), monkeypatch)
