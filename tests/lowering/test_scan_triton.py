@@ -579,6 +579,27 @@ def test_pick_forced(monkeypatch):
 # ---------------------------------------------------------------- the chunked scan on the GPU
 
 
+def _kernels_vs_fp64(K, dtype, tol, strength, lens, resets):
+    """Module K's forward and backward at T=8192, D=1000 (a masked channel tail) against the fp64 torch path: o,
+    ht, dx, dg, dh0, outputs poisoned, resets (-inf gates) at the steps ``resets``, bitwise determinism."""
+    x, g, h0, cu = make(B=2, T=8192, D=1000, strength=strength, lens=lens, device="cuda", dtype=dtype)
+    g[:, resets[0], ::3] = -float("inf")
+    g[:, resets[1], 1::3] = -float("inf")
+    do = torch.randn_like(x)
+    dht = torch.randn_like(h0)
+    _poison()
+    o, ht = K.forward(x, g, h0, cu)
+    _poison()
+    dx, dg, dh0 = K.backward(x, g, h0, cu, o, do, dht)
+    ro, rh, (rdx, rdg, rdh0) = reference(x, g, h0, cu, do, dht)
+    errs = {"o": rel(o, ro), "ht": rel(ht, rh), "dx": rel(dx, rdx), "dg": rel(dg, rdg), "dh0": rel(dh0, rdh0)}
+    assert all(e < tol for e in errs.values()), errs  # NaN fails too
+    o2, ht2 = K.forward(x, g, h0, cu)
+    again = K.backward(x, g, h0, cu, o, do, dht)
+    assert torch.equal(o, o2) and torch.equal(ht, ht2), "forward not bitwise deterministic"
+    assert all(torch.equal(a, b) for a, b in zip((dx, dg, dh0), again)), "backward not bitwise deterministic"
+
+
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"])
@@ -587,24 +608,9 @@ def test_pick_forced(monkeypatch):
 def test_gpu_chunk_vs_fp64(dtype, tol, strength, lens):
     """The chunked kernels at T=8192 against the fp64 torch path: o, ht, dx, dg, dh0, outputs poisoned,
     resets (-inf gates) on a chunk boundary, bitwise determinism."""
-    from fla_compile.lowering.scan import triton_chunk as TC
+    from fla_compile.lowering.scan import triton_chunk
 
-    x, g, h0, cu = make(B=2, T=8192, D=1000, strength=strength, lens=lens, device="cuda", dtype=dtype)
-    g[:, 128, ::3] = -float("inf")
-    g[:, 4000, 1::3] = -float("inf")
-    do = torch.randn_like(x)
-    dht = torch.randn_like(h0)
-    _poison()
-    o, ht = TC.forward(x, g, h0, cu)
-    _poison()
-    dx, dg, dh0 = TC.backward(x, g, h0, cu, o, do, dht)
-    ro, rh, (rdx, rdg, rdh0) = reference(x, g, h0, cu, do, dht)
-    errs = {"o": rel(o, ro), "ht": rel(ht, rh), "dx": rel(dx, rdx), "dg": rel(dg, rdg), "dh0": rel(dh0, rdh0)}
-    assert all(e < tol for e in errs.values()), errs  # NaN fails too
-    o2, ht2 = TC.forward(x, g, h0, cu)
-    again = TC.backward(x, g, h0, cu, o, do, dht)
-    assert torch.equal(o, o2) and torch.equal(ht, ht2), "forward not bitwise deterministic"
-    assert all(torch.equal(a, b) for a, b in zip((dx, dg, dh0), again)), "backward not bitwise deterministic"
+    _kernels_vs_fp64(triton_chunk, dtype, tol, strength, lens, resets=(128, 4000))  # 4000: off a chunk boundary
 
 
 @pytest.mark.gpu
@@ -666,24 +672,9 @@ def test_gpu_tile_vs_fp64(dtype, tol, strength, lens):
     """The tile walk (default launch options: pipelined) at T=8192 against the fp64 torch path: o, ht, dx, dg,
     dh0, outputs poisoned, resets (-inf gates) on and off tile boundaries, a masked channel tail (D=1000),
     bitwise determinism."""
-    from fla_compile.lowering.scan import triton_tile as TT
+    from fla_compile.lowering.scan import triton_tile
 
-    x, g, h0, cu = make(B=2, T=8192, D=1000, strength=strength, lens=lens, device="cuda", dtype=dtype)
-    g[:, 128, ::3] = -float("inf")
-    g[:, 4001, 1::3] = -float("inf")
-    do = torch.randn_like(x)
-    dht = torch.randn_like(h0)
-    _poison()
-    o, ht = TT.forward(x, g, h0, cu)
-    _poison()
-    dx, dg, dh0 = TT.backward(x, g, h0, cu, o, do, dht)
-    ro, rh, (rdx, rdg, rdh0) = reference(x, g, h0, cu, do, dht)
-    errs = {"o": rel(o, ro), "ht": rel(ht, rh), "dx": rel(dx, rdx), "dg": rel(dg, rdg), "dh0": rel(dh0, rdh0)}
-    assert all(e < tol for e in errs.values()), errs  # NaN fails too
-    o2, ht2 = TT.forward(x, g, h0, cu)
-    again = TT.backward(x, g, h0, cu, o, do, dht)
-    assert torch.equal(o, o2) and torch.equal(ht, ht2), "forward not bitwise deterministic"
-    assert all(torch.equal(a, b) for a, b in zip((dx, dg, dh0), again)), "backward not bitwise deterministic"
+    _kernels_vs_fp64(triton_tile, dtype, tol, strength, lens, resets=(128, 4001))
 
 
 @pytest.mark.gpu

@@ -33,6 +33,7 @@ import triton
 import triton.language as tl
 
 from ..common import launch
+from .triton_scan import bwd_io, fwd_io
 
 # Launch options, read by the launchers at every call (benchmarks/scan_hgrn.py --sweep-chunk times others):
 # BT steps per chunk and BD channels per program of passes 1 and 3, BC chunks per associative scan and BDC
@@ -232,13 +233,11 @@ def _carry(A, Bs, NT, D, reverse):
 def forward(x, g, initial_state=None, cu_seqlens=None):
     """(o [B, T, D] in x's dtype, final state [N, D] fp32)."""
     D = x.shape[-1]
-    x, g = x.contiguous(), g.contiguous()
+    x, g, h0, o, N = fwd_io(x, g, initial_state, cu_seqlens)
     T, T_all, N, seq_ids = _layout(x, cu_seqlens)
     cfg = CONFIG
     BT, BD = cfg["BT"], min(cfg["BD"], launch.next_pow2(D))
     NT = launch.cdiv(T_all, BT)
-    h0 = initial_state.contiguous() if initial_state is not None else None
-    o = torch.empty_like(x)
     if cu_seqlens is None:  # every sequence has a last step that writes its state
         ht = torch.empty(N, D, dtype=torch.float32, device=x.device)
     else:  # an empty sequence passes its initial state (or 0) through
@@ -258,16 +257,11 @@ def forward(x, g, initial_state=None, cu_seqlens=None):
 def backward(x, g, initial_state, cu_seqlens, o, do, dht):
     """(dx in x's dtype, dg in g's dtype, dh0 fp32 or None), from the forward's output ``o``."""
     D = x.shape[-1]
-    g, o, do = g.contiguous(), o.contiguous(), do.contiguous()
+    g, o, do, h0, dht, dx, dg, N = bwd_io(x, g, initial_state, o, do, dht, cu_seqlens)
     T, T_all, N, seq_ids = _layout(x, cu_seqlens)
     cfg = CONFIG
     BT, BD = cfg["BT"], min(cfg["BD"], launch.next_pow2(D))
     NT = launch.cdiv(T_all, BT)
-    h0 = initial_state.contiguous() if initial_state is not None else None
-    dht = dht.contiguous() if dht is not None else None
-    # written as [B, T, D] rows: x may be a strided view (empty_like would keep its strides)
-    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    dg = torch.empty_like(g)  # g is contiguous here
     dh0 = None
     if h0 is not None:
         if cu_seqlens is None:

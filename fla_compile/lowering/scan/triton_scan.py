@@ -104,14 +104,33 @@ def _grid(D: int, N: int):
     return BD, (launch.cdiv(D, BD), N)
 
 
+def fwd_io(x, g, initial_state, cu_seqlens):
+    """(x, g, h0 dense, o, N): the forward's inputs as the hgrn kernels (walk, chunked, tile) read them and its
+    output as they write it, dense [B, T, D] rows in x's dtype. One definition for the three launchers."""
+    x, g = x.contiguous(), g.contiguous()
+    h0 = initial_state.contiguous() if initial_state is not None else None
+    N = x.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    return x, g, h0, torch.empty(x.shape, dtype=x.dtype, device=x.device), N
+
+
+def bwd_io(x, g, initial_state, o, do, dht, cu_seqlens):
+    """(g, o, do, h0, dht dense, dx, dg, N): the backward's inputs as the kernels read them and the gradients as
+    they write them, dense rows whatever x's strides (``empty_like`` of a permuted x would keep its strides: a
+    wrong dx, 2026-11-30)."""
+    g, o, do = g.contiguous(), o.contiguous(), do.contiguous()
+    h0 = initial_state.contiguous() if initial_state is not None else None
+    dht = dht.contiguous() if dht is not None else None
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    dg = torch.empty(g.shape, dtype=g.dtype, device=g.device)
+    N = x.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    return g, o, do, h0, dht, dx, dg, N
+
+
 def forward(x, g, initial_state=None, cu_seqlens=None):
     """(o [B, T, D] in x's dtype, final state [N, D] fp32)."""
     B, T, D = x.shape
-    x, g = x.contiguous(), g.contiguous()
-    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
-    o = torch.empty_like(x)
+    x, g, h0, o, N = fwd_io(x, g, initial_state, cu_seqlens)
     ht = x.new_empty(N, D, dtype=torch.float32)
-    h0 = initial_state.contiguous() if initial_state is not None else None
     BD, grid = _grid(D, N)
     scan_fwd_kernel[grid](
         x, g, h0, o, ht, cu_seqlens, T, D,
@@ -123,14 +142,8 @@ def forward(x, g, initial_state=None, cu_seqlens=None):
 def backward(x, g, initial_state, cu_seqlens, o, do, dht):
     """(dx in x's dtype, dg in g's dtype, dh0 fp32 or None)."""
     B, T, D = x.shape
-    g, o, do = g.contiguous(), o.contiguous(), do.contiguous()
-    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
-    # written as [B, T, D] rows: x may be a strided view (empty_like would keep its strides)
-    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    dg = torch.empty_like(g)  # g is contiguous here
-    h0 = initial_state.contiguous() if initial_state is not None else None
+    g, o, do, h0, dht, dx, dg, N = bwd_io(x, g, initial_state, o, do, dht, cu_seqlens)
     dh0 = x.new_empty(N, D, dtype=torch.float32) if h0 is not None else None
-    dht = dht.contiguous() if dht is not None else None
     BD, grid = _grid(D, N)
     scan_bwd_kernel[grid](
         g, o, h0, do, dht, dx, dg, dh0, cu_seqlens, T, D,

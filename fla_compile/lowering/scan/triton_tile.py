@@ -33,7 +33,7 @@ import triton.language as tl
 
 from ..common import launch
 from .triton_chunk import _combine, _last_row
-from .triton_scan import _span
+from .triton_scan import _span, bwd_io, fwd_io
 
 # Launch options, read by the launchers at every call (benchmarks/scan_hgrn.py --sweep-tile times others):
 # BT rows per tile, BD channels per program, warps, and stages of the software pipeline over tiles (lowered by
@@ -164,13 +164,10 @@ def programs(x: torch.Tensor, cu_seqlens=None) -> int:
 def forward(x, g, initial_state=None, cu_seqlens=None):
     """(o [B, T, D] in x's dtype, final state [N, D] fp32)."""
     B, T, D = x.shape
-    x, g = x.contiguous(), g.contiguous()
-    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    x, g, h0, o, N = fwd_io(x, g, initial_state, cu_seqlens)
     cfg = CONFIG
     BT, BD = _block(cfg, D)
-    o = torch.empty_like(x)
     ht = torch.empty(N, D, dtype=torch.float32, device=x.device)
-    h0 = initial_state.contiguous() if initial_state is not None else None
     _launch(
         tile_fwd_kernel, (launch.cdiv(D, BD), N), x, g, h0, o, ht, cu_seqlens, T, D,
         USE_H0=h0 is not None, IS_VARLEN=cu_seqlens is not None, BT=BT, BD=BD,
@@ -182,16 +179,10 @@ def forward(x, g, initial_state=None, cu_seqlens=None):
 def backward(x, g, initial_state, cu_seqlens, o, do, dht):
     """(dx in x's dtype, dg in g's dtype, dh0 fp32 or None), from the forward's output ``o``."""
     B, T, D = x.shape
-    g, o, do = g.contiguous(), o.contiguous(), do.contiguous()
-    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    g, o, do, h0, dht, dx, dg, N = bwd_io(x, g, initial_state, o, do, dht, cu_seqlens)
     cfg = BWD_CONFIG
     BT, BD = _block(cfg, D)
-    # written as [B, T, D] rows: x may be a strided view (empty_like would keep its strides)
-    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    dg = torch.empty_like(g)  # g is contiguous here
-    h0 = initial_state.contiguous() if initial_state is not None else None
     dh0 = torch.empty(N, D, dtype=torch.float32, device=x.device) if h0 is not None else None
-    dht = dht.contiguous() if dht is not None else None
     _launch(
         tile_bwd_kernel, (launch.cdiv(D, BD), N), g, o, h0, do, dht, dx, dg, dh0, cu_seqlens, T, D,
         USE_H0=h0 is not None, USE_DHT=dht is not None, IS_VARLEN=cu_seqlens is not None, BT=BT, BD=BD,
