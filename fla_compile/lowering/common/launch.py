@@ -74,7 +74,9 @@ def fill_sms(device, programs: int, V: int, BV: int, K: int = 1, BK: int | None 
 _LOWERED: set = set()
 
 
-def _out_of_resources() -> type:
+def out_of_resources() -> type:
+    """Triton's ``OutOfResources``, imported when asked: in an ``except`` clause it is evaluated only once
+    something was raised, so a launch imports nothing."""
     from triton.runtime.errors import OutOfResources
 
     return OutOfResources
@@ -88,7 +90,7 @@ def fitted(kernel, grid, *args, num_stages: int, **kwargs):
     while True:
         try:
             return kernel[grid](*args, num_stages=num_stages, **kwargs)
-        except _out_of_resources() as e:  # evaluated only when something was raised: no import per launch
+        except out_of_resources() as e:  # evaluated only when something was raised: no import per launch
             if e.name != "shared memory" or num_stages <= 1:
                 raise
             num_stages -= 1
