@@ -220,18 +220,17 @@ def register(spec: OpSpec) -> None:
 
     torch.library.register_autograd(qual, grad_fn, setup_context=setup_context, lib=LIB)
 
-    class Direct(torch.autograd.Function):
-        """The op's autograd formula around its implementation, for :func:`call`."""
+    def forward(ctx, *args):
+        output = fwd_impl(*args)
+        setup_context(ctx, args, output)
+        return output
 
-        @staticmethod
-        def forward(ctx, *args):
-            output = fwd_impl(*args)
-            setup_context(ctx, args, output)
-            return output
-
-        backward = staticmethod(grad_fn)
-
-    Direct.__name__ = Direct.__qualname__ = f"{name}_direct"
+    # the op's autograd formula around its implementation, for ``call`` (named for grad_fn: <name>_directBackward)
+    Direct = type(
+        f"{name}_direct",
+        (torch.autograd.Function,),
+        {"forward": staticmethod(forward), "backward": staticmethod(grad_fn)},
+    )
     op = getattr(torch.ops.fla_compile, name).default
     CALLS[name] = lambda *args: direct(Direct, fwd_impl, op, args)
 

@@ -99,7 +99,7 @@ def _backward(ctx, do, dht):
 torch.library.register_autograd("fla_compile::hgrn", _backward, setup_context=_setup_context, lib=LIB)
 
 
-class _Direct(torch.autograd.Function):
+class _HgrnDirect(torch.autograd.Function):
     """The op's autograd formula around its implementation (see ``_library.call``)."""
 
     @staticmethod
@@ -112,7 +112,7 @@ class _Direct(torch.autograd.Function):
 
 
 _OP = torch.ops.fla_compile.hgrn.default
-CALLS["hgrn"] = lambda *args: direct(_Direct, _fwd_impl, _OP, args)
+CALLS["hgrn"] = lambda *args: direct(_HgrnDirect, _fwd_impl, _OP, args)
 
 
 def hgrn(x, g, initial_state=None, output_final_state=False, cu_seqlens=None):
