@@ -115,6 +115,11 @@ def _state_batch(q, cu_seqlens):
     return q.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
 
 
+def cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype``, contiguous; no call into torch where it already is (a ``to`` costs a microsecond)."""
+    return (t if t.dtype == dtype else t.to(dtype)).contiguous()
+
+
 def _no_steps(v: torch.Tensor) -> bool:
     """T = 0 (or an empty batch): there is no step to run, and the implementations need at least one."""
     return v.shape[0] == 0 or v.shape[1] == 0
@@ -171,7 +176,7 @@ def register(spec: OpSpec) -> None:
         if n_saved:
             kw["saved"] = tuple(saved)
         grads = spec.backward(q, k, v, *gates, scale=scale, initial_state=h0, cu_seqlens=cu, do=do, dht=dht, **kw)
-        return [g.to(x.dtype).contiguous() if g is not None else q.new_empty(0) for g, x in zip(grads, inputs)]
+        return [cast(g, x.dtype) if g is not None else q.new_empty(0) for g, x in zip(grads, inputs)]
 
     def fwd_fake(q, k, v, *rest):
         gates, (_, h0, cu), flags = rest[:n_gates], rest[n_gates : n_gates + 3], rest[n_gates + 3 :]

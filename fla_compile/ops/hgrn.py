@@ -18,7 +18,7 @@ import torch
 
 from ..lowering import FAMILIES
 from ._checks import FLOAT_DTYPES, _name, check_cu_seqlens, fail
-from ._library import CALLS, LIB, call, direct, eager_ok, state_dtype
+from ._library import CALLS, LIB, call, cast, direct, eager_ok, state_dtype
 
 _HGRN = FAMILIES["hgrn"]
 _INPUTS = "Tensor x, Tensor g, Tensor? initial_state, Tensor? cu_seqlens"
@@ -38,8 +38,7 @@ def _fwd_impl(x, g, h0, cu):
         ht = h0.to(state_dtype(x), copy=True) if h0 is not None else x.new_zeros(N, D, dtype=state_dtype(x))
         return x.new_empty(x.shape), ht.contiguous()
     o, ht = _HGRN.forward(x, g, h0, cu)
-    sd = state_dtype(x)
-    return o.contiguous(), (ht if ht.dtype == sd else ht.to(sd)).contiguous()
+    return o.contiguous(), cast(ht, state_dtype(x))
 
 
 def _fwd_fake(x, g, h0, cu):
@@ -58,13 +57,9 @@ def _bwd_impl(x, g, h0, cu, o, do, dht):
             )
         return [torch.zeros_like(x, memory_format=dense), torch.zeros_like(g, memory_format=dense), dh0]
     dx, dg, dh0 = _HGRN.backward(x, g, h0, cu, o, do, dht)
-    dh0 = _cast(dh0, h0.dtype) if h0 is not None else x.new_empty(0)
-    return [_cast(dx, x.dtype), _cast(dg, g.dtype), dh0]
+    dh0 = cast(dh0, h0.dtype) if h0 is not None else x.new_empty(0)
+    return [cast(dx, x.dtype), cast(dg, g.dtype), dh0]
 
-
-def _cast(t, dtype):
-    """``t`` in ``dtype``, contiguous (no call into torch where it already is: a microsecond per ``to``)."""
-    return (t if t.dtype == dtype else t.to(dtype)).contiguous()
 
 
 def _bwd_fake(x, g, h0, cu, o, do, dht):

@@ -20,6 +20,8 @@ def _inputs(family, seed=0):
 
     if family == "hgrn":
         return (r(B, T, D), r(B, T, D, gate=True), r(B, D))
+    if family == "mamba":  # x, dt, A, B, C; the initial state [B, D, N] goes by keyword
+        return (r(B, T, D), F.softplus(r(B, T, D)), -r(D, 3).exp(), r(B, T, 3), r(B, T, 3), r(B, D, 3))
     q, k, v, h0 = r(B, T, H, D), r(B, T, H, D), r(B, T, H, D), r(B, H, D, D)
     beta = torch.rand(B, T, H, generator=gen).requires_grad_()
     if family == "gla":
@@ -31,11 +33,14 @@ def _inputs(family, seed=0):
     return (q, k, v, r(B, T, H, gate=True), beta, None, h0)  # gated_delta_rule
 
 
-FAMILIES = ["hgrn", "gla", "simple_gla", "delta_rule", "gated_delta_rule"]
+FAMILIES = ["hgrn", "mamba", "gla", "simple_gla", "delta_rule", "gated_delta_rule"]
 
 
 def _run(family, xs, use_state):
-    o, ht = getattr(ops, family)(*xs, output_final_state=True)
+    if family == "mamba":
+        o, ht = ops.mamba(*xs[:5], initial_state=xs[5], output_final_state=True)
+    else:
+        o, ht = getattr(ops, family)(*xs, output_final_state=True)
     loss = (o * torch.linspace(-1, 1, o.shape[-1])).sum() + (ht.square().sum() if use_state else 0)
     wrt = [x for x in xs if isinstance(x, torch.Tensor)]
     return [o, ht, *torch.autograd.grad(loss, wrt)], type(o.grad_fn).__name__
@@ -96,6 +101,9 @@ def test_backward_op_without_dht_equals_zeros(family):
         x, g, h0 = xs
         o, ht = torch.ops.fla_compile.hgrn(x, g, h0, None)
         args, extra = (x, g, h0, None, o, torch.randn_like(o)), ()
+    elif family == "mamba":
+        o, ht = torch.ops.fla_compile.mamba(*xs, None)
+        args, extra = (*xs, None, torch.randn_like(o)), ()
     else:
         scale = xs[0].shape[-1] ** -0.5
         gates, h0 = [x for x in xs[3:-1] if x is not None], xs[-1]
