@@ -1,18 +1,22 @@
-"""Our host time per op call, without the kernels: what Python and torch cost around the Triton launches.
+"""Our host time per op call: what Python and torch cost around the Triton launches.
 
-    python benchmarks/host_overhead.py [--ops hgrn,gla] [--n 300] [--profile gla:bwd]
+    python benchmarks/host_overhead.py [--ops hgrn,gla] [--n 300] [--profile gla:bwd]    # CPU, kernels stubbed
+    python benchmarks/host_overhead.py --device cuda [--dtype bfloat16] [--profile hgrn:bwd]   # real kernels
 
-Runs on the CPU with the kernels stubbed out: ``FLA_COMPILE_TRITON=interpret TRITON_INTERPRET=1`` route the
-inputs to the Triton launchers, and every ``*_kernel`` of the lines' kernel modules is replaced by a stub whose
-``[grid](...)`` only counts the launch. What is left is ours: checks, dispatch, config lookup, allocations,
-metadata, the torch.library / autograd wrapping. On the H200 such host time shows wherever it exceeds the
-kernels' device time (small batches, decoding; hgrn at (8, 2048, 2048): 0.51 ms of host per fwd+bwd vs 0.31 of
-kernels). Real launches add Triton's own cost per launch (not ours; the ``launches`` column counts them).
+On the CPU (the default) the kernels are stubbed out: ``FLA_COMPILE_TRITON=interpret TRITON_INTERPRET=1`` route
+the inputs to the Triton launchers, and every ``*_kernel`` of the lines' kernel modules is replaced by a stub
+whose ``[grid](...)`` only counts the launch. What is left is ours: checks, dispatch, config lookup,
+allocations, metadata, the torch.library / autograd wrapping. On the H200 such host time shows wherever it
+exceeds the kernels' device time (small batches, decoding; hgrn at (8, 2048, 2048): 0.51 ms of host per fwd+bwd
+against 0.31 ms of kernels, 2026-11-30). With ``--device cuda`` the kernels are real (each wrapped to count its
+launches) at the same tiny shape, so the GPU work is negligible and the time per call is the host's: ours plus
+Triton's own launch cost, plus CUDA's (the autograd engine's device thread, the caching allocator).
 
 Per op: ``fwd us`` (the public op, no grad), ``fwd+bwd us`` (``torch.autograd.grad`` of o), each the best of 7
-rounds of ``--n`` calls; ``launches`` (Triton, fwd / fwd+bwd); ``aten`` (torch ops that would run a device
-kernel on CUDA: fills, copies, casts, reductions; not views or empty allocations). ``--profile op:fwd|bwd``
-prints the top of a cProfile by cumulative time instead.
+rounds of ``--n`` calls back to back (one sync at the end of a round on CUDA); ``launches`` (Triton, fwd /
+fwd+bwd); ``aten`` (torch ops that launch a device kernel on CUDA: fills, copies, casts, reductions; not views
+or empty allocations). ``--profile op:fwd|bwd`` prints the top of a cProfile (``SORT=tottime`` to sort by own
+time) instead. hgrn runs the tile walk (``dispatch.FORCE_KERNEL``), the H200's kernel at (8, 2048, 2048).
 """
 
 from __future__ import annotations
@@ -26,22 +30,25 @@ SHAPE = dict(B=2, T=128, H=4, D=32)  # T past every line's decode threshold: the
 
 
 class StubKernel:
-    """A stand-in for a Triton kernel: ``kernel[grid](*args, **kwargs)`` counts the launch and does nothing."""
+    """A stand-in for a Triton kernel: ``kernel[grid](*args, **kwargs)`` counts the launch, and runs the real
+    kernel only when ``run`` (the CUDA mode)."""
 
     launches = 0
+    run = False
 
     def __init__(self, fn):
         self.fn = fn
 
     def __getitem__(self, grid):
-        return self._launch
-
-    def _launch(self, *args, **kwargs):
         StubKernel.launches += 1
+        return self.fn[grid] if StubKernel.run else self._nothing
+
+    def _nothing(self, *args, **kwargs):
+        return None
 
 
 def stub_kernels() -> None:
-    """Replace the ``*_kernel`` Triton functions of every line's kernel modules by :class:`StubKernel`."""
+    """Wrap the ``*_kernel`` Triton functions of every line's kernel modules in :class:`StubKernel`."""
     import importlib
 
     from triton.runtime.jit import KernelInterface
@@ -56,19 +63,20 @@ def stub_kernels() -> None:
                 setattr(mod, attr, StubKernel(value))
 
 
-def make_cases(torch):
+def make_cases(torch, device="cpu", dtype=None):
     """op name -> (forward callable, its inputs that take gradients)."""
     from fla_compile import ops
 
     B, T, H, D = SHAPE["B"], SHAPE["T"], SHAPE["H"], SHAPE["D"]
     gen = torch.Generator().manual_seed(0)
+    dtype = dtype or torch.float32
 
     def t(*shape, gate=False):
         x = torch.randn(*shape, generator=gen)
-        return (torch.nn.functional.logsigmoid(x) / 16 if gate else x).requires_grad_()
+        return (torch.nn.functional.logsigmoid(x) / 16 if gate else x).to(device, dtype).requires_grad_()
 
     q, k, v = t(B, T, H, D), t(B, T, H, D), t(B, T, H, D)
-    beta = torch.rand(B, T, H, generator=gen).requires_grad_()
+    beta = torch.rand(B, T, H, generator=gen).to(device, dtype).requires_grad_()
     x, gx = t(B, T, H * D), t(B, T, H * D, gate=True)
     g, gk = t(B, T, H, gate=True), t(B, T, H, D, gate=True)
     return {
@@ -102,16 +110,18 @@ def count_aten(torch, fn) -> int:
     return n
 
 
-def best_us(fn, n: int, rounds: int = 7) -> float:
+def best_us(fn, n: int, sync, rounds: int = 7) -> float:
     """Microseconds per call: the best of ``rounds`` rounds of ``n`` calls (the machine is shared: other
     processes only ever add time, so the fastest round is the closest to the calls' own cost)."""
     for _ in range(20):
         fn()
+    sync()
     times = []
     for _ in range(rounds):
         t0 = time.perf_counter()
         for _ in range(n):
             fn()
+        sync()
         times.append((time.perf_counter() - t0) / n * 1e6)
     return min(times)
 
@@ -120,10 +130,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ops", default="hgrn,gla,simple_gla,delta_rule,gated_delta_rule,kda")
     p.add_argument("--n", type=int, default=300)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cuda: real kernels, counted")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--profile", default="", help="op:fwd or op:bwd: a cProfile of --n calls instead of the table")
     args = p.parse_args(argv)
-    os.environ["FLA_COMPILE_TRITON"] = "interpret"
-    os.environ["TRITON_INTERPRET"] = "1"
+    if args.device == "cpu":
+        os.environ["FLA_COMPILE_TRITON"] = "interpret"
+        os.environ["TRITON_INTERPRET"] = "1"
     import torch
 
     from fla_compile.lowering.scan import dispatch
@@ -131,7 +144,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     dispatch.FORCE_KERNEL = "tile"  # the H200's kernel at (8, 2048, 2048)
     stub_kernels()
-    cases = make_cases(torch)
+    StubKernel.run = args.device == "cuda"
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    cases = make_cases(torch, args.device, getattr(torch, args.dtype))
 
     def runners(name):
         fwd, wrt = cases[name]
@@ -154,15 +169,18 @@ def main(argv=None) -> int:
         fn = runners(name)[which == "bwd"]
         for _ in range(20):
             fn()
+        sync()
         prof = cProfile.Profile()
         prof.enable()
         for _ in range(args.n):
             fn()
+        sync()
         prof.disable()
         pstats.Stats(prof, stream=sys.stdout).sort_stats(os.environ.get("SORT", "cumulative")).print_stats(45)
         return 0
 
-    print(f"shape {SHAPE}, fp32, CPU, kernels stubbed; us per call (best of 7 rounds of {args.n})")
+    kernels = "real kernels" if args.device == "cuda" else "kernels stubbed"
+    print(f"shape {SHAPE}, {args.dtype}, {args.device}, {kernels}; us per call (best of 7 rounds of {args.n})")
     print(f"{'op':<18} {'fwd us':>8} {'fwd+bwd us':>11} {'launches':>9} {'aten':>8}")
     for name in args.ops.split(","):
         f, fb = runners(name)
@@ -172,7 +190,7 @@ def main(argv=None) -> int:
             fn()
             counts.append(StubKernel.launches)
         aten = [count_aten(torch, fn) for fn in (f, fb)]
-        t_f, t_fb = best_us(f, args.n), best_us(fb, args.n)
+        t_f, t_fb = best_us(f, args.n, sync), best_us(fb, args.n, sync)
         print(f"{name:<18} {t_f:8.1f} {t_fb:11.1f} {counts[0]:>4}/{counts[1]:<4} {aten[0]:>3}/{aten[1]:<4}")
     return 0
 

@@ -56,7 +56,10 @@ def eager_ok(*args) -> bool:
         return False
     if C._len_torch_dispatch_stack() or C._is_torch_function_mode_enabled():
         return False
-    return all(type(a) is torch.Tensor and (a.is_cuda or a.is_cpu) for a in args if isinstance(a, torch.Tensor))
+    for a in args:  # a loop, not a generator: this runs on every call
+        if isinstance(a, torch.Tensor) and (type(a) is not torch.Tensor or not (a.is_cuda or a.is_cpu)):
+            return False
+    return True
 
 
 def direct(autograd_fn, impl, op, args):
@@ -64,8 +67,10 @@ def direct(autograd_fn, impl, op, args):
     else the op."""
     if not eager_ok(*args):
         return op(*args)
-    if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
-        return autograd_fn.apply(*args)
+    if torch.is_grad_enabled():
+        for a in args:
+            if isinstance(a, torch.Tensor) and a.requires_grad:
+                return autograd_fn.apply(*args)
     return impl(*args)
 
 
