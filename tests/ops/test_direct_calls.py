@@ -80,11 +80,14 @@ class _Seen(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("family", ["hgrn", "gla"])
-def test_modes_and_fake_tensors_see_the_op(family):
+def test_modes_profiler_and_fake_tensors_see_the_op(family):
     xs = _inputs(family)
     with _Seen() as seen:
         getattr(ops, family)(*xs)
     assert f"fla_compile.{family}.default" in seen.ops
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        getattr(ops, family)(*xs)
+    assert f"fla_compile::{family}" in [e.name for e in prof.events()]  # a trace still names the op
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode() as mode:
