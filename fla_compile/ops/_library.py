@@ -50,8 +50,8 @@ def eager_ok(*args) -> bool:
     """Whether an eager call with these arguments may run an op's implementation directly: no Dynamo, export,
     jit trace or functorch transform running, no dispatch or function mode active (each must see the op), no
     autograd profiler recording (its trace keeps the ``fla_compile::<op>`` events), and every tensor a plain
-    ``torch.Tensor`` on the CPU or CUDA (fake, functional, meta and other subclass tensors take the op, whose
-    fake impl or dispatch they need)."""
+    ``torch.Tensor`` or ``nn.Parameter`` on the CPU or CUDA (fake, functional, meta and other subclass tensors
+    take the op, whose fake impl or dispatch they need)."""
     C = torch._C
     if torch.compiler.is_compiling() or C._are_functorch_transforms_active() or C._get_tracing_state():
         return False
@@ -60,9 +60,12 @@ def eager_ok(*args) -> bool:
     if C._len_torch_dispatch_stack() or C._is_torch_function_mode_enabled():
         return False
     for a in args:  # a loop, not a generator: this runs on every call
-        if isinstance(a, torch.Tensor) and (type(a) is not torch.Tensor or not (a.is_cuda or a.is_cpu)):
+        if isinstance(a, torch.Tensor) and (type(a) not in _PLAIN or not (a.is_cuda or a.is_cpu)):
             return False
     return True
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # a Parameter (rwkv6's u, mamba's A) is a tensor with nothing to dispatch
 
 
 def direct(autograd_fn, impl, op, args):

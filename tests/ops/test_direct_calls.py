@@ -116,3 +116,13 @@ def test_backward_op_without_dht_equals_zeros(family):
     bwd = getattr(torch.ops.fla_compile, f"{family}_bwd")
     for a, b in zip(bwd(*args, None, *extra), bwd(*args, torch.zeros_like(ht), *extra)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_parameters_take_the_direct_path():
+    """An nn.Parameter input (mamba's A, rwkv6's u in a model) is a plain tensor to the op: no detour."""
+    x, dt, A, B, C, _ = _inputs("mamba")
+    A = torch.nn.Parameter(A.detach())
+    y, _ = ops.mamba(x, dt, A, B, C)
+    assert "direct" in type(y.grad_fn).__name__.lower()
+    (dA,) = torch.autograd.grad(y.sum(), A)
+    assert dA.shape == A.shape and torch.isfinite(dA).all()
