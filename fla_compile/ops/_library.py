@@ -227,8 +227,8 @@ def register(spec: OpSpec) -> None:
         if do is None:
             do = torch.zeros_like(inputs[2])
         args = (*inputs, do, dht, *kept)
-        # the implementation directly where the op adds nothing (a create_graph backward takes the op: it has
-        # no autograd formula of its own, so a double backward fails loudly instead of going wrong)
+        # the implementation directly where the op adds nothing; a backward that builds a graph (create_graph)
+        # takes the op, as it always did
         plain = not torch.is_grad_enabled() and eager_ok(*args)
         dq, dk, dv, *dgates, dh0 = bwd_impl(*args) if plain else bwd_op(*args)
         h0 = inputs[3 + n_gates + 1]
