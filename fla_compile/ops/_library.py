@@ -69,8 +69,8 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)  # a Parameter (rwkv6's u, mamba's A
 
 
 def direct(autograd_fn, impl, op, args):
-    """One op call: ``impl(*args)`` (no gradient wanted) or ``autograd_fn.apply(*args)`` where :func:`eager_ok`,
-    else the op."""
+    """One op call: ``impl(*args)`` (no gradient wanted: the outputs, saved intermediates possibly None) or
+    ``autograd_fn.apply(*args)`` where :func:`eager_ok`, else the op."""
     if not eager_ok(*args):
         return op(*args)
     if torch.is_grad_enabled():
@@ -82,7 +82,8 @@ def direct(autograd_fn, impl, op, args):
 
 def call(name: str, *args):
     """``torch.ops.fla_compile.<name>(*args)``, run directly where :func:`eager_ok` (same outputs, same autograd
-    formula): what the public functions call."""
+    formula; without a gradient the saved intermediates, e.g. gla's A, may be None): what the public functions
+    call."""
     return CALLS[name](*args)
 
 
@@ -160,11 +161,19 @@ def register(spec: OpSpec) -> None:
         return tuple(spec.saved_like(q, k, v, *gates, initial_state=h0, cu_seqlens=cu, **kw))
 
     def fwd_impl(q, k, v, *rest):
+        return run_forward(q, k, v, rest, keep=True)
+
+    def fwd_no_grad(*args):
+        """The forward of a direct call that takes no gradient: its saved intermediates, kept only for a backward,
+        are not made (None in their place: no buffer, no zero fill where the path keeps none)."""
+        return run_forward(*args[:3], args[3:], keep=False)
+
+    def run_forward(q, k, v, rest, keep):
         gates, (scale, h0, cu), flags = rest[:n_gates], rest[n_gates : n_gates + 3], rest[n_gates + 3 :]
         kw = dict(zip(spec.flags, flags))
         if cu is not None and type(cu) is torch.Tensor and cu.device.type == "cpu":  # free on the CPU: see _checks
             check_cu_seqlens(name, cu, q.shape[0], q.shape[1], cu.device, read_values=True)
-        saved = saved_like(q, k, v, gates, h0, cu, flags)
+        saved = saved_like(q, k, v, gates, h0, cu, flags) if keep else (None,) * n_saved
         if _no_steps(v):
             return (*_empty_forward(q, v, h0, cu), *saved)
         if n_saved:
@@ -248,7 +257,7 @@ def register(spec: OpSpec) -> None:
         {"forward": staticmethod(forward), "backward": staticmethod(grad_fn)},
     )
     op = getattr(torch.ops.fla_compile, name).default
-    CALLS[name] = lambda *args: direct(Direct, fwd_impl, op, args)
+    CALLS[name] = lambda *args: direct(Direct, fwd_no_grad, op, args)
 
 
 def recompute_backward(forward: Callable) -> Callable:
