@@ -22,7 +22,7 @@ import functools
 import torch
 
 from ..common import launch
-from ..common.chunks import chunk_meta
+from ..common.chunks import chunk_meta, dense_cu
 from ..common.gates import GATE_IDS
 from ..gla import triton_intra as gla_intra
 from ..gla import triton_kernels as gla_kern
@@ -449,8 +449,8 @@ def fused_recurrent(
     B, T, HK, K = q.shape
     H, V = v.shape[2], v.shape[3]
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
-    if cu_seqlens is None:
-        cu = torch.arange(0, B + 1, device=q.device, dtype=torch.int32) * T
+    if cu_seqlens is None:  # cached per shape: a decoding step launches no arange and multiply for it
+        cu = dense_cu(B, T, q.device)
     else:
         cu = cu_seqlens.to(device=q.device, dtype=torch.int32).contiguous()
     q, k, v, beta = (x.contiguous() for x in (q, k, v, beta))
