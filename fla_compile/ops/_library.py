@@ -39,6 +39,7 @@ import dataclasses
 from collections.abc import Callable
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 
 from ._checks import check_cu_seqlens
 
@@ -49,13 +50,14 @@ CALLS: dict[str, Callable] = {}  # op name -> call(*op arguments): the op's outp
 def eager_ok(*args) -> bool:
     """Whether an eager call with these arguments may run an op's implementation directly: no Dynamo, export,
     jit trace or functorch transform running, no dispatch or function mode active (each must see the op), no
-    autograd profiler recording (its trace keeps the ``fla_compile::<op>`` events), and every tensor a plain
+    autograd profiler recording (its trace keeps the ``fla_compile::<op>`` events), no forward-mode AD level
+    open (dual tensors get what the op gives them), and every tensor a plain
     ``torch.Tensor`` or ``nn.Parameter`` on the CPU or CUDA (fake, functional, meta and other subclass tensors
     take the op, whose fake impl or dispatch they need)."""
     C = torch._C
     if torch.compiler.is_compiling() or C._are_functorch_transforms_active() or C._get_tracing_state():
         return False
-    if torch.autograd._profiler_enabled():
+    if torch.autograd._profiler_enabled() or _forward_ad._current_level >= 0:  # forward AD: the op's handling
         return False
     if C._len_torch_dispatch_stack() or C._is_torch_function_mode_enabled():
         return False

@@ -126,3 +126,14 @@ def test_parameters_take_the_direct_path():
     assert "direct" in type(y.grad_fn).__name__.lower()
     (dA,) = torch.autograd.grad(y.sum(), A)
     assert dA.shape == A.shape and torch.isfinite(dA).all()
+
+
+def test_forward_ad_takes_the_op():
+    """Under forward-mode AD the op handles dual tensors as it always did (no tangent through our Python)."""
+    import torch.autograd.forward_ad as fwAD
+
+    x, g, _ = [t.detach() for t in _inputs("hgrn")]
+    with fwAD.dual_level():
+        o, _ = ops.hgrn(fwAD.make_dual(x, torch.ones_like(x)), g)
+        via_op, _ = torch.ops.fla_compile.hgrn(fwAD.make_dual(x, torch.ones_like(x)), g, None, None)
+        assert (fwAD.unpack_dual(o).tangent is None) == (fwAD.unpack_dual(via_op).tangent is None)
