@@ -18,7 +18,15 @@ implementation decides whether it holds what it needs (else it recomputes).
 
 with fake impls (so torch.compile, export and CUDA graphs see shapes) and the backward
 registered as the forward's autograd formula. The backward is itself an opaque op, so
-aot_autograd never traces into our Python.
+aot_autograd never traces into our Python. ``dht`` is None when the final state took no gradient
+(autograd does not make zeros for it: the kernels skip its load instead).
+
+The public functions call the op through :func:`call`: an eager call on plain CPU / CUDA tensors (see
+:func:`eager_ok`) runs the implementation directly, under an ``autograd.Function`` with the same context and
+backward, past the dispatcher and torch.library's autograd wrapper, whose host time (tens of microseconds per
+forward and backward) made small and decoding calls host-bound. Anything that must see the op (torch.compile,
+export, fake or other subclass tensors, dispatch or function modes, functorch transforms, jit tracing, a
+backward that builds a graph) takes the op as before.
 
 The implementations run from here: with T = 0 (or B = 0) nothing runs and the final state is the
 initial state (zeros without one), its gradient the final state's; ``cu_seqlens`` on the CPU are
@@ -31,10 +39,54 @@ import dataclasses
 from collections.abc import Callable
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 
 from ._checks import check_cu_seqlens
 
 LIB = torch.library.Library("fla_compile", "DEF")
+CALLS: dict[str, Callable] = {}  # op name -> call(*op arguments): the op's outputs (see ``call``)
+
+
+def eager_ok(*args) -> bool:
+    """Whether an eager call with these arguments may run an op's implementation directly: no Dynamo, export,
+    jit trace or functorch transform running, no dispatch or function mode active (each must see the op), no
+    autograd profiler recording (its trace keeps the ``fla_compile::<op>`` events), no forward-mode AD level
+    open (dual tensors get what the op gives them), and every tensor a plain
+    ``torch.Tensor`` or ``nn.Parameter`` on the CPU or CUDA (fake, functional, meta and other subclass tensors
+    take the op, whose fake impl or dispatch they need)."""
+    C = torch._C
+    if torch.compiler.is_compiling() or C._are_functorch_transforms_active() or C._get_tracing_state():
+        return False
+    if torch.autograd._profiler_enabled() or _forward_ad._current_level >= 0:  # forward AD: the op's handling
+        return False
+    if C._len_torch_dispatch_stack() or C._is_torch_function_mode_enabled():
+        return False
+    for a in args:  # a loop, not a generator: this runs on every call
+        if isinstance(a, torch.Tensor) and (type(a) not in _PLAIN or not (a.is_cuda or a.is_cpu)):
+            return False
+    return True
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # a Parameter (rwkv6's u, mamba's A) is a tensor with nothing to dispatch
+
+
+def direct(autograd_fn, impl, op, args):
+    """One op call: ``impl(*args)`` (no gradient wanted: the outputs, saved intermediates possibly None) or
+    ``autograd_fn.apply(*args)`` where :func:`eager_ok`, else the op."""
+    if not eager_ok(*args):
+        return op(*args)
+    if torch.is_grad_enabled():
+        for a in args:
+            if isinstance(a, torch.Tensor) and a.requires_grad:
+                return autograd_fn.apply(*args)
+    return impl(*args)
+
+
+def call(name: str, *args):
+    """``torch.ops.fla_compile.<name>(*args)``, run directly where :func:`eager_ok` (same outputs, same autograd
+    formula; without a gradient the saved intermediates, e.g. gla's A, may be None): what the public functions
+    call."""
+    return CALLS[name](*args)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +129,11 @@ def _state_batch(q, cu_seqlens):
     return q.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
 
 
+def cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype``, contiguous; no call into torch where it already is (a ``to`` costs a microsecond)."""
+    return (t if t.dtype == dtype else t.to(dtype)).contiguous()
+
+
 def _no_steps(v: torch.Tensor) -> bool:
     """T = 0 (or an empty batch): there is no step to run, and the implementations need at least one."""
     return v.shape[0] == 0 or v.shape[1] == 0
@@ -95,7 +152,7 @@ def register(spec: OpSpec) -> None:
     name, n_gates, n_flags, n_saved = spec.name, len(spec.gates), len(spec.flags), len(spec.saved)
     saved_schema = "".join(f", Tensor {s}" for s in spec.saved)
     LIB.define(f"{name}({_schema_args(spec)}) -> (Tensor, Tensor{', Tensor' * n_saved})")
-    LIB.define(f"{name}_bwd({_schema_args(spec)}, Tensor do, Tensor dht{saved_schema}) -> Tensor[]")
+    LIB.define(f"{name}_bwd({_schema_args(spec)}, Tensor do, Tensor? dht{saved_schema}) -> Tensor[]")
     qual = f"fla_compile::{name}"
 
     def saved_like(q, k, v, gates, h0, cu, flags) -> tuple:
@@ -106,11 +163,19 @@ def register(spec: OpSpec) -> None:
         return tuple(spec.saved_like(q, k, v, *gates, initial_state=h0, cu_seqlens=cu, **kw))
 
     def fwd_impl(q, k, v, *rest):
+        return run_forward(q, k, v, rest, keep=True)
+
+    def fwd_no_grad(*args):
+        """The forward of a direct call that takes no gradient: its saved intermediates, kept only for a backward,
+        are not made (None in their place: no buffer, no zero fill where the path keeps none)."""
+        return run_forward(*args[:3], args[3:], keep=False)
+
+    def run_forward(q, k, v, rest, keep):
         gates, (scale, h0, cu), flags = rest[:n_gates], rest[n_gates : n_gates + 3], rest[n_gates + 3 :]
         kw = dict(zip(spec.flags, flags))
         if cu is not None and type(cu) is torch.Tensor and cu.device.type == "cpu":  # free on the CPU: see _checks
             check_cu_seqlens(name, cu, q.shape[0], q.shape[1], cu.device, read_values=True)
-        saved = saved_like(q, k, v, gates, h0, cu, flags)
+        saved = saved_like(q, k, v, gates, h0, cu, flags) if keep else (None,) * n_saved
         if _no_steps(v):
             return (*_empty_forward(q, v, h0, cu), *saved)
         if n_saved:
@@ -125,11 +190,15 @@ def register(spec: OpSpec) -> None:
         if _no_steps(v):  # nothing ran: the state's gradient passes through, the rest have no elements
             dense = torch.contiguous_format  # as the fake impl says; and dh0 is a copy: outputs never alias inputs
             grads = [torch.zeros_like(x, memory_format=dense) for x in inputs[:-1]]
-            return grads + [dht.to(h0.dtype, memory_format=dense, copy=True) if h0 is not None else q.new_empty(0)]
+            if h0 is None:
+                return grads + [q.new_empty(0)]
+            if dht is None:
+                return grads + [torch.zeros_like(h0, memory_format=dense)]
+            return grads + [dht.to(h0.dtype, memory_format=dense, copy=True)]
         if n_saved:
             kw["saved"] = tuple(saved)
         grads = spec.backward(q, k, v, *gates, scale=scale, initial_state=h0, cu_seqlens=cu, do=do, dht=dht, **kw)
-        return [g.to(x.dtype).contiguous() if g is not None else q.new_empty(0) for g, x in zip(grads, inputs)]
+        return [cast(g, x.dtype) if g is not None else q.new_empty(0) for g, x in zip(grads, inputs)]
 
     def fwd_fake(q, k, v, *rest):
         gates, (_, h0, cu), flags = rest[:n_gates], rest[n_gates : n_gates + 3], rest[n_gates + 3 :]
@@ -157,32 +226,40 @@ def register(spec: OpSpec) -> None:
         kept = output[2:]  # the saved intermediates: no gradient flows into them
         if kept:
             ctx.mark_non_differentiable(*kept)
-            ctx.set_materialize_grads(False)  # no zero gradients are made for them (do, dht may be None)
+        ctx.set_materialize_grads(False)  # no zero gradients are made (do, dht may be None)
         ctx.save_for_backward(*[x for x in inputs if isinstance(x, torch.Tensor)], *kept)
         ctx.layout = [isinstance(x, torch.Tensor) for x in inputs]
         ctx.scalars = [x for x in inputs if not isinstance(x, torch.Tensor)]
 
-    def backward(ctx, do, dht, *_):
+    def grad_fn(ctx, do, dht, *_):
         saved, scalars = iter(ctx.saved_tensors), iter(ctx.scalars)
         inputs = [next(saved) if is_t else next(scalars) for is_t in ctx.layout]
         kept = list(saved)
         if do is None:
             do = torch.zeros_like(inputs[2])
-        if dht is None:
-            dht = torch.zeros(
-                _state_batch(inputs[0], inputs[3 + n_gates + 2]),
-                *inputs[2].shape[2:3],
-                inputs[0].shape[-1],
-                inputs[2].shape[-1],
-                dtype=state_dtype(inputs[2]),
-                device=inputs[0].device,
-            )
-        grads = bwd_op(*inputs, do, dht, *kept)
-        dq, dk, dv, *dgates, dh0 = grads
+        args = (*inputs, do, dht, *kept)
+        # the implementation directly where the op adds nothing; a backward that builds a graph (create_graph)
+        # takes the op, as it always did
+        plain = not torch.is_grad_enabled() and eager_ok(*args)
+        dq, dk, dv, *dgates, dh0 = bwd_impl(*args) if plain else bwd_op(*args)
         h0 = inputs[3 + n_gates + 1]
         return (dq, dk, dv, *dgates, None, dh0 if h0 is not None else None, None, *([None] * n_flags))
 
-    torch.library.register_autograd(qual, backward, setup_context=setup_context, lib=LIB)
+    torch.library.register_autograd(qual, grad_fn, setup_context=setup_context, lib=LIB)
+
+    def forward(ctx, *args):
+        output = fwd_impl(*args)
+        setup_context(ctx, args, output)
+        return output
+
+    # the op's autograd formula around its implementation, for ``call`` (named for grad_fn: <name>_directBackward)
+    Direct = type(
+        f"{name}_direct",
+        (torch.autograd.Function,),
+        {"forward": staticmethod(forward), "backward": staticmethod(grad_fn)},
+    )
+    op = getattr(torch.ops.fla_compile, name).default
+    CALLS[name] = lambda *args: direct(Direct, fwd_no_grad, op, args)
 
 
 def recompute_backward(forward: Callable) -> Callable:
@@ -197,7 +274,8 @@ def recompute_backward(forward: Callable) -> Callable:
             leaves = [x.detach().requires_grad_(x.is_floating_point()) if x is not None else None for x in inputs]
             o, ht = forward(*leaves[:-1], scale=scale, initial_state=leaves[-1], cu_seqlens=cu_seqlens, **flags)
             wrt = [x for x in leaves if x is not None and x.requires_grad]
-            grads = torch.autograd.grad((o, ht), wrt, (do.to(o.dtype), dht.to(ht.dtype)), allow_unused=True)
+            outs, douts = ((o,), (do.to(o.dtype),)) if dht is None else ((o, ht), (do.to(o.dtype), dht.to(ht.dtype)))
+            grads = torch.autograd.grad(outs, wrt, douts, allow_unused=True)
         it = iter(grads)
         out = []
         for x in leaves:

@@ -9,12 +9,10 @@ and ``use_qk_l2norm_in_kernel`` as transformers' functions take it. They return
 
 from __future__ import annotations
 
-import torch
-
 from ..lowering import FAMILIES, delta_saved_X
 from ._checks import check_gate, check_qkv, check_scale, check_state
 from ._docs import documented
-from ._library import OpSpec, recompute_backward, register
+from ._library import OpSpec, call, recompute_backward, register
 
 FLAGS = ("use_qk_l2norm",)
 _DELTA_RULE, _GATED_DELTA_RULE, _KDA = (FAMILIES[f] for f in ("delta_rule", "gated_delta_rule", "kda"))
@@ -110,9 +108,7 @@ def delta_rule(
     use_qk_l2norm_in_kernel=False,
 ):  # fmt: skip
     *_, scale = _prepare("delta_rule", q, k, v, beta, scale, initial_state, cu_seqlens)
-    o, ht, *_ = torch.ops.fla_compile.delta_rule(
-        q, k, v, beta, scale, initial_state, cu_seqlens, bool(use_qk_l2norm_in_kernel)
-    )
+    o, ht, *_ = call("delta_rule", q, k, v, beta, scale, initial_state, cu_seqlens, bool(use_qk_l2norm_in_kernel))
     return _result(o, ht, output_final_state)
 
 
@@ -127,8 +123,8 @@ def gated_delta_rule(
 ):  # fmt: skip
     B, T, H, K, V, scale = _prepare("gated_delta_rule", q, k, v, beta, scale, initial_state, cu_seqlens)
     check_gate("gated_delta_rule", "g", g, (B, T, H), q)
-    o, ht, *_ = torch.ops.fla_compile.gated_delta_rule(
-        q, k, v, g, beta, scale, initial_state, cu_seqlens, bool(use_qk_l2norm_in_kernel)
+    o, ht, *_ = call(
+        "gated_delta_rule", q, k, v, g, beta, scale, initial_state, cu_seqlens, bool(use_qk_l2norm_in_kernel)
     )
     return _result(o, ht, output_final_state)
 
@@ -144,5 +140,5 @@ def kda(
 ):  # fmt: skip
     B, T, H, K, V, scale = _prepare("kda", q, k, v, beta, scale, initial_state, cu_seqlens)
     check_gate("kda", "g", g, (B, T, H, K), q)
-    o, ht, *_ = torch.ops.fla_compile.kda(q, k, v, g, beta, scale, initial_state, cu_seqlens, bool(use_qk_l2norm_in_kernel))
+    o, ht, *_ = call("kda", q, k, v, g, beta, scale, initial_state, cu_seqlens, bool(use_qk_l2norm_in_kernel))
     return _result(o, ht, output_final_state)

@@ -16,7 +16,7 @@ import torch
 from ..lowering import FAMILIES, gla_saved_A, gla_triton_enabled
 from ._checks import check_gate, check_qkv, check_scale, check_state, fail
 from ._docs import documented
-from ._library import OpSpec, recompute_backward, register
+from ._library import OpSpec, call, recompute_backward, register
 
 _LINEAR_ATTN, _RETENTION, _SIMPLE_GLA, _GLA = (FAMILIES[f] for f in ("linear_attn", "retention", "simple_gla", "gla"))
 
@@ -112,7 +112,7 @@ def _documented(summary: str, gate: str = ""):
 @_documented("Linear attention: o_t = scale * S_t^T q_t with S_t = S_{t-1} + k_t v_t^T.")
 def linear_attn(q, k, v, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
     *_, scale = _prepare("linear_attn", q, k, v, scale, initial_state, cu_seqlens)
-    o, ht = torch.ops.fla_compile.linear_attn(q, k, v, scale, initial_state, cu_seqlens)
+    o, ht = call("linear_attn", q, k, v, scale, initial_state, cu_seqlens)
     return _result(o, ht, output_final_state)
 
 
@@ -133,7 +133,7 @@ def retention(q, k, v, decay, scale=None, initial_state=None, output_final_state
         decay = decay.expand(H)
     if tuple(decay.shape) != (H,):
         fail("retention", f"decay must be a float or a tensor [H] = [{H}], got shape {tuple(decay.shape)}")
-    o, ht = torch.ops.fla_compile.retention(q, k, v, decay, scale, initial_state, cu_seqlens)
+    o, ht = call("retention", q, k, v, decay, scale, initial_state, cu_seqlens)
     return _result(o, ht, output_final_state)
 
 
@@ -145,7 +145,7 @@ def retention(q, k, v, decay, scale=None, initial_state=None, output_final_state
 def simple_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
     B, T, H, K, V, scale = _prepare("simple_gla", q, k, v, scale, initial_state, cu_seqlens)
     check_gate("simple_gla", "g", g, (B, T, H), q)
-    o, ht = torch.ops.fla_compile.simple_gla(q, k, v, g, scale, initial_state, cu_seqlens)
+    o, ht = call("simple_gla", q, k, v, g, scale, initial_state, cu_seqlens)
     return _result(o, ht, output_final_state)
 
 
@@ -156,5 +156,5 @@ def simple_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=Fa
 def gla(q, k, v, gk, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
     B, T, H, K, V, scale = _prepare("gla", q, k, v, scale, initial_state, cu_seqlens)
     check_gate("gla", "gk", gk, (B, T, H, K), q)
-    o, ht, _ = torch.ops.fla_compile.gla(q, k, v, gk, scale, initial_state, cu_seqlens)  # _: A, for the backward
+    o, ht, _ = call("gla", q, k, v, gk, scale, initial_state, cu_seqlens)  # _: A, for the backward
     return _result(o, ht, output_final_state)

@@ -4,11 +4,12 @@ Its state is a vector per sequence, not a K x V matrix, so it has its own schema
 ``OpSpec`` table of the matrix families (``_library.py``):
 
     hgrn(Tensor x, Tensor g, Tensor? initial_state, Tensor? cu_seqlens) -> (Tensor o, Tensor final_state)
-    hgrn_bwd(<same inputs>, Tensor o, Tensor do, Tensor dht) -> (dx, dg, dh0)
+    hgrn_bwd(<same inputs>, Tensor o, Tensor do, Tensor? dht) -> (dx, dg, dh0)
 
 with fake impls and the backward registered as the forward's autograd formula (an opaque op too).
 The backward reads the forward's output o (the states h_t), which autograd keeps: dg_t = dh_t h_{t-1}
-exp(g_t) needs h_{t-1}, and recomputing it would cost a second forward.
+exp(g_t) needs h_{t-1}, and recomputing it would cost a second forward. ``dht`` None: the final state took
+no gradient (the usual case: only o is used), read as zeros without making them (the kernels skip the load).
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import torch
 
 from ..lowering import FAMILIES
 from ._checks import FLOAT_DTYPES, _name, check_cu_seqlens, fail
-from ._library import LIB, state_dtype
+from ._library import CALLS, LIB, call, cast, direct, eager_ok, state_dtype
 
 _HGRN = FAMILIES["hgrn"]
 _INPUTS = "Tensor x, Tensor g, Tensor? initial_state, Tensor? cu_seqlens"
 LIB.define(f"hgrn({_INPUTS}) -> (Tensor, Tensor)")
-LIB.define(f"hgrn_bwd({_INPUTS}, Tensor o, Tensor do, Tensor dht) -> Tensor[]")
+LIB.define(f"hgrn_bwd({_INPUTS}, Tensor o, Tensor do, Tensor? dht) -> Tensor[]")
 
 
 def _n_states(x, cu):
@@ -37,7 +38,7 @@ def _fwd_impl(x, g, h0, cu):
         ht = h0.to(state_dtype(x), copy=True) if h0 is not None else x.new_zeros(N, D, dtype=state_dtype(x))
         return x.new_empty(x.shape), ht.contiguous()
     o, ht = _HGRN.forward(x, g, h0, cu)
-    return o.contiguous(), ht.to(state_dtype(x)).contiguous()
+    return o.contiguous(), cast(ht, state_dtype(x))
 
 
 def _fwd_fake(x, g, h0, cu):
@@ -47,11 +48,18 @@ def _fwd_fake(x, g, h0, cu):
 def _bwd_impl(x, g, h0, cu, o, do, dht):
     dense = torch.contiguous_format
     if x.shape[0] == 0 or x.shape[1] == 0:
-        dh0 = dht.to(h0.dtype, memory_format=dense, copy=True) if h0 is not None else x.new_empty(0)
+        dh0 = x.new_empty(0)
+        if h0 is not None:
+            dh0 = (
+                torch.zeros_like(h0, memory_format=dense)
+                if dht is None
+                else dht.to(h0.dtype, memory_format=dense, copy=True)
+            )
         return [torch.zeros_like(x, memory_format=dense), torch.zeros_like(g, memory_format=dense), dh0]
     dx, dg, dh0 = _HGRN.backward(x, g, h0, cu, o, do, dht)
-    dh0 = dh0.to(h0.dtype).contiguous() if h0 is not None else x.new_empty(0)
-    return [dx.to(x.dtype).contiguous(), dg.to(g.dtype).contiguous(), dh0]
+    dh0 = cast(dh0, h0.dtype) if h0 is not None else x.new_empty(0)
+    return [cast(dx, x.dtype), cast(dg, g.dtype), dh0]
+
 
 
 def _bwd_fake(x, g, h0, cu, o, do, dht):
@@ -69,6 +77,7 @@ torch.library.register_fake("fla_compile::hgrn_bwd", _bwd_fake, lib=LIB)
 def _setup_context(ctx, inputs, output):
     x, g, h0, cu = inputs
     ctx.has_h0 = h0 is not None
+    ctx.set_materialize_grads(False)  # an unused final state gets no zeros: dht None (the kernels skip it)
     ctx.save_for_backward(x, g, h0, cu, output[0])
 
 
@@ -76,13 +85,29 @@ def _backward(ctx, do, dht):
     x, g, h0, cu, o = ctx.saved_tensors
     if do is None:
         do = torch.zeros_like(o)
-    if dht is None:
-        dht = x.new_zeros(_n_states(x, cu), x.shape[-1], dtype=state_dtype(x))
-    dx, dg, dh0 = torch.ops.fla_compile.hgrn_bwd(x, g, h0, cu, o, do, dht)
+    args = (x, g, h0, cu, o, do, dht)
+    plain = not torch.is_grad_enabled() and eager_ok(*args)  # as _library's: the op where it must be seen
+    dx, dg, dh0 = _bwd_impl(*args) if plain else torch.ops.fla_compile.hgrn_bwd(*args)
     return dx, dg, dh0 if ctx.has_h0 else None, None
 
 
 torch.library.register_autograd("fla_compile::hgrn", _backward, setup_context=_setup_context, lib=LIB)
+
+
+class _HgrnDirect(torch.autograd.Function):
+    """The op's autograd formula around its implementation (see ``_library.call``)."""
+
+    @staticmethod
+    def forward(ctx, *args):
+        output = _fwd_impl(*args)
+        _setup_context(ctx, args, output)
+        return output
+
+    backward = staticmethod(_backward)
+
+
+_OP = torch.ops.fla_compile.hgrn.default
+CALLS["hgrn"] = lambda *args: direct(_HgrnDirect, _fwd_impl, _OP, args)
 
 
 def hgrn(x, g, initial_state=None, output_final_state=False, cu_seqlens=None):
@@ -127,7 +152,7 @@ def hgrn(x, g, initial_state=None, output_final_state=False, cu_seqlens=None):
             fail("hgrn", f"initial_state must be [N, D] = {(N, D)}, got {tuple(initial_state.shape)}")
         if initial_state.device != x.device:
             fail("hgrn", f"initial_state is on {initial_state.device} but x is on {x.device}")
-    o, ht = torch.ops.fla_compile.hgrn(x, g, initial_state, cu_seqlens)
+    o, ht = call("hgrn", x, g, initial_state, cu_seqlens)
     return o, (ht if output_final_state else None)
 
 
@@ -153,8 +178,6 @@ class _DecayScan(torch.autograd.Function):
         B, T, D = x.shape
         if do is None:
             do = torch.zeros_like(o)
-        if dht is None:
-            dht = x.new_zeros(B, D, dtype=state_dtype(x))
         dx, _, dh0 = torch.ops.fla_compile.hgrn_bwd(x, a.log(), h0, None, o, do, dht)
         first = h0.to(o.dtype) if h0 is not None else o.new_zeros(B, D)
         hprev = torch.cat([first[:, None], o], 1)[:, :T]

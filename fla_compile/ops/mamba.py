@@ -19,12 +19,12 @@ import torch.nn.functional as F
 
 from ..lowering import FAMILIES
 from ._checks import FLOAT_DTYPES, check_cu_seqlens, fail
-from ._library import LIB, state_dtype
+from ._library import CALLS, LIB, call, cast, direct, eager_ok, state_dtype
 
 _MAMBA = FAMILIES["mamba"]
 _INPUTS = "Tensor u, Tensor dt, Tensor A, Tensor B, Tensor C, Tensor? initial_state, Tensor? cu_seqlens"
 LIB.define(f"mamba({_INPUTS}) -> (Tensor, Tensor)")
-LIB.define(f"mamba_bwd({_INPUTS}, Tensor do, Tensor dht) -> Tensor[]")
+LIB.define(f"mamba_bwd({_INPUTS}, Tensor do, Tensor? dht) -> Tensor[]")  # dht None: no gradient, no zeros
 
 
 def _n_seq(u, cu):
@@ -39,7 +39,7 @@ def _fwd_impl(u, dt, A, B, C, h0, cu):
         ht = h0.to(state_dtype(u), copy=True) if h0 is not None else u.new_zeros(shape, dtype=state_dtype(u))
         return u.new_empty(u.shape), ht.contiguous()
     y, ht = _MAMBA.forward(u, dt, A, B, C, h0, cu)
-    return y.contiguous(), ht.to(state_dtype(u)).contiguous()
+    return y.contiguous(), cast(ht, state_dtype(u))
 
 
 def _fwd_fake(u, dt, A, B, C, h0, cu):
@@ -50,10 +50,12 @@ def _bwd_impl(u, dt, A, B, C, h0, cu, do, dht):
     inputs = (u, dt, A, B, C)
     if u.shape[0] == 0 or u.shape[1] == 0:
         grads = [torch.zeros_like(x, memory_format=torch.contiguous_format) for x in inputs]
-        return grads + [dht.to(h0.dtype, copy=True) if h0 is not None else u.new_empty(0)]
+        if h0 is None:
+            return grads + [u.new_empty(0)]
+        return grads + [torch.zeros_like(h0) if dht is None else dht.to(h0.dtype, copy=True)]
     *grads, dh0 = _MAMBA.backward(u, dt, A, B, C, h0, cu, do, dht)
-    out = [g.to(x.dtype).contiguous() for g, x in zip(grads, inputs)]
-    return out + [dh0.to(h0.dtype).contiguous() if h0 is not None else u.new_empty(0)]
+    out = [cast(g, x.dtype) for g, x in zip(grads, inputs)]
+    return out + [cast(dh0, h0.dtype) if h0 is not None else u.new_empty(0)]
 
 
 def _bwd_fake(u, dt, A, B, C, h0, cu, do, dht):
@@ -69,19 +71,36 @@ torch.library.register_fake("fla_compile::mamba_bwd", _bwd_fake, lib=LIB)
 
 def _setup_context(ctx, inputs, output):
     ctx.has_h0 = inputs[5] is not None
+    ctx.set_materialize_grads(False)  # an unused final state gets no zeros: dht None (the kernels skip it)
     ctx.save_for_backward(*inputs)
 
 
 def _backward(ctx, dy, dht):
     u, dt, A, B, C, h0, cu = ctx.saved_tensors
     dy = torch.zeros_like(u) if dy is None else dy
-    if dht is None:
-        dht = u.new_zeros(_n_seq(u, cu), u.shape[-1], A.shape[-1], dtype=state_dtype(u))
-    *grads, dh0 = torch.ops.fla_compile.mamba_bwd(u, dt, A, B, C, h0, cu, dy, dht)
+    args = (u, dt, A, B, C, h0, cu, dy, dht)
+    plain = not torch.is_grad_enabled() and eager_ok(*args)  # as _library's: the op where it must be seen
+    *grads, dh0 = _bwd_impl(*args) if plain else torch.ops.fla_compile.mamba_bwd(*args)
     return (*grads, dh0 if ctx.has_h0 else None, None)
 
 
 torch.library.register_autograd("fla_compile::mamba", _backward, setup_context=_setup_context, lib=LIB)
+
+
+class _MambaDirect(torch.autograd.Function):
+    """The op's autograd formula around its implementation (see ``_library.call``)."""
+
+    @staticmethod
+    def forward(ctx, *args):
+        output = _fwd_impl(*args)
+        _setup_context(ctx, args, output)
+        return output
+
+    backward = staticmethod(_backward)
+
+
+_OP = torch.ops.fla_compile.mamba.default
+CALLS["mamba"] = lambda *args: direct(_MambaDirect, _fwd_impl, _OP, args)
 
 
 def _check(u, dt, A, B, C, initial_state, cu_seqlens):
@@ -142,7 +161,7 @@ def mamba(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, initi
         dt = dt + dt_bias.to(dt.dtype)
     if dt_softplus:
         dt = F.softplus(dt)
-    y, ht = torch.ops.fla_compile.mamba(dt * x, dt, A, B, C, initial_state, cu_seqlens)
+    y, ht = call("mamba", dt * x, dt, A, B, C, initial_state, cu_seqlens)
     if D is not None:
         y = y + x * D.to(y.dtype)
     if z is not None:

@@ -14,7 +14,7 @@ import torch
 from ..lowering import FAMILIES, gla_saved_A, gla_triton_enabled
 from ._checks import check_gate, fail
 from ._docs import documented
-from ._library import OpSpec, recompute_backward, register
+from ._library import OpSpec, call, recompute_backward, register
 from .gla import _prepare, _result
 
 _RWKV6 = FAMILIES["rwkv6"]
@@ -71,5 +71,5 @@ def rwkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=Fals
         fail("rwkv6", f"u must be {str(r.dtype).replace('torch.', '')} or float32, got {u.dtype}")
     if u.device != r.device:
         fail("rwkv6", f"u is on {u.device} but r is on {r.device}")
-    o, ht, _ = torch.ops.fla_compile.rwkv6(r, k, v, w, u, scale, initial_state, cu_seqlens)  # _: A, for the backward
+    o, ht, _ = call("rwkv6", r, k, v, w, u, scale, initial_state, cu_seqlens)  # _: A, for the backward
     return _result(o, ht, output_final_state)

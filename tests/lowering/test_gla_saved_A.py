@@ -221,3 +221,17 @@ def test_compile_fullgraph_and_export_reuse_A(kernels):
     ep = torch.export.export(M(), tuple(args[:5]))
     outs = ep.module()(*args[:5])
     assert tuple(outs[2].shape) == (1, 70, 2, 64) and torch.equal(outs[0], eager[0])
+
+
+@pytest.mark.parametrize("family", ["gla", "delta_rule"])
+def test_no_grad_direct_call_keeps_nothing_and_equals_the_op(kernels, family):
+    """Without a gradient the public op runs the implementation directly and makes no saved buffer (gla's A,
+    the delta ops' X): the same outputs, bit for bit, as the op, which fills one."""
+    q, k, v, g, h0, _, _ = make(HK=2)
+    gates = (g,) if family == "gla" else (torch.rand(1, 70, 2, generator=torch.Generator().manual_seed(1)),)
+    flags = () if family == "gla" else (False,)
+    with torch.no_grad():
+        o, ht = getattr(ops, family)(q, k, v, *gates, scale=0.25, initial_state=h0, output_final_state=True)
+        o_op, ht_op, saved = getattr(torch.ops.fla_compile, family)(q, k, v, *gates, 0.25, h0, None, *flags)
+    assert saved.numel() > 0  # the op kept its buffer; the direct call made none
+    assert torch.equal(o, o_op) and torch.equal(ht, ht_op)

@@ -18,7 +18,12 @@ def triton_wanted(q, *others) -> bool:
     (or CPU ones in interpret mode), and no float64 among ``q`` and ``others`` (gates, beta, the initial
     state; None entries are skipped). float64 (verification probes, gradcheck) always takes the torch path:
     the kernels compute in fp32 and some do not compile for fp64 operands."""
-    mode = triton_mode()
+    mode = os.environ.get("FLA_COMPILE_TRITON", "1")  # triton_mode(), inline: this runs on every op call
     if mode == "0" or not (q.is_cuda or (mode == "interpret" and os.environ.get("TRITON_INTERPRET") == "1")):
         return False
-    return not any(x is not None and x.dtype == torch.float64 for x in (q, *others))
+    if q.dtype is torch.float64:
+        return False
+    for x in others:
+        if x is not None and x.dtype is torch.float64:
+            return False
+    return True

@@ -68,6 +68,7 @@ def gla_decode(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=N
 
 def gla_line_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, A=None, bonus=None):
     """Backward of ``gla_line``: (dq, dk, dv, dgate or None, dh0 or None), and dbonus last with ``bonus``.
+    ``dht`` None: the final state took no gradient.
 
     Triton chunked backward on CUDA (reusing the forward's ``A`` when it holds A for the backward's chunk
     size, else recomputing it); elsewhere autograd through the torch chunked path.
@@ -85,7 +86,8 @@ def gla_line_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens
             *leaves[:4], gate_kind, scale, leaves[4], cu_seqlens, bonus=leaves[5] if bonus is not None else None
         )
         wrt = [x for x in leaves if x is not None]
-        grads = iter(torch.autograd.grad((o, ht), wrt, (do.to(o.dtype), dht.to(ht.dtype)), allow_unused=True))
+        outs, douts = ((o,), (do.to(o.dtype),)) if dht is None else ((o, ht), (do.to(o.dtype), dht.to(ht.dtype)))
+        grads = iter(torch.autograd.grad(outs, wrt, douts, allow_unused=True))
     out = []
     for x in leaves:
         g = next(grads) if x is not None else None

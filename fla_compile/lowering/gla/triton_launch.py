@@ -298,7 +298,7 @@ def chunk_backward(
     BT, BK, BV, cfg = _blocks(_config(gate_kind, q, v, T, cu_seqlens, config), K, V)
     cu, info, chunk_off, NS, N = chunk_meta(B, T, cu_seqlens, BT, q.device)
     h0 = initial_state.float().contiguous() if initial_state is not None else None
-    do = do.to(v.dtype).contiguous()
+    do = _dense(do, v.dtype)
     dht = dht.float().contiguous() if dht is not None else None
     u = _bonus(bonus, H, K)
     gq = None

@@ -180,7 +180,8 @@ def selective_backward(u, dt, A, B, C, initial_state, cu_seqlens, do, dht):
     with torch.enable_grad():
         y, ht = torch_path.selective_forward(*leaves, h0, cu_seqlens)
         wrt = leaves + ([h0] if h0 is not None else [])
-        grads = torch.autograd.grad((y, ht), wrt, (do.to(y.dtype), dht.to(ht.dtype)), allow_unused=True)
+        outs, douts = ((y,), (do.to(y.dtype),)) if dht is None else ((y, ht), (do.to(y.dtype), dht.to(ht.dtype)))
+        grads = torch.autograd.grad(outs, wrt, douts, allow_unused=True)
     grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, wrt)]
     return (*grads[:5], grads[5] if h0 is not None else None)
 

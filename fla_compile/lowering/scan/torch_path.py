@@ -65,6 +65,8 @@ def scan_backward(x, g, initial_state, cu_seqlens, o, do, dht):
     o and of the final state: dh_t = do_t + a_{t+1} dh_{t+1} run backward (the reverse scan), then
     dx_t = dh_t, dg_t = dh_t h_{t-1} a_t and dh0 = a_first dh_first."""
     acc = acc_dtype(x)
+    if dht is None:  # the final state took no gradient
+        dht = x.new_zeros(x.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1, x.shape[-1], dtype=acc)
     a = g.to(acc).exp()
     h = o.to(acc)
     dh = do.to(acc, copy=True)

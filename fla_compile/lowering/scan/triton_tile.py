@@ -139,12 +139,10 @@ def _launch(kernel, grid, *args, stages: int, **kwargs):
     buffers over the device's shared memory (fp32 tiles take twice bf16's bytes). As ``launch.fitted``, but the
     loop's own ``tl.range(num_stages=...)`` (NUM_STAGES) drops with the kernel's: Triton pipelines the loads of a
     loop without a dot only where the loop asks for stages."""
-    from triton.runtime.errors import OutOfResources
-
     while True:
         try:
             return kernel[grid](*args, NUM_STAGES=stages, num_stages=stages, **kwargs)
-        except OutOfResources as e:  # refused before anything ran: retrying is safe
+        except launch.out_of_resources() as e:  # refused before anything ran: retrying is safe; no import per call
             if e.name != "shared memory" or stages <= 1:
                 raise
             stages -= 1
