@@ -82,6 +82,28 @@ def direct(autograd_fn, impl, op, args):
     return impl(*args)
 
 
+def register_direct(name: str, fwd_impl, setup_context, backward, no_grad_impl=None) -> None:
+    """``call(name, ...)``'s direct path: the op's autograd formula (its ``setup_context`` and ``backward``) around
+    its implementation as an ``autograd.Function`` (grad_fn ``<name>_directBackward``), ``no_grad_impl`` (default
+    ``fwd_impl``) where no gradient is wanted, the op where :func:`eager_ok` says it must be seen."""
+
+    def forward(ctx, *args):
+        output = fwd_impl(*args)
+        setup_context(ctx, args, output)
+        return output
+
+    fn = type(f"{name}_direct", (torch.autograd.Function,), {"forward": staticmethod(forward),
+                                                                "backward": staticmethod(backward)})  # fmt: skip
+    op, impl = getattr(torch.ops.fla_compile, name).default, no_grad_impl or fwd_impl
+    CALLS[name] = lambda *args: direct(fn, impl, op, args)
+
+
+def backward_call(bwd_impl, bwd_op, args):
+    """The backward op's outputs from inside an autograd formula: its implementation directly where the op adds
+    nothing, the op where it must be seen (:func:`eager_ok`) or where the backward builds a graph (create_graph)."""
+    return bwd_impl(*args) if not torch.is_grad_enabled() and eager_ok(*args) else bwd_op(*args)
+
+
 def call(name: str, *args):
     """``torch.ops.fla_compile.<name>(*args)``, run directly where :func:`eager_ok` (same outputs, same autograd
     formula; without a gradient the saved intermediates, e.g. gla's A, may be None): what the public functions
@@ -237,29 +259,13 @@ def register(spec: OpSpec) -> None:
         kept = list(saved)
         if do is None:
             do = torch.zeros_like(inputs[2])
-        args = (*inputs, do, dht, *kept)
-        # the implementation directly where the op adds nothing; a backward that builds a graph (create_graph)
-        # takes the op, as it always did
-        plain = not torch.is_grad_enabled() and eager_ok(*args)
-        dq, dk, dv, *dgates, dh0 = bwd_impl(*args) if plain else bwd_op(*args)
+        dq, dk, dv, *dgates, dh0 = backward_call(bwd_impl, bwd_op, (*inputs, do, dht, *kept))
         h0 = inputs[3 + n_gates + 1]
         return (dq, dk, dv, *dgates, None, dh0 if h0 is not None else None, None, *([None] * n_flags))
 
     torch.library.register_autograd(qual, grad_fn, setup_context=setup_context, lib=LIB)
 
-    def forward(ctx, *args):
-        output = fwd_impl(*args)
-        setup_context(ctx, args, output)
-        return output
-
-    # the op's autograd formula around its implementation, for ``call`` (named for grad_fn: <name>_directBackward)
-    Direct = type(
-        f"{name}_direct",
-        (torch.autograd.Function,),
-        {"forward": staticmethod(forward), "backward": staticmethod(grad_fn)},
-    )
-    op = getattr(torch.ops.fla_compile, name).default
-    CALLS[name] = lambda *args: direct(Direct, fwd_no_grad, op, args)
+    register_direct(name, fwd_impl, setup_context, grad_fn, no_grad_impl=fwd_no_grad)
 
 
 def recompute_backward(forward: Callable) -> Callable:

@@ -18,7 +18,7 @@ import torch
 
 from ..lowering import FAMILIES
 from ._checks import FLOAT_DTYPES, _name, check_cu_seqlens, fail
-from ._library import CALLS, LIB, call, cast, direct, eager_ok, state_dtype
+from ._library import LIB, backward_call, call, cast, register_direct, state_dtype
 
 _HGRN = FAMILIES["hgrn"]
 _INPUTS = "Tensor x, Tensor g, Tensor? initial_state, Tensor? cu_seqlens"
@@ -85,29 +85,14 @@ def _backward(ctx, do, dht):
     x, g, h0, cu, o = ctx.saved_tensors
     if do is None:
         do = torch.zeros_like(o)
-    args = (x, g, h0, cu, o, do, dht)
-    plain = not torch.is_grad_enabled() and eager_ok(*args)  # as _library's: the op where it must be seen
-    dx, dg, dh0 = _bwd_impl(*args) if plain else torch.ops.fla_compile.hgrn_bwd(*args)
+    dx, dg, dh0 = backward_call(_bwd_impl, torch.ops.fla_compile.hgrn_bwd, (x, g, h0, cu, o, do, dht))
     return dx, dg, dh0 if ctx.has_h0 else None, None
 
 
 torch.library.register_autograd("fla_compile::hgrn", _backward, setup_context=_setup_context, lib=LIB)
 
 
-class _HgrnDirect(torch.autograd.Function):
-    """The op's autograd formula around its implementation (see ``_library.call``)."""
-
-    @staticmethod
-    def forward(ctx, *args):
-        output = _fwd_impl(*args)
-        _setup_context(ctx, args, output)
-        return output
-
-    backward = staticmethod(_backward)
-
-
-_OP = torch.ops.fla_compile.hgrn.default
-CALLS["hgrn"] = lambda *args: direct(_HgrnDirect, _fwd_impl, _OP, args)
+register_direct("hgrn", _fwd_impl, _setup_context, _backward)
 
 
 def hgrn(x, g, initial_state=None, output_final_state=False, cu_seqlens=None):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..lowering import FAMILIES
 from ._checks import FLOAT_DTYPES, check_cu_seqlens, fail
-from ._library import CALLS, LIB, call, cast, direct, eager_ok, state_dtype
+from ._library import LIB, backward_call, call, cast, register_direct, state_dtype
 
 _MAMBA = FAMILIES["mamba"]
 _INPUTS = "Tensor u, Tensor dt, Tensor A, Tensor B, Tensor C, Tensor? initial_state, Tensor? cu_seqlens"
@@ -78,29 +78,14 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dy, dht):
     u, dt, A, B, C, h0, cu = ctx.saved_tensors
     dy = torch.zeros_like(u) if dy is None else dy
-    args = (u, dt, A, B, C, h0, cu, dy, dht)
-    plain = not torch.is_grad_enabled() and eager_ok(*args)  # as _library's: the op where it must be seen
-    *grads, dh0 = _bwd_impl(*args) if plain else torch.ops.fla_compile.mamba_bwd(*args)
+    *grads, dh0 = backward_call(_bwd_impl, torch.ops.fla_compile.mamba_bwd, (u, dt, A, B, C, h0, cu, dy, dht))
     return (*grads, dh0 if ctx.has_h0 else None, None)
 
 
 torch.library.register_autograd("fla_compile::mamba", _backward, setup_context=_setup_context, lib=LIB)
 
 
-class _MambaDirect(torch.autograd.Function):
-    """The op's autograd formula around its implementation (see ``_library.call``)."""
-
-    @staticmethod
-    def forward(ctx, *args):
-        output = _fwd_impl(*args)
-        _setup_context(ctx, args, output)
-        return output
-
-    backward = staticmethod(_backward)
-
-
-_OP = torch.ops.fla_compile.mamba.default
-CALLS["mamba"] = lambda *args: direct(_MambaDirect, _fwd_impl, _OP, args)
+register_direct("mamba", _fwd_impl, _setup_context, _backward)
 
 
 def _check(u, dt, A, B, C, initial_state, cu_seqlens):
