@@ -579,6 +579,27 @@ def test_pick_forced(monkeypatch):
 # ---------------------------------------------------------------- the chunked scan on the GPU
 
 
+def _kernels_in_cuda_graph(K):
+    """Module K's forward and backward on packed sequences (one empty) captured in a CUDA graph: nothing reads
+    cu_seqlens back to the host (a sync would fail the capture), and the replay matches the fp64 path."""
+    x, g, h0, cu = make(lens=[700, 0, 1500, 3], D=256, device="cuda")
+    do, dht = torch.randn_like(x), torch.randn_like(h0)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # compile and warm up off the capture
+        K.backward(x, g, h0, cu, K.forward(x, g, h0, cu)[0], do, dht)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        o, ht = K.forward(x, g, h0, cu)
+        dx, dg, dh0 = K.backward(x, g, h0, cu, o, do, dht)
+    graph.replay()
+    torch.cuda.synchronize()
+    ro, rh, (rdx, rdg, rdh0) = reference(x, g, h0, cu, do, dht)
+    errs = {"o": rel(o, ro), "ht": rel(ht, rh), "dx": rel(dx, rdx), "dg": rel(dg, rdg), "dh0": rel(dh0, rdh0)}
+    assert all(e < 1e-5 for e in errs.values()), errs
+
+
 def _kernels_vs_fp64(K, dtype, tol, strength, lens, resets):
     """Module K's forward and backward at T=8192, D=1000 (a masked channel tail) against the fp64 torch path: o,
     ht, dx, dg, dh0, outputs poisoned, resets (-inf gates) at the steps ``resets``, bitwise determinism."""
@@ -638,24 +659,9 @@ def test_gpu_op_takes_chunks_at_long_T():
 def test_gpu_chunk_packed_in_cuda_graph():
     """Packed sequences through the chunked kernels inside CUDA-graph capture: nothing reads cu_seqlens back
     to the host (a sync would fail the capture), and the replay matches the fp64 path."""
-    from fla_compile.lowering.scan import triton_chunk as TC
+    from fla_compile.lowering.scan import triton_chunk
 
-    x, g, h0, cu = make(lens=[700, 0, 1500, 3], D=256, device="cuda")
-    do, dht = torch.randn_like(x), torch.randn_like(h0)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # compile and warm up off the capture
-        TC.backward(x, g, h0, cu, TC.forward(x, g, h0, cu)[0], do, dht)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        o, ht = TC.forward(x, g, h0, cu)
-        dx, dg, dh0 = TC.backward(x, g, h0, cu, o, do, dht)
-    graph.replay()
-    torch.cuda.synchronize()
-    ro, rh, (rdx, rdg, rdh0) = reference(x, g, h0, cu, do, dht)
-    errs = {"o": rel(o, ro), "ht": rel(ht, rh), "dx": rel(dx, rdx), "dg": rel(dg, rdg), "dh0": rel(dh0, rdh0)}
-    assert all(e < 1e-5 for e in errs.values()), errs
+    _kernels_in_cuda_graph(triton_chunk)
 
 
 # ---------------------------------------------------------------- the tile walk on the GPU
@@ -723,24 +729,9 @@ def test_gpu_op_takes_tile():
 @gpu
 def test_gpu_tile_packed_in_cuda_graph():
     """Packed sequences through the tile walk inside CUDA-graph capture (no host read of cu_seqlens)."""
-    from fla_compile.lowering.scan import triton_tile as TT
+    from fla_compile.lowering.scan import triton_tile
 
-    x, g, h0, cu = make(lens=[700, 0, 1500, 3], D=256, device="cuda")
-    do, dht = torch.randn_like(x), torch.randn_like(h0)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # compile and warm up off the capture
-        TT.backward(x, g, h0, cu, TT.forward(x, g, h0, cu)[0], do, dht)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        o, ht = TT.forward(x, g, h0, cu)
-        dx, dg, dh0 = TT.backward(x, g, h0, cu, o, do, dht)
-    graph.replay()
-    torch.cuda.synchronize()
-    ro, rh, (rdx, rdg, rdh0) = reference(x, g, h0, cu, do, dht)
-    errs = {"o": rel(o, ro), "ht": rel(ht, rh), "dx": rel(dx, rdx), "dg": rel(dg, rdg), "dh0": rel(dh0, rdh0)}
-    assert all(e < 1e-5 for e in errs.values()), errs
+    _kernels_in_cuda_graph(triton_tile)
 
 
 @pytest.mark.gpu
