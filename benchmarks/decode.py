@@ -11,8 +11,10 @@ prefill included), median of ``--repeat`` timed calls after one warm-up call, fo
   graph; eager steps without CUDA),
 
 each on the unpatched model (transformers' own path) and the patched one (``fla_compile.hf.patch``).
-``same`` is the fraction of generated tokens equal to unpatched ``generate``'s (bf16 greedy decoding
-can part ways after a near tie).
+``same`` is the fraction of generated tokens equal to unpatched ``generate``'s: bf16 greedy decoding parts
+ways after a near tie (random weights give near-flat logits), and every later token differs with it.
+``top-1`` does not compound: the fraction of generated tokens that are the unpatched model's own greedy choice
+given the same prefix (one teacher-forced forward of the unpatched model over each run's tokens).
 
     python benchmarks/decode.py                                      # GPU: the issue's table, bf16
     python benchmarks/decode.py --hidden 64 --new 8 --repeat 1 --dtype float32   # CPU smoke run
@@ -83,6 +85,13 @@ def measure(model, prompt, args, device) -> dict:
     return res
 
 
+def top1_agreement(model, toks: torch.Tensor, prompt_len: int) -> float:
+    """The fraction of ``toks``' generated tokens that are ``model``'s argmax given the tokens before them."""
+    with torch.no_grad():
+        logits = model(toks).logits[:, prompt_len - 1 : -1]
+    return (logits.argmax(-1) == toks[:, prompt_len:]).float().mean().item()
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--archs", default="qwen3_next,mamba2")
@@ -115,18 +124,20 @@ def main(argv=None) -> None:
             for patched, res in (("no", ref), ("yes", new)):
                 for variant, (sec, toks) in res.items():
                     same = float("nan") if toks is None else (toks[:, args.prompt :] == base).float().mean().item()
+                    top1 = float("nan") if toks is None else top1_agreement(model, toks, args.prompt)
                     tps = B * args.new / sec
                     label = "generate" if variant == "generate" else graph_label
-                    rows.append((arch, B, patched, label, tps, tps / (B * args.new / ref["generate"][0]), same))
+                    speedup = tps / (B * args.new / ref["generate"][0])
+                    rows.append((arch, B, patched, label, tps, speedup, same, top1))
         del model
     where = f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, {args.dtype}"
     print(
         f"\nGreedy decoding, hidden {args.hidden}, {args.layers} layers, prompt {args.prompt} + {args.new} new ({where})"
     )
-    print("| model | B | patched | decoder | tokens/s | vs unpatched generate | same tokens |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for arch, B, patched, label, tps, speedup, same in rows:
-        print(f"| {arch} | {B} | {patched} | {label} | {tps:.0f} | {speedup:.2f}x | {same:.3f} |")
+    print("| model | B | patched | decoder | tokens/s | vs unpatched generate | same tokens | top-1 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for arch, B, patched, label, tps, speedup, same, top1 in rows:
+        print(f"| {arch} | {B} | {patched} | {label} | {tps:.0f} | {speedup:.2f}x | {same:.3f} | {top1:.3f} |")
 
 
 if __name__ == "__main__":
