@@ -579,6 +579,25 @@ def test_pick_forced(monkeypatch):
 # ---------------------------------------------------------------- the chunked scan on the GPU
 
 
+def _op_picks_and_matches_loop(B, T, D, kernel):
+    """ops.hgrn at [B, T, D] runs ``kernel`` (the dispatch rule), and its outputs and gradients match the fp64
+    reference loop's."""
+    import fla_compile.ops as ops
+    from fla_compile.lowering.scan import dispatch
+    from fla_compile.reference.hgrn import hgrn as loop
+
+    x, g, h0, _ = make(B=B, T=T, D=D, device="cuda")
+    assert dispatch.pick(x) == kernel
+    xs = [t.requires_grad_() for t in (x, g, h0)]
+    o, ht = ops.hgrn(*xs, output_final_state=True)
+    (o.sum() + ht.square().sum()).backward()
+    ds = [t.double().detach().requires_grad_() for t in (x, g, h0)]
+    ro, rh = loop(*ds, output_final_state=True)
+    (ro.sum() + rh.square().sum()).backward()
+    for a, b in zip([o, ht, *(t.grad for t in xs)], [ro, rh, *(t.grad for t in ds)]):
+        assert rel(a, b) < 1e-5
+
+
 def _kernels_in_cuda_graph(K):
     """Module K's forward and backward on packed sequences (one empty) captured in a CUDA graph: nothing reads
     cu_seqlens back to the host (a sync would fail the capture), and the replay matches the fp64 path."""
@@ -638,20 +657,7 @@ def test_gpu_chunk_vs_fp64(dtype, tol, strength, lens):
 @gpu
 def test_gpu_op_takes_chunks_at_long_T():
     """ops.hgrn at T=2048 runs the chunked kernels (the dispatch rule) and matches the fp64 loop's gradients."""
-    import fla_compile.ops as ops
-    from fla_compile.lowering.scan import dispatch
-    from fla_compile.reference.hgrn import hgrn as loop
-
-    x, g, h0, _ = make(B=2, T=2048, D=256, device="cuda")
-    assert dispatch.use_chunks(x)
-    xs = [t.requires_grad_() for t in (x, g, h0)]
-    o, ht = ops.hgrn(*xs, output_final_state=True)
-    (o.sum() + ht.square().sum()).backward()
-    ds = [t.double().detach().requires_grad_() for t in (x, g, h0)]
-    ro, rh = loop(*ds, output_final_state=True)
-    (ro.sum() + rh.square().sum()).backward()
-    for a, b in zip([o, ht, *(t.grad for t in xs)], [ro, rh, *(t.grad for t in ds)]):
-        assert rel(a, b) < 1e-5
+    _op_picks_and_matches_loop(B=2, T=2048, D=256, kernel="chunk")
 
 
 @pytest.mark.gpu
@@ -709,20 +715,7 @@ def test_gpu_tile_other_options(opts):
 @gpu
 def test_gpu_op_takes_tile():
     """ops.hgrn where the tile walk fills the GPU runs it (the dispatch rule) and matches the fp64 loop."""
-    import fla_compile.ops as ops
-    from fla_compile.lowering.scan import dispatch
-    from fla_compile.reference.hgrn import hgrn as loop
-
-    x, g, h0, _ = make(B=4, T=256, D=4096, device="cuda")
-    assert dispatch.pick(x) == "tile"
-    xs = [t.requires_grad_() for t in (x, g, h0)]
-    o, ht = ops.hgrn(*xs, output_final_state=True)
-    (o.sum() + ht.square().sum()).backward()
-    ds = [t.double().detach().requires_grad_() for t in (x, g, h0)]
-    ro, rh = loop(*ds, output_final_state=True)
-    (ro.sum() + rh.square().sum()).backward()
-    for a, b in zip([o, ht, *(t.grad for t in xs)], [ro, rh, *(t.grad for t in ds)]):
-        assert rel(a, b) < 1e-5
+    _op_picks_and_matches_loop(B=4, T=256, D=4096, kernel="tile")
 
 
 @pytest.mark.gpu
