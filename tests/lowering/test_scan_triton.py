@@ -255,20 +255,9 @@ def _poison():
 @pytest.mark.parametrize("strength", [1.0, 20.0], ids=["weak", "strong"])
 @pytest.mark.parametrize("lens", [None, [300, 0, 1, 723]], ids=["dense", "packed"])
 def test_gpu_vs_fp64(dtype, tol, strength, lens):
-    from fla_compile.lowering.scan import triton_scan as TS
+    from fla_compile.lowering.scan import triton_scan
 
-    x, g, h0, cu = make(B=3, T=517, D=1000, strength=strength, lens=lens, device="cuda", dtype=dtype)
-    do = torch.randn_like(x)
-    dht = torch.randn_like(h0)
-    _poison()
-    o, ht = TS.forward(x, g, h0, cu)
-    _poison()
-    dx, dg, dh0 = TS.backward(x, g, h0, cu, o, do, dht)
-    ro, rh, (rdx, rdg, rdh0) = reference(x, g, h0, cu, do, dht)
-    errs = {"o": rel(o, ro), "ht": rel(ht, rh), "dx": rel(dx, rdx), "dg": rel(dg, rdg), "dh0": rel(dh0, rdh0)}
-    assert all(e < tol for e in errs.values()), errs  # NaN fails too
-    o2, ht2 = TS.forward(x, g, h0, cu)
-    assert torch.equal(o, o2) and torch.equal(ht, ht2), "not bitwise deterministic"
+    _kernels_vs_fp64(triton_scan, dtype, tol, strength, lens, resets=(), B=3, T=517)
 
 
 @pytest.mark.gpu
@@ -619,12 +608,13 @@ def _kernels_in_cuda_graph(K):
     assert all(e < 1e-5 for e in errs.values()), errs
 
 
-def _kernels_vs_fp64(K, dtype, tol, strength, lens, resets):
-    """Module K's forward and backward at T=8192, D=1000 (a masked channel tail) against the fp64 torch path: o,
-    ht, dx, dg, dh0, outputs poisoned, resets (-inf gates) at the steps ``resets``, bitwise determinism."""
-    x, g, h0, cu = make(B=2, T=8192, D=1000, strength=strength, lens=lens, device="cuda", dtype=dtype)
-    g[:, resets[0], ::3] = -float("inf")
-    g[:, resets[1], 1::3] = -float("inf")
+def _kernels_vs_fp64(K, dtype, tol, strength, lens, resets, B=2, T=8192):
+    """Module K's forward and backward at [B, T, 1000] (a masked channel tail) against the fp64 torch path: o,
+    ht, dx, dg, dh0, outputs poisoned, resets (-inf gates, every third channel from the i-th) at the steps
+    ``resets``, bitwise determinism."""
+    x, g, h0, cu = make(B=B, T=T, D=1000, strength=strength, lens=lens, device="cuda", dtype=dtype)
+    for i, step in enumerate(resets):
+        g[:, step, i::3] = -float("inf")
     do = torch.randn_like(x)
     dht = torch.randn_like(h0)
     _poison()
