@@ -274,7 +274,25 @@ def _inplace_kind(node: fx.Node):
     return None
 
 
+def _advanced_index(idx) -> bool:
+    """An index that makes ``x[idx]`` a copy for certain: it holds a tensor of one dim or more, or a list.
+    Anything unknown counts as basic, a view (the safe side: a view only ever adds refusals)."""
+    items = idx if isinstance(idx, tuple) else (idx,)
+    for i in items:
+        if isinstance(i, list):
+            return True
+        v = i.meta.get("example_value") if isinstance(i, fx.Node) else i
+        if isinstance(v, torch.Tensor) and v.dim() >= 1:
+            return True
+    return False
+
+
 def _is_view(node: fx.Node) -> bool:
+    getitem = (node.op == "call_function" and node.target is operator.getitem) or (
+        node.op == "call_method" and node.target == "__getitem__"
+    )
+    if getitem and len(node.args) == 2 and _advanced_index(node.args[1]):
+        return False  # x[idx] with a tensor index (a router's hidden[perm]): a new tensor
     if node.op == "call_method":
         return node.target in VIEW_METHODS
     if node.op == "call_function":

@@ -125,9 +125,41 @@ def test_copy_into_slices_of_a_buffer_becomes_setitem():
     assert torch.equal(out[0] if isinstance(out, tuple) else out, _concat_by_copies(a, b))
 
 
-def test_copy_into_an_advanced_index_or_a_view_read_after_is_refused():
+def test_copy_into_an_advanced_index_leaves_the_base_as_it_was():
     a, b = torch.randn(3, 4), torch.randn(2, 4)
     out, why = _ssa_of(_copy_into_a_gathered_copy, a, b)
+    assert out is not None, why
+    assert torch.equal(out[0] if isinstance(out, tuple) else out, _copy_into_a_gathered_copy(a, b))
+
+
+def _router_gather_masked(perm, x, w):
+    """transformers' grouped-mm experts (5.17): ``h = hidden[perm]; h.masked_fill_(sentinel, 0)`` (perm first:
+    Dynamo orders the inputs by first use)."""
+    h = x[perm // 2]
+    h.masked_fill_((perm >= 5).unsqueeze(-1), 0.0)
+    return h @ w, x * 2
+
+
+def _slice_masked(x, w):
+    """The near miss: ``x[1:]`` is a view of the clone, so masked_fill_ on it updates the clone."""
+    c = x.clone()
+    h = c[1:]
+    h.masked_fill_(h > 0, 0.0)
+    return c @ w
+
+
+def test_an_in_place_update_of_a_gathered_copy_becomes_a_value():
+    x, w = torch.randn(4, 3), torch.randn(3, 2)
+    perm = torch.tensor([7, 0, 3, 5, 1, 6, 2, 4])
+    out, why = _ssa_of(_router_gather_masked, perm, x, w)
+    assert out is not None, why
+    ref = _router_gather_masked(perm, x, w)
+    assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
+    out, why = _ssa_of(_slice_masked, x, w)
     assert out is None and "view" in why
+
+
+def test_a_view_read_after_its_base_was_updated_is_refused():
+    a = torch.randn(3, 4)
     out, why = _ssa_of(_copy_then_read_the_view, a, torch.randn(3, 2))
     assert out is None and "view" in why
