@@ -3,7 +3,7 @@
 Random-init Qwen3-Next-style (gated delta net, 3 of every 4 layers), Kimi-Linear-style (KDA, 3 of
 every 4 layers, MLA softmax attention in the 4th) and Mamba2 models (``examples/hf_patch.py``'s
 configs for the first and the last; no download). One training step is forward + backward +
-AdamW step on ``model(ids, labels=ids)`` (transformers' ForCausalLMLoss). Four rows per model:
+AdamW step on ``model(ids, labels=ids)`` (transformers' ForCausalLMLoss). Rows per model:
 
   1 hf        transformers' own torch path; the ``fla`` package is made unimportable first
   2 hf+fla    transformers with flash-linear-attention (its kernels where transformers uses them)
@@ -14,6 +14,8 @@ AdamW step on ``model(ids, labels=ids)`` (transformers' ForCausalLMLoss). Four r
               the LM head and the loss into ``linear_cross_entropy`` ("fused loss" says whether it
               matched). Not ``torch.compile(model)``: the model also returns the logits, and logits
               the caller may read cannot be fused away (the backend reports a near miss)
+  5 ...       row 4 with the backend's loss pass left out (--rows 4,5: the fused loss's A/B in the
+              whole step; not run by default)
 
 Each (model, row) runs in a fresh process (``--one``): ``fla`` importable or not when transformers
 is imported, and torch.compile caches and peak-memory statistics kept apart. A row that fails is a
@@ -32,7 +34,8 @@ B=4 by default: transformers' torch KDA (row 1 of Kimi-Linear) holds fp32 [B, H,
 about 3 x 2 GiB saved per KDA layer at B=4, T=2048, H=16, K=64 (~50 GiB for its 6 KDA layers; B=8 is
 ~100 GiB, close to an H200's 139). The weights are in ``--dtype`` (bf16 on the GPU: AdamW's states
 too, no fp32 master copy); the model is ``.train()`` (dropout is 0 in these configs). ``$OUT`` set: the table also goes to
-``$OUT/train_throughput.csv``.
+``$OUT/train_throughput.csv``; with ``--profile``, two more steps per row under torch.profiler
+(kernels by time) go to the log and ``$OUT/profile_<model>_row<row>.txt``.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout
 log = logging.getLogger("train_throughput")
 
 ARCHS = ("qwen3_next", "kimi_linear", "mamba2")
-ROWS = {"1": "hf", "2": "hf+fla", "3": "patched", "4": "compiled"}
+ROWS = {"1": "hf", "2": "hf+fla", "3": "patched", "4": "compiled", "5": "compiled, loss unfused"}
 RESULT = "RESULT "  # the prefix of the one JSON line a --one process prints
 
 
@@ -205,7 +208,7 @@ def run_one(arch: str, row: str, args) -> dict:
         if not used:
             return {**res, "status": f"skipped: transformers' {type(model).__name__} has no FLA path"}
         res["note"] = f"{res['note']}: {', '.join(used)}"
-    if row in ("3", "4"):
+    if row in ("3", "4", "5"):
         import fla_compile.hf as fh
 
         report = fh.patch(model)
@@ -221,7 +224,11 @@ def run_one(arch: str, row: str, args) -> dict:
         return model(ids, labels=ids, use_cache=False).loss
 
     fwd = loss_of
-    if row == "4":
+    if row == "5":  # row 4 with the backend's loss pass left out: the A/B of the fused loss in the whole step
+        import fla_compile.passes as fp
+
+        fp.PASSES[:] = [(name, fn) for name, fn in fp.PASSES if name != "loss"]
+    if row in ("4", "5"):
         import fla_compile.backend as fb
 
         fwd = torch.compile(loss_of, backend="fla", fullgraph=True)
@@ -243,7 +250,7 @@ def run_one(arch: str, row: str, args) -> dict:
     try:
         loss = step()
     except Exception as e:
-        if row != "4" or not isinstance(e, (torch._dynamo.exc.Unsupported, torch._dynamo.exc.UserError)):
+        if row not in ("4", "5") or not isinstance(e, (torch._dynamo.exc.Unsupported, torch._dynamo.exc.UserError)):
             raise
         # fullgraph could not hold the whole model (a graph break): the same with breaks allowed
         log.warning("%s: fullgraph=True failed, compiling with fullgraph=False: %s", arch, _short(e, 2000))
@@ -260,7 +267,7 @@ def run_one(arch: str, row: str, args) -> dict:
     res["loss"] = loss.item()
     for _ in range(args.warmup - 1):
         step()
-    if row == "4":
+    if row in ("4", "5"):
         matches = [m for r in fb.REPORTS for m in r.matches]
         res["graphs"] = len(fb.REPORTS)
         res["matches"] = [str(m) for m in matches]
@@ -268,6 +275,8 @@ def run_one(arch: str, row: str, args) -> dict:
         res["fused_loss"] = (
             ("yes" if not loss_m[0].kept else f"matched, {loss_m[0].kept}") if loss_m else "no (not matched)"
         )
+        if row == "5":
+            res["fused_loss"] = "no (loss pass left out)"
         for m in matches:
             log.info("%s: fla match: %s", arch, m)
         for r in fb.REPORTS:
@@ -289,7 +298,25 @@ def run_one(arch: str, row: str, args) -> dict:
     res["step_ms"] = statistics.median(times) * 1e3
     res["tok_s"] = args.batch * args.seq / statistics.median(times)
     res["peak_GiB"] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    if args.profile:
+        _profile(step, device, f"{arch}_row{row}")
     return res
+
+
+def _profile(step, device, name: str) -> None:
+    """Two more steps under torch.profiler: the kernels by total time, to the log and ``$OUT/profile_<name>.txt``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(2):
+            step()
+        _sync(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    text = prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=90)
+    log.info("profile of 2 steps, %s:\n%s", name, text)
+    if os.environ.get("OUT"):
+        (pathlib.Path(os.environ["OUT"]) / f"profile_{name}.txt").write_text(text)
 
 
 def one_main(arch: str, row: str, args) -> None:
@@ -304,7 +331,7 @@ def one_main(arch: str, row: str, args) -> None:
 
 def _forward_flags(args) -> list[str]:
     keys = ("hidden", "layers", "batch", "seq", "vocab", "steps", "warmup", "dtype", "device")
-    return [x for k in keys for x in (f"--{k}", str(getattr(args, k)))]
+    return [x for k in keys for x in (f"--{k}", str(getattr(args, k)))] + (["--profile"] if args.profile else [])
 
 
 def spawn(arch: str, row: str, args) -> dict:
@@ -415,6 +442,7 @@ def main(argv=None) -> None:
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--device", default="cuda")
     p.add_argument("--timeout", type=int, default=300, help="seconds per (model, row) process")
+    p.add_argument("--profile", action="store_true", help="profile 2 more steps per row (kernels by time)")
     p.add_argument("--one", nargs=2, metavar=("ARCH", "ROW"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -432,8 +460,8 @@ def main(argv=None) -> None:
     rows = [spawn(a, r, args) for a in args.archs.split(",") for r in args.rows.split(",")]
     text = f"{header(args)}\n\n{table(rows)}\n\n{targets(rows)}"
     for r in rows:
-        if r.get("row") == "4" and r.get("matches") is not None:
-            text += f"\n\n{r['arch']} row 4: {r.get('graphs')} graph(s) compiled; fla_compile matches:\n"
+        if r.get("row") in ("4", "5") and r.get("matches") is not None:
+            text += f"\n\n{r['arch']} row {r['row']}: {r.get('graphs')} graph(s) compiled; fla_compile matches:\n"
             text += "\n".join(f"  {m}" for m in r["matches"]) or "  (none)"
     print(text)
     if os.environ.get("OUT"):
