@@ -4,8 +4,10 @@
 
 For each GLA-line family, the fused recurrent kernel's time for every (BV, num_warps) in the sweep, next to
 the step's memory floor (the fp32 state read and written once, at the measured copy bandwidth); then the
-delta line's decode step (gated_delta_rule, kda, delta_rule) with its shipped options. The best GLA-line
-entry per gate kind is what ``lowering/common/configs/sm90.json``'s first "decode" entry should be.
+delta line's decode step (delta_rule, gated_delta_rule, kda): its shipped options, then every (BV, num_warps)
+with its output's relative difference from the shipped options' ("diff", from a zero state). The best GLA-line
+entry per gate kind is what ``lowering/common/configs/sm90.json``'s first "decode" entry should be; the delta
+line's best goes into its "delta" section as "decode": [num_warps, 1] and "BV_decode".
 """
 
 from __future__ import annotations
@@ -63,10 +65,26 @@ def main() -> int:
             "vector": F.logsigmoid(torch.randn(B, 1, H, D, device=dev)),
         }[kind]
         state = torch.zeros(B, H, D, D, device=dev)
-        ms = bench(lambda g=g, kind=kind, beta=beta, kn=kn, state=state: DT.fused_recurrent(
-            q, kn, v, beta, g, kind, 0.1, state, None, False, final_state=state
-        ))  # fmt: skip
+
+        def step(g=g, kind=kind, beta=beta, kn=kn, state=state):
+            return DT.fused_recurrent(q, kn, v, beta, g, kind, 0.1, state, None, False, final_state=state)
+
+        ms = bench(step)
         rows.append(f"| {family} | shipped | | {ms:.4f} | {ms / floor:.2f} |")
+        state.zero_()
+        ref = step()[0].float()  # the shipped options' output from a zero state: every variant is checked on it
+        for BV in (16, 32, 64, 128):  # the delta line's decode options ("decode", "BV_decode" in the tables)
+            for warps in (1, 2, 4, 8):
+                DT.OVERRIDES.update(decode=(warps, 1), BV_decode=BV)
+                try:
+                    state.zero_()
+                    err = ((step()[0].float() - ref).norm() / ref.norm()).item()
+                    ms = bench(step)
+                    rows.append(f"| {family} | {BV} | {warps} | {ms:.4f} | {ms / floor:.2f} | diff {err:.1e} |")
+                except Exception as e:  # a failing config is a row
+                    rows.append(f"| {family} | {BV} | {warps} | error {type(e).__name__} | |")
+                finally:
+                    DT.OVERRIDES.clear()
     print("\n".join(rows))
     return 0
 

@@ -87,6 +87,8 @@ _DEFAULTS = {
     "fill_sms": False,  # shrink the state passes' V block while their grid is under one wave (``_state_bv``)
     "A_row_block": (4, 2),  # kda's A kernel's warps and stages (3 stages: ~170 registers, 2: ~115 on sm90)
     "wy_pair": (4, 2),
+    "decode": (4, 1),  # the decode kernel (one program per sequence, head and V block of BV_decode)
+    "BV_decode": 32,
 }
 OVERRIDES: dict = {}
 FUSED_A = True  # kda: k kᵀ and q kᵀ by one kernel in the forward (False: the GLA line's A kernel twice)
@@ -176,8 +178,18 @@ def forward_parts(
         BKg = min(64, BK) if gid == 2 else 16
         grid = (NS, 1 if gid == 1 else launch.cdiv(K, BKg), H)
         launch.fitted(
-            gla_kern.chunk_cumsum_kernel, grid,
-            gate.contiguous(), gc, cu, info, H, K, BT, BKg, gid, **_opts("cumsum", dev)
+            gla_kern.chunk_cumsum_kernel,
+            grid,
+            gate.contiguous(),
+            gc,
+            cu,
+            info,
+            H,
+            K,
+            BT,
+            BKg,
+            gid,
+            **_opts("cumsum", dev),
         )
     gcp = gc if gc is not None else beta  # a placeholder pointer: never read without a gate
     if X is None:
@@ -186,20 +198,65 @@ def forward_parts(
             NC = BT // 16
             Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf
             launch.fitted(  # the whole K in one block (K <= MAX_HEAD_DIM)
-                kw.chunk_kda_A_rows_kernel, (NS, NC, H),
-                q, k, gc, A, Aqk, cu, info, H, G, K, BT, 16, BK, NC, prec, **_opts("A_row_block", dev)
+                kw.chunk_kda_A_rows_kernel,
+                (NS, NC, H),
+                q,
+                k,
+                gc,
+                A,
+                Aqk,
+                cu,
+                info,
+                H,
+                G,
+                K,
+                BT,
+                16,
+                BK,
+                NC,
+                prec,
+                **_opts("A_row_block", dev),
             )
         elif gid == 2:
             NC = BT // 16
             BKa = min(64, BK)
             launch.fitted(
-                gla_intra.chunk_gla_A_kernel, (NS, NC * NC, H),
-                k, k, gc, A, cu, info, H, G, K, BT, 16, BKa, NC, prec, BT, **_opts("A", dev)
+                gla_intra.chunk_gla_A_kernel,
+                (NS, NC * NC, H),
+                k,
+                k,
+                gc,
+                A,
+                cu,
+                info,
+                H,
+                G,
+                K,
+                BT,
+                16,
+                BKa,
+                NC,
+                prec,
+                BT,
+                **_opts("A", dev),
             )
         else:
             launch.fitted(
-                kw.chunk_kkt_kernel, (NS, H),
-                k, gcp, A, cu, info, H, G, K, BT, min(64, BK), gid, prec, **_opts("kkt", dev)
+                kw.chunk_kkt_kernel,
+                (NS, H),
+                k,
+                gcp,
+                A,
+                cu,
+                info,
+                H,
+                G,
+                K,
+                BT,
+                min(64, BK),
+                gid,
+                prec,
+                **_opts("kkt", dev),
             )
         X = torch.empty(B, T, H, BT, device=dev, dtype=dt) if X_buf is None else X_buf
         load_x = False
@@ -212,7 +269,8 @@ def forward_parts(
     if WU_SPLIT:
         if not load_x:
             launch.fitted(
-                kw.chunk_wy_kernel, (NS, H),
+                kw.chunk_wy_kernel,
+                (NS, H),
                 k,
                 v,
                 beta,
@@ -261,8 +319,24 @@ def forward_parts(
         NC = BT // 16
         Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf
         launch.fitted(
-            gla_intra.chunk_gla_A_kernel, (NS, NC * NC, H),
-            q, k, gc, Aqk, cu, info, H, G, K, BT, 16, min(64, BK), NC, prec, BT, **_opts("A", dev)
+            gla_intra.chunk_gla_A_kernel,
+            (NS, NC * NC, H),
+            q,
+            k,
+            gc,
+            Aqk,
+            cu,
+            info,
+            H,
+            G,
+            K,
+            BT,
+            16,
+            min(64, BK),
+            NC,
+            prec,
+            BT,
+            **_opts("A", dev),
         )
     o = None
     if need_o:
@@ -340,12 +414,40 @@ def backward_parts(
     if gid == 2:
         db1 = torch.empty(B, T, H, K, **f32)
         launch.fitted(
-            gla_intra.chunk_gla_bwd_intra_kernel, (NS, NC * launch.cdiv(K, BKi), H),
-            q, k, gc, dA, dq, dk, db1, cu, info, scale, H, G, K, BT, 16, BKi, NC, prec, **_opts("intra", dev)
+            gla_intra.chunk_gla_bwd_intra_kernel,
+            (NS, NC * launch.cdiv(K, BKi), H),
+            q,
+            k,
+            gc,
+            dA,
+            dq,
+            dk,
+            db1,
+            cu,
+            info,
+            scale,
+            H,
+            G,
+            K,
+            BT,
+            16,
+            BKi,
+            NC,
+            prec,
+            **_opts("intra", dev),
         )
         launch.fitted(
-            gla_intra.chunk_rc_add_kernel, (NS, launch.cdiv(K, BKi), H),
-            db1, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev)
+            gla_intra.chunk_rc_add_kernel,
+            (NS, launch.cdiv(K, BKi), H),
+            db1,
+            dg,
+            cu,
+            info,
+            H,
+            K,
+            BT,
+            BKi,
+            **_opts("rc", dev),
         )
     # 4. through W = X (b e^G k) and U = X (b v)
     dv = torch.empty(B, T, H, V, device=dev, dtype=dt)
@@ -369,12 +471,39 @@ def backward_parts(
             **_opts("wy_bwd", dev),
         )  # fmt: skip
         launch.fitted(
-            kwb.chunk_kk_pair_bwd_vec_kernel, (NS, NC, H),
-            k, beta, gc, dN, dk, dbeta, dG, cu, info, H, G, K, BT, 16, BK, NC, prec, **_opts("pair_vec", dev)
+            kwb.chunk_kk_pair_bwd_vec_kernel,
+            (NS, NC, H),
+            k,
+            beta,
+            gc,
+            dN,
+            dk,
+            dbeta,
+            dG,
+            cu,
+            info,
+            H,
+            G,
+            K,
+            BT,
+            16,
+            BK,
+            NC,
+            prec,
+            **_opts("pair_vec", dev),
         )
         launch.fitted(
-            gla_intra.chunk_rc_add_kernel, (NS, launch.cdiv(K, BKi), H),
-            dG, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev)
+            gla_intra.chunk_rc_add_kernel,
+            (NS, launch.cdiv(K, BKi), H),
+            dG,
+            dg,
+            cu,
+            info,
+            H,
+            K,
+            BT,
+            BKi,
+            **_opts("rc", dev),
         )
     return dq, dk, dv, dbeta, dg, dh0
 
@@ -458,10 +587,11 @@ def fused_recurrent(
     o = torch.empty(B, T, H, V, device=q.device, dtype=v.dtype)
     ht = final_state if final_state is not None else torch.empty(N, H, K, V, device=q.device, dtype=torch.float32)
     h0 = initial_state.contiguous() if initial_state is not None else ht
-    BV = min(launch.pow2(V), 32)
+    BV = min(launch.pow2(V), _knob("BV_decode", q.device))
     kd.fused_recurrent_kernel[(N, H, launch.cdiv(V, BV))](
         q, k, v, beta, g, h0, o, ht, cu, scale, H=H, HK=HK, K=K, V=V, BK=launch.pow2(K), BV=BV,
         GATE=GATE_IDS[gate_kind], HAS_H0=initial_state is not None, L2NORM=use_qk_l2norm,
+        **_opts("decode", q.device),
     )  # fmt: skip
     return o, ht
 
