@@ -63,6 +63,11 @@ VARIANTS = [
     # unpipelined (~half the shared memory: two programs per SM, so 256 programs in one wave)
     ("dh w4 s1", {"dh": (4, 1)}),
     ("dh BV=32 w4 s1", {"BV_dh": 32, "dh": (4, 1)}),
+    # 2 warps: FLA restricts its WY backward to 2 warps on Hopper, where Triton 3.4-3.7 miscompiles the 4-warp
+    # kernel at BT=64 (wrong dk/dbeta, sometimes an illegal address: its #984), the symptoms of our dh at 4 warps
+    # / 1 stage
+    ("dh w2 s1", {"dh": (2, 1)}),
+    ("dh BV=32 w2 s1", {"BV_dh": 32, "dh": (2, 1)}),
     # no gate / a scalar gate: the WY backward and the k kᵀ pairs by one kernel reading the dqk kernel's dW (shipped
     # 2026-11-30 at 4 warps, 1 stage: 0.410 ms; 2 stages 0.444; 8 warps 0.682, kda keeps its two kernels)
     ("wy+pair w4 s2", {"wy_pair": (4, 2)}),

@@ -35,7 +35,8 @@ class Options:
         (a report note says so), sparing Inductor's cold compile.
     costs: below the crossover of the device's cost table (``fla_compile.costs``) a proven region
         is left as written, the cheaper path for small work; the report says so. Off: always
-        rewrite (``@jit`` makes this choice at call time instead, where the length is known).
+        rewrite (``@jit`` makes this choice at call time instead, where the length is known). A fused
+        loss whose logits fit in one chunk is kept too, with Inductor on (``patterns.loss.kept_reason``).
     """
 
     verify: bool = True

@@ -98,6 +98,29 @@ def test_large_region_probed_small(monkeypatch):
     _check(lambda h, y: F.cross_entropy(lm(h)[:, :-1].reshape(-1, V), y[:, 1:].flatten()), lm, h, y)
 
 
+def test_logits_in_one_chunk_kept_for_inductor(monkeypatch):
+    """With Inductor compiling the rest, a loss whose logits fit in one chunk of the fused op is kept as
+    written (fusing saves no memory there); logits past one chunk are fused. Fused or kept, it is a match."""
+    import fla_compile
+    from fla_compile.lowering.loss import torch_path
+
+    lm = _model()
+    h, y = _inputs(torch.Generator().manual_seed(8), B=2, T=16)
+
+    def fn(h, y):
+        return F.cross_entropy(lm(h).view(-1, V), y.view(-1))
+
+    rep = fla_compile.explain(fn, h, y, options={"inductor": True})
+    (m,) = rep.matches
+    assert m.kept.startswith("kept as written: its 32 x 37 logits fit in one chunk"), str(rep)
+    assert "1 kept as written" in str(rep)
+    monkeypatch.setattr(torch_path, "LOGITS_BUDGET", 4 * V * 8)  # 8 rows a chunk: 4 chunks
+    rep = fla_compile.explain(fn, h, y, options={"inductor": True})
+    assert [(m.op, m.kept) for m in rep.matches] == [("fla_compile.linear_cross_entropy", "")], str(rep)
+    rep = fla_compile.explain(fn, h, y, options={"inductor": True, "costs": False})
+    assert not rep.matches[0].kept, str(rep)
+
+
 def _missed(fn, *args, reason):
     ref = fn(*args)
     out, rep = _compile(fn, *args)
