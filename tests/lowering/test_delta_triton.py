@@ -494,10 +494,10 @@ def _poison():
 @pytest.mark.parametrize("family", list(FAMILY_GATE))
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("gate_scale", [0.05, 20.0], ids=["weak", "strong"])
-def test_gpu_chunk_vs_fp64(family, dtype, tol, gate_scale, K=64, V=64):
+def test_gpu_chunk_vs_fp64(family, dtype, tol, gate_scale, K=64, V=64, T=300):
     from fla_compile.lowering.delta import triton_launch as DT
 
-    q, k, v, beta, g, h0 = _cuda_case(family, K=K, V=V, dtype=dtype, gate_scale=gate_scale)
+    q, k, v, beta, g, h0 = _cuda_case(family, T=T, K=K, V=V, dtype=dtype, gate_scale=gate_scale)
     do = torch.randn_like(v)
     dht = torch.randn_like(h0)
     _poison()
@@ -523,6 +523,18 @@ def test_gpu_chunk_vs_fp64_K128(family, dtype, tol):
     of 64 and transposes dot results (``tl.trans(dA)``), the pattern Triton 3.4-3.7.0 miscompiles on Hopper in
     FLA's chunk_bwd_dqkwg (fla-org/flash-linear-attention#640: BK = 64 triggers it)."""
     test_gpu_chunk_vs_fp64(family, dtype, tol, 1.0, K=128, V=128)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("family", list(FAMILY_GATE))
+@pytest.mark.parametrize("T", [64, 256])
+@pytest.mark.parametrize("K", [64, 128])
+def test_gpu_full_chunks_bf16_vs_fp64(family, T, K):
+    """Only full chunks of 64 (no masked tail), bf16: where Triton 3.4-3.7 miscompiles FLA's 4-warp WY backward
+    on Hopper (fla-org/flash-linear-attention#984: dk and dbeta off by half at T = 64-256, BT = 64, or an illegal
+    address). Our WY backward runs 4 warps on sm90 too (``wy_pair``), and so would a 4-warp state-gradient pass."""
+    test_gpu_chunk_vs_fp64(family, torch.bfloat16, 2e-2, 1.0, K=K, V=K, T=T)
 
 
 @pytest.mark.gpu
