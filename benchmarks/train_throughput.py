@@ -14,7 +14,8 @@ AdamW step on ``model(ids, labels=ids)`` (transformers' ForCausalLMLoss). Rows p
               the LM head and the loss into ``linear_cross_entropy`` ("fused loss" says whether it
               matched). Not ``torch.compile(model)``: the model also returns the logits, and logits
               the caller may read cannot be fused away (the backend reports a near miss)
-  5 ...       row 4 with the loss fused even where the backend keeps it as written (all its logits in
+  5 compiled, loss always fused
+              row 4 with the loss fused even where the backend keeps it as written (all its logits in
               one chunk: ``patterns.loss.kept_reason``); --rows 4,5 is the fused loss's A/B in the whole
               step (not run by default)
 

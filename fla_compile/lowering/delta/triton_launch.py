@@ -178,18 +178,8 @@ def forward_parts(
         BKg = min(64, BK) if gid == 2 else 16
         grid = (NS, 1 if gid == 1 else launch.cdiv(K, BKg), H)
         launch.fitted(
-            gla_kern.chunk_cumsum_kernel,
-            grid,
-            gate.contiguous(),
-            gc,
-            cu,
-            info,
-            H,
-            K,
-            BT,
-            BKg,
-            gid,
-            **_opts("cumsum", dev),
+            gla_kern.chunk_cumsum_kernel, grid,
+            gate.contiguous(), gc, cu, info, H, K, BT, BKg, gid, **_opts("cumsum", dev)
         )
     gcp = gc if gc is not None else beta  # a placeholder pointer: never read without a gate
     if X is None:
@@ -198,65 +188,20 @@ def forward_parts(
             NC = BT // 16
             Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf
             launch.fitted(  # the whole K in one block (K <= MAX_HEAD_DIM)
-                kw.chunk_kda_A_rows_kernel,
-                (NS, NC, H),
-                q,
-                k,
-                gc,
-                A,
-                Aqk,
-                cu,
-                info,
-                H,
-                G,
-                K,
-                BT,
-                16,
-                BK,
-                NC,
-                prec,
-                **_opts("A_row_block", dev),
+                kw.chunk_kda_A_rows_kernel, (NS, NC, H),
+                q, k, gc, A, Aqk, cu, info, H, G, K, BT, 16, BK, NC, prec, **_opts("A_row_block", dev)
             )
         elif gid == 2:
             NC = BT // 16
             BKa = min(64, BK)
             launch.fitted(
-                gla_intra.chunk_gla_A_kernel,
-                (NS, NC * NC, H),
-                k,
-                k,
-                gc,
-                A,
-                cu,
-                info,
-                H,
-                G,
-                K,
-                BT,
-                16,
-                BKa,
-                NC,
-                prec,
-                BT,
-                **_opts("A", dev),
+                gla_intra.chunk_gla_A_kernel, (NS, NC * NC, H),
+                k, k, gc, A, cu, info, H, G, K, BT, 16, BKa, NC, prec, BT, **_opts("A", dev)
             )
         else:
             launch.fitted(
-                kw.chunk_kkt_kernel,
-                (NS, H),
-                k,
-                gcp,
-                A,
-                cu,
-                info,
-                H,
-                G,
-                K,
-                BT,
-                min(64, BK),
-                gid,
-                prec,
-                **_opts("kkt", dev),
+                kw.chunk_kkt_kernel, (NS, H),
+                k, gcp, A, cu, info, H, G, K, BT, min(64, BK), gid, prec, **_opts("kkt", dev)
             )
         X = torch.empty(B, T, H, BT, device=dev, dtype=dt) if X_buf is None else X_buf
         load_x = False
@@ -269,8 +214,7 @@ def forward_parts(
     if WU_SPLIT:
         if not load_x:
             launch.fitted(
-                kw.chunk_wy_kernel,
-                (NS, H),
+                kw.chunk_wy_kernel, (NS, H),
                 k,
                 v,
                 beta,
@@ -319,24 +263,8 @@ def forward_parts(
         NC = BT // 16
         Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf
         launch.fitted(
-            gla_intra.chunk_gla_A_kernel,
-            (NS, NC * NC, H),
-            q,
-            k,
-            gc,
-            Aqk,
-            cu,
-            info,
-            H,
-            G,
-            K,
-            BT,
-            16,
-            min(64, BK),
-            NC,
-            prec,
-            BT,
-            **_opts("A", dev),
+            gla_intra.chunk_gla_A_kernel, (NS, NC * NC, H),
+            q, k, gc, Aqk, cu, info, H, G, K, BT, 16, min(64, BK), NC, prec, BT, **_opts("A", dev)
         )
     o = None
     if need_o:
@@ -414,40 +342,12 @@ def backward_parts(
     if gid == 2:
         db1 = torch.empty(B, T, H, K, **f32)
         launch.fitted(
-            gla_intra.chunk_gla_bwd_intra_kernel,
-            (NS, NC * launch.cdiv(K, BKi), H),
-            q,
-            k,
-            gc,
-            dA,
-            dq,
-            dk,
-            db1,
-            cu,
-            info,
-            scale,
-            H,
-            G,
-            K,
-            BT,
-            16,
-            BKi,
-            NC,
-            prec,
-            **_opts("intra", dev),
+            gla_intra.chunk_gla_bwd_intra_kernel, (NS, NC * launch.cdiv(K, BKi), H),
+            q, k, gc, dA, dq, dk, db1, cu, info, scale, H, G, K, BT, 16, BKi, NC, prec, **_opts("intra", dev)
         )
         launch.fitted(
-            gla_intra.chunk_rc_add_kernel,
-            (NS, launch.cdiv(K, BKi), H),
-            db1,
-            dg,
-            cu,
-            info,
-            H,
-            K,
-            BT,
-            BKi,
-            **_opts("rc", dev),
+            gla_intra.chunk_rc_add_kernel, (NS, launch.cdiv(K, BKi), H),
+            db1, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev)
         )
     # 4. through W = X (b e^G k) and U = X (b v)
     dv = torch.empty(B, T, H, V, device=dev, dtype=dt)
@@ -471,39 +371,12 @@ def backward_parts(
             **_opts("wy_bwd", dev),
         )  # fmt: skip
         launch.fitted(
-            kwb.chunk_kk_pair_bwd_vec_kernel,
-            (NS, NC, H),
-            k,
-            beta,
-            gc,
-            dN,
-            dk,
-            dbeta,
-            dG,
-            cu,
-            info,
-            H,
-            G,
-            K,
-            BT,
-            16,
-            BK,
-            NC,
-            prec,
-            **_opts("pair_vec", dev),
+            kwb.chunk_kk_pair_bwd_vec_kernel, (NS, NC, H),
+            k, beta, gc, dN, dk, dbeta, dG, cu, info, H, G, K, BT, 16, BK, NC, prec, **_opts("pair_vec", dev)
         )
         launch.fitted(
-            gla_intra.chunk_rc_add_kernel,
-            (NS, launch.cdiv(K, BKi), H),
-            dG,
-            dg,
-            cu,
-            info,
-            H,
-            K,
-            BT,
-            BKi,
-            **_opts("rc", dev),
+            gla_intra.chunk_rc_add_kernel, (NS, launch.cdiv(K, BKi), H),
+            dG, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev)
         )
     return dq, dk, dv, dbeta, dg, dh0
 
