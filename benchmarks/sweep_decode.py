@@ -7,7 +7,7 @@ the step's memory floor (the fp32 state read and written once, at the measured c
 delta line's decode step (delta_rule, gated_delta_rule, kda): its shipped options, then every (BV, num_warps)
 with its output's relative difference from the shipped options' ("diff", from a zero state). The best GLA-line
 entry per gate kind is what ``lowering/common/configs/sm90.json``'s first "decode" entry should be; the delta
-line's best goes into its "delta" section as "decode": [num_warps, 1] and "BV_decode".
+line's best goes into its "delta" section as "decode": [num_warps, 3] and "BV_decode".
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def main() -> int:
         ref = step()[0].float()  # the shipped options' output from a zero state: every variant is checked on it
         for BV in (16, 32, 64, 128):  # the delta line's decode options ("decode", "BV_decode" in the tables)
             for warps in (1, 2, 4, 8):
-                DT.OVERRIDES.update(decode=(warps, 1), BV_decode=BV)
+                DT.OVERRIDES.update(decode=(warps, 3), BV_decode=BV)
                 try:
                     state.zero_()
                     err = ((step()[0].float() - ref).norm() / ref.norm()).item()

@@ -87,7 +87,7 @@ _DEFAULTS = {
     "fill_sms": False,  # shrink the state passes' V block while their grid is under one wave (``_state_bv``)
     "A_row_block": (4, 2),  # kda's A kernel's warps and stages (3 stages: ~170 registers, 2: ~115 on sm90)
     "wy_pair": (4, 2),
-    "decode": (4, 1),  # the decode kernel (one program per sequence, head and V block of BV_decode)
+    "decode": (4, 3),  # the decode kernel (one program per sequence, head and V block of BV_decode)
     "BV_decode": 32,
 }
 OVERRIDES: dict = {}
