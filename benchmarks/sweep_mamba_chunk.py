@@ -1,6 +1,7 @@
 """Launch shapes of the chunked selective-scan kernels (``lowering/scan/triton_chunk_selective.py``) on a GPU.
 
     python benchmarks/sweep_mamba_chunk.py          # the two mamba shapes of benchmarks/scan_hgrn.py, bf16
+    python benchmarks/sweep_mamba_chunk.py --fwd    # the forward rows only (both layouts)
 
 Times the forward (``forward``) and the backward (``backward``: chunk states + reverse pass) alone for a
 few (BT, BD, warps) choices, with the registers and spills of the compiled kernels, so the module's
@@ -16,6 +17,8 @@ from triton.testing import do_bench
 
 SHAPES = [(4, 2048, 1536, 16), (1, 8192, 4096, 16)]
 FWD = [(16, 16, 4), (16, 16, 2), (16, 8, 4), (8, 16, 4), (32, 16, 4), (16, 32, 4), (8, 32, 4)]
+# the forward with the states on the lanes (``FWD_LANES``): warps split channels only
+FWD_LANES = [(16, 16, 4), (16, 16, 2), (16, 32, 4), (16, 8, 2), (16, 32, 8), (8, 16, 4)]
 BWD = [(16, 16, 4, 4), (16, 16, 4, 8), (16, 8, 4, 4), (8, 16, 4, 4), (8, 16, 4, 8), (32, 16, 4, 8), (16, 32, 4, 8)]
 
 
@@ -34,7 +37,7 @@ def diff(a, b):
     return max(((x.double() - y.double()).norm() / y.double().norm().clamp_min(1e-30)).item() for x, y in zip(a, b))
 
 
-def main():
+def main(fwd_only: bool = False):
     from fla_compile.lowering.scan import triton_chunk_selective as TC
 
     print(torch.cuda.get_device_name())
@@ -47,17 +50,22 @@ def main():
         ref_y = TC.forward(*args)
         ref_g = TC.backward(*args, dy, dht)[:5]
         try:
-            for BT, BD, W in FWD:
-                TC.BT_FWD, TC.BD_FWD, TC.WARPS_FWD = BT, BD, W
-                try:
-                    got = TC.forward(*args)
-                    ms = do_bench(lambda args=args: TC.forward(*args))
-                    print(f"| {B} | {T} | {D} | {N} | fwd | {BT} | {BD} | {W} | {ms:.3f} | {diff(got, ref_y):.1e} | "
-                          f"{_regs(TC.chunk_selective_fwd_kernel)} |")  # fmt: skip
-                except Exception as e:  # noqa: BLE001 - a failed config is a row with the error
-                    print(f"| {B} | {T} | {D} | {N} | fwd | {BT} | {BD} | {W} | error: {type(e).__name__}: {e} | | |")
+            for lanes, configs in ((False, FWD), (True, FWD_LANES)):
+                TC.FWD_LANES = lanes
+                kernel = TC.chunk_selective_fwd_lanes_kernel if lanes else TC.chunk_selective_fwd_kernel
+                name = "fwd lanes" if lanes else "fwd"
+                for BT, BD, W in configs:
+                    TC.BT_FWD, TC.BD_FWD, TC.WARPS_FWD = BT, BD, W
+                    try:
+                        got = TC.forward(*args)
+                        ms = do_bench(lambda args=args: TC.forward(*args))
+                        print(f"| {B} | {T} | {D} | {N} | {name} | {BT} | {BD} | {W} | {ms:.3f} | "
+                              f"{diff(got, ref_y):.1e} | {_regs(kernel)} |")  # fmt: skip
+                    except Exception as e:  # noqa: BLE001 - a failed config is a row with the error
+                        print(f"| {B} | {T} | {D} | {N} | {name} | {BT} | {BD} | {W} | error: {type(e).__name__}: {e} | | |")
+            TC.FWD_LANES = False
             TC.BT_FWD, TC.BD_FWD, TC.WARPS_FWD = saved[:3]
-            for BT, BD, WS, WB in BWD:
+            for BT, BD, WS, WB in [] if fwd_only else BWD:
                 TC.BT_BWD, TC.BD_BWD, TC.WARPS_STATES, TC.WARPS_BWD = BT, BD, WS, WB
                 try:
                     got = TC.backward(*args, dy, dht)[:5]
@@ -70,6 +78,7 @@ def main():
                     )
         finally:
             (TC.BT_FWD, TC.BD_FWD, TC.WARPS_FWD, TC.BT_BWD, TC.BD_BWD, TC.WARPS_STATES, TC.WARPS_BWD) = saved
+            TC.FWD_LANES = False
 
 
 def _regs(kernel) -> str:
@@ -83,4 +92,6 @@ def _regs(kernel) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(fwd_only="--fwd" in sys.argv[1:])

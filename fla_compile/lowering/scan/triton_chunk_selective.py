@@ -45,6 +45,12 @@ LOG2E = tl.constexpr(1.4426950408889634)  # 1 / ln 2: exp(x) = exp2(x log2 e)
 # benchmarks/sweep_mamba_chunk.py times other choices.
 BT_FWD, BD_FWD, WARPS_FWD = 16, 16, 2  # 2 warps: 0.556 -> 0.324 ms at (4, 2048, 1536, 16), 1.49 -> 0.87 at (1, 8192, 4096, 16) (H200, bf16, 2026-11-30)
 BT_BWD, BD_BWD, WARPS_STATES, WARPS_BWD = 16, 16, 4, 4
+# The forward with the states on the lanes (``chunk_selective_fwd_lanes_kernel``), off until an H200 A/B
+# (benchmarks/sweep_mamba_chunk.py's "lanes" rows). Offline sm_90a (Triton 3.9): BT 16, BD 16 at 4 warps 136
+# registers, 768 SASS instructions for 32 elements a thread (the shipped kernel at 2 warps: 168, 832 for 64,
+# with 49 shared loads and 23 barriers a chunk): more instructions (shuffles), twice the warps, no barriers;
+# the shipped one runs ~6 warps per SM at (4, 2048, 1536, 16), latency-bound (324 µs; issue bound ~72)
+FWD_LANES = False
 
 
 @triton.jit
@@ -118,6 +124,46 @@ def chunk_selective_fwd_kernel(
         b_h = _row(b_hs, o_t, BT - 1)  # masked rows are identities: the last row is the state after eos - 1
         b_dt, b_u, b_B, b_C = n_dt, n_u, n_B, n_C
     tl.store(ht + i_n.to(tl.int64) * D * N + o_kd, b_h, mask=m_kd)
+
+
+@triton.jit
+def chunk_selective_fwd_lanes_kernel(
+    u, dt, A, Bm, Cm, h0, y, ht, cu_seqlens, T, D, N,
+    USE_H0: tl.constexpr, IS_VARLEN: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+):  # fmt: skip
+    """``chunk_selective_fwd_kernel`` with the states last, under A/B (``FWD_LANES``): [BT, BD, BN] tiles put
+    the states on the lanes and the warps on channels only, so the sum over states (y) stays in a warp (four
+    shuffle levels per output, no shared memory or barrier) and more warps per program split no sum."""
+    i_d, i_n = tl.program_id(0), tl.program_id(1)
+    bos, eos = _span(cu_seqlens, i_n, T, IS_VARLEN)
+    o_t = tl.arange(0, BT)
+    o_d = i_d * BD + tl.arange(0, BD)
+    o_k = tl.arange(0, BN)
+    m_dk = (o_d < D)[:, None] & (o_k < N)[None, :]
+    o_dk = o_d[:, None] * N + o_k[None, :]  # [BD, BN] of a [D, N] tensor, read and written along N
+    # [BD, BN]
+    b_A2 = tl.load(A + o_dk, mask=m_dk, other=0).to(tl.float32) * LOG2E
+    b_h = tl.zeros([BD, BN], dtype=tl.float32)
+    if USE_H0:
+        b_h += tl.load(h0 + i_n.to(tl.int64) * D * N + o_dk, mask=m_dk, other=0).to(tl.float32)
+    b_dt = _load_td(dt, bos, o_t, o_d, eos, D)
+    b_u = _load_td(u, bos, o_t, o_d, eos, D)
+    b_B = _load_td(Bm, bos, o_t, o_k, eos, N)
+    b_C = _load_td(Cm, bos, o_t, o_k, eos, N)
+    for t0 in range(bos, eos, BT):
+        n_dt = _load_td(dt, t0 + BT, o_t, o_d, eos, D)
+        n_u = _load_td(u, t0 + BT, o_t, o_d, eos, D)
+        n_B = _load_td(Bm, t0 + BT, o_t, o_k, eos, N)
+        n_C = _load_td(Cm, t0 + BT, o_t, o_k, eos, N)
+        # [BT, BD, BN]
+        b_a = tl.exp2(b_dt[:, :, None] * b_A2[None, :, :])
+        b_b = b_u[:, :, None] * b_B[:, None, :]
+        b_b = tl.where((o_t == 0)[:, None, None], b_b + b_a * b_h[None, :, :], b_b)
+        _, b_hs = tl.associative_scan((b_a, b_b), 0, _first_order)
+        _store_td(y, tl.sum(b_hs * b_C[:, None, :], 2), t0, o_t, o_d, eos, D)
+        b_h = _row(b_hs, o_t, BT - 1)
+        b_dt, b_u, b_B, b_C = n_dt, n_u, n_B, n_C
+    tl.store(ht + i_n.to(tl.int64) * D * N + o_dk, b_h, mask=m_dk)
 
 
 @triton.jit
@@ -232,7 +278,8 @@ def forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
     ht = u.new_empty(n_seq, D, N, dtype=torch.float32)
     h0 = initial_state.contiguous() if initial_state is not None else None
     BN, BD = pow2(N, lo=2), min(BD_FWD, pow2(D, lo=2))
-    chunk_selective_fwd_kernel[(launch.cdiv(D, BD), n_seq)](
+    kernel = chunk_selective_fwd_lanes_kernel if FWD_LANES else chunk_selective_fwd_kernel
+    kernel[(launch.cdiv(D, BD), n_seq)](
         u, dt, A, B, C, h0, y, ht, cu_seqlens, T, D, N,
         USE_H0=h0 is not None, IS_VARLEN=cu_seqlens is not None, BT=BT_FWD, BD=BD, BN=BN, num_warps=WARPS_FWD,
     )  # fmt: skip
