@@ -77,6 +77,10 @@ SHAPES = {
     "T257_gqa_K128_V64": dict(B=1, T=257, H=4, HK=2, K=128, V=64),
     "T200_K32_V256": dict(B=1, T=200, H=2, HK=1, K=32, V=256),
     "T130_K256": dict(B=1, T=130, H=2, HK=2, K=256, V=128),
+    # odd head dims with masked tails: K = 153 (Based's Taylor map of 16 features) crosses a 128 block, where
+    # Triton 3.7 on sm_90 miscompiles a masked tail iteration of FLA's chunk_bwd_dv (fla-org/...#1241: an IMA)
+    "T150_K153_V96": dict(B=1, T=150, H=2, HK=2, K=153, V=96),
+    "T70_K37_V33": dict(B=2, T=70, H=2, HK=1, K=37, V=33),
 }
 
 
