@@ -83,3 +83,20 @@ def test_fla_backend_trains_a_patched_model(tmp_path):
     loss.backward()
     assert rel(loss, loss_ref) < TOL
     assert rel(torch.cat([p.grad.flatten() for p in model.parameters()]), grads_ref) < TOL
+
+
+def test_fla_backend_matches_the_loss_of_a_moe_training_graph(tmp_path):
+    """The training graph of a patched MoE model (Qwen3-Next) is normalized and its loss matched (fused or kept):
+    transformers 5.17's grouped-mm experts ``masked_fill_`` the rows they gathered with ``hidden[perm]``, which
+    to_ssa once took for an update of a view of the hidden states, and then ran no pass on the whole graph."""
+    import fla_compile
+
+    arch = next(a for a in ARCHS if a.name == "Qwen3-Next")
+    model = load_tiny(arch, tmp_path)
+    fh.patch(model)
+    model.train()
+    ids = _prompt(T=21)
+    torch._dynamo.reset()
+    rep = fla_compile.explain(lambda ids: model(ids, labels=ids, use_cache=False).loss, ids)
+    assert not any("not normalized" in n for n in rep.notes), str(rep)
+    assert [m.op for m in rep.matches] == ["fla_compile.linear_cross_entropy"], str(rep)
