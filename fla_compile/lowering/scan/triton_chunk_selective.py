@@ -75,6 +75,14 @@ def _store_td(p, x, t0, o_t, o_d, eos, D):
 
 
 @triton.jit
+def _load_chunk(dt, u, Bm, Cm, t0, o_t, o_d, o_k, eos, D, N):
+    """The forward's tiles of the chunk at row t0: dt, u [BT, BD] and B, C [BT, BN] in fp32."""
+    b_dt = _load_td(dt, t0, o_t, o_d, eos, D)
+    b_u = _load_td(u, t0, o_t, o_d, eos, D)
+    return b_dt, b_u, _load_td(Bm, t0, o_t, o_k, eos, N), _load_td(Cm, t0, o_t, o_k, eos, N)
+
+
+@triton.jit
 def _row(x, o_t, i):
     """Row i of a [BT, BN, BD] tile (a masked sum: the time axis is a tile axis, not an index)."""
     return tl.sum(tl.where((o_t == i)[:, None, None], x, 0.0), 0)
@@ -105,15 +113,9 @@ def chunk_selective_fwd_kernel(
     if USE_H0:
         b_h += tl.load(h0 + i_n.to(tl.int64) * D * N + o_kd, mask=m_kd, other=0).to(tl.float32)
     # [BT, BD], [BT, BN]: the first chunk's tiles; every iteration loads the next chunk's before computing
-    b_dt = _load_td(dt, bos, o_t, o_d, eos, D)
-    b_u = _load_td(u, bos, o_t, o_d, eos, D)
-    b_B = _load_td(Bm, bos, o_t, o_k, eos, N)
-    b_C = _load_td(Cm, bos, o_t, o_k, eos, N)
+    b_dt, b_u, b_B, b_C = _load_chunk(dt, u, Bm, Cm, bos, o_t, o_d, o_k, eos, D, N)
     for t0 in range(bos, eos, BT):
-        n_dt = _load_td(dt, t0 + BT, o_t, o_d, eos, D)
-        n_u = _load_td(u, t0 + BT, o_t, o_d, eos, D)
-        n_B = _load_td(Bm, t0 + BT, o_t, o_k, eos, N)
-        n_C = _load_td(Cm, t0 + BT, o_t, o_k, eos, N)
+        n_dt, n_u, n_B, n_C = _load_chunk(dt, u, Bm, Cm, t0 + BT, o_t, o_d, o_k, eos, D, N)
         # [BT, BN, BD]; the carried state enters the first step's input
         b_a = tl.exp2(b_dt[:, None, :] * b_A2[None, :, :])
         b_b = b_B[:, :, None] * b_u[:, None, :]
@@ -146,15 +148,9 @@ def chunk_selective_fwd_lanes_kernel(
     b_h = tl.zeros([BD, BN], dtype=tl.float32)
     if USE_H0:
         b_h += tl.load(h0 + i_n.to(tl.int64) * D * N + o_dk, mask=m_dk, other=0).to(tl.float32)
-    b_dt = _load_td(dt, bos, o_t, o_d, eos, D)
-    b_u = _load_td(u, bos, o_t, o_d, eos, D)
-    b_B = _load_td(Bm, bos, o_t, o_k, eos, N)
-    b_C = _load_td(Cm, bos, o_t, o_k, eos, N)
+    b_dt, b_u, b_B, b_C = _load_chunk(dt, u, Bm, Cm, bos, o_t, o_d, o_k, eos, D, N)
     for t0 in range(bos, eos, BT):
-        n_dt = _load_td(dt, t0 + BT, o_t, o_d, eos, D)
-        n_u = _load_td(u, t0 + BT, o_t, o_d, eos, D)
-        n_B = _load_td(Bm, t0 + BT, o_t, o_k, eos, N)
-        n_C = _load_td(Cm, t0 + BT, o_t, o_k, eos, N)
+        n_dt, n_u, n_B, n_C = _load_chunk(dt, u, Bm, Cm, t0 + BT, o_t, o_d, o_k, eos, D, N)
         # [BT, BD, BN]
         b_a = tl.exp2(b_dt[:, :, None] * b_A2[None, :, :])
         b_b = b_u[:, :, None] * b_B[:, None, :]
