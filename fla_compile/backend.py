@@ -26,11 +26,26 @@ def fla_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None =
     REPORTS.append(report)
     if opts.strict and report.near_misses:  # not on what was recognised as something else (softmax attention)
         raise FlaCompileError(str(report))
-    if opts.inductor and work_for_inductor(new_gm):
+    if opts.inductor and (opts.cudagraphs or work_for_inductor(new_gm)):
         from torch._inductor.compile_fx import compile_fx
 
-        return compile_fx(new_gm, example_inputs)
+        return compile_fx(new_gm, example_inputs, config_patches=inductor_config(new_gm, opts))
     return torch._dynamo.lookup_backend("aot_eager")(new_gm, example_inputs)
+
+
+def inductor_config(gm: torch.fx.GraphModule, opts: passes.Options) -> dict:
+    """Inductor options: CUDA graphs where asked (``opts.cudagraphs``); for a graph that runs our ops, its layout
+    optimization off.
+
+    With a convolution in the graph (the short conv of Qwen3-Next, Kimi-Linear, Mamba), Inductor prefers
+    channels-last strides for the 4-D tensors around it, ours included: it saves q, k, v and the delta ops' X
+    for the backward transposed, and copies each back to the dense layout our ops take, in the forward and in
+    the backward; the copy of X also drops the tag by which the backward knows it (it then recomputes X).
+    Channels-last pays for 2-D convolutions in CNNs, not for a depthwise 1-D conv."""
+    patches = {"triton.cudagraphs": True} if opts.cudagraphs else {}
+    if any(n.op == "call_function" and _is_ours(n.target) for n in gm.graph.nodes):
+        patches["layout_optimization"] = False
+    return patches
 
 
 def analyze(gm: torch.fx.GraphModule, opts: passes.Options) -> tuple[torch.fx.GraphModule, Report]:
@@ -40,14 +55,14 @@ def analyze(gm: torch.fx.GraphModule, opts: passes.Options) -> tuple[torch.fx.Gr
     Returns the rewritten graph and its report. ``gm`` itself may be changed.
     """
     new_gm, report = passes.run(gm, opts)
-    if opts.inductor and any(m.kept for m in report.matches) and work_for_inductor(new_gm):
+    if opts.inductor and any(m.kept for m in report.matches) and (opts.cudagraphs or work_for_inductor(new_gm)):
         # a region kept as written is part of the graph Inductor compiles: the report says so, as @jit's does
         report.matches = [dataclasses.replace(m, compiled=True) if m.kept else m for m in report.matches]
     for m in report.matches:
         log.info("fla_compile matched %s", m)
     for m in report.misses:
         log.info("fla_compile missed %s", m)
-    if opts.inductor and report.matches and not work_for_inductor(new_gm):
+    if opts.inductor and not opts.cudagraphs and report.matches and not work_for_inductor(new_gm):
         report.notes.append(
             "the rest of the graph is layout and casts around our ops: run as is, without "
             "Inductor's cold compile (it would generate no kernel worth it)"

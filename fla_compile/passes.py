@@ -37,19 +37,30 @@ class Options:
         is left as written, the cheaper path for small work; the report says so. Off: always
         rewrite (``@jit`` makes this choice at call time instead, where the length is known). A fused
         loss whose logits fit in one chunk is kept too, with Inductor on (``patterns.loss.kept_reason``).
+    cudagraphs: run the compiled graph under CUDA graphs (Inductor's cudagraph trees, what
+        ``mode="reduce-overhead"`` turns on for the inductor backend): a replay instead of one host launch per
+        kernel, for steps whose host time exceeds their kernels' (small batches, many layers). Needs
+        ``inductor``. As with that mode, a graph's outputs are overwritten by its next run: clone what you keep.
     """
 
     verify: bool = True
     strict: bool = False
     inductor: bool = True
     costs: bool = True
+    cudagraphs: bool = False
 
     @classmethod
     def from_dict(cls, options: dict | None) -> Options:
         options = dict(options or {})
         unknown = set(options) - {f.name for f in dataclasses.fields(cls)}
+        known = [f.name for f in dataclasses.fields(cls)]
         if unknown:
-            raise ValueError(f"fla backend: unknown options {sorted(unknown)}; known: verify, strict, inductor, costs")
+            raise ValueError(f"fla backend: unknown options {sorted(unknown)}; known: {', '.join(known)}")
+        for name, value in options.items():
+            if not isinstance(value, bool):
+                raise TypeError(f"fla backend: option {name!r} must be a bool, got {value!r}")
+        if options.get("cudagraphs") and not options.get("inductor", True):
+            raise ValueError("fla backend: cudagraphs=True needs inductor=True (Inductor's cudagraph trees run the graph)")
         return cls(**options)
 
 

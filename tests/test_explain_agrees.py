@@ -228,3 +228,36 @@ def test_explain_says_what_the_backend_does_for_a_chunked_lookalike():
     assert matches([said]) == matches([done]) == [] and not calls
     assert misses(said) == misses(done), f"explain:\n{said}\nbackend:\n{done}"
     assert any("no family op reproduces" in m.reason for m in done.misses), str(done)
+
+
+def test_backend_option_values_are_checked():
+    """A non-bool value and cudagraphs without Inductor are refused with the option's name; known options listed."""
+    from fla_compile.passes import Options
+
+    with pytest.raises(ValueError, match="known: verify, strict, inductor, costs, cudagraphs"):
+        Options.from_dict({"cuda_graphs": True})
+    with pytest.raises(TypeError, match="'costs' must be a bool"):
+        Options.from_dict({"costs": "no"})
+    with pytest.raises(ValueError, match="cudagraphs=True needs inductor=True"):
+        Options.from_dict({"cudagraphs": True, "inductor": False})
+    assert Options.from_dict({"cudagraphs": True}).cudagraphs
+
+
+def test_inductor_config_of_a_graph():
+    """Layout optimization off where our ops run (Inductor's channels-last copies of their inputs and saved X),
+    CUDA graphs where asked, nothing otherwise."""
+    import torch
+
+    from fla_compile.backend import inductor_config
+    from fla_compile.passes import Options
+
+    def ours(q, k, v, g):
+        return torch.ops.fla_compile.gla(q, k, v, g, 0.25, None, None)[0] + 1
+
+    x = torch.zeros(1, 4, 1, 8)
+    with_op = torch.fx.symbolic_trace(ours)
+    plain = torch.fx.symbolic_trace(lambda a: a.sin())
+    assert inductor_config(with_op, Options()) == {"layout_optimization": False}
+    assert inductor_config(plain, Options()) == {}
+    assert inductor_config(plain, Options(cudagraphs=True)) == {"triton.cudagraphs": True}
+    assert with_op(x, x, x, x).shape == x.shape

@@ -170,6 +170,62 @@ def _case_saved_parts(family):
     return out
 
 
+def _case_compiled_conv_keeps_X():
+    """Compiled by the fla backend, a graph whose q, k, v come out of a depthwise conv (the short conv of
+    Qwen3-Next, Kimi-Linear): every backward gets the forward's tagged X, and the gradients are eager's. With
+    Inductor's layout optimization on (it is, for a graph with a convolution) q, k, v and X were saved
+    channels-last and copied back for the op: the copy of X lost its tag and all but the last layer's backward
+    recomputed X (found on the H200 in the Qwen3-Next training step)."""
+    import fla_compile.ops as ops
+    from fla_compile.lowering.delta import dispatch as delta_dispatch
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    delta_dispatch._use_triton = lambda *a: True
+    tags, real = [], DT.chunk_backward
+
+    def spy(*a, X=None, **kw):
+        tags.append(getattr(X, DT._X_TAG, None))
+        return real(*a, X=X, **kw)
+
+    class Layer(torch.nn.Module):
+        def __init__(self, D=16, HK=1, H=2):
+            super().__init__()
+            self.HK, self.H, self.D = HK, H, D
+            C = (2 * HK + H) * D
+            self.conv = torch.nn.Conv1d(C, C, 4, groups=C, padding=3)
+            self.gate = torch.nn.Linear(C, 2 * H)
+
+        def forward(self, x):  # x [B, T, C]
+            B, T, C = x.shape
+            y = F.silu(self.conv(x.transpose(1, 2))[..., :T]).transpose(1, 2)
+            q, k, v = y.split([self.HK * self.D, self.HK * self.D, self.H * self.D], -1)
+            a, b = self.gate(x).chunk(2, -1)
+            o, _ = ops.gated_delta_rule(
+                q.reshape(B, T, self.HK, self.D), k.reshape(B, T, self.HK, self.D), v.reshape(B, T, self.H, self.D),
+                F.logsigmoid(a) / 4, b.sigmoid(), use_qk_l2norm_in_kernel=True,
+            )  # fmt: skip
+            return x + torch.cat([o.flatten(2), o.flatten(2)[..., : C - self.H * self.D]], -1)
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(Layer(), Layer())
+    x = torch.randn(1, 70, 64)
+
+    def grads(fn):
+        model.zero_grad(set_to_none=True)
+        fn(x).square().mean().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    DT.chunk_backward = spy
+    try:
+        eager = grads(model)
+        tags.clear()
+        compiled = grads(torch.compile(model, backend="fla", fullgraph=True))
+    finally:
+        DT.chunk_backward = real
+    out = {f"d{i}": rel(a, b) for i, (a, b) in enumerate(zip(compiled, eager))}
+    out["untagged_X"] = float(sum(t != DT.X_SLOTS for t in tags) + (len(tags) != 2))
+    return out
+
 def _case_half(family):
     """Half inputs: the dots take them as they are (fp32 accumulation) and the chunk states, X, W, U and v_new are
     stored in their dtype; compared with the fp32 inputs' fp64 result. fp16, not bf16: Triton 3.9's interpreter
@@ -345,6 +401,7 @@ INTERPRETER_CASES = {
     "solve-row-loads-BT32-varlen": (_case_solve_row_loads, ("gated_delta_rule", 32, 70, [5, 0, 46, 19])),
     "saved-gdn": (_case_saved_parts, ("gated_delta_rule",)),
     "saved-kda": (_case_saved_parts, ("kda",)),
+    "compiled-conv-keeps-X": (_case_compiled_conv_keeps_X, ()),
     "op-dispatch-gdn": (_case_op_dispatch, ("gated_delta_rule",)),
     "op-dispatch-kda": (_case_op_dispatch, ("kda",)),
     "A-rows-dense-odd-T": (_case_kda_A_rows, (64, 37, None, 2.0, torch.float32, 16)),
