@@ -18,6 +18,10 @@ AdamW step on ``model(ids, labels=ids)`` (transformers' ForCausalLMLoss). Rows p
               row 4 with the loss fused even where the backend keeps it as written (all its logits in
               one chunk: ``patterns.loss.kept_reason``); --rows 4,5 is the fused loss's A/B in the whole
               step (not run by default)
+  6 compiled, CUDA graphs
+              row 4 with ``options={"cudagraphs": True}`` (Inductor's cudagraph trees): one replay per graph
+              instead of a host launch per kernel, for steps whose host time is above their kernels' (not run
+              by default)
 
 Each (model, row) runs in a fresh process (``--one``): ``fla`` importable or not when transformers
 is imported, and torch.compile caches and peak-memory statistics kept apart. A row that fails is a
@@ -63,7 +67,11 @@ sys.path.insert(0, str(ROOT))  # run from a checkout
 log = logging.getLogger("train_throughput")
 
 ARCHS = ("qwen3_next", "kimi_linear", "mamba2")
-ROWS = {"1": "hf", "2": "hf+fla", "3": "patched", "4": "compiled", "5": "compiled, loss always fused"}
+ROWS = {
+    "1": "hf", "2": "hf+fla", "3": "patched", "4": "compiled", "5": "compiled, loss always fused",
+    "6": "compiled, CUDA graphs",
+}
+COMPILED = ("4", "5", "6")
 RESULT = "RESULT "  # the prefix of the one JSON line a --one process prints
 
 
@@ -210,7 +218,7 @@ def run_one(arch: str, row: str, args) -> dict:
         if not used:
             return {**res, "status": f"skipped: transformers' {type(model).__name__} has no FLA path"}
         res["note"] = f"{res['note']}: {', '.join(used)}"
-    if row in ("3", "4", "5"):
+    if row in ("3", *COMPILED):
         import fla_compile.hf as fh
 
         report = fh.patch(model)
@@ -230,10 +238,11 @@ def run_one(arch: str, row: str, args) -> dict:
         import fla_compile.patterns.loss as fl
 
         fl.kept_reason = lambda cand, opts: ""
-    if row in ("4", "5"):
+    options = {"cudagraphs": True} if row == "6" else None
+    if row in COMPILED:
         import fla_compile.backend as fb
 
-        fwd = torch.compile(loss_of, backend="fla", fullgraph=True)
+        fwd = torch.compile(loss_of, backend="fla", fullgraph=True, options=options)
         res["compile"] = "model + loss, fullgraph=True"
 
     g = torch.Generator().manual_seed(1)
@@ -241,6 +250,8 @@ def run_one(arch: str, row: str, args) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, **({"fused": True} if device.type == "cuda" else {}))
 
     def step():
+        if row == "6":  # a new iteration: the trees may reuse the previous step's graph outputs
+            torch.compiler.cudagraph_mark_step_begin()
         loss = fwd(ids)
         loss.backward()
         opt.step()
@@ -252,14 +263,14 @@ def run_one(arch: str, row: str, args) -> dict:
     try:
         loss = step()
     except Exception as e:
-        if row not in ("4", "5") or not isinstance(e, (torch._dynamo.exc.Unsupported, torch._dynamo.exc.UserError)):
+        if row not in COMPILED or not isinstance(e, (torch._dynamo.exc.Unsupported, torch._dynamo.exc.UserError)):
             raise
         # fullgraph could not hold the whole model (a graph break): the same with breaks allowed
         log.warning("%s: fullgraph=True failed, compiling with fullgraph=False: %s", arch, _short(e, 2000))
         torch._dynamo.reset()
         fb.REPORTS.clear()
         opt.zero_grad(set_to_none=True)
-        fwd = torch.compile(loss_of, backend="fla", fullgraph=False)
+        fwd = torch.compile(loss_of, backend="fla", fullgraph=False, options=options)
         res["compile"] = f"model + loss, fullgraph=False (fullgraph=True failed: {_short(e, 200)})"
         _sync(device)
         t0 = time.perf_counter()
@@ -269,7 +280,7 @@ def run_one(arch: str, row: str, args) -> dict:
     res["loss"] = loss.item()
     for _ in range(args.warmup - 1):
         step()
-    if row in ("4", "5"):
+    if row in COMPILED:
         matches = [m for r in fb.REPORTS for m in r.matches]
         res["graphs"] = len(fb.REPORTS)
         res["matches"] = [str(m) for m in matches]
@@ -460,7 +471,7 @@ def main(argv=None) -> None:
     rows = [spawn(a, r, args) for a in args.archs.split(",") for r in args.rows.split(",")]
     text = f"{header(args)}\n\n{table(rows)}\n\n{targets(rows)}"
     for r in rows:
-        if r.get("row") in ("4", "5") and r.get("matches") is not None:
+        if r.get("row") in COMPILED and r.get("matches") is not None:
             text += f"\n\n{r['arch']} row {r['row']}: {r.get('graphs')} graph(s) compiled; fla_compile matches:\n"
             text += "\n".join(f"  {m}" for m in r["matches"]) or "  (none)"
     print(text)

@@ -19,15 +19,24 @@ _META_CACHE: dict = {}
 
 
 def _cached(key, make):
-    """Small device tensors of dense metadata, made once per shape; never cached while a CUDA graph is
-    captured (tensors made then are only filled at replay)."""
+    """Small device tensors of dense metadata, made once per shape; cached only when made on the device's
+    default stream outside a capture. A CUDA graph's capture and Inductor's cudagraph trees' warmup both run
+    on a side stream and allocate from the graph's private pool: a tensor made then is only filled at replay,
+    or lives in memory the next replay overwrites (and the trees refuse a pool tensor they do not track)."""
     value = _META_CACHE.get(key)
     if value is None:
         value = make()
-        capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-        if not capturing and len(_META_CACHE) < 256:
+        if len(_META_CACHE) < 256 and _may_cache(value.device):
             _META_CACHE[key] = value
     return value
+
+
+def _may_cache(device: torch.device) -> bool:
+    if device.type != "cuda":
+        return True
+    if torch.cuda.is_current_stream_capturing():
+        return False
+    return torch.cuda.current_stream(device) == torch.cuda.default_stream(device)
 
 
 def dense_cu(B: int, T: int, device) -> torch.Tensor:
