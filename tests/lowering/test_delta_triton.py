@@ -170,6 +170,51 @@ def _case_saved_parts(family):
     return out
 
 
+def _case_copied_X(family, T=70):
+    """The op's backward reads a copy of its saved X (no tag: a compiler's layout copy, offloading) where the
+    forward on the same inputs wrote it: no solve launched, the gradients bit for bit those of the tagged X.
+    At a decode length (the forward wrote zeros) and in a direct ``chunk_backward`` without ``X_from_op`` the
+    copy is not read: X is recomputed, the gradients those of no X."""
+    from fla_compile.lowering.delta import dispatch as delta_dispatch
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    delta_dispatch._use_triton = lambda *a: True
+    solves, real = [], DT.kw
+
+    class Counted:
+        def __getitem__(self, grid):
+            return lambda *a, **kw: solves.append(1) or real.chunk_wy_kernel[grid](*a, **kw)
+
+    DT.kw = types.SimpleNamespace(**{**vars(real), "chunk_wy_kernel": Counted()})
+    op = getattr(torch.ops.fla_compile, family).default
+    bwd = getattr(torch.ops.fla_compile, f"{family}_bwd").default
+    out = {}
+    try:
+        for t in (T, 9):
+            q, k, v, beta, g, h0 = make(family, B=1, T=t, K=16, V=16)
+            gates = (beta,) if g is None else (g, beta)
+            o, ht, X = op(q, k, v, *gates, 0.25, h0, None, False)
+            do = torch.randn(o.shape, generator=torch.Generator().manual_seed(3))
+            solves.clear()
+            tagged = bwd(q, k, v, *gates, 0.25, h0, None, False, do, None, X)
+            n_tagged = len(solves)
+            solves.clear()
+            copied = bwd(q, k, v, *gates, 0.25, h0, None, False, do, None, X.clone())
+            n_copied = len(solves)
+            none = bwd(q, k, v, *gates, 0.25, h0, None, False, do, None, torch.zeros_like(X))
+            if t == T:  # chunked: both read X, no solve
+                out[f"solves_T{t}"] = float(n_tagged + n_copied)
+                out[f"copy_differs_T{t}"] = float(not all(torch.equal(a, b) for a, b in zip(tagged, copied)))
+            else:  # decode length: X holds zeros, never read
+                out[f"no_solve_T{t}"] = float(n_tagged == 0 or n_copied == 0)
+                out[f"zeros_read_T{t}"] = float(not all(torch.equal(a, b) for a, b in zip(none, copied)))
+        solves.clear()
+        direct = DT.chunk_backward(q, k, v, beta, g, FAMILY_GATE[family], 0.25, h0, None, do, None, X=X.clone())
+        out["direct_untagged_read"] = float(len(solves) == 0 and direct is not None)
+    finally:
+        DT.kw = real
+    return out
+
 def _case_compiled_conv_keeps_X():
     """Compiled by the fla backend, a graph whose q, k, v come out of a depthwise conv (the short conv of
     Qwen3-Next, Kimi-Linear): every backward gets the forward's tagged X, and the gradients are eager's. With
@@ -401,6 +446,8 @@ INTERPRETER_CASES = {
     "solve-row-loads-BT32-varlen": (_case_solve_row_loads, ("gated_delta_rule", 32, 70, [5, 0, 46, 19])),
     "saved-gdn": (_case_saved_parts, ("gated_delta_rule",)),
     "saved-kda": (_case_saved_parts, ("kda",)),
+    "copied-X-gdn": (_case_copied_X, ("gated_delta_rule",)),
+    "copied-X-kda": (_case_copied_X, ("kda",)),
     "compiled-conv-keeps-X": (_case_compiled_conv_keeps_X, ()),
     "op-dispatch-gdn": (_case_op_dispatch, ("gated_delta_rule",)),
     "op-dispatch-kda": (_case_op_dispatch, ("kda",)),

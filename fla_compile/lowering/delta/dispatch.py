@@ -91,6 +91,6 @@ def delta_line_backward(torch_backward: Callable, q, k, v, beta, gate, gate_kind
 
     dq, dk, dv, db, dg, dh0 = delta_triton.chunk_backward(
         q, k, v, beta, gate, gate_kind, kw["scale"], kw["initial_state"], kw["cu_seqlens"], kw["do"], kw["dht"],
-        kw["use_qk_l2norm"], X=saved[0],
+        kw["use_qk_l2norm"], X=saved[0], X_from_op=True,
     )  # fmt: skip
     return (dq, dk, dv, db, dh0) if gate is None else (dq, dk, dv, dg, db, dh0)

@@ -388,7 +388,9 @@ def _key(name, q, v, gate_kind):
 # The ops keep the forward's WY inverses X for the backward: [B, T, H, X_SLOTS] in v's dtype, a layout fixed
 # before any chunk size is known (fake impls give it). A forward at BT = X_SLOTS writes X there and tags the
 # tensor with BT (a Python attribute that lives as long as the tensor object, through autograd's saved tensors);
-# the backward reads it only when so tagged, and recomputes X otherwise (the fused recurrent forward, another BT).
+# the backward reads it when so tagged, and recomputes X otherwise (the fused recurrent forward, another BT).
+# A copy of X has no tag (a compiler's layout change, activation offloading): the op's backward (``X_from_op``)
+# also reads an untagged X where the forward, called with the same inputs, wrote it (``op_wrote_X``).
 X_SLOTS = 64
 _X_TAG = "_fla_compile_X_BT"
 
@@ -411,6 +413,14 @@ def _X_slot(X, v, vector_gate: bool) -> bool:
         and X.device == v.device
         and X.is_contiguous()
     )
+
+
+def op_wrote_X(q, v, cu_seqlens, gate_kind, X) -> bool:
+    """Whether the op's forward on these inputs (the chunk path at BT = X_SLOTS, not the decode kernel) wrote
+    its X into ``X`` (the op's own saved output, or a copy of it): the same decision as ``delta_line`` and
+    ``chunk_forward`` make, from the same inputs."""
+    decode = cu_seqlens is None and q.shape[1] <= DECODE_MAX_T
+    return not decode and _X_slot(X, v, gate_kind == "vector")
 
 
 def no_X(X_out):
@@ -471,16 +481,19 @@ def fused_recurrent(
 
 def chunk_backward(
     q, k, v, beta, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, use_qk_l2norm=False, chunk_size=None,
-    X=None,
+    X=None, X_from_op=False,
 ):  # fmt: skip
     """Gradients (dq, dk, dv, dbeta, dgate or None, dh0 or None): fp32, dv and (see ``backward_parts``) dq in the
-    inputs' dtype; the op casts what is not. ``X``: the forward's
-    inverses (``chunk_forward(X_out=...)``), used when tagged with this call's chunk size, else recomputed."""
+    inputs' dtype; the op casts what is not. ``X``: the forward's inverses (``chunk_forward(X_out=...)``), used
+    when tagged with this call's chunk size, or with ``X_from_op`` (the op's saved X, perhaps copied) where the
+    op's forward wrote it (``op_wrote_X``); else recomputed."""
     BT = chunk_size or 64
     vec = gate_kind == "vector"
     Aqk = None
-    if X is not None and not (getattr(X, _X_TAG, None) == BT and _X_slot(X, v, vec)):
-        X = None
+    if X is not None:
+        tagged = getattr(X, _X_TAG, None) == BT and _X_slot(X, v, vec)
+        if not (tagged or (X_from_op and BT == X_SLOTS and op_wrote_X(q, v, cu_seqlens, gate_kind, X))):
+            X = None
     if X is not None and vec:
         X, Aqk = X[0], X[1]
     q, k, v, beta, gate, norms = _prepare(q, k, v, beta, gate, use_qk_l2norm)
