@@ -96,6 +96,30 @@ def _case_backward(family, BT, cu_lens=None, l2=False, gate_scale=2.0, T=37):
     return {n: rel(x, ref[n]) for n, x in zip(names, got) if x is not None}
 
 
+def _case_fused_l2norm(family, cu_lens=None, dtype=torch.float32):
+    """use_qk_l2norm by the two Triton kernels (FUSED_L2NORM): forward and gradients against the fp64 reference
+    (K = 20 in a 32 block, GQA, packed or not); half inputs within half's accuracy of it."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    q, k, v, beta, g, h0 = make(family, T=37)
+    q, k, v, beta, g, h0, cu = _pack(cu_lens, q, k, v, beta, g, h0)
+    gen = torch.Generator().manual_seed(5)
+    do, dht = torch.randn(v.shape, generator=gen), torch.randn(h0.shape, generator=gen)
+    ro, rs, ref = torch_grads(family, q, k, v, beta, g, h0, do, dht, 0.3, cu, True)
+    xs = [None if x is None else x.to(dtype) for x in (q, k, v, beta, g)]
+    DT.FUSED_L2NORM = True
+    try:
+        o, ht = DT.chunk_forward(*xs[:4], xs[4], FAMILY_GATE[family], 0.3, h0, cu, True, chunk_size=16)
+        got = DT.chunk_backward(*xs[:4], xs[4], FAMILY_GATE[family], 0.3, h0, cu, do.to(dtype), dht, True, chunk_size=16)
+    finally:
+        DT.FUSED_L2NORM = False
+    out = {"o": rel(o, ro), "ht": rel(ht, rs)}
+    out.update({n: rel(x, ref[n]) for n, x in zip(["dq", "dk", "dv", "db", "dg", "dh0"], got) if x is not None})
+    out["dq_dtype"] = float(got[0].dtype != dtype)
+    if dtype != torch.float32:
+        out["tol"] = 5e-3
+    return out
+
 def _case_inplace_decode(family):
     from fla_compile.lowering.delta import triton_launch as DT
 
@@ -446,6 +470,9 @@ INTERPRETER_CASES = {
     "solve-row-loads-BT32-varlen": (_case_solve_row_loads, ("gated_delta_rule", 32, 70, [5, 0, 46, 19])),
     "saved-gdn": (_case_saved_parts, ("gated_delta_rule",)),
     "saved-kda": (_case_saved_parts, ("kda",)),
+    "l2norm-fused-gdn": (_case_fused_l2norm, ("gated_delta_rule",)),
+    "l2norm-fused-kda-varlen": (_case_fused_l2norm, ("kda", [5, 0, 20, 12])),
+    "l2norm-fused-delta-fp16": (_case_fused_l2norm, ("delta_rule", None, torch.float16)),
     "copied-X-gdn": (_case_copied_X, ("gated_delta_rule",)),
     "copied-X-kda": (_case_copied_X, ("kda",)),
     "compiled-conv-keeps-X": (_case_compiled_conv_keeps_X, ()),

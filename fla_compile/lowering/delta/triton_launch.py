@@ -27,6 +27,7 @@ from ..common.gates import GATE_IDS
 from ..gla import triton_intra as gla_intra
 from ..gla import triton_kernels as gla_kern
 from . import triton_decode as kd
+from . import triton_l2norm as kl
 from . import triton_wy as kw
 from . import triton_wy_bwd as kwb
 
@@ -50,8 +51,52 @@ def _l2norm_bwd(y, r, dy):
     return r * (dy - y * (y * dy).sum(-1, keepdim=True))
 
 
+def _l2norm_rows(D: int) -> tuple[int, int]:
+    """(BR, BD): rows per program (about 4096 elements a program) and the padded head dim."""
+    BD = launch.pow2(D)
+    return max(1, min(64, 4096 // BD)), BD
+
+
+def _l2norm_qk_fwd(q, k, dtype):
+    """q, k [..., D] (the same shape) normalized in ``dtype`` by one launch, and their fp32 rsqrt [...]."""
+    q, k = q.contiguous(), k.contiguous()
+    D = q.shape[-1]
+    N = q.numel() // D
+    qn, kn = (torch.empty(x.shape, device=x.device, dtype=dtype) for x in (q, k))
+    rq, rk = (torch.empty(x.shape[:-1], device=x.device, dtype=torch.float32) for x in (q, k))
+    if N:
+        BR, BD = _l2norm_rows(D)
+        launch.fitted(
+            kl.l2norm_qk_fwd_kernel, (launch.cdiv(N, BR), 2), q, k, qn, kn, rq, rk, N, D, BR, BD,
+            **_opts("l2norm", q.device),
+        )  # fmt: skip
+    return qn, rq, kn, rk
+
+
+def _l2norm_qk_bwd(q, rq, k, rk, dqn, dkn):
+    """The gradients of q, k (in their dtypes) from those of their norms (fp32), by one launch."""
+    dqn, dkn = dqn.float().contiguous(), dkn.float().contiguous()
+    D = q.shape[-1]
+    N = q.numel() // D
+    dq, dk = torch.empty_like(q), torch.empty_like(k)
+    if N:
+        BR, BD = _l2norm_rows(D)
+        launch.fitted(
+            kl.l2norm_qk_bwd_kernel, (launch.cdiv(N, BR), 2), q, k, rq, rk, dqn, dkn, dq, dk, N, D, BR, BD,
+            **_opts("l2norm", q.device),
+        )  # fmt: skip
+    return dq, dk
+
+
 def _prepare(q, k, v, beta, gate, use_qk_l2norm):
+    """Dense inputs, q and k L2-normalized where asked; ``norms`` is what the backward of that norm needs:
+    (q, rq, k, rk) with FUSED_L2NORM (q, k as given, contiguous), else (qn, rq, kn, rk) (fp32)."""
     qn = kn = rq = rk = None
+    if use_qk_l2norm and FUSED_L2NORM:
+        q, k = q.contiguous(), k.contiguous()
+        qn, rq, kn, rk = _l2norm_qk_fwd(q, k, v.dtype)
+        v, beta = v.contiguous(), beta.contiguous()
+        return qn, kn, v, beta, None if gate is None else gate.contiguous(), (q, rq, k, rk)
     if use_qk_l2norm:
         qn, rq = _l2norm_fwd(q)
         kn, rk = _l2norm_fwd(k)
@@ -89,12 +134,14 @@ _DEFAULTS = {
     "wy_pair": (4, 2),
     "decode": (4, 3),  # the decode kernel (one program per sequence, head and V block of BV_decode)
     "BV_decode": 32,
+    "l2norm": (4, 1),  # the L2 norm of q and k (FUSED_L2NORM), BR rows a program
 }
 OVERRIDES: dict = {}
 FUSED_A = True  # kda: k kᵀ and q kᵀ by one kernel in the forward (False: the GLA line's A kernel twice)
 WU_SPLIT = True  # W, U by full-chunk dots after a solve-only kernel (False: the solve kernel forms them by blocks)
 KG = True  # kda: the state pass reads keys decayed once by the W/U kernel (False: decays them per V block)
 ROW_LOADS = True  # the solve's substitution loads each row of N (False: picks it out of the tile, a second reduction)
+FUSED_L2NORM = False  # use_qk_l2norm by triton_l2norm's two kernels (False: torch ops); on after an H200 A/B
 
 
 @functools.cache
@@ -507,7 +554,9 @@ def chunk_backward(
     if H > HK:  # GQA: sum the heads of each group, in a fixed order
         dq = dq.view(B, T, HK, H // HK, K).sum(3)
         dk = dk.view(B, T, HK, H // HK, K).sum(3)
-    if use_qk_l2norm:
+    if use_qk_l2norm and FUSED_L2NORM:
+        dq, dk = _l2norm_qk_bwd(*norms, dq, dk)
+    elif use_qk_l2norm:
         qn, rq, kn, rk = norms
         dq, dk = _l2norm_bwd(qn, rq, dq), _l2norm_bwd(kn, rk, dk)
     return dq, dk, dv, db, dg, dh0
