@@ -15,6 +15,7 @@ from .ops import test_gla as G
 from .patterns import spellings as S
 from .patterns import test_chunked as C
 from .patterns.test_loop import POSITIVE, as_tuple, make_inputs
+from .short_conv import ShortConvDelta
 
 pytestmark = [
     pytest.mark.gpu,
@@ -130,35 +131,12 @@ def test_loop_serves_other_batch_sizes_on_cuda(triton, monkeypatch):
     assert len(REPORTS) - seen == 1, [str(r) for r in REPORTS[seen:]]
 
 
-class _ShortConvDelta(torch.nn.Module):
-    """A Qwen3-Next-like block at toy size: a depthwise causal conv makes q, k, v for the gated delta op."""
-
-    def __init__(self, D=32, HK=1, H=2):
-        super().__init__()
-        self.HK, self.H, self.D = HK, H, D
-        C = (2 * HK + H) * D
-        self.conv = torch.nn.Conv1d(C, C, 4, groups=C, padding=3)
-        self.gate = torch.nn.Linear(C, 2 * H)
-        self.out = torch.nn.Linear(H * D, C)
-
-    def forward(self, x):
-        B, T, C = x.shape
-        y = torch.nn.functional.silu(self.conv(x.transpose(1, 2))[..., :T]).transpose(1, 2)
-        q, k, v = y.split([self.HK * self.D, self.HK * self.D, self.H * self.D], -1)
-        a, b = self.gate(x).chunk(2, -1)
-        o, _ = fla_compile.ops.gated_delta_rule(
-            q.reshape(B, T, self.HK, self.D), k.reshape(B, T, self.HK, self.D), v.reshape(B, T, self.H, self.D),
-            torch.nn.functional.logsigmoid(a) / 4, b.sigmoid(), use_qk_l2norm_in_kernel=True,
-        )  # fmt: skip
-        return x + self.out(o.flatten(2))
-
-
 def test_backend_cudagraphs_training_steps():
     """``options={"cudagraphs": True}``: training steps under Inductor's cudagraph trees give eager's gradients,
     and an eager call after them still does (the op's cached chunk metadata is never made in the graphs' pool:
     the trees refused such a tensor, "Detected 3 tensor(s) in the cudagraph pool not tracked as outputs")."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(_ShortConvDelta(), _ShortConvDelta()).cuda()
+    model = torch.nn.Sequential(ShortConvDelta(), ShortConvDelta()).cuda()
     x = torch.randn(2, 200, 128, device="cuda")
 
     def grads(fn):

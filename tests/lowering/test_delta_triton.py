@@ -245,9 +245,9 @@ def _case_compiled_conv_keeps_X():
     Inductor's layout optimization on (it is, for a graph with a convolution) q, k, v and X were saved
     channels-last and copied back for the op: the copy of X lost its tag and all but the last layer's backward
     recomputed X (found on the H200 in the Qwen3-Next training step)."""
-    import fla_compile.ops as ops
     from fla_compile.lowering.delta import dispatch as delta_dispatch
     from fla_compile.lowering.delta import triton_launch as DT
+    from tests.short_conv import ShortConvDelta
 
     delta_dispatch._use_triton = lambda *a: True
     tags, real = [], DT.chunk_backward
@@ -256,27 +256,8 @@ def _case_compiled_conv_keeps_X():
         tags.append(getattr(X, DT._X_TAG, None))
         return real(*a, X=X, **kw)
 
-    class Layer(torch.nn.Module):
-        def __init__(self, D=16, HK=1, H=2):
-            super().__init__()
-            self.HK, self.H, self.D = HK, H, D
-            C = (2 * HK + H) * D
-            self.conv = torch.nn.Conv1d(C, C, 4, groups=C, padding=3)
-            self.gate = torch.nn.Linear(C, 2 * H)
-
-        def forward(self, x):  # x [B, T, C]
-            B, T, C = x.shape
-            y = F.silu(self.conv(x.transpose(1, 2))[..., :T]).transpose(1, 2)
-            q, k, v = y.split([self.HK * self.D, self.HK * self.D, self.H * self.D], -1)
-            a, b = self.gate(x).chunk(2, -1)
-            o, _ = ops.gated_delta_rule(
-                q.reshape(B, T, self.HK, self.D), k.reshape(B, T, self.HK, self.D), v.reshape(B, T, self.H, self.D),
-                F.logsigmoid(a) / 4, b.sigmoid(), use_qk_l2norm_in_kernel=True,
-            )  # fmt: skip
-            return x + torch.cat([o.flatten(2), o.flatten(2)[..., : C - self.H * self.D]], -1)
-
     torch.manual_seed(0)
-    model = torch.nn.Sequential(Layer(), Layer())
+    model = torch.nn.Sequential(ShortConvDelta(D=16), ShortConvDelta(D=16))
     x = torch.randn(1, 70, 64)
 
     def grads(fn):

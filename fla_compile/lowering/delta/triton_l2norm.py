@@ -14,13 +14,19 @@ import triton.language as tl
 
 
 @triton.jit
-def l2norm_qk_fwd_kernel(q, k, qn, kn, rq, rk, N, D: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
-    """q, k [N, D] -> qn, kn [N, D] (their own dtype), rq, rk [N] fp32."""
-    i_r, i_t = tl.program_id(0), tl.program_id(1)
-    o_r = i_r * BR + tl.arange(0, BR)
+def _rows(N, D: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
+    """This program's rows, the mask of their [BR, BD] tile and its offsets into [N, D]."""
+    o_r = tl.program_id(0) * BR + tl.arange(0, BR)
     o_d = tl.arange(0, BD)
     m = (o_r[:, None] < N) & (o_d[None, :] < D)
-    p = o_r[:, None].to(tl.int64) * D + o_d[None, :]
+    return o_r, m, o_r[:, None].to(tl.int64) * D + o_d[None, :]
+
+
+@triton.jit
+def l2norm_qk_fwd_kernel(q, k, qn, kn, rq, rk, N, D: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
+    """q, k [N, D] -> qn, kn [N, D] (their own dtype), rq, rk [N] fp32."""
+    i_t = tl.program_id(1)
+    o_r, m, p = _rows(N, D, BR, BD)
     if i_t == 0:
         x = tl.load(q + p, mask=m, other=0.0).to(tl.float32)
     else:
@@ -40,11 +46,8 @@ def l2norm_qk_bwd_kernel(
     q, k, rq, rk, dqn, dkn, dq, dk, N, D: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr
 ):  # fmt: skip
     """The gradients dqn, dkn [N, D] (fp32) of the normalized q, k -> dq, dk [N, D] (their own dtype)."""
-    i_r, i_t = tl.program_id(0), tl.program_id(1)
-    o_r = i_r * BR + tl.arange(0, BR)
-    o_d = tl.arange(0, BD)
-    m = (o_r[:, None] < N) & (o_d[None, :] < D)
-    p = o_r[:, None].to(tl.int64) * D + o_d[None, :]
+    i_t = tl.program_id(1)
+    o_r, m, p = _rows(N, D, BR, BD)
     if i_t == 0:
         x = tl.load(q + p, mask=m, other=0.0).to(tl.float32)
         r = tl.load(rq + o_r, mask=o_r < N, other=0.0)
