@@ -310,12 +310,15 @@ def run_one(arch: str, row: str, args) -> dict:
     res["tok_s"] = args.batch * args.seq / statistics.median(times)
     res["peak_GiB"] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     if args.profile:
-        _profile(step, device, f"{arch}_row{row}")
+        busy = _profile(step, device, f"{arch}_row{row}")
+        if busy is not None:
+            res["note"] = f"{res['note']}; kernels {busy:.1f} ms a profiled step".lstrip("; ")
     return res
 
 
-def _profile(step, device, name: str) -> None:
-    """Two more steps under torch.profiler: the kernels by total time, to the log and ``$OUT/profile_<name>.txt``."""
+def _profile(step, device, name: str) -> float | None:
+    """Two more steps under torch.profiler: the kernels by total time, to the log and ``$OUT/profile_<name>.txt``.
+    Returns the kernels' time per step in ms on CUDA (a step much longer than it waits on the host), else None."""
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -328,6 +331,12 @@ def _profile(step, device, name: str) -> None:
     log.info("profile of 2 steps, %s:\n%s", name, text)
     if os.environ.get("OUT"):
         (pathlib.Path(os.environ["OUT"]) / f"profile_{name}.txt").write_text(text)
+    if device.type != "cuda":
+        return None
+    import torch
+
+    cuda = torch.autograd.DeviceType.CUDA
+    return sum(e.self_device_time_total for e in prof.events() if e.device_type == cuda) / 2 / 1e3
 
 
 def one_main(arch: str, row: str, args) -> None:
