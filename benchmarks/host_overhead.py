@@ -49,16 +49,19 @@ class StubKernel:
 
 
 def stub_kernels() -> None:
-    """Wrap the ``*_kernel`` Triton functions of every line's kernel modules in :class:`StubKernel`."""
+    """Wrap the ``*_kernel`` Triton functions of every kernel module of the lines (``lowering/*/triton_*.py``, found
+    by walking the package: a new module is stubbed too) in :class:`StubKernel`."""
     import importlib
+    import pkgutil
 
     from triton.runtime.jit import KernelInterface
 
-    for name in (
-        "scan.triton_tile", "scan.triton_scan", "scan.triton_chunk", "scan.triton_chunk_selective",
-        "gla.triton_kernels", "gla.triton_intra", "delta.triton_wy", "delta.triton_wy_bwd", "delta.triton_decode",
-    ):  # fmt: skip
-        mod = importlib.import_module(f"fla_compile.lowering.{name}")
+    import fla_compile.lowering as lowering
+
+    for info in pkgutil.walk_packages(lowering.__path__, "fla_compile.lowering."):
+        if not info.name.rsplit(".", 1)[-1].startswith("triton_"):
+            continue
+        mod = importlib.import_module(info.name)
         for attr, value in list(vars(mod).items()):
             if attr.endswith("_kernel") and isinstance(value, KernelInterface):
                 setattr(mod, attr, StubKernel(value))
@@ -86,6 +89,9 @@ def make_cases(torch, device="cpu", dtype=None):
         "simple_gla": (lambda: ops.simple_gla(q, k, v, g), (q, k, v, g)),
         "delta_rule": (lambda: ops.delta_rule(q, k, v, beta), (q, k, v, beta)),
         "gated_delta_rule": (lambda: ops.gated_delta_rule(q, k, v, g, beta), (q, k, v, g, beta)),
+        "gated_delta_rule_l2": (  # Qwen3-Next's call: q and k L2-normed by the op
+            lambda: ops.gated_delta_rule(q, k, v, g, beta, use_qk_l2norm_in_kernel=True), (q, k, v, g, beta)
+        ),
         "kda": (lambda: ops.kda(q, k, v, gk, beta), (q, k, v, gk, beta)),
     }
 
