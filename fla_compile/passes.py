@@ -52,8 +52,8 @@ class Options:
     @classmethod
     def from_dict(cls, options: dict | None) -> Options:
         options = dict(options or {})
-        unknown = set(options) - {f.name for f in dataclasses.fields(cls)}
         known = [f.name for f in dataclasses.fields(cls)]
+        unknown = set(options) - set(known)
         if unknown:
             raise ValueError(f"fla backend: unknown options {sorted(unknown)}; known: {', '.join(known)}")
         for name, value in options.items():
