@@ -58,7 +58,8 @@ def _l2norm_rows(D: int) -> tuple[int, int]:
 
 
 def _l2norm_qk_fwd(q, k, dtype):
-    """q, k [..., D] (the same shape) normalized in ``dtype`` by one launch, and their fp32 rsqrt [...]."""
+    """q, k [..., D] (the same shape) normalized in ``dtype`` by one launch, and what the backward of the norm
+    takes: (qn, kn, (q, rq, k, rk)) with q, k dense and rq, rk their fp32 rsqrt [...]."""
     q, k = q.contiguous(), k.contiguous()
     D = q.shape[-1]
     N = q.numel() // D
@@ -70,7 +71,7 @@ def _l2norm_qk_fwd(q, k, dtype):
             kl.l2norm_qk_fwd_kernel, (launch.cdiv(N, BR), 2), q, k, qn, kn, rq, rk, N, D, BR, BD,
             **_opts("l2norm", q.device),
         )  # fmt: skip
-    return qn, rq, kn, rk
+    return qn, kn, (q, rq, k, rk)
 
 
 def _l2norm_qk_bwd(q, rq, k, rk, dqn, dkn):
@@ -93,10 +94,8 @@ def _prepare(q, k, v, beta, gate, use_qk_l2norm):
     (q, rq, k, rk) with FUSED_L2NORM (q, k as given, contiguous), else (qn, rq, kn, rk) (fp32)."""
     qn = kn = rq = rk = None
     if use_qk_l2norm and FUSED_L2NORM:
-        q, k = q.contiguous(), k.contiguous()
-        qn, rq, kn, rk = _l2norm_qk_fwd(q, k, v.dtype)
-        v, beta = v.contiguous(), beta.contiguous()
-        return qn, kn, v, beta, None if gate is None else gate.contiguous(), (q, rq, k, rk)
+        qn, kn, norms = _l2norm_qk_fwd(q, k, v.dtype)
+        return qn, kn, v.contiguous(), beta.contiguous(), None if gate is None else gate.contiguous(), norms
     if use_qk_l2norm:
         qn, rq = _l2norm_fwd(q)
         kn, rk = _l2norm_fwd(k)
