@@ -96,9 +96,10 @@ def _case_backward(family, BT, cu_lens=None, l2=False, gate_scale=2.0, T=37):
     return {n: rel(x, ref[n]) for n, x in zip(names, got) if x is not None}
 
 
-def _case_fused_l2norm(family, cu_lens=None, dtype=torch.float32):
-    """use_qk_l2norm by the two Triton kernels (FUSED_L2NORM): forward and gradients against the fp64 reference
-    (K = 20 in a 32 block, GQA, packed or not); half inputs within half's accuracy of it."""
+def _case_fused_l2norm(family, cu_lens=None, dtype=torch.float32, fused=True):
+    """use_qk_l2norm by the two Triton kernels (FUSED_L2NORM, the default) or by torch ops (``fused=False``):
+    forward and gradients against the fp64 reference (K = 20 in a 32 block, GQA, packed or not); half inputs
+    within half's accuracy of it."""
     from fla_compile.lowering.delta import triton_launch as DT
 
     q, k, v, beta, g, h0 = make(family, T=37)
@@ -107,15 +108,16 @@ def _case_fused_l2norm(family, cu_lens=None, dtype=torch.float32):
     do, dht = torch.randn(v.shape, generator=gen), torch.randn(h0.shape, generator=gen)
     ro, rs, ref = torch_grads(family, q, k, v, beta, g, h0, do, dht, 0.3, cu, True)
     xs = [None if x is None else x.to(dtype) for x in (q, k, v, beta, g)]
-    DT.FUSED_L2NORM = True
+    was, DT.FUSED_L2NORM = DT.FUSED_L2NORM, fused
     try:
         o, ht = DT.chunk_forward(*xs[:4], xs[4], FAMILY_GATE[family], 0.3, h0, cu, True, chunk_size=16)
         got = DT.chunk_backward(*xs[:4], xs[4], FAMILY_GATE[family], 0.3, h0, cu, do.to(dtype), dht, True, chunk_size=16)
     finally:
-        DT.FUSED_L2NORM = False
+        DT.FUSED_L2NORM = was
     out = {"o": rel(o, ro), "ht": rel(ht, rs)}
     out.update({n: rel(x, ref[n]) for n, x in zip(["dq", "dk", "dv", "db", "dg", "dh0"], got) if x is not None})
-    out["dq_dtype"] = float(got[0].dtype != dtype)
+    if fused:
+        out["dq_dtype"] = float(got[0].dtype != dtype)
     if dtype != torch.float32:
         out["tol"] = 5e-3
     return out
@@ -454,6 +456,7 @@ INTERPRETER_CASES = {
     "l2norm-fused-gdn": (_case_fused_l2norm, ("gated_delta_rule",)),
     "l2norm-fused-kda-varlen": (_case_fused_l2norm, ("kda", [5, 0, 20, 12])),
     "l2norm-fused-delta-fp16": (_case_fused_l2norm, ("delta_rule", None, torch.float16)),
+    "l2norm-torch-ops-kda-varlen": (_case_fused_l2norm, ("kda", [5, 0, 20, 12], torch.float32, False)),
     "copied-X-gdn": (_case_copied_X, ("gated_delta_rule",)),
     "copied-X-kda": (_case_copied_X, ("kda",)),
     "compiled-conv-keeps-X": (_case_compiled_conv_keeps_X, ()),
@@ -581,13 +584,18 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.fixture(autouse=True)
 def _env_launch_options(request, monkeypatch):
     """``DELTA_TEST_KNOBS='{"fill_sms": false, "BV_o": 64}'``: the GPU tests with these launch options
-    (``triton_launch.OVERRIDES``; lists become tuples), to time-test a variant against the whole GPU suite."""
+    (``triton_launch.OVERRIDES``; lists become tuples), to test a variant against the whole GPU suite. An upper-case
+    name sets that switch of the module instead (``'{"FUSED_L2NORM": true}'``)."""
     knobs = os.environ.get("DELTA_TEST_KNOBS")
     if knobs and request.node.get_closest_marker("gpu"):
         from fla_compile.lowering.delta import triton_launch as DT
 
         for name, value in json.loads(knobs).items():
-            monkeypatch.setitem(DT.OVERRIDES, name, tuple(value) if isinstance(value, list) else value)
+            if name.isupper():
+                assert hasattr(DT, name), f"DELTA_TEST_KNOBS: triton_launch has no switch {name}"
+                monkeypatch.setattr(DT, name, value)
+            else:
+                monkeypatch.setitem(DT.OVERRIDES, name, tuple(value) if isinstance(value, list) else value)
 
 
 def _cuda_case(family, B=2, T=300, HK=2, H=4, K=64, V=64, dtype=torch.float32, gate_scale=1.0, seed=0):
@@ -691,6 +699,38 @@ def test_gpu_beta_extremes_varlen_l2(family):
         for name, x in zip(["dq", "dk", "dv", "db", "dg", "dh0"], got):
             if x is not None:
                 assert rel(x, ref[name]) < 1e-5, name
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("family", list(FAMILY_GATE))
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("fused", [False, True], ids=["torch_norm", "fused_norm"])
+def test_gpu_l2norm_K128(family, dtype, tol, fused, monkeypatch):
+    """use_qk_l2norm at the production head size (K = V = 128, GQA, unnormalized q, k of norm ~11), the norm in
+    torch ops and by the fused kernels (``FUSED_L2NORM``): outputs and gradients against fp64, poisoned, and the
+    fused path bitwise deterministic."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    monkeypatch.setattr(DT, "FUSED_L2NORM", fused)
+    q, k, v, beta, g, h0 = _cuda_case(family, T=300, K=128, V=128, dtype=dtype)
+    k = k * 3
+    do, dht = torch.randn_like(v), torch.randn_like(h0)
+    ro, rs, ref = torch_grads(family, q, k, v, beta, g, h0, do, dht, 128**-0.5, None, True)
+    runs = []
+    for _ in range(2):
+        _poison()
+        o, ht = DT.chunk_forward(q, k, v, beta, g, FAMILY_GATE[family], 128**-0.5, h0, None, True)
+        _poison()
+        got = DT.chunk_backward(q, k, v, beta, g, FAMILY_GATE[family], 128**-0.5, h0, None, do, dht, True)
+        runs.append([x for x in (o, ht, *got) if x is not None])
+    assert rel(o, ro) < tol and rel(ht, rs) < tol, (rel(o, ro), rel(ht, rs))
+    if fused:  # the fused backward writes dq, dk in the inputs' dtype (the torch-ops norm's are fp32)
+        assert got[0].dtype == got[1].dtype == dtype, (got[0].dtype, got[1].dtype)
+    for name, x in zip(["dq", "dk", "dv", "db", "dg", "dh0"], got):
+        if x is not None:
+            assert rel(x, ref[name]) < tol, (name, rel(x, ref[name]))
+    assert all(torch.equal(a, b) for a, b in zip(*runs)), "not bitwise deterministic"
 
 
 @pytest.mark.gpu

@@ -140,7 +140,7 @@ FUSED_A = True  # kda: k kᵀ and q kᵀ by one kernel in the forward (False: th
 WU_SPLIT = True  # W, U by full-chunk dots after a solve-only kernel (False: the solve kernel forms them by blocks)
 KG = True  # kda: the state pass reads keys decayed once by the W/U kernel (False: decays them per V block)
 ROW_LOADS = True  # the solve's substitution loads each row of N (False: picks it out of the tile, a second reduction)
-FUSED_L2NORM = False  # use_qk_l2norm by triton_l2norm's two kernels (False: torch ops); on after an H200 A/B
+FUSED_L2NORM = True  # use_qk_l2norm by triton_l2norm's two kernels (False: the torch ops); A/B in RESULTS (seventh+eighth sessions)
 
 
 @functools.cache
