@@ -75,6 +75,13 @@ VARIANTS = [
     ("wy+pair w8 s1", {"wy_pair": (8, 1)}),  # offline sm_90: no spill at 8 warps
     # the dqk kernel's dW accumulator: 185 -> 255 registers at 4 warps without a gate (offline sm_90)
     ("dqk w8", {"dqk": (8, 2)}),
+    # no gate / a scalar gate: k kᵀ formed by the WY solve kernel (its ten 16x16 blocks in registers, only the
+    # diagonal ones through memory) instead of chunk_kkt_kernel writing all of A in fp32 for it to read back, as
+    # FLA's gated forward does (its gated forward 0.451 ms against its delta_rule forward's 0.519 on the H200)
+    ("kkt in solve", {"FUSED_KKT": True}),
+    ("kkt in solve w2 s1", {"FUSED_KKT": True, "kkt_solve": (2, 1)}),
+    ("kkt in solve w4 s1", {"FUSED_KKT": True, "kkt_solve": (4, 1)}),
+    ("kkt in solve w8 s2", {"FUSED_KKT": True, "kkt_solve": (8, 2)}),
 ]
 
 

@@ -314,6 +314,35 @@ def _case_solve_row_loads(family, BT, T=70, cu_lens=None):
     return {"o": rel(o, ro), "ht": rel(ht, rs), "o_vs_picked": rel(o, o2), "ht_vs_picked": rel(ht, ht2)}
 
 
+def _case_fused_kkt(family, BT, T=70, cu_lens=None, gate_scale=2.0, K=16):
+    """k kᵀ formed by the WY solve kernel (``FUSED_KKT``) against ``chunk_kkt_kernel``'s A: forward and gradients
+    (the backward recomputes the forward's parts with it) against fp64 and against the other path. Full and
+    partial chunks, packed sequences, GQA, a key dim under its block, gates of -20 per step (whose in-chunk
+    cumsums overflow e^{G_i - G_j} wherever a token past the sequence is not masked)."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    q, k, v, beta, g, h0 = make(family, B=1, T=T, K=K, V=16, gate_scale=gate_scale)
+    q, k, v, beta, g, h0, cu = _pack(cu_lens, q, k, v, beta, g, h0)
+    gen = torch.Generator().manual_seed(3)
+    do, dht = torch.randn(v.shape, generator=gen), torch.randn(h0.shape, generator=gen)
+    runs = []
+    was = DT.FUSED_KKT
+    for fused in (True, False):
+        DT.FUSED_KKT = fused
+        try:
+            fwd = DT.chunk_forward(q, k, v, beta, g, FAMILY_GATE[family], 0.3, h0, cu, chunk_size=BT)
+            bwd = DT.chunk_backward(q, k, v, beta, g, FAMILY_GATE[family], 0.3, h0, cu, do, dht, chunk_size=BT)
+        finally:
+            DT.FUSED_KKT = was
+        runs.append([*fwd, *bwd])
+    ro, rs, ref = torch_grads(family, q, k, v, beta, g, h0, do, dht, 0.3, cu)
+    names = ["o", "ht", "dq", "dk", "dv", "db", "dg", "dh0"]
+    refs = [ro, rs, *(ref[n] for n in names[2:])]
+    out = {n: rel(x, r) for n, x, r in zip(names, runs[0], refs) if x is not None}
+    out.update({f"{n}_vs_kkt_kernel": rel(x, y) for n, x, y in zip(names, *runs) if x is not None})
+    return out
+
+
 def _case_kg(BT, T=70, cu_lens=None):
     """kda's state pass reading the W/U kernel's decayed keys (``KG``) against decaying them itself: the same
     fp32 products cast the same way, so the same outputs and gradients; both against fp64. GQA (2 heads of v
@@ -451,6 +480,9 @@ INTERPRETER_CASES = {
     "kda-kg-BT32-varlen": (_case_kg, (32, 70, [5, 0, 46, 19])),
     "solve-row-loads-BT64": (_case_solve_row_loads, ("delta_rule", 64)),
     "solve-row-loads-BT32-varlen": (_case_solve_row_loads, ("gated_delta_rule", 32, 70, [5, 0, 46, 19])),
+    "kkt-fused-delta-BT64": (_case_fused_kkt, ("delta_rule", 64)),
+    "kkt-fused-gdn-BT32-varlen-strong": (_case_fused_kkt, ("gated_delta_rule", 32, 70, [5, 0, 46, 19], 20.0)),
+    "kkt-fused-gdn-BT16-K20": (_case_fused_kkt, ("gated_delta_rule", 16, 37, None, 2.0, 20)),
     "saved-gdn": (_case_saved_parts, ("gated_delta_rule",)),
     "saved-kda": (_case_saved_parts, ("kda",)),
     "l2norm-fused-gdn": (_case_fused_l2norm, ("gated_delta_rule",)),

@@ -134,8 +134,10 @@ _DEFAULTS = {
     "decode": (4, 3),  # the decode kernel (one program per sequence, head and V block of BV_decode)
     "BV_decode": 32,
     "l2norm": (4, 1),  # the L2 norm of q and k (FUSED_L2NORM), BR rows a program
+    "kkt_solve": (4, 2),  # the WY solve kernel forming k kᵀ itself (FUSED_KKT)
 }
 OVERRIDES: dict = {}
+FUSED_KKT = False  # no gate / scalar gate: k kᵀ formed by the WY solve kernel, not by chunk_kkt_kernel (A/B next)
 FUSED_A = True  # kda: k kᵀ and q kᵀ by one kernel in the forward (False: the GLA line's A kernel twice)
 WU_SPLIT = True  # W, U by full-chunk dots after a solve-only kernel (False: the solve kernel forms them by blocks)
 KG = True  # kda: the state pass reads keys decayed once by the W/U kernel (False: decays them per V block)
@@ -244,7 +246,7 @@ def forward_parts(
                 gla_intra.chunk_gla_A_kernel, (NS, NC * NC, H),
                 k, k, gc, A, cu, info, H, G, K, BT, 16, BKa, NC, prec, BT, **_opts("A", dev)
             )
-        else:
+        elif not FUSED_KKT:
             launch.fitted(
                 kw.chunk_kkt_kernel, (NS, H),
                 k, gcp, A, cu, info, H, G, K, BT, min(64, BK), gid, prec, **_opts("kkt", dev)
@@ -253,6 +255,7 @@ def forward_parts(
         load_x = False
     else:
         A, load_x = X, True
+    kkt = FUSED_KKT and gid != 2 and not load_x  # k kᵀ formed by the solve kernel (A: its diagonal blocks only)
     w = torch.empty(B, T, H, K, device=dev, dtype=dt)
     u = torch.empty(B, T, H, V, device=dev, dtype=dt)
     use_kg = KG and WU_SPLIT and gid == 2
@@ -283,7 +286,9 @@ def forward_parts(
                 prec,
                 True,
                 ROW_LOADS,
-                **_opts("solve", dev),
+                kkt,
+                min(64, BK),
+                **_opts("kkt_solve" if kkt else "solve", dev),
             )
         launch.fitted(
             kw.chunk_wu_kernel, (NS, H),
@@ -294,7 +299,7 @@ def forward_parts(
         launch.fitted(
             kw.chunk_wy_kernel, (NS, H),
             k, v, beta, gcp, A, X, w, u, cu, info, H, G, K, V, BT, min(64, BK), min(64, launch.pow2(V)), gid, load_x,
-            prec, False, ROW_LOADS, **_opts("wy", dev),
+            prec, False, ROW_LOADS, kkt, min(64, BK), **_opts("wy", dev),
         )  # fmt: skip
     h = torch.empty(NS, H, K, V, device=dev, dtype=dt)
     vn = torch.empty(B, T, H, V, device=dev, dtype=dt)

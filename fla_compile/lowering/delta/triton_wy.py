@@ -92,6 +92,44 @@ def _block_N(A, beta, t0, eos, i_h, H: tl.constexpr, BT: tl.constexpr, r: tl.con
 
 
 @triton.jit
+def _k16(k, t0, eos, i_hk, HK: tl.constexpr, K: tl.constexpr, r: tl.constexpr, o_k, m_k):
+    """Rows r*16 .. r*16+15 of the chunk's keys, [16, BK]; zeros past the sequence."""
+    o_r = t0 + r * 16 + tl.arange(0, 16)
+    return tl.load(k + (o_r * HK + i_hk)[:, None] * K + o_k[None, :], mask=(o_r < eos)[:, None] & m_k[None, :], other=0)
+
+
+@triton.jit
+def _k16_t(k, t0, eos, i_hk, HK: tl.constexpr, K: tl.constexpr, r: tl.constexpr, o_k, m_k):
+    """The same rows loaded transposed, [BK, 16]."""
+    o_r = t0 + r * 16 + tl.arange(0, 16)
+    return tl.load(k + (o_r * HK + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & (o_r < eos)[None, :], other=0)
+
+
+@triton.jit
+def _gated16(b_A, gc, t0, eos, i_h, H: tl.constexpr, r: tl.constexpr, c: tl.constexpr, GATE: tl.constexpr):
+    """Block (r, c) of A = causal(k kᵀ e^{G_i - G_j}) from its k kᵀ block, as ``chunk_kkt_kernel`` stores it:
+    the gate where both tokens are in the sequence (and i >= j on the diagonal), zeros elsewhere."""
+    o_c = tl.arange(0, 16)
+    o_i = t0 + r * 16 + o_c
+    o_j = t0 + c * 16 + o_c
+    m = (o_i < eos)[:, None] & (o_j < eos)[None, :]
+    if r == c:
+        m = m & (o_c[:, None] >= o_c[None, :])
+    if GATE == 1:
+        b_gi = tl.load(gc + o_i * H + i_h, mask=o_i < eos, other=0)
+        b_gj = tl.load(gc + o_j * H + i_h, mask=o_j < eos, other=0)
+        b_A = b_A * tl.exp(tl.where(m, b_gi[:, None] - b_gj[None, :], 0))
+    return tl.where(m, b_A, 0)
+
+
+@triton.jit
+def _beta_rows(b_A, beta, t0, eos, i_h, H: tl.constexpr, r: tl.constexpr):
+    """diag(b) b_A for row block r: block (r, c < r) of N = diag(b) strict(A)."""
+    o_r = t0 + r * 16 + tl.arange(0, 16)
+    return b_A * tl.load(beta + o_r * H + i_h, mask=o_r < eos, other=0).to(tl.float32)[:, None]
+
+
+@triton.jit
 def _inverse16(b_N):
     """(I + N)^{-1} of a strictly lower [16, 16] N: X_i = -N_i - sum_{j<i} N_ij X_j, one row per step."""
     o_c = tl.arange(0, 16)
@@ -215,10 +253,15 @@ def chunk_wy_kernel(
     PREC: tl.constexpr,
     SOLVE_ONLY: tl.constexpr = False,
     ROW_LOADS: tl.constexpr = True,
+    KKT: tl.constexpr = False,
+    BKA: tl.constexpr = 64,
 ):
     """X = (I + diag(b) strict(A))^{-1} (or X read back when LOAD_X), W = X (b e^G k), U = X (b v); BT in 16, 32, 64.
 
-    With SOLVE_ONLY only X is written (``chunk_wu_kernel`` then forms W and U with full-chunk dots)."""
+    With SOLVE_ONLY only X is written (``chunk_wu_kernel`` then forms W and U with full-chunk dots). With KKT (no
+    gate or a scalar one) A is not read but formed here, as its ten [16, 16] blocks in registers over key blocks of
+    BKA, instead of by ``chunk_kkt_kernel`` (which writes all of A in fp32 for this kernel to read back): only the
+    four diagonal blocks go through memory (``A`` as scratch), for the row loads of their forward substitution."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
     i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
@@ -244,6 +287,48 @@ def chunk_wy_kernel(
             X32 = _rows(X + 32, t0, eos, i_h, H, BT, 3, o16, m16).to(tl.float32)
             X33 = _rows(X + 48, t0, eos, i_h, H, BT, 3, o16, m16).to(tl.float32)
     else:
+        N10, N20, N21, N30, N31, N32 = z, z, z, z, z, z
+        if KKT:
+            A00, A10, A11, A20, A21, A22, A30, A31, A32, A33 = z, z, z, z, z, z, z, z, z, z
+            for i_k in range(0, tl.cdiv(K, BKA)):
+                o_k = i_k * BKA + tl.arange(0, BKA)
+                m_k = o_k < K
+                k0 = _k16(k, t0, eos, i_hk, H // G, K, 0, o_k, m_k)
+                c0 = _k16_t(k, t0, eos, i_hk, H // G, K, 0, o_k, m_k)
+                A00 = tl.dot(k0, c0, A00, input_precision=PREC)
+                if BT // 16 > 1:
+                    k1 = _k16(k, t0, eos, i_hk, H // G, K, 1, o_k, m_k)
+                    c1 = _k16_t(k, t0, eos, i_hk, H // G, K, 1, o_k, m_k)
+                    A10 = tl.dot(k1, c0, A10, input_precision=PREC)
+                    A11 = tl.dot(k1, c1, A11, input_precision=PREC)
+                if BT // 16 > 2:
+                    k2 = _k16(k, t0, eos, i_hk, H // G, K, 2, o_k, m_k)
+                    c2 = _k16_t(k, t0, eos, i_hk, H // G, K, 2, o_k, m_k)
+                    A20 = tl.dot(k2, c0, A20, input_precision=PREC)
+                    A21 = tl.dot(k2, c1, A21, input_precision=PREC)
+                    A22 = tl.dot(k2, c2, A22, input_precision=PREC)
+                if BT // 16 > 3:
+                    k3 = _k16(k, t0, eos, i_hk, H // G, K, 3, o_k, m_k)
+                    c3 = _k16_t(k, t0, eos, i_hk, H // G, K, 3, o_k, m_k)
+                    A30 = tl.dot(k3, c0, A30, input_precision=PREC)
+                    A31 = tl.dot(k3, c1, A31, input_precision=PREC)
+                    A32 = tl.dot(k3, c2, A32, input_precision=PREC)
+                    A33 = tl.dot(k3, c3, A33, input_precision=PREC)
+            # the diagonal blocks through memory (this program's rows of A only), the rest stays here
+            _store16(A, _gated16(A00, gc, t0, eos, i_h, H, 0, 0, GATE), t0, eos, i_h, H, BT, 0, 0)
+            if BT // 16 > 1:
+                _store16(A, _gated16(A11, gc, t0, eos, i_h, H, 1, 1, GATE), t0, eos, i_h, H, BT, 1, 1)
+                N10 = _beta_rows(_gated16(A10, gc, t0, eos, i_h, H, 1, 0, GATE), beta, t0, eos, i_h, H, 1)
+            if BT // 16 > 2:
+                _store16(A, _gated16(A22, gc, t0, eos, i_h, H, 2, 2, GATE), t0, eos, i_h, H, BT, 2, 2)
+                N20 = _beta_rows(_gated16(A20, gc, t0, eos, i_h, H, 2, 0, GATE), beta, t0, eos, i_h, H, 2)
+                N21 = _beta_rows(_gated16(A21, gc, t0, eos, i_h, H, 2, 1, GATE), beta, t0, eos, i_h, H, 2)
+            if BT // 16 > 3:
+                _store16(A, _gated16(A33, gc, t0, eos, i_h, H, 3, 3, GATE), t0, eos, i_h, H, BT, 3, 3)
+                N30 = _beta_rows(_gated16(A30, gc, t0, eos, i_h, H, 3, 0, GATE), beta, t0, eos, i_h, H, 3)
+                N31 = _beta_rows(_gated16(A31, gc, t0, eos, i_h, H, 3, 1, GATE), beta, t0, eos, i_h, H, 3)
+                N32 = _beta_rows(_gated16(A32, gc, t0, eos, i_h, H, 3, 2, GATE), beta, t0, eos, i_h, H, 3)
+            tl.debug_barrier()  # the stores above visible to every thread's row loads below
         if ROW_LOADS:
             X00 = _inverse16_rows(A, beta, t0, eos, i_h, H, BT, 0)
         else:
@@ -253,15 +338,17 @@ def chunk_wy_kernel(
                 X11 = _inverse16_rows(A, beta, t0, eos, i_h, H, BT, 1)
             else:
                 X11 = _inverse16(_block_N(A, beta, t0, eos, i_h, H, BT, 1, 1))
-            N10 = _block_N(A, beta, t0, eos, i_h, H, BT, 1, 0)
+            if not KKT:  # A's blocks loaded where used (not all at once: registers in the serial steps)
+                N10 = _block_N(A, beta, t0, eos, i_h, H, BT, 1, 0)
             X10 = -tl.dot(X11, tl.dot(N10, X00, input_precision="ieee"), input_precision="ieee")
         if BT // 16 > 2:
             if ROW_LOADS:
                 X22 = _inverse16_rows(A, beta, t0, eos, i_h, H, BT, 2)
             else:
                 X22 = _inverse16(_block_N(A, beta, t0, eos, i_h, H, BT, 2, 2))
-            N20 = _block_N(A, beta, t0, eos, i_h, H, BT, 2, 0)
-            N21 = _block_N(A, beta, t0, eos, i_h, H, BT, 2, 1)
+            if not KKT:
+                N20 = _block_N(A, beta, t0, eos, i_h, H, BT, 2, 0)
+                N21 = _block_N(A, beta, t0, eos, i_h, H, BT, 2, 1)
             X21 = -tl.dot(X22, tl.dot(N21, X11, input_precision="ieee"), input_precision="ieee")
             b_s = tl.dot(N20, X00, input_precision="ieee") + tl.dot(N21, X10, input_precision="ieee")
             X20 = -tl.dot(X22, b_s, input_precision="ieee")
@@ -270,9 +357,10 @@ def chunk_wy_kernel(
                 X33 = _inverse16_rows(A, beta, t0, eos, i_h, H, BT, 3)
             else:
                 X33 = _inverse16(_block_N(A, beta, t0, eos, i_h, H, BT, 3, 3))
-            N30 = _block_N(A, beta, t0, eos, i_h, H, BT, 3, 0)
-            N31 = _block_N(A, beta, t0, eos, i_h, H, BT, 3, 1)
-            N32 = _block_N(A, beta, t0, eos, i_h, H, BT, 3, 2)
+            if not KKT:
+                N30 = _block_N(A, beta, t0, eos, i_h, H, BT, 3, 0)
+                N31 = _block_N(A, beta, t0, eos, i_h, H, BT, 3, 1)
+                N32 = _block_N(A, beta, t0, eos, i_h, H, BT, 3, 2)
             X32 = -tl.dot(X33, tl.dot(N32, X22, input_precision="ieee"), input_precision="ieee")
             b_s = tl.dot(N31, X11, input_precision="ieee") + tl.dot(N32, X21, input_precision="ieee")
             X31 = -tl.dot(X33, b_s, input_precision="ieee")
