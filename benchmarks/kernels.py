@@ -4,6 +4,7 @@
     python benchmarks/kernels.py --sweep         # also time against T (512 .. 32768), CSV + PNG
     python benchmarks/kernels.py --sweep-only    # that alone (gla, retention: ours and FLA; SDPA)
     python benchmarks/kernels.py --quick         # small shapes, a smoke run
+    python benchmarks/kernels.py --no-first-call --warm 300   # FLA autotuned first (one process per family)
 
 Rows: our forward and forward+backward (the ``fla_compile.ops`` functions, autograd included),
 flash-linear-attention 0.6.0 when importable, softmax attention (SDPA, causal), the memory floor
@@ -290,6 +291,66 @@ def _is_number(value) -> bool:
         return False
 
 
+def side_by_side(rows) -> str:
+    """Ours next to FLA per (op, shape) with ratio = FLA / ours (>= 1: ours faster), from the table's rows."""
+    got = {(r["row"], r["shape"]): r for r in rows}
+    lines = ["| op | shape | ours ms | FLA ms | FLA / ours |", "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if not r["row"].startswith("ours ") or r["unit"] != "ms" or "decode" in r["row"]:
+            continue
+        op = r["row"][len("ours ") :]
+        fla = got.get((f"fla {op}", r["shape"]))
+        if fla is None:
+            continue
+        ratio = f"{float(fla['value']) / float(r['value']):.2f}" if _is_number(fla["value"]) and _is_number(r["value"]) else ""
+        fla_cell = fla["value"] or (fla["note"].split(":")[0] if fla["note"] else "")
+        lines.append(f"| {op} | {r['shape']} | {r['value']} | {fla_cell} | {ratio} |")
+    return "\n".join(lines)
+
+
+def warm(families, shapes, timeout: float) -> None:
+    """Fill FLA's autotune cache (and compile ours) before timing: one process per family, side by side. FLA
+    autotunes each kernel on its first call for minutes with a cold cache; inside the timed table that time lands
+    in whichever row calls it first, and one call's limit may end the run before the table does."""
+    root = pathlib.Path(__file__).resolve()
+    spec = ";".join(",".join(str(x) for x in s) for s in shapes)
+    t0 = time.perf_counter()
+    procs = {
+        f: subprocess.Popen(
+            [sys.executable, str(root), "--warm-one", f, "--shapes", spec],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        for f in families
+    }
+    for f, p in procs.items():
+        try:
+            out, _ = p.communicate(timeout=max(1.0, timeout - (time.perf_counter() - t0)))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out = f"{f}: warm-up cut at {timeout:.0f} s\n"
+        for line in out.splitlines():
+            if line.startswith("warm "):
+                print(line, file=sys.stderr, flush=True)
+    print(f"(warm-up {time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+
+def warm_one(family, shapes) -> None:
+    """One forward and one forward+backward of ours and FLA's at each shape (a failure is a line, not an end)."""
+    for shape in shapes:
+        for who, get in [("ours", ours)] + ([("fla", fla_op)] if family in FLA_OPS else []):
+            t = time.perf_counter()
+            try:
+                fn = get(family)
+                with torch.no_grad():
+                    fn(*inputs(family, *shape))
+                fwd_bwd(fn, inputs(family, *shape, grad=True))()
+                torch.cuda.synchronize()
+                msg = "ok"
+            except Exception as e:
+                msg = f"{type(e).__name__}: {str(e)[:100]}"
+            print(f"warm {who} {family} {shape}: {time.perf_counter() - t:.1f} s {msg}", flush=True)
+
+
 def markdown(rows) -> str:
     lines = ["| row | shape | value | unit | note |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {r['row']} | {r['shape']} | {r['value']} | {r['unit']} | {r['note']} |" for r in rows]
@@ -311,7 +372,10 @@ def write(out, name, rows):
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    (out / f"{name}.md").write_text(header() + "\n\n" + markdown(rows) + "\n")
+    text = header() + "\n\n" + markdown(rows) + "\n"
+    if name == "kernels":
+        text += "\n" + side_by_side(rows) + "\n"
+    (out / f"{name}.md").write_text(text)
 
 
 def main(argv=None) -> int:
@@ -323,20 +387,32 @@ def main(argv=None) -> int:
     p.add_argument("--sweep", action="store_true", help="also time fwd+bwd against T, with a plot")
     p.add_argument("--sweep-only", action="store_true", help="the sweep alone (no side-by-side table)")
     p.add_argument("--sweep-T", default="512,1024,2048,4096,8192,16384,32768", help="the sweep's lengths")
+    p.add_argument("--warm", type=float, default=0, metavar="S",
+                   help="first fill FLA's autotune cache, one process per family side by side, for at most S s")  # fmt: skip
+    p.add_argument("--warm-one", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.families = args.families.split(",")
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run from a checkout
     if not torch.cuda.is_available():
         print("benchmarks/kernels.py needs a CUDA device", file=sys.stderr)
         return 1
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.shapes:
+        shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes.split(";")]
+    if args.warm_one:
+        warm_one(args.warm_one, shapes)
+        return 0
     out = pathlib.Path(os.environ["OUT"]) if os.environ.get("OUT") else None
     t0 = time.perf_counter()
+    if args.warm and not args.sweep_only:
+        warm(args.families, shapes, args.warm)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     print(header())
     if not args.sweep_only:
         rows = table(args)
         print(markdown(rows))
+        print("\n" + side_by_side(rows))
         if out is not None:
             write(out, "kernels", rows)
     if args.sweep or args.sweep_only:
