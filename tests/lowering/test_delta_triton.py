@@ -385,11 +385,21 @@ def _nan_empty():
         torch.empty = real
 
 
-def _case_wy_pair(family, BT, cu_lens=None, T=37, K=20, V=40, dtype=torch.float32):
+def _case_wy_pair(family, BT, cu_lens=None, T=37, K=20, V=40, dtype=torch.float32, half_dots=False):
     """The WY backward and the k kᵀ pairs by one kernel (no gate or a scalar one; dW from the dqk kernel) on
     NaN-poisoned buffers: every gradient against fp64, and the kernels launched (the fused one, not kda's WY
-    kernel). K, V over 64: several key and value blocks, the last partial. fp16: against the fp32 inputs' fp64."""
+    kernel). K, V over 64: several key and value blocks, the last partial. fp16: against the fp32 inputs' fp64.
+    ``half_dots``: with ``WY_PAIR_HALF`` (the dN chain and pair dots on half operands)."""
     from fla_compile.lowering.delta import triton_launch as DT
+
+    was, DT.WY_PAIR_HALF = DT.WY_PAIR_HALF, half_dots
+    try:
+        return _wy_pair(DT, family, BT, cu_lens, T, K, V, dtype)
+    finally:
+        DT.WY_PAIR_HALF = was
+
+
+def _wy_pair(DT, family, BT, cu_lens, T, K, V, dtype):
 
     q, k, v, beta, g, h0 = make(family, T=T, K=K, V=V)
     q, k, v, beta, g, h0, cu = _pack(cu_lens, q, k, v, beta, g, h0)
@@ -505,6 +515,8 @@ INTERPRETER_CASES = {
     "wy-pair-gdn-K80-varlen": (_case_wy_pair, ("gated_delta_rule", 16, [7, 0, 13], 10, 80, 72)),
     "wy-pair-delta-K80": (_case_wy_pair, ("delta_rule", 32, None, 20, 80, 72)),
     "wy-pair-delta-BT32-varlen": (_case_wy_pair, ("delta_rule", 32, [9, 0, 30], 20)),
+    "wy-pair-half-dots-gdn-fp16": (_case_wy_pair, ("gated_delta_rule", 64, [9, 0, 71], 40, 80, 72, torch.float16, True)),
+    "wy-pair-half-dots-delta-fp16": (_case_wy_pair, ("delta_rule", 32, None, 40, 20, 40, torch.float16, True)),
 }
 
 

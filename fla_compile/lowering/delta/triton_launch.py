@@ -137,6 +137,7 @@ _DEFAULTS = {
     "kkt_solve": (4, 2),  # the WY solve kernel forming k kᵀ itself (FUSED_KKT)
 }
 OVERRIDES: dict = {}
+WY_PAIR_HALF = False  # the WY/pair backward's dN chain and pair dots on half operands, as FLA's (A/B next)
 FUSED_KKT = False  # no gate / scalar gate: k kᵀ formed by the WY solve kernel, not by chunk_kkt_kernel (A/B next)
 FUSED_A = True  # kda: k kᵀ and q kᵀ by one kernel in the forward (False: the GLA line's A kernel twice)
 WU_SPLIT = True  # W, U by full-chunk dots after a solve-only kernel (False: the solve kernel forms them by blocks)
@@ -410,7 +411,7 @@ def backward_parts(
         launch.fitted(
             kwb.chunk_wy_pair_bwd_kernel, (NS, H),
             k, v, beta, gcp, X, dw, dvn, dv, dk, dbeta, dG, dN, cu, info, H, G, K, V, BT, min(64, BK), BV, gid, prec,
-            **_opts("wy_pair", dev),
+            WY_PAIR_HALF, **_opts("wy_pair", dev),
         )  # fmt: skip
         if gid == 1:
             dg = dg.sum(-1).contiguous()

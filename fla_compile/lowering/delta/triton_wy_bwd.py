@@ -240,9 +240,12 @@ def chunk_wy_pair_bwd_kernel(
     BV: tl.constexpr,
     GATE: tl.constexpr,
     PREC: tl.constexpr,
+    HALF: tl.constexpr = False,
 ):
     """The WY backward and the k kᵀ pairs in one program (no gate or a scalar one): dv, dbeta and dG written, dk
-    added to (it holds the dqk kernel's part).
+    added to (it holds the dqk kernel's part). With HALF the dN chain (P = dX Xᵀ, Q = -Xᵀ P) and the pair dots
+    take operands in the inputs' dtype (bf16 tensor cores, as FLA's WY backward) instead of fp32 ones (tf32),
+    accumulating in fp32 either way; without a half dtype it changes nothing.
 
     dW = -dv_new Sᵀ is read ([TT, H, K], the dqk kernel's ``DW``): no chunk state is loaded, and the keys and
     values go by blocks of BK and BV. Q = dN o E stays in registers; its transpose comes from the dN buffer (Q
@@ -307,9 +310,13 @@ def chunk_wy_pair_bwd_kernel(
     # dN = -Xᵀ dX Xᵀ on the strictly lower part (X = (I + N)^-1), then Q = dN o E
     m_low = (o_i[:, None] >= o_i[None, :]) & m_tt
     b_dX = tl.where(m_low, b_dX, 0)
-    b_Xtf = b_Xt.to(tl.float32)
-    b_P = tl.dot(b_dX, b_Xtf, input_precision=PREC)
-    b_Q = -tl.dot(b_Xtf, b_P, input_precision=PREC)
+    if HALF:
+        b_P = tl.dot(b_dX.to(dt), b_Xt, input_precision=PREC)
+        b_Q = -tl.dot(b_Xt, b_P.to(dt), input_precision=PREC)
+    else:
+        b_Xtf = b_Xt.to(tl.float32)
+        b_P = tl.dot(b_dX, b_Xtf, input_precision=PREC)
+        b_Q = -tl.dot(b_Xtf, b_P, input_precision=PREC)
     m_S = (o_i[:, None] > o_i[None, :]) & m_tt
     b_Q = tl.where(m_S, b_Q, 0)
     if GATE == 1:
@@ -327,9 +334,14 @@ def chunk_wy_pair_bwd_kernel(
         m_tk = m_t[:, None] & (o_k < K)[None, :]
         p_k = (o_t * H + i_h)[:, None] * K + o_k[None, :]
         # [BT, BK]
-        b_k = tl.load(k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
-        b_R = tl.dot(b_Q, b_k, input_precision=PREC)
-        b_C = tl.dot(b_Qt, b_k * b_b[:, None], input_precision=PREC)
+        b_kh = tl.load(k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
+        b_k = b_kh.to(tl.float32)
+        if HALF:
+            b_R = tl.dot(b_Q.to(dt), b_kh.to(dt), input_precision=PREC)
+            b_C = tl.dot(b_Qt.to(dt), (b_k * b_b[:, None]).to(dt), input_precision=PREC)
+        else:
+            b_R = tl.dot(b_Q, b_k, input_precision=PREC)
+            b_C = tl.dot(b_Qt, b_k * b_b[:, None], input_precision=PREC)
         tl.store(dk + p_k, tl.load(dk + p_k, mask=m_tk, other=0) + b_b[:, None] * b_R + b_C, mask=m_tk)
         b_db2 += tl.sum(b_k * b_R, 1)
         b_dg2 += tl.sum(b_k * (b_b[:, None] * b_R - b_C), 1)
