@@ -703,6 +703,30 @@ def test_gpu_full_chunks_bf16_vs_fp64(family, T, K):
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("switch", ["FUSED_KKT", "WY_PAIR_HALF"])
+@pytest.mark.parametrize("family", ["delta_rule", "gated_delta_rule"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("T", [256, 300])
+def test_gpu_switch_on_vs_fp64(switch, family, dtype, tol, T, monkeypatch):
+    """A kernel switch still off by default (``FUSED_KKT``: k kᵀ in the solve kernel; ``WY_PAIR_HALF``: half
+    operands in the WY/pair backward) turned on: K = V = 128 against fp64, full chunks only (T = 256, where
+    Triton 3.4-3.7 miscompiles 4-warp WY kernels on Hopper) and a partial one, then bitwise repeatable."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    monkeypatch.setattr(DT, switch, True)
+    test_gpu_chunk_vs_fp64(family, dtype, tol, 1.0, K=128, V=128, T=T)
+    q, k, v, beta, g, h0 = _cuda_case(family, T=T, K=128, V=128, dtype=dtype)
+    do, dht = torch.randn_like(v), torch.randn_like(h0)
+    runs = []
+    for _ in range(2):
+        fwd = DT.chunk_forward(q, k, v, beta, g, FAMILY_GATE[family], 0.125, h0)
+        bwd = DT.chunk_backward(q, k, v, beta, g, FAMILY_GATE[family], 0.125, h0, None, do, dht)
+        runs.append([x for x in (*fwd, *bwd) if x is not None])
+    assert all(torch.equal(a, b) for a, b in zip(*runs)), "not bitwise deterministic"
+
+
+@pytest.mark.gpu
+@gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("gate_scale", [0.05, 1.0, 20.0], ids=["weak", "mid", "strong"])
 def test_gpu_kda_A_rows(dtype, gate_scale):
