@@ -715,14 +715,7 @@ def test_gpu_switch_on_vs_fp64(switch, family, dtype, tol, T, monkeypatch):
 
     monkeypatch.setattr(DT, switch, True)
     test_gpu_chunk_vs_fp64(family, dtype, tol, 1.0, K=128, V=128, T=T)
-    q, k, v, beta, g, h0 = _cuda_case(family, T=T, K=128, V=128, dtype=dtype)
-    do, dht = torch.randn_like(v), torch.randn_like(h0)
-    runs = []
-    for _ in range(2):
-        fwd = DT.chunk_forward(q, k, v, beta, g, FAMILY_GATE[family], 0.125, h0)
-        bwd = DT.chunk_backward(q, k, v, beta, g, FAMILY_GATE[family], 0.125, h0, None, do, dht)
-        runs.append([x for x in (*fwd, *bwd) if x is not None])
-    assert all(torch.equal(a, b) for a, b in zip(*runs)), "not bitwise deterministic"
+    _assert_bitwise_repeat(family, 2, T=T, K=128, V=128, dtype=dtype)
 
 
 @pytest.mark.gpu
@@ -818,17 +811,22 @@ def test_gpu_long_sequence_no_drift(family):
 @gpu
 @pytest.mark.parametrize("family", list(FAMILY_GATE))
 def test_gpu_deterministic(family):
+    _assert_bitwise_repeat(family, 3, dtype=torch.bfloat16, T=1000)
+
+
+def _assert_bitwise_repeat(family, n, **case):
+    """``n`` chunked forwards and backwards of one CUDA case (``_cuda_case(family, **case)``): equal bit for bit."""
     from fla_compile.lowering.delta import triton_launch as DT
 
-    q, k, v, beta, g, h0 = _cuda_case(family, dtype=torch.bfloat16, T=1000)
+    q, k, v, beta, g, h0 = _cuda_case(family, **case)
     do, dht = torch.randn_like(v), torch.randn_like(h0)
     runs = []
-    for _ in range(3):
+    for _ in range(n):
         fwd = DT.chunk_forward(q, k, v, beta, g, FAMILY_GATE[family], 0.125, h0)
         bwd = DT.chunk_backward(q, k, v, beta, g, FAMILY_GATE[family], 0.125, h0, None, do, dht)
         runs.append([x for x in (*fwd, *bwd) if x is not None])
     for other in runs[1:]:
-        assert all(torch.equal(a, b) for a, b in zip(runs[0], other))
+        assert all(torch.equal(a, b) for a, b in zip(runs[0], other)), "not bitwise deterministic"
 
 
 @pytest.mark.gpu
