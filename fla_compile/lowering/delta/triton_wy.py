@@ -92,15 +92,8 @@ def _block_N(A, beta, t0, eos, i_h, H: tl.constexpr, BT: tl.constexpr, r: tl.con
 
 
 @triton.jit
-def _k16(k, t0, eos, i_hk, HK: tl.constexpr, K: tl.constexpr, r: tl.constexpr, o_k, m_k):
-    """Rows r*16 .. r*16+15 of the chunk's keys, [16, BK]; zeros past the sequence."""
-    o_r = t0 + r * 16 + tl.arange(0, 16)
-    return tl.load(k + (o_r * HK + i_hk)[:, None] * K + o_k[None, :], mask=(o_r < eos)[:, None] & m_k[None, :], other=0)
-
-
-@triton.jit
 def _k16_t(k, t0, eos, i_hk, HK: tl.constexpr, K: tl.constexpr, r: tl.constexpr, o_k, m_k):
-    """The same rows loaded transposed, [BK, 16]."""
+    """Rows r*16 .. r*16+15 of the chunk's keys loaded transposed, [BK, 16]; zeros past the sequence."""
     o_r = t0 + r * 16 + tl.arange(0, 16)
     return tl.load(k + (o_r * HK + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & (o_r < eos)[None, :], other=0)
 
@@ -293,22 +286,22 @@ def chunk_wy_kernel(
             for i_k in range(0, tl.cdiv(K, BKA)):
                 o_k = i_k * BKA + tl.arange(0, BKA)
                 m_k = o_k < K
-                k0 = _k16(k, t0, eos, i_hk, H // G, K, 0, o_k, m_k)
+                k0 = _rows(k, t0, eos, i_hk, H // G, K, 0, o_k, m_k)
                 c0 = _k16_t(k, t0, eos, i_hk, H // G, K, 0, o_k, m_k)
                 A00 = tl.dot(k0, c0, A00, input_precision=PREC)
                 if BT // 16 > 1:
-                    k1 = _k16(k, t0, eos, i_hk, H // G, K, 1, o_k, m_k)
+                    k1 = _rows(k, t0, eos, i_hk, H // G, K, 1, o_k, m_k)
                     c1 = _k16_t(k, t0, eos, i_hk, H // G, K, 1, o_k, m_k)
                     A10 = tl.dot(k1, c0, A10, input_precision=PREC)
                     A11 = tl.dot(k1, c1, A11, input_precision=PREC)
                 if BT // 16 > 2:
-                    k2 = _k16(k, t0, eos, i_hk, H // G, K, 2, o_k, m_k)
+                    k2 = _rows(k, t0, eos, i_hk, H // G, K, 2, o_k, m_k)
                     c2 = _k16_t(k, t0, eos, i_hk, H // G, K, 2, o_k, m_k)
                     A20 = tl.dot(k2, c0, A20, input_precision=PREC)
                     A21 = tl.dot(k2, c1, A21, input_precision=PREC)
                     A22 = tl.dot(k2, c2, A22, input_precision=PREC)
                 if BT // 16 > 3:
-                    k3 = _k16(k, t0, eos, i_hk, H // G, K, 3, o_k, m_k)
+                    k3 = _rows(k, t0, eos, i_hk, H // G, K, 3, o_k, m_k)
                     c3 = _k16_t(k, t0, eos, i_hk, H // G, K, 3, o_k, m_k)
                     A30 = tl.dot(k3, c0, A30, input_precision=PREC)
                     A31 = tl.dot(k3, c1, A31, input_precision=PREC)
