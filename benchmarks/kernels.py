@@ -179,14 +179,18 @@ def row(rows, name, shape, fn, unit="ms"):
     print(f"| {r['row']} | {r['shape']} | {r['value']} | {r['unit']} | {r['note']} |", file=sys.stderr, flush=True)
 
 
+def shapes_of(args) -> list[tuple]:
+    """The (B, T, H, D) shapes of the table: ``--shapes``, else the issue's (``--quick``: one small one)."""
+    if args.shapes:
+        return [tuple(int(x) for x in s.split(",")) for s in args.shapes.split(";")]
+    return QUICK_SHAPES if args.quick else SHAPES
+
+
 def table(args) -> list[dict]:
     rows: list[dict] = []
     bw = copy_bandwidth()
     rows.append({"row": "device copy bandwidth", "shape": "", "value": f"{bw / 1e12:.3f}", "unit": "TB/s", "note": ""})
-    shapes = QUICK_SHAPES if args.quick else SHAPES
-    if args.shapes:
-        shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes.split(";")]
-    for B, T, H, D in shapes:
+    for B, T, H, D in shapes_of(args):
         shape = f"B={B} T={T} H={H} D={D}"
         for family in args.families:
             impls = [("ours", ours)] + ([("fla", fla_op)] if family in FLA_OPS else [])
@@ -396,9 +400,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("benchmarks/kernels.py needs a CUDA device", file=sys.stderr)
         return 1
-    shapes = QUICK_SHAPES if args.quick else SHAPES
-    if args.shapes:
-        shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes.split(";")]
+    shapes = shapes_of(args)
     if args.warm_one:
         warm_one(args.warm_one, shapes)
         return 0
