@@ -210,11 +210,21 @@ def table(args) -> list[dict]:
             )
         row(rows, "sdpa causal fwd", shape, time_sdpa((B, T, H, D), backward=False))
         row(rows, "sdpa causal fwd+bwd", shape, time_sdpa((B, T, H, D)))
-    for family in [f for f in args.families if f not in DELTA and f != "rwkv6"]:
+    for family in [f for f in args.families if f != "rwkv6"]:
         B, H, D = 64, 16 if not args.quick else 4, 128
         shape = f"decode B={B} H={H} D={D}"
 
         def decode(family=family, B=B, H=H, D=D):
+            state = torch.zeros(B, H, D, D, device="cuda")
+            if family in DELTA:  # the delta line's decode kernel, the state updated in place
+                from fla_compile.lowering.delta import triton_launch as delta_triton
+
+                q, k, v, *g, beta = inputs(family, B, 1, H, D)
+                g = g[0] if g else None
+                kind = {"delta_rule": "none", "gated_delta_rule": "scalar", "kda": "vector"}[family]
+                return bench(
+                    lambda: delta_triton.fused_recurrent(q, k, v, beta, g, kind, 0.1, state, None, False, state)
+                )
             from fla_compile.lowering.gla import triton_launch as gla_triton
 
             q, k, v, *g = inputs(family, B, 1, H, D)
@@ -222,7 +232,6 @@ def table(args) -> list[dict]:
             if family == "retention":
                 g = g.reshape(1, 1, H).expand(B, 1, H)
             kind = {"gla": "vector", "simple_gla": "scalar", "retention": "scalar"}.get(family, "none")
-            state = torch.zeros(B, H, D, D, device="cuda")
             return bench(lambda: gla_triton.fused_recurrent(q, k, v, g, kind, 0.1, state, inplace_state=True))
 
         row(rows, f"ours {family} decode step", shape, decode)
