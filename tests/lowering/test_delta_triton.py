@@ -314,6 +314,24 @@ def _case_solve_row_loads(family, BT, T=70, cu_lens=None):
     return {"o": rel(o, ro), "ht": rel(ht, rs), "o_vs_picked": rel(o, o2), "ht_vs_picked": rel(ht, ht2)}
 
 
+def _case_beta_two(family, BT, cu_lens=None, near_two=True):
+    """beta in (0, 2) (DeltaNet's negative-eigenvalue range): 2 - 1e-4 r or 2 r, forward and gradients through the
+    kernels against fp64, full and partial chunks (T = 37 at BT 16, 32), packed sequences."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    q, k, v, beta, g, h0 = make(family)
+    beta = 2 - beta * 1e-4 if near_two else 2 * beta
+    q, k, v, beta, g, h0, cu = _pack(cu_lens, q, k, v, beta, g, h0)
+    gen = torch.Generator().manual_seed(4)
+    do, dht = torch.randn(v.shape, generator=gen), torch.randn(h0.shape, generator=gen)
+    o, ht = DT.chunk_forward(q, k, v, beta, g, FAMILY_GATE[family], 0.3, h0, cu, chunk_size=BT)
+    got = DT.chunk_backward(q, k, v, beta, g, FAMILY_GATE[family], 0.3, h0, cu, do, dht, chunk_size=BT)
+    ro, rs, ref = torch_grads(family, q, k, v, beta, g, h0, do, dht, 0.3, cu)
+    out = {"o": rel(o, ro), "ht": rel(ht, rs)}
+    out.update({n: rel(x, ref[n]) for n, x in zip(["dq", "dk", "dv", "db", "dg", "dh0"], got) if x is not None})
+    return out
+
+
 def _case_fused_kkt(family, BT, T=70, cu_lens=None, gate_scale=2.0, K=16):
     """k kᵀ formed by the WY solve kernel (``FUSED_KKT``) against ``chunk_kkt_kernel``'s A: forward and gradients
     (the backward recomputes the forward's parts with it) against fp64 and against the other path. Full and
@@ -490,6 +508,9 @@ INTERPRETER_CASES = {
     "kda-kg-BT32-varlen": (_case_kg, (32, 70, [5, 0, 46, 19])),
     "solve-row-loads-BT64": (_case_solve_row_loads, ("delta_rule", 64)),
     "solve-row-loads-BT32-varlen": (_case_solve_row_loads, ("gated_delta_rule", 32, 70, [5, 0, 46, 19])),
+    "beta-near-2-delta-BT16": (_case_beta_two, ("delta_rule", 16)),
+    "beta-0-to-2-gdn-BT32-varlen": (_case_beta_two, ("gated_delta_rule", 32, [5, 0, 40, 29], False)),
+    "beta-near-2-kda-BT16": (_case_beta_two, ("kda", 16)),
     "kkt-fused-delta-BT64": (_case_fused_kkt, ("delta_rule", 64)),
     "kkt-fused-gdn-BT32-varlen-strong": (_case_fused_kkt, ("gated_delta_rule", 32, 70, [5, 0, 46, 19], 20.0)),
     "kkt-fused-gdn-BT16-K20": (_case_fused_kkt, ("gated_delta_rule", 16, 37, None, 2.0, 20)),
@@ -747,7 +768,7 @@ def test_gpu_kda_A_rows(dtype, gate_scale):
 def test_gpu_beta_extremes_varlen_l2(family):
     from fla_compile.lowering.delta import triton_launch as DT
 
-    for beta_map in (lambda b: b * 1e-4, lambda b: 1 - b * 1e-4):
+    for beta_map in (lambda b: b * 1e-4, lambda b: 1 - b * 1e-4, lambda b: 2 * b, lambda b: 2 - b * 1e-4):
         q, k, v, beta, g, _ = _cuda_case(family, B=1, T=700)
         beta = beta_map(beta)
         cu = torch.tensor([0, 1, 64, 65, 300, 700], device="cuda")

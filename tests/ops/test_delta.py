@@ -23,7 +23,8 @@ def make(family, B=2, T=37, HK=2, H=4, K=12, V=10, dtype=torch.float64, gate="we
     k = F.normalize(torch.randn(B, T, HK, K, generator=gen, dtype=dtype), dim=-1)
     v = torch.randn(B, T, H, V, generator=gen, dtype=dtype)
     b = torch.rand(B, T, H, generator=gen, dtype=dtype)
-    b = {"uniform": b, "zero": b * 1e-4, "one": 1 - b * 1e-4}[beta]
+    # beta in (0, 2): DeltaNet's negative-eigenvalue range (I - b k kᵀ has eigenvalue 1 - b down to -1)
+    b = {"uniform": b, "zero": b * 1e-4, "one": 1 - b * 1e-4, "wide": 2 * b, "two": 2 - b * 1e-4}[beta]
     lo = {"weak": 0.05, "strong": 20.0}[gate]
     g = None
     if family == "gated_delta_rule":
@@ -50,8 +51,9 @@ def call_ref(family, q, k, v, g, b, scale=None, initial_state=None, output_final
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 @pytest.mark.parametrize(
     "gate,beta,T",
-    [("weak", "uniform", 37), ("strong", "uniform", 70), ("weak", "zero", 37), ("weak", "one", 65), ("weak", "one", 1)],
-    ids=["weak", "strong", "beta0", "beta1", "T1"],
+    [("weak", "uniform", 37), ("strong", "uniform", 70), ("weak", "zero", 37), ("weak", "one", 65), ("weak", "one", 1),
+     ("weak", "wide", 70), ("weak", "two", 65)],
+    ids=["weak", "strong", "beta0", "beta1", "T1", "beta0to2", "beta2"],
 )
 def test_forward_matches_reference(family, dtype, gate, beta, T):
     q, k, v, g, b, h0 = make(family, T=T, dtype=dtype, gate=gate, beta=beta)
@@ -129,11 +131,12 @@ def test_gradcheck_varlen(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
-def test_gradients_across_chunks(family, dtype):
+@pytest.mark.parametrize("beta", ["uniform", "two"], ids=["beta01", "beta2"])
+def test_gradients_across_chunks(family, dtype, beta):
     """Every input's gradient through the torch chunked path, over T = 3 chunks and a partial one
-    (64 steps a chunk, 16 for kda), against the fp64 loop."""
+    (64 steps a chunk, 16 for kda), against the fp64 loop; beta in (0, 1) and near 2."""
     C = 16 if family == "kda" else 64
-    q, k, v, g, b, h0 = make(family, B=1, T=3 * C + 5, HK=1, H=2, K=8, V=6, dtype=dtype)
+    q, k, v, g, b, h0 = make(family, B=1, T=3 * C + 5, HK=1, H=2, K=8, V=6, dtype=dtype, beta=beta)
     leaves = [x.requires_grad_() for x in (q, k, v, g, b, h0) if x is not None]
     o, ht = call_op(family, q, k, v, g, b, initial_state=h0, output_final_state=True)
     gen = torch.Generator().manual_seed(1)
