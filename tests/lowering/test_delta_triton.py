@@ -69,6 +69,36 @@ def torch_grads(family, q, k, v, beta, g, h0, do, dht, scale, cu=None, l2=False)
 # ---------------------------------------------------------------- interpreter checks (child process)
 
 
+@contextlib.contextmanager
+def _switched(name, value):
+    """``triton_launch.<name>`` set to ``value`` inside the block, and back to what it was after."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    was = getattr(DT, name)
+    setattr(DT, name, value)
+    try:
+        yield
+    finally:
+        setattr(DT, name, was)
+
+
+_NAMES = ["o", "ht", "dq", "dk", "dv", "db", "dg", "dh0"]
+
+
+def _kernels_vs_fp64(family, BT, q, k, v, beta, g, h0, cu, seed=3):
+    """Forward and backward through the kernels (chunk size BT) of one case, against the fp64 reference:
+    ({name: relative error}, the outputs and gradients in ``_NAMES`` order, None where a family has none)."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    gen = torch.Generator().manual_seed(seed)
+    do, dht = torch.randn(v.shape, generator=gen), torch.randn(h0.shape, generator=gen)
+    fwd = DT.chunk_forward(q, k, v, beta, g, FAMILY_GATE[family], 0.3, h0, cu, chunk_size=BT)
+    bwd = DT.chunk_backward(q, k, v, beta, g, FAMILY_GATE[family], 0.3, h0, cu, do, dht, chunk_size=BT)
+    ro, rs, ref = torch_grads(family, q, k, v, beta, g, h0, do, dht, 0.3, cu)
+    got, refs = [*fwd, *bwd], [ro, rs, *(ref[n] for n in _NAMES[2:])]
+    return {n: rel(x, r) for n, x, r in zip(_NAMES, got, refs) if x is not None}, got
+
+
 def _case_forward(family, BT, cu_lens=None, l2=False, gate_scale=2.0):
     from fla_compile.lowering.delta import triton_launch as DT
 
@@ -108,12 +138,9 @@ def _case_fused_l2norm(family, cu_lens=None, dtype=torch.float32, fused=True):
     do, dht = torch.randn(v.shape, generator=gen), torch.randn(h0.shape, generator=gen)
     ro, rs, ref = torch_grads(family, q, k, v, beta, g, h0, do, dht, 0.3, cu, True)
     xs = [None if x is None else x.to(dtype) for x in (q, k, v, beta, g)]
-    was, DT.FUSED_L2NORM = DT.FUSED_L2NORM, fused
-    try:
+    with _switched("FUSED_L2NORM", fused):
         o, ht = DT.chunk_forward(*xs[:4], xs[4], FAMILY_GATE[family], 0.3, h0, cu, True, chunk_size=16)
         got = DT.chunk_backward(*xs[:4], xs[4], FAMILY_GATE[family], 0.3, h0, cu, do.to(dtype), dht, True, chunk_size=16)
-    finally:
-        DT.FUSED_L2NORM = was
     out = {"o": rel(o, ro), "ht": rel(ht, rs)}
     out.update({n: rel(x, ref[n]) for n, x in zip(["dq", "dk", "dv", "db", "dg", "dh0"], got) if x is not None})
     if fused:
@@ -304,11 +331,8 @@ def _case_solve_row_loads(family, BT, T=70, cu_lens=None):
     q, k, v, beta, g, h0, cu = _pack(cu_lens, q, k, v, beta, g, h0)
     outs = []
     for row_loads in (True, False):
-        DT.ROW_LOADS = row_loads
-        try:
+        with _switched("ROW_LOADS", row_loads):
             outs.append(DT.chunk_forward(q, k, v, beta, g, FAMILY_GATE[family], 0.3, h0, cu, chunk_size=BT))
-        finally:
-            DT.ROW_LOADS = True
     (o, ht), (o2, ht2) = outs
     ro, rs, _ = torch_grads(family, q, k, v, beta, g, h0, torch.zeros_like(o), torch.zeros_like(ht), 0.3, cu)
     return {"o": rel(o, ro), "ht": rel(ht, rs), "o_vs_picked": rel(o, o2), "ht_vs_picked": rel(ht, ht2)}
@@ -317,19 +341,9 @@ def _case_solve_row_loads(family, BT, T=70, cu_lens=None):
 def _case_beta_two(family, BT, cu_lens=None, near_two=True):
     """beta in (0, 2) (DeltaNet's negative-eigenvalue range): 2 - 1e-4 r or 2 r, forward and gradients through the
     kernels against fp64, full and partial chunks (T = 37 at BT 16, 32), packed sequences."""
-    from fla_compile.lowering.delta import triton_launch as DT
-
     q, k, v, beta, g, h0 = make(family)
     beta = 2 - beta * 1e-4 if near_two else 2 * beta
-    q, k, v, beta, g, h0, cu = _pack(cu_lens, q, k, v, beta, g, h0)
-    gen = torch.Generator().manual_seed(4)
-    do, dht = torch.randn(v.shape, generator=gen), torch.randn(h0.shape, generator=gen)
-    o, ht = DT.chunk_forward(q, k, v, beta, g, FAMILY_GATE[family], 0.3, h0, cu, chunk_size=BT)
-    got = DT.chunk_backward(q, k, v, beta, g, FAMILY_GATE[family], 0.3, h0, cu, do, dht, chunk_size=BT)
-    ro, rs, ref = torch_grads(family, q, k, v, beta, g, h0, do, dht, 0.3, cu)
-    out = {"o": rel(o, ro), "ht": rel(ht, rs)}
-    out.update({n: rel(x, ref[n]) for n, x in zip(["dq", "dk", "dv", "db", "dg", "dh0"], got) if x is not None})
-    return out
+    return _kernels_vs_fp64(family, BT, *_pack(cu_lens, q, k, v, beta, g, h0), seed=4)[0]
 
 
 def _case_fused_kkt(family, BT, T=70, cu_lens=None, gate_scale=2.0, K=16):
@@ -337,27 +351,13 @@ def _case_fused_kkt(family, BT, T=70, cu_lens=None, gate_scale=2.0, K=16):
     (the backward recomputes the forward's parts with it) against fp64 and against the other path. Full and
     partial chunks, packed sequences, GQA, a key dim under its block, gates of -20 per step (whose in-chunk
     cumsums overflow e^{G_i - G_j} wherever a token past the sequence is not masked)."""
-    from fla_compile.lowering.delta import triton_launch as DT
-
     q, k, v, beta, g, h0 = make(family, B=1, T=T, K=K, V=16, gate_scale=gate_scale)
-    q, k, v, beta, g, h0, cu = _pack(cu_lens, q, k, v, beta, g, h0)
-    gen = torch.Generator().manual_seed(3)
-    do, dht = torch.randn(v.shape, generator=gen), torch.randn(h0.shape, generator=gen)
-    runs = []
-    was = DT.FUSED_KKT
-    for fused in (True, False):
-        DT.FUSED_KKT = fused
-        try:
-            fwd = DT.chunk_forward(q, k, v, beta, g, FAMILY_GATE[family], 0.3, h0, cu, chunk_size=BT)
-            bwd = DT.chunk_backward(q, k, v, beta, g, FAMILY_GATE[family], 0.3, h0, cu, do, dht, chunk_size=BT)
-        finally:
-            DT.FUSED_KKT = was
-        runs.append([*fwd, *bwd])
-    ro, rs, ref = torch_grads(family, q, k, v, beta, g, h0, do, dht, 0.3, cu)
-    names = ["o", "ht", "dq", "dk", "dv", "db", "dg", "dh0"]
-    refs = [ro, rs, *(ref[n] for n in names[2:])]
-    out = {n: rel(x, r) for n, x, r in zip(names, runs[0], refs) if x is not None}
-    out.update({f"{n}_vs_kkt_kernel": rel(x, y) for n, x, y in zip(names, *runs) if x is not None})
+    xs = _pack(cu_lens, q, k, v, beta, g, h0)
+    with _switched("FUSED_KKT", True):
+        out, fused = _kernels_vs_fp64(family, BT, *xs)
+    with _switched("FUSED_KKT", False):
+        _, two_kernels = _kernels_vs_fp64(family, BT, *xs)
+    out.update({f"{n}_vs_kkt_kernel": rel(x, y) for n, x, y in zip(_NAMES, fused, two_kernels) if x is not None})
     return out
 
 
@@ -373,13 +373,10 @@ def _case_kg(BT, T=70, cu_lens=None):
     do, dht = torch.randn(v.shape, generator=gen), torch.randn(h0.shape, generator=gen)
     outs = []
     for use_kg in (True, False):
-        DT.KG = use_kg
-        try:
+        with _switched("KG", use_kg):
             o, ht = DT.chunk_forward(q, k, v, beta, g, "vector", 0.3, h0, cu, chunk_size=BT)
             grads = DT.chunk_backward(q, k, v, beta, g, "vector", 0.3, h0, cu, do, dht, chunk_size=BT)
             outs.append([o, ht, *[x for x in grads if x is not None]])
-        finally:
-            DT.KG = True
     ro, rs, _ = torch_grads("kda", q, k, v, beta, g, h0, torch.zeros_like(v), torch.zeros_like(h0), 0.3, cu)
     out = {"o": rel(outs[0][0], ro), "ht": rel(outs[0][1], rs)}
     out.update({f"vs_no_kg_{i}": rel(a, b) for i, (a, b) in enumerate(zip(*outs))})
@@ -410,15 +407,6 @@ def _case_wy_pair(family, BT, cu_lens=None, T=37, K=20, V=40, dtype=torch.float3
     ``half_dots``: with ``WY_PAIR_HALF`` (the dN chain and pair dots on half operands)."""
     from fla_compile.lowering.delta import triton_launch as DT
 
-    was, DT.WY_PAIR_HALF = DT.WY_PAIR_HALF, half_dots
-    try:
-        return _wy_pair(DT, family, BT, cu_lens, T, K, V, dtype)
-    finally:
-        DT.WY_PAIR_HALF = was
-
-
-def _wy_pair(DT, family, BT, cu_lens, T, K, V, dtype):
-
     q, k, v, beta, g, h0 = make(family, T=T, K=K, V=V)
     q, k, v, beta, g, h0, cu = _pack(cu_lens, q, k, v, beta, g, h0)
     gen = torch.Generator().manual_seed(11)
@@ -433,7 +421,7 @@ def _wy_pair(DT, family, BT, cu_lens, T, K, V, dtype):
 
     DT.launch = types.SimpleNamespace(**{**vars(real), "fitted": fitted})
     try:
-        with _nan_empty():
+        with _nan_empty(), _switched("WY_PAIR_HALF", half_dots):
             got = DT.chunk_backward(q, k, v, beta, g, FAMILY_GATE[family], 0.3, h0, cu, do, dht, chunk_size=BT)
     finally:
         DT.launch = real
