@@ -80,7 +80,7 @@ VARIANTS = [
     # FLA's gated forward does (its gated forward 0.451 ms against its delta_rule forward's 0.519 on the H200)
     # the WY/pair backward's dN chain and pair dots on bf16 operands (FLA's choice) instead of fp32 (tf32): offline
     # sm_90 at 4 warps 255 registers + 20 B spill -> 224, no spill (no gate)
-    ("wy+pair half", {"WY_PAIR_HALF": True}),
+    ("wy+pair fp32 dots", {"WY_PAIR_HALF": False}),
     ("wy+pair half w8", {"WY_PAIR_HALF": True, "wy_pair": (8, 1)}),
     ("wy+pair half w4 s2", {"WY_PAIR_HALF": True, "wy_pair": (4, 2)}),
     ("kkt in solve", {"FUSED_KKT": True}),

@@ -712,17 +712,18 @@ def test_gpu_full_chunks_bf16_vs_fp64(family, T, K):
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("switch", ["FUSED_KKT", "WY_PAIR_HALF"])
+@pytest.mark.parametrize("switch,value", [("FUSED_KKT", True), ("WY_PAIR_HALF", False)])
 @pytest.mark.parametrize("family", ["delta_rule", "gated_delta_rule"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("T", [256, 300])
-def test_gpu_switch_on_vs_fp64(switch, family, dtype, tol, T, monkeypatch):
-    """A kernel switch still off by default (``FUSED_KKT``: k kᵀ in the solve kernel; ``WY_PAIR_HALF``: half
-    operands in the WY/pair backward) turned on: K = V = 128 against fp64, full chunks only (T = 256, where
-    Triton 3.4-3.7 miscompiles 4-warp WY kernels on Hopper) and a partial one, then bitwise repeatable."""
+def test_gpu_switch_flipped_vs_fp64(switch, value, family, dtype, tol, T, monkeypatch):
+    """A kernel switch set against its default (``FUSED_KKT`` on: k kᵀ in the solve kernel, slower on the H200;
+    ``WY_PAIR_HALF`` off: fp32 operands in the WY/pair backward), so the path users can still pick stays right:
+    K = V = 128 against fp64, full chunks only (T = 256, where Triton 3.4-3.7 miscompiles 4-warp WY kernels on
+    Hopper) and a partial one, then bitwise repeatable."""
     from fla_compile.lowering.delta import triton_launch as DT
 
-    monkeypatch.setattr(DT, switch, True)
+    monkeypatch.setattr(DT, switch, value)
     test_gpu_chunk_vs_fp64(family, dtype, tol, 1.0, K=128, V=128, T=T)
     _assert_bitwise_repeat(family, 2, T=T, K=128, V=128, dtype=dtype)
 
