@@ -249,3 +249,53 @@ def test_get_config_remembers_final_answers(monkeypatch, tmp_path):
     autotune.get_config(*args)
     assert len(calls) == 4
     autotune.forget()
+
+
+@pytest.mark.parametrize("arch", ["sm80", "sm90", "sm100", "default"])
+def test_by_dims_tables(arch):
+    """Every ``by_dims`` entry names head dims, a known gate kind and options the launchers read: a misspelt
+    option would be dropped without a word and the kernel would run the shared default."""
+    import re
+
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    kernels = ("h", "o", "dh", "dv", "dqk", "A", "intra", "rc", "cumsum")
+    option = re.compile(rf"({'|'.join(kernels)})_(warps|stages|BV|BK)")
+    for dims, entry in autotune.table(arch).get("by_dims", {}).items():
+        if dims == "_comment":
+            continue
+        assert re.fullmatch(r"K\d+V\d+", dims), dims
+        assert set(entry) <= {"chunk", "delta"}, entry
+        for kind, opts in entry.get("chunk", {}).items():
+            assert kind in autotune.KINDS, kind
+            assert all(option.fullmatch(name) for name in opts), opts
+        assert set(entry.get("delta", {})) <= set(DT._DEFAULTS), entry["delta"]
+
+
+def test_by_dims_first_candidate_only():
+    """sm90 ships 4-warp output kernels at K = V = 64; other dims keep the shared first candidate, the rest of the
+    candidate list is untouched, and the table itself is not mutated by the merge."""
+    wide = autotune.candidates("chunk", "scalar", "sm90", 128, 128)
+    narrow = autotune.candidates("chunk", "scalar", "sm90", 64, 64)
+    assert wide[0] == autotune.candidates("chunk", "scalar", "sm90")[0] == autotune.table("sm90")["chunk"]["scalar"][0]
+    assert wide[0]["o_warps"] == 8 and narrow[0]["o_warps"] == 4 and narrow[0]["o_stages"] == 2
+    assert narrow[1:] == wide[1:]
+    assert autotune.candidates("chunk", "vector", "sm90", 64, 64)[0] == autotune.table("sm90")["chunk"]["vector"][0]
+
+
+def test_by_dims_delta_launch_options(monkeypatch):
+    """The delta line's launch options at K = V = 64 on sm90 take the ``by_dims`` output-kernel warps; the other
+    knobs, other dims and the no-dims lookup (decode, L2 norm) keep the arch's."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    monkeypatch.setattr(DT, "_arch", lambda device_type, index: "sm90")
+    DT._device_table.cache_clear()
+    try:
+        dev = torch.device("cuda", 0)
+        assert DT._opts("o", dev, (64, 64)) == {"num_warps": 4, "num_stages": 2}
+        assert DT._opts("o", dev, (128, 128)) == DT._opts("o", dev) == {"num_warps": 8, "num_stages": 3}
+        assert DT._opts("wu", dev, (64, 64)) == DT._opts("wu", dev)
+        monkeypatch.setattr(DT, "OVERRIDES", {"o": (2, 1)})  # a sweep's override still wins
+        assert DT._opts("o", dev, (64, 64)) == {"num_warps": 2, "num_stages": 1}
+    finally:
+        DT._device_table.cache_clear()

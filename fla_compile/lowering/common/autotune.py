@@ -7,8 +7,9 @@ sequences, so packed batches of any length never re-tune). For a new key every c
 screened once, on a small problem, against the float64 torch reference and for bitwise
 determinism over two runs; only survivors are timed. Winners are written to
 ``$FLA_COMPILE_CACHE_DIR`` (default ``~/.cache/fla_compile``), so a second process tunes
-nothing. An arch whose table is marked ``"tuned": true`` ships measured winners as the first
-candidates: there a first call tunes nothing (``FLA_COMPILE_AUTOTUNE=1`` tunes anyway, ``tune``
+nothing. An arch table's ``by_dims`` section adjusts the first candidate for head
+dims where the shared winner loses (8-warp kernels on 64-wide tiles). An arch whose table is marked
+``"tuned": true`` ships measured winners as the first candidates: there a first call tunes nothing (``FLA_COMPILE_AUTOTUNE=1`` tunes anyway, ``tune``
 refreshes). No tuning happens inside CUDA-graph capture, on the CPU interpreter, or with
 ``FLA_COMPILE_AUTOTUNE=0``: those use the default. A key whose every candidate fails screening
 keeps the default, and nothing is written for it.
@@ -63,9 +64,26 @@ def table(arch: str) -> dict:
     return _FALLBACK
 
 
-def candidates(kernel: str, gate_kind: str, arch: str) -> list[dict]:
+def dims_key(K: int, V: int) -> str:
+    return f"K{K}V{V}"
+
+
+def by_dims(arch: str, K: int | None, V: int | None) -> dict:
+    """The section of an arch's ``"by_dims"`` table for head dims K, V ({} when none was measured): per-kernel
+    options that win at those dims where the shared first candidate does not (8 warps on a 64-wide tile)."""
+    if K is None or V is None:
+        return {}
+    return table(arch).get("by_dims", {}).get(dims_key(K, V), {})
+
+
+def candidates(kernel: str, gate_kind: str, arch: str, K: int | None = None, V: int | None = None) -> list[dict]:
+    """The configs to screen for a key; the first, the untuned default, carries the ``by_dims`` options of K, V."""
     t = table(arch)
-    return list(t["decode"] if kernel == "decode" else t["chunk"][gate_kind])
+    cands = [dict(c) for c in (t["decode"] if kernel == "decode" else t["chunk"][gate_kind])]
+    extra = by_dims(arch, K, V).get(kernel, {}).get(gate_kind, {})
+    if extra:
+        cands[0].update(extra)
+    return cands
 
 
 def t_bucket(T: int | None) -> str:
@@ -173,7 +191,7 @@ def get_config(kernel, gate_kind, K, V, dtype, T, device, varlen=False, line="gl
         key,
         cache_file(device),
         allowed=lambda: tuner is not None and _tuning_allowed(device),
-        default=lambda: candidates(kernel, gate_kind, arch_of(device))[0],
+        default=lambda: candidates(kernel, gate_kind, arch_of(device), K, V)[0],
         tune_fn=lambda: tuner(kernel, gate_kind, K, V, dtype, T, device),
     )
     if not capturing():  # a default taken because of a capture is tuned on a later call

@@ -167,15 +167,23 @@ def _arch(device_type: str, index) -> str:
 
 
 @functools.cache
-def _device_table(device: torch.device) -> dict:
-    """The launch options of ``device``'s arch, found once per device (a launch asks for them ~1 us faster)."""
-    return _arch_table(_arch(device.type, device.index))
+def _device_table(device: torch.device, dims: tuple | None = None) -> dict:
+    """The launch options of ``device``'s arch, found once per device and head dims (a launch asks for them ~1 us
+    faster); ``dims`` (K, V) adds the arch table's ``by_dims`` section for them (``"delta"``), where measured."""
+    arch = _arch(device.type, device.index)
+    opts = _arch_table(arch)
+    if dims is not None:
+        from ..common.autotune import by_dims
+
+        extra = by_dims(arch, *dims).get("delta", {})
+        opts = {**opts, **{k: tuple(v) if isinstance(v, list) else v for k, v in extra.items() if k != "_comment"}}
+    return opts
 
 
-def _knob(name: str, device):
+def _knob(name: str, device, dims: tuple | None = None):
     if OVERRIDES and name in OVERRIDES:
         return OVERRIDES[name]
-    return _device_table(device)[name]
+    return _device_table(device, dims)[name]
 
 
 def _dense(x, dtype):
@@ -183,17 +191,17 @@ def _dense(x, dtype):
     return x.contiguous() if x.dtype == dtype else x.to(dtype).contiguous()
 
 
-def _state_bv(name: str, programs: int, V: int, device) -> int:
+def _state_bv(name: str, programs: int, V: int, device, dims: tuple | None = None) -> int:
     """V block of a sequential state pass (``BV_h``, ``BV_dh``); with ``fill_sms`` (on in sm90.json: 2-3% at
     B=2 T=8192) halved down to 16 while the grid still fits the SMs (``launch.fill_sms``)."""
-    BV = min(_knob(name, device), launch.pow2(V))
-    if _knob("fill_sms", device):
+    BV = min(_knob(name, device, dims), launch.pow2(V))
+    if _knob("fill_sms", device, dims):
         BV = launch.fill_sms(device, programs, V, BV)[1]
     return BV
 
 
-def _opts(kernel: str, device) -> dict:
-    warps, stages = _knob(kernel, device)
+def _opts(kernel: str, device, dims: tuple | None = None) -> dict:
+    warps, stages = _knob(kernel, device, dims)
     return {"num_warps": warps, "num_stages": stages}
 
 
@@ -214,6 +222,7 @@ def forward_parts(
     v, beta = v.contiguous(), beta.contiguous()
     B, T, HK, K = q.shape
     H, V = v.shape[2], v.shape[3]
+    dims = (K, V)  # the arch table's by_dims launch options for these head dims
     G = H // HK
     gid = GATE_IDS[gate_kind]
     dev = q.device
@@ -228,7 +237,7 @@ def forward_parts(
         grid = (NS, 1 if gid == 1 else launch.cdiv(K, BKg), H)
         launch.fitted(
             gla_kern.chunk_cumsum_kernel, grid,
-            gate.contiguous(), gc, cu, info, H, K, BT, BKg, gid, **_opts("cumsum", dev)
+            gate.contiguous(), gc, cu, info, H, K, BT, BKg, gid, **_opts("cumsum", dev, dims)
         )
     gcp = gc if gc is not None else beta  # a placeholder pointer: never read without a gate
     if X is None:
@@ -238,19 +247,19 @@ def forward_parts(
             Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf
             launch.fitted(  # the whole K in one block (K <= MAX_HEAD_DIM)
                 kw.chunk_kda_A_rows_kernel, (NS, NC, H),
-                q, k, gc, A, Aqk, cu, info, H, G, K, BT, 16, BK, NC, prec, **_opts("A_row_block", dev)
+                q, k, gc, A, Aqk, cu, info, H, G, K, BT, 16, BK, NC, prec, **_opts("A_row_block", dev, dims)
             )
         elif gid == 2:
             NC = BT // 16
             BKa = min(64, BK)
             launch.fitted(
                 gla_intra.chunk_gla_A_kernel, (NS, NC * NC, H),
-                k, k, gc, A, cu, info, H, G, K, BT, 16, BKa, NC, prec, BT, **_opts("A", dev)
+                k, k, gc, A, cu, info, H, G, K, BT, 16, BKa, NC, prec, BT, **_opts("A", dev, dims)
             )
         elif not FUSED_KKT:
             launch.fitted(
                 kw.chunk_kkt_kernel, (NS, H),
-                k, gcp, A, cu, info, H, G, K, BT, min(64, BK), gid, prec, **_opts("kkt", dev)
+                k, gcp, A, cu, info, H, G, K, BT, min(64, BK), gid, prec, **_opts("kkt", dev, dims)
             )
         X = torch.empty(B, T, H, BT, device=dev, dtype=dt) if X_buf is None else X_buf
         load_x = False
@@ -289,43 +298,43 @@ def forward_parts(
                 ROW_LOADS,
                 kkt,
                 min(64, BK),
-                **_opts("kkt_solve" if kkt else "solve", dev),
+                **_opts("kkt_solve" if kkt else "solve", dev, dims),
             )
         launch.fitted(
             kw.chunk_wu_kernel, (NS, H),
             k, v, beta, gcp, X, w, u, cu, info, H, G, K, V, BT, min(64, BK), min(64, launch.pow2(V)), gid, prec,
-            kg if use_kg else w, use_kg, **_opts("wu", dev),
+            kg if use_kg else w, use_kg, **_opts("wu", dev, dims),
         )  # fmt: skip
     else:
         launch.fitted(
             kw.chunk_wy_kernel, (NS, H),
             k, v, beta, gcp, A, X, w, u, cu, info, H, G, K, V, BT, min(64, BK), min(64, launch.pow2(V)), gid, load_x,
-            prec, False, ROW_LOADS, kkt, min(64, BK), **_opts("wy", dev),
+            prec, False, ROW_LOADS, kkt, min(64, BK), **_opts("wy", dev, dims),
         )  # fmt: skip
     h = torch.empty(NS, H, K, V, device=dev, dtype=dt)
     vn = torch.empty(B, T, H, V, device=dev, dtype=dt)
     ht = torch.empty(N, H, K, V, **f32)
-    BV = _state_bv("BV_h", N * H, V, dev)
+    BV = _state_bv("BV_h", N * H, V, dev, dims)
     launch.fitted(
         kw.chunk_delta_h_kernel, (N * H * launch.cdiv(V, BV),),
         k, w, u, gcp, h, vn, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, BK, BV, gid,
-        h0 is not None, prec, kg if use_kg else w, use_kg, **_opts("h", dev),
+        h0 is not None, prec, kg if use_kg else w, use_kg, **_opts("h", dev, dims),
     )  # fmt: skip
     if gid == 2 and Aqk is None:  # the output's and the backward's gated q k^T (given: a forward's, kept)
         NC = BT // 16
         Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf
         launch.fitted(
             gla_intra.chunk_gla_A_kernel, (NS, NC * NC, H),
-            q, k, gc, Aqk, cu, info, H, G, K, BT, 16, min(64, BK), NC, prec, BT, **_opts("A", dev)
+            q, k, gc, Aqk, cu, info, H, G, K, BT, 16, min(64, BK), NC, prec, BT, **_opts("A", dev, dims)
         )
     o = None
     if need_o:
         o = torch.empty(B, T, H, V, device=dev, dtype=dt)
-        BV = min(_knob("BV_o", dev), launch.pow2(V))
+        BV = min(_knob("BV_o", dev, dims), launch.pow2(V))
         launch.fitted(
             gla_kern.chunk_fwd_o_kernel, (NS, launch.cdiv(V, BV), H),
             q, k, vn, gcp, h, Aqk if Aqk is not None else h, o, cu, info, scale, H, G, K, V, BT, min(64, BK), BV, gid,
-            prec, BT, **_opts("o", dev),
+            prec, BT, **_opts("o", dev, dims),
         )  # fmt: skip
     meta = dict(cu=cu, info=info, chunk_off=chunk_off, NS=NS, N=N, BT=BT)
     return o, ht, dict(gc=gc, X=X, w=w, u=u, vn=vn, h=h, Aqk=Aqk, meta=meta)
@@ -346,6 +355,7 @@ def backward_parts(
     dht = None if dht is None else dht.float().contiguous()
     B, T, HK, K = q.shape
     H, V = v.shape[2], v.shape[3]
+    dims = (K, V)  # the arch table's by_dims launch options for these head dims
     G = H // HK
     gid = GATE_IDS[gate_kind]
     m = P["meta"]
@@ -364,17 +374,17 @@ def backward_parts(
     launch.fitted(
         gla_kern.chunk_bwd_dv_kernel, (NS, launch.cdiv(V, BV), H),
         q, k, gcp, Aqk if Aqk is not None else dvl, do, dvl, dvl, cu, info, scale, H, G, K, V, BT, min(64, BK), BV,
-        gid, prec, BT, False, **_opts("dv_local", dev),
+        gid, prec, BT, False, **_opts("dv_local", dev, dims),
     )  # fmt: skip
     # 2. the state gradient, backwards over the chunks, and dv_new
     dh = torch.empty(NS, H, K, V, device=dev, dtype=dt)
     dvn = torch.empty(B, T, H, V, device=dev, dtype=dt)
     dh0 = torch.empty(N, H, K, V, **f32) if h0 is not None else None
-    BV = _state_bv("BV_dh", N * H, V, dev)
+    BV = _state_bv("BV_dh", N * H, V, dev, dims)
     launch.fitted(
         kwb.chunk_delta_dh_kernel, (N * H * launch.cdiv(V, BV),),
         q, k, w, gcp, dvl, do, dh, dvn, dht if dht is not None else dvl, dh0 if dh0 is not None else dvl, cu,
-        chunk_off, scale, H, G, K, V, BT, BK, BV, gid, dht is not None, dh0 is not None, prec, **_opts("dh", dev),
+        chunk_off, scale, H, G, K, V, BT, BK, BV, gid, dht is not None, dh0 is not None, prec, **_opts("dh", dev, dims),
     )  # fmt: skip
     # 3. dq, dk and the gate gradient through the output and the state update (the GLA line's kernels, v_new for v)
     dq = torch.empty(B, T, H, K, device=dev, dtype=dt if final_dq and gid != 2 else torch.float32)
@@ -387,7 +397,7 @@ def backward_parts(
     launch.fitted(
         gla_kern.chunk_bwd_dqk_kernel, (NS, launch.cdiv(K, BKq), H),
         q, k, vn, gcp, h, do, dh, dA, dg if dg is not None else dq, dq, dk, cu, info, scale, H, G, K, V, BT, BKq,
-        BVq, gid, prec, **(dict(dvn=dvn, dw=dw, DW=True) if fused else {}), **_opts("dqk", dev),
+        BVq, gid, prec, **(dict(dvn=dvn, dw=dw, DW=True) if fused else {}), **_opts("dqk", dev, dims),
     )  # fmt: skip
     NC = BT // 16
     BKi = min(64, BK)
@@ -395,11 +405,11 @@ def backward_parts(
         db1 = torch.empty(B, T, H, K, **f32)
         launch.fitted(
             gla_intra.chunk_gla_bwd_intra_kernel, (NS, NC * launch.cdiv(K, BKi), H),
-            q, k, gc, dA, dq, dk, db1, cu, info, scale, H, G, K, BT, 16, BKi, NC, prec, **_opts("intra", dev)
+            q, k, gc, dA, dq, dk, db1, cu, info, scale, H, G, K, BT, 16, BKi, NC, prec, **_opts("intra", dev, dims)
         )
         launch.fitted(
             gla_intra.chunk_rc_add_kernel, (NS, launch.cdiv(K, BKi), H),
-            db1, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev)
+            db1, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev, dims)
         )
     # 4. through W = X (b e^G k) and U = X (b v)
     dv = torch.empty(B, T, H, V, device=dev, dtype=dt)
@@ -411,24 +421,24 @@ def backward_parts(
         launch.fitted(
             kwb.chunk_wy_pair_bwd_kernel, (NS, H),
             k, v, beta, gcp, X, dw, dvn, dv, dk, dbeta, dG, dN, cu, info, H, G, K, V, BT, min(64, BK), BV, gid, prec,
-            WY_PAIR_HALF, **_opts("wy_pair", dev),
+            WY_PAIR_HALF, **_opts("wy_pair", dev, dims),
         )  # fmt: skip
         if gid == 1:
             dg = dg.sum(-1).contiguous()
-            launch.fitted(gla_intra.chunk_rc_add_kernel, (NS, 1, H), dG, dg, cu, info, H, 1, BT, 16, **_opts("rc", dev))
+            launch.fitted(gla_intra.chunk_rc_add_kernel, (NS, 1, H), dG, dg, cu, info, H, 1, BT, 16, **_opts("rc", dev, dims))
     else:  # a gate per key dim: 4, then 5, the pairs of A = k kᵀ (gated), by 16-row blocks
         launch.fitted(
             kwb.chunk_wy_bwd_kernel, (NS, H),
             k, v, beta, gcp, X, h, dvn, dv, dk, dbeta, dG, dN, cu, info, H, G, K, V, BT, BK, BV, gid, prec,
-            **_opts("wy_bwd", dev),
+            **_opts("wy_bwd", dev, dims),
         )  # fmt: skip
         launch.fitted(
             kwb.chunk_kk_pair_bwd_vec_kernel, (NS, NC, H),
-            k, beta, gc, dN, dk, dbeta, dG, cu, info, H, G, K, BT, 16, BK, NC, prec, **_opts("pair_vec", dev)
+            k, beta, gc, dN, dk, dbeta, dG, cu, info, H, G, K, BT, 16, BK, NC, prec, **_opts("pair_vec", dev, dims)
         )
         launch.fitted(
             gla_intra.chunk_rc_add_kernel, (NS, launch.cdiv(K, BKi), H),
-            dG, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev)
+            dG, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev, dims)
         )
     return dq, dk, dv, dbeta, dg, dh0
 

@@ -117,7 +117,7 @@ def tune(kernel, gate_kind, K, V, dtype, T, device) -> dict:
     if autotune.capturing():
         raise RuntimeError("fla_compile: autotuning was asked for inside CUDA-graph capture; run one call first")
     arch = autotune.arch_of(device)
-    cands = autotune.candidates(kernel, gate_kind, arch)
+    cands = autotune.candidates(kernel, gate_kind, arch, K, V)
     best, best_ms = None, float("inf")
     for cfg in cands:
         why = screen(kernel, gate_kind, K, V, dtype, cfg, device)
