@@ -87,6 +87,9 @@ VARIANTS = [
     ("kkt in solve w2 s1", {"FUSED_KKT": True, "kkt_solve": (2, 1)}),
     ("kkt in solve w4 s1", {"FUSED_KKT": True, "kkt_solve": (4, 1)}),
     ("kkt in solve w8 s2", {"FUSED_KKT": True, "kkt_solve": (8, 2)}),
+    # FLA autotunes its fused kkt+solve kernel over 1, 2, 4 warps (and key blocks of 32 or 64): on 16x16 blocks one
+    # warp may do, and fits more programs on an SM (H200, 2026-11-30: 2 warps 0.231 ms, 4 warps 0.292-0.340)
+    ("kkt in solve w1 s1", {"FUSED_KKT": True, "kkt_solve": (1, 1)}),
 ]
 
 

@@ -113,10 +113,11 @@ def _case_forward(family, BT, cu_lens=None, l2=False, gate_scale=2.0):
     return out
 
 
-def _case_backward(family, BT, cu_lens=None, l2=False, gate_scale=2.0, T=37):
+def _case_backward(family, BT, cu_lens=None, l2=False, gate_scale=2.0, T=37, K=20):
+    """K = 80: two K blocks of the dq/dk kernel, the second partial (a scalar gate's dg comes per block)."""
     from fla_compile.lowering.delta import triton_launch as DT
 
-    q, k, v, beta, g, h0 = make(family, T=T, gate_scale=gate_scale)
+    q, k, v, beta, g, h0 = make(family, T=T, gate_scale=gate_scale, K=K)
     q, k, v, beta, g, h0, cu = _pack(cu_lens, q, k, v, beta, g, h0)
     do = torch.randn(*v.shape)
     dht = torch.randn(*h0.shape)
@@ -489,6 +490,7 @@ INTERPRETER_CASES = {
     "bwd-gdn-varlen": (_case_backward, ("gated_delta_rule", 16, [7, 0, 33, 22])),
     "bwd-kda-varlen": (_case_backward, ("kda", 16, [9, 21])),
     "bwd-gdn-strong-gate": (_case_backward, ("gated_delta_rule", 16, None, False, 20.0)),
+    "bwd-gdn-K80-varlen": (_case_backward, ("gated_delta_rule", 16, [7, 0, 30], False, 2.0, 37, 80)),
     "bwd-kda-strong-gate": (_case_backward, ("kda", 16, None, False, 20.0, 20)),
     **{f"decode-inplace-{f}": (_case_inplace_decode, (f,)) for f in FAMILY_GATE},
     "half-kda": (_case_half, ("kda",)),

@@ -390,8 +390,8 @@ def backward_parts(
     dq = torch.empty(B, T, H, K, device=dev, dtype=dt if final_dq and gid != 2 else torch.float32)
     dk = torch.empty(B, T, H, K, **f32)
     dA = torch.empty(B, T, H, BT, **f32) if gid == 2 else dk
-    dg = torch.empty(B, T, H, K, **f32) if gid else None
     BKq, BVq = min(64, BK), min(64, launch.pow2(V))
+    dg = torch.empty(B, T, H, K if gid == 2 else launch.cdiv(K, BKq), **f32) if gid else None  # scalar: per K block
     fused = gid != 2  # steps 4 and 5 by one kernel, reading dW = -dv_new Sᵀ from the dqk kernel
     dw = torch.empty(B, T, H, K, device=dev, dtype=dt) if fused else None
     launch.fitted(
@@ -424,7 +424,7 @@ def backward_parts(
             WY_PAIR_HALF, **_opts("wy_pair", dev, dims),
         )  # fmt: skip
         if gid == 1:
-            dg = dg.sum(-1).contiguous()
+            dg = dg.sum(-1) if dg.shape[-1] > 1 else dg.view(B, T, H)
             launch.fitted(gla_intra.chunk_rc_add_kernel, (NS, 1, H), dG, dg, cu, info, H, 1, BT, 16, **_opts("rc", dev, dims))
     else:  # a gate per key dim: 4, then 5, the pairs of A = k kᵀ (gated), by 16-row blocks
         launch.fitted(

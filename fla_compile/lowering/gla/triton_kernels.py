@@ -411,7 +411,9 @@ def chunk_bwd_dqk_kernel(
     BONUS (rwkv6): q is gated by gq (the exclusive cumsum), so its terms enter the gate gradient of the
     steps strictly before it (a strict suffix sum); dA keeps its diagonal, the bonus's.
     DW (the delta line's fused WY backward): also dw = -dvn h^T [BT, BK] in dw's dtype, from the h tiles this
-    loop loads anyway (as FLA's dqkwg), so that kernel reads no chunk state."""
+    loop loads anyway (as FLA's dqkwg), so that kernel reads no chunk state.
+    dg, chunk-local: [B, T, H, K] for a gate per key dim; [B, T, H, NK] for a scalar gate (one column per K block
+    of the grid, summed by the caller)."""
     i_s, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
@@ -495,7 +497,15 @@ def chunk_bwd_dqk_kernel(
     p = (o_t * H + i_h)[:, None] * K + o_k[None, :]
     if DW:
         tl.store(dw + p, b_dw.to(dw.dtype.element_ty), mask=m_tk)
-    if GATE != 0:
+    if GATE == 1:
+        # one gate per step: the key columns summed first, so the scans below run over [BT] and not [BT, BK]
+        # (at K = 64 they held 255 registers and spilled), and dg is [B, T, H, NK], one column per K block
+        b_db1 = tl.sum(b_db, axis=1)
+        b_de1 = tl.sum(b_de, axis=1)
+        _, b_pre1 = tl.associative_scan((b_de1, tl.zeros_like(b_de1)), 0, _strict_prefix)
+        b_dg1 = tl.cumsum(b_db1, axis=0, reverse=True) + b_pre1 + tl.sum(b_ds, axis=0)
+        tl.store(dg + (o_t * H + i_h) * tl.num_programs(1) + i_k, b_dg1, mask=m_t)
+    if GATE == 2:
         # suffix and strict prefix sums as scans: a cumsum minus the element itself would lose a small
         # sum next to a large element, so the strict prefix is a scan of its own (_strict_prefix)
         _, b_pre = tl.associative_scan((b_de, tl.zeros_like(b_de)), 0, _strict_prefix)

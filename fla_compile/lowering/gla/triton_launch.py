@@ -358,8 +358,9 @@ def chunk_backward(
     dq = _empty((B, T, H, K), v.device, in_dtypes[0] if final else torch.float32)
     dk = _empty(dq.shape, v.device, in_dtypes[1] if final else torch.float32)
     dA = _empty((B, T, H, BT), v.device, torch.float32) if gid == 2 else ht
-    dg = _empty((B, T, H, K), v.device, torch.float32) if gid != 0 else None  # per key dim, chunk-local
     BK, BV = _tile(cfg, "dqk", K, V)
+    # chunk-local; a scalar gate's has one column per K block of the grid (the kernel sums the keys)
+    dg = _empty((B, T, H, K if gid == 2 else launch.cdiv(K, BK)), v.device, torch.float32) if gid else None
     grid = (NS, launch.cdiv(K, BK), H)
     launch.fitted(
         kern.chunk_bwd_dqk_kernel, grid,
@@ -406,7 +407,7 @@ def chunk_backward(
             db, dg, cu, info, H, K, BT, BKr, *(() if u is None else (True,)), **_opts(cfg, "rc")
         )
     if gid == 1:
-        dg = dg.sum(-1)
+        dg = dg.sum(-1) if dg.shape[-1] > 1 else dg.view(B, T, H)
     if G > 1:  # GQA: sum the heads of each group, in a fixed order
         dq = dq.view(B, T, HK, G, K).sum(3)
         dk = dk.view(B, T, HK, G, K).sum(3)
