@@ -7,10 +7,10 @@ sequences, so packed batches of any length never re-tune). For a new key every c
 screened once, on a small problem, against the float64 torch reference and for bitwise
 determinism over two runs; only survivors are timed. Winners are written to
 ``$FLA_COMPILE_CACHE_DIR`` (default ``~/.cache/fla_compile``), so a second process tunes
-nothing. An arch table's ``by_dims`` section adjusts the first candidate for head
-dims where the shared winner loses (8-warp kernels on 64-wide tiles). An arch whose table is marked
-``"tuned": true`` ships measured winners as the first candidates: there a first call tunes nothing (``FLA_COMPILE_AUTOTUNE=1`` tunes anyway, ``tune``
-refreshes). No tuning happens inside CUDA-graph capture, on the CPU interpreter, or with
+nothing. An arch table's ``by_dims`` section adjusts the first candidate for head dims where
+the shared winner loses (8-warp kernels on 64-wide tiles). An arch whose table is marked
+``"tuned": true`` ships measured winners as the first candidates: there a first call tunes
+nothing (``FLA_COMPILE_AUTOTUNE=1`` tunes anyway, ``tune`` refreshes). No tuning happens inside CUDA-graph capture, on the CPU interpreter, or with
 ``FLA_COMPILE_AUTOTUNE=0``: those use the default. A key whose every candidate fails screening
 keeps the default, and nothing is written for it.
 

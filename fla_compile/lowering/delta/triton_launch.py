@@ -137,7 +137,7 @@ _DEFAULTS = {
     "kkt_solve": (4, 2),  # the WY solve kernel forming k kᵀ itself (FUSED_KKT)
 }
 OVERRIDES: dict = {}
-WY_PAIR_HALF = True  # the WY/pair backward's dN chain and pair dots on half operands, as FLA's; A/B in RESULTS (ninth session)
+WY_PAIR_HALF = True  # the WY/pair backward's dN chain and pair dots on half operands, as FLA's (RESULTS: 9th session)
 FUSED_KKT = False  # no gate / scalar gate: k kᵀ formed by the WY solve kernel, not by chunk_kkt_kernel (slower on H200)
 FUSED_A = True  # kda: k kᵀ and q kᵀ by one kernel in the forward (False: the GLA line's A kernel twice)
 WU_SPLIT = True  # W, U by full-chunk dots after a solve-only kernel (False: the solve kernel forms them by blocks)
