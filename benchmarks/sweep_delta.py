@@ -90,6 +90,16 @@ VARIANTS = [
     # FLA autotunes its fused kkt+solve kernel over 1, 2, 4 warps (and key blocks of 32 or 64): on 16x16 blocks one
     # warp may do, and fits more programs on an SM (H200, 2026-11-30: 2 warps 0.231 ms, 4 warps 0.292-0.340)
     ("kkt in solve w1 s1", {"FUSED_KKT": True, "kkt_solve": (1, 1)}),
+    # the solve's merge dots at the inputs' precision (tf32 for bf16 inputs, as FLA's solve_tril) instead of exact
+    # fp32 FMA loops: offline sm_90, solve-only at 2 warps 255 -> 166 registers, 4 warps 208 -> 128
+    ("solve merges tf32", {"SOLVE_MERGE_TF32": True}),
+    ("solve merges tf32 w4", {"SOLVE_MERGE_TF32": True, "solve": (4, 1)}),
+    ("solve merges tf32 w1", {"SOLVE_MERGE_TF32": True, "solve": (1, 1)}),
+    # k kᵀ in the solve with every block in registers (no scratch round trip), tf32 merges: FLA's fused kernel;
+    # offline sm_90 180 registers at 1, 2, 4 warps (no gate), 218-244 (scalar gate)
+    ("kkt regs tf32 w2", {"FUSED_KKT": True, "ROW_LOADS": False, "SOLVE_MERGE_TF32": True, "kkt_solve": (2, 1)}),
+    ("kkt regs tf32 w1", {"FUSED_KKT": True, "ROW_LOADS": False, "SOLVE_MERGE_TF32": True, "kkt_solve": (1, 1)}),
+    ("kkt regs tf32 w4", {"FUSED_KKT": True, "ROW_LOADS": False, "SOLVE_MERGE_TF32": True, "kkt_solve": (4, 1)}),
 ]
 
 

@@ -347,18 +347,39 @@ def _case_beta_two(family, BT, cu_lens=None, near_two=True):
     return _kernels_vs_fp64(family, BT, *_pack(cu_lens, q, k, v, beta, g, h0), seed=4)[0]
 
 
-def _case_fused_kkt(family, BT, T=70, cu_lens=None, gate_scale=2.0, K=16):
+def _case_fused_kkt(family, BT, T=70, cu_lens=None, gate_scale=2.0, K=16, row_loads=True):
     """k kᵀ formed by the WY solve kernel (``FUSED_KKT``) against ``chunk_kkt_kernel``'s A: forward and gradients
     (the backward recomputes the forward's parts with it) against fp64 and against the other path. Full and
     partial chunks, packed sequences, GQA, a key dim under its block, gates of -20 per step (whose in-chunk
-    cumsums overflow e^{G_i - G_j} wherever a token past the sequence is not masked)."""
+    cumsums overflow e^{G_i - G_j} wherever a token past the sequence is not masked). ``row_loads=False``: its
+    diagonal blocks kept in registers too (no scratch round trip)."""
     q, k, v, beta, g, h0 = make(family, B=1, T=T, K=K, V=16, gate_scale=gate_scale)
     xs = _pack(cu_lens, q, k, v, beta, g, h0)
-    with _switched("FUSED_KKT", True):
+    with _switched("FUSED_KKT", True), _switched("ROW_LOADS", row_loads):
         out, fused = _kernels_vs_fp64(family, BT, *xs)
     with _switched("FUSED_KKT", False):
         _, two_kernels = _kernels_vs_fp64(family, BT, *xs)
     out.update({f"{n}_vs_kkt_kernel": rel(x, y) for n, x, y in zip(_NAMES, fused, two_kernels) if x is not None})
+    return out
+
+
+def _case_solve_merge_tf32(family, BT, dtype, cu_lens=None, T=70):
+    """``SOLVE_MERGE_TF32``: the solve's merge dots at the inputs' precision ("tf32" for half inputs, "ieee" for
+    fp32 ones at torch's default "highest"). fp32: bitwise the exact path. Half: forward and gradients within
+    half's accuracy of the fp64 reference of the same (rounded) inputs."""
+    q, k, v, beta, g, h0 = make(family, B=1, T=T, K=16, V=16)
+    q, k, v, beta = (x.to(dtype).float() for x in (q, k, v, beta))  # the half-rounded values, for the reference
+    xs = _pack(cu_lens, q, k, v, beta, g, h0)
+    halves = [x.to(dtype) if i < 4 else x for i, x in enumerate(xs)]
+    with _switched("SOLVE_MERGE_TF32", True):
+        got = _kernels_vs_fp64(family, BT, *(halves if dtype != torch.float32 else xs))
+    out = got[0]
+    if dtype == torch.float32:
+        with _switched("SOLVE_MERGE_TF32", False):
+            exact = _kernels_vs_fp64(family, BT, *xs)[1]
+        out["differs_from_exact"] = float(any(a is not None and not torch.equal(a, b) for a, b in zip(got[1], exact)))
+    else:
+        out["tol"] = 2e-2
     return out
 
 
@@ -504,6 +525,12 @@ INTERPRETER_CASES = {
     "kkt-fused-delta-BT64": (_case_fused_kkt, ("delta_rule", 64)),
     "kkt-fused-gdn-BT32-varlen-strong": (_case_fused_kkt, ("gated_delta_rule", 32, 70, [5, 0, 46, 19], 20.0)),
     "kkt-fused-gdn-BT16-K20": (_case_fused_kkt, ("gated_delta_rule", 16, 37, None, 2.0, 20)),
+    "kkt-fused-registers-delta-BT64": (_case_fused_kkt, ("delta_rule", 64, 70, None, 2.0, 16, False)),
+    "kkt-fused-registers-gdn-BT32-varlen-strong": (
+        _case_fused_kkt, ("gated_delta_rule", 32, 70, [5, 0, 46, 19], 20.0, 16, False)
+    ),
+    "solve-merge-tf32-gdn-fp32": (_case_solve_merge_tf32, ("gated_delta_rule", 64, torch.float32)),
+    "solve-merge-tf32-delta-fp16-varlen": (_case_solve_merge_tf32, ("delta_rule", 64, torch.float16, [5, 0, 46, 19])),
     "saved-gdn": (_case_saved_parts, ("gated_delta_rule",)),
     "saved-kda": (_case_saved_parts, ("kda",)),
     "l2norm-fused-gdn": (_case_fused_l2norm, ("gated_delta_rule",)),
@@ -714,18 +741,29 @@ def test_gpu_full_chunks_bf16_vs_fp64(family, T, K):
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("switch,value", [("FUSED_KKT", True), ("WY_PAIR_HALF", False)])
+@pytest.mark.parametrize(
+    "switches",
+    [
+        {"FUSED_KKT": True},
+        {"WY_PAIR_HALF": False},
+        {"SOLVE_MERGE_TF32": True},
+        {"FUSED_KKT": True, "ROW_LOADS": False, "SOLVE_MERGE_TF32": True},
+    ],
+    ids=["fused_kkt", "wy_pair_fp32", "merge_tf32", "kkt_regs_tf32"],
+)
 @pytest.mark.parametrize("family", ["delta_rule", "gated_delta_rule"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("T", [256, 300])
-def test_gpu_switch_flipped_vs_fp64(switch, value, family, dtype, tol, T, monkeypatch):
+def test_gpu_switch_flipped_vs_fp64(switches, family, dtype, tol, T, monkeypatch):
     """A kernel switch set against its default (``FUSED_KKT`` on: k kᵀ in the solve kernel, slower on the H200;
-    ``WY_PAIR_HALF`` off: fp32 operands in the WY/pair backward), so the path users can still pick stays right:
-    K = V = 128 against fp64, full chunks only (T = 256, where Triton 3.4-3.7 miscompiles 4-warp WY kernels on
+    ``WY_PAIR_HALF`` off: fp32 operands in the WY/pair backward; ``SOLVE_MERGE_TF32`` on: the solve's merge dots
+    in tf32 for half inputs; with ``ROW_LOADS`` off as well: FLA's fused solve), so the paths users can pick stay
+    right: K = V = 128 against fp64, full chunks only (T = 256, where Triton 3.4-3.7 miscompiles 4-warp WY kernels on
     Hopper) and a partial one, then bitwise repeatable."""
     from fla_compile.lowering.delta import triton_launch as DT
 
-    monkeypatch.setattr(DT, switch, value)
+    for switch, value in switches.items():
+        monkeypatch.setattr(DT, switch, value)
     test_gpu_chunk_vs_fp64(family, dtype, tol, 1.0, K=128, V=128, T=T)
     _assert_bitwise_repeat(family, 2, T=T, K=128, V=128, dtype=dtype)
 

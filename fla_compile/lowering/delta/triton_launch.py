@@ -143,6 +143,7 @@ FUSED_A = True  # kda: k kᵀ and q kᵀ by one kernel in the forward (False: th
 WU_SPLIT = True  # W, U by full-chunk dots after a solve-only kernel (False: the solve kernel forms them by blocks)
 KG = True  # kda: the state pass reads keys decayed once by the W/U kernel (False: decays them per V block)
 ROW_LOADS = True  # the solve's substitution loads each row of N (False: picks it out of the tile, a second reduction)
+SOLVE_MERGE_TF32 = False  # the solve's merge dots at the inputs' precision (tf32 for half inputs, as FLA's; A/B next)
 FUSED_L2NORM = True  # use_qk_l2norm by triton_l2norm's two kernels (False: the torch ops); A/B in RESULTS (seventh+eighth sessions)
 
 
@@ -298,6 +299,7 @@ def forward_parts(
                 ROW_LOADS,
                 kkt,
                 min(64, BK),
+                prec if SOLVE_MERGE_TF32 else "ieee",
                 **_opts("kkt_solve" if kkt else "solve", dev, dims),
             )
         launch.fitted(
@@ -309,7 +311,7 @@ def forward_parts(
         launch.fitted(
             kw.chunk_wy_kernel, (NS, H),
             k, v, beta, gcp, A, X, w, u, cu, info, H, G, K, V, BT, min(64, BK), min(64, launch.pow2(V)), gid, load_x,
-            prec, False, ROW_LOADS, kkt, min(64, BK), **_opts("wy", dev, dims),
+            prec, False, ROW_LOADS, kkt, min(64, BK), prec if SOLVE_MERGE_TF32 else "ieee", **_opts("wy", dev, dims),
         )  # fmt: skip
     h = torch.empty(NS, H, K, V, device=dev, dtype=dt)
     vn = torch.empty(B, T, H, V, device=dev, dtype=dt)

@@ -123,6 +123,13 @@ def _beta_rows(b_A, beta, t0, eos, i_h, H: tl.constexpr, r: tl.constexpr):
 
 
 @triton.jit
+def _strict16(b_N):
+    """The strictly lower part of a [16, 16] block (a diagonal block of N = diag(b) strict(A))."""
+    o_c = tl.arange(0, 16)
+    return tl.where(o_c[:, None] > o_c[None, :], b_N, 0)
+
+
+@triton.jit
 def _inverse16(b_N):
     """(I + N)^{-1} of a strictly lower [16, 16] N: X_i = -N_i - sum_{j<i} N_ij X_j, one row per step."""
     o_c = tl.arange(0, 16)
@@ -248,13 +255,17 @@ def chunk_wy_kernel(
     ROW_LOADS: tl.constexpr = True,
     KKT: tl.constexpr = False,
     BKA: tl.constexpr = 64,
+    MERGE_PREC: tl.constexpr = "ieee",
 ):
     """X = (I + diag(b) strict(A))^{-1} (or X read back when LOAD_X), W = X (b e^G k), U = X (b v); BT in 16, 32, 64.
 
     With SOLVE_ONLY only X is written (``chunk_wu_kernel`` then forms W and U with full-chunk dots). With KKT (no
     gate or a scalar one) A is not read but formed here, as its ten [16, 16] blocks in registers over key blocks of
     BKA, instead of by ``chunk_kkt_kernel`` (which writes all of A in fp32 for this kernel to read back): only the
-    four diagonal blocks go through memory (``A`` as scratch), for the row loads of their forward substitution."""
+    four diagonal blocks go through memory (``A`` as scratch), for the row loads of their forward substitution;
+    with KKT and not ROW_LOADS they stay in registers too (rows picked out of the tile, as FLA's fused kernel).
+    MERGE_PREC: the precision of the dots merging the inverted diagonal blocks ("ieee" exact; the inputs' "tf32"
+    for half inputs, whose X is stored in half anyway, as FLA's)."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
     i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
@@ -307,59 +318,79 @@ def chunk_wy_kernel(
                     A31 = tl.dot(k3, c1, A31, input_precision=PREC)
                     A32 = tl.dot(k3, c2, A32, input_precision=PREC)
                     A33 = tl.dot(k3, c3, A33, input_precision=PREC)
-            # the diagonal blocks through memory (this program's rows of A only), the rest stays here
-            _store16(A, _gated16(A00, gc, t0, eos, i_h, H, 0, 0, GATE), t0, eos, i_h, H, BT, 0, 0)
+            if ROW_LOADS:  # the diagonal blocks through memory (this program's rows of A only), the rest stays here
+                _store16(A, _gated16(A00, gc, t0, eos, i_h, H, 0, 0, GATE), t0, eos, i_h, H, BT, 0, 0)
+            else:  # all in registers: N's diagonal blocks, strictly lower
+                D0 = _strict16(_beta_rows(_gated16(A00, gc, t0, eos, i_h, H, 0, 0, GATE), beta, t0, eos, i_h, H, 0))
             if BT // 16 > 1:
-                _store16(A, _gated16(A11, gc, t0, eos, i_h, H, 1, 1, GATE), t0, eos, i_h, H, BT, 1, 1)
+                if ROW_LOADS:
+                    _store16(A, _gated16(A11, gc, t0, eos, i_h, H, 1, 1, GATE), t0, eos, i_h, H, BT, 1, 1)
+                else:
+                    D1 = _strict16(_beta_rows(_gated16(A11, gc, t0, eos, i_h, H, 1, 1, GATE), beta, t0, eos, i_h, H, 1))
                 N10 = _beta_rows(_gated16(A10, gc, t0, eos, i_h, H, 1, 0, GATE), beta, t0, eos, i_h, H, 1)
             if BT // 16 > 2:
-                _store16(A, _gated16(A22, gc, t0, eos, i_h, H, 2, 2, GATE), t0, eos, i_h, H, BT, 2, 2)
+                if ROW_LOADS:
+                    _store16(A, _gated16(A22, gc, t0, eos, i_h, H, 2, 2, GATE), t0, eos, i_h, H, BT, 2, 2)
+                else:
+                    D2 = _strict16(_beta_rows(_gated16(A22, gc, t0, eos, i_h, H, 2, 2, GATE), beta, t0, eos, i_h, H, 2))
                 N20 = _beta_rows(_gated16(A20, gc, t0, eos, i_h, H, 2, 0, GATE), beta, t0, eos, i_h, H, 2)
                 N21 = _beta_rows(_gated16(A21, gc, t0, eos, i_h, H, 2, 1, GATE), beta, t0, eos, i_h, H, 2)
             if BT // 16 > 3:
-                _store16(A, _gated16(A33, gc, t0, eos, i_h, H, 3, 3, GATE), t0, eos, i_h, H, BT, 3, 3)
+                if ROW_LOADS:
+                    _store16(A, _gated16(A33, gc, t0, eos, i_h, H, 3, 3, GATE), t0, eos, i_h, H, BT, 3, 3)
+                else:
+                    D3 = _strict16(_beta_rows(_gated16(A33, gc, t0, eos, i_h, H, 3, 3, GATE), beta, t0, eos, i_h, H, 3))
                 N30 = _beta_rows(_gated16(A30, gc, t0, eos, i_h, H, 3, 0, GATE), beta, t0, eos, i_h, H, 3)
                 N31 = _beta_rows(_gated16(A31, gc, t0, eos, i_h, H, 3, 1, GATE), beta, t0, eos, i_h, H, 3)
                 N32 = _beta_rows(_gated16(A32, gc, t0, eos, i_h, H, 3, 2, GATE), beta, t0, eos, i_h, H, 3)
-            tl.debug_barrier()  # the stores above visible to every thread's row loads below
+            if ROW_LOADS:
+                tl.debug_barrier()  # the stores above visible to every thread's row loads below
         if ROW_LOADS:
             X00 = _inverse16_rows(A, beta, t0, eos, i_h, H, BT, 0)
+        elif KKT:
+            X00 = _inverse16(D0)
         else:
             X00 = _inverse16(_block_N(A, beta, t0, eos, i_h, H, BT, 0, 0))
         if BT // 16 > 1:
             if ROW_LOADS:
                 X11 = _inverse16_rows(A, beta, t0, eos, i_h, H, BT, 1)
+            elif KKT:
+                X11 = _inverse16(D1)
             else:
                 X11 = _inverse16(_block_N(A, beta, t0, eos, i_h, H, BT, 1, 1))
             if not KKT:  # A's blocks loaded where used (not all at once: registers in the serial steps)
                 N10 = _block_N(A, beta, t0, eos, i_h, H, BT, 1, 0)
-            X10 = -tl.dot(X11, tl.dot(N10, X00, input_precision="ieee"), input_precision="ieee")
+            X10 = -tl.dot(X11, tl.dot(N10, X00, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
         if BT // 16 > 2:
             if ROW_LOADS:
                 X22 = _inverse16_rows(A, beta, t0, eos, i_h, H, BT, 2)
+            elif KKT:
+                X22 = _inverse16(D2)
             else:
                 X22 = _inverse16(_block_N(A, beta, t0, eos, i_h, H, BT, 2, 2))
             if not KKT:
                 N20 = _block_N(A, beta, t0, eos, i_h, H, BT, 2, 0)
                 N21 = _block_N(A, beta, t0, eos, i_h, H, BT, 2, 1)
-            X21 = -tl.dot(X22, tl.dot(N21, X11, input_precision="ieee"), input_precision="ieee")
-            b_s = tl.dot(N20, X00, input_precision="ieee") + tl.dot(N21, X10, input_precision="ieee")
-            X20 = -tl.dot(X22, b_s, input_precision="ieee")
+            X21 = -tl.dot(X22, tl.dot(N21, X11, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
+            b_s = tl.dot(N20, X00, input_precision=MERGE_PREC) + tl.dot(N21, X10, input_precision=MERGE_PREC)
+            X20 = -tl.dot(X22, b_s, input_precision=MERGE_PREC)
         if BT // 16 > 3:
             if ROW_LOADS:
                 X33 = _inverse16_rows(A, beta, t0, eos, i_h, H, BT, 3)
+            elif KKT:
+                X33 = _inverse16(D3)
             else:
                 X33 = _inverse16(_block_N(A, beta, t0, eos, i_h, H, BT, 3, 3))
             if not KKT:
                 N30 = _block_N(A, beta, t0, eos, i_h, H, BT, 3, 0)
                 N31 = _block_N(A, beta, t0, eos, i_h, H, BT, 3, 1)
                 N32 = _block_N(A, beta, t0, eos, i_h, H, BT, 3, 2)
-            X32 = -tl.dot(X33, tl.dot(N32, X22, input_precision="ieee"), input_precision="ieee")
-            b_s = tl.dot(N31, X11, input_precision="ieee") + tl.dot(N32, X21, input_precision="ieee")
-            X31 = -tl.dot(X33, b_s, input_precision="ieee")
-            b_s = tl.dot(N30, X00, input_precision="ieee") + tl.dot(N31, X10, input_precision="ieee")
-            b_s += tl.dot(N32, X20, input_precision="ieee")
-            X30 = -tl.dot(X33, b_s, input_precision="ieee")
+            X32 = -tl.dot(X33, tl.dot(N32, X22, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
+            b_s = tl.dot(N31, X11, input_precision=MERGE_PREC) + tl.dot(N32, X21, input_precision=MERGE_PREC)
+            X31 = -tl.dot(X33, b_s, input_precision=MERGE_PREC)
+            b_s = tl.dot(N30, X00, input_precision=MERGE_PREC) + tl.dot(N31, X10, input_precision=MERGE_PREC)
+            b_s += tl.dot(N32, X20, input_precision=MERGE_PREC)
+            X30 = -tl.dot(X33, b_s, input_precision=MERGE_PREC)
         # X in full (zeros above the diagonal blocks): the backward reads it back
         _store16(X, X00, t0, eos, i_h, H, BT, 0, 0)
         for c in tl.static_range(1, BT // 16):
