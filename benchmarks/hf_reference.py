@@ -1,10 +1,11 @@
 """transformers' own torch reference functions, eager against ``backend="fla"``, on one device.
 
-Issue 3's measurement: Qwen3-Next's ``torch_chunk_gated_delta_rule`` (and its recurrent
-twin at a short length) compiled with ``backend="fla"`` against the same function eager,
-at B=8, T=2048, H=16, D=128 fp32 by default. Prints what matched, the times and the error.
+Qwen3-Next's ``torch_chunk_gated_delta_rule`` compiled with ``backend="fla"`` and our op, against the same
+function eager, at B=8, T=2048, H=16, D=128 fp32 by default, under each of torch's fp32 matmul precisions (our
+fp32 dots follow it: "highest" exact, "high" tf32; so do eager's matmuls). Prints what matched, the times, the
+speed-up over eager at the same precision and at "highest", and every row's error against the function in fp64.
 
-    python benchmarks/hf_reference.py [--B 8 --T 2048 --H 16 --D 128] [--device cuda]
+    python benchmarks/hf_reference.py [--B 8 --T 2048 --H 16 --D 128] [--precisions highest,high] [--device cuda]
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def main(argv=None) -> int:
     p.add_argument("--H", type=int, default=16)
     p.add_argument("--D", type=int, default=128)
     p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--precisions", default="highest,high", help="torch.set_float32_matmul_precision modes, in turn")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args(argv)
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run from a checkout
@@ -48,6 +50,7 @@ def main(argv=None) -> int:
 
     import fla_compile
     import fla_compile.backend  # noqa: F401  (registers "fla" where the package is not pip-installed)
+    from fla_compile.reference import delta as delta_reference
 
     dev = a.device
     g = torch.Generator(device=dev).manual_seed(0)
@@ -70,22 +73,36 @@ def main(argv=None) -> int:
             q, k, v, gate, beta, use_qk_l2norm_in_kernel=True, output_final_state=True, scale=a.D**-0.5
         )
 
-    with torch.no_grad():
-        ref = eager()
-        out = compiled()
-        report = fla_compile.last_report()
-        err = max(((o - r).norm() / r.norm()).item() for o, r in zip(out, ref))
-        rows = [
-            (name, timed(fn, a.reps, dev)) for name, fn in [("eager", eager), ("backend='fla'", compiled), ("op", op)]
-        ]
+    def rel(outs, refs) -> float:
+        return max(((o.double() - r).norm() / r.norm()).item() for o, r in zip(outs, refs))
+
+    before = torch.get_float32_matmul_precision()
+    rows, matched = [], None
+    try:
+        with torch.no_grad():
+            # the recurrence step by step in fp64 (transformers' function casts its inputs to fp32 itself)
+            exact = delta_reference.gated_delta_rule(
+                q.double(), k.double(), v.double(), gate.double(), beta.double(), scale=a.D**-0.5,
+                output_final_state=True, use_qk_l2norm=True,
+            )  # fmt: skip
+            for mode in a.precisions.split(","):
+                torch.set_float32_matmul_precision(mode)
+                out = compiled()
+                matched = [m_.family for m_ in fla_compile.last_report().matches]
+                for name, fn in [("eager", eager), ("backend='fla'", compiled), ("op", op)]:
+                    rows.append((mode, name, timed(fn, a.reps, dev), rel(fn() if name != "backend='fla'" else out, exact)))
+    finally:
+        torch.set_float32_matmul_precision(before)
+    eager_ms = {mode: t for mode, name, t, _ in rows if name == "eager"}
+    base = eager_ms.get("highest", rows[0][2])
     name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
     print(f"{name} | torch {torch.__version__} | transformers {transformers.__version__}")
-    print(f"matched: {[m_.family for m_ in report.matches]}; rel err vs eager: {err:.2e}")
+    print(f"matched: {matched}")
     print(f"torch_chunk_gated_delta_rule, B={a.B} T={a.T} H={a.H} D={a.D} fp32, l2norm in kernel")
-    print("| what | ms | speed-up over eager |")
-    print("| --- | --- | --- |")
-    for n, t in rows:
-        print(f"| {n} | {t:.2f} | {rows[0][1] / t:.1f}x |")
+    print("| fp32 matmul precision | what | ms | eager (same precision) / this | eager (highest) / this | rel err vs fp64 |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for mode, n, t, err in rows:
+        print(f"| {mode} | {n} | {t:.2f} | {eager_ms[mode] / t:.1f}x | {base / t:.1f}x | {err:.1e} |")
     return 0
 
 
