@@ -10,7 +10,9 @@ Rows: our forward and forward+backward (the ``fla_compile.ops`` functions, autog
 flash-linear-attention 0.6.0 when importable, softmax attention (SDPA, causal), the memory floor
 of the forward (bytes of q, k, v, g, o over the measured device-copy bandwidth), the decode step
 at B=64 next to its floor (state read + write), and the first call in a fresh process with a cold
-and a warm tuning cache. Each row is measured in its own try/except: a failure is a row with the
+and a warm tuning cache. Next to each wall time, the summed kernel time of one call (torch.profiler;
+``--no-kernel-time`` skips it): the side-by-side table gives both ratios, since host time decides the wall
+time of small calls and moves with the machine. Each row is measured in its own try/except: a failure is a row with the
 error, never a lost table. With ``$OUT`` set, writes ``kernels.csv`` and ``kernels.md`` there
 (and ``sweep.csv`` / ``sweep.png`` with ``--sweep``).
 """
@@ -51,6 +53,21 @@ def bench(fn) -> float:
     import triton.testing
 
     return triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8])[0]
+
+
+def device_ms(fn, iters: int = 5) -> float:
+    """The summed CUDA kernel time of one call of ``fn`` (torch.profiler, mean over ``iters``): free of host time,
+    which at small shapes decides the wall time (FLA's forward moved up to 2.9x between H200 boxes with it)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    total = sum(e.device_time_total for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    return total / 1e3 / iters
 
 
 def copy_bandwidth() -> float:
@@ -115,18 +132,20 @@ def fwd_bwd(fn, xs):
     return step
 
 
-def time_fwd(get, family, shape):
+def time_fwd(get, family, shape, measure=None):
+    """A row's measurement of the forward: ``measure`` (default ``bench``, wall time; ``device_ms``: kernels)."""
+
     def run():
         fn, xs = get(family), inputs(family, *shape)
         with torch.no_grad():
-            return bench(lambda: fn(*xs))
+            return (measure or bench)(lambda: fn(*xs))
 
     return run
 
 
-def time_fwd_bwd(get, family, shape):
+def time_fwd_bwd(get, family, shape, measure=None):
     def run():
-        return bench(fwd_bwd(get(family), inputs(family, *shape, grad=True)))
+        return (measure or bench)(fwd_bwd(get(family), inputs(family, *shape, grad=True)))
 
     return run
 
@@ -197,6 +216,9 @@ def table(args) -> list[dict]:
             for who, get in impls:
                 row(rows, f"{who} {family} fwd", shape, time_fwd(get, family, (B, T, H, D)))
                 row(rows, f"{who} {family} fwd+bwd", shape, time_fwd_bwd(get, family, (B, T, H, D)))
+                if args.kernel_time:
+                    row(rows, f"{who} {family} fwd kernels", shape, time_fwd(get, family, (B, T, H, D), device_ms))
+                    row(rows, f"{who} {family} fwd+bwd kernels", shape, time_fwd_bwd(get, family, (B, T, H, D), device_ms))
             n_gate = {"gla": D, "simple_gla": 1, "gated_delta_rule": 1, "kda": D, "rwkv6": D}.get(family, 0)
             floor = (B * T * H * (3 * D * 2 + n_gate * 4 + D * 2)) / bw * 1e3  # q,k,v bf16, g fp32, o bf16
             rows.append(
@@ -307,17 +329,24 @@ def _is_number(value) -> bool:
 def side_by_side(rows) -> str:
     """Ours next to FLA per (op, shape) with ratio = FLA / ours (>= 1: ours faster), from the table's rows."""
     got = {(r["row"], r["shape"]): r for r in rows}
-    lines = ["| op | shape | ours ms | FLA ms | FLA / ours |", "| --- | --- | --- | --- | --- |"]
+    def ratio(fla, ours) -> str:
+        ok = fla is not None and ours is not None and _is_number(fla["value"]) and _is_number(ours["value"])
+        return f"{float(fla['value']) / float(ours['value']):.2f}" if ok else ""
+
+    lines = [
+        "| op | shape | ours ms | FLA ms | FLA / ours | FLA / ours, kernel time |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
-        if not r["row"].startswith("ours ") or r["unit"] != "ms" or "decode" in r["row"]:
+        if not r["row"].startswith("ours ") or r["unit"] != "ms" or "decode" in r["row"] or "kernels" in r["row"]:
             continue
         op = r["row"][len("ours ") :]
         fla = got.get((f"fla {op}", r["shape"]))
         if fla is None:
             continue
-        ratio = f"{float(fla['value']) / float(r['value']):.2f}" if _is_number(fla["value"]) and _is_number(r["value"]) else ""
+        kernels = ratio(got.get((f"fla {op} kernels", r["shape"])), got.get((f"ours {op} kernels", r["shape"])))
         fla_cell = fla["value"] or (fla["note"].split(":")[0] if fla["note"] else "")
-        lines.append(f"| {op} | {r['shape']} | {r['value']} | {fla_cell} | {ratio} |")
+        lines.append(f"| {op} | {r['shape']} | {r['value']} | {fla_cell} | {ratio(fla, r)} | {kernels} |")
     return "\n".join(lines)
 
 
@@ -397,6 +426,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="small shapes (smoke run)")
     p.add_argument("--shapes", default="", help="'B,T,H,D;B,T,H,D' instead of the issue shapes")
     p.add_argument("--no-first-call", action="store_true", help="skip the fresh-process first-call rows")
+    p.add_argument("--no-kernel-time", dest="kernel_time", action="store_false",
+                   help="skip the rows of summed kernel time (torch.profiler) next to the wall times")  # fmt: skip
     p.add_argument("--sweep", action="store_true", help="also time fwd+bwd against T, with a plot")
     p.add_argument("--sweep-only", action="store_true", help="the sweep alone (no side-by-side table)")
     p.add_argument("--sweep-T", default="512,1024,2048,4096,8192,16384,32768", help="the sweep's lengths")
