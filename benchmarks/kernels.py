@@ -20,6 +20,7 @@ error, never a lost table. With ``$OUT`` set, writes ``kernels.csv`` and ``kerne
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import datetime
 import os
@@ -55,9 +56,8 @@ def bench(fn) -> float:
     return triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8])[0]
 
 
-def device_ms(fn, iters: int = 5) -> float:
-    """The summed CUDA kernel time of one call of ``fn`` (torch.profiler, mean over ``iters``): free of host time,
-    which at small shapes decides the wall time (FLA's forward moved up to 2.9x between H200 boxes with it)."""
+def kernel_table(fn, iters: int = 3) -> list[tuple[str, int, float]]:
+    """(kernel name, calls per iteration, mean ms per iteration) of the CUDA kernels ``fn`` launches."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()
@@ -66,8 +66,19 @@ def device_ms(fn, iters: int = 5) -> float:
         for _ in range(iters):
             fn()
         torch.cuda.synchronize()
-    total = sum(e.device_time_total for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
-    return total / 1e3 / iters
+    acc: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            acc[e.name][0] += 1
+            acc[e.name][1] += e.device_time_total / 1e3
+    rows = [(n[:70], int(c / iters), t / iters) for n, (c, t) in acc.items()]
+    return sorted(rows, key=lambda r: -r[2])
+
+
+def device_ms(fn, iters: int = 5) -> float:
+    """The summed CUDA kernel time of one call of ``fn`` (mean over ``iters``): free of host time, which at small
+    shapes decides the wall time (FLA's forward moved up to 2.9x between H200 boxes with it)."""
+    return sum(ms for _, _, ms in kernel_table(fn, iters))
 
 
 def copy_bandwidth() -> float:

@@ -13,7 +13,6 @@ at a small shape (fresh random inputs, outputs poisoned). Writes ``profile.md`` 
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 import pathlib
 import sys
@@ -23,7 +22,7 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from kernels import DELTA, bench, fla_op, fwd_bwd, inputs, ours  # noqa: E402
+from kernels import DELTA, bench, fla_op, fwd_bwd, inputs, kernel_table, ours  # noqa: E402
 
 LINES: list[str] = []
 
@@ -31,25 +30,6 @@ LINES: list[str] = []
 def say(s: str = "") -> None:
     print(s, flush=True)
     LINES.append(s)
-
-
-def kernel_table(fn, iters: int = 3) -> list[tuple[str, int, float]]:
-    """(kernel name, calls per iteration, mean ms per iteration) of the CUDA kernels ``fn`` launches."""
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            fn()
-        torch.cuda.synchronize()
-    acc: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
-    for e in prof.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA:
-            acc[e.name][0] += 1
-            acc[e.name][1] += e.device_time_total / 1e3
-    rows = [(n[:70], int(c / iters), t / iters) for n, (c, t) in acc.items()]
-    return sorted(rows, key=lambda r: -r[2])
 
 
 def triton_metadata() -> list[str]:

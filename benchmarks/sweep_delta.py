@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from kernels import bench, fwd_bwd, inputs, ours  # noqa: E402
-from profile_ops import kernel_table, triton_metadata  # noqa: E402
+from kernels import bench, fwd_bwd, inputs, kernel_table, ours  # noqa: E402
+from profile_ops import triton_metadata  # noqa: E402
 
 VARIANTS = [
     ("shipped", {}),
