@@ -455,6 +455,8 @@ def chunk_bwd_dqk_kernel(
             b_dw -= tl.dot(b_dvn, b_ht, input_precision=PREC)
         if GATE != 0:
             b_hdh += tl.sum(b_ht.to(tl.float32) * b_dht.to(tl.float32), axis=0)
+    if DW:  # stored now: its accumulator is not live through the gate gradient below (registers, spills)
+        tl.store(dw + (o_t * H + i_h)[:, None] * K + o_k[None, :], b_dw.to(dw.dtype.element_ty), mask=m_tk)
     b_dA = tl.where(m_A, b_dA, 0)
     # [BT, BK]
     b_q = tl.load(q + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
@@ -495,8 +497,6 @@ def chunk_bwd_dqk_kernel(
         if i_k == 0:  # the intra-chunk part is added by chunk_gla_bwd_intra_kernel, from dA
             tl.store(dA + (o_t * H + i_h)[:, None] * BT + o_i[None, :], b_dA, mask=m_t[:, None])
     p = (o_t * H + i_h)[:, None] * K + o_k[None, :]
-    if DW:
-        tl.store(dw + p, b_dw.to(dw.dtype.element_ty), mask=m_tk)
     if GATE == 1:
         # one gate per step: the key columns summed first, so the scans below run over [BT] and not [BT, BK]
         # (at K = 64 they held 255 registers and spilled), and dg is [B, T, H, NK], one column per K block
