@@ -242,6 +242,7 @@ def forward_parts(
         )
     gcp = gc if gc is not None else beta  # a placeholder pointer: never read without a gate
     if X is None:
+        merge_prec = prec if SOLVE_MERGE_TF32 else "ieee"  # the solve's merge dots
         A = torch.empty(B, T, H, BT, **f32)
         if gid == 2 and FUSED_A and Aqk is None:  # k kᵀ and q kᵀ in one pass
             NC = BT // 16
@@ -299,7 +300,7 @@ def forward_parts(
                 ROW_LOADS,
                 kkt,
                 min(64, BK),
-                prec if SOLVE_MERGE_TF32 else "ieee",
+                merge_prec,
                 **_opts("kkt_solve" if kkt else "solve", dev, dims),
             )
         launch.fitted(
@@ -311,7 +312,7 @@ def forward_parts(
         launch.fitted(
             kw.chunk_wy_kernel, (NS, H),
             k, v, beta, gcp, A, X, w, u, cu, info, H, G, K, V, BT, min(64, BK), min(64, launch.pow2(V)), gid, load_x,
-            prec, False, ROW_LOADS, kkt, min(64, BK), prec if SOLVE_MERGE_TF32 else "ieee", **_opts("wy", dev, dims),
+            prec, False, ROW_LOADS, kkt, min(64, BK), merge_prec, **_opts("wy", dev, dims),
         )  # fmt: skip
     h = torch.empty(NS, H, K, V, device=dev, dtype=dt)
     vn = torch.empty(B, T, H, V, device=dev, dtype=dt)

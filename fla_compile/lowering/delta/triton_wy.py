@@ -130,6 +130,34 @@ def _strict16(b_N):
 
 
 @triton.jit
+def _diag_kkt(A, b_A, gc, beta, t0, eos, i_h, H: tl.constexpr, BT: tl.constexpr, r: tl.constexpr,
+              GATE: tl.constexpr, ROW_LOADS: tl.constexpr):
+    """Diagonal block r of k kᵀ formed in registers (KKT): gated and stored to the scratch ``A`` for the row loads
+    (ROW_LOADS; zeros returned), else returned as N's block, diag(b) strictly lower, for ``_diag_inverse``."""
+    b_G = _gated16(b_A, gc, t0, eos, i_h, H, r, r, GATE)
+    if ROW_LOADS:
+        _store16(A, b_G, t0, eos, i_h, H, BT, r, r)
+        b_D = tl.zeros([16, 16], dtype=tl.float32)
+    else:
+        b_D = _strict16(_beta_rows(b_G, beta, t0, eos, i_h, H, r))
+    return b_D
+
+
+@triton.jit
+def _diag_inverse(A, b_D, beta, t0, eos, i_h, H: tl.constexpr, BT: tl.constexpr, r: tl.constexpr,
+                  ROW_LOADS: tl.constexpr, KKT: tl.constexpr):
+    """(I + N_rr)^{-1}: N's rows loaded from A (ROW_LOADS), or its block in registers (``_diag_kkt``'s, KKT), or
+    the block loaded whole from A."""
+    if ROW_LOADS:
+        b_X = _inverse16_rows(A, beta, t0, eos, i_h, H, BT, r)
+    elif KKT:
+        b_X = _inverse16(b_D)
+    else:
+        b_X = _inverse16(_block_N(A, beta, t0, eos, i_h, H, BT, r, r))
+    return b_X
+
+
+@triton.jit
 def _inverse16(b_N):
     """(I + N)^{-1} of a strictly lower [16, 16] N: X_i = -N_i - sum_{j<i} N_ij X_j, one row per step."""
     o_c = tl.arange(0, 16)
@@ -292,6 +320,7 @@ def chunk_wy_kernel(
             X33 = _rows(X + 48, t0, eos, i_h, H, BT, 3, o16, m16).to(tl.float32)
     else:
         N10, N20, N21, N30, N31, N32 = z, z, z, z, z, z
+        D0, D1, D2, D3 = z, z, z, z  # N's diagonal blocks in registers (KKT without ROW_LOADS)
         if KKT:
             A00, A10, A11, A20, A21, A22, A30, A31, A32, A33 = z, z, z, z, z, z, z, z, z, z
             for i_k in range(0, tl.cdiv(K, BKA)):
@@ -318,56 +347,30 @@ def chunk_wy_kernel(
                     A31 = tl.dot(k3, c1, A31, input_precision=PREC)
                     A32 = tl.dot(k3, c2, A32, input_precision=PREC)
                     A33 = tl.dot(k3, c3, A33, input_precision=PREC)
-            if ROW_LOADS:  # the diagonal blocks through memory (this program's rows of A only), the rest stays here
-                _store16(A, _gated16(A00, gc, t0, eos, i_h, H, 0, 0, GATE), t0, eos, i_h, H, BT, 0, 0)
-            else:  # all in registers: N's diagonal blocks, strictly lower
-                D0 = _strict16(_beta_rows(_gated16(A00, gc, t0, eos, i_h, H, 0, 0, GATE), beta, t0, eos, i_h, H, 0))
+            # the diagonal blocks through memory for the row loads (this program's rows of A only), or kept here
+            D0 = _diag_kkt(A, A00, gc, beta, t0, eos, i_h, H, BT, 0, GATE, ROW_LOADS)
             if BT // 16 > 1:
-                if ROW_LOADS:
-                    _store16(A, _gated16(A11, gc, t0, eos, i_h, H, 1, 1, GATE), t0, eos, i_h, H, BT, 1, 1)
-                else:
-                    D1 = _strict16(_beta_rows(_gated16(A11, gc, t0, eos, i_h, H, 1, 1, GATE), beta, t0, eos, i_h, H, 1))
+                D1 = _diag_kkt(A, A11, gc, beta, t0, eos, i_h, H, BT, 1, GATE, ROW_LOADS)
                 N10 = _beta_rows(_gated16(A10, gc, t0, eos, i_h, H, 1, 0, GATE), beta, t0, eos, i_h, H, 1)
             if BT // 16 > 2:
-                if ROW_LOADS:
-                    _store16(A, _gated16(A22, gc, t0, eos, i_h, H, 2, 2, GATE), t0, eos, i_h, H, BT, 2, 2)
-                else:
-                    D2 = _strict16(_beta_rows(_gated16(A22, gc, t0, eos, i_h, H, 2, 2, GATE), beta, t0, eos, i_h, H, 2))
+                D2 = _diag_kkt(A, A22, gc, beta, t0, eos, i_h, H, BT, 2, GATE, ROW_LOADS)
                 N20 = _beta_rows(_gated16(A20, gc, t0, eos, i_h, H, 2, 0, GATE), beta, t0, eos, i_h, H, 2)
                 N21 = _beta_rows(_gated16(A21, gc, t0, eos, i_h, H, 2, 1, GATE), beta, t0, eos, i_h, H, 2)
             if BT // 16 > 3:
-                if ROW_LOADS:
-                    _store16(A, _gated16(A33, gc, t0, eos, i_h, H, 3, 3, GATE), t0, eos, i_h, H, BT, 3, 3)
-                else:
-                    D3 = _strict16(_beta_rows(_gated16(A33, gc, t0, eos, i_h, H, 3, 3, GATE), beta, t0, eos, i_h, H, 3))
+                D3 = _diag_kkt(A, A33, gc, beta, t0, eos, i_h, H, BT, 3, GATE, ROW_LOADS)
                 N30 = _beta_rows(_gated16(A30, gc, t0, eos, i_h, H, 3, 0, GATE), beta, t0, eos, i_h, H, 3)
                 N31 = _beta_rows(_gated16(A31, gc, t0, eos, i_h, H, 3, 1, GATE), beta, t0, eos, i_h, H, 3)
                 N32 = _beta_rows(_gated16(A32, gc, t0, eos, i_h, H, 3, 2, GATE), beta, t0, eos, i_h, H, 3)
             if ROW_LOADS:
                 tl.debug_barrier()  # the stores above visible to every thread's row loads below
-        if ROW_LOADS:
-            X00 = _inverse16_rows(A, beta, t0, eos, i_h, H, BT, 0)
-        elif KKT:
-            X00 = _inverse16(D0)
-        else:
-            X00 = _inverse16(_block_N(A, beta, t0, eos, i_h, H, BT, 0, 0))
+        X00 = _diag_inverse(A, D0, beta, t0, eos, i_h, H, BT, 0, ROW_LOADS, KKT)
         if BT // 16 > 1:
-            if ROW_LOADS:
-                X11 = _inverse16_rows(A, beta, t0, eos, i_h, H, BT, 1)
-            elif KKT:
-                X11 = _inverse16(D1)
-            else:
-                X11 = _inverse16(_block_N(A, beta, t0, eos, i_h, H, BT, 1, 1))
+            X11 = _diag_inverse(A, D1, beta, t0, eos, i_h, H, BT, 1, ROW_LOADS, KKT)
             if not KKT:  # A's blocks loaded where used (not all at once: registers in the serial steps)
                 N10 = _block_N(A, beta, t0, eos, i_h, H, BT, 1, 0)
             X10 = -tl.dot(X11, tl.dot(N10, X00, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
         if BT // 16 > 2:
-            if ROW_LOADS:
-                X22 = _inverse16_rows(A, beta, t0, eos, i_h, H, BT, 2)
-            elif KKT:
-                X22 = _inverse16(D2)
-            else:
-                X22 = _inverse16(_block_N(A, beta, t0, eos, i_h, H, BT, 2, 2))
+            X22 = _diag_inverse(A, D2, beta, t0, eos, i_h, H, BT, 2, ROW_LOADS, KKT)
             if not KKT:
                 N20 = _block_N(A, beta, t0, eos, i_h, H, BT, 2, 0)
                 N21 = _block_N(A, beta, t0, eos, i_h, H, BT, 2, 1)
@@ -375,12 +378,7 @@ def chunk_wy_kernel(
             b_s = tl.dot(N20, X00, input_precision=MERGE_PREC) + tl.dot(N21, X10, input_precision=MERGE_PREC)
             X20 = -tl.dot(X22, b_s, input_precision=MERGE_PREC)
         if BT // 16 > 3:
-            if ROW_LOADS:
-                X33 = _inverse16_rows(A, beta, t0, eos, i_h, H, BT, 3)
-            elif KKT:
-                X33 = _inverse16(D3)
-            else:
-                X33 = _inverse16(_block_N(A, beta, t0, eos, i_h, H, BT, 3, 3))
+            X33 = _diag_inverse(A, D3, beta, t0, eos, i_h, H, BT, 3, ROW_LOADS, KKT)
             if not KKT:
                 N30 = _block_N(A, beta, t0, eos, i_h, H, BT, 3, 0)
                 N31 = _block_N(A, beta, t0, eos, i_h, H, BT, 3, 1)
