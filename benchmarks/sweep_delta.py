@@ -75,31 +75,25 @@ VARIANTS = [
     ("wy+pair w8 s1", {"wy_pair": (8, 1)}),  # offline sm_90: no spill at 8 warps
     # the dqk kernel's dW accumulator: 185 -> 255 registers at 4 warps without a gate (offline sm_90)
     ("dqk w8", {"dqk": (8, 2)}),
-    # no gate / a scalar gate: k kᵀ formed by the WY solve kernel (its ten 16x16 blocks in registers, only the
-    # diagonal ones through memory) instead of chunk_kkt_kernel writing all of A in fp32 for it to read back, as
-    # FLA's gated forward does (its gated forward 0.451 ms against its delta_rule forward's 0.519 on the H200)
     # the WY/pair backward's dN chain and pair dots on bf16 operands (FLA's choice) instead of fp32 (tf32): offline
     # sm_90 at 4 warps 255 registers + 20 B spill -> 224, no spill (no gate)
     ("wy+pair fp32 dots", {"WY_PAIR_HALF": False}),
     ("wy+pair half w8", {"WY_PAIR_HALF": True, "wy_pair": (8, 1)}),
     ("wy+pair half w4 s2", {"WY_PAIR_HALF": True, "wy_pair": (4, 2)}),
-    ("kkt in solve", {"FUSED_KKT": True}),
-    ("kkt in solve w2 s1", {"FUSED_KKT": True, "kkt_solve": (2, 1)}),
-    ("kkt in solve w4 s1", {"FUSED_KKT": True, "kkt_solve": (4, 1)}),
-    ("kkt in solve w8 s2", {"FUSED_KKT": True, "kkt_solve": (8, 2)}),
-    # FLA autotunes its fused kkt+solve kernel over 1, 2, 4 warps (and key blocks of 32 or 64): on 16x16 blocks one
-    # warp may do, and fits more programs on an SM (H200, 2026-11-30: 2 warps 0.231 ms, 4 warps 0.292-0.340)
-    ("kkt in solve w1 s1", {"FUSED_KKT": True, "kkt_solve": (1, 1)}),
-    # the solve's merge dots at the inputs' precision (tf32 for bf16 inputs, as FLA's solve_tril) instead of exact
-    # fp32 FMA loops: offline sm_90, solve-only at 2 warps 255 -> 166 registers, 4 warps 208 -> 128
-    ("solve merges tf32", {"SOLVE_MERGE_TF32": True}),
-    ("solve merges tf32 w4", {"SOLVE_MERGE_TF32": True, "solve": (4, 1)}),
-    ("solve merges tf32 w1", {"SOLVE_MERGE_TF32": True, "solve": (1, 1)}),
-    # k kᵀ in the solve with every block in registers (no scratch round trip), tf32 merges: FLA's fused kernel;
-    # offline sm_90 180 registers at 1, 2, 4 warps (no gate), 218-244 (scalar gate)
-    ("kkt regs tf32 w2", {"FUSED_KKT": True, "ROW_LOADS": False, "SOLVE_MERGE_TF32": True, "kkt_solve": (2, 1)}),
-    ("kkt regs tf32 w1", {"FUSED_KKT": True, "ROW_LOADS": False, "SOLVE_MERGE_TF32": True, "kkt_solve": (1, 1)}),
-    ("kkt regs tf32 w4", {"FUSED_KKT": True, "ROW_LOADS": False, "SOLVE_MERGE_TF32": True, "kkt_solve": (4, 1)}),
+    # no gate / a scalar gate: shipped (2026-12-01), k kᵀ formed by the WY solve kernel with its ten 16x16 blocks in
+    # registers, as FLA's fused kkt+solve, on 1 warp, the merge dots tf32 for half inputs. H200, B=8 T=2048 H=16
+    # D=128 bf16, gated_delta_rule forward kernels: kkt 0.044 + solve 0.173 ms (the variant "two kernels, exact
+    # merges") -> 0.102; at 2 warps 0.186, 4 warps 0.364; the diagonal blocks through a scratch A instead 0.231-0.399
+    ("kkt in solve w2", {"kkt_solve": (2, 1)}),
+    ("kkt in solve w4", {"kkt_solve": (4, 1)}),
+    ("kkt in solve exact merges", {"SOLVE_MERGE_TF32": False}),
+    # chunk_kkt_kernel writing A in fp32 for the solve kernel to read back (kda's path): merges tf32 0.164 ms for
+    # the solve, exact (offline sm_90 at 2 warps 255 registers, tf32 166) 0.173
+    ("two kernels", {"FUSED_KKT": False}),
+    ("two kernels, exact merges", {"FUSED_KKT": False, "SOLVE_MERGE_TF32": False}),
+    ("two kernels w1", {"FUSED_KKT": False, "solve": (1, 1)}),
+    ("two kernels w4", {"FUSED_KKT": False, "solve": (4, 1)}),
+    ("solve merges exact", {"SOLVE_MERGE_TF32": False}),  # kda: its two-kernel solve with exact merges
 ]
 
 

@@ -324,15 +324,16 @@ def _case_half(family):
 
 
 def _case_solve_row_loads(family, BT, T=70, cu_lens=None):
-    """The solve's substitution with each row of N loaded (``ROW_LOADS``) against picked out of the tile:
-    the same arithmetic, so the same outputs; both against fp64. Full and partial chunks, packed sequences."""
+    """The two-kernel solve's substitution (``FUSED_KKT`` off, as kda's) with each row of N loaded (``ROW_LOADS``)
+    against picked out of the tile: the same arithmetic, so the same outputs; both against fp64. Full and partial
+    chunks, packed sequences."""
     from fla_compile.lowering.delta import triton_launch as DT
 
     q, k, v, beta, g, h0 = make(family, B=1, T=T, K=16, V=16)
     q, k, v, beta, g, h0, cu = _pack(cu_lens, q, k, v, beta, g, h0)
     outs = []
     for row_loads in (True, False):
-        with _switched("ROW_LOADS", row_loads):
+        with _switched("FUSED_KKT", False), _switched("ROW_LOADS", row_loads):
             outs.append(DT.chunk_forward(q, k, v, beta, g, FAMILY_GATE[family], 0.3, h0, cu, chunk_size=BT))
     (o, ht), (o2, ht2) = outs
     ro, rs, _ = torch_grads(family, q, k, v, beta, g, h0, torch.zeros_like(o), torch.zeros_like(ht), 0.3, cu)
@@ -347,15 +348,14 @@ def _case_beta_two(family, BT, cu_lens=None, near_two=True):
     return _kernels_vs_fp64(family, BT, *_pack(cu_lens, q, k, v, beta, g, h0), seed=4)[0]
 
 
-def _case_fused_kkt(family, BT, T=70, cu_lens=None, gate_scale=2.0, K=16, row_loads=True):
+def _case_fused_kkt(family, BT, T=70, cu_lens=None, gate_scale=2.0, K=16):
     """k kᵀ formed by the WY solve kernel (``FUSED_KKT``) against ``chunk_kkt_kernel``'s A: forward and gradients
     (the backward recomputes the forward's parts with it) against fp64 and against the other path. Full and
     partial chunks, packed sequences, GQA, a key dim under its block, gates of -20 per step (whose in-chunk
-    cumsums overflow e^{G_i - G_j} wherever a token past the sequence is not masked). ``row_loads=False``: its
-    diagonal blocks kept in registers too (no scratch round trip)."""
+    cumsums overflow e^{G_i - G_j} wherever a token past the sequence is not masked)."""
     q, k, v, beta, g, h0 = make(family, B=1, T=T, K=K, V=16, gate_scale=gate_scale)
     xs = _pack(cu_lens, q, k, v, beta, g, h0)
-    with _switched("FUSED_KKT", True), _switched("ROW_LOADS", row_loads):
+    with _switched("FUSED_KKT", True):
         out, fused = _kernels_vs_fp64(family, BT, *xs)
     with _switched("FUSED_KKT", False):
         _, two_kernels = _kernels_vs_fp64(family, BT, *xs)
@@ -525,10 +525,6 @@ INTERPRETER_CASES = {
     "kkt-fused-delta-BT64": (_case_fused_kkt, ("delta_rule", 64)),
     "kkt-fused-gdn-BT32-varlen-strong": (_case_fused_kkt, ("gated_delta_rule", 32, 70, [5, 0, 46, 19], 20.0)),
     "kkt-fused-gdn-BT16-K20": (_case_fused_kkt, ("gated_delta_rule", 16, 37, None, 2.0, 20)),
-    "kkt-fused-registers-delta-BT64": (_case_fused_kkt, ("delta_rule", 64, 70, None, 2.0, 16, False)),
-    "kkt-fused-registers-gdn-BT32-varlen-strong": (
-        _case_fused_kkt, ("gated_delta_rule", 32, 70, [5, 0, 46, 19], 20.0, 16, False)
-    ),
     "solve-merge-tf32-gdn-fp32": (_case_solve_merge_tf32, ("gated_delta_rule", 64, torch.float32)),
     "solve-merge-tf32-delta-fp16-varlen": (_case_solve_merge_tf32, ("delta_rule", 64, torch.float16, [5, 0, 46, 19])),
     "saved-gdn": (_case_saved_parts, ("gated_delta_rule",)),
@@ -744,22 +740,22 @@ def test_gpu_full_chunks_bf16_vs_fp64(family, T, K):
 @pytest.mark.parametrize(
     "switches",
     [
-        {"FUSED_KKT": True},
+        {"FUSED_KKT": False},
         {"WY_PAIR_HALF": False},
-        {"SOLVE_MERGE_TF32": True},
-        {"FUSED_KKT": True, "ROW_LOADS": False, "SOLVE_MERGE_TF32": True},
+        {"SOLVE_MERGE_TF32": False},
+        {"FUSED_KKT": False, "SOLVE_MERGE_TF32": False},
     ],
-    ids=["fused_kkt", "wy_pair_fp32", "merge_tf32", "kkt_regs_tf32"],
+    ids=["kkt_kernel", "wy_pair_fp32", "merge_exact", "kkt_kernel_merge_exact"],
 )
 @pytest.mark.parametrize("family", ["delta_rule", "gated_delta_rule"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("T", [256, 300])
 def test_gpu_switch_flipped_vs_fp64(switches, family, dtype, tol, T, monkeypatch):
-    """A kernel switch set against its default (``FUSED_KKT`` on: k kᵀ in the solve kernel, slower on the H200;
-    ``WY_PAIR_HALF`` off: fp32 operands in the WY/pair backward; ``SOLVE_MERGE_TF32`` on: the solve's merge dots
-    in tf32 for half inputs; with ``ROW_LOADS`` off as well: FLA's fused solve), so the paths users can pick stay
-    right: K = V = 128 against fp64, full chunks only (T = 256, where Triton 3.4-3.7 miscompiles 4-warp WY kernels on
-    Hopper) and a partial one, then bitwise repeatable."""
+    """A kernel switch set against its default (``FUSED_KKT`` off: k kᵀ by its own kernel, the solve reading it
+    back; ``WY_PAIR_HALF`` off: fp32 operands in the WY/pair backward; ``SOLVE_MERGE_TF32`` off: the solve's merge
+    dots exact for half inputs too), so the paths users can pick stay right: K = V = 128 against fp64, full chunks
+    only (T = 256, where Triton 3.4-3.7 miscompiles 4-warp WY kernels on Hopper) and a partial one, then bitwise
+    repeatable."""
     from fla_compile.lowering.delta import triton_launch as DT
 
     for switch, value in switches.items():

@@ -134,16 +134,19 @@ _DEFAULTS = {
     "decode": (4, 3),  # the decode kernel (one program per sequence, head and V block of BV_decode)
     "BV_decode": 32,
     "l2norm": (4, 1),  # the L2 norm of q and k (FUSED_L2NORM), BR rows a program
-    "kkt_solve": (4, 2),  # the WY solve kernel forming k kᵀ itself (FUSED_KKT)
+    # the WY solve kernel forming k kᵀ itself (FUSED_KKT) with tf32 merges (FLA autotunes its own over 1-4 warps);
+    # with exact ones it takes "solve"'s (offline sm_90, no gate: 1 warp spills 568 B, 2 warps 244 registers)
+    "kkt_solve": (1, 1),
 }
 OVERRIDES: dict = {}
 WY_PAIR_HALF = True  # the WY/pair backward's dN chain and pair dots on half operands, as FLA's (RESULTS: 9th session)
-FUSED_KKT = False  # no gate / scalar gate: k kᵀ formed by the WY solve kernel, not by chunk_kkt_kernel (slower on H200)
+FUSED_KKT = True  # no gate / scalar gate: k kᵀ formed by the WY solve kernel in registers, not by chunk_kkt_kernel
+# (H200, 1 warp, tf32 merges: kkt + solve 0.217 -> 0.102 ms at B=8 T=2048 H=16 D=128; RESULTS: tenth session)
 FUSED_A = True  # kda: k kᵀ and q kᵀ by one kernel in the forward (False: the GLA line's A kernel twice)
 WU_SPLIT = True  # W, U by full-chunk dots after a solve-only kernel (False: the solve kernel forms them by blocks)
 KG = True  # kda: the state pass reads keys decayed once by the W/U kernel (False: decays them per V block)
-ROW_LOADS = True  # the solve's substitution loads each row of N (False: picks it out of the tile, a second reduction)
-SOLVE_MERGE_TF32 = False  # the solve's merge dots at the inputs' precision (tf32 for half inputs, as FLA's; A/B next)
+ROW_LOADS = True  # without FUSED_KKT (kda): the substitution loads each row of N (False: picks it out of the tile)
+SOLVE_MERGE_TF32 = True  # the solve's merge dots at the inputs' precision (tf32 for half inputs, as FLA's; False: ieee)
 FUSED_L2NORM = True  # use_qk_l2norm by triton_l2norm's two kernels (False: the torch ops); A/B in RESULTS (seventh+eighth sessions)
 
 
@@ -241,9 +244,10 @@ def forward_parts(
             gate.contiguous(), gc, cu, info, H, K, BT, BKg, gid, **_opts("cumsum", dev, dims)
         )
     gcp = gc if gc is not None else beta  # a placeholder pointer: never read without a gate
+    merge_prec = prec if SOLVE_MERGE_TF32 else "ieee"  # the solve's merge dots
     if X is None:
-        merge_prec = prec if SOLVE_MERGE_TF32 else "ieee"  # the solve's merge dots
-        A = torch.empty(B, T, H, BT, **f32)
+        kkt = FUSED_KKT and gid != 2  # k kᵀ formed in the solve kernel: no A
+        A = None if kkt else torch.empty(B, T, H, BT, **f32)
         if gid == 2 and FUSED_A and Aqk is None:  # k kᵀ and q kᵀ in one pass
             NC = BT // 16
             Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf
@@ -258,16 +262,16 @@ def forward_parts(
                 gla_intra.chunk_gla_A_kernel, (NS, NC * NC, H),
                 k, k, gc, A, cu, info, H, G, K, BT, 16, BKa, NC, prec, BT, **_opts("A", dev, dims)
             )
-        elif not FUSED_KKT:
+        elif not kkt:
             launch.fitted(
                 kw.chunk_kkt_kernel, (NS, H),
                 k, gcp, A, cu, info, H, G, K, BT, min(64, BK), gid, prec, **_opts("kkt", dev, dims)
             )
         X = torch.empty(B, T, H, BT, device=dev, dtype=dt) if X_buf is None else X_buf
+        A = X if A is None else A  # a placeholder pointer with kkt: never read
         load_x = False
     else:
-        A, load_x = X, True
-    kkt = FUSED_KKT and gid != 2 and not load_x  # k kᵀ formed by the solve kernel (A: its diagonal blocks only)
+        A, load_x, kkt = X, True, False
     w = torch.empty(B, T, H, K, device=dev, dtype=dt)
     u = torch.empty(B, T, H, V, device=dev, dtype=dt)
     use_kg = KG and WU_SPLIT and gid == 2
@@ -301,7 +305,7 @@ def forward_parts(
                 kkt,
                 min(64, BK),
                 merge_prec,
-                **_opts("kkt_solve" if kkt else "solve", dev, dims),
+                **_opts("kkt_solve" if kkt and merge_prec != "ieee" else "solve", dev, dims),
             )
         launch.fitted(
             kw.chunk_wu_kernel, (NS, H),

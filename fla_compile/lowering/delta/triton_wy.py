@@ -130,28 +130,20 @@ def _strict16(b_N):
 
 
 @triton.jit
-def _diag_kkt(A, b_A, gc, beta, t0, eos, i_h, H: tl.constexpr, BT: tl.constexpr, r: tl.constexpr,
-              GATE: tl.constexpr, ROW_LOADS: tl.constexpr):
-    """Diagonal block r of k kᵀ formed in registers (KKT): gated and stored to the scratch ``A`` for the row loads
-    (ROW_LOADS; zeros returned), else returned as N's block, diag(b) strictly lower, for ``_diag_inverse``."""
-    b_G = _gated16(b_A, gc, t0, eos, i_h, H, r, r, GATE)
-    if ROW_LOADS:
-        _store16(A, b_G, t0, eos, i_h, H, BT, r, r)
-        b_D = tl.zeros([16, 16], dtype=tl.float32)
-    else:
-        b_D = _strict16(_beta_rows(b_G, beta, t0, eos, i_h, H, r))
-    return b_D
+def _diag_kkt(b_A, gc, beta, t0, eos, i_h, H: tl.constexpr, r: tl.constexpr, GATE: tl.constexpr):
+    """Diagonal block r of k kᵀ formed in registers (KKT), gated, as N's block: diag(b) strictly lower."""
+    return _strict16(_beta_rows(_gated16(b_A, gc, t0, eos, i_h, H, r, r, GATE), beta, t0, eos, i_h, H, r))
 
 
 @triton.jit
 def _diag_inverse(A, b_D, beta, t0, eos, i_h, H: tl.constexpr, BT: tl.constexpr, r: tl.constexpr,
                   ROW_LOADS: tl.constexpr, KKT: tl.constexpr):
-    """(I + N_rr)^{-1}: N's rows loaded from A (ROW_LOADS), or its block in registers (``_diag_kkt``'s, KKT), or
+    """(I + N_rr)^{-1}: N's block in registers (``_diag_kkt``'s, KKT), or its rows loaded from A (ROW_LOADS), or
     the block loaded whole from A."""
-    if ROW_LOADS:
-        b_X = _inverse16_rows(A, beta, t0, eos, i_h, H, BT, r)
-    elif KKT:
+    if KKT:
         b_X = _inverse16(b_D)
+    elif ROW_LOADS:
+        b_X = _inverse16_rows(A, beta, t0, eos, i_h, H, BT, r)
     else:
         b_X = _inverse16(_block_N(A, beta, t0, eos, i_h, H, BT, r, r))
     return b_X
@@ -289,9 +281,9 @@ def chunk_wy_kernel(
 
     With SOLVE_ONLY only X is written (``chunk_wu_kernel`` then forms W and U with full-chunk dots). With KKT (no
     gate or a scalar one) A is not read but formed here, as its ten [16, 16] blocks in registers over key blocks of
-    BKA, instead of by ``chunk_kkt_kernel`` (which writes all of A in fp32 for this kernel to read back): only the
-    four diagonal blocks go through memory (``A`` as scratch), for the row loads of their forward substitution;
-    with KKT and not ROW_LOADS they stay in registers too (rows picked out of the tile, as FLA's fused kernel).
+    BKA, instead of by ``chunk_kkt_kernel`` (which writes all of A in fp32 for this kernel to read back); the
+    diagonal blocks' substitution picks its rows out of the tile, as FLA's fused kernel (``A`` is not touched).
+    Without KKT, ROW_LOADS loads each row of a diagonal block from A instead (one reduction a step, not two).
     MERGE_PREC: the precision of the dots merging the inverted diagonal blocks ("ieee" exact; the inputs' "tf32"
     for half inputs, whose X is stored in half anyway, as FLA's)."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
@@ -320,7 +312,7 @@ def chunk_wy_kernel(
             X33 = _rows(X + 48, t0, eos, i_h, H, BT, 3, o16, m16).to(tl.float32)
     else:
         N10, N20, N21, N30, N31, N32 = z, z, z, z, z, z
-        D0, D1, D2, D3 = z, z, z, z  # N's diagonal blocks in registers (KKT without ROW_LOADS)
+        D0, D1, D2, D3 = z, z, z, z  # N's diagonal blocks in registers (KKT)
         if KKT:
             A00, A10, A11, A20, A21, A22, A30, A31, A32, A33 = z, z, z, z, z, z, z, z, z, z
             for i_k in range(0, tl.cdiv(K, BKA)):
@@ -347,22 +339,19 @@ def chunk_wy_kernel(
                     A31 = tl.dot(k3, c1, A31, input_precision=PREC)
                     A32 = tl.dot(k3, c2, A32, input_precision=PREC)
                     A33 = tl.dot(k3, c3, A33, input_precision=PREC)
-            # the diagonal blocks through memory for the row loads (this program's rows of A only), or kept here
-            D0 = _diag_kkt(A, A00, gc, beta, t0, eos, i_h, H, BT, 0, GATE, ROW_LOADS)
+            D0 = _diag_kkt(A00, gc, beta, t0, eos, i_h, H, 0, GATE)
             if BT // 16 > 1:
-                D1 = _diag_kkt(A, A11, gc, beta, t0, eos, i_h, H, BT, 1, GATE, ROW_LOADS)
+                D1 = _diag_kkt(A11, gc, beta, t0, eos, i_h, H, 1, GATE)
                 N10 = _beta_rows(_gated16(A10, gc, t0, eos, i_h, H, 1, 0, GATE), beta, t0, eos, i_h, H, 1)
             if BT // 16 > 2:
-                D2 = _diag_kkt(A, A22, gc, beta, t0, eos, i_h, H, BT, 2, GATE, ROW_LOADS)
+                D2 = _diag_kkt(A22, gc, beta, t0, eos, i_h, H, 2, GATE)
                 N20 = _beta_rows(_gated16(A20, gc, t0, eos, i_h, H, 2, 0, GATE), beta, t0, eos, i_h, H, 2)
                 N21 = _beta_rows(_gated16(A21, gc, t0, eos, i_h, H, 2, 1, GATE), beta, t0, eos, i_h, H, 2)
             if BT // 16 > 3:
-                D3 = _diag_kkt(A, A33, gc, beta, t0, eos, i_h, H, BT, 3, GATE, ROW_LOADS)
+                D3 = _diag_kkt(A33, gc, beta, t0, eos, i_h, H, 3, GATE)
                 N30 = _beta_rows(_gated16(A30, gc, t0, eos, i_h, H, 3, 0, GATE), beta, t0, eos, i_h, H, 3)
                 N31 = _beta_rows(_gated16(A31, gc, t0, eos, i_h, H, 3, 1, GATE), beta, t0, eos, i_h, H, 3)
                 N32 = _beta_rows(_gated16(A32, gc, t0, eos, i_h, H, 3, 2, GATE), beta, t0, eos, i_h, H, 3)
-            if ROW_LOADS:
-                tl.debug_barrier()  # the stores above visible to every thread's row loads below
         X00 = _diag_inverse(A, D0, beta, t0, eos, i_h, H, BT, 0, ROW_LOADS, KKT)
         if BT // 16 > 1:
             X11 = _diag_inverse(A, D1, beta, t0, eos, i_h, H, BT, 1, ROW_LOADS, KKT)
