@@ -11,6 +11,7 @@ speed-up over eager at the same precision and at "highest", and every row's erro
 from __future__ import annotations
 
 import argparse
+import logging
 import pathlib
 import statistics
 import sys
@@ -18,6 +19,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger("hf_reference")
 
 
 def timed(fn, reps, device):
@@ -44,6 +47,7 @@ def main(argv=None) -> int:
     p.add_argument("--precisions", default="highest,high", help="torch.set_float32_matmul_precision modes, in turn")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run from a checkout
     import transformers
     from transformers.models.qwen3_next import modeling_qwen3_next as m
@@ -78,6 +82,7 @@ def main(argv=None) -> int:
 
     before = torch.get_float32_matmul_precision()
     rows, matched = [], None
+    t0 = time.perf_counter()
     try:
         with torch.no_grad():
             # the recurrence step by step in fp64 (transformers' function casts its inputs to fp32 itself)
@@ -85,12 +90,15 @@ def main(argv=None) -> int:
                 q.double(), k.double(), v.double(), gate.double(), beta.double(), scale=a.D**-0.5,
                 output_final_state=True, use_qk_l2norm=True,
             )  # fmt: skip
+            log.info("fp64 reference: %.0f s", time.perf_counter() - t0)
             for mode in a.precisions.split(","):
                 torch.set_float32_matmul_precision(mode)
                 compiled()
                 matched = [m_.family for m_ in fla_compile.last_report().matches]
+                log.info("%s: compiled, matched %s (%.0f s)", mode, matched, time.perf_counter() - t0)
                 for name, fn in [("eager", eager), ("backend='fla'", compiled), ("op", op)]:
                     rows.append((mode, name, timed(fn, a.reps, dev), rel(fn(), exact)))
+                    log.info("%s %s: %.2f ms, rel err %.1e (%.0f s)", mode, name, *rows[-1][2:], time.perf_counter() - t0)
     finally:
         torch.set_float32_matmul_precision(before)
     eager_ms = {mode: t for mode, name, t, _ in rows if name == "eager"}
