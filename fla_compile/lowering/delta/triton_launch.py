@@ -134,9 +134,7 @@ _DEFAULTS = {
     "decode": (4, 3),  # the decode kernel (one program per sequence, head and V block of BV_decode)
     "BV_decode": 32,
     "l2norm": (4, 1),  # the L2 norm of q and k (FUSED_L2NORM), BR rows a program
-    # the WY solve kernel forming k kᵀ itself (FUSED_KKT) with tf32 merges (FLA autotunes its own over 1-4 warps);
-    # with exact ones it takes "solve"'s (offline sm_90, no gate: 1 warp spills 568 B, 2 warps 244 registers)
-    "kkt_solve": (1, 1),
+    "kkt_solve": (1, 1),  # the WY solve kernel forming k kᵀ itself (FUSED_KKT; FLA autotunes its own over 1-4 warps)
 }
 OVERRIDES: dict = {}
 WY_PAIR_HALF = True  # the WY/pair backward's dN chain and pair dots on half operands, as FLA's (RESULTS: 9th session)
@@ -246,7 +244,8 @@ def forward_parts(
     gcp = gc if gc is not None else beta  # a placeholder pointer: never read without a gate
     merge_prec = prec if SOLVE_MERGE_TF32 else "ieee"  # the solve's merge dots
     if X is None:
-        kkt = FUSED_KKT and gid != 2  # k kᵀ formed in the solve kernel: no A
+        # k kᵀ formed in the solve kernel (no A) for half inputs: fp32 key tiles spill there (offline sm_90)
+        kkt = FUSED_KKT and gid != 2 and dt.itemsize == 2
         A = None if kkt else torch.empty(B, T, H, BT, **f32)
         if gid == 2 and FUSED_A and Aqk is None:  # k kᵀ and q kᵀ in one pass
             NC = BT // 16
@@ -305,7 +304,7 @@ def forward_parts(
                 kkt,
                 min(64, BK),
                 merge_prec,
-                **_opts("kkt_solve" if kkt and merge_prec != "ieee" else "solve", dev, dims),
+                **_opts("kkt_solve" if kkt else "solve", dev, dims),
             )
         launch.fitted(
             kw.chunk_wu_kernel, (NS, H),
