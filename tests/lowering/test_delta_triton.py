@@ -367,10 +367,9 @@ def _case_fused_kkt(family, BT, T=70, cu_lens=None, gate_scale=2.0, K=16):
 
 
 def _case_solve_merge_tf32(family, BT, dtype, cu_lens=None, T=70):
-    """``SOLVE_MERGE_TF32``: the solve's merge dots at the inputs' precision ("tf32" for half inputs, "tf32x3" for
-    fp32 ones at torch's default "highest") against "ieee". fp32: bitwise the exact path under the interpreter
-    (which computes every dot in fp32). Half: forward and gradients within half's accuracy of the fp64 reference
-    of the same (rounded) inputs."""
+    """``SOLVE_MERGE_TF32``: the solve's merge dots at the inputs' precision ("tf32" for half inputs, "ieee" for
+    fp32 ones at torch's default "highest"). fp32: bitwise the exact path. Half: forward and gradients within
+    half's accuracy of the fp64 reference of the same (rounded) inputs."""
     q, k, v, beta, g, h0 = make(family, B=1, T=T, K=16, V=16)
     q, k, v, beta = (x.to(dtype).float() for x in (q, k, v, beta))  # the half-rounded values, for the reference
     xs = _pack(cu_lens, q, k, v, beta, g, h0)

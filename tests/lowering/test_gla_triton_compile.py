@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent(
     from fla_compile.lowering.gla import triton_intra as intra, triton_kernels as kern
 
     arch, dt, gid = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-    prec = "tf32x3" if dt == "fp32" else "tf32"  # fp32 inputs at torch's default "highest"
+    prec = "ieee" if dt == "fp32" else "tf32"
     K, V, BT, BK, BV = 100, 64, 64, 64, 64
     base = dict(H=4, G=2, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gid)
     jobs = [

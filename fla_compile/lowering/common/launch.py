@@ -41,12 +41,11 @@ def pow2(n: int, lo: int = 16) -> int:
 
 def prec(dtype) -> str:
     """``tl.dot``'s input precision for operands of ``dtype``. fp32 follows torch's
-    ``torch.set_float32_matmul_precision``: "highest" (torch's default) "tf32x3", three tensor-core tf32 dots
-    (hi·hi + hi·lo + lo·hi: near fp32 accuracy on tensor cores, where "ieee" runs FMA loops on CUDA cores),
-    "high" or "medium" one tf32 dot, as torch's own fp32 matmuls. Other dtypes: "tf32" (it only applies where a
+    ``torch.set_float32_matmul_precision``: "highest" (torch's default) exact fp32 dots ("ieee"), "high" or
+    "medium" tensor-core tf32 ones, as torch's own fp32 matmuls. Other dtypes: "tf32" (it only applies where a
     kernel feeds fp32 operands to a dot, e.g. fp32 intermediates of bf16 inputs)."""
     if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
-        return "tf32x3"
+        return "ieee"
     return "tf32"
 
 
