@@ -46,6 +46,8 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--precisions", default="highest,high", help="torch.set_float32_matmul_precision modes, in turn")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--fp32-highest", default="", choices=("", "ieee", "tf32x3"),
+                   help="our dots for fp32 at 'highest' (launch.FP32_HIGHEST; default: as shipped)")  # fmt: skip
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run from a checkout
@@ -54,7 +56,11 @@ def main(argv=None) -> int:
 
     import fla_compile
     import fla_compile.backend  # noqa: F401  (registers "fla" where the package is not pip-installed)
+    from fla_compile.lowering.common import launch
     from fla_compile.reference import delta as delta_reference
+
+    if a.fp32_highest:
+        launch.FP32_HIGHEST = a.fp32_highest
 
     dev = a.device
     g = torch.Generator(device=dev).manual_seed(0)
@@ -90,6 +96,8 @@ def main(argv=None) -> int:
                 q.double(), k.double(), v.double(), gate.double(), beta.double(), scale=a.D**-0.5,
                 output_final_state=True, use_qk_l2norm=True,
             )  # fmt: skip
+            if dev == "cuda":
+                torch.cuda.synchronize()  # the reference's steps are queued, not done, when the call returns
             log.info("fp64 reference: %.0f s", time.perf_counter() - t0)
             for mode in a.precisions.split(","):
                 torch.set_float32_matmul_precision(mode)

@@ -39,13 +39,19 @@ def pow2(n: int, lo: int = 16) -> int:
     return max(lo, next_pow2(n))
 
 
+# fp32 inputs at torch's "highest": "ieee" (exact fp32 FMA loops on CUDA cores) or "tf32x3" (three tf32
+# tensor-core dots, hi·hi + hi·lo + lo·hi, near fp32's accuracy). tf32x3 hit an illegal memory access in the
+# delta_rule fp32 GPU tests on the H200 (Triton 3.6, 2026-12-01; kernel not yet found), so "ieee" stays.
+FP32_HIGHEST = "ieee"
+
+
 def prec(dtype) -> str:
     """``tl.dot``'s input precision for operands of ``dtype``. fp32 follows torch's
-    ``torch.set_float32_matmul_precision``: "highest" (torch's default) exact fp32 dots ("ieee"), "high" or
-    "medium" tensor-core tf32 ones, as torch's own fp32 matmuls. Other dtypes: "tf32" (it only applies where a
+    ``torch.set_float32_matmul_precision``: "highest" (torch's default) :data:`FP32_HIGHEST`, "high" or
+    "medium" tensor-core tf32 dots, as torch's own fp32 matmuls. Other dtypes: "tf32" (it only applies where a
     kernel feeds fp32 operands to a dot, e.g. fp32 intermediates of bf16 inputs)."""
     if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
-        return "ieee"
+        return FP32_HIGHEST
     return "tf32"
 
 
