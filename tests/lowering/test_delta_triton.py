@@ -366,6 +366,19 @@ def _case_fused_kkt(family, BT, T=70, cu_lens=None, gate_scale=2.0, K=16):
     return {**out, **same, "tol": 2e-2, "tols": dict.fromkeys(same, 1e-5)}
 
 
+def _case_three_tf32(family, BT, cu_lens=None):
+    """fp32 at "highest" with ``launch.FP32_HIGHEST = "tf32x3"`` (every product by three tf32 ones, see
+    ``common/dots.py``): forward and gradients against fp64, full and partial chunks, packed sequences."""
+    from fla_compile.lowering.common import launch
+
+    was, launch.FP32_HIGHEST = launch.FP32_HIGHEST, "tf32x3"
+    try:
+        q, k, v, beta, g, h0 = make(family)
+        return _kernels_vs_fp64(family, BT, *_pack(cu_lens, q, k, v, beta, g, h0))[0]
+    finally:
+        launch.FP32_HIGHEST = was
+
+
 def _case_solve_merge_tf32(family, BT, dtype, cu_lens=None, T=70):
     """``SOLVE_MERGE_TF32``: the solve's merge dots at the inputs' precision ("tf32" for half inputs, "ieee" for
     fp32 ones at torch's default "highest"). fp32: bitwise the exact path. Half: forward and gradients within
@@ -528,6 +541,9 @@ INTERPRETER_CASES = {
     "kkt-fused-delta-BT64": (_case_fused_kkt, ("delta_rule", 64)),
     "kkt-fused-gdn-BT32-varlen-strong": (_case_fused_kkt, ("gated_delta_rule", 32, 70, [5, 0, 46, 19], 20.0)),
     "kkt-fused-gdn-BT16-K20": (_case_fused_kkt, ("gated_delta_rule", 16, 37, None, 2.0, 20)),
+    "three-tf32-gdn-BT32-varlen": (_case_three_tf32, ("gated_delta_rule", 32, [5, 0, 40, 29])),
+    "three-tf32-kda-BT16": (_case_three_tf32, ("kda", 16)),
+    "three-tf32-delta-BT64": (_case_three_tf32, ("delta_rule", 64)),
     "solve-merge-tf32-gdn-fp32": (_case_solve_merge_tf32, ("gated_delta_rule", 64, torch.float32)),
     "solve-merge-tf32-delta-fp16-varlen": (_case_solve_merge_tf32, ("delta_rule", 64, torch.float16, [5, 0, 46, 19])),
     "saved-gdn": (_case_saved_parts, ("gated_delta_rule",)),
@@ -932,6 +948,21 @@ def test_gpu_fp32_tf32_mode(family):
         torch.set_float32_matmul_precision(old)
     ro, rs, _ = torch_grads(family, q, k, v, beta, g, h0, torch.zeros_like(o), torch.zeros_like(ht), 0.125)
     assert rel(o, ro) < 5e-3 and rel(ht, rs) < 5e-3, (rel(o, ro), rel(ht, rs))
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("family", list(FAMILY_GATE))
+@pytest.mark.parametrize("T", [256, 300])
+def test_gpu_fp32_three_tf32(family, T, monkeypatch):
+    """fp32 at "highest" with ``launch.FP32_HIGHEST = "tf32x3"`` (our three tf32 products, ``common/dots.py``; Triton's
+    own "tf32x3" faulted here on Triton 3.6): K = V = 128 forward and gradients within fp32's tolerance of fp64,
+    full chunks and a partial one, then bitwise repeatable."""
+    from fla_compile.lowering.common import launch
+
+    monkeypatch.setattr(launch, "FP32_HIGHEST", "tf32x3")
+    test_gpu_chunk_vs_fp64(family, torch.float32, 1e-5, 1.0, K=128, V=128, T=T)
+    _assert_bitwise_repeat(family, 2, T=T, K=128, V=128, dtype=torch.float32)
 
 
 def test_launch_options_come_from_the_arch_tables():

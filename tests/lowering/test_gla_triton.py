@@ -122,6 +122,22 @@ def test_backward(kind, case):
         assert rel(a, b) < 1e-5, (name, rel(a, b))
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_fp32_three_tf32(kind, monkeypatch):
+    """fp32 at "highest" with ``launch.FP32_HIGHEST = "tf32x3"`` (every product by three tf32 ones, see
+    ``common/dots.py``): forward and gradients within fp32's tolerance of fp64, packed sequences, GQA."""
+    from fla_compile.lowering.common import launch
+
+    monkeypatch.setattr(launch, "FP32_HIGHEST", "tf32x3")
+    q, k, v, g, h0, cu = make(kind, T=37, H=2, HK=1, cu=[0, 5, 22, 37])
+    o, ht = gla_triton.chunk_forward(q, k, v, g, kind, 0.3, h0, cu, config=CFG)
+    do, dht = torch.randn_like(v), torch.randn_like(h0)
+    grads = [x for x in gla_triton.chunk_backward(q, k, v, g, kind, 0.3, h0, cu, do, dht, config=CFG) if x is not None]
+    ro, rht, ref = reference(q, k, v, g, kind, 0.3, h0, cu, do, dht)
+    errs = [rel(o, ro), rel(ht, rht)] + [rel(a, b) for a, b in zip(grads, ref)]
+    assert len(grads) == len(ref) and max(errs) < 1e-5, errs
+
+
 @pytest.mark.parametrize("BT", [32, 64])
 def test_vector_gate_sub_chunks(BT):
     """gla with chunks of 2 or 4 sub-chunks: off-diagonal blocks by dots, partial chunks, 2 K tiles, packed."""

@@ -40,8 +40,9 @@ def pow2(n: int, lo: int = 16) -> int:
 
 
 # fp32 inputs at torch's "highest": "ieee" (exact fp32 FMA loops on CUDA cores) or "tf32x3" (three tf32
-# tensor-core dots, hi·hi + hi·lo + lo·hi, near fp32's accuracy). tf32x3 hit an illegal memory access in the
-# delta_rule fp32 GPU tests on the H200 (Triton 3.6, 2026-12-01; kernel not yet found), so "ieee" stays.
+# tensor-core products, lo·hi + hi·lo + hi·hi, near fp32's accuracy: ``common/dots.py``, written out there
+# because Triton's own "tf32x3" hit an illegal memory access in the delta_rule fp32 GPU tests on the H200,
+# Triton 3.6, 2026-12-01). "ieee" until the split is timed and checked there.
 FP32_HIGHEST = "ieee"
 
 

@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from ..common.chunks import chunk_span, state_block
+from ..common.dots import dot
 from ..common.gating import decay_to_last_t
 
 
@@ -65,7 +66,7 @@ def chunk_kkt_kernel(
         b_kt = tl.load(
             k + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0
         )
-        b_A += tl.dot(b_k, b_kt, input_precision=PREC)
+        b_A += dot(b_k, b_kt, prec=PREC)
     m_A = (o_i[:, None] >= o_i[None, :]) & m_t[:, None] & m_t[None, :]
     if GATE == 1:
         b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
@@ -227,18 +228,18 @@ def _scaled_v(v, beta, t0, eos, i_h, H: tl.constexpr, V: tl.constexpr, r: tl.con
 def _apply4(x0, x1, x2, x3, X00, X10, X11, X20, X21, X22, X30, X31, X32, X33, NB: tl.constexpr, PREC: tl.constexpr):
     """Rows blocks of X @ [x0; x1; x2; x3] for NB blocks (X lower block-triangular), fp32."""
     dt = x0.dtype
-    y0 = tl.dot(X00.to(dt), x0, input_precision=PREC)
+    y0 = dot(X00.to(dt), x0, prec=PREC)
     y1 = y0 * 0
     y2 = y0 * 0
     y3 = y0 * 0
     if NB > 1:
-        y1 = tl.dot(X10.to(dt), x0, input_precision=PREC) + tl.dot(X11.to(dt), x1, input_precision=PREC)
+        y1 = dot(X10.to(dt), x0, prec=PREC) + dot(X11.to(dt), x1, prec=PREC)
     if NB > 2:
-        y2 = tl.dot(X20.to(dt), x0, input_precision=PREC) + tl.dot(X21.to(dt), x1, input_precision=PREC)
-        y2 += tl.dot(X22.to(dt), x2, input_precision=PREC)
+        y2 = dot(X20.to(dt), x0, prec=PREC) + dot(X21.to(dt), x1, prec=PREC)
+        y2 += dot(X22.to(dt), x2, prec=PREC)
     if NB > 3:
-        y3 = tl.dot(X30.to(dt), x0, input_precision=PREC) + tl.dot(X31.to(dt), x1, input_precision=PREC)
-        y3 += tl.dot(X32.to(dt), x2, input_precision=PREC) + tl.dot(X33.to(dt), x3, input_precision=PREC)
+        y3 = dot(X30.to(dt), x0, prec=PREC) + dot(X31.to(dt), x1, prec=PREC)
+        y3 += dot(X32.to(dt), x2, prec=PREC) + dot(X33.to(dt), x3, prec=PREC)
     return y0, y1, y2, y3
 
 
@@ -320,25 +321,25 @@ def chunk_wy_kernel(
                 m_k = o_k < K
                 k0 = _rows(k, t0, eos, i_hk, H // G, K, 0, o_k, m_k)
                 c0 = _k16_t(k, t0, eos, i_hk, H // G, K, 0, o_k, m_k)
-                A00 = tl.dot(k0, c0, A00, input_precision=PREC)
+                A00 = dot(k0, c0, A00, prec=PREC)
                 if BT // 16 > 1:
                     k1 = _rows(k, t0, eos, i_hk, H // G, K, 1, o_k, m_k)
                     c1 = _k16_t(k, t0, eos, i_hk, H // G, K, 1, o_k, m_k)
-                    A10 = tl.dot(k1, c0, A10, input_precision=PREC)
-                    A11 = tl.dot(k1, c1, A11, input_precision=PREC)
+                    A10 = dot(k1, c0, A10, prec=PREC)
+                    A11 = dot(k1, c1, A11, prec=PREC)
                 if BT // 16 > 2:
                     k2 = _rows(k, t0, eos, i_hk, H // G, K, 2, o_k, m_k)
                     c2 = _k16_t(k, t0, eos, i_hk, H // G, K, 2, o_k, m_k)
-                    A20 = tl.dot(k2, c0, A20, input_precision=PREC)
-                    A21 = tl.dot(k2, c1, A21, input_precision=PREC)
-                    A22 = tl.dot(k2, c2, A22, input_precision=PREC)
+                    A20 = dot(k2, c0, A20, prec=PREC)
+                    A21 = dot(k2, c1, A21, prec=PREC)
+                    A22 = dot(k2, c2, A22, prec=PREC)
                 if BT // 16 > 3:
                     k3 = _rows(k, t0, eos, i_hk, H // G, K, 3, o_k, m_k)
                     c3 = _k16_t(k, t0, eos, i_hk, H // G, K, 3, o_k, m_k)
-                    A30 = tl.dot(k3, c0, A30, input_precision=PREC)
-                    A31 = tl.dot(k3, c1, A31, input_precision=PREC)
-                    A32 = tl.dot(k3, c2, A32, input_precision=PREC)
-                    A33 = tl.dot(k3, c3, A33, input_precision=PREC)
+                    A30 = dot(k3, c0, A30, prec=PREC)
+                    A31 = dot(k3, c1, A31, prec=PREC)
+                    A32 = dot(k3, c2, A32, prec=PREC)
+                    A33 = dot(k3, c3, A33, prec=PREC)
             D0 = _diag_kkt(A00, gc, beta, t0, eos, i_h, H, 0, GATE)
             if BT // 16 > 1:
                 D1 = _diag_kkt(A11, gc, beta, t0, eos, i_h, H, 1, GATE)
@@ -357,27 +358,27 @@ def chunk_wy_kernel(
             X11 = _diag_inverse(A, D1, beta, t0, eos, i_h, H, BT, 1, ROW_LOADS, KKT)
             if not KKT:  # A's blocks loaded where used (not all at once: registers in the serial steps)
                 N10 = _block_N(A, beta, t0, eos, i_h, H, BT, 1, 0)
-            X10 = -tl.dot(X11, tl.dot(N10, X00, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
+            X10 = -dot(X11, dot(N10, X00, prec=MERGE_PREC), prec=MERGE_PREC)
         if BT // 16 > 2:
             X22 = _diag_inverse(A, D2, beta, t0, eos, i_h, H, BT, 2, ROW_LOADS, KKT)
             if not KKT:
                 N20 = _block_N(A, beta, t0, eos, i_h, H, BT, 2, 0)
                 N21 = _block_N(A, beta, t0, eos, i_h, H, BT, 2, 1)
-            X21 = -tl.dot(X22, tl.dot(N21, X11, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
-            b_s = tl.dot(N20, X00, input_precision=MERGE_PREC) + tl.dot(N21, X10, input_precision=MERGE_PREC)
-            X20 = -tl.dot(X22, b_s, input_precision=MERGE_PREC)
+            X21 = -dot(X22, dot(N21, X11, prec=MERGE_PREC), prec=MERGE_PREC)
+            b_s = dot(N20, X00, prec=MERGE_PREC) + dot(N21, X10, prec=MERGE_PREC)
+            X20 = -dot(X22, b_s, prec=MERGE_PREC)
         if BT // 16 > 3:
             X33 = _diag_inverse(A, D3, beta, t0, eos, i_h, H, BT, 3, ROW_LOADS, KKT)
             if not KKT:
                 N30 = _block_N(A, beta, t0, eos, i_h, H, BT, 3, 0)
                 N31 = _block_N(A, beta, t0, eos, i_h, H, BT, 3, 1)
                 N32 = _block_N(A, beta, t0, eos, i_h, H, BT, 3, 2)
-            X32 = -tl.dot(X33, tl.dot(N32, X22, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
-            b_s = tl.dot(N31, X11, input_precision=MERGE_PREC) + tl.dot(N32, X21, input_precision=MERGE_PREC)
-            X31 = -tl.dot(X33, b_s, input_precision=MERGE_PREC)
-            b_s = tl.dot(N30, X00, input_precision=MERGE_PREC) + tl.dot(N31, X10, input_precision=MERGE_PREC)
-            b_s += tl.dot(N32, X20, input_precision=MERGE_PREC)
-            X30 = -tl.dot(X33, b_s, input_precision=MERGE_PREC)
+            X32 = -dot(X33, dot(N32, X22, prec=MERGE_PREC), prec=MERGE_PREC)
+            b_s = dot(N31, X11, prec=MERGE_PREC) + dot(N32, X21, prec=MERGE_PREC)
+            X31 = -dot(X33, b_s, prec=MERGE_PREC)
+            b_s = dot(N30, X00, prec=MERGE_PREC) + dot(N31, X10, prec=MERGE_PREC)
+            b_s += dot(N32, X20, prec=MERGE_PREC)
+            X30 = -dot(X33, b_s, prec=MERGE_PREC)
         # X in full (zeros above the diagonal blocks): the backward reads it back
         _store16(X, X00, t0, eos, i_h, H, BT, 0, 0)
         for c in tl.static_range(1, BT // 16):
@@ -482,7 +483,7 @@ def chunk_wu_kernel(
         p_v = (o_t * H + i_h)[:, None] * V + o_v[None, :]
         b_v = tl.load(v + p_v, mask=m_tv, other=0)
         b_vb = (b_v.to(tl.float32) * b_b[:, None]).to(b_X.dtype)
-        tl.store(u + p_v, tl.dot(b_X, b_vb, input_precision=PREC).to(u.dtype.element_ty), mask=m_tv)
+        tl.store(u + p_v, dot(b_X, b_vb, prec=PREC).to(u.dtype.element_ty), mask=m_tv)
     if GATE == 1:
         b_b = b_b * tl.exp(tl.load(gc + o_t * H + i_h, mask=m_t, other=0))
     last = tl.minimum(bos + i_c * BT + BT, eos) - 1
@@ -499,7 +500,7 @@ def chunk_wu_kernel(
                 b_gl = tl.load(gc + (last * H + i_h) * K + o_k, mask=o_k < K, other=0)
                 b_kg = b_kr * tl.exp(tl.where(m_tk, b_gl[None, :] - b_g, 0))
                 tl.store(kg + p_k, b_kg.to(kg.dtype.element_ty), mask=m_tk)
-        tl.store(w + p_k, tl.dot(b_X, b_k.to(b_X.dtype), input_precision=PREC).to(w.dtype.element_ty), mask=m_tk)
+        tl.store(w + p_k, dot(b_X, b_k.to(b_X.dtype), prec=PREC).to(w.dtype.element_ty), mask=m_tk)
 
 
 @triton.jit
@@ -556,8 +557,8 @@ def chunk_delta_h_kernel(
         b_w = tl.load(w + (o_t * H + i_h)[:, None] * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
         # [BT, BV]
         p_v = (o_t * H + i_h)[:, None] * V + o_v[None, :]
-        b_vn = tl.load(u + p_v, mask=m_tv, other=0).to(tl.float32) - tl.dot(
-            b_w, b_h.to(b_w.dtype), input_precision=PREC
+        b_vn = tl.load(u + p_v, mask=m_tv, other=0).to(tl.float32) - dot(
+            b_w, b_h.to(b_w.dtype), prec=PREC
         )
         tl.store(vn + p_v, b_vn.to(vn.dtype.element_ty), mask=m_tv)
         # [BK, BT]
@@ -569,7 +570,7 @@ def chunk_delta_h_kernel(
                 k + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0
             )
             b_h, b_kt = decay_to_last_t(b_h, b_kt, gc, o_t, m_t, last, i_h, H, K, o_k, m_k, GATE)
-        b_h += tl.dot(b_kt.to(b_w.dtype), b_vn.to(b_w.dtype), input_precision=PREC)
+        b_h += dot(b_kt.to(b_w.dtype), b_vn.to(b_w.dtype), prec=PREC)
     tl.store(ht + (i_n * H + i_h) * K * V + o_h, b_h, mask=m_h)
 
 
@@ -639,8 +640,8 @@ def chunk_kda_A_rows_kernel(
         b_kt = tl.load(k + (o_tj * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_kj, other=0)
         b_gkt = tl.load(gc + (o_tj * H + i_h)[None, :] * K + o_k[:, None], mask=m_kj, other=0)
         b_kg = (b_kt.to(tl.float32) * tl.exp(tl.where(m_kj, b_gr[:, None] - b_gkt, 0))).to(b_q.dtype)
-        b_Ak = tl.dot(b_kig, b_kg, input_precision=PREC)
-        b_Aq = tl.dot(b_qg, b_kg, input_precision=PREC)
+        b_Ak = dot(b_kig, b_kg, prec=PREC)
+        b_Aq = dot(b_qg, b_kg, prec=PREC)
         m_S = m_low | (i_j < i_i)  # the diagonal block: its lower triangle
         tl.store(Akk + p_A + i_j * BC, tl.where(m_S, b_Ak, 0), mask=m_A)
         tl.store(Aqk + p_A + i_j * BC, tl.where(m_S, b_Aq, 0).to(Aqk.dtype.element_ty), mask=m_A)

@@ -34,6 +34,7 @@ import triton
 import triton.language as tl
 
 from ..common.chunks import chunk_span, state_block
+from ..common.dots import dot
 
 
 @triton.jit
@@ -106,15 +107,15 @@ def chunk_delta_dh_kernel(
         p_v = (o_t * H + i_h)[:, None] * V + o_v[None, :]
         # [BT, BV]
         b_dvn = tl.load(dvl + p_v, mask=m_tv, other=0).to(tl.float32)
-        b_dvn += tl.dot(b_k, b_dh.to(dt), input_precision=PREC)
+        b_dvn += dot(b_k, b_dh.to(dt), prec=PREC)
         tl.store(dvn + p_v, b_dvn.to(dvn.dtype.element_ty), mask=m_tv)
         b_do = tl.load(do + p_v, mask=m_tv, other=0)
         if GATE == 1:
             b_dh *= tl.exp(b_gl)
         if GATE == 2:
             b_dh *= tl.exp(b_gl)[:, None]
-        b_dh += scale * tl.dot(b_qt, b_do.to(dt), input_precision=PREC)
-        b_dh -= tl.dot(b_wt, b_dvn.to(dt), input_precision=PREC)
+        b_dh += scale * dot(b_qt, b_do.to(dt), prec=PREC)
+        b_dh -= dot(b_wt, b_dvn.to(dt), prec=PREC)
     if STORE_DH0:
         tl.store(dh0 + (i_n * H + i_h) * K * V + o_h, b_dh, mask=m_h)
 
@@ -179,13 +180,13 @@ def chunk_wy_bwd_kernel(
         # [BV, BT]
         b_vt = tl.load(v + (o_t * H + i_h)[None, :] * V + o_v[:, None], mask=m_v[:, None] & m_t[None, :], other=0)
         b_vbt = (b_vt.to(tl.float32) * b_b[None, :]).to(dt)
-        b_dX += tl.dot(b_du, b_vbt, input_precision=PREC)
-        b_dvb = tl.dot(b_Xt, b_du, input_precision=PREC)
+        b_dX += dot(b_du, b_vbt, prec=PREC)
+        b_dvb = dot(b_Xt, b_du, prec=PREC)
         tl.store(dv + p_v, (b_dvb * b_b[:, None]).to(dv.dtype.element_ty), mask=m_tv)
         b_db += tl.sum(b_dvb * b_v.to(tl.float32), 1)
         # [BV, BK]: Sᵀ of the chunk, loaded transposed
         b_ht = tl.load(h + p_h + o_k[None, :] * V + o_v[:, None], mask=m_v[:, None] & m_k[None, :], other=0)
-        b_dw -= tl.dot(b_du, b_ht.to(dt), input_precision=PREC)
+        b_dw -= dot(b_du, b_ht.to(dt), prec=PREC)
     # [BT, BK] and [BK, BT]: b e^G k
     b_k = tl.load(k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
     b_kt = tl.load(k + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_kt, other=0).to(tl.float32)
@@ -196,9 +197,9 @@ def chunk_wy_bwd_kernel(
         b_e = tl.exp(b_g)
         b_kt = b_kt * tl.exp(b_gt)
     b_k = b_k * b_e
-    b_dX += tl.dot(b_dw.to(dt), (b_kt * b_b[None, :]).to(dt), input_precision=PREC)
+    b_dX += dot(b_dw.to(dt), (b_kt * b_b[None, :]).to(dt), prec=PREC)
     # [BT, BK]: gradient of the scaled keys b e^G k
-    b_dkb = tl.dot(b_Xt, b_dw.to(dt), input_precision=PREC)
+    b_dkb = dot(b_Xt, b_dw.to(dt), prec=PREC)
     b_db += tl.sum(b_dkb * b_k, 1)
     p_k = (o_t * H + i_h)[:, None] * K + o_k[None, :]
     tl.store(dk + p_k, tl.load(dk + p_k, mask=m_tk, other=0) + b_dkb * b_b[:, None] * b_e, mask=m_tk)
@@ -209,8 +210,8 @@ def chunk_wy_bwd_kernel(
     m_low = (o_i[:, None] >= o_i[None, :]) & m_t[:, None] & m_t[None, :]
     b_dX = tl.where(m_low, b_dX, 0)
     b_Xtf = b_Xt.to(tl.float32)
-    b_P = tl.dot(b_dX, b_Xtf, input_precision=PREC)
-    b_dNv = -tl.dot(b_Xtf, b_P, input_precision=PREC)
+    b_P = dot(b_dX, b_Xtf, prec=PREC)
+    b_dNv = -dot(b_Xtf, b_P, prec=PREC)
     m_S = (o_i[:, None] > o_i[None, :]) & m_t[:, None] & m_t[None, :]
     tl.store(dN + (o_t * H + i_h)[:, None] * BT + o_i[None, :], tl.where(m_S, b_dNv, 0), mask=m_t[:, None])
 
@@ -284,8 +285,8 @@ def chunk_wy_pair_bwd_kernel(
         b_v = tl.load(v + p_v, mask=m_tv, other=0)
         # [BV, BT]
         b_vt = tl.load(v + (o_t * H + i_h)[None, :] * V + o_v[:, None], mask=m_v[:, None] & m_t[None, :], other=0)
-        b_dX += tl.dot(b_du, (b_vt.to(tl.float32) * b_b[None, :]).to(dt), input_precision=PREC)
-        b_dvb = tl.dot(b_Xt, b_du, input_precision=PREC)
+        b_dX += dot(b_du, (b_vt.to(tl.float32) * b_b[None, :]).to(dt), prec=PREC)
+        b_dvb = dot(b_Xt, b_du, prec=PREC)
         tl.store(dv + p_v, (b_dvb * b_b[:, None]).to(dv.dtype.element_ty), mask=m_tv)
         b_db += tl.sum(b_dvb * b_v.to(tl.float32), 1)
     # dW through W = X (b e^G k), by key blocks: the scaled keys' gradient b e^G Xᵀ dW goes into dk
@@ -301,8 +302,8 @@ def chunk_wy_pair_bwd_kernel(
                        other=0).to(tl.float32)  # fmt: skip
         b_k = b_k * b_e[:, None]
         b_kt = b_kt * b_e[None, :]
-        b_dX += tl.dot(b_dw, (b_kt * b_b[None, :]).to(dt), input_precision=PREC)
-        b_dkb = tl.dot(b_Xt, b_dw, input_precision=PREC)
+        b_dX += dot(b_dw, (b_kt * b_b[None, :]).to(dt), prec=PREC)
+        b_dkb = dot(b_Xt, b_dw, prec=PREC)
         b_dkk = tl.sum(b_dkb * b_k, 1)
         b_db += b_dkk
         b_dg += b_dkk * b_b
@@ -311,12 +312,12 @@ def chunk_wy_pair_bwd_kernel(
     m_low = (o_i[:, None] >= o_i[None, :]) & m_tt
     b_dX = tl.where(m_low, b_dX, 0)
     if HALF:
-        b_P = tl.dot(b_dX.to(dt), b_Xt, input_precision=PREC)
-        b_Q = -tl.dot(b_Xt, b_P.to(dt), input_precision=PREC)
+        b_P = dot(b_dX.to(dt), b_Xt, prec=PREC)
+        b_Q = -dot(b_Xt, b_P.to(dt), prec=PREC)
     else:
         b_Xtf = b_Xt.to(tl.float32)
-        b_P = tl.dot(b_dX, b_Xtf, input_precision=PREC)
-        b_Q = -tl.dot(b_Xtf, b_P, input_precision=PREC)
+        b_P = dot(b_dX, b_Xtf, prec=PREC)
+        b_Q = -dot(b_Xtf, b_P, prec=PREC)
     m_S = (o_i[:, None] > o_i[None, :]) & m_tt
     b_Q = tl.where(m_S, b_Q, 0)
     if GATE == 1:
@@ -337,11 +338,11 @@ def chunk_wy_pair_bwd_kernel(
         b_kh = tl.load(k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
         b_k = b_kh.to(tl.float32)
         if HALF:
-            b_R = tl.dot(b_Q.to(dt), b_kh.to(dt), input_precision=PREC)
-            b_C = tl.dot(b_Qt.to(dt), (b_k * b_b[:, None]).to(dt), input_precision=PREC)
+            b_R = dot(b_Q.to(dt), b_kh.to(dt), prec=PREC)
+            b_C = dot(b_Qt.to(dt), (b_k * b_b[:, None]).to(dt), prec=PREC)
         else:
-            b_R = tl.dot(b_Q, b_k, input_precision=PREC)
-            b_C = tl.dot(b_Qt, b_k * b_b[:, None], input_precision=PREC)
+            b_R = dot(b_Q, b_k, prec=PREC)
+            b_C = dot(b_Qt, b_k * b_b[:, None], prec=PREC)
         tl.store(dk + p_k, tl.load(dk + p_k, mask=m_tk, other=0) + b_b[:, None] * b_R + b_C, mask=m_tk)
         b_db2 += tl.sum(b_k * b_R, 1)
         b_dg2 += tl.sum(b_k * (b_b[:, None] * b_R - b_C), 1)
@@ -402,7 +403,7 @@ def chunk_kk_pair_bwd_vec_kernel(
         b_kj = tl.load(k + (o_tj * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0)
         b_gj = tl.load(gc + (o_tj * H + i_h)[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0)
         b_kg = b_kj.to(tl.float32) * tl.exp(tl.where(m_k[None, :], b_gr[None, :] - b_gj, 0))
-        b_R += tl.dot(b_dN, b_kg, input_precision=PREC)
+        b_R += dot(b_dN, b_kg, prec=PREC)
     # blocks below the diagonal: reference = the last valid row of this sub-chunk
     t_l = tl.minimum(t_i0 + BC, eos) - 1
     b_gl = tl.load(gc + (t_l * H + i_h) * K + o_k, mask=m_k, other=0)
@@ -416,7 +417,7 @@ def chunk_kk_pair_bwd_vec_kernel(
         b_bb = tl.load(beta + o_tb * H + i_h, mask=m_tb, other=0).to(tl.float32)
         b_gb = tl.load(gc + (o_tb * H + i_h)[:, None] * K + o_k[None, :], mask=m_bk, other=0)
         b_qg = b_kb * b_bb[:, None] * tl.exp(tl.where(m_bk, b_gb - b_gl[None, :], 0))
-        b_C += tl.dot(b_dNt, b_qg, input_precision=PREC)
+        b_C += dot(b_dNt, b_qg, prec=PREC)
     b_R *= tl.exp(tl.where(m_ik, b_g - b_gr[None, :], 0))
     b_C *= tl.exp(tl.where(m_ik, b_gl[None, :] - b_g, 0))
     # the diagonal block
@@ -430,8 +431,8 @@ def chunk_kk_pair_bwd_vec_kernel(
         b_dNb = tl.load(dN + (o_ti * H + i_h)[:, None] * BT + (i_i * BC + o_c)[None, :], mask=m_S, other=0)
         m_St = (o_c[:, None] < o_c[None, :]) & m_ti[:, None] & m_ti[None, :]
         b_dNbt = tl.load(dN + (o_ti * H + i_h)[None, :] * BT + (i_i * BC + o_c)[:, None], mask=m_St, other=0)
-        b_R += tl.exp(b_df) * tl.dot(b_dNb, b_ki * tl.exp(-b_df), input_precision=PREC)
-        b_C += tl.exp(-b_dl) * tl.dot(b_dNbt, b_ki * b_bi[:, None] * tl.exp(b_dl), input_precision=PREC)
+        b_R += tl.exp(b_df) * dot(b_dNb, b_ki * tl.exp(-b_df), prec=PREC)
+        b_C += tl.exp(-b_dl) * dot(b_dNbt, b_ki * b_bi[:, None] * tl.exp(b_dl), prec=PREC)
     for r in range(0, tl.where(factored, 0, BC)):
         t_r = t_i0 + r
         m_r = m_k & ((o_k * 0 + t_r) < eos)

@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from ..common.chunks import chunk_span
+from ..common.dots import dot
 from .triton_kernels import _strict_prefix
 
 # the largest |b_i - b_r| for which a diagonal block is computed in factored form: e^(+-60) and the
@@ -95,7 +96,7 @@ def chunk_gla_A_kernel(
             b_kt = tl.load(k + (o_tj * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_kj, other=0)
             b_gkt = tl.load(gc + (o_tj * H + i_h)[None, :] * K + o_k[:, None], mask=m_kj, other=0)
             b_kg = b_kt.to(tl.float32) * tl.exp(tl.where(m_kj, b_gr[:, None] - b_gkt, 0))
-            b_A += tl.dot(b_qg.to(b_q.dtype), b_kg.to(b_q.dtype), input_precision=PREC)
+            b_A += dot(b_qg.to(b_q.dtype), b_kg.to(b_q.dtype), prec=PREC)
     if i_i == i_j:
         t_r = t0 + i_i * BC  # the block's first row: the reference of the factored form
         b_bon = tl.zeros([BC], dtype=tl.float32)  # BONUS: q_i . (u k_i)
@@ -127,7 +128,7 @@ def chunk_gla_A_kernel(
                 b_qg = b_q.to(tl.float32) * tl.exp(b_dr)
                 b_kg = tl.trans(tl.load(k + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_qi, other=0))
                 b_kg = b_kg.to(tl.float32) * tl.exp(-tl.trans(b_dk))
-                b_A += tl.dot(b_qg.to(b_q.dtype), b_kg.to(b_q.dtype), input_precision=PREC)
+                b_A += dot(b_qg.to(b_q.dtype), b_kg.to(b_q.dtype), prec=PREC)
             else:  # strong gates: one exponent b_i - b_j <= 0 per pair
                 b_qf = b_q.to(tl.float32)
                 for j in range(0, BC):
@@ -226,7 +227,7 @@ def chunk_gla_bwd_intra_kernel(
         b_kj = tl.load(k + (o_tj * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0)
         b_gj = tl.load(gc + (o_tj * H + i_h)[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0)
         b_kg = b_kj.to(tl.float32) * tl.exp(tl.where(m_k[None, :], b_gr[None, :] - b_gj, 0))
-        b_dq += tl.dot(b_dA, b_kg, input_precision=PREC)
+        b_dq += dot(b_dA, b_kg, prec=PREC)
     # blocks below the diagonal: reference r' = the last valid row of this sub-chunk
     t_l = tl.minimum(t_i0 + BC, eos) - 1
     b_gl = tl.load(gc + (t_l * H + i_h) * K + o_k, mask=m_k, other=0)
@@ -239,7 +240,7 @@ def chunk_gla_bwd_intra_kernel(
         b_qb = tl.load(q + (o_tb * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_bk, other=0)
         b_gb = tl.load(g_q + (o_tb * H + i_h)[:, None] * K + o_k[None, :], mask=m_bk, other=0)
         b_qg = b_qb.to(tl.float32) * tl.exp(tl.where(m_bk, b_gb - b_gl[None, :], 0))
-        b_dk += tl.dot(b_dAt, b_qg, input_precision=PREC)
+        b_dk += dot(b_dAt, b_qg, prec=PREC)
     # the diagonal block: factored when the block's gate span allows (see chunk_gla_A_kernel), else element by element
     b_dq *= tl.exp(tl.where(m_ik, b_gqi - b_gr[None, :], 0))
     b_dk *= tl.exp(tl.where(m_ik, b_gl[None, :] - b_g, 0))
@@ -266,8 +267,8 @@ def chunk_gla_bwd_intra_kernel(
         b_ki = tl.load(k + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_ik, other=0).to(tl.float32)
         b_qi = tl.load(q + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_ik, other=0).to(tl.float32)
         # dq_i += e^(b_i - b_f) sum_j dA_ij (k_j e^(b_f - b_j)),  dk_j += e^(b_l - b_j) sum_i dA_ij (q_i e^(b_i - b_l))
-        b_dq += tl.exp(b_df) * tl.dot(b_dAb, b_ki * tl.exp(-b_dfk), input_precision=PREC)
-        b_dk += tl.exp(-b_dl) * tl.dot(tl.trans(b_dAb), b_qi * tl.exp(b_dlq), input_precision=PREC)
+        b_dq += tl.exp(b_df) * dot(b_dAb, b_ki * tl.exp(-b_dfk), prec=PREC)
+        b_dk += tl.exp(-b_dl) * dot(tl.trans(b_dAb), b_qi * tl.exp(b_dlq), prec=PREC)
     for r in range(0, tl.where(factored, 0, BC)):
         t_r = t_i0 + r
         m_r = m_k & ((o_k * 0 + t_r) < eos)

@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from ..common.chunks import chunk_span, state_block
+from ..common.dots import dot
 from ..common.gating import decay_to_last_t
 
 
@@ -132,7 +133,7 @@ def chunk_fwd_h_kernel(
         # [BT, BV]
         b_v = tl.load(v + (o_t * H + i_h)[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
         b_h, b_kt = decay_to_last_t(b_h, b_kt, gc, o_t, m_t, last, i_h, H, K, o_k, m_k, GATE)
-        b_h += tl.dot(b_kt.to(b_v.dtype), b_v, input_precision=PREC)
+        b_h += dot(b_kt.to(b_v.dtype), b_v, prec=PREC)
     if STORE_HT:
         tl.store(ht + (i_n * H + i_h) * K * V + o_h, b_h, mask=m_h)
 
@@ -191,14 +192,14 @@ def chunk_fwd_o_kernel(
         if GATE == 2:
             b_g = tl.load(gc + (o_t * H + i_h)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
             b_qg = b_q.to(tl.float32) * tl.exp(b_g)
-            b_o += tl.dot(b_qg.to(b_q.dtype), b_h.to(b_q.dtype), input_precision=PREC)
+            b_o += dot(b_qg.to(b_q.dtype), b_h.to(b_q.dtype), prec=PREC)
         else:
             # [BK, BT]
             b_kt = tl.load(
                 k + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0
             )
-            b_o += tl.dot(b_q, b_h.to(b_q.dtype), input_precision=PREC)
-            b_A += tl.dot(b_q, b_kt, input_precision=PREC)
+            b_o += dot(b_q, b_h.to(b_q.dtype), prec=PREC)
+            b_A += dot(b_q, b_kt, prec=PREC)
     if GATE == 1:
         b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
         b_o *= tl.exp(b_g)[:, None]
@@ -208,7 +209,7 @@ def chunk_fwd_o_kernel(
     b_A = tl.where(m_A, b_A, 0)
     # [BT, BV]
     b_v = tl.load(v + (o_t * H + i_h)[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
-    b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
+    b_o += dot(b_A.to(b_v.dtype), b_v, prec=PREC)
     b_o *= scale
     tl.store(
         o + (o_t * H + i_h)[:, None] * V + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_t[:, None] & m_v[None, :]
@@ -284,7 +285,7 @@ def chunk_bwd_dh_kernel(
             b_gl = tl.load(gc + (last * H + i_h) * K + o_k, mask=m_k, other=0)
             b_dh *= tl.exp(b_gl)[:, None]
             b_qt = (b_qt * tl.exp(b_gt)).to(b_do.dtype)
-        b_dh += scale * tl.dot(b_qt.to(b_do.dtype), b_do, input_precision=PREC)
+        b_dh += scale * dot(b_qt.to(b_do.dtype), b_do, prec=PREC)
     if STORE_DH0:
         tl.store(dh0 + (i_n * H + i_h) * K * V + o_h, b_dh, mask=m_h)
 
@@ -350,15 +351,15 @@ def chunk_bwd_dv_kernel(
             b_gl = tl.load(gc + (last * H + i_h) * K + o_k, mask=m_k, other=0)
             b_kf = b_k.to(tl.float32)
             b_kd = b_kf * tl.exp(tl.where(m_tk, b_gl[None, :] - b_g, 0))
-            b_dv += tl.dot(b_kd.to(b_k.dtype), b_dh.to(b_k.dtype), input_precision=PREC)
+            b_dv += dot(b_kd.to(b_k.dtype), b_dh.to(b_k.dtype), prec=PREC)
         else:
             # [BK, BT]
             b_qt = tl.load(
                 q + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0
             )
             if USE_DH:
-                b_dv += tl.dot(b_k, b_dh.to(b_k.dtype), input_precision=PREC)
-            b_At += tl.dot(b_k, b_qt, input_precision=PREC)
+                b_dv += dot(b_k, b_dh.to(b_k.dtype), prec=PREC)
+            b_At += dot(b_k, b_qt, prec=PREC)
     if GATE == 1:
         b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
         b_gl = tl.load(gc + last * H + i_h)
@@ -369,7 +370,7 @@ def chunk_bwd_dv_kernel(
     b_At = tl.where(m_At, b_At, 0)
     # [BT, BV]
     b_do = tl.load(do + (o_t * H + i_h)[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
-    b_dv += scale * tl.dot(b_At.to(b_do.dtype), b_do, input_precision=PREC)
+    b_dv += scale * dot(b_At.to(b_do.dtype), b_do, prec=PREC)
     tl.store(
         dv + (o_t * H + i_h)[:, None] * V + o_v[None, :], b_dv.to(dv.dtype.element_ty), mask=m_t[:, None] & m_v[None, :]
     )
@@ -447,12 +448,12 @@ def chunk_bwd_dqk_kernel(
         m_ht = m_v[:, None] & m_k[None, :]
         b_ht = tl.load(h + p_ht, mask=m_ht, other=0).to(b_do.dtype)
         b_dht = tl.load(dh + p_ht, mask=m_ht, other=0).to(b_do.dtype)
-        b_dA += tl.dot(b_do, b_vt, input_precision=PREC)
-        b_dq += tl.dot(b_do, b_ht, input_precision=PREC)
-        b_dk += tl.dot(b_v, b_dht, input_precision=PREC)
+        b_dA += dot(b_do, b_vt, prec=PREC)
+        b_dq += dot(b_do, b_ht, prec=PREC)
+        b_dk += dot(b_v, b_dht, prec=PREC)
         if DW:
             b_dvn = tl.load(dvn + (o_t * H + i_h)[:, None] * V + o_v[None, :], mask=m_tv, other=0).to(b_do.dtype)
-            b_dw -= tl.dot(b_dvn, b_ht, input_precision=PREC)
+            b_dw -= dot(b_dvn, b_ht, prec=PREC)
         if GATE != 0:
             b_hdh += tl.sum(b_ht.to(tl.float32) * b_dht.to(tl.float32), axis=0)
     if DW:  # stored now: its accumulator is not live through the gate gradient below (registers, spills)
@@ -463,8 +464,8 @@ def chunk_bwd_dqk_kernel(
     b_k = tl.load(k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
     b_qf, b_kf = b_q.to(tl.float32), b_k.to(tl.float32)
     if GATE == 0:
-        b_dq = scale * (b_dq + tl.dot(b_dA.to(b_k.dtype), b_k, input_precision=PREC))
-        b_dk += scale * tl.dot(tl.trans(b_dA).to(b_q.dtype), b_q, input_precision=PREC)
+        b_dq = scale * (b_dq + dot(b_dA.to(b_k.dtype), b_k, prec=PREC))
+        b_dk += scale * dot(tl.trans(b_dA).to(b_q.dtype), b_q, prec=PREC)
     # gate gradient, chunk-local and free of cancellation: dg_t = sum_{s >= t} q_s dq_s - k_s dk_s over the
     # intra-chunk pairs (diagonal excluded: it cancels exactly) and the inter-chunk dq, plus sum_{j < t} of
     # k_j dk_j over the inter-chunk dk, plus e^(b_last) sum_v h dh (the decay of the incoming state)
@@ -475,9 +476,9 @@ def chunk_bwd_dqk_kernel(
         # [BT]: scale * diag(dA); [BT, BT]: the strictly causal part, decayed
         b_dAd = scale * tl.sum(tl.where(o_i[:, None] == o_i[None, :], b_dA, 0), axis=1)
         b_M = scale * tl.where(m_S, b_dA * tl.exp(tl.where(m_S, b_g[:, None] - b_g[None, :], 0)), 0)
-        b_dqn = scale * b_dq * tl.exp(b_g)[:, None] + tl.dot(b_M.to(b_k.dtype), b_k, input_precision=PREC)
+        b_dqn = scale * b_dq * tl.exp(b_g)[:, None] + dot(b_M.to(b_k.dtype), b_k, prec=PREC)
         b_dkx = b_dk * tl.exp(tl.where(m_t, b_gl - b_g, 0))[:, None]
-        b_dkn = tl.dot(tl.trans(b_M).to(b_q.dtype), b_q, input_precision=PREC)
+        b_dkn = dot(tl.trans(b_M).to(b_q.dtype), b_q, prec=PREC)
         b_db = b_qf * b_dqn - b_kf * b_dkn
         b_de = b_kf * b_dkx
         b_ds = tl.exp(b_gl) * b_hdh
