@@ -82,7 +82,7 @@ VARIANTS = [
     ("wy+pair half w4 s2", {"WY_PAIR_HALF": True, "wy_pair": (4, 2)}),
     # no gate / a scalar gate: shipped (2026-12-01), k kᵀ formed by the WY solve kernel with its ten 16x16 blocks in
     # registers, as FLA's fused kkt+solve, on 1 warp, the merge dots tf32 for half inputs. H200, B=8 T=2048 H=16
-    # D=128 bf16, gated_delta_rule forward kernels: kkt 0.044 + solve 0.173 ms (the variant "two kernels, exact
+    # D=128 bf16, gated_delta_rule forward kernels: kkt 0.044 + solve 0.173 ms (the variant "two kernels exact
     # merges") -> 0.102; at 2 warps 0.186, 4 warps 0.364; the diagonal blocks through a scratch A instead 0.231-0.399
     ("kkt in solve w2", {"kkt_solve": (2, 1)}),
     ("kkt in solve w4", {"kkt_solve": (4, 1)}),
@@ -90,19 +90,28 @@ VARIANTS = [
     # chunk_kkt_kernel writing A in fp32 for the solve kernel to read back (kda's path): merges tf32 0.164 ms for
     # the solve, exact (offline sm_90 at 2 warps 255 registers, tf32 166) 0.173
     ("two kernels", {"FUSED_KKT": False}),
-    ("two kernels, exact merges", {"FUSED_KKT": False, "SOLVE_MERGE_TF32": False}),
+    ("two kernels exact merges", {"FUSED_KKT": False, "SOLVE_MERGE_TF32": False}),
     ("two kernels w1", {"FUSED_KKT": False, "solve": (1, 1)}),
     ("two kernels w4", {"FUSED_KKT": False, "solve": (4, 1)}),
     ("solve merges exact", {"SOLVE_MERGE_TF32": False}),  # kda: its two-kernel solve with exact merges
+    # fp32 inputs (--dtype float32) at "highest": three tf32 products instead of "ieee" FMA loops, which spill
+    # 18-55 KB a thread in the state passes and the backward (offline sm_90, RESULTS); with the spilling backward
+    # kernels on 8 warps (offline: to measure)
+    ("three tf32", {"FP32_HIGHEST": "tf32x3"}),
+    ("three tf32 bwd w8", {"FP32_HIGHEST": "tf32x3", "dqk": (8, 2), "wy_pair": (8, 1), "wy_bwd": (8, 1)}),
 ]
 
 
 def apply(changes):
+    from fla_compile.lowering.common import launch
     from fla_compile.lowering.delta import triton_launch as DT
 
     old = {}
     for key, value in changes.items():
-        if key in DT._DEFAULTS:  # a launch option: through OVERRIDES (None: back to the table's)
+        if key == "FP32_HIGHEST":  # the dot precision of fp32 inputs at "highest" (common/launch.py)
+            old[key] = launch.FP32_HIGHEST
+            launch.FP32_HIGHEST = value
+        elif key in DT._DEFAULTS:  # a launch option: through OVERRIDES (None: back to the table's)
             old[key] = DT.OVERRIDES.get(key)
             if value is None:
                 DT.OVERRIDES.pop(key, None)
@@ -141,7 +150,9 @@ def main() -> int:
     p.add_argument("--fwd-kernels", action="store_true", help="also print each variant's forward kernels (device ms)")
     p.add_argument("--bwd-kernels", action="store_true", help="also print each variant's fwd+bwd kernels (device ms)")
     p.add_argument("--metadata", action="store_true", help="at the end: registers, spills, shared of every kernel built")
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     args = p.parse_args()
+    dtype = getattr(torch, args.dtype)
     B, T, H, D = (int(x) for x in args.shape.split(","))
     names = set(args.variants.split(",")) if args.variants else None
     rows = [
@@ -150,8 +161,8 @@ def main() -> int:
     ]
     for family in args.families.split(","):
         fn = ours(family)
-        xs = inputs(family, B, T, H, D)
-        xg = inputs(family, B, T, H, D, grad=True)
+        xs = inputs(family, B, T, H, D, dtype)
+        xg = inputs(family, B, T, H, D, dtype, grad=True)
         shipped = result(fn, xg)
         for name, changes in VARIANTS:
             if names and name not in names and name != "shipped":
@@ -162,7 +173,8 @@ def main() -> int:
                     t_f = bench(lambda fn=fn, xs=xs: fn(*xs))
                 t_fb = bench(fwd_bwd(fn, xg))
                 diff = max_rel(result(fn, xg), shipped)
-                flag = " **WRONG**" if not diff <= 5e-2 else ""  # bf16: other tiles round differently
+                bound = 5e-2 if dtype != torch.float32 else 1e-4  # bf16: other tiles round differently
+                flag = " **WRONG**" if not diff <= bound else ""
                 fb_table = kernel_table(fwd_bwd(fn, xg))
                 t_k = sum(ms for _, _, ms in fb_table)
                 rows.append(f"| {family} | {name} | {t_f:.3f} | {t_fb:.3f} | {t_k:.3f} | {diff:.1e}{flag} |")
