@@ -246,7 +246,8 @@ def forward_parts(
     if X is None:
         # k kᵀ formed in the solve kernel (no A) for half inputs: fp32 key tiles spill there (offline sm_90)
         kkt = FUSED_KKT and gid != 2 and dt.itemsize == 2
-        A = None if kkt else torch.empty(B, T, H, BT, **f32)
+        X = torch.empty(B, T, H, BT, device=dev, dtype=dt) if X_buf is None else X_buf
+        A = X if kkt else torch.empty(B, T, H, BT, **f32)  # with kkt a placeholder pointer, never read
         if gid == 2 and FUSED_A and Aqk is None:  # k kᵀ and q kᵀ in one pass
             NC = BT // 16
             Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf
@@ -266,8 +267,6 @@ def forward_parts(
                 kw.chunk_kkt_kernel, (NS, H),
                 k, gcp, A, cu, info, H, G, K, BT, min(64, BK), gid, prec, **_opts("kkt", dev, dims)
             )
-        X = torch.empty(B, T, H, BT, device=dev, dtype=dt) if X_buf is None else X_buf
-        A = X if A is None else A  # a placeholder pointer with kkt: never read
         load_x = False
     else:
         A, load_x, kkt = X, True, False
