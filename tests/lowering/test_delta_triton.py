@@ -709,7 +709,9 @@ def _poison():
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("family", list(FAMILY_GATE))
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
+@pytest.mark.parametrize(
+    "dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 2e-2)], ids=["fp32", "bf16", "fp16"]
+)
 @pytest.mark.parametrize("gate_scale", [0.05, 20.0], ids=["weak", "strong"])
 def test_gpu_chunk_vs_fp64(family, dtype, tol, gate_scale, K=64, V=64, T=300):
     from fla_compile.lowering.delta import triton_launch as DT
