@@ -1,0 +1,74 @@
+"""Registers, spills and shared memory of the chunk kernels on fp32 inputs, per dot precision, compiled offline.
+
+    python benchmarks/fp32_dot_regs.py [--arch 90] [--precs ieee,tf32,tf32x3] [--other-warps]
+
+fp32 inputs run every product at ``launch.prec``: "ieee" at torch's "highest" (Triton's FMA loops), "tf32" at
+"high", and "tf32x3" (three tf32 products, ``common/dots.py``) once ``launch.FP32_HIGHEST`` takes it. This
+compiles the heavy kernels of a gated_delta_rule forward and backward at K = V = 128, BT = 64 (scalar gate)
+with the sm90 table's warps and stages (``--other-warps``: 8 for 4 and 4 for 8) and prints ptxas's counts
+(``delta_bwd_regs.usage``). The counts come from this machine's Triton; a guide, not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+log = logging.getLogger("fp32_dot_regs")
+
+
+def jobs():
+    from fla_compile.lowering.delta import triton_wy as dw
+    from fla_compile.lowering.delta import triton_wy_bwd as db
+    from fla_compile.lowering.gla import triton_kernels as gk
+
+    base = dict(H=16, G=1, K=128, V=128, BT=64, GATE=1)
+    return [  # name, kernel, constexprs (PREC / MERGE_PREC: the precision under test), warps, stages
+        ("chunk_delta_h", dw.chunk_delta_h_kernel, dict(base, BK=128, BV=64, USE_H0=True, PREC=None), 4, 2),
+        ("chunk_wu", dw.chunk_wu_kernel, dict(base, BK=64, BV=64, PREC=None), 4, 2),
+        ("chunk_wy (solve only)", dw.chunk_wy_kernel,
+         dict(base, BK=16, BV=16, LOAD_X=False, PREC=None, SOLVE_ONLY=True, MERGE_PREC=None), 2, 1),
+        ("chunk_fwd_o", gk.chunk_fwd_o_kernel, dict(base, BK=64, BV=128, PREC=None, SA=64), 8, 3),
+        ("chunk_delta_dh", db.chunk_delta_dh_kernel, dict(base, BK=128, BV=64, USE_DHT=True, STORE_DH0=True, PREC=None), 8, 2),
+        ("chunk_bwd_dqk", gk.chunk_bwd_dqk_kernel, dict(base, BK=64, BV=64, PREC=None, DW=True), 4, 2),
+        ("chunk_wy_pair_bwd", db.chunk_wy_pair_bwd_kernel, dict(base, BK=64, BV=64, PREC=None), 4, 1),
+    ]  # fmt: skip
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", type=int, default=90)
+    p.add_argument("--precs", default="ieee,tf32,tf32x3")
+    p.add_argument("--other-warps", action="store_true", help="8 warps where the table has 4, 4 where it has 8")
+    args = p.parse_args()
+    from delta_bwd_regs import compile_one, usage
+
+    rows = ["| kernel | prec | warps | stages | regs | spill | shared |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, fn, consts, warps, stages in jobs():
+        if args.other_warps:
+            warps = {4: 8, 8: 4}.get(warps, warps)
+        for prec in args.precs.split(","):
+            c = {k: (prec if v is None else v) for k, v in consts.items()}
+            for pn, prm in inspect.signature(fn.fn).parameters.items():  # flags at their defaults
+                if pn not in c and "constexpr" in str(prm.annotation) and prm.default is not inspect.Parameter.empty:
+                    c[pn] = prm.default
+            try:
+                u = usage(compile_one(fn, c, "fp32", args.arch, warps, stages))
+                row = f"| {name} | {prec} | {warps} | {stages} | {u['regs']} | {u['spill']} | {u['shared']} |"
+            except Exception as e:  # one failed compile is a row, not a lost table
+                row = f"| {name} | {prec} | {warps} | {stages} | error: {type(e).__name__}: {str(e)[:80]} | | |"
+            rows.append(row)
+            log.info(row)
+    log.info("\n" + "\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
