@@ -36,6 +36,7 @@ VARIANTS = [
     ("dh BV=32", {"BV_dh": 32}),
     ("fill SMs", {"fill_sms": True}),  # V blocks of the state passes halved while their grid is under one wave
     ("dh warps 4", {"dh": (4, 2)}),
+    ("dh w4 s3", {"dh": (4, 3)}),  # FLA's dhu pass at K = 64 autotunes to 4 warps, 3 stages, BV 64 (0.128 ms)
     ("wy_bwd warps 4", {"wy_bwd": (4, 2)}),
     ("solve warps 1", {"solve": (1, 1)}),
     ("solve warps 4", {"solve": (4, 1)}),
@@ -84,6 +85,10 @@ VARIANTS = [
     # registers, as FLA's fused kkt+solve, on 1 warp, the merge dots tf32 for half inputs. H200, B=8 T=2048 H=16
     # D=128 bf16, gated_delta_rule forward kernels: kkt 0.044 + solve 0.173 ms (the variant "two kernels exact
     # merges") -> 0.102; at 2 warps 0.186, 4 warps 0.364; the diagonal blocks through a scratch A instead 0.231-0.399
+    # FLA's fused kkt+solve autotunes to 1 warp, 3 stages at K = 64 (its H200 autotune cache: 0.166 ms at
+    # (8, 2048, 32, 64)); ours loops over key blocks of 64, so stages can prefetch at K = 128
+    ("kkt in solve s2", {"kkt_solve": (1, 2)}),
+    ("kkt in solve s3", {"kkt_solve": (1, 3)}),
     ("kkt in solve w2", {"kkt_solve": (2, 1)}),
     ("kkt in solve w4", {"kkt_solve": (4, 1)}),
     ("kkt in solve exact merges", {"SOLVE_MERGE_TF32": False}),
