@@ -238,6 +238,14 @@ def test_chunk_meta_varlen():
     assert all(n == -1 for n, _ in info.tolist()[5:])
 
 
+@pytest.mark.parametrize("bad", [[0, 5, 42], [1, 5, 41], [0, 30, 20, 41]], ids=["past_end", "not_from_0", "decreasing"])
+def test_chunk_meta_refuses_bad_offsets(bad):
+    """Offsets past the tokens (or not from 0, or decreasing) would make the kernels read and write out of bounds:
+    refused on the host where the check is free (a CPU tensor), naming the argument and what was expected."""
+    with pytest.raises(ValueError, match=r"cu_seqlens: expected non-decreasing offsets from 0 to at most B\*T = 41"):
+        chunks.chunk_meta(1, 41, torch.tensor(bad, dtype=torch.int32), 16, "cpu")
+
+
 @pytest.mark.parametrize("T", [9, 70], ids=["decode", "chunked"])
 @pytest.mark.parametrize("family", ["linear_attn", "retention", "simple_gla", "gla"])
 def test_ops_use_kernels(family, T, monkeypatch):

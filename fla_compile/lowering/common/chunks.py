@@ -62,6 +62,12 @@ def chunk_meta(B: int, T: int, cu_seqlens: torch.Tensor | None, BT: int, device)
     if cu_seqlens is None:
         NT = launch.cdiv(T, BT)
         return dense_cu(B, T, device), _dense_info(B, NT, device), dense_cu(B, NT, device), B * NT, B
+    if cu_seqlens.device.type == "cpu":  # free to check here (on a GPU it would cost a sync; the ops check it)
+        bounds = cu_seqlens.tolist()
+        if bounds[0] != 0 or bounds[-1] > B * T or any(a > b for a, b in zip(bounds, bounds[1:])):
+            raise ValueError(
+                f"cu_seqlens: expected non-decreasing offsets from 0 to at most B*T = {B * T} tokens, got {bounds}"
+            )
     cu = cu_seqlens.to(device=device, dtype=torch.int32).contiguous()
     N = cu.shape[0] - 1
     nchunks = (cu[1:] - cu[:-1] + BT - 1) // BT
