@@ -70,6 +70,16 @@ def usage(compiled) -> dict:
     }
 
 
+def usage_row(head: str, fn, consts, dt, arch, warps, stages) -> str:
+    """``head`` (a table row's first cells, ending in "|") and "regs | spill | shared |" of one offline compile;
+    a failed compile gives its error in the row instead (one failure is a row, not a lost table)."""
+    try:
+        u = usage(compile_one(fn, consts, dt, arch, warps, stages))
+        return f"{head} {u['regs']} | {u['spill']} | {u['shared']} |"
+    except Exception as e:
+        return f"{head} error: {type(e).__name__}: {str(e)[:80]} | | |"
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     p = argparse.ArgumentParser()
@@ -98,11 +108,8 @@ def main() -> int:
             jobs[1] = ("chunk_wy_pair_bwd_kernel", kwb.chunk_wy_pair_bwd_kernel, dict(wy, BK=64))
         for name, fn, consts in jobs:
             for warps in (int(w) for w in args.warps.split(",")):
-                try:
-                    u = usage(compile_one(fn, consts, args.dtype, args.arch, warps, 2))
-                    row = f"| {name} | {gid} | {consts['BK']} | {consts.get('BV', '-')} | {warps} | {u['regs']} | {u['spill']} | {u['shared']} |"
-                except Exception as e:  # one failed compile is a row, not a lost table
-                    row = f"| {name} | {gid} | {consts['BK']} | {consts.get('BV', '-')} | {warps} | error: {type(e).__name__}: {str(e)[:80]} | | |"
+                head = f"| {name} | {gid} | {consts['BK']} | {consts.get('BV', '-')} | {warps} |"
+                row = usage_row(head, fn, consts, args.dtype, args.arch, warps, 2)
                 rows.append(row)
                 log.info(row)
     log.info("\n" + "\n".join(rows))

@@ -6,7 +6,7 @@ fp32 inputs run every product at ``launch.prec``: "ieee" at torch's "highest" (T
 "high", and "tf32x3" (three tf32 products, ``common/dots.py``) once ``launch.FP32_HIGHEST`` takes it. This
 compiles the heavy kernels of a gated_delta_rule forward and backward at K = V = 128, BT = 64 (scalar gate)
 with the sm90 table's warps and stages (``--other-warps``: 8 for 4 and 4 for 8) and prints ptxas's counts
-(``delta_bwd_regs.usage``). The counts come from this machine's Triton; a guide, not a measurement.
+(``delta_bwd_regs.usage_row``). The counts come from this machine's Triton; a guide, not a measurement.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def main() -> int:
     p.add_argument("--precs", default="ieee,tf32,tf32x3")
     p.add_argument("--other-warps", action="store_true", help="8 warps where the table has 4, 4 where it has 8")
     args = p.parse_args()
-    from delta_bwd_regs import compile_one, usage
+    from delta_bwd_regs import usage_row
 
     rows = ["| kernel | prec | warps | stages | regs | spill | shared |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, fn, consts, warps, stages in jobs():
@@ -59,11 +59,7 @@ def main() -> int:
             for pn, prm in inspect.signature(fn.fn).parameters.items():  # flags at their defaults
                 if pn not in c and "constexpr" in str(prm.annotation) and prm.default is not inspect.Parameter.empty:
                     c[pn] = prm.default
-            try:
-                u = usage(compile_one(fn, c, "fp32", args.arch, warps, stages))
-                row = f"| {name} | {prec} | {warps} | {stages} | {u['regs']} | {u['spill']} | {u['shared']} |"
-            except Exception as e:  # one failed compile is a row, not a lost table
-                row = f"| {name} | {prec} | {warps} | {stages} | error: {type(e).__name__}: {str(e)[:80]} | | |"
+            row = usage_row(f"| {name} | {prec} | {warps} | {stages} |", fn, c, "fp32", args.arch, warps, stages)
             rows.append(row)
             log.info(row)
     log.info("\n" + "\n".join(rows))
