@@ -366,6 +366,18 @@ def _case_fused_kkt(family, BT, T=70, cu_lens=None, gate_scale=2.0, K=16):
     return {**out, **same, "tol": 2e-2, "tols": dict.fromkeys(same, 1e-5)}
 
 
+def _case_wu_by_blocks(family, BT, dtype, cu_lens=None):
+    """``WU_SPLIT`` off: the solve kernel forms W and U by blocks itself (with half inputs and no per-key gate, k kᵀ
+    formed in it too): forward and gradients against the fp64 reference of the same rounded inputs."""
+    q, k, v, beta, g, h0 = make(family, B=1, T=70, K=16, V=16)
+    q, k, v, beta = (x.to(dtype).float() for x in (q, k, v, beta))  # the rounded values, for the reference
+    xs = _pack(cu_lens, q, k, v, beta, g, h0)
+    xs = [x.to(dtype) if i < 4 else x for i, x in enumerate(xs)]
+    with _switched("WU_SPLIT", False):
+        out = _kernels_vs_fp64(family, BT, *xs)[0]
+    return {**out, "tol": 1e-5 if dtype == torch.float32 else 2e-2}
+
+
 def _case_three_tf32(family, BT, cu_lens=None):
     """fp32 at "highest" with ``launch.FP32_HIGHEST = "tf32x3"`` (every product by three tf32 ones, see
     ``common/dots.py``): forward and gradients against fp64, full and partial chunks, packed sequences."""
@@ -541,6 +553,8 @@ INTERPRETER_CASES = {
     "kkt-fused-delta-BT64": (_case_fused_kkt, ("delta_rule", 64)),
     "kkt-fused-gdn-BT32-varlen-strong": (_case_fused_kkt, ("gated_delta_rule", 32, 70, [5, 0, 46, 19], 20.0)),
     "kkt-fused-gdn-BT16-K20": (_case_fused_kkt, ("gated_delta_rule", 16, 37, None, 2.0, 20)),
+    "wu-by-blocks-gdn-fp16-BT32-varlen": (_case_wu_by_blocks, ("gated_delta_rule", 32, torch.float16, [5, 0, 46, 19])),
+    "wu-by-blocks-delta-fp32-BT64": (_case_wu_by_blocks, ("delta_rule", 64, torch.float32)),
     "three-tf32-gdn-BT32-varlen": (_case_three_tf32, ("gated_delta_rule", 32, [5, 0, 40, 29])),
     "three-tf32-kda-BT16": (_case_three_tf32, ("kda", 16)),
     "three-tf32-delta-BT64": (_case_three_tf32, ("delta_rule", 64)),
