@@ -10,6 +10,7 @@ counts come from this machine's Triton, which may differ from the GPU machine's;
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import pathlib
@@ -29,6 +30,10 @@ def compile_one(fn, consts, dt, arch, warps, stages):
     from triton.compiler import ASTSource
 
     typed = {"q": dt, "k": dt, "v": dt, "w": dt, "do": dt, "dh": dt, "dvn": dt, "X": dt, "h": dt, "dv": dt, "dw": dt}
+    consts = dict(consts)
+    for name, prm in inspect.signature(fn.fn).parameters.items():  # constexpr flags not given: at their defaults
+        if name not in consts and "constexpr" in str(prm.annotation) and prm.default is not inspect.Parameter.empty:
+            consts[name] = prm.default
     sig = {}
     for name in fn.arg_names:
         if name in consts:

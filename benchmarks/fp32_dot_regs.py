@@ -12,7 +12,6 @@ with the sm90 table's warps and stages (``--other-warps``: 8 for 4 and 4 for 8) 
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import pathlib
 import sys
@@ -55,10 +54,7 @@ def main() -> int:
         if args.other_warps:
             warps = {4: 8, 8: 4}.get(warps, warps)
         for prec in args.precs.split(","):
-            c = {k: (prec if v is None else v) for k, v in consts.items()}
-            for pn, prm in inspect.signature(fn.fn).parameters.items():  # flags at their defaults
-                if pn not in c and "constexpr" in str(prm.annotation) and prm.default is not inspect.Parameter.empty:
-                    c[pn] = prm.default
+            c = {k: (prec if v is None else v) for k, v in consts.items()}  # other flags: compile_one's defaults
             row = usage_row(f"| {name} | {prec} | {warps} | {stages} |", fn, c, "fp32", args.arch, warps, stages)
             rows.append(row)
             log.info(row)
