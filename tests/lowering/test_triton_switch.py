@@ -139,13 +139,13 @@ def test_switch_on_cuda(family, mode, monkeypatch):
 
 
 def test_fp32_dot_precision_follows_torch():
-    """fp32 inputs: exact dots at torch's default "highest", tf32 tensor cores at "high" (as torch's matmuls)."""
+    """fp32 inputs: three tf32 products (near fp32) at torch's default "highest", tf32 tensor cores at "high" (as torch's matmuls)."""
     pytest.importorskip("triton")
     from fla_compile.lowering.common import launch
 
     old = torch.get_float32_matmul_precision()
     try:
-        assert launch.prec(torch.float32) == "ieee"
+        assert launch.prec(torch.float32) == launch.FP32_HIGHEST == "tf32x3"
         torch.set_float32_matmul_precision("high")
         assert launch.prec(torch.float32) == "tf32"
         assert launch.prec(torch.bfloat16) == "tf32"

@@ -193,12 +193,12 @@ def _dense(x, dtype):
     return x.contiguous() if x.dtype == dtype else x.to(dtype).contiguous()
 
 
-def _state_bv(name: str, programs: int, V: int, device, dims: tuple | None = None) -> int:
+def _state_bv(name: str, programs: int, V: int, device, dims: tuple | None = None, lo: int = 16) -> int:
     """V block of a sequential state pass (``BV_h``, ``BV_dh``); with ``fill_sms`` (on in sm90.json: 2-3% at
-    B=2 T=8192) halved down to 16 while the grid still fits the SMs (``launch.fill_sms``)."""
+    B=2 T=8192) halved down to ``lo`` while the grid still fits the SMs (``launch.fill_sms``)."""
     BV = min(_knob(name, device, dims), launch.pow2(V))
     if _knob("fill_sms", device, dims):
-        BV = launch.fill_sms(device, programs, V, BV)[1]
+        BV = launch.fill_sms(device, programs, V, BV, lo=lo)[1]
     return BV
 
 
@@ -385,7 +385,10 @@ def backward_parts(
     dh = torch.empty(NS, H, K, V, device=dev, dtype=dt)
     dvn = torch.empty(B, T, H, V, device=dev, dtype=dt)
     dh0 = torch.empty(N, H, K, V, **f32) if h0 is not None else None
-    BV = _state_bv("BV_dh", N * H, V, dev, dims)
+    # fp32 by three tf32 products at K = 128: a V block of 16 reads shared memory out of bounds on the H200 (Triton
+    # 3.6, compute-sanitizer: "Invalid __shared__ read" in this kernel's first dot; illegal memory access in
+    # delta_rule's fp32 tests, 2026-12-01); blocks of 32 and 64 are clean there and as fast
+    BV = _state_bv("BV_dh", N * H, V, dev, dims, lo=32 if prec == "tf32x3" else 16)
     launch.fitted(
         kwb.chunk_delta_dh_kernel, (N * H * launch.cdiv(V, BV),),
         q, k, w, gcp, dvl, do, dh, dvn, dht if dht is not None else dvl, dh0 if dh0 is not None else dvl, cu,
