@@ -383,12 +383,13 @@ def _case_three_tf32(family, BT, cu_lens=None):
     ``common/dots.py``): forward and gradients against fp64, full and partial chunks, packed sequences."""
     from fla_compile.lowering.common import launch
 
-    was, launch.FP32_HIGHEST = launch.FP32_HIGHEST, "tf32x3"
+    was = launch.FP32_HIGHEST, launch.FP32_SPLIT_DIMS
+    launch.FP32_HIGHEST, launch.FP32_SPLIT_DIMS = "tf32x3", (20, 40)  # make()'s K and V: the split there too
     try:
         q, k, v, beta, g, h0 = make(family)
         return _kernels_vs_fp64(family, BT, *_pack(cu_lens, q, k, v, beta, g, h0))[0]
     finally:
-        launch.FP32_HIGHEST = was
+        launch.FP32_HIGHEST, launch.FP32_SPLIT_DIMS = was
 
 
 def _case_solve_merge_tf32(family, BT, dtype, cu_lens=None, T=70):
@@ -520,7 +521,7 @@ def _case_kda_A_rows(BT, T, cu_lens, gate_scale, dtype, BK, K=20, device="cpu"):
     NC = BT // 16
     Akk = torch.full((B, T, H, BT), float("nan"), device=device)
     Aqk = torch.full((B, T, H, BT), float("nan"), dtype=dtype, device=device)
-    args = (q, k, gc, Akk, Aqk, cu_, info, H, H // q.shape[2], K, BT, 16, launch.pow2(K), NC, launch.prec(dtype))
+    args = (q, k, gc, Akk, Aqk, cu_, info, H, H // q.shape[2], K, BT, 16, launch.pow2(K), NC, launch.prec(dtype, K, K))
     kw.chunk_kda_A_rows_kernel[(NS, NC, H)](*args, BKF=BK)
     return {
         "kk_rows": rel(Akk.flatten(0, 1), ref_kk),

@@ -145,9 +145,10 @@ def test_fp32_dot_precision_follows_torch():
 
     old = torch.get_float32_matmul_precision()
     try:
-        assert launch.prec(torch.float32) == launch.FP32_HIGHEST == "tf32x3"
+        assert launch.prec(torch.float32, 128, 64) == launch.FP32_HIGHEST == "tf32x3"
+        assert launch.prec(torch.float32, 16, 16) == launch.prec(torch.float32, 256, 128) == "ieee"  # unchecked dims
         torch.set_float32_matmul_precision("high")
-        assert launch.prec(torch.float32) == "tf32"
-        assert launch.prec(torch.bfloat16) == "tf32"
+        assert launch.prec(torch.float32, 16, 16) == "tf32"
+        assert launch.prec(torch.bfloat16, 128, 128) == "tf32"
     finally:
         torch.set_float32_matmul_precision(old)

@@ -44,15 +44,21 @@ def pow2(n: int, lo: int = 16) -> int:
 # per thread in the state passes and the backward kernels: on the H200 (2026-12-01, B=8 T=2048 H=16 D=128)
 # gated_delta_rule's forward kernels took 43.1 ms with "ieee" and 2.37 ms with "tf32x3", 1.4e-6 from fp64.
 FP32_HIGHEST = "tf32x3"
+# The head dims (K and V) where "tf32x3" is checked on the H200: the delta line's and the GLA line's GPU tests at
+# 64 and 128. At K = V = 16 (and K = 16, V = 8) it computed wrong outputs there (retention's and qwen3_next's
+# fp32 GPU tests, rel. err 1.5-2.1, 2026-12-01; cause not found yet); other sizes take "ieee".
+FP32_SPLIT_DIMS = (64, 128)
 
 
-def prec(dtype) -> str:
-    """``tl.dot``'s input precision for operands of ``dtype``. fp32 follows torch's
-    ``torch.set_float32_matmul_precision``: "highest" (torch's default) :data:`FP32_HIGHEST`, "high" or
-    "medium" tensor-core tf32 dots, as torch's own fp32 matmuls. Other dtypes: "tf32" (it only applies where a
-    kernel feeds fp32 operands to a dot, e.g. fp32 intermediates of bf16 inputs)."""
+def prec(dtype, K: int, V: int) -> str:
+    """``tl.dot``'s input precision for operands of ``dtype`` in kernels of head dims ``K`` x ``V``. fp32 follows
+    torch's ``torch.set_float32_matmul_precision``: "highest" (torch's default) :data:`FP32_HIGHEST` where K and V
+    lie in :data:`FP32_SPLIT_DIMS`, else "ieee"; "high" or "medium" tensor-core tf32 dots, as torch's own fp32
+    matmuls. Other dtypes: "tf32" (it only applies where a kernel feeds fp32 operands to a dot, e.g. fp32
+    intermediates of bf16 inputs)."""
     if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
-        return FP32_HIGHEST
+        lo, hi = FP32_SPLIT_DIMS
+        return FP32_HIGHEST if lo <= min(K, V) and max(K, V) <= hi else "ieee"
     return "tf32"
 
 

@@ -229,7 +229,7 @@ def forward_parts(
     gid = GATE_IDS[gate_kind]
     dev = q.device
     cu, info, chunk_off, NS, N = chunk_meta(B, T, cu_seqlens, BT, dev)
-    prec = launch.prec(dt)
+    prec = launch.prec(dt, K, V)
     BK = launch.pow2(K)
     f32 = dict(device=dev, dtype=torch.float32)
     gc = None
@@ -367,7 +367,7 @@ def backward_parts(
     cu, info, chunk_off, NS, N = m["cu"], m["info"], m["chunk_off"], m["NS"], m["N"]
     dev = q.device
     f32 = dict(device=dev, dtype=torch.float32)
-    prec = launch.prec(dt)
+    prec = launch.prec(dt, K, V)
     BK = launch.pow2(K)
     gc, X, w, vn, h, Aqk = P["gc"], P["X"], P["w"], P["vn"], P["h"], P["Aqk"]
     gcp = gc if gc is not None else beta  # a placeholder pointer: never read without a gate

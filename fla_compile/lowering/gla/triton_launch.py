@@ -237,7 +237,7 @@ def chunk_forward(
         gc, gq = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device, cfg, excl=True)
     else:
         gc = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device, cfg)
-    prec = launch.prec(v.dtype)
+    prec = launch.prec(v.dtype, K, V)
     h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, H // HK, K, V, gid, BT, BK, BV, cfg, prec)
     A = h
     if gid == 2:
@@ -307,7 +307,7 @@ def chunk_backward(
     else:
         gc = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device, cfg)
     rw = () if u is None else (gq, True)  # the trailing rwkv6 arguments of the dh and dqk kernels
-    prec = launch.prec(v.dtype)
+    prec = launch.prec(v.dtype, K, V)
     h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg, prec)
 
     dh = _empty((NS, H, K, V), v.device, v.dtype)  # like h: cast to the inputs' dtype before every dot
