@@ -1,6 +1,7 @@
 """Registers, spills and shared memory of the chunk kernels on fp32 inputs, per dot precision, compiled offline.
 
     python benchmarks/fp32_dot_regs.py [--arch 90] [--precs ieee,tf32,tf32x3] [--other-warps]
+    python benchmarks/fp32_dot_regs.py --grid [--precs tf32x3]   # the launch options a fp32 table could take
 
 fp32 inputs run every product at ``launch.prec``: "ieee" at torch's "highest" (Triton's FMA loops), "tf32" at
 "high", and "tf32x3" (three tf32 products, ``common/dots.py``) once ``launch.FP32_HIGHEST`` takes it. This
@@ -40,17 +41,42 @@ def jobs():
     ]  # fmt: skip
 
 
+# --grid: per kernel, the values its launch options can take (the V block knobs BV_o, BV_h, BV_dh of the arch
+# tables, warps, stages), each compiled at every precision asked
+GRID = {
+    "chunk_fwd_o": dict(BV=(64, 128), warps=(4, 8), stages=(1, 2, 3)),
+    "chunk_delta_h": dict(BV=(32, 64), warps=(4, 8), stages=(1, 2)),
+    "chunk_delta_dh": dict(BV=(32, 64), warps=(4, 8), stages=(1, 2)),
+    "chunk_wu": dict(warps=(4, 8), stages=(1, 2)),
+    "chunk_bwd_dqk": dict(warps=(4, 8), stages=(1, 2)),
+    "chunk_wy_pair_bwd": dict(warps=(4, 8), stages=(1, 2)),
+}
+
+
+def grid_jobs(base_jobs):
+    """(name, kernel, constexprs, warps, stages) over :data:`GRID` for the kernels it names."""
+    for name, fn, consts, _, _ in base_jobs:
+        g = GRID.get(name)
+        if g is None:
+            continue
+        for bv in g.get("BV", (consts.get("BV"),)):
+            for warps in g["warps"]:
+                for stages in g["stages"]:
+                    yield f"{name} BV {bv}", fn, dict(consts, BV=bv), warps, stages
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", type=int, default=90)
     p.add_argument("--precs", default="ieee,tf32,tf32x3")
     p.add_argument("--other-warps", action="store_true", help="8 warps where the table has 4, 4 where it has 8")
+    p.add_argument("--grid", action="store_true", help="every launch option in GRID instead of the table's")
     args = p.parse_args()
     from delta_bwd_regs import usage_row
 
     rows = ["| kernel | prec | warps | stages | regs | spill | shared |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, fn, consts, warps, stages in jobs():
+    for name, fn, consts, warps, stages in grid_jobs(jobs()) if args.grid else jobs():
         if args.other_warps:
             warps = {4: 8, 8: 4}.get(warps, warps)
         for prec in args.precs.split(","):

@@ -103,7 +103,17 @@ VARIANTS = [
     # 18-55 KB a thread in the state passes and the backward (offline sm_90, RESULTS); the dq/dk kernel on 8 warps
     # (offline: its spill 1,964 -> 908 B; the WY/pair backward's grows on 8, 1,620 -> 1,880)
     ("three tf32", {"FP32_HIGHEST": "tf32x3"}),
-    ("three tf32 dqk w8", {"FP32_HIGHEST": "tf32x3", "dqk": (8, 2)}),
+    ("three tf32 dqk w8", {"FP32_HIGHEST": "tf32x3", "dqk": (8, 2)}),  # H200 2026-12-01: fwd+bwd 8.652 vs 8.609 ms
+    ("ieee", {"FP32_HIGHEST": "ieee"}),  # the exact FMA dots three tf32 replaced (43 ms gated forward on the H200)
+    # fp32 at three tf32 (shipped since 2026-12-01, with the bf16 launch options): the output kernel took 0.951 of
+    # the gated forward's 2.372 ms on the H200. Offline sm_90 (benchmarks/fp32_dot_regs.py --grid): at BV_o 128,
+    # 8 warps, 3 stages it spills 100 B a thread; at BV_o 64 on 4 warps, 3 stages (131 KB shared) or 1 stage, none.
+    # The state pass spills least at BV_h 32 (344 B against 836 at 64)
+    ("fp32 o BV64 w4 s3", {"BV_o": 64, "o": (4, 3)}),
+    ("fp32 o BV64 w4 s1", {"BV_o": 64, "o": (4, 1)}),
+    ("fp32 o BV64 w8 s3", {"BV_o": 64, "o": (8, 3)}),
+    ("fp32 h BV32", {"BV_h": 32}),
+    ("fp32 h BV32 w8", {"BV_h": 32, "h": (8, 2)}),
 ]
 
 
