@@ -6,7 +6,9 @@ bits, truncated: exact in tf32) and the remainder (|lo| < 2^-10 |x|), and a b = 
 on tensor cores, the small terms first: the dropped a_lo b_lo and the remainders' own tf32 rounding are each
 under 2^-20 of |a| |b| per term, against one tf32 product's 2^-11. Written here with plain tf32 products rather than
 Triton's own "tf32x3", which hit an illegal memory access in the delta line's fp32 kernels on the H200 (Triton
-3.6, 2026-12-01). For "tf32" and "ieee" this is ``tl.dot``.
+3.6, 2026-12-01). The split met one there too, in the state-gradient pass at a V block of 16 (the launcher keeps
+32 or more), and wrong outputs at head dims of 16: ``launch.FP32_SPLIT_DIMS`` bounds where it runs. For "tf32"
+and "ieee" this is ``tl.dot``.
 """
 
 from __future__ import annotations
