@@ -68,6 +68,13 @@ VARIANTS = [
     # kernel at BT=64 (wrong dk/dbeta, sometimes an illegal address: its #984), the symptoms of our dh at 4 warps
     # / 1 stage
     ("dh w2 s1", {"dh": (2, 1)}),
+    # one wave of programs at (8, 2048, 16, 128): the shipped 8-warp pass (230 registers, 123 KB shared, offline
+    # sm_90) fits one program a multiprocessor, so its 256 programs take two waves of the 132 SMs. A V block of 128
+    # (128 programs: one wave, k, q and W read once; 254 registers, 96 KB, no spill at 1 stage), or 1 stage with
+    # registers capped at 128 (57-73 KB, two programs a multiprocessor; no gate: 142 registers uncapped)
+    ("dh BV=128 w8 s1", {"BV_dh": 128, "dh": (8, 1)}),
+    ("dh BV=128 w8 s2", {"BV_dh": 128, "dh": (8, 2)}),
+    ("dh w8 s1 r128", {"dh": (8, 1, 128)}),
     ("dh BV=32 w2 s1", {"BV_dh": 32, "dh": (2, 1)}),
     # no gate / a scalar gate: the WY backward and the k kᵀ pairs by one kernel reading the dqk kernel's dW (shipped
     # 2026-11-30 at 4 warps, 1 stage: 0.410 ms; 2 stages 0.444; 8 warps 0.682, kda keeps its two kernels)

@@ -1005,6 +1005,17 @@ def test_launch_options_come_from_the_arch_tables():
         DT.OVERRIDES.clear()
 
 
+def test_launch_option_register_cap(monkeypatch):
+    """A table entry [warps, stages, maxnreg] launches with Triton's register cap; two entries launch without one."""
+    pytest.importorskip("triton")
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    cpu = torch.device("cpu")
+    assert DT._opts("dh", cpu) == {"num_warps": DT._DEFAULTS["dh"][0], "num_stages": DT._DEFAULTS["dh"][1]}
+    monkeypatch.setitem(DT.OVERRIDES, "dh", (8, 1, 128))
+    assert DT._opts("dh", cpu) == {"num_warps": 8, "num_stages": 1, "maxnreg": 128}
+
+
 def test_state_pass_v_block_fills_the_sms(monkeypatch):
     """``fill_sms``: the state passes' V block is halved while the doubled grid still fits the SMs."""
     pytest.importorskip("triton")

@@ -203,8 +203,10 @@ def _state_bv(name: str, programs: int, V: int, device, dims: tuple | None = Non
 
 
 def _opts(kernel: str, device, dims: tuple | None = None) -> dict:
-    warps, stages = _knob(kernel, device, dims)
-    return {"num_warps": warps, "num_stages": stages}
+    """Launch options of ``kernel``: its table entry [num_warps, num_stages] or [num_warps, num_stages, maxnreg]
+    (a register cap per thread, for two programs a multiprocessor where the uncapped kernel fits one)."""
+    warps, stages, *cap = _knob(kernel, device, dims)
+    return {"num_warps": warps, "num_stages": stages, **({"maxnreg": cap[0]} if cap else {})}
 
 
 def forward_parts(
