@@ -728,10 +728,10 @@ def _poison():
     "dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 2e-2)], ids=["fp32", "bf16", "fp16"]
 )
 @pytest.mark.parametrize("gate_scale", [0.05, 20.0], ids=["weak", "strong"])
-def test_gpu_chunk_vs_fp64(family, dtype, tol, gate_scale, K=64, V=64, T=300):
+def test_gpu_chunk_vs_fp64(family, dtype, tol, gate_scale, K=64, V=64, T=300, B=2, H=4):
     from fla_compile.lowering.delta import triton_launch as DT
 
-    q, k, v, beta, g, h0 = _cuda_case(family, T=T, K=K, V=V, dtype=dtype, gate_scale=gate_scale)
+    q, k, v, beta, g, h0 = _cuda_case(family, B=B, T=T, HK=H // 2, H=H, K=K, V=V, dtype=dtype, gate_scale=gate_scale)
     do = torch.randn_like(v)
     dht = torch.randn_like(h0)
     _poison()
@@ -980,6 +980,16 @@ def test_gpu_fp32_three_tf32(family, T, monkeypatch):
     monkeypatch.setattr(launch, "FP32_HIGHEST", "tf32x3")
     test_gpu_chunk_vs_fp64(family, torch.float32, 1e-5, 1.0, K=128, V=128, T=T)
     _assert_bitwise_repeat(family, 2, T=T, K=128, V=128, dtype=torch.float32)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("family", list(FAMILY_GATE))
+def test_gpu_fp32_three_tf32_wide_grid(family):
+    """fp32 at "highest" (three tf32 products) on a grid of 64 sequence-heads: the state passes keep their full V
+    blocks there (the small cases' grids halve them) and fp32 tiles may lower a kernel's stages (``launch.fitted``),
+    the options the training shapes run. Forward and gradients against fp64."""
+    test_gpu_chunk_vs_fp64(family, torch.float32, 1e-5, 1.0, K=128, V=128, T=200, B=4, H=16)
 
 
 def test_launch_options_come_from_the_arch_tables():

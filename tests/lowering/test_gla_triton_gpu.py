@@ -81,6 +81,9 @@ SHAPES = {
     # Triton 3.7 on sm_90 miscompiles a masked tail iteration of FLA's chunk_bwd_dv (fla-org/...#1241: an IMA)
     "T150_K153_V96": dict(B=1, T=150, H=2, HK=2, K=153, V=96),
     "T70_K37_V33": dict(B=2, T=70, H=2, HK=1, K=37, V=33),
+    # 64 sequence-heads at K = V = 128: the state passes' full V blocks, as training shapes run them (and fp32 at
+    # "highest" on three tf32 products, which the smaller head dims above do not take)
+    "T200_K128_wide": dict(B=4, T=200, H=16, HK=16, K=128, V=128),
 }
 
 
