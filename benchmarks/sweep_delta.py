@@ -111,7 +111,8 @@ VARIANTS = [
     # (offline: its spill 1,964 -> 908 B; the WY/pair backward's grows on 8, 1,620 -> 1,880)
     ("three tf32", {"FP32_HIGHEST": "tf32x3"}),
     ("three tf32 dqk w8", {"FP32_HIGHEST": "tf32x3", "dqk": (8, 2)}),  # H200 2026-12-01: fwd+bwd 8.652 vs 8.609 ms
-    ("ieee", {"FP32_HIGHEST": "ieee"}),  # the exact FMA dots three tf32 replaced (43 ms gated forward on the H200)
+    ("ieee", {"FP32_HIGHEST": "ieee"}),
+    ("one tf32", {"FP32_HIGHEST": "tf32"}),  # torch's "high": the split's own cost, kernel by kernel, against it  # the exact FMA dots three tf32 replaced (43 ms gated forward on the H200)
     # fp32 at three tf32 (shipped since 2026-12-01, with the bf16 launch options): the output kernel took 0.951 of
     # the gated forward's 2.372 ms on the H200. Offline sm_90 (benchmarks/fp32_dot_regs.py --grid): at BV_o 128,
     # 8 warps, 3 stages it spills 100 B a thread; at BV_o 64 on 4 warps, 3 stages (131 KB shared) or 1 stage, none.
