@@ -130,6 +130,7 @@ def test_fp32_three_tf32(kind, monkeypatch):
 
     monkeypatch.setattr(launch, "FP32_HIGHEST", "tf32x3")
     monkeypatch.setattr(launch, "FP32_SPLIT_DIMS", (16, 32))  # the split at these small dims too
+    monkeypatch.setattr(gla_triton, "FP32_SPLIT", True)
     q, k, v, g, h0, cu = make(kind, T=37, H=2, HK=1, cu=[0, 5, 22, 37])
     o, ht = gla_triton.chunk_forward(q, k, v, g, kind, 0.3, h0, cu, config=CFG)
     do, dht = torch.randn_like(v), torch.randn_like(h0)

@@ -81,8 +81,7 @@ SHAPES = {
     # Triton 3.7 on sm_90 miscompiles a masked tail iteration of FLA's chunk_bwd_dv (fla-org/...#1241: an IMA)
     "T150_K153_V96": dict(B=1, T=150, H=2, HK=2, K=153, V=96),
     "T70_K37_V33": dict(B=2, T=70, H=2, HK=1, K=37, V=33),
-    # 64 sequence-heads at K = V = 128: the state passes' full V blocks, as training shapes run them (and fp32 at
-    # "highest" on three tf32 products, which the smaller head dims above do not take)
+    # 64 sequence-heads at K = V = 128: the state passes' full V blocks, as training shapes run them
     "T200_K128_wide": dict(B=4, T=200, H=16, HK=16, K=128, V=128),
 }
 
@@ -102,6 +101,17 @@ def test_chunk_fwd_bwd(kind, shape, dtype):
         assert torch.isfinite(a).all(), f"{name}: NaN/inf (unwritten element?)"
         assert torch.equal(a, b), f"{name}: not bitwise deterministic"
         assert rel(a, r) < TOL[dtype], f"{name}: relative error {rel(a, r):.2e}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fp32_three_tf32_wide_grid(kind, monkeypatch):
+    """fp32 at "highest" by three tf32 products (``FP32_SPLIT``, off until this passes on the H200) at K = V = 128 on
+    64 sequence-heads (the state passes' full V blocks) and on a small grid, against fp64, bitwise repeatable."""
+    from fla_compile.lowering.gla import triton_launch as gla_triton
+
+    monkeypatch.setattr(gla_triton, "FP32_SPLIT", True)
+    for shape in ("T200_K128_wide", "T257_gqa_K128_V64", "T300_K64"):
+        test_chunk_fwd_bwd(kind, shape, torch.float32)
 
 
 @pytest.mark.parametrize("kind", KINDS)

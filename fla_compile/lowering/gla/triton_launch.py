@@ -25,6 +25,10 @@ DECODE_MAX_T = 64
 MAX_HEAD_DIM = 256
 BC = 16  # sub-chunk of the vector gate's intra-chunk kernels
 POISON = False  # tests set it: every buffer starts as NaN, to prove each element is written
+# fp32 at torch's "highest" by three tf32 products (``launch.FP32_HIGHEST``): off in this line until the H200 has run
+# its state passes that way at full V blocks (test_gla_triton_gpu.py's test_fp32_three_tf32_wide_grid; the delta
+# line's state-gradient pass faulted at one V block and not at others, 2026-12-01). Off: exact "ieee" dots.
+FP32_SPLIT = False
 # the sequential state passes' blocks shrunk while their grid is under one wave (``_state_tile``): on the H200 at
 # B=1 H=16 (32 programs of 132 SMs with the tuned blocks) retention's forward+backward 2.12 -> 1.58 ms at T=16384,
 # gla's 3.59 -> 3.24 (benchmarks/RESULTS.md, 2026-11-30); FLA_COMPILE_GLA_FILL_SMS=0 turns it off
@@ -217,6 +221,12 @@ def _bonus(bonus, H, K):
     return None if bonus is None else bonus.float().contiguous()
 
 
+def _prec(dtype, K: int, V: int) -> str:
+    """``launch.prec``, with exact dots in place of the three-tf32 split while :data:`FP32_SPLIT` is off."""
+    p = launch.prec(dtype, K, V)
+    return "ieee" if p == "tf32x3" and not FP32_SPLIT else p
+
+
 def chunk_forward(
     q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, config=None, A_out=None, bonus=None
 ):
@@ -237,7 +247,7 @@ def chunk_forward(
         gc, gq = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device, cfg, excl=True)
     else:
         gc = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device, cfg)
-    prec = launch.prec(v.dtype, K, V)
+    prec = _prec(v.dtype, K, V)
     h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, H // HK, K, V, gid, BT, BK, BV, cfg, prec)
     A = h
     if gid == 2:
@@ -307,7 +317,7 @@ def chunk_backward(
     else:
         gc = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device, cfg)
     rw = () if u is None else (gq, True)  # the trailing rwkv6 arguments of the dh and dqk kernels
-    prec = launch.prec(v.dtype, K, V)
+    prec = _prec(v.dtype, K, V)
     h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg, prec)
 
     dh = _empty((NS, H, K, V), v.device, v.dtype)  # like h: cast to the inputs' dtype before every dot
