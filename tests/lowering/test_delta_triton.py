@@ -386,8 +386,9 @@ def _case_three_tf32(family, BT, cu_lens=None):
     was = launch.FP32_HIGHEST, launch.FP32_SPLIT_DIMS
     launch.FP32_HIGHEST, launch.FP32_SPLIT_DIMS = "tf32x3", (20, 40)  # make()'s K and V: the split there too
     try:
-        q, k, v, beta, g, h0 = make(family)
-        return _kernels_vs_fp64(family, BT, *_pack(cu_lens, q, k, v, beta, g, h0))[0]
+        with _switched("FP32_SPLIT_VECTOR_GATE", True):
+            q, k, v, beta, g, h0 = make(family)
+            return _kernels_vs_fp64(family, BT, *_pack(cu_lens, q, k, v, beta, g, h0))[0]
     finally:
         launch.FP32_HIGHEST, launch.FP32_SPLIT_DIMS = was
 
@@ -976,8 +977,10 @@ def test_gpu_fp32_three_tf32(family, T, monkeypatch):
     own "tf32x3" faulted here on Triton 3.6): K = V = 128 forward and gradients within fp32's tolerance of fp64,
     full chunks and a partial one, then bitwise repeatable."""
     from fla_compile.lowering.common import launch
+    from fla_compile.lowering.delta import triton_launch as DT
 
     monkeypatch.setattr(launch, "FP32_HIGHEST", "tf32x3")
+    monkeypatch.setattr(DT, "FP32_SPLIT_VECTOR_GATE", True)
     test_gpu_chunk_vs_fp64(family, torch.float32, 1e-5, 1.0, K=128, V=128, T=T)
     _assert_bitwise_repeat(family, 2, T=T, K=128, V=128, dtype=torch.float32)
 
@@ -985,10 +988,14 @@ def test_gpu_fp32_three_tf32(family, T, monkeypatch):
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("family", list(FAMILY_GATE))
-def test_gpu_fp32_three_tf32_wide_grid(family):
+def test_gpu_fp32_three_tf32_wide_grid(family, monkeypatch):
     """fp32 at "highest" (three tf32 products) on a grid of 64 sequence-heads: the state passes keep their full V
     blocks there (the small cases' grids halve them) and fp32 tiles may lower a kernel's stages (``launch.fitted``),
-    the options the training shapes run. Forward and gradients against fp64."""
+    the options the training shapes run. Forward and gradients against fp64 (kda: with FP32_SPLIT_VECTOR_GATE on,
+    which this checks)."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    monkeypatch.setattr(DT, "FP32_SPLIT_VECTOR_GATE", True)
     test_gpu_chunk_vs_fp64(family, torch.float32, 1e-5, 1.0, K=128, V=128, T=200, B=4, H=16)
 
 
