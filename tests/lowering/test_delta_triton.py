@@ -1033,6 +1033,28 @@ def test_launch_option_register_cap(monkeypatch):
     assert DT._opts("dh", cpu) == {"num_warps": 8, "num_stages": 1, "maxnreg": 128}
 
 
+def test_launch_options_by_dtype(monkeypatch):
+    """Options per input dtype: fp32 keeps k kᵀ out of the solve kernel (``_DTYPE_DEFAULTS``), and an arch table's
+    ``by_dtype`` section overrides a kernel's options for that dtype only."""
+    pytest.importorskip("triton")
+    from fla_compile.lowering.common import autotune
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    cpu = torch.device("cpu")
+    assert DT._knob("fused_kkt", cpu, (64, 64, torch.bfloat16)) is True
+    assert DT._knob("fused_kkt", cpu, (64, 64, torch.float32)) is False
+    real = autotune.table
+    monkeypatch.setattr(
+        autotune, "table", lambda arch: {**real(arch), "by_dtype": {"float32": {"delta": {"dh": [4, 1, 128]}}}}
+    )
+    DT._device_table.cache_clear()
+    try:
+        assert DT._opts("dh", cpu, (128, 128, torch.float32)) == {"num_warps": 4, "num_stages": 1, "maxnreg": 128}
+        assert DT._opts("dh", cpu, (128, 128, torch.bfloat16))["num_warps"] == DT._DEFAULTS["dh"][0]
+    finally:
+        DT._device_table.cache_clear()
+
+
 def test_state_pass_v_block_fills_the_sms(monkeypatch):
     """``fill_sms``: the state passes' V block is halved while the doubled grid still fits the SMs."""
     pytest.importorskip("triton")

@@ -76,6 +76,13 @@ def by_dims(arch: str, K: int | None, V: int | None) -> dict:
     return table(arch).get("by_dims", {}).get(dims_key(K, V), {})
 
 
+def by_dtype(arch: str, dtype) -> dict:
+    """The section of an arch's ``"by_dtype"`` table for inputs of ``dtype`` (keyed "float32", ...; {} when none
+    was measured): options that win for that dtype where the bf16-tuned ones lose (fp32 tiles take twice the
+    registers and shared memory)."""
+    return table(arch).get("by_dtype", {}).get(str(dtype).removeprefix("torch."), {})
+
+
 def candidates(kernel: str, gate_kind: str, arch: str, K: int | None = None, V: int | None = None) -> list[dict]:
     """The configs to screen for a key; the first, the untuned default, carries the ``by_dims`` options of K, V."""
     t = table(arch)

@@ -135,7 +135,11 @@ _DEFAULTS = {
     "BV_decode": 32,
     "l2norm": (4, 1),  # the L2 norm of q and k (FUSED_L2NORM), BR rows a program
     "kkt_solve": (1, 1),  # the WY solve kernel forming k kᵀ itself (FUSED_KKT; FLA autotunes its own over 1-4 warps)
+    "fused_kkt": True,  # FUSED_KKT applies to these inputs (off for fp32: below)
 }
+# Per input dtype, under an arch table's own "by_dtype" section: fp32 key tiles spill in the solve kernel that forms
+# k kᵀ itself (offline sm_90: 10 KB a thread with exact dots), so fp32 keeps chunk_kkt_kernel and the solve apart.
+_DTYPE_DEFAULTS = {torch.float32: {"fused_kkt": False}}
 OVERRIDES: dict = {}
 WY_PAIR_HALF = True  # the WY/pair backward's dN chain and pair dots on half operands, as FLA's (RESULTS: 9th session)
 FUSED_KKT = True  # no gate / scalar gate: k kᵀ formed by the WY solve kernel in registers, not by chunk_kkt_kernel
@@ -173,23 +177,30 @@ def _arch(device_type: str, index) -> str:
 
 
 @functools.cache
-def _device_table(device: torch.device, dims: tuple | None = None) -> dict:
-    """The launch options of ``device``'s arch, found once per device and head dims (a launch asks for them ~1 us
-    faster); ``dims`` (K, V) adds the arch table's ``by_dims`` section for them (``"delta"``), where measured."""
+def _device_table(device: torch.device, key: tuple | None = None) -> dict:
+    """The launch options of ``device``'s arch, found once per device and launch key (a launch asks for them ~1 us
+    faster). ``key`` (K, V, input dtype) adds, in this order, the dtype's :data:`_DTYPE_DEFAULTS`, the arch table's
+    ``by_dims`` section for K, V and its ``by_dtype`` section for the dtype (their ``"delta"`` parts), where
+    measured."""
     arch = _arch(device.type, device.index)
     opts = _arch_table(arch)
-    if dims is not None:
-        from ..common.autotune import by_dims
+    if key is not None:
+        from ..common.autotune import by_dims, by_dtype
 
-        extra = by_dims(arch, *dims).get("delta", {})
-        opts = {**opts, **{k: tuple(v) if isinstance(v, list) else v for k, v in extra.items() if k != "_comment"}}
+        K, V, dtype = key
+        extra = {**by_dims(arch, K, V).get("delta", {}), **by_dtype(arch, dtype).get("delta", {})}
+        opts = {
+            **opts,
+            **_DTYPE_DEFAULTS.get(dtype, {}),
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in extra.items() if k != "_comment"},
+        }
     return opts
 
 
-def _knob(name: str, device, dims: tuple | None = None):
+def _knob(name: str, device, key: tuple | None = None):
     if OVERRIDES and name in OVERRIDES:
         return OVERRIDES[name]
-    return _device_table(device, dims)[name]
+    return _device_table(device, key)[name]
 
 
 def _dense(x, dtype):
@@ -197,11 +208,11 @@ def _dense(x, dtype):
     return x.contiguous() if x.dtype == dtype else x.to(dtype).contiguous()
 
 
-def _state_bv(name: str, programs: int, V: int, device, dims: tuple | None = None, lo: int = 16) -> int:
+def _state_bv(name: str, programs: int, V: int, device, key: tuple | None = None, lo: int = 16) -> int:
     """V block of a sequential state pass (``BV_h``, ``BV_dh``); with ``fill_sms`` (on in sm90.json: 2-3% at
     B=2 T=8192) halved down to ``lo`` while the grid still fits the SMs (``launch.fill_sms``)."""
-    BV = min(_knob(name, device, dims), launch.pow2(V))
-    if _knob("fill_sms", device, dims):
+    BV = min(_knob(name, device, key), launch.pow2(V))
+    if _knob("fill_sms", device, key):
         BV = launch.fill_sms(device, programs, V, BV, lo=lo)[1]
     return BV
 
@@ -212,10 +223,10 @@ def _prec(dt, K: int, V: int, gid: int) -> str:
     return "ieee" if p == "tf32x3" and gid == 2 and not FP32_SPLIT_VECTOR_GATE else p
 
 
-def _opts(kernel: str, device, dims: tuple | None = None) -> dict:
+def _opts(kernel: str, device, key: tuple | None = None) -> dict:
     """Launch options of ``kernel``: its table entry [num_warps, num_stages] or [num_warps, num_stages, maxnreg]
     (a register cap per thread, for two programs a multiprocessor where the uncapped kernel fits one)."""
-    warps, stages, *cap = _knob(kernel, device, dims)
+    warps, stages, *cap = _knob(kernel, device, key)
     return {"num_warps": warps, "num_stages": stages, **({"maxnreg": cap[0]} if cap else {})}
 
 
@@ -236,7 +247,7 @@ def forward_parts(
     v, beta = v.contiguous(), beta.contiguous()
     B, T, HK, K = q.shape
     H, V = v.shape[2], v.shape[3]
-    dims = (K, V)  # the arch table's by_dims launch options for these head dims
+    key = (K, V, dt)  # the launch options' key: the arch table's by_dims and by_dtype sections
     G = H // HK
     gid = GATE_IDS[gate_kind]
     dev = q.device
@@ -251,13 +262,13 @@ def forward_parts(
         grid = (NS, 1 if gid == 1 else launch.cdiv(K, BKg), H)
         launch.fitted(
             gla_kern.chunk_cumsum_kernel, grid,
-            gate.contiguous(), gc, cu, info, H, K, BT, BKg, gid, **_opts("cumsum", dev, dims)
+            gate.contiguous(), gc, cu, info, H, K, BT, BKg, gid, **_opts("cumsum", dev, key)
         )
     gcp = gc if gc is not None else beta  # a placeholder pointer: never read without a gate
     merge_prec = prec if SOLVE_MERGE_TF32 else "ieee"  # the solve's merge dots
     if X is None:
-        # k kᵀ formed in the solve kernel (no A) for half inputs: fp32 key tiles spill there (offline sm_90)
-        kkt = FUSED_KKT and gid != 2 and dt.itemsize == 2
+        # k kᵀ formed in the solve kernel (no A) where the table says so for this dtype (not fp32: _DTYPE_DEFAULTS)
+        kkt = FUSED_KKT and gid != 2 and _knob("fused_kkt", dev, key)
         X = torch.empty(B, T, H, BT, device=dev, dtype=dt) if X_buf is None else X_buf
         A = X if kkt else torch.empty(B, T, H, BT, **f32)  # with kkt a placeholder pointer, never read
         if gid == 2 and FUSED_A and Aqk is None:  # k kᵀ and q kᵀ in one pass
@@ -265,19 +276,19 @@ def forward_parts(
             Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf
             launch.fitted(  # the whole K in one block (K <= MAX_HEAD_DIM)
                 kw.chunk_kda_A_rows_kernel, (NS, NC, H),
-                q, k, gc, A, Aqk, cu, info, H, G, K, BT, 16, BK, NC, prec, **_opts("A_row_block", dev, dims)
+                q, k, gc, A, Aqk, cu, info, H, G, K, BT, 16, BK, NC, prec, **_opts("A_row_block", dev, key)
             )
         elif gid == 2:
             NC = BT // 16
             BKa = min(64, BK)
             launch.fitted(
                 gla_intra.chunk_gla_A_kernel, (NS, NC * NC, H),
-                k, k, gc, A, cu, info, H, G, K, BT, 16, BKa, NC, prec, BT, **_opts("A", dev, dims)
+                k, k, gc, A, cu, info, H, G, K, BT, 16, BKa, NC, prec, BT, **_opts("A", dev, key)
             )
         elif not kkt:
             launch.fitted(
                 kw.chunk_kkt_kernel, (NS, H),
-                k, gcp, A, cu, info, H, G, K, BT, min(64, BK), gid, prec, **_opts("kkt", dev, dims)
+                k, gcp, A, cu, info, H, G, K, BT, min(64, BK), gid, prec, **_opts("kkt", dev, key)
             )
         load_x = False
     else:
@@ -315,43 +326,43 @@ def forward_parts(
                 kkt,
                 min(64, BK),
                 merge_prec,
-                **_opts("kkt_solve" if kkt else "solve", dev, dims),
+                **_opts("kkt_solve" if kkt else "solve", dev, key),
             )
         launch.fitted(
             kw.chunk_wu_kernel, (NS, H),
             k, v, beta, gcp, X, w, u, cu, info, H, G, K, V, BT, min(64, BK), min(64, launch.pow2(V)), gid, prec,
-            kg if use_kg else w, use_kg, **_opts("wu", dev, dims),
+            kg if use_kg else w, use_kg, **_opts("wu", dev, key),
         )  # fmt: skip
     else:
         launch.fitted(
             kw.chunk_wy_kernel, (NS, H),
             k, v, beta, gcp, A, X, w, u, cu, info, H, G, K, V, BT, min(64, BK), min(64, launch.pow2(V)), gid, load_x,
-            prec, False, ROW_LOADS, kkt, min(64, BK), merge_prec, **_opts("wy", dev, dims),
+            prec, False, ROW_LOADS, kkt, min(64, BK), merge_prec, **_opts("wy", dev, key),
         )  # fmt: skip
     h = torch.empty(NS, H, K, V, device=dev, dtype=dt)
     vn = torch.empty(B, T, H, V, device=dev, dtype=dt)
     ht = torch.empty(N, H, K, V, **f32)
-    BV = _state_bv("BV_h", N * H, V, dev, dims)
+    BV = _state_bv("BV_h", N * H, V, dev, key)
     launch.fitted(
         kw.chunk_delta_h_kernel, (N * H * launch.cdiv(V, BV),),
         k, w, u, gcp, h, vn, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, BK, BV, gid,
-        h0 is not None, prec, kg if use_kg else w, use_kg, **_opts("h", dev, dims),
+        h0 is not None, prec, kg if use_kg else w, use_kg, **_opts("h", dev, key),
     )  # fmt: skip
     if gid == 2 and Aqk is None:  # the output's and the backward's gated q k^T (given: a forward's, kept)
         NC = BT // 16
         Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf
         launch.fitted(
             gla_intra.chunk_gla_A_kernel, (NS, NC * NC, H),
-            q, k, gc, Aqk, cu, info, H, G, K, BT, 16, min(64, BK), NC, prec, BT, **_opts("A", dev, dims)
+            q, k, gc, Aqk, cu, info, H, G, K, BT, 16, min(64, BK), NC, prec, BT, **_opts("A", dev, key)
         )
     o = None
     if need_o:
         o = torch.empty(B, T, H, V, device=dev, dtype=dt)
-        BV = min(_knob("BV_o", dev, dims), launch.pow2(V))
+        BV = min(_knob("BV_o", dev, key), launch.pow2(V))
         launch.fitted(
             gla_kern.chunk_fwd_o_kernel, (NS, launch.cdiv(V, BV), H),
             q, k, vn, gcp, h, Aqk if Aqk is not None else h, o, cu, info, scale, H, G, K, V, BT, min(64, BK), BV, gid,
-            prec, BT, **_opts("o", dev, dims),
+            prec, BT, **_opts("o", dev, key),
         )  # fmt: skip
     meta = dict(cu=cu, info=info, chunk_off=chunk_off, NS=NS, N=N, BT=BT)
     return o, ht, dict(gc=gc, X=X, w=w, u=u, vn=vn, h=h, Aqk=Aqk, meta=meta)
@@ -372,7 +383,7 @@ def backward_parts(
     dht = None if dht is None else dht.float().contiguous()
     B, T, HK, K = q.shape
     H, V = v.shape[2], v.shape[3]
-    dims = (K, V)  # the arch table's by_dims launch options for these head dims
+    key = (K, V, dt)  # the launch options' key: the arch table's by_dims and by_dtype sections
     G = H // HK
     gid = GATE_IDS[gate_kind]
     m = P["meta"]
@@ -391,7 +402,7 @@ def backward_parts(
     launch.fitted(
         gla_kern.chunk_bwd_dv_kernel, (NS, launch.cdiv(V, BV), H),
         q, k, gcp, Aqk if Aqk is not None else dvl, do, dvl, dvl, cu, info, scale, H, G, K, V, BT, min(64, BK), BV,
-        gid, prec, BT, False, **_opts("dv_local", dev, dims),
+        gid, prec, BT, False, **_opts("dv_local", dev, key),
     )  # fmt: skip
     # 2. the state gradient, backwards over the chunks, and dv_new
     dh = torch.empty(NS, H, K, V, device=dev, dtype=dt)
@@ -400,11 +411,11 @@ def backward_parts(
     # fp32 by three tf32 products at K = 128: a V block of 16 reads shared memory out of bounds on the H200 (Triton
     # 3.6, compute-sanitizer: "Invalid __shared__ read" in this kernel's first dot; illegal memory access in
     # delta_rule's fp32 tests, 2026-12-01); blocks of 32 and 64 are clean there and as fast
-    BV = _state_bv("BV_dh", N * H, V, dev, dims, lo=32 if prec == "tf32x3" else 16)
+    BV = _state_bv("BV_dh", N * H, V, dev, key, lo=32 if prec == "tf32x3" else 16)
     launch.fitted(
         kwb.chunk_delta_dh_kernel, (N * H * launch.cdiv(V, BV),),
         q, k, w, gcp, dvl, do, dh, dvn, dht if dht is not None else dvl, dh0 if dh0 is not None else dvl, cu,
-        chunk_off, scale, H, G, K, V, BT, BK, BV, gid, dht is not None, dh0 is not None, prec, **_opts("dh", dev, dims),
+        chunk_off, scale, H, G, K, V, BT, BK, BV, gid, dht is not None, dh0 is not None, prec, **_opts("dh", dev, key),
     )  # fmt: skip
     # 3. dq, dk and the gate gradient through the output and the state update (the GLA line's kernels, v_new for v)
     dq = torch.empty(B, T, H, K, device=dev, dtype=dt if final_dq and gid != 2 else torch.float32)
@@ -417,7 +428,7 @@ def backward_parts(
     launch.fitted(
         gla_kern.chunk_bwd_dqk_kernel, (NS, launch.cdiv(K, BKq), H),
         q, k, vn, gcp, h, do, dh, dA, dg if dg is not None else dq, dq, dk, cu, info, scale, H, G, K, V, BT, BKq,
-        BVq, gid, prec, **(dict(dvn=dvn, dw=dw, DW=True) if fused else {}), **_opts("dqk", dev, dims),
+        BVq, gid, prec, **(dict(dvn=dvn, dw=dw, DW=True) if fused else {}), **_opts("dqk", dev, key),
     )  # fmt: skip
     NC = BT // 16
     BKi = min(64, BK)
@@ -425,11 +436,11 @@ def backward_parts(
         db1 = torch.empty(B, T, H, K, **f32)
         launch.fitted(
             gla_intra.chunk_gla_bwd_intra_kernel, (NS, NC * launch.cdiv(K, BKi), H),
-            q, k, gc, dA, dq, dk, db1, cu, info, scale, H, G, K, BT, 16, BKi, NC, prec, **_opts("intra", dev, dims)
+            q, k, gc, dA, dq, dk, db1, cu, info, scale, H, G, K, BT, 16, BKi, NC, prec, **_opts("intra", dev, key)
         )
         launch.fitted(
             gla_intra.chunk_rc_add_kernel, (NS, launch.cdiv(K, BKi), H),
-            db1, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev, dims)
+            db1, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev, key)
         )
     # 4. through W = X (b e^G k) and U = X (b v)
     dv = torch.empty(B, T, H, V, device=dev, dtype=dt)
@@ -441,24 +452,24 @@ def backward_parts(
         launch.fitted(
             kwb.chunk_wy_pair_bwd_kernel, (NS, H),
             k, v, beta, gcp, X, dw, dvn, dv, dk, dbeta, dG, dN, cu, info, H, G, K, V, BT, min(64, BK), BV, gid, prec,
-            WY_PAIR_HALF, **_opts("wy_pair", dev, dims),
+            WY_PAIR_HALF, **_opts("wy_pair", dev, key),
         )  # fmt: skip
         if gid == 1:
             dg = dg.sum(-1) if dg.shape[-1] > 1 else dg.view(B, T, H)
-            launch.fitted(gla_intra.chunk_rc_add_kernel, (NS, 1, H), dG, dg, cu, info, H, 1, BT, 16, **_opts("rc", dev, dims))
+            launch.fitted(gla_intra.chunk_rc_add_kernel, (NS, 1, H), dG, dg, cu, info, H, 1, BT, 16, **_opts("rc", dev, key))
     else:  # a gate per key dim: 4, then 5, the pairs of A = k kᵀ (gated), by 16-row blocks
         launch.fitted(
             kwb.chunk_wy_bwd_kernel, (NS, H),
             k, v, beta, gcp, X, h, dvn, dv, dk, dbeta, dG, dN, cu, info, H, G, K, V, BT, BK, BV, gid, prec,
-            **_opts("wy_bwd", dev, dims),
+            **_opts("wy_bwd", dev, key),
         )  # fmt: skip
         launch.fitted(
             kwb.chunk_kk_pair_bwd_vec_kernel, (NS, NC, H),
-            k, beta, gc, dN, dk, dbeta, dG, cu, info, H, G, K, BT, 16, BK, NC, prec, **_opts("pair_vec", dev, dims)
+            k, beta, gc, dN, dk, dbeta, dG, cu, info, H, G, K, BT, 16, BK, NC, prec, **_opts("pair_vec", dev, key)
         )
         launch.fitted(
             gla_intra.chunk_rc_add_kernel, (NS, launch.cdiv(K, BKi), H),
-            dG, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev, dims)
+            dG, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev, key)
         )
     return dq, dk, dv, dbeta, dg, dh0
 
