@@ -292,10 +292,10 @@ def test_by_dims_delta_launch_options(monkeypatch):
     DT._device_table.cache_clear()
     try:
         dev = torch.device("cuda", 0)
-        assert DT._opts("o", dev, (64, 64)) == {"num_warps": 4, "num_stages": 2}
-        assert DT._opts("o", dev, (128, 128)) == DT._opts("o", dev) == {"num_warps": 8, "num_stages": 3}
-        assert DT._opts("wu", dev, (64, 64)) == DT._opts("wu", dev)
+        assert DT._opts("o", dev, (64, 64, torch.bfloat16)) == {"num_warps": 4, "num_stages": 2}
+        assert DT._opts("o", dev, (128, 128, torch.bfloat16)) == DT._opts("o", dev) == {"num_warps": 8, "num_stages": 3}
+        assert DT._opts("wu", dev, (64, 64, torch.bfloat16)) == DT._opts("wu", dev)
         monkeypatch.setattr(DT, "OVERRIDES", {"o": (2, 1)})  # a sweep's override still wins
-        assert DT._opts("o", dev, (64, 64)) == {"num_warps": 2, "num_stages": 1}
+        assert DT._opts("o", dev, (64, 64, torch.bfloat16)) == {"num_warps": 2, "num_stages": 1}
     finally:
         DT._device_table.cache_clear()
