@@ -1,6 +1,7 @@
 """Where a call's host time goes (CUDA): host syncs and the Python profile of one op's forward.
 
     python benchmarks/host_profile.py [--families linear_attn,simple_gla,retention] [--shape 8,2048,16,128]
+    python benchmarks/host_profile.py --backward [--families ...]   # where a backward's host time goes
 
 Per family (ours, and flash-linear-attention's with ``--fla``): the synchronizing CUDA calls of one forward
 (``torch.cuda.set_sync_debug_mode``, with the line that made each), the wall time per call of 50 calls
@@ -53,6 +54,52 @@ def syncs(fn, xs) -> list[str]:
     return found
 
 
+def backward_report(family, shape, top) -> str:
+    """A backward's host time three ways (us per call, 50 back to back): through autograd (``autograd.grad`` on a
+    kept graph, where CUDA backwards run on autograd's device thread), the op's backward called on this thread,
+    and the kernels alone (a CUDA graph of the direct call); then the ``cProfile`` of the direct calls. The
+    sixth session saw ~150 us per backward launch on the H200 box against ~50 per forward launch, unexplained."""
+    import triton.testing
+
+    fn, xs = kernels.ours(family), kernels.inputs(family, *shape, grad=True)
+    wrt = [x for x in xs if isinstance(x, torch.Tensor) and x.requires_grad]
+    o = fn(*xs)[0]
+    up = torch.randn_like(o)
+
+    def through_autograd():
+        torch.autograd.grad(o, wrt, up, retain_graph=True, allow_unused=True)
+
+    bwd = getattr(torch.ops.fla_compile, f"{family}_bwd").default
+    q, k, v, *gates = (x.detach() for x in xs)
+    scale = q.shape[-1] ** -0.5
+
+    def direct():
+        bwd(q, k, v, *gates, scale, None, None, up, None)
+
+    def per_call(f):
+        for _ in range(3):
+            f()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(50):
+            f()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t) / 50 * 1e6
+
+    a, d = per_call(through_autograd), per_call(direct)
+    device = triton.testing.do_bench_cudagraph(direct) * 1e3
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(50):
+        direct()
+    prof.disable()
+    torch.cuda.synchronize()
+    s = io.StringIO()
+    pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(top)
+    head = f"\n### backward of {family} {shape}: autograd {a:.0f} us, direct {d:.0f} us, kernels {device:.0f} us"
+    return head + "\n" + "\n".join(s.getvalue().splitlines()[4 : 9 + top]), f"| {family} bwd | {a:.0f} | {d:.0f} | {device:.0f} |"
+
+
 def main(argv=None) -> int:
     import triton.testing
 
@@ -61,8 +108,17 @@ def main(argv=None) -> int:
     p.add_argument("--shape", default="8,2048,16,128")
     p.add_argument("--fla", action="store_true")
     p.add_argument("--top", type=int, default=18)
+    p.add_argument("--backward", action="store_true", help="the backward of linear_attn, simple_gla or retention")
     args = p.parse_args(argv)
     shape = tuple(int(x) for x in args.shape.split(","))
+    if args.backward:
+        summary = ["| op | autograd us/call | direct us/call | kernels us |", "|---|---|---|---|"]
+        for family in args.families.split(","):
+            text, line = backward_report(family, shape, args.top)
+            print(text)
+            summary.append(line)
+        print("\n" + "\n".join(summary))
+        return 0
     summary = ["| op | wall us/call (50 back to back) | device us (graph) | syncs |", "|---|---|---|---|"]
     for family in args.families.split(","):
         impls = [("ours", kernels.ours)] + ([("fla", kernels.fla_op)] if args.fla else [])
