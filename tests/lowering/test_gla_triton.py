@@ -140,6 +140,36 @@ def test_fp32_three_tf32(kind, monkeypatch):
     assert len(grads) == len(ref) and max(errs) < 1e-5, errs
 
 
+@pytest.mark.parametrize("cu", [None, [0, 3, 45], [0, 0, 33, 45]], ids=["batch", "packed", "packed-empty"])
+def test_head_decay(cu, monkeypatch):
+    """One decay per head broadcast over batch and steps (retention's, ``expand``-ed): the kernels form its in-chunk
+    cumsum from the step (gate id 3, ``HEAD_DECAY``). Forward and gradients against fp64 and against the scalar-gate
+    path (gate id 1, reading a cumsum), partial chunks, packed sequences, GQA."""
+    q, k, v, _, h0, cu_t = make("scalar", T=45, B=1 if cu else 2, H=2, HK=1, cu=cu)
+    B, T, H = v.shape[:3]
+    g = torch.tensor([-0.1, -0.7], device=v.device).reshape(1, 1, H).expand(B, T, H)
+    assert gla_triton._per_head(g)
+    do, dht = torch.randn_like(v), torch.randn_like(h0)
+    runs = {}
+    for on in (True, False):
+        monkeypatch.setattr(gla_triton, "HEAD_DECAY", on)
+        o, ht = gla_triton.chunk_forward(q, k, v, g, "scalar", 0.3, h0, cu_t, config=CFG)
+        grads = gla_triton.chunk_backward(q, k, v, g, "scalar", 0.3, h0, cu_t, do, dht, config=CFG)
+        runs[on] = [o, ht, *grads]
+    ro, rht, ref = reference(q, k, v, g.contiguous(), "scalar", 0.3, h0, cu_t, do, dht)
+    for name, a, b, r in zip(["o", "ht", "dq", "dk", "dv", "dg", "dh0"], runs[True], runs[False], [ro, rht, *ref]):
+        assert a.shape == b.shape, name
+        assert rel(a, r) < 1e-5 and rel(a, b) < 1e-5, (name, rel(a, r), rel(a, b))
+
+
+def test_head_decay_only_for_a_broadcast_gate():
+    """Near misses keep the scalar-gate path: a gate broadcast over the batch but not the steps, or a dense one."""
+    per_step = torch.randn(1, 9, 2).expand(3, 9, 2)
+    assert not gla_triton._per_head(per_step) and not gla_triton._per_head(torch.randn(3, 9, 2))
+    assert gla_triton._per_head(torch.randn(2).reshape(1, 1, 2).expand(3, 9, 2))
+    assert gla_triton._per_head(torch.randn(1, 1, 2))  # one step of one sequence: one value per head anyway
+
+
 @pytest.mark.parametrize("BT", [32, 64])
 def test_vector_gate_sub_chunks(BT):
     """gla with chunks of 2 or 4 sub-chunks: off-diagonal blocks by dots, partial chunks, 2 K tiles, packed."""

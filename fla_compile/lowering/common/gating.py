@@ -1,5 +1,5 @@
 """Triton helpers both kernel lines share for the gates of a chunk (``gc``: the in-chunk cumsum G, fp32,
-[TT, H] for a scalar gate, [TT, H, K] per key dim)."""
+[TT, H] for a scalar gate, [TT, H, K] per key dim; for one decay per head, GATE 3, the decays [H] themselves)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,37 @@ import triton.language as tl
 
 
 @triton.jit
-def decay_to_last_t(b_h, b_kt, gc, o_t, m_t, last, i_h, H: tl.constexpr, K: tl.constexpr, o_k, m_k, GATE: tl.constexpr):
+def scalar_gate(gc, o_t, m_t, t0, i_h, H: tl.constexpr, GATE: tl.constexpr):
+    """A scalar gate's in-chunk cumsum G at the steps ``o_t`` (0 where ``m_t`` is off) of the chunk that starts at
+    step ``t0``. GATE 1 reads it from ``gc`` [TT, H]; GATE 3, one decay gamma per head and step
+    (retention's), forms it as (t - t0 + 1) gamma from ``gc`` = the decays [H]: no cumsum pass and no [TT, H] gate."""
+    if GATE == 3:
+        b_g = tl.where(m_t, (o_t - t0 + 1).to(tl.float32) * tl.load(gc + i_h), 0)
+    else:
+        b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
+    return b_g
+
+
+@triton.jit
+def scalar_gate_at(gc, t, t0, i_h, H: tl.constexpr, GATE: tl.constexpr):
+    """:func:`scalar_gate` at one step ``t`` of the chunk (its last, in the state passes)."""
+    if GATE == 3:
+        b_g = (t - t0 + 1).to(tl.float32) * tl.load(gc + i_h)
+    else:
+        b_g = tl.load(gc + t * H + i_h)
+    return b_g
+
+
+@triton.jit
+def decay_to_last_t(
+    b_h, b_kt, gc, o_t, m_t, t0, last, i_h, H: tl.constexpr, K: tl.constexpr, o_k, m_k, GATE: tl.constexpr
+):
     """A state pass's step over one chunk: the carried state [BK, BV] decayed by e^{G_last}, and the chunk's keys
     (loaded transposed, [BK, BT]) decayed to its last step, kᵀ e^{G_last - G} (every exponent <= 0 for decaying
     gates; masked rows stay 0). Without a gate (GATE 0) both come back unchanged."""
-    if GATE == 1:
-        b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
-        b_gl = tl.load(gc + last * H + i_h)
+    if GATE == 1 or GATE == 3:
+        b_g = scalar_gate(gc, o_t, m_t, t0, i_h, H, GATE)
+        b_gl = scalar_gate_at(gc, last, t0, i_h, H, GATE)
         b_h *= tl.exp(b_gl)
         b_kt = b_kt.to(tl.float32) * tl.exp(tl.where(m_t, b_gl - b_g, 0))[None, :]
     if GATE == 2:

@@ -569,7 +569,7 @@ def chunk_delta_h_kernel(
             b_kt = tl.load(
                 k + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0
             )
-            b_h, b_kt = decay_to_last_t(b_h, b_kt, gc, o_t, m_t, last, i_h, H, K, o_k, m_k, GATE)
+            b_h, b_kt = decay_to_last_t(b_h, b_kt, gc, o_t, m_t, bos + i_c * BT, last, i_h, H, K, o_k, m_k, GATE)
         b_h += dot(b_kt.to(b_w.dtype), b_vn.to(b_w.dtype), prec=PREC)
     tl.store(ht + (i_n * H + i_h) * K * V + o_h, b_h, mask=m_h)
 

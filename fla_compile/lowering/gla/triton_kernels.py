@@ -1,12 +1,13 @@
 """Triton kernels of the GLA line (linear_attn, retention, simple_gla, gla).
 
-One kernel set; the gate kind is a compile-time switch ``GATE``: 0 none, 1 scalar per head
-(retention, simple_gla), 2 vector per key dim (gla). Plain pointer arithmetic and masks
-(no ``tl.make_block_ptr``, gone in Triton 3.9), so the same code runs on Triton 3.6, 3.9
-and under ``TRITON_INTERPRET=1``.
+One kernel set; the gate kind is a compile-time switch ``GATE``: 0 none, 1 scalar per head and step
+(simple_gla), 2 vector per key dim (gla), 3 one decay per head for every step (retention: the chunk kernels form
+its in-chunk cumsum from the step, ``common/gating.scalar_gate``; the decode kernel takes it as 1). Plain
+pointer arithmetic and masks (no ``tl.make_block_ptr``, gone in Triton 3.9), so the same code runs on Triton 3.6,
+3.9 and under ``TRITON_INTERPRET=1``.
 
 Layouts (all contiguous, tokens of all sequences flattened to ``TT = B * T``):
-    q, k: [TT, HK, K]      v, o, do: [TT, H, V]      gc: [TT, H] or [TT, H, K] fp32
+    q, k: [TT, HK, K]      v, o, do: [TT, H, V]      gc: [TT, H] or [TT, H, K] fp32 ([H] decays for GATE 3)
     h, dh: [NS, H, K, V] fp32 (state before / gradient after each chunk slot)
     h0, ht, dht, dh0: [N, H, K, V] fp32
 Every program reads its sequence bounds from ``cu`` ([N + 1] token offsets); chunk-parallel
@@ -32,7 +33,7 @@ import triton.language as tl
 
 from ..common.chunks import chunk_span, state_block
 from ..common.dots import dot
-from ..common.gating import decay_to_last_t
+from ..common.gating import decay_to_last_t, scalar_gate, scalar_gate_at
 
 
 @triton.jit
@@ -132,7 +133,7 @@ def chunk_fwd_h_kernel(
         )
         # [BT, BV]
         b_v = tl.load(v + (o_t * H + i_h)[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
-        b_h, b_kt = decay_to_last_t(b_h, b_kt, gc, o_t, m_t, last, i_h, H, K, o_k, m_k, GATE)
+        b_h, b_kt = decay_to_last_t(b_h, b_kt, gc, o_t, m_t, bos + i_c * BT, last, i_h, H, K, o_k, m_k, GATE)
         b_h += dot(b_kt.to(b_v.dtype), b_v, prec=PREC)
     if STORE_HT:
         tl.store(ht + (i_n * H + i_h) * K * V + o_h, b_h, mask=m_h)
@@ -200,8 +201,8 @@ def chunk_fwd_o_kernel(
             )
             b_o += dot(b_q, b_h.to(b_q.dtype), prec=PREC)
             b_A += dot(b_q, b_kt, prec=PREC)
-    if GATE == 1:
-        b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
+    if GATE == 1 or GATE == 3:
+        b_g = scalar_gate(gc, o_t, m_t, bos + i_c * BT, i_h, H, GATE)
         b_o *= tl.exp(b_g)[:, None]
         b_A *= tl.exp(tl.where(m_A, b_g[:, None] - b_g[None, :], 0))
     if GATE == 2:  # A from chunk_gla_A_kernel
@@ -271,9 +272,9 @@ def chunk_bwd_dh_kernel(
         )
         # [BT, BV]
         b_do = tl.load(do + (o_t * H + i_h)[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
-        if GATE == 1:
-            b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
-            b_gl = tl.load(gc + last * H + i_h)
+        if GATE == 1 or GATE == 3:
+            b_g = scalar_gate(gc, o_t, m_t, bos + i_c * BT, i_h, H, GATE)
+            b_gl = scalar_gate_at(gc, last, bos + i_c * BT, i_h, H, GATE)
             b_dh *= tl.exp(b_gl)
             b_qt = (b_qt * tl.exp(b_g)[None, :]).to(b_do.dtype)
         if GATE == 2:
@@ -360,9 +361,9 @@ def chunk_bwd_dv_kernel(
             if USE_DH:
                 b_dv += dot(b_k, b_dh.to(b_k.dtype), prec=PREC)
             b_At += dot(b_k, b_qt, prec=PREC)
-    if GATE == 1:
-        b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
-        b_gl = tl.load(gc + last * H + i_h)
+    if GATE == 1 or GATE == 3:
+        b_g = scalar_gate(gc, o_t, m_t, bos + i_c * BT, i_h, H, GATE)
+        b_gl = scalar_gate_at(gc, last, bos + i_c * BT, i_h, H, GATE)
         b_dv *= tl.exp(tl.where(m_t, b_gl - b_g, 0))[:, None]
         b_At *= tl.exp(tl.where(m_At, b_g[None, :] - b_g[:, None], 0))
     if GATE == 2:  # A^T from chunk_gla_A_kernel
@@ -469,9 +470,9 @@ def chunk_bwd_dqk_kernel(
     # gate gradient, chunk-local and free of cancellation: dg_t = sum_{s >= t} q_s dq_s - k_s dk_s over the
     # intra-chunk pairs (diagonal excluded: it cancels exactly) and the inter-chunk dq, plus sum_{j < t} of
     # k_j dk_j over the inter-chunk dk, plus e^(b_last) sum_v h dh (the decay of the incoming state)
-    if GATE == 1:
-        b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
-        b_gl = tl.load(gc + last * H + i_h)
+    if GATE == 1 or GATE == 3:
+        b_g = scalar_gate(gc, o_t, m_t, bos + i_c * BT, i_h, H, GATE)
+        b_gl = scalar_gate_at(gc, last, bos + i_c * BT, i_h, H, GATE)
         m_S = (o_i[:, None] > o_i[None, :]) & m_A
         # [BT]: scale * diag(dA); [BT, BT]: the strictly causal part, decayed
         b_dAd = scale * tl.sum(tl.where(o_i[:, None] == o_i[None, :], b_dA, 0), axis=1)
@@ -498,7 +499,7 @@ def chunk_bwd_dqk_kernel(
         if i_k == 0:  # the intra-chunk part is added by chunk_gla_bwd_intra_kernel, from dA
             tl.store(dA + (o_t * H + i_h)[:, None] * BT + o_i[None, :], b_dA, mask=m_t[:, None])
     p = (o_t * H + i_h)[:, None] * K + o_k[None, :]
-    if GATE == 1:
+    if GATE == 1 or GATE == 3:
         # one gate per step: the key columns summed first, so the scans below run over [BT] and not [BT, BK]
         # (at K = 64 they held 255 registers and spilled), and dg is [B, T, H, NK], one column per K block
         b_db1 = tl.sum(b_db, axis=1)

@@ -29,6 +29,9 @@ POISON = False  # tests set it: every buffer starts as NaN, to prove each elemen
 # its state passes that way at full V blocks (test_gla_triton_gpu.py's test_fp32_three_tf32_wide_grid; the delta
 # line's state-gradient pass faulted at one V block and not at others, 2026-12-01). Off: exact "ieee" dots.
 FP32_SPLIT = False
+# one decay per head (retention): the chunk kernels form its in-chunk cumsum from the step (gate id 3) instead of
+# reading a [B, T, H] copy of it and its cumsum from two more kernels (False: the scalar-gate path, gate id 1)
+HEAD_DECAY = True
 # the sequential state passes' blocks shrunk while their grid is under one wave (``_state_tile``): on the H200 at
 # B=1 H=16 (32 programs of 132 SMs with the tuned blocks) retention's forward+backward 2.12 -> 1.58 ms at T=16384,
 # gla's 3.59 -> 3.24 (benchmarks/RESULTS.md, 2026-11-30); FLA_COMPILE_GLA_FILL_SMS=0 turns it off
@@ -52,14 +55,26 @@ def _dense(x, dtype=None):
     return x.to(dtype or x.dtype).contiguous()
 
 
-def _common(q, k, v, gate, gate_kind):
+def _per_head(gate) -> bool:
+    """A [B, T, H] gate that holds one value per head: broadcast over batch and steps (stride 0, or size 1)."""
+    return gate.dim() == 3 and all(n == 1 or st == 0 for n, st in zip(gate.shape[:2], gate.stride()[:2]))
+
+
+def _common(q, k, v, gate, gate_kind, head_decay=False):
+    """Dense inputs, sizes and the gate id. ``head_decay`` (the chunk launchers, with :data:`HEAD_DECAY`): a scalar
+    gate that is one decay per head broadcast over batch and steps (retention's, ``expand``-ed) comes back as those
+    decays [H] with gate id 3, whose in-chunk cumsum the kernels form from the step (no cumsum kernel, no copy)."""
     dt = v.dtype
     q, k, v = _dense(q, dt), _dense(k, dt), _dense(v)
+    gid = GATE_IDS[gate_kind]
     if gate is not None:
-        gate = _dense(gate)
+        if head_decay and HEAD_DECAY and gid == 1 and _per_head(gate):
+            gate, gid = _dense(gate[0, 0], torch.float32), 3
+        else:
+            gate = _dense(gate)
     B, T, HK, K = q.shape
     H, V = v.shape[2], v.shape[3]
-    return q, k, v, gate, B, T, H, HK, K, V, GATE_IDS[gate_kind]
+    return q, k, v, gate, B, T, H, HK, K, V, gid
 
 
 def _blocks(config, K, V):
@@ -105,8 +120,9 @@ def _config(kind, q, v, T, cu_seqlens, config):
 
 
 def _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, device, cfg, excl=False):
-    """The in-chunk cumsum of the gate (fp32); with ``excl`` (rwkv6) also the exclusive one: (gc, gq)."""
-    if gid == 0:
+    """The in-chunk cumsum of the gate (fp32); with ``excl`` (rwkv6) also the exclusive one: (gc, gq). No gate, or
+    one decay per head (gid 3: the kernels form it): the gate itself."""
+    if gid in (0, 3):
         return gate
     gc = _empty(gate.shape, device, torch.float32)
     BKg = min(cfg.get("cumsum_BK", launch.pow2(K)), launch.pow2(K)) if gid == 2 else 16
@@ -237,7 +253,7 @@ def chunk_forward(
     ``bonus`` (rwkv6, vector gate): u [H, K]; q is then gated by the exclusive cumsum and A holds the bonus.
     """
     _untag(A_out)
-    q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind)
+    q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind, head_decay=True)
     BT, BK, BV, cfg = _blocks(_config(gate_kind, q, v, T, cu_seqlens, config), K, V)
     cu, info, chunk_off, NS, N = chunk_meta(B, T, cu_seqlens, BT, q.device)
     h0 = initial_state.float().contiguous() if initial_state is not None else None
@@ -303,7 +319,7 @@ def chunk_backward(
     A for this call's BT (:func:`saved_A_valid`), else recomputed.
     """
     in_dtypes = (q.dtype, k.dtype, v.dtype)
-    q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind)
+    q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind, head_decay=True)
     G = H // HK
     BT, BK, BV, cfg = _blocks(_config(gate_kind, q, v, T, cu_seqlens, config), K, V)
     cu, info, chunk_off, NS, N = chunk_meta(B, T, cu_seqlens, BT, q.device)
@@ -416,7 +432,7 @@ def chunk_backward(
             intra.chunk_rc_add_kernel, (NS, launch.cdiv(K, BKr), H),
             db, dg, cu, info, H, K, BT, BKr, *(() if u is None else (True,)), **_opts(cfg, "rc")
         )
-    if gid == 1:
+    if gid in (1, 3):  # per step (gid 3: the op sums the steps for its per-head decay)
         dg = dg.sum(-1) if dg.shape[-1] > 1 else dg.view(B, T, H)
     if G > 1:  # GQA: sum the heads of each group, in a fixed order
         dq = dq.view(B, T, HK, G, K).sum(3)
