@@ -103,6 +103,21 @@ def test_chunk_fwd_bwd(kind, shape, dtype):
         assert rel(a, r) < TOL[dtype], f"{name}: relative error {rel(a, r):.2e}"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("cu", [None, [0, 0, 77, 300]], ids=["batch", "packed"])
+def test_head_decay(cu, dtype):
+    """One decay per head broadcast over batch and steps (retention's): the kernels form its in-chunk cumsum (gate
+    id 3). Forward and gradients against fp64, K = V = 128, poisoned buffers, bitwise repeatable."""
+    B = 1 if cu else 2
+    q, k, v, _, h0, cu_t, do, dht = make("scalar", B, 300, 4, 2, 128, 128, dtype, cu=cu)
+    g = torch.tensor([-0.05, -0.3, -1.0, -4.0], device="cuda").reshape(1, 1, 4).expand(B, 300, 4)
+    ours, again = run(q, k, v, g, "scalar", 0.1, h0, cu_t, do, dht), run(q, k, v, g, "scalar", 0.1, h0, cu_t, do, dht)
+    ref = reference(q, k, v, g.contiguous(), "scalar", 0.1, h0, cu_t, do, dht)
+    for name, a, b, r in zip(["o", "ht", "dq", "dk", "dv", "dg", "dh0"], ours, again, ref):
+        assert torch.equal(a, b), f"{name}: not bitwise deterministic"
+        assert rel(a, r) < TOL[dtype], f"{name}: relative error {rel(a, r):.2e}"
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_fp32_three_tf32_wide_grid(kind, monkeypatch):
     """fp32 at "highest" by three tf32 products (``FP32_SPLIT``, off until this passes on the H200) at K = V = 128 on
