@@ -149,6 +149,8 @@ def test_head_decay(cu, monkeypatch):
     B, T, H = v.shape[:3]
     g = torch.tensor([-0.1, -0.7], device=v.device).reshape(1, 1, H).expand(B, T, H)
     assert gla_triton._per_head(g)
+    monkeypatch.setattr(gla_triton, "HEAD_DECAY", True)
+    assert gla_triton._common(q, k, v, g, "scalar", head_decay=True)[-1] == 3  # gate id 3 is what runs
     do, dht = torch.randn_like(v), torch.randn_like(h0)
     runs = {}
     for on in (True, False):

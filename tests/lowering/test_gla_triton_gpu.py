@@ -105,9 +105,12 @@ def test_chunk_fwd_bwd(kind, shape, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("cu", [None, [0, 0, 77, 300]], ids=["batch", "packed"])
-def test_head_decay(cu, dtype):
+def test_head_decay(cu, dtype, monkeypatch):
     """One decay per head broadcast over batch and steps (retention's): the kernels form its in-chunk cumsum (gate
-    id 3). Forward and gradients against fp64, K = V = 128, poisoned buffers, bitwise repeatable."""
+    id 3, ``HEAD_DECAY``). Forward and gradients against fp64, K = V = 128, poisoned buffers, bitwise repeatable."""
+    from fla_compile.lowering.gla import triton_launch as gla_triton
+
+    monkeypatch.setattr(gla_triton, "HEAD_DECAY", True)
     B = 1 if cu else 2
     q, k, v, _, h0, cu_t, do, dht = make("scalar", B, 300, 4, 2, 128, 128, dtype, cu=cu)
     g = torch.tensor([-0.05, -0.3, -1.0, -4.0], device="cuda").reshape(1, 1, 4).expand(B, 300, 4)
