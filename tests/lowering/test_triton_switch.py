@@ -147,6 +147,7 @@ def test_fp32_dot_precision_follows_torch():
     try:
         assert launch.prec(torch.float32, 128, 64) == launch.FP32_HIGHEST == "tf32x3"
         assert launch.prec(torch.float32, 16, 16) == launch.prec(torch.float32, 256, 128) == "ieee"  # unchecked dims
+        assert launch.prec(torch.float32, 128, 128, split=False) == "ieee"  # a line's kernels unchecked with it
         torch.set_float32_matmul_precision("high")
         assert launch.prec(torch.float32, 16, 16) == "tf32"
         assert launch.prec(torch.bfloat16, 128, 128) == "tf32"

@@ -50,15 +50,15 @@ FP32_HIGHEST = "tf32x3"
 FP32_SPLIT_DIMS = (64, 128)
 
 
-def prec(dtype, K: int, V: int) -> str:
+def prec(dtype, K: int, V: int, split: bool = True) -> str:
     """``tl.dot``'s input precision for operands of ``dtype`` in kernels of head dims ``K`` x ``V``. fp32 follows
     torch's ``torch.set_float32_matmul_precision``: "highest" (torch's default) :data:`FP32_HIGHEST` where K and V
-    lie in :data:`FP32_SPLIT_DIMS`, else "ieee"; "high" or "medium" tensor-core tf32 dots, as torch's own fp32
-    matmuls. Other dtypes: "tf32" (it only applies where a kernel feeds fp32 operands to a dot, e.g. fp32
-    intermediates of bf16 inputs)."""
+    lie in :data:`FP32_SPLIT_DIMS` and the caller allows the split (``split``: a line's kernels checked with it on
+    the H200), else "ieee"; "high" or "medium" tensor-core tf32 dots, as torch's own fp32 matmuls. Other dtypes:
+    "tf32" (it only applies where a kernel feeds fp32 operands to a dot, e.g. fp32 intermediates of bf16 inputs)."""
     if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
         lo, hi = FP32_SPLIT_DIMS
-        return FP32_HIGHEST if lo <= min(K, V) and max(K, V) <= hi else "ieee"
+        return FP32_HIGHEST if split and lo <= min(K, V) and max(K, V) <= hi else "ieee"
     return "tf32"
 
 

@@ -217,12 +217,6 @@ def _state_bv(name: str, programs: int, V: int, device, key: tuple | None = None
     return BV
 
 
-def _prec(dt, K: int, V: int, gid: int) -> str:
-    """``launch.prec``, with exact dots in place of the three-tf32 split for kda while that is unchecked."""
-    p = launch.prec(dt, K, V)
-    return "ieee" if p == "tf32x3" and gid == 2 and not FP32_SPLIT_VECTOR_GATE else p
-
-
 def _opts(kernel: str, device, key: tuple | None = None) -> dict:
     """Launch options of ``kernel``: its table entry [num_warps, num_stages] or [num_warps, num_stages, maxnreg]
     (a register cap per thread, for two programs a multiprocessor where the uncapped kernel fits one)."""
@@ -252,7 +246,7 @@ def forward_parts(
     gid = GATE_IDS[gate_kind]
     dev = q.device
     cu, info, chunk_off, NS, N = chunk_meta(B, T, cu_seqlens, BT, dev)
-    prec = _prec(dt, K, V, gid)
+    prec = launch.prec(dt, K, V, split=gid != 2 or FP32_SPLIT_VECTOR_GATE)
     BK = launch.pow2(K)
     f32 = dict(device=dev, dtype=torch.float32)
     gc = None
@@ -390,7 +384,7 @@ def backward_parts(
     cu, info, chunk_off, NS, N = m["cu"], m["info"], m["chunk_off"], m["NS"], m["N"]
     dev = q.device
     f32 = dict(device=dev, dtype=torch.float32)
-    prec = _prec(dt, K, V, gid)
+    prec = launch.prec(dt, K, V, split=gid != 2 or FP32_SPLIT_VECTOR_GATE)
     BK = launch.pow2(K)
     gc, X, w, vn, h, Aqk = P["gc"], P["X"], P["w"], P["vn"], P["h"], P["Aqk"]
     gcp = gc if gc is not None else beta  # a placeholder pointer: never read without a gate

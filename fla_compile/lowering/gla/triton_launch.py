@@ -239,12 +239,6 @@ def _bonus(bonus, H, K):
     return None if bonus is None else bonus.float().contiguous()
 
 
-def _prec(dtype, K: int, V: int) -> str:
-    """``launch.prec``, with exact dots in place of the three-tf32 split while :data:`FP32_SPLIT` is off."""
-    p = launch.prec(dtype, K, V)
-    return "ieee" if p == "tf32x3" and not FP32_SPLIT else p
-
-
 def chunk_forward(
     q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=None, config=None, A_out=None, bonus=None
 ):
@@ -265,7 +259,7 @@ def chunk_forward(
         gc, gq = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device, cfg, excl=True)
     else:
         gc = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device, cfg)
-    prec = _prec(v.dtype, K, V)
+    prec = launch.prec(v.dtype, K, V, split=FP32_SPLIT)
     h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, H // HK, K, V, gid, BT, BK, BV, cfg, prec)
     A = h
     if gid == 2:
@@ -335,7 +329,7 @@ def chunk_backward(
     else:
         gc = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device, cfg)
     rw = () if u is None else (gq, True)  # the trailing rwkv6 arguments of the dh and dqk kernels
-    prec = _prec(v.dtype, K, V)
+    prec = launch.prec(v.dtype, K, V, split=FP32_SPLIT)
     h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg, prec)
 
     dh = _empty((NS, H, K, V), v.device, v.dtype)  # like h: cast to the inputs' dtype before every dot
