@@ -1,8 +1,8 @@
 """The matrix product every chunk kernel calls: ``tl.dot`` at a precision, or fp32 from three tf32 products.
 
 ``prec`` is the launchers' ``launch.prec(dtype, K, V, split)``: "tf32" (half inputs; fp32 at torch's "high"),
-"ieee" (exact fp32 FMA loops on CUDA cores), or "tf32x3": each fp32 operand split into a high part (its top 11 significant
-bits, truncated: exact in tf32) and the remainder (|lo| < 2^-10 |x|), and a b = a_lo b_hi + a_hi b_lo + a_hi b_hi
+"ieee" (exact fp32 FMA loops on CUDA cores), or "tf32x3": each fp32 operand split into a high part (its top 11
+significant bits, truncated: exact in tf32) and the remainder (|lo| < 2^-10 |x|), and a b = a_lo b_hi + a_hi b_lo + a_hi b_hi
 on tensor cores, the small terms first: the dropped a_lo b_lo and the remainders' own tf32 rounding are each
 under 2^-20 of |a| |b| per term, against one tf32 product's 2^-11. Written here with plain tf32 products rather than
 Triton's own "tf32x3", which hit an illegal memory access in the delta line's fp32 kernels on the H200 (Triton
