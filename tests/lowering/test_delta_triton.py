@@ -953,6 +953,22 @@ if __name__ == "__main__":
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("family", list(FAMILY_GATE))
+@pytest.mark.parametrize("K,V", [(16, 8), (16, 16), (32, 32)])
+def test_gpu_fp32_tf32_mode_small_heads(family, K, V):
+    """fp32 under "high" (plain tf32 dots) at small head dims, forward and gradients within tf32's accuracy of fp64:
+    the three-tf32 split was wrong or faulted at K = 16 on the H200 (2026-12-01, so it is fenced to 64..128), and
+    Triton's tf32 tensor-core products with narrow tiles are where such faults live."""
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        test_gpu_chunk_vs_fp64(family, torch.float32, 5e-3, 1.0, K=K, V=V, T=150)
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("family", list(FAMILY_GATE))
 def test_gpu_fp32_tf32_mode(family):
     """fp32 inputs under torch.set_float32_matmul_precision("high"): tf32 dots, within tf32's accuracy of fp64."""
     from fla_compile.lowering.delta import triton_launch as DT
