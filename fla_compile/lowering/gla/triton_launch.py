@@ -32,7 +32,7 @@ FP32_SPLIT = False
 # one decay per head (retention): the chunk kernels form its in-chunk cumsum from the step (gate id 3) instead of
 # reading a [B, T, H] copy of it and its cumsum from two more kernels (False: the scalar-gate path, gate id 1).
 # Checked on the CPU (interpreter, against fp64) and compiled offline for sm_90; off until the H200 runs
-# test_gla_triton_gpu.py's test_head_decay and times it against the scalar path and FLA (.run: ab_head_decay)
+# test_gla_triton_gpu.py's test_head_decay and times it (benchmarks/retention_head_decay.py)
 HEAD_DECAY = False
 # the sequential state passes' blocks shrunk while their grid is under one wave (``_state_tile``): on the H200 at
 # B=1 H=16 (32 programs of 132 SMs with the tuned blocks) retention's forward+backward 2.12 -> 1.58 ms at T=16384,
