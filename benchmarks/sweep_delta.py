@@ -112,7 +112,12 @@ VARIANTS = [
     ("three tf32", {"FP32_HIGHEST": "tf32x3"}),
     ("three tf32 dqk w8", {"FP32_HIGHEST": "tf32x3", "dqk": (8, 2)}),  # H200 2026-12-01: fwd+bwd 8.652 vs 8.609 ms
     ("ieee", {"FP32_HIGHEST": "ieee"}),
-    ("one tf32", {"FP32_HIGHEST": "tf32"}),  # torch's "high": the split's own cost, kernel by kernel, against it  # the exact FMA dots three tf32 replaced (43 ms gated forward on the H200)
+    ("one tf32", {"FP32_HIGHEST": "tf32"}),  # torch's "high": the split's own cost, kernel by kernel, against it
+    # fp32 keeps k kᵀ out of the solve kernel (_DTYPE_DEFAULTS) for the exact dots' spills (10-13 KB a thread,
+    # offline sm_90). With tf32 dots ("high", --matmul-precision high) the fused kernel on 1 warp has none (254
+    # registers), with three tf32 products 308 B on 1 warp, 132 B on 2: the fused forward may win there too
+    ("fp32 kkt in solve", {"fused_kkt": True}),
+    ("fp32 kkt in solve w2", {"fused_kkt": True, "kkt_solve": (2, 1)}),  # the exact FMA dots three tf32 replaced (43 ms gated forward on the H200)
     # fp32 at three tf32 (shipped since 2026-12-01, with the bf16 launch options): the output kernel took 0.951 of
     # the gated forward's 2.372 ms on the H200. Offline sm_90 (benchmarks/fp32_dot_regs.py --grid): at BV_o 128,
     # 8 warps, 3 stages it spills 100 B a thread; at BV_o 64 on 4 warps, 3 stages (131 KB shared) or 1 stage, none.
@@ -174,8 +179,11 @@ def main() -> int:
     p.add_argument("--bwd-kernels", action="store_true", help="also print each variant's fwd+bwd kernels (device ms)")
     p.add_argument("--metadata", action="store_true", help="at the end: registers, spills, shared of every kernel built")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    p.add_argument("--matmul-precision", default="highest", choices=("highest", "high"),
+                   help="torch.set_float32_matmul_precision for fp32 inputs ('high': plain tf32 dots)")  # fmt: skip
     args = p.parse_args()
     dtype = getattr(torch, args.dtype)
+    torch.set_float32_matmul_precision(args.matmul_precision)
     B, T, H, D = (int(x) for x in args.shape.split(","))
     names = set(args.variants.split(",")) if args.variants else None
     rows = [
