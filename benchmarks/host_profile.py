@@ -54,6 +54,31 @@ def syncs(fn, xs) -> list[str]:
     return found
 
 
+def per_call(f, n: int = 50, warm: int = 3) -> float:
+    """Wall microseconds per call of ``f`` over ``n`` calls back to back (after ``warm`` calls), one sync at the end."""
+    for _ in range(warm):
+        f()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        f()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t) / n * 1e6
+
+
+def profile_top(f, top: int, n: int = 50) -> str:
+    """The top ``top`` functions by own time of a ``cProfile`` of ``n`` calls of ``f``."""
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(n):
+        f()
+    prof.disable()
+    torch.cuda.synchronize()
+    s = io.StringIO()
+    pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(top)
+    return "\n".join(s.getvalue().splitlines()[4 : 9 + top])
+
+
 def backward_report(family, shape, top) -> str:
     """A backward's host time three ways (us per call, 50 back to back): through autograd (``autograd.grad`` on a
     kept graph, where CUDA backwards run on autograd's device thread), the op's backward called on this thread,
@@ -76,28 +101,10 @@ def backward_report(family, shape, top) -> str:
     def direct():
         bwd(q, k, v, *gates, scale, None, None, up, None)
 
-    def per_call(f):
-        for _ in range(3):
-            f()
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(50):
-            f()
-        torch.cuda.synchronize()
-        return (time.perf_counter() - t) / 50 * 1e6
-
     a, d = per_call(through_autograd), per_call(direct)
     device = triton.testing.do_bench_cudagraph(direct) * 1e3
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(50):
-        direct()
-    prof.disable()
-    torch.cuda.synchronize()
-    s = io.StringIO()
-    pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(top)
     head = f"\n### backward of {family} {shape}: autograd {a:.0f} us, direct {d:.0f} us, kernels {device:.0f} us"
-    return head + "\n" + "\n".join(s.getvalue().splitlines()[4 : 9 + top]), f"| {family} bwd | {a:.0f} | {d:.0f} | {device:.0f} |"
+    return head + "\n" + profile_top(direct, top), f"| {family} bwd | {a:.0f} | {d:.0f} | {device:.0f} |"
 
 
 def main(argv=None) -> int:
@@ -125,29 +132,16 @@ def main(argv=None) -> int:
         for who, get in impls:
             fn, xs = get(family), kernels.inputs(family, *shape)
             with torch.no_grad():
-                for _ in range(3):
-                    fn(*xs)
-                torch.cuda.synchronize()
+                call = lambda fn=fn, xs=xs: fn(*xs)  # noqa: E731
+                wall = per_call(call)  # warmed up before the sync check below
                 found = syncs(fn, xs)
                 torch.cuda.synchronize()
-                t = time.perf_counter()
-                for _ in range(50):
-                    fn(*xs)
-                torch.cuda.synchronize()
-                wall = (time.perf_counter() - t) / 50 * 1e6
-                prof = cProfile.Profile()
-                prof.enable()
-                for _ in range(50):
-                    fn(*xs)
-                prof.disable()
-                torch.cuda.synchronize()
-                device = triton.testing.do_bench_cudagraph(lambda fn=fn, xs=xs: fn(*xs)) * 1e3
-            s = io.StringIO()
-            pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(args.top)
+                top = profile_top(call, args.top)
+                device = triton.testing.do_bench_cudagraph(call) * 1e3
             print(f"\n### {who} {family} {args.shape}: {wall:.0f} us/call wall, {device:.0f} us device")
             for line in found:
                 print(f"sync: {line}")
-            print("\n".join(s.getvalue().splitlines()[4 : 9 + args.top]))
+            print(top)
             summary.append(f"| {who} {family} | {wall:.0f} | {device:.0f} | {len(found)} |")
     print("\n" + "\n".join(summary))
     return 0

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, "benchmarks")
 import kernels  # noqa: E402
+from host_profile import per_call  # noqa: E402
 
 
 def host_us(fn, xs, backward=False, n=200) -> float:
@@ -29,14 +29,7 @@ def host_us(fn, xs, backward=False, n=200) -> float:
         if backward:
             o.backward(torch.ones_like(o))
 
-    for _ in range(5):
-        call()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n):
-        call()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / n * 1e6
+    return per_call(call, n, warm=5)
 
 
 def cells(fn, family, shape) -> list[str]:
