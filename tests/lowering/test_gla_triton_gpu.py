@@ -141,7 +141,7 @@ def test_fp32_tf32_mode_small_heads(kind, K, V):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_fp32_three_tf32_wide_grid(kind, monkeypatch):
-    """fp32 at "highest" by three tf32 products (``FP32_SPLIT``, off until this passes on the H200) at K = V = 128 on
+    """fp32 at "highest" by three tf32 products (``FP32_SPLIT``, on since this passed on the H200) at K = V = 128 on
     64 sequence-heads (the state passes' full V blocks) and on a small grid, against fp64, bitwise repeatable."""
     from fla_compile.lowering.gla import triton_launch as gla_triton
 

@@ -150,10 +150,10 @@ KG = True  # kda: the state pass reads keys decayed once by the W/U kernel (Fals
 ROW_LOADS = True  # without FUSED_KKT (kda): the substitution loads each row of N (False: picks it out of the tile)
 SOLVE_MERGE_TF32 = True  # the solve's merge dots at the inputs' precision (tf32 for half inputs, as FLA's; False: ieee)
 FUSED_L2NORM = True  # use_qk_l2norm by triton_l2norm's two kernels (False: the torch ops); A/B in RESULTS (seventh+eighth sessions)
-# fp32 at torch's "highest" by three tf32 products (``launch.FP32_HIGHEST``) with a gate per key dim (kda): off until
-# the H200 has run its state passes that way at full V blocks (test_gpu_fp32_three_tf32_wide_grid[kda]); no gate and
-# a scalar gate were checked there at B=8 H=16 K=V=128 against fp64 (2026-12-01). Off: exact "ieee" dots.
-FP32_SPLIT_VECTOR_GATE = False
+# fp32 at torch's "highest" by three tf32 products (``launch.FP32_HIGHEST``) with a gate per key dim (kda): on since
+# the H200 ran its state passes that way at full V blocks against fp64 (test_gpu_fp32_three_tf32_wide_grid[kda],
+# B=4 H=16 K=V=128, 2026-12-01), as no gate and a scalar gate were before. False: exact "ieee" dots.
+FP32_SPLIT_VECTOR_GATE = True
 
 
 @functools.cache

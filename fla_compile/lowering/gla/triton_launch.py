@@ -25,10 +25,11 @@ DECODE_MAX_T = 64
 MAX_HEAD_DIM = 256
 BC = 16  # sub-chunk of the vector gate's intra-chunk kernels
 POISON = False  # tests set it: every buffer starts as NaN, to prove each element is written
-# fp32 at torch's "highest" by three tf32 products (``launch.FP32_HIGHEST``): off in this line until the H200 has run
-# its state passes that way at full V blocks (test_gla_triton_gpu.py's test_fp32_three_tf32_wide_grid; the delta
-# line's state-gradient pass faulted at one V block and not at others, 2026-12-01). Off: exact "ieee" dots.
-FP32_SPLIT = False
+# fp32 at torch's "highest" by three tf32 products (``launch.FP32_HIGHEST``), at the head dims it is kept to
+# (``launch.FP32_SPLIT_DIMS``). On since the H200 ran this line's state passes that way at full V blocks against fp64
+# (test_gla_triton_gpu.py's test_fp32_three_tf32_wide_grid, 2026-12-01; the delta line's state-gradient pass had
+# faulted at one V block and not at others). False: exact "ieee" dots.
+FP32_SPLIT = True
 # one decay per head (retention): the chunk kernels form its in-chunk cumsum from the step (gate id 3) instead of
 # reading a [B, T, H] copy of it and its cumsum from two more kernels (False: the scalar-gate path, gate id 1).
 # Checked on the CPU (interpreter, against fp64) and compiled offline for sm_90; off until the H200 runs
