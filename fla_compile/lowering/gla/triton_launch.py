@@ -31,10 +31,10 @@ POISON = False  # tests set it: every buffer starts as NaN, to prove each elemen
 # faulted at one V block and not at others). False: exact "ieee" dots.
 FP32_SPLIT = True
 # one decay per head (retention): the chunk kernels form its in-chunk cumsum from the step (gate id 3) instead of
-# reading a [B, T, H] copy of it and its cumsum from two more kernels (False: the scalar-gate path, gate id 1).
-# Checked on the CPU (interpreter, against fp64) and compiled offline for sm_90; off until the H200 runs
-# test_gla_triton_gpu.py's test_head_decay and times it (benchmarks/retention_head_decay.py)
-HEAD_DECAY = False
+# reading a [B, T, H] copy of it and its cumsum from two more kernels (False: the scalar-gate path, gate id 1). On the
+# H200 at (8, 2048, 32, 64) bf16 (benchmarks/retention_head_decay.py, 2026-12-01): forward kernels 0.190 -> 0.168 ms,
+# forward+backward 0.711 -> 0.641 (FLA's chunk_retention 0.145 / 0.568); test_head_decay passed there
+HEAD_DECAY = True
 # the sequential state passes' blocks shrunk while their grid is under one wave (``_state_tile``): on the H200 at
 # B=1 H=16 (32 programs of 132 SMs with the tuned blocks) retention's forward+backward 2.12 -> 1.58 ms at T=16384,
 # gla's 3.59 -> 3.24 (benchmarks/RESULTS.md, 2026-11-30); FLA_COMPILE_GLA_FILL_SMS=0 turns it off
