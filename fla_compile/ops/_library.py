@@ -4,7 +4,7 @@ Each family ``name`` becomes two ops in the ``fla_compile`` namespace:
 
     name(Tensor q, Tensor k, Tensor v, <gate tensors>, float scale,
          Tensor? initial_state, Tensor? cu_seqlens, <bool flags>) -> (Tensor o, Tensor final_state, <saved>)
-    name_bwd(<same inputs>, Tensor do, Tensor dht, <saved>) -> (dq, dk, dv, <d gates>, dh0)
+    name_bwd(<same inputs>, Tensor do, Tensor dht, <saved>[, bool[]? gate_grads]) -> (dq, dk, dv, <d gates>, dh0)
 
 (``<bool flags>`` only for specs that declare ``flags``, e.g. the delta line's in-kernel
 L2 norm of q and k; the GLA-line schemas have none. ``<saved>``: one Tensor per name in the spec's
@@ -15,6 +15,11 @@ A saved tensor is a non-differentiable output: the forward allocates it with the
 (the same function as the fake impl, so shapes agree by construction), the implementation fills it
 when its path produces that intermediate, autograd keeps it for the backward, and the backward
 implementation decides whether it holds what it needs (else it recomputes).
+
+``gate_grads`` (specs with ``optional_gate_grads``: retention, simple_gla): which gates take a gradient
+(``ctx.needs_input_grad``), so a backward can skip a gate's gradient nobody asked for (RetNet's and Lightning's
+decays are constants; FLA's ``g_gamma`` takes none). A skipped gradient is an empty tensor in the real and in the
+fake impl alike, and None to autograd.
 
 with fake impls (so torch.compile, export and CUDA graphs see shapes) and the backward
 registered as the forward's autograd formula. The backward is itself an opaque op, so
@@ -134,6 +139,7 @@ class OpSpec:
     flags: tuple[str, ...] = ()
     saved: tuple[str, ...] = ()
     saved_like: Callable | None = None
+    optional_gate_grads: bool = False  # backward(..., gate_grads=(bool per gate)): a False one may be skipped
 
 
 def _schema_args(spec: OpSpec) -> str:
@@ -173,8 +179,10 @@ def _empty_forward(q, v, h0, cu):
 def register(spec: OpSpec) -> None:
     name, n_gates, n_flags, n_saved = spec.name, len(spec.gates), len(spec.flags), len(spec.saved)
     saved_schema = "".join(f", Tensor {s}" for s in spec.saved)
+    opt = spec.optional_gate_grads
+    wanted_schema = ", bool[]? gate_grads=None" if opt else ""  # None: every gate's
     LIB.define(f"{name}({_schema_args(spec)}) -> (Tensor, Tensor{', Tensor' * n_saved})")
-    LIB.define(f"{name}_bwd({_schema_args(spec)}, Tensor do, Tensor? dht{saved_schema}) -> Tensor[]")
+    LIB.define(f"{name}_bwd({_schema_args(spec)}, Tensor do, Tensor? dht{saved_schema}{wanted_schema}) -> Tensor[]")
     qual = f"fla_compile::{name}"
 
     def saved_like(q, k, v, gates, h0, cu, flags) -> tuple:
@@ -205,13 +213,25 @@ def register(spec: OpSpec) -> None:
         o, ht = spec.forward(q, k, v, *gates, scale=scale, initial_state=h0, cu_seqlens=cu, **kw)
         return (o.contiguous(), ht.contiguous(), *saved)
 
+    n_bwd_rest = n_gates + 3 + n_flags + 2 + n_saved  # the backward's arguments after q, k, v, before gate_grads
+
+    def skipped(gate_grads):
+        """Per gradient (q, k, v, gates, h0): whether the backward leaves it out (an unwanted gate's)."""
+        return (False,) * 3 + tuple(not w for w in gate_grads) + (False,) if gate_grads else (False,) * (n_gates + 4)
+
     def bwd_impl(q, k, v, *rest):
+        gate_grads = ()
+        if len(rest) > n_bwd_rest:  # given (a caller may leave the default out)
+            rest, gate_grads = rest[:-1], tuple(rest[-1] or ())
         gates, (scale, h0, cu), rest = rest[:n_gates], rest[n_gates : n_gates + 3], rest[n_gates + 3 :]
         kw, (do, dht), saved = dict(zip(spec.flags, rest[:n_flags])), rest[n_flags : n_flags + 2], rest[n_flags + 2 :]
         inputs = (q, k, v, *gates, h0)
+        skip = skipped(gate_grads)
         if _no_steps(v):  # nothing ran: the state's gradient passes through, the rest have no elements
             dense = torch.contiguous_format  # as the fake impl says; and dh0 is a copy: outputs never alias inputs
-            grads = [torch.zeros_like(x, memory_format=dense) for x in inputs[:-1]]
+            grads = [
+                q.new_empty(0) if s else torch.zeros_like(x, memory_format=dense) for x, s in zip(inputs[:-1], skip)
+            ]
             if h0 is None:
                 return grads + [q.new_empty(0)]
             if dht is None:
@@ -219,8 +239,12 @@ def register(spec: OpSpec) -> None:
             return grads + [dht.to(h0.dtype, memory_format=dense, copy=True)]
         if n_saved:
             kw["saved"] = tuple(saved)
+        if gate_grads:
+            kw["gate_grads"] = gate_grads
         grads = spec.backward(q, k, v, *gates, scale=scale, initial_state=h0, cu_seqlens=cu, do=do, dht=dht, **kw)
-        return [cast(g, x.dtype) if g is not None else q.new_empty(0) for g, x in zip(grads, inputs)]
+        return [
+            cast(g, x.dtype) if g is not None and not s else q.new_empty(0) for g, x, s in zip(grads, inputs, skip)
+        ]
 
     def fwd_fake(q, k, v, *rest):
         gates, (_, h0, cu), flags = rest[:n_gates], rest[n_gates : n_gates + 3], rest[n_gates + 3 :]
@@ -233,9 +257,10 @@ def register(spec: OpSpec) -> None:
     def bwd_fake(q, k, v, *rest):  # the saved tensors (last arguments) do not change the gradients' shapes
         h0 = rest[n_gates + 1]
         inputs = (q, k, v, *rest[:n_gates], h0)
+        skip = skipped(tuple(rest[-1] or ()) if len(rest) > n_bwd_rest else ())
         return [
-            torch.empty_like(x, memory_format=torch.contiguous_format) if x is not None else q.new_empty(0)
-            for x in inputs
+            torch.empty_like(x, memory_format=torch.contiguous_format) if x is not None and not s else q.new_empty(0)
+            for x, s in zip(inputs, skip)
         ]
 
     LIB.impl(name, fwd_impl, "CompositeExplicitAutograd")
@@ -259,7 +284,12 @@ def register(spec: OpSpec) -> None:
         kept = list(saved)
         if do is None:
             do = torch.zeros_like(inputs[2])
-        dq, dk, dv, *dgates, dh0 = backward_call(bwd_impl, bwd_op, (*inputs, do, dht, *kept))
+        wanted = [bool(w) for w in ctx.needs_input_grad[3 : 3 + n_gates]]
+        dq, dk, dv, *dgates, dh0 = backward_call(
+            bwd_impl, bwd_op, (*inputs, do, dht, *kept, *((wanted,) if opt else ()))
+        )
+        if opt:
+            dgates = [g if w else None for g, w in zip(dgates, wanted)]
         h0 = inputs[3 + n_gates + 1]
         return (dq, dk, dv, *dgates, None, dh0 if h0 is not None else None, None, *([None] * n_flags))
 

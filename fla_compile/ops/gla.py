@@ -48,7 +48,7 @@ def _line_backward(forward, family, per_head_gate=False):
     """The family's backward: the Triton chunked kernels on CUDA, autograd through ``forward`` elsewhere."""
     fallback = recompute_backward(forward)
 
-    def backward(q, k, v, *gates, scale, initial_state, cu_seqlens, do, dht, saved=()):
+    def backward(q, k, v, *gates, scale, initial_state, cu_seqlens, do, dht, saved=(), gate_grads=(True,)):
         if not gla_triton_enabled(q, k, v, *gates, initial_state):
             return fallback(
                 q, k, v, *gates, scale=scale, initial_state=initial_state, cu_seqlens=cu_seqlens, do=do, dht=dht
@@ -58,10 +58,11 @@ def _line_backward(forward, family, per_head_gate=False):
             B, T, H = v.shape[:3]
             gate = gate.reshape(1, 1, H).expand(B, T, H)
         A = saved[0] if saved else None  # gla: the forward's A, used when it holds A for this backward
+        need_dg = bool(gates) and gate_grads[0]
         dq, dk, dv, dg, dh0 = family.backward(
-            q, k, v, gate, family.gate_kind, scale, initial_state, cu_seqlens, do, dht, A=A
+            q, k, v, gate, family.gate_kind, scale, initial_state, cu_seqlens, do, dht, A=A, need_dgate=need_dg
         )
-        if per_head_gate:
+        if per_head_gate and dg is not None:
             dg = dg.sum((0, 1))
         return [dq, dk, dv, *((dg,) if gates else ()), dh0]
 
@@ -76,9 +77,15 @@ SPECS = [
         _retention_fwd,
         _line_backward(_retention_fwd, _RETENTION, per_head_gate=True),
         "S = exp(decay_h) S + k v^T",
+        optional_gate_grads=True,
     ),
     OpSpec(
-        "simple_gla", ("g",), _simple_gla_fwd, _line_backward(_simple_gla_fwd, _SIMPLE_GLA), "S = exp(g_t) S + k v^T"
+        "simple_gla",
+        ("g",),
+        _simple_gla_fwd,
+        _line_backward(_simple_gla_fwd, _SIMPLE_GLA),
+        "S = exp(g_t) S + k v^T",
+        optional_gate_grads=True,
     ),
     OpSpec(
         "gla",

@@ -164,6 +164,25 @@ def test_head_decay(cu, monkeypatch):
         assert rel(a, r) < 1e-5 and rel(a, b) < 1e-5, (name, rel(a, r), rel(a, b))
 
 
+@pytest.mark.parametrize("head_decay", [True, False], ids=["gate-id-3", "gate-id-1"])
+def test_scalar_gate_gradient_skipped(head_decay, monkeypatch):
+    """``need_dgate=False`` (a decay that takes no gradient: RetNet's, Lightning's): the dq/dk kernel forms no gate
+    gradient (``DG``), dg is None, and dq, dk, dv, dh0 match the run that forms it (on a GPU not bitwise: dk's sum
+    is contracted into FMAs differently) and fp64."""
+    monkeypatch.setattr(gla_triton, "HEAD_DECAY", head_decay)
+    q, k, v, _, h0, cu = make("scalar", T=45, B=1, H=2, HK=1, cu=[0, 3, 45])
+    B, T, H = v.shape[:3]
+    g = torch.tensor([-0.1, -0.7], device=v.device).reshape(1, 1, H).expand(B, T, H)
+    do, dht = torch.randn_like(v), torch.randn_like(h0)
+    full = gla_triton.chunk_backward(q, k, v, g, "scalar", 0.3, h0, cu, do, dht, config=CFG)
+    part = gla_triton.chunk_backward(q, k, v, g, "scalar", 0.3, h0, cu, do, dht, config=CFG, need_dgate=False)
+    assert full[3] is not None and part[3] is None
+    *_, ref = reference(q, k, v, g.contiguous(), "scalar", 0.3, h0, cu, do, dht)
+    for name, a, b, r in zip(["dq", "dk", "dv", "dg", "dh0"], full, part, ref):
+        if name != "dg":
+            assert rel(b, a) < 1e-6 and rel(b, r) < 1e-5, (name, rel(b, a), rel(b, r))
+
+
 def test_head_decay_only_for_a_broadcast_gate():
     """Near misses keep the scalar-gate path: a gate broadcast over the batch but not the steps, or a dense one."""
     per_step = torch.randn(1, 9, 2).expand(3, 9, 2)

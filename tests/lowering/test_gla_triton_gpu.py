@@ -121,6 +121,27 @@ def test_head_decay(cu, dtype, monkeypatch):
         assert rel(a, r) < TOL[dtype], f"{name}: relative error {rel(a, r):.2e}"
 
 
+@pytest.mark.parametrize("head_decay", [True, False], ids=["gate-id-3", "gate-id-1"])
+@pytest.mark.parametrize("K", [64, 128])
+def test_scalar_gate_gradient_skipped(K, head_decay, monkeypatch):
+    """``need_dgate=False`` (a fixed decay): the dq/dk kernel forms no gate gradient (``DG``); dq, dk, dv, dh0 against
+    fp64, bitwise repeatable, at the K blocks the arch table gives (two at K = 128). Not bitwise the run that forms
+    dg: the compiler contracts dk's sum into FMAs differently without it (H200, 2026-12-01)."""
+    from fla_compile.lowering.gla import triton_launch as gla_triton
+
+    monkeypatch.setattr(gla_triton, "HEAD_DECAY", head_decay)
+    q, k, v, _, h0, cu, do, dht = make("scalar", 2, 300, 4, 2, K, K, torch.bfloat16)
+    g = torch.tensor([-0.05, -0.3, -1.0, -4.0], device="cuda").reshape(1, 1, 4).expand(2, 300, 4)
+    part = gla_triton.chunk_backward(q, k, v, g, "scalar", 0.1, h0, cu, do, dht, need_dgate=False)
+    again = gla_triton.chunk_backward(q, k, v, g, "scalar", 0.1, h0, cu, do, dht, need_dgate=False)
+    assert part[3] is None
+    ref = reference(q, k, v, g.contiguous(), "scalar", 0.1, h0, cu, do, dht)[2:]  # after o and ht
+    for name, a, b, r in zip(["dq", "dk", "dv", "dg", "dh0"], part, again, ref):
+        if name != "dg":
+            assert torch.equal(a, b), f"{name}: not bitwise deterministic"
+            assert rel(a, r) < TOL[torch.bfloat16], f"{name}: relative error {rel(a, r):.2e}"
+
+
 @pytest.mark.parametrize("K,V", [(16, 8), (16, 16), (32, 32)])
 @pytest.mark.parametrize("kind", KINDS)
 def test_fp32_tf32_mode_small_heads(kind, K, V):

@@ -101,6 +101,33 @@ def test_delta_ops_follow_the_switch(mode, T, monkeypatch):
         assert calls == ["triton", "triton_bwd"], calls
 
 
+@pytest.mark.parametrize("learned", [True, False], ids=["learned-decay", "fixed-decay"])
+def test_gla_kernels_told_whether_the_gate_takes_a_gradient(learned, monkeypatch):
+    """Through the public op: the Triton backward hears ``need_dgate`` from autograd (a fixed decay: False, so the
+    dq/dk kernel skips the gate gradient), and the op gives the decay a gradient exactly when it asked for one."""
+    from fla_compile import ops
+    from fla_compile.lowering.gla import triton_launch as gla_triton
+
+    heard = []
+
+    def backward(q, k, v, gate, kind, scale, h0, cu, do, dht, A=None, bonus=None, need_dgate=True):
+        heard.append(need_dgate)
+        return (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v),
+                torch.zeros_like(gate) if need_dgate else None, None)  # fmt: skip
+
+    monkeypatch.setattr(gla_triton, "chunk_backward", backward)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("FLA_COMPILE_TRITON", "interpret")
+    state = torch.zeros(1, 2, 8, 8)
+    monkeypatch.setattr(gla_triton, "forward", lambda q, k, v, *a, **kw: (torch.zeros_like(v), state))
+    q, k, v = (torch.randn(1, 40, 2, 8, requires_grad=True) for _ in range(3))
+    decay = torch.tensor([-0.1, -0.5], requires_grad=learned)
+    o, _ = ops.retention(q, k, v, decay)
+    o.sum().backward()
+    assert heard == [learned]
+    assert (decay.grad is not None) == learned
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("mode", ["1", "0"])

@@ -131,3 +131,28 @@ def test_library_contracts_and_fullgraph_compile():
     ref.gla(*leaves[:3], gk=leaves[3])[0].sum().backward()
     for x, r in zip((q, k, v, gate), leaves):
         assert rel(x.grad, r.grad) < 1e-10
+
+
+@pytest.mark.parametrize("family", ["retention", "simple_gla"])
+def test_a_constant_gate_takes_no_gradient(family):
+    """A gate that takes no gradient (RetNet's and Lightning's fixed decays) is skipped by the backward op
+    (``gate_grads``): the gate's grad stays None, the other gradients equal the run that forms it, and the op's
+    contracts (fake impl, autograd registration) hold either way, eager and under torch.compile."""
+    q, k, v, gate, h0 = make(family, B=1, T=9, K=3, V=2, grad=True)
+    fixed = gate.detach()
+    call_op(family, q, k, v, fixed, initial_state=h0)[0].sum().backward()
+    assert fixed.grad is None
+    got = [x.grad for x in (q, k, v, h0)]
+    leaves = [x.detach().requires_grad_() for x in (q, k, v, gate, h0)]
+    call_op(family, *leaves[:4], initial_state=leaves[4])[0].sum().backward()
+    assert leaves[3].grad is not None
+    for a, b in zip(got, [leaves[i].grad for i in (0, 1, 2, 4)]):
+        assert torch.equal(a, b)
+    op = getattr(torch.ops.fla_compile, family).default
+    for g in (fixed, gate):
+        torch.library.opcheck(op, (q, k, v, g, 0.5, h0, None))
+    fn = torch.compile(lambda q, k, v, g: call_op(family, q, k, v, g)[0].sum(), backend="aot_eager", fullgraph=True)
+    for x in (q, k, v):
+        x.grad = None
+    fn(q, k, v, fixed).backward()
+    assert fixed.grad is None and all(x.grad is not None for x in (q, k, v))

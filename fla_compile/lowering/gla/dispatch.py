@@ -66,9 +66,12 @@ def gla_decode(q, k, v, gate, gate_kind, scale, initial_state=None, cu_seqlens=N
     return gla_line_forward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, bonus=bonus)
 
 
-def gla_line_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, A=None, bonus=None):
+def gla_line_backward(
+    q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, A=None, bonus=None, need_dgate=True
+):
     """Backward of ``gla_line``: (dq, dk, dv, dgate or None, dh0 or None), and dbonus last with ``bonus``.
-    ``dht`` None: the final state took no gradient.
+    ``dht`` None: the final state took no gradient. ``need_dgate`` False: the kernels may skip a scalar gate's
+    gradient (None in its place); the torch path computes it anyway.
 
     Triton chunked backward on CUDA (reusing the forward's ``A`` when it holds A for the backward's chunk
     size, else recomputing it); elsewhere autograd through the torch chunked path.
@@ -77,7 +80,7 @@ def gla_line_backward(q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens
         from . import triton_launch as gla_triton
 
         return gla_triton.chunk_backward(
-            q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, A=A, bonus=bonus
+            q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, A=A, bonus=bonus, need_dgate=need_dgate
         )
     inputs = [q, k, v, gate, initial_state] + ([bonus] if bonus is not None else [])
     with torch.enable_grad():

@@ -407,6 +407,7 @@ def chunk_bwd_dqk_kernel(
     dvn=None,
     dw=None,
     DW: tl.constexpr = False,
+    DG: tl.constexpr = True,
 ):
     """dq, dk per head of v (fp32), from dA = do v^T, do h^T and v dh^T (gla: the inter-chunk part, and dA).
 
@@ -415,7 +416,8 @@ def chunk_bwd_dqk_kernel(
     DW (the delta line's fused WY backward): also dw = -dvn h^T [BT, BK] in dw's dtype, from the h tiles this
     loop loads anyway (as FLA's dqkwg), so that kernel reads no chunk state.
     dg, chunk-local: [B, T, H, K] for a gate per key dim; [B, T, H, NK] for a scalar gate (one column per K block
-    of the grid, summed by the caller)."""
+    of the grid, summed by the caller). DG False (a scalar gate or decay that takes no gradient: retention's fixed
+    decays): dg is neither formed nor written."""
     i_s, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
@@ -455,7 +457,7 @@ def chunk_bwd_dqk_kernel(
         if DW:
             b_dvn = tl.load(dvn + (o_t * H + i_h)[:, None] * V + o_v[None, :], mask=m_tv, other=0).to(b_do.dtype)
             b_dw -= dot(b_dvn, b_ht, prec=PREC)
-        if GATE != 0:
+        if GATE == 2 or (GATE != 0 and DG):
             b_hdh += tl.sum(b_ht.to(tl.float32) * b_dht.to(tl.float32), axis=0)
     if DW:  # stored now: its accumulator is not live through the gate gradient below (registers, spills)
         tl.store(dw + (o_t * H + i_h)[:, None] * K + o_k[None, :], b_dw.to(dw.dtype.element_ty), mask=m_tk)
@@ -480,9 +482,10 @@ def chunk_bwd_dqk_kernel(
         b_dqn = scale * b_dq * tl.exp(b_g)[:, None] + dot(b_M.to(b_k.dtype), b_k, prec=PREC)
         b_dkx = b_dk * tl.exp(tl.where(m_t, b_gl - b_g, 0))[:, None]
         b_dkn = dot(tl.trans(b_M).to(b_q.dtype), b_q, prec=PREC)
-        b_db = b_qf * b_dqn - b_kf * b_dkn
-        b_de = b_kf * b_dkx
-        b_ds = tl.exp(b_gl) * b_hdh
+        if DG:
+            b_db = b_qf * b_dqn - b_kf * b_dkn
+            b_de = b_kf * b_dkx
+            b_ds = tl.exp(b_gl) * b_hdh
         b_dq = b_dqn + b_dAd[:, None] * b_kf
         b_dk = b_dkx + b_dkn + b_dAd[:, None] * b_qf
     if GATE == 2:
@@ -499,7 +502,7 @@ def chunk_bwd_dqk_kernel(
         if i_k == 0:  # the intra-chunk part is added by chunk_gla_bwd_intra_kernel, from dA
             tl.store(dA + (o_t * H + i_h)[:, None] * BT + o_i[None, :], b_dA, mask=m_t[:, None])
     p = (o_t * H + i_h)[:, None] * K + o_k[None, :]
-    if GATE == 1 or GATE == 3:
+    if (GATE == 1 or GATE == 3) and DG:
         # one gate per step: the key columns summed first, so the scans below run over [BT] and not [BT, BK]
         # (at K = 64 they held 255 registers and spilled), and dg is [B, T, H, NK], one column per K block
         b_db1 = tl.sum(b_db, axis=1)

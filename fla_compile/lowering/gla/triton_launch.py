@@ -305,10 +305,11 @@ def chunk_forward(
 
 
 def chunk_backward(
-    q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, config=None, A=None, bonus=None
+    q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, config=None, A=None, bonus=None,
+    need_dgate=True,
 ):
     """Chunked backward: (dq, dk, dv, dgate or None, dh0 or None), dq/dk/dv in the inputs' dtypes; with
-    ``bonus`` (rwkv6) du [H, K] fp32 last.
+    ``bonus`` (rwkv6) du [H, K] fp32 last. ``need_dgate`` False: a scalar gate's gradient is not formed (None).
 
     Recomputes the gate cumsum and the chunk states, carries the state gradient backwards, then forms dv,
     dq, dk and the gate gradient per chunk (chunk-local: the decay of the incoming state enters through
@@ -383,7 +384,8 @@ def chunk_backward(
     dA = _empty((B, T, H, BT), v.device, torch.float32) if gid == 2 else ht
     BK, BV = _tile(cfg, "dqk", K, V)
     # chunk-local; a scalar gate's has one column per K block of the grid (the kernel sums the keys)
-    dg = _empty((B, T, H, K if gid == 2 else launch.cdiv(K, BK)), v.device, torch.float32) if gid else None
+    want_dg = gid == 2 or (gid != 0 and need_dgate)
+    dg = _empty((B, T, H, K if gid == 2 else launch.cdiv(K, BK)), v.device, torch.float32) if want_dg else None
     grid = (NS, launch.cdiv(K, BK), H)
     launch.fitted(
         kern.chunk_bwd_dqk_kernel, grid,
@@ -411,6 +413,7 @@ def chunk_backward(
         gid,
         prec,
         *rw,
+        DG=want_dg,
         **_opts(cfg, "dqk"),
     )
     if gid == 2:
@@ -429,7 +432,7 @@ def chunk_backward(
             intra.chunk_rc_add_kernel, (NS, launch.cdiv(K, BKr), H),
             db, dg, cu, info, H, K, BT, BKr, *(() if u is None else (True,)), **_opts(cfg, "rc")
         )
-    if gid in (1, 3):  # per step (gid 3: the op sums the steps for its per-head decay)
+    if gid in (1, 3) and want_dg:  # per step (gid 3: the op sums the steps for its per-head decay)
         dg = dg.sum(-1) if dg.shape[-1] > 1 else dg.view(B, T, H)
     if G > 1:  # GQA: sum the heads of each group, in a fixed order
         dq = dq.view(B, T, HK, G, K).sum(3)
