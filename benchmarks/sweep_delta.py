@@ -72,6 +72,7 @@ VARIANTS = [
     # sm_90) fits one program a multiprocessor, so its 256 programs take two waves of the 132 SMs. A V block of 128
     # (128 programs: one wave, k, q and W read once; 254 registers, 96 KB, no spill at 1 stage), or 1 stage with
     # registers capped at 128 (57-73 KB, two programs a multiprocessor; no gate: 142 registers uncapped)
+    ("dh BV=64", {"BV_dh": 64}),  # the V block before K128V128's by_dims entry (128)
     ("dh BV=128 w8 s1", {"BV_dh": 128, "dh": (8, 1)}),
     ("dh BV=128 w8 s2", {"BV_dh": 128, "dh": (8, 2)}),
     ("dh w8 s1 r128", {"dh": (8, 1, 128)}),

@@ -363,7 +363,10 @@ def _case_fused_kkt(family, BT, T=70, cu_lens=None, gate_scale=2.0, K=16):
     with _switched("FUSED_KKT", False):
         _, two_kernels = _kernels_vs_fp64(family, BT, *halves)
     same = {f"{n}_vs_kkt_kernel": rel(x, y) for n, x, y in zip(_NAMES, fused, two_kernels) if x is not None}
-    return {**out, **same, "tol": 2e-2, "tols": dict.fromkeys(same, 1e-5)}
+    # 2e-4: the two paths sum k kᵀ's products in another order, and a last-bit difference in fp32 flips an fp16
+    # output's rounding here and there (one flip is ~1e-3 of that element): 2e-5 - 6e-5 on one CPU, under 1e-5 on
+    # another (the interpreter's dots are numpy's, whose order follows the CPU); a wrong path is off by O(1)
+    return {**out, **same, "tol": 2e-2, "tols": dict.fromkeys(same, 2e-4)}
 
 
 def _case_wu_by_blocks(family, BT, dtype, cu_lens=None):
@@ -758,6 +761,21 @@ def test_gpu_chunk_vs_fp64_K128(family, dtype, tol):
     of 64 and transposes dot results (``tl.trans(dA)``), the pattern Triton 3.4-3.7.0 miscompiles on Hopper in
     FLA's chunk_bwd_dqkwg (fla-org/flash-linear-attention#640: BK = 64 triggers it)."""
     test_gpu_chunk_vs_fp64(family, dtype, tol, 1.0, K=128, V=128)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("family", list(FAMILY_GATE))
+def test_gpu_dh_full_v_block_bf16_vs_fp64(family):
+    """K = V = 128 in bf16 on a grid of 144 sequence-heads, past the SMs of an H200: the state-gradient pass runs its
+    whole V block of 128 (sm90's by_dims entry; smaller grids halve it, ``fill_sms``), 8 warps and 2 stages, which
+    spill offline (36-132 B) and may lower their stages under kda's shared memory."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    dev, key = torch.device("cuda"), (128, 128, torch.bfloat16)
+    if DT._knob("BV_dh", dev, key) == 128:
+        assert DT._state_bv("BV_dh", 9 * 16, 128, dev, key) == 128
+    test_gpu_chunk_vs_fp64(family, torch.bfloat16, 2e-2, 1.0, K=128, V=128, T=130, B=9, H=16)
 
 
 @pytest.mark.gpu
