@@ -47,6 +47,7 @@ def main(fwd_only: bool = False):
         xs, dy, dht = inputs(B, T, D, N)
         args = (*xs, None, None)
         saved = TC.BT_FWD, TC.BD_FWD, TC.WARPS_FWD, TC.BT_BWD, TC.BD_BWD, TC.WARPS_STATES, TC.WARPS_BWD
+        lanes_shipped = TC.FWD_LANES
         ref_y = TC.forward(*args)
         ref_g = TC.backward(*args, dy, dht)[:5]
         try:
@@ -63,7 +64,7 @@ def main(fwd_only: bool = False):
                               f"{diff(got, ref_y):.1e} | {_regs(kernel)} |")  # fmt: skip
                     except Exception as e:  # noqa: BLE001 - a failed config is a row with the error
                         print(f"| {B} | {T} | {D} | {N} | {name} | {BT} | {BD} | {W} | error: {type(e).__name__}: {e} | | |")
-            TC.FWD_LANES = False
+            TC.FWD_LANES = lanes_shipped
             TC.BT_FWD, TC.BD_FWD, TC.WARPS_FWD = saved[:3]
             for BT, BD, WS, WB in [] if fwd_only else BWD:
                 TC.BT_BWD, TC.BD_BWD, TC.WARPS_STATES, TC.WARPS_BWD = BT, BD, WS, WB
@@ -78,7 +79,7 @@ def main(fwd_only: bool = False):
                     )
         finally:
             (TC.BT_FWD, TC.BD_FWD, TC.WARPS_FWD, TC.BT_BWD, TC.BD_BWD, TC.WARPS_STATES, TC.WARPS_BWD) = saved
-            TC.FWD_LANES = False
+            TC.FWD_LANES = lanes_shipped
 
 
 def _regs(kernel) -> str:

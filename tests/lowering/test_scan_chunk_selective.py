@@ -139,15 +139,15 @@ def _op_dispatch():
     return out
 
 
-def _run_lanes(*args):
-    """The forward with the states on the lanes (``FWD_LANES``, under A/B) against fp64."""
+def _run_other_layout(*args):
+    """The forward's other layout (``FWD_LANES`` flipped: the states across the warps) against fp64."""
     from fla_compile.lowering.scan import triton_chunk_selective as TC
 
-    TC.FWD_LANES = True
+    TC.FWD_LANES = not TC.FWD_LANES
     try:
         return _run(*args)
     finally:
-        TC.FWD_LANES = False
+        TC.FWD_LANES = not TC.FWD_LANES
 
 
 INTERPRETER_CASES = {
@@ -156,8 +156,8 @@ INTERPRETER_CASES = {
     "no-h0-strong": (_run, (None, False, 40.0)),
     "bf16-forward": (_run, (None, True, 2.0, torch.bfloat16, False)),
     "op-dispatch": (_op_dispatch, ()),
-    "lanes-forward": (_run_lanes, (None, True, 2.0, torch.float32, False)),
-    "lanes-packed-no-h0": (_run_lanes, ([20, 0, 1, 27], False, 2.0, torch.float32, False)),
+    "other-layout-forward": (_run_other_layout, (None, True, 2.0, torch.float32, False)),
+    "other-layout-packed-no-h0": (_run_other_layout, ([20, 0, 1, 27], False, 2.0, torch.float32, False)),
 }
 
 
@@ -228,11 +228,13 @@ def _poison_cuda():
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("lens", [None, [300, 0, 1, 723, 17]], ids=["dense", "packed"])
 @pytest.mark.parametrize("strength", [2.0, 40.0], ids=["weak", "strong"])
-@pytest.mark.parametrize("lanes", [False, True], ids=["shipped", "lanes"])
-def test_gpu_chunked_vs_fp64(dtype, tol, lens, strength, lanes, monkeypatch):
+@pytest.mark.parametrize("lanes,warps", [(True, 4), (False, 2)], ids=["lanes", "rows"])
+def test_gpu_chunked_vs_fp64(dtype, tol, lens, strength, lanes, warps, monkeypatch):
+    """Both forward layouts at their best warps (the lanes one shipped), the backward, against fp64."""
     from fla_compile.lowering.scan import triton_chunk_selective as TC
 
     monkeypatch.setattr(TC, "FWD_LANES", lanes)
+    monkeypatch.setattr(TC, "WARPS_FWD", warps)
 
     *xs, h0, cu = make(B=3, T=517, D=1000, N=16, strength=strength, lens=lens, device="cuda", dtype=dtype)
     dy, dht = torch.randn_like(xs[0]), torch.randn_like(h0)

@@ -43,14 +43,17 @@ LOG2E = tl.constexpr(1.4426950408889634)  # 1 / ln 2: exp(x) = exp2(x log2 e)
 # Compiled for sm_90a with Triton 3.6 (the H200's) and 3.9, no spills: forward 128 registers (~20
 # instructions per element), states 128 (~15), backward 255 with 4 warps (~60; two programs per SM).
 # benchmarks/sweep_mamba_chunk.py times other choices.
-BT_FWD, BD_FWD, WARPS_FWD = 16, 16, 2  # 2 warps: 0.556 -> 0.324 ms at (4, 2048, 1536, 16), 1.49 -> 0.87 at (1, 8192, 4096, 16) (H200, bf16, 2026-11-30)
+# the forward's launch (either layout, FWD_LANES below): the lanes kernel's best at both sweep shapes (H200, bf16,
+# 2026-12-01); the other layout's was 2 warps (0.324 ms at (4, 2048, 1536, 16), 0.873 at (1, 8192, 4096, 16))
+BT_FWD, BD_FWD, WARPS_FWD = 16, 16, 4
 BT_BWD, BD_BWD, WARPS_STATES, WARPS_BWD = 16, 16, 4, 4
-# The forward with the states on the lanes (``chunk_selective_fwd_lanes_kernel``), off until an H200 A/B
-# (benchmarks/sweep_mamba_chunk.py's "lanes" rows). Offline sm_90a (Triton 3.9): BT 16, BD 16 at 4 warps 136
-# registers, 768 SASS instructions for 32 elements a thread (the shipped kernel at 2 warps: 168, 832 for 64,
-# with 49 shared loads and 23 barriers a chunk): more instructions (shuffles), twice the warps, no barriers;
-# the shipped one runs ~6 warps per SM at (4, 2048, 1536, 16), latency-bound (324 µs; issue bound ~72)
-FWD_LANES = False
+# The forward with the states on the lanes (``chunk_selective_fwd_lanes_kernel``; False: the states across the
+# warps, ``chunk_selective_fwd_kernel``). Offline sm_90a (Triton 3.9): BT 16, BD 16 at 4 warps 136 registers, 768
+# SASS instructions for 32 elements a thread (the other at 2 warps: 168, 832 for 64, with 49 shared loads and 23
+# barriers a chunk): more instructions (shuffles), twice the warps, no barriers. On the H200 (bf16,
+# benchmarks/sweep_mamba_chunk.py --fwd, 2026-12-01): 0.324 -> 0.225 ms at (4, 2048, 1536, 16), 0.873 -> 0.652 at
+# (1, 8192, 4096, 16), outputs within 2e-5 of the other layout's
+FWD_LANES = True
 
 
 @triton.jit
