@@ -6,6 +6,10 @@
     python benchmarks/kernels.py --quick         # small shapes, a smoke run
     python benchmarks/kernels.py --no-first-call --warm 300   # FLA autotuned first (one process per family)
 
+FLA's autotune results from the H200 (fla-core 0.6.0, Triton 3.6.0; the delta families and retention at
+(8, 2048, 32, 64), retention at (8, 2048, 16, 128)) ship as ``benchmarks/fla_autotune_h200.tgz``: unpacked into
+``$TRITON_CACHE_DIR`` they spare those shapes FLA's minutes of first-call tuning.
+
 Rows: our forward and forward+backward (the ``fla_compile.ops`` functions, autograd included),
 flash-linear-attention 0.6.0 when importable, softmax attention (SDPA, causal), the memory floor
 of the forward (bytes of q, k, v, g, o over the measured device-copy bandwidth), the decode step
