@@ -215,14 +215,16 @@ def register(spec: OpSpec) -> None:
 
     n_bwd_rest = n_gates + 3 + n_flags + 2 + n_saved  # the backward's arguments after q, k, v, before gate_grads
 
+    def split_gate_grads(rest):
+        """The backward's arguments after q, k, v without ``gate_grads``, and it (() where left out or None)."""
+        return (rest[:-1], tuple(rest[-1] or ())) if len(rest) > n_bwd_rest else (rest, ())
+
     def skipped(gate_grads):
         """Per gradient (q, k, v, gates, h0): whether the backward leaves it out (an unwanted gate's)."""
         return (False,) * 3 + tuple(not w for w in gate_grads) + (False,) if gate_grads else (False,) * (n_gates + 4)
 
     def bwd_impl(q, k, v, *rest):
-        gate_grads = ()
-        if len(rest) > n_bwd_rest:  # given (a caller may leave the default out)
-            rest, gate_grads = rest[:-1], tuple(rest[-1] or ())
+        rest, gate_grads = split_gate_grads(rest)
         gates, (scale, h0, cu), rest = rest[:n_gates], rest[n_gates : n_gates + 3], rest[n_gates + 3 :]
         kw, (do, dht), saved = dict(zip(spec.flags, rest[:n_flags])), rest[n_flags : n_flags + 2], rest[n_flags + 2 :]
         inputs = (q, k, v, *gates, h0)
@@ -257,7 +259,7 @@ def register(spec: OpSpec) -> None:
     def bwd_fake(q, k, v, *rest):  # the saved tensors (last arguments) do not change the gradients' shapes
         h0 = rest[n_gates + 1]
         inputs = (q, k, v, *rest[:n_gates], h0)
-        skip = skipped(tuple(rest[-1] or ()) if len(rest) > n_bwd_rest else ())
+        skip = skipped(split_gate_grads(rest)[1])
         return [
             torch.empty_like(x, memory_format=torch.contiguous_format) if x is not None and not s else q.new_empty(0)
             for x, s in zip(inputs, skip)
