@@ -99,6 +99,10 @@ VARIANTS = [
     ("kkt in solve s3", {"kkt_solve": (1, 3)}),
     ("kkt in solve w2", {"kkt_solve": (2, 1)}),
     ("kkt in solve w4", {"kkt_solve": (4, 1)}),
+    # registers capped for more 1-warp programs an SM (offline sm_90, K = 64, scalar gate: 183 registers, 11 programs
+    # an SM; 168: 12, 20 B spilled; 128: 16, 260 B): the solve is latency-bound at (8, 2048, 32, 64), 0.231 ms
+    ("kkt in solve r168", {"kkt_solve": (1, 1, 168)}),
+    ("kkt in solve r128", {"kkt_solve": (1, 1, 128)}),
     ("kkt in solve exact merges", {"SOLVE_MERGE_TF32": False}),
     # chunk_kkt_kernel writing A in fp32 for the solve kernel to read back (kda's path): merges tf32 0.164 ms for
     # the solve, exact (offline sm_90 at 2 warps 255 registers, tf32 166) 0.173
