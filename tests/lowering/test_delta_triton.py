@@ -369,6 +369,25 @@ def _case_fused_kkt(family, BT, T=70, cu_lens=None, gate_scale=2.0, K=16):
     return {**out, **same, "tol": 2e-2, "tols": dict.fromkeys(same, 2e-4)}
 
 
+def _case_heads_inner(family, BT, cu_lens=None):
+    """The output and dv_local kernels in a 1-D grid with a chunk's heads side by side (``chunks.HEADS_INNER``):
+    the same programs in another order, so bitwise the 3-D grid's outputs and gradients, and fp64-close."""
+    from fla_compile.lowering.common import chunks
+
+    q, k, v, beta, g, h0 = make(family, H=4, HK=2)
+    xs = _pack(cu_lens, q, k, v, beta, g, h0)
+    was = chunks.HEADS_INNER
+    try:
+        chunks.HEADS_INNER = True
+        out, inner = _kernels_vs_fp64(family, BT, *xs)
+        chunks.HEADS_INNER = False
+        _, grid3 = _kernels_vs_fp64(family, BT, *xs)
+    finally:
+        chunks.HEADS_INNER = was
+    same = {f"{n}_vs_3d_grid": float(not torch.equal(x, y)) for n, x, y in zip(_NAMES, inner, grid3) if x is not None}
+    return {**out, **same}
+
+
 def _case_wu_by_blocks(family, BT, dtype, cu_lens=None):
     """``WU_SPLIT`` off: the solve kernel forms W and U by blocks itself (with half inputs and no per-key gate, k kᵀ
     formed in it too): forward and gradients against the fp64 reference of the same rounded inputs."""
@@ -556,6 +575,7 @@ INTERPRETER_CASES = {
     "beta-0-to-2-gdn-BT32-varlen": (_case_beta_two, ("gated_delta_rule", 32, [5, 0, 40, 29], False)),
     "beta-near-2-kda-BT16": (_case_beta_two, ("kda", 16)),
     "kkt-fused-delta-BT64": (_case_fused_kkt, ("delta_rule", 64)),
+    "heads-inner-gdn-varlen": (_case_heads_inner, ("gated_delta_rule", 16, [5, 0, 40, 19])),
     "kkt-fused-gdn-BT32-varlen-strong": (_case_fused_kkt, ("gated_delta_rule", 32, 70, [5, 0, 46, 19], 20.0)),
     "kkt-fused-gdn-BT16-K20": (_case_fused_kkt, ("gated_delta_rule", 16, 37, None, 2.0, 20)),
     "wu-by-blocks-gdn-fp16-BT32-varlen": (_case_wu_by_blocks, ("gated_delta_rule", 32, torch.float16, [5, 0, 46, 19])),
@@ -761,6 +781,26 @@ def test_gpu_chunk_vs_fp64_K128(family, dtype, tol):
     of 64 and transposes dot results (``tl.trans(dA)``), the pattern Triton 3.4-3.7.0 miscompiles on Hopper in
     FLA's chunk_bwd_dqkwg (fla-org/flash-linear-attention#640: BK = 64 triggers it)."""
     test_gpu_chunk_vs_fp64(family, dtype, tol, 1.0, K=128, V=128)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("family", list(FAMILY_GATE))
+def test_gpu_heads_inner_launch_order(family, monkeypatch):
+    """The output and dv_local kernels in a 1-D grid with a chunk's heads side by side (``chunks.HEADS_INNER``,
+    under A/B): bitwise the 3-D grid's outputs and gradients, bf16 at K = V = 128."""
+    from fla_compile.lowering.common import chunks
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    q, k, v, beta, g, h0 = _cuda_case(family, B=2, T=300, HK=8, H=16, K=128, V=128, dtype=torch.bfloat16)
+    do, dht = torch.randn_like(v), torch.randn_like(h0)
+    runs = {}
+    for inner in (True, False):
+        monkeypatch.setattr(chunks, "HEADS_INNER", inner)
+        o, ht = DT.chunk_forward(q, k, v, beta, g, FAMILY_GATE[family], 0.125, h0)
+        grads = DT.chunk_backward(q, k, v, beta, g, FAMILY_GATE[family], 0.125, h0, None, do, dht)
+        runs[inner] = [o, ht, *[x for x in grads if x is not None]]
+    assert all(torch.equal(a, b) for a, b in zip(runs[True], runs[False]))
 
 
 @pytest.mark.gpu

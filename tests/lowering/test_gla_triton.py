@@ -183,6 +183,21 @@ def test_scalar_gate_gradient_skipped(head_decay, monkeypatch):
             assert rel(b, a) < 1e-6 and rel(b, r) < 1e-5, (name, rel(b, a), rel(b, r))
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_heads_inner_launch_order(kind, monkeypatch):
+    """The output and dv kernels in a 1-D grid with a chunk's heads side by side (``chunks.HEADS_INNER``): the same
+    programs in another order, so bitwise the 3-D grid's outputs and gradients (packed, GQA, two V blocks)."""
+    q, k, v, g, h0, cu = make(kind, T=45, H=2, HK=1, cu=[0, 3, 45])  # V = 32 at BV 16: two V blocks
+    do, dht = torch.randn_like(v), torch.randn_like(h0)
+    runs = {}
+    for inner in (True, False):
+        monkeypatch.setattr(chunks, "HEADS_INNER", inner)
+        o, ht = gla_triton.chunk_forward(q, k, v, g, kind, 0.3, h0, cu, config=CFG)
+        grads = gla_triton.chunk_backward(q, k, v, g, kind, 0.3, h0, cu, do, dht, config=CFG)
+        runs[inner] = [o, ht, *[x for x in grads if x is not None]]
+    assert all(torch.equal(a, b) for a, b in zip(runs[True], runs[False]))
+
+
 def test_head_decay_only_for_a_broadcast_gate():
     """Near misses keep the scalar-gate path: a gate broadcast over the batch but not the steps, or a dense one."""
     per_step = torch.randn(1, 9, 2).expand(3, 9, 2)

@@ -142,6 +142,21 @@ def test_scalar_gate_gradient_skipped(K, head_decay, monkeypatch):
             assert rel(a, r) < TOL[torch.bfloat16], f"{name}: relative error {rel(a, r):.2e}"
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_heads_inner_launch_order(kind, monkeypatch):
+    """The output and dv kernels in a 1-D grid with a chunk's heads side by side (``chunks.HEADS_INNER``, under A/B):
+    bitwise the 3-D grid's outputs and gradients, bf16 at K = V = 128 over 64 sequence-heads, packed sequences."""
+    from fla_compile.lowering.common import chunks
+
+    q, k, v, g, h0, cu, do, dht = make(kind, 1, 700, 16, 8, 128, 128, torch.bfloat16, cu=[0, 300, 301, 700])
+    runs = {}
+    for inner in (True, False):
+        monkeypatch.setattr(chunks, "HEADS_INNER", inner)
+        runs[inner] = run(q, k, v, g, kind, 0.1, h0, cu, do, dht)
+    for a, b in zip(runs[True], runs[False]):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("K,V", [(16, 8), (16, 16), (32, 32)])
 @pytest.mark.parametrize("kind", KINDS)
 def test_fp32_tf32_mode_small_heads(kind, K, V):

@@ -92,6 +92,34 @@ def chunk_span(info, cu, i_p):
     return i_n, i_c, bos, eos
 
 
+# the parallel output and dv kernels' launch order (``chunk_grid`` / ``chunk_block``): True, a 1-D grid with a chunk's
+# heads side by side; False, the 3-D grid (NS, NV, H) that runs a head's chunks together. Off until an H200 A/B
+HEADS_INNER = False
+
+
+def chunk_grid(NS: int, NV: int, H: int) -> tuple:
+    """(grid, kernel keyword arguments) of a parallel chunk kernel whose programs ``chunk_block`` reads: the
+    order of :data:`HEADS_INNER` in both, so they cannot disagree."""
+    if HEADS_INNER:
+        return (NS * NV * H,), {"HEADS_INNER": True}
+    return (NS, NV, H), {}
+
+
+@triton.jit
+def chunk_block(NV, H, HEADS_INNER: tl.constexpr):
+    """(chunk slot, V block, head) of a parallel chunk kernel's program. HEADS_INNER: a 1-D grid of NS NV H, V block
+    fastest, then head, then chunk, so the programs running together read one chunk's rows of every head, which lie
+    side by side in [B, T, H, D] memory (FLA's output kernel runs a (batch, head)'s chunks together and then the
+    next head's); else the 3-D grid (NS, NV, H), whose programs running together read one head's rows, H D apart,
+    and leave the rest of those DRAM pages to later waves."""
+    if HEADS_INNER:
+        pid = tl.program_id(0)
+        i_s, i_v, i_h = pid // (NV * H), pid % NV, (pid // NV) % H
+    else:
+        i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    return i_s, i_v, i_h
+
+
 @triton.jit
 def state_block(NK, NV):
     """(sequence x head, K block, V block) of a sequential state pass's program in a 1-D grid of N H NK NV: a

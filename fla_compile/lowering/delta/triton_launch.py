@@ -22,7 +22,7 @@ import functools
 import torch
 
 from ..common import launch
-from ..common.chunks import chunk_meta, dense_cu
+from ..common.chunks import chunk_grid, chunk_meta, dense_cu
 from ..common.gates import GATE_IDS
 from ..gla import triton_intra as gla_intra
 from ..gla import triton_kernels as gla_kern
@@ -353,10 +353,11 @@ def forward_parts(
     if need_o:
         o = torch.empty(B, T, H, V, device=dev, dtype=dt)
         BV = min(_knob("BV_o", dev, key), launch.pow2(V))
+        grid, order = chunk_grid(NS, launch.cdiv(V, BV), H)
         launch.fitted(
-            gla_kern.chunk_fwd_o_kernel, (NS, launch.cdiv(V, BV), H),
+            gla_kern.chunk_fwd_o_kernel, grid,
             q, k, vn, gcp, h, Aqk if Aqk is not None else h, o, cu, info, scale, H, G, K, V, BT, min(64, BK), BV, gid,
-            prec, BT, **_opts("o", dev, key),
+            prec, BT, **order, **_opts("o", dev, key),
         )  # fmt: skip
     meta = dict(cu=cu, info=info, chunk_off=chunk_off, NS=NS, N=N, BT=BT)
     return o, ht, dict(gc=gc, X=X, w=w, u=u, vn=vn, h=h, Aqk=Aqk, meta=meta)
@@ -393,10 +394,11 @@ def backward_parts(
     # 0.415 -> 0.374 gated, 0.457 -> 0.438 kda)
     dvl = torch.empty(B, T, H, V, device=dev, dtype=dt)
     BV = min(64, launch.pow2(V))
+    grid, order = chunk_grid(NS, launch.cdiv(V, BV), H)
     launch.fitted(
-        gla_kern.chunk_bwd_dv_kernel, (NS, launch.cdiv(V, BV), H),
+        gla_kern.chunk_bwd_dv_kernel, grid,
         q, k, gcp, Aqk if Aqk is not None else dvl, do, dvl, dvl, cu, info, scale, H, G, K, V, BT, min(64, BK), BV,
-        gid, prec, BT, False, **_opts("dv_local", dev, key),
+        gid, prec, BT, False, **order, **_opts("dv_local", dev, key),
     )  # fmt: skip
     # 2. the state gradient, backwards over the chunks, and dv_new
     dh = torch.empty(NS, H, K, V, device=dev, dtype=dt)

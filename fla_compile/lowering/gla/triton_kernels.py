@@ -31,7 +31,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..common.chunks import chunk_span, state_block
+from ..common.chunks import chunk_block, chunk_span, state_block
 from ..common.dots import dot
 from ..common.gating import decay_to_last_t, scalar_gate, scalar_gate_at
 
@@ -161,11 +161,13 @@ def chunk_fwd_o_kernel(
     GATE: tl.constexpr,
     PREC: tl.constexpr,
     SA: tl.constexpr,
+    HEADS_INNER: tl.constexpr = False,
 ):
     """o = scale * ((q * e^b) h + (causal A) v) per chunk, A_ij = sum_k q_ik k_jk e^(b_ik - b_jk).
 
-    The vector gate reads A from chunk_gla_A_kernel, rows of SA entries (see gla_triton_intra)."""
-    i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    The vector gate reads A from chunk_gla_A_kernel, rows of SA entries (see gla_triton_intra). The grid:
+    ``chunks.chunk_grid`` (HEADS_INNER: its order)."""
+    i_s, i_v, i_h = chunk_block(tl.cdiv(V, BV), H, HEADS_INNER)
     i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
         return
@@ -314,11 +316,13 @@ def chunk_bwd_dv_kernel(
     PREC: tl.constexpr,
     SA: tl.constexpr,
     USE_DH: tl.constexpr = True,
+    HEADS_INNER: tl.constexpr = False,
 ):
     """dv = scale * A^T do + (k * e^(b_last - b)) dh; the vector gate's A has rows of SA entries.
 
-    Without USE_DH only the intra-chunk part scale * A^T do (the delta line's dv_local; dh is not read)."""
-    i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    Without USE_DH only the intra-chunk part scale * A^T do (the delta line's dv_local; dh is not read). The grid:
+    ``chunks.chunk_grid`` (HEADS_INNER: its order)."""
+    i_s, i_v, i_h = chunk_block(tl.cdiv(V, BV), H, HEADS_INNER)
     i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
         return

@@ -16,7 +16,7 @@ import os
 import torch
 
 from ..common import launch
-from ..common.chunks import chunk_meta, dense_cu
+from ..common.chunks import chunk_grid, chunk_meta, dense_cu
 from ..common.gates import GATE_IDS
 from . import triton_intra as intra
 from . import triton_kernels as kern
@@ -32,7 +32,8 @@ POISON = False  # tests set it: every buffer starts as NaN, to prove each elemen
 FP32_SPLIT = True
 # one decay per head (retention): the chunk kernels form its in-chunk cumsum from the step (gate id 3) instead of
 # reading a [B, T, H] copy of it and its cumsum from two more kernels (False: the scalar-gate path, gate id 1). On the
-# H200 at (8, 2048, 32, 64) bf16 (benchmarks/retention_head_decay.py, 2026-12-01): forward kernels 0.190 -> 0.168 ms,
+# H200 at (8, 2048, 32, 64) bf16 (2026-12-01; `benchmarks/ab_switch.py fla_compile.lowering.gla.triton_launch.HEAD_DECAY
+# --families retention --fla` repeats it): forward kernels 0.190 -> 0.168 ms,
 # forward+backward 0.711 -> 0.641 (FLA's chunk_retention 0.145 / 0.568); test_head_decay passed there
 HEAD_DECAY = True
 # the sequential state passes' blocks shrunk while their grid is under one wave (``_state_tile``): on the H200 at
@@ -276,7 +277,7 @@ def chunk_forward(
         _no_A(A_out)
     o = _empty(v.shape, v.device, v.dtype)
     BK, BV = _tile(cfg, "o", K, V)
-    grid = (NS, launch.cdiv(V, BV), H)
+    grid, order = chunk_grid(NS, launch.cdiv(V, BV), H)
     launch.fitted(
         kern.chunk_fwd_o_kernel, grid,
         q,
@@ -299,6 +300,7 @@ def chunk_forward(
         gid,
         prec,
         A.shape[-1] if gid == 2 else BT,
+        **order,
         **_opts(cfg, "o"),
     )
     return o, ht
@@ -371,11 +373,12 @@ def chunk_backward(
     SA = A.shape[-1] if gid == 2 else BT
     dv = _empty(v.shape, v.device, v.dtype)
     BK, BV = _tile(cfg, "dv", K, V)
-    grid = (NS, launch.cdiv(V, BV), H)
+    grid, order = chunk_grid(NS, launch.cdiv(V, BV), H)
     launch.fitted(
         kern.chunk_bwd_dv_kernel, grid,
-        q, k, gc_arg, A, do, dh, dv, cu, info, scale, H, G, K, V, BT, BK, BV, gid, prec, SA, **_opts(cfg, "dv")
-    )
+        q, k, gc_arg, A, do, dh, dv, cu, info, scale, H, G, K, V, BT, BK, BV, gid, prec, SA, **order,
+        **_opts(cfg, "dv"),
+    )  # fmt: skip
     # dq, dk straight in the inputs' dtypes where nothing adds to them after this kernel (no per-key gate's
     # intra pass, no GQA group sum, no bonus): the same rounding as a cast after, without two more kernels
     final = gid != 2 and G == 1 and u is None
