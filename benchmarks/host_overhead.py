@@ -83,9 +83,12 @@ def make_cases(torch, device="cpu", dtype=None):
     beta = torch.rand(B, T, H, generator=gen).to(device, dtype).requires_grad_()
     x, gx = t(B, T, H * D), t(B, T, H * D, gate=True)
     g, gk = t(B, T, H, gate=True), t(B, T, H, D, gate=True)
+    decay = torch.log(1 - 2.0 ** (-5.0 - torch.arange(H, dtype=torch.float32))).to(device)
     return {
         "hgrn": (lambda: ops.hgrn(x, gx), (x, gx)),
         "gla": (lambda: ops.gla(q, k, v, gk), (q, k, v, gk)),
+        "linear_attn": (lambda: ops.linear_attn(q, k, v), (q, k, v)),
+        "retention": (lambda: ops.retention(q, k, v, decay), (q, k, v)),  # fixed decays, as RetNet's
         "simple_gla": (lambda: ops.simple_gla(q, k, v, g), (q, k, v, g)),
         "delta_rule": (lambda: ops.delta_rule(q, k, v, beta), (q, k, v, beta)),
         "gated_delta_rule": (lambda: ops.gated_delta_rule(q, k, v, g, beta), (q, k, v, g, beta)),
