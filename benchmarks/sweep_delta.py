@@ -101,6 +101,7 @@ VARIANTS = [
     ("kkt in solve w4", {"kkt_solve": (4, 1)}),
     # registers capped for more 1-warp programs an SM (offline sm_90, K = 64, scalar gate: 183 registers, 11 programs
     # an SM; 168: 12, 20 B spilled; 128: 16, 260 B): the solve is latency-bound at (8, 2048, 32, 64), 0.231 ms
+    ("solve x4", {"SOLVE_X4": True}),  # the four diagonal inversions interleaved: 15 serial row steps, not 60
     ("kkt in solve r168", {"kkt_solve": (1, 1, 168)}),
     ("kkt in solve r128", {"kkt_solve": (1, 1, 128)}),
     ("kkt in solve exact merges", {"SOLVE_MERGE_TF32": False}),

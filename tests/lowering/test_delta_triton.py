@@ -388,6 +388,20 @@ def _case_heads_inner(family, BT, cu_lens=None):
     return {**out, **same}
 
 
+def _case_solve_x4(family, cu_lens=None):
+    """``SOLVE_X4``: the fused solve's four diagonal inversions in one interleaved loop. Half inputs (k kᵀ in the solve
+    kernel), chunks of 64, packed: bitwise the four calls' outputs and gradients, and fp64-close."""
+    q, k, v, beta, g, h0 = make(family, B=1, T=150, K=16, V=16)
+    q, k, v, beta = (x.half().float() for x in (q, k, v, beta))  # the half-rounded values, for the reference
+    xs = _pack(cu_lens, q, k, v, beta, g, h0)
+    halves = [x.half() if i < 4 else x for i, x in enumerate(xs)]
+    with _switched("SOLVE_X4", True):
+        out, x4 = _kernels_vs_fp64(family, 64, *halves)
+    _, four = _kernels_vs_fp64(family, 64, *halves)
+    same = {f"{n}_vs_four_calls": float(not torch.equal(x, y)) for n, x, y in zip(_NAMES, x4, four) if x is not None}
+    return {**out, **same, "tol": 2e-2, "tols": dict.fromkeys(same, 1e-5)}
+
+
 def _case_wu_by_blocks(family, BT, dtype, cu_lens=None):
     """``WU_SPLIT`` off: the solve kernel forms W and U by blocks itself (with half inputs and no per-key gate, k kᵀ
     formed in it too): forward and gradients against the fp64 reference of the same rounded inputs."""
@@ -576,6 +590,8 @@ INTERPRETER_CASES = {
     "beta-near-2-kda-BT16": (_case_beta_two, ("kda", 16)),
     "kkt-fused-delta-BT64": (_case_fused_kkt, ("delta_rule", 64)),
     "heads-inner-gdn-varlen": (_case_heads_inner, ("gated_delta_rule", 16, [5, 0, 40, 19])),
+    "solve-x4-delta": (_case_solve_x4, ("delta_rule",)),
+    "solve-x4-gdn-varlen": (_case_solve_x4, ("gated_delta_rule", [70, 0, 80])),
     "kkt-fused-gdn-BT32-varlen-strong": (_case_fused_kkt, ("gated_delta_rule", 32, 70, [5, 0, 46, 19], 20.0)),
     "kkt-fused-gdn-BT16-K20": (_case_fused_kkt, ("gated_delta_rule", 16, 37, None, 2.0, 20)),
     "wu-by-blocks-gdn-fp16-BT32-varlen": (_case_wu_by_blocks, ("gated_delta_rule", 32, torch.float16, [5, 0, 46, 19])),
@@ -839,8 +855,9 @@ def test_gpu_full_chunks_bf16_vs_fp64(family, T, K):
         {"WY_PAIR_HALF": False},
         {"SOLVE_MERGE_TF32": False},
         {"FUSED_KKT": False, "SOLVE_MERGE_TF32": False},
+        {"SOLVE_X4": True},
     ],
-    ids=["kkt_kernel", "wy_pair_fp32", "merge_exact", "kkt_kernel_merge_exact"],
+    ids=["kkt_kernel", "wy_pair_fp32", "merge_exact", "kkt_kernel_merge_exact", "solve_x4"],
 )
 @pytest.mark.parametrize("family", ["delta_rule", "gated_delta_rule"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])

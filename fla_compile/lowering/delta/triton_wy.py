@@ -163,6 +163,30 @@ def _inverse16(b_N):
 
 
 @triton.jit
+def _inverse16x4(b_N0, b_N1, b_N2, b_N3):
+    """``_inverse16`` of four blocks in one loop: the four chains of row steps are independent, so their reductions
+    overlap (15 serial steps where four calls take 60). Each block's arithmetic is ``_inverse16``'s, bit for bit."""
+    o_c = tl.arange(0, 16)
+    b_X0, b_X1, b_X2, b_X3 = -b_N0, -b_N1, -b_N2, -b_N3
+    for i in range(1, 16):
+        m_i = o_c[:, None] == i
+        b_r0 = tl.sum(tl.where(m_i, b_X0, 0.0), 0)
+        b_r1 = tl.sum(tl.where(m_i, b_X1, 0.0), 0)
+        b_r2 = tl.sum(tl.where(m_i, b_X2, 0.0), 0)
+        b_r3 = tl.sum(tl.where(m_i, b_X3, 0.0), 0)
+        b_r0 = b_r0 + tl.sum(b_r0[:, None] * b_X0, 0)
+        b_r1 = b_r1 + tl.sum(b_r1[:, None] * b_X1, 0)
+        b_r2 = b_r2 + tl.sum(b_r2[:, None] * b_X2, 0)
+        b_r3 = b_r3 + tl.sum(b_r3[:, None] * b_X3, 0)
+        b_X0 = tl.where(m_i, b_r0[None, :], b_X0)
+        b_X1 = tl.where(m_i, b_r1[None, :], b_X1)
+        b_X2 = tl.where(m_i, b_r2[None, :], b_X2)
+        b_X3 = tl.where(m_i, b_r3[None, :], b_X3)
+    b_I = tl.where(o_c[:, None] == o_c[None, :], 1.0, 0.0)
+    return b_X0 + b_I, b_X1 + b_I, b_X2 + b_I, b_X3 + b_I
+
+
+@triton.jit
 def _inverse16_rows(A, beta, t0, eos, i_h, H: tl.constexpr, BT: tl.constexpr, r: tl.constexpr):
     """As ``_inverse16(_block_N(..., r, r))``, with row i of -N loaded from memory at step i instead of
     picked out of the tile by a masked sum: one cross-thread reduction per step instead of two, and the
@@ -277,6 +301,7 @@ def chunk_wy_kernel(
     KKT: tl.constexpr = False,
     BKA: tl.constexpr = 64,
     MERGE_PREC: tl.constexpr = "ieee",
+    X4: tl.constexpr = False,
 ):
     """X = (I + diag(b) strict(A))^{-1} (or X read back when LOAD_X), W = X (b e^G k), U = X (b v); BT in 16, 32, 64.
 
@@ -286,7 +311,8 @@ def chunk_wy_kernel(
     diagonal blocks' substitution picks its rows out of the tile, as FLA's fused kernel (``A`` is not touched).
     Without KKT, ROW_LOADS loads each row of a diagonal block from A instead (one reduction a step, not two).
     MERGE_PREC: the precision of the dots merging the inverted diagonal blocks ("ieee" exact; the inputs' "tf32"
-    for half inputs, whose X is stored in half anyway, as FLA's)."""
+    for half inputs, whose X is stored in half anyway, as FLA's). X4 (KKT with BT = 64): the four diagonal blocks
+    inverted in one interleaved loop (``_inverse16x4``), bitwise the four calls."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
     i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
@@ -353,14 +379,19 @@ def chunk_wy_kernel(
                 N30 = _beta_rows(_gated16(A30, gc, t0, eos, i_h, H, 3, 0, GATE), beta, t0, eos, i_h, H, 3)
                 N31 = _beta_rows(_gated16(A31, gc, t0, eos, i_h, H, 3, 1, GATE), beta, t0, eos, i_h, H, 3)
                 N32 = _beta_rows(_gated16(A32, gc, t0, eos, i_h, H, 3, 2, GATE), beta, t0, eos, i_h, H, 3)
-        X00 = _diag_inverse(A, D0, beta, t0, eos, i_h, H, BT, 0, ROW_LOADS, KKT)
+        if X4:
+            X00, X11, X22, X33 = _inverse16x4(D0, D1, D2, D3)
+        else:
+            X00 = _diag_inverse(A, D0, beta, t0, eos, i_h, H, BT, 0, ROW_LOADS, KKT)
         if BT // 16 > 1:
-            X11 = _diag_inverse(A, D1, beta, t0, eos, i_h, H, BT, 1, ROW_LOADS, KKT)
+            if not X4:
+                X11 = _diag_inverse(A, D1, beta, t0, eos, i_h, H, BT, 1, ROW_LOADS, KKT)
             if not KKT:  # A's blocks loaded where used (not all at once: registers in the serial steps)
                 N10 = _block_N(A, beta, t0, eos, i_h, H, BT, 1, 0)
             X10 = -dot(X11, dot(N10, X00, prec=MERGE_PREC), prec=MERGE_PREC)
         if BT // 16 > 2:
-            X22 = _diag_inverse(A, D2, beta, t0, eos, i_h, H, BT, 2, ROW_LOADS, KKT)
+            if not X4:
+                X22 = _diag_inverse(A, D2, beta, t0, eos, i_h, H, BT, 2, ROW_LOADS, KKT)
             if not KKT:
                 N20 = _block_N(A, beta, t0, eos, i_h, H, BT, 2, 0)
                 N21 = _block_N(A, beta, t0, eos, i_h, H, BT, 2, 1)
@@ -368,7 +399,8 @@ def chunk_wy_kernel(
             b_s = dot(N20, X00, prec=MERGE_PREC) + dot(N21, X10, prec=MERGE_PREC)
             X20 = -dot(X22, b_s, prec=MERGE_PREC)
         if BT // 16 > 3:
-            X33 = _diag_inverse(A, D3, beta, t0, eos, i_h, H, BT, 3, ROW_LOADS, KKT)
+            if not X4:
+                X33 = _diag_inverse(A, D3, beta, t0, eos, i_h, H, BT, 3, ROW_LOADS, KKT)
             if not KKT:
                 N30 = _block_N(A, beta, t0, eos, i_h, H, BT, 3, 0)
                 N31 = _block_N(A, beta, t0, eos, i_h, H, BT, 3, 1)
