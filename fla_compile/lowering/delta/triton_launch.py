@@ -149,10 +149,12 @@ WU_SPLIT = True  # W, U by full-chunk dots after a solve-only kernel (False: the
 KG = True  # kda: the state pass reads keys decayed once by the W/U kernel (False: decays them per V block)
 ROW_LOADS = True  # without FUSED_KKT (kda): the substitution loads each row of N (False: picks it out of the tile)
 SOLVE_MERGE_TF32 = True  # the solve's merge dots at the inputs' precision (tf32 for half inputs, as FLA's; False: ieee)
-# with FUSED_KKT: the solve's four diagonal [16, 16] inversions in one interleaved loop (15 serial row steps, not
-# 60), bitwise the four calls on the CPU; off until an H200 A/B (the fused solve is 0.231 of the gated forward's
-# 0.556 ms at (8, 2048, 32, 64), 1 warp, latency-bound)
-SOLVE_X4 = False
+# with FUSED_KKT, how the solve inverts its four diagonal [16, 16] blocks: "steps" (row by row, 4 x 15 serial steps),
+# "steps4" (the four interleaved in one loop, 15 steps; bitwise "steps" on the CPU), "powers" ((I - N)(I + N^2)
+# (I + N^4)(I + N^8): six exact dots, four deep; "powers_tf32" with tf32 dots, for half inputs). "steps" until an
+# H200 A/B: the fused solve is 0.231 of the gated
+# forward's 0.556 ms at (8, 2048, 32, 64), 1 warp, latency-bound
+SOLVE_DIAG = "steps"
 FUSED_L2NORM = True  # use_qk_l2norm by triton_l2norm's two kernels (False: the torch ops); A/B in RESULTS (seventh+eighth sessions)
 # fp32 at torch's "highest" by three tf32 products (``launch.FP32_HIGHEST``) with a gate per key dim (kda): on since
 # the H200 ran its state passes that way at full V blocks against fp64 (test_gpu_fp32_three_tf32_wide_grid[kda],
@@ -324,7 +326,7 @@ def forward_parts(
                 kkt,
                 min(64, BK),
                 merge_prec,
-                X4=SOLVE_X4 and kkt and BT == 64,
+                DIAG=SOLVE_DIAG if kkt and BT == 64 else "steps",  # kkt: half inputs only (_DTYPE_DEFAULTS)
                 **_opts("kkt_solve" if kkt else "solve", dev, key),
             )
         launch.fitted(

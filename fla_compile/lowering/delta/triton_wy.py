@@ -138,10 +138,14 @@ def _diag_kkt(b_A, gc, beta, t0, eos, i_h, H: tl.constexpr, r: tl.constexpr, GAT
 
 @triton.jit
 def _diag_inverse(A, b_D, beta, t0, eos, i_h, H: tl.constexpr, BT: tl.constexpr, r: tl.constexpr,
-                  ROW_LOADS: tl.constexpr, KKT: tl.constexpr):
-    """(I + N_rr)^{-1}: N's block in registers (``_diag_kkt``'s, KKT), or its rows loaded from A (ROW_LOADS), or
-    the block loaded whole from A."""
-    if KKT:
+                  ROW_LOADS: tl.constexpr, KKT: tl.constexpr, DIAG: tl.constexpr = "steps"):
+    """(I + N_rr)^{-1}: N's block in registers (``_diag_kkt``'s, KKT: row steps, or with DIAG "powers" a product of
+    its powers), or its rows loaded from A (ROW_LOADS), or the block loaded whole from A."""
+    if KKT and DIAG == "powers":
+        b_X = _inverse16_powers(b_D, "ieee")
+    elif KKT and DIAG == "powers_tf32":
+        b_X = _inverse16_powers(b_D, "tf32")
+    elif KKT:
         b_X = _inverse16(b_D)
     elif ROW_LOADS:
         b_X = _inverse16_rows(A, beta, t0, eos, i_h, H, BT, r)
@@ -184,6 +188,22 @@ def _inverse16x4(b_N0, b_N1, b_N2, b_N3):
         b_X3 = tl.where(m_i, b_r3[None, :], b_X3)
     b_I = tl.where(o_c[:, None] == o_c[None, :], 1.0, 0.0)
     return b_X0 + b_I, b_X1 + b_I, b_X2 + b_I, b_X3 + b_I
+
+
+@triton.jit
+def _inverse16_powers(b_N, PREC: tl.constexpr):
+    """(I + N)^{-1} of a strictly lower [16, 16] N as (I - N)(I + N^2)(I + N^4)(I + N^8): N^16 = 0, so that product
+    is the whole series sum_k (-N)^k. Six dots at PREC, four deep (N^2, N^4, N^8, then the last factor), where the
+    row steps are 15 deep with two reductions each; the rounding differs from theirs (not bitwise)."""
+    o_c = tl.arange(0, 16)
+    b_I = tl.where(o_c[:, None] == o_c[None, :], 1.0, 0.0)
+    b_N2 = dot(b_N, b_N, prec=PREC)
+    b_N4 = dot(b_N2, b_N2, prec=PREC)
+    b_N8 = dot(b_N4, b_N4, prec=PREC)
+    b_X = b_I - b_N
+    b_X = dot(b_X, b_N2, b_X, prec=PREC)
+    b_X = dot(b_X, b_N4, b_X, prec=PREC)
+    return dot(b_X, b_N8, b_X, prec=PREC)
 
 
 @triton.jit
@@ -301,7 +321,7 @@ def chunk_wy_kernel(
     KKT: tl.constexpr = False,
     BKA: tl.constexpr = 64,
     MERGE_PREC: tl.constexpr = "ieee",
-    X4: tl.constexpr = False,
+    DIAG: tl.constexpr = "steps",
 ):
     """X = (I + diag(b) strict(A))^{-1} (or X read back when LOAD_X), W = X (b e^G k), U = X (b v); BT in 16, 32, 64.
 
@@ -311,8 +331,10 @@ def chunk_wy_kernel(
     diagonal blocks' substitution picks its rows out of the tile, as FLA's fused kernel (``A`` is not touched).
     Without KKT, ROW_LOADS loads each row of a diagonal block from A instead (one reduction a step, not two).
     MERGE_PREC: the precision of the dots merging the inverted diagonal blocks ("ieee" exact; the inputs' "tf32"
-    for half inputs, whose X is stored in half anyway, as FLA's). X4 (KKT with BT = 64): the four diagonal blocks
-    inverted in one interleaved loop (``_inverse16x4``), bitwise the four calls."""
+    for half inputs, whose X is stored in half anyway, as FLA's). DIAG, how KKT inverts the diagonal blocks: "steps",
+    row by row (``_inverse16``, four calls); "steps4" (BT = 64), the same four in one interleaved loop
+    (``_inverse16x4``, bitwise the four calls); "powers", a product of powers of N (``_inverse16_powers``, exact
+    fp32 dots; "powers_tf32": tf32 ones, for half inputs)."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
     i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
@@ -379,19 +401,19 @@ def chunk_wy_kernel(
                 N30 = _beta_rows(_gated16(A30, gc, t0, eos, i_h, H, 3, 0, GATE), beta, t0, eos, i_h, H, 3)
                 N31 = _beta_rows(_gated16(A31, gc, t0, eos, i_h, H, 3, 1, GATE), beta, t0, eos, i_h, H, 3)
                 N32 = _beta_rows(_gated16(A32, gc, t0, eos, i_h, H, 3, 2, GATE), beta, t0, eos, i_h, H, 3)
-        if X4:
+        if DIAG == "steps4":
             X00, X11, X22, X33 = _inverse16x4(D0, D1, D2, D3)
         else:
-            X00 = _diag_inverse(A, D0, beta, t0, eos, i_h, H, BT, 0, ROW_LOADS, KKT)
+            X00 = _diag_inverse(A, D0, beta, t0, eos, i_h, H, BT, 0, ROW_LOADS, KKT, DIAG)
         if BT // 16 > 1:
-            if not X4:
-                X11 = _diag_inverse(A, D1, beta, t0, eos, i_h, H, BT, 1, ROW_LOADS, KKT)
+            if DIAG != "steps4":
+                X11 = _diag_inverse(A, D1, beta, t0, eos, i_h, H, BT, 1, ROW_LOADS, KKT, DIAG)
             if not KKT:  # A's blocks loaded where used (not all at once: registers in the serial steps)
                 N10 = _block_N(A, beta, t0, eos, i_h, H, BT, 1, 0)
             X10 = -dot(X11, dot(N10, X00, prec=MERGE_PREC), prec=MERGE_PREC)
         if BT // 16 > 2:
-            if not X4:
-                X22 = _diag_inverse(A, D2, beta, t0, eos, i_h, H, BT, 2, ROW_LOADS, KKT)
+            if DIAG != "steps4":
+                X22 = _diag_inverse(A, D2, beta, t0, eos, i_h, H, BT, 2, ROW_LOADS, KKT, DIAG)
             if not KKT:
                 N20 = _block_N(A, beta, t0, eos, i_h, H, BT, 2, 0)
                 N21 = _block_N(A, beta, t0, eos, i_h, H, BT, 2, 1)
@@ -399,8 +421,8 @@ def chunk_wy_kernel(
             b_s = dot(N20, X00, prec=MERGE_PREC) + dot(N21, X10, prec=MERGE_PREC)
             X20 = -dot(X22, b_s, prec=MERGE_PREC)
         if BT // 16 > 3:
-            if not X4:
-                X33 = _diag_inverse(A, D3, beta, t0, eos, i_h, H, BT, 3, ROW_LOADS, KKT)
+            if DIAG != "steps4":
+                X33 = _diag_inverse(A, D3, beta, t0, eos, i_h, H, BT, 3, ROW_LOADS, KKT, DIAG)
             if not KKT:
                 N30 = _block_N(A, beta, t0, eos, i_h, H, BT, 3, 0)
                 N31 = _block_N(A, beta, t0, eos, i_h, H, BT, 3, 1)
