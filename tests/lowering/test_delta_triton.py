@@ -388,11 +388,13 @@ def _case_heads_inner(family, BT, cu_lens=None):
     return {**out, **same}
 
 
-def _case_solve_diag(family, diag, cu_lens=None):
+def _case_solve_diag(family, diag, cu_lens=None, beta_two=False):
     """``SOLVE_DIAG``: the fused solve's diagonal inversions interleaved ("steps4": bitwise the row steps' outputs and
     gradients) or by powers of N ("powers": within 1e-5 of them). Half inputs (k kᵀ in the solve kernel), chunks of
-    64, packed; against fp64 too."""
+    64, packed, beta near 2 (N's entries largest); against fp64 too."""
     q, k, v, beta, g, h0 = make(family, B=1, T=150, K=16, V=16)
+    if beta_two:
+        beta = 2 - beta * 1e-4
     q, k, v, beta = (x.half().float() for x in (q, k, v, beta))  # the half-rounded values, for the reference
     xs = _pack(cu_lens, q, k, v, beta, g, h0)
     halves = [x.half() if i < 4 else x for i, x in enumerate(xs)]
@@ -401,9 +403,10 @@ def _case_solve_diag(family, diag, cu_lens=None):
     _, steps = _kernels_vs_fp64(family, 64, *halves)
     if diag == "steps4":
         same = {f"{n}_vs_steps": float(not torch.equal(x, y)) for n, x, y in zip(_NAMES, got, steps) if x is not None}
-    else:  # another rounding of X, then the half outputs: a flip of their last bit here and there (~1e-3 each)
+    else:  # another rounding of X, then the half outputs: within what each path is from fp64 (1.8e-3 - 2.7e-3 both
+        # at beta near 2 on the interpreter; 1e-7 - 2e-6 apart otherwise)
         same = {f"{n}_vs_steps": rel(x, y) for n, x, y in zip(_NAMES, got, steps) if x is not None}
-    return {**out, **same, "tol": 2e-2, "tols": dict.fromkeys(same, 1e-5 if diag == "steps4" else 2e-3)}
+    return {**out, **same, "tol": 2e-2, "tols": dict.fromkeys(same, 1e-5 if diag == "steps4" else 5e-3)}
 
 
 def _case_wu_by_blocks(family, BT, dtype, cu_lens=None):
@@ -599,6 +602,7 @@ INTERPRETER_CASES = {
     "solve-powers-delta": (_case_solve_diag, ("delta_rule", "powers")),
     "solve-powers-gdn-varlen": (_case_solve_diag, ("gated_delta_rule", "powers", [70, 0, 80])),
     "solve-powers-tf32-delta": (_case_solve_diag, ("delta_rule", "powers_tf32")),
+    "solve-powers-delta-beta-two": (_case_solve_diag, ("delta_rule", "powers", None, True)),
     "kkt-fused-gdn-BT32-varlen-strong": (_case_fused_kkt, ("gated_delta_rule", 32, 70, [5, 0, 46, 19], 20.0)),
     "kkt-fused-gdn-BT16-K20": (_case_fused_kkt, ("gated_delta_rule", 16, 37, None, 2.0, 20)),
     "wu-by-blocks-gdn-fp16-BT32-varlen": (_case_wu_by_blocks, ("gated_delta_rule", 32, torch.float16, [5, 0, 46, 19])),
