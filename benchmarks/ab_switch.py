@@ -1,13 +1,16 @@
-"""A/B of one module switch of the kernels (a bool attribute), on against off, in one process on one CUDA device.
+"""A/B of one module switch of the kernels, each of its settings in turn, in one process on one CUDA device.
 
     python benchmarks/ab_switch.py fla_compile.lowering.common.chunks.HEADS_INNER \
         [--families retention,gated_delta_rule] [--shapes "8,2048,16,128;8,2048,32,64"] [--fla]
+    python benchmarks/ab_switch.py fla_compile.lowering.delta.triton_launch.SOLVE_DIAG \
+        --values steps,steps4,powers,powers_tf32 --families gated_delta_rule,delta_rule
 
-Per shape and family: forward and forward+backward through ``fla_compile.ops``, wall time (``do_bench`` of
-back-to-back calls) and summed kernel time, in ms, as ``benchmarks/kernels.py`` measures its rows; with ``--fla``
-FLA's op as a third row. The switch's two settings are checked against each other first (the output and every
-input gradient, max relative difference), so a fast setting that computes something else shows as such.
-Retention's ``HEAD_DECAY`` was decided this way (``gla.triton_launch.HEAD_DECAY``, RESULTS 2026-12-01).
+A bool switch takes False then True; another takes ``--values`` (the first is the baseline). Per shape and family:
+forward and forward+backward through ``fla_compile.ops``, wall time (``do_bench`` of back-to-back calls) and
+summed kernel time, in ms, as ``benchmarks/kernels.py`` measures its rows; with ``--fla`` FLA's op as a last row.
+Each setting is checked against the first (the output and every input gradient, max relative difference), so a
+fast setting that computes something else shows as such. Retention's ``HEAD_DECAY`` was decided this way
+(``gla.triton_launch.HEAD_DECAY``, RESULTS 2026-12-01).
 """
 
 from __future__ import annotations
@@ -19,13 +22,20 @@ import sys
 sys.path.insert(0, "benchmarks")
 
 
-def _switch(path: str):
-    """(module, attribute) of a dotted ``package.module.ATTR`` that holds a bool."""
+def _switch(path: str, values: str):
+    """(module, attribute, the settings to run) of a dotted ``package.module.ATTR``: False, True for a bool, else
+    ``values`` (comma-separated, in the attribute's type)."""
     module, _, name = path.rpartition(".")
     mod = importlib.import_module(module)
-    if not isinstance(getattr(mod, name, None), bool):
-        raise SystemExit(f"{path}: expected a bool attribute of an importable module")
-    return mod, name
+    if not hasattr(mod, name):
+        raise SystemExit(f"{path}: expected an attribute of an importable module")
+    current = getattr(mod, name)
+    if isinstance(current, bool) and not values:
+        return mod, name, [False, True]
+    if not values:
+        raise SystemExit(f"{path} is a {type(current).__name__}: give its settings with --values")
+    kind = (lambda v: v.lower() in ("1", "true", "on")) if isinstance(current, bool) else type(current)
+    return mod, name, [kind(v) for v in values.split(",")]
 
 
 def _outputs(family, shape):
@@ -40,51 +50,63 @@ def _outputs(family, shape):
     return [o.detach().float()] + [g.float() for g in grads]
 
 
-def _max_rel(a, b) -> float:
-    return max(((x - y).norm() / y.norm().clamp_min(1e-30)).item() for x, y in zip(a, b))
+def _max_rel(a, b) -> str:
+    if a is None or b is None:
+        return "error"
+    return f"{max(((x - y).norm() / y.norm().clamp_min(1e-30)).item() for x, y in zip(a, b)):.1e}"
+
+
+def _ms(measure) -> str:
+    """One measurement in ms, or its error: a failed one (FLA's refused backwards) is a cell, never a lost row."""
+    try:
+        return f"{measure():.3f}"
+    except Exception as e:  # noqa: BLE001
+        return f"error: {type(e).__name__}: {str(e)[:80]}"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("switch", help="dotted path of a bool switch, e.g. fla_compile.lowering.common.chunks.HEADS_INNER")
+    p.add_argument("switch", help="dotted path of a switch, e.g. fla_compile.lowering.common.chunks.HEADS_INNER")
+    p.add_argument("--values", default="", help="comma-separated settings (a bool switch: False,True)")
     p.add_argument("--families", default="retention")
     p.add_argument("--shapes", default="8,2048,16,128;8,2048,32,64")
     p.add_argument("--fla", action="store_true", help="also FLA's op for each family")
     args = p.parse_args(argv)
     import kernels
 
-    mod, name = _switch(args.switch)
+    mod, name, settings = _switch(args.switch, args.values)
     shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes.split(";")]
     was = getattr(mod, name)
     rows = []
     try:
         for shape in shapes:
             for family in args.families.split(","):
-                runs = {}
-                for flag in (False, True):
-                    setattr(mod, name, flag)
-                    runs[flag] = _outputs(family, shape)
-                diff = _max_rel(runs[True], runs[False])
-                variants = [(f"ours, {name} off", False), (f"ours, {name} on", True)]
-                variants += [("FLA", None)] if args.fla else []
-                for label, flag in variants:
-                    if flag is not None:
-                        setattr(mod, name, flag)
-                    get = kernels.ours if flag is not None else kernels.fla_op
+                outs = []
+                for value in settings:
+                    setattr(mod, name, value)
                     try:
-                        times = [
-                            f"{kernels.time_fwd(get, family, shape)():.3f}",
-                            f"{kernels.time_fwd_bwd(get, family, shape)():.3f}",
-                            f"{kernels.time_fwd(get, family, shape, kernels.device_ms)():.3f}",
-                            f"{kernels.time_fwd_bwd(get, family, shape, kernels.device_ms)():.3f}",
-                        ]
-                    except Exception as e:  # noqa: BLE001 - one failed row (FLA's refused backwards) keeps the table
-                        times = [f"error: {type(e).__name__}: {str(e)[:80]}", "", "", ""]
-                    rows.append((shape, family, label, *times, f"{diff:.1e}" if flag else ""))
+                        outs.append(_outputs(family, shape))
+                    except Exception as e:  # noqa: BLE001 - a setting that fails is a row that says so
+                        print(f"{shape} {family} {name} = {value!r}: {type(e).__name__}: {e}", flush=True)
+                        outs.append(None)
+                diffs = [_max_rel(o, outs[0]) for o in outs]
+                variants = [(f"ours, {name} = {value!r}", i) for i, value in enumerate(settings)]
+                variants += [("FLA", None)] if args.fla else []
+                for label, i in variants:
+                    if i is not None:
+                        setattr(mod, name, settings[i])
+                    get = kernels.ours if i is not None else kernels.fla_op
+                    times = [
+                        _ms(kernels.time_fwd(get, family, shape)),
+                        _ms(kernels.time_fwd_bwd(get, family, shape)),
+                        _ms(kernels.time_fwd(get, family, shape, kernels.device_ms)),
+                        _ms(kernels.time_fwd_bwd(get, family, shape, kernels.device_ms)),
+                    ]
+                    rows.append((shape, family, label, *times, diffs[i] if i else ""))
                     print(f"{shape} {family} {label}: " + " ".join(times), flush=True)
     finally:
         setattr(mod, name, was)
-    print("| shape | family | what | fwd wall | fwd+bwd wall | fwd kernels | fwd+bwd kernels | on vs off |")
+    print("| shape | family | what | fwd wall | fwd+bwd wall | fwd kernels | fwd+bwd kernels | vs the first |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         print("| " + " | ".join(str(c) for c in row) + " |")
