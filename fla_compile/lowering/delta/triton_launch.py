@@ -23,7 +23,7 @@ import torch
 
 from ..common import launch
 from ..common.chunks import chunk_grid, chunk_meta, dense_cu
-from ..common.gates import GATE_IDS
+from ..common.gates import GATE_IDS, scalar_dg_per_step
 from ..gla import triton_intra as gla_intra
 from ..gla import triton_kernels as gla_kern
 from . import triton_decode as kd
@@ -458,7 +458,7 @@ def backward_parts(
             WY_PAIR_HALF, **_opts("wy_pair", dev, key),
         )  # fmt: skip
         if gid == 1:
-            dg = dg.sum(-1) if dg.shape[-1] > 1 else dg.view(B, T, H)
+            dg = scalar_dg_per_step(dg)
             launch.fitted(gla_intra.chunk_rc_add_kernel, (NS, 1, H), dG, dg, cu, info, H, 1, BT, 16, **_opts("rc", dev, key))
     else:  # a gate per key dim: 4, then 5, the pairs of A = k kᵀ (gated), by 16-row blocks
         launch.fitted(

@@ -17,7 +17,7 @@ import torch
 
 from ..common import launch
 from ..common.chunks import chunk_grid, chunk_meta, dense_cu
-from ..common.gates import GATE_IDS
+from ..common.gates import GATE_IDS, scalar_dg_per_step
 from . import triton_intra as intra
 from . import triton_kernels as kern
 
@@ -436,7 +436,7 @@ def chunk_backward(
             db, dg, cu, info, H, K, BT, BKr, *(() if u is None else (True,)), **_opts(cfg, "rc")
         )
     if gid in (1, 3) and want_dg:  # per step (gid 3: the op sums the steps for its per-head decay)
-        dg = dg.sum(-1) if dg.shape[-1] > 1 else dg.view(B, T, H)
+        dg = scalar_dg_per_step(dg)
     if G > 1:  # GQA: sum the heads of each group, in a fixed order
         dq = dq.view(B, T, HK, G, K).sum(3)
         dk = dk.view(B, T, HK, G, K).sum(3)
