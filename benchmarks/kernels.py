@@ -8,7 +8,8 @@
 
 FLA's autotune results from the H200 (fla-core 0.6.0, Triton 3.6.0; the delta families and retention at
 (8, 2048, 32, 64), retention at (8, 2048, 16, 128)) ship as ``benchmarks/fla_autotune_h200.tgz``: unpacked into
-``$TRITON_CACHE_DIR`` they spare those shapes FLA's minutes of first-call tuning.
+``$TRITON_CACHE_DIR`` they spare those shapes FLA's minutes of first-call tuning (``source benchmarks/h200_env.sh``
+does that, and installs the carried FLA wheels, on the lent H200).
 
 Rows: our forward and forward+backward (the ``fla_compile.ops`` functions, autograd included),
 flash-linear-attention 0.6.0 when importable, softmax attention (SDPA, causal), the memory floor
