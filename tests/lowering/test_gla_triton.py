@@ -341,6 +341,34 @@ def test_ops_use_kernels(family, T, monkeypatch):
         assert rel(a, b) < 1e-5
 
 
+@pytest.mark.parametrize("family", ["retention", "simple_gla"])
+def test_ops_use_kernels_with_a_fixed_gate(family, monkeypatch):
+    """A gate that takes no gradient through the ops and the kernels (``need_dgate`` False: the dq/dk kernel forms no
+    dg; retention's decays in the kernels, gate id 3): the other gradients match the torch path, the gate's stays
+    None."""
+    import fla_compile.ops as ops
+    from fla_compile.lowering import gla_triton_enabled
+
+    if not INTERPRET:
+        pytest.skip("interpreter wiring test")
+    q, k, v, g, h0, cu = make("scalar", T=70, H=2, HK=1)
+    gate = torch.tensor([-0.1, -0.7]) if family == "retention" else g
+
+    def run():
+        leaves = [x.clone().requires_grad_() for x in (q, k, v, h0)]
+        o, ht = getattr(ops, family)(*leaves[:3], gate, initial_state=leaves[-1], output_final_state=True)
+        (o.square().sum() + ht.square().sum()).backward()
+        assert gate.grad is None
+        return [o, ht, *[x.grad for x in leaves]]
+
+    ref = run()
+    monkeypatch.setenv("FLA_COMPILE_TRITON", "interpret")
+    assert gla_triton_enabled(q, k, v)
+    ours = run()
+    for a, b in zip(ours, ref):
+        assert rel(a, b) < 1e-5
+
+
 PROD_CFG = {"BT": 64, "BK": 64, "BV": 64, "num_warps": 4, "num_stages": 2}  # the untuned default of every table
 
 
