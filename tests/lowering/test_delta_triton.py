@@ -370,7 +370,7 @@ def _case_fused_kkt(family, BT, T=70, cu_lens=None, gate_scale=2.0, K=16):
 
 
 def _case_heads_inner(family, BT, cu_lens=None):
-    """The output and dv_local kernels in a 1-D grid with a chunk's heads side by side (``chunks.HEADS_INNER``):
+    """The output, dv_local and dq/dk kernels in a 1-D grid, a chunk's heads side by side (``chunks.HEADS_INNER``):
     the same programs in another order, so bitwise the 3-D grid's outputs and gradients, and fp64-close."""
     from fla_compile.lowering.common import chunks
 
@@ -814,7 +814,7 @@ def test_gpu_chunk_vs_fp64_K128(family, dtype, tol):
 @gpu
 @pytest.mark.parametrize("family", list(FAMILY_GATE))
 def test_gpu_heads_inner_launch_order(family, monkeypatch):
-    """The output and dv_local kernels in a 1-D grid with a chunk's heads side by side (``chunks.HEADS_INNER``,
+    """The output, dv_local and dq/dk kernels in a 1-D grid, a chunk's heads side by side (``chunks.HEADS_INNER``,
     under A/B): bitwise the 3-D grid's outputs and gradients, bf16 at K = V = 128."""
     from fla_compile.lowering.common import chunks
     from fla_compile.lowering.delta import triton_launch as DT

@@ -185,9 +185,10 @@ def test_scalar_gate_gradient_skipped(head_decay, monkeypatch):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_heads_inner_launch_order(kind, monkeypatch):
-    """The output and dv kernels in a 1-D grid with a chunk's heads side by side (``chunks.HEADS_INNER``): the same
-    programs in another order, so bitwise the 3-D grid's outputs and gradients (packed, GQA, two V blocks)."""
-    q, k, v, g, h0, cu = make(kind, T=45, H=2, HK=1, cu=[0, 3, 45])  # V = 32 at BV 16: two V blocks
+    """The output, dv and dq/dk kernels in a 1-D grid with a chunk's heads side by side (``chunks.HEADS_INNER``): the
+    same programs in another order, so bitwise the 3-D grid's outputs and gradients (packed, GQA, two V blocks, two
+    K blocks: a scalar gate's dg comes in one column per K block)."""
+    q, k, v, g, h0, cu = make(kind, T=45, H=2, HK=1, K=20, cu=[0, 3, 45])  # V = 32, K = 20 at blocks of 16
     do, dht = torch.randn_like(v), torch.randn_like(h0)
     runs = {}
     for inner in (True, False):

@@ -144,7 +144,7 @@ def test_scalar_gate_gradient_skipped(K, head_decay, monkeypatch):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_heads_inner_launch_order(kind, monkeypatch):
-    """The output and dv kernels in a 1-D grid with a chunk's heads side by side (``chunks.HEADS_INNER``, under A/B):
+    """The output, dv and dq/dk kernels in a 1-D grid, a chunk's heads side by side (``chunks.HEADS_INNER``, A/B):
     bitwise the 3-D grid's outputs and gradients, bf16 at K = V = 128 over 64 sequence-heads, packed sequences."""
     from fla_compile.lowering.common import chunks
 

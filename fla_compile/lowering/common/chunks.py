@@ -92,8 +92,8 @@ def chunk_span(info, cu, i_p):
     return i_n, i_c, bos, eos
 
 
-# the parallel output and dv kernels' launch order (``chunk_grid`` / ``chunk_block``): True, a 1-D grid with a chunk's
-# heads side by side; False, the 3-D grid (NS, NV, H) that runs a head's chunks together. Off until an H200 A/B
+# the parallel output, dv and dq/dk kernels' launch order (``chunk_grid`` / ``chunk_block``): True, a 1-D grid with a
+# chunk's heads side by side; False, the 3-D grid (NS, NV, H) that runs a head's chunks together. Off until an H200 A/B
 HEADS_INNER = False
 
 
@@ -107,11 +107,11 @@ def chunk_grid(NS: int, NV: int, H: int) -> tuple:
 
 @triton.jit
 def chunk_block(NV, H, HEADS_INNER: tl.constexpr):
-    """(chunk slot, V block, head) of a parallel chunk kernel's program. HEADS_INNER: a 1-D grid of NS NV H, V block
-    fastest, then head, then chunk, so the programs running together read one chunk's rows of every head, which lie
-    side by side in [B, T, H, D] memory (FLA's output kernel runs a (batch, head)'s chunks together and then the
-    next head's); else the 3-D grid (NS, NV, H), whose programs running together read one head's rows, H D apart,
-    and leave the rest of those DRAM pages to later waves."""
+    """(chunk slot, V (or K) block, head) of a parallel chunk kernel's program. HEADS_INNER: a 1-D grid of NS NV H,
+    the block fastest, then head, then chunk, so the programs running together read one chunk's rows of every head,
+    which lie side by side in [B, T, H, D] memory (FLA's output kernel runs a (batch, head)'s chunks together and
+    then the next head's); else the 3-D grid (NS, NV, H), whose programs running together read one head's rows,
+    H D apart, and leave the rest of those DRAM pages to later waves."""
     if HEADS_INNER:
         pid = tl.program_id(0)
         i_s, i_v, i_h = pid // (NV * H), pid % NV, (pid // NV) % H

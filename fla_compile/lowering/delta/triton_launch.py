@@ -428,10 +428,11 @@ def backward_parts(
     dg = torch.empty(B, T, H, K if gid == 2 else launch.cdiv(K, BKq), **f32) if gid else None  # scalar: per K block
     fused = gid != 2  # steps 4 and 5 by one kernel, reading dW = -dv_new Sᵀ from the dqk kernel
     dw = torch.empty(B, T, H, K, device=dev, dtype=dt) if fused else None
+    grid, order = chunk_grid(NS, launch.cdiv(K, BKq), H)
     launch.fitted(
-        gla_kern.chunk_bwd_dqk_kernel, (NS, launch.cdiv(K, BKq), H),
+        gla_kern.chunk_bwd_dqk_kernel, grid,
         q, k, vn, gcp, h, do, dh, dA, dg if dg is not None else dq, dq, dk, cu, info, scale, H, G, K, V, BT, BKq,
-        BVq, gid, prec, **(dict(dvn=dvn, dw=dw, DW=True) if fused else {}), **_opts("dqk", dev, key),
+        BVq, gid, prec, **(dict(dvn=dvn, dw=dw, DW=True) if fused else {}), **order, **_opts("dqk", dev, key),
     )  # fmt: skip
     NC = BT // 16
     BKi = min(64, BK)

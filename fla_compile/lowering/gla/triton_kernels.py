@@ -412,6 +412,7 @@ def chunk_bwd_dqk_kernel(
     dw=None,
     DW: tl.constexpr = False,
     DG: tl.constexpr = True,
+    HEADS_INNER: tl.constexpr = False,
 ):
     """dq, dk per head of v (fp32), from dA = do v^T, do h^T and v dh^T (gla: the inter-chunk part, and dA).
 
@@ -421,8 +422,9 @@ def chunk_bwd_dqk_kernel(
     loop loads anyway (as FLA's dqkwg), so that kernel reads no chunk state.
     dg, chunk-local: [B, T, H, K] for a gate per key dim; [B, T, H, NK] for a scalar gate (one column per K block
     of the grid, summed by the caller). DG False (a scalar gate or decay that takes no gradient: retention's fixed
-    decays): dg is neither formed nor written."""
-    i_s, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    decays): dg is neither formed nor written. The grid: ``chunks.chunk_grid`` over K blocks (HEADS_INNER: its
+    order)."""
+    i_s, i_k, i_h = chunk_block(tl.cdiv(K, BK), H, HEADS_INNER)
     i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
         return
@@ -513,7 +515,7 @@ def chunk_bwd_dqk_kernel(
         b_de1 = tl.sum(b_de, axis=1)
         _, b_pre1 = tl.associative_scan((b_de1, tl.zeros_like(b_de1)), 0, _strict_prefix)
         b_dg1 = tl.cumsum(b_db1, axis=0, reverse=True) + b_pre1 + tl.sum(b_ds, axis=0)
-        tl.store(dg + (o_t * H + i_h) * tl.num_programs(1) + i_k, b_dg1, mask=m_t)
+        tl.store(dg + (o_t * H + i_h) * tl.cdiv(K, BK) + i_k, b_dg1, mask=m_t)
     if GATE == 2:
         # suffix and strict prefix sums as scans: a cumsum minus the element itself would lose a small
         # sum next to a large element, so the strict prefix is a scan of its own (_strict_prefix)

@@ -389,7 +389,7 @@ def chunk_backward(
     # chunk-local; a scalar gate's has one column per K block of the grid (the kernel sums the keys)
     want_dg = gid == 2 or (gid != 0 and need_dgate)
     dg = _empty((B, T, H, K if gid == 2 else launch.cdiv(K, BK)), v.device, torch.float32) if want_dg else None
-    grid = (NS, launch.cdiv(K, BK), H)
+    grid, order = chunk_grid(NS, launch.cdiv(K, BK), H)
     launch.fitted(
         kern.chunk_bwd_dqk_kernel, grid,
         q,
@@ -417,6 +417,7 @@ def chunk_backward(
         prec,
         *rw,
         DG=want_dg,
+        **order,
         **_opts(cfg, "dqk"),
     )
     if gid == 2:
