@@ -315,11 +315,17 @@ def test_chunk_meta_refuses_bad_offsets(bad):
         chunks.chunk_meta(1, 41, torch.tensor(bad, dtype=torch.int32), 16, "cpu")
 
 
+@pytest.mark.parametrize(
+    "family,fixed_gate",
+    [("linear_attn", False), ("retention", False), ("simple_gla", False), ("gla", False),
+     ("retention", True), ("simple_gla", True)],
+    ids=["linear_attn", "retention", "simple_gla", "gla", "retention-fixed-decay", "simple_gla-fixed-gate"],
+)  # fmt: skip
 @pytest.mark.parametrize("T", [9, 70], ids=["decode", "chunked"])
-@pytest.mark.parametrize("family", ["linear_attn", "retention", "simple_gla", "gla"])
-def test_ops_use_kernels(family, T, monkeypatch):
+def test_ops_use_kernels(family, fixed_gate, T, monkeypatch):
     """The ops' forward (fused recurrent for T <= 64, else chunked) and backward through the kernels
-    (FLA_COMPILE_TRITON=interpret) match the torch path."""
+    (FLA_COMPILE_TRITON=interpret) match the torch path. A fixed gate takes no gradient (``need_dgate`` False: the
+    dq/dk kernel forms no dg) and its grad stays None."""
     import fla_compile.ops as ops
     from fla_compile.lowering import gla_triton_enabled
 
@@ -327,39 +333,15 @@ def test_ops_use_kernels(family, T, monkeypatch):
         pytest.skip("interpreter wiring test")
     q, k, v, g, h0, cu = make("vector" if family == "gla" else "scalar", T=T, H=2, HK=1)
     args = {"linear_attn": (), "retention": (torch.tensor([-0.1, -0.7]),), "simple_gla": (g,), "gla": (g,)}[family]
+    learned = args if not fixed_gate else ()
 
     def run():
-        leaves = [x.clone().requires_grad_() for x in (q, k, v, *args, h0)]
-        o, ht = getattr(ops, family)(*leaves[:-1], initial_state=leaves[-1], output_final_state=True)
+        leaves = [x.clone().requires_grad_() for x in (q, k, v, *learned, h0)]
+        gates = args if fixed_gate else leaves[3:-1]
+        o, ht = getattr(ops, family)(*leaves[:3], *gates, initial_state=leaves[-1], output_final_state=True)
         (o.square().sum() + ht.square().sum()).backward()
-        return [o, ht, *[x.grad for x in leaves]]
-
-    ref = run()
-    monkeypatch.setenv("FLA_COMPILE_TRITON", "interpret")
-    assert gla_triton_enabled(q, k, v)
-    ours = run()
-    for a, b in zip(ours, ref):
-        assert rel(a, b) < 1e-5
-
-
-@pytest.mark.parametrize("family", ["retention", "simple_gla"])
-def test_ops_use_kernels_with_a_fixed_gate(family, monkeypatch):
-    """A gate that takes no gradient through the ops and the kernels (``need_dgate`` False: the dq/dk kernel forms no
-    dg; retention's decays in the kernels, gate id 3): the other gradients match the torch path, the gate's stays
-    None."""
-    import fla_compile.ops as ops
-    from fla_compile.lowering import gla_triton_enabled
-
-    if not INTERPRET:
-        pytest.skip("interpreter wiring test")
-    q, k, v, g, h0, cu = make("scalar", T=70, H=2, HK=1)
-    gate = torch.tensor([-0.1, -0.7]) if family == "retention" else g
-
-    def run():
-        leaves = [x.clone().requires_grad_() for x in (q, k, v, h0)]
-        o, ht = getattr(ops, family)(*leaves[:3], gate, initial_state=leaves[-1], output_final_state=True)
-        (o.square().sum() + ht.square().sum()).backward()
-        assert gate.grad is None
+        if fixed_gate:
+            assert all(x.grad is None for x in args)
         return [o, ht, *[x.grad for x in leaves]]
 
     ref = run()
