@@ -70,19 +70,27 @@ def torch_grads(family, q, k, v, beta, g, h0, do, dht, scale, cu=None, l2=False)
 
 
 @contextlib.contextmanager
-def _switched(name, value):
-    """``triton_launch.<name>`` set to ``value`` inside the block, and back to what it was after."""
-    from fla_compile.lowering.delta import triton_launch as DT
+def _switched(name, value, module=None):
+    """``<module>.<name>`` (default: the delta line's ``triton_launch``) set to ``value`` inside the block, and back
+    to what it was after."""
+    if module is None:
+        from fla_compile.lowering.delta import triton_launch as module
 
-    was = getattr(DT, name)
-    setattr(DT, name, value)
+    was = getattr(module, name)
+    setattr(module, name, value)
     try:
         yield
     finally:
-        setattr(DT, name, was)
+        setattr(module, name, was)
 
 
 _NAMES = ["o", "ht", "dq", "dk", "dv", "db", "dg", "dh0"]
+
+
+def _in_dtype(dtype, cu_lens, q, k, v, beta, g, h0):
+    """The case packed (``_pack``) with q, k, v and beta in ``dtype`` (the fp64 reference takes these same values)."""
+    xs = _pack(cu_lens, q, k, v, beta, g, h0)
+    return [x.to(dtype) if i < 4 else x for i, x in enumerate(xs)]
 
 
 def _kernels_vs_fp64(family, BT, q, k, v, beta, g, h0, cu, seed=3):
@@ -354,10 +362,7 @@ def _case_fused_kkt(family, BT, T=70, cu_lens=None, gate_scale=2.0, K=16):
     same rounded inputs and against the other path. Full and partial chunks, packed sequences, GQA, a key dim
     under its block, gates of -20 per step (whose in-chunk cumsums overflow e^{G_i - G_j} wherever a token past
     the sequence is not masked)."""
-    q, k, v, beta, g, h0 = make(family, B=1, T=T, K=K, V=16, gate_scale=gate_scale)
-    q, k, v, beta = (x.half().float() for x in (q, k, v, beta))  # the half-rounded values, for the reference
-    xs = _pack(cu_lens, q, k, v, beta, g, h0)
-    halves = [x.half() if i < 4 else x for i, x in enumerate(xs)]
+    halves = _in_dtype(torch.float16, cu_lens, *make(family, B=1, T=T, K=K, V=16, gate_scale=gate_scale))
     with _switched("FUSED_KKT", True):
         out, fused = _kernels_vs_fp64(family, BT, *halves)
     with _switched("FUSED_KKT", False):
@@ -374,16 +379,11 @@ def _case_heads_inner(family, BT, cu_lens=None):
     the same programs in another order, so bitwise the 3-D grid's outputs and gradients, and fp64-close."""
     from fla_compile.lowering.common import chunks
 
-    q, k, v, beta, g, h0 = make(family, H=4, HK=2)
-    xs = _pack(cu_lens, q, k, v, beta, g, h0)
-    was = chunks.HEADS_INNER
-    try:
-        chunks.HEADS_INNER = True
+    xs = _pack(cu_lens, *make(family, H=4, HK=2))
+    with _switched("HEADS_INNER", True, chunks):
         out, inner = _kernels_vs_fp64(family, BT, *xs)
-        chunks.HEADS_INNER = False
+    with _switched("HEADS_INNER", False, chunks):
         _, grid3 = _kernels_vs_fp64(family, BT, *xs)
-    finally:
-        chunks.HEADS_INNER = was
     same = {f"{n}_vs_3d_grid": float(not torch.equal(x, y)) for n, x, y in zip(_NAMES, inner, grid3) if x is not None}
     return {**out, **same}
 
@@ -395,9 +395,7 @@ def _case_solve_diag(family, diag, cu_lens=None, beta_two=False):
     q, k, v, beta, g, h0 = make(family, B=1, T=150, K=16, V=16)
     if beta_two:
         beta = 2 - beta * 1e-4
-    q, k, v, beta = (x.half().float() for x in (q, k, v, beta))  # the half-rounded values, for the reference
-    xs = _pack(cu_lens, q, k, v, beta, g, h0)
-    halves = [x.half() if i < 4 else x for i, x in enumerate(xs)]
+    halves = _in_dtype(torch.float16, cu_lens, q, k, v, beta, g, h0)
     with _switched("SOLVE_DIAG", diag):
         out, got = _kernels_vs_fp64(family, 64, *halves)
     _, steps = _kernels_vs_fp64(family, 64, *halves)
@@ -412,10 +410,7 @@ def _case_solve_diag(family, diag, cu_lens=None, beta_two=False):
 def _case_wu_by_blocks(family, BT, dtype, cu_lens=None):
     """``WU_SPLIT`` off: the solve kernel forms W and U by blocks itself (with half inputs and no per-key gate, k kᵀ
     formed in it too): forward and gradients against the fp64 reference of the same rounded inputs."""
-    q, k, v, beta, g, h0 = make(family, B=1, T=70, K=16, V=16)
-    q, k, v, beta = (x.to(dtype).float() for x in (q, k, v, beta))  # the rounded values, for the reference
-    xs = _pack(cu_lens, q, k, v, beta, g, h0)
-    xs = [x.to(dtype) if i < 4 else x for i, x in enumerate(xs)]
+    xs = _in_dtype(dtype, cu_lens, *make(family, B=1, T=70, K=16, V=16))
     with _switched("WU_SPLIT", False):
         out = _kernels_vs_fp64(family, BT, *xs)[0]
     return {**out, "tol": 1e-5 if dtype == torch.float32 else 2e-2}
@@ -440,12 +435,9 @@ def _case_solve_merge_tf32(family, BT, dtype, cu_lens=None, T=70):
     """``SOLVE_MERGE_TF32``: the solve's merge dots at the inputs' precision ("tf32" for half inputs, "ieee" for
     fp32 ones at torch's default "highest"). fp32: bitwise the exact path. Half: forward and gradients within
     half's accuracy of the fp64 reference of the same (rounded) inputs."""
-    q, k, v, beta, g, h0 = make(family, B=1, T=T, K=16, V=16)
-    q, k, v, beta = (x.to(dtype).float() for x in (q, k, v, beta))  # the half-rounded values, for the reference
-    xs = _pack(cu_lens, q, k, v, beta, g, h0)
-    halves = [x.to(dtype) if i < 4 else x for i, x in enumerate(xs)]
+    xs = _in_dtype(dtype, cu_lens, *make(family, B=1, T=T, K=16, V=16))
     with _switched("SOLVE_MERGE_TF32", True):
-        got = _kernels_vs_fp64(family, BT, *(halves if dtype != torch.float32 else xs))
+        got = _kernels_vs_fp64(family, BT, *xs)
     out = got[0]
     if dtype == torch.float32:
         with _switched("SOLVE_MERGE_TF32", False):
@@ -817,17 +809,11 @@ def test_gpu_heads_inner_launch_order(family, monkeypatch):
     """The output, dv_local and dq/dk kernels in a 1-D grid, a chunk's heads side by side (``chunks.HEADS_INNER``,
     under A/B): bitwise the 3-D grid's outputs and gradients, bf16 at K = V = 128."""
     from fla_compile.lowering.common import chunks
-    from fla_compile.lowering.delta import triton_launch as DT
 
-    q, k, v, beta, g, h0 = _cuda_case(family, B=2, T=300, HK=8, H=16, K=128, V=128, dtype=torch.bfloat16)
-    do, dht = torch.randn_like(v), torch.randn_like(h0)
-    runs = {}
-    for inner in (True, False):
-        monkeypatch.setattr(chunks, "HEADS_INNER", inner)
-        o, ht = DT.chunk_forward(q, k, v, beta, g, FAMILY_GATE[family], 0.125, h0)
-        grads = DT.chunk_backward(q, k, v, beta, g, FAMILY_GATE[family], 0.125, h0, None, do, dht)
-        runs[inner] = [o, ht, *[x for x in grads if x is not None]]
-    assert all(torch.equal(a, b) for a, b in zip(runs[True], runs[False]))
+    _assert_bitwise_repeat(
+        family, 2, lambda i: monkeypatch.setattr(chunks, "HEADS_INNER", i == 0),
+        B=2, T=300, HK=8, H=16, K=128, V=128, dtype=torch.bfloat16,
+    )  # fmt: skip
 
 
 @pytest.mark.gpu
@@ -989,14 +975,17 @@ def test_gpu_deterministic(family):
     _assert_bitwise_repeat(family, 3, dtype=torch.bfloat16, T=1000)
 
 
-def _assert_bitwise_repeat(family, n, **case):
-    """``n`` chunked forwards and backwards of one CUDA case (``_cuda_case(family, **case)``): equal bit for bit."""
+def _assert_bitwise_repeat(family, n, before_run=None, **case):
+    """``n`` chunked forwards and backwards of one CUDA case (``_cuda_case(family, **case)``): equal bit for bit.
+    ``before_run(i)`` (optional) sets what run i differs in (a switch that must not change a bit)."""
     from fla_compile.lowering.delta import triton_launch as DT
 
     q, k, v, beta, g, h0 = _cuda_case(family, **case)
     do, dht = torch.randn_like(v), torch.randn_like(h0)
     runs = []
-    for _ in range(n):
+    for i in range(n):
+        if before_run is not None:
+            before_run(i)
         fwd = DT.chunk_forward(q, k, v, beta, g, FAMILY_GATE[family], 0.125, h0)
         bwd = DT.chunk_backward(q, k, v, beta, g, FAMILY_GATE[family], 0.125, h0, None, do, dht)
         runs.append([x for x in (*fwd, *bwd) if x is not None])
