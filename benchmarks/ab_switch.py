@@ -38,22 +38,10 @@ def _switch(path: str, values: str):
     return mod, name, [kind(v) for v in values.split(",")]
 
 
-def _outputs(family, shape):
-    """The output and the input gradients of one forward+backward, fp32 copies, for comparing two settings."""
-    import kernels
-    import torch
-
-    xs = kernels.inputs(family, *shape, grad=True)
-    o = kernels.ours(family)(*xs)[0]
-    wrt = [x for x in xs if x.requires_grad]
-    grads = torch.autograd.grad(o, wrt, torch.ones_like(o))
-    return [o.detach().float()] + [g.float() for g in grads]
-
-
 def _max_rel(a, b) -> str:
-    if a is None or b is None:
-        return "error"
-    return f"{max(((x - y).norm() / y.norm().clamp_min(1e-30)).item() for x, y in zip(a, b)):.1e}"
+    import kernels
+
+    return "error" if a is None or b is None else f"{kernels.max_rel(a, b):.1e}"
 
 
 def _ms(measure) -> str:
@@ -85,7 +73,8 @@ def main(argv=None) -> int:
                 for value in settings:
                     setattr(mod, name, value)
                     try:
-                        outs.append(_outputs(family, shape))
+                        xs = kernels.inputs(family, *shape, grad=True)
+                        outs.append(kernels.outputs_and_grads(kernels.ours(family), xs))
                     except Exception as e:  # noqa: BLE001 - a setting that fails is a row that says so
                         print(f"{shape} {family} {name} = {value!r}: {type(e).__name__}: {e}", flush=True)
                         outs.append(None)

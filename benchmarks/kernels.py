@@ -157,6 +157,21 @@ def fwd_bwd(fn, xs):
     return step
 
 
+def outputs_and_grads(fn, xs):
+    """The output and the inputs' gradients of one forward+backward (ones as the output's gradient), fp32 copies:
+    what a variant of ours is checked against before it is timed, so a fast row that computes something else is
+    marked, not taken for a win (dh at 4 warps / 1 stage timed fastest for delta_rule while its bf16 dk was wrong)."""
+    wrt = [x for x in xs if isinstance(x, torch.Tensor) and x.requires_grad]
+    o = fn(*xs)[0]
+    grads = torch.autograd.grad(o, wrt, torch.ones_like(o), allow_unused=True)
+    return [o.detach().float()] + [g.float() for g in grads if g is not None]
+
+
+def max_rel(got, ref) -> float:
+    """The largest relative difference (Frobenius) between matching tensors of two ``outputs_and_grads``."""
+    return max(((a - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(got, ref))
+
+
 def time_fwd(get, family, shape, measure=None):
     """A row's measurement of the forward: ``measure`` (default ``bench``, wall time; ``device_ms``: kernels)."""
 

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from kernels import bench, fwd_bwd, inputs, kernel_table, ours  # noqa: E402
+from kernels import bench, fwd_bwd, inputs, kernel_table, max_rel, ours, outputs_and_grads  # noqa: E402
 from profile_ops import triton_metadata  # noqa: E402
 
 VARIANTS = [
@@ -163,21 +163,6 @@ def restore(old):
     apply(old)
 
 
-def result(fn, xg):
-    """The output and the inputs' gradients of one forward+backward (ones as the output's gradient), fp32 copies:
-    each variant is checked against the shipped options, so a fast row that computes something else is marked,
-    not taken for a win (dh at 4 warps / 1 stage timed fastest for delta_rule while its bf16 dk was wrong)."""
-    for x in xg:
-        x.grad = None
-    o = fn(*xg)[0]
-    o.backward(torch.ones_like(o))
-    return [o.detach().float().clone()] + [x.grad.float().clone() for x in xg if x.grad is not None]
-
-
-def max_rel(got, ref) -> float:
-    return max(((a - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(got, ref))
-
-
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--families", default="kda,gated_delta_rule,delta_rule")
@@ -202,7 +187,7 @@ def main() -> int:
         fn = ours(family)
         xs = inputs(family, B, T, H, D, dtype)
         xg = inputs(family, B, T, H, D, dtype, grad=True)
-        shipped = result(fn, xg)
+        shipped = outputs_and_grads(fn, xg)
         for name, changes in VARIANTS:
             if names and name not in names and name != "shipped":
                 continue
@@ -211,7 +196,7 @@ def main() -> int:
                 with torch.no_grad():
                     t_f = bench(lambda fn=fn, xs=xs: fn(*xs))
                 t_fb = bench(fwd_bwd(fn, xg))
-                diff = max_rel(result(fn, xg), shipped)
+                diff = max_rel(outputs_and_grads(fn, xg), shipped)
                 bound = 5e-2 if dtype != torch.float32 else 1e-4  # bf16: other tiles round differently
                 flag = " **WRONG**" if not diff <= bound else ""
                 fb_table = kernel_table(fwd_bwd(fn, xg))
