@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import fla_compile
+from tests.compare import rel
 
 from .ops import test_delta as D
 from .ops import test_gla as G
@@ -21,10 +22,6 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
 ]
-
-
-def rel(a, b):
-    return ((a.double().cpu() - b.double().cpu()).norm() / b.double().cpu().norm().clamp_min(1e-30)).item()
 
 
 def _grads(call, xs, device, dtype):

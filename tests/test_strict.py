@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 import fla_compile
 from fla_compile.report import Grade
+from tests.compare import rel
 
 from .patterns import spellings as S
 from .patterns import test_cumsum as TC
@@ -69,10 +70,6 @@ class Hybrid(torch.nn.Module):
     def forward(self, x):
         x = x + self.attn(F.layer_norm(x, (C,)))
         return x + self.linear(F.layer_norm(x, (C,)))
-
-
-def rel(a, b):
-    return ((a - b).norm() / b.norm()).item()
 
 
 @pytest.mark.parametrize("sdpa", [False, True], ids=["eager_softmax", "sdpa"])

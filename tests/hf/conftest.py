@@ -53,11 +53,6 @@ class OpCalls(TorchDispatchMode):
         return sum(1 for _, t in self.calls if T is None or t == T)
 
 
-def rel(a, b) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tiny models: one intra-op thread is faster than waking workers (and deterministic)."""

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 import fla_compile.hf as fh
+from tests.compare import rel
 
 from .archs import ARCHS
-from .conftest import load_tiny, rel, reload
+from .conftest import load_tiny, reload
 from .test_compile import PICKED
 from .test_patch import _prompt
 

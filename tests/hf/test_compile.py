@@ -10,9 +10,10 @@ import pytest
 import torch
 
 import fla_compile.hf as fh
+from tests.compare import rel
 
 from .archs import ARCHS
-from .conftest import load_tiny, rel
+from .conftest import load_tiny
 from .test_patch import _packed_kwargs, _prompt
 
 TOL = 1e-4

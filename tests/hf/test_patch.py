@@ -14,9 +14,10 @@ import pytest
 import torch
 
 import fla_compile.hf as fh
+from tests.compare import rel
 
 from .archs import ARCHS
-from .conftest import OpCalls, load_tiny, rel, reload
+from .conftest import OpCalls, load_tiny, reload
 
 TOL = 1e-4
 ids_of = {a.name: a for a in ARCHS}

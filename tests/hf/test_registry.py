@@ -9,9 +9,10 @@ import torch
 
 import fla_compile.hf as fh
 from fla_compile.hf import registry, ssd
+from tests.compare import rel
 
 from .archs import ARCHS
-from .conftest import OpCalls, load_tiny, rel
+from .conftest import OpCalls, load_tiny
 from .test_patch import _prompt
 
 MAMBA2 = next(a for a in ARCHS if a.name == "Mamba2")

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 import fla_compile.hf as fh
+from tests.compare import rel
 
 from .archs import ARCHS
-from .conftest import load_tiny, rel, reload
+from .conftest import load_tiny, reload
 from .test_bf16 import within_bf16_noise
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

@@ -15,9 +15,10 @@ import torch
 
 import fla_compile.hf as fh
 from fla_compile.hf import rglru, selective
+from tests.compare import rel
 
 from .archs import ARCHS
-from .conftest import OpCalls, load_tiny, rel
+from .conftest import OpCalls, load_tiny
 
 MAMBA = next(a for a in ARCHS if a.name == "Mamba")
 RG = next(a for a in ARCHS if a.name == "RecurrentGemma")

@@ -29,14 +29,10 @@ import fla_compile.ops as ops  # noqa: E402
 from fla_compile.lowering.common import autotune  # noqa: E402
 from fla_compile.lowering.gla import triton_launch as gla_triton  # noqa: E402
 from fla_compile.reference import gla as reference  # noqa: E402
+from tests.compare import rel  # noqa: E402
 
 CFG16 = {"BT": 16, "BK": 16, "BV": 16, "num_warps": 4, "num_stages": 1}
 CFG32 = dict(CFG16, BT=32)
-
-
-def rel(a, b) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 @pytest.fixture

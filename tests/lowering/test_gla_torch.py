@@ -9,10 +9,7 @@ import torch
 from fla_compile import ops
 from fla_compile.lowering.gla import torch_path as G
 from fla_compile.reference import gla as ref
-
-
-def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+from tests.compare import rel
 
 
 def factored(g, C=64):

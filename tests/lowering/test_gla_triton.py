@@ -29,6 +29,7 @@ from fla_compile.lowering.common import chunks  # noqa: E402  (after the interpr
 from fla_compile.lowering.gla import triton_kernels as kern  # noqa: E402
 from fla_compile.lowering.gla import triton_launch as gla_triton  # noqa: E402
 from fla_compile.lowering.gla.torch_path import gla_line_forward  # noqa: E402
+from tests.compare import rel  # noqa: E402
 
 CFG = {"BT": 16, "BK": 16, "BV": 16, "num_warps": 4, "num_stages": 1}
 KINDS = ["none", "scalar", "vector"]
@@ -44,11 +45,6 @@ def _poison():
 def test_interpreter_active():
     if INTERPRET:
         assert type(kern.chunk_fwd_o_kernel).__name__ == "InterpretedFunction"
-
-
-def rel(a, b) -> float:
-    a, b = a.detach().cpu().double(), b.detach().cpu().double()  # the fp64 references live on the CPU
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def make(kind, T, B=1, H=2, HK=2, K=16, V=32, cu=None, gate="mild", h0=True, seed=0, dtype=torch.float32):

@@ -11,6 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.compare import rel
+
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
@@ -27,11 +29,6 @@ def _poison():
     gla_triton.POISON = True
     yield
     gla_triton.POISON = False
-
-
-def rel(a, b) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def make(kind, B, T, H, HK, K, V, dtype, gate="range", cu=None, seed=0):

@@ -11,12 +11,9 @@ import torch.nn.functional as F
 
 from fla_compile.lowering.loss import torch_path
 from fla_compile.ops import linear_cross_entropy
+from tests.compare import rel
 
 C, V, BV = 6, 300, 64  # 300 = 4 blocks of 64 + 44 masked
-
-
-def _rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-300)).item()
 
 
 def _ref(z, bias, y, scale, eps):
@@ -44,7 +41,7 @@ def test_kernel_matches_fp64(dtype, eps, bias):
     dz = torch.full((C, V), float("nan"), dtype=dtype)
     lse, loss = ce_softmax_grad(z, b, y, scale, eps, dz, block_v=BV)
     r_lse, r_loss, r_dz = _ref(z, b, y, scale, eps)
-    assert _rel(lse, r_lse) <= 1e-6 and _rel(loss, r_loss) <= 1e-6
+    assert rel(lse, r_lse) <= 1e-6 and rel(loss, r_loss) <= 1e-6
     # one step of dz's dtype: the interpreter truncates fp32 to bf16 (a GPU rounds to nearest: half a step)
     ulp = {torch.float32: 2**-23, torch.bfloat16: 2**-7, torch.float16: 2**-10}[dtype]
     assert dz.dtype == dtype and not dz.isnan().any()
@@ -77,7 +74,7 @@ def test_kernel_minus_inf_logits():
     dz = torch.full((C, V), float("nan"))
     lse, loss = ce_softmax_grad(z, b, y, scale, 0.0, dz, block_v=BV)
     r_lse, r_loss, r_dz = _ref(z, b, y, scale, 0.0)
-    assert _rel(lse, r_lse) <= 1e-6 and _rel(loss, r_loss) <= 1e-6 and _rel(dz, r_dz) <= 1e-6
+    assert rel(lse, r_lse) <= 1e-6 and rel(loss, r_loss) <= 1e-6 and rel(dz, r_dz) <= 1e-6
     assert (dz[:, : BV + 5] == 0).all()
 
 
@@ -143,7 +140,7 @@ def test_linear_cross_entropy_kernel_vs_torch(monkeypatch, dtype, reduction, eps
         assert set(dtypes) == {dtype}
     tol = 1e-6 if dtype == torch.float32 else 1e-2  # bf16: the same fp32 dz, the products' rounding
     for a, r in zip(outs[True], outs[False]):
-        assert a.dtype == r.dtype and a.shape == r.shape and _rel(a, r) <= tol
+        assert a.dtype == r.dtype and a.shape == r.shape and rel(a, r) <= tol
 
 
 @pytest.mark.gpu
@@ -173,8 +170,8 @@ def test_gpu_kernel_vs_torch(monkeypatch, dtype, eps):
     ref = F.cross_entropy(leaves[0] @ leaves[1].T + leaves[2], y, label_smoothing=eps)
     refs = [ref, *torch.autograd.grad(ref, leaves)]
     for a, t, r in zip(outs["auto"], outs[False], refs):
-        assert _rel(a, t) <= 1e-2 and _rel(a, r) <= 1e-2 and _rel(t, r) <= 1e-2
-    assert _rel(outs["auto"][0], refs[0]) <= 1e-4
+        assert rel(a, t) <= 1e-2 and rel(a, r) <= 1e-2 and rel(t, r) <= 1e-2
+    assert rel(outs["auto"][0], refs[0]) <= 1e-4
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -196,8 +193,8 @@ def test_kl_kernel_matches_fp64(dtype, temperature):
     r_kl = torch.where(lt.exp() > 0, lt.exp() * (lt - ls), 0).sum(-1)
     (g,) = torch.autograd.grad((r_kl * scale.double()).sum(), s)
     r_dz = g / temperature
-    assert _rel(kl, r_kl.detach()) <= 1e-5
-    assert _rel(dz, r_dz) <= (5e-6 if dtype == torch.float32 else 8e-3)  # p_s - p_t: they cancel and (dz[2] == 0).all()
+    assert rel(kl, r_kl.detach()) <= 1e-5
+    assert rel(dz, r_dz) <= (5e-6 if dtype == torch.float32 else 8e-3)  # p_s - p_t: they cancel and (dz[2] == 0).all()
     assert torch.equal(kl, kl_softmax_grad(zs, zt, temperature, None, None, block_v=BV))  # forward only
 
 
@@ -226,7 +223,7 @@ def test_linear_kl_div_kernel_vs_torch(monkeypatch, reduction, labels):
         outs[flag] = [loss, *torch.autograd.grad((loss * go).sum(), [hs, ws])]
     assert len(calls) == (6 if reduction == "none" else 3)
     for a, r in zip(outs[True], outs[False]):
-        assert a.dtype == r.dtype and a.shape == r.shape and _rel(a, r) <= 1e-5
+        assert a.dtype == r.dtype and a.shape == r.shape and rel(a, r) <= 1e-5
 
 
 @pytest.mark.gpu
@@ -252,7 +249,7 @@ def test_gpu_kl_kernel_vs_torch(monkeypatch):
     ref = F.kl_div(ls, lt, log_target=True, reduction="sum") / n
     refs = [ref, *torch.autograd.grad(ref, leaves)]
     for a, t, r in zip(outs["auto"], outs[False], refs):
-        assert _rel(a, t) <= 1e-2 and _rel(a, r) <= 1e-2 and _rel(t, r) <= 1e-2
+        assert rel(a, t) <= 1e-2 and rel(a, r) <= 1e-2 and rel(t, r) <= 1e-2
 
 
 def test_bias_grad_exact_under_fp16_products(monkeypatch):

@@ -25,6 +25,7 @@ DEVICE = "cpu" if INTERPRET else "cuda"
 
 from fla_compile.lowering.gla import triton_launch as gla_triton  # noqa: E402
 from fla_compile.lowering.gla.torch_path import gla_line_forward  # noqa: E402
+from tests.compare import rel  # noqa: E402
 
 CFG = {"BT": 16, "BK": 16, "BV": 16, "num_warps": 4, "num_stages": 1}
 
@@ -34,11 +35,6 @@ def _poison():
     gla_triton.POISON = True
     yield
     gla_triton.POISON = False
-
-
-def rel(a, b) -> float:
-    a, b = a.double().cpu(), b.double().cpu()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def make(T, B=1, H=2, HK=2, K=16, V=16, cu=None, gate="mild", h0=True, seed=0):

@@ -21,11 +21,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.compare import rel
+
 GRADS = ["du", "ddt", "dA", "dB", "dC", "dh0"]
-
-
-def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
 def make(B=2, T=37, D=6, N=3, strength=2.0, lens=None, device="cpu", dtype=torch.float32, seed=0):

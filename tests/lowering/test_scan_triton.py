@@ -18,9 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-
-def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+from tests.compare import rel
 
 
 def make(B=2, T=29, D=20, strength=1.0, lens=None, device="cpu", dtype=torch.float32, seed=0):

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from fla_compile import ops
 from fla_compile.reference import delta as ref_delta
 from fla_compile.reference import gla as ref_gla
+from tests.compare import rel
 
 OPS = ["linear_attn", "retention", "simple_gla", "gla", "delta_rule", "gated_delta_rule", "kda"]
 DELTA = {"delta_rule", "gated_delta_rule", "kda"}
@@ -78,10 +79,6 @@ def reference(op, a, detach=True, **kw):
         return ref_delta.delta_loop(q, k, v, a["beta"], initial_state=h0, output_final_state=True, **gates, **kw)
     gates = [a[n] for n in GATES[op]]
     return getattr(ref_gla, op)(q, k, v, *gates, initial_state=h0, output_final_state=True, **kw)
-
-
-def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,12 +8,9 @@ import torch.nn.functional as F
 
 import fla_compile.ops as ops
 from fla_compile.reference import delta as ref
+from tests.compare import rel
 
 FAMILIES = ["delta_rule", "gated_delta_rule", "kda"]
-
-
-def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
 def make(family, B=2, T=37, HK=2, H=4, K=12, V=10, dtype=torch.float64, gate="weak", beta="uniform", seed=0):

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from fla_compile import ops
 from fla_compile.reference import gla as ref
+from tests.compare import rel
 
 FAMILIES = ["linear_attn", "retention", "simple_gla", "gla"]
 
@@ -40,10 +41,6 @@ def call_ref(family, q, k, v, gate, **kw):
     if family == "retention":
         return ref.retention(q, k, v, gate, **kw)
     return getattr(ref, family)(q, k, v, gate, **kw)
-
-
-def rel(a, b):
-    return ((a - b).double().norm() / b.double().norm()).item()
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from fla_compile import ops
 from fla_compile.reference.hgrn import hgrn as ref
+from tests.compare import rel
 
 
 def make(B=2, T=37, D=6, dtype=torch.float64, strength=1.0, seed=0, grad=False):
@@ -17,10 +18,6 @@ def make(B=2, T=37, D=6, dtype=torch.float64, strength=1.0, seed=0, grad=False):
     g = F.logsigmoid(torch.randn(B, T, D, generator=gen, dtype=dtype)) * strength
     h0 = torch.randn(B, D, generator=gen, dtype=dtype)
     return [t.requires_grad_(grad) for t in (x, g, h0)]
-
-
-def rel(a, b):
-    return ((a - b).double().norm() / b.double().norm()).item()
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from fla_compile.lowering.loss import chunk_rows
 from fla_compile.ops import linear_cross_entropy, linear_kl_div
+from tests.compare import rel
 
 N, HD, V = 13, 6, 11  # 13 rows in chunks of 4: three full chunks and one of a row
 
@@ -20,10 +21,6 @@ def _data(dtype, bias, gen, ignore=-100):
     y = torch.randint(0, V, (N,), generator=gen)
     y[::4] = ignore
     return h, w, b, y
-
-
-def _rel(a, b):
-    return ((a.double() - b).norm() / b.norm().clamp_min(1e-300)).item()
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
@@ -42,9 +39,9 @@ def test_cross_entropy_matches_torch(dtype, tol, reduction, smoothing, bias):
     ref = F.cross_entropy(logits, y, reduction=reduction, label_smoothing=smoothing)
     ref_grads = torch.autograd.grad((ref * go).sum(), ref_leaves)
     assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
-    assert _rel(loss, ref) <= tol
+    assert rel(loss, ref) <= tol
     for g, r, x in zip(grads, ref_grads, leaves):
-        assert g.dtype == x.dtype and _rel(g, r) <= tol
+        assert g.dtype == x.dtype and rel(g, r) <= tol
 
 
 def test_cross_entropy_leading_dims_and_int32_labels():
@@ -54,7 +51,7 @@ def test_cross_entropy_leading_dims_and_int32_labels():
     y = torch.randint(0, V, (2, 5), generator=gen, dtype=torch.int32)
     out = linear_cross_entropy(h, w, y, reduction="none", chunk_size=3)
     ref = F.cross_entropy((h @ w.T).reshape(-1, V), y.reshape(-1).long(), reduction="none").reshape(2, 5)
-    assert out.shape == (2, 5) and _rel(out, ref) <= 1e-12
+    assert out.shape == (2, 5) and rel(out, ref) <= 1e-12
 
 
 def test_all_ignored_as_torch():
@@ -73,7 +70,7 @@ def test_ignore_index_inside_vocab():
     h, w, _, y = _data(torch.float64, False, gen, ignore=3)
     out = linear_cross_entropy(h, w, y, ignore_index=3, label_smoothing=0.1, chunk_size=5)
     ref = F.cross_entropy(h @ w.T, y, ignore_index=3, label_smoothing=0.1)
-    assert _rel(out, ref) <= 1e-12
+    assert rel(out, ref) <= 1e-12
 
 
 def test_deterministic_and_chunk_independent():
@@ -84,7 +81,7 @@ def test_deterministic_and_chunk_independent():
         loss = linear_cross_entropy(h, w, y, b, label_smoothing=0.1, chunk_size=chunk)
         runs.append([loss, *torch.autograd.grad(loss, [h, w, b])])
     assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1]))  # bitwise, same chunks
-    assert all(_rel(a, b.double()) <= 1e-5 for a, b in zip(runs[0], runs[2]))  # one chunk
+    assert all(rel(a, b.double()) <= 1e-5 for a, b in zip(runs[0], runs[2]))  # one chunk
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
@@ -136,9 +133,9 @@ def test_kl_div_matches_torch(dtype, tol, reduction, labels):
     leaves = [hs.detach().double().requires_grad_(), ws.detach().double().requires_grad_()]
     ref = _kl_ref(*leaves, ht.double(), wt.double(), y, 1.5, reduction)
     ref_grads = torch.autograd.grad((ref * go).sum(), leaves)
-    assert _rel(loss, ref) <= tol
+    assert rel(loss, ref) <= tol
     for g, r in zip(grads, ref_grads):
-        assert _rel(g, r) <= tol
+        assert rel(g, r) <= tol
 
 
 def test_kl_div_gradcheck():
@@ -195,11 +192,11 @@ def test_gemm_modes_accumulate_in_fp32(mode):
     dw = torch.ones(V, HD)
     gemm.add_weight_grad(dw, dz, h)
     assert gemm.logits(h).dtype == torch.float32 and dw.dtype == torch.float32
-    assert _rel(gemm.logits(h), h.double() @ w.double().T) <= 1e-2
+    assert rel(gemm.logits(h), h.double() @ w.double().T) <= 1e-2
     if mode == "half":  # dz and each chunk's product rounded to bf16, summed in fp32
-        assert _rel(dw, 1 + dz.bfloat16().double().T @ h.double()) <= 5e-3
+        assert rel(dw, 1 + dz.bfloat16().double().T @ h.double()) <= 5e-3
     else:
-        assert _rel(dw, 1 + dz.double().T @ h.double()) <= 1e-6
+        assert rel(dw, 1 + dz.double().T @ h.double()) <= 1e-6
 
 
 @pytest.mark.gpu
@@ -222,4 +219,4 @@ def test_cuda_half_matches_fp64(dtype):
     hd_, wd = h.detach().double().requires_grad_(), w.detach().double().requires_grad_()
     ref = F.cross_entropy(hd_ @ wd.T, y, label_smoothing=0.1)
     rh, rw = torch.autograd.grad(ref, [hd_, wd])
-    assert _rel(loss, ref) <= 1e-3 and _rel(gh, rh) <= 2e-2 and _rel(gw, rw) <= 2e-2
+    assert rel(loss, ref) <= 1e-3 and rel(gh, rh) <= 2e-2 and rel(gw, rw) <= 2e-2

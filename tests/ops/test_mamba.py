@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from fla_compile import ops
 from fla_compile.reference.mamba import selective_scan as ref
+from tests.compare import rel
 
 
 def make(B=2, T=11, D=5, N=3, dtype=torch.float64, seed=0, grad=False, strength=2.0):
@@ -17,10 +18,6 @@ def make(B=2, T=11, D=5, N=3, dtype=torch.float64, seed=0, grad=False, strength=
     Bm, C = (torch.randn(B, T, N, generator=gen, dtype=dtype) for _ in range(2))
     h0 = torch.randn(B, D, N, generator=gen, dtype=dtype)
     return [x.requires_grad_(grad) for x in (u, dt, A, Bm, C, h0)]
-
-
-def rel(a, b):
-    return ((a - b).double().norm() / b.double().norm()).item()
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])

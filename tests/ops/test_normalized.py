@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import fla_compile.ops as ops
+from tests.compare import rel
 
 
 def loop(q, k, v, eps, S0=None, z0=None):
@@ -24,10 +25,6 @@ def feats(B=2, T=23, H=2, K=8, V=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     q, k = (F.elu(torch.randn(B, T, H, K, generator=g)) + 1 for _ in range(2))  # elu + 1 feature map
     return q, k, torch.randn(B, T, H, V, generator=g)
-
-
-def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def test_matches_the_loop_with_state_and_gradients():

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from fla_compile import ops
 from fla_compile.reference.rwkv6 import rwkv6 as ref
+from tests.compare import rel
 
 
 def make(B=2, T=37, HK=1, H=2, K=5, V=6, dtype=torch.float64, strength=1.0, grad=False, seed=0):
@@ -18,10 +19,6 @@ def make(B=2, T=37, HK=1, H=2, K=5, V=6, dtype=torch.float64, strength=1.0, grad
     h0 = torch.randn(B, H, K, V, generator=g, dtype=dtype)
     xs = [r, k, v, w, u, h0]
     return [x.requires_grad_() for x in xs] if grad else xs
-
-
-def rel(a, b):
-    return ((a - b).double().norm() / b.double().norm()).item()
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import fla_compile
+from tests.compare import rel
 
 from .held_out import (
     _segsum,
@@ -67,10 +68,6 @@ def inputs(fn, seed=0):
     }
     names = fn.__code__.co_varnames[: fn.__code__.co_argcount]
     return [make[n]().requires_grad_() for n in names if n in make]
-
-
-def rel(a, b):
-    return ((a - b).norm() / b.norm()).item()
 
 
 def run(fn):

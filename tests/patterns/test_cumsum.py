@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import fla_compile
+from tests.compare import rel
 
 B, T, H, D = 2, 16, 2, 8
 
@@ -96,10 +97,6 @@ NEGATIVE = [
 def inputs(seed=0):
     gen = torch.Generator().manual_seed(seed)
     return [torch.randn(B, T, H, D, generator=gen).requires_grad_() for _ in range(3)]
-
-
-def rel(a, b):
-    return ((a - b).norm() / b.norm()).item()
 
 
 def compile_fla(fn):

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import fla_compile
+from tests.compare import rel
 
 B, T, H, HK, K, V = 1, 4, 4, 2, 4, 5
 
@@ -86,10 +87,6 @@ def inputs(seed=0):
     v = torch.randn(B, T, HK, V, generator=gen)
     g = F.logsigmoid(torch.randn(B, T, HK, K, generator=gen))
     return [x.requires_grad_() for x in (q, k, v, g)]
-
-
-def rel(a, b):
-    return ((a - b).norm() / b.norm()).item()
 
 
 def run(fn):

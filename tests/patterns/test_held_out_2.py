@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import fla_compile
+from tests.compare import rel
 
 from . import held_out_2 as ho
 from .held_out_2 import CASES, CHUNK
@@ -51,17 +52,13 @@ def _compiled(fn, *args):
     return out, [m.family for m in fla_compile.last_report().matches]
 
 
-def _rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
-
-
 def _assert_eager(fn, args, out):
     ref = fn(*args)
     refs, outs = (ref if isinstance(ref, tuple) else (ref,)), (out if isinstance(out, tuple) else (out,))
     for o, r in zip(outs, refs):
         assert (o is None) == (r is None)
         if r is not None:
-            assert _rel(o, r) < 1e-4
+            assert rel(o, r) < 1e-4
 
 
 def test_set_size():
@@ -74,7 +71,7 @@ def test_set_size():
 def test_spelling_equals_reference(case):
     args = case.inputs(torch.float64, "cpu", 3)
     out, ref = _first(case.fn(*args)), case.ref(*args)
-    assert _rel(out, ref) < 1e-5  # some spellings compute in float32, as FLA's references do
+    assert rel(out, ref) < 1e-5  # some spellings compute in float32, as FLA's references do
 
 
 @pytest.mark.parametrize("name", SUBSET)
@@ -116,11 +113,11 @@ def test_chunked_heads_first(name):
     out, fams = _compiled(case.fn, *args)
     assert fams == [case.family]
     ref = case.fn(*args)
-    assert _rel(out, ref) < 1e-5
+    assert rel(out, ref) < 1e-5
     assert out.is_contiguous()
     g_out = torch.autograd.grad(out.square().sum(), args)
     g_ref = torch.autograd.grad(ref.square().sum(), args)
-    assert all(_rel(a, b) < 1e-4 for a, b in zip(g_out, g_ref))
+    assert all(rel(a, b) < 1e-4 for a, b in zip(g_out, g_ref))
 
 
 def test_chunked_bf16_pieces_uncast():
@@ -132,7 +129,7 @@ def test_chunked_bf16_pieces_uncast():
     out, fams = _compiled(case.fn, *args)
     assert fams == ["delta_rule"]
     truth, eager = case.fn(*(x.double() for x in args)), case.fn(*args)
-    assert _rel(out, truth) <= max(1e-2, 2 * _rel(eager, truth))
+    assert rel(out, truth) <= max(1e-2, 2 * rel(eager, truth))
 
 
 def test_chunked_heads_first_near_miss():

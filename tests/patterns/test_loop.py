@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import fla_compile
 from fla_compile.reference import delta as ref_delta
 from fla_compile.reference import normalized as ref_normalized
+from tests.compare import rel
 
 from . import spellings as S
 
@@ -109,11 +110,6 @@ def reference(name, args, proj):
 
 def as_tuple(x):
     return x if isinstance(x, tuple) else (x,)
-
-
-def rel(a, b):
-    a, b = a.detach().double(), b.detach().double()
-    return ((a - b).norm() / b.norm()).item()
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import fla_compile
+from tests.compare import rel
 
 B, T, H, K, V, M = 2, 6, 2, 4, 5, 3
 
@@ -155,11 +156,6 @@ def inputs(fn, requires_grad=True, seed=0):
     )
     names = fn.__code__.co_varnames[: fn.__code__.co_argcount]
     return [pool[n].requires_grad_(requires_grad) for n in names]
-
-
-def rel(a, b):
-    a, b = a.detach().double(), b.detach().double()
-    return ((a - b).norm() / b.norm()).item()
 
 
 def as_tuple(x):

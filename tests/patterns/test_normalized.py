@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import fla_compile
 from fla_compile.patterns import normalized
+from tests.compare import rel
 
 from . import spellings as S
 
@@ -145,10 +146,6 @@ def inputs(fn, seed=0):
     if fn is parallel_rebased:
         xs += [1 + 0.1 * torch.randn(D, generator=gen), 0.1 * torch.randn(D, generator=gen)]
     return [x.requires_grad_() for x in xs]
-
-
-def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def compile_fla(fn):

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import fla_compile
+from tests.compare import rel
 
 B, T, H, D = 1, 16, 2, 8
 
@@ -83,10 +84,6 @@ def inputs(seed=0):
     q, k, v = (torch.randn(B, T, H, D, generator=gen) for _ in range(3))
     g = F.logsigmoid(torch.randn(B, T, H, D, generator=gen)) * 0.3
     return [x.requires_grad_() for x in (q, k, v, g)]
-
-
-def rel(a, b):
-    return ((a - b).norm() / b.norm()).item()
 
 
 def run(fn):

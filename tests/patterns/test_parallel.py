@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import fla_compile
+from tests.compare import rel
 
 B, T, H, D = 2, 16, 2, 8
 
@@ -217,10 +218,6 @@ def inputs(gate=False, seed=0):
     if gate:
         xs.append(F.logsigmoid(torch.randn(B, T, H, generator=gen)))
     return [x.requires_grad_() for x in xs]
-
-
-def rel(a, b):
-    return ((a - b).norm() / b.norm()).item()
 
 
 def compile_fla(fn):

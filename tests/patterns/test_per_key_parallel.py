@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import fla_compile
+from tests.compare import rel
 
 B, T, H, D = 2, 16, 2, 8
 
@@ -60,10 +61,6 @@ def inputs(seed=0):
     q, k, v = (torch.randn(B, T, H, D, generator=gen) for _ in range(3))
     g = F.logsigmoid(torch.randn(B, T, H, D, generator=gen)) * 0.2  # mild: e^{-G} stays small at T=16
     return [x.requires_grad_() for x in (q, k, v, g)]
-
-
-def rel(a, b):
-    return ((a - b).norm() / b.norm()).item()
 
 
 def run(fn):

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 import fla_compile
 from fla_compile import passes, verify
 from fla_compile.patterns import _region, chunked
+from tests.compare import rel
 
 B, T, H, K, V = 2, 6, 2, 4, 4
 
@@ -207,10 +208,6 @@ def run(case, seed=0):
     report = fla_compile.last_report()
     as_tuple = lambda x: x if isinstance(x, tuple) else (x,)  # noqa: E731
     return as_tuple(out), as_tuple(ref), xs, report
-
-
-def rel(a, b):
-    return ((a - b).norm() / b.norm()).item()
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import fla_compile
+from tests.compare import rel
 
 B, T, H, K, V = 2, 8, 2, 4, 5
 
@@ -104,11 +105,6 @@ def inputs(bhtd=False, seed=0, grad=False):
     if bhtd:
         xs = [x.transpose(1, 2).contiguous() for x in xs[:4]] + [u]
     return [x.requires_grad_(grad) for x in xs]
-
-
-def rel(a, b):
-    a, b = a.detach().double(), b.detach().double()
-    return ((a - b).norm() / b.norm()).item()
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import fla_compile
+from tests.compare import rel
 
 from . import scan_spellings as S
 
@@ -55,11 +56,6 @@ def make_inputs(fn, requires_grad=False, seed=0):
 
 def as_tuple(x):
     return x if isinstance(x, tuple) else (x,)
-
-
-def rel(a, b):
-    a, b = a.detach().double(), b.detach().double()
-    return ((a - b).norm() / b.norm()).item()
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import fla_compile
+from tests.compare import rel
 
 B, T, H, K, V = 2, 4, 2, 4, 5
 
@@ -165,10 +166,6 @@ def inputs(seed=0):
     g = F.logsigmoid(torch.randn(B, T, H, K, generator=gen))
     b = torch.rand(B, T, H, generator=gen)
     return [x.requires_grad_() for x in (q, k, v, g, b)]
-
-
-def rel(a, b):
-    return ((a - b).norm() / b.norm()).item()
 
 
 def run(fn):

@@ -15,6 +15,7 @@ import torch.fx as fx
 
 import fla_compile
 from fla_compile import verify
+from tests.compare import rel
 
 from . import held_out_2 as ho
 
@@ -184,10 +185,6 @@ def _compiled(fn, args):
     return out, fla_compile.last_report()
 
 
-def _rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
 @pytest.mark.parametrize(
     "fn", [retention_mask_in_q_dtype, ho.ret_parallel_fla_exp2, ho.ret_chunkwise_torchscale], ids=lambda f: f.__name__
 )
@@ -198,7 +195,7 @@ def test_bf16_mask_is_retention(fn):
     assert [m.family for m in report.matches] == ["retention"], str(report)
     truth, eager = fn(*(x.double() for x in args)), fn(*args)
     assert out.dtype == torch.bfloat16
-    assert _rel(out, truth) <= max(1e-2, 2 * _rel(eager, truth))
+    assert rel(out, truth) <= max(1e-2, 2 * rel(eager, truth))
 
 
 NEAR_MISSES = {  # the look-alike -> what refuses it
