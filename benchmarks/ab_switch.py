@@ -3,7 +3,7 @@
     python benchmarks/ab_switch.py fla_compile.lowering.common.chunks.HEADS_INNER \
         [--families retention,gated_delta_rule] [--shapes "8,2048,16,128;8,2048,32,64"] [--fla]
     python benchmarks/ab_switch.py fla_compile.lowering.delta.triton_launch.SOLVE_DIAG \
-        --values steps,steps4,powers,powers_tf32 --families gated_delta_rule,delta_rule
+        --values powers,steps --families gated_delta_rule,delta_rule --fp64 --beta-max 2
 
 A bool switch takes False then True; another takes ``--values`` (the first is the baseline). Per shape and family:
 forward and forward+backward through ``fla_compile.ops``, wall time (``do_bench`` of back-to-back calls) and
@@ -59,8 +59,20 @@ def main(argv=None) -> int:
     p.add_argument("--families", default="retention")
     p.add_argument("--shapes", default="8,2048,16,128;8,2048,32,64")
     p.add_argument("--fla", action="store_true", help="also FLA's op for each family")
+    p.add_argument(
+        "--fp64",
+        action="store_true",
+        help="also each setting's difference from fp64 (the op on fp64 copies of the inputs)",
+    )
+    p.add_argument(
+        "--beta-max",
+        type=float,
+        default=1.0,
+        help="the delta line's beta drawn in (0, this) (2: the solve's hardest inputs)",
+    )
     args = p.parse_args(argv)
     import kernels
+    import torch
 
     mod, name, settings = _switch(args.switch, args.values)
     shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes.split(";")]
@@ -70,15 +82,23 @@ def main(argv=None) -> int:
         for shape in shapes:
             for family in args.families.split(","):
                 outs = []
+                torch.manual_seed(0)  # one set of inputs for every setting: the check compares like with like
+                xs = kernels.inputs(family, *shape, grad=True)
+                if family in kernels.DELTA and args.beta_max != 1.0:  # beta is the last input
+                    xs[-1] = (xs[-1].detach() * args.beta_max).requires_grad_()
+                ref = None
+                if args.fp64:
+                    x64 = [x.detach().double().requires_grad_(x.requires_grad) for x in xs]
+                    ref = kernels.outputs_and_grads(kernels.ours(family), x64)
                 for value in settings:
                     setattr(mod, name, value)
                     try:
-                        xs = kernels.inputs(family, *shape, grad=True)
                         outs.append(kernels.outputs_and_grads(kernels.ours(family), xs))
                     except Exception as e:  # noqa: BLE001 - a setting that fails is a row that says so
                         print(f"{shape} {family} {name} = {value!r}: {type(e).__name__}: {e}", flush=True)
                         outs.append(None)
                 diffs = [_max_rel(o, outs[0]) for o in outs]
+                errs = [_max_rel(o, ref) if ref is not None else "" for o in outs]
                 variants = [(f"ours, {name} = {value!r}", i) for i, value in enumerate(settings)]
                 variants += [("FLA", None)] if args.fla else []
                 for label, i in variants:
@@ -91,12 +111,14 @@ def main(argv=None) -> int:
                         _ms(kernels.time_fwd(get, family, shape, kernels.device_ms)),
                         _ms(kernels.time_fwd_bwd(get, family, shape, kernels.device_ms)),
                     ]
-                    rows.append((shape, family, label, *times, diffs[i] if i else ""))
+                    rows.append((shape, family, label, *times, diffs[i] if i else "", errs[i] if i is not None else ""))
                     print(f"{shape} {family} {label}: " + " ".join(times), flush=True)
     finally:
         setattr(mod, name, was)
-    print("| shape | family | what | fwd wall | fwd+bwd wall | fwd kernels | fwd+bwd kernels | vs the first |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(
+        "| shape | family | what | fwd wall | fwd+bwd wall | fwd kernels | fwd+bwd kernels | vs the first | vs fp64 |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         print("| " + " | ".join(str(c) for c in row) + " |")
     return 0
