@@ -99,11 +99,9 @@ VARIANTS = [
     ("kkt in solve s3", {"kkt_solve": (1, 3)}),
     ("kkt in solve w2", {"kkt_solve": (2, 1)}),
     ("kkt in solve w4", {"kkt_solve": (4, 1)}),
+    ("solve diag steps", {"SOLVE_DIAG": "steps"}),  # row steps, 15 serial a block, for the shipped powers of N
     # registers capped for more 1-warp programs an SM (offline sm_90, K = 64, scalar gate: 183 registers, 11 programs
     # an SM; 168: 12, 20 B spilled; 128: 16, 260 B): the solve is latency-bound at (8, 2048, 32, 64), 0.231 ms
-    ("solve diag steps4", {"SOLVE_DIAG": "steps4"}),  # the four diagonal inversions interleaved: 15 serial steps, not 60
-    ("solve diag powers", {"SOLVE_DIAG": "powers"}),  # (I - N)(I + N^2)(I + N^4)(I + N^8): six exact dots, four deep
-    ("solve diag powers tf32", {"SOLVE_DIAG": "powers_tf32"}),  # the same with tf32 dots (half inputs)
     ("kkt in solve r168", {"kkt_solve": (1, 1, 168)}),
     ("kkt in solve r128", {"kkt_solve": (1, 1, 128)}),
     ("kkt in solve exact merges", {"SOLVE_MERGE_TF32": False}),

@@ -149,12 +149,11 @@ WU_SPLIT = True  # W, U by full-chunk dots after a solve-only kernel (False: the
 KG = True  # kda: the state pass reads keys decayed once by the W/U kernel (False: decays them per V block)
 ROW_LOADS = True  # without FUSED_KKT (kda): the substitution loads each row of N (False: picks it out of the tile)
 SOLVE_MERGE_TF32 = True  # the solve's merge dots at the inputs' precision (tf32 for half inputs, as FLA's; False: ieee)
-# with FUSED_KKT, how the solve inverts its four diagonal [16, 16] blocks: "steps" (row by row, 4 x 15 serial steps),
-# "steps4" (the four interleaved in one loop, 15 steps; bitwise "steps" on the CPU), "powers" ((I - N)(I + N^2)
-# (I + N^4)(I + N^8): six exact dots, four deep; "powers_tf32" with tf32 dots, for half inputs). "steps" until an
-# H200 A/B: the fused solve is 0.231 of the gated
-# forward's 0.556 ms at (8, 2048, 32, 64), 1 warp, latency-bound
-SOLVE_DIAG = "steps"
+# with FUSED_KKT, how the solve inverts its diagonal [16, 16] blocks: "powers", (I - N)(I + N^2)(I + N^4)(I + N^8),
+# six dots four deep at the merges' precision (tf32 for half inputs), or "steps", row by row (15 serial steps a
+# block, two reductions each). H200 A/B (RESULTS, thirteenth session): gated forward kernels 0.557 -> 0.422 ms at
+# (8, 2048, 32, 64), 0.448 -> 0.411 at (8, 2048, 16, 128); the same distance from fp64 at beta in (0, 2)
+SOLVE_DIAG = "powers"
 FUSED_L2NORM = True  # use_qk_l2norm by triton_l2norm's two kernels (False: the torch ops); A/B in RESULTS (seventh+eighth sessions)
 # fp32 at torch's "highest" by three tf32 products (``launch.FP32_HIGHEST``) with a gate per key dim (kda): on since
 # the H200 ran its state passes that way at full V blocks against fp64 (test_gpu_fp32_three_tf32_wide_grid[kda],
@@ -326,7 +325,7 @@ def forward_parts(
                 kkt,
                 min(64, BK),
                 merge_prec,
-                DIAG=SOLVE_DIAG if kkt and BT == 64 else "steps",  # kkt: half inputs only (_DTYPE_DEFAULTS)
+                DIAG=SOLVE_DIAG if kkt else "steps",  # kkt: half inputs only (_DTYPE_DEFAULTS)
                 **_opts("kkt_solve" if kkt else "solve", dev, key),
             )
         launch.fitted(

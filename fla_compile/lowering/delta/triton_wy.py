@@ -138,13 +138,12 @@ def _diag_kkt(b_A, gc, beta, t0, eos, i_h, H: tl.constexpr, r: tl.constexpr, GAT
 
 @triton.jit
 def _diag_inverse(A, b_D, beta, t0, eos, i_h, H: tl.constexpr, BT: tl.constexpr, r: tl.constexpr,
-                  ROW_LOADS: tl.constexpr, KKT: tl.constexpr, DIAG: tl.constexpr = "steps"):
+                  ROW_LOADS: tl.constexpr, KKT: tl.constexpr, DIAG: tl.constexpr = "steps",
+                  MERGE_PREC: tl.constexpr = "ieee"):
     """(I + N_rr)^{-1}: N's block in registers (``_diag_kkt``'s, KKT: row steps, or with DIAG "powers" a product of
-    its powers), or its rows loaded from A (ROW_LOADS), or the block loaded whole from A."""
+    its powers at the merges' precision), or its rows loaded from A (ROW_LOADS), or the block loaded whole from A."""
     if KKT and DIAG == "powers":
-        b_X = _inverse16_powers(b_D, "ieee")
-    elif KKT and DIAG == "powers_tf32":
-        b_X = _inverse16_powers(b_D, "tf32")
+        b_X = _inverse16_powers(b_D, MERGE_PREC)
     elif KKT:
         b_X = _inverse16(b_D)
     elif ROW_LOADS:
@@ -164,30 +163,6 @@ def _inverse16(b_N):
         b_r = b_r + tl.sum(b_r[:, None] * b_X, 0)
         b_X = tl.where(o_c[:, None] == i, b_r[None, :], b_X)
     return b_X + tl.where(o_c[:, None] == o_c[None, :], 1.0, 0.0)
-
-
-@triton.jit
-def _inverse16x4(b_N0, b_N1, b_N2, b_N3):
-    """``_inverse16`` of four blocks in one loop: the four chains of row steps are independent, so their reductions
-    overlap (15 serial steps where four calls take 60). Each block's arithmetic is ``_inverse16``'s, bit for bit."""
-    o_c = tl.arange(0, 16)
-    b_X0, b_X1, b_X2, b_X3 = -b_N0, -b_N1, -b_N2, -b_N3
-    for i in range(1, 16):
-        m_i = o_c[:, None] == i
-        b_r0 = tl.sum(tl.where(m_i, b_X0, 0.0), 0)
-        b_r1 = tl.sum(tl.where(m_i, b_X1, 0.0), 0)
-        b_r2 = tl.sum(tl.where(m_i, b_X2, 0.0), 0)
-        b_r3 = tl.sum(tl.where(m_i, b_X3, 0.0), 0)
-        b_r0 = b_r0 + tl.sum(b_r0[:, None] * b_X0, 0)
-        b_r1 = b_r1 + tl.sum(b_r1[:, None] * b_X1, 0)
-        b_r2 = b_r2 + tl.sum(b_r2[:, None] * b_X2, 0)
-        b_r3 = b_r3 + tl.sum(b_r3[:, None] * b_X3, 0)
-        b_X0 = tl.where(m_i, b_r0[None, :], b_X0)
-        b_X1 = tl.where(m_i, b_r1[None, :], b_X1)
-        b_X2 = tl.where(m_i, b_r2[None, :], b_X2)
-        b_X3 = tl.where(m_i, b_r3[None, :], b_X3)
-    b_I = tl.where(o_c[:, None] == o_c[None, :], 1.0, 0.0)
-    return b_X0 + b_I, b_X1 + b_I, b_X2 + b_I, b_X3 + b_I
 
 
 @triton.jit
@@ -332,9 +307,8 @@ def chunk_wy_kernel(
     Without KKT, ROW_LOADS loads each row of a diagonal block from A instead (one reduction a step, not two).
     MERGE_PREC: the precision of the dots merging the inverted diagonal blocks ("ieee" exact; the inputs' "tf32"
     for half inputs, whose X is stored in half anyway, as FLA's). DIAG, how KKT inverts the diagonal blocks: "steps",
-    row by row (``_inverse16``, four calls); "steps4" (BT = 64), the same four in one interleaved loop
-    (``_inverse16x4``, bitwise the four calls); "powers", a product of powers of N (``_inverse16_powers``, exact
-    fp32 dots; "powers_tf32": tf32 ones, for half inputs)."""
+    row by row (``_inverse16``, 15 serial steps each), or "powers", a product of powers of N (``_inverse16_powers``,
+    six dots four deep, at MERGE_PREC)."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
     i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
     if i_n < 0:
@@ -401,19 +375,14 @@ def chunk_wy_kernel(
                 N30 = _beta_rows(_gated16(A30, gc, t0, eos, i_h, H, 3, 0, GATE), beta, t0, eos, i_h, H, 3)
                 N31 = _beta_rows(_gated16(A31, gc, t0, eos, i_h, H, 3, 1, GATE), beta, t0, eos, i_h, H, 3)
                 N32 = _beta_rows(_gated16(A32, gc, t0, eos, i_h, H, 3, 2, GATE), beta, t0, eos, i_h, H, 3)
-        if DIAG == "steps4":
-            X00, X11, X22, X33 = _inverse16x4(D0, D1, D2, D3)
-        else:
-            X00 = _diag_inverse(A, D0, beta, t0, eos, i_h, H, BT, 0, ROW_LOADS, KKT, DIAG)
+        X00 = _diag_inverse(A, D0, beta, t0, eos, i_h, H, BT, 0, ROW_LOADS, KKT, DIAG, MERGE_PREC)
         if BT // 16 > 1:
-            if DIAG != "steps4":
-                X11 = _diag_inverse(A, D1, beta, t0, eos, i_h, H, BT, 1, ROW_LOADS, KKT, DIAG)
+            X11 = _diag_inverse(A, D1, beta, t0, eos, i_h, H, BT, 1, ROW_LOADS, KKT, DIAG, MERGE_PREC)
             if not KKT:  # A's blocks loaded where used (not all at once: registers in the serial steps)
                 N10 = _block_N(A, beta, t0, eos, i_h, H, BT, 1, 0)
             X10 = -dot(X11, dot(N10, X00, prec=MERGE_PREC), prec=MERGE_PREC)
         if BT // 16 > 2:
-            if DIAG != "steps4":
-                X22 = _diag_inverse(A, D2, beta, t0, eos, i_h, H, BT, 2, ROW_LOADS, KKT, DIAG)
+            X22 = _diag_inverse(A, D2, beta, t0, eos, i_h, H, BT, 2, ROW_LOADS, KKT, DIAG, MERGE_PREC)
             if not KKT:
                 N20 = _block_N(A, beta, t0, eos, i_h, H, BT, 2, 0)
                 N21 = _block_N(A, beta, t0, eos, i_h, H, BT, 2, 1)
@@ -421,8 +390,7 @@ def chunk_wy_kernel(
             b_s = dot(N20, X00, prec=MERGE_PREC) + dot(N21, X10, prec=MERGE_PREC)
             X20 = -dot(X22, b_s, prec=MERGE_PREC)
         if BT // 16 > 3:
-            if DIAG != "steps4":
-                X33 = _diag_inverse(A, D3, beta, t0, eos, i_h, H, BT, 3, ROW_LOADS, KKT, DIAG)
+            X33 = _diag_inverse(A, D3, beta, t0, eos, i_h, H, BT, 3, ROW_LOADS, KKT, DIAG, MERGE_PREC)
             if not KKT:
                 N30 = _block_N(A, beta, t0, eos, i_h, H, BT, 3, 0)
                 N31 = _block_N(A, beta, t0, eos, i_h, H, BT, 3, 1)
