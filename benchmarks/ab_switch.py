@@ -23,18 +23,19 @@ sys.path.insert(0, "benchmarks")
 
 
 def _switch(path: str, values: str):
-    """(module, attribute, the settings to run) of a dotted ``package.module.ATTR``: False, True for a bool, else
-    ``values`` (comma-separated, in the attribute's type)."""
+    """(module, attribute, the settings to run) of a dotted ``package.module.ATTR``: False, True for a bool (or a
+    bool override that is None), else ``values`` (comma-separated, in the attribute's type)."""
     module, _, name = path.rpartition(".")
     mod = importlib.import_module(module)
     if not hasattr(mod, name):
         raise SystemExit(f"{path}: expected an attribute of an importable module")
     current = getattr(mod, name)
-    if isinstance(current, bool) and not values:
+    flag = isinstance(current, bool) or current is None  # None: a bool override left to the tables (HEADS_INNER)
+    if flag and not values:
         return mod, name, [False, True]
     if not values:
         raise SystemExit(f"{path} is a {type(current).__name__}: give its settings with --values")
-    kind = (lambda v: v.lower() in ("1", "true", "on")) if isinstance(current, bool) else type(current)
+    kind = (lambda v: v.lower() in ("1", "true", "on")) if flag else type(current)
     return mod, name, [kind(v) for v in values.split(",")]
 
 

@@ -299,3 +299,26 @@ def test_by_dims_delta_launch_options(monkeypatch):
         assert DT._opts("o", dev, (64, 64, torch.bfloat16)) == {"num_warps": 2, "num_stages": 1}
     finally:
         DT._device_table.cache_clear()
+
+
+def test_heads_inner_from_the_tables(monkeypatch):
+    """The parallel chunk kernels' launch order is each line's table's: on sm90 the delta line and vector gates run a
+    chunk's heads side by side ("heads_inner"), scalar gates and other archs the 3-D grid; ``chunks.HEADS_INNER``
+    forces one order over every table."""
+    from fla_compile.lowering.common import chunks
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    assert autotune.candidates("chunk", "vector", "sm90")[0].get("heads_inner") is True
+    assert not autotune.candidates("chunk", "scalar", "sm90")[0].get("heads_inner", False)
+    assert not any(c.get("heads_inner", False) for c in autotune.candidates("chunk", "vector", "default"))
+    assert DT._knob("heads_inner", torch.device("cpu")) is False
+    monkeypatch.setattr(DT, "_arch", lambda device_type, index: "sm90")
+    DT._device_table.cache_clear()
+    try:
+        assert DT._knob("heads_inner", torch.device("cuda", 0), (128, 128, torch.bfloat16)) is True
+    finally:
+        DT._device_table.cache_clear()
+    assert chunks.chunk_grid(3, 2, 4, True) == ((24,), {"HEADS_INNER": True})
+    assert chunks.chunk_grid(3, 2, 4, False) == ((3, 2, 4), {})
+    monkeypatch.setattr(chunks, "HEADS_INNER", False)
+    assert chunks.chunk_grid(3, 2, 4, True) == ((3, 2, 4), {})

@@ -92,15 +92,17 @@ def chunk_span(info, cu, i_p):
     return i_n, i_c, bos, eos
 
 
-# the parallel output, dv and dq/dk kernels' launch order (``chunk_grid`` / ``chunk_block``): True, a 1-D grid with a
-# chunk's heads side by side; False, the 3-D grid (NS, NV, H) that runs a head's chunks together. Off until an H200 A/B
-HEADS_INNER = False
+# the parallel output, dv and dq/dk kernels' launch order (``chunk_grid`` / ``chunk_block``) is each kernel line's
+# table's ("heads_inner": a 1-D grid with a chunk's heads side by side; else the 3-D grid (NS, NV, H) that runs a
+# head's chunks together). HEADS_INNER True / False forces one order everywhere (A/Bs, tests); None: the tables
+HEADS_INNER: bool | None = None
 
 
-def chunk_grid(NS: int, NV: int, H: int) -> tuple:
-    """(grid, kernel keyword arguments) of a parallel chunk kernel whose programs ``chunk_block`` reads: the
-    order of :data:`HEADS_INNER` in both, so they cannot disagree."""
-    if HEADS_INNER:
+def chunk_grid(NS: int, NV: int, H: int, heads_inner: bool = False) -> tuple:
+    """(grid, kernel keyword arguments) of a parallel chunk kernel whose programs ``chunk_block`` reads, in the order
+    the caller's table gives (``heads_inner``; :data:`HEADS_INNER` overrides it), the same in both so they cannot
+    disagree."""
+    if heads_inner if HEADS_INNER is None else HEADS_INNER:
         return (NS * NV * H,), {"HEADS_INNER": True}
     return (NS, NV, H), {}
 

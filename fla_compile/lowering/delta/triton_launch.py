@@ -128,6 +128,7 @@ _DEFAULTS = {
     "BV_h": 64,
     "BV_dh": 64,
     "BV_o": 64,
+    "heads_inner": False,  # the parallel output, dv_local and dq/dk kernels' launch order (``chunks.chunk_grid``)
     "fill_sms": False,  # shrink the state passes' V block while their grid is under one wave (``_state_bv``)
     "A_row_block": (4, 2),  # kda's A kernel's warps and stages (3 stages: ~170 registers, 2: ~115 on sm90)
     "wy_pair": (4, 2),
@@ -359,7 +360,7 @@ def forward_parts(
     if need_o:
         o = torch.empty(B, T, H, V, device=dev, dtype=dt)
         BV = min(_knob("BV_o", dev, key), launch.pow2(V))
-        grid, order = chunk_grid(NS, launch.cdiv(V, BV), H)
+        grid, order = chunk_grid(NS, launch.cdiv(V, BV), H, _knob("heads_inner", dev, key))
         launch.fitted(
             gla_kern.chunk_fwd_o_kernel, grid,
             q, k, vn, gcp, h, Aqk if Aqk is not None else h, o, cu, info, scale, H, G, K, V, BT, min(64, BK), BV, gid,
@@ -400,7 +401,7 @@ def backward_parts(
     # 0.415 -> 0.374 gated, 0.457 -> 0.438 kda)
     dvl = torch.empty(B, T, H, V, device=dev, dtype=dt)
     BV = min(64, launch.pow2(V))
-    grid, order = chunk_grid(NS, launch.cdiv(V, BV), H)
+    grid, order = chunk_grid(NS, launch.cdiv(V, BV), H, _knob("heads_inner", dev, key))
     launch.fitted(
         gla_kern.chunk_bwd_dv_kernel, grid,
         q, k, gcp, Aqk if Aqk is not None else dvl, do, dvl, dvl, cu, info, scale, H, G, K, V, BT, min(64, BK), BV,
@@ -427,7 +428,7 @@ def backward_parts(
     dg = torch.empty(B, T, H, K if gid == 2 else launch.cdiv(K, BKq), **f32) if gid else None  # scalar: per K block
     fused = gid != 2  # steps 4 and 5 by one kernel, reading dW = -dv_new Sᵀ from the dqk kernel
     dw = torch.empty(B, T, H, K, device=dev, dtype=dt) if fused else None
-    grid, order = chunk_grid(NS, launch.cdiv(K, BKq), H)
+    grid, order = chunk_grid(NS, launch.cdiv(K, BKq), H, _knob("heads_inner", dev, key))
     launch.fitted(
         gla_kern.chunk_bwd_dqk_kernel, grid,
         q, k, vn, gcp, h, do, dh, dA, dg if dg is not None else dq, dq, dk, cu, info, scale, H, G, K, V, BT, BKq,

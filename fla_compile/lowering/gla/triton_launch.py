@@ -277,7 +277,7 @@ def chunk_forward(
         _no_A(A_out)
     o = _empty(v.shape, v.device, v.dtype)
     BK, BV = _tile(cfg, "o", K, V)
-    grid, order = chunk_grid(NS, launch.cdiv(V, BV), H)
+    grid, order = chunk_grid(NS, launch.cdiv(V, BV), H, cfg.get("heads_inner", False))
     launch.fitted(
         kern.chunk_fwd_o_kernel, grid,
         q,
@@ -373,7 +373,7 @@ def chunk_backward(
     SA = A.shape[-1] if gid == 2 else BT
     dv = _empty(v.shape, v.device, v.dtype)
     BK, BV = _tile(cfg, "dv", K, V)
-    grid, order = chunk_grid(NS, launch.cdiv(V, BV), H)
+    grid, order = chunk_grid(NS, launch.cdiv(V, BV), H, cfg.get("heads_inner", False))
     launch.fitted(
         kern.chunk_bwd_dv_kernel, grid,
         q, k, gc_arg, A, do, dh, dv, cu, info, scale, H, G, K, V, BT, BK, BV, gid, prec, SA, **order,
@@ -389,7 +389,7 @@ def chunk_backward(
     # chunk-local; a scalar gate's has one column per K block of the grid (the kernel sums the keys)
     want_dg = gid == 2 or (gid != 0 and need_dgate)
     dg = _empty((B, T, H, K if gid == 2 else launch.cdiv(K, BK)), v.device, torch.float32) if want_dg else None
-    grid, order = chunk_grid(NS, launch.cdiv(K, BK), H)
+    grid, order = chunk_grid(NS, launch.cdiv(K, BK), H, cfg.get("heads_inner", False))
     launch.fitted(
         kern.chunk_bwd_dqk_kernel, grid,
         q,
