@@ -8,10 +8,16 @@ delta line's decode step (delta_rule, gated_delta_rule, kda): its shipped option
 with its output's relative difference from the shipped options' ("diff", from a zero state). The best GLA-line
 entry per gate kind is what ``lowering/common/configs/sm90.json``'s first "decode" entry should be; the delta
 line's best goes into its "delta" section as "decode": [num_warps, 3] and "BV_decode".
+
+    python benchmarks/sweep_decode.py --shipped
+
+The delta line's shipped decode step alone, three readings per family in two orders (a process's first reading
+can be 1.5x the rest: the twelfth session's one gated_delta_rule row of 0.0668 ms was that).
 """
 
 from __future__ import annotations
 
+import argparse
 import pathlib
 import sys
 
@@ -21,19 +27,44 @@ import torch.nn.functional as F
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from kernels import bench, copy_bandwidth  # noqa: E402
+from kernels import bench, copy_bandwidth, inputs  # noqa: E402
 
 B, H, D = 64, 16, 128
 GATES = {"linear_attn": "none", "retention": "scalar", "simple_gla": "scalar", "gla": "vector"}
+
+
+def shipped(floor: float) -> None:
+    """Each delta-line family's shipped decode step, three readings, in one order and then the reverse."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    order = ["gated_delta_rule", "kda", "delta_rule"]
+    for rep, families in enumerate([order, order[::-1]]):
+        for family in families:
+            state = torch.zeros(B, H, D, D, device="cuda")
+            q, k, v, *g, beta = inputs(family, B, 1, H, D)
+            g = g[0] if g else None
+            kind = {"delta_rule": "none", "gated_delta_rule": "scalar", "kda": "vector"}[family]
+
+            def step(q=q, k=k, v=v, beta=beta, g=g, kind=kind, state=state):
+                return DT.fused_recurrent(q, k, v, beta, g, kind, 0.1, state, None, False, state)
+
+            ms = [bench(step) for _ in range(3)]
+            print(f"order {rep} {family}: " + " ".join(f"{m:.4f}" for m in ms) + f" ms, x floor {min(ms) / floor:.2f}")
 
 
 def main() -> int:
     from fla_compile.lowering.delta import triton_launch as DT
     from fla_compile.lowering.gla import triton_launch as GT
 
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shipped", action="store_true", help="the delta line's shipped decode step alone, repeated")
+    args = p.parse_args()
     bw = copy_bandwidth()
     floor = B * H * D * D * 4 * 2 / bw * 1e3
     print(f"copy bandwidth {bw / 1e12:.3f} TB/s; decode floor (state read + write) {floor:.4f} ms")
+    if args.shipped:
+        shipped(floor)
+        return 0
     dev = "cuda"
     q, k, v = (torch.randn(B, 1, H, D, device=dev, dtype=torch.bfloat16) for _ in range(3))
     rows = ["| family | BV | warps | ms | x floor |", "| --- | --- | --- | --- | --- |"]
