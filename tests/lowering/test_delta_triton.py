@@ -386,19 +386,20 @@ def _case_heads_inner(family, BT, cu_lens=None):
     return {**out, **same}
 
 
-def _case_solve_diag(family, cu_lens=None, beta_two=False):
-    """``SOLVE_DIAG``: the fused solve's diagonal inversions by row steps ("steps") against the shipped product of
-    powers of N ("powers"). Half inputs (k kᵀ in the solve kernel), chunks of 64, packed, beta near 2 (N's entries
-    largest); both against fp64, and within 5e-3 of each other: another rounding of X, then the half outputs (each
-    1.8e-3 - 2.7e-3 from fp64 at beta near 2 on the interpreter; 1e-7 - 2e-6 apart otherwise)."""
+def _case_solve_diag(family, switch="SOLVE_DIAG", value="steps", cu_lens=None, beta_two=False):
+    """How the solve inverts its diagonal blocks: ``switch`` set to ``value`` against the shipped setting.
+    ``SOLVE_DIAG`` (k kᵀ in the solve kernel) ships the product of powers of N ("powers"), ``SOLVE_DIAG_A`` (kda's A
+    read from memory) the row steps ("steps"). Half inputs, chunks of 64, packed, beta near 2 (N's entries largest);
+    both against fp64, and within 5e-3 of each other: another rounding of X, then the half outputs (each 1.8e-3 -
+    2.7e-3 from fp64 at beta near 2 on the interpreter; 1e-7 - 2e-6 apart otherwise)."""
     q, k, v, beta, g, h0 = make(family, B=1, T=150, K=16, V=16)
     if beta_two:
         beta = 2 - beta * 1e-4
     halves = _in_dtype(torch.float16, cu_lens, q, k, v, beta, g, h0)
-    with _switched("SOLVE_DIAG", "steps"):
-        out, steps = _kernels_vs_fp64(family, 64, *halves)
-    _, powers = _kernels_vs_fp64(family, 64, *halves)
-    same = {f"{n}_vs_powers": rel(x, y) for n, x, y in zip(_NAMES, steps, powers) if x is not None}
+    with _switched(switch, value):
+        out, flipped = _kernels_vs_fp64(family, 64, *halves)
+    _, shipped = _kernels_vs_fp64(family, 64, *halves)
+    same = {f"{n}_vs_shipped": rel(x, y) for n, x, y in zip(_NAMES, flipped, shipped) if x is not None}
     return {**out, **same, "tol": 2e-2, "tols": dict.fromkeys(same, 5e-3)}
 
 
@@ -585,8 +586,10 @@ INTERPRETER_CASES = {
     "kkt-fused-delta-BT64": (_case_fused_kkt, ("delta_rule", 64)),
     "heads-inner-gdn-varlen": (_case_heads_inner, ("gated_delta_rule", 16, [5, 0, 40, 19])),
     "solve-steps-delta": (_case_solve_diag, ("delta_rule",)),
-    "solve-steps-gdn-varlen": (_case_solve_diag, ("gated_delta_rule", [70, 0, 80])),
-    "solve-steps-delta-beta-two": (_case_solve_diag, ("delta_rule", None, True)),
+    "solve-steps-gdn-varlen": (_case_solve_diag, ("gated_delta_rule", "SOLVE_DIAG", "steps", [70, 0, 80])),
+    "solve-steps-delta-beta-two": (_case_solve_diag, ("delta_rule", "SOLVE_DIAG", "steps", None, True)),
+    "solve-a-powers-kda-varlen": (_case_solve_diag, ("kda", "SOLVE_DIAG_A", "powers", [70, 0, 80])),
+    "solve-a-powers-kda-beta-two": (_case_solve_diag, ("kda", "SOLVE_DIAG_A", "powers", None, True)),
     "kkt-fused-gdn-BT32-varlen-strong": (_case_fused_kkt, ("gated_delta_rule", 32, 70, [5, 0, 46, 19], 20.0)),
     "kkt-fused-gdn-BT16-K20": (_case_fused_kkt, ("gated_delta_rule", 16, 37, None, 2.0, 20)),
     "wu-by-blocks-gdn-fp16-BT32-varlen": (_case_wu_by_blocks, ("gated_delta_rule", 32, torch.float16, [5, 0, 46, 19])),
@@ -865,6 +868,19 @@ def test_gpu_switch_flipped_vs_fp64(switches, family, dtype, tol, T, monkeypatch
         monkeypatch.setattr(DT, switch, value)
     test_gpu_chunk_vs_fp64(family, dtype, tol, 1.0, K=128, V=128, T=T)
     _assert_bitwise_repeat(family, 2, T=T, K=128, V=128, dtype=dtype)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("T", [256, 300])
+def test_gpu_kda_solve_powers_vs_fp64(T, monkeypatch):
+    """kda's solve (A read from memory) inverting its diagonal blocks by powers of N at tf32 (``SOLVE_DIAG_A``
+    "powers", under A/B): bf16 at K = V = 128 against fp64, full chunks and a partial one, then bitwise repeatable."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    monkeypatch.setattr(DT, "SOLVE_DIAG_A", "powers")
+    test_gpu_chunk_vs_fp64("kda", torch.bfloat16, 2e-2, 1.0, K=128, V=128, T=T)
+    _assert_bitwise_repeat("kda", 2, T=T, K=128, V=128, dtype=torch.bfloat16)
 
 
 @pytest.mark.gpu

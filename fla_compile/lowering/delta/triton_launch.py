@@ -155,6 +155,10 @@ SOLVE_MERGE_TF32 = True  # the solve's merge dots at the inputs' precision (tf32
 # block, two reductions each). H200 A/B (RESULTS, thirteenth session): gated forward kernels 0.557 -> 0.422 ms at
 # (8, 2048, 32, 64), 0.448 -> 0.411 at (8, 2048, 16, 128); the same distance from fp64 at beta in (0, 2)
 SOLVE_DIAG = "powers"
+# the same for the solve that reads A from memory (kda's gated pairs) with half inputs: "steps" until an H200 A/B
+# (kda's forward at (8, 2048, 32, 64) is 0.998 ms of kernels against FLA's 0.933; the gated solve lost 0.13 ms to
+# the powers there). fp32 inputs keep the row steps
+SOLVE_DIAG_A = "steps"
 FUSED_L2NORM = True  # use_qk_l2norm by triton_l2norm's two kernels (False: the torch ops); A/B in RESULTS (seventh+eighth sessions)
 # fp32 at torch's "highest" by three tf32 products (``launch.FP32_HIGHEST``) with a gate per key dim (kda): on since
 # the H200 ran its state passes that way at full V blocks against fp64 (test_gpu_fp32_three_tf32_wide_grid[kda],
@@ -326,7 +330,7 @@ def forward_parts(
                 kkt,
                 min(64, BK),
                 merge_prec,
-                DIAG=SOLVE_DIAG if kkt else "steps",  # kkt: half inputs only (_DTYPE_DEFAULTS)
+                DIAG=SOLVE_DIAG if kkt else SOLVE_DIAG_A if dt != torch.float32 else "steps",  # kkt: half only
                 **_opts("kkt_solve" if kkt else "solve", dev, key),
             )
         launch.fitted(

@@ -140,10 +140,11 @@ def _diag_kkt(b_A, gc, beta, t0, eos, i_h, H: tl.constexpr, r: tl.constexpr, GAT
 def _diag_inverse(A, b_D, beta, t0, eos, i_h, H: tl.constexpr, BT: tl.constexpr, r: tl.constexpr,
                   ROW_LOADS: tl.constexpr, KKT: tl.constexpr, DIAG: tl.constexpr = "steps",
                   MERGE_PREC: tl.constexpr = "ieee"):
-    """(I + N_rr)^{-1}: N's block in registers (``_diag_kkt``'s, KKT: row steps, or with DIAG "powers" a product of
-    its powers at the merges' precision), or its rows loaded from A (ROW_LOADS), or the block loaded whole from A."""
-    if KKT and DIAG == "powers":
-        b_X = _inverse16_powers(b_D, MERGE_PREC)
+    """(I + N_rr)^{-1}: with DIAG "powers" a product of powers of N's block at the merges' precision (the block in
+    registers, ``_diag_kkt``'s, with KKT; else loaded whole from A); else row steps on the block in registers (KKT),
+    on its rows loaded from A (ROW_LOADS), or on the block loaded whole from A."""
+    if DIAG == "powers":
+        b_X = _inverse16_powers(b_D if KKT else _block_N(A, beta, t0, eos, i_h, H, BT, r, r), MERGE_PREC)
     elif KKT:
         b_X = _inverse16(b_D)
     elif ROW_LOADS:
@@ -306,7 +307,7 @@ def chunk_wy_kernel(
     diagonal blocks' substitution picks its rows out of the tile, as FLA's fused kernel (``A`` is not touched).
     Without KKT, ROW_LOADS loads each row of a diagonal block from A instead (one reduction a step, not two).
     MERGE_PREC: the precision of the dots merging the inverted diagonal blocks ("ieee" exact; the inputs' "tf32"
-    for half inputs, whose X is stored in half anyway, as FLA's). DIAG, how KKT inverts the diagonal blocks: "steps",
+    for half inputs, whose X is stored in half anyway, as FLA's). DIAG, how the diagonal blocks are inverted: "steps",
     row by row (``_inverse16``, 15 serial steps each), or "powers", a product of powers of N (``_inverse16_powers``,
     six dots four deep, at MERGE_PREC)."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
