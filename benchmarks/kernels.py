@@ -42,6 +42,7 @@ SHAPES = [(8, 2048, 16, 128), (2, 8192, 16, 128), (8, 2048, 32, 64)]
 QUICK_SHAPES = [(2, 512, 4, 64)]
 FAMILIES = ["gla", "simple_gla", "linear_attn", "retention", "delta_rule", "gated_delta_rule", "kda"]
 DELTA = ("delta_rule", "gated_delta_rule", "kda")
+DELTA_GATES = {"delta_rule": "none", "gated_delta_rule": "scalar", "kda": "vector"}  # the decode kernel's gate kinds
 FLA_OPS = {
     "gla": ("fla.ops.gla", "chunk_gla"),
     "simple_gla": ("fla.ops.simple_gla", "chunk_simple_gla"),
@@ -283,7 +284,7 @@ def table(args) -> list[dict]:
 
                 q, k, v, *g, beta = inputs(family, B, 1, H, D)
                 g = g[0] if g else None
-                kind = {"delta_rule": "none", "gated_delta_rule": "scalar", "kda": "vector"}[family]
+                kind = DELTA_GATES[family]
                 return bench(
                     lambda: delta_triton.fused_recurrent(q, k, v, beta, g, kind, 0.1, state, None, False, state)
                 )

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from kernels import bench, copy_bandwidth, inputs  # noqa: E402
+from kernels import DELTA_GATES, bench, copy_bandwidth, inputs  # noqa: E402
 
 B, H, D = 64, 16, 128
 GATES = {"linear_attn": "none", "retention": "scalar", "simple_gla": "scalar", "gla": "vector"}
@@ -43,7 +43,7 @@ def shipped(floor: float) -> None:
             state = torch.zeros(B, H, D, D, device="cuda")
             q, k, v, *g, beta = inputs(family, B, 1, H, D)
             g = g[0] if g else None
-            kind = {"delta_rule": "none", "gated_delta_rule": "scalar", "kda": "vector"}[family]
+            kind = DELTA_GATES[family]
 
             def step(q=q, k=k, v=v, beta=beta, g=g, kind=kind, state=state):
                 return DT.fused_recurrent(q, k, v, beta, g, kind, 0.1, state, None, False, state)
@@ -87,7 +87,7 @@ def main() -> int:
                     rows.append(f"| {family} | {BV} | {warps} | {ms:.4f} | {ms / floor:.2f} |")
                 except Exception as e:  # a failing config is a row
                     rows.append(f"| {family} | {BV} | {warps} | error {type(e).__name__} | |")
-    for family, kind in [("delta_rule", "none"), ("gated_delta_rule", "scalar"), ("kda", "vector")]:
+    for family, kind in DELTA_GATES.items():
         kn = F.normalize(k.float(), dim=-1).to(torch.bfloat16)
         beta = torch.rand(B, 1, H, device=dev, dtype=torch.bfloat16)
         g = {
