@@ -17,6 +17,7 @@ import torch.nn.functional as F
 sys.path.insert(0, ".")
 import fla_compile  # noqa: E402
 from fla_compile.bench import median_ms  # noqa: E402
+from tests.compare import rel  # noqa: E402
 from tests.patterns.test_multistate import gsa_one_loop  # noqa: E402
 
 
@@ -36,11 +37,6 @@ def candidates():
     except Exception as e:  # noqa: BLE001 - FLA absent or refusing this GPU: measure ours alone
         print(f"flash-linear-attention's chunk_gsa not measured ({type(e).__name__}: {e})")
     return out
-
-
-def rel(a, b):
-    a, b = a.detach().double(), b.detach().double()
-    return ((a - b).norm() / b.norm()).item()
 
 
 def main(argv=None) -> int:

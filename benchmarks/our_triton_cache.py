@@ -7,7 +7,7 @@ A GPU call starts on a cold Triton cache, and compiling our kernels for a benchm
 the session's device time. The whole cache is too large to bring back (~150 MB, most of it FLA's autotune variants),
 so this keeps the entries whose kernel is one of ours (a ``@triton.jit`` function of ``fla_compile``): of each, what a
 cache hit reads (the metadata json and the binary; its group file rewritten to name those two where it is unpacked),
-~150 KB compressed. Entries of kernels whose source changed since are never hit again; ``--max-mib`` keeps the newest
+~70 KB compressed. Entries of kernels whose source changed since are never hit again; ``--max-mib`` keeps the newest
 when the archive would be larger.
 """
 

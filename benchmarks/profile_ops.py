@@ -24,6 +24,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from kernels import DELTA, bench, fla_op, fwd_bwd, inputs, kernel_table, ours  # noqa: E402
 
+from tests.compare import rel  # noqa: E402
+
 LINES: list[str] = []
 
 
@@ -56,11 +58,6 @@ def triton_metadata() -> list[str]:
                         f"{getattr(md, 'shared', '?')} | {getattr(md, 'num_warps', '?')} | {getattr(md, 'num_stages', '?')} |"
                     )
     return out
-
-
-def rel(a, b) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def check(family: str, dtype=torch.bfloat16, B=2, T=333, H=4, D=128) -> str:

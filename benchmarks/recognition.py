@@ -32,6 +32,7 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, ".")
 import fla_compile  # noqa: E402
 import fla_compile.backend  # noqa: E402,F401  (registers "fla" where the package is not pip-installed)
+from tests.compare import rel  # noqa: E402
 from tests.patterns import held_out_2  # noqa: E402
 from tests.patterns.held_out import CASES, CASES_2  # noqa: E402
 
@@ -54,10 +55,6 @@ def make_inputs(fn, B, T, H, D, device, dtype, seed=0):
     }
     names = [p for p in inspect.signature(fn).parameters if p in make]
     return [make[n]().to(device, dtype).requires_grad_() for n in names]
-
-
-def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
 def _values(outs, args, grads):

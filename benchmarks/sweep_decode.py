@@ -27,7 +27,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from kernels import DELTA_GATES, bench, copy_bandwidth, inputs  # noqa: E402
+from kernels import DELTA_GATES, bench, copy_bandwidth, delta_decode_step  # noqa: E402
 
 B, H, D = 64, 16, 128
 GATES = {"linear_attn": "none", "retention": "scalar", "simple_gla": "scalar", "gla": "vector"}
@@ -35,19 +35,10 @@ GATES = {"linear_attn": "none", "retention": "scalar", "simple_gla": "scalar", "
 
 def shipped(floor: float) -> None:
     """Each delta-line family's shipped decode step, three readings, in one order and then the reverse."""
-    from fla_compile.lowering.delta import triton_launch as DT
-
     order = ["gated_delta_rule", "kda", "delta_rule"]
     for rep, families in enumerate([order, order[::-1]]):
         for family in families:
-            state = torch.zeros(B, H, D, D, device="cuda")
-            q, k, v, *g, beta = inputs(family, B, 1, H, D)
-            g = g[0] if g else None
-            kind = DELTA_GATES[family]
-
-            def step(q=q, k=k, v=v, beta=beta, g=g, kind=kind, state=state):
-                return DT.fused_recurrent(q, k, v, beta, g, kind, 0.1, state, None, False, state)
-
+            step = delta_decode_step(family, B, H, D)
             ms = [bench(step) for _ in range(3)]
             print(f"order {rep} {family}: " + " ".join(f"{m:.4f}" for m in ms) + f" ms, x floor {min(ms) / floor:.2f}")
 

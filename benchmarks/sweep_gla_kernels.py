@@ -28,6 +28,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from fla_compile.lowering.common.autotune import candidates  # noqa: E402
 from fla_compile.lowering.gla import triton_launch as gla_triton  # noqa: E402
+from tests.compare import rel  # noqa: E402
 
 NAMES = {
     "h": "chunk_fwd_h_kernel",
@@ -93,11 +94,6 @@ def variants(kind):
                 opts += [{"_BK": bk, "_warps": w, "_stages": 1} for bk in (32, 128) for w in (4, 8)]
         out += [(key, {f"{key}{n}": v for n, v in o.items()}) for o in opts]
     return out
-
-
-def rel(a, b) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def main() -> int:
