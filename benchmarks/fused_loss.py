@@ -25,7 +25,9 @@ gradients with an fp32-logits reference (eager on fp32 upcasts, chunked so it fi
 from __future__ import annotations
 
 import argparse
+import pathlib
 import statistics
+import sys
 import time
 
 import torch
@@ -35,6 +37,9 @@ import fla_compile
 from fla_compile.backend import last_report
 from fla_compile.lowering.loss import gemm_mode, torch_path
 from fla_compile.ops import linear_cross_entropy
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run from a checkout
+from tests.compare import rel  # noqa: E402
 
 
 def causal_lm_loss(hidden, weight, labels):
@@ -87,10 +92,6 @@ def reference(hidden, weight, labels, rows=1024):
         w.grad = g[1] if w.grad is None else w.grad + g[1]
         total += loss.item()
     return torch.tensor(total), dh.view(hidden.shape), w.grad
-
-
-def rel(a, b):
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 def measure(fn, hidden, weight, labels, reps, device):

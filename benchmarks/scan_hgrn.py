@@ -21,17 +21,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pathlib
+import sys
 
 import torch
 import torch.nn.functional as F
 from triton.testing import do_bench
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run from a checkout
+from tests.compare import rel  # noqa: E402
+
 SHAPES = [(8, 2048, 2048), (4, 8192, 1024), (1, 16384, 4096), (64, 256, 4096)]
 MAMBA_SHAPES = [(4, 2048, 1536, 16), (1, 8192, 4096, 16)]
-
-
-def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def copy_bandwidth() -> float:
