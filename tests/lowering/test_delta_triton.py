@@ -1123,6 +1123,21 @@ def test_launch_options_come_from_the_arch_tables():
         DT.OVERRIDES.clear()
 
 
+def test_solve_diag_switches(monkeypatch):
+    """The solve's diagonal inversions: SOLVE_DIAG with k kᵀ in the kernel, SOLVE_DIAG_A with half inputs reading A,
+    the row steps for fp32; a value the kernel does not know is an error, not its fall-through to the row steps."""
+    pytest.importorskip("triton")
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    monkeypatch.setattr(DT, "SOLVE_DIAG_A", "powers")
+    assert DT._solve_diag(True, torch.bfloat16) == DT.SOLVE_DIAG == "powers"
+    assert DT._solve_diag(False, torch.float16) == "powers"
+    assert DT._solve_diag(False, torch.float32) == "steps"
+    monkeypatch.setattr(DT, "SOLVE_DIAG", "powers_tf32")  # an old value
+    with pytest.raises(ValueError, match="expected 'powers' or 'steps', got 'powers_tf32'"):
+        DT._solve_diag(True, torch.bfloat16)
+
+
 def test_launch_option_register_cap(monkeypatch):
     """A table entry [warps, stages, maxnreg] launches with Triton's register cap; two entries launch without one."""
     pytest.importorskip("triton")

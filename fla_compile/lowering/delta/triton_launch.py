@@ -159,6 +159,7 @@ SOLVE_DIAG = "powers"
 # (kda's forward at (8, 2048, 32, 64) is 0.998 ms of kernels against FLA's 0.933; the gated solve lost 0.13 ms to
 # the powers there). fp32 inputs keep the row steps
 SOLVE_DIAG_A = "steps"
+
 FUSED_L2NORM = True  # use_qk_l2norm by triton_l2norm's two kernels (False: the torch ops); A/B in RESULTS (seventh+eighth sessions)
 # fp32 at torch's "highest" by three tf32 products (``launch.FP32_HIGHEST``) with a gate per key dim (kda): on since
 # the H200 ran its state passes that way at full V blocks against fp64 (test_gpu_fp32_three_tf32_wide_grid[kda],
@@ -205,6 +206,16 @@ def _device_table(device: torch.device, key: tuple | None = None) -> dict:
             **{k: tuple(v) if isinstance(v, list) else v for k, v in extra.items() if k != "_comment"},
         }
     return opts
+
+
+def _solve_diag(kkt: bool, dtype) -> str:
+    """The solve kernel's DIAG: ``SOLVE_DIAG`` with k kᵀ in the kernel (half inputs only, ``_DTYPE_DEFAULTS``),
+    ``SOLVE_DIAG_A`` when it reads A with half inputs, the row steps for fp32. A switch set to anything else is an
+    error here, not the row steps by the kernel's fall-through."""
+    diag = SOLVE_DIAG if kkt else SOLVE_DIAG_A if dtype != torch.float32 else "steps"
+    if diag not in ("powers", "steps"):
+        raise ValueError(f"SOLVE_DIAG / SOLVE_DIAG_A: expected 'powers' or 'steps', got {diag!r}")
+    return diag
 
 
 def _knob(name: str, device, key: tuple | None = None):
@@ -330,7 +341,7 @@ def forward_parts(
                 kkt,
                 min(64, BK),
                 merge_prec,
-                DIAG=SOLVE_DIAG if kkt else SOLVE_DIAG_A if dt != torch.float32 else "steps",  # kkt: half only
+                DIAG=_solve_diag(kkt, dt),
                 **_opts("kkt_solve" if kkt else "solve", dev, key),
             )
         launch.fitted(
