@@ -36,10 +36,19 @@ def _example():
     return mod
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """n distinct free ports, bound together so the system cannot hand out one twice (picked one at a time, the
+    second could be the first again, released and not yet taken by the 2-rank group's store, and the two groups
+    would meet on one port: the likely cause of a 2-rank abort in a CI dry run, "terminate called without an active
+    exception", not reproduced in 5 runs since)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _args(tmp: Path, tag: str) -> list[str]:
@@ -52,7 +61,7 @@ def test_one_and_two_ranks_agree_and_checkpoint_loads_unpatched(tmp_path, monkey
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
     ex = _example()
-    port = _free_port()
+    port, port_one = _free_ports(2)  # the 2-rank group's, the 1-rank group's
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     env.update(WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     script = str(ROOT / "examples" / "train_fsdp.py")
@@ -69,7 +78,7 @@ def test_one_and_two_ranks_agree_and_checkpoint_loads_unpatched(tmp_path, monkey
     try:
         for k, v in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1").items():
             monkeypatch.setenv(k, v)
-        monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+        monkeypatch.setenv("MASTER_PORT", str(port_one))
         one = ex.main(_args(tmp_path, "1"))
         logs = [p.communicate(timeout=120)[0] for p in procs]
     finally:
