@@ -2,7 +2,8 @@
 
     python benchmarks/sweep_gla_kernels.py [--shape 8,2048,16,128] [--budget 300]
 
-For each gate kind (vector: gla, scalar: simple_gla / retention) it runs one chunked forward and
+For each gate kind (vector: gla; scalar: simple_gla; head: retention's one decay per head, which the kernels
+expand in-chunk, gate id 3, under the scalar kind's configs) it runs one chunked forward and
 backward per variant under ``torch.profiler`` and records the time of every kernel. A variant
 changes one kernel's options (``<kernel>_warps``, ``<kernel>_stages``, ``<kernel>_BK``, see
 ``gla_triton._opts``) or the shared blocks (BT, BK, BV). The best option of each kernel is kept,
@@ -42,6 +43,7 @@ NAMES = {
     "cumsum": "chunk_cumsum_kernel",
 }
 BIG = ("h", "o", "dh", "dv", "dqk")
+CONFIG_KIND = {"vector": "vector", "scalar": "scalar", "head": "scalar"}  # the sweep's kinds -> the tables' gate kinds
 SMALL = ("A", "intra", "rc", "cumsum")
 
 
@@ -53,6 +55,8 @@ def problem(kind, B, T, H, D, seed=0):
         g = F.logsigmoid(torch.randn(B, T, H, D, device="cuda")) / 16
     elif kind == "scalar":
         g = F.logsigmoid(torch.randn(B, T, H, device="cuda")) / 16
+    elif kind == "head":  # retention: one decay per head, broadcast (the launchers hand the kernels gate id 3)
+        g = F.logsigmoid(torch.randn(H, device="cuda") + 3).reshape(1, 1, H).expand(B, T, H)
     h0 = torch.randn(B, H, D, D, device="cuda")
     do, dht = torch.randn_like(v), torch.randn_like(h0)
     return q, k, v, g, h0, do, dht
@@ -60,8 +64,12 @@ def problem(kind, B, T, H, D, seed=0):
 
 def run(kind, xs, cfg):
     q, k, v, g, h0, do, dht = xs
+    need_dgate = kind != "head"  # retention's decays take no gradient (the op skips it: ``gate_grads``)
+    kind = CONFIG_KIND[kind]
     o, ht = gla_triton.chunk_forward(q, k, v, g, kind, 0.088, h0, None, config=cfg)
-    grads = gla_triton.chunk_backward(q, k, v, g, kind, 0.088, h0, None, do, dht, config=cfg)
+    grads = gla_triton.chunk_backward(
+        q, k, v, g, kind, 0.088, h0, None, do, dht, config=cfg, need_dgate=need_dgate
+    )
     return (o, ht, *[x for x in grads if x is not None])
 
 
@@ -107,11 +115,11 @@ def main() -> int:
     results, by_dims = {}, {}
     for kind in args.kinds.split(","):
         xs = problem(kind, B, T, H, D)
-        base = dict(candidates("chunk", kind, "sm90", D, D)[0])  # as shipped at these dims
+        base = dict(candidates("chunk", CONFIG_KIND[kind], "sm90", D, D)[0])  # as shipped at these dims
         base_ms = kernel_ms(kind, xs, base)
         best = {key: (base_ms[key], {}) for key in NAMES}
         rows = [("base", "", base_ms)]
-        for blocks in candidates("chunk", kind, "sm90")[1:]:
+        for blocks in candidates("chunk", CONFIG_KIND[kind], "sm90")[1:]:
             ms = kernel_ms(kind, xs, dict(blocks))
             rows.append(("blocks", json.dumps(blocks), ms))
         for key, opt in variants(kind):
@@ -147,7 +155,7 @@ def main() -> int:
         gain = {key: opt for key, (t, opt) in best.items() if opt and t < 0.98 * base_ms[key]}
         changes = {name: value for opt in gain.values() for name, value in opt.items() if base.get(name) != value}
         if changes and all(e < 1e-2 for e in errs) and det:  # bf16 outputs: rounding-level differences only
-            by_dims.setdefault("chunk", {})[kind] = changes
+            by_dims.setdefault("chunk", {})[kind] = changes  # "head": merge by hand with "scalar"
     print(json.dumps(results, indent=1))
     if by_dims:  # what to merge into configs/sm90.json's "by_dims" for these head dims
         print(json.dumps({"by_dims": {f"K{D}V{D}": by_dims}}))
