@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from . import costs
-from .verify import rel_err
+from .numerics import rel_err
 
 FAMILIES = [
     "linear_attn",

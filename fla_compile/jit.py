@@ -34,8 +34,8 @@ import torch
 import torch.fx as fx
 
 from . import costs, passes
+from .numerics import rel_err
 from .report import Report
-from .verify import rel_err
 
 log = logging.getLogger("fla_compile")
 PROBE_LENGTHS = (3, 4)

@@ -38,6 +38,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from .ir import Family, Recurrence
+from .numerics import rel_err
 from .patterns._graph import changes_global_state, source_line
 from .report import Grade
 
@@ -59,15 +60,6 @@ class NotARecurrence(NearMiss):
     """A region recognised as something else (softmax attention): reported, never an error."""
 
     grade = Grade.NOT_A_RECURRENCE
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    if a.shape != b.shape:
-        return math.inf
-    num, den = (a - b).double().norm().item(), b.double().norm().item()
-    if not math.isfinite(num):
-        return math.inf
-    return num / max(den, 1e-300)
 
 
 @dataclasses.dataclass(frozen=True)

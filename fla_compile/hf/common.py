@@ -13,6 +13,8 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from ..numerics import rel_err
+
 # ---------------------------------------------------------------------------------------------
 # packed sequences
 # ---------------------------------------------------------------------------------------------
@@ -146,21 +148,6 @@ def fp32_copy(module: torch.nn.Module) -> torch.nn.Module:
             if isinstance(v, torch.Tensor) and not v.is_leaf:
                 memo[id(v)] = v.detach().clone()
     return copy.deepcopy(module, memo).float()
-
-
-def rel_err(ours, ref) -> float:
-    """max over tensor pairs of ||ours - ref|| / ||ref||; NaN or a structure mismatch is infinite."""
-    if isinstance(ref, (tuple, list)):
-        if not isinstance(ours, (tuple, list)) or len(ours) != len(ref):
-            return float("inf")
-        return max((rel_err(a, b) for a, b in zip(ours, ref)), default=0.0)
-    if ref is None or ours is None:
-        return 0.0 if ref is None and ours is None else float("inf")
-    if ours.shape != ref.shape:
-        return float("inf")
-    ours, ref = ours.double(), ref.double()
-    err = ((ours - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-    return float("inf") if err != err else err
 
 
 def generator(device) -> torch.Generator:

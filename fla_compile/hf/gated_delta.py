@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
+from ..numerics import rel_err
 from . import common
 from .registry import Binding
 
@@ -119,12 +120,10 @@ def _delta_probe(original, ours, device, *, T, HK, vector_gate) -> float:
     h0 = common.randn(gen, 2, H, K, V, device=device, scale=0.1)
     kw = dict(initial_state=h0, output_final_state=True)
     errs = [
-        common.rel_err(
-            ours(**inp, **kw, use_qk_l2norm_in_kernel=True), original(**inp, **kw, use_qk_l2norm_in_kernel=True)
-        )
+        rel_err(ours(**inp, **kw, use_qk_l2norm_in_kernel=True), original(**inp, **kw, use_qk_l2norm_in_kernel=True))
     ]
     unit = {**inp, "query": F.normalize(inp["query"], dim=-1), "key": F.normalize(inp["key"], dim=-1)}
-    errs.append(common.rel_err(ours(**unit, **kw), original(**unit, **kw)))
+    errs.append(rel_err(ours(**unit, **kw), original(**unit, **kw)))
     if T > 1 and common.accepts(ours, "cu_seqlens"):
         inp = delta_inputs(gen, device, 1, T, HK, H, K, V, vector_gate)
         cut = T // 3
@@ -132,7 +131,7 @@ def _delta_probe(original, ours, device, *, T, HK, vector_gate) -> float:
         parts = [original(**{n: x[:, s:e] for n, x in inp.items()}, **kw) for s, e in ((0, cut), (cut, T))]
         ref = (torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 0))
         cu = torch.tensor([0, cut, T], device=device, dtype=torch.int32)
-        errs.append(common.rel_err(ours(**inp, **kw, cu_seqlens=cu), ref))
+        errs.append(rel_err(ours(**inp, **kw, cu_seqlens=cu), ref))
     return max(errs)
 
 

@@ -18,6 +18,7 @@ import copy
 import torch
 
 from .. import ops
+from ..numerics import rel_err
 from . import common
 from .registry import Binding
 
@@ -103,7 +104,7 @@ def probe_decode(module, ours, device) -> float:
         for t in (9, 10):
             ys.append(fwd(twin, x[:, t : t + 1], None, None, cache)[0])
         outs.append((torch.cat(ys, 1), cache.states[twin.layer_idx]))
-    return common.rel_err(outs[1], outs[0])
+    return rel_err(outs[1], outs[0])
 
 
 BINDING = Binding(

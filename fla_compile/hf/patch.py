@@ -26,6 +26,7 @@ import warnings
 
 import torch
 
+from ..numerics import rel_err
 from . import common, rebind, registry, signature
 
 logger = logging.getLogger("fla_compile.hf")
@@ -228,7 +229,7 @@ def _layer_probe(module, binding, fwd, attrs, device, reference=(None, {})) -> f
         setattr(twin, name, ours)
     out = (fwd or base)(twin, *args)
     first = lambda o: o[0] if isinstance(o, tuple) else o
-    return common.rel_err(first(out), first(ref))
+    return rel_err(first(out), first(ref))
 
 
 def patch(model: torch.nn.Module, verify: bool = True) -> PatchReport:
@@ -364,7 +365,7 @@ def _decode_proof(model, planned, references=None) -> str:
             finally:
                 for m in layers[cls]:
                     _restore(m)
-            errs = [common.rel_err(o, r) for o, r in zip(out, ref)] if len(out) == len(ref) else [float("inf")]
+            errs = [rel_err(o, r) for o, r in zip(out, ref)] if len(out) == len(ref) else [float("inf")]
             group.probe_err["decode"] = max(errs)
             if not group.probe_err["decode"] < common.PROBE_TOL:
                 step = next(i for i, e in enumerate(errs) if not e < common.PROBE_TOL)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from ..numerics import rel_err
 from ..ops.hgrn import hgrn_decay
 from . import common
 from .registry import Binding
@@ -44,9 +45,9 @@ def probe_scan(original, ours, device) -> float:
     h0 = common.randn(gen, B, W, device=device)
     errs = []
     for state in (None, h0):
-        errs.append(common.rel_err(ours(x, a, reset, state), original(x, a, reset, state)))
+        errs.append(rel_err(ours(x, a, reset, state), original(x, a, reset, state)))
         step = (x[:, :1], a[:, 3:4], reset[:, 3:4], state)
-        errs.append(common.rel_err(ours(*step), original(*step)))
+        errs.append(rel_err(ours(*step), original(*step)))
     return max(errs)
 
 

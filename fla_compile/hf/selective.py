@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
+from ..numerics import rel_err
 from . import common
 from .registry import Binding
 
@@ -98,7 +99,7 @@ def probe_scan(original, ours, device) -> float:
     for kw in (full, dict(delta_softplus=True), {}):
         for last in (True, False):
             errs.append(
-                common.rel_err(ours(**inp, **kw, return_last_state=last), original(**inp, **kw, return_last_state=last))
+                rel_err(ours(**inp, **kw, return_last_state=last), original(**inp, **kw, return_last_state=last))
             )
     return max(errs)
 

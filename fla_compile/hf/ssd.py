@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
+from ..numerics import rel_err
 from . import common
 from .registry import Binding
 
@@ -130,7 +131,7 @@ def probe_chunk_scan(original, ours, device) -> float:
     errs = []
     for limit in ((0.0, float("inf")), (1e-3, 0.5)):
         kw = dict(chunk_size=8, dt_softplus=True, dt_limit=limit, return_final_states=True, initial_states=h0)
-        errs.append(common.rel_err(ours(**inp, **kw), original(**inp, **kw)))
+        errs.append(rel_err(ours(**inp, **kw), original(**inp, **kw)))
     if not common.accepts(ours, "seq_idx"):
         return max(errs)
     # packed: two sequences in one row, against the layer's function run on each
@@ -139,7 +140,7 @@ def probe_chunk_scan(original, ours, device) -> float:
     bounds = ((0, 8), (8, 21))
     ref = torch.cat([original(**{k: _rows(v, s, e) for k, v in inp.items()}, **kw) for s, e in bounds], 1)
     seq_idx = torch.tensor([[0] * 8 + [1] * 13], device=device, dtype=torch.int32)
-    errs.append(common.rel_err(ours(**inp, **kw, seq_idx=seq_idx), ref))
+    errs.append(rel_err(ours(**inp, **kw, seq_idx=seq_idx), ref))
     return max(errs)
 
 

@@ -27,9 +27,10 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from ..ir import Family, Recurrence
+from ..numerics import rel_err
 from ..report import Match, Miss
 from ..rewrite import FormLowering, FunctionLowering, run_function
-from ..verify import TOL, fit_scale, probe, rel_err, run_region
+from ..verify import TOL, fit_scale, probe, run_region
 from ._graph import value_of
 
 SPELLING = "chunked"

@@ -32,8 +32,9 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
+from ..numerics import rel_err
 from ..report import Match, Miss, Report
-from ..verify import TOL, NearMiss, rel_err, run_region
+from ..verify import TOL, NearMiss, run_region
 from ._graph import source_line, value_of
 from ._region import extract
 

@@ -28,6 +28,7 @@ import torch.fx as fx
 
 from .. import costs, verify
 from ..ir import Family, Recurrence
+from ..numerics import rel_err
 from ..ops.normalized import normalized_linear_attn
 from ..report import Match, Miss, Report
 from ..rewrite import LoopLowering, batch_split, from_bthd, from_canon, is_zeros, rewrite_loop, to_bthd, to_canon
@@ -40,7 +41,6 @@ from ..verify import (
     apply_recipe,
     loop_recurrence,
     probe,
-    rel_err,
     reshaped,
     run_region,
     step_inputs,

@@ -37,9 +37,10 @@ import torch.nn.functional as F
 
 from .. import costs
 from ..ir import Family, Layout, Recurrence, RegionLayout, out_batch
+from ..numerics import rel_err
 from ..report import Grade, Match, Miss, Report
 from ..rewrite import head_canon, rewrite_form, role_nodes, to_canon
-from ..verify import TOL, NearMiss, NotARecurrence, rel_err, run_region
+from ..verify import TOL, NearMiss, NotARecurrence, run_region
 from ._graph import source_line, value_of
 from ._region import (
     CUMSUM,

@@ -234,7 +234,8 @@ def _peel_graph(wanted, loop_keys, origins):
 
 def _prove(step, peel_gm, origins: dict, P) -> None:
     """Step 0 as written == the general step on a zero state, on fresh float64 probes (every output)."""
-    from ..verify import NearMiss, probe, rel_err, run_region
+    from ..numerics import rel_err
+    from ..verify import NearMiss, probe, run_region
 
     metas, fixed = [], []
     for origin, node in origins.items():

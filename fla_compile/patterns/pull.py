@@ -208,7 +208,8 @@ def _infer(nodes: list) -> None:
 
 def _check(done: Pulled, T: int) -> None:
     """Each pulled read equals the read as written, on float64 probes of the producers' inputs."""
-    from ..verify import probe, rel_err
+    from ..numerics import rel_err
+    from ..verify import probe
 
     gen = torch.Generator().manual_seed(97)
     env: dict = {}

@@ -8,8 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fla_compile.backend import last_report
+from fla_compile.numerics import rel_err
 from fla_compile.patterns import loss as loss_pattern
-from fla_compile.verify import rel_err
 
 V, HD = 37, 16
 OPTS = {"inductor": False}

@@ -12,6 +12,7 @@ import logging
 
 import torch
 
+from ...numerics import rel_err
 from ..common import autotune
 
 log = logging.getLogger(__name__)
@@ -31,11 +32,6 @@ def _problem(gate_kind, K, V, dtype, T, device, B=1, H=2, seed=0):
         g = torch.nn.functional.logsigmoid(rnd(*shape) + 2.0)
     h0 = rnd(B, H, K, V)
     return q, k, v, g, h0
-
-
-def _rel(a, b) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def screen(kernel, gate_kind, K, V, dtype, cfg, device, T=None) -> str | None:
@@ -82,7 +78,7 @@ def _screen(kernel, gate_kind, K, V, dtype, cfg, device, T):
             return f"output {i} differs between two runs (not deterministic)"
         if not torch.isfinite(a).all():
             return f"output {i} has NaN/inf"
-        err = _rel(a, r)
+        err = rel_err(a, r)
         if err > tol:
             return f"output {i} relative error {err:.2e} > {tol:.0e}"
     return None
