@@ -48,3 +48,12 @@ def test_fitted_raises_what_fewer_stages_cannot_mend(fits_at, resource):
     k = _Kernel(fits_at=fits_at, resource=resource)
     with pytest.raises(errors.OutOfResources, match=resource):
         launch.fitted(k, (1,), num_warps=4, num_stages=2)
+
+
+@pytest.mark.parametrize("stages,fits_at,want", [(1, 2, [(4, 1)]), (2, 1, [(8, 2), (4, 1)]), (2, 2, [(8, 2)])])
+def test_fitted_never_runs_a_form_to_avoid(stages, fits_at, want):
+    """A form known to compute wrong results (the dh pass's 8 warps and 1 stage under three tf32 products on Triton
+    3.6), asked for or reached by lowering the stages, runs on half the warps."""
+    k = _Kernel(fits_at=fits_at)
+    assert launch.fitted(k, (1,), num_warps=8, num_stages=stages, avoid=((8, 1),)) == "launched"
+    assert [(c[3]["num_warps"], c[2]) for c in k.calls] == want

@@ -100,12 +100,23 @@ def out_of_resources() -> type:
     return OutOfResources
 
 
-def fitted(kernel, grid, *args, num_stages: int, **kwargs):
+def fitted(kernel, grid, *args, num_stages: int, avoid=(), **kwargs):
     """``kernel[grid](*args, num_stages=..., **kwargs)``, with ``num_stages`` lowered (down to 1) while Triton finds
     the kernel's shared memory over the device's: the arch tables are tuned at bf16, and fp32 tiles take twice the
     bytes (kda's dh pass at K = 128 in fp32 with two stages: 234 KB of the H200's 227). Triton refuses such a
-    config before anything runs, so retrying is safe; the first lowering per kernel and count is logged."""
+    config before anything runs, so retrying is safe; the first lowering per kernel and count is logged.
+
+    ``avoid``: (num_warps, num_stages) forms known to compute wrong results for this launch (a miscompile of the
+    Triton build, which no error announces). Such a form, asked for or reached by lowering the stages, runs on half
+    the warps instead (fewer warps take no more shared memory)."""
     while True:
+        while (kwargs.get("num_warps", 4), num_stages) in avoid and kwargs.get("num_warps", 4) > 1:
+            kwargs["num_warps"] = kwargs.get("num_warps", 4) // 2
+            name = getattr(getattr(kernel, "fn", kernel), "__name__", repr(kernel))
+            if (name, "avoid", num_stages) not in _LOWERED:
+                _LOWERED.add((name, "avoid", num_stages))
+                log.info("%s: %d stages on %d warps, a form that computes wrong results here; on %d warps",
+                         name, num_stages, 2 * kwargs["num_warps"], kwargs["num_warps"])  # fmt: skip
         try:
             return kernel[grid](*args, num_stages=num_stages, **kwargs)
         except out_of_resources() as e:  # evaluated only when something was raised: no import per launch

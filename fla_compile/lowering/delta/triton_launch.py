@@ -159,6 +159,10 @@ SOLVE_DIAG = "powers"
 # (kda's forward at (8, 2048, 32, 64) is 0.998 ms of kernels against FLA's 0.933; the gated solve lost 0.13 ms to
 # the powers there). fp32 inputs keep the row steps
 SOLVE_DIAG_A = "steps"
+# launch forms of the state-gradient pass that Triton 3.6 miscompiles under three tf32 products (8 warps, 1 stage:
+# rel err 1.05 against fp64 on the H200, no error raised; RESULTS, eleventh session): ``launch.fitted`` runs them on
+# 4 warps, whether a table asks for them or fp32 tiles lower the stages to them
+_DH_WRONG_FORMS = ((8, 1),)
 
 FUSED_L2NORM = True  # use_qk_l2norm by triton_l2norm's two kernels (False: the torch ops); A/B in RESULTS (seventh+eighth sessions)
 # fp32 at torch's "highest" by three tf32 products (``launch.FP32_HIGHEST``) with a gate per key dim (kda): on since
@@ -434,6 +438,7 @@ def backward_parts(
         kwb.chunk_delta_dh_kernel, (N * H * launch.cdiv(V, BV),),
         q, k, w, gcp, dvl, do, dh, dvn, dht if dht is not None else dvl, dh0 if dh0 is not None else dvl, cu,
         chunk_off, scale, H, G, K, V, BT, BK, BV, gid, dht is not None, dh0 is not None, prec, **_opts("dh", dev, key),
+        avoid=_DH_WRONG_FORMS if prec == "tf32x3" else (),
     )  # fmt: skip
     # 3. dq, dk and the gate gradient through the output and the state update (the GLA line's kernels, v_new for v)
     dq = torch.empty(B, T, H, K, device=dev, dtype=dt if final_dq and gid != 2 else torch.float32)
