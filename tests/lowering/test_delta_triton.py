@@ -388,8 +388,8 @@ def _case_heads_inner(family, BT, cu_lens=None):
 
 def _case_solve_diag(family, switch="SOLVE_DIAG", value="steps", cu_lens=None, beta_two=False):
     """How the solve inverts its diagonal blocks: ``switch`` set to ``value`` against the shipped setting.
-    ``SOLVE_DIAG`` (k kᵀ in the solve kernel) ships the product of powers of N ("powers"), ``SOLVE_DIAG_A`` (kda's A
-    read from memory) the row steps ("steps"). Half inputs, chunks of 64, packed, beta near 2 (N's entries largest);
+    ``SOLVE_DIAG`` (k kᵀ in the solve kernel) and ``SOLVE_DIAG_A`` (kda's A read from memory) ship the product of
+    powers of N ("powers"); the row steps ("steps") remain the fp32 path. Half inputs, chunks of 64, packed, beta near 2 (N's entries largest);
     both against fp64, and within 5e-3 of each other: another rounding of X, then the half outputs (each 1.8e-3 -
     2.7e-3 from fp64 at beta near 2 on the interpreter; 1e-7 - 2e-6 apart otherwise)."""
     q, k, v, beta, g, h0 = make(family, B=1, T=150, K=16, V=16)
@@ -588,8 +588,8 @@ INTERPRETER_CASES = {
     "solve-steps-delta": (_case_solve_diag, ("delta_rule",)),
     "solve-steps-gdn-varlen": (_case_solve_diag, ("gated_delta_rule", "SOLVE_DIAG", "steps", [70, 0, 80])),
     "solve-steps-delta-beta-two": (_case_solve_diag, ("delta_rule", "SOLVE_DIAG", "steps", None, True)),
-    "solve-a-powers-kda-varlen": (_case_solve_diag, ("kda", "SOLVE_DIAG_A", "powers", [70, 0, 80])),
-    "solve-a-powers-kda-beta-two": (_case_solve_diag, ("kda", "SOLVE_DIAG_A", "powers", None, True)),
+    "solve-a-steps-kda-varlen": (_case_solve_diag, ("kda", "SOLVE_DIAG_A", "steps", [70, 0, 80])),
+    "solve-a-steps-kda-beta-two": (_case_solve_diag, ("kda", "SOLVE_DIAG_A", "steps", None, True)),
     "kkt-fused-gdn-BT32-varlen-strong": (_case_fused_kkt, ("gated_delta_rule", 32, 70, [5, 0, 46, 19], 20.0)),
     "kkt-fused-gdn-BT16-K20": (_case_fused_kkt, ("gated_delta_rule", 16, 37, None, 2.0, 20)),
     "wu-by-blocks-gdn-fp16-BT32-varlen": (_case_wu_by_blocks, ("gated_delta_rule", 32, torch.float16, [5, 0, 46, 19])),
@@ -875,7 +875,7 @@ def test_gpu_switch_flipped_vs_fp64(switches, family, dtype, tol, T, monkeypatch
 @pytest.mark.parametrize("T", [256, 300])
 def test_gpu_kda_solve_powers_vs_fp64(T, monkeypatch):
     """kda's solve (A read from memory) inverting its diagonal blocks by powers of N at tf32 (``SOLVE_DIAG_A``
-    "powers", under A/B): bf16 at K = V = 128 against fp64, full chunks and a partial one, then bitwise repeatable."""
+    "powers", shipped; set here so the test keeps it if the default moves): bf16 at K = V = 128 against fp64, full chunks and a partial one, then bitwise repeatable."""
     from fla_compile.lowering.delta import triton_launch as DT
 
     monkeypatch.setattr(DT, "SOLVE_DIAG_A", "powers")

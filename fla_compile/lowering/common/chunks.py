@@ -96,6 +96,9 @@ def chunk_span(info, cu, i_p):
 # table's ("heads_inner": a 1-D grid with a chunk's heads side by side; else the 3-D grid (NS, NV, H) that runs a
 # head's chunks together). HEADS_INNER True / False forces one order everywhere (A/Bs, tests); None: the tables
 HEADS_INNER: bool | None = None
+# the output kernel's tiles addressed from the chunk's first row (an int64 base pointer) by int32 offsets, as FLA's
+# (False: every element's offset in int64, from the tensor's start); an H200 A/B decides
+TILE_I32 = True
 
 
 def chunk_grid(NS: int, NV: int, H: int, heads_inner: bool = False) -> tuple:

@@ -21,7 +21,7 @@ import functools
 
 import torch
 
-from ..common import launch
+from ..common import chunks, launch
 from ..common.chunks import chunk_grid, chunk_meta, dense_cu
 from ..common.gates import GATE_IDS, scalar_dg_per_step
 from ..gla import triton_intra as gla_intra
@@ -155,10 +155,10 @@ SOLVE_MERGE_TF32 = True  # the solve's merge dots at the inputs' precision (tf32
 # block, two reductions each). H200 A/B (RESULTS, thirteenth session): gated forward kernels 0.557 -> 0.422 ms at
 # (8, 2048, 32, 64), 0.448 -> 0.411 at (8, 2048, 16, 128); the same distance from fp64 at beta in (0, 2)
 SOLVE_DIAG = "powers"
-# the same for the solve that reads A from memory (kda's gated pairs) with half inputs: "steps" until an H200 A/B
-# (kda's forward at (8, 2048, 32, 64) is 0.998 ms of kernels against FLA's 0.933; the gated solve lost 0.13 ms to
-# the powers there). fp32 inputs keep the row steps
-SOLVE_DIAG_A = "steps"
+# the same for the solve that reads A from memory (kda's gated pairs) with half inputs. H200 A/B (RESULTS, fourteenth
+# session): kda forward kernels 0.996 -> 0.866 ms at (8, 2048, 32, 64), 0.840 -> 0.763 at (8, 2048, 16, 128); the
+# same distance from fp64 at beta in (0, 2). fp32 inputs keep the row steps
+SOLVE_DIAG_A = "powers"
 # launch forms of the state-gradient pass that Triton 3.6 miscompiles under three tf32 products (8 warps, 1 stage:
 # rel err 1.05 against fp64 on the H200, no error raised; RESULTS, eleventh session): ``launch.fitted`` runs them on
 # 4 warps, whether a table asks for them or fp32 tiles lower the stages to them
@@ -383,7 +383,7 @@ def forward_parts(
         launch.fitted(
             gla_kern.chunk_fwd_o_kernel, grid,
             q, k, vn, gcp, h, Aqk if Aqk is not None else h, o, cu, info, scale, H, G, K, V, BT, min(64, BK), BV, gid,
-            prec, BT, **order, **_opts("o", dev, key),
+            prec, BT, TILE_I32=chunks.TILE_I32, **order, **_opts("o", dev, key),
         )  # fmt: skip
     meta = dict(cu=cu, info=info, chunk_off=chunk_off, NS=NS, N=N, BT=BT)
     return o, ht, dict(gc=gc, X=X, w=w, u=u, vn=vn, h=h, Aqk=Aqk, meta=meta)

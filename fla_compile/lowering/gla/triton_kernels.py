@@ -162,6 +162,7 @@ def chunk_fwd_o_kernel(
     PREC: tl.constexpr,
     SA: tl.constexpr,
     HEADS_INNER: tl.constexpr = False,
+    TILE_I32: tl.constexpr = True,
 ):
     """o = scale * ((q * e^b) h + (causal A) v) per chunk, A_ij = sum_k q_ik k_jk e^(b_ik - b_jk).
 
@@ -173,8 +174,30 @@ def chunk_fwd_o_kernel(
         return
     i_hk = i_h // G
     o_i = tl.arange(0, BT)
-    o_t = bos + i_c * BT + o_i
-    m_t = o_t < eos
+    t0 = bos + i_c * BT
+    o_t = t0 + o_i
+    if TILE_I32:  # the chunk's first row in the (int64) base pointers, the tiles' offsets from it in int32
+        m_t = o_i < (eos - t0).to(tl.int32)
+        q, k, v, o = (
+            q + (t0 * (H // G) + i_hk) * K,
+            k + (t0 * (H // G) + i_hk) * K,
+            v + (t0 * H + i_h) * V,
+            o + (t0 * H + i_h) * V,
+        )
+        r_q, r_v = o_i * ((H // G) * K), o_i * (H * V)
+        if GATE == 2:
+            gc, A = gc + (t0 * H + i_h) * K, A + (t0 * H + i_h) * SA
+            r_g, r_a = o_i * (H * K), o_i * (H * SA)
+        else:
+            r_g, r_a = o_i, o_i
+    else:
+        m_t = o_t < eos
+        q, k = q + i_hk * K, k + i_hk * K
+        v, o = v + i_h * V, o + i_h * V
+        r_q, r_v = o_t * ((H // G) * K), o_t * (H * V)
+        if GATE == 2:
+            gc, A = gc + i_h * K, A + i_h * SA
+        r_g, r_a = o_t * (H * K), o_t * (H * SA)
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
     m_A = (o_i[:, None] >= o_i[None, :]) & m_t[:, None] & m_t[None, :]
@@ -185,7 +208,7 @@ def chunk_fwd_o_kernel(
         m_k = o_k < K
         m_tk = m_t[:, None] & m_k[None, :]
         # [BT, BK]
-        b_q = tl.load(q + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
+        b_q = tl.load(q + r_q[:, None] + o_k[None, :], mask=m_tk, other=0)
         # [BK, BV]
         b_h = tl.load(
             h + (i_s.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
@@ -193,30 +216,26 @@ def chunk_fwd_o_kernel(
             other=0,
         )
         if GATE == 2:
-            b_g = tl.load(gc + (o_t * H + i_h)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
+            b_g = tl.load(gc + r_g[:, None] + o_k[None, :], mask=m_tk, other=0)
             b_qg = b_q.to(tl.float32) * tl.exp(b_g)
             b_o += dot(b_qg.to(b_q.dtype), b_h.to(b_q.dtype), prec=PREC)
         else:
             # [BK, BT]
-            b_kt = tl.load(
-                k + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0
-            )
+            b_kt = tl.load(k + r_q[None, :] + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0)
             b_o += dot(b_q, b_h.to(b_q.dtype), prec=PREC)
             b_A += dot(b_q, b_kt, prec=PREC)
     if GATE == 1 or GATE == 3:
-        b_g = scalar_gate(gc, o_t, m_t, bos + i_c * BT, i_h, H, GATE)
+        b_g = scalar_gate(gc, o_t, m_t, t0, i_h, H, GATE)
         b_o *= tl.exp(b_g)[:, None]
         b_A *= tl.exp(tl.where(m_A, b_g[:, None] - b_g[None, :], 0))
     if GATE == 2:  # A from chunk_gla_A_kernel
-        b_A = tl.load(A + (o_t * H + i_h)[:, None] * SA + o_i[None, :], mask=m_A, other=0)
+        b_A = tl.load(A + r_a[:, None] + o_i[None, :], mask=m_A, other=0)
     b_A = tl.where(m_A, b_A, 0)
     # [BT, BV]
-    b_v = tl.load(v + (o_t * H + i_h)[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
+    b_v = tl.load(v + r_v[:, None] + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
     b_o += dot(b_A.to(b_v.dtype), b_v, prec=PREC)
     b_o *= scale
-    tl.store(
-        o + (o_t * H + i_h)[:, None] * V + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_t[:, None] & m_v[None, :]
-    )
+    tl.store(o + r_v[:, None] + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
 
 
 @triton.jit
