@@ -48,6 +48,15 @@ VARIANTS = [
     ("A unfused", {"FUSED_A": False}),
     ("o BV=128 w8 s3", {"BV_o": 128, "o": (8, 3)}),  # the GLA line's tuned output kernel options
     ("o w8 s3", {"o": (8, 3)}),
+    # K = V = 64 (by_dims K64V64 ships o [4, 2]): FLA's kda output kernel there 0.118 ms, ours 0.152 (fourteenth session)
+    ("o w4 s3", {"o": (4, 3)}),
+    ("o w2 s2", {"o": (2, 2)}),
+    ("o w2 s3", {"o": (2, 3)}),
+    ("heads_inner off", {"heads_inner": False}),
+    ("h w4 s3", {"h": (4, 3)}),
+    ("h w2 s2", {"h": (2, 2)}),
+    ("wu w4 s3", {"wu": (4, 3)}),
+    ("wu w2 s2", {"wu": (2, 2)}),
     ("A rows warps 2", {"A_row_block": (2, 2)}),  # kda's A kernel (one row block per program)
     ("A rows warps 8", {"A_row_block": (8, 2)}),
     ("A rows stages 1", {"A_row_block": (4, 1)}),
