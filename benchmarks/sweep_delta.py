@@ -55,6 +55,15 @@ VARIANTS = [
     ("heads_inner off", {"heads_inner": False}),
     ("h w4 s3", {"h": (4, 3)}),
     ("h w2 s2", {"h": (2, 2)}),
+    # the gated state pass decaying v_new's rows, not the keys' (DECAY_VN), alone and with the third stage that took
+    # delta_rule's pass from 0.222 to 0.140 ms at B=2 T=8192 H=16 D=128 (gated: 0.253 -> 0.261); FLA's picks at
+    # K = V = 128: V blocks of 64, 4 warps, 4 stages, no halving for B=2 (fourteenth session)
+    ("decay vn", {"DECAY_VN": True}),
+    ("decay vn h w4 s3", {"DECAY_VN": True, "h": (4, 3)}),
+    ("h w4 s4", {"h": (4, 4)}),
+    ("h w4 s4 no fill", {"h": (4, 4), "fill_sms": False}),
+    ("decay vn h w4 s4 no fill", {"DECAY_VN": True, "h": (4, 4), "fill_sms": False}),
+    ("dh BV=64 w4 s3 no fill", {"BV_dh": 64, "dh": (4, 3), "fill_sms": False}),  # FLA's dhu pick there
     ("wu w4 s3", {"wu": (4, 3)}),
     ("wu w2 s2", {"wu": (2, 2)}),
     ("A rows warps 2", {"A_row_block": (2, 2)}),  # kda's A kernel (one row block per program)

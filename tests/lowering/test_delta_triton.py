@@ -386,6 +386,20 @@ def _case_heads_inner(family, BT, cu_lens=None):
     return {**out, **same}
 
 
+def _case_decay_vn(family, BT, T=70, cu_lens=None, gate_scale=2.0):
+    """The state pass decaying v_new's rows instead of the keys' columns (``DECAY_VN``, scalar gates): forward and
+    gradients (the backward reruns the state pass) against fp64 and against the keys' decay. Packed sequences with
+    an empty one and partial chunks; gates of -20 per step, where a row past the sequence left unmasked would
+    overflow."""
+    xs = _pack(cu_lens, *make(family, B=1 if cu_lens else 2, T=T, K=16, V=16, gate_scale=gate_scale))
+    with _switched("DECAY_VN", True):
+        out, rows = _kernels_vs_fp64(family, BT, *xs)
+    with _switched("DECAY_VN", False):
+        _, cols = _kernels_vs_fp64(family, BT, *xs)
+    same = {f"{n}_vs_key_decay": rel(x, y) for n, x, y in zip(_NAMES, rows, cols) if x is not None}
+    return {**out, **same}
+
+
 def _case_solve_diag(family, switch="SOLVE_DIAG", value="steps", cu_lens=None, beta_two=False):
     """How the solve inverts its diagonal blocks: ``switch`` set to ``value`` against the shipped setting.
     ``SOLVE_DIAG`` (k kᵀ in the solve kernel) and ``SOLVE_DIAG_A`` (kda's A read from memory) ship the product of
@@ -585,6 +599,8 @@ INTERPRETER_CASES = {
     "beta-near-2-kda-BT16": (_case_beta_two, ("kda", 16)),
     "kkt-fused-delta-BT64": (_case_fused_kkt, ("delta_rule", 64)),
     "heads-inner-gdn-varlen": (_case_heads_inner, ("gated_delta_rule", 16, [5, 0, 40, 19])),
+    "decay-vn-gdn-BT32-varlen": (_case_decay_vn, ("gated_delta_rule", 32, 70, [5, 0, 46, 19])),
+    "decay-vn-gdn-BT64-strong": (_case_decay_vn, ("gated_delta_rule", 64, 70, None, 20.0)),
     "solve-steps-delta": (_case_solve_diag, ("delta_rule",)),
     "solve-steps-gdn-varlen": (_case_solve_diag, ("gated_delta_rule", "SOLVE_DIAG", "steps", [70, 0, 80])),
     "solve-steps-delta-beta-two": (_case_solve_diag, ("delta_rule", "SOLVE_DIAG", "steps", None, True)),
@@ -871,6 +887,18 @@ def test_gpu_switch_flipped_vs_fp64(switches, family, dtype, tol, T, monkeypatch
 
 
 @pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("T", [256, 300])
+def test_gpu_decay_vn_vs_fp64(T, monkeypatch):
+    """The gated state pass decaying v_new's rows (``DECAY_VN``, under A/B): bf16 at K = V = 128 against fp64, full
+    chunks and a partial one, then bitwise repeatable."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    monkeypatch.setattr(DT, "DECAY_VN", True)
+    test_gpu_chunk_vs_fp64("gated_delta_rule", torch.bfloat16, 2e-2, 1.0, K=128, V=128, T=T)
+    _assert_bitwise_repeat("gated_delta_rule", 2, T=T, K=128, V=128, dtype=torch.bfloat16)
+
+
 @gpu
 @pytest.mark.parametrize("T", [256, 300])
 def test_gpu_kda_solve_powers_vs_fp64(T, monkeypatch):

@@ -163,6 +163,10 @@ SOLVE_DIAG_A = "powers"
 # rel err 1.05 against fp64 on the H200, no error raised; RESULTS, eleventh session): ``launch.fitted`` runs them on
 # 4 warps, whether a table asks for them or fp32 tiles lower the stages to them
 _DH_WRONG_FORMS = ((8, 1),)
+# scalar gates: the state pass decays v_new's rows (in registers) instead of the keys' columns, so the keys reach the
+# dot as loaded (FLA's order). Staged for an H200 A/B: at B=2 T=8192 H=16 D=128 the gated state pass takes 0.253 ms
+# against delta_rule's 0.222 and FLA's 0.196, and gains nothing from a third stage where delta_rule's goes to 0.140
+DECAY_VN = False
 
 FUSED_L2NORM = True  # use_qk_l2norm by triton_l2norm's two kernels (False: the torch ops); A/B in RESULTS (seventh+eighth sessions)
 # fp32 at torch's "highest" by three tf32 products (``launch.FP32_HIGHEST``) with a gate per key dim (kda): on since
@@ -366,7 +370,7 @@ def forward_parts(
     launch.fitted(
         kw.chunk_delta_h_kernel, (N * H * launch.cdiv(V, BV),),
         k, w, u, gcp, h, vn, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, BK, BV, gid,
-        h0 is not None, prec, kg if use_kg else w, use_kg, **_opts("h", dev, key),
+        h0 is not None, prec, kg if use_kg else w, use_kg, DECAY_VN, **_opts("h", dev, key),
     )  # fmt: skip
     if gid == 2 and Aqk is None:  # the output's and the backward's gated q k^T (given: a forward's, kept)
         NC = BT // 16

@@ -28,7 +28,7 @@ import triton.language as tl
 
 from ..common.chunks import chunk_span, state_block
 from ..common.dots import dot
-from ..common.gating import decay_to_last_t
+from ..common.gating import decay_to_last_t, scalar_gate, scalar_gate_at
 
 
 @triton.jit
@@ -550,9 +550,12 @@ def chunk_delta_h_kernel(
     PREC: tl.constexpr,
     kg=None,
     KG: tl.constexpr = False,
+    DECAY_VN: tl.constexpr = False,
 ):
     """Per sequence, head and V block: h[slot] = S entering the chunk, v_new = U - W S, S carried; ht = final S.
     With ``KG`` (gate per key) the decayed keys come from ``chunk_wu_kernel``'s kg, and only G_last is read.
+    With ``DECAY_VN`` (scalar gates) the update kᵀ diag(e^{G_last - G}) v_new decays v_new's rows, which are in
+    registers anyway, instead of the keys' columns: the keys then go to the dot as loaded (FLA's order).
 
     BK covers K (v_new needs all of it). S stays fp32 in registers; h and v_new are stored in the inputs' dtype
     (every consumer casts them to it before its dots)."""
@@ -592,7 +595,13 @@ def chunk_delta_h_kernel(
             b_kt = tl.load(
                 k + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0
             )
-            b_h, b_kt = decay_to_last_t(b_h, b_kt, gc, o_t, m_t, bos + i_c * BT, last, i_h, H, K, o_k, m_k, GATE)
+            if DECAY_VN and (GATE == 1 or GATE == 3):
+                b_g = scalar_gate(gc, o_t, m_t, bos + i_c * BT, i_h, H, GATE)
+                b_gl = scalar_gate_at(gc, last, bos + i_c * BT, i_h, H, GATE)
+                b_h *= tl.exp(b_gl)
+                b_vn *= tl.exp(tl.where(m_t, b_gl - b_g, 0))[:, None]
+            else:
+                b_h, b_kt = decay_to_last_t(b_h, b_kt, gc, o_t, m_t, bos + i_c * BT, last, i_h, H, K, o_k, m_k, GATE)
         b_h += dot(b_kt.to(b_w.dtype), b_vn.to(b_w.dtype), prec=PREC)
     tl.store(ht + (i_n * H + i_h) * K * V + o_h, b_h, mask=m_h)
 
