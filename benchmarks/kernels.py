@@ -5,6 +5,7 @@
     python benchmarks/kernels.py --sweep-only    # that alone (gla, retention: ours and FLA; SDPA)
     python benchmarks/kernels.py --quick         # small shapes, a smoke run
     python benchmarks/kernels.py --no-first-call --warm 300   # FLA autotuned first (one process per family)
+    python benchmarks/kernels.py --from-log run.log   # the tables from the rows a run printed (one cut by a limit)
 
 FLA's autotune results from the H200 (fla-core 0.6.0, Triton 3.6.0; the delta families and retention at
 (8, 2048, 32, 64), retention at (8, 2048, 16, 128)) ship as ``benchmarks/fla_autotune_h200.tgz``: unpacked into
@@ -243,14 +244,17 @@ def first_call_seconds(cache_dir: str) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def emit(rows, r: dict) -> None:
+    """Keep a row and print it at once (stderr), so a run cut by its limit still has it (``--from-log``)."""
+    rows.append(r)
+    print(f"| {r['row']} | {r['shape']} | {r['value']} | {r['unit']} | {r['note']} |", file=sys.stderr, flush=True)
+
+
 def row(rows, name, shape, fn, unit="ms"):
     try:
-        value = fn()
-        rows.append({"row": name, "shape": shape, "value": f"{value:.4f}", "unit": unit, "note": ""})
+        emit(rows, {"row": name, "shape": shape, "value": f"{fn():.4f}", "unit": unit, "note": ""})
     except Exception as e:  # one broken row must not lose the table
-        rows.append({"row": name, "shape": shape, "value": "", "unit": unit, "note": f"{type(e).__name__}: {e}"[:160]})
-    r = rows[-1]
-    print(f"| {r['row']} | {r['shape']} | {r['value']} | {r['unit']} | {r['note']} |", file=sys.stderr, flush=True)
+        emit(rows, {"row": name, "shape": shape, "value": "", "unit": unit, "note": f"{type(e).__name__}: {e}"[:160]})
 
 
 def shapes_of(args) -> list[tuple]:
@@ -263,7 +267,7 @@ def shapes_of(args) -> list[tuple]:
 def table(args) -> list[dict]:
     rows: list[dict] = []
     bw = copy_bandwidth()
-    rows.append({"row": "device copy bandwidth", "shape": "", "value": f"{bw / 1e12:.3f}", "unit": "TB/s", "note": ""})
+    emit(rows, {"row": "device copy bandwidth", "shape": "", "value": f"{bw / 1e12:.3f}", "unit": "TB/s", "note": ""})
     for B, T, H, D in shapes_of(args):
         shape = f"B={B} T={T} H={H} D={D}"
         for family in args.families:
@@ -273,17 +277,23 @@ def table(args) -> list[dict]:
                 row(rows, f"{who} {family} fwd+bwd", shape, time_fwd_bwd(get, family, (B, T, H, D)))
                 if args.kernel_time:
                     row(rows, f"{who} {family} fwd kernels", shape, time_fwd(get, family, (B, T, H, D), device_ms))
-                    row(rows, f"{who} {family} fwd+bwd kernels", shape, time_fwd_bwd(get, family, (B, T, H, D), device_ms))
+                    row(
+                        rows,
+                        f"{who} {family} fwd+bwd kernels",
+                        shape,
+                        time_fwd_bwd(get, family, (B, T, H, D), device_ms),
+                    )
             n_gate = {"gla": D, "simple_gla": 1, "gated_delta_rule": 1, "kda": D, "rwkv6": D}.get(family, 0)
             floor = (B * T * H * (3 * D * 2 + n_gate * 4 + D * 2)) / bw * 1e3  # q,k,v bf16, g fp32, o bf16
-            rows.append(
+            emit(
+                rows,
                 {
                     "row": f"memory floor {family} fwd",
                     "shape": shape,
                     "value": f"{floor:.4f}",
                     "unit": "ms",
                     "note": "bytes of q,k,v,g,o / copy bandwidth",
-                }
+                },
             )
         row(rows, "sdpa causal fwd", shape, time_sdpa((B, T, H, D), backward=False))
         row(rows, "sdpa causal fwd+bwd", shape, time_sdpa((B, T, H, D)))
@@ -306,14 +316,15 @@ def table(args) -> list[dict]:
 
         row(rows, f"ours {family} decode step", shape, decode)
         floor = B * H * D * D * 4 * 2 / bw * 1e3
-        rows.append(
+        emit(
+            rows,
             {
                 "row": "decode floor (state read+write)",
                 "shape": shape,
                 "value": f"{floor:.4f}",
                 "unit": "ms",
                 "note": "",
-            }
+            },
         )
     if not args.quick and not args.no_first_call:
         with tempfile.TemporaryDirectory() as d:
@@ -377,6 +388,7 @@ def _is_number(value) -> bool:
 def side_by_side(rows) -> str:
     """Ours next to FLA per (op, shape) with ratio = FLA / ours (>= 1: ours faster), from the table's rows."""
     got = {(r["row"], r["shape"]): r for r in rows}
+
     def ratio(fla, ours) -> str:
         ok = fla is not None and ours is not None and _is_number(fla["value"]) and _is_number(ours["value"])
         return f"{float(fla['value']) / float(ours['value']):.2f}" if ok else ""
@@ -408,7 +420,9 @@ def warm(families, shapes, timeout: float) -> None:
     procs = {
         f: subprocess.Popen(
             [sys.executable, str(root), "--warm-one", f, "--shapes", spec],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )  # fmt: skip
         for f in families
     }
@@ -439,6 +453,17 @@ def warm_one(family, shapes) -> None:
             except Exception as e:
                 msg = f"{type(e).__name__}: {str(e)[:100]}"
             print(f"warm {who} {family} {shape}: {time.perf_counter() - t:.1f} s {msg}", flush=True)
+
+
+def rows_from_log(text: str) -> list[dict]:
+    """The rows a run printed as it went (``| row | shape | value | unit | note |``, one per line), so a run cut by
+    its time limit still gives its side-by-side table (``--from-log``)."""
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[3] in ("ms", "s", "TB/s") and cells[0] not in ("row", "---"):
+            rows.append(dict(zip(("row", "shape", "value", "unit", "note"), cells)))
+    return rows
 
 
 def markdown(rows) -> str:
@@ -482,7 +507,13 @@ def main(argv=None) -> int:
     p.add_argument("--warm", type=float, default=0, metavar="S",
                    help="first fill FLA's autotune cache, one process per family side by side, for at most S s")  # fmt: skip
     p.add_argument("--warm-one", default="", help=argparse.SUPPRESS)
+    p.add_argument("--from-log", default="", metavar="PATH",
+                   help="no timing: the tables from the rows a (cut) run printed to PATH")  # fmt: skip
     args = p.parse_args(argv)
+    if args.from_log:
+        rows = rows_from_log(pathlib.Path(args.from_log).read_text())
+        print(markdown(rows) + "\n\n" + side_by_side(rows))
+        return 0
     args.families = args.families.split(",")
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run from a checkout
     if not torch.cuda.is_available():

@@ -41,3 +41,30 @@ def test_side_by_side_ratios(kt):
     assert body[0] == "| gla fwd | B=8 | 0.5000 | 0.7000 | 1.40 | 0.50 |"
     assert body[1] == "| simple_gla fwd+bwd | B=8 | 1.0000 | RuntimeError |  |  |"
     assert len(body) == 2  # no row for the kernel-time rows themselves, none for decode
+
+
+def test_tables_from_a_cut_runs_log(kt):
+    """A run cut by its limit printed its rows as it went: ``--from-log`` rebuilds both tables from them, and lines
+    that are no rows (warm-up lines, a table's header, a traceback) are skipped."""
+    log = "\n".join(
+        [
+            "warm ours gla (8, 2048, 16, 128): 2.0 s ok",
+            "| row | shape | value | unit | note |",
+            "| --- | --- | --- | --- | --- |",
+            "| device copy bandwidth |  | 4.300 | TB/s |  |",
+            "| ours gla fwd | B=8 | 0.5000 | ms |  |",
+            "| fla gla fwd | B=8 | 0.7000 | ms |  |",
+            "| ours gla fwd kernels | B=8 | 0.4000 | ms |  |",
+            "| fla gla fwd kernels | B=8 | 0.6000 | ms |  |",
+            "| fla gla fwd+bwd | B=8 |  | ms | RuntimeError: refused |",
+            "| memory floor gla fwd | B=8 | 0.0936 | ms | bytes of q,k,v,g,o / copy bandwidth |",
+            "Traceback (most recent call last):",
+        ]
+    )
+    rows = kt.rows_from_log(log)
+    assert [r["row"] for r in rows] == [
+        "device copy bandwidth", "ours gla fwd", "fla gla fwd", "ours gla fwd kernels", "fla gla fwd kernels",
+        "fla gla fwd+bwd", "memory floor gla fwd",
+    ]  # fmt: skip
+    assert rows[5]["note"] == "RuntimeError: refused" and rows[5]["value"] == ""
+    assert "| gla fwd | B=8 | 0.5000 | 0.7000 | 1.40 | 1.50 |" in kt.side_by_side(rows)
