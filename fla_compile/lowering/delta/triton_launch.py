@@ -163,8 +163,8 @@ SOLVE_DIAG_A = "powers"
 # rel err 1.05 against fp64 on the H200, no error raised; RESULTS, eleventh session): ``launch.fitted`` runs them on
 # 4 warps, whether a table asks for them or fp32 tiles lower the stages to them
 _DH_WRONG_FORMS = ((8, 1),)
-# scalar gates: the state pass decays v_new's rows (in registers) instead of the keys' columns, so the keys reach the
-# dot as loaded (FLA's order). Staged for an H200 A/B: at B=2 T=8192 H=16 D=128 the gated state pass takes 0.253 ms
+# scalar gates: the state passes decay the rows of v_new (forward) and of k dS' (backward), in registers anyway,
+# instead of the keys' columns, so the keys reach the dot as loaded (FLA's order). Staged for an H200 A/B: at B=2 T=8192 H=16 D=128 the gated state pass takes 0.253 ms
 # against delta_rule's 0.222 and FLA's 0.196, and gains nothing from a third stage where delta_rule's goes to 0.140
 DECAY_VN = False
 
@@ -441,7 +441,8 @@ def backward_parts(
     launch.fitted(
         kwb.chunk_delta_dh_kernel, (N * H * launch.cdiv(V, BV),),
         q, k, w, gcp, dvl, do, dh, dvn, dht if dht is not None else dvl, dh0 if dh0 is not None else dvl, cu,
-        chunk_off, scale, H, G, K, V, BT, BK, BV, gid, dht is not None, dh0 is not None, prec, **_opts("dh", dev, key),
+        chunk_off, scale, H, G, K, V, BT, BK, BV, gid, dht is not None, dh0 is not None, prec, DECAY_VN,
+        **_opts("dh", dev, key),
         avoid=_DH_WRONG_FORMS if prec == "tf32x3" else (),
     )  # fmt: skip
     # 3. dq, dk and the gate gradient through the output and the state update (the GLA line's kernels, v_new for v)
