@@ -387,8 +387,8 @@ def _case_heads_inner(family, BT, cu_lens=None):
 
 
 def _case_decay_vn(family, BT, T=70, cu_lens=None, gate_scale=2.0):
-    """The state pass decaying v_new's rows instead of the keys' columns (``DECAY_VN``, scalar gates): forward and
-    gradients (the backward reruns the state pass) against fp64 and against the keys' decay. Packed sequences with
+    """The state passes decaying the rows of v_new and of k dS' instead of the keys' columns (``DECAY_VN``, scalar
+    gates): forward and gradients against fp64 and against the keys' decay. Packed sequences with
     an empty one and partial chunks; gates of -20 per step, where a row past the sequence left unmasked would
     overflow."""
     xs = _pack(cu_lens, *make(family, B=1 if cu_lens else 2, T=T, K=16, V=16, gate_scale=gate_scale))
@@ -890,8 +890,8 @@ def test_gpu_switch_flipped_vs_fp64(switches, family, dtype, tol, T, monkeypatch
 @gpu
 @pytest.mark.parametrize("T", [256, 300])
 def test_gpu_decay_vn_vs_fp64(T, monkeypatch):
-    """The gated state pass decaying v_new's rows (``DECAY_VN``, under A/B): bf16 at K = V = 128 against fp64, full
-    chunks and a partial one, then bitwise repeatable."""
+    """The gated state passes decaying the rows of v_new and of k dS' (``DECAY_VN``, under A/B): bf16 at K = V = 128
+    against fp64, full chunks and a partial one, then bitwise repeatable."""
     from fla_compile.lowering.delta import triton_launch as DT
 
     monkeypatch.setattr(DT, "DECAY_VN", True)
