@@ -30,6 +30,16 @@ def scalar_gate_at(gc, t, t0, i_h, H: tl.constexpr, GATE: tl.constexpr):
 
 
 @triton.jit
+def decay_rows_to_last_t(b_h, b_x, gc, o_t, m_t, t0, last, i_h, H: tl.constexpr, GATE: tl.constexpr):
+    """:func:`decay_to_last_t`'s scalar-gate step with the update's other operand decayed instead of the keys: the
+    chunk's [BT, *] rows x e^{G_last - G} (masked rows stay 0), for an update kᵀ x whose x is in registers anyway, so
+    the keys reach the dot as loaded."""
+    b_g = scalar_gate(gc, o_t, m_t, t0, i_h, H, GATE)
+    b_gl = scalar_gate_at(gc, last, t0, i_h, H, GATE)
+    return b_h * tl.exp(b_gl), b_x * tl.exp(tl.where(m_t, b_gl - b_g, 0))[:, None]
+
+
+@triton.jit
 def decay_to_last_t(
     b_h, b_kt, gc, o_t, m_t, t0, last, i_h, H: tl.constexpr, K: tl.constexpr, o_k, m_k, GATE: tl.constexpr
 ):

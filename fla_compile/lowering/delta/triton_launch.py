@@ -164,8 +164,9 @@ SOLVE_DIAG_A = "powers"
 # 4 warps, whether a table asks for them or fp32 tiles lower the stages to them
 _DH_WRONG_FORMS = ((8, 1),)
 # scalar gates: the state passes decay the rows of v_new (forward) and of k dS' (backward), in registers anyway,
-# instead of the keys' columns, so the keys reach the dot as loaded (FLA's order). Staged for an H200 A/B: at B=2 T=8192 H=16 D=128 the gated state pass takes 0.253 ms
-# against delta_rule's 0.222 and FLA's 0.196, and gains nothing from a third stage where delta_rule's goes to 0.140
+# instead of the keys' columns, so the keys reach the dot as loaded (FLA's order). Staged for an H200 A/B: at B=2
+# T=8192 H=16 D=128 the gated state pass takes 0.253 ms against delta_rule's 0.222 and FLA's 0.196, and gains
+# nothing from a third stage where delta_rule's goes to 0.140 (offline sm_90: 168 -> 133 registers)
 DECAY_VN = False
 
 FUSED_L2NORM = True  # use_qk_l2norm by triton_l2norm's two kernels (False: the torch ops); A/B in RESULTS (seventh+eighth sessions)

@@ -28,7 +28,7 @@ import triton.language as tl
 
 from ..common.chunks import chunk_span, state_block
 from ..common.dots import dot
-from ..common.gating import decay_to_last_t, scalar_gate, scalar_gate_at
+from ..common.gating import decay_rows_to_last_t, decay_to_last_t
 
 
 @triton.jit
@@ -596,10 +596,7 @@ def chunk_delta_h_kernel(
                 k + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0
             )
             if DECAY_VN and (GATE == 1 or GATE == 3):
-                b_g = scalar_gate(gc, o_t, m_t, bos + i_c * BT, i_h, H, GATE)
-                b_gl = scalar_gate_at(gc, last, bos + i_c * BT, i_h, H, GATE)
-                b_h *= tl.exp(b_gl)
-                b_vn *= tl.exp(tl.where(m_t, b_gl - b_g, 0))[:, None]
+                b_h, b_vn = decay_rows_to_last_t(b_h, b_vn, gc, o_t, m_t, bos + i_c * BT, last, i_h, H, GATE)
             else:
                 b_h, b_kt = decay_to_last_t(b_h, b_kt, gc, o_t, m_t, bos + i_c * BT, last, i_h, H, K, o_k, m_k, GATE)
         b_h += dot(b_kt.to(b_w.dtype), b_vn.to(b_w.dtype), prec=PREC)
