@@ -299,8 +299,15 @@ def test_chunk_meta_varlen():
     cu = torch.tensor([0, 5, 5, 40, 41], dtype=torch.int32)
     _, info, chunk_off, NS, N = chunks.chunk_meta(1, 41, cu, 16, "cpu")
     assert N == 4 and NS == 41 // 16 + 4 and chunk_off.tolist() == [0, 1, 1, 4, 5]
-    assert info.tolist()[:5] == [[0, 0], [2, 0], [2, 1], [2, 2], [3, 0]]
-    assert all(n == -1 for n, _ in info.tolist()[5:])
+    # (sequence, chunk, bos, eos): the bounds in the slot's row; a padding slot (-1) carries the first sequence's
+    assert info.tolist()[:5] == [[0, 0, 0, 5], [2, 0, 5, 40], [2, 1, 5, 40], [2, 2, 5, 40], [3, 0, 40, 41]]
+    assert all(n == -1 and (bos, eos) == (0, 5) for n, _, bos, eos in info.tolist()[5:])
+
+
+def test_chunk_meta_dense():
+    cu, info, chunk_off, NS, N = chunks.chunk_meta(2, 40, None, 16, "cpu")
+    assert (N, NS) == (2, 6) and cu.tolist() == [0, 40, 80] and chunk_off.tolist() == [0, 3, 6]
+    assert info.tolist() == [[0, 0, 0, 40], [0, 1, 0, 40], [0, 2, 0, 40], [1, 0, 40, 80], [1, 1, 40, 80], [1, 2, 40, 80]]
 
 
 @pytest.mark.parametrize("bad", [[0, 5, 42], [1, 5, 41], [0, 30, 20, 41]], ids=["past_end", "not_from_0", "decreasing"])

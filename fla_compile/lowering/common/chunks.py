@@ -44,24 +44,26 @@ def dense_cu(B: int, T: int, device) -> torch.Tensor:
     return _cached(("cu", B, T, device), lambda: torch.arange(0, B + 1, device=device, dtype=torch.int32) * T)
 
 
-def _dense_info(B: int, NT: int, device) -> torch.Tensor:
+def _dense_info(B: int, T: int, NT: int, device) -> torch.Tensor:
     def make():
         idx = torch.arange(B * NT, device=device, dtype=torch.int32)
-        return torch.stack([idx // NT, idx % NT], 1).contiguous()
+        n = idx // NT
+        return torch.stack([n, idx % NT, n * T, n * T + T], 1).contiguous()
 
-    return _cached(("info", B, NT, device), make)
+    return _cached(("info", B, T, NT, device), make)
 
 
 def chunk_meta(B: int, T: int, cu_seqlens: torch.Tensor | None, BT: int, device):
-    """(cu int32 [N+1], info int32 [NS, 2] = (sequence or -1, chunk), chunk_off int32 [N+1], NS, N).
+    """(cu int32 [N+1], info int32 [NS, 4] = (sequence or -1, chunk, bos, eos), chunk_off int32 [N+1], NS, N).
 
-    Slot ``chunk_off[n] + c`` holds chunk c of sequence n. NS is a bound known from shapes alone:
+    Slot ``chunk_off[n] + c`` holds chunk c of sequence n, whose tokens are [bos, eos) (a padding slot: the first
+    sequence's). NS is a bound known from shapes alone:
     B * ceil(T / BT) dense; T // BT + N packed (the chunk count, a sum of ceil(len_n / BT), is an
     integer below T / BT + N).
     """
     if cu_seqlens is None:
         NT = launch.cdiv(T, BT)
-        return dense_cu(B, T, device), _dense_info(B, NT, device), dense_cu(B, NT, device), B * NT, B
+        return dense_cu(B, T, device), _dense_info(B, T, NT, device), dense_cu(B, NT, device), B * NT, B
     if cu_seqlens.device.type == "cpu":  # free to check here (on a GPU it would cost a sync; the ops check it)
         bounds = cu_seqlens.tolist()
         if bounds[0] != 0 or bounds[-1] > B * T or any(a > b for a, b in zip(bounds, bounds[1:])):
@@ -75,20 +77,23 @@ def chunk_meta(B: int, T: int, cu_seqlens: torch.Tensor | None, BT: int, device)
     NS = T // BT + N
     idx = torch.arange(NS, device=device, dtype=torch.int32)
     n = torch.searchsorted(chunk_off[1:].contiguous(), idx, right=True).to(torch.int32)
-    c = idx - chunk_off[n.clamp(max=N - 1)]
-    info = torch.stack([torch.where(n < N, n, -1), c], 1).to(torch.int32)
+    r = n.clamp(max=N - 1)
+    c = idx - chunk_off[r]
+    r = torch.where(n < N, r, 0)
+    info = torch.stack([torch.where(n < N, n, -1), c, cu[r], cu[(r + 1).clamp(max=N)]], 1).to(torch.int32)
     return cu, info.contiguous(), chunk_off, NS, N
 
 
 @triton.jit
-def chunk_span(info, cu, i_p):
+def chunk_span(info, i_p):
     """Slot i_p of ``info``: (sequence n, chunk c, bos, eos) with [bos, eos) the sequence's tokens
-    as int64. n < 0 marks a padding slot: the caller returns (its bounds are the first sequence's)."""
-    i_n = tl.load(info + i_p * 2)
-    i_c = tl.load(info + i_p * 2 + 1)
-    i_r = tl.maximum(i_n, 0)
-    bos = tl.load(cu + i_r).to(tl.int64)
-    eos = tl.load(cu + i_r + 1).to(tl.int64)
+    as int64. n < 0 marks a padding slot: the caller returns (its bounds are the first sequence's).
+    The bounds sit in the slot's row, so no load waits on another (read from ``cu`` by n, they took a second
+    round trip before any tile could be addressed)."""
+    i_n = tl.load(info + i_p * 4)
+    i_c = tl.load(info + i_p * 4 + 1)
+    bos = tl.load(info + i_p * 4 + 2).to(tl.int64)
+    eos = tl.load(info + i_p * 4 + 3).to(tl.int64)
     return i_n, i_c, bos, eos
 
 

@@ -48,7 +48,7 @@ def chunk_kkt_kernel(
 ):
     """A = causal(k kᵀ e^{G_i - G_j}) per chunk (no gate or a scalar one), fp32 [TT, H, BT]."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
-    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
+    i_n, i_c, bos, eos = chunk_span(info, i_s)
     if i_n < 0:
         return
     i_hk = i_h // G
@@ -311,7 +311,7 @@ def chunk_wy_kernel(
     row by row (``_inverse16``, 15 serial steps each), or "powers", a product of powers of N (``_inverse16_powers``,
     six dots four deep, at MERGE_PREC)."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
-    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
+    i_n, i_c, bos, eos = chunk_span(info, i_s)
     if i_n < 0:
         return
     i_hk = i_h // G
@@ -491,7 +491,7 @@ def chunk_wu_kernel(
     chunk's last step as the state pass uses them: made once here, where k and G are loaded anyway, instead
     of once per V block of the sequential pass (the same fp32 product, cast as the pass casts it)."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
-    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
+    i_n, i_c, bos, eos = chunk_span(info, i_s)
     if i_n < 0:
         return
     i_hk = i_h // G
@@ -633,7 +633,7 @@ def chunk_kda_A_rows_kernel(
     column by column after the loop from q_i, k_i and G_i loaded again by K blocks of BKF (strong gates only:
     nothing of that path stays live through the loop, which keeps the registers of the common path low)."""
     i_s, i_i, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
+    i_n, i_c, bos, eos = chunk_span(info, i_s)
     if i_n < 0:
         return
     i_hk = i_h // G

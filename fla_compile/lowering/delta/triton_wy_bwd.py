@@ -158,7 +158,7 @@ def chunk_wy_bwd_kernel(
 
     Launched for a gate per key dim (GATE 2, dG [TT, H, K]); without one (GATE 0) dG is not written. BK covers K."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
-    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
+    i_n, i_c, bos, eos = chunk_span(info, i_s)
     if i_n < 0:
         return
     i_hk = i_h // G
@@ -263,7 +263,7 @@ def chunk_wy_pair_bwd_kernel(
     spill, 8 warps ~220-250 without (benchmarks/delta_bwd_regs.py). Tried and worse there: Q and Qᵀ loaded per key
     block instead of kept, and dk read once (the scaled keys' gradient moved to the second key loop)."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
-    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
+    i_n, i_c, bos, eos = chunk_span(info, i_s)
     if i_n < 0:
         return
     i_hk = i_h // G
@@ -386,7 +386,7 @@ def chunk_kk_pair_bwd_vec_kernel(
     Blocks off the diagonal are dots of factors taken against a reference row of this sub-chunk (every exponent
     <= 0); the diagonal block is factored when its gate span allows (``SPAN``), else summed column by column."""
     i_s, i_i, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
+    i_n, i_c, bos, eos = chunk_span(info, i_s)
     if i_n < 0:
         return
     i_hk = i_h // G

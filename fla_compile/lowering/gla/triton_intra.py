@@ -65,7 +65,7 @@ def chunk_gla_A_kernel(
         g_q = gc
     i_s, i_ij, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_i, i_j = i_ij // NC, i_ij % NC
-    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
+    i_n, i_c, bos, eos = chunk_span(info, i_s)
     if i_n < 0:
         return
     i_hk = i_h // G
@@ -196,7 +196,7 @@ def chunk_gla_bwd_intra_kernel(
     i_s, i_ik, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     NK = tl.cdiv(K, BK)
     i_i, i_k = i_ik // NK, i_ik % NK
-    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
+    i_n, i_c, bos, eos = chunk_span(info, i_s)
     if i_n < 0:
         return
     i_hk = i_h // G
@@ -321,7 +321,7 @@ def chunk_rc_add_kernel(
 ):
     """dg += the reverse cumsum of db inside each chunk (sum over s >= t; BONUS, rwkv6: over s > t)."""
     i_s, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
+    i_n, i_c, bos, eos = chunk_span(info, i_s)
     if i_n < 0:
         return
     o_t = bos + i_c * BT + tl.arange(0, BT)

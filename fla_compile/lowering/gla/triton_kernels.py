@@ -58,7 +58,7 @@ def chunk_cumsum_kernel(
 ):
     """gc = cumsum of g inside each chunk, fp32; with EXCL (vector gate) also gq, the exclusive one."""
     i_s, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
+    i_n, i_c, bos, eos = chunk_span(info, i_s)
     if i_n < 0:
         return
     o_t = bos + i_c * BT + tl.arange(0, BT)
@@ -169,7 +169,7 @@ def chunk_fwd_o_kernel(
     The vector gate reads A from chunk_gla_A_kernel, rows of SA entries (see gla_triton_intra). The grid:
     ``chunks.chunk_grid`` (HEADS_INNER: its order)."""
     i_s, i_v, i_h = chunk_block(tl.cdiv(V, BV), H, HEADS_INNER)
-    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
+    i_n, i_c, bos, eos = chunk_span(info, i_s)
     if i_n < 0:
         return
     i_hk = i_h // G
@@ -342,7 +342,7 @@ def chunk_bwd_dv_kernel(
     Without USE_DH only the intra-chunk part scale * A^T do (the delta line's dv_local; dh is not read). The grid:
     ``chunks.chunk_grid`` (HEADS_INNER: its order)."""
     i_s, i_v, i_h = chunk_block(tl.cdiv(V, BV), H, HEADS_INNER)
-    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
+    i_n, i_c, bos, eos = chunk_span(info, i_s)
     if i_n < 0:
         return
     i_hk = i_h // G
@@ -444,7 +444,7 @@ def chunk_bwd_dqk_kernel(
     decays): dg is neither formed nor written. The grid: ``chunks.chunk_grid`` over K blocks (HEADS_INNER: its
     order)."""
     i_s, i_k, i_h = chunk_block(tl.cdiv(K, BK), H, HEADS_INNER)
-    i_n, i_c, bos, eos = chunk_span(info, cu, i_s)
+    i_n, i_c, bos, eos = chunk_span(info, i_s)
     if i_n < 0:
         return
     i_hk = i_h // G
