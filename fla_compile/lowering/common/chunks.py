@@ -2,9 +2,9 @@
 every kernel.
 
 A launch has NS programs along its first grid axis, one per chunk slot. ``chunk_meta`` builds the
-table ``info`` [NS, 2] = (sequence n, chunk c of it), with n = -1 on padding slots (packed
-sequences need a bound known from shapes alone), and ``chunk_span`` is its reading inside a kernel:
-the slot's sequence, chunk and the sequence's bounds [bos, eos) in tokens.
+table ``info`` [NS, 4] = (sequence n, chunk c of it, the sequence's bounds bos, eos in tokens), with n = -1
+on padding slots (packed sequences need a bound known from shapes alone), and ``chunk_span`` is its reading
+inside a kernel.
 """
 
 from __future__ import annotations

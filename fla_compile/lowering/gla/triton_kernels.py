@@ -10,9 +10,9 @@ Layouts (all contiguous, tokens of all sequences flattened to ``TT = B * T``):
     q, k: [TT, HK, K]      v, o, do: [TT, H, V]      gc: [TT, H] or [TT, H, K] fp32 ([H] decays for GATE 3)
     h, dh: [NS, H, K, V] fp32 (state before / gradient after each chunk slot)
     h0, ht, dht, dh0: [N, H, K, V] fp32
-Every program reads its sequence bounds from ``cu`` ([N + 1] token offsets); chunk-parallel
-kernels read (sequence, chunk) from ``info`` ([NS, 2], sequence -1 for an unused slot), and
-state-carrying kernels loop over their sequence's chunks, starting at slot ``chunk_off[n]``.
+Chunk-parallel kernels read (sequence, chunk, its bounds) from ``info`` ([NS, 4], sequence -1 for an unused
+slot); state-carrying kernels read their sequence's bounds from ``cu`` ([N + 1] token offsets) and loop over its
+chunks, starting at slot ``chunk_off[n]``.
 No host syncs, no atomics: every output element is written by exactly one program.
 
 rwkv6 (``BONUS``, vector gate only) reads the state before each step: q is gated by ``gq``, the
