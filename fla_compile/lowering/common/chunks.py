@@ -101,11 +101,6 @@ def chunk_span(info, i_p):
 # table's ("heads_inner": a 1-D grid with a chunk's heads side by side; else the 3-D grid (NS, NV, H) that runs a
 # head's chunks together). HEADS_INNER True / False forces one order everywhere (A/Bs, tests); None: the tables
 HEADS_INNER: bool | None = None
-# the output kernel's tiles addressed from the chunk's first row (an int64 base pointer) by int32 offsets, as FLA's
-# (False: every element's offset in int64, from the tensor's start). Bitwise the same; H200, fwd kernels: retention
-# 0.165 -> 0.159 ms at (8, 2048, 32, 64) (its output kernel 0.117 -> 0.109, FLA's 0.092), 0.191 -> 0.188 at (8,
-# 2048, 16, 128); gla, gated_delta_rule and kda within 1% either way (RESULTS, fourteenth session)
-TILE_I32 = True
 
 
 def chunk_grid(NS: int, NV: int, H: int, heads_inner: bool = False) -> tuple:

@@ -21,7 +21,7 @@ import functools
 
 import torch
 
-from ..common import chunks, launch
+from ..common import launch
 from ..common.chunks import chunk_grid, chunk_meta, dense_cu
 from ..common.gates import GATE_IDS, scalar_dg_per_step
 from ..gla import triton_intra as gla_intra
@@ -388,7 +388,7 @@ def forward_parts(
         launch.fitted(
             gla_kern.chunk_fwd_o_kernel, grid,
             q, k, vn, gcp, h, Aqk if Aqk is not None else h, o, cu, info, scale, H, G, K, V, BT, min(64, BK), BV, gid,
-            prec, BT, TILE_I32=chunks.TILE_I32, **order, **_opts("o", dev, key),
+            prec, BT, **order, **_opts("o", dev, key),
         )  # fmt: skip
     meta = dict(cu=cu, info=info, chunk_off=chunk_off, NS=NS, N=N, BT=BT)
     return o, ht, dict(gc=gc, X=X, w=w, u=u, vn=vn, h=h, Aqk=Aqk, meta=meta)

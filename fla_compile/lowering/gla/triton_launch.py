@@ -15,7 +15,7 @@ import os
 
 import torch
 
-from ..common import chunks, launch
+from ..common import launch
 from ..common.chunks import chunk_grid, chunk_meta, dense_cu
 from ..common.gates import GATE_IDS, scalar_dg_per_step
 from . import triton_intra as intra
@@ -300,7 +300,6 @@ def chunk_forward(
         gid,
         prec,
         A.shape[-1] if gid == 2 else BT,
-        TILE_I32=chunks.TILE_I32,
         **order,
         **_opts(cfg, "o"),
     )
