@@ -77,10 +77,10 @@ def chunk_meta(B: int, T: int, cu_seqlens: torch.Tensor | None, BT: int, device)
     NS = T // BT + N
     idx = torch.arange(NS, device=device, dtype=torch.int32)
     n = torch.searchsorted(chunk_off[1:].contiguous(), idx, right=True).to(torch.int32)
-    r = n.clamp(max=N - 1)
-    c = idx - chunk_off[r]
-    r = torch.where(n < N, r, 0)
-    info = torch.stack([torch.where(n < N, n, -1), c, cu[r], cu[(r + 1).clamp(max=N)]], 1).to(torch.int32)
+    valid = n < N
+    r = torch.where(valid, n, 0)  # a padding slot reads the first sequence's row (its chunk index is never read)
+    info = torch.stack([torch.where(valid, n, -1), idx - chunk_off[r], cu[r], cu[(r + 1).clamp(max=N)]], 1)
+    info = info.to(torch.int32)
     return cu, info.contiguous(), chunk_off, NS, N
 
 

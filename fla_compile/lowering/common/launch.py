@@ -100,6 +100,10 @@ def out_of_resources() -> type:
     return OutOfResources
 
 
+def _kernel_name(kernel) -> str:
+    return getattr(getattr(kernel, "fn", kernel), "__name__", repr(kernel))
+
+
 def fitted(kernel, grid, *args, num_stages: int, avoid=(), **kwargs):
     """``kernel[grid](*args, num_stages=..., **kwargs)``, with ``num_stages`` lowered (down to 1) while Triton finds
     the kernel's shared memory over the device's: the arch tables are tuned at bf16, and fp32 tiles take twice the
@@ -109,21 +113,24 @@ def fitted(kernel, grid, *args, num_stages: int, avoid=(), **kwargs):
     ``avoid``: (num_warps, num_stages) forms known to compute wrong results for this launch (a miscompile of the
     Triton build, which no error announces). Such a form, asked for or reached by lowering the stages, runs on half
     the warps instead (fewer warps take no more shared memory)."""
+    warps = kwargs.get("num_warps", 4)
     while True:
-        while (kwargs.get("num_warps", 4), num_stages) in avoid and kwargs.get("num_warps", 4) > 1:
-            kwargs["num_warps"] = kwargs.get("num_warps", 4) // 2
-            name = getattr(getattr(kernel, "fn", kernel), "__name__", repr(kernel))
+        while (warps, num_stages) in avoid and warps > 1:
+            warps //= 2
+            name = _kernel_name(kernel)
             if (name, "avoid", num_stages) not in _LOWERED:
                 _LOWERED.add((name, "avoid", num_stages))
                 log.info("%s: %d stages on %d warps, a form that computes wrong results here; on %d warps",
-                         name, num_stages, 2 * kwargs["num_warps"], kwargs["num_warps"])  # fmt: skip
+                         name, num_stages, 2 * warps, warps)  # fmt: skip
+        if avoid:
+            kwargs["num_warps"] = warps
         try:
             return kernel[grid](*args, num_stages=num_stages, **kwargs)
         except out_of_resources() as e:  # evaluated only when something was raised: no import per launch
             if e.name != "shared memory" or num_stages <= 1:
                 raise
             num_stages -= 1
-            name = getattr(getattr(kernel, "fn", kernel), "__name__", repr(kernel))
+            name = _kernel_name(kernel)
             if (name, num_stages) not in _LOWERED:
                 _LOWERED.add((name, num_stages))
                 log.info("%s: %s; retrying with num_stages=%d", name, e, num_stages)
