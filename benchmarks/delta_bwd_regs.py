@@ -29,7 +29,20 @@ def compile_one(fn, consts, dt, arch, warps, stages):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    typed = {"q": dt, "k": dt, "v": dt, "w": dt, "do": dt, "dh": dt, "dvn": dt, "X": dt, "h": dt, "dv": dt, "dw": dt, "o": dt}
+    typed = {
+        "q": dt,
+        "k": dt,
+        "v": dt,
+        "w": dt,
+        "do": dt,
+        "dh": dt,
+        "dvn": dt,
+        "X": dt,
+        "h": dt,
+        "dv": dt,
+        "dw": dt,
+        "o": dt,
+    }
     consts = dict(consts)
     for name, prm in inspect.signature(fn.fn).parameters.items():  # constexpr flags not given: at their defaults
         if name not in consts and "constexpr" in str(prm.annotation) and prm.default is not inspect.Parameter.empty:

@@ -78,7 +78,9 @@ def run(family: str, K: int, V: int, exact_for: list[str], out: str) -> tuple[st
     arg = json.dumps(dict(family=family, K=K, V=V, exact_for=exact_for))
     env = dict(os.environ, CUDA_LAUNCH_BLOCKING="1")
     try:
-        p = subprocess.run([sys.executable, __file__, "--one", arg], capture_output=True, text=True, timeout=120, env=env)
+        p = subprocess.run(
+            [sys.executable, __file__, "--one", arg], capture_output=True, text=True, timeout=120, env=env
+        )
         text = p.stdout + p.stderr
     except subprocess.TimeoutExpired:
         return "timeout", "-", []

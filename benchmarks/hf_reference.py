@@ -105,7 +105,9 @@ def main(argv=None) -> int:
                 log.info("%s: compiled, matched %s (%.0f s)", mode, matched, time.perf_counter() - t0)
                 for name, fn in [("eager", eager), ("backend='fla'", compiled), ("op", op)]:
                     rows.append((mode, name, timed(fn, a.reps, dev), rel(fn(), exact)))
-                    log.info("%s %s: %.2f ms, rel err %.1e (%.0f s)", mode, name, *rows[-1][2:], time.perf_counter() - t0)
+                    log.info(
+                        "%s %s: %.2f ms, rel err %.1e (%.0f s)", mode, name, *rows[-1][2:], time.perf_counter() - t0
+                    )
     finally:
         torch.set_float32_matmul_precision(before)
     eager_ms = {mode: t for mode, name, t, _ in rows if name == "eager"}
@@ -114,7 +116,9 @@ def main(argv=None) -> int:
     print(f"{name} | torch {torch.__version__} | transformers {transformers.__version__}")
     print(f"matched: {matched}")
     print(f"torch_chunk_gated_delta_rule, B={a.B} T={a.T} H={a.H} D={a.D} fp32, l2norm in kernel")
-    print("| fp32 matmul precision | what | ms | eager (same precision) / this | eager (highest) / this | rel err vs fp64 |")
+    print(
+        "| fp32 matmul precision | what | ms | eager (same precision) / this | eager (highest) / this | rel err vs fp64 |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     for mode, n, t, err in rows:
         print(f"| {mode} | {n} | {t:.2f} | {eager_ms[mode] / t:.1f}x | {base / t:.1f}x | {err:.1e} |")

@@ -93,7 +93,8 @@ def make_cases(torch, device="cpu", dtype=None):
         "delta_rule": (lambda: ops.delta_rule(q, k, v, beta), (q, k, v, beta)),
         "gated_delta_rule": (lambda: ops.gated_delta_rule(q, k, v, g, beta), (q, k, v, g, beta)),
         "gated_delta_rule_l2": (  # Qwen3-Next's call: q and k L2-normed by the op
-            lambda: ops.gated_delta_rule(q, k, v, g, beta, use_qk_l2norm_in_kernel=True), (q, k, v, g, beta)
+            lambda: ops.gated_delta_rule(q, k, v, g, beta, use_qk_l2norm_in_kernel=True),
+            (q, k, v, g, beta),
         ),
         "kda": (lambda: ops.kda(q, k, v, gk, beta), (q, k, v, gk, beta)),
     }

@@ -87,8 +87,11 @@ def check(fn, expect, args, tol):
     else:
         a64 = [a.detach().double().requires_grad_(a.requires_grad) for a in args]
         truth = _values(fn(*a64), a64, grads)
-        errs = [rel(a, t) / max(1.0, 2 * rel(b, t) / tol)
-                for a, b, t in zip(ours, eager, truth) if a is not None and b is not None and t is not None]
+        errs = [
+            rel(a, t) / max(1.0, 2 * rel(b, t) / tol)
+            for a, b, t in zip(ours, eager, truth)
+            if a is not None and b is not None and t is not None
+        ]
     err = max(errs)
     if not err <= tol:
         return "wrong", f"error {err:.2e} (matches {fams})"
@@ -96,7 +99,9 @@ def check(fn, expect, args, tol):
         return "recognized", f"pieces rewritten: {fams}" if fams else "left as written"
     if fams == [expect]:
         return "recognized", f"{expect} ({', '.join(m.spelling for m in report.matches)}), error {err:.1e}"
-    why = report.misses[0].reason if report.misses else f"note: {report.notes[0]}" if report.notes else "no miss reported"
+    why = (
+        report.misses[0].reason if report.misses else f"note: {report.notes[0]}" if report.notes else "no miss reported"
+    )
     return "missed", f"matches {fams}; {why[:150]}"
 
 
@@ -106,8 +111,12 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32")
     p.add_argument("--T", type=int, default=32)
     p.add_argument("-k", default="", help="only the cases whose name contains this")
-    p.add_argument("--set", default="all", choices=["1", "2", "all", "held_out_2"],
-                   help="held-out set 1, 2, both, or the independent held_out_2")
+    p.add_argument(
+        "--set",
+        default="all",
+        choices=["1", "2", "all", "held_out_2"],
+        help="held-out set 1, 2, both, or the independent held_out_2",
+    )
     a = p.parse_args(argv)
     dtype = getattr(torch, a.dtype)
     tol = 1e-4 if dtype == torch.float32 else 2e-2
@@ -115,8 +124,9 @@ def main(argv=None):
     if a.set == "held_out_2":
         cases = [(c.name, c.fn, c.family, c.inputs) for c in held_out_2.CASES]
     else:
-        cases = [(fn.__name__, fn, expect, None) for fn, expect in
-                 {"1": CASES, "2": CASES_2, "all": CASES + CASES_2}[a.set]]
+        cases = [
+            (fn.__name__, fn, expect, None) for fn, expect in {"1": CASES, "2": CASES_2, "all": CASES + CASES_2}[a.set]
+        ]
     for name, fn, expect, inputs in cases:
         if a.k not in name:
             continue

@@ -30,7 +30,10 @@ VARIANTS = [
     ("shipped", {}),
     ("wu fused", {"WU_SPLIT": False}),
     ("solve picks rows", {"ROW_LOADS": False}),
-    ("no kg", {"KG": False}),  # kda: the state pass decays the keys itself, per V block  # the substitution's rows picked from the tile (the old way)
+    (
+        "no kg",
+        {"KG": False},
+    ),  # kda: the state pass decays the keys itself, per V block  # the substitution's rows picked from the tile (the old way)
     ("h BV=32", {"BV_h": 32}),
     ("h warps 8", {"h": (8, 2)}),
     ("dh BV=32", {"BV_dh": 32}),
@@ -141,7 +144,10 @@ VARIANTS = [
     # offline sm_90). With tf32 dots ("high", --matmul-precision high) the fused kernel on 1 warp has none (254
     # registers), with three tf32 products 308 B on 1 warp, 132 B on 2: the fused forward may win there too
     ("fp32 kkt in solve", {"fused_kkt": True}),
-    ("fp32 kkt in solve w2", {"fused_kkt": True, "kkt_solve": (2, 1)}),  # the exact FMA dots three tf32 replaced (43 ms gated forward on the H200)
+    (
+        "fp32 kkt in solve w2",
+        {"fused_kkt": True, "kkt_solve": (2, 1)},
+    ),  # the exact FMA dots three tf32 replaced (43 ms gated forward on the H200)
     # fp32 at three tf32 (shipped since 2026-12-01, with the bf16 launch options): the output kernel took 0.951 of
     # the gated forward's 2.372 ms on the H200. Offline sm_90 (benchmarks/fp32_dot_regs.py --grid): at BV_o 128,
     # 8 warps, 3 stages it spills 100 B a thread; at BV_o 64 on 4 warps, 3 stages (131 KB shared) or 1 stage, none.
@@ -186,7 +192,9 @@ def main() -> int:
     p.add_argument("--variants", default="", help="comma-separated variant names (default: all)")
     p.add_argument("--fwd-kernels", action="store_true", help="also print each variant's forward kernels (device ms)")
     p.add_argument("--bwd-kernels", action="store_true", help="also print each variant's fwd+bwd kernels (device ms)")
-    p.add_argument("--metadata", action="store_true", help="at the end: registers, spills, shared of every kernel built")
+    p.add_argument(
+        "--metadata", action="store_true", help="at the end: registers, spills, shared of every kernel built"
+    )
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     p.add_argument("--matmul-precision", default="highest", choices=("highest", "high"),
                    help="torch.set_float32_matmul_precision for fp32 inputs ('high': plain tf32 dots)")  # fmt: skip

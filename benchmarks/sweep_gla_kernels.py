@@ -67,9 +67,7 @@ def run(kind, xs, cfg):
     need_dgate = kind != "head"  # retention's decays take no gradient (the op skips it: ``gate_grads``)
     kind = CONFIG_KIND[kind]
     o, ht = gla_triton.chunk_forward(q, k, v, g, kind, 0.088, h0, None, config=cfg)
-    grads = gla_triton.chunk_backward(
-        q, k, v, g, kind, 0.088, h0, None, do, dht, config=cfg, need_dgate=need_dgate
-    )
+    grads = gla_triton.chunk_backward(q, k, v, g, kind, 0.088, h0, None, do, dht, config=cfg, need_dgate=need_dgate)
     return (o, ht, *[x for x in grads if x is not None])
 
 

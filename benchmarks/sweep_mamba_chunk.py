@@ -63,7 +63,9 @@ def main(fwd_only: bool = False):
                         print(f"| {B} | {T} | {D} | {N} | {name} | {BT} | {BD} | {W} | {ms:.3f} | "
                               f"{diff(got, ref_y):.1e} | {_regs(kernel)} |")  # fmt: skip
                     except Exception as e:  # noqa: BLE001 - a failed config is a row with the error
-                        print(f"| {B} | {T} | {D} | {N} | {name} | {BT} | {BD} | {W} | error: {type(e).__name__}: {e} | | |")
+                        print(
+                            f"| {B} | {T} | {D} | {N} | {name} | {BT} | {BD} | {W} | error: {type(e).__name__}: {e} | | |"
+                        )
             TC.FWD_LANES = lanes_shipped
             TC.BT_FWD, TC.BD_FWD, TC.WARPS_FWD = saved[:3]
             for BT, BD, WS, WB in [] if fwd_only else BWD:

@@ -68,7 +68,11 @@ log = logging.getLogger("train_throughput")
 
 ARCHS = ("qwen3_next", "kimi_linear", "mamba2")
 ROWS = {
-    "1": "hf", "2": "hf+fla", "3": "patched", "4": "compiled", "5": "compiled, loss always fused",
+    "1": "hf",
+    "2": "hf+fla",
+    "3": "patched",
+    "4": "compiled",
+    "5": "compiled, loss always fused",
     "6": "compiled, CUDA graphs",
 }
 COMPILED = ("4", "5", "6")

@@ -184,8 +184,7 @@ def kept_reason(family: str, spelling: str, shape: Shape) -> str:
     min_T = int(e.get("min_T", 0))
     if shape.T < min_T:
         return (
-            f"kept as written: T={shape.T} is below the crossover length (T={min_T}) for {family}/{spelling} "
-            f"on {kind}"
+            f"kept as written: T={shape.T} is below the crossover length (T={min_T}) for {family}/{spelling} on {kind}"
         )
     if work(spelling, shape.T, shape.heads, shape.K, shape.V) >= min_work:
         return ""

@@ -242,7 +242,9 @@ class JitFunction:
     def _fast_key(args, _tensor=torch.Tensor):
         """The exact inputs (shapes, dtypes, devices, requires_grad; constants by repr): one graph and one choice.
         Every call pays it: a list comprehension (0.7 µs less than a generator for three tensors)."""
-        return tuple([(a.shape, a.dtype, a.device, a.requires_grad) if isinstance(a, _tensor) else repr(a) for a in args])
+        return tuple(
+            [(a.shape, a.dtype, a.device, a.requires_grad) if isinstance(a, _tensor) else repr(a) for a in args]
+        )
 
     def _time_input(self, args):
         for i, a in enumerate(args):

@@ -60,7 +60,9 @@ class Options:
             if not isinstance(value, bool):
                 raise TypeError(f"fla backend: option {name!r} must be a bool, got {value!r}")
         if options.get("cudagraphs") and not options.get("inductor", True):
-            raise ValueError("fla backend: cudagraphs=True needs inductor=True (Inductor's cudagraph trees run the graph)")
+            raise ValueError(
+                "fla backend: cudagraphs=True needs inductor=True (Inductor's cudagraph trees run the graph)"
+            )
         return cls(**options)
 
 

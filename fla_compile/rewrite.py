@@ -519,7 +519,9 @@ class FunctionLowering:
         q, k, v, g, b, h0 = (
             args[x.index] if isinstance(x, Arg) else None for x in (r.q, r.k, r.v, r.gate, r.beta, r.initial_state)
         )
-        o, ht = run_function(r.family, q, k, v, g, b, r.decay, r.scale, h0, r.extras["l2norm"], r.extras.get("heads_first", False))
+        o, ht = run_function(
+            r.family, q, k, v, g, b, r.decay, r.scale, h0, r.extras["l2norm"], r.extras.get("heads_first", False)
+        )
         return tuple(
             (o if kind == "o" else ht if kind == "state" else ht.mT).to(dtype) for kind, dtype in r.extras["outputs"]
         )

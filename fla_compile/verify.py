@@ -162,7 +162,9 @@ def _say_rounding(n: fx.Node, wide: torch.Tensor, dtype: torch.dtype) -> None:
     op computes the math, so on such inputs it differs from the code as written by more than rounding."""
     if dtype not in _EXACT_INTS or dtype == torch.float32:  # float32's rounding is what the proof tolerates
         return
-    rounds = isinstance(wide, torch.Tensor) and wide.is_floating_point() and not torch.equal(wide.to(dtype).double(), wide)
+    rounds = (
+        isinstance(wide, torch.Tensor) and wide.is_floating_point() and not torch.equal(wide.to(dtype).double(), wide)
+    )
     positions = n.target in (torch.arange, "arange", aten.arange.default, aten.arange.start, aten.arange.start_step)
     if not (rounds or positions):
         return

@@ -190,7 +190,9 @@ def _prove(module, binding, fwd, originals, bound, attrs):
             if not errs[name] < common.PROBE_TOL:
                 return errs, f"probe of {name}: rel err {errs[name]:.2e} >= {common.PROBE_TOL:g}"
         try:
-            errs["layer"] = _layer_probe(module, binding, fwd, attrs, device, _reference_forward(module, originals, attrs))
+            errs["layer"] = _layer_probe(
+                module, binding, fwd, attrs, device, _reference_forward(module, originals, attrs)
+            )
         except Exception as e:
             return errs, f"layer probe raised {type(e).__name__}: {e}"
         if not errs["layer"] < common.PROBE_TOL:

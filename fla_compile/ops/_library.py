@@ -244,9 +244,7 @@ def register(spec: OpSpec) -> None:
         if gate_grads:
             kw["gate_grads"] = gate_grads
         grads = spec.backward(q, k, v, *gates, scale=scale, initial_state=h0, cu_seqlens=cu, do=do, dht=dht, **kw)
-        return [
-            cast(g, x.dtype) if g is not None and not s else q.new_empty(0) for g, x, s in zip(grads, inputs, skip)
-        ]
+        return [cast(g, x.dtype) if g is not None and not s else q.new_empty(0) for g, x, s in zip(grads, inputs, skip)]
 
     def fwd_fake(q, k, v, *rest):
         gates, (_, h0, cu), flags = rest[:n_gates], rest[n_gates : n_gates + 3], rest[n_gates + 3 :]

@@ -72,9 +72,7 @@ SPECS = [
         FLAGS,
         **_KEEP,
     ),
-    OpSpec(
-        "kda", ("gk", "beta"), _kda_fwd, _kda_bwd, "S = (I - b k k^T) diag(exp(gk_t)) S + b k v^T", FLAGS, **_KEEP
-    ),
+    OpSpec("kda", ("gk", "beta"), _kda_fwd, _kda_bwd, "S = (I - b k k^T) diag(exp(gk_t)) S + b k v^T", FLAGS, **_KEEP),
 ]
 for _spec in SPECS:
     register(_spec)

@@ -61,7 +61,6 @@ def _bwd_impl(x, g, h0, cu, o, do, dht):
     return [cast(dx, x.dtype), cast(dg, g.dtype), dh0]
 
 
-
 def _bwd_fake(x, g, h0, cu, o, do, dht):
     dense = torch.contiguous_format
     dh0 = torch.empty_like(h0, memory_format=dense) if h0 is not None else x.new_empty(0)

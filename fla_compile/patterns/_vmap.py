@@ -136,14 +136,22 @@ def _pure(n: fx.Node) -> bool:
     """An aten op that writes nothing and draws no random numbers: one computation serves all its uses."""
     schema = getattr(n.target, "_schema", None)
     tags = getattr(n.target, "tags", ())
-    return n.op == "call_function" and schema is not None and not schema.is_mutable and (
-        torch.Tag.nondeterministic_seeded not in tags)
+    return (
+        n.op == "call_function"
+        and schema is not None
+        and not schema.is_mutable
+        and (torch.Tag.nondeterministic_seeded not in tags)
+    )
 
 
 def _root(n: fx.Node) -> fx.Node:
     """The node that owns the memory ``n`` is a view of (``n`` itself where it is no view)."""
-    while _pure(n) and n.args and isinstance(n.args[0], fx.Node) and any(
-            r.alias_info is not None for r in n.target._schema.returns):
+    while (
+        _pure(n)
+        and n.args
+        and isinstance(n.args[0], fx.Node)
+        and any(r.alias_info is not None for r in n.target._schema.returns)
+    ):
         n = n.args[0]
     return n
 
@@ -188,8 +196,13 @@ def _shared(traced: fx.GraphModule) -> tuple[dict, set]:
             continue
         invariant.add(n)
         try:
-            key = _frozen((n.target, fx.node.map_arg(n.args, lambda a: same.get(a, a)),
-                           fx.node.map_arg(n.kwargs, lambda a: same.get(a, a))))
+            key = _frozen(
+                (
+                    n.target,
+                    fx.node.map_arg(n.args, lambda a: same.get(a, a)),
+                    fx.node.map_arg(n.kwargs, lambda a: same.get(a, a)),
+                )
+            )
         except TypeError:
             continue
         if key in keys and _root(n) not in written and _root(keys[key]) not in written:  # one result, never written
@@ -223,7 +236,8 @@ def _splice(graph: fx.Graph, nodes: list[fx.Node], inputs: list, outputs: list, 
         if n.op == "placeholder":
             env[n] = next(it)
     order = [n for n in traced.graph.nodes if n in first] + [
-        n for n in traced.graph.nodes if n.op != "placeholder" and n not in first]
+        n for n in traced.graph.nodes if n.op != "placeholder" and n not in first
+    ]
     with graph.inserting_before(nodes[0]):
         for n in order:
             if n.op == "output":

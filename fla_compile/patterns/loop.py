@@ -27,7 +27,10 @@ from ._time import TimeRead, TimeWrite, time_read, time_write
 SPELLING = "loop"
 # the calls that collect the per-step outputs after the loop (aten's where a vmapped loop was traced)
 COLLECT = {
-    torch.stack: "stack", torch.ops.aten.stack.default: "stack", torch.cat: "cat", torch.ops.aten.cat.default: "cat"
+    torch.stack: "stack",
+    torch.ops.aten.stack.default: "stack",
+    torch.cat: "cat",
+    torch.ops.aten.cat.default: "cat",
 }
 
 
@@ -275,8 +278,13 @@ def copied_sources(graph: fx.Graph) -> list[tuple[str, str]]:
                 T, where = n, first[key]
     if not copies:
         return []
-    return [(f"time loop at T={T} not re-rolled: each step reads step t of its own copy of {', '.join(copies)}, "
-             "not one sequence read at every t (computed once before the loop, it would be)", source_line(where))]
+    return [
+        (
+            f"time loop at T={T} not re-rolled: each step reads step t of its own copy of {', '.join(copies)}, "
+            "not one sequence read at every t (computed once before the loop, it would be)",
+            source_line(where),
+        )
+    ]
 
 
 def _peeled(n: fx.Node) -> bool:

@@ -147,7 +147,9 @@ def _case_fused_l2norm(family, cu_lens=None, dtype=torch.float32, fused=True):
     xs = [None if x is None else x.to(dtype) for x in (q, k, v, beta, g)]
     with _switched("FUSED_L2NORM", fused):
         o, ht = DT.chunk_forward(*xs[:4], xs[4], FAMILY_GATE[family], 0.3, h0, cu, True, chunk_size=16)
-        got = DT.chunk_backward(*xs[:4], xs[4], FAMILY_GATE[family], 0.3, h0, cu, do.to(dtype), dht, True, chunk_size=16)
+        got = DT.chunk_backward(
+            *xs[:4], xs[4], FAMILY_GATE[family], 0.3, h0, cu, do.to(dtype), dht, True, chunk_size=16
+        )
     out = {"o": rel(o, ro), "ht": rel(ht, rs)}
     out.update({n: rel(x, ref[n]) for n, x in zip(["dq", "dk", "dv", "db", "dg", "dh0"], got) if x is not None})
     if fused:
@@ -155,6 +157,7 @@ def _case_fused_l2norm(family, cu_lens=None, dtype=torch.float32, fused=True):
     if dtype != torch.float32:
         out["tol"] = 5e-3
     return out
+
 
 def _case_inplace_decode(family):
     from fla_compile.lowering.delta import triton_launch as DT
@@ -226,7 +229,7 @@ def _case_saved_parts(family):
         DT.backward_parts, DT.gla_intra = real, real_intra
     out = {"o": rel(o, ro), "dk": rel(k.grad, ref["dk"]), "dv": rel(v.grad, ref["dv"])}
     # the backward launches no A kernel: k kᵀ (solve) and kda's q kᵀ come from the forward
-    out["A_recomputed"] = float("A" in seen[seen.index("bwd"):])
+    out["A_recomputed"] = float("A" in seen[seen.index("bwd") :])
     return out
 
 
@@ -275,6 +278,7 @@ def _case_copied_X(family, T=70):
         DT.kw = real
     return out
 
+
 def _case_compiled_conv_keeps_X():
     """Compiled by the fla backend, a graph whose q, k, v come out of a depthwise conv (the short conv of
     Qwen3-Next, Kimi-Linear): every backward gets the forward's tagged X, and the gradients are eager's. With
@@ -311,6 +315,7 @@ def _case_compiled_conv_keeps_X():
     out = {f"d{i}": rel(a, b) for i, (a, b) in enumerate(zip(compiled, eager))}
     out["untagged_X"] = float(sum(t != DT.X_SLOTS for t in tags) + (len(tags) != 2))
     return out
+
 
 def _case_half(family):
     """Half inputs: the dots take them as they are (fp32 accumulation) and the chunk states, X, W, U and v_new are
@@ -637,7 +642,10 @@ INTERPRETER_CASES = {
     "wy-pair-gdn-K80-varlen": (_case_wy_pair, ("gated_delta_rule", 16, [7, 0, 13], 10, 80, 72)),
     "wy-pair-delta-K80": (_case_wy_pair, ("delta_rule", 32, None, 20, 80, 72)),
     "wy-pair-delta-BT32-varlen": (_case_wy_pair, ("delta_rule", 32, [9, 0, 30], 20)),
-    "wy-pair-half-dots-gdn-fp16": (_case_wy_pair, ("gated_delta_rule", 64, [9, 0, 71], 40, 80, 72, torch.float16, True)),
+    "wy-pair-half-dots-gdn-fp16": (
+        _case_wy_pair,
+        ("gated_delta_rule", 64, [9, 0, 71], 40, 80, 72, torch.float16, True),
+    ),
     "wy-pair-half-dots-delta-fp16": (_case_wy_pair, ("delta_rule", 32, None, 40, 20, 40, torch.float16, True)),
 }
 
@@ -866,7 +874,11 @@ def test_gpu_full_chunks_bf16_vs_fp64(family, T, K):
         {"SOLVE_DIAG": "steps"},
     ],
     ids=[
-        "kkt_kernel", "wy_pair_fp32", "merge_exact", "kkt_kernel_merge_exact", "diag_steps",
+        "kkt_kernel",
+        "wy_pair_fp32",
+        "merge_exact",
+        "kkt_kernel_merge_exact",
+        "diag_steps",
     ],  # fmt: skip
 )
 @pytest.mark.parametrize("family", ["delta_rule", "gated_delta_rule"])

@@ -307,7 +307,14 @@ def test_chunk_meta_varlen():
 def test_chunk_meta_dense():
     cu, info, chunk_off, NS, N = chunks.chunk_meta(2, 40, None, 16, "cpu")
     assert (N, NS) == (2, 6) and cu.tolist() == [0, 40, 80] and chunk_off.tolist() == [0, 3, 6]
-    assert info.tolist() == [[0, 0, 0, 40], [0, 1, 0, 40], [0, 2, 0, 40], [1, 0, 40, 80], [1, 1, 40, 80], [1, 2, 40, 80]]
+    assert info.tolist() == [
+        [0, 0, 0, 40],
+        [0, 1, 0, 40],
+        [0, 2, 0, 40],
+        [1, 0, 40, 80],
+        [1, 1, 40, 80],
+        [1, 2, 40, 80],
+    ]
 
 
 @pytest.mark.parametrize("bad", [[0, 5, 42], [1, 5, 41], [0, 30, 20, 41]], ids=["past_end", "not_from_0", "decreasing"])

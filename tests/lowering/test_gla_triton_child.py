@@ -28,7 +28,10 @@ def _needs_child() -> bool:
 @pytest.mark.skipif(not _needs_child(), reason="the interpreter tests run in this process")
 def test_interpreter_tests_in_child_process():
     here = pathlib.Path(__file__).parent
-    files = [str(here / name) for name in ("test_gla_triton.py", "test_gla_triton_autotune.py", "test_gla_saved_A.py", "test_rwkv6_triton.py")]
+    files = [
+        str(here / name)
+        for name in ("test_gla_triton.py", "test_gla_triton_autotune.py", "test_gla_saved_A.py", "test_rwkv6_triton.py")
+    ]
     env = dict(os.environ, TRITON_INTERPRET="1")
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *files],

@@ -48,8 +48,15 @@ def call_ref(family, q, k, v, g, b, scale=None, initial_state=None, output_final
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 @pytest.mark.parametrize(
     "gate,beta,T",
-    [("weak", "uniform", 37), ("strong", "uniform", 70), ("weak", "zero", 37), ("weak", "one", 65), ("weak", "one", 1),
-     ("weak", "wide", 70), ("weak", "two", 65)],
+    [
+        ("weak", "uniform", 37),
+        ("strong", "uniform", 70),
+        ("weak", "zero", 37),
+        ("weak", "one", 65),
+        ("weak", "one", 1),
+        ("weak", "wide", 70),
+        ("weak", "two", 65),
+    ],
     ids=["weak", "strong", "beta0", "beta1", "T1", "beta0to2", "beta2"],
 )
 def test_forward_matches_reference(family, dtype, gate, beta, T):

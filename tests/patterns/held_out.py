@@ -81,7 +81,9 @@ def ssd_parallel_segsum(q, k, v, gs):
     T = a.shape[-1]
     x = a[..., None].repeat(1, 1, 1, T)
     x = x.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool, device=q.device), -1), 0)
-    seg = torch.cumsum(x, dim=-2).masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool, device=q.device)), -torch.inf)
+    seg = torch.cumsum(x, dim=-2).masked_fill(
+        ~torch.tril(torch.ones(T, T, dtype=torch.bool, device=q.device)), -torch.inf
+    )
     return torch.einsum("bthn,bshn,bhts,bshp->bthp", q, k, torch.exp(seg), v)
 
 
@@ -280,7 +282,9 @@ def _segsum(x):
     x = x[..., None].repeat(*([1] * x.dim()), T)
     x = x.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool, device=x.device), diagonal=-1), 0)
     x_segsum = torch.cumsum(x, dim=-2)
-    return x_segsum.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool, device=x.device), diagonal=0), -torch.inf)
+    return x_segsum.masked_fill(
+        ~torch.tril(torch.ones(T, T, dtype=torch.bool, device=x.device), diagonal=0), -torch.inf
+    )
 
 
 def ssd_minimal(q, k, v, gs, block_len=8):
@@ -508,7 +512,9 @@ def simple_gla_chunked_split(q, k, v, gs, chunk_size=8):
     for qc, kc, vc, gc in zip(*(x.split(chunk_size, dim=1) for x in (q, k, v, gs))):
         b = gc.cumsum(1)  # [B, C, H]
         M = (b[:, :, None] - b[:, None]).permute(0, 3, 1, 2)  # [B, H, C, C]
-        M = M.masked_fill(~torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).tril(), -torch.inf).exp()
+        M = M.masked_fill(
+            ~torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).tril(), -torch.inf
+        ).exp()
         intra = torch.einsum("bthk,bshk,bhts,bshv->bthv", qc, kc, M, vc)
         inter = torch.einsum("bthk,bhkv->bthv", qc * b.exp()[..., None], S)
         outs.append(intra + inter)

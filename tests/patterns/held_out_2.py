@@ -426,9 +426,10 @@ def sgla_fla_chunk(q, k, v, g):
         att = q[:, :, i] @ k[:, :, i].transpose(-1, -2) * L[:, :, i]
         o[:, :, i] = (q[:, :, i] * gc[:, :, i, :, None].exp()) @ S + att @ v[:, :, i]
         last = gc[:, :, i, -1]
-        S = S * last.exp()[..., None, None] + (
-            k[:, :, i] * (last[..., None] - gc[:, :, i]).exp()[..., None]
-        ).transpose(-1, -2) @ v[:, :, i]
+        S = (
+            S * last.exp()[..., None, None]
+            + (k[:, :, i] * (last[..., None] - gc[:, :, i]).exp()[..., None]).transpose(-1, -2) @ v[:, :, i]
+        )
     return o.reshape(b, h, n, -1).transpose(1, 2)
 
 
@@ -686,7 +687,9 @@ def _l2(x, eps=1e-6):
 def gdn_transformers_style(query, key, value, g, beta):
     """transformers' torch_recurrent_gated_delta_rule, retyped: l2norm, [B, H, T, D], last state."""
     query, key = _l2(query), _l2(key)
-    query, key, value, beta, g = (x.transpose(1, 2).contiguous().to(torch.float32) for x in (query, key, value, beta, g))
+    query, key, value, beta, g = (
+        x.transpose(1, 2).contiguous().to(torch.float32) for x in (query, key, value, beta, g)
+    )
     bsz, nh, seq, kd = key.shape
     query = query * (1 / kd**0.5)
     out = torch.zeros(bsz, nh, seq, value.shape[-1]).to(value)
@@ -730,9 +733,10 @@ def gdn_fla_chunk(q, k, v, g, beta):
         vn = vv[:, :, i] - kcd[:, :, i] @ S
         o[:, :, i] = (qi * gc[:, :, i, :, None].exp()) @ S + att @ vn
         last = gc[:, :, i, -1]
-        S = S * last[..., None, None].exp() + (ki * (last[..., None] - gc[:, :, i]).exp()[..., None]).transpose(
-            -1, -2
-        ) @ vn
+        S = (
+            S * last[..., None, None].exp()
+            + (ki * (last[..., None] - gc[:, :, i]).exp()[..., None]).transpose(-1, -2) @ vn
+        )
     return o.reshape(b, h, n, -1).transpose(1, 2)
 
 
@@ -1240,37 +1244,72 @@ def _nla_inputs(dtype=torch.float32, device="cpu", seed=0):
 CASES: list[Case] = [
     # linear_attn
     Case("la_fla_recurrent", "linear_attn", la_fla_recurrent, qkv_bthd, _ref_la),
-    Case("la_bhtd_stack_matmul", "linear_attn", la_bhtd_stack_matmul, qkv_bhtd, lambda q, k, v: _t(_ref_la(_t(q), _t(k), _t(v)))),
-    Case("la_parallel_tril", "linear_attn", la_parallel_tril, qkv_bhtd, lambda q, k, v: _t(_ref_la(_t(q), _t(k), _t(v)))),
+    Case(
+        "la_bhtd_stack_matmul",
+        "linear_attn",
+        la_bhtd_stack_matmul,
+        qkv_bhtd,
+        lambda q, k, v: _t(_ref_la(_t(q), _t(k), _t(v))),
+    ),
+    Case(
+        "la_parallel_tril", "linear_attn", la_parallel_tril, qkv_bhtd, lambda q, k, v: _t(_ref_la(_t(q), _t(k), _t(v)))
+    ),
     Case("la_parallel_masked_fill", "linear_attn", la_parallel_masked_fill, qkv_bthd, _ref_la),
     Case("la_cumsum_outer", "linear_attn", la_cumsum_outer, qkv_bthd, _ref_la),
     Case("la_fla_chunk", "linear_attn", la_fla_chunk, qkv_bthd, _ref_la),
     Case("la_module", "linear_attn", la_module, _layer_input, _la_module_ref),
-    Case("la_final_state_h0", "linear_attn", la_final_state_h0, qkv_h0_bthd, lambda q, k, v, h0: _ref_la(q, k, v, h0=h0)),
-    Case("la_fla_recurrent_h0", "linear_attn", lambda q, k, v, h0: la_fla_recurrent(q, k, v, None, h0, True), qkv_h0_bthd,
-         lambda q, k, v, h0: _ref_la(q, k, v, h0=h0)),
+    Case(
+        "la_final_state_h0", "linear_attn", la_final_state_h0, qkv_h0_bthd, lambda q, k, v, h0: _ref_la(q, k, v, h0=h0)
+    ),
+    Case(
+        "la_fla_recurrent_h0",
+        "linear_attn",
+        lambda q, k, v, h0: la_fla_recurrent(q, k, v, None, h0, True),
+        qkv_h0_bthd,
+        lambda q, k, v, h0: _ref_la(q, k, v, h0=h0),
+    ),
     # retention
     Case("ret_parallel_torchscale", "retention", ret_parallel_torchscale, qkv_bhtd, _ret_ref_bhtd),
     Case("ret_parallel_fla_exp2", "retention", ret_parallel_fla_exp2, qkv_bhtd, _ret_ref_bhtd),
     Case("ret_recurrent_torchscale", "retention", ret_recurrent_torchscale, qkv_bhtd, _ret_ref_bhtd),
     Case("ret_chunkwise_torchscale", "retention", ret_chunkwise_torchscale, qkv_bhtd, _ret_ref_bhtd),
     Case("lightning_recurrent", "retention", lightning_recurrent, qkv_bhtd, _lightning_ref),
-    Case("ret_loop_scalar_gamma", "retention", ret_loop_scalar_gamma, qkv_bthd,
-         lambda q, k, v: rgla.retention(q, k, v, math.log(0.9))[0]),
+    Case(
+        "ret_loop_scalar_gamma",
+        "retention",
+        ret_loop_scalar_gamma,
+        qkv_bthd,
+        lambda q, k, v: rgla.retention(q, k, v, math.log(0.9))[0],
+    ),
     # simple_gla
     Case("sgla_fla_recurrent", "simple_gla", sgla_fla_recurrent, qkv_g_bthd, _sgla_ref),
     Case("sgla_parallel_segsum", "simple_gla", sgla_parallel_segsum, qkv_g_bthd, _sgla_ref),
     Case("sgla_fla_chunk", "simple_gla", sgla_fla_chunk, qkv_g_bthd, _sgla_ref),
-    Case("sgla_mamba2_quadratic", "simple_gla", sgla_mamba2_quadratic, qkv_g_bthd,
-         lambda q, k, v, g: rgla.simple_gla(q, k, v, g, scale=1.0)[0]),
-    Case("sgla_gate_in_loop", "simple_gla", sgla_gate_in_loop, qkv_g_bthd,
-         lambda q, k, v, a: rgla.simple_gla(q, k, v, F.logsigmoid(a) / 8)[0]),
+    Case(
+        "sgla_mamba2_quadratic",
+        "simple_gla",
+        sgla_mamba2_quadratic,
+        qkv_g_bthd,
+        lambda q, k, v, g: rgla.simple_gla(q, k, v, g, scale=1.0)[0],
+    ),
+    Case(
+        "sgla_gate_in_loop",
+        "simple_gla",
+        sgla_gate_in_loop,
+        qkv_g_bthd,
+        lambda q, k, v, a: rgla.simple_gla(q, k, v, F.logsigmoid(a) / 8)[0],
+    ),
     # gla
     Case("gla_fla_recurrent", "gla", gla_fla_recurrent, qkv_gk_bthd, _gla_ref),
     Case("gla_paper_alpha", "gla", gla_paper_alpha, qkv_gk_bthd, _gla_ref),
     Case("gla_parallel_factored", "gla", gla_parallel_factored, qkv_gk_bthd, _gla_ref),
-    Case("gla_einsum_bthd_h0", "gla", gla_einsum_bthd_h0, _gla_h0_inputs,
-         lambda q, k, v, gk, h0: rgla.gla(q, k, v, gk=gk, initial_state=h0)[0]),
+    Case(
+        "gla_einsum_bthd_h0",
+        "gla",
+        gla_einsum_bthd_h0,
+        _gla_h0_inputs,
+        lambda q, k, v, gk, h0: rgla.gla(q, k, v, gk=gk, initial_state=h0)[0],
+    ),
     Case("gla_module", "gla", gla_module, _layer_input, _gla_module_ref),
     # delta_rule
     Case("delta_fla_recurrent", "delta_rule", delta_fla_recurrent, _bhtd(delta_bthd), _delta_ref_bhtd),
@@ -1289,8 +1328,13 @@ CASES: list[Case] = [
     Case("kda_module_style", "kda", kda_module_style, kda_bthd, _kda_norm_ref),
     # rwkv6
     Case("rwkv6_fla_recurrent", "rwkv6", rwkv6_fla_recurrent, rwkv_bhtd, _rwkv_ref),
-    Case("rwkv6_official_timemix", "rwkv6", rwkv6_official_timemix, rwkv_bhtd,
-         lambda r, k, v, w, u: _rwkv_ref(r, k, v, w, u, scale=1.0)),
+    Case(
+        "rwkv6_official_timemix",
+        "rwkv6",
+        rwkv6_official_timemix,
+        rwkv_bhtd,
+        lambda r, k, v, w, u: _rwkv_ref(r, k, v, w, u, scale=1.0),
+    ),
     # hgrn
     Case("hgrn_fla_recurrent", "hgrn", hgrn_fla_recurrent, x_gate_btd, _hgrn_ref),
     Case("hgrn1_lerp", "hgrn", hgrn1_lerp, x_gate_btd, _hgrn1_ref),
@@ -1299,8 +1343,13 @@ CASES: list[Case] = [
     # mamba
     Case("selective_scan_ref_style", "mamba", selective_scan_ref_style, selective_bdl, _sel_ref_bdl),
     Case("mamba_minimal", "mamba", mamba_minimal, selective_bld, _sel_ref_bld),
-    Case("mamba_discretize_in_loop", "mamba", mamba_discretize_in_loop, selective_bld,
-         lambda u, dl, A, Bm, Cm: _sel_ref_bld(u, dl, A, Bm, Cm) + 0.5 * u),
+    Case(
+        "mamba_discretize_in_loop",
+        "mamba",
+        mamba_discretize_in_loop,
+        selective_bld,
+        lambda u, dl, A, Bm, Cm: _sel_ref_bld(u, dl, A, Bm, Cm) + 0.5 * u,
+    ),
     # normalized_linear_attn
     Case("nla_parallel_elu", "normalized_linear_attn", nla_parallel_elu, _nla_inputs, _nla_ref),
     Case("nla_loop_sz", "normalized_linear_attn", nla_loop_sz, _nla_inputs, _nla_ref),

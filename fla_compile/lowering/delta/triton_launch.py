@@ -285,8 +285,18 @@ def forward_parts(
         BKg = min(64, BK) if gid == 2 else 16
         grid = (NS, 1 if gid == 1 else launch.cdiv(K, BKg), H)
         launch.fitted(
-            gla_kern.chunk_cumsum_kernel, grid,
-            gate.contiguous(), gc, cu, info, H, K, BT, BKg, gid, **_opts("cumsum", dev, key)
+            gla_kern.chunk_cumsum_kernel,
+            grid,
+            gate.contiguous(),
+            gc,
+            cu,
+            info,
+            H,
+            K,
+            BT,
+            BKg,
+            gid,
+            **_opts("cumsum", dev, key),
         )
     gcp = gc if gc is not None else beta  # a placeholder pointer: never read without a gate
     merge_prec = prec if SOLVE_MERGE_TF32 else "ieee"  # the solve's merge dots
@@ -299,20 +309,65 @@ def forward_parts(
             NC = BT // 16
             Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf
             launch.fitted(  # the whole K in one block (K <= MAX_HEAD_DIM)
-                kw.chunk_kda_A_rows_kernel, (NS, NC, H),
-                q, k, gc, A, Aqk, cu, info, H, G, K, BT, 16, BK, NC, prec, **_opts("A_row_block", dev, key)
+                kw.chunk_kda_A_rows_kernel,
+                (NS, NC, H),
+                q,
+                k,
+                gc,
+                A,
+                Aqk,
+                cu,
+                info,
+                H,
+                G,
+                K,
+                BT,
+                16,
+                BK,
+                NC,
+                prec,
+                **_opts("A_row_block", dev, key),
             )
         elif gid == 2:
             NC = BT // 16
             BKa = min(64, BK)
             launch.fitted(
-                gla_intra.chunk_gla_A_kernel, (NS, NC * NC, H),
-                k, k, gc, A, cu, info, H, G, K, BT, 16, BKa, NC, prec, BT, **_opts("A", dev, key)
+                gla_intra.chunk_gla_A_kernel,
+                (NS, NC * NC, H),
+                k,
+                k,
+                gc,
+                A,
+                cu,
+                info,
+                H,
+                G,
+                K,
+                BT,
+                16,
+                BKa,
+                NC,
+                prec,
+                BT,
+                **_opts("A", dev, key),
             )
         elif not kkt:
             launch.fitted(
-                kw.chunk_kkt_kernel, (NS, H),
-                k, gcp, A, cu, info, H, G, K, BT, min(64, BK), gid, prec, **_opts("kkt", dev, key)
+                kw.chunk_kkt_kernel,
+                (NS, H),
+                k,
+                gcp,
+                A,
+                cu,
+                info,
+                H,
+                G,
+                K,
+                BT,
+                min(64, BK),
+                gid,
+                prec,
+                **_opts("kkt", dev, key),
             )
         load_x = False
     else:
@@ -324,7 +379,8 @@ def forward_parts(
     if WU_SPLIT:
         if not load_x:
             launch.fitted(
-                kw.chunk_wy_kernel, (NS, H),
+                kw.chunk_wy_kernel,
+                (NS, H),
                 k,
                 v,
                 beta,
@@ -377,8 +433,24 @@ def forward_parts(
         NC = BT // 16
         Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf
         launch.fitted(
-            gla_intra.chunk_gla_A_kernel, (NS, NC * NC, H),
-            q, k, gc, Aqk, cu, info, H, G, K, BT, 16, min(64, BK), NC, prec, BT, **_opts("A", dev, key)
+            gla_intra.chunk_gla_A_kernel,
+            (NS, NC * NC, H),
+            q,
+            k,
+            gc,
+            Aqk,
+            cu,
+            info,
+            H,
+            G,
+            K,
+            BT,
+            16,
+            min(64, BK),
+            NC,
+            prec,
+            BT,
+            **_opts("A", dev, key),
         )
     o = None
     if need_o:
@@ -465,12 +537,40 @@ def backward_parts(
     if gid == 2:
         db1 = torch.empty(B, T, H, K, **f32)
         launch.fitted(
-            gla_intra.chunk_gla_bwd_intra_kernel, (NS, NC * launch.cdiv(K, BKi), H),
-            q, k, gc, dA, dq, dk, db1, cu, info, scale, H, G, K, BT, 16, BKi, NC, prec, **_opts("intra", dev, key)
+            gla_intra.chunk_gla_bwd_intra_kernel,
+            (NS, NC * launch.cdiv(K, BKi), H),
+            q,
+            k,
+            gc,
+            dA,
+            dq,
+            dk,
+            db1,
+            cu,
+            info,
+            scale,
+            H,
+            G,
+            K,
+            BT,
+            16,
+            BKi,
+            NC,
+            prec,
+            **_opts("intra", dev, key),
         )
         launch.fitted(
-            gla_intra.chunk_rc_add_kernel, (NS, launch.cdiv(K, BKi), H),
-            db1, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev, key)
+            gla_intra.chunk_rc_add_kernel,
+            (NS, launch.cdiv(K, BKi), H),
+            db1,
+            dg,
+            cu,
+            info,
+            H,
+            K,
+            BT,
+            BKi,
+            **_opts("rc", dev, key),
         )
     # 4. through W = X (b e^G k) and U = X (b v)
     dv = torch.empty(B, T, H, V, device=dev, dtype=dt)
@@ -486,7 +586,9 @@ def backward_parts(
         )  # fmt: skip
         if gid == 1:
             dg = scalar_dg_per_step(dg)
-            launch.fitted(gla_intra.chunk_rc_add_kernel, (NS, 1, H), dG, dg, cu, info, H, 1, BT, 16, **_opts("rc", dev, key))
+            launch.fitted(
+                gla_intra.chunk_rc_add_kernel, (NS, 1, H), dG, dg, cu, info, H, 1, BT, 16, **_opts("rc", dev, key)
+            )
     else:  # a gate per key dim: 4, then 5, the pairs of A = k kᵀ (gated), by 16-row blocks
         launch.fitted(
             kwb.chunk_wy_bwd_kernel, (NS, H),
@@ -494,12 +596,39 @@ def backward_parts(
             **_opts("wy_bwd", dev, key),
         )  # fmt: skip
         launch.fitted(
-            kwb.chunk_kk_pair_bwd_vec_kernel, (NS, NC, H),
-            k, beta, gc, dN, dk, dbeta, dG, cu, info, H, G, K, BT, 16, BK, NC, prec, **_opts("pair_vec", dev, key)
+            kwb.chunk_kk_pair_bwd_vec_kernel,
+            (NS, NC, H),
+            k,
+            beta,
+            gc,
+            dN,
+            dk,
+            dbeta,
+            dG,
+            cu,
+            info,
+            H,
+            G,
+            K,
+            BT,
+            16,
+            BK,
+            NC,
+            prec,
+            **_opts("pair_vec", dev, key),
         )
         launch.fitted(
-            gla_intra.chunk_rc_add_kernel, (NS, launch.cdiv(K, BKi), H),
-            dG, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev, key)
+            gla_intra.chunk_rc_add_kernel,
+            (NS, launch.cdiv(K, BKi), H),
+            dG,
+            dg,
+            cu,
+            info,
+            H,
+            K,
+            BT,
+            BKi,
+            **_opts("rc", dev, key),
         )
     return dq, dk, dv, dbeta, dg, dh0
 

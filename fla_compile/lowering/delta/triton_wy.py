@@ -137,9 +137,21 @@ def _diag_kkt(b_A, gc, beta, t0, eos, i_h, H: tl.constexpr, r: tl.constexpr, GAT
 
 
 @triton.jit
-def _diag_inverse(A, b_D, beta, t0, eos, i_h, H: tl.constexpr, BT: tl.constexpr, r: tl.constexpr,
-                  ROW_LOADS: tl.constexpr, KKT: tl.constexpr, DIAG: tl.constexpr = "steps",
-                  MERGE_PREC: tl.constexpr = "ieee"):
+def _diag_inverse(
+    A,
+    b_D,
+    beta,
+    t0,
+    eos,
+    i_h,
+    H: tl.constexpr,
+    BT: tl.constexpr,
+    r: tl.constexpr,
+    ROW_LOADS: tl.constexpr,
+    KKT: tl.constexpr,
+    DIAG: tl.constexpr = "steps",
+    MERGE_PREC: tl.constexpr = "ieee",
+):
     """(I + N_rr)^{-1}: with DIAG "powers" a product of powers of N's block at the merges' precision (the block in
     registers, ``_diag_kkt``'s, with KKT; else loaded whole from A); else row steps on the block in registers (KKT),
     on its rows loaded from A (ROW_LOADS), or on the block loaded whole from A."""
@@ -583,9 +595,7 @@ def chunk_delta_h_kernel(
         b_w = tl.load(w + (o_t * H + i_h)[:, None] * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
         # [BT, BV]
         p_v = (o_t * H + i_h)[:, None] * V + o_v[None, :]
-        b_vn = tl.load(u + p_v, mask=m_tv, other=0).to(tl.float32) - dot(
-            b_w, b_h.to(b_w.dtype), prec=PREC
-        )
+        b_vn = tl.load(u + p_v, mask=m_tv, other=0).to(tl.float32) - dot(b_w, b_h.to(b_w.dtype), prec=PREC)
         tl.store(vn + p_v, b_vn.to(vn.dtype.element_ty), mask=m_tv)
         # [BK, BT]
         if KG:

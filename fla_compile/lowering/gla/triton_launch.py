@@ -148,7 +148,8 @@ def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg,
     BK, BV = _state_tile(cfg, "h", N * H, K, V, v.device)
     grid = (N * H * launch.cdiv(K, BK) * launch.cdiv(V, BV),)  # one dim: N H may pass 65535
     launch.fitted(
-        kern.chunk_fwd_h_kernel, grid,
+        kern.chunk_fwd_h_kernel,
+        grid,
         k,
         v,
         gc if gc is not None else ht,
@@ -184,8 +185,25 @@ def _gla_A(q, k, gc, cu, info, NS, B, T, H, G, K, BT, BK, prec, cfg, out=None, g
     BK = _tile(cfg, "A", K, K)[0]
     extra = () if u is None else (gq, u, True)
     launch.fitted(
-        intra.chunk_gla_A_kernel, (NS, NC * NC, H),
-        q, k, gc, A, cu, info, H, G, K, BT, BC, BK, NC, prec, A.shape[-1], *extra, **_opts(cfg, "A")
+        intra.chunk_gla_A_kernel,
+        (NS, NC * NC, H),
+        q,
+        k,
+        gc,
+        A,
+        cu,
+        info,
+        H,
+        G,
+        K,
+        BT,
+        BC,
+        BK,
+        NC,
+        prec,
+        A.shape[-1],
+        *extra,
+        **_opts(cfg, "A"),
     )
     return A
 
@@ -279,7 +297,8 @@ def chunk_forward(
     BK, BV = _tile(cfg, "o", K, V)
     grid, order = chunk_grid(NS, launch.cdiv(V, BV), H, cfg.get("heads_inner", False))
     launch.fitted(
-        kern.chunk_fwd_o_kernel, grid,
+        kern.chunk_fwd_o_kernel,
+        grid,
         q,
         k,
         v,
@@ -307,7 +326,19 @@ def chunk_forward(
 
 
 def chunk_backward(
-    q, k, v, gate, gate_kind, scale, initial_state, cu_seqlens, do, dht, config=None, A=None, bonus=None,
+    q,
+    k,
+    v,
+    gate,
+    gate_kind,
+    scale,
+    initial_state,
+    cu_seqlens,
+    do,
+    dht,
+    config=None,
+    A=None,
+    bonus=None,
     need_dgate=True,
 ):
     """Chunked backward: (dq, dk, dv, dgate or None, dh0 or None), dq/dk/dv in the inputs' dtypes; with
@@ -342,7 +373,8 @@ def chunk_backward(
     grid = (N * H * launch.cdiv(K, BK) * launch.cdiv(V, BV),)  # one dim: N H may pass 65535
     gc_arg = gc if gc is not None else h  # a placeholder pointer: never read without a gate
     launch.fitted(
-        kern.chunk_bwd_dh_kernel, grid,
+        kern.chunk_bwd_dh_kernel,
+        grid,
         q,
         do,
         gc_arg,
@@ -391,7 +423,8 @@ def chunk_backward(
     dg = _empty((B, T, H, K if gid == 2 else launch.cdiv(K, BK)), v.device, torch.float32) if want_dg else None
     grid, order = chunk_grid(NS, launch.cdiv(K, BK), H, cfg.get("heads_inner", False))
     launch.fitted(
-        kern.chunk_bwd_dqk_kernel, grid,
+        kern.chunk_bwd_dqk_kernel,
+        grid,
         q,
         k,
         v,
@@ -428,13 +461,43 @@ def chunk_backward(
         du = _empty(dq.shape, v.device, torch.float32) if u is not None else None  # per token, summed below
         extra = () if u is None else (gq, u, du, dg, True)
         launch.fitted(
-            intra.chunk_gla_bwd_intra_kernel, grid,
-            q, k, gc, dA, dq, dk, db, cu, info, scale, H, G, K, BT, BC, BKi, NC, prec, *extra, **_opts(cfg, "intra")
+            intra.chunk_gla_bwd_intra_kernel,
+            grid,
+            q,
+            k,
+            gc,
+            dA,
+            dq,
+            dk,
+            db,
+            cu,
+            info,
+            scale,
+            H,
+            G,
+            K,
+            BT,
+            BC,
+            BKi,
+            NC,
+            prec,
+            *extra,
+            **_opts(cfg, "intra"),
         )
         BKr = _tile(cfg, "rc", K, K)[0]
         launch.fitted(
-            intra.chunk_rc_add_kernel, (NS, launch.cdiv(K, BKr), H),
-            db, dg, cu, info, H, K, BT, BKr, *(() if u is None else (True,)), **_opts(cfg, "rc")
+            intra.chunk_rc_add_kernel,
+            (NS, launch.cdiv(K, BKr), H),
+            db,
+            dg,
+            cu,
+            info,
+            H,
+            K,
+            BT,
+            BKr,
+            *(() if u is None else (True,)),
+            **_opts(cfg, "rc"),
         )
     if gid in (1, 3) and want_dg:  # per step (gid 3: the op sums the steps for its per-head decay)
         dg = scalar_dg_per_step(dg)
