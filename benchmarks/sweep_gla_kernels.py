@@ -1,6 +1,6 @@
 """Per-kernel launch-option sweep of the GLA-line chunk kernels (CUDA): which warps / stages / blocks win.
 
-    python benchmarks/sweep_gla_kernels.py [--shape 8,2048,16,128] [--budget 300]
+    python benchmarks/sweep_gla_kernels.py [--shape 8,2048,16,128] [--budget 300] [--kinds head] [--only heads_inner]
 
 For each gate kind (vector: gla; scalar: simple_gla; head: retention's one decay per head, which the kernels
 expand in-chunk, gate id 3, under the scalar kind's configs) it runs one chunked forward and
@@ -87,13 +87,15 @@ def kernel_ms(kind, xs, cfg, iters=3) -> dict[str, float]:
     return {key: acc.get(name, 0.0) for key, name in NAMES.items()}
 
 
-def variants(kind):
+def variants(kind, shipped):
     keys = (("A", "intra") + BIG) if kind == "vector" else BIG
     out = []
     for key in keys:
         if key in BIG:
             opts = [{"_BV": bv, "_warps": w, "_stages": s} for bv in (64, 128) for w in (4, 8) for s in (2, 3)]
             opts += [{"_BK": 128, "_warps": w, "_stages": 2} for w in (4, 8)]
+            if key != "h" and key != "dh":  # the parallel kernels' launch order (``_heads_inner``), the other one
+                opts.append({"_heads_inner": not shipped.get(f"{key}_heads_inner", shipped.get("heads_inner", False))})
         else:
             opts = [{"_warps": w, "_stages": s} for w in (2, 4, 8) for s in (1, 2)]
             if key in ("A", "intra"):
@@ -107,6 +109,7 @@ def main() -> int:
     p.add_argument("--shape", default="8,2048,16,128")
     p.add_argument("--budget", type=float, default=300)
     p.add_argument("--kinds", default="vector,scalar")
+    p.add_argument("--only", default="", help="keep only the variants whose options' JSON holds this text")
     args = p.parse_args()
     B, T, H, D = (int(x) for x in args.shape.split(","))
     t0 = time.perf_counter()
@@ -117,10 +120,12 @@ def main() -> int:
         base_ms = kernel_ms(kind, xs, base)
         best = {key: (base_ms[key], {}) for key in NAMES}
         rows = [("base", "", base_ms)]
-        for blocks in candidates("chunk", CONFIG_KIND[kind], "sm90")[1:]:
+        for blocks in candidates("chunk", CONFIG_KIND[kind], "sm90")[1:] if not args.only else []:
             ms = kernel_ms(kind, xs, dict(blocks))
             rows.append(("blocks", json.dumps(blocks), ms))
-        for key, opt in variants(kind):
+        for key, opt in variants(kind, base):
+            if args.only not in json.dumps(opt):
+                continue
             if time.perf_counter() - t0 > args.budget:
                 print(f"budget reached at {key} {opt}", flush=True)
                 break

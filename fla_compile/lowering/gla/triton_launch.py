@@ -113,6 +113,12 @@ def _opts(config, kernel: str) -> dict:
     return {"num_warps": config.get(f"{kernel}_warps", warps), "num_stages": config.get(f"{kernel}_stages", stages)}
 
 
+def _heads_inner(config, kernel: str) -> bool:
+    """Launch order of one parallel chunk kernel (``chunks.chunk_grid``): ``<kernel>_heads_inner`` of the config
+    when given, else the shared ``heads_inner``."""
+    return config.get(f"{kernel}_heads_inner", config.get("heads_inner", False))
+
+
 def _config(kind, q, v, T, cu_seqlens, config):
     if config is not None:
         return config
@@ -295,7 +301,7 @@ def chunk_forward(
         _no_A(A_out)
     o = _empty(v.shape, v.device, v.dtype)
     BK, BV = _tile(cfg, "o", K, V)
-    grid, order = chunk_grid(NS, launch.cdiv(V, BV), H, cfg.get("heads_inner", False))
+    grid, order = chunk_grid(NS, launch.cdiv(V, BV), H, _heads_inner(cfg, "o"))
     launch.fitted(
         kern.chunk_fwd_o_kernel,
         grid,
@@ -405,7 +411,7 @@ def chunk_backward(
     SA = A.shape[-1] if gid == 2 else BT
     dv = _empty(v.shape, v.device, v.dtype)
     BK, BV = _tile(cfg, "dv", K, V)
-    grid, order = chunk_grid(NS, launch.cdiv(V, BV), H, cfg.get("heads_inner", False))
+    grid, order = chunk_grid(NS, launch.cdiv(V, BV), H, _heads_inner(cfg, "dv"))
     launch.fitted(
         kern.chunk_bwd_dv_kernel, grid,
         q, k, gc_arg, A, do, dh, dv, cu, info, scale, H, G, K, V, BT, BK, BV, gid, prec, SA, **order,
@@ -421,7 +427,7 @@ def chunk_backward(
     # chunk-local; a scalar gate's has one column per K block of the grid (the kernel sums the keys)
     want_dg = gid == 2 or (gid != 0 and need_dgate)
     dg = _empty((B, T, H, K if gid == 2 else launch.cdiv(K, BK)), v.device, torch.float32) if want_dg else None
-    grid, order = chunk_grid(NS, launch.cdiv(K, BK), H, cfg.get("heads_inner", False))
+    grid, order = chunk_grid(NS, launch.cdiv(K, BK), H, _heads_inner(cfg, "dqk"))
     launch.fitted(
         kern.chunk_bwd_dqk_kernel,
         grid,
