@@ -58,14 +58,13 @@ VARIANTS = [
     ("heads_inner off", {"heads_inner": False}),
     ("h w4 s3", {"h": (4, 3)}),
     ("h w2 s2", {"h": (2, 2)}),
-    # the gated state pass decaying v_new's rows, not the keys' (DECAY_VN), alone and with the third stage that took
-    # delta_rule's pass from 0.222 to 0.140 ms at B=2 T=8192 H=16 D=128 (gated: 0.253 -> 0.261); FLA's picks at
-    # K = V = 128: V blocks of 64, 4 warps, 4 stages, no halving for B=2 (fourteenth session)
-    ("decay vn", {"DECAY_VN": True}),
-    ("decay vn h w4 s3", {"DECAY_VN": True, "h": (4, 3)}),
+    # the state passes' options where fill_sms halved their V block (h_fill, dh_fill: [4, 3] since the fifteenth
+    # session), each back to the kernel's own
+    ("h_fill w4 s2", {"h_fill": (4, 2)}),
+    ("dh_fill w8 s2", {"dh_fill": (8, 2)}),
+    # FLA's picks at K = V = 128: V blocks of 64, 4 warps, 4 stages, no halving for B=2 (fourteenth session)
     ("h w4 s4", {"h": (4, 4)}),
     ("h w4 s4 no fill", {"h": (4, 4), "fill_sms": False}),
-    ("decay vn h w4 s4 no fill", {"DECAY_VN": True, "h": (4, 4), "fill_sms": False}),
     ("dh BV=64 w4 s3 no fill", {"BV_dh": 64, "dh": (4, 3), "fill_sms": False}),  # FLA's dhu pick there
     ("wu w4 s3", {"wu": (4, 3)}),
     ("wu w2 s2", {"wu": (2, 2)}),

@@ -391,18 +391,12 @@ def _case_heads_inner(family, BT, cu_lens=None):
     return {**out, **same}
 
 
-def _case_decay_vn(family, BT, T=70, cu_lens=None, gate_scale=2.0):
-    """The state passes decaying the rows of v_new and of k dS' instead of the keys' columns (``DECAY_VN``, scalar
-    gates): forward and gradients against fp64 and against the keys' decay. Packed sequences with
-    an empty one and partial chunks; gates of -20 per step, where a row past the sequence left unmasked would
-    overflow."""
+def _case_decay_rows(family, BT, T=70, cu_lens=None, gate_scale=2.0):
+    """The scalar-gated state passes decay the rows of v_new and of k dS', not the keys' columns: forward and
+    gradients against fp64, packed sequences with an empty one and partial chunks; gates of -20 per step, where a
+    row past the sequence left unmasked would overflow."""
     xs = _pack(cu_lens, *make(family, B=1 if cu_lens else 2, T=T, K=16, V=16, gate_scale=gate_scale))
-    with _switched("DECAY_VN", True):
-        out, rows = _kernels_vs_fp64(family, BT, *xs)
-    with _switched("DECAY_VN", False):
-        _, cols = _kernels_vs_fp64(family, BT, *xs)
-    same = {f"{n}_vs_key_decay": rel(x, y) for n, x, y in zip(_NAMES, rows, cols) if x is not None}
-    return {**out, **same}
+    return _kernels_vs_fp64(family, BT, *xs)[0]
 
 
 def _case_solve_diag(family, switch="SOLVE_DIAG", value="steps", cu_lens=None, beta_two=False):
@@ -604,8 +598,8 @@ INTERPRETER_CASES = {
     "beta-near-2-kda-BT16": (_case_beta_two, ("kda", 16)),
     "kkt-fused-delta-BT64": (_case_fused_kkt, ("delta_rule", 64)),
     "heads-inner-gdn-varlen": (_case_heads_inner, ("gated_delta_rule", 16, [5, 0, 40, 19])),
-    "decay-vn-gdn-BT32-varlen": (_case_decay_vn, ("gated_delta_rule", 32, 70, [5, 0, 46, 19])),
-    "decay-vn-gdn-BT64-strong": (_case_decay_vn, ("gated_delta_rule", 64, 70, None, 20.0)),
+    "decay-rows-gdn-BT32-varlen": (_case_decay_rows, ("gated_delta_rule", 32, 70, [5, 0, 46, 19])),
+    "decay-rows-gdn-BT64-strong": (_case_decay_rows, ("gated_delta_rule", 64, 70, None, 20.0)),
     "solve-steps-delta": (_case_solve_diag, ("delta_rule",)),
     "solve-steps-gdn-varlen": (_case_solve_diag, ("gated_delta_rule", "SOLVE_DIAG", "steps", [70, 0, 80])),
     "solve-steps-delta-beta-two": (_case_solve_diag, ("delta_rule", "SOLVE_DIAG", "steps", None, True)),
@@ -901,12 +895,9 @@ def test_gpu_switch_flipped_vs_fp64(switches, family, dtype, tol, T, monkeypatch
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("T", [256, 300])
-def test_gpu_decay_vn_vs_fp64(T, monkeypatch):
-    """The gated state passes decaying the rows of v_new and of k dS' (``DECAY_VN``, under A/B): bf16 at K = V = 128
-    against fp64, full chunks and a partial one, then bitwise repeatable."""
-    from fla_compile.lowering.delta import triton_launch as DT
-
-    monkeypatch.setattr(DT, "DECAY_VN", True)
+def test_gpu_decay_rows_vs_fp64(T):
+    """The gated state passes decaying the rows of v_new and of k dS' (FLA's order): bf16 at K = V = 128 against
+    fp64, full chunks and a partial one, then bitwise repeatable."""
     test_gpu_chunk_vs_fp64("gated_delta_rule", torch.bfloat16, 2e-2, 1.0, K=128, V=128, T=T)
     _assert_bitwise_repeat("gated_delta_rule", 2, T=T, K=128, V=128, dtype=torch.bfloat16)
 
@@ -1227,3 +1218,32 @@ def test_state_pass_v_block_fills_the_sms(monkeypatch):
     assert DT._state_bv("BV_h", 128, 128, cuda) == 64  # 256 programs already: kept
     assert DT._state_bv("BV_h", 4, 128, cuda) == 16  # never below 16
     assert DT._state_bv("BV_h", 4, 128, torch.device("cpu")) == 64  # the interpreter: the table's
+
+
+def test_state_pass_options_where_the_v_block_was_halved(monkeypatch):
+    """``_state_opts``: a state pass whose V block ``fill_sms`` halved takes ``<kernel>_fill`` (with a gate per key,
+    ``<kernel>_fill_vector`` where the table has one), one at the table's block its own options; the most specific
+    override wins (sweep_delta's variants), so an override of the kernel alone applies to every block."""
+    pytest.importorskip("triton")
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    cpu = torch.device("cpu")
+    for name, value in (("BV_h", 64), ("h", (4, 2)), ("h_fill", (4, 3))):
+        monkeypatch.setitem(DT.OVERRIDES, name, value)
+    assert DT._state_opts("h", 64, 128, 1, cpu) == {"num_warps": 4, "num_stages": 2}  # the table's block
+    assert DT._state_opts("h", 32, 128, 1, cpu) == {"num_warps": 4, "num_stages": 3}  # halved
+    assert DT._state_opts("h", 32, 128, 2, cpu) == {"num_warps": 4, "num_stages": 3}  # no h_fill_vector anywhere
+    assert DT._state_opts("h", 32, 32, 1, cpu) == {"num_warps": 4, "num_stages": 2}  # V = 32: the block is whole
+    del DT.OVERRIDES["h_fill"]
+    assert DT._state_opts("h", 32, 128, 1, cpu) == {"num_warps": 4, "num_stages": 2}  # "h" alone overridden
+    DT.OVERRIDES.clear()
+    monkeypatch.setattr(
+        DT,
+        "_device_table",
+        lambda device, key=None: {"BV_dh": 64, "dh": (8, 2), "dh_fill": (4, 3), "dh_fill_vector": (2, 1)},
+    )
+    assert DT._state_opts("dh", 32, 128, 1, cpu) == {"num_warps": 4, "num_stages": 3}
+    assert DT._state_opts("dh", 32, 128, 2, cpu) == {"num_warps": 2, "num_stages": 1}  # kda's own
+    assert DT._state_opts("dh", 64, 128, 2, cpu) == {"num_warps": 8, "num_stages": 2}
+    monkeypatch.setitem(DT.OVERRIDES, "dh_fill", (4, 2))
+    assert DT._state_opts("dh", 32, 128, 2, cpu) == {"num_warps": 4, "num_stages": 2}  # overridden beats the table

@@ -128,6 +128,9 @@ _DEFAULTS = {
     "BV_h": 64,
     "BV_dh": 64,
     "BV_o": 64,
+    "h_fill": (4, 2),  # the state passes' options where ``fill_sms`` halved their V block (``_state_opts``)
+    "dh_fill": (8, 2),
+    "dh_fill_vector": (8, 2),  # kda's (its state-gradient pass loses on 4 warps: RESULTS, fifteenth session)
     "heads_inner": False,  # the parallel output, dv_local and dq/dk kernels' launch order (``chunks.chunk_grid``)
     "fill_sms": False,  # shrink the state passes' V block while their grid is under one wave (``_state_bv``)
     "A_row_block": (4, 2),  # kda's A kernel's warps and stages (3 stages: ~170 registers, 2: ~115 on sm90)
@@ -163,11 +166,6 @@ SOLVE_DIAG_A = "powers"
 # rel err 1.05 against fp64 on the H200, no error raised; RESULTS, eleventh session): ``launch.fitted`` runs them on
 # 4 warps, whether a table asks for them or fp32 tiles lower the stages to them
 _DH_WRONG_FORMS = ((8, 1),)
-# scalar gates: the state passes decay the rows of v_new (forward) and of k dS' (backward), in registers anyway,
-# instead of the keys' columns, so the keys reach the dot as loaded (FLA's order). Staged for an H200 A/B: at B=2
-# T=8192 H=16 D=128 the gated state pass takes 0.253 ms against delta_rule's 0.222 and FLA's 0.196, and gains
-# nothing from a third stage where delta_rule's goes to 0.140 (offline sm_90: 168 -> 133 registers)
-DECAY_VN = False
 
 FUSED_L2NORM = True  # use_qk_l2norm by triton_l2norm's two kernels (False: the torch ops); A/B in RESULTS (seventh+eighth sessions)
 # fp32 at torch's "highest" by three tf32 products (``launch.FP32_HIGHEST``) with a gate per key dim (kda): on since
@@ -245,6 +243,19 @@ def _state_bv(name: str, programs: int, V: int, device, key: tuple | None = None
     if _knob("fill_sms", device, key):
         BV = launch.fill_sms(device, programs, V, BV, lo=lo)[1]
     return BV
+
+
+def _state_opts(kernel: str, BV: int, V: int, gid: int, device, key: tuple | None = None) -> dict:
+    """Launch options of a sequential state pass (``h``, ``dh``) whose V block is ``BV``: ``<kernel>_fill`` where
+    ``fill_sms`` halved the table's block (few programs, each a narrow block: they pipeline deeper on fewer warps),
+    ``<kernel>_fill_vector`` there for a gate per key (kda) where its table has one, else the kernel's own. The most
+    specific of these names that is overridden (sweep_delta) wins, then the most specific in the table."""
+    names = [kernel]
+    if BV < min(_knob(f"BV_{kernel}", device, key), launch.pow2(V)):
+        names += [f"{kernel}_fill"] + ([f"{kernel}_fill_vector"] if gid == 2 else [])
+    table = _device_table(device, key)
+    over = [n for n in names if n in OVERRIDES]
+    return _opts(over[-1] if over else [n for n in names if n in table][-1], device, key)
 
 
 def _opts(kernel: str, device, key: tuple | None = None) -> dict:
@@ -427,7 +438,7 @@ def forward_parts(
     launch.fitted(
         kw.chunk_delta_h_kernel, (N * H * launch.cdiv(V, BV),),
         k, w, u, gcp, h, vn, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, BK, BV, gid,
-        h0 is not None, prec, kg if use_kg else w, use_kg, DECAY_VN, **_opts("h", dev, key),
+        h0 is not None, prec, kg if use_kg else w, use_kg, **_state_opts("h", BV, V, gid, dev, key),
     )  # fmt: skip
     if gid == 2 and Aqk is None:  # the output's and the backward's gated q k^T (given: a forward's, kept)
         NC = BT // 16
@@ -514,8 +525,8 @@ def backward_parts(
     launch.fitted(
         kwb.chunk_delta_dh_kernel, (N * H * launch.cdiv(V, BV),),
         q, k, w, gcp, dvl, do, dh, dvn, dht if dht is not None else dvl, dh0 if dh0 is not None else dvl, cu,
-        chunk_off, scale, H, G, K, V, BT, BK, BV, gid, dht is not None, dh0 is not None, prec, DECAY_VN,
-        **_opts("dh", dev, key),
+        chunk_off, scale, H, G, K, V, BT, BK, BV, gid, dht is not None, dh0 is not None, prec,
+        **_state_opts("dh", BV, V, gid, dev, key),
         avoid=_DH_WRONG_FORMS if prec == "tf32x3" else (),
     )  # fmt: skip
     # 3. dq, dk and the gate gradient through the output and the state update (the GLA line's kernels, v_new for v)

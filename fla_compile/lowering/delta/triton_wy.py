@@ -562,12 +562,11 @@ def chunk_delta_h_kernel(
     PREC: tl.constexpr,
     kg=None,
     KG: tl.constexpr = False,
-    DECAY_VN: tl.constexpr = False,
 ):
     """Per sequence, head and V block: h[slot] = S entering the chunk, v_new = U - W S, S carried; ht = final S.
     With ``KG`` (gate per key) the decayed keys come from ``chunk_wu_kernel``'s kg, and only G_last is read.
-    With ``DECAY_VN`` (scalar gates) the update kᵀ diag(e^{G_last - G}) v_new decays v_new's rows, which are in
-    registers anyway, instead of the keys' columns: the keys then go to the dot as loaded (FLA's order).
+    A scalar gate's update kᵀ diag(e^{G_last - G}) v_new decays v_new's rows, which are in registers anyway, not
+    the keys' columns: the keys go to the dot as loaded (FLA's order; H200: RESULTS, fifteenth session).
 
     BK covers K (v_new needs all of it). S stays fp32 in registers; h and v_new are stored in the inputs' dtype
     (every consumer casts them to it before its dots)."""
@@ -605,7 +604,7 @@ def chunk_delta_h_kernel(
             b_kt = tl.load(
                 k + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0
             )
-            if DECAY_VN and (GATE == 1 or GATE == 3):
+            if GATE == 1 or GATE == 3:
                 b_h, b_vn = decay_rows_to_last_t(b_h, b_vn, gc, o_t, m_t, bos + i_c * BT, last, i_h, H, GATE)
             else:
                 b_h, b_kt = decay_to_last_t(b_h, b_kt, gc, o_t, m_t, bos + i_c * BT, last, i_h, H, K, o_k, m_k, GATE)

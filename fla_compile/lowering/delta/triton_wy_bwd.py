@@ -63,13 +63,11 @@ def chunk_delta_dh_kernel(
     USE_DHT: tl.constexpr,
     STORE_DH0: tl.constexpr,
     PREC: tl.constexpr,
-    DECAY_VN: tl.constexpr = False,
 ):
     """Per sequence, head and V block, backwards: dh[slot] = dS', dv_new, then dS; dh0 = dS of the first chunk.
 
-    ``DECAY_VN`` (scalar gate): dv_new's term diag(e^{G_last - G}) k dS' decays the [BT, BV] product's rows instead
-    of the keys' [BT, BK] columns, so the keys reach the dot as loaded (FLA's order; the forward's state pass
-    likewise)."""
+    A scalar gate's term diag(e^{G_last - G}) k dS' of dv_new decays the [BT, BV] product's rows, not the keys'
+    [BT, BK] columns, so the keys reach the dot as loaded (FLA's order; the forward's state pass likewise)."""
     i_nh, _, i_v = state_block(1, tl.cdiv(V, BV))
     i_n, i_h = i_nh // H, i_nh % H
     i_hk = i_h // G
@@ -101,8 +99,6 @@ def chunk_delta_dh_kernel(
         if GATE == 1:
             b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
             b_gl = tl.load(gc + last * H + i_h)
-            if not DECAY_VN:
-                b_k = (b_k.to(tl.float32) * tl.exp(tl.where(m_t, b_gl - b_g, 0))[:, None]).to(dt)
             b_qt = (b_qt.to(tl.float32) * tl.exp(b_g)[None, :]).to(dt)
         if GATE == 2:
             b_g = tl.load(gc + (o_t * H + i_h)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
@@ -113,7 +109,7 @@ def chunk_delta_dh_kernel(
         p_v = (o_t * H + i_h)[:, None] * V + o_v[None, :]
         # [BT, BV]
         b_kdh = dot(b_k, b_dh.to(dt), prec=PREC)
-        if DECAY_VN and GATE == 1:
+        if GATE == 1:
             b_kdh *= tl.exp(tl.where(m_t, b_gl - b_g, 0))[:, None]
         b_dvn = tl.load(dvl + p_v, mask=m_tv, other=0).to(tl.float32) + b_kdh
         tl.store(dvn + p_v, b_dvn.to(dvn.dtype.element_ty), mask=m_tv)
