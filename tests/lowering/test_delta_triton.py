@@ -159,6 +159,35 @@ def _case_fused_l2norm(family, cu_lens=None, dtype=torch.float32, fused=True):
     return out
 
 
+def _case_final_dk(family, cu_lens=None):
+    """Half inputs (fp16: the interpreter has no bf16 dots): the WY/pair backward writes dk in the inputs' dtype (``FINAL_DK``), bitwise the fp32 dk of the
+    switch's off setting rounded by a cast, and both within half's accuracy of fp64; fp32 keeps fp32."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    q, k, v, beta, g, h0 = make(family, T=37, HK=2)  # no GQA: dk is final
+    q, k, v, beta, g, h0, cu = _pack(cu_lens, q, k, v, beta, g, h0)
+    gen = torch.Generator().manual_seed(5)
+    do, dht = torch.randn(v.shape, generator=gen), torch.randn(h0.shape, generator=gen)
+    ref = torch_grads(family, q, k, v, beta, g, h0, do, dht, 0.3, cu)[2]["dk"]
+    xs = [None if x is None else x.to(torch.float16) for x in (q, k, v, beta, g)]
+    runs = {}
+    for on in (True, False):
+        with _switched("FINAL_DK", on):
+            runs[on] = DT.chunk_backward(
+                *xs[:4], xs[4], FAMILY_GATE[family], 0.3, h0, cu, do.to(torch.float16), dht, chunk_size=16
+            )[1]
+    with _switched("FINAL_DK", True):
+        dk32 = DT.chunk_backward(q, k, v, beta, g, FAMILY_GATE[family], 0.3, h0, cu, do, dht, chunk_size=16)[1]
+    return {
+        "dk_dtype": float(runs[True].dtype != torch.float16 or runs[False].dtype != torch.float32),
+        "dk_vs_cast": float(not torch.equal(runs[True], runs[False].to(torch.float16))),
+        "dk_fp32_dtype": float(dk32.dtype != torch.float32),
+        "dk": rel(runs[True], ref),
+        "dk_fp32": rel(dk32, ref),
+        "tols": {"dk": 1e-2},
+    }
+
+
 def _case_inplace_decode(family):
     from fla_compile.lowering.delta import triton_launch as DT
 
@@ -598,6 +627,8 @@ INTERPRETER_CASES = {
     "beta-near-2-kda-BT16": (_case_beta_two, ("kda", 16)),
     "kkt-fused-delta-BT64": (_case_fused_kkt, ("delta_rule", 64)),
     "heads-inner-gdn-varlen": (_case_heads_inner, ("gated_delta_rule", 16, [5, 0, 40, 19])),
+    "final-dk-delta": (_case_final_dk, ("delta_rule",)),
+    "final-dk-gdn-varlen": (_case_final_dk, ("gated_delta_rule", [5, 0, 40, 19])),
     "decay-rows-gdn-BT32-varlen": (_case_decay_rows, ("gated_delta_rule", 32, 70, [5, 0, 46, 19])),
     "decay-rows-gdn-BT64-strong": (_case_decay_rows, ("gated_delta_rule", 64, 70, None, 20.0)),
     "solve-steps-delta": (_case_solve_diag, ("delta_rule",)),

@@ -148,6 +148,9 @@ OVERRIDES: dict = {}
 WY_PAIR_HALF = True  # the WY/pair backward's dN chain and pair dots on half operands, as FLA's (RESULTS: 9th session)
 FUSED_KKT = True  # no gate / scalar gate: k kᵀ formed by the WY solve kernel in registers, not by chunk_kkt_kernel
 # (H200, 1 warp, tf32 merges: kkt + solve 0.217 -> 0.102 ms at B=8 T=2048 H=16 D=128; RESULTS: tenth session)
+# no gate / a scalar gate: the WY/pair backward writes dk in the inputs' dtype where it is final (False: fp32, the op
+# casts it; at B=8 T=2048 H=16 D=128 that cast is 0.05 ms of delta_rule's 1.46 ms of fwd+bwd kernels on the H200)
+FINAL_DK = True
 FUSED_A = True  # kda: k kᵀ and q kᵀ by one kernel in the forward (False: the GLA line's A kernel twice)
 WU_SPLIT = True  # W, U by full-chunk dots after a solve-only kernel (False: the solve kernel forms them by blocks)
 KG = True  # kda: the state pass reads keys decayed once by the W/U kernel (False: decays them per V block)
@@ -482,8 +485,9 @@ def backward_parts(
 ):
     """The staged chunked backward (see :mod:`fla_compile.lowering.delta.triton_wy_bwd`): recomputes the forward's
     parts, then (dq, dk per head of v, dv, dbeta, dgate or None, dh0 or None), fp32 but dv, which comes in v's
-    dtype (its one writer is the last word on it), and dq in q's with ``final_dq`` (the caller adds nothing to
-    it: no GQA sum, no l2norm) and no per-key gate (whose intra pass adds to it): no cast kernels after."""
+    dtype (its one writer is the last word on it), and dq and dk in their inputs' with ``final_dq`` (the caller
+    adds nothing to them: no GQA sum, no l2norm) and no per-key gate (whose intra pass adds to them; dk:
+    ``FINAL_DK``): no cast kernels after."""
     dt = v.dtype
     _, _, P = forward_parts(q, k, v, beta, gate, gate_kind, scale, h0, cu_seqlens, BT=BT, X=X, need_o=False, Aqk=Aqk)
     q, k = _dense(q, dt), _dense(k, dt)
@@ -590,11 +594,16 @@ def backward_parts(
     dN = torch.empty(B, T, H, BT, **f32)
     BV = min(64, launch.pow2(V))
     if fused:  # 4 and 5 in one kernel: dN stays in it (the dN buffer carries Q for its transposed load)
+        # dk straight in the inputs' dtype where nothing adds to it after this kernel (no GQA group sum, no l2norm
+        # backward): the same rounding as the op's cast after, without that cast's pass over an fp32 dk
+        half_k = k.dtype != torch.float32
+        dko = torch.empty(B, T, H, K, device=dev, dtype=k.dtype) if FINAL_DK and final_dq and half_k else None
         launch.fitted(
             kwb.chunk_wy_pair_bwd_kernel, (NS, H),
             k, v, beta, gcp, X, dw, dvn, dv, dk, dbeta, dG, dN, cu, info, H, G, K, V, BT, min(64, BK), BV, gid, prec,
-            WY_PAIR_HALF, **_opts("wy_pair", dev, key),
+            WY_PAIR_HALF, **(dict(dko=dko, DKO=True) if dko is not None else {}), **_opts("wy_pair", dev, key),
         )  # fmt: skip
+        dk = dk if dko is None else dko
         if gid == 1:
             dg = scalar_dg_per_step(dg)
             launch.fitted(

@@ -246,9 +246,12 @@ def chunk_wy_pair_bwd_kernel(
     GATE: tl.constexpr,
     PREC: tl.constexpr,
     HALF: tl.constexpr = False,
+    dko=None,
+    DKO: tl.constexpr = False,
 ):
     """The WY backward and the k kᵀ pairs in one program (no gate or a scalar one): dv, dbeta and dG written, dk
-    added to (it holds the dqk kernel's part). With HALF the dN chain (P = dX Xᵀ, Q = -Xᵀ P) and the pair dots
+    added to (it holds the dqk kernel's part); with ``DKO`` the sum goes to ``dko`` in its dtype instead (the
+    inputs' dtype where nothing adds to dk after this kernel: no separate cast of an fp32 dk after it). With HALF the dN chain (P = dX Xᵀ, Q = -Xᵀ P) and the pair dots
     take operands in the inputs' dtype (bf16 tensor cores, as FLA's WY backward) instead of fp32 ones (tf32),
     accumulating in fp32 either way; without a half dtype it changes nothing.
 
@@ -347,7 +350,11 @@ def chunk_wy_pair_bwd_kernel(
         else:
             b_R = dot(b_Q, b_k, prec=PREC)
             b_C = dot(b_Qt, b_k * b_b[:, None], prec=PREC)
-        tl.store(dk + p_k, tl.load(dk + p_k, mask=m_tk, other=0) + b_b[:, None] * b_R + b_C, mask=m_tk)
+        b_dk = tl.load(dk + p_k, mask=m_tk, other=0) + b_b[:, None] * b_R + b_C
+        if DKO:
+            tl.store(dko + p_k, b_dk.to(dko.dtype.element_ty), mask=m_tk)
+        else:
+            tl.store(dk + p_k, b_dk, mask=m_tk)
         b_db2 += tl.sum(b_k * b_R, 1)
         b_dg2 += tl.sum(b_k * (b_b[:, None] * b_R - b_C), 1)
     tl.store(dbeta + o_t * H + i_h, b_db + b_db2, mask=m_t)
