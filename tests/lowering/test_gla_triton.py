@@ -161,25 +161,6 @@ def test_head_decay(cu, monkeypatch):
 
 
 @pytest.mark.parametrize("head_decay", [True, False], ids=["gate-id-3", "gate-id-1"])
-def test_decay_rows(head_decay, monkeypatch):
-    """The forward state pass decaying v's rows instead of the keys' columns (``DECAY_ROWS``, scalar gates: gate id
-    1 and retention's 3): forward and final state against fp64 and the keys' decay, packed sequences with an empty
-    one and partial chunks."""
-    monkeypatch.setattr(gla_triton, "HEAD_DECAY", head_decay)
-    q, k, v, g, h0, cu = make("scalar", T=45, B=1, H=2, HK=1, cu=[0, 0, 3, 45])
-    if head_decay:
-        B, T, H = v.shape[:3]
-        g = torch.tensor([-0.1, -3.0], device=v.device).reshape(1, 1, H).expand(B, T, H)
-    runs = {}
-    for on in (True, False):
-        monkeypatch.setattr(gla_triton, "DECAY_ROWS", on)
-        runs[on] = gla_triton.chunk_forward(q, k, v, g, "scalar", 0.3, h0, cu, config=CFG)
-    ro, rht = reference(q, k, v, g.contiguous(), "scalar", 0.3, h0, cu)
-    for name, a, b, r in zip(["o", "ht"], runs[True], runs[False], [ro, rht]):
-        assert rel(a, r) < 1e-5 and rel(a, b) < 1e-5, (name, rel(a, r), rel(a, b))
-
-
-@pytest.mark.parametrize("head_decay", [True, False], ids=["gate-id-3", "gate-id-1"])
 def test_scalar_gate_gradient_skipped(head_decay, monkeypatch):
     """``need_dgate=False`` (a decay that takes no gradient: RetNet's, Lightning's): the dq/dk kernel forms no gate
     gradient (``DG``), dg is None, and dq, dk, dv, dh0 match the run that forms it (on a GPU not bitwise: dk's sum

@@ -36,11 +36,6 @@ FP32_SPLIT = True
 # --families retention --fla` repeats it): forward kernels 0.190 -> 0.168 ms,
 # forward+backward 0.711 -> 0.641 (FLA's chunk_retention 0.145 / 0.568); test_head_decay passed there
 HEAD_DECAY = True
-# scalar gates: the forward state pass decays v's rows, not the keys' columns (FLA's order), as the delta line's passes
-# do since the fifteenth session (gated fwd+bwd kernels 2.121 -> 1.817 ms at B=2 T=8192 H=16 D=128 with their new
-# options). Staged for an H200 A/B (`benchmarks/ab_switch.py fla_compile.lowering.gla.triton_launch.DECAY_ROWS
-# --families retention,simple_gla`); interpreter results within rounding of the keys' decay
-DECAY_ROWS = False
 # the sequential state passes' blocks shrunk while their grid is under one wave (``_state_tile``): on the H200 at
 # B=1 H=16 (32 programs of 132 SMs with the tuned blocks) retention's forward+backward 2.12 -> 1.58 ms at T=16384,
 # gla's 3.59 -> 3.24 (benchmarks/RESULTS.md, 2026-11-30); FLA_COMPILE_GLA_FILL_SMS=0 turns it off
@@ -181,7 +176,6 @@ def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg,
         store_h,
         True,
         prec,
-        DECAY_ROWS,
         **_opts(cfg, "h"),
     )
     return h, ht
