@@ -299,19 +299,9 @@ def forward_parts(
         BKg = min(64, BK) if gid == 2 else 16
         grid = (NS, 1 if gid == 1 else launch.cdiv(K, BKg), H)
         launch.fitted(
-            gla_kern.chunk_cumsum_kernel,
-            grid,
-            gate.contiguous(),
-            gc,
-            cu,
-            info,
-            H,
-            K,
-            BT,
-            BKg,
-            gid,
-            **_opts("cumsum", dev, key),
-        )
+            gla_kern.chunk_cumsum_kernel, grid,
+            gate.contiguous(), gc, cu, info, H, K, BT, BKg, gid, **_opts("cumsum", dev, key),
+        )  # fmt: skip
     gcp = gc if gc is not None else beta  # a placeholder pointer: never read without a gate
     merge_prec = prec if SOLVE_MERGE_TF32 else "ieee"  # the solve's merge dots
     if X is None:
@@ -323,66 +313,21 @@ def forward_parts(
             NC = BT // 16
             Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf
             launch.fitted(  # the whole K in one block (K <= MAX_HEAD_DIM)
-                kw.chunk_kda_A_rows_kernel,
-                (NS, NC, H),
-                q,
-                k,
-                gc,
-                A,
-                Aqk,
-                cu,
-                info,
-                H,
-                G,
-                K,
-                BT,
-                16,
-                BK,
-                NC,
-                prec,
-                **_opts("A_row_block", dev, key),
-            )
+                kw.chunk_kda_A_rows_kernel, (NS, NC, H),
+                q, k, gc, A, Aqk, cu, info, H, G, K, BT, 16, BK, NC, prec, **_opts("A_row_block", dev, key),
+            )  # fmt: skip
         elif gid == 2:
             NC = BT // 16
             BKa = min(64, BK)
             launch.fitted(
-                gla_intra.chunk_gla_A_kernel,
-                (NS, NC * NC, H),
-                k,
-                k,
-                gc,
-                A,
-                cu,
-                info,
-                H,
-                G,
-                K,
-                BT,
-                16,
-                BKa,
-                NC,
-                prec,
-                BT,
-                **_opts("A", dev, key),
-            )
+                gla_intra.chunk_gla_A_kernel, (NS, NC * NC, H),
+                k, k, gc, A, cu, info, H, G, K, BT, 16, BKa, NC, prec, BT, **_opts("A", dev, key),
+            )  # fmt: skip
         elif not kkt:
             launch.fitted(
-                kw.chunk_kkt_kernel,
-                (NS, H),
-                k,
-                gcp,
-                A,
-                cu,
-                info,
-                H,
-                G,
-                K,
-                BT,
-                min(64, BK),
-                gid,
-                prec,
-                **_opts("kkt", dev, key),
-            )
+                kw.chunk_kkt_kernel, (NS, H),
+                k, gcp, A, cu, info, H, G, K, BT, min(64, BK), gid, prec, **_opts("kkt", dev, key),
+            )  # fmt: skip
         load_x = False
     else:
         A, load_x, kkt = X, True, False
@@ -393,36 +338,11 @@ def forward_parts(
     if WU_SPLIT:
         if not load_x:
             launch.fitted(
-                kw.chunk_wy_kernel,
-                (NS, H),
-                k,
-                v,
-                beta,
-                gcp,
-                A,
-                X,
-                w,
-                u,
-                cu,
-                info,
-                H,
-                G,
-                K,
-                V,
-                BT,
-                16,
-                16,
-                gid,
-                False,
-                prec,
-                True,
-                ROW_LOADS,
-                kkt,
-                min(64, BK),
-                merge_prec,
-                DIAG=_solve_diag(kkt, dt),
+                kw.chunk_wy_kernel, (NS, H),
+                k, v, beta, gcp, A, X, w, u, cu, info, H, G, K, V, BT, 16, 16, gid, False, prec, True, ROW_LOADS, kkt,
+                min(64, BK), merge_prec, DIAG=_solve_diag(kkt, dt),
                 **_opts("kkt_solve" if kkt else "solve", dev, key),
-            )
+            )  # fmt: skip
         launch.fitted(
             kw.chunk_wu_kernel, (NS, H),
             k, v, beta, gcp, X, w, u, cu, info, H, G, K, V, BT, min(64, BK), min(64, launch.pow2(V)), gid, prec,
@@ -447,25 +367,9 @@ def forward_parts(
         NC = BT // 16
         Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf
         launch.fitted(
-            gla_intra.chunk_gla_A_kernel,
-            (NS, NC * NC, H),
-            q,
-            k,
-            gc,
-            Aqk,
-            cu,
-            info,
-            H,
-            G,
-            K,
-            BT,
-            16,
-            min(64, BK),
-            NC,
-            prec,
-            BT,
-            **_opts("A", dev, key),
-        )
+            gla_intra.chunk_gla_A_kernel, (NS, NC * NC, H),
+            q, k, gc, Aqk, cu, info, H, G, K, BT, 16, min(64, BK), NC, prec, BT, **_opts("A", dev, key),
+        )  # fmt: skip
     o = None
     if need_o:
         o = torch.empty(B, T, H, V, device=dev, dtype=dt)
@@ -552,41 +456,13 @@ def backward_parts(
     if gid == 2:
         db1 = torch.empty(B, T, H, K, **f32)
         launch.fitted(
-            gla_intra.chunk_gla_bwd_intra_kernel,
-            (NS, NC * launch.cdiv(K, BKi), H),
-            q,
-            k,
-            gc,
-            dA,
-            dq,
-            dk,
-            db1,
-            cu,
-            info,
-            scale,
-            H,
-            G,
-            K,
-            BT,
-            16,
-            BKi,
-            NC,
-            prec,
-            **_opts("intra", dev, key),
-        )
+            gla_intra.chunk_gla_bwd_intra_kernel, (NS, NC * launch.cdiv(K, BKi), H),
+            q, k, gc, dA, dq, dk, db1, cu, info, scale, H, G, K, BT, 16, BKi, NC, prec, **_opts("intra", dev, key),
+        )  # fmt: skip
         launch.fitted(
-            gla_intra.chunk_rc_add_kernel,
-            (NS, launch.cdiv(K, BKi), H),
-            db1,
-            dg,
-            cu,
-            info,
-            H,
-            K,
-            BT,
-            BKi,
-            **_opts("rc", dev, key),
-        )
+            gla_intra.chunk_rc_add_kernel, (NS, launch.cdiv(K, BKi), H),
+            db1, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev, key),
+        )  # fmt: skip
     # 4. through W = X (b e^G k) and U = X (b v)
     dv = torch.empty(B, T, H, V, device=dev, dtype=dt)
     dbeta = torch.empty(B, T, H, **f32)
@@ -616,40 +492,13 @@ def backward_parts(
             **_opts("wy_bwd", dev, key),
         )  # fmt: skip
         launch.fitted(
-            kwb.chunk_kk_pair_bwd_vec_kernel,
-            (NS, NC, H),
-            k,
-            beta,
-            gc,
-            dN,
-            dk,
-            dbeta,
-            dG,
-            cu,
-            info,
-            H,
-            G,
-            K,
-            BT,
-            16,
-            BK,
-            NC,
-            prec,
-            **_opts("pair_vec", dev, key),
-        )
+            kwb.chunk_kk_pair_bwd_vec_kernel, (NS, NC, H),
+            k, beta, gc, dN, dk, dbeta, dG, cu, info, H, G, K, BT, 16, BK, NC, prec, **_opts("pair_vec", dev, key),
+        )  # fmt: skip
         launch.fitted(
-            gla_intra.chunk_rc_add_kernel,
-            (NS, launch.cdiv(K, BKi), H),
-            dG,
-            dg,
-            cu,
-            info,
-            H,
-            K,
-            BT,
-            BKi,
-            **_opts("rc", dev, key),
-        )
+            gla_intra.chunk_rc_add_kernel, (NS, launch.cdiv(K, BKi), H),
+            dG, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev, key),
+        )  # fmt: skip
     return dq, dk, dv, dbeta, dg, dh0
 
 

@@ -154,30 +154,10 @@ def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg,
     BK, BV = _state_tile(cfg, "h", N * H, K, V, v.device)
     grid = (N * H * launch.cdiv(K, BK) * launch.cdiv(V, BV),)  # one dim: N H may pass 65535
     launch.fitted(
-        kern.chunk_fwd_h_kernel,
-        grid,
-        k,
-        v,
-        gc if gc is not None else ht,
-        h,
-        h0 if h0 is not None else ht,
-        ht,
-        cu,
-        chunk_off,
-        H,
-        G,
-        K,
-        V,
-        BT,
-        BK,
-        BV,
-        gid,
-        h0 is not None,
-        store_h,
-        True,
-        prec,
-        **_opts(cfg, "h"),
-    )
+        kern.chunk_fwd_h_kernel, grid,
+        k, v, gc if gc is not None else ht, h, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, BK,
+        BV, gid, h0 is not None, store_h, True, prec, **_opts(cfg, "h"),
+    )  # fmt: skip
     return h, ht
 
 
@@ -191,26 +171,9 @@ def _gla_A(q, k, gc, cu, info, NS, B, T, H, G, K, BT, BK, prec, cfg, out=None, g
     BK = _tile(cfg, "A", K, K)[0]
     extra = () if u is None else (gq, u, True)
     launch.fitted(
-        intra.chunk_gla_A_kernel,
-        (NS, NC * NC, H),
-        q,
-        k,
-        gc,
-        A,
-        cu,
-        info,
-        H,
-        G,
-        K,
-        BT,
-        BC,
-        BK,
-        NC,
-        prec,
-        A.shape[-1],
-        *extra,
-        **_opts(cfg, "A"),
-    )
+        intra.chunk_gla_A_kernel, (NS, NC * NC, H),
+        q, k, gc, A, cu, info, H, G, K, BT, BC, BK, NC, prec, A.shape[-1], *extra, **_opts(cfg, "A"),
+    )  # fmt: skip
     return A
 
 
@@ -379,31 +342,11 @@ def chunk_backward(
     grid = (N * H * launch.cdiv(K, BK) * launch.cdiv(V, BV),)  # one dim: N H may pass 65535
     gc_arg = gc if gc is not None else h  # a placeholder pointer: never read without a gate
     launch.fitted(
-        kern.chunk_bwd_dh_kernel,
-        grid,
-        q,
-        do,
-        gc_arg,
-        dh,
-        dht if dht is not None else h0 if h0 is not None else ht,
-        dh0 if dh0 is not None else ht,
-        cu,
-        chunk_off,
-        scale,
-        H,
-        G,
-        K,
-        V,
-        BT,
-        BK,
-        BV,
-        gid,
-        dht is not None,
-        dh0 is not None,
-        prec,
-        *rw,
+        kern.chunk_bwd_dh_kernel, grid,
+        q, do, gc_arg, dh, dht if dht is not None else h0 if h0 is not None else ht, dh0 if dh0 is not None else ht,
+        cu, chunk_off, scale, H, G, K, V, BT, BK, BV, gid, dht is not None, dh0 is not None, prec, *rw,
         **_opts(cfg, "dh"),
-    )
+    )  # fmt: skip
     if gid != 2:
         A = ht  # a placeholder pointer: never read
     elif not saved_A_valid(A, B, T, H, BT, v.dtype, v.device):
@@ -429,36 +372,10 @@ def chunk_backward(
     dg = _empty((B, T, H, K if gid == 2 else launch.cdiv(K, BK)), v.device, torch.float32) if want_dg else None
     grid, order = chunk_grid(NS, launch.cdiv(K, BK), H, _heads_inner(cfg, "dqk"))
     launch.fitted(
-        kern.chunk_bwd_dqk_kernel,
-        grid,
-        q,
-        k,
-        v,
-        gc_arg,
-        h,
-        do,
-        dh,
-        dA,
-        dg if dg is not None else dq,
-        dq,
-        dk,
-        cu,
-        info,
-        scale,
-        H,
-        G,
-        K,
-        V,
-        BT,
-        BK,
-        BV,
-        gid,
-        prec,
-        *rw,
-        DG=want_dg,
-        **order,
-        **_opts(cfg, "dqk"),
-    )
+        kern.chunk_bwd_dqk_kernel, grid,
+        q, k, v, gc_arg, h, do, dh, dA, dg if dg is not None else dq, dq, dk, cu, info, scale, H, G, K, V, BT, BK, BV,
+        gid, prec, *rw, DG=want_dg, **order, **_opts(cfg, "dqk"),
+    )  # fmt: skip
     if gid == 2:
         NC = BT // BC
         db = _empty(dq.shape, v.device, torch.float32)
@@ -467,44 +384,14 @@ def chunk_backward(
         du = _empty(dq.shape, v.device, torch.float32) if u is not None else None  # per token, summed below
         extra = () if u is None else (gq, u, du, dg, True)
         launch.fitted(
-            intra.chunk_gla_bwd_intra_kernel,
-            grid,
-            q,
-            k,
-            gc,
-            dA,
-            dq,
-            dk,
-            db,
-            cu,
-            info,
-            scale,
-            H,
-            G,
-            K,
-            BT,
-            BC,
-            BKi,
-            NC,
-            prec,
-            *extra,
-            **_opts(cfg, "intra"),
-        )
+            intra.chunk_gla_bwd_intra_kernel, grid,
+            q, k, gc, dA, dq, dk, db, cu, info, scale, H, G, K, BT, BC, BKi, NC, prec, *extra, **_opts(cfg, "intra"),
+        )  # fmt: skip
         BKr = _tile(cfg, "rc", K, K)[0]
         launch.fitted(
-            intra.chunk_rc_add_kernel,
-            (NS, launch.cdiv(K, BKr), H),
-            db,
-            dg,
-            cu,
-            info,
-            H,
-            K,
-            BT,
-            BKr,
-            *(() if u is None else (True,)),
-            **_opts(cfg, "rc"),
-        )
+            intra.chunk_rc_add_kernel, (NS, launch.cdiv(K, BKr), H),
+            db, dg, cu, info, H, K, BT, BKr, *(() if u is None else (True,)), **_opts(cfg, "rc"),
+        )  # fmt: skip
     if gid in (1, 3) and want_dg:  # per step (gid 3: the op sums the steps for its per-head decay)
         dg = scalar_dg_per_step(dg)
     if G > 1:  # GQA: sum the heads of each group, in a fixed order
@@ -554,27 +441,11 @@ def fused_recurrent(
     o = _empty(v.shape, v.device, v.dtype)
     grid = (N * H, launch.cdiv(V, BV))
     kern.fused_recurrent_kernel[grid](
-        q,
-        k,
-        v,
-        gate if gate is not None else q,
-        o,
-        h0 if h0 is not None else o,
-        ht if ht is not None else o,
-        cu,
-        scale,
-        H,
-        H // HK,
-        K,
-        V,
-        BK,
-        BV,
-        gid,
-        h0 is not None,
-        ht is not None,
-        *(() if bonus is None else (_bonus(bonus, H, K), True)),
-        num_warps=config.get("num_warps", 4),
-    )
+        q, k,
+        v, gate if gate is not None else q, o, h0 if h0 is not None else o, ht if ht is not None else o, cu, scale, H,
+        H // HK, K, V, BK, BV, gid, h0 is not None, ht is not None,
+        *(() if bonus is None else (_bonus(bonus, H, K), True)), num_warps=config.get("num_warps", 4),
+    )  # fmt: skip
     return o, ht
 
 
