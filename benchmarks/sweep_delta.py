@@ -55,6 +55,9 @@ VARIANTS = [
     ("o w4 s3", {"o": (4, 3)}),
     ("o w2 s2", {"o": (2, 2)}),
     ("o w2 s3", {"o": (2, 3)}),
+    # registers capped at 128: four programs a multiprocessor on 4 warps where ~133 fit three (the GLA line's output
+    # kernel at K = V = 64: 133-136 -> 124, no spill, offline sm_90; FLA's retention output kernel 118)
+    ("o w4 s2 r128", {"o": (4, 2, 128)}),
     ("heads_inner off", {"heads_inner": False}),
     ("h w4 s3", {"h": (4, 3)}),
     ("h w2 s2", {"h": (2, 2)}),

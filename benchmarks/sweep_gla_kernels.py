@@ -96,6 +96,10 @@ def variants(kind, shipped):
             opts += [{"_BK": 128, "_warps": w, "_stages": 2} for w in (4, 8)]
             if key != "h" and key != "dh":  # the parallel kernels' launch order (``_heads_inner``), the other one
                 opts.append({"_heads_inner": not shipped.get(f"{key}_heads_inner", shipped.get("heads_inner", False))})
+            # a register cap (``_maxnreg``): at K = V = 64 on 4 warps the output and dv kernels take 133-142
+            # registers (three programs a multiprocessor), 124-128 capped (four; offline sm_90: no spill for the
+            # output kernel, 0-32 B for dv); FLA's retention output kernel takes 118 uncapped. dq/dk: 255 -> 168
+            opts.append({"_maxnreg": 168 if key == "dqk" else 128})
         else:
             opts = [{"_warps": w, "_stages": s} for w in (2, 4, 8) for s in (1, 2)]
             if key in ("A", "intra"):

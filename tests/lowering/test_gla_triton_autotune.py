@@ -260,7 +260,8 @@ def test_by_dims_tables(arch):
     from fla_compile.lowering.delta import triton_launch as DT
 
     kernels = ("h", "o", "dh", "dv", "dqk", "A", "intra", "rc", "cumsum")
-    option = re.compile(rf"({'|'.join(kernels)})_(warps|stages|BV|BK)|(o|dv|dqk)_heads_inner")  # ``_heads_inner``
+    names = "|".join(kernels)
+    option = re.compile(rf"({names})_(warps|stages|BV|BK|maxnreg)|(o|dv|dqk)_heads_inner")
     for dims, entry in autotune.table(arch).get("by_dims", {}).items():
         if dims == "_comment":
             continue
@@ -322,3 +323,12 @@ def test_heads_inner_from_the_tables(monkeypatch):
     assert chunks.chunk_grid(3, 2, 4, False) == ((3, 2, 4), {})
     monkeypatch.setattr(chunks, "HEADS_INNER", False)
     assert chunks.chunk_grid(3, 2, 4, True) == ((3, 2, 4), {})
+
+
+def test_register_cap_option():
+    """``<kernel>_maxnreg`` in a config launches that kernel with Triton's register cap; without it, none."""
+    from fla_compile.lowering.gla import triton_launch as gla_triton
+
+    cfg = {"num_warps": 4, "num_stages": 2, "o_warps": 4, "o_maxnreg": 128}
+    assert gla_triton._opts(cfg, "o") == {"num_warps": 4, "num_stages": 2, "maxnreg": 128}
+    assert "maxnreg" not in gla_triton._opts(cfg, "dv")

@@ -108,9 +108,14 @@ def _tile(config, kernel: str, K: int, V: int) -> tuple[int, int]:
 
 
 def _opts(config, kernel: str) -> dict:
-    """Launch options of one kernel: ``<kernel>_warps`` / ``<kernel>_stages`` of the config when given."""
+    """Launch options of one kernel: ``<kernel>_warps`` / ``<kernel>_stages`` of the config when given, and
+    ``<kernel>_maxnreg``, a register cap per thread (a kernel just over 128 registers on 4 warps fits three
+    programs a multiprocessor where 128 fits four)."""
     warps, stages = (config.get("num_warps", 4), config.get("num_stages", 2)) if kernel in _SHARED else (4, 3)
-    return {"num_warps": config.get(f"{kernel}_warps", warps), "num_stages": config.get(f"{kernel}_stages", stages)}
+    opts = {"num_warps": config.get(f"{kernel}_warps", warps), "num_stages": config.get(f"{kernel}_stages", stages)}
+    if f"{kernel}_maxnreg" in config:
+        opts["maxnreg"] = config[f"{kernel}_maxnreg"]
+    return opts
 
 
 def _heads_inner(config, kernel: str) -> bool:
