@@ -42,6 +42,7 @@ def compile_one(fn, consts, dt, arch, warps, stages):
         "dv": dt,
         "dw": dt,
         "o": dt,
+        "dko": dt,
     }
     consts = dict(consts)
     for name, prm in inspect.signature(fn.fn).parameters.items():  # constexpr flags not given: at their defaults

@@ -251,9 +251,10 @@ def chunk_wy_pair_bwd_kernel(
 ):
     """The WY backward and the k kᵀ pairs in one program (no gate or a scalar one): dv, dbeta and dG written, dk
     added to (it holds the dqk kernel's part); with ``DKO`` the sum goes to ``dko`` in its dtype instead (the
-    inputs' dtype where nothing adds to dk after this kernel: no separate cast of an fp32 dk after it). With HALF the dN chain (P = dX Xᵀ, Q = -Xᵀ P) and the pair dots
-    take operands in the inputs' dtype (bf16 tensor cores, as FLA's WY backward) instead of fp32 ones (tf32),
-    accumulating in fp32 either way; without a half dtype it changes nothing.
+    inputs' dtype where nothing adds to dk after this kernel: no separate cast of an fp32 dk after it). With HALF
+    the dN chain (P = dX Xᵀ, Q = -Xᵀ P) and the pair dots take operands in the inputs' dtype (bf16 tensor cores,
+    as FLA's WY backward) instead of fp32 ones (tf32), accumulating in fp32 either way; without a half dtype it
+    changes nothing.
 
     dW = -dv_new Sᵀ is read ([TT, H, K], the dqk kernel's ``DW``): no chunk state is loaded, and the keys and
     values go by blocks of BK and BV. Q = dN o E stays in registers; its transpose comes from the dN buffer (Q
