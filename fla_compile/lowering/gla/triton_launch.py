@@ -446,9 +446,8 @@ def fused_recurrent(
     o = _empty(v.shape, v.device, v.dtype)
     grid = (N * H, launch.cdiv(V, BV))
     kern.fused_recurrent_kernel[grid](
-        q, k,
-        v, gate if gate is not None else q, o, h0 if h0 is not None else o, ht if ht is not None else o, cu, scale, H,
-        H // HK, K, V, BK, BV, gid, h0 is not None, ht is not None,
+        q, k, v, gate if gate is not None else q, o, h0 if h0 is not None else o, ht if ht is not None else o, cu,
+        scale, H, H // HK, K, V, BK, BV, gid, h0 is not None, ht is not None,
         *(() if bonus is None else (_bonus(bonus, H, K), True)), num_warps=config.get("num_warps", 4),
     )  # fmt: skip
     return o, ht
