@@ -188,6 +188,36 @@ def _case_final_dk(family, cu_lens=None):
     }
 
 
+def _case_final_dqk_vector(cu_lens=None, HK=2):
+    """kda with half inputs (fp16: the interpreter has no bf16 dots): dq from the intra kernel and dk from the pairs'
+    kernel in the inputs' dtype (``FINAL_DQK_VECTOR``), bitwise the fp32 sums of the switch's off setting cast
+    after; with GVA (HK < H: a group sum after) both settings agree bitwise too."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    q, k, v, beta, g, h0 = make("kda", T=37, HK=HK)
+    q, k, v, beta, g, h0, cu = _pack(cu_lens, q, k, v, beta, g, h0)
+    gen = torch.Generator().manual_seed(5)
+    do, dht = torch.randn(v.shape, generator=gen), torch.randn(h0.shape, generator=gen)
+    ref = torch_grads("kda", q, k, v, beta, g, h0, do, dht, 0.3, cu)[2]
+    xs = [None if x is None else x.to(torch.float16) for x in (q, k, v, beta, g)]
+    runs = {}
+    for on in (True, False):
+        with _switched("FINAL_DQK_VECTOR", on):
+            runs[on] = DT.chunk_backward(*xs, "vector", 0.3, h0, cu, do.to(torch.float16), dht, chunk_size=16)
+    final = HK == 2
+    want = torch.float16 if final else torch.float32
+    on, off = runs[True], runs[False]
+    return {
+        "dq_dk_dtype": float(on[0].dtype != want or on[1].dtype != want),
+        "dq_vs_cast": float(not torch.equal(on[0], off[0].to(on[0].dtype))),
+        "dk_vs_cast": float(not torch.equal(on[1], off[1].to(on[1].dtype))),
+        "rest_same": float(not all(torch.equal(a, b) for a, b in zip(on[2:], off[2:]) if a is not None)),
+        "dq": rel(on[0], ref["dq"]),
+        "dk": rel(on[1], ref["dk"]),
+        "tols": {"dq": 1e-2, "dk": 1e-2},
+    }
+
+
 def _case_inplace_decode(family):
     from fla_compile.lowering.delta import triton_launch as DT
 
@@ -628,6 +658,8 @@ INTERPRETER_CASES = {
     "kkt-fused-delta-BT64": (_case_fused_kkt, ("delta_rule", 64)),
     "heads-inner-gdn-varlen": (_case_heads_inner, ("gated_delta_rule", 16, [5, 0, 40, 19])),
     "final-dk-delta": (_case_final_dk, ("delta_rule",)),
+    "final-dqk-kda-varlen": (_case_final_dqk_vector, ([5, 0, 40, 19],)),
+    "final-dqk-kda-gva": (_case_final_dqk_vector, (None, 1)),
     "final-dk-gdn-varlen": (_case_final_dk, ("gated_delta_rule", [5, 0, 40, 19])),
     "decay-rows-gdn-BT32-varlen": (_case_decay_rows, ("gated_delta_rule", 32, 70, [5, 0, 46, 19])),
     "decay-rows-gdn-BT64-strong": (_case_decay_rows, ("gated_delta_rule", 64, 70, None, 20.0)),

@@ -271,6 +271,25 @@ def test_half_inputs(dtype):
     assert o.dtype == dtype and rel(o, ro) < 1e-2 and rel(ht, rht) < 1e-2
 
 
+@pytest.mark.parametrize("HK", [2, 1], ids=["heads", "gqa"])
+def test_final_dqk_vector(HK, monkeypatch):
+    """A gate per key dim with half inputs: the intra kernel writes dq, dk in the inputs' dtype
+    (``FINAL_DQK_VECTOR``), bitwise the fp32 sums of the switch's off setting cast after, and within half's accuracy
+    of fp64; with GQA (a group sum after) the sums stay fp32 and both settings agree bitwise."""
+    dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float16  # the interpreter's bf16 dots are wrong
+    q, k, v, g, h0, cu = make("vector", T=40, H=2, HK=HK, cu=[0, 0, 7, 40], dtype=dtype)
+    do, dht = torch.randn_like(v), torch.randn_like(h0)
+    runs = {}
+    for on in (True, False):
+        monkeypatch.setattr(gla_triton, "FINAL_DQK_VECTOR", on)
+        runs[on] = gla_triton.chunk_backward(q, k, v, g, "vector", 0.3, h0, cu, do, dht, config=CFG)
+    for a, b in zip(runs[True], runs[False]):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    assert runs[True][0].dtype == runs[True][1].dtype == dtype
+    *_, ref = reference(q, k, v, g, "vector", 0.3, h0, cu, do, dht)
+    assert rel(runs[True][0], ref[0]) < 1e-2 and rel(runs[True][1], ref[1]) < 1e-2
+
+
 def test_deterministic():
     q, k, v, g, h0, cu = make("vector", T=40, H=2, HK=1)
     do, dht = torch.randn_like(v), torch.randn_like(h0)

@@ -151,6 +151,10 @@ FUSED_KKT = True  # no gate / scalar gate: k kᵀ formed by the WY solve kernel 
 # no gate / a scalar gate: the WY/pair backward writes dk in the inputs' dtype where it is final (False: fp32, the op
 # casts it; at B=8 T=2048 H=16 D=128 that cast is 0.05 ms of delta_rule's 1.46 ms of fwd+bwd kernels on the H200)
 FINAL_DK = True
+# the same for a gate per key dim (kda): dq from the intra kernel, dk from the pairs' kernel, each its last writer.
+# Staged for an H200 A/B (`sweep_delta.py --families kda --variants "shipped,final dqk vector"`); interpreter: bitwise
+# the casts
+FINAL_DQK_VECTOR = False
 FUSED_A = True  # kda: k kᵀ and q kᵀ by one kernel in the forward (False: the GLA line's A kernel twice)
 WU_SPLIT = True  # W, U by full-chunk dots after a solve-only kernel (False: the solve kernel forms them by blocks)
 KG = True  # kda: the state pass reads keys decayed once by the W/U kernel (False: decays them per V block)
@@ -453,12 +457,18 @@ def backward_parts(
     )  # fmt: skip
     NC = BT // 16
     BKi = min(64, BK)
+    # a gate per key dim: dq and dk straight in the inputs' dtypes where they are final (``FINAL_DQK_VECTOR``): dq from
+    # the intra kernel, the last to add to it, and dk from the pairs' kernel
+    final_vec = FINAL_DQK_VECTOR and gid == 2 and final_dq and torch.float32 not in (q.dtype, k.dtype)
     if gid == 2:
         db1 = torch.empty(B, T, H, K, **f32)
+        dq_in = torch.empty(B, T, H, K, device=dev, dtype=q.dtype) if final_vec else None
         launch.fitted(
             gla_intra.chunk_gla_bwd_intra_kernel, (NS, NC * launch.cdiv(K, BKi), H),
-            q, k, gc, dA, dq, dk, db1, cu, info, scale, H, G, K, BT, 16, BKi, NC, prec, **_opts("intra", dev, key),
+            q, k, gc, dA, dq, dk, db1, cu, info, scale, H, G, K, BT, 16, BKi, NC, prec,
+            **(dict(dqo=dq_in, DQO=True) if final_vec else {}), **_opts("intra", dev, key),
         )  # fmt: skip
+        dq = dq if dq_in is None else dq_in
         launch.fitted(
             gla_intra.chunk_rc_add_kernel, (NS, launch.cdiv(K, BKi), H),
             db1, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev, key),
@@ -491,10 +501,13 @@ def backward_parts(
             k, v, beta, gcp, X, h, dvn, dv, dk, dbeta, dG, dN, cu, info, H, G, K, V, BT, BK, BV, gid, prec,
             **_opts("wy_bwd", dev, key),
         )  # fmt: skip
+        dk_in = torch.empty(B, T, H, K, device=dev, dtype=k.dtype) if final_vec else None
         launch.fitted(
             kwb.chunk_kk_pair_bwd_vec_kernel, (NS, NC, H),
-            k, beta, gc, dN, dk, dbeta, dG, cu, info, H, G, K, BT, 16, BK, NC, prec, **_opts("pair_vec", dev, key),
+            k, beta, gc, dN, dk, dbeta, dG, cu, info, H, G, K, BT, 16, BK, NC, prec,
+            **(dict(dko=dk_in, DKO=True) if final_vec else {}), **_opts("pair_vec", dev, key),
         )  # fmt: skip
+        dk = dk if dk_in is None else dk_in
         launch.fitted(
             gla_intra.chunk_rc_add_kernel, (NS, launch.cdiv(K, BKi), H),
             dG, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev, key),

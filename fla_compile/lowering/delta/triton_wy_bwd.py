@@ -382,10 +382,13 @@ def chunk_kk_pair_bwd_vec_kernel(
     BK: tl.constexpr,
     NC: tl.constexpr,
     PREC: tl.constexpr,
+    dko=None,
+    DKO: tl.constexpr = False,
 ):
     """The pairs of A_ij = sum_d k_id k_jd e^{G_id - G_jd} (a gate per key dim, kda) for the rows of one sub-chunk:
     R_i = sum_{j<i} dN_ij k_j e^{G_i - G_j}, C_i = sum_{m>i} dN_mi b_m k_m e^{G_m - G_i};
-    dk += b R + C, dbeta += k . R, dG += b k R - k C (added; BK covers K).
+    dk += b R + C, dbeta += k . R, dG += b k R - k C (added; BK covers K). With ``DKO`` dk's sum goes to ``dko``
+    in its dtype instead (the last addition to dk: no cast of the fp32 dk after).
 
     Blocks off the diagonal are dots of factors taken against a reference row of this sub-chunk (every exponent
     <= 0); the diagonal block is factored when its gate span allows (``SPAN``), else summed column by column."""
@@ -461,7 +464,11 @@ def chunk_kk_pair_bwd_vec_kernel(
             m_le, b_dnr[:, None] * (b_br * b_kr)[None, :] * tl.exp(tl.where(m_le, b_grr[None, :] - b_g, 0)), 0
         )
     p = (o_ti * H + i_h)[:, None] * K + o_k[None, :]
-    tl.store(dk + p, tl.load(dk + p, mask=m_ik, other=0) + b_bi[:, None] * b_R + b_C, mask=m_ik)
+    b_dk = tl.load(dk + p, mask=m_ik, other=0) + b_bi[:, None] * b_R + b_C
+    if DKO:
+        tl.store(dko + p, b_dk.to(dko.dtype.element_ty), mask=m_ik)
+    else:
+        tl.store(dk + p, b_dk, mask=m_ik)
     tl.store(dG + p, tl.load(dG + p, mask=m_ik, other=0) + b_ki * (b_bi[:, None] * b_R - b_C), mask=m_ik)
     p_b = o_ti * H + i_h
     tl.store(dbeta + p_b, tl.load(dbeta + p_b, mask=m_ti, other=0) + tl.sum(b_ki * b_R, 1), mask=m_ti)

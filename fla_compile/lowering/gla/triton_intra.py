@@ -179,8 +179,14 @@ def chunk_gla_bwd_intra_kernel(
     du=None,
     dg=None,
     BONUS: tl.constexpr = False,
+    dqo=None,
+    dko=None,
+    DQO: tl.constexpr = False,
+    DKO: tl.constexpr = False,
 ):
-    """Add scale * the intra-chunk parts to dq, dk (fp32, per head of v) for the rows of one sub-chunk.
+    """Add scale * the intra-chunk parts to dq, dk (fp32, per head of v) for the rows of one sub-chunk; with
+    ``DQO`` / ``DKO`` the sums go to ``dqo`` / ``dko`` in their dtype instead (the inputs' dtype where this kernel
+    is the last to add to them: no cast of an fp32 copy after).
 
     dq_i += sum_{j <= i} dA_ij k_j e^(b_i - b_j),   dk_j += sum_{i >= j} dA_ij q_i e^(b_i - b_j).
     Also db = q dq - k dk over these pairs without the diagonal (whose terms cancel exactly), for dg.
@@ -303,8 +309,14 @@ def chunk_gla_bwd_intra_kernel(
     else:
         b_dq = tl.load(dq + p, mask=m_ik, other=0) + scale * (b_dq + b_dAd[:, None] * b_ki)
         b_dk = tl.load(dk + p, mask=m_ik, other=0) + scale * (b_dk + b_dAd[:, None] * b_qi)
-    tl.store(dq + p, b_dq, mask=m_ik)
-    tl.store(dk + p, b_dk, mask=m_ik)
+    if DQO:
+        tl.store(dqo + p, b_dq.to(dqo.dtype.element_ty), mask=m_ik)
+    else:
+        tl.store(dq + p, b_dq, mask=m_ik)
+    if DKO:
+        tl.store(dko + p, b_dk.to(dko.dtype.element_ty), mask=m_ik)
+    else:
+        tl.store(dk + p, b_dk, mask=m_ik)
 
 
 @triton.jit

@@ -36,6 +36,11 @@ FP32_SPLIT = True
 # --families retention --fla` repeats it): forward kernels 0.190 -> 0.168 ms,
 # forward+backward 0.711 -> 0.641 (FLA's chunk_retention 0.145 / 0.568); test_head_decay passed there
 HEAD_DECAY = True
+# a gate per key dim: the intra-chunk backward kernel, the last to add to dq and dk, writes them in the inputs' dtype
+# (False: fp32, cast after by a pass over each: ~0.05 ms apiece at B=8 T=2048 H=16 D=128 bf16, the cost of the delta
+# line's dk cast on the H200, fifteenth session). Staged for an H200 A/B (`benchmarks/ab_switch.py
+# fla_compile.lowering.gla.triton_launch.FINAL_DQK_VECTOR --families gla`); interpreter: bitwise the casts
+FINAL_DQK_VECTOR = False
 # the sequential state passes' blocks shrunk while their grid is under one wave (``_state_tile``): on the H200 at
 # B=1 H=16 (32 programs of 132 SMs with the tuned blocks) retention's forward+backward 2.12 -> 1.58 ms at T=16384,
 # gla's 3.59 -> 3.24 (benchmarks/RESULTS.md, 2026-11-30); FLA_COMPILE_GLA_FILL_SMS=0 turns it off
@@ -388,10 +393,18 @@ def chunk_backward(
         grid = (NS, NC * launch.cdiv(K, BKi), H)
         du = _empty(dq.shape, v.device, torch.float32) if u is not None else None  # per token, summed below
         extra = () if u is None else (gq, u, du, dg, True)
+        # dq, dk straight in the inputs' dtypes where this kernel adds to them last (no GQA sum, no bonus)
+        out = {}
+        if FINAL_DQK_VECTOR and G == 1 and u is None and torch.float32 not in in_dtypes[:2]:
+            dq_in, dk_in = (_empty(dq.shape, v.device, d) for d in in_dtypes[:2])
+            out = dict(dqo=dq_in, dko=dk_in, DQO=True, DKO=True)
         launch.fitted(
             intra.chunk_gla_bwd_intra_kernel, grid,
-            q, k, gc, dA, dq, dk, db, cu, info, scale, H, G, K, BT, BC, BKi, NC, prec, *extra, **_opts(cfg, "intra"),
+            q, k, gc, dA, dq, dk, db, cu, info, scale, H, G, K, BT, BC, BKi, NC, prec, *extra, **out,
+            **_opts(cfg, "intra"),
         )  # fmt: skip
+        if out:
+            dq, dk = dq_in, dk_in
         BKr = _tile(cfg, "rc", K, K)[0]
         launch.fitted(
             intra.chunk_rc_add_kernel, (NS, launch.cdiv(K, BKr), H),
