@@ -457,9 +457,12 @@ def backward_parts(
     )  # fmt: skip
     NC = BT // 16
     BKi = min(64, BK)
-    # a gate per key dim: dq and dk straight in the inputs' dtypes where they are final (``FINAL_DQK_VECTOR``): dq from
-    # the intra kernel, the last to add to it, and dk from the pairs' kernel
-    final_vec = FINAL_DQK_VECTOR and gid == 2 and final_dq and torch.float32 not in (q.dtype, k.dtype)
+    # dq and dk straight in the inputs' (half) dtypes by their last writers where nothing adds to them after (no GQA
+    # sum, no l2norm backward): the same rounding as the op's casts after, without those passes over fp32 copies.
+    # No gate / a scalar gate: dk by the WY/pair kernel (``FINAL_DK``); a gate per key dim (``FINAL_DQK_VECTOR``): dq
+    # by the intra kernel, dk by the pairs' kernel
+    final_half = final_dq and torch.float32 not in (q.dtype, k.dtype)
+    final_vec = FINAL_DQK_VECTOR and gid == 2 and final_half
     if gid == 2:
         db1 = torch.empty(B, T, H, K, **f32)
         dq_in = torch.empty(B, T, H, K, device=dev, dtype=q.dtype) if final_vec else None
@@ -480,16 +483,13 @@ def backward_parts(
     dN = torch.empty(B, T, H, BT, **f32)
     BV = min(64, launch.pow2(V))
     if fused:  # 4 and 5 in one kernel: dN stays in it (the dN buffer carries Q for its transposed load)
-        # dk straight in the inputs' dtype where nothing adds to it after this kernel (no GQA group sum, no l2norm
-        # backward): the same rounding as the op's cast after, without that cast's pass over an fp32 dk
-        half_k = k.dtype != torch.float32
-        dko = torch.empty(B, T, H, K, device=dev, dtype=k.dtype) if FINAL_DK and final_dq and half_k else None
+        dk_in = torch.empty(B, T, H, K, device=dev, dtype=k.dtype) if FINAL_DK and final_half else None
         launch.fitted(
             kwb.chunk_wy_pair_bwd_kernel, (NS, H),
             k, v, beta, gcp, X, dw, dvn, dv, dk, dbeta, dG, dN, cu, info, H, G, K, V, BT, min(64, BK), BV, gid, prec,
-            WY_PAIR_HALF, **(dict(dko=dko, DKO=True) if dko is not None else {}), **_opts("wy_pair", dev, key),
+            WY_PAIR_HALF, **(dict(dko=dk_in, DKO=True) if dk_in is not None else {}), **_opts("wy_pair", dev, key),
         )  # fmt: skip
-        dk = dk if dko is None else dko
+        dk = dk if dk_in is None else dk_in
         if gid == 1:
             dg = scalar_dg_per_step(dg)
             launch.fitted(

@@ -372,7 +372,8 @@ def chunk_backward(
     )  # fmt: skip
     # dq, dk straight in the inputs' dtypes where nothing adds to them after this kernel (no per-key gate's
     # intra pass, no GQA group sum, no bonus): the same rounding as a cast after, without two more kernels
-    final = gid != 2 and G == 1 and u is None
+    last = G == 1 and u is None  # nothing adds to dq, dk after this line's kernels (no GQA sum, no bonus)
+    final = gid != 2 and last
     dq = _empty((B, T, H, K), v.device, in_dtypes[0] if final else torch.float32)
     dk = _empty(dq.shape, v.device, in_dtypes[1] if final else torch.float32)
     dA = _empty((B, T, H, BT), v.device, torch.float32) if gid == 2 else ht
@@ -393,9 +394,9 @@ def chunk_backward(
         grid = (NS, NC * launch.cdiv(K, BKi), H)
         du = _empty(dq.shape, v.device, torch.float32) if u is not None else None  # per token, summed below
         extra = () if u is None else (gq, u, du, dg, True)
-        # dq, dk straight in the inputs' dtypes where this kernel adds to them last (no GQA sum, no bonus)
+        # dq, dk straight in the inputs' dtypes where this kernel adds to them last
         out = {}
-        if FINAL_DQK_VECTOR and G == 1 and u is None and torch.float32 not in in_dtypes[:2]:
+        if FINAL_DQK_VECTOR and last and torch.float32 not in in_dtypes[:2]:
             dq_in, dk_in = (_empty(dq.shape, v.device, d) for d in in_dtypes[:2])
             out = dict(dqo=dq_in, dko=dk_in, DQO=True, DKO=True)
         launch.fitted(
