@@ -621,11 +621,11 @@ def _case_kda_A_rows(BT, T, cu_lens, gate_scale, dtype, BK, K=20, device="cpu"):
             ref_qk[c0:c1, :, : c1 - c0] = qk * low.transpose(1, 2)
         bos += n
     gc = gc.float().view(B, T, H, K).contiguous()
-    cu_, info, _, NS, _ = chunk_meta(B, T, cu, BT, device)
+    _, info, _, NS, _ = chunk_meta(B, T, cu, BT, device)
     NC = BT // 16
     Akk = torch.full((B, T, H, BT), float("nan"), device=device)
     Aqk = torch.full((B, T, H, BT), float("nan"), dtype=dtype, device=device)
-    args = (q, k, gc, Akk, Aqk, cu_, info, H, H // q.shape[2], K, BT, 16, launch.pow2(K), NC, launch.prec(dtype, K, K))
+    args = (q, k, gc, Akk, Aqk, info, H, H // q.shape[2], K, BT, 16, launch.pow2(K), NC, launch.prec(dtype, K, K))
     kw.chunk_kda_A_rows_kernel[(NS, NC, H)](*args, BKF=BK)
     return {
         "kk_rows": rel(Akk.flatten(0, 1), ref_kk),

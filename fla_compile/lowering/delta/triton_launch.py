@@ -304,7 +304,7 @@ def forward_parts(
         grid = (NS, 1 if gid == 1 else launch.cdiv(K, BKg), H)
         launch.fitted(
             gla_kern.chunk_cumsum_kernel, grid,
-            gate.contiguous(), gc, cu, info, H, K, BT, BKg, gid, **_opts("cumsum", dev, key),
+            gate.contiguous(), gc, info, H, K, BT, BKg, gid, **_opts("cumsum", dev, key),
         )  # fmt: skip
     gcp = gc if gc is not None else beta  # a placeholder pointer: never read without a gate
     merge_prec = prec if SOLVE_MERGE_TF32 else "ieee"  # the solve's merge dots
@@ -318,19 +318,19 @@ def forward_parts(
             Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf
             launch.fitted(  # the whole K in one block (K <= MAX_HEAD_DIM)
                 kw.chunk_kda_A_rows_kernel, (NS, NC, H),
-                q, k, gc, A, Aqk, cu, info, H, G, K, BT, 16, BK, NC, prec, **_opts("A_row_block", dev, key),
+                q, k, gc, A, Aqk, info, H, G, K, BT, 16, BK, NC, prec, **_opts("A_row_block", dev, key),
             )  # fmt: skip
         elif gid == 2:
             NC = BT // 16
             BKa = min(64, BK)
             launch.fitted(
                 gla_intra.chunk_gla_A_kernel, (NS, NC * NC, H),
-                k, k, gc, A, cu, info, H, G, K, BT, 16, BKa, NC, prec, BT, **_opts("A", dev, key),
+                k, k, gc, A, info, H, G, K, BT, 16, BKa, NC, prec, BT, **_opts("A", dev, key),
             )  # fmt: skip
         elif not kkt:
             launch.fitted(
                 kw.chunk_kkt_kernel, (NS, H),
-                k, gcp, A, cu, info, H, G, K, BT, min(64, BK), gid, prec, **_opts("kkt", dev, key),
+                k, gcp, A, info, H, G, K, BT, min(64, BK), gid, prec, **_opts("kkt", dev, key),
             )  # fmt: skip
         load_x = False
     else:
@@ -343,19 +343,19 @@ def forward_parts(
         if not load_x:
             launch.fitted(
                 kw.chunk_wy_kernel, (NS, H),
-                k, v, beta, gcp, A, X, w, u, cu, info, H, G, K, V, BT, 16, 16, gid, False, prec, True, ROW_LOADS, kkt,
+                k, v, beta, gcp, A, X, w, u, info, H, G, K, V, BT, 16, 16, gid, False, prec, True, ROW_LOADS, kkt,
                 min(64, BK), merge_prec, DIAG=_solve_diag(kkt, dt),
                 **_opts("kkt_solve" if kkt else "solve", dev, key),
             )  # fmt: skip
         launch.fitted(
             kw.chunk_wu_kernel, (NS, H),
-            k, v, beta, gcp, X, w, u, cu, info, H, G, K, V, BT, min(64, BK), min(64, launch.pow2(V)), gid, prec,
+            k, v, beta, gcp, X, w, u, info, H, G, K, V, BT, min(64, BK), min(64, launch.pow2(V)), gid, prec,
             kg if use_kg else w, use_kg, **_opts("wu", dev, key),
         )  # fmt: skip
     else:
         launch.fitted(
             kw.chunk_wy_kernel, (NS, H),
-            k, v, beta, gcp, A, X, w, u, cu, info, H, G, K, V, BT, min(64, BK), min(64, launch.pow2(V)), gid, load_x,
+            k, v, beta, gcp, A, X, w, u, info, H, G, K, V, BT, min(64, BK), min(64, launch.pow2(V)), gid, load_x,
             prec, False, ROW_LOADS, kkt, min(64, BK), merge_prec, **_opts("wy", dev, key),
         )  # fmt: skip
     h = torch.empty(NS, H, K, V, device=dev, dtype=dt)
@@ -372,7 +372,7 @@ def forward_parts(
         Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf
         launch.fitted(
             gla_intra.chunk_gla_A_kernel, (NS, NC * NC, H),
-            q, k, gc, Aqk, cu, info, H, G, K, BT, 16, min(64, BK), NC, prec, BT, **_opts("A", dev, key),
+            q, k, gc, Aqk, info, H, G, K, BT, 16, min(64, BK), NC, prec, BT, **_opts("A", dev, key),
         )  # fmt: skip
     o = None
     if need_o:
@@ -381,7 +381,7 @@ def forward_parts(
         grid, order = chunk_grid(NS, launch.cdiv(V, BV), H, _knob("heads_inner", dev, key))
         launch.fitted(
             gla_kern.chunk_fwd_o_kernel, grid,
-            q, k, vn, gcp, h, Aqk if Aqk is not None else h, o, cu, info, scale, H, G, K, V, BT, min(64, BK), BV, gid,
+            q, k, vn, gcp, h, Aqk if Aqk is not None else h, o, info, scale, H, G, K, V, BT, min(64, BK), BV, gid,
             prec, BT, **order, **_opts("o", dev, key),
         )  # fmt: skip
     meta = dict(cu=cu, info=info, chunk_off=chunk_off, NS=NS, N=N, BT=BT)
@@ -423,7 +423,7 @@ def backward_parts(
     grid, order = chunk_grid(NS, launch.cdiv(V, BV), H, _knob("heads_inner", dev, key))
     launch.fitted(
         gla_kern.chunk_bwd_dv_kernel, grid,
-        q, k, gcp, Aqk if Aqk is not None else dvl, do, dvl, dvl, cu, info, scale, H, G, K, V, BT, min(64, BK), BV,
+        q, k, gcp, Aqk if Aqk is not None else dvl, do, dvl, dvl, info, scale, H, G, K, V, BT, min(64, BK), BV,
         gid, prec, BT, False, **order, **_opts("dv_local", dev, key),
     )  # fmt: skip
     # 2. the state gradient, backwards over the chunks, and dv_new
@@ -452,7 +452,7 @@ def backward_parts(
     grid, order = chunk_grid(NS, launch.cdiv(K, BKq), H, _knob("heads_inner", dev, key))
     launch.fitted(
         gla_kern.chunk_bwd_dqk_kernel, grid,
-        q, k, vn, gcp, h, do, dh, dA, dg if dg is not None else dq, dq, dk, cu, info, scale, H, G, K, V, BT, BKq,
+        q, k, vn, gcp, h, do, dh, dA, dg if dg is not None else dq, dq, dk, info, scale, H, G, K, V, BT, BKq,
         BVq, gid, prec, **(dict(dvn=dvn, dw=dw, DW=True) if fused else {}), **order, **_opts("dqk", dev, key),
     )  # fmt: skip
     NC = BT // 16
@@ -468,13 +468,13 @@ def backward_parts(
         dq_in = torch.empty(B, T, H, K, device=dev, dtype=q.dtype) if final_vec else None
         launch.fitted(
             gla_intra.chunk_gla_bwd_intra_kernel, (NS, NC * launch.cdiv(K, BKi), H),
-            q, k, gc, dA, dq, dk, db1, cu, info, scale, H, G, K, BT, 16, BKi, NC, prec,
+            q, k, gc, dA, dq, dk, db1, info, scale, H, G, K, BT, 16, BKi, NC, prec,
             **(dict(dqo=dq_in, DQO=True) if final_vec else {}), **_opts("intra", dev, key),
         )  # fmt: skip
         dq = dq if dq_in is None else dq_in
         launch.fitted(
             gla_intra.chunk_rc_add_kernel, (NS, launch.cdiv(K, BKi), H),
-            db1, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev, key),
+            db1, dg, info, H, K, BT, BKi, **_opts("rc", dev, key),
         )  # fmt: skip
     # 4. through W = X (b e^G k) and U = X (b v)
     dv = torch.empty(B, T, H, V, device=dev, dtype=dt)
@@ -486,31 +486,31 @@ def backward_parts(
         dk_in = torch.empty(B, T, H, K, device=dev, dtype=k.dtype) if FINAL_DK and final_half else None
         launch.fitted(
             kwb.chunk_wy_pair_bwd_kernel, (NS, H),
-            k, v, beta, gcp, X, dw, dvn, dv, dk, dbeta, dG, dN, cu, info, H, G, K, V, BT, min(64, BK), BV, gid, prec,
+            k, v, beta, gcp, X, dw, dvn, dv, dk, dbeta, dG, dN, info, H, G, K, V, BT, min(64, BK), BV, gid, prec,
             WY_PAIR_HALF, **(dict(dko=dk_in, DKO=True) if dk_in is not None else {}), **_opts("wy_pair", dev, key),
         )  # fmt: skip
         dk = dk if dk_in is None else dk_in
         if gid == 1:
             dg = scalar_dg_per_step(dg)
             launch.fitted(
-                gla_intra.chunk_rc_add_kernel, (NS, 1, H), dG, dg, cu, info, H, 1, BT, 16, **_opts("rc", dev, key)
+                gla_intra.chunk_rc_add_kernel, (NS, 1, H), dG, dg, info, H, 1, BT, 16, **_opts("rc", dev, key)
             )
     else:  # a gate per key dim: 4, then 5, the pairs of A = k kᵀ (gated), by 16-row blocks
         launch.fitted(
             kwb.chunk_wy_bwd_kernel, (NS, H),
-            k, v, beta, gcp, X, h, dvn, dv, dk, dbeta, dG, dN, cu, info, H, G, K, V, BT, BK, BV, gid, prec,
+            k, v, beta, gcp, X, h, dvn, dv, dk, dbeta, dG, dN, info, H, G, K, V, BT, BK, BV, gid, prec,
             **_opts("wy_bwd", dev, key),
         )  # fmt: skip
         dk_in = torch.empty(B, T, H, K, device=dev, dtype=k.dtype) if final_vec else None
         launch.fitted(
             kwb.chunk_kk_pair_bwd_vec_kernel, (NS, NC, H),
-            k, beta, gc, dN, dk, dbeta, dG, cu, info, H, G, K, BT, 16, BK, NC, prec,
+            k, beta, gc, dN, dk, dbeta, dG, info, H, G, K, BT, 16, BK, NC, prec,
             **(dict(dko=dk_in, DKO=True) if final_vec else {}), **_opts("pair_vec", dev, key),
         )  # fmt: skip
         dk = dk if dk_in is None else dk_in
         launch.fitted(
             gla_intra.chunk_rc_add_kernel, (NS, launch.cdiv(K, BKi), H),
-            dG, dg, cu, info, H, K, BT, BKi, **_opts("rc", dev, key),
+            dG, dg, info, H, K, BT, BKi, **_opts("rc", dev, key),
         )  # fmt: skip
     return dq, dk, dv, dbeta, dg, dh0
 

@@ -41,7 +41,6 @@ def chunk_gla_A_kernel(
     k,
     gc,
     A,
-    cu,
     info,
     H: tl.constexpr,
     G: tl.constexpr,
@@ -163,7 +162,6 @@ def chunk_gla_bwd_intra_kernel(
     dq,
     dk,
     db,
-    cu,
     info,
     scale,
     H: tl.constexpr,
@@ -323,7 +321,6 @@ def chunk_gla_bwd_intra_kernel(
 def chunk_rc_add_kernel(
     db,
     dg,
-    cu,
     info,
     H: tl.constexpr,
     K: tl.constexpr,

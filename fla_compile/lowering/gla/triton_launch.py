@@ -139,7 +139,7 @@ def _config(kind, q, v, T, cu_seqlens, config):
     )
 
 
-def _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, device, cfg, excl=False):
+def _gate_cumsum(gate, gid, info, NS, H, K, BT, device, cfg, excl=False):
     """The in-chunk cumsum of the gate (fp32); with ``excl`` (rwkv6) also the exclusive one: (gc, gq). No gate, or
     one decay per head (gid 3: the kernels form it): the gate itself."""
     if gid in (0, 3):
@@ -150,10 +150,10 @@ def _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, device, cfg, excl=False):
     if excl:
         gq = _empty(gate.shape, device, torch.float32)
         launch.fitted(
-            kern.chunk_cumsum_kernel, grid, gate, gc, cu, info, H, K, BT, BKg, gid, gq, True, **_opts(cfg, "cumsum")
+            kern.chunk_cumsum_kernel, grid, gate, gc, info, H, K, BT, BKg, gid, gq, True, **_opts(cfg, "cumsum")
         )
         return gc, gq
-    launch.fitted(kern.chunk_cumsum_kernel, grid, gate, gc, cu, info, H, K, BT, BKg, gid, **_opts(cfg, "cumsum"))
+    launch.fitted(kern.chunk_cumsum_kernel, grid, gate, gc, info, H, K, BT, BKg, gid, **_opts(cfg, "cumsum"))
     return gc
 
 
@@ -171,7 +171,7 @@ def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg,
     return h, ht
 
 
-def _gla_A(q, k, gc, cu, info, NS, B, T, H, G, K, BT, BK, prec, cfg, out=None, gq=None, u=None):
+def _gla_A(q, k, gc, info, NS, B, T, H, G, K, BT, BK, prec, cfg, out=None, gq=None, u=None):
     """The vector gate's intra-chunk attention matrix A: [B, T, H, BT] in the inputs' dtype (the kernels
     cast it to that dtype before every dot), or written into ``out`` [B, T, H, A_SLOTS] (BT <= A_SLOTS).
 
@@ -182,7 +182,7 @@ def _gla_A(q, k, gc, cu, info, NS, B, T, H, G, K, BT, BK, prec, cfg, out=None, g
     extra = () if u is None else (gq, u, True)
     launch.fitted(
         intra.chunk_gla_A_kernel, (NS, NC * NC, H),
-        q, k, gc, A, cu, info, H, G, K, BT, BC, BK, NC, prec, A.shape[-1], *extra, **_opts(cfg, "A"),
+        q, k, gc, A, info, H, G, K, BT, BC, BK, NC, prec, A.shape[-1], *extra, **_opts(cfg, "A"),
     )  # fmt: skip
     return A
 
@@ -255,15 +255,15 @@ def chunk_forward(
     u = _bonus(bonus, H, K)
     gq = None
     if u is not None:
-        gc, gq = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device, cfg, excl=True)
+        gc, gq = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg, excl=True)
     else:
-        gc = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device, cfg)
+        gc = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg)
     prec = launch.prec(v.dtype, K, V, split=FP32_SPLIT)
     h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, H // HK, K, V, gid, BT, BK, BV, cfg, prec)
     A = h
     if gid == 2:
         out = A_out if _A_slot(A_out, B, T, H, BT, v.dtype, v.device) else None
-        A = _gla_A(q, k, gc, cu, info, NS, B, T, H, H // HK, K, BT, BK, prec, cfg, out=out, gq=gq, u=u)
+        A = _gla_A(q, k, gc, info, NS, B, T, H, H // HK, K, BT, BK, prec, cfg, out=out, gq=gq, u=u)
         if out is None:
             _no_A(A_out)
         else:
@@ -285,7 +285,6 @@ def chunk_forward(
         h,
         A,
         o,
-        cu,
         info,
         scale,
         H,
@@ -339,9 +338,9 @@ def chunk_backward(
     u = _bonus(bonus, H, K)
     gq = None
     if u is not None:
-        gc, gq = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device, cfg, excl=True)
+        gc, gq = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg, excl=True)
     else:
-        gc = _gate_cumsum(gate, gid, cu, info, NS, H, K, BT, q.device, cfg)
+        gc = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg)
     rw = () if u is None else (gq, True)  # the trailing rwkv6 arguments of the dh and dqk kernels
     prec = launch.prec(v.dtype, K, V, split=FP32_SPLIT)
     h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg, prec)
@@ -360,14 +359,14 @@ def chunk_backward(
     if gid != 2:
         A = ht  # a placeholder pointer: never read
     elif not saved_A_valid(A, B, T, H, BT, v.dtype, v.device):
-        A = _gla_A(q, k, gc, cu, info, NS, B, T, H, G, K, BT, BK, prec, cfg, gq=gq, u=u)
+        A = _gla_A(q, k, gc, info, NS, B, T, H, G, K, BT, BK, prec, cfg, gq=gq, u=u)
     SA = A.shape[-1] if gid == 2 else BT
     dv = _empty(v.shape, v.device, v.dtype)
     BK, BV = _tile(cfg, "dv", K, V)
     grid, order = chunk_grid(NS, launch.cdiv(V, BV), H, _heads_inner(cfg, "dv"))
     launch.fitted(
         kern.chunk_bwd_dv_kernel, grid,
-        q, k, gc_arg, A, do, dh, dv, cu, info, scale, H, G, K, V, BT, BK, BV, gid, prec, SA, **order,
+        q, k, gc_arg, A, do, dh, dv, info, scale, H, G, K, V, BT, BK, BV, gid, prec, SA, **order,
         **_opts(cfg, "dv"),
     )  # fmt: skip
     # dq, dk straight in the inputs' dtypes where nothing adds to them after this kernel (no per-key gate's
@@ -384,7 +383,7 @@ def chunk_backward(
     grid, order = chunk_grid(NS, launch.cdiv(K, BK), H, _heads_inner(cfg, "dqk"))
     launch.fitted(
         kern.chunk_bwd_dqk_kernel, grid,
-        q, k, v, gc_arg, h, do, dh, dA, dg if dg is not None else dq, dq, dk, cu, info, scale, H, G, K, V, BT, BK, BV,
+        q, k, v, gc_arg, h, do, dh, dA, dg if dg is not None else dq, dq, dk, info, scale, H, G, K, V, BT, BK, BV,
         gid, prec, *rw, DG=want_dg, **order, **_opts(cfg, "dqk"),
     )  # fmt: skip
     if gid == 2:
@@ -401,7 +400,7 @@ def chunk_backward(
             out = dict(dqo=dq_in, dko=dk_in, DQO=True, DKO=True)
         launch.fitted(
             intra.chunk_gla_bwd_intra_kernel, grid,
-            q, k, gc, dA, dq, dk, db, cu, info, scale, H, G, K, BT, BC, BKi, NC, prec, *extra, **out,
+            q, k, gc, dA, dq, dk, db, info, scale, H, G, K, BT, BC, BKi, NC, prec, *extra, **out,
             **_opts(cfg, "intra"),
         )  # fmt: skip
         if out:
@@ -409,7 +408,7 @@ def chunk_backward(
         BKr = _tile(cfg, "rc", K, K)[0]
         launch.fitted(
             intra.chunk_rc_add_kernel, (NS, launch.cdiv(K, BKr), H),
-            db, dg, cu, info, H, K, BT, BKr, *(() if u is None else (True,)), **_opts(cfg, "rc"),
+            db, dg, info, H, K, BT, BKr, *(() if u is None else (True,)), **_opts(cfg, "rc"),
         )  # fmt: skip
     if gid in (1, 3) and want_dg:  # per step (gid 3: the op sums the steps for its per-head decay)
         dg = scalar_dg_per_step(dg)
