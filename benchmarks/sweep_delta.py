@@ -113,7 +113,7 @@ VARIANTS = [
     ("wy+pair half w8", {"WY_PAIR_HALF": True, "wy_pair": (8, 1)}),
     ("wy+pair half w4 s2", {"WY_PAIR_HALF": True, "wy_pair": (4, 2)}),
     ("final dk off", {"FINAL_DK": False}),  # dk in fp32 from the WY/pair backward, cast by the op (before: 15th)
-    ("final dqk vector", {"FINAL_DQK_VECTOR": True}),  # kda: dq, dk in the inputs' dtype from their last writers
+    ("final dqk vector off", {"FINAL_DQK_VECTOR": False}),  # kda: dq, dk in fp32, cast by the op (before: 16th)
     # no gate / a scalar gate: shipped (2026-12-01), k kᵀ formed by the WY solve kernel with its ten 16x16 blocks in
     # registers, as FLA's fused kkt+solve, on 1 warp, the merge dots tf32 for half inputs. H200, B=8 T=2048 H=16
     # D=128 bf16, gated_delta_rule forward kernels: kkt 0.044 + solve 0.173 ms (the variant "two kernels exact

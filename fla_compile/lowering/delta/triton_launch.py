@@ -152,9 +152,9 @@ FUSED_KKT = True  # no gate / scalar gate: k kᵀ formed by the WY solve kernel 
 # casts it; at B=8 T=2048 H=16 D=128 that cast is 0.05 ms of delta_rule's 1.46 ms of fwd+bwd kernels on the H200)
 FINAL_DK = True
 # the same for a gate per key dim (kda): dq from the intra kernel, dk from the pairs' kernel, each its last writer.
-# Staged for an H200 A/B (`sweep_delta.py --families kda --variants "shipped,final dqk vector"`); interpreter: bitwise
-# the casts
-FINAL_DQK_VECTOR = False
+# H200, kda fwd+bwd kernels, bitwise the same: 4.047 -> 3.938 ms at B=8 T=2048 H=16 D=128, 4.540 -> 4.424 at B=2
+# T=8192 (`sweep_delta.py --families kda --variants "shipped,final dqk vector"`; RESULTS, sixteenth session)
+FINAL_DQK_VECTOR = True
 FUSED_A = True  # kda: k kᵀ and q kᵀ by one kernel in the forward (False: the GLA line's A kernel twice)
 WU_SPLIT = True  # W, U by full-chunk dots after a solve-only kernel (False: the solve kernel forms them by blocks)
 KG = True  # kda: the state pass reads keys decayed once by the W/U kernel (False: decays them per V block)

@@ -37,10 +37,10 @@ FP32_SPLIT = True
 # forward+backward 0.711 -> 0.641 (FLA's chunk_retention 0.145 / 0.568); test_head_decay passed there
 HEAD_DECAY = True
 # a gate per key dim: the intra-chunk backward kernel, the last to add to dq and dk, writes them in the inputs' dtype
-# (False: fp32, cast after by a pass over each: ~0.05 ms apiece at B=8 T=2048 H=16 D=128 bf16, the cost of the delta
-# line's dk cast on the H200, fifteenth session). Staged for an H200 A/B (`benchmarks/ab_switch.py
-# fla_compile.lowering.gla.triton_launch.FINAL_DQK_VECTOR --families gla`); interpreter: bitwise the casts
-FINAL_DQK_VECTOR = False
+# (False: fp32, cast after by a pass over each). H200, gla fwd+bwd kernels, bitwise the same: 2.158 -> 2.038 ms at
+# B=8 T=2048 H=16 D=128, 2.409 -> 2.284 at B=2 T=8192 (`benchmarks/ab_switch.py
+# fla_compile.lowering.gla.triton_launch.FINAL_DQK_VECTOR --families gla --fp64`; RESULTS, sixteenth session)
+FINAL_DQK_VECTOR = True
 # the sequential state passes' blocks shrunk while their grid is under one wave (``_state_tile``): on the H200 at
 # B=1 H=16 (32 programs of 132 SMs with the tuned blocks) retention's forward+backward 2.12 -> 1.58 ms at T=16384,
 # gla's 3.59 -> 3.24 (benchmarks/RESULTS.md, 2026-11-30); FLA_COMPILE_GLA_FILL_SMS=0 turns it off
