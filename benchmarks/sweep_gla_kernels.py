@@ -99,12 +99,16 @@ def variants(kind, shipped):
             # a register cap (``_maxnreg``): at K = V = 64 on 4 warps the output and dv kernels take 133-142
             # registers (three programs a multiprocessor), 124-128 capped (four; offline sm_90: no spill for the
             # output kernel, 0-32 B for dv); FLA's retention output kernel takes 118 uncapped. dq/dk: 255 -> 168
-            opts.append({"_maxnreg": 168 if key == "dqk" else 128})
+            # (H200: retention's 0.200 -> 0.168 ms, simple_gla's 0.256 -> 0.269), and 128 (K = 128: 145-149 -> 128)
+            opts += [{"_maxnreg": 168}, {"_maxnreg": 128}] if key == "dqk" else [{"_maxnreg": 128}]
         else:
             opts = [{"_warps": w, "_stages": s} for w in (2, 4, 8) for s in (1, 2)]
             if key in ("A", "intra"):
                 opts += [{"_BK": bk, "_warps": w, "_stages": 1} for bk in (32, 128) for w in (4, 8)]
-        out += [(key, {f"{key}{n}": v for n, v in o.items()}) for o in opts]
+        # one decay per head reads ``<kernel>_head_<option>`` first (``gla_triton._option``): its variants set that
+        # form, so a head-only entry of the table (``dqk_head_maxnreg``) does not mask them
+        form = f"{key}_head" if kind == "head" else key
+        out += [(key, {f"{form}{n}": v for n, v in o.items()}) for o in opts]
     return out
 
 

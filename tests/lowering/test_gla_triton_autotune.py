@@ -261,7 +261,7 @@ def test_by_dims_tables(arch):
 
     kernels = ("h", "o", "dh", "dv", "dqk", "A", "intra", "rc", "cumsum")
     names = "|".join(kernels)
-    option = re.compile(rf"({names})_(warps|stages|BV|BK|maxnreg)|(o|dv|dqk)_heads_inner")
+    option = re.compile(rf"({names})(_head)?_(warps|stages|BV|BK|maxnreg)|(o|dv|dqk)(_head)?_heads_inner")
     for dims, entry in autotune.table(arch).get("by_dims", {}).items():
         if dims == "_comment":
             continue
@@ -285,15 +285,15 @@ def test_by_dims_first_candidate_only():
 
 
 def test_by_dims_delta_launch_options(monkeypatch):
-    """The delta line's launch options at K = V = 64 on sm90 take the ``by_dims`` output-kernel warps; the other
-    knobs, other dims and the no-dims lookup (decode, L2 norm) keep the arch's."""
+    """The delta line's launch options at K = V = 64 on sm90 take the ``by_dims`` output kernel's warps and register
+    cap; the other knobs, other dims and the no-dims lookup (decode, L2 norm) keep the arch's."""
     from fla_compile.lowering.delta import triton_launch as DT
 
     monkeypatch.setattr(DT, "_arch", lambda device_type, index: "sm90")
     DT._device_table.cache_clear()
     try:
         dev = torch.device("cuda", 0)
-        assert DT._opts("o", dev, (64, 64, torch.bfloat16)) == {"num_warps": 4, "num_stages": 2}
+        assert DT._opts("o", dev, (64, 64, torch.bfloat16)) == {"num_warps": 4, "num_stages": 2, "maxnreg": 128}
         assert DT._opts("o", dev, (128, 128, torch.bfloat16)) == DT._opts("o", dev) == {"num_warps": 8, "num_stages": 3}
         assert DT._opts("wu", dev, (64, 64, torch.bfloat16)) == DT._opts("wu", dev)
         monkeypatch.setattr(DT, "OVERRIDES", {"o": (2, 1)})  # a sweep's override still wins
@@ -332,3 +332,20 @@ def test_register_cap_option():
     cfg = {"num_warps": 4, "num_stages": 2, "o_warps": 4, "o_maxnreg": 128}
     assert gla_triton._opts(cfg, "o") == {"num_warps": 4, "num_stages": 2, "maxnreg": 128}
     assert "maxnreg" not in gla_triton._opts(cfg, "dv")
+
+
+def test_head_decay_options():
+    """One decay per head (gid 3) reads ``<kernel>_head_<option>`` before ``<kernel>_<option>``; the other gates
+    never read the head form, so a scalar gate's kernel keeps its own options in the shared scalar table."""
+    from fla_compile.lowering.gla import triton_launch as gla_triton
+
+    cfg = {"num_warps": 4, "num_stages": 2, "dqk_head_maxnreg": 168, "dqk_warps": 8, "o_maxnreg": 128,
+           "o_head_heads_inner": False, "o_heads_inner": True}  # fmt: skip
+    assert gla_triton._opts(cfg, "dqk", 3) == {"num_warps": 8, "num_stages": 2, "maxnreg": 168}
+    for gid in (None, 0, 1, 2):
+        assert gla_triton._opts(cfg, "dqk", gid) == {"num_warps": 8, "num_stages": 2}
+        assert gla_triton._heads_inner(cfg, "o", gid) is True
+    assert gla_triton._opts(cfg, "o", 3)["maxnreg"] == 128  # no head form: the kernel's own
+    assert gla_triton._heads_inner(cfg, "o", 3) is False
+    sm90 = autotune.candidates("chunk", "scalar", "sm90", 64, 64)[0]
+    assert gla_triton._opts(sm90, "dqk", 3)["maxnreg"] == 168 and "maxnreg" not in gla_triton._opts(sm90, "dqk", 1)

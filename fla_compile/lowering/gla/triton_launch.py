@@ -112,21 +112,34 @@ def _tile(config, kernel: str, K: int, V: int) -> tuple[int, int]:
     )
 
 
-def _opts(config, kernel: str) -> dict:
+def _option(config, kernel: str, name: str, default, gid=None):
+    """``<kernel>_<name>`` of the config, or ``default``. One decay per head (gid 3, retention's form of a scalar
+    gate, which shares the scalar table) reads ``<kernel>_head_<name>`` first: its kernels take other registers
+    (its dq/dk kernel gains from a cap that the scalar gate's loses by)."""
+    if gid == 3 and f"{kernel}_head_{name}" in config:
+        return config[f"{kernel}_head_{name}"]
+    return config.get(f"{kernel}_{name}", default)
+
+
+def _opts(config, kernel: str, gid=None) -> dict:
     """Launch options of one kernel: ``<kernel>_warps`` / ``<kernel>_stages`` of the config when given, and
     ``<kernel>_maxnreg``, a register cap per thread (a kernel just over 128 registers on 4 warps fits three
-    programs a multiprocessor where 128 fits four)."""
+    programs a multiprocessor where 128 fits four); see :func:`_option` for one decay per head."""
     warps, stages = (config.get("num_warps", 4), config.get("num_stages", 2)) if kernel in _SHARED else (4, 3)
-    opts = {"num_warps": config.get(f"{kernel}_warps", warps), "num_stages": config.get(f"{kernel}_stages", stages)}
-    if f"{kernel}_maxnreg" in config:
-        opts["maxnreg"] = config[f"{kernel}_maxnreg"]
+    opts = {
+        "num_warps": _option(config, kernel, "warps", warps, gid),
+        "num_stages": _option(config, kernel, "stages", stages, gid),
+    }
+    cap = _option(config, kernel, "maxnreg", None, gid)
+    if cap is not None:
+        opts["maxnreg"] = cap
     return opts
 
 
-def _heads_inner(config, kernel: str) -> bool:
+def _heads_inner(config, kernel: str, gid=None) -> bool:
     """Launch order of one parallel chunk kernel (``chunks.chunk_grid``): ``<kernel>_heads_inner`` of the config
     when given, else the shared ``heads_inner``."""
-    return config.get(f"{kernel}_heads_inner", config.get("heads_inner", False))
+    return _option(config, kernel, "heads_inner", config.get("heads_inner", False), gid)
 
 
 def _config(kind, q, v, T, cu_seqlens, config):
@@ -166,7 +179,7 @@ def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg,
     launch.fitted(
         kern.chunk_fwd_h_kernel, grid,
         k, v, gc if gc is not None else ht, h, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, BK,
-        BV, gid, h0 is not None, store_h, True, prec, **_opts(cfg, "h"),
+        BV, gid, h0 is not None, store_h, True, prec, **_opts(cfg, "h", gid),
     )  # fmt: skip
     return h, ht
 
@@ -274,7 +287,7 @@ def chunk_forward(
         _no_A(A_out)
     o = _empty(v.shape, v.device, v.dtype)
     BK, BV = _tile(cfg, "o", K, V)
-    grid, order = chunk_grid(NS, launch.cdiv(V, BV), H, _heads_inner(cfg, "o"))
+    grid, order = chunk_grid(NS, launch.cdiv(V, BV), H, _heads_inner(cfg, "o", gid))
     launch.fitted(
         kern.chunk_fwd_o_kernel,
         grid,
@@ -298,7 +311,7 @@ def chunk_forward(
         prec,
         A.shape[-1] if gid == 2 else BT,
         **order,
-        **_opts(cfg, "o"),
+        **_opts(cfg, "o", gid),
     )
     return o, ht
 
@@ -354,7 +367,7 @@ def chunk_backward(
         kern.chunk_bwd_dh_kernel, grid,
         q, do, gc_arg, dh, dht if dht is not None else h0 if h0 is not None else ht, dh0 if dh0 is not None else ht,
         cu, chunk_off, scale, H, G, K, V, BT, BK, BV, gid, dht is not None, dh0 is not None, prec, *rw,
-        **_opts(cfg, "dh"),
+        **_opts(cfg, "dh", gid),
     )  # fmt: skip
     if gid != 2:
         A = ht  # a placeholder pointer: never read
@@ -363,11 +376,11 @@ def chunk_backward(
     SA = A.shape[-1] if gid == 2 else BT
     dv = _empty(v.shape, v.device, v.dtype)
     BK, BV = _tile(cfg, "dv", K, V)
-    grid, order = chunk_grid(NS, launch.cdiv(V, BV), H, _heads_inner(cfg, "dv"))
+    grid, order = chunk_grid(NS, launch.cdiv(V, BV), H, _heads_inner(cfg, "dv", gid))
     launch.fitted(
         kern.chunk_bwd_dv_kernel, grid,
         q, k, gc_arg, A, do, dh, dv, info, scale, H, G, K, V, BT, BK, BV, gid, prec, SA, **order,
-        **_opts(cfg, "dv"),
+        **_opts(cfg, "dv", gid),
     )  # fmt: skip
     # dq, dk straight in the inputs' dtypes where nothing adds to them after this kernel (no per-key gate's
     # intra pass, no GQA group sum, no bonus): the same rounding as a cast after, without two more kernels
@@ -380,11 +393,11 @@ def chunk_backward(
     # chunk-local; a scalar gate's has one column per K block of the grid (the kernel sums the keys)
     want_dg = gid == 2 or (gid != 0 and need_dgate)
     dg = _empty((B, T, H, K if gid == 2 else launch.cdiv(K, BK)), v.device, torch.float32) if want_dg else None
-    grid, order = chunk_grid(NS, launch.cdiv(K, BK), H, _heads_inner(cfg, "dqk"))
+    grid, order = chunk_grid(NS, launch.cdiv(K, BK), H, _heads_inner(cfg, "dqk", gid))
     launch.fitted(
         kern.chunk_bwd_dqk_kernel, grid,
         q, k, v, gc_arg, h, do, dh, dA, dg if dg is not None else dq, dq, dk, info, scale, H, G, K, V, BT, BK, BV,
-        gid, prec, *rw, DG=want_dg, **order, **_opts(cfg, "dqk"),
+        gid, prec, *rw, DG=want_dg, **order, **_opts(cfg, "dqk", gid),
     )  # fmt: skip
     if gid == 2:
         NC = BT // BC
