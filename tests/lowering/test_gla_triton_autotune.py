@@ -238,7 +238,7 @@ def test_get_config_remembers_final_answers(monkeypatch, tmp_path):
     cuda = torch.device("cuda", 0)
     args = ("chunk", "scalar", 128, 128, torch.bfloat16, 2048, cuda)
     capturing[0] = True
-    assert autotune.get_config(*args) == autotune.candidates("chunk", "scalar", "sm90")[0]
+    assert autotune.get_config(*args) == autotune.candidates("chunk", "scalar", "sm90", 128, 128)[0]
     capturing[0] = False
     first = autotune.get_config(*args)
     assert autotune.get_config(*args) is first and len(calls) == 2  # the capture's answer was asked again, once
@@ -274,11 +274,18 @@ def test_by_dims_tables(arch):
 
 
 def test_by_dims_first_candidate_only():
-    """sm90 ships 4-warp output kernels at K = V = 64; other dims keep the shared first candidate, the rest of the
-    candidate list is untouched, and the table itself is not mutated by the merge."""
+    """sm90 ships 4-warp output kernels at K = V = 64 and a capped state-gradient pass at K = V = 128; dims without
+    an entry keep the shared first candidate, the rest of the candidate list is untouched, and the table itself is
+    not mutated by the merge."""
     wide = autotune.candidates("chunk", "scalar", "sm90", 128, 128)
     narrow = autotune.candidates("chunk", "scalar", "sm90", 64, 64)
-    assert wide[0] == autotune.candidates("chunk", "scalar", "sm90")[0] == autotune.table("sm90")["chunk"]["scalar"][0]
+    shared = autotune.table("sm90")["chunk"]["scalar"][0]
+    assert (
+        autotune.candidates("chunk", "scalar", "sm90")[0]
+        == shared
+        == autotune.candidates("chunk", "scalar", "sm90", 256, 256)[0]
+    )
+    assert wide[0] == {**shared, "dh_maxnreg": 128} and "dh_maxnreg" not in shared
     assert wide[0]["o_warps"] == 8 and narrow[0]["o_warps"] == 4 and narrow[0]["o_stages"] == 2
     assert narrow[1:] == wide[1:]
     assert autotune.candidates("chunk", "vector", "sm90", 64, 32)[0] == autotune.table("sm90")["chunk"]["vector"][0]
