@@ -7,8 +7,8 @@
     python benchmarks/kernels.py --no-first-call --warm 300   # FLA autotuned first (one process per family)
     python benchmarks/kernels.py --from-log run.log   # the tables from the rows a run printed (one cut by a limit)
 
-FLA's autotune results from the H200 (fla-core 0.6.0, Triton 3.6.0; 84 entries: the delta families, gla and retention
-at the three issue shapes, whose tuning keys hold no B or T) ship as ``benchmarks/fla_autotune_h200.tgz``: unpacked into
+FLA's autotune results from the H200 (fla-core 0.6.0, Triton 3.6.0; 100 entries: the delta families, gla, simple_gla,
+linear_attn and retention at the three issue shapes, whose tuning keys hold no B or T) ship as ``benchmarks/fla_autotune_h200.tgz``: unpacked into
 ``$TRITON_CACHE_DIR`` they spare those shapes FLA's minutes of first-call tuning (``source benchmarks/h200_env.sh``
 does that, and installs the carried FLA wheels, on the lent H200).
 
