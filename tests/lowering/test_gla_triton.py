@@ -254,6 +254,24 @@ def test_decode(kind):
     assert torch.equal(o2, o) and rel(state, rht) < 1e-5
 
 
+@pytest.mark.parametrize("cu_lens", [None, [0, 3, 3, 9]], ids=["dense", "varlen"])
+def test_decode_head_decay(cu_lens):
+    """Retention's decays, one per head ``expand``-ed over batch and steps, decode as gate id 3 (read once, no copy
+    of the gate): bitwise the same as the same gate made contiguous (gate id 1), and equal to the reference."""
+    q, k, v, g, h0, cu = make("scalar", T=9, B=1 if cu_lens else 2, H=2, HK=1, cu=cu_lens)
+    B, T, H = g.shape
+    decay = torch.tensor([-0.1, -0.7], device=g.device)
+    g_head = decay.view(1, 1, H).expand(B, T, H)
+    assert gla_triton._common(q, k, v, g_head, "scalar", head_decay=True)[-1] == 3
+    o, ht = gla_triton.fused_recurrent(q, k, v, g_head, "scalar", 0.3, h0, cu_seqlens=cu, config={"BV": 16})
+    o1, ht1 = gla_triton.fused_recurrent(
+        q, k, v, g_head.contiguous(), "scalar", 0.3, h0, cu_seqlens=cu, config={"BV": 16}
+    )
+    assert torch.equal(o, o1) and torch.equal(ht, ht1)
+    ro, rht = reference(q, k, v, g_head.contiguous(), "scalar", 0.3, h0, cu)
+    assert rel(o, ro) < 1e-5 and rel(ht, rht) < 1e-5
+
+
 def test_decode_varlen_dispatch():
     q, k, v, g, h0, cu = make("vector", T=12, cu=[0, 1, 4, 12])
     o, ht = gla_triton.forward(q, k, v, g, "vector", 0.3, h0, cu)  # T <= 64: the fused recurrent kernel

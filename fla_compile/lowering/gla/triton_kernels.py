@@ -557,6 +557,7 @@ def fused_recurrent_kernel(
 ):
     """Step the recurrence token by token (decoding). ``ht`` may alias ``h0``: each program reads its tile first.
 
+    GATE 3: one decay per head, g [H] (retention's, broadcast over batch and steps), read once.
     BONUS (rwkv6): o_t reads the state before the step plus the bonus, (S + diag(u) k v^T)^T q."""
     i_nh, i_v = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
@@ -573,6 +574,8 @@ def fused_recurrent_kernel(
         b_h += tl.load(h0 + o_h, mask=m_h, other=0)
     if BONUS:
         b_u = tl.load(u + i_h * K + o_k, mask=m_k, other=0).to(tl.float32)
+    if GATE == 3:
+        b_d = tl.exp(tl.load(g + i_h).to(tl.float32))
     for t in range(bos, eos):
         # [BK], [BV]
         b_q = tl.load(q + (t * (H // G) + i_hk) * K + o_k, mask=m_k, other=0).to(tl.float32)
@@ -585,6 +588,8 @@ def fused_recurrent_kernel(
         else:
             if GATE == 1:
                 b_h *= tl.exp(tl.load(g + t * H + i_h).to(tl.float32))
+            if GATE == 3:
+                b_h *= b_d
             if GATE == 2:
                 b_h *= tl.exp(tl.load(g + (t * H + i_h) * K + o_k, mask=m_k, other=0).to(tl.float32))[:, None]
             b_h += b_k[:, None] * b_v[None, :]

@@ -453,8 +453,9 @@ def fused_recurrent(
 
     With ``inplace_state`` the new state is written into ``initial_state`` (which must be a
     contiguous fp32 tensor) and returned; nothing is allocated for it, so it is CUDA-graph safe.
+    Retention's decays (one per head, ``expand``-ed) go in as they are (gate id 3): no copy of the gate per step.
     """
-    q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind)
+    q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind, head_decay=True)
     cu = dense_cu(B, T, q.device) if cu_seqlens is None else cu_seqlens.to(torch.int32)
     N = cu.shape[0] - 1
     if config is None:
