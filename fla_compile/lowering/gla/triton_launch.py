@@ -288,31 +288,12 @@ def chunk_forward(
     o = _empty(v.shape, v.device, v.dtype)
     BK, BV = _tile(cfg, "o", K, V)
     grid, order = chunk_grid(NS, launch.cdiv(V, BV), H, _heads_inner(cfg, "o", gid))
+    # the gate of q: rwkv6's exclusive one
     launch.fitted(
-        kern.chunk_fwd_o_kernel,
-        grid,
-        q,
-        k,
-        v,
-        gq if gq is not None else gc if gc is not None else h,  # the gate of q: rwkv6's exclusive one
-        h,
-        A,
-        o,
-        info,
-        scale,
-        H,
-        H // HK,
-        K,
-        V,
-        BT,
-        BK,
-        BV,
-        gid,
-        prec,
-        A.shape[-1] if gid == 2 else BT,
-        **order,
-        **_opts(cfg, "o", gid),
-    )
+        kern.chunk_fwd_o_kernel, grid,
+        q, k, v, gq if gq is not None else gc if gc is not None else h, h, A, o, info, scale, H, H // HK, K, V, BT, BK,
+        BV, gid, prec, A.shape[-1] if gid == 2 else BT, **order, **_opts(cfg, "o", gid),
+    )  # fmt: skip
     return o, ht
 
 
