@@ -2,7 +2,7 @@
 
 One kernel set; the gate kind is a compile-time switch ``GATE``: 0 none, 1 scalar per head and step
 (simple_gla), 2 vector per key dim (gla), 3 one decay per head for every step (retention: the chunk kernels form
-its in-chunk cumsum from the step, ``common/gating.scalar_gate``; the decode kernel takes it as 1). Plain
+its in-chunk cumsum from the step, ``common/gating.scalar_gate``; the decode kernel reads it once). Plain
 pointer arithmetic and masks (no ``tl.make_block_ptr``, gone in Triton 3.9), so the same code runs on Triton 3.6,
 3.9 and under ``TRITON_INTERPRET=1``.
 
