@@ -226,6 +226,45 @@ def test_gate_range_down_to_minus5(kind):
         assert rel(a, b) < 1e-5
 
 
+SCAN_CASES = {**CASES, "packed-empty": dict(T=45, cu=[0, 0, 33, 45]), "strong": dict(T=33, gate="strong"),
+              "range": dict(T=70, gate="range")}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(SCAN_CASES))
+def test_scalar_scan_in_kernels(case, monkeypatch):
+    """``SCALAR_SCAN_IN_KERNELS``: a scalar gate goes to the chunk kernels as given (gate id 4), each scanning its
+    chunk's log decays; no cumsum kernel runs. Forward and backward equal fp64 as closely as the cumsum kernel's form,
+    and differ from that form by fp32 rounding only (the scans group the sums their own way)."""
+    q, k, v, g, h0, cu = make("scalar", **SCAN_CASES[case])
+    N = cu.numel() - 1 if cu is not None else q.shape[0]
+    do = torch.randn_like(v)
+    dht = torch.randn(N, v.shape[2], q.shape[3], v.shape[3]).to(DEVICE)
+    cfg = dict(CFG, BT=64) if case == "strong" else CFG
+    launched = []
+    real = gla_triton.kern.chunk_cumsum_kernel
+
+    class Counted:
+        def __getitem__(self, grid):
+            launched.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(gla_triton.kern, "chunk_cumsum_kernel", Counted())
+    runs = {}
+    for on in (False, True):
+        monkeypatch.setattr(gla_triton, "SCALAR_SCAN_IN_KERNELS", on)
+        del launched[:]
+        o, ht = gla_triton.chunk_forward(q, k, v, g, "scalar", 0.3, h0, cu, config=cfg)
+        grads = gla_triton.chunk_backward(q, k, v, g, "scalar", 0.3, h0, cu, do, dht, config=cfg)
+        assert len(launched) == (0 if on else 2)
+        runs[on] = [o, ht, *[x for x in grads if x is not None]]
+    ro, rht, ref = reference(q, k, v, g, "scalar", 0.3, h0, cu, do, dht)
+    names = ["o", "ht", "dq", "dk", "dv", "dg", "dh0"][: len(runs[True])]
+    for name, a, b, r in zip(names, runs[True], runs[False], [ro, rht, *ref]):
+        assert torch.isfinite(a).all(), name
+        assert rel(a, r) < 1e-5, (name, rel(a, r))
+        assert rel(a, b) < 1e-6, (name, rel(a, b))
+
+
 @pytest.mark.parametrize("kind", ["scalar", "vector"])
 def test_strong_gates_no_overflow(kind):
     """-20 per step: in-chunk cumsums reach -640, nothing may overflow to inf or NaN."""

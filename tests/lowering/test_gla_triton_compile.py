@@ -36,9 +36,12 @@ SCRIPT = textwrap.dedent(
         (kern.chunk_bwd_dh_kernel, dict(base, USE_DHT=True, STORE_DH0=True, PREC=prec)),
         (kern.chunk_bwd_dv_kernel, dict(base, PREC=prec, SA=BT)),
         (kern.chunk_bwd_dqk_kernel, dict(base, PREC=prec)),
-        (kern.fused_recurrent_kernel, dict(H=4, G=2, K=K, V=V, BK=128, BV=32, GATE=gid, USE_H0=True, STORE_HT=True)),
     ]
-    if gid in (1, 2):  # one decay per head (3) runs no cumsum kernel
+    if gid != 4:  # gate id 4 (a scalar gate the chunk kernels scan) never reaches the decode kernel
+        jobs.append(
+            (kern.fused_recurrent_kernel, dict(H=4, G=2, K=K, V=V, BK=128, BV=32, GATE=gid, USE_H0=True, STORE_HT=True))
+        )
+    if gid in (1, 2):  # one decay per head (3) and a scalar gate the kernels scan (4) run no cumsum kernel
         jobs.append((kern.chunk_cumsum_kernel, dict(H=4, K=K, BT=BT, BK=128, GATE=gid)))
     if gid == 2:
         sub = dict(H=4, G=2, K=K, BT=BT, BC=16, BK=BK, NC=BT // 16, PREC=prec)
@@ -74,6 +77,7 @@ CASES = [
     pytest.param(90, "bf16", 1, id="sm90-bf16-scalar", marks=pytest.mark.slow),
     pytest.param(90, "bf16", 0, id="sm90-bf16-none", marks=pytest.mark.slow),
     pytest.param(90, "bf16", 3, id="sm90-bf16-head", marks=pytest.mark.slow),
+    pytest.param(90, "bf16", 4, id="sm90-bf16-scalar-scan", marks=pytest.mark.slow),
     pytest.param(80, "fp32", 2, id="sm80-fp32-vector", marks=pytest.mark.slow),
     pytest.param(80, "fp32", 1, id="sm80-fp32-scalar", marks=pytest.mark.slow),
 ]
@@ -86,4 +90,4 @@ def test_kernels_compile(arch, dt, gid):
         [sys.executable, "-c", SCRIPT, str(arch), dt, str(gid)], env=env, capture_output=True, text=True, timeout=600
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.count("compiled") >= 6
+    assert out.stdout.count("compiled") >= 5

@@ -1,5 +1,6 @@
 """Triton helpers both kernel lines share for the gates of a chunk (``gc``: the in-chunk cumsum G, fp32,
-[TT, H] for a scalar gate, [TT, H, K] per key dim; for one decay per head, GATE 3, the decays [H] themselves)."""
+[TT, H] for a scalar gate, [TT, H, K] per key dim; for one decay per head, GATE 3, the decays [H] themselves; for
+GATE 4, a scalar gate as given, [TT, H] log decays per step, whose in-chunk cumsum the kernels form)."""
 
 from __future__ import annotations
 
@@ -11,22 +12,29 @@ import triton.language as tl
 def scalar_gate(gc, o_t, m_t, t0, i_h, H: tl.constexpr, GATE: tl.constexpr):
     """A scalar gate's in-chunk cumsum G at the steps ``o_t`` (0 where ``m_t`` is off) of the chunk that starts at
     step ``t0``. GATE 1 reads it from ``gc`` [TT, H]; GATE 3, one decay gamma per head and step
-    (retention's), forms it as (t - t0 + 1) gamma from ``gc`` = the decays [H]: no cumsum pass and no [TT, H] gate."""
+    (retention's), forms it as (t - t0 + 1) gamma from ``gc`` = the decays [H]: no cumsum pass and no [TT, H] gate;
+    GATE 4 scans the chunk's log decays ``gc`` [TT, H] (``o_t`` must be the chunk's steps in order: t0 + arange)."""
     if GATE == 3:
         b_g = tl.where(m_t, (o_t - t0 + 1).to(tl.float32) * tl.load(gc + i_h), 0)
+    elif GATE == 4:
+        b_g = tl.cumsum(tl.load(gc + o_t * H + i_h, mask=m_t, other=0).to(tl.float32), axis=0)
+        b_g = tl.where(m_t, b_g, 0)
     else:
         b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
     return b_g
 
 
 @triton.jit
-def scalar_gate_at(gc, t, t0, i_h, H: tl.constexpr, GATE: tl.constexpr):
-    """:func:`scalar_gate` at one step ``t`` of the chunk (its last, in the state passes)."""
+def scalar_gate_at(gc, b_g, o_t, t, t0, i_h, H: tl.constexpr, GATE: tl.constexpr):
+    """:func:`scalar_gate` at one step ``t`` of the chunk (its last, in the state passes); ``b_g``, ``o_t``: that
+    function's result and steps, from which GATE 4 picks the step (the same value, not a second sum)."""
     if GATE == 3:
-        b_g = (t - t0 + 1).to(tl.float32) * tl.load(gc + i_h)
+        b_gt = (t - t0 + 1).to(tl.float32) * tl.load(gc + i_h)
+    elif GATE == 4:
+        b_gt = tl.sum(tl.where(o_t == t, b_g, 0), axis=0)
     else:
-        b_g = tl.load(gc + t * H + i_h)
-    return b_g
+        b_gt = tl.load(gc + t * H + i_h)
+    return b_gt
 
 
 @triton.jit
@@ -35,7 +43,7 @@ def decay_rows_to_last_t(b_h, b_x, gc, o_t, m_t, t0, last, i_h, H: tl.constexpr,
     chunk's [BT, *] rows x e^{G_last - G} (masked rows stay 0), for an update kᵀ x whose x is in registers anyway, so
     the keys reach the dot as loaded."""
     b_g = scalar_gate(gc, o_t, m_t, t0, i_h, H, GATE)
-    b_gl = scalar_gate_at(gc, last, t0, i_h, H, GATE)
+    b_gl = scalar_gate_at(gc, b_g, o_t, last, t0, i_h, H, GATE)
     return b_h * tl.exp(b_gl), b_x * tl.exp(tl.where(m_t, b_gl - b_g, 0))[:, None]
 
 
@@ -46,9 +54,9 @@ def decay_to_last_t(
     """A state pass's step over one chunk: the carried state [BK, BV] decayed by e^{G_last}, and the chunk's keys
     (loaded transposed, [BK, BT]) decayed to its last step, kᵀ e^{G_last - G} (every exponent <= 0 for decaying
     gates; masked rows stay 0). Without a gate (GATE 0) both come back unchanged."""
-    if GATE == 1 or GATE == 3:
+    if GATE == 1 or GATE == 3 or GATE == 4:
         b_g = scalar_gate(gc, o_t, m_t, t0, i_h, H, GATE)
-        b_gl = scalar_gate_at(gc, last, t0, i_h, H, GATE)
+        b_gl = scalar_gate_at(gc, b_g, o_t, last, t0, i_h, H, GATE)
         b_h *= tl.exp(b_gl)
         b_kt = b_kt.to(tl.float32) * tl.exp(tl.where(m_t, b_gl - b_g, 0))[None, :]
     if GATE == 2:

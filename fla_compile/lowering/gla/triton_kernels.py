@@ -209,7 +209,7 @@ def chunk_fwd_o_kernel(
             b_kt = tl.load(k + r_q[None, :] + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0)
             b_o += dot(b_q, b_h.to(b_q.dtype), prec=PREC)
             b_A += dot(b_q, b_kt, prec=PREC)
-    if GATE == 1 or GATE == 3:
+    if GATE == 1 or GATE == 3 or GATE == 4:
         b_g = scalar_gate(gc, o_t, m_t, t0, i_h, H, GATE)
         b_o *= tl.exp(b_g)[:, None]
         b_A *= tl.exp(tl.where(m_A, b_g[:, None] - b_g[None, :], 0))
@@ -278,9 +278,9 @@ def chunk_bwd_dh_kernel(
         )
         # [BT, BV]
         b_do = tl.load(do + (o_t * H + i_h)[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
-        if GATE == 1 or GATE == 3:
+        if GATE == 1 or GATE == 3 or GATE == 4:
             b_g = scalar_gate(gc, o_t, m_t, bos + i_c * BT, i_h, H, GATE)
-            b_gl = scalar_gate_at(gc, last, bos + i_c * BT, i_h, H, GATE)
+            b_gl = scalar_gate_at(gc, b_g, o_t, last, bos + i_c * BT, i_h, H, GATE)
             b_dh *= tl.exp(b_gl)
             b_qt = (b_qt * tl.exp(b_g)[None, :]).to(b_do.dtype)
         if GATE == 2:
@@ -368,9 +368,9 @@ def chunk_bwd_dv_kernel(
             if USE_DH:
                 b_dv += dot(b_k, b_dh.to(b_k.dtype), prec=PREC)
             b_At += dot(b_k, b_qt, prec=PREC)
-    if GATE == 1 or GATE == 3:
+    if GATE == 1 or GATE == 3 or GATE == 4:
         b_g = scalar_gate(gc, o_t, m_t, bos + i_c * BT, i_h, H, GATE)
-        b_gl = scalar_gate_at(gc, last, bos + i_c * BT, i_h, H, GATE)
+        b_gl = scalar_gate_at(gc, b_g, o_t, last, bos + i_c * BT, i_h, H, GATE)
         b_dv *= tl.exp(tl.where(m_t, b_gl - b_g, 0))[:, None]
         b_At *= tl.exp(tl.where(m_At, b_g[None, :] - b_g[:, None], 0))
     if GATE == 2:  # A^T from chunk_gla_A_kernel
@@ -480,9 +480,9 @@ def chunk_bwd_dqk_kernel(
     # gate gradient, chunk-local and free of cancellation: dg_t = sum_{s >= t} q_s dq_s - k_s dk_s over the
     # intra-chunk pairs (diagonal excluded: it cancels exactly) and the inter-chunk dq, plus sum_{j < t} of
     # k_j dk_j over the inter-chunk dk, plus e^(b_last) sum_v h dh (the decay of the incoming state)
-    if GATE == 1 or GATE == 3:
+    if GATE == 1 or GATE == 3 or GATE == 4:
         b_g = scalar_gate(gc, o_t, m_t, bos + i_c * BT, i_h, H, GATE)
-        b_gl = scalar_gate_at(gc, last, bos + i_c * BT, i_h, H, GATE)
+        b_gl = scalar_gate_at(gc, b_g, o_t, last, bos + i_c * BT, i_h, H, GATE)
         m_S = (o_i[:, None] > o_i[None, :]) & m_A
         # [BT]: scale * diag(dA); [BT, BT]: the strictly causal part, decayed
         b_dAd = scale * tl.sum(tl.where(o_i[:, None] == o_i[None, :], b_dA, 0), axis=1)
@@ -510,7 +510,7 @@ def chunk_bwd_dqk_kernel(
         if i_k == 0:  # the intra-chunk part is added by chunk_gla_bwd_intra_kernel, from dA
             tl.store(dA + (o_t * H + i_h)[:, None] * BT + o_i[None, :], b_dA, mask=m_t[:, None])
     p = (o_t * H + i_h)[:, None] * K + o_k[None, :]
-    if (GATE == 1 or GATE == 3) and DG:
+    if (GATE == 1 or GATE == 3 or GATE == 4) and DG:
         # one gate per step: the key columns summed first, so the scans below run over [BT] and not [BT, BK]
         # (at K = 64 they held 255 registers and spilled), and dg is [B, T, H, NK], one column per K block
         b_db1 = tl.sum(b_db, axis=1)

@@ -41,6 +41,12 @@ HEAD_DECAY = True
 # B=8 T=2048 H=16 D=128, 2.409 -> 2.284 at B=2 T=8192 (`benchmarks/ab_switch.py
 # fla_compile.lowering.gla.triton_launch.FINAL_DQK_VECTOR --families gla --fp64`; RESULTS, sixteenth session)
 FINAL_DQK_VECTOR = True
+# a scalar gate (simple_gla) goes to the chunk kernels as given, gate id 4: each kernel scans its chunk's log decays
+# (False: a cumsum kernel writes them first, gate id 1). Two launches fewer a fwd+bwd; the scan sits in every chunk
+# kernel, the state passes' sequential loops too. Staged for an H200 A/B (`benchmarks/ab_switch.py
+# fla_compile.lowering.gla.triton_launch.SCALAR_SCAN_IN_KERNELS --families simple_gla --fp64`); interpreter: the
+# same results within fp32 rounding (the scans group the sums differently)
+SCALAR_SCAN_IN_KERNELS = False
 # the sequential state passes' blocks shrunk while their grid is under one wave (``_state_tile``): on the H200 at
 # B=1 H=16 (32 programs of 132 SMs with the tuned blocks) retention's forward+backward 2.12 -> 1.58 ms at T=16384,
 # gla's 3.59 -> 3.24 (benchmarks/RESULTS.md, 2026-11-30); FLA_COMPILE_GLA_FILL_SMS=0 turns it off
@@ -84,6 +90,11 @@ def _common(q, k, v, gate, gate_kind, head_decay=False):
     B, T, HK, K = q.shape
     H, V = v.shape[2], v.shape[3]
     return q, k, v, gate, B, T, H, HK, K, V, gid
+
+
+def _chunk_gid(gid: int) -> int:
+    """The chunk kernels' gate id: a scalar gate as given (4) with :data:`SCALAR_SCAN_IN_KERNELS`."""
+    return 4 if gid == 1 and SCALAR_SCAN_IN_KERNELS else gid
 
 
 def _blocks(config, K, V):
@@ -153,9 +164,9 @@ def _config(kind, q, v, T, cu_seqlens, config):
 
 
 def _gate_cumsum(gate, gid, info, NS, H, K, BT, device, cfg, excl=False):
-    """The in-chunk cumsum of the gate (fp32); with ``excl`` (rwkv6) also the exclusive one: (gc, gq). No gate, or
-    one decay per head (gid 3: the kernels form it): the gate itself."""
-    if gid in (0, 3):
+    """The in-chunk cumsum of the gate (fp32); with ``excl`` (rwkv6) also the exclusive one: (gc, gq). No gate, one
+    decay per head (gid 3) or a scalar gate the kernels scan (gid 4): the gate itself."""
+    if gid in (0, 3, 4):
         return gate
     gc = _empty(gate.shape, device, torch.float32)
     BKg = min(cfg.get("cumsum_BK", launch.pow2(K)), launch.pow2(K)) if gid == 2 else 16
@@ -262,6 +273,7 @@ def chunk_forward(
     """
     _untag(A_out)
     q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind, head_decay=True)
+    gid = _chunk_gid(gid)
     BT, BK, BV, cfg = _blocks(_config(gate_kind, q, v, T, cu_seqlens, config), K, V)
     cu, info, chunk_off, NS, N = chunk_meta(B, T, cu_seqlens, BT, q.device)
     h0 = initial_state.float().contiguous() if initial_state is not None else None
@@ -323,6 +335,7 @@ def chunk_backward(
     """
     in_dtypes = (q.dtype, k.dtype, v.dtype)
     q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind, head_decay=True)
+    gid = _chunk_gid(gid)
     G = H // HK
     BT, BK, BV, cfg = _blocks(_config(gate_kind, q, v, T, cu_seqlens, config), K, V)
     cu, info, chunk_off, NS, N = chunk_meta(B, T, cu_seqlens, BT, q.device)
@@ -404,7 +417,7 @@ def chunk_backward(
             intra.chunk_rc_add_kernel, (NS, launch.cdiv(K, BKr), H),
             db, dg, info, H, K, BT, BKr, *(() if u is None else (True,)), **_opts(cfg, "rc"),
         )  # fmt: skip
-    if gid in (1, 3) and want_dg:  # per step (gid 3: the op sums the steps for its per-head decay)
+    if gid in (1, 3, 4) and want_dg:  # per step (gid 3: the op sums the steps for its per-head decay)
         dg = scalar_dg_per_step(dg)
     if G > 1:  # GQA: sum the heads of each group, in a fixed order
         dq = dq.view(B, T, HK, G, K).sum(3)
