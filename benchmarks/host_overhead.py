@@ -17,7 +17,8 @@ Per op: ``fwd us`` (the public op, no grad), ``fwd+bwd us`` (``torch.autograd.gr
 rounds of ``--n`` calls back to back (one sync at the end of a round on CUDA); ``launches`` (Triton, fwd /
 fwd+bwd); ``aten`` (torch ops that launch a device kernel on CUDA: fills, copies, casts, reductions; not views
 or empty allocations). ``--profile op:fwd|bwd`` prints the top of a cProfile (``SORT=tottime`` to sort by own
-time) instead. hgrn runs the tile walk (``dispatch.FORCE_KERNEL``), the H200's kernel at (8, 2048, 2048).
+time) instead; ``--trace op:fwd|bwd`` torch.profiler's host-side table, which sees into C++ (the autograd engine,
+the dispatcher, CUDA's runtime calls) where cProfile does not. hgrn runs the tile walk (``dispatch.FORCE_KERNEL``), the H200's kernel at (8, 2048, 2048).
 """
 
 from __future__ import annotations
@@ -36,13 +37,25 @@ class StubKernel:
 
     launches = 0
     run = False
+    trace = False
 
     def __init__(self, fn):
         self.fn = fn
 
     def __getitem__(self, grid):
         StubKernel.launches += 1
+        if StubKernel.trace:  # a named range around the launch: its host time in ``--trace``'s table
+            return self._traced(grid)
         return self.fn[grid] if StubKernel.run else self._nothing
+
+    def _traced(self, grid):
+        import torch
+
+        def launch(*args, **kwargs):
+            with torch.profiler.record_function(f"triton launch: {getattr(self.fn, '__name__', 'kernel')}"):
+                return self.fn[grid](*args, **kwargs) if StubKernel.run else None
+
+        return launch
 
     def _nothing(self, *args, **kwargs):
         return None
@@ -142,6 +155,34 @@ def best_us(fn, n: int, sync, rounds: int = 7) -> float:
     return min(times)
 
 
+def trace(torch, runners, spec: str, n: int, sync) -> None:
+    """torch.profiler over ``n`` calls of ``op:fwd|bwd``: per call, the host time of each range (self and total,
+    µs) and its calls, sorted by self time. Triton launches show as "triton launch: <kernel>", the custom op as
+    ``fla_compile::<op>``, the backward's nodes as ``autograd::engine::evaluate_function: ...``, CUDA's runtime
+    calls (cudaLaunchKernel, allocations) by their names: where the host time of a call goes that cProfile,
+    blind to C++, cannot split."""
+    from torch.profiler import ProfilerActivity, profile
+
+    name, which = spec.split(":")
+    fn = runners(name)[which == "bwd"]
+    for _ in range(20):
+        fn()
+    sync()
+    StubKernel.trace = True
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        for _ in range(n):
+            fn()
+        sync()
+    StubKernel.trace = False
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    print(f"{spec}: host time per call over {n} calls (µs), sorted by self time")
+    print(f"{'self':>8} {'total':>8} {'calls':>6}  range")
+    for e in rows[:40]:
+        print(f"{e.self_cpu_time_total / n:8.1f} {e.cpu_time_total / n:8.1f} {e.count / n:6.1f}  {e.key[:100]}")
+    print(f"{sum(e.self_cpu_time_total for e in rows) / n:8.1f} (sum of self times)")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ops", default="hgrn,gla,simple_gla,delta_rule,gated_delta_rule,kda")
@@ -150,6 +191,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--T", type=int, default=SHAPE["T"], help="steps: 1 for a decoding step (the fused recurrent path)")
     p.add_argument("--profile", default="", help="op:fwd or op:bwd: a cProfile of --n calls instead of the table")
+    p.add_argument("--trace", default="", help="op:fwd or op:bwd: torch.profiler's host-side table of --n calls")
     args = p.parse_args(argv)
     SHAPE["T"] = args.T
     if args.device == "cpu":
@@ -195,6 +237,10 @@ def main(argv=None) -> int:
         sync()
         prof.disable()
         pstats.Stats(prof, stream=sys.stdout).sort_stats(os.environ.get("SORT", "cumulative")).print_stats(45)
+        return 0
+
+    if args.trace:
+        trace(torch, runners, args.trace, args.n, sync)
         return 0
 
     kernels = "real kernels" if args.device == "cuda" else "kernels stubbed"
