@@ -160,7 +160,9 @@ def trace(torch, runners, spec: str, n: int, sync) -> None:
     µs) and its calls, sorted by self time. Triton launches show as "triton launch: <kernel>", the custom op as
     ``fla_compile::<op>``, the backward's nodes as ``autograd::engine::evaluate_function: ...``, CUDA's runtime
     calls (cudaLaunchKernel, allocations) by their names: where the host time of a call goes that cProfile,
-    blind to C++, cannot split."""
+    blind to C++, cannot split. Under the profiler the ops take the dispatcher (``ops._library.eager_ok``: its
+    trace keeps their events), not the direct path of an eager call, so their own rows are the dispatched form's;
+    the launches' and CUDA's rows are the same either way."""
     from torch.profiler import ProfilerActivity, profile
 
     name, which = spec.split(":")
