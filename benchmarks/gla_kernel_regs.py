@@ -1,7 +1,7 @@
-"""Registers, spills and shared memory of the GLA line's parallel chunk kernels, compiled offline (no GPU), with and
-without a register cap (``<kernel>_maxnreg``).
+"""Registers, spills and shared memory of the GLA line's chunk kernels (the state passes and the parallel ones),
+compiled offline (no GPU), with and without a register cap (``<kernel>_maxnreg``).
 
-    python benchmarks/gla_kernel_regs.py [--dims 64] [--warps 4] [--caps 128] [--gates 0,1,2,3]
+    python benchmarks/gla_kernel_regs.py [--dims 64] [--warps 4] [--caps 128] [--gates 0,1,2,3,4]
 
 At 4 warps a kernel that takes 129-168 registers fits three programs a multiprocessor (65,536 registers) and one at
 128 fits four: the output and dv kernels at K = V = 64 sit just above (RESULTS, fifteenth session). Counts come from
@@ -46,7 +46,11 @@ def main() -> int:
     p.add_argument("--dims", type=int, default=64, help="K = V")
     p.add_argument("--warps", type=int, default=4)
     p.add_argument("--caps", default="128", help="register caps to try besides none")
-    p.add_argument("--gates", default="0,1,2,3", help="gate ids: none, scalar, vector, one decay per head")
+    p.add_argument(
+        "--gates",
+        default="0,1,2,3",
+        help="gate ids: none, scalar, vector, one decay per head, a scalar gate the kernels scan",
+    )
     args = p.parse_args()
     from fla_compile.lowering.gla import triton_kernels as kern
 
@@ -57,7 +61,13 @@ def main() -> int:
         base = dict(H=32, G=1, K=D, V=D, BT=64, BK=min(D, 64), BV=D, GATE=gate, PREC="tf32", SA=64)
         dqk = {k: v for k, v in base.items() if k != "SA"}
         dqk["BV"] = min(D, 64)
+        state = {k: v for k, v in base.items() if k != "SA"}
+        state["BK"] = min(D, 128)
+        fwd_h = dict(state, USE_H0=True, STORE_H=True, STORE_HT=True)
+        bwd_dh = dict(state, USE_DHT=True, STORE_DH0=True)
         for name, fn, consts, stages in (
+            ("state", kern.chunk_fwd_h_kernel, fwd_h, 3),
+            ("state gradient", kern.chunk_bwd_dh_kernel, bwd_dh, 3),
             ("output", kern.chunk_fwd_o_kernel, base, 2),
             ("dv", kern.chunk_bwd_dv_kernel, base, 3),
             ("dq/dk", kern.chunk_bwd_dqk_kernel, dqk, 3),
