@@ -2,12 +2,14 @@
 
 One kernel set; the gate kind is a compile-time switch ``GATE``: 0 none, 1 scalar per head and step
 (simple_gla), 2 vector per key dim (gla), 3 one decay per head for every step (retention: the chunk kernels form
-its in-chunk cumsum from the step, ``common/gating.scalar_gate``; the decode kernel reads it once). Plain
+its in-chunk cumsum from the step, ``common/gating.scalar_gate``; the decode kernel reads it once), 4 a scalar gate
+the chunk kernels scan themselves (``triton_launch.SCALAR_SCAN_IN_KERNELS``: no cumsum kernel). Plain
 pointer arithmetic and masks (no ``tl.make_block_ptr``, gone in Triton 3.9), so the same code runs on Triton 3.6,
 3.9 and under ``TRITON_INTERPRET=1``.
 
 Layouts (all contiguous, tokens of all sequences flattened to ``TT = B * T``):
     q, k: [TT, HK, K]      v, o, do: [TT, H, V]      gc: [TT, H] or [TT, H, K] fp32 ([H] decays for GATE 3)
+    (GATE 4: the gate as given, [TT, H], any float dtype)
     h, dh: [NS, H, K, V] fp32 (state before / gradient after each chunk slot)
     h0, ht, dht, dh0: [N, H, K, V] fp32
 Chunk-parallel kernels read (sequence, chunk, its bounds) from ``info`` ([NS, 4], sequence -1 for an unused
