@@ -3,7 +3,7 @@
     python benchmarks/sweep_gla_kernels.py [--shape 8,2048,16,128] [--budget 300] [--kinds head] [--only heads_inner]
 
 For each gate kind (vector: gla; scalar: simple_gla; head: retention's one decay per head, which the kernels
-expand in-chunk, gate id 3, under the scalar kind's configs) it runs one chunked forward and
+expand in-chunk, gate id 3, under the scalar kind's configs; none: linear_attn) it runs one chunked forward and
 backward per variant under ``torch.profiler`` and records the time of every kernel. A variant
 changes one kernel's options (``<kernel>_warps``, ``<kernel>_stages``, ``<kernel>_BK``, see
 ``gla_triton._opts``) or the shared blocks (BT, BK, BV). The best option of each kernel is kept,
@@ -43,7 +43,7 @@ NAMES = {
     "cumsum": "chunk_cumsum_kernel",
 }
 BIG = ("h", "o", "dh", "dv", "dqk")
-CONFIG_KIND = {"vector": "vector", "scalar": "scalar", "head": "scalar"}  # the sweep's kinds -> the tables' gate kinds
+CONFIG_KIND = {"vector": "vector", "scalar": "scalar", "head": "scalar", "none": "none"}  # sweep kinds -> table kinds
 SMALL = ("A", "intra", "rc", "cumsum")
 
 
