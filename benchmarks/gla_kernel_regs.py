@@ -41,11 +41,22 @@ def capped(cap):
     return ctx()
 
 
+def programs_per_sm(regs: int, shared: int, warps: int) -> int:
+    """Programs a Hopper multiprocessor holds at once: 65,536 registers handed out per warp in units of 256, 228 KB
+    of shared memory with 1 KB reserved per program, at most 64 warps. An occupancy cliff (one program where a
+    neighbouring config fits two) shows here before any GPU time is spent."""
+    per_warp = -(-regs * 32 // 256) * 256
+    by_regs = (65536 // per_warp) // warps
+    by_shared = 233472 // (shared + 1024) if shared else 64
+    return min(by_regs, by_shared, 64 // warps)
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--dims", type=int, default=64, help="K = V")
     p.add_argument("--warps", type=int, default=4)
     p.add_argument("--caps", default="128", help="register caps to try besides none")
+    p.add_argument("--no-dg", action="store_true", help="dq/dk without the gate gradient (retention's fixed decays)")
     p.add_argument(
         "--gates",
         default="0,1,2,3",
@@ -56,11 +67,13 @@ def main() -> int:
 
     D = args.dims
     caps = [None] + [int(c) for c in args.caps.split(",") if c]
-    print("| kernel | gate id | cap | registers | spill bytes | shared bytes |\n| --- | --- | --- | --- | --- | --- |")
+    print("| kernel | gate id | cap | registers | spill bytes | shared bytes | programs per SM |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for gate in (int(g) for g in args.gates.split(",")):
         base = dict(H=32, G=1, K=D, V=D, BT=64, BK=min(D, 64), BV=D, GATE=gate, PREC="tf32", SA=64)
         dqk = {k: v for k, v in base.items() if k != "SA"}
         dqk["BV"] = min(D, 64)
+        dqk["DG"] = not args.no_dg
         state = {k: v for k, v in base.items() if k != "SA"}
         state["BK"] = min(D, 128)
         fwd_h = dict(state, USE_H0=True, STORE_H=True, STORE_HT=True)
@@ -76,9 +89,10 @@ def main() -> int:
                 try:
                     with capped(cap):
                         u = usage(compile_one(fn, consts, "bf16", 90, args.warps, stages))
-                    row = f"{u['regs']} | {u['spill']} | {u['shared']}"
+                    per_sm = programs_per_sm(u["regs"], u["shared"], args.warps)
+                    row = f"{u['regs']} | {u['spill']} | {u['shared']} | {per_sm}"
                 except Exception as e:  # a row, not a lost table
-                    row = f"error: {type(e).__name__}: {str(e)[:80]} | |"
+                    row = f"error: {type(e).__name__}: {str(e)[:80]} | | |"
                 print(f"| {name} | {gate} | {cap or 'none'} | {row} |", flush=True)
     return 0
 
