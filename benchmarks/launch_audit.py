@@ -7,7 +7,8 @@ The op runs once on the CPU under the Triton interpreter (``FLA_COMPILE_TRITON=i
 dims asked for) with the sm90 tables in place of the CPU's defaults: the GLA line's ``autotune.get_config`` and the
 delta line's ``_arch``. Each kernel launch is recorded (its arguments, constexprs and launch options as the
 launchers pass them), then a child process without the interpreter compiles each distinct launch for sm_90 and
-reads ``ptxas -v``. A kernel that holds one program a multiprocessor where a neighbouring config holds two (an
+reads ``ptxas -v``. A launch shared by two families (the same kernel, constexprs and options) is listed once, under
+the first. A kernel that holds one program a multiprocessor where a neighbouring config holds two (an
 occupancy cliff: RESULTS, sixteenth session, retention's dq/dk at K = 128) shows before any GPU time is spent.
 Counts come from this machine's Triton (3.9), a guide for an H200 sweep, not a measurement; the state passes'
 blocks are the tables' (``fill_sms`` only halves them on a GPU with few sequences x heads).
