@@ -61,9 +61,9 @@ class StubKernel:
         return None
 
 
-def stub_kernels() -> None:
-    """Wrap the ``*_kernel`` Triton functions of every kernel module of the lines (``lowering/*/triton_*.py``, found
-    by walking the package: a new module is stubbed too) in :class:`StubKernel`."""
+def wrap_kernels(wrap) -> None:
+    """Replace the ``*_kernel`` Triton functions of every kernel module of the lines (``lowering/*/triton_*.py``,
+    found by walking the package: a new module is wrapped too) by ``wrap(module name, attribute, kernel)``."""
     import importlib
     import pkgutil
 
@@ -77,7 +77,12 @@ def stub_kernels() -> None:
         mod = importlib.import_module(info.name)
         for attr, value in list(vars(mod).items()):
             if attr.endswith("_kernel") and isinstance(value, KernelInterface):
-                setattr(mod, attr, StubKernel(value))
+                setattr(mod, attr, wrap(info.name, attr, value))
+
+
+def stub_kernels() -> None:
+    """Every kernel of the lines in a :class:`StubKernel`."""
+    wrap_kernels(lambda module, name, kernel: StubKernel(kernel))
 
 
 def make_cases(torch, device="cpu", dtype=None):

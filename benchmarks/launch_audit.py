@@ -65,14 +65,12 @@ def record(families, dims: int, dtype_name: str) -> list[dict]:
     import inspect
 
     import torch
-    from triton.runtime.jit import KernelInterface
 
-    import fla_compile.lowering as lowering
     from fla_compile.lowering.common import autotune
     from fla_compile.lowering.delta import triton_launch as DT
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from host_overhead import SHAPE, make_cases, stub_kernels  # noqa: F401  (its cases: the ops as users call them)
+    from host_overhead import SHAPE, make_cases, wrap_kernels  # its cases: the ops as users call them
 
     def sm90_config(kernel, gate_kind, K, V, dtype, T, device, varlen=False, line="gla"):
         return autotune.candidates(kernel, gate_kind, "sm90", K, V)[0]
@@ -117,16 +115,7 @@ def record(families, dims: int, dtype_name: str) -> list[dict]:
 
             return launch
 
-    import importlib
-    import pkgutil
-
-    for info in pkgutil.walk_packages(lowering.__path__, "fla_compile.lowering."):
-        if not info.name.rsplit(".", 1)[-1].startswith("triton_"):
-            continue
-        mod = importlib.import_module(info.name)
-        for attr, value in list(vars(mod).items()):
-            if attr.endswith("_kernel") and isinstance(value, KernelInterface):
-                setattr(mod, attr, Recorder(info.name, attr, value))
+    wrap_kernels(Recorder)
     SHAPE.update(B=1, T=80, H=2, D=dims)  # past every line's decode threshold; 80 steps: a full and a partial chunk
     cases = make_cases(torch, "cpu", getattr(torch, dtype_name))
     for name in families:
