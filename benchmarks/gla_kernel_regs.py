@@ -2,11 +2,11 @@
 compiled offline (no GPU), with and without a register cap (``<kernel>_maxnreg``).
 
     python benchmarks/gla_kernel_regs.py [--dims 64] [--warps 4] [--caps 128] [--gates 0,1,2,3,4] [--no-dg]
-    python benchmarks/gla_kernel_regs.py --shipped --dims 128    # every kernel as sm90's table launches it
 
 At 4 warps a kernel that takes 129-168 registers fits three programs a multiprocessor (65,536 registers) and one at
 128 fits four: the output and dv kernels at K = V = 64 sit just above (RESULTS, fifteenth session). Counts come from
-this machine's Triton for ``GPUTarget("cuda", 90)``, a guide for an H200 sweep, not a measurement.
+this machine's Triton for ``GPUTarget("cuda", 90)``, a guide for an H200 sweep, not a measurement. Every kernel as
+the shipped tables launch it, both lines: ``benchmarks/launch_audit.py``.
 """
 
 from __future__ import annotations
@@ -52,44 +52,6 @@ def programs_per_sm(regs: int, shared: int, warps: int) -> int:
     return min(by_regs, by_shared, 64 // warps)
 
 
-def shipped(kern, D: int, gates: list[int]) -> int:
-    """Every chunk kernel at K = V = ``D`` with the options sm90's table ships for its gate (warps, stages, blocks,
-    register cap, launch order; retention's head form; dq/dk without the gate gradient for retention's fixed
-    decays), and the programs a multiprocessor holds."""
-    from fla_compile.lowering.common.autotune import candidates
-    from fla_compile.lowering.gla import triton_launch as launcher
-
-    print(
-        "| kernel | gate id | BK | BV | warps | stages | cap | registers | spill bytes | shared bytes | programs per SM |"
-    )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    kinds = {0: "none", 1: "scalar", 2: "vector", 3: "scalar", 4: "scalar"}
-    fns = {"h": kern.chunk_fwd_h_kernel, "dh": kern.chunk_bwd_dh_kernel, "o": kern.chunk_fwd_o_kernel,
-           "dv": kern.chunk_bwd_dv_kernel, "dqk": kern.chunk_bwd_dqk_kernel}  # fmt: skip
-    extra = {"h": dict(USE_H0=True, STORE_H=True, STORE_HT=True), "dh": dict(USE_DHT=True, STORE_DH0=True),
-             "o": dict(SA=64), "dv": dict(SA=64)}  # fmt: skip
-    for gid in gates:
-        cfg = candidates("chunk", kinds[gid], "sm90", D, D)[0]
-        for key, fn in fns.items():
-            BK, BV = launcher._tile(cfg, key, D, D)
-            opts = launcher._opts(cfg, key, gid)
-            consts = dict(H=32, G=1, K=D, V=D, BT=cfg["BT"], BK=BK, BV=BV, GATE=gid, PREC="tf32", **extra.get(key, {}))
-            if key == "dqk":
-                consts["DG"] = gid != 3  # retention's fixed decays take no gradient
-            if key in ("o", "dv", "dqk"):
-                consts["HEADS_INNER"] = launcher._heads_inner(cfg, key, gid)
-            warps, stages, cap = opts["num_warps"], opts["num_stages"], opts.get("maxnreg")
-            head = f"| {key} | {gid} | {BK} | {BV} | {warps} | {stages} | {cap or 'none'} |"
-            try:
-                with capped(cap):
-                    u = usage(compile_one(fn, consts, "bf16", 90, warps, stages))
-                per_sm = programs_per_sm(u["regs"], u["shared"], warps)
-                print(f"{head} {u['regs']} | {u['spill']} | {u['shared']} | {per_sm} |", flush=True)
-            except Exception as e:  # a row, not a lost table
-                print(f"{head} error: {type(e).__name__}: {str(e)[:80]} | | | |", flush=True)
-    return 0
-
-
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--dims", type=int, default=64, help="K = V")
@@ -101,13 +63,10 @@ def main() -> int:
         default="0,1,2,3",
         help="gate ids: none, scalar, vector, one decay per head, a scalar gate the kernels scan",
     )
-    p.add_argument("--shipped", action="store_true", help="each kernel with sm90's shipped options at these dims")
     args = p.parse_args()
     from fla_compile.lowering.gla import triton_kernels as kern
 
     D = args.dims
-    if args.shipped:
-        return shipped(kern, D, [int(g) for g in args.gates.split(",")])
     caps = [None] + [int(c) for c in args.caps.split(",") if c]
     print("| kernel | gate id | cap | registers | spill bytes | shared bytes | programs per SM |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

@@ -84,16 +84,16 @@ def record(families, dims: int, dtype_name: str) -> list[dict]:
     class Recorder:
         def __init__(self, module, name, fn):
             self.module, self.name, self.fn = module, name, fn
+            self.signature = inspect.signature(fn.fn)
 
         def __getitem__(self, grid):
             def launch(*args, **kwargs):
                 opts = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "maxnreg") if k in kwargs}
-                bound = inspect.signature(self.fn.fn).bind(*args, **kwargs)
+                bound = self.signature.bind(*args, **kwargs)
                 bound.apply_defaults()
                 sig, consts = {}, {}
                 for name, value in bound.arguments.items():
-                    param = inspect.signature(self.fn.fn).parameters[name]
-                    if "constexpr" in str(param.annotation) or value is None:
+                    if "constexpr" in str(self.signature.parameters[name].annotation) or value is None:
                         consts[name] = value
                     elif isinstance(value, torch.Tensor):
                         sig[name] = _PTR[str(value.dtype)]

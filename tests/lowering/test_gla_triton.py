@@ -146,7 +146,7 @@ def test_head_decay(cu, monkeypatch):
     g = torch.tensor([-0.1, -0.7], device=v.device).reshape(1, 1, H).expand(B, T, H)
     assert gla_triton._per_head(g)
     monkeypatch.setattr(gla_triton, "HEAD_DECAY", True)
-    assert gla_triton._common(q, k, v, g, "scalar", head_decay=True)[-1] == 3  # gate id 3 is what runs
+    assert gla_triton._common(q, k, v, g, "scalar")[-1] == 3  # gate id 3 is what runs
     do, dht = torch.randn_like(v), torch.randn_like(h0)
     runs = {}
     for on in (True, False):
@@ -301,7 +301,7 @@ def test_decode_head_decay(cu_lens):
     B, T, H = g.shape
     decay = torch.tensor([-0.1, -0.7], device=g.device)
     g_head = decay.view(1, 1, H).expand(B, T, H)
-    assert gla_triton._common(q, k, v, g_head, "scalar", head_decay=True)[-1] == 3
+    assert gla_triton._common(q, k, v, g_head, "scalar")[-1] == 3
     o, ht = gla_triton.fused_recurrent(q, k, v, g_head, "scalar", 0.3, h0, cu_seqlens=cu, config={"BV": 16})
     o1, ht1 = gla_triton.fused_recurrent(
         q, k, v, g_head.contiguous(), "scalar", 0.3, h0, cu_seqlens=cu, config={"BV": 16}

@@ -79,7 +79,7 @@ def chunk_meta(B: int, T: int, cu_seqlens: torch.Tensor | None, BT: int, device)
     n = torch.searchsorted(chunk_off[1:].contiguous(), idx, right=True).to(torch.int32)
     valid = n < N
     r = torch.where(valid, n, 0)  # a padding slot reads the first sequence's row (its chunk index is never read)
-    info = torch.stack([torch.where(valid, n, -1), idx - chunk_off[r], cu[r], cu[(r + 1).clamp(max=N)]], 1)
+    info = torch.stack([torch.where(valid, n, -1), idx - chunk_off[r], cu[r], cu[r + 1]], 1)  # r < N: r + 1 <= N
     info = info.to(torch.int32)
     return cu, info.contiguous(), chunk_off, NS, N
 

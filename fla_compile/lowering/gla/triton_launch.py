@@ -75,26 +75,25 @@ def _per_head(gate) -> bool:
     return gate.dim() == 3 and all(n == 1 or st == 0 for n, st in zip(gate.shape[:2], gate.stride()[:2]))
 
 
-def _common(q, k, v, gate, gate_kind, head_decay=False):
-    """Dense inputs, sizes and the gate id. ``head_decay`` (the chunk launchers, with :data:`HEAD_DECAY`): a scalar
-    gate that is one decay per head broadcast over batch and steps (retention's, ``expand``-ed) comes back as those
-    decays [H] with gate id 3, whose in-chunk cumsum the kernels form from the step (no cumsum kernel, no copy)."""
+def _common(q, k, v, gate, gate_kind, chunked=False):
+    """Dense inputs, sizes and the gate id. With :data:`HEAD_DECAY` a scalar gate that is one decay per head
+    broadcast over batch and steps (retention's, ``expand``-ed) comes back as those decays [H] with gate id 3: the
+    chunk kernels form its in-chunk cumsum from the step, the decode kernel reads it once (no cumsum kernel, no
+    copy). ``chunked`` (the chunk launchers) with :data:`SCALAR_SCAN_IN_KERNELS`: any other scalar gate comes back as
+    given with gate id 4, which the chunk kernels scan themselves (the decode kernel has no gate id 4)."""
     dt = v.dtype
     q, k, v = _dense(q, dt), _dense(k, dt), _dense(v)
     gid = GATE_IDS[gate_kind]
     if gate is not None:
-        if head_decay and HEAD_DECAY and gid == 1 and _per_head(gate):
+        if HEAD_DECAY and gid == 1 and _per_head(gate):
             gate, gid = _dense(gate[0, 0], torch.float32), 3
         else:
             gate = _dense(gate)
+            if chunked and gid == 1 and SCALAR_SCAN_IN_KERNELS:
+                gid = 4
     B, T, HK, K = q.shape
     H, V = v.shape[2], v.shape[3]
     return q, k, v, gate, B, T, H, HK, K, V, gid
-
-
-def _chunk_gid(gid: int) -> int:
-    """The chunk kernels' gate id: a scalar gate as given (4) with :data:`SCALAR_SCAN_IN_KERNELS`."""
-    return 4 if gid == 1 and SCALAR_SCAN_IN_KERNELS else gid
 
 
 def _blocks(config, K, V):
@@ -272,8 +271,7 @@ def chunk_forward(
     ``bonus`` (rwkv6, vector gate): u [H, K]; q is then gated by the exclusive cumsum and A holds the bonus.
     """
     _untag(A_out)
-    q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind, head_decay=True)
-    gid = _chunk_gid(gid)
+    q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind, chunked=True)
     BT, BK, BV, cfg = _blocks(_config(gate_kind, q, v, T, cu_seqlens, config), K, V)
     cu, info, chunk_off, NS, N = chunk_meta(B, T, cu_seqlens, BT, q.device)
     h0 = initial_state.float().contiguous() if initial_state is not None else None
@@ -334,8 +332,7 @@ def chunk_backward(
     A for this call's BT (:func:`saved_A_valid`), else recomputed.
     """
     in_dtypes = (q.dtype, k.dtype, v.dtype)
-    q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind, head_decay=True)
-    gid = _chunk_gid(gid)
+    q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind, chunked=True)
     G = H // HK
     BT, BK, BV, cfg = _blocks(_config(gate_kind, q, v, T, cu_seqlens, config), K, V)
     cu, info, chunk_off, NS, N = chunk_meta(B, T, cu_seqlens, BT, q.device)
@@ -447,9 +444,8 @@ def fused_recurrent(
 
     With ``inplace_state`` the new state is written into ``initial_state`` (which must be a
     contiguous fp32 tensor) and returned; nothing is allocated for it, so it is CUDA-graph safe.
-    Retention's decays (one per head, ``expand``-ed) go in as they are (gate id 3): no copy of the gate per step.
     """
-    q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind, head_decay=True)
+    q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind)
     cu = dense_cu(B, T, q.device) if cu_seqlens is None else cu_seqlens.to(torch.int32)
     N = cu.shape[0] - 1
     if config is None:
