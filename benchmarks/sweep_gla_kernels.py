@@ -117,7 +117,9 @@ def main() -> int:
     p.add_argument("--shape", default="8,2048,16,128")
     p.add_argument("--budget", type=float, default=300)
     p.add_argument("--kinds", default="vector,scalar")
-    p.add_argument("--only", default="", help="keep only the variants whose options' JSON holds this text")
+    p.add_argument(
+        "--only", default="", help="keep only the variants whose options' JSON holds this text (a|b: either)"
+    )
     args = p.parse_args()
     B, T, H, D = (int(x) for x in args.shape.split(","))
     t0 = time.perf_counter()
@@ -132,7 +134,7 @@ def main() -> int:
             ms = kernel_ms(kind, xs, dict(blocks))
             rows.append(("blocks", json.dumps(blocks), ms))
         for key, opt in variants(kind, base):
-            if args.only not in json.dumps(opt):
+            if not any(text in json.dumps(opt) for text in args.only.split("|")):
                 continue
             if time.perf_counter() - t0 > args.budget:
                 print(f"budget reached at {key} {opt}", flush=True)
