@@ -9,6 +9,19 @@ import triton.language as tl
 
 
 @triton.jit
+def chunk_gate(gc, t0, H: tl.constexpr, K: tl.constexpr, GATE: tl.constexpr):
+    """``gc`` moved to the chunk that starts at step ``t0`` (int64), so that the chunk's gate loads take int32
+    offsets of its local steps (0 .. BT - 1) from it: [TT, H, K] for GATE 2, [TT, H] for GATE 1 and 4. GATE 3's decays
+    [H], and GATE 0's unused pointer, stay as they are."""
+    g_c = gc
+    if GATE == 2:
+        g_c = gc + t0 * H * K
+    if GATE == 1 or GATE == 4:
+        g_c = gc + t0 * H
+    return g_c
+
+
+@triton.jit
 def scalar_gate(gc, o_t, m_t, t0, i_h, H: tl.constexpr, GATE: tl.constexpr):
     """A scalar gate's in-chunk cumsum G at the steps ``o_t`` (0 where ``m_t`` is off) of the chunk that starts at
     step ``t0``. GATE 1 reads it from ``gc`` [TT, H]; GATE 3, one decay gamma per head and step

@@ -35,7 +35,7 @@ import triton.language as tl
 
 from ..common.chunks import chunk_block, chunk_span, state_block
 from ..common.dots import dot
-from ..common.gating import decay_to_last_t, scalar_gate, scalar_gate_at
+from ..common.gating import chunk_gate, decay_to_last_t, scalar_gate, scalar_gate_at
 
 
 @triton.jit
@@ -122,19 +122,27 @@ def chunk_fwd_h_kernel(
     b_h = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_H0:
         b_h += tl.load(h0 + (i_n * H + i_h) * K * V + o_h, mask=m_h, other=0)
+    o_i = tl.arange(0, BT)
     for i_c in range(0, NT):
         if STORE_H:
             tl.store(h + ((s0 + i_c) * H + i_h) * K * V + o_h, b_h.to(h.dtype.element_ty), mask=m_h)
-        o_t = bos + i_c * BT + tl.arange(0, BT)
-        m_t = o_t < eos
-        last = tl.minimum(bos + i_c * BT + BT, eos) - 1
+        # the chunk's first row in the (int64) base pointers, the tiles' offsets from it in int32 (as the output
+        # kernel's; the gate through ``gating.chunk_gate``)
+        t0 = bos + i_c * BT
+        n_t = tl.minimum(eos - t0, BT).to(tl.int32)
+        m_t = o_i < n_t
         # [BK, BT]
         b_kt = tl.load(
-            k + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0
+            k + (t0 * (H // G) + i_hk) * K + (o_i * ((H // G) * K))[None, :] + o_k[:, None],
+            mask=m_k[:, None] & m_t[None, :],
+            other=0,
         )
         # [BT, BV]
-        b_v = tl.load(v + (o_t * H + i_h)[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
-        b_h, b_kt = decay_to_last_t(b_h, b_kt, gc, o_t, m_t, bos + i_c * BT, last, i_h, H, K, o_k, m_k, GATE)
+        b_v = tl.load(
+            v + (t0 * H + i_h) * V + (o_i * (H * V))[:, None] + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0
+        )
+        g_c = chunk_gate(gc, t0, H, K, GATE)
+        b_h, b_kt = decay_to_last_t(b_h, b_kt, g_c, o_i, m_t, 0, n_t - 1, i_h, H, K, o_k, m_k, GATE)
         b_h += dot(b_kt.to(b_v.dtype), b_v, prec=PREC)
     if STORE_HT:
         tl.store(ht + (i_n * H + i_h) * K * V + o_h, b_h, mask=m_h)
@@ -268,30 +276,38 @@ def chunk_bwd_dh_kernel(
     b_dh = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_DHT:
         b_dh += tl.load(dht + (i_n * H + i_h) * K * V + o_h, mask=m_h, other=0)
+    o_i = tl.arange(0, BT)
     for i_r in range(0, NT):
         i_c = NT - 1 - i_r
         tl.store(dh + ((s0 + i_c) * H + i_h) * K * V + o_h, b_dh.to(dh.dtype.element_ty), mask=m_h)
-        o_t = bos + i_c * BT + tl.arange(0, BT)
-        m_t = o_t < eos
-        last = tl.minimum(bos + i_c * BT + BT, eos) - 1
+        t0 = bos + i_c * BT  # base pointers at the chunk's first row, int32 tile offsets (as chunk_fwd_h_kernel)
+        n_t = tl.minimum(eos - t0, BT).to(tl.int32)
+        m_t = o_i < n_t
         # [BK, BT]
         b_qt = tl.load(
-            q + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0
+            q + (t0 * (H // G) + i_hk) * K + (o_i * ((H // G) * K))[None, :] + o_k[:, None],
+            mask=m_k[:, None] & m_t[None, :],
+            other=0,
         )
         # [BT, BV]
-        b_do = tl.load(do + (o_t * H + i_h)[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
+        b_do = tl.load(
+            do + (t0 * H + i_h) * V + (o_i * (H * V))[:, None] + o_v[None, :],
+            mask=m_t[:, None] & m_v[None, :],
+            other=0,
+        )
+        g_c = chunk_gate(gc, t0, H, K, GATE)
         if GATE == 1 or GATE == 3 or GATE == 4:
-            b_g = scalar_gate(gc, o_t, m_t, bos + i_c * BT, i_h, H, GATE)
-            b_gl = scalar_gate_at(gc, b_g, o_t, last, bos + i_c * BT, i_h, H, GATE)
+            b_g = scalar_gate(g_c, o_i, m_t, 0, i_h, H, GATE)
+            b_gl = scalar_gate_at(g_c, b_g, o_i, n_t - 1, 0, i_h, H, GATE)
             b_dh *= tl.exp(b_gl)
             b_qt = (b_qt * tl.exp(b_g)[None, :]).to(b_do.dtype)
         if GATE == 2:
-            p_gt = (o_t * H + i_h)[None, :] * K + o_k[:, None]
+            p_gt = (o_i * (H * K) + i_h * K)[None, :] + o_k[:, None]
             if BONUS:
-                b_gt = tl.load(gq + p_gt, mask=m_k[:, None] & m_t[None, :], other=0)
+                b_gt = tl.load(chunk_gate(gq, t0, H, K, GATE) + p_gt, mask=m_k[:, None] & m_t[None, :], other=0)
             else:
-                b_gt = tl.load(gc + p_gt, mask=m_k[:, None] & m_t[None, :], other=0)
-            b_gl = tl.load(gc + (last * H + i_h) * K + o_k, mask=m_k, other=0)
+                b_gt = tl.load(g_c + p_gt, mask=m_k[:, None] & m_t[None, :], other=0)
+            b_gl = tl.load(g_c + ((n_t - 1) * H + i_h) * K + o_k, mask=m_k, other=0)
             b_dh *= tl.exp(b_gl)[:, None]
             b_qt = (b_qt * tl.exp(b_gt)).to(b_do.dtype)
         b_dh += scale * dot(b_qt.to(b_do.dtype), b_do, prec=PREC)
