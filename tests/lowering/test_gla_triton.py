@@ -265,6 +265,34 @@ def test_scalar_scan_in_kernels(case, monkeypatch):
         assert rel(a, b) < 1e-6, (name, rel(a, b))
 
 
+def test_scalar_scan_per_pass_from_the_config(monkeypatch):
+    """``SCALAR_SCAN_IN_KERNELS`` None (shipped): the config decides per pass. ``fwd_scan`` alone: the forward runs
+    no cumsum kernel, the backward its one; the results equal the cumsum form's within fp32 rounding."""
+    q, k, v, g, h0, cu = make("scalar", **SCAN_CASES["varlen"])
+    do = torch.randn_like(v)
+    dht = torch.randn(cu.numel() - 1, v.shape[2], q.shape[3], v.shape[3]).to(DEVICE)
+    launched = []
+    real = gla_triton.kern.chunk_cumsum_kernel
+
+    class Counted:
+        def __getitem__(self, grid):
+            launched.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(gla_triton.kern, "chunk_cumsum_kernel", Counted())
+    monkeypatch.setattr(gla_triton, "SCALAR_SCAN_IN_KERNELS", None)
+    runs = []
+    for cfg in (CFG, dict(CFG, fwd_scan=True)):
+        del launched[:]
+        o, ht = gla_triton.chunk_forward(q, k, v, g, "scalar", 0.3, h0, cu, config=cfg)
+        in_fwd = len(launched)
+        grads = gla_triton.chunk_backward(q, k, v, g, "scalar", 0.3, h0, cu, do, dht, config=cfg)
+        runs.append((in_fwd, len(launched) - in_fwd, [o, ht, *[x for x in grads if x is not None]]))
+    assert [r[:2] for r in runs] == [(1, 1), (0, 1)]
+    for a, b in zip(runs[1][2], runs[0][2]):
+        assert rel(a, b) < 1e-6
+
+
 @pytest.mark.parametrize("kind", ["scalar", "vector"])
 def test_strong_gates_no_overflow(kind):
     """-20 per step: in-chunk cumsums reach -640, nothing may overflow to inf or NaN."""

@@ -103,8 +103,9 @@ def test_chunk_fwd_bwd(kind, shape, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("shape", ["T300_K64", "T257_gqa_K128_V64", "T70_K37_V33", "T200_K128_wide"])
 def test_scalar_scan_in_kernels(shape, dtype, monkeypatch):
-    """``SCALAR_SCAN_IN_KERNELS`` (staged): the chunk kernels scan a scalar gate's log decays themselves (gate id 4,
-    no cumsum kernel). Against fp64 with poisoned buffers, bitwise repeatable."""
+    """``SCALAR_SCAN_IN_KERNELS`` True (sm90 ships it in the forward at K = V = 64): the chunk kernels scan a scalar
+    gate's log decays themselves (gate id 4, no cumsum kernel). Against fp64 with poisoned buffers, bitwise
+    repeatable."""
     from fla_compile.lowering.gla import triton_launch as gla_triton
 
     monkeypatch.setattr(gla_triton, "SCALAR_SCAN_IN_KERNELS", True)

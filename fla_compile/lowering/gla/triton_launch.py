@@ -42,11 +42,12 @@ HEAD_DECAY = True
 # fla_compile.lowering.gla.triton_launch.FINAL_DQK_VECTOR --families gla --fp64`; RESULTS, sixteenth session)
 FINAL_DQK_VECTOR = True
 # a scalar gate (simple_gla) goes to the chunk kernels as given, gate id 4: each kernel scans its chunk's log decays
-# (False: a cumsum kernel writes them first, gate id 1). Two launches fewer a fwd+bwd; the scan sits in every chunk
-# kernel, the state passes' sequential loops too. Staged for an H200 A/B (`benchmarks/ab_switch.py
-# fla_compile.lowering.gla.triton_launch.SCALAR_SCAN_IN_KERNELS --families simple_gla --fp64`); interpreter: the
-# same results within fp32 rounding (the scans group the sums differently)
-SCALAR_SCAN_IN_KERNELS = False
+# (else a cumsum kernel writes them first, gate id 1). The same results within fp32 rounding (the scans group the
+# sums differently). None: the tables decide per pass (``fwd_scan`` / ``bwd_scan``); True / False: every pass. H200
+# (`benchmarks/ab_switch.py fla_compile.lowering.gla.triton_launch.SCALAR_SCAN_IN_KERNELS --values False,True
+# --families simple_gla --fp64`, seventeenth session), fwd / fwd+bwd kernels: 0.176 -> 0.159 / 0.660 -> 0.668 ms at
+# (8, 2048, 32, 64), 0.228 -> 0.240 / 0.890 -> 0.937 at (2, 8192, 16, 128): sm90 scans in the forward at K = V = 64
+SCALAR_SCAN_IN_KERNELS: bool | None = None
 # the sequential state passes' blocks shrunk while their grid is under one wave (``_state_tile``): on the H200 at
 # B=1 H=16 (32 programs of 132 SMs with the tuned blocks) retention's forward+backward 2.12 -> 1.58 ms at T=16384,
 # gla's 3.59 -> 3.24 (benchmarks/RESULTS.md, 2026-11-30); FLA_COMPILE_GLA_FILL_SMS=0 turns it off
@@ -75,12 +76,11 @@ def _per_head(gate) -> bool:
     return gate.dim() == 3 and all(n == 1 or st == 0 for n, st in zip(gate.shape[:2], gate.stride()[:2]))
 
 
-def _common(q, k, v, gate, gate_kind, chunked=False):
+def _common(q, k, v, gate, gate_kind):
     """Dense inputs, sizes and the gate id. With :data:`HEAD_DECAY` a scalar gate that is one decay per head
     broadcast over batch and steps (retention's, ``expand``-ed) comes back as those decays [H] with gate id 3: the
     chunk kernels form its in-chunk cumsum from the step, the decode kernel reads it once (no cumsum kernel, no
-    copy). ``chunked`` (the chunk launchers) with :data:`SCALAR_SCAN_IN_KERNELS`: any other scalar gate comes back as
-    given with gate id 4, which the chunk kernels scan themselves (the decode kernel has no gate id 4)."""
+    copy). The chunk launchers may then scan any other scalar gate in the kernels (:func:`_scan_gid`)."""
     dt = v.dtype
     q, k, v = _dense(q, dt), _dense(k, dt), _dense(v)
     gid = GATE_IDS[gate_kind]
@@ -89,11 +89,16 @@ def _common(q, k, v, gate, gate_kind, chunked=False):
             gate, gid = _dense(gate[0, 0], torch.float32), 3
         else:
             gate = _dense(gate)
-            if chunked and gid == 1 and SCALAR_SCAN_IN_KERNELS:
-                gid = 4
     B, T, HK, K = q.shape
     H, V = v.shape[2], v.shape[3]
     return q, k, v, gate, B, T, H, HK, K, V, gid
+
+
+def _scan_gid(gid, config, phase: str) -> int:
+    """Gate id 4 for a scalar gate (id 1) that the chunk kernels of this pass ("fwd" or "bwd") scan themselves:
+    :data:`SCALAR_SCAN_IN_KERNELS` when set, else the config's ``<phase>_scan`` (the decode kernel has no id 4)."""
+    on = config.get(f"{phase}_scan", False) if SCALAR_SCAN_IN_KERNELS is None else SCALAR_SCAN_IN_KERNELS
+    return 4 if gid == 1 and on else gid
 
 
 def _blocks(config, K, V):
@@ -271,8 +276,9 @@ def chunk_forward(
     ``bonus`` (rwkv6, vector gate): u [H, K]; q is then gated by the exclusive cumsum and A holds the bonus.
     """
     _untag(A_out)
-    q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind, chunked=True)
+    q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind)
     BT, BK, BV, cfg = _blocks(_config(gate_kind, q, v, T, cu_seqlens, config), K, V)
+    gid = _scan_gid(gid, cfg, "fwd")
     cu, info, chunk_off, NS, N = chunk_meta(B, T, cu_seqlens, BT, q.device)
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     u = _bonus(bonus, H, K)
@@ -332,9 +338,10 @@ def chunk_backward(
     A for this call's BT (:func:`saved_A_valid`), else recomputed.
     """
     in_dtypes = (q.dtype, k.dtype, v.dtype)
-    q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind, chunked=True)
+    q, k, v, gate, B, T, H, HK, K, V, gid = _common(q, k, v, gate, gate_kind)
     G = H // HK
     BT, BK, BV, cfg = _blocks(_config(gate_kind, q, v, T, cu_seqlens, config), K, V)
+    gid = _scan_gid(gid, cfg, "bwd")
     cu, info, chunk_off, NS, N = chunk_meta(B, T, cu_seqlens, BT, q.device)
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     do = _dense(do, v.dtype)
