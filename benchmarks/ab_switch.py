@@ -24,7 +24,8 @@ sys.path.insert(0, "benchmarks")
 
 def _switch(path: str, values: str):
     """(module, attribute, the settings to run) of a dotted ``package.module.ATTR``: False, True for a bool (or a
-    bool override that is None), else ``values`` (comma-separated, in the attribute's type)."""
+    bool override that is None; "none" among ``values`` leaves it unset), else ``values`` (comma-separated, in the
+    attribute's type)."""
     module, _, name = path.rpartition(".")
     mod = importlib.import_module(module)
     if not hasattr(mod, name):
@@ -35,7 +36,11 @@ def _switch(path: str, values: str):
         return mod, name, [False, True]
     if not values:
         raise SystemExit(f"{path} is a {type(current).__name__}: give its settings with --values")
-    kind = (lambda v: v.lower() in ("1", "true", "on")) if flag else type(current)
+
+    def flag_value(v: str):  # "none": the override unset, the tables decide
+        return None if v.lower() == "none" else v.lower() in ("1", "true", "on")
+
+    kind = flag_value if flag else type(current)
     return mod, name, [kind(v) for v in values.split(",")]
 
 
