@@ -265,6 +265,34 @@ def test_scalar_scan_in_kernels(case, monkeypatch):
         assert rel(a, b) < 1e-6, (name, rel(a, b))
 
 
+def test_state_pass_fill_options(monkeypatch):
+    """A state pass whose blocks ``fill_sms`` halved (few sequences x heads) takes ``<kernel>_fill_<option>`` launch
+    options; at its configured blocks it keeps ``<kernel>_<option>``. Same results either way."""
+    q, k, v, g, h0, cu = make("none", T=40)
+    cfg = dict(CFG, BV=32, h_stages=2, h_fill_stages=4, dh_fill_warps=2)
+    seen = {}
+    real_fitted = gla_triton.launch.fitted
+
+    def fitted(kernel, grid, *args, **kw):
+        seen[gla_triton.launch._kernel_name(kernel)] = (kw.get("num_warps"), kw.get("num_stages"))
+        return real_fitted(kernel, grid, *args, **kw)
+
+    monkeypatch.setattr(gla_triton.launch, "fitted", fitted)
+    do, dht = torch.randn_like(v), torch.randn_like(h0)
+    outs = {}
+    for halve in (False, True):
+        if halve:  # as on a GPU with more SMs than programs
+            monkeypatch.setattr(gla_triton.launch, "fill_sms", lambda dev, n, V, BV, K, BK, lo: (BK, BV // 2))
+        o, ht = gla_triton.chunk_forward(q, k, v, None, "none", 0.3, h0, cu, config=cfg)
+        grads = gla_triton.chunk_backward(q, k, v, None, "none", 0.3, h0, cu, do, dht, config=cfg)
+        outs[halve] = [o, ht, *[x for x in grads if x is not None]]
+        h_opts, dh_opts = seen["chunk_fwd_h_kernel"], seen["chunk_bwd_dh_kernel"]
+        assert h_opts[1] == (4 if halve else 2)
+        assert dh_opts[0] == (2 if halve else cfg["num_warps"])
+    for a, b in zip(outs[True], outs[False]):
+        assert rel(a, b) < 1e-6
+
+
 def test_scalar_scan_per_pass_from_the_config(monkeypatch):
     """``SCALAR_SCAN_IN_KERNELS`` None (shipped): the config decides per pass. ``fwd_scan`` alone: the forward runs
     no cumsum kernel, the backward its one; the results equal the cumsum form's within fp32 rounding."""
@@ -508,9 +536,9 @@ def test_state_tile_fills_the_sms(monkeypatch):
     cfg = {"BK": 64, "BV": 64, "h_BV": 128}
     cuda = torch.device("cuda", 0)
     monkeypatch.setattr(gla_triton, "FILL_SMS", False)
-    assert gla_triton._state_tile(cfg, "h", 16, 128, 128, cuda) == (64, 128)  # off: the config's
+    assert gla_triton._state_tile(cfg, "h", 16, 128, 128, cuda) == (64, 128, False)  # off: the config's
     monkeypatch.setattr(gla_triton, "FILL_SMS", True)
-    assert gla_triton._state_tile(cfg, "h", 16, 128, 128, cuda) == (64, 32)  # 32 -> 128 programs, not 256
-    assert gla_triton._state_tile(cfg, "h", 4, 128, 128, cuda) == (32, 32)  # then K: 64 programs
-    assert gla_triton._state_tile(cfg, "dh", 128, 128, 128, cuda) == (64, 64)  # 256 programs already: kept
-    assert gla_triton._state_tile(cfg, "h", 4, 128, 128, torch.device("cpu")) == (64, 128)  # the interpreter
+    assert gla_triton._state_tile(cfg, "h", 16, 128, 128, cuda) == (64, 32, True)  # 32 -> 128 programs, not 256
+    assert gla_triton._state_tile(cfg, "h", 4, 128, 128, cuda) == (32, 32, True)  # then K: 64 programs
+    assert gla_triton._state_tile(cfg, "dh", 128, 128, 128, cuda) == (64, 64, False)  # 256 programs already: kept
+    assert gla_triton._state_tile(cfg, "h", 4, 128, 128, torch.device("cpu")) == (64, 128, False)  # the interpreter

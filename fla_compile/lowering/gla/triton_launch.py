@@ -113,11 +113,15 @@ def _blocks(config, K, V):
 _SHARED = ("h", "o", "dh", "dv", "dqk")
 
 
-def _state_tile(config, kernel: str, programs: int, K: int, V: int, device) -> tuple[int, int]:
-    """(BK, BV) of a sequential state pass ("h", "dh"): the config's, with ``FILL_SMS`` halved (V first, then K;
-    down to 32) while the grid still fits the SMs (``launch.fill_sms``)."""
+def _state_tile(config, kernel: str, programs: int, K: int, V: int, device) -> tuple[int, int, bool]:
+    """(BK, BV, filled) of a sequential state pass ("h", "dh"): the config's blocks, with ``FILL_SMS`` halved (V
+    first, then K; down to 32) while the grid still fits the SMs (``launch.fill_sms``); ``filled``: they were, and
+    the pass takes its ``<kernel>_fill_<option>`` launch options (:func:`_option`)."""
     BK, BV = _tile(config, kernel, K, V)
-    return launch.fill_sms(device, programs, V, BV, K, BK, lo=32) if FILL_SMS else (BK, BV)
+    if not FILL_SMS:
+        return BK, BV, False
+    fBK, fBV = launch.fill_sms(device, programs, V, BV, K, BK, lo=32)
+    return fBK, fBV, (fBK, fBV) != (BK, BV)
 
 
 def _tile(config, kernel: str, K: int, V: int) -> tuple[int, int]:
@@ -127,25 +131,29 @@ def _tile(config, kernel: str, K: int, V: int) -> tuple[int, int]:
     )
 
 
-def _option(config, kernel: str, name: str, default, gid=None):
+def _option(config, kernel: str, name: str, default, gid=None, filled=False):
     """``<kernel>_<name>`` of the config, or ``default``. One decay per head (gid 3, retention's form of a scalar
     gate, which shares the scalar table) reads ``<kernel>_head_<name>`` first: its kernels take other registers
-    (its dq/dk kernel gains from a cap that the scalar gate's loses by)."""
+    (its dq/dk kernel gains from a cap that the scalar gate's loses by). A state pass whose blocks ``fill_sms``
+    halved (``filled``: few sequences x heads, each program a long walk) reads ``<kernel>_fill_<name>`` first: without
+    a gate the forward's pass at K = V = 128 wants 4 stages there, and loses with them at full blocks."""
+    if filled and f"{kernel}_fill_{name}" in config:
+        return config[f"{kernel}_fill_{name}"]
     if gid == 3 and f"{kernel}_head_{name}" in config:
         return config[f"{kernel}_head_{name}"]
     return config.get(f"{kernel}_{name}", default)
 
 
-def _opts(config, kernel: str, gid=None) -> dict:
+def _opts(config, kernel: str, gid=None, filled=False) -> dict:
     """Launch options of one kernel: ``<kernel>_warps`` / ``<kernel>_stages`` of the config when given, and
     ``<kernel>_maxnreg``, a register cap per thread (a kernel just over 128 registers on 4 warps fits three
-    programs a multiprocessor where 128 fits four); see :func:`_option` for one decay per head."""
+    programs a multiprocessor where 128 fits four); see :func:`_option` for one decay per head and for ``filled``."""
     warps, stages = (config.get("num_warps", 4), config.get("num_stages", 2)) if kernel in _SHARED else (4, 3)
     opts = {
-        "num_warps": _option(config, kernel, "warps", warps, gid),
-        "num_stages": _option(config, kernel, "stages", stages, gid),
+        "num_warps": _option(config, kernel, "warps", warps, gid, filled),
+        "num_stages": _option(config, kernel, "stages", stages, gid, filled),
     }
-    cap = _option(config, kernel, "maxnreg", None, gid)
+    cap = _option(config, kernel, "maxnreg", None, gid, filled)
     if cap is not None:
         opts["maxnreg"] = cap
     return opts
@@ -189,12 +197,12 @@ def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg,
     # chunk states in the inputs' dtype: the kernels cast them to it before every dot anyway
     h = _empty((NS if store_h else 1, H, K, V), v.device, v.dtype)
     ht = _empty((N, H, K, V), v.device, torch.float32)
-    BK, BV = _state_tile(cfg, "h", N * H, K, V, v.device)
+    BK, BV, filled = _state_tile(cfg, "h", N * H, K, V, v.device)
     grid = (N * H * launch.cdiv(K, BK) * launch.cdiv(V, BV),)  # one dim: N H may pass 65535
     launch.fitted(
         kern.chunk_fwd_h_kernel, grid,
         k, v, gc if gc is not None else ht, h, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, BK,
-        BV, gid, h0 is not None, store_h, True, prec, **_opts(cfg, "h", gid),
+        BV, gid, h0 is not None, store_h, True, prec, **_opts(cfg, "h", gid, filled),
     )  # fmt: skip
     return h, ht
 
@@ -358,14 +366,14 @@ def chunk_backward(
 
     dh = _empty((NS, H, K, V), v.device, v.dtype)  # like h: cast to the inputs' dtype before every dot
     dh0 = _empty((N, H, K, V), v.device, torch.float32) if h0 is not None else None
-    BK, BV = _state_tile(cfg, "dh", N * H, K, V, v.device)
+    BK, BV, filled = _state_tile(cfg, "dh", N * H, K, V, v.device)
     grid = (N * H * launch.cdiv(K, BK) * launch.cdiv(V, BV),)  # one dim: N H may pass 65535
     gc_arg = gc if gc is not None else h  # a placeholder pointer: never read without a gate
     launch.fitted(
         kern.chunk_bwd_dh_kernel, grid,
         q, do, gc_arg, dh, dht if dht is not None else h0 if h0 is not None else ht, dh0 if dh0 is not None else ht,
         cu, chunk_off, scale, H, G, K, V, BT, BK, BV, gid, dht is not None, dh0 is not None, prec, *rw,
-        **_opts(cfg, "dh", gid),
+        **_opts(cfg, "dh", gid, filled),
     )  # fmt: skip
     if gid != 2:
         A = ht  # a placeholder pointer: never read
