@@ -96,8 +96,6 @@ def variants(kind, shipped):
             opts += [{"_BK": 128, "_warps": w, "_stages": 2} for w in (4, 8)]
             if key in ("h", "dh"):  # the sequential passes: FLA's state pass picks 4 stages for a scalar gate at K=128
                 opts += [{"_BV": bv, "_warps": w, "_stages": 4} for bv in (64, 128) for w in (4, 8)]
-            if key == "h" and kind in ("scalar", "head"):  # v's rows decayed, not the keys' columns (FLA's order)
-                opts.append({"_decay_rows": True})
             if key != "h" and key != "dh":  # the parallel kernels' launch order (``_heads_inner``), the other one
                 opts.append({"_heads_inner": not shipped.get(f"{key}_heads_inner", shipped.get("heads_inner", False))})
             # a register cap (``_maxnreg``): at K = V = 64 on 4 warps the output and dv kernels take 133-142

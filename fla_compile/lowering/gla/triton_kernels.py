@@ -35,7 +35,7 @@ import triton.language as tl
 
 from ..common.chunks import chunk_block, chunk_span, state_block
 from ..common.dots import dot
-from ..common.gating import chunk_gate, decay_rows_to_last_t, decay_to_last_t, scalar_gate, scalar_gate_at
+from ..common.gating import chunk_gate, decay_to_last_t, scalar_gate, scalar_gate_at
 
 
 @triton.jit
@@ -105,12 +105,8 @@ def chunk_fwd_h_kernel(
     STORE_H: tl.constexpr,
     STORE_HT: tl.constexpr,
     PREC: tl.constexpr,
-    DECAY_ROWS: tl.constexpr = False,
 ):
-    """Carry the state over a sequence's chunks: h[slot] = state before the chunk, ht = final state.
-
-    ``DECAY_ROWS`` (scalar gates, ids 1, 3, 4): the update kᵀ diag(e^{G_last - G}) v decays v's [BT, BV] rows (the
-    dot's B operand) instead of the keys' [BK, BT] columns (its A operand, then in registers), FLA's order."""
+    """Carry the state over a sequence's chunks: h[slot] = state before the chunk, ht = final state."""
     i_nh, i_k, i_v = state_block(tl.cdiv(K, BK), tl.cdiv(V, BV))
     i_n, i_h = i_nh // H, i_nh % H
     i_hk = i_h // G
@@ -146,12 +142,8 @@ def chunk_fwd_h_kernel(
             v + (t0 * H + i_h) * V + (o_i * (H * V))[:, None] + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0
         )
         g_c = chunk_gate(gc, t0, H, K, GATE)
-        if DECAY_ROWS and (GATE == 1 or GATE == 3 or GATE == 4):
-            b_h, b_vd = decay_rows_to_last_t(b_h, b_v, g_c, o_i, m_t, 0, n_t - 1, i_h, H, GATE)
-            b_h += dot(b_kt, b_vd.to(b_v.dtype), prec=PREC)
-        else:
-            b_h, b_kt = decay_to_last_t(b_h, b_kt, g_c, o_i, m_t, 0, n_t - 1, i_h, H, K, o_k, m_k, GATE)
-            b_h += dot(b_kt.to(b_v.dtype), b_v, prec=PREC)
+        b_h, b_kt = decay_to_last_t(b_h, b_kt, g_c, o_i, m_t, 0, n_t - 1, i_h, H, K, o_k, m_k, GATE)
+        b_h += dot(b_kt.to(b_v.dtype), b_v, prec=PREC)
     if STORE_HT:
         tl.store(ht + (i_n * H + i_h) * K * V + o_h, b_h, mask=m_h)
 
