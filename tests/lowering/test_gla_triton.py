@@ -230,6 +230,20 @@ SCAN_CASES = {**CASES, "packed-empty": dict(T=45, cu=[0, 0, 33, 45]), "strong": 
               "range": dict(T=70, gate="range")}  # fmt: skip
 
 
+def _count_cumsum_launches(monkeypatch) -> list:
+    """A list that records the grid of every launch of the gate cumsum kernel from now on (the launches still run)."""
+    launched = []
+    real = gla_triton.kern.chunk_cumsum_kernel
+
+    class Counted:
+        def __getitem__(self, grid):
+            launched.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(gla_triton.kern, "chunk_cumsum_kernel", Counted())
+    return launched
+
+
 @pytest.mark.parametrize("case", list(SCAN_CASES))
 def test_scalar_scan_in_kernels(case, monkeypatch):
     """``SCALAR_SCAN_IN_KERNELS``: a scalar gate goes to the chunk kernels as given (gate id 4), each scanning its
@@ -240,15 +254,7 @@ def test_scalar_scan_in_kernels(case, monkeypatch):
     do = torch.randn_like(v)
     dht = torch.randn(N, v.shape[2], q.shape[3], v.shape[3]).to(DEVICE)
     cfg = dict(CFG, BT=64) if case == "strong" else CFG
-    launched = []
-    real = gla_triton.kern.chunk_cumsum_kernel
-
-    class Counted:
-        def __getitem__(self, grid):
-            launched.append(grid)
-            return real[grid]
-
-    monkeypatch.setattr(gla_triton.kern, "chunk_cumsum_kernel", Counted())
+    launched = _count_cumsum_launches(monkeypatch)
     runs = {}
     for on in (False, True):
         monkeypatch.setattr(gla_triton, "SCALAR_SCAN_IN_KERNELS", on)
@@ -299,15 +305,7 @@ def test_scalar_scan_per_pass_from_the_config(monkeypatch):
     q, k, v, g, h0, cu = make("scalar", **SCAN_CASES["varlen"])
     do = torch.randn_like(v)
     dht = torch.randn(cu.numel() - 1, v.shape[2], q.shape[3], v.shape[3]).to(DEVICE)
-    launched = []
-    real = gla_triton.kern.chunk_cumsum_kernel
-
-    class Counted:
-        def __getitem__(self, grid):
-            launched.append(grid)
-            return real[grid]
-
-    monkeypatch.setattr(gla_triton.kern, "chunk_cumsum_kernel", Counted())
+    launched = _count_cumsum_launches(monkeypatch)
     monkeypatch.setattr(gla_triton, "SCALAR_SCAN_IN_KERNELS", None)
     runs = []
     for cfg in (CFG, dict(CFG, fwd_scan=True)):
