@@ -230,6 +230,53 @@ SCAN_CASES = {**CASES, "packed-empty": dict(T=45, cu=[0, 0, 33, 45]), "strong": 
               "range": dict(T=70, gate="range")}  # fmt: skip
 
 
+WALK_CASES = {**CASES, "packed-empty": dict(T=45, cu=[0, 0, 33, 45]), "T70_V48": dict(T=70, K=32, V=48)}
+
+
+@pytest.mark.parametrize("case", list(WALK_CASES))
+@pytest.mark.parametrize("gid", [0, 1, 3, 4])
+def test_forward_walk(gid, case, monkeypatch):
+    """``FWD_WALK``: the forward of a gate not per key dim in one pass (``chunk_fwd_walk_kernel``, the state in
+    registers) equals fp64 and the two-pass form (state pass, then output kernel) within fp32 rounding; gate ids 0
+    (none), 1 (a cumsum kernel), 3 (one decay per head) and 4 (the kernels scan the gate); V split into blocks
+    (V = 48 on blocks of 16)."""
+    monkeypatch.setattr(gla_triton, "HEAD_DECAY", gid == 3)
+    monkeypatch.setattr(gla_triton, "SCALAR_SCAN_IN_KERNELS", gid == 4)
+    kind = "none" if gid == 0 else "scalar"
+    q, k, v, g, h0, cu = make(kind, **WALK_CASES[case])
+    if gid == 3:
+        B, T, H = v.shape[:3]
+        g = torch.linspace(-0.05, -3.0, H, device=v.device).reshape(1, 1, H).expand(B, T, H)
+    cfg = dict(CFG, walk_BV=16)
+    runs = {}
+    for on in (True, False):
+        monkeypatch.setattr(gla_triton, "FWD_WALK", on)
+        runs[on] = gla_triton.chunk_forward(q, k, v, g, kind, 0.3, h0, cu, config=cfg)
+    ro, rht = reference(q, k, v, None if g is None else g.contiguous(), kind, 0.3, h0, cu)
+    for name, a, b, r in zip(["o", "ht"], runs[True], runs[False], [ro, rht]):
+        assert torch.isfinite(a).all(), name
+        assert rel(a, r) < 1e-5 and rel(a, b) < 1e-5, (name, rel(a, r), rel(a, b))
+
+
+def test_forward_walk_where(monkeypatch):
+    """The walk runs where the table asks for it and its grid fills the SMs, for gates not per key dim at K <= 128;
+    ``FWD_WALK`` forces either form (K > 128 and per-key-dim gates never walk)."""
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    cfg = {"fwd_walk": True, "walk_BV": 64}
+    assert gla_triton.FWD_WALK is None
+    monkeypatch.setattr(gla_triton.launch, "sm_count", lambda device: 132)
+    assert gla_triton._walk(cfg, 8, 16, 128, 128, 1, cuda)  # 256 programs
+    assert not gla_triton._walk(cfg, 2, 16, 128, 128, 1, cuda)  # 64: under one wave
+    assert not gla_triton._walk({}, 8, 16, 128, 128, 1, cuda)  # not asked for
+    assert not gla_triton._walk(cfg, 8, 16, 256, 128, 1, cuda)  # K > 128
+    assert not gla_triton._walk(cfg, 8, 16, 128, 128, 2, cuda)  # a gate per key dim
+    assert not gla_triton._walk(cfg, 8, 16, 128, 128, 0, cpu)
+    monkeypatch.setattr(gla_triton, "FWD_WALK", True)
+    assert gla_triton._walk({}, 1, 1, 64, 64, 0, cpu) and not gla_triton._walk({}, 1, 1, 256, 64, 0, cpu)
+    monkeypatch.setattr(gla_triton, "FWD_WALK", False)
+    assert not gla_triton._walk(cfg, 8, 16, 128, 128, 1, cuda)
+
+
 def _count_cumsum_launches(monkeypatch) -> list:
     """A list that records the grid of every launch of the gate cumsum kernel from now on (the launches still run)."""
     launched = []

@@ -259,10 +259,10 @@ def test_by_dims_tables(arch):
 
     from fla_compile.lowering.delta import triton_launch as DT
 
-    kernels = ("h", "o", "dh", "dv", "dqk", "A", "intra", "rc", "cumsum")
+    kernels = ("h", "o", "dh", "dv", "dqk", "A", "intra", "rc", "cumsum", "walk")
     names = "|".join(kernels)
     option = re.compile(
-        rf"({names})(_head)?_(warps|stages|BV|BK|maxnreg)|(o|dv|dqk)(_head)?_heads_inner|(fwd|bwd)_scan|(h|dh)_fill_(warps|stages|maxnreg)"
+        rf"({names})(_head)?_(warps|stages|BV|BK|maxnreg)|(o|dv|dqk)(_head)?_heads_inner|(fwd|bwd)_scan|(h|dh)_fill_(warps|stages|maxnreg)|fwd_walk"
     )
     for dims, entry in autotune.table(arch).get("by_dims", {}).items():
         if dims == "_comment":

@@ -120,6 +120,25 @@ def test_scalar_scan_in_kernels(shape, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", ["T300_K64", "T257_gqa_K128_V64", "T70_K37_V33", "T200_K128_wide"])
+@pytest.mark.parametrize("kind", ["none", "scalar"])
+def test_forward_walk(kind, shape, dtype, monkeypatch):
+    """``FWD_WALK`` (staged): the forward in one pass, the state in registers (``chunk_fwd_walk_kernel``). Against
+    fp64 with poisoned buffers (the backward still the two-pass one), bitwise repeatable."""
+    from fla_compile.lowering.gla import triton_launch as gla_triton
+
+    monkeypatch.setattr(gla_triton, "FWD_WALK", True)
+    q, k, v, g, h0, cu, do, dht = make(kind, **SHAPES[shape], dtype=dtype)
+    scale = q.shape[-1] ** -0.5
+    ours, again = run(q, k, v, g, kind, scale, h0, cu, do, dht), run(q, k, v, g, kind, scale, h0, cu, do, dht)
+    ref = reference(q, k, v, g, kind, scale, h0, cu, do, dht)
+    for name, a, b, r in zip(["o", "ht"], ours, again, ref):
+        assert torch.isfinite(a).all(), f"{name}: NaN/inf (unwritten element?)"
+        assert torch.equal(a, b), f"{name}: not bitwise deterministic"
+        assert rel(a, r) < TOL[dtype], f"{name}: relative error {rel(a, r):.2e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("cu", [None, [0, 0, 77, 300]], ids=["batch", "packed"])
 def test_head_decay(cu, dtype, monkeypatch):
     """One decay per head broadcast over batch and steps (retention's): the kernels form its in-chunk cumsum (gate

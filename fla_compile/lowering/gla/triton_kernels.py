@@ -234,6 +234,82 @@ def chunk_fwd_o_kernel(
 
 
 @triton.jit
+def chunk_fwd_walk_kernel(
+    q,
+    k,
+    v,
+    gc,
+    o,
+    h0,
+    ht,
+    cu,
+    scale,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATE: tl.constexpr,
+    USE_H0: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """The forward of a gate that is not per key dim (GATE 0, 1, 3, 4) in one pass: each program walks one
+    sequence's chunks for one head and V block, the state [K, BV] in registers (BK >= K), and writes o chunk by chunk,
+    o = scale ((q e^b) h + (causal A) v) as chunk_fwd_o_kernel forms it, then carries the state as chunk_fwd_h_kernel
+    does. No chunk states go through memory; the grid is N H cdiv(V, BV) programs, so it pays where that fills the
+    GPU (``triton_launch.FWD_WALK``). ht: the final state."""
+    i_nh, _, i_v = state_block(1, tl.cdiv(V, BV))
+    i_n, i_h = i_nh // H, i_nh % H
+    i_hk = i_h // G
+    bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
+    NT = tl.cdiv(eos - bos, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_h = m_k[:, None] & m_v[None, :]
+    o_h = o_k[:, None] * V + o_v[None, :]
+    # [BK, BV]
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_H0:
+        b_h += tl.load(h0 + (i_n * H + i_h) * K * V + o_h, mask=m_h, other=0)
+    o_i = tl.arange(0, BT)
+    r_q, r_v = o_i * ((H // G) * K), o_i * (H * V)
+    for i_c in range(0, NT):
+        t0 = bos + i_c * BT  # base pointers at the chunk's first row, int32 tile offsets
+        n_t = tl.minimum(eos - t0, BT).to(tl.int32)
+        m_t = o_i < n_t
+        m_A = (o_i[:, None] >= o_i[None, :]) & m_t[:, None] & m_t[None, :]
+        p_q = q + (t0 * (H // G) + i_hk) * K
+        # [BT, BK], [BK, BT], [BT, BV]
+        b_q = tl.load(p_q + r_q[:, None] + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
+        b_kt = tl.load(
+            k + (t0 * (H // G) + i_hk) * K + r_q[None, :] + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0
+        )
+        b_v = tl.load(v + (t0 * H + i_h) * V + r_v[:, None] + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
+        # the state before the chunk in the inputs' dtype, as chunk_fwd_o_kernel reads it from the stored states
+        b_o = dot(b_q, b_h.to(b_q.dtype), prec=PREC)
+        b_A = dot(b_q, b_kt, prec=PREC)
+        g_c = chunk_gate(gc, t0, H, K, GATE)
+        if GATE == 1 or GATE == 3 or GATE == 4:
+            b_g = scalar_gate(g_c, o_i, m_t, 0, i_h, H, GATE)
+            b_o *= tl.exp(b_g)[:, None]
+            b_A *= tl.exp(tl.where(m_A, b_g[:, None] - b_g[None, :], 0))
+        b_A = tl.where(m_A, b_A, 0)
+        b_o += dot(b_A.to(b_v.dtype), b_v, prec=PREC)
+        b_o *= scale
+        tl.store(
+            o + (t0 * H + i_h) * V + r_v[:, None] + o_v[None, :],
+            b_o.to(o.dtype.element_ty),
+            mask=m_t[:, None] & m_v[None, :],
+        )
+        b_h, b_kt = decay_to_last_t(b_h, b_kt, g_c, o_i, m_t, 0, n_t - 1, i_h, H, K, o_k, m_k, GATE)
+        b_h += dot(b_kt.to(b_v.dtype), b_v, prec=PREC)
+    tl.store(ht + (i_n * H + i_h) * K * V + o_h, b_h, mask=m_h)
+
+
+@triton.jit
 def chunk_bwd_dh_kernel(
     q,
     do,

@@ -48,6 +48,12 @@ FINAL_DQK_VECTOR = True
 # --families simple_gla --fp64`, seventeenth session), fwd / fwd+bwd kernels: 0.176 -> 0.159 / 0.660 -> 0.668 ms at
 # (8, 2048, 32, 64), 0.228 -> 0.240 / 0.890 -> 0.937 at (2, 8192, 16, 128): sm90 scans in the forward at K = V = 64
 SCALAR_SCAN_IN_KERNELS: bool | None = None
+# the forward of a gate not per key dim in one pass (``chunk_fwd_walk_kernel``: each program walks a sequence's chunks
+# with the state in registers, no chunk states through memory, no separate output kernel), at K <= 128. None: where
+# the table says ``fwd_walk`` and the walk's grid (sequences x heads x V blocks) fills the GPU's SMs; True / False:
+# always / never. Staged for an H200 A/B (`benchmarks/ab_switch.py fla_compile.lowering.gla.triton_launch.FWD_WALK
+# --families simple_gla,linear_attn,retention --fp64`); interpreter: within fp32 rounding of the two-pass form
+FWD_WALK: bool | None = None
 # the sequential state passes' blocks shrunk while their grid is under one wave (``_state_tile``): on the H200 at
 # B=1 H=16 (32 programs of 132 SMs with the tuned blocks) retention's forward+backward 2.12 -> 1.58 ms at T=16384,
 # gla's 3.59 -> 3.24 (benchmarks/RESULTS.md, 2026-11-30); FLA_COMPILE_GLA_FILL_SMS=0 turns it off
@@ -99,6 +105,37 @@ def _scan_gid(gid, config, phase: str) -> int:
     :data:`SCALAR_SCAN_IN_KERNELS` when set, else the config's ``<phase>_scan`` (the decode kernel has no id 4)."""
     on = config.get(f"{phase}_scan", False) if SCALAR_SCAN_IN_KERNELS is None else SCALAR_SCAN_IN_KERNELS
     return 4 if gid == 1 and on else gid
+
+
+def _walk_bv(config, V: int) -> int:
+    """The walk's V block: ``walk_BV`` of the config, else 32 (offline sm_90, 4 warps, bf16: 183-237 registers with
+    a scalar gate at K = 64-128, two programs a multiprocessor; V blocks of 64 take 222-255)."""
+    return min(config.get("walk_BV", 32), launch.pow2(V))
+
+
+def _walk(config, N: int, H: int, K: int, V: int, gid: int, device) -> bool:
+    """Whether the forward runs as one walk (:data:`FWD_WALK`): gates not per key dim, K <= 128 (the state block
+    [K, BV] lives in registers)."""
+    if gid == 2 or K > 128:
+        return False
+    if FWD_WALK is not None:
+        return FWD_WALK
+    if not config.get("fwd_walk", False) or device.type != "cuda":
+        return False
+    return N * H * launch.cdiv(V, _walk_bv(config, V)) >= launch.sm_count(device)
+
+
+def _fwd_walk(q, k, v, gc, h0, cu, N, H, G, K, V, gid, BT, cfg, prec, scale):
+    """(o, final state fp32) by ``chunk_fwd_walk_kernel``."""
+    o = _empty(v.shape, v.device, v.dtype)
+    ht = _empty((N, H, K, V), v.device, torch.float32)
+    BV = _walk_bv(cfg, V)
+    launch.fitted(
+        kern.chunk_fwd_walk_kernel, (N * H * launch.cdiv(V, BV),),
+        q, k, v, gc if gc is not None else ht, o, h0 if h0 is not None else ht, ht, cu, scale, H, G, K, V, BT,
+        launch.pow2(K), BV, gid, h0 is not None, prec, **_opts(cfg, "walk", gid),
+    )  # fmt: skip
+    return o, ht
 
 
 def _blocks(config, K, V):
@@ -296,6 +333,9 @@ def chunk_forward(
     else:
         gc = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg)
     prec = launch.prec(v.dtype, K, V, split=FP32_SPLIT)
+    if u is None and _walk(cfg, N, H, K, V, gid, q.device):
+        _no_A(A_out)
+        return _fwd_walk(q, k, v, gc, h0, cu, N, H, H // HK, K, V, gid, BT, cfg, prec, scale)
     h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, H // HK, K, V, gid, BT, BK, BV, cfg, prec)
     A = h
     if gid == 2:
