@@ -97,6 +97,27 @@ def chunk_span(info, i_p):
     return i_n, i_c, bos, eos
 
 
+@triton.jit
+def sequence_span(cu, i_n, BT: tl.constexpr):
+    """Sequence i_n's tokens [bos, eos) (int64, from ``cu``) and its number of chunks of BT: what a state pass,
+    which walks one sequence's chunks in turn, reads first."""
+    bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
+    return bos, eos, tl.cdiv(eos - bos, BT)
+
+
+@triton.jit
+def state_start(
+    h0, i_nh, o_h, m_h, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, USE: tl.constexpr
+):
+    """A state pass's carried [BK, BV] block, fp32: zeros, plus (``USE``) its block ``o_h`` / ``m_h`` of the given
+    start ``h0`` [N H, K, V] at sequence x head ``i_nh`` (the initial state forwards, the final state's gradient
+    backwards)."""
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE:
+        b_h += tl.load(h0 + i_nh * K * V + o_h, mask=m_h, other=0)
+    return b_h
+
+
 # the parallel output, dv and dq/dk kernels' launch order (``chunk_grid`` / ``chunk_block``) is each kernel line's
 # table's ("heads_inner": a 1-D grid with a chunk's heads side by side; else the 3-D grid (NS, NV, H) that runs a
 # head's chunks together). HEADS_INNER True / False forces one order everywhere (A/Bs, tests); None: the tables

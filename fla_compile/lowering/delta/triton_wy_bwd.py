@@ -33,7 +33,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..common.chunks import chunk_span, state_block
+from ..common.chunks import chunk_span, sequence_span, state_block, state_start
 from ..common.dots import dot
 
 
@@ -71,17 +71,14 @@ def chunk_delta_dh_kernel(
     i_nh, _, i_v = state_block(1, tl.cdiv(V, BV))
     i_n, i_h = i_nh // H, i_nh % H
     i_hk = i_h // G
-    bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
-    NT = tl.cdiv(eos - bos, BT)
+    bos, eos, NT = sequence_span(cu, i_n, BT)
     s0 = tl.load(chunk_off + i_n).to(tl.int64)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
     m_h = m_k[:, None] & m_v[None, :]
     o_h = o_k[:, None] * V + o_v[None, :]
-    b_dh = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_DHT:
-        b_dh += tl.load(dht + (i_n * H + i_h) * K * V + o_h, mask=m_h, other=0)
+    b_dh = state_start(dht, i_n * H + i_h, o_h, m_h, K, V, BK, BV, USE_DHT)
     for i_r in range(0, NT):
         i_c = NT - 1 - i_r
         tl.store(dh + ((s0 + i_c) * H + i_h) * K * V + o_h, b_dh.to(dh.dtype.element_ty), mask=m_h)

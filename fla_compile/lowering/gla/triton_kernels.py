@@ -33,7 +33,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..common.chunks import chunk_block, chunk_span, state_block
+from ..common.chunks import chunk_block, chunk_span, sequence_span, state_block, state_start
 from ..common.dots import dot
 from ..common.gating import chunk_gate, decay_to_last_t, scalar_gate, scalar_gate_at
 
@@ -110,8 +110,7 @@ def chunk_fwd_h_kernel(
     i_nh, i_k, i_v = state_block(tl.cdiv(K, BK), tl.cdiv(V, BV))
     i_n, i_h = i_nh // H, i_nh % H
     i_hk = i_h // G
-    bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
-    NT = tl.cdiv(eos - bos, BT)
+    bos, eos, NT = sequence_span(cu, i_n, BT)
     s0 = tl.load(chunk_off + i_n).to(tl.int64)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -119,9 +118,7 @@ def chunk_fwd_h_kernel(
     m_h = m_k[:, None] & m_v[None, :]
     o_h = o_k[:, None] * V + o_v[None, :]
     # [BK, BV]
-    b_h = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_H0:
-        b_h += tl.load(h0 + (i_n * H + i_h) * K * V + o_h, mask=m_h, other=0)
+    b_h = state_start(h0, i_n * H + i_h, o_h, m_h, K, V, BK, BV, USE_H0)
     o_i = tl.arange(0, BT)
     for i_c in range(0, NT):
         if STORE_H:
@@ -263,17 +260,14 @@ def chunk_fwd_walk_kernel(
     i_nh, _, i_v = state_block(1, tl.cdiv(V, BV))
     i_n, i_h = i_nh // H, i_nh % H
     i_hk = i_h // G
-    bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
-    NT = tl.cdiv(eos - bos, BT)
+    bos, eos, NT = sequence_span(cu, i_n, BT)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
     m_h = m_k[:, None] & m_v[None, :]
     o_h = o_k[:, None] * V + o_v[None, :]
     # [BK, BV]
-    b_h = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_H0:
-        b_h += tl.load(h0 + (i_n * H + i_h) * K * V + o_h, mask=m_h, other=0)
+    b_h = state_start(h0, i_n * H + i_h, o_h, m_h, K, V, BK, BV, USE_H0)
     o_i = tl.arange(0, BT)
     r_q, r_v = o_i * ((H // G) * K), o_i * (H * V)
     for i_c in range(0, NT):
@@ -340,8 +334,7 @@ def chunk_bwd_dh_kernel(
     i_nh, i_k, i_v = state_block(tl.cdiv(K, BK), tl.cdiv(V, BV))
     i_n, i_h = i_nh // H, i_nh % H
     i_hk = i_h // G
-    bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
-    NT = tl.cdiv(eos - bos, BT)
+    bos, eos, NT = sequence_span(cu, i_n, BT)
     s0 = tl.load(chunk_off + i_n).to(tl.int64)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -349,9 +342,7 @@ def chunk_bwd_dh_kernel(
     m_h = m_k[:, None] & m_v[None, :]
     o_h = o_k[:, None] * V + o_v[None, :]
     # [BK, BV]
-    b_dh = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_DHT:
-        b_dh += tl.load(dht + (i_n * H + i_h) * K * V + o_h, mask=m_h, other=0)
+    b_dh = state_start(dht, i_n * H + i_h, o_h, m_h, K, V, BK, BV, USE_DHT)
     o_i = tl.arange(0, BT)
     for i_r in range(0, NT):
         i_c = NT - 1 - i_r
