@@ -106,6 +106,16 @@ def sequence_span(cu, i_n, BT: tl.constexpr):
 
 
 @triton.jit
+def state_offsets(i_k, i_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """A state pass's [BK, BV] block (i_k, i_v) of a [K, V] state: (key and value indices, their masks, the block's
+    mask and offsets within one state)."""
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    return o_k, o_v, m_k, m_v, m_k[:, None] & m_v[None, :], o_k[:, None] * V + o_v[None, :]
+
+
+@triton.jit
 def state_start(
     h0, i_nh, o_h, m_h, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, USE: tl.constexpr
 ):
@@ -116,6 +126,19 @@ def state_start(
     if USE:
         b_h += tl.load(h0 + i_nh * K * V + o_h, mask=m_h, other=0)
     return b_h
+
+
+@triton.jit
+def state_pass_tiles(x, y, t0, o_i, m_t, o_k, m_k, o_v, m_v, i_hk, i_h, H: tl.constexpr, G: tl.constexpr,
+                     K: tl.constexpr, V: tl.constexpr):  # fmt: skip
+    """A state pass's operands of the chunk from step ``t0``: x [TT, H / G, K] transposed to [BK, BT] (keys, or
+    queries backwards) and y [TT, H, V] as [BT, BV] (values, or the output's gradient); base pointers at the chunk's
+    first row, int32 tile offsets (``o_i`` its local steps)."""
+    b_xt = tl.load(x + (t0 * (H // G) + i_hk) * K + (o_i * ((H // G) * K))[None, :] + o_k[:, None],
+                   mask=m_k[:, None] & m_t[None, :], other=0)  # fmt: skip
+    b_y = tl.load(y + (t0 * H + i_h) * V + (o_i * (H * V))[:, None] + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
+                  other=0)  # fmt: skip
+    return b_xt, b_y
 
 
 # the parallel output, dv and dq/dk kernels' launch order (``chunk_grid`` / ``chunk_block``) is each kernel line's

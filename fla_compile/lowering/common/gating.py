@@ -61,6 +61,21 @@ def decay_rows_to_last_t(b_h, b_x, gc, o_t, m_t, t0, last, i_h, H: tl.constexpr,
 
 
 @triton.jit
+def scalar_gate_scores(b_o, b_A, b_g, m_A):
+    """A scalar gate on a chunk's products: the rows of q h times e^G, the causal scores q kᵀ times e^(G_i - G_j)
+    (exponents masked to 0 off ``m_A`` before ``exp``, so nothing overflows); ``b_g``: :func:`scalar_gate`."""
+    return b_o * tl.exp(b_g)[:, None], b_A * tl.exp(tl.where(m_A, b_g[:, None] - b_g[None, :], 0))
+
+
+@triton.jit
+def scalar_decay_to_last(b_h, b_kt, b_g, gc, o_t, m_t, t0, last, i_h, H: tl.constexpr, GATE: tl.constexpr):
+    """:func:`decay_to_last_t`'s scalar-gate step, from the chunk's G already formed (``b_g``, :func:`scalar_gate`),
+    so a kernel that also gates its scores with it reads and scans the gate once."""
+    b_gl = scalar_gate_at(gc, b_g, o_t, last, t0, i_h, H, GATE)
+    return b_h * tl.exp(b_gl), b_kt.to(tl.float32) * tl.exp(tl.where(m_t, b_gl - b_g, 0))[None, :]
+
+
+@triton.jit
 def decay_to_last_t(
     b_h, b_kt, gc, o_t, m_t, t0, last, i_h, H: tl.constexpr, K: tl.constexpr, o_k, m_k, GATE: tl.constexpr
 ):
@@ -68,10 +83,8 @@ def decay_to_last_t(
     (loaded transposed, [BK, BT]) decayed to its last step, kᵀ e^{G_last - G} (every exponent <= 0 for decaying
     gates; masked rows stay 0). Without a gate (GATE 0) both come back unchanged."""
     if GATE == 1 or GATE == 3 or GATE == 4:
-        b_g = scalar_gate(gc, o_t, m_t, t0, i_h, H, GATE)
-        b_gl = scalar_gate_at(gc, b_g, o_t, last, t0, i_h, H, GATE)
-        b_h *= tl.exp(b_gl)
-        b_kt = b_kt.to(tl.float32) * tl.exp(tl.where(m_t, b_gl - b_g, 0))[None, :]
+        b_h, b_kt = scalar_decay_to_last(b_h, b_kt, scalar_gate(gc, o_t, m_t, t0, i_h, H, GATE), gc, o_t, m_t, t0,
+                                         last, i_h, H, GATE)  # fmt: skip
     if GATE == 2:
         m_kt = m_k[:, None] & m_t[None, :]
         b_gt = tl.load(gc + (o_t * H + i_h)[None, :] * K + o_k[:, None], mask=m_kt, other=0)

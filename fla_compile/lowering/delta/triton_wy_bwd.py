@@ -33,7 +33,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..common.chunks import chunk_span, sequence_span, state_block, state_start
+from ..common.chunks import chunk_span, sequence_span, state_block, state_offsets, state_start
 from ..common.dots import dot
 
 
@@ -73,11 +73,7 @@ def chunk_delta_dh_kernel(
     i_hk = i_h // G
     bos, eos, NT = sequence_span(cu, i_n, BT)
     s0 = tl.load(chunk_off + i_n).to(tl.int64)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_h = m_k[:, None] & m_v[None, :]
-    o_h = o_k[:, None] * V + o_v[None, :]
+    o_k, o_v, m_k, m_v, m_h, o_h = state_offsets(0, i_v, K, V, BK, BV)
     b_dh = state_start(dht, i_n * H + i_h, o_h, m_h, K, V, BK, BV, USE_DHT)
     for i_r in range(0, NT):
         i_c = NT - 1 - i_r

@@ -33,9 +33,24 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..common.chunks import chunk_block, chunk_span, sequence_span, state_block, state_start
+from ..common.chunks import (
+    chunk_block,
+    chunk_span,
+    sequence_span,
+    state_block,
+    state_offsets,
+    state_pass_tiles,
+    state_start,
+)
 from ..common.dots import dot
-from ..common.gating import chunk_gate, decay_to_last_t, scalar_gate, scalar_gate_at
+from ..common.gating import (
+    chunk_gate,
+    decay_to_last_t,
+    scalar_decay_to_last,
+    scalar_gate,
+    scalar_gate_at,
+    scalar_gate_scores,
+)
 
 
 @triton.jit
@@ -112,11 +127,7 @@ def chunk_fwd_h_kernel(
     i_hk = i_h // G
     bos, eos, NT = sequence_span(cu, i_n, BT)
     s0 = tl.load(chunk_off + i_n).to(tl.int64)
-    o_k = i_k * BK + tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_h = m_k[:, None] & m_v[None, :]
-    o_h = o_k[:, None] * V + o_v[None, :]
+    o_k, o_v, m_k, m_v, m_h, o_h = state_offsets(i_k, i_v, K, V, BK, BV)
     # [BK, BV]
     b_h = state_start(h0, i_n * H + i_h, o_h, m_h, K, V, BK, BV, USE_H0)
     o_i = tl.arange(0, BT)
@@ -128,16 +139,7 @@ def chunk_fwd_h_kernel(
         t0 = bos + i_c * BT
         n_t = tl.minimum(eos - t0, BT).to(tl.int32)
         m_t = o_i < n_t
-        # [BK, BT]
-        b_kt = tl.load(
-            k + (t0 * (H // G) + i_hk) * K + (o_i * ((H // G) * K))[None, :] + o_k[:, None],
-            mask=m_k[:, None] & m_t[None, :],
-            other=0,
-        )
-        # [BT, BV]
-        b_v = tl.load(
-            v + (t0 * H + i_h) * V + (o_i * (H * V))[:, None] + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0
-        )
+        b_kt, b_v = state_pass_tiles(k, v, t0, o_i, m_t, o_k, m_k, o_v, m_v, i_hk, i_h, H, G, K, V)
         g_c = chunk_gate(gc, t0, H, K, GATE)
         b_h, b_kt = decay_to_last_t(b_h, b_kt, g_c, o_i, m_t, 0, n_t - 1, i_h, H, K, o_k, m_k, GATE)
         b_h += dot(b_kt.to(b_v.dtype), b_v, prec=PREC)
@@ -217,9 +219,7 @@ def chunk_fwd_o_kernel(
             b_o += dot(b_q, b_h.to(b_q.dtype), prec=PREC)
             b_A += dot(b_q, b_kt, prec=PREC)
     if GATE == 1 or GATE == 3 or GATE == 4:
-        b_g = scalar_gate(gc, o_t, m_t, t0, i_h, H, GATE)
-        b_o *= tl.exp(b_g)[:, None]
-        b_A *= tl.exp(tl.where(m_A, b_g[:, None] - b_g[None, :], 0))
+        b_o, b_A = scalar_gate_scores(b_o, b_A, scalar_gate(gc, o_t, m_t, t0, i_h, H, GATE), m_A)
     if GATE == 2:  # A from chunk_gla_A_kernel
         b_A = tl.load(A + r_a[:, None] + o_i[None, :], mask=m_A, other=0)
     b_A = tl.where(m_A, b_A, 0)
@@ -261,11 +261,7 @@ def chunk_fwd_walk_kernel(
     i_n, i_h = i_nh // H, i_nh % H
     i_hk = i_h // G
     bos, eos, NT = sequence_span(cu, i_n, BT)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_h = m_k[:, None] & m_v[None, :]
-    o_h = o_k[:, None] * V + o_v[None, :]
+    o_k, o_v, m_k, m_v, m_h, o_h = state_offsets(0, i_v, K, V, BK, BV)
     # [BK, BV]
     b_h = state_start(h0, i_n * H + i_h, o_h, m_h, K, V, BK, BV, USE_H0)
     o_i = tl.arange(0, BT)
@@ -275,30 +271,24 @@ def chunk_fwd_walk_kernel(
         n_t = tl.minimum(eos - t0, BT).to(tl.int32)
         m_t = o_i < n_t
         m_A = (o_i[:, None] >= o_i[None, :]) & m_t[:, None] & m_t[None, :]
-        p_q = q + (t0 * (H // G) + i_hk) * K
-        # [BT, BK], [BK, BT], [BT, BV]
-        b_q = tl.load(p_q + r_q[:, None] + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
-        b_kt = tl.load(
-            k + (t0 * (H // G) + i_hk) * K + r_q[None, :] + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0
-        )
-        b_v = tl.load(v + (t0 * H + i_h) * V + r_v[:, None] + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
+        # [BT, BK]; [BK, BT], [BT, BV]
+        b_q = tl.load(q + (t0 * (H // G) + i_hk) * K + r_q[:, None] + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
+                      other=0)  # fmt: skip
+        b_kt, b_v = state_pass_tiles(k, v, t0, o_i, m_t, o_k, m_k, o_v, m_v, i_hk, i_h, H, G, K, V)
         # the state before the chunk in the inputs' dtype, as chunk_fwd_o_kernel reads it from the stored states
         b_o = dot(b_q, b_h.to(b_q.dtype), prec=PREC)
         b_A = dot(b_q, b_kt, prec=PREC)
         g_c = chunk_gate(gc, t0, H, K, GATE)
-        if GATE == 1 or GATE == 3 or GATE == 4:
+        if GATE == 1 or GATE == 3 or GATE == 4:  # the gate read (GATE 4: scanned) once for scores and state
             b_g = scalar_gate(g_c, o_i, m_t, 0, i_h, H, GATE)
-            b_o *= tl.exp(b_g)[:, None]
-            b_A *= tl.exp(tl.where(m_A, b_g[:, None] - b_g[None, :], 0))
+            b_o, b_A = scalar_gate_scores(b_o, b_A, b_g, m_A)
         b_A = tl.where(m_A, b_A, 0)
         b_o += dot(b_A.to(b_v.dtype), b_v, prec=PREC)
         b_o *= scale
-        tl.store(
-            o + (t0 * H + i_h) * V + r_v[:, None] + o_v[None, :],
-            b_o.to(o.dtype.element_ty),
-            mask=m_t[:, None] & m_v[None, :],
-        )
-        b_h, b_kt = decay_to_last_t(b_h, b_kt, g_c, o_i, m_t, 0, n_t - 1, i_h, H, K, o_k, m_k, GATE)
+        tl.store(o + (t0 * H + i_h) * V + r_v[:, None] + o_v[None, :], b_o.to(o.dtype.element_ty),
+                 mask=m_t[:, None] & m_v[None, :])  # fmt: skip
+        if GATE == 1 or GATE == 3 or GATE == 4:  # after the output: fewer fp32 tiles live at once
+            b_h, b_kt = scalar_decay_to_last(b_h, b_kt, b_g, g_c, o_i, m_t, 0, n_t - 1, i_h, H, GATE)
         b_h += dot(b_kt.to(b_v.dtype), b_v, prec=PREC)
     tl.store(ht + (i_n * H + i_h) * K * V + o_h, b_h, mask=m_h)
 
@@ -336,11 +326,7 @@ def chunk_bwd_dh_kernel(
     i_hk = i_h // G
     bos, eos, NT = sequence_span(cu, i_n, BT)
     s0 = tl.load(chunk_off + i_n).to(tl.int64)
-    o_k = i_k * BK + tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_h = m_k[:, None] & m_v[None, :]
-    o_h = o_k[:, None] * V + o_v[None, :]
+    o_k, o_v, m_k, m_v, m_h, o_h = state_offsets(i_k, i_v, K, V, BK, BV)
     # [BK, BV]
     b_dh = state_start(dht, i_n * H + i_h, o_h, m_h, K, V, BK, BV, USE_DHT)
     o_i = tl.arange(0, BT)
@@ -350,18 +336,7 @@ def chunk_bwd_dh_kernel(
         t0 = bos + i_c * BT  # base pointers at the chunk's first row, int32 tile offsets (as chunk_fwd_h_kernel)
         n_t = tl.minimum(eos - t0, BT).to(tl.int32)
         m_t = o_i < n_t
-        # [BK, BT]
-        b_qt = tl.load(
-            q + (t0 * (H // G) + i_hk) * K + (o_i * ((H // G) * K))[None, :] + o_k[:, None],
-            mask=m_k[:, None] & m_t[None, :],
-            other=0,
-        )
-        # [BT, BV]
-        b_do = tl.load(
-            do + (t0 * H + i_h) * V + (o_i * (H * V))[:, None] + o_v[None, :],
-            mask=m_t[:, None] & m_v[None, :],
-            other=0,
-        )
+        b_qt, b_do = state_pass_tiles(q, do, t0, o_i, m_t, o_k, m_k, o_v, m_v, i_hk, i_h, H, G, K, V)
         g_c = chunk_gate(gc, t0, H, K, GATE)
         if GATE == 1 or GATE == 3 or GATE == 4:
             b_g = scalar_gate(g_c, o_i, m_t, 0, i_h, H, GATE)
