@@ -22,6 +22,7 @@ length). ``explain`` says which of the two runs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -63,6 +64,72 @@ def _shrink(args, time_dim, T, length, gen, fixed=0):
         else:
             out.append(a)
     return out
+
+
+def _outputs(fn, xs, no_grad=False) -> tuple[list, object]:
+    """``fn(*xs)`` flattened: (leaves, pytree spec)."""
+    with torch.no_grad() if no_grad else contextlib.nullcontext():
+        out = fn(*xs)
+    return torch.utils._pytree.tree_flatten(out)
+
+
+def _err(a: list, b: list) -> float:
+    return max((rel_err(x.double(), y.double()) for x, y in zip(a, b)), default=0.0)
+
+
+def _err_rounded(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Relative error of ``out`` against ``ref`` beyond a final rounding of ``out`` to its dtype: the
+    lowering casts its result to the dtype the traced code produced (bf16 for bf16 probes) even when
+    run in fp32, so each element may sit up to one of that dtype's ulps from ``ref``."""
+    out, ref = out.detach(), ref.detach()
+    diff = (out.double() - ref.double()).abs()
+    if out.dtype in (torch.bfloat16, torch.float16) and ref.dtype not in (torch.bfloat16, torch.float16):
+        diff = (diff - torch.finfo(out.dtype).eps * ref.double().abs()).clamp_min(0)
+    scale = ref.double().norm()
+    return float(diff.norm() / scale) if scale > 0 else float(diff.norm())
+
+
+def _check_generalized(gm, fn, probe: list, order: list[int]):
+    """Raise :class:`JitError` unless ``gm`` (graph inputs in ``order``, indices into ``probe``) computes
+    ``fn`` at the check length; return the output's pytree spec.
+
+    In fp32 and fp64 the two must agree to 1e-4. In bf16 / fp16 the function as written and our
+    kernels round differently (the loop's state in half precision, ours in fp32), so both run again
+    on the same probe in fp32 and must agree there to 1e-4 beyond the graph's final cast to the
+    traced dtype (the graph is the function); and the half-precision result must be no further from
+    that fp32 truth than twice the function's own half-precision error, or 8 ulps (no dtype-specific path of the function was left out)."""
+    ref, spec = _outputs(fn, probe)
+    out, _ = _outputs(gm, [probe[i] for i in order], no_grad=True)
+    if len(ref) != len(out):
+        raise JitError(f"the generalized graph returns {len(out)} tensors where the reference returns {len(ref)}")
+    err = _err(out, ref)
+    if err < 1e-4:
+        return spec
+    half = [x.dtype for x in probe if isinstance(x, torch.Tensor) and x.dtype in (torch.bfloat16, torch.float16)]
+    if not half:
+        raise JitError(f"the generalized graph differs from the reference at T={CHECK_LENGTH} (rel err {err:.1e})")
+    wide = [x.float() if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in probe]
+    try:
+        ref32, _ = _outputs(fn, wide)
+        out32, _ = _outputs(gm, [wide[i] for i in order], no_grad=True)
+    except Exception as e:  # a function that cannot run in fp32: judged in its own dtype, as above
+        raise JitError(
+            f"the generalized graph differs from the reference at T={CHECK_LENGTH} (rel err {err:.1e}); "
+            f"in fp32 it could not be checked ({type(e).__name__}: {e})"
+        ) from e
+    err32 = max((_err_rounded(o, r) for o, r in zip(out32, ref32)), default=0.0)
+    if not err32 < 1e-4:
+        raise JitError(
+            f"the generalized graph differs from the reference at T={CHECK_LENGTH} in fp32 (rel err {err32:.1e})"
+        )
+    ours, theirs = _err(out, ref32), _err(ref, ref32)
+    ulps = 8 * max(torch.finfo(d).eps for d in half)
+    if not ours <= max(2 * theirs, ulps):
+        raise JitError(
+            f"in {half[0]} the generalized graph is {ours:.1e} from the fp32 reference at T={CHECK_LENGTH}, "
+            f"the function as written {theirs:.1e}"
+        )
+    return spec
 
 
 _capture_ids = itertools.count(1)
@@ -317,14 +384,7 @@ class JitFunction:
         order = [tensors[i] for i in orders[0]]  # argument index of each graph input
         gm = _generalize(graphs[0], graphs[1], *PROBE_LENGTHS, order.index(ti), self.time_dim)
         probe = _shrink(args, self.time_dim, T, CHECK_LENGTH, gen, self.fixed)
-        ref = tensor_fn(*[probe[i] for i in tensors])
-        with torch.no_grad():
-            out = gm(*[probe[i] for i in order])
-        ref_flat, spec = torch.utils._pytree.tree_flatten(ref)
-        out_flat = torch.utils._pytree.tree_leaves(out)
-        err = max((rel_err(o.double(), r.double()) for o, r in zip(out_flat, ref_flat)), default=0.0)
-        if len(ref_flat) != len(out_flat) or not err < 1e-4:
-            raise JitError(f"the generalized graph differs from the reference at T={CHECK_LENGTH} (rel err {err:.1e})")
+        spec = _check_generalized(gm, tensor_fn, [probe[i] for i in tensors], [tensors.index(i) for i in order])
         gm._fla_inputs, gm._fla_spec = order, spec
         gm._fla_run = _op_runner(gm)
         return gm

@@ -90,3 +90,54 @@ def test_jit_strict_raises():
     q, k, v = torch.randn(2, 10, 2, 4), torch.randn(2, 10, 2, 4), torch.randn(2, 10, 2, 5)
     with pytest.raises(Exception, match="nothing matched"):
         fla_compile.jit(S.miss_nonlinear_in_state, strict=True)(q, k, v)
+
+
+def _gla_in_input_dtype(q, k, v, g):
+    """A GLA loop that keeps the input's dtype throughout (the state too), as bf16 training code does."""
+    B, T, H, K = q.shape
+    S = q.new_zeros(B, H, K, v.shape[-1])
+    outs = []
+    for t in range(T):
+        S = S * g[:, t, :, :, None].exp() + k[:, t, :, :, None] * v[:, t, :, None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S))
+    return torch.stack(outs, 1)
+
+
+def _gla_scaled_from_t6(q, k, v, g):
+    """Near miss for the half-precision check: from T = 6 on the output is 2% larger, so the graphs traced
+    at the probe lengths (3, 4) generalize to something else."""
+    out = _gla_in_input_dtype(q, k, v, g)
+    return out * 1.02 if q.shape[1] > 5 else out
+
+
+def _half_inputs(dtype, T=24):
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, T, 2, 8, generator=gen) for _ in range(3))
+    g = F.logsigmoid(torch.randn(2, T, 2, 8, generator=gen))
+    return [x.to(dtype) for x in (q, k, v, g)]
+
+
+def test_jit_half_precision_runs_the_op():
+    """bf16 / fp16 inputs: the loop as written rounds its state every step, our op keeps it in fp32, so the
+    generalized graph is checked against the function in fp32 (and in the input dtype no further from it than
+    the function itself); before, every half-precision call ran as written."""
+    import pytest
+
+    for dtype in (torch.bfloat16, torch.float16):
+        args = _half_inputs(dtype)
+        fn = fla_compile.jit(_gla_in_input_dtype, strict=True)  # strict: raises if it would run as written
+        out = fn(*args)
+        assert out.dtype == dtype
+        exact = _gla_in_input_dtype(*[x.double() for x in args])
+        as_written = _gla_in_input_dtype(*args)
+        ours, theirs = ((x.double() - exact).norm() / exact.norm() for x in (out, as_written))
+        assert ours < 1e-2 and ours <= theirs, (dtype, ours, theirs)
+        # near miss: agrees at the probe lengths, not at the check length: runs as written, exactly
+        with pytest.raises(Exception, match="differs from the reference"):
+            fla_compile.jit(_gla_scaled_from_t6, strict=True)(*args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = fla_compile.jit(_gla_scaled_from_t6)(*args)
+        assert torch.equal(out, _gla_scaled_from_t6(*args))

@@ -278,7 +278,7 @@ def test_gsa_on_cuda(dtype):
     xs = [torch.randn(b, n, h, d, generator=gen) for _ in range(3)]
     xs += [torch.randn(b, n, h, m, generator=gen), F.logsigmoid(torch.randn(b, n, h, m, generator=gen))]
     args = [x.cuda().to(dtype).requires_grad_() for x in xs]
-    fn = fla_compile.jit(gsa_one_loop)
+    fn = fla_compile.jit(gsa_one_loop, strict=True)  # strict: raises if it would run as written (bf16 did)
     out = fn(*args)
     assert [m.family for m in fn.explain(*args).matches] == ["mamba", "gla"]
     ref_args = [x.detach().double().requires_grad_() for x in args]
