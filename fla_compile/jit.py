@@ -34,7 +34,7 @@ import warnings
 import torch
 import torch.fx as fx
 
-from . import costs, passes
+from . import costs, passes, rewrite
 from .numerics import rel_err
 from .report import Report
 
@@ -111,7 +111,8 @@ def _check_generalized(gm, fn, probe: list, order: list[int]):
     wide = [x.float() if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in probe]
     try:
         ref32, _ = _outputs(fn, wide)
-        out32, _ = _outputs(gm, [wide[i] for i in order], no_grad=True)
+        with rewrite.widened():
+            out32, _ = _outputs(gm, [wide[i] for i in order], no_grad=True)
     except Exception as e:  # a function that cannot run in fp32: judged in its own dtype, as above
         raise JitError(
             f"the generalized graph differs from the reference at T={CHECK_LENGTH} (rel err {err:.1e}); "

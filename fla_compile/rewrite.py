@@ -15,6 +15,7 @@ and a fused normalizer (``extras["normalizer"]``) adds a ones column to v.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import operator
@@ -199,6 +200,29 @@ def _call_selective(b: Recurrence, vals: dict, h0, batch: tuple):
     return (y * b.scale if b.scale != 1.0 else y), (ht.transpose(-1, -2) if b.state_transposed else ht)
 
 
+_WIDENED = False
+_HALF = (torch.bfloat16, torch.float16)
+
+
+def traced_dtype(dtype: torch.dtype | None) -> torch.dtype | None:
+    """The dtype a lowering casts a result to: the one the traced code produced; inside :func:`widened`, fp32 where
+    that was bf16 / fp16."""
+    return torch.float32 if _WIDENED and dtype in _HALF else dtype
+
+
+@contextlib.contextmanager
+def widened():
+    """Lowerings keep fp32 where the traced code rounded to half precision: ``@jit`` runs a graph traced in bf16 /
+    fp16 once more on fp32 probes to check it against the function (``jit._check_generalized``); without this its
+    lowerings would round their results (a first loop's output read by a second) to the traced dtype there."""
+    global _WIDENED
+    before, _WIDENED = _WIDENED, True
+    try:
+        yield
+    finally:
+        _WIDENED = before
+
+
 class LoopLowering:
     """The callable that replaces a proven loop; it reads only the loop's ``Recurrence``: its roles are
     ``RoleFn``s of the region's inputs (the call's arguments, ``layout.inputs``), its ``LoopLayout`` lays
@@ -237,7 +261,7 @@ class LoopLowering:
         if h0 is not None and lay.norm is not None:  # a normalized loop's state: (S, z)
             h0 = (h0, args[lay.norm])
         o, ht = call_family(self.rec, vals, h0, batch)
-        return self._layout_output(o, T, args), reshaped(ht, *batch, *lay.state_tail).to(lay.state_dtype)
+        return self._layout_output(o, T, args), reshaped(ht, *batch, *lay.state_tail).to(traced_dtype(lay.state_dtype))
 
     def _layout_output(self, o, T, args):
         lay = self.layout
@@ -247,8 +271,8 @@ class LoopLowering:
         d = lay.out_dim
         # contiguous, as a fresh buffer, stack and cat are in eager: code after the loop may ``view`` it
         if lay.out_kind == "buffer":  # ``shape``: the buffer's without its time dim
-            return reshaped(o, T, *shape).movedim(0, d).to(lay.out_dtype).contiguous()
-        o = reshaped(o, T, *shape).to(lay.out_dtype)
+            return reshaped(o, T, *shape).movedim(0, d).to(traced_dtype(lay.out_dtype)).contiguous()
+        o = reshaped(o, T, *shape).to(traced_dtype(lay.out_dtype))
         if lay.out_kind == "stack":
             d = d if d >= 0 else d + len(shape) + 1
             return o.movedim(0, d).contiguous()
@@ -428,7 +452,7 @@ class FormLowering:
         if norm is None:
             o = form_op(rec, *(args[r.index] for r in (rec.q, rec.k, rec.v)), g)
             o = from_canon(o, lay.out, lay.batch, lay.bsizes)
-            return o.to(lay.out_dtype) if cast and lay.out_dtype is not None else o
+            return o.to(traced_dtype(lay.out_dtype)) if cast and lay.out_dtype is not None else o
         q, k, v = norm.views(*args)
         v = torch.cat([v, torch.ones_like(v.narrow(norm.v_dim, 0, 1))], norm.v_dim)
         o = form_op(rec, q, k, v)
@@ -436,7 +460,7 @@ class FormLowering:
         den = from_canon(o[..., -1:], norm.out, norm.batch, lay.bsizes)
         den = den * norm.ratio if norm.ratio != 1.0 else den
         if cast:
-            num, den = num.to(lay.out_dtype), den.to(norm.dtype)
+            num, den = num.to(traced_dtype(lay.out_dtype)), den.to(traced_dtype(norm.dtype))
         return num, den
 
 

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from ..numerics import rel_err
 from ..report import Match, Miss, Report
+from ..rewrite import traced_dtype
 from ..verify import TOL, NearMiss, run_region
 from ._graph import source_line, value_of
 from ._region import extract
@@ -192,7 +193,7 @@ class LossLowering:
         loss = torch.ops.fla_compile.linear_cross_entropy(
             hidden, w, bias, labels, self.ignore_index, self.smoothing, self.reduction, need_h, need_w, 0
         )[0]
-        return loss.to(self.dtype)
+        return loss.to(traced_dtype(self.dtype))
 
 
 def _replay(graph: fx.Graph, cand: Candidate, lookup, width: int) -> fx.Node:

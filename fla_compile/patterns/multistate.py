@@ -27,7 +27,7 @@ import torch.fx as fx
 
 from .. import costs
 from ..report import Match, Miss
-from ..rewrite import LoopLowering, call_family, is_zeros
+from ..rewrite import LoopLowering, call_family, is_zeros, traced_dtype
 from ..verify import NearMiss, classify_loop, prove_loop, step_inputs
 from . import loop, loop_roles
 from ._graph import source_line, value_of
@@ -241,7 +241,7 @@ class StepOutputs:
         return self.gm(*[x if post is None else x[post] for x, post in zip(xs, self.posts)])[0]
 
     def __call__(self, *xs):
-        v = torch.vmap(self._step, in_dims=self.in_dims, out_dims=0)(*xs).to(self.dtype)
+        v = torch.vmap(self._step, in_dims=self.in_dims, out_dims=0)(*xs).to(traced_dtype(self.dtype))
         if self.kind == "cat":
             d = self.dim if self.dim >= 0 else self.dim + v.dim() - 1
             return v.movedim(0, d).flatten(d, d + 1)

@@ -31,7 +31,17 @@ from ..ir import Family, Recurrence
 from ..numerics import rel_err
 from ..ops.normalized import normalized_linear_attn
 from ..report import Match, Miss, Report
-from ..rewrite import LoopLowering, batch_split, from_bthd, from_canon, is_zeros, rewrite_loop, to_bthd, to_canon
+from ..rewrite import (
+    LoopLowering,
+    batch_split,
+    from_bthd,
+    from_canon,
+    is_zeros,
+    rewrite_loop,
+    to_bthd,
+    to_canon,
+    traced_dtype,
+)
 from ..verify import (
     TOL,
     NearMiss,
@@ -151,7 +161,7 @@ class NormalizedLowering:
         q = q * self.scale if self.scale != 1.0 else q  # o = c num / (c den + eps): the scores' scale c goes on q
         o, _ = normalized_linear_attn(q, k, v, eps=self.eps)
         o = from_canon(o, lay.out, lay.batch, lay.bsizes)
-        return o.to(lay.out_dtype) if cast and lay.out_dtype is not None else o
+        return o.to(traced_dtype(lay.out_dtype)) if cast and lay.out_dtype is not None else o
 
 
 def _numerator(graph: fx.Graph, num: fx.Node, cands: dict, const: set, opts) -> tuple[Recurrence, str] | None:

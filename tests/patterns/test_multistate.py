@@ -268,6 +268,21 @@ def test_a_nonlinear_second_state_stays_as_written():
     check_exact(fn, (out,), args)
 
 
+def test_gsa_jit_in_half_precision():
+    """GSA's two states through ``@jit`` in bf16: the first state's read-out (rounded to bf16 by its lowering, as the
+    function rounds it) feeds the second; the jit's fp32 check widens those casts (``rewrite.widened``), else it
+    finds the rounding and runs the function as written."""
+    gen = torch.Generator().manual_seed(0)
+    b, n, h, d, m = 2, 40, 2, 16, 16
+    xs = [torch.randn(b, n, h, d, generator=gen) for _ in range(3)]
+    xs += [torch.randn(b, n, h, m, generator=gen), F.logsigmoid(torch.randn(b, n, h, m, generator=gen))]
+    args = [x.to(torch.bfloat16) for x in xs]
+    out = fla_compile.jit(gsa_one_loop, strict=True)(*args)  # strict: raises if it would run as written
+    exact = gsa_one_loop(*[x.double() for x in args])
+    ours, theirs = (rel(x, exact) for x in (out, gsa_one_loop(*args)))
+    assert ours < 1e-2 and ours <= theirs, (ours, theirs)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
