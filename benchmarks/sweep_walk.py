@@ -1,12 +1,13 @@
 """The one-pass forward (``gla.triton_launch.FWD_WALK``: each program walks a sequence's chunks with the state in
 registers) against the two-pass one (state pass, then output kernel), per launch option (CUDA).
 
-    python benchmarks/sweep_walk.py [--shapes "8,2048,16,128;8,2048,32,64"] [--kinds none,scalar,head]
+    python benchmarks/sweep_walk.py [--shapes "8,2048,16,128;8,2048,32,64"] [--kinds none,scalar,head] [--options table]
 
 For each shape and gate kind (none: linear_attn; scalar: simple_gla; head: retention's one decay per head) it times
 the forward's kernels (torch.profiler, ms) of the two-pass form as shipped, then of the walk at each V block, warp
 count and stage count, and each walk's largest relative difference from the two-pass outputs (o and the final
 state). Prints one table; the fastest walk per row is what a ``fwd_walk`` entry of ``configs/sm90.json`` would ship.
+``--options table`` times only the table's own walk options, forced at every grid (where ``WALK_FILL`` should sit).
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--shapes", default="8,2048,16,128;2,8192,16,128;8,2048,32,64")
     p.add_argument("--kinds", default="none,scalar,head")
+    p.add_argument("--options", choices=["grid", "table"], default="grid", help="the walk options timed")
     args = p.parse_args()
+    walks = WALKS if args.options == "grid" else [{}]
     rows = ["| shape | kind | form | fwd kernels ms | vs two-pass |", "| --- | --- | --- | --- | --- |"]
     for shape in args.shapes.split(";"):
         B, T, H, D = (int(x) for x in shape.split(","))
@@ -55,16 +58,19 @@ def main() -> int:
             ms = device_ms(lambda kind=kind, xs=xs, base=base: forward(kind, xs, base, False))
             rows.append(f"| {shape} | {kind} | two-pass | {ms:.3f} | |")
             print(rows[-1], flush=True)
-            for opt in WALKS:
+            for opt in walks:
                 cfg = {**base, **opt}
                 try:
                     out = forward(kind, xs, cfg, True)
                     ms = device_ms(lambda kind=kind, xs=xs, cfg=cfg: forward(kind, xs, cfg, True))
                 except Exception as e:  # an option the kernel cannot take: a row that says so
-                    rows.append(f"| {shape} | {kind} | walk {opt} | {type(e).__name__} | |")
+                    rows.append(f"| {shape} | {kind} | walk {opt or 'table'} | {type(e).__name__} | |")
                     continue
                 err = max(rel(a, b) for a, b in zip(out, ref))
-                rows.append(f"| {shape} | {kind} | walk {opt} | {ms:.3f} | {err:.1e} |")
+                form = (
+                    f"walk {opt}" if opt else "walk (table: " + ", ".join(f"{k} {cfg.get(k)}" for k in WALKS[0]) + ")"
+                )
+                rows.append(f"| {shape} | {kind} | {form} | {ms:.3f} | {err:.1e} |")
                 print(rows[-1], flush=True)
     print("\n".join(rows))
     return 0

@@ -259,22 +259,29 @@ def test_forward_walk(gid, case, monkeypatch):
 
 
 def test_forward_walk_where(monkeypatch):
-    """The walk runs where the table asks for it and its grid fills the SMs, for gates not per key dim at K <= 128;
-    ``FWD_WALK`` forces either form (K > 128 and per-key-dim gates never walk)."""
-    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
-    cfg = {"fwd_walk": True, "walk_BV": 64}
-    assert gla_triton.FWD_WALK is None
+    """The walk runs where the table asks for it and its programs fill their waves (``WALK_PER_SM`` an SM) to the
+    table's ``walk_fill``, for half-precision gates not per key dim at K <= 128; ``FWD_WALK`` forces either form (K >
+    128 and per-key-dim gates never walk)."""
+    cuda, cpu, bf16 = torch.device("cuda", 0), torch.device("cpu"), torch.bfloat16
+    cfg = {"fwd_walk": True, "walk_BV": 64}  # walk_fill 0.7 by default; waves of 264 programs at 132 SMs
+    assert gla_triton.FWD_WALK is None and gla_triton.WALK_PER_SM == 2
     monkeypatch.setattr(gla_triton.launch, "sm_count", lambda device: 132)
-    assert gla_triton._walk(cfg, 8, 16, 128, 128, 1, cuda)  # 256 programs
-    assert not gla_triton._walk(cfg, 2, 16, 128, 128, 1, cuda)  # 64: under one wave
-    assert not gla_triton._walk({}, 8, 16, 128, 128, 1, cuda)  # not asked for
-    assert not gla_triton._walk(cfg, 8, 16, 256, 128, 1, cuda)  # K > 128
-    assert not gla_triton._walk(cfg, 8, 16, 128, 128, 2, cuda)  # a gate per key dim
-    assert not gla_triton._walk(cfg, 8, 16, 128, 128, 0, cpu)
+    assert gla_triton._walk(cfg, 8, 16, 128, 128, 1, cuda, bf16)  # 256 programs: 0.97 of a wave
+    assert gla_triton._walk(cfg, 6, 16, 128, 128, 1, cuda, bf16)  # 192: 0.73
+    assert not gla_triton._walk(cfg, 5, 16, 128, 128, 1, cuda, bf16)  # 160: 0.61
+    assert not gla_triton._walk(cfg, 9, 16, 128, 128, 1, cuda, bf16)  # 288: two waves, 0.55
+    assert gla_triton._walk(cfg, 12, 16, 128, 128, 1, cuda, bf16)  # 384: 0.73
+    assert gla_triton._walk(dict(cfg, walk_fill=0.45), 4, 16, 128, 128, 0, cuda, bf16)  # 128: 0.48
+    assert not gla_triton._walk(dict(cfg, walk_fill=0.45), 3, 16, 128, 128, 0, cuda, bf16)  # 96: 0.36
+    assert not gla_triton._walk(cfg, 8, 16, 128, 128, 1, cuda, torch.float32)  # measured in half precision only
+    assert not gla_triton._walk({}, 8, 16, 128, 128, 1, cuda, bf16)  # not asked for
+    assert not gla_triton._walk(cfg, 8, 16, 256, 128, 1, cuda, bf16)  # K > 128
+    assert not gla_triton._walk(cfg, 8, 16, 128, 128, 2, cuda, bf16)  # a gate per key dim
+    assert not gla_triton._walk(cfg, 8, 16, 128, 128, 0, cpu, bf16)
     monkeypatch.setattr(gla_triton, "FWD_WALK", True)
-    assert gla_triton._walk({}, 1, 1, 64, 64, 0, cpu) and not gla_triton._walk({}, 1, 1, 256, 64, 0, cpu)
+    assert gla_triton._walk({}, 1, 1, 64, 64, 0, cpu, bf16) and not gla_triton._walk({}, 1, 1, 256, 64, 0, cpu, bf16)
     monkeypatch.setattr(gla_triton, "FWD_WALK", False)
-    assert not gla_triton._walk(cfg, 8, 16, 128, 128, 1, cuda)
+    assert not gla_triton._walk(cfg, 8, 16, 128, 128, 1, cuda, bf16)
 
 
 def _count_cumsum_launches(monkeypatch) -> list:

@@ -138,6 +138,43 @@ def test_forward_walk(kind, shape, dtype, monkeypatch):
         assert rel(a, r) < TOL[dtype], f"{name}: relative error {rel(a, r):.2e}"
 
 
+WALK_SHAPES = {  # grids of 256+ programs at V blocks of 64: the sm90 table's walk (WALK_FILL programs an SM)
+    "B8_K128": dict(B=8, T=200, H=16, HK=16, K=128, V=128),
+    "B8_K64": dict(B=8, T=130, H=32, HK=32, K=64, V=64),
+    "packed_K128": dict(
+        B=1, T=600, H=16, HK=16, K=128, V=128, cu=[0, 0, 37, 64, 65, 130, 200, 257, 300, 333, 400, 470, 512, 600]
+    ),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", list(WALK_SHAPES))
+@pytest.mark.parametrize("kind", ["none", "scalar"])
+def test_forward_walk_from_table(kind, shape, dtype, monkeypatch):
+    """The one-pass forward as the tables ship it (``fwd_walk``, ``walk_BV`` 64, their warps and stages), taken
+    without forcing at a grid that fills the GPU: forward and gradients against fp64, poisoned buffers, bitwise
+    repeatable; on an H200 (132 SMs) the walk must be what ran in bf16 (fp32 keeps the two-pass form)."""
+    from fla_compile.lowering.gla import triton_launch as gla_triton
+
+    walks = []
+    real = gla_triton._fwd_walk
+    monkeypatch.setattr(gla_triton, "_fwd_walk", lambda *a: walks.append(1) or real(*a))
+    q, k, v, g, h0, cu, do, dht = make(kind, **WALK_SHAPES[shape], dtype=dtype)
+    scale = q.shape[-1] ** -0.5
+    ours, again = run(q, k, v, g, kind, scale, h0, cu, do, dht), run(q, k, v, g, kind, scale, h0, cu, do, dht)
+    ref = reference(q, k, v, g, kind, scale, h0, cu, do, dht)
+    names = ["o", "ht", "dq", "dk", "dv"] + (["dg"] if g is not None else []) + ["dh0"]
+    for name, a, b, r in zip(names, ours, again, ref):
+        assert torch.isfinite(a).all(), f"{name}: NaN/inf (unwritten element?)"
+        assert torch.equal(a, b), f"{name}: not bitwise deterministic"
+        assert rel(a, r) < TOL[dtype], f"{name}: relative error {rel(a, r):.2e}"
+    if (
+        torch.cuda.get_device_capability() == (9, 0)
+        and torch.cuda.get_device_properties(0).multi_processor_count == 132
+    ):
+        assert len(walks) == (0 if dtype == torch.float32 else 2), "the sm90 table's walk: fp32 no, half yes"
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("cu", [None, [0, 0, 77, 300]], ids=["batch", "packed"])
 def test_head_decay(cu, dtype, monkeypatch):

@@ -50,9 +50,16 @@ FINAL_DQK_VECTOR = True
 SCALAR_SCAN_IN_KERNELS: bool | None = None
 # the forward of a gate not per key dim in one pass (``chunk_fwd_walk_kernel``: each program walks a sequence's chunks
 # with the state in registers, no chunk states through memory, no separate output kernel), at K <= 128. None: where
-# the table says ``fwd_walk`` and the walk's grid (sequences x heads x V blocks) fills the GPU's SMs; True / False:
-# always / never. Staged for an H200 A/B (`benchmarks/ab_switch.py fla_compile.lowering.gla.triton_launch.FWD_WALK
-# --families simple_gla,linear_attn,retention --fp64`); interpreter: within fp32 rounding of the two-pass form
+# the table says ``fwd_walk`` and the walk's grid fills its waves to the table's ``walk_fill`` (:func:`_walk`); True /
+# False: always / never. H200 (`benchmarks/sweep_walk.py`, eighteenth session), forward kernels, two-pass -> walk on
+# V blocks of 64, 4 warps (256 programs): at (8, 2048, 16, 128) linear_attn 0.184 -> 0.100 ms, simple_gla 0.201 ->
+# 0.155, retention 0.190 -> 0.136; at (8, 2048, 32, 64) 0.137 -> 0.071, 0.159 -> 0.098, 0.143 -> 0.087. A grid
+# that leaves SMs idle loses: at (2, 8192, 16, 128) (V blocks of 32, 128 programs) simple_gla 0.229 -> 0.403
+FWD_WALK: bool | None = None
+# programs of the walk one SM runs at once (4 warps, V blocks of 64: up to 255 registers a thread, two programs in an
+# SM's 64K registers): simple_gla's walk at K = V = 128 takes 0.124-0.127 ms for 96-128 programs, 0.152-0.157 for
+# 160-256, 0.272 for 288 (a second wave), H200
+WALK_PER_SM = 2
 FWD_WALK: bool | None = None
 # the sequential state passes' blocks shrunk while their grid is under one wave (``_state_tile``): on the H200 at
 # B=1 H=16 (32 programs of 132 SMs with the tuned blocks) retention's forward+backward 2.12 -> 1.58 ms at T=16384,
@@ -113,16 +120,21 @@ def _walk_bv(config, V: int) -> int:
     return min(config.get("walk_BV", 32), launch.pow2(V))
 
 
-def _walk(config, N: int, H: int, K: int, V: int, gid: int, device) -> bool:
+def _walk(config, N: int, H: int, K: int, V: int, gid: int, device, dtype) -> bool:
     """Whether the forward runs as one walk (:data:`FWD_WALK`): gates not per key dim, K <= 128 (the state block
-    [K, BV] lives in registers)."""
+    [K, BV] lives in registers); from the tables only for half-precision inputs (measured there; fp32 tiles double
+    the walk's registers), where its programs fill their waves of :data:`WALK_PER_SM` an SM to the table's
+    ``walk_fill``: every program walks a whole sequence, so the walk takes as long as its waves, where the two-pass
+    form takes time in proportion to its work."""
     if gid == 2 or K > 128:
         return False
     if FWD_WALK is not None:
         return FWD_WALK
-    if not config.get("fwd_walk", False) or device.type != "cuda":
+    if not config.get("fwd_walk", False) or device.type != "cuda" or dtype == torch.float32:
         return False
-    return N * H * launch.cdiv(V, _walk_bv(config, V)) >= launch.sm_count(device)
+    programs = N * H * launch.cdiv(V, _walk_bv(config, V))
+    wave = WALK_PER_SM * launch.sm_count(device)
+    return programs / (launch.cdiv(programs, wave) * wave) >= config.get("walk_fill", 0.7)
 
 
 def _fwd_walk(q, k, v, gc, h0, cu, N, H, G, K, V, gid, BT, cfg, prec, scale):
@@ -333,7 +345,7 @@ def chunk_forward(
     else:
         gc = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg)
     prec = launch.prec(v.dtype, K, V, split=FP32_SPLIT)
-    if u is None and _walk(cfg, N, H, K, V, gid, q.device):
+    if u is None and _walk(cfg, N, H, K, V, gid, q.device, v.dtype):
         _no_A(A_out)
         return _fwd_walk(q, k, v, gc, h0, cu, N, H, H // HK, K, V, gid, BT, cfg, prec, scale)
     h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, H // HK, K, V, gid, BT, BK, BV, cfg, prec)
