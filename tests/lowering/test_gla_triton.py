@@ -353,6 +353,16 @@ def test_state_pass_fill_options(monkeypatch):
         assert rel(a, b) < 1e-6
 
 
+def test_option_lookup_order():
+    """``_option``: a filled pass reads ``<kernel>_fill_head_<name>`` (one decay per head), then
+    ``<kernel>_fill_<name>``; else ``<kernel>_head_<name>`` (one decay per head), then ``<kernel>_<name>``."""
+    cfg = {"h_warps": 4, "h_head_warps": 2, "h_fill_warps": 8, "h_stages": 3, "h_fill_head_stages": 4}
+    opt = gla_triton._option
+    assert [opt(cfg, "h", "warps", 1, gid, filled) for gid in (1, 3) for filled in (False, True)] == [4, 8, 2, 8]
+    assert [opt(cfg, "h", "stages", 1, gid, filled) for gid in (1, 3) for filled in (False, True)] == [3, 3, 3, 4]
+    assert opt(cfg, "dh", "warps", 1, 3, True) == 1
+
+
 def test_scalar_scan_per_pass_from_the_config(monkeypatch):
     """``SCALAR_SCAN_IN_KERNELS`` None (shipped): the config decides per pass. ``fwd_scan`` alone: the forward runs
     no cumsum kernel, the backward its one; the results equal the cumsum form's within fp32 rounding."""

@@ -184,8 +184,11 @@ def _option(config, kernel: str, name: str, default, gid=None, filled=False):
     """``<kernel>_<name>`` of the config, or ``default``. One decay per head (gid 3, retention's form of a scalar
     gate, which shares the scalar table) reads ``<kernel>_head_<name>`` first: its kernels take other registers
     (its dq/dk kernel gains from a cap that the scalar gate's loses by). A state pass whose blocks ``fill_sms``
-    halved (``filled``: few sequences x heads, each program a long walk) reads ``<kernel>_fill_<name>`` first: without
-    a gate the forward's pass at K = V = 128 wants 4 stages there, and loses with them at full blocks."""
+    halved (``filled``: few sequences x heads, each program a long walk) reads ``<kernel>_fill_<name>`` first
+    (``<kernel>_fill_head_<name>`` before it for one decay per head): without a gate the forward's pass at K = V = 128
+    wants 4 stages there, and loses with them at full blocks."""
+    if filled and gid == 3 and f"{kernel}_fill_head_{name}" in config:
+        return config[f"{kernel}_fill_head_{name}"]
     if filled and f"{kernel}_fill_{name}" in config:
         return config[f"{kernel}_fill_{name}"]
     if gid == 3 and f"{kernel}_head_{name}" in config:
