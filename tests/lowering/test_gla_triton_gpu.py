@@ -69,6 +69,19 @@ def run(q, k, v, g, kind, scale, h0, cu, do, dht):
     return [o, ht, *[x for x in grads if x is not None]]
 
 
+def check_fwd_bwd(kind, args, dtype):
+    """Forward and gradients (twice: bitwise the same) against the fp64 torch path, every output finite."""
+    q, k, v, g, h0, cu, do, dht = args
+    scale = q.shape[-1] ** -0.5
+    ours, again = run(q, k, v, g, kind, scale, h0, cu, do, dht), run(q, k, v, g, kind, scale, h0, cu, do, dht)
+    ref = reference(q, k, v, g, kind, scale, h0, cu, do, dht)
+    names = ["o", "ht", "dq", "dk", "dv"] + (["dg"] if g is not None else []) + ["dh0"]
+    for name, a, b, r in zip(names, ours, again, ref):
+        assert torch.isfinite(a).all(), f"{name}: NaN/inf (unwritten element?)"
+        assert torch.equal(a, b), f"{name}: not bitwise deterministic"
+        assert rel(a, r) < TOL[dtype], f"{name}: relative error {rel(a, r):.2e}"
+
+
 SHAPES = {
     "T300_K64": dict(B=2, T=300, H=4, HK=4, K=64, V=64),
     "T257_gqa_K128_V64": dict(B=1, T=257, H=4, HK=2, K=128, V=64),
@@ -87,17 +100,7 @@ SHAPES = {
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("kind", KINDS)
 def test_chunk_fwd_bwd(kind, shape, dtype):
-    args = make(kind, **SHAPES[shape], dtype=dtype)
-    q, k, v, g, h0, cu, do, dht = args
-    scale = q.shape[-1] ** -0.5
-    ours = run(q, k, v, g, kind, scale, h0, cu, do, dht)
-    again = run(q, k, v, g, kind, scale, h0, cu, do, dht)
-    ref = reference(q, k, v, g, kind, scale, h0, cu, do, dht)
-    names = ["o", "ht", "dq", "dk", "dv"] + (["dg"] if g is not None else []) + ["dh0"]
-    for name, a, b, r in zip(names, ours, again, ref):
-        assert torch.isfinite(a).all(), f"{name}: NaN/inf (unwritten element?)"
-        assert torch.equal(a, b), f"{name}: not bitwise deterministic"
-        assert rel(a, r) < TOL[dtype], f"{name}: relative error {rel(a, r):.2e}"
+    check_fwd_bwd(kind, make(kind, **SHAPES[shape], dtype=dtype), dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -159,15 +162,7 @@ def test_forward_walk_from_table(kind, shape, dtype, monkeypatch):
     walks = []
     real = gla_triton._fwd_walk
     monkeypatch.setattr(gla_triton, "_fwd_walk", lambda *a: walks.append(1) or real(*a))
-    q, k, v, g, h0, cu, do, dht = make(kind, **WALK_SHAPES[shape], dtype=dtype)
-    scale = q.shape[-1] ** -0.5
-    ours, again = run(q, k, v, g, kind, scale, h0, cu, do, dht), run(q, k, v, g, kind, scale, h0, cu, do, dht)
-    ref = reference(q, k, v, g, kind, scale, h0, cu, do, dht)
-    names = ["o", "ht", "dq", "dk", "dv"] + (["dg"] if g is not None else []) + ["dh0"]
-    for name, a, b, r in zip(names, ours, again, ref):
-        assert torch.isfinite(a).all(), f"{name}: NaN/inf (unwritten element?)"
-        assert torch.equal(a, b), f"{name}: not bitwise deterministic"
-        assert rel(a, r) < TOL[dtype], f"{name}: relative error {rel(a, r):.2e}"
+    check_fwd_bwd(kind, make(kind, **WALK_SHAPES[shape], dtype=dtype), dtype)
     if (
         torch.cuda.get_device_capability() == (9, 0)
         and torch.cuda.get_device_properties(0).multi_processor_count == 132
