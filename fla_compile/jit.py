@@ -95,9 +95,10 @@ def _check_generalized(gm, fn, probe: list, order: list[int]):
 
     In fp32 and fp64 the two must agree to 1e-4. In bf16 / fp16 the function as written and our
     kernels round differently (the loop's state in half precision, ours in fp32), so both run again
-    on the same probe in fp32 and must agree there to 1e-4 beyond the graph's final cast to the
-    traced dtype (the graph is the function); and the half-precision result must be no further from
-    that fp32 truth than twice the function's own half-precision error, or 8 ulps (no dtype-specific path of the function was left out)."""
+    on the same probe in fp32, the lowerings' casts widened (:func:`rewrite.widened`), and must agree
+    there to 1e-4 beyond a final rounding (the graph is the function); and the half-precision result
+    must be no further from that fp32 truth than twice the function's own half-precision error, or 8
+    ulps (no dtype-specific path of the function was left out)."""
     ref, spec = _outputs(fn, probe)
     out, _ = _outputs(gm, [probe[i] for i in order], no_grad=True)
     if len(ref) != len(out):

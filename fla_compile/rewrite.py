@@ -16,6 +16,7 @@ and a fused normalizer (``extras["normalizer"]``) adds a ones column to v.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import math
 import operator
@@ -200,27 +201,29 @@ def _call_selective(b: Recurrence, vals: dict, h0, batch: tuple):
     return (y * b.scale if b.scale != 1.0 else y), (ht.transpose(-1, -2) if b.state_transposed else ht)
 
 
-_WIDENED = False
+_WIDENED: contextvars.ContextVar[bool] = contextvars.ContextVar("fla_compile_widened", default=False)
 _HALF = (torch.bfloat16, torch.float16)
 
 
 def traced_dtype(dtype: torch.dtype | None) -> torch.dtype | None:
     """The dtype a lowering casts a result to: the one the traced code produced; inside :func:`widened`, fp32 where
     that was bf16 / fp16."""
-    return torch.float32 if _WIDENED and dtype in _HALF else dtype
+    if dtype not in _HALF or torch.compiler.is_compiling():  # never widened under a compile: no context read there
+        return dtype
+    return torch.float32 if _WIDENED.get() else dtype
 
 
 @contextlib.contextmanager
 def widened():
     """Lowerings keep fp32 where the traced code rounded to half precision: ``@jit`` runs a graph traced in bf16 /
     fp16 once more on fp32 probes to check it against the function (``jit._check_generalized``); without this its
-    lowerings would round their results (a first loop's output read by a second) to the traced dtype there."""
-    global _WIDENED
-    before, _WIDENED = _WIDENED, True
+    lowerings would round their results (a first loop's output read by a second) to the traced dtype there. A
+    context variable: other threads running lowerings meanwhile keep their casts."""
+    token = _WIDENED.set(True)
     try:
         yield
     finally:
-        _WIDENED = before
+        _WIDENED.reset(token)
 
 
 class LoopLowering:

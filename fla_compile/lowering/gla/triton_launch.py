@@ -60,7 +60,6 @@ FWD_WALK: bool | None = None
 # SM's 64K registers): simple_gla's walk at K = V = 128 takes 0.124-0.127 ms for 96-128 programs, 0.152-0.157 for
 # 160-256, 0.272 for 288 (a second wave), H200
 WALK_PER_SM = 2
-FWD_WALK: bool | None = None
 # the sequential state passes' blocks shrunk while their grid is under one wave (``_state_tile``): on the H200 at
 # B=1 H=16 (32 programs of 132 SMs with the tuned blocks) retention's forward+backward 2.12 -> 1.58 ms at T=16384,
 # gla's 3.59 -> 3.24 (benchmarks/RESULTS.md, 2026-11-30); FLA_COMPILE_GLA_FILL_SMS=0 turns it off
