@@ -139,6 +139,39 @@ def test_loop_spelling_is_recognised_and_exact(name):
             assert rel(g, rg) < 1e-5, (x.shape, rel(g, rg))
 
 
+@pytest.mark.parametrize("name", sorted(POSITIVE))
+def test_loop_spelling_in_bf16_through_jit(name):
+    """Every loop spelling that runs as written in bf16 runs our op through ``@jit`` in bf16 (strict: it raises
+    where it would run the function as written, as every bf16 call did before the jit's fp32 check), no further from
+    fp64 than twice the function's own bf16 result (or 5e-2)."""
+    fn = getattr(S, name)
+    args = [a.bfloat16() for a in make_inputs(fn, seed=sorted(POSITIVE).index(name))]
+    try:
+        theirs = as_tuple(fn(*args))
+    except RuntimeError as e:  # fp32 buffers mixed with bf16 inputs in a matmul: eager refuses it too
+        pytest.skip(f"the spelling as written raises in bf16: {e}")
+    ours = as_tuple(fla_compile.jit(fn, strict=True)(*args))
+    ref, _ = reference(name, args, [torch.ones(o.shape) for o in theirs])
+    for o, t, r in zip(ours, theirs, ref):
+        assert o.dtype == t.dtype
+        assert rel(o, r) <= max(2 * rel(t, r), 5e-2), (rel(o, r), rel(t, r))
+
+
+@pytest.mark.parametrize("name", sorted(NEGATIVE))
+def test_near_miss_in_bf16_through_jit_runs_as_written(name):
+    """The near misses through ``@jit`` in bf16: nothing of ours runs (the half-precision check admits no graph that
+    no proof admitted), the function as written does, bitwise."""
+    fn = getattr(S, name)
+    args = [a.bfloat16() for a in make_inputs(fn)]
+    try:
+        ref = fn(*args)
+    except RuntimeError as e:
+        pytest.skip(f"the spelling as written raises in bf16: {e}")
+    with pytest.warns(UserWarning, match="nothing matched"):
+        out = fla_compile.jit(fn)(*args)
+    assert all(torch.equal(o, r) for o, r in zip(as_tuple(out), as_tuple(ref)))
+
+
 @pytest.mark.parametrize("name", sorted(NEGATIVE))
 def test_near_miss_is_left_untouched(name):
     fn = getattr(S, name)
