@@ -66,11 +66,17 @@ def _shrink(args, time_dim, T, length, gen, fixed=0):
     return out
 
 
-def _outputs(fn, xs, no_grad=False) -> tuple[list, object]:
-    """``fn(*xs)`` flattened: (leaves, pytree spec)."""
+def _outputs(fn, xs, no_grad=False) -> tuple[list, object, list[int]]:
+    """``fn(*xs)`` flattened: (tensor leaves, pytree spec, the positions of its None leaves). A captured graph
+    returns the tensors only (``return o, None``: the final state off); any other leaf (a number may depend on
+    the length the graph was captured at) is refused."""
     with torch.no_grad() if no_grad else contextlib.nullcontext():
         out = fn(*xs)
-    return torch.utils._pytree.tree_flatten(out)
+    leaves, spec = torch.utils._pytree.tree_flatten(out)
+    other = [type(x).__name__ for x in leaves if x is not None and not isinstance(x, torch.Tensor)]
+    if other:
+        raise JitError(f"the function returns a value of type {other[0]}: @jit carries tensors and None only")
+    return [x for x in leaves if x is not None], spec, [i for i, x in enumerate(leaves) if x is None]
 
 
 def _err(a: list, b: list) -> float:
@@ -91,7 +97,7 @@ def _err_rounded(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 def _check_generalized(gm, fn, probe: list, order: list[int]):
     """Raise :class:`JitError` unless ``gm`` (graph inputs in ``order``, indices into ``probe``) computes
-    ``fn`` at the check length; return the output's pytree spec.
+    ``fn`` at the check length; return the output's pytree spec and the positions of its None leaves.
 
     In fp32 and fp64 the two must agree to 1e-4. In bf16 / fp16 the function as written and our
     kernels round differently (the loop's state in half precision, ours in fp32), so both run again
@@ -99,21 +105,21 @@ def _check_generalized(gm, fn, probe: list, order: list[int]):
     there to 1e-4 beyond a final rounding (the graph is the function); and the half-precision result
     must be no further from that fp32 truth than twice the function's own half-precision error, or 8
     ulps (no dtype-specific path of the function was left out)."""
-    ref, spec = _outputs(fn, probe)
-    out, _ = _outputs(gm, [probe[i] for i in order], no_grad=True)
+    ref, spec, nones = _outputs(fn, probe)
+    out, _, _ = _outputs(gm, [probe[i] for i in order], no_grad=True)
     if len(ref) != len(out):
         raise JitError(f"the generalized graph returns {len(out)} tensors where the reference returns {len(ref)}")
     err = _err(out, ref)
     if err < 1e-4:
-        return spec
+        return spec, nones
     half = [x.dtype for x in probe if isinstance(x, torch.Tensor) and x.dtype in (torch.bfloat16, torch.float16)]
     if not half:
         raise JitError(f"the generalized graph differs from the reference at T={CHECK_LENGTH} (rel err {err:.1e})")
     wide = [x.float() if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in probe]
     try:
-        ref32, _ = _outputs(fn, wide)
+        ref32 = _outputs(fn, wide)[0]
         with rewrite.widened():
-            out32, _ = _outputs(gm, [wide[i] for i in order], no_grad=True)
+            out32 = _outputs(gm, [wide[i] for i in order], no_grad=True)[0]
     except Exception as e:  # a function that cannot run in fp32: judged in its own dtype, as above
         raise JitError(
             f"the generalized graph differs from the reference at T={CHECK_LENGTH} (rel err {err:.1e}); "
@@ -131,7 +137,7 @@ def _check_generalized(gm, fn, probe: list, order: list[int]):
             f"in {half[0]} the generalized graph is {ours:.1e} from the fp32 reference at T={CHECK_LENGTH}, "
             f"the function as written {theirs:.1e}"
         )
-    return spec
+    return spec, nones
 
 
 _capture_ids = itertools.count(1)
@@ -268,10 +274,13 @@ def _said(error: BaseException) -> str:
 
 def _op_runner(gm: fx.GraphModule):
     """A call of the generalized graph with the function's arguments, returning the function's output structure."""
-    order, spec, unflatten = gm._fla_inputs, gm._fla_spec, torch.utils._pytree.tree_unflatten
+    order, spec, nones, unflatten = gm._fla_inputs, gm._fla_spec, gm._fla_nones, torch.utils._pytree.tree_unflatten
 
     def run(*args):
-        return unflatten(list(gm(*[args[i] for i in order])), spec)
+        leaves = list(gm(*[args[i] for i in order]))
+        for i in nones:  # the function's None outputs, which the graph does not return
+            leaves.insert(i, None)
+        return unflatten(leaves, spec)
 
     return run
 
@@ -386,8 +395,8 @@ class JitFunction:
         order = [tensors[i] for i in orders[0]]  # argument index of each graph input
         gm = _generalize(graphs[0], graphs[1], *PROBE_LENGTHS, order.index(ti), self.time_dim)
         probe = _shrink(args, self.time_dim, T, CHECK_LENGTH, gen, self.fixed)
-        spec = _check_generalized(gm, tensor_fn, [probe[i] for i in tensors], [tensors.index(i) for i in order])
-        gm._fla_inputs, gm._fla_spec = order, spec
+        spec, nones = _check_generalized(gm, tensor_fn, [probe[i] for i in tensors], [tensors.index(i) for i in order])
+        gm._fla_inputs, gm._fla_spec, gm._fla_nones = order, spec, nones
         gm._fla_run = _op_runner(gm)
         return gm
 

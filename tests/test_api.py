@@ -141,3 +141,22 @@ def test_jit_half_precision_runs_the_op():
             warnings.simplefilter("ignore")
             out = fla_compile.jit(_gla_scaled_from_t6)(*args)
         assert torch.equal(out, _gla_scaled_from_t6(*args))
+
+
+def _linear_and_length(q, k, v):
+    """Returns a number next to the output: the length, which a captured graph would hold as a constant."""
+    return S.linear_matmul_cat(q, k, v), q.shape[1]
+
+
+def test_jit_refuses_number_outputs():
+    """A number among the outputs may depend on the length the graph was captured at: ``@jit`` carries tensors
+    and None only, says why, and runs the function as written."""
+    import pytest
+
+    q, k, v = torch.randn(2, 20, 2, 4), torch.randn(2, 20, 2, 4), torch.randn(2, 20, 2, 5)
+    with pytest.raises(Exception, match="returns a value of type int"):
+        fla_compile.jit(_linear_and_length, strict=True)(q, k, v)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out, n = fla_compile.jit(_linear_and_length)(q, k, v)
+    assert n == 20 and torch.equal(out, S.linear_matmul_cat(q, k, v))
