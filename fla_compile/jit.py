@@ -382,7 +382,15 @@ class JitFunction:
         graphs, orders = [], []
         for length in PROBE_LENGTHS:
             probe = _shrink(args, self.time_dim, T, length, gen, self.fixed)
-            gm, order = _trace(tensor_fn, [probe[i] for i in tensors])
+            try:
+                gm, order = _trace(tensor_fn, [probe[i] for i in tensors])
+            except Exception as e:  # most often a time dim that is not dim ``time_dim``: say which dim was cut
+                first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+                raise JitError(
+                    f"capturing the function at a probe length of {length} steps failed ({type(e).__name__}: "
+                    f"{first.strip()[:300]}); the probes cut dim {self.time_dim} of every argument whose size there "
+                    f"is {T} (taken as the length): if time is another dim, pass jit(fn, time_dim=...)"
+                ) from e
             orders.append(order)
             new, rep = passes.run(gm, self.opts)
             if not rep.matches:

@@ -215,3 +215,17 @@ def test_transformers_mamba_selective_scan():
     args = make_inputs(S.mamba_selective_scan_ref, requires_grad=True, seed=11)
     report = check_compiled(scan, args)
     assert report.matches[0].op == "fla_compile.hgrn"
+
+
+def test_jit_time_dim_of_channels_first_scans():
+    """Mamba's reference takes [B, D, T]: ``@jit`` cuts dim 1 by default, the capture fails, and the report says
+    which dim it cut and to pass ``time_dim``; with ``time_dim=2`` (or -1) the op runs, in fp32 and bf16."""
+    fn = S.mamba_selective_scan_ref
+    args = make_inputs(fn)
+    with pytest.raises(Exception, match=r"cut dim 1 .*pass jit\(fn, time_dim=\.\.\.\)"):
+        fla_compile.jit(fn, strict=True)(*args)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        xs = [a.to(dtype) for a in args]
+        for time_dim in (2, -1):
+            out = fla_compile.jit(fn, strict=True, time_dim=time_dim)(*xs)
+            assert rel(out, fn(*[a.double() for a in xs])) < tol
