@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import itertools
 import logging
+import math
 import time
 import types
 import warnings
@@ -49,18 +50,31 @@ class JitError(RuntimeError):
     pass
 
 
+def _probe_like(a: torch.Tensor, shape, gen) -> torch.Tensor:
+    """Random probe values for argument ``a`` (on the CPU, in its dtype): normal, or, where all of ``a``'s values
+    have one sign, uniform over their range (a constant: scaled by 0.5-1). A decay passed as a probability then
+    stays positive, which the op's run-time check of its log requires; the proofs draw probes of their own
+    (``verify.probe``), so these only shape the capture and the check of the merged graph."""
+    x = torch.randn(shape, generator=gen, dtype=torch.float32)
+    if a.numel():
+        lo, hi = (float(v) for v in torch.aminmax(a.detach().float()))
+        if math.isfinite(lo) and math.isfinite(hi) and (lo >= 0 or hi <= 0) and (lo, hi) != (0.0, 0.0):
+            u = torch.rand(shape, generator=gen, dtype=torch.float32)
+            x = lo + (hi - lo) * u if lo < hi else lo * (0.5 + 0.5 * u)
+    return x.to(a.dtype)
+
+
 def _shrink(args, time_dim, T, length, gen, fixed=0):
-    """Random probe inputs: tensors with the time length get ``length`` steps, others keep their
-    shape; the first ``fixed`` arguments (a module's parameters) are kept as they are."""
+    """Random probe inputs (:func:`_probe_like`): tensors with the time length get ``length`` steps, others keep
+    their shape; the first ``fixed`` arguments (a module's parameters) are kept as they are."""
     out = list(args[:fixed])
     for a in args[fixed:]:
         if isinstance(a, torch.Tensor) and a.dim() > time_dim and a.shape[time_dim] == T:
             shape = list(a.shape)
             shape[time_dim] = length
-            x = torch.randn(shape, generator=gen, dtype=torch.float32).to(a.dtype) if a.is_floating_point() else None
-            out.append(x if x is not None else a.narrow(time_dim, 0, length))
+            out.append(_probe_like(a, shape, gen) if a.is_floating_point() else a.narrow(time_dim, 0, length))
         elif isinstance(a, torch.Tensor) and a.is_floating_point():
-            out.append(torch.randn(a.shape, generator=gen, dtype=torch.float32).to(a.dtype))
+            out.append(_probe_like(a, a.shape, gen))
         else:
             out.append(a)
     return out

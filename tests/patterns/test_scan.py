@@ -229,3 +229,17 @@ def test_jit_time_dim_of_channels_first_scans():
         for time_dim in (2, -1):
             out = fla_compile.jit(fn, strict=True, time_dim=time_dim)(*xs)
             assert rel(out, fn(*[a.double() for a in xs])) < tol
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("name", POSITIVE)
+def test_scan_spelling_through_jit(name, dtype):
+    """Every scan spelling through ``@jit`` (strict: raises where it would run as written), Mamba's [B, D, T] with
+    ``time_dim=2``. A decay passed as a probability (``hgrn_decay_value_heads``) failed the jit's randn probes at
+    the op's run-time check of its log; the probes now keep each argument's sign."""
+    fn = getattr(S, name)
+    args = [a.to(dtype) for a in make_inputs(fn)]
+    out = as_tuple(fla_compile.jit(fn, strict=True, time_dim=2 if name.startswith("mamba") else 1)(*args))
+    ref = as_tuple(fn(*[a.double() for a in args]))
+    for o, r in zip(out, ref):
+        assert rel(o, r) < (1e-5 if dtype == torch.float32 else 2e-2)
