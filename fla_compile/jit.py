@@ -50,31 +50,40 @@ class JitError(RuntimeError):
     pass
 
 
-def _probe_like(a: torch.Tensor, shape, gen) -> torch.Tensor:
-    """Random probe values for argument ``a`` (on the CPU, in its dtype): normal, or, where all of ``a``'s values
-    have one sign, uniform over their range (a constant: scaled by 0.5-1). A decay passed as a probability then
-    stays positive, which the op's run-time check of its log requires; the proofs draw probes of their own
-    (``verify.probe``), so these only shape the capture and the check of the merged graph."""
-    x = torch.randn(shape, generator=gen, dtype=torch.float32)
-    if a.numel():
-        lo, hi = (float(v) for v in torch.aminmax(a.detach().float()))
-        if math.isfinite(lo) and math.isfinite(hi) and (lo >= 0 or hi <= 0) and (lo, hi) != (0.0, 0.0):
-            u = torch.rand(shape, generator=gen, dtype=torch.float32)
-            x = lo + (hi - lo) * u if lo < hi else lo * (0.5 + 0.5 * u)
-    return x.to(a.dtype)
+def _sign_span(a) -> tuple[float, float] | None:
+    """(lo, hi) of a float tensor argument whose values all have one sign (not all zero), else None: what
+    :func:`_shrink` keeps of it. Read once per set of probes (a sync for a CUDA argument)."""
+    if not (isinstance(a, torch.Tensor) and a.is_floating_point() and a.numel()):
+        return None
+    lo, hi = (float(v) for v in torch.aminmax(a.detach().float()))
+    keep = math.isfinite(lo) and math.isfinite(hi) and (lo >= 0 or hi <= 0) and (lo, hi) != (0.0, 0.0)
+    return (lo, hi) if keep else None
 
 
-def _shrink(args, time_dim, T, length, gen, fixed=0):
-    """Random probe inputs (:func:`_probe_like`): tensors with the time length get ``length`` steps, others keep
-    their shape; the first ``fixed`` arguments (a module's parameters) are kept as they are."""
+def _probe_like(a: torch.Tensor, span, shape, gen) -> torch.Tensor:
+    """Random probe values for argument ``a`` (on the CPU, in its dtype): normal, or, where its values have one sign
+    (``span``, :func:`_sign_span`), uniform over their range (a constant: scaled by 0.5-1). A decay passed as a
+    probability then stays positive, which the op's run-time check of its log requires; the proofs draw probes of
+    their own (``verify.probe``), so these only shape the capture and the check of the merged graph."""
+    if span is None:
+        return torch.randn(shape, generator=gen, dtype=torch.float32).to(a.dtype)
+    lo, hi = span
+    u = torch.rand(shape, generator=gen, dtype=torch.float32)
+    return (lo + (hi - lo) * u if lo < hi else lo * (0.5 + 0.5 * u)).to(a.dtype)
+
+
+def _shrink(args, spans, time_dim, T, length, gen, fixed=0):
+    """Random probe inputs (:func:`_probe_like`, ``spans`` one per argument): tensors with the time length get
+    ``length`` steps, others keep their shape; the first ``fixed`` arguments (a module's parameters) are kept as
+    they are."""
     out = list(args[:fixed])
-    for a in args[fixed:]:
+    for a, span in zip(args[fixed:], spans[fixed:]):
         if isinstance(a, torch.Tensor) and a.dim() > time_dim and a.shape[time_dim] == T:
             shape = list(a.shape)
             shape[time_dim] = length
-            out.append(_probe_like(a, shape, gen) if a.is_floating_point() else a.narrow(time_dim, 0, length))
+            out.append(_probe_like(a, span, shape, gen) if a.is_floating_point() else a.narrow(time_dim, 0, length))
         elif isinstance(a, torch.Tensor) and a.is_floating_point():
-            out.append(_probe_like(a, a.shape, gen))
+            out.append(_probe_like(a, span, a.shape, gen))
         else:
             out.append(a)
     return out
@@ -393,9 +402,10 @@ class JitFunction:
                 full[i] = t
             return self.fn(*full)
 
+        spans = [None] * self.fixed + [_sign_span(a) for a in args[self.fixed :]]
         graphs, orders = [], []
         for length in PROBE_LENGTHS:
-            probe = _shrink(args, self.time_dim, T, length, gen, self.fixed)
+            probe = _shrink(args, spans, self.time_dim, T, length, gen, self.fixed)
             try:
                 gm, order = _trace(tensor_fn, [probe[i] for i in tensors])
             except Exception as e:  # most often a time dim that is not dim ``time_dim``: say which dim was cut
@@ -416,7 +426,7 @@ class JitFunction:
             raise JitError("the graphs at two probe lengths read their inputs differently")
         order = [tensors[i] for i in orders[0]]  # argument index of each graph input
         gm = _generalize(graphs[0], graphs[1], *PROBE_LENGTHS, order.index(ti), self.time_dim)
-        probe = _shrink(args, self.time_dim, T, CHECK_LENGTH, gen, self.fixed)
+        probe = _shrink(args, spans, self.time_dim, T, CHECK_LENGTH, gen, self.fixed)
         spec, nones = _check_generalized(gm, tensor_fn, [probe[i] for i in tensors], [tensors.index(i) for i in order])
         gm._fla_inputs, gm._fla_spec, gm._fla_nones = order, spec, nones
         gm._fla_run = _op_runner(gm)

@@ -112,14 +112,7 @@ def test_scalar_scan_in_kernels(shape, dtype, monkeypatch):
     from fla_compile.lowering.gla import triton_launch as gla_triton
 
     monkeypatch.setattr(gla_triton, "SCALAR_SCAN_IN_KERNELS", True)
-    q, k, v, g, h0, cu, do, dht = make("scalar", **SHAPES[shape], dtype=dtype)
-    scale = q.shape[-1] ** -0.5
-    ours, again = run(q, k, v, g, "scalar", scale, h0, cu, do, dht), run(q, k, v, g, "scalar", scale, h0, cu, do, dht)
-    ref = reference(q, k, v, g, "scalar", scale, h0, cu, do, dht)
-    for name, a, b, r in zip(["o", "ht", "dq", "dk", "dv", "dg", "dh0"], ours, again, ref):
-        assert torch.isfinite(a).all(), f"{name}: NaN/inf (unwritten element?)"
-        assert torch.equal(a, b), f"{name}: not bitwise deterministic"
-        assert rel(a, r) < TOL[dtype], f"{name}: relative error {rel(a, r):.2e}"
+    check_fwd_bwd("scalar", make("scalar", **SHAPES[shape], dtype=dtype), dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
