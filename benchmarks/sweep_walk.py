@@ -3,7 +3,8 @@ registers) against the two-pass one (state pass, then output kernel), per launch
 
     python benchmarks/sweep_walk.py [--shapes "8,2048,16,128;8,2048,32,64"] [--kinds none,scalar,head] [--options table]
 
-For each shape and gate kind (none: linear_attn; scalar: simple_gla; head: retention's one decay per head) it times
+For each shape and gate kind (none: linear_attn; scalar: simple_gla; head: retention's one decay per head; vector:
+gla, whose A kernel runs before either form) it times
 the forward's kernels (torch.profiler, ms) of the two-pass form as shipped, then of the walk at each V block, warp
 count and stage count, and each walk's largest relative difference from the two-pass outputs (o and the final
 state). Prints one table; the fastest walk per row is what a ``fwd_walk`` entry of ``configs/sm90.json`` would ship.
@@ -46,8 +47,11 @@ def main() -> int:
     p.add_argument("--shapes", default="8,2048,16,128;2,8192,16,128;8,2048,32,64")
     p.add_argument("--kinds", default="none,scalar,head")
     p.add_argument("--options", choices=["grid", "table"], default="grid", help="the walk options timed")
+    p.add_argument("--walks", default="", help="the grid's options instead, 'BV:warps:stages,...' (e.g. 64:8:1)")
     args = p.parse_args()
     walks = WALKS if args.options == "grid" else [{}]
+    if args.walks and args.options == "grid":
+        walks = [dict(zip(WALKS[0], map(int, w.split(":")))) for w in args.walks.split(",")]
     rows = ["| shape | kind | form | fwd kernels ms | vs two-pass |", "| --- | --- | --- | --- | --- |"]
     for shape in args.shapes.split(";"):
         B, T, H, D = (int(x) for x in shape.split(","))

@@ -230,20 +230,24 @@ SCAN_CASES = {**CASES, "packed-empty": dict(T=45, cu=[0, 0, 33, 45]), "strong": 
               "range": dict(T=70, gate="range")}  # fmt: skip
 
 
-WALK_CASES = {**CASES, "packed-empty": dict(T=45, cu=[0, 0, 33, 45]), "T70_V48": dict(T=70, K=32, V=48)}
+WALK_CASES = {**CASES, "packed-empty": dict(T=45, cu=[0, 0, 33, 45]), "T70_V48": dict(T=70, K=32, V=48),
+              "strong": dict(T=40, gate="strong")}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", list(WALK_CASES))
-@pytest.mark.parametrize("gid", [0, 1, 3, 4])
+@pytest.mark.parametrize("gid", [0, 1, 2, 3, 4])
 def test_forward_walk(gid, case, monkeypatch):
-    """``FWD_WALK``: the forward of a gate not per key dim in one pass (``chunk_fwd_walk_kernel``, the state in
-    registers) equals fp64 and the two-pass form (state pass, then output kernel) within fp32 rounding; gate ids 0
-    (none), 1 (a cumsum kernel), 3 (one decay per head) and 4 (the kernels scan the gate); V split into blocks
-    (V = 48 on blocks of 16)."""
+    """``FWD_WALK``: the forward in one pass (``chunk_fwd_walk_kernel``, the state in registers) equals fp64 and
+    the two-pass form (state pass, then output kernel) within fp32 rounding; gate ids 0 (none), 1 (a cumsum kernel),
+    2 (per key dim: the walk reads A from its kernel), 3 (one decay per head) and 4 (the kernels scan the gate); V
+    split into blocks (V = 48 on blocks of 16); gates of -20 a step."""
     monkeypatch.setattr(gla_triton, "HEAD_DECAY", gid == 3)
     monkeypatch.setattr(gla_triton, "SCALAR_SCAN_IN_KERNELS", gid == 4)
-    kind = "none" if gid == 0 else "scalar"
-    q, k, v, g, h0, cu = make(kind, **WALK_CASES[case])
+    kind = {0: "none", 2: "vector"}.get(gid, "scalar")
+    case = WALK_CASES[case]
+    if kind == "none" and "gate" in case:
+        pytest.skip("no gate")
+    q, k, v, g, h0, cu = make(kind, **case)
     if gid == 3:
         B, T, H = v.shape[:3]
         g = torch.linspace(-0.05, -3.0, H, device=v.device).reshape(1, 1, H).expand(B, T, H)
@@ -260,8 +264,8 @@ def test_forward_walk(gid, case, monkeypatch):
 
 def test_forward_walk_where(monkeypatch):
     """The walk runs where the table asks for it and its programs fill their waves (``WALK_PER_SM`` an SM) to the
-    table's ``walk_fill``, for half-precision gates not per key dim at K <= 128; ``FWD_WALK`` forces either form (K >
-    128 and per-key-dim gates never walk)."""
+    table's ``walk_fill``, for half-precision inputs at K <= 128; ``FWD_WALK`` forces either form (K > 128 never
+    walks)."""
     cuda, cpu, bf16 = torch.device("cuda", 0), torch.device("cpu"), torch.bfloat16
     cfg = {"fwd_walk": True, "walk_BV": 64}  # walk_fill 0.7 by default; waves of 264 programs at 132 SMs
     assert gla_triton.FWD_WALK is None and gla_triton.WALK_PER_SM == 2
@@ -276,7 +280,7 @@ def test_forward_walk_where(monkeypatch):
     assert not gla_triton._walk(cfg, 8, 16, 128, 128, 1, cuda, torch.float32)  # measured in half precision only
     assert not gla_triton._walk({}, 8, 16, 128, 128, 1, cuda, bf16)  # not asked for
     assert not gla_triton._walk(cfg, 8, 16, 256, 128, 1, cuda, bf16)  # K > 128
-    assert not gla_triton._walk(cfg, 8, 16, 128, 128, 2, cuda, bf16)  # a gate per key dim
+    assert gla_triton._walk(cfg, 8, 16, 128, 128, 2, cuda, bf16)  # a gate per key dim, where its table asks
     assert not gla_triton._walk(cfg, 8, 16, 128, 128, 0, cpu, bf16)
     monkeypatch.setattr(gla_triton, "FWD_WALK", True)
     assert gla_triton._walk({}, 1, 1, 64, 64, 0, cpu, bf16) and not gla_triton._walk({}, 1, 1, 256, 64, 0, cpu, bf16)

@@ -261,12 +261,15 @@ def chunk_fwd_walk_kernel(
     GATE: tl.constexpr,
     USE_H0: tl.constexpr,
     PREC: tl.constexpr,
+    A=None,
+    SA: tl.constexpr = 64,
 ):
-    """The forward of a gate that is not per key dim (GATE 0, 1, 3, 4) in one pass: each program walks one
-    sequence's chunks for one head and V block, the state [K, BV] in registers (BK >= K), and writes o chunk by chunk,
-    o = scale ((q e^b) h + (causal A) v) as chunk_fwd_o_kernel forms it, then carries the state as chunk_fwd_h_kernel
-    does. No chunk states go through memory; the grid is N H cdiv(V, BV) programs, so it pays where that fills the
-    GPU (``triton_launch.FWD_WALK``). ht: the final state."""
+    """The forward in one pass: each program walks one sequence's chunks for one head and V block, the state
+    [K, BV] in registers (BK >= K), and writes o chunk by chunk, o = scale ((q e^b) h + (causal A) v) as
+    chunk_fwd_o_kernel forms it, then carries the state as chunk_fwd_h_kernel does. No chunk states go through
+    memory; the grid is N H cdiv(V, BV) programs, so it pays where that fills the GPU (``triton_launch.FWD_WALK``).
+    A gate per key dim (GATE 2) reads its A (rows of SA entries) from chunk_gla_A_kernel, as the output kernel does.
+    ht: the final state."""
     i_nh, _, i_v = state_block(1, tl.cdiv(V, BV))
     i_n, i_h = i_nh // H, i_nh % H
     i_hk = i_h // G
@@ -285,10 +288,16 @@ def chunk_fwd_walk_kernel(
         b_q = tl.load(q + (t0 * (H // G) + i_hk) * K + r_q[:, None] + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
                       other=0)  # fmt: skip
         b_kt, b_v = state_pass_tiles(k, v, t0, o_i, m_t, o_k, m_k, o_v, m_v, i_hk, i_h, H, G, K, V)
-        # the state before the chunk in the inputs' dtype, as chunk_fwd_o_kernel reads it from the stored states
-        b_o = dot(b_q, b_h.to(b_q.dtype), prec=PREC)
-        b_A = dot(b_q, b_kt, prec=PREC)
         g_c = chunk_gate(gc, t0, H, K, GATE)
+        # the state before the chunk in the inputs' dtype, as chunk_fwd_o_kernel reads it from the stored states
+        if GATE == 2:
+            b_gq = tl.load(g_c + (o_i * H + i_h)[:, None] * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
+                           other=0)  # fmt: skip
+            b_o = dot((b_q.to(tl.float32) * tl.exp(b_gq)).to(b_q.dtype), b_h.to(b_q.dtype), prec=PREC)
+            b_A = tl.load(A + (t0 * H + i_h) * SA + (o_i * (H * SA))[:, None] + o_i[None, :], mask=m_A, other=0)
+        else:
+            b_o = dot(b_q, b_h.to(b_q.dtype), prec=PREC)
+            b_A = dot(b_q, b_kt, prec=PREC)
         if GATE == 1 or GATE == 3 or GATE == 4:  # the gate read (GATE 4: scanned) once for scores and state
             b_g = scalar_gate(g_c, o_i, m_t, 0, i_h, H, GATE)
             b_o, b_A = scalar_gate_scores(b_o, b_A, b_g, m_A)
@@ -299,6 +308,8 @@ def chunk_fwd_walk_kernel(
                  mask=m_t[:, None] & m_v[None, :])  # fmt: skip
         if GATE == 1 or GATE == 3 or GATE == 4:  # after the output: fewer fp32 tiles live at once
             b_h, b_kt = scalar_decay_to_last(b_h, b_kt, b_g, g_c, o_i, m_t, 0, n_t - 1, i_h, H, GATE)
+        if GATE == 2:  # the keys' gates read again, transposed (from cache), as chunk_fwd_h_kernel reads them
+            b_h, b_kt = decay_to_last_t(b_h, b_kt, g_c, o_i, m_t, 0, n_t - 1, i_h, H, K, o_k, m_k, GATE)
         b_h += dot(b_kt.to(b_v.dtype), b_v, prec=PREC)
     tl.store(ht + (i_n * H + i_h) * K * V + o_h, b_h, mask=m_h)
 
