@@ -107,22 +107,12 @@ def variants(kind, shipped):
             opts = [{"_warps": w, "_stages": s} for w in (2, 4, 8) for s in (1, 2)]
             if key in ("A", "intra"):
                 opts += [{"_BK": bk, "_warps": w, "_stages": 1} for bk in (32, 128) for w in (4, 8)]
+            if key == "A":  # a chunk's blocks side by side in launch order (they read the same rows)
+                opts += [{"_pairs_inner": True, "_BK": bk} for bk in (64, 128)]
         # one decay per head reads ``<kernel>_head_<option>`` first (``gla_triton._option``): its variants set that
         # form, so a head-only entry of the table (``dqk_head_maxnreg``) does not mask them
         form = f"{key}_head" if kind == "head" else key
         out += [(key, {f"{form}{n}": v for n, v in o.items()}) for o in opts]
-        if key == "h" and kind in ("scalar", "head"):
-            # FLA's tiling and order for a scalar gate: the whole K in one program (V blocks halved to fill the SMs)
-            # and v's rows decayed, not the keys' columns (offline sm_90 at V blocks of 32: a loop of 341
-            # instructions against the shipped tiling's 386 and FLA's 273); the launch options under every name a
-            # filled pass or one decay per head reads first, so the table's own entries do not mask them
-            for w in (4, 8):
-                for st in (3, 4):
-                    opt = {"h_BK": 128, "h_decay_rows": True}
-                    for n, val in (("warps", w), ("stages", st)):
-                        opt.update({f"h_{n}": val, f"h_fill_{n}": val, f"h_head_{n}": val, f"h_fill_head_{n}": val})
-                    out.append((key, opt))
-            out.append((key, {"h_decay_rows": True}))
     return out
 
 

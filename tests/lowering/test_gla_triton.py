@@ -216,6 +216,24 @@ def test_vector_gate_sub_chunks(BT):
         assert rel(a, b) < 1e-5
 
 
+@pytest.mark.parametrize("BT", [32, 64])
+def test_A_pairs_inner(BT):
+    """``A_pairs_inner``: the A kernel's blocks of a chunk side by side in a flat grid, the same programs in another
+    order, so bitwise the 3-D grid's A (forward and the backward that recomputes it; rwkv6's bonus too)."""
+    q, k, v, g, h0, cu = make("vector", T=45, H=2, HK=1, K=20, V=16, cu=[0, 3, 45])
+    do, dht = torch.randn_like(v), torch.randn_like(h0)
+    u = torch.randn(2, 20, device=v.device)
+    runs = {}
+    for inner in (True, False):
+        cfg = dict(CFG, BT=BT, A_pairs_inner=inner)
+        for bonus in (None, u):
+            o, ht = gla_triton.chunk_forward(q, k, v, g, "vector", 0.3, h0, cu, config=cfg, bonus=bonus)
+            grads = gla_triton.chunk_backward(q, k, v, g, "vector", 0.3, h0, cu, do, dht, config=cfg, bonus=bonus)
+            runs.setdefault(inner, []).extend([o, ht, *[x for x in grads if x is not None]])
+    assert len(runs[True]) == len(runs[False])
+    assert all(torch.equal(a, b) for a, b in zip(runs[True], runs[False]))
+
+
 @pytest.mark.parametrize("kind", ["scalar", "vector"])
 def test_gate_range_down_to_minus5(kind):
     q, k, v, g, h0, cu = make(kind, T=40, gate="range", seed=3)
@@ -327,27 +345,6 @@ def test_scalar_scan_in_kernels(case, monkeypatch):
         assert torch.isfinite(a).all(), name
         assert rel(a, r) < 1e-5, (name, rel(a, r))
         assert rel(a, b) < 1e-6, (name, rel(a, b))
-
-
-@pytest.mark.parametrize("gid", [1, 3, 4])
-def test_state_pass_decay_rows(gid, monkeypatch):
-    """``h_decay_rows`` (scalar gates; staged for an H200 A/B with FLA's tiling, ``h_BK`` 128): the forward state
-    pass decays v's rows instead of the keys' columns. Forward and final state against fp64 and within rounding of
-    the keys' decay; packed, with an empty sequence and a partial chunk; gate ids 1 (a cumsum kernel), 3 (one decay
-    per head) and 4 (the kernels scan the gate); whole K in one program and in blocks."""
-    monkeypatch.setattr(gla_triton, "HEAD_DECAY", gid == 3)
-    monkeypatch.setattr(gla_triton, "SCALAR_SCAN_IN_KERNELS", gid == 4)
-    q, k, v, g, h0, cu = make("scalar", T=45, B=1, H=2, HK=1, cu=[0, 0, 3, 45])
-    if gid == 3:
-        B, T, H = v.shape[:3]
-        g = torch.tensor([-0.1, -3.0], device=v.device).reshape(1, 1, H).expand(B, T, H)
-    ro, rht = reference(q, k, v, g.contiguous(), "scalar", 0.3, h0, cu)
-    for bk in (16, 8):
-        cfg = dict(CFG, BK=bk)
-        runs = {on: gla_triton.chunk_forward(q, k, v, g, "scalar", 0.3, h0, cu, config=dict(cfg, h_decay_rows=on))
-                for on in (True, False)}  # fmt: skip
-        for name, a, b, r in zip(["o", "ht"], runs[True], runs[False], [ro, rht]):
-            assert rel(a, r) < 1e-5 and rel(a, b) < 1e-5, (name, bk, rel(a, r), rel(a, b))
 
 
 def test_state_pass_fill_options(monkeypatch):

@@ -54,15 +54,21 @@ def chunk_gla_A_kernel(
     gq=None,
     u=None,
     BONUS: tl.constexpr = False,
+    PAIRS_INNER: tl.constexpr = False,
 ):
     """One [BC, BC] block (i_i, i_j) of A per program; blocks above the diagonal are zeros.
 
-    A's rows hold SA >= BT entries (its last dim): BT, or the op's saved layout of 64 columns."""
+    A's rows hold SA >= BT entries (its last dim): BT, or the op's saved layout of 64 columns. The grid: (chunk
+    slots, NC^2 blocks, heads), or with ``PAIRS_INNER`` (slots x blocks, 1, heads), a chunk's blocks side by side in
+    launch order (they read the same rows)."""
     if BONUS:  # the gate of q (and of the references r): the exclusive cumsum
         g_q = gq
     else:
         g_q = gc
-    i_s, i_ij, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    if PAIRS_INNER:
+        i_s, i_ij, i_h = tl.program_id(0) // (NC * NC), tl.program_id(0) % (NC * NC), tl.program_id(2)
+    else:
+        i_s, i_ij, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_i, i_j = i_ij // NC, i_ij % NC
     i_n, i_c, bos, eos = chunk_span(info, i_s)
     if i_n < 0:

@@ -257,8 +257,7 @@ def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg,
     launch.fitted(
         kern.chunk_fwd_h_kernel, grid,
         k, v, gc if gc is not None else ht, h, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, BK,
-        BV, gid, h0 is not None, store_h, True, prec, bool(_option(cfg, "h", "decay_rows", False, gid, filled)),
-        **_opts(cfg, "h", gid, filled),
+        BV, gid, h0 is not None, store_h, True, prec, **_opts(cfg, "h", gid, filled),
     )  # fmt: skip
     return h, ht
 
@@ -271,10 +270,12 @@ def _gla_A(q, k, gc, info, NS, B, T, H, G, K, BT, BK, prec, cfg, out=None, gq=No
     A = _empty((B, T, H, BT), q.device, q.dtype) if out is None else out
     NC = BT // BC
     BK = _tile(cfg, "A", K, K)[0]
-    extra = () if u is None else (gq, u, True)
+    extra = {} if u is None else {"gq": gq, "u": u, "BONUS": True}
+    inner = _option(cfg, "A", "pairs_inner", False)
     launch.fitted(
-        intra.chunk_gla_A_kernel, (NS, NC * NC, H),
-        q, k, gc, A, info, H, G, K, BT, BC, BK, NC, prec, A.shape[-1], *extra, **_opts(cfg, "A"),
+        intra.chunk_gla_A_kernel, (NS * NC * NC, 1, H) if inner else (NS, NC * NC, H),
+        q, k, gc, A, info, H, G, K, BT, BC, BK, NC, prec, A.shape[-1], **extra, PAIRS_INNER=inner,
+        **_opts(cfg, "A"),
     )  # fmt: skip
     return A
 
