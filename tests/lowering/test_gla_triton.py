@@ -430,7 +430,8 @@ def test_decode(kind):
     state = h0.clone()
     o2, ht2 = gla_triton.fused_recurrent(q, k, v, g, kind, 0.3, state, inplace_state=True, config={"BV": 8})
     assert ht2.data_ptr() == state.data_ptr()
-    assert torch.equal(o2, o) and rel(state, rht) < 1e-5
+    # another V block: bitwise under the interpreter; a GPU may reduce over K in another tree for another tile width
+    assert (torch.equal(o2, o) if INTERPRET else rel(o2, o) < 1e-6) and rel(state, rht) < 1e-5
 
 
 @pytest.mark.parametrize("cu_lens", [None, [0, 3, 3, 9]], ids=["dense", "varlen"])
