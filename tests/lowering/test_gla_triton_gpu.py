@@ -119,7 +119,7 @@ def test_scalar_scan_in_kernels(shape, dtype, monkeypatch):
 @pytest.mark.parametrize("shape", ["T300_K64", "T257_gqa_K128_V64", "T70_K37_V33", "T200_K128_wide"])
 @pytest.mark.parametrize("kind", ["none", "scalar", "vector"])
 def test_forward_walk(kind, shape, dtype, monkeypatch):
-    """``FWD_WALK`` (staged): the forward in one pass, the state in registers (``chunk_fwd_walk_kernel``). Against
+    """``FWD_WALK`` forced: the forward in one pass, the state in registers (``chunk_fwd_walk_kernel``). Against
     fp64 with poisoned buffers (the backward still the two-pass one), bitwise repeatable."""
     from fla_compile.lowering.gla import triton_launch as gla_triton
 

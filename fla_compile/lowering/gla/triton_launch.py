@@ -49,9 +49,9 @@ FINAL_DQK_VECTOR = True
 # (8, 2048, 32, 64), 0.228 -> 0.240 / 0.890 -> 0.937 at (2, 8192, 16, 128): sm90 scans in the forward at K = V = 64
 SCALAR_SCAN_IN_KERNELS: bool | None = None
 # the forward in one pass (``chunk_fwd_walk_kernel``: each program walks a sequence's chunks with the state in
-# registers, no chunk states through memory, no separate output kernel; a gate per key dim forms A first), K <= 128. None: where
-# the table says ``fwd_walk`` and the walk's grid fills its waves to the table's ``walk_fill`` (:func:`_walk`); True /
-# False: always / never. H200 (`benchmarks/sweep_walk.py`, eighteenth session), forward kernels, two-pass -> walk on
+# registers, no chunk states through memory, no separate output kernel; a gate per key dim forms A first), K <= 128.
+# None: where the table says ``fwd_walk`` and the walk's grid fills its waves to the table's ``walk_fill``
+# (:func:`_walk`); True / False: always / never. H200 (`benchmarks/sweep_walk.py`, eighteenth session), forward kernels, two-pass -> walk on
 # V blocks of 64, 4 warps (256 programs): at (8, 2048, 16, 128) linear_attn 0.184 -> 0.100 ms, simple_gla 0.201 ->
 # 0.155, retention 0.190 -> 0.136; at (8, 2048, 32, 64) 0.137 -> 0.071, 0.159 -> 0.098, 0.143 -> 0.087. A grid
 # that leaves SMs idle loses: at (2, 8192, 16, 128) (V blocks of 32, 128 programs) simple_gla 0.229 -> 0.403. gla
@@ -124,8 +124,8 @@ def _walk_bv(config, V: int) -> int:
 
 def _walk(config, N: int, H: int, K: int, V: int, gid: int, device, dtype) -> bool:
     """Whether the forward runs as one walk (:data:`FWD_WALK`): K <= 128 (the state block [K, BV] lives in
-    registers; a gate per key dim forms its A first, rwkv6's bonus never walks); from the tables only for half-precision inputs (measured there; fp32 tiles double
-    the walk's registers), where its programs fill their waves of :data:`WALK_PER_SM` an SM to the table's
+    registers; a gate per key dim forms its A first, rwkv6's bonus never walks); from the tables only for
+    half-precision inputs (measured there; fp32 tiles double the walk's registers), where its programs fill their waves of :data:`WALK_PER_SM` an SM to the table's
     ``walk_fill``: every program walks a whole sequence, so the walk takes as long as its waves, where the two-pass
     form takes time in proportion to its work."""
     if K > 128:
