@@ -1261,8 +1261,9 @@ def test_launch_option_register_cap(monkeypatch):
 
 
 def test_launch_options_by_dtype(monkeypatch):
-    """Options per input dtype: fp32 keeps k kᵀ out of the solve kernel (``_DTYPE_DEFAULTS``), and an arch table's
-    ``by_dtype`` section overrides a kernel's options for that dtype only."""
+    """Options per input dtype: fp32 keeps k kᵀ out of the solve kernel (``_DTYPE_DEFAULTS``), an arch table's
+    ``by_dtype`` section overrides a kernel's options for that dtype only, and its ``delta_<precision>`` part for
+    that dtype at those dots only (sm90: fp32's tiles under three tf32 products, not under one)."""
     pytest.importorskip("triton")
     from fla_compile.lowering.common import autotune
     from fla_compile.lowering.delta import triton_launch as DT
@@ -1278,6 +1279,18 @@ def test_launch_options_by_dtype(monkeypatch):
     try:
         assert DT._opts("dh", cpu, (128, 128, torch.float32)) == {"num_warps": 4, "num_stages": 1, "maxnreg": 128}
         assert DT._opts("dh", cpu, (128, 128, torch.bfloat16))["num_warps"] == DT._DEFAULTS["dh"][0]
+    finally:
+        DT._device_table.cache_clear()
+    sm90 = torch.device("cuda", 0)
+    monkeypatch.setattr(autotune, "table", real)
+    monkeypatch.setattr(DT, "_arch", lambda *a: "sm90")
+    DT._device_table.cache_clear()
+    try:
+        split, one = (DT._device_table(sm90, (128, 128, torch.float32, p)) for p in ("tf32x3", "tf32"))
+        half = DT._device_table(sm90, (128, 128, torch.bfloat16, "tf32"))
+        assert (split["BV_h"], split["BV_o"], split["o"]) == (32, 64, (4, 1))
+        assert (one["BV_h"], one["BV_o"], one["o"]) == (half["BV_h"], half["BV_o"], half["o"])
+        assert split["BV_dh"] == one["BV_dh"] == 64  # every fp32 form
     finally:
         DT._device_table.cache_clear()
 

@@ -204,16 +204,22 @@ def _arch(device_type: str, index) -> str:
 @functools.cache
 def _device_table(device: torch.device, key: tuple | None = None) -> dict:
     """The launch options of ``device``'s arch, found once per device and launch key (a launch asks for them ~1 us
-    faster). ``key`` (K, V, input dtype) adds, in this order, the dtype's :data:`_DTYPE_DEFAULTS`, the arch table's
-    ``by_dims`` section for K, V and its ``by_dtype`` section for the dtype (their ``"delta"`` parts), where
-    measured."""
+    faster). ``key`` (K, V, input dtype[, the dots' precision]) adds, in this order, the dtype's
+    :data:`_DTYPE_DEFAULTS`, the arch table's ``by_dims`` section for K, V and its ``by_dtype`` section for the dtype
+    (their ``"delta"`` parts, then the dtype's ``"delta_<precision>"``: fp32's tiles under three tf32 products are
+    not those of one), where measured."""
     arch = _arch(device.type, device.index)
     opts = _arch_table(arch)
     if key is not None:
         from ..common.autotune import by_dims, by_dtype
 
-        K, V, dtype = key
-        extra = {**by_dims(arch, K, V).get("delta", {}), **by_dtype(arch, dtype).get("delta", {})}
+        K, V, dtype, *prec = key
+        dtype_opts = by_dtype(arch, dtype)
+        extra = {
+            **by_dims(arch, K, V).get("delta", {}),
+            **dtype_opts.get("delta", {}),
+            **(dtype_opts.get(f"delta_{prec[0]}", {}) if prec else {}),
+        }
         opts = {
             **opts,
             **_DTYPE_DEFAULTS.get(dtype, {}),
@@ -289,12 +295,12 @@ def forward_parts(
     v, beta = v.contiguous(), beta.contiguous()
     B, T, HK, K = q.shape
     H, V = v.shape[2], v.shape[3]
-    key = (K, V, dt)  # the launch options' key: the arch table's by_dims and by_dtype sections
     G = H // HK
     gid = GATE_IDS[gate_kind]
     dev = q.device
     cu, info, chunk_off, NS, N = chunk_meta(B, T, cu_seqlens, BT, dev)
     prec = launch.prec(dt, K, V, split=gid != 2 or FP32_SPLIT_VECTOR_GATE)
+    key = (K, V, dt, prec)  # the launch options' key: the arch table's by_dims and by_dtype sections
     BK = launch.pow2(K)
     f32 = dict(device=dev, dtype=torch.float32)
     gc = None
@@ -404,7 +410,6 @@ def backward_parts(
     dht = None if dht is None else dht.float().contiguous()
     B, T, HK, K = q.shape
     H, V = v.shape[2], v.shape[3]
-    key = (K, V, dt)  # the launch options' key: the arch table's by_dims and by_dtype sections
     G = H // HK
     gid = GATE_IDS[gate_kind]
     m = P["meta"]
@@ -412,6 +417,7 @@ def backward_parts(
     dev = q.device
     f32 = dict(device=dev, dtype=torch.float32)
     prec = launch.prec(dt, K, V, split=gid != 2 or FP32_SPLIT_VECTOR_GATE)
+    key = (K, V, dt, prec)  # the launch options' key: the arch table's by_dims and by_dtype sections
     BK = launch.pow2(K)
     gc, X, w, vn, h, Aqk = P["gc"], P["X"], P["w"], P["vn"], P["h"], P["Aqk"]
     gcp = gc if gc is not None else beta  # a placeholder pointer: never read without a gate
