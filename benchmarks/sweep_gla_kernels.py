@@ -113,6 +113,14 @@ def variants(kind, shipped):
         # form, so a head-only entry of the table (``dqk_head_maxnreg``) does not mask them
         form = f"{key}_head" if kind == "head" else key
         out += [(key, {f"{form}{n}": v for n, v in o.items()}) for o in opts]
+        if key in ("h", "dh"):
+            # two programs an SM where fill_sms halves the pass's blocks (``<kernel>_fill_per_sm``: at one each pass
+            # is a latency chain, ncu 6% occupancy at B=2 T=8192), on the table's warps, 4 or 8 (both names)
+            for w in (None, 4, 8):
+                opt = {f"{key}_fill_per_sm": 2}
+                if w:
+                    opt.update({f"{key}_fill_warps": w, f"{key}_fill_head_warps": w})
+                out.append((key, opt))
     return out
 
 

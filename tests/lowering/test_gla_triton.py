@@ -364,7 +364,7 @@ def test_state_pass_fill_options(monkeypatch):
     outs = {}
     for halve in (False, True):
         if halve:  # as on a GPU with more SMs than programs
-            monkeypatch.setattr(gla_triton.launch, "fill_sms", lambda dev, n, V, BV, K, BK, lo: (BK, BV // 2))
+            monkeypatch.setattr(gla_triton.launch, "fill_sms", lambda dev, n, V, BV, K, BK, lo, per_sm: (BK, BV // 2))
         o, ht = gla_triton.chunk_forward(q, k, v, None, "none", 0.3, h0, cu, config=cfg)
         grads = gla_triton.chunk_backward(q, k, v, None, "none", 0.3, h0, cu, do, dht, config=cfg)
         outs[halve] = [o, ht, *[x for x in grads if x is not None]]
@@ -627,3 +627,10 @@ def test_state_tile_fills_the_sms(monkeypatch):
     assert gla_triton._state_tile(cfg, "h", 4, 128, 128, cuda) == (32, 32, True)  # then K: 64 programs
     assert gla_triton._state_tile(cfg, "dh", 128, 128, 128, cuda) == (64, 64, False)  # 256 programs already: kept
     assert gla_triton._state_tile(cfg, "h", 4, 128, 128, torch.device("cpu")) == (64, 128, False)  # the interpreter
+    # h_fill_per_sm 2: halved while two programs an SM fit (32 sequence-heads: 256 programs at V blocks of 32)
+    two = dict(cfg, h_fill_per_sm=2)
+    assert gla_triton._state_tile(two, "h", 32, 128, 128, cuda) == (64, 32, True)
+    assert gla_triton._state_tile(cfg, "h", 32, 128, 128, cuda) == (64, 64, True)
+    assert gla_triton._state_tile(two, "h", 8, 128, 128, cuda) == (32, 32, True)  # then K: 256 programs
+    assert gla_triton._state_tile(two, "dh", 32, 128, 128, cuda) == (64, 64, False)  # the other pass: its own option
+    assert gla_triton._state_tile(two, "h", 128, 128, 128, cuda) == (64, 128, False)  # full grids: kept

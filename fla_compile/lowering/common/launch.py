@@ -72,13 +72,15 @@ def sm_count(device) -> int:
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def fill_sms(device, programs: int, V: int, BV: int, K: int = 1, BK: int | None = None, lo: int = 16) -> tuple:
+def fill_sms(
+    device, programs: int, V: int, BV: int, K: int = 1, BK: int | None = None, lo: int = 16, per_sm: int = 1
+) -> tuple:
     """(BK, BV) of a sequential state pass, halved (V first, then K where ``BK`` is given; down to ``lo``) while
-    ``programs`` x blocks still fits the device's SMs: each program walks every chunk in turn, so a grid under
-    one wave (few sequences x heads) leaves SMs idle for the whole walk. Unchanged off CUDA."""
+    ``programs`` x blocks still fits the device's SMs (``per_sm`` programs each): each program walks every chunk in
+    turn, so a grid under one wave (few sequences x heads) leaves SMs idle for the whole walk. Unchanged off CUDA."""
     if device.type != "cuda":
         return BK, BV
-    sms = sm_count(device)
+    sms = sm_count(device) * per_sm
     while True:
         nk = 1 if BK is None else cdiv(K, BK)
         if BV > lo and programs * nk * cdiv(V, BV // 2) <= sms:

@@ -167,12 +167,14 @@ _SHARED = ("h", "o", "dh", "dv", "dqk")
 
 def _state_tile(config, kernel: str, programs: int, K: int, V: int, device) -> tuple[int, int, bool]:
     """(BK, BV, filled) of a sequential state pass ("h", "dh"): the config's blocks, with ``FILL_SMS`` halved (V
-    first, then K; down to 32) while the grid still fits the SMs (``launch.fill_sms``); ``filled``: they were, and
+    first, then K; down to 32) while the grid still fits the SMs (``launch.fill_sms``; ``<kernel>_fill_per_sm``
+    programs an SM, 1 by default: at one a multiprocessor each pass is a latency chain); ``filled``: they were, and
     the pass takes its ``<kernel>_fill_<option>`` launch options (:func:`_option`)."""
     BK, BV = _tile(config, kernel, K, V)
     if not FILL_SMS:
         return BK, BV, False
-    fBK, fBV = launch.fill_sms(device, programs, V, BV, K, BK, lo=32)
+    per_sm = config.get(f"{kernel}_fill_per_sm", 1)
+    fBK, fBV = launch.fill_sms(device, programs, V, BV, K, BK, lo=32, per_sm=per_sm)
     return fBK, fBV, (fBK, fBV) != (BK, BV)
 
 
