@@ -113,8 +113,6 @@ def variants(kind, shipped):
         # form, so a head-only entry of the table (``dqk_head_maxnreg``) does not mask them
         form = f"{key}_head" if kind == "head" else key
         out += [(key, {f"{form}{n}": v for n, v in o.items()}) for o in opts]
-        if key == "h" and kind == "vector":  # the state pass scans the gate itself: no cumsum kernel (h_scan)
-            out.append((key, {"h_scan": True}))
         if key in ("h", "dh"):
             # two programs an SM where fill_sms halves the pass's blocks (``<kernel>_fill_per_sm``: at one each pass
             # is a latency chain, ncu 6% occupancy at B=2 T=8192), on the table's warps, 4 or 8 (both names)

@@ -320,31 +320,6 @@ def _count_cumsum_launches(monkeypatch) -> list:
     return launched
 
 
-@pytest.mark.parametrize("case", ["T40_gqa", "K20_V24", "varlen", "packed-empty", "strong"])
-def test_state_pass_scans_vector_gate(case, monkeypatch):
-    """``H_SCAN``: the state pass scans a gate per key dim itself and writes its in-chunk cumsum for the A and output
-    kernels (no cumsum kernel), in the forward and in the backward's recomputation. Against fp64 and the cumsum
-    kernel's form (fp32 rounding of the scan), two K blocks and two V blocks (only the first V block writes), packed
-    with an empty sequence, gates of -20 a step; rwkv6's bonus keeps the cumsum kernel."""
-    q, k, v, g, h0, cu = make("vector", **WALK_CASES[case])
-    do, dht = torch.randn_like(v), torch.randn_like(h0)
-    launched = _count_cumsum_launches(monkeypatch)
-    runs = {}
-    for on in (True, False):
-        monkeypatch.setattr(gla_triton, "H_SCAN", on)
-        o, ht = gla_triton.chunk_forward(q, k, v, g, "vector", 0.3, h0, cu, config=CFG)
-        grads = gla_triton.chunk_backward(q, k, v, g, "vector", 0.3, h0, cu, do, dht, config=CFG)
-        runs[on] = [o, ht, *[x for x in grads if x is not None]]
-        assert len(launched) == (0 if on else 2), launched  # the cumsum kernel: none scanning, else fwd and bwd
-    ro, rht, ref = reference(q, k, v, g, "vector", 0.3, h0, cu, do, dht)
-    for i, (a, b, r) in enumerate(zip(runs[True], runs[False], (ro, rht, *ref))):
-        assert torch.isfinite(a).all(), i
-        assert rel(a, r) < 1e-5 and rel(a, b) < 1e-5, (i, rel(a, r), rel(a, b))
-    monkeypatch.setattr(gla_triton, "H_SCAN", None)  # the config's h_scan, for a gate per key dim without a bonus
-    assert gla_triton._h_scan({"h_scan": True}, 2, None) and not gla_triton._h_scan({"h_scan": True}, 2, q)
-    assert not gla_triton._h_scan({}, 2, None) and not gla_triton._h_scan({"h_scan": True}, 1, None)
-
-
 @pytest.mark.parametrize("case", list(SCAN_CASES))
 def test_scalar_scan_in_kernels(case, monkeypatch):
     """``SCALAR_SCAN_IN_KERNELS``: a scalar gate goes to the chunk kernels as given (gate id 4), each scanning its

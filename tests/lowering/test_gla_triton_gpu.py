@@ -117,17 +117,6 @@ def test_scalar_scan_in_kernels(shape, dtype, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("shape", ["T300_K64", "T257_gqa_K128_V64", "T70_K37_V33", "T200_K128_wide"])
-def test_state_pass_scans_vector_gate(shape, dtype, monkeypatch):
-    """``H_SCAN`` True (staged): the state pass scans a gate per key dim and writes its cumsum for the kernels after
-    (no cumsum kernel, forward and backward). Against fp64 with poisoned buffers, bitwise repeatable."""
-    from fla_compile.lowering.gla import triton_launch as gla_triton
-
-    monkeypatch.setattr(gla_triton, "H_SCAN", True)
-    check_fwd_bwd("vector", make("vector", **SHAPES[shape], dtype=dtype), dtype)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("shape", ["T300_K64", "T257_gqa_K128_V64", "T70_K37_V33", "T200_K128_wide"])
 @pytest.mark.parametrize("kind", ["none", "scalar", "vector"])
 def test_forward_walk(kind, shape, dtype, monkeypatch):
     """``FWD_WALK`` forced: the forward in one pass, the state in registers (``chunk_fwd_walk_kernel``). Against

@@ -120,13 +120,8 @@ def chunk_fwd_h_kernel(
     STORE_H: tl.constexpr,
     STORE_HT: tl.constexpr,
     PREC: tl.constexpr,
-    gc_out=None,
-    SCAN: tl.constexpr = False,
 ):
-    """Carry the state over a sequence's chunks: h[slot] = state before the chunk, ht = final state.
-
-    ``SCAN`` (a gate per key dim, GATE 2): ``gc`` is the gate as given, and the pass forms its in-chunk cumsum
-    itself; the programs of the first V block write it to ``gc_out`` for the kernels after (no cumsum kernel)."""
+    """Carry the state over a sequence's chunks: h[slot] = state before the chunk, ht = final state."""
     i_nh, i_k, i_v = state_block(tl.cdiv(K, BK), tl.cdiv(V, BV))
     i_n, i_h = i_nh // H, i_nh % H
     i_hk = i_h // G
@@ -146,17 +141,7 @@ def chunk_fwd_h_kernel(
         m_t = o_i < n_t
         b_kt, b_v = state_pass_tiles(k, v, t0, o_i, m_t, o_k, m_k, o_v, m_v, i_hk, i_h, H, G, K, V)
         g_c = chunk_gate(gc, t0, H, K, GATE)
-        if SCAN:  # [BK, BT]: the chunk's gate, transposed as the keys, scanned along its steps
-            m_kt = m_k[:, None] & m_t[None, :]
-            p_gt = (o_i * H + i_h)[None, :] * K + o_k[:, None]
-            b_gt = tl.cumsum(tl.load(g_c + p_gt, mask=m_kt, other=0).to(tl.float32), axis=1)
-            if i_v == 0:
-                tl.store(chunk_gate(gc_out, t0, H, K, GATE) + p_gt, b_gt, mask=m_kt)
-            b_gl = tl.sum(tl.where((o_i == n_t - 1)[None, :], b_gt, 0), axis=1)  # the last step's, exactly
-            b_h *= tl.exp(b_gl)[:, None]
-            b_kt = b_kt.to(tl.float32) * tl.exp(tl.where(m_t[None, :], b_gl[:, None] - b_gt, 0))
-        else:
-            b_h, b_kt = decay_to_last_t(b_h, b_kt, g_c, o_i, m_t, 0, n_t - 1, i_h, H, K, o_k, m_k, GATE)
+        b_h, b_kt = decay_to_last_t(b_h, b_kt, g_c, o_i, m_t, 0, n_t - 1, i_h, H, K, o_k, m_k, GATE)
         b_h += dot(b_kt.to(b_v.dtype), b_v, prec=PREC)
     if STORE_HT:
         tl.store(ht + (i_n * H + i_h) * K * V + o_h, b_h, mask=m_h)

@@ -59,11 +59,6 @@ SCALAR_SCAN_IN_KERNELS: bool | None = None
 # kernels, best walk of V blocks 32/64, 4/8 warps, 1/2 stages): 0.527 -> 0.611 at (8, 2048, 16, 128), 0.601 -> 1.018
 # at (2, 8192, 16, 128), 0.536 -> 0.547 at (8, 2048, 32, 64), so no table asks for it there
 FWD_WALK: bool | None = None
-# a gate per key dim (gla): the forward state pass scans the gate itself and writes its in-chunk cumsum for the A and
-# output kernels (``chunk_fwd_h_kernel`` SCAN), so no cumsum kernel reads the gate first, in the forward and in the
-# backward's recomputation. None: the config's ``h_scan`` (no table sets it yet: staged for an H200 A/B); True / False
-# force it. Not with the one-pass forward, whose A kernel needs the cumsum first, nor rwkv6's bonus
-H_SCAN: bool | None = None
 # programs of the walk one SM runs at once (4 warps, V blocks of 64: up to 255 registers a thread, two programs in an
 # SM's 64K registers): simple_gla's walk at K = V = 128 takes 0.124-0.127 ms for 96-128 programs, 0.152-0.157 for
 # 160-256, 0.272 for 288 (a second wave), H200
@@ -255,29 +250,18 @@ def _gate_cumsum(gate, gid, info, NS, H, K, BT, device, cfg, excl=False):
     return gc
 
 
-def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg, prec, store_h=True, gc_out=None):
-    """(chunk states, final state) by the forward state pass. ``gc_out`` (a gate per key dim, :func:`_h_scan`):
-    ``gc`` is then the gate as given, and the pass writes its in-chunk cumsum there."""
+def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg, prec, store_h=True):
     # chunk states in the inputs' dtype: the kernels cast them to it before every dot anyway
     h = _empty((NS if store_h else 1, H, K, V), v.device, v.dtype)
     ht = _empty((N, H, K, V), v.device, torch.float32)
     BK, BV, filled = _state_tile(cfg, "h", N * H, K, V, v.device)
     grid = (N * H * launch.cdiv(K, BK) * launch.cdiv(V, BV),)  # one dim: N H may pass 65535
-    scan = {} if gc_out is None else {"gc_out": gc_out, "SCAN": True}
     launch.fitted(
         kern.chunk_fwd_h_kernel, grid,
         k, v, gc if gc is not None else ht, h, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, BK,
-        BV, gid, h0 is not None, store_h, True, prec, **scan, **_opts(cfg, "h", gid, filled),
+        BV, gid, h0 is not None, store_h, True, prec, **_opts(cfg, "h", gid, filled),
     )  # fmt: skip
     return h, ht
-
-
-def _h_scan(config, gid: int, bonus) -> bool:
-    """Whether a gate per key dim skips the cumsum kernel: the state pass scans it and writes the cumsum for the
-    kernels after (:data:`H_SCAN`, else the config's ``h_scan``). Not rwkv6's, whose q takes the exclusive cumsum."""
-    if gid != 2 or bonus is not None:
-        return False
-    return config.get("h_scan", False) if H_SCAN is None else H_SCAN
 
 
 def _gla_A(q, k, gc, info, NS, B, T, H, G, K, BT, BK, prec, cfg, out=None, gq=None, u=None):
@@ -366,16 +350,12 @@ def chunk_forward(
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     u = _bonus(bonus, H, K)
     gq = None
-    walk = u is None and _walk(cfg, N, H, K, V, gid, q.device, v.dtype)
-    scan = not walk and _h_scan(cfg, gid, u)
-    prec = launch.prec(v.dtype, K, V, split=FP32_SPLIT)
     if u is not None:
         gc, gq = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg, excl=True)
-    elif scan:  # the state pass forms the cumsum, before the A kernel reads it
-        gc = _empty(gate.shape, q.device, torch.float32)
-        h, ht = _fwd_h(k, v, gate, h0, cu, chunk_off, NS, N, H, H // HK, K, V, gid, BT, BK, BV, cfg, prec, gc_out=gc)
     else:
         gc = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg)
+    prec = launch.prec(v.dtype, K, V, split=FP32_SPLIT)
+    walk = u is None and _walk(cfg, N, H, K, V, gid, q.device, v.dtype)
     if walk and gid != 2:
         _no_A(A_out)
         return _fwd_walk(q, k, v, gc, h0, cu, N, H, H // HK, K, V, gid, BT, cfg, prec, scale)
@@ -393,8 +373,7 @@ def chunk_forward(
         _no_A(A_out)
     if walk:  # a gate per key dim: the walk reads the A just formed
         return _fwd_walk(q, k, v, gc, h0, cu, N, H, H // HK, K, V, gid, BT, cfg, prec, scale, A=A)
-    if not scan:
-        h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, H // HK, K, V, gid, BT, BK, BV, cfg, prec)
+    h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, H // HK, K, V, gid, BT, BK, BV, cfg, prec)
     A = h if A is None else A
     o = _empty(v.shape, v.device, v.dtype)
     BK, BV = _tile(cfg, "o", K, V)
@@ -443,18 +422,13 @@ def chunk_backward(
     dht = dht.float().contiguous() if dht is not None else None
     u = _bonus(bonus, H, K)
     gq = None
-    prec = launch.prec(v.dtype, K, V, split=FP32_SPLIT)
     if u is not None:
         gc, gq = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg, excl=True)
-    elif _h_scan(cfg, gid, u):  # the state pass forms the cumsum (the forward's form: the same A, the same states)
-        gc = _empty(gate.shape, q.device, torch.float32)
     else:
         gc = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg)
     rw = () if u is None else (gq, True)  # the trailing rwkv6 arguments of the dh and dqk kernels
-    if _h_scan(cfg, gid, u):
-        h, ht = _fwd_h(k, v, gate, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg, prec, gc_out=gc)
-    else:
-        h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg, prec)
+    prec = launch.prec(v.dtype, K, V, split=FP32_SPLIT)
+    h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg, prec)
 
     dh = _empty((NS, H, K, V), v.device, v.dtype)  # like h: cast to the inputs' dtype before every dot
     dh0 = _empty((N, H, K, V), v.device, torch.float32) if h0 is not None else None
