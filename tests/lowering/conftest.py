@@ -1,6 +1,7 @@
 """Without a GPU, run Triton kernels through the interpreter (TRITON_INTERPRET must be set before
 the kernels are defined; fla_compile imports its kernel modules lazily, so setting it here, at
-collection of this folder, is early enough). With a GPU, nothing changes."""
+collection of this folder, is early enough). With a GPU the kernels run on it, and the interpreter-written files
+listed below are marked ``gpu``."""
 
 import os
 
