@@ -5,8 +5,9 @@ registers) against the two-pass one (state pass, then output kernel), per launch
 
 For each shape and gate kind (none: linear_attn; scalar: simple_gla; head: retention's one decay per head; vector:
 gla, whose A kernel runs before either form) it times the forward's kernels (torch.profiler, ms) of the two-pass form
-as shipped, then of the walk at each V block, warp count and stage count, and each walk's largest relative difference from the two-pass outputs (o and the final
-state). Prints one table; the fastest walk per row is what a ``fwd_walk`` entry of ``configs/sm90.json`` would ship.
+as shipped, then of the walk at each V block, warp count and stage count, and each walk's largest relative difference
+from the two-pass outputs (o and the final state). Prints one table; the fastest walk per row is what a ``fwd_walk``
+entry of ``configs/sm90.json`` would ship.
 ``--options table`` times only the table's own walk options, forced at every grid (where ``WALK_FILL`` should sit).
 """
 

@@ -202,13 +202,15 @@ def _call_selective(b: Recurrence, vals: dict, h0, batch: tuple):
 
 
 _WIDENED: contextvars.ContextVar[bool] = contextvars.ContextVar("fla_compile_widened", default=False)
-_HALF = (torch.bfloat16, torch.float16)
+HALF_DTYPES = (torch.bfloat16, torch.float16)  # what :func:`widened` widens
 
 
 def traced_dtype(dtype: torch.dtype | None) -> torch.dtype | None:
     """The dtype a lowering casts a result to: the one the traced code produced; inside :func:`widened`, fp32 where
     that was bf16 / fp16."""
-    if dtype not in _HALF or torch.compiler.is_compiling():  # never widened under a compile: no context read there
+    if (
+        dtype not in HALF_DTYPES or torch.compiler.is_compiling()
+    ):  # never widened under a compile: no context read there
         return dtype
     return torch.float32 if _WIDENED.get() else dtype
 

@@ -219,7 +219,8 @@ def test_vector_gate_sub_chunks(BT):
 @pytest.mark.parametrize("BT", [32, 64])
 def test_A_pairs_inner(BT):
     """``A_pairs_inner``: the A kernel's blocks of a chunk side by side in a flat grid, the same programs in another
-    order, so bitwise the 3-D grid's A and output (rwkv6's bonus too; the backward recomputes A by the same launcher)."""
+    order, so bitwise the 3-D grid's A and output (rwkv6's bonus too; the backward recomputes A by the same
+    launcher)."""
     q, k, v, g, h0, cu = make("vector", T=45, H=2, HK=1, K=20, V=16, cu=[0, 3, 45])
     u = torch.randn(2, 20, device=v.device)
     runs = {}

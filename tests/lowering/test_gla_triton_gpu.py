@@ -154,7 +154,7 @@ def test_forward_walk_from_table(kind, shape, dtype, monkeypatch):
 
     walks = []
     real = gla_triton._fwd_walk
-    monkeypatch.setattr(gla_triton, "_fwd_walk", lambda *a: walks.append(1) or real(*a))
+    monkeypatch.setattr(gla_triton, "_fwd_walk", lambda *a, **kw: walks.append(1) or real(*a, **kw))
     check_fwd_bwd(kind, make(kind, **WALK_SHAPES[shape], dtype=dtype), dtype)
     if (
         torch.cuda.get_device_capability() == (9, 0)

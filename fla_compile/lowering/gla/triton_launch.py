@@ -51,13 +51,14 @@ SCALAR_SCAN_IN_KERNELS: bool | None = None
 # the forward in one pass (``chunk_fwd_walk_kernel``: each program walks a sequence's chunks with the state in
 # registers, no chunk states through memory, no separate output kernel; a gate per key dim forms A first), K <= 128.
 # None: where the table says ``fwd_walk`` and the walk's grid fills its waves to the table's ``walk_fill``
-# (:func:`_walk`); True / False: always / never. H200 (`benchmarks/sweep_walk.py`, eighteenth session), forward kernels, two-pass -> walk on
-# V blocks of 64, 4 warps (256 programs): at (8, 2048, 16, 128) linear_attn 0.184 -> 0.100 ms, simple_gla 0.201 ->
-# 0.155, retention 0.190 -> 0.136; at (8, 2048, 32, 64) 0.137 -> 0.071, 0.159 -> 0.098, 0.143 -> 0.087. A grid
-# that leaves SMs idle loses: at (2, 8192, 16, 128) (V blocks of 32, 128 programs) simple_gla 0.229 -> 0.403. gla
-# (a gate per key dim, its A kernel before either form) loses at every shape and option (nineteenth session, forward
-# kernels, best walk of V blocks 32/64, 4/8 warps, 1/2 stages): 0.527 -> 0.611 at (8, 2048, 16, 128), 0.601 -> 1.018
-# at (2, 8192, 16, 128), 0.536 -> 0.547 at (8, 2048, 32, 64), so no table asks for it there
+# (:func:`_walk`); True / False: always / never. H200 (`benchmarks/sweep_walk.py`, eighteenth session), forward
+# kernels, two-pass -> walk on V blocks of 64, 4 warps (256 programs): at (8, 2048, 16, 128) linear_attn 0.184 ->
+# 0.100 ms, simple_gla 0.201 -> 0.155, retention 0.190 -> 0.136; at (8, 2048, 32, 64) 0.137 -> 0.071, 0.159 ->
+# 0.098, 0.143 -> 0.087. A grid that leaves SMs idle loses: at (2, 8192, 16, 128) (V blocks of 32, 128 programs)
+# simple_gla 0.229 -> 0.403. gla (a gate per key dim, its A kernel before either form) loses at every shape and
+# option (nineteenth session, forward kernels, best walk of V blocks 32/64, 4/8 warps, 1/2 stages): 0.527 -> 0.611
+# at (8, 2048, 16, 128), 0.601 -> 1.018 at (2, 8192, 16, 128), 0.536 -> 0.547 at (8, 2048, 32, 64), so no table asks
+# for it there
 FWD_WALK: bool | None = None
 # programs of the walk one SM runs at once (4 warps, V blocks of 64: up to 255 registers a thread, two programs in an
 # SM's 64K registers): simple_gla's walk at K = V = 128 takes 0.124-0.127 ms for 96-128 programs, 0.152-0.157 for
@@ -125,9 +126,9 @@ def _walk_bv(config, V: int) -> int:
 def _walk(config, N: int, H: int, K: int, V: int, gid: int, device, dtype) -> bool:
     """Whether the forward runs as one walk (:data:`FWD_WALK`): K <= 128 (the state block [K, BV] lives in
     registers; a gate per key dim forms its A first, rwkv6's bonus never walks); from the tables only for
-    half-precision inputs (measured there; fp32 tiles double the walk's registers), where its programs fill their waves of :data:`WALK_PER_SM` an SM to the table's
-    ``walk_fill``: every program walks a whole sequence, so the walk takes as long as its waves, where the two-pass
-    form takes time in proportion to its work."""
+    half-precision inputs (measured there; fp32 tiles double the walk's registers), where its programs fill their
+    waves of :data:`WALK_PER_SM` an SM to the table's ``walk_fill``: every program walks a whole sequence, so the
+    walk takes as long as its waves, where the two-pass form takes time in proportion to its work."""
     if K > 128:
         return False
     if FWD_WALK is not None:
@@ -355,10 +356,6 @@ def chunk_forward(
     else:
         gc = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg)
     prec = launch.prec(v.dtype, K, V, split=FP32_SPLIT)
-    walk = u is None and _walk(cfg, N, H, K, V, gid, q.device, v.dtype)
-    if walk and gid != 2:
-        _no_A(A_out)
-        return _fwd_walk(q, k, v, gc, h0, cu, N, H, H // HK, K, V, gid, BT, cfg, prec, scale)
     A = None
     if gid == 2:
         out = A_out if _A_slot(A_out, B, T, H, BT, v.dtype, v.device) else None
@@ -371,7 +368,7 @@ def chunk_forward(
             setattr(out, _A_TAG, BT)
     else:
         _no_A(A_out)
-    if walk:  # a gate per key dim: the walk reads the A just formed
+    if u is None and _walk(cfg, N, H, K, V, gid, q.device, v.dtype):  # with a gate per key dim, on the A just formed
         return _fwd_walk(q, k, v, gc, h0, cu, N, H, H // HK, K, V, gid, BT, cfg, prec, scale, A=A)
     h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, H // HK, K, V, gid, BT, BK, BV, cfg, prec)
     A = h if A is None else A
