@@ -1260,10 +1260,22 @@ def test_launch_option_register_cap(monkeypatch):
     assert DT._opts("dh", cpu) == {"num_warps": 8, "num_stages": 1, "maxnreg": 128}
 
 
+def test_dh_wrong_forms_fenced():
+    """The state-gradient pass never runs a form the H200 computed wrong: 8 warps / 1 stage under three tf32
+    products, 4 warps / 1 stage in bf16 and fp16; exact fp32 dots and one tf32 product have none."""
+    pytest.importorskip("triton")
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    assert DT._dh_wrong_forms(torch.float32, "tf32x3") == ((8, 1),)
+    for half in (torch.bfloat16, torch.float16):
+        assert DT._dh_wrong_forms(half, DT.launch.prec(half, 128, 128)) == ((4, 1),)
+    assert DT._dh_wrong_forms(torch.float32, "ieee") == DT._dh_wrong_forms(torch.float32, "tf32") == ()
+
+
 def test_launch_options_by_dtype(monkeypatch):
     """Options per input dtype: fp32 keeps k kᵀ out of the solve kernel (``_DTYPE_DEFAULTS``), an arch table's
     ``by_dtype`` section overrides a kernel's options for that dtype only, and its ``delta_<precision>`` part for
-    that dtype at those dots only (sm90: fp32's tiles under three tf32 products, not under one)."""
+    that dtype at those dots only (sm90: fp32's state-pass tiles under three tf32 products, not under one)."""
     pytest.importorskip("triton")
     from fla_compile.lowering.common import autotune
     from fla_compile.lowering.delta import triton_launch as DT
@@ -1289,7 +1301,7 @@ def test_launch_options_by_dtype(monkeypatch):
         split, one = (DT._device_table(sm90, (128, 128, torch.float32, p)) for p in ("tf32x3", "tf32"))
         half = DT._device_table(sm90, (128, 128, torch.bfloat16, "tf32"))
         assert (split["BV_h"], split["BV_o"], split["o"]) == (32, 64, (4, 1))
-        assert (one["BV_h"], one["BV_o"], one["o"]) == (half["BV_h"], half["BV_o"], half["o"])
+        assert (one["BV_o"], one["o"]) == (64, (4, 1)) and one["BV_h"] == half["BV_h"] != 32  # "high": o only
         assert split["BV_dh"] == one["BV_dh"] == 64  # every fp32 form
     finally:
         DT._device_table.cache_clear()

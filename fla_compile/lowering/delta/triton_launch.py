@@ -173,6 +173,17 @@ SOLVE_DIAG_A = "powers"
 # rel err 1.05 against fp64 on the H200, no error raised; RESULTS, eleventh session): ``launch.fitted`` runs them on
 # 4 warps, whether a table asks for them or fp32 tiles lower the stages to them
 _DH_WRONG_FORMS = ((8, 1),)
+# and in bf16 / fp16 on 4 warps, 1 stage (delta_rule: dk off by 0.75 and an illegal address at K = 128 with
+# ``DELTA_TEST_KNOBS='{"dh": [4, 1]}'``, fourteenth session; no table asks for it): run on 2 warps
+_DH_WRONG_FORMS_HALF = ((4, 1),)
+
+
+def _dh_wrong_forms(dtype: torch.dtype, prec: str) -> tuple:
+    """The forms ``launch.fitted`` must not run the state-gradient pass on, for these inputs and dots."""
+    if prec == "tf32x3":
+        return _DH_WRONG_FORMS
+    return _DH_WRONG_FORMS_HALF if dtype in (torch.bfloat16, torch.float16) else ()
+
 
 FUSED_L2NORM = True  # use_qk_l2norm by triton_l2norm's two kernels (False: the torch ops); A/B in RESULTS (seventh+eighth sessions)
 # fp32 at torch's "highest" by three tf32 products (``launch.FP32_HIGHEST``) with a gate per key dim (kda): on since
@@ -445,7 +456,7 @@ def backward_parts(
         q, k, w, gcp, dvl, do, dh, dvn, dht if dht is not None else dvl, dh0 if dh0 is not None else dvl, cu,
         chunk_off, scale, H, G, K, V, BT, BK, BV, gid, dht is not None, dh0 is not None, prec,
         **_state_opts("dh", BV, V, gid, dev, key),
-        avoid=_DH_WRONG_FORMS if prec == "tf32x3" else (),
+        avoid=_dh_wrong_forms(dt, prec),
     )  # fmt: skip
     # 3. dq, dk and the gate gradient through the output and the state update (the GLA line's kernels, v_new for v)
     dq = torch.empty(B, T, H, K, device=dev, dtype=dt if final_dq and gid != 2 else torch.float32)
