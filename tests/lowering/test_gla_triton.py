@@ -634,3 +634,7 @@ def test_state_tile_fills_the_sms(monkeypatch):
     assert gla_triton._state_tile(two, "h", 8, 128, 128, cuda) == (32, 32, True)  # then K: 256 programs
     assert gla_triton._state_tile(two, "dh", 32, 128, 128, cuda) == (64, 64, False)  # the other pass: its own option
     assert gla_triton._state_tile(two, "h", 128, 128, 128, cuda) == (64, 128, False)  # full grids: kept
+    # one decay per head (gid 3) reads h_head_fill_per_sm first
+    head_one = dict(two, h_head_fill_per_sm=1)
+    assert gla_triton._state_tile(head_one, "h", 32, 128, 128, cuda, gid=3) == (64, 64, True)
+    assert gla_triton._state_tile(head_one, "h", 32, 128, 128, cuda, gid=1) == (64, 32, True)

@@ -166,15 +166,16 @@ def _blocks(config, K, V):
 _SHARED = ("h", "o", "dh", "dv", "dqk")
 
 
-def _state_tile(config, kernel: str, programs: int, K: int, V: int, device) -> tuple[int, int, bool]:
+def _state_tile(config, kernel: str, programs: int, K: int, V: int, device, gid=None) -> tuple[int, int, bool]:
     """(BK, BV, filled) of a sequential state pass ("h", "dh"): the config's blocks, with ``FILL_SMS`` halved (V
     first, then K; down to 32) while the grid still fits the SMs (``launch.fill_sms``; ``<kernel>_fill_per_sm``
-    programs an SM, 1 by default: at one a multiprocessor each pass is a latency chain); ``filled``: they were, and
-    the pass takes its ``<kernel>_fill_<option>`` launch options (:func:`_option`)."""
+    programs an SM, 1 by default: at one a multiprocessor each pass is a latency chain; ``<kernel>_head_fill_per_sm``
+    first for one decay per head, see :func:`_option`); ``filled``: they were, and the pass takes its
+    ``<kernel>_fill_<option>`` launch options."""
     BK, BV = _tile(config, kernel, K, V)
     if not FILL_SMS:
         return BK, BV, False
-    per_sm = config.get(f"{kernel}_fill_per_sm", 1)
+    per_sm = _option(config, kernel, "fill_per_sm", 1, gid)
     fBK, fBV = launch.fill_sms(device, programs, V, BV, K, BK, lo=32, per_sm=per_sm)
     return fBK, fBV, (fBK, fBV) != (BK, BV)
 
@@ -255,7 +256,7 @@ def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg,
     # chunk states in the inputs' dtype: the kernels cast them to it before every dot anyway
     h = _empty((NS if store_h else 1, H, K, V), v.device, v.dtype)
     ht = _empty((N, H, K, V), v.device, torch.float32)
-    BK, BV, filled = _state_tile(cfg, "h", N * H, K, V, v.device)
+    BK, BV, filled = _state_tile(cfg, "h", N * H, K, V, v.device, gid)
     grid = (N * H * launch.cdiv(K, BK) * launch.cdiv(V, BV),)  # one dim: N H may pass 65535
     launch.fitted(
         kern.chunk_fwd_h_kernel, grid,
@@ -429,7 +430,7 @@ def chunk_backward(
 
     dh = _empty((NS, H, K, V), v.device, v.dtype)  # like h: cast to the inputs' dtype before every dot
     dh0 = _empty((N, H, K, V), v.device, torch.float32) if h0 is not None else None
-    BK, BV, filled = _state_tile(cfg, "dh", N * H, K, V, v.device)
+    BK, BV, filled = _state_tile(cfg, "dh", N * H, K, V, v.device, gid)
     grid = (N * H * launch.cdiv(K, BK) * launch.cdiv(V, BV),)  # one dim: N H may pass 65535
     gc_arg = gc if gc is not None else h  # a placeholder pointer: never read without a gate
     launch.fitted(
