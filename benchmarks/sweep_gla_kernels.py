@@ -121,6 +121,15 @@ def variants(kind, shipped):
                 if w:
                     opt.update({f"{key}_fill_warps": w, f"{key}_fill_head_warps": w})
                 out.append((key, opt))
+        if key == "h" and kind in ("scalar", "head"):
+            # FLA's order and tiling for a scalar gate: v's rows decayed, not the keys' columns (``h_decay_rows``),
+            # at two programs an SM on 4 warps where fill_sms halves the V blocks (FLA's 256 programs at B=2 T=8192)
+            out.append((key, {"h_decay_rows": True}))
+            for st in (2, 3, 4):
+                opt = {"h_decay_rows": True, "h_fill_per_sm": 2}
+                for n, val in (("warps", 4), ("stages", st)):
+                    opt.update({f"h_fill_{n}": val, f"h_fill_head_{n}": val})
+                out.append((key, opt))
     return out
 
 

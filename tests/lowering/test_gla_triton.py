@@ -347,6 +347,27 @@ def test_scalar_scan_in_kernels(case, monkeypatch):
         assert rel(a, b) < 1e-6, (name, rel(a, b))
 
 
+@pytest.mark.parametrize("gid", [1, 3, 4])
+def test_state_pass_decay_rows(gid, monkeypatch):
+    """``h_decay_rows`` (scalar gates, FLA's order): the forward state pass decays v's rows instead of the keys'
+    columns. Forward and final state against fp64 and within rounding of the keys' decay; packed, with an empty
+    sequence and a partial chunk; gate ids 1 (a cumsum kernel), 3 (one decay per head) and 4 (the kernels scan the
+    gate); whole K in one program and in blocks."""
+    monkeypatch.setattr(gla_triton, "HEAD_DECAY", gid == 3)
+    monkeypatch.setattr(gla_triton, "SCALAR_SCAN_IN_KERNELS", gid == 4)
+    q, k, v, g, h0, cu = make("scalar", T=45, B=1, H=2, HK=1, cu=[0, 0, 3, 45])
+    if gid == 3:
+        B, T, H = v.shape[:3]
+        g = torch.tensor([-0.1, -3.0], device=v.device).reshape(1, 1, H).expand(B, T, H)
+    ro, rht = reference(q, k, v, g.contiguous(), "scalar", 0.3, h0, cu)
+    for bk in (16, 8):
+        cfg = dict(CFG, BK=bk)
+        runs = {on: gla_triton.chunk_forward(q, k, v, g, "scalar", 0.3, h0, cu, config=dict(cfg, h_decay_rows=on))
+                for on in (True, False)}  # fmt: skip
+        for name, a, b, r in zip(["o", "ht"], runs[True], runs[False], [ro, rht]):
+            assert rel(a, r) < 1e-5 and rel(a, b) < 1e-5, (name, bk, rel(a, r), rel(a, b))
+
+
 def test_state_pass_fill_options(monkeypatch):
     """A state pass whose blocks ``fill_sms`` halved (few sequences x heads) takes ``<kernel>_fill_<option>`` launch
     options; at its configured blocks it keeps ``<kernel>_<option>``. Same results either way."""

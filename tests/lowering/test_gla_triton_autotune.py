@@ -262,7 +262,7 @@ def test_by_dims_tables(arch):
     kernels = ("h", "o", "dh", "dv", "dqk", "A", "intra", "rc", "cumsum", "walk")
     names = "|".join(kernels)
     option = re.compile(
-        rf"({names})(_head)?_(warps|stages|BV|BK|maxnreg)|(o|dv|dqk)(_head)?_heads_inner|(fwd|bwd)_scan|(h|dh)_fill(_head)?_(warps|stages|maxnreg)|(h|dh)(_head)?_fill_per_sm|fwd_walk|walk_fill"
+        rf"({names})(_head)?_(warps|stages|BV|BK|maxnreg)|(o|dv|dqk)(_head)?_heads_inner|(fwd|bwd)_scan|(h|dh)_fill(_head)?_(warps|stages|maxnreg|decay_rows)|(h|dh)(_head)?_fill_per_sm|fwd_walk|walk_fill"
     )
     for dims, entry in autotune.table(arch).get("by_dims", {}).items():
         if dims == "_comment":
@@ -288,8 +288,9 @@ def test_by_dims_first_candidate_only():
         == autotune.candidates("chunk", "scalar", "sm90", 256, 256)[0]
     )
     walk = {"fwd_walk": True, "walk_BV": 64, "walk_warps": 4, "walk_stages": 2, "walk_fill": 0.7}
-    fill = {"h_fill_warps": 8, "h_fill_head_stages": 4, "dh_fill_per_sm": 2, "dh_fill_warps": 4}
-    fill.update(dh_head_fill_per_sm=1, dh_fill_head_warps=8)
+    fill = {"h_fill_head_stages": 4, "h_fill_decay_rows": True, "h_fill_per_sm": 2, "h_fill_warps": 4, "h_fill_stages": 4}
+    fill.update(h_head_fill_per_sm=1, h_fill_head_warps=8, h_fill_head_decay_rows=False)
+    fill.update(dh_fill_per_sm=2, dh_fill_warps=4, dh_head_fill_per_sm=1, dh_fill_head_warps=8)
     assert wide[0] == {**shared, "dh_maxnreg": 128, "dqk_head_stages": 2, **fill, **walk} and "dh_maxnreg" not in shared
     assert wide[0]["o_warps"] == 8 and narrow[0]["o_warps"] == 4 and narrow[0]["o_stages"] == 2
     assert narrow[1:] == wide[1:]

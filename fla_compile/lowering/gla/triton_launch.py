@@ -261,7 +261,8 @@ def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg,
     launch.fitted(
         kern.chunk_fwd_h_kernel, grid,
         k, v, gc if gc is not None else ht, h, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, BK,
-        BV, gid, h0 is not None, store_h, True, prec, **_opts(cfg, "h", gid, filled),
+        BV, gid, h0 is not None, store_h, True, prec, bool(_option(cfg, "h", "decay_rows", False, gid, filled)),
+        **_opts(cfg, "h", gid, filled),
     )  # fmt: skip
     return h, ht
 
