@@ -288,7 +288,7 @@ def test_by_dims_first_candidate_only():
         == autotune.candidates("chunk", "scalar", "sm90", 256, 256)[0]
     )
     walk = {"fwd_walk": True, "walk_BV": 64, "walk_warps": 4, "walk_stages": 2, "walk_fill": 0.7}
-    fill = {"h_fill_head_stages": 4, "h_fill_decay_rows": True, "h_fill_per_sm": 2, "h_fill_warps": 4, "h_fill_stages": 4}
+    fill = dict(h_fill_head_stages=4, h_fill_decay_rows=True, h_fill_per_sm=2, h_fill_warps=4, h_fill_stages=4)
     fill.update(h_head_fill_per_sm=1, h_fill_head_warps=8, h_fill_head_decay_rows=False)
     fill.update(dh_fill_per_sm=2, dh_fill_warps=4, dh_head_fill_per_sm=1, dh_fill_head_warps=8)
     assert wide[0] == {**shared, "dh_maxnreg": 128, "dqk_head_stages": 2, **fill, **walk} and "dh_maxnreg" not in shared
