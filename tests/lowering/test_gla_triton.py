@@ -355,12 +355,12 @@ def test_state_pass_decay_rows(gid, monkeypatch):
     gate); whole K in one program and in blocks."""
     monkeypatch.setattr(gla_triton, "HEAD_DECAY", gid == 3)
     monkeypatch.setattr(gla_triton, "SCALAR_SCAN_IN_KERNELS", gid == 4)
-    q, k, v, g, h0, cu = make("scalar", T=45, B=1, H=2, HK=1, cu=[0, 0, 3, 45])
+    q, k, v, g, h0, cu = make("scalar", T=45, B=1, H=2, HK=1, K=32, cu=[0, 0, 3, 45])
     if gid == 3:
         B, T, H = v.shape[:3]
         g = torch.tensor([-0.1, -3.0], device=v.device).reshape(1, 1, H).expand(B, T, H)
     ro, rht = reference(q, k, v, g.contiguous(), "scalar", 0.3, h0, cu)
-    for bk in (16, 8):
+    for bk in (32, 16):  # K blocks of 16 at least: a GPU's smallest dot
         cfg = dict(CFG, BK=bk)
         runs = {on: gla_triton.chunk_forward(q, k, v, g, "scalar", 0.3, h0, cu, config=dict(cfg, h_decay_rows=on))
                 for on in (True, False)}  # fmt: skip
