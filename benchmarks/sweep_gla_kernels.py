@@ -130,6 +130,11 @@ def variants(kind, shipped):
                 for n, val in (("warps", 4), ("stages", st)):
                     opt.update({f"h_fill_{n}": val, f"h_fill_head_{n}": val})
                 out.append((key, opt))
+            # around the shipped scalar winner (v's rows decayed where filled): one or two programs an SM, warps, stages
+            for per_sm, w, st in ((1, 4, 3), (1, 4, 4), (1, 8, 4), (2, 4, 5), (2, 2, 4), (2, 8, 4)):
+                out.append(
+                    (key, {"h_fill_decay_rows": True, "h_fill_per_sm": per_sm, "h_fill_warps": w, "h_fill_stages": st})
+                )
     return out
 
 
