@@ -128,8 +128,9 @@ def chunk_fwd_h_kernel(
     ``DECAY_ROWS`` (scalar gates, ids 1, 3, 4): the update kᵀ diag(e^{G_last - G}) v decays v's [BT, BV] rows (the
     dot's B operand, stored to shared memory for it) instead of the keys' [BK, BT] columns (its A operand, which then
     takes a trip through shared memory into registers before the dot), FLA's order: fewer multiplies where V blocks
-    are narrower than K blocks (offline sm_90 at K blocks of 64, V blocks of 32, 4 warps: 325 loop instructions, FLA's
-    260)."""
+    are narrower than K blocks (offline sm_90, gate id 4, K blocks of 64, V blocks of 32, 4 warps: a loop of 300
+    instructions and 72 registers against the keys' decay's 342 and 94; sm90's scalar table where fill_sms halves the
+    blocks)."""
     i_nh, i_k, i_v = state_block(tl.cdiv(K, BK), tl.cdiv(V, BV))
     i_n, i_h = i_nh // H, i_nh % H
     i_hk = i_h // G
