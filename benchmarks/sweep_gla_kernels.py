@@ -115,26 +115,24 @@ def variants(kind, shipped):
         out += [(key, {f"{form}{n}": v for n, v in o.items()}) for o in opts]
         if key in ("h", "dh"):
             # two programs an SM where fill_sms halves the pass's blocks (``<kernel>_fill_per_sm``: at one each pass
-            # is a latency chain, ncu 6% occupancy at B=2 T=8192), on the table's warps, 4 or 8 (both names)
+            # is a latency chain, ncu 6% occupancy at B=2 T=8192), on the table's warps, 4 or 8; each option under
+            # both names (one decay per head reads ``<kernel>_head_fill_per_sm`` / ``<kernel>_fill_head_<option>``)
             for w in (None, 4, 8):
-                opt = {f"{key}_fill_per_sm": 2}
+                opt = {f"{key}_fill_per_sm": 2, f"{key}_head_fill_per_sm": 2}
                 if w:
                     opt.update({f"{key}_fill_warps": w, f"{key}_fill_head_warps": w})
                 out.append((key, opt))
         if key == "h" and kind in ("scalar", "head"):
-            # FLA's order and tiling for a scalar gate: v's rows decayed, not the keys' columns (``h_decay_rows``),
-            # at two programs an SM on 4 warps where fill_sms halves the V blocks (FLA's 256 programs at B=2 T=8192)
+            # FLA's order for a scalar gate: v's rows decayed, not the keys' columns (``h_decay_rows``), at full
+            # blocks, then where fill_sms halves them at one or two programs an SM, warps, stages (FLA's tiling at
+            # B=2 T=8192: two an SM, 4 warps; the shipped scalar entry: that on 4 stages)
             out.append((key, {"h_decay_rows": True}))
-            for st in (2, 3, 4):
-                opt = {"h_decay_rows": True, "h_fill_per_sm": 2}
-                for n, val in (("warps", 4), ("stages", st)):
+            combos = [(2, 4, st) for st in (2, 3, 4, 5)] + [(2, 2, 4), (2, 8, 4), (1, 4, 3), (1, 4, 4), (1, 8, 4)]
+            for per_sm, w, st in combos:
+                opt = {"h_fill_per_sm": per_sm, "h_head_fill_per_sm": per_sm}
+                for n, val in (("decay_rows", True), ("warps", w), ("stages", st)):
                     opt.update({f"h_fill_{n}": val, f"h_fill_head_{n}": val})
                 out.append((key, opt))
-            # around the shipped scalar winner (v's rows decayed where filled): one or two programs an SM, warps, stages
-            for per_sm, w, st in ((1, 4, 3), (1, 4, 4), (1, 8, 4), (2, 4, 5), (2, 2, 4), (2, 8, 4)):
-                out.append(
-                    (key, {"h_fill_decay_rows": True, "h_fill_per_sm": per_sm, "h_fill_warps": w, "h_fill_stages": st})
-                )
     return out
 
 

@@ -208,9 +208,8 @@ HALF_DTYPES = (torch.bfloat16, torch.float16)  # what :func:`widened` widens
 def traced_dtype(dtype: torch.dtype | None) -> torch.dtype | None:
     """The dtype a lowering casts a result to: the one the traced code produced; inside :func:`widened`, fp32 where
     that was bf16 / fp16."""
-    if (
-        dtype not in HALF_DTYPES or torch.compiler.is_compiling()
-    ):  # never widened under a compile: no context read there
+    # never widened under a compile: no context read there
+    if dtype not in HALF_DTYPES or torch.compiler.is_compiling():
         return dtype
     return torch.float32 if _WIDENED.get() else dtype
 

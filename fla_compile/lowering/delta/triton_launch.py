@@ -182,7 +182,7 @@ def _dh_wrong_forms(dtype: torch.dtype, prec: str) -> tuple:
     """The forms ``launch.fitted`` must not run the state-gradient pass on, for these inputs and dots."""
     if prec == "tf32x3":
         return _DH_WRONG_FORMS
-    return _DH_WRONG_FORMS_HALF if dtype in (torch.bfloat16, torch.float16) else ()
+    return _DH_WRONG_FORMS_HALF if dtype in launch.HALF else ()
 
 
 FUSED_L2NORM = True  # use_qk_l2norm by triton_l2norm's two kernels (False: the torch ops); A/B in RESULTS (seventh+eighth sessions)

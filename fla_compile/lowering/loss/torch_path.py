@@ -21,13 +21,14 @@ import os
 
 import torch
 
+from ..common.launch import HALF
+
 log = logging.getLogger("fla_compile")
 
 # bytes of one chunk's fp32 logits: each chunk re-reads the weight and read-modify-writes its fp32 gradient, so
 # fewer, larger chunks are faster (H200, N=16384, vocab 151936, hidden 2048, bf16: 256 rows 138 ms, 512 rows
 # 104 ms, 1024 rows 90 ms at 2.96 GiB peak; the unfused loss 71 ms at 27.8 GiB)
 LOGITS_BUDGET = 1 << 30
-HALF = (torch.bfloat16, torch.float16)
 # The softmax and its gradient of a chunk of cross entropy (or KL) by one Triton kernel (``triton_kernels``)
 # rather than torch's elementwise passes over the chunk's fp32 logits: "auto" where it pays (CUDA, half weights:
 # the gradient is written once in their dtype, ready for both products), True wherever the kernels run (tests
