@@ -368,6 +368,40 @@ def test_state_pass_decay_rows(gid, monkeypatch):
             assert rel(a, r) < 1e-5 and rel(a, b) < 1e-5, (name, bk, rel(a, r), rel(a, b))
 
 
+@pytest.mark.parametrize("kind,gid", [("scalar", 1), ("scalar", 3), ("scalar", 4), ("vector", 2), ("none", 0)])
+def test_state_pass_full_chunks(kind, gid, monkeypatch):
+    """Where every chunk has BT rows (no cu_seqlens, T a multiple of BT) the forward and backward state passes run
+    unmasked (``FULL_CHUNKS``, ``chunks.state_chunk_rows``): bitwise the masked passes' outputs and gradients,
+    against fp64 too; a partial last chunk, packed sequences or a gate per key dim (measured slower) keep the masks."""
+    monkeypatch.setattr(gla_triton, "HEAD_DECAY", gid == 3)
+    monkeypatch.setattr(gla_triton, "SCALAR_SCAN_IN_KERNELS", gid == 4)
+    seen = []
+    real_fitted = gla_triton.launch.fitted
+
+    def fitted(kernel, grid, *args, **kw):
+        if gla_triton.launch._kernel_name(kernel) in ("chunk_fwd_h_kernel", "chunk_bwd_dh_kernel"):
+            seen.append(kw["FULL_CHUNKS"])
+        return real_fitted(kernel, grid, *args, **kw)
+
+    monkeypatch.setattr(gla_triton.launch, "fitted", fitted)
+    for T, cu, full in ((32, None, True), (31, None, False), (32, [0, 16, 32], False)):
+        q, k, v, g, h0, cu_t = make(kind, T=T, cu=cu)
+        if gid == 3:
+            g = torch.tensor([-0.1, -3.0], device=v.device).reshape(1, 1, 2).expand(*v.shape[:2], 2).contiguous()
+        do, dht = torch.randn_like(v), torch.randn_like(h0)
+        runs = {}
+        for on in (True, False):
+            monkeypatch.setattr(gla_triton, "FULL_CHUNKS", on)
+            seen.clear()
+            o, ht = gla_triton.chunk_forward(q, k, v, g, kind, 0.3, h0, cu_t, config=CFG)
+            grads = gla_triton.chunk_backward(q, k, v, g, kind, 0.3, h0, cu_t, do, dht, config=CFG)
+            assert len(seen) == 3 and all(f == (full and on and gid != 2) for f in seen), (T, cu, on, seen)  # h, h, dh
+            runs[on] = [o, ht, *[x for x in grads if x is not None]]
+        assert all(torch.equal(a, b) for a, b in zip(runs[True], runs[False])), (kind, gid, T, cu)
+        ro, rht = reference(q, k, v, g, kind, 0.3, h0, cu_t)
+        assert rel(runs[True][0], ro) < 1e-5 and rel(runs[True][1], rht) < 1e-5
+
+
 def test_state_pass_fill_options(monkeypatch):
     """A state pass whose blocks ``fill_sms`` halved (few sequences x heads) takes ``<kernel>_fill_<option>`` launch
     options; at its configured blocks it keeps ``<kernel>_<option>``. Same results either way."""

@@ -38,6 +38,7 @@ from ..common.chunks import (
     chunk_span,
     sequence_span,
     state_block,
+    state_chunk_rows,
     state_offsets,
     state_pass_tiles,
     state_start,
@@ -122,6 +123,7 @@ def chunk_fwd_h_kernel(
     STORE_HT: tl.constexpr,
     PREC: tl.constexpr,
     DECAY_ROWS: tl.constexpr = False,
+    FULL_CHUNKS: tl.constexpr = False,
 ):
     """Carry the state over a sequence's chunks: h[slot] = state before the chunk, ht = final state.
 
@@ -146,8 +148,7 @@ def chunk_fwd_h_kernel(
         # the chunk's first row in the (int64) base pointers, the tiles' offsets from it in int32 (as the output
         # kernel's; the gate through ``gating.chunk_gate``)
         t0 = bos + i_c * BT
-        n_t = tl.minimum(eos - t0, BT).to(tl.int32)
-        m_t = o_i < n_t
+        n_t, m_t = state_chunk_rows(t0, eos, o_i, BT, FULL_CHUNKS)
         b_kt, b_v = state_pass_tiles(k, v, t0, o_i, m_t, o_k, m_k, o_v, m_v, i_hk, i_h, H, G, K, V)
         g_c = chunk_gate(gc, t0, H, K, GATE)
         if DECAY_ROWS and (GATE == 1 or GATE == 3 or GATE == 4):
@@ -341,6 +342,7 @@ def chunk_bwd_dh_kernel(
     PREC: tl.constexpr,
     gq=None,
     BONUS: tl.constexpr = False,
+    FULL_CHUNKS: tl.constexpr = False,
 ):
     """Carry the state gradient backwards: dh[slot] = dL/d(state after the chunk), dh0 = dL/d(initial state).
 
@@ -358,8 +360,7 @@ def chunk_bwd_dh_kernel(
         i_c = NT - 1 - i_r
         tl.store(dh + ((s0 + i_c) * H + i_h) * K * V + o_h, b_dh.to(dh.dtype.element_ty), mask=m_h)
         t0 = bos + i_c * BT  # base pointers at the chunk's first row, int32 tile offsets (as chunk_fwd_h_kernel)
-        n_t = tl.minimum(eos - t0, BT).to(tl.int32)
-        m_t = o_i < n_t
+        n_t, m_t = state_chunk_rows(t0, eos, o_i, BT, FULL_CHUNKS)
         b_qt, b_do = state_pass_tiles(q, do, t0, o_i, m_t, o_k, m_k, o_v, m_v, i_hk, i_h, H, G, K, V)
         g_c = chunk_gate(gc, t0, H, K, GATE)
         if GATE == 1 or GATE == 3 or GATE == 4:

@@ -41,6 +41,15 @@ HEAD_DECAY = True
 # B=8 T=2048 H=16 D=128, 2.409 -> 2.284 at B=2 T=8192 (`benchmarks/ab_switch.py
 # fla_compile.lowering.gla.triton_launch.FINAL_DQK_VECTOR --families gla --fp64`; RESULTS, sixteenth session)
 FINAL_DQK_VECTOR = True
+# the state passes (forward h, backward dh) over sequences whose chunks all have BT rows run unmasked: no cu_seqlens,
+# T a multiple of BT, a gate not per key dim (``chunks.state_chunk_rows``). Offline (sm_90, Triton 3.9) simple_gla's
+# forward pass at K = V = 128 on FLA's tiling: a loop of 329 SASS instructions against 399 masked (FLA's: 348).
+# H200, kernel time, bitwise the same (`benchmarks/ab_switch.py ...FULL_CHUNKS --families
+# simple_gla,retention,gla,linear_attn --fla`, RESULTS twenty-first session): at (2, 8192, 16, 128) simple_gla fwd
+# 0.222 -> 0.218 (FLA 0.217), retention fwd+bwd 0.766 -> 0.751; gla (per key dim) 2.249 -> 2.292, so it keeps the
+# masks. The output kernel unmasked lost for retention and linear_attn (0.196 -> 0.204, 0.183 -> 0.191). False:
+# always masked, for A/B
+FULL_CHUNKS = True
 # a scalar gate (simple_gla) goes to the chunk kernels as given, gate id 4: each kernel scans its chunk's log decays
 # (else a cumsum kernel writes them first, gate id 1). The same results within fp32 rounding (the scans group the
 # sums differently). None: the tables decide per pass (``fwd_scan`` / ``bwd_scan``); True / False: every pass. H200
@@ -252,7 +261,13 @@ def _gate_cumsum(gate, gid, info, NS, H, K, BT, device, cfg, excl=False):
     return gc
 
 
-def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg, prec, store_h=True):
+def _full(T, cu_seqlens, BT, gid) -> bool:
+    """Whether the state passes run unmasked (``chunks.state_chunk_rows``): every chunk has BT rows (no packed
+    sequences, T a multiple of BT), the gate is not per key dim, and ``FULL_CHUNKS`` is on."""
+    return FULL_CHUNKS and gid != 2 and cu_seqlens is None and T % BT == 0
+
+
+def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg, prec, store_h=True, full=False):
     # chunk states in the inputs' dtype: the kernels cast them to it before every dot anyway
     h = _empty((NS if store_h else 1, H, K, V), v.device, v.dtype)
     ht = _empty((N, H, K, V), v.device, torch.float32)
@@ -262,7 +277,7 @@ def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg,
         kern.chunk_fwd_h_kernel, grid,
         k, v, gc if gc is not None else ht, h, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, BK,
         BV, gid, h0 is not None, store_h, True, prec, bool(_option(cfg, "h", "decay_rows", False, gid, filled)),
-        **_opts(cfg, "h", gid, filled),
+        FULL_CHUNKS=full, **_opts(cfg, "h", gid, filled),
     )  # fmt: skip
     return h, ht
 
@@ -372,7 +387,27 @@ def chunk_forward(
         _no_A(A_out)
     if u is None and _walk(cfg, N, H, K, V, gid, q.device, v.dtype):  # with a gate per key dim, on the A just formed
         return _fwd_walk(q, k, v, gc, h0, cu, N, H, H // HK, K, V, gid, BT, cfg, prec, scale, A=A)
-    h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, H // HK, K, V, gid, BT, BK, BV, cfg, prec)
+    h, ht = _fwd_h(
+        k,
+        v,
+        gc,
+        h0,
+        cu,
+        chunk_off,
+        NS,
+        N,
+        H,
+        H // HK,
+        K,
+        V,
+        gid,
+        BT,
+        BK,
+        BV,
+        cfg,
+        prec,
+        full=_full(T, cu_seqlens, BT, gid),
+    )
     A = h if A is None else A
     o = _empty(v.shape, v.device, v.dtype)
     BK, BV = _tile(cfg, "o", K, V)
@@ -427,7 +462,8 @@ def chunk_backward(
         gc = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg)
     rw = () if u is None else (gq, True)  # the trailing rwkv6 arguments of the dh and dqk kernels
     prec = launch.prec(v.dtype, K, V, split=FP32_SPLIT)
-    h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg, prec)
+    full = _full(T, cu_seqlens, BT, gid)
+    h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg, prec, full=full)
 
     dh = _empty((NS, H, K, V), v.device, v.dtype)  # like h: cast to the inputs' dtype before every dot
     dh0 = _empty((N, H, K, V), v.device, torch.float32) if h0 is not None else None
@@ -438,7 +474,7 @@ def chunk_backward(
         kern.chunk_bwd_dh_kernel, grid,
         q, do, gc_arg, dh, dht if dht is not None else h0 if h0 is not None else ht, dh0 if dh0 is not None else ht,
         cu, chunk_off, scale, H, G, K, V, BT, BK, BV, gid, dht is not None, dh0 is not None, prec, *rw,
-        **_opts(cfg, "dh", gid, filled),
+        FULL_CHUNKS=full, **_opts(cfg, "dh", gid, filled),
     )  # fmt: skip
     if gid != 2:
         A = ht  # a placeholder pointer: never read
