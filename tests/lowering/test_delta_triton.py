@@ -450,6 +450,37 @@ def _case_heads_inner(family, BT, cu_lens=None):
     return {**out, **same}
 
 
+def _case_full_chunks(family, BT):
+    """Where every chunk has BT rows (no cu_seqlens, T a multiple of BT) the state pass runs unmasked
+    (``FULL_CHUNKS``, ``chunks.state_chunk_rows``): bitwise the masked pass's outputs and gradients, and fp64-close;
+    the switch reaches the kernel (and stays off for a partial last chunk)."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    seen = []
+    real = DT.launch.fitted
+
+    def fitted(kernel, grid, *args, **kw):
+        if DT.launch._kernel_name(kernel) == "chunk_delta_h_kernel":
+            seen.append(kw["FULL_CHUNKS"])
+        return real(kernel, grid, *args, **kw)
+
+    DT.launch.fitted = fitted
+    try:
+        xs = _pack(None, *make(family, T=2 * BT))
+        with _switched("FULL_CHUNKS", True):
+            out, full = _kernels_vs_fp64(family, BT, *xs)
+        used = bool(seen) and all(seen)
+        with _switched("FULL_CHUNKS", False):
+            _, masked = _kernels_vs_fp64(family, BT, *xs)
+        seen.clear()
+        _kernels_vs_fp64(family, BT, *_pack(None, *make(family, T=2 * BT - 1)))
+        partial_masked = bool(seen) and not any(seen)
+    finally:
+        DT.launch.fitted = real
+    same = {f"{n}_vs_masked": float(not torch.equal(x, y)) for n, x, y in zip(_NAMES, full, masked) if x is not None}
+    return {**out, **same, "full_not_used": float(not used), "partial_not_masked": float(not partial_masked)}
+
+
 def _case_decay_rows(family, BT, T=70, cu_lens=None, gate_scale=2.0):
     """The scalar-gated state passes decay the rows of v_new and of k dS', not the keys' columns: forward and
     gradients against fp64, packed sequences with an empty one and partial chunks; gates of -20 per step, where a
@@ -656,6 +687,7 @@ INTERPRETER_CASES = {
     "beta-0-to-2-gdn-BT32-varlen": (_case_beta_two, ("gated_delta_rule", 32, [5, 0, 40, 29], False)),
     "beta-near-2-kda-BT16": (_case_beta_two, ("kda", 16)),
     "kkt-fused-delta-BT64": (_case_fused_kkt, ("delta_rule", 64)),
+    **{f"full-chunks-{f}": (_case_full_chunks, (f, 16)) for f in FAMILY_GATE},
     "heads-inner-gdn-varlen": (_case_heads_inner, ("gated_delta_rule", 16, [5, 0, 40, 19])),
     "final-dk-delta": (_case_final_dk, ("delta_rule",)),
     "final-dqk-kda-varlen": (_case_final_dqk_vector, ([5, 0, 40, 19],)),

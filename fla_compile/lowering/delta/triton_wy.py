@@ -26,9 +26,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..common.chunks import chunk_span, sequence_span, state_block, state_offsets, state_start
+from ..common.chunks import chunk_span, sequence_span, state_block, state_chunk_rows, state_offsets, state_start
 from ..common.dots import dot
-from ..common.gating import decay_rows_to_last_t, decay_to_last_t
+from ..common.gating import chunk_gate, decay_rows_to_last_t, decay_to_last_t
 
 
 @triton.jit
@@ -559,6 +559,7 @@ def chunk_delta_h_kernel(
     PREC: tl.constexpr,
     kg=None,
     KG: tl.constexpr = False,
+    FULL_CHUNKS: tl.constexpr = False,
 ):
     """Per sequence, head and V block: h[slot] = S entering the chunk, v_new = U - W S, S carried; ht = final S.
     With ``KG`` (gate per key) the decayed keys come from ``chunk_wu_kernel``'s kg, and only G_last is read.
@@ -574,30 +575,34 @@ def chunk_delta_h_kernel(
     s0 = tl.load(chunk_off + i_n).to(tl.int64)
     o_k, o_v, m_k, m_v, m_h, o_h = state_offsets(0, i_v, K, V, BK, BV)
     b_h = state_start(h0, i_n * H + i_h, o_h, m_h, K, V, BK, BV, USE_H0)
+    o_i = tl.arange(0, BT)
     for i_c in range(0, NT):
         tl.store(h + ((s0 + i_c) * H + i_h) * K * V + o_h, b_h.to(h.dtype.element_ty), mask=m_h)
-        o_t = bos + i_c * BT + tl.arange(0, BT)
-        m_t = o_t < eos
-        last = tl.minimum(bos + i_c * BT + BT, eos) - 1
+        # the chunk's first row in the (int64) base pointers, the tiles' offsets from it in int32 (as the GLA line's
+        # state passes); no row masks where every chunk is full (``chunks.state_chunk_rows``)
+        t0 = bos + i_c * BT
+        n_t, m_t = state_chunk_rows(t0, eos, o_i, BT, FULL_CHUNKS)
         m_tv = m_t[:, None] & m_v[None, :]
         # [BT, BK]
-        b_w = tl.load(w + (o_t * H + i_h)[:, None] * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
+        m_tk = m_t[:, None] & m_k[None, :]
+        b_w = tl.load(w + (t0 * H + i_h) * K + (o_i * (H * K))[:, None] + o_k[None, :], mask=m_tk, other=0)
         # [BT, BV]
-        p_v = (o_t * H + i_h)[:, None] * V + o_v[None, :]
+        p_v = (t0 * H + i_h) * V + (o_i * (H * V))[:, None] + o_v[None, :]
         b_vn = tl.load(u + p_v, mask=m_tv, other=0).to(tl.float32) - dot(b_w, b_h.to(b_w.dtype), prec=PREC)
         tl.store(vn + p_v, b_vn.to(vn.dtype.element_ty), mask=m_tv)
         # [BK, BT]
         if KG:
-            b_kt = tl.load(kg + (o_t * H + i_h)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0)
-            b_h *= tl.exp(tl.load(gc + (last * H + i_h) * K + o_k, mask=m_k, other=0))[:, None]
+            b_kt = tl.load(kg + (t0 * H + i_h) * K + (o_i * (H * K))[None, :] + o_k[:, None],
+                           mask=m_k[:, None] & m_t[None, :], other=0)  # fmt: skip
+            b_h *= tl.exp(tl.load(gc + ((t0 + n_t - 1) * H + i_h) * K + o_k, mask=m_k, other=0))[:, None]
         else:
-            b_kt = tl.load(
-                k + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0
-            )
+            b_kt = tl.load(k + (t0 * (H // G) + i_hk) * K + (o_i * ((H // G) * K))[None, :] + o_k[:, None],
+                           mask=m_k[:, None] & m_t[None, :], other=0)  # fmt: skip
+            g_c = chunk_gate(gc, t0, H, K, GATE)
             if GATE == 1 or GATE == 3:
-                b_h, b_vn = decay_rows_to_last_t(b_h, b_vn, gc, o_t, m_t, bos + i_c * BT, last, i_h, H, GATE)
+                b_h, b_vn = decay_rows_to_last_t(b_h, b_vn, g_c, o_i, m_t, 0, n_t - 1, i_h, H, GATE)
             else:
-                b_h, b_kt = decay_to_last_t(b_h, b_kt, gc, o_t, m_t, bos + i_c * BT, last, i_h, H, K, o_k, m_k, GATE)
+                b_h, b_kt = decay_to_last_t(b_h, b_kt, g_c, o_i, m_t, 0, n_t - 1, i_h, H, K, o_k, m_k, GATE)
         b_h += dot(b_kt.to(b_w.dtype), b_vn.to(b_w.dtype), prec=PREC)
     tl.store(ht + (i_n * H + i_h) * K * V + o_h, b_h, mask=m_h)
 
