@@ -387,27 +387,8 @@ def chunk_forward(
         _no_A(A_out)
     if u is None and _walk(cfg, N, H, K, V, gid, q.device, v.dtype):  # with a gate per key dim, on the A just formed
         return _fwd_walk(q, k, v, gc, h0, cu, N, H, H // HK, K, V, gid, BT, cfg, prec, scale, A=A)
-    h, ht = _fwd_h(
-        k,
-        v,
-        gc,
-        h0,
-        cu,
-        chunk_off,
-        NS,
-        N,
-        H,
-        H // HK,
-        K,
-        V,
-        gid,
-        BT,
-        BK,
-        BV,
-        cfg,
-        prec,
-        full=_full(T, cu_seqlens, BT, gid),
-    )
+    full = _full(T, cu_seqlens, BT, gid)
+    h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, H // HK, K, V, gid, BT, BK, BV, cfg, prec, full=full)
     A = h if A is None else A
     o = _empty(v.shape, v.device, v.dtype)
     BK, BV = _tile(cfg, "o", K, V)
