@@ -36,7 +36,7 @@ import torch
 import torch.fx as fx
 
 from . import costs, passes, rewrite
-from .numerics import rel_err
+from .numerics import HALF, rel_err
 from .report import Report
 
 log = logging.getLogger("fla_compile")
@@ -112,7 +112,7 @@ def _err_rounded(out: torch.Tensor, ref: torch.Tensor) -> float:
     run in fp32, so each element may sit up to one of that dtype's ulps from ``ref``."""
     out, ref = out.detach(), ref.detach()
     diff = (out.double() - ref.double()).abs()
-    if out.dtype in rewrite.HALF_DTYPES and ref.dtype not in rewrite.HALF_DTYPES:
+    if out.dtype in HALF and ref.dtype not in HALF:
         diff = (diff - torch.finfo(out.dtype).eps * ref.double().abs()).clamp_min(0)
     scale = ref.double().norm()
     return float(diff.norm() / scale) if scale > 0 else float(diff.norm())
@@ -135,7 +135,7 @@ def _check_generalized(gm, fn, probe: list, order: list[int]):
     err = _err(out, ref)
     if err < 1e-4:
         return spec, nones
-    half = [x.dtype for x in probe if isinstance(x, torch.Tensor) and x.dtype in rewrite.HALF_DTYPES]
+    half = [x.dtype for x in probe if isinstance(x, torch.Tensor) and x.dtype in HALF]
     if not half:
         raise JitError(f"the generalized graph differs from the reference at T={CHECK_LENGTH} (rel err {err:.1e})")
     wide = [x.float() if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in probe]

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import math
 
+import torch
+
+HALF = (torch.bfloat16, torch.float16)  # the half-precision dtypes: an fp32 result may round to them
+
 
 def rel_err(ours, ref) -> float:
     """||ours - ref|| / ||ref|| (Frobenius), computed in float64 (the difference too: subtracting in the inputs'

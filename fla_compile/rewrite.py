@@ -26,6 +26,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from .ir import Family, Layout, LoopLayout, Recurrence, RoleFn
+from .numerics import HALF
 from .ops.dispatch import run_family
 from .verify import reshaped
 
@@ -202,14 +203,13 @@ def _call_selective(b: Recurrence, vals: dict, h0, batch: tuple):
 
 
 _WIDENED: contextvars.ContextVar[bool] = contextvars.ContextVar("fla_compile_widened", default=False)
-HALF_DTYPES = (torch.bfloat16, torch.float16)  # what :func:`widened` widens
 
 
 def traced_dtype(dtype: torch.dtype | None) -> torch.dtype | None:
     """The dtype a lowering casts a result to: the one the traced code produced; inside :func:`widened`, fp32 where
     that was bf16 / fp16."""
     # never widened under a compile: no context read there
-    if dtype not in HALF_DTYPES or torch.compiler.is_compiling():
+    if dtype not in HALF or torch.compiler.is_compiling():
         return dtype
     return torch.float32 if _WIDENED.get() else dtype
 

@@ -452,8 +452,9 @@ def _case_heads_inner(family, BT, cu_lens=None):
 
 def _case_full_chunks(family, BT):
     """Where every chunk has BT rows (no cu_seqlens, T a multiple of BT) the state pass runs unmasked
-    (``FULL_CHUNKS``, ``chunks.state_chunk_rows``): bitwise the masked pass's outputs and gradients, and fp64-close;
+    (``chunks.FULL_CHUNKS``, ``state_chunk_rows``): bitwise the masked pass's outputs and gradients, and fp64-close;
     the switch reaches the kernel (and stays off for a partial last chunk)."""
+    from fla_compile.lowering.common import chunks
     from fla_compile.lowering.delta import triton_launch as DT
 
     seen = []
@@ -467,10 +468,10 @@ def _case_full_chunks(family, BT):
     DT.launch.fitted = fitted
     try:
         xs = _pack(None, *make(family, T=2 * BT))
-        with _switched("FULL_CHUNKS", True):
+        with _switched("FULL_CHUNKS", True, chunks):
             out, full = _kernels_vs_fp64(family, BT, *xs)
         used = bool(seen) and all(seen)
-        with _switched("FULL_CHUNKS", False):
+        with _switched("FULL_CHUNKS", False, chunks):
             _, masked = _kernels_vs_fp64(family, BT, *xs)
         seen.clear()
         _kernels_vs_fp64(family, BT, *_pack(None, *make(family, T=2 * BT - 1)))

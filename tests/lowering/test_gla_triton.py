@@ -371,7 +371,7 @@ def test_state_pass_decay_rows(gid, monkeypatch):
 @pytest.mark.parametrize("kind,gid", [("scalar", 1), ("scalar", 3), ("scalar", 4), ("vector", 2), ("none", 0)])
 def test_state_pass_full_chunks(kind, gid, monkeypatch):
     """Where every chunk has BT rows (no cu_seqlens, T a multiple of BT) the forward and backward state passes run
-    unmasked (``FULL_CHUNKS``, ``chunks.state_chunk_rows``): bitwise the masked passes' outputs and gradients,
+    unmasked (``chunks.FULL_CHUNKS``, ``chunks.state_chunk_rows``): bitwise the masked passes' outputs and gradients,
     against fp64 too; a partial last chunk, packed sequences or a gate per key dim (measured slower) keep the masks."""
     monkeypatch.setattr(gla_triton, "HEAD_DECAY", gid == 3)
     monkeypatch.setattr(gla_triton, "SCALAR_SCAN_IN_KERNELS", gid == 4)
@@ -391,7 +391,7 @@ def test_state_pass_full_chunks(kind, gid, monkeypatch):
         do, dht = torch.randn_like(v), torch.randn_like(h0)
         runs = {}
         for on in (True, False):
-            monkeypatch.setattr(gla_triton, "FULL_CHUNKS", on)
+            monkeypatch.setattr(chunks, "FULL_CHUNKS", on)
             seen.clear()
             o, ht = gla_triton.chunk_forward(q, k, v, g, kind, 0.3, h0, cu_t, config=CFG)
             grads = gla_triton.chunk_backward(q, k, v, g, kind, 0.3, h0, cu_t, do, dht, config=CFG)

@@ -10,7 +10,6 @@ import torch
 log = logging.getLogger(__name__)
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-HALF = (torch.bfloat16, torch.float16)
 _DTYPE_SET = frozenset(DTYPES)  # a hashed lookup: ``in`` a tuple of dtypes costs ~0.5 us per tensor
 
 

@@ -21,8 +21,9 @@ import functools
 
 import torch
 
+from ...numerics import HALF
 from ..common import launch
-from ..common.chunks import chunk_grid, chunk_meta, dense_cu
+from ..common.chunks import chunk_grid, chunk_meta, dense_cu, full_chunks
 from ..common.gates import GATE_IDS, scalar_dg_per_step
 from ..gla import triton_intra as gla_intra
 from ..gla import triton_kernels as gla_kern
@@ -159,12 +160,6 @@ FUSED_A = True  # kda: k kᵀ and q kᵀ by one kernel in the forward (False: th
 WU_SPLIT = True  # W, U by full-chunk dots after a solve-only kernel (False: the solve kernel forms them by blocks)
 KG = True  # kda: the state pass reads keys decayed once by the W/U kernel (False: decays them per V block)
 ROW_LOADS = True  # without FUSED_KKT (kda): the substitution loads each row of N (False: picks it out of the tile)
-# the state pass over sequences whose chunks all have BT rows runs unmasked (no cu_seqlens, T a multiple of BT;
-# ``chunks.state_chunk_rows``), its tiles addressed by int32 offsets from the chunk's first row as the GLA line's.
-# Offline (sm_90, Triton 3.9, K = V = 128, BV = 64, 4 warps) the loop: gated_delta_rule 701 SASS instructions (int64
-# offsets, masked) -> 659 (int32) -> 575 (unmasked), delta_rule 540 -> 511 -> 424, kda 621 -> 582 -> 502. False:
-# always masked, for A/B
-FULL_CHUNKS = True
 SOLVE_MERGE_TF32 = True  # the solve's merge dots at the inputs' precision (tf32 for half inputs, as FLA's; False: ieee)
 # with FUSED_KKT, how the solve inverts its diagonal [16, 16] blocks: "powers", (I - N)(I + N^2)(I + N^4)(I + N^8),
 # six dots four deep at the merges' precision (tf32 for half inputs), or "steps", row by row (15 serial steps a
@@ -188,7 +183,7 @@ def _dh_wrong_forms(dtype: torch.dtype, prec: str) -> tuple:
     """The forms ``launch.fitted`` must not run the state-gradient pass on, for these inputs and dots."""
     if prec == "tf32x3":
         return _DH_WRONG_FORMS
-    return _DH_WRONG_FORMS_HALF if dtype in launch.HALF else ()
+    return _DH_WRONG_FORMS_HALF if dtype in HALF else ()
 
 
 FUSED_L2NORM = True  # use_qk_l2norm by triton_l2norm's two kernels (False: the torch ops); A/B in RESULTS (seventh+eighth sessions)
@@ -385,7 +380,7 @@ def forward_parts(
     vn = torch.empty(B, T, H, V, device=dev, dtype=dt)
     ht = torch.empty(N, H, K, V, **f32)
     BV = _state_bv("BV_h", N * H, V, dev, key)
-    full = FULL_CHUNKS and cu_seqlens is None and T % BT == 0
+    full = full_chunks(T, cu_seqlens, BT)  # unmasked over full chunks
     launch.fitted(
         kw.chunk_delta_h_kernel, (N * H * launch.cdiv(V, BV),),
         k, w, u, gcp, h, vn, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, BK, BV, gid,

@@ -16,7 +16,7 @@ import os
 import torch
 
 from ..common import launch
-from ..common.chunks import chunk_grid, chunk_meta, dense_cu
+from ..common.chunks import chunk_grid, chunk_meta, dense_cu, full_chunks
 from ..common.gates import GATE_IDS, scalar_dg_per_step
 from . import triton_intra as intra
 from . import triton_kernels as kern
@@ -41,15 +41,6 @@ HEAD_DECAY = True
 # B=8 T=2048 H=16 D=128, 2.409 -> 2.284 at B=2 T=8192 (`benchmarks/ab_switch.py
 # fla_compile.lowering.gla.triton_launch.FINAL_DQK_VECTOR --families gla --fp64`; RESULTS, sixteenth session)
 FINAL_DQK_VECTOR = True
-# the state passes (forward h, backward dh) over sequences whose chunks all have BT rows run unmasked: no cu_seqlens,
-# T a multiple of BT, a gate not per key dim (``chunks.state_chunk_rows``). Offline (sm_90, Triton 3.9) simple_gla's
-# forward pass at K = V = 128 on FLA's tiling: a loop of 329 SASS instructions against 399 masked (FLA's: 348).
-# H200, kernel time, bitwise the same (`benchmarks/ab_switch.py ...FULL_CHUNKS --families
-# simple_gla,retention,gla,linear_attn --fla`, RESULTS twenty-first session): at (2, 8192, 16, 128) simple_gla fwd
-# 0.222 -> 0.218 (FLA 0.217), retention fwd+bwd 0.766 -> 0.751; gla (per key dim) 2.249 -> 2.292, so it keeps the
-# masks. The output kernel unmasked lost for retention and linear_attn (0.196 -> 0.204, 0.183 -> 0.191). False:
-# always masked, for A/B
-FULL_CHUNKS = True
 # a scalar gate (simple_gla) goes to the chunk kernels as given, gate id 4: each kernel scans its chunk's log decays
 # (else a cumsum kernel writes them first, gate id 1). The same results within fp32 rounding (the scans group the
 # sums differently). None: the tables decide per pass (``fwd_scan`` / ``bwd_scan``); True / False: every pass. H200
@@ -262,9 +253,9 @@ def _gate_cumsum(gate, gid, info, NS, H, K, BT, device, cfg, excl=False):
 
 
 def _full(T, cu_seqlens, BT, gid) -> bool:
-    """Whether the state passes run unmasked (``chunks.state_chunk_rows``): every chunk has BT rows (no packed
-    sequences, T a multiple of BT), the gate is not per key dim, and ``FULL_CHUNKS`` is on."""
-    return FULL_CHUNKS and gid != 2 and cu_seqlens is None and T % BT == 0
+    """Whether the state passes run unmasked (``chunks.full_chunks``); a gate per key dim keeps the masks (measured
+    slower unmasked)."""
+    return gid != 2 and full_chunks(T, cu_seqlens, BT)
 
 
 def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg, prec, store_h=True, full=False):

@@ -21,7 +21,7 @@ import os
 
 import torch
 
-from ..common.launch import HALF
+from ...numerics import HALF
 
 log = logging.getLogger("fla_compile")
 
