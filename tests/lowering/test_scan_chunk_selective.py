@@ -69,10 +69,10 @@ def poisoned():
         torch.empty, torch.empty_like, torch.Tensor.new_empty = orig
 
 
-def _run(lens=None, with_h0=True, strength=2.0, dtype=torch.float32, backward=True, twice=False):
+def _run(lens=None, with_h0=True, strength=2.0, dtype=torch.float32, backward=True, twice=False, N=3):
     from fla_compile.lowering.scan import triton_chunk_selective as TC
 
-    *xs, h0, cu = make(lens=lens, strength=strength, dtype=dtype)
+    *xs, h0, cu = make(lens=lens, strength=strength, dtype=dtype, N=N)
     h0 = h0 if with_h0 else None
     gen = torch.Generator().manual_seed(9)
     dy = torch.randn(xs[0].shape, generator=gen)
@@ -148,6 +148,29 @@ def _run_other_layout(*args):
         TC.FWD_LANES = not TC.FWD_LANES
 
 
+def _run_vec(*args):
+    """The kernels on the vectorized layout (N a power of two), forward and backward, against fp64; the others
+    made to fail, so the case shows which ran. Two chunks per backward program, so the chunks of a sequence
+    spread over programs."""
+    from fla_compile.lowering.scan import triton_chunk_selective as TC
+
+    class Refused:
+        def __getitem__(self, grid):
+            raise AssertionError("a kernel outside the vectorized layout ran")
+
+    names = ["chunk_selective_fwd_lanes_kernel", "chunk_selective_fwd_kernel", "chunk_selective_states_kernel",
+             "chunk_selective_bwd_kernel"]  # fmt: skip
+    saved = {n: getattr(TC, n) for n in [*names, "FWD_VEC", "BWD_VEC", "CHUNKS_BWD_VEC"]}
+    for n in names:
+        setattr(TC, n, Refused())
+    TC.FWD_VEC, TC.BWD_VEC, TC.CHUNKS_BWD_VEC = True, True, 2
+    try:
+        return _run(*args)
+    finally:
+        for n, v in saved.items():
+            setattr(TC, n, v)
+
+
 INTERPRETER_CASES = {
     "dense-deterministic": (_run, (None, True, 2.0, torch.float32, True, True)),
     "packed": (_run, ([20, 0, 1, 27],)),
@@ -156,6 +179,9 @@ INTERPRETER_CASES = {
     "op-dispatch": (_op_dispatch, ()),
     "other-layout-forward": (_run_other_layout, (None, True, 2.0, torch.float32, False)),
     "other-layout-packed-no-h0": (_run_other_layout, ([20, 0, 1, 27], False, 2.0, torch.float32, False)),
+    "vec-dense-deterministic": (_run_vec, (None, True, 2.0, torch.float32, True, True, 4)),
+    "vec-packed-no-h0": (_run_vec, ([20, 0, 1, 27], False, 40.0, torch.float32, True, False, 8)),
+    "vec-bf16-two-states": (_run_vec, (None, True, 2.0, torch.bfloat16, False, False, 2)),
 }
 
 
@@ -226,12 +252,15 @@ def _poison_cuda():
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("lens", [None, [300, 0, 1, 723, 17]], ids=["dense", "packed"])
 @pytest.mark.parametrize("strength", [2.0, 40.0], ids=["weak", "strong"])
-@pytest.mark.parametrize("lanes,warps", [(True, 4), (False, 2)], ids=["lanes", "rows"])
-def test_gpu_chunked_vs_fp64(dtype, tol, lens, strength, lanes, warps, monkeypatch):
-    """Both forward layouts at their best warps (the lanes one shipped), the backward, against fp64."""
+@pytest.mark.parametrize("layout,warps", [("vec", 4), ("lanes", 4), ("rows", 2)])
+def test_gpu_chunked_vs_fp64(dtype, tol, lens, strength, layout, warps, monkeypatch):
+    """The three forward kernels (the vectorized one shipped for N a power of two; the other two at their best
+    warps) and both backwards (vectorized with "vec", else one program a sequence), against fp64."""
     from fla_compile.lowering.scan import triton_chunk_selective as TC
 
-    monkeypatch.setattr(TC, "FWD_LANES", lanes)
+    monkeypatch.setattr(TC, "FWD_VEC", layout == "vec")
+    monkeypatch.setattr(TC, "BWD_VEC", layout == "vec")
+    monkeypatch.setattr(TC, "FWD_LANES", layout != "rows")
     monkeypatch.setattr(TC, "WARPS_FWD", warps)
 
     *xs, h0, cu = make(B=3, T=517, D=1000, N=16, strength=strength, lens=lens, device="cuda", dtype=dtype)
@@ -252,7 +281,7 @@ def test_gpu_chunked_vs_fp64(dtype, tol, lens, strength, lanes, warps, monkeypat
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("N", [1, 5, 16])
+@pytest.mark.parametrize("N", [1, 2, 5, 16, 32])
 def test_gpu_chunked_small_states_and_no_h0(N):
     """Other state sizes (masked states), no initial state, D not a multiple of the block, T of one chunk + 1."""
     from fla_compile.lowering.scan import triton_chunk_selective as TC
