@@ -5,6 +5,7 @@
     python benchmarks/scan_hgrn.py --sweep-chunk  # the chunked scan's launch options (triton_chunk.CONFIG)
     python benchmarks/scan_hgrn.py --sweep-tile   # the tile walk's (triton_tile.CONFIG and BWD_CONFIG)
     python benchmarks/scan_hgrn.py --shapes 8x2048x2048 [--sweep-tile]  # only these B x T x D (no mamba rows)
+    python benchmarks/scan_hgrn.py --mamba        # the mamba rows only
 
 Rows: forward and forward+backward of ``fla_compile.ops.hgrn`` (autograd included; "ours" is what the
 dispatch picks, the kernel named beside it; the other kernels (walk, chunk, tile) forced below it),
@@ -13,8 +14,9 @@ flash-linear-attention 0.6.0's ``fused_recurrent_hgrn`` and ``chunk_hgrn`` when 
 the measured device-copy bandwidth: x, g read and o written forward; x, g, o, do read and dx, dg written
 backward). Relative errors of o and of every gradient against the fp64 torch path are printed beside.
 Mamba rows: ``fla_compile.ops.mamba`` forward and forward+backward at [B, T, D] x N by the path the dispatch
-takes (the chunked kernels at these lengths) and by the fused walk (forced), with the floor of reading u, dt,
-B, C and writing y, and errors against the fp64 torch path.
+takes (the chunked kernels at these lengths: the vectorized ones for N = 16), by the other chunked kernels and by
+the fused walk (both forced), with the floor of reading u, dt, B, C and writing y, and errors against the fp64
+torch path.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run f
 from tests.compare import rel  # noqa: E402
 
 SHAPES = [(8, 2048, 2048), (4, 8192, 1024), (1, 16384, 4096), (64, 256, 4096)]
-MAMBA_SHAPES = [(4, 2048, 1536, 16), (1, 8192, 4096, 16)]
+MAMBA_SHAPES = [(4, 2048, 1536, 16), (1, 8192, 4096, 16), (1, 2048, 1536, 16)]
 
 
 def copy_bandwidth() -> float:
@@ -69,6 +71,7 @@ def main():
     p.add_argument("--sweep-chunk", action="store_true", help="time the chunked scan's launch options")
     p.add_argument("--sweep-tile", action="store_true", help="time the tile walk's launch options")
     p.add_argument("--shapes", help="comma-separated BxTxD to run instead of SHAPES (the mamba rows skipped)")
+    p.add_argument("--mamba", action="store_true", help="the mamba rows only")
     args = p.parse_args()
     shapes = [tuple(int(n) for n in s.split("x")) for s in args.shapes.split(",")] if args.shapes else SHAPES
     if args.sweep_chunk:
@@ -77,6 +80,8 @@ def main():
         return sweep_tile(shapes)
     bw = copy_bandwidth()
     print(f"device copy bandwidth {bw / 1e12:.2f} TB/s; {torch.cuda.get_device_name()}")
+    if args.mamba:
+        return mamba_rows(args.quick, bw)
     print("| B | T | D | dtype | what | fwd ms | fwd+bwd ms | floor fwd / fwd+bwd ms | max rel err |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for B, T, D in [(2, 512, 256)] if args.quick else shapes:
@@ -233,13 +238,14 @@ def mamba_rows(quick: bool, bw: float):
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for B, T, D, N in [(2, 512, 256, 16)] if quick else MAMBA_SHAPES:
         for dtype in (torch.bfloat16, torch.float32):
-            for path in ("chunked", "walk"):
-                min_t = dispatch.SELECTIVE_CHUNK_MIN_T
-                dispatch.SELECTIVE_CHUNK_MIN_T = min_t if path == "chunked" else 1 << 62
+            for path in ("chunked", "chunked, not vectorized", "walk"):
+                min_t, vec = dispatch.SELECTIVE_CHUNK_MIN_T, dispatch.SELECTIVE_VEC
+                dispatch.SELECTIVE_CHUNK_MIN_T = min_t if path.startswith("chunked") else 1 << 62
+                dispatch.SELECTIVE_VEC = path == "chunked"
                 try:
                     mamba_row(B, T, D, N, dtype, path, bw)
                 finally:
-                    dispatch.SELECTIVE_CHUNK_MIN_T = min_t
+                    dispatch.SELECTIVE_CHUNK_MIN_T, dispatch.SELECTIVE_VEC = min_t, vec
 
 
 def mamba_row(B, T, D, N, dtype, path, bw):

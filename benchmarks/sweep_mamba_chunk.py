@@ -1,7 +1,9 @@
-"""Launch shapes of the chunked selective-scan kernels (``lowering/scan/triton_chunk_selective.py``) on a GPU.
+"""Launch shapes of the chunked selective-scan kernels (``lowering/scan/triton_chunk_selective.py`` and
+``triton_chunk_selective_vec.py``) on a GPU.
 
     python benchmarks/sweep_mamba_chunk.py          # the two mamba shapes of benchmarks/scan_hgrn.py, bf16
-    python benchmarks/sweep_mamba_chunk.py --fwd    # the forward rows only (the three forward kernels)
+    python benchmarks/sweep_mamba_chunk.py --fwd    # the forward rows only
+    python benchmarks/sweep_mamba_chunk.py --vec    # the vectorized kernels only
 
 Times the forward (``forward``) and the backward (``backward``: chunk states + reverse pass) alone for a
 few (BT, BD, warps) choices, with the registers and spills of the compiled kernels, so the module's
@@ -19,14 +21,11 @@ SHAPES = [(4, 2048, 1536, 16), (1, 8192, 4096, 16)]
 FWD = [(16, 16, 4), (16, 16, 2), (16, 8, 4), (8, 16, 4), (32, 16, 4), (16, 32, 4), (8, 32, 4)]
 # the forward with the states on the lanes (``FWD_LANES``): warps split channels only
 FWD_LANES = [(16, 16, 4), (16, 16, 2), (16, 32, 4), (16, 8, 2), (16, 32, 8), (8, 16, 4)]
-# the forward with the states a compile-time size (``FWD_VEC``, N a power of two): warps split channels only
-FWD_VEC = [(8, 32, 4), (8, 16, 2), (4, 32, 4), (4, 64, 8), (8, 64, 8), (16, 64, 8), (16, 32, 4), (2, 32, 4)]
-# the backward on the vectorized layout (``BWD_VEC``): BT, the states passes' BD and warps, the gradient kernel's
-# BD and warps, chunks a program
-BWD_VEC = [
-    (8, 32, 4, 32, 4, 8), (8, 32, 4, 32, 4, 4), (8, 32, 4, 32, 4, 16), (8, 32, 4, 32, 4, 32), (8, 32, 4, 16, 2, 8),
-    (8, 16, 2, 32, 4, 8), (4, 32, 4, 32, 4, 8), (4, 32, 4, 32, 4, 16), (8, 64, 8, 64, 8, 8),
-]  # fmt: skip
+# the vectorized kernels (N a power of two): BT, BD, warps, chunks a segment; the backward's segments pass takes
+# BD_SEG / WARPS_SEG, swept apart
+VEC_FWD = [(16, 32, 4, 16), (16, 32, 4, 8), (16, 32, 4, 4), (16, 32, 4, 1000), (8, 32, 4, 16), (16, 64, 8, 8)]
+VEC_BWD = [(8, 16, 2, 8), (8, 16, 2, 4), (8, 16, 2, 16), (8, 32, 4, 8), (8, 16, 4, 8), (4, 32, 4, 16)]
+VEC_SEG = [(32, 4), (16, 2), (64, 8)]
 BWD = [(16, 16, 4, 4), (16, 16, 4, 8), (16, 8, 4, 4), (8, 16, 4, 4), (8, 16, 4, 8), (32, 16, 4, 8), (16, 32, 4, 8)]
 
 
@@ -45,7 +44,7 @@ def diff(a, b):
     return max(((x.double() - y.double()).norm() / y.double().norm().clamp_min(1e-30)).item() for x, y in zip(a, b))
 
 
-def main(fwd_only: bool = False):
+def main(fwd_only: bool = False, vec_only: bool = False):
     from fla_compile.lowering.scan import triton_chunk_selective as TC
 
     print(torch.cuda.get_device_name())
@@ -54,24 +53,20 @@ def main(fwd_only: bool = False):
     for B, T, D, N in SHAPES:
         xs, dy, dht = inputs(B, T, D, N)
         args = (*xs, None, None)
+        _sweep_vec(B, T, D, N, args, dy, dht, fwd_only)
+        if vec_only:
+            continue
         saved = TC.BT_FWD, TC.BD_FWD, TC.WARPS_FWD, TC.BT_BWD, TC.BD_BWD, TC.WARPS_STATES, TC.WARPS_BWD
-        lanes_shipped, vec_shipped, vec_launch = TC.FWD_LANES, TC.FWD_VEC, (TC.BT_VEC, TC.BD_VEC, TC.WARPS_VEC)
-        bwd_vec_shipped = TC.BWD_VEC, *_bwd_vec_launch(TC)
+        lanes_shipped = TC.FWD_LANES
         ref_y = TC.forward(*args)
         ref_g = TC.backward(*args, dy, dht)[:5]
         try:
-            kernels = (
-                ("fwd", False, False, FWD, TC.chunk_selective_fwd_kernel),
-                ("fwd lanes", True, False, FWD_LANES, TC.chunk_selective_fwd_lanes_kernel),
-                ("fwd vec", True, True, FWD_VEC, TC.chunk_selective_fwd_vec_kernel),
-            )
-            for name, lanes, vec, configs, kernel in kernels:
-                TC.FWD_LANES, TC.FWD_VEC = lanes, vec
+            for lanes, configs in ((False, FWD), (True, FWD_LANES)):
+                TC.FWD_LANES = lanes
+                kernel = TC.chunk_selective_fwd_lanes_kernel if lanes else TC.chunk_selective_fwd_kernel
+                name = "fwd lanes" if lanes else "fwd"
                 for BT, BD, W in configs:
-                    if vec:
-                        TC.BT_VEC, TC.BD_VEC, TC.WARPS_VEC = BT, BD, W
-                    else:
-                        TC.BT_FWD, TC.BD_FWD, TC.WARPS_FWD = BT, BD, W
+                    TC.BT_FWD, TC.BD_FWD, TC.WARPS_FWD = BT, BD, W
                     try:
                         got = TC.forward(*args)
                         ms = do_bench(lambda args=args: TC.forward(*args))
@@ -81,21 +76,8 @@ def main(fwd_only: bool = False):
                         print(
                             f"| {B} | {T} | {D} | {N} | {name} | {BT} | {BD} | {W} | error: {type(e).__name__}: {e} | | |"
                         )
-            TC.FWD_LANES, TC.FWD_VEC = lanes_shipped, vec_shipped
-            TC.BT_VEC, TC.BD_VEC, TC.WARPS_VEC = vec_launch
+            TC.FWD_LANES = lanes_shipped
             TC.BT_FWD, TC.BD_FWD, TC.WARPS_FWD = saved[:3]
-            for config in [] if fwd_only else BWD_VEC:
-                _set_bwd_vec(TC, True, *config)
-                row = " | ".join(str(c) for c in config)
-                try:
-                    got = TC.backward(*args, dy, dht)[:5]
-                    ms = do_bench(lambda a=(*args, dy, dht): TC.backward(*a))
-                    print(f"| {B} | {T} | {D} | {N} | bwd vec: BT, states BD, warps, BD, warps, G | {row} | "
-                          f"{ms:.3f} | {diff(got, ref_g):.1e} | {_regs(TC.chunk_selective_bwd_vec_kernel)} |")  # fmt: skip
-                except Exception as e:  # noqa: BLE001
-                    print(f"| {B} | {T} | {D} | {N} | bwd vec | {row} | error: {type(e).__name__}: {e} | | |")
-            _set_bwd_vec(TC, *bwd_vec_shipped)
-            TC.BWD_VEC = False
             for BT, BD, WS, WB in [] if fwd_only else BWD:
                 TC.BT_BWD, TC.BD_BWD, TC.WARPS_STATES, TC.WARPS_BWD = BT, BD, WS, WB
                 try:
@@ -109,19 +91,47 @@ def main(fwd_only: bool = False):
                     )
         finally:
             (TC.BT_FWD, TC.BD_FWD, TC.WARPS_FWD, TC.BT_BWD, TC.BD_BWD, TC.WARPS_STATES, TC.WARPS_BWD) = saved
-            TC.FWD_LANES, TC.FWD_VEC = lanes_shipped, vec_shipped
-            TC.BT_VEC, TC.BD_VEC, TC.WARPS_VEC = vec_launch
-            _set_bwd_vec(TC, *bwd_vec_shipped)
+            TC.FWD_LANES = lanes_shipped
 
 
-def _bwd_vec_launch(TC):
-    return TC.BT_BWD_VEC, TC.BD_STATES_VEC, TC.WARPS_STATES_VEC, TC.BD_BWD_VEC, TC.WARPS_BWD_VEC, TC.CHUNKS_BWD_VEC
+def _sweep_vec(B, T, D, N, args, dy, dht, fwd_only):
+    """The vectorized kernels' rows (their chunk, channel block, warps and chunks a segment, "G")."""
+    from fla_compile.lowering.scan import triton_chunk_selective_vec as TV
 
+    names = ["BT_FWD", "BD_FWD", "WARPS_FWD", "CHUNKS_FWD", "BT_BWD", "BD_BWD", "WARPS_BWD", "CHUNKS_BWD",
+             "BD_SEG", "WARPS_SEG"]  # fmt: skip
+    saved = {n: getattr(TV, n) for n in names}
+    ref_y, ref_g = TV.forward(*args), TV.backward(*args, dy, dht)[:5]
 
-def _set_bwd_vec(TC, on, BT, BD_s, W_s, BD, W, G):
-    TC.BWD_VEC = on
-    TC.BT_BWD_VEC, TC.BD_STATES_VEC, TC.WARPS_STATES_VEC = BT, BD_s, W_s
-    TC.BD_BWD_VEC, TC.WARPS_BWD_VEC, TC.CHUNKS_BWD_VEC = BD, W, G
+    def row(name, config, fn, ref, kernel):
+        try:
+            got = fn()
+            ms = do_bench(fn)
+            print(f"| {B} | {T} | {D} | {N} | {name} | {config} | {ms:.3f} | {diff(got, ref):.1e} | {_regs(kernel)} |")
+        except Exception as e:  # noqa: BLE001 - a failed config is a row with the error
+            print(f"| {B} | {T} | {D} | {N} | {name} | {config} | error: {type(e).__name__}: {e} | | |")
+
+    try:
+        for config in VEC_FWD:
+            TV.BT_FWD, TV.BD_FWD, TV.WARPS_FWD, TV.CHUNKS_FWD = config
+            row(
+                "vec fwd: BT, BD, warps, G", config, lambda: TV.forward(*args), ref_y, TV.chunk_selective_fwd_vec_kernel
+            )
+        for n in names[:4]:
+            setattr(TV, n, saved[n])
+        for config in [] if fwd_only else VEC_BWD:
+            TV.BT_BWD, TV.BD_BWD, TV.WARPS_BWD, TV.CHUNKS_BWD = config
+            row("vec bwd: BT, BD, warps, G", config, lambda: TV.backward(*args, dy, dht)[:5], ref_g,
+                TV.chunk_selective_bwd_vec_kernel)  # fmt: skip
+        for n in names[4:8]:
+            setattr(TV, n, saved[n])
+        for config in [] if fwd_only else VEC_SEG:
+            TV.BD_SEG, TV.WARPS_SEG = config
+            row("vec bwd, segments pass: BD, warps", config, lambda: TV.backward(*args, dy, dht)[:5], ref_g,
+                TV.chunk_selective_segments_kernel)  # fmt: skip
+    finally:
+        for n, v in saved.items():
+            setattr(TV, n, v)
 
 
 def _regs(kernel) -> str:
@@ -137,4 +147,4 @@ def _regs(kernel) -> str:
 if __name__ == "__main__":
     import sys
 
-    main(fwd_only="--fwd" in sys.argv[1:])
+    main(fwd_only="--fwd" in sys.argv[1:], vec_only="--vec" in sys.argv[1:])

@@ -1,5 +1,6 @@
-"""The chunked selective-scan kernels (mamba, ``lowering/scan/triton_chunk_selective.py``): interpreter checks
-on CPU at tiny sizes (chunks of 16 steps, several per sequence), GPU checks marked ``gpu`` at real sizes.
+"""The chunked selective-scan kernels (mamba, ``lowering/scan/triton_chunk_selective.py`` and, for N a power of
+two, ``triton_chunk_selective_vec.py``): interpreter checks on CPU at tiny sizes (several chunks and segments per
+sequence), GPU checks marked ``gpu`` at real sizes.
 
 As in ``test_scan_triton.py``: where this process interprets Triton (tests/lowering/conftest.py sets
 TRITON_INTERPRET on machines without CUDA) the cases run here, else in one child process. The reference
@@ -69,9 +70,14 @@ def poisoned():
         torch.empty, torch.empty_like, torch.Tensor.new_empty = orig
 
 
-def _run(lens=None, with_h0=True, strength=2.0, dtype=torch.float32, backward=True, twice=False, N=3):
-    from fla_compile.lowering.scan import triton_chunk_selective as TC
+def _module(vec: bool):
+    from fla_compile.lowering.scan import triton_chunk_selective, triton_chunk_selective_vec
 
+    return triton_chunk_selective_vec if vec else triton_chunk_selective
+
+
+def _run(lens=None, with_h0=True, strength=2.0, dtype=torch.float32, backward=True, twice=False, N=3, vec=False):
+    TC = _module(vec)
     *xs, h0, cu = make(lens=lens, strength=strength, dtype=dtype, N=N)
     h0 = h0 if with_h0 else None
     gen = torch.Generator().manual_seed(9)
@@ -94,16 +100,16 @@ def _run(lens=None, with_h0=True, strength=2.0, dtype=torch.float32, backward=Tr
     return out
 
 
-def _op_dispatch():
+def _op_dispatch(N=2):
     """ops.mamba (softplus, bias, D skip, z gate) at T >= 64 on CPU tensors in interpret mode: the dispatch
-    takes the chunked kernels, both directions; against the fp64 loop."""
+    takes the chunked kernels (vectorized for N a power of two), both directions; against the fp64 loop."""
     import fla_compile.ops as ops
-    from fla_compile.lowering.scan import dispatch
-    from fla_compile.lowering.scan import triton_chunk_selective as TC
+    from fla_compile.lowering.scan import dispatch, triton_chunk_selective_vec
     from fla_compile.reference.mamba import selective_scan as loop
 
+    TC = _module(triton_chunk_selective_vec.supported(torch.empty(1, N)))
     gen = torch.Generator().manual_seed(3)
-    Bsz, T, D, N = 1, 70, 4, 2
+    Bsz, T, D = 1, 70, 4
     x, dt, z = (torch.randn(Bsz, T, D, generator=gen) for _ in range(3))
     A, Bm, C = (
         -torch.rand(D, N, generator=gen) * 3,
@@ -148,27 +154,15 @@ def _run_other_layout(*args):
         TC.FWD_LANES = not TC.FWD_LANES
 
 
-def _run_vec(*args):
-    """The kernels on the vectorized layout (N a power of two), forward and backward, against fp64; the others
-    made to fail, so the case shows which ran. Two chunks per backward program, so the chunks of a sequence
-    spread over programs."""
-    from fla_compile.lowering.scan import triton_chunk_selective as TC
-
-    class Refused:
-        def __getitem__(self, grid):
-            raise AssertionError("a kernel outside the vectorized layout ran")
-
-    names = ["chunk_selective_fwd_lanes_kernel", "chunk_selective_fwd_kernel", "chunk_selective_states_kernel",
-             "chunk_selective_bwd_kernel"]  # fmt: skip
-    saved = {n: getattr(TC, n) for n in [*names, "FWD_VEC", "BWD_VEC", "CHUNKS_BWD_VEC"]}
-    for n in names:
-        setattr(TC, n, Refused())
-    TC.FWD_VEC, TC.BWD_VEC, TC.CHUNKS_BWD_VEC = True, True, 2
+def _run_vec(*args, chunks=1, max_segments=2):
+    """The vectorized kernels, with segments of ``chunks`` chunks and at most ``max_segments`` a sequence."""
+    TV = _module(True)
+    saved = TV.CHUNKS_FWD, TV.CHUNKS_BWD, TV.MAX_SEGMENTS, TV.FWD_SEGMENTS_BELOW
+    TV.CHUNKS_FWD, TV.CHUNKS_BWD, TV.MAX_SEGMENTS, TV.FWD_SEGMENTS_BELOW = chunks, chunks, max_segments, 1 << 30
     try:
-        return _run(*args)
+        return _run(*args, vec=True)
     finally:
-        for n, v in saved.items():
-            setattr(TC, n, v)
+        TV.CHUNKS_FWD, TV.CHUNKS_BWD, TV.MAX_SEGMENTS, TV.FWD_SEGMENTS_BELOW = saved
 
 
 INTERPRETER_CASES = {
@@ -176,11 +170,16 @@ INTERPRETER_CASES = {
     "packed": (_run, ([20, 0, 1, 27],)),
     "no-h0-strong": (_run, (None, False, 40.0)),
     "bf16-forward": (_run, (None, True, 2.0, torch.bfloat16, False)),
-    "op-dispatch": (_op_dispatch, ()),
+    "op-dispatch-vec": (_op_dispatch, (2,)),
+    "op-dispatch": (_op_dispatch, (3,)),
     "other-layout-forward": (_run_other_layout, (None, True, 2.0, torch.float32, False)),
     "other-layout-packed-no-h0": (_run_other_layout, ([20, 0, 1, 27], False, 2.0, torch.float32, False)),
-    "vec-dense-deterministic": (_run_vec, (None, True, 2.0, torch.float32, True, True, 4)),
-    "vec-packed-no-h0": (_run_vec, ([20, 0, 1, 27], False, 40.0, torch.float32, True, False, 8)),
+    # T = 37: 3 chunks forward (BT 16), 5 backward (BT 8); at most 2 segments: 2 chunks and 3 a segment
+    "vec-defaults": (_run, (None, True, 2.0, torch.float32, True, False, 4, True)),
+    "vec-segments-deterministic": (_run_vec, (None, True, 2.0, torch.float32, True, True, 4)),
+    "vec-segments-no-h0-strong": (_run_vec, (None, False, 40.0, torch.float32, True, False, 8)),
+    "vec-one-chunk-a-segment": (lambda: _run_vec(None, True, 2.0, torch.float32, True, False, 16, max_segments=32), ()),
+    "vec-packed": (_run_vec, ([20, 0, 1, 27], True, 2.0, torch.float32, True, False, 4)),
     "vec-bf16-two-states": (_run_vec, (None, True, 2.0, torch.bfloat16, False, False, 2)),
 }
 
@@ -252,16 +251,18 @@ def _poison_cuda():
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("lens", [None, [300, 0, 1, 723, 17]], ids=["dense", "packed"])
 @pytest.mark.parametrize("strength", [2.0, 40.0], ids=["weak", "strong"])
-@pytest.mark.parametrize("layout,warps", [("vec", 4), ("lanes", 4), ("rows", 2)])
+@pytest.mark.parametrize("layout,warps", [("vec", None), ("vec-segments", None), ("lanes", 4), ("rows", 2)])
 def test_gpu_chunked_vs_fp64(dtype, tol, lens, strength, layout, warps, monkeypatch):
-    """The three forward kernels (the vectorized one shipped for N a power of two; the other two at their best
-    warps) and both backwards (vectorized with "vec", else one program a sequence), against fp64."""
-    from fla_compile.lowering.scan import triton_chunk_selective as TC
-
-    monkeypatch.setattr(TC, "FWD_VEC", layout == "vec")
-    monkeypatch.setattr(TC, "BWD_VEC", layout == "vec")
-    monkeypatch.setattr(TC, "FWD_LANES", layout != "rows")
-    monkeypatch.setattr(TC, "WARPS_FWD", warps)
+    """The vectorized kernels (shipped for N a power of two: T = 517 gives 5 backward segments; "vec-segments"
+    cuts the forward too, into 9) and both forward layouts of the others at their best warps, with the
+    backwards, against fp64."""
+    TC = _module(layout.startswith("vec"))
+    if layout == "vec-segments":
+        monkeypatch.setattr(TC, "FWD_SEGMENTS_BELOW", 1 << 30)
+        monkeypatch.setattr(TC, "CHUNKS_FWD", 4)
+    if not layout.startswith("vec"):
+        monkeypatch.setattr(TC, "FWD_LANES", layout == "lanes")
+        monkeypatch.setattr(TC, "WARPS_FWD", warps)
 
     *xs, h0, cu = make(B=3, T=517, D=1000, N=16, strength=strength, lens=lens, device="cuda", dtype=dtype)
     dy, dht = torch.randn_like(xs[0]), torch.randn_like(h0)
@@ -281,12 +282,13 @@ def test_gpu_chunked_vs_fp64(dtype, tol, lens, strength, layout, warps, monkeypa
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("N", [1, 2, 5, 16, 32])
-def test_gpu_chunked_small_states_and_no_h0(N):
-    """Other state sizes (masked states), no initial state, D not a multiple of the block, T of one chunk + 1."""
-    from fla_compile.lowering.scan import triton_chunk_selective as TC
-
-    *xs, _, _ = make(B=2, T=17, D=37, N=N, device="cuda")
+@pytest.mark.parametrize("N,vec", [(1, False), (5, False), (16, False), (2, True), (4, True), (16, True), (32, True)])
+@pytest.mark.parametrize("T", [17, 300])
+def test_gpu_chunked_small_states_and_no_h0(N, vec, T):
+    """Other state sizes (masked states), no initial state, D not a multiple of the block, T of one chunk + 1 and
+    of several segments."""
+    TC = _module(vec)
+    *xs, _, _ = make(B=2, T=T, D=37, N=N, device="cuda")
     dy = torch.randn_like(xs[0])
     dht = torch.randn(2, 37, N, device="cuda")
     _poison_cuda()
@@ -301,13 +303,14 @@ def test_gpu_chunked_small_states_and_no_h0(N):
 @pytest.mark.gpu
 @gpu
 def test_gpu_mamba_op_takes_chunked():
-    """ops.mamba at T = 2048 on CUDA runs the chunked kernels (not the walk) and matches the fp64 loop."""
+    """ops.mamba at T = 2048 on CUDA runs the chunked kernels (not the walk; the vectorized ones for N = 16) and
+    matches the fp64 loop."""
     import fla_compile.ops as ops
     from fla_compile.lowering.scan import dispatch
     from fla_compile.reference.mamba import selective_scan as loop
 
     *xs, h0, _ = make(B=2, T=2048, D=256, N=16, device="cuda")
-    assert dispatch.selective_chunked(xs[0], xs[2])
+    assert dispatch.selective_chunked(xs[0], xs[2]) and dispatch._chunked_kernels(xs[2]) is _module(True)
     xs = [x.requires_grad_() for x in (*xs, h0)]
     y, ht = ops.mamba(*xs[:5], initial_state=xs[5], output_final_state=True)
     (y.square().sum() + ht.sum()).backward()

@@ -136,6 +136,9 @@ def selective_triton_enabled(u, dt, A, B, C, *others) -> bool:
 
 
 SELECTIVE_CHUNK_MIN_T = 64  # steps from which the chunked kernels run (see ``selective_chunked``)
+# N a power of two takes the chunked kernels with the states vectorized and the sequence in parallel segments
+# (:mod:`.triton_chunk_selective_vec`); False: :mod:`.triton_chunk_selective` for every N
+SELECTIVE_VEC = True
 
 
 def selective_chunked(u, A) -> bool:
@@ -149,15 +152,22 @@ def selective_chunked(u, A) -> bool:
     return u.shape[1] >= SELECTIVE_CHUNK_MIN_T and A.shape[-1] <= 16
 
 
+def _chunked_kernels(A):
+    """The module of chunked kernels for these states: vectorized for N a power of two (``SELECTIVE_VEC``)."""
+    from . import triton_chunk_selective, triton_chunk_selective_vec
+
+    if SELECTIVE_VEC and triton_chunk_selective_vec.supported(A):
+        return triton_chunk_selective_vec
+    return triton_chunk_selective
+
+
 def selective_forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
     """Mamba's selective scan: (y [B, T, D] in u's dtype, final state [N_seq, D, N]). On CUDA the chunked
     Triton kernels for long inputs and the fused walk (state tile [16, N] in registers) for short ones
     (``selective_chunked``); else the torch path."""
     if selective_triton_enabled(u, dt, A, B, C, initial_state):
         if selective_chunked(u, A):
-            from . import triton_chunk_selective
-
-            return triton_chunk_selective.forward(u, dt, A, B, C, initial_state, cu_seqlens)
+            return _chunked_kernels(A).forward(u, dt, A, B, C, initial_state, cu_seqlens)
         from . import triton_scan
 
         return triton_scan.selective_forward(u, dt, A, B, C, initial_state, cu_seqlens)
@@ -169,9 +179,7 @@ def selective_backward(u, dt, A, B, C, initial_state, cu_seqlens, do, dht):
     or the fused backward walk, as the forward chooses; else autograd through the torch path."""
     if selective_triton_enabled(u, dt, A, B, C, initial_state, do):
         if selective_chunked(u, A):
-            from . import triton_chunk_selective
-
-            return triton_chunk_selective.backward(u, dt, A, B, C, initial_state, cu_seqlens, do, dht)
+            return _chunked_kernels(A).backward(u, dt, A, B, C, initial_state, cu_seqlens, do, dht)
         from . import triton_scan
 
         return triton_scan.selective_backward(u, dt, A, B, C, initial_state, cu_seqlens, do, dht)

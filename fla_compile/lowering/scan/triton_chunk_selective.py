@@ -19,11 +19,7 @@ in mamba's own backward), ddt_t = sum_n dh (h_t - b_t) A and dA = sum_t dh (h_t 
 channels (dB, dC) are written per block of channels and those over sequences (dA) per sequence, then
 added: no atomics, bitwise deterministic. No state per step is ever stored.
 
-Where N is a power of two the ``_vec`` kernels run instead: A loads as a [1, BD, N] tile in 16-byte vectors, and
-that load's layout (four states in each thread) anchors the chunk tiles, so sums over states are mostly in-thread
-adds. Their backward also gets the state gradient reaching every chunk in its own sequential pass
-(``chunk_selective_dstates_vec_kernel``, the mirror of the states pass), which makes the chunks independent: the
-gradient kernel then runs G chunks a program over the whole machine instead of one program a sequence.
+Where N is a power of two, ``triton_chunk_selective_vec`` runs instead (see there).
 
 Decays are exp2 of dt * (A log2 e); A <= 0 keeps every factor <= 1. Packed sequences (``cu_seqlens``)
 give each program its [bos, eos); chunks start at bos. Masked rows and channels are identities
@@ -60,19 +56,6 @@ BT_BWD, BD_BWD, WARPS_STATES, WARPS_BWD = 16, 16, 4, 4
 # benchmarks/sweep_mamba_chunk.py --fwd, 2026-12-01): 0.324 -> 0.225 ms at (4, 2048, 1536, 16), 0.873 -> 0.652 at
 # (1, 8192, 4096, 16), outputs within 2e-5 of the other layout's
 FWD_LANES = True
-# The forward with the states a compile-time size (``chunk_selective_fwd_vec_kernel``), taken when N is a power of
-# two, and its launch shape: the best of benchmarks/sweep_mamba_chunk.py --fwd at both shapes (H200, bf16,
-# 2026-12-02): 0.181 ms at (4, 2048, 1536, 16), 0.613 at (1, 8192, 4096, 16), where the lanes kernel takes 0.227
-# and 0.655; BT 8 at 4 warps 0.242 / 0.868 (fewer instructions an element, but twice the chunks)
-FWD_VEC = True
-BT_VEC, BD_VEC, WARPS_VEC = 16, 32, 4
-# The backward on that layout (``_backward_vec``): chunk states, state gradients, then the chunks in parallel, G
-# (``CHUNKS_BWD_VEC``) a program. The states passes' channel block and warps, the gradient kernel's: the best of
-# benchmarks/sweep_mamba_chunk.py at both shapes (H200, bf16, 2026-12-02): 1.260 ms at (4, 2048, 1536, 16) and
-# 3.920 at (1, 8192, 4096, 16), where the backward one program a sequence took 2.537 and 5.388 as shipped
-BWD_VEC = True
-BT_BWD_VEC, BD_STATES_VEC, WARPS_STATES_VEC = 8, 32, 4
-BD_BWD_VEC, WARPS_BWD_VEC, CHUNKS_BWD_VEC = 16, 2, 8
 
 
 @triton.jit
@@ -185,42 +168,6 @@ def chunk_selective_fwd_lanes_kernel(
 
 
 @triton.jit
-def chunk_selective_fwd_vec_kernel(
-    u, dt, A, Bm, Cm, h0, y, ht, cu_seqlens, T, D,
-    USE_H0: tl.constexpr, IS_VARLEN: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, N: tl.constexpr,
-):  # fmt: skip
-    """The forward with N (a power of two) a compile-time size, so A loads as [1, BD, N] in 16-byte vectors along
-    the states. That load's layout (four states in each thread, then lanes on states and channels, warps on
-    channels, time in each thread) anchors the chunk's [BT, BD, N] tiles: the sum over states for y is three
-    in-thread adds and two shuffle levels per four elements, where the lanes kernel spends four shuffle levels on
-    every element. Offline sm_90a (Triton 3.6) at BT 8, BD 32, 4 warps: 96 registers, 334 loop instructions for
-    32 elements a thread (lanes kernel: 138, 562 for 32)."""
-    i_d, i_n = tl.program_id(0), tl.program_id(1)
-    bos, eos = _span(cu_seqlens, i_n, T, IS_VARLEN)
-    o_t = tl.arange(0, BT)
-    o_d = i_d * BD + tl.arange(0, BD)
-    o_k = tl.arange(0, N)
-    m3 = (o_d < D)[None, :, None] & (o_k < N)[None, None, :]
-    o3 = o_d[None, :, None] * N + o_k[None, None, :]  # [1, BD, N] of a [D, N] tensor
-    b_A2 = tl.load(A + o3, mask=m3, other=0).to(tl.float32) * LOG2E
-    b_h = tl.zeros([1, BD, N], dtype=tl.float32)
-    if USE_H0:
-        b_h += tl.load(h0 + i_n.to(tl.int64) * D * N + o3, mask=m3, other=0).to(tl.float32)
-    b_dt, b_u, b_B, b_C = _load_chunk(dt, u, Bm, Cm, bos, o_t, o_d, o_k, eos, D, N)
-    for t0 in range(bos, eos, BT):
-        n_dt, n_u, n_B, n_C = _load_chunk(dt, u, Bm, Cm, t0 + BT, o_t, o_d, o_k, eos, D, N)
-        # [BT, BD, N]
-        b_a = tl.exp2(b_dt[:, :, None] * b_A2)
-        b_b = b_u[:, :, None] * b_B[:, None, :]
-        b_b = tl.where((o_t == 0)[:, None, None], b_b + b_a * b_h, b_b)
-        _, b_hs = tl.associative_scan((b_a, b_b), 0, _first_order)
-        _store_td(y, tl.sum(b_hs * b_C[:, None, :], 2), t0, o_t, o_d, eos, D)
-        b_h = tl.sum(tl.where((o_t == BT - 1)[:, None, None], b_hs, 0.0), 0, keep_dims=True)
-        b_dt, b_u, b_B, b_C = n_dt, n_u, n_B, n_C
-    tl.store(ht + i_n.to(tl.int64) * D * N + o3, b_h, mask=m3)
-
-
-@triton.jit
 def chunk_selective_states_kernel(
     u, dt, A, Bm, h0, hc, cu_seqlens, T, D, N,
     USE_H0: tl.constexpr, IS_VARLEN: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
@@ -315,138 +262,6 @@ def chunk_selective_bwd_kernel(
     tl.store(dA_part + i_n.to(tl.int64) * D * N + o_kd, b_dA, mask=m_kd)
 
 
-@triton.jit
-def _vec_offsets(i_d, D, BD: tl.constexpr, N: tl.constexpr):
-    """Offsets and mask of a [1, BD, N] tile of a [D, N] tensor: the vectorized kernels' anchor layout."""
-    o_d = i_d * BD + tl.arange(0, BD)
-    o_k = tl.arange(0, N)
-    return o_d[None, :, None] * N + o_k[None, None, :], (o_d < D)[None, :, None] & (o_k < N)[None, None, :]
-
-
-@triton.jit
-def chunk_selective_states_vec_kernel(
-    u, dt, A, Bm, h0, hc, cu_seqlens, T, D,
-    USE_H0: tl.constexpr, IS_VARLEN: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, N: tl.constexpr,
-):  # fmt: skip
-    """``chunk_selective_states_kernel`` on the vectorized layout (N a power of two): the state before every
-    chunk into ``hc`` [slots, D, N]."""
-    i_d, i_n = tl.program_id(0), tl.program_id(1)
-    bos, eos = _span(cu_seqlens, i_n, T, IS_VARLEN)
-    o_t = tl.arange(0, BT)
-    o_d = i_d * BD + tl.arange(0, BD)
-    o_k = tl.arange(0, N)
-    o3, m3 = _vec_offsets(i_d, D, BD, N)
-    b_A2 = tl.load(A + o3, mask=m3, other=0).to(tl.float32) * LOG2E
-    b_h = tl.zeros([1, BD, N], dtype=tl.float32)
-    if USE_H0:
-        b_h += tl.load(h0 + i_n.to(tl.int64) * D * N + o3, mask=m3, other=0).to(tl.float32)
-    b_dt = _load_td(dt, bos, o_t, o_d, eos, D)
-    b_u = _load_td(u, bos, o_t, o_d, eos, D)
-    b_B = _load_td(Bm, bos, o_t, o_k, eos, N)
-    for t0 in range(bos, eos, BT):
-        tl.store(hc + (i_n + t0 // BT) * D * N + o3, b_h, mask=m3)
-        n_dt = _load_td(dt, t0 + BT, o_t, o_d, eos, D)
-        n_u = _load_td(u, t0 + BT, o_t, o_d, eos, D)
-        n_B = _load_td(Bm, t0 + BT, o_t, o_k, eos, N)
-        # [BT, BD]: the step sizes after each step of the chunk (every decay <= 1 for A <= 0)
-        b_total = tl.sum(b_dt, 0)
-        b_w = tl.exp2((b_total[None, :] - tl.cumsum(b_dt, 0))[:, :, None] * b_A2)
-        b_h = tl.exp2(b_total[None, :, None] * b_A2) * b_h
-        b_h += tl.sum(b_w * (b_u[:, :, None] * b_B[:, None, :]), 0, keep_dims=True)
-        b_dt, b_u, b_B = n_dt, n_u, n_B
-
-
-@triton.jit
-def chunk_selective_dstates_vec_kernel(
-    dt, A, Cm, dy, dht, gc, dh0, cu_seqlens, T, D,
-    USE_DHT: tl.constexpr, USE_H0: tl.constexpr, IS_VARLEN: tl.constexpr,
-    BT: tl.constexpr, BD: tl.constexpr, N: tl.constexpr,
-):  # fmt: skip
-    """The state gradient reaching every chunk from after it, into ``gc`` [slots, D, N] (a_{s1} dh_{s1}, s1 the
-    chunk's end), chunks from the last; the one past the first chunk is dh0. Closed form per chunk, as the states
-    pass: with c_s the step sizes summed from the chunk's first step through s, g <- exp(A sum dt) g +
-    sum_s exp(A c_s) C_s dy_s (every factor <= 1 for A <= 0). With it the backward's chunks are independent."""
-    i_d, i_n = tl.program_id(0), tl.program_id(1)
-    bos, eos = _span(cu_seqlens, i_n, T, IS_VARLEN)
-    o_t = tl.arange(0, BT)
-    o_d = i_d * BD + tl.arange(0, BD)
-    o_k = tl.arange(0, N)
-    o3, m3 = _vec_offsets(i_d, D, BD, N)
-    b_A2 = tl.load(A + o3, mask=m3, other=0).to(tl.float32) * LOG2E
-    b_g = tl.zeros([1, BD, N], dtype=tl.float32)
-    if USE_DHT:
-        b_g += tl.load(dht + i_n.to(tl.int64) * D * N + o3, mask=m3, other=0).to(tl.float32)
-    n_chunks = tl.cdiv(eos - bos, BT)
-    t0 = bos + tl.maximum(n_chunks - 1, 0) * BT  # an empty sequence reads nothing
-    b_dt = _load_td(dt, t0, o_t, o_d, eos, D)
-    b_dy = _load_td(dy, t0, o_t, o_d, eos, D)
-    b_C = _load_td(Cm, t0, o_t, o_k, eos, N)
-    for i in range(0, n_chunks):
-        t0 = bos + (n_chunks - 1 - i) * BT
-        tl.store(gc + (i_n + t0 // BT) * D * N + o3, b_g, mask=m3)
-        # the chunk before (a whole one), or no rows after the first chunk
-        lim = tl.where(t0 > bos, t0, t0 - BT)
-        n_dt = _load_td(dt, t0 - BT, o_t, o_d, lim, D)
-        n_dy = _load_td(dy, t0 - BT, o_t, o_d, lim, D)
-        n_C = _load_td(Cm, t0 - BT, o_t, o_k, lim, N)
-        b_w = tl.exp2(tl.cumsum(b_dt, 0)[:, :, None] * b_A2)
-        b_g = tl.exp2(tl.sum(b_dt, 0)[None, :, None] * b_A2) * b_g
-        b_g += tl.sum(b_w * (b_dy[:, :, None] * b_C[:, None, :]), 0, keep_dims=True)
-        b_dt, b_dy, b_C = n_dt, n_dy, n_C
-    if USE_H0:
-        tl.store(dh0 + i_n.to(tl.int64) * D * N + o3, b_g, mask=m3)
-
-
-@triton.jit
-def chunk_selective_bwd_vec_kernel(
-    u, dt, A, Bm, Cm, hc, gc, dy, du, ddt, dA_part, dB_part, dC_part, cu_seqlens, T, D, T_all, G,
-    IS_VARLEN: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, N: tl.constexpr,
-):  # fmt: skip
-    """The gradients of G chunks of a sequence (program axis 2 picks which G), each chunk on its own: its start
-    state from ``hc``, the gradient from after it from ``gc``. The chunk's work is
-    ``chunk_selective_bwd_kernel``'s; dA per (sequence, group of chunks) into ``dA_part``."""
-    i_d, i_n, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bos, eos = _span(cu_seqlens, i_n, T, IS_VARLEN)
-    o_t = tl.arange(0, BT)
-    o_d = i_d * BD + tl.arange(0, BD)
-    o_k = tl.arange(0, N)
-    o3, m3 = _vec_offsets(i_d, D, BD, N)
-    b_A = tl.load(A + o3, mask=m3, other=0).to(tl.float32)
-    b_A2 = b_A * LOG2E
-    b_dA = tl.zeros([1, BD, N], dtype=tl.float32)
-    p_part = i_d.to(tl.int64) * T_all * N
-    for c in range(i_s * G, tl.minimum(i_s * G + G, tl.cdiv(eos - bos, BT))):
-        t0 = bos + c * BT
-        s1 = tl.minimum(t0 + BT, eos)
-        slot = (i_n + t0 // BT) * D * N
-        # [BT, BD], [BT, N]; dt one step ahead within the chunk (0 at its last step: a = 1 there)
-        b_dt = _load_td(dt, t0, o_t, o_d, eos, D)
-        b_dtn = _load_td(dt, t0 + 1, o_t, o_d, s1, D)
-        b_u = _load_td(u, t0, o_t, o_d, eos, D)
-        b_dy = _load_td(dy, t0, o_t, o_d, eos, D)
-        b_B = _load_td(Bm, t0, o_t, o_k, eos, N)
-        b_C = _load_td(Cm, t0, o_t, o_k, eos, N)
-        b_h = tl.load(hc + slot + o3, mask=m3, other=0)
-        b_g = tl.load(gc + slot + o3, mask=m3, other=0)
-        # [BT, BD, N]: the chunk's states, the start state entering the first step's input
-        b_a = tl.exp2(b_dt[:, :, None] * b_A2)
-        b_b = b_u[:, :, None] * b_B[:, None, :]
-        _, b_hs = tl.associative_scan((b_a, tl.where((o_t == 0)[:, None, None], b_b + b_a * b_h, b_b)), 0, _first_order)
-        # dh_t = C_t dy_t + a_{t+1} dh_{t+1}; the later chunks' gradient enters the last row (a_{t+1} = 1 there)
-        b_an = tl.exp2(b_dtn[:, :, None] * b_A2)
-        b_dc = b_dy[:, :, None] * b_C[:, None, :]
-        b_dc = tl.where((o_t == BT - 1)[:, None, None], b_dc + b_g, b_dc)
-        _, b_dh = tl.associative_scan((tl.flip(b_an, 0), tl.flip(b_dc, 0)), 0, _first_order)
-        b_dh = tl.flip(b_dh, 0)
-        b_q = b_dh * (b_hs - b_b)  # dh_t a_t h_{t-1}: the gradient of dt_t A
-        _store_td(du, tl.sum(b_dh * b_B[:, None, :], 2), t0, o_t, o_d, eos, D)
-        _store_td(ddt, tl.sum(b_q * b_A, 2), t0, o_t, o_d, eos, D)
-        b_dA += tl.sum(b_q * b_dt[:, :, None], 0, keep_dims=True)
-        _store_td(dB_part + p_part, tl.sum(b_dh * b_u[:, :, None], 1), t0, o_t, o_k, eos, N)
-        _store_td(dC_part + p_part, tl.sum(b_hs * b_dy[:, :, None], 1), t0, o_t, o_k, eos, N)
-    tl.store(dA_part + (i_n * tl.num_programs(2) + i_s).to(tl.int64) * D * N + o3, b_dA, mask=m3)
-
-
 def _slots(n_seq: int, T_all: int, BT: int) -> int:
     """Rows of the chunk-state buffer: sequence n's chunk from row t0 takes slot n + t0 // BT. Within a
     sequence the slots grow by one per chunk; the last of sequence n, n + (eos - 1) // BT, is below the
@@ -463,20 +278,11 @@ def forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
     y = torch.empty_like(u)
     ht = u.new_empty(n_seq, D, N, dtype=torch.float32)
     h0 = initial_state.contiguous() if initial_state is not None else None
-    BN = pow2(N, lo=2)
-    use_h0, varlen = h0 is not None, cu_seqlens is not None
-    if FWD_VEC and BN == N:
-        BD = min(BD_VEC, pow2(D, lo=2))
-        chunk_selective_fwd_vec_kernel[(launch.cdiv(D, BD), n_seq)](
-            u, dt, A, B, C, h0, y, ht, cu_seqlens, T, D,
-            USE_H0=use_h0, IS_VARLEN=varlen, BT=BT_VEC, BD=BD, N=N, num_warps=WARPS_VEC,
-        )  # fmt: skip
-        return y, ht
-    BD = min(BD_FWD, pow2(D, lo=2))
+    BN, BD = pow2(N, lo=2), min(BD_FWD, pow2(D, lo=2))
     kernel = chunk_selective_fwd_lanes_kernel if FWD_LANES else chunk_selective_fwd_kernel
     kernel[(launch.cdiv(D, BD), n_seq)](
         u, dt, A, B, C, h0, y, ht, cu_seqlens, T, D, N,
-        USE_H0=use_h0, IS_VARLEN=varlen, BT=BT_FWD, BD=BD, BN=BN, num_warps=WARPS_FWD,
+        USE_H0=h0 is not None, IS_VARLEN=cu_seqlens is not None, BT=BT_FWD, BD=BD, BN=BN, num_warps=WARPS_FWD,
     )  # fmt: skip
     return y, ht
 
@@ -487,8 +293,6 @@ def backward(u, dt, A, B, C, initial_state, cu_seqlens, dy, dht):
     N = A.shape[-1]
     u, dt, A, B, C, dy = (x.contiguous() for x in (u, dt, A, B, C, dy))
     n_seq = Bsz if cu_seqlens is None else cu_seqlens.shape[0] - 1
-    if BWD_VEC and pow2(N, lo=2) == N:
-        return _backward_vec(u, dt, A, B, C, initial_state, cu_seqlens, dy, dht, n_seq)
     BN, BD, BT = pow2(N, lo=2), min(BD_BWD, pow2(D, lo=2)), BT_BWD
     n_d, T_all = launch.cdiv(D, BD), Bsz * T
     f32 = dict(dtype=torch.float32, device=u.device)
@@ -506,44 +310,6 @@ def backward(u, dt, A, B, C, initial_state, cu_seqlens, dy, dht):
         u, dt, A, B, C, hc, dy, dht.contiguous() if dht is not None else None, du, ddt, dA_part, dB_part, dC_part,
         dh0, cu_seqlens, T, D, N, T_all, USE_H0=h0 is not None, USE_DHT=dht is not None, num_warps=WARPS_BWD,
         **flags,
-    )  # fmt: skip
-    dB = dB_part.sum(0).view(Bsz, T, N).to(B.dtype)
-    dC = dC_part.sum(0).view(Bsz, T, N).to(C.dtype)
-    return du, ddt, dA_part.sum(0).to(A.dtype), dB, dC, dh0
-
-
-def _backward_vec(u, dt, A, B, C, initial_state, cu_seqlens, dy, dht, n_seq):
-    """The backward on the vectorized layout: the chunk states forward, the state gradients backward (both
-    sequential over chunks, one exp per element), then every chunk's gradients in parallel, G chunks a program
-    (dense inputs; packed sequences keep one program a sequence: their lengths are not known on the host)."""
-    Bsz, T, D = u.shape
-    N = A.shape[-1]
-    BT, T_all = BT_BWD_VEC, Bsz * T
-    f32 = dict(dtype=torch.float32, device=u.device)
-    h0 = initial_state.contiguous() if initial_state is not None else None
-    dht = dht.contiguous() if dht is not None else None
-    flags = dict(IS_VARLEN=cu_seqlens is not None, BT=BT, N=N)
-    BD_s = min(BD_STATES_VEC, pow2(D, lo=2))
-    hc, gc = (torch.empty(_slots(n_seq, T_all, BT), D, N, **f32) for _ in range(2))
-    dh0 = torch.empty(n_seq, D, N, **f32) if h0 is not None else None
-    grid = (launch.cdiv(D, BD_s), n_seq)
-    chunk_selective_states_vec_kernel[grid](
-        u, dt, A, B, h0, hc, cu_seqlens, T, D, USE_H0=h0 is not None, BD=BD_s, num_warps=WARPS_STATES_VEC, **flags
-    )  # fmt: skip
-    chunk_selective_dstates_vec_kernel[grid](
-        dt, A, C, dy, dht, gc, dh0, cu_seqlens, T, D,
-        USE_DHT=dht is not None, USE_H0=h0 is not None, BD=BD_s, num_warps=WARPS_STATES_VEC, **flags,
-    )  # fmt: skip
-    BD = min(BD_BWD_VEC, pow2(D, lo=2))
-    n_d = launch.cdiv(D, BD)
-    G = CHUNKS_BWD_VEC if cu_seqlens is None else launch.cdiv(T_all, BT)
-    n_seg = launch.cdiv(launch.cdiv(T if cu_seqlens is None else T_all, BT), G)
-    du, ddt = torch.empty_like(u), torch.empty_like(dt)
-    dA_part = torch.empty(n_seq * n_seg, D, N, **f32)
-    dB_part, dC_part = torch.empty(n_d, T_all, N, **f32), torch.empty(n_d, T_all, N, **f32)
-    chunk_selective_bwd_vec_kernel[(n_d, n_seq, n_seg)](
-        u, dt, A, B, C, hc, gc, dy, du, ddt, dA_part, dB_part, dC_part, cu_seqlens, T, D, T_all, G,
-        BD=BD, num_warps=WARPS_BWD_VEC, **flags,
     )  # fmt: skip
     dB = dB_part.sum(0).view(Bsz, T, N).to(B.dtype)
     dC = dC_part.sum(0).view(Bsz, T, N).to(C.dtype)

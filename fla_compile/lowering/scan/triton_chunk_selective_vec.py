@@ -1,0 +1,335 @@
+"""Mamba's selective scan (the ``mamba`` family) chunked, for N a power of two: the states vectorized in each
+thread, the sequence split into segments that run in parallel. Forward and backward.
+
+The recurrence, the chunk's scan and the gradients are ``triton_chunk_selective``'s (see there). Two things
+differ:
+
+- **Layout.** With N a compile-time size, A loads as a [1, BD, N] tile in 16-byte vectors along the states.
+  That load's layout (four states in each thread, then lanes on states and channels, warps on channels, time
+  in each thread) anchors the chunk's [BT, BD, N] tiles, so a sum over states is three in-thread adds and two
+  shuffle levels per four elements, where the other kernels spend four shuffle levels on every element.
+  Offline sm_90a (Triton 3.6), forward at BT 16, BD 32, 4 warps: ~10 loop instructions an element against
+  ~17.
+- **Segments.** A walk through a whole sequence leaves the machine idle: (4, 2048, 1536, 16) gives 192
+  programs of a serial walk, (1, 8192, 4096, 16) 128. So a dense sequence is cut into segments of G chunks
+  (the backward always; the forward only on small grids, ``FWD_SEGMENTS_BELOW``).
+  ``chunk_selective_segments_kernel`` gives every segment, in parallel, its state from a zero start and its
+  step sizes summed (and for the backward its state gradient from a zero end). Each consumer then forms its
+  own start state from the segments before it, h <- exp(A sum dt) h + h_local (its end gradient likewise from
+  the segments after it), and walks only its own chunks. A few segments before each program cost little; the
+  launchers keep at most ``MAX_SEGMENTS``. Packed sequences (``cu_seqlens``) keep one segment a sequence:
+  their lengths are not known on the host.
+
+The backward's program walks its chunks forward first, keeping each chunk's start state in ``hc`` (read back by
+the same program), then backward for the gradients, as ``chunk_selective_bwd_kernel`` does for a sequence.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..common import launch
+from ..common.launch import pow2
+from .triton_chunk_selective import LOG2E, _first_order, _load_chunk, _load_td, _slots, _store_td
+from .triton_scan import _span
+
+# Launch shapes, the best of benchmarks/sweep_mamba_chunk.py --vec (H200, bf16, 2026-12-02): the forward's
+# chunk, channel block, warps and chunks a segment; the backward's; the segments pass's channel block and warps.
+BT_FWD, BD_FWD, WARPS_FWD, CHUNKS_FWD = 16, 32, 4, 16
+BT_BWD, BD_BWD, WARPS_BWD, CHUNKS_BWD = 8, 16, 2, 16
+BD_SEG, WARPS_SEG = 16, 2
+MAX_SEGMENTS = 32  # a consumer combines up to this many segments before its own
+# The forward cuts its sequences into segments only where its grid (sequences x channel blocks) has fewer
+# programs than this fraction of the SMs: the segments pass evaluates an exp per element as the forward does, so
+# it pays only where a walk per sequence leaves much of the machine idle. H200 (132 SMs; bf16, N = 16, ms whole
+# -> in segments of 16 chunks): 24 programs (1, 2048, 768) 0.156 -> 0.085; 32 (1, 8192, 1024) 0.611 -> 0.196;
+# 48 (1, 2048, 1536) 0.158 -> 0.088; 96 (2, 2048, 1536) 0.161 -> 0.138 and (1, 4096, 3072) 0.314 -> 0.264;
+# 128 (1, 8192, 4096) 0.617 -> 0.699; 192 (4, 2048, 1536) 0.185 -> 0.264
+FWD_SEGMENTS_BELOW = 0.85
+
+
+def supported(A) -> bool:
+    """N a power of two (the state vector's width is a compile-time size)."""
+    N = A.shape[-1]
+    return N >= 2 and pow2(N) == N
+
+
+@triton.jit
+def _vec_offsets(i_d, D, BD: tl.constexpr, N: tl.constexpr):
+    """Offsets and mask of a [1, BD, N] tile of a [D, N] tensor: the anchor layout."""
+    o_d = i_d * BD + tl.arange(0, BD)
+    o_k = tl.arange(0, N)
+    return o_d[None, :, None] * N + o_k[None, None, :], (o_d < D)[None, :, None] & (o_k < N)[None, None, :]
+
+
+@triton.jit
+def _state_step(b_h, b_dt, b_u, b_B, b_A2):
+    """The state after a chunk from the state before it, closed form: exp(A sum dt) h + sum_s exp(A (the
+    step sizes after s)) u_s B_s (every factor <= 1 for A <= 0)."""
+    b_total = tl.sum(b_dt, 0)
+    b_w = tl.exp2((b_total[None, :] - tl.cumsum(b_dt, 0))[:, :, None] * b_A2)
+    b_h = tl.exp2(b_total[None, :, None] * b_A2) * b_h
+    return b_h + tl.sum(b_w * (b_u[:, :, None] * b_B[:, None, :]), 0, keep_dims=True)
+
+
+@triton.jit
+def _grad_step(b_g, b_dt, b_dy, b_C, b_A2):
+    """The state gradient before a chunk (a_{t0} dh_{t0}) from the one after it (a_{s1} dh_{s1}): with c_s the
+    step sizes from the chunk's first step through s, exp(A sum dt) g + sum_s exp(A c_s) C_s dy_s."""
+    b_w = tl.exp2(tl.cumsum(b_dt, 0)[:, :, None] * b_A2)
+    b_g = tl.exp2(tl.sum(b_dt, 0)[None, :, None] * b_A2) * b_g
+    return b_g + tl.sum(b_w * (b_dy[:, :, None] * b_C[:, None, :]), 0, keep_dims=True)
+
+
+@triton.jit
+def _segment_rows(bos, eos, i_s, G, BT: tl.constexpr, SEGMENTED: tl.constexpr):
+    """[t_s, t_e): the rows of segment i_s (G chunks from bos), or the whole sequence."""
+    if SEGMENTED:
+        t_s = bos + i_s * G * BT
+        return t_s, tl.minimum(t_s + G * BT, eos)
+    return bos, eos
+
+
+@triton.jit
+def _combine(loc, seg_dt, b_x, b_A2, o3, m3, o_d, m_d, D, N: tl.constexpr, first, count, step):
+    """x <- exp(A sum dt) x + x_local over ``count`` segments from ``first`` in steps of ``step`` (+1: the
+    states before a segment; -1: the gradients after it); loc [segments, D, N], seg_dt [segments, D]."""
+    for i in range(0, count):
+        j = first + i * step  # below MAX_SEGMENTS: the bases carry the large offsets
+        b_sum = tl.load(seg_dt + j * D + o_d, mask=m_d, other=0)
+        b_x = tl.exp2(b_sum[None, :, None] * b_A2) * b_x + tl.load(loc + j * D * N + o3, mask=m3, other=0)
+    return b_x
+
+
+@triton.jit
+def chunk_selective_segments_kernel(
+    u, dt, A, Bm, Cm, dy, loc_h, loc_g, seg_dt, T, D, G,
+    STATES: tl.constexpr, GRADS: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, N: tl.constexpr,
+):  # fmt: skip
+    """Per segment of G chunks (dense sequences): its end state from a zero start (``STATES``), its start
+    gradient from a zero end (``GRADS``), and its step sizes summed; [B, segments, ...] flattened."""
+    i_d, i_n, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bos = i_n.to(tl.int64) * T
+    t_s, t_e = _segment_rows(bos, bos + T, i_s, G, BT, True)
+    o_t = tl.arange(0, BT)
+    o_d = i_d * BD + tl.arange(0, BD)
+    o_k = tl.arange(0, N)
+    o3, m3 = _vec_offsets(i_d, D, BD, N)
+    b_A2 = tl.load(A + o3, mask=m3, other=0).to(tl.float32) * LOG2E
+    b_sum = tl.zeros([BD], dtype=tl.float32)
+    j = (i_n * tl.num_programs(2) + i_s).to(tl.int64)
+    if STATES:
+        b_h = tl.zeros([1, BD, N], dtype=tl.float32)
+        for t0 in range(t_s, t_e, BT):
+            b_dt = _load_td(dt, t0, o_t, o_d, t_e, D)
+            b_sum += tl.sum(b_dt, 0)
+            b_h = _state_step(b_h, b_dt, _load_td(u, t0, o_t, o_d, t_e, D), _load_td(Bm, t0, o_t, o_k, t_e, N), b_A2)
+        tl.store(loc_h + j * D * N + o3, b_h, mask=m3)
+    if GRADS:
+        b_g = tl.zeros([1, BD, N], dtype=tl.float32)
+        n_chunks = tl.cdiv(t_e - t_s, BT)
+        for i in range(0, n_chunks):
+            t0 = t_s + (n_chunks - 1 - i) * BT
+            b_dt = _load_td(dt, t0, o_t, o_d, t_e, D)
+            if not STATES:
+                b_sum += tl.sum(b_dt, 0)
+            b_g = _grad_step(b_g, b_dt, _load_td(dy, t0, o_t, o_d, t_e, D), _load_td(Cm, t0, o_t, o_k, t_e, N), b_A2)
+        tl.store(loc_g + j * D * N + o3, b_g, mask=m3)
+    tl.store(seg_dt + j * D + o_d, b_sum, mask=o_d < D)
+
+
+@triton.jit
+def chunk_selective_fwd_vec_kernel(
+    u, dt, A, Bm, Cm, h0, y, ht, loc_h, seg_dt, cu_seqlens, T, D, G,
+    USE_H0: tl.constexpr, IS_VARLEN: tl.constexpr, SEGMENTED: tl.constexpr,
+    BT: tl.constexpr, BD: tl.constexpr, N: tl.constexpr,
+):  # fmt: skip
+    """y over one segment (the whole sequence unless ``SEGMENTED``), and the final state from the last."""
+    i_d, i_n, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bos, eos = _span(cu_seqlens, i_n, T, IS_VARLEN)
+    t_s, t_e = _segment_rows(bos, eos, i_s, G, BT, SEGMENTED)
+    o_t = tl.arange(0, BT)
+    o_d = i_d * BD + tl.arange(0, BD)
+    o_k = tl.arange(0, N)
+    o3, m3 = _vec_offsets(i_d, D, BD, N)
+    b_A2 = tl.load(A + o3, mask=m3, other=0).to(tl.float32) * LOG2E
+    b_h = tl.zeros([1, BD, N], dtype=tl.float32)
+    if USE_H0:
+        b_h += tl.load(h0 + i_n.to(tl.int64) * D * N + o3, mask=m3, other=0).to(tl.float32)
+    if SEGMENTED:
+        b_h = _combine(loc_h + i_n.to(tl.int64) * tl.num_programs(2) * D * N,
+                       seg_dt + i_n.to(tl.int64) * tl.num_programs(2) * D, b_h, b_A2, o3, m3, o_d, o_d < D, D, N,
+                       0, i_s, 1)  # fmt: skip
+    b_dt, b_u, b_B, b_C = _load_chunk(dt, u, Bm, Cm, t_s, o_t, o_d, o_k, t_e, D, N)
+    for t0 in range(t_s, t_e, BT):
+        n_dt, n_u, n_B, n_C = _load_chunk(dt, u, Bm, Cm, t0 + BT, o_t, o_d, o_k, t_e, D, N)
+        # [BT, BD, N]; the carried state enters the first step's input
+        b_a = tl.exp2(b_dt[:, :, None] * b_A2)
+        b_b = b_u[:, :, None] * b_B[:, None, :]
+        b_b = tl.where((o_t == 0)[:, None, None], b_b + b_a * b_h, b_b)
+        _, b_hs = tl.associative_scan((b_a, b_b), 0, _first_order)
+        _store_td(y, tl.sum(b_hs * b_C[:, None, :], 2), t0, o_t, o_d, t_e, D)
+        b_h = tl.sum(tl.where((o_t == BT - 1)[:, None, None], b_hs, 0.0), 0, keep_dims=True)
+        b_dt, b_u, b_B, b_C = n_dt, n_u, n_B, n_C
+    if i_s == tl.num_programs(2) - 1:
+        tl.store(ht + i_n.to(tl.int64) * D * N + o3, b_h, mask=m3)
+
+
+@triton.jit
+def chunk_selective_bwd_vec_kernel(
+    u, dt, A, Bm, Cm, h0, dht, hc, loc_h, loc_g, seg_dt, dy, du, ddt, dA_part, dB_part, dC_part, dh0, cu_seqlens,
+    T, D, T_all, G,
+    USE_H0: tl.constexpr, USE_DHT: tl.constexpr, IS_VARLEN: tl.constexpr, SEGMENTED: tl.constexpr,
+    BT: tl.constexpr, BD: tl.constexpr, N: tl.constexpr,
+):  # fmt: skip
+    """The gradients over one segment: its chunks forward for their start states (into ``hc``), then backward
+    as in ``chunk_selective_bwd_kernel``; dA per (sequence, segment), dh0 from the first segment."""
+    i_d, i_n, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    n_seg = tl.num_programs(2)
+    bos, eos = _span(cu_seqlens, i_n, T, IS_VARLEN)
+    t_s, t_e = _segment_rows(bos, eos, i_s, G, BT, SEGMENTED)
+    o_t = tl.arange(0, BT)
+    o_d = i_d * BD + tl.arange(0, BD)
+    o_k = tl.arange(0, N)
+    m_d = o_d < D
+    o3, m3 = _vec_offsets(i_d, D, BD, N)
+    b_A = tl.load(A + o3, mask=m3, other=0).to(tl.float32)
+    b_A2 = b_A * LOG2E
+    b_h = tl.zeros([1, BD, N], dtype=tl.float32)
+    if USE_H0:
+        b_h += tl.load(h0 + i_n.to(tl.int64) * D * N + o3, mask=m3, other=0).to(tl.float32)
+    # [1, BD, N]: a_{s1} dh_{s1}, the gradient reaching the state before a chunk from after it
+    b_g = tl.zeros([1, BD, N], dtype=tl.float32)
+    if USE_DHT:
+        b_g += tl.load(dht + i_n.to(tl.int64) * D * N + o3, mask=m3, other=0).to(tl.float32)
+    if SEGMENTED:
+        p_loc, p_sum = i_n.to(tl.int64) * n_seg * D * N, i_n.to(tl.int64) * n_seg * D
+        b_h = _combine(loc_h + p_loc, seg_dt + p_sum, b_h, b_A2, o3, m3, o_d, m_d, D, N, 0, i_s, 1)
+        b_g = _combine(loc_g + p_loc, seg_dt + p_sum, b_g, b_A2, o3, m3, o_d, m_d, D, N, n_seg - 1, n_seg - 1 - i_s,
+                       -1)  # fmt: skip
+    for t0 in range(t_s, t_e, BT):
+        tl.store(hc + (i_n + t0 // BT) * D * N + o3, b_h, mask=m3)
+        b_dt = _load_td(dt, t0, o_t, o_d, t_e, D)
+        b_h = _state_step(b_h, b_dt, _load_td(u, t0, o_t, o_d, t_e, D), _load_td(Bm, t0, o_t, o_k, t_e, N), b_A2)
+    tl.debug_barrier()  # the start states, stored by this program, are read back across its threads
+    b_dA = tl.zeros([1, BD, N], dtype=tl.float32)
+    p_part = i_d.to(tl.int64) * T_all * N
+    n_chunks = tl.cdiv(t_e - t_s, BT)
+    for i in range(0, n_chunks):
+        t0 = t_s + (n_chunks - 1 - i) * BT
+        s1 = tl.minimum(t0 + BT, t_e)
+        # [BT, BD], [BT, N]; dt one step ahead within the chunk (0 at its last step: a = 1 there)
+        b_dt = _load_td(dt, t0, o_t, o_d, t_e, D)
+        b_dtn = _load_td(dt, t0 + 1, o_t, o_d, s1, D)
+        b_u = _load_td(u, t0, o_t, o_d, t_e, D)
+        b_dy = _load_td(dy, t0, o_t, o_d, t_e, D)
+        b_B = _load_td(Bm, t0, o_t, o_k, t_e, N)
+        b_C = _load_td(Cm, t0, o_t, o_k, t_e, N)
+        b_h = tl.load(hc + (i_n + t0 // BT) * D * N + o3, mask=m3, other=0)
+        # [BT, BD, N]: the chunk's states again, the start state entering the first step's input
+        b_a = tl.exp2(b_dt[:, :, None] * b_A2)
+        b_b = b_u[:, :, None] * b_B[:, None, :]
+        _, b_hs = tl.associative_scan((b_a, tl.where((o_t == 0)[:, None, None], b_b + b_a * b_h, b_b)), 0, _first_order)
+        # dh_t = C_t dy_t + a_{t+1} dh_{t+1}; the later chunks' gradient enters the last row (a_{t+1} = 1 there)
+        b_an = tl.exp2(b_dtn[:, :, None] * b_A2)
+        b_dc = b_dy[:, :, None] * b_C[:, None, :]
+        b_dc = tl.where((o_t == BT - 1)[:, None, None], b_dc + b_g, b_dc)
+        _, b_dh = tl.associative_scan((tl.flip(b_an, 0), tl.flip(b_dc, 0)), 0, _first_order)
+        b_dh = tl.flip(b_dh, 0)
+        b_q = b_dh * (b_hs - b_b)  # dh_t a_t h_{t-1}: the gradient of dt_t A
+        _store_td(du, tl.sum(b_dh * b_B[:, None, :], 2), t0, o_t, o_d, t_e, D)
+        _store_td(ddt, tl.sum(b_q * b_A, 2), t0, o_t, o_d, t_e, D)
+        b_dA += tl.sum(b_q * b_dt[:, :, None], 0, keep_dims=True)
+        _store_td(dB_part + p_part, tl.sum(b_dh * b_u[:, :, None], 1), t0, o_t, o_k, t_e, N)
+        _store_td(dC_part + p_part, tl.sum(b_hs * b_dy[:, :, None], 1), t0, o_t, o_k, t_e, N)
+        b_dt0 = tl.sum(tl.where((o_t == 0)[:, None], b_dt, 0.0), 0)
+        b_g = tl.exp2(b_dt0[None, :, None] * b_A2) * tl.sum(tl.where((o_t == 0)[:, None, None], b_dh, 0.0), 0,
+                                                            keep_dims=True)  # fmt: skip
+    if USE_H0:
+        if i_s == 0:
+            tl.store(dh0 + i_n.to(tl.int64) * D * N + o3, b_g, mask=m3)
+    tl.store(dA_part + (i_n * n_seg + i_s).to(tl.int64) * D * N + o3, b_dA, mask=m3)
+
+
+def _segments(T: int, BT: int, chunks: int, whole: bool) -> tuple[int, int]:
+    """(G chunks a segment, segments a sequence): ``chunks`` a segment, fewer segments than ``MAX_SEGMENTS``;
+    one segment a sequence if ``whole`` (packed inputs: their lengths are not known on the host)."""
+    n_chunks = launch.cdiv(T, BT)
+    if whole or n_chunks <= chunks:
+        return max(n_chunks, 1), 1
+    G = max(chunks, launch.cdiv(n_chunks, MAX_SEGMENTS))
+    return G, launch.cdiv(n_chunks, G)
+
+
+def _segment_summaries(u, dt, A, B, C, dy, BT, G, n_seg, grads):
+    """The segments pass: (end states from zero, start gradients from zero or None, step sizes summed)."""
+    Bsz, T, D = u.shape
+    N = A.shape[-1]
+    f32 = dict(dtype=torch.float32, device=u.device)
+    loc_h = torch.empty(Bsz * n_seg, D, N, **f32)
+    loc_g = torch.empty(Bsz * n_seg, D, N, **f32) if grads else None
+    seg_dt = torch.empty(Bsz * n_seg, D, **f32)
+    BD = min(BD_SEG, pow2(D, lo=2))
+    chunk_selective_segments_kernel[(launch.cdiv(D, BD), Bsz, n_seg)](
+        u, dt, A, B, C, dy, loc_h, loc_g, seg_dt, T, D, G,
+        STATES=True, GRADS=grads, BT=BT, BD=BD, N=N, num_warps=WARPS_SEG,
+    )  # fmt: skip
+    return loc_h, loc_g, seg_dt
+
+
+def forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
+    """(y [B, T, D] in u's dtype, final state [N_seq, D, N] fp32)."""
+    Bsz, T, D = u.shape
+    N = A.shape[-1]
+    u, dt, A, B, C = (x.contiguous() for x in (u, dt, A, B, C))
+    n_seq = Bsz if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    y = torch.empty_like(u)
+    ht = u.new_empty(n_seq, D, N, dtype=torch.float32)
+    h0 = initial_state.contiguous() if initial_state is not None else None
+    BD = min(BD_FWD, pow2(D, lo=2))
+    n_d = launch.cdiv(D, BD)
+    few = n_d * n_seq < FWD_SEGMENTS_BELOW * (launch.sm_count(u.device) if u.device.type == "cuda" else 1)
+    G, n_seg = _segments(T, BT_FWD, CHUNKS_FWD, whole=cu_seqlens is not None or not few)
+    loc_h = seg_dt = None
+    if n_seg > 1:
+        loc_h, _, seg_dt = _segment_summaries(u, dt, A, B, C, None, BT_FWD, G, n_seg, grads=False)
+    chunk_selective_fwd_vec_kernel[(n_d, n_seq, n_seg)](
+        u, dt, A, B, C, h0, y, ht, loc_h, seg_dt, cu_seqlens, T, D, G,
+        USE_H0=h0 is not None, IS_VARLEN=cu_seqlens is not None, SEGMENTED=n_seg > 1, BT=BT_FWD, BD=BD, N=N,
+        num_warps=WARPS_FWD,
+    )  # fmt: skip
+    return y, ht
+
+
+def backward(u, dt, A, B, C, initial_state, cu_seqlens, dy, dht):
+    """(du, ddt, dA, dB, dC, dh0 or None)."""
+    Bsz, T, D = u.shape
+    N = A.shape[-1]
+    u, dt, A, B, C, dy = (x.contiguous() for x in (u, dt, A, B, C, dy))
+    n_seq = Bsz if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    T_all = Bsz * T
+    f32 = dict(dtype=torch.float32, device=u.device)
+    h0 = initial_state.contiguous() if initial_state is not None else None
+    dht = dht.contiguous() if dht is not None else None
+    G, n_seg = _segments(T, BT_BWD, CHUNKS_BWD, whole=cu_seqlens is not None)
+    loc_h = loc_g = seg_dt = None
+    if n_seg > 1:
+        loc_h, loc_g, seg_dt = _segment_summaries(u, dt, A, B, C, dy, BT_BWD, G, n_seg, grads=True)
+    BD = min(BD_BWD, pow2(D, lo=2))
+    n_d = launch.cdiv(D, BD)
+    hc = torch.empty(_slots(n_seq, T_all, BT_BWD), D, N, **f32)
+    du, ddt = torch.empty_like(u), torch.empty_like(dt)
+    dA_part = torch.empty(n_seq * n_seg, D, N, **f32)
+    dB_part, dC_part = torch.empty(n_d, T_all, N, **f32), torch.empty(n_d, T_all, N, **f32)
+    dh0 = torch.empty(n_seq, D, N, **f32) if h0 is not None else None
+    chunk_selective_bwd_vec_kernel[(n_d, n_seq, n_seg)](
+        u, dt, A, B, C, h0, dht, hc, loc_h, loc_g, seg_dt, dy, du, ddt, dA_part, dB_part, dC_part, dh0, cu_seqlens,
+        T, D, T_all, G,
+        USE_H0=h0 is not None, USE_DHT=dht is not None, IS_VARLEN=cu_seqlens is not None, SEGMENTED=n_seg > 1,
+        BT=BT_BWD, BD=BD, N=N, num_warps=WARPS_BWD,
+    )  # fmt: skip
+    dB = dB_part.sum(0).view(Bsz, T, N).to(B.dtype)
+    dC = dC_part.sum(0).view(Bsz, T, N).to(C.dtype)
+    return du, ddt, dA_part.sum(0).to(A.dtype), dB, dC, dh0
