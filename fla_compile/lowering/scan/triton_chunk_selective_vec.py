@@ -37,17 +37,19 @@ from .triton_scan import _span
 
 # Launch shapes, the best of benchmarks/sweep_mamba_chunk.py --vec (H200, bf16, 2026-12-02): the forward's
 # chunk, channel block, warps and chunks a segment; the backward's; the segments pass's channel block and warps.
-BT_FWD, BD_FWD, WARPS_FWD, CHUNKS_FWD = 16, 32, 4, 16
+BT_FWD, BD_FWD, WARPS_FWD, CHUNKS_FWD = 16, 16, 2, 16
 BT_BWD, BD_BWD, WARPS_BWD, CHUNKS_BWD = 8, 16, 2, 16
 BD_SEG, WARPS_SEG = 16, 2
 MAX_SEGMENTS = 32  # a consumer combines up to this many segments before its own
-# The forward cuts its sequences into segments only where its grid (sequences x channel blocks) has fewer
-# programs than this fraction of the SMs: the segments pass evaluates an exp per element as the forward does, so
-# it pays only where a walk per sequence leaves much of the machine idle. H200 (132 SMs; bf16, N = 16, ms whole
-# -> in segments of 16 chunks): 24 programs (1, 2048, 768) 0.156 -> 0.085; 32 (1, 8192, 1024) 0.611 -> 0.196;
-# 48 (1, 2048, 1536) 0.158 -> 0.088; 96 (2, 2048, 1536) 0.161 -> 0.138 and (1, 4096, 3072) 0.314 -> 0.264;
-# 128 (1, 8192, 4096) 0.617 -> 0.699; 192 (4, 2048, 1536) 0.185 -> 0.264
-FWD_SEGMENTS_BELOW = 0.85
+# The forward cuts its sequences into segments only where its grid (sequences x channel blocks) has fewer warps
+# than this many a multiprocessor: the segments pass evaluates an exp per element as the forward does, so it pays
+# only where a walk per sequence leaves much of the machine idle. H200 (132 SMs; bf16, N = 16; BT 16, BD 32,
+# 4 warps, so 64 elements a thread as now; ms whole -> in segments of 16 chunks): 96 warps (1, 2048, 768) 0.156
+# -> 0.085; 128 (1, 8192, 1024) 0.611 -> 0.196; 192 (1, 2048, 1536) 0.158 -> 0.088; 384 (2, 2048, 1536) 0.161 ->
+# 0.138 and (1, 4096, 3072) 0.314 -> 0.264; 512 (1, 8192, 4096) 0.617 -> 0.699; 768 (4, 2048, 1536) 0.185 ->
+# 0.264. Then BD 16 on 2 warps (twice the programs, the same warps): 0.182 -> 0.170, 0.618 -> 0.588 and, in
+# segments, 0.082 -> 0.077 at (1, 2048, 1536).
+FWD_SEGMENTS_BELOW = 3.4
 
 
 def supported(A) -> bool:
@@ -290,7 +292,8 @@ def forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
     h0 = initial_state.contiguous() if initial_state is not None else None
     BD = min(BD_FWD, pow2(D, lo=2))
     n_d = launch.cdiv(D, BD)
-    few = n_d * n_seq < FWD_SEGMENTS_BELOW * (launch.sm_count(u.device) if u.device.type == "cuda" else 1)
+    sms = launch.sm_count(u.device) if u.device.type == "cuda" else 1
+    few = n_d * n_seq * WARPS_FWD < FWD_SEGMENTS_BELOW * sms
     G, n_seg = _segments(T, BT_FWD, CHUNKS_FWD, whole=cu_seqlens is not None or not few)
     loc_h = seg_dt = None
     if n_seg > 1:
