@@ -34,7 +34,7 @@ import triton.language as tl
 
 from ..common import launch
 from ..common.launch import pow2
-from .triton_scan import _span  # a sequence's [bos, eos): the walk's, one definition
+from .triton_scan import _span, selective_outputs  # a sequence's [bos, eos), the outputs: the walk's
 
 LOG2E = tl.constexpr(1.4426950408889634)  # 1 / ln 2: exp(x) = exp2(x log2 e)
 
@@ -85,6 +85,28 @@ def _load_chunk(dt, u, Bm, Cm, t0, o_t, o_d, o_k, eos, D, N):
     b_dt = _load_td(dt, t0, o_t, o_d, eos, D)
     b_u = _load_td(u, t0, o_t, o_d, eos, D)
     return b_dt, b_u, _load_td(Bm, t0, o_t, o_k, eos, N), _load_td(Cm, t0, o_t, o_k, eos, N)
+
+
+@triton.jit
+def _load_bwd_chunk(dt, u, dy, Bm, Cm, t0, o_t, o_d, o_k, eos, D, N, BT: tl.constexpr):
+    """The backward's tiles of the chunk at row t0 in fp32: dt, dt one step ahead within the chunk (0 at its last
+    step: a = 1 there), u, dy [BT, BD] and B, C [BT, BN]."""
+    b_dtn = _load_td(dt, t0 + 1, o_t, o_d, tl.minimum(t0 + BT, eos), D)
+    b_dt, b_u, b_B, b_C = _load_chunk(dt, u, Bm, Cm, t0, o_t, o_d, o_k, eos, D, N)
+    return b_dt, b_dtn, b_u, _load_td(dy, t0, o_t, o_d, eos, D), b_B, b_C
+
+
+@triton.jit
+def _chunk_scans(b_a, b_b, b_h, b_an, b_dc, b_g, o_t, BT: tl.constexpr):
+    """The backward's two scans of a chunk, time on axis 0 of 3-D tiles: (h_t, dh_t). The chunk's states again, the
+    start state ``b_h`` entering the first step's input; dh_t = C_t dy_t + a_{t+1} dh_{t+1} (``b_dc`` = C dy,
+    ``b_an`` = a_{t+1}, 1 at the last step), the later chunks' gradient ``b_g`` entering the last row."""
+    _, b_hs = tl.associative_scan((b_a, tl.where((o_t == 0)[:, None, None], b_b + b_a * b_h, b_b)), 0, _first_order)
+    b_dc = tl.where((o_t == BT - 1)[:, None, None], b_dc + b_g, b_dc)
+    # the reverse scan as a forward one between flips: in-thread flips are free, while reverse=True costs
+    # ~20 shuffles per element on Triton 3.6 (4 on 3.9) even with time inside each thread
+    _, b_dh = tl.associative_scan((tl.flip(b_an, 0), tl.flip(b_dc, 0)), 0, _first_order)
+    return b_hs, tl.flip(b_dh, 0)
 
 
 @triton.jit
@@ -226,29 +248,14 @@ def chunk_selective_bwd_kernel(
     n_chunks = tl.cdiv(eos - bos, BT)
     for i in range(0, n_chunks):
         t0 = bos + (n_chunks - 1 - i) * BT
-        s1 = tl.minimum(t0 + BT, eos)
-        # [BT, BD], [BT, BN]; dt one step ahead within the chunk (0 at its last step: a = 1 there)
-        b_dt = _load_td(dt, t0, o_t, o_d, eos, D)
-        b_dtn = _load_td(dt, t0 + 1, o_t, o_d, s1, D)
-        b_u = _load_td(u, t0, o_t, o_d, eos, D)
-        b_dy = _load_td(dy, t0, o_t, o_d, eos, D)
-        b_B = _load_td(Bm, t0, o_t, o_k, eos, N)
-        b_C = _load_td(Cm, t0, o_t, o_k, eos, N)
+        b_dt, b_dtn, b_u, b_dy, b_B, b_C = _load_bwd_chunk(dt, u, dy, Bm, Cm, t0, o_t, o_d, o_k, eos, D, N, BT)
         b_h = tl.load(hc + (i_n + t0 // BT) * D * N + o_k[:, None] * D + o_d[None, :], mask=m_kd, other=0)
-        # [BT, BN, BD]: the chunk's states again, the start state entering the first step's input
+        # [BT, BN, BD]
         b_a = tl.exp2(b_dt[:, None, :] * b_A2[None, :, :])
         b_b = b_B[:, :, None] * b_u[:, None, :]
-        _, b_hs = tl.associative_scan(
-            (b_a, tl.where((o_t == 0)[:, None, None], b_b + b_a * b_h[None, :, :], b_b)), 0, _first_order
-        )
-        # dh_t = C_t dy_t + a_{t+1} dh_{t+1}; the later chunks' gradient enters the last row (a_{t+1} = 1 there)
         b_an = tl.exp2(b_dtn[:, None, :] * b_A2[None, :, :])
         b_dc = b_C[:, :, None] * b_dy[:, None, :]
-        b_dc = tl.where((o_t == BT - 1)[:, None, None], b_dc + b_g[None, :, :], b_dc)
-        # the reverse scan as a forward one between flips: in-thread flips are free, while reverse=True costs
-        # ~20 shuffles per element on Triton 3.6 (4 on 3.9) even with time inside each thread
-        _, b_dh = tl.associative_scan((tl.flip(b_an, 0), tl.flip(b_dc, 0)), 0, _first_order)
-        b_dh = tl.flip(b_dh, 0)
+        b_hs, b_dh = _chunk_scans(b_a, b_b, b_h[None, :, :], b_an, b_dc, b_g[None, :, :], o_t, BT)
         b_q = b_dh * (b_hs - b_b)  # dh_t a_t h_{t-1}: the gradient of dt_t A
         _store_td(du, tl.sum(b_dh * b_B[:, :, None], 1), t0, o_t, o_d, eos, D)
         _store_td(ddt, tl.sum(b_q * b_A[None, :, :], 1), t0, o_t, o_d, eos, D)
@@ -273,11 +280,7 @@ def forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
     """(y [B, T, D] in u's dtype, final state [N_seq, D, N] fp32)."""
     Bsz, T, D = u.shape
     N = A.shape[-1]
-    u, dt, A, B, C = (x.contiguous() for x in (u, dt, A, B, C))
-    n_seq = Bsz if cu_seqlens is None else cu_seqlens.shape[0] - 1
-    y = torch.empty_like(u)
-    ht = u.new_empty(n_seq, D, N, dtype=torch.float32)
-    h0 = initial_state.contiguous() if initial_state is not None else None
+    (u, dt, A, B, C), h0, n_seq, y, ht = selective_outputs(u, dt, A, B, C, initial_state, cu_seqlens)
     BN, BD = pow2(N, lo=2), min(BD_FWD, pow2(D, lo=2))
     kernel = chunk_selective_fwd_lanes_kernel if FWD_LANES else chunk_selective_fwd_kernel
     kernel[(launch.cdiv(D, BD), n_seq)](

@@ -32,8 +32,17 @@ import triton.language as tl
 
 from ..common import launch
 from ..common.launch import pow2
-from .triton_chunk_selective import LOG2E, _first_order, _load_chunk, _load_td, _slots, _store_td
-from .triton_scan import _span
+from .triton_chunk_selective import (
+    LOG2E,
+    _chunk_scans,
+    _first_order,
+    _load_bwd_chunk,
+    _load_chunk,
+    _load_td,
+    _slots,
+    _store_td,
+)
+from .triton_scan import _span, selective_outputs
 
 # Launch shapes, the best of benchmarks/sweep_mamba_chunk.py --vec (H200, bf16, 2026-12-02): the forward's
 # chunk, channel block, warps and chunks a segment; the backward's; the segments pass's channel block and warps.
@@ -221,25 +230,13 @@ def chunk_selective_bwd_vec_kernel(
     n_chunks = tl.cdiv(t_e - t_s, BT)
     for i in range(0, n_chunks):
         t0 = t_s + (n_chunks - 1 - i) * BT
-        s1 = tl.minimum(t0 + BT, t_e)
-        # [BT, BD], [BT, N]; dt one step ahead within the chunk (0 at its last step: a = 1 there)
-        b_dt = _load_td(dt, t0, o_t, o_d, t_e, D)
-        b_dtn = _load_td(dt, t0 + 1, o_t, o_d, s1, D)
-        b_u = _load_td(u, t0, o_t, o_d, t_e, D)
-        b_dy = _load_td(dy, t0, o_t, o_d, t_e, D)
-        b_B = _load_td(Bm, t0, o_t, o_k, t_e, N)
-        b_C = _load_td(Cm, t0, o_t, o_k, t_e, N)
+        b_dt, b_dtn, b_u, b_dy, b_B, b_C = _load_bwd_chunk(dt, u, dy, Bm, Cm, t0, o_t, o_d, o_k, t_e, D, N, BT)
         b_h = tl.load(hc + (i_n + t0 // BT) * D * N + o3, mask=m3, other=0)
-        # [BT, BD, N]: the chunk's states again, the start state entering the first step's input
+        # [BT, BD, N]
         b_a = tl.exp2(b_dt[:, :, None] * b_A2)
         b_b = b_u[:, :, None] * b_B[:, None, :]
-        _, b_hs = tl.associative_scan((b_a, tl.where((o_t == 0)[:, None, None], b_b + b_a * b_h, b_b)), 0, _first_order)
-        # dh_t = C_t dy_t + a_{t+1} dh_{t+1}; the later chunks' gradient enters the last row (a_{t+1} = 1 there)
         b_an = tl.exp2(b_dtn[:, :, None] * b_A2)
-        b_dc = b_dy[:, :, None] * b_C[:, None, :]
-        b_dc = tl.where((o_t == BT - 1)[:, None, None], b_dc + b_g, b_dc)
-        _, b_dh = tl.associative_scan((tl.flip(b_an, 0), tl.flip(b_dc, 0)), 0, _first_order)
-        b_dh = tl.flip(b_dh, 0)
+        b_hs, b_dh = _chunk_scans(b_a, b_b, b_h, b_an, b_dy[:, :, None] * b_C[:, None, :], b_g, o_t, BT)
         b_q = b_dh * (b_hs - b_b)  # dh_t a_t h_{t-1}: the gradient of dt_t A
         _store_td(du, tl.sum(b_dh * b_B[:, None, :], 2), t0, o_t, o_d, t_e, D)
         _store_td(ddt, tl.sum(b_q * b_A, 2), t0, o_t, o_d, t_e, D)
@@ -285,11 +282,7 @@ def forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
     """(y [B, T, D] in u's dtype, final state [N_seq, D, N] fp32)."""
     Bsz, T, D = u.shape
     N = A.shape[-1]
-    u, dt, A, B, C = (x.contiguous() for x in (u, dt, A, B, C))
-    n_seq = Bsz if cu_seqlens is None else cu_seqlens.shape[0] - 1
-    y = torch.empty_like(u)
-    ht = u.new_empty(n_seq, D, N, dtype=torch.float32)
-    h0 = initial_state.contiguous() if initial_state is not None else None
+    (u, dt, A, B, C), h0, n_seq, y, ht = selective_outputs(u, dt, A, B, C, initial_state, cu_seqlens)
     BD = min(BD_FWD, pow2(D, lo=2))
     n_d = launch.cdiv(D, BD)
     sms = launch.sm_count(u.device) if u.device.type == "cuda" else 1

@@ -193,15 +193,20 @@ def selective_supported(u, dt, A, B, C) -> bool:
     return all(x.dtype in DTYPES for x in (u, dt, A, B, C)) and A.shape[-1] <= 256
 
 
+def selective_outputs(u, dt, A, B, C, initial_state, cu_seqlens):
+    """What every selective-scan forward launcher starts from: the inputs contiguous, the initial state or None,
+    the sequence count, and y [B, T, D] in u's dtype and the final state [N_seq, D, N] fp32 to fill."""
+    xs = tuple(x.contiguous() for x in (u, dt, A, B, C))
+    n_seq = u.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    h0 = initial_state.contiguous() if initial_state is not None else None
+    return xs, h0, n_seq, torch.empty_like(xs[0]), u.new_empty(n_seq, u.shape[-1], A.shape[-1], dtype=torch.float32)
+
+
 def selective_forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
     """(y [B, T, D] in u's dtype, final state [N_seq, D, N] fp32)."""
     Bsz, T, D = u.shape
     N = A.shape[-1]
-    u, dt, A, B, C = (x.contiguous() for x in (u, dt, A, B, C))
-    n_seq = Bsz if cu_seqlens is None else cu_seqlens.shape[0] - 1
-    y = torch.empty_like(u)
-    ht = u.new_empty(n_seq, D, N, dtype=torch.float32)
-    h0 = initial_state.contiguous() if initial_state is not None else None
+    (u, dt, A, B, C), h0, n_seq, y, ht = selective_outputs(u, dt, A, B, C, initial_state, cu_seqlens)
     BN = pow2(N, lo=2)
     BD = min(BD_SELECTIVE, pow2(D, lo=2))
     grid = (launch.cdiv(D, BD), n_seq)
