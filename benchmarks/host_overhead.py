@@ -3,6 +3,7 @@
     python benchmarks/host_overhead.py [--ops hgrn,gla] [--n 300] [--profile gla:bwd]    # CPU, kernels stubbed
     python benchmarks/host_overhead.py --device cuda [--dtype bfloat16] [--profile hgrn:bwd]   # real kernels
     python benchmarks/host_overhead.py --T 1 --ops gla,delta_rule    # a decoding step
+    python benchmarks/host_overhead.py --device cuda --T 2048 --ops mamba,mamba_n15    # mamba's two chunked modules
 
 On the CPU (the default) the kernels are stubbed out: ``FLA_COMPILE_TRITON=interpret TRITON_INTERPRET=1`` route
 the inputs to the Triton launchers, and every ``*_kernel`` of the lines' kernel modules is replaced by a stub
@@ -102,7 +103,14 @@ def make_cases(torch, device="cpu", dtype=None):
     x, gx = t(B, T, H * D), t(B, T, H * D, gate=True)
     g, gk = t(B, T, H, gate=True), t(B, T, H, D, gate=True)
     decay = torch.log(1 - 2.0 ** (-5.0 - torch.arange(H, dtype=torch.float32))).to(device)
+    dt = (torch.rand(B, T, H * D, generator=gen) / 4).to(device, dtype).requires_grad_()
+    A16, A15 = (-torch.rand(H * D, n, generator=gen).to(device).requires_grad_() for n in (16, 15))
+    Bm16, C16, Bm15, C15 = t(B, T, 16), t(B, T, 16), t(B, T, 15), t(B, T, 15)
     return {
+        # N = 16: the vectorized chunked kernels (their forward in segments on a small grid, from T = 512 on CUDA);
+        # N = 15: the other chunked kernels
+        "mamba": (lambda: ops.mamba(x, dt, A16, Bm16, C16), (x, dt, A16, Bm16, C16)),
+        "mamba_n15": (lambda: ops.mamba(x, dt, A15, Bm15, C15), (x, dt, A15, Bm15, C15)),
         "hgrn": (lambda: ops.hgrn(x, gx), (x, gx)),
         "gla": (lambda: ops.gla(q, k, v, gk), (q, k, v, gk)),
         "linear_attn": (lambda: ops.linear_attn(q, k, v), (q, k, v)),
