@@ -34,7 +34,7 @@ import triton.language as tl
 
 from ..common import launch
 from ..common.launch import pow2
-from .triton_scan import _span, selective_outputs  # a sequence's [bos, eos), the outputs: the walk's
+from .triton_scan import _span, selective_grad_parts, selective_grads, selective_outputs  # the walk's
 
 LOG2E = tl.constexpr(1.4426950408889634)  # 1 / ln 2: exp(x) = exp2(x log2 e)
 
@@ -111,7 +111,7 @@ def _chunk_scans(b_a, b_b, b_h, b_an, b_dc, b_g, o_t, BT: tl.constexpr):
 
 @triton.jit
 def _row(x, o_t, i):
-    """Row i of a [BT, BN, BD] tile (a masked sum: the time axis is a tile axis, not an index)."""
+    """Row i of a 3-D tile, time on axis 0 (a masked sum: the time axis is a tile axis, not an index)."""
     return tl.sum(tl.where((o_t == i)[:, None, None], x, 0.0), 0)
 
 
@@ -305,15 +305,9 @@ def backward(u, dt, A, B, C, initial_state, cu_seqlens, dy, dht):
     chunk_selective_states_kernel[(n_d, n_seq)](
         u, dt, A, B, h0, hc, cu_seqlens, T, D, N, USE_H0=h0 is not None, num_warps=WARPS_STATES, **flags
     )  # fmt: skip
-    du, ddt = torch.empty_like(u), torch.empty_like(dt)
-    dA_part = torch.empty(n_seq, D, N, **f32)
-    dB_part, dC_part = torch.empty(n_d, T_all, N, **f32), torch.empty(n_d, T_all, N, **f32)
-    dh0 = torch.empty(n_seq, D, N, **f32) if h0 is not None else None
+    parts = selective_grad_parts(u, dt, A, n_d, n_seq, n_seq, h0 is not None)
     chunk_selective_bwd_kernel[(n_d, n_seq)](
-        u, dt, A, B, C, hc, dy, dht.contiguous() if dht is not None else None, du, ddt, dA_part, dB_part, dC_part,
-        dh0, cu_seqlens, T, D, N, T_all, USE_H0=h0 is not None, USE_DHT=dht is not None, num_warps=WARPS_BWD,
-        **flags,
+        u, dt, A, B, C, hc, dy, dht.contiguous() if dht is not None else None, *parts, cu_seqlens, T, D, N, T_all,
+        USE_H0=h0 is not None, USE_DHT=dht is not None, num_warps=WARPS_BWD, **flags,
     )  # fmt: skip
-    dB = dB_part.sum(0).view(Bsz, T, N).to(B.dtype)
-    dC = dC_part.sum(0).view(Bsz, T, N).to(C.dtype)
-    return du, ddt, dA_part.sum(0).to(A.dtype), dB, dC, dh0
+    return selective_grads(parts, A, B, C)

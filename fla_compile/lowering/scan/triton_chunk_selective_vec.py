@@ -39,10 +39,12 @@ from .triton_chunk_selective import (
     _load_bwd_chunk,
     _load_chunk,
     _load_td,
+    _row,
+    _row2,
     _slots,
     _store_td,
 )
-from .triton_scan import _span, selective_outputs
+from .triton_scan import _span, selective_grad_parts, selective_grads, selective_outputs
 
 # Launch shapes, the best of benchmarks/sweep_mamba_chunk.py --vec (H200, bf16, 2026-12-02): the forward's
 # chunk, channel block, warps and chunks a segment; the backward's; the segments pass's channel block and warps.
@@ -117,10 +119,10 @@ def _combine(loc, seg_dt, b_x, b_A2, o3, m3, o_d, m_d, D, N: tl.constexpr, first
 @triton.jit
 def chunk_selective_segments_kernel(
     u, dt, A, Bm, Cm, dy, loc_h, loc_g, seg_dt, T, D, G,
-    STATES: tl.constexpr, GRADS: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, N: tl.constexpr,
+    GRADS: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, N: tl.constexpr,
 ):  # fmt: skip
-    """Per segment of G chunks (dense sequences): its end state from a zero start (``STATES``), its start
-    gradient from a zero end (``GRADS``), and its step sizes summed; [B, segments, ...] flattened."""
+    """Per segment of G chunks (dense sequences): its end state from a zero start, its step sizes summed and, with
+    ``GRADS``, its start gradient from a zero end; [B, segments, ...] flattened."""
     i_d, i_n, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos = i_n.to(tl.int64) * T
     t_s, t_e = _segment_rows(bos, bos + T, i_s, G, BT, True)
@@ -131,21 +133,18 @@ def chunk_selective_segments_kernel(
     b_A2 = tl.load(A + o3, mask=m3, other=0).to(tl.float32) * LOG2E
     b_sum = tl.zeros([BD], dtype=tl.float32)
     j = (i_n * tl.num_programs(2) + i_s).to(tl.int64)
-    if STATES:
-        b_h = tl.zeros([1, BD, N], dtype=tl.float32)
-        for t0 in range(t_s, t_e, BT):
-            b_dt = _load_td(dt, t0, o_t, o_d, t_e, D)
-            b_sum += tl.sum(b_dt, 0)
-            b_h = _state_step(b_h, b_dt, _load_td(u, t0, o_t, o_d, t_e, D), _load_td(Bm, t0, o_t, o_k, t_e, N), b_A2)
-        tl.store(loc_h + j * D * N + o3, b_h, mask=m3)
+    b_h = tl.zeros([1, BD, N], dtype=tl.float32)
+    for t0 in range(t_s, t_e, BT):
+        b_dt = _load_td(dt, t0, o_t, o_d, t_e, D)
+        b_sum += tl.sum(b_dt, 0)
+        b_h = _state_step(b_h, b_dt, _load_td(u, t0, o_t, o_d, t_e, D), _load_td(Bm, t0, o_t, o_k, t_e, N), b_A2)
+    tl.store(loc_h + j * D * N + o3, b_h, mask=m3)
     if GRADS:
         b_g = tl.zeros([1, BD, N], dtype=tl.float32)
         n_chunks = tl.cdiv(t_e - t_s, BT)
         for i in range(0, n_chunks):
             t0 = t_s + (n_chunks - 1 - i) * BT
             b_dt = _load_td(dt, t0, o_t, o_d, t_e, D)
-            if not STATES:
-                b_sum += tl.sum(b_dt, 0)
             b_g = _grad_step(b_g, b_dt, _load_td(dy, t0, o_t, o_d, t_e, D), _load_td(Cm, t0, o_t, o_k, t_e, N), b_A2)
         tl.store(loc_g + j * D * N + o3, b_g, mask=m3)
     tl.store(seg_dt + j * D + o_d, b_sum, mask=o_d < D)
@@ -182,7 +181,7 @@ def chunk_selective_fwd_vec_kernel(
         b_b = tl.where((o_t == 0)[:, None, None], b_b + b_a * b_h, b_b)
         _, b_hs = tl.associative_scan((b_a, b_b), 0, _first_order)
         _store_td(y, tl.sum(b_hs * b_C[:, None, :], 2), t0, o_t, o_d, t_e, D)
-        b_h = tl.sum(tl.where((o_t == BT - 1)[:, None, None], b_hs, 0.0), 0, keep_dims=True)
+        b_h = _row(b_hs, o_t, BT - 1)[None, :, :]
         b_dt, b_u, b_B, b_C = n_dt, n_u, n_B, n_C
     if i_s == tl.num_programs(2) - 1:
         tl.store(ht + i_n.to(tl.int64) * D * N + o3, b_h, mask=m3)
@@ -243,9 +242,7 @@ def chunk_selective_bwd_vec_kernel(
         b_dA += tl.sum(b_q * b_dt[:, :, None], 0, keep_dims=True)
         _store_td(dB_part + p_part, tl.sum(b_dh * b_u[:, :, None], 1), t0, o_t, o_k, t_e, N)
         _store_td(dC_part + p_part, tl.sum(b_hs * b_dy[:, :, None], 1), t0, o_t, o_k, t_e, N)
-        b_dt0 = tl.sum(tl.where((o_t == 0)[:, None], b_dt, 0.0), 0)
-        b_g = tl.exp2(b_dt0[None, :, None] * b_A2) * tl.sum(tl.where((o_t == 0)[:, None, None], b_dh, 0.0), 0,
-                                                            keep_dims=True)  # fmt: skip
+        b_g = tl.exp2(_row2(b_dt, o_t, 0)[None, :, None] * b_A2) * _row(b_dh, o_t, 0)[None, :, :]
     if USE_H0:
         if i_s == 0:
             tl.store(dh0 + i_n.to(tl.int64) * D * N + o3, b_g, mask=m3)
@@ -273,7 +270,7 @@ def _segment_summaries(u, dt, A, B, C, dy, BT, G, n_seg, grads):
     BD = min(BD_SEG, pow2(D, lo=2))
     chunk_selective_segments_kernel[(launch.cdiv(D, BD), Bsz, n_seg)](
         u, dt, A, B, C, dy, loc_h, loc_g, seg_dt, T, D, G,
-        STATES=True, GRADS=grads, BT=BT, BD=BD, N=N, num_warps=WARPS_SEG,
+        GRADS=grads, BT=BT, BD=BD, N=N, num_warps=WARPS_SEG,
     )  # fmt: skip
     return loc_h, loc_g, seg_dt
 
@@ -306,7 +303,6 @@ def backward(u, dt, A, B, C, initial_state, cu_seqlens, dy, dht):
     u, dt, A, B, C, dy = (x.contiguous() for x in (u, dt, A, B, C, dy))
     n_seq = Bsz if cu_seqlens is None else cu_seqlens.shape[0] - 1
     T_all = Bsz * T
-    f32 = dict(dtype=torch.float32, device=u.device)
     h0 = initial_state.contiguous() if initial_state is not None else None
     dht = dht.contiguous() if dht is not None else None
     G, n_seg = _segments(T, BT_BWD, CHUNKS_BWD, whole=cu_seqlens is not None)
@@ -315,17 +311,11 @@ def backward(u, dt, A, B, C, initial_state, cu_seqlens, dy, dht):
         loc_h, loc_g, seg_dt = _segment_summaries(u, dt, A, B, C, dy, BT_BWD, G, n_seg, grads=True)
     BD = min(BD_BWD, pow2(D, lo=2))
     n_d = launch.cdiv(D, BD)
-    hc = torch.empty(_slots(n_seq, T_all, BT_BWD), D, N, **f32)
-    du, ddt = torch.empty_like(u), torch.empty_like(dt)
-    dA_part = torch.empty(n_seq * n_seg, D, N, **f32)
-    dB_part, dC_part = torch.empty(n_d, T_all, N, **f32), torch.empty(n_d, T_all, N, **f32)
-    dh0 = torch.empty(n_seq, D, N, **f32) if h0 is not None else None
+    hc = torch.empty(_slots(n_seq, T_all, BT_BWD), D, N, dtype=torch.float32, device=u.device)
+    parts = selective_grad_parts(u, dt, A, n_d, n_seq * n_seg, n_seq, h0 is not None)
     chunk_selective_bwd_vec_kernel[(n_d, n_seq, n_seg)](
-        u, dt, A, B, C, h0, dht, hc, loc_h, loc_g, seg_dt, dy, du, ddt, dA_part, dB_part, dC_part, dh0, cu_seqlens,
-        T, D, T_all, G,
+        u, dt, A, B, C, h0, dht, hc, loc_h, loc_g, seg_dt, dy, *parts, cu_seqlens, T, D, T_all, G,
         USE_H0=h0 is not None, USE_DHT=dht is not None, IS_VARLEN=cu_seqlens is not None, SEGMENTED=n_seg > 1,
         BT=BT_BWD, BD=BD, N=N, num_warps=WARPS_BWD,
     )  # fmt: skip
-    dB = dB_part.sum(0).view(Bsz, T, N).to(B.dtype)
-    dC = dC_part.sum(0).view(Bsz, T, N).to(C.dtype)
-    return du, ddt, dA_part.sum(0).to(A.dtype), dB, dC, dh0
+    return selective_grads(parts, A, B, C)

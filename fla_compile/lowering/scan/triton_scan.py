@@ -202,6 +202,27 @@ def selective_outputs(u, dt, A, B, C, initial_state, cu_seqlens):
     return xs, h0, n_seq, torch.empty_like(xs[0]), u.new_empty(n_seq, u.shape[-1], A.shape[-1], dtype=torch.float32)
 
 
+def selective_grad_parts(u, dt, A, n_d: int, n_dA: int, n_seq: int, with_h0: bool):
+    """What every selective-scan backward launcher fills: du, ddt like u, dt; fp32 partial sums of dA (``n_dA``
+    parts [D, N]) and of dB, dC (one [B T, N] per block of ``n_d`` channels), added by :func:`selective_grads`;
+    dh0 [N_seq, D, N] fp32 or None."""
+    D, N, T_all = u.shape[-1], A.shape[-1], u.shape[0] * u.shape[1]
+    f32 = dict(dtype=torch.float32, device=u.device)
+    dh0 = torch.empty(n_seq, D, N, **f32) if with_h0 else None
+    return (torch.empty_like(u), torch.empty_like(dt), torch.empty(n_dA, D, N, **f32),
+            torch.empty(n_d, T_all, N, **f32), torch.empty(n_d, T_all, N, **f32), dh0)  # fmt: skip
+
+
+def selective_grads(parts, A, B, C):
+    """(du, ddt, dA, dB, dC, dh0 or None) from :func:`selective_grad_parts` once filled: the partial sums added (no
+    atomics: bitwise deterministic) and cast to the inputs' dtypes."""
+    du, ddt, dA_part, dB_part, dC_part, dh0 = parts
+    Bsz, T, N = B.shape
+    dB = dB_part.sum(0).view(Bsz, T, N).to(B.dtype)
+    dC = dC_part.sum(0).view(Bsz, T, N).to(C.dtype)
+    return du, ddt, dA_part.sum(0).to(A.dtype), dB, dC, dh0
+
+
 def selective_forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
     """(y [B, T, D] in u's dtype, final state [N_seq, D, N] fp32)."""
     Bsz, T, D = u.shape
@@ -311,19 +332,13 @@ def selective_backward(u, dt, A, B, C, initial_state, cu_seqlens, dy, dht):
     n_d = launch.cdiv(D, BD)
     T_all = Bsz * T
     f32 = dict(dtype=torch.float32, device=u.device)
-    du, ddt = torch.empty_like(u), torch.empty_like(dt)
-    dA_part = torch.empty(n_seq, D, N, **f32)
-    dB_part, dC_part = torch.empty(n_d, T_all, N, **f32), torch.empty(n_d, T_all, N, **f32)
     h0 = initial_state.contiguous() if initial_state is not None else None
-    dh0 = torch.empty(n_seq, D, N, **f32) if h0 is not None else None
+    parts = selective_grad_parts(u, dt, A, n_d, n_seq, n_seq, h0 is not None)
     ck = torch.empty(launch.cdiv(T_all, BT), D, N, **f32)
     hs = torch.empty(n_seq * n_d, BT, BD, BN, **f32)
     selective_bwd_kernel[(n_d, n_seq)](
-        u, dt, A, B, C, h0, dy, dht.contiguous() if dht is not None else None, du, ddt, dA_part, dB_part, dC_part,
-        dh0, ck, hs, cu_seqlens, T, D, N, T_all,
-        USE_H0=h0 is not None, USE_DHT=dht is not None, IS_VARLEN=cu_seqlens is not None, BD=BD, BN=BN, BT=BT,
+        u, dt, A, B, C, h0, dy, dht.contiguous() if dht is not None else None, *parts, ck, hs, cu_seqlens, T, D, N,
+        T_all, USE_H0=h0 is not None, USE_DHT=dht is not None, IS_VARLEN=cu_seqlens is not None, BD=BD, BN=BN, BT=BT,
         num_warps=2,
     )  # fmt: skip
-    dB = dB_part.sum(0).view(Bsz, T, N).to(B.dtype)
-    dC = dC_part.sum(0).view(Bsz, T, N).to(C.dtype)
-    return du, ddt, dA_part.sum(0).to(A.dtype), dB, dC, dh0
+    return selective_grads(parts, A, B, C)
