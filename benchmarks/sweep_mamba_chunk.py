@@ -17,15 +17,19 @@ import torch
 import torch.nn.functional as F
 from triton.testing import do_bench
 
-SHAPES = [(4, 2048, 1536, 16), (1, 8192, 4096, 16)]
+SHAPES = [(4, 2048, 1536, 16), (1, 8192, 4096, 16), (1, 2048, 1536, 16)]
 FWD = [(16, 16, 4), (16, 16, 2), (16, 8, 4), (8, 16, 4), (32, 16, 4), (16, 32, 4), (8, 32, 4)]
 # the forward with the states on the lanes (``FWD_LANES``): warps split channels only
 FWD_LANES = [(16, 16, 4), (16, 16, 2), (16, 32, 4), (16, 8, 2), (16, 32, 8), (8, 16, 4)]
-# the vectorized kernels (N a power of two): BT, BD, warps, chunks a segment; the backward's segments pass takes
-# BD_SEG / WARPS_SEG, swept apart
-VEC_FWD = [(16, 16, 2, 16), (16, 32, 4, 16), (16, 32, 4, 8), (16, 32, 4, 1000), (16, 16, 2, 1000), (8, 32, 4, 16)]
-VEC_BWD = [(8, 16, 2, 8), (8, 16, 2, 4), (8, 16, 2, 16), (8, 32, 4, 8), (8, 16, 4, 8), (4, 32, 4, 16)]
-VEC_SEG = [(32, 4), (16, 2), (64, 8)]
+# the vectorized kernels (N a power of two): (module attribute, value) swaps of their launch shapes
+# (``triton_chunk_selective_vec.Tiles(BT, BD, warps, states a thread)``; None: as shipped)
+VEC_SWAPS = [
+    ("FWD", None), ("FWD", (16, 16, 2, 4)), ("FWD", (32, 16, 4, 2)), ("FWD", (32, 8, 2, 2)), ("FWD", (16, 16, 4, 2)),
+    ("CHUNKS_FWD", 8), ("FWD_IN_SEGMENTS", (32, 16, 4, 2)),
+    ("BWD", None), ("BWD", (8, 16, 4, 2)), ("BWD", (8, 8, 2, 2)), ("CHUNKS_BWD", 8), ("CHUNKS_BWD", 32),
+    ("SEG_BWD", (16, 16, 2, 4)), ("SEG_BWD", (32, 16, 2, 4)), ("SEG_BWD", (16, 16, 4, 2)), ("SEG_BWD", (32, 16, 4, 2)),
+    ("SEG_BWD", (8, 32, 4, 4)),
+]  # fmt: skip
 BWD = [(16, 16, 4, 4), (16, 16, 4, 8), (16, 8, 4, 4), (8, 16, 4, 4), (8, 16, 4, 8), (32, 16, 4, 8), (16, 32, 4, 8)]
 
 
@@ -95,43 +99,30 @@ def main(fwd_only: bool = False, vec_only: bool = False):
 
 
 def _sweep_vec(B, T, D, N, args, dy, dht, fwd_only):
-    """The vectorized kernels' rows (their chunk, channel block, warps and chunks a segment, "G")."""
+    """The vectorized kernels' rows: each of ``VEC_SWAPS`` alone, against the shipped module's outputs. The forward's
+    rows run the forward in segments (``FWD_IN_SEGMENTS``, ``CHUNKS_FWD``) where its grid is small, as shipped."""
     from fla_compile.lowering.scan import triton_chunk_selective_vec as TV
 
-    names = ["BT_FWD", "BD_FWD", "WARPS_FWD", "CHUNKS_FWD", "BT_BWD", "BD_BWD", "WARPS_BWD", "CHUNKS_BWD",
-             "BD_SEG", "WARPS_SEG"]  # fmt: skip
-    saved = {n: getattr(TV, n) for n in names}
     ref_y, ref_g = TV.forward(*args), TV.backward(*args, dy, dht)[:5]
-
-    def row(name, config, fn, ref, kernel):
+    for name, value in VEC_SWAPS:
+        bwd = name in ("BWD", "SEG_BWD", "CHUNKS_BWD")
+        if bwd and fwd_only:
+            continue
+        saved = getattr(TV, name)
+        setattr(TV, name, TV.Tiles(*value) if isinstance(value, tuple) else saved if value is None else value)
         try:
+            if bwd:
+                fn, ref, kernel = lambda: TV.backward(*args, dy, dht)[:5], ref_g, TV.chunk_selective_bwd_vec_kernel
+            else:
+                fn, ref, kernel = lambda: TV.forward(*args), ref_y, TV.chunk_selective_fwd_vec_kernel
             got = fn()
             ms = do_bench(fn)
-            print(f"| {B} | {T} | {D} | {N} | {name} | {config} | {ms:.3f} | {diff(got, ref):.1e} | {_regs(kernel)} |")
+            label = f"vec {'bwd' if bwd else 'fwd'}: {name}"
+            print(f"| {B} | {T} | {D} | {N} | {label} | {value} | {ms:.3f} | {diff(got, ref):.1e} | {_regs(kernel)} |")
         except Exception as e:  # noqa: BLE001 - a failed config is a row with the error
-            print(f"| {B} | {T} | {D} | {N} | {name} | {config} | error: {type(e).__name__}: {e} | | |")
-
-    try:
-        for config in VEC_FWD:
-            TV.BT_FWD, TV.BD_FWD, TV.WARPS_FWD, TV.CHUNKS_FWD = config
-            row(
-                "vec fwd: BT, BD, warps, G", config, lambda: TV.forward(*args), ref_y, TV.chunk_selective_fwd_vec_kernel
-            )
-        for n in names[:4]:
-            setattr(TV, n, saved[n])
-        for config in [] if fwd_only else VEC_BWD:
-            TV.BT_BWD, TV.BD_BWD, TV.WARPS_BWD, TV.CHUNKS_BWD = config
-            row("vec bwd: BT, BD, warps, G", config, lambda: TV.backward(*args, dy, dht)[:5], ref_g,
-                TV.chunk_selective_bwd_vec_kernel)  # fmt: skip
-        for n in names[4:8]:
-            setattr(TV, n, saved[n])
-        for config in [] if fwd_only else VEC_SEG:
-            TV.BD_SEG, TV.WARPS_SEG = config
-            row("vec bwd, segments pass: BD, warps", config, lambda: TV.backward(*args, dy, dht)[:5], ref_g,
-                TV.chunk_selective_segments_kernel)  # fmt: skip
-    finally:
-        for n, v in saved.items():
-            setattr(TV, n, v)
+            print(f"| {B} | {T} | {D} | {N} | vec: {name} | {value} | error: {type(e).__name__}: {e} | | |")
+        finally:
+            setattr(TV, name, saved)
 
 
 def _regs(kernel) -> str:

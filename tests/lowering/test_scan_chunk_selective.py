@@ -165,6 +165,22 @@ def _run_vec(*args, chunks=1, max_segments=2):
         TV.CHUNKS_FWD, TV.CHUNKS_BWD, TV.MAX_SEGMENTS, TV.FWD_SEGMENTS_BELOW = saved
 
 
+def _two_states_a_thread(TV) -> dict:
+    """Every vectorized kernel's tiles with two states a thread (twice the warps a channel block), the backward's
+    segments pass on chunks of 16 (two of its 8-step chunks): module attribute -> tiles."""
+    names = ("FWD", "FWD_IN_SEGMENTS", "SEG_FWD", "BWD", "SEG_BWD")
+    tiles = {n: getattr(TV, n) for n in names}
+    return {n: TV.Tiles(t.BT * 2 if n == "SEG_BWD" else t.BT, t.BD, t.warps * 2, 2) for n, t in tiles.items()}
+
+
+def _run_vec_two_states(*args, **kwargs):
+    with pytest.MonkeyPatch.context() as mp:
+        TV = _module(True)
+        for name, tiles in _two_states_a_thread(TV).items():
+            mp.setattr(TV, name, tiles)
+        return _run_vec(*args, **kwargs)
+
+
 INTERPRETER_CASES = {
     "dense-deterministic": (_run, (None, True, 2.0, torch.float32, True, True)),
     "packed": (_run, ([20, 0, 1, 27],)),
@@ -174,13 +190,18 @@ INTERPRETER_CASES = {
     "op-dispatch": (_op_dispatch, (3,)),
     "other-layout-forward": (_run_other_layout, (None, True, 2.0, torch.float32, False)),
     "other-layout-packed-no-h0": (_run_other_layout, ([20, 0, 1, 27], False, 2.0, torch.float32, False)),
-    # T = 37: 3 chunks forward (BT 16), 5 backward (BT 8); at most 2 segments: 2 chunks and 3 a segment
+    # T = 37: 2 chunks forward (BT 32), 3 in segments (BT 16), 5 backward (BT 8); at most 2 segments: 2 chunks and
+    # 3 a segment
     "vec-defaults": (_run, (None, True, 2.0, torch.float32, True, False, 4, True)),
     "vec-segments-deterministic": (_run_vec, (None, True, 2.0, torch.float32, True, True, 4)),
     "vec-segments-no-h0-strong": (_run_vec, (None, False, 40.0, torch.float32, True, False, 8)),
     "vec-one-chunk-a-segment": (lambda: _run_vec(None, True, 2.0, torch.float32, True, False, 16, max_segments=32), ()),
     "vec-packed": (_run_vec, ([20, 0, 1, 27], True, 2.0, torch.float32, True, False, 4)),
     "vec-bf16-two-states": (_run_vec, (None, True, 2.0, torch.bfloat16, False, False, 2)),
+    "vec-two-states-a-thread": (
+        lambda: _run_vec_two_states(None, True, 2.0, torch.float32, True, True, 16, chunks=2),
+        (),
+    ),
 }
 
 
@@ -251,15 +272,20 @@ def _poison_cuda():
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("lens", [None, [300, 0, 1, 723, 17]], ids=["dense", "packed"])
 @pytest.mark.parametrize("strength", [2.0, 40.0], ids=["weak", "strong"])
-@pytest.mark.parametrize("layout,warps", [("vec", None), ("vec-segments", None), ("lanes", 4), ("rows", 2)])
+@pytest.mark.parametrize(
+    "layout,warps", [("vec", None), ("vec-segments", None), ("vec-two-states", None), ("lanes", 4), ("rows", 2)]
+)
 def test_gpu_chunked_vs_fp64(dtype, tol, lens, strength, layout, warps, monkeypatch):
     """The vectorized kernels (shipped for N a power of two: T = 517 gives 5 backward segments; "vec-segments"
-    cuts the forward too, into 9) and both forward layouts of the others at their best warps, with the
-    backwards, against fp64."""
+    cuts the forward too, into 9; "vec-two-states" both, on tiles of two states a thread) and both forward layouts
+    of the others at their best warps, with the backwards, against fp64."""
     TC = _module(layout.startswith("vec"))
-    if layout == "vec-segments":
+    if layout in ("vec-segments", "vec-two-states"):
         monkeypatch.setattr(TC, "FWD_SEGMENTS_BELOW", 1 << 30)
         monkeypatch.setattr(TC, "CHUNKS_FWD", 4)
+    if layout == "vec-two-states":
+        for name, tiles in _two_states_a_thread(TC).items():
+            monkeypatch.setattr(TC, name, tiles)
     if not layout.startswith("vec"):
         monkeypatch.setattr(TC, "FWD_LANES", layout == "lanes")
         monkeypatch.setattr(TC, "WARPS_FWD", warps)

@@ -26,6 +26,9 @@ the same program), then backward for the gradients, as ``chunk_selective_bwd_ker
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -46,21 +49,36 @@ from .triton_chunk_selective import (
 )
 from .triton_scan import _span, selective_grad_parts, selective_grads, selective_outputs
 
-# Launch shapes, the best of benchmarks/sweep_mamba_chunk.py --vec (H200, bf16, 2026-12-02): the forward's
-# chunk, channel block, warps and chunks a segment; the backward's; the segments pass's channel block and warps.
-BT_FWD, BD_FWD, WARPS_FWD, CHUNKS_FWD = 16, 16, 2, 16
-BT_BWD, BD_BWD, WARPS_BWD, CHUNKS_BWD = 8, 16, 2, 16
-BD_SEG, WARPS_SEG = 16, 2
+
+@dataclass(frozen=True)
+class Tiles:
+    """A kernel's launch shape: steps a chunk, channels a program, warps, and states in each thread (the
+    vector width of the anchor load; fewer states a thread put more warps on the same channels)."""
+
+    BT: int
+    BD: int
+    warps: int
+    vec: int
+
+
+# Launch shapes, the best of benchmarks/sweep_mamba_chunk.py --vec (H200, bf16, N = 16, 2026-12-02). The forward
+# walking whole sequences: a chunk of 32 steps halves the walk's serial steps against 16, each of them latency
+# more than work (ncu: 0.34 instructions a cycle a scheduler, stalls mostly on fixed-latency dependencies);
+# (4, 2048, 1536) 0.170 -> 0.136 ms, (1, 8192, 4096) 0.587 -> 0.417, (8, 2048, 2048) 0.364 -> 0.305. Two states
+# a thread (twice the warps, a third more instructions) won only on the smaller grids.
+FWD = Tiles(32, 16, 2, 4)
+# The forward in segments of CHUNKS_FWD chunks (small grids), and its segments pass.
+FWD_IN_SEGMENTS, SEG_FWD, CHUNKS_FWD = Tiles(16, 16, 2, 4), Tiles(16, 16, 2, 4), 16
+# The backward (always in segments of CHUNKS_BWD chunks) and its segments pass, whose chunk divides a segment's.
+BWD, SEG_BWD, CHUNKS_BWD = Tiles(8, 16, 2, 4), Tiles(8, 16, 2, 4), 16
 MAX_SEGMENTS = 32  # a consumer combines up to this many segments before its own
-# The forward cuts its sequences into segments only where its grid (sequences x channel blocks) has fewer warps
-# than this many a multiprocessor: the segments pass evaluates an exp per element as the forward does, so it pays
-# only where a walk per sequence leaves much of the machine idle. H200 (132 SMs; bf16, N = 16; BT 16, BD 32,
-# 4 warps, so 64 elements a thread as now; ms whole -> in segments of 16 chunks): 96 warps (1, 2048, 768) 0.156
-# -> 0.085; 128 (1, 8192, 1024) 0.611 -> 0.196; 192 (1, 2048, 1536) 0.158 -> 0.088; 384 (2, 2048, 1536) 0.161 ->
-# 0.138 and (1, 4096, 3072) 0.314 -> 0.264; 512 (1, 8192, 4096) 0.617 -> 0.699; 768 (4, 2048, 1536) 0.185 ->
-# 0.264. Then BD 16 on 2 warps (twice the programs, the same warps): 0.182 -> 0.170, 0.618 -> 0.588 and, in
-# segments, 0.082 -> 0.077 at (1, 2048, 1536).
-FWD_SEGMENTS_BELOW = 3.4
+# The forward cuts its sequences into segments only where its grid (sequences x channel blocks, FWD's tiles) has
+# fewer warps than this many a multiprocessor: the segments pass evaluates an exp per element as the forward does,
+# so it pays only where a walk per sequence leaves much of the machine idle. H200 (132 SMs; bf16, N = 16; ms,
+# whole sequences on FWD's tiles -> segments): 96 warps (1, 2048, 768) 0.102 -> 0.071; 128 (1, 8192, 1024) 0.387
+# -> 0.195; 192 (1, 2048, 1536) 0.104 -> 0.079; 384 (2, 2048, 1536) 0.110 -> 0.140 and (1, 4096, 3072) 0.210 ->
+# 0.267; 768 (4, 2048, 1536) 0.136 -> 0.265.
+FWD_SEGMENTS_BELOW = 2.2
 
 
 def supported(A) -> bool:
@@ -70,10 +88,11 @@ def supported(A) -> bool:
 
 
 @triton.jit
-def _vec_offsets(i_d, D, BD: tl.constexpr, N: tl.constexpr):
-    """Offsets and mask of a [1, BD, N] tile of a [D, N] tensor: the anchor layout."""
+def _vec_offsets(i_d, D, BD: tl.constexpr, N: tl.constexpr, VEC: tl.constexpr):
+    """Offsets and mask of a [1, BD, N] tile of a [D, N] tensor: the anchor layout, ``VEC`` states in each thread
+    (the load's vector width, from the contiguity the hint declares)."""
     o_d = i_d * BD + tl.arange(0, BD)
-    o_k = tl.arange(0, N)
+    o_k = tl.max_contiguous(tl.arange(0, N), VEC)
     return o_d[None, :, None] * N + o_k[None, None, :], (o_d < D)[None, :, None] & (o_k < N)[None, None, :]
 
 
@@ -119,7 +138,7 @@ def _combine(loc, seg_dt, b_x, b_A2, o3, m3, o_d, m_d, D, N: tl.constexpr, first
 @triton.jit
 def chunk_selective_segments_kernel(
     u, dt, A, Bm, Cm, dy, loc_h, loc_g, seg_dt, T, D, G,
-    GRADS: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, N: tl.constexpr,
+    GRADS: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, N: tl.constexpr, VEC: tl.constexpr,
 ):  # fmt: skip
     """Per segment of G chunks (dense sequences): its end state from a zero start, its step sizes summed and, with
     ``GRADS``, its start gradient from a zero end; [B, segments, ...] flattened."""
@@ -129,7 +148,7 @@ def chunk_selective_segments_kernel(
     o_t = tl.arange(0, BT)
     o_d = i_d * BD + tl.arange(0, BD)
     o_k = tl.arange(0, N)
-    o3, m3 = _vec_offsets(i_d, D, BD, N)
+    o3, m3 = _vec_offsets(i_d, D, BD, N, VEC)
     b_A2 = tl.load(A + o3, mask=m3, other=0).to(tl.float32) * LOG2E
     b_sum = tl.zeros([BD], dtype=tl.float32)
     j = (i_n * tl.num_programs(2) + i_s).to(tl.int64)
@@ -154,7 +173,7 @@ def chunk_selective_segments_kernel(
 def chunk_selective_fwd_vec_kernel(
     u, dt, A, Bm, Cm, h0, y, ht, loc_h, seg_dt, cu_seqlens, T, D, G,
     USE_H0: tl.constexpr, IS_VARLEN: tl.constexpr, SEGMENTED: tl.constexpr,
-    BT: tl.constexpr, BD: tl.constexpr, N: tl.constexpr,
+    BT: tl.constexpr, BD: tl.constexpr, N: tl.constexpr, VEC: tl.constexpr,
 ):  # fmt: skip
     """y over one segment (the whole sequence unless ``SEGMENTED``), and the final state from the last."""
     i_d, i_n, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -163,7 +182,7 @@ def chunk_selective_fwd_vec_kernel(
     o_t = tl.arange(0, BT)
     o_d = i_d * BD + tl.arange(0, BD)
     o_k = tl.arange(0, N)
-    o3, m3 = _vec_offsets(i_d, D, BD, N)
+    o3, m3 = _vec_offsets(i_d, D, BD, N, VEC)
     b_A2 = tl.load(A + o3, mask=m3, other=0).to(tl.float32) * LOG2E
     b_h = tl.zeros([1, BD, N], dtype=tl.float32)
     if USE_H0:
@@ -192,7 +211,7 @@ def chunk_selective_bwd_vec_kernel(
     u, dt, A, Bm, Cm, h0, dht, hc, loc_h, loc_g, seg_dt, dy, du, ddt, dA_part, dB_part, dC_part, dh0, cu_seqlens,
     T, D, T_all, G,
     USE_H0: tl.constexpr, USE_DHT: tl.constexpr, IS_VARLEN: tl.constexpr, SEGMENTED: tl.constexpr,
-    BT: tl.constexpr, BD: tl.constexpr, N: tl.constexpr,
+    BT: tl.constexpr, BD: tl.constexpr, N: tl.constexpr, VEC: tl.constexpr,
 ):  # fmt: skip
     """The gradients over one segment: its chunks forward for their start states (into ``hc``), then backward
     as in ``chunk_selective_bwd_kernel``; dA per (sequence, segment), dh0 from the first segment."""
@@ -204,7 +223,7 @@ def chunk_selective_bwd_vec_kernel(
     o_d = i_d * BD + tl.arange(0, BD)
     o_k = tl.arange(0, N)
     m_d = o_d < D
-    o3, m3 = _vec_offsets(i_d, D, BD, N)
+    o3, m3 = _vec_offsets(i_d, D, BD, N, VEC)
     b_A = tl.load(A + o3, mask=m3, other=0).to(tl.float32)
     b_A2 = b_A * LOG2E
     b_h = tl.zeros([1, BD, N], dtype=tl.float32)
@@ -259,18 +278,20 @@ def _segments(T: int, BT: int, chunks: int, whole: bool) -> tuple[int, int]:
     return G, launch.cdiv(n_chunks, G)
 
 
-def _segment_summaries(u, dt, A, B, C, dy, BT, G, n_seg, grads):
-    """The segments pass: (end states from zero, start gradients from zero or None, step sizes summed)."""
+def _segment_summaries(u, dt, A, B, C, dy, rows: int, n_seg: int, grads: bool, tiles: Tiles):
+    """The segments pass over segments of ``rows`` steps, on chunks of ``tiles.BT`` or of the largest power of two
+    dividing ``rows`` below it: (end states from zero, start gradients from zero or None, step sizes summed)."""
     Bsz, T, D = u.shape
     N = A.shape[-1]
     f32 = dict(dtype=torch.float32, device=u.device)
     loc_h = torch.empty(Bsz * n_seg, D, N, **f32)
     loc_g = torch.empty(Bsz * n_seg, D, N, **f32) if grads else None
     seg_dt = torch.empty(Bsz * n_seg, D, **f32)
-    BD = min(BD_SEG, pow2(D, lo=2))
+    BD = min(tiles.BD, pow2(D, lo=2))
+    BT = math.gcd(tiles.BT, rows)
     chunk_selective_segments_kernel[(launch.cdiv(D, BD), Bsz, n_seg)](
-        u, dt, A, B, C, dy, loc_h, loc_g, seg_dt, T, D, G,
-        GRADS=grads, BT=BT, BD=BD, N=N, num_warps=WARPS_SEG,
+        u, dt, A, B, C, dy, loc_h, loc_g, seg_dt, T, D, rows // BT,
+        GRADS=grads, BT=BT, BD=BD, N=N, VEC=min(tiles.vec, N), num_warps=tiles.warps,
     )  # fmt: skip
     return loc_h, loc_g, seg_dt
 
@@ -280,18 +301,18 @@ def forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
     Bsz, T, D = u.shape
     N = A.shape[-1]
     (u, dt, A, B, C), h0, n_seq, y, ht = selective_outputs(u, dt, A, B, C, initial_state, cu_seqlens)
-    BD = min(BD_FWD, pow2(D, lo=2))
-    n_d = launch.cdiv(D, BD)
     sms = launch.sm_count(u.device) if u.device.type == "cuda" else 1
-    few = n_d * n_seq * WARPS_FWD < FWD_SEGMENTS_BELOW * sms
-    G, n_seg = _segments(T, BT_FWD, CHUNKS_FWD, whole=cu_seqlens is not None or not few)
+    few = launch.cdiv(D, min(FWD.BD, pow2(D, lo=2))) * n_seq * FWD.warps < FWD_SEGMENTS_BELOW * sms
+    tiles = FWD_IN_SEGMENTS if few and cu_seqlens is None else FWD
+    G, n_seg = _segments(T, tiles.BT, CHUNKS_FWD, whole=tiles is FWD)
     loc_h = seg_dt = None
     if n_seg > 1:
-        loc_h, _, seg_dt = _segment_summaries(u, dt, A, B, C, None, BT_FWD, G, n_seg, grads=False)
-    chunk_selective_fwd_vec_kernel[(n_d, n_seq, n_seg)](
+        loc_h, _, seg_dt = _segment_summaries(u, dt, A, B, C, None, G * tiles.BT, n_seg, False, SEG_FWD)
+    BD = min(tiles.BD, pow2(D, lo=2))
+    chunk_selective_fwd_vec_kernel[(launch.cdiv(D, BD), n_seq, n_seg)](
         u, dt, A, B, C, h0, y, ht, loc_h, seg_dt, cu_seqlens, T, D, G,
-        USE_H0=h0 is not None, IS_VARLEN=cu_seqlens is not None, SEGMENTED=n_seg > 1, BT=BT_FWD, BD=BD, N=N,
-        num_warps=WARPS_FWD,
+        USE_H0=h0 is not None, IS_VARLEN=cu_seqlens is not None, SEGMENTED=n_seg > 1, BT=tiles.BT, BD=BD, N=N,
+        VEC=min(tiles.vec, N), num_warps=tiles.warps,
     )  # fmt: skip
     return y, ht
 
@@ -305,17 +326,17 @@ def backward(u, dt, A, B, C, initial_state, cu_seqlens, dy, dht):
     T_all = Bsz * T
     h0 = initial_state.contiguous() if initial_state is not None else None
     dht = dht.contiguous() if dht is not None else None
-    G, n_seg = _segments(T, BT_BWD, CHUNKS_BWD, whole=cu_seqlens is not None)
+    G, n_seg = _segments(T, BWD.BT, CHUNKS_BWD, whole=cu_seqlens is not None)
     loc_h = loc_g = seg_dt = None
     if n_seg > 1:
-        loc_h, loc_g, seg_dt = _segment_summaries(u, dt, A, B, C, dy, BT_BWD, G, n_seg, grads=True)
-    BD = min(BD_BWD, pow2(D, lo=2))
+        loc_h, loc_g, seg_dt = _segment_summaries(u, dt, A, B, C, dy, G * BWD.BT, n_seg, True, SEG_BWD)
+    BD = min(BWD.BD, pow2(D, lo=2))
     n_d = launch.cdiv(D, BD)
-    hc = torch.empty(_slots(n_seq, T_all, BT_BWD), D, N, dtype=torch.float32, device=u.device)
+    hc = torch.empty(_slots(n_seq, T_all, BWD.BT), D, N, dtype=torch.float32, device=u.device)
     parts = selective_grad_parts(u, dt, A, n_d, n_seq * n_seg, n_seq, h0 is not None)
     chunk_selective_bwd_vec_kernel[(n_d, n_seq, n_seg)](
         u, dt, A, B, C, h0, dht, hc, loc_h, loc_g, seg_dt, dy, *parts, cu_seqlens, T, D, T_all, G,
         USE_H0=h0 is not None, USE_DHT=dht is not None, IS_VARLEN=cu_seqlens is not None, SEGMENTED=n_seg > 1,
-        BT=BT_BWD, BD=BD, N=N, num_warps=WARPS_BWD,
+        BT=BWD.BT, BD=BD, N=N, VEC=min(BWD.vec, N), num_warps=BWD.warps,
     )  # fmt: skip
     return selective_grads(parts, A, B, C)
