@@ -9,10 +9,12 @@ differ:
   in each thread) anchors the chunk's [BT, BD, N] tiles, so a sum over states is three in-thread adds and two
   shuffle levels per four elements, where the other kernels spend four shuffle levels on every element.
   Offline sm_90a (Triton 3.6), forward at BT 16, BD 32, 4 warps: ~10 loop instructions an element against
-  ~17.
-- **Segments.** A walk through a whole sequence leaves the machine idle: (4, 2048, 1536, 16) gives 192
-  programs of a serial walk, (1, 8192, 4096, 16) 128. So a dense sequence is cut into segments of G chunks
-  (the backward always; the forward only on small grids, ``FWD_SEGMENTS_BELOW``).
+  ~17. The states a thread are a launch option (``Tiles.vec``: a contiguity hint on that load sets its
+  vector width); two a thread put twice the warps on the same channels for a third more instructions.
+- **Segments.** A walk through a whole sequence leaves the machine idle: (4, 2048, 1536, 16) gives 384
+  programs of a serial walk, (1, 8192, 4096, 16) 256. So a dense sequence is cut into segments of G chunks
+  (the backward always; the forward only on small grids, ``FWD_SEGMENTS_BELOW``: elsewhere it walks whole
+  sequences on chunks of 32 steps, a walk of half the serial steps).
   ``chunk_selective_segments_kernel`` gives every segment, in parallel, its state from a zero start and its
   step sizes summed (and for the backward its state gradient from a zero end). Each consumer then forms its
   own start state from the segments before it, h <- exp(A sum dt) h + h_local (its end gradient likewise from
