@@ -117,12 +117,21 @@ def _sweep_vec(B, T, D, N, args, dy, dht, fwd_only):
                 fn, ref, kernel = lambda: TV.forward(*args), ref_y, TV.chunk_selective_fwd_vec_kernel
             got = fn()
             ms = do_bench(fn)
-            label = f"vec {'bwd' if bwd else 'fwd'}: {name}"
-            print(f"| {B} | {T} | {D} | {N} | {label} | {value} | {ms:.3f} | {diff(got, ref):.1e} | {_regs(kernel)} |")
+            row = f"vec {'bwd' if bwd else 'fwd'}: {name} | {_cells(value)} | {ms:.3f} | {diff(got, ref):.1e}"
+            print(f"| {B} | {T} | {D} | {N} | {row} | {_regs(kernel)} |")
         except Exception as e:  # noqa: BLE001 - a failed config is a row with the error
-            print(f"| {B} | {T} | {D} | {N} | vec: {name} | {value} | error: {type(e).__name__}: {e} | | |")
+            print(f"| {B} | {T} | {D} | {N} | vec: {name} | {_cells(value)} | error: {type(e).__name__}: {e} | | |")
         finally:
             setattr(TV, name, saved)
+
+
+def _cells(value) -> str:
+    """The table's BT, BD and warps cells for a swap: a Tiles' fields (warps with its states a thread), else the
+    value in the first cell."""
+    if isinstance(value, tuple):
+        BT, BD, warps, vec = value
+        return f"{BT} | {BD} | {warps}, {vec} states a thread"
+    return f"{'shipped' if value is None else value} | |"
 
 
 def _regs(kernel) -> str:
