@@ -256,6 +256,37 @@ def test_interpreter(interpreter_report, case):
     assert not bad, f"relative errors above {tol}: {bad}"
 
 
+class _LaunchSpy:
+    """A kernel stand-in: ``kernel[grid](*args, **kwargs)`` records the grid and the keyword arguments."""
+
+    def __init__(self):
+        self.launches = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launches.append((grid, kwargs))
+
+
+@pytest.mark.parametrize("T,segments", [(100, False), (1000, True)])
+def test_forward_tiles(T, segments, monkeypatch):
+    """The forward's launch shape on a small grid: a sequence of at most CHUNKS_FWD chunks walks whole on FWD's
+    tiles; a longer one runs in segments on FWD_IN_SEGMENTS's, after the segments pass. Host logic only: the
+    kernels are spied, not run."""
+    pytest.importorskip("triton")
+    TV = _module(True)
+    fwd, seg = _LaunchSpy(), _LaunchSpy()
+    monkeypatch.setattr(TV, "chunk_selective_fwd_vec_kernel", fwd)
+    monkeypatch.setattr(TV, "chunk_selective_segments_kernel", seg)
+    monkeypatch.setattr(TV, "FWD_SEGMENTS_BELOW", 1 << 30)  # a small grid, whatever the machine
+    *xs, _, _ = make(B=1, T=T, D=16, N=16)
+    TV.forward(*xs)
+    (grid, kw), tiles = fwd.launches[0], TV.FWD_IN_SEGMENTS if segments else TV.FWD
+    assert (kw["BT"], kw["BD"], kw["num_warps"], kw["VEC"]) == (tiles.BT, tiles.BD, tiles.warps, tiles.vec)
+    assert kw["SEGMENTED"] is segments
+    assert len(seg.launches) == int(segments) and grid[2] == (seg.launches[0][0][2] if segments else 1)
+    if segments:
+        assert seg.launches[0][1]["BT"] == TV.SEG_FWD.BT and seg.launches[0][1]["GRADS"] is False
+
+
 # ---------------------------------------------------------------- GPU checks
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

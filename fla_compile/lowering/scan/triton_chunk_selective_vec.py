@@ -305,10 +305,12 @@ def forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
     (u, dt, A, B, C), h0, n_seq, y, ht = selective_outputs(u, dt, A, B, C, initial_state, cu_seqlens)
     sms = launch.sm_count(u.device) if u.device.type == "cuda" else 1
     few = launch.cdiv(D, min(FWD.BD, pow2(D, lo=2))) * n_seq * FWD.warps < FWD_SEGMENTS_BELOW * sms
-    tiles = FWD_IN_SEGMENTS if few and cu_seqlens is None else FWD
-    G, n_seg = _segments(T, tiles.BT, CHUNKS_FWD, whole=tiles is FWD)
+    tiles = FWD_IN_SEGMENTS
+    G, n_seg = _segments(T, tiles.BT, CHUNKS_FWD, whole=cu_seqlens is not None or not few)
     loc_h = seg_dt = None
-    if n_seg > 1:
+    if n_seg == 1:  # one walk a sequence (G unused)
+        tiles = FWD
+    else:
         loc_h, _, seg_dt = _segment_summaries(u, dt, A, B, C, None, G * tiles.BT, n_seg, False, SEG_FWD)
     BD = min(tiles.BD, pow2(D, lo=2))
     chunk_selective_fwd_vec_kernel[(launch.cdiv(D, BD), n_seq, n_seg)](
