@@ -198,6 +198,9 @@ INTERPRETER_CASES = {
     "vec-one-chunk-a-segment": (lambda: _run_vec(None, True, 2.0, torch.float32, True, False, 16, max_segments=32), ()),
     "vec-packed": (_run_vec, ([20, 0, 1, 27], True, 2.0, torch.float32, True, False, 4)),
     "vec-bf16-two-states": (_run_vec, (None, True, 2.0, torch.bfloat16, False, False, 2)),
+    # N = 32: chunks of half the steps (Tiles.for_states): the forward in 2 segments of 3 chunks of 8 steps, the
+    # backward in 2 of 5 chunks of 4
+    "vec-32-states-segments": (_run_vec, (None, True, 2.0, torch.float32, True, False, 32)),
     "vec-two-states-a-thread": (
         lambda: _run_vec_two_states(None, True, 2.0, torch.float32, True, True, 16, chunks=2),
         (),
@@ -264,6 +267,14 @@ class _LaunchSpy:
 
     def __getitem__(self, grid):
         return lambda *args, **kwargs: self.launches.append((grid, kwargs))
+
+
+def test_tiles_for_states():
+    """The launch shapes are set for N <= 16; more states take shorter chunks, not under 4 steps."""
+    TV = _module(True)
+    t = TV.Tiles(32, 16, 2, 4)
+    assert t.for_states(2) == t.for_states(16) == t
+    assert t.for_states(32) == TV.Tiles(16, 16, 2, 4) and t.for_states(256) == TV.Tiles(4, 16, 2, 4)
 
 
 @pytest.mark.parametrize("T,segments", [(100, False), (1000, True)])

@@ -29,7 +29,7 @@ the same program), then backward for the gradients, as ``chunk_selective_bwd_ker
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -61,6 +61,13 @@ class Tiles:
     BD: int
     warps: int
     vec: int
+
+    def for_states(self, N: int) -> Tiles:
+        """These tiles for N states: the chunk is set for N <= 16, so a larger N takes a chunk of BT * 16 / N
+        steps (not under 4), keeping a thread's elements, and its registers, as at 16. Offline (Triton 3.6,
+        sm_90a) the forward at N = 32 on 32 steps spills 660 B a thread, on 16 none (254 registers); the backward
+        at N = 32 on 8 steps 288 B, on 4 none."""
+        return replace(self, BT=max(4, self.BT * 16 // N)) if N > 16 else self
 
 
 # Launch shapes, the best of benchmarks/sweep_mamba_chunk.py --vec (H200, bf16, N = 16, 2026-12-02). The forward
@@ -285,6 +292,7 @@ def _segment_summaries(u, dt, A, B, C, dy, rows: int, n_seg: int, grads: bool, t
     dividing ``rows`` below it: (end states from zero, start gradients from zero or None, step sizes summed)."""
     Bsz, T, D = u.shape
     N = A.shape[-1]
+    tiles = tiles.for_states(N)
     f32 = dict(dtype=torch.float32, device=u.device)
     loc_h = torch.empty(Bsz * n_seg, D, N, **f32)
     loc_g = torch.empty(Bsz * n_seg, D, N, **f32) if grads else None
@@ -305,11 +313,11 @@ def forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
     (u, dt, A, B, C), h0, n_seq, y, ht = selective_outputs(u, dt, A, B, C, initial_state, cu_seqlens)
     sms = launch.sm_count(u.device) if u.device.type == "cuda" else 1
     few = launch.cdiv(D, min(FWD.BD, pow2(D, lo=2))) * n_seq * FWD.warps < FWD_SEGMENTS_BELOW * sms
-    tiles = FWD_IN_SEGMENTS
+    tiles = FWD_IN_SEGMENTS.for_states(N)
     G, n_seg = _segments(T, tiles.BT, CHUNKS_FWD, whole=cu_seqlens is not None or not few)
     loc_h = seg_dt = None
     if n_seg == 1:  # one walk a sequence (G unused)
-        tiles = FWD
+        tiles = FWD.for_states(N)
     else:
         loc_h, _, seg_dt = _segment_summaries(u, dt, A, B, C, None, G * tiles.BT, n_seg, False, SEG_FWD)
     BD = min(tiles.BD, pow2(D, lo=2))
@@ -330,17 +338,18 @@ def backward(u, dt, A, B, C, initial_state, cu_seqlens, dy, dht):
     T_all = Bsz * T
     h0 = initial_state.contiguous() if initial_state is not None else None
     dht = dht.contiguous() if dht is not None else None
-    G, n_seg = _segments(T, BWD.BT, CHUNKS_BWD, whole=cu_seqlens is not None)
+    tiles = BWD.for_states(N)
+    G, n_seg = _segments(T, tiles.BT, CHUNKS_BWD, whole=cu_seqlens is not None)
     loc_h = loc_g = seg_dt = None
     if n_seg > 1:
-        loc_h, loc_g, seg_dt = _segment_summaries(u, dt, A, B, C, dy, G * BWD.BT, n_seg, True, SEG_BWD)
-    BD = min(BWD.BD, pow2(D, lo=2))
+        loc_h, loc_g, seg_dt = _segment_summaries(u, dt, A, B, C, dy, G * tiles.BT, n_seg, True, SEG_BWD)
+    BD = min(tiles.BD, pow2(D, lo=2))
     n_d = launch.cdiv(D, BD)
-    hc = torch.empty(_slots(n_seq, T_all, BWD.BT), D, N, dtype=torch.float32, device=u.device)
+    hc = torch.empty(_slots(n_seq, T_all, tiles.BT), D, N, dtype=torch.float32, device=u.device)
     parts = selective_grad_parts(u, dt, A, n_d, n_seq * n_seg, n_seq, h0 is not None)
     chunk_selective_bwd_vec_kernel[(n_d, n_seq, n_seg)](
         u, dt, A, B, C, h0, dht, hc, loc_h, loc_g, seg_dt, dy, *parts, cu_seqlens, T, D, T_all, G,
         USE_H0=h0 is not None, USE_DHT=dht is not None, IS_VARLEN=cu_seqlens is not None, SEGMENTED=n_seg > 1,
-        BT=BWD.BT, BD=BD, N=N, VEC=min(BWD.vec, N), num_warps=BWD.warps,
+        BT=tiles.BT, BD=BD, N=N, VEC=min(tiles.vec, N), num_warps=tiles.warps,
     )  # fmt: skip
     return selective_grads(parts, A, B, C)
