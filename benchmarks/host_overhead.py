@@ -3,7 +3,7 @@
     python benchmarks/host_overhead.py [--ops hgrn,gla] [--n 300] [--profile gla:bwd]    # CPU, kernels stubbed
     python benchmarks/host_overhead.py --device cuda [--dtype bfloat16] [--profile hgrn:bwd]   # real kernels
     python benchmarks/host_overhead.py --T 1 --ops gla,delta_rule    # a decoding step
-    python benchmarks/host_overhead.py --device cuda --T 2048 --ops mamba,mamba_n15    # mamba's two chunked modules
+    python benchmarks/host_overhead.py --device cuda --T 2048 --ops mamba,mamba_n15    # mamba, N = 16 and padded 15
 
 On the CPU (the default) the kernels are stubbed out: ``FLA_COMPILE_TRITON=interpret TRITON_INTERPRET=1`` route
 the inputs to the Triton launchers, and every ``*_kernel`` of the lines' kernel modules is replaced by a stub
@@ -108,7 +108,7 @@ def make_cases(torch, device="cpu", dtype=None):
     Bm16, C16, Bm15, C15 = t(B, T, 16), t(B, T, 16), t(B, T, 15), t(B, T, 15)
     return {
         # N = 16: the vectorized chunked kernels (their forward in segments on a small grid, from T = 512 on CUDA);
-        # N = 15: the other chunked kernels
+        # N = 15: the same kernels on states padded to 16 (the pads and slices are host work)
         "mamba": (lambda: ops.mamba(x, dt, A16, Bm16, C16), (x, dt, A16, Bm16, C16)),
         "mamba_n15": (lambda: ops.mamba(x, dt, A15, Bm15, C15), (x, dt, A15, Bm15, C15)),
         "hgrn": (lambda: ops.hgrn(x, gx), (x, gx)),

@@ -21,7 +21,7 @@ SHAPES = [(4, 2048, 1536, 16), (1, 8192, 4096, 16), (1, 2048, 1536, 16)]
 FWD = [(16, 16, 4), (16, 16, 2), (16, 8, 4), (8, 16, 4), (32, 16, 4), (16, 32, 4), (8, 32, 4)]
 # the forward with the states on the lanes (``FWD_LANES``): warps split channels only
 FWD_LANES = [(16, 16, 4), (16, 16, 2), (16, 32, 4), (16, 8, 2), (16, 32, 8), (8, 16, 4)]
-# the vectorized kernels (N a power of two): (module attribute, value) swaps of their launch shapes
+# the vectorized kernels: (module attribute, value) swaps of their launch shapes
 # (``triton_chunk_selective_vec.Tiles(BT, BD, warps, states a thread)``; None: as shipped)
 VEC_SWAPS = [
     ("FWD", None), ("FWD", (16, 16, 2, 4)), ("FWD", (32, 16, 4, 2)), ("FWD", (32, 8, 2, 2)), ("FWD", (16, 16, 4, 2)),

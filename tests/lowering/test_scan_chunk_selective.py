@@ -102,12 +102,12 @@ def _run(lens=None, with_h0=True, strength=2.0, dtype=torch.float32, backward=Tr
 
 def _op_dispatch(N=2):
     """ops.mamba (softplus, bias, D skip, z gate) at T >= 64 on CPU tensors in interpret mode: the dispatch
-    takes the chunked kernels (vectorized for N a power of two), both directions; against the fp64 loop."""
+    takes the vectorized chunked kernels (N not a power of two padded), both directions; against the fp64 loop."""
     import fla_compile.ops as ops
-    from fla_compile.lowering.scan import dispatch, triton_chunk_selective_vec
+    from fla_compile.lowering.scan import dispatch
     from fla_compile.reference.mamba import selective_scan as loop
 
-    TC = _module(triton_chunk_selective_vec.supported(torch.empty(1, N)))
+    TC = _module(True)
     gen = torch.Generator().manual_seed(3)
     Bsz, T, D = 1, 70, 4
     x, dt, z = (torch.randn(Bsz, T, D, generator=gen) for _ in range(3))
@@ -187,7 +187,9 @@ INTERPRETER_CASES = {
     "no-h0-strong": (_run, (None, False, 40.0)),
     "bf16-forward": (_run, (None, True, 2.0, torch.bfloat16, False)),
     "op-dispatch-vec": (_op_dispatch, (2,)),
-    "op-dispatch": (_op_dispatch, (3,)),
+    "op-dispatch-padded-states": (_op_dispatch, (3,)),
+    "vec-padded-states-1": (_run_vec, (None, True, 2.0, torch.float32, True, False, 1)),
+    "vec-padded-states-5-packed": (_run_vec, ([20, 0, 1, 27], True, 2.0, torch.float32, True, False, 5)),
     "other-layout-forward": (_run_other_layout, (None, True, 2.0, torch.float32, False)),
     "other-layout-packed-no-h0": (_run_other_layout, ([20, 0, 1, 27], False, 2.0, torch.float32, False)),
     # T = 37: 2 chunks forward (BT 32), 3 in segments (BT 16), 5 backward (BT 8); at most 2 segments: 2 chunks and
@@ -318,7 +320,7 @@ def _poison_cuda():
     "layout,warps", [("vec", None), ("vec-segments", None), ("vec-two-states", None), ("lanes", 4), ("rows", 2)]
 )
 def test_gpu_chunked_vs_fp64(dtype, tol, lens, strength, layout, warps, monkeypatch):
-    """The vectorized kernels (shipped for N a power of two: T = 517 gives 5 backward segments; "vec-segments"
+    """The vectorized kernels (shipped: T = 517 gives 5 backward segments; "vec-segments"
     cuts the forward too, into 9; "vec-two-states" both, on tiles of two states a thread) and both forward layouts
     of the others at their best warps, with the backwards, against fp64."""
     TC = _module(layout.startswith("vec"))
@@ -350,11 +352,14 @@ def test_gpu_chunked_vs_fp64(dtype, tol, lens, strength, layout, warps, monkeypa
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("N,vec", [(1, False), (5, False), (16, False), (2, True), (4, True), (16, True), (32, True)])
+@pytest.mark.parametrize(
+    "N,vec", [(1, False), (5, False), (16, False), (1, True), (2, True), (4, True), (5, True), (15, True), (16, True),
+              (32, True)]
+)  # fmt: skip
 @pytest.mark.parametrize("T", [17, 300])
 def test_gpu_chunked_small_states_and_no_h0(N, vec, T):
-    """Other state sizes (masked states), no initial state, D not a multiple of the block, T of one chunk + 1 and
-    of several segments."""
+    """Other state sizes (masked states; the vectorized kernels' padded to a power of two), no initial state, D not
+    a multiple of the block, T of one chunk + 1 and of several segments."""
     TC = _module(vec)
     *xs, _, _ = make(B=2, T=T, D=37, N=N, device="cuda")
     dy = torch.randn_like(xs[0])
@@ -378,7 +383,7 @@ def test_gpu_mamba_op_takes_chunked():
     from fla_compile.reference.mamba import selective_scan as loop
 
     *xs, h0, _ = make(B=2, T=2048, D=256, N=16, device="cuda")
-    assert dispatch.selective_chunked(xs[0], xs[2]) and dispatch._chunked_kernels(xs[2]) is _module(True)
+    assert dispatch.selective_chunked(xs[0], xs[2]) and dispatch._chunked_kernels() is _module(True)
     xs = [x.requires_grad_() for x in (*xs, h0)]
     y, ht = ops.mamba(*xs[:5], initial_state=xs[5], output_final_state=True)
     (y.square().sum() + ht.sum()).backward()

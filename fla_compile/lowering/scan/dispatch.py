@@ -136,8 +136,8 @@ def selective_triton_enabled(u, dt, A, B, C, *others) -> bool:
 
 
 SELECTIVE_CHUNK_MIN_T = 64  # steps from which the chunked kernels run (see ``selective_chunked``)
-# N a power of two takes the chunked kernels with the states vectorized and the sequence in parallel segments
-# (:mod:`.triton_chunk_selective_vec`); False: :mod:`.triton_chunk_selective` for every N
+# The chunked kernels with the states vectorized and the sequence in parallel segments
+# (:mod:`.triton_chunk_selective_vec`, N padded to a power of two); False: :mod:`.triton_chunk_selective`
 SELECTIVE_VEC = True
 
 
@@ -152,13 +152,11 @@ def selective_chunked(u, A) -> bool:
     return u.shape[1] >= SELECTIVE_CHUNK_MIN_T and A.shape[-1] <= 16
 
 
-def _chunked_kernels(A):
-    """The module of chunked kernels for these states: vectorized for N a power of two (``SELECTIVE_VEC``)."""
+def _chunked_kernels():
+    """The module of chunked kernels: the vectorized one unless ``SELECTIVE_VEC`` is off."""
     from . import triton_chunk_selective, triton_chunk_selective_vec
 
-    if SELECTIVE_VEC and triton_chunk_selective_vec.supported(A):
-        return triton_chunk_selective_vec
-    return triton_chunk_selective
+    return triton_chunk_selective_vec if SELECTIVE_VEC else triton_chunk_selective
 
 
 def selective_forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
@@ -167,7 +165,7 @@ def selective_forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
     (``selective_chunked``); else the torch path."""
     if selective_triton_enabled(u, dt, A, B, C, initial_state):
         if selective_chunked(u, A):
-            return _chunked_kernels(A).forward(u, dt, A, B, C, initial_state, cu_seqlens)
+            return _chunked_kernels().forward(u, dt, A, B, C, initial_state, cu_seqlens)
         from . import triton_scan
 
         return triton_scan.selective_forward(u, dt, A, B, C, initial_state, cu_seqlens)
@@ -179,7 +177,7 @@ def selective_backward(u, dt, A, B, C, initial_state, cu_seqlens, do, dht):
     or the fused backward walk, as the forward chooses; else autograd through the torch path."""
     if selective_triton_enabled(u, dt, A, B, C, initial_state, do):
         if selective_chunked(u, A):
-            return _chunked_kernels(A).backward(u, dt, A, B, C, initial_state, cu_seqlens, do, dht)
+            return _chunked_kernels().backward(u, dt, A, B, C, initial_state, cu_seqlens, do, dht)
         from . import triton_scan
 
         return triton_scan.selective_backward(u, dt, A, B, C, initial_state, cu_seqlens, do, dht)

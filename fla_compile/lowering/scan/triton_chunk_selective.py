@@ -19,7 +19,8 @@ in mamba's own backward), ddt_t = sum_n dh (h_t - b_t) A and dA = sum_t dh (h_t 
 channels (dB, dC) are written per block of channels and those over sequences (dA) per sequence, then
 added: no atomics, bitwise deterministic. No state per step is ever stored.
 
-Where N is a power of two, ``triton_chunk_selective_vec`` runs instead (see there).
+The op runs ``triton_chunk_selective_vec`` instead (see there; N padded to a power of two), unless
+``dispatch.SELECTIVE_VEC`` is off: these kernels stay as its measured alternative.
 
 Decays are exp2 of dt * (A log2 e); A <= 0 keeps every factor <= 1. Packed sequences (``cu_seqlens``)
 give each program its [bos, eos); chunks start at bos. Masked rows and channels are identities

@@ -1,5 +1,6 @@
-"""Mamba's selective scan (the ``mamba`` family) chunked, for N a power of two: the states vectorized in each
-thread, the sequence split into segments that run in parallel. Forward and backward.
+"""Mamba's selective scan (the ``mamba`` family) chunked: the states vectorized in each thread, the sequence
+split into segments that run in parallel. Forward and backward. The kernels take N a power of two; any other N
+runs on states padded with zeros (``states_run``), exactly.
 
 The recurrence, the chunk's scan and the gradients are ``triton_chunk_selective``'s (see there). Two things
 differ:
@@ -32,6 +33,7 @@ import math
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -90,10 +92,17 @@ MAX_SEGMENTS = 32  # a consumer combines up to this many segments before its own
 FWD_SEGMENTS_BELOW = 2.2
 
 
-def supported(A) -> bool:
-    """N a power of two (the state vector's width is a compile-time size)."""
-    N = A.shape[-1]
-    return N >= 2 and pow2(N) == N
+def states_run(N: int) -> int:
+    """The states the kernels run for N: N up to a power of two (at least 2). The state vector's width is a
+    compile-time size whose tile loads as vectors only unmasked (a masked or runtime N loads one element a
+    thread, 1,096 loop instructions offline against ~600)."""
+    return max(2, pow2(N))
+
+
+def _pad_states(x, n: int):
+    """x (or None) with its last axis, the states, zero-padded to n. Padded states have A = 0, B = C = 0 and
+    a zero start, so they stay zero and add nothing to y or to the other gradients: exact, not approximate."""
+    return x if x is None or x.shape[-1] == n else F.pad(x, (0, n - x.shape[-1]))
 
 
 @triton.jit
@@ -307,9 +316,29 @@ def _segment_summaries(u, dt, A, B, C, dy, rows: int, n_seg: int, grads: bool, t
 
 
 def forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
-    """(y [B, T, D] in u's dtype, final state [N_seq, D, N] fp32)."""
-    Bsz, T, D = u.shape
+    """(y [B, T, D] in u's dtype, final state [N_seq, D, N] fp32); N not a power of two runs padded
+    (:func:`states_run`)."""
+    N, n = A.shape[-1], states_run(A.shape[-1])
+    if n == N:
+        return _forward(u, dt, A, B, C, initial_state, cu_seqlens)
+    y, ht = _forward(u, dt, *(_pad_states(x, n) for x in (A, B, C, initial_state)), cu_seqlens)
+    return y, ht[..., :N].contiguous()
+
+
+def backward(u, dt, A, B, C, initial_state, cu_seqlens, dy, dht):
+    """(du, ddt, dA, dB, dC, dh0 or None); N not a power of two runs padded (:func:`states_run`)."""
+    N, n = A.shape[-1], states_run(A.shape[-1])
+    if n == N:
+        return _backward(u, dt, A, B, C, initial_state, cu_seqlens, dy, dht)
+    A, B, C, h0, dht = (_pad_states(x, n) for x in (A, B, C, initial_state, dht))
+    du, ddt, dA, dB, dC, dh0 = _backward(u, dt, A, B, C, h0, cu_seqlens, dy, dht)
+    dA, dB, dC = (g[..., :N].contiguous() for g in (dA, dB, dC))
+    return du, ddt, dA, dB, dC, dh0[..., :N].contiguous() if dh0 is not None else None
+
+
+def _forward(u, dt, A, B, C, initial_state, cu_seqlens):
     N = A.shape[-1]
+    Bsz, T, D = u.shape
     (u, dt, A, B, C), h0, n_seq, y, ht = selective_outputs(u, dt, A, B, C, initial_state, cu_seqlens)
     sms = launch.sm_count(u.device) if u.device.type == "cuda" else 1
     few = launch.cdiv(D, min(FWD.BD, pow2(D, lo=2))) * n_seq * FWD.warps < FWD_SEGMENTS_BELOW * sms
@@ -329,10 +358,9 @@ def forward(u, dt, A, B, C, initial_state=None, cu_seqlens=None):
     return y, ht
 
 
-def backward(u, dt, A, B, C, initial_state, cu_seqlens, dy, dht):
-    """(du, ddt, dA, dB, dC, dh0 or None)."""
-    Bsz, T, D = u.shape
+def _backward(u, dt, A, B, C, initial_state, cu_seqlens, dy, dht):
     N = A.shape[-1]
+    Bsz, T, D = u.shape
     u, dt, A, B, C, dy = (x.contiguous() for x in (u, dt, A, B, C, dy))
     n_seq = Bsz if cu_seqlens is None else cu_seqlens.shape[0] - 1
     T_all = Bsz * T
