@@ -142,13 +142,14 @@ SELECTIVE_VEC = True
 
 
 def selective_chunked(u, A) -> bool:
-    """Whether the chunked kernels (:mod:`.triton_chunk_selective`) take a selective scan rather than the
+    """Whether the chunked kernels (:func:`_chunked_kernels`) take a selective scan rather than the
     walk. The walk waits on its loads and on the previous step at every step: fine for decoding (a few
     steps, one launch, nothing wasted) and ruinous for long sequences (~80x the memory floor on the H200
-    at T = 2048). The chunked kernels load a chunk of 16 steps at once and scan it in registers, one
+    at T = 2048). The chunked kernels load a chunk of 8-32 steps at once and scan it in registers, one
     dependency per chunk; under 64 steps they would mostly scan padding. Varlen inputs are judged by the
     packed length: the chunked kernels handle any lengths (chunks start at each sequence's start).
-    States beyond 16 per channel keep to the walk (the chunk tiles are sized for N <= 16)."""
+    States beyond 16 per channel keep to the walk: the chunked kernels were measured at N <= 16 only
+    (``triton_chunk_selective_vec.Tiles.for_states`` fits their registers to more, not yet timed)."""
     return u.shape[1] >= SELECTIVE_CHUNK_MIN_T and A.shape[-1] <= 16
 
 

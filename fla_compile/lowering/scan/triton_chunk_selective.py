@@ -35,7 +35,13 @@ import triton.language as tl
 
 from ..common import launch
 from ..common.launch import pow2
-from .triton_scan import _span, selective_grad_parts, selective_grads, selective_outputs  # the walk's
+from .triton_scan import (  # the walk's
+    _span,
+    selective_bwd_inputs,
+    selective_grad_parts,
+    selective_grads,
+    selective_outputs,
+)
 
 LOG2E = tl.constexpr(1.4426950408889634)  # 1 / ln 2: exp(x) = exp2(x log2 e)
 
@@ -295,12 +301,10 @@ def backward(u, dt, A, B, C, initial_state, cu_seqlens, dy, dht):
     """(du, ddt, dA, dB, dC, dh0 or None): the chunk states, then the reverse pass."""
     Bsz, T, D = u.shape
     N = A.shape[-1]
-    u, dt, A, B, C, dy = (x.contiguous() for x in (u, dt, A, B, C, dy))
-    n_seq = Bsz if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    (u, dt, A, B, C, dy), h0, dht, n_seq = selective_bwd_inputs(u, dt, A, B, C, initial_state, cu_seqlens, dy, dht)
     BN, BD, BT = pow2(N, lo=2), min(BD_BWD, pow2(D, lo=2)), BT_BWD
     n_d, T_all = launch.cdiv(D, BD), Bsz * T
     f32 = dict(dtype=torch.float32, device=u.device)
-    h0 = initial_state.contiguous() if initial_state is not None else None
     flags = dict(IS_VARLEN=cu_seqlens is not None, BT=BT, BD=BD, BN=BN)
     hc = torch.empty(_slots(n_seq, T_all, BT), N, D, **f32)
     chunk_selective_states_kernel[(n_d, n_seq)](
@@ -308,7 +312,7 @@ def backward(u, dt, A, B, C, initial_state, cu_seqlens, dy, dht):
     )  # fmt: skip
     parts = selective_grad_parts(u, dt, A, n_d, n_seq, n_seq, h0 is not None)
     chunk_selective_bwd_kernel[(n_d, n_seq)](
-        u, dt, A, B, C, hc, dy, dht.contiguous() if dht is not None else None, *parts, cu_seqlens, T, D, N, T_all,
+        u, dt, A, B, C, hc, dy, dht, *parts, cu_seqlens, T, D, N, T_all,
         USE_H0=h0 is not None, USE_DHT=dht is not None, num_warps=WARPS_BWD, **flags,
     )  # fmt: skip
     return selective_grads(parts, A, B, C)

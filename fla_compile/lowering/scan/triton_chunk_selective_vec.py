@@ -51,7 +51,7 @@ from .triton_chunk_selective import (
     _slots,
     _store_td,
 )
-from .triton_scan import _span, selective_grad_parts, selective_grads, selective_outputs
+from .triton_scan import _span, selective_bwd_inputs, selective_grad_parts, selective_grads, selective_outputs
 
 
 @dataclass(frozen=True)
@@ -361,11 +361,8 @@ def _forward(u, dt, A, B, C, initial_state, cu_seqlens):
 def _backward(u, dt, A, B, C, initial_state, cu_seqlens, dy, dht):
     N = A.shape[-1]
     Bsz, T, D = u.shape
-    u, dt, A, B, C, dy = (x.contiguous() for x in (u, dt, A, B, C, dy))
-    n_seq = Bsz if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    (u, dt, A, B, C, dy), h0, dht, n_seq = selective_bwd_inputs(u, dt, A, B, C, initial_state, cu_seqlens, dy, dht)
     T_all = Bsz * T
-    h0 = initial_state.contiguous() if initial_state is not None else None
-    dht = dht.contiguous() if dht is not None else None
     tiles = BWD.for_states(N)
     G, n_seg = _segments(T, tiles.BT, CHUNKS_BWD, whole=cu_seqlens is not None)
     loc_h = loc_g = seg_dt = None

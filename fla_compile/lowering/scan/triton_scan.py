@@ -202,6 +202,14 @@ def selective_outputs(u, dt, A, B, C, initial_state, cu_seqlens):
     return xs, h0, n_seq, torch.empty_like(xs[0]), u.new_empty(n_seq, u.shape[-1], A.shape[-1], dtype=torch.float32)
 
 
+def selective_bwd_inputs(u, dt, A, B, C, initial_state, cu_seqlens, dy, dht):
+    """What every selective-scan backward launcher starts from: (u, dt, A, B, C, dy) contiguous, the initial state
+    and the final state's gradient contiguous or None, and the sequence count."""
+    xs = tuple(x.contiguous() for x in (u, dt, A, B, C, dy))
+    n_seq = u.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    return xs, *(x.contiguous() if x is not None else None for x in (initial_state, dht)), n_seq
+
+
 def selective_grad_parts(u, dt, A, n_d: int, n_dA: int, n_seq: int, with_h0: bool):
     """What every selective-scan backward launcher fills: du, ddt like u, dt; fp32 partial sums of dA (``n_dA``
     parts [D, N]) and of dB, dC (one [B T, N] per block of ``n_d`` channels), added by :func:`selective_grads`;
@@ -326,18 +334,16 @@ def selective_backward(u, dt, A, B, C, initial_state, cu_seqlens, dy, dht):
     """(du, ddt, dA, dB, dC, dh0 or None) by the fused backward walk."""
     Bsz, T, D = u.shape
     N = A.shape[-1]
-    u, dt, A, B, C, dy = (x.contiguous() for x in (u, dt, A, B, C, dy))
-    n_seq = Bsz if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    (u, dt, A, B, C, dy), h0, dht, n_seq = selective_bwd_inputs(u, dt, A, B, C, initial_state, cu_seqlens, dy, dht)
     BN, BD, BT = pow2(N, lo=2), min(BD_SELECTIVE, pow2(D, lo=2)), SELECTIVE_BT
     n_d = launch.cdiv(D, BD)
     T_all = Bsz * T
     f32 = dict(dtype=torch.float32, device=u.device)
-    h0 = initial_state.contiguous() if initial_state is not None else None
     parts = selective_grad_parts(u, dt, A, n_d, n_seq, n_seq, h0 is not None)
     ck = torch.empty(launch.cdiv(T_all, BT), D, N, **f32)
     hs = torch.empty(n_seq * n_d, BT, BD, BN, **f32)
     selective_bwd_kernel[(n_d, n_seq)](
-        u, dt, A, B, C, h0, dy, dht.contiguous() if dht is not None else None, *parts, ck, hs, cu_seqlens, T, D, N,
+        u, dt, A, B, C, h0, dy, dht, *parts, ck, hs, cu_seqlens, T, D, N,
         T_all, USE_H0=h0 is not None, USE_DHT=dht is not None, IS_VARLEN=cu_seqlens is not None, BD=BD, BN=BN, BT=BT,
         num_warps=2,
     )  # fmt: skip
