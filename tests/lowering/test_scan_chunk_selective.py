@@ -279,6 +279,22 @@ def test_tiles_for_states():
     assert t.for_states(32) == TV.Tiles(16, 16, 2, 4) and t.for_states(256) == TV.Tiles(4, 16, 2, 4)
 
 
+def test_chunked_states_bound(monkeypatch):
+    """The chunked kernels take up to SELECTIVE_CHUNK_MAX_N states a channel (16 for the kernels not vectorized)
+    and at least SELECTIVE_CHUNK_MIN_T steps; the walk takes the rest. Host logic only."""
+    from fla_compile.lowering.scan import dispatch
+
+    u = torch.empty(1, dispatch.SELECTIVE_CHUNK_MIN_T, 8)
+    top = dispatch.SELECTIVE_CHUNK_MAX_N
+    assert top >= 16
+    assert dispatch.selective_chunked(u, torch.empty(8, top)) and not dispatch.selective_chunked(
+        u, torch.empty(8, top + 1)
+    )
+    assert not dispatch.selective_chunked(u[:, 1:], torch.empty(8, 16))
+    monkeypatch.setattr(dispatch, "SELECTIVE_VEC", False)
+    assert dispatch.selective_chunked(u, torch.empty(8, 16)) and not dispatch.selective_chunked(u, torch.empty(8, 17))
+
+
 @pytest.mark.parametrize("T,segments", [(100, False), (1000, True)])
 def test_forward_tiles(T, segments, monkeypatch):
     """The forward's launch shape on a small grid: a sequence of at most CHUNKS_FWD chunks walks whole on FWD's
@@ -375,14 +391,15 @@ def test_gpu_chunked_small_states_and_no_h0(N, vec, T):
 
 @pytest.mark.gpu
 @gpu
-def test_gpu_mamba_op_takes_chunked():
-    """ops.mamba at T = 2048 on CUDA runs the chunked kernels (not the walk; the vectorized ones for N = 16) and
-    matches the fp64 loop."""
+@pytest.mark.parametrize("N", [16, 48])
+def test_gpu_mamba_op_takes_chunked(N):
+    """ops.mamba at T = 2048 on CUDA runs the chunked kernels (not the walk; the vectorized ones, N = 48 on states
+    padded to 64) and matches the fp64 loop."""
     import fla_compile.ops as ops
     from fla_compile.lowering.scan import dispatch
     from fla_compile.reference.mamba import selective_scan as loop
 
-    *xs, h0, _ = make(B=2, T=2048, D=256, N=16, device="cuda")
+    *xs, h0, _ = make(B=2, T=2048, D=256, N=N, device="cuda")
     assert dispatch.selective_chunked(xs[0], xs[2]) and dispatch._chunked_kernels() is _module(True)
     xs = [x.requires_grad_() for x in (*xs, h0)]
     y, ht = ops.mamba(*xs[:5], initial_state=xs[5], output_final_state=True)

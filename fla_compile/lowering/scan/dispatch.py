@@ -139,18 +139,23 @@ SELECTIVE_CHUNK_MIN_T = 64  # steps from which the chunked kernels run (see ``se
 # The chunked kernels with the states vectorized and the sequence in parallel segments
 # (:mod:`.triton_chunk_selective_vec`, N padded to a power of two); False: :mod:`.triton_chunk_selective`
 SELECTIVE_VEC = True
+# The most states a channel the chunked kernels take; the walk beyond. H200, bf16, kernels alone (ms, forward /
+# backward, 2026-12-02): the vectorized kernels against the walk at (4, 2048, 1536) N = 32 0.259 / 2.53 against
+# 2.37 / 4.86, N = 64 0.529 / 4.07 against 2.02 / 6.35; (1, 4096, 2048) N = 32 0.272 / 1.65 against 4.74 / 8.58.
+# The other chunked kernels were measured at N <= 16 only.
+SELECTIVE_CHUNK_MAX_N = 64
 
 
 def selective_chunked(u, A) -> bool:
     """Whether the chunked kernels (:func:`_chunked_kernels`) take a selective scan rather than the
     walk. The walk waits on its loads and on the previous step at every step: fine for decoding (a few
     steps, one launch, nothing wasted) and ruinous for long sequences (~80x the memory floor on the H200
-    at T = 2048). The chunked kernels load a chunk of 8-32 steps at once and scan it in registers, one
+    at T = 2048). The chunked kernels load a chunk of 4-32 steps at once and scan it in registers, one
     dependency per chunk; under 64 steps they would mostly scan padding. Varlen inputs are judged by the
     packed length: the chunked kernels handle any lengths (chunks start at each sequence's start).
-    States beyond 16 per channel keep to the walk: the chunked kernels were measured at N <= 16 only
-    (``triton_chunk_selective_vec.Tiles.for_states`` fits their registers to more, not yet timed)."""
-    return u.shape[1] >= SELECTIVE_CHUNK_MIN_T and A.shape[-1] <= 16
+    States beyond ``SELECTIVE_CHUNK_MAX_N`` a channel (16 for the kernels not vectorized) keep to the walk:
+    beyond 64 the vectorized backward spills (offline, sm_90a: 276 B a thread at 64, 1,896 at 128)."""
+    return u.shape[1] >= SELECTIVE_CHUNK_MIN_T and A.shape[-1] <= (SELECTIVE_CHUNK_MAX_N if SELECTIVE_VEC else 16)
 
 
 def _chunked_kernels():
