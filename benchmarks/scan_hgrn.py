@@ -35,7 +35,7 @@ from tests.compare import rel  # noqa: E402
 
 SHAPES = [(8, 2048, 2048), (4, 8192, 1024), (1, 16384, 4096), (64, 256, 4096)]
 # the last: N not a power of two, so "chunked" runs the vectorized kernels on states padded to 16
-MAMBA_SHAPES = [(4, 2048, 1536, 16), (1, 8192, 4096, 16), (1, 2048, 1536, 16), (4, 2048, 1536, 15)]
+MAMBA_SHAPES = [(4, 2048, 1536, 16), (1, 8192, 4096, 16), (1, 2048, 1536, 16), (4, 2048, 1536, 15), (4, 2048, 1536, 32)]
 
 
 def copy_bandwidth() -> float:

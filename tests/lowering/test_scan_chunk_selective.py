@@ -192,16 +192,16 @@ INTERPRETER_CASES = {
     "vec-padded-states-5-packed": (_run_vec, ([20, 0, 1, 27], True, 2.0, torch.float32, True, False, 5)),
     "other-layout-forward": (_run_other_layout, (None, True, 2.0, torch.float32, False)),
     "other-layout-packed-no-h0": (_run_other_layout, ([20, 0, 1, 27], False, 2.0, torch.float32, False)),
-    # T = 37: 2 chunks forward (BT 32), 3 in segments (BT 16), 5 backward (BT 8); at most 2 segments: 2 chunks and
-    # 3 a segment
+    # T = 37: 2 chunks forward (BT 32), 3 in segments (BT 16), 10 backward (BT 4); at most 2 segments: 2 chunks
+    # and 3 a segment forward, 5 and 5 backward
     "vec-defaults": (_run, (None, True, 2.0, torch.float32, True, False, 4, True)),
     "vec-segments-deterministic": (_run_vec, (None, True, 2.0, torch.float32, True, True, 4)),
     "vec-segments-no-h0-strong": (_run_vec, (None, False, 40.0, torch.float32, True, False, 8)),
     "vec-one-chunk-a-segment": (lambda: _run_vec(None, True, 2.0, torch.float32, True, False, 16, max_segments=32), ()),
     "vec-packed": (_run_vec, ([20, 0, 1, 27], True, 2.0, torch.float32, True, False, 4)),
     "vec-bf16-two-states": (_run_vec, (None, True, 2.0, torch.bfloat16, False, False, 2)),
-    # N = 32: chunks of half the steps (Tiles.for_states): the forward in 2 segments of 3 chunks of 8 steps, the
-    # backward in 2 of 5 chunks of 4
+    # N = 32: chunks of half the steps (Tiles.for_states): the forward in 2 segments of 3 and 2 chunks of 8 steps,
+    # the backward in 2 of 10 and 9 chunks of 2
     "vec-32-states-segments": (_run_vec, (None, True, 2.0, torch.float32, True, False, 32)),
     "vec-two-states-a-thread": (
         lambda: _run_vec_two_states(None, True, 2.0, torch.float32, True, True, 16, chunks=2),
@@ -272,11 +272,17 @@ class _LaunchSpy:
 
 
 def test_tiles_for_states():
-    """The launch shapes are set for N <= 16; more states take shorter chunks, not under 4 steps."""
+    """The launch shapes are set for N <= 16; more states take shorter chunks, not under 2 steps, then fewer
+    channels: a thread's elements stay as at 16."""
     TV = _module(True)
     t = TV.Tiles(32, 16, 2, 4)
     assert t.for_states(2) == t.for_states(16) == t
-    assert t.for_states(32) == TV.Tiles(16, 16, 2, 4) and t.for_states(256) == TV.Tiles(4, 16, 2, 4)
+    assert t.for_states(32) == TV.Tiles(16, 16, 2, 4) and t.for_states(256) == TV.Tiles(2, 16, 2, 4)
+    b = TV.Tiles(4, 16, 1, 4)
+    assert b.for_states(32) == TV.Tiles(2, 16, 1, 4) and b.for_states(64) == TV.Tiles(2, 8, 1, 4)
+    for n in (32, 64, 128):
+        s = b.for_states(n)
+        assert s.BT * s.BD * n == b.BT * b.BD * 16
 
 
 def test_chunked_states_bound(monkeypatch):

@@ -65,11 +65,15 @@ class Tiles:
     vec: int
 
     def for_states(self, N: int) -> Tiles:
-        """These tiles for N states: the chunk is set for N <= 16, so a larger N takes a chunk of BT * 16 / N
-        steps (not under 4), keeping a thread's elements, and its registers, as at 16. Offline (Triton 3.6,
-        sm_90a) the forward at N = 32 on 32 steps spills 660 B a thread, on 16 none (254 registers); the backward
-        at N = 32 on 8 steps 288 B, on 4 none."""
-        return replace(self, BT=max(4, self.BT * 16 // N)) if N > 16 else self
+        """These tiles for N states: they are set for N <= 16, so a larger N takes N / 16 times fewer steps a
+        chunk (not under 2), then fewer channels, keeping a thread's elements, and its registers, as at 16.
+        Offline (Triton 3.6, sm_90a): the forward at N = 32 on 32 steps spills 660 B a thread, on 16 none (254
+        registers); the backward (one warp, 16 channels) at N = 32 on 4 steps 116 B, on 2 none; at N = 64 on 2
+        steps 576 B, on 2 steps of 8 channels none (252 registers)."""
+        if N <= 16:
+            return self
+        BT = max(2, self.BT * 16 // N)
+        return replace(self, BT=BT, BD=max(2, self.BD * self.BT * 16 // (N * BT)))
 
 
 # Launch shapes, the best of benchmarks/sweep_mamba_chunk.py --vec (H200, bf16, N = 16, 2026-12-02). The forward
@@ -81,7 +85,12 @@ FWD = Tiles(32, 16, 2, 4)
 # The forward in segments of CHUNKS_FWD chunks (small grids), and its segments pass.
 FWD_IN_SEGMENTS, SEG_FWD, CHUNKS_FWD = Tiles(16, 16, 2, 4), Tiles(16, 16, 2, 4), 16
 # The backward (always in segments of CHUNKS_BWD chunks) and its segments pass, whose chunk divides a segment's.
-BWD, SEG_BWD, CHUNKS_BWD = Tiles(8, 16, 2, 4), Tiles(8, 16, 2, 4), 16
+# One warp a program, two channels a thread: its four sums a step (du, ddt over states; dB, dC over channels) add
+# in the thread first and need no pass across warps. Offline (Triton 3.6, sm_90a) its loop takes 32.5 instructions
+# an element against 47.5 for two warps, one channel a thread, on 8-step chunks (7.25 shuffles an element against
+# 4.0, and the shared-memory sums gone). H200, bf16, backward ms: (4, 2048, 1536) 1.137 -> 0.939, (1, 8192, 4096)
+# 3.013 -> 2.561, (8, 2048, 2048) 2.907 -> 2.432, (1, 2048, 1536) 0.327 -> 0.284 (0.268 on segments of 16 chunks).
+BWD, SEG_BWD, CHUNKS_BWD = Tiles(4, 16, 1, 4), Tiles(8, 16, 2, 4), 32
 MAX_SEGMENTS = 32  # a consumer combines up to this many segments before its own
 # The forward cuts its sequences into segments only where its grid (sequences x channel blocks, FWD's tiles) has
 # fewer warps than this many a multiprocessor: the segments pass evaluates an exp per element as the forward does,
