@@ -155,14 +155,14 @@ def _run_other_layout(*args):
 
 
 def _run_vec(*args, chunks=1, max_segments=2):
-    """The vectorized kernels, with segments of ``chunks`` chunks and at most ``max_segments`` a sequence."""
+    """The vectorized kernels, with segments of ``chunks`` chunks and at most ``max_segments`` a sequence, the
+    forward in segments and the backward's segments pass on SEG_BWD's tiles (a small grid's elsewhere)."""
     TV = _module(True)
-    saved = TV.CHUNKS_FWD, TV.CHUNKS_BWD, TV.MAX_SEGMENTS, TV.FWD_SEGMENTS_BELOW
-    TV.CHUNKS_FWD, TV.CHUNKS_BWD, TV.MAX_SEGMENTS, TV.FWD_SEGMENTS_BELOW = chunks, chunks, max_segments, 1 << 30
-    try:
+    names = ("CHUNKS_FWD", "CHUNKS_BWD", "MAX_SEGMENTS", "FWD_SEGMENTS_BELOW", "SEG_BWD_ONE_WARP_FROM")
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in zip(names, (chunks, chunks, max_segments, 1 << 30, 0)):
+            mp.setattr(TV, name, value)
         return _run(*args, vec=True)
-    finally:
-        TV.CHUNKS_FWD, TV.CHUNKS_BWD, TV.MAX_SEGMENTS, TV.FWD_SEGMENTS_BELOW = saved
 
 
 def _two_states_a_thread(TV) -> dict:
@@ -322,6 +322,26 @@ def test_forward_tiles(T, segments, monkeypatch):
         assert seg.launches[0][1]["BT"] == TV.SEG_FWD.BT and seg.launches[0][1]["GRADS"] is False
 
 
+@pytest.mark.parametrize("one_warp_from,small", [(0, False), (1 << 30, True)])
+def test_backward_segments_tiles(one_warp_from, small, monkeypatch):
+    """The backward's segments pass on SEG_BWD's tiles, or on SEG_BWD_SMALL_GRID's where its one-warp grid has
+    fewer than SEG_BWD_ONE_WARP_FROM warps a multiprocessor; the backward itself on BWD's. Host logic only: the
+    kernels are spied, not run."""
+    pytest.importorskip("triton")
+    TV = _module(True)
+    bwd, seg = _LaunchSpy(), _LaunchSpy()
+    monkeypatch.setattr(TV, "chunk_selective_bwd_vec_kernel", bwd)
+    monkeypatch.setattr(TV, "chunk_selective_segments_kernel", seg)
+    monkeypatch.setattr(TV, "selective_grads", lambda *a: a)
+    monkeypatch.setattr(TV, "SEG_BWD_ONE_WARP_FROM", one_warp_from)
+    *xs, _, _ = make(B=1, T=TV.BWD.BT * TV.CHUNKS_BWD * 2, D=16, N=16)
+    TV.backward(*xs, None, None, torch.zeros(xs[0].shape), None)
+    tiles, kw = TV.SEG_BWD_SMALL_GRID if small else TV.SEG_BWD, seg.launches[0][1]
+    assert (kw["BT"], kw["BD"], kw["num_warps"], kw["GRADS"]) == (tiles.BT, tiles.BD, tiles.warps, True)
+    (grid, kw), tiles = bwd.launches[0], TV.BWD
+    assert (kw["BT"], kw["BD"], kw["num_warps"], kw["SEGMENTED"], grid[2]) == (tiles.BT, tiles.BD, tiles.warps, True, 2)
+
+
 # ---------------------------------------------------------------- GPU checks
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -342,13 +362,15 @@ def _poison_cuda():
     "layout,warps", [("vec", None), ("vec-segments", None), ("vec-two-states", None), ("lanes", 4), ("rows", 2)]
 )
 def test_gpu_chunked_vs_fp64(dtype, tol, lens, strength, layout, warps, monkeypatch):
-    """The vectorized kernels (shipped: T = 517 gives 5 backward segments; "vec-segments"
-    cuts the forward too, into 9; "vec-two-states" both, on tiles of two states a thread) and both forward layouts
-    of the others at their best warps, with the backwards, against fp64."""
+    """The vectorized kernels (shipped: T = 517 gives 5 backward segments, its segments pass on the small grid's
+    tiles; "vec-segments" cuts the forward too, into 9, the backward's segments pass on SEG_BWD's tiles;
+    "vec-two-states" both, on tiles of two states a thread) and both forward layouts of the others at their best
+    warps, with the backwards, against fp64."""
     TC = _module(layout.startswith("vec"))
     if layout in ("vec-segments", "vec-two-states"):
         monkeypatch.setattr(TC, "FWD_SEGMENTS_BELOW", 1 << 30)
         monkeypatch.setattr(TC, "CHUNKS_FWD", 4)
+        monkeypatch.setattr(TC, "SEG_BWD_ONE_WARP_FROM", 0)
     if layout == "vec-two-states":
         for name, tiles in _two_states_a_thread(TC).items():
             monkeypatch.setattr(TC, name, tiles)

@@ -90,7 +90,13 @@ FWD_IN_SEGMENTS, SEG_FWD, CHUNKS_FWD = Tiles(16, 16, 2, 4), Tiles(16, 16, 2, 4),
 # an element against 47.5 for two warps, one channel a thread, on 8-step chunks (7.25 shuffles an element against
 # 4.0, and the shared-memory sums gone). H200, bf16, backward ms: (4, 2048, 1536) 1.137 -> 0.939, (1, 8192, 4096)
 # 3.013 -> 2.561, (8, 2048, 2048) 2.907 -> 2.432, (1, 2048, 1536) 0.327 -> 0.284 (0.268 on segments of 16 chunks).
-BWD, SEG_BWD, CHUNKS_BWD = Tiles(4, 16, 1, 4), Tiles(8, 16, 2, 4), 32
+BWD, CHUNKS_BWD = Tiles(4, 16, 1, 4), 32
+# Its segments pass: one warp a program, two channels a thread (offline 7.6 loop instructions an element against
+# 9.9 on two warps: each step's loads and conversions serve two channels), but on two warps where the one-warp
+# grid has fewer than SEG_BWD_ONE_WARP_FROM warps a multiprocessor: there a walk per program is latency, and twice
+# the warps hide more of it. H200, bf16, backward ms, two warps -> one: (4, 2048, 1536) 46 warps/SM 0.938 -> 0.803,
+# (1, 8192, 4096) 62 warps 2.566 -> 2.231, (8, 2048, 2048) 2.432 -> 2.080; (1, 2048, 1536) 12 warps 0.282 -> 0.337.
+SEG_BWD, SEG_BWD_SMALL_GRID, SEG_BWD_ONE_WARP_FROM = Tiles(8, 16, 1, 4), Tiles(8, 16, 2, 4), 24
 MAX_SEGMENTS = 32  # a consumer combines up to this many segments before its own
 # The forward cuts its sequences into segments only where its grid (sequences x channel blocks, FWD's tiles) has
 # fewer warps than this many a multiprocessor: the segments pass evaluates an exp per element as the forward does,
@@ -376,7 +382,10 @@ def _backward(u, dt, A, B, C, initial_state, cu_seqlens, dy, dht):
     G, n_seg = _segments(T, tiles.BT, CHUNKS_BWD, whole=cu_seqlens is not None)
     loc_h = loc_g = seg_dt = None
     if n_seg > 1:
-        loc_h, loc_g, seg_dt = _segment_summaries(u, dt, A, B, C, dy, G * tiles.BT, n_seg, True, SEG_BWD)
+        sms = launch.sm_count(u.device) if u.device.type == "cuda" else 1
+        warps = launch.cdiv(D, min(SEG_BWD.BD, pow2(D, lo=2))) * n_seq * n_seg * SEG_BWD.warps
+        seg = SEG_BWD if warps >= SEG_BWD_ONE_WARP_FROM * sms else SEG_BWD_SMALL_GRID
+        loc_h, loc_g, seg_dt = _segment_summaries(u, dt, A, B, C, dy, G * tiles.BT, n_seg, True, seg)
     BD = min(tiles.BD, pow2(D, lo=2))
     n_d = launch.cdiv(D, BD)
     hc = torch.empty(_slots(n_seq, T_all, tiles.BT), D, N, dtype=torch.float32, device=u.device)
