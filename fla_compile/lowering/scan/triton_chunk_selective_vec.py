@@ -186,18 +186,31 @@ def chunk_selective_segments_kernel(
     b_sum = tl.zeros([BD], dtype=tl.float32)
     j = (i_n * tl.num_programs(2) + i_s).to(tl.int64)
     b_h = tl.zeros([1, BD, N], dtype=tl.float32)
+    # each walk loads the next chunk's tiles before working on this one's (as the backward's walks)
+    b_dt, b_u, b_B = (
+        _load_td(dt, t_s, o_t, o_d, t_e, D),
+        _load_td(u, t_s, o_t, o_d, t_e, D),
+        _load_td(Bm, t_s, o_t, o_k, t_e, N),
+    )
     for t0 in range(t_s, t_e, BT):
-        b_dt = _load_td(dt, t0, o_t, o_d, t_e, D)
+        n_dt, n_u = _load_td(dt, t0 + BT, o_t, o_d, t_e, D), _load_td(u, t0 + BT, o_t, o_d, t_e, D)
+        n_B = _load_td(Bm, t0 + BT, o_t, o_k, t_e, N)
         b_sum += tl.sum(b_dt, 0)
-        b_h = _state_step(b_h, b_dt, _load_td(u, t0, o_t, o_d, t_e, D), _load_td(Bm, t0, o_t, o_k, t_e, N), b_A2)
+        b_h = _state_step(b_h, b_dt, b_u, b_B, b_A2)
+        b_dt, b_u, b_B = n_dt, n_u, n_B
     tl.store(loc_h + j * D * N + o3, b_h, mask=m3)
     if GRADS:
         b_g = tl.zeros([1, BD, N], dtype=tl.float32)
         n_chunks = tl.cdiv(t_e - t_s, BT)
+        t_last = t_s + (n_chunks - 1) * BT  # a dense segment has at least one chunk
+        b_dt, b_dy = _load_td(dt, t_last, o_t, o_d, t_e, D), _load_td(dy, t_last, o_t, o_d, t_e, D)
+        b_C = _load_td(Cm, t_last, o_t, o_k, t_e, N)
         for i in range(0, n_chunks):
-            t0 = t_s + (n_chunks - 1 - i) * BT
-            b_dt = _load_td(dt, t0, o_t, o_d, t_e, D)
-            b_g = _grad_step(b_g, b_dt, _load_td(dy, t0, o_t, o_d, t_e, D), _load_td(Cm, t0, o_t, o_k, t_e, N), b_A2)
+            t_p = tl.maximum(t_s + (n_chunks - 2 - i) * BT, t_s)  # the chunk before (the first again at the end)
+            n_dt, n_dy = _load_td(dt, t_p, o_t, o_d, t_e, D), _load_td(dy, t_p, o_t, o_d, t_e, D)
+            n_C = _load_td(Cm, t_p, o_t, o_k, t_e, N)
+            b_g = _grad_step(b_g, b_dt, b_dy, b_C, b_A2)
+            b_dt, b_dy, b_C = n_dt, n_dy, n_C
         tl.store(loc_g + j * D * N + o3, b_g, mask=m3)
     tl.store(seg_dt + j * D + o_d, b_sum, mask=o_d < D)
 
