@@ -167,7 +167,7 @@ def _run_vec(*args, chunks=1, max_segments=2):
 
 def _two_states_a_thread(TV) -> dict:
     """Every vectorized kernel's tiles with two states a thread (twice the warps a channel block), the backward's
-    segments pass on chunks of 16 (two of its 8-step chunks): module attribute -> tiles."""
+    segments pass on chunks of twice SEG_BWD's steps (cut to a divisor of a segment's): module attribute -> tiles."""
     names = ("FWD", "FWD_IN_SEGMENTS", "SEG_FWD", "BWD", "SEG_BWD")
     tiles = {n: getattr(TV, n) for n in names}
     return {n: TV.Tiles(t.BT * 2 if n == "SEG_BWD" else t.BT, t.BD, t.warps * 2, 2) for n, t in tiles.items()}
@@ -271,6 +271,14 @@ class _LaunchSpy:
         return lambda *args, **kwargs: self.launches.append((grid, kwargs))
 
 
+def _spy_kernels(monkeypatch, TV, kernel: str) -> tuple[_LaunchSpy, _LaunchSpy]:
+    """Spies in place of the vectorized module's ``kernel`` and its segments pass: (kernel's, the pass's)."""
+    spies = _LaunchSpy(), _LaunchSpy()
+    monkeypatch.setattr(TV, kernel, spies[0])
+    monkeypatch.setattr(TV, "chunk_selective_segments_kernel", spies[1])
+    return spies
+
+
 def test_tiles_for_states():
     """The launch shapes are set for N <= 16; more states take shorter chunks, not under 2 steps, then fewer
     channels: a thread's elements stay as at 16."""
@@ -308,9 +316,7 @@ def test_forward_tiles(T, segments, monkeypatch):
     kernels are spied, not run."""
     pytest.importorskip("triton")
     TV = _module(True)
-    fwd, seg = _LaunchSpy(), _LaunchSpy()
-    monkeypatch.setattr(TV, "chunk_selective_fwd_vec_kernel", fwd)
-    monkeypatch.setattr(TV, "chunk_selective_segments_kernel", seg)
+    fwd, seg = _spy_kernels(monkeypatch, TV, "chunk_selective_fwd_vec_kernel")
     monkeypatch.setattr(TV, "FWD_SEGMENTS_BELOW", 1 << 30)  # a small grid, whatever the machine
     *xs, _, _ = make(B=1, T=T, D=16, N=16)
     TV.forward(*xs)
@@ -329,9 +335,7 @@ def test_backward_segments_tiles(one_warp_from, small, monkeypatch):
     kernels are spied, not run."""
     pytest.importorskip("triton")
     TV = _module(True)
-    bwd, seg = _LaunchSpy(), _LaunchSpy()
-    monkeypatch.setattr(TV, "chunk_selective_bwd_vec_kernel", bwd)
-    monkeypatch.setattr(TV, "chunk_selective_segments_kernel", seg)
+    bwd, seg = _spy_kernels(monkeypatch, TV, "chunk_selective_bwd_vec_kernel")
     monkeypatch.setattr(TV, "selective_grads", lambda *a: a)
     monkeypatch.setattr(TV, "SEG_BWD_ONE_WARP_FROM", one_warp_from)
     *xs, _, _ = make(B=1, T=TV.BWD.BT * TV.CHUNKS_BWD * 2, D=16, N=16)
