@@ -100,6 +100,8 @@ BWD, CHUNKS_BWD = Tiles(4, 16, 1, 4), 32
 # grid has fewer than SEG_BWD_ONE_WARP_FROM warps a multiprocessor: there a walk per program is latency, and twice
 # the warps hide more of it. H200, bf16, backward ms, two warps -> one: (4, 2048, 1536) 46 warps/SM 0.938 -> 0.803,
 # (1, 8192, 4096) 62 warps 2.566 -> 2.231, (8, 2048, 2048) 2.432 -> 2.080; (1, 2048, 1536) 12 warps 0.282 -> 0.337.
+# (Measured with the pass's two walks, one for the states and one for the gradients, since fused into one walk with
+# one exp an element: offline 11.0 loop instructions an element against 15.2, not yet timed on the H200.)
 SEG_BWD, SEG_BWD_SMALL_GRID, SEG_BWD_ONE_WARP_FROM = Tiles(8, 16, 1, 4), Tiles(8, 16, 2, 4), 24
 MAX_SEGMENTS = 32  # a consumer combines up to this many segments before its own
 # The forward cuts its sequences into segments only where its grid (sequences x channel blocks, FWD's tiles) has
@@ -131,6 +133,13 @@ def _vec_offsets(i_d, D, BD: tl.constexpr, N: tl.constexpr, VEC: tl.constexpr):
     o_d = i_d * BD + tl.arange(0, BD)
     o_k = tl.max_contiguous(tl.arange(0, N), VEC)
     return o_d[None, :, None] * N + o_k[None, None, :], (o_d < D)[None, :, None] & (o_k < N)[None, None, :]
+
+
+@triton.jit
+def _products(p1, e1, p2, e2):
+    """The combine of a product scan keeping both kinds: (the product through this element, the product of the
+    elements before it); an element enters as (a, 1)."""
+    return p1 * p2, p1 * e2
 
 
 @triton.jit
@@ -199,23 +208,35 @@ def chunk_selective_segments_kernel(
     b_h = tl.zeros([1, BD, N], dtype=tl.float32)
     # each walk loads the next chunk's tiles before working on this one's (see the module's docstring)
     b_dt, b_u, b_B = _load_walk(dt, u, Bm, t_s, o_t, o_d, o_k, t_e, D, N)
-    for t0 in range(t_s, t_e, BT):
-        n_dt, n_u, n_B = _load_walk(dt, u, Bm, t0 + BT, o_t, o_d, o_k, t_e, D, N)
-        b_sum += tl.sum(b_dt, 0)
-        b_h = _state_step(b_h, b_dt, b_u, b_B, b_A2)
-        b_dt, b_u, b_B = n_dt, n_u, n_B
-    tl.store(loc_h + j * D * N + o3, b_h, mask=m3)
     if GRADS:
+        # one walk for both: the gradient from a zero end, sum_t exp(A (the step sizes from the segment's start
+        # through t)) C_t dy_t, is a sum in time order too, so each step's exp(A dt) serves both sums
         b_g = tl.zeros([1, BD, N], dtype=tl.float32)
-        n_chunks = tl.cdiv(t_e - t_s, BT)
-        t_last = t_s + (n_chunks - 1) * BT  # a dense segment has at least one chunk
-        b_dt, b_dy, b_C = _load_walk(dt, dy, Cm, t_last, o_t, o_d, o_k, t_e, D, N)
-        for i in range(0, n_chunks):
-            t_p = tl.maximum(t_s + (n_chunks - 2 - i) * BT, t_s)  # the chunk before (the first again at the end)
-            n_dt, n_dy, n_C = _load_walk(dt, dy, Cm, t_p, o_t, o_d, o_k, t_e, D, N)
-            b_g = _grad_step(b_g, b_dt, b_dy, b_C, b_A2)
-            b_dt, b_dy, b_C = n_dt, n_dy, n_C
+        b_p = tl.full([1, BD, N], 1.0, tl.float32)  # exp(A (the step sizes before the chunk))
+        b_dy, b_C = _load_td(dy, t_s, o_t, o_d, t_e, D), _load_td(Cm, t_s, o_t, o_k, t_e, N)
+        for t0 in range(t_s, t_e, BT):
+            n_dt, n_u, n_B = _load_walk(dt, u, Bm, t0 + BT, o_t, o_d, o_k, t_e, D, N)
+            n_dy, n_C = _load_td(dy, t0 + BT, o_t, o_d, t_e, D), _load_td(Cm, t0 + BT, o_t, o_k, t_e, N)
+            b_total = tl.sum(b_dt, 0)
+            b_sum += b_total
+            b_a = tl.exp2(b_dt[:, :, None] * b_A2)  # [BT, BD, N]
+            ones = tl.full(b_a.shape, 1.0, tl.float32)
+            # exp(A c_t), c_t the chunk's step sizes through t; exp(A (those after t)): products in the thread
+            b_pre, _ = tl.associative_scan((b_a, ones), 0, _products)
+            _, b_post = tl.associative_scan((tl.flip(b_a, 0), ones), 0, _products)
+            b_decay = tl.exp2(b_total[None, :, None] * b_A2)
+            b_g += b_p * tl.sum(b_pre * (b_dy[:, :, None] * b_C[:, None, :]), 0, keep_dims=True)
+            b_h = b_decay * b_h + tl.sum(tl.flip(b_post, 0) * (b_u[:, :, None] * b_B[:, None, :]), 0, keep_dims=True)
+            b_p = b_p * b_decay
+            b_dt, b_u, b_B, b_dy, b_C = n_dt, n_u, n_B, n_dy, n_C
         tl.store(loc_g + j * D * N + o3, b_g, mask=m3)
+    else:
+        for t0 in range(t_s, t_e, BT):
+            n_dt, n_u, n_B = _load_walk(dt, u, Bm, t0 + BT, o_t, o_d, o_k, t_e, D, N)
+            b_sum += tl.sum(b_dt, 0)
+            b_h = _state_step(b_h, b_dt, b_u, b_B, b_A2)
+            b_dt, b_u, b_B = n_dt, n_u, n_B
+    tl.store(loc_h + j * D * N + o3, b_h, mask=m3)
     tl.store(seg_dt + j * D + o_d, b_sum, mask=o_d < D)
 
 
