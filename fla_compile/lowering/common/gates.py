@@ -5,6 +5,11 @@ from __future__ import annotations
 
 GATE_NONE, GATE_SCALAR, GATE_VECTOR = "none", "scalar", "vector"
 GATE_IDS = {GATE_NONE: 0, GATE_SCALAR: 1, GATE_VECTOR: 2}
+# Two more forms of a scalar gate, which the launchers choose: one decay per head (retention's: the kernels form its
+# in-chunk cumsum from the step count, no [T, H] gate) and a scalar gate the kernels scan in each chunk (no cumsum
+# pass). Every kernel branch for a scalar gate takes all three (``gating.scalar_gate_id``).
+GATE_HEAD_DECAY_ID, GATE_SCANNED_ID = 3, 4
+SCALAR_GATE_IDS = (GATE_IDS[GATE_SCALAR], GATE_HEAD_DECAY_ID, GATE_SCANNED_ID)
 
 
 def scalar_dg_per_step(dg):

@@ -7,6 +7,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .gates import SCALAR_GATE_IDS
+
+
+@triton.constexpr_function
+def scalar_gate_id(gate) -> bool:
+    """Whether the kernels' gate id is a scalar gate in any of its forms (1, 3, 4: ``gates.SCALAR_GATE_IDS``); a
+    constexpr inside a kernel, so a branch on it is chosen at compile time."""
+    return gate in SCALAR_GATE_IDS
+
 
 @triton.jit
 def chunk_gate(gc, t0, H: tl.constexpr, K: tl.constexpr, GATE: tl.constexpr):
@@ -82,7 +91,7 @@ def decay_to_last_t(
     """A state pass's step over one chunk: the carried state [BK, BV] decayed by e^{G_last}, and the chunk's keys
     (loaded transposed, [BK, BT]) decayed to its last step, kᵀ e^{G_last - G} (every exponent <= 0 for decaying
     gates; masked rows stay 0). Without a gate (GATE 0) both come back unchanged."""
-    if GATE == 1 or GATE == 3 or GATE == 4:
+    if scalar_gate_id(GATE):
         b_h, b_kt = scalar_decay_to_last(b_h, b_kt, scalar_gate(gc, o_t, m_t, t0, i_h, H, GATE), gc, o_t, m_t, t0,
                                          last, i_h, H, GATE)  # fmt: skip
     if GATE == 2:

@@ -51,6 +51,7 @@ from ..common.gating import (
     scalar_decay_to_last,
     scalar_gate,
     scalar_gate_at,
+    scalar_gate_id,
     scalar_gate_scores,
 )
 
@@ -151,7 +152,7 @@ def chunk_fwd_h_kernel(
         n_t, m_t = state_chunk_rows(t0, eos, o_i, BT, FULL_CHUNKS)
         b_kt, b_v = state_pass_tiles(k, v, t0, o_i, m_t, o_k, m_k, o_v, m_v, i_hk, i_h, H, G, K, V)
         g_c = chunk_gate(gc, t0, H, K, GATE)
-        if DECAY_ROWS and (GATE == 1 or GATE == 3 or GATE == 4):
+        if DECAY_ROWS and scalar_gate_id(GATE):
             b_h, b_vd = decay_rows_to_last_t(b_h, b_v, g_c, o_i, m_t, 0, n_t - 1, i_h, H, GATE)
             b_h += dot(b_kt, b_vd.to(b_v.dtype), prec=PREC)
         else:
@@ -232,7 +233,7 @@ def chunk_fwd_o_kernel(
             b_kt = tl.load(k + r_q[None, :] + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0)
             b_o += dot(b_q, b_h.to(b_q.dtype), prec=PREC)
             b_A += dot(b_q, b_kt, prec=PREC)
-    if GATE == 1 or GATE == 3 or GATE == 4:
+    if scalar_gate_id(GATE):
         b_o, b_A = scalar_gate_scores(b_o, b_A, scalar_gate(gc, o_t, m_t, t0, i_h, H, GATE), m_A)
     if GATE == 2:  # A from chunk_gla_A_kernel
         b_A = tl.load(A + r_a[:, None] + o_i[None, :], mask=m_A, other=0)
@@ -302,7 +303,7 @@ def chunk_fwd_walk_kernel(
         else:
             b_o = dot(b_q, b_h.to(b_q.dtype), prec=PREC)
             b_A = dot(b_q, b_kt, prec=PREC)
-        if GATE == 1 or GATE == 3 or GATE == 4:  # the gate read (GATE 4: scanned) once for scores and state
+        if scalar_gate_id(GATE):  # the gate read (GATE 4: scanned) once for scores and state
             b_g = scalar_gate(g_c, o_i, m_t, 0, i_h, H, GATE)
             b_o, b_A = scalar_gate_scores(b_o, b_A, b_g, m_A)
         b_A = tl.where(m_A, b_A, 0)
@@ -310,7 +311,7 @@ def chunk_fwd_walk_kernel(
         b_o *= scale
         tl.store(o + (t0 * H + i_h) * V + r_v[:, None] + o_v[None, :], b_o.to(o.dtype.element_ty),
                  mask=m_t[:, None] & m_v[None, :])  # fmt: skip
-        if GATE == 1 or GATE == 3 or GATE == 4:  # after the output: fewer fp32 tiles live at once
+        if scalar_gate_id(GATE):  # after the output: fewer fp32 tiles live at once
             b_h, b_kt = scalar_decay_to_last(b_h, b_kt, b_g, g_c, o_i, m_t, 0, n_t - 1, i_h, H, GATE)
         if GATE == 2:  # the keys' gates read again, transposed (from cache), as chunk_fwd_h_kernel reads them
             b_h, b_kt = decay_to_last_t(b_h, b_kt, g_c, o_i, m_t, 0, n_t - 1, i_h, H, K, o_k, m_k, GATE)
@@ -363,7 +364,7 @@ def chunk_bwd_dh_kernel(
         n_t, m_t = state_chunk_rows(t0, eos, o_i, BT, FULL_CHUNKS)
         b_qt, b_do = state_pass_tiles(q, do, t0, o_i, m_t, o_k, m_k, o_v, m_v, i_hk, i_h, H, G, K, V)
         g_c = chunk_gate(gc, t0, H, K, GATE)
-        if GATE == 1 or GATE == 3 or GATE == 4:
+        if scalar_gate_id(GATE):
             b_g = scalar_gate(g_c, o_i, m_t, 0, i_h, H, GATE)
             b_gl = scalar_gate_at(g_c, b_g, o_i, n_t - 1, 0, i_h, H, GATE)
             b_dh *= tl.exp(b_gl)
@@ -453,7 +454,7 @@ def chunk_bwd_dv_kernel(
             if USE_DH:
                 b_dv += dot(b_k, b_dh.to(b_k.dtype), prec=PREC)
             b_At += dot(b_k, b_qt, prec=PREC)
-    if GATE == 1 or GATE == 3 or GATE == 4:
+    if scalar_gate_id(GATE):
         b_g = scalar_gate(gc, o_t, m_t, bos + i_c * BT, i_h, H, GATE)
         b_gl = scalar_gate_at(gc, b_g, o_t, last, bos + i_c * BT, i_h, H, GATE)
         b_dv *= tl.exp(tl.where(m_t, b_gl - b_g, 0))[:, None]
@@ -565,7 +566,7 @@ def chunk_bwd_dqk_kernel(
     # gate gradient, chunk-local and free of cancellation: dg_t = sum_{s >= t} q_s dq_s - k_s dk_s over the
     # intra-chunk pairs (diagonal excluded: it cancels exactly) and the inter-chunk dq, plus sum_{j < t} of
     # k_j dk_j over the inter-chunk dk, plus e^(b_last) sum_v h dh (the decay of the incoming state)
-    if GATE == 1 or GATE == 3 or GATE == 4:
+    if scalar_gate_id(GATE):
         b_g = scalar_gate(gc, o_t, m_t, bos + i_c * BT, i_h, H, GATE)
         b_gl = scalar_gate_at(gc, b_g, o_t, last, bos + i_c * BT, i_h, H, GATE)
         m_S = (o_i[:, None] > o_i[None, :]) & m_A
@@ -595,7 +596,7 @@ def chunk_bwd_dqk_kernel(
         if i_k == 0:  # the intra-chunk part is added by chunk_gla_bwd_intra_kernel, from dA
             tl.store(dA + (o_t * H + i_h)[:, None] * BT + o_i[None, :], b_dA, mask=m_t[:, None])
     p = (o_t * H + i_h)[:, None] * K + o_k[None, :]
-    if (GATE == 1 or GATE == 3 or GATE == 4) and DG:
+    if scalar_gate_id(GATE) and DG:
         # one gate per step: the key columns summed first, so the scans below run over [BT] and not [BT, BK]
         # (at K = 64 they held 255 registers and spilled), and dg is [B, T, H, NK], one column per K block
         b_db1 = tl.sum(b_db, axis=1)

@@ -17,7 +17,15 @@ import torch
 
 from ..common import launch
 from ..common.chunks import chunk_grid, chunk_meta, dense_cu, full_chunks
-from ..common.gates import GATE_IDS, scalar_dg_per_step
+from ..common.gates import (
+    GATE_HEAD_DECAY_ID,
+    GATE_IDS,
+    GATE_NONE,
+    GATE_SCALAR,
+    GATE_SCANNED_ID,
+    SCALAR_GATE_IDS,
+    scalar_dg_per_step,
+)
 from . import triton_intra as intra
 from . import triton_kernels as kern
 
@@ -102,7 +110,7 @@ def _common(q, k, v, gate, gate_kind):
     gid = GATE_IDS[gate_kind]
     if gate is not None:
         if HEAD_DECAY and gid == 1 and _per_head(gate):
-            gate, gid = _dense(gate[0, 0], torch.float32), 3
+            gate, gid = _dense(gate[0, 0], torch.float32), GATE_HEAD_DECAY_ID
         else:
             gate = _dense(gate)
     B, T, HK, K = q.shape
@@ -114,7 +122,7 @@ def _scan_gid(gid, config, phase: str) -> int:
     """Gate id 4 for a scalar gate (id 1) that the chunk kernels of this pass ("fwd" or "bwd") scan themselves:
     :data:`SCALAR_SCAN_IN_KERNELS` when set, else the config's ``<phase>_scan`` (the decode kernel has no id 4)."""
     on = config.get(f"{phase}_scan", False) if SCALAR_SCAN_IN_KERNELS is None else SCALAR_SCAN_IN_KERNELS
-    return 4 if gid == 1 and on else gid
+    return GATE_SCANNED_ID if gid == GATE_IDS[GATE_SCALAR] and on else gid
 
 
 def _walk_bv(config, V: int) -> int:
@@ -194,11 +202,11 @@ def _option(config, kernel: str, name: str, default, gid=None, filled=False):
     halved (``filled``: few sequences x heads, each program a long walk) reads ``<kernel>_fill_<name>`` first
     (``<kernel>_fill_head_<name>`` before it for one decay per head): without a gate the forward's pass at K = V = 128
     wants 4 stages there, and loses with them at full blocks."""
-    if filled and gid == 3 and f"{kernel}_fill_head_{name}" in config:
+    if filled and gid == GATE_HEAD_DECAY_ID and f"{kernel}_fill_head_{name}" in config:
         return config[f"{kernel}_fill_head_{name}"]
     if filled and f"{kernel}_fill_{name}" in config:
         return config[f"{kernel}_fill_{name}"]
-    if gid == 3 and f"{kernel}_head_{name}" in config:
+    if gid == GATE_HEAD_DECAY_ID and f"{kernel}_head_{name}" in config:
         return config[f"{kernel}_head_{name}"]
     return config.get(f"{kernel}_{name}", default)
 
@@ -237,7 +245,7 @@ def _config(kind, q, v, T, cu_seqlens, config):
 def _gate_cumsum(gate, gid, info, NS, H, K, BT, device, cfg, excl=False):
     """The in-chunk cumsum of the gate (fp32); with ``excl`` (rwkv6) also the exclusive one: (gc, gq). No gate, one
     decay per head (gid 3) or a scalar gate the kernels scan (gid 4): the gate itself."""
-    if gid in (0, 3, 4):
+    if gid in (GATE_IDS[GATE_NONE], GATE_HEAD_DECAY_ID, GATE_SCANNED_ID):
         return gate
     gc = _empty(gate.shape, device, torch.float32)
     BKg = min(cfg.get("cumsum_BK", launch.pow2(K)), launch.pow2(K)) if gid == 2 else 16
@@ -502,7 +510,7 @@ def chunk_backward(
             intra.chunk_rc_add_kernel, (NS, launch.cdiv(K, BKr), H),
             db, dg, info, H, K, BT, BKr, *(() if u is None else (True,)), **_opts(cfg, "rc"),
         )  # fmt: skip
-    if gid in (1, 3, 4) and want_dg:  # per step (gid 3: the op sums the steps for its per-head decay)
+    if gid in SCALAR_GATE_IDS and want_dg:  # per step (gid 3: the op sums the steps for its per-head decay)
         dg = scalar_dg_per_step(dg)
     if G > 1:  # GQA: sum the heads of each group, in a fixed order
         dq = dq.view(B, T, HK, G, K).sum(3)
