@@ -8,7 +8,7 @@ u = dt * x is the input already scaled by the step size; the public :func:`mamba
 softplus, the skip D x and the z gate around the op (elementwise work Inductor fuses), so the opaque op
 is the recurrence only. On CUDA both directions are chunked Triton scans for T >= 64 and N <= 64
 (``lowering/scan/triton_chunk_selective_vec.py``, N padded to a power of two) and fused walks for shorter
-inputs (``triton_scan.py``); elsewhere the torch path runs the hgrn scan over the
+inputs or more states (``triton_scan.py``); elsewhere the torch path runs the hgrn scan over the
 expanded D * N elements. Layout [B, T, D] for u, dt, y; A [D, N]; B, C [B, T, N] (one group); the state
 [N_seq, D, N] fp32 (fp64 for fp64 inputs).
 """

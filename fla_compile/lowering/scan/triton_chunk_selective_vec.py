@@ -155,7 +155,7 @@ def _state_grads(b_a, b_dc):
     both). The flips are free: time is in each thread."""
     f_a, f_dc = tl.flip(b_a, 0), tl.flip(b_dc, 0)
     ones = tl.full(f_a.shape, 1.0, tl.float32)
-    _, f_w, _, f_v = tl.associative_scan((f_a, f_a * f_dc, ones, ones - 1.0), 0, _maps)
+    _, f_w, _, f_v = tl.associative_scan((f_a, f_a * f_dc, ones, tl.zeros_like(f_a)), 0, _maps)
     return tl.flip(f_dc + f_v, 0), tl.flip(f_w, 0)
 
 
@@ -174,15 +174,6 @@ def _state_step(b_h, b_dt, b_u, b_B, b_A2):
     b_w = tl.exp2((b_total[None, :] - tl.cumsum(b_dt, 0))[:, :, None] * b_A2)
     b_h = tl.exp2(b_total[None, :, None] * b_A2) * b_h
     return b_h + tl.sum(b_w * (b_u[:, :, None] * b_B[:, None, :]), 0, keep_dims=True)
-
-
-@triton.jit
-def _grad_step(b_g, b_dt, b_dy, b_C, b_A2):
-    """The state gradient before a chunk (a_{t0} dh_{t0}) from the one after it (a_{s1} dh_{s1}): with c_s the
-    step sizes from the chunk's first step through s, exp(A sum dt) g + sum_s exp(A c_s) C_s dy_s."""
-    b_w = tl.exp2(tl.cumsum(b_dt, 0)[:, :, None] * b_A2)
-    b_g = tl.exp2(tl.sum(b_dt, 0)[None, :, None] * b_A2) * b_g
-    return b_g + tl.sum(b_w * (b_dy[:, :, None] * b_C[:, None, :]), 0, keep_dims=True)
 
 
 @triton.jit
@@ -367,6 +358,17 @@ def chunk_selective_bwd_vec_kernel(
     tl.store(dA_part + (i_n * n_seg + i_s).to(tl.int64) * D * N + o3, b_dA, mask=m3)
 
 
+def _block_d(tiles: Tiles, D: int) -> int:
+    """The channels a program of these tiles takes: BD, or D up to a power of two where it is smaller."""
+    return min(tiles.BD, pow2(D, lo=2))
+
+
+def _warps_per_sm(tiles: Tiles, D: int, programs: int, device) -> float:
+    """Warps a multiprocessor of a grid of ``programs`` x channel blocks on these tiles (one SM off CUDA)."""
+    sms = launch.sm_count(device) if device.type == "cuda" else 1
+    return launch.cdiv(D, _block_d(tiles, D)) * programs * tiles.warps / sms
+
+
 def _segments(T: int, BT: int, chunks: int, whole: bool) -> tuple[int, int]:
     """(G chunks a segment, segments a sequence): ``chunks`` a segment, fewer segments than ``MAX_SEGMENTS``;
     one segment a sequence if ``whole`` (packed inputs: their lengths are not known on the host)."""
@@ -387,7 +389,7 @@ def _segment_summaries(u, dt, A, B, C, dy, rows: int, n_seg: int, grads: bool, t
     loc_h = torch.empty(Bsz * n_seg, D, N, **f32)
     loc_g = torch.empty(Bsz * n_seg, D, N, **f32) if grads else None
     seg_dt = torch.empty(Bsz * n_seg, D, **f32)
-    BD = min(tiles.BD, pow2(D, lo=2))
+    BD = _block_d(tiles, D)
     BT = math.gcd(tiles.BT, rows)
     chunk_selective_segments_kernel[(launch.cdiv(D, BD), Bsz, n_seg)](
         u, dt, A, B, C, dy, loc_h, loc_g, seg_dt, T, D, rows // BT,
@@ -421,8 +423,7 @@ def _forward(u, dt, A, B, C, initial_state, cu_seqlens):
     N = A.shape[-1]
     Bsz, T, D = u.shape
     (u, dt, A, B, C), h0, n_seq, y, ht = selective_outputs(u, dt, A, B, C, initial_state, cu_seqlens)
-    sms = launch.sm_count(u.device) if u.device.type == "cuda" else 1
-    few = launch.cdiv(D, min(FWD.BD, pow2(D, lo=2))) * n_seq * FWD.warps < FWD_SEGMENTS_BELOW * sms
+    few = _warps_per_sm(FWD, D, n_seq, u.device) < FWD_SEGMENTS_BELOW
     tiles = FWD_IN_SEGMENTS.for_states(N)
     G, n_seg = _segments(T, tiles.BT, CHUNKS_FWD, whole=cu_seqlens is not None or not few)
     loc_h = seg_dt = None
@@ -430,7 +431,7 @@ def _forward(u, dt, A, B, C, initial_state, cu_seqlens):
         tiles = FWD.for_states(N)
     else:
         loc_h, _, seg_dt = _segment_summaries(u, dt, A, B, C, None, G * tiles.BT, n_seg, False, SEG_FWD)
-    BD = min(tiles.BD, pow2(D, lo=2))
+    BD = _block_d(tiles, D)
     chunk_selective_fwd_vec_kernel[(launch.cdiv(D, BD), n_seq, n_seg)](
         u, dt, A, B, C, h0, y, ht, loc_h, seg_dt, cu_seqlens, T, D, G,
         USE_H0=h0 is not None, IS_VARLEN=cu_seqlens is not None, SEGMENTED=n_seg > 1, BT=tiles.BT, BD=BD, N=N,
@@ -448,11 +449,10 @@ def _backward(u, dt, A, B, C, initial_state, cu_seqlens, dy, dht):
     G, n_seg = _segments(T, tiles.BT, CHUNKS_BWD, whole=cu_seqlens is not None)
     loc_h = loc_g = seg_dt = None
     if n_seg > 1:
-        sms = launch.sm_count(u.device) if u.device.type == "cuda" else 1
-        warps = launch.cdiv(D, min(SEG_BWD.BD, pow2(D, lo=2))) * n_seq * n_seg * SEG_BWD.warps
-        seg = SEG_BWD if warps >= SEG_BWD_ONE_WARP_FROM * sms else SEG_BWD_SMALL_GRID
+        one_warp = _warps_per_sm(SEG_BWD, D, n_seq * n_seg, u.device) >= SEG_BWD_ONE_WARP_FROM
+        seg = SEG_BWD if one_warp else SEG_BWD_SMALL_GRID
         loc_h, loc_g, seg_dt = _segment_summaries(u, dt, A, B, C, dy, G * tiles.BT, n_seg, True, seg)
-    BD = min(tiles.BD, pow2(D, lo=2))
+    BD = _block_d(tiles, D)
     n_d = launch.cdiv(D, BD)
     hc = torch.empty(_slots(n_seq, T_all, tiles.BT), D, N, dtype=torch.float32, device=u.device)
     parts = selective_grad_parts(u, dt, A, n_d, n_seq * n_seg, n_seq, h0 is not None)
