@@ -24,11 +24,10 @@ FWD_LANES = [(16, 16, 4), (16, 16, 2), (16, 32, 4), (16, 8, 2), (16, 32, 8), (8,
 # the vectorized kernels: (module attribute, value) swaps of their launch shapes
 # (``triton_chunk_selective_vec.Tiles(BT, BD, warps, states a thread)``; None: as shipped)
 VEC_SWAPS = [
-    ("FWD", None), ("FWD", (16, 16, 2, 4)), ("FWD", (32, 16, 4, 2)), ("FWD", (32, 8, 2, 2)), ("FWD", (16, 16, 4, 2)),
-    ("CHUNKS_FWD", 8), ("FWD_IN_SEGMENTS", (32, 16, 4, 2)),
-    ("BWD", None), ("BWD", (8, 16, 4, 2)), ("BWD", (8, 8, 2, 2)), ("CHUNKS_BWD", 8), ("CHUNKS_BWD", 32),
-    ("SEG_BWD", (16, 16, 2, 4)), ("SEG_BWD", (32, 16, 2, 4)), ("SEG_BWD", (16, 16, 4, 2)), ("SEG_BWD", (32, 16, 4, 2)),
-    ("SEG_BWD", (8, 32, 4, 4)),
+    ("FWD", None), ("FWD", (16, 16, 2, 4)), ("FWD", (32, 16, 4, 2)), ("FWD", (32, 8, 2, 2)), ("FWD", (16, 16, 1, 4)),
+    ("FWD", (8, 32, 1, 4)), ("CHUNKS_FWD", 8), ("FWD_IN_SEGMENTS", (32, 16, 4, 2)),
+    ("BWD", None), ("BWD", (8, 16, 2, 4)), ("BWD", (8, 8, 1, 4)), ("BWD", (2, 32, 1, 4)), ("CHUNKS_BWD", 16),
+    ("CHUNKS_BWD", 64), ("SEG_BWD", (8, 16, 2, 4)), ("SEG_BWD", (16, 16, 1, 4)), ("SEG_BWD", (4, 32, 1, 4)),
 ]  # fmt: skip
 BWD = [(16, 16, 4, 4), (16, 16, 4, 8), (16, 8, 4, 4), (8, 16, 4, 4), (8, 16, 4, 8), (32, 16, 4, 8), (16, 32, 4, 8)]
 
