@@ -45,10 +45,13 @@ from ..common import launch
 from ..common.launch import pow2
 from .triton_chunk_selective import (
     LOG2E,
+    _chunk_scans,
     _first_order,
+    _load_bwd_chunk,
     _load_chunk,
     _load_td,
     _row,
+    _row2,
     _slots,
     _store_td,
 )
@@ -97,8 +100,9 @@ BWD, CHUNKS_BWD = Tiles(4, 16, 1, 4), 32
 # grid has fewer than SEG_BWD_ONE_WARP_FROM warps a multiprocessor: there a walk per program is latency, and twice
 # the warps hide more of it. H200, bf16, backward ms, two warps -> one: (4, 2048, 1536) 46 warps/SM 0.938 -> 0.803,
 # (1, 8192, 4096) 62 warps 2.566 -> 2.231, (8, 2048, 2048) 2.432 -> 2.080; (1, 2048, 1536) 12 warps 0.282 -> 0.337.
-# (Measured with the pass's two walks, one for the states and one for the gradients, since fused into one walk with
-# one exp an element: offline 11.0 loop instructions an element against 15.2, not yet timed on the H200.)
+# (Measured with the pass's two walks, one for the states and one for the gradients. Fused into one walk with one
+# exp an element, offline 11.0 loop instructions an element against 15.2, the whole backward: 0.617 -> 0.594 ms at
+# (4, 2048, 1536), 1.670 -> 1.600 at (1, 8192, 4096), 1.620 -> 1.557 at (8, 2048, 2048), 1.547 -> 1.447 at N = 32.)
 SEG_BWD, SEG_BWD_SMALL_GRID, SEG_BWD_ONE_WARP_FROM = Tiles(8, 16, 1, 4), Tiles(8, 16, 2, 4), 24
 MAX_SEGMENTS = 32  # a consumer combines up to this many segments before its own
 # The forward cuts its sequences into segments only where its grid (sequences x channel blocks, FWD's tiles) has
@@ -137,26 +141,6 @@ def _products(p1, e1, p2, e2):
     """The combine of a product scan keeping both kinds: (the product through this element, the product of the
     elements before it); an element enters as (a, 1)."""
     return p1 * p2, p1 * e2
-
-
-@triton.jit
-def _maps(p1, w1, q1, v1, p2, w2, q2, v2):
-    """The combine of a scan of affine maps w -> p w + w' that keeps two: the composition through this element
-    (p, w) and through the element before it (q, v); an element enters as (p, w', 1, 0)."""
-    return p1 * p2, p2 * w1 + w2, p1 * q2, q2 * w1 + v2
-
-
-@triton.jit
-def _state_grads(b_a, b_dc):
-    """The chunk's state gradients, time on axis 0, from dh_t = dc_t + a_{t+1} dh_{t+1} (``b_dc`` = C dy, the
-    later chunks' gradient already in its last row): (dh_t, a_t dh_t). In reverse time each step maps the a dh
-    before it to a dh = a (dc + a dh before), so a scan of those maps gives a_t dh_t, and the same scan one step
-    earlier gives a_{t+1} dh_{t+1}: no exp(A dt_{t+1}) and no second load of dt (the first-order scan would need
-    both). The flips are free: time is in each thread."""
-    f_a, f_dc = tl.flip(b_a, 0), tl.flip(b_dc, 0)
-    ones = tl.full(f_a.shape, 1.0, tl.float32)
-    _, f_w, _, f_v = tl.associative_scan((f_a, f_a * f_dc, ones, tl.zeros_like(f_a)), 0, _maps)
-    return tl.flip(f_dc + f_v, 0), tl.flip(f_w, 0)
 
 
 @triton.jit
@@ -329,29 +313,26 @@ def chunk_selective_bwd_vec_kernel(
     p_part = i_d.to(tl.int64) * T_all * N
     n_chunks = tl.cdiv(t_e - t_s, BT)
     t_last = tl.maximum(t_s + (n_chunks - 1) * BT, t_s)  # an empty sequence's: all rows masked
-    b_dt, b_u, b_B = _load_walk(dt, u, Bm, t_last, o_t, o_d, o_k, t_e, D, N)
-    b_dy, b_C = _load_td(dy, t_last, o_t, o_d, t_e, D), _load_td(Cm, t_last, o_t, o_k, t_e, N)
+    b_dt, b_dtn, b_u, b_dy, b_B, b_C = _load_bwd_chunk(dt, u, dy, Bm, Cm, t_last, o_t, o_d, o_k, t_e, D, N, BT)
     b_h = tl.load(hc + (i_n + t_last // BT) * D * N + o3, mask=m3, other=0)
     for i in range(0, n_chunks):
         t0 = t_s + (n_chunks - 1 - i) * BT
         t_p = tl.maximum(t0 - BT, t_s)  # the chunk before (the first chunk again at the end: in bounds)
-        n_dt, n_u, n_B = _load_walk(dt, u, Bm, t_p, o_t, o_d, o_k, t_e, D, N)
-        n_dy, n_C = _load_td(dy, t_p, o_t, o_d, t_e, D), _load_td(Cm, t_p, o_t, o_k, t_e, N)
+        n_dt, n_dtn, n_u, n_dy, n_B, n_C = _load_bwd_chunk(dt, u, dy, Bm, Cm, t_p, o_t, o_d, o_k, t_e, D, N, BT)
         n_h = tl.load(hc + (i_n + t_p // BT) * D * N + o3, mask=m3, other=0)
         # [BT, BD, N]
         b_a = tl.exp2(b_dt[:, :, None] * b_A2)
         b_b = b_u[:, :, None] * b_B[:, None, :]
-        _, b_hs = tl.associative_scan((b_a, tl.where((o_t == 0)[:, None, None], b_b + b_a * b_h, b_b)), 0, _first_order)
-        b_dc = b_dy[:, :, None] * b_C[:, None, :]
-        b_dh, b_w = _state_grads(b_a, tl.where((o_t == BT - 1)[:, None, None], b_dc + b_g, b_dc))
+        b_an = tl.exp2(b_dtn[:, :, None] * b_A2)
+        b_hs, b_dh = _chunk_scans(b_a, b_b, b_h, b_an, b_dy[:, :, None] * b_C[:, None, :], b_g, o_t, BT)
         b_q = b_dh * (b_hs - b_b)  # dh_t a_t h_{t-1}: the gradient of dt_t A
         _store_td(du, tl.sum(b_dh * b_B[:, None, :], 2), t0, o_t, o_d, t_e, D)
         _store_td(ddt, tl.sum(b_q * b_A, 2), t0, o_t, o_d, t_e, D)
         b_dA += tl.sum(b_q * b_dt[:, :, None], 0, keep_dims=True)
         _store_td(dB_part + p_part, tl.sum(b_dh * b_u[:, :, None], 1), t0, o_t, o_k, t_e, N)
         _store_td(dC_part + p_part, tl.sum(b_hs * b_dy[:, :, None], 1), t0, o_t, o_k, t_e, N)
-        b_g = _row(b_w, o_t, 0)[None, :, :]  # a_{t0} dh_{t0}: to the chunk before
-        b_dt, b_u, b_dy, b_B, b_C, b_h = n_dt, n_u, n_dy, n_B, n_C, n_h
+        b_g = tl.exp2(_row2(b_dt, o_t, 0)[None, :, None] * b_A2) * _row(b_dh, o_t, 0)[None, :, :]
+        b_dt, b_dtn, b_u, b_dy, b_B, b_C, b_h = n_dt, n_dtn, n_u, n_dy, n_B, n_C, n_h
     if USE_H0:
         if i_s == 0:
             tl.store(dh0 + i_n.to(tl.int64) * D * N + o3, b_g, mask=m3)
