@@ -181,6 +181,14 @@ def _run_vec_two_states(*args, **kwargs):
         return _run_vec(*args, **kwargs)
 
 
+def _run_vec_wide(*args):
+    """The forward walking whole sequences on FWD_WIDE's tiles (a large grid's), the backward as shipped."""
+    with pytest.MonkeyPatch.context() as mp:
+        TV = _module(True)
+        mp.setattr(TV, "FWD_WIDE_FROM", 0)
+        return _run(*args, vec=True)
+
+
 INTERPRETER_CASES = {
     "dense-deterministic": (_run, (None, True, 2.0, torch.float32, True, True)),
     "packed": (_run, ([20, 0, 1, 27],)),
@@ -207,6 +215,7 @@ INTERPRETER_CASES = {
         lambda: _run_vec_two_states(None, True, 2.0, torch.float32, True, True, 16, chunks=2),
         (),
     ),
+    "vec-wide-forward-packed": (_run_vec_wide, ([20, 0, 1, 27], True, 2.0, torch.float32, True, False, 16)),
 }
 
 
@@ -309,18 +318,21 @@ def test_chunked_states_bound(monkeypatch):
     assert dispatch.selective_chunked(u, torch.empty(8, 16)) and not dispatch.selective_chunked(u, torch.empty(8, 17))
 
 
-@pytest.mark.parametrize("T,segments", [(100, False), (1000, True)])
-def test_forward_tiles(T, segments, monkeypatch):
-    """The forward's launch shape on a small grid: a sequence of at most CHUNKS_FWD chunks walks whole on FWD's
-    tiles; a longer one runs in segments on FWD_IN_SEGMENTS's, after the segments pass. Host logic only: the
-    kernels are spied, not run."""
+@pytest.mark.parametrize("T,segments,wide", [(100, False, False), (1000, True, False), (1000, False, True)])
+def test_forward_tiles(T, segments, wide, monkeypatch):
+    """The forward's launch shape: on a small grid a sequence of at most CHUNKS_FWD chunks walks whole on FWD's
+    tiles, a longer one runs in segments on FWD_IN_SEGMENTS's, after the segments pass; on a large grid (from
+    FWD_WIDE_FROM warps a multiprocessor) it walks whole on FWD_WIDE's. Host logic only: the kernels are spied,
+    not run."""
     pytest.importorskip("triton")
     TV = _module(True)
     fwd, seg = _spy_kernels(monkeypatch, TV, "chunk_selective_fwd_vec_kernel")
-    monkeypatch.setattr(TV, "FWD_SEGMENTS_BELOW", 1 << 30)  # a small grid, whatever the machine
-    *xs, _, _ = make(B=1, T=T, D=16, N=16)
+    # a small grid or a large one, whatever the machine
+    monkeypatch.setattr(TV, "FWD_SEGMENTS_BELOW", 0 if wide else 1 << 30)
+    monkeypatch.setattr(TV, "FWD_WIDE_FROM", 0 if wide else 1 << 30)
+    *xs, _, _ = make(B=1, T=T, D=64, N=16)
     TV.forward(*xs)
-    (grid, kw), tiles = fwd.launches[0], TV.FWD_IN_SEGMENTS if segments else TV.FWD
+    (grid, kw), tiles = fwd.launches[0], TV.FWD_IN_SEGMENTS if segments else TV.FWD_WIDE if wide else TV.FWD
     assert (kw["BT"], kw["BD"], kw["num_warps"], kw["VEC"]) == (tiles.BT, tiles.BD, tiles.warps, tiles.vec)
     assert kw["SEGMENTED"] is segments
     assert len(seg.launches) == int(segments) and grid[2] == (seg.launches[0][0][2] if segments else 1)
@@ -363,18 +375,22 @@ def _poison_cuda():
 @pytest.mark.parametrize("lens", [None, [300, 0, 1, 723, 17]], ids=["dense", "packed"])
 @pytest.mark.parametrize("strength", [2.0, 40.0], ids=["weak", "strong"])
 @pytest.mark.parametrize(
-    "layout,warps", [("vec", None), ("vec-segments", None), ("vec-two-states", None), ("lanes", 4), ("rows", 2)]
+    "layout,warps",
+    [("vec", None), ("vec-segments", None), ("vec-two-states", None), ("vec-wide", None), ("lanes", 4), ("rows", 2)],
 )
 def test_gpu_chunked_vs_fp64(dtype, tol, lens, strength, layout, warps, monkeypatch):
     """The vectorized kernels (shipped: T = 517 gives 5 backward segments, its segments pass on the small grid's
     tiles; "vec-segments" cuts the forward too, into 9, the backward's segments pass on SEG_BWD's tiles;
-    "vec-two-states" both, on tiles of two states a thread) and both forward layouts of the others at their best
+    "vec-two-states" both, on tiles of two states a thread; "vec-wide" the forward's whole walks on FWD_WIDE's
+    tiles, a large grid's) and both forward layouts of the others at their best
     warps, with the backwards, against fp64."""
     TC = _module(layout.startswith("vec"))
     if layout in ("vec-segments", "vec-two-states"):
         monkeypatch.setattr(TC, "FWD_SEGMENTS_BELOW", 1 << 30)
         monkeypatch.setattr(TC, "CHUNKS_FWD", 4)
         monkeypatch.setattr(TC, "SEG_BWD_ONE_WARP_FROM", 0)
+    if layout == "vec-wide":
+        monkeypatch.setattr(TC, "FWD_WIDE_FROM", 0)
     if layout == "vec-two-states":
         for name, tiles in _two_states_a_thread(TC).items():
             monkeypatch.setattr(TC, name, tiles)

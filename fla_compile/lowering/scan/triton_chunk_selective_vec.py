@@ -15,7 +15,8 @@ differ:
 - **Segments.** A walk through a whole sequence leaves the machine idle: (4, 2048, 1536, 16) gives 384
   programs of a serial walk, (1, 8192, 4096, 16) 256. So a dense sequence is cut into segments of G chunks
   (the backward always; the forward only on small grids, ``FWD_SEGMENTS_BELOW``: elsewhere it walks whole
-  sequences on chunks of 32 steps, a walk of half the serial steps).
+  sequences on chunks of 32 steps, a walk of half the serial steps, or on large grids of 16 with two channels a
+  thread, ``FWD_WIDE``).
   ``chunk_selective_segments_kernel`` gives every segment, in parallel, its state from a zero start and its
   step sizes summed (and for the backward its state gradient from a zero end). Each consumer then forms its
   own start state from the segments before it, h <- exp(A sum dt) h + h_local (its end gradient likewise from
@@ -86,6 +87,13 @@ class Tiles:
 # (4, 2048, 1536) 0.170 -> 0.136 ms, (1, 8192, 4096) 0.587 -> 0.417, (8, 2048, 2048) 0.364 -> 0.305. Two states
 # a thread (twice the warps, a third more instructions) won only on the smaller grids.
 FWD = Tiles(32, 16, 2, 4)
+# Large grids walk on FWD_WIDE's tiles: chunks of 16 steps, two channels a thread (twice FWD's channels a program,
+# half its programs), where FWD's grid has at least FWD_WIDE_FROM warps a multiprocessor. There the machine is full
+# either way, and each thread's second channel is a second independent chain. H200, bf16, forward ms (FWD's warps a
+# multiprocessor, FWD -> FWD_WIDE): N = 16, (4, 2048, 2048) 7.8 0.157 -> 0.211; (6, 2048, 2048) 11.6 0.257 -> 0.253;
+# (8, 2048, 2048) 15.5 0.305 -> 0.262; (16, 2048, 2048) 31 0.602 -> 0.511; N = 32, (8, 2048, 2048) 0.517 -> 0.472;
+# N = 64 1.070 -> 0.980. Below 8 warps a multiprocessor FWD wins by 35-90%.
+FWD_WIDE, FWD_WIDE_FROM = Tiles(16, 32, 2, 4), 12.0
 # The forward in segments of CHUNKS_FWD chunks (small grids), and its segments pass.
 FWD_IN_SEGMENTS, SEG_FWD, CHUNKS_FWD = Tiles(16, 16, 2, 4), Tiles(16, 16, 2, 4), 16
 # The backward (always in segments of CHUNKS_BWD chunks) and its segments pass, whose chunk divides a segment's.
@@ -404,12 +412,12 @@ def _forward(u, dt, A, B, C, initial_state, cu_seqlens):
     N = A.shape[-1]
     Bsz, T, D = u.shape
     (u, dt, A, B, C), h0, n_seq, y, ht = selective_outputs(u, dt, A, B, C, initial_state, cu_seqlens)
-    few = _warps_per_sm(FWD, D, n_seq, u.device) < FWD_SEGMENTS_BELOW
+    warps = _warps_per_sm(FWD, D, n_seq, u.device)  # FWD's grid: the choice of tiles reads it
     tiles = FWD_IN_SEGMENTS.for_states(N)
-    G, n_seg = _segments(T, tiles.BT, CHUNKS_FWD, whole=cu_seqlens is not None or not few)
+    G, n_seg = _segments(T, tiles.BT, CHUNKS_FWD, whole=cu_seqlens is not None or warps >= FWD_SEGMENTS_BELOW)
     loc_h = seg_dt = None
     if n_seg == 1:  # one walk a sequence (G unused)
-        tiles = FWD.for_states(N)
+        tiles = (FWD_WIDE if warps >= FWD_WIDE_FROM else FWD).for_states(N)
     else:
         loc_h, _, seg_dt = _segment_summaries(u, dt, A, B, C, None, G * tiles.BT, n_seg, False, SEG_FWD)
     BD = _block_d(tiles, D)
