@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from triton.testing import do_bench
 
-SHAPES = [(4, 2048, 1536, 16), (1, 8192, 4096, 16), (1, 2048, 1536, 16)]
+SHAPES = [(4, 2048, 1536, 16), (1, 8192, 4096, 16), (1, 2048, 1536, 16), (8, 2048, 2048, 16)]
 FWD = [(16, 16, 4), (16, 16, 2), (16, 8, 4), (8, 16, 4), (32, 16, 4), (16, 32, 4), (8, 32, 4)]
 # the forward with the states on the lanes (``FWD_LANES``): warps split channels only
 FWD_LANES = [(16, 16, 4), (16, 16, 2), (16, 32, 4), (16, 8, 2), (16, 32, 8), (8, 16, 4)]
@@ -25,7 +25,8 @@ FWD_LANES = [(16, 16, 4), (16, 16, 2), (16, 32, 4), (16, 8, 2), (16, 32, 8), (8,
 # (``triton_chunk_selective_vec.Tiles(BT, BD, warps, states a thread)``; None: as shipped)
 VEC_SWAPS = [
     ("FWD", None), ("FWD", (16, 16, 2, 4)), ("FWD", (32, 16, 4, 2)), ("FWD", (32, 8, 2, 2)), ("FWD", (16, 16, 1, 4)),
-    ("FWD", (8, 32, 1, 4)), ("CHUNKS_FWD", 8), ("FWD_IN_SEGMENTS", (32, 16, 4, 2)),
+    ("FWD", (8, 32, 1, 4)), ("FWD_WIDE_FROM", 0), ("FWD_WIDE_FROM", 1 << 30), ("CHUNKS_FWD", 8),
+    ("FWD_IN_SEGMENTS", (32, 16, 4, 2)),
     ("BWD", None), ("BWD", (8, 16, 2, 4)), ("BWD", (8, 8, 1, 4)), ("BWD", (2, 32, 1, 4)), ("CHUNKS_BWD", 16),
     ("CHUNKS_BWD", 64), ("SEG_BWD", (8, 16, 2, 4)), ("SEG_BWD", (16, 16, 1, 4)), ("SEG_BWD", (4, 32, 1, 4)),
 ]  # fmt: skip
