@@ -382,8 +382,8 @@ def test_gpu_chunked_vs_fp64(dtype, tol, lens, strength, layout, warps, monkeypa
     """The vectorized kernels (shipped: T = 517 gives 5 backward segments, its segments pass on the small grid's
     tiles; "vec-segments" cuts the forward too, into 9, the backward's segments pass on SEG_BWD's tiles;
     "vec-two-states" both, on tiles of two states a thread; "vec-wide" the forward's whole walks on FWD_WIDE's
-    tiles, a large grid's) and both forward layouts of the others at their best
-    warps, with the backwards, against fp64."""
+    tiles, a large grid's) and both forward layouts of the others at their best warps, with the backwards, against
+    fp64."""
     TC = _module(layout.startswith("vec"))
     if layout in ("vec-segments", "vec-two-states"):
         monkeypatch.setattr(TC, "FWD_SEGMENTS_BELOW", 1 << 30)
