@@ -244,6 +244,85 @@ def test_gate_range_down_to_minus5(kind):
         assert rel(a, b) < 1e-5
 
 
+@pytest.mark.parametrize("BT", [16, 32, 64])
+def test_factored_A(BT, monkeypatch):
+    """``FACTORED_A``: the output kernel forms the A of the chunks whose gate spread allows one dot (the A kernel
+    skips them) and reads the others' from the A kernel. Mild gates with a run of -20 steps across packed sequences
+    (some chunks of each kind), K in two tiles: o, the final state and the A kept for the backward equal the A
+    kernel's within fp32 rounding and fp64; the backward on the kept A equals fp64 and, with ``FACTORED_BWD`` (the
+    intra-chunk backward factored the same way), the sub-chunk form's gradients within fp32 rounding."""
+    q, k, v, g, h0, cu = make("vector", T=70, H=2, HK=1, K=20, V=16, cu=[0, 3, 41, 70])
+    g[:, 20:30] = -20.0
+    do, dht = torch.randn_like(v), torch.randn_like(h0)
+    cfg = dict(CFG, BT=BT)
+    runs = {}
+    for on in (True, False):
+        monkeypatch.setattr(gla_triton, "FACTORED_A", on)
+        A = gla_triton.saved_A_like(q, v)
+        o, ht = gla_triton.chunk_forward(q, k, v, g, "vector", 0.3, h0, cu, config=cfg, A_out=A)
+        runs[on] = (o, ht, A)
+    assert runs[True][2].abs().sum() > 0
+    for a, b in zip(runs[True], runs[False]):
+        assert rel(a, b) < 1e-6
+    ro, rht, ref = reference(q, k, v, g, "vector", 0.3, h0, cu, do, dht)
+    assert rel(runs[True][0], ro) < 1e-5 and rel(runs[True][1], rht) < 1e-5
+    bwd = {}
+    for on in (True, False):  # FACTORED_BWD: the intra-chunk backward kernel's factored chunks
+        monkeypatch.setattr(gla_triton, "FACTORED_BWD", on)
+        bwd[on] = gla_triton.chunk_backward(q, k, v, g, "vector", 0.3, h0, cu, do, dht, config=cfg, A=runs[True][2])
+    for a, b, r in zip(bwd[True], bwd[False], ref):
+        assert rel(a, r) < 1e-5 and rel(a, b) < 1e-6
+
+
+def test_factored_bwd_from_the_table(monkeypatch):
+    """``FACTORED_BWD`` None (shipped): the table's ``intra_factored`` decides whether the intra backward kernel
+    takes the chunks' gate spreads (and forms the factored chunks in one program); True / False override it. The
+    forward's output kernel factors wherever ``FACTORED_A`` is on, whatever the table."""
+    seen = []
+    real_fitted = gla_triton.launch.fitted
+
+    def fitted(kernel, grid, *args, **kw):
+        name = gla_triton.launch._kernel_name(kernel)
+        if name in ("chunk_gla_bwd_intra_kernel", "chunk_fwd_o_kernel"):
+            seen.append((name, kw.get("FACTORED", kw.get("A_FACTORED", False))))
+        return real_fitted(kernel, grid, *args, **kw)
+
+    monkeypatch.setattr(gla_triton.launch, "fitted", fitted)
+    q, k, v, g, h0, cu = make("vector", T=20)
+    do, dht = torch.randn_like(v), torch.randn_like(h0)
+    for switch, table, want in ((None, True, True), (None, False, False), (True, False, True), (False, True, False)):
+        monkeypatch.setattr(gla_triton, "FACTORED_BWD", switch)
+        cfg = dict(CFG, intra_factored=table)
+        seen.clear()
+        gla_triton.chunk_forward(q, k, v, g, "vector", 0.3, h0, cu, config=cfg)
+        gla_triton.chunk_backward(q, k, v, g, "vector", 0.3, h0, cu, do, dht, config=cfg)
+        assert seen == [("chunk_fwd_o_kernel", True), ("chunk_gla_bwd_intra_kernel", want)], (switch, table, seen)
+
+
+def test_factored_A_spread():
+    """The cumsum kernel's gate spread per chunk and K tile (``gating.gate_range``) against torch: +inf for a tile
+    with an infinite or NaN gate, so such a chunk is never factored."""
+    q, k, v, g, h0, cu = make("vector", T=40, H=2, K=20, cu=[0, 3, 40])
+    g[:, 10] = -70.0
+    g[:, 25, 1, 3] = float("-inf")
+    g[:, 33, 0, 5] = float("nan")
+    cfg = dict(CFG, BT=16, cumsum_BK=16)
+    _, info, _, NS, _ = chunks.chunk_meta(1, 40, cu, 16, q.device)
+    gc, span = gla_triton._gate_cumsum(g, 2, info, NS, 2, 20, 16, q.device, cfg, spread=True)
+    assert span.shape == (NS, 2, 2)
+    bounds = [(0, 3), (3, 19), (19, 35), (35, 40)]
+    for s, (a, b) in enumerate(bounds):
+        c = g[0, a:b].cumsum(0)
+        for j, ks in enumerate((slice(0, 16), slice(16, 20))):
+            want = (c[:, :, ks].amax(0) - c[:, :, ks].amin(0)).amax(-1)
+            got = span[s, j]
+            for h in range(2):
+                if torch.isfinite(want[h]):
+                    assert torch.allclose(got[h], want[h], rtol=1e-6)
+                else:
+                    assert got[h] == float("inf")
+
+
 SCAN_CASES = {**CASES, "packed-empty": dict(T=45, cu=[0, 0, 33, 45]), "strong": dict(T=33, gate="strong"),
               "range": dict(T=70, gate="range")}  # fmt: skip
 

@@ -276,6 +276,40 @@ def test_long_sequence_no_drift(kind):
     assert rel(o[:, -1024:], ro[:, -1024:]) < 1e-5, rel(o[:, -1024:], ro[:, -1024:])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("shape", ["T300_K64", "T257_gqa_K128_V64", "T200_K128_wide"])
+def test_factored_A(shape, dtype, monkeypatch):
+    """``FACTORED_A`` (shipped on): the output kernel forms the A of the chunks whose gate spread allows one dot,
+    the A kernel the others'. Mild gates (the factored form) with a band of -20 steps and one chunk of -5 (the A
+    kernel's), packed: against fp64 with poisoned buffers, bitwise repeatable; the forward's o and kept A within
+    the inputs' rounding of the A kernel's (``FACTORED_A`` off), the gradients of the sub-chunk form's
+    (``FACTORED_BWD`` off)."""
+    from fla_compile.lowering.gla import triton_launch as gla_triton
+
+    sh = dict(SHAPES[shape], B=1)
+    T = sh["T"]
+    args = make("vector", **sh, dtype=dtype, gate="mild", cu=[0, 37, T - 70, T])
+    g = args[3]
+    g[:, 100:110] = -20.0
+    g[:, 130:190:2, 0] = -5.0
+    check_fwd_bwd("vector", args, dtype)
+    q, k, v, g, h0, cu = args[:6]
+    runs = {}
+    for on in (True, False):
+        monkeypatch.setattr(gla_triton, "FACTORED_A", on)
+        A = gla_triton.saved_A_like(q, v)
+        runs[on] = (*gla_triton.chunk_forward(q, k, v, g, "vector", 0.125, h0, cu, A_out=A), A)
+    for name, a, b in zip(["o", "ht", "A"], runs[True], runs[False]):
+        assert rel(a, b) < TOL[dtype], f"{name}: {rel(a, b):.2e} from the A kernel's"
+    do, dht = args[6:]
+    grads = {}
+    for on in (True, False):  # FACTORED_BWD: the intra-chunk backward, factored chunks by two dots
+        monkeypatch.setattr(gla_triton, "FACTORED_BWD", on)
+        grads[on] = gla_triton.chunk_backward(q, k, v, g, "vector", 0.125, h0, cu, do, dht, A=runs[True][2])
+    for name, a, b in zip(["dq", "dk", "dv", "dg", "dh0"], grads[True], grads[False]):
+        assert rel(a, b) < TOL[dtype], f"{name}: {rel(a, b):.2e} from the sub-chunk form's"
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("kind", ["scalar", "vector"])
 def test_strong_gates(kind, dtype):

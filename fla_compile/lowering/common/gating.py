@@ -101,3 +101,37 @@ def decay_to_last_t(
         b_h *= tl.exp(b_gl)[:, None]
         b_kt = b_kt.to(tl.float32) * tl.exp(tl.where(m_t[None, :], b_gl[:, None] - b_gt, 0))
     return b_h, b_kt
+
+
+# The largest |b_i - b_r| (gate cumsums of one key dim) for which scores are formed in factored form,
+# (q e^(b_i - b_r)) (k e^(b_r - b_j))^T: e^(+-60) and the products of two such factors are normal fp32 / bf16
+# numbers, so nothing overflows or flushes to zero.
+SPAN = tl.constexpr(60.0)
+# the same for fp16 operands (factors cast to the inputs' dtype): e^8 times an input stays far below fp16's largest
+# number (65504 ~ e^11.1), e^-8 above its smallest normal one (~ e^-9.7)
+SPAN16 = tl.constexpr(8.0)
+
+
+@triton.jit
+def gate_range(b_c, m):
+    """The largest spread max_i b_ik - min_i b_ik over one key dim k of a chunk's gate cumsums ``b_c`` [BT, BK], rows
+    off ``m`` left out (a column with none: -inf): +inf where a cumsum is infinite or NaN (a GPU's max may skip
+    NaNs, so they are counted apart), so a chunk with such a gate is never factored."""
+    r = tl.max(tl.where(m, b_c, float("-inf")), axis=0) - tl.min(tl.where(m, b_c, float("inf")), axis=0)
+    r = tl.max(tl.where(r != r, float("inf"), r), axis=0)
+    return tl.where(tl.sum(tl.where(m & (b_c != b_c), 1, 0)) > 0, float("inf"), r)
+
+
+@triton.jit
+def chunk_factored(spread, i_s, i_h, H: tl.constexpr, NKS: tl.constexpr, HALF16: tl.constexpr):
+    """Whether chunk slot ``i_s`` of head ``i_h`` takes its whole [BT, BT] score block in one factored dot, with the
+    chunk's first row as every pair's reference: its gate spread (``spread`` [NS, NKS, H], one entry per K block of
+    the cumsum kernel, :func:`gate_range`) is within :data:`SPAN` (:data:`SPAN16` for fp16 operands, ``HALF16``).
+    The kernels that read it all decide alike, so a chunk's scores come from exactly one of them."""
+    s = tl.load(spread + (i_s * NKS) * H + i_h)
+    for i in tl.static_range(1, NKS):
+        s = tl.maximum(s, tl.load(spread + (i_s * NKS + i) * H + i_h))
+    lim = SPAN
+    if HALF16:
+        lim = SPAN16
+    return s <= lim

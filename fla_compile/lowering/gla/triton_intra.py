@@ -25,14 +25,122 @@ import triton.language as tl
 
 from ..common.chunks import chunk_span
 from ..common.dots import dot
+from ..common.gating import SPAN, SPAN16, chunk_factored
 from .triton_kernels import _strict_prefix
 
-# the largest |b_i - b_r| for which a diagonal block is computed in factored form: e^(+-60) and the
-# products of two such factors are normal fp32 / bf16 numbers, so nothing overflows or flushes to zero
-SPAN = tl.constexpr(60.0)
-# the same for fp16 operands (the forward's A casts the factors to the inputs' dtype): e^8 times an input
-# stays far below fp16's largest number (65504 ~ e^11.1), e^-8 above its smallest normal one (~ e^-9.7)
-SPAN16 = tl.constexpr(8.0)
+
+@triton.jit
+def _A_block(
+    q,
+    k,
+    gc,
+    g_q,
+    A,
+    u,
+    i_i,
+    i_j,
+    i_h,
+    i_c,
+    bos,
+    eos,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    BT: tl.constexpr,
+    BC: tl.constexpr,
+    BK: tl.constexpr,
+    PREC: tl.constexpr,
+    SA: tl.constexpr,
+    BONUS: tl.constexpr,
+):
+    """Block (i_i, i_j) of chunk i_c's A (see chunk_gla_A_kernel), written to ``A``."""
+    i_hk = i_h // G
+    t0 = bos + i_c * BT
+    if t0 + i_i * BC < eos:  # rows past the end: never read
+        o_c = tl.arange(0, BC)
+        o_ti = t0 + i_i * BC + o_c
+        o_tj = t0 + i_j * BC + o_c
+        m_ti, m_tj = o_ti < eos, o_tj < eos
+        p_A = (o_ti * H + i_h)[:, None] * SA + (i_j * BC + o_c)[None, :]
+        m_A = m_ti[:, None] & (o_c < BC)[None, :]
+        b_A = tl.zeros([BC, BC], dtype=tl.float32)
+        if i_i > i_j:
+            t_r = t0 + i_i * BC  # first row of the i block: valid whenever any row of it is
+            for i_k in range(0, tl.cdiv(K, BK)):
+                o_k = i_k * BK + tl.arange(0, BK)
+                m_k = o_k < K
+                m_r = m_k & ((o_k * 0 + t_r) < eos)
+                b_gr = tl.load(g_q + (t_r * H + i_h) * K + o_k, mask=m_r, other=0)
+                m_qi = m_ti[:, None] & m_k[None, :]
+                # [BC, BK]
+                b_q = tl.load(q + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_qi, other=0)
+                b_gq = tl.load(g_q + (o_ti * H + i_h)[:, None] * K + o_k[None, :], mask=m_qi, other=0)
+                b_qg = b_q.to(tl.float32) * tl.exp(tl.where(m_qi, b_gq - b_gr[None, :], 0))
+                m_kj = m_k[:, None] & m_tj[None, :]
+                # [BK, BC]
+                b_kt = tl.load(k + (o_tj * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_kj, other=0)
+                b_gkt = tl.load(gc + (o_tj * H + i_h)[None, :] * K + o_k[:, None], mask=m_kj, other=0)
+                b_kg = b_kt.to(tl.float32) * tl.exp(tl.where(m_kj, b_gr[:, None] - b_gkt, 0))
+                b_A += dot(b_qg.to(b_q.dtype), b_kg.to(b_q.dtype), prec=PREC)
+        if i_i == i_j:
+            t_r = t0 + i_i * BC  # the block's first row: the reference of the factored form
+            b_bon = tl.zeros([BC], dtype=tl.float32)  # BONUS: q_i . (u k_i)
+            for i_k in range(0, tl.cdiv(K, BK)):
+                o_k = i_k * BK + tl.arange(0, BK)
+                m_k = o_k < K
+                m_qi = m_ti[:, None] & m_k[None, :]
+                # [BC, BK]
+                b_q = tl.load(q + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_qi, other=0)
+                b_gq = tl.load(g_q + (o_ti * H + i_h)[:, None] * K + o_k[None, :], mask=m_qi, other=0)
+                b_gr = tl.load(g_q + (t_r * H + i_h) * K + o_k, mask=m_k, other=0)
+                b_dr = tl.where(m_qi, b_gq - b_gr[None, :], 0)
+                if BONUS:  # the keys' exponents b_j - gq_r differ from the queries'
+                    b_gk = tl.load(gc + (o_ti * H + i_h)[:, None] * K + o_k[None, :], mask=m_qi, other=0)
+                    b_dk = tl.where(m_qi, b_gk - b_gr[None, :], 0)
+                    b_kr = tl.load(k + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_qi, other=0)
+                    b_u = tl.load(u + i_h * K + o_k, mask=m_k, other=0).to(tl.float32)
+                    b_bon += tl.sum(b_q.to(tl.float32) * b_u[None, :] * b_kr.to(tl.float32), axis=1)
+                    span = tl.maximum(tl.max(tl.abs(b_dr)), tl.max(tl.abs(b_dk)))
+                else:
+                    b_dk = b_dr
+                    span = tl.max(tl.abs(b_dr))
+                lim = SPAN
+                if b_q.dtype == tl.float16:  # fp16 operands: the narrower span
+                    lim = SPAN16
+                if span <= lim:
+                    # every factor e^(+-d) with |d| <= SPAN is a normal number: (q e^(b_i - b_r)) (k e^(b_r - b_j))^T
+                    # is exact up to the rounding of the factors; entries above the diagonal are dropped below
+                    b_qg = b_q.to(tl.float32) * tl.exp(b_dr)
+                    b_kg = tl.trans(
+                        tl.load(k + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_qi, other=0)
+                    )
+                    b_kg = b_kg.to(tl.float32) * tl.exp(-tl.trans(b_dk))
+                    b_A += dot(b_qg.to(b_q.dtype), b_kg.to(b_q.dtype), prec=PREC)
+                else:  # strong gates: one exponent b_i - b_j <= 0 per pair
+                    b_qf = b_q.to(tl.float32)
+                    for j in range(0, BC):
+                        t_j = t0 + i_i * BC + j
+                        m_j = m_k & ((o_k * 0 + t_j) < eos)
+                        # [BK]
+                        b_kj = tl.load(k + (t_j * (H // G) + i_hk) * K + o_k, mask=m_j, other=0).to(tl.float32)
+                        b_gj = tl.load(gc + (t_j * H + i_h) * K + o_k, mask=m_j, other=0)
+                        if BONUS:  # j < i only: gq_i - b_i = -w_i > 0 is never taken
+                            m_ij = ((o_c > j) & m_ti)[:, None] & m_j[None, :]
+                        else:
+                            m_ij = ((o_c >= j) & m_ti)[:, None] & m_j[None, :]
+                        # [BC]
+                        b_a = tl.sum(
+                            tl.where(m_ij, b_qf * b_kj[None, :] * tl.exp(tl.where(m_ij, b_gq - b_gj[None, :], 0)), 0),
+                            axis=1,
+                        )
+                        b_A += tl.where(o_c[None, :] == j, b_a[:, None], 0)
+            if BONUS:
+                b_A = tl.where(
+                    o_c[:, None] > o_c[None, :], b_A, tl.where(o_c[:, None] == o_c[None, :], b_bon[:, None], 0)
+                )
+            else:
+                b_A = tl.where(o_c[:, None] >= o_c[None, :], b_A, 0)
+        tl.store(A + p_A, b_A.to(A.dtype.element_ty), mask=m_A)
 
 
 @triton.jit
@@ -55,17 +163,23 @@ def chunk_gla_A_kernel(
     u=None,
     BONUS: tl.constexpr = False,
     PAIRS_INNER: tl.constexpr = False,
+    spread=None,
+    NKS: tl.constexpr = 1,
+    SKIP_FACTORED: tl.constexpr = False,
 ):
     """One [BC, BC] block (i_i, i_j) of A per program; blocks above the diagonal are zeros.
 
     A's rows hold SA >= BT entries (its last dim): BT, or the op's saved layout of 64 columns. The grid: (chunk
     slots, NC^2 blocks, heads), or with ``PAIRS_INNER`` (slots x blocks, 1, heads), a chunk's blocks side by side in
-    launch order (they read the same rows)."""
+    launch order (they read the same rows). ``SKIP_FACTORED`` (grid (slots, 1, heads)): one program a chunk, which
+    forms its blocks in turn unless the chunk's gate spread (``spread``) allows the whole of A in one dot
+    (``gating.chunk_factored``): the output kernel forms those itself, and a program a block only to skip them cost
+    0.04-0.08 ms of 0.5 (H200, gla forward at (8, 2048, 16, 128) and (8, 2048, 32, 64))."""
     if BONUS:  # the gate of q (and of the references r): the exclusive cumsum
         g_q = gq
     else:
         g_q = gc
-    if PAIRS_INNER:
+    if PAIRS_INNER and not SKIP_FACTORED:
         i_s, i_ij, i_h = tl.program_id(0) // (NC * NC), tl.program_id(0) % (NC * NC), tl.program_id(2)
     else:
         i_s, i_ij, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -73,90 +187,76 @@ def chunk_gla_A_kernel(
     i_n, i_c, bos, eos = chunk_span(info, i_s)
     if i_n < 0:
         return
+    if SKIP_FACTORED:  # one program a chunk and head: its blocks in turn, none where the output kernel factors it
+        n_ij = tl.where(chunk_factored(spread, i_s, i_h, H, NKS, q.dtype.element_ty == tl.float16), 0, NC * NC)
+        for i_b in range(0, n_ij):
+            _A_block(q, k, gc, g_q, A, u, i_b // NC, i_b % NC, i_h, i_c, bos, eos, H, G, K, BT, BC, BK, PREC, SA, BONUS)
+    else:
+        _A_block(q, k, gc, g_q, A, u, i_i, i_j, i_h, i_c, bos, eos, H, G, K, BT, BC, BK, PREC, SA, BONUS)
+
+
+@triton.jit
+def _bwd_intra_factored(
+    q,
+    k,
+    gc,
+    dA,
+    dq,
+    dk,
+    db,
+    dqo,
+    dko,
+    scale,
+    i_h,
+    i_k,
+    i_c,
+    bos,
+    eos,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    PREC: tl.constexpr,
+    DQO: tl.constexpr,
+    DKO: tl.constexpr,
+):
+    """chunk_gla_bwd_intra_kernel for a whole chunk whose gate spread allows one reference, its first row b_0:
+    dq = e^(b - b_0) (dA (k e^(b_0 - b))), dk = e^(b_0 - b) (dAᵀ (q e^(b - b_0))) with dA strictly below the
+    diagonal, then the diagonal and db as the sub-chunk form adds them."""
     i_hk = i_h // G
     t0 = bos + i_c * BT
-    if t0 + i_i * BC >= eos:  # rows past the end: never read
-        return
-    o_c = tl.arange(0, BC)
-    o_ti = t0 + i_i * BC + o_c
-    o_tj = t0 + i_j * BC + o_c
-    m_ti, m_tj = o_ti < eos, o_tj < eos
-    p_A = (o_ti * H + i_h)[:, None] * SA + (i_j * BC + o_c)[None, :]
-    m_A = m_ti[:, None] & (o_c < BC)[None, :]
-    b_A = tl.zeros([BC, BC], dtype=tl.float32)
-    if i_i > i_j:
-        t_r = t0 + i_i * BC  # first row of the i block: valid whenever any row of it is
-        for i_k in range(0, tl.cdiv(K, BK)):
-            o_k = i_k * BK + tl.arange(0, BK)
-            m_k = o_k < K
-            m_r = m_k & ((o_k * 0 + t_r) < eos)
-            b_gr = tl.load(g_q + (t_r * H + i_h) * K + o_k, mask=m_r, other=0)
-            m_qi = m_ti[:, None] & m_k[None, :]
-            # [BC, BK]
-            b_q = tl.load(q + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_qi, other=0)
-            b_gq = tl.load(g_q + (o_ti * H + i_h)[:, None] * K + o_k[None, :], mask=m_qi, other=0)
-            b_qg = b_q.to(tl.float32) * tl.exp(tl.where(m_qi, b_gq - b_gr[None, :], 0))
-            m_kj = m_k[:, None] & m_tj[None, :]
-            # [BK, BC]
-            b_kt = tl.load(k + (o_tj * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_kj, other=0)
-            b_gkt = tl.load(gc + (o_tj * H + i_h)[None, :] * K + o_k[:, None], mask=m_kj, other=0)
-            b_kg = b_kt.to(tl.float32) * tl.exp(tl.where(m_kj, b_gr[:, None] - b_gkt, 0))
-            b_A += dot(b_qg.to(b_q.dtype), b_kg.to(b_q.dtype), prec=PREC)
-    if i_i == i_j:
-        t_r = t0 + i_i * BC  # the block's first row: the reference of the factored form
-        b_bon = tl.zeros([BC], dtype=tl.float32)  # BONUS: q_i . (u k_i)
-        for i_k in range(0, tl.cdiv(K, BK)):
-            o_k = i_k * BK + tl.arange(0, BK)
-            m_k = o_k < K
-            m_qi = m_ti[:, None] & m_k[None, :]
-            # [BC, BK]
-            b_q = tl.load(q + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_qi, other=0)
-            b_gq = tl.load(g_q + (o_ti * H + i_h)[:, None] * K + o_k[None, :], mask=m_qi, other=0)
-            b_gr = tl.load(g_q + (t_r * H + i_h) * K + o_k, mask=m_k, other=0)
-            b_dr = tl.where(m_qi, b_gq - b_gr[None, :], 0)
-            if BONUS:  # the keys' exponents b_j - gq_r differ from the queries'
-                b_gk = tl.load(gc + (o_ti * H + i_h)[:, None] * K + o_k[None, :], mask=m_qi, other=0)
-                b_dk = tl.where(m_qi, b_gk - b_gr[None, :], 0)
-                b_kr = tl.load(k + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_qi, other=0)
-                b_u = tl.load(u + i_h * K + o_k, mask=m_k, other=0).to(tl.float32)
-                b_bon += tl.sum(b_q.to(tl.float32) * b_u[None, :] * b_kr.to(tl.float32), axis=1)
-                span = tl.maximum(tl.max(tl.abs(b_dr)), tl.max(tl.abs(b_dk)))
-            else:
-                b_dk = b_dr
-                span = tl.max(tl.abs(b_dr))
-            lim = SPAN
-            if b_q.dtype == tl.float16:  # fp16 operands: the narrower span
-                lim = SPAN16
-            if span <= lim:
-                # every factor e^(+-d) with |d| <= SPAN is a normal number: (q e^(b_i - b_r)) (k e^(b_r - b_j))^T
-                # is exact up to the rounding of the factors; entries above the diagonal are dropped below
-                b_qg = b_q.to(tl.float32) * tl.exp(b_dr)
-                b_kg = tl.trans(tl.load(k + (o_ti * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_qi, other=0))
-                b_kg = b_kg.to(tl.float32) * tl.exp(-tl.trans(b_dk))
-                b_A += dot(b_qg.to(b_q.dtype), b_kg.to(b_q.dtype), prec=PREC)
-            else:  # strong gates: one exponent b_i - b_j <= 0 per pair
-                b_qf = b_q.to(tl.float32)
-                for j in range(0, BC):
-                    t_j = t0 + i_i * BC + j
-                    m_j = m_k & ((o_k * 0 + t_j) < eos)
-                    # [BK]
-                    b_kj = tl.load(k + (t_j * (H // G) + i_hk) * K + o_k, mask=m_j, other=0).to(tl.float32)
-                    b_gj = tl.load(gc + (t_j * H + i_h) * K + o_k, mask=m_j, other=0)
-                    if BONUS:  # j < i only: gq_i - b_i = -w_i > 0 is never taken
-                        m_ij = ((o_c > j) & m_ti)[:, None] & m_j[None, :]
-                    else:
-                        m_ij = ((o_c >= j) & m_ti)[:, None] & m_j[None, :]
-                    # [BC]
-                    b_a = tl.sum(
-                        tl.where(m_ij, b_qf * b_kj[None, :] * tl.exp(tl.where(m_ij, b_gq - b_gj[None, :], 0)), 0),
-                        axis=1,
-                    )
-                    b_A += tl.where(o_c[None, :] == j, b_a[:, None], 0)
-        if BONUS:
-            b_A = tl.where(o_c[:, None] > o_c[None, :], b_A, tl.where(o_c[:, None] == o_c[None, :], b_bon[:, None], 0))
-        else:
-            b_A = tl.where(o_c[:, None] >= o_c[None, :], b_A, 0)
-    tl.store(A + p_A, b_A.to(A.dtype.element_ty), mask=m_A)
+    o_i = tl.arange(0, BT)
+    o_t = t0 + o_i
+    m_t = o_t < eos
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    m_tk = m_t[:, None] & m_k[None, :]
+    p = (o_t * H + i_h)[:, None] * K + o_k[None, :]
+    p_qk = (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :]
+    # [BT, BK]
+    b_d = tl.where(m_tk, tl.load(gc + p, mask=m_tk, other=0) - tl.load(gc + (t0 * H + i_h) * K + o_k, mask=m_k,
+                                                                      other=0)[None, :], 0)  # fmt: skip
+    b_q = tl.load(q + p_qk, mask=m_tk, other=0).to(tl.float32)
+    b_k = tl.load(k + p_qk, mask=m_tk, other=0).to(tl.float32)
+    m_S = (o_i[:, None] > o_i[None, :]) & m_t[:, None] & m_t[None, :]
+    # [BT, BT]
+    b_dA = tl.load(dA + (o_t * H + i_h)[:, None] * BT + o_i[None, :], mask=m_S, other=0)
+    b_ep, b_en = tl.exp(b_d), tl.exp(-b_d)
+    b_dq = b_ep * dot(b_dA, b_k * b_en, prec=PREC)
+    b_dk = b_en * dot(tl.trans(b_dA), b_q * b_ep, prec=PREC)
+    tl.store(db + p, scale * (b_q * b_dq - b_k * b_dk), mask=m_tk)
+    b_dAd = tl.load(dA + (o_t * H + i_h) * BT + o_i, mask=m_t, other=0)
+    b_dq = tl.load(dq + p, mask=m_tk, other=0) + scale * (b_dq + b_dAd[:, None] * b_k)
+    b_dk = tl.load(dk + p, mask=m_tk, other=0) + scale * (b_dk + b_dAd[:, None] * b_q)
+    if DQO:
+        tl.store(dqo + p, b_dq.to(dqo.dtype.element_ty), mask=m_tk)
+    else:
+        tl.store(dq + p, b_dq, mask=m_tk)
+    if DKO:
+        tl.store(dko + p, b_dk.to(dko.dtype.element_ty), mask=m_tk)
+    else:
+        tl.store(dk + p, b_dk, mask=m_tk)
 
 
 @triton.jit
@@ -187,6 +287,9 @@ def chunk_gla_bwd_intra_kernel(
     dko=None,
     DQO: tl.constexpr = False,
     DKO: tl.constexpr = False,
+    spread=None,
+    NKS: tl.constexpr = 1,
+    FACTORED: tl.constexpr = False,
 ):
     """Add scale * the intra-chunk parts to dq, dk (fp32, per head of v) for the rows of one sub-chunk; with
     ``DQO`` / ``DKO`` the sums go to ``dqo`` / ``dko`` in their dtype instead (the inputs' dtype where this kernel
@@ -209,6 +312,12 @@ def chunk_gla_bwd_intra_kernel(
     i_n, i_c, bos, eos = chunk_span(info, i_s)
     if i_n < 0:
         return
+    if FACTORED:  # a chunk whose gate spread allows it: all its rows in one program, by two dots
+        if chunk_factored(spread, i_s, i_h, H, NKS, q.dtype.element_ty == tl.float16):
+            if i_i == 0:
+                _bwd_intra_factored(q, k, gc, dA, dq, dk, db, dqo, dko, scale, i_h, i_k, i_c, bos, eos, H, G, K, BT,
+                                    BK, PREC, DQO, DKO)  # fmt: skip
+            return
     i_hk = i_h // G
     t0 = bos + i_c * BT
     t_i0 = t0 + i_i * BC

@@ -45,9 +45,11 @@ from ..common.chunks import (
 )
 from ..common.dots import dot
 from ..common.gating import (
+    chunk_factored,
     chunk_gate,
     decay_rows_to_last_t,
     decay_to_last_t,
+    gate_range,
     scalar_decay_to_last,
     scalar_gate,
     scalar_gate_at,
@@ -74,8 +76,12 @@ def chunk_cumsum_kernel(
     GATE: tl.constexpr,
     gq=None,
     EXCL: tl.constexpr = False,
+    spread=None,
+    SPAN_OUT: tl.constexpr = False,
 ):
-    """gc = cumsum of g inside each chunk, fp32; with EXCL (vector gate) also gq, the exclusive one."""
+    """gc = cumsum of g inside each chunk, fp32; with EXCL (vector gate) also gq, the exclusive one; with
+    ``SPAN_OUT`` (vector gate) the spread of each tile's cumsums (``gating.gate_range``) into ``spread`` [NS, NK, H],
+    from which the A and output kernels decide which of them forms a chunk's scores (``gating.chunk_factored``)."""
     i_s, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_c, bos, eos = chunk_span(info, i_s)
     if i_n < 0:
@@ -94,6 +100,8 @@ def chunk_cumsum_kernel(
         b_g = tl.load(g + p, mask=m, other=0).to(tl.float32)
         b_c = tl.cumsum(b_g, axis=0)
         tl.store(gc + p, b_c, mask=m)
+        if SPAN_OUT:
+            tl.store(spread + (i_s * tl.num_programs(1) + i_k) * H + i_h, gate_range(b_c, m))
         if EXCL:  # gq[t] = gc[t - 1] inside the chunk, 0 at its first step: the same values, one row down
             o_i = tl.arange(0, BT)
             m_s = (o_t + 1 < eos)[:, None] & (o_i < BT - 1)[:, None] & (o_k < K)[None, :]
@@ -184,11 +192,17 @@ def chunk_fwd_o_kernel(
     PREC: tl.constexpr,
     SA: tl.constexpr,
     HEADS_INNER: tl.constexpr = False,
+    spread=None,
+    NKS: tl.constexpr = 1,
+    A_FACTORED: tl.constexpr = False,
+    STORE_A: tl.constexpr = False,
 ):
     """o = scale * ((q * e^b) h + (causal A) v) per chunk, A_ij = sum_k q_ik k_jk e^(b_ik - b_jk).
 
-    The vector gate reads A from chunk_gla_A_kernel, rows of SA entries (see gla_triton_intra). The grid:
-    ``chunks.chunk_grid`` (HEADS_INNER: its order)."""
+    The vector gate reads A from chunk_gla_A_kernel, rows of SA entries (see gla_triton_intra). With
+    ``A_FACTORED`` a chunk whose gate spread allows it (``gating.chunk_factored``, the A kernel skips those) forms
+    its A here instead, in one dot of q_i e^(b_i - b_0) and k_j e^(b_0 - b_j) (b_0: the chunk's first row), and with
+    ``STORE_A`` writes it to ``A`` for the backward. The grid: ``chunks.chunk_grid`` (HEADS_INNER: its order)."""
     i_s, i_v, i_h = chunk_block(tl.cdiv(V, BV), H, HEADS_INNER)
     i_n, i_c, bos, eos = chunk_span(info, i_s)
     if i_n < 0:
@@ -228,6 +242,13 @@ def chunk_fwd_o_kernel(
             b_g = tl.load(gc + r_g[:, None] + o_k[None, :], mask=m_tk, other=0)
             b_qg = b_q.to(tl.float32) * tl.exp(b_g)
             b_o += dot(b_qg.to(b_q.dtype), b_h.to(b_q.dtype), prec=PREC)
+            if A_FACTORED:  # formed for every chunk, used where the spread allows: no branch in the loop
+                b_d = tl.where(m_tk, b_g - tl.load(gc + o_k, mask=m_k, other=0)[None, :], 0)
+                # [BK, BT]
+                b_kt = tl.load(k + r_q[None, :] + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0)
+                b_qf = (b_q.to(tl.float32) * tl.exp(b_d)).to(b_q.dtype)
+                b_kf = (b_kt.to(tl.float32) * tl.exp(-tl.trans(b_d))).to(b_q.dtype)
+                b_A += dot(b_qf, b_kf, prec=PREC)
         else:
             # [BK, BT]
             b_kt = tl.load(k + r_q[None, :] + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0)
@@ -235,8 +256,17 @@ def chunk_fwd_o_kernel(
             b_A += dot(b_q, b_kt, prec=PREC)
     if scalar_gate_id(GATE):
         b_o, b_A = scalar_gate_scores(b_o, b_A, scalar_gate(gc, o_t, m_t, t0, i_h, H, GATE), m_A)
-    if GATE == 2:  # A from chunk_gla_A_kernel
-        b_A = tl.load(A + r_a[:, None] + o_i[None, :], mask=m_A, other=0)
+    if GATE == 2:  # A from chunk_gla_A_kernel, or formed above
+        if A_FACTORED:
+            if chunk_factored(spread, i_s, i_h, H, NKS, q.dtype.element_ty == tl.float16):
+                if STORE_A:
+                    if i_v == 0:  # the rows of this chunk, zeros above the diagonal, as the A kernel writes them
+                        tl.store(A + r_a[:, None] + o_i[None, :], tl.where(m_A, b_A, 0).to(A.dtype.element_ty),
+                                 mask=m_t[:, None])  # fmt: skip
+            else:
+                b_A = tl.load(A + r_a[:, None] + o_i[None, :], mask=m_A, other=0).to(tl.float32)
+        else:
+            b_A = tl.load(A + r_a[:, None] + o_i[None, :], mask=m_A, other=0)
     b_A = tl.where(m_A, b_A, 0)
     # [BT, BV]
     b_v = tl.load(v + r_v[:, None] + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)

@@ -72,6 +72,17 @@ FWD_WALK: bool | None = None
 # SM's 64K registers): simple_gla's walk at K = V = 128 takes 0.124-0.127 ms for 96-128 programs, 0.152-0.157 for
 # 160-256, 0.272 for 288 (a second wave), H200
 WALK_PER_SM = 2
+# a gate per key dim: the output kernel forms a chunk's A itself, in one dot with the chunk's first row as every
+# pair's reference, wherever the chunk's gate spread allows it (|b_i - b_0| within ``gating.SPAN`` in every key dim:
+# every chunk of a GLA layer's usual gates), and the A kernel forms only the others (False: the A kernel forms every
+# chunk's A and the output kernel reads it back)
+FACTORED_A = True
+# the same for the backward's intra-chunk kernel (dq, dk from dA): a chunk whose gate spread allows it takes all its
+# rows in one program by two dots with the chunk's first row as reference, the others its sub-chunks' programs. None:
+# the table's ``intra_factored`` (sm90: K = V = 128, where gla's fwd+bwd kernels went 1.909 -> 1.870 ms at (8, 2048,
+# 16, 128) and 2.139 -> 2.098 at (2, 8192, 16, 128); at K = V = 64 1.733 -> 1.763, off: the kernel holding both forms
+# takes 255 registers and spills); True / False: always / never
+FACTORED_BWD: bool | None = None
 # the sequential state passes' blocks shrunk while their grid is under one wave (``_state_tile``): on the H200 at
 # B=1 H=16 (32 programs of 132 SMs with the tuned blocks) retention's forward+backward 2.12 -> 1.58 ms at T=16384,
 # gla's 3.59 -> 3.24 (benchmarks/RESULTS.md, 2026-11-30); FLA_COMPILE_GLA_FILL_SMS=0 turns it off
@@ -242,8 +253,9 @@ def _config(kind, q, v, T, cu_seqlens, config):
     )
 
 
-def _gate_cumsum(gate, gid, info, NS, H, K, BT, device, cfg, excl=False):
-    """The in-chunk cumsum of the gate (fp32); with ``excl`` (rwkv6) also the exclusive one: (gc, gq). No gate, one
+def _gate_cumsum(gate, gid, info, NS, H, K, BT, device, cfg, excl=False, spread=False):
+    """The in-chunk cumsum of the gate (fp32); with ``excl`` (rwkv6) also the exclusive one: (gc, gq); with
+    ``spread`` (a gate per key dim) also each chunk's gate spread, [NS, K blocks, H] fp32: (gc, span). No gate, one
     decay per head (gid 3) or a scalar gate the kernels scan (gid 4): the gate itself."""
     if gid in (GATE_IDS[GATE_NONE], GATE_HEAD_DECAY_ID, GATE_SCANNED_ID):
         return gate
@@ -256,6 +268,13 @@ def _gate_cumsum(gate, gid, info, NS, H, K, BT, device, cfg, excl=False):
             kern.chunk_cumsum_kernel, grid, gate, gc, info, H, K, BT, BKg, gid, gq, True, **_opts(cfg, "cumsum")
         )
         return gc, gq
+    if spread:
+        span = _empty((NS, grid[1], H), device, torch.float32)
+        launch.fitted(
+            kern.chunk_cumsum_kernel, grid, gate, gc, info, H, K, BT, BKg, gid, spread=span, SPAN_OUT=True,
+            **_opts(cfg, "cumsum"),
+        )  # fmt: skip
+        return gc, span
     launch.fitted(kern.chunk_cumsum_kernel, grid, gate, gc, info, H, K, BT, BKg, gid, **_opts(cfg, "cumsum"))
     return gc
 
@@ -281,18 +300,21 @@ def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg,
     return h, ht
 
 
-def _gla_A(q, k, gc, info, NS, B, T, H, G, K, BT, BK, prec, cfg, out=None, gq=None, u=None):
+def _gla_A(q, k, gc, info, NS, B, T, H, G, K, BT, BK, prec, cfg, out=None, gq=None, u=None, span=None):
     """The vector gate's intra-chunk attention matrix A: [B, T, H, BT] in the inputs' dtype (the kernels
     cast it to that dtype before every dot), or written into ``out`` [B, T, H, A_SLOTS] (BT <= A_SLOTS).
 
-    rwkv6 (``u``, with ``gq`` the exclusive cumsum): strictly causal, the bonus on the diagonal."""
+    rwkv6 (``u``, with ``gq`` the exclusive cumsum): strictly causal, the bonus on the diagonal. ``span`` (the
+    chunks' gate spreads, :func:`_gate_cumsum`): only the chunks the output kernel cannot factor are formed."""
     A = _empty((B, T, H, BT), q.device, q.dtype) if out is None else out
     NC = BT // BC
     BK = _tile(cfg, "A", K, K)[0]
     extra = {} if u is None else {"gq": gq, "u": u, "BONUS": True}
-    inner = _option(cfg, "A", "pairs_inner", False)
+    if span is not None:
+        extra.update(spread=span, NKS=span.shape[1], SKIP_FACTORED=True)
+    inner = _option(cfg, "A", "pairs_inner", False) and span is None
     launch.fitted(
-        intra.chunk_gla_A_kernel, (NS * NC * NC, 1, H) if inner else (NS, NC * NC, H),
+        intra.chunk_gla_A_kernel, (NS * NC * NC, 1, H) if inner else (NS, 1 if span is not None else NC * NC, H),
         q, k, gc, A, info, H, G, K, BT, BC, BK, NC, prec, A.shape[-1], **extra, PAIRS_INNER=inner,
         **_opts(cfg, "A"),
     )  # fmt: skip
@@ -366,16 +388,21 @@ def chunk_forward(
     cu, info, chunk_off, NS, N = chunk_meta(B, T, cu_seqlens, BT, q.device)
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     u = _bonus(bonus, H, K)
-    gq = None
+    walk = u is None and _walk(cfg, N, H, K, V, gid, q.device, v.dtype)
+    # a gate per key dim: the output kernel forms the A of the chunks it can factor (FACTORED_A)
+    factored = gid == 2 and u is None and not walk and FACTORED_A
+    gq = span = None
     if u is not None:
         gc, gq = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg, excl=True)
+    elif factored:
+        gc, span = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg, spread=True)
     else:
         gc = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg)
     prec = launch.prec(v.dtype, K, V, split=FP32_SPLIT)
-    A = None
+    A = out = None
     if gid == 2:
         out = A_out if _A_slot(A_out, B, T, H, BT, v.dtype, v.device) else None
-        A = _gla_A(q, k, gc, info, NS, B, T, H, H // HK, K, BT, BK, prec, cfg, out=out, gq=gq, u=u)
+        A = _gla_A(q, k, gc, info, NS, B, T, H, H // HK, K, BT, BK, prec, cfg, out=out, gq=gq, u=u, span=span)
         if out is None:
             _no_A(A_out)
         else:
@@ -384,7 +411,7 @@ def chunk_forward(
             setattr(out, _A_TAG, BT)
     else:
         _no_A(A_out)
-    if u is None and _walk(cfg, N, H, K, V, gid, q.device, v.dtype):  # with a gate per key dim, on the A just formed
+    if walk:  # with a gate per key dim, on the A just formed
         return _fwd_walk(q, k, v, gc, h0, cu, N, H, H // HK, K, V, gid, BT, cfg, prec, scale, A=A)
     full = _full(T, cu_seqlens, BT, gid)
     h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, H // HK, K, V, gid, BT, BK, BV, cfg, prec, full=full)
@@ -392,11 +419,12 @@ def chunk_forward(
     o = _empty(v.shape, v.device, v.dtype)
     BK, BV = _tile(cfg, "o", K, V)
     grid, order = chunk_grid(NS, launch.cdiv(V, BV), H, _heads_inner(cfg, "o", gid))
+    extra = {} if span is None else dict(spread=span, NKS=span.shape[1], A_FACTORED=True, STORE_A=out is not None)
     # the gate of q: rwkv6's exclusive one
     launch.fitted(
         kern.chunk_fwd_o_kernel, grid,
         q, k, v, gq if gq is not None else gc if gc is not None else h, h, A, o, info, scale, H, H // HK, K, V, BT, BK,
-        BV, gid, prec, A.shape[-1] if gid == 2 else BT, **order, **_opts(cfg, "o", gid),
+        BV, gid, prec, A.shape[-1] if gid == 2 else BT, **order, **extra, **_opts(cfg, "o", gid),
     )  # fmt: skip
     return o, ht
 
@@ -435,9 +463,11 @@ def chunk_backward(
     do = _dense(do, v.dtype)
     dht = dht.float().contiguous() if dht is not None else None
     u = _bonus(bonus, H, K)
-    gq = None
+    gq = span = None
     if u is not None:
         gc, gq = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg, excl=True)
+    elif gid == 2 and (cfg.get("intra_factored", False) if FACTORED_BWD is None else FACTORED_BWD):
+        gc, span = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg, spread=True)
     else:
         gc = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg)
     rw = () if u is None else (gq, True)  # the trailing rwkv6 arguments of the dh and dqk kernels
@@ -498,12 +528,14 @@ def chunk_backward(
         if FINAL_DQK_VECTOR and last and torch.float32 not in in_dtypes[:2]:
             dq_in, dk_in = (_empty(dq.shape, v.device, d) for d in in_dtypes[:2])
             out = dict(dqo=dq_in, dko=dk_in, DQO=True, DKO=True)
+        if span is not None:
+            out.update(spread=span, NKS=span.shape[1], FACTORED=True)
         launch.fitted(
             intra.chunk_gla_bwd_intra_kernel, grid,
             q, k, gc, dA, dq, dk, db, info, scale, H, G, K, BT, BC, BKi, NC, prec, *extra, **out,
             **_opts(cfg, "intra"),
         )  # fmt: skip
-        if out:
+        if "dqo" in out:
             dq, dk = dq_in, dk_in
         BKr = _tile(cfg, "rc", K, K)[0]
         launch.fitted(
