@@ -5,6 +5,7 @@ from __future__ import annotations
 
 GATE_NONE, GATE_SCALAR, GATE_VECTOR = "none", "scalar", "vector"
 GATE_IDS = {GATE_NONE: 0, GATE_SCALAR: 1, GATE_VECTOR: 2}
+GATE_NONE_ID, GATE_SCALAR_ID, GATE_VECTOR_ID = GATE_IDS[GATE_NONE], GATE_IDS[GATE_SCALAR], GATE_IDS[GATE_VECTOR]
 # Two more forms of a scalar gate, which the launchers choose: one decay per head (retention's: the kernels form its
 # in-chunk cumsum from the step count, no [T, H] gate) and a scalar gate the kernels scan in each chunk (no cumsum
 # pass). Every kernel branch for a scalar gate takes all three (``gating.scalar_gate_id``).

@@ -24,7 +24,7 @@ import torch
 from ...numerics import HALF
 from ..common import launch
 from ..common.chunks import chunk_grid, chunk_meta, dense_cu, full_chunks
-from ..common.gates import GATE_IDS, scalar_dg_per_step
+from ..common.gates import GATE_IDS, GATE_SCALAR_ID, GATE_VECTOR_ID, scalar_dg_per_step
 from ..gla import triton_intra as gla_intra
 from ..gla import triton_kernels as gla_kern
 from . import triton_decode as kd
@@ -277,7 +277,7 @@ def _state_opts(kernel: str, BV: int, V: int, gid: int, device, key: tuple | Non
     specific of these names that is overridden (sweep_delta) wins, then the most specific in the table."""
     names = [kernel]
     if BV < min(_knob(f"BV_{kernel}", device, key), launch.pow2(V)):
-        names += [f"{kernel}_fill"] + ([f"{kernel}_fill_vector"] if gid == 2 else [])
+        names += [f"{kernel}_fill"] + ([f"{kernel}_fill_vector"] if gid == GATE_VECTOR_ID else [])
     table = _device_table(device, key)
     over = [n for n in names if n in OVERRIDES]
     return _opts(over[-1] if over else [n for n in names if n in table][-1], device, key)
@@ -311,15 +311,15 @@ def forward_parts(
     gid = GATE_IDS[gate_kind]
     dev = q.device
     cu, info, chunk_off, NS, N = chunk_meta(B, T, cu_seqlens, BT, dev)
-    prec = launch.prec(dt, K, V, split=gid != 2 or FP32_SPLIT_VECTOR_GATE)
+    prec = launch.prec(dt, K, V, split=gid != GATE_VECTOR_ID or FP32_SPLIT_VECTOR_GATE)
     key = (K, V, dt, prec)  # the launch options' key: the arch table's by_dims and by_dtype sections
     BK = launch.pow2(K)
     f32 = dict(device=dev, dtype=torch.float32)
     gc = None
     if gid:
         gc = torch.empty(gate.shape, **f32)
-        BKg = min(64, BK) if gid == 2 else 16
-        grid = (NS, 1 if gid == 1 else launch.cdiv(K, BKg), H)
+        BKg = min(64, BK) if gid == GATE_VECTOR_ID else 16
+        grid = (NS, 1 if gid == GATE_SCALAR_ID else launch.cdiv(K, BKg), H)
         launch.fitted(
             gla_kern.chunk_cumsum_kernel, grid,
             gate.contiguous(), gc, info, H, K, BT, BKg, gid, **_opts("cumsum", dev, key),
@@ -328,17 +328,17 @@ def forward_parts(
     merge_prec = prec if SOLVE_MERGE_TF32 else "ieee"  # the solve's merge dots
     if X is None:
         # k kᵀ formed in the solve kernel (no A) where the table says so for this dtype (not fp32: _DTYPE_DEFAULTS)
-        kkt = FUSED_KKT and gid != 2 and _knob("fused_kkt", dev, key)
+        kkt = FUSED_KKT and gid != GATE_VECTOR_ID and _knob("fused_kkt", dev, key)
         X = torch.empty(B, T, H, BT, device=dev, dtype=dt) if X_buf is None else X_buf
         A = X if kkt else torch.empty(B, T, H, BT, **f32)  # with kkt a placeholder pointer, never read
-        if gid == 2 and FUSED_A and Aqk is None:  # k kᵀ and q kᵀ in one pass
+        if gid == GATE_VECTOR_ID and FUSED_A and Aqk is None:  # k kᵀ and q kᵀ in one pass
             NC = BT // 16
             Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf
             launch.fitted(  # the whole K in one block (K <= MAX_HEAD_DIM)
                 kw.chunk_kda_A_rows_kernel, (NS, NC, H),
                 q, k, gc, A, Aqk, info, H, G, K, BT, 16, BK, NC, prec, **_opts("A_row_block", dev, key),
             )  # fmt: skip
-        elif gid == 2:
+        elif gid == GATE_VECTOR_ID:
             NC = BT // 16
             BKa = min(64, BK)
             launch.fitted(
@@ -355,7 +355,7 @@ def forward_parts(
         A, load_x, kkt = X, True, False
     w = torch.empty(B, T, H, K, device=dev, dtype=dt)
     u = torch.empty(B, T, H, V, device=dev, dtype=dt)
-    use_kg = KG and WU_SPLIT and gid == 2
+    use_kg = KG and WU_SPLIT and gid == GATE_VECTOR_ID
     kg = torch.empty(B, T, H, K, device=dev, dtype=dt) if use_kg else None
     if WU_SPLIT:
         if not load_x:
@@ -386,7 +386,7 @@ def forward_parts(
         k, w, u, gcp, h, vn, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, BK, BV, gid,
         h0 is not None, prec, kg if use_kg else w, use_kg, FULL_CHUNKS=full, **_state_opts("h", BV, V, gid, dev, key),
     )  # fmt: skip
-    if gid == 2 and Aqk is None:  # the output's and the backward's gated q k^T (given: a forward's, kept)
+    if gid == GATE_VECTOR_ID and Aqk is None:  # the output's and the backward's gated q k^T (given: a forward's, kept)
         NC = BT // 16
         Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf
         launch.fitted(
@@ -429,7 +429,7 @@ def backward_parts(
     cu, info, chunk_off, NS, N = m["cu"], m["info"], m["chunk_off"], m["NS"], m["N"]
     dev = q.device
     f32 = dict(device=dev, dtype=torch.float32)
-    prec = launch.prec(dt, K, V, split=gid != 2 or FP32_SPLIT_VECTOR_GATE)
+    prec = launch.prec(dt, K, V, split=gid != GATE_VECTOR_ID or FP32_SPLIT_VECTOR_GATE)
     key = (K, V, dt, prec)  # the launch options' key: the arch table's by_dims and by_dtype sections
     BK = launch.pow2(K)
     gc, X, w, vn, h, Aqk = P["gc"], P["X"], P["w"], P["vn"], P["h"], P["Aqk"]
@@ -461,12 +461,14 @@ def backward_parts(
         avoid=_dh_wrong_forms(dt, prec),
     )  # fmt: skip
     # 3. dq, dk and the gate gradient through the output and the state update (the GLA line's kernels, v_new for v)
-    dq = torch.empty(B, T, H, K, device=dev, dtype=dt if final_dq and gid != 2 else torch.float32)
+    dq = torch.empty(B, T, H, K, device=dev, dtype=dt if final_dq and gid != GATE_VECTOR_ID else torch.float32)
     dk = torch.empty(B, T, H, K, **f32)
-    dA = torch.empty(B, T, H, BT, **f32) if gid == 2 else dk
+    dA = torch.empty(B, T, H, BT, **f32) if gid == GATE_VECTOR_ID else dk
     BKq, BVq = min(64, BK), min(64, launch.pow2(V))
-    dg = torch.empty(B, T, H, K if gid == 2 else launch.cdiv(K, BKq), **f32) if gid else None  # scalar: per K block
-    fused = gid != 2  # steps 4 and 5 by one kernel, reading dW = -dv_new Sᵀ from the dqk kernel
+    dg = (
+        torch.empty(B, T, H, K if gid == GATE_VECTOR_ID else launch.cdiv(K, BKq), **f32) if gid else None
+    )  # scalar: per K block
+    fused = gid != GATE_VECTOR_ID  # steps 4 and 5 by one kernel, reading dW = -dv_new Sᵀ from the dqk kernel
     dw = torch.empty(B, T, H, K, device=dev, dtype=dt) if fused else None
     grid, order = chunk_grid(NS, launch.cdiv(K, BKq), H, _knob("heads_inner", dev, key))
     launch.fitted(
@@ -481,8 +483,8 @@ def backward_parts(
     # No gate / a scalar gate: dk by the WY/pair kernel (``FINAL_DK``); a gate per key dim (``FINAL_DQK_VECTOR``): dq
     # by the intra kernel, dk by the pairs' kernel
     final_half = final_dq and torch.float32 not in (q.dtype, k.dtype)
-    final_vec = FINAL_DQK_VECTOR and gid == 2 and final_half
-    if gid == 2:
+    final_vec = FINAL_DQK_VECTOR and gid == GATE_VECTOR_ID and final_half
+    if gid == GATE_VECTOR_ID:
         db1 = torch.empty(B, T, H, K, **f32)
         dq_in = torch.empty(B, T, H, K, device=dev, dtype=q.dtype) if final_vec else None
         launch.fitted(
@@ -509,7 +511,7 @@ def backward_parts(
             WY_PAIR_HALF, **(dict(dko=dk_in, DKO=True) if dk_in is not None else {}), **_opts("wy_pair", dev, key),
         )  # fmt: skip
         dk = dk if dk_in is None else dk_in
-        if gid == 1:
+        if gid == GATE_SCALAR_ID:
             dg = scalar_dg_per_step(dg)
             launch.fitted(
                 gla_intra.chunk_rc_add_kernel, (NS, 1, H), dG, dg, info, H, 1, BT, 16, **_opts("rc", dev, key)

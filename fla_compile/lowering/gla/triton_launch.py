@@ -20,9 +20,10 @@ from ..common.chunks import chunk_grid, chunk_meta, dense_cu, full_chunks
 from ..common.gates import (
     GATE_HEAD_DECAY_ID,
     GATE_IDS,
-    GATE_NONE,
-    GATE_SCALAR,
+    GATE_NONE_ID,
+    GATE_SCALAR_ID,
     GATE_SCANNED_ID,
+    GATE_VECTOR_ID,
     SCALAR_GATE_IDS,
     scalar_dg_per_step,
 )
@@ -120,7 +121,7 @@ def _common(q, k, v, gate, gate_kind):
     q, k, v = _dense(q, dt), _dense(k, dt), _dense(v)
     gid = GATE_IDS[gate_kind]
     if gate is not None:
-        if HEAD_DECAY and gid == 1 and _per_head(gate):
+        if HEAD_DECAY and gid == GATE_SCALAR_ID and _per_head(gate):
             gate, gid = _dense(gate[0, 0], torch.float32), GATE_HEAD_DECAY_ID
         else:
             gate = _dense(gate)
@@ -133,7 +134,7 @@ def _scan_gid(gid, config, phase: str) -> int:
     """Gate id 4 for a scalar gate (id 1) that the chunk kernels of this pass ("fwd" or "bwd") scan themselves:
     :data:`SCALAR_SCAN_IN_KERNELS` when set, else the config's ``<phase>_scan`` (the decode kernel has no id 4)."""
     on = config.get(f"{phase}_scan", False) if SCALAR_SCAN_IN_KERNELS is None else SCALAR_SCAN_IN_KERNELS
-    return GATE_SCANNED_ID if gid == GATE_IDS[GATE_SCALAR] and on else gid
+    return GATE_SCANNED_ID if gid == GATE_SCALAR_ID and on else gid
 
 
 def _walk_bv(config, V: int) -> int:
@@ -257,11 +258,11 @@ def _gate_cumsum(gate, gid, info, NS, H, K, BT, device, cfg, excl=False, spread=
     """The in-chunk cumsum of the gate (fp32); with ``excl`` (rwkv6) also the exclusive one: (gc, gq); with
     ``spread`` (a gate per key dim) also each chunk's gate spread, [NS, K blocks, H] fp32: (gc, span). No gate, one
     decay per head (gid 3) or a scalar gate the kernels scan (gid 4): the gate itself."""
-    if gid in (GATE_IDS[GATE_NONE], GATE_HEAD_DECAY_ID, GATE_SCANNED_ID):
+    if gid in (GATE_NONE_ID, GATE_HEAD_DECAY_ID, GATE_SCANNED_ID):
         return gate
     gc = _empty(gate.shape, device, torch.float32)
-    BKg = min(cfg.get("cumsum_BK", launch.pow2(K)), launch.pow2(K)) if gid == 2 else 16
-    grid = (NS, 1 if gid == 1 else launch.cdiv(K, BKg), H)
+    BKg = min(cfg.get("cumsum_BK", launch.pow2(K)), launch.pow2(K)) if gid == GATE_VECTOR_ID else 16
+    grid = (NS, 1 if gid == GATE_SCALAR_ID else launch.cdiv(K, BKg), H)
     if excl:
         gq = _empty(gate.shape, device, torch.float32)
         launch.fitted(
@@ -282,7 +283,7 @@ def _gate_cumsum(gate, gid, info, NS, H, K, BT, device, cfg, excl=False, spread=
 def _full(T, cu_seqlens, BT, gid) -> bool:
     """Whether the state passes run unmasked (``chunks.full_chunks``); a gate per key dim keeps the masks (measured
     slower unmasked)."""
-    return gid != 2 and full_chunks(T, cu_seqlens, BT)
+    return gid != GATE_VECTOR_ID and full_chunks(T, cu_seqlens, BT)
 
 
 def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg, prec, store_h=True, full=False):
@@ -390,7 +391,7 @@ def chunk_forward(
     u = _bonus(bonus, H, K)
     walk = u is None and _walk(cfg, N, H, K, V, gid, q.device, v.dtype)
     # a gate per key dim: the output kernel forms the A of the chunks it can factor (FACTORED_A)
-    factored = gid == 2 and u is None and not walk and FACTORED_A
+    factored = gid == GATE_VECTOR_ID and u is None and not walk and FACTORED_A
     gq = span = None
     if u is not None:
         gc, gq = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg, excl=True)
@@ -400,7 +401,7 @@ def chunk_forward(
         gc = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg)
     prec = launch.prec(v.dtype, K, V, split=FP32_SPLIT)
     A = out = None
-    if gid == 2:
+    if gid == GATE_VECTOR_ID:
         out = A_out if _A_slot(A_out, B, T, H, BT, v.dtype, v.device) else None
         A = _gla_A(q, k, gc, info, NS, B, T, H, H // HK, K, BT, BK, prec, cfg, out=out, gq=gq, u=u, span=span)
         if out is None:
@@ -424,7 +425,7 @@ def chunk_forward(
     launch.fitted(
         kern.chunk_fwd_o_kernel, grid,
         q, k, v, gq if gq is not None else gc if gc is not None else h, h, A, o, info, scale, H, H // HK, K, V, BT, BK,
-        BV, gid, prec, A.shape[-1] if gid == 2 else BT, **order, **extra, **_opts(cfg, "o", gid),
+        BV, gid, prec, A.shape[-1] if gid == GATE_VECTOR_ID else BT, **order, **extra, **_opts(cfg, "o", gid),
     )  # fmt: skip
     return o, ht
 
@@ -466,7 +467,7 @@ def chunk_backward(
     gq = span = None
     if u is not None:
         gc, gq = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg, excl=True)
-    elif gid == 2 and (cfg.get("intra_factored", False) if FACTORED_BWD is None else FACTORED_BWD):
+    elif gid == GATE_VECTOR_ID and (cfg.get("intra_factored", False) if FACTORED_BWD is None else FACTORED_BWD):
         gc, span = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg, spread=True)
     else:
         gc = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg)
@@ -486,11 +487,11 @@ def chunk_backward(
         cu, chunk_off, scale, H, G, K, V, BT, BK, BV, gid, dht is not None, dh0 is not None, prec, *rw,
         FULL_CHUNKS=full, **_opts(cfg, "dh", gid, filled),
     )  # fmt: skip
-    if gid != 2:
+    if gid != GATE_VECTOR_ID:
         A = ht  # a placeholder pointer: never read
     elif not saved_A_valid(A, B, T, H, BT, v.dtype, v.device):
         A = _gla_A(q, k, gc, info, NS, B, T, H, G, K, BT, BK, prec, cfg, gq=gq, u=u)
-    SA = A.shape[-1] if gid == 2 else BT
+    SA = A.shape[-1] if gid == GATE_VECTOR_ID else BT
     dv = _empty(v.shape, v.device, v.dtype)
     BK, BV = _tile(cfg, "dv", K, V)
     grid, order = chunk_grid(NS, launch.cdiv(V, BV), H, _heads_inner(cfg, "dv", gid))
@@ -502,21 +503,25 @@ def chunk_backward(
     # dq, dk straight in the inputs' dtypes where nothing adds to them after this kernel (no per-key gate's
     # intra pass, no GQA group sum, no bonus): the same rounding as a cast after, without two more kernels
     last = G == 1 and u is None  # nothing adds to dq, dk after this line's kernels (no GQA sum, no bonus)
-    final = gid != 2 and last
+    final = gid != GATE_VECTOR_ID and last
     dq = _empty((B, T, H, K), v.device, in_dtypes[0] if final else torch.float32)
     dk = _empty(dq.shape, v.device, in_dtypes[1] if final else torch.float32)
-    dA = _empty((B, T, H, BT), v.device, torch.float32) if gid == 2 else ht
+    dA = _empty((B, T, H, BT), v.device, torch.float32) if gid == GATE_VECTOR_ID else ht
     BK, BV = _tile(cfg, "dqk", K, V)
     # chunk-local; a scalar gate's has one column per K block of the grid (the kernel sums the keys)
-    want_dg = gid == 2 or (gid != 0 and need_dgate)
-    dg = _empty((B, T, H, K if gid == 2 else launch.cdiv(K, BK)), v.device, torch.float32) if want_dg else None
+    want_dg = gid == GATE_VECTOR_ID or (gid != GATE_NONE_ID and need_dgate)
+    dg = (
+        _empty((B, T, H, K if gid == GATE_VECTOR_ID else launch.cdiv(K, BK)), v.device, torch.float32)
+        if want_dg
+        else None
+    )
     grid, order = chunk_grid(NS, launch.cdiv(K, BK), H, _heads_inner(cfg, "dqk", gid))
     launch.fitted(
         kern.chunk_bwd_dqk_kernel, grid,
         q, k, v, gc_arg, h, do, dh, dA, dg if dg is not None else dq, dq, dk, info, scale, H, G, K, V, BT, BK, BV,
         gid, prec, *rw, DG=want_dg, **order, **_opts(cfg, "dqk", gid),
     )  # fmt: skip
-    if gid == 2:
+    if gid == GATE_VECTOR_ID:
         NC = BT // BC
         db = _empty(dq.shape, v.device, torch.float32)
         BKi = _tile(cfg, "intra", K, K)[0]
