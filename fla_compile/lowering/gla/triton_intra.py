@@ -196,6 +196,20 @@ def chunk_gla_A_kernel(
 
 
 @triton.jit
+def _store_dqk(dq, dk, dqo, dko, p, b_dq, b_dk, m, DQO: tl.constexpr, DKO: tl.constexpr):
+    """The intra backward's last word on dq and dk: into ``dqo`` / ``dko`` in their dtype (``DQO`` / ``DKO``: no
+    cast of an fp32 copy after), else back into the fp32 ``dq`` / ``dk``."""
+    if DQO:
+        tl.store(dqo + p, b_dq.to(dqo.dtype.element_ty), mask=m)
+    else:
+        tl.store(dq + p, b_dq, mask=m)
+    if DKO:
+        tl.store(dko + p, b_dk.to(dko.dtype.element_ty), mask=m)
+    else:
+        tl.store(dk + p, b_dk, mask=m)
+
+
+@triton.jit
 def _bwd_intra_factored(
     q,
     k,
@@ -249,14 +263,7 @@ def _bwd_intra_factored(
     b_dAd = tl.load(dA + (o_t * H + i_h) * BT + o_i, mask=m_t, other=0)
     b_dq = tl.load(dq + p, mask=m_tk, other=0) + scale * (b_dq + b_dAd[:, None] * b_k)
     b_dk = tl.load(dk + p, mask=m_tk, other=0) + scale * (b_dk + b_dAd[:, None] * b_q)
-    if DQO:
-        tl.store(dqo + p, b_dq.to(dqo.dtype.element_ty), mask=m_tk)
-    else:
-        tl.store(dq + p, b_dq, mask=m_tk)
-    if DKO:
-        tl.store(dko + p, b_dk.to(dko.dtype.element_ty), mask=m_tk)
-    else:
-        tl.store(dk + p, b_dk, mask=m_tk)
+    _store_dqk(dq, dk, dqo, dko, p, b_dq, b_dk, m_tk, DQO, DKO)
 
 
 @triton.jit
@@ -422,14 +429,7 @@ def chunk_gla_bwd_intra_kernel(
     else:
         b_dq = tl.load(dq + p, mask=m_ik, other=0) + scale * (b_dq + b_dAd[:, None] * b_ki)
         b_dk = tl.load(dk + p, mask=m_ik, other=0) + scale * (b_dk + b_dAd[:, None] * b_qi)
-    if DQO:
-        tl.store(dqo + p, b_dq.to(dqo.dtype.element_ty), mask=m_ik)
-    else:
-        tl.store(dq + p, b_dq, mask=m_ik)
-    if DKO:
-        tl.store(dko + p, b_dk.to(dko.dtype.element_ty), mask=m_ik)
-    else:
-        tl.store(dk + p, b_dk, mask=m_ik)
+    _store_dqk(dq, dk, dqo, dko, p, b_dq, b_dk, m_ik, DQO, DKO)
 
 
 @triton.jit
