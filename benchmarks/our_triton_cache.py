@@ -2,13 +2,16 @@
 
     python benchmarks/our_triton_cache.py pack $OUT/our-triton-cache.tgz     # at the end of a device call
     python benchmarks/our_triton_cache.py unpack .run/our-triton-cache.tgz   # at its start (h200_env.sh does)
+    python benchmarks/our_triton_cache.py pack-autotune $OUT/fla-autotune.tgz --merge benchmarks/fla_autotune_h200.tgz
 
 A GPU call starts on a cold Triton cache, and compiling our kernels for a benchmark or the GPU suite takes minutes of
 the session's device time. The whole cache is too large to bring back (~150 MB, most of it FLA's autotune variants),
 so this keeps the entries whose kernel is one of ours (a ``@triton.jit`` function of ``fla_compile``): of each, what a
 cache hit reads (the metadata json and the binary; its group file rewritten to name those two where it is unpacked),
 ~70 KB compressed. Entries of kernels whose source changed since are never hit again; ``--max-mib`` keeps the newest
-when the archive would be larger.
+when the archive would be larger. ``pack-autotune`` keeps FLA's autotune results instead (a few KB): merged into
+the committed ``benchmarks/fla_autotune_h200.tgz``, which ``h200_env.sh`` unpacks, they spare later calls FLA's
+tuning (235 s of the GPU suite's first call went to ``test_against_fla_chunk_rwkv6``'s, twenty-sixth session).
 """
 
 from __future__ import annotations
@@ -95,17 +98,42 @@ def unpack(archive: pathlib.Path, cache: pathlib.Path) -> int:
     return 0
 
 
+def pack_autotune(cache: pathlib.Path, out: pathlib.Path, merge: pathlib.Path | None) -> int:
+    """FLA's autotune results in the cache (``<key>/<kernel>.autotune.json``, what its kernels' ``cache_results``
+    reads before tuning), with those of the ``merge`` archive, into ``out``: a call that tuned FLA on shapes the
+    committed ``fla_autotune_h200.tgz`` lacks brings them back, and later calls skip its minutes of tuning."""
+    found: dict[str, bytes] = {}
+    if merge is not None and merge.exists():
+        with tarfile.open(merge) as tar:
+            for m in tar.getmembers():
+                if m.isfile() and m.name.endswith(".autotune.json"):
+                    found[m.name] = tar.extractfile(m).read()
+    before = len(found)
+    for f in sorted(cache.glob("*/*.autotune.json")):
+        found[f"{f.parent.name}/{f.name}"] = f.read_bytes()
+    with tarfile.open(out, "w:gz") as tar:
+        for name in sorted(found):
+            info = tarfile.TarInfo(name)
+            info.size = len(found[name])
+            tar.addfile(info, io.BytesIO(found[name]))
+    log.info("packed %d autotune results (%d new) into %s", len(found), len(found) - before, out)
+    return 0
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", choices=("pack", "unpack"))
+    p.add_argument("action", choices=("pack", "unpack", "pack-autotune"))
     p.add_argument("archive", type=pathlib.Path)
     p.add_argument("--cache", type=pathlib.Path, default=None, help="default: $TRITON_CACHE_DIR, else ~/.triton/cache")
     p.add_argument("--max-mib", type=float, default=15.0, help="pack: the archive's size bound (newest entries first)")
+    p.add_argument("--merge", type=pathlib.Path, default=None, help="pack-autotune: an archive whose results to keep")
     args = p.parse_args(argv)
     cache = args.cache or pathlib.Path(os.environ.get("TRITON_CACHE_DIR") or pathlib.Path.home() / ".triton" / "cache")
     if args.action == "pack":
         return pack(cache, args.archive, args.max_mib)
+    if args.action == "pack-autotune":
+        return pack_autotune(cache, args.archive, args.merge)
     return unpack(args.archive, cache)
 
 

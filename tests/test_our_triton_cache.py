@@ -50,3 +50,34 @@ def test_pack_unpack_roundtrip(tmp_path):
 def test_unpack_without_archive_is_a_no_op(tmp_path):
     assert _module().unpack(tmp_path / "absent.tgz", tmp_path / "cache") == 0
     assert not (tmp_path / "cache").exists()
+
+
+def test_pack_autotune_merges(tmp_path):
+    """``pack-autotune``: FLA's autotune results of the cache (and none of its kernels' binaries) with the merged
+    archive's; a result in both takes the cache's."""
+    import tarfile
+
+    otc = _module()
+    cache = tmp_path / "cache"
+    _entry(cache, "FLAS", "chunk_rwkv6_fwd_kernel")
+    (cache / "T1").mkdir()
+    (cache / "T1" / "chunk_rwkv6_fwd_kernel.autotune.json").write_text("new")
+    (cache / "T2").mkdir()
+    (cache / "T2" / "chunk_fwd_kernel_h.autotune.json").write_text("fresh")
+    old = tmp_path / "old.tgz"
+    otc.pack_autotune(tmp_path / "empty", old, None)  # an empty archive to start from
+    with tarfile.open(old, "w:gz") as tar:
+        for name, text in (("T0/chunk_gla_fwd_kernel_o.autotune.json", "kept"), ("T2/chunk_fwd_kernel_h.autotune.json",
+                                                                                  "stale")):  # fmt: skip
+            f = tmp_path / "x"
+            f.write_text(text)
+            tar.add(f, arcname=name)
+    out = tmp_path / "out.tgz"
+    assert otc.main(["pack-autotune", str(out), "--cache", str(cache), "--merge", str(old)]) == 0
+    with tarfile.open(out) as tar:
+        got = {m.name: tar.extractfile(m).read().decode() for m in tar.getmembers()}
+    assert got == {
+        "T0/chunk_gla_fwd_kernel_o.autotune.json": "kept",
+        "T1/chunk_rwkv6_fwd_kernel.autotune.json": "new",
+        "T2/chunk_fwd_kernel_h.autotune.json": "fresh",
+    }
