@@ -101,6 +101,33 @@ def test_sub_chunks_and_saved_A():
         assert rel(a, b) < 1e-5
 
 
+@pytest.mark.parametrize("BT", [16, 32, 64])
+def test_factored_A(BT, monkeypatch):
+    """``FACTORED_A_BONUS`` (staged, off): rwkv6's output kernel forms the A of the chunks whose gate spread (0
+    counted: the exclusive cumsum's first row is the reference) allows one dot, the bonus on its diagonal, and the
+    A kernel the others'. Mild decays with a band of strong ones, packed, K in two tiles: o, the final state and the
+    kept A equal the A kernel's within fp32 rounding and fp64; the backward on that A equals fp64."""
+    r, k, v, w, u, h0, cu = make(T=70, H=2, HK=1, K=20, V=8, cu=[0, 3, 41, 70])
+    w[:, 20:30] = -20.0
+    do, dht = torch.randn_like(v), torch.randn_like(h0)
+    cfg = dict(CFG, BT=BT)
+    runs = {}
+    for on in (True, False):
+        monkeypatch.setattr(gla_triton, "FACTORED_A_BONUS", on)
+        A = gla_triton.saved_A_like(r, v)
+        o, ht = gla_triton.chunk_forward(r, k, v, w, "vector", 0.3, h0, cu, config=cfg, A_out=A, bonus=u)
+        runs[on] = (o, ht, A)
+    assert runs[True][2].abs().sum() > 0
+    for a, b in zip(runs[True], runs[False]):
+        assert rel(a, b) < 1e-6, rel(a, b)
+    ro, rht, ref = reference(r, k, v, w, u, 0.3, h0, cu, do, dht)
+    assert rel(runs[True][0], ro) < 1e-5 and rel(runs[True][1], rht) < 1e-5
+    grads = gla_triton.chunk_backward(r, k, v, w, "vector", 0.3, h0, cu, do, dht, config=cfg, A=runs[True][2],
+                                      bonus=u)  # fmt: skip
+    for a, b in zip(grads, ref):
+        assert rel(a, b) < 1e-5
+
+
 def test_decode():
     r, k, v, w, u, h0, _ = make(T=5, B=2, H=2, HK=1)
     o, ht = gla_triton.fused_recurrent(r, k, v, w, "vector", 0.3, h0, config={"BV": 8}, bonus=u)

@@ -108,6 +108,25 @@ def test_packed_sequences():
         assert rel(a, b) < TOL[torch.bfloat16], (name, rel(a, b))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", ["T300_K64", "T257_gqa_K128_V64"])
+def test_factored_A(shape, dtype, monkeypatch):
+    """``FACTORED_A_BONUS`` on (staged off): the output kernel forms the A of rwkv6's factored chunks, the bonus on
+    its diagonal. Mild decays with a band of -20 steps (the A kernel's chunks), packed, through the op: every output
+    and gradient against fp64, bitwise repeatable."""
+    from fla_compile.lowering.gla import triton_launch as gla_triton
+
+    monkeypatch.setattr(gla_triton, "FACTORED_A_BONUS", True)
+    sh = dict(SHAPES[shape], B=1)
+    xs = make(**sh, dtype=dtype, decay="mild", cu=[0, 37, sh["T"] - 70, sh["T"]])
+    xs[3][:, 100:110] = -20.0
+    ref = reference(*xs, scale=0.1)
+    ours, again = run(*xs, scale=0.1), run(*xs, scale=0.1)
+    for name, a, b, c in zip(NAMES, ours, again, ref):
+        assert torch.isfinite(a).all() and torch.equal(a, b), name
+        assert rel(a, c) < TOL[dtype], (name, rel(a, c))
+
+
 def test_against_fla_chunk_rwkv6():
     """Where flash-linear-attention is installed: our forward and gradients agree with its chunk_rwkv6."""
     fla = pytest.importorskip("fla.ops.rwkv6")

@@ -100,8 +100,8 @@ def chunk_cumsum_kernel(
         b_g = tl.load(g + p, mask=m, other=0).to(tl.float32)
         b_c = tl.cumsum(b_g, axis=0)
         tl.store(gc + p, b_c, mask=m)
-        if SPAN_OUT:
-            tl.store(spread + (i_s * tl.num_programs(1) + i_k) * H + i_h, gate_range(b_c, m))
+        if SPAN_OUT:  # with EXCL (rwkv6) 0 too: the exclusive cumsum's first row, the factored form's reference
+            tl.store(spread + (i_s * tl.num_programs(1) + i_k) * H + i_h, gate_range(b_c, m, EXCL))
         if EXCL:  # gq[t] = gc[t - 1] inside the chunk, 0 at its first step: the same values, one row down
             o_i = tl.arange(0, BT)
             m_s = (o_t + 1 < eos)[:, None] & (o_i < BT - 1)[:, None] & (o_k < K)[None, :]
@@ -196,13 +196,19 @@ def chunk_fwd_o_kernel(
     NKS: tl.constexpr = 1,
     A_FACTORED: tl.constexpr = False,
     STORE_A: tl.constexpr = False,
+    gk=None,
+    u=None,
+    BONUS: tl.constexpr = False,
 ):
     """o = scale * ((q * e^b) h + (causal A) v) per chunk, A_ij = sum_k q_ik k_jk e^(b_ik - b_jk).
 
     The vector gate reads A from chunk_gla_A_kernel, rows of SA entries (see gla_triton_intra). With
     ``A_FACTORED`` a chunk whose gate spread allows it (``gating.chunk_factored``, the A kernel skips those) forms
     its A here instead, in one dot of q_i e^(b_i - b_0) and k_j e^(b_0 - b_j) (b_0: the chunk's first row), and with
-    ``STORE_A`` writes it to ``A`` for the backward. The grid: ``chunks.chunk_grid`` (HEADS_INNER: its order)."""
+    ``STORE_A`` writes it to ``A`` for the backward. rwkv6 (``BONUS``; ``gc`` is then gq, the exclusive cumsum,
+    and ``gk`` the inclusive one): the reference is gq's first row, 0, so q's factor is q e^(gq), the state term's
+    own, k's is e^(-gk); the pairs strictly below the diagonal, the bonus q_i . (u k_i) on it. The grid:
+    ``chunks.chunk_grid`` (HEADS_INNER: its order)."""
     i_s, i_v, i_h = chunk_block(tl.cdiv(V, BV), H, HEADS_INNER)
     i_n, i_c, bos, eos = chunk_span(info, i_s)
     if i_n < 0:
@@ -226,6 +232,9 @@ def chunk_fwd_o_kernel(
     m_A = (o_i[:, None] >= o_i[None, :]) & m_t[:, None] & m_t[None, :]
     b_o = tl.zeros([BT, BV], dtype=tl.float32)
     b_A = tl.zeros([BT, BT], dtype=tl.float32)
+    b_bon = tl.zeros([BT], dtype=tl.float32)  # A_FACTORED and BONUS: q_i . (u k_i)
+    if BONUS:
+        gk = gk + (t0 * H + i_h) * K
     for i_k in range(0, tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
@@ -242,7 +251,17 @@ def chunk_fwd_o_kernel(
             b_g = tl.load(gc + r_g[:, None] + o_k[None, :], mask=m_tk, other=0)
             b_qg = b_q.to(tl.float32) * tl.exp(b_g)
             b_o += dot(b_qg.to(b_q.dtype), b_h.to(b_q.dtype), prec=PREC)
-            if A_FACTORED:  # formed for every chunk, used where the spread allows: no branch in the loop
+            if A_FACTORED and BONUS:  # reference 0: q's factor is b_qg
+                m_kt = m_k[:, None] & m_t[None, :]
+                # [BK, BT]
+                b_kt = tl.load(k + r_q[None, :] + o_k[:, None], mask=m_kt, other=0)
+                b_gkt = tl.load(gk + r_g[None, :] + o_k[:, None], mask=m_kt, other=0)
+                b_kf = (b_kt.to(tl.float32) * tl.exp(-b_gkt)).to(b_q.dtype)
+                b_A += dot(b_qg.to(b_q.dtype), b_kf, prec=PREC)
+                b_u = tl.load(u + i_h * K + o_k, mask=m_k, other=0).to(tl.float32)
+                b_kr = tl.load(k + r_q[:, None] + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
+                b_bon += tl.sum(b_q.to(tl.float32) * b_u[None, :] * b_kr, axis=1)
+            elif A_FACTORED:  # formed for every chunk, used where the spread allows: no branch in the loop
                 b_d = tl.where(m_tk, b_g - tl.load(gc + o_k, mask=m_k, other=0)[None, :], 0)
                 # [BK, BT]
                 b_kt = tl.load(k + r_q[None, :] + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0)
@@ -259,6 +278,9 @@ def chunk_fwd_o_kernel(
     if GATE == 2:  # A from chunk_gla_A_kernel, or formed above
         if A_FACTORED:
             if chunk_factored(spread, i_s, i_h, H, NKS, q.dtype.element_ty == tl.float16):
+                if BONUS:  # strictly causal pairs, the bonus on the diagonal
+                    b_A = tl.where(o_i[:, None] > o_i[None, :], b_A, tl.where(o_i[:, None] == o_i[None, :],
+                                                                              b_bon[:, None], 0))  # fmt: skip
                 if STORE_A:
                     if i_v == 0:  # the rows of this chunk, zeros above the diagonal, as the A kernel writes them
                         tl.store(A + r_a[:, None] + o_i[None, :], tl.where(m_A, b_A, 0).to(A.dtype.element_ty),

@@ -86,6 +86,9 @@ FACTORED_A = True
 # 16, 128) and 2.139 -> 2.098 at (2, 8192, 16, 128); at K = V = 64 1.733 -> 1.763, off: the kernel holding both forms
 # takes 255 registers and spills); True / False: always / never
 FACTORED_BWD: bool | None = None
+# FACTORED_A for rwkv6's forward too (the bonus on the diagonal, the exclusive cumsum's first row, 0, as reference).
+# Staged for an H200 A/B (twenty-sixth session: interpreter tests only); its backward keeps the sub-chunk form
+FACTORED_A_BONUS = False
 # the sequential state passes' blocks shrunk while their grid is under one wave (``_state_tile``): on the H200 at
 # B=1 H=16 (32 programs of 132 SMs with the tuned blocks) retention's forward+backward 2.12 -> 1.58 ms at T=16384,
 # gla's 3.59 -> 3.24 (benchmarks/RESULTS.md, 2026-11-30); FLA_COMPILE_GLA_FILL_SMS=0 turns it off
@@ -258,8 +261,9 @@ def _config(kind, q, v, T, cu_seqlens, config):
 
 def _gate_cumsum(gate, gid, info, NS, H, K, BT, device, cfg, excl=False, spread=False):
     """The in-chunk cumsum of the gate (fp32); with ``excl`` (rwkv6) also the exclusive one: (gc, gq); with
-    ``spread`` (a gate per key dim) also each chunk's gate spread, [NS, K blocks, H] fp32: (gc, span). No gate, one
-    decay per head (gid 3) or a scalar gate the kernels scan (gid 4): the gate itself."""
+    ``spread`` (a gate per key dim) also each chunk's gate spread, [NS, K blocks, H] fp32: (gc, span), or with both
+    (gc, gq, span), 0 counted in the spread. No gate, one decay per head (gid 3) or a scalar gate the kernels scan
+    (gid 4): the gate itself."""
     if gid in (GATE_NONE_ID, GATE_HEAD_DECAY_ID, GATE_SCANNED_ID):
         return gate
     gc = _empty(gate.shape, device, torch.float32)
@@ -267,10 +271,12 @@ def _gate_cumsum(gate, gid, info, NS, H, K, BT, device, cfg, excl=False, spread=
     grid = (NS, 1 if gid == GATE_SCALAR_ID else launch.cdiv(K, BKg), H)
     if excl:
         gq = _empty(gate.shape, device, torch.float32)
+        span = _empty((NS, grid[1], H), device, torch.float32) if spread else None
         launch.fitted(
-            kern.chunk_cumsum_kernel, grid, gate, gc, info, H, K, BT, BKg, gid, gq, True, **_opts(cfg, "cumsum")
-        )
-        return gc, gq
+            kern.chunk_cumsum_kernel, grid, gate, gc, info, H, K, BT, BKg, gid, gq, True,
+            **({"spread": span, "SPAN_OUT": True} if spread else {}), **_opts(cfg, "cumsum"),
+        )  # fmt: skip
+        return (gc, gq, span) if spread else (gc, gq)
     if spread:
         span = _empty((NS, grid[1], H), device, torch.float32)
         launch.fitted(
@@ -393,9 +399,11 @@ def chunk_forward(
     u = _bonus(bonus, H, K)
     walk = u is None and _walk(cfg, N, H, K, V, gid, q.device, v.dtype)
     # a gate per key dim: the output kernel forms the A of the chunks it can factor (FACTORED_A)
-    factored = gid == GATE_VECTOR_ID and u is None and not walk and FACTORED_A
+    factored = gid == GATE_VECTOR_ID and not walk and FACTORED_A and (u is None or FACTORED_A_BONUS)
     gq = span = None
-    if u is not None:
+    if u is not None and factored:
+        gc, gq, span = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg, excl=True, spread=True)
+    elif u is not None:
         gc, gq = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg, excl=True)
     elif factored:
         gc, span = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg, spread=True)
@@ -423,6 +431,8 @@ def chunk_forward(
     BK, BV = _tile(cfg, "o", K, V)
     grid, order = chunk_grid(NS, launch.cdiv(V, BV), H, _heads_inner(cfg, "o", gid))
     extra = {} if span is None else dict(spread=span, NKS=span.shape[1], A_FACTORED=True, STORE_A=out is not None)
+    if span is not None and u is not None:
+        extra.update(gk=gc, u=u, BONUS=True)
     # the gate of q: rwkv6's exclusive one
     launch.fitted(
         kern.chunk_fwd_o_kernel, grid,
