@@ -308,7 +308,7 @@ def test_factored_A_spread():
     g[:, 33, 0, 5] = float("nan")
     cfg = dict(CFG, BT=16, cumsum_BK=16)
     _, info, _, NS, _ = chunks.chunk_meta(1, 40, cu, 16, q.device)
-    gc, span = gla_triton._gate_cumsum(g, 2, info, NS, 2, 20, 16, q.device, cfg, spread=True)
+    gc, _, span = gla_triton._gate_cumsum(g, 2, info, NS, 2, 20, 16, q.device, cfg, spread=True)
     assert span.shape == (NS, 2, 2)
     bounds = [(0, 3), (3, 19), (19, 35), (35, 40)]
     for s, (a, b) in enumerate(bounds):

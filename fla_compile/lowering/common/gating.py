@@ -115,17 +115,16 @@ SPAN16 = tl.constexpr(8.0)
 @triton.jit
 def gate_range(b_c, m, WITH_ZERO: tl.constexpr = False):
     """The largest spread max_i b_ik - min_i b_ik over one key dim k of a chunk's gate cumsums ``b_c`` [BT, BK], rows
-    off ``m`` left out (a column with none: -inf): +inf where a cumsum is infinite or NaN (a GPU's max may skip
-    NaNs, so they are counted apart), so a chunk with such a gate is never factored. ``WITH_ZERO``: 0 counts as a
-    cumsum of every key dim too (rwkv6: the exclusive cumsum's first row, its reference)."""
+    off ``m`` left out (a column with none: -inf): +inf where any cumsum is infinite or NaN (counted apart: a GPU's
+    max may skip NaNs), so a chunk with such a gate is never factored. ``WITH_ZERO``: 0 counts as a cumsum of every
+    key dim too (rwkv6: the exclusive cumsum's first row, its reference)."""
     hi = tl.max(tl.where(m, b_c, float("-inf")), axis=0)
     lo = tl.min(tl.where(m, b_c, float("inf")), axis=0)
     if WITH_ZERO:
         hi = tl.maximum(hi, 0.0)
         lo = tl.minimum(lo, 0.0)
-    r = hi - lo
-    r = tl.max(tl.where(r != r, float("inf"), r), axis=0)
-    return tl.where(tl.sum(tl.where(m & (b_c != b_c), 1, 0)) > 0, float("inf"), r)
+    bad = tl.max(tl.where(m & ((b_c != b_c) | (tl.abs(b_c) == float("inf"))), 1, 0))
+    return tl.where(bad > 0, float("inf"), tl.max(hi - lo, axis=0))
 
 
 @triton.jit

@@ -260,32 +260,22 @@ def _config(kind, q, v, T, cu_seqlens, config):
 
 
 def _gate_cumsum(gate, gid, info, NS, H, K, BT, device, cfg, excl=False, spread=False):
-    """The in-chunk cumsum of the gate (fp32); with ``excl`` (rwkv6) also the exclusive one: (gc, gq); with
-    ``spread`` (a gate per key dim) also each chunk's gate spread, [NS, K blocks, H] fp32: (gc, span), or with both
-    (gc, gq, span), 0 counted in the spread. No gate, one decay per head (gid 3) or a scalar gate the kernels scan
-    (gid 4): the gate itself."""
+    """(gc, gq, span): the in-chunk cumsum of the gate (fp32); with ``excl`` (rwkv6) gq, the exclusive one; with
+    ``spread`` (a gate per key dim) span, each chunk's gate spread [NS, K blocks, H] fp32 (0 counted with ``excl``);
+    None where not asked. No gate, one decay per head (gid 3) or a scalar gate the kernels scan (gid 4): gc is the
+    gate itself."""
     if gid in (GATE_NONE_ID, GATE_HEAD_DECAY_ID, GATE_SCANNED_ID):
-        return gate
+        return gate, None, None
     gc = _empty(gate.shape, device, torch.float32)
     BKg = min(cfg.get("cumsum_BK", launch.pow2(K)), launch.pow2(K)) if gid == GATE_VECTOR_ID else 16
     grid = (NS, 1 if gid == GATE_SCALAR_ID else launch.cdiv(K, BKg), H)
-    if excl:
-        gq = _empty(gate.shape, device, torch.float32)
-        span = _empty((NS, grid[1], H), device, torch.float32) if spread else None
-        launch.fitted(
-            kern.chunk_cumsum_kernel, grid, gate, gc, info, H, K, BT, BKg, gid, gq, True,
-            **({"spread": span, "SPAN_OUT": True} if spread else {}), **_opts(cfg, "cumsum"),
-        )  # fmt: skip
-        return (gc, gq, span) if spread else (gc, gq)
+    gq = _empty(gate.shape, device, torch.float32) if excl else None
+    span = _empty((NS, grid[1], H), device, torch.float32) if spread else None
+    extra = {"gq": gq, "EXCL": True} if excl else {}
     if spread:
-        span = _empty((NS, grid[1], H), device, torch.float32)
-        launch.fitted(
-            kern.chunk_cumsum_kernel, grid, gate, gc, info, H, K, BT, BKg, gid, spread=span, SPAN_OUT=True,
-            **_opts(cfg, "cumsum"),
-        )  # fmt: skip
-        return gc, span
-    launch.fitted(kern.chunk_cumsum_kernel, grid, gate, gc, info, H, K, BT, BKg, gid, **_opts(cfg, "cumsum"))
-    return gc
+        extra.update(spread=span, SPAN_OUT=True)
+    launch.fitted(kern.chunk_cumsum_kernel, grid, gate, gc, info, H, K, BT, BKg, gid, **extra, **_opts(cfg, "cumsum"))
+    return gc, gq, span
 
 
 def _full(T, cu_seqlens, BT, gid) -> bool:
@@ -400,15 +390,7 @@ def chunk_forward(
     walk = u is None and _walk(cfg, N, H, K, V, gid, q.device, v.dtype)
     # a gate per key dim: the output kernel forms the A of the chunks it can factor (FACTORED_A)
     factored = gid == GATE_VECTOR_ID and not walk and FACTORED_A and (u is None or FACTORED_A_BONUS)
-    gq = span = None
-    if u is not None and factored:
-        gc, gq, span = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg, excl=True, spread=True)
-    elif u is not None:
-        gc, gq = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg, excl=True)
-    elif factored:
-        gc, span = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg, spread=True)
-    else:
-        gc = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg)
+    gc, gq, span = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg, excl=u is not None, spread=factored)
     prec = launch.prec(v.dtype, K, V, split=FP32_SPLIT)
     A = out = None
     if gid == GATE_VECTOR_ID:
@@ -476,13 +458,10 @@ def chunk_backward(
     do = _dense(do, v.dtype)
     dht = dht.float().contiguous() if dht is not None else None
     u = _bonus(bonus, H, K)
-    gq = span = None
-    if u is not None:
-        gc, gq = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg, excl=True)
-    elif gid == GATE_VECTOR_ID and (cfg.get("intra_factored", False) if FACTORED_BWD is None else FACTORED_BWD):
-        gc, span = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg, spread=True)
-    else:
-        gc = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg)
+    # the intra kernel's factored chunks (FACTORED_BWD, the table's intra_factored); rwkv6 keeps the sub-chunk form
+    on = cfg.get("intra_factored", False) if FACTORED_BWD is None else FACTORED_BWD
+    factored = gid == GATE_VECTOR_ID and u is None and bool(on)
+    gc, gq, span = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg, excl=u is not None, spread=factored)
     rw = () if u is None else (gq, True)  # the trailing rwkv6 arguments of the dh and dqk kernels
     prec = launch.prec(v.dtype, K, V, split=FP32_SPLIT)
     full = _full(T, cu_seqlens, BT, gid)
