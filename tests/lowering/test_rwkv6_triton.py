@@ -103,7 +103,7 @@ def test_sub_chunks_and_saved_A():
 
 @pytest.mark.parametrize("BT", [16, 32, 64])
 def test_factored_A(BT, monkeypatch):
-    """``FACTORED_A_BONUS`` (staged, off): rwkv6's output kernel forms the A of the chunks whose gate spread (0
+    """``FACTORED_A_BONUS`` (on by default): rwkv6's output kernel forms the A of the chunks whose gate spread (0
     counted: the exclusive cumsum's first row is the reference) allows one dot, the bonus on its diagonal, and the
     A kernel the others'. Mild decays with a band of strong ones, packed, K in two tiles: o, the final state and the
     kept A equal the A kernel's within fp32 rounding and fp64; the backward on that A equals fp64."""

@@ -111,7 +111,7 @@ def test_packed_sequences():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("shape", ["T300_K64", "T257_gqa_K128_V64"])
 def test_factored_A(shape, dtype, monkeypatch):
-    """``FACTORED_A_BONUS`` on (staged off): the output kernel forms the A of rwkv6's factored chunks, the bonus on
+    """``FACTORED_A_BONUS`` on (the default; forced, so the test holds if the default moves): the output kernel forms the A of rwkv6's factored chunks, the bonus on
     its diagonal. Mild decays with a band of -20 steps (the A kernel's chunks), packed, through the op: every output
     and gradient against fp64, bitwise repeatable."""
     from fla_compile.lowering.gla import triton_launch as gla_triton

@@ -86,9 +86,11 @@ FACTORED_A = True
 # 16, 128) and 2.139 -> 2.098 at (2, 8192, 16, 128); at K = V = 64 1.733 -> 1.763, off: the kernel holding both forms
 # takes 255 registers and spills); True / False: always / never
 FACTORED_BWD: bool | None = None
-# FACTORED_A for rwkv6's forward too (the bonus on the diagonal, the exclusive cumsum's first row, 0, as reference).
-# Staged for an H200 A/B (twenty-sixth session: interpreter tests only); its backward keeps the sub-chunk form
-FACTORED_A_BONUS = False
+# FACTORED_A for rwkv6's forward too (the bonus on the diagonal, the exclusive cumsum's first row, 0, as reference);
+# its backward keeps the sub-chunk form. H200 (`benchmarks/ab_switch.py ...FACTORED_A_BONUS --families rwkv6`,
+# twenty-seventh session), fwd / fwd+bwd kernels: 0.620 -> 0.453 / 2.536 -> 2.368 ms at (8, 2048, 16, 128), 0.688 ->
+# 0.522 / 2.786 -> 2.620 at (2, 8192, 16, 128), 0.605 -> 0.398 / 2.489 -> 2.285 at (8, 2048, 32, 64)
+FACTORED_A_BONUS = True
 # the sequential state passes' blocks shrunk while their grid is under one wave (``_state_tile``): on the H200 at
 # B=1 H=16 (32 programs of 132 SMs with the tuned blocks) retention's forward+backward 2.12 -> 1.58 ms at T=16384,
 # gla's 3.59 -> 3.24 (benchmarks/RESULTS.md, 2026-11-30); FLA_COMPILE_GLA_FILL_SMS=0 turns it off
