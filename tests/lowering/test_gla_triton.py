@@ -299,6 +299,16 @@ def test_factored_bwd_from_the_table(monkeypatch):
         assert seen == [("chunk_fwd_o_kernel", True), ("chunk_gla_bwd_intra_kernel", want)], (switch, table, seen)
 
 
+@pytest.mark.parametrize("kind", ["none", "scalar", "vector"])
+def test_o_v_early(kind):
+    """The table option ``o_v_early`` (the output kernel loads v's tile before its K loop) computes the same
+    outputs, bitwise: only when the load is issued moves."""
+    q, k, v, g, h0, cu = make(kind, T=40, H=2, K=20, cu=[0, 3, 40])
+    outs = [gla_triton.chunk_forward(q, k, v, g, kind, 0.3, h0, cu, config=dict(CFG, o_v_early=e)) for e in (0, 1)]
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+
+
 def test_factored_A_spread():
     """The cumsum kernel's gate spread per chunk and K tile (``gating.gate_range``) against torch: +inf for a tile
     with an infinite or NaN gate, so such a chunk is never factored."""

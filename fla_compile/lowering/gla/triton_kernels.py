@@ -199,6 +199,7 @@ def chunk_fwd_o_kernel(
     gk=None,
     u=None,
     BONUS: tl.constexpr = False,
+    V_EARLY: tl.constexpr = False,
 ):
     """o = scale * ((q * e^b) h + (causal A) v) per chunk, A_ij = sum_k q_ik k_jk e^(b_ik - b_jk).
 
@@ -233,6 +234,8 @@ def chunk_fwd_o_kernel(
     b_o = tl.zeros([BT, BV], dtype=tl.float32)
     b_A = tl.zeros([BT, BT], dtype=tl.float32)
     b_bon = tl.zeros([BT], dtype=tl.float32)  # A_FACTORED and BONUS: q_i . (u k_i)
+    if V_EARLY:  # v's tile in flight while the K loop runs
+        b_v = tl.load(v + r_v[:, None] + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
     if BONUS:
         gk = gk + (t0 * H + i_h) * K
     for i_k in range(0, tl.cdiv(K, BK)):
@@ -290,8 +293,8 @@ def chunk_fwd_o_kernel(
         else:
             b_A = tl.load(A + r_a[:, None] + o_i[None, :], mask=m_A, other=0)
     b_A = tl.where(m_A, b_A, 0)
-    # [BT, BV]
-    b_v = tl.load(v + r_v[:, None] + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
+    if not V_EARLY:  # [BT, BV]
+        b_v = tl.load(v + r_v[:, None] + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
     b_o += dot(b_A.to(b_v.dtype), b_v, prec=PREC)
     b_o *= scale
     tl.store(o + r_v[:, None] + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
