@@ -208,7 +208,8 @@ def chunk_fwd_o_kernel(
     its A here instead, in one dot of q_i e^(b_i - b_0) and k_j e^(b_0 - b_j) (b_0: the chunk's first row), and with
     ``STORE_A`` writes it to ``A`` for the backward. rwkv6 (``BONUS``; ``gc`` is then gq, the exclusive cumsum,
     and ``gk`` the inclusive one): the reference is gq's first row, 0, so q's factor is q e^(gq), the state term's
-    own, k's is e^(-gk); the pairs strictly below the diagonal, the bonus q_i . (u k_i) on it. The grid:
+    own, k's is e^(-gk); the pairs strictly below the diagonal, the bonus q_i . (u k_i) on it. ``V_EARLY``: v's
+    tile loaded before the K loop, its latency under the loop's (the table's ``o_v_early``). The grid:
     ``chunks.chunk_grid`` (HEADS_INNER: its order)."""
     i_s, i_v, i_h = chunk_block(tl.cdiv(V, BV), H, HEADS_INNER)
     i_n, i_c, bos, eos = chunk_span(info, i_s)
