@@ -463,7 +463,7 @@ def chunk_backward(
     dht = dht.float().contiguous() if dht is not None else None
     u = _bonus(bonus, H, K)
     # the intra kernel's factored chunks (FACTORED_BWD, the table's intra_factored); rwkv6 keeps the sub-chunk form
-    on = cfg.get("intra_factored", False) if FACTORED_BWD is None else FACTORED_BWD
+    on = _option(cfg, "intra", "factored", False) if FACTORED_BWD is None else FACTORED_BWD
     factored = gid == GATE_VECTOR_ID and u is None and bool(on)
     gc, gq, span = _gate_cumsum(gate, gid, info, NS, H, K, BT, q.device, cfg, excl=u is not None, spread=factored)
     rw = () if u is None else (gq, True)  # the trailing rwkv6 arguments of the dh and dqk kernels
