@@ -6,8 +6,8 @@
 
 Per shape: the forward through ``triton_launch.chunk_forward`` with the table's config ("table", first), then
 with each variant's options laid over it (``null`` drops an option, e.g. a register cap). Prints the summed kernel
-time of the forward and the output kernel's own, in ms, and each variant's outputs (o, final state, the kept A)
-against the table's: "bitwise" or the max relative difference. Where ``sweep_gla_kernels.py`` searches one kernel's
+time of the forward and the output, state and cumsum kernels' own, in ms, and each variant's outputs (o, final
+state, the kept A) against the table's: "bitwise" or the max relative difference. Where ``sweep_gla_kernels.py`` searches one kernel's
 options, this times a handful of chosen combinations (twenty-seventh session: the output kernel's K blocks and
 ``o_v_early``, RESULTS).
 """
@@ -45,8 +45,8 @@ def main(argv=None) -> int:
     variants = json.loads(a.variants)
     if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
         raise SystemExit("--variants: expected a JSON object of name -> object of table options")
-    print("| shape | family | variant | fwd kernels | chunk_fwd_o | against the table |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| shape | family | variant | fwd kernels | chunk_fwd_o | chunk_fwd_h | chunk_cumsum | against the table |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for shape in a.shapes.split(";"):
         B, T, H, D = (int(x) for x in shape.split(","))
         torch.manual_seed(0)
@@ -63,15 +63,19 @@ def main(argv=None) -> int:
                 torch.cuda.synchronize()
                 kernels = KB.kernel_table(fwd, 10)
             except Exception as e:  # noqa: BLE001  (a variant that does not compile is a row, not a lost run)
-                print(f"| {shape} | {a.family} | {name} | error: {type(e).__name__}: {str(e)[:100]} | | |")
+                print(f"| {shape} | {a.family} | {name} | error: {type(e).__name__}: {str(e)[:100]} | | | | |")
                 continue
             got = [x.clone() for x in (out[0], out[1], A)]
             base = base or got
             same = all(torch.equal(x, y) for x, y in zip(got, base))
             diff = "bitwise" if same else f"{max(KB.max_rel(x.float(), y.float()) for x, y in zip(got, base)):.1e}"
             total = sum(ms for _, _, ms in kernels)
-            o_ms = sum(ms for n, _, ms in kernels if "chunk_fwd_o" in n)
-            print(f"| {shape} | {a.family} | {name} | {total:.4f} | {o_ms:.4f} | {diff} |", flush=True)
+            each = [
+                sum(ms for n, _, ms in kernels if n.startswith(k))
+                for k in ("chunk_fwd_o", "chunk_fwd_h", "chunk_cumsum")
+            ]
+            cells = " | ".join(f"{ms:.4f}" for ms in each)
+            print(f"| {shape} | {a.family} | {name} | {total:.4f} | {cells} | {diff} |", flush=True)
     return 0
 
 
