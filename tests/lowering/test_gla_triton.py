@@ -529,6 +529,30 @@ def test_option_lookup_order():
     assert opt(cfg, "dh", "warps", 1, 3, True) == 1
 
 
+def test_bonus_options(monkeypatch):
+    """rwkv6 (``bonus``) reads ``o_bonus_<name>`` before ``o_<name>`` (launch options, the K / V blocks and
+    ``v_early``); gla ignores those entries. The output kernel launches with them."""
+    cfg = dict(CFG, o_BK=16, o_maxnreg=80, o_stages=4, o_bonus_BK=32, o_bonus_maxnreg=128, o_bonus_v_early=True)
+    assert gla_triton._tile(cfg, "o", 64, 64) == (16, 16) and gla_triton._tile(cfg, "o", 64, 64, bonus=True) == (32, 16)
+    assert gla_triton._opts(cfg, "o", 2) == {"num_warps": 4, "num_stages": 4, "maxnreg": 80}
+    assert gla_triton._opts(cfg, "o", 2, bonus=True) == {"num_warps": 4, "num_stages": 4, "maxnreg": 128}
+    assert not gla_triton._option(cfg, "o", "v_early", False, 2) and gla_triton._option(cfg, "o", "v_early", 0, 2,
+                                                                                           bonus=True)  # fmt: skip
+    seen, real_fitted = {}, gla_triton.launch.fitted
+
+    def fitted(kernel, grid, *args, **kw):
+        if gla_triton.launch._kernel_name(kernel) == "chunk_fwd_o_kernel":
+            seen.update(BK=args[14], V_EARLY=kw.get("V_EARLY", False), BONUS=kw.get("BONUS", False))
+        return real_fitted(kernel, grid, *args, **{k: v for k, v in kw.items() if k != "maxnreg"})
+
+    monkeypatch.setattr(gla_triton.launch, "fitted", fitted)
+    q, k, v, g, h0, cu = make("vector", T=20, K=32)
+    for bonus, want in ((None, dict(BK=16, V_EARLY=False, BONUS=False)), (torch.randn(2, 32), dict(BK=32,
+                        V_EARLY=True, BONUS=True))):  # fmt: skip
+        gla_triton.chunk_forward(q, k, v, g, "vector", 0.3, h0, cu, config=cfg, bonus=bonus)
+        assert seen == want, (bonus is not None, seen)
+
+
 def test_scalar_scan_per_pass_from_the_config(monkeypatch):
     """``SCALAR_SCAN_IN_KERNELS`` None (shipped): the config decides per pass. ``fwd_scan`` alone: the forward runs
     no cumsum kernel, the backward its one; the results equal the cumsum form's within fp32 rounding."""
