@@ -7,9 +7,9 @@
 Per shape: the forward through ``triton_launch.chunk_forward`` with the table's config ("table", first), then
 with each variant's options laid over it (``null`` drops an option, e.g. a register cap). Prints the summed kernel
 time of the forward and the output, state and cumsum kernels' own, in ms, and each variant's outputs (o, final
-state, the kept A) against the table's: "bitwise" or the max relative difference. Where ``sweep_gla_kernels.py`` searches one kernel's
-options, this times a handful of chosen combinations (twenty-seventh session: the output kernel's K blocks and
-``o_v_early``, RESULTS).
+state, the kept A) against the table's: "bitwise" or the max relative difference. Where ``sweep_gla_kernels.py``
+searches one kernel's options, this times a handful of chosen combinations (twenty-seventh session: the output
+kernel's K blocks and ``o_v_early``; twenty-eighth: register caps, RESULTS).
 """
 
 from __future__ import annotations

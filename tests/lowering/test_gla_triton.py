@@ -543,7 +543,7 @@ def test_bonus_options(monkeypatch):
     def fitted(kernel, grid, *args, **kw):
         if gla_triton.launch._kernel_name(kernel) == "chunk_fwd_o_kernel":
             seen.update(BK=args[14], V_EARLY=kw.get("V_EARLY", False), BONUS=kw.get("BONUS", False))
-        return real_fitted(kernel, grid, *args, **{k: v for k, v in kw.items() if k != "maxnreg"})
+        return real_fitted(kernel, grid, *args, **kw)
 
     monkeypatch.setattr(gla_triton.launch, "fitted", fitted)
     q, k, v, g, h0, cu = make("vector", T=20, K=32)

@@ -422,9 +422,8 @@ def chunk_forward(
     BK, BV = _tile(cfg, "o", K, V, bonus=bon)
     grid, order = chunk_grid(NS, launch.cdiv(V, BV), H, _heads_inner(cfg, "o", gid))
     extra = {} if span is None else dict(spread=span, NKS=span.shape[1], A_FACTORED=True, STORE_A=out is not None)
-    if _option(
-        cfg, "o", "v_early", False, gid, bonus=bon
-    ):  # v's tile loaded before the K loop (table option ``o_v_early``)
+    # v's tile loaded before the K loop (table option ``o_v_early``)
+    if _option(cfg, "o", "v_early", False, gid, bonus=bon):
         extra["V_EARLY"] = True
     if span is not None and u is not None:
         extra.update(gk=gc, u=u, BONUS=True)
