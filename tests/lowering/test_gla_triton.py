@@ -529,28 +529,37 @@ def test_option_lookup_order():
     assert opt(cfg, "dh", "warps", 1, 3, True) == 1
 
 
-def test_bonus_options(monkeypatch):
-    """rwkv6 (``bonus``) reads ``o_bonus_<name>`` before ``o_<name>`` (launch options, the K / V blocks and
-    ``v_early``); gla ignores those entries. The output kernel launches with them."""
-    cfg = dict(CFG, o_BK=16, o_maxnreg=80, o_stages=4, o_bonus_BK=32, o_bonus_maxnreg=128, o_bonus_v_early=True)
+def test_output_kernel_option_forms(monkeypatch):
+    """The output kernel's options for rwkv6 (``bonus``: ``o_bonus_<name>``) and for fp32 inputs (``o_fp32_<name>``,
+    before all) come before ``o_<name>``: launch options, the K / V blocks and ``v_early``. Each launch takes its
+    form's."""
+    cfg = dict(CFG, o_BK=16, o_maxnreg=80, o_stages=4, o_bonus_BK=32, o_bonus_maxnreg=128, o_bonus_v_early=True,
+               o_fp32_maxnreg=168, o_fp32_BV=32)  # fmt: skip
     assert gla_triton._tile(cfg, "o", 64, 64) == (16, 16) and gla_triton._tile(cfg, "o", 64, 64, bonus=True) == (32, 16)
+    assert gla_triton._tile(cfg, "o", 64, 64, bonus=True, fp32=True) == (32, 32)
     assert gla_triton._opts(cfg, "o", 2) == {"num_warps": 4, "num_stages": 4, "maxnreg": 80}
     assert gla_triton._opts(cfg, "o", 2, bonus=True) == {"num_warps": 4, "num_stages": 4, "maxnreg": 128}
+    assert gla_triton._opts(cfg, "o", 2, bonus=True, fp32=True)["maxnreg"] == 168
     assert not gla_triton._option(cfg, "o", "v_early", False, 2) and gla_triton._option(cfg, "o", "v_early", 0, 2,
                                                                                            bonus=True)  # fmt: skip
     seen, real_fitted = {}, gla_triton.launch.fitted
 
     def fitted(kernel, grid, *args, **kw):
         if gla_triton.launch._kernel_name(kernel) == "chunk_fwd_o_kernel":
-            seen.update(BK=args[14], V_EARLY=kw.get("V_EARLY", False), BONUS=kw.get("BONUS", False))
+            seen.update(BK=args[14], BV=args[15], V_EARLY=kw.get("V_EARLY", False), cap=kw.get("maxnreg"))
         return real_fitted(kernel, grid, *args, **kw)
 
     monkeypatch.setattr(gla_triton.launch, "fitted", fitted)
-    q, k, v, g, h0, cu = make("vector", T=20, K=32)
-    for bonus, want in ((None, dict(BK=16, V_EARLY=False, BONUS=False)), (torch.randn(2, 32), dict(BK=32,
-                        V_EARLY=True, BONUS=True))):  # fmt: skip
-        gla_triton.chunk_forward(q, k, v, g, "vector", 0.3, h0, cu, config=cfg, bonus=bonus)
-        assert seen == want, (bonus is not None, seen)
+    for dtype, bonus, want in (
+        (torch.float16, False, dict(BK=16, BV=16, V_EARLY=False, cap=80)),
+        (torch.float16, True, dict(BK=32, BV=16, V_EARLY=True, cap=128)),
+        (torch.float32, False, dict(BK=16, BV=32, V_EARLY=False, cap=168)),
+        (torch.float32, True, dict(BK=32, BV=32, V_EARLY=True, cap=168)),
+    ):
+        q, k, v, g, h0, cu = make("vector", T=20, K=32, dtype=dtype)
+        u = torch.randn(2, 32).to(DEVICE) if bonus else None
+        gla_triton.chunk_forward(q, k, v, g, "vector", 0.3, h0, cu, config=cfg, bonus=u)
+        assert seen == want, (dtype, bonus, seen)
 
 
 def test_scalar_scan_per_pass_from_the_config(monkeypatch):

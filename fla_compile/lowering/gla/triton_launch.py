@@ -207,23 +207,28 @@ def _state_tile(config, kernel: str, programs: int, K: int, V: int, device, gid=
     return fBK, fBV, (fBK, fBV) != (BK, BV)
 
 
-def _tile(config, kernel: str, K: int, V: int, bonus=False) -> tuple[int, int]:
+def _tile(config, kernel: str, K: int, V: int, bonus=False, fp32=False) -> tuple[int, int]:
     """(BK, BV) of one kernel: ``<kernel>_BK`` / ``<kernel>_BV`` of the config when given, else the shared ones
-    (``bonus``: ``<kernel>_bonus_BK`` / ``_BV`` first, see :func:`_option`)."""
+    (``bonus`` / ``fp32``: ``<kernel>_bonus_BK`` / ``<kernel>_fp32_BK`` ... first, see :func:`_option`)."""
     BK, BV = config.get(f"{kernel}_BK", config["BK"]), config.get(f"{kernel}_BV", config["BV"])
-    if bonus:
-        BK, BV = config.get(f"{kernel}_bonus_BK", BK), config.get(f"{kernel}_bonus_BV", BV)
+    for form, on in (("bonus", bonus), ("fp32", fp32)):  # the later form wins
+        if on:
+            BK, BV = config.get(f"{kernel}_{form}_BK", BK), config.get(f"{kernel}_{form}_BV", BV)
     return min(BK, launch.pow2(K)), min(BV, launch.pow2(V))
 
 
-def _option(config, kernel: str, name: str, default, gid=None, filled=False, bonus=False):
+def _option(config, kernel: str, name: str, default, gid=None, filled=False, bonus=False, fp32=False):
     """``<kernel>_<name>`` of the config, or ``default``. One decay per head (gid 3, retention's form of a scalar
     gate, which shares the scalar table) reads ``<kernel>_head_<name>`` first: its kernels take other registers
     (its dq/dk kernel gains from a cap that the scalar gate's loses by). A state pass whose blocks ``fill_sms``
     halved (``filled``: few sequences x heads, each program a long walk) reads ``<kernel>_fill_<name>`` first
     (``<kernel>_fill_head_<name>`` before it for one decay per head): without a gate the forward's pass at K = V = 128
     wants 4 stages there, and loses with them at full blocks. rwkv6 (``bonus``, which shares the vector table) reads
-    ``<kernel>_bonus_<name>`` first: its output kernel also sums the bonus and loses with gla's register cap."""
+    ``<kernel>_bonus_<name>`` first: its output kernel also sums the bonus and loses with gla's register cap. fp32
+    inputs (``fp32``) read ``<kernel>_fp32_<name>`` before all: their dots take other registers (three tf32
+    products at torch's "highest"), so a cap measured on bf16 may spill them or fail to compile."""
+    if fp32 and f"{kernel}_fp32_{name}" in config:
+        return config[f"{kernel}_fp32_{name}"]
     if bonus and f"{kernel}_bonus_{name}" in config:
         return config[f"{kernel}_bonus_{name}"]
     if filled and gid == GATE_HEAD_DECAY_ID and f"{kernel}_fill_head_{name}" in config:
@@ -235,17 +240,17 @@ def _option(config, kernel: str, name: str, default, gid=None, filled=False, bon
     return config.get(f"{kernel}_{name}", default)
 
 
-def _opts(config, kernel: str, gid=None, filled=False, bonus=False) -> dict:
+def _opts(config, kernel: str, gid=None, filled=False, bonus=False, fp32=False) -> dict:
     """Launch options of one kernel: ``<kernel>_warps`` / ``<kernel>_stages`` of the config when given, and
     ``<kernel>_maxnreg``, a register cap per thread (a kernel just over 128 registers on 4 warps fits three
-    programs a multiprocessor where 128 fits four); see :func:`_option` for one decay per head, ``filled`` and
-    ``bonus``."""
+    programs a multiprocessor where 128 fits four); see :func:`_option` for one decay per head, ``filled``,
+    ``bonus`` and ``fp32``."""
     warps, stages = (config.get("num_warps", 4), config.get("num_stages", 2)) if kernel in _SHARED else (4, 3)
     opts = {
-        "num_warps": _option(config, kernel, "warps", warps, gid, filled, bonus),
-        "num_stages": _option(config, kernel, "stages", stages, gid, filled, bonus),
+        "num_warps": _option(config, kernel, "warps", warps, gid, filled, bonus, fp32),
+        "num_stages": _option(config, kernel, "stages", stages, gid, filled, bonus, fp32),
     }
-    cap = _option(config, kernel, "maxnreg", None, gid, filled, bonus)
+    cap = _option(config, kernel, "maxnreg", None, gid, filled, bonus, fp32)
     if cap is not None:
         opts["maxnreg"] = cap
     return opts
@@ -418,12 +423,13 @@ def chunk_forward(
     h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, H // HK, K, V, gid, BT, BK, BV, cfg, prec, full=full)
     A = h if A is None else A
     o = _empty(v.shape, v.device, v.dtype)
-    bon = u is not None  # rwkv6: the output kernel's own options first (``o_bonus_*``)
-    BK, BV = _tile(cfg, "o", K, V, bonus=bon)
+    # the output kernel's own options for rwkv6 (``o_bonus_*``) and fp32 inputs (``o_fp32_*``) first
+    form = dict(bonus=u is not None, fp32=v.dtype == torch.float32)
+    BK, BV = _tile(cfg, "o", K, V, **form)
     grid, order = chunk_grid(NS, launch.cdiv(V, BV), H, _heads_inner(cfg, "o", gid))
     extra = {} if span is None else dict(spread=span, NKS=span.shape[1], A_FACTORED=True, STORE_A=out is not None)
     # v's tile loaded before the K loop (table option ``o_v_early``)
-    if _option(cfg, "o", "v_early", False, gid, bonus=bon):
+    if _option(cfg, "o", "v_early", False, gid, **form):
         extra["V_EARLY"] = True
     if span is not None and u is not None:
         extra.update(gk=gc, u=u, BONUS=True)
@@ -431,7 +437,7 @@ def chunk_forward(
     launch.fitted(
         kern.chunk_fwd_o_kernel, grid,
         q, k, v, gq if gq is not None else gc if gc is not None else h, h, A, o, info, scale, H, H // HK, K, V, BT, BK,
-        BV, gid, prec, A.shape[-1] if gid == GATE_VECTOR_ID else BT, **order, **extra, **_opts(cfg, "o", gid, bonus=bon),
+        BV, gid, prec, A.shape[-1] if gid == GATE_VECTOR_ID else BT, **order, **extra, **_opts(cfg, "o", gid, **form),
     )  # fmt: skip
     return o, ht
 
