@@ -5,7 +5,8 @@
     python benchmarks/gla_options.py --family rwkv6 --variants '{"old": {"o_BK": 64, "o_stages": 2}}'
 
 Per shape: the forward through ``triton_launch.chunk_forward`` with the table's config ("table", first), then
-with each variant's options laid over it (``null`` drops an option, e.g. a register cap). Prints the summed kernel
+with each variant's options laid over it (``null`` drops an option, e.g. a register cap; ``"switches": {"NAME":
+value}`` sets module switches of ``triton_launch`` for that variant alone). Prints the summed kernel
 time of the forward and the output, state and cumsum kernels' own, in ms, and each variant's outputs (o, final
 state, the kept A) against the table's: "bitwise" or the max relative difference. Where ``sweep_gla_kernels.py``
 searches one kernel's options, this times a handful of chosen combinations (twenty-seventh session: the output
@@ -55,6 +56,14 @@ def main(argv=None) -> int:
         table = autotune.get_config("chunk", "vector", D, D, torch.bfloat16, T, q.device, line="gla")
         base = None
         for name, options in {"table": {}, **variants}.items():
+            switches = options.get("switches", {})  # module switches of triton_launch for this variant
+            unknown = [n for n in switches if not hasattr(L, n)]
+            if unknown:
+                raise SystemExit(f"--variants {name!r}: no switch {unknown} in triton_launch")
+            saved = {n: getattr(L, n) for n in switches}
+            for n, value in switches.items():
+                setattr(L, n, value)
+            options = {k: v for k, v in options.items() if k != "switches"}
             cfg, A = _config(table, options), L.saved_A_like(q, v)
             fwd = functools.partial(L.chunk_forward, q, k, v, g, "vector", D**-0.5, None, None, config=cfg, A_out=A,
                                     bonus=u)  # fmt: skip
@@ -64,6 +73,8 @@ def main(argv=None) -> int:
                 kernels = KB.kernel_table(fwd, 10)
             except Exception as e:  # noqa: BLE001  (a variant that does not compile is a row, not a lost run)
                 print(f"| {shape} | {a.family} | {name} | error: {type(e).__name__}: {str(e)[:100]} | | | | |")
+                for n, value in saved.items():
+                    setattr(L, n, value)
                 continue
             got = [x.clone() for x in (out[0], out[1], A)]
             base = base or got
@@ -76,6 +87,8 @@ def main(argv=None) -> int:
             ]
             cells = " | ".join(f"{ms:.4f}" for ms in each)
             print(f"| {shape} | {a.family} | {name} | {total:.4f} | {cells} | {diff} |", flush=True)
+            for n, value in saved.items():
+                setattr(L, n, value)
     return 0
 
 
