@@ -61,21 +61,22 @@ def main(argv=None) -> int:
             if unknown:
                 raise SystemExit(f"--variants {name!r}: no switch {unknown} in triton_launch")
             saved = {n: getattr(L, n) for n in switches}
-            for n, value in switches.items():
-                setattr(L, n, value)
             options = {k: v for k, v in options.items() if k != "switches"}
             cfg, A = _config(table, options), L.saved_A_like(q, v)
             fwd = functools.partial(L.chunk_forward, q, k, v, g, "vector", D**-0.5, None, None, config=cfg, A_out=A,
                                     bonus=u)  # fmt: skip
             try:
+                for n, value in switches.items():
+                    setattr(L, n, value)
                 out = fwd()
                 torch.cuda.synchronize()
                 kernels = KB.kernel_table(fwd, 10)
             except Exception as e:  # noqa: BLE001  (a variant that does not compile is a row, not a lost run)
                 print(f"| {shape} | {a.family} | {name} | error: {type(e).__name__}: {str(e)[:100]} | | | | |")
+                continue
+            finally:  # the switches hold for this variant's launches only
                 for n, value in saved.items():
                     setattr(L, n, value)
-                continue
             got = [x.clone() for x in (out[0], out[1], A)]
             base = base or got
             same = all(torch.equal(x, y) for x, y in zip(got, base))
@@ -87,8 +88,6 @@ def main(argv=None) -> int:
             ]
             cells = " | ".join(f"{ms:.4f}" for ms in each)
             print(f"| {shape} | {a.family} | {name} | {total:.4f} | {cells} | {diff} |", flush=True)
-            for n, value in saved.items():
-                setattr(L, n, value)
     return 0
 
 
