@@ -43,6 +43,7 @@ def compile_one(fn, consts, dt, arch, warps, stages):
         "dw": dt,
         "o": dt,
         "dko": dt,
+        "hin": dt,
     }
     consts = dict(consts)
     for name, prm in inspect.signature(fn.fn).parameters.items():  # constexpr flags not given: at their defaults
@@ -54,6 +55,8 @@ def compile_one(fn, consts, dt, arch, warps, stages):
             sig[name] = "constexpr"
         elif name in ("cu", "info", "chunk_off"):
             sig[name] = "*i32"
+        elif name in ("SEG_S", "SEG_L", "S"):  # integer arguments
+            sig[name] = "i32"
         else:
             sig[name] = "fp32" if name == "scale" else "*" + typed.get(name, "fp32")
     # pointers 16-byte aligned, as the launcher's specialization tells Triton (without it: scalar loads)

@@ -264,7 +264,8 @@ def test_by_dims_tables(arch):
     option = re.compile(
         rf"({names})(_head)?_(warps|stages|BV|BK|maxnreg)|(o|dv|dqk)(_head)?_heads_inner|(fwd|bwd)_scan"
         r"|(h|dh)_fill(_head)?_(warps|stages|maxnreg|decay_rows)|(h|dh)(_head)?_fill_per_sm|fwd_walk|walk_fill"
-        r"|intra_factored|o(_head|_bonus|_fp32)?_v_early|o_(bonus|fp32)_(warps|stages|BV|BK|maxnreg)"
+        r"|intra_factored|o(_head|_bonus|_fp32|_seg)?_v_early|o_(bonus|fp32|seg)_(warps|stages|BV|BK|maxnreg)"
+        r"|h_seg_(heads|min|chunks)"
     )
     for dims, entry in autotune.table(arch).get("by_dims", {}).items():
         if dims == "_comment":

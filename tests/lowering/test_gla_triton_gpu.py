@@ -261,6 +261,53 @@ def test_varlen(kind):
     assert torch.equal(ours[1][2], h0[2]) and torch.equal(ours[-1][2], dht[2])
 
 
+SEGMENT_SHAPES = {  # a few sequences x heads over many chunks: the forward's state pass in segments
+    "T1100_K128": dict(B=1, T=1100, H=4, HK=4, K=128, V=128),  # segments of 8, 8 and 2 chunks, the last partial
+    "T1000_gqa_K64": dict(B=2, T=1000, H=2, HK=1, K=64, V=64),
+    "T1000_K37_V33": dict(B=1, T=1000, H=2, HK=2, K=37, V=33),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", list(SEGMENT_SHAPES))
+def test_segmented_state_pass(shape, dtype, monkeypatch):
+    """``SEGMENTS`` forced (a gate per key dim): the forward's state pass walks segments from zero states, the
+    output kernel adds the state entering each (at K = V = 128 on the table's ``o_seg_*`` options). Mild gates
+    with a band of -20 steps: forward and gradients against
+    fp64 with poisoned buffers, bitwise repeatable; o and the final state within the inputs' rounding of one
+    segment's."""
+    from fla_compile.lowering.gla import triton_launch as gla_triton
+
+    combines = []
+    real = gla_triton._fwd_h_segments
+    monkeypatch.setattr(gla_triton, "_fwd_h_segments", lambda *a, **kw: combines.append(a[-2]) or real(*a, **kw))
+    monkeypatch.setattr(gla_triton, "SEGMENTS", True)
+    args = make("vector", **SEGMENT_SHAPES[shape], dtype=dtype, gate="mild")
+    args[3][:, 300:310] = -20.0
+    check_fwd_bwd("vector", args, dtype)
+    assert combines and min(combines) > 1
+    q, k, v, g, h0 = args[:5]
+    seg = gla_triton.chunk_forward(q, k, v, g, "vector", 0.125, h0)
+    monkeypatch.setattr(gla_triton, "SEGMENTS", False)
+    one = gla_triton.chunk_forward(q, k, v, g, "vector", 0.125, h0)
+    for name, a, b in zip(["o", "ht"], seg, one):
+        assert rel(a, b) < TOL[dtype], f"{name}: {rel(a, b):.2e} from one segment's"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_segments_from_table(dtype, monkeypatch):
+    """The tables' segments (sm90: ``h_seg_heads`` 128, at K = V = 64 from 2 segments): 4 sequences x heads over 16
+    chunks run as 2 segments in half precision, against fp64 with poisoned buffers, bitwise repeatable."""
+    from fla_compile.lowering.gla import triton_launch as gla_triton
+
+    segments = []
+    real = gla_triton._fwd_h_segments
+    monkeypatch.setattr(gla_triton, "_fwd_h_segments", lambda *a, **kw: segments.append(a[-2]) or real(*a, **kw))
+    check_fwd_bwd("vector", make("vector", **SEGMENT_SHAPES["T1000_gqa_K64"], dtype=dtype, gate="mild"), dtype)
+    if torch.cuda.get_device_capability() == (9, 0):
+        assert segments == [2, 2], segments
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_long_sequence_no_drift(kind):
     """T = 65536 in one sequence (1024 chunks through the state pass), fp32, weak gates (logsigmoid(x + 2)): the

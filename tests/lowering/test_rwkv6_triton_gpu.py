@@ -127,6 +127,21 @@ def test_factored_A(shape, dtype, monkeypatch):
         assert rel(a, c) < TOL[dtype], (name, rel(a, c))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_segmented_state_pass(dtype, monkeypatch):
+    """``SEGMENTS`` forced: rwkv6's forward state pass in segments (the output kernel adds the state entering each,
+    under q's exclusive gate), through the op: every output and gradient against fp64, bitwise repeatable."""
+    from fla_compile.lowering.gla import triton_launch as gla_triton
+
+    monkeypatch.setattr(gla_triton, "SEGMENTS", True)
+    xs = make(B=1, T=1100, H=4, HK=4, K=64, V=64, dtype=dtype, decay="mild")
+    ref = reference(*xs, scale=0.1)
+    ours, again = run(*xs, scale=0.1), run(*xs, scale=0.1)
+    for name, a, b, c in zip(NAMES, ours, again, ref):
+        assert torch.isfinite(a).all() and torch.equal(a, b), name
+        assert rel(a, c) < TOL[dtype], (name, rel(a, c))
+
+
 def test_against_fla_chunk_rwkv6():
     """Where flash-linear-attention is installed: our forward and gradients agree with its chunk_rwkv6."""
     fla = pytest.importorskip("fla.ops.rwkv6")

@@ -44,6 +44,22 @@ def dense_cu(B: int, T: int, device) -> torch.Tensor:
     return _cached(("cu", B, T, device), lambda: torch.arange(0, B + 1, device=device, dtype=torch.int32) * T)
 
 
+def segment_meta(B: int, T: int, S: int, L: int, BT: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cu, chunk_off) int32 [B S + 1] of B dense sequences of T tokens, each cut into S segments of L chunks of BT
+    (the last one shorter), as sequences of a state pass: segment s of sequence b is sequence b S + s, and its chunk
+    c sits in slot b NT + s L + c, the dense slot of that chunk."""
+    NT = launch.cdiv(T, BT)
+
+    def make():
+        n = torch.arange(B * S + 1, device=device, dtype=torch.int32)
+        b, s = n // S, n % S
+        cu = b * T + torch.clamp(s * (L * BT), max=T)
+        return torch.stack([cu, b * NT + torch.clamp(s * L, max=NT)]).contiguous()
+
+    meta = _cached(("segments", B, T, S, L, BT, device), make)
+    return meta[0], meta[1]
+
+
 def _dense_info(B: int, T: int, NT: int, device) -> torch.Tensor:
     def make():
         idx = torch.arange(B * NT, device=device, dtype=torch.int32)

@@ -133,8 +133,15 @@ def chunk_fwd_h_kernel(
     PREC: tl.constexpr,
     DECAY_ROWS: tl.constexpr = False,
     FULL_CHUNKS: tl.constexpr = False,
+    dcum=None,
+    dseg=None,
+    STORE_DCUM: tl.constexpr = False,
 ):
     """Carry the state over a sequence's chunks: h[slot] = state before the chunk, ht = final state.
+
+    ``STORE_DCUM`` (vector gate; the sequences are a sequence's segments, see ``segment_combine_kernel``): also
+    the log decay per key dim from the sequence's start to each chunk's start, ``dcum`` [NS, H, K], and to its end,
+    ``dseg`` [N, H, K] (fp32, written by the V-block-0 programs).
 
     ``DECAY_ROWS`` (scalar gates, ids 1, 3, 4): the update kᵀ diag(e^{G_last - G}) v decays v's [BT, BV] rows (the
     dot's B operand, stored to shared memory for it) instead of the keys' [BK, BT] columns (its A operand, which then
@@ -151,6 +158,8 @@ def chunk_fwd_h_kernel(
     # [BK, BV]
     b_h = state_start(h0, i_n * H + i_h, o_h, m_h, K, V, BK, BV, USE_H0)
     o_i = tl.arange(0, BT)
+    b_dc = tl.zeros([BK], dtype=tl.float32)  # STORE_DCUM: the log decay so far
+    m_dc = m_k & (o_k * 0 + i_v == 0)
     for i_c in range(0, NT):
         if STORE_H:
             tl.store(h + ((s0 + i_c) * H + i_h) * K * V + o_h, b_h.to(h.dtype.element_ty), mask=m_h)
@@ -160,6 +169,9 @@ def chunk_fwd_h_kernel(
         n_t, m_t = state_chunk_rows(t0, eos, o_i, BT, FULL_CHUNKS)
         b_kt, b_v = state_pass_tiles(k, v, t0, o_i, m_t, o_k, m_k, o_v, m_v, i_hk, i_h, H, G, K, V)
         g_c = chunk_gate(gc, t0, H, K, GATE)
+        if STORE_DCUM:  # the chunk's last cumsum row, as decay_to_last_t reads it (from cache)
+            tl.store(dcum + ((s0 + i_c) * H + i_h) * K + o_k, b_dc, mask=m_dc)
+            b_dc += tl.load(g_c + ((n_t - 1) * H + i_h) * K + o_k, mask=m_k, other=0)
         if DECAY_ROWS and scalar_gate_id(GATE):
             b_h, b_vd = decay_rows_to_last_t(b_h, b_v, g_c, o_i, m_t, 0, n_t - 1, i_h, H, GATE)
             b_h += dot(b_kt, b_vd.to(b_v.dtype), prec=PREC)
@@ -168,6 +180,42 @@ def chunk_fwd_h_kernel(
             b_h += dot(b_kt.to(b_v.dtype), b_v, prec=PREC)
     if STORE_HT:
         tl.store(ht + (i_n * H + i_h) * K * V + o_h, b_h, mask=m_h)
+    if STORE_DCUM:
+        tl.store(dseg + (i_n * H + i_h) * K + o_k, b_dc, mask=m_dc)
+
+
+@triton.jit
+def segment_combine_kernel(
+    hl,
+    dseg,
+    h0,
+    hin,
+    ht,
+    S,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    USE_H0: tl.constexpr,
+):
+    """The state entering each of a sequence's S segments, from the segments' own passes (each from a zero state,
+    ``chunk_fwd_h_kernel`` with ``STORE_DCUM``): hin[s] = e^(dseg[s - 1]) ⊙ hin[s - 1] + hl[s - 1], hin[0] = h0 (or
+    0), ht = the state after the last. hl [N S, H, K, V] fp32: each segment's final local state; dseg [N S, H, K]:
+    its log decay; hin [N S, H, K, V] in the chunk states' dtype. A sequence whose heads x blocks leave SMs idle
+    runs its state pass as S shorter walks side by side, and the output kernel adds e^(dcum) ⊙ hin to each chunk's
+    local state (``chunk_fwd_o_kernel``'s ``SEGMENTED``)."""
+    i_nh, i_k, i_v = state_block(tl.cdiv(K, BK), tl.cdiv(V, BV))
+    i_n, i_h = i_nh // H, i_nh % H
+    o_k, o_v, m_k, m_v, m_h, o_h = state_offsets(i_k, i_v, K, V, BK, BV)
+    # [BK, BV]
+    b_h = state_start(h0, i_nh, o_h, m_h, K, V, BK, BV, USE_H0)
+    for s in range(0, S):
+        i_g = (i_n * S + s) * H + i_h
+        tl.store(hin + i_g.to(tl.int64) * K * V + o_h, b_h.to(hin.dtype.element_ty), mask=m_h)
+        b_d = tl.load(dseg + i_g * K + o_k, mask=m_k, other=0)
+        b_h = b_h * tl.exp(b_d)[:, None] + tl.load(hl + i_g.to(tl.int64) * K * V + o_h, mask=m_h, other=0)
+    tl.store(ht + i_nh.to(tl.int64) * K * V + o_h, b_h, mask=m_h)
 
 
 @triton.jit
@@ -200,6 +248,11 @@ def chunk_fwd_o_kernel(
     u=None,
     BONUS: tl.constexpr = False,
     V_EARLY: tl.constexpr = False,
+    hin=None,
+    dcum=None,
+    SEG_S=1,
+    SEG_L=1,
+    SEGMENTED: tl.constexpr = False,
 ):
     """o = scale * ((q * e^b) h + (causal A) v) per chunk, A_ij = sum_k q_ik k_jk e^(b_ik - b_jk).
 
@@ -209,8 +262,10 @@ def chunk_fwd_o_kernel(
     ``STORE_A`` writes it to ``A`` for the backward. rwkv6 (``BONUS``; ``gc`` is then gq, the exclusive cumsum,
     and ``gk`` the inclusive one): the reference is gq's first row, 0, so q's factor is q e^(gq), the state term's
     own, k's is e^(-gk); the pairs strictly below the diagonal, the bonus q_i . (u k_i) on it. ``V_EARLY``: v's
-    tile loaded before the K loop, its latency under the loop's (the table's ``o_v_early``). The grid:
-    ``chunks.chunk_grid`` (HEADS_INNER: its order)."""
+    tile loaded before the K loop, its latency under the loop's (the table's ``o_v_early``). ``SEGMENTED`` (vector
+    gate): ``h`` holds each chunk's state within its segment of SEG_L chunks (SEG_S a sequence), and the chunk's
+    state is h + e^(dcum) ⊙ hin[segment] (``segment_combine_kernel``). The grid: ``chunks.chunk_grid``
+    (HEADS_INNER: its order)."""
     i_s, i_v, i_h = chunk_block(tl.cdiv(V, BV), H, HEADS_INNER)
     i_n, i_c, bos, eos = chunk_span(info, i_s)
     if i_n < 0:
@@ -251,6 +306,12 @@ def chunk_fwd_o_kernel(
             mask=m_k[:, None] & m_v[None, :],
             other=0,
         )
+        if SEGMENTED:  # the state entering the segment, decayed to the chunk's start, added to the local one
+            i_g = (i_n * SEG_S + i_c // SEG_L) * H + i_h
+            b_hin = tl.load(hin + i_g.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :],
+                            mask=m_k[:, None] & m_v[None, :], other=0)  # fmt: skip
+            b_dc = tl.load(dcum + (i_s.to(tl.int64) * H + i_h) * K + o_k, mask=m_k, other=0)
+            b_h = b_h.to(tl.float32) + tl.exp(b_dc)[:, None] * b_hin.to(tl.float32)
         if GATE == 2:
             b_g = tl.load(gc + r_g[:, None] + o_k[None, :], mask=m_tk, other=0)
             b_qg = b_q.to(tl.float32) * tl.exp(b_g)

@@ -16,7 +16,7 @@ import os
 import torch
 
 from ..common import launch
-from ..common.chunks import chunk_grid, chunk_meta, dense_cu, full_chunks
+from ..common.chunks import chunk_grid, chunk_meta, dense_cu, full_chunks, segment_meta
 from ..common.gates import (
     GATE_HEAD_DECAY_ID,
     GATE_IDS,
@@ -69,6 +69,16 @@ SCALAR_SCAN_IN_KERNELS: bool | None = None
 # at (8, 2048, 16, 128), 0.601 -> 1.018 at (2, 8192, 16, 128), 0.536 -> 0.547 at (8, 2048, 32, 64), so no table asks
 # for it there
 FWD_WALK: bool | None = None
+# few long sequences: the forward's state pass (a gate per key dim, dense inputs) walks each sequence as S segments
+# side by side, each from a zero state, and the output kernel adds the state entering the segment
+# (``segment_combine_kernel``): N H sequences x heads walk their chunks in turn, and where they leave SMs idle the
+# pass is a latency chain. None: where the table gives ``h_seg_heads`` (S: the smallest power of two with N H S at
+# least that; segments of at least ``h_seg_chunks`` chunks, 8); True: always, at :data:`SEG_HEADS`; False: never.
+# H200, the state pass alone (thirtieth session), one segment -> the best S: (2, 8192, 16, 128) 0.181 -> 0.111 ms
+# (S 4), (1, 8192, 16, 128) 0.149 -> 0.062 (8), (1, 32768, 16, 128) 0.567 -> 0.210 (8), (2, 8192, 16, 64) 0.125 ->
+# 0.069 (4); (8, 2048, 16, 128) 0.110 -> 0.115 (2): each best at 128 sequences x heads
+SEGMENTS: bool | None = None
+SEG_HEADS = 128
 # programs of the walk one SM runs at once (4 warps, V blocks of 64: up to 255 registers a thread, two programs in an
 # SM's 64K registers): simple_gla's walk at K = V = 128 takes 0.124-0.127 ms for 96-128 programs, 0.152-0.157 for
 # 160-256, 0.272 for 288 (a second wave), H200
@@ -207,17 +217,17 @@ def _state_tile(config, kernel: str, programs: int, K: int, V: int, device, gid=
     return fBK, fBV, (fBK, fBV) != (BK, BV)
 
 
-def _tile(config, kernel: str, K: int, V: int, bonus=False, fp32=False) -> tuple[int, int]:
+def _tile(config, kernel: str, K: int, V: int, bonus=False, fp32=False, seg=False) -> tuple[int, int]:
     """(BK, BV) of one kernel: ``<kernel>_BK`` / ``<kernel>_BV`` of the config when given, else the shared ones
-    (``bonus`` / ``fp32``: ``<kernel>_bonus_BK`` / ``<kernel>_fp32_BK`` ... first, see :func:`_option`)."""
+    (``seg`` / ``bonus`` / ``fp32``: ``<kernel>_seg_BK`` / ``<kernel>_bonus_BK`` ... first, see :func:`_option`)."""
     BK, BV = config.get(f"{kernel}_BK", config["BK"]), config.get(f"{kernel}_BV", config["BV"])
-    for form, on in (("bonus", bonus), ("fp32", fp32)):  # the later form wins
+    for form, on in (("seg", seg), ("bonus", bonus), ("fp32", fp32)):  # the later form wins
         if on:
             BK, BV = config.get(f"{kernel}_{form}_BK", BK), config.get(f"{kernel}_{form}_BV", BV)
     return min(BK, launch.pow2(K)), min(BV, launch.pow2(V))
 
 
-def _option(config, kernel: str, name: str, default, gid=None, filled=False, bonus=False, fp32=False):
+def _option(config, kernel: str, name: str, default, gid=None, filled=False, bonus=False, fp32=False, seg=False):
     """``<kernel>_<name>`` of the config, or ``default``. One decay per head (gid 3, retention's form of a scalar
     gate, which shares the scalar table) reads ``<kernel>_head_<name>`` first: its kernels take other registers
     (its dq/dk kernel gains from a cap that the scalar gate's loses by). A state pass whose blocks ``fill_sms``
@@ -226,11 +236,15 @@ def _option(config, kernel: str, name: str, default, gid=None, filled=False, bon
     wants 4 stages there, and loses with them at full blocks. rwkv6 (``bonus``, which shares the vector table) reads
     ``<kernel>_bonus_<name>`` first: its output kernel also sums the bonus and loses with gla's register cap. fp32
     inputs (``fp32``) read ``<kernel>_fp32_<name>`` before all: their dots take other registers (three tf32
-    products at torch's "highest"), so a cap measured on bf16 may spill them or fail to compile."""
+    products at torch's "highest"), so a cap measured on bf16 may spill them or fail to compile. An output kernel
+    that completes segmented chunk states (``seg``, :data:`SEGMENTS`) reads ``<kernel>_seg_<name>`` after those two:
+    the state entering the segment takes registers that spilled under gla's cap."""
     if fp32 and f"{kernel}_fp32_{name}" in config:
         return config[f"{kernel}_fp32_{name}"]
     if bonus and f"{kernel}_bonus_{name}" in config:
         return config[f"{kernel}_bonus_{name}"]
+    if seg and f"{kernel}_seg_{name}" in config:
+        return config[f"{kernel}_seg_{name}"]
     if filled and gid == GATE_HEAD_DECAY_ID and f"{kernel}_fill_head_{name}" in config:
         return config[f"{kernel}_fill_head_{name}"]
     if filled and f"{kernel}_fill_{name}" in config:
@@ -240,17 +254,17 @@ def _option(config, kernel: str, name: str, default, gid=None, filled=False, bon
     return config.get(f"{kernel}_{name}", default)
 
 
-def _opts(config, kernel: str, gid=None, filled=False, bonus=False, fp32=False) -> dict:
+def _opts(config, kernel: str, gid=None, filled=False, bonus=False, fp32=False, seg=False) -> dict:
     """Launch options of one kernel: ``<kernel>_warps`` / ``<kernel>_stages`` of the config when given, and
     ``<kernel>_maxnreg``, a register cap per thread (a kernel just over 128 registers on 4 warps fits three
     programs a multiprocessor where 128 fits four); see :func:`_option` for one decay per head, ``filled``,
-    ``bonus`` and ``fp32``."""
+    ``bonus``, ``fp32`` and ``seg``."""
     warps, stages = (config.get("num_warps", 4), config.get("num_stages", 2)) if kernel in _SHARED else (4, 3)
     opts = {
-        "num_warps": _option(config, kernel, "warps", warps, gid, filled, bonus, fp32),
-        "num_stages": _option(config, kernel, "stages", stages, gid, filled, bonus, fp32),
+        "num_warps": _option(config, kernel, "warps", warps, gid, filled, bonus, fp32, seg),
+        "num_stages": _option(config, kernel, "stages", stages, gid, filled, bonus, fp32, seg),
     }
-    cap = _option(config, kernel, "maxnreg", None, gid, filled, bonus, fp32)
+    cap = _option(config, kernel, "maxnreg", None, gid, filled, bonus, fp32, seg)
     if cap is not None:
         opts["maxnreg"] = cap
     return opts
@@ -310,6 +324,53 @@ def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg,
         FULL_CHUNKS=full, **_opts(cfg, "h", gid, filled),
     )  # fmt: skip
     return h, ht
+
+
+def _segments(cfg, B, T, H, BT, gid, cu_seqlens, dtype) -> tuple[int, int]:
+    """(S, L): segments a sequence and chunks a segment for the forward's state pass (:data:`SEGMENTS`); (1, NT):
+    one segment. From the tables only for half-precision inputs (measured there), and only where S reaches the
+    table's ``h_seg_min`` (2): each segmented chunk costs the output kernel a load and a multiply-add of the state
+    entering its segment (at K = V = 128 +0.05 ms at (2, 8192, 16, 128), so S = 2 loses there)."""
+    NT = launch.cdiv(T, BT)
+    if SEGMENTS is None:
+        want = cfg.get("h_seg_heads", 0) if dtype != torch.float32 else 0
+    else:
+        want = SEG_HEADS if SEGMENTS else 0
+    if not want or gid != GATE_VECTOR_ID or cu_seqlens is not None or B * H >= want:
+        return 1, NT
+    S = 1 << (launch.cdiv(want, B * H) - 1).bit_length()
+    L = max(launch.cdiv(NT, S), cfg.get("h_seg_chunks", 8))
+    S = launch.cdiv(NT, L)
+    return (S, L) if S >= (cfg.get("h_seg_min", 2) if SEGMENTS is None else 2) else (1, NT)
+
+
+def _fwd_h_segments(k, v, gc, h0, NS, B, T, H, G, K, V, gid, BT, cfg, prec, S, L):
+    """The forward's chunk states by segments (:data:`SEGMENTS`): (h, ht, the output kernel's arguments), h each
+    chunk's state within its segment, which the output kernel completes (a pass over h that completed them instead
+    took as long or longer, H200, thirtieth session)."""
+    dev = v.device
+    cu, chunk_off = segment_meta(B, T, S, L, BT, dev)
+    NG = B * S  # the segments, as sequences of the state pass
+    h = _empty((NS, H, K, V), dev, v.dtype)
+    hl = _empty((NG, H, K, V), dev, torch.float32)
+    dcum = _empty((NS, H, K), dev, torch.float32)
+    dseg = _empty((NG, H, K), dev, torch.float32)
+    BK, BV, filled = _state_tile(cfg, "h", NG * H, K, V, dev, gid)
+    launch.fitted(
+        kern.chunk_fwd_h_kernel, (NG * H * launch.cdiv(K, BK) * launch.cdiv(V, BV),),
+        k, v, gc, h, hl, hl, cu, chunk_off, H, G, K, V, BT, BK, BV, gid, False, True, True, prec,
+        bool(_option(cfg, "h", "decay_rows", False, gid, filled)), dcum=dcum, dseg=dseg, STORE_DCUM=True,
+        **_opts(cfg, "h", gid, filled),
+    )  # fmt: skip
+    hin = _empty((NG, H, K, V), dev, v.dtype)
+    ht = _empty((B, H, K, V), dev, torch.float32)
+    cBK, cBV = min(64, launch.pow2(K)), min(64, launch.pow2(V))
+    launch.fitted(
+        kern.segment_combine_kernel, (B * H * launch.cdiv(K, cBK) * launch.cdiv(V, cBV),),
+        hl, dseg, h0 if h0 is not None else hl, hin, ht, S, H, K, V, cBK, cBV, h0 is not None,
+        **_opts(cfg, "combine"),
+    )  # fmt: skip
+    return h, ht, dict(hin=hin, dcum=dcum, SEG_S=S, SEG_L=L, SEGMENTED=True)
 
 
 def _gla_A(q, k, gc, info, NS, B, T, H, G, K, BT, BK, prec, cfg, out=None, gq=None, u=None, span=None):
@@ -419,12 +480,17 @@ def chunk_forward(
         _no_A(A_out)
     if walk:  # with a gate per key dim, on the A just formed
         return _fwd_walk(q, k, v, gc, h0, cu, N, H, H // HK, K, V, gid, BT, cfg, prec, scale, A=A)
-    full = _full(T, cu_seqlens, BT, gid)
-    h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, H // HK, K, V, gid, BT, BK, BV, cfg, prec, full=full)
+    S, L = _segments(cfg, B, T, H, BT, gid, cu_seqlens, v.dtype)
+    if S > 1:
+        h, ht, seg = _fwd_h_segments(k, v, gc, h0, NS, B, T, H, H // HK, K, V, gid, BT, cfg, prec, S, L)
+    else:
+        full = _full(T, cu_seqlens, BT, gid)
+        h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, H // HK, K, V, gid, BT, BK, BV, cfg, prec, full=full)
+        seg = {}
     A = h if A is None else A
     o = _empty(v.shape, v.device, v.dtype)
     # the output kernel's own options for rwkv6 (``o_bonus_*``) and fp32 inputs (``o_fp32_*``) first
-    form = dict(bonus=u is not None, fp32=v.dtype == torch.float32)
+    form = dict(bonus=u is not None, fp32=v.dtype == torch.float32, seg=S > 1)
     BK, BV = _tile(cfg, "o", K, V, **form)
     grid, order = chunk_grid(NS, launch.cdiv(V, BV), H, _heads_inner(cfg, "o", gid))
     extra = {} if span is None else dict(spread=span, NKS=span.shape[1], A_FACTORED=True, STORE_A=out is not None)
@@ -433,6 +499,7 @@ def chunk_forward(
         extra["V_EARLY"] = True
     if span is not None and u is not None:
         extra.update(gk=gc, u=u, BONUS=True)
+    extra.update(seg)
     # the gate of q: rwkv6's exclusive one
     launch.fitted(
         kern.chunk_fwd_o_kernel, grid,
