@@ -299,14 +299,20 @@ def test_factored_bwd_from_the_table(monkeypatch):
         assert seen == [("chunk_fwd_o_kernel", True), ("chunk_gla_bwd_intra_kernel", want)], (switch, table, seen)
 
 
-@pytest.mark.parametrize("bonus, h0", [(False, True), (False, False), (True, True)])
-def test_segmented_state_pass(bonus, h0, monkeypatch):
-    """``SEGMENTS`` (a gate per key dim, dense inputs): the forward's state pass walks each sequence as segments
-    from zero states, and the output kernel adds the state entering each segment. T = 70 in chunks of 16 as
-    segments of 2, 2 and 1 chunks (the last one partial), K in two tiles, gla and rwkv6 (``bonus``), with and without
-    an initial state: o and the final state equal one segment's within fp32 rounding, and fp64."""
-    q, k, v, g, init, _ = make("vector", T=70, B=2, H=2, HK=1, K=20, V=16, h0=h0)
-    g[:, 20:30] = -20.0  # a chunk the output kernel cannot factor
+@pytest.mark.parametrize(
+    "kind, bonus, h0, scan",
+    [("vector", False, True, False), ("vector", False, False, False), ("vector", True, True, False),
+     ("scalar", False, True, False), ("scalar", False, False, True), ("none", False, True, False)],
+)  # fmt: skip
+def test_segmented_state_pass(kind, bonus, h0, scan, monkeypatch):
+    """``SEGMENTS`` (dense inputs): the forward's state pass walks each sequence as segments from zero states, and
+    the output kernel adds the state entering each segment. T = 70 in chunks of 16 as segments of 2, 2 and 1 chunks
+    (the last one partial), K in two tiles; gla, rwkv6 (``bonus``), a scalar gate (``scan``: scanned in the kernels,
+    gate id 4) and none, with and without an initial state: o and the final state equal one segment's within fp32
+    rounding, and fp64."""
+    q, k, v, g, init, _ = make(kind, T=70, B=2, H=2, HK=1, K=20, V=16, h0=h0)
+    if kind == "vector":
+        g[:, 20:30] = -20.0  # a chunk the output kernel cannot factor
     u = torch.randn(2, 20).to(DEVICE) if bonus else None
     launches = []
     real_fitted = gla_triton.launch.fitted
@@ -316,26 +322,27 @@ def test_segmented_state_pass(bonus, h0, monkeypatch):
         return real_fitted(kernel, grid, *args, **kw)
 
     monkeypatch.setattr(gla_triton.launch, "fitted", fitted)
-    cfg = dict(CFG, h_seg_heads=64, h_seg_chunks=2)
+    base = dict(CFG, fwd_scan=scan)
+    cfg = dict(base, h_seg_heads=64, h_seg_chunks=2)
     assert gla_triton._segments(cfg, 2, 70, 2, 16, gla_triton.GATE_VECTOR_ID, None, torch.bfloat16) == (3, 2)
     monkeypatch.setattr(gla_triton, "SEGMENTS", True)  # fp32 inputs: the tables never segment them
-    seg = gla_triton.chunk_forward(q, k, v, g, "vector", 0.3, init, None, config=cfg, bonus=u)
-    assert "segment_combine_kernel" in launches
+    seg = gla_triton.chunk_forward(q, k, v, g, kind, 0.3, init, None, config=cfg, bonus=u)
+    assert "segment_combine_kernel" in launches and ("chunk_cumsum_kernel" in launches) == (kind != "none" and not scan)
     launches.clear()
     monkeypatch.setattr(gla_triton, "SEGMENTS", None)
-    one = gla_triton.chunk_forward(q, k, v, g, "vector", 0.3, init, None, config=CFG, bonus=u)
+    one = gla_triton.chunk_forward(q, k, v, g, kind, 0.3, init, None, config=base, bonus=u)
     assert "segment_combine_kernel" not in launches
     for a, b in zip(seg, one):
         assert rel(a, b) < 1e-5
     if not bonus:
-        ro, rht = reference(q, k, v, g, "vector", 0.3, init, None)
+        ro, rht = reference(q, k, v, g, kind, 0.3, init, None)
         assert rel(seg[0], ro) < 1e-5 and rel(seg[1], rht) < 1e-5
 
 
 def test_segments_where(monkeypatch):
     """The segments a sequence (``_segments``): the smallest power of two that brings sequences x heads to the
     table's ``h_seg_heads``, segments of at least ``h_seg_chunks`` chunks (8), at least ``h_seg_min`` of them (2);
-    none for packed sequences, other gate kinds, fp32 inputs, a table without the option, or ``SEGMENTS`` False.
+    none for packed sequences, fp32 inputs, a table without the option, or ``SEGMENTS`` False.
     ``SEGMENTS`` True: at ``SEG_HEADS`` whatever the table, from 2 segments."""
     vec, bf16, cfg = gla_triton.GATE_VECTOR_ID, torch.bfloat16, {"h_seg_heads": 128}
     assert gla_triton._segments(cfg, 2, 8192, 16, 64, vec, None, bf16) == (4, 32)
@@ -348,7 +355,6 @@ def test_segments_where(monkeypatch):
     assert gla_triton._segments(four, 1, 1000, 16, 64, vec, None, bf16) == (1, 16)
     assert gla_triton._segments(cfg, 8, 2048, 16, 64, vec, None, bf16) == (1, 32)  # 128 already
     assert gla_triton._segments({}, 1, 8192, 16, 64, vec, None, bf16) == (1, 128)
-    assert gla_triton._segments(cfg, 1, 8192, 16, 64, gla_triton.GATE_SCALAR_ID, None, bf16) == (1, 128)
     assert gla_triton._segments(cfg, 1, 8192, 16, 64, vec, torch.tensor([0, 8192]), bf16) == (1, 128)
     assert gla_triton._segments(cfg, 1, 8192, 16, 64, vec, None, torch.float32) == (1, 128)
     monkeypatch.setattr(gla_triton, "SEGMENTS", False)

@@ -365,3 +365,25 @@ def test_head_decay_options():
     assert gla_triton._heads_inner(cfg, "o", 3) is False
     sm90 = autotune.candidates("chunk", "scalar", "sm90", 64, 64)[0]
     assert gla_triton._opts(sm90, "dqk", 3)["maxnreg"] == 168 and "maxnreg" not in gla_triton._opts(sm90, "dqk", 1)
+
+
+def test_sm90_segments():
+    """sm90 segments the vector gate's forward state pass for few long sequences only (``h_seg_*``, measured on the
+    H200, thirtieth session): 128 sequences x heads x segments, segments of 32 chunks or more, from 2 segments at
+    K = V = 64 and from 4 at 128; the issue shapes with 128 sequences x heads, and short sequences, keep one."""
+    import torch
+
+    from fla_compile.lowering.gla import triton_launch as L
+
+    vec, bf16 = L.GATE_VECTOR_ID, torch.bfloat16
+    for D, want in (
+        (64, {(2, 8192): 4, (1, 8192): 4, (1, 32768): 8, (2, 4096): 2}),
+        (128, {(2, 8192): 4, (2, 4096): 1}),
+    ):
+        cfg = autotune.candidates("chunk", "vector", "sm90", D, D)[0]
+        for (B, T), S in {**want, (8, 2048): 1, (4, 2048): 1, (1, 2048): 1}.items():
+            assert L._segments(cfg, B, T, 16, cfg["BT"], vec, None, bf16)[0] == S, (D, B, T)
+    for kind in ("none", "scalar"):  # measured slower at K = V = 128, host-bound at 64: not from the table
+        for D in (64, 128):
+            cfg = autotune.candidates("chunk", kind, "sm90", D, D)[0]
+            assert L._segments(cfg, 1, 32768, 16, cfg["BT"], vec, None, bf16) == (1, 512)

@@ -270,10 +270,11 @@ SEGMENT_SHAPES = {  # a few sequences x heads over many chunks: the forward's st
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("shape", list(SEGMENT_SHAPES))
-def test_segmented_state_pass(shape, dtype, monkeypatch):
-    """``SEGMENTS`` forced (a gate per key dim): the forward's state pass walks segments from zero states, the
-    output kernel adds the state entering each (at K = V = 128 on the table's ``o_seg_*`` options). Mild gates
-    with a band of -20 steps: forward and gradients against
+@pytest.mark.parametrize("kind", KINDS)
+def test_segmented_state_pass(kind, shape, dtype, monkeypatch):
+    """``SEGMENTS`` forced: the forward's state pass walks segments from zero states, the output kernel adds the
+    state entering each (at K = V = 128 on the table's ``o_seg_*`` options). Mild gates, a band of -20 steps in a
+    gate per key dim: forward and gradients against
     fp64 with poisoned buffers, bitwise repeatable; o and the final state within the inputs' rounding of one
     segment's."""
     from fla_compile.lowering.gla import triton_launch as gla_triton
@@ -282,28 +283,31 @@ def test_segmented_state_pass(shape, dtype, monkeypatch):
     real = gla_triton._fwd_h_segments
     monkeypatch.setattr(gla_triton, "_fwd_h_segments", lambda *a, **kw: combines.append(a[-2]) or real(*a, **kw))
     monkeypatch.setattr(gla_triton, "SEGMENTS", True)
-    args = make("vector", **SEGMENT_SHAPES[shape], dtype=dtype, gate="mild")
-    args[3][:, 300:310] = -20.0
-    check_fwd_bwd("vector", args, dtype)
+    args = make(kind, **SEGMENT_SHAPES[shape], dtype=dtype, gate="mild")
+    if kind == "vector":
+        args[3][:, 300:310] = -20.0
+    check_fwd_bwd(kind, args, dtype)
     assert combines and min(combines) > 1
     q, k, v, g, h0 = args[:5]
-    seg = gla_triton.chunk_forward(q, k, v, g, "vector", 0.125, h0)
+    seg = gla_triton.chunk_forward(q, k, v, g, kind, 0.125, h0)
     monkeypatch.setattr(gla_triton, "SEGMENTS", False)
-    one = gla_triton.chunk_forward(q, k, v, g, "vector", 0.125, h0)
+    one = gla_triton.chunk_forward(q, k, v, g, kind, 0.125, h0)
     for name, a, b in zip(["o", "ht"], seg, one):
         assert rel(a, b) < TOL[dtype], f"{name}: {rel(a, b):.2e} from one segment's"
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_segments_from_table(dtype, monkeypatch):
-    """The tables' segments (sm90: ``h_seg_heads`` 128, at K = V = 64 from 2 segments): 4 sequences x heads over 16
-    chunks run as 2 segments in half precision, against fp64 with poisoned buffers, bitwise repeatable."""
+    """The tables' segments (sm90: ``h_seg_heads`` 128, at K = V = 64 from 2 segments of at least 32 chunks): 2
+    sequences x heads over 64 chunks run as 2 segments in half precision, against fp64 with poisoned buffers,
+    bitwise repeatable."""
     from fla_compile.lowering.gla import triton_launch as gla_triton
 
     segments = []
     real = gla_triton._fwd_h_segments
     monkeypatch.setattr(gla_triton, "_fwd_h_segments", lambda *a, **kw: segments.append(a[-2]) or real(*a, **kw))
-    check_fwd_bwd("vector", make("vector", **SEGMENT_SHAPES["T1000_gqa_K64"], dtype=dtype, gate="mild"), dtype)
+    shape = dict(B=1, T=4096, H=2, HK=1, K=64, V=64)
+    check_fwd_bwd("vector", make("vector", **shape, dtype=dtype, gate="mild"), dtype)
     if torch.cuda.get_device_capability() == (9, 0):
         assert segments == [2, 2], segments
 

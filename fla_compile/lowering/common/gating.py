@@ -85,6 +85,20 @@ def scalar_decay_to_last(b_h, b_kt, b_g, gc, o_t, m_t, t0, last, i_h, H: tl.cons
 
 
 @triton.jit
+def chunk_log_decay(gc, o_t, m_t, last, i_h, H: tl.constexpr, K: tl.constexpr, o_k, m_k, GATE: tl.constexpr):
+    """The log of a chunk's whole decay for each key dim ``o_k`` (fp32 [BK]): G at its last step ``last`` (a scalar
+    gate's for every key dim; 0 without a gate), from the chunk's gate as :func:`decay_to_last_t` reads it (``o_t``
+    the chunk's local steps, ``gc`` moved to its start). What a segmented state pass sums from the segment's start
+    (``chunk_fwd_h_kernel``'s ``STORE_DCUM``)."""
+    b_d = (o_k * 0).to(tl.float32)
+    if GATE == 2:
+        b_d += tl.load(gc + (last * H + i_h) * K + o_k, mask=m_k, other=0)
+    if scalar_gate_id(GATE):
+        b_d += scalar_gate_at(gc, scalar_gate(gc, o_t, m_t, 0, i_h, H, GATE), o_t, last, 0, i_h, H, GATE)
+    return b_d
+
+
+@triton.jit
 def decay_to_last_t(
     b_h, b_kt, gc, o_t, m_t, t0, last, i_h, H: tl.constexpr, K: tl.constexpr, o_k, m_k, GATE: tl.constexpr
 ):

@@ -47,6 +47,7 @@ from ..common.dots import dot
 from ..common.gating import (
     chunk_factored,
     chunk_gate,
+    chunk_log_decay,
     decay_rows_to_last_t,
     decay_to_last_t,
     gate_range,
@@ -139,9 +140,9 @@ def chunk_fwd_h_kernel(
 ):
     """Carry the state over a sequence's chunks: h[slot] = state before the chunk, ht = final state.
 
-    ``STORE_DCUM`` (vector gate; the sequences are a sequence's segments, see ``segment_combine_kernel``): also
-    the log decay per key dim from the sequence's start to each chunk's start, ``dcum`` [NS, H, K], and to its end,
-    ``dseg`` [N, H, K] (fp32, written by the V-block-0 programs).
+    ``STORE_DCUM`` (the sequences are a sequence's segments, see ``segment_combine_kernel``): also the log decay
+    per key dim from the sequence's start to each chunk's start, ``dcum`` [NS, H, K], and to its end, ``dseg``
+    [N, H, K] (fp32, written by the V-block-0 programs; a scalar gate's repeated over K, 0 without a gate).
 
     ``DECAY_ROWS`` (scalar gates, ids 1, 3, 4): the update kᵀ diag(e^{G_last - G}) v decays v's [BT, BV] rows (the
     dot's B operand, stored to shared memory for it) instead of the keys' [BK, BT] columns (its A operand, which then
@@ -169,9 +170,9 @@ def chunk_fwd_h_kernel(
         n_t, m_t = state_chunk_rows(t0, eos, o_i, BT, FULL_CHUNKS)
         b_kt, b_v = state_pass_tiles(k, v, t0, o_i, m_t, o_k, m_k, o_v, m_v, i_hk, i_h, H, G, K, V)
         g_c = chunk_gate(gc, t0, H, K, GATE)
-        if STORE_DCUM:  # the chunk's last cumsum row, as decay_to_last_t reads it (from cache)
+        if STORE_DCUM:
             tl.store(dcum + ((s0 + i_c) * H + i_h) * K + o_k, b_dc, mask=m_dc)
-            b_dc += tl.load(g_c + ((n_t - 1) * H + i_h) * K + o_k, mask=m_k, other=0)
+            b_dc += chunk_log_decay(g_c, o_i, m_t, n_t - 1, i_h, H, K, o_k, m_k, GATE)
         if DECAY_ROWS and scalar_gate_id(GATE):
             b_h, b_vd = decay_rows_to_last_t(b_h, b_v, g_c, o_i, m_t, 0, n_t - 1, i_h, H, GATE)
             b_h += dot(b_kt, b_vd.to(b_v.dtype), prec=PREC)
@@ -262,10 +263,10 @@ def chunk_fwd_o_kernel(
     ``STORE_A`` writes it to ``A`` for the backward. rwkv6 (``BONUS``; ``gc`` is then gq, the exclusive cumsum,
     and ``gk`` the inclusive one): the reference is gq's first row, 0, so q's factor is q e^(gq), the state term's
     own, k's is e^(-gk); the pairs strictly below the diagonal, the bonus q_i . (u k_i) on it. ``V_EARLY``: v's
-    tile loaded before the K loop, its latency under the loop's (the table's ``o_v_early``). ``SEGMENTED`` (vector
-    gate): ``h`` holds each chunk's state within its segment of SEG_L chunks (SEG_S a sequence), and the chunk's
-    state is h + e^(dcum) ⊙ hin[segment] (``segment_combine_kernel``). The grid: ``chunks.chunk_grid``
-    (HEADS_INNER: its order)."""
+    tile loaded before the K loop, its latency under the loop's (the table's ``o_v_early``). ``SEGMENTED``:
+    ``h`` holds each chunk's state within its segment of SEG_L chunks (SEG_S a sequence), and the chunk's state is
+    h + e^(dcum) ⊙ hin[segment] (``segment_combine_kernel``). The grid: ``chunks.chunk_grid`` (HEADS_INNER: its
+    order)."""
     i_s, i_v, i_h = chunk_block(tl.cdiv(V, BV), H, HEADS_INNER)
     i_n, i_c, bos, eos = chunk_span(info, i_s)
     if i_n < 0:

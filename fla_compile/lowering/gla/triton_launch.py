@@ -69,8 +69,8 @@ SCALAR_SCAN_IN_KERNELS: bool | None = None
 # at (8, 2048, 16, 128), 0.601 -> 1.018 at (2, 8192, 16, 128), 0.536 -> 0.547 at (8, 2048, 32, 64), so no table asks
 # for it there
 FWD_WALK: bool | None = None
-# few long sequences: the forward's state pass (a gate per key dim, dense inputs) walks each sequence as S segments
-# side by side, each from a zero state, and the output kernel adds the state entering the segment
+# few long sequences: the forward's two-pass state pass (dense inputs) walks each sequence as S segments side by
+# side, each from a zero state, and the output kernel adds the state entering the segment
 # (``segment_combine_kernel``): N H sequences x heads walk their chunks in turn, and where they leave SMs idle the
 # pass is a latency chain. None: where the table gives ``h_seg_heads`` (S: the smallest power of two with N H S at
 # least that; segments of at least ``h_seg_chunks`` chunks, 8); True: always, at :data:`SEG_HEADS`; False: never.
@@ -336,7 +336,7 @@ def _segments(cfg, B, T, H, BT, gid, cu_seqlens, dtype) -> tuple[int, int]:
         want = cfg.get("h_seg_heads", 0) if dtype != torch.float32 else 0
     else:
         want = SEG_HEADS if SEGMENTS else 0
-    if not want or gid != GATE_VECTOR_ID or cu_seqlens is not None or B * H >= want:
+    if not want or cu_seqlens is not None or B * H >= want:
         return 1, NT
     S = 1 << (launch.cdiv(want, B * H) - 1).bit_length()
     L = max(launch.cdiv(NT, S), cfg.get("h_seg_chunks", 8))
@@ -359,7 +359,8 @@ def _fwd_h_segments(k, v, gc, h0, NS, B, T, H, G, K, V, gid, BT, cfg, prec, S, L
     launch.fitted(
         kern.chunk_fwd_h_kernel, (NG * H * launch.cdiv(K, BK) * launch.cdiv(V, BV),),
         k, v, gc, h, hl, hl, cu, chunk_off, H, G, K, V, BT, BK, BV, gid, False, True, True, prec,
-        bool(_option(cfg, "h", "decay_rows", False, gid, filled)), dcum=dcum, dseg=dseg, STORE_DCUM=True,
+        bool(_option(cfg, "h", "decay_rows", False, gid, filled)), FULL_CHUNKS=_full(T, None, BT, gid), dcum=dcum,
+        dseg=dseg, STORE_DCUM=True,
         **_opts(cfg, "h", gid, filled),
     )  # fmt: skip
     hin = _empty((NG, H, K, V), dev, v.dtype)
