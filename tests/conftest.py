@@ -15,6 +15,8 @@
   failed (``InvalidBackend``, in whichever xdist worker ran it first). It is registered once every
   test is collected: importing the backend loads Triton, which must come after ``tests/lowering``
   sets ``TRITON_INTERPRET`` (else the interpreter fails on ``tl.max`` in a helper).
+- Test modules whose interpreter cases run in child processes start them once collection is done,
+  at low priority, beside the rest of the run (``start_background_reports``).
 """
 
 import os
@@ -30,6 +32,21 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 
 def pytest_collection_finish(session):
     import fla_compile.backend  # noqa: F401  (registers "fla" without the entry point)
+
+    _start_background_reports(session.items)
+
+
+def _start_background_reports(items):
+    """A test module whose interpreter cases run in child processes (``start_background_reports(selected)``,
+    given the names of its selected tests) starts them now, at low priority, so they use the core this
+    single-threaded run leaves idle instead of holding it up when the module's turn comes (CI's machine has two)."""
+    selected: dict = {}
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is not None and hasattr(module, "start_background_reports"):
+            selected.setdefault(module, set()).add(getattr(item, "originalname", item.name))
+    for module, names in selected.items():
+        module.start_background_reports(names)
 
 
 @pytest.fixture(autouse=True)

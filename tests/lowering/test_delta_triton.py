@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests import child_runs
 from tests.compare import rel
 
 FAMILY_GATE = {"delta_rule": "none", "gated_delta_rule": "scalar", "kda": "vector"}
@@ -774,30 +774,21 @@ SLOW_CASES = {
 }
 
 
+_STARTED: dict = {}  # report -> its shards, started by start_background_reports
+_REPORTS = {"test_interpreter": "fast", "test_interpreter_production_sizes": "slow"}
+
+
+def start_background_reports(selected):
+    """tests/conftest.py, once collection is done: start the shards of the reports whose tests were selected."""
+    for test, which in _REPORTS.items():
+        if test in selected and which not in _STARTED:
+            _STARTED[which] = child_runs.spawn(__file__, which)
+
+
 def _report(which):
-    """The interpreter cases run in subprocesses, one a CPU core (two on CI's machine): round-robin shards, their
-    reports merged (the fast set took 156 s in one process, the largest piece of CI's run)."""
+    """The interpreter cases' report (the fast set took 156 s in one process, the largest piece of CI's run)."""
     pytest.importorskip("triton")
-    root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    n = max(1, min(2, os.cpu_count() or 1))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, which, f"{i}/{n}"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for i in range(n)
-    ]
-    report = {}
-    for proc in procs:
-        out, err = proc.communicate(timeout=600)
-        lines = [ln for ln in out.splitlines() if ln.startswith("{")]
-        assert proc.returncode == 0 and lines, f"interpreter run failed:\n{out[-3000:]}\n{err[-3000:]}"
-        report.update(json.loads(lines[-1]))
-    return report
+    return child_runs.collect(_STARTED.pop(which, None) or child_runs.spawn(__file__, which))
 
 
 @pytest.fixture(scope="module")

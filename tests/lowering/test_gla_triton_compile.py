@@ -2,17 +2,18 @@
 
 The interpreter runs the kernels' Python; this catches what only code generation sees (types of
 loop-carried values, dot shapes, constexpr branches). Runs in a child process, since the kernels
-of this test session are interpreted.
+of this test session are interpreted: one per (arch, dtype), started beside the rest of the run
+(``tests/child_runs.py``).
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import textwrap
 
 import pytest
+
+from tests import child_runs
 
 pytest.importorskip("triton")
 
@@ -20,54 +21,65 @@ SCRIPT = textwrap.dedent(
     """
     import inspect
     import sys
+    import traceback
 
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     from fla_compile.lowering.gla import triton_intra as intra, triton_kernels as kern
 
-    arch, dt, gid = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-    prec = "ieee" if dt == "fp32" else "tf32"
-    K, V, BT, BK, BV = 100, 64, 64, 64, 64
-    base = dict(H=4, G=2, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gid)
-    jobs = [
-        (kern.chunk_fwd_h_kernel, dict(base, USE_H0=True, STORE_H=True, STORE_HT=True, PREC=prec)),
-        (kern.chunk_fwd_o_kernel, dict(base, PREC=prec, SA=BT)),
-        (kern.chunk_bwd_dh_kernel, dict(base, USE_DHT=True, STORE_DH0=True, PREC=prec)),
-        (kern.chunk_bwd_dv_kernel, dict(base, PREC=prec, SA=BT)),
-        (kern.chunk_bwd_dqk_kernel, dict(base, PREC=prec)),
-    ]
-    if gid != 4:  # gate id 4 (a scalar gate the chunk kernels scan) never reaches the decode kernel
-        jobs.append(
-            (kern.fused_recurrent_kernel, dict(H=4, G=2, K=K, V=V, BK=128, BV=32, GATE=gid, USE_H0=True, STORE_HT=True))
-        )
-    if gid in (1, 2):  # one decay per head (3) and a scalar gate the kernels scan (4) run no cumsum kernel
-        jobs.append((kern.chunk_cumsum_kernel, dict(H=4, K=K, BT=BT, BK=128, GATE=gid)))
-    if gid == 2:
-        sub = dict(H=4, G=2, K=K, BT=BT, BC=16, BK=BK, NC=BT // 16, PREC=prec)
-        jobs += [(intra.chunk_gla_A_kernel, dict(sub, SA=64)), (intra.chunk_gla_bwd_intra_kernel, sub)]
-        # the saved layout with a smaller chunk: rows of 64 entries, BT = 32
-        jobs.append((kern.chunk_fwd_o_kernel, dict(base, BT=32, PREC=prec, SA=64)))
-        jobs.append((kern.chunk_bwd_dv_kernel, dict(base, BT=32, PREC=prec, SA=64)))
-        jobs.append((intra.chunk_rc_add_kernel, dict(H=4, K=K, BT=BT, BK=BK)))
-    # A: in the inputs' dtype (the vector gate's; a placeholder pointer otherwise)
-    typed = {"q": dt, "k": dt, "v": dt, "o": dt, "do": dt, "dv": dt, "g": dt, "h": dt, "dh": dt, "A": dt}
-    for fn, consts in jobs:
-        # flags with defaults (rwkv6's BONUS/EXCL off, the delta line's USE_DH on) compile at their defaults
-        for name, prm in inspect.signature(fn.fn).parameters.items():
-            if name not in consts and "constexpr" in str(prm.annotation) and prm.default is not inspect.Parameter.empty:
-                consts = dict(consts, **{name: prm.default})
-        sig = {}
-        for name in fn.arg_names:
-            if name in consts:
-                sig[name] = "constexpr"
-            elif name in ("cu", "info", "chunk_off"):
-                sig[name] = "*i32"
-            else:
-                sig[name] = "fp32" if name == "scale" else "*" + typed.get(name, "fp32")
-        src = ASTSource(fn, sig, constexprs=consts)
-        triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": 4, "num_stages": 2})
-        print("compiled", fn.__name__)
+    def compile_gate(arch, dt, gid):
+        prec = "ieee" if dt == "fp32" else "tf32"
+        # fp32's exact dots unroll to FMA loops: tiles of 32 there (a quarter of the compile time), 64 for half inputs
+        # (sm90's warpgroup products)
+        K, V, BT, BK, BV = (100, 64, 64, 64, 64) if dt != "fp32" else (50, 32, 32, 32, 32)
+        base = dict(H=4, G=2, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gid)
+        jobs = [
+            (kern.chunk_fwd_h_kernel, dict(base, USE_H0=True, STORE_H=True, STORE_HT=True, PREC=prec)),
+            (kern.chunk_fwd_o_kernel, dict(base, PREC=prec, SA=BT)),
+            (kern.chunk_bwd_dh_kernel, dict(base, USE_DHT=True, STORE_DH0=True, PREC=prec)),
+            (kern.chunk_bwd_dv_kernel, dict(base, PREC=prec, SA=BT)),
+            (kern.chunk_bwd_dqk_kernel, dict(base, PREC=prec)),
+        ]
+        if gid != 4:  # gate id 4 (a scalar gate the chunk kernels scan) never reaches the decode kernel
+            jobs.append(
+                (kern.fused_recurrent_kernel, dict(H=4, G=2, K=K, V=V, BK=128, BV=32, GATE=gid, USE_H0=True, STORE_HT=True))
+            )
+        if gid in (1, 2):  # one decay per head (3) and a scalar gate the kernels scan (4) run no cumsum kernel
+            jobs.append((kern.chunk_cumsum_kernel, dict(H=4, K=K, BT=BT, BK=128, GATE=gid)))
+        if gid == 2:
+            sub = dict(H=4, G=2, K=K, BT=BT, BC=16, BK=BK, NC=BT // 16, PREC=prec)
+            jobs += [(intra.chunk_gla_A_kernel, dict(sub, SA=64)), (intra.chunk_gla_bwd_intra_kernel, sub)]
+            # the saved layout with a smaller chunk: rows of 64 entries, BT = 32
+            jobs.append((kern.chunk_fwd_o_kernel, dict(base, BT=32, PREC=prec, SA=64)))
+            jobs.append((kern.chunk_bwd_dv_kernel, dict(base, BT=32, PREC=prec, SA=64)))
+            jobs.append((intra.chunk_rc_add_kernel, dict(H=4, K=K, BT=BT, BK=BK)))
+        # A: in the inputs' dtype (the vector gate's; a placeholder pointer otherwise)
+        typed = {"q": dt, "k": dt, "v": dt, "o": dt, "do": dt, "dv": dt, "g": dt, "h": dt, "dh": dt, "A": dt}
+        for fn, consts in jobs:
+            # flags with defaults (rwkv6's BONUS/EXCL off, the delta line's USE_DH on) compile at their defaults
+            for name, prm in inspect.signature(fn.fn).parameters.items():
+                if name not in consts and "constexpr" in str(prm.annotation) and prm.default is not inspect.Parameter.empty:
+                    consts = dict(consts, **{name: prm.default})
+            sig = {}
+            for name in fn.arg_names:
+                if name in consts:
+                    sig[name] = "constexpr"
+                elif name in ("cu", "info", "chunk_off"):
+                    sig[name] = "*i32"
+                else:
+                    sig[name] = "fp32" if name == "scale" else "*" + typed.get(name, "fp32")
+            src = ASTSource(fn, sig, constexprs=consts)
+            triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": 4, "num_stages": 2})
+            print("compiled", fn.__name__)
+
+    arch, dt = int(sys.argv[1]), sys.argv[2]
+    for gid in map(int, sys.argv[3:]):  # each gate id apart: one that fails leaves the others' results
+        try:
+            compile_gate(arch, dt, gid)
+            print("@@ok", gid, flush=True)
+        except Exception:
+            print("@@failed", gid, traceback.format_exc()[-3000:], flush=True)
     """
 )
 
@@ -83,11 +95,32 @@ CASES = [
 ]
 
 
+_GROUPS: dict = {}  # (arch, dtype) -> the child compiling its gate ids, started by start_background_reports
+
+
+def _start(arch, dt):
+    gids = [p.values[2] for p in CASES if p.values[:2] == (arch, dt)]
+    return child_runs.start([sys.executable, "-c", SCRIPT, arch, dt, *gids], TRITON_INTERPRET="0")
+
+
+def start_background_reports(selected):
+    """tests/conftest.py, once collection is done: one child per (arch, dtype), every gate id of it in turn."""
+    if "test_kernels_compile" in selected:
+        for arch, dt in dict.fromkeys(p.values[:2] for p in CASES):
+            if (arch, dt) not in _GROUPS:
+                _GROUPS[(arch, dt)] = _start(arch, dt)
+
+
+_DONE: dict = {}
+
+
 @pytest.mark.parametrize("arch,dt,gid", CASES)
 def test_kernels_compile(arch, dt, gid):
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    out = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(arch), dt, str(gid)], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.count("compiled") >= 5
+    if (arch, dt) not in _DONE:
+        proc = _GROUPS.pop((arch, dt), None) or _start(arch, dt)
+        _DONE[(arch, dt)] = child_runs.output(proc, timeout=900)
+    code, out, err = _DONE[(arch, dt)]
+    assert code == 0, err[-3000:]
+    if f"@@ok {gid}\n" not in out:
+        failed = out.split(f"@@failed {gid} ", 1)
+        pytest.fail(failed[1].split("@@")[0] if len(failed) > 1 else f"gate id {gid} did not run:\n{err[-3000:]}")

@@ -14,14 +14,13 @@ import contextlib
 import json
 import logging
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tests import child_runs
 from tests.compare import rel
 
 GRADS = ["du", "ddt", "dA", "dB", "dC", "dh0"]
@@ -227,12 +226,13 @@ def _interpreted_here() -> bool:
     return type(std.cdiv).__name__ == "InterpretedFunction"
 
 
-def _run_cases() -> dict:
+def _run_cases(shard: str = "0/1") -> dict:
     import time
     import traceback
 
     report = {}
-    for name, (fn, args) in INTERPRETER_CASES.items():
+    i, n = (int(x) for x in shard.split("/"))
+    for name, (fn, args) in list(INTERPRETER_CASES.items())[i::n]:
         try:
             t = time.perf_counter()
             report[name] = fn(*args)
@@ -242,20 +242,32 @@ def _run_cases() -> dict:
     return report
 
 
+_STARTED: list = []  # the shards start_background_reports started
+
+
+def _spawn():
+    return child_runs.spawn(__file__, FLA_COMPILE_TRITON="interpret")
+
+
+def start_background_reports(selected):
+    """tests/conftest.py, once collection is done: start the interpreter shards if their test was selected and
+    this process does not interpret the kernels itself (then the fixture runs the cases here)."""
+    if "test_interpreter" in selected and not _STARTED and not _interpreted_here():
+        _STARTED.extend(_spawn())
+
+
 @pytest.fixture(scope="module")
 def interpreter_report():
     pytest.importorskip("triton")
+    if _STARTED:
+        procs = list(_STARTED)
+        _STARTED.clear()
+        return child_runs.collect(procs)
     if _interpreted_here():
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("FLA_COMPILE_TRITON", "interpret")
             return _run_cases()
-    root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, TRITON_INTERPRET="1", FLA_COMPILE_TRITON="interpret",
-               PYTHONPATH=f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")  # fmt: skip
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    assert proc.returncode == 0 and lines, f"interpreter run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return json.loads(lines[-1])
+    return child_runs.collect(_spawn())
 
 
 @pytest.mark.parametrize("case", list(INTERPRETER_CASES))
@@ -463,4 +475,4 @@ def test_gpu_mamba_op_takes_chunked(N):
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    print(json.dumps(_run_cases()))
+    print(json.dumps(_run_cases(*sys.argv[1:2])))
