@@ -15,11 +15,13 @@
   failed (``InvalidBackend``, in whichever xdist worker ran it first). It is registered once every
   test is collected: importing the backend loads Triton, which must come after ``tests/lowering``
   sets ``TRITON_INTERPRET`` (else the interpreter fails on ``tl.max`` in a helper).
-- Test modules whose interpreter cases run in child processes start them once collection is done,
-  at low priority, beside the rest of the run (``start_background_reports``).
+- Test modules whose interpreter cases or offline compiles run in child processes start them once
+  collection is done, at low priority, beside the rest of the run, and the tests that read their results
+  run last (``BACKGROUND_TESTS``, ``start_background_reports``, ``tests/child_runs.py``).
 """
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,18 +35,41 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 def pytest_collection_finish(session):
     import fla_compile.backend  # noqa: F401  (registers "fla" without the entry point)
 
-    _start_background_reports(session.items)
+    if not session.config.option.collectonly:
+        _start_background_reports(session.items)
+
+
+def _background_test(item) -> bool:
+    """Whether ``item`` reads the results of its module's child processes (the module's ``BACKGROUND_TESTS``)."""
+    module = getattr(item, "module", None)
+    return getattr(item, "originalname", item.name) in getattr(module, "BACKGROUND_TESTS", ())
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m have deselected theirs
+def pytest_collection_modifyitems(session, config, items):
+    # a module that runs other test files in a child (its ``runs_in_child()`` and ``FILES``, beside it): their
+    # in-process copies are left out; then the tests that read child processes' results go last, so the children
+    # have the whole run to finish in
+    moved = set()
+    for item in items:
+        module = getattr(item, "module", None)
+        if _background_test(item) and hasattr(module, "FILES") and module.runs_in_child():
+            moved |= {str(Path(module.__file__).parent / name) for name in module.FILES}
+    if moved:
+        kept = [it for it in items if str(it.path) not in moved]
+        config.hook.pytest_deselected(items=[it for it in items if str(it.path) in moved])
+        items[:] = kept
+    items[:] = [it for it in items if not _background_test(it)] + [it for it in items if _background_test(it)]
 
 
 def _start_background_reports(items):
-    """A test module whose interpreter cases run in child processes (``start_background_reports(selected)``,
-    given the names of its selected tests) starts them now, at low priority, so they use the core this
-    single-threaded run leaves idle instead of holding it up when the module's turn comes (CI's machine has two)."""
+    """A test module whose cases run in child processes (``start_background_reports(selected)``, given the names of
+    its selected ``BACKGROUND_TESTS``) starts them now, at low priority, so they use the core this single-threaded
+    run leaves idle instead of holding it up when their tests come (last: CI's machine has two cores)."""
     selected: dict = {}
     for item in items:
-        module = getattr(item, "module", None)
-        if module is not None and hasattr(module, "start_background_reports"):
-            selected.setdefault(module, set()).add(getattr(item, "originalname", item.name))
+        if _background_test(item):
+            selected.setdefault(item.module, set()).add(getattr(item, "originalname", item.name))
     for module, names in selected.items():
         module.start_background_reports(names)
 

@@ -776,6 +776,7 @@ SLOW_CASES = {
 
 _STARTED: dict = {}  # report -> its shards, started by start_background_reports
 _REPORTS = {"test_interpreter": "fast", "test_interpreter_production_sizes": "slow"}
+BACKGROUND_TESTS = tuple(_REPORTS)
 
 
 def start_background_reports(selected):

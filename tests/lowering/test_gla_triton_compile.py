@@ -103,6 +103,9 @@ def _start(arch, dt):
     return child_runs.start([sys.executable, "-c", SCRIPT, arch, dt, *gids], TRITON_INTERPRET="0")
 
 
+BACKGROUND_TESTS = ("test_kernels_compile",)
+
+
 def start_background_reports(selected):
     """tests/conftest.py, once collection is done: one child per (arch, dtype), every gate id of it in turn."""
     if "test_kernels_compile" in selected:

@@ -249,10 +249,13 @@ def _spawn():
     return child_runs.spawn(__file__, FLA_COMPILE_TRITON="interpret")
 
 
+BACKGROUND_TESTS = ("test_interpreter",)
+
+
 def start_background_reports(selected):
-    """tests/conftest.py, once collection is done: start the interpreter shards if their test was selected and
-    this process does not interpret the kernels itself (then the fixture runs the cases here)."""
-    if "test_interpreter" in selected and not _STARTED and not _interpreted_here():
+    """tests/conftest.py, once collection is done: start the interpreter shards if their test was selected (even
+    where this process interprets the kernels: they then run beside the suite, not in its turn)."""
+    if "test_interpreter" in selected and not _STARTED:
         _STARTED.extend(_spawn())
 
 
