@@ -35,7 +35,9 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 def pytest_collection_finish(session):
     import fla_compile.backend  # noqa: F401  (registers "fla" without the entry point)
 
-    if not session.config.option.collectonly:
+    # not under pytest-xdist: every worker collects every test, so each would start them all (the tests start their
+    # own children when they run)
+    if not session.config.option.collectonly and not os.environ.get("PYTEST_XDIST_WORKER"):
         _start_background_reports(session.items)
 
 
