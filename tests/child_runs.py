@@ -21,11 +21,12 @@ def _lower_priority():
     os.nice(10)
 
 
-def start(argv, **env) -> subprocess.Popen:
+def start(argv, cwd=None, **env) -> subprocess.Popen:
     """``argv`` at low priority, this checkout first on the path, ``env`` added; its output kept for the caller."""
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **env)
     proc = subprocess.Popen(
         [str(a) for a in argv],
+        cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

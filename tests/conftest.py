@@ -52,15 +52,13 @@ def pytest_collection_modifyitems(session, config, items):
     # a module that runs other test files in a child (its ``runs_in_child()`` and ``FILES``, beside it): their
     # in-process copies are left out; then the tests that read child processes' results go last, so the children
     # have the whole run to finish in
-    moved = set()
-    for item in items:
-        module = getattr(item, "module", None)
-        if _background_test(item) and hasattr(module, "FILES") and module.runs_in_child():
-            moved |= {str(Path(module.__file__).parent / name) for name in module.FILES}
-    if moved:
-        kept = [it for it in items if str(it.path) not in moved]
-        config.hook.pytest_deselected(items=[it for it in items if str(it.path) in moved])
-        items[:] = kept
+    for module in {it.module for it in items if _background_test(it) and hasattr(it.module, "FILES")}:
+        if module.runs_in_child():
+            files = {str(Path(module.__file__).parent / name) for name in module.FILES}
+            moved = [it for it in items if str(it.path) in files]
+            module.CHILD_TESTS[:] = [it.nodeid for it in moved]  # from the rootdir: the children run there
+            config.hook.pytest_deselected(items=moved)
+            items[:] = [it for it in items if str(it.path) not in files]
     items[:] = [it for it in items if not _background_test(it)] + [it for it in items if _background_test(it)]
 
 
