@@ -295,6 +295,8 @@ def chunk_fwd_o_kernel(
         b_v = tl.load(v + r_v[:, None] + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
     if BONUS:
         gk = gk + (t0 * H + i_h) * K
+    if SEGMENTED:  # the chunk's segment, as a sequence x head of hin
+        i_g = ((i_n * SEG_S + i_c // SEG_L) * H + i_h).to(tl.int64)
     for i_k in range(0, tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
@@ -308,8 +310,7 @@ def chunk_fwd_o_kernel(
             other=0,
         )
         if SEGMENTED:  # the state entering the segment, decayed to the chunk's start, added to the local one
-            i_g = (i_n * SEG_S + i_c // SEG_L) * H + i_h
-            b_hin = tl.load(hin + i_g.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :],
+            b_hin = tl.load(hin + i_g * K * V + o_k[:, None] * V + o_v[None, :],
                             mask=m_k[:, None] & m_v[None, :], other=0)  # fmt: skip
             b_dc = tl.load(dcum + (i_s.to(tl.int64) * H + i_h) * K + o_k, mask=m_k, other=0)
             b_h = b_h.to(tl.float32) + tl.exp(b_dc)[:, None] * b_hin.to(tl.float32)

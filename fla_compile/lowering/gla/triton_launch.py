@@ -311,7 +311,12 @@ def _full(T, cu_seqlens, BT, gid) -> bool:
     return gid != GATE_VECTOR_ID and full_chunks(T, cu_seqlens, BT)
 
 
-def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg, prec, store_h=True, full=False):
+def _fwd_h(
+    k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg, prec, store_h=True, full=False, **extra
+):
+    """(chunk states in v's dtype, final states fp32 [N, H, K, V]); the blocks are the pass's own
+    (:func:`_state_tile`: ``BK`` / ``BV`` are not read); ``extra``: the kernel's segment outputs
+    (:func:`_fwd_h_segments`)."""
     # chunk states in the inputs' dtype: the kernels cast them to it before every dot anyway
     h = _empty((NS if store_h else 1, H, K, V), v.device, v.dtype)
     ht = _empty((N, H, K, V), v.device, torch.float32)
@@ -321,7 +326,7 @@ def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg,
         kern.chunk_fwd_h_kernel, grid,
         k, v, gc if gc is not None else ht, h, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, BK,
         BV, gid, h0 is not None, store_h, True, prec, bool(_option(cfg, "h", "decay_rows", False, gid, filled)),
-        FULL_CHUNKS=full, **_opts(cfg, "h", gid, filled),
+        FULL_CHUNKS=full, **extra, **_opts(cfg, "h", gid, filled),
     )  # fmt: skip
     return h, ht
 
@@ -351,18 +356,11 @@ def _fwd_h_segments(k, v, gc, h0, NS, B, T, H, G, K, V, gid, BT, cfg, prec, S, L
     dev = v.device
     cu, chunk_off = segment_meta(B, T, S, L, BT, dev)
     NG = B * S  # the segments, as sequences of the state pass
-    h = _empty((NS, H, K, V), dev, v.dtype)
-    hl = _empty((NG, H, K, V), dev, torch.float32)
     dcum = _empty((NS, H, K), dev, torch.float32)
     dseg = _empty((NG, H, K), dev, torch.float32)
-    BK, BV, filled = _state_tile(cfg, "h", NG * H, K, V, dev, gid)
-    launch.fitted(
-        kern.chunk_fwd_h_kernel, (NG * H * launch.cdiv(K, BK) * launch.cdiv(V, BV),),
-        k, v, gc, h, hl, hl, cu, chunk_off, H, G, K, V, BT, BK, BV, gid, False, True, True, prec,
-        bool(_option(cfg, "h", "decay_rows", False, gid, filled)), FULL_CHUNKS=_full(T, None, BT, gid), dcum=dcum,
-        dseg=dseg, STORE_DCUM=True,
-        **_opts(cfg, "h", gid, filled),
-    )  # fmt: skip
+    # hl: each segment's final local state
+    h, hl = _fwd_h(k, v, gc, None, cu, chunk_off, NS, NG, H, G, K, V, gid, BT, None, None, cfg, prec,
+                   full=_full(T, None, BT, gid), dcum=dcum, dseg=dseg, STORE_DCUM=True)  # fmt: skip
     hin = _empty((NG, H, K, V), dev, v.dtype)
     ht = _empty((B, H, K, V), dev, torch.float32)
     cBK, cBV = min(64, launch.pow2(K)), min(64, launch.pow2(V))
