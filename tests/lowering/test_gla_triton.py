@@ -343,7 +343,7 @@ def test_segments_where(monkeypatch):
     """The segments a sequence (``_segments``): the smallest power of two that brings sequences x heads to the
     table's ``h_seg_heads``, segments of at least ``h_seg_chunks`` chunks (8), at least ``h_seg_min`` of them (2);
     none for packed sequences, fp32 inputs, a table without the option, or ``SEGMENTS`` False.
-    ``SEGMENTS`` True: at ``SEG_HEADS`` whatever the table, from 2 segments of ``SEG_CHUNKS``."""
+    ``SEGMENTS`` True: at ``SEG_HEADS`` whatever the table, from 2 segments of at most ``SEG_CHUNKS`` chunks."""
     vec, bf16, cfg = gla_triton.GATE_VECTOR_ID, torch.bfloat16, {"h_seg_heads": 128}
     assert gla_triton._segments(cfg, 2, 8192, 16, 64, vec, None, bf16) == (4, 32)
     assert gla_triton._segments(cfg, 1, 8192, 16, 64, vec, None, bf16) == (8, 16)
@@ -362,7 +362,7 @@ def test_segments_where(monkeypatch):
     monkeypatch.setattr(gla_triton, "SEGMENTS", True)
     assert gla_triton._segments(four, 4, 2048, 16, 64, vec, None, torch.float32) == (2, 16)
     assert gla_triton._segments({}, 1, 8192, 16, 64, vec, None, bf16) == (8, 16)
-    # the table's least chunks a segment (sm90's vector 32) too: forced segments take SEG_CHUNKS
+    # forced segments take the table's least chunks a segment only up to SEG_CHUNKS (sm90's vector asks for 32)
     assert gla_triton._segments(dict(cfg, h_seg_chunks=32), 1, 1100, 4, 64, vec, None, bf16) == (3, 8)
 
 

@@ -73,14 +73,15 @@ FWD_WALK: bool | None = None
 # side, each from a zero state, and the output kernel adds the state entering the segment
 # (``segment_combine_kernel``): N H sequences x heads walk their chunks in turn, and where they leave SMs idle the
 # pass is a latency chain. None: where the table gives ``h_seg_heads`` (S: the smallest power of two with N H S at
-# least that; segments of at least ``h_seg_chunks`` chunks, :data:`SEG_CHUNKS`); True: always, at :data:`SEG_HEADS`
-# and SEG_CHUNKS, whatever the table (the GPU tests force segments on short sequences); False: never.
+# least that; segments of at least ``h_seg_chunks`` chunks, :data:`SEG_CHUNKS`); True: always, at :data:`SEG_HEADS`,
+# the table's ``h_seg_chunks`` capped at SEG_CHUNKS (tests force segments on short sequences); False: never.
 # H200, the state pass alone (thirtieth session), one segment -> the best S: (2, 8192, 16, 128) 0.181 -> 0.111 ms
 # (S 4), (1, 8192, 16, 128) 0.149 -> 0.062 (8), (1, 32768, 16, 128) 0.567 -> 0.210 (8), (2, 8192, 16, 64) 0.125 ->
 # 0.069 (4); (8, 2048, 16, 128) 0.110 -> 0.115 (2): each best at 128 sequences x heads
 SEGMENTS: bool | None = None
 SEG_HEADS = 128
-# the fewest chunks a segment takes where the table gives no ``h_seg_chunks``, and whenever SEGMENTS is True
+# the fewest chunks a segment takes where the table gives no ``h_seg_chunks``, and the most it asks for when
+# SEGMENTS is True
 SEG_CHUNKS = 8
 # programs of the walk one SM runs at once (4 warps, V blocks of 64: up to 255 registers a thread, two programs in an
 # SM's 64K registers): simple_gla's walk at K = V = 128 takes 0.124-0.127 ms for 96-128 programs, 0.152-0.157 for
@@ -347,7 +348,8 @@ def _segments(cfg, B, T, H, BT, gid, cu_seqlens, dtype) -> tuple[int, int]:
     if not want or cu_seqlens is not None or B * H >= want:
         return 1, NT
     S = 1 << (launch.cdiv(want, B * H) - 1).bit_length()
-    L = max(launch.cdiv(NT, S), cfg.get("h_seg_chunks", SEG_CHUNKS) if SEGMENTS is None else SEG_CHUNKS)
+    least = cfg.get("h_seg_chunks", SEG_CHUNKS)
+    L = max(launch.cdiv(NT, S), least if SEGMENTS is None else min(least, SEG_CHUNKS))
     S = launch.cdiv(NT, L)
     return (S, L) if S >= (cfg.get("h_seg_min", 2) if SEGMENTS is None else 2) else (1, NT)
 
