@@ -343,7 +343,8 @@ def test_segments_where(monkeypatch):
     """The segments a sequence (``_segments``): the smallest power of two that brings sequences x heads to the
     table's ``h_seg_heads``, segments of at least ``h_seg_chunks`` chunks (8), at least ``h_seg_min`` of them (2);
     none for packed sequences, fp32 inputs, a table without the option, or ``SEGMENTS`` False.
-    ``SEGMENTS`` True: at ``SEG_HEADS`` whatever the table, from 2 segments of at most ``SEG_CHUNKS`` chunks."""
+    ``SEGMENTS`` True: at ``SEG_HEADS`` whatever the table's ``h_seg_heads`` and ``h_seg_min``, from 2 segments, of
+    the table's ``h_seg_chunks`` capped at ``SEG_CHUNKS``."""
     vec, bf16, cfg = gla_triton.GATE_VECTOR_ID, torch.bfloat16, {"h_seg_heads": 128}
     assert gla_triton._segments(cfg, 2, 8192, 16, 64, vec, None, bf16) == (4, 32)
     assert gla_triton._segments(cfg, 1, 8192, 16, 64, vec, None, bf16) == (8, 16)
