@@ -24,7 +24,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 log = logging.getLogger("delta_bwd_regs")
 
 
-def compile_one(fn, consts, dt, arch, warps, stages):
+def compile_one(fn, consts, dt, arch, warps, stages, types=None):
+    """``fn`` compiled offline for ``arch`` (``triton.compile`` to a GPUTarget, no GPU): constexprs not in ``consts``
+    at their defaults, the pointers named below in ``dt`` and the others fp32 (``types``: more pointer element types
+    by name), pointers 16-byte aligned. Shared with ``tests/lowering/test_gla_triton_compile.py``."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -45,6 +48,7 @@ def compile_one(fn, consts, dt, arch, warps, stages):
         "dko": dt,
         "hin": dt,
     }
+    typed.update(types or {})
     consts = dict(consts)
     for name, prm in inspect.signature(fn.fn).parameters.items():  # constexpr flags not given: at their defaults
         if name not in consts and "constexpr" in str(prm.annotation) and prm.default is not inspect.Parameter.empty:

@@ -8,6 +8,7 @@ of this test session are interpreted: one per (arch, dtype), started beside the 
 
 from __future__ import annotations
 
+import pathlib
 import sys
 import textwrap
 
@@ -17,15 +18,15 @@ from tests import child_runs
 
 pytest.importorskip("triton")
 
+ROOT = pathlib.Path(__file__).resolve().parents[2]  # the repository: the child compiles by benchmarks/delta_bwd_regs
+
 SCRIPT = textwrap.dedent(
     """
-    import inspect
     import sys
     import traceback
 
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    sys.path.insert(0, sys.argv[1] + "/benchmarks")
+    from delta_bwd_regs import compile_one
     from fla_compile.lowering.gla import triton_intra as intra, triton_kernels as kern
 
     def compile_gate(arch, dt, gid):
@@ -54,27 +55,14 @@ SCRIPT = textwrap.dedent(
             jobs.append((kern.chunk_fwd_o_kernel, dict(base, BT=32, PREC=prec, SA=64)))
             jobs.append((kern.chunk_bwd_dv_kernel, dict(base, BT=32, PREC=prec, SA=64)))
             jobs.append((intra.chunk_rc_add_kernel, dict(H=4, K=K, BT=BT, BK=BK)))
-        # A: in the inputs' dtype (the vector gate's; a placeholder pointer otherwise)
-        typed = {"q": dt, "k": dt, "v": dt, "o": dt, "do": dt, "dv": dt, "g": dt, "h": dt, "dh": dt, "A": dt}
         for fn, consts in jobs:
-            # flags with defaults (rwkv6's BONUS/EXCL off, the delta line's USE_DH on) compile at their defaults
-            for name, prm in inspect.signature(fn.fn).parameters.items():
-                if name not in consts and "constexpr" in str(prm.annotation) and prm.default is not inspect.Parameter.empty:
-                    consts = dict(consts, **{name: prm.default})
-            sig = {}
-            for name in fn.arg_names:
-                if name in consts:
-                    sig[name] = "constexpr"
-                elif name in ("cu", "info", "chunk_off"):
-                    sig[name] = "*i32"
-                else:
-                    sig[name] = "fp32" if name == "scale" else "*" + typed.get(name, "fp32")
-            src = ASTSource(fn, sig, constexprs=consts)
-            triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": 4, "num_stages": 2})
+            # flags with defaults (rwkv6's BONUS/EXCL off, the delta line's USE_DH on) compile at their defaults;
+            # A in the inputs' dtype (the vector gate's; a placeholder pointer otherwise), the gate too
+            compile_one(fn, consts, dt, arch, 4, 2, types={"g": dt, "A": dt})
             print("compiled", fn.__name__)
 
-    arch, dt = int(sys.argv[1]), sys.argv[2]
-    for gid in map(int, sys.argv[3:]):  # each gate id apart: one that fails leaves the others' results
+    arch, dt = int(sys.argv[2]), sys.argv[3]
+    for gid in map(int, sys.argv[4:]):  # each gate id apart: one that fails leaves the others' results
         try:
             compile_gate(arch, dt, gid)
             print("@@ok", gid, flush=True)
@@ -100,7 +88,7 @@ _GROUPS: dict = {}  # (arch, dtype) -> the child compiling its gate ids, started
 
 def _start(arch, dt):
     gids = [p.values[2] for p in CASES if p.values[:2] == (arch, dt)]
-    return child_runs.start([sys.executable, "-c", SCRIPT, arch, dt, *gids], TRITON_INTERPRET="0")
+    return child_runs.start([sys.executable, "-c", SCRIPT, str(ROOT), arch, dt, *gids], TRITON_INTERPRET="0")
 
 
 BACKGROUND_TESTS = ("test_kernels_compile",)

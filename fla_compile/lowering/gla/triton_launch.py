@@ -315,12 +315,9 @@ def _full(T, cu_seqlens, BT, gid) -> bool:
     return gid != GATE_VECTOR_ID and full_chunks(T, cu_seqlens, BT)
 
 
-def _fwd_h(
-    k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg, prec, store_h=True, full=False, **extra
-):
-    """(chunk states in v's dtype, final states fp32 [N, H, K, V]); the blocks are the pass's own
-    (:func:`_state_tile`: ``BK`` / ``BV`` are not read); ``extra``: the kernel's segment outputs
-    (:func:`_fwd_h_segments`)."""
+def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, cfg, prec, store_h=True, full=False, **extra):
+    """(chunk states in v's dtype, final states fp32 [N, H, K, V]), on the pass's own blocks (:func:`_state_tile`);
+    ``extra``: the kernel's segment outputs (:func:`_fwd_h_segments`)."""
     # chunk states in the inputs' dtype: the kernels cast them to it before every dot anyway
     h = _empty((NS if store_h else 1, H, K, V), v.device, v.dtype)
     ht = _empty((N, H, K, V), v.device, torch.float32)
@@ -364,7 +361,7 @@ def _fwd_h_segments(k, v, gc, h0, NS, B, T, H, G, K, V, gid, BT, cfg, prec, S, L
     dcum = _empty((NS, H, K), dev, torch.float32)
     dseg = _empty((NG, H, K), dev, torch.float32)
     # hl: each segment's final local state
-    h, hl = _fwd_h(k, v, gc, None, cu, chunk_off, NS, NG, H, G, K, V, gid, BT, None, None, cfg, prec,
+    h, hl = _fwd_h(k, v, gc, None, cu, chunk_off, NS, NG, H, G, K, V, gid, BT, cfg, prec,
                    full=_full(T, None, BT, gid), dcum=dcum, dseg=dseg, STORE_DCUM=True)  # fmt: skip
     hin = _empty((NG, H, K, V), dev, v.dtype)
     ht = _empty((B, H, K, V), dev, torch.float32)
@@ -489,7 +486,7 @@ def chunk_forward(
         h, ht, seg = _fwd_h_segments(k, v, gc, h0, NS, B, T, H, H // HK, K, V, gid, BT, cfg, prec, S, L)
     else:
         full = _full(T, cu_seqlens, BT, gid)
-        h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, H // HK, K, V, gid, BT, BK, BV, cfg, prec, full=full)
+        h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, H // HK, K, V, gid, BT, cfg, prec, full=full)
         seg = {}
     A = h if A is None else A
     o = _empty(v.shape, v.device, v.dtype)
@@ -554,7 +551,7 @@ def chunk_backward(
     rw = () if u is None else (gq, True)  # the trailing rwkv6 arguments of the dh and dqk kernels
     prec = launch.prec(v.dtype, K, V, split=FP32_SPLIT)
     full = _full(T, cu_seqlens, BT, gid)
-    h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, BK, BV, cfg, prec, full=full)
+    h, ht = _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, cfg, prec, full=full)
 
     dh = _empty((NS, H, K, V), v.device, v.dtype)  # like h: cast to the inputs' dtype before every dot
     dh0 = _empty((N, H, K, V), v.device, torch.float32) if h0 is not None else None
