@@ -87,6 +87,9 @@ SHAPES = {
     "T257_gqa_K128_V64": dict(B=1, T=257, H=4, HK=2, K=128, V=64),
     "T200_K32_V256": dict(B=1, T=200, H=2, HK=1, K=32, V=256),
     "T130_K256": dict(B=1, T=130, H=2, HK=2, K=256, V=128),
+    # the GLA and RetNet papers' heads (K 256, V 512), and K at MAX_HEAD_DIM with V past 256 and odd
+    "T150_gqa_K256_V512": dict(B=1, T=150, H=2, HK=1, K=256, V=512),
+    "T90_K512_V272": dict(B=1, T=90, H=2, HK=2, K=512, V=272),
     # odd head dims with masked tails: K = 153 (Based's Taylor map of 16 features) crosses a 128 block, where
     # Triton 3.7 on sm_90 miscompiles a masked tail iteration of FLA's chunk_bwd_dv (fla-org/...#1241: an IMA)
     "T150_K153_V96": dict(B=1, T=150, H=2, HK=2, K=153, V=96),
@@ -374,12 +377,14 @@ def test_strong_gates(kind, dtype):
         assert rel(a, r) < TOL[dtype]
 
 
+@pytest.mark.parametrize("dims", [(128, 128), (512, 272)], ids=["K128", "K512_V272"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_decode(kind, dtype):
+def test_decode(kind, dtype, dims):
+    """The decode kernel (the whole K in one block) against fp64, the state updated in place; up to K = 512."""
     from fla_compile.lowering.gla import triton_launch as gla_triton
 
-    q, k, v, g, h0, cu, do, dht = make(kind, 64, 1, 4, 2, 128, 128, dtype, gate="mild")
+    q, k, v, g, h0, cu, do, dht = make(kind, 64, 1, 4, 2, *dims, dtype, gate="mild")
     ref = reference(q, k, v, g, kind, 0.1, h0, cu, do, dht)
     state = h0.clone()
     o, ht = gla_triton.fused_recurrent(q, k, v, g, kind, 0.1, state, inplace_state=True)

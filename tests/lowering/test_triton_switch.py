@@ -47,6 +47,18 @@ def test_float64_takes_the_torch_path(which, monkeypatch):
         assert not gla_triton_enabled(q, k, v, g, h0)
 
 
+@pytest.mark.parametrize(
+    "K,V,expected",
+    [(256, 512, True), (512, 512, True), (273, 64, True), (513, 64, False), (64, 513, False)],
+)  # fmt: skip
+def test_gla_line_head_dims(K, V, expected, monkeypatch):
+    """The GLA line's kernels take K and V up to 512 (the GLA and RetNet papers' 256 x 512 heads, checked against
+    fp64 on the H200 by test_gla_triton_gpu.py); larger heads take the torch path."""
+    monkeypatch.delenv("FLA_COMPILE_TRITON", raising=False)
+    qk, v = cuda_like(1, 8, 2, K), cuda_like(1, 8, 2, V)
+    assert gla_triton_enabled(qk, qk, v) is expected
+
+
 def test_cpu_tensors_take_the_torch_path_unless_interpreting(monkeypatch):
     q = torch.zeros(1, 8, 2, 16)
     args = (q, q, q, q[..., 0], None, None)

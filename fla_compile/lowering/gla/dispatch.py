@@ -14,7 +14,8 @@ from .torch_path import gla_line_forward
 
 
 def gla_triton_enabled(q, k, v, *others) -> bool:
-    """Whether the GLA-line Triton kernels run these inputs (CUDA, fp32/bf16/fp16, head dims <= 256).
+    """Whether the GLA-line Triton kernels run these inputs (CUDA, fp32/bf16/fp16, head dims up to
+    ``triton_launch.MAX_HEAD_DIM``).
 
     ``others`` (gate, initial state; None skipped) must not be float64 either. ``FLA_COMPILE_TRITON=0``
     turns the kernels off; ``FLA_COMPILE_TRITON=interpret`` (with ``TRITON_INTERPRET=1``) also runs them

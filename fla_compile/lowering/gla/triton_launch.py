@@ -31,7 +31,13 @@ from . import triton_intra as intra
 from . import triton_kernels as kern
 
 DECODE_MAX_T = 64
-MAX_HEAD_DIM = 256
+# the largest K and V the kernels take (larger: the torch path). They tile both, and the decode kernel holds the whole
+# K. 512 covers the published GLA and RetNet configs (K 256, V 512) and Based's Taylor map (K 273). H200, bf16, fp32
+# against fp64 (thirty-second session: every family, K x V of 256 x 512, 512 x 256, 512 x 512, 272 x 64, T of 300,
+# 1, 5, passed), and by do_bench, ms fwd / fwd+bwd, these kernels against the torch path that took them before and
+# FLA 0.6.0: gla (8, 2048, 4, K 256, V 512) 0.706 / 1.908, torch path 8.678 / 36.831, FLA 0.631 / 2.644; retention
+# (8, 2048, 8, 256, 512) 0.524 / 2.004, 4.689 / 22.300, FLA 0.708 / 3.421
+MAX_HEAD_DIM = 512
 BC = 16  # sub-chunk of the vector gate's intra-chunk kernels
 POISON = False  # tests set it: every buffer starts as NaN, to prove each element is written
 # fp32 at torch's "highest" by three tf32 products (``launch.FP32_HIGHEST``), at the head dims it is kept to
