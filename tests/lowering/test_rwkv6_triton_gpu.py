@@ -83,6 +83,7 @@ SHAPES = {
     "T257_gqa_K128_V64": dict(B=1, T=257, H=4, HK=2, K=128, V=64),
     "T130_K64_V128": dict(B=1, T=130, H=2, HK=2, K=64, V=128),
     "decode_T40": dict(B=3, T=40, H=2, HK=2, K=64, V=64),
+    "T150_gqa_K256_V512": dict(B=1, T=150, H=2, HK=1, K=256, V=512),  # past 256 (the GLA line's MAX_HEAD_DIM: 512)
 }
 NAMES = ["o", "ht", "dr", "dk", "dv", "dw", "du", "dh0"]
 
