@@ -324,7 +324,7 @@ def test_segmented_state_pass(kind, bonus, h0, scan, monkeypatch):
     monkeypatch.setattr(gla_triton.launch, "fitted", fitted)
     base = dict(CFG, fwd_scan=scan)
     cfg = dict(base, h_seg_heads=64, h_seg_chunks=2)
-    assert gla_triton._segments(cfg, 2, 70, 2, 16, gla_triton.GATE_VECTOR_ID, None, torch.bfloat16) == (3, 2)
+    assert gla_triton._segments(cfg, 2, 70, 2, 16, None, torch.bfloat16) == (3, 2)
     monkeypatch.setattr(gla_triton, "SEGMENTS", True)  # fp32 inputs: the tables never segment them
     seg = gla_triton.chunk_forward(q, k, v, g, kind, 0.3, init, None, config=cfg, bonus=u)
     assert "segment_combine_kernel" in launches and ("chunk_cumsum_kernel" in launches) == (kind != "none" and not scan)
@@ -345,26 +345,26 @@ def test_segments_where(monkeypatch):
     none for packed sequences, fp32 inputs, a table without the option, or ``SEGMENTS`` False.
     ``SEGMENTS`` True: at ``SEG_HEADS`` whatever the table's ``h_seg_heads`` and ``h_seg_min``, from 2 segments, of
     the table's ``h_seg_chunks`` capped at ``SEG_CHUNKS``."""
-    vec, bf16, cfg = gla_triton.GATE_VECTOR_ID, torch.bfloat16, {"h_seg_heads": 128}
-    assert gla_triton._segments(cfg, 2, 8192, 16, 64, vec, None, bf16) == (4, 32)
-    assert gla_triton._segments(cfg, 1, 8192, 16, 64, vec, None, bf16) == (8, 16)
-    assert gla_triton._segments(cfg, 1, 2048, 16, 64, vec, None, bf16) == (4, 8)  # 8 chunks a segment at least
-    assert gla_triton._segments(cfg, 1, 1000, 16, 64, vec, None, bf16) == (2, 8)  # 16 chunks, the last partial
-    assert gla_triton._segments(cfg, 4, 2048, 16, 64, vec, None, bf16) == (2, 16)
+    bf16, cfg = torch.bfloat16, {"h_seg_heads": 128}
+    assert gla_triton._segments(cfg, 2, 8192, 16, 64, None, bf16) == (4, 32)
+    assert gla_triton._segments(cfg, 1, 8192, 16, 64, None, bf16) == (8, 16)
+    assert gla_triton._segments(cfg, 1, 2048, 16, 64, None, bf16) == (4, 8)  # 8 chunks a segment at least
+    assert gla_triton._segments(cfg, 1, 1000, 16, 64, None, bf16) == (2, 8)  # 16 chunks, the last partial
+    assert gla_triton._segments(cfg, 4, 2048, 16, 64, None, bf16) == (2, 16)
     four = dict(cfg, h_seg_min=4)
-    assert gla_triton._segments(four, 4, 2048, 16, 64, vec, None, bf16) == (1, 32)  # 2 segments: fewer than 4
-    assert gla_triton._segments(four, 1, 1000, 16, 64, vec, None, bf16) == (1, 16)
-    assert gla_triton._segments(cfg, 8, 2048, 16, 64, vec, None, bf16) == (1, 32)  # 128 already
-    assert gla_triton._segments({}, 1, 8192, 16, 64, vec, None, bf16) == (1, 128)
-    assert gla_triton._segments(cfg, 1, 8192, 16, 64, vec, torch.tensor([0, 8192]), bf16) == (1, 128)
-    assert gla_triton._segments(cfg, 1, 8192, 16, 64, vec, None, torch.float32) == (1, 128)
+    assert gla_triton._segments(four, 4, 2048, 16, 64, None, bf16) == (1, 32)  # 2 segments: fewer than 4
+    assert gla_triton._segments(four, 1, 1000, 16, 64, None, bf16) == (1, 16)
+    assert gla_triton._segments(cfg, 8, 2048, 16, 64, None, bf16) == (1, 32)  # 128 already
+    assert gla_triton._segments({}, 1, 8192, 16, 64, None, bf16) == (1, 128)
+    assert gla_triton._segments(cfg, 1, 8192, 16, 64, torch.tensor([0, 8192]), bf16) == (1, 128)
+    assert gla_triton._segments(cfg, 1, 8192, 16, 64, None, torch.float32) == (1, 128)
     monkeypatch.setattr(gla_triton, "SEGMENTS", False)
-    assert gla_triton._segments(cfg, 1, 8192, 16, 64, vec, None, bf16) == (1, 128)
+    assert gla_triton._segments(cfg, 1, 8192, 16, 64, None, bf16) == (1, 128)
     monkeypatch.setattr(gla_triton, "SEGMENTS", True)
-    assert gla_triton._segments(four, 4, 2048, 16, 64, vec, None, torch.float32) == (2, 16)
-    assert gla_triton._segments({}, 1, 8192, 16, 64, vec, None, bf16) == (8, 16)
+    assert gla_triton._segments(four, 4, 2048, 16, 64, None, torch.float32) == (2, 16)
+    assert gla_triton._segments({}, 1, 8192, 16, 64, None, bf16) == (8, 16)
     # forced segments take the table's least chunks a segment only up to SEG_CHUNKS (sm90's vector asks for 32)
-    assert gla_triton._segments(dict(cfg, h_seg_chunks=32), 1, 1100, 4, 64, vec, None, bf16) == (3, 8)
+    assert gla_triton._segments(dict(cfg, h_seg_chunks=32), 1, 1100, 4, 64, None, bf16) == (3, 8)
 
 
 @pytest.mark.parametrize("kind", ["none", "scalar", "vector"])

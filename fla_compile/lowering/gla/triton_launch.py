@@ -338,7 +338,7 @@ def _fwd_h(k, v, gc, h0, cu, chunk_off, NS, N, H, G, K, V, gid, BT, cfg, prec, s
     return h, ht
 
 
-def _segments(cfg, B, T, H, BT, gid, cu_seqlens, dtype) -> tuple[int, int]:
+def _segments(cfg, B, T, H, BT, cu_seqlens, dtype) -> tuple[int, int]:
     """(S, L): segments a sequence and chunks a segment for the forward's state pass (:data:`SEGMENTS`); (1, NT):
     one segment. From the tables only for half-precision inputs (measured there), and only where S reaches the
     table's ``h_seg_min`` (2): each segmented chunk costs the output kernel a load and a multiply-add of the state
@@ -487,7 +487,7 @@ def chunk_forward(
         _no_A(A_out)
     if walk:  # with a gate per key dim, on the A just formed
         return _fwd_walk(q, k, v, gc, h0, cu, N, H, H // HK, K, V, gid, BT, cfg, prec, scale, A=A)
-    S, L = _segments(cfg, B, T, H, BT, gid, cu_seqlens, v.dtype)
+    S, L = _segments(cfg, B, T, H, BT, cu_seqlens, v.dtype)
     if S > 1:
         h, ht, seg = _fwd_h_segments(k, v, gc, h0, NS, B, T, H, H // HK, K, V, gid, BT, cfg, prec, S, L)
     else:
