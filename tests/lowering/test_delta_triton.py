@@ -923,6 +923,32 @@ def test_gpu_chunk_vs_fp64_K128(family, dtype, tol):
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("family", list(FAMILY_GATE))
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
+def test_gpu_chunk_vs_fp64_K256(family, dtype, tol):
+    """Gated DeltaNet's published heads, K = 256 and V = 512 (GQA), the kernels called directly: the check that
+    lets ``MAX_HEAD_DIM`` go from 128 to 256 (the ops take the torch path past it). Passed in the interpreter (fp32,
+    K = 256, V = 32, every family, thirty-second session); the decode kernel below."""
+    test_gpu_chunk_vs_fp64(family, dtype, tol, 1.0, K=256, V=512, T=150, B=1, H=2)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("family", list(FAMILY_GATE))
+def test_gpu_decode_K256(family):
+    """The decode kernel (the whole K in one block) at K = 256, V = 512, fp32, the state updated in place."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    q, k, v, beta, g, h0 = _cuda_case(family, B=4, T=3, HK=1, H=2, K=256, V=512)
+    ro, rs, _ = torch_grads(family, q, k, v, beta, g, h0, torch.zeros_like(v), torch.zeros_like(h0), 0.125)
+    state = h0.clone()
+    o, ht = DT.fused_recurrent(q, k, v, beta, g, FAMILY_GATE[family], 0.125, state, final_state=state)
+    assert ht.data_ptr() == state.data_ptr()
+    assert rel(o, ro) < 1e-5 and rel(state, rs) < 1e-5
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("family", list(FAMILY_GATE))
 def test_gpu_heads_inner_launch_order(family, monkeypatch):
     """The output, dv_local and dq/dk kernels in a 1-D grid, a chunk's heads side by side (``chunks.HEADS_INNER``,
     under A/B): bitwise the 3-D grid's outputs and gradients, bf16 at K = V = 128."""
