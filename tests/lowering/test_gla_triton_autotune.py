@@ -375,15 +375,15 @@ def test_sm90_segments():
 
     from fla_compile.lowering.gla import triton_launch as L
 
-    vec, bf16 = L.GATE_VECTOR_ID, torch.bfloat16
+    bf16 = torch.bfloat16
     for D, want in (
         (64, {(2, 8192): 4, (1, 8192): 4, (1, 32768): 8, (2, 4096): 2}),
         (128, {(2, 8192): 4, (2, 4096): 1}),
     ):
         cfg = autotune.candidates("chunk", "vector", "sm90", D, D)[0]
         for (B, T), S in {**want, (8, 2048): 1, (4, 2048): 1, (1, 2048): 1}.items():
-            assert L._segments(cfg, B, T, 16, cfg["BT"], vec, None, bf16)[0] == S, (D, B, T)
+            assert L._segments(cfg, B, T, 16, cfg["BT"], None, bf16)[0] == S, (D, B, T)
     for kind in ("none", "scalar"):  # measured slower at K = V = 128, host-bound at 64: not from the table
         for D in (64, 128):
             cfg = autotune.candidates("chunk", kind, "sm90", D, D)[0]
-            assert L._segments(cfg, 1, 32768, 16, cfg["BT"], vec, None, bf16) == (1, 512)
+            assert L._segments(cfg, 1, 32768, 16, cfg["BT"], None, bf16) == (1, 512)
