@@ -38,6 +38,9 @@ DECODE_MAX_T = 64
 # FLA 0.6.0: gla (8, 2048, 4, K 256, V 512) 0.706 / 1.908, torch path 8.678 / 36.831, FLA 0.631 / 2.644; retention
 # (8, 2048, 8, 256, 512) 0.524 / 2.004, 4.689 / 22.300, FLA 0.708 / 3.421
 MAX_HEAD_DIM = 512
+# fp32 inputs past 256 would run exact "ieee" dots (``launch.FP32_SPLIT_DIMS``), which spill at large heads and were
+# not timed against the torch path (cuBLAS) that takes them: they stay there, as before
+MAX_HEAD_DIM_FP32 = 256
 BC = 16  # sub-chunk of the vector gate's intra-chunk kernels
 POISON = False  # tests set it: every buffer starts as NaN, to prove each element is written
 # fp32 at torch's "highest" by three tf32 products (``launch.FP32_HIGHEST``), at the head dims it is kept to
@@ -124,7 +127,8 @@ def _empty(shape, device, dtype):
 
 def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether the kernels take these inputs (dtype and head dims); otherwise use the torch path."""
-    return launch.supported(MAX_HEAD_DIM, q, k, v)
+    fp32 = q.dtype == torch.float32 or k.dtype == torch.float32 or v.dtype == torch.float32
+    return launch.supported(MAX_HEAD_DIM_FP32 if fp32 else MAX_HEAD_DIM, q, k, v)
 
 
 def _dense(x, dtype=None):
