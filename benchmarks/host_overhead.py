@@ -91,6 +91,7 @@ def make_cases(torch, device="cpu", dtype=None):
     from fla_compile import ops
 
     B, T, H, D = SHAPE["B"], SHAPE["T"], SHAPE["H"], SHAPE["D"]
+    V = SHAPE.get("V", D)  # v's head dim where it differs from q's and k's (launch_audit.py --dims K,V)
     gen = torch.Generator().manual_seed(0)
     dtype = dtype or torch.float32
 
@@ -98,7 +99,7 @@ def make_cases(torch, device="cpu", dtype=None):
         x = torch.randn(*shape, generator=gen)
         return (torch.nn.functional.logsigmoid(x) / 16 if gate else x).to(device, dtype).requires_grad_()
 
-    q, k, v = t(B, T, H, D), t(B, T, H, D), t(B, T, H, D)
+    q, k, v = t(B, T, H, D), t(B, T, H, D), t(B, T, H, V)
     beta = torch.rand(B, T, H, generator=gen).to(device, dtype).requires_grad_()
     x, gx = t(B, T, H * D), t(B, T, H * D, gate=True)
     g, gk = t(B, T, H, gate=True), t(B, T, H, D, gate=True)

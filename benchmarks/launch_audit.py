@@ -1,7 +1,7 @@
 """Every Triton launch of one op's forward and backward, as sm90's tables configure it, compiled offline for sm_90:
 registers, spills, shared memory and the programs a multiprocessor holds. No GPU.
 
-    python benchmarks/launch_audit.py [--families retention,linear_attn,kda] [--dims 128] [--dtype bfloat16]
+    python benchmarks/launch_audit.py [--families retention,linear_attn,kda] [--dims 128 | 256,512] [--dtype bfloat16]
 
 The op runs once on the CPU under the Triton interpreter (``FLA_COMPILE_TRITON=interpret``, tiny B and T, the head
 dims asked for) with the sm90 tables in place of the CPU's defaults: the GLA line's ``autotune.get_config`` and the
@@ -59,7 +59,7 @@ _PTR = {"torch.bfloat16": "*bf16", "torch.float16": "*fp16", "torch.float32": "*
         "torch.int64": "*i64"}  # fmt: skip
 
 
-def record(families, dims: int, dtype_name: str) -> list[dict]:
+def record(families, dims: tuple[int, int], dtype_name: str) -> list[dict]:
     """The distinct launches of each family's fwd+bwd (a dict per launch: family, module, kernel, signature,
     constexprs, warps, stages, cap), under the interpreter with the sm90 tables."""
     import inspect
@@ -116,7 +116,8 @@ def record(families, dims: int, dtype_name: str) -> list[dict]:
             return launch
 
     wrap_kernels(Recorder)
-    SHAPE.update(B=1, T=80, H=2, D=dims)  # past every line's decode threshold; 80 steps: a full and a partial chunk
+    # past every line's decode threshold; 80 steps: a full and a partial chunk
+    SHAPE.update(B=1, T=80, H=2, D=dims[0], V=dims[1])
     cases = make_cases(torch, "cpu", getattr(torch, dtype_name))
     for name in families:
         family[0] = name
@@ -129,12 +130,13 @@ def record(families, dims: int, dtype_name: str) -> list[dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--families", default="retention,linear_attn,simple_gla,gla")
-    p.add_argument("--dims", type=int, default=128, help="K = V")
+    p.add_argument("--dims", default="128", help="K = V, or K,V")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     args = p.parse_args(argv)
     os.environ["FLA_COMPILE_TRITON"] = "interpret"
     os.environ["TRITON_INTERPRET"] = "1"
-    launches = record(args.families.split(","), args.dims, args.dtype)
+    K, V = (int(x) for x in (args.dims.split(",") * 2)[:2])
+    launches = record(args.families.split(","), (K, V), args.dtype)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run(
         [sys.executable, "-c", CHILD, str(ROOT)], input=json.dumps(launches, default=str), env=env,
@@ -144,7 +146,7 @@ def main(argv=None) -> int:
     if len(rows) != len(launches):
         print(out.stderr[-3000:], file=sys.stderr)
         return 1
-    print(f"K = V = {args.dims}, {args.dtype}, sm_90 (offline), as sm90's tables launch them")
+    print(f"K = {K}, V = {V}, {args.dtype}, sm_90 (offline), as sm90's tables launch them")
     print("| family | kernel | warps | stages | cap | registers | spill bytes | shared bytes | programs per SM |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for job, u in zip(launches, rows):
