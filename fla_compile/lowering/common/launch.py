@@ -13,12 +13,13 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _DTYPE_SET = frozenset(DTYPES)  # a hashed lookup: ``in`` a tuple of dtypes costs ~0.5 us per tensor
 
 
-def supported(max_head_dim: int, *tensors: torch.Tensor) -> bool:
+def supported(max_head_dim: int, *tensors: torch.Tensor, max_fp32_head_dim: int | None = None) -> bool:
     """Whether a line's kernels take these inputs: every dtype in :data:`DTYPES` and every head dim (the
-    last dim) at most ``max_head_dim``; otherwise (fp64, larger heads) the line uses its torch path.
-    Asked on every op call (forward and backward): a plain loop, no generator."""
+    last dim) at most ``max_head_dim`` (fp32 tensors: ``max_fp32_head_dim`` where given); otherwise (fp64, larger
+    heads) the line uses its torch path. Asked on every op call (forward and backward): a plain loop, no generator."""
+    fp32_limit = max_head_dim if max_fp32_head_dim is None else max_fp32_head_dim
     for x in tensors:
-        if x.dtype not in _DTYPE_SET or x.shape[-1] > max_head_dim:
+        if x.dtype not in _DTYPE_SET or x.shape[-1] > (fp32_limit if x.dtype == torch.float32 else max_head_dim):
             return False
     return True
 

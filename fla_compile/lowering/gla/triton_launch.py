@@ -127,8 +127,7 @@ def _empty(shape, device, dtype):
 
 def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether the kernels take these inputs (dtype and head dims); otherwise use the torch path."""
-    fp32 = q.dtype == torch.float32 or k.dtype == torch.float32 or v.dtype == torch.float32
-    return launch.supported(MAX_HEAD_DIM_FP32 if fp32 else MAX_HEAD_DIM, q, k, v)
+    return launch.supported(MAX_HEAD_DIM, q, k, v, max_fp32_head_dim=MAX_HEAD_DIM_FP32)
 
 
 def _dense(x, dtype=None):
