@@ -135,7 +135,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     os.environ["FLA_COMPILE_TRITON"] = "interpret"
     os.environ["TRITON_INTERPRET"] = "1"
-    K, V = (int(x) for x in (args.dims.split(",") * 2)[:2])
+    dims = [int(x) for x in args.dims.split(",")]
+    K, V = dims[0], dims[-1]  # one number: K = V
     launches = record(args.families.split(","), (K, V), args.dtype)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run(
