@@ -40,7 +40,7 @@ def _config(base: dict, options: dict) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--family", choices=("gla", "rwkv6"), default="gla")
-    p.add_argument("--shapes", default="8,2048,16,128;2,8192,16,128;8,2048,32,64")
+    p.add_argument("--shapes", default="8,2048,16,128;2,8192,16,128;8,2048,32,64", help="B,T,H,D or B,T,H,K,V")
     p.add_argument("--variants", default="{}", help="JSON: name -> table options laid over the table's config")
     a = p.parse_args(argv)
     variants = json.loads(a.variants)
@@ -49,11 +49,13 @@ def main(argv=None) -> int:
     print("| shape | family | variant | fwd kernels | chunk_fwd_o | chunk_fwd_h | chunk_cumsum | against the table |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for shape in a.shapes.split(";"):
-        B, T, H, D = (int(x) for x in shape.split(","))
+        B, T, H, K, *V = (int(x) for x in shape.split(","))
+        V = V[0] if V else K
         torch.manual_seed(0)
-        q, k, v, g = KB.inputs("gla", B, T, H, D)
-        u = torch.randn(H, D, device="cuda") * 0.1 if a.family == "rwkv6" else None
-        table = autotune.get_config("chunk", "vector", D, D, torch.bfloat16, T, q.device, line="gla")
+        q, k, _, g = KB.inputs("gla", B, T, H, K)
+        v = torch.randn(B, T, H, V, device="cuda", dtype=q.dtype)
+        u = torch.randn(H, K, device="cuda") * 0.1 if a.family == "rwkv6" else None
+        table = autotune.get_config("chunk", "vector", K, V, torch.bfloat16, T, q.device, line="gla")
         base = None
         for name, options in {"table": {}, **variants}.items():
             switches = options.get("switches", {})  # module switches of triton_launch for this variant
@@ -63,7 +65,7 @@ def main(argv=None) -> int:
             saved = {n: getattr(L, n) for n in switches}
             options = {k: v for k, v in options.items() if k != "switches"}
             cfg, A = _config(table, options), L.saved_A_like(q, v)
-            fwd = functools.partial(L.chunk_forward, q, k, v, g, "vector", D**-0.5, None, None, config=cfg, A_out=A,
+            fwd = functools.partial(L.chunk_forward, q, k, v, g, "vector", K**-0.5, None, None, config=cfg, A_out=A,
                                     bonus=u)  # fmt: skip
             try:
                 for n, value in switches.items():
