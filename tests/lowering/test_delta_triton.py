@@ -925,9 +925,9 @@ def test_gpu_chunk_vs_fp64_K128(family, dtype, tol):
 @pytest.mark.parametrize("family", list(FAMILY_GATE))
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
 def test_gpu_chunk_vs_fp64_K256(family, dtype, tol):
-    """Gated DeltaNet's published heads, K = 256 and V = 512 (GQA), the kernels called directly: the check that
-    lets ``MAX_HEAD_DIM`` go from 128 to 256 (the ops take the torch path past it). Passed in the interpreter (fp32,
-    K = 256, V = 32, every family, thirty-second session); the decode kernel below."""
+    """Gated DeltaNet's published heads, K = 256 and V = 512 (GQA), the kernels called directly: the check behind
+    ``MAX_HEAD_DIM`` 256 and ``MAX_VALUE_DIM`` 512 (H200, thirty-third session; the ops past them take the torch
+    path). Also in the interpreter (fp32, K = 256, V = 32, every family, thirty-second session); decode below."""
     test_gpu_chunk_vs_fp64(family, dtype, tol, 1.0, K=256, V=512, T=150, B=1, H=2)
 
 

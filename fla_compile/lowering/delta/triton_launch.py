@@ -33,12 +33,22 @@ from . import triton_wy as kw
 from . import triton_wy_bwd as kwb
 
 DECODE_MAX_T = 16
-MAX_HEAD_DIM = 128
+# q's and k's head dim: the decode kernel, the solve and kda's A kernel hold the whole K in one block (256: Gated
+# DeltaNet's published heads, checked against fp64 on the H200, thirty-third session); v's is tiled by every kernel.
+# fp32 inputs keep 128 for both: past it their products run as exact fp32 dots (`launch.FP32_SPLIT_DIMS`), correct on the
+# H200 at K 256 x V 512 but not timed against the torch path's cuBLAS products.
+MAX_HEAD_DIM = 256
+MAX_VALUE_DIM = 512
+MAX_HEAD_DIM_FP32 = 128
 
 
 def supported(q: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether the kernels take these inputs; otherwise (fp64, heads over 128) use the torch path."""
-    return launch.supported(MAX_HEAD_DIM, q, v)
+    """Whether the kernels take these inputs; otherwise (fp64, K over 256, V over 512, fp32 heads over 128) use
+    the torch path."""
+    fp32 = MAX_HEAD_DIM_FP32
+    return launch.supported(MAX_HEAD_DIM, q, max_fp32_head_dim=fp32) and launch.supported(
+        MAX_VALUE_DIM, v, max_fp32_head_dim=fp32
+    )
 
 
 def _l2norm_fwd(x):
