@@ -1,14 +1,16 @@
-"""The GLA line's ops at large head dims (CUDA): checked against fp64, then timed against the torch path and FLA.
+"""The ops at large head dims (CUDA): checked against fp64, then timed against the torch path and FLA.
 
     python benchmarks/head_dims.py                       # check, then time the published shapes
     python benchmarks/head_dims.py --no-check --rows "gla:8,2048,4,256,512" --no-fla
 
-``--check``: each family (linear_attn, simple_gla, retention, gla, rwkv6) at each (K, V) of ``--check-dims``, bf16
-and fp32, T of 300 (chunked), 1 and 5 (decode), through the op against the same op on fp64 inputs (its torch path):
-the output, the final state and every gradient, the initial state's included. Then each row of ``--rows``
-(family:B,T,H,K,V, bf16): the op forward and forward+backward (``do_bench`` medians, ms) with the kernels, then with
-the limit forced below the head dims (``triton_launch.MAX_HEAD_DIM``), i.e. on the torch path, and FLA 0.6.0's chunk
-op where it has one. Rows of the thirty-second session (RESULTS): the GLA and RetNet papers' heads, K 256 x V 512.
+``--check``: each family (the GLA line's linear_attn, simple_gla, retention, gla, rwkv6; the delta line's
+delta_rule, gated_delta_rule, kda where K is at most its 256) at each (K, V) of ``--check-dims``, bf16 and fp32, T of
+300 (chunked), 1 and 5 (decode), through the op with the limits lifted to the head dims against the same op on fp64
+inputs (its torch path): the output, the final state and every gradient, the initial state's included. Then each row
+of ``--rows`` (family:B,T,H,K,V, bf16): the op forward and forward+backward (``do_bench`` medians, ms) with the
+kernels, then with the limits forced below the head dims (``triton_launch.MAX_HEAD_DIM`` and the like), i.e. on the
+torch path, and FLA 0.6.0's chunk op where it has one (and its backward runs). Rows of the thirty-second session
+(RESULTS): the GLA and RetNet papers' heads, K 256 x V 512; of the thirty-third: Gated DeltaNet's, the same dims.
 """
 
 from __future__ import annotations
@@ -29,24 +31,36 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import kernels as KB  # noqa: E402  (bench, fwd_bwd and FLA's ops, as the side-by-side table runs them)
 
 import fla_compile.ops as ops  # noqa: E402
+from fla_compile.lowering.delta import triton_launch as DT  # noqa: E402
 from fla_compile.lowering.gla import triton_launch as L  # noqa: E402
 from tests.compare import rel  # noqa: E402
 
 log = logging.getLogger("head_dims")
-FAMILIES = ("linear_attn", "simple_gla", "retention", "gla", "rwkv6")
+FAMILIES = ("linear_attn", "simple_gla", "retention", "gla", "rwkv6", "delta_rule", "gated_delta_rule", "kda")
+DELTA = ("delta_rule", "gated_delta_rule", "kda")
 TOL = {torch.bfloat16: 8e-3, torch.float32: 1e-5}
-ROWS = "gla:8,2048,4,256,512;retention:8,2048,8,256,512;simple_gla:8,2048,8,256,512;linear_attn:8,2048,16,272,64"
+ROWS = (
+    "gla:8,2048,4,256,512;retention:8,2048,8,256,512;simple_gla:8,2048,8,256,512;linear_attn:8,2048,16,272,64;"
+    "gated_delta_rule:8,2048,8,256,512"
+)
 
 
 def inputs(family, B, T, H, K, V, dtype, grad=False, h0=True, seed=0):
-    """The op's arguments (q, k, v, then the family's gate and rwkv6's bonus) and an initial state or None."""
+    """The op's arguments (q, k, v, then the family's gate, rwkv6's bonus, the delta line's beta) and an initial
+    state or None. The delta line's keys are unit-norm and its beta in (0, 1), as the models make them."""
     gen = torch.Generator(device="cuda").manual_seed(seed)
 
     def rnd(*shape):
         return torch.randn(*shape, device="cuda", generator=gen)
 
     xs = [rnd(B, T, H, K).to(dtype), rnd(B, T, H, K).to(dtype), rnd(B, T, H, V).to(dtype)]
-    if family in ("gla", "rwkv6"):
+    if family in DELTA:
+        xs[1] = F.normalize(xs[1].float(), dim=-1).to(dtype)
+    if family == "gated_delta_rule":
+        xs.append(F.logsigmoid(rnd(B, T, H)))
+    elif family == "kda":
+        xs.append(F.logsigmoid(rnd(B, T, H, K)) / 16)
+    elif family in ("gla", "rwkv6"):
         xs.append(F.logsigmoid(rnd(B, T, H, K)) / 16)
     elif family == "simple_gla":
         xs.append(F.logsigmoid(rnd(B, T, H)) / 16)
@@ -54,6 +68,8 @@ def inputs(family, B, T, H, K, V, dtype, grad=False, h0=True, seed=0):
         xs.append(torch.log(1 - 2.0 ** (-5 - torch.arange(H, device="cuda", dtype=torch.float32))))
     if family == "rwkv6":
         xs.append(rnd(H, K) * 0.1)
+    if family in DELTA:
+        xs.append(torch.rand(B, T, H, device="cuda", generator=gen).to(dtype))
     init = rnd(B, H, K, V) * 0.1 if h0 else None
     if grad:
         for x in xs:
@@ -82,13 +98,16 @@ def check(family, B, T, H, K, V, dtype) -> float:
 
 @contextlib.contextmanager
 def head_limit(limit: int):
-    """The GLA line's head-dim limit (both dtypes' limits) set to ``limit`` inside."""
-    old = L.MAX_HEAD_DIM, L.MAX_HEAD_DIM_FP32
-    L.MAX_HEAD_DIM = L.MAX_HEAD_DIM_FP32 = limit
+    """Both lines' head-dim limits (every dtype's, K's and V's) set to ``limit`` inside."""
+    names = {L: ("MAX_HEAD_DIM", "MAX_HEAD_DIM_FP32"), DT: ("MAX_HEAD_DIM", "MAX_VALUE_DIM", "MAX_HEAD_DIM_FP32")}
+    old = {(m, n): getattr(m, n) for m, ns in names.items() for n in ns}
+    for m, n in old:
+        setattr(m, n, limit)
     try:
         yield
     finally:
-        L.MAX_HEAD_DIM, L.MAX_HEAD_DIM_FP32 = old
+        for (m, n), value in old.items():
+            setattr(m, n, value)
 
 
 def time_row(family, B, T, H, K, V, with_fla: bool) -> dict:
@@ -113,7 +132,8 @@ def time_row(family, B, T, H, K, V, with_fla: bool) -> dict:
         try:
             fwd(op)()
             log.info("FLA's first %s call: %.1f s (its autotune on a cold cache)", family, time.perf_counter() - start)
-            row["FLA fwd"], row["FLA fwd+bwd"] = KB.bench(fwd(op)), KB.bench(KB.fwd_bwd(op, xs))
+            row["FLA fwd"] = KB.bench(fwd(op))  # kept where its backward refuses (gated_delta_rule on Hopper)
+            row["FLA fwd+bwd"] = KB.bench(KB.fwd_bwd(op, xs))
         except Exception as e:  # a head dim FLA refuses: the row's FLA cells it could not fill stay empty
             log.info("FLA's %s refused %s: %s", family, (B, T, H, K, V), (str(e).splitlines() or [""])[0][:200])
     return row
@@ -135,6 +155,8 @@ def main(argv=None) -> int:
         dims = [tuple(int(x) for x in pair.split(",")) for pair in args.check_dims.split(";")]
         for family in FAMILIES:
             for K, V in dims:
+                if family in DELTA and K > DT.MAX_HEAD_DIM:  # the delta line holds the whole K in one block
+                    continue
                 for dtype in (torch.bfloat16, torch.float32):
                     for T in (300, 1, 5):
                         with head_limit(max(K, V)):
