@@ -24,6 +24,7 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # fla_compile from this checkout, installed or not (as the other scripts here)
 
 CHILD = r"""
 import json, sys
