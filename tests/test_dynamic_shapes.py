@@ -13,7 +13,7 @@ from .patterns.test_chunked import reference_function
 from .patterns.test_cumsum import einsum_bthd
 from .patterns.test_parallel import simple_gla_matmul
 
-SIZES = [(2, 12, 2, 8), (3, 12, 4, 8), (1, 12, 3, 4), (2, 20, 2, 8)]  # B, T, H, D
+SIZES = [(2, 8, 2, 8), (3, 8, 4, 8), (1, 8, 3, 4), (2, 13, 2, 8)]  # B, T, H, D (short loops: each size traces T steps)
 
 
 def _inputs(B, T, H, D, gate, seed):
