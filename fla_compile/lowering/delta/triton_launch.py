@@ -35,8 +35,8 @@ from . import triton_wy_bwd as kwb
 DECODE_MAX_T = 16
 # q's and k's head dim: the decode kernel, the solve and kda's A kernel hold the whole K in one block (256: Gated
 # DeltaNet's published heads, checked against fp64 on the H200, thirty-third session); v's is tiled by every kernel.
-# fp32 inputs keep 128 for both: past it their products run as exact fp32 dots (`launch.FP32_SPLIT_DIMS`), correct on the
-# H200 at K 256 x V 512 but not timed against the torch path's cuBLAS products.
+# fp32 inputs keep 128 for both: past it their products run as exact fp32 dots (`launch.FP32_SPLIT_DIMS`),
+# correct on the H200 at K 256 x V 512 but not timed against the torch path's cuBLAS products.
 MAX_HEAD_DIM = 256
 MAX_VALUE_DIM = 512
 MAX_HEAD_DIM_FP32 = 128
