@@ -96,8 +96,10 @@ def copy_bandwidth() -> float:
     return 2 * x.numel() * 4 / (ms * 1e-3)
 
 
-def inputs(family, B, T, H, D, dtype=torch.bfloat16, grad=False):
-    q, k, v = (torch.randn(B, T, H, D, device="cuda", dtype=dtype) for _ in range(3))
+def inputs(family, B, T, H, D, dtype=torch.bfloat16, grad=False, V=None):
+    """The op's arguments at head dim D (v's head dim ``V`` where given)."""
+    q, k = (torch.randn(B, T, H, D, device="cuda", dtype=dtype) for _ in range(2))
+    v = torch.randn(B, T, H, D if V is None else V, device="cuda", dtype=dtype)
     g = None
     if family in DELTA:  # unit-norm keys (the models' regime), beta in (0, 1), gates as the models make them
         k = F.normalize(k.float(), dim=-1).to(dtype)

@@ -161,6 +161,14 @@ VARIANTS = [
     ("fp32 o BV64 w8 s3", {"BV_o": 64, "o": (8, 3)}),
     ("fp32 h BV32", {"BV_h": 32}),
     ("fp32 h BV32 w8", {"BV_h": 32, "h": (8, 2)}),
+    # K = 256, V = 512 (--shape 8,2048,8,256,512; by_dims K256V512 ships h [8, 2], BV_dh 32): both state passes hold
+    # the whole K, one program a multiprocessor (offline sm_90, thirty-third session: 252 / 233 registers, 189 / 201
+    # KB of shared memory); FLA's state pass there 0.386 ms a call against our 0.446
+    ("h w8 s1", {"h": (8, 1)}),
+    ("h BV=32 w4 s2", {"BV_h": 32, "h": (4, 2)}),
+    ("h BV=32 w4 s3", {"BV_h": 32, "h": (4, 3)}),
+    ("h BV=32 w4 s4", {"BV_h": 32, "h": (4, 4)}),
+    ("dh BV=32 w8 s1", {"BV_dh": 32, "dh": (8, 1)}),
 ]
 
 
@@ -192,7 +200,7 @@ def restore(old):
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--families", default="kda,gated_delta_rule,delta_rule")
-    p.add_argument("--shape", default="8,2048,16,128")
+    p.add_argument("--shape", default="8,2048,16,128", help="B,T,H,D or B,T,H,K,V")
     p.add_argument("--variants", default="", help="comma-separated variant names (default: all)")
     p.add_argument("--fwd-kernels", action="store_true", help="also print each variant's forward kernels (device ms)")
     p.add_argument("--bwd-kernels", action="store_true", help="also print each variant's fwd+bwd kernels (device ms)")
@@ -205,7 +213,8 @@ def main() -> int:
     args = p.parse_args()
     dtype = getattr(torch, args.dtype)
     torch.set_float32_matmul_precision(args.matmul_precision)
-    B, T, H, D = (int(x) for x in args.shape.split(","))
+    B, T, H, D, *V = (int(x) for x in args.shape.split(","))
+    V = V[0] if V else None
     names = set(args.variants.split(",")) if args.variants else None
     rows = [
         "| family | variant | fwd ms | fwd+bwd ms | fwd+bwd kernels ms | max rel diff vs shipped |",
@@ -213,8 +222,8 @@ def main() -> int:
     ]
     for family in args.families.split(","):
         fn = ours(family)
-        xs = inputs(family, B, T, H, D, dtype)
-        xg = inputs(family, B, T, H, D, dtype, grad=True)
+        xs = inputs(family, B, T, H, D, dtype, V=V)
+        xg = inputs(family, B, T, H, D, dtype, grad=True, V=V)
         shipped = outputs_and_grads(fn, xg)
         for name, changes in VARIANTS:
             if names and name not in names and name != "shipped":
