@@ -52,8 +52,7 @@ def main(argv=None) -> int:
         B, T, H, K, *V = (int(x) for x in shape.split(","))
         V = V[0] if V else K
         torch.manual_seed(0)
-        q, k, _, g = KB.inputs("gla", B, T, H, K)
-        v = torch.randn(B, T, H, V, device="cuda", dtype=q.dtype)
+        q, k, v, g = KB.inputs("gla", B, T, H, K, V=V)
         u = torch.randn(H, K, device="cuda") * 0.1 if a.family == "rwkv6" else None
         table = autotune.get_config("chunk", "vector", K, V, torch.bfloat16, T, q.device, line="gla")
         base = None

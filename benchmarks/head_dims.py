@@ -58,9 +58,7 @@ def inputs(family, B, T, H, K, V, dtype, grad=False, h0=True, seed=0):
         xs[1] = F.normalize(xs[1].float(), dim=-1).to(dtype)
     if family == "gated_delta_rule":
         xs.append(F.logsigmoid(rnd(B, T, H)))
-    elif family == "kda":
-        xs.append(F.logsigmoid(rnd(B, T, H, K)) / 16)
-    elif family in ("gla", "rwkv6"):
+    elif family in ("gla", "rwkv6", "kda"):
         xs.append(F.logsigmoid(rnd(B, T, H, K)) / 16)
     elif family == "simple_gla":
         xs.append(F.logsigmoid(rnd(B, T, H)) / 16)

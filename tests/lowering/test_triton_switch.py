@@ -50,33 +50,33 @@ def test_float64_takes_the_torch_path(which, monkeypatch):
 BF16, FP32 = torch.bfloat16, torch.float32
 
 
-@pytest.mark.parametrize(
-    "K,V,dtype,expected",
-    [(256, 512, BF16, True), (512, 512, BF16, True), (273, 64, torch.float16, True), (513, 64, BF16, False),
-     (64, 513, BF16, False), (256, 256, FP32, True), (256, 512, FP32, False), (273, 64, FP32, False)],
-)  # fmt: skip
-def test_gla_line_head_dims(K, V, dtype, expected, monkeypatch):
-    """The GLA line's kernels take K and V up to 512 in half precision (the GLA and RetNet papers' 256 x 512 heads,
-    checked against fp64 and timed on the H200), fp32 up to 256 (past it the kernels' exact dots were not timed
-    against the torch path); larger heads take the torch path."""
-    monkeypatch.delenv("FLA_COMPILE_TRITON", raising=False)
+def _takes(line, K, V, dtype):
+    """Whether ``line``'s kernels take q, k of head dim K and v of head dim V in ``dtype`` on CUDA."""
     qk, v = cuda_like(1, 8, 2, K, dtype=dtype), cuda_like(1, 8, 2, V, dtype=dtype)
-    assert gla_triton_enabled(qk, qk, v) is expected
-
-
-@pytest.mark.parametrize(
-    "K,V,dtype,expected",
-    [(256, 512, BF16, True), (128, 128, FP32, True), (256, 512, torch.float16, True), (257, 64, BF16, False),
-     (64, 513, BF16, False), (512, 512, BF16, False), (256, 512, FP32, False), (128, 129, FP32, False)],
-)  # fmt: skip
-def test_delta_line_head_dims(K, V, dtype, expected, monkeypatch):
-    """The delta line's kernels take K up to 256 (the whole K in one block: Gated DeltaNet's 256 x 512 heads,
-    checked against fp64 and timed on the H200) and V up to 512 (tiled) in half precision, fp32 up to 128 (past it
-    the exact dots were not timed against the torch path); larger heads take the torch path."""
-    monkeypatch.delenv("FLA_COMPILE_TRITON", raising=False)
-    qk, v = cuda_like(1, 8, 2, K, dtype=dtype), cuda_like(1, 8, 2, V, dtype=dtype)
+    if line == "gla":
+        return gla_triton_enabled(qk, qk, v)
     beta, gate = cuda_like(1, 8, 2, dtype=dtype), cuda_like(1, 8, 2, dtype=FP32)
-    assert delta_dispatch._use_triton(qk, qk, v, beta, gate, None) is expected
+    return delta_dispatch._use_triton(qk, qk, v, beta, gate, None)
+
+
+@pytest.mark.parametrize(
+    "line,K,V,dtype,expected",
+    # the GLA line: K and V up to 512 in half precision (the GLA and RetNet papers' 256 x 512 heads, checked against
+    # fp64 and timed on the H200), fp32 up to 256 (past it the kernels' exact dots were not timed against the torch
+    # path)
+    [("gla", 256, 512, BF16, True), ("gla", 512, 512, BF16, True), ("gla", 273, 64, torch.float16, True),
+     ("gla", 513, 64, BF16, False), ("gla", 64, 513, BF16, False), ("gla", 256, 256, FP32, True),
+     ("gla", 256, 512, FP32, False), ("gla", 273, 64, FP32, False)]
+    # the delta line: K up to 256 (the whole K in one block: Gated DeltaNet's 256 x 512 heads, checked against fp64
+    # and timed on the H200) and V up to 512 (tiled) in half precision, fp32 up to 128
+    + [("delta", 256, 512, BF16, True), ("delta", 128, 128, FP32, True), ("delta", 256, 512, torch.float16, True),
+       ("delta", 257, 64, BF16, False), ("delta", 64, 513, BF16, False), ("delta", 512, 512, BF16, False),
+       ("delta", 256, 512, FP32, False), ("delta", 128, 129, FP32, False)],
+)  # fmt: skip
+def test_head_dims(line, K, V, dtype, expected, monkeypatch):
+    """Each line's kernels take the head dims they were checked at; larger heads take the torch path."""
+    monkeypatch.delenv("FLA_COMPILE_TRITON", raising=False)
+    assert _takes(line, K, V, dtype) is expected
 
 
 def test_cpu_tensors_take_the_torch_path_unless_interpreting(monkeypatch):
