@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--precisions", default="highest,high", help="torch.set_float32_matmul_precision modes, in turn")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--fp32-highest", default="", choices=("", "ieee", "tf32x3"),
+    p.add_argument("--fp32-highest", default="", choices=("", "ieee", "tf32x3", "bf16x6", "bf16x3"),
                    help="our dots for fp32 at 'highest' (launch.FP32_HIGHEST; default: as shipped)")  # fmt: skip
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")

@@ -144,6 +144,13 @@ VARIANTS = [
     ("three tf32 dqk w8", {"FP32_HIGHEST": "tf32x3", "dqk": (8, 2)}),  # H200 2026-12-01: fwd+bwd 8.652 vs 8.609 ms
     ("ieee", {"FP32_HIGHEST": "ieee"}),
     ("one tf32", {"FP32_HIGHEST": "tf32"}),  # torch's "high": the split's own cost, kernel by kernel, against it
+    # fp32 operands as bf16 parts (common/dots.py): six bf16 products (near fp32: 1.6e-7 from fp64 on a tile loop
+    # of the H200, three tf32 2.0e-7, at 2.6x its speed with Triton's own forms) or three (4.4e-6); on the bf16
+    # tiles (the key "delta_bf16x6" has no by_dtype entry) and on three tf32's
+    ("bf16x6", {"FP32_HIGHEST": "bf16x6"}),
+    ("bf16x6 tiles", {"FP32_HIGHEST": "bf16x6", "BV_h": 32, "BV_o": 64, "o": (4, 1)}),
+    ("bf16x3", {"FP32_HIGHEST": "bf16x3"}),
+    ("bf16x3 tiles", {"FP32_HIGHEST": "bf16x3", "BV_h": 32, "BV_o": 64, "o": (4, 1)}),
     # fp32 keeps k kᵀ out of the solve kernel (_DTYPE_DEFAULTS) for the exact dots' spills (10-13 KB a thread,
     # offline sm_90). With tf32 dots ("high", --matmul-precision high) the fused kernel on 1 warp has none (254
     # registers), with three tf32 products 308 B on 1 warp, 132 B on 2: the fused forward may win there too

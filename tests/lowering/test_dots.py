@@ -47,10 +47,11 @@ def test_tf32_split_is_exact():
 
 
 @pytest.mark.parametrize("acc", [False, True], ids=["new", "acc"])
-@pytest.mark.parametrize("prec,tol", [("ieee", 1e-6), ("tf32x3", 2e-6)])
+@pytest.mark.parametrize("prec,tol", [("ieee", 1e-6), ("tf32x3", 2e-6), ("bf16x6", 1e-6), ("bf16x3", 6e-5)])
 def test_dot_fp32_vs_fp64(prec, tol, acc):
-    """fp32 operands: exact FMA loops and the three-tf32 split both within fp32's accuracy of the fp64 product
-    (one tf32 product is ~3e-4 off on tensor cores; the interpreter computes every product in fp32)."""
+    """fp32 operands: exact FMA loops, the three-tf32 split and the six bf16 parts' products within fp32's accuracy
+    of the fp64 product, three bf16 products within ~2^-16 (one tf32 product is ~3e-4 off on tensor cores; the
+    interpreter computes every product in fp32, so this checks the splits' algebra)."""
     g = torch.Generator().manual_seed(1)
     a, b, c0 = torch.randn(64, 32, generator=g), torch.randn(32, 64, generator=g), torch.randn(64, 64, generator=g)
     a, b = a.to(DEV), b.to(DEV)
@@ -64,13 +65,19 @@ def test_dot_fp32_vs_fp64(prec, tol, acc):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_tf32x3_beats_tf32():
-    """On tensor cores the split is ~1e-7 off where one tf32 product is ~3e-4 off: it buys fp32's accuracy."""
+    """On tensor cores the splits are ~1e-7 off (six bf16 products too) where one tf32 product is ~3e-4 off: they
+    buy fp32's accuracy; three bf16 products lie between. Onto a large accumulator as well (the bf16 forms add
+    their small products apart)."""
     g = torch.Generator().manual_seed(2)
     a, b = torch.randn(64, 32, generator=g).cuda(), torch.randn(32, 64, generator=g).cuda()
-    ref = a.double() @ b.double()
+    c0 = 30 * torch.randn(64, 64, generator=g).cuda()
     errs = {}
-    for prec in ("tf32", "tf32x3"):
-        c = torch.full((64, 64), float("nan"), device="cuda")
-        _dot_kernel[(1,)](a, b, c, 64, 64, 32, prec, False)
-        errs[prec] = ((c.double() - ref).norm() / ref.norm()).item()
-    assert errs["tf32x3"] < 2e-6 and errs["tf32"] > 10 * errs["tf32x3"], errs
+    for acc in (False, True):
+        ref = a.double() @ b.double() + (c0.double() if acc else 0)
+        for prec in ("tf32", "tf32x3", "bf16x6", "bf16x3"):
+            c = c0.clone() if acc else torch.full((64, 64), float("nan"), device="cuda")
+            _dot_kernel[(1,)](a, b, c, 64, 64, 32, prec, acc)
+            errs[prec, acc] = ((c.double() - ref).norm() / ref.norm()).item()
+    for acc in (False, True):
+        assert errs["tf32x3", acc] < 2e-6 and errs["tf32", acc] > 10 * errs["tf32x3", acc], errs
+        assert errs["bf16x6", acc] < 2e-6 and errs["bf16x3", acc] < 6e-5, errs

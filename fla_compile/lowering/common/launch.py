@@ -45,6 +45,9 @@ def pow2(n: int, lo: int = 16) -> int:
 # per thread in the state passes and the backward kernels: on the H200 (2026-12-01, B=8 T=2048 H=16 D=128)
 # gated_delta_rule's forward kernels took 43.1 ms with "ieee" and 2.37 ms with "tf32x3", 1.4e-6 from fp64.
 FP32_HIGHEST = "tf32x3"
+# The dots that split fp32 operands into parts (``common/dots.py``): the launchers keep the fences found for
+# "tf32x3" (a state-gradient pass form that computed wrong, V blocks under 32) for each of them.
+SPLIT_PRECS = ("tf32x3", "bf16x3", "bf16x6")
 # The head dims (K and V) where "tf32x3" is checked on the H200: the delta line's and the GLA line's GPU tests at
 # 64 and 128. At K = V = 16 (and K = 16, V = 8) it computed wrong outputs there (retention's and qwen3_next's
 # fp32 GPU tests, rel. err 1.5-2.1, 2026-12-01; cause not found yet); other sizes take "ieee".
