@@ -949,6 +949,38 @@ def test_gpu_decode_K256(family):
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("family", list(FAMILY_GATE))
+def test_gpu_K256_varlen_and_bf16_decode(family):
+    """K = 256, V = 512 in bf16 where the dense cases above do not reach: packed sequences (a 1-token one, one
+    ending on a chunk boundary, one partial), forward and every gradient against fp64, poisoned; then the decode
+    kernel in bf16 with the fp32 state updated in place."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    xs = _cuda_case(family, B=1, T=200, HK=1, H=2, K=256, V=512, dtype=torch.bfloat16)
+    q, k, v, beta, g = xs[:5]
+    cu = torch.tensor([0, 1, 65, 200], device="cuda")
+    h0 = torch.randn(3, 2, 256, 512, device="cuda")
+    do, dht = torch.randn_like(v), torch.randn_like(h0)
+    _poison()
+    o, ht = DT.chunk_forward(q, k, v, beta, g, FAMILY_GATE[family], 0.0625, h0, cu)
+    ro, rs, ref = torch_grads(family, q, k, v, beta, g, h0, do, dht, 0.0625, cu)
+    assert rel(o, ro) < 2e-2 and rel(ht, rs) < 2e-2, (rel(o, ro), rel(ht, rs))
+    _poison()
+    got = DT.chunk_backward(q, k, v, beta, g, FAMILY_GATE[family], 0.0625, h0, cu, do, dht)
+    for name, x in zip(["dq", "dk", "dv", "db", "dg", "dh0"], got):
+        if x is not None:
+            assert rel(x, ref[name]) < 2e-2, (name, rel(x, ref[name]))
+
+    q, k, v, beta, g, h0 = _cuda_case(family, B=4, T=1, HK=1, H=2, K=256, V=512, dtype=torch.bfloat16)
+    ro, rs, _ = torch_grads(family, q, k, v, beta, g, h0, torch.zeros_like(v), torch.zeros_like(h0), 0.0625)
+    state = h0.clone()
+    o, ht = DT.fused_recurrent(q, k, v, beta, g, FAMILY_GATE[family], 0.0625, state, final_state=state)
+    assert ht.data_ptr() == state.data_ptr() and o.dtype == torch.bfloat16
+    assert rel(o, ro) < 1e-2 and rel(state, rs) < 1e-2, (rel(o, ro), rel(state, rs))
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("family", list(FAMILY_GATE))
 def test_gpu_heads_inner_launch_order(family, monkeypatch):
     """The output, dv_local and dq/dk kernels in a 1-D grid, a chunk's heads side by side (``chunks.HEADS_INNER``,
     under A/B): bitwise the 3-D grid's outputs and gradients, bf16 at K = V = 128."""
@@ -1312,15 +1344,18 @@ def test_launch_option_register_cap(monkeypatch):
 
 
 def test_dh_wrong_forms_fenced():
-    """The state-gradient pass never runs a form the H200 computed wrong: 8 warps / 1 stage under three tf32
-    products, 4 warps / 1 stage in bf16 and fp16; exact fp32 dots and one tf32 product have none."""
+    """The state-gradient pass never runs a form the H200 computed wrong or faulted on: 8 warps / 1 stage under
+    split fp32 products, 4 warps / 1 stage in bf16 and fp16, and 8 warps / 1 stage there too at V blocks of 32 or
+    less; exact fp32 dots and one tf32 product have none."""
     pytest.importorskip("triton")
     from fla_compile.lowering.delta import triton_launch as DT
 
-    assert DT._dh_wrong_forms(torch.float32, "tf32x3") == ((8, 1),)
+    for split in DT.launch.SPLIT_PRECS:
+        assert DT._dh_wrong_forms(torch.float32, split, 32) == ((8, 1),)
     for half in (torch.bfloat16, torch.float16):
-        assert DT._dh_wrong_forms(half, DT.launch.prec(half, 128, 128)) == ((4, 1),)
-    assert DT._dh_wrong_forms(torch.float32, "ieee") == DT._dh_wrong_forms(torch.float32, "tf32") == ()
+        assert DT._dh_wrong_forms(half, DT.launch.prec(half, 128, 128), 64) == ((4, 1),)
+        assert set(DT._dh_wrong_forms(half, DT.launch.prec(half, 256, 512), 32)) == {(4, 1), (8, 1)}
+    assert DT._dh_wrong_forms(torch.float32, "ieee", 64) == DT._dh_wrong_forms(torch.float32, "tf32", 64) == ()
 
 
 def test_launch_options_by_dtype(monkeypatch):

@@ -187,13 +187,19 @@ _DH_WRONG_FORMS = ((8, 1),)
 # and in bf16 / fp16 on 4 warps, 1 stage (delta_rule: dk off by 0.75 and an illegal address at K = 128 with
 # ``DELTA_TEST_KNOBS='{"dh": [4, 1]}'``, fourteenth session; no table asks for it): run on 2 warps
 _DH_WRONG_FORMS_HALF = ((4, 1),)
+# and there on 8 warps, 1 stage at V blocks of 32 or less (gated_delta_rule, bf16, K = 256, V = 512, the option
+# sweep's "dh BV=32 w8 s1": an illegal memory access on the H200, thirty-fourth session; at V blocks of 64 that form
+# ran right, thirty-third): 2 warps too, whether a table asks for it or kda's shared memory lowers the stages to it
+_DH_WRONG_FORMS_HALF_NARROW = ((4, 1), (8, 1))
 
 
-def _dh_wrong_forms(dtype: torch.dtype, prec: str) -> tuple:
-    """The forms ``launch.fitted`` must not run the state-gradient pass on, for these inputs and dots."""
-    if prec == "tf32x3":
+def _dh_wrong_forms(dtype: torch.dtype, prec: str, BV: int) -> tuple:
+    """The forms ``launch.fitted`` must not run the state-gradient pass on, for these inputs, dots and V block."""
+    if prec in launch.SPLIT_PRECS:
         return _DH_WRONG_FORMS
-    return _DH_WRONG_FORMS_HALF if dtype in HALF else ()
+    if dtype in HALF:
+        return _DH_WRONG_FORMS_HALF_NARROW if BV <= 32 else _DH_WRONG_FORMS_HALF
+    return ()
 
 
 FUSED_L2NORM = True  # use_qk_l2norm by triton_l2norm's two kernels (False: the torch ops); A/B in RESULTS (seventh+eighth sessions)
@@ -462,13 +468,13 @@ def backward_parts(
     # fp32 by three tf32 products at K = 128: a V block of 16 reads shared memory out of bounds on the H200 (Triton
     # 3.6, compute-sanitizer: "Invalid __shared__ read" in this kernel's first dot; illegal memory access in
     # delta_rule's fp32 tests, 2026-12-01); blocks of 32 and 64 are clean there and as fast
-    BV = _state_bv("BV_dh", N * H, V, dev, key, lo=32 if prec == "tf32x3" else 16)
+    BV = _state_bv("BV_dh", N * H, V, dev, key, lo=32 if prec in launch.SPLIT_PRECS else 16)
     launch.fitted(
         kwb.chunk_delta_dh_kernel, (N * H * launch.cdiv(V, BV),),
         q, k, w, gcp, dvl, do, dh, dvn, dht if dht is not None else dvl, dh0 if dh0 is not None else dvl, cu,
         chunk_off, scale, H, G, K, V, BT, BK, BV, gid, dht is not None, dh0 is not None, prec,
         **_state_opts("dh", BV, V, gid, dev, key),
-        avoid=_dh_wrong_forms(dt, prec),
+        avoid=_dh_wrong_forms(dt, prec, BV),
     )  # fmt: skip
     # 3. dq, dk and the gate gradient through the output and the state update (the GLA line's kernels, v_new for v)
     dq = torch.empty(B, T, H, K, device=dev, dtype=dt if final_dq and gid != GATE_VECTOR_ID else torch.float32)
