@@ -1,7 +1,7 @@
 """Launch-option sweep of the delta line's staged kernels (CUDA): one table from one run.
 
     python benchmarks/sweep_delta.py [--families kda,gated_delta_rule,delta_rule] [--shape 8,2048,16,128]
-        [--variants "shipped,A rows stages 2"] [--fwd-kernels] [--bwd-kernels] [--metadata]
+        [--variants "shipped,A rows stages 2"] [--fwd-kernels] [--bwd-kernels] [--metadata] [--isolate]
 
 For each family, times the op's forward and forward+backward (``fla_compile.ops``, bf16, ``do_bench`` medians)
 with the shipped options, then with one option changed at a time (``triton_launch.OVERRIDES``: warps/stages,
@@ -204,6 +204,42 @@ def restore(old):
     apply(old)
 
 
+def isolated(args) -> int:
+    """Each variant in a child process of its own (``--isolate``): a variant that faults the device (an illegal
+    memory access leaves the process's CUDA context unusable, so every later launch fails) costs only its own row.
+    The children draw the same inputs (seeded) and compare with the shipped outputs the first child saved."""
+    import subprocess
+    import tempfile
+
+    common = ["--shape", args.shape, "--dtype", args.dtype, "--matmul-precision", args.matmul_precision]
+    common += ["--fwd-kernels"] * args.fwd_kernels + ["--bwd-kernels"] * args.bwd_kernels
+    wanted = args.variants.split(",") if args.variants else [name for name, _ in VARIANTS]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for family in args.families.split(","):
+            ref = str(pathlib.Path(tmp) / f"{family}.pt")
+            for name in ["shipped"] + [n for n in wanted if n != "shipped"]:
+                argv = [sys.executable, __file__, "--families", family, "--variants", name, "--reference", ref]
+                proc = subprocess.run(argv + common, capture_output=True, text=True)
+                mine = [line for line in proc.stdout.splitlines() if line.startswith(f"| {family} | {name} |")]
+                notes = [line for line in proc.stdout.splitlines() if line and not line.startswith("|")]
+                if notes:  # --fwd-kernels / --bwd-kernels lines
+                    print("\n".join(notes), flush=True)
+                if proc.returncode == 0 and mine:
+                    rows.append(mine[-1])
+                else:
+                    errors = [line for line in proc.stderr.splitlines() if "Error" in line] or proc.stderr.splitlines()
+                    rows.append(
+                        f"| {family} | {name} | process failed (rc {proc.returncode}): {errors[-1][:120] if errors else ''} | | | |"
+                    )
+                    if name == "shipped":
+                        break  # nothing to compare the others with
+                print(rows[-1], flush=True)
+    print("\n| family | variant | fwd ms | fwd+bwd ms | fwd+bwd kernels ms | max rel diff vs shipped |")
+    print("| --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows))
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--families", default="kda,gated_delta_rule,delta_rule")
@@ -217,7 +253,15 @@ def main() -> int:
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     p.add_argument("--matmul-precision", default="highest", choices=("highest", "high"),
                    help="torch.set_float32_matmul_precision for fp32 inputs ('high': plain tf32 dots)")  # fmt: skip
+    p.add_argument("--isolate", action="store_true",
+                   help="each variant in a process of its own (a faulting variant costs only its row)")  # fmt: skip
+    p.add_argument("--reference", default="", help=argparse.SUPPRESS)  # --isolate's children: the shipped outputs
     args = p.parse_args()
+    unknown = set(args.variants.split(",") if args.variants else ()) - {name for name, _ in VARIANTS}
+    if unknown:
+        p.error(f"--variants: no variant named {sorted(unknown)} (see VARIANTS in {__file__})")
+    if args.isolate:
+        return isolated(args)
     dtype = getattr(torch, args.dtype)
     torch.set_float32_matmul_precision(args.matmul_precision)
     B, T, H, D, *V = (int(x) for x in args.shape.split(","))
@@ -229,11 +273,17 @@ def main() -> int:
     ]
     for family in args.families.split(","):
         fn = ours(family)
+        torch.manual_seed(0)  # the same inputs in every process (--isolate)
         xs = inputs(family, B, T, H, D, dtype, V=V)
         xg = inputs(family, B, T, H, D, dtype, grad=True, V=V)
-        shipped = outputs_and_grads(fn, xg)
+        if args.reference and pathlib.Path(args.reference).exists():
+            shipped = [t.cuda() for t in torch.load(args.reference)]
+        else:
+            shipped = outputs_and_grads(fn, xg)
+            if args.reference:
+                torch.save([t.cpu() for t in shipped], args.reference)
         for name, changes in VARIANTS:
-            if names and name not in names and name != "shipped":
+            if names and name not in names and (name != "shipped" or args.reference):
                 continue
             old = apply(changes)
             try:
@@ -257,6 +307,8 @@ def main() -> int:
             finally:
                 restore(old)
             print(rows[-1], flush=True)
+        if args.reference and names and "shipped" not in names:
+            continue
         print(
             f"\n### {family} fwd+bwd, shipped options, B={B} T={T} H={H} D={D}\n\n| kernel | calls | ms |\n| --- | --- | --- |"
         )
