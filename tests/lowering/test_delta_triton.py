@@ -482,6 +482,30 @@ def _case_full_chunks(family, BT):
     return {**out, **same, "full_not_used": float(not used), "partial_not_masked": float(not partial_masked)}
 
 
+def _case_h_split_k(family, K, cu_lens=None, gate_scale=2.0):
+    """The forward's state pass with S in key blocks of 64 (``H_SPLIT_K``; K = 200: four blocks, the last 8 rows of
+    64): outputs and every gradient (the backward recomputes the states through it) against fp64, packed sequences
+    with an empty one and partial chunks; the split kernel ran (kda through its decayed keys)."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    seen = []
+    real = DT.launch.fitted
+
+    def fitted(kernel, grid, *args, **kw):
+        seen.append(DT.launch._kernel_name(kernel))
+        return real(kernel, grid, *args, **kw)
+
+    DT.launch.fitted = fitted
+    try:
+        xs = _pack(cu_lens, *make(family, B=1 if cu_lens else 2, T=40, K=K, V=16, gate_scale=gate_scale))
+        with _switched("H_SPLIT_K", True):
+            out = _kernels_vs_fp64(family, 16, *xs)[0]
+    finally:
+        DT.launch.fitted = real
+    n_split = seen.count("chunk_delta_h_split_kernel")
+    return {**out, "split_not_run": float(n_split != 2 or "chunk_delta_h_kernel" in seen)}
+
+
 def _case_decay_rows(family, BT, T=70, cu_lens=None, gate_scale=2.0):
     """The scalar-gated state passes decay the rows of v_new and of k dS', not the keys' columns: forward and
     gradients against fp64, packed sequences with an empty one and partial chunks; gates of -20 per step, where a
@@ -694,6 +718,10 @@ INTERPRETER_CASES = {
     "final-dqk-kda-varlen": (_case_final_dqk_vector, ([5, 0, 40, 19],)),
     "final-dqk-kda-gva": (_case_final_dqk_vector, (None, 1)),
     "final-dk-gdn-varlen": (_case_final_dk, ("gated_delta_rule", [5, 0, 40, 19])),
+    "h-split-k-gdn-varlen": (_case_h_split_k, ("gated_delta_rule", 200, [5, 0, 21, 14])),
+    "h-split-k-gdn-strong": (_case_h_split_k, ("gated_delta_rule", 136, None, 20.0)),
+    "h-split-k-delta": (_case_h_split_k, ("delta_rule", 200)),
+    "h-split-k-kda-varlen": (_case_h_split_k, ("kda", 200, [5, 0, 21, 14])),
     "decay-rows-gdn-BT32-varlen": (_case_decay_rows, ("gated_delta_rule", 32, 70, [5, 0, 46, 19])),
     "decay-rows-gdn-BT64-strong": (_case_decay_rows, ("gated_delta_rule", 64, 70, None, 20.0)),
     "solve-steps-delta": (_case_solve_diag, ("delta_rule",)),

@@ -169,6 +169,10 @@ FINAL_DQK_VECTOR = True
 FUSED_A = True  # kda: k kᵀ and q kᵀ by one kernel in the forward (False: the GLA line's A kernel twice)
 WU_SPLIT = True  # W, U by full-chunk dots after a solve-only kernel (False: the solve kernel forms them by blocks)
 KG = True  # kda: the state pass reads keys decayed once by the W/U kernel (False: decays them per V block)
+# The forward's state pass with S in key blocks of 64 (``chunk_delta_h_split_kernel``: FLA's layout, whose pass ran
+# 0.386 ms a call against our whole-K 0.445 at K 256 x V 512, thirty-fourth session) for K in 65..256. Off: written
+# and checked under the interpreter, not yet timed on the H200 (``sweep_delta.py`` variants "h K blocks ...")
+H_SPLIT_K = False
 ROW_LOADS = True  # without FUSED_KKT (kda): the substitution loads each row of N (False: picks it out of the tile)
 SOLVE_MERGE_TF32 = True  # the solve's merge dots at the inputs' precision (tf32 for half inputs, as FLA's; False: ieee)
 # with FUSED_KKT, how the solve inverts its diagonal [16, 16] blocks: "powers", (I - N)(I + N^2)(I + N^4)(I + N^8),
@@ -397,11 +401,19 @@ def forward_parts(
     ht = torch.empty(N, H, K, V, **f32)
     BV = _state_bv("BV_h", N * H, V, dev, key)
     full = full_chunks(T, cu_seqlens, BT)  # unmasked over full chunks
-    launch.fitted(
-        kw.chunk_delta_h_kernel, (N * H * launch.cdiv(V, BV),),
-        k, w, u, gcp, h, vn, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, BK, BV, gid,
-        h0 is not None, prec, kg if use_kg else w, use_kg, FULL_CHUNKS=full, **_state_opts("h", BV, V, gid, dev, key),
-    )  # fmt: skip
+    if H_SPLIT_K and 64 < K <= 256 and (gid != GATE_VECTOR_ID or use_kg):
+        launch.fitted(
+            kw.chunk_delta_h_split_kernel, (N * H * launch.cdiv(V, BV),),
+            k, w, u, gcp, h, vn, h0 if h0 is not None else ht, ht, cu, chunk_off, kg if use_kg else w, H, G, K, V,
+            BT, BV, gid, h0 is not None, prec, use_kg, FULL_CHUNKS=full, **_state_opts("h", BV, V, gid, dev, key),
+        )  # fmt: skip
+    else:
+        launch.fitted(
+            kw.chunk_delta_h_kernel, (N * H * launch.cdiv(V, BV),),
+            k, w, u, gcp, h, vn, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, BK, BV, gid,
+            h0 is not None, prec, kg if use_kg else w, use_kg, FULL_CHUNKS=full,
+            **_state_opts("h", BV, V, gid, dev, key),
+        )  # fmt: skip
     if gid == GATE_VECTOR_ID and Aqk is None:  # the output's and the backward's gated q k^T (given: a forward's, kept)
         NC = BT // 16
         Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf

@@ -28,7 +28,7 @@ import triton.language as tl
 
 from ..common.chunks import chunk_span, sequence_span, state_block, state_chunk_rows, state_offsets, state_start
 from ..common.dots import dot
-from ..common.gating import chunk_gate, decay_rows_to_last_t, decay_to_last_t
+from ..common.gating import chunk_gate, decay_rows_to_last_t, decay_to_last_t, scalar_gate, scalar_gate_at
 
 
 @triton.jit
@@ -605,6 +605,130 @@ def chunk_delta_h_kernel(
                 b_h, b_kt = decay_to_last_t(b_h, b_kt, g_c, o_i, m_t, 0, n_t - 1, i_h, H, K, o_k, m_k, GATE)
         b_h += dot(b_kt.to(b_w.dtype), b_vn.to(b_w.dtype), prec=PREC)
     tl.store(ht + (i_n * H + i_h) * K * V + o_h, b_h, mask=m_h)
+
+
+@triton.jit
+def _key_block_state(h0, i_nh, i_v, i_kb: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr,
+                     USE_H0: tl.constexpr):  # fmt: skip
+    """:func:`chunk_delta_h_split_kernel`'s key block ``i_kb`` of 64 rows: (its carried [64, BV] state, its offsets
+    and mask within one [K, V] state)."""
+    _, _, _, _, m_h, o_h = state_offsets(i_kb, i_v, K, V, 64, BV)
+    return state_start(h0, i_nh, o_h, m_h, K, V, 64, BV, USE_H0), o_h, m_h
+
+
+@triton.jit
+def _key_block_ws(w, b_h, t0, o_i, m_t, i_h, i_kb: tl.constexpr, H: tl.constexpr, K: tl.constexpr,
+                  PREC: tl.constexpr):  # fmt: skip
+    """The chunk's W [BT, K] restricted to key block ``i_kb`` (64 columns) times that block of S: its part of W S."""
+    o_k = i_kb * 64 + tl.arange(0, 64)
+    b_w = tl.load(w + (t0 * H + i_h) * K + (o_i * (H * K))[:, None] + o_k[None, :],
+                  mask=m_t[:, None] & (o_k < K)[None, :], other=0)  # fmt: skip
+    return dot(b_w, b_h.to(b_w.dtype), prec=PREC)
+
+
+@triton.jit
+def _key_block_step(k, kg, gc, b_h, b_vn, b_decay, t0, n_t, o_i, m_t, i_h, i_hk, i_kb: tl.constexpr,
+                    H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, KG: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+    """Key block ``i_kb`` of S carried over the chunk: S e^{G_last} (``b_decay``, a scalar gate's; with ``KG`` the
+    block's own e^{G_last} per key) + kᵀ v_new (v_new's rows already decayed for a scalar gate; with ``KG`` the
+    decayed keys of ``chunk_wu_kernel``)."""
+    o_k = i_kb * 64 + tl.arange(0, 64)
+    m_k = o_k < K
+    m_kt = m_k[:, None] & m_t[None, :]
+    if KG:
+        b_kt = tl.load(kg + (t0 * H + i_h) * K + (o_i * (H * K))[None, :] + o_k[:, None], mask=m_kt, other=0)
+        b_h *= tl.exp(tl.load(gc + ((t0 + n_t - 1) * H + i_h) * K + o_k, mask=m_k, other=0))[:, None]
+    else:
+        b_kt = tl.load(k + (t0 * (H // G) + i_hk) * K + (o_i * ((H // G) * K))[None, :] + o_k[:, None], mask=m_kt,
+                       other=0)  # fmt: skip
+        b_h *= b_decay
+    return b_h + dot(b_kt.to(b_vn.dtype), b_vn, prec=PREC)
+
+
+@triton.jit
+def chunk_delta_h_split_kernel(
+    k,
+    w,
+    u,
+    gc,
+    h,
+    vn,
+    h0,
+    ht,
+    cu,
+    chunk_off,
+    kg,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+    GATE: tl.constexpr,
+    USE_H0: tl.constexpr,
+    PREC: tl.constexpr,
+    KG: tl.constexpr,
+    FULL_CHUNKS: tl.constexpr = False,
+):
+    """:func:`chunk_delta_h_kernel` with the state held as up to four key blocks of 64 rows ([64, BV] tiles, K in
+    65..256), FLA's layout of its Hopper state pass, which ran 0.386 ms a call against this line's whole-K 0.445 at
+    K 256 x V 512 (gated_delta_rule, B=8 H=8 T=2048; ``H_SPLIT_K``). Gates: none, scalar (1, 3) or per key through
+    ``kg`` (``KG``); the others take the whole-K kernel."""
+    i_nh, _, i_v = state_block(1, tl.cdiv(V, BV))
+    i_n, i_h = i_nh // H, i_nh % H
+    i_hk = i_h // G
+    bos, eos, NT = sequence_span(cu, i_n, BT)
+    s0 = tl.load(chunk_off + i_n).to(tl.int64)
+    _, o_v, _, m_v, _, _ = state_offsets(0, i_v, K, V, 64, BV)
+    b_h1, o_h1, m_h1 = _key_block_state(h0, i_n * H + i_h, i_v, 0, K, V, BV, USE_H0)
+    b_h2, o_h2, m_h2 = _key_block_state(h0, i_n * H + i_h, i_v, 1, K, V, BV, USE_H0)
+    if K > 128:
+        b_h3, o_h3, m_h3 = _key_block_state(h0, i_n * H + i_h, i_v, 2, K, V, BV, USE_H0)
+    if K > 192:
+        b_h4, o_h4, m_h4 = _key_block_state(h0, i_n * H + i_h, i_v, 3, K, V, BV, USE_H0)
+    o_i = tl.arange(0, BT)
+    for i_c in range(0, NT):
+        p_h = h + ((s0 + i_c) * H + i_h) * K * V
+        tl.store(p_h + o_h1, b_h1.to(h.dtype.element_ty), mask=m_h1)
+        tl.store(p_h + o_h2, b_h2.to(h.dtype.element_ty), mask=m_h2)
+        if K > 128:
+            tl.store(p_h + o_h3, b_h3.to(h.dtype.element_ty), mask=m_h3)
+        if K > 192:
+            tl.store(p_h + o_h4, b_h4.to(h.dtype.element_ty), mask=m_h4)
+        t0 = bos + i_c * BT
+        n_t, m_t = state_chunk_rows(t0, eos, o_i, BT, FULL_CHUNKS)
+        m_tv = m_t[:, None] & m_v[None, :]
+        # v_new = U - W S, by key blocks
+        b_ws = _key_block_ws(w, b_h1, t0, o_i, m_t, i_h, 0, H, K, PREC)
+        b_ws += _key_block_ws(w, b_h2, t0, o_i, m_t, i_h, 1, H, K, PREC)
+        if K > 128:
+            b_ws += _key_block_ws(w, b_h3, t0, o_i, m_t, i_h, 2, H, K, PREC)
+        if K > 192:
+            b_ws += _key_block_ws(w, b_h4, t0, o_i, m_t, i_h, 3, H, K, PREC)
+        p_v = (t0 * H + i_h) * V + (o_i * (H * V))[:, None] + o_v[None, :]
+        b_vn = tl.load(u + p_v, mask=m_tv, other=0).to(tl.float32) - b_ws
+        tl.store(vn + p_v, b_vn.to(vn.dtype.element_ty), mask=m_tv)
+        b_decay = 1.0
+        if GATE == 1 or GATE == 3:  # v_new's rows to the chunk's last step, S by e^{G_last} (decay_rows_to_last_t)
+            g_c = chunk_gate(gc, t0, H, K, GATE)
+            b_g = scalar_gate(g_c, o_i, m_t, 0, i_h, H, GATE)
+            b_gl = scalar_gate_at(g_c, b_g, o_i, n_t - 1, 0, i_h, H, GATE)
+            b_vn = b_vn * tl.exp(tl.where(m_t, b_gl - b_g, 0))[:, None]
+            b_decay = tl.exp(b_gl)
+        b_vn = b_vn.to(vn.dtype.element_ty)
+        b_h1 = _key_block_step(k, kg, gc, b_h1, b_vn, b_decay, t0, n_t, o_i, m_t, i_h, i_hk, 0, H, G, K, KG, PREC)
+        b_h2 = _key_block_step(k, kg, gc, b_h2, b_vn, b_decay, t0, n_t, o_i, m_t, i_h, i_hk, 1, H, G, K, KG, PREC)
+        if K > 128:
+            b_h3 = _key_block_step(k, kg, gc, b_h3, b_vn, b_decay, t0, n_t, o_i, m_t, i_h, i_hk, 2, H, G, K, KG, PREC)
+        if K > 192:
+            b_h4 = _key_block_step(k, kg, gc, b_h4, b_vn, b_decay, t0, n_t, o_i, m_t, i_h, i_hk, 3, H, G, K, KG, PREC)
+    p_ht = ht + (i_n * H + i_h) * K * V
+    tl.store(p_ht + o_h1, b_h1, mask=m_h1)
+    tl.store(p_ht + o_h2, b_h2, mask=m_h2)
+    if K > 128:
+        tl.store(p_ht + o_h3, b_h3, mask=m_h3)
+    if K > 192:
+        tl.store(p_ht + o_h4, b_h4, mask=m_h4)
 
 
 @triton.jit
