@@ -483,7 +483,7 @@ def _case_full_chunks(family, BT):
 
 
 def _case_h_split_k(family, K, cu_lens=None, gate_scale=2.0):
-    """The forward's state pass with S in key blocks of 64 (``H_SPLIT_K``; K = 200: four blocks, the last 8 rows of
+    """The forward's state pass with S in key blocks of 64 (launch option ``h_split_k``; K = 200: four blocks, the last 8 rows of
     64): outputs and every gradient (the backward recomputes the states through it) against fp64, packed sequences
     with an empty one and partial chunks; the split kernel ran (kda through its decayed keys)."""
     from fla_compile.lowering.delta import triton_launch as DT
@@ -498,10 +498,11 @@ def _case_h_split_k(family, K, cu_lens=None, gate_scale=2.0):
     DT.launch.fitted = fitted
     try:
         xs = _pack(cu_lens, *make(family, B=1 if cu_lens else 2, T=40, K=K, V=16, gate_scale=gate_scale))
-        with _switched("H_SPLIT_K", True):
-            out = _kernels_vs_fp64(family, 16, *xs)[0]
+        DT.OVERRIDES["h_split_k"] = True
+        out = _kernels_vs_fp64(family, 16, *xs)[0]
     finally:
         DT.launch.fitted = real
+        DT.OVERRIDES.pop("h_split_k", None)
     n_split = seen.count("chunk_delta_h_split_kernel")
     return {**out, "split_not_run": float(n_split != 2 or "chunk_delta_h_kernel" in seen)}
 

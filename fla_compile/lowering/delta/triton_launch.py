@@ -151,6 +151,11 @@ _DEFAULTS = {
     "l2norm": (4, 1),  # the L2 norm of q and k (FUSED_L2NORM), BR rows a program
     "kkt_solve": (1, 1),  # the WY solve kernel forming k kᵀ itself (FUSED_KKT; FLA autotunes its own over 1-4 warps)
     "fused_kkt": True,  # FUSED_KKT applies to these inputs (off for fp32: below)
+    # the forward's state pass with S in key blocks of 64 for K in 65..256 (``chunk_delta_h_split_kernel``, FLA's
+    # layout, whose pass ran 0.386 ms a call against our whole-K 0.445 at K 256 x V 512, thirty-fourth session).
+    # Off everywhere: checked under the interpreter, not yet timed on the H200 (sweep_delta's "h K blocks" variants);
+    # a by_dims entry turns it on for its head dims
+    "h_split_k": False,
 }
 # Per input dtype, under an arch table's own "by_dtype" section: fp32 key tiles spill in the solve kernel that forms
 # k kᵀ itself (offline sm_90: 10 KB a thread with exact dots), so fp32 keeps chunk_kkt_kernel and the solve apart.
@@ -169,10 +174,6 @@ FINAL_DQK_VECTOR = True
 FUSED_A = True  # kda: k kᵀ and q kᵀ by one kernel in the forward (False: the GLA line's A kernel twice)
 WU_SPLIT = True  # W, U by full-chunk dots after a solve-only kernel (False: the solve kernel forms them by blocks)
 KG = True  # kda: the state pass reads keys decayed once by the W/U kernel (False: decays them per V block)
-# The forward's state pass with S in key blocks of 64 (``chunk_delta_h_split_kernel``: FLA's layout, whose pass ran
-# 0.386 ms a call against our whole-K 0.445 at K 256 x V 512, thirty-fourth session) for K in 65..256. Off: written
-# and checked under the interpreter, not yet timed on the H200 (``sweep_delta.py`` variants "h K blocks ...")
-H_SPLIT_K = False
 ROW_LOADS = True  # without FUSED_KKT (kda): the substitution loads each row of N (False: picks it out of the tile)
 SOLVE_MERGE_TF32 = True  # the solve's merge dots at the inputs' precision (tf32 for half inputs, as FLA's; False: ieee)
 # with FUSED_KKT, how the solve inverts its diagonal [16, 16] blocks: "powers", (I - N)(I + N^2)(I + N^4)(I + N^8),
@@ -401,7 +402,7 @@ def forward_parts(
     ht = torch.empty(N, H, K, V, **f32)
     BV = _state_bv("BV_h", N * H, V, dev, key)
     full = full_chunks(T, cu_seqlens, BT)  # unmasked over full chunks
-    if H_SPLIT_K and 64 < K <= 256 and (gid != GATE_VECTOR_ID or use_kg):
+    if 64 < K <= 256 and (gid != GATE_VECTOR_ID or use_kg) and _knob("h_split_k", dev, key):
         launch.fitted(
             kw.chunk_delta_h_split_kernel, (N * H * launch.cdiv(V, BV),),
             k, w, u, gcp, h, vn, h0 if h0 is not None else ht, ht, cu, chunk_off, kg if use_kg else w, H, G, K, V,
