@@ -672,8 +672,8 @@ def chunk_delta_h_split_kernel(
 ):
     """:func:`chunk_delta_h_kernel` with the state held as up to four key blocks of 64 rows ([64, BV] tiles, K in
     65..256), FLA's layout of its Hopper state pass, which ran 0.386 ms a call against this line's whole-K 0.445 at
-    K 256 x V 512 (gated_delta_rule, B=8 H=8 T=2048; launch option ``h_split_k``). Gates: none, scalar (1, 3) or per key through
-    ``kg`` (``KG``); the others take the whole-K kernel."""
+    K 256 x V 512 (gated_delta_rule, B=8 H=8 T=2048; launch option ``h_split_k``). Gates: none, scalar (1, 3) or
+    per key through ``kg`` (``KG``); the others take the whole-K kernel."""
     i_nh, _, i_v = state_block(1, tl.cdiv(V, BV))
     i_n, i_h = i_nh // H, i_nh % H
     i_hk = i_h // G
