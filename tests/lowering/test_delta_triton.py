@@ -68,6 +68,25 @@ def torch_grads(family, q, k, v, beta, g, h0, do, dht, scale, cu=None, l2=False)
 
 
 @contextlib.contextmanager
+def _launches():
+    """Every ``launch.fitted`` call of the delta launchers inside the block, as (kernel name, keyword arguments), in
+    the list the block gets."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    seen, real = [], DT.launch.fitted
+
+    def fitted(kernel, grid, *args, **kw):
+        seen.append((DT.launch._kernel_name(kernel), kw))
+        return real(kernel, grid, *args, **kw)
+
+    DT.launch.fitted = fitted
+    try:
+        yield seen
+    finally:
+        DT.launch.fitted = real
+
+
+@contextlib.contextmanager
 def _switched(name, value, module=None):
     """``<module>.<name>`` (default: the delta line's ``triton_launch``) set to ``value`` inside the block, and back
     to what it was after."""
@@ -455,56 +474,41 @@ def _case_full_chunks(family, BT):
     (``chunks.FULL_CHUNKS``, ``state_chunk_rows``): bitwise the masked pass's outputs and gradients, and fp64-close;
     the switch reaches the kernel (and stays off for a partial last chunk)."""
     from fla_compile.lowering.common import chunks
-    from fla_compile.lowering.delta import triton_launch as DT
 
-    seen = []
-    real = DT.launch.fitted
-
-    def fitted(kernel, grid, *args, **kw):
-        if DT.launch._kernel_name(kernel) == "chunk_delta_h_kernel":
-            seen.append(kw["FULL_CHUNKS"])
-        return real(kernel, grid, *args, **kw)
-
-    DT.launch.fitted = fitted
-    try:
+    with _launches() as seen:
         xs = _pack(None, *make(family, T=2 * BT))
         with _switched("FULL_CHUNKS", True, chunks):
             out, full = _kernels_vs_fp64(family, BT, *xs)
-        used = bool(seen) and all(seen)
+        flags = [kw["FULL_CHUNKS"] for name, kw in seen if name == "chunk_delta_h_kernel"]
+        used = bool(flags) and all(flags)
         with _switched("FULL_CHUNKS", False, chunks):
             _, masked = _kernels_vs_fp64(family, BT, *xs)
         seen.clear()
         _kernels_vs_fp64(family, BT, *_pack(None, *make(family, T=2 * BT - 1)))
-        partial_masked = bool(seen) and not any(seen)
-    finally:
-        DT.launch.fitted = real
+        flags = [kw["FULL_CHUNKS"] for name, kw in seen if name == "chunk_delta_h_kernel"]
+        partial_masked = bool(flags) and not any(flags)
     same = {f"{n}_vs_masked": float(not torch.equal(x, y)) for n, x, y in zip(_NAMES, full, masked) if x is not None}
     return {**out, **same, "full_not_used": float(not used), "partial_not_masked": float(not partial_masked)}
 
 
 def _case_h_split_k(family, K, cu_lens=None, gate_scale=2.0):
-    """The forward's state pass with S in key blocks of 64 (launch option ``h_split_k``; K = 200: four blocks, the last 8 rows of
-    64): outputs and every gradient (the backward recomputes the states through it) against fp64, packed sequences
-    with an empty one and partial chunks; the split kernel ran (kda through its decayed keys)."""
+    """The forward's state pass with S in key blocks of 64 (launch option ``h_split_k``; K = 200: four blocks, the
+    last 8 rows of 64): outputs and every gradient (the backward recomputes the states through it) against fp64,
+    packed sequences with an empty one and partial chunks; the split kernel ran (kda through its decayed keys)."""
     from fla_compile.lowering.delta import triton_launch as DT
 
-    seen = []
-    real = DT.launch.fitted
-
-    def fitted(kernel, grid, *args, **kw):
-        seen.append(DT.launch._kernel_name(kernel))
-        return real(kernel, grid, *args, **kw)
-
-    DT.launch.fitted = fitted
+    xs = _pack(cu_lens, *make(family, B=1 if cu_lens else 2, T=40, K=K, V=16, gate_scale=gate_scale))
+    DT.OVERRIDES["h_split_k"] = True
     try:
-        xs = _pack(cu_lens, *make(family, B=1 if cu_lens else 2, T=40, K=K, V=16, gate_scale=gate_scale))
-        DT.OVERRIDES["h_split_k"] = True
-        out = _kernels_vs_fp64(family, 16, *xs)[0]
+        with _launches() as seen:
+            out = _kernels_vs_fp64(family, 16, *xs)[0]
     finally:
-        DT.launch.fitted = real
         DT.OVERRIDES.pop("h_split_k", None)
-    n_split = seen.count("chunk_delta_h_split_kernel")
-    return {**out, "split_not_run": float(n_split != 2 or "chunk_delta_h_kernel" in seen)}
+    names = [name for name, _ in seen]
+    return {
+        **out,
+        "split_not_run": float(names.count("chunk_delta_h_split_kernel") != 2 or "chunk_delta_h_kernel" in names),
+    }
 
 
 def _case_decay_rows(family, BT, T=70, cu_lens=None, gate_scale=2.0):

@@ -402,19 +402,14 @@ def forward_parts(
     ht = torch.empty(N, H, K, V, **f32)
     BV = _state_bv("BV_h", N * H, V, dev, key)
     full = full_chunks(T, cu_seqlens, BT)  # unmasked over full chunks
-    if 64 < K <= 256 and (gid != GATE_VECTOR_ID or use_kg) and _knob("h_split_k", dev, key):
-        launch.fitted(
-            kw.chunk_delta_h_split_kernel, (N * H * launch.cdiv(V, BV),),
-            k, w, u, gcp, h, vn, h0 if h0 is not None else ht, ht, cu, chunk_off, kg if use_kg else w, H, G, K, V,
-            BT, BV, gid, h0 is not None, prec, use_kg, FULL_CHUNKS=full, **_state_opts("h", BV, V, gid, dev, key),
-        )  # fmt: skip
-    else:
-        launch.fitted(
-            kw.chunk_delta_h_kernel, (N * H * launch.cdiv(V, BV),),
-            k, w, u, gcp, h, vn, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, BK, BV, gid,
-            h0 is not None, prec, kg if use_kg else w, use_kg, FULL_CHUNKS=full,
-            **_state_opts("h", BV, V, gid, dev, key),
-        )  # fmt: skip
+    # S in key blocks of 64 (h_split_k) or the whole K in one
+    split = 64 < K <= 256 and (gid != GATE_VECTOR_ID or use_kg) and _knob("h_split_k", dev, key)
+    launch.fitted(
+        kw.chunk_delta_h_split_kernel if split else kw.chunk_delta_h_kernel, (N * H * launch.cdiv(V, BV),),
+        k, w, u, gcp, h, vn, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, 64 if split else BK, BV,
+        gid, h0 is not None, prec, kg if use_kg else w, use_kg, FULL_CHUNKS=full,
+        **_state_opts("h", BV, V, gid, dev, key),
+    )  # fmt: skip
     if gid == GATE_VECTOR_ID and Aqk is None:  # the output's and the backward's gated q k^T (given: a forward's, kept)
         NC = BT // 16
         Aqk = torch.empty(B, T, H, BT, device=dev, dtype=dt) if Aqk_buf is None else Aqk_buf

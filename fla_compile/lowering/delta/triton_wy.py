@@ -608,19 +608,19 @@ def chunk_delta_h_kernel(
 
 
 @triton.jit
-def _key_block_state(h0, i_nh, i_v, i_kb: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr,
-                     USE_H0: tl.constexpr):  # fmt: skip
-    """:func:`chunk_delta_h_split_kernel`'s key block ``i_kb`` of 64 rows: (its carried [64, BV] state, its offsets
+def _key_block_state(h0, i_nh, i_v, i_kb: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+                     BV: tl.constexpr, USE_H0: tl.constexpr):  # fmt: skip
+    """:func:`chunk_delta_h_split_kernel`'s key block ``i_kb`` of BK rows: (its carried [BK, BV] state, its offsets
     and mask within one [K, V] state)."""
-    _, _, _, _, m_h, o_h = state_offsets(i_kb, i_v, K, V, 64, BV)
-    return state_start(h0, i_nh, o_h, m_h, K, V, 64, BV, USE_H0), o_h, m_h
+    _, _, _, _, m_h, o_h = state_offsets(i_kb, i_v, K, V, BK, BV)
+    return state_start(h0, i_nh, o_h, m_h, K, V, BK, BV, USE_H0), o_h, m_h
 
 
 @triton.jit
 def _key_block_ws(w, b_h, t0, o_i, m_t, i_h, i_kb: tl.constexpr, H: tl.constexpr, K: tl.constexpr,
-                  PREC: tl.constexpr):  # fmt: skip
-    """The chunk's W [BT, K] restricted to key block ``i_kb`` (64 columns) times that block of S: its part of W S."""
-    o_k = i_kb * 64 + tl.arange(0, 64)
+                  BK: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+    """The chunk's W [BT, K] restricted to key block ``i_kb`` (BK columns) times that block of S: its part of W S."""
+    o_k = i_kb * BK + tl.arange(0, BK)
     b_w = tl.load(w + (t0 * H + i_h) * K + (o_i * (H * K))[:, None] + o_k[None, :],
                   mask=m_t[:, None] & (o_k < K)[None, :], other=0)  # fmt: skip
     return dot(b_w, b_h.to(b_w.dtype), prec=PREC)
@@ -628,11 +628,12 @@ def _key_block_ws(w, b_h, t0, o_i, m_t, i_h, i_kb: tl.constexpr, H: tl.constexpr
 
 @triton.jit
 def _key_block_step(k, kg, gc, b_h, b_vn, b_decay, t0, n_t, o_i, m_t, i_h, i_hk, i_kb: tl.constexpr,
-                    H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, KG: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+                    H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, BK: tl.constexpr, KG: tl.constexpr,
+                    PREC: tl.constexpr):  # fmt: skip
     """Key block ``i_kb`` of S carried over the chunk: S e^{G_last} (``b_decay``, a scalar gate's; with ``KG`` the
     block's own e^{G_last} per key) + kᵀ v_new (v_new's rows already decayed for a scalar gate; with ``KG`` the
     decayed keys of ``chunk_wu_kernel``)."""
-    o_k = i_kb * 64 + tl.arange(0, 64)
+    o_k = i_kb * BK + tl.arange(0, BK)
     m_k = o_k < K
     m_kt = m_k[:, None] & m_t[None, :]
     if KG:
@@ -657,54 +658,56 @@ def chunk_delta_h_split_kernel(
     ht,
     cu,
     chunk_off,
-    kg,
     H: tl.constexpr,
     G: tl.constexpr,
     K: tl.constexpr,
     V: tl.constexpr,
     BT: tl.constexpr,
+    BK: tl.constexpr,
     BV: tl.constexpr,
     GATE: tl.constexpr,
     USE_H0: tl.constexpr,
     PREC: tl.constexpr,
-    KG: tl.constexpr,
+    kg=None,
+    KG: tl.constexpr = False,
     FULL_CHUNKS: tl.constexpr = False,
 ):
-    """:func:`chunk_delta_h_kernel` with the state held as up to four key blocks of 64 rows ([64, BV] tiles, K in
-    65..256), FLA's layout of its Hopper state pass, which ran 0.386 ms a call against this line's whole-K 0.445 at
-    K 256 x V 512 (gated_delta_rule, B=8 H=8 T=2048; launch option ``h_split_k``). Gates: none, scalar (1, 3) or
-    per key through ``kg`` (``KG``); the others take the whole-K kernel."""
+    """:func:`chunk_delta_h_kernel` (the same arguments) with the state held as two to four key blocks of BK rows
+    ([BK, BV] tiles, BK < K <= 4 BK; the launcher's BK is 64), FLA's layout of its Hopper state pass, which ran
+    0.386 ms a call against the whole-K 0.445 at K 256 x V 512 (gated_delta_rule, B=8 H=8 T=2048; launch option
+    ``h_split_k``). Gates: none, scalar (1, 3) or per key through ``kg`` (``KG``); the others take the whole-K
+    kernel."""
     i_nh, _, i_v = state_block(1, tl.cdiv(V, BV))
     i_n, i_h = i_nh // H, i_nh % H
     i_hk = i_h // G
     bos, eos, NT = sequence_span(cu, i_n, BT)
     s0 = tl.load(chunk_off + i_n).to(tl.int64)
-    _, o_v, _, m_v, _, _ = state_offsets(0, i_v, K, V, 64, BV)
-    b_h1, o_h1, m_h1 = _key_block_state(h0, i_n * H + i_h, i_v, 0, K, V, BV, USE_H0)
-    b_h2, o_h2, m_h2 = _key_block_state(h0, i_n * H + i_h, i_v, 1, K, V, BV, USE_H0)
-    if K > 128:
-        b_h3, o_h3, m_h3 = _key_block_state(h0, i_n * H + i_h, i_v, 2, K, V, BV, USE_H0)
-    if K > 192:
-        b_h4, o_h4, m_h4 = _key_block_state(h0, i_n * H + i_h, i_v, 3, K, V, BV, USE_H0)
+    _, o_v, _, m_v, _, _ = state_offsets(0, i_v, K, V, BK, BV)
+    b_h1, o_h1, m_h1 = _key_block_state(h0, i_n * H + i_h, i_v, 0, K, V, BK, BV, USE_H0)
+    b_h2, o_h2, m_h2 = _key_block_state(h0, i_n * H + i_h, i_v, 1, K, V, BK, BV, USE_H0)
+    if K > 2 * BK:
+        b_h3, o_h3, m_h3 = _key_block_state(h0, i_n * H + i_h, i_v, 2, K, V, BK, BV, USE_H0)
+    if K > 3 * BK:
+        b_h4, o_h4, m_h4 = _key_block_state(h0, i_n * H + i_h, i_v, 3, K, V, BK, BV, USE_H0)
     o_i = tl.arange(0, BT)
     for i_c in range(0, NT):
         p_h = h + ((s0 + i_c) * H + i_h) * K * V
         tl.store(p_h + o_h1, b_h1.to(h.dtype.element_ty), mask=m_h1)
         tl.store(p_h + o_h2, b_h2.to(h.dtype.element_ty), mask=m_h2)
-        if K > 128:
+        if K > 2 * BK:
             tl.store(p_h + o_h3, b_h3.to(h.dtype.element_ty), mask=m_h3)
-        if K > 192:
+        if K > 3 * BK:
             tl.store(p_h + o_h4, b_h4.to(h.dtype.element_ty), mask=m_h4)
         t0 = bos + i_c * BT
         n_t, m_t = state_chunk_rows(t0, eos, o_i, BT, FULL_CHUNKS)
         m_tv = m_t[:, None] & m_v[None, :]
         # v_new = U - W S, by key blocks
-        b_ws = _key_block_ws(w, b_h1, t0, o_i, m_t, i_h, 0, H, K, PREC)
-        b_ws += _key_block_ws(w, b_h2, t0, o_i, m_t, i_h, 1, H, K, PREC)
-        if K > 128:
-            b_ws += _key_block_ws(w, b_h3, t0, o_i, m_t, i_h, 2, H, K, PREC)
-        if K > 192:
-            b_ws += _key_block_ws(w, b_h4, t0, o_i, m_t, i_h, 3, H, K, PREC)
+        b_ws = _key_block_ws(w, b_h1, t0, o_i, m_t, i_h, 0, H, K, BK, PREC)
+        b_ws += _key_block_ws(w, b_h2, t0, o_i, m_t, i_h, 1, H, K, BK, PREC)
+        if K > 2 * BK:
+            b_ws += _key_block_ws(w, b_h3, t0, o_i, m_t, i_h, 2, H, K, BK, PREC)
+        if K > 3 * BK:
+            b_ws += _key_block_ws(w, b_h4, t0, o_i, m_t, i_h, 3, H, K, BK, PREC)
         p_v = (t0 * H + i_h) * V + (o_i * (H * V))[:, None] + o_v[None, :]
         b_vn = tl.load(u + p_v, mask=m_tv, other=0).to(tl.float32) - b_ws
         tl.store(vn + p_v, b_vn.to(vn.dtype.element_ty), mask=m_tv)
@@ -716,18 +719,20 @@ def chunk_delta_h_split_kernel(
             b_vn = b_vn * tl.exp(tl.where(m_t, b_gl - b_g, 0))[:, None]
             b_decay = tl.exp(b_gl)
         b_vn = b_vn.to(vn.dtype.element_ty)
-        b_h1 = _key_block_step(k, kg, gc, b_h1, b_vn, b_decay, t0, n_t, o_i, m_t, i_h, i_hk, 0, H, G, K, KG, PREC)
-        b_h2 = _key_block_step(k, kg, gc, b_h2, b_vn, b_decay, t0, n_t, o_i, m_t, i_h, i_hk, 1, H, G, K, KG, PREC)
-        if K > 128:
-            b_h3 = _key_block_step(k, kg, gc, b_h3, b_vn, b_decay, t0, n_t, o_i, m_t, i_h, i_hk, 2, H, G, K, KG, PREC)
-        if K > 192:
-            b_h4 = _key_block_step(k, kg, gc, b_h4, b_vn, b_decay, t0, n_t, o_i, m_t, i_h, i_hk, 3, H, G, K, KG, PREC)
+        b_h1 = _key_block_step(k, kg, gc, b_h1, b_vn, b_decay, t0, n_t, o_i, m_t, i_h, i_hk, 0, H, G, K, BK, KG, PREC)
+        b_h2 = _key_block_step(k, kg, gc, b_h2, b_vn, b_decay, t0, n_t, o_i, m_t, i_h, i_hk, 1, H, G, K, BK, KG, PREC)
+        if K > 2 * BK:
+            b_h3 = _key_block_step(k, kg, gc, b_h3, b_vn, b_decay, t0, n_t, o_i, m_t, i_h, i_hk, 2, H, G, K, BK, KG,
+                                   PREC)  # fmt: skip
+        if K > 3 * BK:
+            b_h4 = _key_block_step(k, kg, gc, b_h4, b_vn, b_decay, t0, n_t, o_i, m_t, i_h, i_hk, 3, H, G, K, BK, KG,
+                                   PREC)  # fmt: skip
     p_ht = ht + (i_n * H + i_h) * K * V
     tl.store(p_ht + o_h1, b_h1, mask=m_h1)
     tl.store(p_ht + o_h2, b_h2, mask=m_h2)
-    if K > 128:
+    if K > 2 * BK:
         tl.store(p_ht + o_h3, b_h3, mask=m_h3)
-    if K > 192:
+    if K > 3 * BK:
         tl.store(p_ht + o_h4, b_h4, mask=m_h4)
 
 
