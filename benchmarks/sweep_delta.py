@@ -176,13 +176,14 @@ VARIANTS = [
     ("h BV=32 w4 s3", {"BV_h": 32, "h": (4, 3)}),
     ("h BV=32 w4 s4", {"BV_h": 32, "h": (4, 4)}),
     ("dh BV=32 w8 s1", {"BV_dh": 32, "dh": (8, 1)}),
-    # the state pass with S in key blocks of 64 (h_split_k, FLA's layout: its pass 0.386 ms a call on BV 64, 4 warps,
-    # 2 stages). Offline sm_90 at K 256 x V 512 (thirty-fourth session): BV 64 [4, 2] 252 registers, no spill, 156 KB
-    # of shared memory, against the whole K's 255, 108 B spilled, 189 KB; on [8, 2] 232 against 255
-    ("h K blocks 64", {"h_split_k": True}),
-    ("h K blocks 64 w4", {"h_split_k": True, "h": (4, 2)}),
-    ("h K blocks 64 w4 s3", {"h_split_k": True, "h": (4, 3)}),
-    ("h K blocks 64 BV=32 w4 s3", {"h_split_k": True, "BV_h": 32, "h": (4, 3)}),
+    # the state pass with S in key blocks of 64 (h_split_k, kda's h_split_k_vector; FLA's layout: its pass 0.386 ms
+    # a call on BV 64, 4 warps, 2 stages), on h_split's launch. H200, K 256 x V 512 (thirty-fifth session): [4, 2]
+    # 0.385 ms a pass against the whole K's 0.444 (shipped there since, without kda's gate), kda's 0.554 against 0.522
+    ("h K blocks 64", {"h_split_k": True, "h_split_k_vector": True}),
+    ("h K blocks 64 w8", {"h_split_k": True, "h_split_k_vector": True, "h_split": (8, 2)}),
+    ("h K blocks 64 w4 s3", {"h_split_k": True, "h_split_k_vector": True, "h_split": (4, 3)}),
+    ("h K blocks 64 BV=32 w4 s3", {"h_split_k": True, "h_split_k_vector": True, "BV_h": 32, "h_split": (4, 3)}),
+    ("h whole K", {"h_split_k": False, "h_split_k_vector": False}),
 ]
 
 

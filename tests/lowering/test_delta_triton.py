@@ -492,18 +492,20 @@ def _case_full_chunks(family, BT):
 
 
 def _case_h_split_k(family, K, cu_lens=None, gate_scale=2.0):
-    """The forward's state pass with S in key blocks of 64 (launch option ``h_split_k``; K = 200: four blocks, the
-    last 8 rows of 64): outputs and every gradient (the backward recomputes the states through it) against fp64,
-    packed sequences with an empty one and partial chunks; the split kernel ran (kda through its decayed keys)."""
+    """The forward's state pass with S in key blocks of 64 (launch option ``h_split_k``, kda's ``h_split_k_vector``;
+    K = 200: four blocks, the last 8 rows of 64): outputs and every gradient (the backward recomputes the states
+    through it) against fp64, packed sequences with an empty one and partial chunks; the split kernel ran (kda
+    through its decayed keys)."""
     from fla_compile.lowering.delta import triton_launch as DT
 
     xs = _pack(cu_lens, *make(family, B=1 if cu_lens else 2, T=40, K=K, V=16, gate_scale=gate_scale))
-    DT.OVERRIDES["h_split_k"] = True
+    switch = "h_split_k_vector" if family == "kda" else "h_split_k"
+    DT.OVERRIDES[switch] = True
     try:
         with _launches() as seen:
             out = _kernels_vs_fp64(family, 16, *xs)[0]
     finally:
-        DT.OVERRIDES.pop("h_split_k", None)
+        DT.OVERRIDES.pop(switch, None)
     names = [name for name, _ in seen]
     return {
         **out,

@@ -152,10 +152,13 @@ _DEFAULTS = {
     "kkt_solve": (1, 1),  # the WY solve kernel forming k kᵀ itself (FUSED_KKT; FLA autotunes its own over 1-4 warps)
     "fused_kkt": True,  # FUSED_KKT applies to these inputs (off for fp32: below)
     # the forward's state pass with S in key blocks of 64 for K in 65..256 (``chunk_delta_h_split_kernel``, FLA's
-    # layout, whose pass ran 0.386 ms a call against our whole-K 0.445 at K 256 x V 512, thirty-fourth session).
-    # Off everywhere: checked under the interpreter, not yet timed on the H200 (sweep_delta's "h K blocks" variants);
-    # a by_dims entry turns it on for its head dims
+    # layout) with no gate or a scalar one; ``h_split_k_vector`` for kda's decayed keys; ``h_split`` its launch.
+    # Off by default: a by_dims entry turns it on where the H200 shows it wins (K 256 x V 512 without kda: 0.444 ->
+    # 0.385 ms a pass on 4 warps, FLA's 0.386; kda's loses there, 0.522 -> 0.554; at K = V = 128 even, 0.112 ->
+    # 0.113: RESULTS, thirty-fifth session)
     "h_split_k": False,
+    "h_split_k_vector": False,
+    "h_split": (4, 2),
 }
 # Per input dtype, under an arch table's own "by_dtype" section: fp32 key tiles spill in the solve kernel that forms
 # k kᵀ itself (offline sm_90: 10 KB a thread with exact dots), so fp32 keeps chunk_kkt_kernel and the solve apart.
@@ -291,13 +294,16 @@ def _state_bv(name: str, programs: int, V: int, device, key: tuple | None = None
     return BV
 
 
-def _state_opts(kernel: str, BV: int, V: int, gid: int, device, key: tuple | None = None) -> dict:
-    """Launch options of a sequential state pass (``h``, ``dh``) whose V block is ``BV``: ``<kernel>_fill`` where
-    ``fill_sms`` halved the table's block (few programs, each a narrow block: they pipeline deeper on fewer warps),
-    ``<kernel>_fill_vector`` there for a gate per key (kda) where its table has one, else the kernel's own. The most
-    specific of these names that is overridden (sweep_delta) wins, then the most specific in the table."""
+def _state_opts(
+    kernel: str, BV: int, V: int, gid: int, device, key: tuple | None = None, block: str | None = None
+) -> dict:
+    """Launch options of a sequential state pass (``h``, ``h_split``, ``dh``) whose V block is ``BV`` (the table's
+    is ``block``, by default ``BV_<kernel>``): ``<kernel>_fill`` where ``fill_sms`` halved the table's block (few
+    programs, each a narrow block: they pipeline deeper on fewer warps), ``<kernel>_fill_vector`` there for a gate
+    per key (kda) where its table has one, else the kernel's own. The most specific of these names that is
+    overridden (sweep_delta) wins, then the most specific in the table."""
     names = [kernel]
-    if BV < min(_knob(f"BV_{kernel}", device, key), launch.pow2(V)):
+    if BV < min(_knob(block or f"BV_{kernel}", device, key), launch.pow2(V)):
         names += [f"{kernel}_fill"] + ([f"{kernel}_fill_vector"] if gid == GATE_VECTOR_ID else [])
     table = _device_table(device, key)
     over = [n for n in names if n in OVERRIDES]
@@ -402,13 +408,17 @@ def forward_parts(
     ht = torch.empty(N, H, K, V, **f32)
     BV = _state_bv("BV_h", N * H, V, dev, key)
     full = full_chunks(T, cu_seqlens, BT)  # unmasked over full chunks
-    # S in key blocks of 64 (h_split_k) or the whole K in one
-    split = 64 < K <= 256 and (gid != GATE_VECTOR_ID or use_kg) and _knob("h_split_k", dev, key)
+    # S in key blocks of 64 (h_split_k; kda: h_split_k_vector, on its decayed keys only) or the whole K in one
+    if gid == GATE_VECTOR_ID:
+        split = use_kg and _knob("h_split_k_vector", dev, key)
+    else:
+        split = _knob("h_split_k", dev, key)
+    split = split and 64 < K <= 256
     launch.fitted(
         kw.chunk_delta_h_split_kernel if split else kw.chunk_delta_h_kernel, (N * H * launch.cdiv(V, BV),),
         k, w, u, gcp, h, vn, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, 64 if split else BK, BV,
         gid, h0 is not None, prec, kg if use_kg else w, use_kg, FULL_CHUNKS=full,
-        **_state_opts("h", BV, V, gid, dev, key),
+        **_state_opts("h_split" if split else "h", BV, V, gid, dev, key, block="BV_h"),
     )  # fmt: skip
     if gid == GATE_VECTOR_ID and Aqk is None:  # the output's and the backward's gated q k^T (given: a forward's, kept)
         NC = BT // 16
