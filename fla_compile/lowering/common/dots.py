@@ -12,10 +12,13 @@ or more), and wrong outputs at head dims of 16: ``launch.FP32_SPLIT_DIMS`` bound
 
 "bf16x6" and "bf16x3" (measured, not shipped: ``benchmarks/fp32_dot_forms.py``, RESULTS thirty-fourth session):
 each fp32 operand as bf16 parts x1 + x2 + x3 (x1 = x rounded, x2 and x3 the rounded remainders), and the products
-x_i y_j with i + j <= 4 (six; near fp32) or <= 3 (three; ~2^-16). bf16 products run at twice tf32's rate. The small
-products are summed from zero and added to ``acc + x1 y1`` in fp32, as Triton's own split forms do: chained into a
-large accumulator on the H200's tensor cores they lost ~6 bits (a tile loop of 2048 terms: 1.4e-5 from fp64 against
-1.6e-7). Under the interpreter (``TRITON_INTERPRET=1``, whose bf16 dots are wrong) the parts' products run as exact
+x_i y_j with i + j <= 4 (six; near fp32) or <= 3 (three; ~2^-16). bf16 products run at twice tf32's rate. As in
+Triton's own split forms, no tensor-core product sees ``acc``: the small products are summed from zero, ``x1 y1`` is
+taken onto their sum, and ``acc`` is added last by an fp32 add. On the H200 a product chained into a large
+accumulator loses its low bits (a tile loop of 2048 terms, bf16x6: all chained 1.4e-5 from fp64, the small ones
+apart but ``x1 y1`` onto ``acc`` 2.1e-6, Triton's order 1.6e-7; RESULTS, thirty-fourth and thirty-fifth sessions).
+"tf32x3" keeps ``acc`` in its chain: the shipped kernels call it from zero in their long loops (``b_h += dot``), and
+an ``acc`` apart keeps one more fp32 tile live in kernels that already spill. Under the interpreter (``TRITON_INTERPRET=1``, whose bf16 dots are wrong) the parts' products run as exact
 fp32 dots: what a bf16 tensor core computes for them.
 """
 
@@ -78,7 +81,9 @@ def dot(a, b, acc=None, prec: tl.constexpr = "tf32"):
             small = _bf16_dot(a1, br.to(tl.bfloat16), small)
         small = _bf16_dot(a2, b1, small)
         small = _bf16_dot(a1, b2, small)
-        c = _bf16_dot(a1, b1, acc) + small
+        c = _bf16_dot(a1, b1, small)
+        if acc is not None:
+            c = c + acc
     else:
         c = tl.dot(a, b, acc, input_precision=prec)
     return c
