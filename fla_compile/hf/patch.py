@@ -18,7 +18,6 @@ unpatched and the report says why. ``unpatch`` restores exactly what was there.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import os
 import types
@@ -149,9 +148,10 @@ def _plan(module, binding):
 def _reference(fn):
     """The torch function a swapped name stands for. transformers >= 5.17 decorates its torch
     fallbacks (``torch_chunk_gated_delta_rule``, ...) with a dispatcher that calls a kernel package
-    when one is importable (flash-linear-attention: different argument names, tf32 dots, no fp64);
-    the proofs compare with the math, the decorated torch function (``__wrapped__``)."""
-    return inspect.unwrap(fn) if callable(fn) else fn
+    when one is importable (flash-linear-attention: different argument names, tf32 dots, no fp64),
+    and 5.25 puts that in a ``kernels`` function module; the proofs compare with the math, the
+    decorated torch function (``rebind.innermost``)."""
+    return rebind.innermost(fn) if callable(fn) else fn
 
 
 def _reference_forward(module, originals, attrs):

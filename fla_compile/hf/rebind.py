@@ -28,13 +28,38 @@ def wrapped(fn):
     """The function ``fn`` wraps: its ``__wrapped__`` (``functools.wraps``), else, when ``fn`` is a
     pass-through ``(self, *args, **kwargs)`` wrapper, the one function its closure holds (a
     decorator that did not use ``wraps``, e.g. transformers' ``force_accelerate_hooks`` in 5.15),
-    else None. A function with a signature of its own is never looked through."""
+    else, when ``fn`` is a module whose class forward is such a wrapper, the function it holds (the
+    ``kernels`` package's function modules: transformers 5.25 makes ``torch_chunk_gated_delta_rule``
+    one, so that a hub kernel can replace it), else None. A function with a signature of its own is
+    never looked through."""
     inner = getattr(fn, "__wrapped__", None)
-    if inner is not None or not isinstance(fn, types.FunctionType) or not _pass_through(fn):
+    if inner is not None:
         return inner
+    if not isinstance(fn, types.FunctionType):
+        # the module's forward declares the held function's signature (``__signature__``): its code is read
+        forward = getattr(type(fn), "forward", None) if _is_module(fn) else None
+        return _held(forward) if isinstance(forward, types.FunctionType) and _code_passes_through(forward) else None
+    return _held(fn) if _pass_through(fn) else None
+
+
+def _code_passes_through(fn) -> bool:
+    """``_pass_through`` read from ``fn``'s code, whatever signature it declares."""
+    code = fn.__code__
+    var = inspect.CO_VARARGS | inspect.CO_VARKEYWORDS
+    return code.co_flags & var == var and code.co_kwonlyargcount == 0 and not fn.__defaults__
+
+
+def _held(fn):
+    """The one function ``fn``'s closure holds, else None."""
     held = [c.cell_contents for c in fn.__closure__ or () if _cell_full(c)]
     funcs = [f for f in held if isinstance(f, types.FunctionType)]
     return funcs[0] if len(funcs) == 1 else None
+
+
+def _is_module(obj) -> bool:
+    import torch
+
+    return isinstance(obj, torch.nn.Module)
 
 
 def _pass_through(fn) -> bool:
@@ -46,37 +71,92 @@ def _pass_through(fn) -> bool:
     return all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params[:-2])
 
 
-def global_names(fn) -> set[str]:
-    """Global names read by ``fn`` and by the functions it wraps (``functools.wraps`` chains)."""
-    names: set[str] = set()
+def innermost(fn):
+    """The innermost function of a chain of wrappers (``wrapped``): what the chain's signature describes."""
+    seen = set()
+    while (inner := wrapped(fn)) is not None and id(fn) not in seen:
+        seen.add(id(fn))
+        fn = inner
+    return fn
+
+
+def _chain(fn):
+    """``fn`` and each function it wraps."""
     while isinstance(fn, types.FunctionType):
-        names |= _loads(fn.__code__)
+        yield fn
         fn = wrapped(fn)
+
+
+def _callees(fn) -> dict[str, types.FunctionType]:
+    """{global name: innermost function} of the functions of ``fn``'s own module that ``fn``'s code calls by a
+    global name: transformers 5.25's layers call the conv through ``causal_conv1d_forward``, a module-level function
+    (behind a ``kernels`` function module) that calls ``causal_conv1d_fn``."""
+    out = {}
+    for name in _loads(fn.__code__):
+        value = fn.__globals__.get(name)
+        if value is None or isinstance(value, (type, types.ModuleType)):
+            continue
+        inner = innermost(value)
+        if isinstance(inner, types.FunctionType) and inner.__module__ == fn.__module__ and inner is not fn:
+            out[name] = inner
+    return out
+
+
+def global_names(fn, _seen: set | None = None) -> set[str]:
+    """Global names read by ``fn``, by the functions it wraps (``functools.wraps`` chains), and by the functions of
+    their module they call (``_callees``), down the calls."""
+    seen = set() if _seen is None else _seen
+    names: set[str] = set()
+    for f in _chain(fn):
+        if id(f) in seen:
+            continue
+        seen.add(id(f))
+        names |= _loads(f.__code__)
+        for callee in _callees(f).values():
+            names |= global_names(callee, seen)
     return names
 
 
-def lookup_global(fn, name: str):
-    """The value ``name`` has in the globals of ``fn`` or of a function it wraps."""
-    while isinstance(fn, types.FunctionType):
-        if name in _loads(fn.__code__) and name in fn.__globals__:
-            return fn.__globals__[name]
-        fn = wrapped(fn)
+def lookup_global(fn, name: str, _seen: set | None = None):
+    """The value ``name`` has in the globals of ``fn``, of a function it wraps, or of a function of their module
+    they call (the first found, the caller's before its callees')."""
+    seen = set() if _seen is None else _seen
+    chain = [f for f in _chain(fn) if id(f) not in seen]
+    seen.update(id(f) for f in chain)
+    for f in chain:
+        if name in _loads(f.__code__) and f.__globals__.get(name) is not None:
+            return f.__globals__[name]
+    for f in chain:
+        for callee in _callees(f).values():
+            if (found := lookup_global(callee, name, seen)) is not None:
+                return found
     return None
 
 
-def rebind_globals(fn: types.FunctionType, overrides: Mapping[str, Callable]) -> types.FunctionType:
-    """A copy of ``fn`` (and of each function it wraps) reading ``overrides`` as globals.
+def rebind_globals(
+    fn: types.FunctionType, overrides: Mapping[str, Callable], _stack: frozenset = frozenset()
+) -> types.FunctionType:
+    """A copy of ``fn`` (and of each function it wraps) reading ``overrides`` as globals; a function of its module
+    that it calls and that reads one of them, down the calls, is read as such a copy too (its innermost function:
+    a ``kernels`` function module's hub dispatch is left out with what it dispatched).
 
     The copied globals drop ``__name__`` so that Dynamo, when it inlines the copy, resolves
     globals in this dict rather than re-importing the module by name (which would find the
     originals).
     """
+    stack = _stack | {id(fn)}
     inner = wrapped(fn)
-    new_inner = rebind_globals(inner, overrides) if isinstance(inner, types.FunctionType) else inner
+    new_inner = rebind_globals(inner, overrides, stack) if isinstance(inner, types.FunctionType) else inner
+    calls = {
+        name: rebind_globals(callee, overrides, stack)
+        for name, callee in _callees(fn).items()
+        if name not in overrides and id(callee) not in stack and overrides.keys() & global_names(callee)
+    }
+    binds = {**overrides, **calls}
     glb = fn.__globals__
-    if overrides.keys() & _loads(fn.__code__):
+    if binds.keys() & _loads(fn.__code__):
         glb = {k: v for k, v in glb.items() if k != "__name__"}
-        glb.update(overrides)
+        glb.update(binds)
     closure = fn.__closure__
     if closure is not None and new_inner is not inner:
         # only the cell holding the wrapped function is new; the others stay shared with ``fn``

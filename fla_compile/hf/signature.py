@@ -40,13 +40,9 @@ def role(name: str) -> str:
 
 def unwrap(fn):
     """The innermost function of a chain of decorators (what the signature describes)."""
-    from .rebind import wrapped
+    from .rebind import innermost
 
-    seen = set()
-    while (inner := wrapped(fn)) is not None and id(fn) not in seen:
-        seen.add(id(fn))
-        fn = inner
-    return fn
+    return innermost(fn)
 
 
 def deprecated_aliases(fn) -> dict[str, str]:

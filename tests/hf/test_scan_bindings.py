@@ -99,6 +99,8 @@ def test_selective_scan_matches_the_fallback_with_a_state():
     fp32: the fallback computes in fp32 whatever its inputs."""
     from transformers.models.mamba import modeling_mamba as mm
 
+    from fla_compile.hf.rebind import innermost
+
     g, dtype = torch.Generator().manual_seed(0), torch.float32
     B, D, T, N = 2, 6, 9, 4
     x, dt, z = (torch.randn(B, D, T, generator=g, dtype=dtype) for _ in range(3))
@@ -106,7 +108,7 @@ def test_selective_scan_matches_the_fallback_with_a_state():
     Bm, Cm = torch.randn(B, N, T, generator=g, dtype=dtype), torch.randn(B, N, T, generator=g, dtype=dtype)
     Dk, bias = torch.randn(D, generator=g, dtype=dtype), torch.randn(D, generator=g, dtype=dtype)
     kw = dict(D=Dk, z=z, delta_bias=bias, delta_softplus=True)
-    ref = mm.mamba_selective_scan.__wrapped__(x, dt, A, Bm, Cm, **kw)
+    ref = innermost(mm.mamba_selective_scan)(x, dt, A, Bm, Cm, **kw)  # transformers' torch fallback itself
     y, state = selective.selective_scan(*(t[..., :-1] for t in (x, dt)), A, Bm[..., :-1], Cm[..., :-1],
                                         **{**kw, "z": z[..., :-1]}, return_last_state=True)  # fmt: skip
     last = selective.selective_state_update(state, x[..., -1], dt[..., -1], A, Bm[..., -1], Cm[..., -1], Dk,
