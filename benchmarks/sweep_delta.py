@@ -151,6 +151,10 @@ VARIANTS = [
     ("bf16x6 tiles", {"FP32_HIGHEST": "bf16x6", "BV_h": 32, "BV_o": 64, "o": (4, 1)}),
     ("bf16x3", {"FP32_HIGHEST": "bf16x3"}),
     ("bf16x3 tiles", {"FP32_HIGHEST": "bf16x3", "BV_h": 32, "BV_o": 64, "o": (4, 1)}),
+    # the forward's W/U, state and output kernels on six bf16 products, the rest on three tf32 (split_precs; the
+    # tiles stay three tf32's): the kernels that gained from six bf16 products, not the state-gradient pass that lost
+    ("fwd bf16x6", {"split_precs": {"wu": "bf16x6", "h": "bf16x6", "o": "bf16x6"}}),
+    ("fwd bf16x6 h o", {"split_precs": {"h": "bf16x6", "o": "bf16x6"}}),
     # fp32 keeps k kᵀ out of the solve kernel (_DTYPE_DEFAULTS) for the exact dots' spills (10-13 KB a thread,
     # offline sm_90). With tf32 dots ("high", --matmul-precision high) the fused kernel on 1 warp has none (254
     # registers), with three tf32 products 308 B on 1 warp, 132 B on 2: the fused forward may win there too

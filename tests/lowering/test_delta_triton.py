@@ -68,15 +68,15 @@ def torch_grads(family, q, k, v, beta, g, h0, do, dht, scale, cu=None, l2=False)
 
 
 @contextlib.contextmanager
-def _launches():
+def _launches(with_args=False):
     """Every ``launch.fitted`` call of the delta launchers inside the block, as (kernel name, keyword arguments), in
-    the list the block gets."""
+    the list the block gets; ``with_args``: (kernel name, keyword arguments, positional arguments)."""
     from fla_compile.lowering.delta import triton_launch as DT
 
     seen, real = [], DT.launch.fitted
 
     def fitted(kernel, grid, *args, **kw):
-        seen.append((DT.launch._kernel_name(kernel), kw))
+        seen.append((DT.launch._kernel_name(kernel), kw, *((args,) if with_args else ())))
         return real(kernel, grid, *args, **kw)
 
     DT.launch.fitted = fitted
@@ -562,6 +562,33 @@ def _case_three_tf32(family, BT, cu_lens=None):
         launch.FP32_HIGHEST, launch.FP32_SPLIT_DIMS = was
 
 
+def _case_split_precs(family, BT, cu_lens=None):
+    """fp32 at "highest" with the forward's W/U, state and output kernels on six bf16 products (launch option
+    ``split_precs``) and the rest on three tf32 ones: forward and gradients against fp64, and each kernel got its
+    form (the state-gradient pass kept the call's)."""
+    from fla_compile.lowering.common import launch
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    was = launch.FP32_HIGHEST, launch.FP32_SPLIT_DIMS
+    launch.FP32_HIGHEST, launch.FP32_SPLIT_DIMS = "tf32x3", (20, 40)  # make()'s K and V: the split there too
+    DT.OVERRIDES["split_precs"] = {"wu": "bf16x6", "h": "bf16x6", "o": "bf16x6"}
+    try:
+        q, k, v, beta, g, h0 = make(family)
+        with _launches(with_args=True) as seen:
+            out = _kernels_vs_fp64(family, BT, *_pack(cu_lens, q, k, v, beta, g, h0))[0]
+    finally:
+        launch.FP32_HIGHEST, launch.FP32_SPLIT_DIMS = was
+        DT.OVERRIDES.pop("split_precs", None)
+    forms = {name: {a for a in args if isinstance(a, str)} for name, _, args in seen}
+    wanted = {
+        "chunk_wu_kernel": {"bf16x6"},
+        "chunk_delta_h_kernel": {"bf16x6"},
+        "chunk_fwd_o_kernel": {"bf16x6"},
+        "chunk_delta_dh_kernel": {"tf32x3"},
+    }
+    return {**out, "forms_wrong": float(any(forms.get(n) != f for n, f in wanted.items()))}
+
+
 def _case_solve_merge_tf32(family, BT, dtype, cu_lens=None, T=70):
     """``SOLVE_MERGE_TF32``: the solve's merge dots at the inputs' precision ("tf32" for half inputs, "ieee" for
     fp32 ones at torch's default "highest"). fp32: bitwise the exact path. Half: forward and gradients within
@@ -743,6 +770,7 @@ INTERPRETER_CASES = {
     "three-tf32-gdn-BT32-varlen": (_case_three_tf32, ("gated_delta_rule", 32, [5, 0, 40, 29])),
     "three-tf32-kda-BT16": (_case_three_tf32, ("kda", 16)),
     "three-tf32-delta-BT64": (_case_three_tf32, ("delta_rule", 64)),
+    "split-precs-gdn-varlen": (_case_split_precs, ("gated_delta_rule", 32, [5, 0, 40, 29])),
     "solve-merge-tf32-gdn-fp32": (_case_solve_merge_tf32, ("gated_delta_rule", 64, torch.float32)),
     "solve-merge-tf32-delta-fp16-varlen": (_case_solve_merge_tf32, ("delta_rule", 64, torch.float16, [5, 0, 46, 19])),
     "saved-gdn": (_case_saved_parts, ("gated_delta_rule",)),
@@ -1426,6 +1454,28 @@ def test_launch_options_by_dtype(monkeypatch):
         assert split["BV_dh"] == one["BV_dh"] == 64  # every fp32 form
     finally:
         DT._device_table.cache_clear()
+
+
+def test_split_precs_per_kernel(monkeypatch):
+    """``split_precs``: a forward kernel's own split form for fp32 inputs under a split form; calls at other
+    precisions keep theirs, and an entry for another kernel or a form that is not a split is an error naming the
+    option, not a silently different product."""
+    pytest.importorskip("triton")
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    cpu, key = torch.device("cpu"), (128, 128, torch.float32, "tf32x3")
+    assert DT._kernel_prec("h", "tf32x3", cpu, key) == "tf32x3"  # the tables' default: none
+    monkeypatch.setitem(DT.OVERRIDES, "split_precs", {"h": "bf16x6"})
+    assert DT._kernel_prec("h", "tf32x3", cpu, key) == "bf16x6"
+    assert DT._kernel_prec("o", "tf32x3", cpu, key) == "tf32x3"
+    assert DT._kernel_prec("h", "tf32", cpu, (128, 128, torch.float32, "tf32")) == "tf32"  # "high": one product
+    assert DT._kernel_prec("h", "ieee", cpu, (128, 128, torch.float32, "ieee")) == "ieee"
+    monkeypatch.setitem(DT.OVERRIDES, "split_precs", {"dh": "bf16x6"})
+    with pytest.raises(ValueError, match=r"split_precs names \['dh'\]"):
+        DT._kernel_prec("h", "tf32x3", cpu, key)
+    monkeypatch.setitem(DT.OVERRIDES, "split_precs", {"h": "tf32"})
+    with pytest.raises(ValueError, match=r"split_precs\['h'\] = 'tf32'"):
+        DT._kernel_prec("h", "tf32x3", cpu, key)
 
 
 def test_state_pass_v_block_fills_the_sms(monkeypatch):

@@ -159,6 +159,11 @@ _DEFAULTS = {
     "h_split_k": False,
     "h_split_k_vector": False,
     "h_split": (4, 2),
+    # fp32 inputs under a split form (torch's "highest"): kernel ("wu", "h", "o", ...) -> another split form for its
+    # dots (``_kernel_prec``), where one kernel gains from it and another loses (six bf16 products against three
+    # tf32: the output, state and W/U kernels faster, the state-gradient pass slower; RESULTS, thirty-fourth
+    # session). The launch options stay those of the call's form. Empty: every kernel on the call's form
+    "split_precs": {},
 }
 # Per input dtype, under an arch table's own "by_dtype" section: fp32 key tiles spill in the solve kernel that forms
 # k kᵀ itself (offline sm_90: 10 KB a thread with exact dots), so fp32 keeps chunk_kkt_kernel and the solve apart.
@@ -310,6 +315,29 @@ def _state_opts(
     return _opts(over[-1] if over else [n for n in names if n in table][-1], device, key)
 
 
+_SPLIT_PREC_KERNELS = ("wu", "h", "o")  # the forward's kernels that take a ``split_precs`` entry
+
+
+def _kernel_prec(kernel: str, prec: str, device, key: tuple) -> str:
+    """The dots' precision of ``kernel`` in a call at ``prec``: the table's ``split_precs`` entry for it where
+    ``prec`` is a split form (fp32 inputs), else ``prec``. An entry that is not a split form is an error here,
+    not a silent exact or one-tf32 product."""
+    if prec not in launch.SPLIT_PRECS:
+        return prec
+    table = _knob("split_precs", device, key)
+    if not set(table) <= set(_SPLIT_PREC_KERNELS):
+        raise ValueError(
+            f"delta launch option split_precs names {sorted(set(table) - set(_SPLIT_PREC_KERNELS))}: expected "
+            f"kernels among {_SPLIT_PREC_KERNELS}"
+        )
+    chosen = table.get(kernel, prec)
+    if chosen not in launch.SPLIT_PRECS:
+        raise ValueError(
+            f"delta launch option split_precs[{kernel!r}] = {chosen!r}: expected one of {launch.SPLIT_PRECS}"
+        )
+    return chosen
+
+
 def _opts(kernel: str, device, key: tuple | None = None) -> dict:
     """Launch options of ``kernel``: its table entry [num_warps, num_stages] or [num_warps, num_stages, maxnreg]
     (a register cap per thread, for two programs a multiprocessor where the uncapped kernel fits one)."""
@@ -394,8 +422,8 @@ def forward_parts(
             )  # fmt: skip
         launch.fitted(
             kw.chunk_wu_kernel, (NS, H),
-            k, v, beta, gcp, X, w, u, info, H, G, K, V, BT, min(64, BK), min(64, launch.pow2(V)), gid, prec,
-            kg if use_kg else w, use_kg, **_opts("wu", dev, key),
+            k, v, beta, gcp, X, w, u, info, H, G, K, V, BT, min(64, BK), min(64, launch.pow2(V)), gid,
+            _kernel_prec("wu", prec, dev, key), kg if use_kg else w, use_kg, **_opts("wu", dev, key),
         )  # fmt: skip
     else:
         launch.fitted(
@@ -417,7 +445,7 @@ def forward_parts(
     launch.fitted(
         kw.chunk_delta_h_split_kernel if split else kw.chunk_delta_h_kernel, (N * H * launch.cdiv(V, BV),),
         k, w, u, gcp, h, vn, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, 64 if split else BK, BV,
-        gid, h0 is not None, prec, kg if use_kg else w, use_kg, FULL_CHUNKS=full,
+        gid, h0 is not None, _kernel_prec("h", prec, dev, key), kg if use_kg else w, use_kg, FULL_CHUNKS=full,
         **_state_opts("h_split" if split else "h", BV, V, gid, dev, key, block="BV_h"),
     )  # fmt: skip
     if gid == GATE_VECTOR_ID and Aqk is None:  # the output's and the backward's gated q k^T (given: a forward's, kept)
@@ -435,7 +463,7 @@ def forward_parts(
         launch.fitted(
             gla_kern.chunk_fwd_o_kernel, grid,
             q, k, vn, gcp, h, Aqk if Aqk is not None else h, o, info, scale, H, G, K, V, BT, min(64, BK), BV, gid,
-            prec, BT, **order, **_opts("o", dev, key),
+            _kernel_prec("o", prec, dev, key), BT, **order, **_opts("o", dev, key),
         )  # fmt: skip
     meta = dict(cu=cu, info=info, chunk_off=chunk_off, NS=NS, N=N, BT=BT)
     return o, ht, dict(gc=gc, X=X, w=w, u=u, vn=vn, h=h, Aqk=Aqk, meta=meta)
