@@ -1,13 +1,13 @@
 """The chunked spelling: transformers' own torch fallbacks, compiled unchanged with backend="fla"."""
 
 import importlib
-import inspect
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fla_compile
+from fla_compile.hf.rebind import innermost
 from fla_compile.patterns import chunked
 
 B, T, H, K, V = 1, 70, 2, 16, 8
@@ -27,8 +27,9 @@ def reference_function(model, name):
     if not hasattr(mod, name):
         pytest.skip(f"transformers' {model} has no {name}")
     # transformers >= 5.17 wraps its torch fallbacks in a dispatcher that calls flash-linear-attention
-    # when it is importable: the torch function is the one it wraps
-    return inspect.unwrap(getattr(mod, name))
+    # when it is importable, and 5.25 that in a kernels function module: the torch function is the one
+    # they wrap
+    return innermost(getattr(mod, name))
 
 
 def inputs(gate_kind, seed=0):
