@@ -188,6 +188,11 @@ VARIANTS = [
     ("h K blocks 64 w4 s3", {"h_split_k": True, "h_split_k_vector": True, "h_split": (4, 3)}),
     ("h K blocks 64 BV=32 w4 s3", {"h_split_k": True, "h_split_k_vector": True, "BV_h": 32, "h_split": (4, 3)}),
     ("h whole K", {"h_split_k": False, "h_split_k_vector": False}),
+    # the state-gradient pass in the same layout (dh_split_k, kda's dh_split_k_vector), on dh_split's launch
+    ("dh K blocks 64", {"dh_split_k": True, "dh_split_k_vector": True}),
+    ("dh K blocks 64 w8", {"dh_split_k": True, "dh_split_k_vector": True, "dh_split": (8, 2)}),
+    ("dh K blocks 64 BV=64", {"dh_split_k": True, "dh_split_k_vector": True, "BV_dh": 64}),
+    ("dh K blocks 64 BV=64 w8", {"dh_split_k": True, "dh_split_k_vector": True, "BV_dh": 64, "dh_split": (8, 2)}),
 ]
 
 

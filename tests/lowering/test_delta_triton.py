@@ -513,6 +513,28 @@ def _case_h_split_k(family, K, cu_lens=None, gate_scale=2.0):
     }
 
 
+def _case_dh_split_k(family, K, cu_lens=None, gate_scale=2.0):
+    """The backward's state-gradient pass with dS in key blocks of 64 (launch option ``dh_split_k``, kda's
+    ``dh_split_k_vector``; K = 200: four blocks, the last 8 rows of 64, K = 136: three): every gradient against
+    fp64 with a final state's gradient and dh0, packed sequences with an empty one and partial chunks; the split
+    kernel ran and the whole-K one did not."""
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    xs = _pack(cu_lens, *make(family, B=1 if cu_lens else 2, T=40, K=K, V=16, gate_scale=gate_scale))
+    switch = "dh_split_k_vector" if family == "kda" else "dh_split_k"
+    DT.OVERRIDES[switch] = True
+    try:
+        with _launches() as seen:
+            out = _kernels_vs_fp64(family, 16, *xs)[0]
+    finally:
+        DT.OVERRIDES.pop(switch, None)
+    names = [name for name, _ in seen]
+    return {
+        **out,
+        "split_not_run": float(names.count("chunk_delta_dh_split_kernel") != 1 or "chunk_delta_dh_kernel" in names),
+    }
+
+
 def _case_decay_rows(family, BT, T=70, cu_lens=None, gate_scale=2.0):
     """The scalar-gated state passes decay the rows of v_new and of k dS', not the keys' columns: forward and
     gradients against fp64, packed sequences with an empty one and partial chunks; gates of -20 per step, where a
@@ -756,6 +778,10 @@ INTERPRETER_CASES = {
     "h-split-k-gdn-strong": (_case_h_split_k, ("gated_delta_rule", 136, None, 20.0)),
     "h-split-k-delta": (_case_h_split_k, ("delta_rule", 200)),
     "h-split-k-kda-varlen": (_case_h_split_k, ("kda", 200, [5, 0, 21, 14])),
+    "dh-split-k-gdn-varlen": (_case_dh_split_k, ("gated_delta_rule", 200, [5, 0, 21, 14])),
+    "dh-split-k-gdn-strong": (_case_dh_split_k, ("gated_delta_rule", 136, None, 20.0)),
+    "dh-split-k-delta": (_case_dh_split_k, ("delta_rule", 200)),
+    "dh-split-k-kda-varlen": (_case_dh_split_k, ("kda", 200, [5, 0, 21, 14])),
     "decay-rows-gdn-BT32-varlen": (_case_decay_rows, ("gated_delta_rule", 32, 70, [5, 0, 46, 19])),
     "decay-rows-gdn-BT64-strong": (_case_decay_rows, ("gated_delta_rule", 64, 70, None, 20.0)),
     "solve-steps-delta": (_case_solve_diag, ("delta_rule",)),

@@ -159,6 +159,11 @@ _DEFAULTS = {
     "h_split_k": False,
     "h_split_k_vector": False,
     "h_split": (4, 2),
+    # the same layout for the backward's state-gradient pass (``chunk_delta_dh_split_kernel``): ``dh_split_k``,
+    # kda's ``dh_split_k_vector``, ``dh_split`` its launch. Off: checked under the interpreter, not yet timed
+    "dh_split_k": False,
+    "dh_split_k_vector": False,
+    "dh_split": (4, 2),
     # fp32 inputs under a split form (torch's "highest"): kernel ("wu", "h", "o", ...) -> another split form for its
     # dots (``_kernel_prec``), where one kernel gains from it and another loses (six bf16 products against three
     # tf32: the output, state and W/U kernels faster, the state-gradient pass slower; RESULTS, thirty-fourth
@@ -515,11 +520,13 @@ def backward_parts(
     # 3.6, compute-sanitizer: "Invalid __shared__ read" in this kernel's first dot; illegal memory access in
     # delta_rule's fp32 tests, 2026-12-01); blocks of 32 and 64 are clean there and as fast
     BV = _state_bv("BV_dh", N * H, V, dev, key, lo=32 if prec in launch.SPLIT_PRECS else 16)
+    # dS in key blocks of 64 (dh_split_k; kda: dh_split_k_vector) or the whole K in one
+    split = 64 < K <= 256 and _knob("dh_split_k_vector" if gid == GATE_VECTOR_ID else "dh_split_k", dev, key)
     launch.fitted(
-        kwb.chunk_delta_dh_kernel, (N * H * launch.cdiv(V, BV),),
+        kwb.chunk_delta_dh_split_kernel if split else kwb.chunk_delta_dh_kernel, (N * H * launch.cdiv(V, BV),),
         q, k, w, gcp, dvl, do, dh, dvn, dht if dht is not None else dvl, dh0 if dh0 is not None else dvl, cu,
-        chunk_off, scale, H, G, K, V, BT, BK, BV, gid, dht is not None, dh0 is not None, prec,
-        **_state_opts("dh", BV, V, gid, dev, key),
+        chunk_off, scale, H, G, K, V, BT, 64 if split else BK, BV, gid, dht is not None, dh0 is not None, prec,
+        **_state_opts("dh_split" if split else "dh", BV, V, gid, dev, key, block="BV_dh"),
         avoid=_dh_wrong_forms(dt, prec, BV),
     )  # fmt: skip
     # 3. dq, dk and the gate gradient through the output and the state update (the GLA line's kernels, v_new for v)

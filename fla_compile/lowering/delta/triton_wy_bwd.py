@@ -118,6 +118,141 @@ def chunk_delta_dh_kernel(
 
 
 @triton.jit
+def _dh_key_block_kdh(k, gc, b_dh, o_t, m_t, last, i_h, i_hk, i_kb: tl.constexpr, H: tl.constexpr, G: tl.constexpr,
+                      K: tl.constexpr, BK: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+    """:func:`chunk_delta_dh_split_kernel`'s key block ``i_kb``: its part of k_g dS' [BT, BV] (kda's keys decayed
+    to the chunk's last step by the block's own gates; a scalar gate decays the sum's rows after)."""
+    o_k = i_kb * BK + tl.arange(0, BK)
+    m_tk = m_t[:, None] & (o_k < K)[None, :]
+    b_k = tl.load(k + (o_t * (H // G) + i_hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
+    dt = b_k.dtype
+    if GATE == 2:
+        b_g = tl.load(gc + (o_t * H + i_h)[:, None] * K + o_k[None, :], mask=m_tk, other=0)
+        b_gl = tl.load(gc + (last * H + i_h) * K + o_k, mask=o_k < K, other=0)
+        b_k = (b_k.to(tl.float32) * tl.exp(tl.where(m_tk, b_gl[None, :] - b_g, 0))).to(dt)
+    return dot(b_k, b_dh.to(dt), prec=PREC)
+
+
+@triton.jit
+def _dh_key_block_step(q, w, gc, b_dh, b_do, b_dvn, b_g, b_gl, scale, o_t, m_t, last, i_h, i_hk,
+                       i_kb: tl.constexpr, H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, BK: tl.constexpr,
+                       GATE: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+    """Key block ``i_kb`` of dS carried back over the chunk: e^{G_last} dS' + scale (e^G q)ᵀ do - Wᵀ dv_new, each
+    restricted to the block's BK keys (``b_g``, ``b_gl``: a scalar gate's, loaded once for every block)."""
+    o_k = i_kb * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    m_kt = m_k[:, None] & m_t[None, :]
+    b_qt = tl.load(q + (o_t * (H // G) + i_hk)[None, :] * K + o_k[:, None], mask=m_kt, other=0)
+    b_wt = tl.load(w + (o_t * H + i_h)[None, :] * K + o_k[:, None], mask=m_kt, other=0)
+    dt = b_qt.dtype
+    if GATE == 1:
+        b_qt = (b_qt.to(tl.float32) * tl.exp(b_g)[None, :]).to(dt)
+        b_dh *= tl.exp(b_gl)
+    if GATE == 2:
+        b_gt = tl.load(gc + (o_t * H + i_h)[None, :] * K + o_k[:, None], mask=m_kt, other=0)
+        b_qt = (b_qt.to(tl.float32) * tl.exp(b_gt)).to(dt)
+        b_dh *= tl.exp(tl.load(gc + (last * H + i_h) * K + o_k, mask=m_k, other=0))[:, None]
+    b_dh += scale * dot(b_qt, b_do.to(dt), prec=PREC)
+    return b_dh - dot(b_wt, b_dvn.to(dt), prec=PREC)
+
+
+@triton.jit
+def chunk_delta_dh_split_kernel(
+    q,
+    k,
+    w,
+    gc,
+    dvl,
+    do,
+    dh,
+    dvn,
+    dht,
+    dh0,
+    cu,
+    chunk_off,
+    scale,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATE: tl.constexpr,
+    USE_DHT: tl.constexpr,
+    STORE_DH0: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """:func:`chunk_delta_dh_kernel` (the same arguments) with dS held as two to four key blocks of BK rows ([BK,
+    BV] tiles, BK < K <= 4 BK; the launcher's BK is 64), the layout of the forward's ``chunk_delta_h_split_kernel``
+    (launch option ``dh_split_k``; kda's ``dh_split_k_vector``). Each block's tiles are loaded and its dots taken
+    apart, so the [K, BT] operands of the whole-K kernel are never live at once."""
+    i_nh, _, i_v = state_block(1, tl.cdiv(V, BV))
+    i_n, i_h = i_nh // H, i_nh % H
+    i_hk = i_h // G
+    bos, eos, NT = sequence_span(cu, i_n, BT)
+    s0 = tl.load(chunk_off + i_n).to(tl.int64)
+    _, o_v, _, m_v, m_h1, o_h1 = state_offsets(0, i_v, K, V, BK, BV)
+    _, _, _, _, m_h2, o_h2 = state_offsets(1, i_v, K, V, BK, BV)
+    _, _, _, _, m_h3, o_h3 = state_offsets(2, i_v, K, V, BK, BV)
+    _, _, _, _, m_h4, o_h4 = state_offsets(3, i_v, K, V, BK, BV)
+    b_dh1 = state_start(dht, i_n * H + i_h, o_h1, m_h1, K, V, BK, BV, USE_DHT)
+    b_dh2 = state_start(dht, i_n * H + i_h, o_h2, m_h2, K, V, BK, BV, USE_DHT)
+    if K > 2 * BK:
+        b_dh3 = state_start(dht, i_n * H + i_h, o_h3, m_h3, K, V, BK, BV, USE_DHT)
+    if K > 3 * BK:
+        b_dh4 = state_start(dht, i_n * H + i_h, o_h4, m_h4, K, V, BK, BV, USE_DHT)
+    for i_r in range(0, NT):
+        i_c = NT - 1 - i_r
+        p_dh = dh + ((s0 + i_c) * H + i_h) * K * V
+        tl.store(p_dh + o_h1, b_dh1.to(dh.dtype.element_ty), mask=m_h1)
+        tl.store(p_dh + o_h2, b_dh2.to(dh.dtype.element_ty), mask=m_h2)
+        if K > 2 * BK:
+            tl.store(p_dh + o_h3, b_dh3.to(dh.dtype.element_ty), mask=m_h3)
+        if K > 3 * BK:
+            tl.store(p_dh + o_h4, b_dh4.to(dh.dtype.element_ty), mask=m_h4)
+        o_t = bos + i_c * BT + tl.arange(0, BT)
+        m_t = o_t < eos
+        m_tv = m_t[:, None] & m_v[None, :]
+        last = tl.minimum(bos + i_c * BT + BT, eos) - 1
+        # dv_new = dv_local + k_g dS', by key blocks
+        b_kdh = _dh_key_block_kdh(k, gc, b_dh1, o_t, m_t, last, i_h, i_hk, 0, H, G, K, BK, GATE, PREC)
+        b_kdh += _dh_key_block_kdh(k, gc, b_dh2, o_t, m_t, last, i_h, i_hk, 1, H, G, K, BK, GATE, PREC)
+        if K > 2 * BK:
+            b_kdh += _dh_key_block_kdh(k, gc, b_dh3, o_t, m_t, last, i_h, i_hk, 2, H, G, K, BK, GATE, PREC)
+        if K > 3 * BK:
+            b_kdh += _dh_key_block_kdh(k, gc, b_dh4, o_t, m_t, last, i_h, i_hk, 3, H, G, K, BK, GATE, PREC)
+        b_g = tl.zeros([BT], dtype=tl.float32)
+        b_gl = 0.0
+        if GATE == 1:
+            b_g = tl.load(gc + o_t * H + i_h, mask=m_t, other=0)
+            b_gl = tl.load(gc + last * H + i_h)
+            b_kdh *= tl.exp(tl.where(m_t, b_gl - b_g, 0))[:, None]
+        p_v = (o_t * H + i_h)[:, None] * V + o_v[None, :]
+        b_dvn = tl.load(dvl + p_v, mask=m_tv, other=0).to(tl.float32) + b_kdh
+        tl.store(dvn + p_v, b_dvn.to(dvn.dtype.element_ty), mask=m_tv)
+        b_do = tl.load(do + p_v, mask=m_tv, other=0)
+        b_dh1 = _dh_key_block_step(q, w, gc, b_dh1, b_do, b_dvn, b_g, b_gl, scale, o_t, m_t, last, i_h, i_hk, 0, H,
+                                   G, K, BK, GATE, PREC)  # fmt: skip
+        b_dh2 = _dh_key_block_step(q, w, gc, b_dh2, b_do, b_dvn, b_g, b_gl, scale, o_t, m_t, last, i_h, i_hk, 1, H,
+                                   G, K, BK, GATE, PREC)  # fmt: skip
+        if K > 2 * BK:
+            b_dh3 = _dh_key_block_step(q, w, gc, b_dh3, b_do, b_dvn, b_g, b_gl, scale, o_t, m_t, last, i_h, i_hk, 2,
+                                       H, G, K, BK, GATE, PREC)  # fmt: skip
+        if K > 3 * BK:
+            b_dh4 = _dh_key_block_step(q, w, gc, b_dh4, b_do, b_dvn, b_g, b_gl, scale, o_t, m_t, last, i_h, i_hk, 3,
+                                       H, G, K, BK, GATE, PREC)  # fmt: skip
+    if STORE_DH0:
+        p_dh0 = dh0 + (i_n * H + i_h) * K * V
+        tl.store(p_dh0 + o_h1, b_dh1, mask=m_h1)
+        tl.store(p_dh0 + o_h2, b_dh2, mask=m_h2)
+        if K > 2 * BK:
+            tl.store(p_dh0 + o_h3, b_dh3, mask=m_h3)
+        if K > 3 * BK:
+            tl.store(p_dh0 + o_h4, b_dh4, mask=m_h4)
+
+
+@triton.jit
 def chunk_wy_bwd_kernel(
     k,
     v,
