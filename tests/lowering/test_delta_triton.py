@@ -491,15 +491,17 @@ def _case_full_chunks(family, BT):
     return {**out, **same, "full_not_used": float(not used), "partial_not_masked": float(not partial_masked)}
 
 
-def _case_h_split_k(family, K, cu_lens=None, gate_scale=2.0):
-    """The forward's state pass with S in key blocks of 64 (launch option ``h_split_k``, kda's ``h_split_k_vector``;
-    K = 200: four blocks, the last 8 rows of 64): outputs and every gradient (the backward recomputes the states
-    through it) against fp64, packed sequences with an empty one and partial chunks; the split kernel ran (kda
-    through its decayed keys)."""
+def _case_split_k(which, family, K, cu_lens=None, gate_scale=2.0):
+    """A state pass with its state in key blocks of 64: ``which`` "h", the forward's (launch option ``h_split_k``,
+    kda's ``h_split_k_vector``; the backward recomputes the states through it, so it runs twice), or "dh", the
+    backward's state-gradient pass (``dh_split_k`` / ``dh_split_k_vector``). K = 200: four blocks, the last 8 rows
+    of 64; K = 136: three. Outputs and every gradient against fp64, with an initial state and a final state's
+    gradient, packed sequences with an empty one and partial chunks; the split kernel ran (kda's forward through
+    its decayed keys) and the whole-K one did not."""
     from fla_compile.lowering.delta import triton_launch as DT
 
     xs = _pack(cu_lens, *make(family, B=1 if cu_lens else 2, T=40, K=K, V=16, gate_scale=gate_scale))
-    switch = "h_split_k_vector" if family == "kda" else "h_split_k"
+    switch = f"{which}_split_k" + ("_vector" if family == "kda" else "")
     DT.OVERRIDES[switch] = True
     try:
         with _launches() as seen:
@@ -507,32 +509,8 @@ def _case_h_split_k(family, K, cu_lens=None, gate_scale=2.0):
     finally:
         DT.OVERRIDES.pop(switch, None)
     names = [name for name, _ in seen]
-    return {
-        **out,
-        "split_not_run": float(names.count("chunk_delta_h_split_kernel") != 2 or "chunk_delta_h_kernel" in names),
-    }
-
-
-def _case_dh_split_k(family, K, cu_lens=None, gate_scale=2.0):
-    """The backward's state-gradient pass with dS in key blocks of 64 (launch option ``dh_split_k``, kda's
-    ``dh_split_k_vector``; K = 200: four blocks, the last 8 rows of 64, K = 136: three): every gradient against
-    fp64 with a final state's gradient and dh0, packed sequences with an empty one and partial chunks; the split
-    kernel ran and the whole-K one did not."""
-    from fla_compile.lowering.delta import triton_launch as DT
-
-    xs = _pack(cu_lens, *make(family, B=1 if cu_lens else 2, T=40, K=K, V=16, gate_scale=gate_scale))
-    switch = "dh_split_k_vector" if family == "kda" else "dh_split_k"
-    DT.OVERRIDES[switch] = True
-    try:
-        with _launches() as seen:
-            out = _kernels_vs_fp64(family, 16, *xs)[0]
-    finally:
-        DT.OVERRIDES.pop(switch, None)
-    names = [name for name, _ in seen]
-    return {
-        **out,
-        "split_not_run": float(names.count("chunk_delta_dh_split_kernel") != 1 or "chunk_delta_dh_kernel" in names),
-    }
+    runs = names.count(f"chunk_delta_{which}_split_kernel")
+    return {**out, "split_not_run": float(runs != (2 if which == "h" else 1) or f"chunk_delta_{which}_kernel" in names)}
 
 
 def _case_decay_rows(family, BT, T=70, cu_lens=None, gate_scale=2.0):
@@ -774,14 +752,14 @@ INTERPRETER_CASES = {
     "final-dqk-kda-varlen": (_case_final_dqk_vector, ([5, 0, 40, 19],)),
     "final-dqk-kda-gva": (_case_final_dqk_vector, (None, 1)),
     "final-dk-gdn-varlen": (_case_final_dk, ("gated_delta_rule", [5, 0, 40, 19])),
-    "h-split-k-gdn-varlen": (_case_h_split_k, ("gated_delta_rule", 200, [5, 0, 21, 14])),
-    "h-split-k-gdn-strong": (_case_h_split_k, ("gated_delta_rule", 136, None, 20.0)),
-    "h-split-k-delta": (_case_h_split_k, ("delta_rule", 200)),
-    "h-split-k-kda-varlen": (_case_h_split_k, ("kda", 200, [5, 0, 21, 14])),
-    "dh-split-k-gdn-varlen": (_case_dh_split_k, ("gated_delta_rule", 200, [5, 0, 21, 14])),
-    "dh-split-k-gdn-strong": (_case_dh_split_k, ("gated_delta_rule", 136, None, 20.0)),
-    "dh-split-k-delta": (_case_dh_split_k, ("delta_rule", 200)),
-    "dh-split-k-kda-varlen": (_case_dh_split_k, ("kda", 200, [5, 0, 21, 14])),
+    "h-split-k-gdn-varlen": (_case_split_k, ("h", "gated_delta_rule", 200, [5, 0, 21, 14])),
+    "h-split-k-gdn-strong": (_case_split_k, ("h", "gated_delta_rule", 136, None, 20.0)),
+    "h-split-k-delta": (_case_split_k, ("h", "delta_rule", 200)),
+    "h-split-k-kda-varlen": (_case_split_k, ("h", "kda", 200, [5, 0, 21, 14])),
+    "dh-split-k-gdn-varlen": (_case_split_k, ("dh", "gated_delta_rule", 200, [5, 0, 21, 14])),
+    "dh-split-k-gdn-strong": (_case_split_k, ("dh", "gated_delta_rule", 136, None, 20.0)),
+    "dh-split-k-delta": (_case_split_k, ("dh", "delta_rule", 200)),
+    "dh-split-k-kda-varlen": (_case_split_k, ("dh", "kda", 200, [5, 0, 21, 14])),
     "decay-rows-gdn-BT32-varlen": (_case_decay_rows, ("gated_delta_rule", 32, 70, [5, 0, 46, 19])),
     "decay-rows-gdn-BT64-strong": (_case_decay_rows, ("gated_delta_rule", 64, 70, None, 20.0)),
     "solve-steps-delta": (_case_solve_diag, ("delta_rule",)),
