@@ -30,23 +30,14 @@ def wrapped(fn):
     decorator that did not use ``wraps``, e.g. transformers' ``force_accelerate_hooks`` in 5.15),
     else, when ``fn`` is a module whose class forward is such a wrapper, the function it holds (the
     ``kernels`` package's function modules: transformers 5.25 makes ``torch_chunk_gated_delta_rule``
-    one, so that a hub kernel can replace it), else None. A function with a signature of its own is
-    never looked through."""
+    one, so that a hub kernel can replace it), else None. A function whose code takes named
+    parameters of its own is never looked through."""
     inner = getattr(fn, "__wrapped__", None)
     if inner is not None:
         return inner
     if not isinstance(fn, types.FunctionType):
-        # the module's forward declares the held function's signature (``__signature__``): its code is read
-        forward = getattr(type(fn), "forward", None) if _is_module(fn) else None
-        return _held(forward) if isinstance(forward, types.FunctionType) and _code_passes_through(forward) else None
-    return _held(fn) if _pass_through(fn) else None
-
-
-def _code_passes_through(fn) -> bool:
-    """``_pass_through`` read from ``fn``'s code, whatever signature it declares."""
-    code = fn.__code__
-    var = inspect.CO_VARARGS | inspect.CO_VARKEYWORDS
-    return code.co_flags & var == var and code.co_kwonlyargcount == 0 and not fn.__defaults__
+        fn = getattr(type(fn), "forward", None) if _is_module(fn) else None
+    return _held(fn) if isinstance(fn, types.FunctionType) and _pass_through(fn) else None
 
 
 def _held(fn):
@@ -63,12 +54,12 @@ def _is_module(obj) -> bool:
 
 
 def _pass_through(fn) -> bool:
-    """Whether ``fn``'s parameters are only ``*args, **kwargs`` after positional ones (``self``)."""
-    params = list(inspect.signature(fn, follow_wrapped=False).parameters.values())
-    kinds = [p.kind for p in params]
-    if kinds[-2:] != [inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD]:
-        return False
-    return all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params[:-2])
+    """Whether ``fn``'s parameters are only ``*args, **kwargs`` after positional ones without defaults (``self``),
+    read from its code: a wrapper may declare its wrapped function's signature (``__signature__``, as ``kernels``'
+    function modules do) and still pass everything through."""
+    code = fn.__code__
+    var = inspect.CO_VARARGS | inspect.CO_VARKEYWORDS
+    return code.co_flags & var == var and code.co_kwonlyargcount == 0 and not fn.__defaults__
 
 
 def innermost(fn):

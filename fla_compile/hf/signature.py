@@ -38,13 +38,6 @@ def role(name: str) -> str:
     return _ROLE.get(name, name)
 
 
-def unwrap(fn):
-    """The innermost function of a chain of decorators (what the signature describes)."""
-    from .rebind import innermost
-
-    return innermost(fn)
-
-
 def deprecated_aliases(fn) -> dict[str, str]:
     """{old name: new name} that transformers' ``@deprecate_kwarg`` wrappers around ``fn`` rename.
 
@@ -89,7 +82,9 @@ def adapt(original, ours: Callable, *, ignore: Iterable[str] = (), what: str = "
     parameter ours has no place for, or ours needs one the original does not pass.
     """
     what = what or getattr(original, "__qualname__", repr(original))
-    inner = unwrap(original)
+    from .rebind import innermost
+
+    inner = innermost(original)  # what the chain of decorators' signature describes
     try:
         sig = inspect.signature(inner)
         ours_sig = inspect.signature(ours)

@@ -1460,6 +1460,29 @@ def test_launch_options_by_dtype(monkeypatch):
         DT._device_table.cache_clear()
 
 
+def test_key_block_state_passes_from_the_tables(monkeypatch):
+    """sm90's K 256 x V 512 entry holds the forward's state in key blocks of 64 for no gate and a scalar one, on
+    h_split's launch and BV_h's V block; kda keeps the whole K (its switch is its own), as does every pass at K = V
+    = 128 and the state-gradient pass everywhere (dh_split_k off)."""
+    pytest.importorskip("triton")
+    from fla_compile.lowering.delta import triton_launch as DT
+
+    sm90 = torch.device("cuda", 0)
+    monkeypatch.setattr(DT, "_arch", lambda *a: "sm90")
+    DT._device_table.cache_clear()
+    try:
+        wide, base = (256, 512, torch.bfloat16, "tf32"), (128, 128, torch.bfloat16, "tf32")
+        scalar, vector = DT.GATE_IDS["scalar"], DT.GATE_VECTOR_ID
+        assert DT._key_blocks("h", 256, scalar, sm90, wide) and DT._key_blocks("h", 256, 0, sm90, wide)
+        assert not DT._key_blocks("h", 256, vector, sm90, wide)
+        assert not DT._key_blocks("h", 128, scalar, sm90, base)
+        assert not DT._key_blocks("dh", 256, scalar, sm90, wide)
+        assert DT._state_opts("h_split", 64, 512, scalar, sm90, wide) == {"num_warps": 4, "num_stages": 2}
+        assert DT._state_opts("h", 64, 512, vector, sm90, wide) == {"num_warps": 8, "num_stages": 2}
+    finally:
+        DT._device_table.cache_clear()
+
+
 def test_split_precs_per_kernel(monkeypatch):
     """``split_precs``: a forward kernel's own split form for fp32 inputs under a split form; calls at other
     precisions keep theirs, and an entry for another kernel or a form that is not a split is an error naming the

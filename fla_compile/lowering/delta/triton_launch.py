@@ -304,20 +304,24 @@ def _state_bv(name: str, programs: int, V: int, device, key: tuple | None = None
     return BV
 
 
-def _state_opts(
-    kernel: str, BV: int, V: int, gid: int, device, key: tuple | None = None, block: str | None = None
-) -> dict:
-    """Launch options of a sequential state pass (``h``, ``h_split``, ``dh``) whose V block is ``BV`` (the table's
-    is ``block``, by default ``BV_<kernel>``): ``<kernel>_fill`` where ``fill_sms`` halved the table's block (few
-    programs, each a narrow block: they pipeline deeper on fewer warps), ``<kernel>_fill_vector`` there for a gate
-    per key (kda) where its table has one, else the kernel's own. The most specific of these names that is
-    overridden (sweep_delta) wins, then the most specific in the table."""
+def _state_opts(kernel: str, BV: int, V: int, gid: int, device, key: tuple | None = None) -> dict:
+    """Launch options of a sequential state pass (``h``, ``dh``, their key-block forms ``h_split``, ``dh_split``)
+    whose V block is ``BV`` (the table's is the pass's ``BV_h`` / ``BV_dh``): ``<kernel>_fill`` where ``fill_sms``
+    halved the table's block (few programs, each a narrow block: they pipeline deeper on fewer warps),
+    ``<kernel>_fill_vector`` there for a gate per key (kda) where its table has one, else the kernel's own. The most
+    specific of these names that is overridden (sweep_delta) wins, then the most specific in the table."""
     names = [kernel]
-    if BV < min(_knob(block or f"BV_{kernel}", device, key), launch.pow2(V)):
+    if BV < min(_knob(f"BV_{kernel.removesuffix('_split')}", device, key), launch.pow2(V)):
         names += [f"{kernel}_fill"] + ([f"{kernel}_fill_vector"] if gid == GATE_VECTOR_ID else [])
     table = _device_table(device, key)
     over = [n for n in names if n in OVERRIDES]
     return _opts(over[-1] if over else [n for n in names if n in table][-1], device, key)
+
+
+def _key_blocks(kernel: str, K: int, gid: int, device, key: tuple) -> bool:
+    """Whether state pass ``kernel`` ("h", "dh") holds its state in key blocks of 64 (its ``*_split_kernel``): the
+    table's ``<kernel>_split_k``, kda's ``<kernel>_split_k_vector``, for K in 65..256 (two to four blocks)."""
+    return 64 < K <= 256 and _knob(f"{kernel}_split_k" + ("_vector" if gid == GATE_VECTOR_ID else ""), device, key)
 
 
 _SPLIT_PREC_KERNELS = ("wu", "h", "o")  # the forward's kernels that take a ``split_precs`` entry
@@ -441,17 +445,12 @@ def forward_parts(
     ht = torch.empty(N, H, K, V, **f32)
     BV = _state_bv("BV_h", N * H, V, dev, key)
     full = full_chunks(T, cu_seqlens, BT)  # unmasked over full chunks
-    # S in key blocks of 64 (h_split_k; kda: h_split_k_vector, on its decayed keys only) or the whole K in one
-    if gid == GATE_VECTOR_ID:
-        split = use_kg and _knob("h_split_k_vector", dev, key)
-    else:
-        split = _knob("h_split_k", dev, key)
-    split = split and 64 < K <= 256
+    split = _key_blocks("h", K, gid, dev, key) and (gid != GATE_VECTOR_ID or use_kg)  # kda: its decayed keys only
     launch.fitted(
         kw.chunk_delta_h_split_kernel if split else kw.chunk_delta_h_kernel, (N * H * launch.cdiv(V, BV),),
         k, w, u, gcp, h, vn, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, 64 if split else BK, BV,
         gid, h0 is not None, _kernel_prec("h", prec, dev, key), kg if use_kg else w, use_kg, FULL_CHUNKS=full,
-        **_state_opts("h_split" if split else "h", BV, V, gid, dev, key, block="BV_h"),
+        **_state_opts("h_split" if split else "h", BV, V, gid, dev, key),
     )  # fmt: skip
     if gid == GATE_VECTOR_ID and Aqk is None:  # the output's and the backward's gated q k^T (given: a forward's, kept)
         NC = BT // 16
@@ -520,13 +519,12 @@ def backward_parts(
     # 3.6, compute-sanitizer: "Invalid __shared__ read" in this kernel's first dot; illegal memory access in
     # delta_rule's fp32 tests, 2026-12-01); blocks of 32 and 64 are clean there and as fast
     BV = _state_bv("BV_dh", N * H, V, dev, key, lo=32 if prec in launch.SPLIT_PRECS else 16)
-    # dS in key blocks of 64 (dh_split_k; kda: dh_split_k_vector) or the whole K in one
-    split = 64 < K <= 256 and _knob("dh_split_k_vector" if gid == GATE_VECTOR_ID else "dh_split_k", dev, key)
+    split = _key_blocks("dh", K, gid, dev, key)
     launch.fitted(
         kwb.chunk_delta_dh_split_kernel if split else kwb.chunk_delta_dh_kernel, (N * H * launch.cdiv(V, BV),),
         q, k, w, gcp, dvl, do, dh, dvn, dht if dht is not None else dvl, dh0 if dh0 is not None else dvl, cu,
         chunk_off, scale, H, G, K, V, BT, 64 if split else BK, BV, gid, dht is not None, dh0 is not None, prec,
-        **_state_opts("dh_split" if split else "dh", BV, V, gid, dev, key, block="BV_dh"),
+        **_state_opts("dh_split" if split else "dh", BV, V, gid, dev, key),
         avoid=_dh_wrong_forms(dt, prec, BV),
     )  # fmt: skip
     # 3. dq, dk and the gate gradient through the output and the state update (the GLA line's kernels, v_new for v)
