@@ -26,6 +26,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from kernels import bench, fwd_bwd, inputs, kernel_table, max_rel, ours, outputs_and_grads  # noqa: E402
 from profile_ops import triton_metadata  # noqa: E402
 
+ALL_GATES = ("none", "scalar", "vector")  # a state pass's <pass>_split_k listing every gate kind
+
 VARIANTS = [
     ("shipped", {}),
     ("wu fused", {"WU_SPLIT": False}),
@@ -155,6 +157,7 @@ VARIANTS = [
     # tiles stay three tf32's): the kernels that gained from six bf16 products, not the state-gradient pass that lost
     ("fwd bf16x6", {"split_precs": {"wu": "bf16x6", "h": "bf16x6", "o": "bf16x6"}}),
     ("fwd bf16x6 h o", {"split_precs": {"h": "bf16x6", "o": "bf16x6"}}),
+    ("split_precs off", {"split_precs": {}}),  # every kernel on the call's form (sm90 ships "fwd bf16x6" since)
     # fp32 keeps k kᵀ out of the solve kernel (_DTYPE_DEFAULTS) for the exact dots' spills (10-13 KB a thread,
     # offline sm_90). With tf32 dots ("high", --matmul-precision high) the fused kernel on 1 warp has none (254
     # registers), with three tf32 products 308 B on 1 warp, 132 B on 2: the fused forward may win there too
@@ -180,19 +183,22 @@ VARIANTS = [
     ("h BV=32 w4 s3", {"BV_h": 32, "h": (4, 3)}),
     ("h BV=32 w4 s4", {"BV_h": 32, "h": (4, 4)}),
     ("dh BV=32 w8 s1", {"BV_dh": 32, "dh": (8, 1)}),
-    # the state pass with S in key blocks of 64 (h_split_k, kda's h_split_k_vector; FLA's layout: its pass 0.386 ms
-    # a call on BV 64, 4 warps, 2 stages), on h_split's launch. H200, K 256 x V 512 (thirty-fifth session): [4, 2]
-    # 0.385 ms a pass against the whole K's 0.444 (shipped there since, without kda's gate), kda's 0.554 against 0.522
-    ("h K blocks 64", {"h_split_k": True, "h_split_k_vector": True}),
-    ("h K blocks 64 w8", {"h_split_k": True, "h_split_k_vector": True, "h_split": (8, 2)}),
-    ("h K blocks 64 w4 s3", {"h_split_k": True, "h_split_k_vector": True, "h_split": (4, 3)}),
-    ("h K blocks 64 BV=32 w4 s3", {"h_split_k": True, "h_split_k_vector": True, "BV_h": 32, "h_split": (4, 3)}),
-    ("h whole K", {"h_split_k": False, "h_split_k_vector": False}),
-    # the state-gradient pass in the same layout (dh_split_k, kda's dh_split_k_vector), on dh_split's launch
-    ("dh K blocks 64", {"dh_split_k": True, "dh_split_k_vector": True}),
-    ("dh K blocks 64 w8", {"dh_split_k": True, "dh_split_k_vector": True, "dh_split": (8, 2)}),
-    ("dh K blocks 64 BV=64", {"dh_split_k": True, "dh_split_k_vector": True, "BV_dh": 64}),
-    ("dh K blocks 64 BV=64 w8", {"dh_split_k": True, "dh_split_k_vector": True, "BV_dh": 64, "dh_split": (8, 2)}),
+    # the state passes with the state in key blocks of 64 (FLA's layout), for the gate kinds their <pass>_split_k
+    # lists, on <pass>_split's launch and BV_<pass>_split's V block. H200, K 256 x V 512 (thirty-fifth session):
+    # the forward's on [4, 2] 0.385 ms a pass against the whole K's 0.444 (shipped there since, without kda's gate),
+    # kda's 0.554 against 0.522. Thirty-sixth: the state-gradient pass on V blocks of 64, 8 warps, kda's 56.9 ms
+    # (the whole K on the scalar gate's V blocks of 32) -> 1.94, gated's 0.950 -> 0.795, delta_rule's 1.008 -> 1.237
+    ("h K blocks 64", {"h_split_k": ALL_GATES}),
+    ("h K blocks 64 w8", {"h_split_k": ALL_GATES, "h_split": (8, 2)}),
+    ("h K blocks 64 w4 s3", {"h_split_k": ALL_GATES, "h_split": (4, 3)}),
+    ("h K blocks 64 BV=32 w4 s3", {"h_split_k": ALL_GATES, "BV_h_split": 32, "h_split": (4, 3)}),
+    ("h whole K", {"h_split_k": ()}),
+    ("dh K blocks 64", {"dh_split_k": ALL_GATES}),
+    ("dh K blocks 64 w4", {"dh_split_k": ALL_GATES, "dh_split": (4, 2)}),
+    ("dh K blocks 64 w8", {"dh_split_k": ALL_GATES, "dh_split": (8, 2)}),
+    ("dh K blocks 64 BV=32 w8", {"dh_split_k": ALL_GATES, "BV_dh_split": 32, "dh_split": (8, 2)}),
+    ("dh K blocks 64 BV=128 w8", {"dh_split_k": ALL_GATES, "BV_dh_split": 128, "dh_split": (8, 2)}),
+    ("dh whole K", {"dh_split_k": ()}),
 ]
 
 

@@ -492,17 +492,17 @@ def _case_full_chunks(family, BT):
 
 
 def _case_split_k(which, family, K, cu_lens=None, gate_scale=2.0):
-    """A state pass with its state in key blocks of 64: ``which`` "h", the forward's (launch option ``h_split_k``,
-    kda's ``h_split_k_vector``; the backward recomputes the states through it, so it runs twice), or "dh", the
-    backward's state-gradient pass (``dh_split_k`` / ``dh_split_k_vector``). K = 200: four blocks, the last 8 rows
+    """A state pass with its state in key blocks of 64: ``which`` "h", the forward's (launch option ``h_split_k``
+    listing the family's gate kind; the backward recomputes the states through it, so it runs twice), or "dh", the
+    backward's state-gradient pass (``dh_split_k``). K = 200: four blocks, the last 8 rows
     of 64; K = 136: three. Outputs and every gradient against fp64, with an initial state and a final state's
     gradient, packed sequences with an empty one and partial chunks; the split kernel ran (kda's forward through
     its decayed keys) and the whole-K one did not."""
     from fla_compile.lowering.delta import triton_launch as DT
 
     xs = _pack(cu_lens, *make(family, B=1 if cu_lens else 2, T=40, K=K, V=16, gate_scale=gate_scale))
-    switch = f"{which}_split_k" + ("_vector" if family == "kda" else "")
-    DT.OVERRIDES[switch] = True
+    switch = f"{which}_split_k"
+    DT.OVERRIDES[switch] = ({"kda": "vector", "delta_rule": "none"}.get(family, "scalar"),)
     try:
         with _launches() as seen:
             out = _kernels_vs_fp64(family, 16, *xs)[0]
@@ -991,11 +991,13 @@ def test_gpu_chunk_vs_fp64_K128(family, dtype, tol):
 @gpu
 @pytest.mark.parametrize("family", list(FAMILY_GATE))
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
-def test_gpu_chunk_vs_fp64_K256(family, dtype, tol):
+@pytest.mark.parametrize("V", [512, 256])
+def test_gpu_chunk_vs_fp64_K256(family, dtype, tol, V):
     """Gated DeltaNet's published heads, K = 256 and V = 512 (GQA), the kernels called directly: the check behind
     ``MAX_HEAD_DIM`` 256 and ``MAX_VALUE_DIM`` 512 (H200, thirty-third session; the ops past them take the torch
-    path). Also in the interpreter (fp32, K = 256, V = 32, every family, thirty-second session); decode below."""
-    test_gpu_chunk_vs_fp64(family, dtype, tol, 1.0, K=256, V=512, T=150, B=1, H=2)
+    path). Also in the interpreter (fp32, K = 256, V = 32, every family, thirty-second session); decode below.
+    V = 256: sm90's K256V256 entry (the scalar gate's state-gradient pass in key blocks)."""
+    test_gpu_chunk_vs_fp64(family, dtype, tol, 1.0, K=256, V=V, T=150, B=1, H=2)
 
 
 @pytest.mark.gpu
@@ -1461,24 +1463,43 @@ def test_launch_options_by_dtype(monkeypatch):
 
 
 def test_key_block_state_passes_from_the_tables(monkeypatch):
-    """sm90's K 256 x V 512 entry holds the forward's state in key blocks of 64 for no gate and a scalar one, on
-    h_split's launch and BV_h's V block; kda keeps the whole K (its switch is its own), as does every pass at K = V
-    = 128 and the state-gradient pass everywhere (dh_split_k off)."""
+    """sm90's key-block state passes, listed per gate kind: at K 256 x V 512 the forward's for no gate and a scalar
+    one (h_split's launch), the state-gradient pass's for a scalar gate and kda's (dh_split [8, 2] on V blocks of
+    BV_dh_split, 64, where the whole K keeps BV_dh's 32); at K 256 x V 256 the scalar gate's state-gradient pass
+    only; at K = V = 128 none. A ``<pass>_split_k`` naming no gate kind is an error naming the option."""
     pytest.importorskip("triton")
+    from fla_compile.lowering.common.gates import GATE_SCANNED_ID
     from fla_compile.lowering.delta import triton_launch as DT
 
     sm90 = torch.device("cuda", 0)
     monkeypatch.setattr(DT, "_arch", lambda *a: "sm90")
     DT._device_table.cache_clear()
     try:
-        wide, base = (256, 512, torch.bfloat16, "tf32"), (128, 128, torch.bfloat16, "tf32")
-        scalar, vector = DT.GATE_IDS["scalar"], DT.GATE_VECTOR_ID
-        assert DT._key_blocks("h", 256, scalar, sm90, wide) and DT._key_blocks("h", 256, 0, sm90, wide)
-        assert not DT._key_blocks("h", 256, vector, sm90, wide)
-        assert not DT._key_blocks("h", 128, scalar, sm90, base)
-        assert not DT._key_blocks("dh", 256, scalar, sm90, wide)
+        wide, square = (256, 512, torch.bfloat16, "tf32"), (256, 256, torch.bfloat16, "tf32")
+        base = (128, 128, torch.bfloat16, "tf32")
+        none, scalar, vector = DT.GATE_NONE_ID, DT.GATE_IDS["scalar"], DT.GATE_VECTOR_ID
+        blocks = {
+            (kernel, shape[1], gid): DT._key_blocks(kernel, shape[0], gid, sm90, shape)
+            for kernel in ("h", "dh")
+            for shape in (wide, square, base)
+            for gid in (none, scalar, vector)
+        }
+        assert {k for k, on in blocks.items() if on} == {
+            ("h", 512, none),
+            ("h", 512, scalar),
+            ("dh", 512, scalar),
+            ("dh", 512, vector),
+            ("dh", 256, scalar),
+        }
+        assert DT._key_blocks("dh", 256, GATE_SCANNED_ID, sm90, wide)  # every form of a scalar gate
         assert DT._state_opts("h_split", 64, 512, scalar, sm90, wide) == {"num_warps": 4, "num_stages": 2}
         assert DT._state_opts("h", 64, 512, vector, sm90, wide) == {"num_warps": 8, "num_stages": 2}
+        assert DT._state_opts("dh_split", 64, 512, vector, sm90, wide) == {"num_warps": 8, "num_stages": 2}
+        assert (DT._knob("BV_dh_split", sm90, wide), DT._knob("BV_dh", sm90, wide)) == (64, 32)
+        for bad in (True, "scalar", ("scalars",)):
+            monkeypatch.setitem(DT.OVERRIDES, "dh_split_k", bad)
+            with pytest.raises(ValueError, match="dh_split_k"):
+                DT._key_blocks("dh", 256, scalar, sm90, wide)
     finally:
         DT._device_table.cache_clear()
 
@@ -1503,6 +1524,15 @@ def test_split_precs_per_kernel(monkeypatch):
     monkeypatch.setitem(DT.OVERRIDES, "split_precs", {"h": "tf32"})
     with pytest.raises(ValueError, match=r"split_precs\['h'\] = 'tf32'"):
         DT._kernel_prec("h", "tf32x3", cpu, key)
+    monkeypatch.delitem(DT.OVERRIDES, "split_precs")
+    monkeypatch.setattr(DT, "_arch", lambda *a: "sm90")
+    DT._device_table.cache_clear()
+    try:  # sm90: the forward's W/U, state and output kernels on six bf16 products, the rest on three tf32
+        sm90 = torch.device("cuda", 0)
+        assert [DT._kernel_prec(n, "tf32x3", sm90, key) for n in ("wu", "h", "o", "dh")] == ["bf16x6"] * 3 + ["tf32x3"]
+        assert DT._kernel_prec("h", "tf32", sm90, (128, 128, torch.float32, "tf32")) == "tf32"
+    finally:
+        DT._device_table.cache_clear()
 
 
 def test_state_pass_v_block_fills_the_sms(monkeypatch):

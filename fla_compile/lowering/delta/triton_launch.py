@@ -24,7 +24,16 @@ import torch
 from ...numerics import HALF
 from ..common import launch
 from ..common.chunks import chunk_grid, chunk_meta, dense_cu, full_chunks
-from ..common.gates import GATE_IDS, GATE_SCALAR_ID, GATE_VECTOR_ID, scalar_dg_per_step
+from ..common.gates import (
+    GATE_IDS,
+    GATE_NONE,
+    GATE_NONE_ID,
+    GATE_SCALAR,
+    GATE_SCALAR_ID,
+    GATE_VECTOR,
+    GATE_VECTOR_ID,
+    scalar_dg_per_step,
+)
 from ..gla import triton_intra as gla_intra
 from ..gla import triton_kernels as gla_kern
 from . import triton_decode as kd
@@ -151,19 +160,18 @@ _DEFAULTS = {
     "l2norm": (4, 1),  # the L2 norm of q and k (FUSED_L2NORM), BR rows a program
     "kkt_solve": (1, 1),  # the WY solve kernel forming k kᵀ itself (FUSED_KKT; FLA autotunes its own over 1-4 warps)
     "fused_kkt": True,  # FUSED_KKT applies to these inputs (off for fp32: below)
-    # the forward's state pass with S in key blocks of 64 for K in 65..256 (``chunk_delta_h_split_kernel``, FLA's
-    # layout) with no gate or a scalar one; ``h_split_k_vector`` for kda's decayed keys; ``h_split`` its launch.
-    # Off by default: a by_dims entry turns it on where the H200 shows it wins (K 256 x V 512 without kda: 0.444 ->
-    # 0.385 ms a pass on 4 warps, FLA's 0.386; kda's loses there, 0.522 -> 0.554; at K = V = 128 even, 0.112 ->
-    # 0.113: RESULTS, thirty-fifth session)
-    "h_split_k": False,
-    "h_split_k_vector": False,
+    # the state passes with the state in key blocks of 64 for K in 65..256 (FLA's layout: the forward's
+    # ``chunk_delta_h_split_kernel``, the backward's ``chunk_delta_dh_split_kernel``): ``<pass>_split_k`` lists the
+    # gate kinds ("none", "scalar", "vector") that take it, ``<pass>_split`` its launch and ``BV_<pass>_split`` its V
+    # block. Empty by default: a by_dims entry lists the gates where the H200 shows a win (RESULTS, thirty-fifth
+    # and thirty-sixth sessions; kda's forward pass loses in key blocks, its state-gradient pass at K 256 x V 512
+    # wins 56.9 -> 1.9 ms)
+    "h_split_k": (),
     "h_split": (4, 2),
-    # the same layout for the backward's state-gradient pass (``chunk_delta_dh_split_kernel``): ``dh_split_k``,
-    # kda's ``dh_split_k_vector``, ``dh_split`` its launch. Off: checked under the interpreter, not yet timed
-    "dh_split_k": False,
-    "dh_split_k_vector": False,
+    "BV_h_split": 64,
+    "dh_split_k": (),
     "dh_split": (4, 2),
+    "BV_dh_split": 64,
     # fp32 inputs under a split form (torch's "highest"): kernel ("wu", "h", "o", ...) -> another split form for its
     # dots (``_kernel_prec``), where one kernel gains from it and another loses (six bf16 products against three
     # tf32: the output, state and W/U kernels faster, the state-gradient pass slower; RESULTS, thirty-fourth
@@ -306,12 +314,12 @@ def _state_bv(name: str, programs: int, V: int, device, key: tuple | None = None
 
 def _state_opts(kernel: str, BV: int, V: int, gid: int, device, key: tuple | None = None) -> dict:
     """Launch options of a sequential state pass (``h``, ``dh``, their key-block forms ``h_split``, ``dh_split``)
-    whose V block is ``BV`` (the table's is the pass's ``BV_h`` / ``BV_dh``): ``<kernel>_fill`` where ``fill_sms``
+    whose V block is ``BV`` (the table's is ``BV_<kernel>``): ``<kernel>_fill`` where ``fill_sms``
     halved the table's block (few programs, each a narrow block: they pipeline deeper on fewer warps),
     ``<kernel>_fill_vector`` there for a gate per key (kda) where its table has one, else the kernel's own. The most
     specific of these names that is overridden (sweep_delta) wins, then the most specific in the table."""
     names = [kernel]
-    if BV < min(_knob(f"BV_{kernel.removesuffix('_split')}", device, key), launch.pow2(V)):
+    if BV < min(_knob(f"BV_{kernel}", device, key), launch.pow2(V)):
         names += [f"{kernel}_fill"] + ([f"{kernel}_fill_vector"] if gid == GATE_VECTOR_ID else [])
     table = _device_table(device, key)
     over = [n for n in names if n in OVERRIDES]
@@ -319,9 +327,16 @@ def _state_opts(kernel: str, BV: int, V: int, gid: int, device, key: tuple | Non
 
 
 def _key_blocks(kernel: str, K: int, gid: int, device, key: tuple) -> bool:
-    """Whether state pass ``kernel`` ("h", "dh") holds its state in key blocks of 64 (its ``*_split_kernel``): the
-    table's ``<kernel>_split_k``, kda's ``<kernel>_split_k_vector``, for K in 65..256 (two to four blocks)."""
-    return 64 < K <= 256 and _knob(f"{kernel}_split_k" + ("_vector" if gid == GATE_VECTOR_ID else ""), device, key)
+    """Whether state pass ``kernel`` ("h", "dh") holds its state in key blocks of 64 (its ``*_split_kernel``): K in
+    65..256 (two to four blocks) and the call's gate kind listed in the table's ``<kernel>_split_k`` (a scalar
+    gate in any of its forms is "scalar"). An entry that names no gate kind is an error here, not a silent whole K."""
+    listed = _knob(f"{kernel}_split_k", device, key)
+    if not isinstance(listed, (list, tuple)) or not set(listed) <= set(GATE_IDS):
+        raise ValueError(
+            f"delta launch option {kernel}_split_k = {listed!r}: expected a list of gate kinds among {tuple(GATE_IDS)}"
+        )
+    kind = GATE_NONE if gid == GATE_NONE_ID else GATE_VECTOR if gid == GATE_VECTOR_ID else GATE_SCALAR
+    return 64 < K <= 256 and kind in listed
 
 
 _SPLIT_PREC_KERNELS = ("wu", "h", "o")  # the forward's kernels that take a ``split_precs`` entry
@@ -443,9 +458,9 @@ def forward_parts(
     h = torch.empty(NS, H, K, V, device=dev, dtype=dt)
     vn = torch.empty(B, T, H, V, device=dev, dtype=dt)
     ht = torch.empty(N, H, K, V, **f32)
-    BV = _state_bv("BV_h", N * H, V, dev, key)
-    full = full_chunks(T, cu_seqlens, BT)  # unmasked over full chunks
     split = _key_blocks("h", K, gid, dev, key) and (gid != GATE_VECTOR_ID or use_kg)  # kda: its decayed keys only
+    BV = _state_bv("BV_h_split" if split else "BV_h", N * H, V, dev, key)
+    full = full_chunks(T, cu_seqlens, BT)  # unmasked over full chunks
     launch.fitted(
         kw.chunk_delta_h_split_kernel if split else kw.chunk_delta_h_kernel, (N * H * launch.cdiv(V, BV),),
         k, w, u, gcp, h, vn, h0 if h0 is not None else ht, ht, cu, chunk_off, H, G, K, V, BT, 64 if split else BK, BV,
@@ -518,8 +533,8 @@ def backward_parts(
     # fp32 by three tf32 products at K = 128: a V block of 16 reads shared memory out of bounds on the H200 (Triton
     # 3.6, compute-sanitizer: "Invalid __shared__ read" in this kernel's first dot; illegal memory access in
     # delta_rule's fp32 tests, 2026-12-01); blocks of 32 and 64 are clean there and as fast
-    BV = _state_bv("BV_dh", N * H, V, dev, key, lo=32 if prec in launch.SPLIT_PRECS else 16)
     split = _key_blocks("dh", K, gid, dev, key)
+    BV = _state_bv("BV_dh_split" if split else "BV_dh", N * H, V, dev, key, lo=32 if prec in launch.SPLIT_PRECS else 16)
     launch.fitted(
         kwb.chunk_delta_dh_split_kernel if split else kwb.chunk_delta_dh_kernel, (N * H * launch.cdiv(V, BV),),
         q, k, w, gcp, dvl, do, dh, dvn, dht if dht is not None else dvl, dh0 if dh0 is not None else dvl, cu,
