@@ -1465,8 +1465,9 @@ def test_launch_options_by_dtype(monkeypatch):
 def test_key_block_state_passes_from_the_tables(monkeypatch):
     """sm90's key-block state passes, listed per gate kind: at K 256 x V 512 the forward's for no gate and a scalar
     one (h_split's launch), the state-gradient pass's for a scalar gate and kda's (dh_split [8, 2] on V blocks of
-    BV_dh_split, 64, where the whole K keeps BV_dh's 32); at K 256 x V 256 the scalar gate's state-gradient pass
-    only; at K = V = 128 none. A ``<pass>_split_k`` naming no gate kind is an error naming the option."""
+    BV_dh_split, 64, where the whole K keeps BV_dh's 32; kda's not halved below 64 for a small grid); at K 256 x
+    V 256 the scalar gate's state-gradient pass only; at K = V = 128 none. A ``<pass>_split_k`` naming no gate kind
+    is an error naming the option."""
     pytest.importorskip("triton")
     from fla_compile.lowering.common.gates import GATE_SCANNED_ID
     from fla_compile.lowering.delta import triton_launch as DT
@@ -1496,6 +1497,13 @@ def test_key_block_state_passes_from_the_tables(monkeypatch):
         assert DT._state_opts("h", 64, 512, vector, sm90, wide) == {"num_warps": 8, "num_stages": 2}
         assert DT._state_opts("dh_split", 64, 512, vector, sm90, wide) == {"num_warps": 8, "num_stages": 2}
         assert (DT._knob("BV_dh_split", sm90, wide), DT._knob("BV_dh", sm90, wide)) == (64, 32)
+        # one sequence of 8 heads (64 programs on V blocks of 64, under one wave of 132 SMs): fill_sms halves the
+        # scalar gate's key-block V blocks to 32, not kda's (BV_dh_split_lo_vector); the whole K keeps 32
+        monkeypatch.setattr(DT.launch, "sm_count", lambda device: 132)
+        bv = {gid: DT._dh_bv(8, 512, DT._key_blocks("dh", 256, gid, sm90, wide), gid, "tf32", sm90, wide)
+              for gid in (none, scalar, vector)}  # fmt: skip
+        assert bv == {none: 32, scalar: 32, vector: 64}
+        assert DT._dh_bv(8, 512, True, vector, "tf32", sm90, square) == 32  # elsewhere the default floor
         for bad in (True, "scalar", ("scalars",)):
             monkeypatch.setitem(DT.OVERRIDES, "dh_split_k", bad)
             with pytest.raises(ValueError, match="dh_split_k"):

@@ -172,6 +172,7 @@ _DEFAULTS = {
     "dh_split_k": (),
     "dh_split": (4, 2),
     "BV_dh_split": 64,
+    "BV_dh_split_lo_vector": 16,  # the smallest V block fill_sms may give kda's key-block state-gradient pass
     # fp32 inputs under a split form (torch's "highest"): kernel ("wu", "h", "o", ...) -> another split form for its
     # dots (``_kernel_prec``), where one kernel gains from it and another loses (six bf16 products against three
     # tf32: the output, state and W/U kernels faster, the state-gradient pass slower; RESULTS, thirty-fourth
@@ -337,6 +338,20 @@ def _key_blocks(kernel: str, K: int, gid: int, device, key: tuple) -> bool:
         )
     kind = GATE_NONE if gid == GATE_NONE_ID else GATE_VECTOR if gid == GATE_VECTOR_ID else GATE_SCALAR
     return 64 < K <= 256 and kind in listed
+
+
+def _dh_bv(programs: int, V: int, split: bool, gid: int, prec: str, device, key: tuple) -> int:
+    """V block of the state-gradient pass over ``programs`` sequences x heads: ``BV_dh`` (the key-block pass's
+    ``BV_dh_split``) as ``fill_sms`` halves it, down to 16 (32 under fp32 split forms: below); kda's key-block pass
+    no further than ``BV_dh_split_lo_vector`` (sm90 K 256 x V 512: its blocks of 32 take 2.9x the time of 64 at
+    B=1 T=8192 H=8, 4.88 -> 1.88 ms, and at B=8, 5.53 -> 1.94; thirty-sixth session)."""
+    # fp32 by three tf32 products at K = 128: a V block of 16 reads shared memory out of bounds on the H200 (Triton
+    # 3.6, compute-sanitizer: "Invalid __shared__ read" in this kernel's first dot; illegal memory access in
+    # delta_rule's fp32 tests, 2026-12-01); blocks of 32 and 64 are clean there and as fast
+    lo = 32 if prec in launch.SPLIT_PRECS else 16
+    if split and gid == GATE_VECTOR_ID:
+        lo = max(lo, _knob("BV_dh_split_lo_vector", device, key))
+    return _state_bv("BV_dh_split" if split else "BV_dh", programs, V, device, key, lo=lo)
 
 
 _SPLIT_PREC_KERNELS = ("wu", "h", "o")  # the forward's kernels that take a ``split_precs`` entry
@@ -530,11 +545,8 @@ def backward_parts(
     dh = torch.empty(NS, H, K, V, device=dev, dtype=dt)
     dvn = torch.empty(B, T, H, V, device=dev, dtype=dt)
     dh0 = torch.empty(N, H, K, V, **f32) if h0 is not None else None
-    # fp32 by three tf32 products at K = 128: a V block of 16 reads shared memory out of bounds on the H200 (Triton
-    # 3.6, compute-sanitizer: "Invalid __shared__ read" in this kernel's first dot; illegal memory access in
-    # delta_rule's fp32 tests, 2026-12-01); blocks of 32 and 64 are clean there and as fast
     split = _key_blocks("dh", K, gid, dev, key)
-    BV = _state_bv("BV_dh_split" if split else "BV_dh", N * H, V, dev, key, lo=32 if prec in launch.SPLIT_PRECS else 16)
+    BV = _dh_bv(N * H, V, split, gid, prec, dev, key)
     launch.fitted(
         kwb.chunk_delta_dh_split_kernel if split else kwb.chunk_delta_dh_kernel, (N * H * launch.cdiv(V, BV),),
         q, k, w, gcp, dvl, do, dh, dvn, dht if dht is not None else dvl, dh0 if dh0 is not None else dvl, cu,
