@@ -185,7 +185,7 @@ def chunk_delta_dh_split_kernel(
 ):
     """:func:`chunk_delta_dh_kernel` (the same arguments) with dS held as two to four key blocks of BK rows ([BK,
     BV] tiles, BK < K <= 4 BK; the launcher's BK is 64), the layout of the forward's ``chunk_delta_h_split_kernel``
-    (launch option ``dh_split_k``; kda's ``dh_split_k_vector``). Each block's tiles are loaded and its dots taken
+    (launch option ``dh_split_k``, the gate kinds that take it). Each block's tiles are loaded and its dots taken
     apart, so the [K, BT] operands of the whole-K kernel are never live at once."""
     i_nh, _, i_v = state_block(1, tl.cdiv(V, BV))
     i_n, i_h = i_nh // H, i_nh % H
