@@ -49,6 +49,9 @@ VARIANTS = [
     ("dqk warps 8", {"dqk": (8, 2)}),
     ("pair_vec warps 8", {"pair_vec": (8, 2)}),
     ("pair_vec warps 2", {"pair_vec": (2, 2)}),
+    # kda at K = 256 (offline sm_90, thirty-sixth session): the pair kernel spills 532 B a thread on [4, 2], none on
+    # 8 warps (246 / 242 registers at 2 / 1 stages); the WY backward spills ~530 B on any 8- or 16-warp launch
+    ("pair_vec w8 s1", {"pair_vec": (8, 1)}),
     ("A warps 8", {"A": (8, 2)}),
     ("A unfused", {"FUSED_A": False}),
     ("o BV=128 w8 s3", {"BV_o": 128, "o": (8, 3)}),  # the GLA line's tuned output kernel options
