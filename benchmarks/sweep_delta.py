@@ -41,6 +41,7 @@ VARIANTS = [
     ("dh BV=32", {"BV_dh": 32}),
     ("fill SMs", {"fill_sms": True}),  # V blocks of the state passes halved while their grid is under one wave
     ("dh warps 4", {"dh": (4, 2)}),
+    ("dh warps 8", {"dh": (8, 2)}),  # K = V = 64: by_dims K64V64 ships [4, 2], measured on gated_delta_rule only
     ("dh w4 s3", {"dh": (4, 3)}),  # FLA's dhu pass at K = 64 autotunes to 4 warps, 3 stages, BV 64 (0.128 ms)
     ("wy_bwd warps 4", {"wy_bwd": (4, 2)}),
     ("solve warps 1", {"solve": (1, 1)}),
