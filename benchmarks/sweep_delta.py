@@ -26,7 +26,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from kernels import bench, fwd_bwd, inputs, kernel_table, max_rel, ours, outputs_and_grads  # noqa: E402
 from profile_ops import triton_metadata  # noqa: E402
 
-ALL_GATES = ("none", "scalar", "vector")  # a state pass's <pass>_split_k listing every gate kind
+from fla_compile.lowering.common.gates import GATE_IDS  # noqa: E402
+
+ALL_GATES = tuple(GATE_IDS)  # a state pass's <pass>_split_k listing every gate kind
 
 VARIANTS = [
     ("shipped", {}),

@@ -502,7 +502,7 @@ def _case_split_k(which, family, K, cu_lens=None, gate_scale=2.0):
 
     xs = _pack(cu_lens, *make(family, B=1 if cu_lens else 2, T=40, K=K, V=16, gate_scale=gate_scale))
     switch = f"{which}_split_k"
-    DT.OVERRIDES[switch] = ({"kda": "vector", "delta_rule": "none"}.get(family, "scalar"),)
+    DT.OVERRIDES[switch] = (FAMILY_GATE[family],)
     try:
         with _launches() as seen:
             out = _kernels_vs_fp64(family, 16, *xs)[0]
