@@ -1464,10 +1464,10 @@ def test_launch_options_by_dtype(monkeypatch):
 
 def test_key_block_state_passes_from_the_tables(monkeypatch):
     """sm90's key-block state passes, listed per gate kind: at K 256 x V 512 the forward's for no gate and a scalar
-    one (h_split's launch), the state-gradient pass's for a scalar gate and kda's (dh_split [8, 2] on V blocks of
-    BV_dh_split, 64, where the whole K keeps BV_dh's 32; kda's not halved below 64 for a small grid); at K 256 x
-    V 256 the scalar gate's state-gradient pass only; at K = V = 128 none. A ``<pass>_split_k`` naming no gate kind
-    is an error naming the option."""
+    one (h_split's launch), the state-gradient pass's for a scalar gate and kda's (dh_split [8, 2], kda's [8, 1],
+    on V blocks of BV_dh_split, 64, where the whole K keeps BV_dh's 32; kda's not halved below 64 for a small grid);
+    at K 256 x V 256 the scalar gate's state-gradient pass only; at K = V = 128 none. A ``<pass>_split_k`` naming
+    no gate kind is an error naming the option."""
     pytest.importorskip("triton")
     from fla_compile.lowering.common.gates import GATE_SCANNED_ID
     from fla_compile.lowering.delta import triton_launch as DT
@@ -1495,7 +1495,10 @@ def test_key_block_state_passes_from_the_tables(monkeypatch):
         assert DT._key_blocks("dh", 256, GATE_SCANNED_ID, sm90, wide)  # every form of a scalar gate
         assert DT._state_opts("h_split", 64, 512, scalar, sm90, wide) == {"num_warps": 4, "num_stages": 2}
         assert DT._state_opts("h", 64, 512, vector, sm90, wide) == {"num_warps": 8, "num_stages": 2}
-        assert DT._state_opts("dh_split", 64, 512, vector, sm90, wide) == {"num_warps": 8, "num_stages": 2}
+        assert DT._state_opts("dh_split", 64, 512, scalar, sm90, wide) == {"num_warps": 8, "num_stages": 2}
+        # kda's on 1 stage (dh_split_vector): at 2 its tiles ask 328,704 B of shared memory, which launch.fitted
+        # found and retried every call
+        assert DT._state_opts("dh_split", 64, 512, vector, sm90, wide) == {"num_warps": 8, "num_stages": 1}
         assert (DT._knob("BV_dh_split", sm90, wide), DT._knob("BV_dh", sm90, wide)) == (64, 32)
         # one sequence of 8 heads (64 programs on V blocks of 64, under one wave of 132 SMs): fill_sms halves the
         # scalar gate's key-block V blocks to 32, not kda's (BV_dh_split_lo_vector); the whole K keeps 32
@@ -1563,8 +1566,9 @@ def test_state_pass_v_block_fills_the_sms(monkeypatch):
 
 def test_state_pass_options_where_the_v_block_was_halved(monkeypatch):
     """``_state_opts``: a state pass whose V block ``fill_sms`` halved takes ``<kernel>_fill`` (with a gate per key,
-    ``<kernel>_fill_vector`` where the table has one), one at the table's block its own options; the most specific
-    override wins (sweep_delta's variants), so an override of the kernel alone applies to every block."""
+    ``<kernel>_fill_vector`` where the table has one), one at the table's block its own options (with a gate per
+    key, ``<kernel>_vector`` where the table has one); the most specific override wins (sweep_delta's variants), so
+    an override of the kernel alone applies to every block."""
     pytest.importorskip("triton")
     from fla_compile.lowering.delta import triton_launch as DT
 
@@ -1588,3 +1592,12 @@ def test_state_pass_options_where_the_v_block_was_halved(monkeypatch):
     assert DT._state_opts("dh", 64, 128, 2, cpu) == {"num_warps": 8, "num_stages": 2}
     monkeypatch.setitem(DT.OVERRIDES, "dh_fill", (4, 2))
     assert DT._state_opts("dh", 32, 128, 2, cpu) == {"num_warps": 4, "num_stages": 2}  # overridden beats the table
+    monkeypatch.setattr(
+        DT, "_device_table", lambda device, key=None: {"BV_dh_split": 64, "dh_split": (8, 2), "dh_split_vector": (8, 1)}
+    )
+    DT.OVERRIDES.clear()
+    assert DT._state_opts("dh_split", 64, 512, 2, cpu) == {"num_warps": 8, "num_stages": 1}  # kda's own, any block
+    assert DT._state_opts("dh_split", 32, 512, 2, cpu) == {"num_warps": 8, "num_stages": 1}
+    assert DT._state_opts("dh_split", 64, 512, 1, cpu) == {"num_warps": 8, "num_stages": 2}  # a scalar gate
+    monkeypatch.setitem(DT.OVERRIDES, "dh_split", (4, 2))
+    assert DT._state_opts("dh_split", 64, 512, 2, cpu) == {"num_warps": 4, "num_stages": 2}  # sweep_delta's override

@@ -318,9 +318,10 @@ def _state_opts(kernel: str, BV: int, V: int, gid: int, device, key: tuple | Non
     """Launch options of a sequential state pass (``h``, ``dh``, their key-block forms ``h_split``, ``dh_split``)
     whose V block is ``BV`` (the table's is ``BV_<kernel>``): ``<kernel>_fill`` where ``fill_sms``
     halved the table's block (few programs, each a narrow block: they pipeline deeper on fewer warps),
-    ``<kernel>_fill_vector`` there for a gate per key (kda) where its table has one, else the kernel's own. The most
-    specific of these names that is overridden (sweep_delta) wins, then the most specific in the table."""
-    names = [kernel]
+    ``<kernel>_fill_vector`` there for a gate per key (kda) where its table has one, else ``<kernel>_vector`` for
+    that gate, else the kernel's own. The most specific of these names that is overridden (sweep_delta) wins, then
+    the most specific in the table."""
+    names = [kernel] + ([f"{kernel}_vector"] if gid == GATE_VECTOR_ID else [])
     if BV < min(_knob(f"BV_{kernel}", device, key), launch.pow2(V)):
         names += [f"{kernel}_fill"] + ([f"{kernel}_fill_vector"] if gid == GATE_VECTOR_ID else [])
     table = _device_table(device, key)
