@@ -11,14 +11,13 @@ import logging
 
 import torch.fx as fx
 
-from . import costs
 from .ir import Family
 from .patterns import chunked, cumsum, loop, loop_roles, loss, multistate, normalized, pairwise, parallel, peel, pull
 from .patterns._graph import specialize_sizes, to_ssa, value_of
 from .patterns._time import time_read
 from .patterns._vmap import devmap
-from .report import Match, Miss, Report
-from .rewrite import LoopLowering, call_family, is_zeros, rewrite_loop
+from .report import Miss, Report
+from .rewrite import call_family, is_zeros
 from .verify import NearMiss, classify_loop, prove_loop, step_inputs
 
 log = logging.getLogger("fla_compile")
@@ -141,17 +140,7 @@ def _loop_pass(graph: fx.Graph, opts: Options, report: Report, pulls: list) -> N
             output_final_state=region.final_state_used,
             source=region.source,
         )
-        kept, shape = costs.decide(opts, rec.family.value, loop.SPELLING, costs.loop_shape, region)
-        if not kept:
-            try:
-                rec, pinned = loop_roles.recurrence(region, rec)  # from here on, the Recurrence alone
-            except ValueError as e:  # a role whose layout we cannot take at run time: the loop stays as written
-                report.misses.append(Miss(loop.SPELLING, str(e), region.source))
-                continue
-            rewrite_loop(rec, LoopLowering(rec))
-            if pinned:
-                report.notes.append(loop_roles.pinned_note(rec, pinned))
-        report.matches.append(Match(rec.family.value, rec.spelling, rec.source, rec.op_name, err, kept, shape))
+        loop_roles.lower(region, rec, err, opts, report)
 
 
 PRE_PASSES = [("chunked", chunked.run_pass)]

@@ -24,10 +24,13 @@ import dataclasses
 import torch
 import torch.fx as fx
 
+from .. import costs
 from ..ir import Family, LoopLayout, Recurrence, RoleFn
+from ..report import Match, Miss, Report
+from ..rewrite import LoopLowering, rewrite_loop
 from ..verify import Role, reshaped
 from ._graph import value_of
-from .loop import LoopRegion
+from .loop import SPELLING, LoopRegion
 
 ROLES = ("q", "k", "v", "gate", "beta", "bonus", "decay")
 
@@ -265,3 +268,20 @@ def recurrence(region: LoopRegion, rec: Recurrence) -> tuple[Recurrence, list[st
 def pinned_note(rec: Recurrence, pinned: list[str]) -> str:
     """The report's note on what a loop's rewrite pinned."""
     return f"symbolic sizes pinned for the loop at {rec.source} ({'; '.join(pinned)}): other values recompile"
+
+
+def lower(region: LoopRegion, rec: Recurrence, err: float, opts, report: Report) -> None:
+    """A proven loop's last step: ``costs.decide`` keeps it as written or it is rewritten to the op (its roles
+    taken by :func:`recurrence`), and the report gets the match; a role whose layout cannot be taken at run time
+    leaves the loop as written, a miss that says why."""
+    kept, shape = costs.decide(opts, rec.family.value, SPELLING, costs.loop_shape, region)
+    if not kept:
+        try:
+            rec, pinned = recurrence(region, rec)  # from here on, the Recurrence alone
+        except ValueError as e:
+            report.misses.append(Miss(SPELLING, str(e), region.source))
+            return
+        rewrite_loop(rec, LoopLowering(rec))
+        if pinned:
+            report.notes.append(pinned_note(rec, pinned))
+    report.matches.append(Match(rec.family.value, rec.spelling, rec.source, rec.op_name, err, kept, shape))

@@ -32,12 +32,10 @@ from ..numerics import rel_err
 from ..ops.normalized import normalized_linear_attn
 from ..report import Match, Miss, Report
 from ..rewrite import (
-    LoopLowering,
     batch_split,
     from_bthd,
     from_canon,
     is_zeros,
-    rewrite_loop,
     to_bthd,
     to_canon,
     traced_dtype,
@@ -418,14 +416,4 @@ def loop_pass(region, opts, report: Report) -> None:
         output_final_state=region.final_state_used,
         source=region.source,
     )
-    kept, shape = costs.decide(opts, FAMILY.value, loop.SPELLING, costs.loop_shape, region)
-    if not kept:
-        try:
-            rec, pinned = loop_roles.recurrence(region, rec)  # from here on, the Recurrence alone
-        except ValueError as e:  # a role whose layout we cannot take at run time: the loop stays as written
-            report.misses.append(Miss(loop.SPELLING, str(e), region.source))
-            return
-        rewrite_loop(rec, LoopLowering(rec))
-        if pinned:
-            report.notes.append(loop_roles.pinned_note(rec, pinned))
-    report.matches.append(Match(FAMILY.value, loop.SPELLING, region.source, rec.op_name, err, kept, shape))
+    loop_roles.lower(region, rec, err, opts, report)
