@@ -151,6 +151,11 @@ _DEFAULTS = {
     "h_fill": (4, 2),  # the state passes' options where ``fill_sms`` halved their V block (``_state_opts``)
     "dh_fill": (8, 2),
     "dh_fill_vector": (8, 2),  # kda's (its state-gradient pass loses on 4 warps: RESULTS, fifteenth session)
+    # a state pass's own options for a gate per key (kda) at the table's V block; None: the pass's (``_state_opts``)
+    "h_vector": None,
+    "dh_vector": None,
+    "h_split_vector": None,
+    "dh_split_vector": None,
     "heads_inner": False,  # the parallel output, dv_local and dq/dk kernels' launch order (``chunks.chunk_grid``)
     "fill_sms": False,  # shrink the state passes' V block while their grid is under one wave (``_state_bv``)
     "A_row_block": (4, 2),  # kda's A kernel's warps and stages (3 stages: ~170 registers, 2: ~115 on sm90)
@@ -326,7 +331,7 @@ def _state_opts(kernel: str, BV: int, V: int, gid: int, device, key: tuple | Non
         names += [f"{kernel}_fill"] + ([f"{kernel}_fill_vector"] if gid == GATE_VECTOR_ID else [])
     table = _device_table(device, key)
     over = [n for n in names if n in OVERRIDES]
-    return _opts(over[-1] if over else [n for n in names if n in table][-1], device, key)
+    return _opts(over[-1] if over else [n for n in names if table.get(n) is not None][-1], device, key)
 
 
 def _key_blocks(kernel: str, K: int, gid: int, device, key: tuple) -> bool:
