@@ -321,11 +321,11 @@ def _state_bv(name: str, programs: int, V: int, device, key: tuple | None = None
 
 def _state_opts(kernel: str, BV: int, V: int, gid: int, device, key: tuple | None = None) -> dict:
     """Launch options of a sequential state pass (``h``, ``dh``, their key-block forms ``h_split``, ``dh_split``)
-    whose V block is ``BV`` (the table's is ``BV_<kernel>``): ``<kernel>_fill`` where ``fill_sms``
-    halved the table's block (few programs, each a narrow block: they pipeline deeper on fewer warps),
-    ``<kernel>_fill_vector`` there for a gate per key (kda) where its table has one, else ``<kernel>_vector`` for
-    that gate, else the kernel's own. The most specific of these names that is overridden (sweep_delta) wins, then
-    the most specific in the table."""
+    whose V block is ``BV`` (the table's is ``BV_<kernel>``). The names, from the least specific: ``<kernel>``;
+    ``<kernel>_vector`` for a gate per key (kda); where ``fill_sms`` halved the table's block (few programs, each a
+    narrow block: they pipeline deeper on fewer warps) ``<kernel>_fill``, then ``<kernel>_fill_vector`` for a gate
+    per key. The most specific name that is overridden (sweep_delta) wins, then the most specific the table sets
+    (a None default sets nothing)."""
     names = [kernel] + ([f"{kernel}_vector"] if gid == GATE_VECTOR_ID else [])
     if BV < min(_knob(f"BV_{kernel}", device, key), launch.pow2(V)):
         names += [f"{kernel}_fill"] + ([f"{kernel}_fill_vector"] if gid == GATE_VECTOR_ID else [])
