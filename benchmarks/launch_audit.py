@@ -9,7 +9,8 @@ delta line's ``_arch``. Each kernel launch is recorded (its arguments, constexpr
 launchers pass them), then a child process without the interpreter compiles each distinct launch for sm_90 and
 reads ``ptxas -v``. A launch shared by two families (the same kernel, constexprs and options) is listed once, under
 the first. A kernel that holds one program a multiprocessor where a neighbouring config holds two (an
-occupancy cliff: RESULTS, sixteenth session, retention's dq/dk at K = 128) shows before any GPU time is spent.
+occupancy cliff: RESULTS, sixteenth session, retention's dq/dk at K = 128) shows before any GPU time is spent, and so
+does a launch that asks more shared memory than sm_90 has (the GPU runs it on fewer stages than the table says).
 Counts come from this machine's Triton (3.9), a guide for an H200 sweep, not a measurement; the state passes'
 blocks are the tables' (``fill_sms`` only halves them on a GPU with few sequences x heads).
 """
@@ -55,7 +56,13 @@ for job in json.loads(sys.stdin.read()):
 
 # sequential state passes: one program per sequence, head and block, sized to the GPU by ``fill_sms``; one a
 # multiprocessor is their design, not a cliff, so the table does not flag it
-STATE_PASSES = {"chunk_fwd_h_kernel", "chunk_bwd_dh_kernel", "chunk_delta_h_kernel", "chunk_delta_dh_kernel"}
+STATE_PASSES = {
+    "chunk_fwd_h_kernel", "chunk_bwd_dh_kernel", "chunk_delta_h_kernel", "chunk_delta_dh_kernel",
+    "chunk_delta_h_split_kernel", "chunk_delta_dh_split_kernel",
+}  # fmt: skip
+# the most shared memory one program may ask on sm_90 (227 KB); more, and Triton refuses the launch: ``launch.fitted``
+# retries it on fewer stages on every call (sm90 K 256 x V 512, kda's state-gradient pass: RESULTS, 37th session)
+MAX_SHARED = 232448
 _PTR = {"torch.bfloat16": "*bf16", "torch.float16": "*fp16", "torch.float32": "*fp32", "torch.int32": "*i32",
         "torch.int64": "*i64"}  # fmt: skip
 
@@ -157,6 +164,8 @@ def main(argv=None) -> int:
             print(f"{head} {u['error']} | | | |")
         else:
             flag = " **one**" if u["per_sm"] == 1 and job["kernel"] not in STATE_PASSES else ""
+            if u["shared"] > MAX_SHARED:
+                flag = " **over the shared memory: runs on fewer stages**"
             print(f"{head} {u['regs']} | {u['spill']} | {u['shared']} | {u['per_sm']}{flag} |")
     return 0
 
