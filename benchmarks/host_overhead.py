@@ -107,6 +107,7 @@ def make_cases(torch, device="cpu", dtype=None):
     dt = (torch.rand(B, T, H * D, generator=gen) / 4).to(device, dtype).requires_grad_()
     A16, A15 = (-torch.rand(H * D, n, generator=gen).to(device).requires_grad_() for n in (16, 15))
     Bm16, C16, Bm15, C15 = t(B, T, 16), t(B, T, 16), t(B, T, 15), t(B, T, 15)
+    u = t(H, D)  # rwkv6's bonus, drawn last: the other inputs stay those of earlier runs
     return {
         # N = 16: the vectorized chunked kernels (their forward in segments on a small grid, from T = 512 on CUDA);
         # N = 15: the same kernels on states padded to 16 (the pads and slices are host work)
@@ -124,6 +125,7 @@ def make_cases(torch, device="cpu", dtype=None):
             (q, k, v, g, beta),
         ),
         "kda": (lambda: ops.kda(q, k, v, gk, beta), (q, k, v, gk, beta)),
+        "rwkv6": (lambda: ops.rwkv6(q, k, v, gk, u), (q, k, v, gk, u)),  # gla's kernels with the bonus u
     }
 
 
@@ -201,7 +203,7 @@ def trace(torch, runners, spec: str, n: int, sync) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ops", default="hgrn,gla,simple_gla,delta_rule,gated_delta_rule,kda")
+    p.add_argument("--ops", default="hgrn,gla,rwkv6,simple_gla,delta_rule,gated_delta_rule,kda")
     p.add_argument("--n", type=int, default=300)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cuda: real kernels, counted")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))

@@ -127,6 +127,9 @@ def record(families, dims: tuple[int, int], dtype_name: str) -> list[dict]:
     # past every line's decode threshold; 80 steps: a full and a partial chunk
     SHAPE.update(B=1, T=80, H=2, D=dims[0], V=dims[1])
     cases = make_cases(torch, "cpu", getattr(torch, dtype_name))
+    unknown = [name for name in families if name not in cases]
+    if unknown:
+        raise SystemExit(f"launch_audit: --families {','.join(unknown)}: expected among {', '.join(cases)}")
     for name in families:
         family[0] = name
         fwd, wrt = cases[name]
