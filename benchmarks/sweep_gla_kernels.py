@@ -1,6 +1,7 @@
 """Per-kernel launch-option sweep of the GLA-line chunk kernels (CUDA): which warps / stages / blocks win.
 
-    python benchmarks/sweep_gla_kernels.py [--shape 8,2048,16,128] [--budget 300] [--kinds head] [--only heads_inner]
+    python benchmarks/sweep_gla_kernels.py [--shape 8,2048,16,128 | 8,2048,8,256,512] [--budget 300] [--kinds head]
+        [--only heads_inner]
 
 For each gate kind (vector: gla; scalar: simple_gla; head: retention's one decay per head, which the kernels
 expand in-chunk, gate id 3, under the scalar kind's configs; none: linear_attn) it runs one chunked forward and
@@ -47,9 +48,11 @@ CONFIG_KIND = {"vector": "vector", "scalar": "scalar", "head": "scalar", "none":
 SMALL = ("A", "intra", "rc", "cumsum")
 
 
-def problem(kind, B, T, H, D, seed=0):
+def problem(kind, B, T, H, D, V=None, seed=0):
     torch.manual_seed(seed)
-    q, k, v = (torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    V = V or D
+    q, k = (torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    v = torch.randn(B, T, H, V, device="cuda", dtype=torch.bfloat16)
     g = None
     if kind == "vector":
         g = F.logsigmoid(torch.randn(B, T, H, D, device="cuda")) / 16
@@ -57,7 +60,7 @@ def problem(kind, B, T, H, D, seed=0):
         g = F.logsigmoid(torch.randn(B, T, H, device="cuda")) / 16
     elif kind == "head":  # retention: one decay per head, broadcast (the launchers hand the kernels gate id 3)
         g = F.logsigmoid(torch.randn(H, device="cuda") + 3).reshape(1, 1, H).expand(B, T, H)
-    h0 = torch.randn(B, H, D, D, device="cuda")
+    h0 = torch.randn(B, H, D, V, device="cuda")
     do, dht = torch.randn_like(v), torch.randn_like(h0)
     return q, k, v, g, h0, do, dht
 
@@ -138,19 +141,20 @@ def variants(kind, shipped):
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--shape", default="8,2048,16,128")
+    p.add_argument("--shape", default="8,2048,16,128", help="B,T,H,D (K = V = D) or B,T,H,K,V")
     p.add_argument("--budget", type=float, default=300)
     p.add_argument("--kinds", default="vector,scalar")
     p.add_argument(
         "--only", default="", help="keep only the variants whose options' JSON holds this text (a|b: either)"
     )
     args = p.parse_args()
-    B, T, H, D = (int(x) for x in args.shape.split(","))
+    B, T, H, D, *rest = (int(x) for x in args.shape.split(","))
+    V = rest[0] if rest else D
     t0 = time.perf_counter()
     results, by_dims = {}, {}
     for kind in args.kinds.split(","):
-        xs = problem(kind, B, T, H, D)
-        base = dict(candidates("chunk", CONFIG_KIND[kind], "sm90", D, D)[0])  # as shipped at these dims
+        xs = problem(kind, B, T, H, D, V)
+        base = dict(candidates("chunk", CONFIG_KIND[kind], "sm90", D, V)[0])  # as shipped at these dims
         base_ms = kernel_ms(kind, xs, base)
         best = {key: (base_ms[key], {}) for key in NAMES}
         rows = [("base", "", base_ms)]
@@ -195,7 +199,7 @@ def main() -> int:
             by_dims.setdefault("chunk", {})[kind] = changes  # "head": merge by hand with "scalar"
     print(json.dumps(results, indent=1))
     if by_dims:  # what to merge into configs/sm90.json's "by_dims" for these head dims
-        print(json.dumps({"by_dims": {f"K{D}V{D}": by_dims}}))
+        print(json.dumps({"by_dims": {f"K{D}V{V}": by_dims}}))
     print(f"({time.perf_counter() - t0:.0f} s)")
     return 0
 
