@@ -57,3 +57,33 @@ def test_fitted_never_runs_a_form_to_avoid(stages, fits_at, want):
     k = _Kernel(fits_at=fits_at)
     assert launch.fitted(k, (1,), num_warps=8, num_stages=stages, avoid=((8, 1),)) == "launched"
     assert [(c[3]["num_warps"], c[2]) for c in k.calls] == want
+
+
+def test_fitted_remembers_the_stages_that_fitted():
+    """A launch Triton refused is lowered once: the next call of the same form (kernel, warps, stages asked,
+    scalars and dtypes) starts at the stages that fitted; another form (other constexprs or dtypes) finds its own."""
+    import torch
+
+    k = _Kernel(fits_at=1)
+    x16, x32 = torch.zeros(2, dtype=torch.bfloat16), torch.zeros(2)
+    assert launch.fitted(k, (1,), x16, 64, num_warps=8, num_stages=3) == "launched"
+    assert [c[2] for c in k.calls] == [3, 2, 1]
+    k.calls.clear()
+    assert launch.fitted(k, (2,), x16, 64, num_warps=8, num_stages=3) == "launched"  # another grid: the same form
+    assert [c[2] for c in k.calls] == [1]
+    for args in ((x32, 64), (x16, 32)):
+        k.calls.clear()
+        assert launch.fitted(k, (1,), *args, num_warps=8, num_stages=3) == "launched"
+        assert [c[2] for c in k.calls] == [3, 2, 1], args
+    k.calls.clear()  # the same form on 4 warps is another form
+    assert launch.fitted(k, (1,), x16, 64, num_warps=4, num_stages=3) == "launched"
+    assert [c[2] for c in k.calls] == [3, 2, 1]
+
+
+def test_fitted_remembered_stages_still_avoid():
+    """The remembered stages go through ``avoid`` as a lowered launch does: 8 warps / 1 stage runs on 4."""
+    k = _Kernel(fits_at=1)
+    for want in ([(8, 2), (4, 1)], [(4, 1)]):
+        k.calls.clear()
+        assert launch.fitted(k, (1,), num_warps=8, num_stages=2, avoid=((8, 1),)) == "launched"
+        assert [(c[3]["num_warps"], c[2]) for c in k.calls] == want

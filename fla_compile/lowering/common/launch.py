@@ -96,6 +96,29 @@ def fill_sms(
 
 
 _LOWERED: set = set()
+# the stages a launch ran on after Triton refused more: (kernel id, warps, stages asked, the launch's scalars and
+# tensor dtypes) -> stages. Only kernels in _SHRUNK (lowered at least once; id -> the kernel, kept alive so no id is
+# reused) build a key, so a launch that fits pays one dict lookup; the next call of a lowered launch goes straight
+# to what fitted, without Triton's refusal. Ids, not the kernels: whether a Triton build hashes its JIT functions
+# is its own business
+_FITTED: dict = {}
+_SHRUNK: dict = {}
+_FITTED_MAX = 4096  # distinct sizes keep their own entries (sequence lengths among the scalars): bounded
+
+
+def _fit_key(kernel, warps: int, num_stages: int, args: tuple, kwargs: dict):
+    """``fitted``'s memo key: what decides a config's shared memory (constexprs, dtypes, warps, stages); None where
+    an argument cannot be hashed (no memo then)."""
+    scalars = tuple(a.dtype if isinstance(a, torch.Tensor) else a for a in args)
+    named = tuple(
+        (n, a.dtype if isinstance(a, torch.Tensor) else a) for n, a in sorted(kwargs.items()) if n != "num_warps"
+    )
+    key = (id(kernel), warps, num_stages, scalars, named)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def out_of_resources() -> type:
@@ -114,12 +137,17 @@ def fitted(kernel, grid, *args, num_stages: int, avoid=(), **kwargs):
     """``kernel[grid](*args, num_stages=..., **kwargs)``, with ``num_stages`` lowered (down to 1) while Triton finds
     the kernel's shared memory over the device's: the arch tables are tuned at bf16, and fp32 tiles take twice the
     bytes (kda's dh pass at K = 128 in fp32 with two stages: 234 KB of the H200's 227). Triton refuses such a
-    config before anything runs, so retrying is safe; the first lowering per kernel and count is logged.
+    config before anything runs, so retrying is safe; the first lowering per kernel and count is logged, and the
+    stages that fitted are remembered per launch form (``_FITTED``): later calls start there, not at Triton's refusal.
 
     ``avoid``: (num_warps, num_stages) forms known to compute wrong results for this launch (a miscompile of the
     Triton build, which no error announces). Such a form, asked for or reached by lowering the stages, runs on half
     the warps instead (fewer warps take no more shared memory)."""
     warps = kwargs.get("num_warps", 4)
+    asked = (warps, num_stages)  # the memo's key: what the caller asked, before any lowering or avoiding
+    key = _fit_key(kernel, *asked, args, kwargs) if _SHRUNK and id(kernel) in _SHRUNK else None
+    if key is not None:
+        num_stages = _FITTED.get(key, num_stages)
     while True:
         while (warps, num_stages) in avoid and warps > 1:
             warps //= 2
@@ -136,6 +164,12 @@ def fitted(kernel, grid, *args, num_stages: int, avoid=(), **kwargs):
             if e.name != "shared memory" or num_stages <= 1:
                 raise
             num_stages -= 1
+            _SHRUNK[id(kernel)] = kernel
+            key = key or _fit_key(kernel, *asked, args, kwargs)
+            if key is not None:
+                if len(_FITTED) >= _FITTED_MAX:
+                    _FITTED.clear()
+                _FITTED[key] = num_stages
             name = _kernel_name(kernel)
             if (name, num_stages) not in _LOWERED:
                 _LOWERED.add((name, num_stages))
