@@ -42,13 +42,17 @@ def capped(cap):
     return ctx()
 
 
+SM90_SHARED_PER_SM = 233472  # 228 KB of shared memory a Hopper multiprocessor holds
+SM90_MAX_SHARED = 232448  # the most one program may ask (227 KB): more, and Triton refuses the launch
+
+
 def programs_per_sm(regs: int, shared: int, warps: int) -> int:
     """Programs a Hopper multiprocessor holds at once: 65,536 registers handed out per warp in units of 256, 228 KB
     of shared memory with 1 KB reserved per program, at most 64 warps. An occupancy cliff (one program where a
     neighbouring config fits two) shows here before any GPU time is spent."""
     per_warp = -(-regs * 32 // 256) * 256
     by_regs = (65536 // per_warp) // warps
-    by_shared = 233472 // (shared + 1024) if shared else 64
+    by_shared = SM90_SHARED_PER_SM // (shared + 1024) if shared else 64
     return min(by_regs, by_shared, 64 // warps)
 
 

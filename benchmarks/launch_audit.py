@@ -60,9 +60,6 @@ STATE_PASSES = {
     "chunk_fwd_h_kernel", "chunk_bwd_dh_kernel", "chunk_delta_h_kernel", "chunk_delta_dh_kernel",
     "chunk_delta_h_split_kernel", "chunk_delta_dh_split_kernel",
 }  # fmt: skip
-# the most shared memory one program may ask on sm_90 (227 KB); more, and Triton refuses the launch: ``launch.fitted``
-# retries it on fewer stages on every call (sm90 K 256 x V 512, kda's state-gradient pass: RESULTS, 37th session)
-MAX_SHARED = 232448
 _PTR = {"torch.bfloat16": "*bf16", "torch.float16": "*fp16", "torch.float32": "*fp32", "torch.int32": "*i32",
         "torch.int64": "*i64"}  # fmt: skip
 
@@ -144,6 +141,8 @@ def main(argv=None) -> int:
     p.add_argument("--dims", default="128", help="K = V, or K,V")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     args = p.parse_args(argv)
+    from gla_kernel_regs import SM90_MAX_SHARED
+
     os.environ["FLA_COMPILE_TRITON"] = "interpret"
     os.environ["TRITON_INTERPRET"] = "1"
     dims = [int(x) for x in args.dims.split(",")]
@@ -167,7 +166,7 @@ def main(argv=None) -> int:
             print(f"{head} {u['error']} | | | |")
         else:
             flag = " **one**" if u["per_sm"] == 1 and job["kernel"] not in STATE_PASSES else ""
-            if u["shared"] > MAX_SHARED:
+            if u["shared"] > SM90_MAX_SHARED:  # the GPU runs it on fewer stages (``launch.fitted``)
                 flag = " **over the shared memory: runs on fewer stages**"
             print(f"{head} {u['regs']} | {u['spill']} | {u['shared']} | {u['per_sm']}{flag} |")
     return 0
