@@ -598,6 +598,15 @@ def test_option_lookup_order():
     assert opt(cfg, "dh", "warps", 1, 3, True) == 1
 
 
+def test_tile_lookup_order():
+    """A kernel's K / V blocks are read as its options are: one decay per head (gate id 3) reads
+    ``<kernel>_head_BK`` first, other gates never do (a sweep's ``dqk_head_BK`` variant once timed nothing)."""
+    cfg = dict(CFG, dqk_BK=64, dqk_head_BK=128, dqk_head_BV=32)
+    assert gla_triton._tile(cfg, "dqk", 256, 512, 3) == (128, 32)
+    assert gla_triton._tile(cfg, "dqk", 256, 512, 2) == (64, cfg["BV"])
+    assert gla_triton._tile(cfg, "dqk", 64, 16, 3) == (64, 16)  # capped at the head dims' powers of two
+
+
 def test_output_kernel_option_forms(monkeypatch):
     """The output kernel's options for rwkv6 (``bonus``: ``o_bonus_<name>``) and for fp32 inputs (``o_fp32_<name>``,
     before all) come before ``o_<name>``: launch options, the K / V blocks and ``v_early``. Each launch takes its

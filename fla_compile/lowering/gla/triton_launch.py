@@ -222,7 +222,7 @@ def _state_tile(config, kernel: str, programs: int, K: int, V: int, device, gid=
     programs an SM, 1 by default: at one a multiprocessor each pass is a latency chain; ``<kernel>_head_fill_per_sm``
     first for one decay per head, see :func:`_option`); ``filled``: they were, and the pass takes its
     ``<kernel>_fill_<option>`` launch options."""
-    BK, BV = _tile(config, kernel, K, V)
+    BK, BV = _tile(config, kernel, K, V, gid)
     if not FILL_SMS:
         return BK, BV, False
     per_sm = _option(config, kernel, "fill_per_sm", 1, gid)
@@ -230,13 +230,11 @@ def _state_tile(config, kernel: str, programs: int, K: int, V: int, device, gid=
     return fBK, fBV, (fBK, fBV) != (BK, BV)
 
 
-def _tile(config, kernel: str, K: int, V: int, bonus=False, fp32=False, seg=False) -> tuple[int, int]:
-    """(BK, BV) of one kernel: ``<kernel>_BK`` / ``<kernel>_BV`` of the config when given, else the shared ones
-    (``seg`` / ``bonus`` / ``fp32``: ``<kernel>_seg_BK`` / ``<kernel>_bonus_BK`` ... first, see :func:`_option`)."""
-    BK, BV = config.get(f"{kernel}_BK", config["BK"]), config.get(f"{kernel}_BV", config["BV"])
-    for form, on in (("seg", seg), ("bonus", bonus), ("fp32", fp32)):  # the later form wins
-        if on:
-            BK, BV = config.get(f"{kernel}_{form}_BK", BK), config.get(f"{kernel}_{form}_BV", BV)
+def _tile(config, kernel: str, K: int, V: int, gid=None, bonus=False, fp32=False, seg=False) -> tuple[int, int]:
+    """(BK, BV) of one kernel: ``<kernel>_BK`` / ``<kernel>_BV`` of the config when given, else the shared ones,
+    each read as :func:`_option` reads an option (one decay per head, ``seg``, ``bonus``, ``fp32`` first)."""
+    BK = _option(config, kernel, "BK", config["BK"], gid, bonus=bonus, fp32=fp32, seg=seg)
+    BV = _option(config, kernel, "BV", config["BV"], gid, bonus=bonus, fp32=fp32, seg=seg)
     return min(BK, launch.pow2(K)), min(BV, launch.pow2(V))
 
 
@@ -501,7 +499,7 @@ def chunk_forward(
     o = _empty(v.shape, v.device, v.dtype)
     # the output kernel's own options for rwkv6 (``o_bonus_*``) and fp32 inputs (``o_fp32_*``) first
     form = dict(bonus=u is not None, fp32=v.dtype == torch.float32, seg=S > 1)
-    BK, BV = _tile(cfg, "o", K, V, **form)
+    BK, BV = _tile(cfg, "o", K, V, gid, **form)
     grid, order = chunk_grid(NS, launch.cdiv(V, BV), H, _heads_inner(cfg, "o", gid))
     extra = {} if span is None else dict(spread=span, NKS=span.shape[1], A_FACTORED=True, STORE_A=out is not None)
     # v's tile loaded before the K loop (table option ``o_v_early``)
@@ -579,7 +577,7 @@ def chunk_backward(
         A = _gla_A(q, k, gc, info, NS, B, T, H, G, K, BT, BK, prec, cfg, gq=gq, u=u)
     SA = A.shape[-1] if gid == GATE_VECTOR_ID else BT
     dv = _empty(v.shape, v.device, v.dtype)
-    BK, BV = _tile(cfg, "dv", K, V)
+    BK, BV = _tile(cfg, "dv", K, V, gid)
     grid, order = chunk_grid(NS, launch.cdiv(V, BV), H, _heads_inner(cfg, "dv", gid))
     launch.fitted(
         kern.chunk_bwd_dv_kernel, grid,
@@ -593,7 +591,7 @@ def chunk_backward(
     dq = _empty((B, T, H, K), v.device, in_dtypes[0] if final else torch.float32)
     dk = _empty(dq.shape, v.device, in_dtypes[1] if final else torch.float32)
     dA = _empty((B, T, H, BT), v.device, torch.float32) if gid == GATE_VECTOR_ID else ht
-    BK, BV = _tile(cfg, "dqk", K, V)
+    BK, BV = _tile(cfg, "dqk", K, V, gid)
     # chunk-local; a scalar gate's has one column per K block of the grid (the kernel sums the keys)
     want_dg = gid == GATE_VECTOR_ID or (gid != GATE_NONE_ID and need_dgate)
     dg = (
