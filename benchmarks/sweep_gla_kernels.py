@@ -74,6 +74,30 @@ def run(kind, xs, cfg):
     return (o, ht, *[x for x in grads if x is not None])
 
 
+def launch_forms(kind, xs, cfg) -> list[tuple]:
+    """What one fwd+bwd under ``cfg`` would launch, nothing run: per launch its kernel, grid, scalars and
+    constexprs (tensors by dtype) and launch options. A variant whose forms equal the shipped config's or an earlier
+    variant's times nothing new (a ``dqk_head_BK`` the launchers did not read once did): the sweep skips it."""
+    from fla_compile.lowering.common import launch
+
+    def form(a):
+        return ("tensor", a.dtype) if isinstance(a, torch.Tensor) else a
+
+    forms = []
+
+    def record(kernel, grid, *args, num_stages, avoid=(), **kwargs):
+        name = getattr(getattr(kernel, "fn", kernel), "__name__", repr(kernel))
+        named = tuple(sorted((n, form(a)) for n, a in kwargs.items()))
+        forms.append((name, tuple(grid), tuple(form(a) for a in args), num_stages, named))
+
+    real, launch.fitted = launch.fitted, record
+    try:
+        run(kind, xs, cfg)
+    finally:
+        launch.fitted = real
+    return forms
+
+
 def kernel_ms(kind, xs, cfg, iters=3) -> dict[str, float]:
     from torch.profiler import ProfilerActivity, profile
 
@@ -158,6 +182,7 @@ def main() -> int:
         base_ms = kernel_ms(kind, xs, base)
         best = {key: (base_ms[key], {}) for key in NAMES}
         rows = [("base", "", base_ms)]
+        timed = {repr(launch_forms(kind, xs, base)): "the shipped config"}  # launch forms -> the variant timing them
         for blocks in candidates("chunk", CONFIG_KIND[kind], "sm90")[1:] if not args.only else []:
             ms = kernel_ms(kind, xs, dict(blocks))
             rows.append(("blocks", json.dumps(blocks), ms))
@@ -167,6 +192,11 @@ def main() -> int:
             if time.perf_counter() - t0 > args.budget:
                 print(f"budget reached at {key} {opt}", flush=True)
                 break
+            forms = repr(launch_forms(kind, xs, {**base, **opt}))
+            if forms in timed:
+                print(f"{kind} {key} {opt}: launches as {timed[forms]}, skipped", flush=True)
+                continue
+            timed[forms] = json.dumps(opt)
             try:
                 ms = kernel_ms(kind, xs, {**base, **opt})
             except Exception as e:  # an option a kernel cannot take (too much shared memory, ...)

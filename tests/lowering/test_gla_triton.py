@@ -607,6 +607,30 @@ def test_tile_lookup_order():
     assert gla_triton._tile(cfg, "dqk", 64, 16, 3) == (64, 16)  # capped at the head dims' powers of two
 
 
+def test_sweep_skips_variants_that_launch_as_shipped():
+    """``benchmarks/sweep_gla_kernels.launch_forms``: what a fwd+bwd would launch under a config, nothing run. A
+    block option of one decay per head changes retention's dq/dk launch and not simple_gla's; an option at its
+    shipped value changes nothing (the sweep skips both)."""
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "benchmarks"))
+    import sweep_gla_kernels as sweep
+
+    B, T, H, K, V = 1, 40, 2, 32, 32
+    q, k, v = (torch.randn(B, T, H, d) for d in (K, K, V))
+    h0, do, dht = torch.randn(B, H, K, V), torch.randn(B, T, H, V), torch.randn(B, H, K, V)
+    gates = {"head": torch.tensor([-0.1, -0.5]).reshape(1, 1, H).expand(B, T, H), "scalar": -torch.rand(B, T, H)}
+    for kind, g in gates.items():
+        xs = (q, k, v, g, h0, do, dht)
+        shipped = sweep.launch_forms(kind, xs, CFG)
+        names = [f[0] for f in shipped]
+        assert "chunk_bwd_dqk_kernel" in names and "chunk_fwd_h_kernel" in names
+        assert sweep.launch_forms(kind, xs, dict(CFG, dqk_head_BK=CFG["BK"])) == shipped
+        changed = sweep.launch_forms(kind, xs, dict(CFG, dqk_head_BK=2 * CFG["BK"]))
+        assert (changed != shipped) == (kind == "head")
+
+
 def test_output_kernel_option_forms(monkeypatch):
     """The output kernel's options for rwkv6 (``bonus``: ``o_bonus_<name>``) and for fp32 inputs (``o_fp32_<name>``,
     before all) come before ``o_<name>``: launch options, the K / V blocks and ``v_early``. Each launch takes its
