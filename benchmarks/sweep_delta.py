@@ -6,7 +6,8 @@
 For each family, times the op's forward and forward+backward (``fla_compile.ops``, bf16, ``do_bench`` medians)
 with the shipped options, then with one option changed at a time (``triton_launch.OVERRIDES``: warps/stages,
 the state pass's V block, the W/U split, kda's A kernel), and prints per-kernel times of the shipped options
-(``torch.profiler``). Each row also gives its largest relative difference from the shipped options' output and
+(``torch.profiler``). A variant whose launches (recorded, nothing run: ``launch_forms.py``) equal the shipped
+options' or an earlier variant's is a row saying so, not timed: an option the family does not read. Each row also gives its largest relative difference from the shipped options' output and
 gradients (**WRONG** above 5e-2): a variant is a candidate only where it is right, and its GPU tests
 (``DELTA_TEST_KNOBS``) decide. Decide on the summed kernel times (``torch.profiler``), not the wall times: at this
 size the wall times of one run move by 10% between variants that change no kernel. The winners go into the arch table (``common/configs/sm90.json``) by hand.
@@ -24,6 +25,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from kernels import bench, fwd_bwd, inputs, kernel_table, max_rel, ours, outputs_and_grads  # noqa: E402
+from launch_forms import launch_forms  # noqa: E402
 from profile_ops import triton_metadata  # noqa: E402
 
 from fla_compile.lowering.common.gates import GATE_IDS  # noqa: E402
@@ -312,11 +314,19 @@ def main() -> int:
             shipped = outputs_and_grads(fn, xg)
             if args.reference:
                 torch.save([t.cpu() for t in shipped], args.reference)
+        # launch forms -> the variant that timed them (a variant launching as the shipped options is skipped)
+        timed = {repr(launch_forms(fwd_bwd(fn, xg))): "shipped"}
         for name, changes in VARIANTS:
             if names and name not in names and (name != "shipped" or args.reference):
                 continue
             old = apply(changes)
             try:
+                forms = repr(launch_forms(fwd_bwd(fn, xg)))
+                if name != "shipped" and forms in timed:
+                    rows.append(f"| {family} | {name} | launches as {timed[forms]}: skipped | | | |")
+                    print(rows[-1], flush=True)
+                    continue
+                timed[forms] = name
                 with torch.no_grad():
                     t_f = bench(lambda fn=fn, xs=xs: fn(*xs))
                 t_fb = bench(fwd_bwd(fn, xg))

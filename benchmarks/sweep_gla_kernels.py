@@ -28,6 +28,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
+from launch_forms import launch_forms as forms_of  # noqa: E402
+
 from fla_compile.lowering.common.autotune import candidates  # noqa: E402
 from fla_compile.lowering.gla import triton_launch as gla_triton  # noqa: E402
 from tests.compare import rel  # noqa: E402
@@ -75,27 +77,9 @@ def run(kind, xs, cfg):
 
 
 def launch_forms(kind, xs, cfg) -> list[tuple]:
-    """What one fwd+bwd under ``cfg`` would launch, nothing run: per launch its kernel, grid, scalars and
-    constexprs (tensors by dtype) and launch options. A variant whose forms equal the shipped config's or an earlier
-    variant's times nothing new (a ``dqk_head_BK`` the launchers did not read once did): the sweep skips it."""
-    from fla_compile.lowering.common import launch
-
-    def form(a):
-        return ("tensor", a.dtype) if isinstance(a, torch.Tensor) else a
-
-    forms = []
-
-    def record(kernel, grid, *args, num_stages, avoid=(), **kwargs):
-        name = getattr(getattr(kernel, "fn", kernel), "__name__", repr(kernel))
-        named = tuple(sorted((n, form(a)) for n, a in kwargs.items()))
-        forms.append((name, tuple(grid), tuple(form(a) for a in args), num_stages, named))
-
-    real, launch.fitted = launch.fitted, record
-    try:
-        run(kind, xs, cfg)
-    finally:
-        launch.fitted = real
-    return forms
+    """What one fwd+bwd under ``cfg`` would launch, nothing run (``benchmarks/launch_forms.py``). A variant whose
+    forms equal the shipped config's or an earlier variant's times nothing new: the sweep skips it."""
+    return forms_of(lambda: run(kind, xs, cfg))
 
 
 def kernel_ms(kind, xs, cfg, iters=3) -> dict[str, float]:
