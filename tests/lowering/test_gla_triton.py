@@ -917,3 +917,96 @@ def test_state_tile_fills_the_sms(monkeypatch):
     head_one = dict(two, h_head_fill_per_sm=1)
     assert gla_triton._state_tile(head_one, "h", 32, 128, 128, cuda, gid=3) == (64, 64, True)
     assert gla_triton._state_tile(head_one, "h", 32, 128, 128, cuda, gid=1) == (64, 32, True)
+
+
+# Options the CPU cannot exercise: each decides on the GPU's SMs (``fill_sms`` halves a state pass's blocks only on
+# CUDA; the walk and the segments go by waves of SMs; forced segments cap ``h_seg_chunks`` at SEG_CHUNKS), so a
+# stub cannot tell whether a launcher reads them
+GPU_DECIDED = ("_fill_", "fill_per_sm", "fwd_walk", "walk_fill", "h_seg_min", "h_seg_heads", "h_seg_chunks")
+
+
+def _other_value(name, value):
+    """A different valid value of a launch option: whether a launcher reads it shows as a changed launch."""
+    if isinstance(value, bool):
+        return not value
+    if name.endswith("warps"):
+        return value * 2 if value < 8 else value // 2
+    if name.endswith("stages"):
+        return value + 1 if value < 4 else value - 1
+    if name.endswith("maxnreg"):
+        return value - 32
+    if name.endswith(("_BK", "_BV")):
+        return value // 2
+    raise AssertionError(f"no other value known for {name} = {value!r}: teach _other_value")
+
+
+def _table_option_cases():
+    import json
+    import pathlib
+
+    path = pathlib.Path(gla_triton.__file__).parents[1] / "common" / "configs" / "sm90.json"
+    table = json.loads(path.read_text())
+    by_dims = table["by_dims"]
+    # the first candidates as shipped, at K = V = 128 without that entry (dims "first"); not their shared blocks and
+    # launch options, which every candidate must hold and the first one's kernels override with their own
+    shared = ("BT", "BK", "BV", "num_warps", "num_stages")
+    cases = [("first", 128, 128, kind, name) for kind, cands in table["chunk"].items() if not kind.startswith("_")
+             for name in cands[0] if name not in shared and not any(s in name for s in GPU_DECIDED)]  # fmt: skip
+    for dims, entry in by_dims.items():
+        if dims.startswith("_"):
+            continue
+        K, V = (int(x) for x in dims[1:].split("V"))
+        for kind, options in entry.get("chunk", {}).items():
+            cases += [(dims, K, V, kind, name) for name in options if not any(s in name for s in GPU_DECIDED)]
+    return cases
+
+
+@pytest.mark.parametrize("dims,K,V,kind,name", _table_option_cases())
+def test_every_table_option_is_read(dims, K, V, kind, name, monkeypatch):
+    """Every GLA-line option of sm90's chunk table (the first candidates, the ``by_dims`` entries at their head
+    dims) is read by a launcher: set to another value, a launch changes. An option nobody reads (a ``dqk_head_BK``
+    before ``_tile`` read the ``_head_`` forms) would ship as a measured win that never runs. Launches recorded,
+    none run (``benchmarks/launch_forms.py``). Forms are forced where an option needs them: rwkv6 for ``_bonus_``,
+    fp32 inputs for ``_fp32_``, retention for ``_head_``, the walk for ``walk_*``, segments (and a sequence long
+    enough for two) for ``_seg_``."""
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "benchmarks"))
+    from launch_forms import launch_forms
+
+    from fla_compile.lowering.common import autotune
+
+    table = autotune.candidates("chunk", kind, "sm90", *((K, V) if dims != "first" else ()))[0]
+    other = dict(table, **{name: _other_value(name, table[name])})
+    T = 80
+    if "walk_" in name:
+        monkeypatch.setattr(gla_triton, "FWD_WALK", True)
+    if "_seg_" in name:
+        monkeypatch.setattr(gla_triton, "SEGMENTS", True)
+        T = 2 * gla_triton.SEG_CHUNKS * table["BT"] + 16
+    dtype = torch.float32 if "_fp32_" in name else torch.bfloat16
+    B, H = 1, 2
+    q, k = torch.randn(B, T, H, K, dtype=dtype), torch.randn(B, T, H, K, dtype=dtype)
+    v, do = torch.randn(B, T, H, V, dtype=dtype), torch.randn(B, T, H, V, dtype=dtype)
+    h0, dht = torch.randn(B, H, K, V), torch.randn(B, H, K, V)
+    gates = {
+        "vector": [("vector", F.logsigmoid(torch.randn(B, T, H, K)) / 16, None)],
+        "scalar": [("scalar", F.logsigmoid(torch.randn(B, T, H)) / 16, None),
+                   ("scalar", torch.tensor([-0.1, -0.5]).reshape(1, 1, H).expand(B, T, H), None)],  # retention
+        "none": [("none", None, None)],
+    }[kind]  # fmt: skip
+    if "_bonus_" in name:
+        gates = [("vector", gates[0][1], torch.randn(H, K))]
+    elif "_head_" in name:
+        gates = gates[1:]
+
+    def forms(cfg):
+        def step():
+            for kind_, g, u in gates:
+                gla_triton.chunk_forward(q, k, v, g, kind_, 0.1, h0, None, config=cfg, bonus=u)
+                gla_triton.chunk_backward(q, k, v, g, kind_, 0.1, h0, None, do, dht, config=cfg, bonus=u)
+
+        return launch_forms(step)
+
+    assert forms(table) != forms(other), f"{dims} {kind}: no launch reads {name} (= {table[name]!r})"
