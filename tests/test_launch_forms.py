@@ -73,13 +73,16 @@ GATES = ("none", "scalar", "vector")
 NEEDS = {"kkt": ({}, {"fused_kkt": False}), "A": ({"FUSED_A": False}, {}), "wy": ({"WU_SPLIT": False}, {}),
          "h_split": ({}, {"h_split_k": GATES}), "BV_h_split": ({}, {"h_split_k": GATES}),
          "dh_split": ({}, {"dh_split_k": GATES}), "BV_dh_split": ({}, {"dh_split_k": GATES})}
+# read for fp32 inputs under split products only (torch's "highest")
+FP32_ONLY = ("split_precs",)
 # decided on the GPU's SMs (fill_sms leaves the CPU's blocks alone), the decode kernel (launched directly, not
-# through launch.fitted), fp32 inputs under split products only
-UNSEEN = ("h_fill", "dh_fill", "dh_fill_vector", "fill_sms", "BV_dh_split_lo_vector", "decode", "BV_decode",
-          "split_precs")
+# through launch.fitted)
+UNSEEN = ("h_fill", "dh_fill", "dh_fill_vector", "fill_sms", "BV_dh_split_lo_vector", "decode", "BV_decode")
 
 
 def other(value):
+    if isinstance(value, dict):  # split_precs: kernel -> its dots' split form
+        return {} if value else {"o": "bf16x6"}
     if isinstance(value, bool):
         return not value
     if isinstance(value, int):
@@ -89,11 +92,11 @@ def other(value):
     return (value[0] * 2 if value[0] < 8 else value[0] // 2, *value[1:])  # (warps, stages[, cap])
 
 
-def step_for(K, V):
+def step_for(K, V, dtype):
     B, T, H = 1, 80, 2
-    q, v = torch.randn(B, T, H, K).bfloat16(), torch.randn(B, T, H, V).bfloat16()
-    k = F.normalize(torch.randn(B, T, H, K), dim=-1).bfloat16()
-    beta, g, gk = torch.rand(B, T, H).bfloat16(), -torch.rand(B, T, H), -torch.rand(B, T, H, K)
+    q, v = torch.randn(B, T, H, K).to(dtype), torch.randn(B, T, H, V).to(dtype)
+    k = F.normalize(torch.randn(B, T, H, K), dim=-1).to(dtype)
+    beta, g, gk = torch.rand(B, T, H).to(dtype), -torch.rand(B, T, H), -torch.rand(B, T, H, K)
     calls = {"delta_rule": (q, k, v, beta), "gated_delta_rule": (q, k, v, g, beta), "kda": (q, k, v, gk, beta)}
 
     def step():
@@ -121,16 +124,26 @@ def forms(step, switches, options):
 
 
 t = table("sm90")
-cases = [("first", 128, 128, n, v) for n, v in t["delta"].items() if not n.startswith("_")]
+bf16 = (torch.bfloat16, "highest")
+cases = [("first", 128, 128, bf16, n, v) for n, v in t["delta"].items() if not n.startswith("_")]
 for dims, entry in t["by_dims"].items():
     if not dims.startswith("_") and "delta" in entry:
         K, V = (int(x) for x in dims[1:].split("V"))
-        cases += [(dims, K, V, n, v) for n, v in entry["delta"].items()]
+        cases += [(dims, K, V, bf16, n, v) for n, v in entry["delta"].items()]
+# fp32's sections: "delta" at either precision, "delta_<form>" under torch's precision that picks that form
+precision = {"delta": "highest", "delta_tf32x3": "highest", "delta_tf32": "high"}
+for section, options in t["by_dtype"].get("float32", {}).items():
+    if not section.startswith("_"):
+        form = (torch.float32, precision[section])
+        cases += [(f"float32 {section}", 128, 128, form, n, v) for n, v in options.items()]
 read, unread = [], []
-for dims, K, V, name, value in cases:
+for dims, K, V, (dtype, prec), name, value in cases:
     if name in UNSEEN:
         continue
-    step = step_for(K, V)
+    if name in FP32_ONLY:
+        dtype, prec = torch.float32, "highest"
+    torch.set_float32_matmul_precision(prec)
+    step = step_for(K, V, dtype)
     switches, needs = NEEDS.get(name, ({}, {}))
     same = forms(step, switches, needs) == forms(step, switches, {**needs, name: other(value)})
     (unread if same else read).append(f"{dims} {name}")
@@ -140,10 +153,11 @@ print(json.dumps({"read": read, "unread": unread}))
 
 def test_every_delta_table_option_is_read():
     """Every delta-line option of sm90's table (its "delta" section at K = V = 128, the ``by_dims`` entries' at their
-    head dims) is read by a launcher: set to another value, a launch of delta_rule, gated_delta_rule or kda (with and
-    without the in-kernel L2 norm) changes. Options read only under a switch are tried with it (the unfused k kᵀ
-    kernel, the GLA line's A kernel, the W/U kernel unsplit, key blocks for every gate); those decided on the GPU's
-    SMs or outside ``launch.fitted`` are left out."""
+    head dims, fp32's ``by_dtype`` sections under the precision that picks them) is read by a launcher: set to
+    another value, a launch of delta_rule, gated_delta_rule or kda (with and without the in-kernel L2 norm) changes.
+    Options read only under a switch are tried with it (the unfused k kᵀ kernel, the GLA line's A kernel, the W/U
+    kernel unsplit, key blocks for every gate, fp32 inputs for split products); those decided on the GPU's SMs or
+    outside ``launch.fitted`` are left out."""
     env = dict(os.environ, FLA_COMPILE_TRITON="interpret", TRITON_INTERPRET="1")
     proc = subprocess.run(
         [sys.executable, "-c", LIVENESS_CHILD, str(ROOT)],
@@ -157,3 +171,4 @@ def test_every_delta_table_option_is_read():
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not out["unread"], f"options no launcher reads: {out['unread']}"
     assert len(out["read"]) > 30 and "K256V512 dh_split_vector" in out["read"], out
+    assert "float32 delta_tf32x3 split_precs" in out["read"], out
