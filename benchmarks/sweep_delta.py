@@ -7,7 +7,8 @@ For each family, times the op's forward and forward+backward (``fla_compile.ops`
 with the shipped options, then with one option changed at a time (``triton_launch.OVERRIDES``: warps/stages,
 the state pass's V block, the W/U split, kda's A kernel), and prints per-kernel times of the shipped options
 (``torch.profiler``). A variant whose launches (recorded, nothing run: ``launch_forms.py``) equal the shipped
-options' or an earlier variant's is a row saying so, not timed: an option the family does not read. Each row also gives its largest relative difference from the shipped options' output and
+options' or an earlier variant's is a row saying so, not timed: an option the family does not read. Each row also
+gives its largest relative difference from the shipped options' output and
 gradients (**WRONG** above 5e-2): a variant is a candidate only where it is right, and its GPU tests
 (``DELTA_TEST_KNOBS``) decide. Decide on the summed kernel times (``torch.profiler``), not the wall times: at this
 size the wall times of one run move by 10% between variants that change no kernel. The winners go into the arch table (``common/configs/sm90.json``) by hand.
