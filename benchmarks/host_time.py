@@ -9,12 +9,21 @@ Per family, ours and flash-linear-attention's (when importable):
 - ``do_bench`` and ``graph``: the median forward at ``--shape`` with ``triton.testing.do_bench``
   (launched from Python each time) and ``do_bench_cudagraph`` (one graph replayed: device time only).
   Where ``do_bench`` is well above ``graph``, the op is host-bound at that shape.
+
+``--fwd-bwd``: the same question for a forward and backward (the ``fla_compile.ops`` function, then
+``torch.autograd.grad`` of o) at ``--shape``, ours only: ``host us``, the host's enqueue time of one step (the best
+of 5 rounds of 8 steps back to back without a sync: fewer launches than CUDA's queue holds, so none waits on the
+GPU); ``eager ms``, its median wall time (``do_bench``); ``graph ms``, one capture of the step (``torch.cuda.graph``,
+warmed up on a side stream) replayed; ``kernels ms``, its summed kernel time (``torch.profiler``). Where host time
+passes the kernels', the eager step is host-bound and the replay runs at the kernels' time. On the H200 the host is
+slow: a no-op ``autograd.Function`` round trip takes ~150 us there, a Triton launch 25-50 us.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import torch
 
@@ -55,12 +64,80 @@ def cells(fn, family, shape) -> list[str]:
     return out
 
 
+def enqueue_us(step, calls: int = 8, rounds: int = 5) -> float:
+    """The host's enqueue time of one ``step``, microseconds (best round; no sync inside a round)."""
+    for _ in range(3):
+        step()
+    best = float("inf")
+    for _ in range(rounds):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            step()
+        best = min(best, (time.perf_counter() - t0) / calls * 1e6)
+    torch.cuda.synchronize()
+    return best
+
+
+def kernel_ms(step, n: int = 5) -> float:
+    """Summed device time of one ``step`` (``torch.profiler``), ms."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            step()
+        torch.cuda.synchronize()
+    cuda = torch.autograd.DeviceType.CUDA
+    return sum(e.device_time_total for e in prof.events() if e.device_type == cuda) / n / 1e3
+
+
+def graphed(step):
+    """``step`` captured once in a CUDA graph (warmed up on a side stream, as torch's docs ask): the replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
+def fwd_bwd_table(families, shape) -> list[str]:
+    """``--fwd-bwd``'s rows: host enqueue, eager and graph-replay wall, kernels, of our fwd+bwd at ``shape``."""
+    import triton.testing
+
+    lines = [f"| family | host us | eager ms | graph ms | kernels ms | shape {','.join(map(str, shape))} |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for family in families:
+        try:
+            step = kernels.fwd_bwd(kernels.ours(family), kernels.inputs(family, *shape, grad=True))
+            host = enqueue_us(step)
+            eager = triton.testing.do_bench(step, quantiles=[0.5, 0.2, 0.8])[0]
+            replay = triton.testing.do_bench(graphed(step), quantiles=[0.5, 0.2, 0.8])[0]
+            row = f"{host:.0f} | {eager:.3f} | {replay:.3f} | {kernel_ms(step):.3f}"
+        except Exception as e:  # a row with the error, never a lost table
+            row = f"{type(e).__name__}: {str(e)[:80]} | | |"
+        lines.append(f"| {family} | {row} | |")
+        print(lines[-1], flush=True)
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--families", default="linear_attn,simple_gla,retention,gla,delta_rule,gated_delta_rule,kda")
     p.add_argument("--shape", default="8,2048,16,128")
+    p.add_argument("--fwd-bwd", action="store_true", help="our forward+backward eager and as a CUDA-graph replay")
     args = p.parse_args(argv)
     shape = tuple(int(x) for x in args.shape.split(","))
+    if args.fwd_bwd:
+        print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16")
+        print("\n".join(fwd_bwd_table(args.families.split(","), shape)))
+        return 0
     lines = [
         f"| op | host us fwd | host us fwd+bwd | do_bench fwd ms | graph fwd ms | shape {args.shape} |",
         "|---|---|---|---|---|---|",
