@@ -14,9 +14,9 @@ Per family, ours and flash-linear-attention's (when importable):
 ``torch.autograd.grad`` of o) at ``--shape``, ours only: ``host us``, the host's enqueue time of one step (the best
 of 5 rounds of 8 steps back to back without a sync: fewer launches than CUDA's queue holds, so none waits on the
 GPU); ``eager ms``, its median wall time (``do_bench``); ``graph ms``, one capture of the step (``torch.cuda.graph``,
-warmed up on a side stream) replayed; ``kernels ms``, its summed kernel time (``torch.profiler``). Where host time
-passes the kernels', the eager step is host-bound and the replay runs at the kernels' time. On the H200 the host is
-slow: a no-op ``autograd.Function`` round trip takes ~150 us there, a Triton launch 25-50 us.
+warmed up on a side stream) replayed; ``kernels ms``, its summed kernel time (``kernels.kernel_table``). Where
+host time passes the kernels', the eager step is host-bound and the replay runs at the kernels' time. On the H200
+the host is slow: a no-op ``autograd.Function`` round trip takes ~150 us there, a Triton launch 25-50 us.
 """
 
 from __future__ import annotations
@@ -79,20 +79,6 @@ def enqueue_us(step, calls: int = 8, rounds: int = 5) -> float:
     return best
 
 
-def kernel_ms(step, n: int = 5) -> float:
-    """Summed device time of one ``step`` (``torch.profiler``), ms."""
-    from torch.profiler import ProfilerActivity, profile
-
-    step()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(n):
-            step()
-        torch.cuda.synchronize()
-    cuda = torch.autograd.DeviceType.CUDA
-    return sum(e.device_time_total for e in prof.events() if e.device_type == cuda) / n / 1e3
-
-
 def graphed(step):
     """``step`` captured once in a CUDA graph (warmed up on a side stream, as torch's docs ask): the replay."""
     side = torch.cuda.Stream()
@@ -119,7 +105,8 @@ def fwd_bwd_table(families, shape) -> list[str]:
             host = enqueue_us(step)
             eager = triton.testing.do_bench(step, quantiles=[0.5, 0.2, 0.8])[0]
             replay = triton.testing.do_bench(graphed(step), quantiles=[0.5, 0.2, 0.8])[0]
-            row = f"{host:.0f} | {eager:.3f} | {replay:.3f} | {kernel_ms(step):.3f}"
+            device = sum(ms for _, _, ms in kernels.kernel_table(step, iters=5))
+            row = f"{host:.0f} | {eager:.3f} | {replay:.3f} | {device:.3f}"
         except Exception as e:  # a row with the error, never a lost table
             row = f"{type(e).__name__}: {str(e)[:80]} | | |"
         lines.append(f"| {family} | {row} | |")
