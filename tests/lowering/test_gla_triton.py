@@ -607,14 +607,21 @@ def test_tile_lookup_order():
     assert gla_triton._tile(cfg, "dqk", 64, 16, 3) == (64, 16)  # capped at the head dims' powers of two
 
 
+def _benchmarks_importable():
+    """benchmarks/ on sys.path (once), for the sweep helpers these tests check."""
+    import pathlib
+    import sys
+
+    path = str(pathlib.Path(__file__).resolve().parents[2] / "benchmarks")
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+
 def test_sweep_skips_variants_that_launch_as_shipped():
     """``benchmarks/sweep_gla_kernels.launch_forms``: what a fwd+bwd would launch under a config, nothing run. A
     block option of one decay per head changes retention's dq/dk launch and not simple_gla's; an option at its
     shipped value changes nothing (the sweep skips both)."""
-    import pathlib
-    import sys
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "benchmarks"))
+    _benchmarks_importable()
     import sweep_gla_kernels as sweep
 
     B, T, H, K, V = 1, 40, 2, 32, 32
@@ -969,10 +976,7 @@ def test_every_table_option_is_read(dims, K, V, kind, name, monkeypatch):
     none run (``benchmarks/launch_forms.py``). Forms are forced where an option needs them: rwkv6 for ``_bonus_``,
     fp32 inputs for ``_fp32_``, retention for ``_head_``, the walk for ``walk_*``, segments (and a sequence long
     enough for two) for ``_seg_``."""
-    import pathlib
-    import sys
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "benchmarks"))
+    _benchmarks_importable()
     from launch_forms import launch_forms
 
     from fla_compile.lowering.common import autotune
