@@ -617,6 +617,21 @@ def _benchmarks_importable():
         sys.path.insert(0, path)
 
 
+def test_sweep_merges_a_kernels_best_variants():
+    """``sweep_gla_kernels.merges``: the pairs of a kernel's three best single variants, then all three; not a merge
+    that sets one option two ways, nor one equal to a single variant."""
+    _benchmarks_importable()
+    import sweep_gla_kernels as sweep
+
+    inner, k128, bv64 = {"dqk_heads_inner": True}, {"dqk_BK": 128, "dqk_stages": 2}, {"dqk_BV": 64, "dqk_stages": 2}
+    assert sweep.merges([inner, k128, bv64]) == [{**inner, **k128}, {**inner, **bv64}, {**k128, **bv64},
+                                                  {**inner, **k128, **bv64}]  # fmt: skip
+    three = {"dqk_stages": 3}
+    assert sweep.merges([k128, three, inner]) == [{**k128, **inner}, {**three, **inner}]  # stages 2 and 3: no merge
+    assert sweep.merges([inner]) == [] and sweep.merges([inner, {"dqk_heads_inner": True}]) == []
+    assert len(sweep.merges([inner, k128, bv64, three])) == 4  # the best three only
+
+
 def test_sweep_skips_variants_that_launch_as_shipped():
     """``benchmarks/sweep_gla_kernels.launch_forms``: what a fwd+bwd would launch under a config, nothing run. A
     block option of one decay per head changes retention's dq/dk launch and not simple_gla's; an option at its
