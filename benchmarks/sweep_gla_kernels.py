@@ -152,7 +152,7 @@ def merges(ranked: list[dict], top: int = 3) -> list[dict]:
     """Option sets merged from one kernel's best single variants (``ranked``, best first): each pair of the first
     ``top``, then all of them, leaving out merges whose parts set one option two ways. One at a time the sweep
     misses wins that need two options together (retention's dq/dk at K 256 x V 512: heads side by side 0.743 ->
-    0.639 ms, K blocks of 128 on 2 stages -> 0.661, both 0.471)."""
+    0.639 ms, K blocks of 128 on 2 stages -> 0.535, both 0.471)."""
     best = ranked[:top]
 
     def merged(parts):
