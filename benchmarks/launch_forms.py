@@ -24,7 +24,7 @@ def launch_forms(step) -> list[tuple]:
     forms = []
 
     def record(kernel, grid, *args, num_stages, avoid=(), **kwargs):
-        name = getattr(getattr(kernel, "fn", kernel), "__name__", repr(kernel))
+        name = launch._kernel_name(kernel)
         named = tuple(sorted((n, _form(a)) for n, a in kwargs.items()))
         forms.append((name, tuple(grid), tuple(_form(a) for a in args), num_stages, tuple(avoid), named))
 

@@ -172,6 +172,45 @@ def merges(ranked: list[dict], top: int = 3) -> list[dict]:
     return out
 
 
+def sweep(kind, xs, base, base_ms, only: str, deadline: float):
+    """Each kernel's single-option variants over the shipped config ``base`` (those whose JSON holds ``only``), then
+    its best ones merged (:func:`merges`), until ``deadline`` (``time.perf_counter``): (table rows, the best (ms,
+    options) per kernel). A variant launching as one timed before is skipped (:func:`launch_forms`)."""
+    wins = collections.defaultdict(list)  # kernel -> (ms, option set) of the variants that beat the shipped one
+    rows = []
+    timed = {repr(launch_forms(kind, xs, base)): "the shipped config"}  # launch forms -> the variant timing them
+
+    def try_variant(what, key, opt):
+        forms = repr(launch_forms(kind, xs, {**base, **opt}))
+        if forms in timed:
+            print(f"{kind} {key} {opt}: launches as {timed[forms]}, skipped", flush=True)
+            return
+        timed[forms] = json.dumps(opt)
+        try:
+            ms = kernel_ms(kind, xs, {**base, **opt})
+        except Exception as e:  # an option a kernel cannot take (too much shared memory, ...)
+            print(f"{kind} {key} {opt}: {type(e).__name__}: {str(e)[:100]}", flush=True)
+            return
+        rows.append((what, json.dumps(opt), ms))
+        if ms[key] < base_ms[key]:
+            wins[key].append((ms[key], opt))
+
+    for key, opt in variants(kind, base):
+        if not any(text in json.dumps(opt) for text in only.split("|")):
+            continue
+        if time.perf_counter() > deadline:
+            print(f"budget reached at {key} {opt}", flush=True)
+            break
+        try_variant(key, key, opt)
+    singles = {key: [o for _, o in sorted(won, key=lambda w: w[0])] for key, won in wins.items()}
+    for key, ranked in singles.items():  # two or three winning options of one kernel together
+        for opt in merges(ranked):
+            if time.perf_counter() <= deadline:
+                try_variant(f"{key} merged", key, opt)
+    best = {key: min(wins[key], key=lambda w: w[0], default=(base_ms[key], {})) for key in NAMES}
+    return rows, best
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="8,2048,16,128", help="B,T,H,D (K = V = D) or B,T,H,K,V")
@@ -189,48 +228,12 @@ def main() -> int:
         xs = problem(kind, B, T, H, D, V)
         base = dict(candidates("chunk", CONFIG_KIND[kind], "sm90", D, V)[0])  # as shipped at these dims
         base_ms = kernel_ms(kind, xs, base)
-        best = {key: (base_ms[key], {}) for key in NAMES}
-        wins = collections.defaultdict(list)  # kernel -> (ms, option set) of the variants that beat the shipped one
         rows = [("base", "", base_ms)]
-        timed = {repr(launch_forms(kind, xs, base)): "the shipped config"}  # launch forms -> the variant timing them
         for blocks in candidates("chunk", CONFIG_KIND[kind], "sm90")[1:] if not args.only else []:
             ms = kernel_ms(kind, xs, dict(blocks))
             rows.append(("blocks", json.dumps(blocks), ms))
-        for key, opt in variants(kind, base):
-            if not any(text in json.dumps(opt) for text in args.only.split("|")):
-                continue
-            if time.perf_counter() - t0 > args.budget:
-                print(f"budget reached at {key} {opt}", flush=True)
-                break
-            forms = repr(launch_forms(kind, xs, {**base, **opt}))
-            if forms in timed:
-                print(f"{kind} {key} {opt}: launches as {timed[forms]}, skipped", flush=True)
-                continue
-            timed[forms] = json.dumps(opt)
-            try:
-                ms = kernel_ms(kind, xs, {**base, **opt})
-            except Exception as e:  # an option a kernel cannot take (too much shared memory, ...)
-                print(f"{kind} {key} {opt}: {type(e).__name__}: {str(e)[:100]}", flush=True)
-                continue
-            rows.append((key, json.dumps(opt), ms))
-            if ms[key] < base_ms[key]:
-                wins[key].append((ms[key], opt))
-            if ms[key] < best[key][0]:
-                best[key] = (ms[key], opt)
-        for key, won in wins.items():  # two or three winning options of one kernel together
-            for opt in merges([o for _, o in sorted(won, key=lambda w: w[0])]):
-                forms = repr(launch_forms(kind, xs, {**base, **opt}))
-                if forms in timed or time.perf_counter() - t0 > args.budget:
-                    continue
-                timed[forms] = json.dumps(opt)
-                try:
-                    ms = kernel_ms(kind, xs, {**base, **opt})
-                except Exception as e:
-                    print(f"{kind} {key} {opt}: {type(e).__name__}: {str(e)[:100]}", flush=True)
-                    continue
-                rows.append((f"{key} merged", json.dumps(opt), ms))
-                if ms[key] < best[key][0]:
-                    best[key] = (ms[key], opt)
+        swept, best = sweep(kind, xs, base, base_ms, args.only, t0 + args.budget)
+        rows += swept
         combined = dict(base)
         for _, opt in best.values():
             combined.update(opt)

@@ -632,6 +632,29 @@ def test_sweep_merges_a_kernels_best_variants():
     assert len(sweep.merges([inner, k128, bv64, three])) == 4  # the best three only
 
 
+def test_sweep_times_singles_then_merges(monkeypatch):
+    """``sweep_gla_kernels.sweep``'s control flow with its timing and launch recording stood in: a variant launching
+    as the shipped config is skipped, the winners of a kernel are merged and the merge is kept where it is faster."""
+    _benchmarks_importable()
+    import sweep_gla_kernels as sweep
+
+    singles = [("dqk", {"dqk_heads_inner": True}), ("dqk", {"dqk_BK": 128}), ("dqk", {"dqk_warps": 4}),
+               ("dv", {"dv_warps": 8})]  # fmt: skip
+    cost = {"dqk_heads_inner": -0.1, "dqk_BK": -0.05}  # dqk_warps 4 is the shipped value: it launches as shipped
+    base = {"dqk_warps": 4}
+
+    def ms(kind, xs, cfg, iters=3):
+        return dict.fromkeys(sweep.NAMES, 0.0) | {"dqk": 1.0 + sum(cost.get(n, 0) for n in cfg)}
+
+    monkeypatch.setattr(sweep, "variants", lambda kind, shipped: singles)
+    monkeypatch.setattr(sweep, "kernel_ms", ms)
+    monkeypatch.setattr(sweep, "launch_forms", lambda kind, xs, cfg: sorted(cfg.items()))
+    rows, best = sweep.sweep("scalar", None, base, ms("scalar", None, base), "", float("inf"))
+    assert [what for what, _, _ in rows] == ["dqk", "dqk", "dv", "dqk merged"]
+    assert best["dqk"] == (pytest.approx(0.85), {"dqk_heads_inner": True, "dqk_BK": 128})
+    assert best["dv"] == (0.0, {})  # no gain: not a win
+
+
 def test_sweep_skips_variants_that_launch_as_shipped():
     """``benchmarks/sweep_gla_kernels.launch_forms``: what a fwd+bwd would launch under a config, nothing run. A
     block option of one decay per head changes retention's dq/dk launch and not simple_gla's; an option at its
