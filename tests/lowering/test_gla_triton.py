@@ -7,6 +7,7 @@ on it. Forward, backward (dq, dk, dv, dg, dh0), final state, decoding, packed se
 from __future__ import annotations
 
 import os
+import types
 
 import pytest
 import torch
@@ -632,7 +633,7 @@ def test_sweep_merges_a_kernels_best_variants():
     assert len(sweep.merges([inner, k128, bv64, three])) == 4  # the best three only
 
 
-def test_sweep_times_singles_then_merges(monkeypatch):
+def test_sweep_times_singles_then_merges(monkeypatch, capsys):
     """``sweep_gla_kernels.sweep``'s control flow with its timing and launch recording stood in: a variant launching
     as the shipped config is skipped, the winners of a kernel are merged and the merge is kept where it is faster."""
     _benchmarks_importable()
@@ -653,6 +654,13 @@ def test_sweep_times_singles_then_merges(monkeypatch):
     assert [what for what, _, _ in rows] == ["dqk", "dqk", "dv", "dqk merged"]
     assert best["dqk"] == (pytest.approx(0.85), {"dqk_heads_inner": True, "dqk_BK": 128})
     assert best["dv"] == (0.0, {})  # no gain: not a win
+
+    clock = iter(range(100))  # one tick a look at the clock: the deadline passes after the singles
+    monkeypatch.setattr(sweep, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    rows, best = sweep.sweep("scalar", None, base, ms("scalar", None, base), "", 3.5)
+    assert [what for what, _, _ in rows] == ["dqk", "dqk", "dv"]
+    assert best["dqk"] == (pytest.approx(0.9), {"dqk_heads_inner": True})
+    assert "budget reached before the merge dqk" in capsys.readouterr().out  # a cut merge is said, not silent
 
 
 def test_sweep_skips_variants_that_launch_as_shipped():

@@ -89,6 +89,7 @@ SHAPES = {
     "T130_K256": dict(B=1, T=130, H=2, HK=2, K=256, V=128),
     # the GLA and RetNet papers' heads (K 256, V 512), and K at MAX_HEAD_DIM with V past 256 and odd
     "T150_gqa_K256_V512": dict(B=1, T=150, H=2, HK=1, K=256, V=512),
+    "T150_gqa_K256_V256": dict(B=1, T=150, H=2, HK=1, K=256, V=256),  # sm90's K256V256 chunk options
     "T90_K512_V272": dict(B=1, T=90, H=2, HK=2, K=512, V=272),
     # odd head dims with masked tails: K = 153 (Based's Taylor map of 16 features) crosses a 128 block, where
     # Triton 3.7 on sm_90 miscompiles a masked tail iteration of FLA's chunk_bwd_dv (fla-org/...#1241: an IMA)

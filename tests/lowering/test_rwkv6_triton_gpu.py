@@ -84,6 +84,7 @@ SHAPES = {
     "T130_K64_V128": dict(B=1, T=130, H=2, HK=2, K=64, V=128),
     "decode_T40": dict(B=3, T=40, H=2, HK=2, K=64, V=64),
     "T150_gqa_K256_V512": dict(B=1, T=150, H=2, HK=1, K=256, V=512),  # past 256 (the GLA line's MAX_HEAD_DIM: 512)
+    "T150_K256_V256": dict(B=1, T=150, H=2, HK=2, K=256, V=256),  # sm90's K256V256 options
 }
 NAMES = ["o", "ht", "dr", "dk", "dv", "dw", "du", "dh0"]
 
