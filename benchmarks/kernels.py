@@ -227,13 +227,18 @@ def delta_decode_step(family, B, H, D):
     return lambda: delta_triton.fused_recurrent(q, k, v, beta, g, kind, 0.1, state, None, False, state)
 
 
-def first_call_seconds(cache_dir: str) -> float:
-    """Seconds of the first gla call (forward + backward) in a fresh process using ``cache_dir``."""
+def first_call_seconds(cache_dir: str, family: str = "gla") -> float:
+    """Seconds of the first ``family`` call (forward + backward; gla, or a delta family with its beta) at B=8 T=2048
+    H=16 D=128 in a fresh process using ``cache_dir``."""
+    call = {"gla": "ops.gla(q, k, v, g)", "kda": "ops.kda(q, k, v, g, beta)",
+            "gated_delta_rule": "ops.gated_delta_rule(q, k, v, g[..., 0], beta)",
+            "delta_rule": "ops.delta_rule(q, k, v, beta)"}[family]  # fmt: skip
     code = (
         "import time, torch; t = time.perf_counter(); import fla_compile.ops as ops; "
         "q, k, v = (torch.randn(8, 2048, 16, 128, device='cuda', dtype=torch.bfloat16, requires_grad=True) "
         "for _ in range(3)); g = torch.nn.functional.logsigmoid(torch.randn(8, 2048, 16, 128, device='cuda')); "
-        "o = ops.gla(q, k, v, g)[0]; o.sum().backward(); torch.cuda.synchronize(); "
+        "beta = torch.rand(8, 2048, 16, device='cuda', dtype=torch.bfloat16); "
+        f"o = {call}[0]; o.sum().backward(); torch.cuda.synchronize(); "
         "print(time.perf_counter() - t)"
     )
     # both caches live under cache_dir: the first call with a new one is cold (Triton compiles every kernel),

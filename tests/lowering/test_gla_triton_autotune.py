@@ -288,7 +288,7 @@ def test_by_dims_first_candidate_only():
     assert (
         autotune.candidates("chunk", "scalar", "sm90")[0]
         == shared
-        == autotune.candidates("chunk", "scalar", "sm90", 256, 256)[0]
+        == autotune.candidates("chunk", "scalar", "sm90", 256, 128)[0]
     )
     walk = {"fwd_walk": True, "walk_BV": 64, "walk_warps": 4, "walk_stages": 2, "walk_fill": 0.7}
     fill = dict(h_fill_head_stages=4, h_fill_decay_rows=True, h_fill_per_sm=2, h_fill_warps=4, h_fill_stages=4)
