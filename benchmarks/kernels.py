@@ -6,6 +6,7 @@
     python benchmarks/kernels.py --quick         # small shapes, a smoke run
     python benchmarks/kernels.py --no-first-call --warm 300   # FLA autotuned first (one process per family)
     python benchmarks/kernels.py --from-log run.log   # the tables from the rows a run printed (one cut by a limit)
+    python benchmarks/kernels.py --first-call-profile gla,kda   # where a fresh process's first call spends its seconds
 
 FLA's autotune results from the H200 (fla-core 0.6.0, Triton 3.6.0; 100 entries: the delta families, gla, simple_gla,
 linear_attn and retention at the three issue shapes, whose tuning keys hold no B or T) ship as ``benchmarks/fla_autotune_h200.tgz``: unpacked into
@@ -29,6 +30,7 @@ import argparse
 import collections
 import csv
 import datetime
+import json
 import os
 import pathlib
 import subprocess
@@ -227,28 +229,88 @@ def delta_decode_step(family, B, H, D):
     return lambda: delta_triton.fused_recurrent(q, k, v, beta, g, kind, 0.1, state, None, False, state)
 
 
-def first_call_seconds(cache_dir: str, family: str = "gla") -> float:
-    """Seconds of the first ``family`` call (forward + backward; gla, or a delta family with its beta) at B=8 T=2048
-    H=16 D=128 in a fresh process using ``cache_dir``."""
-    call = {"gla": "ops.gla(q, k, v, g)", "kda": "ops.kda(q, k, v, g, beta)",
-            "gated_delta_rule": "ops.gated_delta_rule(q, k, v, g[..., 0], beta)",
-            "delta_rule": "ops.delta_rule(q, k, v, beta)"}[family]  # fmt: skip
-    code = (
-        "import time, torch; t = time.perf_counter(); import fla_compile.ops as ops; "
-        "q, k, v = (torch.randn(8, 2048, 16, 128, device='cuda', dtype=torch.bfloat16, requires_grad=True) "
-        "for _ in range(3)); g = torch.nn.functional.logsigmoid(torch.randn(8, 2048, 16, 128, device='cuda')); "
-        "beta = torch.rand(8, 2048, 16, device='cuda', dtype=torch.bfloat16); "
-        f"o = {call}[0]; o.sum().backward(); torch.cuda.synchronize(); "
-        "print(time.perf_counter() - t)"
-    )
+FIRST_CALL = r"""
+import json, sys, time, torch
+t0 = time.perf_counter()
+from triton import knobs
+compiles = []  # one dict a Triton compile: kernel, seconds per stage
+
+def listener(*, src, times, **_):
+    fn = getattr(src, "fn", None)
+    stages = {"setup": times.ir_initialization / 1e6, **{s: us / 1e6 for s, us in times.lowering_stages}}
+    compiles.append({"kernel": getattr(fn, "__name__", type(src).__name__), **stages})
+
+if hasattr(knobs.compilation, "listener"):
+    knobs.compilation.listener = listener
+import fla_compile.ops as ops
+t1 = time.perf_counter()
+torch.zeros(1, device="cuda")
+torch.cuda.synchronize()
+t2 = time.perf_counter()
+q, k, v = (torch.randn(8, 2048, 16, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+g = torch.nn.functional.logsigmoid(torch.randn(8, 2048, 16, 128, device="cuda"))
+beta = torch.rand(8, 2048, 16, device="cuda", dtype=torch.bfloat16)
+call = {"gla": lambda: ops.gla(q, k, v, g), "kda": lambda: ops.kda(q, k, v, g, beta),
+        "gated_delta_rule": lambda: ops.gated_delta_rule(q, k, v, g[..., 0], beta),
+        "delta_rule": lambda: ops.delta_rule(q, k, v, beta)}[sys.argv[1]]
+t3 = time.perf_counter()
+o = call()[0]
+torch.cuda.synchronize()
+t4 = time.perf_counter()
+o.sum().backward()
+torch.cuda.synchronize()
+t5 = time.perf_counter()
+print(json.dumps({"seconds": t5 - t0, "import": t1 - t0, "cuda init": t2 - t1, "fwd": t4 - t3, "bwd": t5 - t4,
+                  "compiles": compiles}))
+"""
+FIRST_CALL_FAMILIES = ("gla", "kda", "gated_delta_rule", "delta_rule")
+
+
+def first_call(cache_dir: str, family: str = "gla") -> dict:
+    """The first ``family`` call (forward + backward; gla or a delta family, B=8 T=2048 H=16 D=128) in a fresh
+    process using ``cache_dir``, torch imported: its seconds from ``import fla_compile.ops`` to the synchronized
+    backward, where they went (import, CUDA init, forward, backward) and each Triton compile's stages
+    (``triton.knobs.compilation.listener``; none listed where this Triton lacks it)."""
+    if family not in FIRST_CALL_FAMILIES:
+        raise ValueError(f"first_call: family {family!r}: expected one of {', '.join(FIRST_CALL_FAMILIES)}")
     # both caches live under cache_dir: the first call with a new one is cold (Triton compiles every kernel),
     # the second warm (compiled kernels and tuning results on disk), as a user's first and second process
     env = dict(os.environ, FLA_COMPILE_CACHE_DIR=cache_dir, TRITON_CACHE_DIR=os.path.join(cache_dir, "triton"))
     root = pathlib.Path(__file__).resolve().parent.parent
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900, cwd=root)
+    out = subprocess.run([sys.executable, "-c", FIRST_CALL, family], env=env, capture_output=True, text=True,
+                         timeout=900, cwd=root)  # fmt: skip
     if out.returncode != 0:
         raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed")
-    return float(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def first_call_seconds(cache_dir: str, family: str = "gla") -> float:
+    """Seconds of :func:`first_call` (the table's first-call rows)."""
+    return first_call(cache_dir, family)["seconds"]
+
+
+def first_call_profile(families) -> str:
+    """Each family's first call, cold (an empty cache) then warm, as a markdown table of where the seconds went, and
+    the cold call's slowest compiles."""
+    lines = ["| family | cache | seconds | import | CUDA init | fwd | bwd | compiles | their seconds by stage |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    slowest = []
+    for family in families:
+        with tempfile.TemporaryDirectory() as d:
+            for cache in ("cold", "warm"):
+                r = first_call(d, family)
+                stages = collections.Counter()
+                for c in r["compiles"]:
+                    stages.update({s: t for s, t in c.items() if s != "kernel"})
+                by_stage = " / ".join(f"{s} {t:.2f}" for s, t in stages.items())
+                lines.append(f"| {family} | {cache} | {r['seconds']:.2f} | {r['import']:.2f} | {r['cuda init']:.2f} | "
+                             f"{r['fwd']:.2f} | {r['bwd']:.2f} | {len(r['compiles'])}, {sum(stages.values()):.2f} s | "
+                             f"{by_stage} |")  # fmt: skip
+                if cache == "cold":
+                    top = sorted(r["compiles"], key=lambda c: -sum(t for s, t in c.items() if s != "kernel"))[:4]
+                    slowest.append(f"{family}: " + ", ".join(
+                        f"{c['kernel']} {sum(t for s, t in c.items() if s != 'kernel'):.2f} s" for c in top))  # fmt: skip
+    return "\n".join(lines + [""] + slowest)
 
 
 def emit(rows, r: dict) -> None:
@@ -506,6 +568,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="small shapes (smoke run)")
     p.add_argument("--shapes", default="", help="'B,T,H,D;B,T,H,D' instead of the issue shapes")
     p.add_argument("--no-first-call", action="store_true", help="skip the fresh-process first-call rows")
+    p.add_argument("--first-call-profile", default="", metavar="FAMILIES",
+                   help="no table: where the first call's seconds go (import, compiles by stage), cold and warm")  # fmt: skip
     p.add_argument("--no-kernel-time", dest="kernel_time", action="store_false",
                    help="skip the rows of summed kernel time (torch.profiler) next to the wall times")  # fmt: skip
     p.add_argument("--sweep", action="store_true", help="also time fwd+bwd against T, with a plot")
@@ -526,6 +590,9 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("benchmarks/kernels.py needs a CUDA device", file=sys.stderr)
         return 1
+    if args.first_call_profile:
+        print(first_call_profile(args.first_call_profile.split(",")))
+        return 0
     shapes = shapes_of(args)
     if args.warm_one:
         warm_one(args.warm_one, shapes)
