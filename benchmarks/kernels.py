@@ -292,7 +292,7 @@ def first_call_seconds(cache_dir: str, family: str = "gla") -> float:
 def first_call_profile(families) -> str:
     """Each family's first call, cold (an empty cache) then warm, as a markdown table of where the seconds went, and
     the cold call's slowest compiles."""
-    lines = ["| family | cache | seconds | import | CUDA init | fwd | bwd | compiles | their seconds by stage |",
+    lines = ["| family | cache | seconds | import | CUDA init | fwd | bwd | compiles (warm: loads) | their seconds by stage |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     slowest = []
     for family in families:
