@@ -635,7 +635,8 @@ def test_sweep_merges_a_kernels_best_variants():
 
 def test_sweep_times_singles_then_merges(monkeypatch, capsys):
     """``sweep_gla_kernels.sweep``'s control flow with its timing and launch recording stood in: a variant launching
-    as the shipped config is skipped, the winners of a kernel are merged and the merge is kept where it is faster."""
+    as the shipped config is skipped, the winners of a kernel are merged and the merge is kept where it is faster; a
+    merge the budget cuts is said, not dropped in silence."""
     _benchmarks_importable()
     import sweep_gla_kernels as sweep
 
