@@ -49,6 +49,9 @@ VARIANTS = [
     ("dh warps 8", {"dh": (8, 2)}),  # K = V = 64: by_dims K64V64 ships [4, 2], measured on gated_delta_rule only
     ("dh w4 s3", {"dh": (4, 3)}),  # FLA's dhu pass at K = 64 autotunes to 4 warps, 3 stages, BV 64 (0.128 ms)
     ("wy_bwd warps 4", {"wy_bwd": (4, 2)}),
+    # kda's WY backward holds one program a multiprocessor at K = V = 128 (8 warps x 255 registers, 20 B spilled);
+    # two under a cap of 128, offline sm_90 (thirty-ninth session): 800 B spilled. 4 warps, 1 stage: 700 B
+    ("wy_bwd w8 r128", {"wy_bwd": (8, 2, 128)}),
     ("solve warps 1", {"solve": (1, 1)}),
     ("solve warps 4", {"solve": (4, 1)}),
     ("wu warps 8", {"wu": (8, 2)}),
