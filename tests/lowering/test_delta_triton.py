@@ -1466,8 +1466,8 @@ def test_key_block_state_passes_from_the_tables(monkeypatch):
     """sm90's key-block state passes, listed per gate kind: at K 256 x V 512 the forward's for no gate and a scalar
     one (h_split's launch), the state-gradient pass's for a scalar gate and kda's (dh_split [8, 2], kda's [8, 1],
     on V blocks of BV_dh_split, 64, where the whole K keeps BV_dh's 32; kda's not halved below 64 for a small grid);
-    at K 256 x V 256 the scalar gate's state-gradient pass only; at K = V = 128 none. A ``<pass>_split_k`` naming
-    no gate kind is an error naming the option."""
+    at K 256 x V 256 the scalar gate's passes (the forward's since the thirty-ninth session); at K = V = 128
+    none. A ``<pass>_split_k`` naming no gate kind is an error naming the option."""
     pytest.importorskip("triton")
     from fla_compile.lowering.common.gates import GATE_SCANNED_ID
     from fla_compile.lowering.delta import triton_launch as DT
@@ -1490,6 +1490,7 @@ def test_key_block_state_passes_from_the_tables(monkeypatch):
             ("h", 512, scalar),
             ("dh", 512, scalar),
             ("dh", 512, vector),
+            ("h", 256, scalar),
             ("dh", 256, scalar),
         }
         assert DT._key_blocks("dh", 256, GATE_SCANNED_ID, sm90, wide)  # every form of a scalar gate
