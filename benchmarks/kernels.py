@@ -243,7 +243,20 @@ def listener(*, src, times, **_):
 if hasattr(knobs.compilation, "listener"):
     knobs.compilation.listener = listener
 import fla_compile.ops as ops
+from fla_compile.lowering.common import launch
 t1 = time.perf_counter()
+launches = [0.0]  # the wall seconds of our Triton launches, each synchronized: compile, launcher, module load, run
+real_fitted = launch.fitted
+
+def fitted(*args, **kwargs):
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = real_fitted(*args, **kwargs)
+    torch.cuda.synchronize()
+    launches[0] += time.perf_counter() - t
+    return out
+
+launch.fitted = fitted
 torch.zeros(1, device="cuda")
 torch.cuda.synchronize()
 t2 = time.perf_counter()
@@ -261,7 +274,7 @@ o.sum().backward()
 torch.cuda.synchronize()
 t5 = time.perf_counter()
 print(json.dumps({"seconds": t5 - t0, "import": t1 - t0, "cuda init": t2 - t1, "fwd": t4 - t3, "bwd": t5 - t4,
-                  "compiles": compiles}))
+                  "launches": launches[0], "compiles": compiles}))
 """
 FIRST_CALL_FAMILIES = ("gla", "kda", "gated_delta_rule", "delta_rule")
 
@@ -269,8 +282,9 @@ FIRST_CALL_FAMILIES = ("gla", "kda", "gated_delta_rule", "delta_rule")
 def first_call(cache_dir: str, family: str = "gla") -> dict:
     """The first ``family`` call (forward + backward; gla or a delta family, B=8 T=2048 H=16 D=128) in a fresh
     process using ``cache_dir``, torch imported: its seconds from ``import fla_compile.ops`` to the synchronized
-    backward, where they went (import, CUDA init, forward, backward) and each Triton compile's stages
-    (``triton.knobs.compilation.listener``; none listed where this Triton lacks it)."""
+    backward, where they went (import, CUDA init, forward, backward), the wall time of our Triton launches (each
+    synchronized: what they take beyond their compiles is the launcher's setup, the module load and the kernel) and
+    each Triton compile's stages (``triton.knobs.compilation.listener``; none listed where this Triton lacks it)."""
     if family not in FIRST_CALL_FAMILIES:
         raise ValueError(f"first_call: family {family!r}: expected one of {', '.join(FIRST_CALL_FAMILIES)}")
     # both caches live under cache_dir: the first call with a new one is cold (Triton compiles every kernel),
@@ -292,8 +306,8 @@ def first_call_seconds(cache_dir: str, family: str = "gla") -> float:
 def first_call_profile(families) -> str:
     """Each family's first call, cold (an empty cache) then warm, as a markdown table of where the seconds went, and
     the cold call's slowest compiles."""
-    lines = ["| family | cache | seconds | import | CUDA init | fwd | bwd | compiles (warm: loads) | their seconds by stage |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines = ["| family | cache | seconds | import | CUDA init | fwd | bwd | launches | compiles (warm: loads) | their "
+             "seconds by stage |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     slowest = []
     for family in families:
         with tempfile.TemporaryDirectory() as d:
@@ -304,7 +318,8 @@ def first_call_profile(families) -> str:
                     stages.update({s: t for s, t in c.items() if s != "kernel"})
                 by_stage = " / ".join(f"{s} {t:.2f}" for s, t in stages.items())
                 lines.append(f"| {family} | {cache} | {r['seconds']:.2f} | {r['import']:.2f} | {r['cuda init']:.2f} | "
-                             f"{r['fwd']:.2f} | {r['bwd']:.2f} | {len(r['compiles'])}, {sum(stages.values()):.2f} s | "
+                             f"{r['fwd']:.2f} | {r['bwd']:.2f} | {r['launches']:.2f} | {len(r['compiles'])}, "
+                             f"{sum(stages.values()):.2f} s | "
                              f"{by_stage} |")  # fmt: skip
                 if cache == "cold":
                     top = sorted(r["compiles"], key=lambda c: -sum(t for s, t in c.items() if s != "kernel"))[:4]

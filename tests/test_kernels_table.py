@@ -81,14 +81,14 @@ def test_first_call_profile_table(kt, monkeypatch):
         compiles = [{"kernel": "chunk_fwd_o_kernel", "setup": 0.5, "ttgir": 0.25, "cubin": 0.25},
                     {"kernel": "chunk_cumsum_kernel", "setup": 0.5, "ttgir": 0.0, "cubin": 0.0}] if cold else []  # fmt: skip
         return {"seconds": 12.0 if cold else 1.5, "import": 1.0, "cuda init": 0.5, "fwd": 4.0, "bwd": 6.0,
-                "compiles": compiles}  # fmt: skip
+                "launches": 8.0, "compiles": compiles}  # fmt: skip
 
     monkeypatch.setattr(kt, "first_call", first_call)
     lines = kt.first_call_profile(["gla", "kda"]).splitlines()
     assert calls == ["gla", "gla", "kda", "kda"]
     assert (
         lines[2]
-        == "| gla | cold | 12.00 | 1.00 | 0.50 | 4.00 | 6.00 | 2, 1.50 s | setup 1.00 / ttgir 0.25 / cubin 0.25 |"
+        == "| gla | cold | 12.00 | 1.00 | 0.50 | 4.00 | 6.00 | 8.00 | 2, 1.50 s | setup 1.00 / ttgir 0.25 / cubin 0.25 |"
     )
     assert lines[3].startswith("| gla | warm | 1.50 |") and "| 0, 0.00 s |" in lines[3]
     assert lines[-2] == "gla: chunk_fwd_o_kernel 1.00 s, chunk_cumsum_kernel 0.50 s"
