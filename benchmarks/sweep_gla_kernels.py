@@ -10,7 +10,8 @@ kernel's options (``<kernel>_warps``, ``<kernel>_stages``, ``<kernel>_BK``, see 
 blocks (BT, BK, BV). A variant that launches as one timed before is skipped (``launch_forms``); the two or three
 best variants of a kernel are then tried together (``merges``). The best option set of each kernel is kept, the
 winners are combined, checked against the default config's outputs (every output and gradient) and timed as a
-whole. Stops sweeping after ``--budget`` seconds and reports what it has.
+whole. Stops sweeping a gate kind after ``--budget`` seconds of it and reports what it has (each kind its own
+budget: a shared one left the later kinds of ``--kinds`` none).
 Prints a table per kernel and the combined configs as JSON (for ``lowering/common/configs/sm90.json``), and the
 options that beat the shipped ones by more than 2% as a ``by_dims`` entry for the shape's head dims.
 """
@@ -216,7 +217,7 @@ def sweep(kind, xs, base, base_ms, only: str, deadline: float):
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="8,2048,16,128", help="B,T,H,D (K = V = D) or B,T,H,K,V")
-    p.add_argument("--budget", type=float, default=300)
+    p.add_argument("--budget", type=float, default=300, help="seconds of sweeping per gate kind")
     p.add_argument("--kinds", default="vector,scalar")
     p.add_argument(
         "--only", default="", help="keep only the variants whose options' JSON holds this text (a|b: either)"
@@ -234,7 +235,7 @@ def main() -> int:
         for blocks in candidates("chunk", CONFIG_KIND[kind], "sm90")[1:] if not args.only else []:
             ms = kernel_ms(kind, xs, dict(blocks))
             rows.append(("blocks", json.dumps(blocks), ms))
-        swept, best = sweep(kind, xs, base, base_ms, args.only, t0 + args.budget)
+        swept, best = sweep(kind, xs, base, base_ms, args.only, time.perf_counter() + args.budget)
         rows += swept
         combined = dict(base)
         for _, opt in best.values():
