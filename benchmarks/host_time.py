@@ -22,14 +22,18 @@ the host is slow: a no-op ``autograd.Function`` round trip takes ~150 us there, 
 from __future__ import annotations
 
 import argparse
+import pathlib
 import sys
 import time
 
 import torch
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # tests.cuda_graphs, from a checkout
 sys.path.insert(0, "benchmarks")
 import kernels  # noqa: E402
 from host_profile import per_call  # noqa: E402
+
+from tests.cuda_graphs import capture  # noqa: E402
 
 
 def host_us(fn, xs, backward=False, n=200) -> float:
@@ -79,20 +83,6 @@ def enqueue_us(step, calls: int = 8, rounds: int = 5) -> float:
     return best
 
 
-def graphed(step):
-    """``step`` captured once in a CUDA graph (warmed up on a side stream, as torch's docs ask): the replay."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    return graph.replay
-
-
 def fwd_bwd_table(families, shape) -> list[str]:
     """``--fwd-bwd``'s rows: host enqueue, eager and graph-replay wall, kernels, of our fwd+bwd at ``shape``."""
     import triton.testing
@@ -104,7 +94,7 @@ def fwd_bwd_table(families, shape) -> list[str]:
             step = kernels.fwd_bwd(kernels.ours(family), kernels.inputs(family, *shape, grad=True))
             host = enqueue_us(step)
             eager = triton.testing.do_bench(step, quantiles=[0.5, 0.2, 0.8])[0]
-            replay = triton.testing.do_bench(graphed(step), quantiles=[0.5, 0.2, 0.8])[0]
+            replay = triton.testing.do_bench(capture(step)[0].replay, quantiles=[0.5, 0.2, 0.8])[0]
             device = sum(ms for _, _, ms in kernels.kernel_table(step, iters=5))
             row = f"{host:.0f} | {eager:.3f} | {replay:.3f} | {device:.3f}"
         except Exception as e:  # a row with the error, never a lost table

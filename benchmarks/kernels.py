@@ -231,6 +231,8 @@ def delta_decode_step(family, B, H, D):
 
 FIRST_CALL = r"""
 import json, sys, time, torch
+sys.path.insert(0, "benchmarks")
+import kernels  # torch only: the op's module is imported under the clock
 t0 = time.perf_counter()
 from triton import knobs
 compiles = []  # one dict a Triton compile: kernel, seconds per stage
@@ -242,7 +244,7 @@ def listener(*, src, times, **_):
 
 if hasattr(knobs.compilation, "listener"):
     knobs.compilation.listener = listener
-import fla_compile.ops as ops
+op = kernels.ours(sys.argv[1])
 from fla_compile.lowering.common import launch
 t1 = time.perf_counter()
 launches = [0.0]  # the wall seconds of our Triton launches, each synchronized: compile, launcher, module load, run
@@ -260,33 +262,28 @@ launch.fitted = fitted
 torch.zeros(1, device="cuda")
 torch.cuda.synchronize()
 t2 = time.perf_counter()
-q, k, v = (torch.randn(8, 2048, 16, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-g = torch.nn.functional.logsigmoid(torch.randn(8, 2048, 16, 128, device="cuda"))
-beta = torch.rand(8, 2048, 16, device="cuda", dtype=torch.bfloat16)
-call = {"gla": lambda: ops.gla(q, k, v, g), "kda": lambda: ops.kda(q, k, v, g, beta),
-        "gated_delta_rule": lambda: ops.gated_delta_rule(q, k, v, g[..., 0], beta),
-        "delta_rule": lambda: ops.delta_rule(q, k, v, beta)}[sys.argv[1]]
+xs = kernels.inputs(sys.argv[1], 8, 2048, 16, 128, grad=True)
+wrt = [x for x in xs if x.requires_grad]
 t3 = time.perf_counter()
-o = call()[0]
+o = op(*xs)[0]
 torch.cuda.synchronize()
 t4 = time.perf_counter()
-o.sum().backward()
+torch.autograd.grad(o, wrt, torch.ones_like(o))
 torch.cuda.synchronize()
 t5 = time.perf_counter()
 print(json.dumps({"seconds": t5 - t0, "import": t1 - t0, "cuda init": t2 - t1, "fwd": t4 - t3, "bwd": t5 - t4,
                   "launches": launches[0], "compiles": compiles}))
 """
-FIRST_CALL_FAMILIES = ("gla", "kda", "gated_delta_rule", "delta_rule")
 
 
 def first_call(cache_dir: str, family: str = "gla") -> dict:
-    """The first ``family`` call (forward + backward; gla or a delta family, B=8 T=2048 H=16 D=128) in a fresh
+    """The first ``family`` call (forward + backward, :func:`inputs` at B=8 T=2048 H=16 D=128) in a fresh
     process using ``cache_dir``, torch imported: its seconds from ``import fla_compile.ops`` to the synchronized
     backward, where they went (import, CUDA init, forward, backward), the wall time of our Triton launches (each
     synchronized: what they take beyond their compiles is the launcher's setup, the module load and the kernel) and
     each Triton compile's stages (``triton.knobs.compilation.listener``; none listed where this Triton lacks it)."""
-    if family not in FIRST_CALL_FAMILIES:
-        raise ValueError(f"first_call: family {family!r}: expected one of {', '.join(FIRST_CALL_FAMILIES)}")
+    if family not in FAMILIES:
+        raise ValueError(f"first_call: family {family!r}: expected one of {', '.join(FAMILIES)}")
     # both caches live under cache_dir: the first call with a new one is cold (Triton compiles every kernel),
     # the second warm (compiled kernels and tuning results on disk), as a user's first and second process
     env = dict(os.environ, FLA_COMPILE_CACHE_DIR=cache_dir, TRITON_CACHE_DIR=os.path.join(cache_dir, "triton"))
@@ -322,9 +319,9 @@ def first_call_profile(families) -> str:
                              f"{sum(stages.values()):.2f} s | "
                              f"{by_stage} |")  # fmt: skip
                 if cache == "cold":
-                    top = sorted(r["compiles"], key=lambda c: -sum(t for s, t in c.items() if s != "kernel"))[:4]
-                    slowest.append(f"{family}: " + ", ".join(
-                        f"{c['kernel']} {sum(t for s, t in c.items() if s != 'kernel'):.2f} s" for c in top))  # fmt: skip
+                    took = [(sum(t for s, t in c.items() if s != "kernel"), c["kernel"]) for c in r["compiles"]]
+                    top = sorted(took, reverse=True)[:4]
+                    slowest.append(f"{family}: " + ", ".join(f"{name} {t:.2f} s" for t, name in top))
     return "\n".join(lines + [""] + slowest)
 
 

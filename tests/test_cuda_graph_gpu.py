@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import fla_compile.ops as ops
+from tests.cuda_graphs import capture
 
 pytestmark = [
     pytest.mark.gpu,
@@ -68,15 +69,7 @@ def test_fwd_bwd_replays_bitwise(family):
         o = op(*xs)[0]
         return (o, *torch.autograd.grad(o, wrt, do))
 
-    side = torch.cuda.Stream()  # warm up (compiles, table lookups, fitted stages) off the capture stream
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = step()
+    graph, captured = capture(step)  # warmed up (compiles, table lookups, fitted stages) off the capture stream
     with torch.no_grad():  # new values into the captured inputs
         for x, new in zip(xs, inputs(family, seed=1)):
             x.copy_(new)
