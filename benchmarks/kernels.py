@@ -251,11 +251,14 @@ launches = [0.0]  # the wall seconds of our Triton launches, each synchronized: 
 real_fitted = launch.fitted
 
 def fitted(*args, **kwargs):
-    torch.cuda.synchronize()
+    dry = launch.COMPILE_ONLY.get() is not None  # compiling ahead: submitted to threads, timed as the fwd's
+    if not dry:
+        torch.cuda.synchronize()
     t = time.perf_counter()
     out = real_fitted(*args, **kwargs)
-    torch.cuda.synchronize()
-    launches[0] += time.perf_counter() - t
+    if not dry:
+        torch.cuda.synchronize()
+        launches[0] += time.perf_counter() - t
     return out
 
 launch.fitted = fitted
@@ -263,12 +266,11 @@ torch.zeros(1, device="cuda")
 torch.cuda.synchronize()
 t2 = time.perf_counter()
 xs = kernels.inputs(sys.argv[1], 8, 2048, 16, 128, grad=True)
-wrt = [x for x in xs if x.requires_grad]
 t3 = time.perf_counter()
 o = op(*xs)[0]
 torch.cuda.synchronize()
 t4 = time.perf_counter()
-torch.autograd.grad(o, wrt, torch.ones_like(o))
+o.sum().backward()  # as a training step's scalar loss: an explicit upstream gradient imports sympy (torch's cost)
 torch.cuda.synchronize()
 t5 = time.perf_counter()
 print(json.dumps({"seconds": t5 - t0, "import": t1 - t0, "cuda init": t2 - t1, "fwd": t4 - t3, "bwd": t5 - t4,
@@ -276,17 +278,19 @@ print(json.dumps({"seconds": t5 - t0, "import": t1 - t0, "cuda init": t2 - t1, "
 """
 
 
-def first_call(cache_dir: str, family: str = "gla") -> dict:
-    """The first ``family`` call (forward + backward, :func:`inputs` at B=8 T=2048 H=16 D=128) in a fresh
-    process using ``cache_dir``, torch imported: its seconds from ``import fla_compile.ops`` to the synchronized
-    backward, where they went (import, CUDA init, forward, backward), the wall time of our Triton launches (each
-    synchronized: what they take beyond their compiles is the launcher's setup, the module load and the kernel) and
-    each Triton compile's stages (``triton.knobs.compilation.listener``; none listed where this Triton lacks it)."""
+def first_call(cache_dir: str, family: str = "gla", env: dict | None = None) -> dict:
+    """The first ``family`` call (forward + backward of a scalar loss, :func:`inputs` at B=8 T=2048 H=16 D=128) in
+    a fresh process using ``cache_dir``, torch imported, ``env`` added to the environment: its seconds from
+    ``import fla_compile.ops`` to the synchronized backward, where they went (import, CUDA init, forward,
+    backward), the wall time of our Triton launches (each synchronized: what they take beyond their compiles is the
+    launcher's setup, the module load and the kernel) and each Triton compile's stages
+    (``triton.knobs.compilation.listener``; none listed where this Triton lacks it)."""
     if family not in FAMILIES:
         raise ValueError(f"first_call: family {family!r}: expected one of {', '.join(FAMILIES)}")
     # both caches live under cache_dir: the first call with a new one is cold (Triton compiles every kernel),
     # the second warm (compiled kernels and tuning results on disk), as a user's first and second process
-    env = dict(os.environ, FLA_COMPILE_CACHE_DIR=cache_dir, TRITON_CACHE_DIR=os.path.join(cache_dir, "triton"))
+    env = dict(os.environ, **(env or {}), FLA_COMPILE_CACHE_DIR=cache_dir,
+               TRITON_CACHE_DIR=os.path.join(cache_dir, "triton"))  # fmt: skip
     root = pathlib.Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "-c", FIRST_CALL, family], env=env, capture_output=True, text=True,
                          timeout=900, cwd=root)  # fmt: skip
@@ -295,33 +299,44 @@ def first_call(cache_dir: str, family: str = "gla") -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def first_call_seconds(cache_dir: str, family: str = "gla") -> float:
+def first_call_seconds(cache_dir: str, family: str = "gla", env: dict | None = None) -> float:
     """Seconds of :func:`first_call` (the table's first-call rows)."""
-    return first_call(cache_dir, family)["seconds"]
+    return first_call(cache_dir, family, env)["seconds"]
 
 
-def first_call_profile(families) -> str:
-    """Each family's first call, cold (an empty cache) then warm, as a markdown table of where the seconds went, and
-    the cold call's slowest compiles."""
-    lines = ["| family | cache | seconds | import | CUDA init | fwd | bwd | launches | compiles (warm: loads) | their "
-             "seconds by stage |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+def first_call_profile(families, ahead=("1",)) -> str:
+    """Each family's first call as a markdown table of where the seconds went, and the cold calls' slowest
+    compiles. Python's bytecode is kept under one prefix (``PYTHONPYCACHEPREFIX``) for all the runs: a package
+    installer writes it, and an environment without it (the lent H200's) compiles every module's source in each
+    fresh process, seconds that are not ours. The family's first run fills it and is its row "cold, no bytecode";
+    then per ``FLA_COMPILE_AHEAD`` setting in ``ahead`` a cold call (an empty kernel cache) and a warm one."""
+    lines = ["| family | ahead | cache | seconds | import | CUDA init | fwd | bwd | launches | compiles (warm: loads) "
+             "| their seconds by stage |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     slowest = []
-    for family in families:
-        with tempfile.TemporaryDirectory() as d:
-            for cache in ("cold", "warm"):
-                r = first_call(d, family)
-                stages = collections.Counter()
-                for c in r["compiles"]:
-                    stages.update({s: t for s, t in c.items() if s != "kernel"})
-                by_stage = " / ".join(f"{s} {t:.2f}" for s, t in stages.items())
-                lines.append(f"| {family} | {cache} | {r['seconds']:.2f} | {r['import']:.2f} | {r['cuda init']:.2f} | "
-                             f"{r['fwd']:.2f} | {r['bwd']:.2f} | {r['launches']:.2f} | {len(r['compiles'])}, "
-                             f"{sum(stages.values()):.2f} s | "
-                             f"{by_stage} |")  # fmt: skip
-                if cache == "cold":
-                    took = [(sum(t for s, t in c.items() if s != "kernel"), c["kernel"]) for c in r["compiles"]]
-                    top = sorted(took, reverse=True)[:4]
-                    slowest.append(f"{family}: " + ", ".join(f"{name} {t:.2f} s" for t, name in top))
+
+    def add(family, setting, cache, r):
+        stages = collections.Counter()
+        for c in r["compiles"]:
+            stages.update({s: t for s, t in c.items() if s != "kernel"})
+        by_stage = " / ".join(f"{s} {t:.2f}" for s, t in stages.items())
+        lines.append(f"| {family} | {setting} | {cache} | {r['seconds']:.2f} | {r['import']:.2f} | "
+                     f"{r['cuda init']:.2f} | {r['fwd']:.2f} | {r['bwd']:.2f} | {r['launches']:.2f} | "
+                     f"{len(r['compiles'])}, {sum(stages.values()):.2f} s | {by_stage} |")  # fmt: skip
+        if cache.startswith("cold"):
+            took = [(sum(t for s, t in c.items() if s != "kernel"), c["kernel"]) for c in r["compiles"]]
+            top = sorted(took, reverse=True)[:4]
+            slowest.append(f"{family} ({setting}, {cache}): " + ", ".join(f"{name} {t:.2f} s" for t, name in top))
+
+    with tempfile.TemporaryDirectory() as pyc:
+        for family in families:
+            with tempfile.TemporaryDirectory() as d:
+                env = {"PYTHONPYCACHEPREFIX": pyc, "FLA_COMPILE_AHEAD": ahead[0]}
+                add(family, ahead[0], "cold, no bytecode", first_call(d, family, env))
+            for setting in ahead:
+                env = {"PYTHONPYCACHEPREFIX": pyc, "FLA_COMPILE_AHEAD": setting}
+                with tempfile.TemporaryDirectory() as d:
+                    for cache in ("cold", "warm"):
+                        add(family, setting, cache, first_call(d, family, env))
     return "\n".join(lines + [""] + slowest)
 
 
@@ -582,6 +597,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-first-call", action="store_true", help="skip the fresh-process first-call rows")
     p.add_argument("--first-call-profile", default="", metavar="FAMILIES",
                    help="no table: where the first call's seconds go (import, compiles by stage), cold and warm")  # fmt: skip
+    p.add_argument("--first-call-ahead", default="1", metavar="SETTINGS",
+                   help="the profile's FLA_COMPILE_AHEAD settings, e.g. 0,1 (compiling ahead off, then on)")  # fmt: skip
     p.add_argument("--no-kernel-time", dest="kernel_time", action="store_false",
                    help="skip the rows of summed kernel time (torch.profiler) next to the wall times")  # fmt: skip
     p.add_argument("--sweep", action="store_true", help="also time fwd+bwd against T, with a plot")
@@ -603,7 +620,7 @@ def main(argv=None) -> int:
         print("benchmarks/kernels.py needs a CUDA device", file=sys.stderr)
         return 1
     if args.first_call_profile:
-        print(first_call_profile(args.first_call_profile.split(",")))
+        print(first_call_profile(args.first_call_profile.split(","), tuple(args.first_call_ahead.split(","))))
         return 0
     shapes = shapes_of(args)
     if args.warm_one:

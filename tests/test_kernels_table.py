@@ -71,13 +71,14 @@ def test_tables_from_a_cut_runs_log(kt):
 
 
 def test_first_call_profile_table(kt, monkeypatch):
-    """``--first-call-profile``: a row per family and cache (the compiles' seconds summed by stage, none when warm)
-    and the cold call's slowest compiles; a family without a first-call form is refused by name."""
+    """``--first-call-profile``: per family a bytecode-filling cold call, then per compile-ahead setting a cold and
+    a warm call (the compiles' seconds summed by stage, none when warm), all sharing one bytecode prefix; and the
+    cold calls' slowest compiles. A family without a first-call form is refused by name."""
     calls = []
 
-    def first_call(cache_dir, family="gla"):
-        calls.append(family)
-        cold = len(calls) % 2 == 1
+    def first_call(cache_dir, family="gla", env=None):
+        calls.append((family, env["FLA_COMPILE_AHEAD"], env["PYTHONPYCACHEPREFIX"]))
+        cold = len(calls) % 3 != 0
         compiles = [{"kernel": "chunk_fwd_o_kernel", "setup": 0.5, "ttgir": 0.25, "cubin": 0.25},
                     {"kernel": "chunk_cumsum_kernel", "setup": 0.5, "ttgir": 0.0, "cubin": 0.0}] if cold else []  # fmt: skip
         return {"seconds": 12.0 if cold else 1.5, "import": 1.0, "cuda init": 0.5, "fwd": 4.0, "bwd": 6.0,
@@ -85,13 +86,17 @@ def test_first_call_profile_table(kt, monkeypatch):
 
     monkeypatch.setattr(kt, "first_call", first_call)
     lines = kt.first_call_profile(["gla", "kda"]).splitlines()
-    assert calls == ["gla", "gla", "kda", "kda"]
-    assert (
-        lines[2]
-        == "| gla | cold | 12.00 | 1.00 | 0.50 | 4.00 | 6.00 | 8.00 | 2, 1.50 s | setup 1.00 / ttgir 0.25 / cubin 0.25 |"
+    assert [c[:2] for c in calls] == [("gla", "1")] * 3 + [("kda", "1")] * 3 and len({c[2] for c in calls}) == 1
+    assert lines[2] == (
+        "| gla | 1 | cold, no bytecode | 12.00 | 1.00 | 0.50 | 4.00 | 6.00 | 8.00 | 2, 1.50 s | "
+        "setup 1.00 / ttgir 0.25 / cubin 0.25 |"
     )
-    assert lines[3].startswith("| gla | warm | 1.50 |") and "| 0, 0.00 s |" in lines[3]
-    assert lines[-2] == "gla: chunk_fwd_o_kernel 1.00 s, chunk_cumsum_kernel 0.50 s"
+    assert lines[3].startswith("| gla | 1 | cold | 12.00 |")
+    assert lines[4].startswith("| gla | 1 | warm | 1.50 |") and "| 0, 0.00 s |" in lines[4]
+    assert lines[-1] == "kda (1, cold): chunk_fwd_o_kernel 1.00 s, chunk_cumsum_kernel 0.50 s"
+    calls.clear()
+    kt.first_call_profile(["gla"], ahead=("0", "1"))
+    assert [c[1] for c in calls] == ["0", "0", "0", "1", "1"]
     monkeypatch.undo()
     with pytest.raises(ValueError, match="family 'mamba'"):
         kt.first_call("/nonexistent", "mamba")

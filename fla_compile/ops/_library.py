@@ -36,6 +36,9 @@ backward that builds a graph) takes the op as before.
 The implementations run from here: with T = 0 (or B = 0) nothing runs and the final state is the
 initial state (zeros without one), its gradient the final state's; ``cu_seqlens`` on the CPU are
 checked (:func:`._checks.check_cu_seqlens`) before they are used, also when a compiled graph calls the op.
+An op's first call of a form on CUDA (gradient wanted, T's bit length, dtype, head sizes, initial state and
+``cu_seqlens`` present) first runs dry, its forward and (gradient wanted) backward each launch compiled on a thread
+(``lowering/common/ahead.py``): a fresh process's kernels compile side by side, not one by one at their launches.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from collections.abc import Callable
 import torch
 import torch.autograd.forward_ad as _forward_ad
 
+from ..lowering.common import ahead, launch
 from ._checks import check_cu_seqlens
 
 LIB = torch.library.Library("fla_compile", "DEF")
@@ -176,6 +180,11 @@ def _empty_forward(q, v, h0, cu):
     )
 
 
+# op -> the call forms this process has seen (``lowering/common/ahead.py`` compiles a form's kernels ahead once,
+# at its first call)
+AHEAD_FORMS: dict[str, set] = {}
+
+
 def register(spec: OpSpec) -> None:
     name, n_gates, n_flags, n_saved = spec.name, len(spec.gates), len(spec.flags), len(spec.saved)
     saved_schema = "".join(f", Tensor {s}" for s in spec.saved)
@@ -192,6 +201,8 @@ def register(spec: OpSpec) -> None:
         kw = dict(zip(spec.flags, flags))
         return tuple(spec.saved_like(q, k, v, *gates, initial_state=h0, cu_seqlens=cu, **kw))
 
+    compiled_ahead = AHEAD_FORMS.setdefault(name, set())
+
     def fwd_impl(q, k, v, *rest):
         return run_forward(q, k, v, rest, keep=True)
 
@@ -205,13 +216,34 @@ def register(spec: OpSpec) -> None:
         kw = dict(zip(spec.flags, flags))
         if cu is not None and type(cu) is torch.Tensor and cu.device.type == "cpu":  # free on the CPU: see _checks
             check_cu_seqlens(name, cu, q.shape[0], q.shape[1], cu.device, read_values=True)
-        saved = saved_like(q, k, v, gates, h0, cu, flags) if keep else (None,) * n_saved
         if _no_steps(v):
+            saved = saved_like(q, k, v, gates, h0, cu, flags) if keep else (None,) * n_saved
             return (*_empty_forward(q, v, h0, cu), *saved)
+        if q.dtype in launch.DTYPES:  # the kernels' dtypes (fp64 takes the torch path)
+            grad = keep and (q.requires_grad or k.requires_grad or v.requires_grad)
+            # what picks the kernels and their specializations, coarsely (~1 us a call): a later call that differs
+            # elsewhere (a gate's dtype, T's residue) compiles what it lacks at its launch, as without this
+            form = (grad, q.shape[1].bit_length(), q.dtype, q.shape[2:], v.shape[2:], h0 is None, cu is None, *flags)
+            if form not in compiled_ahead:
+                compiled_ahead.add(form)
+                if ahead.enabled(q.device):  # CUDA, not capturing a graph, not switched off
+                    ahead.compile_ahead(lambda: dry_call(q, k, v, gates, scale, h0, cu, flags, grad), q.device)
+        saved = saved_like(q, k, v, gates, h0, cu, flags) if keep else (None,) * n_saved
         if n_saved:
             kw["saved"] = saved
         o, ht = spec.forward(q, k, v, *gates, scale=scale, initial_state=h0, cu_seqlens=cu, **kw)
         return (o.contiguous(), ht.contiguous(), *saved)
+
+    def dry_call(q, k, v, gates, scale, h0, cu, flags, grad):
+        """The forward (and with ``grad`` the backward) on buffers of its own, for :func:`.ahead.compile_ahead`."""
+        kw = dict(zip(spec.flags, flags))
+        saved = saved_like(q, k, v, gates, h0, cu, flags) if grad else (None,) * n_saved
+        if n_saved:
+            kw["saved"] = saved
+        o, _ = spec.forward(q, k, v, *gates, scale=scale, initial_state=h0, cu_seqlens=cu, **kw)
+        if grad and launch.COMPILE_ONLY.get():  # a backward's kernels where the forward took the Triton path
+            spec.backward(q, k, v, *gates, scale=scale, initial_state=h0, cu_seqlens=cu, do=torch.empty_like(o),
+                          dht=None, **kw)  # fmt: skip
 
     n_bwd_rest = n_gates + 3 + n_flags + 2 + n_saved  # the backward's arguments after q, k, v, before gate_grads
 

@@ -30,6 +30,8 @@ import threading
 
 import torch
 
+from . import launch
+
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = pathlib.Path(__file__).parent / "configs"
@@ -199,7 +201,7 @@ def get_config(kernel, gate_kind, K, V, dtype, T, device, varlen=False, line="gl
         cache_file(device),
         allowed=lambda: tuner is not None and _tuning_allowed(device),
         default=lambda: candidates(kernel, gate_kind, arch_of(device), K, V)[0],
-        tune_fn=lambda: tuner(kernel, gate_kind, K, V, dtype, T, device),
+        tune_fn=lambda: launch.launching(tuner, kernel, gate_kind, K, V, dtype, T, device),  # runs, even in a dry run
     )
     if not capturing():  # a default taken because of a capture is tuned on a later call
         _resolved[memo] = cfg

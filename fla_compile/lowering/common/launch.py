@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 
@@ -95,6 +96,20 @@ def fill_sms(
             return BK, BV
 
 
+# Inside :func:`.ahead.compile_ahead`'s dry run (this thread's context): a list that counts the launches ``fitted``
+# compiled instead of running (``JITFunction.warmup``); None otherwise
+COMPILE_ONLY: contextvars.ContextVar[list | None] = contextvars.ContextVar("fla_compile_compile_only", default=None)
+
+
+def launching(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with ``fitted`` launching, also inside a dry run (tuning runs and times kernels)."""
+    token = COMPILE_ONLY.set(None)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        COMPILE_ONLY.reset(token)
+
+
 _LOWERED: set = set()
 # the stages a launch ran on after Triton refused more: (kernel id, warps, stages asked, the launch's scalars and
 # tensor dtypes) -> stages. Only kernels in _SHRUNK (lowered at least once; id -> the kernel, kept alive so no id is
@@ -142,7 +157,10 @@ def fitted(kernel, grid, *args, num_stages: int, avoid=(), **kwargs):
 
     ``avoid``: (num_warps, num_stages) forms known to compute wrong results for this launch (a miscompile of the
     Triton build, which no error announces). Such a form, asked for or reached by lowering the stages, runs on half
-    the warps instead (fewer warps take no more shared memory)."""
+    the warps instead (fewer warps take no more shared memory).
+
+    Inside :func:`.ahead.compile_ahead`'s dry run (:data:`COMPILE_ONLY` set in this thread's context) it runs
+    nothing: it submits the compile of the form it would launch (``warmup``) and returns None."""
     warps = kwargs.get("num_warps", 4)
     asked = (warps, num_stages)  # the memo's key: what the caller asked, before any lowering or avoiding
     key = _fit_key(kernel, *asked, args, kwargs) if _SHRUNK and id(kernel) in _SHRUNK else None
@@ -158,6 +176,11 @@ def fitted(kernel, grid, *args, num_stages: int, avoid=(), **kwargs):
                          name, num_stages, 2 * warps, warps)  # fmt: skip
         if avoid:
             kwargs["num_warps"] = warps
+        dry = COMPILE_ONLY.get()
+        if dry is not None:  # compile only (on a thread, under Triton's async compile mode): nothing runs
+            kernel.warmup(*args, grid=grid, num_stages=num_stages, **kwargs)
+            dry.append(_kernel_name(kernel))
+            return None
         try:
             return kernel[grid](*args, num_stages=num_stages, **kwargs)
         except out_of_resources() as e:  # evaluated only when something was raised: no import per launch

@@ -1,0 +1,148 @@
+"""Compiling a call's kernels ahead (``lowering/common/ahead.py``): the dry run's host-side logic on stub kernels
+and on the CPU's torch path. On the H200 it is checked by ``tests/test_compile_ahead_gpu.py`` and measured
+by ``python benchmarks/kernels.py --first-call-profile gla,kda --first-call-ahead 0,1``."""
+
+import concurrent.futures
+
+import pytest
+import torch
+
+import fla_compile.ops as ops
+from fla_compile.lowering.common import ahead, launch
+from fla_compile.ops import _library
+
+pytest.importorskip("triton.runtime._async_compile")
+
+
+class _Kernel:
+    """Stands in for a JIT function: records launches (``kernel[grid](...)``) and compiles (``warmup``)."""
+
+    def __init__(self):
+        self.launched, self.compiled = [], []
+        self.fn = self.warmup  # named like a JITFunction's .fn for the launch helpers
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launched.append((grid, args, kwargs)) or "launched"
+
+    def warmup(self, *args, grid, **kwargs):
+        self.compiled.append((grid, args, kwargs))
+
+
+def test_fitted_compiles_instead_of_launching_in_a_dry_run():
+    """Under COMPILE_ONLY ``fitted`` submits the form it would launch (its avoided form on half the warps) and
+    runs nothing; ``launching`` (tuning's way in) launches there, and the flag is back afterwards."""
+    k, seen = _Kernel(), []
+    token = launch.COMPILE_ONLY.set(seen)
+    try:
+        assert launch.fitted(k, (4, 2), "a", 3, num_warps=8, num_stages=1, avoid=((8, 1),), FLAG=True) is None
+        assert launch.launching(launch.fitted, k, (1,), num_warps=4, num_stages=2) == "launched"
+        assert launch.COMPILE_ONLY.get() is seen
+    finally:
+        launch.COMPILE_ONLY.reset(token)
+    assert k.compiled == [((4, 2), ("a", 3), {"num_warps": 4, "num_stages": 1, "FLAG": True})]
+    assert k.launched == [((1,), (), {"num_warps": 4, "num_stages": 2})] and len(seen) == 1
+    assert launch.fitted(k, (1,), num_warps=4, num_stages=2) == "launched"  # outside a dry run: launches
+
+
+def test_compile_ahead_counts_the_launches_and_keeps_a_failed_dry_run_quiet():
+    """The dry run's launches are counted; one that raises stops quietly (the real call compiles the rest), and
+    the dry-run flag is unset after it either way."""
+    k = _Kernel()
+
+    def run(fail=False):
+        for _ in range(3):
+            launch.fitted(k, (1,), num_warps=4, num_stages=2)
+        if fail:
+            raise RuntimeError("garbage in a dry run")
+        assert not torch.is_grad_enabled()
+
+    cpu = torch.device("cpu")
+    assert ahead.compile_ahead(run, cpu, workers=2) == 3
+    assert ahead.compile_ahead(lambda: run(fail=True), cpu, workers=2) == 3
+    assert launch.COMPILE_ONLY.get() is None and not k.launched and len(k.compiled) == 6
+
+
+def test_compile_ahead_without_async_compile_runs_nothing(monkeypatch):
+    monkeypatch.setattr(ahead, "_async_mode", lambda: None)
+    ran = []
+    assert ahead.compile_ahead(lambda: ran.append(1), torch.device("cpu")) == 0 and not ran
+
+
+def test_a_thread_loads_what_it_compiled_and_leaves_a_failed_load_to_the_launch():
+    class Compiled:
+        def __init__(self, fails):
+            self.fails, self.loaded = fails, False
+
+        def _init_handles(self):
+            if self.fails:
+                raise RuntimeError("out of resources: shared memory")
+            self.loaded = True
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        loading = ahead._Loading(pool, None)
+        good, bad = (loading.submit(lambda f=f: Compiled(f)).result() for f in (False, True))
+    assert good.loaded and not bad.loaded
+
+
+@pytest.mark.parametrize("env,capturing,want", [({}, False, True), ({"FLA_COMPILE_AHEAD": "0"}, False, False),
+                                                ({"TRITON_INTERPRET": "1"}, False, False), ({}, True, False)])  # fmt: skip
+def test_enabled_on_cuda_only_outside_captures_and_when_asked(monkeypatch, env, capturing, want):
+    for name in ("FLA_COMPILE_AHEAD", "TRITON_INTERPRET"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing)
+    assert ahead.enabled(torch.device("cuda", 0)) is want
+    assert not ahead.enabled(torch.device("cpu"))
+
+
+@pytest.fixture
+def no_gla_forms_seen():
+    """gla's forms other tests have called count as seen: forgotten for a test, then restored."""
+    seen = _library.AHEAD_FORMS["gla"]
+    kept = set(seen)
+    seen.clear()
+    yield
+    seen.clear()
+    seen.update(kept)
+
+
+@pytest.mark.parametrize("fwd_launched", [False, True])
+def test_an_op_compiles_each_form_ahead_once_and_computes_the_same(monkeypatch, no_gla_forms_seen, fwd_launched):
+    """The op runs dry once per form (gradient wanted, T's bit length, dtype, head sizes, ...) before its real
+    call, on the CPU's torch path here (enabled forced on; ``fwd_launched``: as if the dry forward had launched
+    kernels, so the dry backward runs too): the outputs and gradients are the same as without, the inputs
+    untouched, and a repeated form runs no dry call."""
+    calls = []
+
+    def compile_ahead(run, device, workers=None):
+        token = launch.COMPILE_ONLY.set(["a launch"] if fwd_launched else [])
+        try:
+            run()
+        finally:
+            launch.COMPILE_ONLY.reset(token)
+        calls.append(device)
+        return 0
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 20, 2, 8, generator=g) for _ in range(3))
+    gk = torch.nn.functional.logsigmoid(torch.randn(1, 20, 2, 8, generator=g))
+
+    def fwd_bwd(T=20):
+        xs = [x[:, :T].detach().clone().requires_grad_() for x in (q, k, v, gk)]
+        kept = [x.detach().clone() for x in xs]
+        o, _ = ops.gla(*xs)
+        grads = torch.autograd.grad(o.square().sum(), xs)
+        assert all(torch.equal(x, y) for x, y in zip(xs, kept))
+        return [o, *grads]
+
+    want = fwd_bwd()  # its form is seen now, not compiled ahead (on the CPU)
+    _library.AHEAD_FORMS["gla"].clear()
+    monkeypatch.setattr(ahead, "enabled", lambda device: True)
+    monkeypatch.setattr(ahead, "compile_ahead", compile_ahead)
+    got = fwd_bwd(T=19)[:0] + fwd_bwd()  # T = 19 and 20 share a form (bit length 5): one dry call
+    assert len(calls) == 1 and all(torch.equal(a, b) for a, b in zip(want, got))
+    fwd_bwd(T=12)  # another bit length
+    with torch.no_grad():
+        ops.gla(q, k, v, gk)  # no gradient wanted: another form
+    assert len(calls) == 3
