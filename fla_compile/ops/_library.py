@@ -202,6 +202,11 @@ def register(spec: OpSpec) -> None:
         return tuple(spec.saved_like(q, k, v, *gates, initial_state=h0, cu_seqlens=cu, **kw))
 
     compiled_ahead = AHEAD_FORMS.setdefault(name, set())
+    bwd_compiled_ahead = AHEAD_FORMS.setdefault(f"{name}_bwd", set())
+
+    def bwd_form(q, v, h0, cu, flags, dht):
+        """A backward call's form, as the forward's (a forward's dry run with a gradient covers ``dht`` None)."""
+        return (q.shape[1].bit_length(), q.dtype, q.shape[2:], v.shape[2:], h0 is None, cu is None, dht is None, *flags)
 
     def fwd_impl(q, k, v, *rest):
         return run_forward(q, k, v, rest, keep=True)
@@ -227,17 +232,20 @@ def register(spec: OpSpec) -> None:
             if form not in compiled_ahead:
                 compiled_ahead.add(form)
                 if ahead.enabled(q.device):  # CUDA, not capturing a graph, not switched off
-                    ahead.compile_ahead(lambda: dry_call(q, k, v, gates, scale, h0, cu, flags, grad), q.device)
+                    ahead.compile_ahead(lambda: dry_call(q, k, v, gates, scale, h0, cu, flags, keep, grad), q.device)
+                    if grad:
+                        bwd_compiled_ahead.add(bwd_form(q, v, h0, cu, flags, None))
         saved = saved_like(q, k, v, gates, h0, cu, flags) if keep else (None,) * n_saved
         if n_saved:
             kw["saved"] = saved
         o, ht = spec.forward(q, k, v, *gates, scale=scale, initial_state=h0, cu_seqlens=cu, **kw)
         return (o.contiguous(), ht.contiguous(), *saved)
 
-    def dry_call(q, k, v, gates, scale, h0, cu, flags, grad):
-        """The forward (and with ``grad`` the backward) on buffers of its own, for :func:`.ahead.compile_ahead`."""
+    def dry_call(q, k, v, gates, scale, h0, cu, flags, keep, grad):
+        """The forward (keeping its intermediates where ``keep``, as the real one; with ``grad`` then the backward)
+        on buffers of its own, for :func:`.ahead.compile_ahead`."""
         kw = dict(zip(spec.flags, flags))
-        saved = saved_like(q, k, v, gates, h0, cu, flags) if grad else (None,) * n_saved
+        saved = saved_like(q, k, v, gates, h0, cu, flags) if keep else (None,) * n_saved
         if n_saved:
             kw["saved"] = saved
         o, _ = spec.forward(q, k, v, *gates, scale=scale, initial_state=h0, cu_seqlens=cu, **kw)
@@ -275,7 +283,19 @@ def register(spec: OpSpec) -> None:
             kw["saved"] = tuple(saved)
         if gate_grads:
             kw["gate_grads"] = gate_grads
-        grads = spec.backward(q, k, v, *gates, scale=scale, initial_state=h0, cu_seqlens=cu, do=do, dht=dht, **kw)
+
+        def run():
+            return spec.backward(q, k, v, *gates, scale=scale, initial_state=h0, cu_seqlens=cu, do=do, dht=dht, **kw)
+
+        # a backward form no forward compiled ahead: compiled graphs' op calls do not say that a gradient is wanted,
+        # and a final state's gradient (dht) takes kernels of its own
+        if q.dtype in launch.DTYPES:
+            form = bwd_form(q, v, h0, cu, rest[:n_flags], dht)
+            if form not in bwd_compiled_ahead:
+                bwd_compiled_ahead.add(form)
+                if ahead.enabled(q.device):
+                    ahead.compile_ahead(run, q.device)
+        grads = run()
         return [cast(g, x.dtype) if g is not None and not s else q.new_empty(0) for g, x, s in zip(grads, inputs, skip)]
 
     def fwd_fake(q, k, v, *rest):

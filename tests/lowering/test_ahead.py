@@ -98,22 +98,21 @@ def test_enabled_on_cuda_only_outside_captures_and_when_asked(monkeypatch, env, 
 
 @pytest.fixture
 def no_gla_forms_seen():
-    """gla's forms other tests have called count as seen: forgotten for a test, then restored."""
-    seen = _library.AHEAD_FORMS["gla"]
-    kept = set(seen)
-    seen.clear()
+    """gla's forms (forward and backward) other tests have called count as seen: forgotten for a test, then
+    restored."""
+    sets = [_library.AHEAD_FORMS[name] for name in ("gla", "gla_bwd")]
+    kept = [set(seen) for seen in sets]
+    for seen in sets:
+        seen.clear()
     yield
-    seen.clear()
-    seen.update(kept)
+    for seen, was in zip(sets, kept):
+        seen.clear()
+        seen.update(was)
 
 
-@pytest.mark.parametrize("fwd_launched", [False, True])
-def test_an_op_compiles_each_form_ahead_once_and_computes_the_same(monkeypatch, no_gla_forms_seen, fwd_launched):
-    """The op runs dry once per form (gradient wanted, T's bit length, dtype, head sizes, ...) before its real
-    call, on the CPU's torch path here (enabled forced on; ``fwd_launched``: as if the dry forward had launched
-    kernels, so the dry backward runs too): the outputs and gradients are the same as without, the inputs
-    untouched, and a repeated form runs no dry call."""
-    calls = []
+def _recording(calls, fwd_launched=False):
+    """A stand-in for ``compile_ahead``: runs the dry call under COMPILE_ONLY (``fwd_launched``: as if it had
+    launched kernels already) and records it."""
 
     def compile_ahead(run, device, workers=None):
         token = launch.COMPILE_ONLY.set(["a launch"] if fwd_launched else [])
@@ -124,6 +123,16 @@ def test_an_op_compiles_each_form_ahead_once_and_computes_the_same(monkeypatch, 
         calls.append(device)
         return 0
 
+    return compile_ahead
+
+
+@pytest.mark.parametrize("fwd_launched", [False, True])
+def test_an_op_compiles_each_form_ahead_once_and_computes_the_same(monkeypatch, no_gla_forms_seen, fwd_launched):
+    """The op runs dry once per form (gradient wanted, T's bit length, dtype, head sizes, ...) before its real
+    call, on the CPU's torch path here (enabled forced on; ``fwd_launched``: as if the dry forward had launched
+    kernels, so the dry backward runs too): the outputs and gradients are the same as without, the inputs
+    untouched, and a repeated form runs no dry call."""
+    calls = []
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 20, 2, 8, generator=g) for _ in range(3))
     gk = torch.nn.functional.logsigmoid(torch.randn(1, 20, 2, 8, generator=g))
@@ -137,12 +146,39 @@ def test_an_op_compiles_each_form_ahead_once_and_computes_the_same(monkeypatch, 
         return [o, *grads]
 
     want = fwd_bwd()  # its form is seen now, not compiled ahead (on the CPU)
-    _library.AHEAD_FORMS["gla"].clear()
+    for name in ("gla", "gla_bwd"):
+        _library.AHEAD_FORMS[name].clear()
     monkeypatch.setattr(ahead, "enabled", lambda device: True)
-    monkeypatch.setattr(ahead, "compile_ahead", compile_ahead)
+    monkeypatch.setattr(ahead, "compile_ahead", _recording(calls, fwd_launched))
     got = fwd_bwd(T=19)[:0] + fwd_bwd()  # T = 19 and 20 share a form (bit length 5): one dry call
     assert len(calls) == 1 and all(torch.equal(a, b) for a, b in zip(want, got))
     fwd_bwd(T=12)  # another bit length
     with torch.no_grad():
         ops.gla(q, k, v, gk)  # no gradient wanted: another form
     assert len(calls) == 3
+
+
+def test_a_backward_no_forward_compiled_ahead_compiles_its_own(monkeypatch, no_gla_forms_seen):
+    """A forward's dry run with a gradient covers its backward (``dht`` None); a backward of another form (a final
+    state's gradient) or one whose forward said no gradient (a compiled graph's op call) runs dry itself, once."""
+    calls = []
+    monkeypatch.setattr(ahead, "enabled", lambda device: True)
+    monkeypatch.setattr(ahead, "compile_ahead", _recording(calls))
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(1, 20, 2, 8, generator=g).requires_grad_() for _ in range(3)]
+    xs.append(torch.nn.functional.logsigmoid(torch.randn(1, 20, 2, 8, generator=g)).requires_grad_())
+    o, _ = ops.gla(*xs)
+    torch.autograd.grad(o.sum(), xs)
+    assert len(calls) == 1  # the forward's dry run, which covered the backward
+    o, ht = ops.gla(*xs, output_final_state=True)
+    dxs = torch.autograd.grad(o.sum() + ht.sum(), xs)
+    assert len(calls) == 2  # the same forward form; a backward with dht
+    o, ht, A = torch.ops.fla_compile.gla(*[x.detach() for x in xs], 8**-0.5, None, None)  # no gradient said
+    got = torch.ops.fla_compile.gla_bwd(*[x.detach() for x in xs], 8**-0.5, None, None, torch.ones_like(o),
+                                        torch.ones_like(ht), A)  # fmt: skip
+    assert len(calls) == 3  # the op's forward (no gradient wanted); its backward's form was covered by the second
+    assert all(torch.equal(a, b) for a, b in zip(got, dxs))
+    short = [x.detach()[:, :12] for x in xs]  # a compiled graph's first step at another length
+    o, ht, A = torch.ops.fla_compile.gla(*short, 8**-0.5, None, None)
+    torch.ops.fla_compile.gla_bwd(*short, 8**-0.5, None, None, torch.ones_like(o), None, A)
+    assert len(calls) == 5  # its forward, then its backward (no forward's dry run covered it)
