@@ -3,6 +3,8 @@ and on the CPU's torch path. On the H200 it is checked by ``tests/test_compile_a
 by ``python benchmarks/kernels.py --first-call-profile gla,kda --first-call-ahead 0,1``."""
 
 import concurrent.futures
+import logging
+import time
 
 import pytest
 import torch
@@ -60,6 +62,21 @@ def test_compile_ahead_counts_the_launches_and_keeps_a_failed_dry_run_quiet():
     assert ahead.compile_ahead(run, cpu, workers=2) == 3
     assert ahead.compile_ahead(lambda: run(fail=True), cpu, workers=2) == 3
     assert launch.COMPILE_ONLY.get() is None and not k.launched and len(k.compiled) == 6
+
+
+def test_compile_ahead_says_what_a_first_call_waited_for(caplog):
+    """Compiles that took time are said at INFO (a first call's seconds); cached kernels' milliseconds are not."""
+    k = _Kernel()
+
+    def run(wait):
+        launch.fitted(k, (1,), num_warps=4, num_stages=2)
+        time.sleep(wait)
+
+    with caplog.at_level(logging.INFO, logger=ahead.__name__):
+        ahead.compile_ahead(lambda: run(0), torch.device("cpu"), workers=2)
+        assert not caplog.records
+        ahead.compile_ahead(lambda: run(0.6), torch.device("cpu"), workers=2)
+    assert "compiled the kernels of 1 launches ahead on 2 threads" in caplog.text
 
 
 def test_compile_ahead_without_async_compile_runs_nothing(monkeypatch):

@@ -20,6 +20,7 @@ import concurrent.futures
 import inspect
 import logging
 import os
+import time
 
 import torch
 
@@ -85,7 +86,7 @@ def compile_ahead(run, device, workers: int | None = None) -> int:
         return 0
     workers = workers or min(16, _cpus())
     index = None if device.type != "cuda" else device.index if device.index is not None else torch.cuda.current_device()
-    seen = []
+    seen, t0 = [], time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="fla_compile_ahead") as pool:
         token = launch.COMPILE_ONLY.set(seen)
         try:
@@ -95,4 +96,7 @@ def compile_ahead(run, device, workers: int | None = None) -> int:
             log.debug("compile ahead: the dry run stopped: %s", e)
         finally:
             launch.COMPILE_ONLY.reset(token)
+    took = time.perf_counter() - t0
+    if took > 0.5:  # compiles happened (cached kernels load in milliseconds): say what the first call waits for
+        log.info("compiled the kernels of %d launches ahead on %d threads in %.1f s", len(seen), workers, took)
     return len(seen)
