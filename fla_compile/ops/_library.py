@@ -204,9 +204,14 @@ def register(spec: OpSpec) -> None:
     compiled_ahead = AHEAD_FORMS.setdefault(name, set())
     bwd_compiled_ahead = AHEAD_FORMS.setdefault(f"{name}_bwd", set())
 
-    def bwd_form(q, v, h0, cu, flags, dht):
+    def bwd_form(q, v, h0, cu, flags, dht, gate_grads):
         """A backward call's form, as the forward's (a forward's dry run with a gradient covers ``dht`` None)."""
-        return (q.shape[1].bit_length(), q.dtype, q.shape[2:], v.shape[2:], h0 is None, cu is None, dht is None, *flags)
+        return (q.shape[1].bit_length(), q.dtype, q.shape[2:], v.shape[2:], h0 is None, cu is None, dht is None,
+                tuple(gate_grads), *flags)  # fmt: skip
+
+    def wanted_gate_grads(gates) -> tuple:
+        """``gate_grads`` as autograd will pass it (each gate's ``requires_grad``), () where the spec takes none."""
+        return tuple(g.requires_grad for g in gates) if opt else ()
 
     def fwd_impl(q, k, v, *rest):
         return run_forward(q, k, v, rest, keep=True)
@@ -234,7 +239,7 @@ def register(spec: OpSpec) -> None:
                 if ahead.enabled(q.device):  # CUDA, not capturing a graph, not switched off
                     ahead.compile_ahead(lambda: dry_call(q, k, v, gates, scale, h0, cu, flags, keep, grad), q.device)
                     if grad:
-                        bwd_compiled_ahead.add(bwd_form(q, v, h0, cu, flags, None))
+                        bwd_compiled_ahead.add(bwd_form(q, v, h0, cu, flags, None, wanted_gate_grads(gates)))
         saved = saved_like(q, k, v, gates, h0, cu, flags) if keep else (None,) * n_saved
         if n_saved:
             kw["saved"] = saved
@@ -250,6 +255,8 @@ def register(spec: OpSpec) -> None:
             kw["saved"] = saved
         o, _ = spec.forward(q, k, v, *gates, scale=scale, initial_state=h0, cu_seqlens=cu, **kw)
         if grad and launch.COMPILE_ONLY.get():  # a backward's kernels where the forward took the Triton path
+            if opt:
+                kw["gate_grads"] = wanted_gate_grads(gates)
             spec.backward(q, k, v, *gates, scale=scale, initial_state=h0, cu_seqlens=cu, do=torch.empty_like(o),
                           dht=None, **kw)  # fmt: skip
 
@@ -290,7 +297,7 @@ def register(spec: OpSpec) -> None:
         # a backward form no forward compiled ahead: compiled graphs' op calls do not say that a gradient is wanted,
         # and a final state's gradient (dht) takes kernels of its own
         if q.dtype in launch.DTYPES:
-            form = bwd_form(q, v, h0, cu, rest[:n_flags], dht)
+            form = bwd_form(q, v, h0, cu, rest[:n_flags], dht, gate_grads)
             if form not in bwd_compiled_ahead:
                 bwd_compiled_ahead.add(form)
                 if ahead.enabled(q.device):

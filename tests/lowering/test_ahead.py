@@ -3,7 +3,12 @@ and on the CPU's torch path. On the H200 it is checked by ``tests/test_compile_a
 by ``python benchmarks/kernels.py --first-call-profile gla,kda --first-call-ahead 0,1``."""
 
 import concurrent.futures
+import json
 import logging
+import os
+import pathlib
+import subprocess
+import sys
 import time
 
 import pytest
@@ -14,6 +19,8 @@ from fla_compile.lowering.common import ahead, launch
 from fla_compile.ops import _library
 
 pytest.importorskip("triton.runtime._async_compile")
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 class _Kernel:
@@ -199,3 +206,76 @@ def test_a_backward_no_forward_compiled_ahead_compiles_its_own(monkeypatch, no_g
     o, ht, A = torch.ops.fla_compile.gla(*short, 8**-0.5, None, None)
     torch.ops.fla_compile.gla_bwd(*short, 8**-0.5, None, None, torch.ones_like(o), None, A)
     assert len(calls) == 5  # its forward, then its backward (no forward's dry run covered it)
+
+
+DRY_CHILD = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1] + "/benchmarks")
+import torch
+from host_overhead import make_cases, wrap_kernels
+from fla_compile.lowering.common import ahead, launch
+
+events = []  # (what, the launch's form, inside a dry run)
+
+def form(a):
+    return ["tensor", str(a.dtype)] if isinstance(a, torch.Tensor) else repr(a)
+
+class Stub:
+    # a kernel that records its launches and its compiles (warmup), and runs nothing
+    def __init__(self, kernel):
+        self.fn = kernel.fn
+
+    def _form(self, grid, args, kwargs):
+        grid = list(grid) if isinstance(grid, tuple) else "callable"
+        return [self.fn.__name__, grid, [form(a) for a in args], sorted((n, form(a)) for n, a in kwargs.items())]
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            events.append(("launch", self._form(grid, args, kwargs), launch.COMPILE_ONLY.get() is not None))
+        return run
+
+    def warmup(self, *args, grid, **kwargs):
+        events.append(("compile", self._form(grid, args, kwargs), launch.COMPILE_ONLY.get() is not None))
+
+wrap_kernels(lambda module, name, kernel: Stub(kernel))
+ahead.enabled = lambda device: True  # the interpreter's CPU tensors, as if on CUDA
+cases = make_cases(torch)
+
+def split():
+    key = lambda f: json.dumps(f)
+    got = {"compiled": sorted((f for w, f, _ in events if w == "compile"), key=key),
+           "launched": sorted((f for w, f, dry in events if w == "launch" and not dry), key=key),
+           "launched_in_dry_run": len([1 for w, _, dry in events if w == "launch" and dry])}
+    events.clear()
+    return got
+
+out = {}
+for name in ("gla", "linear_attn", "retention", "simple_gla", "rwkv6", "delta_rule", "gated_delta_rule",
+             "gated_delta_rule_l2", "kda"):
+    fn, wrt = cases[name]
+    o = fn()[0]
+    torch.autograd.grad(o, wrt, torch.ones_like(o))
+    out[name] = split()
+q, k, v, gk = (x.detach() for x in cases["gla"][1])  # the op as a compiled graph calls it: no gradient said
+o, ht, A = torch.ops.fla_compile.gla(q[:, :100], k[:, :100], v[:, :100], gk[:, :100], 0.1, None, None)
+torch.ops.fla_compile.gla_bwd(q[:, :100], k[:, :100], v[:, :100], gk[:, :100], 0.1, None, None, torch.ones_like(o),
+                              None, A)
+out["gla, the op's path"] = split()
+print(json.dumps(out))
+"""
+
+
+def test_a_dry_run_compiles_each_launch_the_real_call_makes():
+    """On the CPU's Triton path with every kernel a stub (a child process: TRITON_INTERPRET is read at import):
+    for each op of the two kernel lines, the first call's dry run compiles exactly the launches its real forward
+    and backward then make (kernel, grid, scalars and dtypes, options), and launches nothing itself. A launch
+    added outside ``launch.fitted`` would run in the dry run and be missing from its compiles."""
+    env = dict(os.environ, FLA_COMPILE_TRITON="interpret", TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-c", DRY_CHILD, str(ROOT)], env=env, capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(out) == 10
+    for name, got in out.items():
+        assert got["launched_in_dry_run"] == 0, name
+        assert len(got["compiled"]) >= 6 and got["compiled"] == got["launched"], name
