@@ -213,6 +213,7 @@ import json, sys
 sys.path.insert(0, sys.argv[1] + "/benchmarks")
 import torch
 from host_overhead import make_cases, wrap_kernels
+import fla_compile.ops as ops
 from fla_compile.lowering.common import ahead, launch
 
 events = []  # (what, the launch's form, inside a dry run)
@@ -261,6 +262,20 @@ o, ht, A = torch.ops.fla_compile.gla(q[:, :100], k[:, :100], v[:, :100], gk[:, :
 torch.ops.fla_compile.gla_bwd(q[:, :100], k[:, :100], v[:, :100], gk[:, :100], 0.1, None, None, torch.ones_like(o),
                               None, A)
 out["gla, the op's path"] = split()
+q, k, v, gk = (x.detach().requires_grad_() for x in cases["gla"][1])
+h0 = torch.randn(q.shape[0], q.shape[2], q.shape[3], v.shape[3], requires_grad=True)
+o, ht = ops.gla(q, k, v, gk, initial_state=h0, output_final_state=True)  # the final state in the loss: dht
+torch.autograd.grad(o.sum() + ht.sum(), (q, k, v, gk, h0))
+out["gla, initial and final state"] = split()
+qp, kp, vp, gp = (x[:1].detach().requires_grad_() for x in (q, k, v, gk))  # two packed sequences
+o = ops.kda(qp, kp, vp, gp, torch.rand(qp.shape[:3]).requires_grad_(), cu_seqlens=torch.tensor([0, 50, 128]))[0]
+torch.autograd.grad(o.sum(), (qp, kp, vp))
+out["kda, packed"] = split()
+decay = torch.full((q.shape[2],), -0.05, requires_grad=True)  # a learnable decay: its gradient wanted
+qs, ks, vs = (x[:, :100] for x in (q, k, v))  # a length retention's first case did not take: a new form
+o = ops.retention(qs, ks, vs, decay)[0]
+torch.autograd.grad(o.sum(), (q, k, v, decay))
+out["retention, learnable decay"] = split()
 print(json.dumps(out))
 """
 
@@ -275,7 +290,10 @@ def test_a_dry_run_compiles_each_launch_the_real_call_makes():
                           timeout=600, cwd=ROOT)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(out) == 10
+    assert len(out) == 13
     for name, got in out.items():
         assert got["launched_in_dry_run"] == 0, name
+        if name == "gla, initial and final state":  # the forward's dry run compiled a backward without dht too
+            assert all(f in got["compiled"] for f in got["launched"]), name
+            continue
         assert len(got["compiled"]) >= 6 and got["compiled"] == got["launched"], name
