@@ -1,6 +1,7 @@
-"""Compiling a call's kernels ahead (``lowering/common/ahead.py``): the dry run's host-side logic on stub kernels
-and on the CPU's torch path. On the H200 it is checked by ``tests/test_compile_ahead_gpu.py`` and measured
-by ``python benchmarks/kernels.py --first-call-profile gla,kda --first-call-ahead 0,1``."""
+"""Compiling a call's kernels ahead (``lowering/common/ahead.py``): the dry run's host-side logic on stub kernels,
+on the CPU's torch path, and on its Triton path with every kernel a stub (the dry run's compiles against the real
+call's launches). On the H200 it is checked by ``tests/test_compile_ahead_gpu.py`` and measured by ``python
+benchmarks/kernels.py --first-call-profile gla,kda --first-call-ahead 0,1``."""
 
 import concurrent.futures
 import json
