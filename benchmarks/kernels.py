@@ -7,6 +7,7 @@
     python benchmarks/kernels.py --no-first-call --warm 300   # FLA autotuned first (one process per family)
     python benchmarks/kernels.py --from-log run.log   # the tables from the rows a run printed (one cut by a limit)
     python benchmarks/kernels.py --first-call-profile gla,kda   # where a fresh process's first call spends its seconds
+    python benchmarks/kernels.py --first-call-profile gla,kda --first-call-ahead 0,1   # compiling ahead off, then on
 
 FLA's autotune results from the H200 (fla-core 0.6.0, Triton 3.6.0; 100 entries: the delta families, gla, simple_gla,
 linear_attn and retention at the three issue shapes, whose tuning keys hold no B or T) ship as ``benchmarks/fla_autotune_h200.tgz``: unpacked into
