@@ -204,14 +204,12 @@ def register(spec: OpSpec) -> None:
     compiled_ahead = AHEAD_FORMS.setdefault(name, set())
     bwd_compiled_ahead = AHEAD_FORMS.setdefault(f"{name}_bwd", set())
 
-    def bwd_form(q, v, h0, cu, flags, dht, gate_grads):
-        """A backward call's form, as the forward's (a forward's dry run with a gradient covers ``dht`` None)."""
-        return (q.shape[1].bit_length(), q.dtype, q.shape[2:], v.shape[2:], h0 is None, cu is None, dht is None,
-                tuple(gate_grads), *flags)  # fmt: skip
-
-    def wanted_gate_grads(gates) -> tuple:
-        """``gate_grads`` as autograd will pass it (each gate's ``requires_grad``), () where the spec takes none."""
-        return tuple(g.requires_grad for g in gates) if opt else ()
+    def form(q, v, h0, cu, flags, *extra):
+        """What picks a call's kernels and their specializations, coarsely (~1 us a call; a later call that differs
+        elsewhere, a gate's dtype or T's residue, compiles what it lacks at its launch, as without compiling ahead):
+        T's bit length, dtype, head sizes, initial state and ``cu_seqlens`` present, flags; ``extra``: the forward's
+        gradient wanted, the backward's dht present and gate gradients."""
+        return (*extra, q.shape[1].bit_length(), q.dtype, q.shape[2:], v.shape[2:], h0 is None, cu is None, *flags)
 
     def fwd_impl(q, k, v, *rest):
         return run_forward(q, k, v, rest, keep=True)
@@ -231,34 +229,29 @@ def register(spec: OpSpec) -> None:
             return (*_empty_forward(q, v, h0, cu), *saved)
         if q.dtype in launch.DTYPES:  # the kernels' dtypes (fp64 takes the torch path)
             grad = keep and (q.requires_grad or k.requires_grad or v.requires_grad)
-            # what picks the kernels and their specializations, coarsely (~1 us a call): a later call that differs
-            # elsewhere (a gate's dtype, T's residue) compiles what it lacks at its launch, as without this
-            form = (grad, q.shape[1].bit_length(), q.dtype, q.shape[2:], v.shape[2:], h0 is None, cu is None, *flags)
-            if form not in compiled_ahead:
-                compiled_ahead.add(form)
+            seen = form(q, v, h0, cu, flags, grad)
+            if seen not in compiled_ahead:
+                compiled_ahead.add(seen)
                 if ahead.enabled(q.device):  # CUDA, not capturing a graph, not switched off
-                    ahead.compile_ahead(lambda: dry_call(q, k, v, gates, scale, h0, cu, flags, keep, grad), q.device)
-                    if grad:
-                        bwd_compiled_ahead.add(bwd_form(q, v, h0, cu, flags, None, wanted_gate_grads(gates)))
+                    ahead.compile_ahead(lambda: dry_call(q, k, v, rest, keep, grad), q.device)
         saved = saved_like(q, k, v, gates, h0, cu, flags) if keep else (None,) * n_saved
         if n_saved:
             kw["saved"] = saved
         o, ht = spec.forward(q, k, v, *gates, scale=scale, initial_state=h0, cu_seqlens=cu, **kw)
         return (o.contiguous(), ht.contiguous(), *saved)
 
-    def dry_call(q, k, v, gates, scale, h0, cu, flags, keep, grad):
-        """The forward (keeping its intermediates where ``keep``, as the real one; with ``grad`` then the backward)
-        on buffers of its own, for :func:`.ahead.compile_ahead`."""
-        kw = dict(zip(spec.flags, flags))
-        saved = saved_like(q, k, v, gates, h0, cu, flags) if keep else (None,) * n_saved
-        if n_saved:
-            kw["saved"] = saved
-        o, _ = spec.forward(q, k, v, *gates, scale=scale, initial_state=h0, cu_seqlens=cu, **kw)
-        if grad and launch.COMPILE_ONLY.get():  # a backward's kernels where the forward took the Triton path
-            if opt:
-                kw["gate_grads"] = wanted_gate_grads(gates)
-            spec.backward(q, k, v, *gates, scale=scale, initial_state=h0, cu_seqlens=cu, do=torch.empty_like(o),
-                          dht=None, **kw)  # fmt: skip
+    def dry_call(q, k, v, rest, keep, grad):
+        """This forward again (its form now seen: no dry run of its own), and with ``grad`` its backward as autograd
+        will call it (dht None, each gate's gradient as it requires one), for :func:`.ahead.compile_ahead`: the
+        implementations themselves, so the dry run launches what the real calls will."""
+        o, _, *saved = run_forward(q, k, v, rest, keep)
+        if not grad:
+            return
+        wanted = (tuple(g.requires_grad for g in rest[:n_gates]),) if opt else ()
+        h0, cu, flags = rest[n_gates + 1], rest[n_gates + 2], rest[n_gates + 3 :]
+        bwd_compiled_ahead.add(form(q, v, h0, cu, flags, True, *wanted))  # seen: also where nothing is compiled
+        if launch.COMPILE_ONLY.get():  # a backward's kernels where the forward took the Triton path
+            bwd_impl(q, k, v, *rest, torch.empty_like(o), None, *saved, *wanted)
 
     n_bwd_rest = n_gates + 3 + n_flags + 2 + n_saved  # the backward's arguments after q, k, v, before gate_grads
 
@@ -297,9 +290,9 @@ def register(spec: OpSpec) -> None:
         # a backward form no forward compiled ahead: compiled graphs' op calls do not say that a gradient is wanted,
         # and a final state's gradient (dht) takes kernels of its own
         if q.dtype in launch.DTYPES:
-            form = bwd_form(q, v, h0, cu, rest[:n_flags], dht, gate_grads)
-            if form not in bwd_compiled_ahead:
-                bwd_compiled_ahead.add(form)
+            seen = form(q, v, h0, cu, rest[:n_flags], dht is None, *((gate_grads,) if opt else ()))
+            if seen not in bwd_compiled_ahead:
+                bwd_compiled_ahead.add(seen)
                 if ahead.enabled(q.device):
                     ahead.compile_ahead(run, q.device)
         grads = run()
