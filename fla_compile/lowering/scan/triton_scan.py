@@ -291,7 +291,9 @@ def selective_bwd_kernel(
         c = (eos - 1) // BT - ci
         s0 = tl.maximum(bos, c * BT)
         s1 = tl.minimum(eos, (c + 1) * BT)
-        b_ck = tl.load(ck + c * D * N + o_dk, mask=m_dk, other=0)  # discarded where the segment starts the sequence
+        # the segment's start state: the kept one, or the sequence's own start (no kept state is read there: none
+        # was written)
+        b_ck = tl.load(ck + c * D * N + o_dk, mask=m_dk & (o_dk * 0 + s0 > bos), other=0)
         b_hs = tl.where(s0 > bos, b_ck, b_h0)
         b_h = b_hs
         for t in range(s0, s1):
