@@ -87,6 +87,20 @@ def test_compile_ahead_says_what_a_first_call_waited_for(caplog):
     assert "compiled the kernels of 1 launches ahead on 2 threads" in caplog.text
 
 
+@pytest.mark.parametrize(
+    "cpus,ranks,want", [(32, None, 16), (32, "8", 4), (128, "8", 16), (4, "8", 1), (8, "0", 8), (8, "x", 8)]
+)
+def test_compile_threads_share_the_cpus_among_local_ranks(monkeypatch, cpus, ranks, want):
+    """One pool a process, its CPUs divided among torchrun's local ranks (``LOCAL_WORLD_SIZE``), at most 16, at
+    least 1; a value that is not a positive count counts as one rank."""
+    monkeypatch.setattr(ahead, "_cpus", lambda: cpus)
+    if ranks is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", ranks)
+    assert ahead.default_workers() == want
+
+
 def test_compile_ahead_without_async_compile_runs_nothing(monkeypatch):
     monkeypatch.setattr(ahead, "_async_mode", lambda: None)
     ran = []

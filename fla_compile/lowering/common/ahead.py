@@ -76,15 +76,24 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def default_workers() -> int:
+    """Compile threads for this process: its CPUs shared among the local ranks of a job (torchrun's
+    ``LOCAL_WORLD_SIZE``: eight ranks on one host would otherwise start eight pools of up to 16 threads each, all
+    at their first call), at most 16."""
+    ranks = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    ranks = int(ranks) if ranks.isdigit() and int(ranks) > 0 else 1
+    return max(1, min(16, _cpus() // ranks))
+
+
 def compile_ahead(run, device, workers: int | None = None) -> int:
     """Run ``run()`` (a dry call: its outputs are dropped) with every ``fitted`` launch compiled on a thread
-    instead (``workers`` threads; default one a CPU, at most 16), and wait for the compiles. Returns the launches
+    instead (``workers`` threads; default :func:`default_workers`), and wait for the compiles. Returns the launches
     it submitted: 0 where Triton has no async compile (nothing runs then), those before the failure where the dry
     run failed (nothing is lost but time: the real call compiles the rest at their launches)."""
     mode = _async_mode()
     if mode is None:
         return 0
-    workers = workers or min(16, _cpus())
+    workers = workers or default_workers()
     index = None if device.type != "cuda" else device.index if device.index is not None else torch.cuda.current_device()
     seen, t0 = [], time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="fla_compile_ahead") as pool:
