@@ -1003,6 +1003,20 @@ def test_gpu_chunk_vs_fp64_K256(family, dtype, tol, V):
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("family", list(FAMILY_GATE))
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("K,V", [(64, 32), (32, 64)])
+def test_gpu_chunk_vs_fp64_narrow_heads(family, dtype, tol, K, V):
+    """Tiles of 32 along a dot's N (V = 32: the dv kernel's do and dh; K = 32: the key blocks), GQA: under
+    compute-sanitizer's memcheck (Triton 3.6, H200, forty-first session) gated_delta_rule's dv kernel at K 64 x V 32
+    read shared memory past its allocation, the pattern of Triton's two-dot shared-memory faults on sm_90 with
+    blocks of 16 and 32. Against fp64 with poisoned buffers, then bitwise repeatable."""
+    test_gpu_chunk_vs_fp64(family, dtype, tol, 1.0, K=K, V=V, T=200)
+    _assert_bitwise_repeat(family, 2, T=200, K=K, V=V, dtype=dtype)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("family", list(FAMILY_GATE))
 def test_gpu_decode_K256(family):
     """The decode kernel (the whole K in one block) at K = 256, V = 512, fp32, the state updated in place."""
     from fla_compile.lowering.delta import triton_launch as DT

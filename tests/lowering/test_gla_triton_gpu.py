@@ -95,6 +95,11 @@ SHAPES = {
     # Triton 3.7 on sm_90 miscompiles a masked tail iteration of FLA's chunk_bwd_dv (fla-org/...#1241: an IMA)
     "T150_K153_V96": dict(B=1, T=150, H=2, HK=2, K=153, V=96),
     "T70_K37_V33": dict(B=2, T=70, H=2, HK=1, K=37, V=33),
+    # tiles of 32 along a dot's N (V = 32: the dv kernel's do and dh; K = 32): under compute-sanitizer's memcheck
+    # (Triton 3.6, H200, forty-first session) linear_attn's dv kernel at K 64 x V 32 read shared memory past its
+    # allocation, the pattern of Triton's two-dot shared-memory faults on sm_90 with blocks of 16 and 32
+    "T200_gqa_K64_V32": dict(B=2, T=200, H=4, HK=2, K=64, V=32),
+    "T200_K32_V64": dict(B=2, T=200, H=2, HK=2, K=32, V=64),
     # 64 sequence-heads at K = V = 128: the state passes' full V blocks, as training shapes run them
     "T200_K128_wide": dict(B=4, T=200, H=16, HK=16, K=128, V=128),
 }

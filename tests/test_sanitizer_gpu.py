@@ -1,0 +1,60 @@
+"""Every Triton kernel path of the ops under ``compute-sanitizer`` (marked ``gpu``; skipped where the tool is absent).
+
+Each case of ``tests/sanitizer_cases.py`` (small odd sizes, forward and backward) runs in a child process of its
+own under the sanitizer's memcheck (out-of-bounds and misaligned accesses) and initcheck (reads of device memory
+that nothing wrote). Torch's caching allocator is off, so that each buffer is an allocation of its own and an
+access past its end is reported; compiling ahead is off, since its dry run reads buffers its compile-only
+launches never wrote. A numeric test cannot see a bad access whose stray bytes are masked out later or happen to
+be zeros; the sanitizer sees the access itself.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.sanitizer_cases import groups
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+    pytest.mark.skipif(shutil.which("compute-sanitizer") is None, reason="needs compute-sanitizer on PATH"),
+]
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CASES = [
+    pytest.param(f"{group}:{i}", id=re.sub(r"[^\w.,-]+", "_", case.name))
+    for group, cases in groups().items()
+    for i, case in enumerate(cases)
+]
+
+
+def first_error(log: str) -> str:
+    """The sanitizer's first report: its kind, kernel and the frames of our code that launched it."""
+    lines = log.splitlines()
+    start = next((i for i, line in enumerate(lines) if re.match(r"=+ (Invalid|Uninitialized|Misaligned|Out)", line)), 0)
+    report = lines[start : start + 60]
+    ours = [line for line in report if "Host Frame" in line and ".py:" in line]
+    return "\n".join(report[:4] + ours[:12])
+
+
+@pytest.mark.parametrize("tool", ["memcheck", "initcheck"])
+@pytest.mark.parametrize("case", CASES)
+def test_no_bad_access(tool, case):
+    env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1", FLA_COMPILE_AHEAD="0")
+    cmd = ["compute-sanitizer", f"--tool={tool}", "--error-exitcode=97", "--print-limit=4"]
+    out = subprocess.run(
+        [*cmd, sys.executable, str(ROOT / "tests" / "sanitizer_cases.py"), case],
+        env=env, capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    log = out.stdout + out.stderr
+    assert out.returncode == 0 and "ERROR SUMMARY: 0 errors" in log, (
+        f"{tool}, {case}: exit {out.returncode}\n{first_error(log)}\n{log[-3000:]}"
+    )
