@@ -33,7 +33,7 @@ sys.path.insert(0, ".")
 import fla_compile  # noqa: E402
 import fla_compile.backend  # noqa: E402,F401  (registers "fla" where the package is not pip-installed)
 from tests.compare import rel  # noqa: E402
-from tests.patterns import held_out_2  # noqa: E402
+from tests.patterns import held_out_2, held_out_3  # noqa: E402
 from tests.patterns.held_out import CASES, CASES_2  # noqa: E402
 
 log = logging.getLogger("recognition")
@@ -58,9 +58,13 @@ def make_inputs(fn, B, T, H, D, device, dtype, seed=0):
 
 
 def _values(outs, args, grads):
-    """The outputs (None dropped: a final state not asked for) and, with ``grads``, the inputs' gradients of
-    a fixed random projection of them."""
-    outs = [o for o in (outs if isinstance(outs, tuple) else (outs,)) if o is not None]
+    """The outputs, nested tuples flattened (None dropped: a final state not asked for) and, with ``grads``, the
+    inputs' gradients of a fixed random projection of them."""
+
+    def flat(x):  # a state returned as a pair, (o, (S, z)), counts each part
+        return [t for y in x for t in flat(y)] if isinstance(x, (tuple, list)) else [x]
+
+    outs = [o for o in flat(outs) if o is not None]
     if not grads:
         return outs
     gen = torch.Generator().manual_seed(1)
@@ -114,15 +118,16 @@ def main(argv=None):
     p.add_argument(
         "--set",
         default="all",
-        choices=["1", "2", "all", "held_out_2"],
-        help="held-out set 1, 2, both, or the independent held_out_2",
+        choices=["1", "2", "all", "held_out_2", "held_out_3"],
+        help="held-out set 1, 2, both, or the independent held_out_2 / held_out_3",
     )
     a = p.parse_args(argv)
     dtype = getattr(torch, a.dtype)
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     counts = {"recognized": 0, "missed": 0, "wrong": 0, "not runnable": 0}
-    if a.set == "held_out_2":
-        cases = [(c.name, c.fn, c.family, c.inputs) for c in held_out_2.CASES]
+    if a.set in ("held_out_2", "held_out_3"):
+        module = held_out_2 if a.set == "held_out_2" else held_out_3
+        cases = [(c.name, c.fn, c.family, c.inputs) for c in module.CASES]
     else:
         cases = [
             (fn.__name__, fn, expect, None) for fn, expect in {"1": CASES, "2": CASES_2, "all": CASES + CASES_2}[a.set]
