@@ -103,7 +103,8 @@ class Recurrence:
             per step (gla, kda). For retention see ``decay``.
         decay: retention's constant log-decay (a float, a tuple of one per head, or a role holding
             one per head).
-        beta: the delta-rule write strength, None for the GLA line.
+        beta: the delta-rule write strength, None for the GLA line; for mamba, a factor of the input term where
+            the step never makes u = dt x as one value (the op's u is then beta * v).
         bonus: rwkv6's u (per head and key dim): the output reads S_{t-1} plus (q . (u k)) v.
         scale: the factor applied to q (o_t = scale * S_t^T q_t).
         initial_state: role of S_0 in [B, H, K, V], or None for zeros.
@@ -181,7 +182,8 @@ class LoopLayout:
         user's code gives them;
     nodes, out_target, final_state: what the rewrite replaces (the region's nodes, the node after the
         loop holding the whole output, the last step's state);
-    norm: a normalized loop's normalizer before the loop (the argument beside the initial state), or None.
+    norm: a normalized loop's normalizer before the loop (the argument beside the initial state), or None;
+    final_norm: its last value where it is used after the loop (the rewrite replaces it too), or None.
     """
 
     inputs: tuple
@@ -199,3 +201,4 @@ class LoopLayout:
     out_target: Any
     final_state: Any
     norm: int | None = None
+    final_norm: Any = None

@@ -137,7 +137,7 @@ def call_family(b: Recurrence, vals: dict, h0, batch: tuple | None = None):
 
 def _call_normalized(b: Recurrence, vals: dict, h0, batch: tuple):
     """normalized_linear_attn on role values q, k, v [T, *batch, D] and a state (S [*batch, K, V],
-    z [*batch, K]) or None; returns o [T, *batch, V] and S_T (the normalizer's is not used after the loop)."""
+    z [*batch, K]) or None; returns o [T, *batch, V] and the final state (S_T, z_T)."""
     from .ops.normalized import normalized_linear_attn
 
     q, k, v = (to_bthd(vals[x], batch) for x in "qkv")
@@ -146,8 +146,8 @@ def _call_normalized(b: Recurrence, vals: dict, h0, batch: tuple):
         acc = torch.float64 if q.dtype == torch.float64 else torch.float32
         S0, z0 = h0
         h0 = (reshaped(S0, B, H, *S0.shape[-2:]).to(acc), reshaped(z0, B, H, z0.shape[-1]).to(acc))
-    o, (St, _) = normalized_linear_attn(q, k, v, eps=b.extras["eps"], initial_state=h0, output_final_state=True)
-    return from_bthd(o, batch), reshaped(St, *batch, *St.shape[-2:])
+    o, (St, zt) = normalized_linear_attn(q, k, v, eps=b.extras["eps"], initial_state=h0, output_final_state=True)
+    return from_bthd(o, batch), (reshaped(St, *batch, *St.shape[-2:]), reshaped(zt, *batch, zt.shape[-1]))
 
 
 def _call_scan(b: Recurrence, vals: dict, h0, shape: tuple):
@@ -180,7 +180,8 @@ def _call_scan(b: Recurrence, vals: dict, h0, shape: tuple):
 
 def _call_selective(b: Recurrence, vals: dict, h0, batch: tuple):
     """mamba on role values u, dt [T, *batch, D], B, C [T, *batch, N], A ([T,] D, N: the same at every step)
-    and a state [*batch, D, N]; the batch dims fold into the op's B."""
+    and a state [*batch, D, N]; the batch dims fold into the op's B. With a role beta [T, *batch, D], the op's u is
+    beta * v (an input term written (dt B) x)."""
     T, D, N = vals["v"].shape[0], vals["v"].shape[-1], vals["k"].shape[-1]
     Bn = math.prod(batch)
 
@@ -194,6 +195,8 @@ def _call_selective(b: Recurrence, vals: dict, h0, batch: tuple):
     else:
         dt = bt(vals["gate"], D)
         A = vals["decay"][0] if vals["decay"].dim() == 3 else vals["decay"]  # the lowering repeats a global over T
+    if b.beta is not None:  # the input term written (dt B) x: the op's u is beta v (beta: dt as the input reads it)
+        u = u * bt(vals["beta"], D).to(u.dtype)
     if h0 is not None:  # the user's state as [*batch, N, D] where it is stored transposed
         h0 = reshaped(h0.transpose(-1, -2) if b.state_transposed else h0, Bn, D, N)
     y, ht = run_family(Family.MAMBA, C, B, u, gate=dt, decay=A, initial_state=h0)
@@ -240,6 +243,8 @@ class LoopLowering:
         self.roles = [(n, getattr(rec, n)) for n in LOOP_ROLES if isinstance(getattr(rec, n), RoleFn)]
         self.args = list(self.layout.inputs)
         self.__name__ = f"fla_{self.family.value}_loop"
+        z = self.layout.final_norm  # its dtype read now: the rewrite clears the replaced nodes' meta
+        self.norm_dtype = None if z is None else z.meta.get("example_value", z.meta.get("val")).dtype
 
     def __repr__(self) -> str:
         return self.__name__
@@ -265,7 +270,11 @@ class LoopLowering:
         if h0 is not None and lay.norm is not None:  # a normalized loop's state: (S, z)
             h0 = (h0, args[lay.norm])
         o, ht = call_family(self.rec, vals, h0, batch)
-        return self._layout_output(o, T, args), reshaped(ht, *batch, *lay.state_tail).to(traced_dtype(lay.state_dtype))
+        zt = None
+        if isinstance(ht, tuple):  # a normalized loop's final state: (S_T, z_T)
+            ht, zt = ht
+        out = self._layout_output(o, T, args), reshaped(ht, *batch, *lay.state_tail).to(traced_dtype(lay.state_dtype))
+        return out if lay.final_norm is None else (*out, zt.to(traced_dtype(self.norm_dtype)))
 
     def _layout_output(self, o, T, args):
         lay = self.layout
@@ -306,6 +315,11 @@ def rewrite_loop(rec: Recurrence, lowering: LoopLowering) -> None:
         lay.out_target.replace_all_uses_with(o_node, delete_user_cb=outside)
     s_node.meta["example_value"] = lay.final_state.meta.get("example_value", lay.final_state.meta.get("val"))
     lay.final_state.replace_all_uses_with(s_node, delete_user_cb=outside)
+    if lay.final_norm is not None:  # a normalized loop's last normalizer, used after the loop
+        with graph.inserting_after(s_node):
+            z_node = graph.call_function(operator.getitem, (call, 2))
+        z_node.meta["example_value"] = lay.final_norm.meta.get("example_value", lay.final_norm.meta.get("val"))
+        lay.final_norm.replace_all_uses_with(z_node, delete_user_cb=outside)
     if lay.out_kind in ("stack", "cat"):
         graph.erase_node(lay.out_target)
     for n in reversed(lay.nodes):

@@ -300,22 +300,62 @@ class Fixed:
     value: torch.Tensor
 
 
-def step_inputs(step: fx.GraphModule) -> list:
+@dataclasses.dataclass(frozen=True)
+class SameRead:
+    """A step input that reads the same time step of the same sequence as an earlier one, only viewed with other
+    unit axes (``k[:, :, t, :, None]`` beside ``k[:, :, t, None, :]``): probed with that input's values, as it is
+    at run time, where independent probes would make the two reads two different keys."""
+
+    of: int  # the earlier input's position among the step's inputs
+    shape: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class InSpan:
+    """A step input read from a sequence that a sigmoid made before the loop: probed in (0, 1), where its values
+    lie at run time (minGRU's decay 1 - z is positive there, and only there)."""
+
+    meta: torch.Tensor
+    lo: float = 0.02
+    hi: float = 0.98
+
+
+def step_inputs(step: fx.GraphModule, run_time: bool = False) -> list:
     """What to probe each input of a loop step (after the state) with: its example value, or a
-    ``Fixed`` value for a constant computed before the loop from literals alone."""
+    ``Fixed`` value for a constant computed before the loop from literals alone. With ``run_time``, the reads as
+    they are at run time: a ``SameRead`` for a read of the step that an earlier input already reads whole (as
+    many elements), and an ``InSpan`` for a read of a sigmoid's output."""
     from .patterns._graph import constant_value, value_of
 
-    out = []
+    out, first = [], {}
     for n in list(step.graph.find_nodes(op="placeholder"))[1:]:
         origin = n.meta.get("fla_origin")
         fixed = constant_value(origin[1]) if origin and origin[0] == "global" else None
-        out.append(Fixed(fixed) if fixed is not None else value_of(n))
+        meta = value_of(n)
+        if run_time and fixed is None and origin and origin[0] == "read" and isinstance(meta, torch.Tensor):
+            src, dim = origin[1][0], origin[1][1]
+            whole = value_of(src)
+            if isinstance(whole, torch.Tensor) and meta.numel() * whole.shape[dim] == whole.numel():
+                if (src, dim) in first:
+                    out.append(SameRead(first[(src, dim)], tuple(meta.shape)))
+                    continue
+                first[(src, dim)] = len(out)
+            if src.op in ("call_function", "call_method") and src.target in SIGMOID and meta.is_floating_point():
+                out.append(InSpan(meta))
+                continue
+        out.append(Fixed(fixed) if fixed is not None else meta)
     return out
 
 
 def _probe_inputs(metas, gen, positive=False):
     out = []
     for m in metas:
+        if isinstance(m, SameRead):  # the same elements in another view: unit axes only, so the order is kept
+            out.append(out[m.of].reshape(m.shape))
+            continue
+        if isinstance(m, InSpan):
+            out.append(probe(m.meta.shape, gen, (m.lo, m.hi), m.meta.device))
+            continue
         if isinstance(m, Fixed):
             out.append(m.value.to(torch.float64))
             continue
@@ -493,21 +533,29 @@ def _classify_selective(values, Sa, Aa, Sb, Ab, F0, Fa, oa, batch, X, Y) -> Recu
     if c is None or not (c > 0).all():
         return None
     logc = c.log()
+    # A [D, N] from before the loop, or a view of it with unit dims added for a broadcast (A[None, :, None, :])
     rates = [n for n, v in values.items() if _origin(n)[0] == "global" and isinstance(v, torch.Tensor)
-             and tuple(v.shape) == (X, Y) and v.is_floating_point()]  # fmt: skip
+             and tuple(d for d in v.shape if d != 1) == (X, Y) and v.is_floating_point()]  # fmt: skip
     steps = [(n, r, v) for n, r, v in _candidates(values, (*batch, X))]
     factor = next(((a, (n, r)) for a in rates for n, r, v in steps
-                   if rel_err(v[..., :, None] * values[a], logc) <= TOL), None)  # fmt: skip
+                   if rel_err(v[..., :, None] * values[a].reshape(X, Y), logc) <= TOL), None)  # fmt: skip
     if factor is None:
         return None
-    pairs = _outer_pairs(values, F0, batch, X, Y)
+    pairs, factor_u = _outer_pairs(values, F0, batch, X, Y), None
+    # u = dt x never made as one value: dt B first, then times x (transformers' Mamba slow path). The input term is
+    # then (s x) B^T with s a value of the step (the step size as the input reads it): the role beta, u = beta v
+    for ns, rs, sv in steps if not pairs else ():
+        pairs = _outer_pairs(values, F0, batch, X, Y, scale=sv)
+        if pairs:
+            factor_u = Role(_origin(ns), rs, (*batch, X))
+            break
     readout = _readout(values, oa, Fa, Sa, batch, X, Y, transposed=True)
     if not pairs or readout is None or readout[2]:
         return None
     (A, (dt, rdt)), (u, b), (q, scale, _) = factor, pairs[0], readout
     gate = Role(_origin(dt), rdt, (*batch, X))
-    return Recurrence(Family.MAMBA, q, b, u, gate=gate, decay=Role(_origin(A), ("reshape",), (X, Y)), scale=scale,
-                      spelling="loop", extras={"batch": batch, "positive": False})  # fmt: skip
+    return Recurrence(Family.MAMBA, q, b, u, gate=gate, beta=factor_u, decay=Role(_origin(A), ("reshape",), (X, Y)),
+                      scale=scale, spelling="loop", extras={"batch": batch, "positive": False})  # fmt: skip
 
 
 def _scan_readout(values, o, Snew, shape):
@@ -609,11 +657,14 @@ def _transition(Sa, Aa, Sb, Ab):
     raise NearMiss("the state transition is not a decay (identity, scalar or diagonal gate)")
 
 
-def _outer_pairs(values, B, batch, X, Y):
+def _outer_pairs(values, B, batch, X, Y, scale=None):
+    """Up to four (a, b) role pairs of step values with B = a b^T (batched); with ``scale`` [*batch, X], B =
+    (scale * a) b^T."""
     xs = list(_candidates(values, (*batch, X)))
     ys = list(_candidates(values, (*batch, Y)))
     found = []
     for na, ra, a in xs:
+        a = a if scale is None else scale * a
         for nb, rb, b in ys:
             if rel_err(torch.einsum("...x,...y->...xy", a, b), B) <= TOL:
                 found.append((Role(_origin(na), ra, (*batch, X)), Role(_origin(nb), rb, (*batch, Y))))

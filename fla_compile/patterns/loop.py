@@ -53,6 +53,7 @@ class LoopRegion:
     # and its value before the loop; the step graph then takes (state, norm, *inputs) and returns z_t last
     norm_offset: int | None = None
     init_norm: fx.Node | None = None
+    final_norm_used: bool = False  # the normalizer's last value is used after the loop (a state (S, z) returned)
     # a loop carrying several states (``patterns/multistate.py`` splits it): each state's offset, its value
     # before the loop, and the states whose final value is used after the loop; empty for one state
     states: tuple = ()
@@ -361,7 +362,7 @@ def _build(nodes, pos, s, T, L, loop_keys) -> LoopRegion:
     # uses after the loop: the final state, the final buffer, or one stack/cat of a per-step value
     region_nodes = set(n for b in blocks for n in b)
     outs: dict[tuple, tuple[str, int, int, fx.Node]] = {}
-    final_state_used = False
+    final_state_used = final_norm_used = False
     finals = set()
     for t, b in enumerate(blocks):
         for i, n in enumerate(b):
@@ -374,7 +375,7 @@ def _build(nodes, pos, s, T, L, loop_keys) -> LoopRegion:
                 elif t == T - 1 and i in several:
                     finals.add(i)
                 elif t == T - 1 and i == norm:
-                    raise _Mismatch(normalizer_message(blocks, state, norm, "its final value is used after the loop"))
+                    final_norm_used = True
                 elif t == T - 1 and i in buffers:
                     outs[("buffer", i)] = ("buffer", writes[i].dim, i, n)
                 elif t == 0 and u.target in COLLECT and _collects(u, blocks, i):
@@ -417,6 +418,7 @@ def _build(nodes, pos, s, T, L, loop_keys) -> LoopRegion:
         source=source_line(blocks[0][state]) or source_line(blocks[0][0]),
         norm_offset=norm,
         init_norm=init[norm] if norm is not None else None,
+        final_norm_used=final_norm_used,
         states=several,
         init_states=tuple(init[i] for i in several),
         finals_used=frozenset(finals),

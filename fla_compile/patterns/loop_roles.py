@@ -261,6 +261,7 @@ def recurrence(region: LoopRegion, rec: Recurrence) -> tuple[Recurrence, list[st
         out_target=region.out_target,
         final_state=region.blocks[-1][region.state_offset],
         norm=norm,
+        final_norm=region.blocks[-1][region.norm_offset] if region.final_norm_used else None,
     )
     return rec.replace(layout=layout, **roles), pin.what
 
