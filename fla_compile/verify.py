@@ -320,6 +320,14 @@ class InSpan:
     hi: float = 0.98
 
 
+def _unit_axes_only(post_repr: str) -> bool:
+    """Whether a read's post-indexing (``TimeRead.key``'s repr of it) only adds unit axes or keeps whole dims
+    (``None``, ``...``, ``:``): the read is then its step's elements in their order, as another such read of the
+    same step is (a reversed or strided slice is not)."""
+    rest = post_repr.replace("slice(None, None, None)", "").replace("Ellipsis", "").replace("None", "")
+    return not rest.strip("(), ")
+
+
 def step_inputs(step: fx.GraphModule, run_time: bool = False) -> list:
     """What to probe each input of a loop step (after the state) with: its example value, or a
     ``Fixed`` value for a constant computed before the loop from literals alone. With ``run_time``, the reads as
@@ -333,9 +341,10 @@ def step_inputs(step: fx.GraphModule, run_time: bool = False) -> list:
         fixed = constant_value(origin[1]) if origin and origin[0] == "global" else None
         meta = value_of(n)
         if run_time and fixed is None and origin and origin[0] == "read" and isinstance(meta, torch.Tensor):
-            src, dim = origin[1][0], origin[1][1]
+            src, dim, post = origin[1]
             whole = value_of(src)
-            if isinstance(whole, torch.Tensor) and meta.numel() * whole.shape[dim] == whole.numel():
+            if (isinstance(whole, torch.Tensor) and meta.numel() * whole.shape[dim] == whole.numel()
+                    and _unit_axes_only(post)):  # fmt: skip
                 if (src, dim) in first:
                     out.append(SameRead(first[(src, dim)], tuple(meta.shape)))
                     continue

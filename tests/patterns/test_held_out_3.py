@@ -222,3 +222,14 @@ def test_normalizer_final_value_near_miss():
     out, fams = _compiled(nm_normalizer_doubled_with_state, *args)
     assert "normalized_linear_attn" not in fams
     _assert_eager(nm_normalizer_doubled_with_state, args, out, grads=False)
+
+
+def test_reads_tied_only_through_unit_axis_views():
+    """Two reads of one step share their probes only where each is the step's elements in their order: a post-
+    indexing that adds unit axes or keeps whole dims, not one that picks or strides."""
+    from fla_compile.verify import _unit_axes_only
+
+    keep = [None, (slice(None), None), (None, slice(None)), (Ellipsis, None)]
+    pick = [(0,), (slice(0, 2),), (slice(None, None, 2),), (slice(None), 1)]
+    assert all(_unit_axes_only(repr(p)) for p in keep)
+    assert not any(_unit_axes_only(repr(p)) for p in pick)
