@@ -4,7 +4,7 @@
 A kernel that reads or writes past a buffer's end, or reads memory nothing wrote, can pass every numeric test:
 the stray bytes may be masked out later, or be zeros today. The sanitizer sees the access itself. The cases
 reach the paths the kernels branch on: odd T (a partial last chunk), packed sequences, GQA (more value heads
-than q/k heads), K != V, head dims 64 to 256, bf16 / fp16 / fp32, an initial state with the final state in the
+than q/k heads), K != V, head dims 32 to 512, bf16 / fp16 / fp32, an initial state with the final state in the
 loss, a decoding step (T = 1), a long single sequence (the state passes in segments), the in-kernel l2 norm,
 hgrn's three kernels, mamba's chunked, padded and walked scans, and the fused losses.
 
