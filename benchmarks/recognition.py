@@ -32,7 +32,7 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, ".")
 import fla_compile  # noqa: E402
 import fla_compile.backend  # noqa: E402,F401  (registers "fla" where the package is not pip-installed)
-from tests.compare import rel  # noqa: E402
+from tests.compare import flat, rel  # noqa: E402
 from tests.patterns import held_out_2, held_out_3  # noqa: E402
 from tests.patterns.held_out import CASES, CASES_2  # noqa: E402
 
@@ -61,10 +61,7 @@ def _values(outs, args, grads):
     """The outputs, nested tuples flattened (None dropped: a final state not asked for) and, with ``grads``, the
     inputs' gradients of a fixed random projection of them."""
 
-    def flat(x):  # a state returned as a pair, (o, (S, z)), counts each part
-        return [t for y in x for t in flat(y)] if isinstance(x, (tuple, list)) else [x]
-
-    outs = [o for o in flat(outs) if o is not None]
+    outs = flat(outs)
     if not grads:
         return outs
     gen = torch.Generator().manual_seed(1)

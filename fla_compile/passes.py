@@ -88,7 +88,7 @@ def _pulled_mamba(graph: fx.Graph, region, opts: Options, pulls: list):
     try:
         new = next(r for r in loop.find(graph)[0] if r.blocks[-1][r.state_offset] is final and not r.states)
         step, _ = new.step_graph()
-        metas = step_inputs(step, run_time=True)
+        metas = step_inputs(step, new.reads)
         state_meta = value_of(step.graph.find_nodes(op="placeholder")[0])
         rec = classify_loop(step, metas, state_meta)
         if rec.family != Family.MAMBA:
@@ -120,7 +120,7 @@ def _loop_pass(graph: fx.Graph, opts: Options, report: Report, pulls: list) -> N
             step, _ = region.step_graph()
             # probed as the step's reads are at run time; constants made from literals (an identity matrix) keep
             # their values
-            metas = step_inputs(step, run_time=True)
+            metas = step_inputs(step, region.reads)
             state_meta = value_of(step.graph.find_nodes(op="placeholder")[0])
             rec = classify_loop(step, metas, state_meta)
             err = prove_loop(step, metas, state_meta, rec, call_family) if opts.verify else float("nan")

@@ -301,70 +301,53 @@ class Fixed:
 
 
 @dataclasses.dataclass(frozen=True)
-class SameRead:
-    """A step input that reads the same time step of the same sequence as an earlier one, only viewed with other
-    unit axes (``k[:, :, t, :, None]`` beside ``k[:, :, t, None, :]``): probed with that input's values, as it is
-    at run time, where independent probes would make the two reads two different keys."""
+class StepRead:
+    """A step input that is step t of a sequence made before the loop: probed through one draw per sequence and
+    time dim with its own indexing applied, so reads of one step through different indexing
+    (``k[:, :, t, :, None]`` beside ``k[:, :, t, None, :]``) see the same numbers, as at run time; in (0, 1)
+    where a sigmoid made the sequence (minGRU's decay 1 - z is positive there, and only there)."""
 
-    of: int  # the earlier input's position among the step's inputs
-    shape: tuple
-
-
-@dataclasses.dataclass(frozen=True)
-class InSpan:
-    """A step input read from a sequence that a sigmoid made before the loop: probed in (0, 1), where its values
-    lie at run time (minGRU's decay 1 - z is positive there, and only there)."""
-
+    source: tuple  # (the sequence's node, its time dim): the draw's key
+    base_shape: tuple  # one step of the sequence
+    post: tuple | None  # the read's indexing after picking step t
     meta: torch.Tensor
-    lo: float = 0.02
-    hi: float = 0.98
+    span: tuple | None = None  # (lo, hi) for a sigmoid's output
 
 
-def _unit_axes_only(post_repr: str) -> bool:
-    """Whether a read's post-indexing (``TimeRead.key``'s repr of it) only adds unit axes or keeps whole dims
-    (``None``, ``...``, ``:``): the read is then its step's elements in their order, as another such read of the
-    same step is (a reversed or strided slice is not)."""
-    rest = post_repr.replace("slice(None, None, None)", "").replace("Ellipsis", "").replace("None", "")
-    return not rest.strip("(), ")
-
-
-def step_inputs(step: fx.GraphModule, run_time: bool = False) -> list:
+def step_inputs(step: fx.GraphModule, reads: dict | None = None) -> list:
     """What to probe each input of a loop step (after the state) with: its example value, or a
-    ``Fixed`` value for a constant computed before the loop from literals alone. With ``run_time``, the reads as
-    they are at run time: a ``SameRead`` for a read of the step that an earlier input already reads whole (as
-    many elements), and an ``InSpan`` for a read of a sigmoid's output."""
+    ``Fixed`` value for a constant computed before the loop from literals alone. Given the region's ``reads``
+    (``LoopRegion.reads``), its reads as a ``StepRead`` each: probed as they are at run time."""
     from .patterns._graph import constant_value, value_of
 
-    out, first = [], {}
+    out = []
     for n in list(step.graph.find_nodes(op="placeholder"))[1:]:
         origin = n.meta.get("fla_origin")
         fixed = constant_value(origin[1]) if origin and origin[0] == "global" else None
         meta = value_of(n)
-        if run_time and fixed is None and origin and origin[0] == "read" and isinstance(meta, torch.Tensor):
-            src, dim, post = origin[1]
-            whole = value_of(src)
-            if (isinstance(whole, torch.Tensor) and meta.numel() * whole.shape[dim] == whole.numel()
-                    and _unit_axes_only(post)):  # fmt: skip
-                if (src, dim) in first:
-                    out.append(SameRead(first[(src, dim)], tuple(meta.shape)))
-                    continue
-                first[(src, dim)] = len(out)
-            if src.op in ("call_function", "call_method") and src.target in SIGMOID and meta.is_floating_point():
-                out.append(InSpan(meta))
-                continue
+        r = reads.get(origin[1]) if reads is not None and origin and origin[0] == "read" else None
+        if r is not None and isinstance(meta, torch.Tensor) and meta.is_floating_point():
+            shape = tuple(value_of(r.src).shape)
+            sigmoid = r.src.op in ("call_function", "call_method") and r.src.target in SIGMOID
+            out.append(StepRead((r.src, r.dim), shape[: r.dim] + shape[r.dim + 1 :], r.post, meta,
+                                (0.02, 0.98) if sigmoid else None))  # fmt: skip
+            continue
         out.append(Fixed(fixed) if fixed is not None else meta)
     return out
 
 
 def _probe_inputs(metas, gen, positive=False):
-    out = []
+    out, bases = [], {}
     for m in metas:
-        if isinstance(m, SameRead):  # the same elements in another view: unit axes only, so the order is kept
-            out.append(out[m.of].reshape(m.shape))
-            continue
-        if isinstance(m, InSpan):
-            out.append(probe(m.meta.shape, gen, (m.lo, m.hi), m.meta.device))
-            continue
+        if isinstance(m, StepRead):
+            if m.source not in bases:
+                kind = m.span or ("positive" if positive else None)
+                bases[m.source] = probe(m.base_shape, gen, kind, m.meta.device)
+            x = bases[m.source] if m.post is None else bases[m.source][m.post]
+            if tuple(x.shape) == tuple(m.meta.shape):
+                out.append(x)
+                continue
+            m = m.meta  # a read whose indexing this cannot replay: probes of its own
         if isinstance(m, Fixed):
             out.append(m.value.to(torch.float64))
             continue

@@ -17,11 +17,17 @@ buffer lies inside a larger block, so an access past its end stays inside an all
 
 from __future__ import annotations
 
+import pathlib
 import sys
 from dataclasses import dataclass, field
 
-import torch
-import torch.nn.functional as F
+if __name__ == "__main__":  # run as a script: this checkout's packages (``tests``, ``fla_compile``) first
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from tests.compare import flat  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU: the torch paths, to check the cases build
 QKV = ["gla", "simple_gla", "retention", "linear_attn", "rwkv6", "normalized_linear_attn"]
@@ -59,13 +65,6 @@ class Case:
 
 def _rand(gen, *shape, dtype=torch.float32):
     return torch.randn(*shape, device=DEVICE, generator=gen).to(dtype)
-
-
-def _flat(x) -> list:
-    """The tensors of nested tuples (an op's outputs, a state pair), Nones dropped."""
-    if isinstance(x, (tuple, list)):
-        return [t for y in x for t in _flat(y)]
-    return [] if x is None else [x]
 
 
 def _backward(outs, leaves, gen):
@@ -119,7 +118,7 @@ def qkv_case(family: str, s: Shape, dtype, l2norm: bool = False) -> Case:
                 leaves.append(h0[1])
         cu = torch.tensor(s.cu, device=DEVICE, dtype=torch.int32) if s.cu else None
         out = getattr(ops, family)(*args, initial_state=h0, output_final_state=True, cu_seqlens=cu, **kw)
-        _backward(_flat(out), leaves, gen)
+        _backward(flat(out), leaves, gen)
 
     return Case(f"{family} {s} {str(dtype)[6:]}{' l2norm' if l2norm else ''}", run)
 
@@ -290,7 +289,6 @@ def run(specs) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
     if sys.argv[1:] == ["--list"]:
         print(" ".join(f"{g}:{i}" for g, cases in groups().items() for i in range(len(cases))))
         raise SystemExit(0)

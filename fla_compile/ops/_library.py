@@ -229,11 +229,8 @@ def register(spec: OpSpec) -> None:
             return (*_empty_forward(q, v, h0, cu), *saved)
         if q.dtype in launch.DTYPES:  # the kernels' dtypes (fp64 takes the torch path)
             grad = keep and (q.requires_grad or k.requires_grad or v.requires_grad)
-            seen = form(q, v, h0, cu, flags, grad)
-            if seen not in compiled_ahead:
-                compiled_ahead.add(seen)
-                if ahead.enabled(q.device):  # CUDA, not capturing a graph, not switched off
-                    ahead.compile_ahead(lambda: dry_call(q, k, v, rest, keep, grad), q.device)
+            dry = lambda: dry_call(q, k, v, rest, keep, grad)  # noqa: E731
+            ahead.once(compiled_ahead, form(q, v, h0, cu, flags, grad), q.device, dry)
         saved = saved_like(q, k, v, gates, h0, cu, flags) if keep else (None,) * n_saved
         if n_saved:
             kw["saved"] = saved
@@ -291,10 +288,7 @@ def register(spec: OpSpec) -> None:
         # and a final state's gradient (dht) takes kernels of its own
         if q.dtype in launch.DTYPES:
             seen = form(q, v, h0, cu, rest[:n_flags], dht is None, *((gate_grads,) if opt else ()))
-            if seen not in bwd_compiled_ahead:
-                bwd_compiled_ahead.add(seen)
-                if ahead.enabled(q.device):
-                    ahead.compile_ahead(run, q.device)
+            ahead.once(bwd_compiled_ahead, seen, q.device, run)
         grads = run()
         return [cast(g, x.dtype) if g is not None and not s else q.new_empty(0) for g, x, s in zip(grads, inputs, skip)]
 

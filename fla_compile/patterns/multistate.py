@@ -102,7 +102,7 @@ def _sub_region(region: loop.LoopRegion, i: int, cut: int | None) -> loop.LoopRe
 def _prove(sub: loop.LoopRegion, opts):
     """(Recurrence, proof error) of a sub-region's step, or raises NearMiss / ValueError."""
     step, _ = sub.step_graph()
-    metas = step_inputs(step, run_time=True)
+    metas = step_inputs(step, sub.reads)
     state_meta = value_of(step.graph.find_nodes(op="placeholder")[0])
     rec = classify_loop(step, metas, state_meta)
     err = prove_loop(step, metas, state_meta, rec, call_family) if opts.verify else float("nan")

@@ -292,28 +292,7 @@ def _role_values(step: fx.GraphModule, env: dict, rec: Recurrence) -> dict:
     return {x: apply_recipe(env[by_origin[r.origin]], r.recipe, r.target) for x, r in zip("qkv", (rec.q, rec.k, rec.v))}
 
 
-def _probe_step(step: fx.GraphModule, reads: dict, metas: list, gen) -> list:
-    """Positive probes of the step's inputs (after the state and the normalizer); the reads of one source at one
-    step through different indexing (``k[:, t, :, :, None]`` in S's update, ``k[:, t]`` in z's) get the same numbers."""
-    bases: dict = {}
-    out = []
-    for ph, m in zip(step.graph.find_nodes(op="placeholder")[2:], metas):
-        origin = ph.meta.get("fla_origin") or ("",)
-        r = reads.get(origin[1]) if origin[0] == "read" else None
-        if r is not None and isinstance(m, torch.Tensor) and m.is_floating_point():
-            src = value_of(r.src).shape
-            if (r.src, r.dim) not in bases:
-                bases[(r.src, r.dim)] = probe((*src[: r.dim], *src[r.dim + 1 :]), gen, "positive", m.device)
-            x = bases[(r.src, r.dim)]
-            x = x[r.post] if r.post is not None else x
-            if tuple(x.shape) == tuple(m.shape):
-                out.append(x)
-                continue
-        out += _probe_inputs([m], gen, positive=True)
-    return out
-
-
-def classify_loop(step: fx.GraphModule, reads: dict, metas: list, S_meta, z_meta) -> Recurrence:
+def classify_loop(step: fx.GraphModule, metas: list, S_meta, z_meta) -> Recurrence:
     """The roles q, k, v and eps of a step (state, norm, *inputs) -> (S_t, o_t, z_t); NearMiss with the reason."""
     *batch, X, Y = tuple(S_meta.shape)
     batch = tuple(batch)
@@ -328,7 +307,7 @@ def classify_loop(step: fx.GraphModule, reads: dict, metas: list, S_meta, z_meta
         raise NearMiss("the output is not a division num / (den + eps) of the state's read-out by its normalizer's")
     num, eps = parts[0], den[1]
     gen = torch.Generator().manual_seed(1234)
-    P = _probe_step(step, reads, metas, gen)  # feature-mapped keys and queries: positive
+    P = _probe_inputs(metas, gen, positive=True)  # feature-mapped keys and queries: positive
     Sa, za = (probe(m.shape, gen, device=m.device) for m in (S_meta, z_meta))
     (Fa, _, Za), env = run_region(step, [Sa, za, *P], widen=True)
     (F0, _, Z0), _ = run_region(step, [torch.zeros_like(Sa), torch.zeros_like(za), *P], widen=True)
@@ -364,14 +343,14 @@ def _op_step(rec: Recurrence, vals: dict, S, z):
     return from_bthd(o, batch)[0], reshaped(St, *S.shape), reshaped(zt, *z.shape)
 
 
-def prove_loop(step: fx.GraphModule, reads: dict, metas: list, S_meta, z_meta, rec: Recurrence, trials=2) -> float:
+def prove_loop(step: fx.GraphModule, metas: list, S_meta, z_meta, rec: Recurrence, trials=2) -> float:
     """One step equals the op (T = 1, the probes as the initial state) on fresh probes: states at three
     magnitudes, and normalizers z that put q_t . z_t at 0.1, 1 and 10 times eps (where eps and a clamp tell)."""
     gen = torch.Generator().manual_seed(4321)
     e = max(rec.extras["eps"], 1e-6)
     worst = 0.0
     for _ in range(trials):
-        P = _probe_step(step, reads, metas, gen)
+        P = _probe_inputs(metas, gen, positive=True)
         for mag in (1e-3, 1.0, 1e4):
             S, z = (probe(m.shape, gen, device=m.device) * mag for m in (S_meta, z_meta))
             _, env = run_region(step, [S, z, *P], widen=True)
@@ -395,10 +374,12 @@ def loop_pass(region, opts, report: Report) -> None:
     """Classify, prove and rewrite a re-rolled loop carrying a normalizer beside its state."""
     try:
         step, _ = region.step_graph()
-        metas = step_inputs(step)[1:]  # after the state: the normalizer's placeholder, then the step's inputs
+        # after the state: the normalizer's placeholder, then the step's inputs; the reads of one source at one step
+        # through different indexing (``k[:, t, :, :, None]`` in S's update, ``k[:, t]`` in z's) see the same numbers
+        metas = step_inputs(step, region.reads)[1:]
         S_meta, z_meta = (value_of(p) for p in step.graph.find_nodes(op="placeholder")[:2])
-        rec = classify_loop(step, region.reads, metas, S_meta, z_meta)
-        err = prove_loop(step, region.reads, metas, S_meta, z_meta, rec) if opts.verify else math.nan
+        rec = classify_loop(step, metas, S_meta, z_meta)
+        err = prove_loop(step, metas, S_meta, z_meta, rec) if opts.verify else math.nan
     except (NearMiss, ValueError) as e:
         why = normalizer_message(region.blocks, region.state_offset, region.norm_offset, str(e))
         report.misses.append(Miss(loop.SPELLING, why, region.source))

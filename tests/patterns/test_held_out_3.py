@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import fla_compile
-from tests.compare import rel
+from tests.compare import flat, rel
 
 from .held_out_3 import CASES
 
@@ -41,10 +41,6 @@ SUBSET = {
 }
 
 
-def _flat(x) -> list:
-    return [t for y in x for t in _flat(y)] if isinstance(x, (tuple, list)) else [] if x is None else [x]
-
-
 def _compiled(fn, *args):
     torch._dynamo.reset()
     out = torch.compile(fn, backend="fla", options={"inductor": False})(*args)
@@ -54,7 +50,7 @@ def _compiled(fn, *args):
 def _assert_eager(fn, args, out, grads=True):
     """Outputs (nested tuples flattened) and, with ``grads``, the inputs' gradients of a random projection of them
     equal eager's."""
-    ours, ref = _flat(out), _flat(fn(*args))
+    ours, ref = flat(out), flat(fn(*args))
     assert len(ours) == len(ref)
     for a, b in zip(ours, ref):
         assert rel(a, b) < 1e-4
@@ -224,12 +220,17 @@ def test_normalizer_final_value_near_miss():
     _assert_eager(nm_normalizer_doubled_with_state, args, out, grads=False)
 
 
-def test_reads_tied_only_through_unit_axis_views():
-    """Two reads of one step share their probes only where each is the step's elements in their order: a post-
-    indexing that adds unit axes or keeps whole dims, not one that picks or strides."""
-    from fla_compile.verify import _unit_axes_only
+def test_reads_of_one_step_share_their_numbers():
+    """The reads of one step of one sequence are probed through one draw, each with its own indexing applied: two
+    views see the same numbers, a read that picks sees the picked ones; a sigmoid's output is probed in (0, 1)."""
+    from fla_compile.verify import StepRead, _probe_inputs
 
-    keep = [None, (slice(None), None), (None, slice(None)), (Ellipsis, None)]
-    pick = [(0,), (slice(0, 2),), (slice(None, None, 2),), (slice(None), 1)]
-    assert all(_unit_axes_only(repr(p)) for p in keep)
-    assert not any(_unit_axes_only(repr(p)) for p in pick)
+    base, k = (2, 3, 4), ("k", 1)
+    col = StepRead(k, base, (slice(None), slice(None), slice(None), None), torch.empty(2, 3, 4, 1))
+    row = StepRead(k, base, (slice(None), slice(None), None, slice(None)), torch.empty(2, 3, 1, 4))
+    pick = StepRead(k, base, (slice(None), 0), torch.empty(2, 4))
+    z = StepRead(("z", 1), base, None, torch.empty(base), span=(0.02, 0.98))
+    a, b, c, d = _probe_inputs([col, row, pick, z], torch.Generator().manual_seed(0))
+    assert torch.equal(a.squeeze(-1), b.squeeze(-2))
+    assert torch.equal(c, a.squeeze(-1)[:, 0])
+    assert ((d > 0) & (d < 1)).all() and not torch.equal(d, a.squeeze(-1))

@@ -39,6 +39,16 @@ def enabled(device) -> bool:
     return not torch.cuda.is_current_stream_capturing()
 
 
+def once(forms: set, form, device, run) -> None:
+    """At the first call of ``form`` (not yet in ``forms``, which it joins), compile ``run``'s kernels ahead where
+    :func:`enabled` says so on ``device``."""
+    if form in forms:
+        return
+    forms.add(form)
+    if enabled(device):
+        compile_ahead(run, device)
+
+
 def _async_mode():
     """Triton's ``AsyncCompileMode`` (None where this Triton lacks it), with ``ignore_errors`` where it takes it."""
     try:
