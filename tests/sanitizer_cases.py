@@ -219,6 +219,7 @@ def groups() -> dict[str, list[Case]]:
         if family in DELTA:
             cases.append(qkv_case(family, Shape(2, 200, 2, 4, 128, 128), bf16, l2norm=True))
             cases.append(qkv_case(family, Shape(1, 200, 2, 2, 256, 512), bf16))  # the key-block state passes
+        cases.append(qkv_case(family, Shape(2, 200, 2, 4, 32, 64), bf16))  # a narrow K: masked blocks of 64
         out[family] = cases
     out["hgrn"] = [
         hgrn_case(kernel, B, T, D, dtype, cu)

@@ -1006,10 +1006,10 @@ def test_gpu_chunk_vs_fp64_K256(family, dtype, tol, V):
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("K,V", [(64, 32), (32, 64)])
 def test_gpu_chunk_vs_fp64_narrow_heads(family, dtype, tol, K, V):
-    """Tiles of 32 along a dot's N (V = 32: the dv kernel's do and dh; K = 32: the key blocks), GQA: under
-    compute-sanitizer's memcheck (Triton 3.6, H200, forty-first session) gated_delta_rule's dv kernel at K 64 x V 32
-    read shared memory past its allocation, the pattern of Triton's two-dot shared-memory faults on sm_90 with
-    blocks of 16 and 32. Against fp64 with poisoned buffers, then bitwise repeatable."""
+    """Heads of 32 (V = 32: the dv kernel's do and dh; K = 32: the key blocks), GQA, against fp64 with poisoned
+    buffers, then bitwise repeatable. With blocks of 32 (block = head dim) bf16 got o, dq, dk wrong by 0.56-1.5
+    and illegal memory accesses on the H200 (Triton 3.6, 2026-12-04; memcheck: "Invalid __shared__ read" in the
+    dv kernel's wgmma); ``launch.head_block`` runs them in masked blocks of 64."""
     test_gpu_chunk_vs_fp64(family, dtype, tol, 1.0, K=K, V=V, T=200)
     _assert_bitwise_repeat(family, 2, T=200, K=K, V=V, dtype=dtype)
 

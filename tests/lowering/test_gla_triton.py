@@ -26,7 +26,7 @@ if INTERPRET and type(triton.language.standard.cdiv).__name__ != "InterpretedFun
     )
 DEVICE = "cpu" if INTERPRET else "cuda"
 
-from fla_compile.lowering.common import chunks  # noqa: E402  (after the interpreter switch)
+from fla_compile.lowering.common import chunks, launch  # noqa: E402  (after the interpreter switch)
 from fla_compile.lowering.gla import triton_kernels as kern  # noqa: E402
 from fla_compile.lowering.gla import triton_launch as gla_triton  # noqa: E402
 from fla_compile.lowering.gla.torch_path import gla_line_forward  # noqa: E402
@@ -183,8 +183,11 @@ def test_scalar_gate_gradient_skipped(head_decay, monkeypatch):
 @pytest.mark.parametrize("kind", KINDS)
 def test_heads_inner_launch_order(kind, monkeypatch):
     """The output, dv and dq/dk kernels in a 1-D grid with a chunk's heads side by side (``chunks.HEADS_INNER``): the
-    same programs in another order, so bitwise the 3-D grid's outputs and gradients (packed, GQA, two V blocks, two
-    K blocks: a scalar gate's dg comes in one column per K block)."""
+    same programs in another order, so the 3-D grid's outputs and gradients (packed, GQA, two V blocks, two K blocks
+    interpreted: a scalar gate's dg comes in one column per K block). Bitwise where interpreted; compiled, the two
+    orders are two builds (HEADS_INNER is a constexpr), and on the H200 the vector gate's dg of a head of 20 in a
+    masked block of 64 differed in its last bits (1.9e-6; each order bitwise repeatable, memcheck clean), where a
+    wrong program mapping differs by O(1)."""
     q, k, v, g, h0, cu = make(kind, T=45, H=2, HK=1, K=20, cu=[0, 3, 45])  # V = 32, K = 20 at blocks of 16
     do, dht = torch.randn_like(v), torch.randn_like(h0)
     runs = {}
@@ -193,7 +196,7 @@ def test_heads_inner_launch_order(kind, monkeypatch):
         o, ht = gla_triton.chunk_forward(q, k, v, g, kind, 0.3, h0, cu, config=CFG)
         grads = gla_triton.chunk_backward(q, k, v, g, kind, 0.3, h0, cu, do, dht, config=CFG)
         runs[inner] = [o, ht, *[x for x in grads if x is not None]]
-    assert all(torch.equal(a, b) for a, b in zip(runs[True], runs[False]))
+    assert all(torch.equal(a, b) if INTERPRET else rel(a, b) < 1e-6 for a, b in zip(runs[True], runs[False]))
 
 
 def test_head_decay_only_for_a_broadcast_gate():
@@ -388,11 +391,12 @@ def test_factored_A_spread():
     cfg = dict(CFG, BT=16, cumsum_BK=16)
     _, info, _, NS, _ = chunks.chunk_meta(1, 40, cu, 16, q.device)
     gc, _, span = gla_triton._gate_cumsum(g, 2, info, NS, 2, 20, 16, q.device, cfg, spread=True)
-    assert span.shape == (NS, 2, 2)
+    BK = launch.head_block(20, 16)  # two tiles of 16 interpreted; compiled, one masked block of 64
+    assert span.shape == (NS, launch.cdiv(20, BK), 2)
     bounds = [(0, 3), (3, 19), (19, 35), (35, 40)]
     for s, (a, b) in enumerate(bounds):
         c = g[0, a:b].cumsum(0)
-        for j, ks in enumerate((slice(0, 16), slice(16, 20))):
+        for j, ks in enumerate(slice(i, min(i + BK, 20)) for i in range(0, 20, BK)):
             want = (c[:, :, ks].amax(0) - c[:, :, ks].amin(0)).amax(-1)
             got = span[s, j]
             for h in range(2):
@@ -605,7 +609,8 @@ def test_tile_lookup_order():
     cfg = dict(CFG, dqk_BK=64, dqk_head_BK=128, dqk_head_BV=32)
     assert gla_triton._tile(cfg, "dqk", 256, 512, 3) == (128, 32)
     assert gla_triton._tile(cfg, "dqk", 256, 512, 2) == (64, cfg["BV"])
-    assert gla_triton._tile(cfg, "dqk", 64, 16, 3) == (64, 16)  # capped at the head dims' powers of two
+    # capped at the head dims' powers of two; compiled, a head of 16 takes a masked block of 64 (launch.head_block)
+    assert gla_triton._tile(cfg, "dqk", 64, 16, 3) == (64, launch.head_block(16, 32))
 
 
 def _benchmarks_importable():
@@ -671,7 +676,7 @@ def test_sweep_skips_variants_that_launch_as_shipped():
     _benchmarks_importable()
     import sweep_gla_kernels as sweep
 
-    B, T, H, K, V = 1, 40, 2, 32, 32
+    B, T, H, K, V = 1, 40, 2, 64, 64  # heads of 64: a head of 32 takes one block of 64 whatever the option
     q, k, v = (torch.randn(B, T, H, d) for d in (K, K, V))
     h0, do, dht = torch.randn(B, H, K, V), torch.randn(B, T, H, V), torch.randn(B, H, K, V)
     gates = {"head": torch.tensor([-0.1, -0.5]).reshape(1, 1, H).expand(B, T, H), "scalar": -torch.rand(B, T, H)}
@@ -712,8 +717,8 @@ def test_output_kernel_option_forms(monkeypatch):
         (torch.float32, False, dict(BK=16, BV=32, V_EARLY=False, cap=168)),
         (torch.float32, True, dict(BK=32, BV=32, V_EARLY=True, cap=168)),
     ):
-        q, k, v, g, h0, cu = make("vector", T=20, K=32, dtype=dtype)
-        u = torch.randn(2, 32).to(DEVICE) if bonus else None
+        q, k, v, g, h0, cu = make("vector", T=20, K=64, V=64, dtype=dtype)  # heads of 32 take blocks of 64
+        u = torch.randn(2, 64).to(DEVICE) if bonus else None
         gla_triton.chunk_forward(q, k, v, g, "vector", 0.3, h0, cu, config=cfg, bonus=u)
         assert seen == want, (dtype, bonus, seen)
 

@@ -87,3 +87,25 @@ def test_fitted_remembered_stages_still_avoid():
         k.calls.clear()
         assert launch.fitted(k, (1,), num_warps=8, num_stages=2, avoid=((8, 1),)) == "launched"
         assert [(c[3]["num_warps"], c[2]) for c in k.calls] == want
+
+
+@pytest.mark.parametrize("n,cap,want", [(32, None, 64), (16, 16, 64), (8, 128, 64), (33, None, 64), (64, 32, 32),
+                                        (128, 64, 64), (100, None, 128)])  # fmt: skip
+def test_head_block_keeps_narrow_heads_in_masked_blocks_of_64(monkeypatch, n, cap, want):
+    """Compiled, a head dim of 32 or less takes one masked block of 64 (Triton 3.6 on sm_90 miscomputed at a block
+    equal to a head dim of 32); wider heads keep the table's cap. The interpreter keeps the exact block."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert launch.head_block(n, cap) == want
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert launch.head_block(n, cap) == (launch.pow2(n) if cap is None else min(cap, launch.pow2(n)))
+
+
+def test_fill_sms_never_halves_a_narrow_head_block(monkeypatch):
+    """Filling the SMs halves a state pass's blocks down to ``lo``, but not the masked block of a narrow head."""
+    import torch
+
+    monkeypatch.setattr(launch, "sm_count", lambda device: 132)
+    cuda = torch.device("cuda")
+    assert launch.fill_sms(cuda, 2, 32, 64, 32, 64, lo=16) == (64, 64)
+    assert launch.fill_sms(cuda, 2, 128, 64, 32, 64, lo=16) == (64, 16)  # V wide: halved; K narrow: kept
+    assert launch.fill_sms(cuda, 2, 128, 64, 128, 64, lo=32) == (32, 32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
+import os
 
 import torch
 
@@ -39,6 +40,29 @@ def next_pow2(n: int) -> int:
 def pow2(n: int, lo: int = 16) -> int:
     """The block size that covers ``n``: its next power of two, at least ``lo``."""
     return max(lo, next_pow2(n))
+
+
+# Head dims of at most NARROW_HEAD run the chunk lines' compiled kernels in masked blocks of NARROW_HEAD_BLOCK. With
+# a block equal to a head dim of 32 (K = 64 x V = 32, K = 32 x V = 64; bf16, H200, Triton 3.6, 2026-12-04) the
+# GPU tests of both lines got wrong dq, dk and o (rel. err 0.56-1.5 against fp64), dq not bitwise repeatable,
+# and illegal memory accesses; compute-sanitizer's memcheck reported "Invalid __shared__ read" at the
+# transposed-B wgmma of chunk_bwd_dv_kernel. The same cases in masked blocks of 64 (the path of V = 33) were
+# clean under memcheck and equal fp64. Blocks of 16 or 32 inside a head dim of 64 or more (the tables' tiles,
+# fill_sms) are the paths the GPU suite checks at 64 and 128. The interpreter keeps the exact blocks.
+NARROW_HEAD = 32
+NARROW_HEAD_BLOCK = 64
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def head_block(n: int, cap: int | None = None) -> int:
+    """The block of a head dim ``n`` (K or V) in the chunk lines' kernels: its next power of two, at most ``cap``;
+    a head dim of at most :data:`NARROW_HEAD` takes one masked block of :data:`NARROW_HEAD_BLOCK` when compiled."""
+    if n <= NARROW_HEAD and not _interpreted():
+        return NARROW_HEAD_BLOCK
+    return pow2(n) if cap is None else min(cap, pow2(n))
 
 
 # fp32 inputs at torch's "highest": "tf32x3" (three tf32 tensor-core products, lo·hi + hi·lo + hi·hi, near
@@ -82,15 +106,18 @@ def fill_sms(
 ) -> tuple:
     """(BK, BV) of a sequential state pass, halved (V first, then K where ``BK`` is given; down to ``lo``) while
     ``programs`` x blocks still fits the device's SMs (``per_sm`` programs each): each program walks every chunk in
-    turn, so a grid under one wave (few sequences x heads) leaves SMs idle for the whole walk. Unchanged off CUDA."""
+    turn, so a grid under one wave (few sequences x heads) leaves SMs idle for the whole walk. Unchanged off CUDA;
+    a head dim of at most :data:`NARROW_HEAD` keeps its block (:func:`head_block`)."""
     if device.type != "cuda":
         return BK, BV
     sms = sm_count(device) * per_sm
+    lo_v = BV if V <= NARROW_HEAD else lo
+    lo_k = BK if K <= NARROW_HEAD else lo
     while True:
         nk = 1 if BK is None else cdiv(K, BK)
-        if BV > lo and programs * nk * cdiv(V, BV // 2) <= sms:
+        if BV > lo_v and programs * nk * cdiv(V, BV // 2) <= sms:
             BV //= 2
-        elif BK is not None and BK > lo and programs * cdiv(K, BK // 2) * cdiv(V, BV) <= sms:
+        elif BK is not None and BK > lo_k and programs * cdiv(K, BK // 2) * cdiv(V, BV) <= sms:
             BK //= 2
         else:
             return BK, BV

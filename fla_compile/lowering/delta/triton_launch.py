@@ -313,7 +313,7 @@ def _dense(x, dtype):
 def _state_bv(name: str, programs: int, V: int, device, key: tuple | None = None, lo: int = 16) -> int:
     """V block of a sequential state pass (``BV_h``, ``BV_dh``); with ``fill_sms`` (on in sm90.json: 2-3% at
     B=2 T=8192) halved down to ``lo`` while the grid still fits the SMs (``launch.fill_sms``)."""
-    BV = min(_knob(name, device, key), launch.pow2(V))
+    BV = launch.head_block(V, _knob(name, device, key))
     if _knob("fill_sms", device, key):
         BV = launch.fill_sms(device, programs, V, BV, lo=lo)[1]
     return BV
@@ -327,7 +327,7 @@ def _state_opts(kernel: str, BV: int, V: int, gid: int, device, key: tuple | Non
     per key. The most specific name that is overridden (sweep_delta) wins, then the most specific the table sets
     (a None default sets nothing)."""
     names = [kernel] + ([f"{kernel}_vector"] if gid == GATE_VECTOR_ID else [])
-    if BV < min(_knob(f"BV_{kernel}", device, key), launch.pow2(V)):
+    if BV < launch.head_block(V, _knob(f"BV_{kernel}", device, key)):
         names += [f"{kernel}_fill"] + ([f"{kernel}_fill_vector"] if gid == GATE_VECTOR_ID else [])
     table = _device_table(device, key)
     over = [n for n in names if n in OVERRIDES]
@@ -414,7 +414,7 @@ def forward_parts(
     cu, info, chunk_off, NS, N = chunk_meta(B, T, cu_seqlens, BT, dev)
     prec = launch.prec(dt, K, V, split=gid != GATE_VECTOR_ID or FP32_SPLIT_VECTOR_GATE)
     key = (K, V, dt, prec)  # the launch options' key: the arch table's by_dims and by_dtype sections
-    BK = launch.pow2(K)
+    BK = launch.head_block(K)
     f32 = dict(device=dev, dtype=torch.float32)
     gc = None
     if gid:
@@ -468,13 +468,13 @@ def forward_parts(
             )  # fmt: skip
         launch.fitted(
             kw.chunk_wu_kernel, (NS, H),
-            k, v, beta, gcp, X, w, u, info, H, G, K, V, BT, min(64, BK), min(64, launch.pow2(V)), gid,
+            k, v, beta, gcp, X, w, u, info, H, G, K, V, BT, min(64, BK), launch.head_block(V, 64), gid,
             _kernel_prec("wu", prec, dev, key), kg if use_kg else w, use_kg, **_opts("wu", dev, key),
         )  # fmt: skip
     else:
         launch.fitted(
             kw.chunk_wy_kernel, (NS, H),
-            k, v, beta, gcp, A, X, w, u, info, H, G, K, V, BT, min(64, BK), min(64, launch.pow2(V)), gid, load_x,
+            k, v, beta, gcp, A, X, w, u, info, H, G, K, V, BT, min(64, BK), launch.head_block(V, 64), gid, load_x,
             prec, False, ROW_LOADS, kkt, min(64, BK), merge_prec, **_opts("wy", dev, key),
         )  # fmt: skip
     h = torch.empty(NS, H, K, V, device=dev, dtype=dt)
@@ -499,7 +499,7 @@ def forward_parts(
     o = None
     if need_o:
         o = torch.empty(B, T, H, V, device=dev, dtype=dt)
-        BV = min(_knob("BV_o", dev, key), launch.pow2(V))
+        BV = launch.head_block(V, _knob("BV_o", dev, key))
         grid, order = chunk_grid(NS, launch.cdiv(V, BV), H, _knob("heads_inner", dev, key))
         launch.fitted(
             gla_kern.chunk_fwd_o_kernel, grid,
@@ -534,14 +534,14 @@ def backward_parts(
     f32 = dict(device=dev, dtype=torch.float32)
     prec = launch.prec(dt, K, V, split=gid != GATE_VECTOR_ID or FP32_SPLIT_VECTOR_GATE)
     key = (K, V, dt, prec)  # the launch options' key: the arch table's by_dims and by_dtype sections
-    BK = launch.pow2(K)
+    BK = launch.head_block(K)
     gc, X, w, vn, h, Aqk = P["gc"], P["X"], P["w"], P["vn"], P["h"], P["Aqk"]
     gcp = gc if gc is not None else beta  # a placeholder pointer: never read without a gate
     # 1. dv_local = M^T do, in v's dtype (as FLA): a quarter less of the state-gradient pass's traffic, one more
     # rounding of dv_new (H200, B=8 T=2048 H=16 D=128 bf16: dv_local + dh kernels 0.382 -> 0.354 ms delta_rule,
     # 0.415 -> 0.374 gated, 0.457 -> 0.438 kda)
     dvl = torch.empty(B, T, H, V, device=dev, dtype=dt)
-    BV = min(64, launch.pow2(V))
+    BV = launch.head_block(V, 64)
     grid, order = chunk_grid(NS, launch.cdiv(V, BV), H, _knob("heads_inner", dev, key))
     launch.fitted(
         gla_kern.chunk_bwd_dv_kernel, grid,
@@ -565,7 +565,7 @@ def backward_parts(
     dq = torch.empty(B, T, H, K, device=dev, dtype=dt if final_dq and gid != GATE_VECTOR_ID else torch.float32)
     dk = torch.empty(B, T, H, K, **f32)
     dA = torch.empty(B, T, H, BT, **f32) if gid == GATE_VECTOR_ID else dk
-    BKq, BVq = min(64, BK), min(64, launch.pow2(V))
+    BKq, BVq = min(64, BK), launch.head_block(V, 64)
     dg = (
         torch.empty(B, T, H, K if gid == GATE_VECTOR_ID else launch.cdiv(K, BKq), **f32) if gid else None
     )  # scalar: per K block
@@ -603,7 +603,7 @@ def backward_parts(
     dbeta = torch.empty(B, T, H, **f32)
     dG = torch.empty(gate.shape, **f32) if gid else dbeta
     dN = torch.empty(B, T, H, BT, **f32)
-    BV = min(64, launch.pow2(V))
+    BV = launch.head_block(V, 64)
     if fused:  # 4 and 5 in one kernel: dN stays in it (the dN buffer carries Q for its transposed load)
         dk_in = torch.empty(B, T, H, K, device=dev, dtype=k.dtype) if FINAL_DK and final_half else None
         launch.fitted(
@@ -726,9 +726,9 @@ def fused_recurrent(
     o = torch.empty(B, T, H, V, device=q.device, dtype=v.dtype)
     ht = final_state if final_state is not None else torch.empty(N, H, K, V, device=q.device, dtype=torch.float32)
     h0 = initial_state.contiguous() if initial_state is not None else ht
-    BV = min(launch.pow2(V), _knob("BV_decode", q.device))
+    BV = launch.head_block(V, _knob("BV_decode", q.device))
     kd.fused_recurrent_kernel[(N, H, launch.cdiv(V, BV))](
-        q, k, v, beta, g, h0, o, ht, cu, scale, H=H, HK=HK, K=K, V=V, BK=launch.pow2(K), BV=BV,
+        q, k, v, beta, g, h0, o, ht, cu, scale, H=H, HK=HK, K=K, V=V, BK=launch.head_block(K), BV=BV,
         GATE=GATE_IDS[gate_kind], HAS_H0=initial_state is not None, L2NORM=use_qk_l2norm,
         **_opts("decode", q.device),
     )  # fmt: skip

@@ -170,7 +170,7 @@ def _scan_gid(gid, config, phase: str) -> int:
 def _walk_bv(config, V: int) -> int:
     """The walk's V block: ``walk_BV`` of the config, else 32 (offline sm_90, 4 warps, bf16: 183-237 registers with
     a scalar gate at K = 64-128, two programs a multiprocessor; V blocks of 64 take 222-255)."""
-    return min(config.get("walk_BV", 32), launch.pow2(V))
+    return launch.head_block(V, config.get("walk_BV", 32))
 
 
 def _walk(config, N: int, H: int, K: int, V: int, gid: int, device, dtype) -> bool:
@@ -199,15 +199,15 @@ def _fwd_walk(q, k, v, gc, h0, cu, N, H, G, K, V, gid, BT, cfg, prec, scale, A=N
     launch.fitted(
         kern.chunk_fwd_walk_kernel, (N * H * launch.cdiv(V, BV),),
         q, k, v, gc if gc is not None else ht, o, h0 if h0 is not None else ht, ht, cu, scale, H, G, K, V, BT,
-        launch.pow2(K), BV, gid, h0 is not None, prec, **extra, **_opts(cfg, "walk", gid),
+        launch.head_block(K), BV, gid, h0 is not None, prec, **extra, **_opts(cfg, "walk", gid),
     )  # fmt: skip
     return o, ht
 
 
 def _blocks(config, K, V):
     BT = config["BT"]
-    BK = min(config["BK"], launch.pow2(K))
-    BV = min(config["BV"], launch.pow2(V))
+    BK = launch.head_block(K, config["BK"])
+    BV = launch.head_block(V, config["BV"])
     return BT, BK, BV, config
 
 
@@ -235,7 +235,7 @@ def _tile(config, kernel: str, K: int, V: int, gid=None, bonus=False, fp32=False
     each read as :func:`_option` reads an option (one decay per head, ``seg``, ``bonus``, ``fp32`` first)."""
     BK = _option(config, kernel, "BK", config["BK"], gid, bonus=bonus, fp32=fp32, seg=seg)
     BV = _option(config, kernel, "BV", config["BV"], gid, bonus=bonus, fp32=fp32, seg=seg)
-    return min(BK, launch.pow2(K)), min(BV, launch.pow2(V))
+    return launch.head_block(K, BK), launch.head_block(V, BV)
 
 
 def _option(config, kernel: str, name: str, default, gid=None, filled=False, bonus=False, fp32=False, seg=False):
@@ -305,7 +305,7 @@ def _gate_cumsum(gate, gid, info, NS, H, K, BT, device, cfg, excl=False, spread=
     if gid in (GATE_NONE_ID, GATE_HEAD_DECAY_ID, GATE_SCANNED_ID):
         return gate, None, None
     gc = _empty(gate.shape, device, torch.float32)
-    BKg = min(cfg.get("cumsum_BK", launch.pow2(K)), launch.pow2(K)) if gid == GATE_VECTOR_ID else 16
+    BKg = launch.head_block(K, cfg.get("cumsum_BK")) if gid == GATE_VECTOR_ID else 16
     grid = (NS, 1 if gid == GATE_SCALAR_ID else launch.cdiv(K, BKg), H)
     gq = _empty(gate.shape, device, torch.float32) if excl else None
     span = _empty((NS, grid[1], H), device, torch.float32) if spread else None
@@ -372,7 +372,7 @@ def _fwd_h_segments(k, v, gc, h0, NS, B, T, H, G, K, V, gid, BT, cfg, prec, S, L
                    full=_full(T, None, BT, gid), dcum=dcum, dseg=dseg, STORE_DCUM=True)  # fmt: skip
     hin = _empty((NG, H, K, V), dev, v.dtype)
     ht = _empty((B, H, K, V), dev, torch.float32)
-    cBK, cBV = min(64, launch.pow2(K)), min(64, launch.pow2(V))
+    cBK, cBV = launch.head_block(K, 64), launch.head_block(V, 64)
     launch.fitted(
         kern.segment_combine_kernel, (B * H * launch.cdiv(K, cBK) * launch.cdiv(V, cBV),),
         hl, dseg, h0 if h0 is not None else hl, hin, ht, S, H, K, V, cBK, cBV, h0 is not None,
@@ -669,7 +669,7 @@ def fused_recurrent(
         from ..common.autotune import get_config
 
         config = get_config("decode", gate_kind, K, V, v.dtype, T, q.device, varlen=cu_seqlens is not None, line="gla")
-    BK, BV = launch.pow2(K), min(config["BV"], launch.pow2(V))
+    BK, BV = launch.head_block(K), launch.head_block(V, config["BV"])
     if inplace_state:
         if initial_state is None or initial_state.dtype != torch.float32 or not initial_state.is_contiguous():
             raise ValueError("inplace_state needs a contiguous fp32 initial_state")
