@@ -180,7 +180,8 @@ def _call_scan(b: Recurrence, vals: dict, h0, shape: tuple):
 
 def _call_selective(b: Recurrence, vals: dict, h0, batch: tuple):
     """mamba on role values u, dt [T, *batch, D], B, C [T, *batch, N], A ([T,] D, N: the same at every step)
-    and a state [*batch, D, N]; the batch dims fold into the op's B. With a role beta [T, *batch, D], the op's u is
+    and a state [*batch, D, N] (A [N, D] and the state [*batch, N, D] where ``state_transposed``); the batch dims
+    fold into the op's B. With a role beta [T, *batch, D], the op's u is
     beta * v (an input term written (dt B) x)."""
     T, D, N = vals["v"].shape[0], vals["v"].shape[-1], vals["k"].shape[-1]
     Bn = math.prod(batch)
@@ -195,6 +196,7 @@ def _call_selective(b: Recurrence, vals: dict, h0, batch: tuple):
     else:
         dt = bt(vals["gate"], D)
         A = vals["decay"][0] if vals["decay"].dim() == 3 else vals["decay"]  # the lowering repeats a global over T
+        A = A.transpose(-1, -2) if b.state_transposed else A  # stored [N, D] with its state
     if b.beta is not None:  # the input term written (dt B) x: the op's u is beta v (beta: dt as the input reads it)
         u = u * bt(vals["beta"], D).to(u.dtype)
     if h0 is not None:  # the user's state as [*batch, N, D] where it is stored transposed

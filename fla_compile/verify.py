@@ -519,18 +519,38 @@ def _elementwise_decay(Sa, Aa, Sb, Ab):
 def _classify_selective(values, Sa, Aa, Sb, Ab, F0, Fa, oa, batch, X, Y) -> Recurrence | None:
     """Mamba's selective scan with its discretization in the step, state [*batch, D, N]:
     h = exp(dt[..., :, None] * A) * h + u[..., :, None] * B[..., None, :], y = scale * h C, with dt, u, B
-    and C values of the step and A ([D, N]) a value from before the loop. None where it is not that
-    (the caller goes on: a scan with a read-out takes the unfactored forms)."""
+    and C values of the step and A ([D, N]) a value from before the loop; or all of it stored transposed (the
+    state [*batch, N, D] and A [N, D]: ``state_transposed``, the decay role in the user's layout). None where it is
+    not that (the caller goes on: a scan with a read-out takes the unfactored forms)."""
+    for transposed in (False, True):
+        if transposed:
+            Sa, Aa, Sb, Ab, F0, Fa = (x.transpose(-1, -2) for x in (Sa, Aa, Sb, Ab, F0, Fa))
+            X, Y = Y, X
+        rec = _selective_layout(values, Sa, Aa, Sb, Ab, F0, Fa, oa, batch, X, Y, transposed)
+        if rec is not None:
+            return rec
+    return None
+
+
+def _selective_layout(values, Sa, Aa, Sb, Ab, F0, Fa, oa, batch, X, Y, transposed) -> Recurrence | None:
+    """:func:`_classify_selective` on a state given as [*batch, X = D, Y = N]; ``transposed``: the user's is
+    [*batch, N, D], and so is the rate A."""
     c = _elementwise_decay(Sa, Aa, Sb, Ab)
     if c is None or not (c > 0).all():
         return None
     logc = c.log()
-    # A [D, N] from before the loop, or a view of it with unit dims added for a broadcast (A[None, :, None, :])
+    # A [D, N] ([N, D] transposed) from before the loop, or a view of it with unit dims added for a broadcast
+    # (A[None, :, None, :])
+    stored = (Y, X) if transposed else (X, Y)
     rates = [n for n, v in values.items() if _origin(n)[0] == "global" and isinstance(v, torch.Tensor)
-             and tuple(d for d in v.shape if d != 1) == (X, Y) and v.is_floating_point()]  # fmt: skip
+             and tuple(d for d in v.shape if d != 1) == stored and v.is_floating_point()]  # fmt: skip
+
+    def rate(a):
+        return values[a].reshape(Y, X).transpose(0, 1) if transposed else values[a].reshape(X, Y)
+
     steps = [(n, r, v) for n, r, v in _candidates(values, (*batch, X))]
     factor = next(((a, (n, r)) for a in rates for n, r, v in steps
-                   if rel_err(v[..., :, None] * values[a].reshape(X, Y), logc) <= TOL), None)  # fmt: skip
+                   if rel_err(v[..., :, None] * rate(a), logc) <= TOL), None)  # fmt: skip
     if factor is None:
         return None
     pairs, factor_u = _outer_pairs(values, F0, batch, X, Y), None
@@ -546,8 +566,9 @@ def _classify_selective(values, Sa, Aa, Sb, Ab, F0, Fa, oa, batch, X, Y) -> Recu
         return None
     (A, (dt, rdt)), (u, b), (q, scale, _) = factor, pairs[0], readout
     gate = Role(_origin(dt), rdt, (*batch, X))
-    return Recurrence(Family.MAMBA, q, b, u, gate=gate, beta=factor_u, decay=Role(_origin(A), ("reshape",), (X, Y)),
-                      scale=scale, spelling="loop", extras={"batch": batch, "positive": False})  # fmt: skip
+    return Recurrence(Family.MAMBA, q, b, u, gate=gate, beta=factor_u, decay=Role(_origin(A), ("reshape",), stored),
+                      scale=scale, spelling="loop", state_transposed=transposed,
+                      extras={"batch": batch, "positive": False})  # fmt: skip
 
 
 def _scan_readout(values, o, Snew, shape):

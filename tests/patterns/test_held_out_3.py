@@ -8,7 +8,8 @@
   - two reads of one step in two views (``k[:, :, t, :, None]`` beside ``k[:, :, t, None, :]``): probed with the
     same values, as they are at run time (Qwen3-Next's gated delta rule with a [V, K] memory);
   - a decay 1 - z with z a sigmoid's output (minGRU): probed in (0, 1), where its values lie;
-  - a normalized loop that returns its normalizer's last value with the state ((S, z)).
+  - a normalized loop that returns its normalizer's last value with the state ((S, z));
+  - (forty-second session) Mamba's state stored [B, N, D] with A transposed to [N, D] before the loop.
   The whole set: ``python benchmarks/recognition.py --set held_out_3``.
 """
 
@@ -35,6 +36,7 @@ SUBSET = {
     "jamba_slow_forward": "mamba",
     "falcon_mamba_slow_cached": "mamba",
     "mamba_scan_last_state": "mamba",
+    "mamba_state_nd": "mamba",
     "gated_delta_vk_state": "gated_delta_rule",
     "mingru_sequential": "hgrn",
     "normalized_heads_first_with_state": "normalized_linear_attn",
@@ -138,6 +140,42 @@ def test_mamba_input_factor_positive_and_near_miss():
     out, fams = _compiled(nm_mamba_input_plus_dt, *args)
     assert "mamba" not in fams
     _assert_eager(nm_mamba_input_plus_dt, args, out)
+
+
+def mamba_state_nd_with_state(x, dt, A, Bm, Cm, h0):
+    """The state stored [B, N, D] and A transposed to [N, D] before the loop (``held_out_3.mamba_state_nd``), from a
+    given state and returning the last: the op's state comes back in the user's layout."""
+    At = A.t()
+    s = h0
+    outs = []
+    for t in range(x.shape[1]):
+        s = torch.exp(At * dt[:, t, None, :]) * s + Bm[:, t, :, None] * (dt[:, t] * x[:, t])[:, None, :]
+        outs.append(torch.einsum("bnd,bn->bd", s, Cm[:, t]))
+    return torch.stack(outs, dim=1), s
+
+
+def nm_mamba_state_nd_rate_per_step(x, dt, A, Bm, Cm, h0):
+    """The same layout with a decay rate that changes every step (-softplus(B_t) in place of A's fixed one): not
+    exp(dt A) with A from before the loop, not the mamba op."""
+    s = h0
+    outs = []
+    for t in range(x.shape[1]):
+        rate = -F.softplus(Bm[:, t, :, None])  # [B, N, 1]
+        s = torch.exp(rate * dt[:, t, None, :]) * s + Bm[:, t, :, None] * (dt[:, t] * x[:, t])[:, None, :]
+        outs.append(torch.einsum("bnd,bn->bd", s, Cm[:, t]))
+    return torch.stack(outs, dim=1), s
+
+
+def test_mamba_transposed_state_positive_and_near_miss():
+    x, dt, A, Bm, Cm = _mamba_inputs()
+    h0 = torch.randn(x.shape[0], A.shape[1], A.shape[0], generator=torch.Generator().manual_seed(3))
+    args = [a.requires_grad_() for a in (x, dt, A, Bm, Cm, h0)]
+    out, fams = _compiled(mamba_state_nd_with_state, *args)
+    assert fams == ["mamba"]
+    _assert_eager(mamba_state_nd_with_state, args, out)
+    out, fams = _compiled(nm_mamba_state_nd_rate_per_step, *args)
+    assert "mamba" not in fams
+    _assert_eager(nm_mamba_state_nd_rate_per_step, args, out)
 
 
 def _delta_inputs(seed=0, B=2, T=8, H=2, K=8, V=6):
