@@ -5,7 +5,7 @@ own under the sanitizer's memcheck (out-of-bounds and misaligned accesses), and 
 device memory that nothing wrote). Torch's caching allocator is off, so that each buffer is an allocation of its own and an
 access past its end is reported; compiling ahead is off, since its dry run reads buffers its compile-only
 launches never wrote. A numeric test cannot see a bad access whose stray bytes are masked out later or happen to
-be zeros; the sanitizer sees the access itself.
+be zeros; the sanitizer sees the access itself. ``FLA_SANITIZER_LOGS=DIR`` keeps each run's report there.
 """
 
 from __future__ import annotations
@@ -60,6 +60,10 @@ def test_no_bad_access(tool, case):
         env=env, capture_output=True, text=True, timeout=600, cwd=ROOT,
     )  # fmt: skip
     log = out.stdout + out.stderr
+    if os.environ.get("FLA_SANITIZER_LOGS"):  # each run's whole report kept (a run cut by a limit keeps the done ones)
+        keep = pathlib.Path(os.environ["FLA_SANITIZER_LOGS"])
+        keep.mkdir(parents=True, exist_ok=True)
+        (keep / f"{tool}-{case.replace(':', '_')}.log").write_text(f"exit {out.returncode}\n{log}")
     assert out.returncode == 0 and "ERROR SUMMARY: 0 errors" in log, (
         f"{tool}, {case}: exit {out.returncode}\n{first_error(log)}\n{log[-3000:]}"
     )
