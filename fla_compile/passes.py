@@ -12,7 +12,20 @@ import logging
 import torch.fx as fx
 
 from .ir import Family
-from .patterns import chunked, cumsum, loop, loop_roles, loss, multistate, normalized, pairwise, parallel, peel, pull
+from .patterns import (
+    chunked,
+    cumsum,
+    log_scan,
+    loop,
+    loop_roles,
+    loss,
+    multistate,
+    normalized,
+    pairwise,
+    parallel,
+    peel,
+    pull,
+)
 from .patterns._graph import specialize_sizes, to_ssa, value_of
 from .patterns._time import time_read
 from .patterns._vmap import devmap
@@ -152,6 +165,7 @@ PASSES = [
     ("parallel", parallel.run_pass),
     ("pairwise", pairwise.run_pass),
     ("cumsum", cumsum.run_pass),
+    ("logcumsumexp", log_scan.run_pass),
     ("loss", loss.run_pass),
     ("chunked (whole function)", chunked.run_whole_pass),
 ]

@@ -424,6 +424,22 @@ def form_op(rec: Recurrence, q, k, v, g=None) -> torch.Tensor:
     return o
 
 
+def scan_form(rec: Recurrence, log_x: torch.Tensor, log_gate: torch.Tensor) -> torch.Tensor:
+    """hgrn on a log-space scan's roles in its output's layout (``patterns.log_scan``): x = exp(log_x), the
+    log-gates with ``extras["gate_pad"]`` zeros in front along time, both right-aligned and broadcast to the
+    output; the dims before time fold into the op's B, those after into its D."""
+    t, n = rec.layout.out.time, len(rec.layout.out.labels)
+    acc = torch.float64 if torch.float64 in (log_x.dtype, log_gate.dtype) else torch.float32
+    lx, lg = (reshaped(v.to(acc), *([1] * (n - v.dim())), *v.shape) for v in (log_x, log_gate))
+    pad = rec.extras.get("gate_pad", 0)
+    if pad:
+        lg = torch.cat([lg.new_zeros(*lg.shape[:t], pad, *lg.shape[t + 1 :]), lg], t)
+    x, g = torch.broadcast_tensors(lx.exp(), lg)
+    B, T, D = math.prod(x.shape[:t]), x.shape[t], math.prod(x.shape[t + 1 :])
+    o, _ = run_family(Family.HGRN, None, None, x.reshape(B, T, D).contiguous(), gate=g.reshape(B, T, D).contiguous())
+    return o.reshape(x.shape)
+
+
 def _close(a, b) -> bool:
     if isinstance(a, tuple) and isinstance(b, tuple):
         return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
@@ -468,6 +484,9 @@ class FormLowering:
 
     def __call__(self, *args, cast=True):
         rec, lay, norm = self.rec, self.rec.layout, self.norm
+        if rec.family == Family.HGRN:  # an elementwise scan, laid out as its output (the log-space form)
+            o = scan_form(rec, args[rec.v.index], args[rec.gate.index])
+            return o.to(traced_dtype(lay.out_dtype)) if cast and lay.out_dtype is not None else o
         g = next((args[r.index] for r in (rec.gate, rec.decay) if isinstance(r, Arg)), None)
         if norm is None:
             o = form_op(rec, *(args[r.index] for r in (rec.q, rec.k, rec.v)), g)

@@ -17,6 +17,7 @@ from fla_compile import backend, costs
 from .patterns import spellings as S
 from .patterns import test_chunked as CH
 from .patterns import test_cumsum as C
+from .patterns import test_log_scan as LS
 from .patterns import test_parallel as P
 from .patterns.test_loop import NEGATIVE, POSITIVE
 
@@ -190,6 +191,19 @@ def test_explain_says_what_the_backend_does_for_forms(spelling, fn, gate, reason
         ref = fn(*xs)
         for o, r in zip(*(x if isinstance(x, tuple) else (x,) for x in (out, ref))):
             torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fn", [LS.heinsen, LS.nm_log_h], ids=["heinsen", "nm_log_h"])
+def test_explain_says_what_the_backend_does_for_log_scans(fn):
+    """The log-space scan (``patterns/log_scan.py``): one hgrn call where explain names one, a near miss alike."""
+    xs = LS._inputs((LS.B, LS.T, LS.D), (LS.B, LS.T, LS.D), grad=False)
+    said = explained(fn, xs)
+    done, out, calls = compiled_run(fn, xs)
+    assert matches([said]) == matches([done]) and misses(said) == misses(done), f"explain:\n{said}\nbackend:\n{done}"
+    assert (
+        sorted(calls) == sorted(m.op.split(".")[-1] for m in done.rewritten) == (["hgrn"] if fn is LS.heinsen else [])
+    )
+    torch.testing.assert_close(out, fn(*xs), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("model,name,family,gate_kind", CH.CASES, ids=[c[1] for c in CH.CASES])

@@ -9,7 +9,8 @@
     same values, as they are at run time (Qwen3-Next's gated delta rule with a [V, K] memory);
   - a decay 1 - z with z a sigmoid's output (minGRU): probed in (0, 1), where its values lie;
   - a normalized loop that returns its normalizer's last value with the state ((S, z));
-  - (forty-second session) Mamba's state stored [B, N, D] with A transposed to [N, D] before the loop.
+  - (forty-second session) Mamba's state stored [B, N, D] with A transposed to [N, D] before the loop; minGRU's
+    parallel mode, a log-space scan (``test_log_scan.py`` has its near misses).
   The whole set: ``python benchmarks/recognition.py --set held_out_3``.
 """
 
@@ -39,6 +40,7 @@ SUBSET = {
     "mamba_state_nd": "mamba",
     "gated_delta_vk_state": "gated_delta_rule",
     "mingru_sequential": "hgrn",
+    "mingru_parallel_log_space": "hgrn",
     "normalized_heads_first_with_state": "normalized_linear_attn",
 }
 
