@@ -332,7 +332,7 @@ def rewrite_loop(rec: Recurrence, lowering: LoopLowering) -> None:
 
 # ---------------------------------------------------------------- whole-sequence forms
 ROLE_FIELDS = ("q", "k", "v", "gate", "decay", "beta")
-FUNCTION_ROLES = ("q", "k", "v", "gate", "beta", "initial_state")
+FUNCTION_ROLES = ("q", "k", "v", "gate", "beta", "initial_state", "bonus")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -534,23 +534,29 @@ def rewrite_form(outs: tuple, rec: Recurrence) -> None:
 
 
 # ---------------------------------------------------------------- whole functions (chunked)
-def run_function(family, q, k, v, gate, beta, decay, scale, initial_state, l2norm, heads_first=False):
+def run_function(family, q, k, v, gate, beta, decay, scale, initial_state, l2norm, heads_first=False, bonus=None):
     """(o, final state) of the family op as a proven function region is replaced by it, and as its proof
     (``chunked._op``) runs it: the state in float32 (float64 beside float64 inputs), a gate in float32;
     ``decay`` retention's log-decay per head; ``l2norm`` "k" normalizes the keys alone (the op normalizes
-    q and k, or neither); ``heads_first``: q, k, v, gate and beta are [B, H, T, ...], and so is o."""
+    q and k, or neither); ``heads_first``: q, k, v, gate and beta are [B, H, T, ...], and so is o; ``bonus``
+    rwkv6's u [H, K]."""
     if heads_first:
         q, k, v, gate, beta = (x.transpose(1, 2) if x is not None else None for x in (q, k, v, gate, beta))
-        o, ht = run_function(family, q, k, v, gate, beta, decay, scale, initial_state, l2norm)
+        o, ht = run_function(family, q, k, v, gate, beta, decay, scale, initial_state, l2norm, bonus=bonus)
         return o.transpose(1, 2).contiguous(), ht
     h0 = initial_state
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     if h0 is not None:
-        h0 = h0.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
+        h0 = h0.to(acc)
     if gate is not None and q.dtype != torch.float64:
         gate = gate.float()
+    if bonus is not None:
+        bonus = bonus.to(acc)
     if l2norm == "k":
         k, l2norm = F.normalize(k, dim=-1), False
-    return run_family(family, q, k, v, gate=gate, beta=beta, decay=decay, scale=scale, initial_state=h0, l2norm=l2norm)
+    return run_family(
+        family, q, k, v, gate=gate, beta=beta, decay=decay, scale=scale, initial_state=h0, l2norm=l2norm, bonus=bonus
+    )
 
 
 class FunctionLowering:
@@ -579,11 +585,12 @@ class FunctionLowering:
 
     def __call__(self, *args):
         r = self.rec
-        q, k, v, g, b, h0 = (
-            args[x.index] if isinstance(x, Arg) else None for x in (r.q, r.k, r.v, r.gate, r.beta, r.initial_state)
+        q, k, v, g, b, h0, u = (
+            args[x.index] if isinstance(x, Arg) else None
+            for x in (r.q, r.k, r.v, r.gate, r.beta, r.initial_state, r.bonus)
         )
         o, ht = run_function(
-            r.family, q, k, v, g, b, r.decay, r.scale, h0, r.extras["l2norm"], r.extras.get("heads_first", False)
+            r.family, q, k, v, g, b, r.decay, r.scale, h0, r.extras["l2norm"], r.extras.get("heads_first", False), u
         )
         return tuple(
             (o if kind == "o" else ht if kind == "state" else ht.mT).to(dtype) for kind, dtype in r.extras["outputs"]

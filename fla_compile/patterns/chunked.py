@@ -112,6 +112,7 @@ TEMPLATES = [
     (Family.GLA, "bthk", False),
     (Family.LINEAR_ATTN, None, False),
     (Family.RETENTION, None, False),  # a decay per head, read from the region (``_retention_decay``)
+    (Family.RWKV6, "bthk", False),  # with its bonus u [H, K] among the inputs
 ]
 
 
@@ -148,13 +149,14 @@ def _assignments_in(inputs, heads_first):
                 else [i for i in rest if shapes[i] == ((B, T, H) if gate_kind == "bth" else (B, T, H, K))]
             )
             betas = [i for i in idx3 if i in rest and shapes[i] == (B, T, H)] if has_beta else [None]
-            for g, b, h0 in itertools.product(gates, betas, h0s):
+            bonuses = [i for i in rest if states[i] == (H, K)] if family == Family.RWKV6 else [None]
+            for g, b, h0, u in itertools.product(gates, betas, h0s, bonuses):
                 if g is not None and g == b:
                     continue
-                used = {q, k, v, g, b, h0} - {None}
+                used = {q, k, v, g, b, h0, u} - {None}
                 if any(shapes[i] is not None and i not in used for i in range(len(inputs))):
                     continue  # every tensor input must have a role
-                yield dict(family=family, q=q, k=k, v=v, gate=g, beta=b, h0=h0, heads_first=heads_first)
+                yield dict(family=family, q=q, k=k, v=v, gate=g, beta=b, h0=h0, bonus=u, heads_first=heads_first)
 
 
 def _probe(inputs, roles, gen):
@@ -174,8 +176,10 @@ def _probe(inputs, roles, gen):
 
 def _op(roles, vals, l2norm, scale):
     q, k, v = (vals[roles[r]] for r in ("q", "k", "v"))
-    g, b, h0 = (vals[roles[r]] if roles[r] is not None else None for r in ("gate", "beta", "h0"))
-    return run_function(roles["family"], q, k, v, g, b, roles.get("decay"), scale, h0, l2norm, roles["heads_first"])
+    g, b, h0, u = (vals[roles[r]] if roles[r] is not None else None for r in ("gate", "beta", "h0", "bonus"))
+    return run_function(
+        roles["family"], q, k, v, g, b, roles.get("decay"), scale, h0, l2norm, roles["heads_first"], bonus=u
+    )
 
 
 def _compare(outs, o, ht):
@@ -332,6 +336,7 @@ def _try_region(graph, source, region, opts, report) -> bool:
             decay=roles.get("decay"),
             scale=scale,
             initial_state=inputs[roles["h0"]] if roles["h0"] is not None else None,
+            bonus=inputs[roles["bonus"]] if roles["bonus"] is not None else None,
             output_final_state=s_idx is not None,
             spelling=SPELLING,
             source=source,

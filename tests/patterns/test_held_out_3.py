@@ -10,7 +10,8 @@
   - a decay 1 - z with z a sigmoid's output (minGRU): probed in (0, 1), where its values lie;
   - a normalized loop that returns its normalizer's last value with the state ((S, z));
   - (forty-second session) Mamba's state stored [B, N, D] with A transposed to [N, D] before the loop; minGRU's
-    parallel mode, a log-space scan (``test_log_scan.py`` has its near misses).
+    parallel mode, a log-space scan (``test_log_scan.py`` has its near misses); a chunked rwkv6 function (its
+    bonus u [H, K] an input of the whole function).
   The whole set: ``python benchmarks/recognition.py --set held_out_3``.
 """
 
@@ -38,6 +39,7 @@ SUBSET = {
     "falcon_mamba_slow_cached": "mamba",
     "mamba_scan_last_state": "mamba",
     "mamba_state_nd": "mamba",
+    "rwkv6_chunked": "rwkv6",
     "gated_delta_vk_state": "gated_delta_rule",
     "mingru_sequential": "hgrn",
     "mingru_parallel_log_space": "hgrn",
@@ -178,6 +180,37 @@ def test_mamba_transposed_state_positive_and_near_miss():
     out, fams = _compiled(nm_mamba_state_nd_rate_per_step, *args)
     assert "mamba" not in fams
     _assert_eager(nm_mamba_state_nd_rate_per_step, args, out)
+
+
+def nm_rwkv6_chunked_bonus_squared(r, k, v, w, u):
+    """held_out_3's chunked rwkv6 (written out here: a call of it would be its own function region, rightly
+    rwkv6 on u**2) with the bonus squared on the diagonal: no rwkv6 call on these inputs proves."""
+    C = 4
+    S = r.new_zeros(r.shape[0], r.shape[1], r.shape[3], v.shape[-1])
+    strict = torch.tril(torch.ones(C, C, dtype=torch.bool), diagonal=-1)
+    out = []
+    for c0 in range(0, r.shape[2], C):
+        rc, kc, vc, wc = (x[:, :, c0 : c0 + C] for x in (r, k, v, w))
+        cum = wc.cumsum(2)
+        cum_ex = cum - wc
+        o = (rc * cum_ex.exp()) @ S
+        diff = (cum_ex[:, :, :, None, :] - cum[:, :, None, :, :]).masked_fill(~strict[:, :, None], float("-inf"))
+        o = o + (rc[:, :, :, None, :] * diff.exp() * kc[:, :, None, :, :]).sum(-1) @ vc
+        o = o + (rc * (u * u)[None, :, None, :] * kc).sum(-1, keepdim=True) * vc
+        out.append(o)
+        last = cum[:, :, -1:, :]
+        S = last.transpose(-1, -2).exp() * S + (kc * (last - cum).exp()).transpose(-1, -2) @ vc
+    return torch.cat(out, dim=2)
+
+
+def test_rwkv6_chunked_near_miss():
+    """The chunked rwkv6 (a whole function, ``patterns/chunked.py`` with the bonus among its inputs) is in SUBSET;
+    its look-alike is left as written."""
+    case = BY_NAME["rwkv6_chunked"]
+    args = list(case.inputs())
+    out, fams = _compiled(nm_rwkv6_chunked_bonus_squared, *args)
+    assert "rwkv6" not in fams
+    _assert_eager(nm_rwkv6_chunked_bonus_squared, args, out, grads=False)
 
 
 def _delta_inputs(seed=0, B=2, T=8, H=2, K=8, V=6):
