@@ -12,10 +12,12 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
+from .. import costs
 from ..ir import Recurrence
-from ..rewrite import form_call, role_nodes
+from ..report import Match, Miss
+from ..rewrite import form_call, rewrite_form, role_nodes
 from ..verify import NearMiss, probe, prove_region
-from ._graph import value_of
+from ._graph import source_line, value_of
 
 EINSUM = {torch.einsum, "einsum"}
 MATMUL = {torch.matmul, operator.matmul, torch.bmm, "matmul", "bmm", "__matmul__"}
@@ -191,3 +193,32 @@ def prove(gm: fx.GraphModule, recs: list[Recurrence], opts, span=None) -> tuple[
     gen = torch.Generator().manual_seed(11232026)
     args = [probe_role(r, gen, (span or {}).get(r)) for r in role_nodes(recs[0])]
     return prove_region(gm, args, recs, form_call, opts.verify)
+
+
+def run_anchored(graph: fx.Graph, targets: set, match, spelling: str, opts, report) -> list:
+    """Match, prove and rewrite the form anchored at each node of ``graph`` whose target is in ``targets``:
+    ``match(node, opts)`` gives (Recurrence, proof error, its output nodes), None (not this form) or raises
+    NearMiss (the reason it is left as written). The cost table decides each rewrite; the report says each.
+    Returns [(source, output nodes, kept reason)] of the matches."""
+    done = []
+    for anchor in [n for n in graph.nodes if n.target in targets]:
+        if anchor not in set(graph.nodes):  # removed by an earlier rewrite
+            continue
+        src = source_line(anchor)
+        try:
+            found = match(anchor, opts)
+        except NearMiss as e:
+            report.misses.append(Miss(spelling, str(e), src, e.grade))
+            continue
+        except Exception as e:  # an unforeseen layout: leave it (the graph is untouched until the rewrite)
+            report.misses.append(Miss(spelling, f"not analysed: {type(e).__name__}: {e}", src))
+            continue
+        if found is None:
+            continue
+        rec, err, outs = found
+        kept, shape = costs.decide(opts, rec.family.value, spelling, costs.form_shape, rec, outs[0])
+        if not kept:
+            rewrite_form(outs, rec)
+        report.matches.append(Match(rec.family.value, spelling, src, rec.op_name, err, kept, shape))
+        done.append((src, outs, kept))
+    return done

@@ -27,10 +27,9 @@ import operator
 import torch
 import torch.fx as fx
 
-from .. import costs
 from ..ir import Family, Layout, Normalizer, Recurrence, RegionLayout, out_batch
-from ..report import Match, Miss, Report
-from ..rewrite import FormLowering, rewrite_form, role_nodes
+from ..report import Report
+from ..rewrite import FormLowering, role_nodes
 from ..verify import NearMiss, fit_scale, run_region
 from . import _region as R
 from ._graph import source_line, value_of
@@ -188,25 +187,7 @@ def match(cs: fx.Node, opts, fuse: bool = True):
 
 def run_pass(graph: fx.Graph, opts, report: Report) -> None:
     """Find, prove and rewrite every cumsum-of-outer-products read by q in ``graph``."""
-    for cs in [n for n in graph.nodes if n.target in R.CUMSUM]:
-        if cs not in set(graph.nodes):
-            continue
-        src = source_line(cs)
-        try:
-            found = match(cs, opts)
-        except NearMiss as e:
-            report.misses.append(Miss(SPELLING, str(e), src, e.grade))
-            continue
-        except Exception as e:  # an unforeseen layout: leave it (the graph is untouched until the rewrite)
-            report.misses.append(Miss(SPELLING, f"not analysed: {type(e).__name__}: {e}", src))
-            continue
-        if found is None:
-            continue
-        rec, err, outs = found
-        kept, shape = costs.decide(opts, rec.family.value, SPELLING, costs.form_shape, rec, outs[0])
-        if not kept:
-            rewrite_form(outs, rec)
-        report.matches.append(Match(rec.family.value, SPELLING, src, rec.op_name, err, kept, shape))
+    for src, outs, kept in R.run_anchored(graph, R.CUMSUM, match, SPELLING, opts, report):
         if len(outs) > 1 and not kept:
             report.notes.append(f"cumsum at {src}: the normalizer is fused into the same call (v with a ones column)")
 

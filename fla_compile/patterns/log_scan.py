@@ -26,10 +26,8 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from .. import costs
 from ..ir import Family, Layout, Recurrence, RegionLayout
-from ..report import Match, Miss, Report
-from ..rewrite import rewrite_form
+from ..report import Report
 from ..verify import NearMiss
 from . import _region as R
 from ._graph import source_line, value_of
@@ -134,22 +132,4 @@ def match(lcse: fx.Node, opts):
 
 def run_pass(graph: fx.Graph, opts, report: Report) -> None:
     """Find, prove and rewrite every log-space scan in ``graph``."""
-    for lcse in [n for n in graph.nodes if n.target in LOGCUMSUMEXP]:
-        if lcse not in set(graph.nodes):
-            continue
-        src = source_line(lcse)
-        try:
-            found = match(lcse, opts)
-        except NearMiss as e:
-            report.misses.append(Miss(SPELLING, str(e), src, e.grade))
-            continue
-        except Exception as e:  # an unforeseen layout: leave it (the graph is untouched until the rewrite)
-            report.misses.append(Miss(SPELLING, f"not analysed: {type(e).__name__}: {e}", src))
-            continue
-        if found is None:
-            continue
-        rec, err, outs = found
-        kept, shape = costs.decide(opts, rec.family.value, SPELLING, costs.form_shape, rec, outs[0])
-        if not kept:
-            rewrite_form(outs, rec)
-        report.matches.append(Match(rec.family.value, SPELLING, src, rec.op_name, err, kept, shape))
+    R.run_anchored(graph, LOGCUMSUMEXP, match, SPELLING, opts, report)
