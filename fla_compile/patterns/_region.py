@@ -196,29 +196,35 @@ def prove(gm: fx.GraphModule, recs: list[Recurrence], opts, span=None) -> tuple[
 
 
 def run_anchored(graph: fx.Graph, targets: set, match, spelling: str, opts, report) -> list:
-    """Match, prove and rewrite the form anchored at each node of ``graph`` whose target is in ``targets``:
-    ``match(node, opts)`` gives (Recurrence, proof error, its output nodes), None (not this form) or raises
-    NearMiss (the reason it is left as written). The cost table decides each rewrite; the report says each.
-    Returns [(source, output nodes, kept reason)] of the matches."""
+    """Match, prove and rewrite the form anchored at each node of ``graph`` whose target is in ``targets``
+    (``match(node, opts)``, as :func:`take` calls it). Returns [(source, output nodes, kept reason)] of the
+    matches."""
     done = []
     for anchor in [n for n in graph.nodes if n.target in targets]:
-        if anchor not in set(graph.nodes):  # removed by an earlier rewrite
-            continue
-        src = source_line(anchor)
-        try:
-            found = match(anchor, opts)
-        except NearMiss as e:
-            report.misses.append(Miss(spelling, str(e), src, e.grade))
-            continue
-        except Exception as e:  # an unforeseen layout: leave it (the graph is untouched until the rewrite)
-            report.misses.append(Miss(spelling, f"not analysed: {type(e).__name__}: {e}", src))
-            continue
-        if found is None:
-            continue
-        rec, err, outs = found
-        kept, shape = costs.decide(opts, rec.family.value, spelling, costs.form_shape, rec, outs[0])
-        if not kept:
-            rewrite_form(outs, rec)
-        report.matches.append(Match(rec.family.value, spelling, src, rec.op_name, err, kept, shape))
-        done.append((src, outs, kept))
+        if anchor in set(graph.nodes):  # not removed by an earlier rewrite
+            src = source_line(anchor)
+            taken = take(lambda a=anchor: match(a, opts), src, spelling, opts, report)
+            done += [(src, *taken)] if taken else []
     return done
+
+
+def take(match, src: str, spelling: str, opts, report) -> tuple | None:
+    """One form: ``match()`` gives (Recurrence, proof error, its output nodes), None (not this form) or raises
+    NearMiss (the reason it is left as written). The cost table decides the rewrite; the report says it.
+    (output nodes, kept reason) of a match, else None."""
+    try:
+        found = match()
+    except NearMiss as e:
+        report.misses.append(Miss(spelling, str(e), src, e.grade))
+        return None
+    except Exception as e:  # an unforeseen layout: leave it (the graph is untouched until the rewrite)
+        report.misses.append(Miss(spelling, f"not analysed: {type(e).__name__}: {e}", src))
+        return None
+    if found is None:
+        return None
+    rec, err, outs = found
+    kept, shape = costs.decide(opts, rec.family.value, spelling, costs.form_shape, rec, outs[0])
+    if not kept:
+        rewrite_form(outs, rec)
+    report.matches.append(Match(rec.family.value, spelling, src, rec.op_name, err, kept, shape))
+    return outs, kept

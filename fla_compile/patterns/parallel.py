@@ -35,11 +35,10 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from .. import costs
 from ..ir import Family, Layout, Recurrence, RegionLayout, out_batch
 from ..numerics import rel_err
-from ..report import Grade, Match, Miss, Report
-from ..rewrite import head_canon, rewrite_form, role_nodes, to_canon
+from ..report import Grade, Miss, Report
+from ..rewrite import head_canon, role_nodes, to_canon
 from ..verify import TOL, NearMiss, NotARecurrence, run_region
 from ._graph import source_line, value_of
 from ._region import (
@@ -56,6 +55,7 @@ from ._region import (
     prove,
     shape_of,
     sizes,
+    take,
 )
 
 SPELLING = "parallel"
@@ -518,16 +518,9 @@ def run_pass(graph: fx.Graph, opts, report: Report) -> None:
 
 def _one(graph: fx.Graph, cand: Candidate, opts, report: Report) -> None:
     """Match and rewrite one candidate, or record why it is left as it is."""
-    src = source_line(cand.out)
-    try:
+
+    def found():
         rec, err = match(graph, cand, constant_nodes(graph), opts)
-    except NearMiss as e:
-        report.misses.append(Miss(SPELLING, str(e), src, e.grade))
-        return
-    except Exception as e:  # an unforeseen layout: leave it (the graph is untouched until the rewrite)
-        report.misses.append(Miss(SPELLING, f"not analysed: {type(e).__name__}: {e}", src))
-        return
-    kept, shape = costs.decide(opts, rec.family.value, SPELLING, costs.form_shape, rec, cand.out)
-    if not kept:
-        rewrite_form((cand.out,), rec)
-    report.matches.append(Match(rec.family.value, SPELLING, src, rec.op_name, err, kept, shape))
+        return rec, err, (cand.out,)
+
+    take(found, source_line(cand.out), SPELLING, opts, report)

@@ -107,6 +107,16 @@ def test_near_misses_left_or_right(name):
 
 
 # ---------------------------------------------------------------- near misses of the kinds fixed for this set
+def _positive_and_near_miss(family, positive, near_miss, args):
+    """``positive`` compiles to one call of ``family`` and ``near_miss`` to none; both equal eager, gradients too."""
+    out, fams = _compiled(positive, *args)
+    assert fams == [family]
+    _assert_eager(positive, args, out)
+    out, fams = _compiled(near_miss, *args)
+    assert family not in fams
+    _assert_eager(near_miss, args, out)
+
+
 def _mamba_inputs(seed=0, B=2, T=8, D=6, N=4):
     gen = torch.Generator().manual_seed(seed)
     x, dt = torch.randn(B, T, D, generator=gen), F.softplus(torch.randn(B, T, D, generator=gen))
@@ -138,12 +148,7 @@ def nm_mamba_input_plus_dt(x, dt, A, Bm, Cm):
 
 def test_mamba_input_factor_positive_and_near_miss():
     args = [a.requires_grad_() for a in _mamba_inputs()]
-    out, fams = _compiled(mamba_input_factor_other_dt, *args)
-    assert fams == ["mamba"]
-    _assert_eager(mamba_input_factor_other_dt, args, out)
-    out, fams = _compiled(nm_mamba_input_plus_dt, *args)
-    assert "mamba" not in fams
-    _assert_eager(nm_mamba_input_plus_dt, args, out)
+    _positive_and_near_miss("mamba", mamba_input_factor_other_dt, nm_mamba_input_plus_dt, args)
 
 
 def mamba_state_nd_with_state(x, dt, A, Bm, Cm, h0):
@@ -174,12 +179,7 @@ def test_mamba_transposed_state_positive_and_near_miss():
     x, dt, A, Bm, Cm = _mamba_inputs()
     h0 = torch.randn(x.shape[0], A.shape[1], A.shape[0], generator=torch.Generator().manual_seed(3))
     args = [a.requires_grad_() for a in (x, dt, A, Bm, Cm, h0)]
-    out, fams = _compiled(mamba_state_nd_with_state, *args)
-    assert fams == ["mamba"]
-    _assert_eager(mamba_state_nd_with_state, args, out)
-    out, fams = _compiled(nm_mamba_state_nd_rate_per_step, *args)
-    assert "mamba" not in fams
-    _assert_eager(nm_mamba_state_nd_rate_per_step, args, out)
+    _positive_and_near_miss("mamba", mamba_state_nd_with_state, nm_mamba_state_nd_rate_per_step, args)
 
 
 def nm_rwkv6_chunked_bonus_squared(r, k, v, w, u):
@@ -245,12 +245,7 @@ def nm_delta_two_keys(q, k, k2, v, beta):
 
 def test_two_views_of_one_read_positive_and_near_miss():
     args = [a.requires_grad_() for a in _delta_inputs()]
-    out, fams = _compiled(delta_two_views, *args)
-    assert fams == ["delta_rule"]
-    _assert_eager(delta_two_views, args, out)
-    out, fams = _compiled(nm_delta_two_keys, *args)
-    assert "delta_rule" not in fams
-    _assert_eager(nm_delta_two_keys, args, out)
+    _positive_and_near_miss("delta_rule", delta_two_views, nm_delta_two_keys, args)
 
 
 def nm_mingru_doubled_sigmoid(z_raw, h_tilde):
