@@ -25,6 +25,7 @@ from .patterns import (
     parallel,
     peel,
     pull,
+    push,
 )
 from .patterns._graph import specialize_sizes, to_ssa, value_of
 from .patterns._time import time_read
@@ -84,8 +85,10 @@ def loop_pass(graph: fx.Graph, opts: Options, report: Report) -> None:
     pulls: list = []
     try:
         _loop_pass(graph, opts, report, pulls)
-    finally:  # where the loop was not rewritten: as written
-        pull.undo(pulls)
+    finally:  # where the loop was not rewritten: as written (a pushed read-out's record is in ``pulls`` too)
+        pull.undo([p for p in pulls if isinstance(p, pull.Pulled)])
+        for p in reversed([p for p in pulls if isinstance(p, push.Pushed)]):
+            push.undo(p)
         peel.undo(peels)
 
 
@@ -114,6 +117,30 @@ def _pulled_mamba(graph: fx.Graph, region, opts: Options, pulls: list):
     return new, rec, err
 
 
+def _pushed_mamba(graph: fx.Graph, region, rec, err, opts: Options, pulls: list):
+    """A scan whose every state is stacked and read out after the loop (mamba.py's ``(hs @ C).squeeze``): with the
+    read-out pushed into the step (``patterns/push.py``), Mamba's scan where the mamba op is proven there.
+    (region, rec, err): the mamba op's, or the scan's as given where it is not (the graph then as it was, the
+    region framed again: undoing the push made the read-out's nodes anew)."""
+    p = push.push(graph, region)
+    if p is None:
+        return region, rec, err
+    final = region.blocks[-1][region.state_offset]
+
+    def framed():
+        return next(r for r in loop.find(graph)[0] if r.blocks[-1][r.state_offset] is final and not r.states)
+
+    try:
+        found = _pulled_mamba(graph, framed(), opts, pulls)
+    except (StopIteration, NearMiss, ValueError):
+        found = None
+    if found is not None:
+        pulls.append(p)
+        return found
+    push.undo(p)
+    return framed(), rec, err
+
+
 def _loop_pass(graph: fx.Graph, opts: Options, report: Report, pulls: list) -> None:
     regions, misses = loop.find(graph)
     if any(r.states for r in regions):  # loops carrying several states: split, then re-roll what is left
@@ -139,6 +166,8 @@ def _loop_pass(graph: fx.Graph, opts: Options, report: Report, pulls: list) -> N
             err = prove_loop(step, metas, state_meta, rec, call_family) if opts.verify else float("nan")
             if rec.family == Family.HGRN and rec.q is not None and len(state_meta.shape) >= 2:
                 region, rec, err = _pulled_mamba(graph, region, opts, pulls) or (region, rec, err)
+            elif rec.family == Family.HGRN and rec.q is None and len(state_meta.shape) >= 2:
+                region, rec, err = _pushed_mamba(graph, region, rec, err, opts, pulls)
         except (NearMiss, ValueError) as e:
             report.misses.append(Miss(loop.SPELLING, str(e), region.source))
             continue

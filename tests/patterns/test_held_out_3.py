@@ -11,7 +11,7 @@
   - a normalized loop that returns its normalizer's last value with the state ((S, z));
   - (forty-second session) Mamba's state stored [B, N, D] with A transposed to [N, D] before the loop; minGRU's
     parallel mode, a log-space scan (``test_log_scan.py`` has its near misses); a chunked rwkv6 function (its
-    bonus u [H, K] an input of the whole function).
+    bonus u [H, K] an input of the whole function); mamba.py's scan read out after the loop (``test_push.py``).
   The whole set: ``python benchmarks/recognition.py --set held_out_3``.
 """
 
@@ -40,6 +40,7 @@ SUBSET = {
     "mamba_scan_last_state": "mamba",
     "mamba_state_nd": "mamba",
     "rwkv6_chunked": "rwkv6",
+    "mambapy_selective_scan_seq": "mamba",
     "gated_delta_vk_state": "gated_delta_rule",
     "mingru_sequential": "hgrn",
     "mingru_parallel_log_space": "hgrn",
