@@ -61,6 +61,8 @@ def push(graph: fx.Graph, region) -> Pushed | None:
     if parts is None or sS is None or m.target not in MATMUL or len(m.args) != 2 or m.kwargs or m.args[0] is not S:
         return None
     hs, d = parts
+    if region.out_offset is None or hs != [b[region.out_offset] for b in region.blocks]:
+        return None  # not exactly the steps' outputs, in order
     n = len(sS)
     d %= n
     X, sX = m.args[1], _shape(m.args[1])
