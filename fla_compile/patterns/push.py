@@ -3,9 +3,9 @@
 mamba.py's sequential scan stacks every state, ``hs = torch.stack(hs, dim=1)`` [B, L, D, N], and reads them out
 after the loop, ``(hs @ C.unsqueeze(-1)).squeeze(3)``: the loop itself is an elementwise scan over D x N (hgrn)
 whose per-step output is its whole state, where the mamba op wants the read-out y_t = h_t C_t in the step. A
-stacked output whose one reader is a ``matmul`` with a sequence that runs along the same time dim (a batch dim of
-the product, never contracted), optionally followed by a ``squeeze`` of another dim, is time-local: step t of its
-result is the same product of h_t and step t of the sequence. ``push`` puts that product (and the squeeze) in every
+stacked output whose one reader is a ``matmul`` or a two-operand ``einsum`` with a sequence that runs along the same
+time dim (a batch dim of the product, never contracted), optionally followed by a ``squeeze`` of another dim, is
+time-local: step t of its result is the same product of h_t and step t of the sequence. ``push`` puts that product (and the squeeze) in every
 step and stacks its results in place of the read-out; ``undo`` restores the code as written where the loop is not
 rewritten with it. The loop's proof then covers the pushed read-out, as any read-out in a step.
 """
@@ -50,6 +50,45 @@ def _squeeze_dim(n: fx.Node) -> int | None:
     return n.args[1]
 
 
+def _readout(m: fx.Node, S: fx.Node, d: int, n: int) -> tuple | None:
+    """How step t of the read-out ``m`` of the stacked states ``S`` (time along ``d`` of its ``n`` dims) is made:
+    (the other operand X, X's time dim, the per-step op as (op, target, args of (h, x_t)), the result's time dim),
+    or None where ``m`` is not a product of S with a sequence along the same time dim (never contracted)."""
+    if m.target in MATMUL and len(m.args) == 2 and not m.kwargs and m.args[0] is S:
+        X, sX, sS = m.args[1], _shape(m.args[1]), _shape(S)
+        if not isinstance(X, fx.Node) or sX is None or len(sX) != n or d >= n - 2 or sX[d] != sS[d]:
+            return None  # the time dim must be a batch dim of both operands of the product
+        return X, d, lambda h, x: (m.op, m.target, (h, x)), d
+    if m.target is torch.einsum and len(m.args) == 3 and not m.kwargs and isinstance(m.args[0], str):
+        eq = m.args[0].replace(" ", "")
+        if "->" not in eq or "." in eq or eq.count(",") != 1:
+            return None
+        (a, b), out = eq.split("->")[0].split(","), eq.split("->")[1]
+        ops = m.args[1:]
+        if ops[0] is S and ops[1] is not S:
+            ls, lx, X = a, b, ops[1]
+        elif ops[1] is S and ops[0] is not S:
+            ls, lx, X = b, a, ops[0]
+        else:
+            return None
+        if len(ls) != n or not isinstance(X, fx.Node):
+            return None
+        t = ls[d]
+        if ls.count(t) != 1 or lx.count(t) != 1 or out.count(t) != 1:
+            return None  # time summed, or a diagonal: not time-local
+        step_eq = lambda x: x.replace(t, "")  # noqa: E731
+        first = ops[0] is S
+        sides = (step_eq(ls), step_eq(lx)) if first else (step_eq(lx), step_eq(ls))
+        per_step = f"{sides[0]},{sides[1]}->{step_eq(out)}"
+        return (
+            X,
+            lx.index(t),
+            lambda h, x: ("call_function", torch.einsum, (per_step, h, x) if first else (per_step, x, h)),
+            out.index(t),
+        )  # noqa: E501
+    return None
+
+
 def push(graph: fx.Graph, region) -> Pushed | None:
     """Push the read-out of ``region``'s stacked output into its steps; None where it is not time-local."""
     S = region.out_target
@@ -58,44 +97,43 @@ def push(graph: fx.Graph, region) -> Pushed | None:
     parts = _stack_parts(S)
     (m,) = S.users
     sS = _shape(S)
-    if parts is None or sS is None or m.target not in MATMUL or len(m.args) != 2 or m.kwargs or m.args[0] is not S:
+    if parts is None or sS is None:
         return None
     hs, d = parts
     if region.out_offset is None or hs != [b[region.out_offset] for b in region.blocks]:
         return None  # not exactly the steps' outputs, in order
     n = len(sS)
     d %= n
-    X, sX = m.args[1], _shape(m.args[1])
-    if not isinstance(X, fx.Node) or sX is None or len(sX) != n or d >= n - 2 or sX[d] != sS[d] or X in hs:
-        return None  # the time dim must be a batch dim of both operands of the product
-    if not _hoist(graph, X, region.blocks[0][0], region.blocks[-1][-1]):
+    how = _readout(m, S, d, n)
+    if how is None:
+        return None
+    X, dx, step_op, od = how
+    if X in hs or not _hoist(graph, X, region.blocks[0][0], region.blocks[-1][-1]):
         return None
     chain, tail, sq = [S, m], m, None
-    if len(m.users) == 1:
+    no = len(_shape(m) or ())
+    if len(m.users) == 1 and no:
         (u,) = m.users
         k = _squeeze_dim(u)
-        if k is not None and k % n != d:
-            sq, chain, tail = k % n, [S, m, u], u
+        if k is not None and k % no != od:
+            sq, chain, tail = k % no, [S, m, u], u
     old = [(c, c.op, c.target, c.args, c.kwargs, dict(c.meta)) for c in chain]
     made: list = []
     outs = []
     for i, h in enumerate(hs):
         with graph.inserting_after(h):
-            xi = graph.call_function(operator.getitem, (X, (slice(None),) * d + (i,)))
+            xi = graph.call_function(operator.getitem, (X, (slice(None),) * dx + (i,)))
+        op, target, args = step_op(h, xi)
         with graph.inserting_after(xi):
-            yi = (
-                graph.call_function(m.target, (h, xi))
-                if m.op == "call_function"
-                else graph.call_method(m.target, (h, xi))
-            )
+            yi = graph.create_node(op, target, args)
         made += [xi, yi]
         if sq is not None:
             with graph.inserting_after(yi):
-                yi = graph.call_method("squeeze", (yi, sq - 1 if sq > d else sq))
+                yi = graph.call_method("squeeze", (yi, sq - 1 if sq > od else sq))
             made.append(yi)
         outs.append(yi)
     with graph.inserting_after(tail):
-        new = graph.call_function(torch.stack, (outs,), {"dim": d})
+        new = graph.call_function(torch.stack, (outs,), {"dim": od if sq is None or sq > od else od - 1})
     made.append(new)
     try:
         _infer(made)

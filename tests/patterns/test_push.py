@@ -34,6 +34,30 @@ def mambapy_seq(x, delta, A, Bm, Cm, Dp):
     return y + Dp * x
 
 
+def states_einsum(x, delta, A, Bm, Cm, Dp):
+    """The stacked states read out by an einsum, C first, time last in the result."""
+    deltaA = torch.exp(delta.unsqueeze(-1) * A)
+    BX = delta.unsqueeze(-1) * Bm.unsqueeze(2) * x.unsqueeze(-1)
+    h = torch.zeros(x.size(0), x.size(2), A.size(-1))
+    hs = []
+    for t in range(x.shape[1]):
+        h = deltaA[:, t] * h + BX[:, t]
+        hs.append(h)
+    return torch.einsum("bln,bldn->bdl", Cm, torch.stack(hs, dim=1))
+
+
+def nm_einsum_sums_time(x, delta, A, Bm, Cm, Dp):
+    """An einsum that sums the read-out over time: not time-local, left as written after an hgrn scan."""
+    deltaA = torch.exp(delta.unsqueeze(-1) * A)
+    BX = delta.unsqueeze(-1) * Bm.unsqueeze(2) * x.unsqueeze(-1)
+    h = torch.zeros(x.size(0), x.size(2), A.size(-1))
+    hs = []
+    for t in range(x.shape[1]):
+        h = deltaA[:, t] * h + BX[:, t]
+        hs.append(h)
+    return torch.einsum("bldn,bln->bd", torch.stack(hs, dim=1), Cm)
+
+
 def nm_readout_constant_over_time(x, delta, A, Bm, Cm, Dp):
     """The states read out by one matrix for every step: not Mamba's C_t; the scan runs as hgrn, the read-out as
     written."""
@@ -84,8 +108,14 @@ def _exact(fn, args, out):
 
 @pytest.mark.parametrize(
     "fn,families",
-    [(mambapy_seq, ["mamba"]), (nm_readout_constant_over_time, ["hgrn"]), (nm_decay_not_exp_dt_a, ["hgrn"])],
-    ids=["mambapy_seq", "readout_constant_over_time", "decay_not_exp_dt_a"],
+    [
+        (mambapy_seq, ["mamba"]),
+        (states_einsum, ["mamba"]),
+        (nm_einsum_sums_time, ["hgrn"]),
+        (nm_readout_constant_over_time, ["hgrn"]),
+        (nm_decay_not_exp_dt_a, ["hgrn"]),
+    ],
+    ids=["mambapy_seq", "states_einsum", "einsum_sums_time", "readout_constant_over_time", "decay_not_exp_dt_a"],
 )
 def test_readout_after_the_loop(fn, families):
     args = _inputs()
