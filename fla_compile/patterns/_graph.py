@@ -160,6 +160,20 @@ def value_of(node: fx.Node):
     return v
 
 
+def infer_values(nodes: list) -> None:
+    """Example values of nodes a pass made (``pull.py``, ``push.py``), in the fake mode of their inputs: the
+    classifier reads their shapes and dtypes. ValueError where no input has a fake value."""
+    for n in nodes:
+        ins = [value_of(a) for a in n.all_input_nodes]
+        mode = next((v.fake_mode for v in ins if isinstance(v, torch._subclasses.FakeTensor)), None)
+        if mode is None:
+            raise ValueError("no fake mode")
+        args, kwargs = torch.fx.node.map_arg((n.args, n.kwargs), value_of)
+        fn = getattr(torch.Tensor, n.target) if n.op == "call_method" else n.target
+        with mode:
+            n.meta["example_value"] = fn(*args, **kwargs)
+
+
 def _recorded(node: fx.Node):
     """The example value as Dynamo ("example_value") or make_fx ("val") recorded it."""
     return node.meta.get("example_value", node.meta.get("val"))

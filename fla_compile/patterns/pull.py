@@ -20,7 +20,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from ._graph import value_of
+from ._graph import infer_values, value_of
 from ._time import time_read
 
 UNARY = {
@@ -182,7 +182,7 @@ def pull(graph: fx.Graph, reads: list[fx.Node], T: int) -> Pulled | None:
                 m.meta["fla_pulled_from"] = True
             done.new_nodes += made
             done.swaps.append((n, last))
-        _infer(done.new_nodes)
+        infer_values(done.new_nodes)
         _check(done, T)
     except Exception:
         undo([done])
@@ -191,19 +191,6 @@ def pull(graph: fx.Graph, reads: list[fx.Node], T: int) -> Pulled | None:
         n.replace_all_uses_with(last)
         n.meta["fla_pulled"] = True
     return done
-
-
-def _infer(nodes: list) -> None:
-    """Example values of the new nodes, in their fake mode (the classifier reads shapes and dtypes)."""
-    for n in nodes:
-        ins = [value_of(a) for a in n.all_input_nodes]
-        mode = next((v.fake_mode for v in ins if isinstance(v, torch._subclasses.FakeTensor)), None)
-        if mode is None:
-            raise _No("no fake mode")
-        args, kwargs = torch.fx.node.map_arg((n.args, n.kwargs), value_of)
-        fn = getattr(torch.Tensor, n.target) if n.op == "call_method" else n.target
-        with mode:
-            n.meta["example_value"] = fn(*args, **kwargs)
 
 
 def _check(done: Pulled, T: int) -> None:

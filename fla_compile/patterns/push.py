@@ -18,7 +18,7 @@ import operator
 import torch
 import torch.fx as fx
 
-from ._graph import value_of
+from ._graph import infer_values, value_of
 
 MATMUL = {torch.matmul, operator.matmul, "matmul", "__matmul__"}
 SQUEEZE = {torch.squeeze, "squeeze"}
@@ -136,7 +136,7 @@ def push(graph: fx.Graph, region) -> Pushed | None:
         new = graph.call_function(torch.stack, (outs,), {"dim": od if sq is None or sq > od else od - 1})
     made.append(new)
     try:
-        _infer(made)
+        infer_values(made)
     except Exception:  # no fake mode to give the new nodes shapes: leave the code as written
         for x in reversed(made):
             graph.erase_node(x)
@@ -190,19 +190,6 @@ def _hoist(graph: fx.Graph, x: fx.Node, start: fx.Node, end: fx.Node) -> bool:
     for n in sorted(later, key=pos.__getitem__):
         start.prepend(n)
     return True
-
-
-def _infer(nodes: list) -> None:
-    """Example values of the new nodes, in their fake mode (the classifier reads shapes and dtypes)."""
-    for n in nodes:
-        ins = [value_of(a) for a in n.all_input_nodes]
-        mode = next((v.fake_mode for v in ins if isinstance(v, torch._subclasses.FakeTensor)), None)
-        if mode is None:
-            raise ValueError("no fake mode")
-        args, kwargs = torch.fx.node.map_arg((n.args, n.kwargs), value_of)
-        fn = getattr(torch.Tensor, n.target) if n.op == "call_method" else n.target
-        with mode:
-            n.meta["example_value"] = fn(*args, **kwargs)
 
 
 def undo(p: Pushed | None) -> None:

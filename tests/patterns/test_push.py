@@ -20,68 +20,46 @@ def _reset():
     torch._dynamo.reset()
 
 
-def mambapy_seq(x, delta, A, Bm, Cm, Dp):
-    """mamba.py's ``selective_scan_seq``: every state stacked, read out by one matmul after the loop."""
-    deltaA = torch.exp(delta.unsqueeze(-1) * A)
+def _states(x, delta, A, Bm, decay=None):
+    """mamba.py's sequential scan (inlined by Dynamo into each spelling below): every state, in a list."""
+    deltaA = torch.exp(delta.unsqueeze(-1) * A) if decay is None else decay
     BX = delta.unsqueeze(-1) * Bm.unsqueeze(2) * x.unsqueeze(-1)
     h = torch.zeros(x.size(0), x.size(2), A.size(-1))
     hs = []
     for t in range(x.shape[1]):
         h = deltaA[:, t] * h + BX[:, t]
         hs.append(h)
-    hs = torch.stack(hs, dim=1)
+    return hs
+
+
+def mambapy_seq(x, delta, A, Bm, Cm, Dp):
+    """mamba.py's ``selective_scan_seq``: every state stacked, read out by one matmul after the loop."""
+    hs = torch.stack(_states(x, delta, A, Bm), dim=1)
     y = (hs @ Cm.unsqueeze(-1)).squeeze(3)
     return y + Dp * x
 
 
 def states_einsum(x, delta, A, Bm, Cm, Dp):
     """The stacked states read out by an einsum, C first, time last in the result."""
-    deltaA = torch.exp(delta.unsqueeze(-1) * A)
-    BX = delta.unsqueeze(-1) * Bm.unsqueeze(2) * x.unsqueeze(-1)
-    h = torch.zeros(x.size(0), x.size(2), A.size(-1))
-    hs = []
-    for t in range(x.shape[1]):
-        h = deltaA[:, t] * h + BX[:, t]
-        hs.append(h)
-    return torch.einsum("bln,bldn->bdl", Cm, torch.stack(hs, dim=1))
+    return torch.einsum("bln,bldn->bdl", Cm, torch.stack(_states(x, delta, A, Bm), dim=1))
 
 
 def nm_einsum_sums_time(x, delta, A, Bm, Cm, Dp):
     """An einsum that sums the read-out over time: not time-local, left as written after an hgrn scan."""
-    deltaA = torch.exp(delta.unsqueeze(-1) * A)
-    BX = delta.unsqueeze(-1) * Bm.unsqueeze(2) * x.unsqueeze(-1)
-    h = torch.zeros(x.size(0), x.size(2), A.size(-1))
-    hs = []
-    for t in range(x.shape[1]):
-        h = deltaA[:, t] * h + BX[:, t]
-        hs.append(h)
-    return torch.einsum("bldn,bln->bd", torch.stack(hs, dim=1), Cm)
+    return torch.einsum("bldn,bln->bd", torch.stack(_states(x, delta, A, Bm), dim=1), Cm)
 
 
 def nm_readout_constant_over_time(x, delta, A, Bm, Cm, Dp):
     """The states read out by one matrix for every step: not Mamba's C_t; the scan runs as hgrn, the read-out as
     written."""
-    deltaA = torch.exp(delta.unsqueeze(-1) * A)
-    BX = delta.unsqueeze(-1) * Bm.unsqueeze(2) * x.unsqueeze(-1)
-    h = torch.zeros(x.size(0), x.size(2), A.size(-1))
-    hs = []
-    for t in range(x.shape[1]):
-        h = deltaA[:, t] * h + BX[:, t]
-        hs.append(h)
-    return (torch.stack(hs, dim=1) @ Cm[0, 0].unsqueeze(-1)).squeeze(3)
+    return (torch.stack(_states(x, delta, A, Bm), dim=1) @ Cm[0, 0].unsqueeze(-1)).squeeze(3)
 
 
 def nm_decay_not_exp_dt_a(x, delta, A, Bm, Cm, Dp):
     """A decay that is no exp(dt A) (a sigmoid of dt alone): the read-out is pushed in, the mamba op is not proven,
     and the push is undone: an hgrn scan with the read-out as written."""
     decay = torch.sigmoid(delta).unsqueeze(-1).expand(-1, -1, -1, A.size(-1))
-    BX = delta.unsqueeze(-1) * Bm.unsqueeze(2) * x.unsqueeze(-1)
-    h = torch.zeros(x.size(0), x.size(2), A.size(-1))
-    hs = []
-    for t in range(x.shape[1]):
-        h = decay[:, t] * h + BX[:, t]
-        hs.append(h)
-    return (torch.stack(hs, dim=1) @ Cm.unsqueeze(-1)).squeeze(3)
+    return (torch.stack(_states(x, delta, A, Bm, decay), dim=1) @ Cm.unsqueeze(-1)).squeeze(3)
 
 
 def _inputs():
