@@ -83,13 +83,20 @@ def loop_pass(graph: fx.Graph, opts: Options, report: Report) -> None:
     peels, peel_misses = peel.unpeel(graph)  # a first step written apart: the general step in its place
     report.misses += [Miss(loop.SPELLING, reason, src) for reason, src in peel_misses]
     pulls: list = []
+    pushes: list = []
     try:
-        _loop_pass(graph, opts, report, pulls)
-    finally:  # where the loop was not rewritten: as written (a pushed read-out's record is in ``pulls`` too)
-        pull.undo([p for p in pulls if isinstance(p, pull.Pulled)])
-        for p in reversed([p for p in pulls if isinstance(p, push.Pushed)]):
+        _loop_pass(graph, opts, report, pulls, pushes)
+    finally:  # where the loop was not rewritten: as written
+        pull.undo(pulls)
+        for p in reversed(pushes):
             push.undo(p)
         peel.undo(peels)
+
+
+def _reframed(graph: fx.Graph, final: fx.Node):
+    """The loop ending in the state ``final``, framed again after a pass moved nodes into or out of its steps;
+    StopIteration where it is not framed."""
+    return next(r for r in loop.find(graph)[0] if r.blocks[-1][r.state_offset] is final and not r.states)
 
 
 def _pulled_mamba(graph: fx.Graph, region, opts: Options, pulls: list):
@@ -100,9 +107,8 @@ def _pulled_mamba(graph: fx.Graph, region, opts: Options, pulls: list):
     p = pull.pull(graph, reads, region.T)
     if p is None:
         return None
-    final = region.blocks[-1][region.state_offset]
     try:
-        new = next(r for r in loop.find(graph)[0] if r.blocks[-1][r.state_offset] is final and not r.states)
+        new = _reframed(graph, region.blocks[-1][region.state_offset])
         step, _ = new.step_graph()
         metas = step_inputs(step, new.reads)
         state_meta = value_of(step.graph.find_nodes(op="placeholder")[0])
@@ -117,7 +123,7 @@ def _pulled_mamba(graph: fx.Graph, region, opts: Options, pulls: list):
     return new, rec, err
 
 
-def _pushed_mamba(graph: fx.Graph, region, rec, err, opts: Options, pulls: list):
+def _pushed_mamba(graph: fx.Graph, region, rec, err, opts: Options, pulls: list, pushes: list):
     """A scan whose every state is stacked and read out after the loop (mamba.py's ``(hs @ C).squeeze``): with the
     read-out pushed into the step (``patterns/push.py``), Mamba's scan where the mamba op is proven there.
     (region, rec, err): the mamba op's, or the scan's as given where it is not (the graph then as it was, the
@@ -126,22 +132,18 @@ def _pushed_mamba(graph: fx.Graph, region, rec, err, opts: Options, pulls: list)
     if p is None:
         return region, rec, err
     final = region.blocks[-1][region.state_offset]
-
-    def framed():
-        return next(r for r in loop.find(graph)[0] if r.blocks[-1][r.state_offset] is final and not r.states)
-
     try:
-        found = _pulled_mamba(graph, framed(), opts, pulls)
+        found = _pulled_mamba(graph, _reframed(graph, final), opts, pulls)
     except (StopIteration, NearMiss, ValueError):
         found = None
     if found is not None:
-        pulls.append(p)
+        pushes.append(p)
         return found
     push.undo(p)
-    return framed(), rec, err
+    return _reframed(graph, final), rec, err
 
 
-def _loop_pass(graph: fx.Graph, opts: Options, report: Report, pulls: list) -> None:
+def _loop_pass(graph: fx.Graph, opts: Options, report: Report, pulls: list, pushes: list) -> None:
     regions, misses = loop.find(graph)
     if any(r.states for r in regions):  # loops carrying several states: split, then re-roll what is left
         emptied = set().union(*(multistate.split(r, opts, report) for r in regions if r.states))
@@ -167,7 +169,7 @@ def _loop_pass(graph: fx.Graph, opts: Options, report: Report, pulls: list) -> N
             if rec.family == Family.HGRN and rec.q is not None and len(state_meta.shape) >= 2:
                 region, rec, err = _pulled_mamba(graph, region, opts, pulls) or (region, rec, err)
             elif rec.family == Family.HGRN and rec.q is None and len(state_meta.shape) >= 2:
-                region, rec, err = _pushed_mamba(graph, region, rec, err, opts, pulls)
+                region, rec, err = _pushed_mamba(graph, region, rec, err, opts, pulls, pushes)
         except (NearMiss, ValueError) as e:
             report.misses.append(Miss(loop.SPELLING, str(e), region.source))
             continue

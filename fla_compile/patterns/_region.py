@@ -38,6 +38,11 @@ class Contraction:
     lo: tuple
 
 
+def dim_arg(node: fx.Node, pos: int = 1, default=None):
+    """The ``dim`` argument of a call (positional at ``pos``, or by keyword)."""
+    return node.args[pos] if len(node.args) > pos else node.kwargs.get("dim", default)
+
+
 def shape_of(node) -> tuple | None:
     """The static shape of a node's tensor value, or None (not a tensor, dynamic size)."""
     v = value_of(node) if isinstance(node, fx.Node) else None
@@ -201,7 +206,7 @@ def run_anchored(graph: fx.Graph, targets: set, match, spelling: str, opts, repo
     matches."""
     done = []
     for anchor in [n for n in graph.nodes if n.target in targets]:
-        if anchor in set(graph.nodes):  # not removed by an earlier rewrite
+        if not getattr(anchor, "_erased", False):  # not removed by an earlier rewrite
             src = source_line(anchor)
             taken = take(lambda a=anchor: match(a, opts), src, spelling, opts, report)
             done += [(src, *taken)] if taken else []

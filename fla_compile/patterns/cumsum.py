@@ -39,10 +39,6 @@ MUL = {operator.mul, torch.mul, "mul", "__mul__"}
 SUM = {torch.sum, "sum"}
 
 
-def _dim(node: fx.Node, pos: int, default=None):
-    return node.args[pos] if len(node.args) > pos else node.kwargs.get("dim", default)
-
-
 def _broadcast_labels(x: fx.Node, full: tuple, labels: tuple) -> tuple | None:
     """Labels of ``x`` broadcast (right-aligned) against a value of shape ``full`` labelled ``labels``;
     None marks a size-1 dim that broadcasts."""
@@ -113,7 +109,7 @@ def readout(s: fx.Node) -> tuple | None:
         if not isinstance(q, fx.Node) or q is s or sr is None or len(sr) != len(ss) or red.target not in SUM:
             return None
         lq = _broadcast_labels(q, sr, ls)
-        dims = _dim(red, 1)
+        dims = R.dim_arg(red)
         dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
         keep = red.kwargs.get("keepdim", red.args[2] if len(red.args) > 2 else False)
         if lq is None or len(dims) != 1:
@@ -129,7 +125,7 @@ def match(cs: fx.Node, opts, fuse: bool = True):
     nodes it replaces), None if ``cs`` is no prefix sum of an outer product; NearMiss with the reason.
     ``fuse`` off: the numerator alone, no normalizer fused (``normalized`` reads it)."""
     p = cs.args[0]
-    dim = _dim(cs, 1)
+    dim = R.dim_arg(cs)
     sp = R.shape_of(p)
     if not isinstance(p, fx.Node) or sp is None or not isinstance(dim, int):
         return None
@@ -228,7 +224,7 @@ def normalizer(cs: fx.Node, rec: Recurrence, out: fx.Node, opts):
     for z in cs.graph.nodes:
         if z.target not in R.CUMSUM or z is cs or not isinstance(z.args[0], fx.Node) or root(z.args[0]) is not rk:
             continue
-        read, dim = readout(z), _dim(z, 1)
+        read, dim = readout(z), R.dim_arg(z)
         if read is None or not isinstance(dim, int):
             continue
         den, qd, lqd, lod, contracted = read

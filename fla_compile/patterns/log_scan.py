@@ -40,10 +40,6 @@ SUB = {operator.sub, torch.sub, "sub", "__sub__"}
 PAD = {F.pad, torch._C._nn.pad, torch.constant_pad_nd}
 
 
-def _dim(node: fx.Node, default=None):
-    return node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", default)
-
-
 def _front_pad(node: fx.Node, t: int) -> int | None:
     """How many zeros ``node`` (a constant pad) puts in front of dim ``t`` and nowhere else; None otherwise."""
     spec = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
@@ -70,7 +66,7 @@ def _cumsum_of(a_star: fx.Node, t: int, n: int) -> tuple[fx.Node, int] | None:
             return None
     if a_star.target not in R.CUMSUM or not isinstance(a_star.args[0], fx.Node):
         return None
-    d = _dim(a_star)
+    d = R.dim_arg(a_star)
     if not isinstance(d, int) or d % n != t:
         return None
     return a_star.args[0], pad
@@ -86,7 +82,7 @@ def _single_user(n: fx.Node, targets: set) -> fx.Node | None:
 def match(lcse: fx.Node, opts):
     """Bind and prove one log-space scan: (``Recurrence``, proof error, (its exp node,)), None where ``lcse`` is
     not one; NearMiss with the reason where it is nearly one."""
-    x, t = lcse.args[0], _dim(lcse)
+    x, t = lcse.args[0], R.dim_arg(lcse)
     shape = R.shape_of(lcse)
     if not isinstance(x, fx.Node) or not isinstance(t, int) or shape is None or x.target not in SUB:
         return None
@@ -122,7 +118,7 @@ def match(lcse: fx.Node, opts):
     feat = n - 1 if n - 1 != t else "channel"
     batch = tuple(d for d in labels if d not in (t, feat))
     layout = RegionLayout(None, None, None, Layout(labels, t, feat), batch, tuple(so[d] for d in batch),
-                          gate_dim=t, out_dtype=value_of(out).dtype)  # fmt: skip
+                          out_dtype=value_of(out).dtype)  # fmt: skip
     rec = Recurrence(Family.HGRN, None, None, log_b, gate=log_a, layout=layout, spelling=SPELLING,
                      source=source_line(lcse), extras={"log_x": True, "gate_pad": pad})  # fmt: skip
     gm, _ = R.extract(out, roles)

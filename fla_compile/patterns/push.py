@@ -18,7 +18,8 @@ import operator
 import torch
 import torch.fx as fx
 
-from ._graph import infer_values, value_of
+from ._graph import infer_values
+from ._region import shape_of
 
 MATMUL = {torch.matmul, operator.matmul, "matmul", "__matmul__"}
 SQUEEZE = {torch.squeeze, "squeeze"}
@@ -30,11 +31,6 @@ class Pushed:
     new_nodes: list  # the per-step nodes and the stack of their results, in graph order
     old: list  # the chain as written: (node, op, target, args, kwargs, meta) from the stack of states to the read-out
     stack: fx.Node  # the stack of the per-step read-outs, standing where the read-out was
-
-
-def _shape(n) -> tuple | None:
-    v = value_of(n) if isinstance(n, fx.Node) else None
-    return tuple(v.shape) if isinstance(v, torch.Tensor) else None
 
 
 def _stack_parts(s: fx.Node) -> tuple[list, int] | None:
@@ -55,7 +51,7 @@ def _readout(m: fx.Node, S: fx.Node, d: int, n: int) -> tuple | None:
     (the other operand X, X's time dim, the per-step op as (op, target, args of (h, x_t)), the result's time dim),
     or None where ``m`` is not a product of S with a sequence along the same time dim (never contracted)."""
     if m.target in MATMUL and len(m.args) == 2 and not m.kwargs and m.args[0] is S:
-        X, sX, sS = m.args[1], _shape(m.args[1]), _shape(S)
+        X, sX, sS = m.args[1], shape_of(m.args[1]), shape_of(S)
         if not isinstance(X, fx.Node) or sX is None or len(sX) != n or d >= n - 2 or sX[d] != sS[d]:
             return None  # the time dim must be a batch dim of both operands of the product
         return X, d, lambda h, x: (m.op, m.target, (h, x)), d
@@ -96,7 +92,7 @@ def push(graph: fx.Graph, region) -> Pushed | None:
         return None
     parts = _stack_parts(S)
     (m,) = S.users
-    sS = _shape(S)
+    sS = shape_of(S)
     if parts is None or sS is None:
         return None
     hs, d = parts
@@ -111,7 +107,7 @@ def push(graph: fx.Graph, region) -> Pushed | None:
     if X in hs or not _hoist(graph, X, region.blocks[0][0], region.blocks[-1][-1]):
         return None
     chain, tail, sq = [S, m], m, None
-    no = len(_shape(m) or ())
+    no = len(shape_of(m) or ())
     if len(m.users) == 1 and no:
         (u,) = m.users
         k = _squeeze_dim(u)
@@ -157,7 +153,7 @@ def _same(old: list, made: list, hs: list, X: fx.Node) -> bool:
     from ..verify import probe
 
     gen = torch.Generator().manual_seed(113)
-    env = {x: probe(_shape(x), gen) for x in (*hs, X)}
+    env = {x: probe(shape_of(x), gen) for x in (*hs, X)}
 
     def run(node, op, target, args, kwargs):
         args, kwargs = torch.fx.node.map_arg((args, kwargs), env.__getitem__)

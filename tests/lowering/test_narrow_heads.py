@@ -71,7 +71,7 @@ def test_narrow_head_runs_in_masked_blocks_of_64(family, K, V, monkeypatch):
                     blocks.append((kernel.fn.__name__, name, dim, value))
         return real(kernel, grid, *a, **kw)
 
-    monkeypatch.setattr(launch, "_interpreted", lambda: False)
+    monkeypatch.setattr(launch, "interpreted", lambda: False)
     monkeypatch.setattr(launch, "fitted", fitted)
     monkeypatch.setenv("FLA_COMPILE_TRITON", "interpret")
     ours = _run(family, args, h0)

@@ -34,7 +34,7 @@ def enabled(device) -> bool:
     dry run's allocations and torch ops would be captured), and ``FLA_COMPILE_AHEAD`` not "0"."""
     if device.type != "cuda" or os.environ.get("FLA_COMPILE_AHEAD", "1") == "0":
         return False
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if launch.interpreted():
         return False
     return not torch.cuda.is_current_stream_capturing()
 

@@ -149,8 +149,7 @@ def _persist(path: pathlib.Path, key: str, cfg: dict) -> None:
         log.warning("fla_compile: cannot write the tuning cache %s: %s", path, e)
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+_interpreting = launch.interpreted  # a module name of its own: tests switch it here alone
 
 
 def capturing() -> bool:

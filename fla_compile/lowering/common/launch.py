@@ -53,14 +53,15 @@ NARROW_HEAD = 32
 NARROW_HEAD_BLOCK = 64
 
 
-def _interpreted() -> bool:
+def interpreted() -> bool:
+    """Whether Triton runs kernels through its interpreter (``TRITON_INTERPRET``): the CPU's test mode."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def head_block(n: int, cap: int | None = None) -> int:
     """The block of a head dim ``n`` (K or V) in the chunk lines' kernels: its next power of two, at most ``cap``;
     a head dim of at most :data:`NARROW_HEAD` takes one masked block of :data:`NARROW_HEAD_BLOCK` when compiled."""
-    if n <= NARROW_HEAD and not _interpreted():
+    if n <= NARROW_HEAD and not interpreted():
         return NARROW_HEAD_BLOCK
     return pow2(n) if cap is None else min(cap, pow2(n))
 
