@@ -33,8 +33,25 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # mostly shows as a NaN in the poisoned GPU tests) a dense, a packed and a decoding case of each chunked family
 # and every case of the others
 INITCHECK_QKV = (0, 2, 3)
+# initcheck does not see cuBLAS's bf16 products being written (H200, compute-sanitizer 2025.3.1, forty-third
+# session): the control group, torch.mm's bf16 output read by torch's own copy and sum kernels, reports thousands
+# of uninitialized reads; the fused losses read their logits from the same torch.mm and report the same (their
+# fp32 cases, and memcheck on all of them, are clean). Expected to report, not a fault of ours.
+CUBLAS_UNSEEN = pytest.mark.xfail(reason="initcheck misses cuBLAS's bf16 stores (see the control group)", strict=False)
+
+
+def _marks(tool: str, group: str, name: str) -> list:
+    bf16_product = group == "control" or (group == "loss" and "bfloat16" in name)
+    return [CUBLAS_UNSEEN] if tool == "initcheck" and bf16_product else []
+
+
 CASES = [
-    pytest.param(tool, f"{group}:{i}", id=f"{tool}-" + re.sub(r"[^\w.,-]+", "_", case.name))
+    pytest.param(
+        tool,
+        f"{group}:{i}",
+        id=f"{tool}-" + re.sub(r"[^\w.,-]+", "_", case.name),
+        marks=_marks(tool, group, case.name),
+    )
     for group, cases in groups().items()
     for i, case in enumerate(cases)
     for tool in ("memcheck", "initcheck")
