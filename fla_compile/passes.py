@@ -28,7 +28,7 @@ from .patterns import (
     push,
 )
 from .patterns._graph import specialize_sizes, to_ssa, value_of
-from .patterns._time import time_read
+from .patterns._time import split_leading_ints, time_read
 from .patterns._vmap import devmap
 from .report import Miss, Report
 from .rewrite import call_family, is_zeros
@@ -80,6 +80,7 @@ class Options:
 
 
 def loop_pass(graph: fx.Graph, opts: Options, report: Report) -> None:
+    split_leading_ints(graph)  # k[b, t] read as k[b][t]: time loops inside a loop over sequences
     peels, peel_misses = peel.unpeel(graph)  # a first step written apart: the general step in its place
     report.misses += [Miss(loop.SPELLING, reason, src) for reason, src in peel_misses]
     pulls: list = []

@@ -100,6 +100,10 @@ def log_gate(x: torch.Tensor, kind: str) -> torch.Tensor:
 LOOP_ROLES = ("q", "k", "v", "gate", "beta", "bonus", "decay")
 
 
+def _unsqueezed(h0):
+    return None if h0 is None else h0.unsqueeze(0)
+
+
 def call_family(b: Recurrence, vals: dict, h0, batch: tuple | None = None):
     """Run the family op on role values [T, *batch, D] (gate [T, *batch(, K)]) and a state
     [*batch, X, Y]; return o [T, *batch, V] and the final state [*batch, X, Y]. ``batch``: the
@@ -111,6 +115,9 @@ def call_family(b: Recurrence, vals: dict, h0, batch: tuple | None = None):
         return _call_selective(b, vals, h0, batch)
     if b.family == Family.NORMALIZED_LINEAR_ATTN:
         return _call_normalized(b, vals, h0, batch)
+    if b.bonus is not None and len(batch) == 1:  # one sequence's heads (the bonus is per head): batch 1
+        o, ht = call_family(b, {n: x.unsqueeze(1) for n, x in vals.items()}, _unsqueezed(h0), (1, *batch))
+        return o.squeeze(1), ht.squeeze(0)
     family = b.family
     q, k, v = (to_bthd(vals[n], batch) for n in ("q", "k", "v"))
     B, H = batch_split(batch)
@@ -325,6 +332,8 @@ def rewrite_loop(rec: Recurrence, lowering: LoopLowering) -> None:
     if lay.out_kind in ("stack", "cat"):
         graph.erase_node(lay.out_target)
     for n in reversed(lay.nodes):
+        if n._erased:  # dead code (an unused last state) an earlier loop's rewrite cleared with its own
+            continue
         graph.erase_node(n)
         n.meta.clear()  # an erased node stays named by the graph: let its example values go
     graph.eliminate_dead_code()

@@ -14,7 +14,7 @@ import operator
 import torch
 import torch.fx as fx
 
-from ._graph import functional_setitem, value_of
+from ._graph import functional_setitem, infer_values, value_of
 
 aten = torch.ops.aten
 
@@ -156,3 +156,35 @@ def time_write(node: fx.Node) -> TimeWrite | None:
         dim = _norm_dim(a[2], a[0])
         return None if dim is None else TimeWrite(a[0], dim, a[3], _strip_copy(a[1], a[0]), True)
     return None
+
+
+def split_leading_ints(graph: fx.Graph) -> int:
+    """``x[b, t]`` (two leading ints) becomes ``x[b][t]``, one ``x[b]`` per source and b: a loop over sequences
+    around a time loop (``for b: for t: k[b, t]``) then reads step t of one sequence ``x[b]`` at every step, as
+    the time rules read it, where the first int (b) would frame the outer loop as time. The same values; a read
+    ``x[t, 0]`` of a time-major input stays a read of step t. Returns the number of reads split."""
+    made: dict[tuple, fx.Node] = {}
+    split = 0
+    inputs = [n for n in graph.nodes if n.op in ("placeholder", "get_attr")]
+    for n in list(graph.nodes):
+        if n.op != "call_function" or n.target is not operator.getitem or len(n.args) != 2:
+            continue
+        src, index = n.args
+        if not (isinstance(src, fx.Node) and isinstance(index, tuple) and len(index) >= 2):
+            continue
+        if not all(type(i) is int for i in index[:2]) or not isinstance(value_of(src), torch.Tensor):
+            continue
+        outer = made.get((src, index[0]))
+        if outer is None:
+            # before the loops: after the source, or after the last input where it is one
+            with graph.inserting_after(inputs[-1] if src.op in ("placeholder", "get_attr") else src):
+                outer = graph.call_function(operator.getitem, (src, index[0]))
+            try:
+                infer_values([outer])
+            except ValueError:
+                graph.erase_node(outer)
+                continue
+            made[(src, index[0])] = outer
+        n.args = (outer, index[1:] if len(index) > 2 else index[1])
+        split += 1
+    return split

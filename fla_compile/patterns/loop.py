@@ -148,9 +148,10 @@ class LoopRegion:
 
 
 class _Mismatch(Exception):
-    def __init__(self, msg: str, framing: bool = False):
+    def __init__(self, msg: str, framing: bool = False, stateless: bool = False):
         super().__init__(msg)
         self.framing = framing  # the blocks do not fit the graph: says nothing about the loop
+        self.stateless = stateless  # steps that fit and carry nothing: a loop over sequences, perhaps
 
 
 def _entry(n: fx.Node, t: int, start: int, L: int, s: int, pos: dict, loop_keys: set, t0: int = 0) -> tuple:
@@ -233,12 +234,16 @@ def find(graph: fx.Graph) -> tuple[list[LoopRegion], list[tuple[str, str]]]:
     pulled = {r.key for n in nodes if n.meta.get("fla_pulled") and (r := time_read(n)) is not None}
     regions, misses = [], []
     done_until = floor = -1
+    stateless: list[tuple] = []  # (lo, T, L) of loops that carried no state: the loops inside them still tried
     for lo, T, first, *_ in families:
         if lo <= done_until:
             continue
         L = first[1] - first[0]
         if L <= 0 or any(first[t] != first[0] + t * L for t in range(T)):
             continue  # not a loop (an unbind into q, k, v whose last piece is used after the loop): blocks nothing
+        if any(T == T0 and L == L0 and abs(lo - lo0) < L for lo0, T0, L0 in stateless):
+            continue  # that loop again, anchored by another source
+        before = done_until
         done_until = max(done_until, first[-1])  # one attempt per loop, whichever source anchors it
         # the sources of this loop: read at every step with the same period, starting in step 0
         keys = set().union(
@@ -249,11 +254,19 @@ def find(graph: fx.Graph) -> tuple[list[LoopRegion], list[tuple[str, str]]]:
         try:
             region = _reroll(nodes, pos, first[0], T, L, floor, keys)
         except _Mismatch as e:
-            misses.append((f"time loop at T={T} not re-rolled: {e}", source_line(nodes[first[0]])))
+            misses.append(
+                (f"time loop at T={T} not re-rolled: {e}", source_line(nodes[first[0]]), lo if e.stateless else None)
+            )
+            if e.stateless:  # a loop over independent sequences: each may hold a time loop of its own
+                stateless.append((lo, T, L))
+                done_until = before
             continue
         regions.append(region)
         done_until = floor = max(done_until, pos[region.blocks[-1][-1]])
-    return regions, misses
+    # a loop over sequences whose own time loops were found is not a miss
+    inner = [pos[r.blocks[0][0]] for r in regions]
+    holding = {lo0 for lo0, T0, L0 in stateless if any(lo0 <= p < lo0 + T0 * L0 for p in inner)}
+    return regions, [(why, src) for why, src, lo0 in misses if lo0 is None or lo0 not in holding]
 
 
 def copied_sources(graph: fx.Graph) -> list[tuple[str, str]]:
@@ -349,7 +362,7 @@ def _build(nodes, pos, s, T, L, loop_keys) -> LoopRegion:
     if norm is not None:  # S and a normalizer z: patterns/normalized.py classifies the step
         states, norm = [norm[0]], norm[1]
     if not states:
-        raise _Mismatch("the loop carries no state")
+        raise _Mismatch("the loop carries no state", stateless=True)
     several = tuple(states) if len(states) > 1 else ()  # patterns/multistate.py splits them
     state = states[0]
     reads = {}
