@@ -7,7 +7,10 @@ for Inductor; the region from the mapped q, k (and v) to the division becomes on
 ``ops.normalized_linear_attn``. The numerator is any proven causal linear attention of the ``parallel``
 (``tril(q k^T) v``) or ``cumsum`` (``q . cumsum(k v^T)``) spelling; the normalizer whatever the code wrote
 (``A.sum(-1)`` of the same masked scores, ``q . cumsum(k)``, ...); the division a ``/`` or a ``*`` by a reciprocal
-(Based's ``y * z[..., None]``, z = 1 / (den + eps)), with a literal ``+ eps`` or none.
+(Based's ``y * z[..., None]``, z = 1 / (den + eps)), with a literal ``+ eps`` or none. A parallel numerator whose
+masked scores are no linear function of q . k but a polynomial of degree <= 2 in it (Based's quadratic reference,
+``tril(1 + s + s^2 / 2)``) is the op on feature maps of q and k (``poly_scores``), which the rewrite adds to the
+graph before the call; its proof probes the raw q and k of either sign too.
 
 Structure proposes only: a division whose numerator is a proven linear attention and whose denominator is a
 reduction (a sum or a contraction), plus a literal eps. Numbers decide: the region runs on fresh positive probes of
@@ -27,7 +30,7 @@ import torch
 import torch.fx as fx
 
 from .. import costs, verify
-from ..ir import Family, Recurrence
+from ..ir import Family, Recurrence, RegionLayout, out_batch
 from ..numerics import rel_err
 from ..ops.normalized import normalized_linear_attn
 from ..report import Match, Miss, Report
@@ -54,7 +57,7 @@ from ..verify import (
     step_inputs,
 )
 from . import _region as R
-from . import cumsum, loop, loop_roles, parallel
+from . import cumsum, loop, loop_roles, parallel, poly_scores
 from ._graph import source_line, value_of
 from .loop import normalizer_message
 
@@ -172,16 +175,12 @@ def _numerator(graph: fx.Graph, num: fx.Node, cands: dict, const: set, opts) -> 
     return (found[0], cumsum.SPELLING) if found is not None else None
 
 
-def match(div: fx.Node, num: fx.Node, eps: float, lin: Recurrence, opts):
-    """Bind and prove the normalized form ending at ``div`` over the proven numerator ``lin``:
-    (its ``Recurrence``, the lowering, the roots it is called on, the proof's error); NearMiss with the reason."""
-    if lin.family != Family.LINEAR_ATTN:
-        raise NearMiss(f"the numerator is {lin.family.value}; a normalizer is supported over linear_attn only")
+def _region(div: fx.Node, num: fx.Node, eps: float, roles: tuple) -> tuple[list, fx.GraphModule]:
+    """(the roots of q, k and v, the region from them to ``div``); NearMiss where it cannot be one op call."""
     if not (math.isfinite(eps) and eps >= 0):
         raise NearMiss(f"the normalizer's eps is {eps}; the op adds a non-negative eps")
     if R.shape_of(div) != R.shape_of(num):
         raise NearMiss("the division broadcasts the numerator to another shape")
-    roles = (lin.q, lin.k, lin.v)
     roots = list(dict.fromkeys(cumsum.root(x) for x in roles))
     why = R.inner_users(R.cone(div, set(roots)), div, roots)
     if why:
@@ -190,6 +189,16 @@ def match(div: fx.Node, num: fx.Node, eps: float, lin: Recurrence, opts):
         gm, _ = R.extract(div, roots)
     except NearMiss as e:
         raise NearMiss(f"the normalizer does not read the numerator's q and k alone ({e})") from None
+    return roots, gm
+
+
+def match(div: fx.Node, num: fx.Node, eps: float, lin: Recurrence, opts):
+    """Bind and prove the normalized form ending at ``div`` over the proven numerator ``lin``:
+    (its ``Recurrence``, the lowering, the roots it is called on, the proof's error); NearMiss with the reason."""
+    if lin.family != Family.LINEAR_ATTN:
+        raise NearMiss(f"the numerator is {lin.family.value}; a normalizer is supported over linear_attn only")
+    roles = (lin.q, lin.k, lin.v)
+    roots, gm = _region(div, num, eps, roles)
     views, _ = R.extract(roles, roots)
     lay = dataclasses.replace(lin.layout, out_dtype=value_of(div).dtype)
     rec = lin.replace(family=FAMILY, layout=lay, source=source_line(div), extras={"eps": eps})
@@ -200,26 +209,94 @@ def match(div: fx.Node, num: fx.Node, eps: float, lin: Recurrence, opts):
     return rec, low, roots, err
 
 
-def prove(gm, roots, qk: set, rec: Recurrence, low: NormalizedLowering, TK: int, opts) -> float:
+def prove(gm, roots, qk: set, rec: Recurrence, low: NormalizedLowering, TK: int, opts, call=None) -> float:
     """The region equals the op on fresh positive q, k at three magnitudes (den ~ |q||k| T K): where eps dominates
-    the normalizer, where it is about one, where it vanishes. The worst error; NearMiss where one differs."""
+    the normalizer, where it is about one, where it vanishes. ``call``: the op on the roots where it is more than
+    ``low`` (feature maps made by the rewrite); then q and k are raw and of either sign, and are probed so too.
+    The worst error; NearMiss where one differs."""
     gen = torch.Generator().manual_seed(20261130)
     small = math.sqrt(max(low.eps, 1e-6) / max(TK, 1))
+    probes = [("positive", lam) for lam in (1.0, small, 1e3)]
+    if call is not None:
+        probes.insert(0, (None, 1.0))  # a normalizer that differs on negative scores only (a clamp) shows here
+    call = call or (lambda *a: low(*a, cast=False))
     worst = 0.0
-    for lam in (1.0, small, 1e3):
-        args = [R.probe_role(r, gen, "positive" if r in qk else None) * (lam if r in qk else 1.0) for r in roots]
+    for kind, lam in probes:
+        args = [R.probe_role(r, gen, kind if r in qk else None) * (lam if r in qk else 1.0) for r in roots]
         try:
-            _, err = verify.prove_region(gm, args, [rec], lambda _, *a: low(*a, cast=False), opts.verify)
+            _, err = verify.prove_region(gm, args, [rec], lambda _, *a: call(*a), opts.verify)
         except NearMiss as e:
             raise NearMiss(
                 f"a division num / (den + eps) over a linear attention, but not q_t . sum_(s<=t) k_s of the same q "
                 f"and k plus a constant eps (the normalizer over another axis or key, eps elsewhere, a clamp; at "
-                f"|q|, |k| ~ {lam:.1e}): {e}"
+                f"{kind or 'signed'} |q|, |k| ~ {lam:.1e}): {e}"
             ) from None
         if not opts.verify:
             return math.nan
         worst = max(worst, err)
     return worst
+
+
+@dataclasses.dataclass
+class Polynomial:
+    """A proven normalized form over polynomial scores (``poly_scores``): the rewrite first inlines ``maps`` on the
+    candidate's q and k, then calls ``low`` on the maps and v's root. ``rec``'s roles are the user's q, k and v."""
+
+    rec: Recurrence
+    low: NormalizedLowering
+    maps: fx.GraphModule
+    v_root: fx.Node
+    err: float
+    K: int  # the maps' feature size: the op's key dim, for the cost table
+
+    def roots(self, div: fx.Node) -> list[fx.Node]:
+        return [*poly_scores.insert(self.maps, self.rec.q, self.rec.k, div), self.v_root]
+
+    def cost_rec(self) -> Recurrence:
+        """``rec`` with a q of the maps' shape (a meta tensor): the op runs at K = ``K``, not at q's dim."""
+        lay, shape = self.rec.layout.q, list(R.shape_of(self.rec.q))
+        shape[lay.labels.index(lay.feat)] = self.K
+        return self.rec.replace(q=torch.empty(shape, device="meta"))
+
+
+def _map_views(v: fx.Node, v_root: fx.Node) -> fx.GraphModule:
+    """(phi_q, phi_k, v's root) -> (phi_q, phi_k, v): the lowering's views where the feature maps are its q, k."""
+    g = fx.Graph()
+    pq, pk, pv = (g.placeholder(n) for n in ("phi_q", "phi_k", "v"))
+    env = {v_root: pv}
+    for n in R.cone(v, {v_root}):
+        env[n] = g.node_copy(n, lambda a: env[a])
+    g.output((pq, pk, env[v]))
+    return fx.GraphModule(torch.nn.Module(), g)
+
+
+def match_polynomial(div: fx.Node, num: fx.Node, eps: float, cand, opts) -> Polynomial | None:
+    """Bind and prove the normalized form ending at ``div`` whose numerator masks a polynomial of degree <= 2 in
+    q . k (Based's Taylor scores): the op on the feature maps of ``poly_scores``. None where the scores are linear
+    in q . k or no function of them alone; NearMiss with the reason."""
+    coefs = poly_scores.fit(cand)
+    if coefs is None:
+        return None
+    roots, gm = _region(div, num, eps, (cand.q, cand.k, cand.v))
+    qk, _ = R.extract((cand.q, cand.k), roots)
+    maps = poly_scores.feature_maps(cand, coefs)
+    v_root = cumsum.root(cand.v)
+    batch, bsizes = out_batch(cand.out_layout, R.shape_of(num))
+    lay = RegionLayout(*cand.layouts, cand.out_layout, batch, bsizes, out_dtype=value_of(div).dtype)
+    rec = Recurrence(FAMILY, cand.q, cand.k, cand.v, layout=lay, spelling=parallel.SPELLING, source=source_line(div))
+    rec = rec.replace(extras={"eps": eps, "polynomial": coefs})
+    low = NormalizedLowering(rec, _map_views(cand.v, v_root))
+    iv = roots.index(v_root)
+
+    def call(*args):
+        return low(*maps(*qk(*args)), args[iv], cast=False)
+
+    T = R.shape_of(div)[lay.out.labels.index(lay.out.time)]
+    d = R.shape_of(cand.q)[lay.q.labels.index(lay.q.feat)]
+    qk_roots = {cumsum.root(cand.q), cumsum.root(cand.k)}
+    err = prove(gm, roots, qk_roots, rec, low, T * d, opts, call=call)
+    K = (coefs[0] != 0) + (coefs[1] != 0) * d + (coefs[2] != 0) * d * d
+    return Polynomial(rec, low, maps, v_root, err, K)
 
 
 def run_pass(graph: fx.Graph, opts, report: Report) -> None:
@@ -240,12 +317,21 @@ def run_pass(graph: fx.Graph, opts, report: Report) -> None:
             const = R.constant_nodes(graph)
         if div not in alive:
             continue
-        src, lin = source_line(div), None
+        src, lin, poly = source_line(div), None, None
         try:
-            lin = _numerator(graph, num, cands, const, opts)
-            if lin is None:
+            try:
+                lin = _numerator(graph, num, cands, const, opts)
+            except NearMiss as e:  # no linear attention of q . k: of a polynomial of it (Based's Taylor scores)?
+                if type(e) is NearMiss and num in cands:
+                    poly = match_polynomial(div, num, eps, cands[num], opts)
+                if poly is None:
+                    raise
+            if lin is None and poly is None:
                 continue
-            rec, low, roots, err = match(div, num, eps, lin[0], opts)
+            if poly is None:
+                rec, low, roots, err = match(div, num, eps, lin[0], opts)
+            else:
+                rec, low, err = poly.rec, poly.low, poly.err
         except verify.NotARecurrence:  # softmax attention written out: the parallel pass says so
             continue
         except NearMiss as e:
@@ -255,10 +341,11 @@ def run_pass(graph: fx.Graph, opts, report: Report) -> None:
         except Exception as e:  # an unforeseen layout: leave it (the graph is untouched until the rewrite)
             report.misses.append(Miss(lin[1] if lin else "parallel", f"not analysed: {type(e).__name__}: {e}", src))
             continue
-        spelling = lin[1]
-        kept, shape = costs.decide(opts, FAMILY.value, spelling, costs.form_shape, lin[0], num)
+        spelling = parallel.SPELLING if poly else lin[1]
+        region = poly.cost_rec() if poly else lin[0]
+        kept, shape = costs.decide(opts, FAMILY.value, spelling, costs.form_shape, region, num)
         if not kept:
-            rewrite(div, low, roots)
+            rewrite(div, low, poly.roots(div) if poly else roots)
             cands = None
         report.matches.append(Match(FAMILY.value, spelling, src, rec.op_name, err, kept, shape))
 
