@@ -543,16 +543,22 @@ def rewrite_form(outs: tuple, rec: Recurrence) -> None:
 
 
 # ---------------------------------------------------------------- whole functions (chunked)
-def run_function(family, q, k, v, gate, beta, decay, scale, initial_state, l2norm, heads_first=False, bonus=None):
+def run_function(
+    family, q, k, v, gate, beta, decay, scale, initial_state, l2norm, heads_first=False, bonus=None, eps=None
+):
     """(o, final state) of the family op as a proven function region is replaced by it, and as its proof
     (``chunked._op``) runs it: the state in float32 (float64 beside float64 inputs), a gate in float32;
     ``decay`` retention's log-decay per head; ``l2norm`` "k" normalizes the keys alone (the op normalizes
     q and k, or neither); ``heads_first``: q, k, v, gate and beta are [B, H, T, ...], and so is o; ``bonus``
-    rwkv6's u [H, K]."""
+    rwkv6's u [H, K]; ``eps`` normalized linear attention's (whose final state is not returned: None)."""
     if heads_first:
         q, k, v, gate, beta = (x.transpose(1, 2) if x is not None else None for x in (q, k, v, gate, beta))
-        o, ht = run_function(family, q, k, v, gate, beta, decay, scale, initial_state, l2norm, bonus=bonus)
+        o, ht = run_function(family, q, k, v, gate, beta, decay, scale, initial_state, l2norm, bonus=bonus, eps=eps)
         return o.transpose(1, 2).contiguous(), ht
+    if family == Family.NORMALIZED_LINEAR_ATTN:  # the feature-mapped q, k as the region reads them
+        from .ops.normalized import normalized_linear_attn
+
+        return normalized_linear_attn(q * scale if scale != 1.0 else q, k, v, eps=eps)
     h0 = initial_state
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     if h0 is not None:
@@ -574,7 +580,8 @@ class FunctionLowering:
     them ([B, T, H, D]), the call's arguments; ``decay`` is retention's log-decay per head (numbers read
     from the region); ``extras["l2norm"]`` normalizes q and k in the op (True) or k alone ("k"), and
     ``extras["outputs"]`` lists the region's outputs in order, each ("o", "state" [B, H, K, V] or
-    "state_T" [B, H, V, K], as Mamba2's SSD returns it; dtype)."""
+    "state_T" [B, H, V, K], as Mamba2's SSD returns it; dtype); ``extras["eps"]`` is normalized linear
+    attention's (its region returns o alone)."""
 
     def __init__(self, rec: Recurrence):
         self.rec, self.args = bind_args(rec, FUNCTION_ROLES)
@@ -598,8 +605,9 @@ class FunctionLowering:
             args[x.index] if isinstance(x, Arg) else None
             for x in (r.q, r.k, r.v, r.gate, r.beta, r.initial_state, r.bonus)
         )
+        x = r.extras
         o, ht = run_function(
-            r.family, q, k, v, g, b, r.decay, r.scale, h0, r.extras["l2norm"], r.extras.get("heads_first", False), u
+            r.family, q, k, v, g, b, r.decay, r.scale, h0, x["l2norm"], x.get("heads_first", False), u, x.get("eps")
         )
         return tuple(
             (o if kind == "o" else ht if kind == "state" else ht.mT).to(dtype) for kind, dtype in r.extras["outputs"]

@@ -10,12 +10,19 @@ retention and FLA's ``delta_rule_chunkwise`` take them), and the whole region is
 traced shapes against each family op that the shapes allow (with and without in-kernel L2
 normalization of q and k, the scale fitted). Only a proven binding is rewritten. This pass
 runs before normalization, since the region is executed as written, in-place updates and all.
+
+A function that no family op reproduces may be a chunked normalized linear attention (a division of
+q S + (q k^T * M) v by q z + (q k^T * M).sum(-1) + eps per chunk): proposed by such a division, whose
+literal eps the op takes, and proven on positive probes of q and k at three magnitudes (where eps dominates
+the normalizer and where it vanishes), the region taken after the feature maps the function applies to its
+inputs first (``elu(q) + 1``): those stay in the graph, and the op reads the mapped q and k.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import math
 import operator
 import os
@@ -31,7 +38,10 @@ from ..numerics import rel_err
 from ..report import Match, Miss
 from ..rewrite import FormLowering, FunctionLowering, run_function
 from ..verify import TOL, fit_scale, probe, run_region
-from ._graph import value_of
+from . import cumsum, normalized
+from ._graph import _inplace_kind, value_of
+
+log = logging.getLogger("fla_compile")
 
 SPELLING = "chunked"
 MIN_NODES = 20  # a recurrence written as a function is never shorter than this
@@ -238,13 +248,23 @@ def _large(vals, roles):
     return vals
 
 
+def _small(vals, roles):
+    """A draw with v (and the initial state) 1e-6 times as large: every output of every family shrinks with them,
+    a constant the region adds to an output (``o + 1e-6``, under the tolerance at unit sizes) does not."""
+    for r in ("v", "h0"):
+        if roles[r] is not None:
+            vals[roles[r]] = vals[roles[r]] * 1e-6
+    return vals
+
+
 def _prove(gm, inputs, outputs, roles, gen):
-    """(l2norm, scale, o_idx, s_idx, err) if the region equals the op on three fresh draws (one large)."""
+    """(l2norm, scale, o_idx, s_idx, err) if the region equals the op on four fresh draws (one large, one small)."""
     if roles["family"] == Family.RETENTION:
         roles["decay"] = _retention_decay(gm, inputs, roles, gen)
         if roles["decay"] is None:
             return None
-    draws = [_probe(inputs, roles, gen) for _ in range(2)] + [_large(_probe(inputs, roles, gen), roles)]
+    draws = [_probe(inputs, roles, gen) for _ in range(2)]
+    draws += [_large(_probe(inputs, roles, gen), roles), _small(_probe(inputs, roles, gen), roles)]
     runs: dict = {}
 
     def out(i):  # run as written (in-place updates of its inputs: each run gets copies), once, when needed
@@ -301,22 +321,35 @@ def run_whole_pass(graph: fx.Graph, opts, report) -> None:
         return
     source = f"{frames[0][0].rsplit('/', 1)[-1]}:{frames[0][2]}"
     before = len(report.matches)
-    if _try_region(graph, source, region, opts, report) and pieces:
+    if _try_region(graph, source, region, opts, report):
         report.matches[:before] = [m for m in report.matches[:before] if m not in pieces]
+        report.misses.clear()  # the whole proven: its parts' near misses (a piece's inner user) no longer apply
 
 
 def _try_region(graph, source, region, opts, report) -> bool:
-    """Prove and rewrite one function region; whether it was."""
+    """Prove and rewrite one function region (a family op on its inputs, else normalized linear attention on
+    its feature-mapped q and k); whether it was."""
+    match = _try_families(graph, source, region) or _try_normalized(graph, source, region, report)
+    if match is not None:
+        report.matches.append(match)
+        return True
+    if any(n.op in ("call_function", "call_method") and "cumsum" in str(n.target) for n in region):
+        report.misses.append(Miss(SPELLING, "a chunked function whose outputs no family op reproduces", source))
+    return False
+
+
+def _try_families(graph, source, region) -> Match | None:
+    """Prove and rewrite one function region as a family op on its inputs: the match, or None."""
     inputs, outputs = _boundary(region)
     if not outputs or len(outputs) > 2:
-        return False
+        return None
     assignments = list(_assignments(inputs))
     if not assignments:
-        return False
+        return None
     try:
         gm = _extract(region, inputs, outputs)
     except Exception:  # noqa: BLE001 - an odd region is simply not a candidate
-        return False
+        return None
     gen = torch.Generator().manual_seed(7)
     for roles in assignments:
         try:
@@ -350,16 +383,192 @@ def _try_region(graph, source, region, opts, report) -> bool:
             },
         )
         _rewrite(graph, region, outputs, rec)
-        report.matches.append(Match(rec.family.value, SPELLING, source, rec.op_name, err))
-        return True
-    if any(n.op in ("call_function", "call_method") and "cumsum" in str(n.target) for n in region):
-        report.misses.append(Miss(SPELLING, "a chunked function whose outputs no family op reproduces", source))
-    return False
+        return Match(rec.family.value, SPELLING, source, rec.op_name, err)
+    return None
+
+
+# ---------------------------------------------------------------- normalized linear attention in chunks
+# o = (q S + (q k^T * M) v) / (q z + (q k^T * M).sum(-1) + eps) per chunk, with S += k^T v and z += sum k carried:
+# ``normalized.py``'s numerator over normalizer, written as a chunk loop. q and k are feature-mapped, often by the
+# function itself (``q, k = elu(q) + 1, elu(k) + 1`` first): the maps stay in the graph and the region proven
+# starts after them, so the op takes the mapped values.
+_NORMALIZED_SEED = 20261203
+
+
+def _feature_maps(region, inputs) -> set:
+    """The region's nodes that map an input, alone, to a value of its shape read by the rest in the input's place
+    (``elu(q) + 1``, ``(gamma * k + beta) ** 2`` with gamma and beta smaller inputs, a cast): left to Inductor, as
+    ``normalized.py`` leaves them. An input read both raw and mapped keeps its map inside the region, and a region
+    with in-place updates keeps them all: the op must read the mapped values as the region would have."""
+    if any(_inplace_kind(n) is not None for n in region):
+        return set()
+    inside, sources = set(region), set(inputs)
+    origin: dict = {}  # node -> the one input it maps
+    for n in region:
+        shape = _shape(n)
+        mapped, other = set(), False
+        for a in n.all_input_nodes:
+            if a in origin:
+                mapped.add(origin[a])
+            elif a in sources and _shape(a) == shape:
+                mapped.add(a)
+            elif not (a in sources and _shape(a) is not None and math.prod(_shape(a)) < math.prod(shape or (0,))):
+                other = True  # only smaller inputs (a map's parameters) may join
+        if shape is not None and len(mapped) == 1 and not other and _shape(next(iter(mapped))) == shape:
+            origin[n] = next(iter(mapped))
+    maps: set = set()
+    for x in inputs:
+        nodes = [n for n in region if origin.get(n) is x]
+        cut = [c for c in (x, *nodes) if any(u in inside and origin.get(u) is not x for u in c.users)]
+        if len(cut) == 1 and cut[0] is not x:
+            maps.update(nodes)
+    return maps
+
+
+def _depends(region, inputs) -> dict:
+    """node -> the indices of the inputs it reads, directly or not."""
+    deps = {a: frozenset((i,)) for i, a in enumerate(inputs)}
+    for n in region:
+        deps[n] = frozenset().union(*(deps.get(a, frozenset()) for a in n.all_input_nodes))
+    return deps
+
+
+def _eps_literals(region, deps, roles) -> list[float]:
+    """The eps of each division num / den whose numerator reads v and denominator q and k: the literal numbers
+    the denominator's sum adds (``a + b + eps``, ``a + (b + eps)``; 0.0 where none), the op's eps as written.
+    Structure proposes only."""
+    q, k, v = roles["q"], roles["k"], roles["v"]
+    found = []
+    for n in region:
+        parts = normalized.division(n)
+        if parts is None or v not in deps.get(parts[0], ()) or not {q, k} <= deps.get(parts[1], frozenset()):
+            continue
+        eps = _added_literals(parts[1])
+        if math.isfinite(eps) and eps >= 0 and eps not in found:  # the op adds a non-negative eps
+            found.append(eps)
+    return found
+
+
+def _added_literals(n: fx.Node, budget: int = 64) -> float:
+    """The sum of the literal numbers in the tree of additions (views around them too) that ``n`` heads; NaN for
+    a tree larger than ``budget`` additions or an add with ``alpha`` (not a plain sum)."""
+    total, todo = 0.0, [n]
+    while todo:
+        a = cumsum.root(todo.pop())
+        if not (a.op in ("call_function", "call_method") and a.target in normalized.ADD and len(a.args) == 2):
+            continue
+        budget -= 1
+        if a.kwargs or budget < 0:
+            return math.nan
+        total += sum(float(x) for x in a.args if isinstance(x, (int, float)) and not isinstance(x, bool))
+        todo += [x for x in a.args if isinstance(x, fx.Node)]
+    return total
+
+
+def _normalized_probe(inputs, roles, gen, lam, v_mag):
+    """Fresh inputs: q and k positive (feature-mapped) times ``lam``, v normal times ``v_mag``."""
+    vals = []
+    for i, a in enumerate(inputs):
+        s = _shape(a)
+        if s is None:
+            vals.append(value_of(a))
+        elif i in (roles["q"], roles["k"]):
+            vals.append(probe(s, gen, "positive", value_of(a).device) * lam)
+        else:
+            vals.append(probe(s, gen, device=value_of(a).device) * v_mag)
+    return vals
+
+
+def _prove_normalized(gm, inputs, roles, eps, gen) -> tuple[float | None, tuple]:
+    """(the worst error, ()) if the region equals ``normalized_linear_attn`` at three magnitudes of q and k (as
+    ``normalized.prove``: eps dominates the normalizer, is about one of it, vanishes; v 100 times larger at the
+    last, the op being linear in v) and with v tiny; else (None, (how many agreed, magnitude, error)) at the first that differs."""
+    hf = roles["heads_first"]
+    sq = _heads_first(_shape(inputs[roles["q"]])) if hf else _shape(inputs[roles["q"]])
+    small = math.sqrt(max(eps, 1e-6) / (sq[1] * sq[3]))
+    worst = 0.0
+    # v 1e-6 as large at the last: the output shrinks with it, a constant added to it (num / den + eps) does not
+    for i, (lam, v_mag) in enumerate(((1.0, 1.0), (small, 1.0), (1e3, 100.0), (1.0, 1e-6))):
+        vals = _normalized_probe(inputs, roles, gen, lam, v_mag)
+        q, k, v = (vals[roles[r]] for r in ("q", "k", "v"))
+        o, _ = run_function(roles["family"], q, k, v, None, None, None, 1.0, None, False, hf, eps=eps)
+        outs = _run(gm, vals)
+        err = rel_err(outs[0], o) if len(outs) == 1 and isinstance(outs[0], torch.Tensor) else math.inf
+        if not err <= TOL:
+            return None, (i, lam, err)
+        worst = max(worst, err)
+    return worst, ()
+
+
+def _try_normalized(graph, source, region, report) -> Match | None:
+    """Prove and rewrite a chunked normalized linear attention, the region taken after the inputs' feature maps:
+    the match, or None (with a miss where a division by a normalizer of q and k proposed it)."""
+    if not any(normalized.division(n) for n in region):
+        return None
+    inputs, _ = _boundary(region)
+    maps = _feature_maps(region, inputs)
+    region = [n for n in region if n not in maps]
+    inputs, outputs = _boundary(region)
+    if len(outputs) != 1:
+        return None
+    deps = _depends(region, inputs)
+    cands = []
+    for roles in _assignments(inputs):
+        if roles["family"] != Family.LINEAR_ATTN or roles["h0"] is not None:
+            continue
+        if not {roles["q"], roles["k"], roles["v"]} <= deps[outputs[0]]:
+            continue
+        cands += [({**roles, "family": Family.NORMALIZED_LINEAR_ATTN}, e) for e in _eps_literals(region, deps, roles)]
+    if not cands:
+        return None
+    try:
+        gm = _extract(region, inputs, outputs)
+    except Exception:  # noqa: BLE001 - an odd region is simply not a candidate
+        return None
+    gen = torch.Generator().manual_seed(_NORMALIZED_SEED)
+    closest = None
+    for roles, eps in cands:
+        try:
+            err, where = _prove_normalized(gm, inputs, roles, eps, gen)
+        except Exception as e:  # noqa: BLE001 - shapes the op refuses: not this binding
+            log.debug("chunked normalized binding %s at %s refused: %s", roles, source, e)
+            continue
+        if err is None:
+            if closest is None or (-where[0], where[2]) < (-closest[0], closest[2]):  # the binding that got furthest
+                closest = (*where, eps)
+            continue
+        rec = Recurrence(
+            roles["family"],
+            inputs[roles["q"]],
+            inputs[roles["k"]],
+            inputs[roles["v"]],
+            spelling=SPELLING,
+            source=source,
+            extras={
+                "l2norm": False,
+                "heads_first": roles["heads_first"],
+                "eps": eps,
+                "outputs": (("o", value_of(outputs[0]).dtype),),
+            },
+        )
+        _rewrite(graph, region, outputs, rec)
+        return Match(rec.family.value, SPELLING, source, rec.op_name, err)
+    why = "normalized linear attention: a chunked function dividing by a normalizer of q and k"
+    if closest is not None:
+        _, lam, err, eps = closest
+        why += (
+            f" that is not the op's q_t . sum_(s<=t) k_s + {eps:g} on fresh positive q, k (rel err {err:.1e} at "
+            f"|q|, |k| ~ {lam:.1e}): a term of the normalizer missing or over another axis, eps elsewhere, a clamp"
+        )
+    else:
+        why += ", bound to no q, k, v the op takes"
+    report.misses.append(Miss(SPELLING, why, source))
+    return None
 
 
 def _rewrite(graph, region, outputs, rec):
     lowering = FunctionLowering(rec)
-    with graph.inserting_before(region[0]):
+    with graph.inserting_before(_insertion_point(graph, region, lowering.args)):
         call = graph.call_function(lowering, tuple(lowering.args))
         outs = [graph.call_function(operator.getitem, (call, i)) for i in range(len(outputs))]
     inside = set(region)
@@ -368,3 +577,14 @@ def _rewrite(graph, region, outputs, rec):
         old.replace_all_uses_with(new, delete_user_cb=lambda u: u not in inside)
     for n in reversed(region):
         graph.erase_node(n)
+
+
+def _insertion_point(graph, region, args) -> fx.Node:
+    """The first region node after every argument of the call: the region's first where its inputs come before it
+    (a function's), a later one where the feature maps it starts after are interleaved with it."""
+    pending, inside = set(args), set(region)
+    for n in graph.nodes:
+        pending.discard(n)
+        if not pending and n in inside:
+            return n
+    return region[0]
