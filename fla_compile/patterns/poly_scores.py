@@ -13,6 +13,10 @@ that are zero above the diagonal and one constant each on and below it. exp (sof
 non-causal mask or a polynomial applied after the mask (its constant survives above the diagonal) fail here with
 the reason. ``feature_maps`` builds phi_q and phi_k as a small graph that the rewrite inlines into the user's
 graph (so Inductor fuses the maps); the proof of the whole region against the op is ``normalized``'s.
+
+Only a polynomial bounded away from zero is taken (its least value at least :data:`FLOOR` of a0): the maps
+compute q . k again as d^2 products, which cancel where q . k is near 0, and a normalizer that can vanish there
+turns that into a large error the code's own scores do not have. Such a region is left as written with the reason.
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ from . import _region as R
 from ._graph import infer_values, value_of
 
 ZERO = 1e-12  # below this fraction of the largest: a term the code does not have (float64 fit noise is ~1e-16)
+# the polynomial's least value over all s, as a fraction of a0 = p(0), below which it is left as written: Based's
+# 1 + s + s^2 / 2 never goes under 1 / 2, so its normalizer grows by at least 1 / 2 a key; (q . k)^2 reaches 0, and
+# at a row whose scores lie near 0 the op's normalizer, a dot of d^2 products with cancellation in fp32, was 1e-4
+# off where the code's own (q . k)^2 was 1e-7 off (Triton path, fp32, H200 and the interpreter, forty-third session)
+FLOOR = 0.1
 
 
 def _region(cand) -> fx.GraphModule | None:
@@ -103,6 +112,15 @@ def fit(cand) -> tuple[float, float, float] | None:
                 "a mask other than causal 0 / 1)"
             )
         coefs.append(float(f"{a:.14g}"))  # 0.125, not 0.12499999999999997: the proof checks the rounded one
+    a0, a1, a2 = coefs
+    floor = a0 - a1 * a1 / (4 * a2) if a2 > 0 else -float("inf")  # the polynomial's least value over all s
+    if not (a0 > 0 and floor >= FLOOR * a0):
+        raise NearMiss(
+            f"the masked scores are the polynomial {a0:g} + {a1:g} s + {a2:g} s^2 of s = q . k, whose least value "
+            f"({floor:.3g}) is not at least {FLOOR:g} of its value at s = 0: rows of scores near its zero have a "
+            "normalizer near zero, where the op's feature maps (q . k computed as d^2 products) lose digits the "
+            "code's scores keep"
+        )
     return tuple(coefs)
 
 
