@@ -562,8 +562,20 @@ def _try_normalized(graph, source, region, report) -> Match | None:
         )
     else:
         why += ", bound to no q, k, v the op takes"
-    report.misses.append(Miss(SPELLING, why, source))
+    if not _explained(report, region):
+        report.misses.append(Miss(SPELLING, why, source))
     return None
+
+
+def _explained(report, region) -> bool:
+    """Whether the loop pass's miss already names a line of ``region`` (a time loop with a normalizer, which it
+    explains): the function's own miss would say the same thing less precisely."""
+    lines = {(path.rsplit("/", 1)[-1], int(line)) for n in region for path, line, _ in _frames(n)}
+    for m in report.misses:
+        where = m.source.split(":", 2)
+        if m.spelling == "loop" and len(where) >= 2 and where[1].isdigit() and (where[0], int(where[1])) in lines:
+            return True
+    return False
 
 
 def _rewrite(graph, region, outputs, rec):
