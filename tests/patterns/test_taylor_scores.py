@@ -11,6 +11,7 @@ import torch
 import fla_compile
 from fla_compile.patterns import normalized
 from tests.compare import rel
+from tests.patterns.test_normalized import compile_fla
 
 B, T, H, D, V = 1, 8, 2, 4, 4
 EPS = 1e-6
@@ -115,11 +116,6 @@ def inputs(seed=0, grad=True):
     gen = torch.Generator().manual_seed(seed)
     xs = [torch.randn(B, T, H, D, generator=gen) for _ in range(2)] + [torch.randn(B, T, H, V, generator=gen)]
     return [x.requires_grad_(grad) for x in xs]
-
-
-def compile_fla(fn):
-    torch._dynamo.reset()
-    return torch.compile(fn, backend="fla", options={"inductor": False})
 
 
 @pytest.fixture(autouse=True)
