@@ -11,6 +11,7 @@ from fla_compile.backend import REPORTS
 from .patterns import spellings
 from .patterns.test_chunked import reference_function
 from .patterns.test_cumsum import einsum_bthd
+from .patterns.test_normalized import parallel_elu_bthd_einsum
 from .patterns.test_parallel import simple_gla_matmul
 
 SIZES = [(2, 8, 2, 8), (3, 8, 4, 8), (1, 8, 3, 4), (2, 13, 2, 8)]  # B, T, H, D (short loops: each size traces T steps)
@@ -38,6 +39,8 @@ CASES = [
     (spellings.linear_matmul_cat, None, "linear_attn", "loop"),
     (simple_gla_matmul, "bth", "simple_gla", "parallel"),
     (einsum_bthd, None, "linear_attn", "cumsum"),
+    # its causal mask is built from T = q.shape[1], an input of the graph once T is symbolic
+    (parallel_elu_bthd_einsum, None, "normalized_linear_attn", "parallel"),
     (_hf_chunk_gated_delta_rule, "bth", "gated_delta_rule", "chunked"),
 ]
 

@@ -11,6 +11,7 @@ from tests.compare import rel
 
 from .patterns import spellings as S
 from .patterns import test_cumsum as TC
+from .patterns import test_normalized as TN
 from .patterns import test_parallel as TP
 
 C, H = 16, 2
@@ -143,3 +144,18 @@ def test_flex_attention_is_reported_not_a_recurrence():
     assert [(m.grade, "flex_attention" in m.reason) for m in misses] == [(Grade.NOT_A_RECURRENCE, True)], misses
     assert "test_strict.py" in misses[0].source and "flex_attention(q, k, v" in misses[0].source, misses[0].source
     assert torch.allclose(out, attend(q, k, v), atol=1e-5)
+
+
+@pytest.mark.parametrize("fn", [TN.parallel_elu_bhtd, TN.parallel_elu_bthd_einsum], ids=lambda f: f.__name__)
+def test_a_normalized_form_kept_as_written_does_not_raise(fn, monkeypatch):
+    """Proven and kept as written (below the shipped cost table's crossover), its numerator is no near miss of
+    the parallel pass: strict compiles it."""
+    monkeypatch.setenv("FLA_COMPILE_COSTS", "")  # the suite turns the choice off; the package's table here
+    monkeypatch.setenv("FLA_COMPILE_CACHE_DIR", "/nonexistent-fla-compile-cache")  # not this machine's table
+    torch._dynamo.reset()
+    xs = TN.inputs(fn)
+    out = torch.compile(fn, backend="fla", options={"inductor": False, "strict": True})(*xs)
+    report = fla_compile.last_report()
+    assert [(m.family, bool(m.kept)) for m in report.matches] == [("normalized_linear_attn", True)], str(report)
+    assert not report.misses, str(report)
+    assert rel(out, fn(*xs)) < 1e-6

@@ -17,7 +17,7 @@ from ..ir import Recurrence
 from ..report import Match, Miss
 from ..rewrite import form_call, rewrite_form, role_nodes
 from ..verify import NearMiss, probe, prove_region
-from ._graph import source_line, value_of
+from ._graph import _recorded, source_line, value_of
 
 EINSUM = {torch.einsum, "einsum"}
 MATMUL = {torch.matmul, operator.matmul, torch.bmm, "matmul", "bmm", "__matmul__"}
@@ -144,6 +144,10 @@ def cone(out: fx.Node, stops: set) -> list[fx.Node]:
     return [n for n in out.graph.nodes if n in seen]
 
 
+# meta key of the nodes of a region proven and kept as written (``costs``): later passes do not take it apart
+KEPT = "fla_kept"
+
+
 def extract(out, roles: list[fx.Node]) -> tuple[fx.GraphModule, dict]:
     """The region from the (distinct) role nodes to ``out`` (a node or a tuple of nodes) as a
     GraphModule with the roles as inputs, in order.
@@ -157,6 +161,9 @@ def extract(out, roles: list[fx.Node]) -> tuple[fx.GraphModule, dict]:
     outs = out if isinstance(out, tuple) else (out,)
     region = dict.fromkeys(n for o in outs for n in cone(o, set(roles)))
     for n in [n for n in outs[0].graph.nodes if n in region]:
+        if n.op == "placeholder" and isinstance(_recorded(n), (torch.SymInt, torch.SymFloat)):
+            env[n] = value_of(n)  # a symbolic size (a mask of T x T): its value now; a rewrite pins it
+            continue
         if n.op in ("placeholder", "get_attr"):
             raise NearMiss(f"the region depends on the runtime value '{n.name}' (not provable)")
         if is_random(n):

@@ -347,6 +347,9 @@ def run_pass(graph: fx.Graph, opts, report: Report) -> None:
         if not kept:
             rewrite(div, low, poly.roots(div) if poly else roots)
             cands = None
+        else:  # proven and kept as written: the later passes leave its numerator alone (no miss about a piece)
+            for n in R.cone(div, {cumsum.root(x) for x in (rec.q, rec.k, rec.v)}):
+                n.meta[R.KEPT] = True
         report.matches.append(Match(FAMILY.value, spelling, src, rec.op_name, err, kept, shape))
 
 

@@ -44,6 +44,7 @@ from ._graph import source_line, value_of
 from ._region import (
     CUMSUM,
     EINSUM,
+    KEPT,
     Contraction,
     _einsum_labels,
     cone,
@@ -506,7 +507,7 @@ def run_pass(graph: fx.Graph, opts, report: Report) -> None:
     tried: set = set()
     while True:  # a rewrite changes the graph (a later form may read an earlier one): look again
         try:
-            todo = [c for c in candidates(graph) if c.out not in tried]
+            todo = [c for c in candidates(graph) if c.out not in tried and not c.out.meta.get(KEPT)]
         except Exception as e:  # a graph this matcher does not understand: leave it as it is
             report.notes.append(f"parallel: candidates not searched ({type(e).__name__}: {e})")
             return
