@@ -33,7 +33,7 @@ sys.path.insert(0, ".")
 import fla_compile  # noqa: E402
 import fla_compile.backend  # noqa: E402,F401  (registers "fla" where the package is not pip-installed)
 from tests.compare import flat, rel  # noqa: E402
-from tests.patterns import held_out_2, held_out_3  # noqa: E402
+from tests.patterns import held_out_2, held_out_3, held_out_4  # noqa: E402
 from tests.patterns.held_out import CASES, CASES_2  # noqa: E402
 
 log = logging.getLogger("recognition")
@@ -120,15 +120,15 @@ def main(argv=None):
     p.add_argument(
         "--set",
         default="all",
-        choices=["1", "2", "all", "held_out_2", "held_out_3"],
-        help="held-out set 1, 2, both, or the independent held_out_2 / held_out_3",
+        choices=["1", "2", "all", "held_out_2", "held_out_3", "held_out_4"],
+        help="held-out set 1, 2, both, or the independent held_out_2 / held_out_3 / held_out_4",
     )
     a = p.parse_args(argv)
     dtype = getattr(torch, a.dtype)
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     counts = {"recognized": 0, "missed": 0, "wrong": 0, "not runnable": 0}
-    if a.set in ("held_out_2", "held_out_3"):
-        module = held_out_2 if a.set == "held_out_2" else held_out_3
+    if a.set in ("held_out_2", "held_out_3", "held_out_4"):
+        module = {"held_out_2": held_out_2, "held_out_3": held_out_3, "held_out_4": held_out_4}[a.set]
         cases = [(c.name, c.fn, c.family, c.inputs) for c in module.CASES]
     else:
         cases = [
