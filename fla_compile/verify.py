@@ -67,7 +67,8 @@ class Role:
     """A step value bound to a role: where it comes from and how to shape it.
 
     origin: ("offset", i) for a node of the step block, ("global", node) for a value from
-    before the loop. recipe: ("reshape",), ("broadcast", shape) or ("unsqueeze", shape) to reach ``target``
+    before the loop. recipe: ("reshape",), ("broadcast", shape), ("unsqueeze", shape) or ("insert", shape, axis)
+    to reach ``target``
     ([*batch, D] or [*batch]). log: how the op's log-gate is derived ("", "exp", "sigmoid", "log").
     """
 
@@ -264,6 +265,17 @@ def _fit(v: torch.Tensor, target: tuple):
     return ("broadcast", tuple(shape))
 
 
+def _inserts(v: torch.Tensor, target: tuple):
+    """Recipes ("insert", shape, axis) that read ``v``, its size-1 dims dropped, as ``target`` without one inner
+    axis (never the first, the batch, nor the last, the feature), broadcast along it: a value shared by the
+    heads, Mamba2's B_t [B, N] against [B, H, N], written ``B[:, t, None, None, :]``. One per axis that fits:
+    the probes tell equal sizes apart."""
+    shape = tuple(d for d in v.shape if d != 1)
+    for axis in range(1, len(target) - 1):
+        if shape == tuple(target[:axis]) + tuple(target[axis + 1 :]):
+            yield ("insert", shape, axis - len(target))
+
+
 def reshaped(x: torch.Tensor, *shape) -> torch.Tensor:
     """``x.reshape(shape)``, or ``x`` itself where the shape is already that: a lowering traced
     into a graph then records no view op that does nothing (each costs a dispatch per call)."""
@@ -277,6 +289,8 @@ def apply_recipe(v: torch.Tensor, recipe: tuple, target: tuple, lead: int = 0) -
         return reshaped(v, *pre, *target)
     if recipe[0] == "unsqueeze":  # without the target's next-to-last axis: Mamba's C_t [B, N] against [B, D, N]
         return reshaped(v, *pre, *recipe[1]).unsqueeze(-2).expand(*pre, *target)
+    if recipe[0] == "insert":  # without the target's axis recipe[2] (counted from the end)
+        return reshaped(v, *pre, *recipe[1]).unsqueeze(recipe[2]).expand(*pre, *target)
     return reshaped(v, *pre, *recipe[1]).expand(*pre, *target)
 
 
@@ -284,8 +298,8 @@ def _candidates(values: dict, target: tuple):
     for node, val in values.items():
         if isinstance(val, torch.Tensor) and val.is_floating_point():
             recipe = _fit(val, target)
-            if recipe is not None:
-                yield node, recipe, apply_recipe(val, recipe, target)
+            for r in [recipe] if recipe is not None else _inserts(val, target):
+                yield node, r, apply_recipe(val, r, target)
 
 
 def _origin(node: fx.Node):
@@ -726,8 +740,10 @@ def _bind_bonus(values, o0, B0, readout, transition, batch, X, Y, transposed) ->
             recipe = _fit(cand, target)
             if recipe is None:
                 continue
-            if (recipe[0] != "broadcast" or len(recipe[1]) > 2) and math.prod(lead) != 1:
-                continue  # one u per head: no batch dims of its own
+            own = tuple(recipe[1]) if recipe[0] == "broadcast" else ()
+            own = own[next((i for i, d in enumerate(own) if d != 1), len(own)) :]
+            if (recipe[0] != "broadcast" or len(own) > 2) and math.prod(lead) != 1:
+                continue  # one u per head: no batch dims of its own (RWKV-LM's u.view(1, H, K, 1) has none)
             u = apply_recipe(val, recipe, target)
             if rel_err(c * torch.einsum("...kv,...k->...v", kv, q * u), o0) <= TOL:
                 return Role(_origin(node), recipe, target)

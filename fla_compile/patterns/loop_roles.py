@@ -68,10 +68,11 @@ class Shaper:
     role's target, whose first ``m`` dims are the state's batch dims and the rest ``tail`` (pinned).
     ``keep``: for a broadcast, the dims of the value the recipe keeps (the others are size-1 dims)."""
 
-    kind: str  # "reshape", "broadcast" or "unsqueeze" (without the target's next-to-last axis)
+    kind: str  # "reshape", "broadcast", "unsqueeze" (without the target's next-to-last axis) or "insert"
     m: int
     tail: tuple
     keep: tuple = ()
+    axis: int = -2  # "insert": the target's axis the value lacks, counted from the end
 
     def __call__(self, v: torch.Tensor, batch: tuple, lead: int) -> torch.Tensor:
         pre = tuple(v.shape[:lead])
@@ -79,8 +80,8 @@ class Shaper:
         if self.kind == "reshape":
             return reshaped(v, *pre, *target)
         shape = tuple(v.shape[lead + i] for i in self.keep)
-        if self.kind == "unsqueeze":  # Mamba's C_t [B, N] against the state [B, D, N]
-            return reshaped(v, *pre, *shape).unsqueeze(-2).expand(*pre, *target)
+        if self.kind in ("unsqueeze", "insert"):  # Mamba's C_t [B, N] against the state [B, D, N]; B_t for H heads
+            return reshaped(v, *pre, *shape).unsqueeze(self.axis).expand(*pre, *target)
         v = reshaped(v, *pre, *([1] * (len(target) - len(shape))), *shape)  # right-aligned, after the time dim
         return v.expand(*pre, *target)
 
@@ -106,7 +107,7 @@ def _shaper(role: Role, value_shape: tuple, batch: tuple, name: str) -> Shaper:
     keep = _kept_dims(tuple(value_shape), tuple(role.recipe[1]))
     if keep is None:
         raise ValueError(f"the {name} role's recipe {role.recipe} does not fit its value {tuple(value_shape)}")
-    return Shaper(kind, m, tail, keep)
+    return Shaper(kind, m, tail, keep, role.recipe[2] if kind == "insert" else -2)
 
 
 class StepRole:
