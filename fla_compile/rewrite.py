@@ -332,7 +332,9 @@ def rewrite_loop(rec: Recurrence, lowering: LoopLowering) -> None:
     if lay.out_kind in ("stack", "cat"):
         graph.erase_node(lay.out_target)
     for n in reversed(lay.nodes):
-        if getattr(n, "_erased", False):  # dead code (an unused last state) an earlier loop's rewrite cleared with its own
+        if getattr(
+            n, "_erased", False
+        ):  # dead code (an unused last state) an earlier loop's rewrite cleared with its own
             continue
         graph.erase_node(n)
         n.meta.clear()  # an erased node stays named by the graph: let its example values go

@@ -11,11 +11,14 @@ traced shapes against each family op that the shapes allow (with and without in-
 normalization of q and k, the scale fitted). Only a proven binding is rewritten. This pass
 runs before normalization, since the region is executed as written, in-place updates and all.
 
-A function that no family op reproduces may be a chunked normalized linear attention (a division of
-q S + (q k^T * M) v by q z + (q k^T * M).sum(-1) + eps per chunk): proposed by such a division, whose
-literal eps the op takes, and proven on positive probes of q and k at three magnitudes (where eps dominates
-the normalizer and where it vanishes), the region taken after the feature maps the function applies to its
-inputs first (``elu(q) + 1``): those stay in the graph, and the op reads the mapped q and k.
+A function that makes its roles itself, elementwise from its inputs, before its chunk loop (Mamba2's SSD
+reference: dt = softplus(dt_raw), v = x dt, the log-gate dt A) is tried once more with the region taken after
+those values, which stay in the graph (``_try_derived``). A function that no family op reproduces may be a
+chunked normalized linear attention (a division of q S + (q k^T * M) v by q z + (q k^T * M).sum(-1) + eps per
+chunk): proposed by such a division, whose literal eps the op takes, and proven on positive probes of q and k at
+three magnitudes (where eps dominates the normalizer and where it vanishes), the region taken after the feature
+maps the function applies to its inputs first (``elu(q) + 1``): those stay in the graph, and the op reads the
+mapped q and k.
 """
 
 from __future__ import annotations
@@ -327,15 +330,62 @@ def run_whole_pass(graph: fx.Graph, opts, report) -> None:
 
 
 def _try_region(graph, source, region, opts, report) -> bool:
-    """Prove and rewrite one function region (a family op on its inputs, else normalized linear attention on
-    its feature-mapped q and k); whether it was."""
-    match = _try_families(graph, source, region) or _try_normalized(graph, source, region, report)
+    """Prove and rewrite one function region (a family op on its inputs, or on the values it makes from them
+    elementwise first, else normalized linear attention on its feature-mapped q and k); whether it was."""
+    match = (
+        _try_families(graph, source, region)
+        or _try_derived(graph, source, region)
+        or _try_normalized(graph, source, region, report)
+    )
     if match is not None:
         report.matches.append(match)
         return True
     if any(n.op in ("call_function", "call_method") and "cumsum" in str(n.target) for n in region):
         report.misses.append(Miss(SPELLING, "a chunked function whose outputs no family op reproduces", source))
     return False
+
+
+# elementwise ops a function may apply to its inputs before its chunk loop (Mamba2's SSD: dt = softplus(dt_raw),
+# A = -exp(A_log), v = x * dt, the log-gate dt * A): the values they make are the roles
+_ELEMENTWISE = {
+    operator.mul, operator.add, operator.sub, operator.truediv, operator.neg, torch.mul, torch.add, torch.sub,
+    torch.exp, torch.neg, torch.sigmoid, F.softplus, F.logsigmoid, F.silu,
+    "mul", "add", "sub", "exp", "neg", "sigmoid", "softplus",
+}  # fmt: skip
+
+
+def _adds_axes(n: fx.Node) -> bool:
+    """``x[..., None]``, ``x.unsqueeze(d)``: a view that only adds size-1 axes (a broadcast operand)."""
+    if n.target in (torch.unsqueeze, "unsqueeze"):
+        return True
+    if n.target is operator.getitem and len(n.args) == 2:
+        items = n.args[1] if isinstance(n.args[1], tuple) else (n.args[1],)
+        return all(i is None or i is Ellipsis or (isinstance(i, slice) and i == slice(None)) for i in items)
+    return False
+
+
+def _derived(region, inputs) -> set:
+    """The nodes of ``region`` that compute, elementwise, from its inputs alone (and each other): the values a
+    function makes its roles from before its chunk loop. Left in the graph; the region after them is proven."""
+    made, sources = set(), set(inputs)
+    for n in region:
+        ins = n.all_input_nodes
+        if ins and all(a in sources or a in made for a in ins) and (n.target in _ELEMENTWISE or _adds_axes(n)):
+            made.add(n)
+    return made
+
+
+def _try_derived(graph, source, region) -> Match | None:
+    """A function region whose roles are made inside it, elementwise from its inputs (Mamba2's SSD reference: q, k
+    = C, B; v = x dt; the log-gate dt A): the region after those values, proven as a family op on them."""
+    if any(_inplace_kind(n) is not None for n in region):
+        return None  # run as written: the op must see what the in-place updates would have left
+    inputs, _ = _boundary(region)
+    made = _derived(region, inputs)
+    rest = [n for n in region if n not in made]
+    if not made or len(rest) < MIN_NODES:
+        return None
+    return _try_families(graph, source, rest)
 
 
 def _try_families(graph, source, region) -> Match | None:

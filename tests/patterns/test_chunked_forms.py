@@ -231,3 +231,58 @@ def test_chunked_normalized_lookalikes_are_left_as_written(fn):
         report
     )
     assert rel(out, ref) < 1e-5
+
+
+# ---------------------------------------------------------------- roles made inside the function
+def ssd_mamba2_block(x, dt_raw, A_log, Bm, Cm, block_len=4, state_decay=1.0):
+    """Mamba2's SSD as one function that makes its own roles first, elementwise: dt = softplus(dt_raw), A =
+    -exp(A_log) [H], v = x dt, the log-gate dt A; then the chunked form. ``state_decay`` 2: the chunk states decay
+    twice as fast as the diagonal blocks (no one recurrence)."""
+    dt = F.softplus(dt_raw)
+    A = -torch.exp(A_log)
+    X, a = x * dt[..., None], dt * A
+    b, T_, h = a.shape
+    c = T_ // block_len
+    X, a, Bc, Cc = (t.reshape(b, c, block_len, *t.shape[2:]) for t in (X, a, Bm, Cm))
+    a = a.permute(0, 3, 1, 2)
+    a_cum = torch.cumsum(a, dim=-1)
+    Y_diag = torch.einsum("bclhn,bcshn,bhcls,bcshp->bclhp", Cc, Bc, torch.exp(_segsum(a)), X)
+    to_end = torch.exp(state_decay * (a_cum[:, :, :, -1:] - a_cum))
+    states = torch.einsum("bclhn,bhcl,bclhp->bchpn", Bc, to_end, X)
+    states = torch.cat([torch.zeros_like(states[:, :1]), states], dim=1)
+    states = torch.einsum("bhzc,bchpn->bzhpn", torch.exp(_segsum(F.pad(a_cum[:, :, :, -1], (1, 0)))), states)
+    Y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", Cc, states[:, :-1], torch.exp(a_cum))
+    return (Y_diag + Y_off).reshape(b, T_, h, -1), states[:, -1]
+
+
+def nm_ssd_block_state_decay(x, dt_raw, A_log, Bm, Cm):
+    return ssd_mamba2_block(x, dt_raw, A_log, Bm, Cm, state_decay=2.0)
+
+
+def _ssd_inputs(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, H, 6, generator=gen)
+    dt_raw = torch.randn(B, T, H, generator=gen) - 1
+    A_log = 0.3 * torch.randn(H, generator=gen)
+    Bm, Cm = (torch.randn(B, T, H, D, generator=gen) for _ in range(2))
+    return [t.requires_grad_() for t in (x, dt_raw, A_log, Bm, Cm)]
+
+
+@pytest.mark.parametrize("fn", [ssd_mamba2_block, nm_ssd_block_state_decay], ids=lambda f: f.__name__)
+def test_roles_made_inside_the_function(fn):
+    """The roles' elementwise making stays in the graph; the region after it is proven as simple_gla (y and the
+    final state [B, H, P, N]). The look-alike is not matched whole, and both equal eager."""
+    torch._dynamo.reset()
+    xs = _ssd_inputs()
+    ref = fn(*xs)
+    out = torch.compile(fn, backend="fla", options={"inductor": False})(*xs)
+    report = fla_compile.last_report()
+    whole = [(m.family, m.spelling) for m in report.matches if m.spelling == "chunked"]
+    assert whole == ([("simple_gla", "chunked")] if fn is ssd_mamba2_block else []), str(report)
+    for o, r in zip(out, ref):
+        assert rel(o, r) < 1e-5
+    proj = [torch.randn(r.shape, generator=torch.Generator().manual_seed(1)) for r in ref]
+    g_ref = torch.autograd.grad(sum((r * p).sum() for r, p in zip(ref, proj)), xs)
+    g_out = torch.autograd.grad(sum((o * p).sum() for o, p in zip(out, proj)), xs)
+    for a, b in zip(g_out, g_ref):
+        assert rel(a, b) < 1e-5
