@@ -118,12 +118,18 @@ def sizes(node: fx.Node, labels: tuple) -> dict:
 
 
 # ---------------------------------------------------------------- regions
+# factories whose values depend on their first argument's shape alone (a -inf fill for a mask made with
+# ``torch.where(causal, x, torch.full_like(x, -inf))``), not on its values
+SHAPE_ONLY = {torch.full_like, torch.zeros_like, torch.ones_like}
+
+
 def constant_nodes(graph: fx.Graph) -> set:
     """Nodes whose value depends on no runtime value (inputs, attributes, random draws)."""
     const = set()
     for n in graph.nodes:
         if n.op in ("call_function", "call_method") and not is_random(n):
-            if all(a in const for a in n.all_input_nodes):
+            ins = n.all_input_nodes[1:] if n.target in SHAPE_ONLY and n.args else n.all_input_nodes
+            if all(a in const for a in ins):
                 const.add(n)
     return const
 

@@ -46,6 +46,21 @@ def ssd_segsum_einsum(q, k, v, g):
     return torch.einsum("bthn,bshn,bhts,bshp->bthp", q, k, L, v)
 
 
+def gla_pairwise_where_fill(q, k, v, g, fill=-torch.inf):
+    """The [B, H, T, T, K] log-decays masked by torch.where against a full_like fill before the exp (a fill of 0
+    keeps exp(0) = 1 above the diagonal: not causal)."""
+    q, k, v, g = (x.transpose(1, 2) for x in (q, k, v, g))
+    G = g.cumsum(2)
+    pair = G[:, :, :, None, :] - G[:, :, None, :, :]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()[..., None]
+    pair = torch.where(causal, pair, torch.full_like(pair, fill)).exp()
+    return (torch.einsum("bhtk,bhsk,bhtsk->bhts", q, k, pair) @ v).transpose(1, 2)
+
+
+def where_fill_zero(q, k, v, g):
+    return gla_pairwise_where_fill(q, k, v, g, fill=0.0)
+
+
 def growth_not_decay(q, k, v, g):
     """exp(G_s - G_t) under a tril mask: a growth between steps."""
     q, k, v, g = map(_fold, (q, k, v, g))
@@ -96,7 +111,12 @@ def run(fn):
 
 @pytest.mark.parametrize(
     "fn,family",
-    [(gla_pairwise_folded_heads, "gla"), (gla_pairwise_einsum_scaled, "gla"), (ssd_segsum_einsum, "simple_gla")],
+    [
+        (gla_pairwise_folded_heads, "gla"),
+        (gla_pairwise_einsum_scaled, "gla"),
+        (ssd_segsum_einsum, "simple_gla"),
+        (gla_pairwise_where_fill, "gla"),
+    ],
     ids=lambda x: getattr(x, "__name__", x),
 )
 def test_pairwise_form_is_recognised(fn, family):
@@ -111,7 +131,9 @@ def test_pairwise_form_is_recognised(fn, family):
 
 
 @pytest.mark.parametrize(
-    "fn", [growth_not_decay, cumsum_over_keys, sum_of_cumsums, softmax_of_pairwise], ids=lambda f: f.__name__
+    "fn",
+    [growth_not_decay, cumsum_over_keys, sum_of_cumsums, softmax_of_pairwise, where_fill_zero],
+    ids=lambda f: f.__name__,
 )
 def test_pairwise_lookalikes_stay_as_written(fn):
     xs, ref, out, report = run(fn)
