@@ -46,11 +46,10 @@ def is_zeros(node) -> bool:
 
 
 def batch_split(batch: tuple) -> tuple[int, int]:
-    """The state's leading dims as (B, H) for the op: (B, H) stay, others fold."""
+    """The state's leading dims as (B, H) for the op: the last is the heads (as ``verify`` binds per-head values,
+    rwkv6's bonus, against it), the others fold into B; a single one is the heads of one sequence."""
     if len(batch) == 0:
         return 1, 1
-    if len(batch) == 1:
-        return batch[0], 1
     return math.prod(batch[:-1]), batch[-1]
 
 
@@ -100,10 +99,6 @@ def log_gate(x: torch.Tensor, kind: str) -> torch.Tensor:
 LOOP_ROLES = ("q", "k", "v", "gate", "beta", "bonus", "decay")
 
 
-def _unsqueezed(h0):
-    return None if h0 is None else h0.unsqueeze(0)
-
-
 def call_family(b: Recurrence, vals: dict, h0, batch: tuple | None = None):
     """Run the family op on role values [T, *batch, D] (gate [T, *batch(, K)]) and a state
     [*batch, X, Y]; return o [T, *batch, V] and the final state [*batch, X, Y]. ``batch``: the
@@ -115,9 +110,6 @@ def call_family(b: Recurrence, vals: dict, h0, batch: tuple | None = None):
         return _call_selective(b, vals, h0, batch)
     if b.family == Family.NORMALIZED_LINEAR_ATTN:
         return _call_normalized(b, vals, h0, batch)
-    if b.bonus is not None and len(batch) == 1:  # one sequence's heads (the bonus is per head): batch 1
-        o, ht = call_family(b, {n: x.unsqueeze(1) for n, x in vals.items()}, _unsqueezed(h0), (1, *batch))
-        return o.squeeze(1), ht.squeeze(0)
     family = b.family
     q, k, v = (to_bthd(vals[n], batch) for n in ("q", "k", "v"))
     B, H = batch_split(batch)
